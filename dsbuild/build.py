@@ -1,0 +1,400 @@
+"""Build orchestration: sources → verify+hash → store → catalog → dedup → split.
+
+``build`` is idempotent and resumable:
+
+* every source (a file, a URL) is one ``items`` row keyed by (dataset, label,
+  origin); a source already catalogued and unchanged is not processed again;
+* accepted bytes are written to the content-addressed store (atomic rename)
+  *before* the rows that point at them are committed, in batches, so a build
+  killed at any moment leaves a catalog that only points at complete files, and
+  the next build continues where it stopped;
+* dedup and splits are recomputed from the catalog at the end of every build
+  (cheap), with existing splits kept.
+
+A build takes the catalog's lock file first, so a second build fails fast.
+Per-image work runs in worker processes (:func:`dsbuild.verify.analyze_file`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from dsbuild.catalog import BuildLock, Catalog, utcnow
+from dsbuild.errors import DsbuildError
+from dsbuild.manifest import Dataset, Manifest
+from dsbuild.store import sweep_temp_files
+from dsbuild.verify import ImageRecord, analyze_file
+
+FLUSH_ROWS = 500
+FLUSH_SECONDS = 2.0
+INLINE_LIMIT = 48  # fewer images than this are analysed in-process (no pool start-up)
+
+
+def image_id_for(dataset: str, label: str, origin: str) -> str:
+    """Stable id of a source: 16 hex digits of sha1(dataset, label, origin)."""
+    return hashlib.sha1(f"{dataset}\0{label}\0{origin}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class DatasetSummary:
+    """What a build did to one dataset (counts are of this build's work unless noted)."""
+
+    dataset: str
+    sources: int = 0
+    new: int = 0
+    skipped: int = 0
+    ok: int = 0
+    rejected: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    dup_groups: int = 0
+    conflicts: int = 0
+    near_pairs: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    rejects: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuildSummary:
+    build_id: int
+    catalog: Path
+    datasets: list[DatasetSummary]
+    seconds: float
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Progress callbacks; the CLI passes a rich implementation, tests and the library a silent one."""
+
+    def stage(self, name: str, total: int | None) -> "StageProgress":
+        return StageProgress()
+
+    def note(self, text: str) -> None:
+        pass
+
+
+class StageProgress:
+    def advance(self, n: int = 1, **counts: int) -> None:
+        pass
+
+    def __enter__(self) -> "StageProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class FileSource:
+    label: str
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Files under ``folder``, recursively, sorted, skipping hidden files and folders."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(root) / name
+
+
+def scan_folders(ds: Dataset) -> list[FileSource]:
+    out: list[FileSource] = []
+    for cls in ds.classes:
+        for folder in cls.folders:
+            for path in _walk(folder):
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                out.append(FileSource(cls.name, path.resolve(), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
+    """Check everything that can be checked before taking the lock or writing anything."""
+    problems: list[str] = []
+    for ds in datasets:
+        for cls in ds.classes:
+            for folder in cls.folders:
+                if not folder.exists():
+                    hint = " — run `dsbuild demo` to generate it" if "demo_data" in folder.parts else ""
+                    problems.append(f"datasets.{ds.name}.classes.{cls.name}.folders: {folder} does not exist{hint}")
+                elif not folder.is_dir():
+                    problems.append(f"datasets.{ds.name}.classes.{cls.name}.folders: {folder} is not a folder")
+            for url_file in cls.urls:
+                if not url_file.is_file():
+                    problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {url_file} does not exist")
+    if problems:
+        raise DsbuildError("cannot build:\n  " + "\n  ".join(problems), exit_code=2)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _settings_digest(ds: Dataset) -> str:
+    data = {"verify": asdict(ds.verify), "hash": [ds.dedup.hash, ds.dedup.hash_size]}
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def item_row(
+    *, dataset: str, image_id: str, origin: str, source: str, label: str, rec: ImageRecord | None,
+    status: str | None = None, reason: str | None = None, detail: str | None = None,
+    engine: str | None = None, query: str | None = None, rank: int | None = None, page_url: str | None = None,
+    src_size: int | None = None, src_mtime_ns: int | None = None, build_id: int, now,
+) -> dict:
+    if rec is not None:
+        status = "ok" if rec.ok else "rejected"
+        reason, detail = rec.reason, rec.detail
+    return {
+        "dataset": dataset, "image_id": image_id, "origin": origin, "source": source, "engine": engine,
+        "query": query, "rank": rank, "page_url": page_url, "class_label": label,
+        "sha256": rec.sha256 if rec else None, "status": status, "reason": reason, "detail": detail,
+        "split": None, "dup_group": None, "dup_of": None, "dup_distance": None, "conflict": False,
+        "phash": rec.phash if rec else None, "src_size": src_size, "src_mtime_ns": src_mtime_ns,
+        "first_seen": now, "updated_at": now, "build_id": build_id,
+    }
+
+
+def blob_row(rec: ImageRecord, now) -> dict:
+    q = rec.quality or {}
+    return {
+        "sha256": rec.sha256, "path": rec.store_path, "bytes": rec.bytes, "format": rec.format,
+        "width": rec.width, "height": rec.height, "mode": rec.mode, "frames": rec.frames,
+        "pixel_sha": rec.pixel_sha,
+        "q_dark": q.get("dark"), "q_light": q.get("light"), "q_blurry": q.get("blurry"),
+        "q_low_information": q.get("low_information"), "q_grayscale": q.get("grayscale"),
+        "q_odd_aspect_ratio": q.get("odd_aspect_ratio"), "created_at": now,
+    }
+
+
+class RowWriter:
+    """Buffers item/blob rows and commits them in batches (blobs first, then the items pointing at them)."""
+
+    def __init__(self, cat: Catalog) -> None:
+        self.cat = cat
+        self.items: list[dict] = []
+        self.blobs: list[dict] = []
+        self.fetches: list[dict] = []
+        self._last = time.monotonic()
+
+    def add(self, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None) -> None:
+        if item is not None:
+            self.items.append(item)
+        if blob is not None:
+            self.blobs.append(blob)
+        if fetch is not None:
+            self.fetches.append(fetch)
+        if len(self.items) + len(self.fetches) >= FLUSH_ROWS or time.monotonic() - self._last > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pandas as pd
+
+        if self.blobs:
+            self.cat.insert_blobs(pd.DataFrame(self.blobs))
+        if self.fetches:
+            self.cat.insert_fetches(pd.DataFrame(self.fetches))
+        if self.items:
+            self.cat.upsert_items(pd.DataFrame(self.items))
+        self.items, self.blobs, self.fetches = [], [], []
+        self._last = time.monotonic()
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def _analyze_job(job: tuple) -> tuple[str, ImageRecord]:
+    key, path, verify, dedup, store_dir = job
+    return key, analyze_file(path, verify=verify, dedup=dedup, store_dir=store_dir)
+
+
+def analyze_many(jobs: list[tuple], *, workers: int | None = None) -> Iterator[tuple[str, ImageRecord]]:
+    """Run :func:`analyze_file` over ``jobs`` (key, path, verify, dedup, store_dir), in worker processes.
+
+    Results come back in job order. Small batches run in-process.
+    """
+    if not jobs:
+        return
+    workers = workers or os.cpu_count() or 1
+    if len(jobs) < INLINE_LIMIT or workers == 1:
+        for job in jobs:
+            yield _analyze_job(job)
+        return
+    import multiprocessing as mp
+
+    # spawn, not fork: the parent holds a DuckDB connection and threads.
+    ctx = mp.get_context("spawn")
+    chunk = max(1, min(64, len(jobs) // (workers * 8) or 1))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        yield from pool.map(_analyze_job, jobs, chunksize=chunk)
+
+
+# --------------------------------------------------------------------------- the build
+
+
+def build(
+    manifest: Manifest,
+    names: list[str] | None = None,
+    *,
+    retry_failed: bool = False,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    catalog_path: Path | None = None,
+) -> BuildSummary:
+    """Build the named datasets (all when ``names`` is empty); return a summary per dataset."""
+    progress = progress or Progress()
+    datasets = manifest.select(names)
+    preflight(manifest, datasets)
+    catalog_path = catalog_path or manifest.catalog
+    lock = BuildLock(catalog_path)
+    lock.acquire()
+    started = time.monotonic()
+    try:
+        cat = Catalog.open(catalog_path)
+        try:
+            swept = sweep_temp_files(manifest.store)
+            if swept:
+                progress.note(f"removed {swept} partial files left by an interrupted build")
+            build_id = cat.start_build([d.name for d in datasets])
+            summaries: list[DatasetSummary] = []
+            try:
+                for ds in datasets:
+                    summaries.append(
+                        build_dataset(cat, manifest, ds, build_id=build_id, retry_failed=retry_failed,
+                                      progress=progress, workers=workers)
+                    )
+            except KeyboardInterrupt:
+                cat.finish_build(build_id, "interrupted", {"datasets": [asdict(s) for s in summaries]})
+                raise DsbuildError("build interrupted — everything finished so far is saved; run the same command to resume", exit_code=130) from None
+            except BaseException as exc:
+                cat.finish_build(build_id, "failed", {"error": str(exc)})
+                raise
+            cat.finish_build(build_id, "ok", {"datasets": [asdict(s) for s in summaries]})
+            return BuildSummary(build_id=build_id, catalog=catalog_path, datasets=summaries, seconds=time.monotonic() - started)
+        finally:
+            cat.close()
+    finally:
+        lock.release()
+
+
+def build_dataset(
+    cat: Catalog, manifest: Manifest, ds: Dataset, *, build_id: int, retry_failed: bool = False,
+    progress: Progress, workers: int | None = None,
+) -> DatasetSummary:
+    t0 = time.monotonic()
+    summary = DatasetSummary(dataset=ds.name)
+    store_dir = manifest.store
+    digest = _settings_digest(ds)
+    changed_settings = cat.get_meta(f"settings:{ds.name}") not in (None, digest)
+
+    known = cat.known_items(ds.name)
+    known_by_id = {row.image_id: row for row in known.itertuples(index=False)}
+    writer = RowWriter(cat)
+    now = utcnow()
+
+    # Local folders.
+    files = scan_folders(ds)
+    jobs = []
+    meta: dict[str, FileSource] = {}
+    for src in files:
+        origin = str(src.path)
+        iid = image_id_for(ds.name, src.label, origin)
+        old = known_by_id.get(iid)
+        unchanged = old is not None and old.src_size == src.size and old.src_mtime_ns == src.mtime_ns
+        if unchanged and not changed_settings and not (retry_failed and old.status == "failed"):
+            summary.skipped += 1
+            continue
+        meta[iid] = src
+        jobs.append((iid, str(src.path), ds.verify, ds.dedup, store_dir))
+    summary.sources += len(files)
+
+    with progress.stage(f"{ds.name}: verify + hash", len(jobs)) as bar:
+        for iid, rec in analyze_many(jobs, workers=workers):
+            src = meta[iid]
+            writer.add(
+                item=item_row(dataset=ds.name, image_id=iid, origin=str(src.path), source="folder", label=src.label,
+                              rec=rec, src_size=src.size, src_mtime_ns=src.mtime_ns, build_id=build_id, now=now),
+                blob=blob_row(rec, now) if rec.ok else None,
+            )
+            summary.new += 1
+            if rec.ok:
+                summary.ok += 1
+            else:
+                summary.rejected += 1
+                summary.rejects[rec.reason or "?"] = summary.rejects.get(rec.reason or "?", 0) + 1
+            bar.advance(1, ok=summary.ok, rejected=summary.rejected)
+    writer.flush()
+
+    # Web sources (queries, URL lists) are fetched by dsbuild.crawl.
+    if any(c.queries or c.urls for c in ds.classes):
+        from dsbuild.crawl import crawl_dataset
+
+        crawl_dataset(cat, manifest, ds, build_id=build_id, retry_failed=retry_failed, progress=progress,
+                      summary=summary, writer=writer, workers=workers)
+        writer.flush()
+
+    regroup_dataset(cat, ds, summary=summary, progress=progress)
+    cat.set_meta(f"settings:{ds.name}", digest)
+    summary.seconds = time.monotonic() - t0
+    return summary
+
+
+def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progress: Progress) -> None:
+    """Recompute duplicate groups, conflicts and splits of ``ds`` from the catalog."""
+    from dsbuild.groups import regroup
+
+    items = cat.dataset_items(ds.name)
+    with progress.stage(f"{ds.name}: dedup + split", len(items)) as bar:
+        near = None
+        if ds.dedup.near and ds.dedup.threshold > 0:
+            near = near_pairs_for(items, ds)
+        updates, gs = regroup(items, ds, near_pairs=near)
+        cat.update_dedup_and_splits(ds.name, updates)
+        bar.advance(len(items))
+    summary.duplicates, summary.dup_groups, summary.conflicts, summary.near_pairs = gs.duplicates, gs.groups, gs.conflicts, gs.near_pairs
+    counts = updates[updates["split"].notna() & (updates["status"] == "ok")]["split"].value_counts()
+    summary.splits = {k: int(v) for k, v in counts.items()}
+
+
+def near_pairs_for(items, ds: Dataset):
+    """Near-duplicate pairs (row positions in ``items``) among verified images, by perceptual hash."""
+    import numpy as np
+
+    from dsbuild import dedup, hashing
+
+    ok = items["status"].isin(["ok", "duplicate"]) | items["reason"].fillna("").str.startswith("quality:")
+    pos = np.flatnonzero(ok.to_numpy() & items["phash"].notna().to_numpy())
+    if len(pos) < 2:
+        return None
+    hexes = items["phash"].to_numpy()[pos]
+    keep = np.array([not hashing.is_degenerate(h) for h in hexes], dtype=bool)
+    pos, hexes = pos[keep], hexes[keep]
+    if len(pos) < 2:
+        return None
+    if ds.dedup.hash_size == 8:
+        values = np.array([hashing.hash_to_int(h) for h in hexes], dtype=np.uint64)
+        pairs = dedup.find_pairs(values, ds.dedup.threshold)
+    else:
+        pairs = dedup.find_pairs_hex(list(hexes), ds.dedup.threshold)
+    if len(pairs) == 0:
+        return None
+    pairs = np.asarray(pairs)
+    return np.column_stack([pos[pairs[:, 0]], pos[pairs[:, 1]], pairs[:, 2]])

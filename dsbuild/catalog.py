@@ -1,0 +1,780 @@
+"""The catalog: one DuckDB file. This module is the only one that speaks SQL.
+
+Tables (private, may change with migrations) and views (the public contract,
+columns may be added, never renamed):
+
+* ``items``        one row per image source of a dataset (a file or a URL): provenance,
+                   status/reason, the content hash, split, duplicate group.
+* ``blobs``        one row per stored content (sha256): path in the store, size, format,
+                   dimensions, pixel digest, quality scores.
+* ``fetches``      one row per URL tried (engine, query, rank, HTTP status, outcome, reason).
+* ``label_events`` append-only label/status changes; the current label is a view.
+* ``model_runs``   one row per train/retrain/mislabels run; ``issue_rows`` the flags of a run.
+* ``builds``       one row per build (start, end, counts, outcome).
+* views ``images``, ``label_issues``, ``runs`` (see DESIGN.md), plus ``conflicts``,
+  ``label_history``, ``fetch_log`` and ``label_issues_all``.
+
+Writers take an exclusive lock file beside the catalog (``<catalog>.lock`` with
+the PID) before anything else, so a second build fails fast with "locked by PID
+n". Readers (``query``) open the file read-only in a sandbox: no writes, no file
+system access, no extensions, locked configuration, interruptible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from dsbuild.errors import CatalogBusy, DsbuildError
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE IF NOT EXISTS meta (key VARCHAR, value VARCHAR)""",
+        """CREATE TABLE IF NOT EXISTS items (
+            dataset VARCHAR NOT NULL,
+            image_id VARCHAR NOT NULL,
+            origin VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,          -- folder | urls | query
+            engine VARCHAR,
+            query VARCHAR,
+            rank INTEGER,
+            page_url VARCHAR,
+            class_label VARCHAR NOT NULL,     -- the label its source gave (original_label)
+            sha256 VARCHAR,
+            status VARCHAR NOT NULL,          -- ok | rejected | duplicate | failed
+            reason VARCHAR,
+            detail VARCHAR,
+            split VARCHAR,
+            dup_group VARCHAR,
+            dup_of VARCHAR,
+            dup_distance INTEGER,
+            conflict BOOLEAN DEFAULT false,
+            phash VARCHAR,
+            src_size BIGINT,
+            src_mtime_ns BIGINT,
+            first_seen TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL,
+            build_id INTEGER
+        )""",
+        """CREATE TABLE IF NOT EXISTS blobs (
+            sha256 VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            bytes BIGINT,
+            format VARCHAR,
+            width INTEGER,
+            height INTEGER,
+            mode VARCHAR,
+            frames INTEGER,
+            pixel_sha VARCHAR,
+            q_dark DOUBLE,
+            q_light DOUBLE,
+            q_blurry DOUBLE,
+            q_low_information DOUBLE,
+            q_grayscale DOUBLE,
+            q_odd_aspect_ratio DOUBLE,
+            created_at TIMESTAMP NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS fetches (
+            dataset VARCHAR NOT NULL,
+            url VARCHAR NOT NULL,
+            final_url VARCHAR,
+            engine VARCHAR,
+            query VARCHAR,
+            rank INTEGER,
+            page_url VARCHAR,
+            label VARCHAR,
+            http_status INTEGER,
+            bytes BIGINT,
+            content_type VARCHAR,
+            fetched_at TIMESTAMP,
+            outcome VARCHAR,                  -- ok | failed | rejected
+            reason VARCHAR,
+            transient BOOLEAN,
+            attempts INTEGER,
+            elapsed_s DOUBLE,
+            sha256 VARCHAR,
+            build_id INTEGER
+        )""",
+        """CREATE TABLE IF NOT EXISTS label_events (
+            event_id BIGINT NOT NULL,
+            dataset VARCHAR NOT NULL,
+            image_id VARCHAR NOT NULL,
+            changed_at TIMESTAMP NOT NULL,
+            source VARCHAR NOT NULL,          -- e.g. review:decisions.csv, review:suggestions@0.9
+            action VARCHAR NOT NULL,          -- relabel | remove | keep | undo
+            old_label VARCHAR,
+            new_label VARCHAR,
+            old_status VARCHAR,
+            new_status VARCHAR,
+            label_quality DOUBLE,
+            note VARCHAR
+        )""",
+        """CREATE TABLE IF NOT EXISTS model_runs (
+            run_id VARCHAR NOT NULL,
+            dataset VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,            -- train | retrain | mislabels
+            arch VARCHAR,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            status VARCHAR,                   -- running | ok | failed
+            error VARCHAR,
+            n_train INTEGER,
+            n_valid INTEGER,
+            error_rate DOUBLE,
+            accuracy DOUBLE,
+            model_path VARCHAR,
+            params JSON,
+            epochs JSON,
+            confusion JSON,
+            per_class JSON,
+            valid_ids JSON,
+            duration_s DOUBLE,
+            parent_run VARCHAR
+        )""",
+        """CREATE TABLE IF NOT EXISTS issue_rows (
+            run_id VARCHAR NOT NULL,
+            dataset VARCHAR NOT NULL,
+            image_id VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,            -- label | conflict | ood
+            given_label VARCHAR,
+            suggested_label VARCHAR,
+            label_quality DOUBLE,
+            suggested_confidence DOUBLE,
+            ood_score DOUBLE,
+            is_issue BOOLEAN,
+            rank INTEGER
+        )""",
+        """CREATE TABLE IF NOT EXISTS builds (
+            build_id INTEGER NOT NULL,
+            datasets VARCHAR,
+            pid INTEGER,
+            started_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP,
+            outcome VARCHAR,                  -- running | ok | interrupted | failed
+            summary JSON
+        )""",
+    ],
+}
+
+_VIEWS = [
+    # The current label/status of an image is its latest label event, else its source's.
+    """CREATE OR REPLACE VIEW latest_events AS
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT *, row_number() OVER (PARTITION BY dataset, image_id ORDER BY event_id DESC) AS rn
+            FROM label_events) WHERE rn = 1""",
+    """CREATE OR REPLACE VIEW images AS
+        SELECT i.dataset, i.image_id, b.path, i.origin, i.engine, i.query,
+               coalesce(e.new_label, i.class_label) AS label,
+               i.class_label AS original_label,
+               i.split,
+               CASE WHEN e.new_status IS NOT NULL AND i.status IN ('ok', 'duplicate') THEN e.new_status ELSE i.status END AS status,
+               CASE WHEN e.new_status = 'rejected' AND i.status IN ('ok', 'duplicate') THEN 'removed in review' ELSE i.reason END AS reason,
+               b.width, b.height, b.format, coalesce(b.bytes, f.bytes) AS bytes, i.sha256, i.phash, i.dup_group,
+               i.dup_of, i.dup_distance, i.conflict, i.detail, i.source, i.rank, i.page_url,
+               e.action IS NOT NULL AS reviewed, e.action AS last_review,
+               b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
+               i.first_seen, i.updated_at
+        FROM items i
+        LEFT JOIN blobs b USING (sha256)
+        LEFT JOIN latest_events e USING (dataset, image_id)
+        LEFT JOIN (SELECT dataset, url, any_value(bytes) AS bytes FROM fetches GROUP BY ALL) f
+               ON f.dataset = i.dataset AND f.url = i.origin AND i.source <> 'folder'""",
+    """CREATE OR REPLACE VIEW runs AS
+        SELECT run_id, dataset, kind, arch, started_at, finished_at, n_train, n_valid, error_rate,
+               accuracy, model_path, status, error, duration_s, parent_run, params, epochs, confusion, per_class
+        FROM model_runs""",
+    """CREATE OR REPLACE VIEW label_issues_all AS
+        SELECT r.dataset, r.image_id, im.path, im.origin, r.given_label, r.suggested_label,
+               r.label_quality, r.rank, r.run_id, r.kind, r.suggested_confidence, r.ood_score,
+               im.label AS current_label, im.reviewed
+        FROM issue_rows r LEFT JOIN images im USING (dataset, image_id)
+        WHERE r.is_issue""",
+    """CREATE OR REPLACE VIEW label_issues AS
+        SELECT * FROM label_issues_all
+        WHERE run_id IN (SELECT arg_max(run_id, started_at) FROM model_runs
+                         WHERE kind = 'mislabels' AND status = 'ok' GROUP BY dataset)""",
+    """CREATE OR REPLACE VIEW conflicts AS
+        SELECT dataset, dup_group, count(*) AS n_images, count(DISTINCT label) AS n_labels,
+               list(DISTINCT label ORDER BY label) AS labels, list(image_id ORDER BY image_id) AS image_ids,
+               list(path ORDER BY image_id) AS paths
+        FROM images WHERE dup_group IS NOT NULL AND status IN ('ok', 'duplicate')
+        GROUP BY dataset, dup_group HAVING count(DISTINCT label) > 1""",
+    """CREATE OR REPLACE VIEW label_history AS
+        SELECT dataset, image_id, event_id, changed_at, source, action, old_label, new_label, old_status, new_status, note
+        FROM label_events""",
+    """CREATE OR REPLACE VIEW fetch_log AS SELECT * FROM fetches""",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+_LOCK_PID = re.compile(r"PID (\d+)")
+
+
+def translate_error(exc: Exception, path: Path) -> DsbuildError:
+    """Turn a DuckDB exception into a readable DsbuildError."""
+    text = str(exc)
+    if "Conflicting lock" in text or "Could not set lock" in text:
+        m = _LOCK_PID.search(text)
+        who = f"process {m.group(1)}" if m else "another process"
+        return CatalogBusy(f"catalog {path} is busy: {who} is writing it (a build is running) — wait for it to finish and try again")
+    if "not a valid DuckDB database" in text or "Invalid Input Error: The file" in text:
+        return DsbuildError(f"{path} is not a dsbuild catalog (not a valid DuckDB file) — point `catalog` in the manifest elsewhere")
+    if "database does not exist" in text:
+        return DsbuildError(f"no catalog at {path} — run `dsbuild build` first")
+    return DsbuildError(f"catalog {path}: {text.splitlines()[0] if text else type(exc).__name__}")
+
+
+# --------------------------------------------------------------------------- locking
+
+
+class BuildLock:
+    """An exclusive, PID-stamped lock file beside the catalog, taken before any work.
+
+    Uses ``fcntl.flock`` so the lock dies with the process (a SIGKILLed build
+    never leaves a stale lock behind).
+    """
+
+    def __init__(self, catalog: Path) -> None:
+        self.path = Path(str(catalog) + ".lock")
+        self._fh = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            fh.close()
+            raise CatalogBusy(
+                f"catalog {self.path.with_suffix('')} is locked by PID {pid} (a build is running) — "
+                "wait for it to finish, or use another catalog with --catalog"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "BuildLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# --------------------------------------------------------------------------- the catalog
+
+
+class Catalog:
+    """A connection to the catalog with typed helpers for every read and write dsbuild does.
+
+    Open with :meth:`open` (read-write, migrates, expects the caller to hold a
+    :class:`BuildLock` when it writes) or :meth:`open_readonly`.
+    """
+
+    def __init__(self, con, path: Path, *, writable: bool) -> None:
+        self.con = con
+        self.path = path
+        self.writable = writable
+
+    # -- opening -----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> "Catalog":
+        import duckdb
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con = duckdb.connect(str(path), config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        except duckdb.Error as exc:
+            raise translate_error(exc, path) from None
+        cat = cls(con, path, writable=True)
+        cat._migrate()
+        return cat
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> "Catalog":
+        """Read-only, but not sandboxed: for dsbuild's own reads (status, export, train)."""
+        import duckdb
+
+        path = Path(path)
+        if not path.exists():
+            raise DsbuildError(f"no catalog at {path} — run `dsbuild build` first")
+        try:
+            con = duckdb.connect(str(path), read_only=True, config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        except duckdb.Error as exc:
+            raise translate_error(exc, path) from None
+        cat = cls(con, path, writable=False)
+        version = cat._version()
+        if version < SCHEMA_VERSION:
+            con.close()
+            raise DsbuildError(f"catalog {path} has schema version {version}, this dsbuild needs {SCHEMA_VERSION} — run `dsbuild build` once to migrate it")
+        if version > SCHEMA_VERSION:
+            con.close()
+            raise DsbuildError(f"catalog {path} was written by a newer dsbuild (schema {version}) — upgrade dsbuild")
+        return cat
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _version(self) -> int:
+        try:
+            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except Exception:
+            return 0
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        version = self._version()
+        if version > SCHEMA_VERSION:
+            raise DsbuildError(f"catalog {self.path} was written by a newer dsbuild (schema {version}) — upgrade dsbuild")
+        if version == SCHEMA_VERSION:
+            return
+        with self.transaction():
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in _MIGRATIONS[v]:
+                    self.con.execute(stmt)
+            for stmt in _VIEWS:
+                self.con.execute(stmt)
+            self.con.execute("DELETE FROM meta WHERE key = 'schema_version'")
+            self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        self.con.execute("CHECKPOINT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
+
+    # -- generic reads -------------------------------------------------------------
+
+    def df(self, sql: str, params: list | None = None):
+        """Run a dsbuild-owned SELECT and return a pandas DataFrame."""
+        return self.con.execute(sql, params or []).df()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.con.execute("DELETE FROM meta WHERE key = ?", [key])
+            self.con.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
+
+    # -- builds --------------------------------------------------------------------
+
+    def start_build(self, datasets: list[str]) -> int:
+        row = self.con.execute("SELECT coalesce(max(build_id), 0) + 1 FROM builds").fetchone()
+        build_id = int(row[0])
+        # A build that was killed never wrote its outcome: mark it so status can say so.
+        self.con.execute("UPDATE builds SET outcome = 'interrupted' WHERE outcome = 'running'")
+        self.con.execute(
+            "INSERT INTO builds VALUES (?, ?, ?, ?, NULL, 'running', NULL)",
+            [build_id, ",".join(datasets), os.getpid(), utcnow()],
+        )
+        return build_id
+
+    def finish_build(self, build_id: int, outcome: str, summary: dict) -> None:
+        self.con.execute(
+            "UPDATE builds SET finished_at = ?, outcome = ?, summary = ? WHERE build_id = ?",
+            [utcnow(), outcome, json.dumps(summary, default=str), build_id],
+        )
+        self.con.execute("CHECKPOINT")
+
+    # -- items and blobs -----------------------------------------------------------
+
+    def known_items(self, dataset: str):
+        """Existing items of ``dataset``: image_id, origin, source, status, reason, sha256, src_size, src_mtime_ns, class_label."""
+        return self.df(
+            "SELECT image_id, origin, source, status, reason, sha256, src_size, src_mtime_ns, class_label "
+            "FROM items WHERE dataset = ?",
+            [dataset],
+        )
+
+    def upsert_items(self, rows) -> None:
+        """Insert or replace items (a DataFrame with ``items`` columns; keyed by dataset, image_id).
+
+        ``first_seen`` of an existing item is kept, so "earliest" stays earliest.
+        """
+        if len(rows) == 0:
+            return
+        self.con.register("_new_items", rows)
+        try:
+            cols = [c for c in rows.columns]
+            col_list = ", ".join(cols)
+            with self.transaction():
+                self.con.execute(
+                    "CREATE OR REPLACE TEMP TABLE _old_first AS SELECT i.dataset, i.image_id, i.first_seen "
+                    "FROM items i JOIN _new_items n USING (dataset, image_id)"
+                )
+                self.con.execute(
+                    "DELETE FROM items WHERE (dataset, image_id) IN (SELECT (dataset, image_id) FROM _new_items)"
+                )
+                self.con.execute(f"INSERT INTO items ({col_list}) SELECT {col_list} FROM _new_items")
+                self.con.execute(
+                    "UPDATE items SET first_seen = o.first_seen FROM _old_first o "
+                    "WHERE items.dataset = o.dataset AND items.image_id = o.image_id"
+                )
+        finally:
+            self.con.unregister("_new_items")
+
+    def insert_blobs(self, rows) -> None:
+        """Insert blobs not yet known (a DataFrame with ``blobs`` columns)."""
+        if len(rows) == 0:
+            return
+        self.con.register("_new_blobs", rows)
+        try:
+            cols = ", ".join(rows.columns)
+            with self.transaction():
+                self.con.execute(
+                    f"INSERT INTO blobs ({cols}) SELECT {cols} FROM (SELECT DISTINCT ON (sha256) * FROM _new_blobs) n "
+                    "WHERE n.sha256 NOT IN (SELECT sha256 FROM blobs)"
+                )
+        finally:
+            self.con.unregister("_new_blobs")
+
+    def known_blobs(self, shas: list[str]):
+        """Blobs among ``shas`` already in the catalog whose file still exists."""
+        if not shas:
+            return set()
+        rows = self.con.execute("SELECT sha256, path FROM blobs WHERE sha256 IN (SELECT unnest(?))", [shas]).fetchall()
+        return {sha for sha, path in rows if os.path.exists(path)}
+
+    def dataset_items(self, dataset: str):
+        """Every item of ``dataset`` with what dedup and split need (joined with blobs)."""
+        return self.df(
+            """SELECT i.image_id, i.origin, i.class_label, i.status, i.reason, i.detail, i.sha256, i.split, i.phash,
+                      i.dup_group, i.first_seen, b.pixel_sha, b.width, b.height,
+                      b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
+                      coalesce(e.new_label, i.class_label) AS label
+               FROM items i LEFT JOIN blobs b USING (sha256)
+               LEFT JOIN latest_events e USING (dataset, image_id)
+               WHERE i.dataset = ? ORDER BY i.first_seen, i.image_id""",
+            [dataset],
+        )
+
+    def update_dedup_and_splits(self, dataset: str, rows) -> None:
+        """Write status/reason/dup columns/split for items of ``dataset`` (a DataFrame keyed by image_id)."""
+        if len(rows) == 0:
+            return
+        self.con.register("_upd", rows)
+        try:
+            with self.transaction():
+                self.con.execute(
+                    """UPDATE items SET status = u.status, reason = u.reason, detail = u.detail,
+                           dup_group = u.dup_group, dup_of = u.dup_of, dup_distance = u.dup_distance,
+                           conflict = u.conflict, split = u.split, updated_at = ?
+                       FROM _upd u WHERE items.dataset = ? AND items.image_id = u.image_id
+                         AND (items.status IS DISTINCT FROM u.status OR items.reason IS DISTINCT FROM u.reason
+                              OR items.dup_group IS DISTINCT FROM u.dup_group OR items.split IS DISTINCT FROM u.split
+                              OR items.conflict IS DISTINCT FROM u.conflict OR items.dup_of IS DISTINCT FROM u.dup_of
+                              OR items.detail IS DISTINCT FROM u.detail)""",
+                    [utcnow(), dataset],
+                )
+        finally:
+            self.con.unregister("_upd")
+
+    def insert_fetches(self, rows) -> None:
+        if len(rows) == 0:
+            return
+        self.con.register("_new_fetches", rows)
+        try:
+            cols = ", ".join(rows.columns)
+            with self.transaction():
+                self.con.execute(f"INSERT INTO fetches ({cols}) SELECT {cols} FROM _new_fetches")
+        finally:
+            self.con.unregister("_new_fetches")
+
+    # -- reads for status/export/train ---------------------------------------------
+
+    def images(self, dataset: str, *, statuses: tuple[str, ...] | None = None):
+        sql = "SELECT * FROM images WHERE dataset = ?"
+        params: list[Any] = [dataset]
+        if statuses:
+            sql += " AND status IN (SELECT unnest(?))"
+            params.append(list(statuses))
+        return self.df(sql + " ORDER BY image_id", params)
+
+    def datasets_in_catalog(self) -> list[str]:
+        return [r[0] for r in self.con.execute("SELECT DISTINCT dataset FROM items ORDER BY 1").fetchall()]
+
+    def status_counts(self, dataset: str):
+        """Counts per label × split × status."""
+        return self.df(
+            """SELECT label, coalesce(split, '-') AS split, status, count(*) AS n
+               FROM images WHERE dataset = ? GROUP BY ALL ORDER BY label, split, status""",
+            [dataset],
+        )
+
+    def reject_counts(self, dataset: str):
+        return self.df(
+            """SELECT status, reason, count(*) AS n FROM images
+               WHERE dataset = ? AND status IN ('rejected', 'failed') GROUP BY ALL ORDER BY n DESC, reason""",
+            [dataset],
+        )
+
+    def duplicate_counts(self, dataset: str) -> dict[str, int]:
+        row = self.con.execute(
+            """SELECT count(*) FILTER (WHERE status = 'duplicate'),
+                      count(DISTINCT dup_group),
+                      (SELECT count(*) FROM conflicts WHERE dataset = ?)
+               FROM images WHERE dataset = ? AND dup_group IS NOT NULL""",
+            [dataset, dataset],
+        ).fetchone()
+        return {"duplicates": int(row[0]), "groups": int(row[1]), "conflicts": int(row[2])}
+
+    def last_build(self):
+        return self.con.execute(
+            "SELECT build_id, datasets, started_at, finished_at, outcome, summary FROM builds ORDER BY build_id DESC LIMIT 1"
+        ).fetchone()
+
+    # -- label events ----------------------------------------------------------------
+
+    def label_history(self, dataset: str):
+        return self.df("SELECT * FROM label_events WHERE dataset = ? ORDER BY event_id", [dataset])
+
+    def append_label_events(self, dataset: str, events: list[dict]) -> int:
+        """Append events (dicts with image_id, action, old/new label/status, source, at, note); all or nothing."""
+        if not events:
+            return 0
+        import pandas as pd
+
+        with self.transaction():
+            start = int(self.con.execute("SELECT coalesce(max(event_id), 0) FROM label_events").fetchone()[0])
+            rows = pd.DataFrame(events).rename(columns={"at": "changed_at"})
+            rows.insert(0, "event_id", range(start + 1, start + 1 + len(rows)))
+            rows.insert(1, "dataset", dataset)
+            for col in ("old_label", "new_label", "old_status", "new_status", "label_quality", "note"):
+                if col not in rows:
+                    rows[col] = None
+            cols = ["event_id", "dataset", "image_id", "changed_at", "source", "action", "old_label", "new_label",
+                    "old_status", "new_status", "label_quality", "note"]
+            self.con.register("_events", rows[cols])
+            try:
+                self.con.execute(f"INSERT INTO label_events ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _events")
+            finally:
+                self.con.unregister("_events")
+        return len(events)
+
+    # -- model runs ----------------------------------------------------------------------
+
+    def start_run(self, *, run_id: str, dataset: str, kind: str, arch: str | None, params: dict, parent_run: str | None = None) -> None:
+        self.con.execute(
+            "INSERT INTO model_runs (run_id, dataset, kind, arch, started_at, status, params, parent_run) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+            [run_id, dataset, kind, arch, utcnow(), json.dumps(params, default=str), parent_run],
+        )
+
+    def finish_run(self, run_id: str, **fields: Any) -> None:
+        fields.setdefault("finished_at", utcnow())
+        fields.setdefault("status", "ok")
+        for key in ("epochs", "confusion", "per_class", "valid_ids", "params"):
+            if key in fields and not isinstance(fields[key], str):
+                fields[key] = json.dumps(fields[key], default=str)
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.con.execute(f"UPDATE model_runs SET {sets} WHERE run_id = ?", [*fields.values(), run_id])
+
+    def runs(self, dataset: str, *, kind: tuple[str, ...] = ("train", "retrain"), status: str = "ok"):
+        return self.df(
+            "SELECT * FROM model_runs WHERE dataset = ? AND kind IN (SELECT unnest(?)) AND status = ? ORDER BY started_at",
+            [dataset, list(kind), status],
+        )
+
+    def insert_issue_rows(self, run_id: str, dataset: str, rows) -> None:
+        if len(rows) == 0:
+            return
+        rows = rows.copy()
+        rows["run_id"] = run_id
+        rows["dataset"] = dataset
+        cols = ["run_id", "dataset", "image_id", "kind", "given_label", "suggested_label", "label_quality",
+                "suggested_confidence", "ood_score", "is_issue", "rank"]
+        for col in cols:
+            if col not in rows:
+                rows[col] = None
+        self.con.register("_issues", rows[cols])
+        try:
+            with self.transaction():
+                self.con.execute(f"INSERT INTO issue_rows ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _issues")
+        finally:
+            self.con.unregister("_issues")
+
+    def latest_issues(self, dataset: str):
+        return self.df("SELECT * FROM label_issues WHERE dataset = ? ORDER BY rank", [dataset])
+
+
+# --------------------------------------------------------------------------- the sandboxed query
+
+
+def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_rows: int | None = None):
+    """Run a user's ``sql`` on the catalog read-only, with no file system access; return a DataFrame.
+
+    The connection is opened read-only with external access, extension loading
+    and community extensions disabled, then its configuration is locked so the
+    SQL cannot switch any of it back on. A timer interrupts the query after
+    ``timeout`` seconds; Ctrl-C interrupts it too.
+    """
+    import duckdb
+
+    path = Path(path)
+    if not path.exists():
+        raise DsbuildError(f"no catalog at {path} — run `dsbuild build` first")
+    if not sql.strip():
+        raise DsbuildError("empty query — give SQL or @name (see `dsbuild query --list`)")
+    try:
+        con = duckdb.connect(
+            str(path),
+            read_only=True,
+            config={
+                "enable_external_access": False,
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+                "allow_community_extensions": False,
+                "allow_unsigned_extensions": False,
+                "memory_limit": "2GB",
+                "threads": 2,
+            },
+        )
+        con.execute("SET lock_configuration = true")
+    except duckdb.Error as exc:
+        raise translate_error(exc, path) from None
+
+    timer = None
+    timed_out = threading.Event()
+    if timeout:
+        def _stop() -> None:
+            timed_out.set()
+            con.interrupt()
+
+        timer = threading.Timer(timeout, _stop)
+        timer.daemon = True
+        timer.start()
+    try:
+        try:
+            rel = con.execute(sql)
+            if rel.description is None:
+                import pandas as pd
+
+                return pd.DataFrame()
+            out = rel.df() if max_rows is None else _fetch_limited(rel, max_rows)
+            return out
+        except KeyboardInterrupt:
+            con.interrupt()
+            raise DsbuildError("query interrupted", exit_code=130) from None
+        except duckdb.InterruptException:
+            if timed_out.is_set():
+                raise DsbuildError(f"query ran longer than {timeout:g} s and was stopped — narrow it, or raise --timeout") from None
+            raise DsbuildError("query interrupted", exit_code=130) from None
+        except duckdb.Error as exc:
+            raise DsbuildError(_sql_error_text(exc)) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+        con.close()
+
+
+def _fetch_limited(rel, max_rows: int):
+    import pandas as pd
+
+    cols = [d[0] for d in rel.description]
+    return pd.DataFrame(rel.fetchmany(max_rows), columns=cols)
+
+
+def _sql_error_text(exc: Exception) -> str:
+    text = str(exc).strip()
+    if "read-only mode" in text or "read only mode" in text:
+        return f"the catalog is read-only for queries — {text.splitlines()[0]}"
+    if "file system operations are disabled" in text or "external access" in text.lower():
+        return f"queries cannot read or write files — {text.splitlines()[0]}"
+    if "configuration has been locked" in text:
+        return f"queries cannot change settings — {text.splitlines()[0]}"
+    return text
+
+
+# --------------------------------------------------------------------------- named queries
+
+
+def named_query_dirs(manifest_root: Path) -> list[Path]:
+    """Where ``@name`` queries are looked up: the project's catalog/queries, then the built-ins."""
+    return [manifest_root / "catalog" / "queries", Path(__file__).parent / "queries"]
+
+
+def resolve_named_query(name: str, manifest_root: Path) -> str:
+    """The SQL text of ``@name``."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise DsbuildError(f"bad query name '@{name}' — names use letters, digits, '_' and '-'")
+    for folder in named_query_dirs(manifest_root):
+        file = folder / f"{name}.sql"
+        if file.is_file():
+            return file.read_text(encoding="utf-8")
+    known = sorted(list_named_queries(manifest_root))
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean '@{close[0]}'?)" if close else ""
+    return_known = ", ".join("@" + k for k in known) or "(none)"
+    raise DsbuildError(f"no named query '@{name}'{hint} — known: {return_known}")
+
+
+def list_named_queries(manifest_root: Path) -> dict[str, str]:
+    """name → first comment line (description) of every named query."""
+    out: dict[str, str] = {}
+    for folder in reversed(named_query_dirs(manifest_root)):
+        if folder.is_dir():
+            for file in sorted(folder.glob("*.sql")):
+                first = file.read_text(encoding="utf-8").splitlines()[:1]
+                desc = first[0].lstrip("- ").strip() if first and first[0].startswith("--") else ""
+                out[file.stem] = desc
+    return out
+
+
+def wait_for_unlock(path: Path, seconds: float) -> None:  # pragma: no cover - used by tests
+    deadline = time.monotonic() + seconds
+    lock = BuildLock(path)
+    while time.monotonic() < deadline:
+        try:
+            lock.acquire()
+            lock.release()
+            return
+        except CatalogBusy:
+            time.sleep(0.05)

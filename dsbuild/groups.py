@@ -1,0 +1,168 @@
+"""Duplicate groups and statuses of a dataset, recomputed from the catalog at each build.
+
+Exact duplicates share bytes (sha256) or decoded pixels (pixel digest); near
+duplicates have perceptual hashes within ``dedup.threshold`` (see
+:mod:`dsbuild.dedup`). Each group keeps one representative — largest
+resolution, then earliest seen — and the others become ``duplicate`` rows
+pointing at it (``dup_of``). A group whose members carry different labels is a
+**label conflict**: flagged (``conflict``), listed by the ``conflicts`` view and
+the mislabel report, never dropped silently. Splits are then assigned per group
+(:mod:`dsbuild.split`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsbuild.manifest import Dataset
+
+_CANDIDATE = ("ok", "duplicate")
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    groups: int
+    duplicates: int
+    conflicts: int
+    near_pairs: int
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _quality_reject(items, dataset: Dataset):
+    """reason 'quality: <flag>' for items whose quality flags are configured to reject (else None)."""
+    q = dataset.quality
+    reasons = np.full(len(items), None, dtype=object)
+    if not q.reject:
+        return reasons
+    checks = {
+        "dark": lambda df: df["q_dark"] < q.dark,
+        "light": lambda df: df["q_light"] < q.light,
+        "blurry": lambda df: df["q_blurry"] < q.blurry,
+        "low_information": lambda df: df["q_low_information"] < q.low_information,
+        "grayscale": lambda df: df["q_grayscale"] >= 0.5,
+        "odd_aspect_ratio": lambda df: df["q_odd_aspect_ratio"] < q.odd_aspect_ratio,
+        "odd_size": lambda df: df["q_odd_size"] < 0.5,
+    }
+    for flag in q.reject:
+        col = "q_odd_size" if flag == "odd_size" else f"q_{flag}"
+        if col not in items:
+            continue
+        hit = checks[flag](items).fillna(False).to_numpy()
+        reasons = np.where((reasons == None) & hit, f"quality: {flag}", reasons)  # noqa: E711
+    return reasons
+
+
+def regroup(items, dataset: Dataset, *, near_pairs=None):
+    """Recompute status/reason/dup columns/split for every item of a dataset.
+
+    ``items``: DataFrame from :meth:`Catalog.dataset_items` (ordered by first_seen).
+    ``near_pairs``: optional (k, 3) int array of (i, j, distance) row positions of
+    near-duplicate pairs. Returns ``(updates DataFrame, GroupSummary)``.
+    """
+    import pandas as pd
+
+    from dsbuild.split import assign_splits
+
+    df = items.reset_index(drop=True).copy()
+    n = len(df)
+    base_reason = df["reason"].where(~df["reason"].fillna("").str.startswith("quality:"), None)
+    verified = df["status"].isin(_CANDIDATE) | df["reason"].fillna("").str.startswith("quality:")
+    qreason = _quality_reject(df, dataset)
+    df["status"] = np.where(verified & pd.notna(qreason), "rejected", np.where(verified, "ok", df["status"]))
+    df["reason"] = np.where(verified & pd.notna(qreason), qreason, np.where(verified, None, base_reason))
+    cand = (df["status"] == "ok").to_numpy()
+
+    uf = _UnionFind(n)
+    exact_edge = np.zeros(n, dtype=bool)
+    for col in ("sha256", "pixel_sha"):
+        first: dict[str, int] = {}
+        for i in np.flatnonzero(cand):
+            key = df.at[i, col]
+            if not isinstance(key, str):
+                continue
+            if key in first:
+                uf.union(first[key], i)
+                exact_edge[i] = True
+            else:
+                first[key] = i
+    distance = np.full(n, -1)
+    n_near = 0
+    if near_pairs is not None and len(near_pairs):
+        for i, j, d in near_pairs:
+            if cand[i] and cand[j] and uf.find(i) != uf.find(j):
+                uf.union(int(i), int(j))
+                n_near += 1
+
+    roots = np.array([uf.find(i) for i in range(n)])
+    df["root"] = roots
+    df["pixels"] = (df["width"].fillna(0) * df["height"].fillna(0)).astype("int64")
+    df["order"] = np.arange(n)
+    df["dup_group"] = None
+    df["dup_of"] = None
+    df["dup_distance"] = None
+    df["conflict"] = False
+    members = df[cand]
+    sizes = members.groupby("root")["image_id"].transform("size")
+    multi = members[sizes > 1]
+    n_dups = n_conflicts = 0
+    for root, grp in multi.groupby("root", sort=False):
+        rep = grp.sort_values(["pixels", "order"], ascending=[False, True]).index[0]
+        group_id = "g-" + min(grp["image_id"])
+        labels = set(grp["label"])
+        conflict = len(labels) > 1
+        n_conflicts += conflict
+        for idx in grp.index:
+            df.at[idx, "dup_group"] = group_id
+            df.at[idx, "conflict"] = conflict
+            if idx == rep:
+                continue
+            same = df.at[idx, "sha256"] == df.at[rep, "sha256"] or df.at[idx, "pixel_sha"] == df.at[rep, "pixel_sha"]
+            df.at[idx, "status"] = "duplicate"
+            df.at[idx, "reason"] = "exact duplicate" if same else "near duplicate"
+            df.at[idx, "dup_of"] = df.at[rep, "image_id"]
+            if not same:
+                df.at[idx, "dup_distance"] = _hamming(df.at[idx, "phash"], df.at[rep, "phash"])
+            else:
+                df.at[idx, "dup_distance"] = 0
+            n_dups += 1
+
+    # Splits: one per group (unit), labelled by the representative's label.
+    in_split = df["status"].isin(["ok", "duplicate"])
+    df["unit"] = np.where(df["dup_group"].notna(), df["dup_group"], df["sha256"].fillna(df["image_id"]))
+    existing = df[in_split & df["split"].notna()].groupby("unit")["split"].agg(lambda s: s.mode().iloc[0])
+    reps = df[in_split & (df["status"] == "ok")]
+    units = pd.DataFrame({"unit": reps["unit"], "label": reps["label"]}).drop_duplicates("unit")
+    units["split"] = units["unit"].map(existing)
+    mapping = assign_splits(units, dataset.split)
+    df["split"] = np.where(in_split, df["unit"].map(mapping), None)
+
+    df.loc[df["status"].isin(["ok", "duplicate"]), "detail"] = None
+    out = df[["image_id", "status", "reason", "detail", "dup_group", "dup_of", "dup_distance", "conflict", "split"]].copy()
+    groups = int(multi["root"].nunique()) if len(multi) else 0
+    return out, GroupSummary(groups=groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near)
+
+
+def _hamming(a, b) -> int | None:
+    if not isinstance(a, str) or not isinstance(b, str) or len(a) != len(b):
+        return None
+    return bin(int(a, 16) ^ int(b, 16)).count("1")

@@ -1,0 +1,74 @@
+"""``dsbuild status``: what the catalog holds, per dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsbuild.catalog import Catalog
+from dsbuild.errors import DsbuildError
+
+_STATUS_ORDER = ("ok", "duplicate", "rejected", "failed")
+
+
+@dataclass
+class DatasetStatus:
+    """``rows``: (label, counts in ``columns`` order); ``columns`` like ``train ok``, ``- rejected``."""
+
+    name: str
+    columns: list[str]
+    rows: list[tuple[str, list[int]]]
+    totals: list[int]
+    rejects: list[tuple[str, str, int]]
+    duplicates: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CatalogStatus:
+    datasets: list[DatasetStatus]
+    last_build: str | None
+
+
+def dataset_status(catalog_path: Path, dataset: str | None = None) -> CatalogStatus:
+    """Counts per label × split × status, rejects by reason and duplicate/conflict counts."""
+    with Catalog.open_readonly(catalog_path) as cat:
+        names = cat.datasets_in_catalog()
+        if dataset is not None:
+            if dataset not in names:
+                known = ", ".join(names) or "(none yet)"
+                raise DsbuildError(f"dataset '{dataset}' is not in the catalog — built datasets: {known}; run `dsbuild build {dataset}`")
+            names = [dataset]
+        out = [_one(cat, name) for name in names]
+        last = cat.last_build()
+    line = None
+    if last:
+        build_id, datasets, started, finished, outcome, _ = last
+        line = f"last build #{build_id} ({datasets}) started {started:%Y-%m-%d %H:%M:%S} UTC: {outcome}"
+        if outcome == "interrupted":
+            line += " — run `dsbuild build` again to resume"
+    return CatalogStatus(datasets=out, last_build=line)
+
+
+def _one(cat: Catalog, name: str) -> DatasetStatus:
+    counts = cat.status_counts(name)
+    splits = [s for s in ("train", "valid", "test") if s in set(counts["split"])]
+    columns: list[tuple[str, str]] = [(s, "ok") for s in splits]
+    columns += [("*", st) for st in _STATUS_ORDER[1:] if st in set(counts["status"])]
+    table: dict[str, dict[tuple[str, str], int]] = {}
+    for row in counts.itertuples(index=False):
+        key = (row.split, row.status) if row.status == "ok" else ("*", row.status)
+        table.setdefault(row.label, {})
+        table[row.label][key] = table[row.label].get(key, 0) + int(row.n)
+    rows = [(label, [table[label].get(c, 0) for c in columns]) for label in sorted(table)]
+    totals = [sum(r[1][i] for r in rows) for i in range(len(columns))]
+    rejects = [(r.status, r.reason, int(r.n)) for r in cat.reject_counts(name).itertuples(index=False)]
+    dups = cat.duplicate_counts(name)
+    notes = []
+    if dups["groups"]:
+        notes.append(
+            f"{name}: {dups['duplicates']} duplicates in {dups['groups']} groups; "
+            f"{dups['conflicts']} label conflicts (same picture, different labels) — `dsbuild query @label_conflicts`"
+        )
+    names = [f"{s} ok" if st == "ok" else st for s, st in columns]
+    return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups, notes=notes)

@@ -1,0 +1,63 @@
+"""Content-addressed image store: one file per sha256, written atomically.
+
+Layout: ``<store>/<aa>/<sha256>.<ext>`` where ``aa`` is the first two hex digits
+(256 folders keep directories small at a million images). A file appears under
+its final name only when complete (temp file in the same folder, fsync, then
+``os.replace``), so the catalog never points at a half-written file, and the
+same bytes are stored once however many URLs or folders supply them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
+
+
+def store_path(store_dir: Path, sha256: str, fmt: str | None) -> Path:
+    """Where the image with ``sha256`` and Pillow format ``fmt`` lives in the store."""
+    return Path(store_dir) / sha256[:2] / f"{sha256}.{_EXT.get((fmt or '').upper(), 'img')}"
+
+
+def store_bytes(store_dir: Path, sha256: str, data: bytes, fmt: str | None) -> Path:
+    """Write ``data`` under its content address unless it is already there; return the path."""
+    final = store_path(store_dir, sha256, fmt)
+    if final.exists() and final.stat().st_size == len(data):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{secrets.token_hex(8)}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return final
+
+
+def move_into_store(store_dir: Path, sha256: str, src: Path, fmt: str | None) -> Path:
+    """Atomically move a complete, verified temp file ``src`` into the store (same filesystem)."""
+    final = store_path(store_dir, sha256, fmt)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        src.unlink(missing_ok=True)
+        return final
+    os.replace(src, final)
+    return final
+
+
+def sweep_temp_files(store_dir: Path) -> int:
+    """Remove temp files left by a killed build; return how many were removed."""
+    removed = 0
+    root = Path(store_dir)
+    if not root.exists():
+        return 0
+    for tmp in root.glob("*/.tmp-*"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed

@@ -1,0 +1,294 @@
+"""Verification: decode every image once, fully, under limits; reject with a reason.
+
+:func:`analyze_file` is the per-image unit of work of a build. It is a pure
+function of (file bytes, settings) apart from writing an accepted image into
+the content-addressed store, so it runs in worker processes here and could run
+on Ray/Dask later. It never raises for a bad image: it returns an
+:class:`ImageRecord` whose ``reason`` says why the image was rejected.
+
+The one decode is shared by verification, pixel hashing, perceptual hashing
+and quality scores. JPEGs are decoded with Pillow's draft mode (DCT scaling)
+to at least ``ANALYSIS_SIDE`` pixels: the whole entropy-coded stream is still
+read, so truncation and corruption are still detected, but the IDCT and colour
+conversion run on a fraction of the pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsbuild.manifest import DedupSettings, VerifySettings
+from dsbuild.store import store_bytes
+
+# Reasons are short, stable categories (GROUP BY friendly); details go to ``detail``.
+REASONS = (
+    "empty file",
+    "too large",
+    "not an image",
+    "unsupported format",
+    "decompression bomb",
+    "corrupt",
+    "truncated",
+    "too small",
+    "odd aspect ratio",
+    "unreadable",
+)
+
+ANALYSIS_SIDE = 256
+"""Smallest side that JPEG draft decoding keeps; enough for 32×32 hashes and 64 px blur scores."""
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"%!PS", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"8BPS", "PSD"),
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
+    (b"\xff\x4f\xff\x51", "JPEG2000"),
+    (b"SIMPLE  =", "FITS"),
+    (b"DDS ", "DDS"),
+    (b"\x00\x00\x01\x00", "ICO"),
+)
+
+
+def sniff(head: bytes) -> str | None:
+    """The image format named by the magic bytes in ``head``, or None.
+
+    Never trusts extensions or Content-Type. HTML/XML/SVG/text come back as
+    ``"HTML"``/``"SVG"``/``"TEXT"`` so that reasons can say what the file was.
+    """
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1"):
+        return "AVIF/HEIF"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<script")):
+        return "HTML"
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in head.lower()):
+        return "SVG"
+    if text.startswith((b"<?xml", b"<")):
+        return "XML"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:256]):
+        return "TEXT"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageRecord:
+    """What verification learned about one file.
+
+    ``ok`` images have every field; rejected ones have ``reason`` (one of
+    :data:`REASONS`) and ``detail`` and whatever was known before the failure.
+    ``store_path`` is where the accepted bytes live in the content-addressed
+    store (None when rejected or when no store was given).
+    """
+
+    ok: bool
+    reason: str | None = None
+    detail: str | None = None
+    sha256: str | None = None
+    bytes: int = 0
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    frames: int = 1
+    pixel_sha: str | None = None
+    phash: str | None = None
+    quality: dict[str, float] = field(default_factory=dict)
+    store_path: str | None = None
+
+
+def _reject(reason: str, detail: str, **known) -> ImageRecord:
+    return ImageRecord(ok=False, reason=reason, detail=detail, **known)
+
+
+def normalise(img):
+    """Return ``img`` as RGB or L (8-bit), EXIF orientation applied, alpha composited on white.
+
+    Handles CMYK, P/PA (palettes, incl. transparency), LA, RGBA, 1, I;16, I and F.
+    """
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in ("RGB", "L"):
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / hi * 255.0, 0, 255).astype("uint8")
+        return Image.fromarray(arr, mode="L")
+    if mode == "1":
+        return img.convert("L")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode(data: bytes, settings: VerifySettings, *, analysis_side: int | None = ANALYSIS_SIDE):
+    """Decode ``data`` under ``settings``; return ``(image, info)`` or raise ``_Rejected``.
+
+    ``image`` is normalised (see :func:`normalise`), possibly reduced by JPEG draft
+    mode to at least ``analysis_side`` pixels on its shorter side (None: full size).
+    ``info`` has format, width, height (original), mode (original), frames.
+    """
+    from PIL import Image
+
+    fmt = sniff(data[:512])
+    allowed = tuple(f.upper() for f in settings.formats)
+    if fmt is None:
+        raise _Rejected("not an image", "unrecognised content")
+    if fmt in ("HTML", "SVG", "XML", "TEXT"):
+        raise _Rejected("not an image", f"content is {fmt.lower()}")
+    if fmt not in allowed:
+        raise _Rejected("unsupported format", f"{fmt} is not in the allowed formats ({', '.join(allowed)})")
+
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
+    with warnings.catch_warnings():
+        # A DecompressionBombWarning is an error here: never decode a bomb.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=allowed) as probe:
+                width, height = probe.size
+                _check_pixels(width, height, settings)
+                probe.verify()  # PNG chunk CRCs; for most formats only a header check
+            img = Image.open(io.BytesIO(data), formats=allowed)
+            width, height = img.size
+            info = {"format": img.format, "width": width, "height": height, "mode": img.mode,
+                    "frames": int(getattr(img, "n_frames", 1) or 1)}
+            if min(width, height) < settings.min_side:
+                raise _Rejected("too small", f"{width}×{height} is below min_side {settings.min_side}", info)
+            ratio = max(width, height) / max(1, min(width, height))
+            if ratio > settings.max_aspect_ratio:
+                raise _Rejected("odd aspect ratio", f"{ratio:.1f}:1 exceeds max_aspect_ratio {settings.max_aspect_ratio}", info)
+            if img.format == "JPEG" and analysis_side:
+                img.draft("RGB", (analysis_side, analysis_side))
+            img.load()  # the full decode: truncation and corrupt data surface here
+            return normalise(img), info
+        except _Rejected:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _Rejected("decompression bomb", str(exc)) from None
+        except OSError as exc:
+            text = str(exc)
+            if "truncated" in text or "premature end" in text.lower():
+                raise _Rejected("truncated", text) from None
+            raise _Rejected("corrupt", text or type(exc).__name__) from None
+        except Exception as exc:
+            # Hostile files raise SyntaxError (bad PNG CRC), ValueError, EOFError, IndexError,
+            # struct.error, AssertionError, MemoryError, ... (Pillow's fuzzers list them all).
+            raise _Rejected("corrupt", f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_pixels(width: int, height: int, settings: VerifySettings) -> None:
+    pixels = max(1, width) * max(1, height)
+    if pixels > settings.max_pixels:
+        raise _Rejected("decompression bomb", f"{width}×{height} = {pixels} pixels exceeds max_pixels {settings.max_pixels}")
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str, detail: str, info: dict | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.info = info or {}
+
+
+def pixel_digest(img) -> str:
+    """sha256 of the decoded pixels (mode, size, raw bytes): equal for the same picture in any lossless encoding."""
+    h = hashlib.sha256()
+    h.update(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def analyze_bytes(
+    data: bytes,
+    *,
+    verify: VerifySettings,
+    dedup: DedupSettings,
+    store_dir: Path | None = None,
+    with_quality: bool = True,
+) -> ImageRecord:
+    """Verify, hash and score one image given as bytes; store it when accepted."""
+    size = len(data)
+    if size == 0:
+        return _reject("empty file", "0 bytes")
+    if size > verify.max_bytes:
+        return _reject("too large", f"{size} bytes exceeds max_bytes {verify.max_bytes}", bytes=size)
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        img, info = decode(data, verify)
+    except _Rejected as rej:
+        return _reject(rej.reason, rej.detail, sha256=sha, bytes=size, **_known(rej.info))
+    from dsbuild import hashing, quality
+
+    try:
+        ph = hashing.compute_hash(img, kind=dedup.hash, hash_size=dedup.hash_size)
+        scores = quality.scores(img, width=info["width"], height=info["height"]) if with_quality else {}
+        pix = pixel_digest(img)
+    except Exception as exc:  # a decoded image that cannot be hashed is unusable
+        return _reject("corrupt", f"hashing failed: {type(exc).__name__}: {exc}", sha256=sha, bytes=size, **_known(info))
+    stored = None
+    if store_dir is not None:
+        stored = str(store_bytes(store_dir, sha, data, info["format"]))
+    return ImageRecord(
+        ok=True, sha256=sha, bytes=size, format=info["format"], width=info["width"], height=info["height"],
+        mode=info["mode"], frames=info["frames"], pixel_sha=pix, phash=ph, quality=scores, store_path=stored,
+    )
+
+
+def _known(info: dict) -> dict:
+    return {k: info[k] for k in ("format", "width", "height", "mode", "frames") if k in info}
+
+
+def analyze_file(
+    path: str | os.PathLike,
+    *,
+    verify: VerifySettings,
+    dedup: DedupSettings,
+    store_dir: Path | None = None,
+    with_quality: bool = True,
+) -> ImageRecord:
+    """Read ``path`` (refusing files over ``verify.max_bytes`` before reading) and :func:`analyze_bytes` it."""
+    try:
+        size = os.stat(path).st_size
+        if size > verify.max_bytes:
+            return _reject("too large", f"{size} bytes exceeds max_bytes {verify.max_bytes}", bytes=size)
+        with open(path, "rb") as fh:
+            data = fh.read(verify.max_bytes + 1)
+    except OSError as exc:
+        return _reject("unreadable", exc.strerror or str(exc))
+    return analyze_bytes(data, verify=verify, dedup=dedup, store_dir=store_dir, with_quality=with_quality)
+
+
+def load_rgb(path: str | os.PathLike):
+    """Open an image for training/prediction: EXIF orientation applied, RGB, first frame."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        out = normalise(img)
+    return out.convert("RGB") if out.mode != "RGB" else out
