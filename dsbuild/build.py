@@ -22,6 +22,7 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -226,10 +227,17 @@ def _analyze_job(job: tuple) -> tuple[str, ImageRecord]:
     return key, analyze_file(path, verify=verify, dedup=dedup, store_dir=store_dir)
 
 
+def _analyze_chunk(jobs: list[tuple]) -> list[tuple[str, ImageRecord]]:
+    return [_analyze_job(job) for job in jobs]
+
+
 def analyze_many(jobs: list[tuple], *, workers: int | None = None) -> Iterator[tuple[str, ImageRecord]]:
     """Run :func:`analyze_file` over ``jobs`` (key, path, verify, dedup, store_dir), in worker processes.
 
-    Results come back in job order. Small batches run in-process.
+    Results come back in job order. Small batches run in-process. A worker that
+    dies (a decoder crash on a hostile file) costs only the file that killed it:
+    the unfinished chunks are re-run one file per task, and the file that breaks
+    the pool again is rejected as ``corrupt``.
     """
     if not jobs:
         return
@@ -238,13 +246,53 @@ def analyze_many(jobs: list[tuple], *, workers: int | None = None) -> Iterator[t
         for job in jobs:
             yield _analyze_job(job)
         return
+    chunk = max(1, min(64, len(jobs) // (workers * 8) or 1))
+    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
+    retry: list[tuple] = []
+    with _spawn_pool(workers) as pool:
+        window = workers * 4  # chunks in flight: bounded memory, results in order
+        futures = [pool.submit(_analyze_chunk, c) for c in chunks[:window]]
+        next_chunk = len(futures)
+        for i in range(len(chunks)):
+            try:
+                results = futures[i].result()
+            except BrokenProcessPool:
+                retry = [job for c in chunks[i:] for job in c]
+                break
+            futures[i] = None  # free the results
+            if next_chunk < len(chunks):
+                futures.append(pool.submit(_analyze_chunk, chunks[next_chunk]))
+                next_chunk += 1
+            yield from results
+    yield from _isolated(retry)
+
+
+def _spawn_pool(workers: int) -> ProcessPoolExecutor:
     import multiprocessing as mp
 
     # spawn, not fork: the parent holds a DuckDB connection and threads.
-    ctx = mp.get_context("spawn")
-    chunk = max(1, min(64, len(jobs) // (workers * 8) or 1))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        yield from pool.map(_analyze_job, jobs, chunksize=chunk)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+
+
+def _isolated(jobs: list[tuple]) -> Iterator[tuple[str, ImageRecord]]:
+    """Re-run ``jobs`` in order in a one-worker pool after a crash; the job that crashes it again is rejected.
+
+    With a single worker, jobs run strictly in order, so the first unfinished job
+    when the pool breaks is the one that broke it.
+    """
+    pending = list(jobs)
+    while pending:
+        with _spawn_pool(1) as pool:
+            futures = [pool.submit(_analyze_job, job) for job in pending]
+            for k, fut in enumerate(futures):
+                try:
+                    yield fut.result()
+                except BrokenProcessPool:
+                    yield pending[k][0], ImageRecord(ok=False, reason="corrupt", detail="the decoder crashed on this file")
+                    pending = pending[k + 1 :]
+                    break
+            else:
+                pending = []
 
 
 # --------------------------------------------------------------------------- the build

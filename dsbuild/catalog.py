@@ -104,6 +104,28 @@ _MIGRATIONS: dict[int, list[str]] = {
             sha256 VARCHAR,
             build_id INTEGER
         )""",
+        """CREATE TABLE IF NOT EXISTS links (
+            dataset VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            url VARCHAR NOT NULL,
+            engine VARCHAR NOT NULL,          -- an engine name, or 'urls' for URL lists
+            query VARCHAR NOT NULL,           -- the query, or the URL list file
+            rank INTEGER,
+            page_url VARCHAR,
+            discovered_at TIMESTAMP NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS searches (
+            dataset VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            engine VARCHAR NOT NULL,
+            query VARCHAR NOT NULL,
+            wanted INTEGER,
+            links INTEGER,
+            pages INTEGER,
+            outcome VARCHAR,
+            message VARCHAR,
+            searched_at TIMESTAMP NOT NULL
+        )""",
         """CREATE TABLE IF NOT EXISTS label_events (
             event_id BIGINT NOT NULL,
             dataset VARCHAR NOT NULL,
@@ -526,6 +548,83 @@ class Catalog:
                 self.con.execute(f"INSERT INTO fetches ({cols}) SELECT {cols} FROM _new_fetches")
         finally:
             self.con.unregister("_new_fetches")
+
+    # -- links and searches (web sources) ----------------------------------------
+
+    def searched(self, dataset: str, label: str, engine: str, query: str) -> int | None:
+        """How many links a completed search of this query asked for, or None if never completed."""
+        row = self.con.execute(
+            "SELECT max(wanted) FROM searches WHERE dataset = ? AND label = ? AND engine = ? AND query = ? "
+            "AND outcome NOT IN ('blocked', 'error')",
+            [dataset, label, engine, query],
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def record_search(self, *, dataset: str, label: str, engine: str, query: str, wanted: int,
+                      links: list[dict], pages: int, outcome: str, message: str) -> None:
+        """Store a query's links and how it ended, in one transaction (links first, then the search row)."""
+        import pandas as pd
+
+        now = utcnow()
+        with self.transaction():
+            self.con.execute("DELETE FROM links WHERE dataset = ? AND label = ? AND engine = ? AND query = ?",
+                             [dataset, label, engine, query])
+            if links:
+                df = pd.DataFrame(links)
+                df["dataset"], df["label"], df["engine"], df["query"], df["discovered_at"] = dataset, label, engine, query, now
+                self.con.register("_links", df)
+                try:
+                    self.con.execute("INSERT INTO links (dataset, label, url, engine, query, rank, page_url, discovered_at) "
+                                     "SELECT dataset, label, url, engine, query, rank, page_url, discovered_at FROM _links")
+                finally:
+                    self.con.unregister("_links")
+            self.con.execute("INSERT INTO searches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [dataset, label, engine, query, wanted, len(links), pages, outcome, message, now])
+
+    def dataset_links(self, dataset: str):
+        """Every discovered link of ``dataset`` (first discovery of each (label, url)), in discovery order."""
+        return self.df(
+            """SELECT label, url, engine, query, rank, page_url FROM (
+                   SELECT *, row_number() OVER (PARTITION BY label, url ORDER BY discovered_at, engine, query, rank) AS rn
+                   FROM links WHERE dataset = ?) WHERE rn = 1
+               ORDER BY discovered_at, engine, query, rank""",
+            [dataset],
+        )
+
+    def fetched_ok(self, urls: list[str]):
+        """Latest successful fetch of each URL in ``urls`` whose stored file still exists: url → (sha256, row)."""
+        if not urls:
+            return {}
+        rows = self.con.execute(
+            """SELECT f.url, f.sha256, b.path, f.http_status, f.bytes, f.content_type FROM fetches f JOIN blobs b USING (sha256)
+               WHERE f.outcome = 'ok' AND f.url IN (SELECT unnest(?))""",
+            [urls],
+        ).fetchall()
+        return {r[0]: r for r in rows if os.path.exists(r[2])}
+
+    def transient_failures(self, dataset: str) -> set[str]:
+        """URLs of ``dataset`` whose latest fetch failed for a transient reason (worth retrying)."""
+        rows = self.con.execute(
+            """SELECT url FROM (SELECT url, transient, outcome,
+                      row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) AS rn
+                      FROM fetches WHERE dataset = ?) WHERE rn = 1 AND outcome = 'failed' AND transient""",
+            [dataset],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def blob_record(self, sha256: str):
+        """The stored blob ``sha256`` as an accepted :class:`~dsbuild.verify.ImageRecord`."""
+        from dsbuild.verify import ImageRecord
+
+        row = self.con.execute(
+            "SELECT b.path, b.bytes, b.format, b.width, b.height, b.mode, b.frames, b.pixel_sha, "
+            "(SELECT any_value(phash) FROM items WHERE sha256 = b.sha256 AND phash IS NOT NULL) "
+            "FROM blobs b WHERE sha256 = ?",
+            [sha256],
+        ).fetchone()
+        path, size, fmt, w, h, mode, frames, pix, ph = row
+        return ImageRecord(ok=True, sha256=sha256, bytes=size, format=fmt, width=w, height=h, mode=mode,
+                           frames=frames or 1, pixel_sha=pix, phash=ph, store_path=path)
 
     # -- reads for status/export/train ---------------------------------------------
 

@@ -219,6 +219,110 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from dsbuild.cycle import train_dataset
+
+    manifest = _load(args)
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    report = train_dataset(manifest, args.dataset, progress=_model_progress(args), **overrides)
+    _print_run(report)
+    return 0
+
+
+def _model_progress(args):
+    return None if args.quiet else _console(stderr=True)
+
+
+def _print_run(report) -> None:
+    from rich.table import Table
+
+    r = report.result
+    table = Table(title=f"{report.kind} {report.run_id}: {r.params.get('arch', '')} — {r.n_train} train / {r.n_valid} valid images",
+                  title_justify="left")
+    for col in ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds"):
+        table.add_column(col, justify="right")
+    for e in r.epochs:
+        table.add_row(*(f"{e.get(c):.4f}" if isinstance(e.get(c), float) and c != "seconds" else
+                        (f"{e.get(c):.1f}" if c == "seconds" else str(e.get(c))) for c in
+                        ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds")))
+    console = _console()
+    console.print(table)
+    console.print(f"error rate {r.error_rate:.2%} (accuracy {r.accuracy:.2%}) in {r.duration_s:.0f} s; model: {r.model_path}")
+
+
+def cmd_mislabels(args) -> int:
+    from dsbuild.cycle import find_mislabels, fresh_mislabels
+
+    manifest = _load(args)
+    manifest.dataset(args.dataset)
+    found = None if args.rerun else fresh_mislabels(manifest, args.dataset)
+    if found is not None:
+        _console(stderr=True).print(f"[dim]showing mislabel run {found[0]} (nothing changed since; --rerun to score again)[/dim]")
+    run_id, issues = found or find_mislabels(manifest, args.dataset, progress=_model_progress(args))
+    if args.format == "html":
+        from dsbuild.report import mislabel_html
+
+        out = Path(args.out or f"{args.dataset}-mislabels.html")
+        mislabel_html(issues, dataset=args.dataset, run={"run_id": run_id}, out=out)
+        print(f"wrote {out} ({len(issues)} flagged images)")
+        return 0
+    cols = ["dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
+            "run_id", "kind", "suggested_confidence"]
+    view = issues[[c for c in cols if c in issues]]
+    if args.format == "table" and not args.out:
+        view = view[["rank", "image_id", "given_label", "suggested_label", "label_quality", "kind", "origin"]]
+    _emit(view, args, title=f"{len(issues)} likely label problems in '{args.dataset}' (run {run_id})")
+    return 0
+
+
+def cmd_review(args) -> int:
+    from dsbuild.cycle import review_dataset
+
+    manifest = _load(args)
+    summary = review_dataset(manifest, args.dataset, decisions=Path(args.decisions) if args.decisions else None,
+                             accept_suggestions=args.accept_suggestions, min_confidence=args.min_confidence)
+    actions = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_action.items())) or "nothing to apply"
+    print(f"applied {summary.applied} decisions to '{summary.dataset}' ({actions}) from {summary.source}")
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    from dsbuild.cycle import retrain_dataset
+
+    manifest = _load(args)
+    report, comparison = retrain_dataset(manifest, args.dataset, progress=_model_progress(args))
+    _print_run(report)
+    if comparison is not None:
+        _print_comparison(comparison)
+    return 0
+
+
+def _print_comparison(c) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"before {c.before_run} → after {c.after_run}, on the same {c.n_valid} valid images (current labels)",
+                  title_justify="left")
+    for col in ("label", "images", "accuracy before", "accuracy after", "change"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for row in c.per_class:
+        delta = row["after_acc"] - row["before_acc"]
+        table.add_row(row["label"], str(row["n"]), f"{row['before_acc']:.1%}", f"{row['after_acc']:.1%}", f"{delta:+.1%}")
+    table.add_row("[b]error rate[/b]", str(c.n_valid), f"{c.before_error:.2%}", f"{c.after_error:.2%}",
+                  f"{c.after_error - c.before_error:+.2%}")
+    _console().print(table)
+
+
+def cmd_predict(args) -> int:
+    from dsbuild.cycle import predict_images
+
+    manifest = _load(args)
+    df = predict_images(manifest, args.dataset, args.images)
+    if args.format == "table" and not args.out:
+        df = df[["path", "label", "probability"]]
+    _emit(df, args)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -281,17 +385,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller model settings for a fast run")
     p.add_argument("--build-only", action="store_true", help="stop after the build and summary")
 
-    _add_model_commands(add, output)
+    p = add("train", cmd_train, "fine-tune a fastai model on the current labels; records a run")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--epochs", type=int, help="override model.epochs")
+
+    p = add("mislabels", cmd_mislabels, "find likely mislabeled images (out-of-fold probabilities + cleanlab)")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--format", choices=(*OUTPUT_FORMATS, "html"), default="table", help="output format (default: table)")
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")
+    p.add_argument("--rerun", action="store_true", help="score again even if a mislabel run exists")
+
+    p = add("review", cmd_review, "apply review decisions (relabel/remove/keep/undo) as label events")
+    p.add_argument("dataset", metavar="DATASET")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--decisions", metavar="FILE.csv", help="CSV: image_id (or path), action, new_label, note")
+    g.add_argument("--accept-suggestions", action="store_true", help="relabel flagged images to the suggested label")
+    p.add_argument("--min-confidence", type=float, default=0.9, metavar="X",
+                   help="with --accept-suggestions: out-of-sample probability of the suggestion (default 0.9)")
+
+    p = add("retrain", cmd_retrain, "train again on the reviewed labels and compare with the last run")
+    p.add_argument("dataset", metavar="DATASET")
+
+    p = add("predict", cmd_predict, "label and probability for images or folders", [output])
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     return parser
-
-
-def _add_model_commands(add, output) -> None:
-    """The model loop's commands (train, mislabels, review, retrain, predict), when available."""
-    try:
-        from dsbuild import modelcli
-    except ImportError:
-        return
-    modelcli.register(add, output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,299 @@
+"""Web sources of a dataset: discover links, download, verify, store, catalogue.
+
+1. **Discover**: every class query goes to the dataset's engine
+   (:mod:`dsbuild.engines`); every ``urls`` file is read. Links and how each
+   search ended are stored (``links``, ``searches``) before anything is
+   downloaded, so an interrupted build resumes from the same links and a query
+   already searched is not searched again.
+2. **Plan**: a URL is fetched once per dataset, however many queries or labels
+   return it; URLs that already succeeded (in any dataset) are never downloaded
+   again; failed ones are retried only with ``--retry-failed`` and only when
+   their failure was transient (timeouts, 5xx, 429, resets).
+3. **Fetch → verify → store**: :func:`dsbuild.fetch.fetch_all` streams bodies to
+   temp files; each complete body is verified and hashed in a worker process
+   while downloads go on; accepted files are renamed into the content-addressed
+   store; every URL tried becomes a ``fetches`` row and an ``items`` row.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+from dsbuild.build import (INLINE_LIMIT, DatasetSummary, Progress, RowWriter, _analyze_job, blob_row,
+                           image_id_for, item_row)
+from dsbuild.catalog import Catalog, utcnow
+from dsbuild.errors import DsbuildError, EngineError
+from dsbuild.manifest import Dataset, Manifest
+from dsbuild.store import move_into_store
+from dsbuild.verify import ImageRecord
+
+
+def fetch_settings(ds: Dataset):
+    """The dataset's :class:`dsbuild.fetch.FetchSettings` (manifest ``fetch`` table + ``allow_private_hosts``)."""
+    from dsbuild.fetch import FetchSettings
+
+    values = dict(ds.fetch)
+    values["allow_private_hosts"] = ds.allow_private_hosts
+    values.setdefault("max_bytes", ds.verify.max_bytes)
+    return FetchSettings(**values)
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover(cat: Catalog, ds: Dataset, *, progress: Progress, summary: DatasetSummary) -> None:
+    """Search every query not searched yet (or searched for fewer links) and read every URL list."""
+    from dsbuild.engines import EngineOptions, get_engine
+    from dsbuild.engines.urls import read_url_list
+
+    searches = [(cls, q) for cls in ds.classes for q in cls.queries]
+    todo = [(cls, q) for cls, q in searches if (cat.searched(ds.name, cls.name, ds.engine, q) or 0) < ds.per_query]
+    unreachable: str | None = None
+    if todo:
+        engine = get_engine(ds.engine)
+        with progress.stage(f"{ds.name}: search ({ds.engine})", len(todo)) as bar:
+            for cls, query in todo:
+                if unreachable:
+                    break
+                options = EngineOptions(
+                    limit=ds.per_query, adult_filter=ds.adult_filter, filters=dict(ds.filters),
+                    endpoint=cls.endpoint or ds.endpoint, allow_private_hosts=ds.allow_private_hosts,
+                )
+                try:
+                    stream = engine.links(query, options)
+                    links = [{"url": l.url, "rank": l.rank, "page_url": l.page_url} for l in stream]
+                    outcome = stream.outcome
+                except EngineError as exc:
+                    # The engine host cannot be reached: no query of this engine can succeed.
+                    unreachable = str(exc)
+                    break
+                cat.record_search(dataset=ds.name, label=cls.name, engine=ds.engine, query=query, wanted=ds.per_query,
+                                  links=links, pages=outcome.pages, outcome=outcome.reason, message=outcome.message)
+                if not outcome.ok:
+                    summary.notes.append(f"query {query!r} ({cls.name}): {outcome.message}")
+                bar.advance(1, links=len(links))
+    if unreachable:
+        summary.notes.append(unreachable)
+        if not any(c.folders or c.urls for c in ds.classes) and not len(cat.dataset_links(ds.name)):
+            raise EngineError(unreachable)
+
+    for cls in ds.classes:
+        for url_file in cls.urls:
+            links, problems = read_url_list(url_file)
+            rows = []
+            for link in links:
+                if link.label is not None and link.label != cls.name:
+                    problems.append(f"line {link.rank}: label {link.label!r} differs from class {cls.name!r}; using {cls.name!r}")
+                rows.append({"url": link.url, "rank": link.rank, "page_url": None})
+            cat.record_search(dataset=ds.name, label=cls.name, engine="urls", query=str(url_file), wanted=len(rows),
+                              links=rows, pages=0, outcome="exhausted", message=f"{len(rows)} URLs")
+            for p in problems[:20]:
+                summary.notes.append(f"{url_file.name}: {p}")
+            if len(problems) > 20:
+                summary.notes.append(f"{url_file.name}: … and {len(problems) - 20} more problems")
+
+
+# --------------------------------------------------------------------------- planning + fetching
+
+
+def crawl_dataset(
+    cat: Catalog, manifest: Manifest, ds: Dataset, *, build_id: int, retry_failed: bool, progress: Progress,
+    summary: DatasetSummary, writer: RowWriter, workers: int | None = None,
+) -> None:
+    """Discover, fetch, verify and catalogue the web sources of ``ds`` (see module doc)."""
+    discover(cat, ds, progress=progress, summary=summary)
+    links = cat.dataset_links(ds.name)
+    if links.empty:
+        return
+    known = {r.image_id: r for r in cat.known_items(ds.name).itertuples(index=False)}
+    transient = cat.transient_failures(ds.name) if retry_failed else set()
+
+    by_url: dict[str, list] = {}
+    for link in links.itertuples(index=False):
+        iid = image_id_for(ds.name, link.label, link.url)
+        old = known.get(iid)
+        summary.sources += 1
+        if old is not None and (old.status != "failed" or not (retry_failed and link.url in transient)):
+            summary.skipped += 1
+            continue
+        by_url.setdefault(link.url, []).append((iid, link))
+    if not by_url:
+        return
+    now = utcnow()
+
+    # URLs that succeeded before (e.g. in another dataset): catalogue them without downloading again.
+    for url, (_, sha, path, status, size, ctype) in cat.fetched_ok(list(by_url)).items():
+        rec = cat.blob_record(sha)
+        for iid, link in by_url.pop(url):
+            writer.add(item=_item(ds, iid, link, rec, build_id, now))
+            _count(summary, rec)
+
+    if not by_url:
+        return
+    _fetch_and_verify(cat, manifest, ds, by_url, build_id=build_id, progress=progress, summary=summary,
+                      writer=writer, workers=workers, now=now)
+
+
+def _item(ds: Dataset, iid: str, link, rec: ImageRecord | None, build_id: int, now, *, status=None, reason=None, detail=None):
+    return item_row(dataset=ds.name, image_id=iid, origin=link.url, source="urls" if link.engine == "urls" else "query",
+                    label=link.label, rec=rec, status=status, reason=reason, detail=detail,
+                    engine=None if link.engine == "urls" else link.engine, query=link.query, rank=link.rank,
+                    page_url=link.page_url, build_id=build_id, now=now)
+
+
+def _count(summary: DatasetSummary, rec: ImageRecord | None, failed_reason: str | None = None) -> None:
+    summary.new += 1
+    if failed_reason is not None:
+        summary.failed += 1
+        summary.rejects[failed_reason] = summary.rejects.get(failed_reason, 0) + 1
+    elif rec is not None and rec.ok:
+        summary.ok += 1
+    else:
+        summary.rejected += 1
+        reason = rec.reason if rec is not None else "?"
+        summary.rejects[reason] = summary.rejects.get(reason, 0) + 1
+
+
+def _fetch_row(ds: Dataset, res, link, sha: str | None, build_id: int) -> dict:
+    return {
+        "dataset": ds.name, "url": res.url, "final_url": res.final_url, "engine": link.engine, "query": link.query,
+        "rank": link.rank, "page_url": link.page_url, "label": link.label, "http_status": res.http_status,
+        "bytes": res.bytes, "content_type": res.content_type, "fetched_at": res.fetched_at, "outcome": res.outcome,
+        "reason": res.reason, "transient": bool(res.transient), "attempts": res.attempts, "elapsed_s": res.elapsed_s,
+        "sha256": sha, "build_id": build_id,
+    }
+
+
+def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary, writer, workers, now) -> None:
+    """Download ``by_url`` concurrently; verify each body in worker processes as it arrives."""
+    import os
+
+    from dsbuild.fetch import FetchRequest, fetch_all
+
+    settings = fetch_settings(ds)
+    incoming = manifest.store / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    done: queue.Queue = queue.Queue()
+    use_pool = len(by_url) >= INLINE_LIMIT and (workers or os.cpu_count() or 1) > 1
+    pool = None
+    if use_pool:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=mp.get_context("spawn"))
+    stop = threading.Event()
+
+    def on_result(res) -> None:
+        if res.outcome == "ok" and res.path is not None:
+            job = (res.url, str(res.path), ds.verify, ds.dedup, None)
+            if pool is not None:
+                fut = pool.submit(_analyze_job, job)
+                fut.add_done_callback(lambda f, res=res: done.put((res, f)))
+            else:
+                done.put((res, job))
+        else:
+            done.put((res, None))
+
+    def run_fetch() -> None:
+        try:
+            fetch_all([FetchRequest(url=u) for u in by_url], settings=settings, dest_dir=incoming,
+                      on_result=on_result, **({"stop": stop} if _accepts_stop(fetch_all) else {}))
+        except BaseException as exc:  # surfaced in the main thread
+            done.put(("error", exc))
+        finally:
+            done.put(("end", None))
+
+    thread = threading.Thread(target=run_fetch, name="dsbuild-fetch", daemon=True)
+    expected = len(by_url)
+    seen = 0
+    fetch_ended = False
+    error: BaseException | None = None
+    try:
+        with progress.stage(f"{ds.name}: fetch + verify", expected) as bar:
+            thread.start()
+            while seen < expected and not (fetch_ended and error is not None):
+                try:
+                    res, payload = done.get(timeout=0.5)
+                except queue.Empty:
+                    if fetch_ended and done.empty() and seen < expected and (pool is None or not _pending(pool)):
+                        break
+                    continue
+                if res == "end":
+                    fetch_ended = True
+                    continue
+                if res == "error":
+                    error = payload
+                    continue
+                seen += 1
+                _handle(ds, res, payload, by_url[res.url], build_id=build_id, manifest=manifest,
+                        summary=summary, writer=writer, now=now)
+                bar.advance(1, ok=summary.ok, failed=summary.failed, rejected=summary.rejected)
+    except BaseException:
+        stop.set()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = None
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+        thread.join(timeout=30)
+    writer.flush()
+    if error is not None:
+        if isinstance(error, (DsbuildError, KeyboardInterrupt)):
+            raise error
+        raise DsbuildError(f"download stage failed: {type(error).__name__}: {error}") from error
+
+
+def _accepts_stop(func) -> bool:
+    import inspect
+
+    return "stop" in inspect.signature(func).parameters
+
+
+def _pending(pool) -> bool:
+    return bool(getattr(pool, "_pending_work_items", {}))
+
+
+def _handle(ds, res, payload, links, *, build_id, manifest, summary, writer, now) -> None:
+    """Turn one fetch result (+ its verification) into fetch, blob and item rows."""
+    rec: ImageRecord | None = None
+    if res.outcome == "ok":
+        if isinstance(payload, Future):
+            try:
+                _, rec = payload.result()
+            except Exception as exc:  # a worker died (e.g. a decoder crash): reject this file only
+                rec = ImageRecord(ok=False, reason="corrupt", detail=f"verification crashed: {type(exc).__name__}")
+        else:
+            _, rec = _analyze_job(payload)
+        tmp = Path(res.path)
+        if rec.ok:
+            stored = move_into_store(manifest.store, rec.sha256, tmp, rec.format)
+            rec = _with_path(rec, str(stored))
+            writer.add(blob=blob_row(rec, now))
+        else:
+            tmp.unlink(missing_ok=True)
+    first = links[0][1]
+    writer.add(fetch=_fetch_row(ds, res, first, rec.sha256 if rec is not None and rec.ok else None, build_id))
+    for iid, link in links:
+        if res.outcome == "ok":
+            writer.add(item=_item(ds, iid, link, rec, build_id, now))
+            _count(summary, rec)
+        else:
+            status = "failed" if res.outcome == "failed" else "rejected"
+            writer.add(item=_item(ds, iid, link, None, build_id, now, status=status, reason=res.reason,
+                                  detail=f"http {res.http_status}" if res.http_status else None))
+            if status == "failed":
+                _count(summary, None, failed_reason=res.reason)
+            else:
+                _count(summary, ImageRecord(ok=False, reason=res.reason))
+
+
+def _with_path(rec: ImageRecord, path: str) -> ImageRecord:
+    import dataclasses
+
+    return dataclasses.replace(rec, store_path=path)

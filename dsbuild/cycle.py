@@ -1,0 +1,370 @@
+"""The model loop over the catalog: train, find mislabels, review, retrain, predict.
+
+Each function reads what it needs from the catalog, runs the model code in
+:mod:`dsbuild.train` / :mod:`dsbuild.mislabels` with no database connection
+open (so ``status`` and ``query`` keep working during a long training), and
+writes its results back: a ``runs`` row per run (params, per-epoch metrics,
+confusion matrix, model path), ``label_issues`` rows per mislabel run, and
+append-only ``label_events`` per review decision.
+
+Writers hold the catalog's lock file for their whole duration, so a build and
+a training never interleave.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dsbuild.catalog import BuildLock, Catalog, utcnow
+from dsbuild.errors import DsbuildError
+from dsbuild.manifest import Dataset, Manifest
+
+TRAINABLE = ("ok",)
+
+
+def model_settings(ds: Dataset, *, root: Path | None = None, **overrides):
+    """The dataset's :class:`dsbuild.train.ModelSettings` from its ``model`` table (checked field by field)."""
+    from dsbuild.train import ModelSettings
+
+    names = {f.name for f in dataclasses.fields(ModelSettings)}
+    values = dict(ds.model)
+    unknown = sorted(set(values) - names)
+    if unknown:
+        import difflib
+
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            hints.append(f"datasets.{ds.name}.model.{key}: unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise DsbuildError("\n".join(hints) + f"\nknown model keys: {', '.join(sorted(names))}", exit_code=2)
+    if values.get("weights"):
+        weights = Path(values["weights"])
+        values["weights"] = weights if weights.is_absolute() or root is None else root / weights
+    values.update(overrides)
+    try:
+        return ModelSettings(**values)
+    except (TypeError, ValueError) as exc:
+        raise DsbuildError(f"datasets.{ds.name}.model: {exc}", exit_code=2) from None
+
+
+def models_dir(manifest: Manifest) -> Path:
+    return manifest.catalog.parent / "models"
+
+
+def new_run_id(dataset: str, kind: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{dataset}-{kind}-{stamp}-{secrets.token_hex(2)}"
+
+
+def training_frame(cat: Catalog, dataset: str):
+    """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin."""
+    df = cat.df(
+        "SELECT image_id, path, label, split, origin FROM images WHERE dataset = ? AND status = 'ok' "
+        "AND split IS NOT NULL ORDER BY image_id",
+        [dataset],
+    )
+    if df.empty:
+        raise DsbuildError(f"dataset '{dataset}' has no accepted images in the catalog — run `dsbuild build {dataset}` first")
+    if df["label"].nunique() < 2:
+        raise DsbuildError(f"dataset '{dataset}' has fewer than two labels with accepted images — nothing to learn")
+    if (df["split"] == "valid").sum() == 0:
+        raise DsbuildError(f"dataset '{dataset}' has no valid images — set datasets.{dataset}.split.valid > 0 and rebuild")
+    return df
+
+
+class _Writer:
+    """Holds the catalog lock; opens the database only for short writes."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.lock = BuildLock(manifest.catalog)
+
+    def __enter__(self) -> "_Writer":
+        if not manifest_catalog_exists(self.manifest):
+            raise DsbuildError(f"no catalog at {self.manifest.catalog} — run `dsbuild build` first")
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+    def open(self) -> Catalog:
+        return Catalog.open(self.manifest.catalog)
+
+
+def manifest_catalog_exists(manifest: Manifest) -> bool:
+    return Path(manifest.catalog).exists()
+
+
+# --------------------------------------------------------------------------- train
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run_id: str
+    dataset: str
+    kind: str
+    result: object  # dsbuild.train.TrainResult
+    parent_run: str | None = None
+
+
+def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_run: str | None = None,
+                  progress=None, **overrides) -> RunReport:
+    """Fine-tune on the catalog's current labels and splits; record the run; return its report."""
+    from dsbuild.train import train
+
+    ds = manifest.dataset(name)
+    settings = model_settings(ds, root=manifest.root, **overrides)
+    run_id = new_run_id(name, kind)
+    with _Writer(manifest) as w:
+        with w.open() as cat:
+            df = training_frame(cat, name)
+            cat.start_run(run_id=run_id, dataset=name, kind=kind, arch=settings.arch,
+                          params=_params(settings), parent_run=parent_run)
+        out_dir = models_dir(manifest) / name / run_id
+        try:
+            result = train(df, settings, out_dir=out_dir, progress=progress)
+        except BaseException as exc:
+            with w.open() as cat:
+                cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
+            raise
+        valid_ids = df.loc[df["split"] == "valid", "image_id"].tolist()
+        with w.open() as cat:
+            cat.finish_run(
+                run_id, n_train=result.n_train, n_valid=result.n_valid, error_rate=result.error_rate,
+                accuracy=result.accuracy, model_path=str(result.model_path), epochs=result.epochs,
+                confusion={"classes": list(result.classes), "matrix": result.confusion},
+                per_class=result.per_class_accuracy, valid_ids=valid_ids, duration_s=result.duration_s,
+            )
+    return RunReport(run_id=run_id, dataset=name, kind=kind, result=result, parent_run=parent_run)
+
+
+def _params(settings) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
+
+
+def last_run(manifest: Manifest, name: str, *, kinds=("train", "retrain")):
+    """The latest successful train/retrain run row of ``name`` (a pandas Series), or None."""
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        runs = cat.runs(name, kind=tuple(kinds))
+    return None if runs.empty else runs.iloc[-1]
+
+
+# --------------------------------------------------------------------------- mislabels
+
+
+def find_mislabels(manifest: Manifest, name: str, *, progress=None):
+    """Out-of-fold probabilities + cleanlab on every labelled image; record a ``mislabels`` run.
+
+    Returns ``(run_id, issues)``: issues is a DataFrame with the ``label_issues``
+    columns (dataset, image_id, path, origin, given_label, suggested_label,
+    label_quality, rank, run_id) plus kind (label | conflict | ood),
+    suggested_confidence and ood_score — flagged rows only, most likely wrong first.
+    """
+    import pandas as pd
+
+    from dsbuild.mislabels import find_label_issues, out_of_fold_probs
+
+    ds = manifest.dataset(name)
+    settings = model_settings(ds, root=manifest.root)
+    run_id = new_run_id(name, "mislabels")
+    with _Writer(manifest) as w:
+        with w.open() as cat:
+            df = training_frame(cat, name)
+            keep = _reviewed_keep(cat, name)
+            conflicts = cat.df("SELECT * FROM conflicts WHERE dataset = ?", [name])
+            members = cat.df(
+                "SELECT image_id, dup_group, label, status, path, origin FROM images WHERE dataset = ? AND dup_group IN "
+                "(SELECT dup_group FROM conflicts WHERE dataset = ?)", [name, name])
+            cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings))
+        try:
+            oof = out_of_fold_probs(df, settings, progress=progress)
+            flags = find_label_issues(df, oof, reviewed_keep=keep)
+        except BaseException as exc:
+            with w.open() as cat:
+                cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
+            raise
+        flags = flags.copy()
+        flags["kind"] = flags.get("kind", "label")
+        conflict_rows = _conflict_rows(members, flags)
+        rows = pd.concat([flags, conflict_rows], ignore_index=True) if len(conflict_rows) else flags
+        with w.open() as cat:
+            cat.insert_issue_rows(run_id, name, rows)
+            cat.finish_run(run_id, n_train=len(df), n_valid=0, duration_s=getattr(oof, "duration_s", None))
+            issues = cat.df("SELECT * FROM label_issues_all WHERE run_id = ? ORDER BY kind <> 'label', rank", [run_id])
+    return run_id, issues
+
+
+def fresh_mislabels(manifest: Manifest, name: str):
+    """``(run_id, issues)`` of the latest mislabel run if nothing changed since (no build, no review), else None."""
+    if not manifest_catalog_exists(manifest):
+        return None
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        row = cat.con.execute(
+            """SELECT run_id FROM model_runs r WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok'
+                 AND started_at > coalesce((SELECT max(changed_at) FROM label_events WHERE dataset = r.dataset), '1970-01-01')
+                 AND started_at > coalesce((SELECT max(finished_at) FROM builds WHERE contains(',' || datasets || ',', ',' || r.dataset || ',')), '1970-01-01')
+               ORDER BY started_at DESC LIMIT 1""",
+            [name],
+        ).fetchone()
+        if row is None:
+            return None
+        issues = cat.df("SELECT * FROM label_issues_all WHERE run_id = ? ORDER BY kind <> 'label', rank", [row[0]])
+    return row[0], issues
+
+
+def _reviewed_keep(cat: Catalog, name: str) -> dict[str, float]:
+    """image_id → label quality when a reviewer last chose ``keep`` for it (and nothing since)."""
+    rows = cat.df(
+        "SELECT image_id, label_quality FROM latest_events WHERE dataset = ? AND action = 'keep'", [name])
+    return {r.image_id: (float(r.label_quality) if r.label_quality == r.label_quality and r.label_quality is not None else 1.0)
+            for r in rows.itertuples(index=False)}
+
+
+def _conflict_rows(members, flags):
+    """One ``conflict`` issue per image of a cross-label duplicate group (unless already flagged as a label issue)."""
+    import pandas as pd
+
+    if members.empty:
+        return pd.DataFrame()
+    flagged = set(flags.loc[flags.get("is_issue", True) == True, "image_id"]) if len(flags) else set()  # noqa: E712
+    rows = []
+    for group, grp in members.groupby("dup_group"):
+        labels = sorted(set(grp["label"]))
+        for r in grp.itertuples(index=False):
+            if r.image_id in flagged:
+                continue
+            others = [l for l in labels if l != r.label]
+            rows.append({"image_id": r.image_id, "given_label": r.label, "suggested_label": others[0] if others else None,
+                         "label_quality": None, "suggested_confidence": None, "ood_score": None,
+                         "is_issue": True, "kind": "conflict"})
+    out = pd.DataFrame(rows)
+    if len(out):
+        start = int(flags["rank"].max()) if len(flags) and flags["rank"].notna().any() else 0
+        out["rank"] = range(start + 1, start + 1 + len(out))
+    return out
+
+
+# --------------------------------------------------------------------------- review
+
+
+@dataclass(frozen=True)
+class ReviewSummary:
+    dataset: str
+    applied: int
+    by_action: dict[str, int]
+    source: str
+
+
+def review_dataset(manifest: Manifest, name: str, *, decisions: Path | None = None,
+                   accept_suggestions: bool = False, min_confidence: float = 0.9) -> ReviewSummary:
+    """Apply review decisions as append-only label events; all or nothing."""
+    from dsbuild.review import decisions_from_suggestions, parse_decisions, plan_events
+
+    ds = manifest.dataset(name)
+    if (decisions is None) == (not accept_suggestions):
+        raise DsbuildError("give either --decisions FILE.csv or --accept-suggestions", exit_code=2)
+    with _Writer(manifest) as w:
+        with w.open() as cat:
+            images = cat.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [name])
+            if images.empty:
+                raise DsbuildError(f"dataset '{name}' is not in the catalog — run `dsbuild build {name}` first")
+            history = cat.label_history(name)
+            if decisions is not None:
+                if not Path(decisions).is_file():
+                    raise DsbuildError(f"decisions file {decisions} does not exist", exit_code=2)
+                chosen = parse_decisions(Path(decisions), images=images, labels=ds.labels)
+                source = f"review:{Path(decisions).name}"
+            else:
+                issues = cat.latest_issues(name)
+                if issues.empty:
+                    raise DsbuildError(f"no mislabel run for '{name}' yet — run `dsbuild mislabels {name}` first")
+                chosen = decisions_from_suggestions(issues[issues["kind"] == "label"], min_confidence=min_confidence)
+                source = f"review:suggestions@{min_confidence:g}"
+            quality = dict(zip(cat.latest_issues(name)["image_id"], cat.latest_issues(name)["label_quality"]))
+            events = plan_events(chosen, current=images, history=history, source=source, at=utcnow())
+            for ev in events:
+                ev.setdefault("label_quality", quality.get(ev["image_id"]))
+            cat.append_label_events(name, events)
+    by_action: dict[str, int] = {}
+    for ev in events:
+        by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
+    return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source)
+
+
+# --------------------------------------------------------------------------- retrain + compare
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Before/after on the same valid images with their current labels."""
+
+    before_run: str
+    after_run: str
+    n_valid: int
+    before_error: float
+    after_error: float
+    per_class: list[dict]  # label, n, before_acc, after_acc
+
+
+def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[RunReport, Comparison | None]:
+    """Train again with the same settings on the current labels; compare with the previous run."""
+    prev = last_run(manifest, name)
+    report = train_dataset(manifest, name, kind="retrain", parent_run=None if prev is None else prev["run_id"], progress=progress)
+    if prev is None or not prev["model_path"]:
+        return report, None
+    return report, compare_runs(manifest, name, prev, report)
+
+
+def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comparison:
+    from dsbuild.train import predict
+
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        valid = cat.df("SELECT image_id, path, label FROM images WHERE dataset = ? AND status = 'ok' AND split = 'valid' ORDER BY image_id", [name])
+    paths = [Path(p) for p in valid["path"]]
+    before = predict(Path(prev["model_path"]).parent, paths)
+    after = predict(Path(report.result.model_path).parent, paths)
+    valid = valid.assign(before=before["label"].to_numpy(), after=after["label"].to_numpy())
+    per_class = []
+    for label, grp in valid.groupby("label"):
+        per_class.append({"label": label, "n": len(grp), "before_acc": float((grp["before"] == label).mean()),
+                          "after_acc": float((grp["after"] == label).mean())})
+    return Comparison(
+        before_run=str(prev["run_id"]), after_run=report.run_id, n_valid=len(valid),
+        before_error=float((valid["before"] != valid["label"]).mean()),
+        after_error=float((valid["after"] != valid["label"]).mean()), per_class=per_class,
+    )
+
+
+# --------------------------------------------------------------------------- predict
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def predict_images(manifest: Manifest, name: str, inputs: list[str]):
+    """Label + probability for images (files or folders) with the latest trained model of ``name``."""
+    from dsbuild.train import predict
+
+    manifest.dataset(name)
+    run = last_run(manifest, name)
+    if run is None or not run["model_path"]:
+        raise DsbuildError(f"no trained model for '{name}' — run `dsbuild train {name}` first")
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise DsbuildError(f"{item} does not exist", exit_code=2)
+    if not paths:
+        raise DsbuildError("no images to predict — give image files or folders with images", exit_code=2)
+    out = predict(Path(run["model_path"]).parent, paths)
+    out.insert(0, "run_id", run["run_id"])
+    return out
