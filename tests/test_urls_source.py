@@ -1,0 +1,248 @@
+"""The ``urls`` source: URL list files (text / CSV) and URL normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+from fake_engines import FakeEngineServer, fake_engine  # noqa: F401 - fixture
+
+from dsbuild.engines import Link, dedupe_links, normalize_url, read_url_list
+from dsbuild.engines.urls import MAX_URL_LENGTH
+from dsbuild.errors import DsbuildError
+
+# --------------------------------------------------------------------------- normalize_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://example.com/a.jpg", "http://example.com/a.jpg"),
+        ("HTTPS://Example.COM/A.jpg", "https://example.com/A.jpg"),  # path case is kept
+        ("http://example.com:80/a.jpg", "http://example.com/a.jpg"),
+        ("https://example.com:443/a.jpg", "https://example.com/a.jpg"),
+        ("http://example.com:8080/a.jpg", "http://example.com:8080/a.jpg"),
+        ("http://example.com", "http://example.com/"),
+        ("http://example.com/a.jpg#section", "http://example.com/a.jpg"),
+        ("  http://example.com/a.jpg \t", "http://example.com/a.jpg"),
+        ("http://example.com/a b.jpg", "http://example.com/a%20b.jpg"),
+        ("http://example.com/café.jpg?q=ä", "http://example.com/caf%C3%A9.jpg?q=%C3%A4"),
+        ("http://example.com/%e2%82%ac.jpg", "http://example.com/%e2%82%ac.jpg"),  # existing escapes kept byte for byte
+        ("http://example.com/100%.jpg?p=50%", "http://example.com/100%25.jpg?p=50%25"),  # a lone % is escaped
+        ("http://example.com/a.jpg?b=2&a=1", "http://example.com/a.jpg?b=2&a=1"),  # query order kept
+        ("http://example.com/a.jpg?x=%2F", "http://example.com/a.jpg?x=%2F"),
+        ('http://example.com/{a}"<b>`', "http://example.com/%7Ba%7D%22%3Cb%3E%60"),
+        ("https://bücher.de/straße.jpg", "https://xn--bcher-kva.de/stra%C3%9Fe.jpg"),
+        ("http://例え.jp/画像.png", "http://xn--r8jz45g.jp/%E7%94%BB%E5%83%8F.png"),
+        ("http://[2001:DB8::1]:8080/a.jpg", "http://[2001:db8::1]:8080/a.jpg"),
+        ("http://127.0.0.1:8765/img/1.jpg", "http://127.0.0.1:8765/img/1.jpg"),
+    ],
+)
+def test_normalize_url(url: str, expected: str) -> None:
+    assert normalize_url(url) == expected
+    assert normalize_url(expected) == expected  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("", "is empty"),
+        ("example.com/a.jpg", "is not an http(s) URL (no scheme)"),
+        ("ftp://example.com/a.jpg", "is not an http(s) URL (scheme 'ftp')"),
+        ("file:///etc/passwd", "is not an http(s) URL (scheme 'file')"),
+        ("javascript:alert(1)", "is not an http(s) URL (scheme 'javascript')"),
+        ("data:image/png;base64,iVBO", "is not an http(s) URL (scheme 'data')"),
+        ("http://", "has no host"),
+        ("http:///a.jpg", "has no host"),
+        ("http://user:pw@example.com/a.jpg", "contains credentials (user:password@) — not stored or sent"),
+        ("http://example.com:99999/a.jpg", "cannot be parsed (Port out of range 0-65535)"),
+        ("http://example.com:0/a.jpg", "has port 0"),
+        ("http://[::1/a.jpg", "cannot be parsed (Invalid IPv6 URL)"),
+        ("http://exa mple.com/a.jpg", "has an invalid host name 'exa mple.com'"),
+        ("http://a..b/a.jpg", "has an invalid host name 'a..b'"),
+        ("http://example.com/a\nb.jpg", "contains control characters"),
+        ("http://example.com/" + "a" * MAX_URL_LENGTH, f"is longer than {MAX_URL_LENGTH} characters"),
+    ],
+)
+def test_normalize_url_rejects(url: str, reason: str) -> None:
+    with pytest.raises(ValueError) as err:
+        normalize_url(url)
+    assert str(err.value) == reason
+
+
+def test_normalised_iri_reaches_the_server_as_utf8_escapes(fake_engine: FakeEngineServer) -> None:
+    url = normalize_url(f"{fake_engine.url}/img/café 0001.jpg?größe=groß")
+    response = requests.get(url, timeout=5)
+    assert response.status_code == 200
+    assert response.content[:3] == b"\xff\xd8\xff"  # a real JPEG
+    assert fake_engine.requests[-1] == "/img/caf%C3%A9%200001.jpg?gr%C3%B6%C3%9Fe=gro%C3%9F"
+
+
+# --------------------------------------------------------------------------- text lists
+
+
+def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    return path
+
+
+def test_text_list_skips_blank_and_comment_lines_and_reports_bad_ones(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "vr_urls.txt",
+        "# VR headsets, collected by hand\n"
+        "https://example.com/vr/1.jpg\n"
+        "\n"
+        "   \n"
+        "ftp://example.com/vr/2.jpg\n"
+        "  https://Example.com:443/vr/3.jpg#zoom  \n"
+        "not a url\n"
+        "    # an indented comment\n"
+        "https://example.com/vr/4 (copy).jpg\n",
+    )
+    links, problems = read_url_list(path)
+    assert links == [
+        Link(url="https://example.com/vr/1.jpg", engine="urls", query=str(path), rank=2),
+        Link(url="https://example.com/vr/3.jpg", engine="urls", query=str(path), rank=6),
+        Link(url="https://example.com/vr/4%20(copy).jpg", engine="urls", query=str(path), rank=9),
+    ]
+    assert problems == [
+        "vr_urls.txt line 5: 'ftp://example.com/vr/2.jpg' is not an http(s) URL (scheme 'ftp') — skipped",
+        "vr_urls.txt line 7: 'not a url' is not an http(s) URL (no scheme) — skipped",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("file:///etc/passwd", "'file:///etc/passwd' is not an http(s) URL (scheme 'file') — skipped"),
+        ("http://", "'http://' has no host — skipped"),
+        ("https://admin:secret@intranet/a.jpg", "'https://admin:secret@intranet/a.jpg' contains credentials (user:password@) — not stored or sent — skipped"),
+        ("http://example.com:70000/a.jpg", "'http://example.com:70000/a.jpg' cannot be parsed (Port out of range 0-65535) — skipped"),
+        ("http://[fe80::1/a.jpg", "'http://[fe80::1/a.jpg' cannot be parsed (Invalid IPv6 URL) — skipped"),
+        ("http://example.com/" + "x" * 5000, "'http://example.com/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' is longer than 4096 characters — skipped"),
+    ],
+)  # fmt: skip
+def test_bad_line_table(tmp_path: Path, line: str, problem: str) -> None:
+    path = write(tmp_path, "list.txt", f"https://example.com/ok.jpg\n{line}\nhttps://example.com/ok2.jpg\n")
+    links, problems = read_url_list(path)
+    assert [link.rank for link in links] == [1, 3]
+    assert problems == [f"list.txt line 2: {problem}"]
+
+
+def test_invalid_utf8_line_is_reported_and_the_rest_proceed(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.txt", b"https://example.com/a.jpg\nhttps://example.com/\xff\xfe.jpg\r\nhttps://example.com/b.jpg\r\n")
+    links, problems = read_url_list(path)
+    assert [link.url for link in links] == ["https://example.com/a.jpg", "https://example.com/b.jpg"]
+    assert problems == ["list.txt line 2: not valid UTF-8 — skipped"]
+
+
+def test_bom_and_crlf_are_handled(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.txt", b"\xef\xbb\xbfhttps://example.com/a.jpg\r\nhttps://example.com/b.jpg\r\n")
+    links, problems = read_url_list(path)
+    assert [link.url for link in links] == ["https://example.com/a.jpg", "https://example.com/b.jpg"]
+    assert problems == []
+
+
+def test_duplicates_are_kept_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "list.txt",
+        "https://example.com/a.jpg\n"
+        "HTTPS://EXAMPLE.com:443/a.jpg#again\n"  # the same URL once normalised
+        "https://example.com/b.jpg\n"
+        "https://example.com/a.jpg\n",
+    )
+    links, problems = read_url_list(path)
+    assert [(link.url, link.rank) for link in links] == [("https://example.com/a.jpg", 1), ("https://example.com/b.jpg", 3)]
+    assert problems == ["list.txt line 2: duplicate of line 1 — skipped", "list.txt line 4: duplicate of line 1 — skipped"]
+
+
+def test_empty_and_comment_only_files_give_nothing(tmp_path: Path) -> None:
+    assert read_url_list(write(tmp_path, "empty.txt", "")) == ([], [])
+    assert read_url_list(write(tmp_path, "comments.txt", "# nothing yet\n\n")) == ([], [])
+    assert read_url_list(write(tmp_path, "empty.csv", "")) == ([], [])
+
+
+# --------------------------------------------------------------------------- CSV lists
+
+
+def test_csv_with_labels(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "extra.csv",
+        "url,label\n"
+        "https://example.com/1.jpg,glasses\n"
+        '"https://example.com/2.jpg?a=1,2",sunglasses\n'  # a quoted URL with a comma
+        "https://example.com/3.jpg,\n"  # empty label → None
+        "https://example.com/4.jpg\n"  # missing label column → None
+        "# a comment row\n"
+        ",glasses\n"
+        "mailto:someone@example.com,glasses\n"
+        "https://example.com/1.jpg,sunglasses\n",
+    )
+    links, problems = read_url_list(path)
+    assert [(link.url, link.label, link.rank) for link in links] == [
+        ("https://example.com/1.jpg", "glasses", 2),
+        ("https://example.com/2.jpg?a=1,2", "sunglasses", 3),
+        ("https://example.com/3.jpg", None, 4),
+        ("https://example.com/4.jpg", None, 5),
+    ]
+    assert problems == [
+        "extra.csv line 7: no url — skipped",
+        "extra.csv line 8: 'mailto:someone@example.com' is not an http(s) URL (scheme 'mailto') — skipped",
+        "extra.csv line 9: same URL as line 2 with another label ('sunglasses' vs 'glasses') — kept line 2",
+    ]
+
+
+def test_csv_header_is_detected_in_a_txt_file_and_extra_columns_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.txt", "URL,Label,source\nhttps://example.com/1.jpg,VR,flickr\n")
+    links, problems = read_url_list(path)
+    assert [(link.url, link.label) for link in links] == [("https://example.com/1.jpg", "VR")]
+    assert problems == ["list.txt line 1: column(s) source ignored (only url and label are read)"]
+
+
+def test_csv_with_label_before_url(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.csv", "label,url\nVR,https://example.com/1.jpg\n")
+    links, problems = read_url_list(path)
+    assert [(link.url, link.label) for link in links] == [("https://example.com/1.jpg", "VR")]
+    assert problems == []
+
+
+def test_csv_without_url_column_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.csv", "link,label\nhttps://example.com/1.jpg,VR\n")
+    with pytest.raises(DsbuildError) as err:
+        read_url_list(path)
+    assert str(err.value) == (
+        f"URL list {path} line 1: CSV header 'link,label' has no 'url' column — "
+        f"the first row must be a header such as url,label"
+    )
+
+
+# --------------------------------------------------------------------------- files that cannot be read
+
+
+def test_missing_file_and_folder_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(DsbuildError) as err:
+        read_url_list(tmp_path / "nope.txt")
+    assert str(err.value) == f"URL list {tmp_path / 'nope.txt'} not found — check `urls` in the manifest"
+    with pytest.raises(DsbuildError) as err:
+        read_url_list(tmp_path)
+    assert str(err.value) == f"URL list {tmp_path} is a folder — `urls` takes files; use `folders` for images"
+
+
+# --------------------------------------------------------------------------- one URL once per dataset
+
+
+def test_dedupe_links_across_sources(tmp_path: Path) -> None:
+    a, _ = read_url_list(write(tmp_path, "a.txt", "https://example.com/1.jpg\nhttps://example.com/2.jpg\n"))
+    b, _ = read_url_list(write(tmp_path, "b.csv", "url,label\nhttps://EXAMPLE.com/2.jpg,x\nhttps://example.com/3.jpg,x\n"))
+    engine_link = Link(url="https://example.com/3.jpg", engine="bing", query="q", rank=1, page_url="https://www.bing.com/")
+    merged = dedupe_links([*a, *b, engine_link])
+    assert [(link.url, link.query.rsplit("/", 1)[-1]) for link in merged] == [
+        ("https://example.com/1.jpg", "a.txt"),
+        ("https://example.com/2.jpg", "a.txt"),
+        ("https://example.com/3.jpg", "b.csv"),
+    ]
