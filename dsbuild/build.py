@@ -105,6 +105,25 @@ class FileSource:
     path: Path
     size: int
     mtime_ns: int
+    given_split: str | None = None
+
+
+SPLIT_FOLDERS = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid",
+                 "test": "test", "testing": "test"}
+
+
+def imagefolder_layout(root: Path) -> list[tuple[str | None, str, Path]]:
+    """``(split, label, folder)`` of an ImageFolder tree: ``root/<split>/<label>/`` or ``root/<label>/``.
+
+    Split folder names ``train``/``valid``/``val``/``validation``/``test`` keep
+    their split (a dataset that arrives already split is never re-split, and
+    leakage between its splits is reported instead).
+    """
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if subdirs and all(d.name.lower() in SPLIT_FOLDERS for d in subdirs):
+        return [(SPLIT_FOLDERS[d.name.lower()], c.name, c) for d in subdirs
+                for c in sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith("."))]
+    return [(None, d.name, d) for d in subdirs]
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -117,22 +136,41 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 
 def scan_folders(ds: Dataset) -> list[FileSource]:
+    """Every file of the dataset's class folders and imagefolder tree, with its label (and given split)."""
+    folders: list[tuple[str | None, str, Path]] = [(None, c.name, f) for c in ds.classes for f in c.folders]
+    if ds.imagefolder is not None:
+        folders += imagefolder_layout(ds.imagefolder)
     out: list[FileSource] = []
-    for cls in ds.classes:
-        for folder in cls.folders:
-            for path in _walk(folder):
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                out.append(FileSource(cls.name, path.resolve(), st.st_size, st.st_mtime_ns))
+    for split, label, folder in folders:
+        for path in _walk(folder):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            out.append(FileSource(label, path.resolve(), st.st_size, st.st_mtime_ns, split))
     return out
 
 
 def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
     """Check everything that can be checked before taking the lock or writing anything."""
+    from dsbuild.manifest import label_problem
+
     problems: list[str] = []
     for ds in datasets:
+        if ds.imagefolder is not None:
+            key = f"datasets.{ds.name}.imagefolder"
+            if not ds.imagefolder.is_dir():
+                problems.append(f"{key}: {ds.imagefolder} is not a folder")
+            else:
+                layout = imagefolder_layout(ds.imagefolder)
+                labels = sorted({label for _, label, _ in layout})
+                if len(labels) < 2:
+                    problems.append(f"{key}: {ds.imagefolder} needs one subfolder per label (at least two), "
+                                    "or <split>/<label>/ subfolders")
+                for label in labels:
+                    why = label_problem(label)
+                    if why:
+                        problems.append(f"{key}: label folder {label!r} {why}")
         for cls in ds.classes:
             for folder in cls.folders:
                 if not folder.exists():
@@ -143,6 +181,10 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
             for url_file in cls.urls:
                 if not url_file.is_file():
                     problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {url_file} does not exist")
+        if any(c.queries or c.urls for c in ds.classes):
+            from dsbuild.crawl import check_web_settings
+
+            problems.extend(check_web_settings(ds))
     if problems:
         raise DsbuildError("cannot build:\n  " + "\n  ".join(problems), exit_code=2)
 
@@ -159,12 +201,12 @@ def item_row(
     *, dataset: str, image_id: str, origin: str, source: str, label: str, rec: ImageRecord | None,
     status: str | None = None, reason: str | None = None, detail: str | None = None,
     engine: str | None = None, query: str | None = None, rank: int | None = None, page_url: str | None = None,
-    src_size: int | None = None, src_mtime_ns: int | None = None, build_id: int, now,
+    src_size: int | None = None, src_mtime_ns: int | None = None, given_split: str | None = None, build_id: int, now,
 ) -> dict:
     if rec is not None:
         status = "ok" if rec.ok else "rejected"
         reason, detail = rec.reason, rec.detail
-    return {
+    return {"given_split": given_split,
         "dataset": dataset, "image_id": image_id, "origin": origin, "source": source, "engine": engine,
         "query": query, "rank": rank, "page_url": page_url, "class_label": label,
         "sha256": rec.sha256 if rec else None, "status": status, "reason": reason, "detail": detail,
@@ -379,7 +421,8 @@ def build_dataset(
             src = meta[iid]
             writer.add(
                 item=item_row(dataset=ds.name, image_id=iid, origin=str(src.path), source="folder", label=src.label,
-                              rec=rec, src_size=src.size, src_mtime_ns=src.mtime_ns, build_id=build_id, now=now),
+                              rec=rec, src_size=src.size, src_mtime_ns=src.mtime_ns, given_split=src.given_split,
+                              build_id=build_id, now=now),
                 blob=blob_row(rec, now) if rec.ok else None,
             )
             summary.new += 1

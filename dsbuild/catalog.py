@@ -54,6 +54,7 @@ _MIGRATIONS: dict[int, list[str]] = {
             reason VARCHAR,
             detail VARCHAR,
             split VARCHAR,
+            given_split VARCHAR,              -- the split an imported ImageFolder tree gave (kept as is)
             dup_group VARCHAR,
             dup_of VARCHAR,
             dup_distance INTEGER,
@@ -507,7 +508,7 @@ class Catalog:
     def dataset_items(self, dataset: str):
         """Every item of ``dataset`` with what dedup and split need (joined with blobs)."""
         return self.df(
-            """SELECT i.image_id, i.origin, i.class_label, i.status, i.reason, i.detail, i.sha256, i.split, i.phash,
+            """SELECT i.image_id, i.origin, i.class_label, i.status, i.reason, i.detail, i.sha256, i.split, i.given_split, i.phash,
                       i.dup_group, i.first_seen, b.pixel_sha, b.width, b.height,
                       b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
                       coalesce(e.new_label, i.class_label) AS label
@@ -662,7 +663,12 @@ class Catalog:
                FROM images WHERE dataset = ? AND dup_group IS NOT NULL""",
             [dataset, dataset],
         ).fetchone()
-        return {"duplicates": int(row[0]), "groups": int(row[1]), "conflicts": int(row[2])}
+        leaks = self.con.execute(
+            """SELECT count(*) FROM (SELECT dup_group FROM images WHERE dataset = ? AND dup_group IS NOT NULL
+               AND split IS NOT NULL GROUP BY dup_group HAVING count(DISTINCT split) > 1)""",
+            [dataset],
+        ).fetchone()[0]
+        return {"duplicates": int(row[0]), "groups": int(row[1]), "conflicts": int(row[2]), "leaks": int(leaks)}
 
     def last_build(self):
         return self.con.execute(

@@ -45,9 +45,38 @@ def fetch_settings(ds: Dataset):
 # --------------------------------------------------------------------------- discovery
 
 
+def engine_options(ds: Dataset, cls):
+    """The :class:`dsbuild.engines.EngineOptions` for a class's queries."""
+    from dsbuild.engines import EngineOptions
+
+    return EngineOptions(limit=ds.per_query, adult_filter=ds.adult_filter, filters=dict(ds.filters),
+                         endpoint=cls.endpoint or ds.endpoint, allow_private_hosts=ds.allow_private_hosts)
+
+
+def check_web_settings(ds: Dataset) -> list[str]:
+    """Problems with the dataset's engine and downloader settings, found without touching the network."""
+    problems: list[str] = []
+    if any(c.queries for c in ds.classes):
+        from dsbuild.engines import get_engine
+
+        try:
+            engine = get_engine(ds.engine)
+            for cls in ds.classes:
+                if cls.queries:
+                    engine.validate(engine_options(ds, cls))
+        except DsbuildError as exc:
+            problems.append(f"datasets.{ds.name}: {exc}")
+    if any(c.queries or c.urls for c in ds.classes):
+        try:
+            fetch_settings(ds)
+        except (TypeError, ValueError, DsbuildError) as exc:
+            problems.append(f"datasets.{ds.name}.fetch: {exc}")
+    return problems
+
+
 def discover(cat: Catalog, ds: Dataset, *, progress: Progress, summary: DatasetSummary) -> None:
     """Search every query not searched yet (or searched for fewer links) and read every URL list."""
-    from dsbuild.engines import EngineOptions, get_engine
+    from dsbuild.engines import get_engine
     from dsbuild.engines.urls import read_url_list
 
     searches = [(cls, q) for cls in ds.classes for q in cls.queries]
@@ -59,10 +88,7 @@ def discover(cat: Catalog, ds: Dataset, *, progress: Progress, summary: DatasetS
             for cls, query in todo:
                 if unreachable:
                     break
-                options = EngineOptions(
-                    limit=ds.per_query, adult_filter=ds.adult_filter, filters=dict(ds.filters),
-                    endpoint=cls.endpoint or ds.endpoint, allow_private_hosts=ds.allow_private_hosts,
-                )
+                options = engine_options(ds, cls)
                 try:
                     stream = engine.links(query, options)
                     links = [{"url": l.url, "rank": l.rank, "page_url": l.page_url} for l in stream]
@@ -91,8 +117,7 @@ def discover(cat: Catalog, ds: Dataset, *, progress: Progress, summary: DatasetS
                 rows.append({"url": link.url, "rank": link.rank, "page_url": None})
             cat.record_search(dataset=ds.name, label=cls.name, engine="urls", query=str(url_file), wanted=len(rows),
                               links=rows, pages=0, outcome="exhausted", message=f"{len(rows)} URLs")
-            for p in problems[:20]:
-                summary.notes.append(f"{url_file.name}: {p}")
+            summary.notes.extend(problems[:20])
             if len(problems) > 20:
                 summary.notes.append(f"{url_file.name}: … and {len(problems) - 20} more problems")
 

@@ -155,6 +155,10 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     units["split"] = units["unit"].map(existing)
     mapping = assign_splits(units, dataset.split)
     df["split"] = np.where(in_split, df["unit"].map(mapping), None)
+    # A dataset that arrived split (ImageFolder train/valid/...) keeps its splits; leakage is reported, not fixed.
+    given = df["given_split"].notna() & in_split if "given_split" in df else None
+    if given is not None and given.any():
+        df.loc[given, "split"] = df.loc[given, "given_split"]
 
     df.loc[df["status"].isin(["ok", "duplicate"]), "detail"] = None
     out = df[["image_id", "status", "reason", "detail", "dup_group", "dup_of", "dup_distance", "conflict", "split"]].copy()

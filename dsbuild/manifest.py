@@ -139,9 +139,11 @@ class Dataset:
     quality: QualitySettings = QualitySettings()
     fetch: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
+    imagefolder: Path | None = None
 
     @property
     def labels(self) -> list[str]:
+        """The manifest's class names (an ``imagefolder`` dataset's labels come from its subfolders)."""
         return [c.name for c in self.classes]
 
 
@@ -190,8 +192,8 @@ _DATASET_SCALARS: dict[str, type | tuple[type, ...]] = {
     "adult_filter": bool,
     "allow_private_hosts": bool,
 }
-_DATASET_KEYS = set(_DATASET_SCALARS) | set(_SECTION_TYPES) | {"classes", "filters", "fetch", "model"}
-_DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description"}
+_DATASET_KEYS = set(_DATASET_SCALARS) | set(_SECTION_TYPES) | {"classes", "filters", "fetch", "model", "imagefolder"}
+_DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder"}
 _CLASS_KEYS = {"queries", "urls", "folders", "endpoint"}
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -420,10 +422,19 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
         if not isinstance(v, str):
             problems.add(f"{key}.filters.{k}", f"must be a string, not {v!r}")
 
+    imagefolder = raw.get("imagefolder")
+    if imagefolder is not None:
+        if not isinstance(imagefolder, str) or not imagefolder.strip():
+            problems.add(f"{key}.imagefolder", f"must be a folder path, not {imagefolder!r}")
+            imagefolder = None
+        else:
+            imagefolder = root / imagefolder
     classes_raw = raw.get("classes")
     classes: list[ClassSpec] = []
-    if classes_raw is None:
-        problems.add(f"{key}.classes", "missing — a dataset needs at least two classes")
+    if classes_raw is None and imagefolder is not None:
+        pass  # labels (and splits) come from the folder's subfolders
+    elif classes_raw is None:
+        problems.add(f"{key}.classes", "missing — a dataset needs at least two classes (or an imagefolder)")
     elif not isinstance(classes_raw, dict):
         problems.add(f"{key}.classes", f"must be a table, not {_type_name(classes_raw)}")
     else:
@@ -453,6 +464,7 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
         filters=tables["filters"],
         fetch=tables["fetch"],
         model=tables["model"],
+        imagefolder=imagefolder,
         **sections,
     )
     _check_section_values(ds, key, problems)

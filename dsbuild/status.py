@@ -70,5 +70,10 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
             f"{name}: {dups['duplicates']} duplicates in {dups['groups']} groups; "
             f"{dups['conflicts']} label conflicts (same picture, different labels) — `dsbuild query @label_conflicts`"
         )
+    if dups.get("leaks"):
+        notes.append(
+            f"{name}: {dups['leaks']} duplicate groups straddle splits (leakage in the splits the dataset came with) "
+            "— `dsbuild query @split_leakage`"
+        )
     names = [f"{s} ok" if st == "ok" else st for s, st in columns]
     return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups, notes=notes)
