@@ -23,9 +23,10 @@ Where this module departs from CleanVision, and why (measured in
 * The image is the build's decode, which for JPEGs may be draft-reduced (DCT
   scaling), and brightness percentiles and entropy are taken on a nearest-neighbour
   subsample of about 8k pixels instead of every pixel: a subsample's percentiles
-  are unbiased, and it is ~10x cheaper. The thumbnail for ``blurry`` is made with
-  Pillow's ``reducing_gap`` (a box reduction, then bicubic) instead of one bicubic
-  pass over the full image. Scores stay within a few hundredths of CleanVision's.
+  are unbiased, and it is ~10x cheaper. The thumbnail for ``blurry`` is made from
+  the gray image (shared with the phash) with Pillow's ``reducing_gap`` (a box
+  reduction, then bicubic) instead of one bicubic pass over the full RGB image.
+  Scores stay within a few hundredths of CleanVision's (blurry within 0.02).
 * ``grayscale`` is also 1.0 for an RGB image whose three channels are equal (a gray
   photo saved as RGB, common on the web); CleanVision looks only at the mode ("L").
   The score is 1.0 = grayscale so the catalog column reads naturally.
@@ -106,15 +107,15 @@ def _is_gray_rgb(arr: np.ndarray) -> bool:
     return np.count_nonzero(spread > GRAYSCALE_MAX_SPREAD) <= 0.01 * len(spread)
 
 
-def _blurry(img) -> float:
+def _blurry(gray) -> float:
+    """CleanVision's blur score of an L image (thumbnail of longest side 64, FIND_EDGES, histogram spread)."""
     from PIL import Image, ImageFilter
 
-    w, h = img.size
+    w, h = gray.size
     ratio = max(w, h) / BLURRY_MAX_RESOLUTION
     if ratio > 1:
         size = (max(int(w // ratio), 1), max(int(h // ratio), 1))
-        img = img.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
-    gray = img if img.mode == "L" else img.convert("L")
+        gray = gray.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
     edges = gray.filter(ImageFilter.FIND_EDGES)
     # sqrt of ImageStat's (population) variance, i.e. numpy's std with ddof=0, minus ImageStat's Python loops.
     blur = 1 - math.exp(-float(np.asarray(edges).std()) * BLURRY_NORMALIZING_FACTOR)
@@ -124,11 +125,26 @@ def _blurry(img) -> float:
     return min(blur + std, 1.0)
 
 
-def scores(img, *, width: int | None = None, height: int | None = None) -> dict[str, float]:
+def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """numpy's default ("linear") percentiles, from one sort: np.percentile costs ~5x more on 8k values."""
+    v = np.sort(values).astype(np.float64)
+    n = len(v)
+    out = []
+    for q in qs:
+        pos = (n - 1) * q / 100.0
+        lo = int(math.floor(pos))
+        hi = min(lo + 1, n - 1)
+        out.append(float(v[lo] + (v[hi] - v[lo]) * (pos - lo)))
+    return out
+
+
+def scores(img, *, width: int | None = None, height: int | None = None, gray=None) -> dict[str, float]:
     """Quality scores of a decoded PIL image (mode RGB or L); keys :data:`SCORE_NAMES`.
 
     ``width``/``height`` are the original size (``img`` may be draft-reduced);
-    they default to ``img.size``. Every value is a float in [0, 1].
+    they default to ``img.size``. ``gray`` is ``img`` converted to L
+    (:func:`dsbuild.hashing.to_gray`) when the caller has it already — the phash
+    needs the same conversion. Every value is a float in [0, 1].
     """
     if img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
@@ -136,15 +152,16 @@ def scores(img, *, width: int | None = None, height: int | None = None) -> dict[
     height = height or img.size[1]
     small = _sample(img)
     arr = np.asarray(small)
-    bright = _brightness(arr)
-    p5, p99 = np.percentile(bright, [5, 99]).astype(np.float64)
-    gray = 1.0 if img.mode == "L" or _is_gray_rgb(arr) else 0.0
+    p5, p99 = _percentiles(_brightness(arr), (5, 99))
+    is_gray = 1.0 if img.mode == "L" or _is_gray_rgb(arr) else 0.0
+    if gray is None:
+        gray = img if img.mode == "L" else img.convert("L")
     return {
         "dark": float(p99),
         "light": float(1.0 - p5),
-        "blurry": float(_blurry(img)),
+        "blurry": float(_blurry(gray)),
         "low_information": float(min(1.0, ENTROPY_NORMALIZING_FACTOR * small.entropy())),
-        "grayscale": gray,
+        "grayscale": is_gray,
         "odd_aspect_ratio": float(min(width / height, height / width)) if width and height else float("nan"),
     }
 
