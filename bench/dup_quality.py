@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     hexes, secs = dsbuild_hashes(rows)
     degenerate = np.array([hashing.is_degenerate(h) for h in hexes])
     deg_names = sorted({pictures[i] for i in np.flatnonzero(degenerate)})
-    print(f"dsbuild decode+phash: {secs:.2f} s ({secs / n * 1e3:.2f} ms/file); degenerate: {int(degenerate.sum())} files {deg_names}")
+    print(f"dsbuild decode+phash: {secs:.2f} s ({secs / n * 1e3:.2f} ms/file); "
+          f"degenerate: {int(degenerate.sum())} files {deg_names}")
     keep = np.flatnonzero(~degenerate)
     values = hashing.hashes_to_uint64([hexes[i] for i in keep])
 

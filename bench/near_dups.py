@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="run imagededup up to this N; above it, print an estimate from its quadratic cost")
     ap.add_argument("--no-imagededup", action="store_true")
     args = ap.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([2_000, 10_000] if args.quick else [10_000, 20_000, 100_000, 1_000_000])
+    if args.sizes:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    else:
+        sizes = [2_000, 10_000] if args.quick else [10_000, 20_000, 100_000, 1_000_000]
     t_cmp, t_def = 8, dedup.DEFAULT_THRESHOLD
     print(f"random 64-bit hashes, 1% planted neighbours at distance 0-6; {os.cpu_count()} CPUs "
           f"(load average {os.getloadavg()[0]:.1f}); numpy {np.__version__}\n")

@@ -52,11 +52,11 @@ threshold  precision  recall  note
 10 is the smallest threshold with recall ≥ 0.95 and a margin (8 scrapes by at
 0.954), and it leaves 4 bits to the closest pair of different pictures. It is also
 imagededup's default. phashes have 32 bits set, so their distances are even: 10 and
-11 are the same setting. Cost: a million random hashes in ~25 s at 10 (~6 s at 8)
-on this 2-core machine (bench/near_dups.py).
+11 are the same setting. Cost: a million random hashes in 25–30 s at 10 (6–8 s at
+8) on this shared 2-core machine (bench/near_dups.py).
 """
 
-_DIRECT_BITS = 22  # direct-address bucket tables up to 2**22 entries (16 MiB of int32)
+_DIRECT_BITS = 22  # direct-address bucket tables up to 2**22 buckets (4 MiB of flags + 32 MiB of starts)
 _BATCH_ELEMS = 1 << 21  # probe elements per numpy batch: bounds peak memory to ~100 MiB
 _EMPTY = np.zeros((0, 3), dtype=np.int64)
 
@@ -470,7 +470,9 @@ def find_cross_pairs(a: np.ndarray, b: np.ndarray, threshold: int = DEFAULT_THRE
     return _sorted(pairs)
 
 
-def find_pairs_incremental(new: np.ndarray, old: np.ndarray, threshold: int = DEFAULT_THRESHOLD, *, nbits: int | None = None) -> np.ndarray:
+def find_pairs_incremental(
+    new: np.ndarray, old: np.ndarray, threshold: int = DEFAULT_THRESHOLD, *, nbits: int | None = None
+) -> np.ndarray:
     """Pairs that involve at least one of ``new``, without redoing ``old`` × ``old``.
 
     Indices refer to the concatenation ``[old, new]``: old item ``i`` keeps index

@@ -65,7 +65,9 @@ def files() -> dict[str, bytes]:
 
 def cleanvision_reference(img: Image.Image) -> tuple[dict[str, float], dict[str, bool]]:
     """CleanVision's own score and flag for each per-image issue type (its ImageProperty classes)."""
-    from cleanvision.issue_managers.image_property_issue_manager import ImagePropertyIssueManager
+    from cleanvision.issue_managers.image_property_issue_manager import (
+        ImagePropertyIssueManager,
+    )
 
     mgr = ImagePropertyIssueManager()
     params = mgr.get_default_params()
@@ -88,7 +90,9 @@ def ours(data: bytes) -> dict[str, float]:
 
 
 def test_defaults_are_cleanvisions():
-    from cleanvision.issue_managers.image_property_issue_manager import ImagePropertyIssueManager
+    from cleanvision.issue_managers.image_property_issue_manager import (
+        ImagePropertyIssueManager,
+    )
 
     params = ImagePropertyIssueManager().get_default_params()
     th = quality.QualityThresholds()
