@@ -1,0 +1,601 @@
+"""Review decisions → append-only label events.
+
+A person (or a confidence threshold) decides, per flagged image, to ``relabel``
+it, ``remove`` it, ``keep`` its label, or ``undo`` the last decision about it.
+This module turns those decisions into **label events**: plain dicts that the
+catalog appends to ``label_events`` (it never updates or deletes one). It holds
+no database connection: :mod:`dsbuild.cycle` reads the catalog, calls
+:func:`parse_decisions` / :func:`decisions_from_suggestions`, then
+:func:`plan_events`, and appends what comes back in one transaction.
+
+Decision files (``dsbuild review DATASET --decisions FILE.csv``)
+----------------------------------------------------------------
+
+A CSV file with a header row. Columns (names are case-insensitive; spaces and
+dashes read as underscores; other columns are ignored):
+
+``image_id`` or ``path``
+    Which image. ``path`` may be the stored file (the ``images.path`` column) or
+    the origin file of a folder import; relative paths resolve against the CSV's
+    folder and the current folder, and both sides are compared resolved. A path
+    shared by several images (the same bytes under two labels) is ambiguous: use
+    ``image_id``. When both columns are filled they must name the same image.
+``action``
+    ``relabel`` | ``remove`` | ``keep`` | ``undo`` (case-insensitive).
+``new_label``
+    Required for ``relabel`` (a class of the dataset, different from the current
+    label). With ``keep`` it may repeat the current label; with ``remove`` and
+    ``undo`` it must be empty.
+``note`` (optional)
+    Free text, stored on the event.
+
+Reading rules: UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8");
+the separator is ``,``, ``;`` or a tab, whichever splits the header into the
+most fields (Excel writes ``;`` in many locales); blank lines are skipped;
+repeated identical decisions for one image count once, different ones are an
+error.
+
+The CSV that ``dsbuild mislabels DATASET --format csv`` writes is a decisions
+file too: add an ``action`` column and fill it where you decided. In such a
+file (recognised by its ``suggested_label`` column) a row with an empty action
+is skipped, ``relabel`` without ``new_label`` means "take the suggested label",
+and the ``given_label`` column guards against stale reports: a row whose image
+was relabelled since the report was made is an error, not a silent overwrite.
+
+Validation is all or nothing: every problem of the file is collected with its
+line number and reported in one :class:`~dsbuild.errors.DsbuildError`, and no
+decision is applied unless the whole file is valid.
+
+Events
+------
+
+:func:`plan_events` returns one dict per decision with keys ``image_id``,
+``action``, ``old_label``, ``new_label``, ``old_status``, ``new_status``,
+``source``, ``at``, ``note``. The catalog's ``images`` view takes an image's
+label and status from its latest event, so every event carries the complete
+resulting state:
+
+* ``relabel``: ``new_label`` = the new class; ``new_status`` = ``None``.
+* ``remove``: ``new_label`` = the current label; ``new_status`` = ``"rejected"``
+  (the view gives the reason ``removed in review``). Nothing is deleted.
+* ``keep``: ``new_label`` = the current label; ``new_status`` = ``None``. The
+  image counts as reviewed; the mislabel scorer flags it again only when a
+  later model disagrees more strongly.
+* ``undo``: reverts the image's last decision that is not undone yet (events
+  form a stack per image: each non-undo event pushes, each undo pops), so
+  repeated undos walk back through the history. ``new_label`` / ``new_status``
+  are the state before the reverted event.
+
+``new_status = None`` means "no review override: the build's status stands",
+so a later build that marks the image ``duplicate`` still wins over an old
+relabel. ``old_status`` always records the status seen at decision time.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from dsbuild.errors import DsbuildError
+
+if TYPE_CHECKING:  # pandas is imported lazily at run time
+    import pandas
+
+ACTIONS = ("relabel", "remove", "keep", "undo")
+#: statuses whose images a reviewer may relabel, keep or remove (``undo`` works on any).
+REVIEWABLE = ("ok", "duplicate")
+REMOVED_STATUS = "rejected"
+REMOVED_REASON = "removed in review"
+MAX_LISTED = 20  # problems listed in one error; the rest are counted
+
+_KNOWN_COLUMNS = ("image_id", "path", "action", "new_label", "note")
+# Columns of the mislabel report CSV (dsbuild mislabels --format csv) and of the label_issues view.
+_REPORT_COLUMNS = ("dataset", "origin", "given_label", "suggested_label", "label_quality", "rank", "run_id",
+                   "kind", "suggested_confidence", "ood_score", "current_label", "reviewed")
+_DELIMITERS = (",", ";", "\t")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One reviewer decision about one image.
+
+    ``action`` is one of :data:`ACTIONS`; ``new_label`` is set for ``relabel``
+    only; ``note`` is free text stored on the event. ``line`` is the CSV line
+    the decision came from (``None`` for decisions made by a threshold); it is
+    used in error messages and ignored by equality.
+    """
+
+    image_id: str
+    action: str
+    new_label: str | None = None
+    note: str | None = None
+    line: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(ACTIONS)}, not {self.action!r}")
+        if (self.action == "relabel") != (self.new_label is not None):
+            raise ValueError("new_label is required for relabel and only for relabel")
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class _Problems:
+    """Collects ``(line, message)`` problems and raises them as one DsbuildError."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int | None, str]] = []
+
+    def add(self, line: int | None, message: str) -> None:
+        self.items.append((line, message))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def raise_if_any(self, what: str) -> None:
+        if not self.items:
+            return
+        n = len(self.items)
+        lines = [f"  line {ln}: {msg}" if ln is not None else f"  {msg}" for ln, msg in self.items[:MAX_LISTED]]
+        if n > MAX_LISTED:
+            lines.append(f"  … and {n - MAX_LISTED} more")
+        head = f"{what} has {n} problem{'s' if n != 1 else ''}; nothing was applied — fix {'them' if n != 1 else 'it'} and run again:"
+        raise DsbuildError("\n".join([head, *lines]), exit_code=2)
+
+
+def _did_you_mean(value: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    folded = {c.casefold(): c for c in choices}
+    if value.casefold() in folded:
+        return f" (did you mean '{folded[value.casefold()]}'?)"
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _short(value: str, limit: int = 60) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- reading the file
+
+
+def _read_text(path: Path) -> str:
+    """The file's text (UTF-8, optional BOM) or a DsbuildError saying why it is not a text CSV."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DsbuildError(f"cannot read decisions file {path}: {exc.strerror or exc} — check the path and permissions",
+                           exit_code=2) from None
+    if not data.strip():
+        raise DsbuildError(f"decisions file {path} is empty — it needs a header (image_id,action,new_label,note) "
+                           "and one row per decision", exit_code=2)
+    save_as = "save it as 'CSV UTF-8' (comma- or semicolon-separated text)"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DsbuildError(f"decisions file {path} is UTF-16 text — {save_as}", exit_code=2)
+    kinds = {b"PK\x03\x04": "a ZIP file (an .xlsx workbook?)", b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image",
+             b"%PDF": "a PDF", b"\xd0\xcf\x11\xe0": "an Excel 97 workbook", b"SQLite format": "a SQLite database",
+             b"DUCK": "a DuckDB database"}
+    for magic, kind in kinds.items():
+        if data.startswith(magic) or (magic == b"DUCK" and data[8:12] == magic):
+            raise DsbuildError(f"decisions file {path} is {kind}, not a CSV — {save_as}", exit_code=2)
+    if b"\x00" in data[:65536]:
+        raise DsbuildError(f"decisions file {path} is binary (it contains NUL bytes), not a CSV — {save_as}", exit_code=2)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DsbuildError(f"decisions file {path} is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}) — {save_as}",
+                           exit_code=2) from None
+
+
+def _sniff_delimiter(header_line: str) -> str:
+    """``,``, ``;`` or tab: whichever splits the header (outside quotes) into the most fields; ``,`` on a tie."""
+    best, best_n = ",", 0
+    for delim in _DELIMITERS:
+        n = len(next(csv.reader([header_line], delimiter=delim)))
+        if n > best_n:
+            best, best_n = delim, n
+    return best
+
+
+def _norm_column(name: str) -> str:
+    return name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class _Row:
+    line: int
+    values: dict[str, str]
+
+
+def _read_rows(path: Path, problems: _Problems) -> tuple[list[str], list[_Row]]:
+    """Header (normalised names) and non-blank rows with their first line number. Fatal problems raise."""
+    text = _read_text(path)
+    first = text.lstrip("\r\n").splitlines()[0]
+    if first.lstrip().startswith(("[", "{")):
+        raise DsbuildError(f"decisions file {path} looks like JSON — review reads CSV; write one with "
+                           "`dsbuild mislabels DATASET --format csv --out flags.csv` and add an action column",
+                           exit_code=2)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_sniff_delimiter(first), strict=True)
+    header: list[str] | None = None
+    rows: list[_Row] = []
+    consumed = 0
+    try:
+        for record in reader:
+            start, consumed = consumed + 1, reader.line_num
+            if not any(v.strip() for v in record):
+                continue  # blank line
+            if header is None:
+                header = [_norm_column(c) for c in record]
+                header_line = start
+                dupes = sorted({c for c in header if c and header.count(c) > 1})
+                if dupes:
+                    problems.add(header_line, f"column {', '.join(dupes)} appears more than once in the header")
+                continue
+            if len(record) > len(header) and any(v.strip() for v in record[len(header):]):
+                problems.add(start, f"{len(record)} fields but the header has {len(header)} "
+                                    "(a value with the separator in it must be quoted)")
+                continue
+            rows.append(_Row(start, {c: (record[i].strip() if i < len(record) else "") for i, c in enumerate(header) if c}))
+    except csv.Error as exc:
+        problems.add(consumed + 1, f"malformed CSV ({exc}) — check the quotes on this line")
+        problems.raise_if_any(f"decisions file {path}")
+    if header is None:
+        raise DsbuildError(f"decisions file {path} is empty — it needs a header (image_id,action,new_label,note) "
+                           "and one row per decision", exit_code=2)
+    missing = []
+    if "action" not in header:
+        missing.append("action")
+    if "image_id" not in header and "path" not in header:
+        missing.append("image_id (or path)")
+    for col in missing:
+        unknown = [c for c in header if c and c not in _KNOWN_COLUMNS + _REPORT_COLUMNS]
+        close = difflib.get_close_matches(col.split(" ")[0], unknown, n=1, cutoff=0.6)
+        hint = f" (is '{close[0]}' a misspelling of it?)" if close else ""
+        problems.add(header_line, f"missing column {col}{hint}; the header is: {', '.join(header) or '(empty)'} "
+                                  f"— expected image_id (or path), action, new_label, note")
+    if missing:
+        problems.raise_if_any(f"decisions file {path}")
+    return header, rows
+
+
+# --------------------------------------------------------------------------- image lookup
+
+
+class _ImageIndex:
+    """image_id / resolved path / origin → catalog rows of one dataset."""
+
+    def __init__(self, images: "pandas.DataFrame", *, base_dirs: Sequence[Path]) -> None:
+        need = {"image_id", "path", "origin", "label", "status"}
+        missing = need - set(images.columns)
+        if missing:
+            raise ValueError(f"images needs columns {sorted(need)}; missing {sorted(missing)}")
+        self.base_dirs = list(base_dirs)
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.by_path: dict[str, set[str]] = {}
+        for rec in images[["image_id", "path", "origin", "label", "status"]].to_dict("records"):
+            iid = str(rec["image_id"])
+            self.by_id[iid] = rec
+            for value in (rec["path"], rec["origin"]):
+                if isinstance(value, str) and value and "://" not in value:
+                    self.by_path.setdefault(_resolved(Path(value)), set()).add(iid)
+
+    def lookup_path(self, value: str) -> set[str]:
+        p = Path(value).expanduser()
+        candidates = [p] if p.is_absolute() else [d / p for d in self.base_dirs]
+        found: set[str] = set()
+        for cand in candidates:
+            found |= self.by_path.get(_resolved(cand), set())
+        return found
+
+
+def _resolved(p: Path) -> str:
+    try:
+        return str(p.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: fall back to the absolute path
+        return str(p.absolute())
+
+
+# --------------------------------------------------------------------------- parse_decisions
+
+
+def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[str],
+                    dataset: str | None = None) -> list[Decision]:
+    """Read and validate a decisions CSV against the catalog; all or nothing.
+
+    ``images``: the dataset's rows of the ``images`` view with columns
+    ``image_id``, ``path``, ``origin``, ``label`` (current), ``status`` (extra
+    columns are ignored). ``labels``: the dataset's class names. ``dataset``:
+    when given, a ``dataset`` column in the file (the mislabel report has one)
+    must match it.
+
+    Returns the decisions in file order, one per image (see the module
+    docstring for the format). Raises one :class:`DsbuildError` (exit code 2)
+    listing every problem with its line number — unknown or ambiguous image,
+    unknown label or action, missing column, relabel to the same label,
+    conflicting decisions for one image, stale report rows, an empty, binary
+    or non-UTF-8 file — so that nothing is applied partially.
+    """
+    path = Path(path)
+    problems = _Problems()
+    header, rows = _read_rows(path, problems)
+    index = _ImageIndex(images, base_dirs=[path.resolve().parent, Path.cwd()])
+    label_set = list(dict.fromkeys(str(x) for x in labels))
+    is_report = "suggested_label" in header
+    chosen: dict[str, Decision] = {}
+    for row in rows:
+        v = row.values
+        line = row.line
+        action = v.get("action", "").lower()
+        if not action:
+            if is_report:
+                continue  # a report row nobody decided about
+            problems.add(line, f"action is empty — use one of {', '.join(ACTIONS)}")
+            continue
+        if action not in ACTIONS:
+            problems.add(line, f"unknown action '{_short(v['action'])}'{_did_you_mean(action, ACTIONS)} "
+                               f"— use one of {', '.join(ACTIONS)}")
+            continue
+        if dataset is not None and v.get("dataset") and v["dataset"] != dataset:
+            problems.add(line, f"row is for dataset '{_short(v['dataset'])}', not '{dataset}' — review it with "
+                               f"`dsbuild review {v['dataset']} ...` or delete the row")
+            continue
+        image_id = _identify(v, index, line, problems)
+        if image_id is None:
+            continue
+        rec = index.by_id[image_id]
+        current = str(rec["label"])
+        new_label = v.get("new_label") or None
+        note = v.get("note") or None
+        given = v.get("given_label")
+        if given and action != "undo" and given != current:
+            problems.add(line, f"image {image_id} is labelled '{_short(current)}' now, not '{_short(given)}' as this row says "
+                               "(its label changed since the report) — run `dsbuild mislabels` again or delete the row")
+            continue
+        if action == "relabel":
+            if new_label is None and is_report and v.get("suggested_label"):
+                new_label = v["suggested_label"]
+            if new_label is None:
+                problems.add(line, f"relabel needs a new_label — one of {_label_list(label_set)}")
+                continue
+            if new_label not in label_set:
+                problems.add(line, f"unknown label '{_short(new_label)}'{_did_you_mean(new_label, label_set)} "
+                                   f"— labels of this dataset: {_label_list(label_set)}")
+                continue
+            if new_label == current:
+                problems.add(line, f"image {image_id} already has label '{_short(current)}' — use keep to confirm it")
+                continue
+        elif new_label is not None:
+            if action == "keep" and new_label == current:
+                new_label = None  # a keep row may repeat the label it keeps
+            else:
+                extra = f" (keep leaves the label '{_short(current)}')" if action == "keep" else ""
+                problems.add(line, f"new_label '{_short(new_label)}' is only used with relabel{extra} "
+                                   "— empty it or change the action to relabel")
+                continue
+        status = str(rec["status"])
+        if action != "undo" and status not in REVIEWABLE:
+            problems.add(line, f"image {image_id} has status '{status}' — only ok or duplicate images can be "
+                               "relabelled, kept or removed (an image removed in review comes back with undo)")
+            continue
+        decision = Decision(image_id=image_id, action=action, new_label=new_label, note=note, line=line)
+        earlier = chosen.get(image_id)
+        if earlier is None:
+            chosen[image_id] = decision
+        elif (earlier.action, earlier.new_label) != (decision.action, decision.new_label):
+            problems.add(line, f"conflicting decisions for image {image_id}: line {earlier.line} says "
+                               f"{_describe(earlier)}, this line says {_describe(decision)} — keep one")
+    problems.raise_if_any(f"decisions file {path}")
+    if not chosen:
+        hint = ("fill the action column (relabel, remove, keep, undo) of the rows you decided about" if is_report
+                else "add one row per decision")
+        raise DsbuildError(f"decisions file {path} has no decisions — {hint}", exit_code=2)
+    return list(chosen.values())
+
+
+def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Problems) -> str | None:
+    """The image a row names by ``image_id`` and/or ``path``; problems are recorded, None returned."""
+    iid, path = v.get("image_id", ""), v.get("path", "")
+    by_id = by_path = None
+    if iid:
+        if iid not in index.by_id:
+            problems.add(line, f"unknown image_id '{_short(iid)}' — not an image of this dataset "
+                               "(see `dsbuild query \"select image_id, path, label from images\"`)")
+            return None
+        by_id = iid
+    if path:
+        found = index.lookup_path(path)
+        if not found and by_id is None:
+            problems.add(line, f"no image of this dataset has path '{_short(path)}' (stored file or origin) — "
+                               "check the path or use image_id")
+            return None
+        if len(found) > 1 and by_id is None:
+            ids = sorted(found)
+            problems.add(line, f"path '{_short(path)}' is {len(ids)} images ({', '.join(ids[:5])}"
+                               f"{', …' if len(ids) > 5 else ''}) — use image_id to say which")
+            return None
+        if found and by_id is not None and by_id not in found:
+            problems.add(line, f"image_id '{by_id}' and path '{_short(path)}' name different images — fix one of them")
+            return None
+        by_path = next(iter(found)) if len(found) == 1 else None
+    if by_id is None and by_path is None:
+        problems.add(line, "no image_id or path — every row must name its image")
+        return None
+    return by_id or by_path
+
+
+def _label_list(labels: Sequence[str]) -> str:
+    return ", ".join(labels[:20]) + (f", … ({len(labels)} labels)" if len(labels) > 20 else "")
+
+
+def _describe(d: Decision) -> str:
+    return f"relabel → '{d.new_label}'" if d.action == "relabel" else d.action
+
+
+# --------------------------------------------------------------------------- suggestions
+
+
+def decisions_from_suggestions(issues: "pandas.DataFrame", *, min_confidence: float) -> list[Decision]:
+    """Relabel decisions for confident suggestions of a mislabel run.
+
+    ``issues`` has columns ``image_id``, ``given_label``, ``suggested_label``,
+    ``suggested_confidence`` (out-of-sample probability of the suggested class,
+    0–1) and optionally ``label_quality``, ``kind`` and ``current_label`` (as the
+    ``label_issues`` view has). A row becomes ``relabel → suggested_label`` when
+    ``suggested_confidence >= min_confidence`` and the suggestion differs from
+    the given label. Rows are skipped when: the confidence is missing, ``kind``
+    is not ``label`` (conflicts and out-of-distribution flags need a person), or
+    ``current_label`` differs from ``given_label`` (the image was reviewed since
+    the run). One decision per image (the most confident), most confident first.
+    ``min_confidence`` must be in (0, 1].
+    """
+    import pandas as pd
+
+    try:
+        threshold = float(min_confidence)
+    except (TypeError, ValueError):
+        threshold = math.nan
+    if not (0.0 < threshold <= 1.0):
+        raise DsbuildError(f"--min-confidence must be in (0, 1], not {min_confidence!r} — e.g. 0.9", exit_code=2)
+    need = {"image_id", "given_label", "suggested_label", "suggested_confidence"}
+    missing = need - set(issues.columns)
+    if missing:
+        raise ValueError(f"issues needs columns {sorted(need)}; missing {sorted(missing)}")
+    df = issues.copy()
+    conf = pd.to_numeric(df["suggested_confidence"], errors="coerce")
+    keep = conf.notna() & (conf >= threshold) & df["suggested_label"].notna()
+    keep &= df["suggested_label"].astype(str) != df["given_label"].astype(str)
+    if "kind" in df:
+        keep &= df["kind"].fillna("label").astype(str) == "label"
+    if "current_label" in df:
+        keep &= df["current_label"].isna() | (df["current_label"].astype(str) == df["given_label"].astype(str))
+    df = df[keep].assign(_conf=conf[keep]).sort_values(["_conf", "image_id"], ascending=[False, True], kind="stable")
+    df = df.drop_duplicates("image_id", keep="first")
+    out = []
+    for rec in df.to_dict("records"):
+        note = f"suggestion p={rec['_conf']:.3f}"
+        quality = rec.get("label_quality")
+        if quality is not None and not pd.isna(quality):
+            note += f", label quality {float(quality):.3f}"
+        out.append(Decision(image_id=str(rec["image_id"]), action="relabel", new_label=str(rec["suggested_label"]), note=note))
+    return out
+
+
+# --------------------------------------------------------------------------- events
+
+
+_HISTORY_COLUMNS = ("image_id", "action", "old_label", "new_label", "old_status", "new_status")
+
+
+def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", history: "pandas.DataFrame | None" = None,
+                source: str, at: datetime) -> list[dict]:
+    """Label events for ``decisions`` (one per decision, in order); all or nothing.
+
+    ``current``: the dataset's ``images`` rows with ``image_id``, ``label``
+    (current) and ``status`` (current). ``history``: the dataset's earlier
+    ``label_events`` with ``image_id``, ``action``, ``old_label``, ``new_label``,
+    ``old_status``, ``new_status`` and, if present, ``event_id`` (their order;
+    otherwise the row order is used); needed for ``undo``. ``source`` (e.g.
+    ``review:decisions.csv``) and ``at`` are stamped on every event.
+
+    Returns dicts with keys ``image_id``, ``action``, ``old_label``,
+    ``new_label``, ``old_status``, ``new_status``, ``source``, ``at``, ``note``
+    (semantics in the module docstring). Raises one DsbuildError listing every
+    decision that cannot apply (unknown image, nothing to undo, relabel to the
+    current label, review of a rejected/failed image).
+    """
+    need = {"image_id", "label", "status"}
+    if need - set(current.columns):
+        raise ValueError(f"current needs columns {sorted(need)}; missing {sorted(need - set(current.columns))}")
+    state = {str(r["image_id"]): r for r in current[["image_id", "label", "status"]].to_dict("records")}
+    stacks = _undo_stacks(history)
+    problems = _Problems()
+    events: list[dict] = []
+    seen: set[str] = set()
+    for d in decisions:
+        where = d.line
+        rec = state.get(d.image_id)
+        if rec is None:
+            problems.add(where, f"unknown image {d.image_id}")
+            continue
+        if d.image_id in seen:
+            problems.add(where, f"a second decision for image {d.image_id} in one review — give one decision per image")
+            continue
+        seen.add(d.image_id)
+        label, status = _text(rec["label"]), _text(rec["status"])
+        event = {"image_id": d.image_id, "action": d.action, "old_label": label, "new_label": label,
+                 "old_status": status, "new_status": None, "source": source, "at": at, "note": d.note}
+        if d.action == "undo":
+            stack = stacks.get(d.image_id, [])
+            if not stack:
+                problems.add(where, f"nothing to undo for image {d.image_id} — it has no review decision left")
+                continue
+            undone = stack[-1]
+            below = stack[-2] if len(stack) > 1 else None
+            event["new_label"] = undone["old_label"] if undone["old_label"] is not None else label
+            event["new_status"] = below["new_status"] if below is not None else None
+            what = f"undo of event {undone['event_id']} ({_describe_event(undone)})" if undone.get("event_id") is not None \
+                else f"undo of {_describe_event(undone)}"
+            event["note"] = f"{what}; {d.note}" if d.note else what
+        elif status not in REVIEWABLE:
+            problems.add(where, f"image {d.image_id} has status '{status}' — only ok or duplicate images can be "
+                                "relabelled, kept or removed (an image removed in review comes back with undo)")
+            continue
+        elif d.action == "relabel":
+            if d.new_label == label:
+                problems.add(where, f"image {d.image_id} already has label '{label}' — use keep to confirm it")
+                continue
+            event["new_label"] = d.new_label
+        elif d.action == "remove":
+            event["new_status"] = REMOVED_STATUS
+            event["note"] = d.note or REMOVED_REASON
+        events.append(event)
+    problems.raise_if_any("the review")
+    return events
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    try:
+        import pandas as pd
+
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def _undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
+    """Per image, the events not undone yet, oldest first (each undo pops the latest)."""
+    if history is None or len(history) == 0:
+        return {}
+    missing = set(_HISTORY_COLUMNS) - set(history.columns)
+    if missing:
+        raise ValueError(f"history needs columns {list(_HISTORY_COLUMNS)}; missing {sorted(missing)}")
+    hist = history.sort_values("event_id", kind="stable") if "event_id" in history.columns else history
+    cols = [*_HISTORY_COLUMNS, *(["event_id"] if "event_id" in hist.columns else [])]
+    stacks: dict[str, list[dict]] = {}
+    for rec in hist[cols].to_dict("records"):
+        rec = {k: (_text(v) if k != "event_id" else (None if _text(v) is None else int(v))) for k, v in rec.items()}
+        stack = stacks.setdefault(str(rec["image_id"]), [])
+        if rec["action"] == "undo":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(rec)
+    return stacks
+
+
+def _describe_event(ev: dict) -> str:
+    if ev["action"] == "relabel":
+        return f"relabel {ev['old_label']} → {ev['new_label']}"
+    return str(ev["action"])
