@@ -15,9 +15,10 @@ A CSV file with a header row. Columns (names are case-insensitive; spaces and
 dashes read as underscores; other columns are ignored):
 
 ``image_id`` or ``path``
-    Which image. ``path`` may be the stored file (the ``images.path`` column) or
-    the origin file of a folder import; relative paths resolve against the CSV's
-    folder and the current folder, and both sides are compared resolved. A path
+    Which image. ``path`` may be the stored file (the ``images.path`` column),
+    the origin file of a folder import, or the origin URL (compared as written);
+    relative paths resolve against the CSV's folder and the current folder, and
+    both sides are compared resolved. A path
     shared by several images (the same bytes under two labels) is ambiguous: use
     ``image_id``. When both columns are filled they must name the same image.
 ``action``
@@ -284,10 +285,13 @@ class _ImageIndex:
             iid = str(rec["image_id"])
             self.by_id[iid] = rec
             for value in (rec["path"], rec["origin"]):
-                if isinstance(value, str) and value and "://" not in value:
-                    self.by_path.setdefault(_resolved(Path(value)), set()).add(iid)
+                if isinstance(value, str) and value:
+                    key = value if "://" in value else _resolved(Path(value))
+                    self.by_path.setdefault(key, set()).add(iid)
 
     def lookup_path(self, value: str) -> set[str]:
+        if "://" in value:  # an origin URL, compared as written
+            return set(self.by_path.get(value, set()))
         p = Path(value).expanduser()
         candidates = [p] if p.is_absolute() else [d / p for d in self.base_dirs]
         found: set[str] = set()

@@ -203,9 +203,11 @@ def test_decisions_by_path_stored_or_origin(tmp_path, photos, images):
     path = write(sub, "path,action,new_label\n"
                       f"{photos}/store/coffee.jpg,relabel,cat\n"        # the stored file, absolute
                       "../src/cat/chelsea.png,relabel,person\n"          # the origin, relative to the CSV's folder
-                      f"{photos}/store/../src/person/astronaut.jpg,keep,\n")  # the origin, unnormalised
+                      f"{photos}/store/../src/person/astronaut.jpg,keep,\n"  # the origin, unnormalised
+                      "https://a.example/rocket.jpg,remove,\n")  # an origin URL names one image, though its bytes are two
     got = parse_decisions(path, images=images, labels=LABELS)
-    assert got == [Decision(COFFEE, "relabel", "cat"), Decision(CAT, "relabel", "person"), Decision(ASTRO, "keep")]
+    assert got == [Decision(COFFEE, "relabel", "cat"), Decision(CAT, "relabel", "person"), Decision(ASTRO, "keep"),
+                   Decision(ROCKET1, "remove")]
 
 
 def test_excel_csv_with_bom_semicolons_crlf_and_loose_headers(tmp_path, images):
