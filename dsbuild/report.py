@@ -295,9 +295,9 @@ class Thumb:
 def thumbnail(path: str | Path | None, *, size: int = THUMB_PX, quality: int = 80) -> Thumb | None:
     """A ≤``size`` px JPEG thumbnail of the image at ``path`` (EXIF orientation applied, alpha on white).
 
-    Returns None when the file is missing, unreadable or over Pillow's decompression-bomb
-    limit — a per-image outcome,
-    never an exception. JPEGs are decoded at reduced scale (draft mode).
+    Returns None when the file is missing, unreadable or over Pillow's
+    decompression-bomb limit — a per-image outcome, never an exception. JPEGs
+    are decoded at reduced scale (draft mode).
     """
     if path is None or _is_missing(path) or not str(path):
         return None
