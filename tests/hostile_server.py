@@ -85,6 +85,8 @@ _cache_lock = threading.Lock()
 def photo(name: str = "astronaut", ext: str = "jpg", size: tuple[int, int] = (160, 120)) -> bytes:
     """A real ``skimage.data`` photo resized to ``size`` (w, h), encoded as ``ext``; cached."""
     key = ("photo", name, ext, size)
+    if key in _cache:  # fast path without the lock: handlers must not queue behind an encode
+        return _cache[key]
     with _cache_lock:
         if key not in _cache:
             from PIL import Image
@@ -100,6 +102,8 @@ def photo(name: str = "astronaut", ext: str = "jpg", size: tuple[int, int] = (16
 def bomb_png(side: int = BOMB_SIDE) -> bytes:
     """A complete, valid 1-bit grayscale PNG of ``side``×``side`` pixels (all black), ~48 KB for 20000."""
     key = ("bomb", side)
+    if key in _cache:
+        return _cache[key]
     with _cache_lock:
         if key not in _cache:
             def chunk(kind: bytes, payload: bytes) -> bytes:
@@ -112,6 +116,15 @@ def bomb_png(side: int = BOMB_SIDE) -> bytes:
             ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
             _cache[key] = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
         return _cache[key]
+
+
+def warm() -> None:
+    """Encode every served body now (~0.5 s once per process): requests must not wait for Pillow,
+    as tests use short read timeouts."""
+    for name in PHOTOS:
+        for ext in FORMATS:
+            photo(name, ext)
+    bomb_png()
 
 
 def gzip_bomb_stream(total: int = GZIP_BOMB_BYTES) -> Iterator[bytes]:
@@ -167,9 +180,7 @@ class HostileServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> HostileServer:
-        # Encode the common bodies now: the first request must not wait for Pillow (tests use short timeouts).
-        photo()
-        photo("coffee", "png")
+        warm()
         handler = type("Handler", (_Handler,), {"server_state": self})
         self._httpd = _QuietServer((self.host, 0), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -304,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ routes
 
     def _route(self, path: str, q: dict[str, str]) -> None:  # noqa: C901 - one flat routing table
-        jpeg = photo()
+        jpeg = photo()  # encoded in start(): a dict lookup
         if path.startswith("/img/"):
             name, _, ext = path[5:].rpartition(".")
             if name not in PHOTOS or ext not in FORMATS:
