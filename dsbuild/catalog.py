@@ -379,7 +379,7 @@ class Catalog:
 
     def _version(self) -> int:
         try:
-            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            row = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
         except Exception:
             return 0
         return int(row[0]) if row else 0
@@ -417,8 +417,17 @@ class Catalog:
         """Run a dsbuild-owned SELECT and return a pandas DataFrame."""
         return self.con.execute(sql, params or []).df()
 
+    def _one(self, sql: str, params: list | None = None) -> tuple | None:
+        """The first row of a dsbuild-owned SELECT, or None.
+
+        Always drains the result: DuckDB ≥ 2.0 refuses further work on a connection
+        that still holds an unfinished result (``fetchone`` leaves one behind).
+        """
+        rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0] if rows else None
+
     def get_meta(self, key: str) -> str | None:
-        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        row = self._one("SELECT value FROM meta WHERE key = ?", [key])
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
@@ -429,7 +438,7 @@ class Catalog:
     # -- builds --------------------------------------------------------------------
 
     def start_build(self, datasets: list[str]) -> int:
-        row = self.con.execute("SELECT coalesce(max(build_id), 0) + 1 FROM builds").fetchone()
+        row = self._one("SELECT coalesce(max(build_id), 0) + 1 FROM builds")
         build_id = int(row[0])
         # A build that was killed never wrote its outcome: mark it so status can say so.
         self.con.execute("UPDATE builds SET outcome = 'interrupted' WHERE outcome = 'running'")
@@ -554,11 +563,11 @@ class Catalog:
 
     def searched(self, dataset: str, label: str, engine: str, query: str) -> int | None:
         """How many links a completed search of this query asked for, or None if never completed."""
-        row = self.con.execute(
+        row = self._one(
             "SELECT max(wanted) FROM searches WHERE dataset = ? AND label = ? AND engine = ? AND query = ? "
             "AND outcome NOT IN ('blocked', 'error')",
             [dataset, label, engine, query],
-        ).fetchone()
+        )
         return None if row is None or row[0] is None else int(row[0])
 
     def record_search(self, *, dataset: str, label: str, engine: str, query: str, wanted: int,
@@ -617,12 +626,12 @@ class Catalog:
         """The stored blob ``sha256`` as an accepted :class:`~dsbuild.verify.ImageRecord`."""
         from dsbuild.verify import ImageRecord
 
-        row = self.con.execute(
+        row = self._one(
             "SELECT b.path, b.bytes, b.format, b.width, b.height, b.mode, b.frames, b.pixel_sha, "
             "(SELECT any_value(phash) FROM items WHERE sha256 = b.sha256 AND phash IS NOT NULL) "
             "FROM blobs b WHERE sha256 = ?",
             [sha256],
-        ).fetchone()
+        )
         path, size, fmt, w, h, mode, frames, pix, ph = row
         return ImageRecord(ok=True, sha256=sha256, bytes=size, format=fmt, width=w, height=h, mode=mode,
                            frames=frames or 1, pixel_sha=pix, phash=ph, store_path=path)
@@ -656,24 +665,24 @@ class Catalog:
         )
 
     def duplicate_counts(self, dataset: str) -> dict[str, int]:
-        row = self.con.execute(
+        row = self._one(
             """SELECT count(*) FILTER (WHERE status = 'duplicate'),
                       count(DISTINCT dup_group),
                       (SELECT count(*) FROM conflicts WHERE dataset = ?)
                FROM images WHERE dataset = ? AND dup_group IS NOT NULL""",
             [dataset, dataset],
-        ).fetchone()
-        leaks = self.con.execute(
+        )
+        leaks = self._one(
             """SELECT count(*) FROM (SELECT dup_group FROM images WHERE dataset = ? AND dup_group IS NOT NULL
                AND split IS NOT NULL GROUP BY dup_group HAVING count(DISTINCT split) > 1)""",
             [dataset],
-        ).fetchone()[0]
+        )[0]
         return {"duplicates": int(row[0]), "groups": int(row[1]), "conflicts": int(row[2]), "leaks": int(leaks)}
 
     def last_build(self):
-        return self.con.execute(
+        return self._one(
             "SELECT build_id, datasets, started_at, finished_at, outcome, summary FROM builds ORDER BY build_id DESC LIMIT 1"
-        ).fetchone()
+        )
 
     # -- label events ----------------------------------------------------------------
 
@@ -687,7 +696,7 @@ class Catalog:
         import pandas as pd
 
         with self.transaction():
-            start = int(self.con.execute("SELECT coalesce(max(event_id), 0) FROM label_events").fetchone()[0])
+            start = int(self._one("SELECT coalesce(max(event_id), 0) FROM label_events")[0])
             rows = pd.DataFrame(events).rename(columns={"at": "changed_at"})
             rows.insert(0, "event_id", range(start + 1, start + 1 + len(rows)))
             rows.insert(1, "dataset", dataset)
@@ -743,6 +752,22 @@ class Catalog:
                 self.con.execute(f"INSERT INTO issue_rows ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _issues")
         finally:
             self.con.unregister("_issues")
+
+    def fresh_mislabel_run(self, dataset: str) -> str | None:
+        """The latest ok mislabel run of ``dataset`` if no build or label event came after it, else None."""
+        row = self._one(
+            """SELECT run_id FROM model_runs r WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok'
+                 AND started_at > coalesce((SELECT max(changed_at) FROM label_events WHERE dataset = r.dataset), '1970-01-01')
+                 AND started_at > coalesce((SELECT max(finished_at) FROM builds
+                                            WHERE contains(',' || datasets || ',', ',' || r.dataset || ',')), '1970-01-01')
+               ORDER BY started_at DESC LIMIT 1""",
+            [dataset],
+        )
+        return row[0] if row else None
+
+    def run_issues(self, run_id: str):
+        """Every flag of mislabel run ``run_id`` (label issues first, by rank)."""
+        return self.df("SELECT * FROM label_issues_all WHERE run_id = ? ORDER BY kind <> 'label', rank", [run_id])
 
     def latest_issues(self, dataset: str):
         return self.df("SELECT * FROM label_issues WHERE dataset = ? ORDER BY rank", [dataset])

@@ -204,17 +204,11 @@ def fresh_mislabels(manifest: Manifest, name: str):
     if not manifest_catalog_exists(manifest):
         return None
     with Catalog.open_readonly(manifest.catalog) as cat:
-        row = cat.con.execute(
-            """SELECT run_id FROM model_runs r WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok'
-                 AND started_at > coalesce((SELECT max(changed_at) FROM label_events WHERE dataset = r.dataset), '1970-01-01')
-                 AND started_at > coalesce((SELECT max(finished_at) FROM builds WHERE contains(',' || datasets || ',', ',' || r.dataset || ',')), '1970-01-01')
-               ORDER BY started_at DESC LIMIT 1""",
-            [name],
-        ).fetchone()
-        if row is None:
+        run_id = cat.fresh_mislabel_run(name)
+        if run_id is None:
             return None
-        issues = cat.df("SELECT * FROM label_issues_all WHERE run_id = ? ORDER BY kind <> 'label', rank", [row[0]])
-    return row[0], issues
+        issues = cat.run_issues(run_id)
+    return run_id, issues
 
 
 def _reviewed_keep(cat: Catalog, name: str) -> dict[str, float]:
