@@ -115,6 +115,8 @@ class FetchSettings:
     allow_private_hosts: allow loopback/private/link-local hosts (default False; tests, intranets).
     allowed_networks: addresses/CIDR networks allowed even when private hosts are not (default none).
     respect_noai: reject responses carrying ``X-Robots-Tag: noai``/``noimageai`` (default True).
+    ca_bundle: a PEM file of extra CAs to trust for https (intranet mirrors, tests); default:
+        the system's trust store only. Certificates are always verified.
     user_agent: the User-Agent header; default names dsbuild truthfully.
     """
 
@@ -132,6 +134,7 @@ class FetchSettings:
     allow_private_hosts: bool = False
     allowed_networks: tuple[str, ...] = ()
     respect_noai: bool = True
+    ca_bundle: str | None = None
     user_agent: str = USER_AGENT
 
     def __post_init__(self) -> None:
@@ -158,6 +161,10 @@ class FetchSettings:
         for name in ("allow_private_hosts", "respect_noai"):
             need(name, isinstance(getattr(self, name), bool), "true or false")
         need("user_agent", isinstance(self.user_agent, str) and self.user_agent.strip() != "", "a non-empty string")
+        if self.ca_bundle is not None:
+            need("ca_bundle", isinstance(self.ca_bundle, (str, os.PathLike)) and Path(self.ca_bundle).is_file(),
+                 "the path of a PEM file")
+            object.__setattr__(self, "ca_bundle", str(self.ca_bundle))
         nets = self.allowed_networks
         if isinstance(nets, str):
             nets = (nets,)
@@ -526,6 +533,7 @@ class _Downloader:
         start = time.monotonic()
         s = self.s
         attempts = 0
+        # Checked again at every hop of every attempt; this first check spares refused URLs any retry loop.
         reason = self.policy.check_url(req.url)
         if reason is not None:
             t = _Try("rejected", reason, final_url=req.url)
@@ -727,9 +735,15 @@ async def fetch_all_async(
             f"cannot create download folder {dest_dir}: {exc.strerror or exc} — check the path and permissions"
         ) from exc
     s = settings
+    tls: Any = True  # aiohttp's default: verify against the system trust store
+    if s.ca_bundle is not None:
+        import ssl
+
+        tls = ssl.create_default_context()
+        tls.load_verify_locations(cafile=s.ca_bundle)
     connector = aiohttp.TCPConnector(
         limit=s.concurrency * 2, limit_per_host=0, resolver=make_resolver(s.policy()), ttl_dns_cache=60,
-        enable_cleanup_closed=sys.version_info < (3, 12, 7),
+        enable_cleanup_closed=sys.version_info < (3, 12, 7), ssl=tls,
     )
     session = aiohttp.ClientSession(
         connector=connector,

@@ -34,7 +34,13 @@ requests in flight at once is tracked (:attr:`HostileServer.max_inflight`).
 ``/gzip-bomb.jpg``                  ``Content-Encoding: gzip`` inflating to 4 GB (made on the fly)
 ``/noai.jpg?tag=T``                 a real JPEG with ``X-Robots-Tag: T`` (default ``noai``)
 ``/bomb.png``                       a valid PNG whose header says 20000×20000 (~48 KB on the wire)
+``/garbage.jpg``                    not HTTP at all (an SSH banner)
+``/huge-header.jpg``                a response with a 100 KB header line
 ==================================  ==========================================================
+
+``HostileServer(tls=True)`` serves the same routes over HTTPS with a self-signed certificate
+(:data:`TLS_CERT`, for 127.0.0.1 and localhost). ``HostileServer(host="127.0.0.2")`` binds
+another loopback address (Linux routes all of 127/8 to loopback).
 
 Nothing large is ever stored: endless bodies and the gzip bomb are generated
 while the client reads and stop when it hangs up. Handlers that stall watch
@@ -47,6 +53,7 @@ import gzip
 import io
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -77,6 +84,32 @@ SVG = (
     b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
 )
 TEXT = b"Sorry, this image is no longer available. Please contact the site owner.\n"
+
+# TEST ONLY, not a secret: a self-signed certificate (valid to 2126, CA:TRUE, for IP 127.0.0.1 and
+# DNS localhost) and its key, so that ``HostileServer(tls=True)`` can serve HTTPS on loopback. A
+# client trusts it only when given TLS_CERT as its CA bundle.
+TLS_CERT = """\
+-----BEGIN CERTIFICATE-----
+MIIB5jCCAYygAwIBAgIUbl/UG90zUb7CEDuf6ZmW6sG878AwCgYIKoZIzj0EAwIw
+JjEkMCIGA1UEAwwbZHNidWlsZCBob3N0aWxlIHRlc3Qgc2VydmVyMCAXDTI2MTEy
+MjE4MDM0MFoYDzIxMjYxMDI5MTgwMzQwWjAmMSQwIgYDVQQDDBtkc2J1aWxkIGhv
+c3RpbGUgdGVzdCBzZXJ2ZXIwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAR9UumA
+K2p1Qi5+Wdq92JfW4F85M+W2WYWyeK89n/baPqPMXvRNkL0mr1g/c4n8Gt+YJ8r/
+iNL0Fitrf73QvsSVo4GVMIGSMB0GA1UdDgQWBBTcqHUEilRH7vY2uQlDuJqxIiZf
+PjAfBgNVHSMEGDAWgBTcqHUEilRH7vY2uQlDuJqxIiZfPjAaBgNVHREEEzARhwR/
+AAABgglsb2NhbGhvc3QwDwYDVR0TAQH/BAUwAwEB/zAOBgNVHQ8BAf8EBAMCAoQw
+EwYDVR0lBAwwCgYIKwYBBQUHAwEwCgYIKoZIzj0EAwIDSAAwRQIhAPageANDfN8q
+OFP5YYAvpmrx+HoINZFzfYN4aiys9K4LAiBUNd43oHUtlW3hfSVKfcC/NR8mH/fG
+ZhLy+9iQKJ/TFA==
+-----END CERTIFICATE-----
+"""
+TLS_KEY = """\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgscHBsdFEVMoY7+9z
+gXNaVVij0elI7mwmhC8Y+J5CBDehRANCAAR9UumAK2p1Qi5+Wdq92JfW4F85M+W2
+WYWyeK89n/baPqPMXvRNkL0mr1g/c4n8Gt+YJ8r/iNL0Fitrf73QvsSV
+-----END PRIVATE KEY-----
+"""
 
 _cache: dict[tuple, bytes] = {}
 _cache_lock = threading.Lock()
@@ -118,6 +151,20 @@ def bomb_png(side: int = BOMB_SIDE) -> bytes:
         return _cache[key]
 
 
+def tls_server_context() -> ssl.SSLContext:
+    """A server-side TLS context with :data:`TLS_CERT` / :data:`TLS_KEY`."""
+    import os
+    import tempfile
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as tmp:  # load_cert_chain reads files only
+        pem = os.path.join(tmp, "server.pem")
+        with open(pem, "w") as f:
+            f.write(TLS_CERT + TLS_KEY)
+        ctx.load_cert_chain(pem)
+    return ctx
+
+
 def warm() -> None:
     """Encode every served body now (~0.5 s once per process): requests must not wait for Pillow,
     as tests use short read timeouts."""
@@ -148,6 +195,15 @@ def gzip_bomb_stream(total: int = GZIP_BOMB_BYTES) -> Iterator[bytes]:
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, addr = super().get_request()
+        if self.tls is not None:
+            # The handshake runs in the handler thread (setup), so a client that never finishes it
+            # cannot block the accept loop.
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
 
     def handle_error(self, request: object, client_address: object) -> None:
         # Clients hang up and reset on purpose here (that is the point); keep test output clean.
@@ -166,8 +222,9 @@ class HostileServer:
     arrival times), ``user_agents`` (the User-Agent of every request), ``max_inflight``.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", *, tls: bool = False) -> None:
         self.host = host
+        self.tls = tls
         self.requests: list[str] = []
         self.times: dict[str, list[float]] = {}
         self.user_agents: list[str] = []
@@ -183,6 +240,8 @@ class HostileServer:
         warm()
         handler = type("Handler", (_Handler,), {"server_state": self})
         self._httpd = _QuietServer((self.host, 0), handler)
+        if self.tls:
+            self._httpd.tls = tls_server_context()
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
@@ -210,7 +269,7 @@ class HostileServer:
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:41234``."""
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def hits(self, path: str) -> int:
         """Requests whose decoded path equals ``path``; with a ``?``, whose decoded path and query do."""
@@ -240,6 +299,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet tests
         pass
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(5)
+            self.request.do_handshake()  # an OSError here (client refused our cert) ends this connection
+            self.request.settimeout(None)
+        super().setup()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -418,6 +484,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, jpeg, headers={"X-Robots-Tag": q.get("tag", "noai")})
         if path == "/bomb.png":
             return self._send(200, bomb_png(), "image/png")
+        if path == "/garbage.jpg":  # not HTTP at all (another service on an HTTP port)
+            self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\nProtocol mismatch.\r\n")
+            self.close_connection = True
+            return None
+        if path == "/huge-header.jpg":  # one header line of 100 KB
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Filler: " + b"a" * 100_000 + b"\r\nContent-Length: 4\r\n\r\nabcd")
+            self.close_connection = True
+            return None
         return self._send(404, b"<html><body>not found</body></html>", "text/html")
 
 

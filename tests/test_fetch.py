@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
-from hostile_server import HostileServer, bomb_png, hostile_server, photo  # noqa: F401 - fixture
+from hostile_server import TLS_CERT, HostileServer, bomb_png, hostile_server, photo  # noqa: F401 - fixture
 
 from dsbuild.errors import DsbuildError
 from dsbuild.fetch import (
@@ -116,6 +116,8 @@ TABLE: dict[str, tuple[str, str | None, bool, int | None, str | None]] = {
     "/drip.jpg?every=0.05": ("failed", "deadline", True, 1, None),  # every read is in time; the whole is not
     "/short.jpg": ("failed", "truncated body", True, 3, None),
     "/reset.jpg": ("failed", "connection reset", True, 3, None),
+    "/garbage.jpg": ("failed", "bad response", False, 1, None),  # not HTTP
+    "/huge-header.jpg": ("failed", "bad response", False, 1, None),
 }
 ABSOLUTE = {  # URLs that are not on the server
     f"http://127.0.0.1:{REFUSED}/x.jpg": ("failed", "connection refused", True, None, None),
@@ -406,6 +408,36 @@ def test_guarded_resolver_checks_resolved_addresses() -> None:
     assert asyncio.run(resolve(AddressPolicy(allow_private=True)))[0]["host"] == "127.0.0.1"
 
 
+# --------------------------------------------------------------------------- https, proxies
+
+
+def test_https_certificates_are_verified(tmp_path: Path) -> None:
+    """An untrusted certificate fails before any request; trusted via ca_bundle, https works by IP and name."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text(TLS_CERT)
+    dest = tmp_path / "in"
+    with HostileServer(tls=True) as server:
+        urls = [server.url + "/img/astronaut.jpg", f"https://localhost:{server.port}/redirect/chain/2"]
+        untrusted = run(urls, dest, FetchSettings(allow_private_hosts=True))
+        assert {(r.outcome, r.reason, r.transient, r.attempts) for r in untrusted} == {("failed", "tls error", False, 1)}
+        assert server.requests == []  # the handshake failed: no request was ever sent
+        trusting = FetchSettings(allow_private_hosts=True, ca_bundle=str(ca))
+        trusted = sorted(run(urls, dest, trusting), key=lambda r: r.url)
+        assert [r.outcome for r in trusted] == ["ok", "ok"]
+        assert all(r.path.read_bytes() == JPEG for r in trusted)
+        assert trusted[1].final_url == f"https://localhost:{server.port}/redirect/chain/0"
+
+
+def test_environment_proxies_are_ignored(hostile_server: HostileServer, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy would connect on our behalf, past the address checks: requests always go direct."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.setenv(name, dead)
+    [r] = run([hostile_server.url + "/img/coffee.jpg"], tmp_path)
+    assert r.ok and hostile_server.hits("/img/coffee.jpg") == 1
+
+
 # --------------------------------------------------------------------------- interruption
 
 
@@ -505,6 +537,7 @@ def test_unwritable_dest_dir_is_one_clear_error(hostile_server: HostileServer, t
         ({"max_bytes": True}, "max_bytes must be an integer ≥ 1"),
         ({"allow_private_hosts": "yes"}, "allow_private_hosts must be true or false"),
         ({"user_agent": " "}, "user_agent must be a non-empty string"),
+        ({"ca_bundle": "/nonexistent/ca.pem"}, "ca_bundle must be the path of a PEM file"),
     ],
 )
 def test_settings_validation(kwargs: dict, message: str) -> None:
