@@ -10,12 +10,13 @@ which labels each scoring model used, so the guarantee can be checked
 Strategies (``ModelSettings.oof_method``):
 
 ``crossfit`` (default)
-    Split the images into two stratified halves A and B. Fine-tune the fastai model on
-    A's labels; its body now knows the domain but has never seen a label of B. Score B:
-    stratified K-fold *within* B, each fold by a logistic-regression head fitted on the
-    fine-tuned features of B's other folds. Then the same with the roles swapped. An
-    image in B fold k is scored by a model whose labels were A ∪ (B − fold k): never its
-    own. Cost ≈ one fine-tuning of the whole set per round.
+    Split the images into G stratified groups (``oof_groups``, default 2: halves A and B).
+    Fine-tune the fastai model on the other groups' labels (A); its body now knows the
+    domain but has never seen a label of B. Score B: stratified K-fold *within* B, each
+    fold by a logistic-regression head fitted on the fine-tuned features of B's other
+    folds. Then the same for every group. An image in B fold k is scored by a model whose
+    labels were A ∪ (B − fold k): never its own. Cost ≈ G−1 fine-tunings of the whole
+    set per round.
 ``kfold``
     Fine-tune one fastai model per stratified fold on the other K−1 folds; score the fold.
     The textbook recipe; cost ≈ K−1 fine-tunings.
@@ -91,7 +92,7 @@ def out_of_fold_probs(df: Any, settings: ModelSettings, *, progress: Any = None)
     """Out-of-sample probabilities for every row of ``df`` (all splits: a wrong label hurts anywhere).
 
     ``df``: columns ``image_id``, ``path``, ``label`` (``split`` is ignored). Each class
-    needs at least ``settings.folds`` images (``2 × folds`` for ``crossfit``). Runs
+    needs at least ``settings.folds`` images (``oof_groups × folds`` for ``crossfit``). Runs
     ``settings.oof_rounds`` rounds: round 2 repeats round 1 with the images that round 1
     flagged (cleanlab, ``prune_by_noise_rate``) left out of every *training* set, so the
     scoring models learn from cleaner labels; every image is still scored, and never by a
@@ -114,7 +115,7 @@ def out_of_fold_probs(df: Any, settings: ModelSettings, *, progress: Any = None)
     classes = tuple(sorted(frame["label"].unique()))
     if len(classes) < 2:
         raise DsbuildError("mislabel scoring needs at least two labels")
-    need = settings.folds * (2 if settings.oof_method == "crossfit" else 1)
+    need = settings.folds * (settings.oof_groups if settings.oof_method == "crossfit" else 1)
     counts = frame["label"].value_counts()
     small = counts[counts < need]
     if len(small):
@@ -206,16 +207,16 @@ def _crossfit(frame: Any, y: Any, classes: tuple[str, ...], settings: ModelSetti
 
     from dsbuild.train import get_features
 
-    n, k = len(frame), settings.folds
+    n, k, g = len(frame), settings.folds, settings.oof_groups
     ids = frame["image_id"].to_numpy()
-    halves = _folds(y, 2, settings.seed)
+    groups = _folds(y, g, settings.seed)
     probs = np.zeros((n, len(classes)))
     unit = np.full(n, -1)
     trained_on: list[set[str]] = []
-    for h, score_idx in enumerate(halves):
-        body_idx = halves[1 - h]
+    for h, score_idx in enumerate(groups):
+        body_idx = np.sort(np.concatenate([part for j, part in enumerate(groups) if j != h]))
         learn, body_ids = _finetune(frame, body_idx[~exclude[body_idx]], score_idx, classes, settings, loader, progress,
-                                    name=f"mislabels: half {h + 1}/2{tag}")
+                                    name=f"mislabels: group {h + 1}/{g}{tag}")
         feats = get_features(learn, frame.iloc[score_idx].reset_index(drop=True))
         local_folds = _folds(y[score_idx], k, settings.seed + 1 + h)
         head, fitted = _heads(feats, y[score_idx], len(classes), local_folds, ~exclude[score_idx], settings.seed)

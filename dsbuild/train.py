@@ -67,6 +67,8 @@ class ModelSettings:
         and scores the other half with per-fold logistic heads on its features (cost ≈ one
         training per round); ``"kfold"`` fine-tunes one network per fold (cost ≈ K−1 trainings);
         ``"frozen"`` fits per-fold heads on ImageNet features (no fine-tuning; weakest).
+    oof_groups: ``2`` — ``crossfit`` only: each of G groups is scored by a network fine-tuned on
+        the other G−1 groups ((G−1)/G of the labels; cost ≈ G−1 trainings per round).
     oof_epochs: ``None`` — epochs for the out-of-fold networks; ``None`` → ``epochs``.
     oof_rounds: ``2`` — scoring rounds; round 2 retrains the out-of-fold models without the
         images round 1 flagged (``1`` halves the cost; measured F1 on 20%-noisy digits:
@@ -89,6 +91,7 @@ class ModelSettings:
     num_workers: int = 0
     device: str = "auto"
     oof_method: str = "crossfit"
+    oof_groups: int = 2
     oof_epochs: int | None = None
     oof_rounds: int = 2
 
@@ -108,6 +111,7 @@ class ModelSettings:
             (isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
             (self.oof_method in OOF_METHODS, f"oof_method must be one of {', '.join(OOF_METHODS)}, got {self.oof_method!r}"),
             (self.oof_epochs is None or (isinstance(self.oof_epochs, int) and self.oof_epochs >= 0), f"oof_epochs must be >= 0, got {self.oof_epochs!r}"),
+            (isinstance(self.oof_groups, int) and 2 <= self.oof_groups <= 10, f"oof_groups must be an integer 2..10, got {self.oof_groups!r}"),
             (isinstance(self.oof_rounds, int) and 1 <= self.oof_rounds <= 5, f"oof_rounds must be an integer 1..5, got {self.oof_rounds!r}"),
             (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")),
              f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"),
@@ -189,13 +193,15 @@ class ImageLoader:
     Large photos are reduced (keeping aspect) so their short side is at most ``2 × size``:
     RandomResizedCrop then works on a small image, which keeps CPU epochs cheap and changes
     nothing visible at the network's resolution. Training and :func:`predict` share this.
-    ``cache=True`` keeps decoded images in memory (training reads each image every epoch
-    and, for mislabel scores, in every fold).
+    ``cache=True`` keeps decoded images in memory, up to ``cache_bytes`` (default 1 GiB;
+    training reads each image every epoch and, for mislabel scores, in every fold).
     """
 
-    def __init__(self, size: int, *, cache: bool = False) -> None:
+    def __init__(self, size: int, *, cache: bool = False, cache_bytes: int = 1 << 30) -> None:
         self.size = size
         self.cache: dict[str, Any] | None = {} if cache else None
+        self.cache_bytes = cache_bytes
+        self._cached = 0
 
     def __call__(self, path: Any) -> Any:
         key = str(path)
@@ -208,13 +214,15 @@ class ImageLoader:
         if min(img.size) > limit:
             scale = limit / min(img.size)
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), resample=3)
-        if self.cache is not None:
+        nbytes = img.width * img.height * 3
+        if self.cache is not None and self._cached + nbytes <= self.cache_bytes:
             self.cache[key] = img
+            self._cached += nbytes
         return img
 
     def __getstate__(self) -> dict[str, Any]:
         # learn.export() pickles the pipeline; the cache of decoded images must not go with it.
-        return {"size": self.size, "cache": None}
+        return {"size": self.size, "cache": None, "cache_bytes": self.cache_bytes, "_cached": 0}
 
 
 class _RowX:
@@ -550,10 +558,25 @@ def load_model(model_dir: Path, *, device: str = "auto") -> tuple[Any, dict[str,
     return model, config
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder → its image files (by suffix, recursively, sorted). Missing paths stay (→ error rows)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
 def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device: str = "auto") -> Any:
     """Label + probability for each image, from ``model_dir``'s ``model.pth`` + ``model.json`` only.
 
-    Returns a DataFrame with one row per input path, in order: ``path``, ``label`` (best
+    ``paths``: image files and/or folders (a folder stands for its image files, recursively).
+    Returns a DataFrame with one row per image, in order: ``path``, ``label`` (best
     class), ``probability`` (its softmax probability), ``error`` (missing, or why the image
     could not be read — then label and probabilities are missing), and ``prob_<class>`` per class.
     Preprocessing is the training pipeline's validation path (same loader, item transform
@@ -568,8 +591,8 @@ def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device:
     model, config = load_model(model_dir, device=device)
     classes = list(config["classes"])
     dev = next(model.parameters()).device
-    loader = ImageLoader(int(config["size"]))
-    paths = [Path(p) for p in paths]
+    loader = ImageLoader(int(config["size"]), cache=True, cache_bytes=256 << 20)
+    paths = expand_paths(paths)
     readable, errors = [], {}
     for i, p in enumerate(paths):
         try:

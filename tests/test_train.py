@@ -91,6 +91,14 @@ def test_predict_reports_an_unreadable_image_as_a_row(trained, digits, tmp_path:
 
 
 @pytest.mark.slow
+def test_predict_takes_a_folder(trained, digits) -> None:
+    _, out, _ = trained
+    folder = Path(digits["path"].iloc[0]).parent
+    frame = predict(out, [folder])
+    assert sorted(frame["path"]) == sorted(digits["path"]) and frame["error"].isna().all()
+
+
+@pytest.mark.slow
 def test_training_is_deterministic_under_a_seed(digits, tmp_path: Path) -> None:
     small = digits.groupby("label").head(12).reset_index(drop=True)  # 10 valid-or-train rows per class is enough
     settings = ModelSettings(**FAST, epochs=1, seed=3)
