@@ -298,7 +298,10 @@ def _parse_section(cls: type, raw: Any, base: Any, key: str, problems: _Problems
     values = {}
     for name, value in raw.items():
         if name in names:
-            values[name] = _coerce(value, getattr(base, name), f"{key}.{name}", problems)
+            before = len(problems.items)
+            coerced = _coerce(value, getattr(base, name), f"{key}.{name}", problems)
+            if len(problems.items) == before:  # a bad value keeps the default: later checks do arithmetic on it
+                values[name] = coerced
     try:
         return dataclasses.replace(base, **values)
     except TypeError as exc:  # pragma: no cover - guarded by the key check above
@@ -379,7 +382,7 @@ def _parse_table_option(raw: Any, key: str, problems: _Problems) -> dict[str, An
 
 
 def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path, problems: _Problems) -> Dataset | None:
-    key = f"datasets.{name}"
+    key = f"datasets.{_quote_key(name)}"
     if not _SAFE_NAME.match(name):
         problems.add(key, "dataset names use letters, digits, '_', '-' and '.', start with a letter or digit, at most 64 characters")
     if not isinstance(raw, dict):

@@ -1,0 +1,365 @@
+"""The command line: documented and helpful commands, light imports, init, errors, status and export.
+
+The CLI runs in-process (``dsbuild.cli.main``) on a real catalog built from real
+photos; subprocesses only where the process itself is the subject (``python -m
+dsbuild``, which modules get imported, tracebacks on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from dsbuild.build import build
+from dsbuild.catalog import sandboxed_query
+from dsbuild.cli import COMMANDS, build_parser, main
+from dsbuild.errors import DsbuildError
+from dsbuild.init import STARTER
+from dsbuild.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+PARSER = build_parser()  # fills COMMANDS
+SUBPARSERS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
+HEAVY = ("torch", "torchvision", "fastai", "timm")
+
+MANIFEST = """\
+[datasets.pets]
+[datasets.pets.classes]
+cat = { folders = "photos/cat" }
+cup = { folders = "photos/cup" }
+"""
+
+
+def make_project(root: Path) -> Path:
+    """Two classes of real photo crops (64 px), one too-small image and one non-image; returns the manifest."""
+    for label, arr in (("cat", skdata.chelsea()), ("cup", skdata.coffee())):
+        folder = root / "photos" / label
+        folder.mkdir(parents=True)
+        h, w = arr.shape[:2]
+        for i in range(5):
+            y, x = (h - 200) * i // 4, (w - 200) * (4 - i) // 4
+            Image.fromarray(arr[y : y + 200, x : x + 200]).resize((64, 64)).save(folder / f"{label}{i}.{'png' if i % 2 else 'jpg'}")
+    Image.fromarray(skdata.chelsea()).resize((16, 16)).save(root / "photos/cat/tiny.png")
+    (root / "photos/cup/notes.jpg").write_bytes(b"not an image\n" * 20)
+    manifest = root / "datasets.toml"
+    manifest.write_text(MANIFEST)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    path = make_project(tmp_path_factory.mktemp("cli"))
+    build(load_manifest(path), ["pets"], workers=1)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables: no wrapped titles or truncated cells in captured output
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def python(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
+
+
+# --------------------------------------------------------------------------- documented, with --help
+
+
+def test_commands_are_registered() -> None:
+    assert set(COMMANDS) == {"init", "build", "status", "query", "export", "train", "mislabels", "review", "retrain",
+                             "predict", "demo"}
+    assert set(SUBPARSERS) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_help(capsys, name: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([name, "--help"])
+    out, err = capsys.readouterr()
+    assert info.value.code == 0
+    assert err == ""
+    assert out.startswith(f"usage: dsbuild {name} ")
+    assert COMMANDS[name][0] in " ".join(out.split())  # the one-line description
+    for option in ("-m PATH, --manifest PATH", "--catalog PATH", "--debug", "-q, --quiet"):
+        assert option in out
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_is_in_the_readme_table(name: str) -> None:
+    assert re.search(rf"^\| `dsbuild {name}[ `]", README, re.M), f"README's command table lacks `dsbuild {name}`"
+
+
+def test_readme_table_names_real_commands_and_options() -> None:
+    rows = re.findall(r"^\| `dsbuild ([a-z]+)([^`]*)` \|", README, re.M)
+    assert sorted(name for name, _ in rows) == sorted(COMMANDS)
+    for name, synopsis in rows:
+        known = {s for action in SUBPARSERS[name]._actions for s in action.option_strings}
+        for option in re.findall(r"--[a-z][a-z-]*", synopsis):
+            assert option in known, f"README documents `dsbuild {name} {option}`, which does not exist"
+
+
+def test_top_level_help(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    assert out.startswith("usage: dsbuild ")
+    for name, (help_text, _) in COMMANDS.items():
+        assert re.search(rf"^\s+{name}\s+{re.escape(help_text[:30])}", out, re.M), name
+
+
+def test_no_command_prints_help_and_exits_2(capsys) -> None:
+    rc, out, _ = run(capsys)
+    assert rc == 2
+    assert out.startswith("usage: dsbuild ")
+
+
+def test_bad_usage_exits_2(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["query", "select 1", "--format", "xml"])
+    assert info.value.code == 2
+    assert "invalid choice: 'xml'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+
+
+def test_version(capsys) -> None:
+    from dsbuild import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"dsbuild {__version__}\n"
+
+
+def test_python_m_dsbuild(tmp_path: Path) -> None:
+    proc = python("-m", "dsbuild", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: dsbuild ")
+    assert "Traceback" not in proc.stderr
+    missing = python("-m", "dsbuild", "status", "-m", str(tmp_path / "none.toml"), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr == (f"Error: no manifest at {tmp_path / 'none.toml'} — run `dsbuild init` to write a starter one, "
+                              "or pass -m PATH\n")
+
+
+# --------------------------------------------------------------------------- light imports
+
+LIGHT = {
+    "help": "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n",
+    "query": "assert main(['query', '-m', sys.argv[1], 'select count(*) as n from images', '--format', 'csv']) == 0\n",
+    "status": "assert main(['status', '-m', sys.argv[1]]) == 0\n",
+}
+
+
+@pytest.mark.parametrize("command", sorted(LIGHT))
+def test_light_commands_do_not_import_torch(manifest: Path, command: str) -> None:
+    code = ("import sys\nfrom dsbuild.cli import main\n" + LIGHT[command]
+            + f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    proc = python("-c", code, str(manifest))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "HEAVY []"
+
+
+# --------------------------------------------------------------------------- init
+
+
+def test_init_writes_a_starter_that_parses(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "datasets.toml"
+    rc, out, err = run(capsys, "init", "-m", str(path))
+    assert rc == 0 and err == ""
+    assert out == f"wrote {path} — edit it, then run `dsbuild build` (or `dsbuild demo` for the offline showcase)\n"
+    assert path.read_text(encoding="utf-8") == STARTER
+    m = load_manifest(path)
+    assert {"eyewear", "demo"} <= set(m.datasets)
+    assert m.dataset("eyewear").labels == ["glasses", "sunglasses", "VR"]
+    assert m.catalog == tmp_path.resolve() / "catalog/dsbuild.duckdb"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets.toml"]  # no temp file, no catalog
+
+
+def test_init_refuses_to_overwrite_without_force(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "datasets.toml"
+    path.write_text("# my own manifest\n")
+    rc, out, err = run(capsys, "init", "-m", str(path))
+    assert rc == 2 and out == ""
+    assert err == f"Error: {path} already exists — edit it, or pass --force to overwrite it\n"
+    assert path.read_text() == "# my own manifest\n"
+    rc, out, err = run(capsys, "init", "-m", str(path), "--force")
+    assert rc == 0 and err == ""
+    assert path.read_text(encoding="utf-8") == STARTER
+
+
+def test_init_default_path_and_missing_folder(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "init")[0] == 0
+    assert (tmp_path / "datasets.toml").read_text(encoding="utf-8") == STARTER
+    rc, _, err = run(capsys, "init", "-m", str(tmp_path / "no/such/dir/datasets.toml"))
+    assert rc == 2
+    assert err == f"Error: folder {tmp_path / 'no/such/dir'} does not exist — create it first\n"
+    assert not (tmp_path / "no").exists()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_error_is_one_line_without_traceback(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope.toml"
+    rc, out, err = run(capsys, "status", "-m", str(missing))
+    assert rc == 2
+    assert out == ""
+    assert err == f"Error: no manifest at {missing} — run `dsbuild init` to write a starter one, or pass -m PATH\n"
+
+
+def test_debug_raises_with_traceback(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(DsbuildError, match="no manifest at"):
+        main(["status", "-m", str(missing), "--debug"])
+    with pytest.raises(DsbuildError, match="no manifest at"):
+        main(["--debug", "status", "-m", str(missing)])
+    proc = python("-m", "dsbuild", "status", "-m", str(missing), "--debug", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.startswith("Traceback (most recent call last):")
+    assert f"dsbuild.errors.DsbuildError: no manifest at {missing}" in proc.stderr
+
+
+def test_options_before_the_command_are_kept(manifest: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """`dsbuild -m FILE CMD` and `dsbuild CMD -m FILE` are the same (the subcommand must not reset -m to its default)."""
+    monkeypatch.chdir(tmp_path)  # no ./datasets.toml to fall back on
+    after = run(capsys, "query", "-m", str(manifest), "select count(*) as n from images", "--format", "csv")
+    before = run(capsys, "-m", str(manifest), "query", "select count(*) as n from images", "--format", "csv")
+    assert after == before == (0, "n\r\n12\r\n", "")
+    with pytest.raises(DsbuildError):
+        main(["--debug", "-m", str(tmp_path / "nope.toml"), "status"])
+    assert run(capsys, "--catalog", str(tmp_path / "other.duckdb"), "-m", str(manifest), "status")[2] == (
+        f"Error: no catalog at {(tmp_path / 'other.duckdb').resolve()} — run `dsbuild build` first\n")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _table_rows(text: str, first: str) -> dict[str, list[str]]:
+    """Rows of the rich table whose header starts with ``first``: {first cell: other cells}, header under ''."""
+    rows: dict[str, list[str]] = {}
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"^┃ {first}\s", line))
+    rows[""] = [c.strip() for c in lines[start].strip("┃").split("┃")][1:]
+    for line in lines[start + 2 :]:
+        if not line.startswith("│"):
+            break
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_status_table(manifest: Path, capsys) -> None:
+    rc, out, err = run(capsys, "status", "-m", str(manifest))
+    assert rc == 0 and err == ""
+    assert re.match(r"^last build #1 \(pets\) started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: ok$", out.splitlines()[0])
+    assert "pets: images by label × split × status" in out
+    table = _table_rows(out, "label")
+    assert table[""] == ["train ok", "valid ok", "rejected"]
+    counts = sandboxed_query(load_manifest(manifest).catalog,
+                             "select label, coalesce(split, '*') as split, status, count(*) as n from images group by all")
+    for label in ("cat", "cup"):
+        want = {f"{r.split} ok" if r.status == "ok" else r.status: r.n for r in counts.itertuples() if r.label == label}
+        got = {col: int(v) for col, v in zip(table[""], table[label]) if v != "·"}
+        assert got == want
+    assert table["total"] == ["8", "2", "2"]
+    assert "pets: rejected / failed by reason" in out
+    rejects = _table_rows(out, "status")
+    assert rejects[""] == ["reason", "images"]
+    reasons = [line for line in out.splitlines() if line.startswith("│ rejected")]
+    assert [[c.strip() for c in r.strip("│").split("│")] for r in reasons] == [
+        ["rejected", "not an image", "1"], ["rejected", "too small", "1"]]
+
+
+def test_status_of_one_dataset_and_unknown_ones(manifest: Path, capsys) -> None:
+    assert run(capsys, "status", "-m", str(manifest), "pets")[0] == 0
+    rc, out, err = run(capsys, "status", "-m", str(manifest), "pest")
+    assert rc == 1 and out == ""
+    assert err == "Error: dataset 'pest' is not in the catalog — built datasets: pets; run `dsbuild build pest`\n"
+
+
+def test_status_without_a_catalog(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "datasets.toml"
+    path.write_text(MANIFEST)
+    rc, out, err = run(capsys, "status", "-m", str(path))
+    assert rc == 1 and out == ""
+    assert err == f"Error: no catalog at {tmp_path.resolve()}/catalog/dsbuild.duckdb — run `dsbuild build` first\n"
+    assert not (tmp_path / "catalog").exists()
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _ok_images(manifest: Path):
+    return sandboxed_query(load_manifest(manifest).catalog,
+                           "select image_id, label, split, path, sha256 from images where dataset = 'pets' and status = 'ok'")
+
+
+def test_export_imagefolder(manifest: Path, tmp_path: Path, capsys) -> None:
+    out_dir = tmp_path / "out"
+    rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--to", str(out_dir))
+    assert rc == 0 and err == ""
+    assert out == f"exported 10 images of 'pets' to {out_dir} (imagefolder; train 8, valid 2)\n"
+    ok = _ok_images(manifest)
+    files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file() and p.parent != out_dir)
+    want = sorted(f"{r.split}/{r.label}/{r.image_id}{Path(r.path).suffix}" for r in ok.itertuples())
+    assert files == want
+    for r in ok.itertuples():
+        exported = out_dir / r.split / r.label / f"{r.image_id}{Path(r.path).suffix}"
+        assert exported.read_bytes() == Path(r.path).read_bytes()
+    with open(out_dir / "labels.csv", newline="") as fh:
+        index = list(csv.DictReader(fh))
+    assert sorted(row["path"] for row in index) == want
+    # exporting again over a previous export replaces it
+    assert run(capsys, "export", "-m", str(manifest), "pets", "--to", str(out_dir))[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_export_csv(manifest: Path, tmp_path: Path, capsys) -> None:
+    out_dir = tmp_path / "index"
+    rc, out, _ = run(capsys, "export", "-m", str(manifest), "pets", "--to", str(out_dir), "--format", "csv")
+    assert rc == 0
+    assert out.startswith("exported 10 images of 'pets' to ")
+    with open(out_dir / "pets.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == ["image_id", "path", "label", "split", "origin", "sha256"]
+    ok = _ok_images(manifest)
+    assert sorted((r["image_id"], r["label"], r["split"], r["sha256"]) for r in rows) == sorted(
+        (r.image_id, r.label, r.split, r.sha256) for r in ok.itertuples())
+    assert all(Path(r["path"]).is_file() for r in rows)
+
+
+def test_export_unknown_dataset_names_the_known_ones(manifest: Path, tmp_path: Path, capsys) -> None:
+    rc, out, err = run(capsys, "export", "-m", str(manifest), "pest", "--to", str(tmp_path / "out"))
+    assert rc == 1 and out == ""
+    assert err == "Error: no dataset 'pest' in datasets.toml (did you mean 'pets'?) — known datasets: pets\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_a_foreign_folder(manifest: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    rc, _, err = run(capsys, "export", "-m", str(manifest), "pets", "--to", str(tmp_path))
+    assert rc == 1
+    assert err == f"Error: {tmp_path} is not empty and is not a dsbuild export — choose an empty or new folder\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]

@@ -1,0 +1,489 @@
+"""`dsbuild query`: the read-only, sandboxed SQL boundary on a real catalog built from real photos.
+
+One catalog is built once per module (two classes of skimage photo crops, with a
+too-small image, a non-image, an exact duplicate and a cross-label conflict
+planted). Nothing a query does may change the catalog file or write any file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from dsbuild.build import build
+from dsbuild.catalog import BuildLock, list_named_queries, sandboxed_query
+from dsbuild.cli import main
+from dsbuild.errors import CatalogBusy, DsbuildError
+from dsbuild.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_QUERIES = sorted(p.stem for p in (REPO / "catalog" / "queries").glob("*.sql"))
+
+MANIFEST = """\
+[datasets.pets]
+description = "cats and cups"
+[datasets.pets.classes]
+cat = { folders = "photos/cat" }
+cup = { folders = "photos/cup" }
+"""
+
+# The user-facing contract (DESIGN.md): these columns, with these exact names.
+CONTRACT = {
+    "images": ["dataset", "image_id", "path", "origin", "engine", "query", "label", "original_label", "split", "status",
+               "reason", "width", "height", "format", "bytes", "sha256", "phash", "dup_group"],
+    "label_issues": ["dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
+                     "run_id"],
+    "runs": ["run_id", "dataset", "kind", "arch", "started_at", "finished_at", "n_train", "n_valid", "error_rate",
+             "accuracy", "model_path"],
+}
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    manifest: Path
+    catalog: Path
+
+
+def _crop(arr, i: int, n: int = 5) -> Image.Image:
+    """The ``i``-th of ``n`` different 200×200 crops of a real photo (top-right to bottom-left)."""
+    h, w = arr.shape[:2]
+    y, x = (h - 200) * i // (n - 1), (w - 200) * (n - 1 - i) // (n - 1)
+    return Image.fromarray(arr[y : y + 200, x : x + 200])
+
+
+def make_project(root: Path) -> Project:
+    """A manifest with two classes of real photos plus planted problems; not built yet.
+
+    cat: 5 crops of chelsea + an exact copy of one + a 16 px image (too small);
+    cup: 5 crops of coffee + a text file named .jpg + a larger copy of a cat crop
+    (a near duplicate under another label: a conflict; being larger, the cup copy
+    is the group's representative, so the counts below do not depend on paths).
+    """
+    for label, arr in (("cat", skdata.chelsea()), ("cup", skdata.coffee())):
+        folder = root / "photos" / label
+        folder.mkdir(parents=True)
+        for i in range(5):
+            _crop(arr, i).resize((64, 64)).save(folder / f"{label}{i}.{'png' if i % 2 else 'jpg'}")
+    Image.fromarray(skdata.chelsea()).resize((16, 16)).save(root / "photos/cat/tiny.png")
+    (root / "photos/cup/notes.jpg").write_bytes(b"not an image\n" * 20)
+    shutil.copyfile(root / "photos/cat/cat0.jpg", root / "photos/cat/cat0-again.jpg")
+    _crop(skdata.chelsea(), 1).resize((80, 80)).save(root / "photos/cup/cat-in-cups.png")
+    manifest = root / "datasets.toml"
+    manifest.write_text(MANIFEST)
+    return Project(root=root, manifest=manifest, catalog=root / "catalog" / "dsbuild.duckdb")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Project:
+    proj = make_project(tmp_path_factory.mktemp("query"))
+    summary = build(load_manifest(proj.manifest), ["pets"], workers=1)
+    (ds,) = summary.datasets
+    assert (ds.sources, ds.rejected, ds.duplicates, ds.conflicts) == (14, 2, 2, 1)
+    assert proj.catalog.is_file()
+    return proj
+
+
+def run(project: Project, capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(["query", "-q", "-m", str(project.manifest), *args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return rc, out, err
+
+
+def error_lines(err: str) -> int:
+    return sum(line.startswith("Error:") for line in err.splitlines())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and mtime."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- the sandbox
+
+READ_ONLY = "Error: the catalog is read-only for queries — "
+NO_FILES = "Error: queries cannot read or write files — "
+NO_SETTINGS = "Error: queries cannot change settings — "
+NO_EXTENSIONS = "Error: queries cannot load extensions — "
+
+# (id, SQL with {out} = a scratch folder, expected start of stderr)
+REFUSED = [
+    ("update", "UPDATE items SET class_label = 'dog'",
+     READ_ONLY + 'Invalid Input Error: Cannot execute statement of type "UPDATE"'),
+    ("delete", "DELETE FROM items", READ_ONLY + 'Invalid Input Error: Cannot execute statement of type "DELETE"'),
+    ("drop-table", "DROP TABLE items", READ_ONLY + 'Invalid Input Error: Cannot execute statement of type "DROP"'),
+    ("drop-view", "DROP VIEW images", READ_ONLY + 'Invalid Input Error: Cannot execute statement of type "DROP"'),
+    ("insert", "INSERT INTO meta VALUES ('schema_version', '99')", READ_ONLY + "Invalid Input Error"),
+    ("create-table", "CREATE TABLE t AS SELECT * FROM images", READ_ONLY + "Invalid Input Error"),
+    ("create-view", "CREATE OR REPLACE VIEW images AS SELECT 1", READ_ONLY + "Invalid Input Error"),
+    ("create-macro", "CREATE MACRO m(a) AS a + 1", READ_ONLY + "Invalid Input Error"),
+    ("alter", "ALTER TABLE items ADD COLUMN x INT", READ_ONLY + "Invalid Input Error"),
+    ("attach-memory", "ATTACH ':memory:' AS scratch", READ_ONLY),
+    ("copy-to", "COPY images TO '{out}/x.csv'", NO_FILES + 'Permission Error: Cannot access file "{out}/x.csv"'),
+    ("copy-tmp", "COPY (SELECT * FROM images) TO '/tmp/dsbuild-sandbox-x.csv'", NO_FILES + "Permission Error"),
+    ("copy-parquet", "COPY images TO '{out}/x.parquet' (FORMAT parquet)", NO_FILES + "Permission Error"),
+    ("export-database", "EXPORT DATABASE '{out}/dump'", NO_FILES + "Permission Error"),
+    ("read-csv", "SELECT * FROM read_csv('/etc/passwd')", NO_FILES + 'Permission Error: Cannot access file "/etc/passwd"'),
+    ("read-text", "SELECT * FROM read_text('/etc/passwd')", NO_FILES + "Permission Error"),
+    ("read-blob", "SELECT * FROM read_blob('/etc/hostname')", NO_FILES + "Permission Error"),
+    ("replacement-scan", "SELECT * FROM '/etc/passwd.csv'", NO_FILES + "Permission Error"),
+    ("glob", "SELECT * FROM glob('/etc/*')", NO_FILES + "Permission Error"),
+    ("http", "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')", NO_FILES + "Permission Error"),
+    ("attach-file", "ATTACH '{out}/other.duckdb' AS other", NO_FILES + "Permission Error"),
+    ("install", "INSTALL httpfs", NO_FILES + "Permission Error"),
+    ("create-secret", "CREATE SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')", NO_FILES + "Permission Error"),
+    ("load", "LOAD httpfs", NO_EXTENSIONS + "Permission Error: Loading external extensions is disabled through configuration"),
+    ("load-path", "LOAD '{out}/evil.duckdb_extension'", NO_EXTENSIONS + "Permission Error"),
+    ("set-external-access", "SET enable_external_access = true",
+     NO_SETTINGS + "Invalid Input Error: Cannot change configuration"),
+    ("reset-external-access", "RESET enable_external_access", NO_SETTINGS),
+    ("unlock", "SET lock_configuration = false", NO_SETTINGS),
+    ("memory-limit", "SET memory_limit = '100GB'", NO_SETTINGS),
+    ("temp-directory", "SET temp_directory = '{out}/spill'", NO_SETTINGS),
+    ("pragma-threads", "PRAGMA threads = 8", NO_SETTINGS),
+    ("pragma-profiling", "PRAGMA enable_profiling", NO_SETTINGS),
+    ("pragma-profile-output", "PRAGMA profiling_output = '{out}/profile.txt'", NO_SETTINGS),
+]
+
+
+@pytest.mark.parametrize("sql, expected", [pytest.param(s, e, id=i) for i, s, e in REFUSED])
+def test_sandbox_refuses(project: Project, capsys, tmp_path: Path, sql: str, expected: str) -> None:
+    before_hash, before_tree = sha256(project.catalog), tree(project.root)
+    rc, out, err = run(project, capsys, sql.format(out=tmp_path))
+    assert rc == 1
+    assert out == ""
+    assert err.startswith(expected.format(out=tmp_path)), err
+    assert error_lines(err) == 1
+    assert sha256(project.catalog) == before_hash
+    assert tree(project.root) == before_tree
+    assert list(tmp_path.iterdir()) == []
+    assert not Path("/tmp/dsbuild-sandbox-x.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["CHECKPOINT", "VACUUM", "CREATE TEMP TABLE t AS SELECT * FROM images", "BEGIN TRANSACTION",
+     "SELECT 1; SELECT 2", "PRAGMA database_size", "SELECT * FROM duckdb_settings()"],
+)
+def test_accepted_statements_change_nothing(project: Project, capsys, sql: str) -> None:
+    """What the sandbox lets through is harmless: the catalog stays byte for byte the same."""
+    before_hash, before_tree = sha256(project.catalog), tree(project.root)
+    rc, _, err = run(project, capsys, sql, "--format", "csv")
+    assert rc == 0, err
+    assert sha256(project.catalog) == before_hash
+    assert tree(project.root) == before_tree
+
+
+def test_sandbox_settings_are_locked_off(project: Project) -> None:
+    df = sandboxed_query(project.catalog, "SELECT name, value FROM duckdb_settings() WHERE name IN "
+                         "('enable_external_access', 'lock_configuration', 'autoload_known_extensions', "
+                         "'autoinstall_known_extensions', 'allow_community_extensions', 'allow_unsigned_extensions') ORDER BY name")
+    assert dict(zip(df["name"], df["value"])) == {
+        "allow_community_extensions": "false", "allow_unsigned_extensions": "false",
+        "autoinstall_known_extensions": "false", "autoload_known_extensions": "false",
+        "enable_external_access": "false", "lock_configuration": "true",
+    }
+
+
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("selec 1", 'Error: Parser Error: syntax error at or near "selec"'),
+        ("select label from imagez", "Error: Catalog Error: Table with name imagez does not exist!"),
+        ("select nope from images", 'Error: Binder Error: Referenced column "nope" not found in FROM clause!'),
+        ("select 'x'::int", "Error: Conversion Error: Could not convert string 'x' to INT32"),
+    ],
+)
+def test_sql_errors_show_duckdb_message(project: Project, capsys, sql: str, expected: str) -> None:
+    rc, out, err = run(project, capsys, sql)
+    assert rc == 1
+    assert out == ""
+    assert err.startswith(expected), err
+    assert error_lines(err) == 1
+
+
+def test_syntax_error_points_at_the_sql(project: Project, capsys) -> None:
+    rc, _, err = run(project, capsys, "select label, count(*) frm images group by all")
+    assert rc == 1
+    assert "LINE 1: select label, count(*) frm images group by all" in err
+
+
+# --------------------------------------------------------------------------- output formats
+
+COUNTS = "select label, split, count(*) as n from images where status = 'ok' group by all order by label, split"
+EXPECTED_COUNTS = [("cat", "train", 3), ("cat", "valid", 1), ("cup", "train", 5), ("cup", "valid", 1)]
+
+
+def test_counts_are_what_was_built(project: Project) -> None:
+    df = sandboxed_query(project.catalog, COUNTS)
+    assert [tuple(r) for r in df.itertuples(index=False)] == EXPECTED_COUNTS
+    by_status = sandboxed_query(
+        project.catalog, "select status, coalesce(reason, '-') as reason, count(*) n from images group by all order by all")
+    assert [tuple(r) for r in by_status.itertuples(index=False)] == [
+        ("duplicate", "exact duplicate", 1), ("duplicate", "near duplicate", 1), ("ok", "-", 10),
+        ("rejected", "not an image", 1), ("rejected", "too small", 1),
+    ]
+
+
+def test_format_csv(project: Project, capsys) -> None:
+    rc, out, err = run(project, capsys, COUNTS, "--format", "csv")
+    assert rc == 0 and err == ""
+    rows = list(csv.reader(io.StringIO(out, newline="")))
+    assert rows[0] == ["label", "split", "n"]
+    assert [(a, b, int(c)) for a, b, c in rows[1:]] == EXPECTED_COUNTS
+
+
+def test_format_json(project: Project, capsys) -> None:
+    rc, out, err = run(project, capsys, COUNTS, "--format", "json")
+    assert rc == 0 and err == ""
+    assert json.loads(out) == [{"label": a, "split": b, "n": c} for a, b, c in EXPECTED_COUNTS]
+    rc, out, _ = run(project, capsys, "select * from images where false", "--format", "json")
+    assert rc == 0 and json.loads(out) == []
+
+
+def test_format_json_nulls_and_types(project: Project, capsys) -> None:
+    rc, out, _ = run(project, capsys, "select image_id, width, reason, status from images where status = 'rejected' "
+                     "order by reason", "--format", "json")
+    assert rc == 0
+    rows = json.loads(out)
+    assert [(r["status"], r["reason"], r["width"]) for r in rows] == [("rejected", "not an image", None),
+                                                                     ("rejected", "too small", None)]
+
+
+def test_format_table(project: Project, capsys) -> None:
+    rc, out, _ = run(project, capsys, COUNTS)  # table is the default
+    assert rc == 0
+    lines = [line for line in out.splitlines() if line.startswith("│")]
+    cells = [[c.strip() for c in line.strip("│").split("│")] for line in lines]
+    assert cells == [[a, b, str(c)] for a, b, c in EXPECTED_COUNTS]
+    assert "label" in out.splitlines()[1] and "\x1b[" not in out  # header row; no colour codes when not a terminal
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "table"])
+def test_out_file(project: Project, capsys, tmp_path: Path, fmt: str) -> None:
+    target = tmp_path / f"counts.{fmt}"
+    rc, out, err = run(project, capsys, COUNTS, "--format", fmt, "--out", str(target))
+    assert rc == 0
+    assert out == ""
+    assert err.strip() == f"wrote 4 rows to {target}"
+    text = target.read_text(encoding="utf-8")
+    if fmt == "csv":
+        assert list(csv.reader(io.StringIO(text, newline="")))[1:] == [[a, b, str(c)] for a, b, c in EXPECTED_COUNTS]
+    elif fmt == "json":
+        assert [tuple(r.values()) for r in json.loads(text)] == EXPECTED_COUNTS
+    else:
+        assert "cup" in text and "valid" in text
+    assert list(tmp_path.iterdir()) == [target]  # written atomically: no temp file left
+
+
+# --------------------------------------------------------------------------- named queries
+
+
+def test_shipped_queries_are_the_builtins() -> None:
+    assert {"class_balance", "rejects", "label_conflicts", "duplicates", "split_leakage", "builds"} <= set(SHIPPED_QUERIES)
+    for name in SHIPPED_QUERIES:
+        shipped = (REPO / "catalog/queries" / f"{name}.sql").read_text()
+        assert (REPO / "dsbuild/queries" / f"{name}.sql").read_text() == shipped
+
+
+@pytest.mark.parametrize("name", SHIPPED_QUERIES)
+def test_every_named_query_runs(project: Project, capsys, name: str) -> None:
+    rc, out, err = run(project, capsys, f"@{name}", "--format", "json")
+    assert rc == 0, err
+    rows = json.loads(out)
+    sql = (REPO / "catalog/queries" / f"{name}.sql").read_text()
+    assert len(rows) == len(sandboxed_query(project.catalog, sql))
+
+
+def test_class_balance(project: Project, capsys) -> None:
+    rc, out, _ = run(project, capsys, "@class_balance", "--format", "json")
+    assert rc == 0
+    rows = json.loads(out)
+    assert [(r["dataset"], r["label"], r["split"], r["images"]) for r in rows] == [("pets", *c) for c in EXPECTED_COUNTS]
+    assert [r["pct_of_split"] for r in rows] == [37.5, 50.0, 62.5, 50.0]
+
+
+def test_named_queries_find_the_planted_problems(project: Project, capsys) -> None:
+    rejects = json.loads(run(project, capsys, "@rejects", "--format", "json")[1])
+    assert sorted((r["reason"], r["images"]) for r in rejects) == [("not an image", 1), ("too small", 1)]
+    conflicts = json.loads(run(project, capsys, "@label_conflicts", "--format", "json")[1])
+    assert [(c["n_images"], c["labels"]) for c in conflicts] == [(2, ["cat", "cup"])]
+    dups = json.loads(run(project, capsys, "@duplicates", "--format", "json")[1])
+    assert sorted(Path(d["origin"]).name for d in dups) == sorted(["cat0-again.jpg", "cat0.jpg", "cat1.png", "cat-in-cups.png"])
+    assert json.loads(run(project, capsys, "@split_leakage", "--format", "json")[1]) == []
+    builds = json.loads(run(project, capsys, "@builds", "--format", "json")[1])
+    assert [(b["build_id"], b["outcome"]) for b in builds] == [(1, "ok")]
+
+
+def test_list_named_queries(project: Project, capsys) -> None:
+    rc, out, _ = run(project, capsys, "--list", "--format", "csv")
+    assert rc == 0
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    listed = {r["name"]: r["description"] for r in rows}
+    assert set(listed) == {f"@{n}" for n in SHIPPED_QUERIES}
+    for name in SHIPPED_QUERIES:
+        first = (REPO / "catalog/queries" / f"{name}.sql").read_text().splitlines()[0]
+        assert listed[f"@{name}"] == first.lstrip("- ").strip() != ""
+    assert list_named_queries(project.root) == {k[1:]: v for k, v in listed.items()}
+
+
+def test_project_queries_shadow_and_extend_builtins(project: Project, capsys, tmp_path: Path) -> None:
+    shutil.copyfile(project.manifest, tmp_path / "datasets.toml")
+    (tmp_path / "catalog/queries").mkdir(parents=True)
+    (tmp_path / "catalog/queries/cats.sql").write_text("-- Only cats\nselect count(*) as n from images where label = 'cat'\n")
+    args = ["query", "-m", str(tmp_path / "datasets.toml"), "--catalog", str(project.catalog)]
+    assert main([*args, "@cats", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.split() == ["n", "7"]
+    assert main([*args, "--list", "--format", "csv"]) == 0
+    assert "@cats,Only cats" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "arg, rc_want, expected",
+    [
+        ("@class_balanse", 1, "Error: no named query '@class_balanse' (did you mean '@class_balance'?) — known: @builds, "
+                              "@class_balance, @duplicates, @label_conflicts, @rejects, @split_leakage\n"),
+        ("@nothing_like_it", 1, "Error: no named query '@nothing_like_it' — known: @builds, "),
+        ("@../../etc/passwd", 1, "Error: bad query name '@../../etc/passwd' — names use letters, digits, '_' and '-'\n"),
+        ("", 2, "Error: give SQL or @name — e.g. dsbuild query \"select label, count(*) from images group by all\"\n"),
+        ("   ", 1, "Error: empty query — give SQL or @name (see `dsbuild query --list`)\n"),
+    ],
+)
+def test_bad_query_arguments(project: Project, capsys, arg: str, rc_want: int, expected: str) -> None:
+    rc, out, err = run(project, capsys, arg)
+    assert rc == rc_want
+    assert out == ""
+    assert err.startswith(expected)
+
+
+# --------------------------------------------------------------------------- timeout, missing and busy catalogs
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["select count(*) from range(10000000000)",
+     "select sum(a.range * b.range) from range(1000000) a, range(1000000) b"],
+    ids=["huge-range", "cross-join"],
+)
+def test_timeout_stops_a_runaway_query(project: Project, capsys, sql: str) -> None:
+    t0 = time.monotonic()
+    rc, out, err = run(project, capsys, "--timeout", "0.5", sql)
+    elapsed = time.monotonic() - t0
+    assert rc == 1
+    assert out == ""
+    assert err == "Error: query ran longer than 0.5 s and was stopped — narrow it, or raise --timeout\n"
+    assert elapsed < 8, f"took {elapsed:.1f} s to stop"
+    assert run(project, capsys, "select 42 as x", "--format", "csv")[1].split() == ["x", "42"]  # still usable
+
+
+def test_missing_catalog_says_to_build(tmp_path: Path, capsys) -> None:
+    manifest = tmp_path / "datasets.toml"
+    manifest.write_text(MANIFEST)
+    rc = main(["query", "-m", str(manifest), "select 1"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert err == f"Error: no catalog at {tmp_path.resolve()}/catalog/dsbuild.duckdb — run `dsbuild build` first\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets.toml"]  # no catalog was created by asking
+
+
+def test_not_a_catalog(project: Project, tmp_path: Path, capsys) -> None:
+    fake = tmp_path / "fake.duckdb"
+    fake.write_bytes(b"not a database at all" * 100)
+    rc = main(["query", "-m", str(project.manifest), "--catalog", str(fake), "select 1"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert err.startswith("Error: ")
+    assert "Traceback" not in err
+    assert str(fake) in err
+    assert fake.read_bytes() == b"not a database at all" * 100
+
+
+def test_query_works_while_a_build_holds_the_lock(project: Project, capsys) -> None:
+    with BuildLock(project.catalog):
+        rc, out, _ = run(project, capsys, "select count(*) as n from images", "--format", "csv")
+        assert rc == 0 and out.split() == ["n", "14"]
+        assert main(["build", "-q", "-m", str(project.manifest)]) == 1  # a second build is refused
+        err = capsys.readouterr().err
+        assert err.startswith(f"Error: catalog {project.catalog} is locked by PID ")
+        assert "(a build is running) — wait for it to finish, or use another catalog with --catalog" in err
+
+
+def test_query_on_a_catalog_open_for_writing_says_busy(project: Project, capsys, tmp_path: Path) -> None:
+    copy = tmp_path / "busy.duckdb"
+    shutil.copyfile(project.catalog, copy)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(60)", str(copy)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        rc = main(["query", "-m", str(project.manifest), "--catalog", str(copy), "select 1"])
+        out, err = capsys.readouterr()
+        assert rc == 1 and out == ""
+        assert err == (f"Error: catalog {copy} is busy: process {holder.pid} is writing it (a build is running) — "
+                       "wait for it to finish and try again\n")
+        with pytest.raises(CatalogBusy):
+            sandboxed_query(copy, "select 1")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sandboxed_query(copy, "select count(*) as n from images")["n"].tolist() == [14]
+
+
+# --------------------------------------------------------------------------- the public views
+
+
+@pytest.mark.parametrize("view", sorted(CONTRACT))
+def test_public_view_columns(project: Project, view: str) -> None:
+    columns = list(sandboxed_query(project.catalog, f"select * from {view} limit 0").columns)
+    missing = [c for c in CONTRACT[view] if c not in columns]
+    assert missing == [], f"{view} lacks {missing}"
+
+
+def test_images_view_values(project: Project) -> None:
+    df = sandboxed_query(project.catalog, "select * from images")
+    assert set(df["dataset"]) == {"pets"}
+    assert set(df["status"]) <= {"ok", "rejected", "duplicate", "failed"}
+    assert df["image_id"].is_unique
+    ok = df[df["status"] == "ok"]
+    assert set(ok["split"]) <= {"train", "valid", "test"}
+    assert all(Path(p).is_file() for p in ok["path"])
+    assert all(Path(o).is_file() and Path(o).is_relative_to(project.root / "photos") for o in df["origin"])
+    assert (ok["label"] == ok["original_label"]).all()
+    assert set(ok["format"]) == {"JPEG", "PNG"}
+    assert sorted(zip(ok["width"], ok["height"]))[-2:] == [(64, 64), (80, 80)]
+    for rec in ok.itertuples():
+        assert hashlib.sha256(Path(rec.path).read_bytes()).hexdigest() == rec.sha256
+        assert rec.bytes == Path(rec.path).stat().st_size
+    rejected = df[df["status"] == "rejected"].sort_values("reason")
+    assert [Path(o).name for o in rejected["origin"]] == ["notes.jpg", "tiny.png"]
+
+
+def test_empty_views_before_training(project: Project) -> None:
+    assert sandboxed_query(project.catalog, "select count(*) as n from runs")["n"].tolist() == [0]
+    assert sandboxed_query(project.catalog, "select count(*) as n from label_issues")["n"].tolist() == [0]
+
+
+def test_library_sandbox_errors_are_dsbuild_errors(project: Project) -> None:
+    with pytest.raises(DsbuildError, match=r"^the catalog is read-only for queries — "):
+        sandboxed_query(project.catalog, "DELETE FROM items")
+    with pytest.raises(DsbuildError, match=r"^queries cannot read or write files — "):
+        sandboxed_query(project.catalog, "select * from read_text('/etc/passwd')")
