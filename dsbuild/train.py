@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsbuild import weights as _weights  # noqa: F401  (its import silences timm/fastai deprecation noise)
 from dsbuild.errors import DsbuildError
 
 MODEL_FORMAT = "dsbuild-model/1"

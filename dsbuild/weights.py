@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from dsbuild.errors import DsbuildError
+
+# Deprecation notices raised inside timm and fastai at import, not actionable by our users.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+warnings.filterwarnings("ignore", message=r"The 'mode\.chained_assignment' option is deprecated")
 
 #: The architecture whose ImageNet weights ship with a pip package (offline demo, tests, benchmarks).
 OFFLINE_ARCH = "efficientnet_lite0"
