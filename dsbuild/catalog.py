@@ -664,6 +664,14 @@ class Catalog:
             [dataset],
         )
 
+    def build_item_counts(self, dataset: str, build_id: int) -> list[tuple[str, str | None, int]]:
+        """(status, reason, n) of the items of ``dataset`` that build ``build_id`` catalogued, as they stand now."""
+        rows = self.con.execute(
+            "SELECT status, reason, count(*) FROM items WHERE dataset = ? AND build_id = ? GROUP BY ALL ORDER BY ALL",
+            [dataset, build_id],
+        ).fetchall()
+        return [(status, reason, int(n)) for status, reason, n in rows]
+
     def duplicate_counts(self, dataset: str) -> dict[str, int]:
         row = self._one(
             """SELECT count(*) FILTER (WHERE status = 'duplicate'),
@@ -752,6 +760,39 @@ class Catalog:
                 self.con.execute(f"INSERT INTO issue_rows ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _issues")
         finally:
             self.con.unregister("_issues")
+
+    def trainable_images(self, dataset: str):
+        """Images a model may learn from (status ok, with a split): image_id, path, label, split, origin."""
+        return self.df(
+            "SELECT image_id, path, label, split, origin FROM images WHERE dataset = ? AND status = 'ok' "
+            "AND split IS NOT NULL ORDER BY image_id",
+            [dataset],
+        )
+
+    def valid_images(self, dataset: str):
+        """Accepted images of the valid split with their current labels: image_id, path, label."""
+        return self.df(
+            "SELECT image_id, path, label FROM images WHERE dataset = ? AND status = 'ok' AND split = 'valid' "
+            "ORDER BY image_id",
+            [dataset],
+        )
+
+    def review_candidates(self, dataset: str):
+        """Every image of ``dataset`` a decision may name: image_id, path, origin, label, status."""
+        return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [dataset])
+
+    def conflict_members(self, dataset: str):
+        """Images of duplicate groups that carry several labels: image_id, dup_group, label, status, path, origin."""
+        return self.df(
+            "SELECT image_id, dup_group, label, status, path, origin FROM images WHERE dataset = ? AND dup_group IN "
+            "(SELECT dup_group FROM conflicts WHERE dataset = ?)",
+            [dataset, dataset],
+        )
+
+    def kept_in_review(self, dataset: str):
+        """Images whose latest label event is a reviewer's ``keep``: image_id, label_quality."""
+        return self.df(
+            "SELECT image_id, label_quality FROM latest_events WHERE dataset = ? AND action = 'keep'", [dataset])
 
     def fresh_mislabel_run(self, dataset: str) -> str | None:
         """The latest ok mislabel run of ``dataset`` if no build or label event came after it, else None."""
@@ -858,6 +899,8 @@ def _sql_error_text(exc: Exception) -> str:
         return f"queries cannot read or write files — {text.splitlines()[0]}"
     if "configuration has been locked" in text:
         return f"queries cannot change settings — {text.splitlines()[0]}"
+    if "Loading external extensions is disabled" in text:
+        return f"queries cannot load extensions — {text.splitlines()[0]}"
     return text
 
 
