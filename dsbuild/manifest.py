@@ -310,6 +310,11 @@ def _parse_section(cls: type, raw: Any, base: Any, key: str, problems: _Problems
 
 
 def _check_section_values(ds: Dataset, key: str, problems: _Problems) -> None:
+    from dsbuild.engines import ENGINES  # cheap: the crawler libraries load on first use
+
+    if ds.engine not in ENGINES:
+        problems.add(f"{key}.engine", f"unknown engine {ds.engine!r}{_did_you_mean(ds.engine, set(ENGINES))} — "
+                                      f"known engines: {', '.join(sorted(ENGINES))}")
     v, d, s, q = ds.verify, ds.dedup, ds.split, ds.quality
     if v.min_side < 1:
         problems.add(f"{key}.verify.min_side", f"must be at least 1, not {v.min_side}")

@@ -123,6 +123,12 @@ BAD = [
     ("dataset-name-dots", '[datasets."..".classes]\na = "x"\nb = "y"\n', ['datasets."..": dataset names use letters']),
     ("dataset-not-table", "[datasets]\nd = 5\n", ["datasets.d: must be a table, not an integer"]),
     # several problems are reported together, in file order
+    ("unknown-engine", '[datasets.d]\nengine = "gogle"\n' + TWO,
+     [f"datasets.d.engine: unknown engine 'gogle' — known engines: {KNOWN_ENGINES}"]),
+    ("unknown-engine-hint", '[datasets.d]\nengine = "icrawler:gogle"\n' + TWO,
+     [f"datasets.d.engine: unknown engine 'icrawler:gogle' (did you mean 'icrawler:google'?) — known engines: {KNOWN_ENGINES}"]),
+    ("defaults-engine", '[defaults]\nengine = "duckduckgo"\n' + TWO,
+     [f"datasets.d.engine: unknown engine 'duckduckgo' — known engines: {KNOWN_ENGINES}"]),
     ("two-problems", "[datasets.d]\nper_querry = 5\nengine = 3\n" + TWO,
      ["datasets.d.per_querry: unknown key (did you mean 'per_query'?)", "datasets.d.engine: must be a string, not 3"]),
 ]
@@ -159,11 +165,6 @@ def test_bad_manifest_writes_nothing(tmp_path: Path, capsys, text: str, lines: l
 
 # Problems only found when building (need the engine registry or the disk): still before anything is written.
 BUILD_TIME = [
-    ("unknown-engine", '[datasets.d]\nengine = "gogle"\n' + TWO,
-     f"datasets.d: unknown engine 'gogle' — known engines: {KNOWN_ENGINES}"),
-    ("unknown-engine-hint", '[datasets.d]\nengine = "icrawler:gogle"\n' + TWO,
-     f"datasets.d: unknown engine 'icrawler:gogle' — known engines: {KNOWN_ENGINES} (did you mean 'icrawler:google'?)"),
-    ("defaults-engine", '[defaults]\nengine = "duckduckgo"\n' + TWO, "unknown engine 'duckduckgo' — known engines: "),
     ("missing-folder", '[datasets.d.classes]\na = { folders = "nope" }\nb = { folders = "nope2" }\n',
      "datasets.d.classes.a.folders: {root}/nope does not exist"),
     ("missing-url-list", '[datasets.d.classes]\na = { urls = "a.txt" }\nb = "qb"\n',
