@@ -794,6 +794,22 @@ class Catalog:
         return self.df(
             "SELECT image_id, label_quality FROM latest_events WHERE dataset = ? AND action = 'keep'", [dataset])
 
+    def run_row(self, run_id: str) -> dict | None:
+        """The ``model_runs`` row of ``run_id`` as a dict, or None."""
+        df = self.df("SELECT * FROM model_runs WHERE run_id = ?", [run_id])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def duplicate_members(self, dataset: str):
+        """Members of every duplicate group of ``dataset`` (groups of two or more), for the duplicates page."""
+        return self.df(
+            """SELECT dup_group, image_id, path, label, split, status, width, height, dup_of, dup_distance, origin
+               FROM images WHERE dataset = ? AND dup_group IN (
+                   SELECT dup_group FROM images WHERE dataset = ? AND dup_group IS NOT NULL
+                   GROUP BY dup_group HAVING count(*) > 1)
+               ORDER BY dup_group, image_id""",
+            [dataset, dataset],
+        )
+
     def fresh_mislabel_run(self, dataset: str) -> str | None:
         """The latest ok mislabel run of ``dataset`` if no build or label event came after it, else None."""
         row = self._one(

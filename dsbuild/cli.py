@@ -153,6 +153,14 @@ def cmd_status(args) -> int:
     from dsbuild.status import dataset_status
 
     manifest = _load(args)
+    if args.html:
+        from dsbuild.status import duplicates_page
+
+        if not args.dataset:
+            raise DsbuildError("--html needs a DATASET — e.g. dsbuild status demo --html duplicates.html", exit_code=2)
+        out, groups = duplicates_page(manifest.catalog, args.dataset, Path(args.html))
+        print(f"wrote {out} ({groups} duplicate groups, label conflicts first)")
+        return 0
     status = dataset_status(manifest.catalog, args.dataset)
     _print_status(status)
     return 0
@@ -266,11 +274,11 @@ def cmd_mislabels(args) -> int:
         _console(stderr=True).print(f"[dim]showing mislabel run {found[0]} (nothing changed since; --rerun to score again)[/dim]")
     run_id, issues = found or find_mislabels(manifest, args.dataset, progress=_model_progress(args))
     if args.format == "html":
-        from dsbuild.report import mislabel_html
+        from dsbuild.cycle import mislabel_report
 
         out = Path(args.out or f"{args.dataset}-mislabels.html")
-        mislabel_html(issues, dataset=args.dataset, run={"run_id": run_id}, out=out)
-        print(f"wrote {out} ({len(issues)} flagged images)")
+        files = mislabel_report(manifest, args.dataset, run_id, issues, out)
+        print(f"wrote {', '.join(map(str, files))} ({len(issues)} flagged images)")
         return 0
     cols = ["dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
             "run_id", "kind", "suggested_confidence"]
@@ -388,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", cmd_status, "counts per class × split × status, and rejects by reason")
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="one dataset (default: all in the catalog)")
+    p.add_argument("--html", metavar="FILE", help="write the dataset's duplicate groups and label conflicts as an "
+                   "HTML page with thumbnails side by side")
 
     p = add("query", cmd_query, "read-only SQL on the catalog (or @name for catalog/queries/name.sql)", [output])
     p.add_argument("sql", nargs="?", metavar="SQL|@name", help="a SELECT, or @name of a named query")

@@ -185,9 +185,14 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
         flags["kind"] = flags.get("kind", "label")
         conflict_rows = _conflict_rows(members, flags)
         rows = pd.concat([flags, conflict_rows], ignore_index=True) if len(conflict_rows) else flags
+        matrix = oof_confusion(oof)
+        accuracy = sum(matrix[i][i] for i in range(len(matrix))) / max(1, len(df))
         with w.open() as cat:
             cat.insert_issue_rows(run_id, name, rows)
-            cat.finish_run(run_id, n_train=len(df), n_valid=0, duration_s=getattr(oof, "duration_s", None))
+            # The run's confusion and accuracy: out-of-fold predictions against the given labels.
+            cat.finish_run(run_id, n_train=len(df), n_valid=0, duration_s=getattr(oof, "duration_s", None),
+                           accuracy=accuracy, error_rate=1 - accuracy,
+                           confusion={"classes": list(oof.classes), "matrix": matrix})
             issues = cat.run_issues(run_id)
     return run_id, issues
 
@@ -202,6 +207,47 @@ def fresh_mislabels(manifest: Manifest, name: str):
             return None
         issues = cat.run_issues(run_id)
     return run_id, issues
+
+
+def oof_confusion(oof) -> list[list[int]]:
+    """``[given][predicted]`` counts of the out-of-fold predictions (class order: ``oof.classes``)."""
+    import numpy as np
+
+    k = len(oof.classes)
+    given, pred = oof.label_index(), np.asarray(oof.probs).argmax(axis=1)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(matrix, (given, pred), 1)
+    return matrix.tolist()
+
+
+def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Path) -> list[Path]:
+    """The self-contained HTML report of a mislabel run, plus ``<out>-confusion.png`` and ``<out>-top-losses.png``.
+
+    The confusion matrix is the run's out-of-fold one (given label × best out-of-sample
+    class); the top-losses grid shows the 16 flagged images with the lowest label quality.
+    Returns the files written.
+    """
+    import json
+
+    from dsbuild.report import confusion_png, mislabel_html, top_losses_png
+
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        run = cat.run_row(run_id)
+    info = {"run_id": run_id}
+    if run is not None:
+        info["arch"] = run["arch"]
+        if run["confusion"]:
+            conf = json.loads(run["confusion"])
+            info["confusion"], info["classes"] = conf["matrix"], conf["classes"]
+            info["out-of-fold accuracy"] = f"{run['accuracy']:.2%}" if run["accuracy"] == run["accuracy"] else "?"
+    out = Path(out)
+    written = [mislabel_html(issues, dataset=name, run=info, out=out)]
+    stem = out.with_suffix("")
+    if "confusion" in info:
+        written.append(confusion_png(info["confusion"], info["classes"], Path(f"{stem}-confusion.png")))
+    labels = issues[issues["kind"] == "label"] if "kind" in issues else issues
+    written.append(top_losses_png(labels, Path(f"{stem}-top-losses.png"), n=16))
+    return written
 
 
 def _reviewed_keep(cat: Catalog, name: str) -> dict[str, float]:

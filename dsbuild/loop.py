@@ -19,8 +19,8 @@ def planted_scores(flagged_origins: set[str], folder: Path) -> dict[str, int]:
 
 def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, progress=None, quick: bool = False) -> None:
     from dsbuild.cli import _print_comparison, _print_run
-    from dsbuild.cycle import find_mislabels, retrain_dataset, review_dataset, train_dataset
-    from dsbuild.report import mislabel_html, render_table
+    from dsbuild.cycle import find_mislabels, mislabel_report, retrain_dataset, review_dataset, train_dataset
+    from dsbuild.report import render_table
 
     overrides = {"epochs": 1} if quick else {}
     console.rule("[b]4. train[/b]: fine-tune on the current labels (CPU here; CUDA when present)")
@@ -40,9 +40,8 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     )
     reports = manifest.catalog.parent / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    html = mislabel_html(issues, dataset=ds.name, run={"run_id": run_id, "arch": report.result.params.get("arch")},
-                         out=reports / f"{ds.name}-mislabels.html")
-    console.print(f"report with thumbnails: {html}")
+    files = mislabel_report(manifest, ds.name, run_id, issues, reports / f"{ds.name}-mislabels.html")
+    console.print(f"report with thumbnails: {files[0]} (figures: {', '.join(f.name for f in files[1:])})")
 
     console.rule("[b]6. review[/b]: accept confident suggestions (each is an undoable label event)")
     summary = review_dataset(manifest, ds.name, accept_suggestions=True, min_confidence=0.9)

@@ -77,3 +77,18 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
         )
     names = [f"{s} ok" if st == "ok" else st for s, st in columns]
     return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups, notes=notes)
+
+
+def duplicates_page(catalog_path: Path, dataset: str, out: Path) -> tuple[Path, int]:
+    """Write the HTML page of ``dataset``'s duplicate groups (label conflicts first, thumbnails side by side).
+
+    Returns ``(out, number of groups)``.
+    """
+    from dsbuild.report import duplicates_html
+
+    with Catalog.open_readonly(catalog_path) as cat:
+        if dataset not in cat.datasets_in_catalog():
+            raise DsbuildError(f"dataset '{dataset}' is not in the catalog — run `dsbuild build {dataset}`")
+        members = cat.duplicate_members(dataset)
+    duplicates_html(members, dataset=dataset, out=out, max_groups=None)
+    return out, int(members["dup_group"].nunique())

@@ -11,6 +11,7 @@ import argparse
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -363,3 +364,23 @@ def test_export_refuses_a_foreign_folder(manifest: Path, tmp_path: Path, capsys)
     assert rc == 1
     assert err == f"Error: {tmp_path} is not empty and is not a dsbuild export — choose an empty or new folder\n"
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+def test_status_html_shows_duplicate_groups_and_conflicts(tmp_path: Path, capsys) -> None:
+    path = make_project(tmp_path)
+    photos = tmp_path / "photos"
+    shutil.copyfile(photos / "cat/cat0.jpg", photos / "cup/cat0-as-cup.jpg")  # the same picture under two labels
+    Image.open(photos / "cat/cat1.png").resize((48, 48)).save(photos / "cat/cat1-small.jpg", quality=85)  # near copy
+    assert main(["-q", "build", "-m", str(path)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "dups.html"
+    rc, text, err = run(capsys, "status", "-m", str(path), "pets", "--html", str(out))
+    assert rc == 0, err
+    assert text == f"wrote {out} (2 duplicate groups, label conflicts first)\n"
+    page = out.read_text(encoding="utf-8")
+    assert page.count('<section class="group') == 2
+    conflict = page.index("label conflict: cat ≠ cup")
+    assert conflict < page.index('<section class="group"')  # conflicts come first
+    assert page.count("<img") == 4 and "data:image/" in page
+    rc, _, err = run(capsys, "status", "-m", str(path), "--html", str(out))
+    assert rc == 2 and err.startswith("Error: --html needs a DATASET")
