@@ -116,7 +116,14 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     roots = np.array([uf.find(i) for i in range(n)])
     df["root"] = roots
     df["pixels"] = (df["width"].fillna(0) * df["height"].fillna(0)).astype("int64")
-    df["order"] = np.arange(n)
+    # "Earliest seen" means grouped by an earlier finished build (first_seen order); items not grouped yet,
+    # this build's or those a killed build committed, go by content hash, so a resumed build picks the same
+    # representatives as an uninterrupted one, wherever the files are.
+    grouped = df["split"].notna().to_numpy()
+    key = pd.DataFrame({"new": ~grouped, "pos": np.where(grouped, np.arange(n), 0),
+                        "sha": df["sha256"].fillna("").to_numpy(), "id": df["image_id"].to_numpy()})
+    df["order"] = np.empty(n, dtype=np.int64)
+    df.loc[key.sort_values(["new", "pos", "sha", "id"]).index, "order"] = np.arange(n)
     df["dup_group"] = None
     df["dup_of"] = None
     df["dup_distance"] = None
@@ -148,7 +155,10 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
 
     # Splits: one per group (unit), labelled by the representative's label.
     in_split = df["status"].isin(["ok", "duplicate"])
-    df["unit"] = np.where(df["dup_group"].notna(), df["dup_group"], df["sha256"].fillna(df["image_id"]))
+    # A group's key is its smallest content hash, not its id (image ids depend on where the files are),
+    # so the same pictures get the same splits on any machine.
+    group_sha = df.groupby("dup_group")["sha256"].transform("min").fillna("")
+    df["unit"] = np.where(df["dup_group"].notna(), "g-" + group_sha, df["sha256"].fillna(df["image_id"]))
     existing = df[in_split & df["split"].notna()].groupby("unit")["split"].agg(lambda s: s.mode().iloc[0])
     reps = df[in_split & (df["status"] == "ok")]
     units = pd.DataFrame({"unit": reps["unit"], "label": reps["label"]}).drop_duplicates("unit")

@@ -19,8 +19,10 @@ import hashlib
 import io
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from dsbuild.manifest import DedupSettings, VerifySettings
 from dsbuild.store import store_bytes
@@ -59,6 +61,10 @@ _MAGIC = (
     (b"SIMPLE  =", "FITS"),
     (b"DDS ", "DDS"),
     (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x0a\x05\x01", "PCX"),
+    (b"\x0a\x03\x01", "PCX"),
+    (b"\x0a\x02\x01", "PCX"),
+    (b"\x0a\x00\x01", "PCX"),
 )
 
 
@@ -73,6 +79,8 @@ def sniff(head: bytes) -> str | None:
             return fmt
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
+    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"1234567" and head[2:3] in b" \t\r\n":
+        return "PPM"  # netpbm (PBM/PGM/PPM/PAM): an image, just not an allowed one
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1"):
         return "AVIF/HEIF"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
@@ -165,8 +173,7 @@ def decode(data: bytes, settings: VerifySettings, *, analysis_side: int | None =
     if fmt not in allowed:
         raise _Rejected("unsupported format", f"{fmt} is not in the allowed formats ({', '.join(allowed)})")
 
-    Image.MAX_IMAGE_PIXELS = settings.max_pixels
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _pixel_limit(settings.max_pixels):
         # A DecompressionBombWarning is an error here: never decode a bomb.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -176,6 +183,8 @@ def decode(data: bytes, settings: VerifySettings, *, analysis_side: int | None =
                 probe.verify()  # PNG chunk CRCs; for most formats only a header check
             img = Image.open(io.BytesIO(data), formats=allowed)
             width, height = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):
+                width, height = height, width  # EXIF turns it by 90°: record the size as displayed (and normalised)
             info = {"format": img.format, "width": width, "height": height, "mode": img.mode,
                     "frames": int(getattr(img, "n_frames", 1) or 1)}
             if min(width, height) < settings.min_side:
@@ -200,6 +209,19 @@ def decode(data: bytes, settings: VerifySettings, *, analysis_side: int | None =
             # Hostile files raise SyntaxError (bad PNG CRC), ValueError, EOFError, IndexError,
             # struct.error, AssertionError, MemoryError, ... (Pillow's fuzzers list them all).
             raise _Rejected("corrupt", f"{type(exc).__name__}: {exc}") from None
+
+
+@contextmanager
+def _pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's bomb limit is a process global: set it for one decode only (training and reports share the process)."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def _check_pixels(width: int, height: int, settings: VerifySettings) -> None:

@@ -1,0 +1,557 @@
+"""End-to-end builds from local folders: real images, real DuckDB catalogs in tmp_path, the CLI in-process.
+
+Images are real: photos from ``skimage.data`` (and crops of them) and the
+handwritten digits of ``sklearn.datasets.load_digits`` rendered to PNG. Every
+problem a test looks for is planted: exact copies, a copy under another label,
+a resized JPEG re-encode, broken files, a duplicate across given splits, a
+build killed with SIGKILL halfway, a second build while the first holds the lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dsbuild.build import build
+from dsbuild.catalog import Catalog
+from dsbuild.cli import main
+from dsbuild.demo import DIGIT_NAMES, render_digit
+from dsbuild.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "clock")
+
+
+# --------------------------------------------------------------------------- real images
+
+
+@lru_cache(maxsize=None)
+def _photo(name: str) -> Image.Image:
+    import skimage.data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+
+
+def photo(name: str, size: int = 160) -> Image.Image:
+    return _photo(name).resize((size, size), Image.Resampling.LANCZOS)
+
+
+def quadrant(name: str, k: int, size: int = 128) -> Image.Image:
+    """One quarter of a photo: same scene and colours as its siblings, but not a near duplicate of them."""
+    img = _photo(name)
+    w, h = img.size
+    box = ((k % 2) * w // 2, (k // 2) * h // 2, (k % 2 + 1) * w // 2, (k // 2 + 1) * h // 2)
+    return img.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+
+
+def save(img: Image.Image, path: Path, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+    return path
+
+
+@lru_cache(maxsize=1)
+def _digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits()
+
+
+def write_digits(root: Path, per_class: int, *, classes: int = 10, start: int = 0) -> int:
+    """Write digits ``start .. start+per_class`` of each class to ``root/<name>/d<index>.png``; return the count."""
+    digits = _digits()
+    n = 0
+    for c in range(classes):
+        folder = root / DIGIT_NAMES[c]
+        folder.mkdir(parents=True, exist_ok=True)
+        idx = [i for i, t in enumerate(digits.target) if t == c][start : start + per_class]
+        for i in idx:
+            render_digit(digits.data[i]).save(folder / f"d{i:04d}.png")
+            n += 1
+    return n
+
+
+def write_manifest(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "datasets.toml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def digits_manifest(folder: Path, images: Path, name: str = "digits", *, classes: int = 10, extra: str = "") -> Path:
+    lines = ['catalog = "cat/dsbuild.duckdb"', f"[datasets.{name}]", extra,
+             f"[datasets.{name}.split]", "train = 0.8", "valid = 0.2", f"[datasets.{name}.classes]"]
+    lines += [f'{n} = {{ folders = "{images / n}" }}' for n in DIGIT_NAMES[:classes]]
+    return write_manifest(folder, "\n".join(lines) + "\n")
+
+
+def images_of(manifest: Path, dataset: str) -> pd.DataFrame:
+    """The ``images`` view of one dataset, by image_id."""
+    with Catalog.open_readonly(load_manifest(manifest).catalog) as cat:
+        return cat.images(dataset).set_index("image_id", drop=False)
+
+
+def items_table(manifest: Path) -> pd.DataFrame:
+    with Catalog.open_readonly(load_manifest(manifest).catalog) as cat:
+        return cat.df("SELECT * FROM items ORDER BY dataset, image_id")
+
+
+def run_cli(capsys, manifest: Path, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["-m", str(manifest), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def by_origin(df: pd.DataFrame, name: str) -> pd.Series:
+    rows = df[df["origin"].str.endswith(os.sep + name)]
+    assert len(rows) == 1, (name, len(rows))
+    return rows.iloc[0]
+
+
+def sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables in captured output keep whole words
+
+
+# --------------------------------------------------------------------------- a mixed photo dataset
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """Two classes of photos with planted problems, built once (in-process, one worker). Returns the manifest.
+
+    * ``cats/chelsea.png`` and ``cats/chelsea-copy.png``: the same bytes (exact duplicate);
+    * ``cats/astronaut.png`` and ``things/astronaut.png``: the same bytes under two labels (label conflict);
+    * ``things/rocket.png`` and ``things/rocket-small.jpg``: a 60 % resize re-encoded as JPEG (near duplicate);
+    * broken files: a truncated JPEG, an HTML page named .jpg, a 1×1 PNG, a text file, an empty file.
+    """
+    root = tmp_path_factory.mktemp("mixed")
+    src = root / "photos"
+    cats, things = src / "cats", src / "things"
+    cats.mkdir(parents=True)
+    things.mkdir(parents=True)
+    save(photo("chelsea"), cats / "chelsea.png")
+    shutil.copyfile(cats / "chelsea.png", cats / "chelsea-copy.png")
+    save(photo("astronaut"), cats / "astronaut.png")
+    shutil.copyfile(cats / "astronaut.png", things / "astronaut.png")
+    save(photo("rocket", 200), things / "rocket.png")
+    save(photo("rocket", 120), things / "rocket-small.jpg", quality=70)
+    for k in range(4):
+        save(quadrant("coffee", k), cats / f"coffee-{k}.jpg", quality=90)
+        save(quadrant("camera", k), things / f"camera-{k}.png")
+        save(quadrant("clock", k), things / f"clock-{k}.png")
+    buf = io.BytesIO()
+    photo("coins").save(buf, "JPEG", quality=90)
+    (cats / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (cats / "error-page.jpg").write_bytes(b"<!DOCTYPE html><html><body>403 Forbidden</body></html>")
+    save(Image.new("RGB", (1, 1), (255, 255, 255)), things / "pixel.png")
+    (things / "readme.png").write_text("not a picture\n")
+    (things / "empty.jpg").write_bytes(b"")
+    manifest = write_manifest(root, f"""\
+        catalog = "cat/dsbuild.duckdb"
+        [datasets.pets]
+        [datasets.pets.classes]
+        cats = {{ folders = "{cats}" }}
+        things = {{ folders = "{things}" }}
+        """)
+    summary = build(load_manifest(manifest), ["pets"], workers=1)
+    (ds,) = summary.datasets
+    assert ds.sources == ds.new == 23
+    return manifest
+
+
+def test_every_file_is_a_row_with_a_status(mixed: Path) -> None:
+    df = images_of(mixed, "pets")
+    assert len(df) == 23  # nothing dropped: rejects and duplicates are rows too
+    assert set(df["status"]) == {"ok", "duplicate", "rejected"}
+    rejected = df[df["status"] == "rejected"]
+    reasons = {Path(o).name: r for o, r in zip(rejected["origin"], rejected["reason"])}
+    assert reasons == {"cut.jpg": "truncated", "error-page.jpg": "not an image", "pixel.png": "too small",
+                       "readme.png": "not an image", "empty.jpg": "empty file"}
+    assert rejected["split"].isna().all() and rejected["path"].isna().all()
+    ok = df[df["status"] == "ok"]
+    assert ok["split"].isin(["train", "valid"]).all()
+    for path, sha in zip(ok["path"], ok["sha256"]):
+        assert Path(path).name.startswith(sha) and sha256_file(path) == sha
+
+
+def test_exact_duplicates_collapse_to_one_ok_image(mixed: Path) -> None:
+    df = images_of(mixed, "pets")
+    a, b = by_origin(df, "chelsea.png"), by_origin(df, "chelsea-copy.png")
+    assert a["sha256"] == b["sha256"]
+    assert sorted([a["status"], b["status"]]) == ["duplicate", "ok"]
+    keep, dup = (a, b) if a["status"] == "ok" else (b, a)
+    assert dup["dup_of"] == keep["image_id"] and dup["reason"] == "exact duplicate" and dup["dup_distance"] == 0
+    assert keep["dup_group"] == dup["dup_group"] is not None
+    assert keep["dup_of"] is None or pd.isna(keep["dup_of"])
+    assert not a["conflict"] and not b["conflict"]
+    assert a["split"] == b["split"]
+
+
+def test_same_image_under_two_labels_is_a_conflict(mixed: Path, capsys) -> None:
+    df = images_of(mixed, "pets")
+    rows = df[df["origin"].str.endswith(os.sep + "astronaut.png")]
+    assert sorted(rows["label"]) == ["cats", "things"]
+    assert rows["conflict"].all() and rows["dup_group"].nunique() == 1
+    assert sorted(rows["status"]) == ["duplicate", "ok"]  # flagged and kept as a row, not dropped
+    group = rows["dup_group"].iloc[0]
+    # Only this group is a conflict: the chelsea copies agree on their label.
+    assert set(df.loc[df["conflict"], "dup_group"]) == {group}
+
+    code, out, err = run_cli(capsys, mixed, "query", "SELECT * FROM conflicts", "--format", "json")
+    assert code == 0, err
+    (conflict,) = json.loads(out)
+    assert conflict["dup_group"] == group and conflict["labels"] == ["cats", "things"] and conflict["n_images"] == 2
+    assert sorted(conflict["image_ids"]) == sorted(rows["image_id"])
+    code, out, err = run_cli(capsys, mixed, "query", "@label_conflicts", "--format", "csv")
+    assert code == 0 and group in out
+
+
+def test_near_duplicate_joins_the_group_of_its_original(mixed: Path) -> None:
+    df = images_of(mixed, "pets")
+    big, small = by_origin(df, "rocket.png"), by_origin(df, "rocket-small.jpg")
+    assert big["sha256"] != small["sha256"]
+    assert big["dup_group"] == small["dup_group"] is not None
+    # The representative is the larger picture, whatever order they were found in.
+    assert (big["status"], small["status"]) == ("ok", "duplicate")
+    assert small["reason"] == "near duplicate" and small["dup_of"] == big["image_id"]
+    assert 0 <= small["dup_distance"] <= load_manifest(mixed).dataset("pets").dedup.threshold
+    assert big["split"] == small["split"]
+    assert df.dropna(subset=["dup_group"]).groupby("dup_group")["split"].nunique().max() == 1
+    # Quadrants of one photo are the same scene, not the same picture: no group.
+    quads = df[df["origin"].str.contains("camera-|clock-|coffee-")]
+    assert len(quads) == 12 and quads["dup_group"].isna().all() and (quads["status"] == "ok").all()
+
+
+def test_status_shows_counts_and_rejects_by_reason(mixed: Path, capsys) -> None:
+    code, out, err = run_cli(capsys, mixed, "status", "pets")
+    assert code == 0, err
+    assert "pets: images by label × split × status" in out
+    lines = [" ".join(line.replace("│", " ").split()) for line in out.splitlines()]
+    for reason, n in (("not an image", 2), ("truncated", 1), ("too small", 1), ("empty file", 1)):
+        assert f"rejected {reason} {n}" in lines, out
+    assert "2 label conflicts" not in out and "1 label conflicts" in out
+    code, out, err = run_cli(capsys, mixed, "query", "@rejects", "--format", "json")
+    assert code == 0
+    assert {(r["reason"], r["images"]) for r in json.loads(out)} == {
+        ("not an image", 2), ("truncated", 1), ("too small", 1), ("empty file", 1)}
+
+
+def test_export_imagefolder_writes_only_ok_images(mixed: Path, tmp_path: Path, capsys) -> None:
+    out_dir = tmp_path / "export"
+    code, out, err = run_cli(capsys, mixed, "export", "pets", "--to", str(out_dir), "--format", "imagefolder")
+    assert code == 0, err
+    df = images_of(mixed, "pets")
+    ok = df[df["status"] == "ok"]
+    files = sorted(p.relative_to(out_dir) for p in out_dir.rglob("*") if p.is_file() and p.parent != out_dir)
+    expected = sorted(Path(r.split) / r.label / f"{r.image_id}{Path(r.path).suffix}" for r in ok.itertuples())
+    assert files == expected
+    assert {p.parts[0] for p in files} <= {"train", "valid"}
+    for r in ok.itertuples():
+        assert sha256_file(out_dir / r.split / r.label / f"{r.image_id}{Path(r.path).suffix}") == r.sha256
+    index = pd.read_csv(out_dir / "labels.csv")
+    assert sorted(index["image_id"]) == sorted(ok["image_id"])
+    assert f"exported {len(ok)} images of 'pets'" in out
+    # Exporting again over its own previous export is allowed; over a foreign folder it is not.
+    assert run_cli(capsys, mixed, "export", "pets", "--to", str(out_dir))[0] == 0
+    foreign = tmp_path / "mine"
+    (foreign / "keep.txt").parent.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    code, out, err = run_cli(capsys, mixed, "export", "pets", "--to", str(foreign))
+    assert code == 1 and "not a dsbuild export" in err and "Traceback" not in err
+    assert (foreign / "keep.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- splits on real digits
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> tuple[Path, Path]:
+    """1,000 real digits (100 per class), exact dedup only, valid 0.2; built once. Returns (manifest, images)."""
+    root = tmp_path_factory.mktemp("digits")
+    images = root / "images"
+    assert write_digits(images, 100) == 1000
+    manifest = digits_manifest(root / "a", images, extra="[datasets.digits.dedup]\nnear = false")
+    build(load_manifest(manifest), ["digits"], workers=1)
+    return manifest, images
+
+
+def test_splits_are_stratified(digits) -> None:
+    manifest, _ = digits
+    df = images_of(manifest, "digits")
+    ok = df[df["status"].isin(["ok", "duplicate"])]
+    assert len(ok) >= 990
+    per_class = ok.groupby("label")["split"].value_counts().unstack(fill_value=0)
+    assert list(per_class.index) == sorted(DIGIT_NAMES)
+    assert set(per_class.columns) == {"train", "valid"}
+    for label, row in per_class.iterrows():
+        total = row["train"] + row["valid"]
+        assert abs(row["valid"] - 0.2 * total) <= 3, (label, dict(row))
+
+
+def test_splits_are_deterministic(digits, tmp_path: Path) -> None:
+    """The same manifest in a fresh catalog (another folder, another store) gives every image the same split."""
+    manifest, images = digits
+    again = digits_manifest(tmp_path, images, extra="[datasets.digits.dedup]\nnear = false")
+    build(load_manifest(again), ["digits"], workers=1)
+    first, second = images_of(manifest, "digits"), images_of(again, "digits")
+    assert load_manifest(again).catalog != load_manifest(manifest).catalog
+    cols = ["image_id", "status", "split", "sha256", "dup_group"]
+    pd.testing.assert_frame_equal(first[cols], second[cols])
+
+
+def test_splits_do_not_depend_on_where_the_files_are(tmp_path: Path) -> None:
+    """The same pictures copied to another folder (another machine) get the same splits and representatives.
+
+    Near-duplicate search is on: digits form many groups, whose keys must come from content, not from paths.
+    """
+    write_digits(tmp_path / "a" / "images", 60, classes=5)
+    shutil.copytree(tmp_path / "a" / "images", tmp_path / "b" / "elsewhere")
+    frames = []
+    for folder in (tmp_path / "a" / "images", tmp_path / "b" / "elsewhere"):
+        manifest = digits_manifest(folder.parent, folder, classes=5)
+        build(load_manifest(manifest), ["digits"], workers=1)
+        df = images_of(manifest, "digits")
+        df.index = [str(Path(o).relative_to(folder)) for o in df["origin"]]
+        frames.append(df.sort_index())
+    a, b = frames
+    assert a["dup_group"].nunique() >= 5 and set(a["image_id"]).isdisjoint(b["image_id"])
+    pd.testing.assert_frame_equal(a[["label", "status", "split", "sha256"]], b[["label", "status", "split", "sha256"]])
+    dup_of_file = lambda df: df["dup_of"].map(dict(zip(df["image_id"], df.index)))  # noqa: E731
+    pd.testing.assert_series_equal(dup_of_file(a), dup_of_file(b))
+
+
+def test_rebuild_is_idempotent(digits, capsys) -> None:
+    manifest, _ = digits
+    before = items_table(manifest)
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 0, err
+    after = items_table(manifest)
+    pd.testing.assert_frame_equal(before, after)
+    with Catalog.open_readonly(load_manifest(manifest).catalog) as cat:
+        builds = cat.df("SELECT build_id, outcome, summary FROM builds ORDER BY build_id")
+    last = json.loads(builds["summary"].iloc[-1])["datasets"][0]
+    assert (last["sources"], last["new"], last["skipped"]) == (1000, 0, 1000)
+    assert list(builds["outcome"]) == ["ok"] * len(builds)
+
+
+def test_adding_images_never_moves_an_existing_image(tmp_path: Path) -> None:
+    """Add 50 % more digits (near-duplicate search on): old images keep their splits, groups stay in one split.
+
+    The one legitimate exception is a new image that is a near duplicate of two old groups that
+    sit in different splits: the merged group must share one split, so one side moves.
+    """
+    images = tmp_path / "images"
+    write_digits(images, 40, classes=5)
+    manifest = digits_manifest(tmp_path / "m", images, classes=5)
+    build(load_manifest(manifest), ["digits"], workers=1)
+    old = images_of(manifest, "digits")
+
+    write_digits(images, 20, classes=5, start=40)
+    summary = build(load_manifest(manifest), ["digits"], workers=1)
+    assert (summary.datasets[0].new, summary.datasets[0].skipped) == (100, 200)
+    new = images_of(manifest, "digits")
+    assert len(new) == 300 and set(old.index) < set(new.index)
+
+    moved = [i for i in old.index if old.at[i, "split"] != new.at[i, "split"]]
+    for i in moved:  # only through a merge of two old groups from different splits
+        merged = new[new["dup_group"] == new.at[i, "dup_group"]]
+        old_members = merged.index.intersection(old.index)
+        assert old.loc[old_members, "split"].nunique() > 1, (i, old.at[i, "split"], new.at[i, "split"])
+    assert len(moved) <= 0.05 * len(old)
+    grouped = new[new["dup_group"].notna()]
+    assert grouped.groupby("dup_group")["split"].nunique().max() == 1
+    assert len(grouped) > 0  # digits do have near duplicates: the group rule was exercised
+
+
+# --------------------------------------------------------------------------- an ImageFolder that arrives split
+
+
+def test_imagefolder_keeps_given_splits_and_reports_leakage(tmp_path: Path, capsys) -> None:
+    tree = tmp_path / "tree"
+    for split, k0 in (("train", 0), ("valid", 3)):
+        for label, name in (("left", "camera"), ("right", "clock")):
+            for k in range(k0, k0 + 3 if split == "train" else k0 + 1):
+                save(quadrant(name, k), tree / split / label / f"{name}-{k}.png")
+    save(photo("coffee"), tree / "train" / "left" / "coffee.png")
+    shutil.copyfile(tree / "train" / "left" / "coffee.png", tree / "valid" / "left" / "coffee-again.png")
+    manifest = write_manifest(tmp_path, """\
+        catalog = "cat/dsbuild.duckdb"
+        [datasets.given]
+        imagefolder = "tree"
+        """)
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 0, err
+    df = images_of(manifest, "given")
+    assert len(df) == 10
+    for r in df.itertuples():
+        parts = Path(r.origin).relative_to(tree).parts
+        assert (r.split, r.label) == (parts[0], parts[1])  # as given, never re-split
+    pair = df[df["origin"].str.contains("coffee")]
+    assert pair["dup_group"].nunique() == 1 and sorted(pair["split"]) == ["train", "valid"]
+
+    code, out, err = run_cli(capsys, manifest, "query", "@split_leakage", "--format", "json")
+    assert code == 0, err
+    (leak,) = json.loads(out)
+    assert leak["dup_group"] == pair["dup_group"].iloc[0] and leak["splits"] == ["train", "valid"]
+    code, out, err = run_cli(capsys, manifest, "status")
+    assert code == 0, err
+    assert "1 duplicate groups straddle splits" in " ".join(out.split())
+
+
+# --------------------------------------------------------------------------- locks, crashes and resume
+
+
+HOLDER = """\
+import sys, time
+from pathlib import Path
+from dsbuild.catalog import BuildLock, Catalog
+what, path = sys.argv[1], Path(sys.argv[2])
+if what == "lock":
+    lock = BuildLock(path)
+    lock.acquire()
+else:
+    cat = Catalog.open(path)  # what a build holds while it writes
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _hold(what: str, catalog: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, what, str(catalog)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def test_second_build_fails_fast_while_the_lock_is_held(mixed: Path, capsys) -> None:
+    catalog = load_manifest(mixed).catalog
+    before = items_table(mixed)
+    holder = _hold("lock", catalog)
+    try:
+        start = time.monotonic()
+        code, out, err = run_cli(capsys, mixed, "build", "-q")
+        assert time.monotonic() - start < 10
+        assert code == 1
+        assert f"locked by PID {holder.pid}" in err and err.startswith("Error: ")
+        assert "Traceback" not in err + out
+        # Reading is fine while only the lock is held (the catalog file itself is closed).
+        assert run_cli(capsys, mixed, "status")[0] == 0
+    finally:
+        _stop(holder)
+    pd.testing.assert_frame_equal(before, items_table(mixed))  # the refused build wrote nothing
+
+
+def test_status_query_export_say_busy_while_a_build_writes(mixed: Path, tmp_path: Path, capsys) -> None:
+    catalog = load_manifest(mixed).catalog
+    holder = _hold("catalog", catalog)
+    try:
+        for args in (("status",), ("query", "SELECT count(*) FROM images"), ("query", "@rejects"),
+                     ("export", "pets", "--to", str(tmp_path / "x"))):
+            code, out, err = run_cli(capsys, mixed, *args)
+            assert code == 1, args
+            assert err.startswith("Error: ") and "busy" in err and str(holder.pid) in err, (args, err)
+            assert "Traceback" not in err + out
+    finally:
+        _stop(holder)
+    assert run_cli(capsys, mixed, "status")[0] == 0
+
+
+def _subprocess_build(manifest: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build", "-q", "--workers", "1"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group: SIGKILL reaches any worker too
+
+
+def _store_count(store: Path) -> int:
+    return sum(1 for p in store.glob("*/*") if not p.name.startswith(".")) if store.exists() else 0
+
+
+def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Path, capsys) -> None:
+    images = tmp_path / "images"
+    total = write_digits(images, 70)
+    assert total == 700
+    manifest = digits_manifest(tmp_path / "crash", images)
+    store = load_manifest(manifest).store
+
+    def wait_for(files: int) -> None:
+        deadline = time.monotonic() + 120
+        while _store_count(store) < files and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the build ended before it stored {files} files: {proc.stderr.read()}"
+
+    proc = _subprocess_build(manifest)
+    try:
+        wait_for(20)
+        # Meanwhile a second build is refused at once, naming the running one, and readers are told it is busy.
+        code, out, err = run_cli(capsys, manifest, "build", "-q")
+        assert code == 1 and f"locked by PID {proc.pid}" in err and "Traceback" not in err
+        code, out, err = run_cli(capsys, manifest, "status")
+        assert code == 1 and "busy" in err and "Traceback" not in err
+        wait_for(520)  # past the first batch commit (500 rows), well before the end (700)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    # What the killed build committed points only at complete files.
+    with Catalog.open_readonly(load_manifest(manifest).catalog) as cat:
+        crashed = cat.df("SELECT i.image_id, i.status, i.sha256, b.path, b.bytes FROM items i "
+                         "LEFT JOIN blobs b USING (sha256)")
+        outcome = cat.df("SELECT outcome FROM builds")["outcome"].tolist()
+    assert 0 < len(crashed) < total and outcome == ["running"]
+    ok = crashed[crashed["status"] == "ok"]
+    assert len(ok) > 0 and ok["path"].notna().all()
+    for r in ok.itertuples():
+        assert Path(r.path).stat().st_size == r.bytes and sha256_file(r.path) == r.sha256
+
+    # The next build continues: only what was not committed is processed.
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 0, err
+    assert not list(store.rglob(".tmp-*"))
+    with Catalog.open_readonly(load_manifest(manifest).catalog) as cat:
+        builds = cat.df("SELECT outcome, summary FROM builds ORDER BY build_id")
+    assert list(builds["outcome"]) == ["interrupted", "ok"]
+    resumed = json.loads(builds["summary"].iloc[-1])["datasets"][0]
+    assert resumed["new"] == total - len(crashed) and resumed["skipped"] == len(crashed)
+
+    clean = digits_manifest(tmp_path / "clean", images)
+    build(load_manifest(clean), ["digits"], workers=1)
+    cols = ["image_id", "status", "split", "sha256", "dup_group", "dup_of"]
+    a, b = images_of(manifest, "digits")[cols], images_of(clean, "digits")[cols]
+    assert len(a) == total and (a["status"] == "duplicate").any()
+    pd.testing.assert_frame_equal(a, b)
+    assert a.dropna(subset=["dup_group"]).groupby("dup_group")["split"].nunique().max() == 1
+    for path in images_of(manifest, "digits").query("status == 'ok'")["path"]:
+        assert Path(path).is_file()
