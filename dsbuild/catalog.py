@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 from dsbuild.errors import CatalogBusy, DsbuildError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -186,6 +186,11 @@ _MIGRATIONS: dict[int, list[str]] = {
             summary JSON
         )""",
     ],
+    2: [
+        # Quality flags (CleanVision's checks with the dataset's thresholds) and the dataset-relative size score.
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS quality_flags VARCHAR",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS q_odd_size DOUBLE",
+    ],
 }
 
 _VIEWS = [
@@ -205,7 +210,7 @@ _VIEWS = [
                i.dup_of, i.dup_distance, i.conflict, i.detail, i.source, i.rank, i.page_url,
                e.action IS NOT NULL AS reviewed, e.action AS last_review,
                b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
-               i.first_seen, i.updated_at
+               i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at
         FROM items i
         LEFT JOIN blobs b USING (sha256)
         LEFT JOIN latest_events e USING (dataset, image_id)
@@ -537,9 +542,12 @@ class Catalog:
                 self.con.execute(
                     """UPDATE items SET status = u.status, reason = u.reason, detail = u.detail,
                            dup_group = u.dup_group, dup_of = u.dup_of, dup_distance = u.dup_distance,
-                           conflict = u.conflict, split = u.split, updated_at = ?
+                           conflict = u.conflict, split = u.split, quality_flags = u.quality_flags,
+                           q_odd_size = u.q_odd_size, updated_at = ?
                        FROM _upd u WHERE items.dataset = ? AND items.image_id = u.image_id
                          AND (items.status IS DISTINCT FROM u.status OR items.reason IS DISTINCT FROM u.reason
+                              OR items.quality_flags IS DISTINCT FROM u.quality_flags
+                              OR items.q_odd_size IS DISTINCT FROM u.q_odd_size
                               OR items.dup_group IS DISTINCT FROM u.dup_group OR items.split IS DISTINCT FROM u.split
                               OR items.conflict IS DISTINCT FROM u.conflict OR items.dup_of IS DISTINCT FROM u.dup_of
                               OR items.detail IS DISTINCT FROM u.detail)""",
@@ -671,6 +679,17 @@ class Catalog:
             [dataset, build_id],
         ).fetchall()
         return [(status, reason, int(n)) for status, reason, n in rows]
+
+    def quality_flag_counts(self, dataset: str) -> dict[str, int]:
+        """flag → number of accepted (ok) images of ``dataset`` that carry it."""
+        rows = self.con.execute(
+            """SELECT flag, count(*) FROM (
+                   SELECT unnest(string_split(quality_flags, ',')) AS flag FROM images
+                   WHERE dataset = ? AND status = 'ok' AND quality_flags <> '')
+               GROUP BY flag""",
+            [dataset],
+        ).fetchall()
+        return {flag: int(n) for flag, n in rows}
 
     def duplicate_counts(self, dataset: str) -> dict[str, int]:
         row = self._one(

@@ -48,27 +48,56 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _quality_reject(items, dataset: Dataset):
-    """reason 'quality: <flag>' for items whose quality flags are configured to reject (else None)."""
+def quality_flags(items, dataset: Dataset, verified) -> tuple[np.ndarray, np.ndarray]:
+    """CleanVision-style flags of every verified item, with the dataset's thresholds.
+
+    ``items`` has the ``q_*`` score columns and ``width``/``height``; ``verified`` is a
+    boolean mask of the rows that decoded. Returns ``(q_odd_size, flags)``: the
+    dataset-relative size score (NaN where not verified) and, per row, the flag names
+    joined by commas in :data:`dsbuild.manifest.QUALITY_FLAGS` order (``""``: none;
+    None where not verified). A missing score never flags (as in CleanVision).
+    """
+    from dsbuild.manifest import QUALITY_FLAGS
+    from dsbuild.quality import odd_size_scores
+
     q = dataset.quality
-    reasons = np.full(len(items), None, dtype=object)
-    if not q.reject:
+    verified = np.asarray(verified, dtype=bool)
+    odd = np.full(len(items), np.nan)
+    if verified.any():
+        w = items["width"].to_numpy(dtype=np.float64)[verified]
+        h = items["height"].to_numpy(dtype=np.float64)[verified]
+        odd[verified] = odd_size_scores(w, h, q.odd_size_iqr_factor)
+
+    def col(name: str) -> np.ndarray:
+        return items[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+    with np.errstate(invalid="ignore"):  # NaN compares False: a missing score is not an issue
+        hits = {
+            "dark": col("q_dark") < q.dark,
+            "light": col("q_light") < q.light,
+            "blurry": col("q_blurry") < q.blurry,
+            "low_information": col("q_low_information") < q.low_information,
+            "grayscale": col("q_grayscale") >= 0.5,
+            "odd_aspect_ratio": col("q_odd_aspect_ratio") < q.odd_aspect_ratio,
+            "odd_size": odd < 0.5,
+        }
+    flags = np.full(len(items), None, dtype=object)
+    for i in np.flatnonzero(verified):
+        flags[i] = ",".join(name for name in QUALITY_FLAGS if hits[name][i])
+    return odd, flags
+
+
+def _quality_reject(flags: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """reason 'quality: <flag>' for items with a flag the dataset rejects (the first, in flag order), else None."""
+    reasons = np.full(len(flags), None, dtype=object)
+    reject = set(dataset.quality.reject)
+    if not reject:
         return reasons
-    checks = {
-        "dark": lambda df: df["q_dark"] < q.dark,
-        "light": lambda df: df["q_light"] < q.light,
-        "blurry": lambda df: df["q_blurry"] < q.blurry,
-        "low_information": lambda df: df["q_low_information"] < q.low_information,
-        "grayscale": lambda df: df["q_grayscale"] >= 0.5,
-        "odd_aspect_ratio": lambda df: df["q_odd_aspect_ratio"] < q.odd_aspect_ratio,
-        "odd_size": lambda df: df["q_odd_size"] < 0.5,
-    }
-    for flag in q.reject:
-        col = "q_odd_size" if flag == "odd_size" else f"q_{flag}"
-        if col not in items:
-            continue
-        hit = checks[flag](items).fillna(False).to_numpy()
-        reasons = np.where((reasons == None) & hit, f"quality: {flag}", reasons)  # noqa: E711
+    for i, text in enumerate(flags):
+        if text:
+            hit = [f for f in text.split(",") if f in reject]
+            if hit:
+                reasons[i] = f"quality: {hit[0]}"
     return reasons
 
 
@@ -87,7 +116,8 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     n = len(df)
     base_reason = df["reason"].where(~df["reason"].fillna("").str.startswith("quality:"), None)
     verified = df["status"].isin(_CANDIDATE) | df["reason"].fillna("").str.startswith("quality:")
-    qreason = _quality_reject(df, dataset)
+    df["q_odd_size"], df["quality_flags"] = quality_flags(df, dataset, verified.to_numpy())
+    qreason = _quality_reject(df["quality_flags"].to_numpy(), dataset)
     df["status"] = np.where(verified & pd.notna(qreason), "rejected", np.where(verified, "ok", df["status"]))
     df["reason"] = np.where(verified & pd.notna(qreason), qreason, np.where(verified, None, base_reason))
     cand = (df["status"] == "ok").to_numpy()
@@ -105,7 +135,6 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
                 exact_edge[i] = True
             else:
                 first[key] = i
-    distance = np.full(n, -1)
     n_near = 0
     if near_pairs is not None and len(near_pairs):
         for i, j, d in near_pairs:
@@ -171,7 +200,8 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
         df.loc[given, "split"] = df.loc[given, "given_split"]
 
     df.loc[df["status"].isin(["ok", "duplicate"]), "detail"] = None
-    out = df[["image_id", "status", "reason", "detail", "dup_group", "dup_of", "dup_distance", "conflict", "split"]].copy()
+    out = df[["image_id", "status", "reason", "detail", "dup_group", "dup_of", "dup_distance", "conflict", "split",
+              "quality_flags", "q_odd_size"]].copy()
     groups = int(multi["root"].nunique()) if len(multi) else 0
     return out, GroupSummary(groups=groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near)
 

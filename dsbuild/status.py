@@ -21,6 +21,7 @@ class DatasetStatus:
     totals: list[int]
     rejects: list[tuple[str, str, int]]
     duplicates: dict[str, int]
+    quality: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -75,8 +76,16 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
             f"{name}: {dups['leaks']} duplicate groups straddle splits (leakage in the splits the dataset came with) "
             "— `dsbuild query @split_leakage`"
         )
+    flags = cat.quality_flag_counts(name)
+    if flags:
+        from dsbuild.manifest import QUALITY_FLAGS
+
+        listed = ", ".join(f"{f} {flags[f]}" for f in QUALITY_FLAGS if f in flags)
+        notes.append(f"{name}: quality flags on accepted images: {listed} — `dsbuild query @quality`; "
+                     f"to reject them set datasets.{name}.quality.reject")
     names = [f"{s} ok" if st == "ok" else st for s, st in columns]
-    return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups, notes=notes)
+    return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups,
+                         quality=flags, notes=notes)
 
 
 def duplicates_page(catalog_path: Path, dataset: str, out: Path) -> tuple[Path, int]:

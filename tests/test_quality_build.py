@@ -1,0 +1,110 @@
+"""Quality flags through a real build: computed with the dataset's thresholds, shown by status and
+``@quality``, rejecting only when the manifest says so; and the catalog migration that added them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+from skimage import data as skdata
+
+from dsbuild.catalog import _MIGRATIONS, SCHEMA_VERSION, Catalog
+from dsbuild.cli import main
+
+MANIFEST = """
+[datasets.q.classes]
+a = {{ folders = "img/a" }}
+b = {{ folders = "img/b" }}
+{extra}
+"""
+
+
+def make_images(root: Path) -> dict[str, str]:
+    """Ten ordinary photo crops per class plus one image per planted problem; returns file name → expected flag."""
+    photos = [skdata.astronaut(), skdata.chelsea(), skdata.rocket()]
+    for label in ("a", "b"):
+        (root / "img" / label).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(20):
+        arr = photos[k % len(photos)]
+        h, w = arr.shape[:2]
+        y, x = rng.integers(0, h - 256), rng.integers(0, w - 256)
+        Image.fromarray(arr[y : y + 256, x : x + 256]).resize((160, 160)).save(root / "img" / "ab"[k % 2] / f"p{k}.png")
+    def crop(arr) -> Image.Image:  # other photos than the ordinary ones: the planted images are not near duplicates
+        return Image.fromarray(arr[:256, :256]).convert("RGB")
+
+    planted = {
+        "dark.png": ("dark", crop(skdata.immunohistochemistry()).resize((160, 160)).point(lambda v: v // 12)),
+        "blurry.png": ("blurry", crop(skdata.coffee()).resize((160, 160)).filter(ImageFilter.GaussianBlur(8))),
+        "gray.png": ("grayscale", crop(skdata.camera()).resize((160, 160))),
+        "huge.png": ("odd_size", crop(skdata.retina()[200:, 200:]).resize((1400, 1400))),
+    }
+    for name, (_, img) in planted.items():
+        img.save(root / "img" / "a" / name)
+    return {name: flag for name, (flag, _) in planted.items()}
+
+
+def flags_by_file(catalog: Path) -> dict[str, tuple[str, str, str | None]]:
+    con = duckdb.connect(str(catalog), read_only=True)
+    try:
+        rows = con.execute("select origin, status, quality_flags, reason from images").fetchall()
+    finally:
+        con.close()
+    return {Path(o).name: (s, f, r) for o, s, f, r in rows}
+
+
+def test_flags_are_reported_not_rejected_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    planted = make_images(tmp_path)
+    manifest = tmp_path / "datasets.toml"
+    manifest.write_text(MANIFEST.format(extra=""))
+    assert main(["-q", "-m", str(manifest), "build"]) == 0
+    got = flags_by_file(tmp_path / "catalog" / "dsbuild.duckdb")
+    for name, flag in planted.items():
+        status, flags, _ = got[name]
+        assert status == "ok" and flag in flags.split(","), (name, flags)
+    ordinary = [f for n, (_, f, _) in got.items() if n.startswith("p")]
+    assert sum(f == "" for f in ordinary) >= 18, ordinary  # real photo crops are mostly clean
+    capsys.readouterr()
+    assert main(["-m", str(manifest), "status", "q"]) == 0
+    out = capsys.readouterr().out
+    assert "quality flags on accepted images:" in out and "dark 1" in out and "odd_size 1" in out
+    assert main(["-m", str(manifest), "query", "@quality", "--format", "csv"]) == 0
+    listed = capsys.readouterr().out
+    for name in planted:
+        assert any(line.endswith(name) for line in listed.splitlines()), name
+
+
+def test_reject_setting_turns_a_flag_into_a_reject_and_back(tmp_path: Path) -> None:
+    make_images(tmp_path)
+    manifest = tmp_path / "datasets.toml"
+    manifest.write_text(MANIFEST.format(extra='[datasets.q.quality]\nreject = ["dark", "blurry"]\n'))
+    assert main(["-q", "-m", str(manifest), "build"]) == 0
+    got = flags_by_file(tmp_path / "catalog" / "dsbuild.duckdb")
+    assert got["dark.png"][0::2] == ("rejected", "quality: dark")
+    assert got["blurry.png"][0::2] == ("rejected", "quality: blurry")
+    assert got["gray.png"][0] == "ok"
+    # Settings are read at every build: dropping the reject list accepts them again (nothing was deleted).
+    manifest.write_text(MANIFEST.format(extra=""))
+    assert main(["-q", "-m", str(manifest), "build"]) == 0
+    got = flags_by_file(tmp_path / "catalog" / "dsbuild.duckdb")
+    assert got["dark.png"][:2] == ("ok", "dark") and got["blurry.png"][0] == "ok"
+
+
+def test_a_version_1_catalog_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    for stmt in _MIGRATIONS[1]:
+        con.execute(stmt)
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO items (dataset, image_id, origin, source, class_label, status, first_seen, updated_at) "
+                "VALUES ('d', 'x1', '/x.png', 'folder', 'a', 'ok', now(), now())")
+    con.close()
+    assert SCHEMA_VERSION == 2
+    with Catalog.open(path) as cat:
+        assert cat.get_meta("schema_version") == str(SCHEMA_VERSION)
+        rows = cat.df("select image_id, label, quality_flags, q_odd_size from images").to_dict("records")
+    assert rows[0]["image_id"] == "x1" and rows[0]["label"] == "a"
+    assert rows[0]["quality_flags"] is None
