@@ -443,6 +443,16 @@ def build_dataset(
         writer.flush()
 
     regroup_dataset(cat, ds, summary=summary, progress=progress)
+    # Dedup and quality checks have just turned some accepted images into duplicates or rejects:
+    # the summary reports this build's images as the catalog now has them, not as they were fetched.
+    counts = cat.build_item_counts(ds.name, build_id)
+    summary.ok = sum(n for status, _, n in counts if status == "ok")
+    summary.rejected = sum(n for status, _, n in counts if status == "rejected")
+    summary.failed = sum(n for status, _, n in counts if status == "failed")
+    summary.rejects = {}
+    for status, reason, n in counts:
+        if status in ("rejected", "failed"):
+            summary.rejects[reason or "?"] = summary.rejects.get(reason or "?", 0) + n
     cat.set_meta(f"settings:{ds.name}", digest)
     summary.seconds = time.monotonic() - t0
     return summary

@@ -113,7 +113,7 @@ def discover(cat: Catalog, ds: Dataset, *, progress: Progress, summary: DatasetS
             rows = []
             for link in links:
                 if link.label is not None and link.label != cls.name:
-                    problems.append(f"line {link.rank}: label {link.label!r} differs from class {cls.name!r}; using {cls.name!r}")
+                    problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} differs from class {cls.name!r}; using {cls.name!r}")
                 rows.append({"url": link.url, "rank": link.rank, "page_url": None})
             cat.record_search(dataset=ds.name, label=cls.name, engine="urls", query=str(url_file), wanted=len(rows),
                               links=rows, pages=0, outcome="exhausted", message=f"{len(rows)} URLs")

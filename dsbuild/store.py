@@ -60,4 +60,9 @@ def sweep_temp_files(store_dir: Path) -> int:
     for tmp in root.glob("*/.tmp-*"):
         tmp.unlink(missing_ok=True)
         removed += 1
+    # Downloads a killed build left in <store>/.incoming (dsbuild.crawl): partial bodies (dl-*.part) and
+    # complete ones that were never verified and moved into the store. No catalog row points at them.
+    for tmp in root.glob(".incoming/dl-*"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
     return removed

@@ -1,0 +1,679 @@
+"""Whole builds of web datasets, end to end: engine → fetch → verify → store → catalog.
+
+No mocks: each test starts a loopback fake search engine (``fake_engines.py``,
+pages in Bing's real format) whose results point into a loopback image server
+that misbehaves on purpose (``hostile_server.py``), writes a manifest into
+``tmp_path``, runs ``dsbuild build`` in-process (the CLI, or the library's
+``build``) against a real DuckDB file, and checks the ``fetch_log`` and
+``images`` views, the server-side hit counts and what is left in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import duckdb
+import pytest
+from fake_engines import FakeEngineServer
+from hostile_server import HostileServer
+
+from dsbuild.build import Progress, StageProgress, build
+from dsbuild.cli import main
+from dsbuild.engines import normalize_url
+from dsbuild.manifest import load_manifest
+
+pytestmark = pytest.mark.timeout(60)
+
+#: short limits so that every hostile route ends within a second or two
+FAST_FETCH = {
+    "connect_timeout": 1.0, "read_timeout": 0.5, "deadline": 2.0, "retries": 1, "backoff_base": 0.05,
+    "retry_after_max": 2.0, "max_bytes": 1_000_000,
+}
+
+# route → (fetch outcome, fetch reason, transient, http status, image status, image reason)
+# "same" = the same JPEG bytes as /same/a.jpg: one of them is ok, the others exact duplicates.
+ALPHA: dict[str, tuple] = {
+    "/img/coffee.jpg": ("ok", None, False, 200, "ok", None),
+    "/img/chelsea.png": ("ok", None, False, 200, "ok", None),
+    "/img/rocket.gif": ("ok", None, False, 200, "ok", None),
+    "/same/a.jpg": ("ok", None, False, 200, "same", None),
+    "/same/b.jpg": ("ok", None, False, 200, "same", None),
+    "/unicode/café ü.jpg": ("ok", None, False, 200, "same", None),  # non-ASCII URL
+    "/flaky/429/1/a.jpg": ("ok", None, False, 200, "same", None),  # 429 + Retry-After: 1, honoured, then ok
+    "/html-as-jpeg.jpg": ("rejected", "not an image (html)", False, 200, "rejected", "not an image (html)"),
+    "/status/404": ("failed", "http 404", False, 404, "failed", "http 404"),
+    "/status/500": ("failed", "http 500", True, 500, "failed", "http 500"),
+    "/status/429?retry_after=30": ("failed", "http 429", True, 429, "failed", "http 429"),  # > retry_after_max
+    "/flaky/500/2/b.jpg": ("failed", "http 500", True, 500, "failed", "http 500"),  # ok on the 3rd hit
+    "/stall-body.jpg": ("failed", "timeout", True, 200, "failed", "timeout"),
+    "/short.jpg": ("failed", "truncated body", True, 200, "failed", "truncated body"),
+    "/reset.jpg": ("failed", "connection reset", True, 200, "failed", "connection reset"),
+}
+BETA: dict[str, tuple] = {
+    "/img/rocket.webp": ("ok", None, False, 200, "ok", None),
+    "/img/astronaut.bmp": ("ok", None, False, 200, "ok", None),
+    "/img/coffee.tiff": ("ok", None, False, 200, "ok", None),
+    "/redirect/loop-a": ("rejected", "redirect loop", False, 302, "rejected", "redirect loop"),
+    "/redirect/to?url=file:///etc/passwd": ("rejected", "bad scheme", False, 302, "rejected", "bad scheme"),
+    "/endless.jpg": ("rejected", "too large", False, 200, "rejected", "too large"),
+    "/endless-unsized.jpg": ("rejected", "too large", False, 200, "rejected", "too large"),
+    "/gzip-bomb.jpg": ("rejected", "too large", False, 200, "rejected", "too large"),
+    "/noai.jpg": ("rejected", "noai", False, 200, "rejected", "noai"),
+    "/bomb.png": ("ok", None, False, 200, "rejected", "decompression bomb"),  # fetched fine, refused by verify
+}
+TRANSIENT = {r for r, e in (ALPHA | BETA).items() if e[2]}
+FORMATS = {".jpg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP", ".bmp": "BMP", ".tiff": "TIFF"}
+
+
+# --------------------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture
+def servers():
+    """(fake engine, hostile image server), both on loopback, stopped after the test."""
+    with HostileServer() as images, FakeEngineServer() as engine:
+        yield engine, images
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+def write_manifest(folder: Path, datasets: dict[str, dict]) -> Path:
+    """A manifest of ``datasets`` (name → settings; ``classes`` and ``fetch`` become sub-tables)."""
+    lines = []
+    for name, spec in datasets.items():
+        spec = dict(spec)
+        classes = spec.pop("classes")
+        fetch = spec.pop("fetch", FAST_FETCH)
+        lines.append(f"[datasets.{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in spec.items()]
+        lines.append(f"[datasets.{name}.classes]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in classes.items()]
+        lines.append(f"[datasets.{name}.dedup]")
+        lines.append("near = false")  # exact duplicates only: the planted ones
+        lines.append(f"[datasets.{name}.fetch]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in fetch.items()]
+    path = folder / "datasets.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def web_dataset(engine: FakeEngineServer, *, engine_name: str = "bing", private: bool = True) -> dict:
+    """A dataset whose classes alpha and beta search "alpha things" / "beta things" on the fake engine."""
+    spec = {"engine": engine_name, "endpoint": engine.url, "per_query": 50,
+            "classes": {"alpha": {"queries": ["alpha things"]}, "beta": {"queries": ["beta things"]}}}
+    if private:
+        spec["allow_private_hosts"] = True
+    return spec
+
+
+def plant(engine: FakeEngineServer, images: HostileServer, query: str, routes) -> None:
+    """Make ``query`` return links to these image-server routes, in this order."""
+    engine.plant(query, [images.url + r for r in routes])
+
+
+def run_cli(capsys, manifest: Path, *args: str) -> tuple[int, str, str]:
+    """``dsbuild -m MANIFEST build ARGS`` in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main(["-m", str(manifest), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rows(manifest: Path, sql: str, params: list | None = None) -> list[dict]:
+    """Rows of a read-only query on the manifest's catalog, as dicts (the connection is closed again)."""
+    with duckdb.connect(str(load_manifest(manifest).catalog), read_only=True) as con:
+        cur = con.execute(sql, params or [])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def route_of(url: str, base: str) -> str:
+    """The hostile server route a (normalised) catalog URL names, as written in ALPHA/BETA."""
+    assert url.startswith(base), url
+    return unquote(url[len(base):])
+
+
+def hits(images: HostileServer) -> dict[str, int]:
+    """Requests the image server has had so far, by decoded path (query strings ignored)."""
+    return dict(Counter(list(images.requests)))
+
+
+def new_hits(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+
+
+def engine_queries(engine: FakeEngineServer) -> list[str]:
+    """The ``q`` of every Bing results page the fake engine served."""
+    from urllib.parse import parse_qs
+
+    return [parse_qs(urlsplit(r).query).get("q", [""])[0] for r in list(engine.requests)
+            if r.startswith("/images/async")]
+
+
+def assert_store_clean(manifest: Path) -> set[str]:
+    """Every file in the store decodes and is the blob of an ok/duplicate image; no temp files. Returns the shas."""
+    from PIL import Image
+
+    store = load_manifest(manifest).store
+    referenced = {r["sha256"]: r["path"] for r in rows(
+        manifest, "SELECT DISTINCT sha256, path FROM images WHERE status IN ('ok', 'duplicate')")}
+    files = [p for p in store.rglob("*") if p.is_file()] if store.exists() else []
+    shas = set()
+    for f in files:
+        assert f.parent.name != ".incoming" and not f.name.startswith(".tmp-") and f.suffix != ".part", f
+        sha = hashlib.sha256(f.read_bytes()).hexdigest()
+        assert sha in referenced, f"{f} is in the store but no ok/duplicate image points at it"
+        assert Path(referenced[sha]) == f
+        with Image.open(f) as im:
+            im.load()
+        shas.add(sha)
+    assert shas == set(referenced), "an ok/duplicate image points at a file that is not in the store"
+    return shas
+
+
+class RecordingProgress(Progress):
+    """Records every stage with its total, how far it advanced and the last counts shown."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, dict] = {}
+        self.notes: list[str] = []
+
+    def stage(self, name: str, total: int | None) -> StageProgress:
+        record = self.stages[name] = {"total": total, "done": 0, "counts": {}}
+
+        class Stage(StageProgress):
+            def advance(self, n: int = 1, **counts: int) -> None:
+                record["done"] += n
+                record["counts"] = counts
+
+        return Stage()
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def catalog_counts(manifest: Path, dataset: str) -> dict[str, int]:
+    return {r["status"]: r["n"] for r in rows(
+        manifest, "SELECT status, count(*) AS n FROM images WHERE dataset = ? GROUP BY ALL", [dataset])}
+
+
+# --------------------------------------------------------------------------- a whole hostile build
+
+
+def expected_routes(engine_name: str, table: dict[str, tuple]) -> dict[str, tuple]:
+    if engine_name == "icrawler:bing":  # icrawler's BingParser keeps only links with ".jpg" (and cuts them there)
+        return {r: e for r, e in table.items() if r.endswith(".jpg") and "?" not in r}
+    return table
+
+
+@pytest.mark.parametrize("engine_name", ["bing", "icrawler:bing"])
+def test_hostile_build_catalogues_every_url_with_its_outcome(engine_name, servers, tmp_path, capsys):
+    engine, images = servers
+    plant(engine, images, "alpha things", ALPHA)
+    plant(engine, images, "beta things", BETA)
+    manifest = write_manifest(tmp_path, {"web": web_dataset(engine, engine_name=engine_name)})
+
+    t0 = time.monotonic()
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+    assert (code, err) == (0, ""), err
+    assert time.monotonic() - t0 < 30
+
+    alpha, beta = expected_routes(engine_name, ALPHA), expected_routes(engine_name, BETA)
+    expected = {**{r: ("alpha", "alpha things", rank, e) for rank, (r, e) in enumerate(alpha.items(), 1)},
+                **{r: ("beta", "beta things", rank, e) for rank, (r, e) in enumerate(beta.items(), 1)}}
+
+    # fetch_log: one row per URL, with its outcome, reason and provenance
+    log = rows(manifest, "SELECT * FROM fetch_log WHERE dataset = 'web'")
+    by_route = {route_of(r["url"], images.url): r for r in log}
+    assert len(log) == len(by_route) == len(expected)
+    assert set(by_route) == set(expected)
+    for route, (label, query, rank, (outcome, reason, transient, status, _, _)) in expected.items():
+        row = by_route[route]
+        got = (row["outcome"], row["reason"], row["transient"], row["http_status"])
+        assert got == (outcome, reason, transient, status), route
+        assert (row["engine"], row["query"], row["rank"], row["label"]) == (engine_name, query, rank, label), route
+        assert row["page_url"].startswith(engine.url + "/images/async?"), route
+        assert row["fetched_at"] is not None and row["elapsed_s"] >= 0, route
+        if outcome == "ok":
+            assert row["sha256"] is not None or route == "/bomb.png", route
+            assert row["bytes"] > 0 and row["content_type"].startswith("image/"), route
+            ext = Path(urlsplit(route).path).suffix
+            if ext in (".png", ".gif", ".webp", ".bmp", ".tiff"):
+                assert row["content_type"] == f"image/{ext[1:]}", route
+    # the request URL is what went on the wire: non-ASCII %-encoded
+    uni = [r for r in log if "unicode" in r["url"]]
+    assert [r["url"] for r in uni] == [normalize_url(images.url + "/unicode/café ü.jpg")]
+    assert uni[0]["url"].isascii()
+    # retries: transient errors were retried once (retries = 1), final ones were not
+    attempts = {route: by_route[route]["attempts"] for route in by_route}
+    for route in ("/status/500", "/flaky/500/2/b.jpg", "/stall-body.jpg", "/short.jpg", "/reset.jpg",
+                  "/flaky/429/1/a.jpg"):
+        if route in attempts:
+            assert attempts[route] == 2, route
+    for route in ("/status/404", "/status/429?retry_after=30", "/noai.jpg", "/html-as-jpeg.jpg", "/img/coffee.jpg"):
+        if route in attempts:
+            assert attempts[route] == 1, route
+    if "/flaky/429/1/a.jpg" in by_route:  # Retry-After: 1 was waited for
+        assert by_route["/flaky/429/1/a.jpg"]["elapsed_s"] >= 0.9
+    if "/redirect/to?url=file:///etc/passwd" in by_route:  # the hop that was refused is the final URL
+        assert by_route["/redirect/to?url=file:///etc/passwd"]["final_url"] == "file:///etc/passwd"
+        assert by_route["/redirect/loop-a"]["final_url"] == images.url + "/redirect/loop-a"
+
+    # images: one row per (label, URL), status + reason, provenance
+    imgs = rows(manifest, "SELECT * FROM images WHERE dataset = 'web'")
+    img_by_route = {route_of(r["origin"], images.url): r for r in imgs}
+    assert len(imgs) == len(img_by_route) == len(expected)
+    same = []
+    for route, (label, query, rank, (_, _, _, _, status, reason)) in expected.items():
+        im = img_by_route[route]
+        assert (im["label"], im["original_label"], im["engine"], im["query"], im["rank"], im["source"]) == (
+            label, label, engine_name, query, rank, "query"), route
+        assert im["page_url"].startswith(engine.url + "/images/async?"), route
+        if status == "same":
+            same.append(im)
+            continue
+        assert (im["status"], im["reason"]) == (status, reason), route
+        if status == "ok":
+            assert im["format"] == FORMATS[Path(urlsplit(route).path).suffix], route
+            assert Path(im["path"]).is_file() and im["split"] in ("train", "valid", "test"), route
+            assert im["bytes"] == Path(im["path"]).stat().st_size == by_route[route]["bytes"], route
+            assert im["width"] == 160 and im["height"] == 120 and im["sha256"] and im["phash"], route
+        else:
+            assert im["path"] is None and im["split"] is None, route
+    # the same image at several URLs: stored once, one ok, the others exact duplicates of it
+    assert len(same) >= 3
+    assert len({im["sha256"] for im in same}) == 1 and len({im["path"] for im in same}) == 1
+    [keeper] = [im for im in same if im["status"] == "ok"]
+    for im in same:
+        if im is not keeper:
+            assert (im["status"], im["reason"], im["dup_of"]) == ("duplicate", "exact duplicate", keeper["image_id"])
+        assert im["dup_group"] == keeper["dup_group"] is not None and not im["conflict"]
+
+    # nothing bad in the store: only verified images, each once, no temp files
+    shas = assert_store_clean(manifest)
+    ok_routes = [r for r, (_, _, _, (_, _, _, _, st, _)) in expected.items() if st == "ok"]
+    assert len(shas) == len(ok_routes) + 1  # + the one copy of the "same" image
+
+    # every URL was requested (the first time) exactly as often as its attempts say
+    served = hits(images)
+    for route in expected:
+        path = urlsplit(route).path
+        if not route.startswith("/redirect/") and "?" not in route:
+            assert served.get(path) == by_route[route]["attempts"], route
+
+
+# --------------------------------------------------------------------------- private hosts
+
+
+def test_loopback_endpoint_is_refused_without_allow_private_hosts(servers, tmp_path, capsys):
+    engine, images = servers
+    plant(engine, images, "alpha things", ["/img/coffee.jpg"])
+    plant(engine, images, "beta things", ["/img/chelsea.png"])
+    manifest = write_manifest(tmp_path, {"web": web_dataset(engine, private=False)})
+
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+
+    assert code == 2 and out == ""
+    assert "Traceback" not in err and err.startswith("Error: cannot build:")
+    assert f"endpoint of engine 'bing' {engine.url} is a loopback/private address (127.0.0.1)" in err
+    assert "set `allow_private_hosts = true`" in err
+    assert engine.requests == [] and images.requests == []  # refused before any request
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets.toml"]  # no catalog, no store, no lock
+
+
+def test_loopback_urls_are_refused_without_allow_private_hosts(servers, tmp_path, capsys):
+    _, images = servers
+    (tmp_path / "a.txt").write_text(f"{images.url}/img/coffee.jpg\n{images.url}/img/chelsea.png\n")
+    (tmp_path / "b.txt").write_text(f"{images.url}/img/rocket.gif\nhttp://localhost:{images.port}/img/rocket.png\n")
+    manifest = write_manifest(tmp_path, {"lists": {"classes": {"a": {"urls": "a.txt"}, "b": {"urls": "b.txt"}}}})
+
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+
+    assert (code, err) == (0, "")
+    log = {r["url"]: r for r in rows(manifest, "SELECT url, outcome, reason, attempts, http_status FROM fetch_log")}
+    assert len(log) == 4
+    for url, r in log.items():
+        # an IP literal is refused before the attempt; a name after resolving it, before connecting
+        attempts = 1 if url.startswith("http://localhost") else 0
+        assert (r["outcome"], r["reason"], r["attempts"], r["http_status"]) == ("rejected", "private address", attempts, None)
+    assert images.requests == []  # nothing was sent, not even to "localhost"
+    assert catalog_counts(manifest, "lists") == {"rejected": 4}
+    assert assert_store_clean(manifest) == set()
+
+
+# --------------------------------------------------------------------------- re-runs and --retry-failed
+
+
+def test_rebuild_fetches_nothing_new_and_retry_failed_retries_only_transient_failures(servers, tmp_path, capsys):
+    engine, images = servers
+    plant(engine, images, "alpha things", ALPHA)
+    plant(engine, images, "beta things", BETA)
+    manifest = write_manifest(tmp_path, {"web": web_dataset(engine)})
+
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    first = hits(images)
+    searches = engine_queries(engine)
+    assert sorted(set(searches)) == ["alpha things", "beta things"]
+    images_before = rows(manifest, "SELECT image_id, status, reason, split, sha256 FROM images ORDER BY image_id")
+
+    # 1. the same build again: no search, no download, nothing changes
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+    assert (code, err) == (0, "")
+    assert new_hits(first, hits(images)) == {}
+    assert engine_queries(engine) == searches
+    assert rows(manifest, "SELECT image_id, status, reason, split, sha256 FROM images ORDER BY image_id") == images_before
+    assert len(rows(manifest, "SELECT * FROM fetch_log")) == len(ALPHA) + len(BETA)
+
+    # 2. --retry-failed: only the transient failures are requested again
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--retry-failed")
+    assert (code, err) == (0, "")
+    again = new_hits(first, hits(images))
+    assert set(again) == {urlsplit(r).path for r in TRANSIENT}
+    assert again["/flaky/500/2/b.jpg"] == 1  # the third hit answers with the image
+    assert again["/status/500"] == 2 and again["/stall-body.jpg"] == 2  # retried within the build too
+    status = {route_of(r["origin"], images.url): r for r in rows(manifest, "SELECT * FROM images")}
+    assert status["/flaky/500/2/b.jpg"]["status"] in ("ok", "duplicate")  # the "same" JPEG: joins its group
+    assert status["/flaky/500/2/b.jpg"]["dup_group"] == status["/same/a.jpg"]["dup_group"] is not None
+    assert status["/flaky/500/2/b.jpg"]["path"] is not None
+    for route in ("/status/404", "/noai.jpg", "/html-as-jpeg.jpg", "/bomb.png", "/redirect/loop-a"):
+        assert status[route]["status"] in ("failed", "rejected") and route not in again
+    for route in TRANSIENT - {"/flaky/500/2/b.jpg"}:
+        assert status[route]["status"] == "failed", route
+    latest = rows(manifest, """SELECT url, outcome, build_id FROM fetch_log WHERE url LIKE '%/flaky/500/%'
+                               ORDER BY fetched_at""")
+    assert [(r["outcome"], r["build_id"]) for r in latest] == [("failed", 1), ("ok", 3)]
+    # earlier splits are kept
+    after = {r["image_id"]: r for r in rows(manifest, "SELECT image_id, split FROM images")}
+    assert all(after[r["image_id"]]["split"] == r["split"] for r in images_before if r["split"])
+
+    # 3. --retry-failed once more: the URL that now succeeded is not fetched again
+    before = hits(images)
+    assert run_cli(capsys, manifest, "build", "-q", "--retry-failed")[0] == 0
+    assert "/flaky/500/2/b.jpg" not in new_hits(before, hits(images))
+    assert_store_clean(manifest)
+
+
+def test_adding_a_query_fetches_only_the_new_links(servers, tmp_path, capsys):
+    engine, images = servers
+    plant(engine, images, "alpha things", ["/img/coffee.jpg", "/img/chelsea.png", "/status/404"])
+    plant(engine, images, "beta things", ["/img/rocket.webp", "/img/astronaut.bmp"])
+    plant(engine, images, "gamma things", ["/img/rocket.webp", "/img/coffee.tiff", "/img/chelsea.png", "/img/rocket.gif"])
+    spec = web_dataset(engine)
+    manifest = write_manifest(tmp_path, {"web": spec})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    before = hits(images)
+    searched = engine_queries(engine)
+
+    spec["classes"]["beta"] = {"queries": ["beta things", "gamma things"]}
+    write_manifest(tmp_path, {"web": spec})
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+
+    assert (code, err) == (0, "")
+    assert set(engine_queries(engine)[len(searched):]) == {"gamma things"}  # only the new query is searched
+    # rocket.webp: same URL already fetched for beta; chelsea.png: fetched before (for alpha) — neither again
+    assert new_hits(before, hits(images)) == {"/img/coffee.tiff": 1, "/img/rocket.gif": 1}
+    beta = {route_of(r["origin"], images.url): r for r in rows(
+        manifest, "SELECT * FROM images WHERE label = 'beta'")}
+    assert set(beta) == {"/img/rocket.webp", "/img/astronaut.bmp", "/img/coffee.tiff", "/img/chelsea.png",
+                         "/img/rocket.gif"}
+    assert beta["/img/rocket.webp"]["query"] == "beta things"  # first discovery kept
+    assert beta["/img/coffee.tiff"]["query"] == "gamma things" and beta["/img/coffee.tiff"]["rank"] == 2
+    # chelsea.png is now in two classes: stored once, flagged as a label conflict
+    chelsea = rows(manifest, "SELECT label, status, conflict, path FROM images WHERE origin LIKE '%chelsea.png'")
+    assert sorted(r["label"] for r in chelsea) == ["alpha", "beta"] and all(r["conflict"] for r in chelsea)
+    assert len({r["path"] for r in chelsea}) == 1
+    assert rows(manifest, "SELECT count(*) AS n FROM fetch_log WHERE url LIKE '%chelsea.png'") == [{"n": 1}]
+    assert_store_clean(manifest)
+
+
+def test_a_url_fetched_by_another_dataset_is_not_downloaded_again(servers, tmp_path, capsys):
+    engine, images = servers
+    plant(engine, images, "alpha things", ["/img/coffee.jpg", "/img/chelsea.png"])
+    plant(engine, images, "beta things", ["/img/rocket.webp"])
+    (tmp_path / "more.txt").write_text(f"{images.url}/img/coffee.jpg\n{images.url}/img/astronaut.bmp\n")
+    manifest = write_manifest(tmp_path, {
+        "web": web_dataset(engine),
+        "other": {"allow_private_hosts": True, "classes": {
+            "x": {"urls": "more.txt"}, "y": {"queries": ["beta things"]}}, "endpoint": engine.url},
+    })
+    assert run_cli(capsys, manifest, "build", "-q", "web")[0] == 0
+    before = hits(images)
+    assert run_cli(capsys, manifest, "build", "-q", "other")[0] == 0
+    assert new_hits(before, hits(images)) == {"/img/astronaut.bmp": 1}
+    other = {route_of(r["origin"], images.url): r for r in rows(manifest, "SELECT * FROM images WHERE dataset = 'other'")}
+    assert {k: v["status"] for k, v in other.items()} == {
+        "/img/coffee.jpg": "ok", "/img/astronaut.bmp": "ok", "/img/rocket.webp": "ok"}
+    assert other["/img/coffee.jpg"]["engine"] is None and other["/img/coffee.jpg"]["source"] == "urls"
+    assert other["/img/rocket.webp"]["engine"] == "bing"
+    assert_store_clean(manifest)
+
+
+# --------------------------------------------------------------------------- URL lists
+
+
+def test_url_lists_report_bad_lines_and_fetch_each_url_once(servers, tmp_path, capsys, monkeypatch):
+    _, images = servers
+    u = images.url
+    (tmp_path / "a.txt").write_text(
+        f"# photos of alpha\n{u}/img/coffee.jpg\nftp://example.org/a.jpg\n\nnot a url\n{u}/img/coffee.jpg\n"
+        f"{u}/status/404\nhttp://user:pw@127.0.0.1/a.jpg\n{u}/img/chelsea.png\n{u}/unicode/ñandú.jpg\n",
+        encoding="utf-8")
+    (tmp_path / "b.csv").write_text(
+        f"url,label\n{u}/img/rocket.gif,beta\n{u}/img/coffee.jpg,beta\n,beta\n{u}/img/astronaut.bmp,alpha\n"
+        f"javascript:alert(1),beta\n\"{u}/img/rocket.webp\",\n", encoding="utf-8")
+    manifest = write_manifest(tmp_path, {"lists": {
+        "allow_private_hosts": True, "classes": {"alpha": {"urls": "a.txt"}, "beta": {"urls": ["b.csv"]}}}})
+    monkeypatch.setenv("COLUMNS", "200")
+
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+
+    assert (code, err) == (0, "")
+    for problem in [
+        "lists: a.txt line 3: 'ftp://example.org/a.jpg' is not an http(s) URL (scheme 'ftp') — skipped",
+        "lists: a.txt line 5: 'not a url' is not an http(s) URL (no scheme) — skipped",
+        "lists: a.txt line 6: duplicate of line 2 — skipped",
+        "lists: a.txt line 8: 'http://user:pw@127.0.0.1/a.jpg' contains credentials (user:password@) — not stored",
+        "lists: b.csv line 4: no url — skipped",
+        "lists: b.csv line 6: 'javascript:alert(1)' is not an http(s) URL (scheme 'javascript') — skipped",
+        "lists: b.csv line 5: label 'alpha' differs from class 'beta'; using 'beta'",
+    ]:
+        assert problem in out, problem
+    # the good lines proceed; coffee.jpg is in both lists (and twice in a.txt): fetched once
+    served = hits(images)
+    assert served["/img/coffee.jpg"] == 1
+    assert all(served[p] == 1 for p in ("/img/chelsea.png", "/img/rocket.gif", "/img/astronaut.bmp",
+                                         "/img/rocket.webp", "/status/404", "/unicode/ñandú.jpg"))
+    imgs = rows(manifest, "SELECT * FROM images WHERE dataset = 'lists'")
+    got = {(r["label"], route_of(r["origin"], u)): ("same" if "coffee" in r["origin"] else (r["status"], r["reason"]),
+                                                      r["rank"]) for r in imgs}
+    assert got == {
+        ("alpha", "/img/coffee.jpg"): ("same", 2),
+        ("alpha", "/status/404"): (("failed", "http 404"), 7),
+        ("alpha", "/img/chelsea.png"): (("ok", None), 9),
+        ("alpha", "/unicode/ñandú.jpg"): (("ok", None), 10),
+        ("beta", "/img/rocket.gif"): (("ok", None), 2),
+        ("beta", "/img/coffee.jpg"): ("same", 3),
+        ("beta", "/img/astronaut.bmp"): (("ok", None), 5),
+        ("beta", "/img/rocket.webp"): (("ok", None), 7),
+    }
+    # coffee.jpg under two labels: one image stored once, flagged as a label conflict
+    coffee = sorted((r["status"], r["conflict"], r["path"]) for r in imgs if r["origin"].endswith("coffee.jpg"))
+    assert [c[:2] for c in coffee] == [("duplicate", True), ("ok", True)] and coffee[0][2] == coffee[1][2]
+    assert all(r["source"] == "urls" and r["engine"] is None and r["query"].endswith(("a.txt", "b.csv"))
+               for r in imgs)
+    log = rows(manifest, "SELECT url, engine, label FROM fetch_log WHERE dataset = 'lists'")
+    assert len(log) == len({r["url"] for r in log}) == 7  # one fetch per URL per dataset
+    assert all(r["engine"] == "urls" for r in log)
+    assert_store_clean(manifest)
+
+
+# --------------------------------------------------------------------------- no network
+
+
+def test_unreachable_bing_says_so_in_one_line_and_fails_fast(tmp_path, capsys):
+    try:
+        socket.getaddrinfo("www.bing.com", 443)
+    except OSError:
+        pass
+    else:
+        pytest.skip("this machine resolves www.bing.com: the no-network path cannot be exercised offline")
+    manifest = write_manifest(tmp_path, {"web": {"engine": "bing", "classes": {"cats": "cats", "dogs": "dogs"}}})
+
+    t0 = time.monotonic()
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+
+    assert time.monotonic() - t0 < 10
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines() == [
+        "Error: cannot reach www.bing.com (no network?) — check your connection or set `endpoint`"]
+    assert rows(manifest, "SELECT count(*) AS n FROM images") == [{"n": 0}]
+    assert rows(manifest, "SELECT outcome FROM builds") == [{"outcome": "failed"}]
+
+
+def test_unreachable_endpoint_names_the_endpoint(tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    endpoint = f"http://127.0.0.1:{port}"
+    manifest = write_manifest(tmp_path, {"web": {"engine": "icrawler:bing", "endpoint": endpoint,
+                                                 "allow_private_hosts": True, "classes": {"cats": "cats", "dogs": "dogs"}}})
+    t0 = time.monotonic()
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+    assert time.monotonic() - t0 < 10
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines() == [
+        f"Error: cannot reach 127.0.0.1:{port} (connection refused) — check that the endpoint {endpoint} is running "
+        "or fix `endpoint` in the manifest"]
+
+
+def test_unreachable_engine_does_not_stop_url_lists(servers, tmp_path, capsys, monkeypatch):
+    _, images = servers
+    (tmp_path / "dogs.txt").write_text(f"{images.url}/img/coffee.jpg\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = write_manifest(tmp_path, {"web": {"endpoint": f"http://127.0.0.1:{port}", "allow_private_hosts": True,
+                                                 "classes": {"cats": "cats", "dogs": {"urls": "dogs.txt"}}}})
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+    assert (code, err) == (0, "")
+    assert f"web: cannot reach 127.0.0.1:{port} (connection refused)" in out
+    assert catalog_counts(manifest, "web") == {"ok": 1}
+
+
+# --------------------------------------------------------------------------- summary and progress
+
+
+def test_build_summary_and_progress_match_the_catalog(servers, tmp_path, capsys, monkeypatch):
+    engine, images = servers
+    plant(engine, images, "alpha things", ALPHA)
+    plant(engine, images, "beta things", BETA)
+    manifest = write_manifest(tmp_path, {"web": web_dataset(engine)})
+    progress = RecordingProgress()
+
+    summary = build(load_manifest(manifest), ["web"], progress=progress)
+
+    [ds] = summary.datasets
+    counts = catalog_counts(manifest, "web")
+    assert counts == {"ok": 7, "duplicate": 3, "rejected": 8, "failed": 7}
+    assert (ds.ok, ds.duplicates, ds.rejected, ds.failed) == (
+        counts["ok"], counts["duplicate"], counts["rejected"], counts["failed"])
+    assert ds.sources == ds.new == sum(counts.values()) == len(ALPHA) + len(BETA) and ds.skipped == 0
+    reasons = rows(manifest, """SELECT reason, count(*) AS n FROM images
+                                WHERE status IN ('rejected', 'failed') GROUP BY ALL""")
+    assert ds.rejects == {r["reason"]: r["n"] for r in reasons}
+    assert sum(ds.splits.values()) == counts["ok"]
+    # the progress bars: one search step per query, one fetch step per URL
+    assert progress.stages["web: search (bing)"] == {"total": 2, "done": 2, "counts": {"links": len(BETA)}}
+    fetch = progress.stages["web: fetch + verify"]
+    assert fetch["total"] == fetch["done"] == len(ALPHA) + len(BETA)
+    # while fetching, duplicates are not known yet: they count as ok there
+    assert fetch["counts"] == {"ok": counts["ok"] + counts["duplicate"], "failed": counts["failed"],
+                               "rejected": counts["rejected"]}
+
+    # the CLI's summary table says the same; a re-run processes nothing and still reports the dataset's duplicates
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+    assert (code, err) == (0, "")
+    header = next(line for line in out.splitlines() if "dataset" in line)
+    row = next(line for line in out.splitlines() if line.startswith("│ web"))
+    table = dict(zip([c.strip() for c in header.strip("┃ ").split("┃")], [c.strip() for c in row.strip("│ ").split("│")]))
+    assert table["sources"] == str(len(ALPHA) + len(BETA))
+    assert (table["processed"], table["ok"], table["rejected"], table["failed"]) == ("0", "0", "0", "0")
+    assert table["duplicates"] == "3"
+
+
+def test_many_links_are_verified_in_worker_processes(tmp_path, capsys):
+    """≥ 48 downloads: bodies are verified in a spawned process pool while downloads go on."""
+    from dsbuild.build import INLINE_LIMIT
+
+    with FakeEngineServer(total=30) as engine:  # its /img/ JPEGs: 4 distinct photos, so many exact duplicates
+        spec = web_dataset(engine)
+        spec["per_query"] = 30
+        manifest = write_manifest(tmp_path, {"web": spec})
+        assert 2 * 30 >= INLINE_LIMIT
+        code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "2")
+        assert (code, err) == (0, "")
+        assert engine.hits("/img/") == 60
+    assert catalog_counts(manifest, "web") == {"ok": 4, "duplicate": 56}
+    assert len(assert_store_clean(manifest)) == 4
+    assert rows(manifest, "SELECT count(*) AS n FROM fetch_log WHERE outcome = 'ok' AND sha256 IS NOT NULL") == [{"n": 60}]
+
+
+def test_a_killed_build_leaves_nothing_behind_after_the_next_build(servers, tmp_path):
+    """SIGKILL while a body is half downloaded: the next build removes the partial file and finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    engine, images = servers
+    plant(engine, images, "alpha things", ["/img/coffee.jpg", "/stall-body.jpg"])
+    plant(engine, images, "beta things", ["/img/chelsea.png"])
+    slow = dict(FAST_FETCH, read_timeout=60.0, deadline=120.0)
+    spec = dict(web_dataset(engine), fetch=slow)
+    manifest = write_manifest(tmp_path, {"web": spec})
+    incoming = load_manifest(manifest).store / ".incoming"
+
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build", "-q"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (incoming.is_dir() and any(incoming.glob("dl-*.part"))):  # the stalled body is being written
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                f"the build never started the download:\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert any(incoming.glob("dl-*.part"))
+
+    write_manifest(tmp_path, {"web": web_dataset(engine)})  # short timeouts again
+    before = hits(images)
+    summary = build(load_manifest(manifest), ["web"])
+    assert not [p for p in incoming.iterdir()], "temp files of the killed build are still there"
+    assert_store_clean(manifest)
+    # the links were saved before anything was downloaded: the next build did not search again and
+    # fetched what the killed one had not catalogued
+    assert set(engine_queries(engine)) == {"alpha things", "beta things"}
+    assert "/stall-body.jpg" in new_hits(before, hits(images))
+    assert catalog_counts(manifest, "web") == {"ok": 2, "failed": 1}
+    assert summary.datasets[0].failed == 1
