@@ -54,7 +54,7 @@ nine  = { folders = "demo_data/digits/nine" }
 min_side = 16
 
 [datasets.demo.dedup]
-# 8×8 glyphs upscaled to 64 px hash alike: at the photo default (8) 1,392 pairs of distinct
+# 8×8 glyphs upscaled to 64 px hash alike: at the photo default (10) 3,714 pairs of distinct
 # digits would be "near duplicates"; at 2, 7 pairs (the planted copy among them).
 threshold = 2
 

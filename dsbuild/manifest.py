@@ -74,7 +74,7 @@ class DedupSettings:
 
     hash: str = "phash"
     hash_size: int = 8
-    threshold: int = 8
+    threshold: int = 10  # dsbuild.dedup.DEFAULT_THRESHOLD, measured by bench/dup_quality.py
     near: bool = True
     cross_class: str = "flag"
 
