@@ -126,8 +126,9 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     exact_edge = np.zeros(n, dtype=bool)
     for col in ("sha256", "pixel_sha"):
         first: dict[str, int] = {}
+        keys = df[col].to_numpy(dtype=object)
         for i in np.flatnonzero(cand):
-            key = df.at[i, col]
+            key = keys[i]
             if not isinstance(key, str):
                 continue
             if key in first:
@@ -153,34 +154,35 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
                         "sha": df["sha256"].fillna("").to_numpy(), "id": df["image_id"].to_numpy()})
     df["order"] = np.empty(n, dtype=np.int64)
     df.loc[key.sort_values(["new", "pos", "sha", "id"]).index, "order"] = np.arange(n)
-    df["dup_group"] = None
-    df["dup_of"] = None
-    df["dup_distance"] = None
-    df["conflict"] = False
+    group_col = np.full(n, None, dtype=object)
+    dup_of = np.full(n, None, dtype=object)
+    dup_distance = np.full(n, None, dtype=object)
+    conflict_col = np.zeros(n, dtype=bool)
+    status = df["status"].to_numpy(dtype=object).copy()
+    reason = df["reason"].to_numpy(dtype=object).copy()
+    ids, shas, pixs, phashes = (df[c].to_numpy(dtype=object) for c in ("image_id", "sha256", "pixel_sha", "phash"))
     members = df[cand]
     sizes = members.groupby("root")["image_id"].transform("size")
     multi = members[sizes > 1]
     n_dups = n_conflicts = 0
     for root, grp in multi.groupby("root", sort=False):
         rep = grp.sort_values(["pixels", "order"], ascending=[False, True]).index[0]
-        group_id = "g-" + min(grp["image_id"])
-        labels = set(grp["label"])
-        conflict = len(labels) > 1
+        conflict = grp["label"].nunique() > 1
         n_conflicts += conflict
-        for idx in grp.index:
-            df.at[idx, "dup_group"] = group_id
-            df.at[idx, "conflict"] = conflict
-            if idx == rep:
+        idx = grp.index.to_numpy()
+        group_col[idx] = "g-" + min(grp["image_id"])
+        conflict_col[idx] = conflict
+        for i in idx:
+            if i == rep:
                 continue
-            same = df.at[idx, "sha256"] == df.at[rep, "sha256"] or df.at[idx, "pixel_sha"] == df.at[rep, "pixel_sha"]
-            df.at[idx, "status"] = "duplicate"
-            df.at[idx, "reason"] = "exact duplicate" if same else "near duplicate"
-            df.at[idx, "dup_of"] = df.at[rep, "image_id"]
-            if not same:
-                df.at[idx, "dup_distance"] = _hamming(df.at[idx, "phash"], df.at[rep, "phash"])
-            else:
-                df.at[idx, "dup_distance"] = 0
+            same = shas[i] == shas[rep] or (pixs[i] is not None and pixs[i] == pixs[rep])
+            status[i] = "duplicate"
+            reason[i] = "exact duplicate" if same else "near duplicate"
+            dup_of[i] = ids[rep]
+            dup_distance[i] = 0 if same else _hamming(phashes[i], phashes[rep])
             n_dups += 1
+    df["dup_group"], df["dup_of"], df["dup_distance"], df["conflict"] = group_col, dup_of, dup_distance, conflict_col
+    df["status"], df["reason"] = status, reason
 
     # Splits: one per group (unit), labelled by the representative's label.
     in_split = df["status"].isin(["ok", "duplicate"])
