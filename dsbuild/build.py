@@ -471,6 +471,9 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
         cat.update_dedup_and_splits(ds.name, updates)
         bar.advance(len(items))
     summary.duplicates, summary.dup_groups, summary.conflicts, summary.near_pairs = gs.duplicates, gs.groups, gs.conflicts, gs.near_pairs
+    if gs.held_apart:
+        summary.notes.append(f"{gs.held_apart} near-duplicate links join images that earlier builds put in different "
+                             "splits: left as separate groups so that no image moves to another split")
     counts = updates[updates["split"].notna() & (updates["status"] == "ok")]["split"].value_counts()
     summary.splits = {k: int(v) for k, v in counts.items()}
 

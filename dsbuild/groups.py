@@ -27,6 +27,7 @@ class GroupSummary:
     duplicates: int
     conflicts: int
     near_pairs: int
+    held_apart: int = 0  # near-duplicate links not merged because their groups already sit in different splits
 
 
 class _UnionFind:
@@ -136,12 +137,30 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
                 exact_edge[i] = True
             else:
                 first[key] = i
-    n_near = 0
+    n_near = held_apart = 0
     if near_pairs is not None and len(near_pairs):
+        # Stability wins over merging: a near-duplicate link never joins two groups that earlier builds
+        # already put in different splits (a new image can bridge them), since one side would have to move.
+        before = df["split"].to_numpy(dtype=object)
+        comp_split: dict[int, str] = {}
+        for i in np.flatnonzero(cand):
+            if isinstance(before[i], str):
+                root = uf.find(int(i))
+                comp_split.setdefault(root, before[i])
         for i, j, d in near_pairs:
-            if cand[i] and cand[j] and uf.find(i) != uf.find(j):
-                uf.union(int(i), int(j))
-                n_near += 1
+            if not (cand[i] and cand[j]):
+                continue
+            ri, rj = uf.find(int(i)), uf.find(int(j))
+            if ri == rj:
+                continue
+            si, sj = comp_split.get(ri), comp_split.get(rj)
+            if si is not None and sj is not None and si != sj:
+                held_apart += 1
+                continue
+            uf.union(ri, rj)
+            if si or sj:
+                comp_split[uf.find(ri)] = si or sj
+            n_near += 1
 
     roots = np.array([uf.find(i) for i in range(n)])
     df["root"] = roots
@@ -205,7 +224,8 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     out = df[["image_id", "status", "reason", "detail", "dup_group", "dup_of", "dup_distance", "conflict", "split",
               "quality_flags", "q_odd_size"]].copy()
     groups = int(multi["root"].nunique()) if len(multi) else 0
-    return out, GroupSummary(groups=groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near)
+    return out, GroupSummary(groups=groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near,
+                             held_apart=held_apart)
 
 
 def _hamming(a, b) -> int | None:

@@ -358,32 +358,31 @@ def test_rebuild_is_idempotent(digits, capsys) -> None:
 
 
 def test_adding_images_never_moves_an_existing_image(tmp_path: Path) -> None:
-    """Add 50 % more digits (near-duplicate search on): old images keep their splits, groups stay in one split.
+    """Add 50 % more digits (near-duplicate search on): no old image changes split, groups stay in one split.
 
-    The one legitimate exception is a new image that is a near duplicate of two old groups that
-    sit in different splits: the merged group must share one split, so one side moves.
+    A new image that is a near duplicate of two old groups sitting in different splits would force
+    one of them to move if the groups merged: such links are held apart (and reported) instead.
     """
     images = tmp_path / "images"
-    write_digits(images, 40, classes=5)
+    write_digits(images, 80, classes=5)
     manifest = digits_manifest(tmp_path / "m", images, classes=5)
     build(load_manifest(manifest), ["digits"], workers=1)
     old = images_of(manifest, "digits")
 
-    write_digits(images, 20, classes=5, start=40)
+    write_digits(images, 40, classes=5, start=80)
     summary = build(load_manifest(manifest), ["digits"], workers=1)
-    assert (summary.datasets[0].new, summary.datasets[0].skipped) == (100, 200)
+    assert (summary.datasets[0].new, summary.datasets[0].skipped) == (200, 400)
     new = images_of(manifest, "digits")
-    assert len(new) == 300 and set(old.index) < set(new.index)
+    assert len(new) == 600 and set(old.index) < set(new.index)
 
     moved = [i for i in old.index if old.at[i, "split"] != new.at[i, "split"]]
-    for i in moved:  # only through a merge of two old groups from different splits
-        merged = new[new["dup_group"] == new.at[i, "dup_group"]]
-        old_members = merged.index.intersection(old.index)
-        assert old.loc[old_members, "split"].nunique() > 1, (i, old.at[i, "split"], new.at[i, "split"])
-    assert len(moved) <= 0.05 * len(old)
+    assert moved == []
     grouped = new[new["dup_group"].notna()]
     assert grouped.groupby("dup_group")["split"].nunique().max() == 1
     assert len(grouped) > 0  # digits do have near duplicates: the group rule was exercised
+    notes = " ".join(summary.datasets[0].notes)
+    held = [n for n in summary.datasets[0].notes if "left as separate groups" in n]
+    assert held, notes  # measured: this data has bridging links (the case that used to move images)
 
 
 # --------------------------------------------------------------------------- an ImageFolder that arrives split
