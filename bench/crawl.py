@@ -195,6 +195,20 @@ def timed(fn, n: int, *, last_saved=None) -> dict:
     return res
 
 
+def forkserver_cpu() -> float:
+    """CPU seconds of multiprocessing's forkserver and its reaped children (the verify workers); 0 if none runs."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def last_mtime(folder: Path) -> float | None:
     """Epoch time of the newest file in ``folder`` (None when empty)."""
     return max((p.stat().st_mtime for p in folder.glob("*")), default=None)
@@ -338,7 +352,7 @@ def main() -> None:
 
             engine = FakeEngineServer(bing_max_count=150).start()
             out = work / "build"
-            s0, children0 = server.cpu(), resource.getrusage(resource.RUSAGE_CHILDREN)
+            s0, children0, fs0 = server.cpu(), resource.getrusage(resource.RUSAGE_CHILDREN), forkserver_cpu()
             catalogued = {}
 
             def whole() -> int:
@@ -352,6 +366,7 @@ def main() -> None:
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             # The verify + hash workers are child processes: count their CPU too (the server's is not).
             child_cpu = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
+            child_cpu += forkserver_cpu() - fs0  # workers forked by multiprocessing's forkserver are its children
             res["cpu_img"] += child_cpu / max(res["ok"], 1)
             if catalogued["n"] != len(urls):
                 print(f"  build catalogued {catalogued['n']} of {len(urls)} links")

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\nwhere the time goes (CPU ms per image, 300 files; the gray image shared by phash and quality):")
         sample = paths[:300]
         full_hash = {}
-        for side in (None, ANALYSIS_SIDE, 128):
+        for side in dict.fromkeys((None, 256, ANALYSIS_SIDE, 96, 64)):
             acc, dist = {}, []
             for p in sample:
                 times, ph = parts(p, side)

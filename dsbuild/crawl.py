@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
-from concurrent.futures import Future
 from pathlib import Path
 
 from dsbuild.build import (INLINE_LIMIT, DatasetSummary, Progress, RowWriter, _analyze_job, blob_row,
@@ -193,8 +191,114 @@ def _fetch_row(ds: Dataset, res, link, sha: str | None, build_id: int) -> dict:
     }
 
 
+VERIFY_CHUNK = 8  # bodies per worker task: one task per image costs ~0.2 ms of the parent's CPU in IPC
+
+
+class _Verifier:
+    """Verifies downloaded bodies in worker processes, in small batches, as they arrive.
+
+    ``add`` is called from the download thread; finished batches land on ``done`` as
+    ``("batch", (results, records))``. A worker that dies (a decoder crash on a hostile
+    file) costs only that file: its batch is re-run one file per task by
+    :func:`dsbuild.build._isolated`, and a fresh pool takes the next batches.
+    Without a pool (small jobs, one worker) the main thread verifies in-process.
+    """
+
+    def __init__(self, ds: Dataset, done: queue.Queue, *, workers: int | None, use_pool: bool) -> None:
+        self.ds, self.done, self.workers = ds, done, workers
+        self.lock = threading.Lock()
+        self.pending: list = []
+        self.outstanding = 0  # batches handed out whose records the main thread has not taken yet
+        self.pool = self._new_pool() if use_pool else None
+
+    def _new_pool(self):
+        from dsbuild.build import _spawn_pool
+
+        import os
+
+        return _spawn_pool(self.workers or os.cpu_count() or 1)
+
+    def jobs(self, results: list) -> list[tuple]:
+        return [(res.url, str(res.path), self.ds.verify, self.ds.dedup, None) for res in results]
+
+    def add(self, res) -> None:
+        with self.lock:
+            self.pending.append(res)
+            if len(self.pending) < VERIFY_CHUNK:
+                return
+            batch, self.pending = self.pending, []
+        self._submit(batch)
+
+    def flush(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+        if batch:
+            self._submit(batch)
+
+    def _submit(self, batch: list) -> None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        with self.lock:
+            self.outstanding += 1
+        if self.pool is None:
+            self.done.put(("batch", (batch, None)))  # verified by the main thread
+            return
+        try:
+            fut = self.pool.submit(_analyze_chunk, self.jobs(batch))
+        except (BrokenProcessPool, RuntimeError):
+            self.done.put(("batch", (batch, None)))
+            return
+        fut.add_done_callback(lambda f, batch=batch: self.done.put(("batch", (batch, f))))
+
+    def records(self, batch: list, fut) -> list[ImageRecord]:
+        """The verification records of ``batch`` (main thread)."""
+        with self.lock:
+            self.outstanding -= 1
+        if fut is None and self.pool is None:
+            return [_analyze_job(job)[1] for job in self.jobs(batch)]
+        if fut is not None:
+            try:
+                return [rec for _, rec in fut.result()]
+            except Exception:  # the pool broke under this batch (or another): isolate this one's files
+                pass
+        from concurrent.futures.process import BrokenProcessPool
+
+        from dsbuild.build import _isolated
+
+        with self.lock:
+            if self.pool is not None and getattr(self.pool, "_broken", False):
+                self.pool.shutdown(wait=False, cancel_futures=False)
+                self.pool = self._new_pool()
+            pool = self.pool
+        if pool is not None:  # most batches of a broken pool were innocent: once more, in the fresh pool
+            try:
+                return [rec for _, rec in pool.submit(_analyze_chunk, self.jobs(batch)).result()]
+            except Exception:
+                pass
+        try:
+            return [rec for _, rec in _isolated(self.jobs(batch))]
+        except BrokenProcessPool:  # pragma: no cover - _isolated turns crashes into records
+            return [ImageRecord(ok=False, reason="corrupt", detail="the decoder crashed on this file")] * len(batch)
+
+    def busy(self) -> bool:
+        """Bodies still waiting for a batch, or batches not yet taken by the main thread."""
+        with self.lock:
+            return bool(self.pending) or self.outstanding > 0
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            self.pool = None
+
+
+def _analyze_chunk(jobs: list[tuple]):
+    from dsbuild.build import _analyze_chunk as run
+
+    return run(jobs)
+
+
 def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary, writer, workers, now) -> None:
-    """Download ``by_url`` concurrently; verify each body in worker processes as it arrives."""
+    """Download ``by_url`` concurrently; verify the bodies in worker processes, in batches, as they arrive."""
     import os
 
     from dsbuild.fetch import FetchRequest, fetch_all
@@ -204,32 +308,23 @@ def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary,
     incoming.mkdir(parents=True, exist_ok=True)
     done: queue.Queue = queue.Queue()
     use_pool = len(by_url) >= INLINE_LIMIT and (workers or os.cpu_count() or 1) > 1
-    pool = None
-    if use_pool:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=mp.get_context("spawn"))
+    verifier = _Verifier(ds, done, workers=workers, use_pool=use_pool)
     stop = threading.Event()
 
     def on_result(res) -> None:
         if res.outcome == "ok" and res.path is not None:
-            job = (res.url, str(res.path), ds.verify, ds.dedup, None)
-            if pool is not None:
-                fut = pool.submit(_analyze_job, job)
-                fut.add_done_callback(lambda f, res=res: done.put((res, f)))
-            else:
-                done.put((res, job))
+            verifier.add(res)
         else:
-            done.put((res, None))
+            done.put(("one", res))
 
     def run_fetch() -> None:
         try:
             fetch_all([FetchRequest(url=u) for u in by_url], settings=settings, dest_dir=incoming,
-                      on_result=on_result, **({"stop": stop} if _accepts_stop(fetch_all) else {}))
+                      on_result=on_result, stop=stop)
         except BaseException as exc:  # surfaced in the main thread
             done.put(("error", exc))
         finally:
+            verifier.flush()
             done.put(("end", None))
 
     thread = threading.Thread(target=run_fetch, name="dsbuild-fetch", daemon=True)
@@ -242,30 +337,34 @@ def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary,
             thread.start()
             while seen < expected and not (fetch_ended and error is not None):
                 try:
-                    res, payload = done.get(timeout=0.5)
+                    kind, payload = done.get(timeout=0.05)
                 except queue.Empty:
-                    if fetch_ended and done.empty() and seen < expected and (pool is None or not _pending(pool)):
+                    verifier.flush()  # a partial batch waits no longer than this when downloads slow down
+                    if fetch_ended and done.empty() and not verifier.busy():
                         break
                     continue
-                if res == "end":
+                if kind == "end":
                     fetch_ended = True
                     continue
-                if res == "error":
+                if kind == "error":
                     error = payload
                     continue
-                seen += 1
-                _handle(ds, res, payload, by_url[res.url], build_id=build_id, manifest=manifest,
-                        summary=summary, writer=writer, now=now)
-                bar.advance(1, ok=summary.ok, failed=summary.failed, rejected=summary.rejected)
+                if kind == "one":
+                    pairs = [(payload, None)]
+                else:
+                    batch, fut = payload
+                    pairs = list(zip(batch, verifier.records(batch, fut)))
+                for res, rec in pairs:
+                    seen += 1
+                    _handle(ds, res, rec, by_url[res.url], build_id=build_id, manifest=manifest,
+                            summary=summary, writer=writer, now=now)
+                bar.advance(len(pairs), ok=summary.ok, failed=summary.failed, rejected=summary.rejected)
     except BaseException:
         stop.set()
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-            pool = None
+        verifier.shutdown(cancel=True)
         raise
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
+        verifier.shutdown()
         thread.join(timeout=30)
     writer.flush()
     if error is not None:
@@ -274,27 +373,9 @@ def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary,
         raise DsbuildError(f"download stage failed: {type(error).__name__}: {error}") from error
 
 
-def _accepts_stop(func) -> bool:
-    import inspect
-
-    return "stop" in inspect.signature(func).parameters
-
-
-def _pending(pool) -> bool:
-    return bool(getattr(pool, "_pending_work_items", {}))
-
-
-def _handle(ds, res, payload, links, *, build_id, manifest, summary, writer, now) -> None:
-    """Turn one fetch result (+ its verification) into fetch, blob and item rows."""
-    rec: ImageRecord | None = None
+def _handle(ds, res, rec: ImageRecord | None, links, *, build_id, manifest, summary, writer, now) -> None:
+    """Turn one fetch result (+ its verification record, for a downloaded body) into fetch, blob and item rows."""
     if res.outcome == "ok":
-        if isinstance(payload, Future):
-            try:
-                _, rec = payload.result()
-            except Exception as exc:  # a worker died (e.g. a decoder crash): reject this file only
-                rec = ImageRecord(ok=False, reason="corrupt", detail=f"verification crashed: {type(exc).__name__}")
-        else:
-            _, rec = _analyze_job(payload)
         tmp = Path(res.path)
         if rec.ok:
             stored = move_into_store(manifest.store, rec.sha256, tmp, rec.format)

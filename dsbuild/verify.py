@@ -180,12 +180,14 @@ def decode(data: bytes, settings: VerifySettings, *, analysis_side: int | None =
         # A DecompressionBombWarning is an error here: never decode a bomb.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data), formats=allowed) as probe:
-                width, height = probe.size
-                _check_pixels(width, height, settings)
-                probe.verify()  # PNG chunk CRCs; for most formats only a header check
+            if fmt != "JPEG":  # Pillow's JPEG verify() checks nothing: the full decode below does
+                with Image.open(io.BytesIO(data), formats=allowed) as probe:
+                    width, height = probe.size
+                    _check_pixels(width, height, settings)
+                    probe.verify()  # PNG chunk CRCs; for most formats only a header check
             img = Image.open(io.BytesIO(data), formats=allowed)
             width, height = img.size
+            _check_pixels(width, height, settings)
             if img.getexif().get(0x0112) in (5, 6, 7, 8):
                 width, height = height, width  # EXIF turns it by 90°: record the size as displayed (and normalised)
             info = {"format": img.format, "width": width, "height": height, "mode": img.mode,

@@ -677,3 +677,52 @@ def test_a_killed_build_leaves_nothing_behind_after_the_next_build(servers, tmp_
     assert "/stall-body.jpg" in new_hits(before, hits(images))
     assert catalog_counts(manifest, "web") == {"ok": 2, "failed": 1}
     assert summary.datasets[0].failed == 1
+
+
+def test_a_worker_killed_mid_batch_costs_nothing(tmp_path: Path) -> None:
+    """A verify worker that dies (here: SIGKILL, as a decoder crash or the OOM killer would) breaks the pool;
+    the batches it held are re-verified file by file and a fresh pool takes over: every body gets its record."""
+    import os
+    import queue
+    import signal
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from skimage import data as skdata
+
+    from dsbuild.crawl import VERIFY_CHUNK, _Verifier
+    from dsbuild.manifest import load_manifest
+
+    (tmp_path / "datasets.toml").write_text('[datasets.d.classes]\na = "x"\nb = "y"\n')
+    ds = load_manifest(tmp_path / "datasets.toml").dataset("d")
+    photo = Image.fromarray(skdata.astronaut())
+    bodies = []
+    for k in range(6 * VERIFY_CHUNK):
+        path = tmp_path / f"dl-{k}.png"
+        photo.rotate(k).save(path)  # PNGs decode slowly enough for the kill to land mid-batch
+        bodies.append(SimpleNamespace(url=f"http://example.org/{k}.png", path=path))
+    done: queue.Queue = queue.Queue()
+    verifier = _Verifier(ds, done, workers=2, use_pool=True)
+    try:
+        for res in bodies:
+            verifier.add(res)
+        verifier.flush()
+        first_pool = verifier.pool
+        victim = next(iter(first_pool._processes))
+        os.kill(victim, signal.SIGKILL)
+        records = {}
+        while len(records) < len(bodies):
+            kind, (batch, fut) = done.get(timeout=120)
+            for res, rec in zip(batch, verifier.records(batch, fut)):
+                records[res.url] = rec
+        assert not verifier.busy()
+        assert verifier.pool is not first_pool  # the broken pool was replaced
+        assert all(rec.ok and rec.width == 512 for rec in records.values())
+        assert len({rec.sha256 for rec in records.values()}) == len(bodies)
+        # The pool was replaced: new batches still verify in worker processes.
+        verifier.add(SimpleNamespace(url="http://example.org/late.png", path=bodies[0].path))
+        verifier.flush()
+        kind, (batch, fut) = done.get(timeout=60)
+        assert fut is not None and verifier.records(batch, fut)[0].ok
+    finally:
+        verifier.shutdown()
