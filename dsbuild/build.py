@@ -33,7 +33,7 @@ from dsbuild.manifest import Dataset, Manifest
 from dsbuild.store import sweep_temp_files
 from dsbuild.verify import ImageRecord, analyze_file
 
-FLUSH_ROWS = 2000  # rows per catalog transaction (fewer, larger inserts: DuckDB's per-statement cost dominates)
+FLUSH_ROWS = 500  # rows per catalog transaction: what a killed build can lose and redo
 FLUSH_SECONDS = 2.0
 INLINE_LIMIT = 48  # fewer images than this are analysed in-process (no pool start-up)
 

@@ -3,7 +3,8 @@ every score is out of sample, keep-reviews hold, results are deterministic.
 
 Data: 50 real handwritten digits of each of the classes 0–4 (``load_digits``), 64×64 PNG,
 with 20 labels planted wrong (8%). Model: efficientnet_lite0 with the bundled offline
-ImageNet weights, 5 epochs, out-of-fold strategy ``crossfit`` with 2 rounds (the default).
+ImageNet weights, 5 epochs, out-of-fold strategy ``crossfit`` with 2 rounds (the default:
+two fine-tuned halves + the ImageNet body, logistic heads on spatial feature grids).
 """
 
 from __future__ import annotations
@@ -38,14 +39,19 @@ def issues(noisy, oof) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_planted_wrong_labels_are_flagged(noisy, issues) -> None:
+def test_planted_wrong_labels_are_flagged(noisy, oof, issues) -> None:
     _, flipped = noisy
     flagged = set(issues.loc[issues["is_issue"], "image_id"])
     hits = flagged & flipped
     recall, precision = len(hits) / len(flipped), len(hits) / len(flagged)
-    # Measured on this data: 19 of 20 found, 27 flagged (recall 0.95, precision 0.70).
-    assert recall >= 0.75, f"recall {recall:.2f}"
-    assert precision >= 0.6, f"precision {precision:.2f}"
+    # Measured on this data (torch 2.14, fastai 2.8.12, timm 1.0.31, 2 threads): 19 of 20 found,
+    # 19 flagged (recall 0.95, precision 1.00). The margin allows 2 misses and 3 false flags.
+    assert recall >= 0.85, f"recall {recall:.2f}"
+    assert precision >= 0.85, f"precision {precision:.2f}"
+    # The out-of-sample models agree with the given labels about as often as those are right (92%
+    # here; measured 0.91 on average over the 10 scoring units). Heads on the fine-tuned penultimate
+    # features alone managed 0.82 on this data: the spatial feature grids are what make scores sharp.
+    assert np.mean(oof.fold_accuracy) >= 0.85, oof.fold_accuracy
     # The suggestion for a found flip is mostly the true digit.
     given = dict(zip(noisy[0]["image_id"], noisy[0]["label"]))
     found = issues[issues["image_id"].isin(hits)]
@@ -60,7 +66,8 @@ def test_suggestions_restore_true_labels(noisy, issues, tmp_path_factory: pytest
     truth = dict(zip(clean["image_id"], clean["label"]))
     found = issues[issues["is_issue"] & issues["image_id"].isin(flipped)]
     restored = sum(truth[i] == s for i, s in zip(found["image_id"], found["suggested_label"]))
-    assert restored / len(found) >= 0.8
+    # Measured: 18 of the 19 found get their true digit back.
+    assert restored / len(found) >= 0.85
 
 
 @pytest.mark.slow
@@ -71,13 +78,17 @@ def test_no_image_is_scored_by_a_model_that_trained_on_its_label(noisy, oof) -> 
     assert oof.check_out_of_sample() == 0
     for image_id, unit in zip(oof.image_ids, oof.fold):
         assert image_id not in oof.trained_on[unit]
-    # crossfit, 5 folds: 2 halves × 5 head folds = 10 scoring models. Each trained on the other half
-    # (minus round-1 flags) and on the other folds of its own half: most labels, never its own fold's.
+    # crossfit, 5 folds: 2 halves × 5 head folds = 10 scoring units. A unit's body was fine-tuned on the
+    # other half; its heads learned from the other folds (minus the previous round's flags): most labels,
+    # never its own cell's.
     assert sorted(set(oof.fold.tolist())) == list(range(10))
+    ids = np.array(oof.image_ids)
     for unit, used in enumerate(oof.trained_on):
-        scored = {i for i, u in zip(oof.image_ids, oof.fold) if u == unit}
+        scored = set(ids[oof.fold == unit])
         assert used.isdisjoint(scored)
-        assert 0.6 * len(df) < len(used) < 0.9 * len(df)
+        other_half = set(ids[(oof.fold // 5) != unit // 5])
+        assert other_half <= used  # the fine-tuned body's labels are recorded
+        assert 0.7 * len(df) < len(used) < len(df) - len(scored) + 1
 
 
 @pytest.mark.slow
@@ -140,6 +151,18 @@ def test_kfold_method_scores_each_fold_with_its_own_model(tmp_path: Path) -> Non
     # kfold: fold model f trained on exactly the images outside fold f.
     for unit, used in enumerate(oof.trained_on):
         assert used == {i for i, u in zip(oof.image_ids, oof.fold) if u != unit}
+
+
+@pytest.mark.slow
+def test_frozen_method_fits_heads_on_imagenet_features(tmp_path: Path) -> None:
+    df = digit_table(tmp_path, per_class=12, classes=(0, 1, 7), valid=0.0)
+    oof = out_of_fold_probs(df, ModelSettings(**FAST, oof_method="frozen", folds=3, oof_rounds=1))
+    assert oof.method == "frozen" and sorted(set(oof.fold.tolist())) == [0, 1, 2]
+    assert oof.check_out_of_sample() == 0
+    for unit, used in enumerate(oof.trained_on):
+        assert used == {i for i, u in zip(oof.image_ids, oof.fold) if u != unit}
+    # 0, 1 and 7 on ImageNet stage grids, no fine-tuning: measured 36 of 36 right.
+    assert np.mean(oof.fold_accuracy) >= 0.9
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,220 @@
+"""The model loop through the CLI, as a user runs it: build → train → mislabels → review → retrain → predict.
+
+Real parts only: real handwritten digits (``load_digits``) in class folders, a real
+DuckDB catalog in tmp_path, real fastai fine-tuning of efficientnet_lite0 (the offline
+ImageNet weights) for one epoch on CPU, real cleanlab. The commands run in-process
+through :func:`dsbuild.cli.main` *with* progress bars on (the path users take), and
+every step is checked in the catalog with SQL.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from conftest_model import render_digit
+from dsbuild.cli import main
+
+DIGITS = {"zero": 0, "one": 1, "seven": 7}
+PER_CLASS = 60
+PLANTED = 6  # images of "seven" put in the "one" folder
+
+MANIFEST = """
+catalog = "catalog/dsbuild.duckdb"
+
+[datasets.digits.classes]
+zero  = {{ folders = "data/zero" }}
+one   = {{ folders = "data/one" }}
+seven = {{ folders = "data/seven" }}
+
+[datasets.digits.verify]
+min_side = 16
+
+[datasets.digits.dedup]
+threshold = 2
+
+[datasets.digits.split]
+train = 0.75
+valid = 0.25
+seed = 1
+
+[datasets.digits.model]
+arch = "efficientnet_lite0"
+size = 64
+epochs = {epochs}
+freeze_epochs = 0
+lr = 0.01
+lr_mult = 1.0
+flip = false
+augment = false
+batch_size = 16
+folds = 3
+oof_rounds = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
+    """A built project: (manifest path, origins of the planted wrong labels)."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("cycle")
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    planted: set[str] = set()
+    for name, value in DIGITS.items():
+        (root / "data" / name).mkdir(parents=True)
+    for name, value in DIGITS.items():
+        members = rng.choice(np.flatnonzero(digits.target == value), size=PER_CLASS, replace=False)
+        for j, i in enumerate(members):
+            folder = "one" if name == "seven" and j < PLANTED else name
+            path = root / "data" / folder / f"d{i:04d}.png"
+            render_digit(digits.data[i], path)
+            if folder != name:
+                planted.add(str(path.resolve()))
+    manifest = root / "datasets.toml"
+    manifest.write_text(MANIFEST.format(epochs=5))
+    assert main(["-m", str(manifest), "-q", "build"]) == 0
+    return manifest, planted
+
+
+def sql(manifest: Path, query: str, params: list | None = None) -> list[tuple]:
+    con = duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb"), read_only=True)
+    try:
+        return con.execute(query, params or []).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    manifest, _ = project
+    assert main(["-m", str(manifest), "train", "digits"]) == 0
+    return manifest
+
+
+@pytest.mark.slow
+def test_train_records_a_run_with_metrics_and_a_loadable_model(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = sql(trained, "select kind, arch, n_train, n_valid, error_rate, accuracy, model_path, epochs, confusion "
+                        "from runs where dataset = 'digits'")
+    assert len(runs) == 1
+    kind, arch, n_train, n_valid, error_rate, accuracy, model_path, epochs, confusion = runs[0]
+    ok = sql(trained, "select split, count(*) from images where dataset = 'digits' and status = 'ok' group by all")
+    assert (n_train, n_valid) == (dict(ok)["train"], dict(ok)["valid"])
+    assert kind == "train" and arch == "efficientnet_lite0"
+    assert abs(error_rate + accuracy - 1) < 1e-9
+    assert accuracy > 0.75  # 135 training digits (3 classes, 6 planted wrong), 5 epochs at 64 px: measured 0.86
+    assert len(json.loads(epochs)) == 5
+    matrix = json.loads(confusion)["matrix"]
+    assert sum(map(sum, matrix)) == n_valid
+    assert Path(model_path).is_file() and (Path(model_path).parent / "model.json").is_file()
+
+
+@pytest.mark.slow
+def test_mislabels_finds_planted_labels_and_writes_every_format(project, trained, tmp_path: Path) -> None:
+    manifest, planted = project
+    out_csv, out_json, out_html = tmp_path / "m.csv", tmp_path / "m.json", tmp_path / "m.html"
+    assert main(["-m", str(manifest), "mislabels", "digits", "--format", "csv", "--out", str(out_csv)]) == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    label_rows = [r for r in rows if r["kind"] == "label"]
+    found = {r["origin"] for r in label_rows} & planted
+    assert len(found) >= PLANTED - 1, f"found {len(found)} of {len(planted)} planted wrong labels"
+    for r in label_rows:
+        if r["origin"] in planted:
+            assert (r["given_label"], r["suggested_label"]) == ("one", "seven")
+    # The same run is shown again (nothing changed): no second mislabel run.
+    assert main(["-m", str(manifest), "mislabels", "digits", "--format", "json", "--out", str(out_json)]) == 0
+    assert main(["-m", str(manifest), "mislabels", "digits", "--format", "html", "--out", str(out_html)]) == 0
+    assert len(json.loads(out_json.read_text())) == len(rows)
+    assert out_html.read_text().count("<img") >= len(label_rows)
+    from PIL import Image
+
+    for figure in ("m-confusion.png", "m-top-losses.png"):
+        with Image.open(tmp_path / figure) as im:
+            assert im.format == "PNG" and min(im.size) > 100
+    # The run records its out-of-fold confusion matrix over every scored image.
+    conf, acc, n = sql(manifest, "select confusion, accuracy, n_train from runs where kind = 'mislabels'")[0]
+    matrix = json.loads(conf)["matrix"]
+    assert sum(map(sum, matrix)) == n and abs(acc - sum(matrix[i][i] for i in range(3)) / n) < 1e-9
+    assert sql(manifest, "select count(*) from runs where kind = 'mislabels'") == [(1,)]
+    view = sql(manifest, "select count(*), min(label_quality) >= 0, max(label_quality) <= 1 from label_issues "
+                         "where dataset = 'digits' and kind = 'label'")
+    assert view == [(len(label_rows), True, True)]
+
+
+@pytest.mark.slow
+def test_review_then_retrain_then_predict(project, trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest, planted = project
+    m = ["-m", str(manifest)]
+    if not sql(manifest, "select 1 from runs where kind = 'mislabels'"):
+        assert main([*m, "-q", "mislabels", "digits"]) == 0
+    planted_ids = [r[0] for r in sql(manifest, "select image_id from images where origin in (select unnest(?)) order by 1",
+                                     [sorted(planted)])]
+    keep_id = sql(manifest, "select image_id from images where dataset = 'digits' and label = 'zero' and status = 'ok' "
+                            "order by image_id limit 1")[0][0]
+    decisions = tmp_path / "decisions.csv"
+    lines = ["image_id,action,new_label,note"] + [f"{i},relabel,seven,planted" for i in planted_ids[:3]]
+    lines += [f"{planted_ids[3]},remove,,not sure", f"{keep_id},keep,,"]
+    decisions.write_text("\n".join(lines) + "\n")
+    assert main([*m, "review", "digits", "--decisions", str(decisions)]) == 0
+    assert "applied 5 decisions" in capsys.readouterr().out
+
+    now = dict(sql(manifest, "select image_id, label || '/' || status from images where image_id in (select unnest(?))",
+                   [planted_ids]))
+    assert [now[i] for i in planted_ids[:4]] == ["seven/ok"] * 3 + ["one/rejected"]
+    assert all(now[i] == "one/ok" for i in planted_ids[4:])  # not decided: unchanged
+    assert sql(manifest, "select distinct original_label from images where image_id in (select unnest(?))",
+               [planted_ids]) == [("one",)]
+    assert sql(manifest, "select count(*) from label_history where dataset = 'digits'") == [(5,)]
+
+    # A bad decisions file changes nothing (all or nothing) and names the line.
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"image_id,action,new_label\n{keep_id},relabel,seven\nnope,relabel,seven\n")
+    assert main([*m, "review", "digits", "--decisions", str(bad)]) != 0
+    err = capsys.readouterr().err
+    assert "line 3" in err and "Traceback" not in err
+    assert sql(manifest, "select count(*) from label_history") == [(5,)]
+
+    # Undo the removal: the image comes back with its label, as a new event.
+    undo = tmp_path / "undo.csv"
+    undo.write_text(f"image_id,action\n{planted_ids[3]},undo\n")
+    assert main([*m, "review", "digits", "--decisions", str(undo)]) == 0
+    assert sql(manifest, "select label, status from images where image_id = ?", [planted_ids[3]]) == [("one", "ok")]
+    assert sql(manifest, "select count(*) from label_history") == [(6,)]
+
+    capsys.readouterr()
+    assert main([*m, "retrain", "digits"]) == 0
+    out = capsys.readouterr().out
+    assert "before" in out and "after" in out and "error rate" in out
+    runs = sql(manifest, "select kind, parent_run from runs where kind in ('train', 'retrain') order by started_at")
+    assert [k for k, _ in runs] == ["train", "retrain"]
+    first = sql(manifest, "select run_id from runs where kind = 'train'")[0][0]
+    assert runs[1][1] == first
+
+    # predict: a folder and a file, through the latest model, as CSV.
+    out_csv = tmp_path / "pred.csv"
+    folder = manifest.parent / "data" / "zero"
+    assert main([*m, "predict", "digits", str(folder), str(next(iter(sorted(planted)))), "--format", "csv",
+                 "--out", str(out_csv)]) == 0
+    preds = list(csv.DictReader(out_csv.open()))
+    assert len(preds) == PER_CLASS + 1
+    zeros = [p for p in preds if Path(p["path"]).parent == folder]
+    assert sum(p["label"] == "zero" for p in zeros) >= 0.8 * len(zeros)
+    assert all(0 < float(p["probability"]) <= 1 for p in preds)
+
+
+def test_model_commands_before_a_build_say_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = tmp_path / "datasets.toml"
+    manifest.write_text(MANIFEST.format(epochs=1))
+    for folder in DIGITS:
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    for argv in (["train", "digits"], ["mislabels", "digits"], ["retrain", "digits"], ["predict", "digits", "x.png"]):
+        code = main(["-m", str(manifest), *argv])
+        err = capsys.readouterr().err
+        assert code == 1, argv
+        assert "run `dsbuild build" in err and "Traceback" not in err, (argv, err)
