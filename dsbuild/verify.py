@@ -135,7 +135,8 @@ def normalise(img):
     """
     from PIL import Image, ImageOps
 
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(0x0112, 1) not in (None, 1):  # exif_transpose copies the image even when upright
+        img = ImageOps.exif_transpose(img)
     mode = img.mode
     if mode in ("RGB", "L"):
         return img
