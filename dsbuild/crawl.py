@@ -21,8 +21,8 @@ import queue
 import threading
 from pathlib import Path
 
-from dsbuild.build import (INLINE_LIMIT, DatasetSummary, Progress, RowWriter, _analyze_job, blob_row,
-                           image_id_for, item_row)
+from dsbuild.build import (INLINE_LIMIT, DatasetSummary, Progress, RowWriter, _analyze_chunk, _analyze_job,
+                           blob_row, image_id_for, item_row)
 from dsbuild.catalog import Catalog, utcnow
 from dsbuild.errors import DsbuildError, EngineError
 from dsbuild.manifest import Dataset, Manifest
@@ -212,9 +212,9 @@ class _Verifier:
         self.pool = self._new_pool() if use_pool else None
 
     def _new_pool(self):
-        from dsbuild.build import _spawn_pool
-
         import os
+
+        from dsbuild.build import _spawn_pool
 
         return _spawn_pool(self.workers or os.cpu_count() or 1)
 
@@ -289,12 +289,6 @@ class _Verifier:
         if self.pool is not None:
             self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
             self.pool = None
-
-
-def _analyze_chunk(jobs: list[tuple]):
-    from dsbuild.build import _analyze_chunk as run
-
-    return run(jobs)
 
 
 def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary, writer, workers, now) -> None:
