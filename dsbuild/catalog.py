@@ -781,10 +781,14 @@ class Catalog:
             self.con.unregister("_issues")
 
     def trainable_images(self, dataset: str):
-        """Images a model may learn from (status ok, with a split): image_id, path, label, split, origin."""
+        """Images a model may learn from (status ok, with a split): image_id, path, label, split, origin.
+
+        Ordered by content hash (image ids depend on where the files are): folds and batches,
+        and so every model run, come out the same on any machine.
+        """
         return self.df(
             "SELECT image_id, path, label, split, origin FROM images WHERE dataset = ? AND status = 'ok' "
-            "AND split IS NOT NULL ORDER BY image_id",
+            "AND split IS NOT NULL ORDER BY sha256, image_id",
             [dataset],
         )
 

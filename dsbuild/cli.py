@@ -251,15 +251,15 @@ def _print_run(report) -> None:
     from rich.table import Table
 
     r = report.result
-    table = Table(title=f"{report.kind} {report.run_id}: {r.params.get('arch', '')} — {r.n_train} train / {r.n_valid} valid images",
-                  title_justify="left")
+    console = _console()
+    console.print(f"{report.kind} {report.run_id}: {r.params.get('arch', '')} — {r.n_train} train / {r.n_valid} valid images")
+    table = Table()
     for col in ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds"):
         table.add_column(col, justify="right")
     for e in r.epochs:
         table.add_row(*(f"{e.get(c):.4f}" if isinstance(e.get(c), float) and c != "seconds" else
                         (f"{e.get(c):.1f}" if c == "seconds" else str(e.get(c))) for c in
                         ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds")))
-    console = _console()
     console.print(table)
     console.print(f"error rate {r.error_rate:.2%} (accuracy {r.accuracy:.2%}) in {r.duration_s:.0f} s; model: {r.model_path}")
 
@@ -314,8 +314,10 @@ def cmd_retrain(args) -> int:
 def _print_comparison(c) -> None:
     from rich.table import Table
 
-    table = Table(title=f"before {c.before_run} → after {c.after_run}, on the same {c.n_valid} valid images (current labels)",
-                  title_justify="left")
+    console = _console()
+    # On a line of its own: as a table title it would wrap to the (narrow) table's width.
+    console.print(f"before {c.before_run} → after {c.after_run}, on the same {c.n_valid} valid images (current labels)")
+    table = Table()
     for col in ("label", "images", "accuracy before", "accuracy after", "change"):
         table.add_column(col, justify="left" if col == "label" else "right")
     for row in c.per_class:
@@ -323,7 +325,7 @@ def _print_comparison(c) -> None:
         table.add_row(row["label"], str(row["n"]), f"{row['before_acc']:.1%}", f"{row['after_acc']:.1%}", f"{delta:+.1%}")
     table.add_row("[b]error rate[/b]", str(c.n_valid), f"{c.before_error:.2%}", f"{c.after_error:.2%}",
                   f"{c.after_error - c.before_error:+.2%}")
-    _console().print(table)
+    console.print(table)
 
 
 def cmd_predict(args) -> int:
