@@ -143,6 +143,7 @@ def main() -> None:
     ap.add_argument("--min-confidence", type=float, default=0.5, help="accept suggestions at or above this confidence")
     ap.add_argument("--n", type=int, default=None, help="number of digits (default all 1,797; 600 with --quick)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the digit sample, the test split and the planted noise")
+    ap.add_argument("--save-oof", type=Path, default=None, help="also save each setting's out-of-fold scores here (npz)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dsbuild-bench-digits")
     args = ap.parse_args()
 
@@ -195,6 +196,11 @@ def main() -> None:
         assert oof.check_out_of_sample() == 0
         t_oof = time.perf_counter() - t
         issues = find_label_issues(pool_table, oof)
+        if args.save_oof:
+            args.save_oof.mkdir(parents=True, exist_ok=True)
+            true = pool.set_index("image_id").loc[list(oof.image_ids), "true_label"]
+            np.savez(args.save_oof / f"{kind}-{rate}.npz", probs=oof.probs, labels=np.array(oof.labels),
+                     classes=np.array(oof.classes), true=true.to_numpy().astype(str), ids=np.array(oof.image_ids))
         flagged = issues[issues["is_issue"]]
         accept = flagged[flagged["suggested_confidence"] >= args.min_confidence]
         relabel = dict(zip(accept["image_id"], accept["suggested_label"]))
@@ -225,6 +231,15 @@ def main() -> None:
             f1s[name] = f
             print(f"{name:34} {len(flags):7d} {p:9.3f} {r:7.3f} {f:6.3f}")
         fixed = sum(1 for i, s in zip(accept["image_id"], accept["suggested_label"]) if s == pool.set_index("image_id").loc[i, "true_label"])
+        true_of = pool.set_index("image_id")["true_label"]
+        right = flagged["suggested_label"].to_numpy() == true_of.loc[flagged["image_id"]].to_numpy()
+        conf = flagged["suggested_confidence"].to_numpy()
+        bins = []
+        for lo, hi in ((0.0, 0.5), (0.5, 0.9), (0.9, 0.99), (0.99, 1.01)):
+            m = (conf >= lo) & (conf < hi)
+            if m.any():
+                bins.append(f"[{lo:g}, {min(hi, 1):g}): {m.sum()} at mean {conf[m].mean():.2f}, {right[m].mean():.0%} right")
+        print("suggestions by confidence: " + "; ".join(bins))
         wrong_after = int((cleaned != pool["true_label"]).sum())
         gap = oracle.accuracy - noisy_run.accuracy
         recovered = (cycle_run.accuracy - noisy_run.accuracy) / gap if gap > 1e-9 else float("nan")
