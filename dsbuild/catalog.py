@@ -845,6 +845,12 @@ class Catalog:
         )
         return row[0] if row else None
 
+    def latest_mislabel_run(self, dataset: str) -> str | None:
+        """The latest ok mislabel run of ``dataset`` (whatever came after it), or None."""
+        row = self._one("SELECT arg_max(run_id, started_at) FROM model_runs WHERE dataset = ? AND kind = 'mislabels' "
+                        "AND status = 'ok'", [dataset])
+        return row[0] if row else None
+
     def run_issues(self, run_id: str):
         """Every flag of mislabel run ``run_id`` (label issues first, by rank)."""
         return self.df("SELECT * FROM label_issues_all WHERE run_id = ? ORDER BY kind <> 'label', rank", [run_id])

@@ -313,8 +313,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: Path | None = No
                 source = f"review:{Path(decisions).name}"
             else:
                 issues = cat.latest_issues(name)
-                if issues.empty:
+                if issues.empty and cat.latest_mislabel_run(name) is None:
                     raise DsbuildError(f"no mislabel run for '{name}' yet — run `dsbuild mislabels {name}` first")
+                # A run that flagged nothing leaves nothing to accept: zero events, not an error.
                 chosen = decisions_from_suggestions(issues[issues["kind"] == "label"], min_confidence=min_confidence)
                 source = f"review:suggestions@{min_confidence:g}"
             quality = dict(zip(cat.latest_issues(name)["image_id"], cat.latest_issues(name)["label_quality"]))

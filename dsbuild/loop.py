@@ -22,7 +22,15 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     from dsbuild.cycle import find_mislabels, mislabel_report, retrain_dataset, review_dataset, train_dataset
     from dsbuild.report import render_table
 
+    from dsbuild.catalog import Catalog
+
     overrides = {"epochs": 1} if quick else {}
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        reviewed = len(cat.label_history(ds.name))
+    if reviewed:
+        console.print(f"note: an earlier demo run already reviewed {reviewed} labels of '{ds.name}' in {manifest.catalog} "
+                      "(label events are kept, never reset): expect few flags now; "
+                      "remove that catalog to watch the whole cycle again")
     console.rule("[b]4. train[/b]: fine-tune on the current labels (CPU here; CUDA when present)")
     report = train_dataset(manifest, ds.name, progress=progress, **overrides)
     _print_run(report)

@@ -218,3 +218,24 @@ def test_model_commands_before_a_build_say_what_to_run(tmp_path: Path, capsys: p
         err = capsys.readouterr().err
         assert code == 1, argv
         assert "run `dsbuild build" in err and "Traceback" not in err, (argv, err)
+
+
+def test_accepting_suggestions_of_a_run_that_flagged_nothing_applies_nothing(project, tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # What a second `make demo` meets: the labels were fixed by the first, the new mislabel run flags nothing.
+    import shutil
+
+    from dsbuild.catalog import Catalog
+
+    manifest, _ = project
+    copy = tmp_path / "project"
+    shutil.copytree(manifest.parent, copy, symlinks=True)
+    with Catalog.open(copy / "catalog" / "dsbuild.duckdb") as cat:
+        cat.start_run(run_id="m-none", dataset="digits", kind="mislabels", arch=None, params={})
+        cat.finish_run("m-none")
+        events_before = len(cat.label_history("digits"))
+    assert main(["-m", str(copy / "datasets.toml"), "review", "digits", "--accept-suggestions"]) == 0
+    out = capsys.readouterr()
+    assert "applied 0" in out.out and "Traceback" not in out.err, out
+    assert sql(copy / "datasets.toml", "SELECT count(*) FROM label_history WHERE dataset = 'digits'")[0][0] == events_before
+
