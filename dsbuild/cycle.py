@@ -306,19 +306,19 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: Path | None = No
             if images.empty:
                 raise DsbuildError(f"dataset '{name}' is not in the catalog — run `dsbuild build {name}` first")
             history = cat.label_history(name)
+            issues = cat.latest_issues(name)
             if decisions is not None:
                 if not Path(decisions).is_file():
                     raise DsbuildError(f"decisions file {decisions} does not exist", exit_code=2)
                 chosen = parse_decisions(Path(decisions), images=images, labels=ds.labels)
                 source = f"review:{Path(decisions).name}"
             else:
-                issues = cat.latest_issues(name)
                 if issues.empty and cat.latest_mislabel_run(name) is None:
                     raise DsbuildError(f"no mislabel run for '{name}' yet — run `dsbuild mislabels {name}` first")
                 # A run that flagged nothing leaves nothing to accept: zero events, not an error.
                 chosen = decisions_from_suggestions(issues[issues["kind"] == "label"], min_confidence=min_confidence)
                 source = f"review:suggestions@{min_confidence:g}"
-            quality = dict(zip(cat.latest_issues(name)["image_id"], cat.latest_issues(name)["label_quality"]))
+            quality = dict(zip(issues["image_id"], issues["label_quality"]))
             events = plan_events(chosen, current=images, history=history, source=source, at=utcnow())
             for ev in events:
                 ev.setdefault("label_quality", quality.get(ev["image_id"]))

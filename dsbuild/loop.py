@@ -18,11 +18,10 @@ def planted_scores(flagged_origins: set[str], folder: Path) -> dict[str, int]:
 
 
 def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, progress=None, quick: bool = False) -> None:
+    from dsbuild.catalog import Catalog
     from dsbuild.cli import _print_comparison, _print_run
     from dsbuild.cycle import find_mislabels, mislabel_report, retrain_dataset, review_dataset, train_dataset
     from dsbuild.report import render_table
-
-    from dsbuild.catalog import Catalog
 
     overrides = {"epochs": 1} if quick else {}
     with Catalog.open_readonly(manifest.catalog) as cat:
