@@ -31,7 +31,7 @@ from dsbuild.catalog import BuildLock, Catalog, utcnow
 from dsbuild.errors import DsbuildError
 from dsbuild.manifest import Dataset, Manifest
 from dsbuild.store import sweep_temp_files
-from dsbuild.verify import ImageRecord, analyze_file
+from dsbuild.verify import ImageRecord, analyze_bytes, analyze_file
 
 FLUSH_ROWS = 500  # rows per catalog transaction: what a killed build can lose and redo
 FLUSH_SECONDS = 2.0
@@ -265,8 +265,11 @@ class RowWriter:
 
 
 def _analyze_job(job: tuple) -> tuple[str, ImageRecord]:
-    key, path, verify, dedup, store_dir = job
-    return key, analyze_file(path, verify=verify, dedup=dedup, store_dir=store_dir)
+    """(key, path or bytes, verify, dedup, store_dir) → (key, record); accepted images are stored when store_dir is set."""
+    key, src, verify, dedup, store_dir = job
+    if isinstance(src, (bytes, bytearray)):  # a downloaded body: stored like a completed download, without fsync
+        return key, analyze_bytes(src, verify=verify, dedup=dedup, store_dir=store_dir, fsync=False)
+    return key, analyze_file(src, verify=verify, dedup=dedup, store_dir=store_dir)
 
 
 def _analyze_chunk(jobs: list[tuple]) -> list[tuple[str, ImageRecord]]:
@@ -310,7 +313,8 @@ def analyze_many(jobs: list[tuple], *, workers: int | None = None) -> Iterator[t
 
 
 _WORKER_MODULES = ["dsbuild.verify", "dsbuild.hashing", "dsbuild.quality", "PIL.Image", "PIL.JpegImagePlugin",
-                   "PIL.PngImagePlugin", "numpy"]
+                   "PIL.PngImagePlugin", "PIL.ImageFilter", "PIL.ImageOps", "numpy",
+                   "scipy.fftpack"]  # phash's DCT: ~0.3 s to import, once per worker otherwise
 
 
 def _spawn_pool(workers: int) -> ProcessPoolExecutor:

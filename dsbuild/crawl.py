@@ -9,10 +9,14 @@
    return it; URLs that already succeeded (in any dataset) are never downloaded
    again; failed ones are retried only with ``--retry-failed`` and only when
    their failure was transient (timeouts, 5xx, 429, resets).
-3. **Fetch → verify → store**: :func:`dsbuild.fetch.fetch_all` streams bodies to
-   temp files; each complete body is verified and hashed in a worker process
-   while downloads go on; accepted files are renamed into the content-addressed
-   store; every URL tried becomes a ``fetches`` row and an ``items`` row.
+3. **Fetch → verify → store**: :func:`dsbuild.fetch.fetch_all` keeps each body
+   of up to ``IN_MEMORY_BODY`` bytes in memory (larger ones stream to temp
+   files); each complete body is verified and hashed in a worker process while
+   downloads go on, and the worker writes an accepted body into the
+   content-addressed store itself (temp file + rename: one write per image, no
+   read back); a spilled file is renamed into the store. Downloads pause while
+   more than ``MEMORY_BACKLOG`` bytes wait for verification. Every URL tried
+   becomes a ``fetches`` row and an ``items`` row.
 """
 
 from __future__ import annotations
@@ -192,6 +196,8 @@ def _fetch_row(ds: Dataset, res, link, sha: str | None, build_id: int) -> dict:
 
 
 VERIFY_CHUNK = 8  # bodies per worker task: one task per image costs ~0.2 ms of the parent's CPU in IPC
+IN_MEMORY_BODY = 4_000_000  # bodies up to this size never touch .incoming (most web images are far smaller)
+MEMORY_BACKLOG = 256_000_000  # downloads pause while this many body bytes wait for verification
 
 
 class _Verifier:
@@ -209,6 +215,8 @@ class _Verifier:
         self.lock = threading.Lock()
         self.pending: list = []
         self.outstanding = 0  # batches handed out whose records the main thread has not taken yet
+        self.held_bytes = 0  # in-memory bodies added whose records the main thread has not taken yet
+        self.store = None  # where workers write accepted in-memory bodies (set by the caller)
         self.pool = self._new_pool() if use_pool else None
 
     def _new_pool(self):
@@ -219,10 +227,17 @@ class _Verifier:
         return _spawn_pool(self.workers or os.cpu_count() or 1)
 
     def jobs(self, results: list) -> list[tuple]:
-        return [(res.url, str(res.path), self.ds.verify, self.ds.dedup, None) for res in results]
+        """Worker jobs: an in-memory body is verified and, when accepted, written into the store by the worker."""
+        return [(res.url, res.data, self.ds.verify, self.ds.dedup, self.store) if res.data is not None
+                else (res.url, str(res.path), self.ds.verify, self.ds.dedup, None) for res in results]
+
+    def backlogged(self) -> bool:
+        """Downloads should wait: too many body bytes are waiting for verification (called by the fetch thread)."""
+        return self.held_bytes > MEMORY_BACKLOG
 
     def add(self, res) -> None:
         with self.lock:
+            self.held_bytes += len(res.data) if res.data is not None else 0
             self.pending.append(res)
             if len(self.pending) < VERIFY_CHUNK:
                 return
@@ -254,6 +269,7 @@ class _Verifier:
         """The verification records of ``batch`` (main thread)."""
         with self.lock:
             self.outstanding -= 1
+            self.held_bytes -= sum(len(res.data) for res in batch if res.data is not None)
         if fut is None and self.pool is None:
             return [_analyze_job(job)[1] for job in self.jobs(batch)]
         if fut is not None:
@@ -303,10 +319,11 @@ def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary,
     done: queue.Queue = queue.Queue()
     use_pool = len(by_url) >= INLINE_LIMIT and (workers or os.cpu_count() or 1) > 1
     verifier = _Verifier(ds, done, workers=workers, use_pool=use_pool)
+    verifier.store = manifest.store
     stop = threading.Event()
 
     def on_result(res) -> None:
-        if res.outcome == "ok" and res.path is not None:
+        if res.outcome == "ok" and (res.path is not None or res.data is not None):
             verifier.add(res)
         else:
             done.put(("one", res))
@@ -314,7 +331,7 @@ def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary,
     def run_fetch() -> None:
         try:
             fetch_all([FetchRequest(url=u) for u in by_url], settings=settings, dest_dir=incoming,
-                      on_result=on_result, stop=stop)
+                      on_result=on_result, stop=stop, in_memory=IN_MEMORY_BODY, hold=verifier.backlogged)
         except BaseException as exc:  # surfaced in the main thread
             done.put(("error", exc))
         finally:
@@ -370,13 +387,15 @@ def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary,
 def _handle(ds, res, rec: ImageRecord | None, links, *, build_id, manifest, summary, writer, now) -> None:
     """Turn one fetch result (+ its verification record, for a downloaded body) into fetch, blob and item rows."""
     if res.outcome == "ok":
-        tmp = Path(res.path)
-        if rec.ok:
-            stored = move_into_store(manifest.store, rec.sha256, tmp, rec.format)
+        if res.path is None:  # an in-memory body: the worker stored it if it was accepted
+            if rec.ok:
+                writer.add(blob=blob_row(rec, now))
+        elif rec.ok:
+            stored = move_into_store(manifest.store, rec.sha256, Path(res.path), rec.format)
             rec = _with_path(rec, str(stored))
             writer.add(blob=blob_row(rec, now))
         else:
-            tmp.unlink(missing_ok=True)
+            Path(res.path).unlink(missing_ok=True)
     first = links[0][1]
     writer.add(fetch=_fetch_row(ds, res, first, rec.sha256 if rec is not None and rec.ok else None, build_id))
     for iid, link in links:

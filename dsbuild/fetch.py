@@ -37,7 +37,9 @@ Every URL comes from the web and is treated as hostile:
   ``dl-<random>.<ext>`` only when it is complete (Content-Length honoured,
   gzip stream ended), and is removed on any failure, on cancellation and on
   Ctrl-C. The caller verifies/hashes ``FetchResult.path`` and renames it into
-  the store (or deletes it).
+  the store (or deletes it). With ``in_memory=N``, a body of at most N bytes
+  never touches the disk: it comes back, complete, as ``FetchResult.data``
+  (a larger one spills to a ``.part`` file as above once it passes N).
 
 Per-URL failures are :class:`FetchResult` values (``outcome`` "failed" or
 "rejected" with a short ``reason``), never exceptions. ``fetch_all`` raises only
@@ -62,7 +64,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,7 +205,9 @@ class FetchResult:
         timeouts, deadline, truncated bodies, 408/425/429/5xx.
     http_status / content_type: of the last response seen (None if none).
     bytes: decoded body bytes received in the last attempt (None if no body was read).
-    path: the complete body in ``dest_dir`` (None unless ok); the caller owns it.
+    path: the complete body in ``dest_dir`` (None unless ok, or when it came back as ``data``);
+        the caller owns it.
+    data: the complete body, when ``fetch_all(in_memory=N)`` kept it in memory (at most N bytes).
     sniffed_format: "jpeg", "png", "gif", "webp", "bmp" or "tiff" when ok.
     attempts: requests sent for this URL (0 when refused before any request).
     elapsed_s: wall-clock seconds from first attempt to result, backoff included.
@@ -220,6 +224,7 @@ class FetchResult:
     content_type: str | None = None
     bytes: int | None = None
     path: Path | None = None
+    data: bytes | None = field(default=None, repr=False)
     sniffed_format: str | None = None
     attempts: int = 0
     elapsed_s: float = 0.0
@@ -425,6 +430,7 @@ class _Try:
     bytes: int | None = None
     path: Path | None = None
     fmt: str | None = None
+    data: bytes | None = None
 
 
 @dataclass
@@ -436,15 +442,18 @@ class _Body:
     content_type: str | None = None
     part: Path | None = None
     fh: Any = None
+    buf: bytearray | None = None  # the body so far while it fits in memory (``in_memory``)
     decoded: int = 0
     started: bool = False
 
     def done(self, outcome: str, reason: str | None = None, *, transient: bool = False, retry: bool = False,
-             retry_after: float | None = None, path: Path | None = None, fmt: str | None = None) -> _Try:
+             retry_after: float | None = None, path: Path | None = None, fmt: str | None = None,
+             data: bytes | None = None) -> _Try:
         return _Try(outcome, reason, transient, retry, retry_after, self.final_url, self.http_status,
-                    self.content_type, self.decoded if self.started else None, path, fmt)
+                    self.content_type, self.decoded if self.started else None, path, fmt, data)
 
     def discard(self) -> None:
+        self.buf = None
         if self.fh is not None:
             try:
                 self.fh.close()
@@ -520,9 +529,11 @@ def _causes(exc: BaseException) -> list[BaseException]:
 class _Downloader:
     """One run of :func:`fetch_all_async`: a session, the policy, the temp dir."""
 
-    def __init__(self, settings: FetchSettings, dest_dir: Path, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: FetchSettings, dest_dir: Path, session: aiohttp.ClientSession, *,
+                 in_memory: int = 0) -> None:
         self.s = settings
         self.dest = dest_dir
+        self.in_memory = in_memory
         self.session = session
         self.policy = settings.policy()
         self.rng = random.Random()
@@ -552,7 +563,7 @@ class _Downloader:
         return FetchResult(
             url=req.url, key=req.key, final_url=t.final_url, outcome=t.outcome, reason=t.reason,
             transient=t.transient, http_status=t.http_status, content_type=t.content_type, bytes=t.bytes,
-            path=t.path, sniffed_format=t.fmt, attempts=attempts, elapsed_s=round(time.monotonic() - start, 4),
+            path=t.path, data=t.data, sniffed_format=t.fmt, attempts=attempts, elapsed_s=round(time.monotonic() - start, 4),
             fetched_at=utc_iso(),
         )
 
@@ -675,11 +686,20 @@ class _Downloader:
                 return body.done("rejected", why)
             self._open(body)
             self._write(body, head)
+        if body.buf is not None:
+            data, body.buf = bytes(body.buf), None
+            return body.done("ok", data=data, fmt=fmt)
         return body.done("ok", path=self._finish(body, fmt), fmt=fmt)
 
     # ---------------------------------------------------------------- files
 
     def _open(self, body: _Body) -> None:
+        if self.in_memory:
+            body.buf = bytearray()  # spills to a file in _write if it outgrows ``in_memory``
+            return
+        self._open_file(body)
+
+    def _open_file(self, body: _Body) -> None:
         part = self.dest / f"dl-{secrets.token_hex(12)}.part"
         try:
             body.fh = open(part, "xb")  # noqa: SIM115 - closed by _finish/discard on every path
@@ -688,6 +708,13 @@ class _Downloader:
         body.part = part
 
     def _write(self, body: _Body, data: bytes | bytearray) -> None:
+        if body.buf is not None:
+            if len(body.buf) + len(data) <= self.in_memory:
+                body.buf += data
+                return
+            held, body.buf = body.buf, None
+            self._open_file(body)
+            self._write(body, held)
         try:
             body.fh.write(data)
         except OSError as exc:
@@ -709,6 +736,9 @@ class _Downloader:
 # --------------------------------------------------------------------------- scheduling
 
 
+_POKE = object()  # a wake-up in fetch_all_async's queue of finished tasks
+
+
 def _host_key(url: str) -> str:
     try:
         return (urlsplit(url).hostname or "").lower()
@@ -723,6 +753,8 @@ async def fetch_all_async(
     dest_dir: Path,
     on_result: Callable[[FetchResult], None] | None = None,
     stop: threading.Event | None = None,
+    in_memory: int = 0,
+    hold: Callable[[], bool] | None = None,
 ) -> list[FetchResult]:
     """The coroutine behind :func:`fetch_all` (same contract), for callers already in an event loop."""
     import aiohttp
@@ -757,7 +789,7 @@ async def fetch_all_async(
         headers={"User-Agent": s.user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "gzip, deflate"},
         raise_for_status=False,
     )
-    dl = _Downloader(s, dest_dir, session)
+    dl = _Downloader(s, dest_dir, session, in_memory=max(0, int(in_memory)))
 
     it = iter(requests)
     exhausted = False
@@ -777,22 +809,30 @@ async def fetch_all_async(
         tasks[task] = host
         task.add_done_callback(finished.put_nowait)
 
+    held = False  # ``hold()`` said wait: nothing new starts until a poke finds it False
+
+    def paused() -> bool:
+        nonlocal held
+        held = hold is not None and hold()
+        return held
+
     def fill() -> None:
-        nonlocal exhausted, n_waiting
+        nonlocal exhausted, n_waiting, held
+        held = False
         # Hosts that freed a slot first: their requests have waited longest.
-        while len(tasks) < s.concurrency and ready_hosts:
+        while len(tasks) < s.concurrency and ready_hosts and not paused():
             host = ready_hosts.popleft()
             queue_ = waiting.get(host)
             if queue_ is None:
                 continue
-            while queue_ and running.get(host, 0) < s.per_host and len(tasks) < s.concurrency:
+            while queue_ and running.get(host, 0) < s.per_host and len(tasks) < s.concurrency and not paused():
                 start(queue_.popleft(), host)
                 n_waiting -= 1
             if not queue_:
                 del waiting[host]
             elif running[host] < s.per_host:
-                ready_hosts.appendleft(host)  # stopped by the global limit: resume here next time
-        while len(tasks) < s.concurrency and not exhausted and n_waiting < max_waiting:
+                ready_hosts.appendleft(host)  # stopped by the global limit or hold(): resume here next time
+        while len(tasks) < s.concurrency and not exhausted and n_waiting < max_waiting and not paused():
             try:
                 req = next(it)
             except StopIteration:
@@ -808,20 +848,25 @@ async def fetch_all_async(
                 n_waiting += 1
 
     watcher = None
-    if stop is not None:
+    if stop is not None or hold is not None:
         async def watch() -> None:
-            while not stop.is_set():
-                await asyncio.sleep(0.05)
+            while stop is None or not stop.is_set():
+                await asyncio.sleep(0.02)
+                if held:
+                    finished.put_nowait(_POKE)  # the main loop asks hold() again
             finished.put_nowait(None)
 
         watcher = asyncio.ensure_future(watch())
 
     try:
         fill()
-        while tasks:
+        while tasks or held:
             task = await finished.get()
             if task is None:  # stop requested
                 break
+            if task is _POKE:
+                fill()
+                continue
             host = tasks.pop(task)
             running[host] -= 1
             if waiting.get(host):
@@ -862,6 +907,8 @@ def fetch_all(
     dest_dir: Path,
     on_result: Callable[[FetchResult], None] | None = None,
     stop: threading.Event | None = None,
+    in_memory: int = 0,
+    hold: Callable[[], bool] | None = None,
 ) -> list[FetchResult]:
     """Download every request concurrently; one :class:`FetchResult` per URL, in completion order.
 
@@ -874,12 +921,19 @@ def fetch_all(
         hand heavy work to a pool). If it raises, the run stops and re-raises.
     stop: a ``threading.Event``; once set, in-flight downloads are cancelled
         (their partial files removed) and the results so far are returned.
+    in_memory: bodies of at most this many bytes come back as ``FetchResult.data``
+        instead of a file (default 0: every body is a file). Saves a file creation,
+        a rename and a read per image when the caller verifies in memory.
+    hold: called before new downloads start; while it returns True none starts
+        (those in flight go on). Back-pressure: a caller whose consumer lags
+        (e.g. bodies held in memory awaiting verification) keeps memory bounded.
 
     Runs its own event loop (in a helper thread if the caller already has one).
     Ctrl-C cancels cleanly: partial files are removed, then ``KeyboardInterrupt``
     propagates. Raises :class:`DsbuildError` only when ``dest_dir`` cannot be written.
     """
-    coro = fetch_all_async(requests, settings=settings, dest_dir=dest_dir, on_result=on_result, stop=stop)
+    coro = fetch_all_async(requests, settings=settings, dest_dir=dest_dir, on_result=on_result, stop=stop,
+                           in_memory=in_memory, hold=hold)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

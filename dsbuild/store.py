@@ -21,23 +21,35 @@ def store_path(store_dir: Path, sha256: str, fmt: str | None) -> Path:
     return Path(store_dir) / sha256[:2] / f"{sha256}.{_EXT.get((fmt or '').upper(), 'img')}"
 
 
-def store_bytes(store_dir: Path, sha256: str, data: bytes, fmt: str | None) -> Path:
-    """Write ``data`` under its content address unless it is already there; return the path."""
+def store_bytes(store_dir: Path, sha256: str, data: bytes, fmt: str | None, *, fsync: bool = True) -> Path:
+    """Write ``data`` under its content address unless it is already there; return the path.
+
+    ``fsync=False`` skips the flush to disk (downloads: the same guarantee as a renamed
+    download, complete after any crash of dsbuild, not necessarily after a power cut).
+    """
     final = store_path(store_dir, sha256, fmt)
-    if final.exists() and final.stat().st_size == len(data):
-        return final
-    _MADE.discard(str(final.parent))  # rare path (local files): always make sure the folder is there
-    _ensure_dir(final.parent)
-    tmp = final.parent / f".tmp-{secrets.token_hex(8)}"
     try:
-        with open(tmp, "wb") as fh:
+        if os.stat(final).st_size == len(data):
+            return final
+    except FileNotFoundError:
+        pass
+    tmp = final.parent / f".tmp-{secrets.token_hex(8)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except FileNotFoundError:  # the first image in this folder (or a store removed by hand)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o644)
+    try:
+        with open(fd, "wb", closefd=True) as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return final
 
 

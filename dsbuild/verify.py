@@ -259,8 +259,9 @@ def analyze_bytes(
     dedup: DedupSettings,
     store_dir: Path | None = None,
     with_quality: bool = True,
+    fsync: bool = True,
 ) -> ImageRecord:
-    """Verify, hash and score one image given as bytes; store it when accepted."""
+    """Verify, hash and score one image given as bytes; store it when accepted (``fsync``: see :func:`store_bytes`)."""
     size = len(data)
     if size == 0:
         return _reject("empty file", "0 bytes")
@@ -282,7 +283,7 @@ def analyze_bytes(
         return _reject("corrupt", f"hashing failed: {type(exc).__name__}: {exc}", sha256=sha, bytes=size, **_known(info))
     stored = None
     if store_dir is not None:
-        stored = str(store_bytes(store_dir, sha, data, info["format"]))
+        stored = str(store_bytes(store_dir, sha, data, info["format"], fsync=fsync))
     return ImageRecord(
         ok=True, sha256=sha, bytes=size, format=info["format"], width=info["width"], height=info["height"],
         mode=info["mode"], frames=info["frames"], pixel_sha=pix, phash=ph, quality=scores, store_path=stored,

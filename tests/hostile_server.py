@@ -429,6 +429,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(jpeg[:100])
             self.wfile.flush()
             return self._hold()
+        if path == "/stall-body-big.jpg":  # past the downloader's in-memory limit (4 MB), then nothing
+            big = jpeg + bytes(5_000_000)
+            self._head(200, length=len(big) + 1_000_000)
+            self.wfile.write(big)
+            self.wfile.flush()
+            return self._hold()
         if path == "/drip.jpg":
             every = float(q.get("every", "1"))
             self._head(200, length=len(jpeg))

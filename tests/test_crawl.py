@@ -637,34 +637,40 @@ def test_many_links_are_verified_in_worker_processes(tmp_path, capsys):
 
 
 def test_a_killed_build_leaves_nothing_behind_after_the_next_build(servers, tmp_path):
-    """SIGKILL while a body is half downloaded: the next build removes the partial file and finishes the job."""
+    """SIGKILL while bodies are half downloaded: a small one is only in memory, a big one (past the
+    in-memory limit) is a partial file; the next build removes that file and finishes the job."""
     import os
     import signal
     import subprocess
     import sys
 
+    from dsbuild.crawl import IN_MEMORY_BODY
+
     engine, images = servers
-    plant(engine, images, "alpha things", ["/img/coffee.jpg", "/stall-body.jpg"])
+    plant(engine, images, "alpha things", ["/img/coffee.jpg", "/stall-body.jpg", "/stall-body-big.jpg"])
     plant(engine, images, "beta things", ["/img/chelsea.png"])
-    slow = dict(FAST_FETCH, read_timeout=60.0, deadline=120.0)
+    slow = dict(FAST_FETCH, read_timeout=60.0, deadline=120.0, max_bytes=20_000_000)
     spec = dict(web_dataset(engine), fetch=slow)
     manifest = write_manifest(tmp_path, {"web": spec})
     incoming = load_manifest(manifest).store / ".incoming"
 
     log = tmp_path / "killed.log"
+    before = hits(images)
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build", "-q"],
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
-        while not (incoming.is_dir() and any(incoming.glob("dl-*.part"))):  # the stalled body is being written
+        # Both stalled bodies are being received: the big one spilled to a .part file past IN_MEMORY_BODY.
+        while not (incoming.is_dir() and any(p.stat().st_size > IN_MEMORY_BODY for p in incoming.glob("dl-*.part"))
+                   and "/stall-body.jpg" in new_hits(before, hits(images))):
             assert proc.poll() is None and time.monotonic() < deadline, (
-                f"the build never started the download:\n{log.read_text(errors='replace')}")
+                f"the build never started the downloads:\n{log.read_text(errors='replace')}")
             time.sleep(0.05)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert any(incoming.glob("dl-*.part"))
+    assert [p.suffix for p in incoming.iterdir()] == [".part"]  # the small stalled body was only in memory
 
     write_manifest(tmp_path, {"web": web_dataset(engine)})  # short timeouts again
     before = hits(images)
@@ -674,8 +680,8 @@ def test_a_killed_build_leaves_nothing_behind_after_the_next_build(servers, tmp_
     # the links were saved before anything was downloaded: the next build did not search again and
     # fetched what the killed one had not catalogued
     assert set(engine_queries(engine)) == {"alpha things", "beta things"}
-    assert "/stall-body.jpg" in new_hits(before, hits(images))
-    assert catalog_counts(manifest, "web") == {"ok": 2, "failed": 1}
+    assert {"/stall-body.jpg", "/stall-body-big.jpg"} <= set(new_hits(before, hits(images)))
+    assert catalog_counts(manifest, "web") == {"ok": 2, "failed": 1, "rejected": 1}  # the big one: too large now
     assert summary.datasets[0].failed == 1
 
 
@@ -700,9 +706,13 @@ def test_a_worker_killed_mid_batch_costs_nothing(tmp_path: Path) -> None:
     for k in range(6 * VERIFY_CHUNK):
         path = tmp_path / f"dl-{k}.png"
         photo.rotate(k).save(path)  # PNGs decode slowly enough for the kill to land mid-batch
-        bodies.append(SimpleNamespace(url=f"http://example.org/{k}.png", path=path))
+        if k % 2:  # a body that spilled to a file
+            bodies.append(SimpleNamespace(url=f"http://example.org/{k}.png", path=path, data=None))
+        else:  # a body held in memory: the worker stores it when it is accepted
+            bodies.append(SimpleNamespace(url=f"http://example.org/{k}.png", path=None, data=path.read_bytes()))
     done: queue.Queue = queue.Queue()
     verifier = _Verifier(ds, done, workers=2, use_pool=True)
+    verifier.store = tmp_path / "store"
     try:
         for res in bodies:
             verifier.add(res)
@@ -718,9 +728,15 @@ def test_a_worker_killed_mid_batch_costs_nothing(tmp_path: Path) -> None:
         assert not verifier.busy()
         assert verifier.pool is not first_pool  # the broken pool was replaced
         assert all(rec.ok and rec.width == 512 for rec in records.values())
+        for res in bodies:  # in-memory bodies were stored by the workers, byte for byte; spilled ones are the caller's
+            rec = records[res.url]
+            assert (rec.store_path is None) == (res.data is None)
+            if res.data is not None:
+                assert Path(rec.store_path).read_bytes() == res.data
+        assert not verifier.held_bytes
         assert len({rec.sha256 for rec in records.values()}) == len(bodies)
         # The pool was replaced: new batches still verify in worker processes.
-        verifier.add(SimpleNamespace(url="http://example.org/late.png", path=bodies[0].path))
+        verifier.add(SimpleNamespace(url="http://example.org/late.png", path=bodies[1].path, data=None))
         verifier.flush()
         kind, (batch, fut) = done.get(timeout=60)
         assert fut is not None and verifier.records(batch, fut)[0].ok

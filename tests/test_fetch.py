@@ -438,6 +438,64 @@ def test_environment_proxies_are_ignored(hostile_server: HostileServer, tmp_path
     assert r.ok and hostile_server.hits("/img/coffee.jpg") == 1
 
 
+# --------------------------------------------------------------------------- bodies in memory, back-pressure
+
+
+def test_in_memory_bodies_never_touch_the_disk(hostile_server: HostileServer, tmp_path: Path) -> None:
+    """``in_memory``: complete bodies come back as bytes (decoded, exact); failures leave nothing anywhere."""
+    u = hostile_server.url
+    good = ["/img/astronaut.jpg", "/gzip.jpg", "/chunked.jpg"]
+    bad = {"/short.jpg": "failed", "/html-as-jpeg.jpg": "rejected", "/endless-unsized.jpg": "rejected",
+           "/gzip-bomb.jpg": "rejected", "/stall-body.jpg": "failed"}
+    results = {r.url[len(u):]: r for r in run([u + p for p in good + list(bad)], tmp_path, in_memory=FAST.max_bytes)}
+    for route in good:
+        res = results[route]
+        assert res.ok and res.path is None and res.data == JPEG and res.bytes == len(JPEG), res
+    for route, outcome in bad.items():
+        assert results[route].outcome == outcome and results[route].data is None, results[route]
+    assert list(tmp_path.iterdir()) == []
+    assert "data" not in repr(results["/gzip.jpg"])  # a result prints without its body
+
+
+def test_a_body_past_the_in_memory_limit_spills_to_a_file(hostile_server: HostileServer, tmp_path: Path) -> None:
+    u = hostile_server.url
+    [exact] = run([u + "/img/astronaut.jpg"], tmp_path / "exact", in_memory=len(JPEG))  # at the limit: memory
+    assert exact.data == JPEG and exact.path is None
+    [spilled] = run([u + "/img/astronaut.jpg"], tmp_path / "spill", in_memory=len(JPEG) - 1)
+    assert spilled.ok and spilled.data is None and spilled.path.read_bytes() == JPEG
+    [gz] = run([u + "/gzip.jpg"], tmp_path / "gz", in_memory=1000)  # spilled mid-stream, decoded bytes
+    assert gz.path.read_bytes() == JPEG
+    assert list((tmp_path / "spill").iterdir()) == [spilled.path] and list((tmp_path / "exact").iterdir()) == []
+
+
+def test_hold_pauses_new_downloads_until_released(hostile_server: HostileServer, tmp_path: Path) -> None:
+    """While ``hold()`` is true no download starts (the caller's consumer lags); released, the rest follow."""
+    import dataclasses
+
+    u = hostile_server.url
+    urls = [f"{u}/img/coffee.jpg?i={i}" for i in range(6)]
+    release = threading.Event()
+    seen: list[FetchResult] = []
+    out: list[list[FetchResult]] = []
+    settings = dataclasses.replace(FAST, concurrency=1)
+    hold = lambda: len(seen) >= 2 and not release.is_set()  # noqa: E731
+    worker = threading.Thread(target=lambda: out.append(
+        run(urls, tmp_path, settings, on_result=seen.append, hold=hold, in_memory=10**6)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # held: nothing more may start
+        assert len(seen) == 2 and hostile_server.hits("/img/coffee.jpg") == 2
+    finally:
+        release.set()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert sorted(r.url for r in out[0]) == sorted(urls) and all(r.ok for r in out[0])
+    assert hostile_server.hits("/img/coffee.jpg") == 6
+
+
 # --------------------------------------------------------------------------- interruption
 
 
