@@ -197,6 +197,7 @@ def _fetch_row(ds: Dataset, res, link, sha: str | None, build_id: int) -> dict:
 
 VERIFY_CHUNK = 8  # bodies per worker task: one task per image costs ~0.2 ms of the parent's CPU in IPC
 IN_MEMORY_BODY = 4_000_000  # bodies up to this size never touch .incoming (most web images are far smaller)
+IN_FLIGHT_MEMORY = 256_000_000  # ... unless concurrency × that would exceed this: the per-body limit shrinks
 MEMORY_BACKLOG = 256_000_000  # downloads pause while this many body bytes wait for verification
 
 
@@ -307,6 +308,11 @@ class _Verifier:
             self.pool = None
 
 
+def in_memory_limit(concurrency: int) -> int:
+    """Largest body kept in memory while downloading: IN_MEMORY_BODY, less at high concurrency (≥ 256 kB)."""
+    return max(256_000, min(IN_MEMORY_BODY, IN_FLIGHT_MEMORY // max(1, concurrency)))
+
+
 def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary, writer, workers, now) -> None:
     """Download ``by_url`` concurrently; verify the bodies in worker processes, in batches, as they arrive."""
     import os
@@ -331,7 +337,8 @@ def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary,
     def run_fetch() -> None:
         try:
             fetch_all([FetchRequest(url=u) for u in by_url], settings=settings, dest_dir=incoming,
-                      on_result=on_result, stop=stop, in_memory=IN_MEMORY_BODY, hold=verifier.backlogged)
+                      on_result=on_result, stop=stop, in_memory=in_memory_limit(settings.concurrency),
+                      hold=verifier.backlogged)
         except BaseException as exc:  # surfaced in the main thread
             done.put(("error", exc))
         finally:

@@ -442,7 +442,8 @@ class _Body:
     content_type: str | None = None
     part: Path | None = None
     fh: Any = None
-    buf: bytearray | None = None  # the body so far while it fits in memory (``in_memory``)
+    buf: list[bytes] | None = None  # the body's pieces so far while it fits in memory (``in_memory``)
+    held: int = 0  # bytes in ``buf``
     decoded: int = 0
     started: bool = False
 
@@ -664,14 +665,18 @@ class _Downloader:
                     if body.decoded > s.max_bytes:
                         return body.done("rejected", "too large")
                     if fmt is None:
-                        head += piece
-                        if len(head) < _SNIFF_BYTES:
-                            continue
-                        fmt, why = sniff(bytes(head))
+                        if not head and len(piece) >= _SNIFF_BYTES:
+                            first = piece  # the usual case: the first piece covers the sniff window, no copy
+                        else:
+                            head += piece
+                            if len(head) < _SNIFF_BYTES:
+                                continue
+                            first = bytes(head)
+                        fmt, why = sniff(first)
                         if fmt is None:
                             return body.done("rejected", why)
                         self._open(body)
-                        self._write(body, head)
+                        self._write(body, first)
                     else:
                         self._write(body, piece)
             except zlib.error:
@@ -687,7 +692,7 @@ class _Downloader:
             self._open(body)
             self._write(body, head)
         if body.buf is not None:
-            data, body.buf = bytes(body.buf), None
+            data, body.buf = b"".join(body.buf), None  # the one copy of an in-memory body
             return body.done("ok", data=data, fmt=fmt)
         return body.done("ok", path=self._finish(body, fmt), fmt=fmt)
 
@@ -695,7 +700,7 @@ class _Downloader:
 
     def _open(self, body: _Body) -> None:
         if self.in_memory:
-            body.buf = bytearray()  # spills to a file in _write if it outgrows ``in_memory``
+            body.buf, body.held = [], 0  # spills to a file in _write if it outgrows ``in_memory``
             return
         self._open_file(body)
 
@@ -709,12 +714,14 @@ class _Downloader:
 
     def _write(self, body: _Body, data: bytes | bytearray) -> None:
         if body.buf is not None:
-            if len(body.buf) + len(data) <= self.in_memory:
-                body.buf += data
+            if body.held + len(data) <= self.in_memory:
+                body.buf.append(bytes(data))  # a bytearray (the sniffed head) is copied: the caller reuses it
+                body.held += len(data)
                 return
             held, body.buf = body.buf, None
             self._open_file(body)
-            self._write(body, held)
+            for piece in held:
+                self._write(body, piece)
         try:
             body.fh.write(data)
         except OSError as exc:

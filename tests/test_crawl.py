@@ -636,6 +636,33 @@ def test_many_links_are_verified_in_worker_processes(tmp_path, capsys):
     assert rows(manifest, "SELECT count(*) AS n FROM fetch_log WHERE outcome = 'ok' AND sha256 IS NOT NULL") == [{"n": 60}]
 
 
+def test_downloads_wait_for_verification_when_bodies_pile_up(tmp_path, capsys, monkeypatch):
+    """Back-pressure: with a 1-byte memory backlog every download waits until the bodies before it are
+    verified; the build still completes, with the same catalog as an unhindered one."""
+    import dsbuild.crawl as crawl
+
+    monkeypatch.setattr(crawl, "MEMORY_BACKLOG", 1)
+    answers: list[bool] = []
+    backlogged = crawl._Verifier.backlogged
+
+    def counting(self) -> bool:
+        answers.append(backlogged(self))
+        return answers[-1]
+
+    monkeypatch.setattr(crawl._Verifier, "backlogged", counting)
+    with FakeEngineServer(total=30) as engine:
+        spec = web_dataset(engine)
+        spec["per_query"] = 30
+        manifest = write_manifest(tmp_path, {"web": spec})
+        code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "2")
+        assert (code, err) == (0, "")
+        assert engine.hits("/img/") == 60
+    assert any(answers), "downloads never waited"
+    assert catalog_counts(manifest, "web") == {"ok": 4, "duplicate": 56}
+    assert len(assert_store_clean(manifest)) == 4
+    assert not list((load_manifest(manifest).store / ".incoming").iterdir())
+
+
 def test_a_killed_build_leaves_nothing_behind_after_the_next_build(servers, tmp_path):
     """SIGKILL while bodies are half downloaded: a small one is only in memory, a big one (past the
     in-memory limit) is a partial file; the next build removes that file and finishes the job."""
@@ -683,6 +710,17 @@ def test_a_killed_build_leaves_nothing_behind_after_the_next_build(servers, tmp_
     assert {"/stall-body.jpg", "/stall-body-big.jpg"} <= set(new_hits(before, hits(images)))
     assert catalog_counts(manifest, "web") == {"ok": 2, "failed": 1, "rejected": 1}  # the big one: too large now
     assert summary.datasets[0].failed == 1
+
+
+def test_bodies_held_in_memory_are_bounded_at_any_concurrency() -> None:
+    """Bodies in flight are held in memory up to a limit that shrinks with concurrency (bounded RAM), never below 256 kB."""
+    from dsbuild.crawl import IN_FLIGHT_MEMORY, IN_MEMORY_BODY, in_memory_limit
+
+    assert in_memory_limit(32) == IN_MEMORY_BODY == 4_000_000
+    assert in_memory_limit(128) == 2_000_000
+    assert in_memory_limit(100_000) == 256_000
+    for concurrency in (1, 8, 32, 64, 128, 256, 1000):
+        assert in_memory_limit(concurrency) * concurrency <= max(IN_FLIGHT_MEMORY, 256_000 * concurrency)
 
 
 def test_a_worker_killed_mid_batch_costs_nothing(tmp_path: Path) -> None:
