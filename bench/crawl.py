@@ -18,7 +18,9 @@ Measured in the same run (wall img/s and the client process's CPU seconds per im
 
 0. a whole ``dsbuild build`` of a two-class web dataset (fake-Bing discovery → download →
    verify + hash + quality in worker processes → store → catalog → dedup + split), its worker
-   processes' CPU included (skip it with ``--no-build``);
+   processes' CPU included (skip it with ``--no-build``); then that build's verify + hash +
+   quality + store stage alone, on the same bodies already in memory with nothing downloading:
+   the ceiling of the whole build on this machine;
 1. ``dsbuild.fetch.fetch_all`` with ``--concurrency`` in flight (default 128; 8 per host),
    and again with the shipped default settings (32 in flight);
 2. icrawler 0.6.10's own downloader (``UrlListCrawler``: its ``ImageDownloader`` with 16
@@ -257,6 +259,48 @@ def run_bing_image_downloader(urls: list[str], out: Path) -> int:
     return len(list(out.glob("*")))
 
 
+def verify_stage(folder: Path, out: Path, workers: int) -> dict:
+    """The build's verify + hash + quality + store stage alone: every body already in memory, nothing
+    downloading, ``workers`` worker processes (warm). Its img/s is the ceiling of a whole build here."""
+    import queue
+    from types import SimpleNamespace
+
+    from dsbuild.crawl import _Verifier
+    from dsbuild.manifest import load_manifest
+
+    bodies = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "datasets.toml").write_text('[datasets.d.classes]\na = "x"\nb = "y"\n')
+    done: queue.Queue = queue.Queue()
+    verifier = _Verifier(load_manifest(out / "datasets.toml").dataset("d"), done, workers=workers, use_pool=True)
+    verifier.store = out / "store"
+
+    def run(items: list[bytes]) -> int:
+        for k, data in enumerate(items):
+            verifier.add(SimpleNamespace(url=str(k), path=None, data=data))
+        verifier.flush()
+        ok = seen = 0
+        while seen < len(items):
+            _, (batch, fut) = done.get()
+            records = verifier.records(batch, fut)
+            seen += len(records)
+            ok += sum(rec.ok for rec in records)
+        return ok
+
+    try:
+        run(bodies[:4 * workers])  # warm: the forkserver and the workers start outside the timing
+        children0, fs0 = resource.getrusage(resource.RUSAGE_CHILDREN), forkserver_cpu()
+        res = timed(lambda: run(bodies), len(bodies))
+        verifier.shutdown()  # reaps the workers: their CPU becomes countable
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        child_cpu = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
+        res["cpu_img"] += (child_cpu + forkserver_cpu() - fs0) / max(res["ok"], 1)
+        return res
+    finally:
+        verifier.shutdown()
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def run_build(urls: list[str], out: Path, *, concurrency: int, fake) -> tuple[int, int]:
     """A whole ``dsbuild build``: fake-Bing discovery → download → verify + hash (worker processes) → store → catalog → dedup + split.
 
@@ -395,6 +439,9 @@ def main() -> None:
             if args.repeat > 1:
                 label += f", median of {args.repeat}"
             rows.insert(0, (label, res))
+            workers = os.cpu_count() or 1
+            rows.insert(1, (f"  its verify+hash+store stage alone ({workers} workers, no downloads)",
+                         verify_stage(folder, work / "verify", workers)))
         nb = min(args.baseline_n, len(urls))
         rows.append(("icrawler 0.6.10 (16 threads)", timed(lambda: run_icrawler(urls[:nb], work / "icrawler"), nb,
                                                            last_saved=lambda: last_mtime(work / "icrawler" / "images"))))
