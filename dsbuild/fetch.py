@@ -193,7 +193,7 @@ class FetchRequest:
 class FetchResult:
     """How one URL ended.
 
-    outcome: "ok" (``path`` holds the complete body), "failed" (no usable
+    outcome: "ok" (``path`` or ``data`` holds the complete body), "failed" (no usable
         response: network, timeout, HTTP error) or "rejected" (a response that
         policy refuses: not an image, too large, noai, private address, bad scheme).
     reason: None when ok, else short and machine-friendly: "http 404", "timeout",
