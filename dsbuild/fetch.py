@@ -443,7 +443,7 @@ class _Body:
     part: Path | None = None
     fh: Any = None
     buf: list[bytes] | None = None  # the body's pieces so far while it fits in memory (``in_memory``)
-    held: int = 0  # bytes in ``buf``
+    buffered: int = 0  # bytes in ``buf``
     decoded: int = 0
     started: bool = False
 
@@ -700,7 +700,7 @@ class _Downloader:
 
     def _open(self, body: _Body) -> None:
         if self.in_memory:
-            body.buf, body.held = [], 0  # spills to a file in _write if it outgrows ``in_memory``
+            body.buf, body.buffered = [], 0  # spills to a file in _write if it outgrows ``in_memory``
             return
         self._open_file(body)
 
@@ -714,9 +714,9 @@ class _Downloader:
 
     def _write(self, body: _Body, data: bytes | bytearray) -> None:
         if body.buf is not None:
-            if body.held + len(data) <= self.in_memory:
+            if body.buffered + len(data) <= self.in_memory:
                 body.buf.append(bytes(data))  # a bytearray (the sniffed head) is copied: the caller reuses it
-                body.held += len(data)
+                body.buffered += len(data)
                 return
             held, body.buf = body.buf, None
             self._open_file(body)
