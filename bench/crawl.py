@@ -276,8 +276,8 @@ def verify_stage(folder: Path, out: Path, workers: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "datasets.toml").write_text('[datasets.d.classes]\na = "x"\nb = "y"\n')
     done: queue.Queue = queue.Queue()
-    verifier = _Verifier(load_manifest(out / "datasets.toml").dataset("d"), done, workers=workers, use_pool=True)
-    verifier.store = out / "store"
+    verifier = _Verifier(load_manifest(out / "datasets.toml").dataset("d"), done, workers=workers, use_pool=True,
+                         store=out / "store")
 
     def run(items: list[bytes]) -> int:
         for k, data in enumerate(items):

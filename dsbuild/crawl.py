@@ -211,13 +211,14 @@ class _Verifier:
     Without a pool (small jobs, one worker) the main thread verifies in-process.
     """
 
-    def __init__(self, ds: Dataset, done: queue.Queue, *, workers: int | None, use_pool: bool) -> None:
+    def __init__(self, ds: Dataset, done: queue.Queue, *, workers: int | None, use_pool: bool,
+                 store: Path | None = None) -> None:
         self.ds, self.done, self.workers = ds, done, workers
         self.lock = threading.Lock()
         self.pending: list = []
         self.outstanding = 0  # batches handed out whose records the main thread has not taken yet
         self.held_bytes = 0  # in-memory bodies added whose records the main thread has not taken yet
-        self.store = None  # where workers write accepted in-memory bodies (set by the caller)
+        self.store = store  # where workers write accepted in-memory bodies
         self.pool = self._new_pool() if use_pool else None
 
     def _new_pool(self):
@@ -324,8 +325,7 @@ def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary,
     incoming.mkdir(parents=True, exist_ok=True)
     done: queue.Queue = queue.Queue()
     use_pool = len(by_url) >= INLINE_LIMIT and (workers or os.cpu_count() or 1) > 1
-    verifier = _Verifier(ds, done, workers=workers, use_pool=use_pool)
-    verifier.store = manifest.store
+    verifier = _Verifier(ds, done, workers=workers, use_pool=use_pool, store=manifest.store)
     stop = threading.Event()
 
     def on_result(res) -> None:

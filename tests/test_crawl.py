@@ -749,8 +749,7 @@ def test_a_worker_killed_mid_batch_costs_nothing(tmp_path: Path) -> None:
         else:  # a body held in memory: the worker stores it when it is accepted
             bodies.append(SimpleNamespace(url=f"http://example.org/{k}.png", path=None, data=path.read_bytes()))
     done: queue.Queue = queue.Queue()
-    verifier = _Verifier(ds, done, workers=2, use_pool=True)
-    verifier.store = tmp_path / "store"
+    verifier = _Verifier(ds, done, workers=2, use_pool=True, store=tmp_path / "store")
     try:
         for res in bodies:
             verifier.add(res)
