@@ -53,28 +53,16 @@ def store_bytes(store_dir: Path, sha256: str, data: bytes, fmt: str | None, *, f
     return final
 
 
-_MADE: set[str] = set()  # store folders known to exist (a mkdir that fails with EEXIST costs ~0.1 ms)
-
-
-def _ensure_dir(folder: Path) -> None:
-    key = str(folder)
-    if key not in _MADE:
-        folder.mkdir(parents=True, exist_ok=True)
-        _MADE.add(key)
-
-
 def move_into_store(store_dir: Path, sha256: str, src: Path, fmt: str | None) -> Path:
     """Atomically move a complete, verified temp file ``src`` into the store (same filesystem)."""
     final = store_path(store_dir, sha256, fmt)
-    _ensure_dir(final.parent)
     if final.exists():
         src.unlink(missing_ok=True)
         return final
     try:
         os.replace(src, final)
-    except FileNotFoundError:  # the folder went away since we made it (a store removed by hand)
-        _MADE.discard(str(final.parent))
-        _ensure_dir(final.parent)
+    except FileNotFoundError:  # the first image in this folder (or a store removed by hand)
+        final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, final)
     return final
 
