@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,11 +26,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dsbuild.build import build
+from helpers import run_cli, skimage_photo
+
+from dsbuild.pipeline import build
 from dsbuild.catalog import Catalog
-from dsbuild.cli import main
 from dsbuild.demo.data import DIGIT_NAMES, render_digit
 from dsbuild.manifest import load_manifest
+
+pytestmark = pytest.mark.usefixtures("wide_terminal")  # rich tables in captured output keep whole words
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "clock")
@@ -41,21 +43,13 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon",
 
 
 @lru_cache(maxsize=None)
-def _photo(name: str) -> Image.Image:
-    import skimage.data
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-
-
 def photo(name: str, size: int = 160) -> Image.Image:
-    return _photo(name).resize((size, size), Image.Resampling.LANCZOS)
+    return skimage_photo(name).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
 
 
 def quadrant(name: str, k: int, size: int = 128) -> Image.Image:
     """One quarter of a photo: same scene and colours as its siblings, but not a near duplicate of them."""
-    img = _photo(name)
+    img = skimage_photo(name).convert("RGB")
     w, h = img.size
     box = ((k % 2) * w // 2, (k // 2) * h // 2, (k % 2 + 1) * w // 2, (k // 2 + 1) * h // 2)
     return img.crop(box).resize((size, size), Image.Resampling.LANCZOS)
@@ -113,13 +107,6 @@ def items_table(manifest: Path) -> pd.DataFrame:
         return cat.df("SELECT * FROM items ORDER BY dataset, image_id")
 
 
-def run_cli(capsys, manifest: Path, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(["-m", str(manifest), *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def by_origin(df: pd.DataFrame, name: str) -> pd.Series:
     rows = df[df["origin"].str.endswith(os.sep + name)]
     assert len(rows) == 1, (name, len(rows))
@@ -128,11 +115,6 @@ def by_origin(df: pd.DataFrame, name: str) -> pd.Series:
 
 def sha256_file(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _wide_terminal(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "200")  # rich tables in captured output keep whole words
 
 
 # --------------------------------------------------------------------------- a mixed photo dataset

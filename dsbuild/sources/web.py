@@ -37,16 +37,6 @@ from dsbuild.store import move_into_store
 from dsbuild.verify.analyze import ImageRecord
 
 
-def fetch_settings(ds: Dataset):
-    """The dataset's :class:`dsbuild.fetch.FetchSettings` (manifest ``fetch`` table + ``allow_private_hosts``)."""
-    from dsbuild.fetch import FetchSettings
-
-    values = dict(ds.fetch)
-    values["allow_private_hosts"] = ds.allow_private_hosts
-    values.setdefault("max_bytes", ds.verify.max_bytes)
-    return FetchSettings(**values)
-
-
 # --------------------------------------------------------------------------- discovery
 
 
@@ -59,7 +49,10 @@ def engine_options(ds: Dataset, cls):
 
 
 def check_web_settings(ds: Dataset) -> list[str]:
-    """Problems with the dataset's engine and downloader settings, found without touching the network."""
+    """Problems with the dataset's engine options, found without touching the network.
+
+    (The downloader's settings, ``[fetch]``, were checked when the manifest loaded.)
+    """
     problems: list[str] = []
     if any(c.queries for c in ds.classes):
         from dsbuild.sources.engines import get_engine
@@ -71,11 +64,6 @@ def check_web_settings(ds: Dataset) -> list[str]:
                     engine.validate(engine_options(ds, cls))
         except DsbuildError as exc:
             problems.append(f"datasets.{ds.name}: {exc}")
-    if any(c.queries or c.urls for c in ds.classes):
-        try:
-            fetch_settings(ds)
-        except (TypeError, ValueError, DsbuildError) as exc:
-            problems.append(f"datasets.{ds.name}.fetch: {exc}")
     return problems
 
 
@@ -265,7 +253,7 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
     from dsbuild.fetch import FetchRequest, fetch_all
 
     ds, sink = run.dataset, run.sink
-    settings = fetch_settings(ds)
+    settings = ds.fetch_settings
     incoming = run.store / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     done: queue.Queue = queue.Queue()

@@ -1,4 +1,4 @@
-"""export/: a registry of exporters that write a dataset's accepted images somewhere else.
+"""exporters/: a registry of exporters that write a dataset's accepted images somewhere else.
 
 ``imagefolder`` (:mod:`.imagefolder`): ``DIR/<split>/<label>/<image_id>.<ext>``
 (hard links into the store when on the same file system, else copies) plus
@@ -23,7 +23,7 @@ from typing import Any
 
 from dsbuild.catalog import Catalog
 from dsbuild.errors import DsbuildError
-from dsbuild.export import csv, imagefolder
+from dsbuild.exporters import csv, imagefolder
 
 MARKER = ".dsbuild-export"
 EXPORTERS: dict[str, Callable[[Any, Path, str], None]] = {"imagefolder": imagefolder.write, "csv": csv.write}
