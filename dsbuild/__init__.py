@@ -71,7 +71,7 @@ def build(manifest: "Manifest", datasets: list[str] | None = None, **options: An
     """Build ``datasets`` (default: all) into the catalog: sources → verify + hash → store → dedup → split.
 
     Idempotent and resumable; ``options``: ``retry_failed``, ``workers``, ``progress``,
-    ``catalog_path``. Returns a :class:`dsbuild.pipeline.BuildSummary` (one summary per dataset).
+    ``catalog_path``, ``backend`` (the executor backend, :data:`dsbuild.executor.BACKENDS`). Returns a :class:`dsbuild.pipeline.BuildSummary` (one summary per dataset).
     """
     from dsbuild.pipeline import build as run
 

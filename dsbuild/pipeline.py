@@ -193,8 +193,13 @@ def build(
     progress: Progress | None = None,
     workers: int | None = None,
     catalog_path: Path | None = None,
+    backend: str = "local",
 ) -> BuildSummary:
-    """Build the named datasets (all when ``names`` is empty); return a summary per dataset."""
+    """Build the named datasets (all when ``names`` is empty); return a summary per dataset.
+
+    ``workers``: processes for the per-image work (default: CPU count); ``backend``: the
+    :data:`dsbuild.executor.BACKENDS` entry that runs it (``local``).
+    """
     progress = progress or Progress()
     datasets = manifest.select(names)
     preflight(manifest, datasets)
@@ -214,7 +219,7 @@ def build(
                 for ds in datasets:
                     summaries.append(
                         build_dataset(cat, manifest, ds, build_id=build_id, retry_failed=retry_failed,
-                                      progress=progress, workers=workers)
+                                      progress=progress, workers=workers, backend=backend)
                     )
             except KeyboardInterrupt:
                 cat.finish_build(build_id, "interrupted", {"datasets": [asdict(s) for s in summaries]})
@@ -232,7 +237,7 @@ def build(
 
 def build_dataset(
     cat: Catalog, manifest: Manifest, ds: Dataset, *, build_id: int, retry_failed: bool = False,
-    progress: Progress, workers: int | None = None,
+    progress: Progress, workers: int | None = None, backend: str = "local",
 ) -> DatasetSummary:
     """Run every source of ``ds`` into the catalog, then regroup it; return what this build did."""
     t0 = time.monotonic()
@@ -245,7 +250,7 @@ def build_dataset(
     writer = RowWriter(cat)
     sink = DatasetSink(writer, summary)
     run = SourceRun(dataset=ds, build_id=build_id, store=manifest.store, sink=sink, progress=progress,
-                    retry_failed=retry_failed, workers=workers)
+                    retry_failed=retry_failed, workers=workers, backend=backend)
 
     # Local folders.
     folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())

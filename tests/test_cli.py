@@ -381,3 +381,12 @@ def test_status_html_shows_duplicate_groups_and_conflicts(tmp_path: Path, capsys
     assert page.count("<img") == 4 and "data:image/" in page
     rc, _, err = run(capsys, "status", "-m", str(path), "--html", str(out))
     assert rc == 2 and err.startswith("Error: --html needs a DATASET")
+
+
+def test_export_formats_are_the_registry(capsys) -> None:
+    from dsbuild.exporters import EXPORTERS
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "d", "--to", "out", "--format", "nope"])
+    listed = ", ".join(repr(name) for name in EXPORTERS)
+    assert f"invalid choice: 'nope' (choose from {listed})" in capsys.readouterr().err

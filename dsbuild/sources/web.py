@@ -29,7 +29,7 @@ from pathlib import Path
 
 from dsbuild.catalog import Catalog, utcnow
 from dsbuild.errors import DsbuildError, EngineError
-from dsbuild.executor import INLINE_LIMIT, Batch, Executor, InlineExecutor, LocalPoolExecutor, VerifyJob
+from dsbuild.executor import Batch, Executor, InlineExecutor, LocalPoolExecutor, VerifyJob, make_executor
 from dsbuild.manifest import Dataset
 from dsbuild.rows import blob_row, fetch_row, image_id_for, item_row
 from dsbuild.sources import SourceRun
@@ -248,8 +248,6 @@ def in_memory_limit(concurrency: int) -> int:
 
 def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
     """Download ``by_url`` concurrently; verify the bodies with the executor, in batches, as they arrive."""
-    import os
-
     from dsbuild.fetch import FetchRequest, fetch_all
 
     ds, sink = run.dataset, run.sink
@@ -257,8 +255,9 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
     incoming = run.store / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     done: queue.Queue = queue.Queue()
-    use_pool = len(by_url) >= INLINE_LIMIT and (run.workers or os.cpu_count() or 1) > 1
-    verifier = BodyVerifier(ds, done, workers=run.workers, use_pool=use_pool, store=run.store)
+    # The run's executor backend: in-process for a few bodies (or one worker), else a process pool.
+    executor = make_executor(len(by_url), workers=run.workers, backend=run.backend)
+    verifier = BodyVerifier(ds, done, store=run.store, executor=executor)
     stop = threading.Event()
 
     def on_result(res) -> None:
