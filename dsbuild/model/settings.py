@@ -114,7 +114,7 @@ class ModelSettings:
             ("weights", self.weights is None or isinstance(self.weights, Path), f"must be a file path, got {self.weights!r}"),
             ("finetune", isinstance(self.finetune, bool), f"must be true or false, got {self.finetune!r}"),
             ("size", self.size is None or (is_int(self.size) and 16 <= self.size <= 2048),
-             f"must be an integer 16..2048 (or unset: the backbone's own size), got {self.size!r}"),
+             f"must be an integer 16..2048, got {self.size!r}"),
             ("epochs", is_int(self.epochs) and 0 <= self.epochs <= 1000, f"must be an integer 0..1000, got {self.epochs!r}"),
             ("freeze_epochs", is_int(self.freeze_epochs) and self.freeze_epochs >= 0, f"must be >= 0, got {self.freeze_epochs!r}"),
             ("batch_size", is_int(self.batch_size) and self.batch_size >= 1, f"must be >= 1, got {self.batch_size!r}"),
