@@ -144,7 +144,8 @@ def test_out_of_fold_probs_are_deterministic_under_a_seed(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_kfold_method_scores_each_fold_with_its_own_model(tmp_path: Path) -> None:
     df = digit_table(tmp_path, per_class=9, classes=(0, 1, 7), valid=0.0)
-    oof = out_of_fold_probs(df, ModelSettings(**FAST, epochs=1, augment=False, folds=3, oof_method="kfold", oof_rounds=1))
+    oof = out_of_fold_probs(df, ModelSettings(**{**FAST, "oof_method": "kfold"}, epochs=1, augment=False, folds=3,
+                                              oof_rounds=1))
     assert oof.method == "kfold" and sorted(set(oof.fold.tolist())) == [0, 1, 2]
     assert oof.check_out_of_sample() == 0
     # kfold: fold model f trained on exactly the images outside fold f.
