@@ -35,7 +35,7 @@ from dsbuild.verify import ImageRecord, analyze_bytes, analyze_file
 
 FLUSH_ROWS = 500  # rows per catalog transaction: what a killed build can lose and redo
 FLUSH_SECONDS = 2.0
-INLINE_LIMIT = 48  # fewer images than this are analysed in-process (no pool start-up)
+INLINE_LIMIT = 48  # images per verify worker below which fewer workers are started (each costs a fork)
 
 
 def image_id_for(dataset: str, label: str, origin: str) -> str:
@@ -213,6 +213,10 @@ def item_row(
         "split": None, "dup_group": None, "dup_of": None, "dup_distance": None, "conflict": False,
         "phash": rec.phash if rec else None, "src_size": src_size, "src_mtime_ns": src_mtime_ns,
         "first_seen": now, "updated_at": now, "build_id": build_id,
+        # what verification learned (for a rejected file the only record of it), and what decoders said
+        "format": rec.format if rec else None, "width": rec.width if rec else None,
+        "height": rec.height if rec else None, "bytes": (rec.bytes or None) if rec else None,
+        "warnings": list(rec.warnings) if rec else [],
     }
 
 
@@ -264,12 +268,68 @@ class RowWriter:
 # --------------------------------------------------------------------------- analysis
 
 
+HARD_LIMIT_FACTOR = 2.0
+HARD_LIMIT_EXTRA_S = 5.0
+"""A worker still busy ``time_limit * 2 + 5`` s after an image began is ended from outside (faulthandler's watchdog
+thread needs no GIL: it works while a decoder loops in C); the image is then rejected as ``timeout``."""
+
+_IN_WORKER = {"on": False, "devnull": None}
+
+
+def _worker_start() -> None:
+    """Initializer of every verify worker: C libraries' stderr captured per image, the per-image time limit armed."""
+    import signal
+
+    from dsbuild.decoders import capture_stderr_in_this_process
+
+    capture_stderr_in_this_process()
+    signal.signal(signal.SIGALRM, _time_up)
+    _IN_WORKER["on"] = True
+    _IN_WORKER["devnull"] = open(os.devnull, "w")  # noqa: SIM115 - faulthandler's output: a worker's life long
+
+
+def _time_up(signum, frame) -> None:
+    from dsbuild.decoders import TimeLimitExceeded
+
+    raise TimeLimitExceeded()
+
+
+def hard_limit(verify) -> float:
+    """Seconds after which a worker busy with one image is ended (see :data:`HARD_LIMIT_FACTOR`)."""
+    return verify.time_limit * HARD_LIMIT_FACTOR + HARD_LIMIT_EXTRA_S
+
+
 def _analyze_job(job: tuple) -> tuple[str, ImageRecord]:
-    """(key, path or bytes, verify, dedup, store_dir) → (key, record); accepted images are stored when store_dir is set."""
+    """(key, path or bytes, verify, dedup, store_dir) → (key, record); accepted images are stored when store_dir is set.
+
+    In a worker process the image gets ``verify.time_limit`` seconds (a SIGALRM
+    interrupts Python and Pillow's decode loop) and, should a decoder never give
+    control back, the worker is ended at :func:`hard_limit`.
+    """
     key, src, verify, dedup, store_dir = job
-    if isinstance(src, (bytes, bytearray)):  # a downloaded body: stored like a completed download, without fsync
-        return key, analyze_bytes(src, verify=verify, dedup=dedup, store_dir=store_dir, fsync=False)
-    return key, analyze_file(src, verify=verify, dedup=dedup, store_dir=store_dir)
+    guarded = _IN_WORKER["on"]
+    if guarded:
+        import faulthandler
+        import signal
+
+        signal.setitimer(signal.ITIMER_REAL, verify.time_limit)
+        faulthandler.dump_traceback_later(hard_limit(verify), exit=True, file=_IN_WORKER["devnull"])
+    from dsbuild.decoders import TimeLimitExceeded
+
+    try:
+        if isinstance(src, (bytes, bytearray)):  # a downloaded body: stored like a completed download, without fsync
+            return key, analyze_bytes(src, verify=verify, dedup=dedup, store_dir=store_dir, fsync=False)
+        return key, analyze_file(src, verify=verify, dedup=dedup, store_dir=store_dir)
+    except TimeLimitExceeded:  # fired between the analysis and the disarming below
+        return key, ImageRecord(ok=False, reason="timeout", detail=timeout_detail(verify))
+    finally:
+        if guarded:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            faulthandler.cancel_dump_traceback_later()
+
+
+def timeout_detail(verify) -> str:
+    return f"verification took longer than time_limit {verify.time_limit:g} s"
 
 
 def _analyze_chunk(jobs: list[tuple]) -> list[tuple[str, ImageRecord]]:
@@ -279,18 +339,17 @@ def _analyze_chunk(jobs: list[tuple]) -> list[tuple[str, ImageRecord]]:
 def analyze_many(jobs: list[tuple], *, workers: int | None = None) -> Iterator[tuple[str, ImageRecord]]:
     """Run :func:`analyze_file` over ``jobs`` (key, path, verify, dedup, store_dir), in worker processes.
 
-    Results come back in job order. Small batches run in-process. A worker that
-    dies (a decoder crash on a hostile file) costs only the file that killed it:
-    the unfinished chunks are re-run one file per task, and the file that breaks
-    the pool again is rejected as ``corrupt``.
+    Results come back in job order. Every image is analysed in a worker process,
+    never in the caller's: there a decoder's stderr is captured per image, the
+    time limit can end a decoder that never returns, and a crash costs one
+    worker. A worker that dies costs only the file that killed it: the
+    unfinished chunks are re-run one file per task, and the file that breaks the
+    pool again is rejected (``timeout`` when it ran past the hard limit, else
+    ``corrupt``).
     """
     if not jobs:
         return
-    workers = workers or os.cpu_count() or 1
-    if len(jobs) < INLINE_LIMIT or workers == 1:
-        for job in jobs:
-            yield _analyze_job(job)
-        return
+    workers = max(1, min(workers or os.cpu_count() or 1, (len(jobs) + INLINE_LIMIT - 1) // INLINE_LIMIT))
     chunk = max(1, min(64, len(jobs) // (workers * 8) or 1))
     chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
     retry: list[tuple] = []
@@ -312,9 +371,9 @@ def analyze_many(jobs: list[tuple], *, workers: int | None = None) -> Iterator[t
     yield from _isolated(retry)
 
 
-_WORKER_MODULES = ["dsbuild.verify", "dsbuild.hashing", "dsbuild.quality", "PIL.Image", "PIL.JpegImagePlugin",
-                   "PIL.PngImagePlugin", "PIL.ImageFilter", "PIL.ImageOps", "numpy",
-                   "scipy.fftpack"]  # phash's DCT: ~0.3 s to import, once per worker otherwise
+_WORKER_MODULES = ["dsbuild.verify", "dsbuild.decoders", "dsbuild.containers", "dsbuild.formats", "dsbuild.hashing",
+                   "dsbuild.quality", "PIL.Image", "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "PIL.ImageFilter",
+                   "PIL.ImageOps", "numpy", "simplejpeg", "scipy.fftpack"]  # phash's DCT: ~0.3 s to import, once per worker otherwise
 
 
 def _spawn_pool(workers: int) -> ProcessPoolExecutor:
@@ -331,7 +390,7 @@ def _spawn_pool(workers: int) -> ProcessPoolExecutor:
         ctx.set_forkserver_preload(_WORKER_MODULES)
     else:  # pragma: no cover - Windows
         ctx = mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_start)
 
 
 def _isolated(jobs: list[tuple]) -> Iterator[tuple[str, ImageRecord]]:
@@ -344,13 +403,20 @@ def _isolated(jobs: list[tuple]) -> Iterator[tuple[str, ImageRecord]]:
     while pending:
         with _spawn_pool(1) as pool:
             futures = [pool.submit(_analyze_job, job) for job in pending]
+            began = time.monotonic()  # when the job now running began, near enough: when the one before it ended
             for k, fut in enumerate(futures):
                 try:
-                    yield fut.result()
+                    result = fut.result()
                 except BrokenProcessPool:
-                    yield pending[k][0], ImageRecord(ok=False, reason="corrupt", detail="the decoder crashed on this file")
+                    verify = pending[k][2]
+                    if time.monotonic() - began >= hard_limit(verify) * 0.9:
+                        yield pending[k][0], ImageRecord(ok=False, reason="timeout", detail=timeout_detail(verify))
+                    else:
+                        yield pending[k][0], ImageRecord(ok=False, reason="corrupt", detail="the decoder crashed on this file")
                     pending = pending[k + 1 :]
                     break
+                began = time.monotonic()
+                yield result
             else:
                 pending = []
 

@@ -324,8 +324,9 @@ def _fetch_and_verify(cat, manifest, ds, by_url, *, build_id, progress, summary,
     incoming = manifest.store / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     done: queue.Queue = queue.Queue()
-    use_pool = len(by_url) >= INLINE_LIMIT and (workers or os.cpu_count() or 1) > 1
-    verifier = _Verifier(ds, done, workers=workers, use_pool=use_pool, store=manifest.store)
+    # Always worker processes (see dsbuild.build.analyze_many): stderr captured per image, time limit, crash isolation.
+    workers = max(1, min(workers or os.cpu_count() or 1, (len(by_url) + INLINE_LIMIT - 1) // INLINE_LIMIT))
+    verifier = _Verifier(ds, done, workers=workers, use_pool=True, store=manifest.store)
     stop = threading.Event()
 
     def on_result(res) -> None:

