@@ -91,14 +91,20 @@ def discover(cat: Catalog, ds: Dataset, *, progress: Progress, summary: DatasetS
                 if unreachable:
                     break
                 options = engine_options(ds, cls)
+                links = []
                 try:
                     stream = engine.links(query, options)
-                    links = [{"url": l.url, "rank": l.rank, "page_url": l.page_url} for l in stream]
+                    for l in stream:
+                        links.append({"url": l.url, "rank": l.rank, "page_url": l.page_url})
                     outcome = stream.outcome
                 except EngineError as exc:
                     # The engine host cannot be reached: no query of this engine can succeed.
                     unreachable = str(exc)
                     break
+                except DsbuildError:
+                    raise  # a setting no query of this engine can work with: the build stops with one line
+                except Exception as exc:  # noqa: BLE001 - an engine library's bug or a page it cannot read: this query only
+                    outcome = _engine_failure(ds.engine, query, exc, len(links))
                 cat.record_search(dataset=ds.name, label=cls.name, engine=ds.engine, query=query, wanted=ds.per_query,
                                   links=links, pages=outcome.pages, outcome=outcome.reason, message=outcome.message)
                 if not outcome.ok:
@@ -113,7 +119,13 @@ def discover(cat: Catalog, ds: Dataset, *, progress: Progress, summary: DatasetS
         for url_file in cls.urls:
             links, problems = read_url_list(url_file)
             rows = []
+            classes = {c.name for c in ds.classes}
             for link in links:
+                if link.label is not None and link.label not in classes:
+                    # Not a class of this dataset: as likely the tail of a URL cut at an unquoted comma as a label.
+                    problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} is not a class of this "
+                                    "dataset (a URL with an unquoted comma? quote it) — skipped")
+                    continue
                 if link.label is not None and link.label != cls.name:
                     problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} differs from class {cls.name!r}; using {cls.name!r}")
                 rows.append({"url": link.url, "rank": link.rank, "page_url": None})
@@ -122,6 +134,18 @@ def discover(cat: Catalog, ds: Dataset, *, progress: Progress, summary: DatasetS
             summary.notes.extend(problems[:20])
             if len(problems) > 20:
                 summary.notes.append(f"{url_file.name}: … and {len(problems) - 20} more problems")
+
+
+def _engine_failure(engine: str, query: str, exc: BaseException, kept: int):
+    """The ``error`` outcome of a query whose engine library raised: one line, the links found before it kept."""
+    from dsbuild.engines.base import Outcome
+
+    text = " ".join(str(exc).split()) or "no message"
+    if len(text) > 160:
+        text = text[:157] + "..."
+    message = (f"{engine} failed while reading the results for {query!r}: {type(exc).__name__}: {text} — "
+               f"stopped this query after {kept} links; the other queries go on (the engine's pages may have changed)")
+    return Outcome(reason="error", message=message, pages=0, links=kept)
 
 
 # --------------------------------------------------------------------------- planning + fetching
