@@ -5,7 +5,11 @@ store when on the same file system, else copies) plus ``DIR/labels.csv``.
 ``csv``: ``DIR/<dataset>.csv`` with image_id, path, label, split, origin, sha256.
 
 Only ``ok`` images are exported (rejected, failed and duplicate ones are not),
-with their current (reviewed) labels. The tree is written next to ``DIR`` and
+with their current (reviewed) labels, under their family's extension. Each
+store file is sniffed first (:func:`dsbuild.formats.sniff`, the table
+verification uses): a file whose content is no longer the format the catalog
+verified (a store edited by hand, or by something hostile) is not exported and
+is listed in ``ExportSummary.skipped``. The tree is written next to ``DIR`` and
 swapped in at the end, so an interrupted export never leaves a half tree; a
 non-empty ``DIR`` that is not a previous dsbuild export is never overwritten.
 """
@@ -32,6 +36,7 @@ class ExportSummary:
     format: str
     images: int
     per_split: dict[str, int]
+    skipped: tuple[tuple[str, str], ...] = ()  # (image_id, why) of store files that are not their verified image
 
 
 def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "imagefolder") -> ExportSummary:
@@ -53,8 +58,13 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
     tmp.mkdir(parents=True)
     try:
         rows = []
+        skipped: list[tuple[str, str]] = []
         for rec in df.itertuples(index=False):
             src = Path(rec.path)
+            why = _not_verified_content(src, rec.format)
+            if why is not None:
+                skipped.append((rec.image_id, why))
+                continue
             if fmt == "imagefolder":
                 dest = tmp / rec.split / rec.label / f"{rec.image_id}{src.suffix}"
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -79,8 +89,25 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    per_split = {k: int(v) for k, v in df["split"].value_counts().items()}
-    return ExportSummary(dataset=dataset, out=out, format=fmt, images=len(df), per_split=per_split)
+    kept = df[~df["image_id"].isin({i for i, _ in skipped})]
+    per_split = {k: int(v) for k, v in kept["split"].value_counts().items()}
+    return ExportSummary(dataset=dataset, out=out, format=fmt, images=len(kept), per_split=per_split,
+                         skipped=tuple(skipped))
+
+
+def _not_verified_content(path: Path, fmt: str | None) -> str | None:
+    """Why the store file at ``path`` is not the ``fmt`` image the catalog verified, or None when it is."""
+    from dsbuild.formats import family, sniff
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        return f"store file {path} cannot be read ({exc.strerror or exc})"
+    found = sniff(head)
+    if found is None or family(found) != family(fmt):
+        return f"store file {path} holds {found or 'unrecognised content'}, not the {fmt} image verified"
+    return None
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

@@ -208,10 +208,14 @@ def open_image(path: str | os.PathLike, *, allowed: tuple[str, ...] = tuple(FAMI
     if not data:
         raise Refused("empty file", "0 bytes")
     fam = check_content(data[:512], allowed, data)
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the size is checked below, with the numbers in the message; open reads headers only
     try:
         img = Image.open(io.BytesIO(data), formats=FAMILIES[fam].pillow)
     except Exception as exc:  # noqa: BLE001 - the family's reader refused its header
         raise Refused("corrupt", f"{fam} header cannot be read ({type(exc).__name__})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
     width, height = img.size
     if width * height > max_pixels:
         img.close()

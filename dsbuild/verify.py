@@ -252,11 +252,20 @@ def analyze_file(
     return analyze_bytes(data, verify=verify, dedup=dedup, store_dir=store_dir, with_quality=with_quality)
 
 
-def load_rgb(path: str | os.PathLike):
-    """Open an image for training/prediction: EXIF orientation applied, RGB, first frame."""
-    from PIL import Image
+def load_rgb(path: str | os.PathLike, *, verify: VerifySettings | None = None):
+    """Open an image for training/prediction: EXIF orientation applied, RGB, first frame.
 
-    with Image.open(path) as img:
+    Through :func:`dsbuild.formats.open_image`: the content is sniffed and must
+    be an allowed format (``verify.formats``, default every family) within
+    ``verify.max_pixels``/``max_bytes``; anything else raises
+    :class:`dsbuild.formats.Refused` before a decoder sees it (an EPS named
+    ``.jpg`` never reaches Ghostscript).
+    """
+    from dsbuild.formats import open_image
+
+    v = verify or VerifySettings()
+    with _pixel_limit(v.max_pixels), open_image(path, allowed=v.formats, max_pixels=v.max_pixels,
+                                                max_bytes=v.max_bytes) as img:
         img.load()
         out = normalise(img)
     return out.convert("RGB") if out.mode != "RGB" else out
