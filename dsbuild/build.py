@@ -384,7 +384,16 @@ def _spawn_pool(workers: int) -> ProcessPoolExecutor:
     milliseconds instead of each worker importing them again; elsewhere, spawn.
     """
     import multiprocessing as mp
+    import sys
 
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__spec__", None) is None and getattr(main, "__file__", None):
+        # A console script without a main guard (``sys.exit(main())`` at import, as some installers write them)
+        # would be run again in every worker — the whole CLI, a second build — when the child prepares its
+        # __main__ from that path. Workers need nothing from __main__: name dsbuild's, which they skip.
+        import importlib.util
+
+        main.__spec__ = importlib.util.find_spec("dsbuild.__main__")
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(_WORKER_MODULES)

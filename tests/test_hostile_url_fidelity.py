@@ -125,24 +125,28 @@ def test_signed_urls_and_redirects_are_sent_byte_for_byte(tmp_path, server) -> N
     assert finals[b + "/go/2"] == b + REDIRECTS["/go/2"]
 
 
-def test_csv_with_a_label_column_skips_ambiguous_lines_and_says_where(tmp_path, server) -> None:
+def test_csv_with_a_label_column_reads_comma_urls_whole_and_skips_ambiguous_lines(tmp_path, server) -> None:
     b = server.base
     text = (
         "url,label\n"
-        f"{b}{COMMA[0]},waves\n"         # line 2: unquoted commas, then a label: ambiguous
-        f'"{b}{COMMA[1]}",waves\n'        # line 3: quoted: unambiguous
+        f"{b}{COMMA[0]},waves\n"         # line 2: unquoted commas, then a label: the URL is all before the last comma
+        f'"{b}{COMMA[1]}",waves\n'        # line 3: quoted
         f"{b}/plain/one.jpg,waves\n"      # line 4
         f"{b}{COMMA[2]}\n"                # line 5: unquoted commas, no label: the 'label' would be a URL piece
+        f"{b}/cdn/fill/w_1,h_2.jpg\n"     # line 6: one comma, no label: 'h_2.jpg' is no class of the dataset
+        f"{b}{COMMA[0]},waves,extra\n"    # line 7: a label then one more field: skipped, not guessed
     )
     proj = _project(tmp_path, {"waves": {"waves.csv": text}, "other": {"other.txt": f"{b}/plain/two.jpg\n"}})
     code, out, err = proj.cli("build")
     assert code == 0, out + err
     said = " ".join((out + err).split())
-    assert "waves.csv line 2" in said and "waves.csv line 5" in said
+    for line in (5, 6, 7):
+        assert f"waves.csv line {line}:" in said, line
+    assert "waves.csv line 2:" not in said and "waves.csv line 3:" not in said
     cut = [t for t in server.seen if t not in server.images]
     assert cut == [], f"requests for URLs that were never listed: {cut}"
     origins = {r["origin"]: r["status"] for r in proj.rows("SELECT origin, status FROM images")}
-    assert origins == {b + COMMA[1]: "ok", b + "/plain/one.jpg": "ok", b + "/plain/two.jpg": "ok"}
+    assert origins == {b + COMMA[0]: "ok", b + COMMA[1]: "ok", b + "/plain/one.jpg": "ok", b + "/plain/two.jpg": "ok"}
 
 
 def test_a_one_column_csv_takes_each_whole_line(tmp_path, server) -> None:

@@ -6,10 +6,12 @@ A URL list is either
 * a CSV file (``.csv`` suffix, or a first line that is a ``url`` / ``url,label`` header)
   with a ``url`` column and an optional ``label`` column. With ``url`` alone,
   each line is one whole URL (commas included; a line that is one quoted field
-  is unquoted). With more columns a row may not have more fields than the
-  header and its label must be a label: a row that breaks either (an unquoted
-  comma in its URL, most likely) is reported with its line and skipped — a URL
-  is never cut.
+  is unquoted). With ``url,label`` an unquoted URL with commas is read up to
+  the row's last comma (the label holds none), and the label must be a label
+  (and, in a build, a class of the dataset); with other columns a row may not
+  have more fields than the header. A row that cannot be read so (a URL with
+  commas and no label, most likely) is reported with its line and skipped — a
+  URL is never cut.
 
 Bad lines (not http/https, unparsable, credentials, too long, not UTF-8) are
 reported as problems naming the file and line; the other lines proceed. The same
@@ -218,9 +220,15 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
                 problems.append(f"{name} line {number}: not a valid CSV row ({err}) — skipped")
                 continue
             if len(cells) > len(header):  # fewer is fine: trailing columns left out
-                problems.append(f"{name} line {number}: {len(cells)} fields where the header has {len(header)} "
-                                "(a URL with an unquoted comma? quote it) — skipped")
-                continue
+                if header == ["url", "label"] and '"' not in text:
+                    # An unquoted URL with commas, then its label: the label is the last field and holds no comma,
+                    # so the URL is everything before the last comma, byte for byte.
+                    head, _, tail = text.rpartition(",")
+                    cells = [head, tail]
+                else:
+                    problems.append(f"{name} line {number}: {len(cells)} fields where the header has {len(header)} "
+                                    "(a URL with an unquoted comma? quote it) — skipped")
+                    continue
             if url_col >= len(cells) or not cells[url_col].strip():
                 problems.append(f"{name} line {number}: no url — skipped")
                 continue
