@@ -32,8 +32,10 @@ calls it). Its rules, in order:
 
 Returns ``(image, info)`` where ``image`` is normalised (RGB or L, displayed
 orientation, possibly DCT-reduced) and ``info`` has ``format`` (the family),
-``width``/``height`` (as displayed), ``mode``, ``frames`` and ``warnings``
-(tuple of notes). Rejections raise :class:`Rejected` with ``reason``,
+``width``/``height`` (as displayed), ``mode``, ``frames``, ``warnings``
+(tuple of notes) and, when metadata had to be dropped to decode the file,
+``stored_data``: the bytes decoded, which are the ones to keep (Pillow's
+default open refuses the original just as it refused it here). Rejections raise :class:`Rejected` with ``reason``,
 ``detail`` and ``info`` (what was known: format, declared size, frames).
 """
 
@@ -333,6 +335,9 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
         if after in (5, 6, 7, 8):
             width, height = height, width
     info.update(width=width, height=height)
+    if decode_data is not data:
+        # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
+        info["stored_data"] = decode_data
     return out, info
 
 

@@ -215,6 +215,9 @@ def analyze_bytes(
                        bytes=size, **known)
     except Exception as exc:  # a decoded image that cannot be hashed is unusable
         return _reject("corrupt", f"hashing failed: {type(exc).__name__}: {exc}", sha256=sha, bytes=size, **_known(info))
+    if info.get("stored_data") is not None:  # metadata dropped: keep the bytes that were decoded (see decode)
+        data = info["stored_data"]
+        sha, size = hashlib.sha256(data).hexdigest(), len(data)
     stored = None
     if store_dir is not None:
         stored = str(store_bytes(store_dir, sha, data, info["format"], fsync=fsync))
