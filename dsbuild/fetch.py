@@ -89,7 +89,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _OK_STATUSES = frozenset({200, 203})
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _SNIFF_BYTES = 64
-_DIB_HEADER_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)
 _FTYP_BRANDS = {"avif": "avif", "avis": "avif", "heic": "heic", "heix": "heic", "mif1": "heif", "msf1": "heif"}
 _INFLATE_PIECE = 256 * 1024  # most bytes inflated in one step: bounds memory under a gzip bomb
 
@@ -241,23 +240,19 @@ class FetchResult:
 def sniff(head: bytes) -> tuple[str | None, str | None]:
     """(image format, None) for an allowed image, else (None, reject reason), from the first bytes.
 
-    Allowed: JPEG, PNG, GIF, WebP, BMP, TIFF. Everything else gets a reason such
-    as ``"not an image (html)"``, ``"not an image (svg)"``, ``"unsupported image (avif)"``.
+    Allowed: the format families of :mod:`dsbuild.formats` (JPEG, PNG, GIF, WebP,
+    BMP, TIFF incl. BigTIFF), decided by the same magic-byte table verification
+    uses, returned lower-case. Everything else gets a reason such as
+    ``"not an image (html)"``, ``"not an image (svg)"``, ``"unsupported image (avif)"``.
     """
+    from dsbuild.formats import FAMILIES
+    from dsbuild.formats import sniff as sniff_format
+
     if not head:
         return None, "empty body"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg", None
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png", None
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif", None
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp", None
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff", None
-    if head[:2] == b"BM" and len(head) >= 26 and int.from_bytes(head[14:18], "little") in _DIB_HEADER_SIZES:
-        return "bmp", None  # "BM" + a known DIB header size: plain text starting "BM" is not taken for a bitmap
+    fmt = sniff_format(head)
+    if fmt in FAMILIES:
+        return fmt.lower(), None
     return None, _what_else(head)
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from dsbuild.decoders import normalise  # noqa: F401 - public here too: training and predict normalise with it
 from dsbuild.manifest import DedupSettings, VerifySettings
 from dsbuild.store import store_bytes
 
@@ -87,44 +88,6 @@ class ImageRecord:
 
 def _reject(reason: str, detail: str, **known) -> ImageRecord:
     return ImageRecord(ok=False, reason=reason, detail=detail, **known)
-
-
-def normalise(img, *, orientation: int | None = None):
-    """Return ``img`` as RGB or L (8-bit), EXIF orientation applied, alpha composited on white.
-
-    Handles CMYK, P/PA (palettes, incl. transparency), LA, RGBA, 1, I;16, I and F.
-    ``orientation``: 1 when the caller already turned the image (verification
-    does); None reads it from the image's EXIF (broken EXIF counts as upright).
-    """
-    from PIL import Image, ImageOps
-
-    if orientation is None:
-        try:
-            orientation = img.getexif().get(0x0112, 1)
-        except Exception:  # noqa: BLE001 - broken EXIF is metadata: the picture stays upright
-            orientation = 1
-    if orientation not in (None, 1):  # exif_transpose copies the image even when upright
-        img = ImageOps.exif_transpose(img)
-    mode = img.mode
-    if mode in ("RGB", "L"):
-        return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        arr = np.clip(arr / hi * 255.0, 0, 255).astype("uint8")
-        return Image.fromarray(arr, mode="L")
-    if mode == "1":
-        return img.convert("L")
-    if mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-        mode = img.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
 
 
 def decode(data: bytes, settings: VerifySettings, *, analysis_side: int | None = ANALYSIS_SIDE):
