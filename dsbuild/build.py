@@ -285,7 +285,20 @@ def _worker_start() -> None:
     capture_stderr_in_this_process()
     signal.signal(signal.SIGALRM, _time_up)
     _IN_WORKER["on"] = True
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # a build killed with SIGKILL must not leave its workers waiting for tasks forever
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="dsbuild-parent-watch", daemon=True).start()
     _IN_WORKER["devnull"] = open(os.devnull, "w")  # noqa: SIM115 - faulthandler's output: a worker's life long
+
+
+def _exit_with(sentinel: int) -> None:
+    from multiprocessing.connection import wait
+
+    wait([sentinel])
+    os._exit(0)
 
 
 def _time_up(signum, frame) -> None:

@@ -240,7 +240,9 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     comp_sha = df.groupby("comp")["sha256"].transform("min").fillna("")
     df["unit"] = np.where(cand & (comp_size > 1).to_numpy(), "g-" + comp_sha, df["sha256"].fillna(df["image_id"]))
     existing = df[in_split & df["split"].notna()].groupby("unit")["split"].agg(lambda s: s.mode().iloc[0])
-    reps = df[in_split & (df["status"] == "ok")]
+    # A unit may hold several groups (near each other, not within threshold of one representative): its label
+    # for stratification is its representatives' label of the smallest content hash, wherever the files are.
+    reps = df[in_split & (df["status"] == "ok")].sort_values(["unit", "sha256"])
     units = pd.DataFrame({"unit": reps["unit"], "label": reps["label"]}).drop_duplicates("unit")
     units["split"] = units["unit"].map(existing)
     mapping = assign_splits(units, dataset.split)
