@@ -132,8 +132,6 @@ _TRUNCATED = re.compile(r"truncat|premature end|unexpected end|end of (file|stre
 # libjpeg warnings (jerror.h JWRN_*) that leave every pixel as encoded: noted, the image kept
 _JPEG_HARMLESS = re.compile(r"extraneous bytes before marker|unknown JFIF revision|Unknown Adobe color transform|"
                             r"bad ICC marker|too many scanlines", re.I)
-_JPEG_WARNINGS = re.compile(r"^(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|"
-                            r"Inconsistent progression sequence|Warning: |Unknown Adobe)", re.I)
 
 
 def _reason(text: str) -> str:
@@ -395,13 +393,12 @@ def _jpeg_pixels(data: bytes, img, analysis_side: int | None, notes: list[str]):
         arr = simplejpeg.decode_jpeg(data, strict=True, **kw)
     except ValueError as exc:
         text = str(exc)
-        if _JPEG_HARMLESS.search(text):
-            notes.append(f"libjpeg: {text}")
-            arr = simplejpeg.decode_jpeg(data, strict=False, **kw)
-        elif _JPEG_WARNINGS.search(text):
+        if not _JPEG_HARMLESS.search(text):  # missing or corrupt data, or an error libjpeg cannot decode past
             raise Rejected(_reason(text), f"libjpeg: {text}") from None
-        else:
-            raise Rejected(_reason(text), f"libjpeg: {text}") from None
+        # A warning that leaves every pixel as encoded (strict mode stopped at it): noted, decoded leniently.
+        # A later harmful warning in the same file would go unseen: strict mode reports only the first.
+        notes.append(f"libjpeg: {text}")
+        arr = simplejpeg.decode_jpeg(data, strict=False, **kw)
     if space == "GRAY":
         return Image.fromarray(arr[..., 0], "L")
     if space == "CMYK":
