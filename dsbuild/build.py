@@ -346,7 +346,15 @@ def timeout_detail(verify) -> str:
 
 
 def _analyze_chunk(jobs: list[tuple]) -> list[tuple[str, ImageRecord]]:
-    return [_analyze_job(job) for job in jobs]
+    from dsbuild.decoders import TimeLimitExceeded
+
+    out = []
+    for job in jobs:
+        try:
+            out.append(_analyze_job(job))
+        except TimeLimitExceeded:  # the timer fired while _analyze_job was disarming it: still this image's
+            out.append((job[0], ImageRecord(ok=False, reason="timeout", detail=timeout_detail(job[2]))))
+    return out
 
 
 def analyze_many(jobs: list[tuple], *, workers: int | None = None) -> Iterator[tuple[str, ImageRecord]]:
@@ -424,7 +432,7 @@ def _isolated(jobs: list[tuple]) -> Iterator[tuple[str, ImageRecord]]:
     pending = list(jobs)
     while pending:
         with _spawn_pool(1) as pool:
-            futures = [pool.submit(_analyze_job, job) for job in pending]
+            futures = [pool.submit(_analyze_chunk, [job]) for job in pending]
             began = time.monotonic()  # when the job now running began, near enough: when the one before it ended
             for k, fut in enumerate(futures):
                 try:
@@ -438,7 +446,7 @@ def _isolated(jobs: list[tuple]) -> Iterator[tuple[str, ImageRecord]]:
                     pending = pending[k + 1 :]
                     break
                 began = time.monotonic()
-                yield result
+                yield result[0]
             else:
                 pending = []
 
