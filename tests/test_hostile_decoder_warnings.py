@@ -59,6 +59,23 @@ def _tiff_damaged(compression: str, photo_name: str = "coffee") -> bytes:
     return bytes(data)
 
 
+def _gif_cut_with_trailer() -> bytes:
+    """A GIF whose image data stops at 60 %, then a block terminator and the trailer: looks complete."""
+    data = encode(photo("moon", (200, 150)), "GIF")
+    return data[: int(len(data) * 0.6)] + b"\x00\x3b"
+
+
+def _png_idat_cut_with_iend() -> bytes:
+    """A PNG whose IDAT holds 70 % of its zlib stream under a correct checksum, then IEND: looks complete."""
+    from hostile_kit import png_chunk
+
+    data = encode(photo("coins", (200, 150)), "PNG")
+    at = data.find(b"IDAT") - 4
+    length = int.from_bytes(data[at : at + 4], "big")
+    body = data[at + 8 : at + 8 + length]
+    return data[:at] + png_chunk(b"IDAT", body[: int(length * 0.7)]) + png_chunk(b"IEND", b"")
+
+
 def _tiff_cut(compression: str) -> bytes:
     data = encode(photo("rocket", (200, 150)), "TIFF", compression=compression)
     return data[: int(len(data) * 0.55)]
@@ -81,6 +98,8 @@ CASES = {
     "raw_cut.tif": (lambda: _tiff_cut("raw"), "rejected", "truncated", re.compile(r"truncated", re.I)),
     # libtiff writes the directory after the strips: cut, the file has no directory left to read
     "lzw_cut.tif": (lambda: _tiff_cut("tiff_lzw"), "rejected", "truncated", re.compile(r"directory .* past the end")),
+    "gif_cut_trailer.gif": (_gif_cut_with_trailer, "rejected", "truncated", re.compile(r"truncated", re.I)),
+    "png_idat_cut_iend.png": (_png_idat_cut_with_iend, "rejected", "truncated", re.compile(r"truncated", re.I)),
     "junk_before_eoi.jpg": (_extraneous_before_eoi, "ok", None, None),
     "whole.jpg": (lambda: _jpeg("chelsea"), "ok", None, None),
     "whole_prog.jpg": (lambda: _jpeg("clock", progressive=True), "ok", None, None),
