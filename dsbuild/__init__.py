@@ -7,7 +7,10 @@ manifest.py         ``datasets.toml`` → frozen dataclasses; every error names 
 engines/            link discovery: bing (bing-image-downloader), icrawler engines, URL lists
 fetch.py            concurrent, safe downloader (limits, deadlines, retries, SSRF guard)
 crawl.py            queries/URL lists → fetch → verify → store → catalog rows (provenance)
-verify.py           one full decode per image: limits, bomb guard, format allow-list, reasons
+formats.py          the one format table: magic bytes → format, family → extension; open_image for every untrusted open
+containers.py       structure before pixels: PNG chunks/checksums, GIF frames, TIFF directories (nothing decoded)
+decoders.py         the one decode: every frame's size, every decoder message kept per image, metadata never costs pixels
+verify.py           one full decode per image: limits, bomb guard, format allow-list, reasons (via decoders.py)
 hashing.py          perceptual hashes on the already-decoded image (vectorised)
 quality.py          CleanVision-style quality scores (dark, light, blurry, ...)
 store.py            content-addressed image store (sha256 → file), atomic writes
