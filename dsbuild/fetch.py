@@ -752,8 +752,8 @@ def _redirect_target(current: str, location: str) -> str:
 
 
 def _wire_url(url: str) -> str:
-    """``url`` as it goes on the wire: :func:`dsbuild.engines.urls.normalize_url` (escapes kept, IRI → URI)."""
-    from dsbuild.engines.urls import normalize_url
+    """``url`` as it goes on the wire: :func:`dsbuild.sources.urls.normalize_url` (escapes kept, IRI → URI)."""
+    from dsbuild.sources.urls import normalize_url
 
     return normalize_url(url)
 
