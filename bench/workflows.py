@@ -86,8 +86,6 @@ def web_workflows(folder: Path, names: list[str]) -> None:
             run(manifest, "-q", "retrain", name)
             run(manifest, "predict", name, str(folder / f"{name}-new.jpg"))
         run(manifest, "query", "select dataset, query, wanted, links, outcome from searches order by all")
-        run(manifest, "query", "select distinct regexp_extract(url, 'tbs=[^&]*') as licence_filter from fetch_log "
-                               "where dataset = 'sharks-vs-dolphins'")
 
 
 def landmarks(folder: Path) -> None:

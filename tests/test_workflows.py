@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -121,8 +122,10 @@ def test_model_loop_completes(web, name: str, capsys, tmp_path: Path) -> None:
     manifest, _, plan = web
     code, out, err = run_cli(capsys, manifest, "-q", "train", name)
     assert code == 0, err
-    ((train_run,),) = sql(manifest, "select run_id from runs where dataset = ? and kind = 'train' and status = 'ok'",
-                          [name])
+    ((train_run, epochs),) = sql(manifest, "select run_id, epochs from runs where dataset = ? and kind = 'train' "
+                                           "and status = 'ok'", [name])
+    losses = [e["train_loss"] for e in json.loads(epochs) if "train_loss" in e]
+    assert losses and all(math.isfinite(v) for v in losses)  # it learned from batches of real photos
 
     code, out, err = run_cli(capsys, manifest, "-q", "mislabels", name, "--format", "json")
     assert code == 0, err

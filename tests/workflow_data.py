@@ -128,7 +128,9 @@ PHOTOS = {
 PER_QUERY = 5  # distinct photos each query returns (the manifest asks for 1000)
 #: What a machine without the internet adds to a shipped dataset: a tiny model with offline ImageNet weights
 #: (lr given: no lr_find on a handful of images), and short network time limits for the loopback engine.
-OFFLINE = {"arch": "efficientnet_lite0", "size": 32, "epochs": 1, "lr": 0.01, "folds": 2}
+#: batch_size 8: fastai drops a train batch that is not full, and at the default 32 a train split of
+#: 17 images would give no batch at all (train_loss nan: nothing learned, silently).
+OFFLINE = {"arch": "efficientnet_lite0", "size": 32, "epochs": 1, "lr": 0.01, "folds": 2, "batch_size": 8}
 FAST_FETCH = {"connect_timeout": 2.0, "read_timeout": 2.0, "deadline": 5.0, "retries": 1, "backoff_base": 0.05}
 
 
