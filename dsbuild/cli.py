@@ -63,7 +63,7 @@ def cmd_build(args) -> int:
 
     manifest = _load(args)
     summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
-                    workers=args.workers)
+                    workers=args.workers, resplit=args.resplit)
     print_build_summary(summary)
     return 0
 
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("datasets", nargs="*", metavar="DATASET", help="datasets to build (default: all)")
     p.add_argument("--retry-failed", action="store_true", help="retry downloads that failed for transient reasons")
     p.add_argument("--workers", type=int, default=None, help="worker processes for verification (default: CPU count)")
+    p.add_argument("--resplit", action="store_true",
+                   help="assign every image's split again from the manifest's [split] settings (after changing "
+                        "fractions, seed or carve); says how many images moved")
 
     p = add("status", cmd_status, "counts per class × split × status, and rejects by reason")
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="one dataset (default: all in the catalog)")

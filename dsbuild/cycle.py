@@ -51,16 +51,41 @@ def new_run_id(dataset: str, kind: str) -> str:
     return f"{dataset}-{kind}-{stamp}-{secrets.token_hex(2)}"
 
 
-def training_frame(cat: Catalog, dataset: str):
-    """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin."""
+def training_frame(cat: Catalog, dataset: str, *, split=None):
+    """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin.
+
+    ``split``: the dataset's :class:`dsbuild.split.SplitSettings` (for the fix the error names).
+    """
     df = cat.trainable_images(dataset)
     if df.empty:
         raise DsbuildError(f"dataset '{dataset}' has no accepted images in the catalog — run `dsbuild build {dataset}` first")
     if df["label"].nunique() < 2:
         raise DsbuildError(f"dataset '{dataset}' has fewer than two labels with accepted images — nothing to learn")
     if (df["split"] == "valid").sum() == 0:
-        raise DsbuildError(f"dataset '{dataset}' has no valid images — set datasets.{dataset}.split.valid > 0 and rebuild")
+        raise DsbuildError(no_valid_message(dataset, split, cat.given_splits(dataset), int(df["label"].value_counts().max())))
     return df
+
+
+def no_valid_message(dataset: str, split, given: list[str], largest: int) -> str:
+    """Why ``dataset`` has no valid images, and the manifest change (+ ``build --resplit``) that gives it some.
+
+    ``split``: its :class:`dsbuild.split.SplitSettings`; ``given``: the splits its
+    ImageFolder tree gave (a tree without ``valid/`` needs a carve); ``largest``: images
+    in its largest class.
+    """
+    rebuild = f"then run `dsbuild build {dataset} --resplit`"
+    carving = split is not None and split.carve is not None and split.carve.valid > 0
+    if given and "valid" not in given and not carving:
+        source = "train" if "train" in given else given[0]
+        return (f"dataset '{dataset}' has no valid images: its folder gives {' and '.join(given)} and no valid — "
+                f"carve one out of {source}: add carve = {{ from = \"{source}\", valid = 0.2 }} to "
+                f"[datasets.{dataset}.split], {rebuild}")
+    if not given and split is not None and split.valid == 0:
+        return (f"dataset '{dataset}' has no valid images — set valid = 0.2 (and train = {round(split.train - 0.2, 9):g}) "
+                f"in [datasets.{dataset}.split], {rebuild}")
+    return (f"dataset '{dataset}' has no valid images: its largest class has {largest} image(s), too few to set one "
+            f"aside — add images (a class gets its first valid image at 3 with valid = 0.2), then run "
+            f"`dsbuild build {dataset}`")
 
 
 class _Writer:
@@ -109,7 +134,7 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
     run_id = new_run_id(name, kind)
     with _Writer(manifest) as w:
         with w.open() as cat:
-            df = training_frame(cat, name)
+            df = training_frame(cat, name, split=ds.split)
             cat.start_run(run_id=run_id, dataset=name, kind=kind, arch=settings.arch,
                           params=_params(settings), parent_run=parent_run)
         out_dir = models_dir(manifest) / name / run_id
@@ -162,7 +187,7 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     run_id = new_run_id(name, "mislabels")
     with _Writer(manifest) as w:
         with w.open() as cat:
-            df = training_frame(cat, name)
+            df = training_frame(cat, name, split=ds.split)
             keep = _reviewed_keep(cat, name)
             members = cat.conflict_members(name)
             cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings))

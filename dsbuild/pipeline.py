@@ -9,7 +9,11 @@
   killed at any moment leaves a catalog that only points at complete files, and
   the next build continues where it stopped;
 * dedup and splits are recomputed from the catalog at the end of every build
-  (cheap), with existing splits kept.
+  (cheap), with existing splits kept. The split settings each dataset was split
+  with are recorded (meta ``split:NAME``): when the manifest's fractions, seed or
+  carve differ, the build refuses before any work (:func:`check_split_settings`)
+  until it is run with ``resplit=True`` (``--resplit``), which assigns every split
+  again and reports how many images moved.
 
 A build takes the catalog's lock file first, so a second build fails fast.
 Sources (:mod:`dsbuild.sources`: folders, then URL lists and search engines)
@@ -194,11 +198,15 @@ def build(
     workers: int | None = None,
     catalog_path: Path | None = None,
     backend: str = "local",
+    resplit: bool = False,
 ) -> BuildSummary:
     """Build the named datasets (all when ``names`` is empty); return a summary per dataset.
 
     ``workers``: processes for the per-image work (default: CPU count); ``backend``: the
-    :data:`dsbuild.executor.BACKENDS` entry that runs it (``local``).
+    :data:`dsbuild.executor.BACKENDS` entry that runs it (``local``). ``resplit``: assign
+    every image's split again from the manifest's split settings (needed after changing
+    them; a note says how many images moved). Raises :class:`DsbuildError` when a
+    dataset's split settings changed since its last build and ``resplit`` is false.
     """
     progress = progress or Progress()
     datasets = manifest.select(names)
@@ -210,6 +218,7 @@ def build(
     try:
         cat = Catalog.open(catalog_path)
         try:
+            check_split_settings(cat, datasets, resplit=resplit)
             swept = sweep_temp_files(manifest.store)
             if swept:
                 progress.note(f"removed {swept} partial files left by an interrupted build")
@@ -219,7 +228,7 @@ def build(
                 for ds in datasets:
                     summaries.append(
                         build_dataset(cat, manifest, ds, build_id=build_id, retry_failed=retry_failed,
-                                      progress=progress, workers=workers, backend=backend)
+                                      progress=progress, workers=workers, backend=backend, resplit=resplit)
                     )
             except KeyboardInterrupt:
                 cat.finish_build(build_id, "interrupted", {"datasets": [asdict(s) for s in summaries]})
@@ -237,7 +246,7 @@ def build(
 
 def build_dataset(
     cat: Catalog, manifest: Manifest, ds: Dataset, *, build_id: int, retry_failed: bool = False,
-    progress: Progress, workers: int | None = None, backend: str = "local",
+    progress: Progress, workers: int | None = None, backend: str = "local", resplit: bool = False,
 ) -> DatasetSummary:
     """Run every source of ``ds`` into the catalog, then regroup it; return what this build did."""
     t0 = time.monotonic()
@@ -261,7 +270,8 @@ def build_dataset(
         web.ingest(cat, run)
         writer.flush()
 
-    regroup_dataset(cat, ds, summary=summary, progress=progress)
+    regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit)
+    cat.set_meta(f"split:{ds.name}", ds.split.record())
     # Dedup and quality checks have just turned some accepted images into duplicates or rejects:
     # the summary reports this build's images as the catalog now has them, not as they were fetched.
     counts = cat.build_item_counts(ds.name, build_id)
@@ -277,8 +287,42 @@ def build_dataset(
     return summary
 
 
-def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progress: Progress) -> None:
-    """Recompute duplicate groups, conflicts and splits of ``ds`` from the catalog."""
+def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool) -> None:
+    """Refuse (one line naming ``--resplit``) when a dataset's split settings changed since its last build.
+
+    Stable splits protect existing images when the *data* grows; a change of the
+    *settings* (fractions, seed, carve) can only take effect by moving images, which
+    ``--resplit`` does explicitly. A catalog without a record (built before records
+    existed) counts as split without a carve.
+    """
+    from dsbuild.split import describe_change
+
+    if resplit:
+        return
+    changed = []
+    for ds in datasets:
+        old = cat.get_meta(f"split:{ds.name}")
+        if old is None:
+            if ds.split.carve is None or not cat.has_splits(ds.name):
+                continue  # a first build, or one from before the record: nothing carved yet, nothing to move
+        elif old == ds.split.record():
+            continue
+        changed.append((ds.name, describe_change(old, ds.split)))
+    if changed:
+        what = "; ".join(f"'{name}' ({change})" for name, change in changed)
+        names = " ".join(name for name, _ in changed)
+        raise DsbuildError(
+            f"the split settings of {what} changed since the last build, and images keep their splits — run "
+            f"`dsbuild build {names} --resplit` to assign the splits again (runs trained before keep the old "
+            "ones), or put the old settings back", exit_code=2)
+
+
+def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progress: Progress,
+                    resplit: bool = False) -> None:
+    """Recompute duplicate groups, conflicts and splits of ``ds`` from the catalog.
+
+    ``resplit``: assign every split again (a note in ``summary`` says how many images moved).
+    """
     from dsbuild.dedup.grouping import regroup
 
     items = cat.dataset_items(ds.name)
@@ -286,7 +330,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
         near = None
         if ds.dedup.near and ds.dedup.threshold > 0:
             near = near_pairs_for(items, ds)
-        updates, gs = regroup(items, ds, near_pairs=near)
+        updates, gs = regroup(items, ds, near_pairs=near, keep_splits=not resplit)
         cat.update_dedup_and_splits(ds.name, updates)
         bar.advance(len(items))
     summary.duplicates, summary.dup_groups, summary.conflicts, summary.near_pairs = gs.duplicates, gs.groups, gs.conflicts, gs.near_pairs
@@ -295,6 +339,25 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
                              "splits: left as separate groups so that no image moves to another split")
     counts = updates[updates["split"].notna() & (updates["status"] == "ok")]["split"].value_counts()
     summary.splits = {k: int(v) for k, v in counts.items()}
+    if resplit:
+        summary.notes.append(resplit_note(items, updates, runs=len(cat.runs(ds.name))))
+
+
+def resplit_note(items, updates, *, runs: int) -> str:
+    """What ``--resplit`` did: how many images (ok or duplicate, split before and after) moved, and where."""
+    before = dict(zip(items["image_id"], items["split"]))
+    moves: dict[str, int] = {}
+    for image_id, split, status in zip(updates["image_id"], updates["split"], updates["status"]):
+        old = before.get(image_id)
+        if status in ("ok", "duplicate") and isinstance(old, str) and isinstance(split, str) and old != split:
+            moves[f"{old} → {split}"] = moves.get(f"{old} → {split}", 0) + 1
+    moved = sum(moves.values())
+    if not moved:
+        return "--resplit: splits assigned again from the settings; no image moved"
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(moves.items()))
+    earlier = (f"; the {runs} model run{'s' if runs != 1 else ''} before this build used the old splits — train again"
+               if runs else "; runs before this build used the old splits")
+    return f"--resplit: {moved} image{'s' if moved != 1 else ''} moved to another split ({detail}){earlier}"
 
 
 def near_pairs_for(items, ds: Dataset):

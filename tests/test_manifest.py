@@ -423,7 +423,7 @@ def test_parse_manifest_takes_text(tmp_path: Path) -> None:
 
 def test_shipped_manifest_parses() -> None:
     m = load_manifest(REPO / "datasets.toml")
-    assert {"demo", "eyewear", "wonders", "sharks-vs-dolphins"} <= set(m.datasets)
+    assert {"demo", "eyewear", "wonders", "sharks-vs-dolphins", "landmarks"} <= set(m.datasets)
     assert m.catalog == REPO / "catalog" / "dsbuild.duckdb"
     demo = m.dataset("demo")
     assert demo.labels == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -432,10 +432,14 @@ def test_shipped_manifest_parses() -> None:
     assert demo.model["arch"] == "efficientnet_lite0"
     eyewear = m.dataset("eyewear")
     assert eyewear.labels == ["glasses", "sunglasses", "VR", "none"]
-    assert eyewear.engine == "bing" and eyewear.per_query == 150
+    assert eyewear.engine == "bing" and eyewear.per_query == 1000  # more than Bing returns
     assert all(c.queries and not c.folders for c in eyewear.classes)
     assert len(m.dataset("wonders").labels) == 7
     assert m.dataset("wonders").model["arch"] == "resnet34"
     sharks = m.dataset("sharks-vs-dolphins")
     assert sharks.labels == ["shark", "dolphin"]
     assert len(sharks.classes[0].queries) == 2
+    assert sharks.engine == "icrawler:google" and dict(sharks.filters) == {"license": "noncommercial"}
+    landmarks = m.dataset("landmarks")
+    assert landmarks.imagefolder == REPO / "landmarks" and landmarks.classes == ()
+    assert (landmarks.split.carve.source, landmarks.split.carve.valid) == ("train", 0.2)

@@ -162,6 +162,16 @@ class Catalog:
         row = self._one("SELECT value FROM meta WHERE key = ?", [key])
         return row[0] if row else None
 
+    def has_splits(self, dataset: str) -> bool:
+        """Whether any item of ``dataset`` has a split (an earlier build finished its split stage)."""
+        return self._one("SELECT 1 FROM items WHERE dataset = ? AND split IS NOT NULL LIMIT 1", [dataset]) is not None
+
+    def given_splits(self, dataset: str) -> list[str]:
+        """The splits an ImageFolder tree gave the accepted images of ``dataset`` (sorted; empty when none)."""
+        rows = self.con.execute("SELECT DISTINCT given_split FROM items WHERE dataset = ? AND status = 'ok' "
+                                "AND given_split IS NOT NULL ORDER BY 1", [dataset]).fetchall()
+        return [r[0] for r in rows]
+
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction():
             self.con.execute("DELETE FROM meta WHERE key = ?", [key])

@@ -82,8 +82,11 @@ def _quality_reject(flags: np.ndarray, dataset: Dataset) -> np.ndarray:
     return reasons
 
 
-def regroup(items, dataset: Dataset, *, near_pairs=None):
+def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = True):
     """Recompute status/reason/dup columns/split for every item of a dataset.
+
+    ``keep_splits``: images keep the splits they have (stable); ``False`` assigns every
+    split again from the settings (``build --resplit``).
 
     ``items``: DataFrame from :meth:`Catalog.dataset_items` (ordered by first_seen).
     ``near_pairs``: optional (k, 3) int array of (i, j, distance) row positions of
@@ -91,7 +94,7 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     """
     import pandas as pd
 
-    from dsbuild.split import assign_splits
+    from dsbuild.split import dataset_splits
 
     df = items.reset_index(drop=True).copy()
     n = len(df)
@@ -125,7 +128,7 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     if near_pairs is not None and len(near_pairs):
         # Stability wins over merging: a near-duplicate link never joins two groups that earlier builds
         # already put in different splits (a new image can bridge them), since one side would have to move.
-        before = df["split"].to_numpy(dtype=object)
+        before = df["split"].to_numpy(dtype=object) if keep_splits else np.full(n, None, dtype=object)
         comp_split: dict[int, str] = {}
         for i in np.flatnonzero(cand):
             if isinstance(before[i], str):
@@ -203,8 +206,7 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     df["dup_group"], df["dup_of"], df["dup_distance"], df["conflict"] = group_col, dup_of, dup_distance, conflict_col
     df["status"], df["reason"] = status, reason
 
-    # Splits: one per group (unit), labelled by the representative's label.
-    in_split = df["status"].isin(["ok", "duplicate"])
+    # Splits: one per unit (:func:`dsbuild.split.dataset_splits`).
     # A group's key is its smallest content hash, not its id (image ids depend on where the files are),
     # so the same pictures get the same splits on any machine.
     # The split unit is the component (exact units joined by every near link): two groups whose members are
@@ -213,18 +215,11 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     comp_size = df.groupby("comp")["image_id"].transform("size")
     comp_sha = df.groupby("comp")["sha256"].transform("min").fillna("")
     df["unit"] = np.where(cand & (comp_size > 1).to_numpy(), "g-" + comp_sha, df["sha256"].fillna(df["image_id"]))
-    existing = df[in_split & df["split"].notna()].groupby("unit")["split"].agg(lambda s: s.mode().iloc[0])
-    # A unit may hold several groups (near each other, not within threshold of one representative): its label
-    # for stratification is its representatives' label of the smallest content hash, wherever the files are.
-    reps = df[in_split & (df["status"] == "ok")].sort_values(["unit", "sha256"])
-    units = pd.DataFrame({"unit": reps["unit"], "label": reps["label"]}).drop_duplicates("unit")
-    units["split"] = units["unit"].map(existing)
-    mapping = assign_splits(units, dataset.split)
-    df["split"] = np.where(in_split, df["unit"].map(mapping), None)
-    # A dataset that arrived split (ImageFolder train/valid/...) keeps its splits; leakage is reported, not fixed.
-    given = df["given_split"].notna() & in_split if "given_split" in df else None
-    if given is not None and given.any():
-        df.loc[given, "split"] = df.loc[given, "given_split"]
+    df["in_split"] = df["status"].isin(["ok", "duplicate"])
+    if "given_split" not in df:
+        df["given_split"] = None
+    # A dataset that arrived split (ImageFolder train/valid/...) keeps its splits, except a carved one.
+    df["split"] = dataset_splits(df, dataset.split, keep_existing=keep_splits)
 
     df.loc[df["status"].isin(["ok", "duplicate"]), "detail"] = None
     out = df[["image_id", "status", "reason", "detail", "dup_group", "dup_of", "dup_distance", "conflict", "split",
