@@ -440,7 +440,8 @@ def test_bug04_train_epochs_zero_is_honoured(digits: Path, tmp_path: Path, capsy
 
 
 @pytest.mark.slow
-def test_bug05_model_commands_write_nothing_in_the_current_directory(digits: Path, tmp_path: Path) -> None:
+def test_bug05_model_commands_write_nothing_in_the_current_directory(digits: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """lr unset (fastai's lr_find) for train, retrain and mislabels, run from an empty directory."""
     manifest = copy_project(digits, tmp_path / "p")
     text = manifest.read_text().replace("lr = 0.01\n", "").replace('oof_method = "frozen"', 'oof_method = "crossfit"\n'
@@ -448,10 +449,9 @@ def test_bug05_model_commands_write_nothing_in_the_current_directory(digits: Pat
     manifest.write_text(text.replace("folds = 3", "folds = 2"))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
+    monkeypatch.chdir(cwd)
     for argv in (["train", "digits"], ["retrain", "digits"], ["mislabels", "digits"]):
-        proc = subprocess.run([sys.executable, "-m", "dsbuild", "-q", "-m", str(manifest), *argv], cwd=cwd,
-                              capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, (argv, proc.stderr)
+        assert main(["-q", "-m", str(manifest), *argv]) == 0, argv
         assert sorted(p.name for p in cwd.iterdir()) == [], argv
     assert sql(manifest, "SELECT kind, status FROM runs ORDER BY started_at") == [
         ("train", "ok"), ("retrain", "ok"), ("mislabels", "ok")]
