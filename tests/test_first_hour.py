@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -441,7 +442,7 @@ def test_bug04_train_epochs_zero_is_honoured(digits: Path, tmp_path: Path, capsy
 
 @pytest.mark.slow
 def test_bug05_model_commands_write_nothing_in_the_current_directory(digits: Path, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                     monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """lr unset (fastai's lr_find) for train, retrain and mislabels, run from an empty directory."""
     manifest = copy_project(digits, tmp_path / "p")
     text = manifest.read_text().replace("lr = 0.01\n", "").replace('oof_method = "frozen"', 'oof_method = "crossfit"\n'
@@ -451,10 +452,20 @@ def test_bug05_model_commands_write_nothing_in_the_current_directory(digits: Pat
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     for argv in (["train", "digits"], ["retrain", "digits"], ["mislabels", "digits"]):
-        assert main(["-q", "-m", str(manifest), *argv]) == 0, argv
+        capsys.readouterr()
+        assert main(["-m", str(manifest), *argv]) == 0, argv
         assert sorted(p.name for p in cwd.iterdir()) == [], argv
+        if argv[0] == "train":
+            # Without a terminal, long steps log a line each with the elapsed time; lr_find is one of them.
+            err = capsys.readouterr().err.splitlines()
+            assert any(re.fullmatch(r"train: lr_find \d+/\d+ .*\d+\.\d s", line) for line in err), err
+            assert any(re.fullmatch(r"train: epochs 1/1 .*\d+\.\d s", line) for line in err), err
     assert sql(manifest, "SELECT kind, status FROM runs ORDER BY started_at") == [
         ("train", "ok"), ("retrain", "ok"), ("mislabels", "ok")]
+    # The run keeps fastai's lr_find plot beside its model.
+    for (model_path,) in sql(manifest, "SELECT model_path FROM runs WHERE kind IN ('train', 'retrain')"):
+        with Image.open(Path(model_path).parent / "lr_find.png") as im:
+            assert im.format == "PNG"
 
 
 # --------------------------------------------------------------------------- bug 6
@@ -634,3 +645,210 @@ def test_bug12_build_and_status_agree_on_conflicts_after_a_review_removes_a_memb
     assert sql(manifest, "SELECT count(*) FROM conflicts") == [(0,)]
     # The other member of the pair is an ordinary image again: accepted, in no group, no conflict.
     assert rows_by_file(manifest, "pets", "status, conflict")["cat2.png"] == ("ok", False)
+
+
+# =========================================================================== friction
+
+
+def _pty_run(argv: list[str], *, cwd: Path, columns: int, timeout: float = 300) -> tuple[int, str]:
+    """Run ``python -m dsbuild argv`` with stdout and stderr on a pseudo-terminal ``columns`` wide; (rc, text)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "dsbuild", *argv], cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    rc = proc.wait(timeout=30)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace")).replace("\r\n", "\n")
+    return rc, text
+
+
+@pytest.mark.slow
+def test_init_then_build_builds_the_starter_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["init"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("wrote datasets.toml and the demo's images (demo_data/digits, 1801 files)")
+    code = main(["-q", "build"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert sql(tmp_path / "datasets.toml", "SELECT DISTINCT dataset FROM images") == [("demo",)]
+
+
+@pytest.mark.slow
+def test_demo_works_outside_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = main(["-q", "demo", "--build-only"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == f"no datasets.toml with a demo dataset here: the demo runs in {tmp_path / 'dsbuild-demo'}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dsbuild-demo"]
+    demo = tmp_path / "dsbuild-demo" / "datasets.toml"
+    assert sql(demo, "SELECT count(*) FROM images WHERE dataset = 'demo'") == [(1801,)]
+
+
+def test_pyproject_license_is_an_spdx_expression() -> None:
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"  # the table form makes setuptools ≥ 77 print a page of deprecation warnings
+
+
+def test_progress_without_a_terminal_is_one_line_per_step_with_elapsed_time(tmp_path: Path) -> None:
+    manifest = photo_project(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any(re.fullmatch(r"pets: verify \+ hash 13/13 .* \d+\.\d s", line) for line in lines), proc.stderr
+    assert any(re.fullmatch(r"pets: dedup \+ split 13/13 .* \d+\.\d s", line) for line in lines), proc.stderr
+    assert "━" not in proc.stderr  # no bars in a log file
+
+
+def test_csv_is_lf_everywhere(tmp_path: Path, capsys) -> None:
+    manifest = photo_project(tmp_path)
+    assert cli(capsys, manifest, "-q", "build")[0] == 0
+    code, out, err = cli(capsys, manifest, "query", "select label, count(*) as n from images group by all order by 1",
+                         "--format", "csv")
+    assert code == 0, err
+    assert out == "label,n\ncat,8\ncup,5\n"
+    assert cli(capsys, manifest, "query", "select 1 as x", "--format", "csv", "--out", str(tmp_path / "x.csv"))[0] == 0
+    assert (tmp_path / "x.csv").read_bytes() == b"x\n1\n"
+
+
+def test_query_refuses_several_statements(tmp_path: Path, capsys) -> None:
+    manifest = photo_project(tmp_path)
+    assert cli(capsys, manifest, "-q", "build")[0] == 0
+    code, out, err = cli(capsys, manifest, "query", "select 1; select 2")
+    assert (code, out) == (2, "")
+    assert err == "Error: 2 SQL statements given — query runs one statement at a time; run them one by one\n"
+
+
+def test_status_of_a_dataset_not_in_the_manifest_says_so(tmp_path: Path, capsys) -> None:
+    manifest = photo_project(tmp_path)
+    assert cli(capsys, manifest, "-q", "build")[0] == 0
+    code, out, err = cli(capsys, manifest, "status", "pest")
+    assert (code, out) == (2, "")
+    assert err == f"Error: no dataset 'pest' in {manifest} (did you mean 'pets'?) — datasets: pets\n"
+
+
+def test_a_text_file_is_not_an_image_from_a_folder_or_the_web(tmp_path: Path, capsys) -> None:
+    (tmp_path / "b").mkdir()
+    for i in range(3):
+        crop("coffee", i).save(tmp_path / "b" / f"b{i}.png")
+    (tmp_path / "b" / "page.jpg").write_bytes(b"<!DOCTYPE html><html><body>404</body></html>\n")
+    with Server({"/page.jpg": b"<!DOCTYPE html><html><body>404</body></html>\n"}) as server:
+        (tmp_path / "a.txt").write_text(server.url("/page.jpg") + "\n")
+        manifest = tmp_path / "datasets.toml"
+        manifest.write_text(WEB_MANIFEST.format(top="allow_private_hosts = true", fetch=""))
+        assert cli(capsys, manifest, "-q", "build")[0] == 0
+    assert sql(manifest, "SELECT source, status, reason FROM images WHERE status <> 'ok' ORDER BY source") == [
+        ("folder", "rejected", "not an image"), ("urls", "rejected", "not an image")]
+
+
+def test_wide_tables_fit_the_terminal(tmp_path: Path) -> None:
+    manifest = photo_project(tmp_path)
+    rc, text = _pty_run(["-m", str(manifest), "build"], cwd=tmp_path, columns=80)
+    assert rc == 0, text
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    header = next(line for line in text.splitlines() if "dataset" in line)
+    for word in ("dataset", "sources", "ok", "rejected", "duplicates", "conflicts", "train", "valid"):
+        assert word in text, (word, text)
+    assert "…" not in header
+    rc, text = _pty_run(["-m", str(manifest), "query", "select * from images order by origin limit 2"],
+                        cwd=tmp_path, columns=120)
+    assert rc == 0, text
+    lines = text.splitlines()
+    assert all(len(line) <= 120 for line in lines), text
+    # Too many columns for 120: one record per block, each column on a line with its full value.
+    assert any(line.split() == ["image_id", line.split()[-1]] for line in lines), text
+    assert any(line.startswith("origin") and line.endswith("bad.jpg") for line in lines), text
+
+
+def test_status_html_cards_name_the_origin_file(tmp_path: Path, capsys) -> None:
+    manifest = photo_project(tmp_path)
+    assert cli(capsys, manifest, "-q", "build")[0] == 0
+    page = tmp_path / "dups.html"
+    assert cli(capsys, manifest, "status", "pets", "--html", str(page))[0] == 0
+    html = page.read_text()
+    origin = str(tmp_path / "photos" / "cat" / "cat0-copy.png")
+    assert f'title="{origin}"' in html and ">cat0-copy.png<" in html
+
+
+@pytest.mark.slow
+def test_mislabels_reuses_its_run_while_nothing_changed_and_renders_readable_numbers(
+        scored: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    manifest = copy_project(scored, tmp_path / "p")
+    assert cli(capsys, manifest, "-q", "build")[0] == 0  # a no-op build
+    assert cli(capsys, manifest, "-q", "train", "digits")[0] == 0
+    code, out, err = cli(capsys, manifest, "mislabels", "digits")
+    assert code == 0, err
+    ((run_id,),) = sql(manifest, "SELECT run_id FROM runs WHERE kind = 'mislabels'")
+    assert err == f"showing mislabel run {run_id} (labels, images and settings unchanged since; --rerun to score again)\n"
+    header = next(line for line in out.splitlines() if "given_label" in line)
+    assert "suggested_confidence" in header
+    assert "e-" not in out
+    # One default for the HTML report: the catalog's reports folder, with the files' mode from the umask.
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        code, out, err = cli(capsys, manifest, "mislabels", "digits", "--format", "html")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    reports = manifest.parent / "catalog" / "reports"
+    assert sorted(p.name for p in reports.iterdir()) == ["digits-mislabels-confusion.png",
+                                                         "digits-mislabels-top-losses.png", "digits-mislabels.html"]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in reports.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+    html = (reports / "digits-mislabels.html").read_text()
+    assert html.count('alt="top losses') == 1 and html.count("data:image/png;base64,") == 2
+
+
+@pytest.mark.slow
+def test_predict_top_k_names_the_run_it_used(scored: Path, capsys) -> None:
+    image = sorted((scored.parent / "data" / "seven").glob("d*.png"))[0]
+    code, out, err = cli(capsys, scored, "predict", "digits", str(image), "--top", "3", "--format", "csv")
+    assert code == 0, err
+    ((run_id,),) = sql(scored, "SELECT run_id FROM runs WHERE kind = 'train'")
+    assert err == f"model of run {run_id} (train)\n"
+    lines = out.splitlines()
+    assert lines[0] == "run_id,path,rank,label,probability"
+    assert [line.split(",")[2] for line in lines[1:]] == ["1", "2", "3"]
+    assert sorted(line.split(",")[3] for line in lines[1:]) == ["one", "seven", "zero"]
+    probs = [float(line.split(",")[4]) for line in lines[1:]]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
+
+
+@pytest.mark.slow
+def test_train_prints_the_fastai_export_path(digits: Path, tmp_path: Path, capsys) -> None:
+    manifest = copy_project(digits, tmp_path / "p")
+    code, out, err = cli(capsys, manifest, "-q", "train", "digits")
+    assert code == 0, err
+    ((model_path,),) = sql(manifest, "SELECT model_path FROM runs")
+    export = Path(model_path).parent / "export.pkl"
+    assert export.is_file()
+    assert f"fastai learner: {export} (load_learner)" in out.splitlines()
