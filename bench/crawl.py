@@ -226,7 +226,7 @@ def last_mtime(folder: Path) -> float | None:
 
 def run_dsbuild(urls: list[str], out: Path, *, concurrency: int | None, discover=None, in_memory: bool = True) -> int:
     """dsbuild's downloader; ``in_memory``: bodies stay in memory as in a build (else each becomes a file)."""
-    from dsbuild.crawl import in_memory_limit
+    from dsbuild.sources.web import in_memory_limit
     from dsbuild.fetch import FetchRequest, FetchSettings, fetch_all
 
     kw = {} if concurrency is None else {"concurrency": concurrency}
@@ -269,14 +269,14 @@ def verify_stage(folder: Path, out: Path, workers: int) -> dict:
     import queue
     from types import SimpleNamespace
 
-    from dsbuild.crawl import _Verifier
+    from dsbuild.sources.web import BodyVerifier
     from dsbuild.manifest import load_manifest
 
     bodies = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
     out.mkdir(parents=True, exist_ok=True)
     (out / "datasets.toml").write_text('[datasets.d.classes]\na = "x"\nb = "y"\n')
     done: queue.Queue = queue.Queue()
-    verifier = _Verifier(load_manifest(out / "datasets.toml").dataset("d"), done, workers=workers, use_pool=True,
+    verifier = BodyVerifier(load_manifest(out / "datasets.toml").dataset("d"), done, workers=workers, use_pool=True,
                          store=out / "store")
 
     def run(items: list[bytes]) -> int:
@@ -341,7 +341,7 @@ def through_engine(urls: list[str]):
     sys.path.insert(0, str(ROOT / "tests"))
     from fake_engines import FakeEngineServer
 
-    from dsbuild.engines import EngineOptions, get_engine
+    from dsbuild.sources.engines import EngineOptions, get_engine
 
     fake = FakeEngineServer(bing_max_count=150).start()
     fake.plant("bench", urls)

@@ -47,7 +47,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dsbuild import dedup, hashing  # noqa: E402
+from dsbuild.dedup import search as dedup  # noqa: E402
+from dsbuild.verify import hashing  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "hubble_deep_field",
           "retina", "coins", "moon", "brick", "grass", "gravel", "cell", "page", "clock")
@@ -209,7 +210,7 @@ def grouped_pairs(n: int, pairs: np.ndarray) -> set[tuple[int, int]]:
 
 def dsbuild_hashes(rows) -> tuple[list[str], float]:
     from dsbuild.manifest import VerifySettings
-    from dsbuild.verify import decode
+    from dsbuild.verify.decode import decode
 
     settings = VerifySettings()
     t0 = time.perf_counter()

@@ -110,8 +110,8 @@ _VERIFY, _DEDUP = _settings()
 
 def parts(path: Path, side: int | None) -> dict[str, float]:
     """CPU seconds of each part of the stage, with JPEG draft decoding to ``side`` (None: full)."""
-    from dsbuild import hashing, quality
-    from dsbuild.verify import decode, pixel_digest
+    from dsbuild.verify import hashing, quality
+    from dsbuild.verify.decode import decode, pixel_digest
 
     out = {}
     t = time.process_time()
@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     n = args.n or (300 if args.quick else 2000)
 
-    from dsbuild import hashing
-    from dsbuild.verify import ANALYSIS_SIDE
+    from dsbuild.verify import hashing
+    from dsbuild.verify.decode import ANALYSIS_SIDE
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

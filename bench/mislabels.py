@@ -11,7 +11,7 @@ noise in each setting:
 
 For each setting the script prints, side by side and measured in the same run:
 
-* **dsbuild** — :func:`dsbuild.mislabels.out_of_fold_probs` + :func:`find_label_issues`
+* **dsbuild** — :func:`dsbuild.model.oof.out_of_fold_probs` + :func:`dsbuild.issues.label.find_label_issues`
   (out-of-sample probabilities, cleanlab): precision / recall / F1 vs the planted truth;
 * **(a) seeds** — the fastai book's top-losses view: a model fine-tuned on *all* noisy
   labels, images ranked by their in-sample loss, the top *m* flagged (*m* = how many
@@ -62,8 +62,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dsbuild.mislabels import find_label_issues, out_of_fold_probs  # noqa: E402
-from dsbuild.train import ModelSettings, predict, train  # noqa: E402
+from dsbuild.issues.label import find_label_issues  # noqa: E402
+from dsbuild.model.oof import out_of_fold_probs  # noqa: E402
+from dsbuild.model.predict import predict  # noqa: E402
+from dsbuild.model.settings import ModelSettings  # noqa: E402
+from dsbuild.model.train import train  # noqa: E402
 
 PAIRS = {"1": "7", "7": "1", "3": "8", "8": "3", "4": "9", "9": "4"}
 

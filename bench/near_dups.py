@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dsbuild import dedup  # noqa: E402
+from dsbuild.dedup import search as dedup  # noqa: E402
 
 SEED = 42
 

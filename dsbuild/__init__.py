@@ -1,30 +1,32 @@
 """dsbuild: declarative image-classification datasets, built clean and kept clean.
 
-Architecture — one module per stage, a library with a thin CLI on top:
+Architecture — one package per pipeline stage, a library with a thin CLI on top
+(the data flows down this table):
 
 ==================  =====================================================================
 manifest.py         ``datasets.toml`` → frozen dataclasses; every error names its key path
-engines/            link discovery: bing (bing-image-downloader), icrawler engines, URL lists
-fetch.py            concurrent, safe downloader (limits, deadlines, retries, SSRF guard)
-crawl.py            queries/URL lists → fetch → verify → store → catalog rows (provenance)
-verify.py           one full decode per image: limits, bomb guard, format allow-list, reasons
-hashing.py          perceptual hashes on the already-decoded image (vectorised)
-quality.py          CleanVision-style quality scores (dark, light, blurry, ...)
+sources/            where images come from: folders, URL lists, search engines (``engines/``);
+                    every source reports to ONE consumer in build.py
+fetch.py            concurrent, safe downloader (limits, deadlines, retries); netguard.py: SSRF guard
+executor.py         per-image jobs run in batches with crash isolation (local pool; Ray later)
+verify/             one decode per image: limits, format allow-list, reasons; hashes, quality
 store.py            content-addressed image store (sha256 → file), atomic writes
-dedup.py            exact near-duplicate search (sub-quadratic) and grouping
-groups.py           duplicate groups, label conflicts, statuses of a dataset
-split.py            deterministic, stratified, stable, group-aware splits
+rows.py             the catalog rows the build writes (items, blobs, fetches)
+dedup/              near-duplicate search (sub-quadratic) and grouping; split.py: stable splits
 build.py            orchestration: idempotent, resumable, batched commits, lock
-catalog.py          the only module that speaks SQL: schema, migrations, views, sandboxed query
-status.py/export.py read-side summaries and exports
-train.py            fastai fine-tuning from catalog rows; weights.py resolves weights offline
-mislabels.py        out-of-fold probabilities + cleanlab label issues
-review.py           decisions → append-only label events; report.py renders tables/HTML/PNG
-cli.py              argument parsing and printing only
+catalog/            the only package that speaks SQL: schema, Catalog, lock, sandboxed query
+status.py           read-side summaries; export/: exporters (imagefolder, csv)
+model/              fastai fine-tuning, features, out-of-fold probabilities, predict
+issues/             issue finders (label via cleanlab, conflict), Datalab-shaped registry
+cycle.py            the model loop over the catalog: train, find issues, review, retrain
+review.py           decisions → append-only label events
+render/             tables, console summaries, HTML reports, figures
+demo/               the offline showcase; cli.py: argument parsing and rendering only
 ==================  =====================================================================
 
-Per-image work (fetch, verify, hash, score) is a pure function of its inputs run
-by an executor over batches, so it can later run on Ray or Dask unchanged.
+Per-image work (verify, hash, score) is a pure function of a frozen job
+(:class:`dsbuild.executor.VerifyJob`) run by an executor over batches, so it
+can run on another backend (Ray, Dask) unchanged.
 """
 
 __version__ = "0.1.0"

@@ -12,35 +12,30 @@
   (cheap), with existing splits kept.
 
 A build takes the catalog's lock file first, so a second build fails fast.
-Per-image work runs in worker processes (:func:`dsbuild.verify.analyze_file`).
+Sources (:mod:`dsbuild.sources`: folders, then URL lists and search engines)
+report what they find to ONE consumer, :class:`DatasetSink`, which writes the
+rows in batches (:class:`RowWriter`) and counts the summary. Per-image work runs
+through :mod:`dsbuild.executor`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from dsbuild.catalog import BuildLock, Catalog, utcnow
 from dsbuild.errors import DsbuildError
-from dsbuild.manifest import Dataset, Manifest
+from dsbuild.manifest import Dataset, Manifest, label_problem
+from dsbuild.progress import Progress
+from dsbuild.sources import SourceRun, folders, web
+from dsbuild.sources.folders import imagefolder_layout
 from dsbuild.store import sweep_temp_files
-from dsbuild.verify import ImageRecord, analyze_bytes, analyze_file
 
 FLUSH_ROWS = 500  # rows per catalog transaction: what a killed build can lose and redo
 FLUSH_SECONDS = 2.0
-INLINE_LIMIT = 48  # fewer images than this are analysed in-process (no pool start-up)
-
-
-def image_id_for(dataset: str, label: str, origin: str) -> str:
-    """Stable id of a source: 16 hex digits of sha1(dataset, label, origin)."""
-    return hashlib.sha1(f"{dataset}\0{label}\0{origin}".encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -72,89 +67,11 @@ class BuildSummary:
     seconds: float
 
 
-# --------------------------------------------------------------------------- progress
-
-
-class Progress:
-    """Progress callbacks; the CLI passes a rich implementation, tests and the library a silent one."""
-
-    def stage(self, name: str, total: int | None) -> "StageProgress":
-        return StageProgress()
-
-    def note(self, text: str) -> None:
-        pass
-
-
-class StageProgress:
-    def advance(self, n: int = 1, **counts: int) -> None:
-        pass
-
-    def __enter__(self) -> "StageProgress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-# --------------------------------------------------------------------------- sources
-
-
-@dataclass(frozen=True)
-class FileSource:
-    label: str
-    path: Path
-    size: int
-    mtime_ns: int
-    given_split: str | None = None
-
-
-SPLIT_FOLDERS = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid",
-                 "test": "test", "testing": "test"}
-
-
-def imagefolder_layout(root: Path) -> list[tuple[str | None, str, Path]]:
-    """``(split, label, folder)`` of an ImageFolder tree: ``root/<split>/<label>/`` or ``root/<label>/``.
-
-    Split folder names ``train``/``valid``/``val``/``validation``/``test`` keep
-    their split (a dataset that arrives already split is never re-split, and
-    leakage between its splits is reported instead).
-    """
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if subdirs and all(d.name.lower() in SPLIT_FOLDERS for d in subdirs):
-        return [(SPLIT_FOLDERS[d.name.lower()], c.name, c) for d in subdirs
-                for c in sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith("."))]
-    return [(None, d.name, d) for d in subdirs]
-
-
-def _walk(folder: Path) -> Iterator[Path]:
-    """Files under ``folder``, recursively, sorted, skipping hidden files and folders."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(root) / name
-
-
-def scan_folders(ds: Dataset) -> list[FileSource]:
-    """Every file of the dataset's class folders and imagefolder tree, with its label (and given split)."""
-    folders: list[tuple[str | None, str, Path]] = [(None, c.name, f) for c in ds.classes for f in c.folders]
-    if ds.imagefolder is not None:
-        folders += imagefolder_layout(ds.imagefolder)
-    out: list[FileSource] = []
-    for split, label, folder in folders:
-        for path in _walk(folder):
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            out.append(FileSource(label, path.resolve(), st.st_size, st.st_mtime_ns, split))
-    return out
+# --------------------------------------------------------------------------- preflight
 
 
 def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
     """Check everything that can be checked before taking the lock or writing anything."""
-    from dsbuild.manifest import label_problem
-
     problems: list[str] = []
     for ds in datasets:
         if ds.imagefolder is not None:
@@ -182,9 +99,7 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
                 if not url_file.is_file():
                     problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {url_file} does not exist")
         if any(c.queries or c.urls for c in ds.classes):
-            from dsbuild.crawl import check_web_settings
-
-            problems.extend(check_web_settings(ds))
+            problems.extend(web.check_web_settings(ds))
     if problems:
         raise DsbuildError("cannot build:\n  " + "\n  ".join(problems), exit_code=2)
 
@@ -195,37 +110,6 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
 def _settings_digest(ds: Dataset) -> str:
     data = {"verify": asdict(ds.verify), "hash": [ds.dedup.hash, ds.dedup.hash_size]}
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def item_row(
-    *, dataset: str, image_id: str, origin: str, source: str, label: str, rec: ImageRecord | None,
-    status: str | None = None, reason: str | None = None, detail: str | None = None,
-    engine: str | None = None, query: str | None = None, rank: int | None = None, page_url: str | None = None,
-    src_size: int | None = None, src_mtime_ns: int | None = None, given_split: str | None = None, build_id: int, now,
-) -> dict:
-    if rec is not None:
-        status = "ok" if rec.ok else "rejected"
-        reason, detail = rec.reason, rec.detail
-    return {"given_split": given_split,
-        "dataset": dataset, "image_id": image_id, "origin": origin, "source": source, "engine": engine,
-        "query": query, "rank": rank, "page_url": page_url, "class_label": label,
-        "sha256": rec.sha256 if rec else None, "status": status, "reason": reason, "detail": detail,
-        "split": None, "dup_group": None, "dup_of": None, "dup_distance": None, "conflict": False,
-        "phash": rec.phash if rec else None, "src_size": src_size, "src_mtime_ns": src_mtime_ns,
-        "first_seen": now, "updated_at": now, "build_id": build_id,
-    }
-
-
-def blob_row(rec: ImageRecord, now) -> dict:
-    q = rec.quality or {}
-    return {
-        "sha256": rec.sha256, "path": rec.store_path, "bytes": rec.bytes, "format": rec.format,
-        "width": rec.width, "height": rec.height, "mode": rec.mode, "frames": rec.frames,
-        "pixel_sha": rec.pixel_sha,
-        "q_dark": q.get("dark"), "q_light": q.get("light"), "q_blurry": q.get("blurry"),
-        "q_low_information": q.get("low_information"), "q_grayscale": q.get("grayscale"),
-        "q_odd_aspect_ratio": q.get("odd_aspect_ratio"), "created_at": now,
-    }
 
 
 class RowWriter:
@@ -261,98 +145,41 @@ class RowWriter:
         self._last = time.monotonic()
 
 
-# --------------------------------------------------------------------------- analysis
+class DatasetSink:
+    """The one consumer of a dataset's sources (:class:`dsbuild.sources.Sink`): rows → writer, counts → summary."""
 
+    def __init__(self, writer: RowWriter, summary: DatasetSummary) -> None:
+        self.writer = writer
+        self.summary = summary
 
-def _analyze_job(job: tuple) -> tuple[str, ImageRecord]:
-    """(key, path or bytes, verify, dedup, store_dir) → (key, record); accepted images are stored when store_dir is set."""
-    key, src, verify, dedup, store_dir = job
-    if isinstance(src, (bytes, bytearray)):  # a downloaded body: stored like a completed download, without fsync
-        return key, analyze_bytes(src, verify=verify, dedup=dedup, store_dir=store_dir, fsync=False)
-    return key, analyze_file(src, verify=verify, dedup=dedup, store_dir=store_dir)
-
-
-def _analyze_chunk(jobs: list[tuple]) -> list[tuple[str, ImageRecord]]:
-    return [_analyze_job(job) for job in jobs]
-
-
-def analyze_many(jobs: list[tuple], *, workers: int | None = None) -> Iterator[tuple[str, ImageRecord]]:
-    """Run :func:`analyze_file` over ``jobs`` (key, path, verify, dedup, store_dir), in worker processes.
-
-    Results come back in job order. Small batches run in-process. A worker that
-    dies (a decoder crash on a hostile file) costs only the file that killed it:
-    the unfinished chunks are re-run one file per task, and the file that breaks
-    the pool again is rejected as ``corrupt``.
-    """
-    if not jobs:
-        return
-    workers = workers or os.cpu_count() or 1
-    if len(jobs) < INLINE_LIMIT or workers == 1:
-        for job in jobs:
-            yield _analyze_job(job)
-        return
-    chunk = max(1, min(64, len(jobs) // (workers * 8) or 1))
-    chunks = [jobs[i : i + chunk] for i in range(0, len(jobs), chunk)]
-    retry: list[tuple] = []
-    with _spawn_pool(workers) as pool:
-        window = workers * 4  # chunks in flight: bounded memory, results in order
-        futures = [pool.submit(_analyze_chunk, c) for c in chunks[:window]]
-        next_chunk = len(futures)
-        for i in range(len(chunks)):
-            try:
-                results = futures[i].result()
-            except BrokenProcessPool:
-                retry = [job for c in chunks[i:] for job in c]
-                break
-            futures[i] = None  # free the results
-            if next_chunk < len(chunks):
-                futures.append(pool.submit(_analyze_chunk, chunks[next_chunk]))
-                next_chunk += 1
-            yield from results
-    yield from _isolated(retry)
-
-
-_WORKER_MODULES = ["dsbuild.verify", "dsbuild.hashing", "dsbuild.quality", "PIL.Image", "PIL.JpegImagePlugin",
-                   "PIL.PngImagePlugin", "PIL.ImageFilter", "PIL.ImageOps", "numpy",
-                   "scipy.fftpack"]  # phash's DCT: ~0.3 s to import, once per worker otherwise
-
-
-def _spawn_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of verify workers. Never plain fork: the parent holds a DuckDB connection and threads.
-
-    Where available, workers fork from a clean "forkserver" process that imported the
-    per-image modules once (Pillow, numpy, dsbuild.verify), so a pool starts in
-    milliseconds instead of each worker importing them again; elsewhere, spawn.
-    """
-    import multiprocessing as mp
-
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(_WORKER_MODULES)
-    else:  # pragma: no cover - Windows
-        ctx = mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-
-
-def _isolated(jobs: list[tuple]) -> Iterator[tuple[str, ImageRecord]]:
-    """Re-run ``jobs`` in order in a one-worker pool after a crash; the job that crashes it again is rejected.
-
-    With a single worker, jobs run strictly in order, so the first unfinished job
-    when the pool breaks is the one that broke it.
-    """
-    pending = list(jobs)
-    while pending:
-        with _spawn_pool(1) as pool:
-            futures = [pool.submit(_analyze_job, job) for job in pending]
-            for k, fut in enumerate(futures):
-                try:
-                    yield fut.result()
-                except BrokenProcessPool:
-                    yield pending[k][0], ImageRecord(ok=False, reason="corrupt", detail="the decoder crashed on this file")
-                    pending = pending[k + 1 :]
-                    break
+    def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None) -> None:
+        self.writer.add(item=item, blob=blob, fetch=fetch)
+        if item is not None:
+            s = self.summary
+            s.new += 1
+            status, reason = item["status"], item["reason"]
+            if status == "ok":
+                s.ok += 1
             else:
-                pending = []
+                if status == "failed":
+                    s.failed += 1
+                else:
+                    s.rejected += 1
+                key = reason or "?"
+                s.rejects[key] = s.rejects.get(key, 0) + 1
+
+    def found(self, sources: int = 0, *, skipped: int = 0) -> None:
+        self.summary.sources += sources
+        self.summary.skipped += skipped
+
+    def note(self, text: str) -> None:
+        self.summary.notes.append(text)
+
+    def tally(self) -> dict[str, int]:
+        return {"ok": self.summary.ok, "rejected": self.summary.rejected, "failed": self.summary.failed}
+
+    def flush(self) -> None:
+        self.writer.flush()
 
 
 # --------------------------------------------------------------------------- the build
@@ -407,57 +234,26 @@ def build_dataset(
     cat: Catalog, manifest: Manifest, ds: Dataset, *, build_id: int, retry_failed: bool = False,
     progress: Progress, workers: int | None = None,
 ) -> DatasetSummary:
+    """Run every source of ``ds`` into the catalog, then regroup it; return what this build did."""
     t0 = time.monotonic()
     summary = DatasetSummary(dataset=ds.name)
-    store_dir = manifest.store
     digest = _settings_digest(ds)
     changed_settings = cat.get_meta(f"settings:{ds.name}") not in (None, digest)
 
     known = cat.known_items(ds.name)
     known_by_id = {row.image_id: row for row in known.itertuples(index=False)}
     writer = RowWriter(cat)
-    now = utcnow()
+    sink = DatasetSink(writer, summary)
+    run = SourceRun(dataset=ds, build_id=build_id, store=manifest.store, sink=sink, progress=progress,
+                    retry_failed=retry_failed, workers=workers)
 
     # Local folders.
-    files = scan_folders(ds)
-    jobs = []
-    meta: dict[str, FileSource] = {}
-    for src in files:
-        origin = str(src.path)
-        iid = image_id_for(ds.name, src.label, origin)
-        old = known_by_id.get(iid)
-        unchanged = old is not None and old.src_size == src.size and old.src_mtime_ns == src.mtime_ns
-        if unchanged and not changed_settings and not (retry_failed and old.status == "failed"):
-            summary.skipped += 1
-            continue
-        meta[iid] = src
-        jobs.append((iid, str(src.path), ds.verify, ds.dedup, store_dir))
-    summary.sources += len(files)
-
-    with progress.stage(f"{ds.name}: verify + hash", len(jobs)) as bar:
-        for iid, rec in analyze_many(jobs, workers=workers):
-            src = meta[iid]
-            writer.add(
-                item=item_row(dataset=ds.name, image_id=iid, origin=str(src.path), source="folder", label=src.label,
-                              rec=rec, src_size=src.size, src_mtime_ns=src.mtime_ns, given_split=src.given_split,
-                              build_id=build_id, now=now),
-                blob=blob_row(rec, now) if rec.ok else None,
-            )
-            summary.new += 1
-            if rec.ok:
-                summary.ok += 1
-            else:
-                summary.rejected += 1
-                summary.rejects[rec.reason or "?"] = summary.rejects.get(rec.reason or "?", 0) + 1
-            bar.advance(1, ok=summary.ok, rejected=summary.rejected)
+    folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())
     writer.flush()
 
-    # Web sources (queries, URL lists) are fetched by dsbuild.crawl.
+    # Web sources (queries, URL lists).
     if any(c.queries or c.urls for c in ds.classes):
-        from dsbuild.crawl import crawl_dataset
-
-        crawl_dataset(cat, manifest, ds, build_id=build_id, retry_failed=retry_failed, progress=progress,
-                      summary=summary, writer=writer, workers=workers)
+        web.ingest(cat, run)
         writer.flush()
 
     regroup_dataset(cat, ds, summary=summary, progress=progress)
@@ -478,7 +274,7 @@ def build_dataset(
 
 def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progress: Progress) -> None:
     """Recompute duplicate groups, conflicts and splits of ``ds`` from the catalog."""
-    from dsbuild.groups import regroup
+    from dsbuild.dedup.grouping import regroup
 
     items = cat.dataset_items(ds.name)
     with progress.stage(f"{ds.name}: dedup + split", len(items)) as bar:
@@ -500,7 +296,8 @@ def near_pairs_for(items, ds: Dataset):
     """Near-duplicate pairs (row positions in ``items``) among verified images, by perceptual hash."""
     import numpy as np
 
-    from dsbuild import dedup, hashing
+    from dsbuild.dedup import search as dedup
+    from dsbuild.verify import hashing
 
     ok = items["status"].isin(["ok", "duplicate"]) | items["reason"].fillna("").str.startswith("quality:")
     pos = np.flatnonzero(ok.to_numpy() & items["phash"].notna().to_numpy())

@@ -16,20 +16,12 @@ from typing import Callable, Sequence
 
 from dsbuild import __version__
 from dsbuild.errors import DsbuildError
+from dsbuild.render.console import RichProgress, make_console, print_build_summary, print_comparison, print_run, print_status
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    # A pipe or a log file has no width: don't squeeze tables into 80 columns there.
-    width = None if stream.isatty() else 160
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
 
 
 def _load(args):
@@ -46,70 +38,13 @@ def _load(args):
 
 def _emit(df, args, *, title: str | None = None) -> None:
     """Render a DataFrame with the shared --format/--out options."""
-    from dsbuild.report import render_table
+    from dsbuild.render.tables import render_table
 
     text = render_table(df, args.format, Path(args.out) if args.out else None, title=title)
     if args.out:
-        _console(stderr=True).print(f"wrote {len(df)} rows to {args.out}")
+        make_console(stderr=True).print(f"wrote {len(df)} rows to {args.out}")
     elif text is not None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
-
-
-class RichProgress:
-    """Rich progress bars on stderr, one per stage, with ok/failed/rejected counts and items/s."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
-        self.console = _console(stderr=True)
-
-    def stage(self, name: str, total: int | None):
-        from dsbuild.build import StageProgress
-
-        if self.quiet or total == 0:
-            return StageProgress()
-        return _RichStage(self.console, name, total)
-
-    def note(self, text: str) -> None:
-        if not self.quiet:
-            self.console.print(f"[dim]{text}[/dim]")
-
-
-class _RichStage:
-    def __init__(self, console, name: str, total: int | None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description:<28}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        self.task = self.progress.add_task(name, total=total, counts="", rate="")
-        self._n = 0
-        import time
-
-        self._t0 = time.monotonic()
-
-    def __enter__(self):
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-
-    def advance(self, n: int = 1, **counts: int) -> None:
-        import time
-
-        self._n += n
-        elapsed = max(time.monotonic() - self._t0, 1e-6)
-        text = " ".join(f"{k} {v}" for k, v in counts.items())
-        per_s = self._n / elapsed
-        rate = f"{per_s:,.0f}/s" if per_s >= 1 else f"{elapsed / self._n:,.1f} s each"
-        self.progress.update(self.task, advance=n, counts=text, rate=rate)
 
 
 # --------------------------------------------------------------------------- commands
@@ -129,24 +64,8 @@ def cmd_build(args) -> int:
     manifest = _load(args)
     summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
                     workers=args.workers)
-    _print_build_summary(summary)
+    print_build_summary(summary)
     return 0
-
-
-def _print_build_summary(summary) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"build {summary.build_id} — {summary.seconds:.1f} s — {summary.catalog}", title_justify="left")
-    for col in ("dataset", "sources", "processed", "ok", "rejected", "failed", "duplicates", "conflicts", "train", "valid", "test"):
-        table.add_column(col, justify="left" if col == "dataset" else "right")
-    for d in summary.datasets:
-        table.add_row(d.dataset, str(d.sources), str(d.new), str(d.ok), str(d.rejected), str(d.failed),
-                      str(d.duplicates), str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test")))
-    console = _console()
-    console.print(table)
-    for d in summary.datasets:
-        for note in d.notes:
-            console.print(f"{d.dataset}: {note}")
 
 
 def cmd_status(args) -> int:
@@ -162,35 +81,8 @@ def cmd_status(args) -> int:
         print(f"wrote {out} ({groups} duplicate groups, label conflicts first)")
         return 0
     status = dataset_status(manifest.catalog, args.dataset)
-    _print_status(status)
+    print_status(status)
     return 0
-
-
-def _print_status(status) -> None:
-    from rich.table import Table
-
-    console = _console()
-    if status.last_build:
-        console.print(status.last_build)
-    for ds in status.datasets:
-        table = Table(title=f"{ds.name}: images by label × split × status", title_justify="left")
-        table.add_column("label")
-        for col in ds.columns:
-            table.add_column(col, justify="right")
-        for label, values in ds.rows:
-            table.add_row(label, *(str(v) if v else "·" for v in values))
-        table.add_row("[b]total[/b]", *(f"[b]{v}[/b]" for v in ds.totals))
-        console.print(table)
-        if ds.rejects:
-            rej = Table(title=f"{ds.name}: rejected / failed by reason", title_justify="left")
-            rej.add_column("status")
-            rej.add_column("reason")
-            rej.add_column("images", justify="right")
-            for st, reason, n in ds.rejects:
-                rej.add_row(st, reason or "", str(n))
-            console.print(rej)
-        for line in ds.notes:
-            console.print(line)
 
 
 def cmd_query(args) -> int:
@@ -225,10 +117,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from dsbuild.showcase import run_demo
+    from dsbuild.demo.steps import run_demo
 
     manifest = _load(args)
-    run_demo(manifest, progress=RichProgress(args.quiet), console=_console(), quick=args.quick, build_only=args.build_only)
+    run_demo(manifest, progress=RichProgress(args.quiet), console=make_console(), quick=args.quick, build_only=args.build_only)
     return 0
 
 
@@ -238,30 +130,13 @@ def cmd_train(args) -> int:
     manifest = _load(args)
     overrides = {"epochs": args.epochs} if args.epochs else {}
     report = train_dataset(manifest, args.dataset, progress=_model_progress(args), **overrides)
-    _print_run(report)
+    print_run(report)
     return 0
 
 
 def _model_progress(args):
     """Per-stage rich progress bars (epochs, folds) on stderr; None with --quiet."""
     return None if args.quiet else RichProgress()
-
-
-def _print_run(report) -> None:
-    from rich.table import Table
-
-    r = report.result
-    console = _console()
-    console.print(f"{report.kind} {report.run_id}: {r.params.get('arch', '')} — {r.n_train} train / {r.n_valid} valid images")
-    table = Table()
-    for col in ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds"):
-        table.add_column(col, justify="right")
-    for e in r.epochs:
-        table.add_row(*(f"{e.get(c):.4f}" if isinstance(e.get(c), float) and c != "seconds" else
-                        (f"{e.get(c):.1f}" if c == "seconds" else str(e.get(c))) for c in
-                        ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds")))
-    console.print(table)
-    console.print(f"error rate {r.error_rate:.2%} (accuracy {r.accuracy:.2%}) in {r.duration_s:.0f} s; model: {r.model_path}")
 
 
 def cmd_mislabels(args) -> int:
@@ -271,7 +146,7 @@ def cmd_mislabels(args) -> int:
     manifest.dataset(args.dataset)
     found = None if args.rerun else fresh_mislabels(manifest, args.dataset)
     if found is not None:
-        _console(stderr=True).print(f"[dim]showing mislabel run {found[0]} (nothing changed since; --rerun to score again)[/dim]")
+        make_console(stderr=True).print(f"[dim]showing mislabel run {found[0]} (nothing changed since; --rerun to score again)[/dim]")
     run_id, issues = found or find_mislabels(manifest, args.dataset, progress=_model_progress(args))
     if args.format == "html":
         from dsbuild.cycle import mislabel_report
@@ -305,27 +180,10 @@ def cmd_retrain(args) -> int:
 
     manifest = _load(args)
     report, comparison = retrain_dataset(manifest, args.dataset, progress=_model_progress(args))
-    _print_run(report)
+    print_run(report)
     if comparison is not None:
-        _print_comparison(comparison)
+        print_comparison(comparison)
     return 0
-
-
-def _print_comparison(c) -> None:
-    from rich.table import Table
-
-    console = _console()
-    # On a line of its own: as a table title it would wrap to the (narrow) table's width.
-    console.print(f"before {c.before_run} → after {c.after_run}, on the same {c.n_valid} valid images (current labels)")
-    table = Table()
-    for col in ("label", "images", "accuracy before", "accuracy after", "change"):
-        table.add_column(col, justify="left" if col == "label" else "right")
-    for row in c.per_class:
-        delta = row["after_acc"] - row["before_acc"]
-        table.add_row(row["label"], str(row["n"]), f"{row['before_acc']:.1%}", f"{row['after_acc']:.1%}", f"{delta:+.1%}")
-    table.add_row("[b]error rate[/b]", str(c.n_valid), f"{c.before_error:.2%}", f"{c.after_error:.2%}",
-                  f"{c.after_error - c.before_error:+.2%}")
-    console.print(table)
 
 
 def cmd_predict(args) -> int:

@@ -1,7 +1,7 @@
 """The model loop over the catalog: train, find mislabels, review, retrain, predict.
 
 Each function reads what it needs from the catalog, runs the model code in
-:mod:`dsbuild.train` / :mod:`dsbuild.mislabels` with no database connection
+:mod:`dsbuild.model` and the issue finders of :mod:`dsbuild.issues` with no database connection
 open (so ``status`` and ``query`` keep working during a long training), and
 writes its results back: a ``runs`` row per run (params, per-epoch metrics,
 confusion matrix, model path), ``label_issues`` rows per mislabel run, and
@@ -27,8 +27,8 @@ TRAINABLE = ("ok",)
 
 
 def model_settings(ds: Dataset, *, root: Path | None = None, **overrides):
-    """The dataset's :class:`dsbuild.train.ModelSettings` from its ``model`` table (checked field by field)."""
-    from dsbuild.train import ModelSettings
+    """The dataset's :class:`dsbuild.model.settings.ModelSettings` from its ``model`` table (checked field by field)."""
+    from dsbuild.model.settings import ModelSettings
 
     names = {f.name for f in dataclasses.fields(ModelSettings)}
     values = dict(ds.model)
@@ -104,14 +104,14 @@ class RunReport:
     run_id: str
     dataset: str
     kind: str
-    result: object  # dsbuild.train.TrainResult
+    result: object  # dsbuild.model.train.TrainResult
     parent_run: str | None = None
 
 
 def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_run: str | None = None,
                   progress=None, **overrides) -> RunReport:
     """Fine-tune on the catalog's current labels and splits; record the run; return its report."""
-    from dsbuild.train import train
+    from dsbuild.model.train import train
 
     ds = manifest.dataset(name)
     settings = model_settings(ds, root=manifest.root, **overrides)
@@ -161,9 +161,8 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
     label_quality, rank, run_id) plus kind (label | conflict | ood),
     suggested_confidence and ood_score — flagged rows only, most likely wrong first.
     """
-    import pandas as pd
-
-    from dsbuild.mislabels import find_label_issues, out_of_fold_probs
+    from dsbuild.issues import IssueContext, find_issues
+    from dsbuild.model.oof import out_of_fold_probs
 
     ds = manifest.dataset(name)
     settings = model_settings(ds, root=manifest.root)
@@ -176,15 +175,11 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
             cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings))
         try:
             oof = out_of_fold_probs(df, settings, progress=progress)
-            flags = find_label_issues(df, oof, reviewed_keep=keep)
+            rows = find_issues(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members))
         except BaseException as exc:
             with w.open() as cat:
                 cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
             raise
-        flags = flags.copy()
-        flags["kind"] = flags.get("kind", "label")
-        conflict_rows = _conflict_rows(members, flags)
-        rows = pd.concat([flags, conflict_rows], ignore_index=True) if len(conflict_rows) else flags
         matrix = oof_confusion(oof)
         accuracy = sum(matrix[i][i] for i in range(len(matrix))) / max(1, len(df))
         with w.open() as cat:
@@ -229,7 +224,8 @@ def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Pat
     """
     import json
 
-    from dsbuild.report import confusion_png, mislabel_html, top_losses_png
+    from dsbuild.render.figures import confusion_png, top_losses_png
+    from dsbuild.render.html import mislabel_html
 
     with Catalog.open_readonly(manifest.catalog) as cat:
         run = cat.run_row(run_id)
@@ -255,30 +251,6 @@ def _reviewed_keep(cat: Catalog, name: str) -> dict[str, float]:
     rows = cat.kept_in_review(name)
     return {r.image_id: (float(r.label_quality) if r.label_quality == r.label_quality and r.label_quality is not None else 1.0)
             for r in rows.itertuples(index=False)}
-
-
-def _conflict_rows(members, flags):
-    """One ``conflict`` issue per image of a cross-label duplicate group (unless already flagged as a label issue)."""
-    import pandas as pd
-
-    if members.empty:
-        return pd.DataFrame()
-    flagged = set(flags.loc[flags.get("is_issue", True) == True, "image_id"]) if len(flags) else set()  # noqa: E712
-    rows = []
-    for group, grp in members.groupby("dup_group"):
-        labels = sorted(set(grp["label"]))
-        for r in grp.itertuples(index=False):
-            if r.image_id in flagged:
-                continue
-            others = [l for l in labels if l != r.label]
-            rows.append({"image_id": r.image_id, "given_label": r.label, "suggested_label": others[0] if others else None,
-                         "label_quality": None, "suggested_confidence": None, "ood_score": None,
-                         "is_issue": True, "kind": "conflict"})
-    out = pd.DataFrame(rows)
-    if len(out):
-        start = int(flags["rank"].max()) if len(flags) and flags["rank"].notna().any() else 0
-        out["rank"] = range(start + 1, start + 1 + len(out))
-    return out
 
 
 # --------------------------------------------------------------------------- review
@@ -354,7 +326,7 @@ def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[Ru
 
 
 def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comparison:
-    from dsbuild.train import predict
+    from dsbuild.model.predict import predict
 
     with Catalog.open_readonly(manifest.catalog) as cat:
         valid = cat.valid_images(name)
@@ -381,7 +353,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".ti
 
 def predict_images(manifest: Manifest, name: str, inputs: list[str]):
     """Label + probability for images (files or folders) with the latest trained model of ``name``."""
-    from dsbuild.train import predict
+    from dsbuild.model.predict import predict
 
     manifest.dataset(name)
     run = last_run(manifest, name)

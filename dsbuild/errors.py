@@ -10,6 +10,8 @@ URL, one corrupt image) are never exceptions: they become catalog rows with a
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 
 class DsbuildError(Exception):
     """An error the user can act on; ``str(err)`` says what happened and what to do.
@@ -39,3 +41,40 @@ class CatalogBusy(DsbuildError):
 
 class EngineError(DsbuildError):
     """A search engine cannot go on (no network, captcha, endless pages)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, prefix: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, else ``""``.
+
+    A match that differs only in case wins; otherwise :func:`difflib.get_close_matches`
+    with its default cut-off (0.6). ``prefix`` is put before the suggestion (``@`` for
+    named queries).
+    """
+    import difflib
+
+    options = sorted({str(c) for c in choices})
+    folded = {c.casefold(): c for c in options}
+    if word.casefold() in folded and word not in options:
+        close = [folded[word.casefold()]]
+    else:
+        close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def cause_chain(err: BaseException, *, limit: int = 32) -> Iterator[BaseException]:
+    """``err`` and every exception behind it: ``__cause__``, ``__context__``, a ``reason`` attribute
+    (urllib3's ``MaxRetryError`` keeps the real cause there) and exceptions passed as arguments.
+
+    Each exception once (cycles are possible), at most ``limit``.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack and len(seen) < limit:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        reason = getattr(e, "reason", None)
+        stack.extend([e.__cause__, e.__context__, reason if isinstance(reason, BaseException) else None])
+        stack.extend(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))

@@ -310,7 +310,7 @@ def _parse_section(cls: type, raw: Any, base: Any, key: str, problems: _Problems
 
 
 def _check_section_values(ds: Dataset, key: str, problems: _Problems) -> None:
-    from dsbuild.engines import ENGINES  # cheap: the crawler libraries load on first use
+    from dsbuild.sources.engines import ENGINES  # cheap: the crawler libraries load on first use
 
     if ds.engine not in ENGINES:
         problems.add(f"{key}.engine", f"unknown engine {ds.engine!r}{_did_you_mean(ds.engine, set(ENGINES))} — "

@@ -93,7 +93,7 @@ def duplicates_page(catalog_path: Path, dataset: str, out: Path) -> tuple[Path, 
 
     Returns ``(out, number of groups)``.
     """
-    from dsbuild.report import duplicates_html
+    from dsbuild.render.html import duplicates_html
 
     with Catalog.open_readonly(catalog_path) as cat:
         if dataset not in cat.datasets_in_catalog():

@@ -1,4 +1,4 @@
-"""Content-addressed image store: one file per sha256, written atomically.
+"""Content-addressed image store: one file per sha256, written atomically; and the one atomic file write.
 
 Layout: ``<store>/<aa>/<sha256>.<ext>`` where ``aa`` is the first two hex digits
 (256 folders keep directories small at a million images). A file appears under
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
+
+from dsbuild.errors import DsbuildError
 
 _EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
 
@@ -76,9 +79,41 @@ def sweep_temp_files(store_dir: Path) -> int:
     for tmp in root.glob("*/.tmp-*"):
         tmp.unlink(missing_ok=True)
         removed += 1
-    # Downloads a killed build left in <store>/.incoming (dsbuild.crawl): partial bodies (dl-*.part) and
+    # Downloads a killed build left in <store>/.incoming (dsbuild.sources.web): partial bodies (dl-*.part) and
     # complete ones that were never verified and moved into the store. No catalog row points at them.
     for tmp in root.glob(".incoming/dl-*"):
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def atomic_write(out: Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``out`` through a temporary file in the same folder and a rename.
+
+    Creates missing parent folders. A str is written as UTF-8. Raises
+    DsbuildError when the folder cannot be written.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise DsbuildError(f"{out} is a folder — give a file name for the output")
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise DsbuildError(f"cannot write {out}: {exc.strerror or exc} — choose another --out") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise DsbuildError(f"cannot write {out}: {exc.strerror or exc} — choose another --out") from None
+        raise
+    return out

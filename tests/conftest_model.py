@@ -3,7 +3,7 @@
 ``load_digits`` ships 1,797 real 8×8 handwritten digits inside scikit-learn (no
 network). :func:`digit_table` renders a stratified, seeded subset to 64×64 RGB PNG
 files (upscaled with Pillow, grayscale → RGB) and returns the training table that
-:func:`dsbuild.train.train` and :func:`dsbuild.mislabels.out_of_fold_probs` take.
+:func:`dsbuild.model.train.train` and :func:`dsbuild.model.oof.out_of_fold_probs` take.
 """
 
 from __future__ import annotations

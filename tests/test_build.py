@@ -30,7 +30,7 @@ from PIL import Image
 from dsbuild.build import build
 from dsbuild.catalog import Catalog
 from dsbuild.cli import main
-from dsbuild.demo import DIGIT_NAMES, render_digit
+from dsbuild.demo.data import DIGIT_NAMES, render_digit
 from dsbuild.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]

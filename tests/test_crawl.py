@@ -23,9 +23,10 @@ import pytest
 from fake_engines import FakeEngineServer
 from hostile_server import HostileServer
 
-from dsbuild.build import Progress, StageProgress, build
+from dsbuild.build import build
+from dsbuild.progress import Progress, StageProgress
 from dsbuild.cli import main
-from dsbuild.engines import normalize_url
+from dsbuild.sources.urls import normalize_url
 from dsbuild.manifest import load_manifest
 
 pytestmark = pytest.mark.timeout(60)
@@ -621,7 +622,7 @@ def test_build_summary_and_progress_match_the_catalog(servers, tmp_path, capsys,
 
 def test_many_links_are_verified_in_worker_processes(tmp_path, capsys):
     """≥ 48 downloads: bodies are verified in a spawned process pool while downloads go on."""
-    from dsbuild.build import INLINE_LIMIT
+    from dsbuild.executor import INLINE_LIMIT
 
     with FakeEngineServer(total=30) as engine:  # its /img/ JPEGs: 4 distinct photos, so many exact duplicates
         spec = web_dataset(engine)
@@ -639,17 +640,17 @@ def test_many_links_are_verified_in_worker_processes(tmp_path, capsys):
 def test_downloads_wait_for_verification_when_bodies_pile_up(tmp_path, capsys, monkeypatch):
     """Back-pressure: with a 1-byte memory backlog every download waits until the bodies before it are
     verified; the build still completes, with the same catalog as an unhindered one."""
-    import dsbuild.crawl as crawl
+    import dsbuild.sources.web as crawl
 
     monkeypatch.setattr(crawl, "MEMORY_BACKLOG", 1)
     answers: list[bool] = []
-    backlogged = crawl._Verifier.backlogged
+    backlogged = crawl.BodyVerifier.backlogged
 
     def counting(self) -> bool:
         answers.append(backlogged(self))
         return answers[-1]
 
-    monkeypatch.setattr(crawl._Verifier, "backlogged", counting)
+    monkeypatch.setattr(crawl.BodyVerifier, "backlogged", counting)
     with FakeEngineServer(total=30) as engine:
         spec = web_dataset(engine)
         spec["per_query"] = 30
@@ -671,7 +672,7 @@ def test_a_killed_build_leaves_nothing_behind_after_the_next_build(servers, tmp_
     import subprocess
     import sys
 
-    from dsbuild.crawl import IN_MEMORY_BODY
+    from dsbuild.sources.web import IN_MEMORY_BODY
 
     engine, images = servers
     plant(engine, images, "alpha things", ["/img/coffee.jpg", "/stall-body.jpg", "/stall-body-big.jpg"])
@@ -714,7 +715,7 @@ def test_a_killed_build_leaves_nothing_behind_after_the_next_build(servers, tmp_
 
 def test_bodies_held_in_memory_are_bounded_at_any_concurrency() -> None:
     """Bodies in flight are held in memory up to a limit that shrinks with concurrency (bounded RAM), never below 256 kB."""
-    from dsbuild.crawl import IN_FLIGHT_MEMORY, IN_MEMORY_BODY, in_memory_limit
+    from dsbuild.sources.web import IN_FLIGHT_MEMORY, IN_MEMORY_BODY, in_memory_limit
 
     assert in_memory_limit(32) == IN_MEMORY_BODY == 4_000_000
     assert in_memory_limit(128) == 2_000_000
@@ -734,7 +735,7 @@ def test_a_worker_killed_mid_batch_costs_nothing(tmp_path: Path) -> None:
     from PIL import Image
     from skimage import data as skdata
 
-    from dsbuild.crawl import VERIFY_CHUNK, _Verifier
+    from dsbuild.sources.web import VERIFY_CHUNK, BodyVerifier
     from dsbuild.manifest import load_manifest
 
     (tmp_path / "datasets.toml").write_text('[datasets.d.classes]\na = "x"\nb = "y"\n')
@@ -749,7 +750,7 @@ def test_a_worker_killed_mid_batch_costs_nothing(tmp_path: Path) -> None:
         else:  # a body held in memory: the worker stores it when it is accepted
             bodies.append(SimpleNamespace(url=f"http://example.org/{k}.png", path=None, data=path.read_bytes()))
     done: queue.Queue = queue.Queue()
-    verifier = _Verifier(ds, done, workers=2, use_pool=True, store=tmp_path / "store")
+    verifier = BodyVerifier(ds, done, workers=2, use_pool=True, store=tmp_path / "store")
     try:
         for res in bodies:
             verifier.add(res)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dsbuild import dedup
+from dsbuild.dedup import search as dedup
 
 SEED = 42
 
@@ -68,7 +68,7 @@ def test_every_multi_index_plan_is_exact(m):
     h = planted(3000, rng, frac=0.1)
     words = h[:, None]
     for threshold in range(m - 1, 11):
-        widths = dedup._split_widths(64, m)
+        widths = dedup.split_widths(64, m)
         base, extra = divmod(threshold + 1 - m, m)
         radii = [base + 1] * extra + [base] * (m - extra)
         blocks, start = [], 0
@@ -77,7 +77,7 @@ def test_every_multi_index_plan_is_exact(m):
             start += w
         if sum(b.volume for b in blocks) > 6_000:  # the wide-block plans are slow in pure form; the model never picks them there
             continue
-        got = dedup._sorted(dedup._self_mih(words, threshold, tuple(blocks)))
+        got = dedup.sort_pairs(dedup.mih_self_pairs(words, threshold, tuple(blocks)))
         np.testing.assert_array_equal(got, brute(h, threshold), err_msg=f"m={m} t={threshold}")
 
 
@@ -119,7 +119,7 @@ def test_incremental_equals_full_minus_old_pairs(n_old, n_new):
         got = dedup.find_pairs_incremental(new, old, threshold)
         np.testing.assert_array_equal(got, expected)
         old_pairs = dedup.find_pairs(old, threshold)
-        np.testing.assert_array_equal(dedup._sorted(np.concatenate([old_pairs, got])), full)
+        np.testing.assert_array_equal(dedup.sort_pairs(np.concatenate([old_pairs, got])), full)
 
 
 def test_cross_pairs_both_orientations():
@@ -131,7 +131,7 @@ def test_cross_pairs_both_orientations():
     i, j = np.nonzero(d <= 6)
     np.testing.assert_array_equal(got, np.column_stack([i, j, d[i, j]]))
     swapped = dedup.find_cross_pairs(b, a, 6)
-    np.testing.assert_array_equal(dedup._sorted(swapped[:, [1, 0, 2]]), got)
+    np.testing.assert_array_equal(dedup.sort_pairs(swapped[:, [1, 0, 2]]), got)
 
 
 def test_bad_threshold():

@@ -17,9 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from fake_engines import FakeEngineServer, fake_engine  # noqa: F401 - fixture
 
-from dsbuild.engines import ENGINES, EngineOptions, Link, get_engine
-from dsbuild.engines.bing import BING_FILTERS, LIBRARY_TYPES, MURL_PATTERN, BingEngine
-from dsbuild.engines.icrawler_engines import (
+from dsbuild.sources.engines import ENGINES, EngineOptions, Link, get_engine
+from dsbuild.sources.engines.bing import BING_FILTERS, LIBRARY_TYPES, MURL_PATTERN, BingEngine
+from dsbuild.sources.engines.icrawler_engines import (
     IcrawlerBaiduEngine,
     IcrawlerBingEngine,
     IcrawlerGoogleEngine,
@@ -652,7 +652,7 @@ def test_filter_tables_match_the_pinned_icrawler(feeder: str, ours: dict) -> Non
 
 def test_importing_engines_is_cheap() -> None:
     code = (
-        "import sys, dsbuild.engines\n"
+        "import sys, dsbuild.sources.engines\n"
         "heavy = [m for m in ('icrawler', 'bing_image_downloader', 'requests', 'bs4', 'PIL') if m in sys.modules]\n"
         "print(heavy)"
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsbuild import hashing
+from dsbuild.verify import hashing
 
 SEED = 42
 IMAGEHASH = {"phash": imagehash.phash, "dhash": imagehash.dhash, "whash": imagehash.whash, "ahash": imagehash.average_hash}
@@ -62,7 +62,7 @@ def test_default_is_64_bit_phash(photos):
 def test_bits_hex_roundtrip_and_integer_forms(photos):
     hexes = [hashing.compute_hash(img) for img in photos.values()]
     for h in hexes:
-        assert hashing._bits_to_hex(hashing.hex_to_bits(h)) == h
+        assert hashing.bits_to_hex(hashing.hex_to_bits(h)) == h
         assert hashing.hash_to_int(h) == int(h, 16)
     as_u64 = hashing.hashes_to_uint64(hexes)
     assert as_u64.dtype == np.uint64
@@ -115,7 +115,7 @@ def test_real_photos_are_not_degenerate(photos, kind):
 
 def test_near_blank_noise_is_far_apart():
     """Faint noise on a flat colour hashes to random-looking phashes: not degenerate, but never near each other."""
-    from dsbuild.dedup import DEFAULT_THRESHOLD
+    from dsbuild.dedup.search import DEFAULT_THRESHOLD
 
     rng = np.random.default_rng(SEED)
     values = []

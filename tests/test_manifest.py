@@ -326,7 +326,7 @@ def test_builtin_defaults(tmp_path: Path) -> None:
     assert (d.verify.min_side, d.verify.max_aspect_ratio, d.verify.max_pixels) == (32, 6.0, 89_478_485)
     assert d.verify.formats == ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
     assert (d.dedup.hash, d.dedup.hash_size, d.dedup.threshold, d.dedup.near) == ("phash", 8, 10, True)
-    from dsbuild.dedup import DEFAULT_THRESHOLD
+    from dsbuild.dedup.search import DEFAULT_THRESHOLD
 
     assert d.dedup.threshold == DEFAULT_THRESHOLD  # the measured default (bench/dup_quality.py)
     assert (d.split.train, d.split.valid, d.split.test, d.split.seed) == (0.8, 0.2, 0.0, 42)

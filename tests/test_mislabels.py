@@ -17,8 +17,9 @@ import pytest
 
 from conftest_model import FAST, digit_table, plant_flips
 from dsbuild.errors import DsbuildError
-from dsbuild.mislabels import OOFResult, find_label_issues, out_of_fold_probs
-from dsbuild.train import ModelSettings
+from dsbuild.issues.label import find_label_issues
+from dsbuild.model.oof import OOFResult, out_of_fold_probs
+from dsbuild.model.settings import ModelSettings
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
-from dsbuild import dedup, hashing
+from dsbuild.dedup import search as dedup
+from dsbuild.verify import hashing
 from dsbuild.manifest import DedupSettings, VerifySettings
 from dsbuild.verify import analyze_file
 
@@ -186,7 +187,7 @@ def test_incremental_search_finds_new_copies_in_the_old_catalog(planted):
     both = [*old, *new]
     full = dedup.find_pairs(np.concatenate([old_v, new_v]), dedup.DEFAULT_THRESHOLD)
     old_pairs = dedup.find_pairs(old_v, dedup.DEFAULT_THRESHOLD)
-    np.testing.assert_array_equal(dedup._sorted(np.concatenate([old_pairs, inc])), full)
+    np.testing.assert_array_equal(dedup.sort_pairs(np.concatenate([old_pairs, inc])), full)
     linked = {int(j) - len(old) for i, j, _ in inc if int(i) < len(old)}
     for k, r in enumerate(new):
         if r["variant"] in ROBUST:

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from dsbuild import quality
+from dsbuild.verify import quality
 from dsbuild.manifest import QualitySettings, VerifySettings
-from dsbuild.verify import decode
+from dsbuild.verify.decode import decode
 
 SEED = 42
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick")

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image, ImageFilter
 from skimage import data as skdata
 
-from dsbuild.catalog import _MIGRATIONS, SCHEMA_VERSION, Catalog
+from dsbuild.catalog import SCHEMA_VERSION, Catalog
+from dsbuild.catalog.schema import MIGRATIONS
 from dsbuild.cli import main
 
 MANIFEST = """
@@ -96,7 +97,7 @@ def test_reject_setting_turns_a_flag_into_a_reject_and_back(tmp_path: Path) -> N
 def test_a_version_1_catalog_is_migrated_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))
-    for stmt in _MIGRATIONS[1]:
+    for stmt in MIGRATIONS[1]:
         con.execute(stmt)
     con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
     con.execute("INSERT INTO items (dataset, image_id, origin, source, class_label, status, first_seen, updated_at) "

@@ -300,7 +300,7 @@ def test_shipped_queries_are_the_builtins() -> None:
     assert {"class_balance", "rejects", "label_conflicts", "duplicates", "split_leakage", "builds"} <= set(SHIPPED_QUERIES)
     for name in SHIPPED_QUERIES:
         shipped = (REPO / "catalog/queries" / f"{name}.sql").read_text()
-        assert (REPO / "dsbuild/queries" / f"{name}.sql").read_text() == shipped
+        assert (REPO / "dsbuild/catalog/queries" / f"{name}.sql").read_text() == shipped
 
 
 @pytest.mark.parametrize("name", SHIPPED_QUERIES)

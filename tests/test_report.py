@@ -19,9 +19,10 @@ from rich.console import Console
 from skimage import data as skdata
 
 from dsbuild.errors import DsbuildError
-from dsbuild.report import (
-    RenderedTable, confusion_png, duplicates_html, mislabel_html, render_table, safe_link, thumbnail, top_losses_png,
-)
+from dsbuild.render.figures import confusion_png, top_losses_png
+from dsbuild.render.html import duplicates_html, mislabel_html, safe_link
+from dsbuild.render.tables import RenderedTable, render_table
+from dsbuild.render.thumbs import thumbnail
 
 HOSTILE = "<script>alert(1)</script>"
 

@@ -13,7 +13,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from dsbuild.errors import DsbuildError
-from dsbuild.report import render_table
+from dsbuild.render.tables import render_table
 from dsbuild.review import Decision, decisions_from_suggestions, parse_decisions, plan_events
 
 LABELS = ["cat", "cup", "person", "rocket"]

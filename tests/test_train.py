@@ -17,8 +17,10 @@ import pytest
 
 from conftest_model import FAST, digit_table
 from dsbuild.errors import DsbuildError
-from dsbuild.train import ModelSettings, predict, train
-from dsbuild.weights import load_backbone, no_weights_message
+from dsbuild.model.predict import predict
+from dsbuild.model.settings import ModelSettings
+from dsbuild.model.train import train
+from dsbuild.model.weights import load_backbone, no_weights_message
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import requests
 from fake_engines import FakeEngineServer, fake_engine  # noqa: F401 - fixture
 
-from dsbuild.engines import Link, dedupe_links, normalize_url, read_url_list
-from dsbuild.engines.urls import MAX_URL_LENGTH
+from dsbuild.sources.urls import Link, dedupe_links, normalize_url, read_url_list
+from dsbuild.sources.urls import MAX_URL_LENGTH
 from dsbuild.errors import DsbuildError
 
 # --------------------------------------------------------------------------- normalize_url

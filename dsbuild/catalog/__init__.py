@@ -1,0 +1,18 @@
+"""catalog/: the one DuckDB file, and the only package that speaks SQL.
+
+==============  ==================================================================
+schema.py       tables, views (the public contract) and migrations
+db.py           :class:`Catalog`: connection, transactions, every dsbuild read/write
+lock.py         :class:`BuildLock`: the writers' exclusive lock file beside the catalog
+query.py        users' SQL: the read-only sandbox and the named ``@name`` queries
+queries/        the built-in named queries (``*.sql``, shipped as package data)
+==============  ==================================================================
+"""
+
+from dsbuild.catalog.db import Catalog, translate_error, utcnow
+from dsbuild.catalog.lock import BuildLock
+from dsbuild.catalog.query import list_named_queries, named_query_dirs, resolve_named_query, sandboxed_query
+from dsbuild.catalog.schema import SCHEMA_VERSION
+
+__all__ = ["SCHEMA_VERSION", "BuildLock", "Catalog", "list_named_queries", "named_query_dirs",
+           "resolve_named_query", "sandboxed_query", "translate_error", "utcnow"]

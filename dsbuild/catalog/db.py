@@ -1,0 +1,586 @@
+"""The catalog connection: :class:`Catalog` with a typed method for every read and write dsbuild does.
+
+Open with :meth:`Catalog.open` (read-write; migrates the schema of
+:mod:`dsbuild.catalog.schema`; the caller holds the :class:`~dsbuild.catalog.lock.BuildLock`
+when it writes) or :meth:`Catalog.open_readonly`. Values always go in as
+parameters; DuckDB errors come out as :class:`~dsbuild.errors.DsbuildError`
+(:func:`translate_error`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from dsbuild.catalog.schema import MIGRATIONS, SCHEMA_VERSION, VIEWS
+from dsbuild.errors import CatalogBusy, DsbuildError
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+_LOCK_PID = re.compile(r"PID (\d+)")
+
+
+def translate_error(exc: Exception, path: Path) -> DsbuildError:
+    """Turn a DuckDB exception into a readable DsbuildError."""
+    text = str(exc)
+    if "Conflicting lock" in text or "Could not set lock" in text:
+        m = _LOCK_PID.search(text)
+        who = f"process {m.group(1)}" if m else "another process"
+        return CatalogBusy(f"catalog {path} is busy: {who} is writing it (a build is running) — wait for it to finish and try again")
+    if "not a valid DuckDB database" in text or "Invalid Input Error: The file" in text:
+        return DsbuildError(f"{path} is not a dsbuild catalog (not a valid DuckDB file) — point `catalog` in the manifest elsewhere")
+    if "database does not exist" in text:
+        return DsbuildError(f"no catalog at {path} — run `dsbuild build` first")
+    return DsbuildError(f"catalog {path}: {text.splitlines()[0] if text else type(exc).__name__}")
+
+
+# --------------------------------------------------------------------------- the catalog
+
+
+class Catalog:
+    """A connection to the catalog with typed helpers for every read and write dsbuild does.
+
+    Open with :meth:`open` (read-write, migrates, expects the caller to hold a
+    :class:`BuildLock` when it writes) or :meth:`open_readonly`.
+    """
+
+    def __init__(self, con, path: Path, *, writable: bool) -> None:
+        self.con = con
+        self.path = path
+        self.writable = writable
+
+    # -- opening -----------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> "Catalog":
+        import duckdb
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con = duckdb.connect(str(path), config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        except duckdb.Error as exc:
+            raise translate_error(exc, path) from None
+        cat = cls(con, path, writable=True)
+        cat._migrate()
+        return cat
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> "Catalog":
+        """Read-only, but not sandboxed: for dsbuild's own reads (status, export, train)."""
+        import duckdb
+
+        path = Path(path)
+        if not path.exists():
+            raise DsbuildError(f"no catalog at {path} — run `dsbuild build` first")
+        try:
+            con = duckdb.connect(str(path), read_only=True, config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        except duckdb.Error as exc:
+            raise translate_error(exc, path) from None
+        cat = cls(con, path, writable=False)
+        version = cat._version()
+        if version < SCHEMA_VERSION:
+            con.close()
+            raise DsbuildError(f"catalog {path} has schema version {version}, this dsbuild needs {SCHEMA_VERSION} — run `dsbuild build` once to migrate it")
+        if version > SCHEMA_VERSION:
+            con.close()
+            raise DsbuildError(f"catalog {path} was written by a newer dsbuild (schema {version}) — upgrade dsbuild")
+        return cat
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _version(self) -> int:
+        try:
+            row = self._one("SELECT value FROM meta WHERE key = 'schema_version'")
+        except Exception:
+            return 0
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        version = self._version()
+        if version > SCHEMA_VERSION:
+            raise DsbuildError(f"catalog {self.path} was written by a newer dsbuild (schema {version}) — upgrade dsbuild")
+        if version == SCHEMA_VERSION:
+            return
+        with self.transaction():
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for stmt in MIGRATIONS[v]:
+                    self.con.execute(stmt)
+            for stmt in VIEWS:
+                self.con.execute(stmt)
+            self.con.execute("DELETE FROM meta WHERE key = 'schema_version'")
+            self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        self.con.execute("CHECKPOINT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
+
+    # -- generic reads -------------------------------------------------------------
+
+    def df(self, sql: str, params: list | None = None):
+        """Run a dsbuild-owned SELECT and return a pandas DataFrame."""
+        return self.con.execute(sql, params or []).df()
+
+    def _one(self, sql: str, params: list | None = None) -> tuple | None:
+        """The first row of a dsbuild-owned SELECT, or None.
+
+        Always drains the result: DuckDB ≥ 2.0 refuses further work on a connection
+        that still holds an unfinished result (``fetchone`` leaves one behind).
+        """
+        rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0] if rows else None
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", [key])
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.con.execute("DELETE FROM meta WHERE key = ?", [key])
+            self.con.execute("INSERT INTO meta VALUES (?, ?)", [key, value])
+
+    # -- builds --------------------------------------------------------------------
+
+    def start_build(self, datasets: list[str]) -> int:
+        row = self._one("SELECT coalesce(max(build_id), 0) + 1 FROM builds")
+        build_id = int(row[0])
+        # A build that was killed never wrote its outcome: mark it so status can say so.
+        self.con.execute("UPDATE builds SET outcome = 'interrupted' WHERE outcome = 'running'")
+        self.con.execute(
+            "INSERT INTO builds VALUES (?, ?, ?, ?, NULL, 'running', NULL)",
+            [build_id, ",".join(datasets), os.getpid(), utcnow()],
+        )
+        return build_id
+
+    def finish_build(self, build_id: int, outcome: str, summary: dict) -> None:
+        self.con.execute(
+            "UPDATE builds SET finished_at = ?, outcome = ?, summary = ? WHERE build_id = ?",
+            [utcnow(), outcome, json.dumps(summary, default=str), build_id],
+        )
+        self.con.execute("CHECKPOINT")
+
+    # -- items and blobs -----------------------------------------------------------
+
+    def known_items(self, dataset: str):
+        """Existing items of ``dataset``: image_id, origin, source, status, reason, sha256, src_size, src_mtime_ns, class_label."""
+        return self.df(
+            "SELECT image_id, origin, source, status, reason, sha256, src_size, src_mtime_ns, class_label "
+            "FROM items WHERE dataset = ?",
+            [dataset],
+        )
+
+    def upsert_items(self, rows) -> None:
+        """Insert or replace items (a DataFrame with ``items`` columns; keyed by dataset, image_id).
+
+        ``first_seen`` of an existing item is kept, so "earliest" stays earliest.
+        """
+        if len(rows) == 0:
+            return
+        self.con.register("_new_items", rows)
+        try:
+            cols = [c for c in rows.columns]
+            col_list = ", ".join(cols)
+            with self.transaction():
+                self.con.execute(
+                    "CREATE OR REPLACE TEMP TABLE _old_first AS SELECT i.dataset, i.image_id, i.first_seen "
+                    "FROM items i JOIN _new_items n USING (dataset, image_id)"
+                )
+                self.con.execute(
+                    "DELETE FROM items WHERE (dataset, image_id) IN (SELECT (dataset, image_id) FROM _new_items)"
+                )
+                self.con.execute(f"INSERT INTO items ({col_list}) SELECT {col_list} FROM _new_items")
+                self.con.execute(
+                    "UPDATE items SET first_seen = o.first_seen FROM _old_first o "
+                    "WHERE items.dataset = o.dataset AND items.image_id = o.image_id"
+                )
+        finally:
+            self.con.unregister("_new_items")
+
+    def insert_blobs(self, rows) -> None:
+        """Insert blobs not yet known (a DataFrame with ``blobs`` columns)."""
+        if len(rows) == 0:
+            return
+        self.con.register("_new_blobs", rows)
+        try:
+            cols = ", ".join(rows.columns)
+            with self.transaction():
+                self.con.execute(
+                    f"INSERT INTO blobs ({cols}) SELECT {cols} FROM (SELECT DISTINCT ON (sha256) * FROM _new_blobs) n "
+                    "WHERE n.sha256 NOT IN (SELECT sha256 FROM blobs)"
+                )
+        finally:
+            self.con.unregister("_new_blobs")
+
+    def known_blobs(self, shas: list[str]):
+        """Blobs among ``shas`` already in the catalog whose file still exists."""
+        if not shas:
+            return set()
+        rows = self.con.execute("SELECT sha256, path FROM blobs WHERE sha256 IN (SELECT unnest(?))", [shas]).fetchall()
+        return {sha for sha, path in rows if os.path.exists(path)}
+
+    def dataset_items(self, dataset: str):
+        """Every item of ``dataset`` with what dedup and split need (joined with blobs)."""
+        return self.df(
+            """SELECT i.image_id, i.origin, i.class_label, i.status, i.reason, i.detail, i.sha256, i.split, i.given_split, i.phash,
+                      i.dup_group, i.first_seen, b.pixel_sha, b.width, b.height,
+                      b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
+                      coalesce(e.new_label, i.class_label) AS label
+               FROM items i LEFT JOIN blobs b USING (sha256)
+               LEFT JOIN latest_events e USING (dataset, image_id)
+               WHERE i.dataset = ? ORDER BY i.first_seen, i.image_id""",
+            [dataset],
+        )
+
+    def update_dedup_and_splits(self, dataset: str, rows) -> None:
+        """Write status/reason/dup columns/split for items of ``dataset`` (a DataFrame keyed by image_id)."""
+        if len(rows) == 0:
+            return
+        self.con.register("_upd", rows)
+        try:
+            with self.transaction():
+                self.con.execute(
+                    """UPDATE items SET status = u.status, reason = u.reason, detail = u.detail,
+                           dup_group = u.dup_group, dup_of = u.dup_of, dup_distance = u.dup_distance,
+                           conflict = u.conflict, split = u.split, quality_flags = u.quality_flags,
+                           q_odd_size = u.q_odd_size, updated_at = ?
+                       FROM _upd u WHERE items.dataset = ? AND items.image_id = u.image_id
+                         AND (items.status IS DISTINCT FROM u.status OR items.reason IS DISTINCT FROM u.reason
+                              OR items.quality_flags IS DISTINCT FROM u.quality_flags
+                              OR items.q_odd_size IS DISTINCT FROM u.q_odd_size
+                              OR items.dup_group IS DISTINCT FROM u.dup_group OR items.split IS DISTINCT FROM u.split
+                              OR items.conflict IS DISTINCT FROM u.conflict OR items.dup_of IS DISTINCT FROM u.dup_of
+                              OR items.detail IS DISTINCT FROM u.detail)""",
+                    [utcnow(), dataset],
+                )
+        finally:
+            self.con.unregister("_upd")
+
+    def insert_fetches(self, rows) -> None:
+        if len(rows) == 0:
+            return
+        self.con.register("_new_fetches", rows)
+        try:
+            cols = ", ".join(rows.columns)
+            with self.transaction():
+                self.con.execute(f"INSERT INTO fetches ({cols}) SELECT {cols} FROM _new_fetches")
+        finally:
+            self.con.unregister("_new_fetches")
+
+    # -- links and searches (web sources) ----------------------------------------
+
+    def searched(self, dataset: str, label: str, engine: str, query: str) -> int | None:
+        """How many links a completed search of this query asked for, or None if never completed."""
+        row = self._one(
+            "SELECT max(wanted) FROM searches WHERE dataset = ? AND label = ? AND engine = ? AND query = ? "
+            "AND outcome NOT IN ('blocked', 'error')",
+            [dataset, label, engine, query],
+        )
+        return None if row is None or row[0] is None else int(row[0])
+
+    def record_search(self, *, dataset: str, label: str, engine: str, query: str, wanted: int,
+                      links: list[dict], pages: int, outcome: str, message: str) -> None:
+        """Store a query's links and how it ended, in one transaction (links first, then the search row)."""
+        import pandas as pd
+
+        now = utcnow()
+        with self.transaction():
+            self.con.execute("DELETE FROM links WHERE dataset = ? AND label = ? AND engine = ? AND query = ?",
+                             [dataset, label, engine, query])
+            if links:
+                df = pd.DataFrame(links)
+                df["dataset"], df["label"], df["engine"], df["query"], df["discovered_at"] = dataset, label, engine, query, now
+                self.con.register("_links", df)
+                try:
+                    self.con.execute("INSERT INTO links (dataset, label, url, engine, query, rank, page_url, discovered_at) "
+                                     "SELECT dataset, label, url, engine, query, rank, page_url, discovered_at FROM _links")
+                finally:
+                    self.con.unregister("_links")
+            self.con.execute("INSERT INTO searches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [dataset, label, engine, query, wanted, len(links), pages, outcome, message, now])
+
+    def dataset_links(self, dataset: str):
+        """Every discovered link of ``dataset`` (first discovery of each (label, url)), in discovery order."""
+        return self.df(
+            """SELECT label, url, engine, query, rank, page_url FROM (
+                   SELECT *, row_number() OVER (PARTITION BY label, url ORDER BY discovered_at, engine, query, rank) AS rn
+                   FROM links WHERE dataset = ?) WHERE rn = 1
+               ORDER BY discovered_at, engine, query, rank""",
+            [dataset],
+        )
+
+    def fetched_ok(self, urls: list[str]):
+        """Latest successful fetch of each URL in ``urls`` whose stored file still exists: url → (sha256, row)."""
+        if not urls:
+            return {}
+        rows = self.con.execute(
+            """SELECT f.url, f.sha256, b.path, f.http_status, f.bytes, f.content_type FROM fetches f JOIN blobs b USING (sha256)
+               WHERE f.outcome = 'ok' AND f.url IN (SELECT unnest(?))""",
+            [urls],
+        ).fetchall()
+        return {r[0]: r for r in rows if os.path.exists(r[2])}
+
+    def transient_failures(self, dataset: str) -> set[str]:
+        """URLs of ``dataset`` whose latest fetch failed for a transient reason (worth retrying)."""
+        rows = self.con.execute(
+            """SELECT url FROM (SELECT url, transient, outcome,
+                      row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) AS rn
+                      FROM fetches WHERE dataset = ?) WHERE rn = 1 AND outcome = 'failed' AND transient""",
+            [dataset],
+        ).fetchall()
+        return {r[0] for r in rows}
+
+    def blob_record(self, sha256: str):
+        """The stored blob ``sha256`` as an accepted :class:`~dsbuild.verify.analyze.ImageRecord`."""
+        from dsbuild.verify.analyze import ImageRecord
+
+        row = self._one(
+            "SELECT b.path, b.bytes, b.format, b.width, b.height, b.mode, b.frames, b.pixel_sha, "
+            "(SELECT any_value(phash) FROM items WHERE sha256 = b.sha256 AND phash IS NOT NULL) "
+            "FROM blobs b WHERE sha256 = ?",
+            [sha256],
+        )
+        path, size, fmt, w, h, mode, frames, pix, ph = row
+        return ImageRecord(ok=True, sha256=sha256, bytes=size, format=fmt, width=w, height=h, mode=mode,
+                           frames=frames or 1, pixel_sha=pix, phash=ph, store_path=path)
+
+    # -- reads for status/export/train ---------------------------------------------
+
+    def images(self, dataset: str, *, statuses: tuple[str, ...] | None = None):
+        sql = "SELECT * FROM images WHERE dataset = ?"
+        params: list[Any] = [dataset]
+        if statuses:
+            sql += " AND status IN (SELECT unnest(?))"
+            params.append(list(statuses))
+        return self.df(sql + " ORDER BY image_id", params)
+
+    def datasets_in_catalog(self) -> list[str]:
+        return [r[0] for r in self.con.execute("SELECT DISTINCT dataset FROM items ORDER BY 1").fetchall()]
+
+    def status_counts(self, dataset: str):
+        """Counts per label × split × status."""
+        return self.df(
+            """SELECT label, coalesce(split, '-') AS split, status, count(*) AS n
+               FROM images WHERE dataset = ? GROUP BY ALL ORDER BY label, split, status""",
+            [dataset],
+        )
+
+    def reject_counts(self, dataset: str):
+        return self.df(
+            """SELECT status, reason, count(*) AS n FROM images
+               WHERE dataset = ? AND status IN ('rejected', 'failed') GROUP BY ALL ORDER BY n DESC, reason""",
+            [dataset],
+        )
+
+    def build_item_counts(self, dataset: str, build_id: int) -> list[tuple[str, str | None, int]]:
+        """(status, reason, n) of the items of ``dataset`` that build ``build_id`` catalogued, as they stand now."""
+        rows = self.con.execute(
+            "SELECT status, reason, count(*) FROM items WHERE dataset = ? AND build_id = ? GROUP BY ALL ORDER BY ALL",
+            [dataset, build_id],
+        ).fetchall()
+        return [(status, reason, int(n)) for status, reason, n in rows]
+
+    def quality_flag_counts(self, dataset: str) -> dict[str, int]:
+        """flag → number of accepted (ok) images of ``dataset`` that carry it."""
+        rows = self.con.execute(
+            """SELECT flag, count(*) FROM (
+                   SELECT unnest(string_split(quality_flags, ',')) AS flag FROM images
+                   WHERE dataset = ? AND status = 'ok' AND quality_flags <> '')
+               GROUP BY flag""",
+            [dataset],
+        ).fetchall()
+        return {flag: int(n) for flag, n in rows}
+
+    def duplicate_counts(self, dataset: str) -> dict[str, int]:
+        row = self._one(
+            """SELECT count(*) FILTER (WHERE status = 'duplicate'),
+                      count(DISTINCT dup_group),
+                      (SELECT count(*) FROM conflicts WHERE dataset = ?)
+               FROM images WHERE dataset = ? AND dup_group IS NOT NULL""",
+            [dataset, dataset],
+        )
+        leaks = self._one(
+            """SELECT count(*) FROM (SELECT dup_group FROM images WHERE dataset = ? AND dup_group IS NOT NULL
+               AND split IS NOT NULL GROUP BY dup_group HAVING count(DISTINCT split) > 1)""",
+            [dataset],
+        )[0]
+        return {"duplicates": int(row[0]), "groups": int(row[1]), "conflicts": int(row[2]), "leaks": int(leaks)}
+
+    def last_build(self):
+        return self._one(
+            "SELECT build_id, datasets, started_at, finished_at, outcome, summary FROM builds ORDER BY build_id DESC LIMIT 1"
+        )
+
+    # -- label events ----------------------------------------------------------------
+
+    def label_history(self, dataset: str):
+        return self.df("SELECT * FROM label_events WHERE dataset = ? ORDER BY event_id", [dataset])
+
+    def append_label_events(self, dataset: str, events: list[dict]) -> int:
+        """Append events (dicts with image_id, action, old/new label/status, source, at, note); all or nothing."""
+        if not events:
+            return 0
+        import pandas as pd
+
+        with self.transaction():
+            start = int(self._one("SELECT coalesce(max(event_id), 0) FROM label_events")[0])
+            rows = pd.DataFrame(events).rename(columns={"at": "changed_at"})
+            rows.insert(0, "event_id", range(start + 1, start + 1 + len(rows)))
+            rows.insert(1, "dataset", dataset)
+            for col in ("old_label", "new_label", "old_status", "new_status", "label_quality", "note"):
+                if col not in rows:
+                    rows[col] = None
+            cols = ["event_id", "dataset", "image_id", "changed_at", "source", "action", "old_label", "new_label",
+                    "old_status", "new_status", "label_quality", "note"]
+            self.con.register("_events", rows[cols])
+            try:
+                self.con.execute(f"INSERT INTO label_events ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _events")
+            finally:
+                self.con.unregister("_events")
+        return len(events)
+
+    # -- model runs ----------------------------------------------------------------------
+
+    def start_run(self, *, run_id: str, dataset: str, kind: str, arch: str | None, params: dict, parent_run: str | None = None) -> None:
+        self.con.execute(
+            "INSERT INTO model_runs (run_id, dataset, kind, arch, started_at, status, params, parent_run) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+            [run_id, dataset, kind, arch, utcnow(), json.dumps(params, default=str), parent_run],
+        )
+
+    def finish_run(self, run_id: str, **fields: Any) -> None:
+        fields.setdefault("finished_at", utcnow())
+        fields.setdefault("status", "ok")
+        for key in ("epochs", "confusion", "per_class", "valid_ids", "params"):
+            if key in fields and not isinstance(fields[key], str):
+                fields[key] = json.dumps(fields[key], default=str)
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.con.execute(f"UPDATE model_runs SET {sets} WHERE run_id = ?", [*fields.values(), run_id])
+
+    def runs(self, dataset: str, *, kind: tuple[str, ...] = ("train", "retrain"), status: str = "ok"):
+        return self.df(
+            "SELECT * FROM model_runs WHERE dataset = ? AND kind IN (SELECT unnest(?)) AND status = ? ORDER BY started_at",
+            [dataset, list(kind), status],
+        )
+
+    def insert_issue_rows(self, run_id: str, dataset: str, rows) -> None:
+        if len(rows) == 0:
+            return
+        rows = rows.copy()
+        rows["run_id"] = run_id
+        rows["dataset"] = dataset
+        cols = ["run_id", "dataset", "image_id", "kind", "given_label", "suggested_label", "label_quality",
+                "suggested_confidence", "ood_score", "is_issue", "rank"]
+        for col in cols:
+            if col not in rows:
+                rows[col] = None
+        self.con.register("_issues", rows[cols])
+        try:
+            with self.transaction():
+                self.con.execute(f"INSERT INTO issue_rows ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _issues")
+        finally:
+            self.con.unregister("_issues")
+
+    def trainable_images(self, dataset: str):
+        """Images a model may learn from (status ok, with a split): image_id, path, label, split, origin.
+
+        Ordered by content hash (image ids depend on where the files are): folds and batches,
+        and so every model run, come out the same on any machine.
+        """
+        return self.df(
+            "SELECT image_id, path, label, split, origin FROM images WHERE dataset = ? AND status = 'ok' "
+            "AND split IS NOT NULL ORDER BY sha256, image_id",
+            [dataset],
+        )
+
+    def valid_images(self, dataset: str):
+        """Accepted images of the valid split with their current labels: image_id, path, label."""
+        return self.df(
+            "SELECT image_id, path, label FROM images WHERE dataset = ? AND status = 'ok' AND split = 'valid' "
+            "ORDER BY image_id",
+            [dataset],
+        )
+
+    def review_candidates(self, dataset: str):
+        """Every image of ``dataset`` a decision may name: image_id, path, origin, label, status."""
+        return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [dataset])
+
+    def conflict_members(self, dataset: str):
+        """Images of duplicate groups that carry several labels: image_id, dup_group, label, status, path, origin."""
+        return self.df(
+            "SELECT image_id, dup_group, label, status, path, origin FROM images WHERE dataset = ? AND dup_group IN "
+            "(SELECT dup_group FROM conflicts WHERE dataset = ?)",
+            [dataset, dataset],
+        )
+
+    def kept_in_review(self, dataset: str):
+        """Images whose latest label event is a reviewer's ``keep``: image_id, label_quality."""
+        return self.df(
+            "SELECT image_id, label_quality FROM latest_events WHERE dataset = ? AND action = 'keep'", [dataset])
+
+    def run_row(self, run_id: str) -> dict | None:
+        """The ``model_runs`` row of ``run_id`` as a dict, or None."""
+        df = self.df("SELECT * FROM model_runs WHERE run_id = ?", [run_id])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def duplicate_members(self, dataset: str):
+        """Members of every duplicate group of ``dataset`` (groups of two or more), for the duplicates page."""
+        return self.df(
+            """SELECT dup_group, image_id, path, label, split, status, width, height, dup_of, dup_distance, origin
+               FROM images WHERE dataset = ? AND dup_group IN (
+                   SELECT dup_group FROM images WHERE dataset = ? AND dup_group IS NOT NULL
+                   GROUP BY dup_group HAVING count(*) > 1)
+               ORDER BY dup_group, image_id""",
+            [dataset, dataset],
+        )
+
+    def fresh_mislabel_run(self, dataset: str) -> str | None:
+        """The latest ok mislabel run of ``dataset`` if no build or label event came after it, else None."""
+        row = self._one(
+            """SELECT run_id FROM model_runs r WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok'
+                 AND started_at > coalesce((SELECT max(changed_at) FROM label_events WHERE dataset = r.dataset), '1970-01-01')
+                 AND started_at > coalesce((SELECT max(finished_at) FROM builds
+                                            WHERE contains(',' || datasets || ',', ',' || r.dataset || ',')), '1970-01-01')
+               ORDER BY started_at DESC LIMIT 1""",
+            [dataset],
+        )
+        return row[0] if row else None
+
+    def latest_mislabel_run(self, dataset: str) -> str | None:
+        """The latest ok mislabel run of ``dataset`` (whatever came after it), or None."""
+        row = self._one("SELECT arg_max(run_id, started_at) FROM model_runs WHERE dataset = ? AND kind = 'mislabels' "
+                        "AND status = 'ok'", [dataset])
+        return row[0] if row else None
+
+    def run_issues(self, run_id: str):
+        """Every flag of mislabel run ``run_id`` (label issues first, by rank)."""
+        return self.df("SELECT * FROM label_issues_all WHERE run_id = ? ORDER BY kind <> 'label', rank", [run_id])
+
+    def latest_issues(self, dataset: str):
+        return self.df("SELECT * FROM label_issues WHERE dataset = ? ORDER BY rank", [dataset])

@@ -1,0 +1,138 @@
+"""Users' SQL on the catalog: the sandboxed read-only query and the named (``@name``) queries.
+
+Readers open the file read-only in a sandbox: no writes, no file system access,
+no extensions, locked configuration, interruptible (a timer and Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+from dsbuild.catalog.db import translate_error
+from dsbuild.errors import DsbuildError
+
+
+def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_rows: int | None = None):
+    """Run a user's ``sql`` on the catalog read-only, with no file system access; return a DataFrame.
+
+    The connection is opened read-only with external access, extension loading
+    and community extensions disabled, then its configuration is locked so the
+    SQL cannot switch any of it back on. A timer interrupts the query after
+    ``timeout`` seconds; Ctrl-C interrupts it too.
+    """
+    import duckdb
+
+    path = Path(path)
+    if not path.exists():
+        raise DsbuildError(f"no catalog at {path} — run `dsbuild build` first")
+    if not sql.strip():
+        raise DsbuildError("empty query — give SQL or @name (see `dsbuild query --list`)")
+    try:
+        con = duckdb.connect(
+            str(path),
+            read_only=True,
+            config={
+                "enable_external_access": False,
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+                "allow_community_extensions": False,
+                "allow_unsigned_extensions": False,
+                "memory_limit": "2GB",
+                "threads": 2,
+            },
+        )
+        con.execute("SET lock_configuration = true")
+    except duckdb.Error as exc:
+        raise translate_error(exc, path) from None
+
+    timer = None
+    timed_out = threading.Event()
+    if timeout:
+        def _stop() -> None:
+            timed_out.set()
+            con.interrupt()
+
+        timer = threading.Timer(timeout, _stop)
+        timer.daemon = True
+        timer.start()
+    try:
+        try:
+            rel = con.execute(sql)
+            if rel.description is None:
+                import pandas as pd
+
+                return pd.DataFrame()
+            out = rel.df() if max_rows is None else _fetch_limited(rel, max_rows)
+            return out
+        except KeyboardInterrupt:
+            con.interrupt()
+            raise DsbuildError("query interrupted", exit_code=130) from None
+        except duckdb.InterruptException:
+            if timed_out.is_set():
+                raise DsbuildError(f"query ran longer than {timeout:g} s and was stopped — narrow it, or raise --timeout") from None
+            raise DsbuildError("query interrupted", exit_code=130) from None
+        except duckdb.Error as exc:
+            raise DsbuildError(_sql_error_text(exc)) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+        con.close()
+
+
+def _fetch_limited(rel, max_rows: int):
+    import pandas as pd
+
+    cols = [d[0] for d in rel.description]
+    return pd.DataFrame(rel.fetchmany(max_rows), columns=cols)
+
+
+def _sql_error_text(exc: Exception) -> str:
+    text = str(exc).strip()
+    if "read-only mode" in text or "read only mode" in text:
+        return f"the catalog is read-only for queries — {text.splitlines()[0]}"
+    if "file system operations are disabled" in text or "external access" in text.lower():
+        return f"queries cannot read or write files — {text.splitlines()[0]}"
+    if "configuration has been locked" in text:
+        return f"queries cannot change settings — {text.splitlines()[0]}"
+    if "Loading external extensions is disabled" in text:
+        return f"queries cannot load extensions — {text.splitlines()[0]}"
+    return text
+
+
+# --------------------------------------------------------------------------- named queries
+
+
+def named_query_dirs(manifest_root: Path) -> list[Path]:
+    """Where ``@name`` queries are looked up: the project's catalog/queries, then the built-ins."""
+    return [manifest_root / "catalog" / "queries", Path(__file__).parent / "queries"]
+
+
+def resolve_named_query(name: str, manifest_root: Path) -> str:
+    """The SQL text of ``@name``."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise DsbuildError(f"bad query name '@{name}' — names use letters, digits, '_' and '-'")
+    for folder in named_query_dirs(manifest_root):
+        file = folder / f"{name}.sql"
+        if file.is_file():
+            return file.read_text(encoding="utf-8")
+    known = sorted(list_named_queries(manifest_root))
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean '@{close[0]}'?)" if close else ""
+    return_known = ", ".join("@" + k for k in known) or "(none)"
+    raise DsbuildError(f"no named query '@{name}'{hint} — known: {return_known}")
+
+
+def list_named_queries(manifest_root: Path) -> dict[str, str]:
+    """name → first comment line (description) of every named query."""
+    out: dict[str, str] = {}
+    for folder in reversed(named_query_dirs(manifest_root)):
+        if folder.is_dir():
+            for file in sorted(folder.glob("*.sql")):
+                first = file.read_text(encoding="utf-8").splitlines()[:1]
+                desc = first[0].lstrip("- ").strip() if first and first[0].startswith("--") else ""
+                out[file.stem] = desc
+    return out

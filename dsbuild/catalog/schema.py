@@ -1,0 +1,232 @@
+"""The catalog's schema: tables (private, changed only by migrations) and views (the public contract).
+
+Tables, columns may change with migrations:
+
+* ``items``        one row per image source of a dataset (a file or a URL): provenance,
+                   status/reason, the content hash, split, duplicate group.
+* ``blobs``        one row per stored content (sha256): path in the store, size, format,
+                   dimensions, pixel digest, quality scores.
+* ``fetches``      one row per URL tried (engine, query, rank, HTTP status, outcome, reason).
+* ``links`` / ``searches``  discovered links and how each search ended (resumable crawls).
+* ``label_events`` append-only label/status changes; the current label is a view.
+* ``model_runs``   one row per train/retrain/mislabels run; ``issue_rows`` the flags of a run.
+* ``builds``       one row per build (start, end, counts, outcome).
+
+Views, columns may be added, never renamed: ``images``, ``label_issues``, ``runs``
+(see DESIGN.md), plus ``conflicts``, ``label_history``, ``fetch_log`` and
+``label_issues_all``.
+
+:data:`MIGRATIONS` maps each schema version to the statements that reach it from
+the version before; :class:`dsbuild.catalog.db.Catalog` runs the missing ones in
+one transaction, then (re)creates :data:`VIEWS`.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 2
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE IF NOT EXISTS meta (key VARCHAR, value VARCHAR)""",
+        """CREATE TABLE IF NOT EXISTS items (
+            dataset VARCHAR NOT NULL,
+            image_id VARCHAR NOT NULL,
+            origin VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,          -- folder | urls | query
+            engine VARCHAR,
+            query VARCHAR,
+            rank INTEGER,
+            page_url VARCHAR,
+            class_label VARCHAR NOT NULL,     -- the label its source gave (original_label)
+            sha256 VARCHAR,
+            status VARCHAR NOT NULL,          -- ok | rejected | duplicate | failed
+            reason VARCHAR,
+            detail VARCHAR,
+            split VARCHAR,
+            given_split VARCHAR,              -- the split an imported ImageFolder tree gave (kept as is)
+            dup_group VARCHAR,
+            dup_of VARCHAR,
+            dup_distance INTEGER,
+            conflict BOOLEAN DEFAULT false,
+            phash VARCHAR,
+            src_size BIGINT,
+            src_mtime_ns BIGINT,
+            first_seen TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL,
+            build_id INTEGER
+        )""",
+        """CREATE TABLE IF NOT EXISTS blobs (
+            sha256 VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            bytes BIGINT,
+            format VARCHAR,
+            width INTEGER,
+            height INTEGER,
+            mode VARCHAR,
+            frames INTEGER,
+            pixel_sha VARCHAR,
+            q_dark DOUBLE,
+            q_light DOUBLE,
+            q_blurry DOUBLE,
+            q_low_information DOUBLE,
+            q_grayscale DOUBLE,
+            q_odd_aspect_ratio DOUBLE,
+            created_at TIMESTAMP NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS fetches (
+            dataset VARCHAR NOT NULL,
+            url VARCHAR NOT NULL,
+            final_url VARCHAR,
+            engine VARCHAR,
+            query VARCHAR,
+            rank INTEGER,
+            page_url VARCHAR,
+            label VARCHAR,
+            http_status INTEGER,
+            bytes BIGINT,
+            content_type VARCHAR,
+            fetched_at TIMESTAMP,
+            outcome VARCHAR,                  -- ok | failed | rejected
+            reason VARCHAR,
+            transient BOOLEAN,
+            attempts INTEGER,
+            elapsed_s DOUBLE,
+            sha256 VARCHAR,
+            build_id INTEGER
+        )""",
+        """CREATE TABLE IF NOT EXISTS links (
+            dataset VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            url VARCHAR NOT NULL,
+            engine VARCHAR NOT NULL,          -- an engine name, or 'urls' for URL lists
+            query VARCHAR NOT NULL,           -- the query, or the URL list file
+            rank INTEGER,
+            page_url VARCHAR,
+            discovered_at TIMESTAMP NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS searches (
+            dataset VARCHAR NOT NULL,
+            label VARCHAR NOT NULL,
+            engine VARCHAR NOT NULL,
+            query VARCHAR NOT NULL,
+            wanted INTEGER,
+            links INTEGER,
+            pages INTEGER,
+            outcome VARCHAR,
+            message VARCHAR,
+            searched_at TIMESTAMP NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS label_events (
+            event_id BIGINT NOT NULL,
+            dataset VARCHAR NOT NULL,
+            image_id VARCHAR NOT NULL,
+            changed_at TIMESTAMP NOT NULL,
+            source VARCHAR NOT NULL,          -- e.g. review:decisions.csv, review:suggestions@0.9
+            action VARCHAR NOT NULL,          -- relabel | remove | keep | undo
+            old_label VARCHAR,
+            new_label VARCHAR,
+            old_status VARCHAR,
+            new_status VARCHAR,
+            label_quality DOUBLE,
+            note VARCHAR
+        )""",
+        """CREATE TABLE IF NOT EXISTS model_runs (
+            run_id VARCHAR NOT NULL,
+            dataset VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,            -- train | retrain | mislabels
+            arch VARCHAR,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            status VARCHAR,                   -- running | ok | failed
+            error VARCHAR,
+            n_train INTEGER,
+            n_valid INTEGER,
+            error_rate DOUBLE,
+            accuracy DOUBLE,
+            model_path VARCHAR,
+            params JSON,
+            epochs JSON,
+            confusion JSON,
+            per_class JSON,
+            valid_ids JSON,
+            duration_s DOUBLE,
+            parent_run VARCHAR
+        )""",
+        """CREATE TABLE IF NOT EXISTS issue_rows (
+            run_id VARCHAR NOT NULL,
+            dataset VARCHAR NOT NULL,
+            image_id VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,            -- label | conflict | ood
+            given_label VARCHAR,
+            suggested_label VARCHAR,
+            label_quality DOUBLE,
+            suggested_confidence DOUBLE,
+            ood_score DOUBLE,
+            is_issue BOOLEAN,
+            rank INTEGER
+        )""",
+        """CREATE TABLE IF NOT EXISTS builds (
+            build_id INTEGER NOT NULL,
+            datasets VARCHAR,
+            pid INTEGER,
+            started_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP,
+            outcome VARCHAR,                  -- running | ok | interrupted | failed
+            summary JSON
+        )""",
+    ],
+    2: [
+        # Quality flags (CleanVision's checks with the dataset's thresholds) and the dataset-relative size score.
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS quality_flags VARCHAR",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS q_odd_size DOUBLE",
+    ],
+}
+
+VIEWS = [
+    # The current label/status of an image is its latest label event, else its source's.
+    """CREATE OR REPLACE VIEW latest_events AS
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT *, row_number() OVER (PARTITION BY dataset, image_id ORDER BY event_id DESC) AS rn
+            FROM label_events) WHERE rn = 1""",
+    """CREATE OR REPLACE VIEW images AS
+        SELECT i.dataset, i.image_id, b.path, i.origin, i.engine, i.query,
+               coalesce(e.new_label, i.class_label) AS label,
+               i.class_label AS original_label,
+               i.split,
+               CASE WHEN e.new_status IS NOT NULL AND i.status IN ('ok', 'duplicate') THEN e.new_status ELSE i.status END AS status,
+               CASE WHEN e.new_status = 'rejected' AND i.status IN ('ok', 'duplicate') THEN 'removed in review' ELSE i.reason END AS reason,
+               b.width, b.height, b.format, coalesce(b.bytes, f.bytes) AS bytes, i.sha256, i.phash, i.dup_group,
+               i.dup_of, i.dup_distance, i.conflict, i.detail, i.source, i.rank, i.page_url,
+               e.action IS NOT NULL AS reviewed, e.action AS last_review,
+               b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
+               i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at
+        FROM items i
+        LEFT JOIN blobs b USING (sha256)
+        LEFT JOIN latest_events e USING (dataset, image_id)
+        LEFT JOIN (SELECT dataset, url, any_value(bytes) AS bytes FROM fetches GROUP BY ALL) f
+               ON f.dataset = i.dataset AND f.url = i.origin AND i.source <> 'folder'""",
+    """CREATE OR REPLACE VIEW runs AS
+        SELECT run_id, dataset, kind, arch, started_at, finished_at, n_train, n_valid, error_rate,
+               accuracy, model_path, status, error, duration_s, parent_run, params, epochs, confusion, per_class
+        FROM model_runs""",
+    """CREATE OR REPLACE VIEW label_issues_all AS
+        SELECT r.dataset, r.image_id, im.path, im.origin, r.given_label, r.suggested_label,
+               r.label_quality, r.rank, r.run_id, r.kind, r.suggested_confidence, r.ood_score,
+               im.label AS current_label, im.reviewed
+        FROM issue_rows r LEFT JOIN images im USING (dataset, image_id)
+        WHERE r.is_issue""",
+    """CREATE OR REPLACE VIEW label_issues AS
+        SELECT * FROM label_issues_all
+        WHERE run_id IN (SELECT arg_max(run_id, started_at) FROM model_runs
+                         WHERE kind = 'mislabels' AND status = 'ok' GROUP BY dataset)""",
+    """CREATE OR REPLACE VIEW conflicts AS
+        SELECT dataset, dup_group, count(*) AS n_images, count(DISTINCT label) AS n_labels,
+               list(DISTINCT label ORDER BY label) AS labels, list(image_id ORDER BY image_id) AS image_ids,
+               list(path ORDER BY image_id) AS paths
+        FROM images WHERE dup_group IS NOT NULL AND status IN ('ok', 'duplicate')
+        GROUP BY dataset, dup_group HAVING count(DISTINCT label) > 1""",
+    """CREATE OR REPLACE VIEW label_history AS
+        SELECT dataset, image_id, event_id, changed_at, source, action, old_label, new_label, old_status, new_status, note
+        FROM label_events""",
+    """CREATE OR REPLACE VIEW fetch_log AS SELECT * FROM fetches""",
+]

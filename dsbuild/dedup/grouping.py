@@ -1,0 +1,234 @@
+"""Duplicate groups and statuses of a dataset, recomputed from the catalog at each build.
+
+Exact duplicates share bytes (sha256) or decoded pixels (pixel digest); near
+duplicates have perceptual hashes within ``dedup.threshold`` (see
+:mod:`dsbuild.dedup.search`). Each group keeps one representative — largest
+resolution, then earliest seen — and the others become ``duplicate`` rows
+pointing at it (``dup_of``). A group whose members carry different labels is a
+**label conflict**: flagged (``conflict``), listed by the ``conflicts`` view and
+the mislabel report, never dropped silently. Splits are then assigned per group
+(:mod:`dsbuild.split`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsbuild.manifest import Dataset
+
+_CANDIDATE = ("ok", "duplicate")
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    groups: int
+    duplicates: int
+    conflicts: int
+    near_pairs: int
+    held_apart: int = 0  # near-duplicate links not merged because their groups already sit in different splits
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def quality_flags(items, dataset: Dataset, verified) -> tuple[np.ndarray, np.ndarray]:
+    """CleanVision-style flags of every verified item, with the dataset's thresholds.
+
+    ``items`` has the ``q_*`` score columns and ``width``/``height``; ``verified`` is a
+    boolean mask of the rows that decoded. Returns ``(q_odd_size, flags)``: the
+    dataset-relative size score (NaN where not verified) and, per row, the flag names
+    joined by commas in :data:`dsbuild.manifest.QUALITY_FLAGS` order (``""``: none;
+    None where not verified). A missing score never flags (as in CleanVision).
+    """
+    from dsbuild.manifest import QUALITY_FLAGS
+    from dsbuild.verify.quality import odd_size_scores
+
+    q = dataset.quality
+    verified = np.asarray(verified, dtype=bool)
+    odd = np.full(len(items), np.nan)
+    if verified.any():
+        w = items["width"].to_numpy(dtype=np.float64)[verified]
+        h = items["height"].to_numpy(dtype=np.float64)[verified]
+        odd[verified] = odd_size_scores(w, h, q.odd_size_iqr_factor)
+
+    def col(name: str) -> np.ndarray:
+        return items[name].to_numpy(dtype=np.float64, na_value=np.nan)
+
+    with np.errstate(invalid="ignore"):  # NaN compares False: a missing score is not an issue
+        hits = {
+            "dark": col("q_dark") < q.dark,
+            "light": col("q_light") < q.light,
+            "blurry": col("q_blurry") < q.blurry,
+            "low_information": col("q_low_information") < q.low_information,
+            "grayscale": col("q_grayscale") >= 0.5,
+            "odd_aspect_ratio": col("q_odd_aspect_ratio") < q.odd_aspect_ratio,
+            "odd_size": odd < 0.5,
+        }
+    flags = np.full(len(items), None, dtype=object)
+    for i in np.flatnonzero(verified):
+        flags[i] = ",".join(name for name in QUALITY_FLAGS if hits[name][i])
+    return odd, flags
+
+
+def _quality_reject(flags: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """reason 'quality: <flag>' for items with a flag the dataset rejects (the first, in flag order), else None."""
+    reasons = np.full(len(flags), None, dtype=object)
+    reject = set(dataset.quality.reject)
+    if not reject:
+        return reasons
+    for i, text in enumerate(flags):
+        if text:
+            hit = [f for f in text.split(",") if f in reject]
+            if hit:
+                reasons[i] = f"quality: {hit[0]}"
+    return reasons
+
+
+def regroup(items, dataset: Dataset, *, near_pairs=None):
+    """Recompute status/reason/dup columns/split for every item of a dataset.
+
+    ``items``: DataFrame from :meth:`Catalog.dataset_items` (ordered by first_seen).
+    ``near_pairs``: optional (k, 3) int array of (i, j, distance) row positions of
+    near-duplicate pairs. Returns ``(updates DataFrame, GroupSummary)``.
+    """
+    import pandas as pd
+
+    from dsbuild.split import assign_splits
+
+    df = items.reset_index(drop=True).copy()
+    n = len(df)
+    base_reason = df["reason"].where(~df["reason"].fillna("").str.startswith("quality:"), None)
+    verified = df["status"].isin(_CANDIDATE) | df["reason"].fillna("").str.startswith("quality:")
+    df["q_odd_size"], df["quality_flags"] = quality_flags(df, dataset, verified.to_numpy())
+    qreason = _quality_reject(df["quality_flags"].to_numpy(), dataset)
+    df["status"] = np.where(verified & pd.notna(qreason), "rejected", np.where(verified, "ok", df["status"]))
+    df["reason"] = np.where(verified & pd.notna(qreason), qreason, np.where(verified, None, base_reason))
+    cand = (df["status"] == "ok").to_numpy()
+
+    uf = _UnionFind(n)
+    exact_edge = np.zeros(n, dtype=bool)
+    for col in ("sha256", "pixel_sha"):
+        first: dict[str, int] = {}
+        keys = df[col].to_numpy(dtype=object)
+        for i in np.flatnonzero(cand):
+            key = keys[i]
+            if not isinstance(key, str):
+                continue
+            if key in first:
+                uf.union(first[key], i)
+                exact_edge[i] = True
+            else:
+                first[key] = i
+    n_near = held_apart = 0
+    if near_pairs is not None and len(near_pairs):
+        # Stability wins over merging: a near-duplicate link never joins two groups that earlier builds
+        # already put in different splits (a new image can bridge them), since one side would have to move.
+        before = df["split"].to_numpy(dtype=object)
+        comp_split: dict[int, str] = {}
+        for i in np.flatnonzero(cand):
+            if isinstance(before[i], str):
+                root = uf.find(int(i))
+                comp_split.setdefault(root, before[i])
+        for i, j, d in near_pairs:
+            if not (cand[i] and cand[j]):
+                continue
+            ri, rj = uf.find(int(i)), uf.find(int(j))
+            if ri == rj:
+                continue
+            si, sj = comp_split.get(ri), comp_split.get(rj)
+            if si is not None and sj is not None and si != sj:
+                held_apart += 1
+                continue
+            uf.union(ri, rj)
+            if si or sj:
+                comp_split[uf.find(ri)] = si or sj
+            n_near += 1
+
+    roots = np.array([uf.find(i) for i in range(n)])
+    df["root"] = roots
+    df["pixels"] = (df["width"].fillna(0) * df["height"].fillna(0)).astype("int64")
+    # "Earliest seen" means grouped by an earlier finished build (first_seen order); items not grouped yet,
+    # this build's or those a killed build committed, go by content hash, so a resumed build picks the same
+    # representatives as an uninterrupted one, wherever the files are.
+    grouped = df["split"].notna().to_numpy()
+    key = pd.DataFrame({"new": ~grouped, "pos": np.where(grouped, np.arange(n), 0),
+                        "sha": df["sha256"].fillna("").to_numpy(), "id": df["image_id"].to_numpy()})
+    df["order"] = np.empty(n, dtype=np.int64)
+    df.loc[key.sort_values(["new", "pos", "sha", "id"]).index, "order"] = np.arange(n)
+    group_col = np.full(n, None, dtype=object)
+    dup_of = np.full(n, None, dtype=object)
+    dup_distance = np.full(n, None, dtype=object)
+    conflict_col = np.zeros(n, dtype=bool)
+    status = df["status"].to_numpy(dtype=object).copy()
+    reason = df["reason"].to_numpy(dtype=object).copy()
+    ids, shas, pixs, phashes = (df[c].to_numpy(dtype=object) for c in ("image_id", "sha256", "pixel_sha", "phash"))
+    members = df[cand]
+    sizes = members.groupby("root")["image_id"].transform("size")
+    multi = members[sizes > 1]
+    n_dups = n_conflicts = 0
+    for root, grp in multi.groupby("root", sort=False):
+        rep = grp.sort_values(["pixels", "order"], ascending=[False, True]).index[0]
+        conflict = grp["label"].nunique() > 1
+        n_conflicts += conflict
+        idx = grp.index.to_numpy()
+        group_col[idx] = "g-" + min(grp["image_id"])
+        conflict_col[idx] = conflict
+        for i in idx:
+            if i == rep:
+                continue
+            same = shas[i] == shas[rep] or (pixs[i] is not None and pixs[i] == pixs[rep])
+            status[i] = "duplicate"
+            reason[i] = "exact duplicate" if same else "near duplicate"
+            dup_of[i] = ids[rep]
+            dup_distance[i] = 0 if same else _hamming(phashes[i], phashes[rep])
+            n_dups += 1
+    df["dup_group"], df["dup_of"], df["dup_distance"], df["conflict"] = group_col, dup_of, dup_distance, conflict_col
+    df["status"], df["reason"] = status, reason
+
+    # Splits: one per group (unit), labelled by the representative's label.
+    in_split = df["status"].isin(["ok", "duplicate"])
+    # A group's key is its smallest content hash, not its id (image ids depend on where the files are),
+    # so the same pictures get the same splits on any machine.
+    group_sha = df.groupby("dup_group")["sha256"].transform("min").fillna("")
+    df["unit"] = np.where(df["dup_group"].notna(), "g-" + group_sha, df["sha256"].fillna(df["image_id"]))
+    existing = df[in_split & df["split"].notna()].groupby("unit")["split"].agg(lambda s: s.mode().iloc[0])
+    reps = df[in_split & (df["status"] == "ok")]
+    units = pd.DataFrame({"unit": reps["unit"], "label": reps["label"]}).drop_duplicates("unit")
+    units["split"] = units["unit"].map(existing)
+    mapping = assign_splits(units, dataset.split)
+    df["split"] = np.where(in_split, df["unit"].map(mapping), None)
+    # A dataset that arrived split (ImageFolder train/valid/...) keeps its splits; leakage is reported, not fixed.
+    given = df["given_split"].notna() & in_split if "given_split" in df else None
+    if given is not None and given.any():
+        df.loc[given, "split"] = df.loc[given, "given_split"]
+
+    df.loc[df["status"].isin(["ok", "duplicate"]), "detail"] = None
+    out = df[["image_id", "status", "reason", "detail", "dup_group", "dup_of", "dup_distance", "conflict", "split",
+              "quality_flags", "q_odd_size"]].copy()
+    groups = int(multi["root"].nunique()) if len(multi) else 0
+    return out, GroupSummary(groups=groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near,
+                             held_apart=held_apart)
+
+
+def _hamming(a, b) -> int | None:
+    if not isinstance(a, str) or not isinstance(b, str) or len(a) != len(b):
+        return None
+    return bin(int(a, 16) ^ int(b, 16)).count("1")

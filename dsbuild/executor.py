@@ -1,0 +1,301 @@
+"""Per-image work in batches, behind ONE interface: submit a batch of frozen jobs, get its records.
+
+A build turns every image source into a :class:`VerifyJob` (a file path or a
+downloaded body, plus the dataset's frozen verify/dedup settings and the store
+folder). :func:`run_job` is the pure per-image function — verify, hash, score,
+store when accepted (:mod:`dsbuild.verify.analyze`) — and never raises for a
+bad image. An :class:`Executor` runs jobs in batches:
+
+* ``executor.submit(jobs)`` → a :class:`Batch`; ``batch.result()`` is one
+  :class:`~dsbuild.verify.analyze.ImageRecord` per job, in job order, and
+  ``batch.add_done_callback(fn)`` calls ``fn(batch)`` when the batch is done
+  (from any thread). ``result()`` never raises for a crashed worker: the
+  backend re-runs what the crash took with it, and the one job that crashes a
+  worker again gets a ``corrupt`` record.
+* ``executor.map(jobs)`` yields ``(job, record)`` in job order with a bounded
+  number of batches in flight (memory stays bounded).
+
+Backends (:data:`BACKENDS`, name → factory): ``local`` — in the calling thread
+for small jobs (:class:`InlineExecutor`), else a local process pool with crash
+isolation (:class:`LocalPoolExecutor`). Another backend (Ray, Dask) implements
+:class:`Executor` and :class:`Batch` with the same signatures and registers a
+factory here; jobs and records are plain picklable values.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsbuild.manifest import DedupSettings, VerifySettings
+from dsbuild.verify.analyze import ImageRecord, analyze_bytes, analyze_file
+
+INLINE_LIMIT = 48
+"""Fewer jobs than this run in the calling process (a pool's start-up costs more than it saves)."""
+
+WORKER_MODULES = ["dsbuild.executor", "dsbuild.verify.analyze", "dsbuild.verify.hashing", "dsbuild.verify.quality",
+                  "PIL.Image", "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "PIL.ImageFilter", "PIL.ImageOps", "numpy",
+                  "scipy.fftpack"]  # phash's DCT: ~0.3 s to import, once per worker otherwise
+"""Modules the forkserver imports once, so that every worker forked from it starts ready."""
+
+CRASH_DETAIL = "the decoder crashed on this file"
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class VerifyJob:
+    """One image to verify: ``source`` is a file path or a downloaded body held in memory.
+
+    ``key`` is the caller's id of the image (echoed, never interpreted). An
+    accepted image is written into ``store_dir`` when it is set (an in-memory
+    body without fsync: the same guarantee as a renamed download).
+    """
+
+    key: str
+    source: str | bytes
+    verify: VerifySettings
+    dedup: DedupSettings
+    store_dir: Path | None = None
+
+
+def run_job(job: VerifyJob) -> ImageRecord:
+    """The per-image work: verify, hash and score ``job``'s image; store it when accepted. Never raises for a bad image."""
+    if isinstance(job.source, (bytes, bytearray)):
+        return analyze_bytes(job.source, verify=job.verify, dedup=job.dedup, store_dir=job.store_dir, fsync=False)
+    return analyze_file(job.source, verify=job.verify, dedup=job.dedup, store_dir=job.store_dir)
+
+
+def run_batch(jobs: Sequence[VerifyJob]) -> list[ImageRecord]:
+    """:func:`run_job` over ``jobs``, in order (what a worker runs per task)."""
+    return [run_job(job) for job in jobs]
+
+
+def crash_record() -> ImageRecord:
+    """The record of a job that crashed its worker twice (once in its batch, once alone)."""
+    return ImageRecord(ok=False, reason="corrupt", detail=CRASH_DETAIL)
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+class Batch:
+    """A submitted batch of jobs: ``result()`` gives their records (in order) once done.
+
+    Backends create batches; callers only read ``jobs``, call ``result()`` and
+    ``add_done_callback``.
+    """
+
+    def __init__(self, jobs: Sequence[VerifyJob], *, collect: Callable[["Batch"], list[ImageRecord]],
+                 future: Future | None = None, context: object = None) -> None:
+        self.jobs = list(jobs)
+        self.future = future  # the backend's handle (None: nothing runs remotely, e.g. in-process or failed to submit)
+        self.context = context  # the backend's own state about this batch
+        self._collect = collect
+        self._records: list[ImageRecord] | None = None
+        self._lock = threading.Lock()
+
+    def done(self) -> bool:
+        """True when ``result()`` will not wait for a worker."""
+        return self.future is None or self.future.done()
+
+    def add_done_callback(self, fn: Callable[["Batch"], None]) -> None:
+        """Call ``fn(self)`` when the batch is done (at once if it is; else from a backend thread)."""
+        if self.future is None:
+            fn(self)
+        else:
+            self.future.add_done_callback(lambda _f: fn(self))
+
+    def result(self) -> list[ImageRecord]:
+        """One record per job, in job order; waits for the batch. Worker crashes are recovered, never raised."""
+        with self._lock:
+            if self._records is None:
+                self._records = self._collect(self)
+            return self._records
+
+
+class Executor(ABC):
+    """Runs :class:`VerifyJob` batches. Subclasses implement :meth:`submit` (and :meth:`shutdown` if they hold resources)."""
+
+    workers: int = 1
+
+    @abstractmethod
+    def submit(self, jobs: Sequence[VerifyJob]) -> Batch:
+        """Start ``jobs`` (one batch); return its :class:`Batch`."""
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        """Release workers; ``cancel``: drop batches not started yet (their results are not wanted)."""
+
+    def map(self, jobs: Iterable[VerifyJob], *, batch_size: int | None = None,
+            window: int | None = None) -> Iterator[tuple[VerifyJob, ImageRecord]]:
+        """``(job, record)`` for every job, in job order, with at most ``window`` batches in flight.
+
+        ``batch_size`` defaults to ``len(jobs) / (8 × workers)`` (1…64): enough batches
+        to balance the workers, few enough that IPC stays small; ``window`` to 4 × workers.
+        """
+        jobs = list(jobs)
+        if not jobs:
+            return
+        workers = max(1, self.workers)
+        size = batch_size or max(1, min(64, len(jobs) // (workers * 8) or 1))
+        chunks = iter([jobs[i : i + size] for i in range(0, len(jobs), size)])
+        pending: deque[Batch] = deque(self.submit(c) for c in islice(chunks, window or workers * 4))
+        while pending:
+            batch = pending.popleft()
+            records = batch.result()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                pending.append(self.submit(nxt))
+            yield from zip(batch.jobs, records)
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+class InlineExecutor(Executor):
+    """Runs every batch in the thread that asks for its result (no processes): small jobs, one worker."""
+
+    workers = 1
+
+    def submit(self, jobs: Sequence[VerifyJob]) -> Batch:
+        return Batch(jobs, collect=lambda b: run_batch(b.jobs))
+
+    def map(self, jobs: Iterable[VerifyJob], *, batch_size: int | None = None,
+            window: int | None = None) -> Iterator[tuple[VerifyJob, ImageRecord]]:
+        for job in jobs:
+            yield job, run_job(job)
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of verify workers. Never plain fork: the parent holds a DuckDB connection and threads.
+
+    Where available, workers fork from a clean "forkserver" process that imported the
+    per-image modules once (:data:`WORKER_MODULES`), so a pool starts in milliseconds
+    instead of each worker importing them again; elsewhere, spawn.
+    """
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(WORKER_MODULES)
+    else:  # pragma: no cover - Windows
+        ctx = mp.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+class LocalPoolExecutor(Executor):
+    """A local process pool (``workers`` processes, default: CPU count) with crash isolation.
+
+    A worker that dies (a decoder crash on a hostile file, the OOM killer) breaks
+    the pool and fails every batch in it. Such a batch is re-run once in a fresh
+    pool (most batches of a broken pool were innocent), then file by file in a
+    one-worker pool, where the job that crashes it again is the guilty one: it
+    gets a ``corrupt`` record and the others their real ones.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = process_pool(self.workers)
+
+    @property
+    def pool(self) -> ProcessPoolExecutor | None:
+        """The current process pool (replaced after a crash; None after shutdown)."""
+        return self._pool
+
+    def submit(self, jobs: Sequence[VerifyJob]) -> Batch:
+        # context: (the pool the batch went to, whether submitting it failed because that pool was broken)
+        pool = self._pool
+        try:
+            if pool is None:
+                raise RuntimeError("the executor was shut down")
+            future = pool.submit(run_batch, list(jobs))
+        except (BrokenProcessPool, RuntimeError) as exc:
+            return Batch(jobs, collect=self._collect, context=(pool, isinstance(exc, BrokenProcessPool)))
+        return Batch(jobs, collect=self._collect, future=future, context=(pool, False))
+
+    def _collect(self, batch: Batch) -> list[ImageRecord]:
+        pool, broken = batch.context
+        if batch.future is None:
+            return self.recover(batch.jobs, failed_pool=pool, broken=broken)
+        try:
+            return batch.future.result()
+        except BrokenProcessPool:
+            return self.recover(batch.jobs, failed_pool=pool, broken=True)
+        except Exception:  # noqa: BLE001 - anything else that failed the batch: recover it the same way
+            return self.recover(batch.jobs, failed_pool=pool, broken=False)
+
+    def recover(self, jobs: Sequence[VerifyJob], *, failed_pool: ProcessPoolExecutor | None,
+                broken: bool) -> list[ImageRecord]:
+        """Records of a batch whose run failed: once more in a (fresh) pool, else job by job in isolation."""
+        with self._lock:
+            if broken and failed_pool is not None and self._pool is failed_pool:
+                failed_pool.shutdown(wait=False, cancel_futures=False)
+                self._pool = process_pool(self.workers)
+            pool = self._pool
+        if pool is not None:
+            try:
+                return pool.submit(run_batch, list(jobs)).result()
+            except Exception:  # noqa: BLE001 - broken again (or shut down): isolate the jobs
+                pass
+        return list(self.isolate(jobs))
+
+    def isolate(self, jobs: Sequence[VerifyJob]) -> Iterator[ImageRecord]:
+        """Records of ``jobs`` run in order in a one-worker pool; a job that crashes it gets a ``corrupt`` record.
+
+        With a single worker, jobs run strictly in order, so the first unfinished job
+        when the pool breaks is the one that broke it.
+        """
+        pending = list(jobs)
+        while pending:
+            with process_pool(1) as pool:
+                futures = [pool.submit(run_job, job) for job in pending]
+                for k, fut in enumerate(futures):
+                    try:
+                        yield fut.result()
+                    except BrokenProcessPool:
+                        yield crash_record()
+                        pending = pending[k + 1 :]
+                        break
+                else:
+                    pending = []
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+def local_executor(n_jobs: int, *, workers: int | None = None) -> Executor:
+    """The ``local`` backend: in-process for fewer than :data:`INLINE_LIMIT` jobs or one worker, else a process pool."""
+    if n_jobs < INLINE_LIMIT or (workers or os.cpu_count() or 1) == 1:
+        return InlineExecutor()
+    return LocalPoolExecutor(workers)
+
+
+BACKENDS: dict[str, Callable[..., Executor]] = {"local": local_executor}
+"""Executor backends: name → ``factory(n_jobs, *, workers) -> Executor``."""
+
+
+def make_executor(n_jobs: int, *, workers: int | None = None, backend: str = "local") -> Executor:
+    """An executor of backend ``backend`` sized for ``n_jobs`` jobs."""
+    from dsbuild.errors import DsbuildError, did_you_mean
+
+    factory = BACKENDS.get(backend)
+    if factory is None:
+        raise DsbuildError(f"unknown executor backend {backend!r}{did_you_mean(backend, BACKENDS)} — "
+                           f"known: {', '.join(sorted(BACKENDS))}")
+    return factory(n_jobs, workers=workers)

@@ -1,0 +1,105 @@
+"""Predict with a saved model: rebuild it from ``model.json`` + ``model.pth`` only (no pickle), label images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dsbuild.errors import DsbuildError
+from dsbuild.model.train import MODEL_FORMAT, ImageLoader, build_model, item_tfms, resolve_device
+
+
+
+def load_model(model_dir: Path, *, device: str = "auto") -> tuple[Any, dict[str, Any]]:
+    """Rebuild the network from ``model.json`` and load ``model.pth`` with ``weights_only=True``."""
+    import torch
+
+    model_dir = Path(model_dir)
+    config_path, weights_path = model_dir / "model.json", model_dir / "model.pth"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise DsbuildError(f"no saved model in {model_dir} (model.json + model.pth) — run `dsbuild train` first")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DsbuildError(f"cannot read {config_path} ({exc}) — train the model again") from None
+    if config.get("format") != MODEL_FORMAT:
+        raise DsbuildError(f"{config_path} is not a {MODEL_FORMAT} model — train the model again")
+    backbone = config["backbone"]
+    arch = ("timm/" + backbone["name"]) if backbone["library"] == "timm" else backbone["name"]
+    model, _, _ = build_model(arch, len(config["classes"]), pretrained=False)
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DsbuildError(f"{weights_path} does not match {config_path} ({str(exc).splitlines()[0]}) — train the model again") from None
+    model.eval().to(resolve_device(device))
+    return model, config
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder → its image files (by suffix, recursively, sorted). Missing paths stay (→ error rows)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device: str = "auto") -> Any:
+    """Label + probability for each image, from ``model_dir``'s ``model.pth`` + ``model.json`` only.
+
+    ``paths``: image files and/or folders (a folder stands for its image files, recursively).
+    Returns a DataFrame with one row per image, in order: ``path``, ``label`` (best
+    class), ``probability`` (its softmax probability), ``error`` (missing, or why the image
+    could not be read — then label and probabilities are missing), and ``prob_<class>`` per class.
+    Preprocessing is the training pipeline's validation path (same loader, item transform
+    in valid mode, ImageNet normalisation), so predictions equal the in-memory learner's.
+    """
+    import numpy as np
+    import pandas as pd
+    import torch
+    from fastai.data.core import TfmdDL, TfmdLists
+    from fastai.vision.all import IntToFloatTensor, Normalize, PILImage, ToTensor
+
+    model, config = load_model(model_dir, device=device)
+    classes = list(config["classes"])
+    dev = next(model.parameters()).device
+    loader = ImageLoader(int(config["size"]), cache=True, cache_bytes=256 << 20)
+    paths = expand_paths(paths)
+    readable, errors = [], {}
+    for i, p in enumerate(paths):
+        try:
+            loader(p)
+            readable.append(i)
+        except Exception as exc:  # noqa: BLE001 - one bad image is a row with a reason, not a failure
+            errors[i] = f"unreadable image: {type(exc).__name__}: {exc}"[:300]
+    probs = np.full((len(paths), len(classes)), np.nan, dtype=np.float32)
+    if readable:
+        norm = config["normalize"]
+        items = TfmdLists([str(paths[i]) for i in readable], [loader, PILImage.create], split_idx=1)
+        dl = TfmdDL(items, bs=batch_size, shuffle=False, device=dev,
+                    after_item=[*item_tfms(int(config["size"]), bool(config["augment"])), ToTensor()],
+                    after_batch=[IntToFloatTensor(), Normalize.from_stats(norm["mean"], norm["std"], cuda=False)])
+        out = []
+        with torch.no_grad():
+            for batch in dl:
+                xb = batch[0] if isinstance(batch, (tuple, list)) else batch
+                out.append(torch.softmax(model(xb.to(dev)).float(), dim=1).cpu())
+        probs[readable] = torch.cat(out).numpy()
+    best = np.nan_to_num(probs, nan=-1.0).argmax(1)
+    frame = pd.DataFrame({
+        "path": [str(p) for p in paths],
+        "label": [None if i in errors else classes[best[i]] for i in range(len(paths))],
+        "probability": [None if i in errors else float(probs[i, best[i]]) for i in range(len(paths))],
+        "error": [errors.get(i) for i in range(len(paths))],
+    })
+    for j, c in enumerate(classes):
+        frame[f"prob_{c}"] = probs[:, j]
+    return frame

@@ -1,0 +1,104 @@
+"""How to train: :class:`ModelSettings`, the manifest's ``[datasets.NAME.model]`` table.
+
+Plain values only (no torch import): the manifest parses the table into these
+settings when it loads, so a bad key or value fails before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OOF_METHODS = ("crossfit", "kfold", "frozen")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """How to train (manifest table ``[datasets.NAME.model]``). Every field has a default.
+
+    arch: ``"resnet18"`` — a torchvision classification model name (resnet18/34/50, ...) or a
+        timm name (``"efficientnet_lite0"``, whose ImageNet weights ship with a pip package
+        and so work offline). ``"timm/NAME"`` forces timm.
+    pretrained: ``True`` — start from ImageNet weights (see :mod:`dsbuild.model.weights`).
+    weights: ``None`` — a local weights file (state dict) used instead of a download.
+    size: ``224`` — square input size in pixels.
+    epochs: ``4`` — epochs of whole-network fine-tuning (after ``freeze_epochs`` head-only ones).
+    freeze_epochs: ``1`` — head-only epochs before unfreezing (fastai ``fine_tune``); pretrained only.
+    batch_size: ``32``.
+    lr: ``None`` — base learning rate; ``None`` runs fastai's ``lr_find`` and takes its valley.
+    lr_mult: ``100`` — fastai ``fine_tune``'s discriminative ratio: the earliest layers train
+        at ``lr / lr_mult``, the head at ``lr``. Lower it (e.g. 10) when the images look
+        nothing like ImageNet photos (digits, scans), so the body can adapt.
+    folds: ``5`` — K of the stratified K-fold used for out-of-sample mislabel scores.
+    augment: ``True`` — ``RandomResizedCrop(size, min_scale=0.5)`` + ``aug_transforms()``;
+        ``False`` → ``Resize(size)`` only.
+    flip: ``True`` — horizontal flips in ``aug_transforms`` (turn off for text/digits,
+        where a mirrored image is another thing).
+    seed: ``42`` — seeds python/numpy/torch, the fold assignment and the batch order.
+    num_workers: ``0`` — DataLoader worker processes (0 = load in the main process).
+    device: ``"auto"`` — CUDA when present, else CPU; or ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    oof_method: ``"crossfit"`` — how :func:`dsbuild.model.oof.out_of_fold_probs` scores
+        images out of sample: ``"crossfit"`` fine-tunes one network per group of the data
+        (on the other groups' labels) and scores each group with per-fold logistic heads on
+        three feature views — the fine-tuned body's spatial stage grids, its penultimate
+        features, the ImageNet body's stage grids (cost ≈ G−1 trainings of the whole set);
+        ``"kfold"`` fine-tunes one network per fold and scores with its softmax (cost ≈ K−1
+        trainings); ``"frozen"`` fits per-fold heads on ImageNet stage grids (no fine-tuning).
+    oof_groups: ``2`` — ``crossfit`` only: each of G groups is scored by a network fine-tuned on
+        the other G−1 groups ((G−1)/G of the labels; cost ≈ G−1 trainings).
+    oof_epochs: ``None`` — epochs for the out-of-fold networks; ``None`` → ``epochs``.
+    oof_rounds: ``2`` — scoring rounds; each later round scores again without the images the
+        previous round flagged in any training set. ``crossfit``/``frozen`` refit only their
+        logistic heads (seconds); ``kfold`` fine-tunes all its networks again.
+    """
+
+    arch: str = "resnet18"
+    pretrained: bool = True
+    weights: Path | None = None
+    size: int = 224
+    epochs: int = 4
+    freeze_epochs: int = 1
+    batch_size: int = 32
+    lr: float | None = None
+    lr_mult: float = 100.0
+    folds: int = 5
+    augment: bool = True
+    flip: bool = True
+    seed: int = 42
+    num_workers: int = 0
+    device: str = "auto"
+    oof_method: str = "crossfit"
+    oof_groups: int = 2
+    oof_epochs: int | None = None
+    oof_rounds: int = 2
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and not isinstance(self.weights, Path):
+            object.__setattr__(self, "weights", Path(self.weights))
+        checks = [
+            (isinstance(self.arch, str) and self.arch.strip() != "", "arch must be a model name"),
+            (isinstance(self.size, int) and 16 <= self.size <= 2048, f"size must be an integer 16..2048, got {self.size!r}"),
+            (isinstance(self.epochs, int) and 0 <= self.epochs <= 1000, f"epochs must be an integer 0..1000, got {self.epochs!r}"),
+            (isinstance(self.freeze_epochs, int) and self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs!r}"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}"),
+            (self.lr is None or (isinstance(self.lr, (int, float)) and 0 < self.lr < 10), f"lr must be a positive number or unset, got {self.lr!r}"),
+            (isinstance(self.lr_mult, (int, float)) and self.lr_mult >= 1, f"lr_mult must be >= 1, got {self.lr_mult!r}"),
+            (isinstance(self.folds, int) and 2 <= self.folds <= 50, f"folds must be an integer 2..50, got {self.folds!r}"),
+            (isinstance(self.num_workers, int) and self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers!r}"),
+            (isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
+            (self.oof_method in OOF_METHODS, f"oof_method must be one of {', '.join(OOF_METHODS)}, got {self.oof_method!r}"),
+            (self.oof_epochs is None or (isinstance(self.oof_epochs, int) and self.oof_epochs >= 0), f"oof_epochs must be >= 0, got {self.oof_epochs!r}"),
+            (isinstance(self.oof_groups, int) and 2 <= self.oof_groups <= 10, f"oof_groups must be an integer 2..10, got {self.oof_groups!r}"),
+            (isinstance(self.oof_rounds, int) and 1 <= self.oof_rounds <= 5, f"oof_rounds must be an integer 1..5, got {self.oof_rounds!r}"),
+            (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")),
+             f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_json(self) -> dict[str, Any]:
+        """Settings as JSON-able values (paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}

@@ -1,0 +1,160 @@
+"""What the CLI shows on the console: rich progress bars and the summaries of build, status and model runs.
+
+The library returns typed results (:class:`dsbuild.build.BuildSummary`,
+:class:`dsbuild.status.CatalogStatus`, :class:`dsbuild.cycle.RunReport`, ...);
+these functions render them. rich is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def make_console(stderr: bool = False):
+    """A rich console on stdout (or stderr); 160 columns wide when the stream is not a terminal."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # A pipe or a log file has no width: don't squeeze tables into 80 columns there.
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width)
+
+
+class RichProgress:
+    """Rich progress bars on stderr, one per stage, with ok/failed/rejected counts and items/s."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = make_console(stderr=True)
+
+    def stage(self, name: str, total: int | None):
+        from dsbuild.progress import StageProgress
+
+        if self.quiet or total == 0:
+            return StageProgress()
+        return _RichStage(self.console, name, total)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]{text}[/dim]")
+
+
+class _RichStage:
+    """One stage's rich bar: description, bar, n/total, counts, rate, elapsed."""
+
+    def __init__(self, console, name: str, total: int | None) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(name, total=total, counts="", rate="")
+        self._n = 0
+        import time
+
+        self._t0 = time.monotonic()
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def advance(self, n: int = 1, **counts: int) -> None:
+        import time
+
+        self._n += n
+        elapsed = max(time.monotonic() - self._t0, 1e-6)
+        text = " ".join(f"{k} {v}" for k, v in counts.items())
+        per_s = self._n / elapsed
+        rate = f"{per_s:,.0f}/s" if per_s >= 1 else f"{elapsed / self._n:,.1f} s each"
+        self.progress.update(self.task, advance=n, counts=text, rate=rate)
+
+
+def print_build_summary(summary) -> None:
+    """The build summary table (one row per dataset) and the datasets' notes, on stdout."""
+    from rich.table import Table
+
+    table = Table(title=f"build {summary.build_id} — {summary.seconds:.1f} s — {summary.catalog}", title_justify="left")
+    for col in ("dataset", "sources", "processed", "ok", "rejected", "failed", "duplicates", "conflicts", "train", "valid", "test"):
+        table.add_column(col, justify="left" if col == "dataset" else "right")
+    for d in summary.datasets:
+        table.add_row(d.dataset, str(d.sources), str(d.new), str(d.ok), str(d.rejected), str(d.failed),
+                      str(d.duplicates), str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test")))
+    console = make_console()
+    console.print(table)
+    for d in summary.datasets:
+        for note in d.notes:
+            console.print(f"{d.dataset}: {note}")
+
+
+def print_status(status) -> None:
+    """``dsbuild status``: the last build line, then per dataset label × split × status and rejects by reason."""
+    from rich.table import Table
+
+    console = make_console()
+    if status.last_build:
+        console.print(status.last_build)
+    for ds in status.datasets:
+        table = Table(title=f"{ds.name}: images by label × split × status", title_justify="left")
+        table.add_column("label")
+        for col in ds.columns:
+            table.add_column(col, justify="right")
+        for label, values in ds.rows:
+            table.add_row(label, *(str(v) if v else "·" for v in values))
+        table.add_row("[b]total[/b]", *(f"[b]{v}[/b]" for v in ds.totals))
+        console.print(table)
+        if ds.rejects:
+            rej = Table(title=f"{ds.name}: rejected / failed by reason", title_justify="left")
+            rej.add_column("status")
+            rej.add_column("reason")
+            rej.add_column("images", justify="right")
+            for st, reason, n in ds.rejects:
+                rej.add_row(st, reason or "", str(n))
+            console.print(rej)
+        for line in ds.notes:
+            console.print(line)
+
+
+def print_run(report) -> None:
+    """A training run: its per-epoch table and the valid error rate."""
+    from rich.table import Table
+
+    r = report.result
+    console = make_console()
+    console.print(f"{report.kind} {report.run_id}: {r.params.get('arch', '')} — {r.n_train} train / {r.n_valid} valid images")
+    table = Table()
+    for col in ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds"):
+        table.add_column(col, justify="right")
+    for e in r.epochs:
+        table.add_row(*(f"{e.get(c):.4f}" if isinstance(e.get(c), float) and c != "seconds" else
+                        (f"{e.get(c):.1f}" if c == "seconds" else str(e.get(c))) for c in
+                        ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds")))
+    console.print(table)
+    console.print(f"error rate {r.error_rate:.2%} (accuracy {r.accuracy:.2%}) in {r.duration_s:.0f} s; model: {r.model_path}")
+
+
+def print_comparison(c) -> None:
+    """Before/after accuracy per label of a retrain, on the same valid images."""
+    from rich.table import Table
+
+    console = make_console()
+    # On a line of its own: as a table title it would wrap to the (narrow) table's width.
+    console.print(f"before {c.before_run} → after {c.after_run}, on the same {c.n_valid} valid images (current labels)")
+    table = Table()
+    for col in ("label", "images", "accuracy before", "accuracy after", "change"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for row in c.per_class:
+        delta = row["after_acc"] - row["before_acc"]
+        table.add_row(row["label"], str(row["n"]), f"{row['before_acc']:.1%}", f"{row['after_acc']:.1%}", f"{delta:+.1%}")
+    table.add_row("[b]error rate[/b]", str(c.n_valid), f"{c.before_error:.2%}", f"{c.after_error:.2%}",
+                  f"{c.after_error - c.before_error:+.2%}")
+    console.print(table)

@@ -1,0 +1,68 @@
+"""Cell values as every renderer shows them: what counts as missing, and plain JSON-ready values."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Any
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN, pandas NA and NaT (scalars only; a list is never missing)."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, (str, bytes, list, tuple, dict)):
+        return False
+    import pandas as pd
+
+    try:
+        res = pd.isna(value)
+    except (TypeError, ValueError):
+        return False
+    return res is True or (type(res).__name__ == "bool_" and bool(res))
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready Python value: None for NaN/NA/NaT/±inf, ISO text for datetimes, lists for arrays."""
+    import numpy as np
+
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if is_missing(value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, np.datetime64):
+        import pandas as pd
+
+        return pd.Timestamp(value).isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "item") and callable(value.item):  # other numpy scalars, Decimal-like
+        try:
+            return plain(value.item())
+        except (TypeError, ValueError):
+            pass
+    try:
+        from decimal import Decimal
+
+        if isinstance(value, Decimal):
+            return float(value)
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value)

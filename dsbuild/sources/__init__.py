@@ -1,0 +1,63 @@
+"""sources/: where a dataset's images come from, all reporting to ONE consumer.
+
+==================  =============================================================
+folders.py          local folders and ImageFolder trees → verified items
+urls.py             URL list files, :class:`~dsbuild.sources.urls.Link`, URL normalisation
+engines/            search engines that discover links (types, http, base, bing, icrawler)
+web.py              queries and URL lists → download (:mod:`dsbuild.fetch`) → verify → items
+==================  =============================================================
+
+Every source gets a :class:`SourceRun` (the dataset, the build, the store, the
+executor settings, progress) and reports what it found to the run's
+:class:`Sink` — the build's one consumer (:class:`dsbuild.build.DatasetSink`),
+which writes the rows in batches and counts the build summary. A new source
+is a function ``ingest(..., run: SourceRun)`` that calls ``run.sink``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dsbuild.manifest import Dataset
+    from dsbuild.progress import Progress
+
+
+class Sink(Protocol):
+    """What a source reports to; the build implements it once (:class:`dsbuild.build.DatasetSink`)."""
+
+    def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None) -> None:
+        """Rows to write (:mod:`dsbuild.rows`). An ``item`` is one source this build processed, counted by its status."""
+
+    def found(self, sources: int = 0, *, skipped: int = 0) -> None:
+        """``sources`` image sources seen; ``skipped`` of them already catalogued and unchanged."""
+
+    def note(self, text: str) -> None:
+        """A line for the build summary (a blocked query, a bad line of a URL list, ...)."""
+
+    def tally(self) -> dict[str, int]:
+        """Items counted so far by status: ``ok``, ``rejected``, ``failed`` (for progress bars)."""
+
+    def flush(self) -> None:
+        """Commit the rows reported so far (the sink also commits on its own, in batches)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceRun:
+    """What a source needs from the build it runs in.
+
+    ``store``: the content-addressed store; ``workers``/``backend``: how
+    :mod:`dsbuild.executor` runs the per-image work; ``retry_failed``: retry
+    transient download failures.
+    """
+
+    dataset: "Dataset"
+    build_id: int
+    store: Path
+    sink: Sink
+    progress: "Progress"
+    retry_failed: bool = False
+    workers: int | None = None
+    backend: str = "local"

@@ -1,0 +1,252 @@
+"""The ``urls`` source: URL list files, the :class:`Link` every source yields, and the URL normalisation every engine shares.
+
+A URL list is either
+
+* a text file: one URL per line; blank lines and lines starting with ``#`` are skipped; or
+* a CSV file (``.csv`` suffix, or a first line that is a ``url`` / ``url,label`` header)
+  with a ``url`` column and an optional ``label`` column.
+
+Bad lines (not http/https, unparsable, credentials, too long, not UTF-8) are
+reported as problems naming the file and line; the other lines proceed. The same
+URL (after normalisation) is kept once, at its first line.
+
+Normalisation (:func:`normalize_url`) makes "the same URL" mean the same bytes
+on the wire while never changing what the server receives: scheme and host
+are lower-cased, an IDN host becomes punycode, the default port is dropped,
+the fragment is dropped, an empty path becomes ``/``; the path and query keep
+their bytes, except that characters which are not allowed in a URL (non-ASCII,
+spaces, controls, ``"<>`{}``, a ``%`` not followed by two hex digits) are
+percent-encoded as UTF-8 (IRI → URI, RFC 3987 §3.1). Existing ``%XX`` escapes
+are kept as they are.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from dsbuild.errors import DsbuildError
+
+MAX_URL_LENGTH = 4096
+ENGINE_NAME = "urls"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Characters kept as they are in path and query: RFC 3986 unreserved + reserved
+# (without '#') plus the few that browsers send unescaped (WHATWG path set).
+_KEEP = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?[]@!$&'()*+,;=|\\^"
+)
+_HEX = frozenset("0123456789abcdefABCDEF")
+_HOST_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Link:
+    """One discovered image link with its provenance.
+
+    ``url`` is normalised (see :func:`normalize_url`);
+    ``rank`` is 1-based within the query (URL lists: the line number);
+    ``page_url`` is the results page the link came from (``None`` for URL
+    lists); ``label`` is the class named by a URL list's ``label`` column.
+    """
+
+    url: str
+    engine: str
+    query: str
+    rank: int
+    page_url: str | None = None
+    label: str | None = None
+
+
+def _encode_component(text: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        escape = text[i + 1 : i + 3]
+        if ch == "%" and len(escape) == 2 and all(c in _HEX for c in escape):  # keep an existing %XX as is
+            out.append(text[i : i + 3])
+            i += 3
+            continue
+        if ch in _KEEP:
+            out.append(ch)
+        else:
+            try:
+                data = ch.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("is not valid Unicode (a lone surrogate)") from None
+            out.append("".join(f"%{b:02X}" for b in data))
+        i += 1
+    return "".join(out)
+
+
+def _encode_host(host: str) -> str:
+    if host.startswith("[") or ":" in host:  # IPv6 literal (urlsplit already validated the brackets)
+        return "[" + host.strip("[]").lower() + "]"
+    host = host.lower()
+    if not host.isascii():
+        try:
+            import idna
+
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except ImportError:  # pragma: no cover - idna ships with requests
+            host = host.encode("idna").decode("ascii")
+        except Exception as err:  # idna.IDNAError and friends
+            raise ValueError(f"has an invalid international host name ({err})") from None
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    # Numeric forms such as 2130706433 or 0x7f.1 pass here: refusing them is the SSRF guard's job.
+    if not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"has an invalid host name {host!r}")
+    return host
+
+
+def normalize_url(url: str) -> str:
+    """The canonical form of an http(s) URL (see module doc); ValueError says why it is not one.
+
+    >>> normalize_url("HTTP://Example.COM:80/a b/café.jpg?q=é#top")
+    'http://example.com/a%20b/caf%C3%A9.jpg?q=%C3%A9'
+    """
+    if not isinstance(url, str):
+        raise ValueError("is not text")
+    text = url.strip()
+    if not text:
+        raise ValueError("is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("contains control characters")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as err:
+        raise ValueError(f"cannot be parsed ({err})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"is not an http(s) URL (scheme {scheme!r})" if scheme else "is not an http(s) URL (no scheme)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("contains credentials (user:password@) — not stored or sent")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if port == 0:
+        raise ValueError("has port 0")
+    host = _encode_host(parts.hostname)
+    netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+    path = _encode_component(parts.path) or "/"
+    query = _encode_component(parts.query)
+    result = urlunsplit((scheme, netloc, path, query, ""))
+    if len(result) > MAX_URL_LENGTH:
+        raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
+    return result
+
+
+def _show(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _is_header(cells: list[str]) -> bool:
+    return bool(cells) and cells[0].strip().lower() == "url"
+
+
+def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
+    """Read a URL list file; return (links in file order, problems).
+
+    Each Link has ``engine="urls"``, ``query=str(path)``, ``rank`` = its line
+    number, ``page_url=None`` and ``label`` from a CSV ``label`` column (None
+    when absent or empty). Problems are lines like
+    ``vr.txt line 7: 'ftp://x/a.jpg' is not an http(s) URL (scheme 'ftp') — skipped``.
+    Raises DsbuildError only when the file cannot be read at all or a CSV has
+    no ``url`` column.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DsbuildError(f"URL list {path} not found — check `urls` in the manifest") from None
+    except IsADirectoryError:
+        raise DsbuildError(f"URL list {path} is a folder — `urls` takes files; use `folders` for images") from None
+    except OSError as err:
+        raise DsbuildError(f"cannot read URL list {path}: {err.strerror or err}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+
+    name = path.name
+    problems: list[str] = []
+    lines: list[tuple[int, str]] = []  # (line number, text) of content lines
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            text = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            problems.append(f"{name} line {number}: not valid UTF-8 — skipped")
+            continue
+        stripped = text.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        lines.append((number, text))
+
+    is_csv = path.suffix.lower() == ".csv" or (bool(lines) and _is_header(next(csv.reader([lines[0][1]]))))
+    entries: list[tuple[int, str, str | None]] = []  # (line, url text, label)
+    if is_csv:
+        if not lines:
+            return [], problems
+        header = [c.strip().lower() for c in next(csv.reader([lines[0][1]]))]
+        if "url" not in header:
+            raise DsbuildError(
+                f"URL list {path} line {lines[0][0]}: CSV header {lines[0][1].strip()!r} has no 'url' column — "
+                f"the first row must be a header such as url,label"
+            )
+        url_col = header.index("url")
+        label_col = header.index("label") if "label" in header else None
+        extra = [c for c in header if c not in ("url", "label")]
+        if extra:
+            problems.append(f"{name} line {lines[0][0]}: column(s) {', '.join(extra)} ignored (only url and label are read)")
+        for number, text in lines[1:]:
+            try:
+                cells = next(csv.reader([text]))
+            except csv.Error as err:
+                problems.append(f"{name} line {number}: not a valid CSV row ({err}) — skipped")
+                continue
+            if url_col >= len(cells) or not cells[url_col].strip():
+                problems.append(f"{name} line {number}: no url — skipped")
+                continue
+            label = cells[label_col].strip() if label_col is not None and label_col < len(cells) else ""
+            entries.append((number, cells[url_col], label or None))
+    else:
+        entries = [(number, text, None) for number, text in lines]
+
+    links: list[Link] = []
+    first_line: dict[str, tuple[int, str | None]] = {}
+    for number, text, label in entries:
+        try:
+            url = normalize_url(text)
+        except ValueError as err:
+            problems.append(f"{name} line {number}: {_show(text.strip())} {err} — skipped")
+            continue
+        if url in first_line:
+            line0, label0 = first_line[url]
+            if label != label0:
+                problems.append(
+                    f"{name} line {number}: same URL as line {line0} with another label "
+                    f"({label!r} vs {label0!r}) — kept line {line0}"
+                )
+            else:
+                problems.append(f"{name} line {number}: duplicate of line {line0} — skipped")
+            continue
+        first_line[url] = (number, label)
+        links.append(Link(url=url, engine=ENGINE_NAME, query=str(path), rank=number, page_url=None, label=label))
+    return links, problems
+
+
+def dedupe_links(links: Iterable[Link]) -> list[Link]:
+    """Links with each URL once (first occurrence wins): "the same URL is fetched once per dataset".
+
+    URLs from engines and URL lists are already normalised, so equal strings
+    mean the same resource.
+    """
+    seen: set[str] = set()
+    out: list[Link] = []
+    for link in links:
+        if link.url not in seen:
+            seen.add(link.url)
+            out.append(link)
+    return out

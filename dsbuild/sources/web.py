@@ -1,0 +1,360 @@
+"""Web sources of a dataset: discover links, download, verify, store, catalogue.
+
+1. **Discover**: every class query goes to the dataset's engine
+   (:mod:`dsbuild.sources.engines`); every ``urls`` file is read. Links and how each
+   search ended are stored (``links``, ``searches``) before anything is
+   downloaded, so an interrupted build resumes from the same links and a query
+   already searched is not searched again.
+2. **Plan**: a URL is fetched once per dataset, however many queries or labels
+   return it; URLs that already succeeded (in any dataset) are never downloaded
+   again; failed ones are retried only with ``--retry-failed`` and only when
+   their failure was transient (timeouts, 5xx, 429, resets).
+3. **Fetch → verify → store**: :func:`dsbuild.fetch.fetch_all` keeps each body
+   of up to ``IN_MEMORY_BODY`` bytes in memory (larger ones stream to temp
+   files); each complete body is verified and hashed by the executor
+   (:mod:`dsbuild.executor`, worker processes) while downloads go on, and the
+   worker writes an accepted body into the content-addressed store itself
+   (temp file + rename: one write per image, no read back); a spilled file is
+   renamed into the store. Downloads pause while more than ``MEMORY_BACKLOG``
+   bytes wait for verification. Every URL tried becomes a ``fetches`` row and
+   an ``items`` row, reported to the build's sink.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from pathlib import Path
+
+from dsbuild.catalog import Catalog, utcnow
+from dsbuild.errors import DsbuildError, EngineError
+from dsbuild.executor import INLINE_LIMIT, Batch, Executor, InlineExecutor, LocalPoolExecutor, VerifyJob
+from dsbuild.manifest import Dataset
+from dsbuild.rows import blob_row, fetch_row, image_id_for, item_row
+from dsbuild.sources import SourceRun
+from dsbuild.store import move_into_store
+from dsbuild.verify.analyze import ImageRecord
+
+
+def fetch_settings(ds: Dataset):
+    """The dataset's :class:`dsbuild.fetch.FetchSettings` (manifest ``fetch`` table + ``allow_private_hosts``)."""
+    from dsbuild.fetch import FetchSettings
+
+    values = dict(ds.fetch)
+    values["allow_private_hosts"] = ds.allow_private_hosts
+    values.setdefault("max_bytes", ds.verify.max_bytes)
+    return FetchSettings(**values)
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def engine_options(ds: Dataset, cls):
+    """The :class:`dsbuild.sources.engines.EngineOptions` for a class's queries."""
+    from dsbuild.sources.engines import EngineOptions
+
+    return EngineOptions(limit=ds.per_query, adult_filter=ds.adult_filter, filters=dict(ds.filters),
+                         endpoint=cls.endpoint or ds.endpoint, allow_private_hosts=ds.allow_private_hosts)
+
+
+def check_web_settings(ds: Dataset) -> list[str]:
+    """Problems with the dataset's engine and downloader settings, found without touching the network."""
+    problems: list[str] = []
+    if any(c.queries for c in ds.classes):
+        from dsbuild.sources.engines import get_engine
+
+        try:
+            engine = get_engine(ds.engine)
+            for cls in ds.classes:
+                if cls.queries:
+                    engine.validate(engine_options(ds, cls))
+        except DsbuildError as exc:
+            problems.append(f"datasets.{ds.name}: {exc}")
+    if any(c.queries or c.urls for c in ds.classes):
+        try:
+            fetch_settings(ds)
+        except (TypeError, ValueError, DsbuildError) as exc:
+            problems.append(f"datasets.{ds.name}.fetch: {exc}")
+    return problems
+
+
+def discover(cat: Catalog, run: SourceRun) -> None:
+    """Search every query not searched yet (or searched for fewer links) and read every URL list."""
+    from dsbuild.sources.engines import get_engine
+    from dsbuild.sources.urls import read_url_list
+
+    ds, progress = run.dataset, run.progress
+
+    searches = [(cls, q) for cls in ds.classes for q in cls.queries]
+    todo = [(cls, q) for cls, q in searches if (cat.searched(ds.name, cls.name, ds.engine, q) or 0) < ds.per_query]
+    unreachable: str | None = None
+    if todo:
+        engine = get_engine(ds.engine)
+        with progress.stage(f"{ds.name}: search ({ds.engine})", len(todo)) as bar:
+            for cls, query in todo:
+                if unreachable:
+                    break
+                options = engine_options(ds, cls)
+                try:
+                    stream = engine.links(query, options)
+                    links = [{"url": l.url, "rank": l.rank, "page_url": l.page_url} for l in stream]
+                    outcome = stream.outcome
+                except EngineError as exc:
+                    # The engine host cannot be reached: no query of this engine can succeed.
+                    unreachable = str(exc)
+                    break
+                cat.record_search(dataset=ds.name, label=cls.name, engine=ds.engine, query=query, wanted=ds.per_query,
+                                  links=links, pages=outcome.pages, outcome=outcome.reason, message=outcome.message)
+                if not outcome.ok:
+                    run.sink.note(f"query {query!r} ({cls.name}): {outcome.message}")
+                bar.advance(1, links=len(links))
+    if unreachable:
+        run.sink.note(unreachable)
+        if not any(c.folders or c.urls for c in ds.classes) and not len(cat.dataset_links(ds.name)):
+            raise EngineError(unreachable)
+
+    for cls in ds.classes:
+        for url_file in cls.urls:
+            links, problems = read_url_list(url_file)
+            rows = []
+            for link in links:
+                if link.label is not None and link.label != cls.name:
+                    problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} differs from class {cls.name!r}; using {cls.name!r}")
+                rows.append({"url": link.url, "rank": link.rank, "page_url": None})
+            cat.record_search(dataset=ds.name, label=cls.name, engine="urls", query=str(url_file), wanted=len(rows),
+                              links=rows, pages=0, outcome="exhausted", message=f"{len(rows)} URLs")
+            for problem in problems[:20]:
+                run.sink.note(problem)
+            if len(problems) > 20:
+                run.sink.note(f"{url_file.name}: … and {len(problems) - 20} more problems")
+
+
+# --------------------------------------------------------------------------- planning + fetching
+
+
+def ingest(cat: Catalog, run: SourceRun) -> None:
+    """Discover, fetch, verify and report the web sources of ``run.dataset`` (see module doc)."""
+    ds, sink = run.dataset, run.sink
+    discover(cat, run)
+    links = cat.dataset_links(ds.name)
+    if links.empty:
+        return
+    known = {r.image_id: r for r in cat.known_items(ds.name).itertuples(index=False)}
+    transient = cat.transient_failures(ds.name) if run.retry_failed else set()
+
+    by_url: dict[str, list] = {}
+    for link in links.itertuples(index=False):
+        iid = image_id_for(ds.name, link.label, link.url)
+        old = known.get(iid)
+        if old is not None and (old.status != "failed" or not (run.retry_failed and link.url in transient)):
+            sink.found(1, skipped=1)
+            continue
+        sink.found(1)
+        by_url.setdefault(link.url, []).append((iid, link))
+    if not by_url:
+        return
+    now = utcnow()
+
+    # URLs that succeeded before (e.g. in another dataset): catalogue them without downloading again.
+    for url, (_, sha, path, status, size, ctype) in cat.fetched_ok(list(by_url)).items():
+        rec = cat.blob_record(sha)
+        for iid, link in by_url.pop(url):
+            sink.add(item=_item(ds, iid, link, rec, run.build_id, now))
+
+    if not by_url:
+        return
+    _fetch_and_verify(run, by_url, now=now)
+
+
+def _item(ds: Dataset, iid: str, link, rec: ImageRecord | None, build_id: int, now, *, status=None, reason=None, detail=None):
+    return item_row(dataset=ds.name, image_id=iid, origin=link.url, source="urls" if link.engine == "urls" else "query",
+                    label=link.label, rec=rec, status=status, reason=reason, detail=detail,
+                    engine=None if link.engine == "urls" else link.engine, query=link.query, rank=link.rank,
+                    page_url=link.page_url, build_id=build_id, now=now)
+
+
+VERIFY_CHUNK = 8  # bodies per worker task: one task per image costs ~0.2 ms of the parent's CPU in IPC
+IN_MEMORY_BODY = 4_000_000  # bodies up to this size never touch .incoming (most web images are far smaller)
+IN_FLIGHT_MEMORY = 256_000_000  # ... unless concurrency × that would exceed this: the per-body limit shrinks
+MEMORY_BACKLOG = 256_000_000  # downloads pause while this many body bytes wait for verification
+
+
+class BodyVerifier:
+    """Verifies downloaded bodies with the executor, in small batches, as they arrive.
+
+    ``add`` is called from the download thread; finished batches land on ``done`` as
+    ``("batch", (results, batch))`` and the main thread takes their records with
+    :meth:`records`. A worker that dies (a decoder crash on a hostile file) costs only
+    that file: the executor re-runs the batches it held (:class:`~dsbuild.executor.LocalPoolExecutor`)
+    and a fresh pool takes the next batches. Without a pool (small jobs, one worker)
+    the main thread verifies in-process (:class:`~dsbuild.executor.InlineExecutor`).
+    ``executor`` replaces both (another backend).
+    """
+
+    def __init__(self, ds: Dataset, done: queue.Queue, *, workers: int | None = None, use_pool: bool = False,
+                 store: Path | None = None, executor: Executor | None = None) -> None:
+        self.ds, self.done = ds, done
+        self.lock = threading.Lock()
+        self.pending: list = []
+        self.outstanding = 0  # batches handed out whose records the main thread has not taken yet
+        self.held_bytes = 0  # in-memory bodies added whose records the main thread has not taken yet
+        self.store = store  # where workers write accepted in-memory bodies
+        self.executor = executor or (LocalPoolExecutor(workers) if use_pool else InlineExecutor())
+
+    @property
+    def pool(self):
+        """The executor's process pool, if it has one (replaced after a worker crash)."""
+        return getattr(self.executor, "pool", None)
+
+    def jobs(self, results: list) -> list[VerifyJob]:
+        """Executor jobs: an in-memory body is verified and, when accepted, written into the store by the worker."""
+        return [VerifyJob(res.url, res.data, self.ds.verify, self.ds.dedup, self.store) if res.data is not None
+                else VerifyJob(res.url, str(res.path), self.ds.verify, self.ds.dedup, None) for res in results]
+
+    def backlogged(self) -> bool:
+        """Downloads should wait: too many body bytes are waiting for verification (called by the fetch thread)."""
+        return self.held_bytes > MEMORY_BACKLOG
+
+    def add(self, res) -> None:
+        with self.lock:
+            self.held_bytes += len(res.data) if res.data is not None else 0
+            self.pending.append(res)
+            if len(self.pending) < VERIFY_CHUNK:
+                return
+            batch, self.pending = self.pending, []
+        self._submit(batch)
+
+    def flush(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+        if batch:
+            self._submit(batch)
+
+    def _submit(self, results: list) -> None:
+        with self.lock:
+            self.outstanding += 1
+        handle = self.executor.submit(self.jobs(results))
+        handle.add_done_callback(lambda b, results=results: self.done.put(("batch", (results, b))))
+
+    def records(self, results: list, batch: Batch) -> list[ImageRecord]:
+        """The verification records of ``results`` (main thread; an in-process batch is verified here)."""
+        with self.lock:
+            self.outstanding -= 1
+            self.held_bytes -= sum(len(res.data) for res in results if res.data is not None)
+        return batch.result()
+
+    def busy(self) -> bool:
+        """Bodies still waiting for a batch, or batches not yet taken by the main thread."""
+        with self.lock:
+            return bool(self.pending) or self.outstanding > 0
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        self.executor.shutdown(cancel=cancel)
+
+
+def in_memory_limit(concurrency: int) -> int:
+    """Largest body kept in memory while downloading: IN_MEMORY_BODY, less at high concurrency (≥ 256 kB)."""
+    return max(256_000, min(IN_MEMORY_BODY, IN_FLIGHT_MEMORY // max(1, concurrency)))
+
+
+def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
+    """Download ``by_url`` concurrently; verify the bodies with the executor, in batches, as they arrive."""
+    import os
+
+    from dsbuild.fetch import FetchRequest, fetch_all
+
+    ds, sink = run.dataset, run.sink
+    settings = fetch_settings(ds)
+    incoming = run.store / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    done: queue.Queue = queue.Queue()
+    use_pool = len(by_url) >= INLINE_LIMIT and (run.workers or os.cpu_count() or 1) > 1
+    verifier = BodyVerifier(ds, done, workers=run.workers, use_pool=use_pool, store=run.store)
+    stop = threading.Event()
+
+    def on_result(res) -> None:
+        if res.outcome == "ok" and (res.path is not None or res.data is not None):
+            verifier.add(res)
+        else:
+            done.put(("one", res))
+
+    def run_fetch() -> None:
+        try:
+            fetch_all([FetchRequest(url=u) for u in by_url], settings=settings, dest_dir=incoming,
+                      on_result=on_result, stop=stop, in_memory=in_memory_limit(settings.concurrency),
+                      hold=verifier.backlogged)
+        except BaseException as exc:  # surfaced in the main thread
+            done.put(("error", exc))
+        finally:
+            verifier.flush()
+            done.put(("end", None))
+
+    thread = threading.Thread(target=run_fetch, name="dsbuild-fetch", daemon=True)
+    expected = len(by_url)
+    seen = 0
+    fetch_ended = False
+    error: BaseException | None = None
+    try:
+        with run.progress.stage(f"{ds.name}: fetch + verify", expected) as bar:
+            thread.start()
+            while seen < expected and not (fetch_ended and error is not None):
+                try:
+                    kind, payload = done.get(timeout=0.05)
+                except queue.Empty:
+                    verifier.flush()  # a partial batch waits no longer than this when downloads slow down
+                    if fetch_ended and done.empty() and not verifier.busy():
+                        break
+                    continue
+                if kind == "end":
+                    fetch_ended = True
+                    continue
+                if kind == "error":
+                    error = payload
+                    continue
+                if kind == "one":
+                    pairs = [(payload, None)]
+                else:
+                    results, batch = payload
+                    pairs = list(zip(results, verifier.records(results, batch)))
+                for res, rec in pairs:
+                    seen += 1
+                    _handle(run, res, rec, by_url[res.url], now=now)
+                counts = sink.tally()
+                bar.advance(len(pairs), ok=counts["ok"], failed=counts["failed"], rejected=counts["rejected"])
+    except BaseException:
+        stop.set()
+        verifier.shutdown(cancel=True)
+        raise
+    finally:
+        verifier.shutdown()
+        thread.join(timeout=30)
+    sink.flush()
+    if error is not None:
+        if isinstance(error, (DsbuildError, KeyboardInterrupt)):
+            raise error
+        raise DsbuildError(f"download stage failed: {type(error).__name__}: {error}") from error
+
+
+def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now) -> None:
+    """Turn one fetch result (+ its verification record, for a downloaded body) into fetch, blob and item rows."""
+    ds, sink = run.dataset, run.sink
+    if res.outcome == "ok":
+        if res.path is None:  # an in-memory body: the worker stored it if it was accepted
+            if rec.ok:
+                sink.add(blob=blob_row(rec, now))
+        elif rec.ok:
+            stored = move_into_store(run.store, rec.sha256, Path(res.path), rec.format)
+            rec = dataclasses.replace(rec, store_path=str(stored))
+            sink.add(blob=blob_row(rec, now))
+        else:
+            Path(res.path).unlink(missing_ok=True)
+    first = links[0][1]
+    sink.add(fetch=fetch_row(ds.name, res, first, rec.sha256 if rec is not None and rec.ok else None, run.build_id))
+    for iid, link in links:
+        if res.outcome == "ok":
+            sink.add(item=_item(ds, iid, link, rec, run.build_id, now))
+        else:
+            status = "failed" if res.outcome == "failed" else "rejected"
+            sink.add(item=_item(ds, iid, link, None, run.build_id, now, status=status, reason=res.reason,
+                                detail=f"http {res.http_status}" if res.http_status else None))
