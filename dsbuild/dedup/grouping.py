@@ -95,7 +95,8 @@ def _quality_reject(flags: np.ndarray, dataset: Dataset) -> np.ndarray:
     if not reject:
         return reasons
     for i, text in enumerate(flags):
-        if text:
+        # Rows that never decoded (rejected, failed) have no flags: None, or NaN once pandas has held the column.
+        if isinstance(text, str) and text:
             hit = [f for f in text.split(",") if f in reject]
             if hit:
                 reasons[i] = f"quality: {hit[0]}"
