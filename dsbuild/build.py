@@ -284,7 +284,9 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
         updates, gs = regroup(items, ds, near_pairs=near)
         cat.update_dedup_and_splits(ds.name, updates)
         bar.advance(len(items))
-    summary.duplicates, summary.dup_groups, summary.conflicts, summary.near_pairs = gs.duplicates, gs.groups, gs.conflicts, gs.near_pairs
+    summary.duplicates, summary.dup_groups, summary.near_pairs = gs.duplicates, gs.groups, gs.near_pairs
+    # Conflicts as `status` and the `conflicts` view count them (current labels, reviews applied): one definition.
+    summary.conflicts = cat.duplicate_counts(ds.name)["conflicts"]
     if gs.held_apart:
         summary.notes.append(f"{gs.held_apart} near-duplicate links join images that earlier builds put in different "
                              "splits: left as separate groups so that no image moves to another split")

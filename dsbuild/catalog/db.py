@@ -247,12 +247,16 @@ class Catalog:
         return {sha for sha, path in rows if os.path.exists(path)}
 
     def dataset_items(self, dataset: str):
-        """Every item of ``dataset`` with what dedup and split need (joined with blobs)."""
+        """Every item of ``dataset`` with what dedup and split need (joined with blobs).
+
+        ``label`` is the current label (after review); ``removed`` is true for an image a reviewer removed.
+        """
         return self.df(
             """SELECT i.image_id, i.origin, i.class_label, i.status, i.reason, i.detail, i.sha256, i.split, i.given_split, i.phash,
                       i.dup_group, i.first_seen, b.pixel_sha, b.width, b.height,
                       b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
-                      coalesce(e.new_label, i.class_label) AS label
+                      coalesce(e.new_label, i.class_label) AS label,
+                      coalesce(e.new_status = 'rejected', false) AS removed
                FROM items i LEFT JOIN blobs b USING (sha256)
                LEFT JOIN latest_events e USING (dataset, image_id)
                WHERE i.dataset = ? ORDER BY i.first_seen, i.image_id""",

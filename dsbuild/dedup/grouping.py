@@ -3,8 +3,13 @@
 Exact duplicates share bytes (sha256) or decoded pixels (pixel digest); near
 duplicates have perceptual hashes within ``dedup.threshold`` (see
 :mod:`dsbuild.dedup.search`). Each group keeps one representative — largest
-resolution, then earliest seen — and the others become ``duplicate`` rows
-pointing at it (``dup_of``). A group whose members carry different labels is a
+resolution, then smallest content hash, then (for byte-identical copies) its
+source's label and its path inside the class folder — and the others become
+``duplicate`` rows pointing at it (``dup_of``). The choice is a pure function of
+the files and settings: never of the order files were found in, of the worker
+count, of earlier builds or of where the project lies on disk (image ids hash
+the absolute path, so they never decide). An image removed in review is in no
+group (its copies stand on their own). A group whose members carry different labels is a
 **label conflict**: flagged (``conflict``), listed by the ``conflicts`` view and
 the mislabel report, never dropped silently. Splits are then assigned per group
 (:mod:`dsbuild.split`).
@@ -122,7 +127,9 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     qreason = _quality_reject(df["quality_flags"].to_numpy(), dataset)
     df["status"] = np.where(verified & pd.notna(qreason), "rejected", np.where(verified, "ok", df["status"]))
     df["reason"] = np.where(verified & pd.notna(qreason), qreason, np.where(verified, None, base_reason))
-    cand = (df["status"] == "ok").to_numpy()
+    cand = (df["status"] == "ok").to_numpy().copy()
+    if "removed" in df:  # removed in review: not a member of any group, so its copies are not left out with it
+        cand &= ~df["removed"].fillna(False).to_numpy(dtype=bool)
 
     uf = _UnionFind(n)
     exact_edge = np.zeros(n, dtype=bool)
@@ -166,14 +173,14 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     roots = np.array([uf.find(i) for i in range(n)])
     df["root"] = roots
     df["pixels"] = (df["width"].fillna(0) * df["height"].fillna(0)).astype("int64")
-    # "Earliest seen" means grouped by an earlier finished build (first_seen order); items not grouped yet,
-    # this build's or those a killed build committed, go by content hash, so a resumed build picks the same
-    # representatives as an uninterrupted one, wherever the files are.
-    grouped = df["split"].notna().to_numpy()
-    key = pd.DataFrame({"new": ~grouped, "pos": np.where(grouped, np.arange(n), 0),
-                        "sha": df["sha256"].fillna("").to_numpy(), "id": df["image_id"].to_numpy()})
+    # Ties between pictures of the same size go by content hash; between byte-identical copies by the label
+    # their source gave and their place inside the source (never by image id: it hashes the absolute path).
+    key = pd.DataFrame({"sha": df["sha256"].fillna("").to_numpy(),
+                        "label": df["class_label"].fillna("").to_numpy() if "class_label" in df else "",
+                        "place": source_places(df["origin"], dataset) if "origin" in df else "",
+                        "id": df["image_id"].to_numpy()})
     df["order"] = np.empty(n, dtype=np.int64)
-    df.loc[key.sort_values(["new", "pos", "sha", "id"]).index, "order"] = np.arange(n)
+    df.loc[key.sort_values(["sha", "label", "place", "id"], kind="stable").index, "order"] = np.arange(n)
     group_col = np.full(n, None, dtype=object)
     dup_of = np.full(n, None, dtype=object)
     dup_distance = np.full(n, None, dtype=object)
@@ -227,6 +234,28 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     groups = int(multi["root"].nunique()) if len(multi) else 0
     return out, GroupSummary(groups=groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near,
                              held_apart=held_apart)
+
+
+def source_places(origins, dataset: Dataset) -> list[str]:
+    """Where each source lies, independent of where the project lies: a file's path inside its class folder
+    (or the dataset's imagefolder), prefixed with that folder's position in the manifest; a URL as it is."""
+    import os
+    from pathlib import Path
+
+    roots = [f for c in dataset.classes for f in c.folders]
+    if dataset.imagefolder is not None:
+        roots.append(dataset.imagefolder)
+    bases = [str(Path(r).resolve()).rstrip(os.sep) + os.sep for r in roots]  # origins are resolved paths
+    out = []
+    for origin in origins:
+        place = origin if isinstance(origin, str) else ""
+        if place and "://" not in place:
+            for k, base in enumerate(bases):
+                if place.startswith(base):
+                    place = f"{k:04d}/{place[len(base):]}"
+                    break
+        out.append(place)
+    return out
 
 
 def _hamming(a, b) -> int | None:
