@@ -246,7 +246,7 @@ def test_bug02_raising_max_bytes_retries_urls_rejected_as_too_large(tmp_path: Pa
     (tmp_path / "b").mkdir()
     for i in range(3):
         crop("coffee", i).save(tmp_path / "b" / f"b{i}.png")
-    big = png_bytes(crop("chelsea", 0, size=96))
+    big = png_bytes(crop("chelsea", 0, size=200))  # 4-5 times the size of a 64 px folder image
     with Server({"/big.png": big}) as server:
         (tmp_path / "a.txt").write_text(server.url("/big.png") + "\n")
         manifest = tmp_path / "datasets.toml"
