@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from dsbuild import __version__
 from dsbuild.errors import DsbuildError
 from dsbuild.render.console import RichProgress, make_console, print_build_summary, print_comparison, print_run, print_status
+from dsbuild.render.values import counted
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 
@@ -42,7 +43,7 @@ def _emit(df, args, *, title: str | None = None) -> None:
 
     text = render_table(df, args.format, Path(args.out) if args.out else None, title=title)
     if args.out:
-        make_console(stderr=True).print(f"wrote {len(df)} rows to {args.out}")
+        make_console(stderr=True).print(f"wrote {counted(len(df), 'row')} to {args.out}")
     elif text is not None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
@@ -153,7 +154,7 @@ def cmd_mislabels(args) -> int:
 
         out = Path(args.out or f"{args.dataset}-mislabels.html")
         files = mislabel_report(manifest, args.dataset, run_id, issues, out)
-        print(f"wrote {', '.join(map(str, files))} ({len(issues)} flagged images)")
+        print(f"wrote {', '.join(map(str, files))} ({counted(len(issues), 'flagged image')})")
         return 0
     cols = ["dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
             "run_id", "kind", "suggested_confidence"]
@@ -171,7 +172,7 @@ def cmd_review(args) -> int:
     summary = review_dataset(manifest, args.dataset, decisions=Path(args.decisions) if args.decisions else None,
                              accept_suggestions=args.accept_suggestions, min_confidence=args.min_confidence)
     actions = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_action.items())) or "nothing to apply"
-    print(f"applied {summary.applied} decisions to '{summary.dataset}' ({actions}) from {summary.source}")
+    print(f"applied {counted(summary.applied, 'decision')} to '{summary.dataset}' ({actions}) from {summary.source}")
     return 0
 
 

@@ -544,9 +544,10 @@ class Catalog:
         )
 
     def kept_in_review(self, dataset: str):
-        """Images whose latest label event is a reviewer's ``keep``: image_id, label_quality."""
+        """Images whose standing review decision (not undone) is a reviewer's ``keep``: image_id, label_quality."""
         return self.df(
-            "SELECT image_id, label_quality FROM latest_events WHERE dataset = ? AND action = 'keep'", [dataset])
+            "SELECT image_id, last_review_quality AS label_quality FROM review_state "
+            "WHERE dataset = ? AND last_review = 'keep'", [dataset])
 
     def run_row(self, run_id: str) -> dict | None:
         """The ``model_runs`` row of ``run_id`` as a dict, or None."""

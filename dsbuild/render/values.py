@@ -7,6 +7,11 @@ import math
 from typing import Any
 
 
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """``"1 image"``, ``"2 images"``: ``n`` and the noun in the right number (``plural``: default ``singular + "s"``)."""
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
 def is_missing(value: Any) -> bool:
     """True for None, NaN, pandas NA and NaT (scalars only; a list is never missing)."""
     if value is None:
