@@ -289,9 +289,11 @@ def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: P
             confusion = None
     if confusion and classes:
         png = confusion_bytes(confusion, list(classes))
+        scored = sum(map(sum, confusion))
         figure = (f'<figure class="fig"><img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
-                  f'alt="confusion matrix"><figcaption class="muted">confusion matrix of run {_e(run.get("run_id"))} '
-                  "on its valid split (rows: label, columns: prediction)</figcaption></figure>")
+                  f'alt="confusion matrix"><figcaption class="muted">confusion matrix of run {_e(run.get("run_id"))}: '
+                  f"out-of-fold predictions on all {scored} scored images (rows: given label, columns: prediction)"
+                  "</figcaption></figure>")
 
     head = "".join(
         f"<th{' data-type=' + chr(34) + t + chr(34) if t else ''}>{name}</th>"
