@@ -129,7 +129,7 @@ def cmd_train(args) -> int:
     from dsbuild.cycle import train_dataset
 
     manifest = _load(args)
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     report = train_dataset(manifest, args.dataset, progress=_model_progress(args), **overrides)
     print_run(report)
     return 0
@@ -301,17 +301,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TERMINATED = "Error: terminated (SIGTERM) — everything finished so far is kept; run the command again"
+
+
+def _on_sigterm(signum, frame) -> None:
+    from dsbuild.errors import Terminated
+
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    import signal
+    import threading
+
+    # SIGTERM (a process manager, `kill`, a CI timeout) stops a command as Ctrl-C does: what is finished is kept
+    # and the build or run is marked interrupted, instead of the process dying with its rows still "running".
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
+    from dsbuild.errors import Terminated
+
     try:
         return int(args.func(args) or 0)
+    except Terminated:
+        if args.debug:
+            raise
+        print(TERMINATED, file=sys.stderr)
+        return 143
     except DsbuildError as exc:
         if args.debug:
             raise
+        if isinstance(exc.__context__, Terminated):  # a stage turned the stop into its own message (build)
+            print(TERMINATED, file=sys.stderr)
+            return 143
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

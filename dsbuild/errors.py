@@ -43,6 +43,11 @@ class EngineError(DsbuildError):
     """A search engine cannot go on (no network, captcha, endless pages)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM). A :class:`KeyboardInterrupt`, so every stage that keeps
+    its finished work and marks itself interrupted on Ctrl-C does the same here."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], *, prefix: str = "") -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, else ``""``.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, Iterator
 
 from dsbuild.catalog.schema import MIGRATIONS, SCHEMA_VERSION, VIEWS
 from dsbuild.errors import CatalogBusy, DsbuildError
+
+OPEN_WAIT_S = 10.0  # how long a writer waits for readers to let go of the file
 
 
 def utcnow() -> datetime:
@@ -68,10 +71,19 @@ class Catalog:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            con = duckdb.connect(str(path), config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-        except duckdb.Error as exc:
-            raise translate_error(exc, path) from None
+        # A reader (`status`, `query`, another tool) holds the file for moments at a time: a writer, which
+        # already holds the BuildLock, waits a little for it instead of failing its build or run.
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while True:
+            try:
+                con = duckdb.connect(str(path), config={"autoinstall_known_extensions": False,
+                                                        "autoload_known_extensions": False})
+                break
+            except duckdb.Error as exc:
+                busy = isinstance(translate_error(exc, path), CatalogBusy)
+                if not busy or time.monotonic() > deadline:
+                    raise translate_error(exc, path) from None
+                time.sleep(0.05)
         cat = cls(con, path, writable=True)
         cat._migrate()
         return cat
@@ -174,6 +186,7 @@ class Catalog:
         build_id = int(row[0])
         # A build that was killed never wrote its outcome: mark it so status can say so.
         self.con.execute("UPDATE builds SET outcome = 'interrupted' WHERE outcome = 'running'")
+        self.mark_runs_interrupted()
         self.con.execute(
             "INSERT INTO builds VALUES (?, ?, ?, ?, NULL, 'running', NULL)",
             [build_id, ",".join(datasets), os.getpid(), utcnow()],
@@ -477,6 +490,15 @@ class Catalog:
             "INSERT INTO model_runs (run_id, dataset, kind, arch, started_at, status, params, parent_run) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
             [run_id, dataset, kind, arch, utcnow(), json.dumps(params, default=str), parent_run],
         )
+
+    def mark_runs_interrupted(self) -> int:
+        """Mark ``running`` model runs ``interrupted``: their process is gone (call while holding the
+        :class:`BuildLock`, which a running command holds for its whole run). Returns how many."""
+        rows = self.con.execute(
+            "UPDATE model_runs SET status = 'interrupted', finished_at = coalesce(finished_at, ?), "
+            "error = coalesce(error, 'the process ended without finishing the run (killed)') "
+            "WHERE status = 'running' RETURNING run_id", [utcnow()]).fetchall()
+        return len(rows)
 
     def finish_run(self, run_id: str, **fields: Any) -> None:
         fields.setdefault("finished_at", utcnow())

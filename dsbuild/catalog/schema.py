@@ -137,7 +137,7 @@ MIGRATIONS: dict[int, list[str]] = {
             arch VARCHAR,
             started_at TIMESTAMP,
             finished_at TIMESTAMP,
-            status VARCHAR,                   -- running | ok | failed
+            status VARCHAR,                   -- running | ok | failed | interrupted
             error VARCHAR,
             n_train INTEGER,
             n_valid INTEGER,
