@@ -1,4 +1,5 @@
-"""PNG figures: the confusion matrix and the top-losses grid (matplotlib's Agg canvas, no pyplot: no global backend)."""
+"""PNG figures: the confusion matrix, the top-losses grid and fastai's lr_find curve (matplotlib's Agg canvas,
+no pyplot: no global backend)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,29 @@ def confusion_bytes(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> 
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the label's images")
     return _png_bytes(fig)
+
+
+def lr_find_png(lrs: Sequence[float], losses: Sequence[float], valley: float, out: Path) -> Path:
+    """Write fastai's lr_find plot to ``out``: smoothed training loss against the learning rate (log scale),
+    with the chosen ``valley`` marked, as ``Recorder.plot_lr_find`` draws it (its last 5 steps left out,
+    where the loss shoots up). About 600×400 px. Returns ``out``."""
+    import numpy as np
+
+    x, y = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    if len(x) > 6:
+        x, y = x[:-5], y[:-5]
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    ax.plot(x, y)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    if len(x):
+        k = int(np.argmin(np.abs(np.log(x) - math.log(valley)))) if valley > 0 else 0
+        ax.plot([x[k]], [y[k]], "o", color="tab:orange", label=f"valley: lr = {valley:.2e}")
+        ax.legend()
+    ax.set_title("lr_find", fontsize=10)
+    return atomic_write(Path(out), _png_bytes(fig))
 
 
 def confusion_png(matrix: list[list[int]], classes: list[str], out: Path) -> Path:
