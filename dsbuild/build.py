@@ -315,6 +315,7 @@ def build_dataset(
         note = retry_note(before, after, retried)
         if note:
             summary.notes.append(note)
+    summary.notes.extend(empty_class_notes(cat, ds))
     # Dedup and quality checks have just turned some accepted images into duplicates or rejects:
     # the summary reports this build's images as the catalog now has them, not as they were fetched.
     counts = cat.build_item_counts(ds.name, build_id)
@@ -329,6 +330,29 @@ def build_dataset(
     cat.set_meta(f"settings-sections:{ds.name}", json.dumps(sections, sort_keys=True))
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
+    """A line for each class of the manifest with no accepted image: a model would silently learn without it."""
+    from dsbuild.render.values import counted
+
+    by_label: dict[str, dict[str, int]] = {}
+    for r in cat.status_counts(ds.name).itertuples(index=False):
+        per = by_label.setdefault(str(r.label), {})
+        per[r.status] = per.get(r.status, 0) + int(r.n)
+    notes = []
+    for label in ds.labels:
+        per = by_label.get(label, {})
+        if per.get("ok", 0):
+            continue
+        if not per:
+            notes.append(f"class '{label}' has no images (its sources are empty) — add images or remove the class")
+            continue
+        words = {"rejected": ("rejected", "rejected"), "failed": ("failed", "failed"),
+                 "duplicate": ("duplicate", "duplicates")}
+        parts = ", ".join(counted(per[s], *words[s]) for s in ("rejected", "failed", "duplicate") if per.get(s))
+        notes.append(f"class '{label}' has no accepted images ({parts}) — add images or remove the class")
+    return notes
 
 
 def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progress: Progress) -> None:

@@ -60,11 +60,23 @@ def new_run_id(dataset: str, kind: str) -> str:
     return f"{dataset}-{kind}-{stamp}-{secrets.token_hex(2)}"
 
 
-def training_frame(cat: Catalog, dataset: str):
-    """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin."""
+def training_frame(cat: Catalog, dataset: str, *, classes: tuple[str, ...] = (), min_per_class: int = 1):
+    """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin.
+
+    ``classes``: the manifest's classes, each of which needs ``min_per_class`` such images
+    (``model.folds``: what the out-of-fold scoring needs); a class below that is named in
+    the error, so a model never trains silently without it.
+    """
     df = cat.trainable_images(dataset)
     if df.empty:
         raise DsbuildError(f"dataset '{dataset}' has no accepted images in the catalog — run `dsbuild build {dataset}` first")
+    counts = df["label"].value_counts()
+    short = [(c, int(counts.get(c, 0))) for c in classes if int(counts.get(c, 0)) < min_per_class]
+    if short:
+        listed = ", ".join(f"{c} {n}" for c, n in short)
+        raise DsbuildError(f"dataset '{dataset}' has classes with too few accepted images to train: {listed} "
+                           f"(each needs at least {min_per_class}, model.folds) — add images to them or remove them "
+                           "from the manifest, then rebuild")
     if df["label"].nunique() < 2:
         raise DsbuildError(f"dataset '{dataset}' has fewer than two labels with accepted images — nothing to learn")
     if (df["split"] == "valid").sum() == 0:
@@ -83,6 +95,13 @@ class _Writer:
         if not manifest_catalog_exists(self.manifest):
             raise DsbuildError(f"no catalog at {self.manifest.catalog} — run `dsbuild build` first")
         self.lock.acquire()
+        try:
+            # Holding the lock, no other writer runs: a run still marked running lost its process (killed).
+            with self.open() as cat:
+                cat.mark_runs_interrupted()
+        except BaseException:
+            self.lock.release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -115,18 +134,18 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
 
     ds = manifest.dataset(name)
     settings = model_settings(ds, root=manifest.root, **overrides)
+    _check_epochs(settings, name, from_cli="epochs" in overrides)
     run_id = new_run_id(name, kind)
     with _Writer(manifest) as w:
         with w.open() as cat:
-            df = training_frame(cat, name)
+            df = training_frame(cat, name, classes=ds.labels, min_per_class=settings.folds)
             cat.start_run(run_id=run_id, dataset=name, kind=kind, arch=settings.arch,
                           params=_params(settings), parent_run=parent_run)
         out_dir = models_dir(manifest) / name / run_id
         try:
             result = train(df, settings, out_dir=out_dir, progress=progress)
         except BaseException as exc:
-            with w.open() as cat:
-                cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
+            _end_failed_run(w, run_id, exc)
             raise
         valid_ids = df.loc[df["split"] == "valid", "image_id"].tolist()
         with w.open() as cat:
@@ -137,6 +156,28 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
                 per_class=result.per_class_accuracy, valid_ids=valid_ids, duration_s=result.duration_s,
             )
     return RunReport(run_id=run_id, dataset=name, kind=kind, result=result, parent_run=parent_run)
+
+
+def _check_epochs(settings, name: str, *, from_cli: bool) -> None:
+    """Refuse, before any work, a training with no epoch at all."""
+    frozen = settings.freeze_epochs if settings.pretrained else 0
+    if settings.epochs + frozen > 0:
+        return
+    if from_cli:
+        why = (f"datasets.{name}.model.freeze_epochs = {settings.freeze_epochs}" if settings.pretrained
+               else f"datasets.{name}.model.pretrained = false")
+        raise DsbuildError(f"--epochs 0 with {why} leaves nothing to train — give --epochs 1 or more", exit_code=2)
+    raise DsbuildError(f"datasets.{name}.model: epochs = 0 and freeze_epochs = 0 leave nothing to train — "
+                       "set epochs to 1 or more", exit_code=2)
+
+
+def _end_failed_run(w: "_Writer", run_id: str, exc: BaseException) -> None:
+    """Record how a run ended early: ``interrupted`` (Ctrl-C, SIGTERM) or ``failed`` with the error."""
+    with w.open() as cat:
+        if isinstance(exc, KeyboardInterrupt):
+            cat.finish_run(run_id, status="interrupted", error=str(exc)[:2000] or "interrupted")
+        else:
+            cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
 
 
 def _params(settings) -> dict:
@@ -169,7 +210,7 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
     run_id = new_run_id(name, "mislabels")
     with _Writer(manifest) as w:
         with w.open() as cat:
-            df = training_frame(cat, name)
+            df = training_frame(cat, name, classes=ds.labels, min_per_class=settings.folds)
             keep = _reviewed_keep(cat, name)
             members = cat.conflict_members(name)
             cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings))
@@ -177,8 +218,7 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
             oof = out_of_fold_probs(df, settings, progress=progress)
             rows = find_issues(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members))
         except BaseException as exc:
-            with w.open() as cat:
-                cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
+            _end_failed_run(w, run_id, exc)
             raise
         matrix = oof_confusion(oof)
         accuracy = sum(matrix[i][i] for i in range(len(matrix))) / max(1, len(df))
@@ -317,11 +357,18 @@ class Comparison:
 
 
 def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[RunReport, Comparison | None]:
-    """Train again with the same settings on the current labels; compare with the previous run."""
-    prev = last_run(manifest, name)
-    report = train_dataset(manifest, name, kind="retrain", parent_run=None if prev is None else prev["run_id"], progress=progress)
+    """Train again with the same settings on the current labels; compare with the previous run.
+
+    Refused when there is no earlier train/retrain run with a model: there would be nothing to compare with.
+    """
+    manifest.dataset(name)
+    prev = last_run(manifest, name) if manifest_catalog_exists(manifest) else None
     if prev is None or not prev["model_path"]:
-        return report, None
+        if not manifest_catalog_exists(manifest):
+            raise DsbuildError(f"no catalog at {manifest.catalog} — run `dsbuild build` first")
+        raise DsbuildError(f"no earlier run of '{name}' to compare with — run `dsbuild train {name}` first "
+                           "(retrain trains again on the reviewed labels and compares with the last run)")
+    report = train_dataset(manifest, name, kind="retrain", parent_run=prev["run_id"], progress=progress)
     return report, compare_runs(manifest, name, prev, report)
 
 
