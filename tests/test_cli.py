@@ -246,7 +246,7 @@ def test_options_before_the_command_are_kept(manifest: Path, tmp_path: Path, cap
     monkeypatch.chdir(tmp_path)  # no ./datasets.toml to fall back on
     after = run(capsys, "query", "-m", str(manifest), "select count(*) as n from images", "--format", "csv")
     before = run(capsys, "-m", str(manifest), "query", "select count(*) as n from images", "--format", "csv")
-    assert after == before == (0, "n\r\n12\r\n", "")
+    assert after == before == (0, "n\n12\n", "")
     with pytest.raises(DsbuildError):
         main(["--debug", "-m", str(tmp_path / "nope.toml"), "status"])
     assert run(capsys, "--catalog", str(tmp_path / "other.duckdb"), "-m", str(manifest), "status")[2] == (

@@ -78,7 +78,8 @@ def render_table(df: "pandas.DataFrame", fmt: str, out: Path | None = None, *, t
       terminal, else plain and unwrapped) for ``sys.stdout.write``, and the
       table itself for ``rich.Console.print``. Cell text is never read as rich
       markup. ``title`` is printed above the table (table format only).
-    * ``csv``: RFC 4180 (header row, CRLF line ends, minimal quoting); missing
+    * ``csv``: RFC 4180 quoting with LF line ends (as pandas and DuckDB write; the same in every CSV dsbuild
+      writes), a header row, minimal quoting; missing
       values empty, floats in shortest round-trip form, booleans ``true``/
       ``false``, datetimes ISO 8601, lists/structs as JSON.
     * ``json``: a list of records (one per line), NaN/NA/NaT/±inf → ``null``,
@@ -93,7 +94,7 @@ def render_table(df: "pandas.DataFrame", fmt: str, out: Path | None = None, *, t
     records = list(df.itertuples(index=False, name=None))
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\r\n")
+        writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows([_csv_cell(v) for v in rec] for rec in records)
         text = buf.getvalue()
