@@ -81,7 +81,7 @@ def cmd_status(args) -> int:
         out, groups = duplicates_page(manifest.catalog, args.dataset, Path(args.html))
         print(f"wrote {out} ({groups} duplicate groups, label conflicts first)")
         return 0
-    status = dataset_status(manifest.catalog, args.dataset)
+    status = dataset_status(manifest.catalog, args.dataset, manifest=manifest)
     print_status(status)
     return 0
 

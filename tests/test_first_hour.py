@@ -751,8 +751,8 @@ def test_status_of_a_dataset_not_in_the_manifest_says_so(tmp_path: Path, capsys)
     manifest = photo_project(tmp_path)
     assert cli(capsys, manifest, "-q", "build")[0] == 0
     code, out, err = cli(capsys, manifest, "status", "pest")
-    assert (code, out) == (2, "")
-    assert err == f"Error: no dataset 'pest' in {manifest} (did you mean 'pets'?) — datasets: pets\n"
+    assert (code, out) == (1, "")
+    assert err == "Error: no dataset 'pest' in datasets.toml (did you mean 'pets'?) — known datasets: pets\n"
 
 
 def test_a_text_file_is_not_an_image_from_a_folder_or_the_web(tmp_path: Path, capsys) -> None:
