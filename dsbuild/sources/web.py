@@ -429,5 +429,22 @@ def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now, retried
             sink.add(item=_item(ds, iid, link, rec, run.build_id, now), retried=iid in retried)
         else:
             status = "failed" if res.outcome == "failed" else "rejected"
-            sink.add(item=_item(ds, iid, link, None, run.build_id, now, status=status, reason=res.reason,
-                                detail=f"http {res.http_status}" if res.http_status else None), retried=iid in retried)
+            reason, detail = item_reason(res.reason, res.http_status)
+            sink.add(item=_item(ds, iid, link, None, run.build_id, now, status=status, reason=reason, detail=detail),
+                     retried=iid in retried)
+
+
+def item_reason(fetch_reason: str | None, http_status: int | None) -> tuple[str | None, str | None]:
+    """An image's (reason, detail) for a refused download, in the verify stage's words.
+
+    The downloader sniffs a body's kind before storing it (``not an image (html)``); the
+    catalog says ``not an image`` with ``content is html`` as the detail, as verification
+    does for a local file, so one problem has one reason (``GROUP BY reason``).
+    """
+    import re
+
+    detail = f"http {http_status}" if http_status else None
+    m = re.fullmatch(r"not an image \((\w+)\)", fetch_reason or "")
+    if m:
+        return "not an image", f"content is {m.group(1)}" + (f"; {detail}" if detail else "")
+    return fetch_reason, detail
