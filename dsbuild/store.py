@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from dsbuild.errors import DsbuildError
@@ -90,8 +89,10 @@ def sweep_temp_files(store_dir: Path) -> int:
 def atomic_write(out: Path, data: bytes | str) -> Path:
     """Write ``data`` to ``out`` through a temporary file in the same folder and a rename.
 
-    Creates missing parent folders. A str is written as UTF-8. Raises
-    DsbuildError when the folder cannot be written.
+    Creates missing parent folders. A str is written as UTF-8. The file's mode is
+    ``0666`` less the process umask, as ``open()`` gives (not ``mkstemp``'s ``0600``:
+    reports and exports are for other people and programs too). Raises DsbuildError
+    when the folder cannot be written.
     """
     out = Path(out)
     if out.is_dir():
@@ -99,7 +100,8 @@ def atomic_write(out: Path, data: bytes | str) -> Path:
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        tmp = str(out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as exc:
         raise DsbuildError(f"cannot write {out}: {exc.strerror or exc} — choose another --out") from None
     try:
