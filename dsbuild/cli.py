@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from dsbuild import __version__
 from dsbuild.errors import DsbuildError
 from dsbuild.render.console import RichProgress, make_console, print_build_summary, print_comparison, print_run, print_status
-from dsbuild.render.values import counted
+from dsbuild.render.values import counted, readable_probabilities
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 
@@ -147,12 +147,13 @@ def cmd_mislabels(args) -> int:
     manifest.dataset(args.dataset)
     found = None if args.rerun else fresh_mislabels(manifest, args.dataset)
     if found is not None:
-        make_console(stderr=True).print(f"[dim]showing mislabel run {found[0]} (nothing changed since; --rerun to score again)[/dim]")
+        make_console(stderr=True).print(f"showing mislabel run {found[0]} (labels, images and settings unchanged since; "
+                                        "--rerun to score again)", markup=False)
     run_id, issues = found or find_mislabels(manifest, args.dataset, progress=_model_progress(args))
     if args.format == "html":
-        from dsbuild.cycle import mislabel_report
+        from dsbuild.cycle import mislabel_report, reports_dir
 
-        out = Path(args.out or f"{args.dataset}-mislabels.html")
+        out = Path(args.out) if args.out else reports_dir(manifest) / f"{args.dataset}-mislabels.html"
         files = mislabel_report(manifest, args.dataset, run_id, issues, out)
         print(f"wrote {', '.join(map(str, files))} ({counted(len(issues), 'flagged image')})")
         return 0
@@ -160,8 +161,9 @@ def cmd_mislabels(args) -> int:
             "run_id", "kind", "suggested_confidence"]
     view = issues[[c for c in cols if c in issues]]
     if args.format == "table" and not args.out:
-        view = view[["rank", "image_id", "given_label", "suggested_label", "label_quality", "kind", "origin"]]
-    _emit(view, args, title=f"{len(issues)} likely label problems in '{args.dataset}' (run {run_id})")
+        view = readable_probabilities(view[["rank", "image_id", "given_label", "suggested_label", "label_quality",
+                               "suggested_confidence", "kind", "origin"]])
+    _emit(view, args, title=f"{counted(len(issues), 'likely label problem')} in '{args.dataset}' (run {run_id})")
     return 0
 
 
@@ -281,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("mislabels", cmd_mislabels, "find likely mislabeled images (out-of-fold probabilities + cleanlab)")
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--format", choices=(*OUTPUT_FORMATS, "html"), default="table", help="output format (default: table)")
-    p.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")
-    p.add_argument("--rerun", action="store_true", help="score again even if a mislabel run exists")
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal (html: default "
+                   "reports/DATASET-mislabels.html beside the catalog)")
+    p.add_argument("--rerun", action="store_true", help="score again even if the latest mislabel run scored the same images, labels and settings")
 
     p = add("review", cmd_review, "apply review decisions (relabel/remove/keep/undo) as label events")
     p.add_argument("dataset", metavar="DATASET")

@@ -55,6 +55,11 @@ def models_dir(manifest: Manifest) -> Path:
     return manifest.catalog.parent / "models"
 
 
+def reports_dir(manifest: Manifest) -> Path:
+    """Where HTML reports go unless told otherwise: ``reports/`` beside the catalog."""
+    return manifest.catalog.parent / "reports"
+
+
 def new_run_id(dataset: str, kind: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{dataset}-{kind}-{stamp}-{secrets.token_hex(2)}"
@@ -213,7 +218,8 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
             df = training_frame(cat, name, classes=ds.labels, min_per_class=settings.folds)
             keep = _reviewed_keep(cat, name)
             members = cat.conflict_members(name)
-            cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings))
+            cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings),
+                          inputs_digest=mislabel_inputs(df, settings, keep, members))
         try:
             oof = out_of_fold_probs(df, settings, progress=progress)
             rows = find_issues(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members))
@@ -232,12 +238,33 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
     return run_id, issues
 
 
+def mislabel_inputs(df, settings, keep: dict[str, float], members) -> str:
+    """A digest of everything a mislabel run's result depends on: the images it scores (id, file, label,
+    split), the model settings, the reviewers' standing ``keep`` decisions and the conflicting groups."""
+    import hashlib
+    import json
+
+    images = sorted(zip(df["image_id"].astype(str), df["path"].astype(str), df["label"].astype(str),
+                        df["split"].astype(str)))
+    groups = sorted(zip(members["image_id"].astype(str), members["dup_group"].astype(str), members["label"].astype(str),
+                        members["status"].astype(str))) if len(members) else []
+    data = {"images": images, "settings": _params(settings), "keep": sorted(keep.items()), "conflicts": groups}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def fresh_mislabels(manifest: Manifest, name: str):
-    """``(run_id, issues)`` of the latest mislabel run if nothing changed since (no build, no review), else None."""
+    """``(run_id, issues)`` of the latest mislabel run if it scored exactly today's inputs (the same images,
+    labels, splits, settings and reviews: a no-op build or a training changes none of them), else None."""
     if not manifest_catalog_exists(manifest):
         return None
+    ds = manifest.dataset(name)
+    settings = model_settings(ds, root=manifest.root)
     with Catalog.open_readonly(manifest.catalog) as cat:
-        run_id = cat.fresh_mislabel_run(name)
+        df = cat.trainable_images(name)
+        if df.empty:
+            return None
+        digest = mislabel_inputs(df, settings, _reviewed_keep(cat, name), cat.conflict_members(name))
+        run_id = cat.fresh_mislabel_run(name, digest)
         if run_id is None:
             return None
         issues = cat.run_issues(run_id)
@@ -256,7 +283,8 @@ def oof_confusion(oof) -> list[list[int]]:
 
 
 def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Path) -> list[Path]:
-    """The self-contained HTML report of a mislabel run, plus ``<out>-confusion.png`` and ``<out>-top-losses.png``.
+    """The self-contained HTML report of a mislabel run (both figures embedded), plus ``<out>-confusion.png`` and
+    ``<out>-top-losses.png``.
 
     The confusion matrix is the run's out-of-fold one (given label × best out-of-sample
     class); the top-losses grid shows the 16 flagged images with the lowest label quality.
@@ -264,8 +292,9 @@ def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Pat
     """
     import json
 
-    from dsbuild.render.figures import confusion_png, top_losses_png
+    from dsbuild.render.figures import confusion_png, top_losses_bytes
     from dsbuild.render.html import mislabel_html
+    from dsbuild.store import atomic_write
 
     with Catalog.open_readonly(manifest.catalog) as cat:
         run = cat.run_row(run_id)
@@ -277,12 +306,13 @@ def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Pat
             info["confusion"], info["classes"] = conf["matrix"], conf["classes"]
             info["out-of-fold accuracy"] = f"{run['accuracy']:.2%}" if run["accuracy"] == run["accuracy"] else "?"
     out = Path(out)
-    written = [mislabel_html(issues, dataset=name, run=info, out=out)]
+    labels = issues[issues["kind"] == "label"] if "kind" in issues else issues
+    losses = top_losses_bytes(labels, n=16)
+    written = [mislabel_html(issues, dataset=name, run=info, out=out, top_losses=losses)]
     stem = out.with_suffix("")
     if "confusion" in info:
         written.append(confusion_png(info["confusion"], info["classes"], Path(f"{stem}-confusion.png")))
-    labels = issues[issues["kind"] == "label"] if "kind" in issues else issues
-    written.append(top_losses_png(labels, Path(f"{stem}-top-losses.png"), n=16))
+    written.append(atomic_write(Path(f"{stem}-top-losses.png"), losses))
     return written
 
 

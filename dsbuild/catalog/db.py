@@ -485,10 +485,12 @@ class Catalog:
 
     # -- model runs ----------------------------------------------------------------------
 
-    def start_run(self, *, run_id: str, dataset: str, kind: str, arch: str | None, params: dict, parent_run: str | None = None) -> None:
+    def start_run(self, *, run_id: str, dataset: str, kind: str, arch: str | None, params: dict, parent_run: str | None = None,
+                  inputs_digest: str | None = None) -> None:
         self.con.execute(
-            "INSERT INTO model_runs (run_id, dataset, kind, arch, started_at, status, params, parent_run) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-            [run_id, dataset, kind, arch, utcnow(), json.dumps(params, default=str), parent_run],
+            "INSERT INTO model_runs (run_id, dataset, kind, arch, started_at, status, params, parent_run, inputs_digest) "
+            "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+            [run_id, dataset, kind, arch, utcnow(), json.dumps(params, default=str), parent_run, inputs_digest],
         )
 
     def mark_runs_interrupted(self) -> int:
@@ -587,17 +589,14 @@ class Catalog:
             [dataset, dataset],
         )
 
-    def fresh_mislabel_run(self, dataset: str) -> str | None:
-        """The latest ok mislabel run of ``dataset`` if no build or label event came after it, else None."""
+    def fresh_mislabel_run(self, dataset: str, inputs_digest: str) -> str | None:
+        """The latest ok mislabel run of ``dataset`` if it scored the same inputs (``inputs_digest``), else None."""
         row = self._one(
-            """SELECT run_id FROM model_runs r WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok'
-                 AND started_at > coalesce((SELECT max(changed_at) FROM label_events WHERE dataset = r.dataset), '1970-01-01')
-                 AND started_at > coalesce((SELECT max(finished_at) FROM builds
-                                            WHERE contains(',' || datasets || ',', ',' || r.dataset || ',')), '1970-01-01')
-               ORDER BY started_at DESC LIMIT 1""",
+            """SELECT arg_max(run_id, started_at), arg_max(inputs_digest, started_at) FROM model_runs
+               WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok'""",
             [dataset],
         )
-        return row[0] if row else None
+        return row[0] if row and row[0] is not None and row[1] == inputs_digest else None
 
     def latest_mislabel_run(self, dataset: str) -> str | None:
         """The latest ok mislabel run of ``dataset`` (whatever came after it), or None."""

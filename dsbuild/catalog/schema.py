@@ -180,8 +180,12 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS quality_flags VARCHAR",
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS q_odd_size DOUBLE",
     ],
-    # Views only: review_state (an image is reviewed while a decision about it is not undone).
-    3: [],
+    3: [
+        # What a mislabel run scored (images, labels, splits, settings, reviews) as a digest: the run is shown
+        # again, not scored again, while the same inputs would give the same result.
+        "ALTER TABLE model_runs ADD COLUMN IF NOT EXISTS inputs_digest VARCHAR",
+        # + the view review_state (an image is reviewed while a decision about it is not undone).
+    ],
 }
 
 VIEWS = [

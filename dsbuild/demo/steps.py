@@ -67,7 +67,8 @@ def planted_scores(flagged_origins: set[str], folder: Path) -> dict[str, int]:
 
 def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, progress=None, quick: bool = False) -> None:
     from dsbuild.catalog import Catalog
-    from dsbuild.cycle import find_mislabels, mislabel_report, retrain_dataset, review_dataset, train_dataset
+    from dsbuild.cycle import find_mislabels, mislabel_report, reports_dir, retrain_dataset, review_dataset, train_dataset
+    from dsbuild.render.values import counted, readable_probabilities
 
     overrides = {"epochs": 1} if quick else {}
     with Catalog.open_readonly(manifest.catalog) as cat:
@@ -84,21 +85,20 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     run_id, issues = find_mislabels(manifest, ds.name, progress=progress)
     labels = issues[issues["kind"] == "label"]
     shown = labels.head(12)[["rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence"]]
-    console.print(render_table(shown, "table", None, title=f"top of {len(labels)} flagged labels (run {run_id})"))
+    console.print(render_table(readable_probabilities(shown), "table", None,
+                               title=f"top of {counted(len(labels), 'flagged label')} (run {run_id})"))
     score = planted_scores(set(labels["origin"].astype(str)), folder)
     console.print(
         f"[b]found {score['found']} of the {score['planted']} planted wrong labels[/b]; "
         f"{score['false_flags']} of {score['flags']} flags were not planted (look at them: some digits are ambiguous); "
-        f"{int((issues['kind'] == 'conflict').sum())} images in label conflicts"
+        f"{counted(int((issues['kind'] == 'conflict').sum()), 'image')} in label conflicts"
     )
-    reports = manifest.catalog.parent / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    files = mislabel_report(manifest, ds.name, run_id, issues, reports / f"{ds.name}-mislabels.html")
+    files = mislabel_report(manifest, ds.name, run_id, issues, reports_dir(manifest) / f"{ds.name}-mislabels.html")
     console.print(f"report with thumbnails: {files[0]} (figures: {', '.join(f.name for f in files[1:])})")
 
     console.rule("[b]6. review[/b]: accept confident suggestions (each is an undoable label event)")
     summary = review_dataset(manifest, ds.name, accept_suggestions=True, min_confidence=0.9)
-    console.print(f"applied {summary.applied} relabels from {summary.source}")
+    console.print(f"applied {counted(summary.applied, 'relabel')} from {summary.source}")
 
     console.rule("[b]7. retrain[/b]: same settings, reviewed labels, compared on the same valid images")
     report2, comparison = retrain_dataset(manifest, ds.name, progress=progress)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from dsbuild.errors import DsbuildError
 from dsbuild.render.thumbs import thumbnail
-from dsbuild.render.values import is_missing
+from dsbuild.render.values import is_missing, probability_text
 from dsbuild.store import atomic_write
 
 if TYPE_CHECKING:  # imported lazily at run time
@@ -114,15 +114,21 @@ def confusion_png(matrix: list[list[int]], classes: list[str], out: Path) -> Pat
 
 
 def top_losses_png(rows: "pandas.DataFrame", out: Path, *, n: int = 16) -> Path:
-    """Write a grid of the ``n`` most suspicious images with captions (given → suggested, score) to ``out``.
+    """Write :func:`top_losses_bytes` (the ``n`` most suspicious images) to ``out``; return ``out``."""
+    return atomic_write(Path(out), top_losses_bytes(rows, n=n))
+
+
+def top_losses_bytes(rows: "pandas.DataFrame", *, n: int = 16) -> bytes:
+    """A grid of the ``n`` most suspicious images with captions (given → suggested, scores) as PNG bytes.
 
     ``rows``: columns ``path``, ``given_label``, ``suggested_label`` and ``loss``
     (higher = worse; sorted descending) or ``label_quality`` (lower = worse;
-    sorted ascending); without either the row order is kept. Unreadable images
-    are drawn as grey tiles. About 220×240 px per tile, ⌈√n⌉ columns. Returns ``out``.
+    sorted ascending); without either the row order is kept. A tile's caption gives
+    the score and, when present, ``suggested_confidence`` ("p"), as probabilities that
+    never round to a certainty they are not (``<0.0001``). Unreadable images are drawn
+    as grey tiles. About 220×240 px per tile, ⌈√n⌉ columns.
     """
     import numpy as np
-    import pandas as pd
 
     if n < 1:
         raise DsbuildError(f"n must be at least 1, not {n}")
@@ -144,7 +150,7 @@ def top_losses_png(rows: "pandas.DataFrame", out: Path, *, n: int = 16) -> Path:
         ax = fig.add_subplot()
         ax.axis("off")
         ax.text(0.5, 0.5, "no flagged images", ha="center", va="center")
-        return atomic_write(Path(out), _png_bytes(fig))
+        return _png_bytes(fig)
     from PIL import Image
 
     for idx, r in enumerate(df.to_dict("records")):
@@ -162,10 +168,15 @@ def top_losses_png(rows: "pandas.DataFrame", out: Path, *, n: int = 16) -> Path:
             ax.imshow(arr, interpolation="nearest" if max(arr.shape[:2]) < 64 else "antialiased")
         given = _clip(r.get("given_label"))
         sugg = _clip(r.get("suggested_label"))
+        scores = []
         value = r.get(score) if score else None
-        caption = f"{given} → {sugg}" + (f"\n{name} {float(value):.3f}" if value is not None and not pd.isna(value) else "")
+        if not is_missing(value):
+            scores.append(f"{name} {float(value):.3f}" if name == "loss" else f"{name} {probability_text(value)}")
+        if not is_missing(r.get("suggested_confidence")):
+            scores.append(f"p {probability_text(r.get('suggested_confidence'))}")
+        caption = f"{given} → {sugg}" + (("\n" + ", ".join(scores)) if scores else "")
         ax.set_title(caption, fontsize=9, parse_math=False)
-    return atomic_write(Path(out), _png_bytes(fig))
+    return _png_bytes(fig)
 
 
 def _clip(value: Any, limit: int = 18) -> str:

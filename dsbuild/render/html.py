@@ -215,7 +215,17 @@ _KIND_TITLES = {
 }
 
 
-def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: Path) -> Path:
+def _origin_name(origin: Any, image_id: Any) -> str:
+    """A card's name for an image: its origin's file name (the whole path or URL on hover), else its id."""
+    if is_missing(origin) or not str(origin):
+        return f'<span class="mono">{_e(image_id)}</span>'
+    text = str(origin)
+    name = text.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or text
+    return f'<span class="mono" title="{_e(text)}">{_e(name)}</span>'
+
+
+def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: Path,
+                  top_losses: bytes | None = None) -> Path:
     """Write the mislabel report for ``issues`` to ``out`` (atomically); return ``out``.
 
     ``issues``: one row per flagged image, most likely wrong first. Required
@@ -226,7 +236,9 @@ def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: P
     ``current_label`` (shown when it differs from the given label: reviewed since).
     ``run``: ``run_id`` and optionally ``arch``, ``confusion`` (``[actual][predicted]``
     counts, a list or JSON text) with ``classes`` (embedded as a confusion-matrix
-    figure) and any other scalar fields (shown in the summary).
+    figure) and any other scalar fields (shown in the summary). ``top_losses``: the
+    top-losses grid (PNG bytes, :func:`dsbuild.render.figures.top_losses_bytes`),
+    embedded beside the confusion matrix.
     """
     missing = {"image_id", "given_label", "suggested_label"} - set(issues.columns)
     if missing:
@@ -294,6 +306,11 @@ def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: P
                   f'alt="confusion matrix"><figcaption class="muted">confusion matrix of run {_e(run.get("run_id"))}: '
                   f"out-of-fold predictions on all {scored} scored images (rows: given label, columns: prediction)"
                   "</figcaption></figure>")
+    if top_losses:
+        figure += (f'<figure class="fig"><img src="data:image/png;base64,{base64.b64encode(top_losses).decode("ascii")}" '
+                   'alt="top losses: the flagged images with the lowest label quality"><figcaption class="muted">'
+                   "top losses: the flagged images with the lowest label quality (given → suggested label, "
+                   "label quality, p = out-of-fold probability of the suggestion)</figcaption></figure>")
 
     head = "".join(
         f"<th{' data-type=' + chr(34) + t + chr(34) if t else ''}>{name}</th>"
@@ -401,7 +418,7 @@ def duplicates_html(groups: "pandas.DataFrame", *, dataset: str, out: Path, max_
             details = " · ".join(x for x in (_e(r.get("split")), _e(r.get("status")), size_txt) if x)
             members.append(
                 f'<figure>{_img_tag(thumb, str(r["image_id"]) + ": " + str(r["label"]))}'
-                f'<figcaption><b>{_e(r["label"])}</b><br><span class="mono">{_e(r["image_id"])}</span><br>'
+                f'<figcaption><b>{_e(r["label"])}</b><br>{_origin_name(r.get("origin"), r["image_id"])}<br>'
                 f'<span class="muted">{details}</span><br>{rep_txt}</figcaption></figure>')
         html_cards.append(
             f'<section class="group{" conflict" if conflict else ""}{" leak" if leak else ""}" data-group="{_e(gid)}">'
