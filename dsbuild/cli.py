@@ -193,9 +193,13 @@ def cmd_predict(args) -> int:
     from dsbuild.cycle import predict_images
 
     manifest = _load(args)
-    df = predict_images(manifest, args.dataset, args.images)
+    result = predict_images(manifest, args.dataset, args.images, top=args.top)
+    make_console(stderr=True).print(f"model of run {result.run_id} ({result.kind})", markup=False)
+    df = result.frame
     if args.format == "table" and not args.out:
-        df = df[["path", "label", "probability"]]
+        keep = [c for c in ("path", "rank", "label", "probability", "error") if c in df
+                and (c != "error" or df[c].notna().any())]
+        df = readable_probabilities(df[keep])
     _emit(df, args)
     return 0
 
@@ -301,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("predict", cmd_predict, "label and probability for images or folders", [output])
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--top", type=int, metavar="K", help="the K most probable classes of each image, best first")
     return parser
 
 

@@ -428,11 +428,28 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
 
-def predict_images(manifest: Manifest, name: str, inputs: list[str]):
-    """Label + probability for images (files or folders) with the latest trained model of ``name``."""
+@dataclass(frozen=True)
+class Predictions:
+    """What ``predict`` answered and with which model: ``run_id`` / ``kind`` of the run whose model it used."""
+
+    run_id: str
+    kind: str
+    frame: object  # pandas DataFrame, see predict_images
+
+
+def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int | None = None) -> Predictions:
+    """Label + probability for images (files or folders) with the latest trained model of ``name``.
+
+    ``frame``: one row per image — ``run_id``, ``path``, ``label`` (best class), ``probability``,
+    ``error`` and ``prob_<class>`` per class (:func:`dsbuild.model.predict.predict`); with ``top=K``,
+    the K best classes per image instead (the fastai book's top-5): ``run_id``, ``path``, ``rank``
+    (1 = best), ``label``, ``probability``, plus ``error`` when an image could not be read.
+    """
     from dsbuild.model.predict import predict
 
     manifest.dataset(name)
+    if top is not None and top < 1:
+        raise DsbuildError(f"--top must be 1 or more, not {top}", exit_code=2)
     run = last_run(manifest, name)
     if run is None or not run["model_path"]:
         raise DsbuildError(f"no trained model for '{name}' — run `dsbuild train {name}` first")
@@ -449,4 +466,25 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str]):
         raise DsbuildError("no images to predict — give image files or folders with images", exit_code=2)
     out = predict(Path(run["model_path"]).parent, paths)
     out.insert(0, "run_id", run["run_id"])
-    return out
+    if top is not None:
+        out = _top_k(out, top)
+    return Predictions(run_id=str(run["run_id"]), kind=str(run["kind"]), frame=out)
+
+
+def _top_k(frame, k: int):
+    """The ``k`` most probable classes of each image, best first (long format)."""
+    import pandas as pd
+
+    classes = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
+    rows = []
+    for r in frame.to_dict("records"):
+        if r.get("error"):
+            rows.append({"run_id": r["run_id"], "path": r["path"], "rank": None, "label": None, "probability": None,
+                         "error": r["error"]})
+            continue
+        ranked = sorted(classes, key=lambda c: (-float(r[f"prob_{c}"]), c))[:k]
+        rows += [{"run_id": r["run_id"], "path": r["path"], "rank": i + 1, "label": c,
+                  "probability": float(r[f"prob_{c}"]), "error": None} for i, c in enumerate(ranked)]
+    out = pd.DataFrame(rows, columns=["run_id", "path", "rank", "label", "probability", "error"])
+    out["rank"] = out["rank"].astype("Int64")
+    return out if out["error"].notna().any() else out.drop(columns="error")

@@ -189,7 +189,11 @@ def print_run(report) -> None:
                         (f"{e.get(c):.1f}" if c == "seconds" else str(e.get(c))) for c in
                         ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds")))
     console.print(table)
-    console.print(f"error rate {r.error_rate:.2%} (accuracy {r.accuracy:.2%}) in {r.duration_s:.0f} s; model: {r.model_path}")
+    console.print(f"error rate {r.error_rate:.2%} (accuracy {r.accuracy:.2%}) in {r.duration_s:.0f} s; model: {r.model_path}",
+                  markup=False, soft_wrap=True)
+    export = r.model_path.parent / "export.pkl"
+    if export.is_file():  # for fastai users: learn = load_learner(path); learn.predict(img)
+        console.print(f"fastai learner: {export} (load_learner)", markup=False, soft_wrap=True)
 
 
 def print_comparison(c) -> None:
