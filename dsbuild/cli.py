@@ -52,10 +52,14 @@ def _emit(df, args, *, title: str | None = None) -> None:
 
 
 def cmd_init(args) -> int:
-    from dsbuild.init import write_starter
+    import os
 
-    path = write_starter(Path(args.manifest), force=args.force)
-    print(f"wrote {path} — edit it, then run `dsbuild build` (or `dsbuild demo` for the offline showcase)")
+    from dsbuild.init import init_project
+
+    path, folder, files = init_project(Path(args.manifest), force=args.force)
+    data = os.path.relpath(folder, path.parent)
+    print(f"wrote {path} and the demo's images ({data}, {files} files) — `dsbuild build` builds the demo dataset, "
+          "`dsbuild demo` runs the whole showcase; add your datasets to the manifest")
     return 0
 
 
@@ -118,10 +122,17 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from dsbuild.demo.steps import run_demo
+    from dsbuild.demo.steps import demo_manifest, run_demo
 
-    manifest = _load(args)
-    run_demo(manifest, progress=RichProgress(args.quiet), console=make_console(), quick=args.quick, build_only=args.build_only)
+    manifest, note = demo_manifest(Path(args.manifest))
+    if args.catalog:
+        import dataclasses
+
+        manifest = dataclasses.replace(manifest, catalog=Path(args.catalog).resolve())
+    console = make_console()
+    if note:
+        console.print(note, markup=False, soft_wrap=True)
+    run_demo(manifest, progress=RichProgress(args.quiet), console=console, quick=args.quick, build_only=args.build_only)
     return 0
 
 
@@ -253,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         COMMANDS[name] = (help, func)
         return p
 
-    p = add("init", cmd_init, "write a commented starter datasets.toml")
+    p = add("init", cmd_init, "write a starter datasets.toml that builds as written (the offline demo's digits, "
+            "generated beside it)")
     p.add_argument("--force", action="store_true", help="overwrite an existing manifest")
 
     p = add("build", cmd_build, "crawl/import → verify → dedup → split → catalog")

@@ -187,13 +187,21 @@ def test_init_writes_a_starter_that_parses(tmp_path: Path, capsys) -> None:
     path = tmp_path / "datasets.toml"
     rc, out, err = run(capsys, "init", "-m", str(path))
     assert rc == 0 and err == ""
-    assert out == f"wrote {path} — edit it, then run `dsbuild build` (or `dsbuild demo` for the offline showcase)\n"
+    assert out == (f"wrote {path} and the demo's images (demo_data/digits, 1801 files) — `dsbuild build` builds the "
+                   "demo dataset, `dsbuild demo` runs the whole showcase; add your datasets to the manifest\n")
     assert path.read_text(encoding="utf-8") == STARTER
     m = load_manifest(path)
-    assert {"eyewear", "demo"} <= set(m.datasets)
-    assert m.dataset("eyewear").labels == ["glasses", "sunglasses", "VR"]
+    assert set(m.datasets) == {"demo"}  # what builds offline, as written
     assert m.catalog == tmp_path.resolve() / "catalog/dsbuild.duckdb"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets.toml"]  # no temp file, no catalog
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets.toml", "demo_data"]  # no temp file, no catalog
+    # The web dataset is there, commented out: uncommented as it says, it is a valid dataset.
+    lines = STARTER.splitlines()
+    start = lines.index("# [datasets.eyewear]")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("#"))
+    web = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines[start:end])
+    path.write_text(STARTER + "\n" + web + "\n")
+    m = load_manifest(path)
+    assert m.dataset("eyewear").labels == ["glasses", "sunglasses", "VR", "mine"]
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path, capsys) -> None:

@@ -33,6 +33,33 @@ def demo_root(manifest: Manifest):
     return ds, folders[0].parent.parent
 
 
+DEMO_PROJECT = "dsbuild-demo"
+
+
+def demo_manifest(path: Path) -> tuple[Manifest, str | None]:
+    """The manifest the demo runs on, and a line saying where when it is not ``path``.
+
+    ``path`` with a ``demo`` dataset is used as it is. Without one (no manifest there,
+    or one without the demo) the demo runs anywhere: in ``./dsbuild-demo/``, a starter
+    project (:func:`dsbuild.init.init_project`) made on first use and reused after.
+    A manifest that exists but is invalid is an error, as for every command.
+    """
+    from dsbuild.init import init_project
+    from dsbuild.manifest import load_manifest
+
+    path = Path(path)
+    if path.is_file():
+        manifest = load_manifest(path)
+        if DEMO in manifest.datasets:
+            return manifest, None
+    project = Path.cwd() / DEMO_PROJECT
+    target = project / "datasets.toml"
+    if not target.is_file():
+        project.mkdir(exist_ok=True)
+        init_project(target)
+    return load_manifest(target), f"no {path.name} with a demo dataset here: the demo runs in {project}"
+
+
 def run_demo(manifest: Manifest, *, progress, console, quick: bool = False, build_only: bool = False) -> None:
     from dsbuild.build import build
     from dsbuild.catalog import sandboxed_query
