@@ -133,14 +133,20 @@ def print_build_summary(summary) -> None:
     """The build summary table (one row per dataset) and the datasets' notes, on stdout."""
     from rich.table import Table
 
-    table = Table(title=f"build {summary.build_id} — {summary.seconds:.1f} s — {summary.catalog}", title_justify="left")
-    for col in ("dataset", "sources", "processed", "ok", "rejected", "failed", "duplicates", "conflicts", "train", "valid", "test"):
+    from dsbuild.render.tables import FittedTable
+
+    title = f"build {summary.build_id} — {summary.seconds:.1f} s — {summary.catalog}"
+    columns = ["dataset", "sources", "processed", "ok", "rejected", "failed", "duplicates", "conflicts", "train", "valid",
+               "test"]
+    table = Table(title=title, title_justify="left")
+    for col in columns:
         table.add_column(col, justify="left" if col == "dataset" else "right")
-    for d in summary.datasets:
-        table.add_row(d.dataset, str(d.sources), str(d.new), str(d.ok), str(d.rejected), str(d.failed),
-                      str(d.duplicates), str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test")))
+    rows = [[d.dataset, str(d.sources), str(d.new), str(d.ok), str(d.rejected), str(d.failed), str(d.duplicates),
+             str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test"))] for d in summary.datasets]
+    for row in rows:
+        table.add_row(*row)
     console = make_console()
-    console.print(table)
+    console.print(FittedTable(table, columns, rows, title=title))  # one block per dataset when 11 columns do not fit
     for d in summary.datasets:
         for note in d.notes:
             console.print(f"{d.dataset}: {note}")
