@@ -803,12 +803,13 @@ def test_status_html_cards_name_the_origin_file(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.slow
 def test_mislabels_reuses_its_run_while_nothing_changed_and_renders_readable_numbers(
-        scored: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+        digits: Path, scored: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     manifest = copy_project(scored, tmp_path / "p")
-    # The copy reads the original's folders (an image's id is its absolute path: moved files are new images).
+    # The copy reads the folders its catalog was built from, the digits project's (an image's id is its
+    # absolute path: moved files are new images).
     text = manifest.read_text()
     for name in ("zero", "one", "seven"):
-        text = text.replace(f'"data/{name}"', f'"{scored.parent / "data" / name}"')
+        text = text.replace(f'"data/{name}"', f'"{digits.parent / "data" / name}"')
     manifest.write_text(text)
     code, out, err = cli(capsys, manifest, "build")  # a no-op build
     assert code == 0 and "processed" in out, err
