@@ -758,6 +758,25 @@ def test_status_of_a_dataset_not_in_the_manifest_says_so(tmp_path: Path, capsys)
     assert err == "Error: no dataset 'pest' in datasets.toml (did you mean 'pets'?) — known datasets: pets\n"
 
 
+def test_probabilities_and_counts_read_as_words() -> None:
+    """Terminal tables and captions never print 3.171e-12 or round a probability to a certainty it is not;
+    counts take the noun's number ("1 image", "2 images")."""
+    from dsbuild.render.figures import tile_caption
+    from dsbuild.render.values import counted, probability_text, readable_probabilities
+    import pandas as pd
+
+    assert [probability_text(v) for v in (3.171e-12, 0.0, 0.25, 0.99996, 1.0, None, float("nan"))] == [
+        "<0.0001", "0.0000", "0.2500", ">0.9999", "1.0000", None, None]
+    assert [counted(1, "image"), counted(2, "image"), counted(0, "decision"), counted(1, "match", "matches")] == [
+        "1 image", "2 images", "0 decisions", "1 match"]
+    df = readable_probabilities(pd.DataFrame({"rank": [1], "label_quality": [3.171e-12],
+                                              "suggested_confidence": [0.999999]}))
+    assert df.to_dict("records") == [{"rank": 1, "label_quality": "<0.0001", "suggested_confidence": ">0.9999"}]
+    row = {"given_label": "one", "suggested_label": "zero", "label_quality": 3.171e-12, "suggested_confidence": 0.97}
+    assert tile_caption(row, "label_quality") == "one → zero\nquality <0.0001, p 0.9700"
+    assert tile_caption({**row, "loss": 2.5}, "loss") == "one → zero\nloss 2.500, p 0.9700"
+
+
 def test_a_text_file_is_not_an_image_from_a_folder_or_the_web(tmp_path: Path, capsys) -> None:
     (tmp_path / "b").mkdir()
     for i in range(3):

@@ -136,11 +136,11 @@ def top_losses_bytes(rows: "pandas.DataFrame", *, n: int = 16) -> bytes:
     if need - set(rows.columns):
         raise ValueError(f"rows needs columns {sorted(need)} + loss or label_quality; missing {sorted(need - set(rows.columns))}")
     if "loss" in rows:
-        df, score, name = rows.sort_values("loss", ascending=False, kind="stable"), "loss", "loss"
+        df, score = rows.sort_values("loss", ascending=False, kind="stable"), "loss"
     elif "label_quality" in rows:
-        df, score, name = rows.sort_values("label_quality", ascending=True, kind="stable"), "label_quality", "quality"
+        df, score = rows.sort_values("label_quality", ascending=True, kind="stable"), "label_quality"
     else:
-        df, score, name = rows, None, ""
+        df, score = rows, None
     df = df.head(n)
     k = max(1, len(df))
     cols = math.ceil(math.sqrt(k))
@@ -166,17 +166,22 @@ def top_losses_bytes(rows: "pandas.DataFrame", *, n: int = 16) -> bytes:
             with Image.open(io.BytesIO(data)) as im:
                 arr = np.asarray(im.convert("RGB"))
             ax.imshow(arr, interpolation="nearest" if max(arr.shape[:2]) < 64 else "antialiased")
-        given = _clip(r.get("given_label"))
-        sugg = _clip(r.get("suggested_label"))
-        scores = []
-        value = r.get(score) if score else None
-        if not is_missing(value):
-            scores.append(f"{name} {float(value):.3f}" if name == "loss" else f"{name} {probability_text(value)}")
-        if not is_missing(r.get("suggested_confidence")):
-            scores.append(f"p {probability_text(r.get('suggested_confidence'))}")
-        caption = f"{given} → {sugg}" + (("\n" + ", ".join(scores)) if scores else "")
-        ax.set_title(caption, fontsize=9, parse_math=False)
+        ax.set_title(tile_caption(r, score), fontsize=9, parse_math=False)
     return _png_bytes(fig)
+
+
+def tile_caption(row: dict[str, Any], score: str | None) -> str:
+    """A top-losses tile's caption: ``given → suggested`` and, on a second line, the ``score`` column's value
+    (``loss`` to three decimals; ``label_quality`` as ``quality`` in :func:`probability_text`, which never rounds
+    a tiny quality to ``0.000``) and ``suggested_confidence`` as ``p``."""
+    scores = []
+    value = row.get(score) if score else None
+    if not is_missing(value):
+        scores.append(f"loss {float(value):.3f}" if score == "loss" else f"quality {probability_text(value)}")
+    if not is_missing(row.get("suggested_confidence")):
+        scores.append(f"p {probability_text(row.get('suggested_confidence'))}")
+    return f"{_clip(row.get('given_label'))} → {_clip(row.get('suggested_label'))}" + (
+        ("\n" + ", ".join(scores)) if scores else "")
 
 
 def _clip(value: Any, limit: int = 18) -> str:
