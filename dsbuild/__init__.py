@@ -9,7 +9,9 @@ sources/            where images come from: folders, URL lists, search engines (
                     every source reports to ONE consumer in build.py
 fetch.py            concurrent, safe downloader (limits, deadlines, retries); netguard.py: SSRF guard
 executor.py         per-image jobs run in batches with crash isolation (local pool; Ray later)
-verify/             one decode per image: limits, format allow-list, reasons; hashes, quality
+formats.py          the one format table: magic bytes → format, family → extension; open_image (every untrusted open)
+verify/             one decode per image: limits, format allow-list, reasons; structure before pixels
+                    (containers.py), every decoder message kept per image (decoders.py); hashes, quality
 store.py            content-addressed image store (sha256 → file), atomic writes
 rows.py             the catalog rows the build writes (items, blobs, fetches)
 dedup/              near-duplicate search (sub-quadratic) and grouping; split.py: stable splits

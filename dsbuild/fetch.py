@@ -89,7 +89,6 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _OK_STATUSES = frozenset({200, 203})
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _SNIFF_BYTES = 64
-_DIB_HEADER_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)
 _FTYP_BRANDS = {"avif": "avif", "avis": "avif", "heic": "heic", "heix": "heic", "mif1": "heif", "msf1": "heif"}
 _INFLATE_PIECE = 256 * 1024  # most bytes inflated in one step: bounds memory under a gzip bomb
 
@@ -241,23 +240,19 @@ class FetchResult:
 def sniff(head: bytes) -> tuple[str | None, str | None]:
     """(image format, None) for an allowed image, else (None, reject reason), from the first bytes.
 
-    Allowed: JPEG, PNG, GIF, WebP, BMP, TIFF. Everything else gets a reason such
-    as ``"not an image (html)"``, ``"not an image (svg)"``, ``"unsupported image (avif)"``.
+    Allowed: the format families of :mod:`dsbuild.formats` (JPEG, PNG, GIF, WebP,
+    BMP, TIFF incl. BigTIFF), decided by the same magic-byte table verification
+    uses, returned lower-case. Everything else gets a reason such as
+    ``"not an image (html)"``, ``"not an image (svg)"``, ``"unsupported image (avif)"``.
     """
+    from dsbuild.formats import FAMILIES
+    from dsbuild.formats import sniff as sniff_format
+
     if not head:
         return None, "empty body"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg", None
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png", None
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif", None
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp", None
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff", None
-    if head[:2] == b"BM" and len(head) >= 26 and int.from_bytes(head[14:18], "little") in _DIB_HEADER_SIZES:
-        return "bmp", None  # "BM" + a known DIB header size: plain text starting "BM" is not taken for a bitmap
+    fmt = sniff_format(head)
+    if fmt in FAMILIES:
+        return fmt.lower(), None
     return None, _what_else(head)
 
 
@@ -596,10 +591,13 @@ class _Downloader:
             if reason is not None:
                 return body.done("rejected", reason)
             try:
-                target = URL(current)
+                # encoded=True: the URL goes on the wire byte for byte (yarl would otherwise re-quote its escapes,
+                # %7E → ~, %2f → %2F …, which servers that sign URLs reject). normalize_url percent-encodes only
+                # what HTTP cannot carry (non-ASCII, spaces) and keeps every existing escape as it is.
+                target = URL(_wire_url(current), encoded=True)
             except (ValueError, TypeError):
                 return body.done("rejected", "bad url")
-            body.final_url = str(target)  # as requested on the wire (non-ASCII %-encoded)
+            body.final_url = str(target)  # as requested on the wire
             seen.add(body.final_url)
             try:
                 async with self.session.get(target, allow_redirects=False) as resp:
@@ -610,13 +608,13 @@ class _Downloader:
                         if not location:
                             return body.done("failed", f"http {resp.status}")
                         try:
-                            nxt = resp.url.join(URL(location))
-                        except (ValueError, TypeError):
+                            nxt = _redirect_target(current, location)
+                        except ValueError:
                             return body.done("rejected", "bad redirect")
-                        if str(nxt) in seen:
-                            body.final_url = str(nxt)
+                        if nxt in seen:
+                            body.final_url = nxt
                             return body.done("rejected", "redirect loop")
-                        current = str(nxt)
+                        current = nxt
                         continue
                     return await self._read(resp, body)
             except (aiohttp.ClientError, OSError) as exc:
@@ -744,6 +742,20 @@ class _Downloader:
 
 
 _POKE = object()  # a wake-up in fetch_all_async's queue of finished tasks
+
+
+def _redirect_target(current: str, location: str) -> str:
+    """The URL a ``Location`` header sends us to, resolved against ``current``, its escapes kept as the server wrote them."""
+    from urllib.parse import urljoin
+
+    return urljoin(current, location.strip())
+
+
+def _wire_url(url: str) -> str:
+    """``url`` as it goes on the wire: :func:`dsbuild.sources.urls.normalize_url` (escapes kept, IRI → URI)."""
+    from dsbuild.sources.urls import normalize_url
+
+    return normalize_url(url)
 
 
 def _host_key(url: str) -> str:

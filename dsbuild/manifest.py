@@ -51,8 +51,12 @@ class VerifySettings:
 
     ``max_pixels`` guards against decompression bombs (an image declaring more
     pixels is rejected before its pixels are decoded); ``formats`` is the
-    allow-list of Pillow format names (EPS/PSD and other risky parsers are never
-    allowed); ``max_bytes`` caps the file size read from disk or the web.
+    allow-list of format families (:data:`dsbuild.formats.FAMILIES`; EPS/PSD and
+    other risky parsers are never allowed); ``max_bytes`` caps the file size read
+    from disk or the web; ``time_limit`` is the most seconds verifying one image
+    may take (default 30: an 89-megapixel PNG takes ~5 s on a busy core) — past
+    it the image is rejected as ``timeout`` and its worker replaced, so a decoder
+    that never returns cannot hold a build.
     """
 
     min_side: int = 32
@@ -60,6 +64,7 @@ class VerifySettings:
     max_pixels: int = 89_478_485
     max_bytes: int = 20_000_000
     formats: tuple[str, ...] = IMAGE_FORMATS
+    time_limit: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -324,6 +329,8 @@ def _check_section_values(ds: Dataset, key: str, problems: _Problems) -> None:
         problems.add(f"{key}.verify.max_pixels", f"must be positive, not {v.max_pixels}")
     if v.max_bytes < 1:
         problems.add(f"{key}.verify.max_bytes", f"must be positive, not {v.max_bytes}")
+    if not v.time_limit > 0:
+        problems.add(f"{key}.verify.time_limit", f"must be a positive number of seconds, not {v.time_limit}")
     for fmt in v.formats:
         if fmt.upper() not in IMAGE_FORMATS:
             problems.add(

@@ -36,6 +36,10 @@ def item_row(
         "split": None, "dup_group": None, "dup_of": None, "dup_distance": None, "conflict": False,
         "phash": rec.phash if rec else None, "src_size": src_size, "src_mtime_ns": src_mtime_ns,
         "first_seen": now, "updated_at": now, "build_id": build_id,
+        # what verification learned (for a rejected file the only record of it), and what decoders said
+        "format": rec.format if rec else None, "width": rec.width if rec else None,
+        "height": rec.height if rec else None, "bytes": (rec.bytes or None) if rec else None,
+        "warnings": list(rec.warnings) if rec else [],
     }
 
 

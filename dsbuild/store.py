@@ -15,12 +15,14 @@ from pathlib import Path
 
 from dsbuild.errors import DsbuildError
 
-_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
-
-
 def store_path(store_dir: Path, sha256: str, fmt: str | None) -> Path:
-    """Where the image with ``sha256`` and Pillow format ``fmt`` lives in the store."""
-    return Path(store_dir) / sha256[:2] / f"{sha256}.{_EXT.get((fmt or '').upper(), 'img')}"
+    """Where the image with ``sha256`` and format ``fmt`` (a family or a Pillow name: MPO is JPEG) lives in the store.
+
+    The extension is the family's, from the one format table (:func:`dsbuild.formats.extension`).
+    """
+    from dsbuild.formats import extension
+
+    return Path(store_dir) / sha256[:2] / f"{sha256}.{extension(fmt)}"
 
 
 def store_bytes(store_dir: Path, sha256: str, data: bytes, fmt: str | None, *, fsync: bool = True) -> Path:

@@ -481,7 +481,25 @@ class Catalog:
                 self.con.execute(f"INSERT INTO label_events ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _events")
             finally:
                 self.con.unregister("_events")
+            self._refresh_conflicts(dataset)
         return len(events)
+
+    def _refresh_conflicts(self, dataset: str) -> None:
+        """Recompute ``items.conflict`` from the current labels (in the caller's transaction).
+
+        A group is a label conflict while its ``ok``/``duplicate`` members (as the
+        ``images`` view has them: removed in review = rejected) carry more than one
+        label — exactly the ``conflicts`` view. Run after every label event, so the
+        stored flag never lags the events until the next build.
+        """
+        self.con.execute(
+            """UPDATE items SET conflict = c.flag
+               FROM (SELECT im.image_id, coalesce(im.dup_group IN (SELECT dup_group FROM conflicts WHERE dataset = ?), false)
+                            AS flag
+                     FROM images im WHERE im.dataset = ?) c
+               WHERE items.dataset = ? AND items.image_id = c.image_id AND items.conflict IS DISTINCT FROM c.flag""",
+            [dataset, dataset, dataset],
+        )
 
     # -- model runs ----------------------------------------------------------------------
 

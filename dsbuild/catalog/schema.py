@@ -23,7 +23,7 @@ one transaction, then (re)creates :data:`VIEWS`.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -181,6 +181,15 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS q_odd_size DOUBLE",
     ],
     3: [
+        # What verification learned about a file it rejected (the blob row exists only for accepted ones): the
+        # sniffed format, the declared size, the bytes; and what decoders said about any file without rejecting it.
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS format VARCHAR",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS width INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS height INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS bytes BIGINT",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
+    ],
+    4: [
         # What a mislabel run scored (images, labels, splits, settings, reviews) as a digest: the run is shown
         # again, not scored again, while the same inputs would give the same result.
         "ALTER TABLE model_runs ADD COLUMN IF NOT EXISTS inputs_digest VARCHAR",
@@ -217,11 +226,14 @@ VIEWS = [
                i.split,
                CASE WHEN e.new_status IS NOT NULL AND i.status IN ('ok', 'duplicate') THEN e.new_status ELSE i.status END AS status,
                CASE WHEN e.new_status = 'rejected' AND i.status IN ('ok', 'duplicate') THEN 'removed in review' ELSE i.reason END AS reason,
-               b.width, b.height, b.format, coalesce(b.bytes, f.bytes) AS bytes, i.sha256, i.phash, i.dup_group,
+               coalesce(b.width, i.width) AS width, coalesce(b.height, i.height) AS height,
+               coalesce(b.format, i.format) AS format, coalesce(b.bytes, i.bytes, f.bytes) AS bytes,
+               i.sha256, i.phash, i.dup_group,
                i.dup_of, i.dup_distance, i.conflict, i.detail, i.source, i.rank, i.page_url,
                coalesce(r.live_decisions, 0) > 0 AS reviewed, r.last_review,
                b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
-               i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at
+               i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at,
+               coalesce(i.warnings, []::VARCHAR[]) AS warnings
         FROM items i
         LEFT JOIN blobs b USING (sha256)
         LEFT JOIN latest_events e USING (dataset, image_id)

@@ -84,6 +84,18 @@ def check_web_settings(ds: Dataset) -> list[str]:
     return problems
 
 
+def engine_failure(engine: str, query: str, exc: BaseException, kept: int):
+    """The ``error`` outcome of a query whose engine library raised: one line, the links found before it kept."""
+    from dsbuild.sources.engines import Outcome
+
+    text = " ".join(str(exc).split()) or "no message"
+    if len(text) > 160:
+        text = text[:157] + "..."
+    message = (f"{engine} failed while reading the results for {query!r}: {type(exc).__name__}: {text} — "
+               f"stopped this query after {kept} links; the other queries go on (the engine's pages may have changed)")
+    return Outcome(reason="error", message=message, pages=0, links=kept)
+
+
 def discover(cat: Catalog, run: SourceRun) -> None:
     """Search every query not searched yet (or searched for fewer links) and read every URL list."""
     from dsbuild.sources.engines import get_engine
@@ -101,14 +113,20 @@ def discover(cat: Catalog, run: SourceRun) -> None:
                 if unreachable:
                     break
                 options = engine_options(ds, cls)
+                links = []
                 try:
                     stream = engine.links(query, options)
-                    links = [{"url": l.url, "rank": l.rank, "page_url": l.page_url} for l in stream]
+                    for l in stream:
+                        links.append({"url": l.url, "rank": l.rank, "page_url": l.page_url})
                     outcome = stream.outcome
                 except EngineError as exc:
                     # The engine host cannot be reached: no query of this engine can succeed.
                     unreachable = str(exc)
                     break
+                except DsbuildError:
+                    raise  # a setting no query of this engine can work with: the build stops with one line
+                except Exception as exc:  # noqa: BLE001 - an engine library's bug or a page it cannot read: this query only
+                    outcome = engine_failure(ds.engine, query, exc, len(links))
                 cat.record_search(dataset=ds.name, label=cls.name, engine=ds.engine, query=query, wanted=ds.per_query,
                                   links=links, pages=outcome.pages, outcome=outcome.reason, message=outcome.message)
                 if not outcome.ok:
@@ -123,7 +141,13 @@ def discover(cat: Catalog, run: SourceRun) -> None:
         for url_file in cls.urls:
             links, problems = read_url_list(url_file)
             rows = []
+            classes = {c.name for c in ds.classes}
             for link in links:
+                if link.label is not None and link.label not in classes:
+                    # Not a class of this dataset: as likely the tail of a URL cut at an unquoted comma as a label.
+                    problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} is not a class of this "
+                                    "dataset (a URL with an unquoted comma? quote it) — skipped")
+                    continue
                 if link.label is not None and link.label != cls.name:
                     problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} differs from class {cls.name!r}; using {cls.name!r}")
                 rows.append({"url": link.url, "rank": link.rank, "page_url": None})
@@ -342,8 +366,9 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now, retried: 
     incoming = run.store / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     done: queue.Queue = queue.Queue()
-    use_pool = len(by_url) >= INLINE_LIMIT and (run.workers or os.cpu_count() or 1) > 1
-    verifier = BodyVerifier(ds, done, workers=run.workers, use_pool=use_pool, store=run.store)
+    # Always worker processes (see dsbuild.executor.local_executor): stderr captured per image, time limit, crashes.
+    workers = max(1, min(run.workers or os.cpu_count() or 1, (len(by_url) + INLINE_LIMIT - 1) // INLINE_LIMIT))
+    verifier = BodyVerifier(ds, done, workers=workers, use_pool=True, store=run.store)
     stop = threading.Event()
 
     def on_result(res) -> None:
