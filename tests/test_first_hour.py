@@ -399,6 +399,51 @@ def test_bug03_the_catalog_is_a_pure_function_of_inputs_and_settings(tmp_path: P
     assert flags[0] == flags[1]
 
 
+def test_bug03_a_representative_does_not_depend_on_which_build_found_it(tmp_path: Path, capsys) -> None:
+    """Softened copies (same size, a few bits away) of real photos, found in the same build as their
+    pictures, in a later one or in an earlier one: each pair has the same representative in all three
+    (no "seen in an earlier build": which build found a file never decides), and the copy lies within the
+    threshold of it (star grouping)."""
+    from PIL import ImageFilter
+
+    pictures = [(name, i) for name in ("chelsea", "coffee", "astronaut") for i in range(3)]
+
+    def write(folder: Path, sharp: bool, soft: bool) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, i in pictures:  # files already there are left as they are (an earlier build found them)
+            img = crop(name, i, size=128)
+            if sharp and not (folder / f"{name}{i}.png").exists():
+                img.save(folder / f"{name}{i}.png")
+            if soft and not (folder / f"{name}{i}-soft.png").exists():
+                img.filter(ImageFilter.GaussianBlur(1.2)).save(folder / f"{name}{i}-soft.png")
+
+    outcomes = []
+    for place, steps in (("at-once", [(True, True)]), ("soft-first", [(False, True), (True, True)]),
+                         ("sharp-first", [(True, False), (True, True)])):
+        root = tmp_path / place
+        manifest = root / "datasets.toml"
+        for k, (sharp, soft) in enumerate(steps):
+            write(root / "photos", sharp, soft)
+            if k == 0:
+                (root / "rockets").mkdir()
+                for i in range(3):
+                    crop("rocket", i, size=128).save(root / "rockets" / f"rocket{i}.png")
+            manifest.write_text('[datasets.p.classes]\npic = { folders = "photos" }\nrocket = { folders = "rockets" }\n')
+            code, out, err = cli(capsys, manifest, "-q", "build", "--workers", str(1 + k % 2))
+            assert code == 0, err
+        rows = rows_by_file(manifest, "p", "image_id, status, reason, dup_of, dup_distance")
+        names = {r[0]: n for n, r in rows.items()}
+        outcomes.append({n: (status, reason, names.get(dup_of), dist) for n, (_, status, reason, dup_of, dist)
+                         in rows.items()})
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    for name, i in pictures:
+        pair = {f"{name}{i}.png", f"{name}{i}-soft.png"}
+        (rep,) = [n for n in pair if outcomes[0][n] == ("ok", None, None, None)]
+        (dup,) = pair - {rep}
+        status, reason, of, dist = outcomes[0][dup]
+        assert (status, reason, of) == ("duplicate", "near duplicate", rep) and 0 <= dist <= 10
+
+
 # --------------------------------------------------------------------------- model projects
 
 
@@ -789,6 +834,14 @@ def test_a_text_file_is_not_an_image_from_a_folder_or_the_web(tmp_path: Path, ca
         assert cli(capsys, manifest, "-q", "build")[0] == 0
     assert sql(manifest, "SELECT source, status, reason FROM images WHERE status <> 'ok' ORDER BY source") == [
         ("folder", "rejected", "not an image"), ("urls", "rejected", "not an image")]
+
+
+def test_a_refused_download_has_the_verify_stage_reason() -> None:
+    from dsbuild.sources.web import item_reason
+
+    assert item_reason("not an image (text)", 200) == ("not an image", "content is text; http 200")
+    assert item_reason("unsupported image (avif)", None) == ("unsupported format", "content is avif")
+    assert item_reason("private address", None) == ("private address", None)
 
 
 def test_wide_tables_fit_the_terminal(tmp_path: Path) -> None:

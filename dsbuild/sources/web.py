@@ -464,12 +464,14 @@ def item_reason(fetch_reason: str | None, http_status: int | None) -> tuple[str 
 
     The downloader sniffs a body's kind before storing it (``not an image (html)``); the
     catalog says ``not an image`` with ``content is html`` as the detail, as verification
-    does for a local file, so one problem has one reason (``GROUP BY reason``).
+    does for a local file (and ``unsupported format`` for ``unsupported image (avif)``), so
+    one problem has one reason (``GROUP BY reason``).
     """
     import re
 
     detail = f"http {http_status}" if http_status else None
-    m = re.fullmatch(r"not an image \((\w+)\)", fetch_reason or "")
+    m = re.fullmatch(r"(not an image|unsupported image) \((\w+)\)", fetch_reason or "")
     if m:
-        return "not an image", f"content is {m.group(1)}" + (f"; {detail}" if detail else "")
+        reason = "not an image" if m.group(1) == "not an image" else "unsupported format"
+        return reason, f"content is {m.group(2)}" + (f"; {detail}" if detail else "")
     return fetch_reason, detail
