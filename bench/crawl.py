@@ -310,7 +310,7 @@ def run_build(urls: list[str], out: Path, *, concurrency: int, fake) -> tuple[in
 
     Two classes, half the URLs planted under each class's query. Returns (images ok, images catalogued).
     """
-    from dsbuild.build import build
+    from dsbuild.pipeline import build
     from dsbuild.manifest import load_manifest
 
     half = len(urls) // 2

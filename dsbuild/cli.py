@@ -64,7 +64,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from dsbuild.build import build
+    from dsbuild.pipeline import build
 
     manifest = _load(args)
     summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
@@ -111,7 +111,7 @@ def cmd_query(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from dsbuild.export import export_dataset
+    from dsbuild.exporters import export_dataset
 
     manifest = _load(args)
     manifest.dataset(args.dataset)
@@ -155,7 +155,7 @@ def _model_progress(args):
 
 
 def cmd_mislabels(args) -> int:
-    from dsbuild.cycle import find_mislabels, fresh_mislabels
+    from dsbuild.cycle import find_issues, fresh_mislabels
 
     manifest = _load(args)
     manifest.dataset(args.dataset)
@@ -163,7 +163,7 @@ def cmd_mislabels(args) -> int:
     if found is not None:
         make_console(stderr=True).print(f"showing mislabel run {found[0]} (labels, images and settings unchanged since; "
                                         "--rerun to score again)", markup=False)
-    run_id, issues = found or find_mislabels(manifest, args.dataset, progress=_model_progress(args))
+    run_id, issues = found or find_issues(manifest, args.dataset, progress=_model_progress(args))
     if args.format == "html":
         from dsbuild.cycle import mislabel_report, reports_dir
 
@@ -171,12 +171,11 @@ def cmd_mislabels(args) -> int:
         files = mislabel_report(manifest, args.dataset, run_id, issues, out)
         print(f"wrote {', '.join(map(str, files))} ({counted(len(issues), 'flagged image')})")
         return 0
-    cols = ["dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
-            "run_id", "kind", "suggested_confidence"]
-    view = issues[[c for c in cols if c in issues]]
+    from dsbuild.rows import REPORT_COLUMNS, REPORT_TABLE_COLUMNS
+
+    view = issues[[c for c in REPORT_COLUMNS if c in issues]]
     if args.format == "table" and not args.out:
-        view = readable_probabilities(view[["rank", "image_id", "given_label", "suggested_label", "label_quality",
-                               "suggested_confidence", "kind", "origin"]])
+        view = readable_probabilities(view[list(REPORT_TABLE_COLUMNS)])
     _emit(view, args, title=f"{counted(len(issues), 'likely label problem')} in '{args.dataset}' (run {run_id})")
     return 0
 

@@ -36,7 +36,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsbuild.manifest import DedupSettings, VerifySettings
+from dsbuild.dedup.settings import DedupSettings
+from dsbuild.verify.settings import VerifySettings
 from dsbuild.verify.analyze import ImageRecord, analyze_bytes, analyze_file
 
 INLINE_LIMIT = 48

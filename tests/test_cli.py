@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from dsbuild.build import build
+from dsbuild.pipeline import build
 from dsbuild.catalog import sandboxed_query
 from dsbuild.cli import COMMANDS, build_parser, main
 from dsbuild.errors import DsbuildError
@@ -32,6 +32,8 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 PARSER = build_parser()  # fills COMMANDS
 SUBPARSERS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
 HEAVY = ("torch", "torchvision", "fastai", "timm")
+
+pytestmark = pytest.mark.usefixtures("wide_terminal")  # rich tables: no wrapped titles or truncated cells
 
 MANIFEST = """\
 [datasets.pets]
@@ -62,11 +64,6 @@ def manifest(tmp_path_factory) -> Path:
     path = make_project(tmp_path_factory.mktemp("cli"))
     build(load_manifest(path), ["pets"], workers=1)
     return path
-
-
-@pytest.fixture(autouse=True)
-def wide_terminal(monkeypatch) -> None:
-    monkeypatch.setenv("COLUMNS", "200")  # rich tables: no wrapped titles or truncated cells in captured output
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -302,9 +299,17 @@ def test_status_table(manifest: Path, capsys) -> None:
 
 def test_status_of_one_dataset_and_unknown_ones(manifest: Path, capsys) -> None:
     assert run(capsys, "status", "-m", str(manifest), "pets")[0] == 0
+    # A name in neither the catalog nor the manifest is a typo (issue 12), not a dataset to build.
     rc, out, err = run(capsys, "status", "-m", str(manifest), "pest")
     assert rc == 1 and out == ""
-    assert err == "Error: dataset 'pest' is not in the catalog — built datasets: pets; run `dsbuild build pest`\n"
+    assert err == "Error: no dataset 'pest' in datasets.toml (did you mean 'pets'?) — known datasets: pets\n"
+    # A dataset of the manifest that was never built: build it.
+    other = manifest.with_name("two.toml")
+    other.write_text(manifest.read_text() + '[datasets.mugs.classes]\na = { folders = "photos/cat" }\n'
+                     'b = { folders = "photos/cup" }\n')
+    rc, out, err = run(capsys, "status", "-m", str(other), "mugs")
+    assert rc == 1 and out == ""
+    assert err == "Error: dataset 'mugs' is not in the catalog — built datasets: pets; run `dsbuild build mugs`\n"
 
 
 def test_status_without_a_catalog(tmp_path: Path, capsys) -> None:
@@ -392,3 +397,12 @@ def test_status_html_shows_duplicate_groups_and_conflicts(tmp_path: Path, capsys
     assert page.count("<img") == 4 and "data:image/" in page
     rc, _, err = run(capsys, "status", "-m", str(path), "--html", str(out))
     assert rc == 2 and err.startswith("Error: --html needs a DATASET")
+
+
+def test_export_formats_are_the_registry(capsys) -> None:
+    from dsbuild.exporters import EXPORTERS
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "d", "--to", "out", "--format", "nope"])
+    listed = ", ".join(repr(name) for name in EXPORTERS)
+    assert f"invalid choice: 'nope' (choose from {listed})" in capsys.readouterr().err

@@ -131,6 +131,21 @@ BAD = [
      [f"datasets.d.engine: unknown engine 'duckduckgo' — known engines: {KNOWN_ENGINES}"]),
     ("two-problems", "[datasets.d]\nper_querry = 5\nengine = 3\n" + TWO,
      ["datasets.d.per_querry: unknown key (did you mean 'per_query'?)", "datasets.d.engine: must be a string, not 3"]),
+    # [model] and [fetch] are parsed into their stages' settings at load: a typo fails before any build or training
+    ("model-unknown-key", TWO + "[datasets.d.model]\nepohcs = 3\n",
+     ["datasets.d.model.epohcs: unknown key (did you mean 'epochs'?)"]),
+    ("model-bad-values", TWO + "[datasets.d.model]\nepochs = -1\nsize = 8\n",
+     ["datasets.d.model.size: must be an integer 16..2048, got 8", "datasets.d.model.epochs: must be an integer 0..1000, got -1"]),
+    ("model-bad-type", '[defaults.model]\nepochs = "four"\n' + TWO,
+     ["defaults.model.epochs: must be an integer, not 'four'"]),
+    ("model-not-a-table", "[datasets.d]\nmodel = 3\n" + TWO, ["datasets.d.model: must be a table, not an integer"]),
+    ("fetch-bad-value", TWO + "[datasets.d.fetch]\nconcurrency = 0\nallowed_networks = [\"intranet\"]\n",
+     ["datasets.d.fetch.concurrency: must be an integer ≥ 1, got 0",
+      "datasets.d.fetch.allowed_networks: 'intranet' is not an address or CIDR network"]),
+    ("fetch-unknown-key", '[defaults.fetch]\nconcurency = 4\n' + TWO,
+     ["defaults.fetch.concurency: unknown key (did you mean 'concurrency'?)"]),
+    ("fetch-private-hosts", TWO + "[datasets.d.fetch]\nallow_private_hosts = true\n",
+     ["datasets.d.fetch.allow_private_hosts: set it on the dataset (datasets.d.allow_private_hosts), not in [fetch]"]),
 ]
 
 

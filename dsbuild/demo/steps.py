@@ -61,7 +61,7 @@ def demo_manifest(path: Path) -> tuple[Manifest, str | None]:
 
 
 def run_demo(manifest: Manifest, *, progress, console, quick: bool = False, build_only: bool = False) -> None:
-    from dsbuild.build import build
+    from dsbuild.pipeline import build
     from dsbuild.catalog import sandboxed_query
     from dsbuild.status import dataset_status
 
@@ -94,7 +94,7 @@ def planted_scores(flagged_origins: set[str], folder: Path) -> dict[str, int]:
 
 def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, progress=None, quick: bool = False) -> None:
     from dsbuild.catalog import Catalog
-    from dsbuild.cycle import find_mislabels, mislabel_report, reports_dir, retrain_dataset, review_dataset, train_dataset
+    from dsbuild.cycle import find_issues, mislabel_report, reports_dir, retrain_dataset, review_dataset, train_dataset
     from dsbuild.render.values import counted, readable_probabilities
 
     overrides = {"epochs": 1} if quick else {}
@@ -109,7 +109,7 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     print_run(report)
 
     console.rule("[b]5. mislabels[/b]: out-of-fold probabilities + cleanlab")
-    run_id, issues = find_mislabels(manifest, ds.name, progress=progress)
+    run_id, issues = find_issues(manifest, ds.name, progress=progress)
     labels = issues[issues["kind"] == "label"]
     shown = labels.head(12)[["rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence"]]
     console.print(render_table(readable_probabilities(shown), "table", None,

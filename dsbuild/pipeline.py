@@ -120,13 +120,14 @@ SETTINGS_SECTIONS = ("verify", "network", "noai", "max_bytes", "quality")
 
 
 def settings_sections(ds: Dataset) -> dict[str, str]:
-    """The dataset's outcome-deciding settings as text, per section of :data:`SETTINGS_SECTIONS`."""
-    fetch = dict(ds.fetch)
+    """The dataset's outcome-deciding settings as text, per section of :data:`SETTINGS_SECTIONS`
+    (from the settings checked at manifest load: ``verify``, ``fetch_settings``, ``quality``)."""
+    fetch = ds.fetch_settings
     parts = {
         "verify": _settings_digest(ds),
-        "network": [ds.allow_private_hosts, sorted(map(str, fetch.get("allowed_networks", [])))],
-        "noai": bool(fetch.get("respect_noai", True)),
-        "max_bytes": fetch.get("max_bytes", ds.verify.max_bytes),
+        "network": [fetch.allow_private_hosts, sorted(map(str, fetch.allowed_networks))],
+        "noai": fetch.respect_noai,
+        "max_bytes": fetch.max_bytes,
         "quality": asdict(ds.quality),
     }
     return {k: json.dumps(v, sort_keys=True, default=str) for k, v in parts.items()}
@@ -236,8 +237,13 @@ def build(
     progress: Progress | None = None,
     workers: int | None = None,
     catalog_path: Path | None = None,
+    backend: str = "local",
 ) -> BuildSummary:
-    """Build the named datasets (all when ``names`` is empty); return a summary per dataset."""
+    """Build the named datasets (all when ``names`` is empty); return a summary per dataset.
+
+    ``workers``: processes for the per-image work (default: CPU count); ``backend``: the
+    :data:`dsbuild.executor.BACKENDS` entry that runs it (``local``).
+    """
     progress = progress or Progress()
     datasets = manifest.select(names)
     preflight(manifest, datasets)
@@ -257,7 +263,7 @@ def build(
                 for ds in datasets:
                     summaries.append(
                         build_dataset(cat, manifest, ds, build_id=build_id, retry_failed=retry_failed,
-                                      progress=progress, workers=workers)
+                                      progress=progress, workers=workers, backend=backend)
                     )
             except KeyboardInterrupt:
                 cat.finish_build(build_id, "interrupted", {"datasets": [asdict(s) for s in summaries]})
@@ -275,7 +281,7 @@ def build(
 
 def build_dataset(
     cat: Catalog, manifest: Manifest, ds: Dataset, *, build_id: int, retry_failed: bool = False,
-    progress: Progress, workers: int | None = None,
+    progress: Progress, workers: int | None = None, backend: str = "local",
 ) -> DatasetSummary:
     """Run every source of ``ds`` into the catalog, then regroup it; return what this build did."""
     t0 = time.monotonic()
@@ -294,7 +300,7 @@ def build_dataset(
     writer = RowWriter(cat)
     sink = DatasetSink(writer, summary)
     run = SourceRun(dataset=ds, build_id=build_id, store=manifest.store, sink=sink, progress=progress,
-                    retry_failed=retry_failed, workers=workers, changed=changed)
+                    retry_failed=retry_failed, workers=workers, backend=backend, changed=changed)
 
     # Local folders.
     folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())
