@@ -116,6 +116,46 @@ def _settings_digest(ds: Dataset) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+#: The settings that decide recorded per-image outcomes, by section: a build compares them with the
+#: dataset's last build and evaluates again every outcome a changed section decided (sources: folder
+#: files verified again, web outcomes per :data:`dsbuild.sources.web.RETRY_WHEN_CHANGED`; quality: every
+#: verified image's quality reject), then says how many it re-tried.
+SETTINGS_SECTIONS = ("verify", "network", "noai", "max_bytes", "quality")
+
+
+def settings_sections(ds: Dataset) -> dict[str, str]:
+    """The dataset's outcome-deciding settings as text, per section of :data:`SETTINGS_SECTIONS`
+    (from the settings checked at manifest load: ``verify``, ``fetch_settings``, ``quality``)."""
+    fetch = ds.fetch_settings
+    parts = {
+        "verify": _settings_digest(ds),
+        "network": [fetch.allow_private_hosts, sorted(map(str, fetch.allowed_networks))],
+        "noai": fetch.respect_noai,
+        "max_bytes": fetch.max_bytes,
+        "quality": asdict(ds.quality),
+    }
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in parts.items()}
+
+
+def _outcome(status: str | None, reason: str | None) -> str:
+    return reason or status or "?" if status in ("rejected", "failed") else (status or "?")
+
+
+def retry_note(before: dict[str, tuple], after: dict[str, tuple], retried: set[str]) -> str | None:
+    """``settings changed — re-tried N earlier outcomes: A → B k; …`` for the items in ``retried``."""
+    ids = [i for i in retried if i in before]
+    if not ids:
+        return None
+    moves: dict[str, int] = {}
+    for iid in ids:
+        a, b = _outcome(*before[iid]), _outcome(*after.get(iid, (None, None)))
+        if a != b:
+            moves[f"{a} → {b}"] = moves.get(f"{a} → {b}", 0) + 1
+    changes = "; ".join(f"{k} {n}" for k, n in sorted(moves.items(), key=lambda kv: (-kv[1], kv[0]))) or "no outcome changed"
+    n = len(ids)
+    return f"settings changed — re-tried {n} earlier outcome{'s' if n != 1 else ''}: {changes}"
+
+
 class RowWriter:
     """Buffers item/blob rows and commits them in batches (blobs first, then the items pointing at them)."""
 
@@ -155,9 +195,13 @@ class DatasetSink:
     def __init__(self, writer: RowWriter, summary: DatasetSummary) -> None:
         self.writer = writer
         self.summary = summary
+        self.retried: set[str] = set()
 
-    def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None) -> None:
+    def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None,
+            retried: bool = False) -> None:
         self.writer.add(item=item, blob=blob, fetch=fetch)
+        if item is not None and retried:
+            self.retried.add(item["image_id"])
         if item is not None:
             s = self.summary
             s.new += 1
@@ -253,13 +297,19 @@ def build_dataset(
     summary = DatasetSummary(dataset=ds.name)
     digest = _settings_digest(ds)
     changed_settings = cat.get_meta(f"settings:{ds.name}") not in (None, digest)
+    sections = settings_sections(ds)
+    previous = json.loads(cat.get_meta(f"settings-sections:{ds.name}") or "{}")
+    changed = frozenset(k for k, v in sections.items() if k in previous and previous[k] != v)
+    if changed_settings:
+        changed |= {"verify"}
 
     known = cat.known_items(ds.name)
     known_by_id = {row.image_id: row for row in known.itertuples(index=False)}
+    before = {row.image_id: (row.status, row.reason) for row in known_by_id.values()}
     writer = RowWriter(cat)
     sink = DatasetSink(writer, summary)
     run = SourceRun(dataset=ds, build_id=build_id, store=manifest.store, sink=sink, progress=progress,
-                    retry_failed=retry_failed, workers=workers, backend=backend)
+                    retry_failed=retry_failed, workers=workers, backend=backend, changed=changed)
 
     # Local folders.
     folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())
@@ -272,6 +322,16 @@ def build_dataset(
 
     regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit)
     cat.set_meta(f"split:{ds.name}", ds.split.record())
+    retried = set(sink.retried)
+    if "quality" in changed:  # every verified image's quality outcome was evaluated again by the regrouping
+        retried |= {i for i, (st, reason) in before.items()
+                    if st in ("ok", "duplicate") or str(reason or "").startswith("quality:")}
+    if retried:
+        after = {r.image_id: (r.status, r.reason) for r in cat.known_items(ds.name).itertuples(index=False)}
+        note = retry_note(before, after, retried)
+        if note:
+            summary.notes.append(note)
+    summary.notes.extend(empty_class_notes(cat, ds))
     # Dedup and quality checks have just turned some accepted images into duplicates or rejects:
     # the summary reports this build's images as the catalog now has them, not as they were fetched.
     counts = cat.build_item_counts(ds.name, build_id)
@@ -283,8 +343,32 @@ def build_dataset(
         if status in ("rejected", "failed"):
             summary.rejects[reason or "?"] = summary.rejects.get(reason or "?", 0) + n
     cat.set_meta(f"settings:{ds.name}", digest)
+    cat.set_meta(f"settings-sections:{ds.name}", json.dumps(sections, sort_keys=True))
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
+    """A line for each class of the manifest with no accepted image: a model would silently learn without it."""
+    from dsbuild.render.values import counted
+
+    by_label: dict[str, dict[str, int]] = {}
+    for r in cat.status_counts(ds.name).itertuples(index=False):
+        per = by_label.setdefault(str(r.label), {})
+        per[r.status] = per.get(r.status, 0) + int(r.n)
+    notes = []
+    for label in ds.labels:
+        per = by_label.get(label, {})
+        if per.get("ok", 0):
+            continue
+        if not per:
+            notes.append(f"class '{label}' has no images (its sources are empty) — add images or remove the class")
+            continue
+        words = {"rejected": ("rejected", "rejected"), "failed": ("failed", "failed"),
+                 "duplicate": ("duplicate", "duplicates")}
+        parts = ", ".join(counted(per[s], *words[s]) for s in ("rejected", "failed", "duplicate") if per.get(s))
+        notes.append(f"class '{label}' has no accepted images ({parts}) — add images or remove the class")
+    return notes
 
 
 def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool) -> None:
@@ -333,7 +417,9 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
         updates, gs = regroup(items, ds, near_pairs=near, keep_splits=not resplit)
         cat.update_dedup_and_splits(ds.name, updates)
         bar.advance(len(items))
-    summary.duplicates, summary.dup_groups, summary.conflicts, summary.near_pairs = gs.duplicates, gs.groups, gs.conflicts, gs.near_pairs
+    summary.duplicates, summary.dup_groups, summary.near_pairs = gs.duplicates, gs.groups, gs.near_pairs
+    # Conflicts as `status` and the `conflicts` view count them (current labels, reviews applied): one definition.
+    summary.conflicts = cat.duplicate_counts(ds.name)["conflicts"]
     if gs.held_apart:
         summary.notes.append(f"{gs.held_apart} near-duplicate links join images that earlier builds put in different "
                              "splits: left as separate groups so that no image moves to another split")

@@ -45,8 +45,9 @@ LABEL_ISSUE_COLUMNS = ("dataset", "image_id", "path", "origin", "given_label", "
 REPORT_COLUMNS = ("dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
                   "run_id", "kind", "suggested_confidence")
 """What ``dsbuild mislabels --format csv|json`` writes: a report that is also a review decisions file."""
-REPORT_TABLE_COLUMNS = ("rank", "image_id", "given_label", "suggested_label", "label_quality", "kind", "origin")
-"""What ``dsbuild mislabels`` shows on the terminal."""
+REPORT_TABLE_COLUMNS = ("rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence",
+                        "kind", "origin")
+"""What ``dsbuild mislabels`` shows on the terminal (``suggested_confidence``: what ``--min-confidence`` filters on)."""
 
 
 def image_id_for(dataset: str, label: str, origin: str) -> str:

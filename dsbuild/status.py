@@ -31,12 +31,18 @@ class CatalogStatus:
     last_build: str | None
 
 
-def dataset_status(catalog_path: Path, dataset: str | None = None) -> CatalogStatus:
-    """Counts per label × split × status, rejects by reason and duplicate/conflict counts."""
+def dataset_status(catalog_path: Path, dataset: str | None = None, *, manifest=None) -> CatalogStatus:
+    """Counts per label × split × status, rejects by reason and duplicate/conflict counts.
+
+    ``manifest`` (a :class:`~dsbuild.manifest.Manifest`): a ``dataset`` in neither the catalog nor the
+    manifest is a typo (its error says so, with a did-you-mean), not a dataset to build.
+    """
     with Catalog.open_readonly(catalog_path) as cat:
         names = cat.datasets_in_catalog()
         if dataset is not None:
             if dataset not in names:
+                if manifest is not None and dataset not in manifest.datasets:
+                    manifest.dataset(dataset)  # raises: no such dataset, did you mean …
                 known = ", ".join(names) or "(none yet)"
                 raise DsbuildError(f"dataset '{dataset}' is not in the catalog — built datasets: {known}; run `dsbuild build {dataset}`")
             names = [dataset]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, Iterator
 
 from dsbuild.catalog.schema import MIGRATIONS, QUALITY_ISSUES_OF, SCHEMA_VERSION, VIEWS
 from dsbuild.errors import CatalogBusy, DsbuildError
+
+OPEN_WAIT_S = 10.0  # how long a writer waits for readers to let go of the file
 
 
 def utcnow() -> datetime:
@@ -68,10 +71,19 @@ class Catalog:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            con = duckdb.connect(str(path), config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-        except duckdb.Error as exc:
-            raise translate_error(exc, path) from None
+        # A reader (`status`, `query`, another tool) holds the file for moments at a time: a writer, which
+        # already holds the BuildLock, waits a little for it instead of failing its build or run.
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while True:
+            try:
+                con = duckdb.connect(str(path), config={"autoinstall_known_extensions": False,
+                                                        "autoload_known_extensions": False})
+                break
+            except duckdb.Error as exc:
+                busy = isinstance(translate_error(exc, path), CatalogBusy)
+                if not busy or time.monotonic() > deadline:
+                    raise translate_error(exc, path) from None
+                time.sleep(0.05)
         cat = cls(con, path, writable=True)
         cat._migrate()
         return cat
@@ -184,6 +196,7 @@ class Catalog:
         build_id = int(row[0])
         # A build that was killed never wrote its outcome: mark it so status can say so.
         self.con.execute("UPDATE builds SET outcome = 'interrupted' WHERE outcome = 'running'")
+        self.mark_runs_interrupted()
         self.con.execute(
             "INSERT INTO builds VALUES (?, ?, ?, ?, NULL, 'running', NULL)",
             [build_id, ",".join(datasets), os.getpid(), utcnow()],
@@ -250,12 +263,16 @@ class Catalog:
             self.con.unregister("_new_blobs")
 
     def dataset_items(self, dataset: str):
-        """Every item of ``dataset`` with what dedup and split need (joined with blobs)."""
+        """Every item of ``dataset`` with what dedup and split need (joined with blobs).
+
+        ``label`` is the current label (after review); ``removed`` is true for an image a reviewer removed.
+        """
         return self.df(
             """SELECT i.image_id, i.origin, i.class_label, i.status, i.reason, i.detail, i.sha256, i.split, i.given_split, i.phash,
                       i.dup_group, i.first_seen, b.pixel_sha, b.width, b.height,
                       b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
-                      coalesce(e.new_label, i.class_label) AS label, e.new_status AS review_status
+                      coalesce(e.new_label, i.class_label) AS label,
+                      coalesce(e.new_status = 'rejected', false) AS removed
                FROM items i LEFT JOIN blobs b USING (sha256)
                LEFT JOIN latest_events e USING (dataset, image_id)
                WHERE i.dataset = ? ORDER BY i.first_seen, i.image_id""",
@@ -487,11 +504,22 @@ class Catalog:
 
     # -- model runs ----------------------------------------------------------------------
 
-    def start_run(self, *, run_id: str, dataset: str, kind: str, arch: str | None, params: dict, parent_run: str | None = None) -> None:
+    def start_run(self, *, run_id: str, dataset: str, kind: str, arch: str | None, params: dict, parent_run: str | None = None,
+                  inputs_digest: str | None = None) -> None:
         self.con.execute(
-            "INSERT INTO model_runs (run_id, dataset, kind, arch, started_at, status, params, parent_run) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-            [run_id, dataset, kind, arch, utcnow(), json.dumps(params, default=str), parent_run],
+            "INSERT INTO model_runs (run_id, dataset, kind, arch, started_at, status, params, parent_run, inputs_digest) "
+            "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+            [run_id, dataset, kind, arch, utcnow(), json.dumps(params, default=str), parent_run, inputs_digest],
         )
+
+    def mark_runs_interrupted(self) -> int:
+        """Mark ``running`` model runs ``interrupted``: their process is gone (call while holding the
+        :class:`BuildLock`, which a running command holds for its whole run). Returns how many."""
+        rows = self.con.execute(
+            "UPDATE model_runs SET status = 'interrupted', finished_at = coalesce(finished_at, ?), "
+            "error = coalesce(error, 'the process ended without finishing the run (killed)') "
+            "WHERE status = 'running' RETURNING run_id", [utcnow()]).fetchall()
+        return len(rows)
 
     def finish_run(self, run_id: str, **fields: Any) -> None:
         fields.setdefault("finished_at", utcnow())
@@ -550,9 +578,10 @@ class Catalog:
         )
 
     def kept_in_review(self, dataset: str):
-        """Images whose latest label event is a reviewer's ``keep``: image_id, label_quality."""
+        """Images whose standing review decision (not undone) is a reviewer's ``keep``: image_id, label_quality."""
         return self.df(
-            "SELECT image_id, label_quality FROM latest_events WHERE dataset = ? AND action = 'keep'", [dataset])
+            "SELECT image_id, last_review_quality AS label_quality FROM review_state "
+            "WHERE dataset = ? AND last_review = 'keep'", [dataset])
 
     def run_row(self, run_id: str) -> dict | None:
         """The ``model_runs`` row of ``run_id`` as a dict, or None."""
@@ -570,17 +599,14 @@ class Catalog:
             [dataset, dataset],
         )
 
-    def fresh_mislabel_run(self, dataset: str) -> str | None:
-        """The latest ok mislabel run of ``dataset`` if no build or label event came after it, else None."""
+    def fresh_mislabel_run(self, dataset: str, inputs_digest: str) -> str | None:
+        """The latest ok mislabel run of ``dataset`` if it scored the same inputs (``inputs_digest``), else None."""
         row = self._one(
-            """SELECT run_id FROM model_runs r WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok'
-                 AND started_at > coalesce((SELECT max(changed_at) FROM label_events WHERE dataset = r.dataset), '1970-01-01')
-                 AND started_at > coalesce((SELECT max(finished_at) FROM builds
-                                            WHERE contains(',' || datasets || ',', ',' || r.dataset || ',')), '1970-01-01')
-               ORDER BY started_at DESC LIMIT 1""",
+            """SELECT arg_max(run_id, started_at), arg_max(inputs_digest, started_at) FROM model_runs
+               WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok'""",
             [dataset],
         )
-        return row[0] if row else None
+        return row[0] if row and row[0] is not None and row[1] == inputs_digest else None
 
     def latest_mislabel_run(self, dataset: str) -> str | None:
         """The latest ok mislabel run of ``dataset`` (whatever came after it), or None."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 QUALITY_ISSUES_OF = "CASE WHEN {flags} IS NULL THEN NULL WHEN {flags} = '' THEN []::VARCHAR[] ELSE string_split({flags}, ',') END"
 """SQL: the ``quality_issues`` LIST of a comma-joined ``quality_flags`` text (format with ``flags=`` its expression)."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -144,7 +144,7 @@ MIGRATIONS: dict[int, list[str]] = {
             arch VARCHAR,
             started_at TIMESTAMP,
             finished_at TIMESTAMP,
-            status VARCHAR,                   -- running | ok | failed
+            status VARCHAR,                   -- running | ok | failed | interrupted
             error VARCHAR,
             n_train INTEGER,
             n_valid INTEGER,
@@ -212,6 +212,12 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS quality_issues VARCHAR[]",
         "UPDATE items SET quality_issues = " + QUALITY_ISSUES_OF.format(flags="quality_flags"),
     ],
+    5: [
+        # What a mislabel run scored (images, labels, splits, settings, reviews) as a digest: the run is shown
+        # again, not scored again, while the same inputs would give the same result.
+        "ALTER TABLE model_runs ADD COLUMN IF NOT EXISTS inputs_digest VARCHAR",
+        # + the view review_state (an image is reviewed while a decision about it is not undone).
+    ],
 }
 
 VIEWS = [
@@ -220,6 +226,22 @@ VIEWS = [
         SELECT * EXCLUDE (rn) FROM (
             SELECT *, row_number() OVER (PARTITION BY dataset, image_id ORDER BY event_id DESC) AS rn
             FROM label_events) WHERE rn = 1""",
+    # Review decisions form a stack per image (each decision pushes, each undo pops): live_decisions is the
+    # stack's depth, last_review / last_review_quality the decision on top (NULL once every one is undone).
+    # The top is the latest decision that brought the stack to its final depth.
+    """CREATE OR REPLACE VIEW review_state AS
+        WITH d AS (
+            SELECT dataset, image_id, event_id, action, label_quality,
+                   sum(CASE WHEN action = 'undo' THEN -1 ELSE 1 END)
+                       OVER (PARTITION BY dataset, image_id ORDER BY event_id) AS depth
+            FROM label_events),
+        f AS (SELECT dataset, image_id, arg_max(depth, event_id) AS live FROM d GROUP BY ALL),
+        t AS (SELECT d.dataset, d.image_id, f.live,
+                     arg_max({'action': d.action, 'quality': d.label_quality}, d.event_id)
+                         FILTER (WHERE d.action <> 'undo' AND d.depth = f.live) AS top
+              FROM d JOIN f USING (dataset, image_id) GROUP BY ALL)
+        SELECT dataset, image_id, live AS live_decisions, top.action AS last_review, top.quality AS last_review_quality
+        FROM t""",
     """CREATE OR REPLACE VIEW images AS
         SELECT i.dataset, i.image_id, b.path, i.origin, i.engine, i.query,
                coalesce(e.new_label, i.class_label) AS label,
@@ -231,13 +253,14 @@ VIEWS = [
                coalesce(b.format, i.format) AS format, coalesce(b.bytes, i.bytes, f.bytes) AS bytes,
                i.sha256, i.phash, i.dup_group,
                i.dup_of, i.dup_distance, i.conflict, i.detail, i.source, i.rank, i.page_url,
-               e.action IS NOT NULL AS reviewed, e.action AS last_review,
+               coalesce(r.live_decisions, 0) > 0 AS reviewed, r.last_review,
                b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
                i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at, i.quality_issues,
                coalesce(i.warnings, []::VARCHAR[]) AS warnings
         FROM items i
         LEFT JOIN blobs b USING (sha256)
         LEFT JOIN latest_events e USING (dataset, image_id)
+        LEFT JOIN review_state r USING (dataset, image_id)
         LEFT JOIN (SELECT dataset, url, any_value(bytes) AS bytes FROM fetches GROUP BY ALL) f
                ON f.dataset = i.dataset AND f.url = i.origin AND i.source <> 'folder'""",
     """CREATE OR REPLACE VIEW runs AS

@@ -4,16 +4,22 @@ Exact duplicates share bytes (sha256) or decoded pixels (pixel digest); near
 duplicates have perceptual hashes within ``dedup.threshold`` (see
 :mod:`dsbuild.dedup.search`). Groups form around representatives, never by chaining
 (:func:`group_near_duplicates`): images are taken best first — largest
-resolution, then seen in an earlier build, then the sharpest (a re-encode, a
-resize or a blend is softer than its picture), then fewer near neighbours,
-then content hash — and each image not yet grouped represents a group of every
-ungrouped image within the threshold *of it*. So every ``duplicate`` row lies
-within the threshold of its representative (``dup_of``, ``dup_distance``).
-A group whose members carry different labels is a **label conflict**: flagged
-(``conflict``), listed by the ``conflicts`` view and the mislabel report, never
-dropped silently. Splits are then assigned per *component* (groups joined by
-any near link, :mod:`dsbuild.split`), so near duplicates never sit in different
-splits even when they are in different groups.
+resolution, then the sharpest (a re-encode, a resize or a blend is softer than
+its picture), then fewer near neighbours, then content hash, then (for
+byte-identical copies) the label its source gave and its path inside the class
+folder — and each image not yet grouped represents a group of every ungrouped
+image within the threshold *of it*. So every ``duplicate`` row lies within the
+threshold of its representative (``dup_of``, ``dup_distance``). The choice is a
+pure function of the files and settings: never of the order files were found
+in, of the worker count, of earlier builds or of where the project lies on disk
+(image ids hash the absolute path, so they never decide); the same files give
+the same representatives in a first build and in a rebuild. An image removed in
+review is in no group (its copies stand on their own). A group whose members
+carry different labels is a **label conflict**: flagged (``conflict``), listed
+by the ``conflicts`` view and the mislabel report, never dropped silently.
+Splits are then assigned per *component* (groups joined by any near link,
+:mod:`dsbuild.split`), so near duplicates never sit in different splits even
+when they are in different groups.
 """
 
 from __future__ import annotations
@@ -75,7 +81,8 @@ def _quality_reject(flags: np.ndarray, dataset: Dataset) -> np.ndarray:
     if not reject:
         return reasons
     for i, text in enumerate(flags):
-        if text:
+        # Rows that never decoded (rejected, failed) have no flags: None, or NaN once pandas has held the column.
+        if isinstance(text, str) and text:
             hit = [f for f in text.split(",") if f in reject]
             if hit:
                 reasons[i] = f"quality: {hit[0]}"
@@ -104,7 +111,9 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
     qreason = _quality_reject(df["quality_flags"].to_numpy(), dataset)
     df["status"] = np.where(verified & pd.notna(qreason), "rejected", np.where(verified, "ok", df["status"]))
     df["reason"] = np.where(verified & pd.notna(qreason), qreason, np.where(verified, None, base_reason))
-    cand = (df["status"] == "ok").to_numpy()
+    cand = (df["status"] == "ok").to_numpy().copy()
+    if "removed" in df:  # removed in review: not a member of any group, so its copies are not left out with it
+        cand &= ~df["removed"].fillna(False).to_numpy(dtype=bool)
 
     uf = UnionFind(n)  # exact duplicates (same bytes or same decoded pixels): one unit, distance 0
     for col in ("sha256", "pixel_sha"):
@@ -152,14 +161,14 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
             n_near += 1
 
     df["pixels"] = (df["width"].fillna(0) * df["height"].fillna(0)).astype("int64")
-    # "Earliest seen" means grouped by an earlier finished build (first_seen order); items not grouped yet,
-    # this build's or those a killed build committed, go by content hash, so a resumed build picks the same
-    # representatives as an uninterrupted one, wherever the files are.
-    grouped = df["split"].notna().to_numpy()
-    key = pd.DataFrame({"new": ~grouped, "pos": np.where(grouped, np.arange(n), 0),
-                        "sha": df["sha256"].fillna("").to_numpy(), "id": df["image_id"].to_numpy()})
+    # Ties between pictures of the same size go by content hash; between byte-identical copies by the label
+    # their source gave and their place inside the source (never by image id: it hashes the absolute path).
+    key = pd.DataFrame({"sha": df["sha256"].fillna("").to_numpy(),
+                        "label": df["class_label"].fillna("").to_numpy() if "class_label" in df else "",
+                        "place": source_places(df["origin"], dataset) if "origin" in df else "",
+                        "id": df["image_id"].to_numpy()})
     df["order"] = np.empty(n, dtype=np.int64)
-    df.loc[key.sort_values(["new", "pos", "sha", "id"]).index, "order"] = np.arange(n)
+    df.loc[key.sort_values(["sha", "label", "place", "id"], kind="stable").index, "order"] = np.arange(n)
 
     # The best image of each exact unit represents it; near duplicates are grouped around representatives.
     pixels, order = df["pixels"].to_numpy(), df["order"].to_numpy()
@@ -168,9 +177,11 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
         units.setdefault(int(exact[i]), []).append(int(i))
     best = {u: min(m, key=lambda i: (-pixels[i], order[i])) for u, m in units.items()}
     sharp = df["q_blurry"].to_numpy(dtype=np.float64, na_value=np.nan) if "q_blurry" in df else np.full(n, np.nan)
+    # No "seen in an earlier build": a representative must not depend on history (issue 12, bug 3). A rebuild
+    # of the same files picks the same one anyway; a better picture added later may take over its group.
     leader_of, distance = group_near_duplicates(
-        {u: (-int(pixels[b]), not bool(grouped[b]), -round(float(sharp[b]), 6) if np.isfinite(sharp[b]) else 0.0,
-             int(order[b])) for u, b in best.items()}, links)
+        {u: (-int(pixels[b]), -round(float(sharp[b]), 6) if np.isfinite(sharp[b]) else 0.0, int(order[b]))
+         for u, b in best.items()}, links)
 
     group_col = np.full(n, None, dtype=object)
     dup_of = np.full(n, None, dtype=object)
@@ -180,7 +191,6 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
     reason = df["reason"].to_numpy(dtype=object).copy()
     ids, shas, pixs = (df[c].to_numpy(dtype=object) for c in ("image_id", "sha256", "pixel_sha"))
     labels = df["label"].to_numpy(dtype=object)
-    removed = (df["review_status"] == "rejected").to_numpy() if "review_status" in df else np.zeros(n, dtype=bool)
     groups: dict[int, list[int]] = {}
     for u, m in units.items():
         groups.setdefault(leader_of.get(u, u), []).extend(m)
@@ -190,7 +200,8 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
             continue
         n_groups += 1
         rep = best[lead]
-        conflict = len({labels[i] for i in idx if not removed[i]}) > 1  # the conflicts view's rule
+        # The conflicts view's rule (images removed in review are in no group: never counted).
+        conflict = len({labels[i] for i in idx}) > 1
         n_conflicts += conflict
         group_col[idx] = "g-" + min(ids[i] for i in idx)
         conflict_col[idx] = conflict
@@ -238,9 +249,9 @@ def group_near_duplicates(priority: dict[int, tuple], links: list[tuple[int, int
     grouped node → the node that represents its group, and → its distance to it.
 
     Nodes are taken in representative order — the key given without its last
-    element (:func:`regroup` gives: most pixels, seen in an earlier build, the
-    sharpest), then fewer near neighbours first, then the key's last element
-    (content hash order); a node not yet grouped
+    element (:func:`regroup` gives: most pixels, the sharpest), then fewer near
+    neighbours first, then the key's last element (content hash, source label,
+    place in its folder: :func:`regroup`'s order); a node not yet grouped
     starts a group and takes in every node not yet grouped that is linked *to
     it*. There is no chaining: a node joins only a representative it is itself
     near to (unlike single linkage, where a run of in-between images joins
@@ -267,6 +278,28 @@ def group_near_duplicates(priority: dict[int, tuple], links: list[tuple[int, int
                 leader_of[other] = node
                 distance[other] = d
     return leader_of, distance
+
+
+def source_places(origins, dataset: Dataset) -> list[str]:
+    """Where each source lies, independent of where the project lies: a file's path inside its class folder
+    (or the dataset's imagefolder), prefixed with that folder's position in the manifest; a URL as it is."""
+    import os
+    from pathlib import Path
+
+    roots = [f for c in dataset.classes for f in c.folders]
+    if dataset.imagefolder is not None:
+        roots.append(dataset.imagefolder)
+    bases = [str(Path(r).resolve()).rstrip(os.sep) + os.sep for r in roots]  # origins are resolved paths
+    out = []
+    for origin in origins:
+        place = origin if isinstance(origin, str) else ""
+        if place and "://" not in place:
+            for k, base in enumerate(bases):
+                if place.startswith(base):
+                    place = f"{k:04d}/{place[len(base):]}"
+                    break
+        out.append(place)
+    return out
 
 
 def _hamming(a, b) -> int | None:

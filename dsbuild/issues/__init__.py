@@ -9,7 +9,7 @@ the catalog and the out-of-fold scorer, and stores the rows of a run.
 
 ==============  ==================================================================
 ``label``       cleanlab on out-of-sample probabilities (:mod:`.label`)
-``conflict``    the same picture under different labels (:mod:`.conflict`)
+``conflict``    the same picture under different labels, advised by its out-of-fold probabilities (:mod:`.conflict`)
 ==============  ==================================================================
 
 A new finder (outlier, near-duplicate, quality, embeddings) is a function
@@ -56,7 +56,7 @@ def _conflict(ctx: IssueContext, found: Any) -> Any:
     import pandas as pd
 
     members = ctx.conflict_members if ctx.conflict_members is not None else pd.DataFrame()
-    return find_conflict_issues(members, found)
+    return find_conflict_issues(members, found, ctx.oof)
 
 
 ISSUE_FINDERS: dict[str, Callable[[IssueContext, Any], Any]] = {"label": _label, "conflict": _conflict}

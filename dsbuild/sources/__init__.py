@@ -28,8 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
 class Sink(Protocol):
     """What a source reports to; the build implements it once (:class:`dsbuild.pipeline.DatasetSink`)."""
 
-    def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None) -> None:
-        """Rows to write (:mod:`dsbuild.rows`). An ``item`` is one source this build processed, counted by its status."""
+    def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None,
+            retried: bool = False) -> None:
+        """Rows to write (:mod:`dsbuild.rows`). An ``item`` is one source this build processed, counted by its status;
+        ``retried``: an item catalogued before, processed again because a setting that decided its outcome changed."""
 
     def found(self, sources: int = 0, *, skipped: int = 0) -> None:
         """``sources`` image sources seen; ``skipped`` of them already catalogued and unchanged."""
@@ -50,7 +52,9 @@ class SourceRun:
 
     ``store``: the content-addressed store; ``workers``/``backend``: how
     :mod:`dsbuild.executor` runs the per-image work; ``retry_failed``: retry
-    transient download failures.
+    transient download failures; ``changed``: the settings sections that changed
+    since the dataset's last build (:data:`dsbuild.pipeline.SETTINGS_SECTIONS`): the
+    recorded outcomes they decided are evaluated again.
     """
 
     dataset: "Dataset"
@@ -61,3 +65,4 @@ class SourceRun:
     retry_failed: bool = False
     workers: int | None = None
     backend: str = "local"
+    changed: frozenset[str] = frozenset()

@@ -8,7 +8,12 @@
 2. **Plan**: a URL is fetched once per dataset, however many queries or labels
    return it; URLs that already succeeded (in any dataset) are never downloaded
    again; failed ones are retried only with ``--retry-failed`` and only when
-   their failure was transient (timeouts, 5xx, 429, resets).
+   their failure was transient (timeouts, 5xx, 429, resets). An outcome that a
+   setting decided is evaluated again when that setting changed
+   (:data:`RETRY_WHEN_CHANGED`: a URL refused as a private address after
+   ``allow_private_hosts`` is set, one too large after ``max_bytes`` grew, ...),
+   and accepted images are verified again from the store when the verify
+   settings changed.
 3. **Fetch → verify → store**: :func:`dsbuild.fetch.fetch_all` keeps each body
    of up to ``IN_MEMORY_BODY`` bytes in memory (larger ones stream to temp
    files); each complete body is verified and hashed by the executor
@@ -145,6 +150,30 @@ def discover(cat: Catalog, run: SourceRun) -> None:
 # --------------------------------------------------------------------------- planning + fetching
 
 
+#: Recorded reasons (of rejected or failed downloads and verifications) that a setting decides, and the
+#: settings sections (:data:`dsbuild.pipeline.SETTINGS_SECTIONS`) whose change makes the build try them again.
+RETRY_WHEN_CHANGED: dict[str, tuple[str, ...]] = {
+    "private address": ("network",),
+    "noai": ("noai",),
+    "too large": ("max_bytes", "verify"),
+    "too small": ("verify",),
+    "odd aspect ratio": ("verify",),
+    "decompression bomb": ("verify",),
+    "unsupported format": ("verify",),
+}
+
+_VERIFIED = ("ok", "duplicate")
+
+
+def _retry(old, changed: frozenset[str]) -> bool:
+    """A recorded rejection or failure whose deciding setting changed since."""
+    return old.status in ("rejected", "failed") and any(s in changed for s in RETRY_WHEN_CHANGED.get(old.reason, ()))
+
+
+def _verified(old) -> bool:
+    return old.status in _VERIFIED or str(old.reason or "").startswith("quality:")
+
+
 def ingest(cat: Catalog, run: SourceRun) -> None:
     """Discover, fetch, verify and report the web sources of ``run.dataset`` (see module doc)."""
     ds, sink = run.dataset, run.sink
@@ -154,29 +183,73 @@ def ingest(cat: Catalog, run: SourceRun) -> None:
         return
     known = {r.image_id: r for r in cat.known_items(ds.name).itertuples(index=False)}
     transient = cat.transient_failures(ds.name) if run.retry_failed else set()
+    reverify = "verify" in run.changed
 
     by_url: dict[str, list] = {}
+    retried: set[str] = set()
+    stored: list[tuple[str, object, str]] = []  # accepted before: verified again from the store
     for link in links.itertuples(index=False):
         iid = image_id_for(ds.name, link.label, link.url)
         old = known.get(iid)
-        if old is not None and (old.status != "failed" or not (run.retry_failed and link.url in transient)):
+        if old is not None and _retry(old, run.changed):
+            retried.add(iid)
+        elif old is not None and reverify and _verified(old) and isinstance(old.sha256, str):
+            retried.add(iid)
+            stored.append((iid, link, old.sha256))
+            sink.found(1)
+            continue
+        elif old is not None and (old.status != "failed" or not (run.retry_failed and link.url in transient)):
             sink.found(1, skipped=1)
             continue
         sink.found(1)
         by_url.setdefault(link.url, []).append((iid, link))
+    now = utcnow()
+    if stored:
+        by_url = _verify_stored(cat, run, stored, by_url, now=now, retried=retried)
     if not by_url:
         return
-    now = utcnow()
 
-    # URLs that succeeded before (e.g. in another dataset): catalogue them without downloading again.
+    # URLs that succeeded before (e.g. in another dataset): catalogue them without downloading again
+    # (verified again from the store when the verify settings changed).
+    again: list[tuple[str, object, str]] = []
     for url, (_, sha, path, status, size, ctype) in cat.fetched_ok(list(by_url)).items():
         rec = cat.blob_record(sha)
         for iid, link in by_url.pop(url):
-            sink.add(item=_item(ds, iid, link, rec, run.build_id, now))
-
+            if reverify:
+                again.append((iid, link, sha))
+            else:
+                sink.add(item=_item(ds, iid, link, rec, run.build_id, now), retried=iid in retried)
+    if again:
+        by_url = _verify_stored(cat, run, again, by_url, now=now, retried=retried)
     if not by_url:
         return
-    _fetch_and_verify(run, by_url, now=now)
+    _fetch_and_verify(run, by_url, now=now, retried=retried)
+
+
+def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str, list], *, now,
+                   retried: set[str]) -> dict[str, list]:
+    """Verify accepted downloads again from their stored files (the verify settings changed); report the items.
+
+    ``stored``: (image_id, link, sha256). One whose file is gone joins ``by_url`` (downloaded again);
+    returns ``by_url``.
+    """
+    import os
+
+    ds = run.dataset
+    jobs, links = [], {}
+    for iid, link, sha in stored:
+        path = cat.blob_record(sha).store_path
+        if path is None or not os.path.exists(path):
+            by_url.setdefault(link.url, []).append((iid, link))
+            continue
+        links[iid] = link
+        jobs.append(VerifyJob(iid, str(path), ds.verify, ds.dedup, run.store))
+    with run.progress.stage(f"{ds.name}: verify again (stored)", len(jobs)) as bar, \
+            make_executor(len(jobs), workers=run.workers, backend=run.backend) as executor:
+        for job, rec in executor.map(jobs):
+            run.sink.add(item=_item(ds, job.key, links[job.key], rec, run.build_id, now), retried=job.key in retried)
+            bar.advance(1)
+    return by_url
 
 
 def _item(ds: Dataset, iid: str, link, rec: ImageRecord | None, build_id: int, now, *, status=None, reason=None, detail=None):
@@ -271,7 +344,7 @@ def in_memory_limit(concurrency: int) -> int:
     return max(256_000, min(IN_MEMORY_BODY, IN_FLIGHT_MEMORY // max(1, concurrency)))
 
 
-def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
+def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now, retried: set[str] = frozenset()) -> None:
     """Download ``by_url`` concurrently; verify the bodies with the executor, in batches, as they arrive."""
     from dsbuild.fetch import FetchRequest, fetch_all
 
@@ -332,7 +405,7 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
                     pairs = list(zip(results, verifier.records(results, batch)))
                 for res, rec in pairs:
                     seen += 1
-                    _handle(run, res, rec, by_url[res.url], now=now)
+                    _handle(run, res, rec, by_url[res.url], now=now, retried=retried)
                 counts = sink.tally()
                 bar.advance(len(pairs), ok=counts["ok"], failed=counts["failed"], rejected=counts["rejected"])
     except BaseException:
@@ -349,7 +422,7 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
         raise DsbuildError(f"download stage failed: {type(error).__name__}: {error}") from error
 
 
-def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now) -> None:
+def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now, retried: set[str] = frozenset()) -> None:
     """Turn one fetch result (+ its verification record, for a downloaded body) into fetch, blob and item rows."""
     ds, sink = run.dataset, run.sink
     if res.outcome == "ok":
@@ -366,8 +439,27 @@ def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now) -> None
     sink.add(fetch=fetch_row(ds.name, res, first, rec.sha256 if rec is not None and rec.ok else None, run.build_id))
     for iid, link in links:
         if res.outcome == "ok":
-            sink.add(item=_item(ds, iid, link, rec, run.build_id, now))
+            sink.add(item=_item(ds, iid, link, rec, run.build_id, now), retried=iid in retried)
         else:
             status = "failed" if res.outcome == "failed" else "rejected"
-            sink.add(item=_item(ds, iid, link, None, run.build_id, now, status=status, reason=res.reason,
-                                detail=f"http {res.http_status}" if res.http_status else None))
+            reason, detail = item_reason(res.reason, res.http_status)
+            sink.add(item=_item(ds, iid, link, None, run.build_id, now, status=status, reason=reason, detail=detail),
+                     retried=iid in retried)
+
+
+def item_reason(fetch_reason: str | None, http_status: int | None) -> tuple[str | None, str | None]:
+    """An image's (reason, detail) for a refused download, in the verify stage's words.
+
+    The downloader sniffs a body's kind before storing it (``not an image (html)``); the
+    catalog says ``not an image`` with ``content is html`` as the detail, as verification
+    does for a local file (and ``unsupported format`` for ``unsupported image (avif)``), so
+    one problem has one reason (``GROUP BY reason``).
+    """
+    import re
+
+    detail = f"http {http_status}" if http_status else None
+    m = re.fullmatch(r"(not an image|unsupported image) \((\w+)\)", fetch_reason or "")
+    if m:
+        reason = "not an image" if m.group(1) == "not an image" else "unsupported format"
+        return reason, f"content is {m.group(2)}" + (f"; {detail}" if detail else "")
+    return fetch_reason, detail
