@@ -28,6 +28,8 @@ from pathlib import Path
 
 from dsbuild.catalog import BuildLock, Catalog, utcnow
 from dsbuild.errors import DsbuildError
+from dsbuild.executor import release_backends
+from dsbuild.executor_settings import ExecutorSettings
 from dsbuild.manifest import Dataset, Manifest, label_problem
 from dsbuild.progress import Progress
 from dsbuild.sources import SourceRun, folders, web
@@ -193,8 +195,12 @@ def build(
     progress: Progress | None = None,
     workers: int | None = None,
     catalog_path: Path | None = None,
+    executor: ExecutorSettings | None = None,
 ) -> BuildSummary:
-    """Build the named datasets (all when ``names`` is empty); return a summary per dataset."""
+    """Build the named datasets (all when ``names`` is empty); return a summary per dataset.
+
+    ``executor`` replaces every dataset's ``[executor]`` settings (the CLI's ``--executor``/``--ray-address``).
+    """
     progress = progress or Progress()
     datasets = manifest.select(names)
     preflight(manifest, datasets)
@@ -214,7 +220,7 @@ def build(
                 for ds in datasets:
                     summaries.append(
                         build_dataset(cat, manifest, ds, build_id=build_id, retry_failed=retry_failed,
-                                      progress=progress, workers=workers)
+                                      progress=progress, workers=workers, executor=executor)
                     )
             except KeyboardInterrupt:
                 cat.finish_build(build_id, "interrupted", {"datasets": [asdict(s) for s in summaries]})
@@ -227,12 +233,13 @@ def build(
         finally:
             cat.close()
     finally:
+        release_backends()
         lock.release()
 
 
 def build_dataset(
     cat: Catalog, manifest: Manifest, ds: Dataset, *, build_id: int, retry_failed: bool = False,
-    progress: Progress, workers: int | None = None,
+    progress: Progress, workers: int | None = None, executor: ExecutorSettings | None = None,
 ) -> DatasetSummary:
     """Run every source of ``ds`` into the catalog, then regroup it; return what this build did."""
     t0 = time.monotonic()
@@ -245,7 +252,7 @@ def build_dataset(
     writer = RowWriter(cat)
     sink = DatasetSink(writer, summary)
     run = SourceRun(dataset=ds, build_id=build_id, store=manifest.store, sink=sink, progress=progress,
-                    retry_failed=retry_failed, workers=workers)
+                    retry_failed=retry_failed, workers=workers, executor=executor or ExecutorSettings())
 
     # Local folders.
     folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())

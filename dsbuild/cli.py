@@ -62,8 +62,15 @@ def cmd_build(args) -> int:
     from dsbuild.build import build
 
     manifest = _load(args)
+    executor = None
+    if args.executor or args.ray_address:
+        from dsbuild.executor_settings import ExecutorSettings
+
+        if args.executor == "local" and args.ray_address:
+            raise DsbuildError("--ray-address needs --executor ray (or no --executor)", exit_code=2)
+        executor = ExecutorSettings(backend=args.executor or "ray", address=args.ray_address)
     summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
-                    workers=args.workers)
+                    workers=args.workers, executor=executor)
     print_build_summary(summary)
     return 0
 
@@ -256,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("datasets", nargs="*", metavar="DATASET", help="datasets to build (default: all)")
     p.add_argument("--retry-failed", action="store_true", help="retry downloads that failed for transient reasons")
     p.add_argument("--workers", type=int, default=None, help="worker processes for verification (default: CPU count)")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where the per-image work runs, for every dataset of this build (default: the manifest's "
+                        "[executor] backend, else local)")
+    p.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (implies --executor ray; "
+                        "default: the manifest's [executor] address, else a Ray runtime started for the build)")
 
     p = add("status", cmd_status, "counts per class × split × status, and rejects by reason")
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="one dataset (default: all in the catalog)")

@@ -9,7 +9,7 @@
    return it; URLs that already succeeded (in any dataset) are never downloaded
    again; failed ones are retried only with ``--retry-failed`` and only when
    their failure was transient (timeouts, 5xx, 429, resets).
-3. **Fetch → verify → store**: :func:`dsbuild.fetch.fetch_all` keeps each body
+3. **Fetch → verify → store** (the local backend): :func:`dsbuild.fetch.fetch_all` keeps each body
    of up to ``IN_MEMORY_BODY`` bytes in memory (larger ones stream to temp
    files); each complete body is verified and hashed by the executor
    (:mod:`dsbuild.executor`, worker processes) while downloads go on, and the
@@ -18,6 +18,11 @@
    renamed into the store. Downloads pause while more than ``MEMORY_BACKLOG``
    bytes wait for verification. Every URL tried becomes a ``fetches`` row and
    an ``items`` row, reported to the build's sink.
+
+   With a remote backend (``[executor] backend = "ray"``) every step of 3 runs on
+   the cluster's workers instead: each task downloads a batch of URLs
+   (:class:`~dsbuild.executor.FetchJob`), verifies and stores the bodies there and
+   returns the records; this process only writes the rows.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from pathlib import Path
 
 from dsbuild.catalog import Catalog, utcnow
 from dsbuild.errors import DsbuildError, EngineError
-from dsbuild.executor import INLINE_LIMIT, Batch, Executor, InlineExecutor, LocalPoolExecutor, VerifyJob
+from dsbuild.executor import (INLINE_LIMIT, Batch, Executor, FetchJob, InlineExecutor, LocalPoolExecutor, VerifyJob,
+                              make_executor)
+from dsbuild.fetch import IN_FLIGHT_MEMORY, IN_MEMORY_BODY, in_memory_limit  # noqa: F401 - the downloader's memory limits
 from dsbuild.manifest import Dataset
 from dsbuild.rows import blob_row, fetch_row, image_id_for, item_row
 from dsbuild.sources import SourceRun
@@ -188,7 +195,10 @@ def ingest(cat: Catalog, run: SourceRun) -> None:
 
     if not by_url:
         return
-    _fetch_and_verify(run, by_url, now=now)
+    if run.executor.backend == "local":
+        _fetch_and_verify(run, by_url, now=now)
+    else:
+        _fetch_on_workers(run, by_url, now=now)
 
 
 def _item(ds: Dataset, iid: str, link, rec: ImageRecord | None, build_id: int, now, *, status=None, reason=None, detail=None):
@@ -199,8 +209,6 @@ def _item(ds: Dataset, iid: str, link, rec: ImageRecord | None, build_id: int, n
 
 
 VERIFY_CHUNK = 8  # bodies per worker task: one task per image costs ~0.2 ms of the parent's CPU in IPC
-IN_MEMORY_BODY = 4_000_000  # bodies up to this size never touch .incoming (most web images are far smaller)
-IN_FLIGHT_MEMORY = 256_000_000  # ... unless concurrency × that would exceed this: the per-body limit shrinks
 MEMORY_BACKLOG = 256_000_000  # downloads pause while this many body bytes wait for verification
 
 
@@ -275,11 +283,6 @@ class BodyVerifier:
 
     def shutdown(self, *, cancel: bool = False) -> None:
         self.executor.shutdown(cancel=cancel)
-
-
-def in_memory_limit(concurrency: int) -> int:
-    """Largest body kept in memory while downloading: IN_MEMORY_BODY, less at high concurrency (≥ 256 kB)."""
-    return max(256_000, min(IN_MEMORY_BODY, IN_FLIGHT_MEMORY // max(1, concurrency)))
 
 
 def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
@@ -359,6 +362,25 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
         if isinstance(error, (DsbuildError, KeyboardInterrupt)):
             raise error
         raise DsbuildError(f"download stage failed: {type(error).__name__}: {error}") from error
+
+
+def _fetch_on_workers(run: SourceRun, by_url: dict[str, list], *, now) -> None:
+    """Download, verify, hash, score and store every URL on the executor's workers (a remote backend: the
+    bodies never pass through this process); catalogue the records batch by batch as they come back."""
+    ds = run.dataset
+    jobs = [FetchJob(url, url, fetch_settings(ds), ds.verify, ds.dedup, run.store) for url in by_url]
+    executor = make_executor(len(jobs), workers=run.workers, settings=run.executor)
+    try:
+        with run.progress.stage(f"{ds.name}: fetch + verify", len(jobs)) as bar:
+            for job, fetched in executor.map(jobs, ordered=False):
+                _handle(run, fetched.fetch, fetched.record, by_url[job.url], now=now)
+                counts = run.sink.tally()
+                bar.advance(1, ok=counts["ok"], failed=counts["failed"], rejected=counts["rejected"])
+    except BaseException:
+        executor.shutdown(cancel=True)
+        raise
+    executor.shutdown()
+    run.sink.flush()
 
 
 def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now) -> None:

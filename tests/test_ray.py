@@ -1,0 +1,257 @@
+"""The ``ray`` executor on a real Ray cluster: two nodes on this machine, started and stopped by the fixture.
+
+``ray start --head`` plus a second node joining it over loopback, one CPU each,
+a small object store, short temp folders (:mod:`ray_cluster`); every build runs
+the real CLI against it (``--executor ray --ray-address HOST:PORT``) and is
+compared row for row with a build of the same sources by the local backend:
+items, blobs and fetches, all columns but timestamps, build ids and where the
+store lives. Select these tests with ``-m ray``; they run in ``make test``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from fake_engines import FakeEngineServer
+from hostile_kit import REPO, cut_scan, encode, photo
+from hostile_server import HostileServer
+from ray_cluster import LocalRayCluster, free_port
+
+from dsbuild.cli import main
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
+
+VOLATILE = {"first_seen", "updated_at", "build_id", "created_at", "fetched_at", "elapsed_s"}
+KEYS = {"items": ["dataset", "image_id"], "blobs": ["sha256"], "fetches": ["dataset", "url"]}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A two-node Ray cluster (head + one worker node, one CPU each) for the whole module."""
+    with LocalRayCluster(nodes=2, cpus_per_node=1) as c:
+        try:
+            yield c
+        finally:
+            from dsbuild.executor import release_backends
+
+            release_backends()  # the driver lets go of the cluster before it stops
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """``dsbuild ARGS`` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def write_manifest(folder: Path, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "datasets.toml"
+    path.write_text('catalog = "cat/dsbuild.duckdb"\n' + body)
+    return path
+
+
+def table(manifest: Path, name: str) -> pd.DataFrame:
+    """Table ``name`` of the manifest's catalog, volatile columns dropped, store paths relative, sorted by key."""
+    folder = manifest.parent
+    with duckdb.connect(str(folder / "cat" / "dsbuild.duckdb"), read_only=True) as con:
+        df = con.execute(f"SELECT * FROM {name}").df()  # noqa: S608 - a table name of this test
+    df = df.drop(columns=[c for c in df.columns if c in VOLATILE])
+    if "path" in df.columns:
+        store = str(folder / "cat" / "store")
+        assert df["path"].str.startswith(store).all(), df["path"]
+        df["path"] = df["path"].str.slice(len(store))
+    return df.sort_values(KEYS[name]).reset_index(drop=True)
+
+
+def assert_same_catalog(local: Path, ray: Path) -> None:
+    """The two builds' catalogs hold the same rows (items, blobs, fetches), row for row."""
+    for name in KEYS:
+        a, b = table(local, name), table(ray, name)
+        assert len(a) == len(b), (name, len(a), len(b))
+        pd.testing.assert_frame_equal(a, b, obj=name)
+    store = {p.relative_to(local.parent / "cat" / "store") for p in (local.parent / "cat" / "store").rglob("*") if p.is_file()}
+    other = {p.relative_to(ray.parent / "cat" / "store") for p in (ray.parent / "cat" / "store").rglob("*") if p.is_file()}
+    assert store == other and not any(p.name.startswith(".tmp-") or p.suffix == ".part" for p in other)
+
+
+def photo_folders(root: Path, per_class: int, *, hostile: bool = False) -> Path:
+    """``root/cat`` and ``root/dog`` of real photos (crops of skimage's photos, JPEG and PNG); with ``hostile``
+    a few bad files among them: an HTML page called .jpg, a JPEG cut mid-scan, an empty file, a
+    decompression bomb, and a PNG that takes longer than the time limit to decode."""
+    from PIL import Image
+
+    names = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "clock")
+    for c, label in enumerate(("cat", "dog")):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            img = photo(names[(k + c) % len(names)], (96 + k % 7 * 8, 72 + k % 5 * 8)).rotate(k * 7 + c)
+            fmt, ext = ("PNG", "png") if k % 4 == 0 else ("JPEG", "jpg")
+            (folder / f"{label}{k:03d}.{ext}").write_bytes(encode(img, fmt))
+    if hostile:
+        (root / "cat" / "page.jpg").write_bytes(b"<!doctype html><html><body>404</body></html>")
+        (root / "cat" / "cut.jpg").write_bytes(cut_scan(encode(photo("coffee", (200, 150)), "JPEG"), 0.4))
+        (root / "dog" / "empty.png").write_bytes(b"")
+        bomb = encode(Image.new("L", (12000, 12000)), "PNG")  # 144 Mpx > max_pixels
+        (root / "dog" / "bomb.png").write_bytes(bomb)
+        slow = encode(photo("coffee", (60, 60)).resize((6000, 6000), Image.Resampling.NEAREST), "PNG")
+        (root / "dog" / "slow.png").write_bytes(slow)
+    return root
+
+
+FOLDER_DATASET = """
+[datasets.pets]
+[datasets.pets.verify]
+time_limit = 0.5
+[datasets.pets.classes]
+cat = {{ folders = "{root}/cat" }}
+dog = {{ folders = "{root}/dog" }}
+"""
+
+
+# --------------------------------------------------------------------------- same catalog as the local backend
+
+
+def test_a_folder_dataset_built_on_the_cluster_equals_the_local_build(cluster, tmp_path: Path) -> None:
+    images = photo_folders(tmp_path / "images", 40, hostile=True)
+    body = FOLDER_DATASET.format(root=images)
+    local = write_manifest(tmp_path / "local", body)
+    ray = write_manifest(tmp_path / "ray", body)
+
+    code, out, err = cli("-m", str(local), "build", "-q")
+    assert (code, err) == (0, ""), err
+    code, out, err = cli("-m", str(ray), "build", "-q", "--executor", "ray", "--ray-address", cluster.address)
+    assert (code, err) == (0, ""), err
+    assert "Traceback" not in out
+
+    assert_same_catalog(local, ray)
+    items = table(ray, "items").set_index("origin")
+    reasons = {Path(o).name: (r.status, r.reason) for o, r in items.iterrows() if r.status == "rejected"}
+    # one bad image = one reject row, with the same reason as on this machine
+    assert reasons == {"page.jpg": ("rejected", "not an image"), "cut.jpg": ("rejected", "truncated"),
+                       "empty.png": ("rejected", "empty file"), "bomb.png": ("rejected", "decompression bomb"),
+                       "slow.png": ("rejected", "timeout")}
+    assert items["status"].isin(["ok", "duplicate"]).sum() == 80 and (items["status"] == "duplicate").sum() > 0
+
+
+HOSTILE_ROUTES = {
+    "alpha": ["/img/coffee.jpg", "/img/chelsea.png", "/img/rocket.gif", "/same/a.jpg", "/same/b.jpg",
+              "/unicode/café ü.jpg", "/html-as-jpeg.jpg", "/status/404", "/status/500", "/stall-body.jpg",
+              "/short.jpg", "/reset.jpg"],
+    "beta": ["/img/rocket.webp", "/img/astronaut.bmp", "/img/coffee.tiff", "/redirect/loop-a",
+             "/redirect/to?url=file:///etc/passwd", "/endless.jpg", "/gzip-bomb.jpg", "/noai.jpg", "/bomb.png"],
+}
+
+WEB_DATASET = """
+[datasets.web]
+engine = "bing"
+endpoint = "{endpoint}"
+allow_private_hosts = true
+per_query = 50
+[datasets.web.dedup]
+near = false
+[datasets.web.fetch]
+connect_timeout = 1.0
+read_timeout = 0.5
+deadline = 2.0
+retries = 1
+backoff_base = 0.05
+retry_after_max = 2.0
+max_bytes = 1000000
+[datasets.web.classes]
+alpha = "alpha things"
+beta = "beta things"
+"""
+
+
+def test_a_web_dataset_built_on_the_cluster_equals_the_local_build(cluster, tmp_path: Path) -> None:
+    """Loopback search engine + hostile image server: downloads run on the Ray workers; every URL gets the same
+    fetch row and image row as when this machine downloads it (a hostile URL: the same reject row)."""
+    with HostileServer() as images, FakeEngineServer() as engine:
+        for label, routes in HOSTILE_ROUTES.items():
+            engine.plant(f"{label} things", [images.url + r for r in routes])
+        body = WEB_DATASET.format(endpoint=engine.url)
+        local = write_manifest(tmp_path / "local", body)
+        ray = write_manifest(tmp_path / "ray", body)
+        code, out, err = cli("-m", str(local), "build", "-q")
+        assert (code, err) == (0, ""), err
+        served_locally = len(images.requests)
+        code, out, err = cli("-m", str(ray), "build", "-q", "--executor", "ray", "--ray-address", cluster.address)
+        assert (code, err) == (0, ""), err
+        assert len(images.requests) - served_locally == served_locally  # the same requests, made by the workers
+
+    assert_same_catalog(local, ray)
+    fetches = table(ray, "fetches")
+    assert set(fetches["outcome"]) == {"ok", "failed", "rejected"}
+    assert {"too large", "noai", "redirect loop", "bad scheme", "not an image (html)"} <= set(fetches["reason"])
+    assert not (ray.parent / "cat" / "store" / ".incoming").exists() or not any((ray.parent / "cat" / "store" / ".incoming").iterdir())
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_a_batch_that_kills_its_worker_every_time_costs_one_image(cluster, tmp_path: Path) -> None:
+    """A job that ends its Ray worker process whenever it runs (as a decoder crash would): Ray retries its
+    batch, then the batch runs image by image, and only that image is rejected (``corrupt``)."""
+    from dsbuild.executor import VerifyJob, run_batch
+    from dsbuild.executor_settings import ExecutorSettings
+    from dsbuild.manifest import DedupSettings, VerifySettings
+    from dsbuild.ray_backend import RayExecutor
+
+    folder = photo_folders(tmp_path / "images", 4)
+    files = sorted(folder.rglob("*.*"))
+    jobs = [VerifyJob(f.name, str(f), VerifySettings(), DedupSettings()) for f in files]
+    killer = VerifyJob("killer", KillsItsProcess(files[0]), VerifySettings(), DedupSettings())
+    jobs.insert(3, killer)
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    executor = RayExecutor(ExecutorSettings(backend="ray", address=cluster.address, batch_size=4))
+    try:
+        got = {job.key: rec for job, rec in executor.map(jobs)}
+    finally:
+        executor.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert (got["killer"].ok, got["killer"].reason) == (False, "corrupt")
+    assert got["killer"].detail == "the decoder crashed on this file"
+    assert len(got) == len(jobs)
+    assert [got[j.key] for j in jobs if j is not killer] == run_batch([j for j in jobs if j is not killer])
+
+
+class KillsItsProcess:
+    """A path (``os.PathLike``) that ends the process opening it (SIGKILL, as the OOM killer or a decoder crash would)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __fspath__(self) -> str:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return self.path  # pragma: no cover - never reached
+
+
+def test_an_unreachable_address_fails_fast_in_one_line(tmp_path: Path) -> None:
+    images = photo_folders(tmp_path / "images", 2)
+    manifest = write_manifest(tmp_path / "p", FOLDER_DATASET.format(root=images))
+    closed = free_port()  # nothing listens there
+    t0 = time.monotonic()
+    code, out, err = cli("-m", str(manifest), "build", "-q", "--ray-address", f"127.0.0.1:{closed}")
+    assert time.monotonic() - t0 < 15
+    assert code == 2
+    assert err == (f"Error: cannot reach the Ray cluster at 127.0.0.1:{closed}: connection refused — start it "
+                   "(`ray start --head` on the head node) or fix [executor] address / --ray-address\n")
