@@ -533,28 +533,33 @@ def local_executor(n_jobs: int, *, workers: int | None = None, settings: Executo
     return LocalPoolExecutor(max(1, min(most, (n_jobs + INLINE_LIMIT - 1) // INLINE_LIMIT)))
 
 
-def ray_executor(n_jobs: int, *, workers: int | None = None, settings: ExecutorSettings | None = None) -> Executor:
-    """The ``ray`` backend (:class:`dsbuild.ray_backend.RayExecutor`); Ray is imported here, not before."""
-    from dsbuild.ray_backend import RayExecutor
+BACKENDS: dict[str, Callable[..., Executor] | str] = {"local": local_executor,
+                                                     "ray": "dsbuild.ray_backend:ray_executor"}
+"""Executor backends: name → ``factory(n_jobs, *, workers, settings) -> Executor``, or ``"module:function"`` of
+one, imported on first use (Ray is imported only by a build that asks for it). The names are
+:data:`dsbuild.executor_settings.BACKEND_NAMES`."""
 
-    return RayExecutor(settings or ExecutorSettings(backend="ray"), workers=workers)
 
+def backend_factory(name: str) -> Callable[..., Executor]:
+    """The factory of backend ``name`` (a ``"module:function"`` entry is imported now); DsbuildError if unknown."""
+    import importlib
 
-BACKENDS: dict[str, Callable[..., Executor]] = {"local": local_executor, "ray": ray_executor}
-"""Executor backends: name → ``factory(n_jobs, *, workers, settings) -> Executor``
-(the names are :data:`dsbuild.executor_settings.BACKEND_NAMES`)."""
+    from dsbuild.errors import DsbuildError, did_you_mean
+
+    factory = BACKENDS.get(name)
+    if factory is None:
+        raise DsbuildError(f"unknown executor backend {name!r}{did_you_mean(name, BACKENDS)} — "
+                           f"known: {', '.join(sorted(BACKENDS))}")
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = BACKENDS[name] = getattr(importlib.import_module(module), attr)
+    return factory
 
 
 def make_executor(n_jobs: int, *, workers: int | None = None, settings: ExecutorSettings | None = None) -> Executor:
     """An executor of ``settings.backend`` (default: local) sized for ``n_jobs`` jobs."""
-    from dsbuild.errors import DsbuildError, did_you_mean
-
     settings = settings or ExecutorSettings()
-    factory = BACKENDS.get(settings.backend)
-    if factory is None:
-        raise DsbuildError(f"unknown executor backend {settings.backend!r}{did_you_mean(settings.backend, BACKENDS)} — "
-                           f"known: {', '.join(sorted(BACKENDS))}")
-    return factory(n_jobs, workers=workers, settings=settings)
+    return backend_factory(settings.backend)(n_jobs, workers=workers, settings=settings)
 
 
 def release_backends() -> None:

@@ -301,6 +301,11 @@ class RayExecutor(Executor):
                 pass
 
 
+def ray_executor(n_jobs: int, *, workers: int | None = None, settings: ExecutorSettings | None = None) -> RayExecutor:
+    """The ``ray`` backend's factory (:data:`dsbuild.executor.BACKENDS`): ``n_jobs`` does not size a cluster."""
+    return RayExecutor(settings or ExecutorSettings(backend="ray"), workers=workers)
+
+
 def download_only(job: FetchJob):
     """The download of one FetchJob, body kept in memory up to ``verify.max_bytes`` (isolation: nothing decodes here)."""
     import dataclasses
