@@ -31,7 +31,7 @@ from dsbuild.errors import DsbuildError
 from dsbuild.executor import release_backends
 from dsbuild.executor_settings import ExecutorSettings
 from dsbuild.manifest import Dataset, Manifest, label_problem
-from dsbuild.progress import Progress
+from dsbuild.progress import LiveProgress, Progress, live_path
 from dsbuild.sources import SourceRun, folders, web
 from dsbuild.sources.folders import imagefolder_layout
 from dsbuild.store import sweep_temp_files
@@ -216,11 +216,14 @@ def build(
                 progress.note(f"removed {swept} partial files left by an interrupted build")
             build_id = cat.start_build([d.name for d in datasets])
             summaries: list[DatasetSummary] = []
+            described = {(executor or d.executor).describe() for d in datasets}
+            live = LiveProgress(progress, live_path(catalog_path), build_id=build_id,
+                                executor=described.pop() if len(described) == 1 else "per dataset")
             try:
                 for ds in datasets:
                     summaries.append(
                         build_dataset(cat, manifest, ds, build_id=build_id, retry_failed=retry_failed,
-                                      progress=progress, workers=workers, executor=executor)
+                                      progress=live, workers=workers, executor=executor)
                     )
             except KeyboardInterrupt:
                 cat.finish_build(build_id, "interrupted", {"datasets": [asdict(s) for s in summaries]})
@@ -228,6 +231,8 @@ def build(
             except BaseException as exc:
                 cat.finish_build(build_id, "failed", {"error": str(exc)})
                 raise
+            finally:
+                live.close()
             cat.finish_build(build_id, "ok", {"datasets": [asdict(s) for s in summaries]})
             return BuildSummary(build_id=build_id, catalog=catalog_path, datasets=summaries, seconds=time.monotonic() - started)
         finally:
@@ -252,7 +257,7 @@ def build_dataset(
     writer = RowWriter(cat)
     sink = DatasetSink(writer, summary)
     run = SourceRun(dataset=ds, build_id=build_id, store=manifest.store, sink=sink, progress=progress,
-                    retry_failed=retry_failed, workers=workers, executor=executor or ExecutorSettings())
+                    retry_failed=retry_failed, workers=workers, executor=executor or ds.executor)
 
     # Local folders.
     folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())

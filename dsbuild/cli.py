@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 from dsbuild import __version__
 from dsbuild.errors import DsbuildError
-from dsbuild.render.console import RichProgress, make_console, print_build_summary, print_comparison, print_run, print_status
+from dsbuild.render.console import (RichProgress, make_console, print_build_summary, print_comparison, print_live_build,
+                                    print_run, print_status)
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 
@@ -64,11 +65,14 @@ def cmd_build(args) -> int:
     manifest = _load(args)
     executor = None
     if args.executor or args.ray_address:
-        from dsbuild.executor_settings import ExecutorSettings
+        import dataclasses
 
         if args.executor == "local" and args.ray_address:
             raise DsbuildError("--ray-address needs --executor ray (or no --executor)", exit_code=2)
-        executor = ExecutorSettings(backend=args.executor or "ray", address=args.ray_address)
+        backend = args.executor or "ray"
+        top = manifest.executor  # the manifest's top-level [executor]: its address and batch_size stay unless replaced
+        address = args.ray_address or (top.address if top.backend == backend else None)
+        executor = dataclasses.replace(top, backend=backend, address=address)
     summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
                     workers=args.workers, executor=executor)
     print_build_summary(summary)
@@ -87,7 +91,18 @@ def cmd_status(args) -> int:
         out, groups = duplicates_page(manifest.catalog, args.dataset, Path(args.html))
         print(f"wrote {out} ({groups} duplicate groups, label conflicts first)")
         return 0
-    status = dataset_status(manifest.catalog, args.dataset)
+    from dsbuild.errors import CatalogBusy
+
+    try:
+        status = dataset_status(manifest.catalog, args.dataset)
+    except CatalogBusy:
+        from dsbuild.status import running_build
+
+        live = running_build(manifest.catalog)
+        if live is None:
+            raise
+        print_live_build(live)
+        return 0
     print_status(status)
     return 0
 

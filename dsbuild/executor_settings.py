@@ -31,6 +31,14 @@ def parse_address(address: str) -> tuple[str, int] | None:
     return m.group(1).strip("[]"), int(m.group(2))
 
 
+class ExecutorSettingsError(DsbuildError):
+    """Bad ``[executor]`` values: ``problems`` is ``[(field, message)]`` (the manifest adds the dotted key path)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"executor.{k}: {v}" for k, v in self.problems), exit_code=2)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExecutorSettings:
     """Where the per-image work runs (manifest table ``[executor]``, top level or ``[datasets.NAME.executor]``).
@@ -51,7 +59,7 @@ class ExecutorSettings:
     def __post_init__(self) -> None:
         problems = self.problems()
         if problems:
-            raise DsbuildError("; ".join(f"executor.{k}: {v}" if k else v for k, v in problems), exit_code=2)
+            raise ExecutorSettingsError(problems)
 
     def problems(self) -> list[tuple[str, str]]:
         """Every bad value as ``(field, message)``, in field order (empty when the settings are valid)."""

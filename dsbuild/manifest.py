@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dsbuild.errors import DsbuildError, ManifestError
+from dsbuild.executor_settings import ExecutorSettings, ExecutorSettingsError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -145,6 +146,7 @@ class Dataset:
     fetch: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
     imagefolder: Path | None = None
+    executor: ExecutorSettings = ExecutorSettings()
 
     @property
     def labels(self) -> list[str]:
@@ -160,6 +162,7 @@ class Manifest:
     catalog: Path
     store: Path
     datasets: Mapping[str, Dataset]
+    executor: ExecutorSettings = ExecutorSettings()
 
     @property
     def root(self) -> Path:
@@ -182,7 +185,7 @@ class Manifest:
 
 # --------------------------------------------------------------------------- allow-lists
 
-_TOP_KEYS = {"catalog", "store", "defaults", "datasets"}
+_TOP_KEYS = {"catalog", "store", "defaults", "datasets", "executor"}
 _SECTION_TYPES = {
     "verify": VerifySettings,
     "dedup": DedupSettings,
@@ -197,8 +200,9 @@ _DATASET_SCALARS: dict[str, type | tuple[type, ...]] = {
     "adult_filter": bool,
     "allow_private_hosts": bool,
 }
-_DATASET_KEYS = set(_DATASET_SCALARS) | set(_SECTION_TYPES) | {"classes", "filters", "fetch", "model", "imagefolder"}
-_DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder"}
+_DATASET_KEYS = set(_DATASET_SCALARS) | set(_SECTION_TYPES) | {"classes", "filters", "fetch", "model", "imagefolder",
+                                                                "executor"}
+_DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder", "executor"}  # top-level [executor] is the default
 _CLASS_KEYS = {"queries", "urls", "folders", "endpoint"}
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -393,7 +397,24 @@ def _parse_table_option(raw: Any, key: str, problems: _Problems) -> dict[str, An
     return dict(raw)
 
 
-def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path, problems: _Problems) -> Dataset | None:
+def _parse_executor(raw: Any, key: str, base: ExecutorSettings, problems: _Problems) -> ExecutorSettings:
+    """``[executor]`` (``key``: its dotted path) over ``base`` (the top-level table's settings, for a dataset's)."""
+    if not isinstance(raw, dict):
+        problems.add(key, f"must be a table, not {_type_name(raw)}")
+        return base
+    names = [f.name for f in dataclasses.fields(ExecutorSettings)]
+    _check_keys(raw, set(names), key + ".", problems)
+    values = {**{n: getattr(base, n) for n in names}, **{k: v for k, v in raw.items() if k in names}}
+    try:
+        return ExecutorSettings(**values)
+    except ExecutorSettingsError as exc:
+        for name, message in exc.problems:
+            problems.add(f"{key}.{name}", message)
+        return base
+
+
+def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path, problems: _Problems,
+                   executor: ExecutorSettings = ExecutorSettings()) -> Dataset | None:
     key = f"datasets.{_quote_key(name)}"
     if not _SAFE_NAME.match(name):
         problems.add(key, "dataset names use letters, digits, '_', '-' and '.', start with a letter or digit, at most 64 characters")
@@ -480,6 +501,7 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
         fetch=tables["fetch"],
         model=tables["model"],
         imagefolder=imagefolder,
+        executor=_parse_executor(raw["executor"], f"{key}.executor", executor, problems) if "executor" in raw else executor,
         **sections,
     )
     _check_section_values(ds, key, problems)
@@ -517,6 +539,8 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         defaults = {}
     _check_keys(defaults, _DEFAULTS_KEYS, "defaults.", problems)
 
+    executor = _parse_executor(data["executor"], "executor", ExecutorSettings(), problems) if "executor" in data \
+        else ExecutorSettings()
     datasets_raw = data.get("datasets", {})
     datasets: dict[str, Dataset] = {}
     if not isinstance(datasets_raw, dict):
@@ -525,7 +549,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         problems.add("datasets", "no dataset defined — add a [datasets.NAME] table with [datasets.NAME.classes]")
     else:
         for name, raw in datasets_raw.items():
-            ds = _parse_dataset(name, raw, defaults, root, problems)
+            ds = _parse_dataset(name, raw, defaults, root, problems, executor)
             if ds is not None:
                 datasets[name] = ds
 
@@ -536,7 +560,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         tail = f"\n  … and {more} more" if more else ""
         noun = "problem" if len(problems.items) == 1 else "problems"
         raise ManifestError(f"{path.name}: {len(problems.items)} {noun}:\n  {lines}{tail}")
-    return Manifest(path=path, catalog=catalog, store=store, datasets=datasets)
+    return Manifest(path=path, catalog=catalog, store=store, datasets=datasets, executor=executor)
 
 
 def load_manifest(path: str | Path | None = None) -> Manifest:

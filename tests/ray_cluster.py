@@ -104,6 +104,22 @@ class LocalRayCluster:
             raise
         return self
 
+    def add_node(self) -> None:
+        """Start one more worker node (e.g. to replace a killed one) and wait until it is alive."""
+        self._start("--address", self.address)
+        self.wait_for_nodes(self.alive_nodes())
+
+    def alive_nodes(self) -> int:
+        """Nodes whose raylet still runs."""
+        alive = 0
+        for node in range(len(self.sessions)):
+            try:
+                self.raylet_pid(node)
+                alive += 1
+            except RuntimeError:
+                pass
+        return alive
+
     def wait_for_nodes(self, n: int, timeout: float = 120) -> None:
         """Wait until ``n`` nodes are alive in the cluster (asked in a separate process: no ray.init here)."""
         code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
@@ -137,6 +153,18 @@ class LocalRayCluster:
             if exe.endswith(b"/raylet"):
                 return pid
         raise RuntimeError(f"no raylet on node {node}")
+
+    def worker_pids(self, node: int) -> list[int]:
+        """Ray worker processes of ``node`` (process titles ``ray::IDLE``, ``ray::<task>``; agents excluded)."""
+        out = []
+        for pid in self.pids(node):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+            except OSError:
+                continue
+            if title.startswith(b"ray::") and not title.endswith(b"Agent"):
+                out.append(pid)
+        return out
 
     def kill_raylet(self, node: int) -> None:
         """SIGKILL the raylet of ``node``: the node dies (its workers follow)."""

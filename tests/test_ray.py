@@ -255,3 +255,91 @@ def test_an_unreachable_address_fails_fast_in_one_line(tmp_path: Path) -> None:
     assert code == 2
     assert err == (f"Error: cannot reach the Ray cluster at 127.0.0.1:{closed}: connection refused — start it "
                    "(`ray start --head` on the head node) or fix [executor] address / --ray-address\n")
+
+
+def subprocess_build(manifest: Path, *args: str) -> subprocess.Popen:
+    """``python -m dsbuild -m MANIFEST build -q ARGS`` in its own process group (SIGKILL reaches all of it)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build", "-q", *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def stored(manifest: Path) -> int:
+    store = manifest.parent / "cat" / "store"
+    return sum(1 for p in store.glob("*/*") if not p.name.startswith(".")) if store.exists() else 0
+
+
+def wait_until(proc: subprocess.Popen, manifest: Path, files: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while stored(manifest) < files and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the build ended before it stored {files} files: {proc.communicate()[1][-3000:]}"
+    assert stored(manifest) >= files, "the build stored too little in time"
+
+
+MANY = """
+[executor]
+batch_size = 8
+[datasets.many]
+[datasets.many.classes]
+cat = {{ folders = "{root}/cat" }}
+dog = {{ folders = "{root}/dog" }}
+"""
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> tuple[Path, Path]:
+    """(images, a local build of them): 600 real photos, the reference every cluster build is compared with."""
+    root = tmp_path_factory.mktemp("many")
+    images = photo_folders(root / "images", 300)
+    local = write_manifest(root / "local", MANY.format(root=images).replace("[executor]\nbatch_size = 8\n", ""))
+    code, out, err = cli("-m", str(local), "build", "-q")
+    assert (code, err) == (0, ""), err
+    return images, local
+
+
+def test_a_killed_driver_resumes_with_dsbuild_build(cluster, many, tmp_path: Path) -> None:
+    images, local = many
+    manifest = write_manifest(tmp_path / "ray", MANY.format(root=images))
+    args = ("--executor", "ray", "--ray-address", cluster.address)
+    proc = subprocess_build(manifest, *args)
+    try:
+        wait_until(proc, manifest, 150)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    with duckdb.connect(str(manifest.parent / "cat" / "dsbuild.duckdb"), read_only=True) as con:
+        saved = con.execute("SELECT count(*) FROM items").fetchone()[0]
+    assert 0 < saved < 600, saved  # killed mid-build, after a commit
+
+    code, out, err = cli("-m", str(manifest), "build", *args)
+    assert code == 0, err
+    assert "Traceback" not in out + err
+    assert_same_catalog(local, manifest)
+
+
+def test_a_node_killed_mid_build_loses_nothing_and_duplicates_nothing(cluster, many, tmp_path: Path) -> None:
+    """SIGKILL the second node's raylet while the build runs (its workers die with it): Ray re-runs the lost
+    batches on the head node; the build ends normally with the same catalog as the local build. Meanwhile
+    ``dsbuild status`` shows the running build."""
+    images, local = many
+    manifest = write_manifest(tmp_path / "ray", MANY.format(root=images))
+    proc = subprocess_build(manifest, "--executor", "ray", "--ray-address", cluster.address)
+    try:
+        wait_until(proc, manifest, 100)
+        code, out, err = cli("-m", str(manifest), "status")
+        assert code == 0 and "Traceback" not in out + err, err
+        assert f"is running (PID {proc.pid}, executor ray ({cluster.address}))" in out
+        assert "many: verify + hash: " in out
+        assert cluster.worker_pids(1), "the second node runs no worker: nothing of the build to lose there"
+        cluster.kill_raylet(1)
+        killed_at = stored(manifest)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        cluster.add_node()  # the next test gets two nodes again
+    assert proc.returncode == 0, err[-3000:]
+    assert killed_at < 600  # the node died mid-build
+    assert "Traceback" not in out + err
+    assert_same_catalog(local, manifest)
