@@ -320,7 +320,7 @@ def run_build(urls: list[str], out: Path, *, concurrency: int, fake, executor=No
 
     Two classes, half the URLs planted under each class's query. Returns (images ok, images catalogued).
     """
-    from dsbuild.build import build
+    from dsbuild.pipeline import build
     from dsbuild.manifest import load_manifest
 
     half = len(urls) // 2
@@ -451,11 +451,12 @@ def build_rows(args, urls: list[str], work: Path, rows: list) -> None:
     executors: list[tuple[str, object]] = [("local", None)]
     if args.executor == "ray":
         import ray
-        from ray_cluster import LocalRayCluster
+        from ray_cluster import RAY_ENV, LocalRayCluster
 
         from dsbuild.executor_settings import ExecutorSettings
 
         print("starting a one-node Ray cluster (not timed) …", flush=True)
+        os.environ.update(RAY_ENV)  # the driver as the nodes: a loopback cluster without token authentication
         cluster = LocalRayCluster(nodes=1, cpus_per_node=os.cpu_count() or 1).start()
         ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
         executors.append(("ray", ExecutorSettings(backend="ray", address=cluster.address)))

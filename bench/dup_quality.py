@@ -16,11 +16,11 @@ duplicate pair when they come from the same picture.
 
 Printed side by side, in the same run, over every pair of files:
 
-* **dsbuild** — :func:`dsbuild.verify.decode` (the build's one decode, JPEG draft mode)
-  → :func:`dsbuild.hashing.compute_hash` (phash) → degenerate hashes dropped →
-  :func:`dsbuild.dedup.find_pairs`, at thresholds 0…16 (the sweep that sets
+* **dsbuild** — :func:`dsbuild.verify.decode.decode` (the build's one decode, JPEG draft mode)
+  → :func:`dsbuild.verify.hashing.compute_hash` (phash) → degenerate hashes dropped →
+  :func:`dsbuild.dedup.search.find_pairs`, at thresholds 0…16 (the sweep that sets
   ``DEFAULT_THRESHOLD``), pair precision/recall, directly and after grouping
-  (:func:`dsbuild.dedup.group`: pairs in the same group);
+  (:func:`dsbuild.dedup.search.group`: pairs in the same group);
 * **imagededup** — ``PHash().encode_images`` + ``find_duplicates(max_distance_threshold=10)``
   (its default);
 * **cleanvision** — ``Imagelab(...).find_issues({"near_duplicates": {}})``: identical phash.

@@ -11,9 +11,9 @@ by file, so a busy machine slows both alike):
 
 * **baseline** — ``imagehash.phash(Image.open(f))``: a full decode, then the hash
   (what a user of imagehash writes; the issue measured ~6.4 ms/image here);
-* **dsbuild** — :func:`dsbuild.verify.analyze_file`: read, sha256, sniff, the one
-  decode (JPEG draft mode), pixel digest, :func:`dsbuild.hashing.compute_hash` (phash)
-  and :func:`dsbuild.quality.scores` — i.e. everything the build does per image;
+* **dsbuild** — :func:`dsbuild.verify.analyze.analyze_file`: read, sha256, sniff, the one
+  decode (JPEG draft mode), pixel digest, :func:`dsbuild.verify.hashing.compute_hash` (phash)
+  and :func:`dsbuild.verify.quality.scores` — i.e. everything the build does per image;
 * the same stage split into its parts — with the L conversion shared by the hash and
   the blur score (``gray=``), and with other draft sides — to show where the time goes;
 

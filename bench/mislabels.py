@@ -202,7 +202,7 @@ def main() -> None:
         if args.save_oof:
             args.save_oof.mkdir(parents=True, exist_ok=True)
             true = pool.set_index("image_id").loc[list(oof.image_ids), "true_label"]
-            np.savez(args.save_oof / f"{kind}-{rate}.npz", probs=oof.probs, labels=np.array(oof.labels),
+            np.savez(args.save_oof / f"{kind}-{rate}.npz", probs=oof.pred_probs, labels=np.array(oof.labels),
                      classes=np.array(oof.classes), true=true.to_numpy().astype(str), ids=np.array(oof.image_ids))
         flagged = issues[issues["is_issue"]]
         accept = flagged[flagged["suggested_confidence"] >= args.min_confidence]

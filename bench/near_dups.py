@@ -6,7 +6,7 @@ random bits are the worst case for a multi-index search (no clustering to exploi
 
 Printed side by side, in the same run:
 
-* **dsbuild** :func:`dsbuild.dedup.find_pairs` at threshold 8 (imagededup's
+* **dsbuild** :func:`dsbuild.dedup.search.find_pairs` at threshold 8 (imagededup's
   comparison setting) and at ``DEFAULT_THRESHOLD``: seconds, pairs found, the plan
   it took;
 * **brute force** (numpy, chunked popcount of every pair) at 10k and 20k: seconds,

@@ -166,8 +166,8 @@ def class_folders(images: Path, work: Path) -> Path:
 
 
 def whole_build(root: Path, out: Path, executor) -> int:
-    from dsbuild.build import build
     from dsbuild.manifest import load_manifest
+    from dsbuild.pipeline import build
 
     out.mkdir(parents=True)
     (out / "datasets.toml").write_text(f"""catalog = "cat/dsbuild.duckdb"
@@ -308,8 +308,8 @@ def catalog_paths(rows: list, work: Path) -> list[tuple[str, dict]]:
     import duckdb
     import pandas as pd
 
-    from dsbuild.build import RowWriter
     from dsbuild.catalog import Catalog
+    from dsbuild.pipeline import RowWriter
 
     n = len(rows)
     out = []
@@ -398,7 +398,9 @@ def main() -> None:
 
     import ray
     from crawl import make_images
-    from ray_cluster import LocalRayCluster
+    from ray_cluster import RAY_ENV, LocalRayCluster
+
+    os.environ.update(RAY_ENV)  # the driver as the nodes: a loopback cluster without token authentication
 
     from dsbuild.executor_settings import ExecutorSettings
 

@@ -60,7 +60,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from dsbuild.build import build
+    from dsbuild.pipeline import build
 
     manifest = _load(args)
     executor = None
@@ -72,7 +72,12 @@ def cmd_build(args) -> int:
         backend = args.executor or "ray"
         top = manifest.executor  # the manifest's top-level [executor]: its address and batch_size stay unless replaced
         address = args.ray_address or (top.address if top.backend == backend else None)
-        executor = dataclasses.replace(top, backend=backend, address=address)
+        from dsbuild.errors import SettingsError
+
+        try:
+            executor = dataclasses.replace(top, backend=backend, address=address)
+        except SettingsError as exc:  # only --ray-address can be bad here (--executor has choices)
+            raise DsbuildError(f"--ray-address {exc.problems[0].message}", exit_code=2) from None
     summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
                     workers=args.workers, executor=executor)
     print_build_summary(summary)
@@ -128,7 +133,7 @@ def cmd_query(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from dsbuild.export import export_dataset
+    from dsbuild.exporters import export_dataset
 
     manifest = _load(args)
     manifest.dataset(args.dataset)
@@ -165,14 +170,14 @@ def _model_progress(args):
 
 
 def cmd_mislabels(args) -> int:
-    from dsbuild.cycle import find_mislabels, fresh_mislabels
+    from dsbuild.cycle import find_issues, fresh_mislabels
 
     manifest = _load(args)
     manifest.dataset(args.dataset)
     found = None if args.rerun else fresh_mislabels(manifest, args.dataset)
     if found is not None:
         make_console(stderr=True).print(f"[dim]showing mislabel run {found[0]} (nothing changed since; --rerun to score again)[/dim]")
-    run_id, issues = found or find_mislabels(manifest, args.dataset, progress=_model_progress(args))
+    run_id, issues = found or find_issues(manifest, args.dataset, progress=_model_progress(args))
     if args.format == "html":
         from dsbuild.cycle import mislabel_report
 
@@ -180,11 +185,11 @@ def cmd_mislabels(args) -> int:
         files = mislabel_report(manifest, args.dataset, run_id, issues, out)
         print(f"wrote {', '.join(map(str, files))} ({len(issues)} flagged images)")
         return 0
-    cols = ["dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
-            "run_id", "kind", "suggested_confidence"]
-    view = issues[[c for c in cols if c in issues]]
+    from dsbuild.rows import REPORT_COLUMNS, REPORT_TABLE_COLUMNS
+
+    view = issues[[c for c in REPORT_COLUMNS if c in issues]]
     if args.format == "table" and not args.out:
-        view = view[["rank", "image_id", "given_label", "suggested_label", "label_quality", "kind", "origin"]]
+        view = view[list(REPORT_TABLE_COLUMNS)]
     _emit(view, args, title=f"{len(issues)} likely label problems in '{args.dataset}' (run {run_id})")
     return 0
 

@@ -14,41 +14,32 @@ a training never interleave.
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dsbuild.catalog import BuildLock, Catalog, utcnow
-from dsbuild.errors import DsbuildError
+from dsbuild.errors import DsbuildError, SettingsError
 from dsbuild.manifest import Dataset, Manifest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dsbuild.decisions import Decision
 
 TRAINABLE = ("ok",)
 
 
-def model_settings(ds: Dataset, *, root: Path | None = None, **overrides):
-    """The dataset's :class:`dsbuild.model.settings.ModelSettings` from its ``model`` table (checked field by field)."""
-    from dsbuild.model.settings import ModelSettings
-
-    names = {f.name for f in dataclasses.fields(ModelSettings)}
-    values = dict(ds.model)
-    unknown = sorted(set(values) - names)
-    if unknown:
-        import difflib
-
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, sorted(names), n=1)
-            hints.append(f"datasets.{ds.name}.model.{key}: unknown key" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        raise DsbuildError("\n".join(hints) + f"\nknown model keys: {', '.join(sorted(names))}", exit_code=2)
-    if values.get("weights"):
-        weights = Path(values["weights"])
-        values["weights"] = weights if weights.is_absolute() or root is None else root / weights
-    values.update(overrides)
+def model_settings(ds: Dataset, **overrides):
+    """The dataset's :class:`dsbuild.model.settings.ModelSettings` (checked at manifest load), with command-line overrides."""
+    if not overrides:
+        return ds.model_settings
     try:
-        return ModelSettings(**values)
-    except (TypeError, ValueError) as exc:
-        raise DsbuildError(f"datasets.{ds.name}.model: {exc}", exit_code=2) from None
+        return dataclasses.replace(ds.model_settings, **overrides)
+    except SettingsError as exc:
+        raise DsbuildError(f"{'; '.join(str(p) for p in exc.problems)} (given on the command line)", exit_code=2) from None
 
 
 def models_dir(manifest: Manifest) -> Path:
@@ -114,7 +105,7 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
     from dsbuild.model.train import train
 
     ds = manifest.dataset(name)
-    settings = model_settings(ds, root=manifest.root, **overrides)
+    settings = model_settings(ds, **overrides)
     run_id = new_run_id(name, kind)
     with _Writer(manifest) as w:
         with w.open() as cat:
@@ -153,19 +144,21 @@ def last_run(manifest: Manifest, name: str, *, kinds=("train", "retrain")):
 # --------------------------------------------------------------------------- mislabels
 
 
-def find_mislabels(manifest: Manifest, name: str, *, progress=None):
+def find_issues(manifest: Manifest, name: str, *, progress=None):
     """Out-of-fold probabilities + cleanlab on every labelled image; record a ``mislabels`` run.
 
-    Returns ``(run_id, issues)``: issues is a DataFrame with the ``label_issues``
-    columns (dataset, image_id, path, origin, given_label, suggested_label,
-    label_quality, rank, run_id) plus kind (label | conflict | ood),
-    suggested_confidence and ood_score — flagged rows only, most likely wrong first.
+    The issue finders of :mod:`dsbuild.issues` (label, conflict) run on the images'
+    out-of-fold probabilities. Returns ``(run_id, issues)``: issues is a DataFrame with
+    the ``label_issues`` view's columns (:data:`dsbuild.rows.LABEL_ISSUE_COLUMNS`:
+    given_label, suggested_label, label_quality, kind = label | conflict,
+    suggested_confidence, outlier_score, ...) — flagged rows only, most likely wrong first.
+    ``find_mislabels`` is the same function under its old name.
     """
-    from dsbuild.issues import IssueContext, find_issues
+    from dsbuild.issues import IssueContext, run_finders
     from dsbuild.model.oof import out_of_fold_probs
 
     ds = manifest.dataset(name)
-    settings = model_settings(ds, root=manifest.root)
+    settings = model_settings(ds)
     run_id = new_run_id(name, "mislabels")
     with _Writer(manifest) as w:
         with w.open() as cat:
@@ -175,7 +168,7 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
             cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings))
         try:
             oof = out_of_fold_probs(df, settings, progress=progress)
-            rows = find_issues(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members))
+            rows = run_finders(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members))
         except BaseException as exc:
             with w.open() as cat:
                 cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
@@ -190,6 +183,9 @@ def find_mislabels(manifest: Manifest, name: str, *, progress=None):
                            confusion={"classes": list(oof.classes), "matrix": matrix})
             issues = cat.run_issues(run_id)
     return run_id, issues
+
+
+find_mislabels = find_issues  # the old name (``dsbuild mislabels`` keeps it on the command line)
 
 
 def fresh_mislabels(manifest: Manifest, name: str):
@@ -209,7 +205,7 @@ def oof_confusion(oof) -> list[list[int]]:
     import numpy as np
 
     k = len(oof.classes)
-    given, pred = oof.label_index(), np.asarray(oof.probs).argmax(axis=1)
+    given, pred = oof.label_index(), np.asarray(oof.pred_probs).argmax(axis=1)
     matrix = np.zeros((k, k), dtype=np.int64)
     np.add.at(matrix, (given, pred), 1)
     return matrix.tolist()
@@ -264,10 +260,16 @@ class ReviewSummary:
     source: str
 
 
-def review_dataset(manifest: Manifest, name: str, *, decisions: Path | None = None,
-                   accept_suggestions: bool = False, min_confidence: float = 0.9) -> ReviewSummary:
-    """Apply review decisions as append-only label events; all or nothing."""
-    from dsbuild.review import decisions_from_suggestions, parse_decisions, plan_events
+def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | Iterable[Decision] | None" = None,
+                   accept_suggestions: bool = False, min_confidence: float = 0.9,
+                   source: str | None = None) -> ReviewSummary:
+    """Apply review decisions as append-only label events; all or nothing.
+
+    ``decisions``: a decisions CSV file (:func:`dsbuild.decisions.parse_decisions`) or any
+    iterable of :class:`dsbuild.decisions.Decision` (a review app's choices; recorded with
+    ``source``, default ``review:api``); or ``accept_suggestions`` at ``min_confidence``.
+    """
+    from dsbuild.decisions import check_decisions, decisions_from_suggestions, parse_decisions, plan_events
 
     ds = manifest.dataset(name)
     if (decisions is None) == (not accept_suggestions):
@@ -279,7 +281,10 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: Path | None = No
                 raise DsbuildError(f"dataset '{name}' is not in the catalog — run `dsbuild build {name}` first")
             history = cat.label_history(name)
             issues = cat.latest_issues(name)
-            if decisions is not None:
+            if decisions is not None and not isinstance(decisions, (str, os.PathLike)):
+                chosen = check_decisions(decisions, labels=ds.labels or sorted(set(images["label"].dropna())))
+                source = source or "review:api"
+            elif decisions is not None:
                 if not Path(decisions).is_file():
                     raise DsbuildError(f"decisions file {decisions} does not exist", exit_code=2)
                 chosen = parse_decisions(Path(decisions), images=images, labels=ds.labels)
@@ -346,8 +351,6 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
 
 
 # --------------------------------------------------------------------------- predict
-
-
 
 
 def predict_images(manifest: Manifest, name: str, inputs: list[str]):

@@ -11,6 +11,7 @@ URL, one corrupt image) are never exceptions: they become catalog rows with a
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 
 class DsbuildError(Exception):
@@ -35,6 +36,44 @@ class ManifestError(DsbuildError):
         super().__init__(message, exit_code=2)
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One bad value of a settings table: ``field`` ("" for the table itself) and what is wrong with it.
+
+    ``message`` reads after the key (``"must be an integer ≥ 1, got 0"``): the manifest
+    shows ``datasets.NAME.fetch.concurrency: must be an integer ≥ 1, got 0``.
+    """
+
+    field: str
+    message: str
+    sep: str = " "
+
+    def __str__(self) -> str:
+        return f"{self.field}{self.sep}{self.message}" if self.field else self.message
+
+
+class SettingsError(DsbuildError, ValueError):
+    """A stage's frozen settings were given bad values (every problem at once, in ``problems``).
+
+    Raised by the settings classes themselves (:class:`dsbuild.fetch_settings.FetchSettings`,
+    :class:`dsbuild.model.settings.ModelSettings`, ...); the manifest catches it at load
+    and reports each problem under its dotted key path.
+    """
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem], *, table: str | None = None) -> None:
+        self.problems = list(problems)
+        where = f" — fix it in the dataset's [{table}] table" if table else ""
+        super().__init__("; ".join(str(p) for p in self.problems) + where, exit_code=2)
+
+
+def check(problems: list[Problem], *, table: str | None = None) -> None:
+    """Raise :class:`SettingsError` when ``problems`` is not empty (a settings class's ``__post_init__`` ends with it)."""
+    if problems:
+        raise SettingsError(problems, table=table)
+
+
 class CatalogBusy(DsbuildError):
     """Another process holds the catalog (a build is running)."""
 
@@ -43,22 +82,28 @@ class EngineError(DsbuildError):
     """A search engine cannot go on (no network, captcha, endless pages)."""
 
 
-def did_you_mean(word: str, choices: Iterable[str], *, prefix: str = "") -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``word``, else ``""``.
-
-    A match that differs only in case wins; otherwise :func:`difflib.get_close_matches`
-    with its default cut-off (0.6). ``prefix`` is put before the suggestion (``@`` for
-    named queries).
-    """
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to ``word``: one that differs only in case, else :func:`difflib.get_close_matches`'s
+    best at its default cut-off (0.6); None when nothing is close."""
     import difflib
 
     options = sorted({str(c) for c in choices})
     folded = {c.casefold(): c for c in options}
     if word.casefold() in folded and word not in options:
-        close = [folded[word.casefold()]]
-    else:
-        close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+        return folded[word.casefold()]
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, prefix: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the :func:`closest` of ``choices`` to ``word``, else ``""``.
+
+    The one did-you-mean of dsbuild's messages (manifest keys, engines, labels, actions,
+    named queries, architectures...). ``prefix`` goes before the suggestion (``@`` for
+    named queries).
+    """
+    close = closest(word, choices)
+    return f" (did you mean '{prefix}{close}'?)" if close else ""
 
 
 def cause_chain(err: BaseException, *, limit: int = 32) -> Iterator[BaseException]:

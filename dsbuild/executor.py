@@ -45,12 +45,14 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from dsbuild.dedup.settings import DedupSettings
 from dsbuild.executor_settings import ExecutorSettings
-from dsbuild.manifest import DedupSettings, VerifySettings
+from dsbuild.verify.settings import VerifySettings
 from dsbuild.verify.analyze import ImageRecord, analyze_bytes, analyze_file
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dsbuild.fetch import FetchResult, FetchSettings
+    from dsbuild.fetch import FetchResult
+    from dsbuild.fetch_settings import FetchSettings
 
 INLINE_LIMIT = 48
 """Jobs per local worker below which fewer workers are started (each costs a fork)."""
@@ -239,7 +241,7 @@ def run_fetch_batch(jobs: Sequence[FetchJob]) -> list[FetchedImage]:
     """Download ``jobs`` concurrently in a helper thread while this (the main) thread verifies each body as it
     arrives — the main thread, so that the per-image time limit and stderr capture work as for files.
 
-    The batch's downloads use the first job's :class:`~dsbuild.fetch.FetchSettings` (a batch holds one
+    The batch's downloads use the first job's :class:`~dsbuild.fetch_settings.FetchSettings` (a batch holds one
     dataset's URLs) with ``concurrency`` at most the batch size. Raises only when nothing can go on
     (the store's ``.incoming`` folder cannot be written: :class:`~dsbuild.errors.DsbuildError`).
     """

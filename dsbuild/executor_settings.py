@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dsbuild.errors import DsbuildError, did_you_mean
+from dsbuild.errors import Problem, check, did_you_mean
 
 BACKEND_NAMES = ("local", "ray")
 """The executor backends (:data:`dsbuild.executor.BACKENDS` holds one factory per name)."""
@@ -32,14 +32,6 @@ def parse_address(address: str) -> tuple[str, int] | None:
     return m.group(1).strip("[]"), int(m.group(2))
 
 
-class ExecutorSettingsError(DsbuildError):
-    """Bad ``[executor]`` values: ``problems`` is ``[(field, message)]`` (the manifest adds the dotted key path)."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = list(problems)
-        super().__init__("; ".join(f"executor.{k}: {v}" for k, v in self.problems), exit_code=2)
-
-
 @dataclass(frozen=True, kw_only=True)
 class ExecutorSettings:
     """Where the per-image work runs (manifest table ``[executor]``, top level or ``[datasets.NAME.executor]``).
@@ -58,15 +50,13 @@ class ExecutorSettings:
     batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ExecutorSettingsError(problems)
+        check(self.problems(), table="executor")
 
-    def problems(self) -> list[tuple[str, str]]:
-        """Every bad value as ``(field, message)``, in field order (empty when the settings are valid)."""
+    def problems(self) -> list[Problem]:
+        """Every bad value, in field order (empty when the settings are valid)."""
         out = []
         if self.backend not in BACKEND_NAMES:
-            out.append(("backend", f"unknown backend {self.backend!r}{did_you_mean(str(self.backend), BACKEND_NAMES)} — "
+            out.append(Problem("backend", f"unknown backend {self.backend!r}{did_you_mean(str(self.backend), BACKEND_NAMES)} — "
                                    f"known: {', '.join(BACKEND_NAMES)}"))
         if self.address is not None:
             try:
@@ -74,10 +64,10 @@ class ExecutorSettings:
                     raise ValueError(self.address)
                 parse_address(self.address)
             except ValueError:
-                out.append(("address", f"must be \"auto\", \"host:port\" or \"ray://host:port\", not {self.address!r}"))
+                out.append(Problem("address", f"must be \"auto\", \"host:port\" or \"ray://host:port\", not {self.address!r}"))
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
                                             or not 1 <= self.batch_size <= 100_000):
-            out.append(("batch_size", f"must be an integer from 1 to 100000, not {self.batch_size!r}"))
+            out.append(Problem("batch_size", f"must be an integer from 1 to 100000, not {self.batch_size!r}"))
         return out
 
     def describe(self) -> str:

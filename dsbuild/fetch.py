@@ -70,26 +70,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from dsbuild import __version__
-from dsbuild.errors import DsbuildError
-from dsbuild.netguard import AddressPolicy, BlockedAddress, make_resolver
+from dsbuild import formats
+from dsbuild.errors import DsbuildError, cause_chain
+from dsbuild.fetch_settings import USER_AGENT, FetchSettings
+from dsbuild.netguard import BlockedAddress, make_resolver
 
 if TYPE_CHECKING:  # pragma: no cover
     import threading
 
     import aiohttp
 
-USER_AGENT = f"dsbuild/{__version__} (+https://github.com/dsbuild/dsbuild; dataset builder)"
 
-#: sniffed format → file extension of the completed temp file
-IMAGE_FORMATS = {"jpeg": "jpg", "png": "png", "gif": "gif", "webp": "webp", "bmp": "bmp", "tiff": "tiff"}
 OUTCOMES = ("ok", "failed", "rejected")
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _OK_STATUSES = frozenset({200, 203})
 _RETRY_STATUSES = frozenset({408, 425, 429})
-_SNIFF_BYTES = 64
-_FTYP_BRANDS = {"avif": "avif", "avis": "avif", "heic": "heic", "heix": "heic", "mif1": "heif", "msf1": "heif"}
+_SNIFF_BYTES = formats.SNIFF_BYTES
 _INFLATE_PIECE = 256 * 1024  # most bytes inflated in one step: bounds memory under a gzip bomb
 IN_MEMORY_BODY = 4_000_000  # bodies up to this size never touch .incoming (most web images are far smaller)
 IN_FLIGHT_MEMORY = 256_000_000  # ... unless concurrency × that would exceed this: the per-body limit shrinks
@@ -101,90 +98,6 @@ def in_memory_limit(concurrency: int) -> int:
 
 
 # --------------------------------------------------------------------------- settings and results
-
-
-@dataclass(frozen=True, kw_only=True)
-class FetchSettings:
-    """Downloader limits and policy (the manifest's ``[datasets.NAME.fetch]`` table).
-
-    concurrency: downloads in flight at most (default 32).
-    per_host: downloads in flight per host name at most (default 8).
-    connect_timeout: seconds to open a TCP (+TLS) connection (default 5).
-    read_timeout: seconds to wait for any next piece of data (default 10).
-    deadline: wall-clock seconds per attempt, all redirect hops, headers and body
-        included (default 30); a stalled or dripping server ends as "deadline".
-    max_bytes: most *decoded* body bytes accepted (default 20 MB); more → "too large".
-    max_redirects: redirect hops followed at most (default 10); every hop is re-checked.
-    retries: extra attempts after the first for transient failures (default 3).
-    backoff_base: seconds before the first retry; doubles each retry, ×0.5–1.5 jitter (default 0.5).
-    backoff_max: cap on one backoff wait in seconds (default 8).
-    retry_after_max: longest ``Retry-After`` honoured in seconds (default 30); a longer one
-        ends the URL as a transient failure (retry later with ``--retry-failed``).
-    allow_private_hosts: allow loopback/private/link-local hosts (default False; tests, intranets).
-    allowed_networks: addresses/CIDR networks allowed even when private hosts are not (default none).
-    respect_noai: reject responses carrying ``X-Robots-Tag: noai``/``noimageai`` (default True).
-    ca_bundle: a PEM file of extra CAs to trust for https (intranet mirrors, tests); default:
-        the system's trust store only. Certificates are always verified.
-    user_agent: the User-Agent header; default names dsbuild truthfully.
-    """
-
-    concurrency: int = 32
-    per_host: int = 8
-    connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    deadline: float = 30.0
-    max_bytes: int = 20_000_000
-    max_redirects: int = 10
-    retries: int = 3
-    backoff_base: float = 0.5
-    backoff_max: float = 8.0
-    retry_after_max: float = 30.0
-    allow_private_hosts: bool = False
-    allowed_networks: tuple[str, ...] = ()
-    respect_noai: bool = True
-    ca_bundle: str | None = None
-    user_agent: str = USER_AGENT
-
-    def __post_init__(self) -> None:
-        def need(name: str, ok: bool, what: str) -> None:
-            if not ok:
-                raise DsbuildError(
-                    f"{name} must be {what}, got {getattr(self, name)!r} — fix it in the dataset's [fetch] table"
-                )
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        for name in ("concurrency", "per_host", "max_bytes"):
-            need(name, is_int(getattr(self, name)) and getattr(self, name) >= 1, "an integer ≥ 1")
-        for name in ("max_redirects", "retries"):
-            need(name, is_int(getattr(self, name)) and getattr(self, name) >= 0, "an integer ≥ 0")
-        for name in ("connect_timeout", "read_timeout", "deadline"):
-            need(name, is_num(getattr(self, name)) and getattr(self, name) > 0, "a number of seconds > 0")
-        for name in ("backoff_base", "backoff_max", "retry_after_max"):
-            need(name, is_num(getattr(self, name)) and getattr(self, name) >= 0, "a number of seconds ≥ 0")
-        for name in ("allow_private_hosts", "respect_noai"):
-            need(name, isinstance(getattr(self, name), bool), "true or false")
-        need("user_agent", isinstance(self.user_agent, str) and self.user_agent.strip() != "", "a non-empty string")
-        if self.ca_bundle is not None:
-            need("ca_bundle", isinstance(self.ca_bundle, (str, os.PathLike)) and Path(self.ca_bundle).is_file(),
-                 "the path of a PEM file")
-            object.__setattr__(self, "ca_bundle", str(self.ca_bundle))
-        nets = self.allowed_networks
-        if isinstance(nets, str):
-            nets = (nets,)
-        object.__setattr__(self, "allowed_networks", tuple(str(n) for n in nets))
-        try:
-            self.policy()
-        except ValueError as exc:
-            raise DsbuildError(f"{exc} — fix it in the dataset's [fetch] table") from None
-
-    def policy(self) -> AddressPolicy:
-        """The :class:`~dsbuild.netguard.AddressPolicy` these settings describe."""
-        return AddressPolicy(allow_private=self.allow_private_hosts, allowed_networks=self.allowed_networks)
 
 
 @dataclass(frozen=True)
@@ -247,64 +160,18 @@ class FetchResult:
 def sniff(head: bytes) -> tuple[str | None, str | None]:
     """(image format, None) for an allowed image, else (None, reject reason), from the first bytes.
 
-    Allowed: the format families of :mod:`dsbuild.formats` (JPEG, PNG, GIF, WebP,
-    BMP, TIFF incl. BigTIFF), decided by the same magic-byte table verification
-    uses, returned lower-case. Everything else gets a reason such as
-    ``"not an image (html)"``, ``"not an image (svg)"``, ``"unsupported image (avif)"``.
+    The classification is :func:`dsbuild.formats.sniff`'s, the table verification
+    uses; the downloader names formats in lower case. Allowed: the format families
+    (JPEG, PNG, GIF, WebP, BMP, TIFF incl. BigTIFF). Everything else gets a
+    reason such as ``"not an image (html)"``, ``"not an image (svg)"``, ``"unsupported
+    image (avif)"``, ``"empty body"``.
     """
-    from dsbuild.formats import FAMILIES
-    from dsbuild.formats import sniff as sniff_format
-
-    if not head:
+    found = formats.sniff(head)
+    if found.allowed:
+        return found.name.lower(), None
+    if found.name == "EMPTY":
         return None, "empty body"
-    fmt = sniff_format(head)
-    if fmt in FAMILIES:
-        return fmt.lower(), None
-    return None, _what_else(head)
-
-
-def _what_else(head: bytes) -> str:
-    if head[4:8] == b"ftyp":
-        brand = head[8:12].decode("latin-1").strip().lower()
-        kind = _FTYP_BRANDS.get(brand)
-        return f"unsupported image ({kind})" if kind else "not an image (video)"
-    if head.startswith((b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")):
-        return "unsupported image (ico)"
-    if head.startswith((b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")):
-        return "unsupported image (jpeg2000)"
-    if head.startswith(b"%PDF"):
-        return "not an image (pdf)"
-    if head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
-        return "unsupported image (eps)"
-    if head.startswith(b"\x1f\x8b"):
-        return "not an image (gzip)"
-    if head.startswith((b"PK\x03\x04", b"Rar!", b"7z\xbc\xaf")):
-        return "not an image (archive)"
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<script", b"<meta", b"<title", b"<div")):
-        return "not an image (html)"
-    if text.startswith(b"<svg") or (text.startswith((b"<?xml", b"<!--", b"<!doctype svg")) and b"<svg" in text):
-        return "not an image (svg)"
-    if text.startswith(b"<?xml"):
-        return "not an image (xml)"
-    if text.startswith(b"<"):
-        return "not an image (html)"
-    if text[:1] in (b"{", b"["):
-        return "not an image (json)"
-    decoded = _utf8(head)
-    if decoded is not None and all(c.isprintable() or c in "\r\n\t" for c in decoded):
-        return "not an image (text)"
-    return "not an image (unknown)"
-
-
-def _utf8(data: bytes) -> str | None:
-    """``data`` as UTF-8, tolerating a multi-byte character cut at the end; None if not UTF-8."""
-    for cut in range(4):
-        try:
-            return data[: len(data) - cut].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-    return None
+    return None, f"{'unsupported image' if found.image else 'not an image'} ({found.name.lower()})"
 
 
 def noai_directive(values: Iterable[str], *, token: str = "dsbuild") -> bool:
@@ -506,7 +373,7 @@ def _classify(exc: BaseException) -> tuple[str, str, bool, bool]:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "failed", "server disconnected", True, True
     if isinstance(exc, aiohttp.ClientPayloadError):
-        chain = _causes(exc)
+        chain = list(cause_chain(exc, limit=8))
         # aiohttp names the socket error only in the message ("... ConnectionResetError(104, ...)").
         if any(isinstance(e, ConnectionResetError) for e in chain) or "ConnectionResetError" in str(exc):
             return "failed", "connection reset", True, True
@@ -518,15 +385,6 @@ def _classify(exc: BaseException) -> tuple[str, str, bool, bool]:
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return "failed", "connection error", True, True
     raise exc
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and len(out) < 8:
-        out.append(e)
-        e = e.__cause__ or e.__context__
-    return out
 
 
 class _Downloader:
@@ -734,7 +592,7 @@ class _Downloader:
 
     def _finish(self, body: _Body, fmt: str) -> Path:
         assert body.part is not None and body.fh is not None
-        final = body.part.with_suffix("." + IMAGE_FORMATS[fmt])
+        final = body.part.with_suffix("." + formats.extension(fmt))
         try:
             body.fh.close()
             body.fh = None
@@ -974,7 +832,6 @@ __all__ = [
     "FetchRequest",
     "FetchResult",
     "FetchSettings",
-    "IMAGE_FORMATS",
     "USER_AGENT",
     "fetch_all",
     "fetch_all_async",

@@ -1,24 +1,30 @@
 """The one format table: magic bytes → format name, format family → file extension, and what Pillow may open.
 
-Every path that reads an image file decides what it is here, from its content,
-never from its name or a Content-Type: verification (:mod:`dsbuild.verify`),
-the downloader's early reject (:mod:`dsbuild.fetch`), the store and export
-(extensions), predict and thumbnails (:func:`open_image`).
+Everything that takes bytes from outside decides what they are here, from their
+content, never from a file name or a Content-Type, and names formats the same
+way (Pillow's names: ``"JPEG"``, ``"PNG"``, …): the downloader (:mod:`dsbuild.fetch`)
+sniffs the first bytes of a body before writing it, verification
+(:mod:`dsbuild.verify`) sniffs before decoding, the store (:mod:`dsbuild.store`)
+and the exporters name files with :func:`extension`, predict and thumbnails open
+files with :func:`open_image`.
 
-* :data:`FAMILIES` — the formats a manifest may allow (``[verify] formats``),
-  each with the names Pillow gives its variants and the one extension files of
-  that family get (an MPO camera JPEG is JPEG and is stored as ``.jpg``;
-  a BigTIFF is TIFF and is stored as ``.tif``).
-* :func:`sniff` — the format named by the first bytes: a family, another known
-  image format (EPS, PSD, …: never decoded), or ``HTML``/``SVG``/``XML``/``TEXT``.
-* :func:`identify` — for content :func:`sniff` does not know, Pillow's name and
-  declared size of it, from its header only (so that a TGA is "unsupported
-  format: TGA", not "not an image"); nothing is decoded and no plugin that
-  starts another program is ever asked.
+* :data:`FAMILIES` — the formats a manifest may allow (``[verify] formats``,
+  :data:`IMAGE_FORMATS`), each with the names Pillow gives its variants and the
+  one extension files of that family get (an MPO camera JPEG is JPEG and is
+  stored as ``.jpg``; a BigTIFF is TIFF and is stored as ``.tif``).
+* :func:`sniff` — what the first bytes are (:class:`Sniffed`): a family, another
+  known image format (EPS, PSD, ICO, AVIF, …: parsers dsbuild never runs), or
+  what else the bytes are (``HTML``, ``SVG``, ``TEXT``, ``PDF``, ``GZIP``, …),
+  so that a rejection can say what the file was.
+* :func:`identify` — for content :func:`sniff` does not place among the
+  families, Pillow's name and declared size of it, from its header only (so
+  that a TGA is "unsupported format: TGA", not "not an image"); nothing is
+  decoded and no plugin that starts another program is ever asked.
+* :func:`refusal` / :func:`check_content` — the one rule for content outside
+  the allow-list, in verification's vocabulary (reason, detail).
 * :func:`open_image` — the one way to open an untrusted image file outside a
   build: sniffed, allow-listed, size-checked, opened with its family's Pillow
-  reader only; anything else raises :class:`Refused` with a reason and detail
-  in verification's vocabulary.
+  reader only; anything else raises :class:`Refused`.
 """
 
 from __future__ import annotations
@@ -26,8 +32,6 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-
-TEXTLIKE = ("HTML", "SVG", "XML", "TEXT")
 
 
 @dataclass(frozen=True)
@@ -44,17 +48,32 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("JPEG", ("JPEG", "MPO"), "jpg"),
         Family("PNG", ("PNG",), "png"),
-        Family("GIF", ("GIF",), "gif"),
         Family("WEBP", ("WEBP",), "webp"),
+        Family("GIF", ("GIF",), "gif"),
         Family("BMP", ("BMP",), "bmp"),
         Family("TIFF", ("TIFF",), "tif"),
     )
 }
 """Family name → :class:`Family`; the names are the manifest's ``[verify] formats`` values."""
 
-_FAMILY_OF_PILLOW = {name: f.name for f in FAMILIES.values() for name in f.pillow}
+IMAGE_FORMATS = tuple(FAMILIES)
+"""The allow-list: the only formats whose decoders dsbuild runs (a dataset may narrow it with ``verify.formats``)."""
 
-_MAGIC = (
+EXTENSIONS = {f.name: f.extension for f in FAMILIES.values()}
+"""File extension (no dot) of each allowed format, for stored, downloaded and exported files."""
+
+SNIFF_BYTES = 64
+"""Bytes :func:`sniff` needs to classify any content (verification gives it more, for markup and text)."""
+
+TEXTLIKE = ("HTML", "SVG", "XML", "TEXT")
+"""Markup and text: never an image, though Pillow identifies a few text formats (XPM, XBM) among them."""
+
+_FAMILY_OF_PILLOW = {name: f.name for f in FAMILIES.values() for name in f.pillow}
+_DIB_HEADER_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)  # a BMP's second header: "BM" alone is also plain text
+_FTYP_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF"}
+
+# Image formats by signature, allowed or not: (magic at offset 0, Pillow's format name).
+_SIGNATURES = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
     (b"GIF87a", "GIF"),
@@ -66,7 +85,6 @@ _MAGIC = (
     (b"%!PS", "EPS"),
     (b"\xc5\xd0\xd3\xc6", "EPS"),
     (b"8BPS", "PSD"),
-    (b"%PDF", "PDF"),
     (b"\x00\x00\x00\x0cjP  ", "JPEG2000"),
     (b"\xff\x4f\xff\x51", "JPEG2000"),
     (b"SIMPLE  =", "FITS"),
@@ -75,40 +93,80 @@ _MAGIC = (
     (b"\x00\x00\x02\x00", "CUR"),
     (b"qoif", "QOI"),
     (b"icns", "ICNS"),
+    (b"\x0a\x05\x01", "PCX"),
+    (b"\x0a\x03\x01", "PCX"),
+    (b"\x0a\x02\x01", "PCX"),
+    (b"\x0a\x00\x01", "PCX"),
 )
-_DIB_HEADER_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)
-_FTYP = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIF", b"heix": "HEIF", b"mif1": "HEIF", b"msf1": "HEIF"}
+# Other content by signature: (magic, what it is).
+_OTHER = (
+    (b"%PDF", "PDF"),
+    (b"\x1f\x8b", "GZIP"),
+    (b"PK\x03\x04", "ARCHIVE"),
+    (b"Rar!", "ARCHIVE"),
+    (b"7z\xbc\xaf", "ARCHIVE"),
+)
+_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<script", b"<meta", b"<title", b"<div")
 
 
-def sniff(head: bytes) -> str | None:
-    """The format named by the first bytes of a file (give at least 64), or None when unknown.
+@dataclass(frozen=True)
+class Sniffed:
+    """What the first bytes of some content are.
 
-    Returns a :data:`FAMILIES` name for the allowed-able formats, another image
-    format's name (``EPS``, ``PSD``, ``PDF``, ``JPEG2000``, ``ICO``, ``PPM``,
-    ``AVIF``, …) or ``HTML``/``SVG``/``XML``/``TEXT`` for markup and text. BMP
-    needs ``BM`` and a known header size (text starting with "BM" is text).
+    ``name``: an image format (Pillow's name: ``JPEG``, ``PNG``, ``EPS``, ``AVIF``, ...)
+    when ``image`` is True, else what the content is instead: ``HTML``, ``SVG``,
+    ``XML``, ``JSON``, ``TEXT``, ``PDF``, ``GZIP``, ``ARCHIVE``, ``VIDEO``,
+    ``UNKNOWN`` or ``EMPTY``.
     """
-    for magic, fmt in _MAGIC:
+
+    name: str
+    image: bool
+
+    @property
+    def allowed(self) -> bool:
+        """An image of a family (:data:`IMAGE_FORMATS`)."""
+        return self.image and self.name in FAMILIES
+
+
+def sniff(head: bytes) -> Sniffed:
+    """Classify ``head`` (the first bytes of a file or body; :data:`SNIFF_BYTES` suffice) by its magic bytes.
+
+    BMP needs ``BM`` and a known header size (text starting with "BM" is text);
+    text is UTF-8 of printable characters (a multi-byte character cut at the end
+    of ``head`` still counts).
+    """
+    if not head:
+        return Sniffed("EMPTY", False)
+    for magic, name in _SIGNATURES:
         if head.startswith(magic):
-            return fmt
+            return Sniffed(name, True)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
+        return Sniffed("WEBP", True)
     if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _DIB_HEADER_SIZES:
-        return "BMP"
+        return Sniffed("BMP", True)
     if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"1234567" and head[2:3] in b" \t\r\n":
-        return "PPM"  # netpbm (PBM/PGM/PPM/PAM)
-    if head[4:8] == b"ftyp" and head[8:12] in _FTYP:
-        return _FTYP[head[8:12]]
+        return Sniffed("PPM", True)  # netpbm (PBM/PGM/PPM/PAM)
+    if head[4:8] == b"ftyp":
+        brand = _FTYP_BRANDS.get(head[8:12].strip().lower())
+        return Sniffed(brand, True) if brand else Sniffed("VIDEO", False)
+    for magic, name in _OTHER:
+        if head.startswith(magic):
+            return Sniffed(name, False)
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<script", b"<meta", b"<title", b"<div")):
-        return "HTML"
+    if text.startswith(_HTML_STARTS):
+        return Sniffed("HTML", False)
     if text.startswith(b"<svg") or (text.startswith((b"<?xml", b"<!--", b"<!doctype svg")) and b"<svg" in text):
-        return "SVG"
-    if text.startswith((b"<?xml", b"<")):
-        return "XML"
-    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:256]):
-        return "TEXT"
-    return None
+        return Sniffed("SVG", False)
+    if text.startswith(b"<?xml"):
+        return Sniffed("XML", False)
+    if text.startswith(b"<"):
+        return Sniffed("HTML", False)
+    if text[:1] in (b"{", b"["):
+        return Sniffed("JSON", False)
+    decoded = _utf8(head)
+    if decoded is not None and all(c.isprintable() or c in "\r\n\t" for c in decoded):
+        return Sniffed("TEXT", False)
+    return Sniffed("UNKNOWN", False)
 
 
 def family(fmt: str | None) -> str | None:
@@ -120,7 +178,7 @@ def family(fmt: str | None) -> str | None:
 
 
 def extension(fmt: str | None) -> str:
-    """The file extension (without dot) of a family or Pillow format name; ``img`` for anything else."""
+    """The file extension (without dot) of a family or Pillow format name (any case); ``img`` for anything else."""
     fam = family(fmt)
     return FAMILIES[fam].extension if fam else "img"
 
@@ -153,36 +211,54 @@ def identify(data: bytes) -> tuple[str, int | None, int | None] | None:
 
 
 class Refused(Exception):
-    """A file that :func:`open_image` will not open: ``reason`` (verification's vocabulary) and ``detail``."""
+    """Content refused before any decoder runs: ``reason`` (verification's vocabulary) and ``detail``.
 
-    def __init__(self, reason: str, detail: str) -> None:
+    ``info``: what is known of the file — ``format`` (the sniffed or identified
+    name) and, when Pillow identified it, its declared ``width`` and ``height``.
+    """
+
+    def __init__(self, reason: str, detail: str, info: dict | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.info = info or {}
+
+
+def refusal(found: Sniffed, allowed: tuple[str, ...], data: bytes | None = None) -> Refused:
+    """Why content sniffed as ``found`` and outside ``allowed`` (upper-case family names) is refused.
+
+    ``data``: the whole file, to name an image format :func:`sniff` does not
+    place through :func:`identify` (a TGA, an XPM written as text); without it
+    unknown content is "not an image". HTML and SVG are never handed to Pillow.
+    Returns (does not raise) the :class:`Refused`: ``not an image`` (``content is
+    html``, ``unrecognised content``, …) or ``unsupported format`` (``TGA is not
+    in the allowed formats (JPEG, PNG)``).
+    """
+    fmt = found.name
+    info: dict = {}
+    if fmt not in FAMILIES and fmt not in ("HTML", "SVG") and data is not None:
+        known = identify(data)
+        if known is not None:
+            fmt = known[0]
+            info = {"format": known[0], "width": known[1], "height": known[2]}
+            return Refused("unsupported format", f"{fmt} is not in the allowed formats ({', '.join(allowed)})", info)
+    if not found.image:
+        what = "unrecognised content" if fmt in ("UNKNOWN", "EMPTY") else f"content is {fmt.lower()}"
+        return Refused("not an image", what)
+    return Refused("unsupported format", f"{fmt} is not in the allowed formats ({', '.join(allowed)})",
+                   {"format": fmt})
 
 
 def check_content(head: bytes, allowed: tuple[str, ...], data_for_identify: bytes | None = None) -> str:
-    """The family of a file whose first bytes are ``head``, if ``allowed``; else raise :class:`Refused`.
-
-    ``data_for_identify``: the whole file, to name an unknown format through
-    :func:`identify` (without it an unknown format is "not an image").
-    """
+    """The family of a file whose first bytes are ``head``, if ``allowed``; else raise :func:`refusal`'s :class:`Refused`."""
     allowed = tuple(a.upper() for a in allowed)
-    fmt = sniff(head)
-    if fmt in FAMILIES and fmt in allowed:
-        return fmt
-    if fmt not in FAMILIES and data_for_identify is not None and fmt not in ("HTML", "SVG"):
-        known = identify(data_for_identify)
-        if known is not None and family(known[0]) is None:
-            fmt = known[0]
-    if fmt is None:
-        raise Refused("not an image", "unrecognised content")
-    if fmt in TEXTLIKE:
-        raise Refused("not an image", f"content is {fmt.lower()}")
-    raise Refused("unsupported format", f"{fmt} is not in the allowed formats ({', '.join(allowed)})")
+    found = sniff(head)
+    if found.allowed and found.name in allowed:
+        return found.name
+    raise refusal(found, allowed, data_for_identify)
 
 
-def open_image(path: str | os.PathLike, *, allowed: tuple[str, ...] = tuple(FAMILIES), max_pixels: int = 89_478_485,
+def open_image(path: str | os.PathLike, *, allowed: tuple[str, ...] = IMAGE_FORMATS, max_pixels: int = 89_478_485,
                max_bytes: int = 20_000_000):
     """Open an untrusted image file for reading pixels: sniffed, allow-listed, size-checked, its family's reader only.
 
@@ -221,3 +297,13 @@ def open_image(path: str | os.PathLike, *, allowed: tuple[str, ...] = tuple(FAMI
         img.close()
         raise Refused("decompression bomb", f"{width}×{height} = {width * height} pixels exceeds max_pixels {max_pixels}")
     return img
+
+
+def _utf8(data: bytes) -> str | None:
+    """``data`` as UTF-8, tolerating a multi-byte character cut at the end; None if not UTF-8."""
+    for cut in range(4):
+        try:
+            return data[: len(data) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dsbuild.errors import DsbuildError
+from dsbuild.store import atomic_write
 
 STARTER = '''\
 # dsbuild manifest. Build with `dsbuild build`, inspect with `dsbuild status` and `dsbuild query`.
@@ -79,7 +80,4 @@ def write_starter(path: Path, *, force: bool = False) -> Path:
         raise DsbuildError(f"{path} already exists — edit it, or pass --force to overwrite it", exit_code=2)
     if path.parent and not path.parent.exists():
         raise DsbuildError(f"folder {path.parent} does not exist — create it first", exit_code=2)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(STARTER, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, STARTER, hint="check that the folder is writable")

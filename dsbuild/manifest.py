@@ -1,9 +1,16 @@
 """The manifest: ``datasets.toml`` parsed into frozen dataclasses.
 
-Every problem is reported with the manifest file, the dotted key path and the
-bad value, e.g. ``datasets.eyewear.per_querry: unknown key (did you mean
-'per_query'?)``. All problems are collected and raised together as one
-:class:`~dsbuild.errors.ManifestError`, before anything is downloaded or written.
+Every section is parsed into the frozen settings of the stage that owns it,
+when the manifest loads: ``[verify]`` and ``[quality]`` →
+:mod:`dsbuild.verify.settings`, ``[dedup]`` → :class:`dsbuild.dedup.settings.DedupSettings`,
+``[split]`` → :class:`dsbuild.split.SplitSettings`, ``[fetch]`` →
+:class:`dsbuild.fetch_settings.FetchSettings`, ``[model]`` →
+:class:`dsbuild.model.settings.ModelSettings`. Every problem is reported with
+the manifest file, the dotted key path and the bad value, e.g.
+``datasets.eyewear.per_querry: unknown key (did you mean 'per_query'?)`` or
+``datasets.eyewear.model.epohcs: unknown key (did you mean 'epochs'?)``. All
+problems are collected and raised together as one
+:class:`~dsbuild.errors.ManifestError`, before anything is downloaded, written or trained.
 
 Shape (see README for every key and its default)::
 
@@ -21,7 +28,6 @@ Shape (see README for every key and its default)::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import sys
@@ -29,8 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from dsbuild.errors import DsbuildError, ManifestError
-from dsbuild.executor_settings import ExecutorSettings, ExecutorSettingsError
+from dsbuild.dedup.settings import DedupSettings
+from dsbuild.errors import DsbuildError, ManifestError, SettingsError, did_you_mean
+from dsbuild.executor_settings import ExecutorSettings
+from dsbuild.fetch_settings import FetchSettings
+from dsbuild.model.settings import ModelSettings
+from dsbuild.split import SplitSettings
+from dsbuild.verify.settings import HASH_KINDS, QUALITY_FLAGS, QualitySettings, VerifySettings
+
+__all__ = ["DEFAULT_CATALOG", "DEFAULT_MANIFEST", "HASH_KINDS", "QUALITY_FLAGS", "ClassSpec", "Dataset", "DedupSettings",
+           "ExecutorSettings", "FetchSettings", "Manifest", "ModelSettings", "QualitySettings", "SplitSettings", "VerifySettings",
+           "label_problem", "load_manifest", "parse_manifest"]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,80 +54,9 @@ else:  # pragma: no cover
 
 DEFAULT_MANIFEST = "datasets.toml"
 DEFAULT_CATALOG = "catalog/dsbuild.duckdb"
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-HASH_KINDS = ("phash", "dhash", "whash", "ahash")
 
 
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True, kw_only=True)
-class VerifySettings:
-    """Limits applied to every image before it is accepted.
-
-    ``max_pixels`` guards against decompression bombs (an image declaring more
-    pixels is rejected before its pixels are decoded); ``formats`` is the
-    allow-list of format families (:data:`dsbuild.formats.FAMILIES`; EPS/PSD and
-    other risky parsers are never allowed); ``max_bytes`` caps the file size read
-    from disk or the web; ``time_limit`` is the most seconds verifying one image
-    may take (default 30: an 89-megapixel PNG takes ~5 s on a busy core) — past
-    it the image is rejected as ``timeout`` and its worker replaced, so a decoder
-    that never returns cannot hold a build.
-    """
-
-    min_side: int = 32
-    max_aspect_ratio: float = 6.0
-    max_pixels: int = 89_478_485
-    max_bytes: int = 20_000_000
-    formats: tuple[str, ...] = IMAGE_FORMATS
-    time_limit: float = 30.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class DedupSettings:
-    """Perceptual hashing and near-duplicate grouping.
-
-    ``threshold`` is the largest Hamming distance between two hashes that makes
-    them near duplicates (0 keeps exact duplicates only). ``cross_class`` says
-    what to do with a group whose members carry different labels: ``"flag"``
-    marks it as a label conflict for review (nothing is dropped silently).
-    """
-
-    hash: str = "phash"
-    hash_size: int = 8
-    threshold: int = 10  # dsbuild.dedup.DEFAULT_THRESHOLD, measured by bench/dup_quality.py
-    near: bool = True
-    cross_class: str = "flag"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SplitSettings:
-    """Train/valid/test fractions (summing to 1) and the seed of the split hash."""
-
-    train: float = 0.8
-    valid: float = 0.2
-    test: float = 0.0
-    seed: int = 42
-
-
-@dataclass(frozen=True, kw_only=True)
-class QualitySettings:
-    """CleanVision-style quality checks: which flags reject, and their thresholds.
-
-    A flag listed in ``reject`` turns the image's status into ``rejected`` with
-    reason ``quality: <flag>``; other flags are only reported.
-    """
-
-    reject: tuple[str, ...] = ()
-    dark: float = 0.32
-    light: float = 0.05
-    blurry: float = 0.29
-    low_information: float = 0.3
-    odd_aspect_ratio: float = 0.35
-    odd_size_iqr_factor: float = 3.0
-
-
-QUALITY_FLAGS = ("dark", "light", "blurry", "low_information", "grayscale", "odd_aspect_ratio", "odd_size")
+# --------------------------------------------------------------------------- the manifest
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,7 +72,12 @@ class ClassSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class Dataset:
-    """A ``[datasets.NAME]`` table with ``[defaults]`` merged in."""
+    """A ``[datasets.NAME]`` table with ``[defaults]`` merged in.
+
+    ``verify``, ``dedup``, ``split``, ``quality``, ``fetch_settings`` and
+    ``model_settings`` are the stages' frozen settings, checked at load; ``fetch``
+    and ``model`` keep the tables as written (``model.weights`` relative to the manifest).
+    """
 
     name: str
     classes: tuple[ClassSpec, ...]
@@ -146,6 +95,8 @@ class Dataset:
     fetch: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
     imagefolder: Path | None = None
+    fetch_settings: FetchSettings = FetchSettings()
+    model_settings: ModelSettings = ModelSettings()
     executor: ExecutorSettings = ExecutorSettings()
 
     @property
@@ -173,7 +124,7 @@ class Manifest:
         if name in self.datasets:
             return self.datasets[name]
         known = ", ".join(self.datasets) or "(none)"
-        hint = _did_you_mean(name, list(self.datasets))
+        hint = did_you_mean(name, list(self.datasets))
         raise DsbuildError(f"no dataset '{name}' in {self.path.name}{hint} — known datasets: {known}")
 
     def select(self, names: list[str] | tuple[str, ...] | None) -> list[Dataset]:
@@ -186,12 +137,13 @@ class Manifest:
 # --------------------------------------------------------------------------- allow-lists
 
 _TOP_KEYS = {"catalog", "store", "defaults", "datasets", "executor"}
-_SECTION_TYPES = {
+_SECTION_TYPES: dict[str, type] = {
     "verify": VerifySettings,
     "dedup": DedupSettings,
     "split": SplitSettings,
     "quality": QualitySettings,
 }
+_FETCH_FROM_DATASET = "allow_private_hosts"  # set on the dataset (engines use it too), not in [fetch]
 _DATASET_SCALARS: dict[str, type | tuple[type, ...]] = {
     "description": str,
     "engine": str,
@@ -208,11 +160,6 @@ _CLASS_KEYS = {"queries", "urls", "folders", "endpoint"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {f"LPT{i}" for i in range(1, 10)}
 _UNSAFE_LABEL_CHARS = set('/\\:*?"<>|') | {chr(c) for c in range(32)} | {"\x7f"}
-
-
-def _did_you_mean(word: str, choices: list[str] | set[str]) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _type_name(value: Any) -> str:
@@ -256,7 +203,7 @@ class _Problems:
 def _check_keys(table: Mapping[str, Any], allowed: set[str], prefix: str, problems: _Problems) -> None:
     for key in table:
         if key not in allowed:
-            problems.add(f"{prefix}{key}", f"unknown key{_did_you_mean(key, allowed)}")
+            problems.add(f"{prefix}{key}", f"unknown key{did_you_mean(key, allowed)}")
 
 
 def _as_str_list(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
@@ -297,72 +244,39 @@ def _coerce(value: Any, want: Any, key: str, problems: _Problems) -> Any:
     return value
 
 
-def _parse_section(cls: type, raw: Any, base: Any, key: str, problems: _Problems) -> Any:
-    """Build settings ``cls`` from a TOML table on top of ``base``."""
+def _section_values(cls: type, raw: Any, key: str, problems: _Problems) -> dict[str, Any]:
+    """The values of settings table ``raw`` (keys checked, types coerced against ``cls``'s defaults)."""
     if not isinstance(raw, dict):
         problems.add(key, f"must be a table, not {_type_name(raw)}")
-        return base
+        return {}
     names = {f.name for f in dataclasses.fields(cls)}
     _check_keys(raw, names, key + ".", problems)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     values = {}
     for name, value in raw.items():
         if name in names:
             before = len(problems.items)
-            coerced = _coerce(value, getattr(base, name), f"{key}.{name}", problems)
+            coerced = _coerce(value, defaults[name], f"{key}.{name}", problems)
             if len(problems.items) == before:  # a bad value keeps the default: later checks do arithmetic on it
                 values[name] = coerced
+    return values
+
+
+def _settings(cls: type, values: dict[str, Any], key: str, later: list[tuple[str, str]]) -> Any:
+    """``cls(**values)``; its value problems go to ``later`` under ``key`` (reported after the key and type problems)."""
     try:
-        return dataclasses.replace(base, **values)
-    except TypeError as exc:  # pragma: no cover - guarded by the key check above
-        problems.add(key, str(exc))
-        return base
+        return cls(**values)
+    except SettingsError as exc:
+        later.extend((f"{key}.{p.field}" if p.field else key, p.message) for p in exc.problems)
+        return cls()
 
 
-def _check_section_values(ds: Dataset, key: str, problems: _Problems) -> None:
+def _check_engine(ds: Dataset, key: str, problems: _Problems) -> None:
     from dsbuild.sources.engines import ENGINES  # cheap: the crawler libraries load on first use
 
     if ds.engine not in ENGINES:
-        problems.add(f"{key}.engine", f"unknown engine {ds.engine!r}{_did_you_mean(ds.engine, set(ENGINES))} — "
+        problems.add(f"{key}.engine", f"unknown engine {ds.engine!r}{did_you_mean(ds.engine, set(ENGINES))} — "
                                       f"known engines: {', '.join(sorted(ENGINES))}")
-    v, d, s, q = ds.verify, ds.dedup, ds.split, ds.quality
-    if v.min_side < 1:
-        problems.add(f"{key}.verify.min_side", f"must be at least 1, not {v.min_side}")
-    if v.max_aspect_ratio < 1:
-        problems.add(f"{key}.verify.max_aspect_ratio", f"must be at least 1, not {v.max_aspect_ratio}")
-    if v.max_pixels < 1:
-        problems.add(f"{key}.verify.max_pixels", f"must be positive, not {v.max_pixels}")
-    if v.max_bytes < 1:
-        problems.add(f"{key}.verify.max_bytes", f"must be positive, not {v.max_bytes}")
-    if not v.time_limit > 0:
-        problems.add(f"{key}.verify.time_limit", f"must be a positive number of seconds, not {v.time_limit}")
-    for fmt in v.formats:
-        if fmt.upper() not in IMAGE_FORMATS:
-            problems.add(
-                f"{key}.verify.formats", f"'{fmt}' is not allowed — allowed formats: {', '.join(IMAGE_FORMATS)}"
-            )
-    if d.hash not in HASH_KINDS:
-        problems.add(f"{key}.dedup.hash", f"unknown hash '{d.hash}'{_did_you_mean(d.hash, set(HASH_KINDS))} — known: {', '.join(HASH_KINDS)}")
-    if d.hash_size not in (4, 6, 8, 12, 16):
-        problems.add(f"{key}.dedup.hash_size", f"must be one of 4, 6, 8, 12, 16, not {d.hash_size}")
-    if not 0 <= d.threshold <= 32:
-        problems.add(f"{key}.dedup.threshold", f"must be between 0 and 32, not {d.threshold}")
-    if d.cross_class not in ("flag",):
-        problems.add(f"{key}.dedup.cross_class", f"must be 'flag', not {d.cross_class!r}")
-    for name in ("train", "valid", "test"):
-        frac = getattr(s, name)
-        if not 0 <= frac <= 1:
-            problems.add(f"{key}.split.{name}", f"must be between 0 and 1, not {frac}")
-    total = s.train + s.valid + s.test
-    if s.train <= 0:
-        problems.add(f"{key}.split.train", "must be greater than 0")
-    if abs(total - 1) > 1e-6:
-        problems.add(
-            f"{key}.split",
-            f"fractions must add up to 1 (train {s.train} + valid {s.valid} + test {s.test} = {round(total, 6)})",
-        )
-    for flag in q.reject:
-        if flag not in QUALITY_FLAGS:
-            problems.add(f"{key}.quality.reject", f"unknown flag '{flag}'{_did_you_mean(flag, set(QUALITY_FLAGS))} — known: {', '.join(QUALITY_FLAGS)}")
 
 
 def _parse_class(name: str, raw: Any, key: str, root: Path, problems: _Problems) -> ClassSpec:
@@ -390,27 +304,21 @@ def _parse_class(name: str, raw: Any, key: str, root: Path, problems: _Problems)
     return ClassSpec(name=name, queries=queries, urls=urls, folders=folders, endpoint=endpoint)
 
 
-def _parse_table_option(raw: Any, key: str, problems: _Problems) -> dict[str, Any]:
+def _parse_table_option(raw: Any, key: str, problems: _Problems, *, report: bool = True) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        problems.add(key, f"must be a table, not {_type_name(raw)}")
+        if report:  # [fetch] and [model] are reported by their settings' parse
+            problems.add(key, f"must be a table, not {_type_name(raw)}")
         return {}
     return dict(raw)
 
 
-def _parse_executor(raw: Any, key: str, base: ExecutorSettings, problems: _Problems) -> ExecutorSettings:
-    """``[executor]`` (``key``: its dotted path) over ``base`` (the top-level table's settings, for a dataset's)."""
-    if not isinstance(raw, dict):
-        problems.add(key, f"must be a table, not {_type_name(raw)}")
-        return base
-    names = [f.name for f in dataclasses.fields(ExecutorSettings)]
-    _check_keys(raw, set(names), key + ".", problems)
-    values = {**{n: getattr(base, n) for n in names}, **{k: v for k, v in raw.items() if k in names}}
-    try:
-        return ExecutorSettings(**values)
-    except ExecutorSettingsError as exc:
-        for name, message in exc.problems:
-            problems.add(f"{key}.{name}", message)
-        return base
+def _parse_executor(raw: Any, key: str, base: ExecutorSettings, problems: _Problems,
+                    later: list[tuple[str, str]]) -> ExecutorSettings:
+    """``[executor]`` (``key``: its dotted path) over ``base`` (the top-level table's settings, for a dataset's);
+    value problems go to ``later``, as for every settings table."""
+    values = {f.name: getattr(base, f.name) for f in dataclasses.fields(ExecutorSettings)}
+    values.update(_section_values(ExecutorSettings, raw, key, problems))
+    return _settings(ExecutorSettings, values, key, later)
 
 
 def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path, problems: _Problems,
@@ -433,26 +341,28 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
                     problems.add(f"{where}.{k}", f"must be {_type_name(want())}, not {value!r}")
                 else:
                     merged[k] = value
-    sections: dict[str, Any] = {}
+    section_values: dict[str, dict[str, Any]] = {}
     for k, cls in _SECTION_TYPES.items():
-        value = cls()
+        values: dict[str, Any] = {}
         if k in defaults:
-            value = _parse_section(cls, defaults[k], value, f"defaults.{k}", problems)
+            values.update(_section_values(cls, defaults[k], f"defaults.{k}", problems))
         if k in raw:
-            value = _parse_section(cls, raw[k], value, f"{key}.{k}", problems)
-        sections[k] = value
-    if "test" not in raw.get("split", {}) and "test" not in defaults.get("split", {}) and isinstance(sections["split"], SplitSettings):
+            values.update(_section_values(cls, raw[k], f"{key}.{k}", problems))
+        section_values[k] = values
+    split = section_values["split"]
+    if not any(isinstance(t.get("split"), dict) and "test" in t["split"] for t in (raw, defaults)):
         # An omitted test fraction takes the rest: train 0.7 + valid 0.2 → test 0.1.
-        s = sections["split"]
-        rest = round(1 - s.train - s.valid, 9)
+        rest = round(1 - split.get("train", SplitSettings.train) - split.get("valid", SplitSettings.valid), 9)
         if rest > 0:
-            sections["split"] = dataclasses.replace(s, test=rest)
+            split["test"] = rest
+    later: list[tuple[str, str]] = []  # value problems, reported after the key and type problems
+    sections = {k: _settings(cls, section_values[k], f"{key}.{k}", later) for k, cls in _SECTION_TYPES.items()}
     tables: dict[str, dict[str, Any]] = {}
     for k in ("filters", "fetch", "model"):
         merged_table: dict[str, Any] = {}
         for source, where in ((defaults, "defaults"), (raw, key)):
             if k in source:
-                merged_table.update(_parse_table_option(source[k], f"{where}.{k}", problems))
+                merged_table.update(_parse_table_option(source[k], f"{where}.{k}", problems, report=k == "filters"))
         tables[k] = merged_table
     for k, v in tables["filters"].items():
         if not isinstance(v, str):
@@ -488,6 +398,20 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
     per_query = merged.get("per_query", 100)
     if per_query < 1:
         problems.add(f"{key}.per_query", f"must be at least 1, not {per_query}")
+    fetch_values: dict[str, Any] = {}
+    model_values: dict[str, Any] = {}
+    for source, where in ((defaults, "defaults"), (raw, key)):
+        if "fetch" in source:
+            if isinstance(source["fetch"], dict) and _FETCH_FROM_DATASET in source["fetch"]:
+                problems.add(f"{where}.fetch.{_FETCH_FROM_DATASET}",
+                             f"set it on the dataset ({where}.{_FETCH_FROM_DATASET}), not in [fetch]: the engines use it too")
+            fetch_values.update(_section_values(FetchSettings, source["fetch"], f"{where}.fetch", problems))
+        if "model" in source:
+            model_values.update(_section_values(ModelSettings, source["model"], f"{where}.model", problems))
+    fetch_values[_FETCH_FROM_DATASET] = merged.get(_FETCH_FROM_DATASET, False)
+    fetch_values.setdefault("max_bytes", sections["verify"].max_bytes)  # a download may be as large as a file
+    if isinstance(model_values.get("weights"), str):
+        model_values["weights"] = root / model_values["weights"]  # an absolute path stays as it is
     ds = Dataset(
         name=name,
         classes=tuple(classes),
@@ -501,10 +425,15 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
         fetch=tables["fetch"],
         model=tables["model"],
         imagefolder=imagefolder,
-        executor=_parse_executor(raw["executor"], f"{key}.executor", executor, problems) if "executor" in raw else executor,
+        fetch_settings=_settings(FetchSettings, fetch_values, f"{key}.fetch", later),
+        model_settings=_settings(ModelSettings, model_values, f"{key}.model", later),
+        executor=_parse_executor(raw["executor"], f"{key}.executor", executor, problems, later) if "executor" in raw
+        else executor,
         **sections,
     )
-    _check_section_values(ds, key, problems)
+    _check_engine(ds, key, problems)
+    for where, message in later:
+        problems.add(where, message)
     return ds
 
 
@@ -539,8 +468,11 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         defaults = {}
     _check_keys(defaults, _DEFAULTS_KEYS, "defaults.", problems)
 
-    executor = _parse_executor(data["executor"], "executor", ExecutorSettings(), problems) if "executor" in data \
+    later: list[tuple[str, str]] = []
+    executor = _parse_executor(data["executor"], "executor", ExecutorSettings(), problems, later) if "executor" in data \
         else ExecutorSettings()
+    for where, message in later:
+        problems.add(where, message)
     datasets_raw = data.get("datasets", {})
     datasets: dict[str, Dataset] = {}
     if not isinstance(datasets_raw, dict):

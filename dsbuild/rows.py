@@ -1,17 +1,52 @@
-"""Catalog rows as the build writes them: items, blobs, fetches.
+"""The rows dsbuild writes into the catalog, one definition per table: the column tuples and their builders.
 
-Every source (folders, URL lists, search engines) describes what it found with
-these builders, and the build's one writer (:class:`dsbuild.build.RowWriter`)
-commits them in batches. A row is a plain dict keyed by the catalog column
-name (:mod:`dsbuild.catalog.schema` holds the tables).
+* items, blobs, fetches — written by a build: every source (folders, URL lists,
+  search engines) describes what it found with :func:`item_row`, :func:`blob_row`
+  and :func:`fetch_row`, and the build's one writer (:class:`dsbuild.pipeline.RowWriter`)
+  commits them in batches (a row is a plain dict keyed by column; hundreds per second).
+* issue rows — one per image an issue finder scored (:func:`issue_frame`).
+* label events — one per review decision (:func:`label_event_frame`).
+
+The catalog (:mod:`dsbuild.catalog`) inserts exactly these columns and pads
+nothing; a test checks them against the tables its migrations create. Which
+columns the CLI and the review files show is :data:`LABEL_ISSUE_COLUMNS`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dsbuild.verify.analyze import ImageRecord
+if TYPE_CHECKING:  # pragma: no cover
+    from dsbuild.verify.analyze import ImageRecord
+
+ITEM_COLUMNS = ("given_split", "dataset", "image_id", "origin", "source", "engine", "query", "rank", "page_url",
+                "class_label", "sha256", "status", "reason", "detail", "split", "dup_group", "dup_of", "dup_distance",
+                "conflict", "phash", "src_size", "src_mtime_ns", "first_seen", "updated_at", "build_id", "format",
+                "width", "height", "bytes", "warnings")
+"""``items`` columns a build writes (the rest — quality flags, dataset-relative scores — the regroup step sets).
+``format``/``width``/``height``/``bytes`` are what verification learned (a rejected file's only record of them;
+``images`` takes the blob's for a stored one); ``warnings`` what decoders said without rejecting the file."""
+BLOB_COLUMNS = ("sha256", "path", "bytes", "format", "width", "height", "mode", "frames", "pixel_sha", "q_dark",
+                "q_light", "q_blurry", "q_low_information", "q_grayscale", "q_odd_aspect_ratio", "created_at")
+FETCH_COLUMNS = ("dataset", "url", "final_url", "engine", "query", "rank", "page_url", "label", "http_status", "bytes",
+                 "content_type", "fetched_at", "outcome", "reason", "transient", "attempts", "elapsed_s", "sha256",
+                 "build_id")
+ISSUE_COLUMNS = ("run_id", "dataset", "image_id", "kind", "given_label", "suggested_label", "label_quality",
+                 "suggested_confidence", "ood_score", "is_issue", "rank", "outlier_score")
+"""``issue_rows`` columns: one row per image a finder scored in a run. ``outlier_score`` is cleanlab's
+(0–1, low = more unusual); ``ood_score`` = 1 − it, kept for old readers (deprecated)."""
+LABEL_EVENT_COLUMNS = ("event_id", "dataset", "image_id", "changed_at", "source", "action", "old_label", "new_label",
+                       "old_status", "new_status", "label_quality", "note")
+LABEL_ISSUE_COLUMNS = ("dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality",
+                       "rank", "run_id", "kind", "suggested_confidence", "ood_score", "current_label", "reviewed",
+                       "outlier_score", "is_label_issue")
+"""Columns of the ``label_issues`` / ``label_issues_all`` views, in order (schema 4 added the last two)."""
+REPORT_COLUMNS = ("dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
+                  "run_id", "kind", "suggested_confidence")
+"""What ``dsbuild mislabels --format csv|json`` writes: a report that is also a review decisions file."""
+REPORT_TABLE_COLUMNS = ("rank", "image_id", "given_label", "suggested_label", "label_quality", "kind", "origin")
+"""What ``dsbuild mislabels`` shows on the terminal."""
 
 
 def image_id_for(dataset: str, label: str, origin: str) -> str:
@@ -20,7 +55,7 @@ def image_id_for(dataset: str, label: str, origin: str) -> str:
 
 
 def item_row(
-    *, dataset: str, image_id: str, origin: str, source: str, label: str, rec: ImageRecord | None,
+    *, dataset: str, image_id: str, origin: str, source: str, label: str, rec: "ImageRecord | None",
     status: str | None = None, reason: str | None = None, detail: str | None = None,
     engine: str | None = None, query: str | None = None, rank: int | None = None, page_url: str | None = None,
     src_size: int | None = None, src_mtime_ns: int | None = None, given_split: str | None = None, build_id: int, now,
@@ -43,7 +78,7 @@ def item_row(
     }
 
 
-def blob_row(rec: ImageRecord, now) -> dict:
+def blob_row(rec: "ImageRecord", now) -> dict:
     """A ``blobs`` row: one stored content (sha256) with its size, format, dimensions and quality scores."""
     q = rec.quality or {}
     return {
@@ -65,3 +100,38 @@ def fetch_row(dataset: str, res: Any, link: Any, sha: str | None, build_id: int)
         "reason": res.reason, "transient": bool(res.transient), "attempts": res.attempts, "elapsed_s": res.elapsed_s,
         "sha256": sha, "build_id": build_id,
     }
+
+
+def issue_frame(rows: Any, *, run_id: str, dataset: str) -> Any:
+    """The finders' issue rows as an ``issue_rows`` DataFrame: exactly :data:`ISSUE_COLUMNS`, missing ones empty.
+
+    ``outlier_score`` and ``ood_score`` are each derived from the other when only one is given.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(rows).copy()
+    frame["run_id"], frame["dataset"] = run_id, dataset
+    if "outlier_score" not in frame and "ood_score" in frame:
+        frame["outlier_score"] = 1.0 - pd.to_numeric(frame["ood_score"], errors="coerce")
+    if "ood_score" not in frame and "outlier_score" in frame:
+        frame["ood_score"] = 1.0 - pd.to_numeric(frame["outlier_score"], errors="coerce")
+    for col in ISSUE_COLUMNS:
+        if col not in frame:
+            frame[col] = None
+    return frame[list(ISSUE_COLUMNS)]
+
+
+def label_event_frame(events: list[dict], *, dataset: str, first_id: int) -> Any:
+    """Review events (dicts from :func:`dsbuild.decisions.plan_events`; ``at`` → ``changed_at``) as ``label_events`` rows.
+
+    Event ids count up from ``first_id``; columns missing from the events are empty.
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(events).rename(columns={"at": "changed_at"})
+    frame["event_id"] = range(first_id, first_id + len(frame))
+    frame["dataset"] = dataset
+    for col in LABEL_EVENT_COLUMNS:
+        if col not in frame:
+            frame[col] = None
+    return frame[list(LABEL_EVENT_COLUMNS)]

@@ -15,10 +15,50 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
-from dsbuild.manifest import SplitSettings
+from dsbuild.errors import Problem, check
 
 SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitSettings:
+    """Train/valid/test fractions and the seed of the split hash (manifest table ``[datasets.NAME.split]``).
+
+    The fractions (defaults 0.8 / 0.2 / 0.0) must each be in [0, 1], with train > 0,
+    and add up to 1 (within 1e-6); the manifest gives an omitted ``test`` the rest.
+    ``seed`` (default 42) orders new images (:func:`split_order_key`).
+    """
+
+    train: float = 0.8
+    valid: float = 0.2
+    test: float = 0.0
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        check(self.problems(), table="split")
+
+    def problems(self) -> list[Problem]:
+        """Every bad value (empty when the settings are valid)."""
+        out = []
+        fracs = {name: getattr(self, name) for name in SPLITS}
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in fracs.values())
+        if not numbers:
+            return [Problem(k, f"must be a number, not {v!r}") for k, v in fracs.items()
+                    if not isinstance(v, (int, float)) or isinstance(v, bool)]
+        for name, frac in fracs.items():
+            if not 0 <= frac <= 1:
+                out.append(Problem(name, f"must be between 0 and 1, not {frac}"))
+        if self.train <= 0:
+            out.append(Problem("train", "must be greater than 0"))
+        total = self.train + self.valid + self.test
+        if abs(total - 1) > 1e-6:
+            out.append(Problem("", f"fractions must add up to 1 (train {self.train} + valid {self.valid} + "
+                                   f"test {self.test} = {round(total, 6)})"))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            out.append(Problem("seed", f"must be an integer, not {self.seed!r}"))
+        return out
 
 
 def split_order_key(seed: int, key: str) -> str:

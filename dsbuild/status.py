@@ -78,7 +78,7 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
         )
     flags = cat.quality_flag_counts(name)
     if flags:
-        from dsbuild.manifest import QUALITY_FLAGS
+        from dsbuild.verify.settings import QUALITY_FLAGS
 
         listed = ", ".join(f"{f} {flags[f]}" for f in QUALITY_FLAGS if f in flags)
         notes.append(f"{name}: quality flags on accepted images: {listed} — `dsbuild query @quality`; "

@@ -1,5 +1,9 @@
 """Content-addressed image store: one file per sha256, written atomically; and the one atomic file write.
 
+:func:`write_replacing` is how dsbuild writes any file a reader may see half
+written: stored images, reports, figures, tables written with ``--out``, the
+starter manifest.
+
 Layout: ``<store>/<aa>/<sha256>.<ext>`` where ``aa`` is the first two hex digits
 (256 folders keep directories small at a million images). A file appears under
 its final name only when complete (temp file in the same folder, fsync, then
@@ -11,18 +15,17 @@ from __future__ import annotations
 
 import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from dsbuild.errors import DsbuildError
+from dsbuild.formats import extension
+
 
 def store_path(store_dir: Path, sha256: str, fmt: str | None) -> Path:
     """Where the image with ``sha256`` and format ``fmt`` (a family or a Pillow name: MPO is JPEG) lives in the store.
 
     The extension is the family's, from the one format table (:func:`dsbuild.formats.extension`).
     """
-    from dsbuild.formats import extension
-
     return Path(store_dir) / sha256[:2] / f"{sha256}.{extension(fmt)}"
 
 
@@ -38,12 +41,22 @@ def store_bytes(store_dir: Path, sha256: str, data: bytes, fmt: str | None, *, f
             return final
     except FileNotFoundError:
         pass
-    tmp = final.parent / f".tmp-{secrets.token_hex(8)}"
+    write_replacing(final, data, final.parent / f".tmp-{secrets.token_hex(8)}", fsync=fsync)
+    return final
+
+
+def write_replacing(final: Path, data: bytes, tmp: Path, *, fsync: bool = True) -> None:
+    """The one atomic write: ``data`` into a new ``tmp`` beside ``final`` (mode 0644), then renamed over ``final``.
+
+    A reader sees the old file or the whole new one, never a part. ``tmp`` is removed
+    on any failure (its folder is created when missing). ``fsync=False`` skips the
+    flush to disk: complete after a crash of this process, not necessarily after a power cut.
+    """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(tmp, flags, 0o644)
-    except FileNotFoundError:  # the first image in this folder (or a store removed by hand)
-        final.parent.mkdir(parents=True, exist_ok=True)
+    except FileNotFoundError:  # the first file in this folder (or a folder removed by hand)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, flags, 0o644)
     try:
         with open(fd, "wb", closefd=True) as fh:
@@ -55,7 +68,6 @@ def store_bytes(store_dir: Path, sha256: str, data: bytes, fmt: str | None, *, f
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return final
 
 
 def move_into_store(store_dir: Path, sha256: str, src: Path, fmt: str | None) -> Path:
@@ -89,33 +101,17 @@ def sweep_temp_files(store_dir: Path) -> int:
     return removed
 
 
-def atomic_write(out: Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``out`` through a temporary file in the same folder and a rename.
+def atomic_write(out: Path, data: bytes | str, *, hint: str = "choose another --out") -> Path:
+    """Write ``data`` (a str as UTF-8) to the file ``out`` atomically (:func:`write_replacing`, with fsync); return ``out``.
 
-    Creates missing parent folders. A str is written as UTF-8. Raises
-    DsbuildError when the folder cannot be written.
+    Raises DsbuildError (ending in ``hint``) when ``out`` is a folder or cannot be written.
     """
     out = Path(out)
     if out.is_dir():
         raise DsbuildError(f"{out} is a folder — give a file name for the output")
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        write_replacing(out, payload, out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp")
     except OSError as exc:
-        raise DsbuildError(f"cannot write {out}: {exc.strerror or exc} — choose another --out") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise DsbuildError(f"cannot write {out}: {exc.strerror or exc} — choose another --out") from None
-        raise
+        raise DsbuildError(f"cannot write {out}: {exc.strerror or exc} — {hint}") from None
     return out

@@ -41,7 +41,7 @@ Every request path is appended to ``requests``; :meth:`hits` counts them by pref
 For benchmarks run the server in its own process: in the downloader's process its
 handler threads compete for the same GIL (one process serving and fetching
 640×480 JPEGs with 100 ms latency and 64 client threads tops out near 530 img/s here).
-Fixtures: ``fake_engine`` (a running server, function scope).
+The ``fake_engine`` fixture (tests/conftest.py) runs one for a test.
 """
 
 from __future__ import annotations
@@ -54,11 +54,9 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
-import pytest
 
 MODES = ("normal", "zero", "captcha", "same_page", "rate_limited", "server_error", "changed_format")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -484,10 +482,3 @@ class _Handler(BaseHTTPRequestHandler):
             body.append(f'<a href="/site/p{k + 1}">next</a>')
         body.append(f'<link rel="canonical" href="{base}/site{"/p%d" % k if k else ""}"></body></html>')
         self._send(200, "".join(body))
-
-
-@pytest.fixture
-def fake_engine() -> Iterator[FakeEngineServer]:
-    """A running :class:`FakeEngineServer` (100 results per query, normal mode)."""
-    with FakeEngineServer() as server:
-        yield server

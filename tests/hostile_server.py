@@ -63,7 +63,6 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import pytest
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 FORMATS = {"jpg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF"}
@@ -499,10 +498,3 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         return self._send(404, b"<html><body>not found</body></html>", "text/html")
-
-
-@pytest.fixture
-def hostile_server() -> Iterator[HostileServer]:
-    """A running :class:`HostileServer` on 127.0.0.1 (stopped after the test)."""
-    with HostileServer() as server:
-        yield server

@@ -25,6 +25,12 @@ from pathlib import Path
 
 OBJECT_STORE_BYTES = 80 * 1024 * 1024  # Ray's floor is 75 MiB
 
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+"""Environment of every node and of every driver that connects to one (``os.environ.update(RAY_ENV)``): no usage
+stats, and no token authentication — a loopback test cluster. Ray ≥ 2.5x turns token authentication on for a
+cluster whenever ``~/.ray/auth_token`` exists (any earlier ``ray.init()`` without an address writes one), and then
+a node or driver without the token cannot join; with the mode set explicitly, the file is ignored."""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -72,7 +78,7 @@ class LocalRayCluster:
                  env: dict[str, str] | None = None) -> None:
         self.nodes, self.cpus = nodes, cpus_per_node
         self.object_store = object_store
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+        self.env = {**os.environ, **RAY_ENV, **(env or {})}
         self.tmp = Path(tempfile.mkdtemp(prefix="dsr"))
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"

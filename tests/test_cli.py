@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from dsbuild.build import build
+from dsbuild.pipeline import build
 from dsbuild.catalog import sandboxed_query
 from dsbuild.cli import COMMANDS, build_parser, main
 from dsbuild.errors import DsbuildError
@@ -32,6 +32,8 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 PARSER = build_parser()  # fills COMMANDS
 SUBPARSERS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
 HEAVY = ("torch", "torchvision", "fastai", "timm")
+
+pytestmark = pytest.mark.usefixtures("wide_terminal")  # rich tables: no wrapped titles or truncated cells
 
 MANIFEST = """\
 [datasets.pets]
@@ -62,11 +64,6 @@ def manifest(tmp_path_factory) -> Path:
     path = make_project(tmp_path_factory.mktemp("cli"))
     build(load_manifest(path), ["pets"], workers=1)
     return path
-
-
-@pytest.fixture(autouse=True)
-def wide_terminal(monkeypatch) -> None:
-    monkeypatch.setenv("COLUMNS", "200")  # rich tables: no wrapped titles or truncated cells in captured output
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -384,3 +381,12 @@ def test_status_html_shows_duplicate_groups_and_conflicts(tmp_path: Path, capsys
     assert page.count("<img") == 4 and "data:image/" in page
     rc, _, err = run(capsys, "status", "-m", str(path), "--html", str(out))
     assert rc == 2 and err.startswith("Error: --html needs a DATASET")
+
+
+def test_export_formats_are_the_registry(capsys) -> None:
+    from dsbuild.exporters import EXPORTERS
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "d", "--to", "out", "--format", "nope"])
+    listed = ", ".join(repr(name) for name in EXPORTERS)
+    assert f"invalid choice: 'nope' (choose from {listed})" in capsys.readouterr().err

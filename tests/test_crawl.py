@@ -21,11 +21,11 @@ from urllib.parse import unquote, urlsplit
 import duckdb
 import pytest
 from fake_engines import FakeEngineServer
+from helpers import run_cli
 from hostile_server import HostileServer
 
-from dsbuild.build import build
+from dsbuild.pipeline import build
 from dsbuild.progress import Progress, StageProgress
-from dsbuild.cli import main
 from dsbuild.sources.urls import normalize_url
 from dsbuild.manifest import load_manifest
 
@@ -126,14 +126,6 @@ def web_dataset(engine: FakeEngineServer, *, engine_name: str = "bing", private:
 def plant(engine: FakeEngineServer, images: HostileServer, query: str, routes) -> None:
     """Make ``query`` return links to these image-server routes, in this order."""
     engine.plant(query, [images.url + r for r in routes])
-
-
-def run_cli(capsys, manifest: Path, *args: str) -> tuple[int, str, str]:
-    """``dsbuild -m MANIFEST build ARGS`` in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = main(["-m", str(manifest), *args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def rows(manifest: Path, sql: str, params: list | None = None) -> list[dict]:

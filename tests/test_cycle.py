@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from conftest_model import render_digit
+from model_data import render_digit
 from dsbuild.cli import main
 
 DIGITS = {"zero": 0, "one": 1, "seven": 7}

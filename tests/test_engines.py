@@ -15,7 +15,7 @@ import sys
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from fake_engines import FakeEngineServer, fake_engine  # noqa: F401 - fixture
+from fake_engines import FakeEngineServer
 
 from dsbuild.sources.engines import ENGINES, EngineOptions, Link, get_engine
 from dsbuild.sources.engines.bing import BING_FILTERS, LIBRARY_TYPES, MURL_PATTERN, BingEngine

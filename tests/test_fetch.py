@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
-from hostile_server import TLS_CERT, HostileServer, bomb_png, hostile_server, photo  # noqa: F401 - fixture
+from hostile_server import TLS_CERT, HostileServer, bomb_png, photo
 
 from dsbuild.errors import DsbuildError
 from dsbuild.fetch import (
@@ -155,7 +155,7 @@ def test_route(table, route: str) -> None:
         assert res.attempts == (1 if route.startswith("/redirect") else hits)
     if outcome == "ok":
         assert res.path is not None and res.path.parent == dest and res.path.name.startswith("dl-")
-        assert res.path.suffix == {"jpeg": ".jpg", "tiff": ".tiff"}.get(fmt, "." + fmt)
+        assert res.path.suffix == {"jpeg": ".jpg", "tiff": ".tif"}.get(fmt, "." + fmt)  # formats.EXTENSIONS, as in the store
         assert res.bytes == res.path.stat().st_size > 0
         assert res.http_status == 200
     else:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import imagehash
 import numpy as np
 import pytest
+from helpers import skimage_photo
 from PIL import Image
 
 from dsbuild.verify import hashing
@@ -16,12 +16,6 @@ SEED = 42
 IMAGEHASH = {"phash": imagehash.phash, "dhash": imagehash.dhash, "whash": imagehash.whash, "ahash": imagehash.average_hash}
 
 
-def _photo(name: str) -> Image.Image:
-    import skimage.data
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Image.fromarray(getattr(skimage.data, name)())
 
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "retina", "coins")
@@ -29,7 +23,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "moon", "retina"
 
 @pytest.fixture(scope="module")
 def photos() -> dict[str, Image.Image]:
-    out = {name: _photo(name) for name in PHOTOS}
+    out = {name: skimage_photo(name) for name in PHOTOS}
     # The build's own input: a JPEG decoded in draft mode (reduced DCT scaling), as verify does it.
     buf = io.BytesIO()
     out["retina"].save(buf, "JPEG", quality=85)

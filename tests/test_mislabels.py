@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest_model import FAST, digit_table, plant_flips
+from model_data import FAST, digit_table, plant_flips
 from dsbuild.errors import DsbuildError
 from dsbuild.issues.label import find_label_issues
 from dsbuild.model.oof import OOFResult, out_of_fold_probs

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import io
 import itertools
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import skimage_photo
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from dsbuild.dedup import search as dedup
@@ -32,12 +32,6 @@ ROBUST = ("jpeg90", "jpeg70", "jpeg50", "jpeg30", "png_to_jpeg", "jpeg_to_png", 
           "bright120", "bright80")
 
 
-def _photo(name: str) -> Image.Image:
-    import skimage.data
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Image.fromarray(getattr(skimage.data, name)())
 
 
 def _save(img: Image.Image, path: Path, **kw) -> Path:
@@ -92,7 +86,7 @@ def planted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("planted")
     files = []
     for name in PHOTOS:
-        img = _photo(name)
+        img = skimage_photo(name)
         for variant, path in write_copies(img, folder, name).items():
             files.append((name, variant, path))
         if name in QUADRANTS_OF:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import skimage_photo
 from PIL import Image, ImageEnhance, ImageFilter
 
 from dsbuild.verify import quality
@@ -18,12 +18,6 @@ SEED = 42
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick")
 
 
-def _photo(name: str) -> Image.Image:
-    import skimage.data
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Image.fromarray(getattr(skimage.data, name)())
 
 
 def _jpeg(img: Image.Image, quality_: int = 90) -> bytes:
@@ -56,7 +50,7 @@ def files() -> dict[str, bytes]:
     """name → file bytes: photos (PNG), degraded versions (JPEG), solid colours (PNG)."""
     out = {}
     for name in PHOTOS:
-        for kind, img in degraded(_photo(name)).items():
+        for kind, img in degraded(skimage_photo(name)).items():
             out[f"{name}/{kind}"] = _png(img) if kind == "orig" else _jpeg(img)
     for k, colour in enumerate([(0, 0, 0), (255, 255, 255), (128, 128, 128), (200, 30, 40)]):
         out[f"solid{k}/orig"] = _png(Image.new("RGB", (300, 200), colour))
@@ -155,7 +149,7 @@ def test_degraded_versions_are_flagged(files):
 
 
 def test_draft_reduced_decode_scores_like_full_decode():
-    img = _photo("retina")  # 1411×1411 real photo: draft mode decodes it at 1/4 scale
+    img = skimage_photo("retina")  # 1411×1411 real photo: draft mode decodes it at 1/4 scale
     data = _jpeg(img, 85)
     reduced, info = decode(data, VerifySettings())
     assert reduced.size[0] < info["width"]
@@ -176,9 +170,9 @@ def test_scores_are_floats_in_unit_interval(files):
 
 def test_gray_check_separates_gray_rgb_from_dull_colour():
     rng = np.random.default_rng(SEED)
-    gray = _photo("camera").convert("RGB")
+    gray = skimage_photo("camera").convert("RGB")
     assert quality.scores(Image.open(io.BytesIO(_jpeg(gray, 50))))["grayscale"] == 1.0
-    dull = ImageEnhance.Color(_photo("coffee")).enhance(0.15)  # strongly desaturated, still colour
+    dull = ImageEnhance.Color(skimage_photo("coffee")).enhance(0.15)  # strongly desaturated, still colour
     assert quality.scores(dull)["grayscale"] == 0.0
     noisy = np.clip(np.asarray(gray, dtype=np.int16) + rng.integers(-1, 2, (512, 512, 3)), 0, 255).astype(np.uint8)
     assert quality.scores(Image.fromarray(noisy))["grayscale"] == 1.0  # ±1 channel noise is still gray

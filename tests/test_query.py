@@ -22,14 +22,14 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from dsbuild.build import build
+from dsbuild.pipeline import build
 from dsbuild.catalog import BuildLock, list_named_queries, sandboxed_query
 from dsbuild.cli import main
 from dsbuild.errors import CatalogBusy, DsbuildError
 from dsbuild.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED_QUERIES = sorted(p.stem for p in (REPO / "catalog" / "queries").glob("*.sql"))
+SHIPPED_QUERIES = sorted(p.stem for p in (REPO / "dsbuild" / "catalog" / "queries").glob("*.sql"))
 
 MANIFEST = """\
 [datasets.pets]
@@ -298,10 +298,26 @@ def test_out_file(project: Project, capsys, tmp_path: Path, fmt: str) -> None:
 
 
 def test_shipped_queries_are_the_builtins() -> None:
+    """The built-in queries are shipped once, inside the package; this repository's project adds no copies."""
     assert {"class_balance", "rejects", "label_conflicts", "duplicates", "split_leakage", "builds"} <= set(SHIPPED_QUERIES)
-    for name in SHIPPED_QUERIES:
-        shipped = (REPO / "catalog/queries" / f"{name}.sql").read_text()
-        assert (REPO / "dsbuild/catalog/queries" / f"{name}.sql").read_text() == shipped
+    assert not (REPO / "catalog" / "queries").exists()
+    assert set(list_named_queries(REPO)) == set(SHIPPED_QUERIES)
+
+
+def test_a_project_query_never_shadows_a_builtin(project: Project, capsys, tmp_path: Path) -> None:
+    """A project file with a built-in's name is an error naming it (never silently ignored, never silently used)."""
+    shutil.copyfile(project.manifest, tmp_path / "datasets.toml")
+    mine = tmp_path / "catalog/queries/class_balance.sql"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("-- my edit\nselect 1 as n\n")
+    args = ["query", "-m", str(tmp_path / "datasets.toml"), "--catalog", str(project.catalog)]
+    for extra in (["@class_balance"], ["--list"]):
+        assert main([*args, *extra]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err == (f"Error: {mine} has the name of a built-in query — rename it (e.g. "
+                                     "my_class_balance.sql): a built-in is never replaced (`dsbuild query --list` shows them)\n")
+    assert main([*args, "@rejects", "--format", "csv"]) == 0  # other queries still run
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("name", SHIPPED_QUERIES)
@@ -309,7 +325,7 @@ def test_every_named_query_runs(project: Project, capsys, name: str) -> None:
     rc, out, err = run(project, capsys, f"@{name}", "--format", "json")
     assert rc == 0, err
     rows = json.loads(out)
-    sql = (REPO / "catalog/queries" / f"{name}.sql").read_text()
+    sql = (REPO / "dsbuild/catalog/queries" / f"{name}.sql").read_text()
     assert len(rows) == len(sandboxed_query(project.catalog, sql))
 
 
@@ -340,7 +356,7 @@ def test_list_named_queries(project: Project, capsys) -> None:
     listed = {r["name"]: r["description"] for r in rows}
     assert set(listed) == {f"@{n}" for n in SHIPPED_QUERIES}
     for name in SHIPPED_QUERIES:
-        first = (REPO / "catalog/queries" / f"{name}.sql").read_text().splitlines()[0]
+        first = (REPO / "dsbuild/catalog/queries" / f"{name}.sql").read_text().splitlines()[0]
         assert listed[f"@{name}"] == first.lstrip("- ").strip() != ""
     assert list_named_queries(project.root) == {k[1:]: v for k, v in listed.items()}
 

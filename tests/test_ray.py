@@ -26,7 +26,7 @@ import pytest
 from fake_engines import FakeEngineServer
 from hostile_kit import REPO, cut_scan, encode, photo
 from hostile_server import HostileServer
-from ray_cluster import LocalRayCluster, free_port
+from ray_cluster import RAY_ENV, LocalRayCluster, free_port
 
 from dsbuild.cli import main
 
@@ -36,8 +36,21 @@ VOLATILE = {"first_seen", "updated_at", "build_id", "created_at", "fetched_at", 
 KEYS = {"items": ["dataset", "image_id"], "blobs": ["sha256"], "fetches": ["dataset", "url"]}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_env():
+    """This process and the builds it starts use the test clusters' environment (:data:`ray_cluster.RAY_ENV`)."""
+    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(ray_env):
     """A two-node Ray cluster (head + one worker node, one CPU each) for the whole module."""
     with LocalRayCluster(nodes=2, cpus_per_node=1) as c:
         try:

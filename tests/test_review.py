@@ -14,7 +14,7 @@ from skimage import data as skdata
 
 from dsbuild.errors import DsbuildError
 from dsbuild.render.tables import render_table
-from dsbuild.review import Decision, decisions_from_suggestions, parse_decisions, plan_events
+from dsbuild.decisions import Decision, decisions_from_suggestions, parse_decisions, plan_events
 
 LABELS = ["cat", "cup", "person", "rocket"]
 ASTRO, COFFEE, CAT, ROCKET1, ROCKET2, FAILED, REMOVED = (

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest_model import FAST, digit_table
+from model_data import FAST, digit_table
 from dsbuild.errors import DsbuildError
 from dsbuild.model.predict import predict
 from dsbuild.model.settings import ModelSettings

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from fake_engines import FakeEngineServer, fake_engine  # noqa: F401 - fixture
+from fake_engines import FakeEngineServer
 
 from dsbuild.sources.urls import Link, dedupe_links, normalize_url, read_url_list
 from dsbuild.sources.urls import MAX_URL_LENGTH

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from dsbuild.catalog.schema import MIGRATIONS, SCHEMA_VERSION, VIEWS
+from dsbuild.catalog.schema import MIGRATIONS, QUALITY_ISSUES_OF, SCHEMA_VERSION, VIEWS
 from dsbuild.errors import CatalogBusy, DsbuildError
 
 
@@ -239,13 +239,6 @@ class Catalog:
         finally:
             self.con.unregister("_new_blobs")
 
-    def known_blobs(self, shas: list[str]):
-        """Blobs among ``shas`` already in the catalog whose file still exists."""
-        if not shas:
-            return set()
-        rows = self.con.execute("SELECT sha256, path FROM blobs WHERE sha256 IN (SELECT unnest(?))", [shas]).fetchall()
-        return {sha for sha, path in rows if os.path.exists(path)}
-
     def dataset_items(self, dataset: str):
         """Every item of ``dataset`` with what dedup and split need (joined with blobs)."""
         return self.df(
@@ -267,9 +260,10 @@ class Catalog:
         try:
             with self.transaction():
                 self.con.execute(
-                    """UPDATE items SET status = u.status, reason = u.reason, detail = u.detail,
+                    f"""UPDATE items SET status = u.status, reason = u.reason, detail = u.detail,
                            dup_group = u.dup_group, dup_of = u.dup_of, dup_distance = u.dup_distance,
                            conflict = u.conflict, split = u.split, quality_flags = u.quality_flags,
+                           quality_issues = {QUALITY_ISSUES_OF.format(flags="u.quality_flags")},
                            q_odd_size = u.q_odd_size, updated_at = ?
                        FROM _upd u WHERE items.dataset = ? AND items.image_id = u.image_id
                          AND (items.status IS DISTINCT FROM u.status OR items.reason IS DISTINCT FROM u.reason
@@ -411,8 +405,7 @@ class Catalog:
         """flag → number of accepted (ok) images of ``dataset`` that carry it."""
         rows = self.con.execute(
             """SELECT flag, count(*) FROM (
-                   SELECT unnest(string_split(quality_flags, ',')) AS flag FROM images
-                   WHERE dataset = ? AND status = 'ok' AND quality_flags <> '')
+                   SELECT unnest(quality_issues) AS flag FROM images WHERE dataset = ? AND status = 'ok')
                GROUP BY flag""",
             [dataset],
         ).fetchall()
@@ -444,28 +437,26 @@ class Catalog:
         return self.df("SELECT * FROM label_events WHERE dataset = ? ORDER BY event_id", [dataset])
 
     def append_label_events(self, dataset: str, events: list[dict]) -> int:
-        """Append events (dicts with image_id, action, old/new label/status, source, at, note); all or nothing."""
+        """Append review events (:func:`dsbuild.decisions.plan_events`) as ``label_events`` rows; all or nothing."""
         if not events:
             return 0
-        import pandas as pd
+        from dsbuild.rows import LABEL_EVENT_COLUMNS, label_event_frame
 
         with self.transaction():
             start = int(self._one("SELECT coalesce(max(event_id), 0) FROM label_events")[0])
-            rows = pd.DataFrame(events).rename(columns={"at": "changed_at"})
-            rows.insert(0, "event_id", range(start + 1, start + 1 + len(rows)))
-            rows.insert(1, "dataset", dataset)
-            for col in ("old_label", "new_label", "old_status", "new_status", "label_quality", "note"):
-                if col not in rows:
-                    rows[col] = None
-            cols = ["event_id", "dataset", "image_id", "changed_at", "source", "action", "old_label", "new_label",
-                    "old_status", "new_status", "label_quality", "note"]
-            self.con.register("_events", rows[cols])
-            try:
-                self.con.execute(f"INSERT INTO label_events ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _events")
-            finally:
-                self.con.unregister("_events")
+            self._insert_frame("label_events", label_event_frame(events, dataset=dataset, first_id=start + 1),
+                               LABEL_EVENT_COLUMNS)
             self._refresh_conflicts(dataset)
         return len(events)
+
+    def _insert_frame(self, table: str, frame, columns: tuple[str, ...]) -> None:
+        """INSERT ``frame``'s ``columns`` into ``table`` (the caller holds the transaction)."""
+        cols = ", ".join(columns)
+        self.con.register("_frame", frame)
+        try:
+            self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _frame")
+        finally:
+            self.con.unregister("_frame")
 
     def _refresh_conflicts(self, dataset: str) -> None:
         """Recompute ``items.conflict`` from the current labels (in the caller's transaction).
@@ -508,22 +499,13 @@ class Catalog:
         )
 
     def insert_issue_rows(self, run_id: str, dataset: str, rows) -> None:
+        """Store the issue rows of run ``run_id`` (the finders' rows, as :func:`dsbuild.rows.issue_frame` shapes them)."""
         if len(rows) == 0:
             return
-        rows = rows.copy()
-        rows["run_id"] = run_id
-        rows["dataset"] = dataset
-        cols = ["run_id", "dataset", "image_id", "kind", "given_label", "suggested_label", "label_quality",
-                "suggested_confidence", "ood_score", "is_issue", "rank"]
-        for col in cols:
-            if col not in rows:
-                rows[col] = None
-        self.con.register("_issues", rows[cols])
-        try:
-            with self.transaction():
-                self.con.execute(f"INSERT INTO issue_rows ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _issues")
-        finally:
-            self.con.unregister("_issues")
+        from dsbuild.rows import ISSUE_COLUMNS, issue_frame
+
+        with self.transaction():
+            self._insert_frame("issue_rows", issue_frame(rows, run_id=run_id, dataset=dataset), ISSUE_COLUMNS)
 
     def trainable_images(self, dataset: str):
         """Images a model may learn from (status ok, with a split): image_id, path, label, split, origin.

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from dsbuild.catalog.db import translate_error
-from dsbuild.errors import DsbuildError
+from dsbuild.errors import DsbuildError, did_you_mean
 
 
 def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_rows: int | None = None):
@@ -103,33 +103,65 @@ def _sql_error_text(exc: Exception) -> str:
 
 # --------------------------------------------------------------------------- named queries
 
+BUILTIN_QUERIES = Path(__file__).parent / "queries"
+"""The built-in ``@name`` queries, shipped inside dsbuild (package data)."""
+
+
+def project_queries(manifest_root: Path) -> Path:
+    """The project's own ``@name`` queries: ``catalog/queries/`` beside the manifest."""
+    return Path(manifest_root) / "catalog" / "queries"
+
 
 def named_query_dirs(manifest_root: Path) -> list[Path]:
-    """Where ``@name`` queries are looked up: the project's catalog/queries, then the built-ins."""
-    return [manifest_root / "catalog" / "queries", Path(__file__).parent / "queries"]
+    """Where ``@name`` queries are looked up: the built-ins, then the project's ``catalog/queries``."""
+    return [BUILTIN_QUERIES, project_queries(manifest_root)]
+
+
+def _shadowing(manifest_root: Path, names: list[str] | None = None) -> list[Path]:
+    """Project query files that take a built-in query's name (all of them, or those of ``names``)."""
+    folder = project_queries(manifest_root)
+    if not folder.is_dir():
+        return []
+    builtin = {f.stem for f in BUILTIN_QUERIES.glob("*.sql")}
+    return [f for f in sorted(folder.glob("*.sql")) if f.stem in builtin and (names is None or f.stem in names)]
+
+
+def _refuse_shadowing(files: list[Path]) -> None:
+    if files:
+        listed = ", ".join(str(f) for f in files)
+        raise DsbuildError(f"{listed} {'has' if len(files) == 1 else 'have'} the name of a built-in query — rename "
+                           f"{'it' if len(files) == 1 else 'them'} (e.g. my_{files[0].name}): a built-in is never "
+                           "replaced (`dsbuild query --list` shows them)")
 
 
 def resolve_named_query(name: str, manifest_root: Path) -> str:
-    """The SQL text of ``@name``."""
+    """The SQL text of ``@name``: a built-in query, else the project's ``catalog/queries/<name>.sql``.
+
+    The rule: built-ins are never shadowed. A project file that takes a built-in's name
+    is an error (naming the file), so an edit to a built-in always takes effect and a
+    project query is never silently ignored.
+    """
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise DsbuildError(f"bad query name '@{name}' — names use letters, digits, '_' and '-'")
+    _refuse_shadowing(_shadowing(manifest_root, [name]))
     for folder in named_query_dirs(manifest_root):
         file = folder / f"{name}.sql"
         if file.is_file():
             return file.read_text(encoding="utf-8")
     known = sorted(list_named_queries(manifest_root))
-    import difflib
-
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" (did you mean '@{close[0]}'?)" if close else ""
+    hint = did_you_mean(name, known, prefix="@")
     return_known = ", ".join("@" + k for k in known) or "(none)"
     raise DsbuildError(f"no named query '@{name}'{hint} — known: {return_known}")
 
 
 def list_named_queries(manifest_root: Path) -> dict[str, str]:
-    """name → first comment line (description) of every named query."""
+    """name → first comment line (description) of every named query: the built-ins, then the project's.
+
+    Raises DsbuildError when a project query takes a built-in's name (see :func:`resolve_named_query`).
+    """
+    _refuse_shadowing(_shadowing(manifest_root))
     out: dict[str, str] = {}
-    for folder in reversed(named_query_dirs(manifest_root)):
+    for folder in named_query_dirs(manifest_root):
         if folder.is_dir():
             for file in sorted(folder.glob("*.sql")):
                 first = file.read_text(encoding="utf-8").splitlines()[:1]

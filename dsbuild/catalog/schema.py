@@ -14,7 +14,11 @@ Tables, columns may change with migrations:
 
 Views, columns may be added, never renamed: ``images``, ``label_issues``, ``runs``
 (see DESIGN.md), plus ``conflicts``, ``label_history``, ``fetch_log`` and
-``label_issues_all``.
+``label_issues_all``. Deprecated names stay beside their replacements (schema 4):
+``quality_flags`` (comma-joined text) beside ``quality_issues`` (a LIST);
+``ood_score`` (high = unusual) beside cleanlab's ``outlier_score`` (low = unusual);
+``label_issues`` rows are the ones flagged, and ``is_label_issue`` says which
+of them are cleanlab label issues (the rest: ``kind = 'conflict'``).
 
 :data:`MIGRATIONS` maps each schema version to the statements that reach it from
 the version before; :class:`dsbuild.catalog.db.Catalog` runs the missing ones in
@@ -23,7 +27,10 @@ one transaction, then (re)creates :data:`VIEWS`.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+QUALITY_ISSUES_OF = "CASE WHEN {flags} IS NULL THEN NULL WHEN {flags} = '' THEN []::VARCHAR[] ELSE string_split({flags}, ',') END"
+"""SQL: the ``quality_issues`` LIST of a comma-joined ``quality_flags`` text (format with ``flags=`` its expression)."""
+
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -189,6 +196,22 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS bytes BIGINT",
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
     ],
+    4: [
+        # Catalogs written by the arch branch before it met schema 3 above (never released) say 3 without its
+        # columns: add them again (IF NOT EXISTS: nothing happens for a released v3 catalog).
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS format VARCHAR",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS width INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS height INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS bytes BIGINT",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
+        # cleanlab's names beside the old ones (kept, deprecated): outlier_score runs as cleanlab's
+        # OutOfDistribution score (low = more unusual); ood_score = 1 - outlier_score.
+        "ALTER TABLE issue_rows ADD COLUMN IF NOT EXISTS outlier_score DOUBLE",
+        "UPDATE issue_rows SET outlier_score = 1 - ood_score WHERE ood_score IS NOT NULL",
+        # The quality flags as a LIST beside the comma-joined text (kept, deprecated).
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS quality_issues VARCHAR[]",
+        "UPDATE items SET quality_issues = " + QUALITY_ISSUES_OF.format(flags="quality_flags"),
+    ],
 }
 
 VIEWS = [
@@ -210,7 +233,7 @@ VIEWS = [
                i.dup_of, i.dup_distance, i.conflict, i.detail, i.source, i.rank, i.page_url,
                e.action IS NOT NULL AS reviewed, e.action AS last_review,
                b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
-               i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at,
+               i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at, i.quality_issues,
                coalesce(i.warnings, []::VARCHAR[]) AS warnings
         FROM items i
         LEFT JOIN blobs b USING (sha256)
@@ -224,7 +247,8 @@ VIEWS = [
     """CREATE OR REPLACE VIEW label_issues_all AS
         SELECT r.dataset, r.image_id, im.path, im.origin, r.given_label, r.suggested_label,
                r.label_quality, r.rank, r.run_id, r.kind, r.suggested_confidence, r.ood_score,
-               im.label AS current_label, im.reviewed
+               im.label AS current_label, im.reviewed,
+               r.outlier_score, (r.kind = 'label' AND r.is_issue) AS is_label_issue
         FROM issue_rows r LEFT JOIN images im USING (dataset, image_id)
         WHERE r.is_issue""",
     """CREATE OR REPLACE VIEW label_issues AS

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsbuild.dedup.search import UnionFind
 from dsbuild.manifest import Dataset
 
 _CANDIDATE = ("ok", "duplicate")
@@ -36,36 +37,17 @@ class GroupSummary:
     held_apart: int = 0  # near-duplicate links not merged because their groups already sit in different splits
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n)
-
-    def find(self, i: int) -> int:
-        parent = self.parent
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def quality_flags(items, dataset: Dataset, verified) -> tuple[np.ndarray, np.ndarray]:
     """CleanVision-style flags of every verified item, with the dataset's thresholds.
 
     ``items`` has the ``q_*`` score columns and ``width``/``height``; ``verified`` is a
     boolean mask of the rows that decoded. Returns ``(q_odd_size, flags)``: the
     dataset-relative size score (NaN where not verified) and, per row, the flag names
-    joined by commas in :data:`dsbuild.manifest.QUALITY_FLAGS` order (``""``: none;
+    joined by commas in :data:`dsbuild.verify.settings.QUALITY_FLAGS` order (``""``: none;
     None where not verified). A missing score never flags (as in CleanVision).
     """
-    from dsbuild.manifest import QUALITY_FLAGS
-    from dsbuild.verify.quality import odd_size_scores
+    from dsbuild.verify.quality import flag_mask, odd_size_scores
+    from dsbuild.verify.settings import QUALITY_FLAGS
 
     q = dataset.quality
     verified = np.asarray(verified, dtype=bool)
@@ -78,16 +60,8 @@ def quality_flags(items, dataset: Dataset, verified) -> tuple[np.ndarray, np.nda
     def col(name: str) -> np.ndarray:
         return items[name].to_numpy(dtype=np.float64, na_value=np.nan)
 
-    with np.errstate(invalid="ignore"):  # NaN compares False: a missing score is not an issue
-        hits = {
-            "dark": col("q_dark") < q.dark,
-            "light": col("q_light") < q.light,
-            "blurry": col("q_blurry") < q.blurry,
-            "low_information": col("q_low_information") < q.low_information,
-            "grayscale": col("q_grayscale") >= 0.5,
-            "odd_aspect_ratio": col("q_odd_aspect_ratio") < q.odd_aspect_ratio,
-            "odd_size": odd < 0.5,
-        }
+    # NaN is not an issue: a missing score never flags.
+    hits = {name: flag_mask(name, odd if name == "odd_size" else col(f"q_{name}"), q) for name in QUALITY_FLAGS}
     flags = np.full(len(items), None, dtype=object)
     for i in np.flatnonzero(verified):
         flags[i] = ",".join(name for name in QUALITY_FLAGS if hits[name][i])
@@ -129,7 +103,7 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     df["reason"] = np.where(verified & pd.notna(qreason), qreason, np.where(verified, None, base_reason))
     cand = (df["status"] == "ok").to_numpy()
 
-    uf = _UnionFind(n)  # exact duplicates (same bytes or same decoded pixels): one unit, distance 0
+    uf = UnionFind(n)  # exact duplicates (same bytes or same decoded pixels): one unit, distance 0
     for col in ("sha256", "pixel_sha"):
         first: dict[str, int] = {}
         keys = df[col].to_numpy(dtype=object)
@@ -144,7 +118,7 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     exact = np.array([uf.find(i) for i in range(n)])
     links: list[tuple[int, int, int]] = []  # near links between exact units that may share a split
     n_near = held_apart = 0
-    comp = _UnionFind(n)  # split units: exact units joined by every near link (no near duplicates across splits)
+    comp = UnionFind(n)  # split units: exact units joined by every near link (no near duplicates across splits)
     for i in range(n):
         if exact[i] != i:
             comp.union(int(exact[i]), i)

@@ -501,27 +501,39 @@ def find_pairs_incremental(
     return sort_pairs(np.concatenate(parts)) if parts else _EMPTY.copy()
 
 
+class UnionFind:
+    """Disjoint sets over ``n`` items (path compression; the smaller root wins a union, so roots are group minima)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
 def group(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Group labels (connected components of the pair graph, i.e. union-find) for ``n`` items.
+    """Group labels (connected components of the pair graph) for ``n`` items, by :class:`UnionFind`.
 
     Returns an int64 array of shape (n,); each item's label is the smallest
     index in its group, so singletons are labelled by themselves and labels are
     stable under reordering of ``pairs``.
     """
     pairs = np.asarray(pairs)
-    labels = np.arange(n, dtype=np.int64)
-    if n == 0 or len(pairs) == 0:
-        return labels
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    i = pairs[:, 0].astype(np.int64)
-    j = pairs[:, 1].astype(np.int64)
-    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    root = np.full(comp.max() + 1, n, dtype=np.int64)
-    np.minimum.at(root, comp, labels)
-    return root[comp]
+    uf = UnionFind(n)
+    for i, j in pairs[:, :2].tolist() if len(pairs) else ():
+        uf.union(int(i), int(j))
+    return np.array([uf.find(i) for i in range(n)], dtype=np.int64)
 
 
 def choose_representatives(groups: np.ndarray, width: np.ndarray, height: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ def demo_root(manifest: Manifest):
 
 
 def run_demo(manifest: Manifest, *, progress, console, quick: bool = False, build_only: bool = False) -> None:
-    from dsbuild.build import build
+    from dsbuild.pipeline import build
     from dsbuild.catalog import sandboxed_query
     from dsbuild.status import dataset_status
 
@@ -67,7 +67,7 @@ def planted_scores(flagged_origins: set[str], folder: Path) -> dict[str, int]:
 
 def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, progress=None, quick: bool = False) -> None:
     from dsbuild.catalog import Catalog
-    from dsbuild.cycle import find_mislabels, mislabel_report, retrain_dataset, review_dataset, train_dataset
+    from dsbuild.cycle import find_issues, mislabel_report, retrain_dataset, review_dataset, train_dataset
 
     overrides = {"epochs": 1} if quick else {}
     with Catalog.open_readonly(manifest.catalog) as cat:
@@ -81,7 +81,7 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     print_run(report)
 
     console.rule("[b]5. mislabels[/b]: out-of-fold probabilities + cleanlab")
-    run_id, issues = find_mislabels(manifest, ds.name, progress=progress)
+    run_id, issues = find_issues(manifest, ds.name, progress=progress)
     labels = issues[issues["kind"] == "label"]
     shown = labels.head(12)[["rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence"]]
     console.print(render_table(shown, "table", None, title=f"top of {len(labels)} flagged labels (run {run_id})"))

@@ -2,9 +2,9 @@
 
 Each finder looks at the dataset from one angle and returns issue rows (one per
 image it scored: ``image_id``, ``kind``, ``is_issue``, its scores, ``rank``);
-:func:`find_issues` runs the finders in registry order, each seeing the rows
+:func:`run_finders` runs the finders in registry order, each seeing the rows
 found before it, and returns them together. The model loop
-(:func:`dsbuild.cycle.find_mislabels`) gathers the :class:`IssueContext` from
+(:func:`dsbuild.cycle.find_issues`) gathers the :class:`IssueContext` from
 the catalog and the out-of-fold scorer, and stores the rows of a run.
 
 ==============  ==================================================================
@@ -63,7 +63,7 @@ ISSUE_FINDERS: dict[str, Callable[[IssueContext, Any], Any]] = {"label": _label,
 """Issue finders by kind, in the order they run: ``finder(ctx, found_so_far) -> issue rows``."""
 
 
-def find_issues(ctx: IssueContext, kinds: Sequence[str] | None = None) -> Any:
+def run_finders(ctx: IssueContext, kinds: Sequence[str] | None = None) -> Any:
     """Run the finders ``kinds`` (default: all, in registry order); return their issue rows together."""
     import pandas as pd
 

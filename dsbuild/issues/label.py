@@ -49,7 +49,7 @@ def find_label_issues(df: Any, oof: OOFResult, *, reviewed_keep: dict[str, float
         if stale:
             raise DsbuildError(f"{len(stale)} image(s) changed label since they were scored (e.g. {stale[0]}) — score again")
     labels = oof.label_index()
-    probs = np.asarray(oof.probs, dtype=np.float64)
+    probs = np.asarray(oof.pred_probs, dtype=np.float64)
     probs = probs / probs.sum(1, keepdims=True)
     flagged = cl_find(labels=labels, pred_probs=probs, filter_by=filter_by)
     quality = get_label_quality_scores(labels, probs, method="self_confidence")

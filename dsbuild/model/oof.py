@@ -70,8 +70,9 @@ class OOFResult:
     """Out-of-sample predicted probabilities for every labelled image.
 
     image_ids / labels: the images (input order) and the labels they were scored against.
-    classes: column order of ``probs``.
-    probs: ``n × len(classes)`` float array; row i comes from a model that never saw image i's label.
+    classes: column order of ``pred_probs``.
+    pred_probs: ``n × len(classes)`` float32 array (cleanlab's name); row i comes from a model that never
+        saw image i's label. ``probs`` is the same array under its old name (deprecated).
     fold: ``n`` ints: the scoring unit (model) that produced row i.
     trained_on: per scoring unit, the image_ids whose labels that unit's model used
         (fine-tuned body and head together).
@@ -83,12 +84,17 @@ class OOFResult:
     image_ids: tuple[str, ...]
     labels: tuple[str, ...]
     classes: tuple[str, ...]
-    probs: Any = field(repr=False)
+    pred_probs: Any = field(repr=False)
     fold: Any = field(repr=False)
     trained_on: tuple[frozenset[str], ...] = field(repr=False)
     method: str
     fold_accuracy: tuple[float, ...]
     duration_s: float
+
+    @property
+    def probs(self) -> Any:
+        """Deprecated name of :attr:`pred_probs`."""
+        return self.pred_probs
 
     def check_out_of_sample(self) -> int:
         """Number of images scored by a model that trained on their label (0 when the guarantee holds)."""
@@ -160,7 +166,7 @@ def out_of_fold_probs(df: Any, settings: ModelSettings, *, progress: Any = None)
     ids = frame["image_id"].tolist()
     acc = tuple(float((probs[unit == u].argmax(1) == y[unit == u]).mean()) for u in range(len(trained_on)))
     return OOFResult(
-        image_ids=tuple(ids), labels=tuple(frame["label"]), classes=classes, probs=probs.astype(np.float32),
+        image_ids=tuple(ids), labels=tuple(frame["label"]), classes=classes, pred_probs=probs.astype(np.float32),
         fold=unit.astype(np.int64), trained_on=tuple(frozenset(t) for t in trained_on),
         method=settings.oof_method, fold_accuracy=acc, duration_s=round(time.perf_counter() - t0, 3),
     )

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dsbuild.errors import Problem, check
+
 OOF_METHODS = ("crossfit", "kfold", "frozen")
 
 
@@ -75,29 +77,41 @@ class ModelSettings:
     oof_rounds: int = 2
 
     def __post_init__(self) -> None:
-        if self.weights is not None and not isinstance(self.weights, Path):
+        if self.weights is not None and isinstance(self.weights, (str, Path)) and not isinstance(self.weights, Path):
             object.__setattr__(self, "weights", Path(self.weights))
+        check(self.problems(), table="model")
+
+    def problems(self) -> list[Problem]:
+        """Every bad value, in field order (empty when the settings are valid)."""
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
         checks = [
-            (isinstance(self.arch, str) and self.arch.strip() != "", "arch must be a model name"),
-            (isinstance(self.size, int) and 16 <= self.size <= 2048, f"size must be an integer 16..2048, got {self.size!r}"),
-            (isinstance(self.epochs, int) and 0 <= self.epochs <= 1000, f"epochs must be an integer 0..1000, got {self.epochs!r}"),
-            (isinstance(self.freeze_epochs, int) and self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs!r}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}"),
-            (self.lr is None or (isinstance(self.lr, (int, float)) and 0 < self.lr < 10), f"lr must be a positive number or unset, got {self.lr!r}"),
-            (isinstance(self.lr_mult, (int, float)) and self.lr_mult >= 1, f"lr_mult must be >= 1, got {self.lr_mult!r}"),
-            (isinstance(self.folds, int) and 2 <= self.folds <= 50, f"folds must be an integer 2..50, got {self.folds!r}"),
-            (isinstance(self.num_workers, int) and self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers!r}"),
-            (isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
-            (self.oof_method in OOF_METHODS, f"oof_method must be one of {', '.join(OOF_METHODS)}, got {self.oof_method!r}"),
-            (self.oof_epochs is None or (isinstance(self.oof_epochs, int) and self.oof_epochs >= 0), f"oof_epochs must be >= 0, got {self.oof_epochs!r}"),
-            (isinstance(self.oof_groups, int) and 2 <= self.oof_groups <= 10, f"oof_groups must be an integer 2..10, got {self.oof_groups!r}"),
-            (isinstance(self.oof_rounds, int) and 1 <= self.oof_rounds <= 5, f"oof_rounds must be an integer 1..5, got {self.oof_rounds!r}"),
-            (isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")),
-             f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"),
+            ("arch", isinstance(self.arch, str) and self.arch.strip() != "", "must be a model name"),
+            ("pretrained", isinstance(self.pretrained, bool), f"must be true or false, got {self.pretrained!r}"),
+            ("weights", self.weights is None or isinstance(self.weights, Path), f"must be a file path, got {self.weights!r}"),
+            ("size", is_int(self.size) and 16 <= self.size <= 2048, f"must be an integer 16..2048, got {self.size!r}"),
+            ("epochs", is_int(self.epochs) and 0 <= self.epochs <= 1000, f"must be an integer 0..1000, got {self.epochs!r}"),
+            ("freeze_epochs", is_int(self.freeze_epochs) and self.freeze_epochs >= 0, f"must be >= 0, got {self.freeze_epochs!r}"),
+            ("batch_size", is_int(self.batch_size) and self.batch_size >= 1, f"must be >= 1, got {self.batch_size!r}"),
+            ("lr", self.lr is None or (is_num(self.lr) and 0 < self.lr < 10), f"must be a positive number or unset, got {self.lr!r}"),
+            ("lr_mult", is_num(self.lr_mult) and self.lr_mult >= 1, f"must be >= 1, got {self.lr_mult!r}"),
+            ("folds", is_int(self.folds) and 2 <= self.folds <= 50, f"must be an integer 2..50, got {self.folds!r}"),
+            ("augment", isinstance(self.augment, bool), f"must be true or false, got {self.augment!r}"),
+            ("flip", isinstance(self.flip, bool), f"must be true or false, got {self.flip!r}"),
+            ("seed", is_int(self.seed), f"must be an integer, got {self.seed!r}"),
+            ("num_workers", is_int(self.num_workers) and self.num_workers >= 0, f"must be >= 0, got {self.num_workers!r}"),
+            ("device", isinstance(self.device, str) and (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")),
+             f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"),
+            ("oof_method", self.oof_method in OOF_METHODS, f"must be one of {', '.join(OOF_METHODS)}, got {self.oof_method!r}"),
+            ("oof_groups", is_int(self.oof_groups) and 2 <= self.oof_groups <= 10, f"must be an integer 2..10, got {self.oof_groups!r}"),
+            ("oof_epochs", self.oof_epochs is None or (is_int(self.oof_epochs) and self.oof_epochs >= 0), f"must be >= 0, got {self.oof_epochs!r}"),
+            ("oof_rounds", is_int(self.oof_rounds) and 1 <= self.oof_rounds <= 5, f"must be an integer 1..5, got {self.oof_rounds!r}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        return [Problem(name, message) for name, ok, message in checks if not ok]
 
     def to_json(self) -> dict[str, Any]:
         """Settings as JSON-able values (paths as strings)."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from dsbuild.errors import DsbuildError
+from dsbuild.errors import DsbuildError, cause_chain, did_you_mean
 
 # Deprecation notices raised inside timm and fastai at import, not actionable by our users.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
@@ -66,7 +66,6 @@ class Backbone:
 
 def resolve_arch(arch: str) -> Backbone:
     """``arch`` → :class:`Backbone`; unknown names raise DsbuildError with close matches."""
-    import difflib
 
     name = arch.strip()
     if name.startswith("timm/"):
@@ -82,8 +81,7 @@ def resolve_arch(arch: str) -> Backbone:
 
     if timm.is_model(name):
         return Backbone("timm", name)
-    close = difflib.get_close_matches(name, sorted(tv) + [OFFLINE_ARCH, "convnext_nano", "resnet18", "resnet34"], n=3)
-    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    hint = did_you_mean(name, sorted(tv) + [OFFLINE_ARCH, "convnext_nano", "resnet18", "resnet34"])
     raise DsbuildError(
         f"unknown model arch '{arch}'{hint} — use a torchvision name (resnet18, resnet34, resnet50, ...) or a timm "
         f"name (efficientnet_lite0, ...)"
@@ -254,12 +252,10 @@ def _reason(exc: BaseException) -> str:
     """'no network' for connection failures anywhere in the exception chain, else the error itself."""
     import urllib.error
 
-    seen: BaseException | None = exc
-    while seen is not None:
+    for seen in cause_chain(exc):
         if isinstance(seen, (urllib.error.URLError, ConnectionError, socket.gaierror, socket.timeout, TimeoutError)):
             return "no network"
         if type(seen).__name__ in {"LocalEntryNotFoundError", "ConnectError", "ConnectTimeout", "ProxyError"}:
             return "no network"
-        seen = seen.__cause__ or seen.__context__
     text = str(exc).splitlines()[0][:200] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

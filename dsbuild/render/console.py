@@ -1,6 +1,6 @@
 """What the CLI shows on the console: rich progress bars and the summaries of build, status and model runs.
 
-The library returns typed results (:class:`dsbuild.build.BuildSummary`,
+The library returns typed results (:class:`dsbuild.pipeline.BuildSummary`,
 :class:`dsbuild.status.CatalogStatus`, :class:`dsbuild.cycle.RunReport`, ...);
 these functions render them. rich is imported inside the functions.
 """

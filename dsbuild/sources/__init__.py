@@ -9,7 +9,7 @@ web.py              queries and URL lists → download (:mod:`dsbuild.fetch`) �
 
 Every source gets a :class:`SourceRun` (the dataset, the build, the store, the
 executor settings, progress) and reports what it found to the run's
-:class:`Sink` — the build's one consumer (:class:`dsbuild.build.DatasetSink`),
+:class:`Sink` — the build's one consumer (:class:`dsbuild.pipeline.DatasetSink`),
 which writes the rows in batches and counts the build summary. A new source
 is a function ``ingest(..., run: SourceRun)`` that calls ``run.sink``.
 """
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class Sink(Protocol):
-    """What a source reports to; the build implements it once (:class:`dsbuild.build.DatasetSink`)."""
+    """What a source reports to; the build implements it once (:class:`dsbuild.pipeline.DatasetSink`)."""
 
     def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None) -> None:
         """Rows to write (:mod:`dsbuild.rows`). An ``item`` is one source this build processed, counted by its status."""

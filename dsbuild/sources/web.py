@@ -34,24 +34,13 @@ from pathlib import Path
 
 from dsbuild.catalog import Catalog, utcnow
 from dsbuild.errors import DsbuildError, EngineError
-from dsbuild.executor import (INLINE_LIMIT, Batch, Executor, FetchJob, InlineExecutor, LocalPoolExecutor, VerifyJob,
-                              make_executor)
+from dsbuild.executor import Batch, Executor, FetchJob, InlineExecutor, LocalPoolExecutor, VerifyJob, make_executor
 from dsbuild.fetch import IN_FLIGHT_MEMORY, IN_MEMORY_BODY, in_memory_limit  # noqa: F401 - the downloader's memory limits
 from dsbuild.manifest import Dataset
 from dsbuild.rows import blob_row, fetch_row, image_id_for, item_row
 from dsbuild.sources import SourceRun
 from dsbuild.store import move_into_store
 from dsbuild.verify.analyze import ImageRecord
-
-
-def fetch_settings(ds: Dataset):
-    """The dataset's :class:`dsbuild.fetch.FetchSettings` (manifest ``fetch`` table + ``allow_private_hosts``)."""
-    from dsbuild.fetch import FetchSettings
-
-    values = dict(ds.fetch)
-    values["allow_private_hosts"] = ds.allow_private_hosts
-    values.setdefault("max_bytes", ds.verify.max_bytes)
-    return FetchSettings(**values)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -66,7 +55,10 @@ def engine_options(ds: Dataset, cls):
 
 
 def check_web_settings(ds: Dataset) -> list[str]:
-    """Problems with the dataset's engine and downloader settings, found without touching the network."""
+    """Problems with the dataset's engine options, found without touching the network.
+
+    (The downloader's settings, ``[fetch]``, were checked when the manifest loaded.)
+    """
     problems: list[str] = []
     if any(c.queries for c in ds.classes):
         from dsbuild.sources.engines import get_engine
@@ -78,11 +70,6 @@ def check_web_settings(ds: Dataset) -> list[str]:
                     engine.validate(engine_options(ds, cls))
         except DsbuildError as exc:
             problems.append(f"datasets.{ds.name}: {exc}")
-    if any(c.queries or c.urls for c in ds.classes):
-        try:
-            fetch_settings(ds)
-        except (TypeError, ValueError, DsbuildError) as exc:
-            problems.append(f"datasets.{ds.name}.fetch: {exc}")
     return problems
 
 
@@ -219,9 +206,10 @@ class BodyVerifier:
     ``("batch", (results, batch))`` and the main thread takes their records with
     :meth:`records`. A worker that dies (a decoder crash on a hostile file) costs only
     that file: the executor re-runs the batches it held (:class:`~dsbuild.executor.LocalPoolExecutor`)
-    and a fresh pool takes the next batches. Without a pool (small jobs, one worker)
-    the main thread verifies in-process (:class:`~dsbuild.executor.InlineExecutor`).
-    ``executor`` replaces both (another backend).
+    and a fresh pool takes the next batches. ``executor`` is the run's backend
+    (:func:`~dsbuild.executor.make_executor`); without one, ``use_pool`` picks a
+    local pool of ``workers``, else the main thread verifies in-process
+    (:class:`~dsbuild.executor.InlineExecutor`, for tests).
     """
 
     def __init__(self, ds: Dataset, done: queue.Queue, *, workers: int | None = None, use_pool: bool = False,
@@ -287,18 +275,17 @@ class BodyVerifier:
 
 def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
     """Download ``by_url`` concurrently; verify the bodies with the executor, in batches, as they arrive."""
-    import os
-
     from dsbuild.fetch import FetchRequest, fetch_all
 
     ds, sink = run.dataset, run.sink
-    settings = fetch_settings(ds)
+    settings = ds.fetch_settings
     incoming = run.store / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     done: queue.Queue = queue.Queue()
-    # Always worker processes (see dsbuild.executor.local_executor): stderr captured per image, time limit, crashes.
-    workers = max(1, min(run.workers or os.cpu_count() or 1, (len(by_url) + INLINE_LIMIT - 1) // INLINE_LIMIT))
-    verifier = BodyVerifier(ds, done, workers=workers, use_pool=True, store=run.store)
+    # The run's executor backend; ``local`` always verifies in worker processes (dsbuild.executor.local_executor):
+    # the C libraries' stderr captured per image, a per-image time limit, a crash costs one worker.
+    executor = make_executor(len(by_url), workers=run.workers, settings=run.executor)
+    verifier = BodyVerifier(ds, done, store=run.store, executor=executor)
     stop = threading.Event()
 
     def on_result(res) -> None:
@@ -368,7 +355,7 @@ def _fetch_on_workers(run: SourceRun, by_url: dict[str, list], *, now) -> None:
     """Download, verify, hash, score and store every URL on the executor's workers (a remote backend: the
     bodies never pass through this process); catalogue the records batch by batch as they come back."""
     ds = run.dataset
-    jobs = [FetchJob(url, url, fetch_settings(ds), ds.verify, ds.dedup, run.store) for url in by_url]
+    jobs = [FetchJob(url, url, ds.fetch_settings, ds.verify, ds.dedup, run.store) for url in by_url]
     executor = make_executor(len(jobs), workers=run.workers, settings=run.executor)
     try:
         with run.progress.stage(f"{ds.name}: fetch + verify", len(jobs)) as bar:

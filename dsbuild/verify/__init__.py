@@ -6,10 +6,20 @@ analyze.py      :func:`analyze_file` / :func:`analyze_bytes` → :class:`ImageRe
                 (the unit of work :mod:`dsbuild.executor` ships to workers)
 hashing.py      perceptual hashes of the decoded image (imagehash-identical)
 quality.py      CleanVision-style quality scores of the decoded image
+settings.py     ``[verify]`` and ``[quality]`` settings (no heavy imports)
 ==============  ==================================================================
 """
 
-from dsbuild.verify.analyze import ImageRecord, analyze_bytes, analyze_file
-from dsbuild.verify.decode import REASONS
+from importlib import import_module
+from typing import Any
 
-__all__ = ["REASONS", "ImageRecord", "analyze_bytes", "analyze_file"]
+_LAZY = {"ImageRecord": "analyze", "analyze_bytes": "analyze", "analyze_file": "analyze", "REASONS": "decode",
+         "VerifySettings": "settings", "QualitySettings": "settings"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """The main names of the submodules, imported on first use (so importing a submodule never imports them all)."""
+    if name in _LAZY:
+        return getattr(import_module(f"dsbuild.verify.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'dsbuild.verify' has no attribute {name!r}")

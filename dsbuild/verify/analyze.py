@@ -16,7 +16,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsbuild.manifest import DedupSettings, VerifySettings
+from dsbuild.dedup.settings import DedupSettings
+from dsbuild.verify.settings import VerifySettings
 from dsbuild.store import store_bytes
 from dsbuild.verify.decode import Rejected, decode, pixel_digest
 

@@ -156,12 +156,14 @@ def decode_checked(data: bytes, settings, *, analysis_side: int | None = 128):
     from PIL import Image
 
     allowed = tuple(f.upper() for f in settings.formats)
-    fmt = formats.sniff(data[:512])
-    if fmt not in formats.FAMILIES or fmt not in allowed:
-        _refuse(data, fmt, allowed)
+    found = formats.sniff(data[:512])
+    if not found.allowed or found.name not in allowed:
+        refused = formats.refusal(found, allowed, data)
+        raise Rejected(refused.reason, refused.detail, refused.info)
+    fmt = found.name
     info: dict = {"format": fmt, "frames": 1}
     notes: list[str] = []
-    with warnings.catch_warnings(record=True) as said, captured_stderr() as stderr, _pixel_limit(settings.max_pixels):
+    with warnings.catch_warnings(record=True) as said, captured_stderr() as stderr, pixel_limit(settings.max_pixels):
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -197,24 +199,6 @@ def decode_checked(data: bytes, settings, *, analysis_side: int | None = 128):
 
 def _lib(fmt: str) -> str:
     return {"TIFF": "libtiff", "JPEG": "libjpeg", "WEBP": "libwebp"}.get(fmt, "decoder")
-
-
-def _refuse(data: bytes, fmt: str | None, allowed: tuple[str, ...]) -> None:
-    if fmt in ("HTML", "SVG"):
-        raise Rejected("not an image", f"content is {fmt.lower()}")
-    known = None if fmt in formats.FAMILIES else formats.identify(data)
-    info: dict = {}
-    if known is not None:
-        fmt = known[0]
-        info = {"format": known[0], "width": known[1], "height": known[2]}
-    elif fmt in formats.FAMILIES:
-        info = {"format": fmt}
-    if fmt is None:
-        raise Rejected("not an image", "unrecognised content")
-    if fmt in formats.TEXTLIKE:
-        raise Rejected("not an image", f"content is {fmt.lower()}")
-    info.setdefault("format", fmt)
-    raise Rejected("unsupported format", f"{fmt} is not in the allowed formats ({', '.join(allowed)})", info)
 
 
 def _check_pixels(width: int, height: int, settings, what: str = "") -> None:
@@ -296,7 +280,7 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
     if fmt in ("JPEG", "WEBP"):
         info["frames"] = int(getattr(img, "n_frames", 1) or 1)
     if fmt == "JPEG" and info["frames"] > 1:  # MPO: each frame has a JPEG header of its own (read, not decoded)
-        with _pixel_limit(None):  # our check below, with the size in the message; seek() reads headers only
+        with pixel_limit(None):  # our check below, with the size in the message; seek() reads headers only
             for k in range(1, info["frames"]):
                 try:
                     img.seek(k)
@@ -446,8 +430,8 @@ def normalise(img, *, orientation: int | None = None):
 
 
 @contextmanager
-def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
-    """Pillow's bomb limit is a process global: set it for one decode only."""
+def pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's bomb limit is a process global: set it for one decode only (training and reports share the process)."""
     from PIL import Image
 
     previous = Image.MAX_IMAGE_PIXELS

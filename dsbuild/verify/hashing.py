@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-HASH_KINDS = ("phash", "dhash", "whash", "ahash")
-"""Hash kinds, named as in the manifest (``dedup.hash``); each maps to imagehash's function of that name."""
+from dsbuild.verify.settings import HASH_KINDS  # the kinds computed here, named as in the manifest (dedup.hash)
 
 DEGENERATE_FRACTION = 1 / 8
 """A hash with at most this fraction of its bits set (or unset) is degenerate.

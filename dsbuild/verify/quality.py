@@ -2,7 +2,7 @@
 
 Every score is in [0, 1]; for all but ``grayscale``, **low means an issue** and
 the image is flagged when its score is below the threshold (CleanVision's
-``get_default_params``, kept in :class:`QualityThresholds`):
+``get_default_params``, the defaults of :class:`~dsbuild.verify.settings.QualitySettings`):
 
 ===================  ===========================================================  =========
 score                definition (CleanVision ``issue_managers/image_property.py``)  flagged
@@ -38,14 +38,21 @@ Where this module departs from CleanVision, and why (measured in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import fields
+from typing import Any, Mapping
 
 import numpy as np
+
+from dsbuild.verify.settings import QUALITY_FLAGS, QualitySettings
 
 SCORE_NAMES = ("dark", "light", "blurry", "low_information", "grayscale", "odd_aspect_ratio")
 """Keys of :func:`scores` (per image). ``odd_size`` comes from :func:`odd_size_scores` (per dataset)."""
 
-FLAG_NAMES = SCORE_NAMES + ("odd_size",)
+FLAG_NAMES = QUALITY_FLAGS
+"""Every flag, in listing order: :data:`SCORE_NAMES` + ``odd_size``."""
+
+QualityThresholds = QualitySettings
+"""The thresholds are the dataset's quality settings (one class); the old name stays for callers."""
 
 # CleanVision's score constants (image_property_issue_manager.get_default_params).
 ENTROPY_NORMALIZING_FACTOR = 0.1
@@ -62,22 +69,6 @@ colour photos have spreads of tens of levels (see tests/test_quality.py).
 """
 
 _BRIGHTNESS_WEIGHTS = np.array([0.241, 0.691, 0.068], dtype=np.float32)
-
-
-@dataclass(frozen=True, kw_only=True)
-class QualityThresholds:
-    """Flag thresholds (CleanVision's defaults): a score below its threshold is an issue.
-
-    ``grayscale`` needs no threshold (score ≥ 0.5 is flagged); ``odd_size`` is
-    flagged below 0.5, with ``odd_size_iqr_factor`` used by :func:`odd_size_scores`.
-    """
-
-    dark: float = 0.32
-    light: float = 0.05
-    blurry: float = 0.29
-    low_information: float = 0.3
-    odd_aspect_ratio: float = 0.35
-    odd_size_iqr_factor: float = 3.0
 
 
 def _sample(img):
@@ -192,29 +183,39 @@ def odd_size_scores(widths, heights, iqr_factor: float = 3.0) -> np.ndarray:
     return out
 
 
-def flags(scores: dict, th: QualityThresholds | object = QualityThresholds()) -> dict[str, bool]:
+def flag_mask(name: str, values: Any, th: QualitySettings = QualitySettings()) -> Any:
+    """Which of ``values`` (scores of flag ``name``: a number or a numpy array) are issues under ``th``.
+
+    Below the threshold is an issue; ``grayscale`` ≥ 0.5 and ``odd_size`` < 0.5. NaN is not an issue
+    (CleanVision does the same for images it could not load).
+    """
+    with np.errstate(invalid="ignore"):  # NaN compares False
+        if name == "grayscale":
+            return values >= 0.5
+        if name == "odd_size":
+            return values < 0.5
+        return values < getattr(th, name)
+
+
+def flags(scores: Mapping[str, Any], th: QualitySettings | object = QualitySettings()) -> dict[str, bool]:
     """Which issues a score dict shows; keys: those of :data:`FLAG_NAMES` present in ``scores``.
 
-    ``th`` is a :class:`QualityThresholds` or any object with the same attributes
-    (e.g. the manifest's quality settings). A missing or NaN score is not an issue
-    (CleanVision does the same for images it could not load).
+    ``th`` is a :class:`~dsbuild.verify.settings.QualitySettings` or any object with the
+    same thresholds. A missing or NaN score is not an issue.
     """
     out = {}
     for name in FLAG_NAMES:
         if name not in scores:
             continue
         value = scores[name]
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            out[name] = False
-        elif name == "grayscale":
-            out[name] = bool(value >= 0.5)
-        elif name == "odd_size":
-            out[name] = bool(value < 0.5)
-        else:
-            out[name] = bool(value < getattr(th, name))
+        out[name] = False if value is None or (isinstance(value, float) and math.isnan(value)) \
+            else bool(flag_mask(name, value, th))
     return out
 
 
-def thresholds_from(obj) -> QualityThresholds:
-    """A :class:`QualityThresholds` from any object with (some of) the same attributes; missing ones keep defaults."""
-    return QualityThresholds(**{f.name: getattr(obj, f.name) for f in fields(QualityThresholds) if hasattr(obj, f.name)})
+def thresholds_from(obj: Any) -> QualitySettings:
+    """``obj`` itself when it is :class:`~dsbuild.verify.settings.QualitySettings`, else settings from its thresholds."""
+    if isinstance(obj, QualitySettings):
+        return obj
+    return QualitySettings(**{f.name: getattr(obj, f.name) for f in fields(QualitySettings)
+                              if f.name != "reject" and hasattr(obj, f.name)})

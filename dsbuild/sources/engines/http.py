@@ -15,7 +15,6 @@ timeouts, resets and 5xx; a host that cannot be reached at all raises
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from dsbuild.errors import DsbuildError, EngineError, cause_chain
+from dsbuild.netguard import AddressPolicy
 from dsbuild.sources.engines.types import EngineOptions, Outcome
 from dsbuild.sources.urls import Link, normalize_url
 
@@ -33,27 +33,16 @@ if TYPE_CHECKING:  # pragma: no cover
 # --------------------------------------------------------------------------- hosts
 
 
-def _address_is_private(addr: str) -> bool:
-    ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or (isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.IPv4Network("100.64.0.0/10"))
-    )
+_PUBLIC_ONLY = AddressPolicy()
 
 
 def private_address_of(host: str) -> str | None:
-    """The first loopback/private/link-local/reserved address ``host`` resolves to, or None.
+    """The first address ``host`` resolves to that :mod:`dsbuild.netguard` refuses (private, loopback,
+    link-local, reserved, multicast, IPv4 inside IPv6, ...), or None.
 
-    A host that does not resolve returns None (the request itself then fails
-    with a clear "cannot reach" message). Numeric forms such as ``2130706433``
-    are resolved by the system resolver and therefore caught.
+    The rule is netguard's, the downloader's. A host that does not resolve returns None
+    (the request itself then fails with a clear "cannot reach" message). Numeric forms
+    such as ``2130706433`` are resolved by the system resolver and therefore caught.
     """
     host = host.strip("[]")
     try:
@@ -62,7 +51,7 @@ def private_address_of(host: str) -> str | None:
         return None
     for info in infos:
         addr = str(info[4][0])
-        if _address_is_private(addr):
+        if not _PUBLIC_ONLY.allows(addr):
             return addr
     return None
 

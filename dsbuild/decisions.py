@@ -4,9 +4,11 @@ A person (or a confidence threshold) decides, per flagged image, to ``relabel``
 it, ``remove`` it, ``keep`` its label, or ``undo`` the last decision about it.
 This module turns those decisions into **label events**: plain dicts that the
 catalog appends to ``label_events`` (it never updates or deletes one). It holds
-no database connection: :mod:`dsbuild.cycle` reads the catalog, calls
-:func:`parse_decisions` / :func:`decisions_from_suggestions`, then
-:func:`plan_events`, and appends what comes back in one transaction.
+no database connection: :mod:`dsbuild.cycle` reads the catalog, gets the
+decisions — :func:`parse_decisions` (a CSV file), :func:`decisions_from_suggestions`
+(a confidence threshold) or :func:`check_decisions` (any iterable of
+:class:`Decision`: the seam for a review app) — then :func:`plan_events`, and
+appends what comes back in one transaction.
 
 Decision files (``dsbuild review DATASET --decisions FILE.csv``)
 ----------------------------------------------------------------
@@ -75,7 +77,6 @@ relabel. ``old_status`` always records the status seen at decision time.
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import math
 from dataclasses import dataclass, field
@@ -83,7 +84,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from dsbuild.errors import DsbuildError
+from dsbuild.errors import DsbuildError, closest, did_you_mean
+from dsbuild.rows import LABEL_ISSUE_COLUMNS, REPORT_COLUMNS
 
 if TYPE_CHECKING:  # pandas is imported lazily at run time
     import pandas
@@ -97,8 +99,7 @@ MAX_LISTED = 20  # problems listed in one error; the rest are counted
 
 _KNOWN_COLUMNS = ("image_id", "path", "action", "new_label", "note")
 # Columns of the mislabel report CSV (dsbuild mislabels --format csv) and of the label_issues view.
-_REPORT_COLUMNS = ("dataset", "origin", "given_label", "suggested_label", "label_quality", "rank", "run_id",
-                   "kind", "suggested_confidence", "ood_score", "current_label", "reviewed")
+_REPORT_COLUMNS = tuple(c for c in LABEL_ISSUE_COLUMNS + REPORT_COLUMNS if c not in _KNOWN_COLUMNS)
 _DELIMITERS = (",", ";", "\t")
 
 
@@ -149,15 +150,6 @@ class _Problems:
             lines.append(f"  … and {n - MAX_LISTED} more")
         head = f"{what} has {n} problem{'s' if n != 1 else ''}; nothing was applied — fix {'them' if n != 1 else 'it'} and run again:"
         raise DsbuildError("\n".join([head, *lines]), exit_code=2)
-
-
-def _did_you_mean(value: str, choices: Iterable[str]) -> str:
-    choices = list(choices)
-    folded = {c.casefold(): c for c in choices}
-    if value.casefold() in folded:
-        return f" (did you mean '{folded[value.casefold()]}'?)"
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _short(value: str, limit: int = 60) -> str:
@@ -258,8 +250,8 @@ def _read_rows(path: Path, problems: _Problems) -> tuple[list[str], list[_Row]]:
         missing.append("image_id (or path)")
     for col in missing:
         unknown = [c for c in header if c and c not in _KNOWN_COLUMNS + _REPORT_COLUMNS]
-        close = difflib.get_close_matches(col.split(" ")[0], unknown, n=1, cutoff=0.6)
-        hint = f" (is '{close[0]}' a misspelling of it?)" if close else ""
+        close = closest(col.split(" ")[0], unknown)
+        hint = f" (is '{close}' a misspelling of it?)" if close else ""
         problems.add(header_line, f"missing column {col}{hint}; the header is: {', '.join(header) or '(empty)'} "
                                   f"— expected image_id (or path), action, new_label, note")
     if missing:
@@ -344,7 +336,7 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
             problems.add(line, f"action is empty — use one of {', '.join(ACTIONS)}")
             continue
         if action not in ACTIONS:
-            problems.add(line, f"unknown action '{_short(v['action'])}'{_did_you_mean(action, ACTIONS)} "
+            problems.add(line, f"unknown action '{_short(v['action'])}'{did_you_mean(action, ACTIONS)} "
                                f"— use one of {', '.join(ACTIONS)}")
             continue
         if dataset is not None and v.get("dataset") and v["dataset"] != dataset:
@@ -370,7 +362,7 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
                 problems.add(line, f"relabel needs a new_label — one of {_label_list(label_set)}")
                 continue
             if new_label not in label_set:
-                problems.add(line, f"unknown label '{_short(new_label)}'{_did_you_mean(new_label, label_set)} "
+                problems.add(line, f"unknown label '{_short(new_label)}'{did_you_mean(new_label, label_set)} "
                                    f"— labels of this dataset: {_label_list(label_set)}")
                 continue
             if new_label == current:
@@ -441,6 +433,29 @@ def _label_list(labels: Sequence[str]) -> str:
 
 def _describe(d: Decision) -> str:
     return f"relabel → '{d.new_label}'" if d.action == "relabel" else d.action
+
+
+def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str]) -> list[Decision]:
+    """``decisions`` (any iterable of :class:`Decision`, e.g. from a review app) as a list, checked like a file's rows.
+
+    Every item must be a :class:`Decision` and a relabel must name one of ``labels``;
+    :func:`plan_events` checks the rest against the catalog (unknown image, status, no-op
+    relabel, two decisions for one image). Raises one DsbuildError listing every problem.
+    """
+    problems = _Problems()
+    out = []
+    label_set = list(dict.fromkeys(str(x) for x in labels))
+    for k, d in enumerate(decisions, start=1):
+        if not isinstance(d, Decision):
+            problems.add(None, f"decision {k} is a {type(d).__name__}, not a dsbuild.decisions.Decision")
+            continue
+        if d.action == "relabel" and d.new_label not in label_set:
+            problems.add(None, f"decision {k} (image {d.image_id}): unknown label '{_short(str(d.new_label))}'"
+                               f"{did_you_mean(str(d.new_label), label_set)} — labels of this dataset: {_label_list(label_set)}")
+            continue
+        out.append(d)
+    problems.raise_if_any("the decisions")
+    return out
 
 
 # --------------------------------------------------------------------------- suggestions

@@ -1,4 +1,4 @@
-"""export/: a registry of exporters that write a dataset's accepted images somewhere else.
+"""exporters/: a registry of exporters that write a dataset's accepted images somewhere else.
 
 ``imagefolder`` (:mod:`.imagefolder`): ``DIR/<split>/<label>/<image_id>.<ext>``
 (hard links into the store when on the same file system, else copies) plus
@@ -27,7 +27,7 @@ from typing import Any
 
 from dsbuild.catalog import Catalog
 from dsbuild.errors import DsbuildError
-from dsbuild.export import csv, imagefolder
+from dsbuild.exporters import csv, imagefolder
 
 MARKER = ".dsbuild-export"
 EXPORTERS: dict[str, Callable[[Any, Path, str], None]] = {"imagefolder": imagefolder.write, "csv": csv.write}
@@ -98,6 +98,7 @@ def _not_verified_content(path: Path, fmt: str | None) -> str | None:
     except OSError as exc:
         return f"store file {path} cannot be read ({exc.strerror or exc})"
     found = sniff(head)
-    if found is None or family(found) != family(fmt):
-        return f"store file {path} holds {found or 'unrecognised content'}, not the {fmt} image verified"
+    if not found.image or family(found.name) != family(fmt):
+        what = found.name if found.image else "unrecognised content" if found.name in ("UNKNOWN", "EMPTY") else found.name.lower()
+        return f"store file {path} holds {what}, not the {fmt} image verified"
     return None

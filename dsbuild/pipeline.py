@@ -196,12 +196,19 @@ def build(
     workers: int | None = None,
     catalog_path: Path | None = None,
     executor: ExecutorSettings | None = None,
+    backend: str | None = None,
 ) -> BuildSummary:
     """Build the named datasets (all when ``names`` is empty); return a summary per dataset.
 
-    ``executor`` replaces every dataset's ``[executor]`` settings (the CLI's ``--executor``/``--ray-address``).
+    ``workers``: processes for the per-image work (default: CPU count). ``executor`` replaces every
+    dataset's ``[executor]`` settings (the CLI's ``--executor``/``--ray-address``); ``backend`` is
+    short for ``executor=ExecutorSettings(backend=backend)`` (a :data:`dsbuild.executor.BACKENDS` name).
     """
     progress = progress or Progress()
+    if backend is not None:
+        if executor is not None and executor.backend != backend:
+            raise DsbuildError(f"build(backend={backend!r}) contradicts executor={executor!r} — give one of them")
+        executor = executor or ExecutorSettings(backend=backend)
     datasets = manifest.select(names)
     preflight(manifest, datasets)
     catalog_path = catalog_path or manifest.catalog
