@@ -211,6 +211,11 @@ def build(
         executor = executor or ExecutorSettings(backend=backend)
     datasets = manifest.select(names)
     preflight(manifest, datasets)
+    for settings in {executor or d.executor for d in datasets}:
+        if settings.backend == "ray" and settings.address not in (None, "auto"):
+            from dsbuild.ray_backend import check_reachable
+
+            check_reachable(settings.address)  # fail fast, before the lock, a search or a catalog write
     catalog_path = catalog_path or manifest.catalog
     lock = BuildLock(catalog_path)
     lock.acquire()

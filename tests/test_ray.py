@@ -283,6 +283,7 @@ def test_an_unreachable_address_fails_fast_in_one_line(tmp_path: Path) -> None:
     assert code == 2
     assert err == (f"Error: cannot reach the Ray cluster at 127.0.0.1:{closed}: connection refused — start it "
                    "(`ray start --head` on the head node) or fix [executor] address / --ray-address\n")
+    assert not (manifest.parent / "cat").exists()  # nothing written: no catalog, no lock, no build row
 
 
 def ray_children() -> list[str]:
