@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 from dsbuild import __version__
 from dsbuild.errors import DsbuildError
-from dsbuild.render.console import RichProgress, make_console, print_build_summary, print_comparison, print_run, print_status
+from dsbuild.render.console import (RichProgress, make_console, print_build_summary, print_comparison, print_live_build,
+                                    print_run, print_status)
 from dsbuild.render.values import counted, readable_probabilities
 
 OUTPUT_FORMATS = ("table", "csv", "json")
@@ -67,8 +68,23 @@ def cmd_build(args) -> int:
     from dsbuild.pipeline import build
 
     manifest = _load(args)
+    executor = None
+    if args.executor or args.ray_address:
+        import dataclasses
+
+        if args.executor == "local" and args.ray_address:
+            raise DsbuildError("--ray-address needs --executor ray (or no --executor)", exit_code=2)
+        backend = args.executor or "ray"
+        top = manifest.executor  # the manifest's top-level [executor]: its address and batch_size stay unless replaced
+        address = args.ray_address or (top.address if top.backend == backend else None)
+        from dsbuild.errors import SettingsError
+
+        try:
+            executor = dataclasses.replace(top, backend=backend, address=address)
+        except SettingsError as exc:  # only --ray-address can be bad here (--executor has choices)
+            raise DsbuildError(f"--ray-address {exc.problems[0].message}", exit_code=2) from None
     summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
-                    workers=args.workers, resplit=args.resplit)
+                    workers=args.workers, executor=executor, resplit=args.resplit)
     print_build_summary(summary)
     return 0
 
@@ -85,7 +101,18 @@ def cmd_status(args) -> int:
         out, groups = duplicates_page(manifest.catalog, args.dataset, Path(args.html))
         print(f"wrote {out} ({groups} duplicate groups, label conflicts first)")
         return 0
-    status = dataset_status(manifest.catalog, args.dataset, manifest=manifest)
+    from dsbuild.errors import CatalogBusy
+
+    try:
+        status = dataset_status(manifest.catalog, args.dataset, manifest=manifest)
+    except CatalogBusy:
+        from dsbuild.status import running_build
+
+        live = running_build(manifest.catalog)
+        if live is None:
+            raise
+        print_live_build(live)
+        return 0
     print_status(status)
     return 0
 
@@ -277,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resplit", action="store_true",
                    help="assign every image's split again from the manifest's [split] settings (after changing "
                         "fractions, seed or carve); says how many images moved")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where the per-image work runs, for every dataset of this build (default: the manifest's "
+                        "[executor] backend, else local)")
+    p.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (implies --executor ray; "
+                        "default: the manifest's [executor] address, else a Ray runtime started for the build)")
 
     p = add("status", cmd_status, "counts per class × split × status, and rejects by reason")
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="one dataset (default: all in the catalog)")

@@ -12,15 +12,22 @@ bad image. An :class:`Executor` runs jobs in batches:
   (from any thread). ``result()`` never raises for a crashed worker: the
   backend re-runs what the crash took with it, and the one job that crashes a
   worker again gets a ``corrupt`` record.
-* ``executor.map(jobs)`` yields ``(job, record)`` in job order with a bounded
-  number of batches in flight (memory stays bounded).
+* ``executor.map(jobs)`` yields ``(job, record)`` in job order (or, with
+  ``ordered=False``, as batches finish) with a bounded number of batches in
+  flight (memory stays bounded).
+
+A :class:`FetchJob` is a URL instead of a file: the worker downloads it
+(:func:`dsbuild.fetch.fetch_all`), then verifies, hashes, scores and stores it
+like a :class:`VerifyJob`; its record is a :class:`FetchedImage` (how the download
+ended + the image's record). Backends whose workers may sit on other machines
+(``remote = True``) get FetchJobs, so that the driver never carries the bodies.
 
 Backends (:data:`BACKENDS`, name → factory): ``local`` — a local process pool
 with crash isolation, a per-image time limit and per-image capture of the C
 libraries' stderr (:class:`LocalPoolExecutor`; :class:`InlineExecutor` runs in
-the calling thread, for tests). Another backend (Ray, Dask) implements
-:class:`Executor` and :class:`Batch` with the same signatures and registers a
-factory here; jobs and records are plain picklable values.
+the calling thread, for tests); ``ray`` — Ray tasks on a cluster, with the same
+per-image guarantees (:mod:`dsbuild.ray_backend`, imported only when used).
+Jobs and records are plain picklable values.
 """
 
 from __future__ import annotations
@@ -36,9 +43,16 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from dsbuild.dedup.settings import DedupSettings
+from dsbuild.executor_settings import ExecutorSettings
 from dsbuild.verify.settings import VerifySettings
 from dsbuild.verify.analyze import ImageRecord, analyze_bytes, analyze_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dsbuild.fetch import FetchResult
+    from dsbuild.fetch_settings import FetchSettings
 
 INLINE_LIMIT = 48
 """Jobs per local worker below which fewer workers are started (each costs a fork)."""
@@ -69,6 +83,32 @@ class VerifyJob:
     verify: VerifySettings
     dedup: DedupSettings
     store_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class FetchJob:
+    """One URL to download, then verify, hash, score and (when accepted) store, all on the worker.
+
+    ``key`` is the caller's id (echoed). ``store_dir`` must be a path every worker
+    reaches (a shared filesystem): accepted bodies are written there, and bodies
+    too large to keep in memory are downloaded into its ``.incoming`` folder first.
+    """
+
+    key: str
+    url: str
+    fetch: "FetchSettings"
+    verify: VerifySettings
+    dedup: DedupSettings
+    store_dir: Path
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """The record of a :class:`FetchJob`: how the download ended (``fetch``, its body dropped) and, when a
+    body came back, what verification learned (``record``; None when the download failed or was refused)."""
+
+    fetch: "FetchResult"
+    record: ImageRecord | None
 
 
 HARD_LIMIT_FACTOR = 2.0
@@ -146,16 +186,99 @@ def run_job(job: VerifyJob) -> ImageRecord:
             faulthandler.cancel_dump_traceback_later()
 
 
-def run_batch(jobs: Sequence[VerifyJob]) -> list[ImageRecord]:
-    """:func:`run_job` over ``jobs``, in order (what a worker runs per task)."""
+def run_guarded(job: VerifyJob) -> ImageRecord:
+    """:func:`run_job`, also when the time limit fires while run_job is disarming it (still this image's)."""
     from dsbuild.verify.decoders import TimeLimitExceeded
 
-    out = []
-    for job in jobs:
+    try:
+        return run_job(job)
+    except TimeLimitExceeded:
+        return timeout_record(job.verify)
+
+
+def run_batch(jobs: Sequence[VerifyJob | FetchJob]) -> list[ImageRecord | FetchedImage]:
+    """The records of ``jobs``, in order (what a worker runs per task): an :class:`ImageRecord` per
+    :class:`VerifyJob`, a :class:`FetchedImage` per :class:`FetchJob` (a batch's FetchJobs download together)."""
+    fetches = [k for k, job in enumerate(jobs) if isinstance(job, FetchJob)]
+    out: list = [None] * len(jobs)
+    if fetches:
+        for k, rec in zip(fetches, run_fetch_batch([jobs[k] for k in fetches])):
+            out[k] = rec
+    for k, job in enumerate(jobs):
+        if out[k] is None:
+            out[k] = run_guarded(job)
+    return out
+
+
+def strip_body(res: "FetchResult") -> "FetchResult":
+    """``res`` without its body (what travels back to the driver)."""
+    import dataclasses
+
+    return dataclasses.replace(res, data=None, path=None) if res.data is not None or res.path is not None else res
+
+
+def verify_fetched(job: FetchJob, res: "FetchResult") -> FetchedImage:
+    """Verify (and store) the body of a finished download ``res`` of ``job``, in this process."""
+    import dataclasses
+
+    from dsbuild.store import move_into_store
+
+    if not res.ok or (res.data is None and res.path is None):
+        return FetchedImage(strip_body(res), None)
+    if res.data is not None:  # in memory: the worker writes it into the store when accepted
+        rec = run_guarded(VerifyJob(job.key, res.data, job.verify, job.dedup, job.store_dir))
+    else:  # spilled to <store>/.incoming: renamed into the store when accepted
+        path = Path(res.path)
+        rec = run_guarded(VerifyJob(job.key, str(path), job.verify, job.dedup, None))
+        if rec.ok:
+            rec = dataclasses.replace(rec, store_path=str(move_into_store(job.store_dir, rec.sha256, path, rec.format)))
+        else:
+            path.unlink(missing_ok=True)
+    return FetchedImage(strip_body(res), rec)
+
+
+def run_fetch_batch(jobs: Sequence[FetchJob]) -> list[FetchedImage]:
+    """Download ``jobs`` concurrently in a helper thread while this (the main) thread verifies each body as it
+    arrives — the main thread, so that the per-image time limit and stderr capture work as for files.
+
+    The batch's downloads use the first job's :class:`~dsbuild.fetch_settings.FetchSettings` (a batch holds one
+    dataset's URLs) with ``concurrency`` at most the batch size. Raises only when nothing can go on
+    (the store's ``.incoming`` folder cannot be written: :class:`~dsbuild.errors.DsbuildError`).
+    """
+    import dataclasses
+    import queue
+
+    from dsbuild.fetch import FetchRequest, fetch_all, in_memory_limit
+
+    if not jobs:
+        return []
+    settings = jobs[0].fetch
+    settings = dataclasses.replace(settings, concurrency=max(1, min(settings.concurrency, len(jobs))))
+    arrived: queue.SimpleQueue = queue.SimpleQueue()
+
+    def download() -> None:
         try:
-            out.append(run_job(job))
-        except TimeLimitExceeded:  # the timer fired while run_job was disarming it: still this image's
-            out.append(timeout_record(job.verify))
+            fetch_all([FetchRequest(job.url, key=str(k)) for k, job in enumerate(jobs)], settings=settings,
+                      dest_dir=Path(jobs[0].store_dir) / ".incoming", on_result=arrived.put,
+                      in_memory=in_memory_limit(settings.concurrency))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+            arrived.put(exc)
+        finally:
+            arrived.put(None)
+
+    thread = threading.Thread(target=download, name="dsbuild-fetch", daemon=True)
+    thread.start()
+    out: list = [None] * len(jobs)
+    error: BaseException | None = None
+    while (res := arrived.get()) is not None:
+        if isinstance(res, BaseException):
+            error = res
+            continue
+        k = int(res.key)
+        out[k] = verify_fetched(jobs[k], res)
+    thread.join()
+    if error is not None:
+        raise error
     return out
 
 
@@ -203,9 +326,15 @@ class Batch:
 
 
 class Executor(ABC):
-    """Runs :class:`VerifyJob` batches. Subclasses implement :meth:`submit` (and :meth:`shutdown` if they hold resources)."""
+    """Runs :class:`VerifyJob` batches. Subclasses implement :meth:`submit` (and :meth:`shutdown` if they hold resources).
+
+    ``workers``: batches that run at once; ``batch_size``: the backend's own batch size (None: sized per call);
+    ``remote``: workers may run on other machines (give them URLs to download, not bodies).
+    """
 
     workers: int = 1
+    batch_size: int | None = None
+    remote: bool = False
 
     @abstractmethod
     def submit(self, jobs: Sequence[VerifyJob]) -> Batch:
@@ -214,26 +343,47 @@ class Executor(ABC):
     def shutdown(self, *, cancel: bool = False) -> None:
         """Release workers; ``cancel``: drop batches not started yet (their results are not wanted)."""
 
-    def map(self, jobs: Iterable[VerifyJob], *, batch_size: int | None = None,
-            window: int | None = None) -> Iterator[tuple[VerifyJob, ImageRecord]]:
-        """``(job, record)`` for every job, in job order, with at most ``window`` batches in flight.
+    def map(self, jobs: Iterable[VerifyJob | FetchJob], *, batch_size: int | None = None,
+            window: int | None = None, ordered: bool = True) -> Iterator[tuple[VerifyJob | FetchJob, ImageRecord | FetchedImage]]:
+        """``(job, record)`` for every job, with at most ``window`` batches in flight.
 
-        ``batch_size`` defaults to ``len(jobs) / (8 × workers)`` (1…64): enough batches
-        to balance the workers, few enough that IPC stays small; ``window`` to 4 × workers.
+        ``ordered``: in job order (else batch by batch as they finish: one slow batch holds
+        nothing back). ``batch_size`` defaults to the backend's, else ``len(jobs) / (8 × workers)``
+        (1…64): enough batches to balance the workers, few enough that IPC stays small;
+        ``window`` to 4 × workers.
         """
+        import queue
+
         jobs = list(jobs)
         if not jobs:
             return
         workers = max(1, self.workers)
-        size = batch_size or max(1, min(64, len(jobs) // (workers * 8) or 1))
+        size = batch_size or self.batch_size or max(1, min(64, len(jobs) // (workers * 8) or 1))
         chunks = iter([jobs[i : i + size] for i in range(0, len(jobs), size)])
-        pending: deque[Batch] = deque(self.submit(c) for c in islice(chunks, window or workers * 4))
-        while pending:
-            batch = pending.popleft()
+        first = list(islice(chunks, window or workers * 4))
+        if ordered:
+            pending: deque[Batch] = deque(self.submit(c) for c in first)
+            while pending:
+                batch = pending.popleft()
+                records = batch.result()
+                nxt = next(chunks, None)
+                if nxt is not None:
+                    pending.append(self.submit(nxt))
+                yield from zip(batch.jobs, records)
+            return
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        in_flight = 0
+        for chunk in first:
+            self.submit(chunk).add_done_callback(finished.put)
+            in_flight += 1
+        while in_flight:
+            batch = finished.get()
+            in_flight -= 1
             records = batch.result()
             nxt = next(chunks, None)
             if nxt is not None:
-                pending.append(self.submit(nxt))
+                self.submit(nxt).add_done_callback(finished.put)
+                in_flight += 1
             yield from zip(batch.jobs, records)
 
     def __enter__(self) -> "Executor":
@@ -251,10 +401,10 @@ class InlineExecutor(Executor):
     def submit(self, jobs: Sequence[VerifyJob]) -> Batch:
         return Batch(jobs, collect=lambda b: run_batch(b.jobs))
 
-    def map(self, jobs: Iterable[VerifyJob], *, batch_size: int | None = None,
-            window: int | None = None) -> Iterator[tuple[VerifyJob, ImageRecord]]:
+    def map(self, jobs: Iterable[VerifyJob | FetchJob], *, batch_size: int | None = None,
+            window: int | None = None, ordered: bool = True) -> Iterator[tuple[VerifyJob | FetchJob, ImageRecord | FetchedImage]]:
         for job in jobs:
-            yield job, run_job(job)
+            yield job, run_batch([job])[0]
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
@@ -374,7 +524,7 @@ class LocalPoolExecutor(Executor):
             pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
-def local_executor(n_jobs: int, *, workers: int | None = None) -> Executor:
+def local_executor(n_jobs: int, *, workers: int | None = None, settings: ExecutorSettings | None = None) -> Executor:
     """The ``local`` backend: a process pool, one worker per :data:`INLINE_LIMIT` jobs up to ``workers``.
 
     Never in the caller's process (:class:`InlineExecutor` is for tests and other
@@ -385,16 +535,39 @@ def local_executor(n_jobs: int, *, workers: int | None = None) -> Executor:
     return LocalPoolExecutor(max(1, min(most, (n_jobs + INLINE_LIMIT - 1) // INLINE_LIMIT)))
 
 
-BACKENDS: dict[str, Callable[..., Executor]] = {"local": local_executor}
-"""Executor backends: name → ``factory(n_jobs, *, workers) -> Executor``."""
+BACKENDS: dict[str, Callable[..., Executor] | str] = {"local": local_executor,
+                                                     "ray": "dsbuild.ray_backend:ray_executor"}
+"""Executor backends: name → ``factory(n_jobs, *, workers, settings) -> Executor``, or ``"module:function"`` of
+one, imported on first use (Ray is imported only by a build that asks for it). The names are
+:data:`dsbuild.executor_settings.BACKEND_NAMES`."""
 
 
-def make_executor(n_jobs: int, *, workers: int | None = None, backend: str = "local") -> Executor:
-    """An executor of backend ``backend`` sized for ``n_jobs`` jobs."""
+def backend_factory(name: str) -> Callable[..., Executor]:
+    """The factory of backend ``name`` (a ``"module:function"`` entry is imported now); DsbuildError if unknown."""
+    import importlib
+
     from dsbuild.errors import DsbuildError, did_you_mean
 
-    factory = BACKENDS.get(backend)
+    factory = BACKENDS.get(name)
     if factory is None:
-        raise DsbuildError(f"unknown executor backend {backend!r}{did_you_mean(backend, BACKENDS)} — "
+        raise DsbuildError(f"unknown executor backend {name!r}{did_you_mean(name, BACKENDS)} — "
                            f"known: {', '.join(sorted(BACKENDS))}")
-    return factory(n_jobs, workers=workers)
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = BACKENDS[name] = getattr(importlib.import_module(module), attr)
+    return factory
+
+
+def make_executor(n_jobs: int, *, workers: int | None = None, settings: ExecutorSettings | None = None) -> Executor:
+    """An executor of ``settings.backend`` (default: local) sized for ``n_jobs`` jobs."""
+    settings = settings or ExecutorSettings()
+    return backend_factory(settings.backend)(n_jobs, workers=workers, settings=settings)
+
+
+def release_backends() -> None:
+    """Disconnect from whatever a backend connected to for this process (a build calls it when it ends)."""
+    import sys
+
+    ray_backend = sys.modules.get("dsbuild.ray_backend")
+    if ray_backend is not None:
+        ray_backend.disconnect()

@@ -88,6 +88,13 @@ _OK_STATUSES = frozenset({200, 203})
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _SNIFF_BYTES = formats.SNIFF_BYTES
 _INFLATE_PIECE = 256 * 1024  # most bytes inflated in one step: bounds memory under a gzip bomb
+IN_MEMORY_BODY = 4_000_000  # bodies up to this size never touch .incoming (most web images are far smaller)
+IN_FLIGHT_MEMORY = 256_000_000  # ... unless concurrency × that would exceed this: the per-body limit shrinks
+
+
+def in_memory_limit(concurrency: int) -> int:
+    """Largest body kept in memory while downloading: IN_MEMORY_BODY, less at high concurrency (≥ 256 kB)."""
+    return max(256_000, min(IN_MEMORY_BODY, IN_FLIGHT_MEMORY // max(1, concurrency)))
 
 
 # --------------------------------------------------------------------------- settings and results
@@ -828,6 +835,7 @@ __all__ = [
     "USER_AGENT",
     "fetch_all",
     "fetch_all_async",
+    "in_memory_limit",
     "noai_directive",
     "remove_partials",
     "retry_after_seconds",

@@ -32,8 +32,10 @@ from pathlib import Path
 
 from dsbuild.catalog import BuildLock, Catalog, utcnow
 from dsbuild.errors import DsbuildError
+from dsbuild.executor import release_backends
+from dsbuild.executor_settings import ExecutorSettings
 from dsbuild.manifest import Dataset, Manifest, label_problem
-from dsbuild.progress import Progress
+from dsbuild.progress import LiveProgress, Progress, live_path
 from dsbuild.sources import SourceRun, folders, web
 from dsbuild.sources.folders import imagefolder_layout
 from dsbuild.store import sweep_temp_files
@@ -241,20 +243,31 @@ def build(
     progress: Progress | None = None,
     workers: int | None = None,
     catalog_path: Path | None = None,
-    backend: str = "local",
+    executor: ExecutorSettings | None = None,
+    backend: str | None = None,
     resplit: bool = False,
 ) -> BuildSummary:
     """Build the named datasets (all when ``names`` is empty); return a summary per dataset.
 
-    ``workers``: processes for the per-image work (default: CPU count); ``backend``: the
-    :data:`dsbuild.executor.BACKENDS` entry that runs it (``local``). ``resplit``: assign
-    every image's split again from the manifest's split settings (needed after changing
-    them; a note says how many images moved). Raises :class:`DsbuildError` when a
+    ``workers``: processes for the per-image work (default: CPU count). ``executor`` replaces every
+    dataset's ``[executor]`` settings (the CLI's ``--executor``/``--ray-address``); ``backend`` is
+    short for ``executor=ExecutorSettings(backend=backend)`` (a :data:`dsbuild.executor.BACKENDS` name).
+    ``resplit``: assign every image's split again from the manifest's split settings (needed after
+    changing them; a note says how many images moved). Raises :class:`DsbuildError` when a
     dataset's split settings changed since its last build and ``resplit`` is false.
     """
     progress = progress or Progress()
+    if backend is not None:
+        if executor is not None and executor.backend != backend:
+            raise DsbuildError(f"build(backend={backend!r}) contradicts executor={executor!r} — give one of them")
+        executor = executor or ExecutorSettings(backend=backend)
     datasets = manifest.select(names)
     preflight(manifest, datasets)
+    for settings in {executor or d.executor for d in datasets}:
+        if settings.backend == "ray" and settings.address not in (None, "auto"):
+            from dsbuild.ray_backend import check_reachable
+
+            check_reachable(settings.address)  # fail fast, before the lock, a search or a catalog write
     catalog_path = catalog_path or manifest.catalog
     lock = BuildLock(catalog_path)
     lock.acquire()
@@ -268,11 +281,14 @@ def build(
                 progress.note(f"removed {swept} partial files left by an interrupted build")
             build_id = cat.start_build([d.name for d in datasets])
             summaries: list[DatasetSummary] = []
+            described = {(executor or d.executor).describe() for d in datasets}
+            live = LiveProgress(progress, live_path(catalog_path), build_id=build_id,
+                                executor=described.pop() if len(described) == 1 else "per dataset")
             try:
                 for ds in datasets:
                     summaries.append(
                         build_dataset(cat, manifest, ds, build_id=build_id, retry_failed=retry_failed,
-                                      progress=progress, workers=workers, backend=backend, resplit=resplit)
+                                      progress=live, workers=workers, executor=executor, resplit=resplit)
                     )
             except KeyboardInterrupt:
                 cat.finish_build(build_id, "interrupted", {"datasets": [asdict(s) for s in summaries]})
@@ -280,17 +296,21 @@ def build(
             except BaseException as exc:
                 cat.finish_build(build_id, "failed", {"error": str(exc)})
                 raise
+            finally:
+                live.close()
             cat.finish_build(build_id, "ok", {"datasets": [asdict(s) for s in summaries]})
             return BuildSummary(build_id=build_id, catalog=catalog_path, datasets=summaries, seconds=time.monotonic() - started)
         finally:
             cat.close()
     finally:
+        release_backends()
         lock.release()
 
 
 def build_dataset(
     cat: Catalog, manifest: Manifest, ds: Dataset, *, build_id: int, retry_failed: bool = False,
-    progress: Progress, workers: int | None = None, backend: str = "local", resplit: bool = False,
+    progress: Progress, workers: int | None = None, executor: ExecutorSettings | None = None,
+    resplit: bool = False,
 ) -> DatasetSummary:
     """Run every source of ``ds`` into the catalog, then regroup it; return what this build did."""
     t0 = time.monotonic()
@@ -309,7 +329,7 @@ def build_dataset(
     writer = RowWriter(cat)
     sink = DatasetSink(writer, summary)
     run = SourceRun(dataset=ds, build_id=build_id, store=manifest.store, sink=sink, progress=progress,
-                    retry_failed=retry_failed, workers=workers, backend=backend, changed=changed)
+                    retry_failed=retry_failed, workers=workers, executor=executor or ds.executor, changed=changed)
 
     # Local folders.
     folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())

@@ -94,6 +94,14 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
                          quality=flags, notes=notes)
 
 
+def running_build(catalog_path: Path) -> dict | None:
+    """What the build now writing ``catalog_path`` has done so far (its live progress file), or None when no
+    build of this machine is running. See :class:`dsbuild.progress.LiveProgress` for the fields."""
+    from dsbuild.progress import read_live
+
+    return read_live(catalog_path)
+
+
 def duplicates_page(catalog_path: Path, dataset: str, out: Path) -> tuple[Path, int]:
     """Write the HTML page of ``dataset``'s duplicate groups (label conflicts first, thumbnails side by side).
 

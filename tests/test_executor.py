@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -74,5 +75,5 @@ def test_backends_by_name(jobs) -> None:
         assert isinstance(big, LocalPoolExecutor) and big.workers == 2
     with make_executor(100, workers=1) as one:
         assert isinstance(one, LocalPoolExecutor) and one.workers == 1
-    with pytest.raises(DsbuildError, match=r"^unknown executor backend 'lcoal' \(did you mean 'local'\?\) — known: local$"):
-        make_executor(10, backend="lcoal")
+    with pytest.raises(DsbuildError, match=r"^unknown executor backend 'lcoal' \(did you mean 'local'\?\) — known: local, ray$"):
+        make_executor(10, settings=SimpleNamespace(backend="lcoal"))

@@ -180,6 +180,20 @@ def print_status(status) -> None:
             console.print(line)
 
 
+def print_live_build(live: dict) -> None:
+    """``dsbuild status`` while a build holds the catalog: its stages so far (:class:`dsbuild.progress.LiveProgress`)."""
+    console = make_console()
+    console.print(f"build #{live['build_id']} is running (PID {live['pid']}, executor {live['executor']}), "
+                  f"started {live['started']}, last progress {live['updated']}", highlight=False)
+    for st in live["stages"]:
+        total = f" / {st['total']:,}" if st.get("total") is not None else ""
+        counts = "  ".join(f"{k} {v:,}" for k, v in st.get("counts", {}).items())
+        state = "done" if st.get("finished") else "running"
+        console.print(f"  {st['name']}: {st['done']:,}{total}  {counts}  ({state})", highlight=False)
+    console.print("the catalog's full status shows once the build ends (it holds the catalog while it writes)",
+                  highlight=False)
+
+
 def print_run(report) -> None:
     """A training run: its per-epoch table and the valid error rate."""
     from rich.table import Table

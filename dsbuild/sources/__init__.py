@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from dsbuild.executor_settings import ExecutorSettings
+
 if TYPE_CHECKING:  # pragma: no cover
     from dsbuild.manifest import Dataset
     from dsbuild.progress import Progress
@@ -50,11 +52,12 @@ class Sink(Protocol):
 class SourceRun:
     """What a source needs from the build it runs in.
 
-    ``store``: the content-addressed store; ``workers``/``backend``: how
-    :mod:`dsbuild.executor` runs the per-image work; ``retry_failed``: retry
-    transient download failures; ``changed``: the settings sections that changed
-    since the dataset's last build (:data:`dsbuild.pipeline.SETTINGS_SECTIONS`): the
-    recorded outcomes they decided are evaluated again.
+    ``store``: the content-addressed store; ``workers``/``executor``: how
+    :mod:`dsbuild.executor` runs the per-image work (worker processes; the
+    backend's settings); ``retry_failed``: retry transient download failures;
+    ``changed``: the settings sections that changed since the dataset's last build
+    (:data:`dsbuild.pipeline.SETTINGS_SECTIONS`): the recorded outcomes they decided
+    are evaluated again.
     """
 
     dataset: "Dataset"
@@ -64,5 +67,5 @@ class SourceRun:
     progress: "Progress"
     retry_failed: bool = False
     workers: int | None = None
-    backend: str = "local"
+    executor: ExecutorSettings = ExecutorSettings()
     changed: frozenset[str] = frozenset()

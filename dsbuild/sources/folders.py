@@ -102,8 +102,8 @@ def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now
     sink.found(len(files), skipped=skipped)
 
     with run.progress.stage(f"{ds.name}: verify + hash", len(jobs)) as bar, \
-            make_executor(len(jobs), workers=run.workers, backend=run.backend) as executor:
-        for job, rec in executor.map(jobs):
+            make_executor(len(jobs), workers=run.workers, settings=run.executor) as executor:
+        for job, rec in executor.map(jobs, ordered=not executor.remote):
             src = meta[job.key]
             sink.add(
                 item=item_row(dataset=ds.name, image_id=job.key, origin=str(src.path), source="folder", label=src.label,

@@ -14,7 +14,7 @@
    ``allow_private_hosts`` is set, one too large after ``max_bytes`` grew, ...),
    and accepted images are verified again from the store when the verify
    settings changed.
-3. **Fetch → verify → store**: :func:`dsbuild.fetch.fetch_all` keeps each body
+3. **Fetch → verify → store** (the local backend): :func:`dsbuild.fetch.fetch_all` keeps each body
    of up to ``IN_MEMORY_BODY`` bytes in memory (larger ones stream to temp
    files); each complete body is verified and hashed by the executor
    (:mod:`dsbuild.executor`, worker processes) while downloads go on, and the
@@ -23,6 +23,11 @@
    renamed into the store. Downloads pause while more than ``MEMORY_BACKLOG``
    bytes wait for verification. Every URL tried becomes a ``fetches`` row and
    an ``items`` row, reported to the build's sink.
+
+   With a remote backend (``[executor] backend = "ray"``) every step of 3 runs on
+   the cluster's workers instead: each task downloads a batch of URLs
+   (:class:`~dsbuild.executor.FetchJob`), verifies and stores the bodies there and
+   returns the records; this process only writes the rows.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from pathlib import Path
 
 from dsbuild.catalog import Catalog, utcnow
 from dsbuild.errors import DsbuildError, EngineError
-from dsbuild.executor import Batch, Executor, InlineExecutor, LocalPoolExecutor, VerifyJob, make_executor
+from dsbuild.executor import Batch, Executor, FetchJob, InlineExecutor, LocalPoolExecutor, VerifyJob, make_executor
+from dsbuild.fetch import IN_FLIGHT_MEMORY, IN_MEMORY_BODY, in_memory_limit  # noqa: F401 - the downloader's memory limits
 from dsbuild.manifest import Dataset
 from dsbuild.rows import blob_row, fetch_row, image_id_for, item_row
 from dsbuild.sources import SourceRun
@@ -223,7 +229,10 @@ def ingest(cat: Catalog, run: SourceRun) -> None:
         by_url = _verify_stored(cat, run, again, by_url, now=now, retried=retried)
     if not by_url:
         return
-    _fetch_and_verify(run, by_url, now=now, retried=retried)
+    if run.executor.backend == "local":
+        _fetch_and_verify(run, by_url, now=now, retried=retried)
+    else:
+        _fetch_on_workers(run, by_url, now=now, retried=retried)
 
 
 def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str, list], *, now,
@@ -245,7 +254,7 @@ def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str,
         links[iid] = link
         jobs.append(VerifyJob(iid, str(path), ds.verify, ds.dedup, run.store))
     with run.progress.stage(f"{ds.name}: verify again (stored)", len(jobs)) as bar, \
-            make_executor(len(jobs), workers=run.workers, backend=run.backend) as executor:
+            make_executor(len(jobs), workers=run.workers, settings=run.executor) as executor:
         for job, rec in executor.map(jobs):
             run.sink.add(item=_item(ds, job.key, links[job.key], rec, run.build_id, now), retried=job.key in retried)
             bar.advance(1)
@@ -260,8 +269,6 @@ def _item(ds: Dataset, iid: str, link, rec: ImageRecord | None, build_id: int, n
 
 
 VERIFY_CHUNK = 8  # bodies per worker task: one task per image costs ~0.2 ms of the parent's CPU in IPC
-IN_MEMORY_BODY = 4_000_000  # bodies up to this size never touch .incoming (most web images are far smaller)
-IN_FLIGHT_MEMORY = 256_000_000  # ... unless concurrency × that would exceed this: the per-body limit shrinks
 MEMORY_BACKLOG = 256_000_000  # downloads pause while this many body bytes wait for verification
 
 
@@ -355,7 +362,7 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now, retried: 
     done: queue.Queue = queue.Queue()
     # The run's executor backend; ``local`` always verifies in worker processes (dsbuild.executor.local_executor):
     # the C libraries' stderr captured per image, a per-image time limit, a crash costs one worker.
-    executor = make_executor(len(by_url), workers=run.workers, backend=run.backend)
+    executor = make_executor(len(by_url), workers=run.workers, settings=run.executor)
     verifier = BodyVerifier(ds, done, store=run.store, executor=executor)
     stop = threading.Event()
 
@@ -420,6 +427,25 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now, retried: 
         if isinstance(error, (DsbuildError, KeyboardInterrupt)):
             raise error
         raise DsbuildError(f"download stage failed: {type(error).__name__}: {error}") from error
+
+
+def _fetch_on_workers(run: SourceRun, by_url: dict[str, list], *, now, retried: set[str] = frozenset()) -> None:
+    """Download, verify, hash, score and store every URL on the executor's workers (a remote backend: the
+    bodies never pass through this process); catalogue the records batch by batch as they come back."""
+    ds = run.dataset
+    jobs = [FetchJob(url, url, ds.fetch_settings, ds.verify, ds.dedup, run.store) for url in by_url]
+    executor = make_executor(len(jobs), workers=run.workers, settings=run.executor)
+    try:
+        with run.progress.stage(f"{ds.name}: fetch + verify", len(jobs)) as bar:
+            for job, fetched in executor.map(jobs, ordered=False):
+                _handle(run, fetched.fetch, fetched.record, by_url[job.url], now=now, retried=retried)
+                counts = run.sink.tally()
+                bar.advance(1, ok=counts["ok"], failed=counts["failed"], rejected=counts["rejected"])
+    except BaseException:
+        executor.shutdown(cancel=True)
+        raise
+    executor.shutdown()
+    run.sink.flush()
 
 
 def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now, retried: set[str] = frozenset()) -> None:
