@@ -170,7 +170,7 @@
         return;
       }
       if (!res || res.status === 503) {
-        const why = res ? (body.error || "the catalog is busy") : "the app does not answer";
+        const why = res ? "Catalog busy: " + (body.error || "another process writes it") : "The app does not answer";
         showBanner(why + " — " + waiting() + " decision(s) waiting, retrying every 2 s (keep this page open)");
         setTimeout(pump, 2000);
         return;
