@@ -252,18 +252,20 @@ class _Handlers:
         except ValueError:
             page = 1
         n = 120
-        error = None
         try:
             counts = self._read(lambda cat: facets(cat, self.c.dataset))
+        except DsbuildError as exc:
+            return self._error_page(exc)
+        error = None
+        try:
             with self.s.db:
                 df = browse_images(self.c.manifest.catalog, self.c.dataset, where or None, offset=(page - 1) * n, limit=n)
         except CatalogBusy as exc:
             return self._error_page(exc)
-        except DsbuildError as exc:
+        except DsbuildError as exc:  # the user's WHERE clause: shown above the (empty) grid
             import pandas as pd
 
             error, df = str(exc), pd.DataFrame()
-            counts = counts if "counts" in locals() else {}
         total = int(df["total"].iloc[0]) if len(df) else 0
         return self._page("browse.html.j2", title="browse", rows=df.to_dict("records"), total=total, where=where,
                           page=page, pages=max(1, math.ceil(total / n)), facets=counts, error=error,
