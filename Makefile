@@ -24,6 +24,7 @@ demo: $(STAMP)
 	@$(BIN)/dsbuild demo
 
 test: $(STAMP)
+	sh tools/ensure-chromium.sh
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -244,6 +244,15 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    from dsbuild.ui.server import serve
+
+    manifest = _load(args)
+    serve(manifest, args.dataset, host=args.host, port=args.port, allow_remote=args.allow_remote,
+          open_browser=not args.no_browser)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -356,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--top", type=int, metavar="K", help="the K most probable classes of each image, best first")
+
+    p = add("ui", cmd_ui, "a local web app: review flagged images by keyboard, browse, runs, predict")
+    p.add_argument("dataset", nargs="?", metavar="DATASET", help="the dataset (default: the only one in the catalog)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a --host other than loopback (prints a warning)")
+    p.add_argument("--no-browser", action="store_true", help="print the URL only; do not open a browser")
     return parser
 
 

@@ -367,15 +367,21 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     ds = manifest.dataset(name)
     if (decisions is None) == (not accept_suggestions):
         raise DsbuildError("give either --decisions FILE.csv or --accept-suggestions", exit_code=2)
+    # Decision objects name their images: only those images' rows, events and flags are read (a review app
+    # applies one decision per key press on a large catalog). A file may name images by path: read them all.
+    given = decisions is not None and not isinstance(decisions, (str, os.PathLike))
+    if given:
+        decisions = list(decisions)
+    ids = sorted({str(getattr(d, "image_id", "")) for d in decisions}) if given else None
     with _Writer(manifest) as w:
         with w.open() as cat:
-            images = cat.review_candidates(name)
-            if images.empty:
+            images = cat.review_candidates(name, image_ids=ids)
+            if images.empty and (ids is None or name not in cat.datasets_in_catalog()):
                 raise DsbuildError(f"dataset '{name}' is not in the catalog — run `dsbuild build {name}` first")
-            history = cat.label_history(name)
-            issues = cat.latest_issues(name)
-            if decisions is not None and not isinstance(decisions, (str, os.PathLike)):
-                chosen = check_decisions(decisions, labels=ds.labels or sorted(set(images["label"].dropna())))
+            history = cat.label_history(name, image_ids=ids)
+            issues = cat.latest_issues(name, image_ids=ids)
+            if given:
+                chosen = check_decisions(decisions, labels=ds.labels or cat.dataset_labels(name))
                 source = source or "review:api"
             elif decisions is not None:
                 if not Path(decisions).is_file():

@@ -460,8 +460,12 @@ class Catalog:
 
     # -- label events ----------------------------------------------------------------
 
-    def label_history(self, dataset: str):
-        return self.df("SELECT * FROM label_events WHERE dataset = ? ORDER BY event_id", [dataset])
+    def label_history(self, dataset: str, *, image_ids: list[str] | None = None):
+        """The ``label_events`` rows of ``dataset`` (of ``image_ids`` only, when given), oldest first."""
+        if image_ids is None:
+            return self.df("SELECT * FROM label_events WHERE dataset = ? ORDER BY event_id", [dataset])
+        return self.df("SELECT * FROM label_events WHERE dataset = ? AND image_id IN (SELECT unnest(?)) ORDER BY event_id",
+                       [dataset, list(image_ids)])
 
     def append_label_events(self, dataset: str, events: list[dict]) -> int:
         """Append review events (:func:`dsbuild.decisions.plan_events`) as ``label_events`` rows; all or nothing."""
@@ -565,9 +569,17 @@ class Catalog:
             [dataset],
         )
 
-    def review_candidates(self, dataset: str):
-        """Every image of ``dataset`` a decision may name: image_id, path, origin, label, status."""
-        return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [dataset])
+    def review_candidates(self, dataset: str, *, image_ids: list[str] | None = None):
+        """Every image of ``dataset`` a decision may name (those of ``image_ids``, when given): image_id, path, origin, label, status."""
+        if image_ids is None:
+            return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [dataset])
+        return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ? "
+                       "AND image_id IN (SELECT unnest(?))", [dataset, list(image_ids)])
+
+    def dataset_labels(self, dataset: str) -> list[str]:
+        """The labels the images of ``dataset`` carry now, sorted."""
+        return [r[0] for r in self.con.execute("SELECT DISTINCT label FROM images WHERE dataset = ? AND label IS NOT NULL "
+                                               "ORDER BY 1", [dataset]).fetchall()]
 
     def conflict_members(self, dataset: str):
         """Images of duplicate groups that carry several labels: image_id, dup_group, label, status, path, origin."""
@@ -618,5 +630,9 @@ class Catalog:
         """Every flag of mislabel run ``run_id`` (label issues first, by rank)."""
         return self.df("SELECT * FROM label_issues_all WHERE run_id = ? ORDER BY kind <> 'label', rank", [run_id])
 
-    def latest_issues(self, dataset: str):
-        return self.df("SELECT * FROM label_issues WHERE dataset = ? ORDER BY rank", [dataset])
+    def latest_issues(self, dataset: str, *, image_ids: list[str] | None = None):
+        """The latest mislabel run's flags of ``dataset`` (of ``image_ids`` only, when given), by rank."""
+        if image_ids is None:
+            return self.df("SELECT * FROM label_issues WHERE dataset = ? ORDER BY rank", [dataset])
+        return self.df("SELECT * FROM label_issues WHERE dataset = ? AND image_id IN (SELECT unnest(?)) ORDER BY rank",
+                       [dataset, list(image_ids)])

@@ -133,3 +133,5 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     if comparison is not None:
         print_comparison(comparison)
     console.print("next: `dsbuild query \"select * from runs\"`, `dsbuild query \"select * from label_history\"`")
+    console.print(f"try next: [b]dsbuild ui {ds.name}[/b] — review the flagged images by keyboard in your browser "
+                  "(every decision is a label event at once)")
