@@ -23,7 +23,7 @@ A pair is linked (:func:`near_links`) when either rule holds:
 2. **embedding, verified**: cosine ≥ max(``similarity``, the same confirmation) among
    exact (faiss ``IndexFlatIP``, ≤ :data:`EXACT_MAX` rows) or HNSW neighbours, *and* some
    window of one image's grey 64 × 64 thumbnail (scales 1.0–0.6, 5 × 5 positions) hashes
-   within :data:`WINDOW_THRESHOLD` bits of the other's (or its mirror's) whole thumbnail:
+   within :data:`WINDOW_THRESHOLD` bits of the other's whole thumbnail:
    the pixels must line up, so different pictures of the same texture or scene — cosine
    up to 0.97 — stay apart (:func:`window_match`).
 
@@ -50,7 +50,7 @@ EXACT_MAX = 50_000
 faiss HNSW (M 32, efConstruction 64, efSearch ≥ 64) — issue 17 FINDINGS Q4: 20k × 1280 exact 62 CPU s vs
 HNSW 21 CPU s at recall@10 0.93 (the best of faiss, usearch and hnswlib at equal cost)."""
 WINDOW_THRESHOLD = 6
-"""Bits between a thumbnail window's phash and the other image's (or its mirror's): crop views' threshold."""
+"""Bits between a thumbnail window's phash and the other image's: the crop views' threshold."""
 THUMB_SIDE = 64
 WINDOW_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)
 WINDOW_STEPS = 5
@@ -288,11 +288,13 @@ def _window_hashes(thumb: np.ndarray) -> np.ndarray:
 
 def window_match(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: int = WINDOW_THRESHOLD) -> np.ndarray:
     """(m,) bool: for each pair (i, j), some window of one thumbnail is within ``threshold`` bits of the other's
-    whole thumbnail phash or its mirror's.
+    whole thumbnail phash.
 
     ``thumb(i)`` returns image ``i``'s :func:`thumbnail` (None when it cannot be read: no match).
-    A copy cropped anywhere to ≥ 60 % of each side, possibly mirrored, passes; two pictures
-    of one texture or scene do not. ~5–10 ms per new image (window hashes cached per call).
+    A copy cropped anywhere to ≥ 60 % of each side passes; two pictures of one texture or
+    scene do not. Mirrored windows are *not* tried: the two halves of a symmetric object (a
+    clock face) are each other's mirror at this resolution, and plain mirror copies are found
+    by the hash views. ~5–10 ms per new image (window hashes cached per call).
     """
     from PIL import Image
 
@@ -307,7 +309,7 @@ def window_match(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, t
             else:
                 wins[i] = _window_hashes(t)
                 px = np.asarray(Image.fromarray(t, mode="L").resize((32, 32), Image.Resampling.LANCZOS))
-                whole[i] = np.array([_phash_of(px), _phash_of(np.ascontiguousarray(px[:, ::-1]))], dtype=np.uint64)
+                whole[i] = np.array([_phash_of(px)], dtype=np.uint64)
         return wins[i], whole[i]
 
     ok = np.zeros(len(pairs), dtype=bool)
