@@ -24,9 +24,11 @@ manifest.py         ``datasets.toml`` → each stage's frozen settings; errors n
 sources/            where images come from: folders, URL lists, search engines (``engines/``);
                     every source reports to ONE consumer (pipeline.py's ``DatasetSink``)
 fetch.py            concurrent, safe downloader; fetch_settings.py: its settings; netguard.py: SSRF guard
-executor.py         per-image jobs run in batches with crash isolation (local pool; other backends plug in)
-verify/             one decode per image: formats allow-list, limits, reasons; hashes; quality scores
-formats.py          the one magic-byte sniff table and format ↔ extension map
+executor.py         per-image jobs in worker processes: crash isolation, per-image time limit and stderr
+                    (local pool; other backends plug in)
+formats.py          the one format table: magic bytes → format, family → extension; open_image (every untrusted open)
+verify/             one decode per image: limits, format allow-list, reasons; structure before pixels
+                    (containers.py), every decoder message kept per image (decoders.py); hashes, quality
 store.py            content-addressed image store (sha256 → file); the one atomic write
 rows.py             the catalog rows dsbuild writes, one definition per table
 dedup/              near-duplicate search (sub-quadratic) and grouping; split.py: stable splits

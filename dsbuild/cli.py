@@ -113,6 +113,9 @@ def cmd_export(args) -> int:
     summary = export_dataset(manifest.catalog, args.dataset, Path(args.to), fmt=args.format)
     splits = ", ".join(f"{k} {v}" for k, v in sorted(summary.per_split.items()))
     print(f"exported {summary.images} images of '{summary.dataset}' to {summary.out} ({summary.format}; {splits})")
+    for image_id, why in summary.skipped:
+        make_console(stderr=True).print(f"skipped {image_id}: {why} — run `dsbuild build {summary.dataset}` after "
+                                        "restoring or removing the file", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -355,9 +355,6 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
 # --------------------------------------------------------------------------- predict
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
-
-
 def predict_images(manifest: Manifest, name: str, inputs: list[str]):
     """Label + probability for images (files or folders) with the latest trained model of ``name``."""
     from dsbuild.model.predict import predict
@@ -370,13 +367,16 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str]):
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+            # Every file, whatever its name: the content decides (an EPS named .jpg gets an error row, a JPEG
+            # without a suffix is predicted); hidden files and folders are skipped, as a build skips them.
+            paths.extend(sorted(f for f in p.rglob("*") if f.is_file()
+                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
         elif p.is_file():
             paths.append(p)
         else:
             raise DsbuildError(f"{item} does not exist", exit_code=2)
     if not paths:
         raise DsbuildError("no images to predict — give image files or folders with images", exit_code=2)
-    out = predict(Path(run["model_path"]).parent, paths)
+    out = predict(Path(run["model_path"]).parent, paths, verify=manifest.dataset(name).verify)
     out.insert(0, "run_id", run["run_id"])
     return out

@@ -15,9 +15,10 @@ bad image. An :class:`Executor` runs jobs in batches:
 * ``executor.map(jobs)`` yields ``(job, record)`` in job order with a bounded
   number of batches in flight (memory stays bounded).
 
-Backends (:data:`BACKENDS`, name → factory): ``local`` — in the calling thread
-for small jobs (:class:`InlineExecutor`), else a local process pool with crash
-isolation (:class:`LocalPoolExecutor`). Another backend (Ray, Dask) implements
+Backends (:data:`BACKENDS`, name → factory): ``local`` — a local process pool
+with crash isolation, a per-image time limit and per-image capture of the C
+libraries' stderr (:class:`LocalPoolExecutor`; :class:`InlineExecutor` runs in
+the calling thread, for tests). Another backend (Ray, Dask) implements
 :class:`Executor` and :class:`Batch` with the same signatures and registers a
 factory here; jobs and records are plain picklable values.
 """
@@ -40,9 +41,10 @@ from dsbuild.verify.settings import VerifySettings
 from dsbuild.verify.analyze import ImageRecord, analyze_bytes, analyze_file
 
 INLINE_LIMIT = 48
-"""Fewer jobs than this run in the calling process (a pool's start-up costs more than it saves)."""
+"""Jobs per local worker below which fewer workers are started (each costs a fork)."""
 
-WORKER_MODULES = ["dsbuild.executor", "dsbuild.verify.analyze", "dsbuild.verify.hashing", "dsbuild.verify.quality",
+WORKER_MODULES = ["dsbuild.executor", "dsbuild.verify.analyze", "dsbuild.verify.decoders", "dsbuild.verify.containers",
+                  "dsbuild.formats", "simplejpeg", "dsbuild.verify.hashing", "dsbuild.verify.quality",
                   "PIL.Image", "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "PIL.ImageFilter", "PIL.ImageOps", "numpy",
                   "scipy.fftpack"]  # phash's DCT: ~0.3 s to import, once per worker otherwise
 """Modules the forkserver imports once, so that every worker forked from it starts ready."""
@@ -69,16 +71,92 @@ class VerifyJob:
     store_dir: Path | None = None
 
 
+HARD_LIMIT_FACTOR = 2.0
+HARD_LIMIT_EXTRA_S = 5.0
+"""A worker still busy ``time_limit * 2 + 5`` s after an image began is ended from outside (faulthandler's watchdog
+thread needs no GIL: it works while a decoder loops in C); the image is then rejected as ``timeout``."""
+
+_IN_WORKER = {"on": False, "devnull": None}
+
+
+def worker_start() -> None:
+    """Initializer of every verify worker: C libraries' stderr captured per image, the per-image time limit armed,
+    and the worker ends with its parent (a build killed with SIGKILL leaves no worker waiting for tasks)."""
+    import multiprocessing
+    import signal
+
+    from dsbuild.verify.decoders import capture_stderr_in_this_process
+
+    capture_stderr_in_this_process()
+    signal.signal(signal.SIGALRM, _time_up)
+    _IN_WORKER["on"] = True
+    _IN_WORKER["devnull"] = open(os.devnull, "w")  # noqa: SIM115 - faulthandler's output: a worker's life long
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="dsbuild-parent-watch", daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    from multiprocessing.connection import wait
+
+    wait([sentinel])
+    os._exit(0)
+
+
+def _time_up(signum, frame) -> None:
+    from dsbuild.verify.decoders import TimeLimitExceeded
+
+    raise TimeLimitExceeded()
+
+
+def hard_limit(verify: VerifySettings) -> float:
+    """Seconds after which a worker busy with one image is ended (see :data:`HARD_LIMIT_FACTOR`)."""
+    return verify.time_limit * HARD_LIMIT_FACTOR + HARD_LIMIT_EXTRA_S
+
+
+def timeout_record(verify: VerifySettings) -> ImageRecord:
+    return ImageRecord(ok=False, reason="timeout", detail=f"verification took longer than time_limit {verify.time_limit:g} s")
+
+
 def run_job(job: VerifyJob) -> ImageRecord:
-    """The per-image work: verify, hash and score ``job``'s image; store it when accepted. Never raises for a bad image."""
-    if isinstance(job.source, (bytes, bytearray)):
-        return analyze_bytes(job.source, verify=job.verify, dedup=job.dedup, store_dir=job.store_dir, fsync=False)
-    return analyze_file(job.source, verify=job.verify, dedup=job.dedup, store_dir=job.store_dir)
+    """The per-image work: verify, hash and score ``job``'s image; store it when accepted. Never raises for a bad image.
+
+    In a worker process the image gets ``verify.time_limit`` seconds (a SIGALRM
+    interrupts Python and Pillow's decode loop) and, should a decoder never give
+    control back, the worker is ended at :func:`hard_limit`.
+    """
+    from dsbuild.verify.decoders import TimeLimitExceeded
+
+    guarded = _IN_WORKER["on"]
+    if guarded:
+        import faulthandler
+        import signal
+
+        signal.setitimer(signal.ITIMER_REAL, job.verify.time_limit)
+        faulthandler.dump_traceback_later(hard_limit(job.verify), exit=True, file=_IN_WORKER["devnull"])
+    try:
+        if isinstance(job.source, (bytes, bytearray)):
+            return analyze_bytes(job.source, verify=job.verify, dedup=job.dedup, store_dir=job.store_dir, fsync=False)
+        return analyze_file(job.source, verify=job.verify, dedup=job.dedup, store_dir=job.store_dir)
+    except TimeLimitExceeded:  # fired between the analysis and the disarming below
+        return timeout_record(job.verify)
+    finally:
+        if guarded:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            faulthandler.cancel_dump_traceback_later()
 
 
 def run_batch(jobs: Sequence[VerifyJob]) -> list[ImageRecord]:
     """:func:`run_job` over ``jobs``, in order (what a worker runs per task)."""
-    return [run_job(job) for job in jobs]
+    from dsbuild.verify.decoders import TimeLimitExceeded
+
+    out = []
+    for job in jobs:
+        try:
+            out.append(run_job(job))
+        except TimeLimitExceeded:  # the timer fired while run_job was disarming it: still this image's
+            out.append(timeout_record(job.verify))
+    return out
 
 
 def crash_record() -> ImageRecord:
@@ -187,13 +265,22 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     instead of each worker importing them again; elsewhere, spawn.
     """
     import multiprocessing as mp
+    import sys
 
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__spec__", None) is None and getattr(main, "__file__", None):
+        # A console script without a main guard (``sys.exit(main())`` at import, as some installers write them)
+        # would be run again in every worker — the whole CLI, a second build — when the child prepares its
+        # __main__ from that path. Workers need nothing from __main__: name dsbuild's, which they skip.
+        import importlib.util
+
+        main.__spec__ = importlib.util.find_spec("dsbuild.__main__")
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(WORKER_MODULES)
     else:  # pragma: no cover - Windows
         ctx = mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker_start)
 
 
 class LocalPoolExecutor(Executor):
@@ -259,17 +346,24 @@ class LocalPoolExecutor(Executor):
         With a single worker, jobs run strictly in order, so the first unfinished job
         when the pool breaks is the one that broke it.
         """
+        import time
+
         pending = list(jobs)
         while pending:
             with process_pool(1) as pool:
-                futures = [pool.submit(run_job, job) for job in pending]
+                futures = [pool.submit(run_batch, [job]) for job in pending]
+                began = time.monotonic()  # when the job now running began, near enough: when the one before it ended
                 for k, fut in enumerate(futures):
                     try:
-                        yield fut.result()
+                        record = fut.result()[0]
                     except BrokenProcessPool:
-                        yield crash_record()
+                        # Ended from outside past the hard limit (a decoder that never returned), or crashed.
+                        late = time.monotonic() - began >= hard_limit(pending[k].verify) * 0.9
+                        yield timeout_record(pending[k].verify) if late else crash_record()
                         pending = pending[k + 1 :]
                         break
+                    began = time.monotonic()
+                    yield record
                 else:
                     pending = []
 
@@ -281,10 +375,14 @@ class LocalPoolExecutor(Executor):
 
 
 def local_executor(n_jobs: int, *, workers: int | None = None) -> Executor:
-    """The ``local`` backend: in-process for fewer than :data:`INLINE_LIMIT` jobs or one worker, else a process pool."""
-    if n_jobs < INLINE_LIMIT or (workers or os.cpu_count() or 1) == 1:
-        return InlineExecutor()
-    return LocalPoolExecutor(workers)
+    """The ``local`` backend: a process pool, one worker per :data:`INLINE_LIMIT` jobs up to ``workers``.
+
+    Never in the caller's process (:class:`InlineExecutor` is for tests and other
+    backends): only in a worker can a decoder's stderr be captured per image, a
+    decoder that never returns be ended, and a crash cost one worker.
+    """
+    most = workers or os.cpu_count() or 1
+    return LocalPoolExecutor(max(1, min(most, (n_jobs + INLINE_LIMIT - 1) // INLINE_LIMIT)))
 
 
 BACKENDS: dict[str, Callable[..., Executor]] = {"local": local_executor}

@@ -21,9 +21,11 @@ from dsbuild.errors import DsbuildError
 from dsbuild.formats import extension
 
 
-
 def store_path(store_dir: Path, sha256: str, fmt: str | None) -> Path:
-    """Where the image with ``sha256`` and Pillow format ``fmt`` lives in the store."""
+    """Where the image with ``sha256`` and format ``fmt`` (a family or a Pillow name: MPO is JPEG) lives in the store.
+
+    The extension is the family's, from the one format table (:func:`dsbuild.formats.extension`).
+    """
     return Path(store_dir) / sha256[:2] / f"{sha256}.{extension(fmt)}"
 
 

@@ -103,9 +103,10 @@ def test_a_version_1_catalog_is_migrated_in_place(tmp_path: Path) -> None:
     con.execute("INSERT INTO items (dataset, image_id, origin, source, class_label, status, first_seen, updated_at) "
                 "VALUES ('d', 'x1', '/x.png', 'folder', 'a', 'ok', now(), now())")
     con.close()
-    assert SCHEMA_VERSION == 3  # 2: quality flags; 3: cleanlab's names (tests/test_rows.py)
+    assert SCHEMA_VERSION == 4  # 2: quality flags; 3: what verification learned; 4: cleanlab's names (tests/test_rows.py)
     with Catalog.open(path) as cat:
         assert cat.get_meta("schema_version") == str(SCHEMA_VERSION)
-        rows = cat.df("select image_id, label, quality_flags, q_odd_size from images").to_dict("records")
+        rows = cat.df("select image_id, label, quality_flags, q_odd_size, format, warnings from images").to_dict("records")
     assert rows[0]["image_id"] == "x1" and rows[0]["label"] == "a"
     assert rows[0]["quality_flags"] is None
+    assert rows[0]["format"] is None and list(rows[0]["warnings"]) == []  # version 3: what verification learned

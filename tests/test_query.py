@@ -263,8 +263,9 @@ def test_format_json_nulls_and_types(project: Project, capsys) -> None:
                      "order by reason", "--format", "json")
     assert rc == 0
     rows = json.loads(out)
+    # a rejected image keeps its declared size (16 px: too small); a file that is no image has none
     assert [(r["status"], r["reason"], r["width"]) for r in rows] == [("rejected", "not an image", None),
-                                                                     ("rejected", "too small", None)]
+                                                                     ("rejected", "too small", 16)]
 
 
 def test_format_table(project: Project, capsys) -> None:

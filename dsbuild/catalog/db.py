@@ -245,7 +245,7 @@ class Catalog:
             """SELECT i.image_id, i.origin, i.class_label, i.status, i.reason, i.detail, i.sha256, i.split, i.given_split, i.phash,
                       i.dup_group, i.first_seen, b.pixel_sha, b.width, b.height, b.path, b.phash_views, b.eff_side,
                       b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
-                      coalesce(e.new_label, i.class_label) AS label
+                      coalesce(e.new_label, i.class_label) AS label, e.new_status AS review_status
                FROM items i LEFT JOIN blobs b USING (sha256)
                LEFT JOIN latest_events e USING (dataset, image_id)
                WHERE i.dataset = ? ORDER BY i.first_seen, i.image_id""",
@@ -497,6 +497,7 @@ class Catalog:
             start = int(self._one("SELECT coalesce(max(event_id), 0) FROM label_events")[0])
             self._insert_frame("label_events", label_event_frame(events, dataset=dataset, first_id=start + 1),
                                LABEL_EVENT_COLUMNS)
+            self._refresh_conflicts(dataset)
         return len(events)
 
     def _insert_frame(self, table: str, frame, columns: tuple[str, ...]) -> None:
@@ -507,6 +508,23 @@ class Catalog:
             self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _frame")
         finally:
             self.con.unregister("_frame")
+
+    def _refresh_conflicts(self, dataset: str) -> None:
+        """Recompute ``items.conflict`` from the current labels (in the caller's transaction).
+
+        A group is a label conflict while its ``ok``/``duplicate`` members (as the
+        ``images`` view has them: removed in review = rejected) carry more than one
+        label — exactly the ``conflicts`` view. Run after every label event, so the
+        stored flag never lags the events until the next build.
+        """
+        self.con.execute(
+            """UPDATE items SET conflict = c.flag
+               FROM (SELECT im.image_id, coalesce(im.dup_group IN (SELECT dup_group FROM conflicts WHERE dataset = ?), false)
+                            AS flag
+                     FROM images im WHERE im.dataset = ?) c
+               WHERE items.dataset = ? AND items.image_id = c.image_id AND items.conflict IS DISTINCT FROM c.flag""",
+            [dataset, dataset, dataset],
+        )
 
     # -- model runs ----------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ Tables, columns may change with migrations:
 
 Views, columns may be added, never renamed: ``images``, ``label_issues``, ``runs``
 (see DESIGN.md), plus ``conflicts``, ``label_history``, ``fetch_log``,
-``label_issues_all`` and ``neighbours`` (each image's most similar images by embedding, schema 4). Deprecated names stay beside their replacements (schema 3):
+``label_issues_all`` and ``neighbours`` (each image's most similar images by embedding, schema 5).
+Deprecated names stay beside their replacements (schema 4):
 ``quality_flags`` (comma-joined text) beside ``quality_issues`` (a LIST);
 ``ood_score`` (high = unusual) beside cleanlab's ``outlier_score`` (low = unusual);
 ``label_issues`` rows are the ones flagged, and ``is_label_issue`` says which
@@ -30,7 +31,7 @@ from __future__ import annotations
 QUALITY_ISSUES_OF = "CASE WHEN {flags} IS NULL THEN NULL WHEN {flags} = '' THEN []::VARCHAR[] ELSE string_split({flags}, ',') END"
 """SQL: the ``quality_issues`` LIST of a comma-joined ``quality_flags`` text (format with ``flags=`` its expression)."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -188,6 +189,22 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS q_odd_size DOUBLE",
     ],
     3: [
+        # What verification learned about a file it rejected (the blob row exists only for accepted ones): the
+        # sniffed format, the declared size, the bytes; and what decoders said about any file without rejecting it.
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS format VARCHAR",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS width INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS height INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS bytes BIGINT",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
+    ],
+    4: [
+        # Catalogs written by the arch branch before it met schema 3 above (never released) say 3 without its
+        # columns: add them again (IF NOT EXISTS: nothing happens for a released v3 catalog).
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS format VARCHAR",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS width INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS height INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS bytes BIGINT",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
         # cleanlab's names beside the old ones (kept, deprecated): outlier_score runs as cleanlab's
         # OutOfDistribution score (low = more unusual); ood_score = 1 - outlier_score.
         "ALTER TABLE issue_rows ADD COLUMN IF NOT EXISTS outlier_score DOUBLE",
@@ -196,7 +213,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS quality_issues VARCHAR[]",
         "UPDATE items SET quality_issues = " + QUALITY_ISSUES_OF.format(flags="quality_flags"),
     ],
-    4: [
+    5: [
         # Near-duplicate signals per blob (issue 17): the phash of the mirror, 3 rotations and central
         # 90/80/70 % crops (dsbuild.dedup.neardup.VIEW_NAMES, 16-hex each, comma-joined) and the effective
         # side in px; the embeddings themselves live beside the catalog (features/<spec>/*.parquet).
@@ -229,11 +246,14 @@ VIEWS = [
                i.split,
                CASE WHEN e.new_status IS NOT NULL AND i.status IN ('ok', 'duplicate') THEN e.new_status ELSE i.status END AS status,
                CASE WHEN e.new_status = 'rejected' AND i.status IN ('ok', 'duplicate') THEN 'removed in review' ELSE i.reason END AS reason,
-               b.width, b.height, b.format, coalesce(b.bytes, f.bytes) AS bytes, i.sha256, i.phash, i.dup_group,
+               coalesce(b.width, i.width) AS width, coalesce(b.height, i.height) AS height,
+               coalesce(b.format, i.format) AS format, coalesce(b.bytes, i.bytes, f.bytes) AS bytes,
+               i.sha256, i.phash, i.dup_group,
                i.dup_of, i.dup_distance, i.conflict, i.detail, i.source, i.rank, i.page_url,
                e.action IS NOT NULL AS reviewed, e.action AS last_review,
                b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
                i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at, i.quality_issues,
+               coalesce(i.warnings, []::VARCHAR[]) AS warnings,
                i.outlier_score, i.is_outlier, b.eff_side
         FROM items i
         LEFT JOIN blobs b USING (sha256)

@@ -85,8 +85,9 @@ class ImageLoader:
     training reads each image every epoch and, for mislabel scores, in every fold).
     """
 
-    def __init__(self, size: int, *, cache: bool = False, cache_bytes: int = 1 << 30) -> None:
+    def __init__(self, size: int, *, cache: bool = False, cache_bytes: int = 1 << 30, verify: Any = None) -> None:
         self.size = size
+        self.verify = verify  # a VerifySettings: the allow-list and limits images are opened under (None: defaults)
         self.cache: dict[str, Any] | None = {} if cache else None
         self.cache_bytes = cache_bytes
         self._cached = 0
@@ -97,7 +98,7 @@ class ImageLoader:
             return self.cache[key]
         from dsbuild.verify.decode import load_rgb
 
-        img = load_rgb(key)
+        img = load_rgb(key, verify=getattr(self, "verify", None))
         limit = 2 * self.size
         if min(img.size) > limit:
             scale = limit / min(img.size)
@@ -110,7 +111,7 @@ class ImageLoader:
 
     def __getstate__(self) -> dict[str, Any]:
         # learn.export() pickles the pipeline; the cache of decoded images must not go with it.
-        return {"size": self.size, "cache": None, "cache_bytes": self.cache_bytes, "_cached": 0}
+        return {"size": self.size, "cache": None, "cache_bytes": self.cache_bytes, "_cached": 0, "verify": None}
 
 
 class _RowX:

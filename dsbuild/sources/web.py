@@ -67,6 +67,18 @@ def check_web_settings(ds: Dataset) -> list[str]:
     return problems
 
 
+def engine_failure(engine: str, query: str, exc: BaseException, kept: int):
+    """The ``error`` outcome of a query whose engine library raised: one line, the links found before it kept."""
+    from dsbuild.sources.engines import Outcome
+
+    text = " ".join(str(exc).split()) or "no message"
+    if len(text) > 160:
+        text = text[:157] + "..."
+    message = (f"{engine} failed while reading the results for {query!r}: {type(exc).__name__}: {text} — "
+               f"stopped this query after {kept} links; the other queries go on (the engine's pages may have changed)")
+    return Outcome(reason="error", message=message, pages=0, links=kept)
+
+
 def discover(cat: Catalog, run: SourceRun) -> None:
     """Search every query not searched yet (or searched for fewer links) and read every URL list."""
     from dsbuild.sources.engines import get_engine
@@ -84,14 +96,20 @@ def discover(cat: Catalog, run: SourceRun) -> None:
                 if unreachable:
                     break
                 options = engine_options(ds, cls)
+                links = []
                 try:
                     stream = engine.links(query, options)
-                    links = [{"url": l.url, "rank": l.rank, "page_url": l.page_url} for l in stream]
+                    for l in stream:
+                        links.append({"url": l.url, "rank": l.rank, "page_url": l.page_url})
                     outcome = stream.outcome
                 except EngineError as exc:
                     # The engine host cannot be reached: no query of this engine can succeed.
                     unreachable = str(exc)
                     break
+                except DsbuildError:
+                    raise  # a setting no query of this engine can work with: the build stops with one line
+                except Exception as exc:  # noqa: BLE001 - an engine library's bug or a page it cannot read: this query only
+                    outcome = engine_failure(ds.engine, query, exc, len(links))
                 cat.record_search(dataset=ds.name, label=cls.name, engine=ds.engine, query=query, wanted=ds.per_query,
                                   links=links, pages=outcome.pages, outcome=outcome.reason, message=outcome.message)
                 if not outcome.ok:
@@ -106,7 +124,13 @@ def discover(cat: Catalog, run: SourceRun) -> None:
         for url_file in cls.urls:
             links, problems = read_url_list(url_file)
             rows = []
+            classes = {c.name for c in ds.classes}
             for link in links:
+                if link.label is not None and link.label not in classes:
+                    # Not a class of this dataset: as likely the tail of a URL cut at an unquoted comma as a label.
+                    problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} is not a class of this "
+                                    "dataset (a URL with an unquoted comma? quote it) — skipped")
+                    continue
                 if link.label is not None and link.label != cls.name:
                     problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} differs from class {cls.name!r}; using {cls.name!r}")
                 rows.append({"url": link.url, "rank": link.rank, "page_url": None})
@@ -175,9 +199,10 @@ class BodyVerifier:
     ``("batch", (results, batch))`` and the main thread takes their records with
     :meth:`records`. A worker that dies (a decoder crash on a hostile file) costs only
     that file: the executor re-runs the batches it held (:class:`~dsbuild.executor.LocalPoolExecutor`)
-    and a fresh pool takes the next batches. Without a pool (small jobs, one worker)
-    the main thread verifies in-process (:class:`~dsbuild.executor.InlineExecutor`).
-    ``executor`` replaces both (another backend).
+    and a fresh pool takes the next batches. ``executor`` is the run's backend
+    (:func:`~dsbuild.executor.make_executor`); without one, ``use_pool`` picks a
+    local pool of ``workers``, else the main thread verifies in-process
+    (:class:`~dsbuild.executor.InlineExecutor`, for tests).
     """
 
     def __init__(self, ds: Dataset, done: queue.Queue, *, workers: int | None = None, use_pool: bool = False,
@@ -255,7 +280,8 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
     incoming = run.store / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     done: queue.Queue = queue.Queue()
-    # The run's executor backend: in-process for a few bodies (or one worker), else a process pool.
+    # The run's executor backend; ``local`` always verifies in worker processes (dsbuild.executor.local_executor):
+    # the C libraries' stderr captured per image, a per-image time limit, a crash costs one worker.
     executor = make_executor(len(by_url), workers=run.workers, backend=run.backend)
     verifier = BodyVerifier(ds, done, store=run.store, executor=executor)
     stop = threading.Event()
