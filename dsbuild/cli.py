@@ -229,6 +229,37 @@ def cmd_retrain(args) -> int:
     return 0
 
 
+def cmd_embed(args) -> int:
+    from dsbuild.pipeline import embed
+
+    manifest = _load(args)
+    summaries = embed(manifest, args.datasets, progress=RichProgress(args.quiet), workers=args.workers)
+    for s in summaries:
+        print(f"{s.dataset}: embeddings and near-duplicate signals up to date; {s.duplicates} duplicates in "
+              f"{s.dup_groups} groups, {s.conflicts} label conflicts ({s.seconds:.0f} s)")
+        for note in s.notes:
+            print(f"{s.dataset}: {note}")
+    return 0
+
+
+def cmd_similar(args) -> int:
+    from dsbuild.similar import similar_images
+
+    manifest = _load(args)
+    df = similar_images(manifest, args.dataset, args.image, k=args.k)
+    if args.format == "html":
+        from dsbuild.render.html import similar_html
+
+        out = Path(args.out or f"{args.dataset}-similar.html")
+        similar_html(df, dataset=args.dataset, query=args.image, out=out)
+        print(f"wrote {out} ({len(df)} images)")
+        return 0
+    if args.format == "table" and not args.out:
+        df = df[["rank", "image_id", "similarity", "label", "split", "status", "origin"]]
+    _emit(df, args, title=f"{len(df)} images of '{args.dataset}' most similar to {args.image}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from dsbuild.cycle import predict_images
 
@@ -360,6 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("retrain", cmd_retrain, "train again on the reviewed labels and compare with the last run")
     p.add_argument("dataset", metavar="DATASET")
+
+    p = add("embed", cmd_embed, "compute the missing embeddings and near-duplicate signals of built datasets, "
+            "then regroup them")
+    p.add_argument("datasets", nargs="*", metavar="DATASET", help="datasets (default: all)")
+    p.add_argument("--workers", type=int, default=None, help="torch threads (default: torch's)")
+
+    p = add("similar", cmd_similar, "the images of a dataset most similar to an image (embedding cosine)")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("image", metavar="IMAGE_OR_ID", help="an image_id of the dataset, or an image file")
+    p.add_argument("-k", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--format", choices=(*OUTPUT_FORMATS, "html"), default="table", help="output format (default: table)")
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")
 
     p = add("predict", cmd_predict, "label and probability for images or folders", [output])
     p.add_argument("dataset", metavar="DATASET")

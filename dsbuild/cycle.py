@@ -219,7 +219,7 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     The issue finders of :mod:`dsbuild.issues` (label, conflict) run on the images'
     out-of-fold probabilities. Returns ``(run_id, issues)``: issues is a DataFrame with
     the ``label_issues`` view's columns (:data:`dsbuild.rows.LABEL_ISSUE_COLUMNS`:
-    given_label, suggested_label, label_quality, kind = label | conflict,
+    given_label, suggested_label, label_quality, kind = label | conflict | outlier,
     suggested_confidence, outlier_score, ...) — flagged rows only, most likely wrong first.
     ``find_mislabels`` is the same function under its old name.
     """
@@ -234,11 +234,13 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
             df = training_frame(cat, name, split=ds.split, classes=ds.labels, min_per_class=settings.folds)
             keep = _reviewed_keep(cat, name)
             members = cat.conflict_members(name)
+            outliers = cat.outliers(name)
             cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings),
                           inputs_digest=mislabel_inputs(df, settings, keep, members))
         try:
             oof = out_of_fold_probs(df, settings, progress=progress)
-            rows = run_finders(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members))
+            rows = run_finders(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members,
+                                            outliers=outliers))
         except BaseException as exc:
             _end_failed_run(w, run_id, exc)
             raise

@@ -218,6 +218,14 @@ def _as_str_list(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
     return tuple(v for v in out if v)
 
 
+def _as_number_list(value: Any, key: str, problems: _Problems) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in value):
+        problems.add(key, f"must be a list of numbers, not {value!r}")
+        return ()
+    return tuple(float(v) for v in value)
+
+
 def _coerce(value: Any, want: Any, key: str, problems: _Problems) -> Any:
     """Check ``value`` against the type of a dataclass default ``want``."""
     if isinstance(want, bool):
@@ -237,6 +245,8 @@ def _coerce(value: Any, want: Any, key: str, problems: _Problems) -> Any:
         if not isinstance(value, str):
             problems.add(key, f"must be a string, not {value!r}")
         return value
+    if isinstance(want, tuple) and want and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in want):
+        return _as_number_list(value, key, problems)
     if isinstance(want, tuple):
         return _as_str_list(value, key, problems)
     if want is None:  # optional values: accept scalars and strings

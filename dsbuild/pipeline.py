@@ -340,7 +340,7 @@ def build_dataset(
         web.ingest(cat, run)
         writer.flush()
 
-    regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit)
+    regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit, threads=workers)
     cat.set_meta(f"split:{ds.name}", ds.split.record())
     retried = set(sink.retried)
     if "quality" in changed:  # every verified image's quality outcome was evaluated again by the regrouping
@@ -422,18 +422,43 @@ def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool
 
 
 def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progress: Progress,
-                    resplit: bool = False) -> None:
-    """Recompute duplicate groups, conflicts and splits of ``ds`` from the catalog.
+                    resplit: bool = False, features_dir: Path | None = None, threads: int | None = None,
+                    embed: bool | None = None) -> None:
+    """Recompute duplicate groups, conflicts, splits and outlier scores of ``ds`` from the catalog.
 
     ``resplit``: assign every split again (a note in ``summary`` says how many images moved).
+    With ``dedup.views``/``dedup.semantic`` the near-duplicate signals missing from the catalog and
+    the embedding cache (``features_dir``, default beside the catalog) are computed first
+    (:mod:`dsbuild.dedup.signals`; torch runs ``threads`` threads). ``embed`` (default
+    ``dedup.semantic``) computes missing embeddings; cached ones give outlier scores either way,
+    and confirm near duplicates only with ``dedup.semantic``.
     """
+    import numpy as np
+
     from dsbuild.dedup.grouping import regroup
 
     items = cat.dataset_items(ds.name)
+    sig = None
+    embed = ds.dedup.semantic if embed is None else embed
+    if _wants_signals(ds) or embed:
+        from dsbuild.dedup.signals import dataset_signals
+
+        rows = np.flatnonzero(_verified(items).to_numpy())
+        with progress.stage(f"{ds.name}: near-duplicate signals", len(rows)) as bar:
+            sig = dataset_signals(items, rows, ds.dedup, ds.verify, features_dir=features_dir or features_root_of(cat),
+                                  embed=embed, threads=threads, progress=bar.advance)
+            cat.set_blob_signals(sig.new_blobs)
+        if sig.failed:
+            summary.notes.append(f"{len(sig.failed)} stored image(s) could not be decoded for near-duplicate signals "
+                                 f"(e.g. {next(iter(sig.failed.values()))}) — they are compared by their hash only")
     with progress.stage(f"{ds.name}: dedup + split", len(items)) as bar:
-        near = None
+        near = links = None
         if ds.dedup.near and ds.dedup.threshold > 0:
-            near = near_pairs_for(items, ds)
+            if sig is not None and _wants_signals(ds):
+                links = near_links_for(items, ds, sig)
+                near = links.rows() if links is not None and len(links) else None
+            else:
+                near = near_pairs_for(items, ds)
         updates, gs = regroup(items, ds, near_pairs=near, keep_splits=not resplit)
         cat.update_dedup_and_splits(ds.name, updates)
         bar.advance(len(items))
@@ -445,6 +470,16 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
                              "splits: left as separate groups so that no image moves to another split")
     counts = updates[updates["split"].notna() & (updates["status"] == "ok")]["split"].value_counts()
     summary.splits = {k: int(v) for k, v in counts.items()}
+    note = group_warning(updates, ds)
+    if note:
+        summary.notes.append(note)
+    _store_neighbours(cat, ds, items, updates, links)
+    if sig is not None and sig.emb is not None:
+        _store_outliers(cat, ds, items, updates, sig)
+    else:
+        import pandas as pd
+
+        cat.set_outliers(ds.name, pd.DataFrame({"image_id": [], "outlier_score": [], "is_outlier": []}))
     if resplit:
         summary.notes.append(resplit_note(items, updates, runs=len(cat.runs(ds.name))))
 
@@ -466,14 +501,134 @@ def resplit_note(items, updates, *, runs: int) -> str:
     return f"--resplit: {moved} image{'s' if moved != 1 else ''} moved to another split ({detail}){earlier}"
 
 
+def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progress | None = None,
+          workers: int | None = None) -> list[DatasetSummary]:
+    """Compute the missing near-duplicate signals and embeddings of built datasets, then regroup them.
+
+    What ``dsbuild embed`` runs: the same stage a build with ``dedup.semantic = true`` runs after
+    verification, for datasets already in the catalog (whatever their ``semantic`` setting: the
+    embeddings then serve ``similar`` and the outlier scores). Takes the catalog lock.
+    """
+    progress = progress or Progress()
+    datasets = manifest.select(names)
+    if not Path(manifest.catalog).exists():
+        raise DsbuildError(f"no catalog at {manifest.catalog} — run `dsbuild build` first")
+    lock = BuildLock(manifest.catalog)
+    lock.acquire()
+    try:
+        with Catalog.open(manifest.catalog) as cat:
+            built = set(cat.datasets_in_catalog())
+            missing = [d.name for d in datasets if d.name not in built]
+            if missing:
+                raise DsbuildError(f"dataset(s) {', '.join(missing)} not in the catalog — run `dsbuild build {missing[0]}` first")
+            out = []
+            for ds in datasets:
+                t0 = time.monotonic()
+                summary = DatasetSummary(dataset=ds.name)
+                regroup_dataset(cat, ds, summary=summary, progress=progress, threads=workers, embed=True)
+                summary.seconds = time.monotonic() - t0
+                out.append(summary)
+            return out
+    finally:
+        lock.release()
+
+
+def features_root_of(cat: Catalog) -> Path:
+    """Where the catalog's embedding caches live (``<catalog dir>/features``)."""
+    from dsbuild.model.features import features_root
+
+    return features_root(cat.path)
+
+
+def _wants_signals(ds: Dataset) -> bool:
+    d = ds.dedup
+    return d.near and d.threshold > 0 and (d.views or d.semantic) and d.hash == "phash" and d.hash_size == 8
+
+
+def _verified(items):
+    return items["status"].isin(["ok", "duplicate"]) | items["reason"].fillna("").str.startswith("quality:")
+
+
+def group_warning(updates, ds: Dataset) -> str | None:
+    """The safety net: a note when more than ``dedup.group_warning`` of the accepted images are near duplicates."""
+    kept = updates["status"].isin(["ok", "duplicate"])
+    near = (updates["reason"] == "near duplicate") & kept
+    total = int(kept.sum())
+    if not total or near.sum() <= ds.dedup.group_warning * total:
+        return None
+    return (f"{int(near.sum())} of {total} images ({near.sum() / total:.0%}) are near duplicates, more than "
+            f"dedup.group_warning ({ds.dedup.group_warning:.0%}) — look at them with `dsbuild status {ds.name} "
+            f"--html dups.html` or `dsbuild query @duplicates` before trusting them")
+
+
+def _store_outliers(cat: Catalog, ds: Dataset, items, updates, sig) -> None:
+    """cleanlab outlier scores of the accepted representatives (status ok) with an embedding, into the catalog."""
+    import numpy as np
+    import pandas as pd
+
+    from dsbuild.dedup.signals import outlier_scores
+
+    status = updates.set_index("image_id")["status"].reindex(items["image_id"]).to_numpy()
+    rows = np.flatnonzero((status == "ok") & sig.has_emb)
+    scores, flag = outlier_scores(sig.emb[rows], ds.dedup.outlier_k)
+    frame = pd.DataFrame({"image_id": items["image_id"].to_numpy()[rows], "outlier_score": scores,
+                          "is_outlier": flag})
+    cat.set_outliers(ds.name, frame[np.isfinite(scores)])
+
+
+def _store_neighbours(cat: Catalog, ds: Dataset, items, updates, links) -> None:
+    """Each accepted image's nearest images (the ``neighbours`` view) from the build's neighbour search, or none."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"image_id": [], "rank": [], "neighbour_id": [], "similarity": []})
+    if links is not None and links.neighbours is not None:
+        ids, sims = links.neighbours
+        status = updates.set_index("image_id")["status"].reindex(items["image_id"]).to_numpy()
+        kept = np.isin(status, ["ok", "duplicate"])
+        image_ids = items["image_id"].to_numpy()
+        q, r = np.nonzero((ids >= 0) & kept[:, None] & kept[np.clip(ids, 0, None)])
+        frame = pd.DataFrame({"image_id": image_ids[q], "rank": r + 1, "neighbour_id": image_ids[ids[q, r]],
+                              "similarity": np.round(sims[q, r].astype(float), 4)})
+        frame["rank"] = frame.groupby("image_id").cumcount() + 1
+    cat.set_neighbours(ds.name, frame)
+
+
+def near_links_for(items, ds: Dataset, signals):
+    """:class:`dsbuild.dedup.neardup.Links` among ``items``' verified images by the two-signal rule, or None."""
+    import numpy as np
+
+    from dsbuild.dedup.neardup import near_links
+    from dsbuild.dedup.signals import thumb_loader
+    from dsbuild.verify import hashing
+
+    pos = np.flatnonzero(_verified(items).to_numpy() & items["phash"].notna().to_numpy())
+    if len(pos) < 2:
+        return None
+    hexes = items["phash"].to_numpy()[pos]
+    n = len(items)
+    full = np.zeros(n, dtype=np.uint64)
+    full[pos] = [hashing.hash_to_int(h) for h in hexes]
+    usable = np.zeros(n, dtype=bool)
+    usable[pos] = [not hashing.is_degenerate(h) for h in hexes]
+    views = signals.views if ds.dedup.views else None
+    if views is not None:  # views of a blob that could not be decoded again: its hash alone
+        views = np.where((views == 0).all(axis=1, keepdims=True), full[:, None], views)
+    emb = signals.emb if ds.dedup.semantic else None
+    has = signals.has_emb.copy()
+    has[np.setdiff1d(np.arange(n), pos)] = False
+    return near_links(full, usable, ds.dedup, views=views, eff_side=signals.eff_side, emb=emb, has_emb=has,
+                      thumb=thumb_loader(items, ds.verify) if emb is not None else None)
+
+
 def near_pairs_for(items, ds: Dataset):
-    """Near-duplicate pairs (row positions in ``items``) among verified images, by perceptual hash."""
+    """Near-duplicate pairs ``(i, j, distance)`` (row positions in ``items``) among verified images, by perceptual hash."""
     import numpy as np
 
     from dsbuild.dedup import search as dedup
     from dsbuild.verify import hashing
 
-    ok = items["status"].isin(["ok", "duplicate"]) | items["reason"].fillna("").str.startswith("quality:")
+    ok = _verified(items)
     pos = np.flatnonzero(ok.to_numpy() & items["phash"].notna().to_numpy())
     if len(pos) < 2:
         return None

@@ -28,7 +28,10 @@ ITEM_COLUMNS = ("given_split", "dataset", "image_id", "origin", "source", "engin
 ``format``/``width``/``height``/``bytes`` are what verification learned (a rejected file's only record of them;
 ``images`` takes the blob's for a stored one); ``warnings`` what decoders said without rejecting the file."""
 BLOB_COLUMNS = ("sha256", "path", "bytes", "format", "width", "height", "mode", "frames", "pixel_sha", "q_dark",
-                "q_light", "q_blurry", "q_low_information", "q_grayscale", "q_odd_aspect_ratio", "created_at")
+                "q_light", "q_blurry", "q_low_information", "q_grayscale", "q_odd_aspect_ratio", "created_at",
+                "phash_views", "eff_side")
+"""``blobs`` columns; ``phash_views`` and ``eff_side`` (schema 5) are left empty by a build's writer and filled by
+the near-duplicate signals stage (:mod:`dsbuild.dedup.signals`)."""
 FETCH_COLUMNS = ("dataset", "url", "final_url", "engine", "query", "rank", "page_url", "label", "http_status", "bytes",
                  "content_type", "fetched_at", "outcome", "reason", "transient", "attempts", "elapsed_s", "sha256",
                  "build_id")
@@ -88,7 +91,7 @@ def blob_row(rec: "ImageRecord", now) -> dict:
         "pixel_sha": rec.pixel_sha,
         "q_dark": q.get("dark"), "q_light": q.get("light"), "q_blurry": q.get("blurry"),
         "q_low_information": q.get("low_information"), "q_grayscale": q.get("grayscale"),
-        "q_odd_aspect_ratio": q.get("odd_aspect_ratio"), "created_at": now,
+        "q_odd_aspect_ratio": q.get("odd_aspect_ratio"), "created_at": now, "phash_views": None, "eff_side": None,
     }
 
 

@@ -9,6 +9,9 @@ from dsbuild.catalog import Catalog
 from dsbuild.errors import DsbuildError
 
 _STATUS_ORDER = ("ok", "duplicate", "rejected", "failed")
+NEAR_SHARE_WARNING = 0.2
+"""``status`` warns when more than this share of a dataset's accepted images are near duplicates (the
+default ``dedup.group_warning``; the build's warning uses the dataset's own setting)."""
 
 
 @dataclass
@@ -82,6 +85,14 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
             f"{name}: {dups['leaks']} duplicate groups straddle splits (leakage in the splits the dataset came with) "
             "— `dsbuild query @split_leakage`"
         )
+    near, kept, outliers = cat.near_duplicate_share(name)
+    if kept and near > NEAR_SHARE_WARNING * kept:
+        notes.append(f"{name}: warning — {near} of {kept} accepted images ({near / kept:.0%}) are near duplicates, more "
+                     f"than {NEAR_SHARE_WARNING:.0%}: look at the groups with `dsbuild status {name} --html dups.html` "
+                     "or `dsbuild query @duplicates` before trusting them")
+    if outliers:
+        notes.append(f"{name}: {outliers} outliers (images unlike the rest, cleanlab outlier_score) — "
+                     f"`dsbuild query \"SELECT * FROM images WHERE dataset = '{name}' AND is_outlier ORDER BY outlier_score\"`")
     flags = cat.quality_flag_counts(name)
     if flags:
         from dsbuild.verify.settings import QUALITY_FLAGS

@@ -82,7 +82,7 @@ def python(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 def test_commands_are_registered() -> None:
     assert set(COMMANDS) == {"init", "build", "status", "query", "export", "train", "mislabels", "review", "retrain", "ui",
-                             "predict", "demo"}
+                             "predict", "demo", "embed", "similar"}
     assert set(SUBPARSERS) == set(COMMANDS)
 
 

@@ -376,7 +376,7 @@ def test_project_queries_shadow_and_extend_builtins(project: Project, capsys, tm
     "arg, rc_want, expected",
     [
         ("@class_balanse", 1, "Error: no named query '@class_balanse' (did you mean '@class_balance'?) — known: @builds, "
-                              "@class_balance, @duplicates, @label_conflicts, @quality, @rejects, @split_leakage\n"),
+                              "@class_balance, @duplicates, @label_conflicts, @quality, @rejects, @similar, @split_leakage\n"),
         ("@nothing_like_it", 1, "Error: no named query '@nothing_like_it' — known: @builds, "),
         ("@../../etc/passwd", 1, "Error: bad query name '@../../etc/passwd' — names use letters, digits, '_' and '-'\n"),
         ("", 2, "Error: give SQL or @name — e.g. dsbuild query \"select label, count(*) from images group by all\"\n"),

@@ -26,7 +26,8 @@ def test_row_columns_are_the_tables_columns(tmp_path: Path) -> None:
         assert columns(cat, "label_events") == list(LABEL_EVENT_COLUMNS)
         # items: what a build writes, plus what the regroup step computes later
         assert set(ITEM_COLUMNS) < set(columns(cat, "items"))
-        assert set(columns(cat, "items")) - set(ITEM_COLUMNS) == {"quality_flags", "q_odd_size", "quality_issues"}
+        assert set(columns(cat, "items")) - set(ITEM_COLUMNS) == {"quality_flags", "q_odd_size", "quality_issues",
+                                                                 "outlier_score", "is_outlier"}
         assert columns(cat, "label_issues_all") == list(LABEL_ISSUE_COLUMNS) == columns(cat, "label_issues")
         assert set(REPORT_COLUMNS) <= set(LABEL_ISSUE_COLUMNS)
 

@@ -269,7 +269,7 @@ class Catalog:
         """
         return self.df(
             """SELECT i.image_id, i.origin, i.class_label, i.status, i.reason, i.detail, i.sha256, i.split, i.given_split, i.phash,
-                      i.dup_group, i.first_seen, b.pixel_sha, b.width, b.height,
+                      i.dup_group, i.first_seen, b.pixel_sha, b.width, b.height, b.path, b.phash_views, b.eff_side,
                       b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
                       coalesce(e.new_label, i.class_label) AS label,
                       coalesce(e.new_status = 'rejected', false) AS removed
@@ -303,6 +303,49 @@ class Catalog:
                 )
         finally:
             self.con.unregister("_upd")
+
+    def set_blob_signals(self, rows) -> None:
+        """Write ``phash_views`` and ``eff_side`` of blobs (a DataFrame: sha256, phash_views, eff_side)."""
+        if len(rows) == 0:
+            return
+        self.con.register("_sig", rows)
+        try:
+            with self.transaction():
+                self.con.execute("UPDATE blobs SET phash_views = s.phash_views, eff_side = s.eff_side "
+                                 "FROM _sig s WHERE blobs.sha256 = s.sha256")
+        finally:
+            self.con.unregister("_sig")
+
+    def set_outliers(self, dataset: str, rows) -> None:
+        """Write ``outlier_score``/``is_outlier`` of a dataset's items (DataFrame: image_id, outlier_score, is_outlier);
+        items not in ``rows`` get NULL."""
+        self.con.register("_out", rows)
+        try:
+            with self.transaction():
+                self.con.execute("UPDATE items SET outlier_score = NULL, is_outlier = NULL WHERE dataset = ? "
+                                 "AND (outlier_score IS NOT NULL OR is_outlier IS NOT NULL)", [dataset])
+                if len(rows):
+                    self.con.execute("UPDATE items SET outlier_score = o.outlier_score, is_outlier = o.is_outlier "
+                                     "FROM _out o WHERE items.dataset = ? AND items.image_id = o.image_id", [dataset])
+        finally:
+            self.con.unregister("_out")
+
+    def set_neighbours(self, dataset: str, rows) -> None:
+        """Replace ``dataset``'s rows of the ``knn`` table (DataFrame: image_id, rank, neighbour_id, similarity)."""
+        self.con.register("_knn", rows)
+        try:
+            with self.transaction():
+                self.con.execute("DELETE FROM knn WHERE dataset = ?", [dataset])
+                if len(rows):
+                    self.con.execute("INSERT INTO knn SELECT ?, image_id, rank, neighbour_id, similarity FROM _knn",
+                                     [dataset])
+        finally:
+            self.con.unregister("_knn")
+
+    def outliers(self, dataset: str):
+        """Scored images of ``dataset``: image_id, path, label, status, outlier_score, is_outlier (most unusual first)."""
+        return self.df("SELECT image_id, path, origin, label, status, outlier_score, is_outlier FROM images "
+                       "WHERE dataset = ? AND outlier_score IS NOT NULL ORDER BY outlier_score, image_id", [dataset])
 
     def insert_fetches(self, rows) -> None:
         if len(rows) == 0:
@@ -452,6 +495,14 @@ class Catalog:
             [dataset],
         )[0]
         return {"duplicates": int(row[0]), "groups": int(row[1]), "conflicts": int(row[2]), "leaks": int(leaks)}
+
+    def near_duplicate_share(self, dataset: str) -> tuple[int, int, int]:
+        """``(near duplicates, accepted images incl. duplicates, outliers flagged)`` of ``dataset``."""
+        row = self._one(
+            """SELECT count(*) FILTER (WHERE reason = 'near duplicate'), count(*),
+                      count(*) FILTER (WHERE is_outlier)
+               FROM images WHERE dataset = ? AND status IN ('ok', 'duplicate')""", [dataset])
+        return int(row[0]), int(row[1]), int(row[2])
 
     def last_build(self):
         return self._one(

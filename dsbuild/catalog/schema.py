@@ -13,8 +13,9 @@ Tables, columns may change with migrations:
 * ``builds``       one row per build (start, end, counts, outcome).
 
 Views, columns may be added, never renamed: ``images``, ``label_issues``, ``runs``
-(see DESIGN.md), plus ``conflicts``, ``label_history``, ``fetch_log`` and
-``label_issues_all``. Deprecated names stay beside their replacements (schema 4):
+(see DESIGN.md), plus ``conflicts``, ``label_history``, ``fetch_log``,
+``label_issues_all`` and ``neighbours`` (each image's most similar images by embedding, schema 5).
+Deprecated names stay beside their replacements (schema 4):
 ``quality_flags`` (comma-joined text) beside ``quality_issues`` (a LIST);
 ``ood_score`` (high = unusual) beside cleanlab's ``outlier_score`` (low = unusual);
 ``label_issues`` rows are the ones flagged, and ``is_label_issue`` says which
@@ -217,6 +218,22 @@ MIGRATIONS: dict[int, list[str]] = {
         # again, not scored again, while the same inputs would give the same result.
         "ALTER TABLE model_runs ADD COLUMN IF NOT EXISTS inputs_digest VARCHAR",
         # + the view review_state (an image is reviewed while a decision about it is not undone).
+        # Near-duplicate signals per blob (issue 17): the phash of the mirror, 3 rotations and central
+        # 90/80/70 % crops (dsbuild.dedup.neardup.VIEW_NAMES, 16-hex each, comma-joined) and the effective
+        # side in px; the embeddings themselves live beside the catalog (features/<spec>/*.parquet).
+        "ALTER TABLE blobs ADD COLUMN IF NOT EXISTS phash_views VARCHAR",
+        "ALTER TABLE blobs ADD COLUMN IF NOT EXISTS eff_side DOUBLE",
+        # cleanlab's OutOfDistribution score on the embeddings (low = more unusual), and Datalab's outlier flag.
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS outlier_score DOUBLE",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS is_outlier BOOLEAN",
+        # Each accepted image's nearest images by embedding cosine, from the build's neighbour search.
+        """CREATE TABLE IF NOT EXISTS knn (
+            dataset VARCHAR NOT NULL,
+            image_id VARCHAR NOT NULL,
+            rank INTEGER NOT NULL,            -- 1 = the most similar other image
+            neighbour_id VARCHAR NOT NULL,
+            similarity DOUBLE                 -- cosine of the embeddings
+        )""",
     ],
 }
 
@@ -256,7 +273,8 @@ VIEWS = [
                coalesce(r.live_decisions, 0) > 0 AS reviewed, r.last_review,
                b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
                i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at, i.quality_issues,
-               coalesce(i.warnings, []::VARCHAR[]) AS warnings
+               coalesce(i.warnings, []::VARCHAR[]) AS warnings,
+               i.outlier_score, i.is_outlier, b.eff_side
         FROM items i
         LEFT JOIN blobs b USING (sha256)
         LEFT JOIN latest_events e USING (dataset, image_id)
@@ -288,4 +306,10 @@ VIEWS = [
         SELECT dataset, image_id, event_id, changed_at, source, action, old_label, new_label, old_status, new_status, note
         FROM label_events""",
     """CREATE OR REPLACE VIEW fetch_log AS SELECT * FROM fetches""",
+    """CREATE OR REPLACE VIEW neighbours AS
+        SELECT k.dataset, k.image_id, k.rank, k.neighbour_id, k.similarity, a.label, b.label AS neighbour_label,
+               b.split AS neighbour_split, b.status AS neighbour_status, a.path, b.path AS neighbour_path
+        FROM knn k
+        LEFT JOIN images a ON a.dataset = k.dataset AND a.image_id = k.image_id
+        LEFT JOIN images b ON b.dataset = k.dataset AND b.image_id = k.neighbour_id""",
 ]

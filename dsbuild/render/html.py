@@ -5,6 +5,7 @@
   builder that downloads a ``decisions.csv`` for ``dsbuild review``.
 * :func:`duplicates_html` — near-duplicate groups side by side, label
   conflicts first.
+* :func:`similar_html` — the images most similar to one (``dsbuild similar``).
 
 The pages are ``templates/*.html.j2`` rendered with autoescape on: labels,
 paths and URLs come from users and the web, and every value is escaped by
@@ -252,4 +253,17 @@ def duplicates_html(groups: "pandas.DataFrame", *, dataset: str, out: Path, max_
     page = _page("duplicates.html.j2", title=f"dsbuild duplicates — {dataset}", dataset=dataset,
                  n_groups=len(cards), n_images=len(df), n_conflicts=sum(c[0] for c in cards),
                  n_leaks=sum(c[1] for c in cards), shown=len(shown), groups=page_groups)
+    return atomic_write(Path(out), page)
+
+
+def similar_html(rows: "pandas.DataFrame", *, dataset: str, query: str, out: Path) -> Path:
+    """Write ``dsbuild similar``'s rows (:data:`dsbuild.similar.SIMILAR_COLUMNS`) as thumbnails to ``out`` (atomically)."""
+    thumbs = ThumbCache()
+    members = [{
+        "thumb": thumbs.get(r.get("path")), "alt": f"{r['image_id']}: {r['label']}", "rank": int(r["rank"]),
+        "label": _text(r["label"]), "image_id": _text(r["image_id"]), "similarity": _fmt(r.get("similarity"), ".3f"),
+        "details": " · ".join(x for x in (_text(r.get("split")), _text(r.get("status"))) if x),
+    } for r in rows.to_dict("records")]
+    page = _page("similar.html.j2", title=f"dsbuild similar — {dataset}", dataset=dataset, query=query,
+                 n=len(members), members=members)
     return atomic_write(Path(out), page)
