@@ -35,7 +35,7 @@ with the most links (the original of a family of edits), then the content hash.
     .venv/bin/python bench/dup_semantic.py --cifar50k /path/to/cifar10/train   # + all 50,000 (train/<class>/*.jpg)
 
 Embeddings are cached by blob in ``--cache`` (default /tmp/dsbuild-bench-features, the
-library's :class:`~dsbuild.model.features.FeatureCache`); the embedding cost is always measured
+library's :class:`~dsbuild.model.embeddings.FeatureCache`); the embedding cost is always measured
 on ``--time-sample`` images embedded afresh.
 """
 
@@ -74,7 +74,7 @@ def cpu() -> float:
 
 def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: int, verify: VerifySettings) -> dict:
     """Decode, hash, pixel signals and embeddings of ``datas`` (file bytes), with CPU seconds per image per stage."""
-    from dsbuild.model.features import Embedder, FeatureCache, FeatureSpec
+    from dsbuild.model.embeddings import Embedder, FeatureCache, FeatureSpec
     from dsbuild.verify import analyze_bytes
     from dsbuild.verify.decode import decode
 

@@ -152,8 +152,7 @@ def main() -> None:
 
     n = args.n or (600 if args.quick else None)
     settings_list = args.settings or ("sym:0.2" if args.quick else "sym:0.1,sym:0.2,pair:0.1,pair:0.2")
-    # The demo's own model table (efficientnet_lite0 at 64 px, 5 epochs, no frozen epoch, lr 0.01,
-    # lr_mult 1, no flips, no augmentation) + ModelSettings defaults for everything it leaves out.
+    # The demo's own model table (only arch = efficientnet_lite0) + ModelSettings defaults for the rest.
     import tomllib
 
     table = dict(tomllib.loads(args.manifest.read_text())["datasets"]["demo"].get("model", {}))
@@ -170,14 +169,16 @@ def main() -> None:
     print(f"{len(df)} digits rendered 64x64: pool {len(pool)} (noisy labels), test {len(df) - len(pool)} (true labels)")
     print(f"model ({args.manifest.name} [datasets.demo.model] + ModelSettings defaults"
           f"{', overrides ' + str({k: v for k, v in overrides.items() if v is not None}) if any(v is not None for v in overrides.values()) else ''}):")
-    print(f"  {settings.arch}, size {settings.size}, epochs {settings.freeze_epochs}+{settings.epochs}, lr {settings.lr}, "
-          f"batch {settings.batch_size}, augment {settings.augment}, seed {settings.seed}, oof {settings.oof_method} "
-          f"groups {settings.oof_groups} folds {settings.folds} "
-          f"rounds {settings.oof_rounds}; accept suggestions with confidence >= {args.min_confidence}\n")
+    recipe = (f"fine-tune epochs {settings.freeze_epochs}+{settings.epochs}, lr {settings.lr}, batch {settings.batch_size}, "
+              f"augment {settings.augment}" if settings.finetune else f"head on frozen '{settings.view}' features")
+    print(f"  {settings.arch}, size {settings.size or 'the backbone’s own'}, {recipe}, seed {settings.seed}, "
+          f"oof {settings.oof_method} folds {settings.folds} rounds {settings.oof_rounds}; "
+          f"accept suggestions with confidence >= {args.min_confidence}\n")
 
     work = Path(tempfile.mkdtemp(prefix="dsbuild-bench-"))
     t = time.perf_counter()
-    oracle = train(frame(df, pool["true_label"]), settings, out_dir=work / "oracle")
+    features = args.cache / "features"  # the per-image feature cache, shared by every model below
+    oracle = train(frame(df, pool["true_label"]), settings, out_dir=work / "oracle", cache_dir=features)
     print(f"oracle (true labels): test accuracy {oracle.accuracy:.4f}  ({time.perf_counter() - t:.0f} s)\n")
 
     summary = []
@@ -192,10 +193,10 @@ def main() -> None:
 
         t_cycle, cpu_cycle = time.perf_counter(), time.process_time()
         t = time.perf_counter()
-        noisy_run = train(table, settings, out_dir=work / f"{spec}-noisy")
+        noisy_run = train(table, settings, out_dir=work / f"{spec}-noisy", cache_dir=features)
         t_train = time.perf_counter() - t
         t = time.perf_counter()
-        oof = out_of_fold_probs(pool_table, settings)
+        oof = out_of_fold_probs(pool_table, settings, cache_dir=features)
         assert oof.check_out_of_sample() == 0
         t_oof = time.perf_counter() - t
         issues = find_label_issues(pool_table, oof)
@@ -209,7 +210,7 @@ def main() -> None:
         relabel = dict(zip(accept["image_id"], accept["suggested_label"]))
         cleaned = pd.Series([relabel.get(i, lab) for i, lab in zip(pool["image_id"], noisy)], index=pool.index)
         t = time.perf_counter()
-        cycle_run = train(frame(df, cleaned), settings, out_dir=work / f"{spec}-cycle")
+        cycle_run = train(frame(df, cleaned), settings, out_dir=work / f"{spec}-cycle", cache_dir=features)
         t_retrain = time.perf_counter() - t
         t_cycle, cpu_cycle = time.perf_counter() - t_cycle, time.process_time() - cpu_cycle
 

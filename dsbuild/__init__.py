@@ -9,7 +9,7 @@ the packages below; ``import dsbuild`` itself imports almost nothing)::
     summary = dsbuild.build(manifest, ["demo"])                # crawl/import → verify → dedup → split
     with dsbuild.Catalog.open_readonly(manifest.catalog) as cat:
         images = cat.images("demo", statuses=("ok",))          # a pandas DataFrame
-    report = dsbuild.train(manifest, "demo", epochs=5)         # fastai fine-tuning, a recorded run
+    report = dsbuild.train(manifest, "demo")                   # a head on frozen features, a recorded run
     run_id, issues = dsbuild.find_issues(manifest, "demo")     # out-of-fold probabilities + cleanlab
     dsbuild.review(manifest, "demo", accept_suggestions=True, min_confidence=0.99)
     dsbuild.export(manifest, "demo", "out/demo")               # out/demo/<split>/<label>/...
@@ -36,7 +36,7 @@ dedup/              near-duplicate search (sub-quadratic) and grouping; split.py
 pipeline.py         the build: idempotent, resumable, batched commits, lock
 catalog/            the only package that speaks SQL: schema, Catalog, lock, sandboxed query
 status.py           read-side summaries; exporters/: a registry of exporters (imagefolder, csv)
-model/              fastai fine-tuning, features, out-of-fold probabilities, predict
+model/              frozen features (cached per blob) + heads, fastai fine-tuning, out-of-fold probabilities, trust, predict
 issues/             a registry of issue finders (label via cleanlab, conflict), Datalab-shaped
 cycle.py            the model loop over the catalog: train, find issues, review, retrain
 decisions.py        review decisions (CSV, suggestions, Decision objects) → label events
@@ -85,9 +85,10 @@ def build(manifest: "Manifest", datasets: list[str] | None = None, **options: An
 
 
 def train(manifest: "Manifest", dataset: str, *, progress: Any = None, **overrides: Any):
-    """Fine-tune the dataset's model (``[model]`` settings; ``overrides`` e.g. ``epochs=1``) on its current labels.
+    """Train the dataset's model (``[model]`` settings; ``overrides`` e.g. ``finetune=True``) on its current labels.
 
-    Records a run in the catalog; returns a :class:`dsbuild.cycle.RunReport`.
+    Records a run in the catalog; returns a :class:`dsbuild.cycle.RunReport` (``report.learned`` is
+    False, and ``report.warning()`` says why, when the model did not learn).
     """
     from dsbuild.cycle import train_dataset
 

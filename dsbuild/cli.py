@@ -173,7 +173,18 @@ def cmd_train(args) -> int:
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     report = train_dataset(manifest, args.dataset, progress=_model_progress(args), **overrides)
     print_run(report)
-    return 0
+    return _did_it_learn(report)
+
+
+def _did_it_learn(report) -> int:
+    """Warn on stderr and return exit status 3 when the model did not learn (else 0)."""
+    from dsbuild.cycle import DID_NOT_LEARN_EXIT
+
+    warning = report.warning()
+    if warning is None:
+        return 0
+    make_console(stderr=True).print(f"Warning: {warning}", markup=False)
+    return DID_NOT_LEARN_EXIT
 
 
 def _model_progress(args):
@@ -191,6 +202,9 @@ def cmd_mislabels(args) -> int:
         make_console(stderr=True).print(f"showing mislabel run {found[0]} (labels, images and settings unchanged since; "
                                         "--rerun to score again)", markup=False)
     run_id, issues = found or find_issues(manifest, args.dataset, progress=_model_progress(args))
+    from dsbuild.cycle import run_trust, trust_line
+
+    make_console(stderr=True).print(trust_line(run_trust(manifest, run_id)), markup=False, highlight=False)
     if args.format == "html":
         from dsbuild.cycle import mislabel_report, reports_dir
 
@@ -226,7 +240,7 @@ def cmd_retrain(args) -> int:
     print_run(report)
     if comparison is not None:
         print_comparison(comparison)
-    return 0
+    return _did_it_learn(report)
 
 
 def cmd_embed(args) -> int:
@@ -370,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller model settings for a fast run")
     p.add_argument("--build-only", action="store_true", help="stop after the build and summary")
 
-    p = add("train", cmd_train, "fine-tune a fastai model on the current labels; records a run")
+    p = add("train", cmd_train, "train a model on the current labels (model.finetune: fastai); records a run; exit 3 if it did not learn")
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--epochs", type=int, help="override model.epochs")
 

@@ -51,6 +51,15 @@ def reports_dir(manifest: Manifest) -> Path:
     return manifest.catalog.parent / "reports"
 
 
+def features_dir(manifest: Manifest) -> Path:
+    """The per-blob feature cache beside the catalog (:func:`dsbuild.model.features.features`)."""
+    return manifest.catalog.parent / "features"
+
+
+#: Exit status of ``train``/``retrain`` when the model did not learn, and of a refused ``mislabels``.
+DID_NOT_LEARN_EXIT = 3
+
+
 def new_run_id(dataset: str, kind: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return f"{dataset}-{kind}-{stamp}-{secrets.token_hex(2)}"
@@ -139,11 +148,27 @@ def manifest_catalog_exists(manifest: Manifest) -> bool:
 
 @dataclass(frozen=True)
 class RunReport:
+    """A recorded train/retrain run. ``learned`` is False when the valid accuracy is not
+    significantly above always answering the commonest label (``result.learned`` has the
+    numbers): the CLI then warns and exits with :data:`DID_NOT_LEARN_EXIT`."""
+
     run_id: str
     dataset: str
     kind: str
     result: object  # dsbuild.model.train.TrainResult
     parent_run: str | None = None
+
+    @property
+    def learned(self) -> bool:
+        check = getattr(self.result, "learned", None)
+        return check is None or bool(check.learned)
+
+    def warning(self) -> str | None:
+        """The did-not-learn warning (numbers and what to try), or None when the model learned."""
+        check = getattr(self.result, "learned", None)
+        if check is None or check.learned:
+            return None
+        return f"the model did not learn: {check.message('valid')}"
 
 
 def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_run: str | None = None,
@@ -162,7 +187,7 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
                           params=_params(settings), parent_run=parent_run)
         out_dir = models_dir(manifest) / name / run_id
         try:
-            result = train(df, settings, out_dir=out_dir, progress=progress)
+            result = train(df, settings, out_dir=out_dir, progress=progress, cache_dir=features_dir(manifest))
         except BaseException as exc:
             _end_failed_run(w, run_id, exc)
             raise
@@ -173,6 +198,7 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
                 accuracy=result.accuracy, model_path=str(result.model_path), epochs=result.epochs,
                 confusion={"classes": list(result.classes), "matrix": result.confusion},
                 per_class=result.per_class_accuracy, valid_ids=valid_ids, duration_s=result.duration_s,
+                params=result.params | {"learn_check": _check_json(result.learned)},
             )
     return RunReport(run_id=run_id, dataset=name, kind=kind, result=result, parent_run=parent_run)
 
@@ -199,6 +225,10 @@ def _end_failed_run(w: "_Writer", run_id: str, exc: BaseException) -> None:
             cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
 
 
+def _check_json(check) -> dict | None:
+    return None if check is None else dataclasses.asdict(check)
+
+
 def _params(settings) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()}
 
@@ -217,7 +247,12 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     """Out-of-fold probabilities + cleanlab on every labelled image; record a ``mislabels`` run.
 
     The issue finders of :mod:`dsbuild.issues` (label, conflict) run on the images'
-    out-of-fold probabilities. Returns ``(run_id, issues)``: issues is a DataFrame with
+    out-of-fold probabilities — unless those are too weak to trust
+    (:func:`dsbuild.model.trust.learn_check`: accuracy not significantly above always
+    answering the commonest label, or Cohen's kappa < 0.2): then the run is recorded with
+    status ``refused``, no flag is written, and DsbuildError (exit 3) gives the numbers and
+    what to try. A trusted run records in its params ``trust``: out-of-fold accuracy, the
+    check, and the expected number of right flags (:func:`run_trust`). Returns ``(run_id, issues)``: issues is a DataFrame with
     the ``label_issues`` view's columns (:data:`dsbuild.rows.LABEL_ISSUE_COLUMNS`:
     given_label, suggested_label, label_quality, kind = label | conflict | outlier,
     suggested_confidence, outlier_score, ...) — flagged rows only, most likely wrong first.
@@ -225,6 +260,7 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     """
     from dsbuild.issues import IssueContext, run_finders
     from dsbuild.model.oof import out_of_fold_probs
+    from dsbuild.model.trust import learn_check
 
     ds = manifest.dataset(name)
     settings = model_settings(ds)
@@ -238,22 +274,76 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
             cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings),
                           inputs_digest=mislabel_inputs(df, settings, keep, members))
         try:
-            oof = out_of_fold_probs(df, settings, progress=progress)
-            rows = run_finders(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members,
-                                            outliers=outliers))
+            oof = out_of_fold_probs(df, settings, progress=progress, cache_dir=features_dir(manifest))
+            check = learn_check(oof.label_index(), oof.pred_probs)
+            rows = None
+            if check.learned:
+                rows = run_finders(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members,
+                                                outliers=outliers))
         except BaseException as exc:
             _end_failed_run(w, run_id, exc)
             raise
         matrix = oof_confusion(oof)
         accuracy = sum(matrix[i][i] for i in range(len(matrix))) / max(1, len(df))
+        done = dict(n_train=len(df), n_valid=0, duration_s=getattr(oof, "duration_s", None),
+                    accuracy=accuracy, error_rate=1 - accuracy, confusion={"classes": list(oof.classes), "matrix": matrix})
+        if rows is None:
+            message = (f"mislabels refused to flag labels of '{name}': {check.message('out-of-fold')} — "
+                       "flags from these probabilities would be guesses; nothing was written")
+            with w.open() as cat:
+                cat.finish_run(run_id, status="refused", error=message[:2000],
+                               params=_params(settings) | {"trust": {"learn_check": _check_json(check)}}, **done)
+            raise DsbuildError(message, exit_code=DID_NOT_LEARN_EXIT)
+        trust = _trust(oof, rows, check)
         with w.open() as cat:
             cat.insert_issue_rows(run_id, name, rows)
             # The run's confusion and accuracy: out-of-fold predictions against the given labels.
-            cat.finish_run(run_id, n_train=len(df), n_valid=0, duration_s=getattr(oof, "duration_s", None),
-                           accuracy=accuracy, error_rate=1 - accuracy,
-                           confusion={"classes": list(oof.classes), "matrix": matrix})
+            cat.finish_run(run_id, params=_params(settings) | {"trust": trust}, **done)
             issues = cat.run_issues(run_id)
     return run_id, issues
+
+
+def _trust(oof, rows, check) -> dict:
+    """How far to trust a mislabel run's flags (no ground truth): see :func:`run_trust`."""
+    import numpy as np
+
+    from dsbuild.model.trust import label_posterior, trust_estimate
+
+    labels = oof.label_index()
+    flagged_ids = set(rows.loc[(rows["kind"] == "label") & rows["is_issue"].astype(bool), "image_id"]) if len(rows) else set()
+    flags = np.array([i in flagged_ids for i in oof.image_ids], dtype=bool)
+    est = trust_estimate(labels, label_posterior(labels, np.asarray(oof.pred_probs, dtype=np.float64)), flags)
+    return {"oof_accuracy": check.accuracy, "learn_check": _check_json(check), "n_flagged": est.n_flagged,
+            "expected_right": est.expected_right, "expected_precision": est.expected_precision,
+            "expected_wrong_labels": est.expected_wrong_labels, "expected_recall": est.expected_recall}
+
+
+def run_trust(manifest: Manifest, run_id: str) -> dict | None:
+    """The trust figures of mislabel run ``run_id``: ``oof_accuracy`` (out-of-fold predictions vs
+    given labels), ``learn_check`` (:class:`dsbuild.model.trust.LearnCheck` as a dict),
+    ``n_flagged``, ``expected_right`` (expected number of flags whose label really is wrong,
+    from the label posterior of :func:`dsbuild.model.trust.label_posterior`),
+    ``expected_precision``, ``expected_wrong_labels`` (in the whole dataset), ``expected_recall``.
+    None for a run recorded before these figures existed."""
+    import json
+
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        run = cat.run_row(run_id)
+    if run is None or not run.get("params"):
+        return None
+    return json.loads(run["params"]).get("trust")
+
+
+def trust_line(trust: dict | None) -> str:
+    """One line for people: out-of-fold accuracy and how many flags are expected to be right."""
+    if not trust or "n_flagged" not in trust:
+        return "no trust figures for this run (scored before they were recorded) — run mislabels again"
+    n = trust["n_flagged"]
+    right = trust["expected_right"]
+    share = f" ({right / n:.0%})" if n else ""
+    return (f"out-of-fold accuracy {trust['oof_accuracy']:.1%} against the given labels; "
+            f"of {n} flags about {right:.0f}{share} are expected to be real label errors; "
+            f"about {trust['expected_wrong_labels']:.0f} wrong labels estimated in all")
 
 
 find_mislabels = find_issues  # the old name (``dsbuild mislabels`` keeps it on the command line)
@@ -326,6 +416,8 @@ def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Pat
             conf = json.loads(run["confusion"])
             info["confusion"], info["classes"] = conf["matrix"], conf["classes"]
             info["out-of-fold accuracy"] = f"{run['accuracy']:.2%}" if run["accuracy"] == run["accuracy"] else "?"
+        trust = json.loads(run["params"]).get("trust") if run.get("params") else None
+        info["trust"] = trust_line(trust)
     out = Path(out)
     labels = issues[issues["kind"] == "label"] if "kind" in issues else issues
     losses = top_losses_bytes(labels, n=16)
@@ -391,6 +483,12 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
                 chosen = parse_decisions(Path(decisions), images=images, labels=ds.labels)
                 source = f"review:{Path(decisions).name}"
             else:
+                last = cat.last_attempt(name, "mislabels")
+                if last is not None and last["status"] == "refused":
+                    raise DsbuildError(
+                        f"the latest mislabel run of '{name}' ({last['run_id']}) was refused: its out-of-fold model did "
+                        "not learn the labels, so it has no suggestions to accept — fix the data or the model settings "
+                        f"and run `dsbuild mislabels {name}` again")
                 if issues.empty and cat.latest_mislabel_run(name) is None:
                     raise DsbuildError(f"no mislabel run for '{name}' yet — run `dsbuild mislabels {name}` first")
                 # A run that flagged nothing leaves nothing to accept: zero events, not an error.

@@ -535,7 +535,7 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
 
 def features_root_of(cat: Catalog) -> Path:
     """Where the catalog's embedding caches live (``<catalog dir>/features``)."""
-    from dsbuild.model.features import features_root
+    from dsbuild.model.embeddings import features_root
 
     return features_root(cat.path)
 

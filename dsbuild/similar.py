@@ -34,7 +34,7 @@ def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20)
 
     from dsbuild.dedup.neardup import similar
     from dsbuild.dedup.signals import load_image, spec_of
-    from dsbuild.model.features import Embedder, FeatureCache, features_root
+    from dsbuild.model.embeddings import Embedder, FeatureCache, features_root
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise DsbuildError(f"-k must be a whole number ≥ 1, not {k!r}", exit_code=2)

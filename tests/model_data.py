@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-#: Settings small enough for 2 shared CPU cores: the offline efficientnet_lite0 at 64 px,
-#: no frozen epoch, no flips (a mirrored digit is another glyph), no discriminative lr
-#: (digits are far from ImageNet, the body must adapt), small batches (more steps on little data).
-FAST = dict(arch="efficientnet_lite0", size=64, freeze_epochs=0, lr=1e-2, lr_mult=1.0, flip=False, batch_size=16)
+#: Fine-tuning settings (``finetune = true``) small enough for 2 shared CPU cores: the offline
+#: efficientnet_lite0 at 64 px, no frozen epoch, no flips (a mirrored digit is another glyph), no
+#: discriminative lr (digits are far from ImageNet, the body must adapt), small batches.
+FAST = dict(arch="efficientnet_lite0", finetune=True, oof_method="crossfit", size=64, freeze_epochs=0, lr=1e-2,
+            lr_mult=1.0, flip=False, batch_size=16)
+#: The default recipe (a head on frozen features) with only the offline arch set, as a new user would.
+DEFAULTS = dict(arch="efficientnet_lite0")
 
 
 def render_digit(pixels: np.ndarray, path: Path) -> None:

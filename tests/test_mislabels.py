@@ -1,10 +1,11 @@
-"""Mislabel detection with real fastai training on real digits: planted wrong labels are found,
-every score is out of sample, keep-reviews hold, results are deterministic.
+"""Mislabel detection on real digits: planted wrong labels are found, every score is out of
+sample, keep-reviews hold, results are deterministic.
 
 Data: 50 real handwritten digits of each of the classes 0–4 (``load_digits``), 64×64 PNG,
-with 20 labels planted wrong (8%). Model: efficientnet_lite0 with the bundled offline
-ImageNet weights, 5 epochs, out-of-fold strategy ``crossfit`` with 2 rounds (the default:
-two fine-tuned halves + the ImageNet body, logistic heads on spatial feature grids).
+with 20 labels planted wrong (8%). Model: the defaults with only the offline arch set —
+out-of-fold strategy ``frozen``: 5 folds of logistic heads on the frozen efficientnet_lite0's
+stage grids at 224 px, 2 rounds. The fine-tuning strategies (``crossfit``, ``kfold``) are
+tested on smaller data with real fastai training.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_data import FAST, digit_table, plant_flips
+from model_data import DEFAULTS, FAST, digit_table, plant_flips
 from dsbuild.errors import DsbuildError
 from dsbuild.issues.label import find_label_issues
 from dsbuild.model.oof import OOFResult, out_of_fold_probs
@@ -31,7 +32,7 @@ def noisy(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, set[s
 @pytest.fixture(scope="module")
 def oof(noisy) -> OOFResult:
     df, _ = noisy
-    return out_of_fold_probs(df, ModelSettings(**FAST, epochs=5, augment=False, seed=0))
+    return out_of_fold_probs(df, ModelSettings(**DEFAULTS, seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +46,12 @@ def test_planted_wrong_labels_are_flagged(noisy, oof, issues) -> None:
     flagged = set(issues.loc[issues["is_issue"], "image_id"])
     hits = flagged & flipped
     recall, precision = len(hits) / len(flipped), len(hits) / len(flagged)
-    # Measured on this data (torch 2.14, fastai 2.8.12, timm 1.0.31, 2 threads): 19 of 20 found,
-    # 19 flagged (recall 0.95, precision 1.00). The margin allows 2 misses and 3 false flags.
+    # Measured on this data (torch 2.14, timm 1.0.31): see the figures printed by -s; the margin
+    # allows 2 misses and 3 false flags.
+    print(f"found {len(hits)} of {len(flipped)}, {len(flagged)} flagged; fold accuracy {oof.fold_accuracy}")
     assert recall >= 0.85, f"recall {recall:.2f}"
     assert precision >= 0.85, f"precision {precision:.2f}"
-    # The out-of-sample models agree with the given labels about as often as those are right (92%
-    # here; measured 0.91 on average over the 10 scoring units). Heads on the fine-tuned penultimate
-    # features alone managed 0.82 on this data: the spatial feature grids are what make scores sharp.
+    # The out-of-sample heads agree with the given labels about as often as those are right (92% here).
     assert np.mean(oof.fold_accuracy) >= 0.85, oof.fold_accuracy
     # The suggestion for a found flip is mostly the true digit.
     given = dict(zip(noisy[0]["image_id"], noisy[0]["label"]))
@@ -79,17 +79,15 @@ def test_no_image_is_scored_by_a_model_that_trained_on_its_label(noisy, oof) -> 
     assert oof.check_out_of_sample() == 0
     for image_id, unit in zip(oof.image_ids, oof.fold):
         assert image_id not in oof.trained_on[unit]
-    # crossfit, 5 folds: 2 halves × 5 head folds = 10 scoring units. A unit's body was fine-tuned on the
-    # other half; its heads learned from the other folds (minus the previous round's flags): most labels,
-    # never its own cell's.
-    assert sorted(set(oof.fold.tolist())) == list(range(10))
+    # frozen, 5 folds: 5 scoring units; a unit's head learned from the other folds (minus the first
+    # round's flags), never from its own fold; the backbone never learned a label.
+    assert oof.method == "frozen" and sorted(set(oof.fold.tolist())) == list(range(5))
     ids = np.array(oof.image_ids)
     for unit, used in enumerate(oof.trained_on):
         scored = set(ids[oof.fold == unit])
         assert used.isdisjoint(scored)
-        other_half = set(ids[(oof.fold // 5) != unit // 5])
-        assert other_half <= used  # the fine-tuned body's labels are recorded
-        assert 0.7 * len(df) < len(used) < len(df) - len(scored) + 1
+        assert used <= set(ids) - scored
+        assert len(used) > 0.7 * len(df)
 
 
 @pytest.mark.slow
@@ -157,12 +155,12 @@ def test_kfold_method_scores_each_fold_with_its_own_model(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_frozen_method_fits_heads_on_imagenet_features(tmp_path: Path) -> None:
     df = digit_table(tmp_path, per_class=12, classes=(0, 1, 7), valid=0.0)
-    oof = out_of_fold_probs(df, ModelSettings(**FAST, oof_method="frozen", folds=3, oof_rounds=1))
+    oof = out_of_fold_probs(df, ModelSettings(**DEFAULTS, folds=3, oof_rounds=1))
     assert oof.method == "frozen" and sorted(set(oof.fold.tolist())) == [0, 1, 2]
     assert oof.check_out_of_sample() == 0
     for unit, used in enumerate(oof.trained_on):
         assert used == {i for i, u in zip(oof.image_ids, oof.fold) if u != unit}
-    # 0, 1 and 7 on ImageNet stage grids, no fine-tuning: measured 36 of 36 right.
+    # 0, 1 and 7 on ImageNet stage grids, no fine-tuning: 36 images, all right when measured.
     assert np.mean(oof.fold_accuracy) >= 0.9
 
 

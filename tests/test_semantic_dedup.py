@@ -139,7 +139,7 @@ def test_planted_photos_are_the_outliers_of_the_digits(built):
 
 def test_signals_and_embeddings_are_stored_once_per_blob_and_reused(built):
     m, _ = built
-    from dsbuild.model.features import FeatureCache, FeatureSpec, features_root
+    from dsbuild.model.embeddings import FeatureCache, FeatureSpec, features_root
     from dsbuild.pipeline import build
 
     spec = FeatureSpec()
@@ -294,7 +294,7 @@ def test_confirmation_is_stricter_for_less_detail():
 
 
 def test_feature_cache_round_trip_is_float16_and_atomic(tmp_path):
-    from dsbuild.model.features import FeatureCache, FeatureSpec
+    from dsbuild.model.embeddings import FeatureCache, FeatureSpec
 
     spec = FeatureSpec()
     cache = FeatureCache(tmp_path, spec)

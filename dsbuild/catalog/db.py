@@ -601,13 +601,13 @@ class Catalog:
             self._insert_frame("issue_rows", issue_frame(rows, run_id=run_id, dataset=dataset), ISSUE_COLUMNS)
 
     def trainable_images(self, dataset: str):
-        """Images a model may learn from (status ok, with a split): image_id, path, label, split, origin.
+        """Images a model may learn from (status ok, with a split): image_id, path, label, split, origin, sha256.
 
         Ordered by content hash (image ids depend on where the files are): folds and batches,
         and so every model run, come out the same on any machine.
         """
         return self.df(
-            "SELECT image_id, path, label, split, origin FROM images WHERE dataset = ? AND status = 'ok' "
+            "SELECT image_id, path, label, split, origin, sha256 FROM images WHERE dataset = ? AND status = 'ok' "
             "AND split IS NOT NULL ORDER BY sha256, image_id",
             [dataset],
         )
@@ -670,6 +670,12 @@ class Catalog:
             [dataset],
         )
         return row[0] if row and row[0] is not None and row[1] == inputs_digest else None
+
+    def last_attempt(self, dataset: str, kind: str) -> dict | None:
+        """The latest ``model_runs`` row of ``kind`` for ``dataset`` whatever its status (ok, refused, failed, running), or None."""
+        df = self.df("SELECT * FROM model_runs WHERE dataset = ? AND kind = ? ORDER BY started_at DESC LIMIT 1",
+                     [dataset, kind])
+        return None if df.empty else df.iloc[0].to_dict()
 
     def latest_mislabel_run(self, dataset: str) -> str | None:
         """The latest ok mislabel run of ``dataset`` (whatever came after it), or None."""

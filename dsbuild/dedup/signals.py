@@ -5,7 +5,7 @@
 only the blobs that miss a signal — through :func:`dsbuild.verify.decode.decode`, the build's
 sniffing, allow-list and pixel limits — and returns every row's signals with the new pixel
 signals for the catalog to keep. Embeddings go to the per-blob
-:class:`dsbuild.model.features.FeatureCache` (computed once per blob and backbone), so a
+:class:`dsbuild.model.embeddings.FeatureCache` (computed once per blob and backbone), so a
 rebuild decodes nothing new. :func:`outlier_scores` is cleanlab's OutOfDistribution on them.
 """
 
@@ -42,8 +42,8 @@ class Signals:
 
 
 def spec_of(dedup: DedupSettings):
-    """The :class:`~dsbuild.model.features.FeatureSpec` of a dataset's embeddings."""
-    from dsbuild.model.features import FeatureSpec
+    """The :class:`~dsbuild.model.embeddings.FeatureSpec` of a dataset's embeddings."""
+    from dsbuild.model.embeddings import FeatureSpec
 
     return FeatureSpec(arch=dedup.embed_arch, size=dedup.embed_size)
 
@@ -94,7 +94,7 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
         if sha in need_pixels and sha not in new:
             new[sha] = pixel_signals(img)
 
-    from dsbuild.model.features import FeatureCache, embed_blobs
+    from dsbuild.model.embeddings import FeatureCache, embed_blobs
 
     cache = FeatureCache(features_dir, spec_of(dedup))
     if embed:

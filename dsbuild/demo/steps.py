@@ -92,9 +92,45 @@ def planted_scores(flagged_origins: set[str], folder: Path) -> dict[str, int]:
             "false_flags": len(flagged_origins - planted)}
 
 
+def truth_by_origin(folder: Path) -> dict[str, str]:
+    """Absolute file path → the true digit name, from ``TRUTH.csv``."""
+    return {str((folder / r["file"]).resolve()): r["true_label"] for r in read_truth(folder)}
+
+
+def accepted_relabels(manifest: Manifest, name: str, source: str, folder: Path) -> dict[str, int]:
+    """How many label events from ``source`` (the accepted suggestions) set the true digit, and how many did not."""
+    from dsbuild.catalog import Catalog
+
+    truth = truth_by_origin(folder)
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        events = cat.label_history(name)
+        images = cat.review_candidates(name)
+    origin = dict(zip(images["image_id"], images["origin"].astype(str)))
+    mine = events[(events["source"] == source) & (events["action"] == "relabel")]
+    right = sum(truth.get(str(Path(origin.get(i, "")).resolve())) == new for i, new in zip(mine["image_id"], mine["new_label"]))
+    return {"accepted": len(mine), "right": int(right), "wrong": int(len(mine) - right)}
+
+
+def truth_accuracy(manifest: Manifest, name: str, result, folder: Path) -> float:
+    """Valid accuracy of a training result against the planted truth (not the given, possibly wrong, labels)."""
+    import numpy as np
+
+    from dsbuild.catalog import Catalog
+
+    truth = truth_by_origin(folder)
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        images = cat.review_candidates(name)
+    origin = dict(zip(images["image_id"], images["origin"].astype(str)))
+    pred = np.asarray(result.valid_probs).argmax(1)
+    hits = [truth.get(str(Path(origin[i]).resolve())) == result.classes[p] for i, p in zip(result.valid_image_ids, pred)
+            if str(Path(origin[i]).resolve()) in truth]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
 def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, progress=None, quick: bool = False) -> None:
     from dsbuild.catalog import Catalog
-    from dsbuild.cycle import find_issues, mislabel_report, reports_dir, retrain_dataset, review_dataset, train_dataset
+    from dsbuild.cycle import (find_issues, mislabel_report, reports_dir, retrain_dataset, review_dataset, run_trust,
+                               train_dataset, trust_line)
     from dsbuild.render.values import counted, readable_probabilities
 
     overrides = {"epochs": 1} if quick else {}
@@ -104,12 +140,17 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
         console.print(f"note: an earlier demo run already reviewed {reviewed} labels of '{ds.name}' in {manifest.catalog} "
                       "(label events are kept, never reset): expect few flags now; "
                       "remove that catalog to watch the whole cycle again")
-    console.rule("[b]4. train[/b]: fine-tune on the current labels (CPU here; CUDA when present)")
+    console.rule("[b]4. train[/b]: a head on the frozen backbone's features (cached per image) on the current labels")
     report = train_dataset(manifest, ds.name, progress=progress, **overrides)
     print_run(report)
+    if report.warning():
+        console.print(f"[b]warning:[/b] {report.warning()}")
+    before = truth_accuracy(manifest, ds.name, report.result, folder)
+    console.print(f"valid accuracy against the planted truth (not the given labels): {before:.2%}")
 
-    console.rule("[b]5. mislabels[/b]: out-of-fold probabilities + cleanlab")
+    console.rule("[b]5. mislabels[/b]: out-of-fold probabilities + cleanlab label quality")
     run_id, issues = find_issues(manifest, ds.name, progress=progress)
+    console.print(trust_line(run_trust(manifest, run_id)))
     labels = issues[issues["kind"] == "label"]
     shown = labels.head(12)[["rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence"]]
     console.print(render_table(readable_probabilities(shown), "table", None,
@@ -125,13 +166,18 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
 
     console.rule("[b]6. review[/b]: accept confident suggestions (each is an undoable label event)")
     summary = review_dataset(manifest, ds.name, accept_suggestions=True, min_confidence=0.9)
-    console.print(f"applied {counted(summary.applied, 'relabel')} from {summary.source}")
+    checked = accepted_relabels(manifest, ds.name, summary.source, folder)
+    console.print(f"applied {counted(summary.applied, 'relabel')} from {summary.source}; "
+                  f"[b]against TRUTH.csv: {checked['right']} right, {checked['wrong']} wrong[/b]")
 
     console.rule("[b]7. retrain[/b]: same settings, reviewed labels, compared on the same valid images")
     report2, comparison = retrain_dataset(manifest, ds.name, progress=progress)
     print_run(report2)
     if comparison is not None:
         print_comparison(comparison)
+    after = truth_accuracy(manifest, ds.name, report2.result, folder)
+    console.print(f"[b]valid accuracy against the planted truth: {before:.2%} before the cycle → {after:.2%} after "
+                  f"({after - before:+.2%})[/b] (the table above compares with the current labels, which the review changed)")
     console.print("next: `dsbuild query \"select * from runs\"`, `dsbuild query \"select * from label_history\"`")
     console.print(f"try next: [b]dsbuild ui {ds.name}[/b] — review the flagged images by keyboard in your browser "
                   "(every decision is a label event at once)")

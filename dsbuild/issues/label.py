@@ -1,9 +1,10 @@
-"""The ``label`` issue finder: cleanlab's confident learning on out-of-sample probabilities.
+"""The ``label`` issue finder: cleanlab's label quality on out-of-sample probabilities.
 
 :func:`find_label_issues` takes the :class:`~dsbuild.model.oof.OOFResult` of
 :func:`dsbuild.model.oof.out_of_fold_probs` and ranks the images whose given
-label the probabilities contradict (``cleanlab.filter.find_label_issues``,
-``cleanlab.rank.get_label_quality_scores``), suggests the best out-of-sample
+label the probabilities contradict (``cleanlab.rank.get_label_quality_scores``; flags by
+:func:`dsbuild.model.trust.flag_label_issues` or a ``cleanlab.filter.find_label_issues``
+method), suggests the best out-of-sample
 class, adds cleanlab's out-of-distribution score, and honours earlier ``keep``
 reviews. cleanlab is imported inside the function.
 """
@@ -17,7 +18,7 @@ from dsbuild.model.oof import OOFResult
 
 
 def find_label_issues(df: Any, oof: OOFResult, *, reviewed_keep: dict[str, float] | None = None,
-                      keep_margin: float = 0.2, filter_by: str = "both") -> Any:
+                      keep_margin: float = 0.2, filter_by: str = "dsbuild") -> Any:
     """Rank likely label errors from out-of-sample probabilities.
 
     ``df``: the images (needs ``image_id``; its ``label`` column, when present, must match
@@ -25,7 +26,10 @@ def find_label_issues(df: Any, oof: OOFResult, *, reviewed_keep: dict[str, float
     are stale). ``reviewed_keep``: image_id → label_quality when a person reviewed the
     image and kept its label; such an image is flagged again only when its new
     label_quality is below the old one minus ``keep_margin`` (default 0.2).
-    ``filter_by``: cleanlab's ``find_label_issues`` method (``both``: measured best on the digits benchmark).
+    ``filter_by``: ``"dsbuild"`` (default) — :func:`dsbuild.model.trust.flag_label_issues`:
+    the out-of-fold prediction is another class and the label's out-of-fold probability is
+    below 0.3 (chosen by bench/real_noise.py and bench/mislabels.py); or any method of
+    cleanlab's ``find_label_issues`` (``prune_by_noise_rate``, ``both``, ...).
 
     Returns one row per image of ``oof`` (issues first, by rank) with columns:
     ``image_id``; ``kind`` (``"label"``); ``given_label``; ``suggested_label`` (best
@@ -51,7 +55,12 @@ def find_label_issues(df: Any, oof: OOFResult, *, reviewed_keep: dict[str, float
     labels = oof.label_index()
     probs = np.asarray(oof.pred_probs, dtype=np.float64)
     probs = probs / probs.sum(1, keepdims=True)
-    flagged = cl_find(labels=labels, pred_probs=probs, filter_by=filter_by)
+    if filter_by == "dsbuild":
+        from dsbuild.model.trust import flag_label_issues
+
+        flagged = flag_label_issues(labels, probs)
+    else:
+        flagged = np.asarray(cl_find(labels=labels, pred_probs=probs, filter_by=filter_by))
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
     ood = 1.0 - OutOfDistribution().fit_score(pred_probs=probs, labels=labels, verbose=False)
     best = probs.argmax(1)

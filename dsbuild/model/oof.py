@@ -9,7 +9,14 @@ which labels each scoring model used, so the guarantee can be checked
 
 Strategies (``ModelSettings.oof_method``):
 
-``crossfit`` (default)
+``frozen`` (default)
+    K stratified folds of logistic heads on the frozen ImageNet backbone's features
+    (:func:`dsbuild.model.features.features`, cached per image and shared with ``train``):
+    the backbone never saw a label, so only the heads are fitted out of fold. Cost: one
+    forward pass per image (none when ``train`` already cached it) plus seconds of fitting.
+    Measured (issue 16): digits with 10–20 % planted noise AUROC 0.9999; CIFAR-10N ``worse``
+    AUROC 0.91 with efficientnet_lite0 (see bench/real_noise.py for the current figures).
+``crossfit``
     Split the images into G stratified groups (``oof_groups``, default 2: halves A and B),
     and each group into K stratified folds. Fine-tune the fastai model on the other groups'
     labels (A); its body now knows the domain but has never seen a label of B. Score B
@@ -25,9 +32,6 @@ Strategies (``ModelSettings.oof_method``):
 ``kfold``
     Fine-tune one fastai model per stratified fold on the other K−1 folds; score the fold
     with its softmax. The textbook recipe; cost ≈ K−1 fine-tunings.
-``frozen``
-    Heads per fold on the ImageNet body's stage grids (no fine-tuning). Cheap.
-
 Why mid-level maps and several views: a short fine-tune on a few hundred images per
 class moves the last layers only a little, and a global pool throws away *where* a
 pattern is (a stroke at the top or at the bottom makes a 7 or an L). Measured on the
@@ -61,7 +65,7 @@ from typing import Any
 
 from dsbuild.errors import DsbuildError
 from dsbuild.model.settings import ModelSettings
-from dsbuild.model.train import ImageLoader
+from dsbuild.model.train import ImageLoader, with_size
 from dsbuild.progress import silent
 
 
@@ -111,7 +115,8 @@ class OOFResult:
 # --------------------------------------------------------------------------- out-of-fold probabilities
 
 
-def out_of_fold_probs(df: Any, settings: ModelSettings, *, progress: Any = None) -> OOFResult:
+def out_of_fold_probs(df: Any, settings: ModelSettings, *, progress: Any = None,
+                      cache_dir: Any = None) -> OOFResult:
     """Out-of-sample probabilities for every row of ``df`` (all splits: a wrong label hurts anywhere).
 
     ``df``: columns ``image_id``, ``path``, ``label`` (``split`` is ignored). Each class
@@ -144,8 +149,13 @@ def out_of_fold_probs(df: Any, settings: ModelSettings, *, progress: Any = None)
     if too_few:
         raise DsbuildError(too_few)
     y = np.array([classes.index(v) for v in frame["label"]], dtype=np.int64)
-    loader = ImageLoader(settings.size, cache=True)
+    settings = with_size(settings)
     prog = silent(progress)
+    if settings.oof_method == "frozen":
+        shas = df["sha256"].astype(str).tolist() if "sha256" in df.columns and df["sha256"].notna().all() else None
+        probs, unit, trained_on = _frozen_heads(frame, y, classes, settings, prog, cache_dir, shas)
+        return _result(frame, y, classes, probs, unit, trained_on, settings, t0)
+    loader = ImageLoader(settings.size, cache=True)
     if settings.oof_method == "kfold":
         exclude = np.zeros(len(frame), dtype=bool)
         for r in range(settings.oof_rounds):
@@ -154,9 +164,15 @@ def out_of_fold_probs(df: Any, settings: ModelSettings, *, progress: Any = None)
             if r + 1 < settings.oof_rounds:
                 exclude = _flags(y, probs)
     else:
-        views, unit = (_crossfit_views if settings.oof_method == "crossfit" else _frozen_views)(
-            frame, y, classes, settings, loader, prog)
+        views, unit = _crossfit_views(frame, y, classes, settings, loader, prog)
         probs, trained_on = _score_views(views, unit, y, len(classes), frame["image_id"].to_numpy(), settings)
+    return _result(frame, y, classes, probs, unit, trained_on, settings, t0)
+
+
+def _result(frame: Any, y: Any, classes: tuple[str, ...], probs: Any, unit: Any, trained_on: list[set[str]],
+            settings: ModelSettings, t0: float) -> OOFResult:
+    import numpy as np
+
     ids = frame["image_id"].tolist()
     acc = tuple(float((probs[unit == u].argmax(1) == y[unit == u]).mean()) for u in range(len(trained_on)))
     return OOFResult(
@@ -327,15 +343,51 @@ def _frozen_view(frame: Any, classes: tuple[str, ...], settings: ModelSettings, 
     return _View(rows=np.arange(len(frame)), features=x, folds=folds, base=frozenset())
 
 
-def _frozen_views(frame: Any, y: Any, classes: tuple[str, ...], settings: ModelSettings, loader: ImageLoader,
-                  progress: Any) -> tuple[list[_View], Any]:
+def _frozen_heads(frame: Any, y: Any, classes: tuple[str, ...], settings: ModelSettings, progress: Any,
+                  cache_dir: Any, shas: list[str] | None) -> tuple[Any, Any, list[set[str]]]:
+    """``frozen``: K-fold logistic heads on the frozen backbone's cached features, ``oof_rounds`` rounds.
+
+    The backbone never saw a label, so only the heads must be fitted out of fold: head k
+    is fitted on every fold but k and scores fold k. The L2 setting ``C`` is chosen once by
+    3-fold inner cross-validation (log-loss) over all the given labels (one scalar for every
+    head). Round r+1 refits every head without the images round r flagged
+    (:func:`dsbuild.model.trust.flag_label_issues`). Returns (probabilities, fold per image,
+    per fold the image_ids its final head was fitted on).
+    """
     import numpy as np
 
-    folds = _folds(y, settings.folds, settings.seed)
-    unit = np.full(len(frame), -1)
+    from dsbuild.model.features import features, view_matrix
+    from dsbuild.model.head import choose_c, fit_head, stratified_folds
+    from dsbuild.model.train import feature_spec
+    from dsbuild.model.trust import flag_label_issues
+
+    if not settings.pretrained:
+        raise DsbuildError("model.pretrained = false needs oof_method = kfold or crossfit — frozen random features learn nothing")
+    feats = features(frame["path"].tolist(), feature_spec(settings), cache_dir, shas=shas, progress=progress)
+    X = view_matrix(feats, settings.view)
+    n, k = len(frame), len(classes)
+    folds = stratified_folds(y, settings.folds, settings.seed)
+    unit = np.full(n, -1)
     for f, test in enumerate(folds):
         unit[test] = f
-    return [_frozen_view(frame, classes, settings, loader, progress, folds)], unit
+    ids = frame["image_id"].to_numpy()
+    exclude = np.zeros(n, dtype=bool)
+    probs = np.zeros((n, k))
+    trained_on: list[set[str]] = []
+    with progress.stage("mislabels: out-of-fold heads", settings.oof_rounds * len(folds) + 1) as stage:
+        C, _ = choose_c(X, y, k, seed=settings.seed)
+        stage.advance(1)
+        for r in range(settings.oof_rounds):
+            trained_on = []
+            for test in folds:
+                train = np.setdiff1d(np.arange(n), test)
+                train = train[~exclude[train]]
+                probs[test] = fit_head(X[train], y[train], k, C, seed=settings.seed).predict_proba(X[test])
+                trained_on.append(set(ids[train]))
+                stage.advance(1)
+            if r + 1 < settings.oof_rounds:
+                exclude = flag_label_issues(y, probs)
+    return probs, unit, trained_on
 
 
 def _crossfit_views(frame: Any, y: Any, classes: tuple[str, ...], settings: ModelSettings, loader: ImageLoader,

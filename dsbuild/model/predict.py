@@ -28,7 +28,20 @@ def load_model(model_dir: Path, *, device: str = "auto") -> tuple[Any, dict[str,
         raise DsbuildError(f"{config_path} is not a {MODEL_FORMAT} model — train the model again")
     backbone = config["backbone"]
     arch = ("timm/" + backbone["name"]) if backbone["library"] == "timm" else backbone["name"]
-    model, _, _ = build_model(arch, len(config["classes"]), pretrained=False)
+    try:
+        if config.get("kind") == "head":
+            from dsbuild.model.features import frozen_body
+            from dsbuild.model.head import head_classifier
+
+            body, _ = frozen_body(arch, int(config["size"]), pretrained=False)
+            if body.stages != dict(backbone.get("stages", {})):
+                raise DsbuildError(f"{config_path} names stages {backbone.get('stages')} that {arch} does not have "
+                                   "— train the model again")
+            model = head_classifier(body, config["views"], None, len(config["classes"]), int(config["n_features"]))
+        else:
+            model, _, _ = build_model(arch, len(config["classes"]), pretrained=False)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DsbuildError(f"{config_path} is incomplete ({type(exc).__name__}: {exc}) — train the model again") from None
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)
@@ -63,14 +76,15 @@ def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device:
     Returns a DataFrame with one row per image, in order: ``path``, ``label`` (best
     class), ``probability`` (its softmax probability), ``error`` (missing, or why the image
     could not be read — then label and probabilities are missing), and ``prob_<class>`` per class.
-    Preprocessing is the training pipeline's validation path (same loader, item transform
-    in valid mode, ImageNet normalisation), so predictions equal the in-memory learner's.
+    Preprocessing is the training pipeline's: for a ``head`` model the feature extractor's
+    (:func:`_predict_head`); for a ``finetune`` model the validation path (same loader,
+    item transform in valid mode, the normalisation recorded in model.json). Predictions
+    equal the in-memory model's.
     Every file is opened as verification opens it (:func:`dsbuild.formats.open_image` under
     ``verify``, a VerifySettings; default limits when None): a file outside the allow-list
     gets an error row such as ``unsupported format: EPS is not in the allowed formats (…)``.
     """
     import numpy as np
-    import pandas as pd
     import torch
     from fastai.data.core import TfmdDL, TfmdLists
     from fastai.vision.all import IntToFloatTensor, Normalize, PILImage, ToTensor
@@ -80,8 +94,12 @@ def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device:
     dev = next(model.parameters()).device
     from dsbuild.formats import Refused
 
-    loader = ImageLoader(int(config["size"]), cache=True, cache_bytes=256 << 20, verify=verify)
     paths = expand_paths(paths)
+    if config.get("kind") == "head":
+        probs, errors = _predict_head(model, int(config["size"]), paths, batch_size=batch_size, device=dev,
+                                      verify=verify)
+        return _frame(paths, classes, probs, errors)
+    loader = ImageLoader(int(config["size"]), cache=True, cache_bytes=256 << 20, verify=verify)
     readable, errors = [], {}
     for i, p in enumerate(paths):
         try:
@@ -104,6 +122,54 @@ def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device:
                 xb = batch[0] if isinstance(batch, (tuple, list)) else batch
                 out.append(torch.softmax(model(xb.to(dev)).float(), dim=1).cpu())
         probs[readable] = torch.cat(out).numpy()
+    return _frame(paths, classes, probs, errors)
+
+
+def _predict_head(model: Any, size: int, paths: list[Path], *, batch_size: int, device: Any,
+                  verify: Any = None) -> tuple[Any, dict[int, str]]:
+    """Probabilities of a ``kind: head`` model: the feature extractor's preprocessing
+    (:func:`dsbuild.model.features.to_input`: short side to ``size``, centre crop), then the network."""
+    import numpy as np
+    import torch
+
+    from dsbuild.formats import Refused
+    from dsbuild.model.features import to_input
+    from dsbuild.verify.decode import load_rgb
+
+    errors: dict[int, str] = {}
+    out: dict[int, Any] = {}
+    batch: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        x = torch.from_numpy(np.stack([a for _, a in batch])).permute(0, 3, 1, 2).float().to(device)
+        with torch.inference_mode():
+            p = torch.softmax(model(x).float(), dim=1).cpu().numpy()
+        for (i, _), row in zip(batch, p):
+            out[i] = row
+        batch.clear()
+
+    for i, p in enumerate(paths):
+        try:
+            batch.append((i, to_input(load_rgb(p, verify=verify), size)))
+        except Refused as exc:  # sniffed and refused before any decoder ran
+            errors[i] = str(exc)[:300]
+        except Exception as exc:  # noqa: BLE001 - one bad image is a row with a reason, not a failure
+            errors[i] = f"unreadable image: {type(exc).__name__}: {exc}"[:300]
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    n_classes = int(model.linear.out_features)
+    probs = np.full((len(paths), n_classes), np.nan, dtype=np.float32)
+    for i, row in out.items():
+        probs[i] = row
+    return probs, errors
+
+
+def _frame(paths: list[Path], classes: list[str], probs: Any, errors: dict[int, str]) -> Any:
+    import numpy as np
+    import pandas as pd
+
     best = np.nan_to_num(probs, nan=-1.0).argmax(1)
     frame = pd.DataFrame({
         "path": [str(p) for p in paths],

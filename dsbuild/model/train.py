@@ -1,21 +1,26 @@
-"""Fine-tune a fastai image classifier from a table of images and save it safely.
+"""Train an image classifier from a table of images and save it safely.
 
 The input is a pandas DataFrame with one row per image and the columns ``image_id``,
 ``path`` (a readable file), ``label`` and ``split`` (``train``/``valid``/``test``); the
 catalog layer (:mod:`dsbuild.cycle`) builds it and records the returned
-:class:`TrainResult` as a run. The model is the fastai book's chapter-2 recipe:
-``RandomResizedCrop(size, min_scale=0.5)`` + ``aug_transforms()``, a pretrained body with
-fastai's head, ``fine_tune`` (one frozen epoch, then the whole network).
+:class:`TrainResult` as a run. Two recipes (``ModelSettings.finetune``):
+
+* default — :func:`train_head`: a logistic-regression head on the frozen ImageNet
+  backbone's features, cached per image (:mod:`dsbuild.model.head`, :mod:`dsbuild.model.features`);
+* ``finetune = true`` — :func:`finetune`, the fastai book's chapter-2 recipe:
+  ``RandomResizedCrop(size, min_scale=0.5)`` + ``aug_transforms()``, a pretrained body with
+  fastai's head, ``fine_tune`` (one frozen epoch, then the whole network), normalised with
+  the backbone's own mean/std.
 
 Saved model (``out_dir``):
 
 * ``model.pth`` — the network's ``state_dict`` (tensors only);
-* ``model.json`` — arch, classes, image size, normalisation, settings: enough to rebuild
-  the network without pretrained weights and load ``model.pth`` with
-  ``torch.load(weights_only=True)``. :func:`dsbuild.model.predict.predict` reads only these two files, so a
-  model folder from elsewhere cannot run code on load;
-* ``export.pkl`` — fastai's ``learn.export()`` for users who want ``load_learner``
-  (a pickle: only load your own).
+* ``model.json`` — kind (``head``/``finetune``), arch, classes, image size, normalisation,
+  settings: enough to rebuild the network without pretrained weights and load ``model.pth``
+  with ``torch.load(weights_only=True)``. :func:`dsbuild.model.predict.predict` reads only
+  these two files, so a model folder from elsewhere cannot run code on load;
+* ``export.pkl`` (``finetune`` only) — fastai's ``learn.export()`` for users who want
+  ``load_learner`` (a pickle: only load your own).
 
 torch / fastai / timm are imported inside functions: ``import dsbuild.model.train`` is cheap.
 """
@@ -54,7 +59,10 @@ class TrainResult:
     model_path: ``out_dir/model.pth``; ``model.json`` and ``export.pkl`` lie beside it.
     params: settings actually used (``lr`` filled in when lr_find chose it, plus ``device``).
     valid_image_ids / valid_probs: the valid images in order and their softmax
-        probabilities from the in-memory learner (``n_valid × len(classes)`` numpy array).
+        probabilities from the in-memory model (``n_valid × len(classes)`` numpy array).
+    learned: :class:`dsbuild.model.trust.LearnCheck` of the valid predictions — did the model
+        learn the labels (valid accuracy significantly above always answering the commonest
+        label)? ``None`` when there is no valid image.
     """
 
     classes: tuple[str, ...]
@@ -70,6 +78,7 @@ class TrainResult:
     params: dict[str, Any]
     valid_image_ids: tuple[str, ...] = ()
     valid_probs: Any = field(default=None, repr=False, compare=False)
+    learned: Any = field(default=None, compare=False)
 
 
 # --------------------------------------------------------------------------- images
@@ -168,12 +177,19 @@ def check_frame(df: Any, *, need_valid: bool = True) -> None:
 
 
 def dataloaders(train_df: Any, valid_df: Any, classes: tuple[str, ...], settings: ModelSettings, *,
-                loader: ImageLoader | None = None, device: Any = None, shuffle: bool = True) -> Any:
-    """fastai DataLoaders: ``train_df`` rows train, ``valid_df`` rows validate (labels from ``label``)."""
+                loader: ImageLoader | None = None, device: Any = None, shuffle: bool = True,
+                normalize: tuple[Any, Any] | None = None) -> Any:
+    """fastai DataLoaders: ``train_df`` rows train, ``valid_df`` rows validate (labels from ``label``).
+
+    ``normalize``: ``(mean, std)`` the backbone's weights expect (:meth:`Backbone.normalize`);
+    ``None`` → ImageNet mean/std.
+    """
     import pandas as pd
     from fastai.vision.all import CategoryBlock, ColReader, ColSplitter, DataBlock, ImageBlock
 
     from dsbuild.model.weights import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = normalize or (IMAGENET_MEAN, IMAGENET_STD)
 
     frame = pd.concat([train_df.assign(_is_valid=False), valid_df.assign(_is_valid=True)], ignore_index=True)
     frame["path"] = frame["path"].astype(str)
@@ -185,7 +201,7 @@ def dataloaders(train_df: Any, valid_df: Any, classes: tuple[str, ...], settings
         get_y=ColReader("label"),
         splitter=ColSplitter("_is_valid"),
         item_tfms=item_tfms(settings.size, settings.augment),
-        batch_tfms=batch_tfms(settings.augment, settings.flip, IMAGENET_MEAN, IMAGENET_STD),
+        batch_tfms=batch_tfms(settings.augment, settings.flip, tuple(mean), tuple(std)),
     )
     return block.dataloaders(frame, bs=settings.batch_size, num_workers=settings.num_workers,
                              device=device, shuffle=shuffle)
@@ -223,7 +239,9 @@ def build_model(arch: str, n_out: int, *, pretrained: bool, weights: Path | None
         pool = True
         splitter = meta.get("split", default_split)
     model = add_head(body, nf, n_out, pool=pool)
-    return model, splitter, {"library": backbone.library, "name": backbone.name, "pool": pool, "nf": nf}
+    mean, std = backbone.normalize(full)
+    return model, splitter, {"library": backbone.library, "name": backbone.name, "pool": pool, "nf": nf,
+                             "normalize": {"mean": list(mean), "std": list(std)}}
 
 
 def _epoch_logger(rows: list[dict[str, Any]], progress_stage: Any) -> Any:
@@ -274,9 +292,12 @@ def make_learner(train_df: Any, valid_df: Any, classes: tuple[str, ...], setting
 
     device = resolve_device(settings.device)
     set_seed(settings.seed, reproducible=True)
-    dls = dataloaders(train_df, valid_df, classes, settings, loader=loader, device=device)
     model, splitter, info = model_state or build_model(settings.arch, len(classes), pretrained=settings.pretrained,
                                                        weights=settings.weights)
+    set_seed(settings.seed, reproducible=True)
+    norm = info.get("normalize")
+    dls = dataloaders(train_df, valid_df, classes, settings, loader=loader, device=device,
+                      normalize=(norm["mean"], norm["std"]) if norm else None)
     # Channels-last convolutions are ~2x faster on CPU (measured: efficientnet_lite0 at 64 px).
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=splitter, metrics=[error_rate, accuracy],
                     cbs=[ChannelsLast()])
@@ -372,7 +393,133 @@ def fit(learn: Any, settings: ModelSettings, *, epochs: int | None = None, progr
 # --------------------------------------------------------------------------- train
 
 
-def train(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any = None) -> TrainResult:
+def with_size(settings: ModelSettings) -> ModelSettings:
+    """``settings`` with ``size`` filled in: unset → the backbone's own ImageNet resolution
+    (:func:`dsbuild.model.features.native_size`)."""
+    import dataclasses
+
+    if settings.size is not None:
+        return settings
+    from dsbuild.model.features import native_size
+
+    return dataclasses.replace(settings, size=native_size(settings.arch))
+
+
+def train(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any = None,
+          cache_dir: Path | None = None) -> TrainResult:
+    """Train on ``df``'s train rows, validate on its valid rows, save to ``out_dir``.
+
+    ``settings.finetune`` false (default): a logistic head on cached frozen features
+    (:func:`train_head`); true: fastai fine-tuning (:func:`finetune`). ``cache_dir``: the
+    feature cache root (``None``: no cache). ``df`` may carry ``sha256`` (the blob key).
+    The result's ``learned`` says whether the model learned anything (the caller warns).
+    """
+    settings = with_size(settings)
+    if settings.finetune:
+        return finetune(df, settings, out_dir=out_dir, progress=progress)
+    return train_head(df, settings, out_dir=out_dir, progress=progress, cache_dir=cache_dir)
+
+
+def _valid_figures(classes: tuple[str, ...], valid_df: Any, probs: Any) -> tuple[Any, list[list[int]], dict[str, Any], float, Any]:
+    """``(y, confusion, per-class recall, accuracy, LearnCheck | None)`` of valid probabilities."""
+    import numpy as np
+
+    from dsbuild.model.trust import learn_check
+
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[str(v)] for v in valid_df["label"]], dtype=np.int64)
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(confusion, (y, pred), 1)
+    per_class = {c: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None) for i, c in enumerate(classes)}
+    accuracy = float((pred == y).mean()) if len(y) else math.nan
+    check = learn_check(y, np.asarray(probs, dtype=np.float64)) if len(y) else None
+    return y, confusion.tolist(), per_class, accuracy, check
+
+
+def feature_spec(settings: ModelSettings) -> Any:
+    """The :class:`~dsbuild.model.features.FeatureSpec` of ``settings`` (size must be resolved: :func:`with_size`)."""
+    from dsbuild.model.features import FeatureSpec
+
+    return FeatureSpec(arch=settings.arch, size=int(settings.size),
+                       weights=str(settings.weights) if settings.weights is not None and settings.pretrained else None)
+
+
+def train_head(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any = None,
+               cache_dir: Path | None = None) -> TrainResult:
+    """A logistic-regression head on the frozen backbone's cached features; saved as one network.
+
+    Features: :func:`dsbuild.model.features.features` (``settings.view``); the head's L2
+    setting by 3-fold inner cross-validation on the train rows (:func:`dsbuild.model.head.choose_c`).
+    Saved: ``model.pth`` (state dict of backbone + one ``nn.Linear``, the standardisation
+    folded in) and ``model.json`` (``kind: head``). ``epochs`` holds one row (phase ``head``)
+    with the train/valid log-loss. Needs ``settings.pretrained`` (random features teach nothing).
+    """
+    import numpy as np
+    import torch
+
+    from dsbuild.model.features import VIEW_SETS, features, frozen_body, view_matrix
+    from dsbuild.model.head import choose_c, fit_head, head_classifier
+
+    t0 = time.perf_counter()
+    check_frame(df)
+    if not settings.pretrained:
+        raise DsbuildError("model.pretrained = false needs model.finetune = true — a head on random features learns nothing")
+    used = df[df["split"].isin(["train", "valid"])].reset_index(drop=True)
+    train_df = used[used["split"] == "train"].reset_index(drop=True)
+    valid_df = used[used["split"] == "valid"].reset_index(drop=True)
+    classes = tuple(sorted(set(train_df["label"].astype(str)) | set(valid_df["label"].astype(str))))
+    index = {c: i for i, c in enumerate(classes)}
+    spec = feature_spec(settings)
+    shas = used["sha256"].astype(str).tolist() if "sha256" in used.columns and used["sha256"].notna().all() else None
+    with silent(progress).stage("train: head", 1) as stage:
+        feats = features(used["path"].astype(str).tolist(), spec, cache_dir, shas=shas, progress=progress)
+        X = view_matrix(feats, settings.view)
+        is_train = (used["split"] == "train").to_numpy()
+        y_train = np.array([index[str(v)] for v in train_df["label"]], dtype=np.int64)
+        C, losses = choose_c(X[is_train], y_train, len(classes), seed=settings.seed)
+        head = fit_head(X[is_train], y_train, len(classes), C, seed=settings.seed)
+        probs = head.predict_proba(X[~is_train]).astype(np.float32)
+        stage.advance(1)
+    y, confusion, per_class, accuracy, check = _valid_figures(classes, valid_df, probs)
+    p_train = head.predict_proba(X[is_train])
+    train_loss = float(-np.log(np.clip(p_train[np.arange(len(y_train)), y_train], 1e-12, 1)).mean())
+    valid_loss = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1)).mean()) if len(y) else None
+    rows = [{"epoch": 1, "phase": "head", "train_loss": train_loss, "valid_loss": valid_loss,
+             "error_rate": 1.0 - accuracy, "accuracy": accuracy, "seconds": round(time.perf_counter() - t0, 3)}]
+
+    body, info = frozen_body(settings.arch, int(settings.size), weights=spec.weights)
+    views = [v for v in VIEW_SETS[settings.view] if v in feats]
+    model = head_classifier(body, views, head, len(classes), X.shape[1])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / "model.pth"
+    model.to(memory_format=torch.contiguous_format)
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, model_path)
+    params = settings.to_json() | {"C": C, "device": "cpu", "features": spec.key(), "n_features": int(X.shape[1]),
+                                   "inner_cv_log_loss": {str(k): round(v, 5) for k, v in losses.items()}}
+    config = {
+        "format": MODEL_FORMAT,
+        "kind": "head",
+        "arch": settings.arch,
+        "backbone": info,
+        "views": views,
+        "n_features": int(X.shape[1]),
+        "classes": list(classes),
+        "size": int(settings.size),
+        "normalize": info["normalize"],
+        "settings": params,
+    }
+    (out_dir / "model.json").write_text(json.dumps(config, indent=2) + "\n")
+    return TrainResult(
+        classes=classes, epochs=rows, error_rate=1.0 - accuracy, accuracy=accuracy,
+        confusion=confusion, per_class_accuracy=per_class, n_train=len(train_df), n_valid=len(valid_df),
+        duration_s=round(time.perf_counter() - t0, 3), model_path=model_path, params=params,
+        valid_image_ids=tuple(str(v) for v in valid_df["image_id"]), valid_probs=probs, learned=check,
+    )
+
+
+def finetune(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any = None) -> TrainResult:
     """Fine-tune on ``df``'s train rows, validate on its valid rows, save to ``out_dir``.
 
     ``df``: columns ``image_id``, ``path``, ``label``, ``split`` (test rows are ignored).
@@ -397,13 +544,7 @@ def train(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any = No
     except OSError as exc:
         raise DsbuildError(f"cannot read an image while training ({exc}) — run `dsbuild build` again to re-verify the images") from None
     probs = get_probs(learn, valid_df)
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[str(v)] for v in valid_df["label"]], dtype=np.int64)
-    pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
-    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    np.add.at(confusion, (y, pred), 1)
-    per_class = {c: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None) for i, c in enumerate(classes)}
-    accuracy = float((pred == y).mean()) if len(y) else math.nan
+    y, confusion, per_class, accuracy, check = _valid_figures(classes, valid_df, probs)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -411,16 +552,16 @@ def train(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any = No
     learn.model.to(memory_format=torch.contiguous_format)
     torch.save({k: v.contiguous() for k, v in learn.model.state_dict().items()}, model_path)
     params = settings.to_json() | {"lr": lr, "device": str(learn.dls.device)}
-    from dsbuild.model.weights import IMAGENET_MEAN, IMAGENET_STD
 
     config = {
         "format": MODEL_FORMAT,
+        "kind": "finetune",
         "arch": settings.arch,
         "backbone": info,
         "classes": list(classes),
         "size": settings.size,
         "augment": settings.augment,
-        "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "normalize": info["normalize"],
         "settings": params,
     }
     (out_dir / "model.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -432,7 +573,7 @@ def train(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any = No
     learn.export(out_dir / "export.pkl")
     return TrainResult(
         classes=classes, epochs=rows, error_rate=1.0 - accuracy, accuracy=accuracy,
-        confusion=confusion.tolist(), per_class_accuracy=per_class, n_train=len(train_df), n_valid=len(valid_df),
+        confusion=confusion, per_class_accuracy=per_class, n_train=len(train_df), n_valid=len(valid_df),
         duration_s=round(time.perf_counter() - t0, 3), model_path=model_path, params=params,
-        valid_image_ids=tuple(str(v) for v in valid_df["image_id"]), valid_probs=probs,
+        valid_image_ids=tuple(str(v) for v in valid_df["image_id"]), valid_probs=probs, learned=check,
     )

