@@ -89,6 +89,10 @@ def write_manifest(folder: Path, body: str) -> Path:
     return path
 
 
+#: Near duplicates by the perceptual hash alone (dsbuild before issue 17): many digits are linked.
+PHASH_ONLY = "[datasets.digits.dedup]\nviews = false\nsemantic = false"
+
+
 def digits_manifest(folder: Path, images: Path, name: str = "digits", *, classes: int = 10, extra: str = "") -> Path:
     lines = ['catalog = "cat/dsbuild.duckdb"', f"[datasets.{name}]", extra,
              f"[datasets.{name}.split]", "train = 0.8", "valid = 0.2", f"[datasets.{name}.classes]"]
@@ -307,13 +311,14 @@ def test_splits_are_deterministic(digits, tmp_path: Path) -> None:
 def test_splits_do_not_depend_on_where_the_files_are(tmp_path: Path) -> None:
     """The same pictures copied to another folder (another machine) get the same splits and representatives.
 
-    Near-duplicate search is on: digits form many groups, whose keys must come from content, not from paths.
+    Near-duplicate search is on, with the perceptual hash alone (embedding confirmation off), so that
+    digits form many groups, whose keys must come from content, not from paths.
     """
     write_digits(tmp_path / "a" / "images", 60, classes=5)
     shutil.copytree(tmp_path / "a" / "images", tmp_path / "b" / "elsewhere")
     frames = []
     for folder in (tmp_path / "a" / "images", tmp_path / "b" / "elsewhere"):
-        manifest = digits_manifest(folder.parent, folder, classes=5)
+        manifest = digits_manifest(folder.parent, folder, classes=5, extra=PHASH_ONLY)
         build(load_manifest(manifest), ["digits"], workers=1)
         df = images_of(manifest, "digits")
         df.index = [str(Path(o).relative_to(folder)) for o in df["origin"]]
@@ -344,10 +349,11 @@ def test_adding_images_never_moves_an_existing_image(tmp_path: Path) -> None:
 
     A new image that is a near duplicate of two old groups sitting in different splits would force
     one of them to move if the groups merged: such links are held apart (and reported) instead.
+    The perceptual hash alone (embedding confirmation off) links many digits, which exercises the rule.
     """
     images = tmp_path / "images"
     write_digits(images, 80, classes=5)
-    manifest = digits_manifest(tmp_path / "m", images, classes=5)
+    manifest = digits_manifest(tmp_path / "m", images, classes=5, extra=PHASH_ONLY)
     build(load_manifest(manifest), ["digits"], workers=1)
     old = images_of(manifest, "digits")
 
