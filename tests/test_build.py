@@ -516,7 +516,7 @@ def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Pat
     images = tmp_path / "images"
     total = write_digits(images, 70)
     assert total == 700
-    manifest = digits_manifest(tmp_path / "crash", images)
+    manifest = digits_manifest(tmp_path / "crash", images, extra=PHASH_ONLY)
     store, catalog = load_manifest(manifest).store, load_manifest(manifest).catalog
 
     proc = _subprocess_build(manifest)
@@ -571,7 +571,7 @@ def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Pat
     resumed = json.loads(builds["summary"].iloc[-1])["datasets"][0]
     assert resumed["new"] == total - len(crashed) and resumed["skipped"] == len(crashed)
 
-    clean = digits_manifest(tmp_path / "clean", images)
+    clean = digits_manifest(tmp_path / "clean", images, extra=PHASH_ONLY)
     build(load_manifest(clean), ["digits"], workers=1)
     cols = ["image_id", "status", "split", "sha256", "dup_group", "dup_of"]
     a, b = images_of(manifest, "digits")[cols], images_of(clean, "digits")[cols]
