@@ -206,7 +206,8 @@ def hash_candidates(full: np.ndarray, views: np.ndarray | None, usable: np.ndarr
         parts.append(np.column_stack([idx[found[:, 0]], idx[found[:, 1]]]))
     if views is not None and settings.views:
         for k, name in enumerate(VIEW_NAMES):
-            t = settings.crop_threshold if name.startswith("crop") else settings.view_threshold
+            # The dataset's ``threshold`` bounds every hash signal: a user who lowers it gets no looser view links.
+            t = min(settings.crop_threshold if name.startswith("crop") else settings.view_threshold, settings.threshold)
             cross = find_cross_pairs(np.ascontiguousarray(views[idx, k]), f, t)
             if len(cross):
                 parts.append(np.column_stack([idx[cross[:, 0]], idx[cross[:, 1]]]))
