@@ -37,6 +37,16 @@ icrawler, a quarter of that for bing-image-downloader); img/s is comparable acro
 discovers them before the downloads start; the timed dsbuild figure then includes
 discovery. (The verify + hash stage alone is timed by ``bench/hashing.py``.)
 
+``--executor ray`` adds a whole build on Ray beside the local one, interleaved run by run (local, Ray,
+local, Ray, …: the machine's drifting speed hits both alike): a one-node Ray cluster with this
+machine's CPUs (``ray start --head``, started before and stopped after the timing; the driver
+connects once, before the first run; one build of each backend warms the workers first), where each
+task downloads, verifies, hashes, scores and stores a batch of 64 URLs (``[executor] backend =
+"ray"``). Its CPU figure counts every process of the cluster (GCS, raylet, agents, workers) beside
+the driver's own: Ray's whole added cost. The idle cluster's CPU per second is measured before the
+runs, so the part of that cost that is a fixed background per second is printed apart.
+(``bench/ray_modes.py`` measures folder builds, Ray Core vs Ray Data and rows vs Parquet shards.)
+
 ``--workdir DIR`` puts the downloads and the build's catalog and store in ``DIR`` instead of
 the system temp folder: on some disks creating a file costs far more in one folder than in
 another (on the development VM ~1 ms of CPU per file under /tmp, ~0.05 ms under the project),
@@ -305,7 +315,7 @@ def verify_stage(folder: Path, out: Path, workers: int) -> dict:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def run_build(urls: list[str], out: Path, *, concurrency: int, fake) -> tuple[int, int]:
+def run_build(urls: list[str], out: Path, *, concurrency: int, fake, executor=None) -> tuple[int, int]:
     """A whole ``dsbuild build``: fake-Bing discovery → download → verify + hash (worker processes) → store → catalog → dedup + split.
 
     Two classes, half the URLs planted under each class's query. Returns (images ok, images catalogued).
@@ -331,7 +341,7 @@ concurrency = {concurrency}
 a = "bench class a"
 b = "bench class b"
 """)
-    summary = build(load_manifest(out / "datasets.toml"), ["bench"])
+    summary = build(load_manifest(out / "datasets.toml"), ["bench"], executor=executor)
     d = summary.datasets[0]
     return d.ok + d.duplicates, d.new
 
@@ -369,6 +379,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="500 images, 200 for the baselines")
     ap.add_argument("--no-build", action="store_true", help="skip the whole-build row")
     ap.add_argument("--repeat", type=int, default=1, help="whole builds to run; the median is reported (default 1)")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="ray: also a whole build on a one-node Ray cluster, interleaved with the local ones")
+    ap.add_argument("--only-builds", action="store_true", help="the whole-build rows only (no downloader or baseline rows)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="folder for downloads and the build's catalog and store (default: the system temp folder)")
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
@@ -407,47 +420,14 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
 
         via = " + bing discovery" if args.through_engine else ""
-        dsb(args.concurrency, f"dsbuild fetch_all ({args.concurrency} in flight, 8/host){via}")
-        dsb(None, f"dsbuild fetch_all (defaults: 32 in flight){via}")
-        dsb(args.concurrency, f"dsbuild fetch_all ({args.concurrency} in flight, every body a file){via}", in_memory=False)
+        if not args.only_builds:
+            dsb(args.concurrency, f"dsbuild fetch_all ({args.concurrency} in flight, 8/host){via}")
+            dsb(None, f"dsbuild fetch_all (defaults: 32 in flight){via}")
+            dsb(args.concurrency, f"dsbuild fetch_all ({args.concurrency} in flight, every body a file){via}", in_memory=False)
         if not args.no_build:
-            from fake_engines import FakeEngineServer
-
-            engine = FakeEngineServer(bing_max_count=150).start()
-            runs = []
-            try:
-                for k in range(args.repeat):
-                    out = work / f"build-{k}"
-                    children0, fs0 = resource.getrusage(resource.RUSAGE_CHILDREN), forkserver_cpu()
-                    catalogued = {}
-
-                    def whole(out=out, catalogued=catalogued) -> int:
-                        ok, catalogued["n"] = run_build(urls, out, concurrency=args.concurrency, fake=engine)
-                        return ok
-
-                    res = timed(whole, len(urls))
-                    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-                    # The verify + hash workers are child processes: count their CPU too (the server's is not).
-                    child_cpu = (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
-                    child_cpu += forkserver_cpu() - fs0  # workers forked by multiprocessing's forkserver are its children
-                    res["cpu_img"] += child_cpu / max(res["ok"], 1)
-                    if catalogued["n"] != len(urls):
-                        print(f"  build catalogued {catalogued['n']} of {len(urls)} links")
-                    if args.repeat > 1:
-                        print(f"  build {k + 1}/{args.repeat}: {res['img_s']:.1f} img/s, {res['cpu_img'] * 1e3:.2f} CPU ms/img",
-                              flush=True)
-                    runs.append(res)
-                    shutil.rmtree(out, ignore_errors=True)
-            finally:
-                engine.stop()
-            res = sorted(runs, key=lambda r: r["img_s"])[len(runs) // 2]  # the median run
-            label = f"dsbuild build: search+fetch+verify+hash+catalog ({args.concurrency} in flight)"
-            if args.repeat > 1:
-                label += f", median of {args.repeat}"
-            rows.insert(0, (label, res))
-            workers = os.cpu_count() or 1
-            rows.insert(1, (f"  its verify+hash+store stage alone ({workers} workers, no downloads)",
-                         verify_stage(folder, work / "verify", workers)))
+            build_rows(args, urls, work, rows)
+        if args.only_builds:
+            return report(rows)
         nb = min(args.baseline_n, len(urls))
         rows.append(("icrawler 0.6.10 (16 threads)", timed(lambda: run_icrawler(urls[:nb], work / "icrawler"), nb,
                                                            last_saved=lambda: last_mtime(work / "icrawler" / "images"))))
@@ -459,7 +439,92 @@ def main() -> None:
         if fake is not None:
             fake.stop()
         shutil.rmtree(work, ignore_errors=True)
+    report(rows)
 
+
+def build_rows(args, urls: list[str], work: Path, rows: list) -> None:
+    """Whole builds (``--repeat`` each; the median reported), local and — with ``--executor ray`` — on Ray, interleaved."""
+    from fake_engines import FakeEngineServer
+    from ray_modes import ClusterCpu, Meter
+
+    cluster = None
+    executors: list[tuple[str, object]] = [("local", None)]
+    if args.executor == "ray":
+        import ray
+        from ray_cluster import RAY_ENV, LocalRayCluster
+
+        from dsbuild.executor_settings import ExecutorSettings
+
+        print("starting a one-node Ray cluster (not timed) …", flush=True)
+        os.environ.update(RAY_ENV)  # the driver as the nodes: a loopback cluster without token authentication
+        cluster = LocalRayCluster(nodes=1, cpus_per_node=os.cpu_count() or 1).start()
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+        executors.append(("ray", ExecutorSettings(backend="ray", address=cluster.address)))
+    engine = FakeEngineServer(bing_max_count=150).start()
+    runs: dict[str, list[dict]] = {name: [] for name, _ in executors}
+    idle_rate = 0.0
+    try:
+        for name, executor in executors:  # warm both: the forkserver's and the Ray workers' imports, the server
+            run_build(urls[:256], work / f"warm-{name}", concurrency=args.concurrency, fake=engine, executor=executor)
+            shutil.rmtree(work / f"warm-{name}", ignore_errors=True)
+        if cluster is not None:
+            with ClusterCpu(cluster) as idle:
+                t0 = time.perf_counter()
+                time.sleep(10)
+                idle_s = time.perf_counter() - t0
+            idle_rate = sum(idle.split.values()) / idle_s
+            print(f"  idle cluster: {idle_rate * 1e3:.1f} CPU ms per second", flush=True)
+        for k in range(args.repeat):
+            for name, executor in executors:
+                out = work / f"build-{name}-{k}"
+                children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                with Meter(cluster if executor is not None else None) as m:
+                    ok, catalogued = run_build(urls, out, concurrency=args.concurrency, fake=engine, executor=executor)
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
+                # workers that are this process's own children (not the forkserver's): count them too
+                m.workers += (children.ru_utime + children.ru_stime) - (children0.ru_utime + children0.ru_stime)
+                res = {"n": len(urls), "ok": ok, "wall": m.wall, "returned": m.wall, "img_s": ok / m.wall,
+                       "cpu_img": (m.driver + m.workers + m.ray) / max(ok, 1), "split": m.row(max(ok, 1))}
+                if catalogued != len(urls):
+                    print(f"  build catalogued {catalogued} of {len(urls)} links")
+                print(f"  {name} build {k + 1}/{args.repeat}: {res['img_s']:.1f} img/s, "
+                      f"{res['cpu_img'] * 1e3:.2f} CPU ms/img (load {os.getloadavg()[0]:.1f})", flush=True)
+                runs[name].append(res)
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        engine.stop()
+        if cluster is not None:
+            import ray
+
+            ray.shutdown()
+            cluster.stop()
+    at = 0
+    picked = {}
+    for name, _ in executors:
+        res = picked[name] = sorted(runs[name], key=lambda r: r["img_s"])[len(runs[name]) // 2]  # the median run
+        where = "worker processes" if name == "local" else "Ray tasks, 1 node"
+        label = f"dsbuild build ({name}: {where}; {args.concurrency} in flight)"
+        if args.repeat > 1:
+            label += f", median of {args.repeat}"
+        rows.insert(at, (label, res))
+        at += 1
+    for name, res in picked.items():
+        sp = res["split"]
+        print(f"  {name} build CPU ms/img: driver {sp['driver']:.2f}, workers {sp['workers']:.2f}, "
+              f"Ray's own processes {sp['ray']:.2f}")
+    if "ray" in picked:
+        lo, ra = picked["local"], picked["ray"]
+        background = idle_rate * ra["wall"] / ra["ok"]
+        print(f"  ray / local: {ra['img_s'] / lo['img_s']:.2f} of the throughput; Ray's added CPU "
+              f"{(ra['cpu_img'] - lo['cpu_img']) * 1e3:+.2f} ms/img, of which the idle cluster's background over the "
+              f"build's {ra['wall']:.1f} s: {background * 1e3:.2f} ms/img", flush=True)
+    if not args.only_builds:
+        workers = os.cpu_count() or 1
+        rows.insert(at, (f"  its verify+hash+store stage alone ({workers} workers, no downloads)",
+                         verify_stage(make_images(args.n), work / "verify", workers)))
+
+
+def report(rows: list) -> None:
     ref = rows[0][1]["img_s"]
     print()
     width = max(44, max(len(label) for label, _ in rows) + 1)
@@ -467,10 +532,11 @@ def main() -> None:
     for label, r in rows:
         ratio = ref / r["img_s"] if r["img_s"] else float("inf")
         print(f"{label:{width}} {r['n']:>7} {r['ok']:>6} {r['img_s']:>8.1f} {ratio:>9.1f}× {r['cpu_img'] * 1e3:>11.2f}")
-    server_cpu = next(r["server_cpu_img"] for _, r in rows if "server_cpu_img" in r)
-    print(f"\n(server process: {server_cpu * 1e3:.2f} CPU ms/img; "
+    server_cpu = next((r["server_cpu_img"] for _, r in rows if "server_cpu_img" in r), None)
+    server = f"server process: {server_cpu * 1e3:.2f} CPU ms/img; " if server_cpu is not None else ""
+    print(f"\n({server}"
           f"'dsbuild ×' = the first row's img/s over the row's; CPU = the client process, all its threads, "
-          f"plus the build's verify + hash worker processes)")
+          f"plus the build's verify + hash worker processes and, on Ray, every process of the cluster)")
     for label, r in rows:
         if r["returned"] - r["wall"] > 0.5:
             print(f"({label}: timed to its last saved image, {r['wall']:.1f} s; the call returned after "

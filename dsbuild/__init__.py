@@ -24,9 +24,12 @@ manifest.py         ``datasets.toml`` → each stage's frozen settings; errors n
 sources/            where images come from: folders, URL lists, search engines (``engines/``);
                     every source reports to ONE consumer (pipeline.py's ``DatasetSink``)
 fetch.py            concurrent, safe downloader; fetch_settings.py: its settings; netguard.py: SSRF guard
-executor.py         per-image jobs run in batches with crash isolation (local pool; other backends plug in)
-verify/             one decode per image: formats allow-list, limits, reasons; hashes; quality scores
-formats.py          the one magic-byte sniff table and format ↔ extension map
+executor.py         per-image jobs in worker processes: crash isolation, per-image time limit and stderr
+                    (backends: local pool; ray_backend.py: Ray Core tasks on a cluster, loaded only when
+                    used); executor_settings.py: the ``[executor]`` settings; progress.py: progress sinks
+formats.py          the one format table: magic bytes → format, family → extension; open_image (every untrusted open)
+verify/             one decode per image: limits, format allow-list, reasons; structure before pixels
+                    (containers.py), every decoder message kept per image (decoders.py); hashes, quality
 store.py            content-addressed image store (sha256 → file); the one atomic write
 rows.py             the catalog rows dsbuild writes, one definition per table
 dedup/              near-duplicate search (sub-quadratic) and grouping; split.py: stable splits
@@ -71,7 +74,10 @@ def build(manifest: "Manifest", datasets: list[str] | None = None, **options: An
     """Build ``datasets`` (default: all) into the catalog: sources → verify + hash → store → dedup → split.
 
     Idempotent and resumable; ``options``: ``retry_failed``, ``workers``, ``progress``,
-    ``catalog_path``, ``backend`` (the executor backend, :data:`dsbuild.executor.BACKENDS`). Returns a :class:`dsbuild.pipeline.BuildSummary` (one summary per dataset).
+    ``catalog_path``, ``executor`` (an :class:`dsbuild.executor_settings.ExecutorSettings` for every dataset,
+    e.g. ``ExecutorSettings(backend="ray", address="auto")``; default: each dataset's ``[executor]``) or
+    ``backend`` (short for ``executor=ExecutorSettings(backend=...)``, a :data:`dsbuild.executor.BACKENDS` name).
+    Returns a :class:`dsbuild.pipeline.BuildSummary` (one summary per dataset).
     """
     from dsbuild.pipeline import build as run
 

@@ -16,7 +16,9 @@ from typing import Callable, Sequence
 
 from dsbuild import __version__
 from dsbuild.errors import DsbuildError
-from dsbuild.render.console import RichProgress, make_console, print_build_summary, print_comparison, print_run, print_status
+from dsbuild.render.console import (RichProgress, make_console, print_build_summary, print_comparison, print_live_build,
+                                    print_run, print_status)
+from dsbuild.render.values import counted, readable_probabilities
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 
@@ -42,7 +44,7 @@ def _emit(df, args, *, title: str | None = None) -> None:
 
     text = render_table(df, args.format, Path(args.out) if args.out else None, title=title)
     if args.out:
-        make_console(stderr=True).print(f"wrote {len(df)} rows to {args.out}")
+        make_console(stderr=True).print(f"wrote {counted(len(df), 'row')} to {args.out}")
     elif text is not None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
@@ -51,10 +53,14 @@ def _emit(df, args, *, title: str | None = None) -> None:
 
 
 def cmd_init(args) -> int:
-    from dsbuild.init import write_starter
+    import os
 
-    path = write_starter(Path(args.manifest), force=args.force)
-    print(f"wrote {path} — edit it, then run `dsbuild build` (or `dsbuild demo` for the offline showcase)")
+    from dsbuild.init import init_project
+
+    path, folder, files = init_project(Path(args.manifest), force=args.force)
+    data = os.path.relpath(folder, path.parent)
+    print(f"wrote {path} and the demo's images ({data}, {files} files) — `dsbuild build` builds the demo dataset, "
+          "`dsbuild demo` runs the whole showcase; add your datasets to the manifest")
     return 0
 
 
@@ -62,8 +68,23 @@ def cmd_build(args) -> int:
     from dsbuild.pipeline import build
 
     manifest = _load(args)
+    executor = None
+    if args.executor or args.ray_address:
+        import dataclasses
+
+        if args.executor == "local" and args.ray_address:
+            raise DsbuildError("--ray-address needs --executor ray (or no --executor)", exit_code=2)
+        backend = args.executor or "ray"
+        top = manifest.executor  # the manifest's top-level [executor]: its address and batch_size stay unless replaced
+        address = args.ray_address or (top.address if top.backend == backend else None)
+        from dsbuild.errors import SettingsError
+
+        try:
+            executor = dataclasses.replace(top, backend=backend, address=address)
+        except SettingsError as exc:  # only --ray-address can be bad here (--executor has choices)
+            raise DsbuildError(f"--ray-address {exc.problems[0].message}", exit_code=2) from None
     summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
-                    workers=args.workers)
+                    workers=args.workers, executor=executor, resplit=args.resplit)
     print_build_summary(summary)
     return 0
 
@@ -80,7 +101,18 @@ def cmd_status(args) -> int:
         out, groups = duplicates_page(manifest.catalog, args.dataset, Path(args.html))
         print(f"wrote {out} ({groups} duplicate groups, label conflicts first)")
         return 0
-    status = dataset_status(manifest.catalog, args.dataset)
+    from dsbuild.errors import CatalogBusy
+
+    try:
+        status = dataset_status(manifest.catalog, args.dataset, manifest=manifest)
+    except CatalogBusy:
+        from dsbuild.status import running_build
+
+        live = running_build(manifest.catalog)
+        if live is None:
+            raise
+        print_live_build(live)
+        return 0
     print_status(status)
     return 0
 
@@ -113,14 +145,24 @@ def cmd_export(args) -> int:
     summary = export_dataset(manifest.catalog, args.dataset, Path(args.to), fmt=args.format)
     splits = ", ".join(f"{k} {v}" for k, v in sorted(summary.per_split.items()))
     print(f"exported {summary.images} images of '{summary.dataset}' to {summary.out} ({summary.format}; {splits})")
+    for image_id, why in summary.skipped:
+        make_console(stderr=True).print(f"skipped {image_id}: {why} — run `dsbuild build {summary.dataset}` after "
+                                        "restoring or removing the file", highlight=False, soft_wrap=True)
     return 0
 
 
 def cmd_demo(args) -> int:
-    from dsbuild.demo.steps import run_demo
+    from dsbuild.demo.steps import demo_manifest, run_demo
 
-    manifest = _load(args)
-    run_demo(manifest, progress=RichProgress(args.quiet), console=make_console(), quick=args.quick, build_only=args.build_only)
+    manifest, note = demo_manifest(Path(args.manifest))
+    if args.catalog:
+        import dataclasses
+
+        manifest = dataclasses.replace(manifest, catalog=Path(args.catalog).resolve())
+    console = make_console()
+    if note:
+        console.print(note, markup=False, soft_wrap=True)
+    run_demo(manifest, progress=RichProgress(args.quiet), console=console, quick=args.quick, build_only=args.build_only)
     return 0
 
 
@@ -128,7 +170,7 @@ def cmd_train(args) -> int:
     from dsbuild.cycle import train_dataset
 
     manifest = _load(args)
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     report = train_dataset(manifest, args.dataset, progress=_model_progress(args), **overrides)
     print_run(report)
     return _did_it_learn(report)
@@ -157,24 +199,25 @@ def cmd_mislabels(args) -> int:
     manifest.dataset(args.dataset)
     found = None if args.rerun else fresh_mislabels(manifest, args.dataset)
     if found is not None:
-        make_console(stderr=True).print(f"[dim]showing mislabel run {found[0]} (nothing changed since; --rerun to score again)[/dim]")
+        make_console(stderr=True).print(f"showing mislabel run {found[0]} (labels, images and settings unchanged since; "
+                                        "--rerun to score again)", markup=False)
     run_id, issues = found or find_issues(manifest, args.dataset, progress=_model_progress(args))
     from dsbuild.cycle import run_trust, trust_line
 
     make_console(stderr=True).print(trust_line(run_trust(manifest, run_id)), markup=False, highlight=False)
     if args.format == "html":
-        from dsbuild.cycle import mislabel_report
+        from dsbuild.cycle import mislabel_report, reports_dir
 
-        out = Path(args.out or f"{args.dataset}-mislabels.html")
+        out = Path(args.out) if args.out else reports_dir(manifest) / f"{args.dataset}-mislabels.html"
         files = mislabel_report(manifest, args.dataset, run_id, issues, out)
-        print(f"wrote {', '.join(map(str, files))} ({len(issues)} flagged images)")
+        print(f"wrote {', '.join(map(str, files))} ({counted(len(issues), 'flagged image')})")
         return 0
     from dsbuild.rows import REPORT_COLUMNS, REPORT_TABLE_COLUMNS
 
     view = issues[[c for c in REPORT_COLUMNS if c in issues]]
     if args.format == "table" and not args.out:
-        view = view[list(REPORT_TABLE_COLUMNS)]
-    _emit(view, args, title=f"{len(issues)} likely label problems in '{args.dataset}' (run {run_id})")
+        view = readable_probabilities(view[list(REPORT_TABLE_COLUMNS)])
+    _emit(view, args, title=f"{counted(len(issues), 'likely label problem')} in '{args.dataset}' (run {run_id})")
     return 0
 
 
@@ -185,7 +228,7 @@ def cmd_review(args) -> int:
     summary = review_dataset(manifest, args.dataset, decisions=Path(args.decisions) if args.decisions else None,
                              accept_suggestions=args.accept_suggestions, min_confidence=args.min_confidence)
     actions = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_action.items())) or "nothing to apply"
-    print(f"applied {summary.applied} decisions to '{summary.dataset}' ({actions}) from {summary.source}")
+    print(f"applied {counted(summary.applied, 'decision')} to '{summary.dataset}' ({actions}) from {summary.source}")
     return 0
 
 
@@ -200,14 +243,58 @@ def cmd_retrain(args) -> int:
     return _did_it_learn(report)
 
 
+def cmd_embed(args) -> int:
+    from dsbuild.pipeline import embed
+
+    manifest = _load(args)
+    summaries = embed(manifest, args.datasets, progress=RichProgress(args.quiet), workers=args.workers)
+    for s in summaries:
+        print(f"{s.dataset}: embeddings and near-duplicate signals up to date; {s.duplicates} duplicates in "
+              f"{s.dup_groups} groups, {s.conflicts} label conflicts ({s.seconds:.0f} s)")
+        for note in s.notes:
+            print(f"{s.dataset}: {note}")
+    return 0
+
+
+def cmd_similar(args) -> int:
+    from dsbuild.similar import similar_images
+
+    manifest = _load(args)
+    df = similar_images(manifest, args.dataset, args.image, k=args.k)
+    if args.format == "html":
+        from dsbuild.render.html import similar_html
+
+        out = Path(args.out or f"{args.dataset}-similar.html")
+        similar_html(df, dataset=args.dataset, query=args.image, out=out)
+        print(f"wrote {out} ({len(df)} images)")
+        return 0
+    if args.format == "table" and not args.out:
+        df = df[["rank", "image_id", "similarity", "label", "split", "status", "origin"]]
+    _emit(df, args, title=f"{len(df)} images of '{args.dataset}' most similar to {args.image}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from dsbuild.cycle import predict_images
 
     manifest = _load(args)
-    df = predict_images(manifest, args.dataset, args.images)
+    result = predict_images(manifest, args.dataset, args.images, top=args.top)
+    make_console(stderr=True).print(f"model of run {result.run_id} ({result.kind})", markup=False)
+    df = result.frame
     if args.format == "table" and not args.out:
-        df = df[["path", "label", "probability"]]
+        keep = [c for c in ("path", "rank", "label", "probability", "error") if c in df
+                and (c != "error" or df[c].notna().any())]
+        df = readable_probabilities(df[keep])
     _emit(df, args)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from dsbuild.ui.server import serve
+
+    manifest = _load(args)
+    serve(manifest, args.dataset, host=args.host, port=args.port, allow_remote=args.allow_remote,
+          open_browser=not args.no_browser)
     return 0
 
 
@@ -260,13 +347,23 @@ def build_parser() -> argparse.ArgumentParser:
         COMMANDS[name] = (help, func)
         return p
 
-    p = add("init", cmd_init, "write a commented starter datasets.toml")
+    p = add("init", cmd_init, "write a starter datasets.toml that builds as written (the offline demo's digits, "
+            "generated beside it)")
     p.add_argument("--force", action="store_true", help="overwrite an existing manifest")
 
     p = add("build", cmd_build, "crawl/import → verify → dedup → split → catalog")
     p.add_argument("datasets", nargs="*", metavar="DATASET", help="datasets to build (default: all)")
     p.add_argument("--retry-failed", action="store_true", help="retry downloads that failed for transient reasons")
     p.add_argument("--workers", type=int, default=None, help="worker processes for verification (default: CPU count)")
+    p.add_argument("--resplit", action="store_true",
+                   help="assign every image's split again from the manifest's [split] settings (after changing "
+                        "fractions, seed or carve); says how many images moved")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where the per-image work runs, for every dataset of this build (default: the manifest's "
+                        "[executor] backend, else local)")
+    p.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="the Ray cluster: auto, HOST:PORT or ray://HOST:PORT (implies --executor ray; "
+                        "default: the manifest's [executor] address, else a Ray runtime started for the build)")
 
     p = add("status", cmd_status, "counts per class × split × status, and rejects by reason")
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="one dataset (default: all in the catalog)")
@@ -294,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("mislabels", cmd_mislabels, "find likely mislabeled images (out-of-fold probabilities + cleanlab)")
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--format", choices=(*OUTPUT_FORMATS, "html"), default="table", help="output format (default: table)")
-    p.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")
-    p.add_argument("--rerun", action="store_true", help="score again even if a mislabel run exists")
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal (html: default "
+                   "reports/DATASET-mislabels.html beside the catalog)")
+    p.add_argument("--rerun", action="store_true", help="score again even if the latest mislabel run scored the same images, labels and settings")
 
     p = add("review", cmd_review, "apply review decisions (relabel/remove/keep/undo) as label events")
     p.add_argument("dataset", metavar="DATASET")
@@ -308,10 +406,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("retrain", cmd_retrain, "train again on the reviewed labels and compare with the last run")
     p.add_argument("dataset", metavar="DATASET")
 
+    p = add("embed", cmd_embed, "compute the missing embeddings and near-duplicate signals of built datasets, "
+            "then regroup them")
+    p.add_argument("datasets", nargs="*", metavar="DATASET", help="datasets (default: all)")
+    p.add_argument("--workers", type=int, default=None, help="torch threads (default: torch's)")
+
+    p = add("similar", cmd_similar, "the images of a dataset most similar to an image (embedding cosine)")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("image", metavar="IMAGE_OR_ID", help="an image_id of the dataset, or an image file")
+    p.add_argument("-k", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--format", choices=(*OUTPUT_FORMATS, "html"), default="table", help="output format (default: table)")
+    p.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")
+
     p = add("predict", cmd_predict, "label and probability for images or folders", [output])
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--top", type=int, metavar="K", help="the K most probable classes of each image, best first")
+
+    p = add("ui", cmd_ui, "a local web app: review flagged images by keyboard, browse, runs, predict")
+    p.add_argument("dataset", nargs="?", metavar="DATASET", help="the dataset (default: the only one in the catalog)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a --host other than loopback (prints a warning)")
+    p.add_argument("--no-browser", action="store_true", help="print the URL only; do not open a browser")
     return parser
+
+
+TERMINATED = "Error: terminated (SIGTERM) — everything finished so far is kept; run the command again"
+
+
+def _on_sigterm(signum, frame) -> None:
+    from dsbuild.errors import Terminated
+
+    raise Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,11 +447,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    import signal
+    import threading
+
+    # SIGTERM (a process manager, `kill`, a CI timeout) stops a command as Ctrl-C does: what is finished is kept
+    # and the build or run is marked interrupted, instead of the process dying with its rows still "running".
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
+    from dsbuild.errors import Terminated
+
     try:
         return int(args.func(args) or 0)
+    except Terminated:
+        if args.debug:
+            raise
+        print(TERMINATED, file=sys.stderr)
+        return 143
     except DsbuildError as exc:
         if args.debug:
             raise
+        if isinstance(exc.__context__, Terminated):  # a stage turned the stop into its own message (build)
+            print(TERMINATED, file=sys.stderr)
+            return 143
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -46,6 +46,11 @@ def models_dir(manifest: Manifest) -> Path:
     return manifest.catalog.parent / "models"
 
 
+def reports_dir(manifest: Manifest) -> Path:
+    """Where HTML reports go unless told otherwise: ``reports/`` beside the catalog."""
+    return manifest.catalog.parent / "reports"
+
+
 def features_dir(manifest: Manifest) -> Path:
     """The per-blob feature cache beside the catalog (:func:`dsbuild.model.features.features`)."""
     return manifest.catalog.parent / "features"
@@ -60,16 +65,51 @@ def new_run_id(dataset: str, kind: str) -> str:
     return f"{dataset}-{kind}-{stamp}-{secrets.token_hex(2)}"
 
 
-def training_frame(cat: Catalog, dataset: str):
-    """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin."""
+def training_frame(cat: Catalog, dataset: str, *, split=None, classes: tuple[str, ...] = (), min_per_class: int = 1):
+    """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin.
+
+    ``split``: the dataset's :class:`dsbuild.split.SplitSettings` (for the fix the error names).
+    ``classes``: the manifest's classes, each of which needs ``min_per_class`` such images
+    (``model.folds``: what the out-of-fold scoring needs); a class below that is named in
+    the error, so a model never trains silently without it.
+    """
     df = cat.trainable_images(dataset)
     if df.empty:
         raise DsbuildError(f"dataset '{dataset}' has no accepted images in the catalog — run `dsbuild build {dataset}` first")
+    counts = df["label"].value_counts()
+    short = [(c, int(counts.get(c, 0))) for c in classes if int(counts.get(c, 0)) < min_per_class]
+    if short:
+        listed = ", ".join(f"{c} {n}" for c, n in short)
+        raise DsbuildError(f"dataset '{dataset}' has classes with too few accepted images to train: {listed} "
+                           f"(each needs at least {min_per_class}, model.folds) — add images to them or remove them "
+                           "from the manifest, then rebuild")
     if df["label"].nunique() < 2:
         raise DsbuildError(f"dataset '{dataset}' has fewer than two labels with accepted images — nothing to learn")
     if (df["split"] == "valid").sum() == 0:
-        raise DsbuildError(f"dataset '{dataset}' has no valid images — set datasets.{dataset}.split.valid > 0 and rebuild")
+        raise DsbuildError(no_valid_message(dataset, split, cat.given_splits(dataset), int(df["label"].value_counts().max())))
     return df
+
+
+def no_valid_message(dataset: str, split, given: list[str], largest: int) -> str:
+    """Why ``dataset`` has no valid images, and the manifest change (+ ``build --resplit``) that gives it some.
+
+    ``split``: its :class:`dsbuild.split.SplitSettings`; ``given``: the splits its
+    ImageFolder tree gave (a tree without ``valid/`` needs a carve); ``largest``: images
+    in its largest class.
+    """
+    rebuild = f"then run `dsbuild build {dataset} --resplit`"
+    carving = split is not None and split.carve is not None and split.carve.valid > 0
+    if given and "valid" not in given and not carving:
+        source = "train" if "train" in given else given[0]
+        return (f"dataset '{dataset}' has no valid images: its folder gives {' and '.join(given)} and no valid — "
+                f"carve one out of {source}: add carve = {{ from = \"{source}\", valid = 0.2 }} to "
+                f"[datasets.{dataset}.split], {rebuild}")
+    if not given and split is not None and split.valid == 0:
+        return (f"dataset '{dataset}' has no valid images — set valid = 0.2 (and train = {round(split.train - 0.2, 9):g}) "
+                f"in [datasets.{dataset}.split], {rebuild}")
+    return (f"dataset '{dataset}' has no valid images: its largest class has {largest} image(s), too few to set one "
+            f"aside — add images (a class gets its first valid image at 3 with valid = 0.2), then run "
+            f"`dsbuild build {dataset}`")
 
 
 class _Writer:
@@ -83,6 +123,13 @@ class _Writer:
         if not manifest_catalog_exists(self.manifest):
             raise DsbuildError(f"no catalog at {self.manifest.catalog} — run `dsbuild build` first")
         self.lock.acquire()
+        try:
+            # Holding the lock, no other writer runs: a run still marked running lost its process (killed).
+            with self.open() as cat:
+                cat.mark_runs_interrupted()
+        except BaseException:
+            self.lock.release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -131,18 +178,18 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
 
     ds = manifest.dataset(name)
     settings = model_settings(ds, **overrides)
+    _check_epochs(settings, name, from_cli="epochs" in overrides)
     run_id = new_run_id(name, kind)
     with _Writer(manifest) as w:
         with w.open() as cat:
-            df = training_frame(cat, name)
+            df = training_frame(cat, name, split=ds.split, classes=ds.labels, min_per_class=settings.folds)
             cat.start_run(run_id=run_id, dataset=name, kind=kind, arch=settings.arch,
                           params=_params(settings), parent_run=parent_run)
         out_dir = models_dir(manifest) / name / run_id
         try:
             result = train(df, settings, out_dir=out_dir, progress=progress, cache_dir=features_dir(manifest))
         except BaseException as exc:
-            with w.open() as cat:
-                cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
+            _end_failed_run(w, run_id, exc)
             raise
         valid_ids = df.loc[df["split"] == "valid", "image_id"].tolist()
         with w.open() as cat:
@@ -154,6 +201,28 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
                 params=result.params | {"learn_check": _check_json(result.learned)},
             )
     return RunReport(run_id=run_id, dataset=name, kind=kind, result=result, parent_run=parent_run)
+
+
+def _check_epochs(settings, name: str, *, from_cli: bool) -> None:
+    """Refuse, before any work, a training with no epoch at all."""
+    frozen = settings.freeze_epochs if settings.pretrained else 0
+    if settings.epochs + frozen > 0:
+        return
+    if from_cli:
+        why = (f"datasets.{name}.model.freeze_epochs = {settings.freeze_epochs}" if settings.pretrained
+               else f"datasets.{name}.model.pretrained = false")
+        raise DsbuildError(f"--epochs 0 with {why} leaves nothing to train — give --epochs 1 or more", exit_code=2)
+    raise DsbuildError(f"datasets.{name}.model: epochs = 0 and freeze_epochs = 0 leave nothing to train — "
+                       "set epochs to 1 or more", exit_code=2)
+
+
+def _end_failed_run(w: "_Writer", run_id: str, exc: BaseException) -> None:
+    """Record how a run ended early: ``interrupted`` (Ctrl-C, SIGTERM) or ``failed`` with the error."""
+    with w.open() as cat:
+        if isinstance(exc, KeyboardInterrupt):
+            cat.finish_run(run_id, status="interrupted", error=str(exc)[:2000] or "interrupted")
+        else:
+            cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
 
 
 def _check_json(check) -> dict | None:
@@ -185,7 +254,7 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     what to try. A trusted run records in its params ``trust``: out-of-fold accuracy, the
     check, and the expected number of right flags (:func:`run_trust`). Returns ``(run_id, issues)``: issues is a DataFrame with
     the ``label_issues`` view's columns (:data:`dsbuild.rows.LABEL_ISSUE_COLUMNS`:
-    given_label, suggested_label, label_quality, kind = label | conflict,
+    given_label, suggested_label, label_quality, kind = label | conflict | outlier,
     suggested_confidence, outlier_score, ...) — flagged rows only, most likely wrong first.
     ``find_mislabels`` is the same function under its old name.
     """
@@ -198,19 +267,21 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     run_id = new_run_id(name, "mislabels")
     with _Writer(manifest) as w:
         with w.open() as cat:
-            df = training_frame(cat, name)
+            df = training_frame(cat, name, split=ds.split, classes=ds.labels, min_per_class=settings.folds)
             keep = _reviewed_keep(cat, name)
             members = cat.conflict_members(name)
-            cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings))
+            outliers = cat.outliers(name)
+            cat.start_run(run_id=run_id, dataset=name, kind="mislabels", arch=settings.arch, params=_params(settings),
+                          inputs_digest=mislabel_inputs(df, settings, keep, members))
         try:
             oof = out_of_fold_probs(df, settings, progress=progress, cache_dir=features_dir(manifest))
             check = learn_check(oof.label_index(), oof.pred_probs)
             rows = None
             if check.learned:
-                rows = run_finders(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members))
+                rows = run_finders(IssueContext(images=df, oof=oof, reviewed_keep=keep, conflict_members=members,
+                                                outliers=outliers))
         except BaseException as exc:
-            with w.open() as cat:
-                cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
+            _end_failed_run(w, run_id, exc)
             raise
         matrix = oof_confusion(oof)
         accuracy = sum(matrix[i][i] for i in range(len(matrix))) / max(1, len(df))
@@ -278,12 +349,33 @@ def trust_line(trust: dict | None) -> str:
 find_mislabels = find_issues  # the old name (``dsbuild mislabels`` keeps it on the command line)
 
 
+def mislabel_inputs(df, settings, keep: dict[str, float], members) -> str:
+    """A digest of everything a mislabel run's result depends on: the images it scores (id, file, label,
+    split), the model settings, the reviewers' standing ``keep`` decisions and the conflicting groups."""
+    import hashlib
+    import json
+
+    images = sorted(zip(df["image_id"].astype(str), df["path"].astype(str), df["label"].astype(str),
+                        df["split"].astype(str)))
+    groups = sorted(zip(members["image_id"].astype(str), members["dup_group"].astype(str), members["label"].astype(str),
+                        members["status"].astype(str))) if len(members) else []
+    data = {"images": images, "settings": _params(settings), "keep": sorted(keep.items()), "conflicts": groups}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def fresh_mislabels(manifest: Manifest, name: str):
-    """``(run_id, issues)`` of the latest mislabel run if nothing changed since (no build, no review), else None."""
+    """``(run_id, issues)`` of the latest mislabel run if it scored exactly today's inputs (the same images,
+    labels, splits, settings and reviews: a no-op build or a training changes none of them), else None."""
     if not manifest_catalog_exists(manifest):
         return None
+    ds = manifest.dataset(name)
+    settings = model_settings(ds)
     with Catalog.open_readonly(manifest.catalog) as cat:
-        run_id = cat.fresh_mislabel_run(name)
+        df = cat.trainable_images(name)
+        if df.empty:
+            return None
+        digest = mislabel_inputs(df, settings, _reviewed_keep(cat, name), cat.conflict_members(name))
+        run_id = cat.fresh_mislabel_run(name, digest)
         if run_id is None:
             return None
         issues = cat.run_issues(run_id)
@@ -302,7 +394,8 @@ def oof_confusion(oof) -> list[list[int]]:
 
 
 def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Path) -> list[Path]:
-    """The self-contained HTML report of a mislabel run, plus ``<out>-confusion.png`` and ``<out>-top-losses.png``.
+    """The self-contained HTML report of a mislabel run (both figures embedded), plus ``<out>-confusion.png`` and
+    ``<out>-top-losses.png``.
 
     The confusion matrix is the run's out-of-fold one (given label × best out-of-sample
     class); the top-losses grid shows the 16 flagged images with the lowest label quality.
@@ -310,8 +403,9 @@ def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Pat
     """
     import json
 
-    from dsbuild.render.figures import confusion_png, top_losses_png
+    from dsbuild.render.figures import confusion_png, top_losses_bytes
     from dsbuild.render.html import mislabel_html
+    from dsbuild.store import atomic_write
 
     with Catalog.open_readonly(manifest.catalog) as cat:
         run = cat.run_row(run_id)
@@ -325,12 +419,13 @@ def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Pat
         trust = json.loads(run["params"]).get("trust") if run.get("params") else None
         info["trust"] = trust_line(trust)
     out = Path(out)
-    written = [mislabel_html(issues, dataset=name, run=info, out=out)]
+    labels = issues[issues["kind"] == "label"] if "kind" in issues else issues
+    losses = top_losses_bytes(labels, n=16)
+    written = [mislabel_html(issues, dataset=name, run=info, out=out, top_losses=losses)]
     stem = out.with_suffix("")
     if "confusion" in info:
         written.append(confusion_png(info["confusion"], info["classes"], Path(f"{stem}-confusion.png")))
-    labels = issues[issues["kind"] == "label"] if "kind" in issues else issues
-    written.append(top_losses_png(labels, Path(f"{stem}-top-losses.png"), n=16))
+    written.append(atomic_write(Path(f"{stem}-top-losses.png"), losses))
     return written
 
 
@@ -366,15 +461,21 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     ds = manifest.dataset(name)
     if (decisions is None) == (not accept_suggestions):
         raise DsbuildError("give either --decisions FILE.csv or --accept-suggestions", exit_code=2)
+    # Decision objects name their images: only those images' rows, events and flags are read (a review app
+    # applies one decision per key press on a large catalog). A file may name images by path: read them all.
+    given = decisions is not None and not isinstance(decisions, (str, os.PathLike))
+    if given:
+        decisions = list(decisions)
+    ids = sorted({str(getattr(d, "image_id", "")) for d in decisions}) if given else None
     with _Writer(manifest) as w:
         with w.open() as cat:
-            images = cat.review_candidates(name)
-            if images.empty:
+            images = cat.review_candidates(name, image_ids=ids)
+            if images.empty and (ids is None or name not in cat.datasets_in_catalog()):
                 raise DsbuildError(f"dataset '{name}' is not in the catalog — run `dsbuild build {name}` first")
-            history = cat.label_history(name)
-            issues = cat.latest_issues(name)
-            if decisions is not None and not isinstance(decisions, (str, os.PathLike)):
-                chosen = check_decisions(decisions, labels=ds.labels or sorted(set(images["label"].dropna())))
+            history = cat.label_history(name, image_ids=ids)
+            issues = cat.latest_issues(name, image_ids=ids)
+            if given:
+                chosen = check_decisions(decisions, labels=ds.labels or cat.dataset_labels(name))
                 source = source or "review:api"
             elif decisions is not None:
                 if not Path(decisions).is_file():
@@ -420,11 +521,18 @@ class Comparison:
 
 
 def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[RunReport, Comparison | None]:
-    """Train again with the same settings on the current labels; compare with the previous run."""
-    prev = last_run(manifest, name)
-    report = train_dataset(manifest, name, kind="retrain", parent_run=None if prev is None else prev["run_id"], progress=progress)
+    """Train again with the same settings on the current labels; compare with the previous run.
+
+    Refused when there is no earlier train/retrain run with a model: there would be nothing to compare with.
+    """
+    manifest.dataset(name)
+    prev = last_run(manifest, name) if manifest_catalog_exists(manifest) else None
     if prev is None or not prev["model_path"]:
-        return report, None
+        if not manifest_catalog_exists(manifest):
+            raise DsbuildError(f"no catalog at {manifest.catalog} — run `dsbuild build` first")
+        raise DsbuildError(f"no earlier run of '{name}' to compare with — run `dsbuild train {name}` first "
+                           "(retrain trains again on the reviewed labels and compares with the last run)")
+    report = train_dataset(manifest, name, kind="retrain", parent_run=prev["run_id"], progress=progress)
     return report, compare_runs(manifest, name, prev, report)
 
 
@@ -451,14 +559,28 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
 # --------------------------------------------------------------------------- predict
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+@dataclass(frozen=True)
+class Predictions:
+    """What ``predict`` answered and with which model: ``run_id`` / ``kind`` of the run whose model it used."""
+
+    run_id: str
+    kind: str
+    frame: object  # pandas DataFrame, see predict_images
 
 
-def predict_images(manifest: Manifest, name: str, inputs: list[str]):
-    """Label + probability for images (files or folders) with the latest trained model of ``name``."""
+def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int | None = None) -> Predictions:
+    """Label + probability for images (files or folders) with the latest trained model of ``name``.
+
+    ``frame``: one row per image — ``run_id``, ``path``, ``label`` (best class), ``probability``,
+    ``error`` and ``prob_<class>`` per class (:func:`dsbuild.model.predict.predict`); with ``top=K``,
+    the K best classes per image instead (the fastai book's top-5): ``run_id``, ``path``, ``rank``
+    (1 = best), ``label``, ``probability``, plus ``error`` when an image could not be read.
+    """
     from dsbuild.model.predict import predict
 
     manifest.dataset(name)
+    if top is not None and top < 1:
+        raise DsbuildError(f"--top must be 1 or more, not {top}", exit_code=2)
     run = last_run(manifest, name)
     if run is None or not run["model_path"]:
         raise DsbuildError(f"no trained model for '{name}' — run `dsbuild train {name}` first")
@@ -466,13 +588,37 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str]):
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+            # Every file, whatever its name: the content decides (an EPS named .jpg gets an error row, a JPEG
+            # without a suffix is predicted); hidden files and folders are skipped, as a build skips them.
+            paths.extend(sorted(f for f in p.rglob("*") if f.is_file()
+                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
         elif p.is_file():
             paths.append(p)
         else:
             raise DsbuildError(f"{item} does not exist", exit_code=2)
     if not paths:
         raise DsbuildError("no images to predict — give image files or folders with images", exit_code=2)
-    out = predict(Path(run["model_path"]).parent, paths)
+    out = predict(Path(run["model_path"]).parent, paths, verify=manifest.dataset(name).verify)
     out.insert(0, "run_id", run["run_id"])
-    return out
+    if top is not None:
+        out = _top_k(out, top)
+    return Predictions(run_id=str(run["run_id"]), kind=str(run["kind"]), frame=out)
+
+
+def _top_k(frame, k: int):
+    """The ``k`` most probable classes of each image, best first (long format)."""
+    import pandas as pd
+
+    classes = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
+    rows = []
+    for r in frame.to_dict("records"):
+        if r.get("error"):
+            rows.append({"run_id": r["run_id"], "path": r["path"], "rank": None, "label": None, "probability": None,
+                         "error": r["error"]})
+            continue
+        ranked = sorted(classes, key=lambda c: (-float(r[f"prob_{c}"]), c))[:k]
+        rows += [{"run_id": r["run_id"], "path": r["path"], "rank": i + 1, "label": c,
+                  "probability": float(r[f"prob_{c}"]), "error": None} for i, c in enumerate(ranked)]
+    out = pd.DataFrame(rows, columns=["run_id", "path", "rank", "label", "probability", "error"])
+    out["rank"] = out["rank"].astype("Int64")
+    return out if out["error"].notna().any() else out.drop(columns="error")

@@ -82,6 +82,11 @@ class EngineError(DsbuildError):
     """A search engine cannot go on (no network, captcha, endless pages)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM). A :class:`KeyboardInterrupt`, so every stage that keeps
+    its finished work and marks itself interrupted on Ctrl-C does the same here."""
+
+
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice closest to ``word``: one that differs only in case, else :func:`difflib.get_close_matches`'s
     best at its default cut-off (0.6); None when nothing is close."""

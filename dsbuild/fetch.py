@@ -88,6 +88,13 @@ _OK_STATUSES = frozenset({200, 203})
 _RETRY_STATUSES = frozenset({408, 425, 429})
 _SNIFF_BYTES = formats.SNIFF_BYTES
 _INFLATE_PIECE = 256 * 1024  # most bytes inflated in one step: bounds memory under a gzip bomb
+IN_MEMORY_BODY = 4_000_000  # bodies up to this size never touch .incoming (most web images are far smaller)
+IN_FLIGHT_MEMORY = 256_000_000  # ... unless concurrency × that would exceed this: the per-body limit shrinks
+
+
+def in_memory_limit(concurrency: int) -> int:
+    """Largest body kept in memory while downloading: IN_MEMORY_BODY, less at high concurrency (≥ 256 kB)."""
+    return max(256_000, min(IN_MEMORY_BODY, IN_FLIGHT_MEMORY // max(1, concurrency)))
 
 
 # --------------------------------------------------------------------------- settings and results
@@ -153,8 +160,9 @@ class FetchResult:
 def sniff(head: bytes) -> tuple[str | None, str | None]:
     """(image format, None) for an allowed image, else (None, reject reason), from the first bytes.
 
-    The classification is :func:`dsbuild.formats.sniff`'s; the downloader names formats
-    in lower case. Allowed: JPEG, PNG, GIF, WebP, BMP, TIFF. Everything else gets a
+    The classification is :func:`dsbuild.formats.sniff`'s, the table verification
+    uses; the downloader names formats in lower case. Allowed: the format families
+    (JPEG, PNG, GIF, WebP, BMP, TIFF incl. BigTIFF). Everything else gets a
     reason such as ``"not an image (html)"``, ``"not an image (svg)"``, ``"unsupported
     image (avif)"``, ``"empty body"``.
     """
@@ -448,10 +456,13 @@ class _Downloader:
             if reason is not None:
                 return body.done("rejected", reason)
             try:
-                target = URL(current)
+                # encoded=True: the URL goes on the wire byte for byte (yarl would otherwise re-quote its escapes,
+                # %7E → ~, %2f → %2F …, which servers that sign URLs reject). normalize_url percent-encodes only
+                # what HTTP cannot carry (non-ASCII, spaces) and keeps every existing escape as it is.
+                target = URL(_wire_url(current), encoded=True)
             except (ValueError, TypeError):
                 return body.done("rejected", "bad url")
-            body.final_url = str(target)  # as requested on the wire (non-ASCII %-encoded)
+            body.final_url = str(target)  # as requested on the wire
             seen.add(body.final_url)
             try:
                 async with self.session.get(target, allow_redirects=False) as resp:
@@ -462,13 +473,13 @@ class _Downloader:
                         if not location:
                             return body.done("failed", f"http {resp.status}")
                         try:
-                            nxt = resp.url.join(URL(location))
-                        except (ValueError, TypeError):
+                            nxt = _redirect_target(current, location)
+                        except ValueError:
                             return body.done("rejected", "bad redirect")
-                        if str(nxt) in seen:
-                            body.final_url = str(nxt)
+                        if nxt in seen:
+                            body.final_url = nxt
                             return body.done("rejected", "redirect loop")
-                        current = str(nxt)
+                        current = nxt
                         continue
                     return await self._read(resp, body)
             except (aiohttp.ClientError, OSError) as exc:
@@ -596,6 +607,20 @@ class _Downloader:
 
 
 _POKE = object()  # a wake-up in fetch_all_async's queue of finished tasks
+
+
+def _redirect_target(current: str, location: str) -> str:
+    """The URL a ``Location`` header sends us to, resolved against ``current``, its escapes kept as the server wrote them."""
+    from urllib.parse import urljoin
+
+    return urljoin(current, location.strip())
+
+
+def _wire_url(url: str) -> str:
+    """``url`` as it goes on the wire: :func:`dsbuild.sources.urls.normalize_url` (escapes kept, IRI → URI)."""
+    from dsbuild.sources.urls import normalize_url
+
+    return normalize_url(url)
 
 
 def _host_key(url: str) -> str:
@@ -810,6 +835,7 @@ __all__ = [
     "USER_AGENT",
     "fetch_all",
     "fetch_all_async",
+    "in_memory_limit",
     "noai_directive",
     "remove_partials",
     "retry_after_seconds",

@@ -1,31 +1,74 @@
-"""Image formats: the one magic-byte sniff table and the format ↔ file extension map.
+"""The one format table: magic bytes → format name, format family → file extension, and what Pillow may open.
 
-Everything that takes bytes from outside names formats the same way, Pillow's
-format names (``"JPEG"``, ``"PNG"``, ...), and never trusts a file extension or
-a Content-Type: the downloader (:mod:`dsbuild.fetch`) sniffs the first bytes of
-a body before writing it, verification (:mod:`dsbuild.verify.decode`) sniffs
-before decoding and hands Pillow only the allowed formats, the store
-(:mod:`dsbuild.store`) and the exporters name files with :data:`EXTENSIONS`.
+Everything that takes bytes from outside decides what they are here, from their
+content, never from a file name or a Content-Type, and names formats the same
+way (Pillow's names: ``"JPEG"``, ``"PNG"``, …): the downloader (:mod:`dsbuild.fetch`)
+sniffs the first bytes of a body before writing it, verification
+(:mod:`dsbuild.verify`) sniffs before decoding, the store (:mod:`dsbuild.store`)
+and the exporters name files with :func:`extension`, predict and thumbnails open
+files with :func:`open_image`.
 
-:func:`sniff` classifies the first bytes (64 are enough) as an image format —
-allowed (:data:`IMAGE_FORMATS`) or not (EPS, PSD, ICO, AVIF, ...: formats whose
-parsers dsbuild never runs) — or as what else the bytes are (``HTML``, ``SVG``,
-``TEXT``, ``PDF``, ...), so that a rejection can say what the file was.
+* :data:`FAMILIES` — the formats a manifest may allow (``[verify] formats``,
+  :data:`IMAGE_FORMATS`), each with the names Pillow gives its variants and the
+  one extension files of that family get (an MPO camera JPEG is JPEG and is
+  stored as ``.jpg``; a BigTIFF is TIFF and is stored as ``.tif``).
+* :func:`sniff` — what the first bytes are (:class:`Sniffed`): a family, another
+  known image format (EPS, PSD, ICO, AVIF, …: parsers dsbuild never runs), or
+  what else the bytes are (``HTML``, ``SVG``, ``TEXT``, ``PDF``, ``GZIP``, …),
+  so that a rejection can say what the file was.
+* :func:`identify` — for content :func:`sniff` does not place among the
+  families, Pillow's name and declared size of it, from its header only (so
+  that a TGA is "unsupported format: TGA", not "not an image"); nothing is
+  decoded and no plugin that starts another program is ever asked.
+* :func:`refusal` / :func:`check_content` — the one rule for content outside
+  the allow-list, in verification's vocabulary (reason, detail).
+* :func:`open_image` — the one way to open an untrusted image file outside a
+  build: sniffed, allow-listed, size-checked, opened with its family's Pillow
+  reader only; anything else raises :class:`Refused`.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass
 
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+@dataclass(frozen=True)
+class Family:
+    """An allowed-able image format: its name, Pillow's names for it and its variants, its file extension."""
+
+    name: str
+    pillow: tuple[str, ...]
+    extension: str
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("JPEG", ("JPEG", "MPO"), "jpg"),
+        Family("PNG", ("PNG",), "png"),
+        Family("WEBP", ("WEBP",), "webp"),
+        Family("GIF", ("GIF",), "gif"),
+        Family("BMP", ("BMP",), "bmp"),
+        Family("TIFF", ("TIFF",), "tif"),
+    )
+}
+"""Family name → :class:`Family`; the names are the manifest's ``[verify] formats`` values."""
+
+IMAGE_FORMATS = tuple(FAMILIES)
 """The allow-list: the only formats whose decoders dsbuild runs (a dataset may narrow it with ``verify.formats``)."""
 
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif"}
+EXTENSIONS = {f.name: f.extension for f in FAMILIES.values()}
 """File extension (no dot) of each allowed format, for stored, downloaded and exported files."""
 
 SNIFF_BYTES = 64
-"""Bytes :func:`sniff` needs to classify any content (more are ignored, except for the text check)."""
+"""Bytes :func:`sniff` needs to classify any content (verification gives it more, for markup and text)."""
 
+TEXTLIKE = ("HTML", "SVG", "XML", "TEXT")
+"""Markup and text: never an image, though Pillow identifies a few text formats (XPM, XBM) among them."""
+
+_FAMILY_OF_PILLOW = {name: f.name for f in FAMILIES.values() for name in f.pillow}
 _DIB_HEADER_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)  # a BMP's second header: "BM" alone is also plain text
 _FTYP_BRANDS = {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"msf1": "HEIF"}
 
@@ -37,6 +80,8 @@ _SIGNATURES = (
     (b"GIF89a", "GIF"),
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
     (b"%!PS", "EPS"),
     (b"\xc5\xd0\xd3\xc6", "EPS"),
     (b"8BPS", "PSD"),
@@ -45,7 +90,9 @@ _SIGNATURES = (
     (b"SIMPLE  =", "FITS"),
     (b"DDS ", "DDS"),
     (b"\x00\x00\x01\x00", "ICO"),
-    (b"\x00\x00\x02\x00", "ICO"),  # CUR, the cursor variant
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"qoif", "QOI"),
+    (b"icns", "ICNS"),
     (b"\x0a\x05\x01", "PCX"),
     (b"\x0a\x03\x01", "PCX"),
     (b"\x0a\x02\x01", "PCX"),
@@ -77,12 +124,17 @@ class Sniffed:
 
     @property
     def allowed(self) -> bool:
-        """An image in :data:`IMAGE_FORMATS`."""
-        return self.image and self.name in IMAGE_FORMATS
+        """An image of a family (:data:`IMAGE_FORMATS`)."""
+        return self.image and self.name in FAMILIES
 
 
 def sniff(head: bytes) -> Sniffed:
-    """Classify ``head`` (the first bytes of a file or body; :data:`SNIFF_BYTES` suffice) by its magic bytes."""
+    """Classify ``head`` (the first bytes of a file or body; :data:`SNIFF_BYTES` suffice) by its magic bytes.
+
+    BMP needs ``BM`` and a known header size (text starting with "BM" is text);
+    text is UTF-8 of printable characters (a multi-byte character cut at the end
+    of ``head`` still counts).
+    """
     if not head:
         return Sniffed("EMPTY", False)
     for magic, name in _SIGNATURES:
@@ -90,7 +142,7 @@ def sniff(head: bytes) -> Sniffed:
             return Sniffed(name, True)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return Sniffed("WEBP", True)
-    if head[:2] == b"BM" and len(head) >= 26 and int.from_bytes(head[14:18], "little") in _DIB_HEADER_SIZES:
+    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _DIB_HEADER_SIZES:
         return Sniffed("BMP", True)
     if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"1234567" and head[2:3] in b" \t\r\n":
         return Sniffed("PPM", True)  # netpbm (PBM/PGM/PPM/PAM)
@@ -117,9 +169,134 @@ def sniff(head: bytes) -> Sniffed:
     return Sniffed("UNKNOWN", False)
 
 
-def extension(name: str | None) -> str:
-    """The file extension (no dot) of format ``name``; ``img`` for anything not in :data:`EXTENSIONS`."""
-    return EXTENSIONS.get((name or "").upper(), "img")
+def family(fmt: str | None) -> str | None:
+    """The family of a sniffed name or of a Pillow format name (``MPO`` → ``JPEG``); None when not a family."""
+    if fmt is None:
+        return None
+    fmt = fmt.upper()
+    return fmt if fmt in FAMILIES else _FAMILY_OF_PILLOW.get(fmt)
+
+
+def extension(fmt: str | None) -> str:
+    """The file extension (without dot) of a family or Pillow format name (any case); ``img`` for anything else."""
+    fam = family(fmt)
+    return FAMILIES[fam].extension if fam else "img"
+
+
+# Readers identify() never asks (PDF is write-only in Pillow; WMF/EMF hand files to a platform handler on load).
+# EPS is asked: its reader parses the header text only; Ghostscript runs on load(), which identify never calls.
+_NEVER_IDENTIFY = frozenset({"PDF", "WMF", "EMF"})
+
+
+def identify(data: bytes) -> tuple[str, int | None, int | None] | None:
+    """(Pillow's format name, declared width, declared height) of ``data``, or None when Pillow knows no such file.
+
+    Reads headers only (``Image.open``, never ``load``), for formats outside
+    the families; warnings are silenced (the caller only wants a name).
+    """
+    import warnings
+
+    from PIL import Image
+
+    Image.init()
+    names = [name for name in Image.OPEN if name not in _NEVER_IDENTIFY and family(name) is None]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=names) as im:
+                width, height = im.size
+                return str(im.format), int(width), int(height)
+    except Exception:  # noqa: BLE001 - any reader's failure means "not identified"
+        return None
+
+
+class Refused(Exception):
+    """Content refused before any decoder runs: ``reason`` (verification's vocabulary) and ``detail``.
+
+    ``info``: what is known of the file — ``format`` (the sniffed or identified
+    name) and, when Pillow identified it, its declared ``width`` and ``height``.
+    """
+
+    def __init__(self, reason: str, detail: str, info: dict | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.info = info or {}
+
+
+def refusal(found: Sniffed, allowed: tuple[str, ...], data: bytes | None = None) -> Refused:
+    """Why content sniffed as ``found`` and outside ``allowed`` (upper-case family names) is refused.
+
+    ``data``: the whole file, to name an image format :func:`sniff` does not
+    place through :func:`identify` (a TGA, an XPM written as text); without it
+    unknown content is "not an image". HTML and SVG are never handed to Pillow.
+    Returns (does not raise) the :class:`Refused`: ``not an image`` (``content is
+    html``, ``unrecognised content``, …) or ``unsupported format`` (``TGA is not
+    in the allowed formats (JPEG, PNG)``).
+    """
+    fmt = found.name
+    info: dict = {}
+    if fmt not in FAMILIES and fmt not in ("HTML", "SVG") and data is not None:
+        known = identify(data)
+        if known is not None:
+            fmt = known[0]
+            info = {"format": known[0], "width": known[1], "height": known[2]}
+            return Refused("unsupported format", f"{fmt} is not in the allowed formats ({', '.join(allowed)})", info)
+    if not found.image:
+        what = "unrecognised content" if fmt in ("UNKNOWN", "EMPTY") else f"content is {fmt.lower()}"
+        return Refused("not an image", what)
+    return Refused("unsupported format", f"{fmt} is not in the allowed formats ({', '.join(allowed)})",
+                   {"format": fmt})
+
+
+def check_content(head: bytes, allowed: tuple[str, ...], data_for_identify: bytes | None = None) -> str:
+    """The family of a file whose first bytes are ``head``, if ``allowed``; else raise :func:`refusal`'s :class:`Refused`."""
+    allowed = tuple(a.upper() for a in allowed)
+    found = sniff(head)
+    if found.allowed and found.name in allowed:
+        return found.name
+    raise refusal(found, allowed, data_for_identify)
+
+
+def open_image(path: str | os.PathLike, *, allowed: tuple[str, ...] = IMAGE_FORMATS, max_pixels: int = 89_478_485,
+               max_bytes: int = 20_000_000):
+    """Open an untrusted image file for reading pixels: sniffed, allow-listed, size-checked, its family's reader only.
+
+    Returns a lazy ``PIL.Image.Image`` (call ``load()`` or convert it; close it
+    when done). Raises :class:`Refused` (``reason``, ``detail``) for a missing
+    or unreadable file, content outside ``allowed``, a file over ``max_bytes``
+    or a declared size over ``max_pixels`` — before anything is decoded, and
+    without ever handing the file to a reader of another format (an EPS named
+    ``.jpg`` never reaches Ghostscript).
+    """
+    from PIL import Image
+
+    try:
+        size = os.stat(path).st_size
+        if size > max_bytes:
+            raise Refused("too large", f"{size} bytes exceeds max_bytes {max_bytes}")
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise Refused("unreadable", "no such file") from None
+    except OSError as exc:
+        raise Refused("unreadable", exc.strerror or str(exc)) from None
+    if not data:
+        raise Refused("empty file", "0 bytes")
+    fam = check_content(data[:512], allowed, data)
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the size is checked below, with the numbers in the message; open reads headers only
+    try:
+        img = Image.open(io.BytesIO(data), formats=FAMILIES[fam].pillow)
+    except Exception as exc:  # noqa: BLE001 - the family's reader refused its header
+        raise Refused("corrupt", f"{fam} header cannot be read ({type(exc).__name__})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise Refused("decompression bomb", f"{width}×{height} = {width * height} pixels exceeds max_pixels {max_pixels}")
+    return img
 
 
 def _utf8(data: bytes) -> str | None:

@@ -1,4 +1,10 @@
-"""``dsbuild init``: write a commented starter manifest."""
+"""``dsbuild init``: a starter project that builds as written.
+
+It writes a commented ``datasets.toml`` whose active dataset is the offline demo
+(real handwritten digits, generated into ``demo_data/`` beside it), so
+``dsbuild build`` right after ``init`` builds something; the web dataset is there
+too, commented out, with what to fill in.
+"""
 
 from __future__ import annotations
 
@@ -23,21 +29,24 @@ train = 0.8
 valid = 0.2              # test = the rest (0 here)
 seed = 42
 
-# A dataset from web searches: one query per class (a string), several (a list),
-# or a table with queries, urls (files of URLs) and folders (local images).
-[datasets.eyewear]
-description = "What people wear on their eyes"
+# A dataset from web searches (needs the web: uncomment it, then `dsbuild build eyewear`):
+# one query per class (a string), several (a list), or a table with queries,
+# urls (files of URLs, one per line) and folders (local images, one folder per class).
+# [datasets.eyewear]
+# description = "What people wear on their eyes"
+#
+# [datasets.eyewear.classes]
+# glasses    = "(man OR woman) portrait glasses"
+# sunglasses = ["(man OR woman) portrait sunglasses", "person wearing sunglasses"]
+# VR         = { queries = ["(man OR woman) portrait VR headset"] }
+# mine       = { folders = "photos/mine" }     # your own images work too
+#
+# [datasets.eyewear.model]
+# arch = "resnet18"        # torchvision or timm name
+# epochs = 4
 
-[datasets.eyewear.classes]
-glasses    = "(man OR woman) portrait glasses"
-sunglasses = ["(man OR woman) portrait sunglasses", "person wearing sunglasses"]
-VR         = { queries = ["(man OR woman) portrait VR headset"] }
-
-[datasets.eyewear.model]
-arch = "resnet18"        # torchvision or timm name
-epochs = 4
-
-# The offline demo (`dsbuild demo`): real handwritten digits with planted problems.
+# The offline demo (`dsbuild demo` runs the whole showcase): real handwritten digits with planted
+# problems, in demo_data/ beside this file (`dsbuild init` generated them).
 [datasets.demo]
 [datasets.demo.classes]
 zero  = { folders = "demo_data/digits/zero" }
@@ -74,3 +83,17 @@ def write_starter(path: Path, *, force: bool = False) -> Path:
     if path.parent and not path.parent.exists():
         raise DsbuildError(f"folder {path.parent} does not exist — create it first", exit_code=2)
     return atomic_write(path, STARTER, hint="check that the folder is writable")
+
+
+def init_project(path: Path, *, force: bool = False) -> tuple[Path, Path, int]:
+    """Write the starter manifest to ``path`` and the demo's images beside it (``demo_data/digits``).
+
+    Returns ``(manifest, digits folder, number of image files)``. Refuses to overwrite a
+    manifest unless ``force``; demo images already there are kept.
+    """
+    from dsbuild.demo.data import ensure_demo_data
+
+    path = write_starter(path, force=force)
+    folder = ensure_demo_data(path.parent / "demo_data")
+    files = sum(1 for f in folder.rglob("*") if f.is_file() and f.parent != folder and not f.name.startswith("."))
+    return path, folder, files

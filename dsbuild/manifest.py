@@ -37,13 +37,14 @@ from typing import Any, Mapping
 
 from dsbuild.dedup.settings import DedupSettings
 from dsbuild.errors import DsbuildError, ManifestError, SettingsError, did_you_mean
+from dsbuild.executor_settings import ExecutorSettings
 from dsbuild.fetch_settings import FetchSettings
 from dsbuild.model.settings import ModelSettings
 from dsbuild.split import SplitSettings
 from dsbuild.verify.settings import HASH_KINDS, QUALITY_FLAGS, QualitySettings, VerifySettings
 
 __all__ = ["DEFAULT_CATALOG", "DEFAULT_MANIFEST", "HASH_KINDS", "QUALITY_FLAGS", "ClassSpec", "Dataset", "DedupSettings",
-           "FetchSettings", "Manifest", "ModelSettings", "QualitySettings", "SplitSettings", "VerifySettings",
+           "ExecutorSettings", "FetchSettings", "Manifest", "ModelSettings", "QualitySettings", "SplitSettings", "VerifySettings",
            "label_problem", "load_manifest", "parse_manifest"]
 
 if sys.version_info >= (3, 11):
@@ -96,6 +97,7 @@ class Dataset:
     imagefolder: Path | None = None
     fetch_settings: FetchSettings = FetchSettings()
     model_settings: ModelSettings = ModelSettings()
+    executor: ExecutorSettings = ExecutorSettings()
 
     @property
     def labels(self) -> list[str]:
@@ -111,6 +113,7 @@ class Manifest:
     catalog: Path
     store: Path
     datasets: Mapping[str, Dataset]
+    executor: ExecutorSettings = ExecutorSettings()
 
     @property
     def root(self) -> Path:
@@ -133,7 +136,7 @@ class Manifest:
 
 # --------------------------------------------------------------------------- allow-lists
 
-_TOP_KEYS = {"catalog", "store", "defaults", "datasets"}
+_TOP_KEYS = {"catalog", "store", "defaults", "datasets", "executor"}
 _SECTION_TYPES: dict[str, type] = {
     "verify": VerifySettings,
     "dedup": DedupSettings,
@@ -149,8 +152,9 @@ _DATASET_SCALARS: dict[str, type | tuple[type, ...]] = {
     "adult_filter": bool,
     "allow_private_hosts": bool,
 }
-_DATASET_KEYS = set(_DATASET_SCALARS) | set(_SECTION_TYPES) | {"classes", "filters", "fetch", "model", "imagefolder"}
-_DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder"}
+_DATASET_KEYS = set(_DATASET_SCALARS) | set(_SECTION_TYPES) | {"classes", "filters", "fetch", "model", "imagefolder",
+                                                                "executor"}
+_DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder", "executor"}  # top-level [executor] is the default
 _CLASS_KEYS = {"queries", "urls", "folders", "endpoint"}
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -214,6 +218,14 @@ def _as_str_list(value: Any, key: str, problems: _Problems) -> tuple[str, ...]:
     return tuple(v for v in out if v)
 
 
+def _as_number_list(value: Any, key: str, problems: _Problems) -> tuple[float, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in value):
+        problems.add(key, f"must be a list of numbers, not {value!r}")
+        return ()
+    return tuple(float(v) for v in value)
+
+
 def _coerce(value: Any, want: Any, key: str, problems: _Problems) -> Any:
     """Check ``value`` against the type of a dataclass default ``want``."""
     if isinstance(want, bool):
@@ -233,6 +245,8 @@ def _coerce(value: Any, want: Any, key: str, problems: _Problems) -> Any:
         if not isinstance(value, str):
             problems.add(key, f"must be a string, not {value!r}")
         return value
+    if isinstance(want, tuple) and want and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in want):
+        return _as_number_list(value, key, problems)
     if isinstance(want, tuple):
         return _as_str_list(value, key, problems)
     if want is None:  # optional values: accept scalars and strings
@@ -308,7 +322,17 @@ def _parse_table_option(raw: Any, key: str, problems: _Problems, *, report: bool
     return dict(raw)
 
 
-def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path, problems: _Problems) -> Dataset | None:
+def _parse_executor(raw: Any, key: str, base: ExecutorSettings, problems: _Problems,
+                    later: list[tuple[str, str]]) -> ExecutorSettings:
+    """``[executor]`` (``key``: its dotted path) over ``base`` (the top-level table's settings, for a dataset's);
+    value problems go to ``later``, as for every settings table."""
+    values = {f.name: getattr(base, f.name) for f in dataclasses.fields(ExecutorSettings)}
+    values.update(_section_values(ExecutorSettings, raw, key, problems))
+    return _settings(ExecutorSettings, values, key, later)
+
+
+def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path, problems: _Problems,
+                   executor: ExecutorSettings = ExecutorSettings()) -> Dataset | None:
     key = f"datasets.{_quote_key(name)}"
     if not _SAFE_NAME.match(name):
         problems.add(key, "dataset names use letters, digits, '_', '-' and '.', start with a letter or digit, at most 64 characters")
@@ -413,6 +437,8 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
         imagefolder=imagefolder,
         fetch_settings=_settings(FetchSettings, fetch_values, f"{key}.fetch", later),
         model_settings=_settings(ModelSettings, model_values, f"{key}.model", later),
+        executor=_parse_executor(raw["executor"], f"{key}.executor", executor, problems, later) if "executor" in raw
+        else executor,
         **sections,
     )
     _check_engine(ds, key, problems)
@@ -452,6 +478,11 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         defaults = {}
     _check_keys(defaults, _DEFAULTS_KEYS, "defaults.", problems)
 
+    later: list[tuple[str, str]] = []
+    executor = _parse_executor(data["executor"], "executor", ExecutorSettings(), problems, later) if "executor" in data \
+        else ExecutorSettings()
+    for where, message in later:
+        problems.add(where, message)
     datasets_raw = data.get("datasets", {})
     datasets: dict[str, Dataset] = {}
     if not isinstance(datasets_raw, dict):
@@ -460,7 +491,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         problems.add("datasets", "no dataset defined — add a [datasets.NAME] table with [datasets.NAME.classes]")
     else:
         for name, raw in datasets_raw.items():
-            ds = _parse_dataset(name, raw, defaults, root, problems)
+            ds = _parse_dataset(name, raw, defaults, root, problems, executor)
             if ds is not None:
                 datasets[name] = ds
 
@@ -471,7 +502,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
         tail = f"\n  … and {more} more" if more else ""
         noun = "problem" if len(problems.items) == 1 else "problems"
         raise ManifestError(f"{path.name}: {len(problems.items)} {noun}:\n  {lines}{tail}")
-    return Manifest(path=path, catalog=catalog, store=store, datasets=datasets)
+    return Manifest(path=path, catalog=catalog, store=store, datasets=datasets, executor=executor)
 
 
 def load_manifest(path: str | Path | None = None) -> Manifest:

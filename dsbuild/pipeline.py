@@ -9,7 +9,11 @@
   killed at any moment leaves a catalog that only points at complete files, and
   the next build continues where it stopped;
 * dedup and splits are recomputed from the catalog at the end of every build
-  (cheap), with existing splits kept.
+  (cheap), with existing splits kept. The split settings each dataset was split
+  with are recorded (meta ``split:NAME``): when the manifest's fractions, seed or
+  carve differ, the build refuses before any work (:func:`check_split_settings`)
+  until it is run with ``resplit=True`` (``--resplit``), which assigns every split
+  again and reports how many images moved.
 
 A build takes the catalog's lock file first, so a second build fails fast.
 Sources (:mod:`dsbuild.sources`: folders, then URL lists and search engines)
@@ -28,8 +32,10 @@ from pathlib import Path
 
 from dsbuild.catalog import BuildLock, Catalog, utcnow
 from dsbuild.errors import DsbuildError
+from dsbuild.executor import release_backends
+from dsbuild.executor_settings import ExecutorSettings
 from dsbuild.manifest import Dataset, Manifest, label_problem
-from dsbuild.progress import Progress
+from dsbuild.progress import LiveProgress, Progress, live_path
 from dsbuild.sources import SourceRun, folders, web
 from dsbuild.sources.folders import imagefolder_layout
 from dsbuild.store import sweep_temp_files
@@ -112,6 +118,46 @@ def _settings_digest(ds: Dataset) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+#: The settings that decide recorded per-image outcomes, by section: a build compares them with the
+#: dataset's last build and evaluates again every outcome a changed section decided (sources: folder
+#: files verified again, web outcomes per :data:`dsbuild.sources.web.RETRY_WHEN_CHANGED`; quality: every
+#: verified image's quality reject), then says how many it re-tried.
+SETTINGS_SECTIONS = ("verify", "network", "noai", "max_bytes", "quality")
+
+
+def settings_sections(ds: Dataset) -> dict[str, str]:
+    """The dataset's outcome-deciding settings as text, per section of :data:`SETTINGS_SECTIONS`
+    (from the settings checked at manifest load: ``verify``, ``fetch_settings``, ``quality``)."""
+    fetch = ds.fetch_settings
+    parts = {
+        "verify": _settings_digest(ds),
+        "network": [fetch.allow_private_hosts, sorted(map(str, fetch.allowed_networks))],
+        "noai": fetch.respect_noai,
+        "max_bytes": fetch.max_bytes,
+        "quality": asdict(ds.quality),
+    }
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in parts.items()}
+
+
+def _outcome(status: str | None, reason: str | None) -> str:
+    return reason or status or "?" if status in ("rejected", "failed") else (status or "?")
+
+
+def retry_note(before: dict[str, tuple], after: dict[str, tuple], retried: set[str]) -> str | None:
+    """``settings changed — re-tried N earlier outcomes: A → B k; …`` for the items in ``retried``."""
+    ids = [i for i in retried if i in before]
+    if not ids:
+        return None
+    moves: dict[str, int] = {}
+    for iid in ids:
+        a, b = _outcome(*before[iid]), _outcome(*after.get(iid, (None, None)))
+        if a != b:
+            moves[f"{a} → {b}"] = moves.get(f"{a} → {b}", 0) + 1
+    changes = "; ".join(f"{k} {n}" for k, n in sorted(moves.items(), key=lambda kv: (-kv[1], kv[0]))) or "no outcome changed"
+    n = len(ids)
+    return f"settings changed — re-tried {n} earlier outcome{'s' if n != 1 else ''}: {changes}"
+
+
 class RowWriter:
     """Buffers item/blob rows and commits them in batches (blobs first, then the items pointing at them)."""
 
@@ -151,9 +197,13 @@ class DatasetSink:
     def __init__(self, writer: RowWriter, summary: DatasetSummary) -> None:
         self.writer = writer
         self.summary = summary
+        self.retried: set[str] = set()
 
-    def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None) -> None:
+    def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None,
+            retried: bool = False) -> None:
         self.writer.add(item=item, blob=blob, fetch=fetch)
+        if item is not None and retried:
+            self.retried.add(item["image_id"])
         if item is not None:
             s = self.summary
             s.new += 1
@@ -193,16 +243,31 @@ def build(
     progress: Progress | None = None,
     workers: int | None = None,
     catalog_path: Path | None = None,
-    backend: str = "local",
+    executor: ExecutorSettings | None = None,
+    backend: str | None = None,
+    resplit: bool = False,
 ) -> BuildSummary:
     """Build the named datasets (all when ``names`` is empty); return a summary per dataset.
 
-    ``workers``: processes for the per-image work (default: CPU count); ``backend``: the
-    :data:`dsbuild.executor.BACKENDS` entry that runs it (``local``).
+    ``workers``: processes for the per-image work (default: CPU count). ``executor`` replaces every
+    dataset's ``[executor]`` settings (the CLI's ``--executor``/``--ray-address``); ``backend`` is
+    short for ``executor=ExecutorSettings(backend=backend)`` (a :data:`dsbuild.executor.BACKENDS` name).
+    ``resplit``: assign every image's split again from the manifest's split settings (needed after
+    changing them; a note says how many images moved). Raises :class:`DsbuildError` when a
+    dataset's split settings changed since its last build and ``resplit`` is false.
     """
     progress = progress or Progress()
+    if backend is not None:
+        if executor is not None and executor.backend != backend:
+            raise DsbuildError(f"build(backend={backend!r}) contradicts executor={executor!r} — give one of them")
+        executor = executor or ExecutorSettings(backend=backend)
     datasets = manifest.select(names)
     preflight(manifest, datasets)
+    for settings in {executor or d.executor for d in datasets}:
+        if settings.backend == "ray" and settings.address not in (None, "auto"):
+            from dsbuild.ray_backend import check_reachable
+
+            check_reachable(settings.address)  # fail fast, before the lock, a search or a catalog write
     catalog_path = catalog_path or manifest.catalog
     lock = BuildLock(catalog_path)
     lock.acquire()
@@ -210,16 +275,20 @@ def build(
     try:
         cat = Catalog.open(catalog_path)
         try:
+            check_split_settings(cat, datasets, resplit=resplit)
             swept = sweep_temp_files(manifest.store)
             if swept:
                 progress.note(f"removed {swept} partial files left by an interrupted build")
             build_id = cat.start_build([d.name for d in datasets])
             summaries: list[DatasetSummary] = []
+            described = {(executor or d.executor).describe() for d in datasets}
+            live = LiveProgress(progress, live_path(catalog_path), build_id=build_id,
+                                executor=described.pop() if len(described) == 1 else "per dataset")
             try:
                 for ds in datasets:
                     summaries.append(
                         build_dataset(cat, manifest, ds, build_id=build_id, retry_failed=retry_failed,
-                                      progress=progress, workers=workers, backend=backend)
+                                      progress=live, workers=workers, executor=executor, resplit=resplit)
                     )
             except KeyboardInterrupt:
                 cat.finish_build(build_id, "interrupted", {"datasets": [asdict(s) for s in summaries]})
@@ -227,30 +296,40 @@ def build(
             except BaseException as exc:
                 cat.finish_build(build_id, "failed", {"error": str(exc)})
                 raise
+            finally:
+                live.close()
             cat.finish_build(build_id, "ok", {"datasets": [asdict(s) for s in summaries]})
             return BuildSummary(build_id=build_id, catalog=catalog_path, datasets=summaries, seconds=time.monotonic() - started)
         finally:
             cat.close()
     finally:
+        release_backends()
         lock.release()
 
 
 def build_dataset(
     cat: Catalog, manifest: Manifest, ds: Dataset, *, build_id: int, retry_failed: bool = False,
-    progress: Progress, workers: int | None = None, backend: str = "local",
+    progress: Progress, workers: int | None = None, executor: ExecutorSettings | None = None,
+    resplit: bool = False,
 ) -> DatasetSummary:
     """Run every source of ``ds`` into the catalog, then regroup it; return what this build did."""
     t0 = time.monotonic()
     summary = DatasetSummary(dataset=ds.name)
     digest = _settings_digest(ds)
     changed_settings = cat.get_meta(f"settings:{ds.name}") not in (None, digest)
+    sections = settings_sections(ds)
+    previous = json.loads(cat.get_meta(f"settings-sections:{ds.name}") or "{}")
+    changed = frozenset(k for k, v in sections.items() if k in previous and previous[k] != v)
+    if changed_settings:
+        changed |= {"verify"}
 
     known = cat.known_items(ds.name)
     known_by_id = {row.image_id: row for row in known.itertuples(index=False)}
+    before = {row.image_id: (row.status, row.reason) for row in known_by_id.values()}
     writer = RowWriter(cat)
     sink = DatasetSink(writer, summary)
     run = SourceRun(dataset=ds, build_id=build_id, store=manifest.store, sink=sink, progress=progress,
-                    retry_failed=retry_failed, workers=workers, backend=backend)
+                    retry_failed=retry_failed, workers=workers, executor=executor or ds.executor, changed=changed)
 
     # Local folders.
     folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())
@@ -261,7 +340,18 @@ def build_dataset(
         web.ingest(cat, run)
         writer.flush()
 
-    regroup_dataset(cat, ds, summary=summary, progress=progress)
+    regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit, threads=workers)
+    cat.set_meta(f"split:{ds.name}", ds.split.record())
+    retried = set(sink.retried)
+    if "quality" in changed:  # every verified image's quality outcome was evaluated again by the regrouping
+        retried |= {i for i, (st, reason) in before.items()
+                    if st in ("ok", "duplicate") or str(reason or "").startswith("quality:")}
+    if retried:
+        after = {r.image_id: (r.status, r.reason) for r in cat.known_items(ds.name).itertuples(index=False)}
+        note = retry_note(before, after, retried)
+        if note:
+            summary.notes.append(note)
+    summary.notes.extend(empty_class_notes(cat, ds))
     # Dedup and quality checks have just turned some accepted images into duplicates or rejects:
     # the summary reports this build's images as the catalog now has them, not as they were fetched.
     counts = cat.build_item_counts(ds.name, build_id)
@@ -273,38 +363,272 @@ def build_dataset(
         if status in ("rejected", "failed"):
             summary.rejects[reason or "?"] = summary.rejects.get(reason or "?", 0) + n
     cat.set_meta(f"settings:{ds.name}", digest)
+    cat.set_meta(f"settings-sections:{ds.name}", json.dumps(sections, sort_keys=True))
     summary.seconds = time.monotonic() - t0
     return summary
 
 
-def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progress: Progress) -> None:
-    """Recompute duplicate groups, conflicts and splits of ``ds`` from the catalog."""
+def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
+    """A line for each class of the manifest with no accepted image: a model would silently learn without it."""
+    from dsbuild.render.values import counted
+
+    by_label: dict[str, dict[str, int]] = {}
+    for r in cat.status_counts(ds.name).itertuples(index=False):
+        per = by_label.setdefault(str(r.label), {})
+        per[r.status] = per.get(r.status, 0) + int(r.n)
+    notes = []
+    for label in ds.labels:
+        per = by_label.get(label, {})
+        if per.get("ok", 0):
+            continue
+        if not per:
+            notes.append(f"class '{label}' has no images (its sources are empty) — add images or remove the class")
+            continue
+        words = {"rejected": ("rejected", "rejected"), "failed": ("failed", "failed"),
+                 "duplicate": ("duplicate", "duplicates")}
+        parts = ", ".join(counted(per[s], *words[s]) for s in ("rejected", "failed", "duplicate") if per.get(s))
+        notes.append(f"class '{label}' has no accepted images ({parts}) — add images or remove the class")
+    return notes
+
+
+def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool) -> None:
+    """Refuse (one line naming ``--resplit``) when a dataset's split settings changed since its last build.
+
+    Stable splits protect existing images when the *data* grows; a change of the
+    *settings* (fractions, seed, carve) can only take effect by moving images, which
+    ``--resplit`` does explicitly. A catalog without a record (built before records
+    existed) counts as split without a carve.
+    """
+    from dsbuild.split import describe_change
+
+    if resplit:
+        return
+    changed = []
+    for ds in datasets:
+        old = cat.get_meta(f"split:{ds.name}")
+        if old is None:
+            if ds.split.carve is None or not cat.has_splits(ds.name):
+                continue  # a first build, or one from before the record: nothing carved yet, nothing to move
+        elif old == ds.split.record():
+            continue
+        changed.append((ds.name, describe_change(old, ds.split)))
+    if changed:
+        what = "; ".join(f"'{name}' ({change})" for name, change in changed)
+        names = " ".join(name for name, _ in changed)
+        raise DsbuildError(
+            f"the split settings of {what} changed since the last build, and images keep their splits — run "
+            f"`dsbuild build {names} --resplit` to assign the splits again (runs trained before keep the old "
+            "ones), or put the old settings back", exit_code=2)
+
+
+def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progress: Progress,
+                    resplit: bool = False, features_dir: Path | None = None, threads: int | None = None,
+                    embed: bool | None = None) -> None:
+    """Recompute duplicate groups, conflicts, splits and outlier scores of ``ds`` from the catalog.
+
+    ``resplit``: assign every split again (a note in ``summary`` says how many images moved).
+    With ``dedup.views``/``dedup.semantic`` the near-duplicate signals missing from the catalog and
+    the embedding cache (``features_dir``, default beside the catalog) are computed first
+    (:mod:`dsbuild.dedup.signals`; torch runs ``threads`` threads). ``embed`` (default
+    ``dedup.semantic``) computes missing embeddings; cached ones give outlier scores either way,
+    and confirm near duplicates only with ``dedup.semantic``.
+    """
+    import numpy as np
+
     from dsbuild.dedup.grouping import regroup
 
     items = cat.dataset_items(ds.name)
+    sig = None
+    embed = ds.dedup.semantic if embed is None else embed
+    if _wants_signals(ds) or embed:
+        from dsbuild.dedup.signals import dataset_signals
+
+        rows = np.flatnonzero(_verified(items).to_numpy())
+        with progress.stage(f"{ds.name}: near-duplicate signals", len(rows)) as bar:
+            sig = dataset_signals(items, rows, ds.dedup, ds.verify, features_dir=features_dir or features_root_of(cat),
+                                  embed=embed, threads=threads, progress=bar.advance)
+            cat.set_blob_signals(sig.new_blobs)
+        if sig.failed:
+            summary.notes.append(f"{len(sig.failed)} stored image(s) could not be decoded for near-duplicate signals "
+                                 f"(e.g. {next(iter(sig.failed.values()))}) — they are compared by their hash only")
     with progress.stage(f"{ds.name}: dedup + split", len(items)) as bar:
-        near = None
+        near = links = None
         if ds.dedup.near and ds.dedup.threshold > 0:
-            near = near_pairs_for(items, ds)
-        updates, gs = regroup(items, ds, near_pairs=near)
+            if sig is not None and _wants_signals(ds):
+                links = near_links_for(items, ds, sig)
+                near = links.rows() if links is not None and len(links) else None
+            else:
+                near = near_pairs_for(items, ds)
+        updates, gs = regroup(items, ds, near_pairs=near, keep_splits=not resplit)
         cat.update_dedup_and_splits(ds.name, updates)
         bar.advance(len(items))
-    summary.duplicates, summary.dup_groups, summary.conflicts, summary.near_pairs = gs.duplicates, gs.groups, gs.conflicts, gs.near_pairs
+    summary.duplicates, summary.dup_groups, summary.near_pairs = gs.duplicates, gs.groups, gs.near_pairs
+    # Conflicts as `status` and the `conflicts` view count them (current labels, reviews applied): one definition.
+    summary.conflicts = cat.duplicate_counts(ds.name)["conflicts"]
     if gs.held_apart:
         summary.notes.append(f"{gs.held_apart} near-duplicate links join images that earlier builds put in different "
                              "splits: left as separate groups so that no image moves to another split")
     counts = updates[updates["split"].notna() & (updates["status"] == "ok")]["split"].value_counts()
     summary.splits = {k: int(v) for k, v in counts.items()}
+    note = group_warning(updates, ds)
+    if note:
+        summary.notes.append(note)
+    _store_neighbours(cat, ds, items, updates, links)
+    if sig is not None and sig.emb is not None:
+        _store_outliers(cat, ds, items, updates, sig)
+    else:
+        import pandas as pd
+
+        cat.set_outliers(ds.name, pd.DataFrame({"image_id": [], "outlier_score": [], "is_outlier": []}))
+    if resplit:
+        summary.notes.append(resplit_note(items, updates, runs=len(cat.runs(ds.name))))
+
+
+def resplit_note(items, updates, *, runs: int) -> str:
+    """What ``--resplit`` did: how many images (ok or duplicate, split before and after) moved, and where."""
+    before = dict(zip(items["image_id"], items["split"]))
+    moves: dict[str, int] = {}
+    for image_id, split, status in zip(updates["image_id"], updates["split"], updates["status"]):
+        old = before.get(image_id)
+        if status in ("ok", "duplicate") and isinstance(old, str) and isinstance(split, str) and old != split:
+            moves[f"{old} → {split}"] = moves.get(f"{old} → {split}", 0) + 1
+    moved = sum(moves.values())
+    if not moved:
+        return "--resplit: splits assigned again from the settings; no image moved"
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(moves.items()))
+    earlier = (f"; the {runs} model run{'s' if runs != 1 else ''} before this build used the old splits — train again"
+               if runs else "; runs before this build used the old splits")
+    return f"--resplit: {moved} image{'s' if moved != 1 else ''} moved to another split ({detail}){earlier}"
+
+
+def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progress | None = None,
+          workers: int | None = None) -> list[DatasetSummary]:
+    """Compute the missing near-duplicate signals and embeddings of built datasets, then regroup them.
+
+    What ``dsbuild embed`` runs: the same stage a build with ``dedup.semantic = true`` runs after
+    verification, for datasets already in the catalog (whatever their ``semantic`` setting: the
+    embeddings then serve ``similar`` and the outlier scores). Takes the catalog lock.
+    """
+    progress = progress or Progress()
+    datasets = manifest.select(names)
+    if not Path(manifest.catalog).exists():
+        raise DsbuildError(f"no catalog at {manifest.catalog} — run `dsbuild build` first")
+    lock = BuildLock(manifest.catalog)
+    lock.acquire()
+    try:
+        with Catalog.open(manifest.catalog) as cat:
+            built = set(cat.datasets_in_catalog())
+            missing = [d.name for d in datasets if d.name not in built]
+            if missing:
+                raise DsbuildError(f"dataset(s) {', '.join(missing)} not in the catalog — run `dsbuild build {missing[0]}` first")
+            out = []
+            for ds in datasets:
+                t0 = time.monotonic()
+                summary = DatasetSummary(dataset=ds.name)
+                regroup_dataset(cat, ds, summary=summary, progress=progress, threads=workers, embed=True)
+                summary.seconds = time.monotonic() - t0
+                out.append(summary)
+            return out
+    finally:
+        lock.release()
+
+
+def features_root_of(cat: Catalog) -> Path:
+    """Where the catalog's embedding caches live (``<catalog dir>/features``)."""
+    from dsbuild.model.embeddings import features_root
+
+    return features_root(cat.path)
+
+
+def _wants_signals(ds: Dataset) -> bool:
+    d = ds.dedup
+    return d.near and d.threshold > 0 and (d.views or d.semantic) and d.hash == "phash" and d.hash_size == 8
+
+
+def _verified(items):
+    return items["status"].isin(["ok", "duplicate"]) | items["reason"].fillna("").str.startswith("quality:")
+
+
+def group_warning(updates, ds: Dataset) -> str | None:
+    """The safety net: a note when more than ``dedup.group_warning`` of the accepted images are near duplicates."""
+    kept = updates["status"].isin(["ok", "duplicate"])
+    near = (updates["reason"] == "near duplicate") & kept
+    total = int(kept.sum())
+    if not total or near.sum() <= ds.dedup.group_warning * total:
+        return None
+    return (f"{int(near.sum())} of {total} images ({near.sum() / total:.0%}) are near duplicates, more than "
+            f"dedup.group_warning ({ds.dedup.group_warning:.0%}) — look at them with `dsbuild status {ds.name} "
+            f"--html dups.html` or `dsbuild query @duplicates` before trusting them")
+
+
+def _store_outliers(cat: Catalog, ds: Dataset, items, updates, sig) -> None:
+    """cleanlab outlier scores of the accepted representatives (status ok) with an embedding, into the catalog."""
+    import numpy as np
+    import pandas as pd
+
+    from dsbuild.dedup.signals import outlier_scores
+
+    status = updates.set_index("image_id")["status"].reindex(items["image_id"]).to_numpy()
+    rows = np.flatnonzero((status == "ok") & sig.has_emb)
+    scores, flag = outlier_scores(sig.emb[rows], ds.dedup.outlier_k)
+    frame = pd.DataFrame({"image_id": items["image_id"].to_numpy()[rows], "outlier_score": scores,
+                          "is_outlier": flag})
+    cat.set_outliers(ds.name, frame[np.isfinite(scores)])
+
+
+def _store_neighbours(cat: Catalog, ds: Dataset, items, updates, links) -> None:
+    """Each accepted image's nearest images (the ``neighbours`` view) from the build's neighbour search, or none."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame({"image_id": [], "rank": [], "neighbour_id": [], "similarity": []})
+    if links is not None and links.neighbours is not None:
+        ids, sims = links.neighbours
+        status = updates.set_index("image_id")["status"].reindex(items["image_id"]).to_numpy()
+        kept = np.isin(status, ["ok", "duplicate"])
+        image_ids = items["image_id"].to_numpy()
+        q, r = np.nonzero((ids >= 0) & kept[:, None] & kept[np.clip(ids, 0, None)])
+        frame = pd.DataFrame({"image_id": image_ids[q], "rank": r + 1, "neighbour_id": image_ids[ids[q, r]],
+                              "similarity": np.round(sims[q, r].astype(float), 4)})
+        frame["rank"] = frame.groupby("image_id").cumcount() + 1
+    cat.set_neighbours(ds.name, frame)
+
+
+def near_links_for(items, ds: Dataset, signals):
+    """:class:`dsbuild.dedup.neardup.Links` among ``items``' verified images by the two-signal rule, or None."""
+    import numpy as np
+
+    from dsbuild.dedup.neardup import near_links
+    from dsbuild.dedup.signals import thumb_loader
+    from dsbuild.verify import hashing
+
+    pos = np.flatnonzero(_verified(items).to_numpy() & items["phash"].notna().to_numpy())
+    if len(pos) < 2:
+        return None
+    hexes = items["phash"].to_numpy()[pos]
+    n = len(items)
+    full = np.zeros(n, dtype=np.uint64)
+    full[pos] = [hashing.hash_to_int(h) for h in hexes]
+    usable = np.zeros(n, dtype=bool)
+    usable[pos] = [not hashing.is_degenerate(h) for h in hexes]
+    views = signals.views if ds.dedup.views else None
+    if views is not None:  # views of a blob that could not be decoded again: its hash alone
+        views = np.where((views == 0).all(axis=1, keepdims=True), full[:, None], views)
+    emb = signals.emb if ds.dedup.semantic else None
+    has = signals.has_emb.copy()
+    has[np.setdiff1d(np.arange(n), pos)] = False
+    return near_links(full, usable, ds.dedup, views=views, eff_side=signals.eff_side, emb=emb, has_emb=has,
+                      thumb=thumb_loader(items, ds.verify) if emb is not None else None)
 
 
 def near_pairs_for(items, ds: Dataset):
-    """Near-duplicate pairs (row positions in ``items``) among verified images, by perceptual hash."""
+    """Near-duplicate pairs ``(i, j, distance)`` (row positions in ``items``) among verified images, by perceptual hash."""
     import numpy as np
 
     from dsbuild.dedup import search as dedup
     from dsbuild.verify import hashing
 
-    ok = items["status"].isin(["ok", "duplicate"]) | items["reason"].fillna("").str.startswith("quality:")
+    ok = _verified(items)
     pos = np.flatnonzero(ok.to_numpy() & items["phash"].notna().to_numpy())
     if len(pos) < 2:
         return None

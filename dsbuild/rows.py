@@ -22,10 +22,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ITEM_COLUMNS = ("given_split", "dataset", "image_id", "origin", "source", "engine", "query", "rank", "page_url",
                 "class_label", "sha256", "status", "reason", "detail", "split", "dup_group", "dup_of", "dup_distance",
-                "conflict", "phash", "src_size", "src_mtime_ns", "first_seen", "updated_at", "build_id")
-"""``items`` columns a build writes (the rest — quality flags, dataset-relative scores — the regroup step sets)."""
+                "conflict", "phash", "src_size", "src_mtime_ns", "first_seen", "updated_at", "build_id", "format",
+                "width", "height", "bytes", "warnings")
+"""``items`` columns a build writes (the rest — quality flags, dataset-relative scores — the regroup step sets).
+``format``/``width``/``height``/``bytes`` are what verification learned (a rejected file's only record of them;
+``images`` takes the blob's for a stored one); ``warnings`` what decoders said without rejecting the file."""
 BLOB_COLUMNS = ("sha256", "path", "bytes", "format", "width", "height", "mode", "frames", "pixel_sha", "q_dark",
-                "q_light", "q_blurry", "q_low_information", "q_grayscale", "q_odd_aspect_ratio", "created_at")
+                "q_light", "q_blurry", "q_low_information", "q_grayscale", "q_odd_aspect_ratio", "created_at",
+                "phash_views", "eff_side")
+"""``blobs`` columns; ``phash_views`` and ``eff_side`` (schema 5) are left empty by a build's writer and filled by
+the near-duplicate signals stage (:mod:`dsbuild.dedup.signals`)."""
 FETCH_COLUMNS = ("dataset", "url", "final_url", "engine", "query", "rank", "page_url", "label", "http_status", "bytes",
                  "content_type", "fetched_at", "outcome", "reason", "transient", "attempts", "elapsed_s", "sha256",
                  "build_id")
@@ -38,12 +44,13 @@ LABEL_EVENT_COLUMNS = ("event_id", "dataset", "image_id", "changed_at", "source"
 LABEL_ISSUE_COLUMNS = ("dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality",
                        "rank", "run_id", "kind", "suggested_confidence", "ood_score", "current_label", "reviewed",
                        "outlier_score", "is_label_issue")
-"""Columns of the ``label_issues`` / ``label_issues_all`` views, in order (schema 3 added the last two)."""
+"""Columns of the ``label_issues`` / ``label_issues_all`` views, in order (schema 4 added the last two)."""
 REPORT_COLUMNS = ("dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
                   "run_id", "kind", "suggested_confidence")
 """What ``dsbuild mislabels --format csv|json`` writes: a report that is also a review decisions file."""
-REPORT_TABLE_COLUMNS = ("rank", "image_id", "given_label", "suggested_label", "label_quality", "kind", "origin")
-"""What ``dsbuild mislabels`` shows on the terminal."""
+REPORT_TABLE_COLUMNS = ("rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence",
+                        "kind", "origin")
+"""What ``dsbuild mislabels`` shows on the terminal (``suggested_confidence``: what ``--min-confidence`` filters on)."""
 
 
 def image_id_for(dataset: str, label: str, origin: str) -> str:
@@ -68,6 +75,10 @@ def item_row(
         "split": None, "dup_group": None, "dup_of": None, "dup_distance": None, "conflict": False,
         "phash": rec.phash if rec else None, "src_size": src_size, "src_mtime_ns": src_mtime_ns,
         "first_seen": now, "updated_at": now, "build_id": build_id,
+        # what verification learned (for a rejected file the only record of it), and what decoders said
+        "format": rec.format if rec else None, "width": rec.width if rec else None,
+        "height": rec.height if rec else None, "bytes": (rec.bytes or None) if rec else None,
+        "warnings": list(rec.warnings) if rec else [],
     }
 
 
@@ -80,7 +91,7 @@ def blob_row(rec: "ImageRecord", now) -> dict:
         "pixel_sha": rec.pixel_sha,
         "q_dark": q.get("dark"), "q_light": q.get("light"), "q_blurry": q.get("blurry"),
         "q_low_information": q.get("low_information"), "q_grayscale": q.get("grayscale"),
-        "q_odd_aspect_ratio": q.get("odd_aspect_ratio"), "created_at": now,
+        "q_odd_aspect_ratio": q.get("odd_aspect_ratio"), "created_at": now, "phash_views": None, "eff_side": None,
     }
 
 

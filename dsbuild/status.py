@@ -9,6 +9,9 @@ from dsbuild.catalog import Catalog
 from dsbuild.errors import DsbuildError
 
 _STATUS_ORDER = ("ok", "duplicate", "rejected", "failed")
+NEAR_SHARE_WARNING = 0.2
+"""``status`` warns when more than this share of a dataset's accepted images are near duplicates (the
+default ``dedup.group_warning``; the build's warning uses the dataset's own setting)."""
 
 
 @dataclass
@@ -31,12 +34,18 @@ class CatalogStatus:
     last_build: str | None
 
 
-def dataset_status(catalog_path: Path, dataset: str | None = None) -> CatalogStatus:
-    """Counts per label × split × status, rejects by reason and duplicate/conflict counts."""
+def dataset_status(catalog_path: Path, dataset: str | None = None, *, manifest=None) -> CatalogStatus:
+    """Counts per label × split × status, rejects by reason and duplicate/conflict counts.
+
+    ``manifest`` (a :class:`~dsbuild.manifest.Manifest`): a ``dataset`` in neither the catalog nor the
+    manifest is a typo (its error says so, with a did-you-mean), not a dataset to build.
+    """
     with Catalog.open_readonly(catalog_path) as cat:
         names = cat.datasets_in_catalog()
         if dataset is not None:
             if dataset not in names:
+                if manifest is not None and dataset not in manifest.datasets:
+                    manifest.dataset(dataset)  # raises: no such dataset, did you mean …
                 known = ", ".join(names) or "(none yet)"
                 raise DsbuildError(f"dataset '{dataset}' is not in the catalog — built datasets: {known}; run `dsbuild build {dataset}`")
             names = [dataset]
@@ -76,6 +85,14 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
             f"{name}: {dups['leaks']} duplicate groups straddle splits (leakage in the splits the dataset came with) "
             "— `dsbuild query @split_leakage`"
         )
+    near, kept, outliers = cat.near_duplicate_share(name)
+    if kept and near > NEAR_SHARE_WARNING * kept:
+        notes.append(f"{name}: warning — {near} of {kept} accepted images ({near / kept:.0%}) are near duplicates, more "
+                     f"than {NEAR_SHARE_WARNING:.0%}: look at the groups with `dsbuild status {name} --html dups.html` "
+                     "or `dsbuild query @duplicates` before trusting them")
+    if outliers:
+        notes.append(f"{name}: {outliers} outliers (images unlike the rest, cleanlab outlier_score) — "
+                     f"`dsbuild query \"SELECT * FROM images WHERE dataset = '{name}' AND is_outlier ORDER BY outlier_score\"`")
     flags = cat.quality_flag_counts(name)
     if flags:
         from dsbuild.verify.settings import QUALITY_FLAGS
@@ -86,6 +103,14 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
     names = [f"{s} ok" if st == "ok" else st for s, st in columns]
     return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups,
                          quality=flags, notes=notes)
+
+
+def running_build(catalog_path: Path) -> dict | None:
+    """What the build now writing ``catalog_path`` has done so far (its live progress file), or None when no
+    build of this machine is running. See :class:`dsbuild.progress.LiveProgress` for the fields."""
+    from dsbuild.progress import read_live
+
+    return read_live(catalog_path)
 
 
 def duplicates_page(catalog_path: Path, dataset: str, out: Path) -> tuple[Path, int]:

@@ -21,9 +21,11 @@ from dsbuild.errors import DsbuildError
 from dsbuild.formats import extension
 
 
-
 def store_path(store_dir: Path, sha256: str, fmt: str | None) -> Path:
-    """Where the image with ``sha256`` and Pillow format ``fmt`` lives in the store."""
+    """Where the image with ``sha256`` and format ``fmt`` (a family or a Pillow name: MPO is JPEG) lives in the store.
+
+    The extension is the family's, from the one format table (:func:`dsbuild.formats.extension`).
+    """
     return Path(store_dir) / sha256[:2] / f"{sha256}.{extension(fmt)}"
 
 
@@ -44,7 +46,8 @@ def store_bytes(store_dir: Path, sha256: str, data: bytes, fmt: str | None, *, f
 
 
 def write_replacing(final: Path, data: bytes, tmp: Path, *, fsync: bool = True) -> None:
-    """The one atomic write: ``data`` into a new ``tmp`` beside ``final`` (mode 0644), then renamed over ``final``.
+    """The one atomic write: ``data`` into a new ``tmp`` beside ``final`` (mode 0666 less the umask, as ``open()``
+    gives), then renamed over ``final``.
 
     A reader sees the old file or the whole new one, never a part. ``tmp`` is removed
     on any failure (its folder is created when missing). ``fsync=False`` skips the
@@ -52,10 +55,10 @@ def write_replacing(final: Path, data: bytes, tmp: Path, *, fsync: bool = True) 
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(tmp, flags, 0o644)
+        fd = os.open(tmp, flags, 0o666)
     except FileNotFoundError:  # the first file in this folder (or a folder removed by hand)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, flags, 0o644)
+        fd = os.open(tmp, flags, 0o666)
     try:
         with open(fd, "wb", closefd=True) as fh:
             fh.write(data)
@@ -102,7 +105,9 @@ def sweep_temp_files(store_dir: Path) -> int:
 def atomic_write(out: Path, data: bytes | str, *, hint: str = "choose another --out") -> Path:
     """Write ``data`` (a str as UTF-8) to the file ``out`` atomically (:func:`write_replacing`, with fsync); return ``out``.
 
-    Raises DsbuildError (ending in ``hint``) when ``out`` is a folder or cannot be written.
+    Raises DsbuildError (ending in ``hint``) when ``out`` is a folder or cannot be written. The file's
+    mode is what ``open()`` gives (``0666`` less the umask), never ``mkstemp``'s ``0600``: reports and
+    exports are for other people and programs too.
     """
     out = Path(out)
     if out.is_dir():

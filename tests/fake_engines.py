@@ -18,6 +18,7 @@ points any engine at it:
 ``/site``, ``/site/pN``    a small web site for the greedy crawler (``<img src>`` + in-site links);
                            its images are ``planted("site")``, ``greedy_page_size`` a page
 ``/img/…``                 real JPEGs made with Pillow from ``skimage.data`` photos
+``/photo/NAME``            the bytes given to :meth:`FakeEngineServer.serve` under ``NAME`` (404 otherwise)
 =========================  ================================================================
 
 Switches (attributes, may be changed while the server runs):
@@ -149,6 +150,7 @@ class FakeEngineServer:
         self.page_drip = page_drip
         self.requests: list[str] = []
         self._planted: dict[str, list[str]] = {}
+        self._photos: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -200,6 +202,12 @@ class FakeEngineServer:
         """Serve exactly ``urls`` as the results of ``query``."""
         with self._lock:
             self._planted[query] = list(urls)
+
+    def serve(self, name: str, data: bytes) -> str:
+        """Serve ``data`` (a JPEG) at ``/photo/<name>``; return its URL."""
+        with self._lock:
+            self._photos[name] = data
+        return f"{self.url}/photo/{name}"
 
     def hits(self, prefix: str) -> int:
         """How many requests had a path starting with ``prefix``."""
@@ -274,6 +282,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = parts.path
         if path.startswith("/img/"):
             return self._image(path)
+        if path.startswith("/photo/"):
+            data = self.fake._photos.get(path[len("/photo/"):])
+            return self._send(200, data, "image/jpeg") if data else self._send(404, "<html><body>not found</body></html>")
         if self.fake.page_delay:
             time.sleep(self.fake.page_delay)  # a slow / stalled engine
         if self.fake.mode == "changed_format":

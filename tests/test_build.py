@@ -89,6 +89,10 @@ def write_manifest(folder: Path, body: str) -> Path:
     return path
 
 
+#: Near duplicates by the perceptual hash alone (dsbuild before issue 17): many digits are linked.
+PHASH_ONLY = "[datasets.digits.dedup]\nviews = false\nsemantic = false"
+
+
 def digits_manifest(folder: Path, images: Path, name: str = "digits", *, classes: int = 10, extra: str = "") -> Path:
     lines = ['catalog = "cat/dsbuild.duckdb"', f"[datasets.{name}]", extra,
              f"[datasets.{name}.split]", "train = 0.8", "valid = 0.2", f"[datasets.{name}.classes]"]
@@ -307,13 +311,14 @@ def test_splits_are_deterministic(digits, tmp_path: Path) -> None:
 def test_splits_do_not_depend_on_where_the_files_are(tmp_path: Path) -> None:
     """The same pictures copied to another folder (another machine) get the same splits and representatives.
 
-    Near-duplicate search is on: digits form many groups, whose keys must come from content, not from paths.
+    Near-duplicate search is on, with the perceptual hash alone (embedding confirmation off), so that
+    digits form many groups, whose keys must come from content, not from paths.
     """
     write_digits(tmp_path / "a" / "images", 60, classes=5)
     shutil.copytree(tmp_path / "a" / "images", tmp_path / "b" / "elsewhere")
     frames = []
     for folder in (tmp_path / "a" / "images", tmp_path / "b" / "elsewhere"):
-        manifest = digits_manifest(folder.parent, folder, classes=5)
+        manifest = digits_manifest(folder.parent, folder, classes=5, extra=PHASH_ONLY)
         build(load_manifest(manifest), ["digits"], workers=1)
         df = images_of(manifest, "digits")
         df.index = [str(Path(o).relative_to(folder)) for o in df["origin"]]
@@ -344,10 +349,11 @@ def test_adding_images_never_moves_an_existing_image(tmp_path: Path) -> None:
 
     A new image that is a near duplicate of two old groups sitting in different splits would force
     one of them to move if the groups merged: such links are held apart (and reported) instead.
+    The perceptual hash alone (embedding confirmation off) links many digits, which exercises the rule.
     """
     images = tmp_path / "images"
     write_digits(images, 80, classes=5)
-    manifest = digits_manifest(tmp_path / "m", images, classes=5)
+    manifest = digits_manifest(tmp_path / "m", images, classes=5, extra=PHASH_ONLY)
     build(load_manifest(manifest), ["digits"], workers=1)
     old = images_of(manifest, "digits")
 
@@ -477,28 +483,66 @@ def _store_count(store: Path) -> int:
     return sum(1 for p in store.glob("*/*") if not p.name.startswith(".")) if store.exists() else 0
 
 
+def _committed_items(catalog: Path, snap: Path) -> int:
+    """Item rows a running build has committed, read from a copy of its catalog (the file and its WAL).
+
+    The build holds the catalog (DuckDB lets no other process open it), and a copy never touches the
+    build's file or lock: what the copy holds was committed. 0 before the first commit, or when the copy
+    caught a checkpoint half written (the caller asks again).
+    """
+    import duckdb
+
+    snap.mkdir(exist_ok=True)
+    copy = snap / "catalog.duckdb"
+    for suffix in ("", ".wal"):
+        Path(f"{copy}{suffix}").unlink(missing_ok=True)
+        try:
+            shutil.copyfile(f"{catalog}{suffix}", f"{copy}{suffix}")
+        except FileNotFoundError:
+            pass
+    try:
+        con = duckdb.connect(str(copy), read_only=True)
+    except duckdb.Error:
+        return 0
+    try:
+        return int(con.execute("SELECT count(*) FROM items").fetchone()[0])
+    except duckdb.Error:  # no items table yet
+        return 0
+    finally:
+        con.close()
+
+
 def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Path, capsys) -> None:
     images = tmp_path / "images"
     total = write_digits(images, 70)
     assert total == 700
-    manifest = digits_manifest(tmp_path / "crash", images)
-    store = load_manifest(manifest).store
-
-    def wait_for(files: int) -> None:
-        deadline = time.monotonic() + 120
-        while _store_count(store) < files and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert proc.poll() is None, f"the build ended before it stored {files} files: {proc.stderr.read()}"
+    manifest = digits_manifest(tmp_path / "crash", images, extra=PHASH_ONLY)
+    store, catalog = load_manifest(manifest).store, load_manifest(manifest).catalog
 
     proc = _subprocess_build(manifest)
     try:
-        wait_for(20)
+        deadline = time.monotonic() + 120
+        while _store_count(store) < 20 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, f"the build ended before it verified 20 files: {proc.stderr.read()}"
         # Meanwhile a second build is refused at once, naming the running one, and readers are told it is busy.
         code, out, err = run_cli(capsys, manifest, "build", "-q")
         assert code == 1 and f"locked by PID {proc.pid}" in err and "Traceback" not in err
+        # status shows what the running build has done so far (its live progress), not the busy catalog
         code, out, err = run_cli(capsys, manifest, "status")
-        assert code == 1 and "busy" in err and "Traceback" not in err
-        wait_for(520)  # past the first batch commit (500 rows), well before the end (700)
+        assert code == 0 and "Traceback" not in out + err, err
+        assert f"is running (PID {proc.pid}, executor local)" in out and "digits: verify + hash: " in out
+        # Kill it just after its first commit of item rows, well before the end, on any machine: the build runs
+        # in short slices (its process group stopped between them) until a copy of its catalog shows committed
+        # rows. The store is no measure of commits: workers store files before the build sees their records.
+        committed = 0
+        while committed == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                f"the build ended before it committed a row: {proc.stderr.read() if proc.poll() is not None else ''}"
+            os.killpg(proc.pid, signal.SIGCONT)
+            time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGSTOP)
+            committed = _committed_items(catalog, tmp_path / "snapshot")
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
@@ -511,7 +555,7 @@ def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Pat
         crashed = cat.df("SELECT i.image_id, i.status, i.sha256, b.path, b.bytes FROM items i "
                          "LEFT JOIN blobs b USING (sha256)")
         outcome = cat.df("SELECT outcome FROM builds")["outcome"].tolist()
-    assert 0 < len(crashed) < total and outcome == ["running"]
+    assert 0 < committed <= len(crashed) < total and outcome == ["running"]  # every commit seen survived the kill
     ok = crashed[crashed["status"] == "ok"]
     assert len(ok) > 0 and ok["path"].notna().all()
     for r in ok.itertuples():
@@ -527,7 +571,7 @@ def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Pat
     resumed = json.loads(builds["summary"].iloc[-1])["datasets"][0]
     assert resumed["new"] == total - len(crashed) and resumed["skipped"] == len(crashed)
 
-    clean = digits_manifest(tmp_path / "clean", images)
+    clean = digits_manifest(tmp_path / "clean", images, extra=PHASH_ONLY)
     build(load_manifest(clean), ["digits"], workers=1)
     cols = ["image_id", "status", "split", "sha256", "dup_group", "dup_of"]
     a, b = images_of(manifest, "digits")[cols], images_of(clean, "digits")[cols]

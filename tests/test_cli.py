@@ -81,8 +81,8 @@ def python(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def test_commands_are_registered() -> None:
-    assert set(COMMANDS) == {"init", "build", "status", "query", "export", "train", "mislabels", "review", "retrain",
-                             "predict", "demo"}
+    assert set(COMMANDS) == {"init", "build", "status", "query", "export", "train", "mislabels", "review", "retrain", "ui",
+                             "predict", "demo", "embed", "similar"}
     assert set(SUBPARSERS) == set(COMMANDS)
 
 
@@ -184,13 +184,21 @@ def test_init_writes_a_starter_that_parses(tmp_path: Path, capsys) -> None:
     path = tmp_path / "datasets.toml"
     rc, out, err = run(capsys, "init", "-m", str(path))
     assert rc == 0 and err == ""
-    assert out == f"wrote {path} — edit it, then run `dsbuild build` (or `dsbuild demo` for the offline showcase)\n"
+    assert out == (f"wrote {path} and the demo's images (demo_data/digits, 1801 files) — `dsbuild build` builds the "
+                   "demo dataset, `dsbuild demo` runs the whole showcase; add your datasets to the manifest\n")
     assert path.read_text(encoding="utf-8") == STARTER
     m = load_manifest(path)
-    assert {"eyewear", "demo"} <= set(m.datasets)
-    assert m.dataset("eyewear").labels == ["glasses", "sunglasses", "VR"]
+    assert set(m.datasets) == {"demo"}  # what builds offline, as written
     assert m.catalog == tmp_path.resolve() / "catalog/dsbuild.duckdb"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets.toml"]  # no temp file, no catalog
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets.toml", "demo_data"]  # no temp file, no catalog
+    # The web dataset is there, commented out: uncommented as it says, it is a valid dataset.
+    lines = STARTER.splitlines()
+    start = lines.index("# [datasets.eyewear]")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("#"))
+    web = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines[start:end])
+    path.write_text(STARTER + "\n" + web + "\n")
+    m = load_manifest(path)
+    assert m.dataset("eyewear").labels == ["glasses", "sunglasses", "VR", "mine"]
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path, capsys) -> None:
@@ -243,7 +251,7 @@ def test_options_before_the_command_are_kept(manifest: Path, tmp_path: Path, cap
     monkeypatch.chdir(tmp_path)  # no ./datasets.toml to fall back on
     after = run(capsys, "query", "-m", str(manifest), "select count(*) as n from images", "--format", "csv")
     before = run(capsys, "-m", str(manifest), "query", "select count(*) as n from images", "--format", "csv")
-    assert after == before == (0, "n\r\n12\r\n", "")
+    assert after == before == (0, "n\n12\n", "")
     with pytest.raises(DsbuildError):
         main(["--debug", "-m", str(tmp_path / "nope.toml"), "status"])
     assert run(capsys, "--catalog", str(tmp_path / "other.duckdb"), "-m", str(manifest), "status")[2] == (
@@ -291,9 +299,17 @@ def test_status_table(manifest: Path, capsys) -> None:
 
 def test_status_of_one_dataset_and_unknown_ones(manifest: Path, capsys) -> None:
     assert run(capsys, "status", "-m", str(manifest), "pets")[0] == 0
+    # A name in neither the catalog nor the manifest is a typo (issue 12), not a dataset to build.
     rc, out, err = run(capsys, "status", "-m", str(manifest), "pest")
     assert rc == 1 and out == ""
-    assert err == "Error: dataset 'pest' is not in the catalog — built datasets: pets; run `dsbuild build pest`\n"
+    assert err == "Error: no dataset 'pest' in datasets.toml (did you mean 'pets'?) — known datasets: pets\n"
+    # A dataset of the manifest that was never built: build it.
+    other = manifest.with_name("two.toml")
+    other.write_text(manifest.read_text() + '[datasets.mugs.classes]\na = { folders = "photos/cat" }\n'
+                     'b = { folders = "photos/cup" }\n')
+    rc, out, err = run(capsys, "status", "-m", str(other), "mugs")
+    assert rc == 1 and out == ""
+    assert err == "Error: dataset 'mugs' is not in the catalog — built datasets: pets; run `dsbuild build mugs`\n"
 
 
 def test_status_without_a_catalog(tmp_path: Path, capsys) -> None:

@@ -47,7 +47,7 @@ ALPHA: dict[str, tuple] = {
     "/same/b.jpg": ("ok", None, False, 200, "same", None),
     "/unicode/café ü.jpg": ("ok", None, False, 200, "same", None),  # non-ASCII URL
     "/flaky/429/1/a.jpg": ("ok", None, False, 200, "same", None),  # 429 + Retry-After: 1, honoured, then ok
-    "/html-as-jpeg.jpg": ("rejected", "not an image (html)", False, 200, "rejected", "not an image (html)"),
+    "/html-as-jpeg.jpg": ("rejected", "not an image (html)", False, 200, "rejected", "not an image"),  # as verify says
     "/status/404": ("failed", "http 404", False, 404, "failed", "http 404"),
     "/status/500": ("failed", "http 500", True, 500, "failed", "http 500"),
     "/status/429?retry_after=30": ("failed", "http 429", True, 429, "failed", "http 429"),  # > retry_after_max

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -66,10 +67,13 @@ def test_a_killed_worker_costs_nothing(tmp_path: Path) -> None:
 
 
 def test_backends_by_name(jobs) -> None:
-    small = make_executor(len(jobs[:5]), workers=2)
-    assert isinstance(small, InlineExecutor)  # a pool costs more than it saves on a few images
+    # Every image runs in a worker process (stderr captured per image, time limit, crashes isolated);
+    # a few images get one worker, not a pool's worth.
+    with make_executor(len(jobs[:5]), workers=2) as small:
+        assert isinstance(small, LocalPoolExecutor) and small.workers == 1
     with make_executor(100, workers=2) as big:
         assert isinstance(big, LocalPoolExecutor) and big.workers == 2
-    assert isinstance(make_executor(100, workers=1), InlineExecutor)
-    with pytest.raises(DsbuildError, match=r"^unknown executor backend 'lcoal' \(did you mean 'local'\?\) — known: local$"):
-        make_executor(10, backend="lcoal")
+    with make_executor(100, workers=1) as one:
+        assert isinstance(one, LocalPoolExecutor) and one.workers == 1
+    with pytest.raises(DsbuildError, match=r"^unknown executor backend 'lcoal' \(did you mean 'local'\?\) — known: local, ray$"):
+        make_executor(10, settings=SimpleNamespace(backend="lcoal"))

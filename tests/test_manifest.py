@@ -146,6 +146,18 @@ BAD = [
      ["defaults.fetch.concurency: unknown key (did you mean 'concurrency'?)"]),
     ("fetch-private-hosts", TWO + "[datasets.d.fetch]\nallow_private_hosts = true\n",
      ["datasets.d.fetch.allow_private_hosts: set it on the dataset (datasets.d.allow_private_hosts), not in [fetch]"]),
+    # [executor], top level and per dataset
+    ("executor-bad-values", '[executor]\nbackend = "rey"\nbatch_size = 0\n' + TWO,
+     ["executor.backend: unknown backend 'rey' (did you mean 'ray'?) — known: local, ray",
+      "executor.batch_size: must be an integer from 1 to 100000, not 0"]),
+    ("executor-unknown-key", "[executor]\nbach_size = 8\n" + TWO,
+     ["executor.bach_size: unknown key (did you mean 'batch_size'?)"]),
+    ("executor-not-a-table", 'executor = "ray"\n' + TWO, ["executor: must be a table, not a string"]),
+    ("executor-dataset-address", TWO + '[datasets.d.executor]\nbackend = "ray"\naddress = "head node"\n',
+     ["datasets.d.executor.address: must be \"auto\", \"host:port\" or \"ray://host:port\", not 'head node'"]),
+    ("executor-batch-type", TWO + '[datasets.d.executor]\nbatch_size = "64"\n',
+     ["datasets.d.executor.batch_size: must be an integer from 1 to 100000, not '64'"]),
+    ("executor-in-defaults", '[defaults.executor]\nbackend = "ray"\n' + TWO, ["defaults.executor: unknown key"]),
 ]
 
 
@@ -423,7 +435,7 @@ def test_parse_manifest_takes_text(tmp_path: Path) -> None:
 
 def test_shipped_manifest_parses() -> None:
     m = load_manifest(REPO / "datasets.toml")
-    assert {"demo", "eyewear", "wonders", "sharks-vs-dolphins"} <= set(m.datasets)
+    assert {"demo", "eyewear", "wonders", "sharks-vs-dolphins", "landmarks"} <= set(m.datasets)
     assert m.catalog == REPO / "catalog" / "dsbuild.duckdb"
     demo = m.dataset("demo")
     assert demo.labels == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -432,10 +444,44 @@ def test_shipped_manifest_parses() -> None:
     assert demo.model["arch"] == "efficientnet_lite0"
     eyewear = m.dataset("eyewear")
     assert eyewear.labels == ["glasses", "sunglasses", "VR", "none"]
-    assert eyewear.engine == "bing" and eyewear.per_query == 150
+    assert eyewear.engine == "bing" and eyewear.per_query == 1000  # more than Bing returns
     assert all(c.queries and not c.folders for c in eyewear.classes)
     assert len(m.dataset("wonders").labels) == 7
     assert m.dataset("wonders").model["arch"] == "resnet34"
     sharks = m.dataset("sharks-vs-dolphins")
     assert sharks.labels == ["shark", "dolphin"]
     assert len(sharks.classes[0].queries) == 2
+    assert sharks.engine == "icrawler:google" and dict(sharks.filters) == {"license": "noncommercial"}
+    landmarks = m.dataset("landmarks")
+    assert landmarks.imagefolder == REPO / "landmarks" and landmarks.classes == ()
+    assert (landmarks.split.carve.source, landmarks.split.carve.valid) == ("train", 0.2)
+
+
+def test_executor_top_level_and_per_dataset(tmp_path: Path) -> None:
+    """``[executor]`` at the top applies to every dataset; a dataset's own table overrides it key by key."""
+    from dsbuild.executor_settings import ExecutorSettings
+
+    text = ('[executor]\nbackend = "ray"\naddress = "auto"\nbatch_size = 32\n'
+            '[datasets.a.classes]\nx = "qx"\ny = "qy"\n'
+            '[datasets.b.executor]\nbatch_size = 8\n[datasets.b.classes]\nx = "qx"\ny = "qy"\n'
+            '[datasets.c.executor]\nbackend = "local"\n[datasets.c.classes]\nx = "qx"\ny = "qy"\n')
+    m = load_manifest(write(tmp_path, text))
+    assert m.executor == ExecutorSettings(backend="ray", address="auto", batch_size=32)
+    assert m.datasets["a"].executor == m.executor
+    assert m.datasets["b"].executor == ExecutorSettings(backend="ray", address="auto", batch_size=8)
+    assert m.datasets["c"].executor.backend == "local"
+    (tmp_path / "plain").mkdir()
+    plain = load_manifest(write(tmp_path / "plain", TWO))
+    assert plain.executor == plain.datasets["d"].executor == ExecutorSettings()  # default: the local backend
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ray-address", "head node"], "Error: --ray-address must be \"auto\", \"host:port\" or \"ray://host:port\", not 'head node'\n"),
+    (["--executor", "local", "--ray-address", "auto"], "Error: --ray-address needs --executor ray (or no --executor)\n"),
+])
+def test_build_executor_flags_are_checked_before_any_work(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    path = write(tmp_path, 'catalog = "cat/x.duckdb"\n' + TWO)
+    code = main(["-m", str(path), "build", "-q", *args])
+    assert code == 2
+    assert capsys.readouterr().err == message
+    assert not (tmp_path / "cat").exists()

@@ -168,7 +168,8 @@ def test_frozen_method_fits_heads_on_imagenet_features(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("few", r"too few images to score out of fold with crossfit and folds = 5: 7 \(4\) — each class needs at least 10"),
+        ("few", r"^1 class has fewer images than out-of-fold scoring needs \(crossfit, folds = 5: 10 per class\): 7 \(4\) "
+                r"— set folds = 2 in the dataset's \[model\] table \(the most every class allows\), or add images$"),
         ("dup", r"duplicate image_id values"),
         ("one_label", r"needs at least two labels"),
         ("no_path", r"mislabel scoring needs column path"),

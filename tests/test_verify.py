@@ -138,7 +138,7 @@ SMALL_MAX_BYTES = VerifySettings(max_bytes=10_000)
 
 # (file name, bytes maker, settings, expected reason, text expected in detail)
 REJECTS = [
-    ("truncated.jpg", truncated_jpeg, VERIFY, "truncated", "truncated"),
+    ("truncated.jpg", truncated_jpeg, VERIFY, "truncated", "Premature end of JPEG file"),
     ("bad-crc.png", png_bad_crc, VERIFY, "corrupt", "IDAT"),
     ("pixel.png", one_pixel, VERIFY, "too small", "1×1"),
     ("banner.png", too_wide, VERIFY, "odd aspect ratio", "10.0:1"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, Iterator
 
 from dsbuild.catalog.schema import MIGRATIONS, QUALITY_ISSUES_OF, SCHEMA_VERSION, VIEWS
 from dsbuild.errors import CatalogBusy, DsbuildError
+
+OPEN_WAIT_S = 10.0  # how long a writer waits for readers to let go of the file
 
 
 def utcnow() -> datetime:
@@ -68,10 +71,19 @@ class Catalog:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            con = duckdb.connect(str(path), config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-        except duckdb.Error as exc:
-            raise translate_error(exc, path) from None
+        # A reader (`status`, `query`, another tool) holds the file for moments at a time: a writer, which
+        # already holds the BuildLock, waits a little for it instead of failing its build or run.
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while True:
+            try:
+                con = duckdb.connect(str(path), config={"autoinstall_known_extensions": False,
+                                                        "autoload_known_extensions": False})
+                break
+            except duckdb.Error as exc:
+                busy = isinstance(translate_error(exc, path), CatalogBusy)
+                if not busy or time.monotonic() > deadline:
+                    raise translate_error(exc, path) from None
+                time.sleep(0.05)
         cat = cls(con, path, writable=True)
         cat._migrate()
         return cat
@@ -162,6 +174,16 @@ class Catalog:
         row = self._one("SELECT value FROM meta WHERE key = ?", [key])
         return row[0] if row else None
 
+    def has_splits(self, dataset: str) -> bool:
+        """Whether any item of ``dataset`` has a split (an earlier build finished its split stage)."""
+        return self._one("SELECT 1 FROM items WHERE dataset = ? AND split IS NOT NULL LIMIT 1", [dataset]) is not None
+
+    def given_splits(self, dataset: str) -> list[str]:
+        """The splits an ImageFolder tree gave the accepted images of ``dataset`` (sorted; empty when none)."""
+        rows = self.con.execute("SELECT DISTINCT given_split FROM items WHERE dataset = ? AND status = 'ok' "
+                                "AND given_split IS NOT NULL ORDER BY 1", [dataset]).fetchall()
+        return [r[0] for r in rows]
+
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction():
             self.con.execute("DELETE FROM meta WHERE key = ?", [key])
@@ -174,6 +196,7 @@ class Catalog:
         build_id = int(row[0])
         # A build that was killed never wrote its outcome: mark it so status can say so.
         self.con.execute("UPDATE builds SET outcome = 'interrupted' WHERE outcome = 'running'")
+        self.mark_runs_interrupted()
         self.con.execute(
             "INSERT INTO builds VALUES (?, ?, ?, ?, NULL, 'running', NULL)",
             [build_id, ",".join(datasets), os.getpid(), utcnow()],
@@ -240,12 +263,16 @@ class Catalog:
             self.con.unregister("_new_blobs")
 
     def dataset_items(self, dataset: str):
-        """Every item of ``dataset`` with what dedup and split need (joined with blobs)."""
+        """Every item of ``dataset`` with what dedup and split need (joined with blobs).
+
+        ``label`` is the current label (after review); ``removed`` is true for an image a reviewer removed.
+        """
         return self.df(
             """SELECT i.image_id, i.origin, i.class_label, i.status, i.reason, i.detail, i.sha256, i.split, i.given_split, i.phash,
-                      i.dup_group, i.first_seen, b.pixel_sha, b.width, b.height,
+                      i.dup_group, i.first_seen, b.pixel_sha, b.width, b.height, b.path, b.phash_views, b.eff_side,
                       b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
-                      coalesce(e.new_label, i.class_label) AS label
+                      coalesce(e.new_label, i.class_label) AS label,
+                      coalesce(e.new_status = 'rejected', false) AS removed
                FROM items i LEFT JOIN blobs b USING (sha256)
                LEFT JOIN latest_events e USING (dataset, image_id)
                WHERE i.dataset = ? ORDER BY i.first_seen, i.image_id""",
@@ -276,6 +303,49 @@ class Catalog:
                 )
         finally:
             self.con.unregister("_upd")
+
+    def set_blob_signals(self, rows) -> None:
+        """Write ``phash_views`` and ``eff_side`` of blobs (a DataFrame: sha256, phash_views, eff_side)."""
+        if len(rows) == 0:
+            return
+        self.con.register("_sig", rows)
+        try:
+            with self.transaction():
+                self.con.execute("UPDATE blobs SET phash_views = s.phash_views, eff_side = s.eff_side "
+                                 "FROM _sig s WHERE blobs.sha256 = s.sha256")
+        finally:
+            self.con.unregister("_sig")
+
+    def set_outliers(self, dataset: str, rows) -> None:
+        """Write ``outlier_score``/``is_outlier`` of a dataset's items (DataFrame: image_id, outlier_score, is_outlier);
+        items not in ``rows`` get NULL."""
+        self.con.register("_out", rows)
+        try:
+            with self.transaction():
+                self.con.execute("UPDATE items SET outlier_score = NULL, is_outlier = NULL WHERE dataset = ? "
+                                 "AND (outlier_score IS NOT NULL OR is_outlier IS NOT NULL)", [dataset])
+                if len(rows):
+                    self.con.execute("UPDATE items SET outlier_score = o.outlier_score, is_outlier = o.is_outlier "
+                                     "FROM _out o WHERE items.dataset = ? AND items.image_id = o.image_id", [dataset])
+        finally:
+            self.con.unregister("_out")
+
+    def set_neighbours(self, dataset: str, rows) -> None:
+        """Replace ``dataset``'s rows of the ``knn`` table (DataFrame: image_id, rank, neighbour_id, similarity)."""
+        self.con.register("_knn", rows)
+        try:
+            with self.transaction():
+                self.con.execute("DELETE FROM knn WHERE dataset = ?", [dataset])
+                if len(rows):
+                    self.con.execute("INSERT INTO knn SELECT ?, image_id, rank, neighbour_id, similarity FROM _knn",
+                                     [dataset])
+        finally:
+            self.con.unregister("_knn")
+
+    def outliers(self, dataset: str):
+        """Scored images of ``dataset``: image_id, path, label, status, outlier_score, is_outlier (most unusual first)."""
+        return self.df("SELECT image_id, path, origin, label, status, outlier_score, is_outlier FROM images "
+                       "WHERE dataset = ? AND outlier_score IS NOT NULL ORDER BY outlier_score, image_id", [dataset])
 
     def insert_fetches(self, rows) -> None:
         if len(rows) == 0:
@@ -426,6 +496,14 @@ class Catalog:
         )[0]
         return {"duplicates": int(row[0]), "groups": int(row[1]), "conflicts": int(row[2]), "leaks": int(leaks)}
 
+    def near_duplicate_share(self, dataset: str) -> tuple[int, int, int]:
+        """``(near duplicates, accepted images incl. duplicates, outliers flagged)`` of ``dataset``."""
+        row = self._one(
+            """SELECT count(*) FILTER (WHERE reason = 'near duplicate'), count(*),
+                      count(*) FILTER (WHERE is_outlier)
+               FROM images WHERE dataset = ? AND status IN ('ok', 'duplicate')""", [dataset])
+        return int(row[0]), int(row[1]), int(row[2])
+
     def last_build(self):
         return self._one(
             "SELECT build_id, datasets, started_at, finished_at, outcome, summary FROM builds ORDER BY build_id DESC LIMIT 1"
@@ -433,8 +511,12 @@ class Catalog:
 
     # -- label events ----------------------------------------------------------------
 
-    def label_history(self, dataset: str):
-        return self.df("SELECT * FROM label_events WHERE dataset = ? ORDER BY event_id", [dataset])
+    def label_history(self, dataset: str, *, image_ids: list[str] | None = None):
+        """The ``label_events`` rows of ``dataset`` (of ``image_ids`` only, when given), oldest first."""
+        if image_ids is None:
+            return self.df("SELECT * FROM label_events WHERE dataset = ? ORDER BY event_id", [dataset])
+        return self.df("SELECT * FROM label_events WHERE dataset = ? AND image_id IN (SELECT unnest(?)) ORDER BY event_id",
+                       [dataset, list(image_ids)])
 
     def append_label_events(self, dataset: str, events: list[dict]) -> int:
         """Append review events (:func:`dsbuild.decisions.plan_events`) as ``label_events`` rows; all or nothing."""
@@ -446,6 +528,7 @@ class Catalog:
             start = int(self._one("SELECT coalesce(max(event_id), 0) FROM label_events")[0])
             self._insert_frame("label_events", label_event_frame(events, dataset=dataset, first_id=start + 1),
                                LABEL_EVENT_COLUMNS)
+            self._refresh_conflicts(dataset)
         return len(events)
 
     def _insert_frame(self, table: str, frame, columns: tuple[str, ...]) -> None:
@@ -457,13 +540,41 @@ class Catalog:
         finally:
             self.con.unregister("_frame")
 
+    def _refresh_conflicts(self, dataset: str) -> None:
+        """Recompute ``items.conflict`` from the current labels (in the caller's transaction).
+
+        A group is a label conflict while its ``ok``/``duplicate`` members (as the
+        ``images`` view has them: removed in review = rejected) carry more than one
+        label — exactly the ``conflicts`` view. Run after every label event, so the
+        stored flag never lags the events until the next build.
+        """
+        self.con.execute(
+            """UPDATE items SET conflict = c.flag
+               FROM (SELECT im.image_id, coalesce(im.dup_group IN (SELECT dup_group FROM conflicts WHERE dataset = ?), false)
+                            AS flag
+                     FROM images im WHERE im.dataset = ?) c
+               WHERE items.dataset = ? AND items.image_id = c.image_id AND items.conflict IS DISTINCT FROM c.flag""",
+            [dataset, dataset, dataset],
+        )
+
     # -- model runs ----------------------------------------------------------------------
 
-    def start_run(self, *, run_id: str, dataset: str, kind: str, arch: str | None, params: dict, parent_run: str | None = None) -> None:
+    def start_run(self, *, run_id: str, dataset: str, kind: str, arch: str | None, params: dict, parent_run: str | None = None,
+                  inputs_digest: str | None = None) -> None:
         self.con.execute(
-            "INSERT INTO model_runs (run_id, dataset, kind, arch, started_at, status, params, parent_run) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-            [run_id, dataset, kind, arch, utcnow(), json.dumps(params, default=str), parent_run],
+            "INSERT INTO model_runs (run_id, dataset, kind, arch, started_at, status, params, parent_run, inputs_digest) "
+            "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+            [run_id, dataset, kind, arch, utcnow(), json.dumps(params, default=str), parent_run, inputs_digest],
         )
+
+    def mark_runs_interrupted(self) -> int:
+        """Mark ``running`` model runs ``interrupted``: their process is gone (call while holding the
+        :class:`BuildLock`, which a running command holds for its whole run). Returns how many."""
+        rows = self.con.execute(
+            "UPDATE model_runs SET status = 'interrupted', finished_at = coalesce(finished_at, ?), "
+            "error = coalesce(error, 'the process ended without finishing the run (killed)') "
+            "WHERE status = 'running' RETURNING run_id", [utcnow()]).fetchall()
+        return len(rows)
 
     def finish_run(self, run_id: str, **fields: Any) -> None:
         fields.setdefault("finished_at", utcnow())
@@ -509,9 +620,17 @@ class Catalog:
             [dataset],
         )
 
-    def review_candidates(self, dataset: str):
-        """Every image of ``dataset`` a decision may name: image_id, path, origin, label, status."""
-        return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [dataset])
+    def review_candidates(self, dataset: str, *, image_ids: list[str] | None = None):
+        """Every image of ``dataset`` a decision may name (those of ``image_ids``, when given): image_id, path, origin, label, status."""
+        if image_ids is None:
+            return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [dataset])
+        return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ? "
+                       "AND image_id IN (SELECT unnest(?))", [dataset, list(image_ids)])
+
+    def dataset_labels(self, dataset: str) -> list[str]:
+        """The labels the images of ``dataset`` carry now, sorted."""
+        return [r[0] for r in self.con.execute("SELECT DISTINCT label FROM images WHERE dataset = ? AND label IS NOT NULL "
+                                               "ORDER BY 1", [dataset]).fetchall()]
 
     def conflict_members(self, dataset: str):
         """Images of duplicate groups that carry several labels: image_id, dup_group, label, status, path, origin."""
@@ -522,9 +641,10 @@ class Catalog:
         )
 
     def kept_in_review(self, dataset: str):
-        """Images whose latest label event is a reviewer's ``keep``: image_id, label_quality."""
+        """Images whose standing review decision (not undone) is a reviewer's ``keep``: image_id, label_quality."""
         return self.df(
-            "SELECT image_id, label_quality FROM latest_events WHERE dataset = ? AND action = 'keep'", [dataset])
+            "SELECT image_id, last_review_quality AS label_quality FROM review_state "
+            "WHERE dataset = ? AND last_review = 'keep'", [dataset])
 
     def run_row(self, run_id: str) -> dict | None:
         """The ``model_runs`` row of ``run_id`` as a dict, or None."""
@@ -542,17 +662,14 @@ class Catalog:
             [dataset, dataset],
         )
 
-    def fresh_mislabel_run(self, dataset: str) -> str | None:
-        """The latest ok mislabel run of ``dataset`` if no build or label event came after it, else None."""
+    def fresh_mislabel_run(self, dataset: str, inputs_digest: str) -> str | None:
+        """The latest ok mislabel run of ``dataset`` if it scored the same inputs (``inputs_digest``), else None."""
         row = self._one(
-            """SELECT run_id FROM model_runs r WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok'
-                 AND started_at > coalesce((SELECT max(changed_at) FROM label_events WHERE dataset = r.dataset), '1970-01-01')
-                 AND started_at > coalesce((SELECT max(finished_at) FROM builds
-                                            WHERE contains(',' || datasets || ',', ',' || r.dataset || ',')), '1970-01-01')
-               ORDER BY started_at DESC LIMIT 1""",
+            """SELECT arg_max(run_id, started_at), arg_max(inputs_digest, started_at) FROM model_runs
+               WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok'""",
             [dataset],
         )
-        return row[0] if row else None
+        return row[0] if row and row[0] is not None and row[1] == inputs_digest else None
 
     def last_attempt(self, dataset: str, kind: str) -> dict | None:
         """The latest ``model_runs`` row of ``kind`` for ``dataset`` whatever its status (ok, refused, failed, running), or None."""
@@ -570,5 +687,9 @@ class Catalog:
         """Every flag of mislabel run ``run_id`` (label issues first, by rank)."""
         return self.df("SELECT * FROM label_issues_all WHERE run_id = ? ORDER BY kind <> 'label', rank", [run_id])
 
-    def latest_issues(self, dataset: str):
-        return self.df("SELECT * FROM label_issues WHERE dataset = ? ORDER BY rank", [dataset])
+    def latest_issues(self, dataset: str, *, image_ids: list[str] | None = None):
+        """The latest mislabel run's flags of ``dataset`` (of ``image_ids`` only, when given), by rank."""
+        if image_ids is None:
+            return self.df("SELECT * FROM label_issues WHERE dataset = ? ORDER BY rank", [dataset])
+        return self.df("SELECT * FROM label_issues WHERE dataset = ? AND image_id IN (SELECT unnest(?)) ORDER BY rank",
+                       [dataset, list(image_ids)])

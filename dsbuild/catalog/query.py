@@ -59,6 +59,10 @@ def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_r
         timer.start()
     try:
         try:
+            statements = len(con.extract_statements(sql))
+            if statements > 1:  # DuckDB would run them all and return only the last one's rows
+                raise DsbuildError(f"{statements} SQL statements given — query runs one statement at a time; "
+                                   "run them one by one", exit_code=2)
             rel = con.execute(sql)
             if rel.description is None:
                 import pandas as pd

@@ -13,8 +13,9 @@ Tables, columns may change with migrations:
 * ``builds``       one row per build (start, end, counts, outcome).
 
 Views, columns may be added, never renamed: ``images``, ``label_issues``, ``runs``
-(see DESIGN.md), plus ``conflicts``, ``label_history``, ``fetch_log`` and
-``label_issues_all``. Deprecated names stay beside their replacements (schema 3):
+(see DESIGN.md), plus ``conflicts``, ``label_history``, ``fetch_log``,
+``label_issues_all`` and ``neighbours`` (each image's most similar images by embedding, schema 5).
+Deprecated names stay beside their replacements (schema 4):
 ``quality_flags`` (comma-joined text) beside ``quality_issues`` (a LIST);
 ``ood_score`` (high = unusual) beside cleanlab's ``outlier_score`` (low = unusual);
 ``label_issues`` rows are the ones flagged, and ``is_label_issue`` says which
@@ -30,7 +31,7 @@ from __future__ import annotations
 QUALITY_ISSUES_OF = "CASE WHEN {flags} IS NULL THEN NULL WHEN {flags} = '' THEN []::VARCHAR[] ELSE string_split({flags}, ',') END"
 """SQL: the ``quality_issues`` LIST of a comma-joined ``quality_flags`` text (format with ``flags=`` its expression)."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -144,7 +145,7 @@ MIGRATIONS: dict[int, list[str]] = {
             arch VARCHAR,
             started_at TIMESTAMP,
             finished_at TIMESTAMP,
-            status VARCHAR,                   -- running | ok | failed
+            status VARCHAR,                   -- running | ok | failed | interrupted
             error VARCHAR,
             n_train INTEGER,
             n_valid INTEGER,
@@ -188,6 +189,22 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS q_odd_size DOUBLE",
     ],
     3: [
+        # What verification learned about a file it rejected (the blob row exists only for accepted ones): the
+        # sniffed format, the declared size, the bytes; and what decoders said about any file without rejecting it.
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS format VARCHAR",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS width INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS height INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS bytes BIGINT",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
+    ],
+    4: [
+        # Catalogs written by the arch branch before it met schema 3 above (never released) say 3 without its
+        # columns: add them again (IF NOT EXISTS: nothing happens for a released v3 catalog).
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS format VARCHAR",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS width INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS height INTEGER",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS bytes BIGINT",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS warnings VARCHAR[]",
         # cleanlab's names beside the old ones (kept, deprecated): outlier_score runs as cleanlab's
         # OutOfDistribution score (low = more unusual); ood_score = 1 - outlier_score.
         "ALTER TABLE issue_rows ADD COLUMN IF NOT EXISTS outlier_score DOUBLE",
@@ -195,6 +212,28 @@ MIGRATIONS: dict[int, list[str]] = {
         # The quality flags as a LIST beside the comma-joined text (kept, deprecated).
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS quality_issues VARCHAR[]",
         "UPDATE items SET quality_issues = " + QUALITY_ISSUES_OF.format(flags="quality_flags"),
+    ],
+    5: [
+        # What a mislabel run scored (images, labels, splits, settings, reviews) as a digest: the run is shown
+        # again, not scored again, while the same inputs would give the same result.
+        "ALTER TABLE model_runs ADD COLUMN IF NOT EXISTS inputs_digest VARCHAR",
+        # + the view review_state (an image is reviewed while a decision about it is not undone).
+        # Near-duplicate signals per blob (issue 17): the phash of the mirror, 3 rotations and central
+        # 90/80/70 % crops (dsbuild.dedup.neardup.VIEW_NAMES, 16-hex each, comma-joined) and the effective
+        # side in px; the embeddings themselves live beside the catalog (features/<spec>/*.parquet).
+        "ALTER TABLE blobs ADD COLUMN IF NOT EXISTS phash_views VARCHAR",
+        "ALTER TABLE blobs ADD COLUMN IF NOT EXISTS eff_side DOUBLE",
+        # cleanlab's OutOfDistribution score on the embeddings (low = more unusual), and Datalab's outlier flag.
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS outlier_score DOUBLE",
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS is_outlier BOOLEAN",
+        # Each accepted image's nearest images by embedding cosine, from the build's neighbour search.
+        """CREATE TABLE IF NOT EXISTS knn (
+            dataset VARCHAR NOT NULL,
+            image_id VARCHAR NOT NULL,
+            rank INTEGER NOT NULL,            -- 1 = the most similar other image
+            neighbour_id VARCHAR NOT NULL,
+            similarity DOUBLE                 -- cosine of the embeddings
+        )""",
     ],
 }
 
@@ -204,6 +243,22 @@ VIEWS = [
         SELECT * EXCLUDE (rn) FROM (
             SELECT *, row_number() OVER (PARTITION BY dataset, image_id ORDER BY event_id DESC) AS rn
             FROM label_events) WHERE rn = 1""",
+    # Review decisions form a stack per image (each decision pushes, each undo pops): live_decisions is the
+    # stack's depth, last_review / last_review_quality the decision on top (NULL once every one is undone).
+    # The top is the latest decision that brought the stack to its final depth.
+    """CREATE OR REPLACE VIEW review_state AS
+        WITH d AS (
+            SELECT dataset, image_id, event_id, action, label_quality,
+                   sum(CASE WHEN action = 'undo' THEN -1 ELSE 1 END)
+                       OVER (PARTITION BY dataset, image_id ORDER BY event_id) AS depth
+            FROM label_events),
+        f AS (SELECT dataset, image_id, arg_max(depth, event_id) AS live FROM d GROUP BY ALL),
+        t AS (SELECT d.dataset, d.image_id, f.live,
+                     arg_max({'action': d.action, 'quality': d.label_quality}, d.event_id)
+                         FILTER (WHERE d.action <> 'undo' AND d.depth = f.live) AS top
+              FROM d JOIN f USING (dataset, image_id) GROUP BY ALL)
+        SELECT dataset, image_id, live AS live_decisions, top.action AS last_review, top.quality AS last_review_quality
+        FROM t""",
     """CREATE OR REPLACE VIEW images AS
         SELECT i.dataset, i.image_id, b.path, i.origin, i.engine, i.query,
                coalesce(e.new_label, i.class_label) AS label,
@@ -211,14 +266,19 @@ VIEWS = [
                i.split,
                CASE WHEN e.new_status IS NOT NULL AND i.status IN ('ok', 'duplicate') THEN e.new_status ELSE i.status END AS status,
                CASE WHEN e.new_status = 'rejected' AND i.status IN ('ok', 'duplicate') THEN 'removed in review' ELSE i.reason END AS reason,
-               b.width, b.height, b.format, coalesce(b.bytes, f.bytes) AS bytes, i.sha256, i.phash, i.dup_group,
+               coalesce(b.width, i.width) AS width, coalesce(b.height, i.height) AS height,
+               coalesce(b.format, i.format) AS format, coalesce(b.bytes, i.bytes, f.bytes) AS bytes,
+               i.sha256, i.phash, i.dup_group,
                i.dup_of, i.dup_distance, i.conflict, i.detail, i.source, i.rank, i.page_url,
-               e.action IS NOT NULL AS reviewed, e.action AS last_review,
+               coalesce(r.live_decisions, 0) > 0 AS reviewed, r.last_review,
                b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
-               i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at, i.quality_issues
+               i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at, i.quality_issues,
+               coalesce(i.warnings, []::VARCHAR[]) AS warnings,
+               i.outlier_score, i.is_outlier, b.eff_side
         FROM items i
         LEFT JOIN blobs b USING (sha256)
         LEFT JOIN latest_events e USING (dataset, image_id)
+        LEFT JOIN review_state r USING (dataset, image_id)
         LEFT JOIN (SELECT dataset, url, any_value(bytes) AS bytes FROM fetches GROUP BY ALL) f
                ON f.dataset = i.dataset AND f.url = i.origin AND i.source <> 'folder'""",
     """CREATE OR REPLACE VIEW runs AS
@@ -246,4 +306,10 @@ VIEWS = [
         SELECT dataset, image_id, event_id, changed_at, source, action, old_label, new_label, old_status, new_status, note
         FROM label_events""",
     """CREATE OR REPLACE VIEW fetch_log AS SELECT * FROM fetches""",
+    """CREATE OR REPLACE VIEW neighbours AS
+        SELECT k.dataset, k.image_id, k.rank, k.neighbour_id, k.similarity, a.label, b.label AS neighbour_label,
+               b.split AS neighbour_split, b.status AS neighbour_status, a.path, b.path AS neighbour_path
+        FROM knn k
+        LEFT JOIN images a ON a.dataset = k.dataset AND a.image_id = k.image_id
+        LEFT JOIN images b ON b.dataset = k.dataset AND b.image_id = k.neighbour_id""",
 ]

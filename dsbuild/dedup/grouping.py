@@ -2,12 +2,24 @@
 
 Exact duplicates share bytes (sha256) or decoded pixels (pixel digest); near
 duplicates have perceptual hashes within ``dedup.threshold`` (see
-:mod:`dsbuild.dedup.search`). Each group keeps one representative — largest
-resolution, then earliest seen — and the others become ``duplicate`` rows
-pointing at it (``dup_of``). A group whose members carry different labels is a
-**label conflict**: flagged (``conflict``), listed by the ``conflicts`` view and
-the mislabel report, never dropped silently. Splits are then assigned per group
-(:mod:`dsbuild.split`).
+:mod:`dsbuild.dedup.search`). Groups form around representatives, never by chaining
+(:func:`group_near_duplicates`): images are taken best first — largest
+resolution, then the sharpest (a re-encode, a resize or a blend is softer than
+its picture), then fewer near neighbours, then content hash, then (for
+byte-identical copies) the label its source gave and its path inside the class
+folder — and each image not yet grouped represents a group of every ungrouped
+image within the threshold *of it*. So every ``duplicate`` row lies within the
+threshold of its representative (``dup_of``, ``dup_distance``). The choice is a
+pure function of the files and settings: never of the order files were found
+in, of the worker count, of earlier builds or of where the project lies on disk
+(image ids hash the absolute path, so they never decide); the same files give
+the same representatives in a first build and in a rebuild. An image removed in
+review is in no group (its copies stand on their own). A group whose members
+carry different labels is a **label conflict**: flagged (``conflict``), listed
+by the ``conflicts`` view and the mislabel report, never dropped silently.
+Splits are then assigned per *component* (groups joined by any near link,
+:mod:`dsbuild.split`), so near duplicates never sit in different splits even
+when they are in different groups.
 """
 
 from __future__ import annotations
@@ -69,15 +81,19 @@ def _quality_reject(flags: np.ndarray, dataset: Dataset) -> np.ndarray:
     if not reject:
         return reasons
     for i, text in enumerate(flags):
-        if text:
+        # Rows that never decoded (rejected, failed) have no flags: None, or NaN once pandas has held the column.
+        if isinstance(text, str) and text:
             hit = [f for f in text.split(",") if f in reject]
             if hit:
                 reasons[i] = f"quality: {hit[0]}"
     return reasons
 
 
-def regroup(items, dataset: Dataset, *, near_pairs=None):
+def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = True):
     """Recompute status/reason/dup columns/split for every item of a dataset.
+
+    ``keep_splits``: images keep the splits they have (stable); ``False`` assigns every
+    split again from the settings (``build --resplit``).
 
     ``items``: DataFrame from :meth:`Catalog.dataset_items` (ordered by first_seen).
     ``near_pairs``: optional (k, 3) int array of (i, j, distance) row positions of
@@ -85,7 +101,7 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     """
     import pandas as pd
 
-    from dsbuild.split import assign_splits
+    from dsbuild.split import dataset_splits
 
     df = items.reset_index(drop=True).copy()
     n = len(df)
@@ -95,10 +111,11 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
     qreason = _quality_reject(df["quality_flags"].to_numpy(), dataset)
     df["status"] = np.where(verified & pd.notna(qreason), "rejected", np.where(verified, "ok", df["status"]))
     df["reason"] = np.where(verified & pd.notna(qreason), qreason, np.where(verified, None, base_reason))
-    cand = (df["status"] == "ok").to_numpy()
+    cand = (df["status"] == "ok").to_numpy().copy()
+    if "removed" in df:  # removed in review: not a member of any group, so its copies are not left out with it
+        cand &= ~df["removed"].fillna(False).to_numpy(dtype=bool)
 
-    uf = UnionFind(n)
-    exact_edge = np.zeros(n, dtype=bool)
+    uf = UnionFind(n)  # exact duplicates (same bytes or same decoded pixels): one unit, distance 0
     for col in ("sha256", "pixel_sha"):
         first: dict[str, int] = {}
         keys = df[col].to_numpy(dtype=object)
@@ -108,62 +125,85 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
                 continue
             if key in first:
                 uf.union(first[key], i)
-                exact_edge[i] = True
             else:
                 first[key] = i
+    exact = np.array([uf.find(i) for i in range(n)])
+    links: list[tuple[int, int, int]] = []  # near links between exact units that may share a split
     n_near = held_apart = 0
+    comp = UnionFind(n)  # split units: exact units joined by every near link (no near duplicates across splits)
+    for i in range(n):
+        if exact[i] != i:
+            comp.union(int(exact[i]), i)
     if near_pairs is not None and len(near_pairs):
         # Stability wins over merging: a near-duplicate link never joins two groups that earlier builds
         # already put in different splits (a new image can bridge them), since one side would have to move.
-        before = df["split"].to_numpy(dtype=object)
+        before = df["split"].to_numpy(dtype=object) if keep_splits else np.full(n, None, dtype=object)
         comp_split: dict[int, str] = {}
         for i in np.flatnonzero(cand):
             if isinstance(before[i], str):
-                root = uf.find(int(i))
-                comp_split.setdefault(root, before[i])
+                comp_split.setdefault(comp.find(int(i)), before[i])
         for i, j, d in near_pairs:
             if not (cand[i] and cand[j]):
                 continue
-            ri, rj = uf.find(int(i)), uf.find(int(j))
-            if ri == rj:
+            ui, uj = int(exact[i]), int(exact[j])
+            if ui == uj:
                 continue
-            si, sj = comp_split.get(ri), comp_split.get(rj)
-            if si is not None and sj is not None and si != sj:
-                held_apart += 1
-                continue
-            uf.union(ri, rj)
-            if si or sj:
-                comp_split[uf.find(ri)] = si or sj
+            ri, rj = comp.find(ui), comp.find(uj)
+            if ri != rj:
+                si, sj = comp_split.get(ri), comp_split.get(rj)
+                if si is not None and sj is not None and si != sj:
+                    held_apart += 1
+                    continue
+                comp.union(ri, rj)
+                if si or sj:
+                    comp_split[comp.find(ri)] = si or sj
+            links.append((ui, uj, int(d)))
             n_near += 1
 
-    roots = np.array([uf.find(i) for i in range(n)])
-    df["root"] = roots
     df["pixels"] = (df["width"].fillna(0) * df["height"].fillna(0)).astype("int64")
-    # "Earliest seen" means grouped by an earlier finished build (first_seen order); items not grouped yet,
-    # this build's or those a killed build committed, go by content hash, so a resumed build picks the same
-    # representatives as an uninterrupted one, wherever the files are.
-    grouped = df["split"].notna().to_numpy()
-    key = pd.DataFrame({"new": ~grouped, "pos": np.where(grouped, np.arange(n), 0),
-                        "sha": df["sha256"].fillna("").to_numpy(), "id": df["image_id"].to_numpy()})
+    # Ties between pictures of the same size go by content hash; between byte-identical copies by the label
+    # their source gave and their place inside the source (never by image id: it hashes the absolute path).
+    key = pd.DataFrame({"sha": df["sha256"].fillna("").to_numpy(),
+                        "label": df["class_label"].fillna("").to_numpy() if "class_label" in df else "",
+                        "place": source_places(df["origin"], dataset) if "origin" in df else "",
+                        "id": df["image_id"].to_numpy()})
     df["order"] = np.empty(n, dtype=np.int64)
-    df.loc[key.sort_values(["new", "pos", "sha", "id"]).index, "order"] = np.arange(n)
+    df.loc[key.sort_values(["sha", "label", "place", "id"], kind="stable").index, "order"] = np.arange(n)
+
+    # The best image of each exact unit represents it; near duplicates are grouped around representatives.
+    pixels, order = df["pixels"].to_numpy(), df["order"].to_numpy()
+    units: dict[int, list[int]] = {}
+    for i in np.flatnonzero(cand):
+        units.setdefault(int(exact[i]), []).append(int(i))
+    best = {u: min(m, key=lambda i: (-pixels[i], order[i])) for u, m in units.items()}
+    sharp = df["q_blurry"].to_numpy(dtype=np.float64, na_value=np.nan) if "q_blurry" in df else np.full(n, np.nan)
+    # No "seen in an earlier build": a representative must not depend on history (issue 12, bug 3). A rebuild
+    # of the same files picks the same one anyway; a better picture added later may take over its group.
+    leader_of, distance = group_near_duplicates(
+        {u: (-int(pixels[b]), -round(float(sharp[b]), 6) if np.isfinite(sharp[b]) else 0.0, int(order[b]))
+         for u, b in best.items()}, links)
+
     group_col = np.full(n, None, dtype=object)
     dup_of = np.full(n, None, dtype=object)
     dup_distance = np.full(n, None, dtype=object)
     conflict_col = np.zeros(n, dtype=bool)
     status = df["status"].to_numpy(dtype=object).copy()
     reason = df["reason"].to_numpy(dtype=object).copy()
-    ids, shas, pixs, phashes = (df[c].to_numpy(dtype=object) for c in ("image_id", "sha256", "pixel_sha", "phash"))
-    members = df[cand]
-    sizes = members.groupby("root")["image_id"].transform("size")
-    multi = members[sizes > 1]
-    n_dups = n_conflicts = 0
-    for root, grp in multi.groupby("root", sort=False):
-        rep = grp.sort_values(["pixels", "order"], ascending=[False, True]).index[0]
-        conflict = grp["label"].nunique() > 1
+    ids, shas, pixs = (df[c].to_numpy(dtype=object) for c in ("image_id", "sha256", "pixel_sha"))
+    labels = df["label"].to_numpy(dtype=object)
+    groups: dict[int, list[int]] = {}
+    for u, m in units.items():
+        groups.setdefault(leader_of.get(u, u), []).extend(m)
+    n_dups = n_conflicts = n_groups = 0
+    for lead, idx in groups.items():
+        if len(idx) < 2:
+            continue
+        n_groups += 1
+        rep = best[lead]
+        # The conflicts view's rule (images removed in review are in no group: never counted).
+        conflict = len({labels[i] for i in idx}) > 1
         n_conflicts += conflict
-        idx = grp.index.to_numpy()
-        group_col[idx] = "g-" + min(grp["image_id"])
+        group_col[idx] = "g-" + min(ids[i] for i in idx)
         conflict_col[idx] = conflict
         for i in idx:
             if i == rep:
@@ -172,34 +212,94 @@ def regroup(items, dataset: Dataset, *, near_pairs=None):
             status[i] = "duplicate"
             reason[i] = "exact duplicate" if same else "near duplicate"
             dup_of[i] = ids[rep]
-            dup_distance[i] = 0 if same else _hamming(phashes[i], phashes[rep])
+            dup_distance[i] = 0 if same else distance[int(exact[i])]
             n_dups += 1
     df["dup_group"], df["dup_of"], df["dup_distance"], df["conflict"] = group_col, dup_of, dup_distance, conflict_col
     df["status"], df["reason"] = status, reason
 
-    # Splits: one per group (unit), labelled by the representative's label.
-    in_split = df["status"].isin(["ok", "duplicate"])
+    # Splits: one per unit (:func:`dsbuild.split.dataset_splits`).
     # A group's key is its smallest content hash, not its id (image ids depend on where the files are),
     # so the same pictures get the same splits on any machine.
-    group_sha = df.groupby("dup_group")["sha256"].transform("min").fillna("")
-    df["unit"] = np.where(df["dup_group"].notna(), "g-" + group_sha, df["sha256"].fillna(df["image_id"]))
-    existing = df[in_split & df["split"].notna()].groupby("unit")["split"].agg(lambda s: s.mode().iloc[0])
-    reps = df[in_split & (df["status"] == "ok")]
-    units = pd.DataFrame({"unit": reps["unit"], "label": reps["label"]}).drop_duplicates("unit")
-    units["split"] = units["unit"].map(existing)
-    mapping = assign_splits(units, dataset.split)
-    df["split"] = np.where(in_split, df["unit"].map(mapping), None)
-    # A dataset that arrived split (ImageFolder train/valid/...) keeps its splits; leakage is reported, not fixed.
-    given = df["given_split"].notna() & in_split if "given_split" in df else None
-    if given is not None and given.any():
-        df.loc[given, "split"] = df.loc[given, "given_split"]
+    # The split unit is the component (exact units joined by every near link): two groups whose members are
+    # near each other never land in different splits, though neither is a duplicate of the other's representative.
+    df["comp"] = [comp.find(i) if cand[i] else -1 - i for i in range(n)]
+    comp_size = df.groupby("comp")["image_id"].transform("size")
+    comp_sha = df.groupby("comp")["sha256"].transform("min").fillna("")
+    df["unit"] = np.where(cand & (comp_size > 1).to_numpy(), "g-" + comp_sha, df["sha256"].fillna(df["image_id"]))
+    df["in_split"] = df["status"].isin(["ok", "duplicate"])
+    if "given_split" not in df:
+        df["given_split"] = None
+    # A dataset that arrived split (ImageFolder train/valid/...) keeps its splits, except a carved one.
+    df["split"] = dataset_splits(df, dataset.split, keep_existing=keep_splits)
 
     df.loc[df["status"].isin(["ok", "duplicate"]), "detail"] = None
     out = df[["image_id", "status", "reason", "detail", "dup_group", "dup_of", "dup_distance", "conflict", "split",
               "quality_flags", "q_odd_size"]].copy()
-    groups = int(multi["root"].nunique()) if len(multi) else 0
-    return out, GroupSummary(groups=groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near,
+    return out, GroupSummary(groups=n_groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near,
                              held_apart=held_apart)
+
+
+def group_near_duplicates(priority: dict[int, tuple], links: list[tuple[int, int, int]]) -> tuple[dict[int, int], dict[int, int]]:
+    """Groups around representatives: never a member farther than the threshold from its representative.
+
+    ``priority``: node → sort key (smaller = a better representative); ``links``:
+    ``(a, b, distance)`` for every pair of nodes that one similarity signal
+    (a perceptual hash within ``threshold`` bits; any other signal, with its own
+    threshold) calls near duplicates. Returns ``(leader_of, distance)``: each
+    grouped node → the node that represents its group, and → its distance to it.
+
+    Nodes are taken in representative order — the key given without its last
+    element (:func:`regroup` gives: most pixels, the sharpest), then fewer near
+    neighbours first, then the key's last element (content hash, source label,
+    place in its folder: :func:`regroup`'s order); a node not yet grouped
+    starts a group and takes in every node not yet grouped that is linked *to
+    it*. There is no chaining: a node joins only a representative it is itself
+    near to (unlike single linkage, where a run of in-between images joins
+    pictures any distance apart). Deterministic for the same nodes and links,
+    whatever order the links come in.
+    """
+    neighbours: dict[int, dict[int, int]] = {}
+    for a, b, d in links:
+        for x, y in ((a, b), (b, a)):
+            near = neighbours.setdefault(x, {})
+            near[y] = min(d, near.get(y, d))
+    def rank(node: int) -> tuple:
+        key = priority[node]
+        return (*key[:-1], len(neighbours.get(node, ())), key[-1])
+
+    leader_of: dict[int, int] = {}
+    distance: dict[int, int] = {}
+    for node in sorted(neighbours, key=rank):
+        if node in leader_of:
+            continue
+        leader_of[node] = node
+        for other, d in sorted(neighbours[node].items(), key=lambda kv: (kv[1], rank(kv[0]))):
+            if other not in leader_of:
+                leader_of[other] = node
+                distance[other] = d
+    return leader_of, distance
+
+
+def source_places(origins, dataset: Dataset) -> list[str]:
+    """Where each source lies, independent of where the project lies: a file's path inside its class folder
+    (or the dataset's imagefolder), prefixed with that folder's position in the manifest; a URL as it is."""
+    import os
+    from pathlib import Path
+
+    roots = [f for c in dataset.classes for f in c.folders]
+    if dataset.imagefolder is not None:
+        roots.append(dataset.imagefolder)
+    bases = [str(Path(r).resolve()).rstrip(os.sep) + os.sep for r in roots]  # origins are resolved paths
+    out = []
+    for origin in origins:
+        place = origin if isinstance(origin, str) else ""
+        if place and "://" not in place:
+            for k, base in enumerate(bases):
+                if place.startswith(base):
+                    place = f"{k:04d}/{place[len(base):]}"
+                    break
+        out.append(place)
+    return out
 
 
 def _hamming(a, b) -> int | None:

@@ -8,11 +8,13 @@ from dsbuild.errors import Problem, check, did_you_mean
 from dsbuild.verify.settings import HASH_KINDS
 
 HASH_SIZES = (4, 6, 8, 12, 16)
+EMBED_ARCHS = ("efficientnet_lite0",)
+"""Backbones whose ImageNet weights ship with a pip package, so embeddings work offline (:mod:`dsbuild.model.features`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class DedupSettings:
-    """Perceptual hashing and near-duplicate grouping.
+    """Perceptual hashing, near-duplicate grouping and the embedding signals.
 
     ``hash`` (default ``"phash"``, one of :data:`~dsbuild.verify.settings.HASH_KINDS`)
     of ``hash_size``² bits (default 8: 64 bits). ``threshold`` is the largest Hamming
@@ -21,6 +23,25 @@ class DedupSettings:
     0 keeps exact duplicates only); ``near = false`` skips the near-duplicate search.
     ``cross_class`` says what to do with a group whose members carry different labels:
     ``"flag"`` marks it as a label conflict for review (nothing is dropped silently).
+
+    Two signals (:mod:`dsbuild.dedup.neardup`, measured by bench/dup_semantic.py):
+
+    * ``views`` (default true): the phash of each image's mirror, three rotations and
+      central crops 90/80/70 % are compared with the other images' phash too; a
+      mirror/rotation view within ``view_threshold`` bits (default 4) or a crop view within
+      ``crop_threshold`` bits (default 6) makes a hash candidate (64-bit phash only);
+    * ``semantic`` (default true): every accepted image gets an embedding
+      (``embed_arch`` ImageNet features at ``embed_size`` px, cached per blob); a hash
+      candidate is a near duplicate only when the embeddings' cosine is at least
+      ``confirm[k]``, where ``k`` is the first ``confirm_sides[k]`` (px) above the
+      *effective side* of the less detailed image of the pair (defaults
+      ``[0.99, 0.97, 0.80, 0.40]`` for ``[12, 24, 64]`` px: small or simple images need
+      near-identical embeddings — different digits rendered at 48 px reach cosine 0.97–0.99). Embedding neighbours with cosine ≥ ``similarity`` (default 0.85) whose
+      pixels line up (a window of one hashes like the other) are near duplicates too.
+      ``outlier_k`` (default 60) neighbours give cleanlab's ``outlier_score``.
+
+    ``group_warning`` (default 0.2): the build and ``status`` warn when more than this share
+    of a dataset's images are near duplicates.
     """
 
     hash: str = "phash"
@@ -28,8 +49,22 @@ class DedupSettings:
     threshold: int = 10
     near: bool = True
     cross_class: str = "flag"
+    views: bool = True
+    view_threshold: int = 4
+    crop_threshold: int = 6
+    semantic: bool = True
+    embed_arch: str = "efficientnet_lite0"
+    embed_size: int = 160
+    confirm: tuple[float, ...] = (0.99, 0.97, 0.80, 0.40)
+    confirm_sides: tuple[float, ...] = (12.0, 24.0, 64.0)
+    similarity: float = 0.85
+    outlier_k: int = 60
+    group_warning: float = 0.2
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "confirm", tuple(self.confirm) if isinstance(self.confirm, list) else self.confirm)
+        object.__setattr__(self, "confirm_sides",
+                           tuple(self.confirm_sides) if isinstance(self.confirm_sides, list) else self.confirm_sides)
         check(self.problems(), table="dedup")
 
     def problems(self) -> list[Problem]:
@@ -42,8 +77,45 @@ class DedupSettings:
             out.append(Problem("hash_size", f"must be one of {', '.join(map(str, HASH_SIZES))}, not {self.hash_size}"))
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or not 0 <= self.threshold <= 32:
             out.append(Problem("threshold", f"must be between 0 and 32, not {self.threshold}"))
-        if not isinstance(self.near, bool):
-            out.append(Problem("near", f"must be true or false, not {self.near!r}"))
+        for name in ("near", "views", "semantic"):
+            if not isinstance(getattr(self, name), bool):
+                out.append(Problem(name, f"must be true or false, not {getattr(self, name)!r}"))
         if self.cross_class not in ("flag",):
             out.append(Problem("cross_class", f"must be 'flag', not {self.cross_class!r}"))
+        for name in ("view_threshold", "crop_threshold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 16:
+                out.append(Problem(name, f"must be between 0 and 16 (bits), not {v}"))
+        if self.embed_arch not in EMBED_ARCHS:
+            out.append(Problem("embed_arch", f"unknown embedding backbone '{self.embed_arch}'"
+                                             f"{did_you_mean(str(self.embed_arch), EMBED_ARCHS)} — known: "
+                                             f"{', '.join(EMBED_ARCHS)}"))
+        if isinstance(self.embed_size, bool) or not isinstance(self.embed_size, int) or not 64 <= self.embed_size <= 512:
+            out.append(Problem("embed_size", f"must be between 64 and 512 (px), not {self.embed_size}"))
+        conf, sides = self.confirm, self.confirm_sides
+        if not isinstance(conf, tuple) or not conf or not all(_number(c) and -1 <= c <= 1 for c in conf):
+            out.append(Problem("confirm", f"must be a list of cosines between -1 and 1, not {list(conf) if isinstance(conf, tuple) else conf!r}"))
+        elif not isinstance(sides, tuple) or len(sides) != len(conf) - 1:
+            out.append(Problem("confirm_sides", f"must have one entry fewer than confirm ({len(conf) - 1} side(s) in px "
+                                                f"for {len(conf)} cosines), not {list(sides) if isinstance(sides, tuple) else sides!r}"))
+        if isinstance(sides, tuple) and not (all(_number(s) and s > 0 for s in sides)
+                                             and all(a < b for a, b in zip(sides, sides[1:]))):
+            out.append(Problem("confirm_sides", f"must be increasing positive sides in px, not {list(sides)}"))
+        if not _number(self.similarity) or not 0 < self.similarity <= 1:
+            out.append(Problem("similarity", f"must be a cosine between 0 and 1, not {self.similarity}"))
+        if isinstance(self.outlier_k, bool) or not isinstance(self.outlier_k, int) or not 1 <= self.outlier_k <= 1000:
+            out.append(Problem("outlier_k", f"must be between 1 and 1000, not {self.outlier_k}"))
+        if not _number(self.group_warning) or not 0 < self.group_warning <= 1:
+            out.append(Problem("group_warning", f"must be a share between 0 and 1, not {self.group_warning}"))
         return out
+
+    def confirm_for(self, side: float) -> float:
+        """The cosine that confirms a hash candidate whose less detailed image has effective side ``side`` px."""
+        for bound, cos in zip(self.confirm_sides, self.confirm):
+            if side < bound:
+                return cos
+        return self.confirm[-1]
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -33,6 +33,33 @@ def demo_root(manifest: Manifest):
     return ds, folders[0].parent.parent
 
 
+DEMO_PROJECT = "dsbuild-demo"
+
+
+def demo_manifest(path: Path) -> tuple[Manifest, str | None]:
+    """The manifest the demo runs on, and a line saying where when it is not ``path``.
+
+    ``path`` with a ``demo`` dataset is used as it is. Without one (no manifest there,
+    or one without the demo) the demo runs anywhere: in ``./dsbuild-demo/``, a starter
+    project (:func:`dsbuild.init.init_project`) made on first use and reused after.
+    A manifest that exists but is invalid is an error, as for every command.
+    """
+    from dsbuild.init import init_project
+    from dsbuild.manifest import load_manifest
+
+    path = Path(path)
+    if path.is_file():
+        manifest = load_manifest(path)
+        if DEMO in manifest.datasets:
+            return manifest, None
+    project = Path.cwd() / DEMO_PROJECT
+    target = project / "datasets.toml"
+    if not target.is_file():
+        project.mkdir(exist_ok=True)
+        init_project(target)
+    return load_manifest(target), f"no {path.name} with a demo dataset here: the demo runs in {project}"
+
+
 def run_demo(manifest: Manifest, *, progress, console, quick: bool = False, build_only: bool = False) -> None:
     from dsbuild.pipeline import build
     from dsbuild.catalog import sandboxed_query
@@ -102,8 +129,9 @@ def truth_accuracy(manifest: Manifest, name: str, result, folder: Path) -> float
 
 def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, progress=None, quick: bool = False) -> None:
     from dsbuild.catalog import Catalog
-    from dsbuild.cycle import (find_issues, mislabel_report, retrain_dataset, review_dataset, run_trust, train_dataset,
-                               trust_line)
+    from dsbuild.cycle import (find_issues, mislabel_report, reports_dir, retrain_dataset, review_dataset, run_trust,
+                               train_dataset, trust_line)
+    from dsbuild.render.values import counted, readable_probabilities
 
     overrides = {"epochs": 1} if quick else {}
     with Catalog.open_readonly(manifest.catalog) as cat:
@@ -125,22 +153,21 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     console.print(trust_line(run_trust(manifest, run_id)))
     labels = issues[issues["kind"] == "label"]
     shown = labels.head(12)[["rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence"]]
-    console.print(render_table(shown, "table", None, title=f"top of {len(labels)} flagged labels (run {run_id})"))
+    console.print(render_table(readable_probabilities(shown), "table", None,
+                               title=f"top of {counted(len(labels), 'flagged label')} (run {run_id})"))
     score = planted_scores(set(labels["origin"].astype(str)), folder)
     console.print(
         f"[b]found {score['found']} of the {score['planted']} planted wrong labels[/b]; "
         f"{score['false_flags']} of {score['flags']} flags were not planted (look at them: some digits are ambiguous); "
-        f"{int((issues['kind'] == 'conflict').sum())} images in label conflicts"
+        f"{counted(int((issues['kind'] == 'conflict').sum()), 'image')} in label conflicts"
     )
-    reports = manifest.catalog.parent / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    files = mislabel_report(manifest, ds.name, run_id, issues, reports / f"{ds.name}-mislabels.html")
+    files = mislabel_report(manifest, ds.name, run_id, issues, reports_dir(manifest) / f"{ds.name}-mislabels.html")
     console.print(f"report with thumbnails: {files[0]} (figures: {', '.join(f.name for f in files[1:])})")
 
     console.rule("[b]6. review[/b]: accept confident suggestions (each is an undoable label event)")
     summary = review_dataset(manifest, ds.name, accept_suggestions=True, min_confidence=0.9)
     checked = accepted_relabels(manifest, ds.name, summary.source, folder)
-    console.print(f"applied {summary.applied} relabels from {summary.source}; "
+    console.print(f"applied {counted(summary.applied, 'relabel')} from {summary.source}; "
                   f"[b]against TRUTH.csv: {checked['right']} right, {checked['wrong']} wrong[/b]")
 
     console.rule("[b]7. retrain[/b]: same settings, reviewed labels, compared on the same valid images")
@@ -152,3 +179,5 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     console.print(f"[b]valid accuracy against the planted truth: {before:.2%} before the cycle → {after:.2%} after "
                   f"({after - before:+.2%})[/b] (the table above compares with the current labels, which the review changed)")
     console.print("next: `dsbuild query \"select * from runs\"`, `dsbuild query \"select * from label_history\"`")
+    console.print(f"try next: [b]dsbuild ui {ds.name}[/b] — review the flagged images by keyboard in your browser "
+                  "(every decision is a label event at once)")

@@ -9,7 +9,8 @@ the catalog and the out-of-fold scorer, and stores the rows of a run.
 
 ==============  ==================================================================
 ``label``       cleanlab on out-of-sample probabilities (:mod:`.label`)
-``conflict``    the same picture under different labels (:mod:`.conflict`)
+``conflict``    the same picture under different labels, advised by its out-of-fold probabilities (:mod:`.conflict`)
+``outlier``     images unlike the rest: the build's embedding outlier scores (:mod:`.outlier`)
 ==============  ==================================================================
 
 A new finder (outlier, near-duplicate, quality, embeddings) is a function
@@ -26,6 +27,7 @@ from typing import Any
 from dsbuild.errors import DsbuildError, did_you_mean
 from dsbuild.issues.conflict import find_conflict_issues
 from dsbuild.issues.label import find_label_issues
+from dsbuild.issues.outlier import find_outlier_issues
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,12 +38,14 @@ class IssueContext:
     oof: out-of-sample probabilities of those images (:class:`~dsbuild.model.oof.OOFResult`), or None.
     reviewed_keep: image_id → label quality when a reviewer last kept the image's label.
     conflict_members: images of the dataset's cross-label duplicate groups.
+    outliers: the build's embedding outlier scores (``image_id``, ``outlier_score``, ``is_outlier``), or None.
     """
 
     images: Any
     oof: Any = None
     reviewed_keep: dict[str, float] = field(default_factory=dict)
     conflict_members: Any = None
+    outliers: Any = None
 
 
 def _label(ctx: IssueContext, found: Any) -> Any:
@@ -56,10 +60,15 @@ def _conflict(ctx: IssueContext, found: Any) -> Any:
     import pandas as pd
 
     members = ctx.conflict_members if ctx.conflict_members is not None else pd.DataFrame()
-    return find_conflict_issues(members, found)
+    return find_conflict_issues(members, found, ctx.oof)
 
 
-ISSUE_FINDERS: dict[str, Callable[[IssueContext, Any], Any]] = {"label": _label, "conflict": _conflict}
+def _outlier(ctx: IssueContext, found: Any) -> Any:
+    return find_outlier_issues(ctx.outliers, ctx.images, found)
+
+
+ISSUE_FINDERS: dict[str, Callable[[IssueContext, Any], Any]] = {"label": _label, "conflict": _conflict,
+                                                                 "outlier": _outlier}
 """Issue finders by kind, in the order they run: ``finder(ctx, found_so_far) -> issue rows``."""
 
 

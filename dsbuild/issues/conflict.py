@@ -5,29 +5,50 @@ from __future__ import annotations
 from typing import Any
 
 
-def find_conflict_issues(members: Any, found: Any) -> Any:
+def find_conflict_issues(members: Any, found: Any, oof: Any = None) -> Any:
     """One ``conflict`` issue per image of a cross-label duplicate group (unless already flagged as a label issue).
 
     ``members``: the images of the dataset's conflicting groups (``image_id``,
     ``dup_group``, ``label``; :meth:`dsbuild.catalog.Catalog.conflict_members`).
     ``found``: the issue rows found before (an image flagged there is not flagged
-    again). The suggestion is another label of the group; ranks follow ``found``'s.
+    again); ranks follow ``found``'s. ``oof``: the out-of-sample probabilities
+    (:class:`~dsbuild.model.oof.OOFResult`) of the images a model may learn from.
+
+    A group is one picture, so it gets one piece of advice, like every other flag
+    from the out-of-fold probabilities: those of its scored members (the group's
+    representative; averaged if several) give every member the same
+    ``suggested_label`` (the best class) and ``suggested_confidence`` (its
+    probability), and each member's ``label_quality`` is the probability of its own
+    label (cleanlab's self-confidence). A member whose label is the suggestion is told
+    to keep it. Without probabilities for the group (none of it scored) the
+    suggestion and scores are missing: a person decides.
     """
+    import numpy as np
     import pandas as pd
 
     if members.empty:
         return pd.DataFrame()
     flags = found
     flagged = set(flags.loc[flags.get("is_issue", True) == True, "image_id"]) if len(flags) else set()  # noqa: E712
+    probs, index, classes = None, {}, []
+    if oof is not None:
+        probs = np.asarray(oof.probs, dtype=np.float64)
+        probs = probs / probs.sum(1, keepdims=True)
+        index = {str(i): k for k, i in enumerate(oof.image_ids)}
+        classes = [str(c) for c in oof.classes]
     rows = []
-    for group, grp in members.groupby("dup_group"):
-        labels = sorted(set(grp["label"]))
-        for r in grp.itertuples(index=False):
+    for group, grp in members.groupby("dup_group", sort=True):
+        scored = [index[str(i)] for i in grp["image_id"] if str(i) in index]
+        p = probs[scored].mean(0) if scored and probs is not None else None
+        best = int(p.argmax()) if p is not None else None
+        for r in grp.sort_values("image_id").itertuples(index=False):
             if r.image_id in flagged:
                 continue
-            others = [l for l in labels if l != r.label]
-            rows.append({"image_id": r.image_id, "given_label": r.label, "suggested_label": others[0] if others else None,
-                         "label_quality": None, "suggested_confidence": None, "ood_score": None,
+            own = classes.index(str(r.label)) if p is not None and str(r.label) in classes else None
+            rows.append({"image_id": r.image_id, "given_label": r.label,
+                         "suggested_label": classes[best] if best is not None else None,
+                         "label_quality": float(p[own]) if own is not None else (0.0 if p is not None else None),
+                         "suggested_confidence": float(p[best]) if best is not None else None, "ood_score": None,
                          "is_issue": True, "kind": "conflict"})
     out = pd.DataFrame(rows)
     if len(out):

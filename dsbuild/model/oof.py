@@ -145,15 +145,9 @@ def out_of_fold_probs(df: Any, settings: ModelSettings, *, progress: Any = None,
     classes = tuple(sorted(frame["label"].unique()))
     if len(classes) < 2:
         raise DsbuildError("mislabel scoring needs at least two labels")
-    need = settings.folds * (settings.oof_groups if settings.oof_method == "crossfit" else 1)
-    counts = frame["label"].value_counts()
-    small = counts[counts < need]
-    if len(small):
-        listing = ", ".join(f"{k} ({v})" for k, v in sorted(small.items()))
-        raise DsbuildError(
-            f"too few images to score out of fold with {settings.oof_method} and folds = {settings.folds}: {listing} "
-            f"— each class needs at least {need}; lower model.folds or add images"
-        )
+    too_few = too_few_for_folds(frame["label"].value_counts(), settings)
+    if too_few:
+        raise DsbuildError(too_few)
     y = np.array([classes.index(v) for v in frame["label"]], dtype=np.int64)
     settings = with_size(settings)
     prog = silent(progress)
@@ -186,6 +180,31 @@ def _result(frame: Any, y: Any, classes: tuple[str, ...], probs: Any, unit: Any,
         fold=unit.astype(np.int64), trained_on=tuple(frozenset(t) for t in trained_on),
         method=settings.oof_method, fold_accuracy=acc, duration_s=round(time.perf_counter() - t0, 3),
     )
+
+
+def too_few_for_folds(counts: Any, settings: ModelSettings) -> str | None:
+    """The refusal for classes too small for ``settings``' stratified folds, with the fix that works; None if none.
+
+    ``counts``: images per class (a pandas Series). ``crossfit`` needs ``folds × oof_groups``
+    images in every class, the others ``folds``. The fix is the largest ``folds`` every class
+    allows, or, below 2 folds, adding images to the classes named.
+    """
+    per = settings.oof_groups if settings.oof_method == "crossfit" else 1
+    need = settings.folds * per
+    small = counts[counts < need].sort_index()
+    if not len(small):
+        return None
+    shown = ", ".join(f"{k} ({v})" for k, v in list(small.items())[:12])
+    more = f" and {len(small) - 12} more" if len(small) > 12 else ""
+    what = (f"{len(small)} {'classes have' if len(small) != 1 else 'class has'} fewer images than out-of-fold scoring needs "
+            f"({settings.oof_method}, folds = {settings.folds}: {need} per class): {shown}{more}")
+    most = int(counts.min()) // per
+    if most >= 2:
+        return f"{what} — set folds = {most} in the dataset's [model] table (the most every class allows), or add images"
+    tiny = counts[counts < 2 * per].sort_index()
+    names = ", ".join(f"{k} ({v})" for k, v in tiny.items())
+    return (f"{what} — add images to {names}: each class needs at least {2 * per} even with folds = 2 "
+            "(or remove those classes), then rebuild")
 
 
 def _flags(y: Any, probs: Any) -> Any:

@@ -51,21 +51,25 @@ def load_model(model_dir: Path, *, device: str = "auto") -> tuple[Any, dict[str,
     return model, config
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder → its image files (by suffix, recursively, sorted). Missing paths stay (→ error rows)."""
+    """Files as given; a folder → every file in it (recursively, sorted, hidden ones skipped), whatever its name.
+
+    The content decides what a file is (:func:`dsbuild.formats.open_image`), never its suffix: a file that is
+    not an allowed image gets an error row. Missing paths stay (→ error rows).
+    """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file()
+                              and not any(part.startswith(".") for part in f.relative_to(p).parts)))
         else:
             out.append(p)
     return out
 
 
-def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device: str = "auto") -> Any:
+def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device: str = "auto", verify: Any = None) -> Any:
     """Label + probability for each image, from ``model_dir``'s ``model.pth`` + ``model.json`` only.
 
     ``paths``: image files and/or folders (a folder stands for its image files, recursively).
@@ -76,6 +80,9 @@ def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device:
     (:func:`_predict_head`); for a ``finetune`` model the validation path (same loader,
     item transform in valid mode, the normalisation recorded in model.json). Predictions
     equal the in-memory model's.
+    Every file is opened as verification opens it (:func:`dsbuild.formats.open_image` under
+    ``verify``, a VerifySettings; default limits when None): a file outside the allow-list
+    gets an error row such as ``unsupported format: EPS is not in the allowed formats (…)``.
     """
     import numpy as np
     import torch
@@ -85,16 +92,21 @@ def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device:
     model, config = load_model(model_dir, device=device)
     classes = list(config["classes"])
     dev = next(model.parameters()).device
+    from dsbuild.formats import Refused
+
     paths = expand_paths(paths)
     if config.get("kind") == "head":
-        probs, errors = _predict_head(model, int(config["size"]), paths, batch_size=batch_size, device=dev)
+        probs, errors = _predict_head(model, int(config["size"]), paths, batch_size=batch_size, device=dev,
+                                      verify=verify)
         return _frame(paths, classes, probs, errors)
-    loader = ImageLoader(int(config["size"]), cache=True, cache_bytes=256 << 20)
+    loader = ImageLoader(int(config["size"]), cache=True, cache_bytes=256 << 20, verify=verify)
     readable, errors = [], {}
     for i, p in enumerate(paths):
         try:
             loader(p)
             readable.append(i)
+        except Refused as exc:  # sniffed and refused before any decoder ran
+            errors[i] = str(exc)[:300]
         except Exception as exc:  # noqa: BLE001 - one bad image is a row with a reason, not a failure
             errors[i] = f"unreadable image: {type(exc).__name__}: {exc}"[:300]
     probs = np.full((len(paths), len(classes)), np.nan, dtype=np.float32)
@@ -113,12 +125,14 @@ def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device:
     return _frame(paths, classes, probs, errors)
 
 
-def _predict_head(model: Any, size: int, paths: list[Path], *, batch_size: int, device: Any) -> tuple[Any, dict[int, str]]:
+def _predict_head(model: Any, size: int, paths: list[Path], *, batch_size: int, device: Any,
+                  verify: Any = None) -> tuple[Any, dict[int, str]]:
     """Probabilities of a ``kind: head`` model: the feature extractor's preprocessing
     (:func:`dsbuild.model.features.to_input`: short side to ``size``, centre crop), then the network."""
     import numpy as np
     import torch
 
+    from dsbuild.formats import Refused
     from dsbuild.model.features import to_input
     from dsbuild.verify.decode import load_rgb
 
@@ -136,7 +150,9 @@ def _predict_head(model: Any, size: int, paths: list[Path], *, batch_size: int, 
 
     for i, p in enumerate(paths):
         try:
-            batch.append((i, to_input(load_rgb(p), size)))
+            batch.append((i, to_input(load_rgb(p, verify=verify), size)))
+        except Refused as exc:  # sniffed and refused before any decoder ran
+            errors[i] = str(exc)[:300]
         except Exception as exc:  # noqa: BLE001 - one bad image is a row with a reason, not a failure
             errors[i] = f"unreadable image: {type(exc).__name__}: {exc}"[:300]
         if len(batch) >= batch_size:

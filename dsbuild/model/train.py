@@ -94,8 +94,9 @@ class ImageLoader:
     training reads each image every epoch and, for mislabel scores, in every fold).
     """
 
-    def __init__(self, size: int, *, cache: bool = False, cache_bytes: int = 1 << 30) -> None:
+    def __init__(self, size: int, *, cache: bool = False, cache_bytes: int = 1 << 30, verify: Any = None) -> None:
         self.size = size
+        self.verify = verify  # a VerifySettings: the allow-list and limits images are opened under (None: defaults)
         self.cache: dict[str, Any] | None = {} if cache else None
         self.cache_bytes = cache_bytes
         self._cached = 0
@@ -106,7 +107,7 @@ class ImageLoader:
             return self.cache[key]
         from dsbuild.verify.decode import load_rgb
 
-        img = load_rgb(key)
+        img = load_rgb(key, verify=getattr(self, "verify", None))
         limit = 2 * self.size
         if min(img.size) > limit:
             scale = limit / min(img.size)
@@ -119,7 +120,7 @@ class ImageLoader:
 
     def __getstate__(self) -> dict[str, Any]:
         # learn.export() pickles the pipeline; the cache of decoded images must not go with it.
-        return {"size": self.size, "cache": None, "cache_bytes": self.cache_bytes, "_cached": 0}
+        return {"size": self.size, "cache": None, "cache_bytes": self.cache_bytes, "_cached": 0, "verify": None}
 
 
 class _RowX:
@@ -306,33 +307,86 @@ def make_learner(train_df: Any, valid_df: Any, classes: tuple[str, ...], setting
     return learn, info
 
 
-def fit(learn: Any, settings: ModelSettings, *, epochs: int | None = None, progress: Any = None, name: str = "train") -> tuple[list[dict[str, Any]], float]:
+def _batch_ticker(progress_stage: Any) -> Any:
+    """A callback that advances ``progress_stage`` once per training batch (lr_find's steps)."""
+    from fastai.callback.core import Callback
+
+    class BatchTick(Callback):
+        def after_batch(self) -> None:
+            if self.training:
+                progress_stage.advance(1)
+
+    return BatchTick()
+
+
+LR_FIND_STEPS = 100  # fastai's lr_find default: at most this many batches, fewer when the loss diverges
+
+
+def _lr_find(learn: Any, settings: ModelSettings, *, progress: Any, name: str, curve: dict[str, Any] | None) -> float:
+    """fastai's ``lr_find`` valley, run in a temporary folder and shown as a progress stage.
+
+    fastai saves the model under ``learn.path / learn.model_dir`` while it searches and
+    leaves that folder behind (``./models`` by default): it gets a temporary folder, so
+    nothing is written outside the run's own folder. ``curve``, when given, receives
+    ``lrs``, ``losses`` (the smoothed training losses fastai plots) and ``valley``.
+    """
+    import tempfile
+
+    from fastai.torch_core import set_seed
+
+    set_seed(settings.seed, reproducible=True)
+    saved = learn.path, learn.model_dir
+    with tempfile.TemporaryDirectory(prefix="dsbuild-lr-find-") as tmp, \
+            silent(progress).stage(f"{name}: lr_find", LR_FIND_STEPS) as stage:
+        learn.path, learn.model_dir = Path(tmp), "models"
+        try:
+            with learn.added_cbs([_batch_ticker(stage)]):
+                lr = float(learn.lr_find(num_it=LR_FIND_STEPS, show_plot=False).valley)
+        finally:
+            learn.path, learn.model_dir = saved
+    if curve is not None:
+        curve.update(lrs=[float(x) for x in learn.recorder.lrs], losses=[float(x) for x in learn.recorder.losses],
+                     valley=lr)
+    return lr
+
+
+def fit(learn: Any, settings: ModelSettings, *, epochs: int | None = None, progress: Any = None, name: str = "train",
+        curve: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], float]:
     """Train ``learn`` the fastai way; return (per-epoch rows, base lr used). Quiet (no fastprogress output).
 
-    Pretrained: ``fine_tune(epochs, lr, freeze_epochs)``; from scratch: ``fit_one_cycle(epochs, lr)``.
-    ``settings.lr=None`` → ``lr_find()``'s valley.
+    Pretrained: ``fine_tune(epochs, lr, freeze_epochs)`` (``epochs = 0``: its head-only
+    phase alone); from scratch: ``fit_one_cycle(epochs, lr)``. ``settings.lr=None`` →
+    ``lr_find()``'s valley (``curve`` receives its curve, see :func:`_lr_find`). Progress
+    stages ``<name>: lr_find`` (batches) and ``<name>: epochs``. No epoch at all
+    (``epochs = 0`` and no head-only epoch) trains nothing and returns no rows.
     """
     from fastai.torch_core import set_seed
 
     epochs = settings.epochs if epochs is None else epochs
     rows: list[dict[str, Any]] = []
-    total = epochs + (settings.freeze_epochs if settings.pretrained else 0)
-    with silent(progress).stage(name, total) as stage, learn.no_bar(), learn.no_logging():
+    frozen = settings.freeze_epochs if settings.pretrained else 0
+    if epochs + frozen == 0:
+        return rows, float(settings.lr or 0.0)
+    with learn.no_bar(), learn.no_logging():
         lr = settings.lr
         if lr is None:
-            set_seed(settings.seed, reproducible=True)
-            lr = float(learn.lr_find(show_plot=False).valley)
+            lr = _lr_find(learn, settings, progress=progress, name=name, curve=curve)
             silent(progress).note(f"lr_find chose lr = {lr:.2e}")
-        set_seed(settings.seed, reproducible=True)
-        cb = _epoch_logger(rows, stage)
-        if settings.pretrained and settings.freeze_epochs > 0:
-            learn.fine_tune(epochs, base_lr=lr, freeze_epochs=settings.freeze_epochs, lr_mult=settings.lr_mult, cbs=[cb])
-        elif settings.pretrained:
-            # fine_tune's second phase alone (fastai cannot fit_one_cycle zero epochs).
-            learn.unfreeze()
-            learn.fit_one_cycle(epochs, slice(lr / 2 / settings.lr_mult, lr / 2), pct_start=0.3, div=5.0, cbs=[cb])
-        else:
-            learn.fit_one_cycle(epochs, lr, cbs=[cb])
+        with silent(progress).stage(f"{name}: epochs", epochs + frozen) as stage:
+            set_seed(settings.seed, reproducible=True)
+            cb = _epoch_logger(rows, stage)
+            if settings.pretrained and frozen > 0 and epochs > 0:
+                learn.fine_tune(epochs, base_lr=lr, freeze_epochs=frozen, lr_mult=settings.lr_mult, cbs=[cb])
+            elif settings.pretrained and frozen > 0:
+                # fine_tune's first (head-only) phase alone: fastai cannot fit_one_cycle zero epochs.
+                learn.freeze()
+                learn.fit_one_cycle(frozen, slice(lr), pct_start=0.99, cbs=[cb])
+            elif settings.pretrained:
+                # fine_tune's second phase alone.
+                learn.unfreeze()
+                learn.fit_one_cycle(epochs, slice(lr / 2 / settings.lr_mult, lr / 2), pct_start=0.3, div=5.0, cbs=[cb])
+            else:
+                learn.fit_one_cycle(epochs, lr, cbs=[cb])
     return rows, lr
 
 
@@ -484,8 +538,9 @@ def finetune(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any =
     classes = tuple(sorted(set(train_df["label"].astype(str)) | set(valid_df["label"].astype(str))))
     loader = ImageLoader(settings.size, cache=True)
     learn, info = make_learner(train_df, valid_df, classes, settings, loader=loader)
+    curve: dict[str, Any] = {}
     try:
-        rows, lr = fit(learn, settings, progress=progress, name="train")
+        rows, lr = fit(learn, settings, progress=progress, name="train", curve=curve)
     except OSError as exc:
         raise DsbuildError(f"cannot read an image while training ({exc}) — run `dsbuild build` again to re-verify the images") from None
     probs = get_probs(learn, valid_df)
@@ -510,6 +565,10 @@ def finetune(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any =
         "settings": params,
     }
     (out_dir / "model.json").write_text(json.dumps(config, indent=2) + "\n")
+    if curve:
+        from dsbuild.render.figures import lr_find_png
+
+        lr_find_png(curve["lrs"], curve["losses"], curve["valley"], out_dir / "lr_find.png")
     learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ChannelsLast"])
     learn.export(out_dir / "export.pkl")
     return TrainResult(

@@ -21,7 +21,12 @@ def make_console(stderr: bool = False):
 
 
 class RichProgress:
-    """Rich progress bars on stderr, one per stage, with ok/failed/rejected counts and items/s."""
+    """Progress on stderr, one stage at a time, with ok/failed/rejected counts, items/s and elapsed time.
+
+    On a terminal: rich progress bars. Elsewhere (a pipe, a log file, CI) a bar would only
+    appear at the end, so each stage prints a line instead — every :data:`LINE_EVERY_S`
+    seconds while it runs and once when it ends: ``name n/total counts rate elapsed``.
+    """
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
@@ -32,6 +37,8 @@ class RichProgress:
 
         if self.quiet or total == 0:
             return StageProgress()
+        if not self.console.is_terminal:
+            return _LineStage(self.console, name, total)
         return _RichStage(self.console, name, total)
 
     def note(self, text: str) -> None:
@@ -74,23 +81,72 @@ class _RichStage:
         self._n += n
         elapsed = max(time.monotonic() - self._t0, 1e-6)
         text = " ".join(f"{k} {v}" for k, v in counts.items())
-        per_s = self._n / elapsed
-        rate = f"{per_s:,.0f}/s" if per_s >= 1 else f"{elapsed / self._n:,.1f} s each"
-        self.progress.update(self.task, advance=n, counts=text, rate=rate)
+        self.progress.update(self.task, advance=n, counts=text, rate=_rate(self._n, elapsed))
+
+
+LINE_EVERY_S = 10.0  # without a terminal: a progress line at most this often while a stage runs
+
+
+def _rate(n: int, elapsed: float) -> str:
+    if n <= 0:
+        return ""
+    per_s = n / elapsed
+    return f"{per_s:,.0f}/s" if per_s >= 1 else f"{elapsed / n:,.1f} s each"
+
+
+class _LineStage:
+    """One stage as plain lines (no terminal): ``name n/total counts rate elapsed``."""
+
+    def __init__(self, console, name: str, total: int | None) -> None:
+        import time
+
+        self.console, self.name, self.total = console, name, total
+        self._n, self._counts = 0, ""
+        self._t0 = self._last = time.monotonic()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._line()
+
+    def advance(self, n: int = 1, **counts: int) -> None:
+        import time
+
+        self._n += n
+        self._counts = " ".join(f"{k} {v}" for k, v in counts.items())
+        if time.monotonic() - self._last >= LINE_EVERY_S:
+            self._line()
+
+    def _line(self) -> None:
+        import time
+
+        now = time.monotonic()
+        self._last = now
+        elapsed = max(now - self._t0, 1e-6)
+        done = f"{self._n}/{self.total}" if self.total is not None else str(self._n)
+        parts = [self.name, done, self._counts, _rate(self._n, elapsed), f"{elapsed:.1f} s"]
+        self.console.print(" ".join(p for p in parts if p), markup=False, highlight=False, soft_wrap=True)
 
 
 def print_build_summary(summary) -> None:
     """The build summary table (one row per dataset) and the datasets' notes, on stdout."""
     from rich.table import Table
 
-    table = Table(title=f"build {summary.build_id} — {summary.seconds:.1f} s — {summary.catalog}", title_justify="left")
-    for col in ("dataset", "sources", "processed", "ok", "rejected", "failed", "duplicates", "conflicts", "train", "valid", "test"):
+    from dsbuild.render.tables import FittedTable
+
+    title = f"build {summary.build_id} — {summary.seconds:.1f} s — {summary.catalog}"
+    columns = ["dataset", "sources", "processed", "ok", "rejected", "failed", "duplicates", "conflicts", "train", "valid",
+               "test"]
+    table = Table(title=title, title_justify="left")
+    for col in columns:
         table.add_column(col, justify="left" if col == "dataset" else "right")
-    for d in summary.datasets:
-        table.add_row(d.dataset, str(d.sources), str(d.new), str(d.ok), str(d.rejected), str(d.failed),
-                      str(d.duplicates), str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test")))
+    rows = [[d.dataset, str(d.sources), str(d.new), str(d.ok), str(d.rejected), str(d.failed), str(d.duplicates),
+             str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test"))] for d in summary.datasets]
+    for row in rows:
+        table.add_row(*row)
     console = make_console()
-    console.print(table)
+    console.print(FittedTable(table, columns, rows, title=title))  # one block per dataset when 11 columns do not fit
     for d in summary.datasets:
         for note in d.notes:
             console.print(f"{d.dataset}: {note}")
@@ -124,6 +180,20 @@ def print_status(status) -> None:
             console.print(line)
 
 
+def print_live_build(live: dict) -> None:
+    """``dsbuild status`` while a build holds the catalog: its stages so far (:class:`dsbuild.progress.LiveProgress`)."""
+    console = make_console()
+    console.print(f"build #{live['build_id']} is running (PID {live['pid']}, executor {live['executor']}), "
+                  f"started {live['started']}, last progress {live['updated']}", highlight=False)
+    for st in live["stages"]:
+        total = f" / {st['total']:,}" if st.get("total") is not None else ""
+        counts = "  ".join(f"{k} {v:,}" for k, v in st.get("counts", {}).items())
+        state = "done" if st.get("finished") else "running"
+        console.print(f"  {st['name']}: {st['done']:,}{total}  {counts}  ({state})", highlight=False)
+    console.print("the catalog's full status shows once the build ends (it holds the catalog while it writes)",
+                  highlight=False)
+
+
 def print_run(report) -> None:
     """A training run: its per-epoch table and the valid error rate."""
     from rich.table import Table
@@ -139,7 +209,11 @@ def print_run(report) -> None:
                         (f"{e.get(c):.1f}" if c == "seconds" else str(e.get(c))) for c in
                         ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds")))
     console.print(table)
-    console.print(f"error rate {r.error_rate:.2%} (accuracy {r.accuracy:.2%}) in {r.duration_s:.0f} s; model: {r.model_path}")
+    console.print(f"error rate {r.error_rate:.2%} (accuracy {r.accuracy:.2%}) in {r.duration_s:.0f} s; model: {r.model_path}",
+                  markup=False, soft_wrap=True)
+    export = r.model_path.parent / "export.pkl"
+    if export.is_file():  # for fastai users: learn = load_learner(path); learn.predict(img)
+        console.print(f"fastai learner: {export} (load_learner)", markup=False, soft_wrap=True)
 
 
 def print_comparison(c) -> None:

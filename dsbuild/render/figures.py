@@ -1,4 +1,5 @@
-"""PNG figures: the confusion matrix and the top-losses grid (matplotlib's Agg canvas, no pyplot: no global backend)."""
+"""PNG figures: the confusion matrix, the top-losses grid and fastai's lr_find curve (matplotlib's Agg canvas,
+no pyplot: no global backend)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from dsbuild.errors import DsbuildError
 from dsbuild.render.thumbs import thumbnail
-from dsbuild.render.values import is_missing
+from dsbuild.render.values import is_missing, probability_text
 from dsbuild.store import atomic_write
 
 if TYPE_CHECKING:  # imported lazily at run time
@@ -79,6 +80,29 @@ def confusion_bytes(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> 
     return _png_bytes(fig)
 
 
+def lr_find_png(lrs: Sequence[float], losses: Sequence[float], valley: float, out: Path) -> Path:
+    """Write fastai's lr_find plot to ``out``: smoothed training loss against the learning rate (log scale),
+    with the chosen ``valley`` marked, as ``Recorder.plot_lr_find`` draws it (its last 5 steps left out,
+    where the loss shoots up). About 600×400 px. Returns ``out``."""
+    import numpy as np
+
+    x, y = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    if len(x) > 6:
+        x, y = x[:-5], y[:-5]
+    fig = _figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    ax.plot(x, y)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    if len(x):
+        k = int(np.argmin(np.abs(np.log(x) - math.log(valley)))) if valley > 0 else 0
+        ax.plot([x[k]], [y[k]], "o", color="tab:orange", label=f"valley: lr = {valley:.2e}")
+        ax.legend()
+    ax.set_title("lr_find", fontsize=10)
+    return atomic_write(Path(out), _png_bytes(fig))
+
+
 def confusion_png(matrix: list[list[int]], classes: list[str], out: Path) -> Path:
     """Write a confusion-matrix PNG (rows: label, columns: prediction; colour: row share) to ``out``.
 
@@ -90,15 +114,21 @@ def confusion_png(matrix: list[list[int]], classes: list[str], out: Path) -> Pat
 
 
 def top_losses_png(rows: "pandas.DataFrame", out: Path, *, n: int = 16) -> Path:
-    """Write a grid of the ``n`` most suspicious images with captions (given → suggested, score) to ``out``.
+    """Write :func:`top_losses_bytes` (the ``n`` most suspicious images) to ``out``; return ``out``."""
+    return atomic_write(Path(out), top_losses_bytes(rows, n=n))
+
+
+def top_losses_bytes(rows: "pandas.DataFrame", *, n: int = 16) -> bytes:
+    """A grid of the ``n`` most suspicious images with captions (given → suggested, scores) as PNG bytes.
 
     ``rows``: columns ``path``, ``given_label``, ``suggested_label`` and ``loss``
     (higher = worse; sorted descending) or ``label_quality`` (lower = worse;
-    sorted ascending); without either the row order is kept. Unreadable images
-    are drawn as grey tiles. About 220×240 px per tile, ⌈√n⌉ columns. Returns ``out``.
+    sorted ascending); without either the row order is kept. A tile's caption gives
+    the score and, when present, ``suggested_confidence`` ("p"), as probabilities that
+    never round to a certainty they are not (``<0.0001``). Unreadable images are drawn
+    as grey tiles. About 220×240 px per tile, ⌈√n⌉ columns.
     """
     import numpy as np
-    import pandas as pd
 
     if n < 1:
         raise DsbuildError(f"n must be at least 1, not {n}")
@@ -106,11 +136,11 @@ def top_losses_png(rows: "pandas.DataFrame", out: Path, *, n: int = 16) -> Path:
     if need - set(rows.columns):
         raise ValueError(f"rows needs columns {sorted(need)} + loss or label_quality; missing {sorted(need - set(rows.columns))}")
     if "loss" in rows:
-        df, score, name = rows.sort_values("loss", ascending=False, kind="stable"), "loss", "loss"
+        df, score = rows.sort_values("loss", ascending=False, kind="stable"), "loss"
     elif "label_quality" in rows:
-        df, score, name = rows.sort_values("label_quality", ascending=True, kind="stable"), "label_quality", "quality"
+        df, score = rows.sort_values("label_quality", ascending=True, kind="stable"), "label_quality"
     else:
-        df, score, name = rows, None, ""
+        df, score = rows, None
     df = df.head(n)
     k = max(1, len(df))
     cols = math.ceil(math.sqrt(k))
@@ -120,7 +150,7 @@ def top_losses_png(rows: "pandas.DataFrame", out: Path, *, n: int = 16) -> Path:
         ax = fig.add_subplot()
         ax.axis("off")
         ax.text(0.5, 0.5, "no flagged images", ha="center", va="center")
-        return atomic_write(Path(out), _png_bytes(fig))
+        return _png_bytes(fig)
     from PIL import Image
 
     for idx, r in enumerate(df.to_dict("records")):
@@ -136,12 +166,22 @@ def top_losses_png(rows: "pandas.DataFrame", out: Path, *, n: int = 16) -> Path:
             with Image.open(io.BytesIO(data)) as im:
                 arr = np.asarray(im.convert("RGB"))
             ax.imshow(arr, interpolation="nearest" if max(arr.shape[:2]) < 64 else "antialiased")
-        given = _clip(r.get("given_label"))
-        sugg = _clip(r.get("suggested_label"))
-        value = r.get(score) if score else None
-        caption = f"{given} → {sugg}" + (f"\n{name} {float(value):.3f}" if value is not None and not pd.isna(value) else "")
-        ax.set_title(caption, fontsize=9, parse_math=False)
-    return atomic_write(Path(out), _png_bytes(fig))
+        ax.set_title(tile_caption(r, score), fontsize=9, parse_math=False)
+    return _png_bytes(fig)
+
+
+def tile_caption(row: dict[str, Any], score: str | None) -> str:
+    """A top-losses tile's caption: ``given → suggested`` and, on a second line, the ``score`` column's value
+    (``loss`` to three decimals; ``label_quality`` as ``quality`` in :func:`probability_text`, which never rounds
+    a tiny quality to ``0.000``) and ``suggested_confidence`` as ``p``."""
+    scores = []
+    value = row.get(score) if score else None
+    if not is_missing(value):
+        scores.append(f"loss {float(value):.3f}" if score == "loss" else f"quality {probability_text(value)}")
+    if not is_missing(row.get("suggested_confidence")):
+        scores.append(f"p {probability_text(row.get('suggested_confidence'))}")
+    return f"{_clip(row.get('given_label'))} → {_clip(row.get('suggested_label'))}" + (
+        ("\n" + ", ".join(scores)) if scores else "")
 
 
 def _clip(value: Any, limit: int = 18) -> str:

@@ -5,6 +5,7 @@
   builder that downloads a ``decisions.csv`` for ``dsbuild review``.
 * :func:`duplicates_html` — near-duplicate groups side by side, label
   conflicts first.
+* :func:`similar_html` — the images most similar to one (``dsbuild similar``).
 
 The pages are ``templates/*.html.j2`` rendered with autoescape on: labels,
 paths and URLs come from users and the web, and every value is escaped by
@@ -119,7 +120,16 @@ def _num_attr(value: Any) -> str:
 # --------------------------------------------------------------------------- mislabel report
 
 
-def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: Path) -> Path:
+def _origin_name(origin: Any) -> tuple[str, str] | None:
+    """A card's name for an image: its origin's file name and (on hover) the whole path or URL; None without one."""
+    if is_missing(origin) or not str(origin):
+        return None
+    text = str(origin)
+    return text.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or text, text
+
+
+def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: Path,
+                  top_losses: bytes | None = None) -> Path:
     """Write the mislabel report for ``issues`` to ``out`` (atomically); return ``out``.
 
     ``issues``: one row per flagged image, most likely wrong first. Required
@@ -131,7 +141,9 @@ def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: P
     ``current_label`` (shown when it differs from the given label: reviewed since).
     ``run``: ``run_id`` and optionally ``arch``, ``confusion`` (``[actual][predicted]``
     counts, a list or JSON text) with ``classes`` (embedded as a confusion-matrix
-    figure) and any other scalar fields (shown in the summary).
+    figure) and any other scalar fields (shown in the summary). ``top_losses``: the
+    top-losses grid (PNG bytes, :func:`dsbuild.render.figures.top_losses_bytes`),
+    embedded beside the confusion matrix.
     """
     missing = {"image_id", "given_label", "suggested_label"} - set(issues.columns)
     if missing:
@@ -159,7 +171,7 @@ def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: P
             "outlier": _fmt(outlier, ".3f"), "outlier_v": _num_attr(outlier),
             "origin": _text(r.get("origin")), "link": _link_parts(r.get("origin")),
         })
-    figure = None
+    figure, scored = None, 0
     confusion, classes = run.get("confusion"), run.get("classes")
     if isinstance(confusion, str):
         try:
@@ -168,13 +180,15 @@ def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: P
             confusion = None
     if confusion and classes:
         figure = "data:image/png;base64," + base64.b64encode(confusion_bytes(confusion, list(classes))).decode("ascii")
+        scored = sum(map(sum, confusion))
+    losses = "data:image/png;base64," + base64.b64encode(top_losses).decode("ascii") if top_losses else None
     columns = [("#", "num"), ("image", ""), ("image_id", "text"), ("kind", "text"), ("given → suggested", "text"),
                ("label quality", "num"), ("confidence", "num"), ("outlier score", "num"), ("origin", "text"),
                ("decision", "")]
     page = _page("mislabels.html.j2", title=f"dsbuild mislabels — {dataset}", script="mislabels.js",
                  dataset=dataset, summary=summary, counts=counts, kind_titles=KIND_TITLES, rows=rows,
                  missing_thumbs=sum(r["thumb"] is None for r in rows), figure=figure, run_id=_text(run.get("run_id")),
-                 columns=columns,
+                 scored=scored, top_losses=losses, columns=columns,
                  example=next((str(x) for x in issues["suggested_label"] if not is_missing(x)), "LABEL"))
     return atomic_write(Path(out), page)
 
@@ -229,7 +243,7 @@ def duplicates_html(groups: "pandas.DataFrame", *, dataset: str, out: Path, max_
                         and not is_missing(r.get("height")) else "")
             members.append({
                 "thumb": thumbs.get(r.get("path")), "alt": f"{r['image_id']}: {r['label']}", "label": _text(r["label"]),
-                "image_id": _text(r["image_id"]),
+                "image_id": _text(r["image_id"]), "origin": _origin_name(r.get("origin")),
                 "details": " · ".join(x for x in (_text(r.get("split")), _text(r.get("status")), size_txt) if x),
                 "representative": bool(r.get("is_representative")) and not is_missing(r.get("is_representative")),
                 "distance": _fmt(r.get("distance_to_rep"), ".0f") if not is_missing(r.get("distance_to_rep")) else "",
@@ -239,4 +253,17 @@ def duplicates_html(groups: "pandas.DataFrame", *, dataset: str, out: Path, max_
     page = _page("duplicates.html.j2", title=f"dsbuild duplicates — {dataset}", dataset=dataset,
                  n_groups=len(cards), n_images=len(df), n_conflicts=sum(c[0] for c in cards),
                  n_leaks=sum(c[1] for c in cards), shown=len(shown), groups=page_groups)
+    return atomic_write(Path(out), page)
+
+
+def similar_html(rows: "pandas.DataFrame", *, dataset: str, query: str, out: Path) -> Path:
+    """Write ``dsbuild similar``'s rows (:data:`dsbuild.similar.SIMILAR_COLUMNS`) as thumbnails to ``out`` (atomically)."""
+    thumbs = ThumbCache()
+    members = [{
+        "thumb": thumbs.get(r.get("path")), "alt": f"{r['image_id']}: {r['label']}", "rank": int(r["rank"]),
+        "label": _text(r["label"]), "image_id": _text(r["image_id"]), "similarity": _fmt(r.get("similarity"), ".3f"),
+        "details": " · ".join(x for x in (_text(r.get("split")), _text(r.get("status"))) if x),
+    } for r in rows.to_dict("records")]
+    page = _page("similar.html.j2", title=f"dsbuild similar — {dataset}", dataset=dataset, query=query,
+                 n=len(members), members=members)
     return atomic_write(Path(out), page)

@@ -78,7 +78,8 @@ def render_table(df: "pandas.DataFrame", fmt: str, out: Path | None = None, *, t
       terminal, else plain and unwrapped) for ``sys.stdout.write``, and the
       table itself for ``rich.Console.print``. Cell text is never read as rich
       markup. ``title`` is printed above the table (table format only).
-    * ``csv``: RFC 4180 (header row, CRLF line ends, minimal quoting); missing
+    * ``csv``: RFC 4180 quoting with LF line ends (as pandas and DuckDB write; the same in every CSV dsbuild
+      writes), a header row, minimal quoting; missing
       values empty, floats in shortest round-trip form, booleans ``true``/
       ``false``, datetimes ISO 8601, lists/structs as JSON.
     * ``json``: a list of records (one per line), NaN/NA/NaT/±inf → ``null``,
@@ -93,7 +94,7 @@ def render_table(df: "pandas.DataFrame", fmt: str, out: Path | None = None, *, t
     records = list(df.itertuples(index=False, name=None))
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\r\n")
+        writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         writer.writerows([_csv_cell(v) for v in rec] for rec in records)
         text = buf.getvalue()
@@ -114,6 +115,51 @@ def render_table(df: "pandas.DataFrame", fmt: str, out: Path | None = None, *, t
     return None
 
 
+class FittedTable:
+    """A rich table that fits the width it is printed at: as a table when its columns fit, else (more
+    than :data:`VERTICAL_ABOVE` columns) as one block per row, each column on a line of its own
+    (``name  value``, long values folded), as ``psql``'s expanded display does. A squeezed table
+    would wrap its headers into ``dat… sour…`` and its cells into 4-character columns.
+
+    ``columns``: the header names; ``rows``: the rows' cell texts (str or rich Text).
+    """
+
+    VERTICAL_ABOVE = 3
+
+    def __init__(self, table: Any, columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+        self.table, self.columns, self.rows, self.title = table, columns, rows, title
+
+    def fits(self, console: Any, width: int) -> bool:
+        from rich.measure import Measurement
+
+        if len(self.columns) <= self.VERTICAL_ABOVE:
+            return True
+        # Measured unconstrained (a measurement is clamped to the width it is given): what the table needs.
+        options = console.options.update_width(100_000)
+        return Measurement.get(console, options, self.table).maximum <= width
+
+    def __rich_console__(self, console: Any, options: Any):
+        if self.fits(console, options.max_width):
+            yield self.table
+            return
+        from rich.rule import Rule
+        from rich.table import Table
+        from rich.text import Text
+
+        if self.title:
+            yield Text(self.title)
+        for i, row in enumerate(self.rows, 1):
+            yield Rule(f"row {i}", align="left", characters="-")
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(style="bold", no_wrap=True)
+            grid.add_column(overflow="fold")
+            for name, cell in zip(self.columns, row):
+                grid.add_row(name, cell)
+            yield grid
+        if not self.rows:
+            yield Text("(no rows)")
+
+
 def _terminal_width() -> int:
     import shutil
 
@@ -130,9 +176,10 @@ def _rich_table(df: "pandas.DataFrame", columns: list[str], records: list[tuple]
     for col, dtype in zip(columns, df.dtypes):
         numeric = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
         table.add_column(Text(col), justify="right" if numeric else "left", overflow="fold")
-    for rec in records:
-        table.add_row(*(Text(_table_cell(v), style="dim" if is_missing(v) else "") for v in rec))
-    return table
+    cells = [[Text(_table_cell(v), style="dim" if is_missing(v) else "") for v in rec] for rec in records]
+    for row in cells:
+        table.add_row(*row)
+    return FittedTable(table, columns, cells, title)
 
 
 def _table_text(table: Any, *, color: bool, width: int | None) -> str:
@@ -142,7 +189,7 @@ def _table_text(table: Any, *, color: bool, width: int | None) -> str:
     if width is None:
         # As wide as the table needs: nothing wraps when the text goes to a file or a pipe.
         probe = Console(file=io.StringIO(), width=100_000)
-        width = max(20, probe.measure(table).maximum)
+        width = max(20, probe.measure(getattr(table, "table", table)).maximum)
     console = Console(file=buf, width=width, force_terminal=color, color_system="auto" if color else None,
                       highlight=False, soft_wrap=False, emoji=False, markup=False)
     console.print(table)

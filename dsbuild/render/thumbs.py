@@ -26,7 +26,8 @@ class Thumb:
 def thumbnail(path: str | Path | None, *, size: int = THUMB_PX, quality: int = 80) -> Thumb | None:
     """A ≤``size`` px JPEG thumbnail of the image at ``path`` (EXIF orientation applied, alpha on white).
 
-    Returns None when the file is missing, unreadable or over Pillow's
+    Returns None when the file is missing, unreadable, not an allowed image
+    format by its content (:func:`dsbuild.formats.open_image`) or over the
     decompression-bomb limit — a per-image outcome, never an exception. JPEGs
     are decoded at reduced scale (draft mode).
     """
@@ -36,10 +37,13 @@ def thumbnail(path: str | Path | None, *, size: int = THUMB_PX, quality: int = 8
 
     from PIL import Image, ImageOps
 
+    from dsbuild.formats import open_image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            # The sniffing and allow-list of verification: a store file replaced by an EPS never reaches Ghostscript.
+            with open_image(path) as im:
                 im.draft("RGB", (size, size))
                 im = ImageOps.exif_transpose(im)
                 if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):

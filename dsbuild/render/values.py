@@ -7,6 +7,37 @@ import math
 from typing import Any
 
 
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """``"1 image"``, ``"2 images"``: ``n`` and the noun in the right number (``plural``: default ``singular + "s"``)."""
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
+def probability_text(value: Any) -> str | None:
+    """A probability (0–1) for a terminal table: four decimals, never rounded to a certainty it is not
+    (``<0.0001`` rather than ``0`` or ``3.171e-12``, ``>0.9999`` rather than ``1``); None when missing."""
+    if is_missing(value):
+        return None
+    v = float(value)
+    if 0 < v < 0.0001:
+        return "<0.0001"
+    if 0.9999 < v < 1:
+        return ">0.9999"
+    return f"{v:.4f}"
+
+
+PROBABILITY_COLUMNS = ("label_quality", "suggested_confidence", "ood_score", "probability")
+
+
+def readable_probabilities(df: Any) -> Any:
+    """A copy of the DataFrame ``df`` for a terminal table: its :data:`PROBABILITY_COLUMNS` as
+    :func:`probability_text`."""
+    df = df.copy()
+    for col in PROBABILITY_COLUMNS:
+        if col in df:
+            df[col] = [probability_text(v) for v in df[col]]
+    return df
+
+
 def is_missing(value: Any) -> bool:
     """True for None, NaN, pandas NA and NaT (scalars only; a list is never missing)."""
     if value is None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from dsbuild.executor_settings import ExecutorSettings
+
 if TYPE_CHECKING:  # pragma: no cover
     from dsbuild.manifest import Dataset
     from dsbuild.progress import Progress
@@ -28,8 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover
 class Sink(Protocol):
     """What a source reports to; the build implements it once (:class:`dsbuild.pipeline.DatasetSink`)."""
 
-    def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None) -> None:
-        """Rows to write (:mod:`dsbuild.rows`). An ``item`` is one source this build processed, counted by its status."""
+    def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None,
+            retried: bool = False) -> None:
+        """Rows to write (:mod:`dsbuild.rows`). An ``item`` is one source this build processed, counted by its status;
+        ``retried``: an item catalogued before, processed again because a setting that decided its outcome changed."""
 
     def found(self, sources: int = 0, *, skipped: int = 0) -> None:
         """``sources`` image sources seen; ``skipped`` of them already catalogued and unchanged."""
@@ -48,9 +52,12 @@ class Sink(Protocol):
 class SourceRun:
     """What a source needs from the build it runs in.
 
-    ``store``: the content-addressed store; ``workers``/``backend``: how
-    :mod:`dsbuild.executor` runs the per-image work; ``retry_failed``: retry
-    transient download failures.
+    ``store``: the content-addressed store; ``workers``/``executor``: how
+    :mod:`dsbuild.executor` runs the per-image work (worker processes; the
+    backend's settings); ``retry_failed``: retry transient download failures;
+    ``changed``: the settings sections that changed since the dataset's last build
+    (:data:`dsbuild.pipeline.SETTINGS_SECTIONS`): the recorded outcomes they decided
+    are evaluated again.
     """
 
     dataset: "Dataset"
@@ -60,4 +67,5 @@ class SourceRun:
     progress: "Progress"
     retry_failed: bool = False
     workers: int | None = None
-    backend: str = "local"
+    executor: ExecutorSettings = ExecutorSettings()
+    changed: frozenset[str] = frozenset()

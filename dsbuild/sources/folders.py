@@ -86,6 +86,7 @@ def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now
     jobs: list[VerifyJob] = []
     meta: dict[str, FileSource] = {}
     skipped = 0
+    retried: set[str] = set()  # unchanged files verified again because the settings changed
     for src in files:
         origin = str(src.path)
         iid = image_id_for(ds.name, src.label, origin)
@@ -94,19 +95,22 @@ def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now
         if unchanged and not changed_settings and not (run.retry_failed and old.status == "failed"):
             skipped += 1
             continue
+        if unchanged and changed_settings:
+            retried.add(iid)
         meta[iid] = src
         jobs.append(VerifyJob(iid, str(src.path), ds.verify, ds.dedup, run.store))
     sink.found(len(files), skipped=skipped)
 
     with run.progress.stage(f"{ds.name}: verify + hash", len(jobs)) as bar, \
-            make_executor(len(jobs), workers=run.workers, backend=run.backend) as executor:
-        for job, rec in executor.map(jobs):
+            make_executor(len(jobs), workers=run.workers, settings=run.executor) as executor:
+        for job, rec in executor.map(jobs, ordered=not executor.remote):
             src = meta[job.key]
             sink.add(
                 item=item_row(dataset=ds.name, image_id=job.key, origin=str(src.path), source="folder", label=src.label,
                               rec=rec, src_size=src.size, src_mtime_ns=src.mtime_ns, given_split=src.given_split,
                               build_id=run.build_id, now=now),
                 blob=blob_row(rec, now) if rec.ok else None,
+                retried=job.key in retried,
             )
             counts = sink.tally()
             bar.advance(1, ok=counts["ok"], rejected=counts["rejected"])

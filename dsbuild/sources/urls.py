@@ -4,7 +4,14 @@ A URL list is either
 
 * a text file: one URL per line; blank lines and lines starting with ``#`` are skipped; or
 * a CSV file (``.csv`` suffix, or a first line that is a ``url`` / ``url,label`` header)
-  with a ``url`` column and an optional ``label`` column.
+  with a ``url`` column and an optional ``label`` column. With ``url`` alone,
+  each line is one whole URL (commas included; a line that is one quoted field
+  is unquoted). With ``url,label`` an unquoted URL with commas is read up to
+  the row's last comma (the label holds none), and the label must be a label
+  (and, in a build, a class of the dataset); with other columns a row may not
+  have more fields than the header. A row that cannot be read so (a URL with
+  commas and no label, most likely) is reported with its line and skipped — a
+  URL is never cut.
 
 Bad lines (not http/https, unparsable, credentials, too long, not UTF-8) are
 reported as problems naming the file and line; the other lines proceed. The same
@@ -144,6 +151,25 @@ def _show(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
+def _single_field(text: str) -> str:
+    """A line of a one-column CSV: the CSV value when the line is exactly one quoted field, else the line itself."""
+    stripped = text.strip()
+    if stripped.startswith('"') and stripped.endswith('"') and len(stripped) > 1:
+        try:
+            cells = next(csv.reader([stripped], strict=True))
+        except csv.Error:
+            return stripped
+        if len(cells) == 1:
+            return cells[0]
+    return stripped
+
+
+def _label_problem(label: str) -> str | None:
+    from dsbuild.manifest import label_problem
+
+    return label_problem(label)
+
+
 def _is_header(cells: list[str]) -> bool:
     return bool(cells) and cells[0].strip().lower() == "url"
 
@@ -201,15 +227,34 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
         if extra:
             problems.append(f"{name} line {lines[0][0]}: column(s) {', '.join(extra)} ignored (only url and label are read)")
         for number, text in lines[1:]:
+            if len(header) == 1:
+                # One column: the whole line is the URL (URLs hold commas: CDN resize paths such as w_303,h_170),
+                # unquoted from CSV only when the line is one quoted field.
+                entries.append((number, _single_field(text), None))
+                continue
             try:
-                cells = next(csv.reader([text]))
+                cells = next(csv.reader([text], strict=True))
             except csv.Error as err:
                 problems.append(f"{name} line {number}: not a valid CSV row ({err}) — skipped")
                 continue
+            if len(cells) > len(header):  # fewer is fine: trailing columns left out
+                if header == ["url", "label"] and '"' not in text:
+                    # An unquoted URL with commas, then its label: the label is the last field and holds no comma,
+                    # so the URL is everything before the last comma, byte for byte.
+                    head, _, tail = text.rpartition(",")
+                    cells = [head, tail]
+                else:
+                    problems.append(f"{name} line {number}: {len(cells)} fields where the header has {len(header)} "
+                                    "(a URL with an unquoted comma? quote it) — skipped")
+                    continue
             if url_col >= len(cells) or not cells[url_col].strip():
                 problems.append(f"{name} line {number}: no url — skipped")
                 continue
             label = cells[label_col].strip() if label_col is not None and label_col < len(cells) else ""
+            if label and _label_problem(label):
+                problems.append(f"{name} line {number}: label {label!r} {_label_problem(label)} "
+                                "(a URL with an unquoted comma? quote it) — skipped")
+                continue
             entries.append((number, cells[url_col], label or None))
     else:
         entries = [(number, text, None) for number, text in lines]

@@ -8,8 +8,13 @@
 2. **Plan**: a URL is fetched once per dataset, however many queries or labels
    return it; URLs that already succeeded (in any dataset) are never downloaded
    again; failed ones are retried only with ``--retry-failed`` and only when
-   their failure was transient (timeouts, 5xx, 429, resets).
-3. **Fetch → verify → store**: :func:`dsbuild.fetch.fetch_all` keeps each body
+   their failure was transient (timeouts, 5xx, 429, resets). An outcome that a
+   setting decided is evaluated again when that setting changed
+   (:data:`RETRY_WHEN_CHANGED`: a URL refused as a private address after
+   ``allow_private_hosts`` is set, one too large after ``max_bytes`` grew, ...),
+   and accepted images are verified again from the store when the verify
+   settings changed.
+3. **Fetch → verify → store** (the local backend): :func:`dsbuild.fetch.fetch_all` keeps each body
    of up to ``IN_MEMORY_BODY`` bytes in memory (larger ones stream to temp
    files); each complete body is verified and hashed by the executor
    (:mod:`dsbuild.executor`, worker processes) while downloads go on, and the
@@ -18,6 +23,11 @@
    renamed into the store. Downloads pause while more than ``MEMORY_BACKLOG``
    bytes wait for verification. Every URL tried becomes a ``fetches`` row and
    an ``items`` row, reported to the build's sink.
+
+   With a remote backend (``[executor] backend = "ray"``) every step of 3 runs on
+   the cluster's workers instead: each task downloads a batch of URLs
+   (:class:`~dsbuild.executor.FetchJob`), verifies and stores the bodies there and
+   returns the records; this process only writes the rows.
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ from pathlib import Path
 
 from dsbuild.catalog import Catalog, utcnow
 from dsbuild.errors import DsbuildError, EngineError
-from dsbuild.executor import Batch, Executor, InlineExecutor, LocalPoolExecutor, VerifyJob, make_executor
+from dsbuild.executor import Batch, Executor, FetchJob, InlineExecutor, LocalPoolExecutor, VerifyJob, make_executor
+from dsbuild.fetch import IN_FLIGHT_MEMORY, IN_MEMORY_BODY, in_memory_limit  # noqa: F401 - the downloader's memory limits
 from dsbuild.manifest import Dataset
 from dsbuild.rows import blob_row, fetch_row, image_id_for, item_row
 from dsbuild.sources import SourceRun
@@ -67,6 +78,18 @@ def check_web_settings(ds: Dataset) -> list[str]:
     return problems
 
 
+def engine_failure(engine: str, query: str, exc: BaseException, kept: int):
+    """The ``error`` outcome of a query whose engine library raised: one line, the links found before it kept."""
+    from dsbuild.sources.engines import Outcome
+
+    text = " ".join(str(exc).split()) or "no message"
+    if len(text) > 160:
+        text = text[:157] + "..."
+    message = (f"{engine} failed while reading the results for {query!r}: {type(exc).__name__}: {text} — "
+               f"stopped this query after {kept} links; the other queries go on (the engine's pages may have changed)")
+    return Outcome(reason="error", message=message, pages=0, links=kept)
+
+
 def discover(cat: Catalog, run: SourceRun) -> None:
     """Search every query not searched yet (or searched for fewer links) and read every URL list."""
     from dsbuild.sources.engines import get_engine
@@ -84,14 +107,20 @@ def discover(cat: Catalog, run: SourceRun) -> None:
                 if unreachable:
                     break
                 options = engine_options(ds, cls)
+                links = []
                 try:
                     stream = engine.links(query, options)
-                    links = [{"url": l.url, "rank": l.rank, "page_url": l.page_url} for l in stream]
+                    for l in stream:
+                        links.append({"url": l.url, "rank": l.rank, "page_url": l.page_url})
                     outcome = stream.outcome
                 except EngineError as exc:
                     # The engine host cannot be reached: no query of this engine can succeed.
                     unreachable = str(exc)
                     break
+                except DsbuildError:
+                    raise  # a setting no query of this engine can work with: the build stops with one line
+                except Exception as exc:  # noqa: BLE001 - an engine library's bug or a page it cannot read: this query only
+                    outcome = engine_failure(ds.engine, query, exc, len(links))
                 cat.record_search(dataset=ds.name, label=cls.name, engine=ds.engine, query=query, wanted=ds.per_query,
                                   links=links, pages=outcome.pages, outcome=outcome.reason, message=outcome.message)
                 if not outcome.ok:
@@ -106,7 +135,13 @@ def discover(cat: Catalog, run: SourceRun) -> None:
         for url_file in cls.urls:
             links, problems = read_url_list(url_file)
             rows = []
+            classes = {c.name for c in ds.classes}
             for link in links:
+                if link.label is not None and link.label not in classes:
+                    # Not a class of this dataset: as likely the tail of a URL cut at an unquoted comma as a label.
+                    problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} is not a class of this "
+                                    "dataset (a URL with an unquoted comma? quote it) — skipped")
+                    continue
                 if link.label is not None and link.label != cls.name:
                     problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} differs from class {cls.name!r}; using {cls.name!r}")
                 rows.append({"url": link.url, "rank": link.rank, "page_url": None})
@@ -121,6 +156,30 @@ def discover(cat: Catalog, run: SourceRun) -> None:
 # --------------------------------------------------------------------------- planning + fetching
 
 
+#: Recorded reasons (of rejected or failed downloads and verifications) that a setting decides, and the
+#: settings sections (:data:`dsbuild.pipeline.SETTINGS_SECTIONS`) whose change makes the build try them again.
+RETRY_WHEN_CHANGED: dict[str, tuple[str, ...]] = {
+    "private address": ("network",),
+    "noai": ("noai",),
+    "too large": ("max_bytes", "verify"),
+    "too small": ("verify",),
+    "odd aspect ratio": ("verify",),
+    "decompression bomb": ("verify",),
+    "unsupported format": ("verify",),
+}
+
+_VERIFIED = ("ok", "duplicate")
+
+
+def _retry(old, changed: frozenset[str]) -> bool:
+    """A recorded rejection or failure whose deciding setting changed since."""
+    return old.status in ("rejected", "failed") and any(s in changed for s in RETRY_WHEN_CHANGED.get(old.reason, ()))
+
+
+def _verified(old) -> bool:
+    return old.status in _VERIFIED or str(old.reason or "").startswith("quality:")
+
+
 def ingest(cat: Catalog, run: SourceRun) -> None:
     """Discover, fetch, verify and report the web sources of ``run.dataset`` (see module doc)."""
     ds, sink = run.dataset, run.sink
@@ -130,29 +189,76 @@ def ingest(cat: Catalog, run: SourceRun) -> None:
         return
     known = {r.image_id: r for r in cat.known_items(ds.name).itertuples(index=False)}
     transient = cat.transient_failures(ds.name) if run.retry_failed else set()
+    reverify = "verify" in run.changed
 
     by_url: dict[str, list] = {}
+    retried: set[str] = set()
+    stored: list[tuple[str, object, str]] = []  # accepted before: verified again from the store
     for link in links.itertuples(index=False):
         iid = image_id_for(ds.name, link.label, link.url)
         old = known.get(iid)
-        if old is not None and (old.status != "failed" or not (run.retry_failed and link.url in transient)):
+        if old is not None and _retry(old, run.changed):
+            retried.add(iid)
+        elif old is not None and reverify and _verified(old) and isinstance(old.sha256, str):
+            retried.add(iid)
+            stored.append((iid, link, old.sha256))
+            sink.found(1)
+            continue
+        elif old is not None and (old.status != "failed" or not (run.retry_failed and link.url in transient)):
             sink.found(1, skipped=1)
             continue
         sink.found(1)
         by_url.setdefault(link.url, []).append((iid, link))
+    now = utcnow()
+    if stored:
+        by_url = _verify_stored(cat, run, stored, by_url, now=now, retried=retried)
     if not by_url:
         return
-    now = utcnow()
 
-    # URLs that succeeded before (e.g. in another dataset): catalogue them without downloading again.
+    # URLs that succeeded before (e.g. in another dataset): catalogue them without downloading again
+    # (verified again from the store when the verify settings changed).
+    again: list[tuple[str, object, str]] = []
     for url, (_, sha, path, status, size, ctype) in cat.fetched_ok(list(by_url)).items():
         rec = cat.blob_record(sha)
         for iid, link in by_url.pop(url):
-            sink.add(item=_item(ds, iid, link, rec, run.build_id, now))
-
+            if reverify:
+                again.append((iid, link, sha))
+            else:
+                sink.add(item=_item(ds, iid, link, rec, run.build_id, now), retried=iid in retried)
+    if again:
+        by_url = _verify_stored(cat, run, again, by_url, now=now, retried=retried)
     if not by_url:
         return
-    _fetch_and_verify(run, by_url, now=now)
+    if run.executor.backend == "local":
+        _fetch_and_verify(run, by_url, now=now, retried=retried)
+    else:
+        _fetch_on_workers(run, by_url, now=now, retried=retried)
+
+
+def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str, list], *, now,
+                   retried: set[str]) -> dict[str, list]:
+    """Verify accepted downloads again from their stored files (the verify settings changed); report the items.
+
+    ``stored``: (image_id, link, sha256). One whose file is gone joins ``by_url`` (downloaded again);
+    returns ``by_url``.
+    """
+    import os
+
+    ds = run.dataset
+    jobs, links = [], {}
+    for iid, link, sha in stored:
+        path = cat.blob_record(sha).store_path
+        if path is None or not os.path.exists(path):
+            by_url.setdefault(link.url, []).append((iid, link))
+            continue
+        links[iid] = link
+        jobs.append(VerifyJob(iid, str(path), ds.verify, ds.dedup, run.store))
+    with run.progress.stage(f"{ds.name}: verify again (stored)", len(jobs)) as bar, \
+            make_executor(len(jobs), workers=run.workers, settings=run.executor) as executor:
+        for job, rec in executor.map(jobs):
+            run.sink.add(item=_item(ds, job.key, links[job.key], rec, run.build_id, now), retried=job.key in retried)
+            bar.advance(1)
+    return by_url
 
 
 def _item(ds: Dataset, iid: str, link, rec: ImageRecord | None, build_id: int, now, *, status=None, reason=None, detail=None):
@@ -163,8 +269,6 @@ def _item(ds: Dataset, iid: str, link, rec: ImageRecord | None, build_id: int, n
 
 
 VERIFY_CHUNK = 8  # bodies per worker task: one task per image costs ~0.2 ms of the parent's CPU in IPC
-IN_MEMORY_BODY = 4_000_000  # bodies up to this size never touch .incoming (most web images are far smaller)
-IN_FLIGHT_MEMORY = 256_000_000  # ... unless concurrency × that would exceed this: the per-body limit shrinks
 MEMORY_BACKLOG = 256_000_000  # downloads pause while this many body bytes wait for verification
 
 
@@ -175,9 +279,10 @@ class BodyVerifier:
     ``("batch", (results, batch))`` and the main thread takes their records with
     :meth:`records`. A worker that dies (a decoder crash on a hostile file) costs only
     that file: the executor re-runs the batches it held (:class:`~dsbuild.executor.LocalPoolExecutor`)
-    and a fresh pool takes the next batches. Without a pool (small jobs, one worker)
-    the main thread verifies in-process (:class:`~dsbuild.executor.InlineExecutor`).
-    ``executor`` replaces both (another backend).
+    and a fresh pool takes the next batches. ``executor`` is the run's backend
+    (:func:`~dsbuild.executor.make_executor`); without one, ``use_pool`` picks a
+    local pool of ``workers``, else the main thread verifies in-process
+    (:class:`~dsbuild.executor.InlineExecutor`, for tests).
     """
 
     def __init__(self, ds: Dataset, done: queue.Queue, *, workers: int | None = None, use_pool: bool = False,
@@ -246,7 +351,7 @@ def in_memory_limit(concurrency: int) -> int:
     return max(256_000, min(IN_MEMORY_BODY, IN_FLIGHT_MEMORY // max(1, concurrency)))
 
 
-def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
+def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now, retried: set[str] = frozenset()) -> None:
     """Download ``by_url`` concurrently; verify the bodies with the executor, in batches, as they arrive."""
     from dsbuild.fetch import FetchRequest, fetch_all
 
@@ -255,8 +360,9 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
     incoming = run.store / ".incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     done: queue.Queue = queue.Queue()
-    # The run's executor backend: in-process for a few bodies (or one worker), else a process pool.
-    executor = make_executor(len(by_url), workers=run.workers, backend=run.backend)
+    # The run's executor backend; ``local`` always verifies in worker processes (dsbuild.executor.local_executor):
+    # the C libraries' stderr captured per image, a per-image time limit, a crash costs one worker.
+    executor = make_executor(len(by_url), workers=run.workers, settings=run.executor)
     verifier = BodyVerifier(ds, done, store=run.store, executor=executor)
     stop = threading.Event()
 
@@ -306,7 +412,7 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
                     pairs = list(zip(results, verifier.records(results, batch)))
                 for res, rec in pairs:
                     seen += 1
-                    _handle(run, res, rec, by_url[res.url], now=now)
+                    _handle(run, res, rec, by_url[res.url], now=now, retried=retried)
                 counts = sink.tally()
                 bar.advance(len(pairs), ok=counts["ok"], failed=counts["failed"], rejected=counts["rejected"])
     except BaseException:
@@ -323,7 +429,26 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now) -> None:
         raise DsbuildError(f"download stage failed: {type(error).__name__}: {error}") from error
 
 
-def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now) -> None:
+def _fetch_on_workers(run: SourceRun, by_url: dict[str, list], *, now, retried: set[str] = frozenset()) -> None:
+    """Download, verify, hash, score and store every URL on the executor's workers (a remote backend: the
+    bodies never pass through this process); catalogue the records batch by batch as they come back."""
+    ds = run.dataset
+    jobs = [FetchJob(url, url, ds.fetch_settings, ds.verify, ds.dedup, run.store) for url in by_url]
+    executor = make_executor(len(jobs), workers=run.workers, settings=run.executor)
+    try:
+        with run.progress.stage(f"{ds.name}: fetch + verify", len(jobs)) as bar:
+            for job, fetched in executor.map(jobs, ordered=False):
+                _handle(run, fetched.fetch, fetched.record, by_url[job.url], now=now, retried=retried)
+                counts = run.sink.tally()
+                bar.advance(1, ok=counts["ok"], failed=counts["failed"], rejected=counts["rejected"])
+    except BaseException:
+        executor.shutdown(cancel=True)
+        raise
+    executor.shutdown()
+    run.sink.flush()
+
+
+def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now, retried: set[str] = frozenset()) -> None:
     """Turn one fetch result (+ its verification record, for a downloaded body) into fetch, blob and item rows."""
     ds, sink = run.dataset, run.sink
     if res.outcome == "ok":
@@ -340,8 +465,27 @@ def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now) -> None
     sink.add(fetch=fetch_row(ds.name, res, first, rec.sha256 if rec is not None and rec.ok else None, run.build_id))
     for iid, link in links:
         if res.outcome == "ok":
-            sink.add(item=_item(ds, iid, link, rec, run.build_id, now))
+            sink.add(item=_item(ds, iid, link, rec, run.build_id, now), retried=iid in retried)
         else:
             status = "failed" if res.outcome == "failed" else "rejected"
-            sink.add(item=_item(ds, iid, link, None, run.build_id, now, status=status, reason=res.reason,
-                                detail=f"http {res.http_status}" if res.http_status else None))
+            reason, detail = item_reason(res.reason, res.http_status)
+            sink.add(item=_item(ds, iid, link, None, run.build_id, now, status=status, reason=reason, detail=detail),
+                     retried=iid in retried)
+
+
+def item_reason(fetch_reason: str | None, http_status: int | None) -> tuple[str | None, str | None]:
+    """An image's (reason, detail) for a refused download, in the verify stage's words.
+
+    The downloader sniffs a body's kind before storing it (``not an image (html)``); the
+    catalog says ``not an image`` with ``content is html`` as the detail, as verification
+    does for a local file (and ``unsupported format`` for ``unsupported image (avif)``), so
+    one problem has one reason (``GROUP BY reason``).
+    """
+    import re
+
+    detail = f"http {http_status}" if http_status else None
+    m = re.fullmatch(r"(not an image|unsupported image) \((\w+)\)", fetch_reason or "")
+    if m:
+        reason = "not an image" if m.group(1) == "not an image" else "unsupported format"
+        return reason, f"content is {m.group(2)}" + (f"; {detail}" if detail else "")
+    return fetch_reason, detail

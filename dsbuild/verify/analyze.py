@@ -27,7 +27,10 @@ class ImageRecord:
     """What verification learned about one file.
 
     ``ok`` images have every field; rejected ones have ``reason`` (one of
-    :data:`REASONS`) and ``detail`` and whatever was known before the failure.
+    :data:`REASONS`) and ``detail`` and whatever was known before the failure
+    (bytes, the sniffed format, the declared width/height). ``warnings``: what
+    decoders said about the file without rejecting it (metadata dropped, EXIF
+    ignored, libjpeg's harmless notes), one line each.
     ``store_path`` is where the accepted bytes live in the content-addressed
     store (None when rejected or when no store was given).
     """
@@ -46,6 +49,7 @@ class ImageRecord:
     phash: str | None = None
     quality: dict[str, float] = field(default_factory=dict)
     store_path: str | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def _reject(reason: str, detail: str, **known) -> ImageRecord:
@@ -68,30 +72,43 @@ def analyze_bytes(
     if size > verify.max_bytes:
         return _reject("too large", f"{size} bytes exceeds max_bytes {verify.max_bytes}", bytes=size)
     sha = hashlib.sha256(data).hexdigest()
+    from dsbuild.verify.decoders import TimeLimitExceeded
+
+    info: dict = {}
     try:
         img, info = decode(data, verify)
-    except Rejected as rej:
-        return _reject(rej.reason, rej.detail, sha256=sha, bytes=size, **_known(rej.info))
-    from dsbuild.verify import hashing, quality
+        from dsbuild.verify import hashing, quality
 
-    try:
         gray = hashing.to_gray(img)  # converted once, shared by the hash and the blur score
         ph = hashing.compute_hash(img, kind=dedup.hash, hash_size=dedup.hash_size, gray=gray)
         scores = quality.scores(img, width=info["width"], height=info["height"], gray=gray) if with_quality else {}
         pix = pixel_digest(img)
+    except Rejected as rej:
+        return _reject(rej.reason, rej.detail, sha256=sha, bytes=size, **_known(rej.info))
+    except TimeLimitExceeded as exc:
+        known = _known(info or getattr(exc, "info", {}))
+        return _reject("timeout", f"verification took longer than time_limit {verify.time_limit:g} s", sha256=sha,
+                       bytes=size, **known)
     except Exception as exc:  # a decoded image that cannot be hashed is unusable
         return _reject("corrupt", f"hashing failed: {type(exc).__name__}: {exc}", sha256=sha, bytes=size, **_known(info))
+    if info.get("stored_data") is not None:  # metadata dropped: keep the bytes that were decoded (see decode)
+        data = info["stored_data"]
+        sha, size = hashlib.sha256(data).hexdigest(), len(data)
     stored = None
     if store_dir is not None:
         stored = str(store_bytes(store_dir, sha, data, info["format"], fsync=fsync))
     return ImageRecord(
         ok=True, sha256=sha, bytes=size, format=info["format"], width=info["width"], height=info["height"],
         mode=info["mode"], frames=info["frames"], pixel_sha=pix, phash=ph, quality=scores, store_path=stored,
+        warnings=tuple(info.get("warnings", ())),
     )
 
 
 def _known(info: dict) -> dict:
-    return {k: info[k] for k in ("format", "width", "height", "mode", "frames") if k in info}
+    known = {k: info[k] for k in ("format", "width", "height", "mode", "frames") if info.get(k) is not None}
+    if info.get("warnings"):
+        known["warnings"] = tuple(info["warnings"])
+    return known
 
 
 def analyze_file(

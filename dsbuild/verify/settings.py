@@ -37,7 +37,11 @@ class VerifySettings:
     rejected before its pixels are decoded); ``max_bytes`` (default 20 MB) caps the
     file size read from disk or the web; ``formats`` is the allow-list of Pillow
     format names (a subset of :data:`dsbuild.formats.IMAGE_FORMATS`; EPS/PSD and
-    other risky parsers are never allowed).
+    other risky parsers are never allowed; a family's variants come with it: MPO
+    is JPEG, BigTIFF is TIFF); ``time_limit`` is the most seconds verifying one
+    image may take (default 30: an 89-megapixel PNG takes ~5 s on a busy core) —
+    past it the image is rejected as ``timeout`` and its worker replaced, so a
+    decoder that never returns cannot hold a build.
     """
 
     min_side: int = 32
@@ -45,6 +49,7 @@ class VerifySettings:
     max_pixels: int = 89_478_485
     max_bytes: int = 20_000_000
     formats: tuple[str, ...] = IMAGE_FORMATS
+    time_limit: float = 30.0
 
     def __post_init__(self) -> None:
         check(self.problems(), table="verify")
@@ -59,6 +64,8 @@ class VerifySettings:
                 out.append(Problem(name, f"must be {'a number' if name == 'max_aspect_ratio' else 'an integer'}, not {value!r}"))
             elif value < least:
                 out.append(Problem(name, f"must be {what}, not {value}"))
+        if not _number(self.time_limit) or not 0 < self.time_limit < float("inf"):
+            out.append(Problem("time_limit", f"must be a positive number of seconds, not {self.time_limit!r}"))
         for fmt in self.formats if isinstance(self.formats, (tuple, list)) else [self.formats]:
             if not isinstance(fmt, str) or fmt.upper() not in IMAGE_FORMATS:
                 out.append(Problem("formats", f"'{fmt}' is not allowed — allowed formats: {', '.join(IMAGE_FORMATS)}"))

@@ -42,7 +42,7 @@
       var tr = sel.closest('tr'), label = sel.value === 'relabel' ? tr.getAttribute('data-suggested') : '';
       lines.push([q(tr.getAttribute('data-id')), sel.value, q(label), 'html report'].join(','));
     });
-    out.value = lines.join('\r\n') + '\r\n';
+    out.value = lines.join('\n') + '\n';
     return lines.length - 1;
   }
   tbody.addEventListener('change', function(ev){ if (ev.target.classList.contains('decision')) csv(); });

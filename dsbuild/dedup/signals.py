@@ -1,0 +1,184 @@
+"""The near-duplicate signals of a dataset's images: phash views, effective side, embedding — computed once per blob.
+
+:func:`dataset_signals` takes a dataset's rows (:meth:`dsbuild.catalog.Catalog.dataset_items`:
+``sha256``, ``path`` in the store, ``phash_views``, ``eff_side``), decodes from the store
+only the blobs that miss a signal — through :func:`dsbuild.verify.decode.decode`, the build's
+sniffing, allow-list and pixel limits — and returns every row's signals with the new pixel
+signals for the catalog to keep. Embeddings go to the per-blob
+:class:`dsbuild.model.embeddings.FeatureCache` (computed once per blob and backbone), so a
+rebuild decodes nothing new. :func:`outlier_scores` is cleanlab's OutOfDistribution on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsbuild.dedup.neardup import VIEW_NAMES, parse_views, pixel_signals, thumbnail
+from dsbuild.dedup.settings import DedupSettings
+from dsbuild.verify.settings import VerifySettings
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Per-row signals of a dataset (row order of the items frame given).
+
+    views: (n, 7) uint64 (zero rows where unknown); eff_side: (n,) px (NaN where unknown);
+    emb: (n, dim) float32 unit rows or None (``semantic = false``); has_emb: (n,) bool;
+    new_blobs: DataFrame ``sha256, phash_views, eff_side`` of the blobs computed now;
+    computed: blobs decoded now; failed: ``{sha256: why}`` of stored blobs that did not decode.
+    """
+
+    views: np.ndarray
+    eff_side: np.ndarray
+    emb: np.ndarray | None
+    has_emb: np.ndarray
+    new_blobs: Any
+    computed: int
+    failed: dict[str, str]
+
+
+def spec_of(dedup: DedupSettings):
+    """The :class:`~dsbuild.model.embeddings.FeatureSpec` of a dataset's embeddings."""
+    from dsbuild.model.embeddings import FeatureSpec
+
+    return FeatureSpec(arch=dedup.embed_arch, size=dedup.embed_size)
+
+
+def load_image(path: str, verify: VerifySettings) -> Any:
+    """Decode a stored image under the dataset's verify settings; ValueError (with the reason) when it cannot be."""
+    from dsbuild.verify.decode import Rejected, decode
+
+    try:
+        size = Path(path).stat().st_size
+        if size > verify.max_bytes:
+            raise ValueError(f"too large: {size} bytes")
+        with open(path, "rb") as fh:
+            data = fh.read(verify.max_bytes + 1)
+        img, _ = decode(data, verify)
+    except Rejected as rej:
+        raise ValueError(f"{rej.reason}: {rej.detail}") from None
+    except OSError as exc:
+        raise ValueError(f"unreadable: {exc.strerror or exc}") from None
+    return img
+
+
+def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: VerifySettings, *,
+                    features_dir: Path, embed: bool | None = None, threads: int | None = None,
+                    progress: Any = None) -> Signals:
+    """Signals of ``items`` rows ``rows`` (positions; others stay empty), computing what is missing.
+
+    Pixel signals are computed for rows whose blob has none stored; embeddings for blobs
+    missing from the cache when ``embed`` (default ``dedup.semantic``). Embeddings already
+    cached are returned either way (``emb`` is None only when there is no cache at all).
+    ``progress(n)`` is called as blobs are done. Raises DsbuildError when the embedding
+    backbone cannot be loaded.
+    """
+    embed = dedup.semantic if embed is None else embed
+    import pandas as pd
+
+    n = len(items)
+    shas = items["sha256"].to_numpy(dtype=object)
+    paths = items["path"].to_numpy(dtype=object)
+    stored_views = items["phash_views"].to_numpy(dtype=object)
+    stored_side = items["eff_side"].to_numpy(dtype=np.float64, na_value=np.nan)
+    rows = [int(r) for r in rows if isinstance(shas[r], str) and isinstance(paths[r], str)]
+    need_pixels = {shas[r]: paths[r] for r in rows if not isinstance(stored_views[r], str) or not np.isfinite(stored_side[r])}
+    new: dict[str, tuple[str, float]] = {}
+    failed: dict[str, str] = {}
+
+    def on_image(sha: str, img: Any) -> None:
+        if sha in need_pixels and sha not in new:
+            new[sha] = pixel_signals(img)
+
+    from dsbuild.model.embeddings import FeatureCache, embed_blobs
+
+    cache = FeatureCache(features_dir, spec_of(dedup))
+    if embed:
+        todo = [(shas[r], (lambda p=paths[r]: load_image(p, verify))) for r in rows]
+        failed.update(embed_blobs(todo, cache, threads=threads, on_image=on_image, progress=progress))
+    for sha, path in need_pixels.items():
+        if sha in new or sha in failed:
+            continue
+        try:
+            new[sha] = pixel_signals(load_image(path, verify))
+        except ValueError as exc:
+            failed[sha] = str(exc)
+        if progress is not None:
+            progress(1)
+    if not embed and not len(cache):
+        cache = None
+    views_text = stored_views.copy()
+    side = stored_side.copy()
+    for r in rows:
+        if shas[r] in new:
+            views_text[r], side[r] = new[shas[r]]
+    keep = np.zeros(n, dtype=bool)
+    keep[rows] = True
+    views = parse_views(np.where(keep, views_text, None))
+    side = np.where(keep, side, np.nan)
+    emb, has = None, np.zeros(n, dtype=bool)
+    if cache is not None:
+        has[rows] = [shas[r] in cache for r in rows]
+        dim = next((len(cache.get([shas[r]])[0]) for r in rows if has[r]), 0)
+        emb = np.zeros((n, dim), dtype=np.float32)
+        idx = np.flatnonzero(has)
+        if len(idx):
+            emb[idx] = cache.get(list(shas[idx]))
+    frame = pd.DataFrame([(s, v, e) for s, (v, e) in new.items()], columns=["sha256", "phash_views", "eff_side"])
+    return Signals(views=views, eff_side=side, emb=emb, has_emb=has, new_blobs=frame,
+                   computed=len(set(new) | (set(failed))), failed=failed)
+
+
+def thumb_loader(items: Any, verify: VerifySettings):
+    """``thumb(row)`` → the row's 64 × 64 grey thumbnail, decoded from the store on first use (None if it cannot be)."""
+    paths = items["path"].to_numpy(dtype=object)
+    seen: dict[int, Any] = {}
+
+    def thumb(r: int):
+        if r not in seen:
+            try:
+                seen[r] = thumbnail(load_image(paths[r], verify)) if isinstance(paths[r], str) else None
+            except ValueError:
+                seen[r] = None
+        return seen[r]
+
+    return thumb
+
+
+OUTLIER_THRESHOLD = 0.37037
+"""cleanlab Datalab's default for feature-based outliers: an image is flagged when its mean distance to its
+k nearest neighbours exceeds Q3 + (1 / 0.37037 − 1) × IQR of those distances (``OutlierIssueManager``)."""
+
+
+def outlier_scores(emb: np.ndarray, k: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's ``outlier_score`` (n,) in (0, 1], low = more unusual, and Datalab's outlier flag (n,) bool.
+
+    ``emb``: (n, dim) unit rows (near-duplicate copies removed first: an image with copies has
+    close neighbours and looks normal). The score is ``exp(−d)`` with ``d`` the mean cosine
+    distance to the ``min(k, n − 1)`` nearest neighbours (``cleanlab.outlier.OutOfDistribution``,
+    Kuan & Mueller 2022); the flag is Datalab's IQR rule (:data:`OUTLIER_THRESHOLD`). Needs n ≥ 3
+    (else all NaN / False). Blind spot (measured): low-information images (digits) among photos
+    sit in the dense middle of ImageNet feature space and score as normal.
+    """
+    import warnings
+
+    n = len(emb)
+    if n < 3:
+        return np.full(n, np.nan), np.zeros(n, dtype=bool)
+    from cleanlab.outlier import OutOfDistribution
+
+    ood = OutOfDistribution({"k": int(min(k, n - 1))})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = np.asarray(ood.fit_score(features=np.ascontiguousarray(emb, dtype=np.float32), verbose=False),
+                            dtype=np.float64)
+    d = -np.log(np.clip(scores, 1e-12, None))
+    q1, q3 = np.percentile(d, [25, 75])
+    return scores, d > q3 + (1 / OUTLIER_THRESHOLD - 1) * (q3 - q1)
+
+
+__all__ = ["Signals", "VIEW_NAMES", "dataset_signals", "load_image", "outlier_scores", "spec_of", "thumb_loader"]

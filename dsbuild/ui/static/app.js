@@ -1,0 +1,303 @@
+// dsbuild ui — the app's one script (served from /static; the CSP allows no inline script).
+// Data comes from the page's data-* attributes and from JSON answers; it is shown with
+// textContent only, never parsed as HTML.
+"use strict";
+(function () {
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const banner = document.getElementById("banner");
+  const toastBox = document.getElementById("toast");
+  let toastTimer = null;
+
+  function toast(text) {
+    toastBox.textContent = text;
+    toastBox.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { toastBox.hidden = true; }, 6000);
+  }
+
+  function showBanner(text) {
+    banner.textContent = text || "";
+    banner.hidden = !text;
+  }
+
+  function el(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  const retry = document.body.dataset.retry;
+  if (retry) setTimeout(() => location.reload(), Number(retry));
+
+  if (document.body.dataset.page === "queue") reviewQueue();
+  if (document.body.dataset.page === "predict") predictPage();
+
+  // ------------------------------------------------------------------ the review queue
+
+  function reviewQueue() {
+    const cards = Array.from(document.querySelectorAll("#cards .card"));
+    const byId = new Map(cards.map((c) => [c.dataset.id, c]));
+    const keys = {};
+    document.querySelectorAll("#keymap li[data-key]").forEach((li) => { keys[li.dataset.key] = li.dataset.label; });
+    const focusImg = document.getElementById("focus-img");
+    const focusText = document.getElementById("focus-text");
+    const help = document.getElementById("help");
+    const mode = document.getElementById("mode");
+    const selected = new Set();
+    const undoStack = []; // groups of image ids decided together, newest last
+    const outbox = []; // decisions not yet committed, oldest first: {decisions, group}
+    let sending = false;
+    let grid = false;
+    let anchor = -1;
+    let idx = cards.findIndex((c) => !c.classList.contains("decided"));
+    if (idx < 0) idx = 0;
+
+    function isDone(c) { return c.classList.contains("decided") || c.classList.contains("pending"); }
+
+    function focus(i) {
+      if (!cards.length) return;
+      idx = Math.max(0, Math.min(cards.length - 1, i));
+      cards.forEach((c) => c.classList.remove("focused"));
+      const c = cards[idx];
+      c.classList.add("focused");
+      c.scrollIntoView({ block: "nearest" });
+      focusImg.src = "/image/" + encodeURIComponent(c.dataset.id);
+      const sug = c.dataset.suggested && c.dataset.suggested !== c.dataset.label ? " → " + c.dataset.suggested : "";
+      focusText.textContent = c.dataset.label + sug + " · " + c.dataset.kind + " · " + c.dataset.id;
+    }
+
+    function nextOpen(from) {
+      for (let i = from + 1; i < cards.length; i++) if (!isDone(cards[i])) return i;
+      return Math.min(from + 1, cards.length - 1);
+    }
+
+    function select(c, on) {
+      if (on) selected.add(c.dataset.id); else selected.delete(c.dataset.id);
+      c.classList.toggle("selected", on);
+    }
+
+    function clearSelection() { cards.forEach((c) => select(c, false)); }
+
+    function setGrid(on) {
+      grid = on;
+      document.body.classList.toggle("grid-mode", on);
+      mode.textContent = on ? "grid mode: click / Space / Shift+click / a (all on this page) select; a decision key applies to the selection; g: back"
+        : "single mode";
+      if (!on) clearSelection();
+    }
+
+    function targets() {
+      if (grid && selected.size) return cards.filter((c) => selected.has(c.dataset.id));
+      return cards.length ? [cards[idx]] : [];
+    }
+
+    function decisionFor(c, action, label) {
+      const id = c.dataset.id;
+      if (action === "accept") {
+        const s = c.dataset.suggested;
+        return s && s !== c.dataset.label ? { image_id: id, action: "relabel", new_label: s } : null;
+      }
+      if (action === "relabel") {
+        if (label === c.dataset.label) return grid && selected.size ? null : { image_id: id, action: "keep" };
+        return { image_id: id, action: "relabel", new_label: label };
+      }
+      return { image_id: id, action: action };
+    }
+
+    function act(action, label) {
+      const list = targets().map((c) => decisionFor(c, action, label)).filter(Boolean);
+      if (!list.length) {
+        toast(action === "accept" ? "no suggestion to accept for this image" : "nothing to change");
+        return;
+      }
+      const group = list.map((d) => d.image_id);
+      undoStack.push(group);
+      send(list, group);
+      if (grid && selected.size) clearSelection();
+      else focus(nextOpen(idx));
+    }
+
+    function undo() {
+      const group = undoStack.pop();
+      if (!group) { toast("nothing to undo in this session"); return; }
+      send(group.map((id) => ({ image_id: id, action: "undo" })), null);
+      const i = cards.findIndex((c) => c.dataset.id === group[0]);
+      if (i >= 0) focus(i);
+    }
+
+    function waiting() { return outbox.reduce((n, item) => n + item.decisions.length, 0); }
+
+    function send(decisions, group) {
+      decisions.forEach((d) => { const c = byId.get(d.image_id); if (c) c.classList.add("pending"); });
+      outbox.push({ decisions: decisions, group: group });
+      pump();
+    }
+
+    function applyState(s) {
+      const c = byId.get(s.image_id);
+      if (!c) return;
+      c.dataset.label = s.label;
+      c.querySelector(".given").textContent = s.label;
+      c.querySelector("[data-role=state]").textContent = s.state;
+      c.classList.toggle("decided", s.decided);
+      c.dataset.status = s.status;
+    }
+
+    async function pump() {
+      if (sending || !outbox.length) return;
+      sending = true;
+      const item = outbox[0];
+      let res = null;
+      let body = {};
+      try {
+        res = await fetch("/api/decide", {
+          method: "POST", credentials: "same-origin",
+          headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+          body: JSON.stringify({ decisions: item.decisions }),
+        });
+        body = await res.json().catch(() => ({}));
+      } catch (err) {
+        res = null;
+      }
+      sending = false;
+      if (res && res.ok) {
+        outbox.shift();
+        item.decisions.forEach((d) => { const c = byId.get(d.image_id); if (c) c.classList.remove("pending"); });
+        (body.states || []).forEach(applyState);
+        if (!outbox.length) showBanner("");
+        pump();
+        return;
+      }
+      if (!res || res.status === 503) {
+        const why = res ? "Catalog busy: " + (body.error || "another process writes it") : "The app does not answer";
+        showBanner(why + " — " + waiting() + " decision(s) waiting, retrying every 2 s (keep this page open)");
+        setTimeout(pump, 2000);
+        return;
+      }
+      outbox.shift();
+      item.decisions.forEach((d) => { const c = byId.get(d.image_id); if (c) c.classList.remove("pending"); });
+      const at = undoStack.indexOf(item.group);
+      if (at >= 0) undoStack.splice(at, 1);
+      toast("not applied: " + (body.error || "HTTP " + res.status));
+      if (!outbox.length) showBanner("");
+      pump();
+    }
+
+    window.addEventListener("beforeunload", (e) => {
+      if (outbox.length) { e.preventDefault(); e.returnValue = ""; }
+    });
+
+    cards.forEach((c, i) => {
+      c.addEventListener("click", (e) => {
+        if (e.target.closest("a")) return;
+        if (grid) {
+          if (e.shiftKey && anchor >= 0) {
+            const [a, b] = anchor < i ? [anchor, i] : [i, anchor];
+            for (let j = a; j <= b; j++) select(cards[j], true);
+          } else {
+            select(c, !selected.has(c.dataset.id));
+            anchor = i;
+          }
+        }
+        focus(i);
+      });
+    });
+
+    function follow(id) { const a = document.getElementById(id); if (a) location.href = a.href; }
+
+    document.addEventListener("keydown", (e) => {
+      if (e.target.closest && e.target.closest("input, select, textarea")) return;
+      if (e.altKey || e.metaKey) return;
+      const k = e.key;
+      if (e.ctrlKey) {
+        if (k === "z" || k === "Z") { e.preventDefault(); undo(); }
+        return;
+      }
+      if (k === "?") { help.hidden = !help.hidden; return; }
+      if (k === "Escape") { help.hidden = true; clearSelection(); return; }
+      if (k === "j" || k === "ArrowRight" || k === "ArrowDown") { e.preventDefault(); focus(idx + 1); return; }
+      if (k === "ArrowLeft" || k === "ArrowUp") { e.preventDefault(); focus(idx - 1); return; }
+      if (k === "g") { setGrid(!grid); return; }
+      if (k === "n") { follow("next-page"); return; }
+      if (k === "p") { follow("prev-page"); return; }
+      if (grid && k === " ") { e.preventDefault(); if (cards[idx]) { select(cards[idx], !selected.has(cards[idx].dataset.id)); anchor = idx; } return; }
+      if (grid && k === "a") { cards.forEach((c) => select(c, true)); return; }
+      if (!cards.length) return;
+      if (k === "Enter") { e.preventDefault(); act("accept"); return; }
+      if (k === "x") { act("remove"); return; }
+      if (k === "k") { act("keep"); return; }
+      if (k === "u") { undo(); return; }
+      if (Object.prototype.hasOwnProperty.call(keys, k)) { act("relabel", keys[k]); }
+    });
+
+    focus(idx);
+  }
+
+  // ------------------------------------------------------------------ predict
+
+  function predictPage() {
+    const drop = document.getElementById("drop");
+    if (!drop) return;
+    const input = document.getElementById("files");
+    const results = document.getElementById("results");
+
+    drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+    drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+    drop.addEventListener("drop", (e) => {
+      e.preventDefault();
+      drop.classList.remove("over");
+      sendAll(Array.from(e.dataTransfer.files));
+    });
+    input.addEventListener("change", () => {
+      const files = Array.from(input.files);
+      input.value = "";
+      sendAll(files);
+    });
+
+    async function sendAll(files) {
+      for (const f of files) await sendOne(f);
+    }
+
+    async function sendOne(f) {
+      const box = el("div", "result");
+      box.dataset.file = f.name;
+      box.append(el("div", "name", f.name));
+      results.prepend(box);
+      let res = null;
+      let body = {};
+      try {
+        res = await fetch("/api/predict", {
+          method: "POST", credentials: "same-origin", body: f,
+          headers: { "X-CSRF-Token": csrf, "Content-Type": "application/octet-stream", "X-File-Name": encodeURIComponent(f.name) },
+        });
+        body = await res.json().catch(() => ({}));
+      } catch (err) {
+        body = { error: "the app does not answer" };
+      }
+      if (!res || !res.ok) {
+        box.classList.add("refused");
+        box.append(el("p", "error", body.error || "HTTP " + (res ? res.status : "?")));
+        return;
+      }
+      const img = el("img");
+      img.alt = f.name;
+      img.src = URL.createObjectURL(f);
+      box.append(img);
+      const table = el("table", "top");
+      for (const t of body.top) {
+        const tr = el("tr");
+        tr.append(el("td", "label", t.label));
+        tr.append(el("td", "p", (100 * t.probability).toFixed(1) + "%"));
+        const meter = el("meter");
+        meter.min = 0; meter.max = 1; meter.value = t.probability;
+        const td = el("td");
+        td.append(meter);
+        tr.append(td);
+        table.append(tr);
+      }
+      box.append(table);
+      box.classList.add("done");
+    }
+  }
+})();

@@ -1,0 +1,246 @@
+"""Reading image containers without decoding: chunk checksums, frame sizes, where a file was cut.
+
+Verification (:mod:`dsbuild.verify`) walks the structure of a file before it
+lets a decoder at it, for what decoders do not say or say too late:
+
+* :func:`png_scan` — every PNG chunk: a chunk cut short (``truncated``), a
+  critical chunk with a bad checksum (``corrupt``), an *ancillary* chunk with a
+  bad checksum (metadata only: removed from the bytes handed to the decoder,
+  noted), and the frame sizes an APNG declares (``fcTL``).
+* :func:`gif_frames` — the extents every GIF image descriptor declares (a frame
+  may reach far outside the logical screen: Pillow then grows the image to it).
+* :func:`tiff_pages` — the width and height of every TIFF/BigTIFF directory,
+  and a first directory that lies past the end of the file (libtiff writes it
+  last, so a cut TIFF loses it).
+* :func:`strip_png_metadata` — a PNG without its text and ICC chunks, for a
+  file whose only fault is metadata the decoder refuses.
+
+All functions take the whole file as ``bytes``, cost one pass over the chunk
+or block headers (no inflating, no decoding) and raise :class:`Damaged` with a
+reason (``truncated`` / ``corrupt``) and a detail for a broken structure.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+
+class Damaged(Exception):
+    """A container whose structure is broken: ``reason`` is ``truncated`` or ``corrupt``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- PNG
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+METADATA_CHUNKS = frozenset({b"iCCP", b"iTXt", b"zTXt", b"tEXt", b"eXIf"})
+
+
+@dataclass
+class PngScan:
+    """What :func:`png_scan` found: the bytes to decode, notes, and the frames an APNG declares."""
+
+    data: bytes
+    notes: list[str] = field(default_factory=list)
+    frames: list[tuple[int, int, int, int]] = field(default_factory=list)  # (x, y, width, height) per fcTL
+
+
+def _chunks(data: bytes):
+    pos = len(PNG_SIGNATURE)
+    end = len(data)
+    while pos < end:
+        if pos + 8 > end:
+            raise Damaged("truncated", f"PNG is cut short: {end - pos} bytes of a chunk header at offset {pos}")
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if length > 0x7FFFFFFF:
+            raise Damaged("corrupt", f"PNG chunk at offset {pos} declares {length} bytes")
+        stop = pos + 12 + length
+        name = kind.decode("latin-1")
+        if stop > end:
+            raise Damaged("truncated", f"PNG is cut short: chunk {name} at offset {pos} needs {length + 12} bytes, "
+                                       f"{end - pos} left")
+        yield pos, kind, length
+        if kind == b"IEND":
+            return
+        pos = stop
+
+
+def png_scan(data: bytes) -> PngScan:
+    """Walk every chunk of a PNG; see the module doc. Raises :class:`Damaged`."""
+    out = PngScan(data=data)
+    drop: list[tuple[int, int]] = []
+    seen_idat = seen_iend = False
+    for pos, kind, length in _chunks(data):
+        body = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        name = kind.decode("latin-1")
+        if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
+            if kind[0] & 0x20:  # ancillary (lower-case first letter): metadata, safe to drop
+                drop.append((pos, pos + 12 + length))
+                out.notes.append(f"metadata dropped: {name} chunk with a bad checksum")
+                continue
+            raise Damaged("corrupt", f"PNG {name} chunk at offset {pos} has a bad checksum")
+        if kind == b"IDAT":
+            seen_idat = True
+        elif kind == b"IEND":
+            seen_iend = True
+        elif kind == b"fcTL" and length >= 20:
+            width, height, x, y = struct.unpack(">IIII", body[4:20])
+            out.frames.append((x, y, width, height))
+    if not seen_idat:
+        raise Damaged("truncated", "PNG has no image data (IDAT)")
+    if not seen_iend:
+        out.notes.append("PNG has no IEND chunk (ends after its image data)")
+    if drop:
+        parts, last = [], 0
+        for start, stop in drop:
+            parts.append(data[last:start])
+            last = stop
+        parts.append(data[last:])
+        out.data = b"".join(parts)
+    return out
+
+
+def strip_png_metadata(data: bytes, limit: int) -> tuple[bytes, list[str]]:
+    """``data`` without its text, ICC and EXIF chunks, and a note naming each compressed one that inflates past ``limit``.
+
+    For a PNG whose decoder refused its metadata (Pillow's ``MAX_TEXT_CHUNK``
+    guard): the picture is kept, the metadata dropped, and the notes say which.
+    """
+    parts, notes, last = [], [], 0
+    for pos, kind, length in _chunks(data):
+        if kind not in METADATA_CHUNKS:
+            continue
+        body = data[pos + 8 : pos + 8 + length]
+        parts.append(data[last:pos])
+        last = pos + 12 + length
+        name = kind.decode("latin-1")
+        if kind in (b"iCCP", b"zTXt", b"iTXt"):
+            inflated = _inflated_size(kind, body, limit)
+            if inflated is None:
+                notes.append(f"metadata dropped: {name} chunk does not inflate")
+            elif inflated > limit:
+                notes.append(f"metadata dropped: {name} chunk inflates past {limit} bytes (the decoder's limit)")
+    parts.append(data[last:])
+    if not notes:
+        notes.append("metadata dropped: text/ICC chunks the decoder refused")
+    return b"".join(parts), notes
+
+
+def _inflated_size(kind: bytes, body: bytes, limit: int) -> int | None:
+    """Inflated size of a compressed metadata chunk, at most ``limit + 1`` (None when it does not inflate)."""
+    try:
+        if kind == b"iTXt":
+            key_end = body.index(b"\x00")
+            if body[key_end + 1] != 1:
+                return 0  # not compressed
+            rest = body[key_end + 3 :]
+            rest = rest[rest.index(b"\x00") + 1 :]
+            rest = rest[rest.index(b"\x00") + 1 :]
+        else:
+            rest = body[body.index(b"\x00") + 2 :]
+        inflater = zlib.decompressobj()
+        return len(inflater.decompress(rest, limit + 1))
+    except (ValueError, IndexError, zlib.error):
+        return None
+
+
+# --------------------------------------------------------------------------- GIF
+
+
+def gif_frames(data: bytes) -> list[tuple[int, int, int, int]]:
+    """(left, top, width, height) of every image descriptor of a GIF, in order; stops where the file does.
+
+    A file cut inside its block structure returns the frames seen so far (the
+    decoder reports the cut). Raises :class:`Damaged` for a block that is
+    neither an extension, an image nor the trailer.
+    """
+    end = len(data)
+    if end < 13:
+        raise Damaged("truncated", f"GIF is cut short: {end} bytes, less than its header")
+    pos = 13
+    flags = data[10]
+    if flags & 0x80:
+        pos += 3 * (2 ** ((flags & 7) + 1))
+    frames: list[tuple[int, int, int, int]] = []
+    while pos < end:
+        kind = data[pos]
+        if kind == 0x3B:
+            break
+        if kind == 0x21:
+            pos += 2
+        elif kind == 0x2C:
+            if pos + 10 > end:
+                break
+            frames.append(struct.unpack("<HHHH", data[pos + 1 : pos + 9]))
+            local = data[pos + 9]
+            pos += 10 + (3 * (2 ** ((local & 7) + 1)) if local & 0x80 else 0) + 1
+        else:
+            raise Damaged("corrupt", f"GIF has an unknown block {kind:#04x} at offset {pos}")
+        while pos < end and data[pos]:  # data sub-blocks
+            pos += data[pos] + 1
+        pos += 1
+    return frames
+
+
+# --------------------------------------------------------------------------- TIFF
+
+_TIFF_MAX_PAGES = 10_000
+
+
+def tiff_pages(data: bytes) -> list[tuple[int, int]]:
+    """(width, height) of every directory (page) of a TIFF or BigTIFF, in order; see the module doc.
+
+    Raises :class:`Damaged` ("truncated") when the first directory lies past the
+    end of the file. A later directory that cannot be read ends the list (the
+    decoder only reads the first).
+    """
+    end = len(data)
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    if big:
+        if end < 16:
+            raise Damaged("truncated", f"TIFF is cut short: {end} bytes, less than its header")
+        (offset,) = struct.unpack(order + "Q", data[8:16])
+        count_fmt, entry_size, next_fmt, value_at = "Q", 20, "Q", 12
+    else:
+        if end < 8:
+            raise Damaged("truncated", f"TIFF is cut short: {end} bytes, less than its header")
+        (offset,) = struct.unpack(order + "I", data[4:8])
+        count_fmt, entry_size, next_fmt, value_at = "H", 12, "I", 8
+    count_size = struct.calcsize(count_fmt)
+    next_size = struct.calcsize(next_fmt)
+    if offset + count_size > end:
+        raise Damaged("truncated", f"TIFF is cut short: its directory at offset {offset} lies past the end of the file "
+                                   f"({end} bytes)")
+    pages: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    while offset and offset not in seen and len(pages) < _TIFF_MAX_PAGES:
+        seen.add(offset)
+        if offset + count_size > end:
+            break
+        (count,) = struct.unpack(order + count_fmt, data[offset : offset + count_size])
+        table = offset + count_size
+        if table + count * entry_size + next_size > end:
+            break
+        width = height = 0
+        for i in range(count):
+            at = table + i * entry_size
+            tag, typ = struct.unpack(order + "HH", data[at : at + 4])
+            if tag in (256, 257):
+                raw = data[at + value_at : at + value_at + (8 if big else 4)]
+                value = struct.unpack(order + "H", raw[:2])[0] if typ == 3 else struct.unpack(
+                    order + ("Q" if big and typ == 16 else "I"), raw[: 8 if big and typ == 16 else 4])[0]
+                if tag == 256:
+                    width = value
+                else:
+                    height = value
+        pages.append((width, height))
+        (offset,) = struct.unpack(order + next_fmt, data[table + count * entry_size : table + count * entry_size + next_size])
+    return pages

@@ -1,0 +1,442 @@
+"""The one decode of an image under verification: what every decoder said, kept with the file it said it about.
+
+:func:`decode_checked` is verification's decode (:func:`dsbuild.verify.decode`
+calls it). Its rules, in order:
+
+1. **The content decides.** :func:`dsbuild.formats.sniff` names the format; a
+   family outside the allow-list, another image format (named through
+   :func:`dsbuild.formats.identify`: ``unsupported format: TGA``) or text is
+   refused before any decoder runs. The file is then opened by its family's
+   Pillow reader only.
+2. **The structure is read before the pixels** (:mod:`dsbuild.verify.containers`):
+   a chunk or directory cut short is ``truncated``; a critical PNG chunk with a
+   bad checksum is ``corrupt``; an ancillary one is metadata, dropped with a
+   note; the declared size of *every* frame (GIF, APNG, TIFF pages, MPO) is
+   held against ``max_pixels`` — nothing is decoded to find a bomb.
+3. **Every decoder message counts.** JPEGs are decoded by libjpeg-turbo through
+   ``simplejpeg`` in strict mode (Pillow's own JPEG decoder silences libjpeg's
+   warnings, so scan data cut short but closed with an end marker decoded as
+   grey without a word); the same DCT scaling and IDCT as Pillow's draft mode,
+   bit-identical pixels. A warning that means missing or corrupt data rejects
+   the image with libjpeg's words; a harmless one (junk before a marker, an
+   unknown JFIF revision) is kept as a note. Other formats are decoded by
+   Pillow with Python warnings recorded and, in worker processes, the C
+   libraries' stderr (libtiff) captured per image (:func:`captured_stderr`).
+4. **Metadata never costs the picture.** A PNG whose text or ICC chunk inflates
+   past Pillow's limit is decoded without its metadata; broken EXIF is ignored
+   (orientation 1); each case leaves a note in ``warnings``.
+5. **Reasons come from facts, not wording.** A decoder exception is
+   ``truncated`` when its message says the data ended (in any case or
+   phrasing) and ``corrupt`` otherwise; the detail is the decoder's own words
+   (prefixed ``libjpeg:``/``libtiff:`` for C libraries), never a Python repr.
+
+Returns ``(image, info)`` where ``image`` is normalised (RGB or L, displayed
+orientation, possibly DCT-reduced) and ``info`` has ``format`` (the family),
+``width``/``height`` (as displayed), ``mode``, ``frames``, ``warnings``
+(tuple of notes) and, when metadata had to be dropped to decode the file,
+``stored_data``: the bytes decoded, which are the ones to keep (Pillow's
+default open refuses the original just as it refused it here). Rejections raise :class:`Rejected` with ``reason``,
+``detail`` and ``info`` (what was known: format, declared size, frames).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+from dsbuild import formats
+from dsbuild.verify import containers
+
+
+class TimeLimitExceeded(BaseException):
+    """Raised by a worker's SIGALRM handler when one image has taken ``[verify] time_limit`` seconds.
+
+    A BaseException, so that no ``except Exception`` on the way (decoders raise
+    anything, and are caught broadly) swallows it. ``info``: what was known.
+    """
+
+    info: dict = {}
+
+
+class Rejected(Exception):
+    """A file verification refuses: ``reason`` (one of verify.REASONS), ``detail``, ``info`` (what was known)."""
+
+    def __init__(self, reason: str, detail: str, info: dict | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.info = info or {}
+
+
+# --------------------------------------------------------------------------- stderr of C libraries, per image
+
+_CAPTURE: dict[str, object] = {"enabled": False, "file": None}
+
+
+def capture_stderr_in_this_process() -> None:
+    """Send file descriptor 2 to a per-image capture from now on (worker processes only: the main one prints there)."""
+    _CAPTURE["enabled"] = True
+
+
+class _Captured:
+    """Lines a C library wrote to fd 2 during a :func:`captured_stderr` block (``lines()`` reads them so far)."""
+
+    def __init__(self, fh) -> None:
+        self.fh = fh
+
+    def lines(self) -> list[str]:
+        if self.fh is None:
+            return []
+        self.fh.seek(0)
+        text = self.fh.read(65536).decode("utf-8", "replace")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@contextmanager
+def captured_stderr() -> Iterator[_Captured]:
+    """What C libraries write to fd 2 inside the block (nothing unless :func:`capture_stderr_in_this_process` ran).
+
+    One temporary file per process, emptied per image: a dup2 there and back
+    costs microseconds, and nothing a decoder says reaches the terminal without
+    the file it belongs to.
+    """
+    if not _CAPTURE["enabled"]:
+        yield _Captured(None)
+        return
+    fh = _CAPTURE["file"]
+    if fh is None:
+        fh = _CAPTURE["file"] = tempfile.TemporaryFile()
+    fh.seek(0)
+    fh.truncate()
+    saved = os.dup(2)
+    try:
+        os.dup2(fh.fileno(), 2)
+        yield _Captured(fh)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _clean(line: str) -> str:
+    return re.sub(r"^(tempfile\.tif|<unknown>|\S+\.tiff?): ", "", line)
+
+
+# --------------------------------------------------------------------------- what decoders say
+
+_TRUNCATED = re.compile(r"truncat|premature end|unexpected end|end of (file|stream|data)|\beof\b|not enough data|"
+                        r"short read|incomplete|no more (data|images)|missing frame data|read error", re.I)
+# libjpeg warnings (jerror.h JWRN_*) that leave every pixel as encoded: noted, the image kept
+_JPEG_HARMLESS = re.compile(r"extraneous bytes before marker|unknown JFIF revision|Unknown Adobe color transform|"
+                            r"bad ICC marker|too many scanlines", re.I)
+
+
+def _reason(text: str) -> str:
+    return "truncated" if _TRUNCATED.search(text) else "corrupt"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if not text or re.search(r"object at 0x|<_io\.", text):
+        return type(exc).__name__
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+# --------------------------------------------------------------------------- the decode
+
+
+def decode_checked(data: bytes, settings, *, analysis_side: int | None = 128):
+    """Decode ``data`` under ``settings`` (a VerifySettings); see the module doc. Raises :class:`Rejected`."""
+    from PIL import Image
+
+    allowed = tuple(f.upper() for f in settings.formats)
+    found = formats.sniff(data[:512])
+    if not found.allowed or found.name not in allowed:
+        refused = formats.refusal(found, allowed, data)
+        raise Rejected(refused.reason, refused.detail, refused.info)
+    fmt = found.name
+    info: dict = {"format": fmt, "frames": 1}
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as said, captured_stderr() as stderr, pixel_limit(settings.max_pixels):
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img, info = _decode(fmt, data, settings, analysis_side, info, notes, stderr)
+        except Rejected as rej:
+            rej.info = {**info, **rej.info}
+            raise
+        except TimeLimitExceeded as exc:
+            exc.info = dict(info)
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise Rejected("decompression bomb", str(exc), info) from None
+        except MemoryError:
+            raise Rejected("decompression bomb", "decoding needs more memory than there is", info) from None
+        except Exception as exc:  # noqa: BLE001 - hostile files raise anything (Pillow's fuzzers list them all)
+            text = "; ".join(f"{_lib(fmt)}: {_clean(s)}" for s in stderr.lines()) or _describe(exc)
+            reason = "truncated" if isinstance(exc, EOFError) else _reason(text + " " + str(exc))
+            raise Rejected(reason, text, info) from None
+    seen = []
+    for w in said:
+        if issubclass(w.category, ResourceWarning):
+            continue
+        seen.append(f"Pillow: {w.message}")
+    for line in stderr.lines():
+        text = f"{_lib(fmt)}: {_clean(line)}"
+        if re.search(r"corrupt|truncat|premature|bad (huffman|code)|invalid|read error|not enough data|"
+                     r"code not yet in table", line, re.I):
+            raise Rejected(_reason(line), text, info)
+        seen.append(text)
+    info["warnings"] = tuple(dict.fromkeys(notes + seen))
+    return img, info
+
+
+def _lib(fmt: str) -> str:
+    return {"TIFF": "libtiff", "JPEG": "libjpeg", "WEBP": "libwebp"}.get(fmt, "decoder")
+
+
+def _check_pixels(width: int, height: int, settings, what: str = "") -> None:
+    pixels = max(1, width) * max(1, height)
+    if pixels > settings.max_pixels:
+        raise Rejected("decompression bomb", f"{what}{width}×{height} = {pixels} pixels exceeds max_pixels {settings.max_pixels}")
+
+
+def _header_size(fmt: str, data: bytes) -> tuple[int, int] | None:
+    """Width and height from the first header bytes (PNG IHDR, GIF screen), for rejections before Pillow opens the file."""
+    import struct
+
+    if fmt == "PNG" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if fmt == "GIF" and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    return None
+
+
+def _open(fmt: str, data: bytes):
+    """Open with the family's Pillow reader only; a refused header raises the reader's own exception (not a repr)."""
+    from PIL import Image, UnidentifiedImageError
+
+    names = formats.FAMILIES[fmt].pillow
+    try:
+        return Image.open(io.BytesIO(data), formats=names)
+    except UnidentifiedImageError:
+        Image.init()
+        factory = Image.OPEN[names[0]][0]
+        factory(io.BytesIO(data), None)  # raises what the reader found wrong
+        raise
+
+
+def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
+    from PIL import Image
+
+    size = _header_size(fmt, data)
+    if size is not None:
+        info["width"], info["height"] = size
+        _check_pixels(*size, settings)
+    decode_data = data
+    frames: list[tuple[str, int, int]] = []  # (what, width, height) of every frame whose size is declared apart
+    pages: list[tuple[int, int]] = []
+    try:
+        if fmt == "PNG":
+            scan = containers.png_scan(data)
+            notes.extend(scan.notes)
+            decode_data = scan.data
+            for k, (x, y, w, h) in enumerate(scan.frames, start=1):
+                frames.append((f"frame {k} declares " if k > 1 else "", x + w, y + h))
+            info["frames"] = max(1, len(scan.frames))
+        elif fmt == "GIF":
+            gif = containers.gif_frames(data)
+            for k, (left, top, w, h) in enumerate(gif, start=1):
+                frames.append((f"frame {k} extends the image to ", left + w, top + h))
+            info["frames"] = max(1, len(gif))
+        elif fmt == "TIFF":
+            pages = containers.tiff_pages(data)
+            if pages:
+                info["width"], info["height"] = pages[0]
+            for k, (w, h) in enumerate(pages, start=1):
+                frames.append((f"frame {k} (page) declares " if k > 1 else "", w, h))
+            info["frames"] = max(1, len(pages))
+    except containers.Damaged as exc:
+        raise Rejected(exc.reason, exc.detail) from None
+    for what, w, h in frames:  # before any reader runs: a reader may allocate for a frame's size
+        _check_pixels(w, h, settings, what)
+
+    try:
+        img = _open(fmt, decode_data)
+    except ValueError as exc:
+        if fmt == "PNG" and "MAX_TEXT" in str(exc):
+            img, decode_data = _without_png_metadata(decode_data, notes)
+        else:
+            raise
+    width, height = img.size
+    info.update(width=width, height=height, mode=img.mode)
+    _check_pixels(width, height, settings)
+    if fmt in ("JPEG", "WEBP"):
+        info["frames"] = int(getattr(img, "n_frames", 1) or 1)
+    if fmt == "JPEG" and info["frames"] > 1:  # MPO: each frame has a JPEG header of its own (read, not decoded)
+        with pixel_limit(None):  # our check below, with the size in the message; seek() reads headers only
+            for k in range(1, info["frames"]):
+                try:
+                    img.seek(k)
+                except Exception as exc:  # noqa: BLE001 - a broken later frame: loaders read the first
+                    notes.append(f"frame {k + 1} cannot be read ({_describe(exc)})")
+                    break
+                _check_pixels(*img.size, settings, f"frame {k + 1} declares ")
+            img.seek(0)
+
+    if min(width, height) < settings.min_side:
+        raise Rejected("too small", f"{width}×{height} is below min_side {settings.min_side}")
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > settings.max_aspect_ratio:
+        raise Rejected("odd aspect ratio", f"{ratio:.1f}:1 exceeds max_aspect_ratio {settings.max_aspect_ratio}")
+
+    if fmt == "JPEG":
+        orientation = _orientation(img, notes)  # JPEG's EXIF is read at open: no decode here
+        pixels = _jpeg_pixels(decode_data, img, analysis_side, notes)
+        out = _normalise(pixels, orientation)
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+    else:
+        try:
+            img.load()  # before any EXIF read: for PNG, reading EXIF would decode the pixels as a side effect
+        except ValueError as exc:
+            if fmt != "PNG" or "MAX_TEXT" not in str(exc):
+                raise
+            img, decode_data = _without_png_metadata(decode_data, notes)
+            img.load()
+        loaded = img.size
+        if loaded == (height, width) and loaded != (width, height):
+            width, height = loaded  # the reader turned it itself (TIFF applies its orientation on load)
+        after = _orientation(img, notes)
+        out = _normalise(img, after)
+        if after in (5, 6, 7, 8):
+            width, height = height, width
+    info.update(width=width, height=height)
+    if decode_data is not data:
+        # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
+        info["stored_data"] = decode_data
+    return out, info
+
+
+def _without_png_metadata(data: bytes, notes: list[str]):
+    from PIL import PngImagePlugin
+
+    stripped, dropped = containers.strip_png_metadata(data, PngImagePlugin.MAX_TEXT_CHUNK)
+    notes.extend(dropped)
+    img = _open("PNG", stripped)
+    return img, stripped
+
+
+def _orientation(img, notes: list[str]) -> int:
+    """The EXIF orientation (1–8) of an opened image; broken EXIF counts as 1, with a note."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception as exc:  # noqa: BLE001 - EXIF is metadata: its fault never costs the picture
+        notes.append(f"EXIF dropped: {_describe(exc)}")
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+_TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+              7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+def _normalise(img, orientation: int):
+    """RGB or L, turned as ``orientation`` says (see :func:`dsbuild.verify.normalise`)."""
+    from PIL import Image
+
+    if orientation in _TRANSPOSE:
+        img = img.transpose(getattr(Image.Transpose, _TRANSPOSE[orientation]))
+    return normalise(img, orientation=1)
+
+
+def _jpeg_pixels(data: bytes, img, analysis_side: int | None, notes: list[str]):
+    """The JPEG's pixels, decoded by libjpeg-turbo in strict mode exactly as Pillow's draft mode would (see module doc)."""
+    import simplejpeg
+    from PIL import Image
+
+    width, height = img.size
+    scale = 1
+    if analysis_side:
+        most = min(width // analysis_side, height // analysis_side)
+        scale = next((s for s in (8, 4, 2) if most >= s), 1)  # Pillow's draft(): the largest of 8, 4, 2 that fits
+    want = ((width + scale - 1) // scale, (height + scale - 1) // scale)
+    mode = img.mode
+    space = {"L": "GRAY", "RGB": "RGB", "CMYK": "CMYK"}.get(mode)
+    if space is None:  # YCbCr-as-is, I;16 lossless …: rare modes stay with Pillow's decoder
+        img.draft("RGB", (analysis_side, analysis_side)) if analysis_side else None
+        img.load()
+        return img
+    kw = dict(colorspace=space, fastdct=False, fastupsample=False, min_width=want[0], min_height=want[1])
+    try:
+        arr = simplejpeg.decode_jpeg(data, strict=True, **kw)
+    except ValueError as exc:
+        text = str(exc)
+        if not _JPEG_HARMLESS.search(text):  # missing or corrupt data, or an error libjpeg cannot decode past
+            raise Rejected(_reason(text), f"libjpeg: {text}") from None
+        # A warning that leaves every pixel as encoded (strict mode stopped at it): noted, decoded leniently.
+        # A later harmful warning in the same file would go unseen: strict mode reports only the first.
+        notes.append(f"libjpeg: {text}")
+        arr = simplejpeg.decode_jpeg(data, strict=False, **kw)
+    if space == "GRAY":
+        return Image.fromarray(arr[..., 0], "L")
+    if space == "CMYK":
+        return Image.fromarray(255 - arr, "CMYK")  # Adobe's inverted CMYK, as Pillow reads it
+    return Image.fromarray(arr, "RGB")
+
+
+def normalise(img, *, orientation: int | None = None):
+    """Return ``img`` as RGB or L (8-bit), EXIF orientation applied, alpha composited on white.
+
+    Handles CMYK, P/PA (palettes, incl. transparency), LA, RGBA, 1, I;16, I and F.
+    ``orientation``: 1 when the caller already turned the image (verification
+    does); None reads it from the image's EXIF (broken EXIF counts as upright).
+    """
+    from PIL import Image, ImageOps
+
+    if orientation is None:
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - broken EXIF is metadata: the picture stays upright
+            orientation = 1
+    if orientation not in (None, 1):  # exif_transpose copies the image even when upright
+        img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in ("RGB", "L"):
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / hi * 255.0, 0, 255).astype("uint8")
+        return Image.fromarray(arr, mode="L")
+    if mode == "1":
+        return img.convert("L")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+@contextmanager
+def pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's bomb limit is a process global: set it for one decode only (training and reports share the process)."""
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous

@@ -1,0 +1,161 @@
+"""An exception from an engine library ends that query only; a decoder that takes too long ends that image only.
+
+Kind of fault (issue 11, kind 7): a results page whose markup icrawler's parser
+does not expect raised ``TypeError`` inside icrawler; the user got a traceback,
+the other queries never ran and the build was marked failed. Any exception out of
+an engine library for one query is that query's ``error`` outcome with a one-line
+message, and the build goes on. Likewise for one image: a decode that runs past
+``[verify] time_limit`` is rejected as ``timeout`` and the build goes on.
+
+Inputs: a loopback stand-in for Bing's and Baidu's result endpoints (real HTTP),
+serving for the query ``cats`` pages in layouts the parsers do not expect and for
+``dogs`` normal pages linking three real photos served by the same server; a real
+6000×6000 PNG that takes seconds to decode.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from hostile_kit import Project, encode, photo
+
+DOG_PHOTOS = ("chelsea", "coffee", "rocket")
+
+
+def _bing_tile(url: str) -> str:
+    m = html.escape(json.dumps({"murl": url, "turl": url, "purl": "https://example.org/p"}, separators=(",", ":")), quote=True)
+    return f'<li><div class="imgpt"><a class="iusc" m="{m}" href="/images/search"><img src="x"/></a></div></li>'
+
+
+BROKEN_BING = {
+    # icrawler's BingParser reads div.a["m"]: a tile without <a> makes it subscript None (TypeError)
+    "tile without link": lambda base: '<li><div class="imgpt"><div class="iusc" m="{}">x</div></div></li>' * 3,
+    # a tile whose <a> carries m="…" that is not JSON and a murl the regex cuts: no exception, no result
+    "garbled metadata": lambda base: '<li><div class="imgpt"><a class="iusc" m="murl&quot;:&quot;">x</a></div></li>',
+}
+
+BROKEN_BAIDU = {
+    "no data key": lambda base: json.dumps({"listNum": 3}),  # dsbuild checks this one itself
+    "data of numbers": lambda base: json.dumps({"data": [1, 2, 3]}),  # TypeError: argument of type 'int' is not iterable
+}
+
+
+class _Engine(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, cats_page) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.cats_page = cats_page
+        self.images = {f"/img/{i}.jpg": encode(photo(n, (160, 120)), "JPEG") for i, n in enumerate(DOG_PHOTOS)}
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Engine
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, body: bytes, ctype: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        params = parse_qs(parts.query)
+        if parts.path in self.server.images:
+            return self._send(self.server.images[parts.path], "image/jpeg")
+        query = (params.get("q") or params.get("word") or params.get("queryWord") or [""])[0]
+        offset = int((params.get("first") or params.get("pn") or ["0"])[0])
+        urls = [f"{self.server.base}/img/{i}.jpg" for i in range(len(DOG_PHOTOS))] if offset == 0 else []
+        if parts.path == "/images/async":
+            body = self.server.cats_page(self.server.base) if query == "cats" else "".join(map(_bing_tile, urls))
+            return self._send(body.encode(), "text/html; charset=utf-8")
+        if parts.path == "/search/acjson":
+            if query == "cats":
+                body = self.server.cats_page(self.server.base)
+            else:
+                body = json.dumps({"data": [{"hoverURL": u} for u in urls] + [{}]})
+            return self._send(body.encode(), "application/json")
+        self.send_error(404)
+
+
+def _serve(cats_page):
+    server = _Engine(cats_page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("engine, layout", [("icrawler:bing", k) for k in BROKEN_BING]
+                         + [("icrawler:baidu", k) for k in BROKEN_BAIDU])
+def test_a_parser_exception_ends_that_query_only(tmp_path, engine: str, layout: str) -> None:
+    page = (BROKEN_BING if engine == "icrawler:bing" else BROKEN_BAIDU)[layout]
+    server = _serve(page)
+    try:
+        proj = Project(tmp_path)
+        proj.set("", engine=engine, endpoint=server.base, allow_private_hosts=True, per_query=10)
+        proj.classes = {"cat": {"queries": "cats"}, "dog": {"queries": "dogs"}}
+        proj.write_manifest()
+        code, out, err = proj.cli("build")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, out + err
+    assert "Traceback" not in out + err
+    searches = {r["query"]: r for r in proj.rows("SELECT query, outcome, message, links FROM searches")}
+    dogs = proj.rows("SELECT status FROM images WHERE label = 'dog'")
+    assert [r["status"] for r in dogs] == ["ok"] * 3
+    assert searches["dogs"]["outcome"] in ("exhausted", "limit", "repeated_page")
+    cats = searches["cats"]
+    if layout == "garbled metadata":  # nothing raised: the page simply held no link the parser could read
+        assert cats["outcome"] == "no_results"
+        return
+    assert cats["outcome"] == "error", cats
+    assert "\n" not in cats["message"] and len(cats["message"]) < 300
+    said = {"tile without link": "TypeError", "no data key": "no 'data' list", "data of numbers": "TypeError"}[layout]
+    assert said in cats["message"], cats["message"]
+    assert cats["message"] in " ".join((out + err).split())  # the user is told, in one line
+    builds = proj.rows("SELECT outcome FROM builds")
+    assert [b["outcome"] for b in builds] == ["ok"]
+
+
+def test_an_image_past_the_time_limit_is_rejected_and_the_build_goes_on(tmp_path) -> None:
+    proj = Project(tmp_path)
+    from PIL import Image
+
+    slow = encode(photo("coffee", (60, 60)).resize((6000, 6000), Image.Resampling.NEAREST), "PNG")  # ~100 kB
+    proj.add("a", "slow.png", slow)
+    proj.add("a", "quick.png", encode(photo("rocket"), "PNG"))
+    proj.add("b", "quick.jpg", encode(photo("chelsea"), "JPEG"))
+    proj.set("verify", time_limit=0.5)
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    rows = proj.by_name()
+    assert (rows["slow.png"]["status"], rows["slow.png"]["reason"]) == ("rejected", "timeout")
+    assert rows["slow.png"]["detail"] == "verification took longer than time_limit 0.5 s"
+    assert (rows["slow.png"]["format"], rows["slow.png"]["width"], rows["slow.png"]["height"]) == ("PNG", 6000, 6000)
+    assert rows["quick.png"]["status"] == "ok" and rows["quick.jpg"]["status"] == "ok"
+
+
+def test_time_limit_is_a_checked_manifest_key(tmp_path) -> None:
+    proj = Project(tmp_path)
+    proj.add("a", "x.png", encode(photo("rocket"), "PNG"))
+    proj.add("b", "y.png", encode(photo("coffee"), "PNG"))
+    proj.set("verify", time_limit=0)
+    proj.write_manifest()
+    code, out, err = proj.cli("build")
+    assert code != 0
+    assert "Traceback" not in err
+    assert "time_limit" in err and err.startswith("Error: ")

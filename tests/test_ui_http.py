@@ -1,0 +1,363 @@
+"""The review app's security rules and API over HTTP, with exact status codes.
+
+A real catalog (:mod:`ui_data`: real digits, a real build, a mislabel run scored by the
+real cleanlab finder), the real app through Starlette's TestClient (httpx over the ASGI
+interface), and one real uvicorn server on a free loopback port for what only a socket
+shows (the Host header a browser sends, raw paths).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from helpers import skimage_photo
+from ui_data import HOSTILE_LABEL, HOSTILE_ORIGIN, MAX_BYTES, add_hostile_item, make_project
+
+import dsbuild
+from dsbuild.catalog import BuildLock
+from dsbuild.cli import main
+from dsbuild.ui.app import UiConfig, create_app
+from dsbuild.ui.security import CSP, csrf_for
+from dsbuild.ui.server import check_host
+
+TOKEN = "t0ken-for-tests_" + "x" * 27
+PORT = 8765
+BASE = f"http://127.0.0.1:{PORT}"
+CSRF = {"X-CSRF-Token": csrf_for(TOKEN)}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("uihttp")
+    manifest = make_project(root)
+    hostile = add_hostile_item(manifest, next((root / "data" / "one").glob("*.png")))
+    return manifest, hostile
+
+
+@pytest.fixture(scope="module")
+def app(project):
+    manifest, _ = project
+    return create_app(UiConfig(manifest=dsbuild.load_manifest(manifest), dataset="digits", host="127.0.0.1", port=PORT,
+                               token=TOKEN))
+
+
+@pytest.fixture()
+def client(app) -> TestClient:
+    """A client that opened the printed URL once (it holds the cookie)."""
+    c = TestClient(app, base_url=BASE)
+    assert c.get(f"/?token={TOKEN}", follow_redirects=False).status_code == 303
+    return c
+
+
+@pytest.fixture()
+def anonymous(app) -> TestClient:
+    return TestClient(app, base_url=BASE)
+
+
+def events(manifest: Path) -> list[tuple]:
+    con = duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb"), read_only=True)
+    try:
+        return con.execute("select image_id, source, action, old_label, new_label, new_status from label_history "
+                           "where dataset = 'digits' order by event_id").fetchall()
+    finally:
+        con.close()
+
+
+def queue_ids(client: TestClient) -> list[str]:
+    return re.findall(r'<article class="card[^"]*"[^>]*data-id="([^"]+)"', client.get("/").text)
+
+
+ROUTES = ["/", "/browse", "/runs", "/predict", "/static/app.js", "/static/app.css", "/thumb/0000000000000000"]
+
+
+# --------------------------------------------------------------------------- token and cookie
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_every_route_needs_the_token(anonymous: TestClient, path: str) -> None:
+    assert anonymous.get(path).status_code == 401
+    assert anonymous.get(path, params={"token": "wrong"}).status_code == 403
+    anonymous.cookies.set(f"dsbuild_ui_{PORT}", "wrong")
+    assert anonymous.get(path).status_code == 403
+
+
+def test_the_printed_url_sets_an_httponly_strict_cookie_and_drops_the_token(anonymous: TestClient) -> None:
+    r = anonymous.get(f"/browse?where=status%3D%27ok%27&token={TOKEN}", follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/browse?where=status%3D%27ok%27"
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"dsbuild_ui_{PORT}={TOKEN};")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    page = anonymous.get("/browse?where=status%3D%27ok%27")
+    assert page.status_code == 200 and TOKEN not in page.text
+
+
+def test_no_post_without_the_csrf_token_and_no_state_change_by_get(client: TestClient, project) -> None:
+    manifest, _ = project
+    target = queue_ids(client)[1]
+    before = events(manifest)
+    body = {"decisions": [{"image_id": target, "action": "keep"}]}
+    assert client.post("/api/decide", json=body).status_code == 403
+    assert client.post("/api/decide", json=body, headers={"X-CSRF-Token": "0" * 64}).status_code == 403
+    assert client.post("/api/decide", json=body, headers={"X-CSRF-Token": TOKEN}).status_code == 403
+    assert client.post("/api/decide", json=body, headers={**CSRF, "Origin": "http://evil.example"}).status_code == 403
+    assert client.get("/api/decide", params={"image_id": target, "action": "keep"}).status_code == 405
+    assert client.request("PUT", "/api/decide", json=body, headers=CSRF).status_code == 405
+    assert client.request("DELETE", "/api/decide", headers=CSRF).status_code == 405
+    assert events(manifest) == before
+    ok = client.post("/api/decide", json=body, headers={**CSRF, "Origin": BASE})
+    assert ok.status_code == 200
+    assert events(manifest)[len(before):] == [(target, "ui", "keep", ok.json()["states"][0]["label"],
+                                              ok.json()["states"][0]["label"], None)]
+
+
+def test_wrong_host_header_is_refused(anonymous: TestClient) -> None:
+    for host in ("evil.example", f"evil.example:{PORT}", "127.0.0.1:9999", f"127.0.0.2:{PORT}", ""):
+        r = anonymous.get(f"/?token={TOKEN}", headers={"Host": host}, follow_redirects=False)
+        assert r.status_code == 400, host
+    assert anonymous.get(f"/?token={TOKEN}", headers={"Host": f"localhost:{PORT}"}, follow_redirects=False).status_code == 303
+
+
+# --------------------------------------------------------------------------- ids, never paths
+
+TRAVERSALS = ["../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+              "..%252f..%252fetc%252fpasswd", "%2Fetc%2Fpasswd", "..\\..\\etc\\passwd", "....//....//etc/passwd",
+              "%00", "a" * 65, "%2e%2e", "%2e"]  # (a bare ".." is resolved by the client itself)
+
+
+@pytest.mark.parametrize("route", ["/thumb/", "/image/", "/runs/", "/static/"])
+@pytest.mark.parametrize("attempt", TRAVERSALS)
+def test_path_traversal_on_every_id_route_is_not_found(client: TestClient, route: str, attempt: str) -> None:
+    r = client.get(route + attempt)
+    assert r.status_code == 404, (route, attempt, r.status_code)
+    assert "root:" not in r.text
+
+
+def test_static_files_are_a_fixed_table(client: TestClient) -> None:
+    for name in ("app.py", "__init__.py", "../app.py", "security.py", "APP.JS"):
+        assert client.get("/static/" + name).status_code == 404
+    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+
+
+def test_images_are_served_by_id(client: TestClient, project) -> None:
+    ids = queue_ids(client)
+    r = client.get(f"/thumb/{ids[0]}")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(r.content)) as im:
+        assert im.format == "JPEG" and max(im.size) <= 160
+    assert client.get(f"/image/{ids[0]}").status_code == 200
+    assert client.get("/thumb/ffffffffffffffff").status_code == 404
+    manifest, _ = project
+    cached = list((manifest.parent / "catalog" / "thumbs" / "160").rglob("*.jpg"))
+    assert cached, "thumbnails are cached beside the store"
+
+
+# --------------------------------------------------------------------------- escaping and CSP
+
+
+def test_hostile_label_and_origin_are_escaped_and_the_csp_is_strict(client: TestClient, project) -> None:
+    _, hostile = project
+    for path in ("/", "/browse"):
+        r = client.get(path)
+        assert r.status_code == 200
+        assert r.headers["content-security-policy"] == CSP
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+        assert "<script>document.title" not in r.text
+        assert re.findall(r"<script(?![^>]*\bsrc=\"/static/app\.js\")", r.text) == []  # no inline script at all
+        assert " style=" not in r.text and "<style" not in r.text
+    page = client.get("/").text
+    assert f'data-id="{hostile}"' in page
+    assert "&lt;script&gt;document.title=&#34;pwned-label&#34;&lt;/script&gt;" in page
+    assert "https://example.org/&lt;script&gt;document.title=&#34;pwned-origin&#34;&lt;/script&gt;.jpg" in page
+    assert HOSTILE_LABEL not in page and HOSTILE_ORIGIN not in page
+    assert "script-src 'self'" in CSP and "unsafe-inline" not in CSP and "default-src 'none'" in CSP
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def test_decisions_are_review_label_events_with_source_ui_and_undo(client: TestClient, project) -> None:
+    manifest, _ = project
+    labels = dict(re.findall(r'data-id="([^"]+)" data-label="([^"]+)"', client.get("/").text))
+    a, b = [i for i in queue_ids(client)[2:] if labels[i] not in ("seven", HOSTILE_LABEL)][:2]
+    n = len(events(manifest))
+    r = client.post("/api/decide", json={"decisions": [{"image_id": a, "action": "relabel", "new_label": "seven"},
+                                                       {"image_id": b, "action": "remove"}]}, headers=CSRF)
+    assert r.status_code == 200, r.text
+    states = {s["image_id"]: s for s in r.json()["states"]}
+    assert states[a]["label"] == "seven" and states[a]["decided"] and states[a]["state"] == "relabelled → seven"
+    assert states[b]["status"] == "rejected" and states[b]["state"] == "removed"
+    r = client.post("/api/decide", json={"decisions": [{"image_id": b, "action": "undo"}]}, headers=CSRF)
+    assert r.status_code == 200 and r.json()["states"][0]["status"] == "ok" and not r.json()["states"][0]["decided"]
+    new = events(manifest)[n:]
+    assert [(e[0], e[1], e[2], e[4], e[5]) for e in new] == [
+        (a, "ui", "relabel", "seven", None), (b, "ui", "remove", new[1][3], "rejected"), (b, "ui", "undo", new[1][3], None)]
+
+
+@pytest.mark.parametrize("body, status", [
+    (b"not json", 400), (b"[]", 400), (b'{"decisions": []}', 400), (b'{"decisions": [{"image_id": "../x", "action": "keep"}]}', 400),
+    (b'{"decisions": [{"image_id": "abc", "action": "delete"}]}', 400),
+    (b'{"decisions": [{"image_id": "abc", "action": "relabel"}]}', 400),
+    (b'{"decisions": [{"image_id": "ffffffffffffffff", "action": "keep"}]}', 409),
+])
+def test_bad_decisions_are_refused_and_nothing_is_written(client: TestClient, project, body: bytes, status: int) -> None:
+    manifest, _ = project
+    before = events(manifest)
+    r = client.post("/api/decide", content=body, headers={**CSRF, "Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]
+    assert events(manifest) == before
+
+
+def test_unknown_label_and_relabel_to_the_same_label_are_refused_with_the_reason(client: TestClient, project) -> None:
+    manifest, _ = project
+    target = queue_ids(client)[4]
+    before = events(manifest)
+    r = client.post("/api/decide", json={"decisions": [{"image_id": target, "action": "relabel", "new_label": "sevn"}]},
+                    headers=CSRF)
+    assert r.status_code == 409 and "unknown label 'sevn' (did you mean 'seven'?)" in r.json()["error"]
+    current = re.search(rf'data-id="{target}" data-label="([^"]+)"', client.get("/").text).group(1)
+    r = client.post("/api/decide", json={"decisions": [{"image_id": target, "action": "relabel", "new_label": current}]},
+                    headers=CSRF)
+    assert r.status_code == 409 and "already has label" in r.json()["error"]
+    assert events(manifest) == before
+
+
+def test_a_busy_catalog_answers_503_and_the_retry_applies(client: TestClient, project) -> None:
+    manifest, _ = project
+    target = queue_ids(client)[5]
+    before = events(manifest)
+    body = {"decisions": [{"image_id": target, "action": "keep"}]}
+    with BuildLock(manifest.parent / "catalog" / "dsbuild.duckdb"):
+        r = client.post("/api/decide", json=body, headers=CSRF)
+        assert r.status_code == 503 and r.json()["busy"] is True and "a build is running" in r.json()["error"]
+        assert events(manifest) == before
+    r = client.post("/api/decide", json=body, headers=CSRF)
+    assert r.status_code == 200
+    assert events(manifest)[len(before):][0][:3] == (target, "ui", "keep")
+
+
+def test_oversize_decision_body_is_413(client: TestClient) -> None:
+    r = client.post("/api/decide", content=b"{" + b" " * (1 << 20) + b"}", headers={**CSRF, "Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def test_oversize_upload_is_413_declared_or_streamed(client: TestClient) -> None:
+    big = b"\xff\xd8\xff" + b"\0" * MAX_BYTES
+    r = client.post("/api/predict", content=big, headers={**CSRF, "X-File-Name": "big.jpg"})
+    assert r.status_code == 413 and "upload limit of 300,000 bytes" in r.json()["error"]
+
+    def chunks():
+        for _ in range(40):
+            yield b"\0" * 10_000
+
+    r = client.post("/api/predict", content=chunks(), headers={**CSRF, "X-File-Name": "stream.jpg"})
+    assert r.status_code == 413
+
+
+def test_an_eps_named_jpg_is_refused_by_the_builds_sniffing(client: TestClient) -> None:
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nnewpath 0 0 moveto 64 64 lineto stroke\nshowpage\n%%EOF\n"
+    r = client.post("/api/predict", content=eps, headers={**CSRF, "X-File-Name": "holiday.jpg"})
+    assert r.status_code == 415
+    assert r.json()["error"].startswith("holiday.jpg was refused: ")
+    assert "EPS" in r.json()["error"] or "not an image" in r.json()["error"]
+
+
+def test_an_upload_without_a_model_says_what_to_do(client: TestClient) -> None:
+    buf = io.BytesIO()
+    skimage_photo("coffee").resize((64, 64)).save(buf, format="JPEG")
+    r = client.post("/api/predict", content=buf.getvalue(), headers={**CSRF, "X-File-Name": "coffee.jpg"})
+    assert r.status_code == 409 and r.json()["error"] == "no trained model for 'digits' — run `dsbuild train digits` first"
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def test_browse_filters_with_a_sandboxed_where_clause(client: TestClient) -> None:
+    r = client.get("/browse", params={"where": "label = 'seven'"})
+    assert r.status_code == 200
+    captions = re.findall(r"<figcaption[^>]*>([^<]*)</figcaption>", r.text)
+    assert captions and set(captions) == {"seven"}
+    bad = client.get("/browse", params={"where": "no_such_column = 1"})
+    assert bad.status_code == 400 and "no_such_column" in bad.text
+    io_attempt = client.get("/browse", params={"where": "image_id in (select * from read_csv('/etc/passwd'))"})
+    assert io_attempt.status_code == 400 and "root:" not in io_attempt.text
+
+
+def test_runs_page_shows_the_mislabel_run_and_its_confusion_matrix(client: TestClient) -> None:
+    r = client.get("/runs")
+    run_id = re.search(r'href="/runs/([^"]+)"', r.text).group(1)
+    detail = client.get(f"/runs/{run_id}")
+    assert detail.status_code == 200 and 'id="confusion"' in detail.text
+    assert client.get("/runs/no-such-run").status_code == 404
+
+
+def test_queue_filters_and_pages(client: TestClient) -> None:
+    page = client.get("/", params={"kind": "label", "n": 5})
+    assert len(re.findall(r'<article class="card', page.text)) == 5 and 'id="next-page"' in page.text
+    kinds = set(re.findall(r'data-kind="([^"]+)"', client.get("/", params={"kind": "label", "n": 500}).text))
+    assert kinds == {"label"}
+    assert client.get("/", params={"page": "x"}).status_code == 400
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+def test_a_real_uvicorn_server_applies_the_same_rules(project) -> None:
+    import uvicorn
+
+    from dsbuild.ui.server import bind
+
+    manifest, _ = project
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    app = create_app(UiConfig(manifest=dsbuild.load_manifest(manifest), dataset="digits", host="127.0.0.1", port=port,
+                              token=TOKEN))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=30, follow_redirects=True) as c:
+            for _ in range(200):
+                if server.started:
+                    break
+                threading.Event().wait(0.05)
+            assert c.get("/").status_code == 401
+            assert c.get("/", params={"token": "nope"}).status_code == 403
+            assert c.get("/", headers={"Host": f"rebound.example:{port}"}, params={"token": TOKEN}).status_code == 400
+            r = c.get("/", params={"token": TOKEN})  # follows the redirect with the cookie
+            assert r.status_code == 200 and r.headers["content-security-policy"] == CSP
+            raw = c.get("/thumb/..%2F..%2F..%2Fetc%2Fpasswd")
+            assert raw.status_code == 404
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_remote_hosts_need_allow_remote(project, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest, _ = project
+    assert main(["-m", str(manifest), "ui", "digits", "--host", "192.0.2.7", "--no-browser"]) == 2
+    err = capsys.readouterr().err
+    assert "Error: --host 192.0.2.7 is not loopback" in err and "--allow-remote" in err
+    assert main(["-m", str(manifest), "ui", "digits", "--host", "0.0.0.0", "--allow-remote", "--no-browser"]) == 2
+    assert "listens on every network" in capsys.readouterr().err
+    import io as _io
+
+    warn = _io.StringIO()
+    check_host("192.0.2.7", True, err=warn)
+    assert warn.getvalue().startswith("warning: serving on 192.0.2.7, reachable from the network")
+    check_host("127.0.0.1", False)  # loopback needs nothing
