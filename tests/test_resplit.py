@@ -46,7 +46,17 @@ def write_tree(root: Path, *, train: int = TRAIN, test: int = TEST, start: int =
 
 
 def manifest_at(folder: Path, body: str) -> Path:
+    """``folder/datasets.toml`` with ``body``; near duplicates by the perceptual hash alone.
+
+    The photos here are crops of one picture per class (:func:`workflow_data.class_photos`), which the
+    crop views and embeddings (issue 17) rightly call near duplicates; these tests are about splits.
+    """
+    import re
+
     folder.mkdir(parents=True, exist_ok=True)
+    for name in dict.fromkeys(re.findall(r"^\[datasets\.([A-Za-z0-9_-]+)[.\]]", body, flags=re.M)):
+        if f"[datasets.{name}.dedup]" not in body:
+            body += f"\n[datasets.{name}.dedup]\nviews = false\nsemantic = false\n"
     path = folder / "datasets.toml"
     path.write_text(body)
     return path
@@ -185,7 +195,7 @@ def test_changed_fractions_are_refused_then_resplit_moves_and_reports(tmp_path: 
     before = images(manifest, "places")
     assert before["split"].value_counts().to_dict() == {"train": 32, "valid": 8}
 
-    manifest.write_text(head + "[datasets.places.split]\ntrain = 0.6\nvalid = 0.4\nseed = 3\n")
+    manifest_at(tmp_path, head + "[datasets.places.split]\ntrain = 0.6\nvalid = 0.4\nseed = 3\n")
     code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
     assert code == 2
     assert err == (
@@ -219,7 +229,7 @@ def test_valid_zero_names_the_setting_and_the_fix_works(tmp_path: Path, capsys) 
     assert code == 1
     assert err == ("Error: dataset 'p' has no valid images — set valid = 0.2 (and train = 0.8) in [datasets.p.split], "
                    "then run `dsbuild build p --resplit`\n")
-    manifest.write_text(f"[datasets.p.classes]\n{classes}[datasets.p.split]\ntrain = 0.8\nvalid = 0.2\n")
+    manifest_at(manifest.parent, f"[datasets.p.classes]\n{classes}[datasets.p.split]\ntrain = 0.8\nvalid = 0.2\n")
     assert run_cli(capsys, manifest, *command_in(err), "-q", "--workers", "1")[0] == 0
     assert train_refusal(manifest, "p") == ""
 
