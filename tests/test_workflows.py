@@ -103,7 +103,16 @@ def test_catalog_holds_every_class_with_the_planted_problems(web, name: str) -> 
     assert sorted({r[1] for r in rows}) == sorted(classes)
     original, copy = plan.copies[name]
     assert {by_url[original][2], by_url[copy][2]} == {"ok", "duplicate"}
-    assert [r[3] for r in rows if r[2] == "duplicate"] == ["exact duplicate"]
+    dup = by_url[copy] if by_url[copy][2] == "duplicate" else by_url[original]
+    assert dup[3] == "exact duplicate"  # the planted copy
+    # The class photos are crops of one picture per class: the crop views (issue 17) may group some of
+    # them as near duplicates, always within the class, never across classes.
+    others = [r for r in rows if r[2] == "duplicate" and r is not dup]
+    assert all(r[3] == "near duplicate" for r in others)
+    label_of = {r[0]: r[1] for r in rows}
+    ids = sql(manifest, "select image_id, origin from images where dataset = ?", [name])
+    origin_of = dict(ids)
+    assert all(label_of[origin_of[r[4]]] == r[1] for r in others)
     wrong, given, _ = plan.wrong[name]
     assert (by_url[wrong][1], by_url[wrong][2]) == (given, "ok")  # a wrong label looks like any other image
     assert {r[5] for r in rows} == {shipped()["datasets"][name].get("engine", "bing")}
