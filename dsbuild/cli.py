@@ -177,14 +177,15 @@ def cmd_train(args) -> int:
 
 
 def _did_it_learn(report) -> int:
-    """Warn on stderr and return exit status 3 when the model did not learn (else 0)."""
+    """Warn on stderr and return exit status 3 when the model did not learn; warn and return 0 when the valid
+    split is too small to tell; else 0."""
     from dsbuild.cycle import DID_NOT_LEARN_EXIT
 
     warning = report.warning()
     if warning is None:
         return 0
     make_console(stderr=True).print(f"Warning: {warning}", markup=False)
-    return DID_NOT_LEARN_EXIT
+    return 0 if report.inconclusive else DID_NOT_LEARN_EXIT
 
 
 def _model_progress(args):

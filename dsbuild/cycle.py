@@ -150,7 +150,9 @@ def manifest_catalog_exists(manifest: Manifest) -> bool:
 class RunReport:
     """A recorded train/retrain run. ``learned`` is False when the valid accuracy is not
     significantly above always answering the commonest label (``result.learned`` has the
-    numbers): the CLI then warns and exits with :data:`DID_NOT_LEARN_EXIT`."""
+    numbers): the CLI then warns and exits with :data:`DID_NOT_LEARN_EXIT`. When the valid
+    split is too small for the test to tell (``inconclusive``), the CLI warns and exits 0:
+    the model may well have learned, nothing says it did not."""
 
     run_id: str
     dataset: str
@@ -163,11 +165,19 @@ class RunReport:
         check = getattr(self.result, "learned", None)
         return check is None or bool(check.learned)
 
+    @property
+    def inconclusive(self) -> bool:
+        """True when the valid split has too few images to tell whether the model learned."""
+        check = getattr(self.result, "learned", None)
+        return check is not None and not check.learned and not getattr(check, "conclusive", True)
+
     def warning(self) -> str | None:
-        """The did-not-learn warning (numbers and what to try), or None when the model learned."""
+        """The did-not-learn (or too-few-images) warning with the numbers and what to try; None when it learned."""
         check = getattr(self.result, "learned", None)
         if check is None or check.learned:
             return None
+        if self.inconclusive:
+            return f"cannot tell whether the model learned: {check.message('valid')}"
         return f"the model did not learn: {check.message('valid')}"
 
 

@@ -191,6 +191,22 @@ def test_learn_check_on_known_numbers() -> None:
     always_zero = np.tile([0.9, 0.1], (100, 1))  # the majority answer: no better than chance
     check = learn_check(labels, always_zero)
     assert not check.learned and check.accuracy == 0.5 and check.kappa == pytest.approx(0.0)
+    assert check.conclusive and check.verdict == "did not learn" and "did not learn" in check.message()
+
+
+def test_learn_check_on_too_few_images_says_it_cannot_tell() -> None:
+    """4 valid images of 2 classes: even a perfect score has p = 0.5⁴ > 0.001 — no verdict, and no false alarm."""
+    from dsbuild.model.trust import learn_check
+
+    labels = np.array([0, 0, 1, 1])
+    check = learn_check(labels, np.eye(2)[labels] * 0.8 + 0.1)
+    assert check.accuracy == 1.0 and check.p_value == pytest.approx(0.5 ** 4)
+    assert not check.learned and not check.conclusive and check.verdict == "too few images to tell"
+    assert "too few valid images to tell" in check.message("valid") and "did not learn" not in check.message("valid")
+    # 10 images of 2 balanced classes are enough for a perfect score to count (0.5¹⁰ < 0.001).
+    labels = np.array([0, 1] * 5)
+    check = learn_check(labels, np.eye(2)[labels] * 0.8 + 0.1)
+    assert check.conclusive and check.learned and check.verdict == "learned"
 
 
 def test_predict_without_a_model_is_a_clear_error(tmp_path: Path) -> None:

@@ -105,16 +105,20 @@ def test_catalog_holds_every_class_with_the_planted_problems(web, name: str) -> 
     assert {by_url[original][2], by_url[copy][2]} == {"ok", "duplicate"}
     dup = by_url[copy] if by_url[copy][2] == "duplicate" else by_url[original]
     assert dup[3] == "exact duplicate"  # the planted copy
-    # The class photos are crops of one picture per class: the crop views (issue 17) may group some of
-    # them as near duplicates, always within the class, never across classes.
-    others = [r for r in rows if r[2] == "duplicate" and r is not dup]
-    assert all(r[3] == "near duplicate" for r in others)
-    label_of = {r[0]: r[1] for r in rows}
-    ids = sql(manifest, "select image_id, origin from images where dataset = ?", [name])
-    origin_of = dict(ids)
-    assert all(label_of[origin_of[r[4]]] == r[1] for r in others)
-    wrong, given, _ = plan.wrong[name]
-    assert (by_url[wrong][1], by_url[wrong][2]) == (given, "ok")  # a wrong label looks like any other image
+    wrong, given, true = plan.wrong[name]
+    assert by_url[wrong][1] == given
+    # Every class is crops of one picture, and the wrong label a crop of another class's picture: crop views
+    # (issue 17) may group crops of one picture as near duplicates — the wrong one with its true class, as a
+    # cross-label conflict — but never crops of two pictures.
+    picture = {r[0]: r[1] for r in rows} | {wrong: true}
+    origin_of = dict(sql(manifest, "select image_id, origin from images where dataset = ?", [name]))
+    near = [r for r in rows if r[2] == "duplicate" and r is not dup]
+    assert all(r[3] == "near duplicate" and picture[origin_of[r[4]]] == picture[r[0]] for r in near)
+    grouped = sql(manifest, "select dup_group from images where dataset = ? and origin = ?", [name, wrong])[0][0]
+    mixed = sql(manifest, "select count(distinct label) from images where dataset = ? and dup_group = ?",
+                [name, grouped])[0][0] if grouped else 1
+    conflicts = {g for (g,) in sql(manifest, "select dup_group from conflicts where dataset = ?", [name])}
+    assert (mixed > 1) == (grouped in conflicts)  # a group with two labels is a recorded conflict
     assert {r[5] for r in rows} == {shipped()["datasets"][name].get("engine", "bing")}
     assert all(r[7] in ("train", "valid") for r in rows)
     per_class = sql(manifest, "select label, count(*) from images where dataset = ? and status = 'ok' group by all",
@@ -152,7 +156,7 @@ def test_model_loop_completes(web, name: str, capsys, tmp_path: Path) -> None:
         csv.writer(f).writerows([["image_id", "action", "new_label", "note"], [image_id, "relabel", true, "planted"]])
     code, out, err = run_cli(capsys, manifest, "review", name, "--decisions", str(decisions))
     assert code == 0, err
-    assert out == f"applied 1 decisions to '{name}' (relabel 1) from review:decisions.csv\n"
+    assert out == f"applied 1 decision to '{name}' (relabel 1) from review:decisions.csv\n"
     assert sql(manifest, "select label, original_label from images where image_id = ?", [image_id]) == [(true, given)]
 
     code, out, err = run_cli(capsys, manifest, "-q", "retrain", name)

@@ -633,9 +633,10 @@ class Catalog:
                                                "ORDER BY 1", [dataset]).fetchall()]
 
     def conflict_members(self, dataset: str):
-        """Images of duplicate groups that carry several labels: image_id, dup_group, label, status, path, origin."""
+        """Images of duplicate groups that carry several labels: image_id, dup_group, label, status, path, origin,
+        sha256."""
         return self.df(
-            "SELECT image_id, dup_group, label, status, path, origin FROM images WHERE dataset = ? AND dup_group IN "
+            "SELECT image_id, dup_group, label, status, path, origin, sha256 FROM images WHERE dataset = ? AND dup_group IN "
             "(SELECT dup_group FROM conflicts WHERE dataset = ?)",
             [dataset, dataset],
         )

@@ -9,7 +9,8 @@ def find_conflict_issues(members: Any, found: Any, oof: Any = None) -> Any:
     """One ``conflict`` issue per image of a cross-label duplicate group (unless already flagged as a label issue).
 
     ``members``: the images of the dataset's conflicting groups (``image_id``,
-    ``dup_group``, ``label``; :meth:`dsbuild.catalog.Catalog.conflict_members`).
+    ``dup_group``, ``label``, optionally ``status`` and ``sha256``, which orders the
+    rows; :meth:`dsbuild.catalog.Catalog.conflict_members`).
     ``found``: the issue rows found before (an image flagged there is not flagged
     again); ranks follow ``found``'s. ``oof``: the out-of-sample probabilities
     (:class:`~dsbuild.model.oof.OOFResult`) of the images a model may learn from.
@@ -37,11 +38,16 @@ def find_conflict_issues(members: Any, found: Any, oof: Any = None) -> Any:
         index = {str(i): k for k, i in enumerate(oof.image_ids)}
         classes = [str(c) for c in oof.classes]
     rows = []
-    for group, grp in members.groupby("dup_group", sort=True):
+    # Groups and their members in content order (group ids and image ids hash absolute paths): the rows and
+    # their ranks come out the same wherever the project lies.
+    content = members.assign(_sha=members["sha256"].fillna("") if "sha256" in members else "")
+    content["_first"] = content.groupby("dup_group")["_sha"].transform("min")
+    content = content.sort_values(["_first", "_sha", "label", "status", "image_id"], kind="stable")
+    for group, grp in content.groupby("_first", sort=False):
         scored = [index[str(i)] for i in grp["image_id"] if str(i) in index]
         p = probs[scored].mean(0) if scored and probs is not None else None
         best = int(p.argmax()) if p is not None else None
-        for r in grp.sort_values("image_id").itertuples(index=False):
+        for r in grp.itertuples(index=False):
             if r.image_id in flagged:
                 continue
             own = classes.index(str(r.label)) if p is not None and str(r.label) in classes else None

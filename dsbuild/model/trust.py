@@ -6,6 +6,10 @@
    (Cohen 1960, agreement beyond chance). Refuse when p ≥ :data:`ALPHA` or kappa <
    :data:`MIN_KAPPA`. Random labels give p ~ U(0, 1) and kappa ≈ 0; every real dataset
    measured in issue 16 (digits, CIFAR-10N worse/aggre/random) gives p < 1e-100 and kappa ≥ 0.47.
+   On too few images the test cannot tell: when even 100 % accuracy would not be
+   significant (``majority_rate ** n ≥ ALPHA``, e.g. 4 valid images of 2 balanced classes:
+   0.5⁴ = 0.06) the verdict is *inconclusive*, not "did not learn" — a small valid split says
+   nothing either way, and the message says so and what to add.
 
 2. :func:`label_posterior` — P(true class = j | image, given label s). The OOF head
    was trained on noisy labels, so its probabilities ``q`` estimate P(given = k | x).
@@ -51,7 +55,9 @@ class LearnCheck:
     n: images; accuracy: argmax == label rate; majority_rate: frequency of the commonest
     label; p_value: P(accuracy ≥ observed | chance = majority_rate), exact binomial;
     kappa: Cohen's kappa of predictions vs labels; mean_log_loss and chance_log_loss
-    (= ln K, a uniform guess); learned: p_value < ALPHA and kappa ≥ MIN_KAPPA.
+    (= ln K, a uniform guess); learned: p_value < ALPHA and kappa ≥ MIN_KAPPA;
+    conclusive: n is large enough for the test to pass at all (a perfect score's p-value,
+    ``majority_rate ** n``, is below ALPHA). ``learned`` is False when not conclusive.
     """
 
     n: int
@@ -63,6 +69,14 @@ class LearnCheck:
     mean_log_loss: float
     chance_log_loss: float
     learned: bool
+    conclusive: bool = True
+
+    @property
+    def verdict(self) -> str:
+        """``"learned"``, ``"did not learn"`` or ``"too few images to tell"``."""
+        if self.learned:
+            return "learned"
+        return "did not learn" if self.conclusive else "too few images to tell"
 
     def message(self, what: str = "out-of-fold") -> str:
         """One line for the user, e.g. for a refusal: the numbers and what to try."""
@@ -71,6 +85,10 @@ class LearnCheck:
                 f"log-loss {self.mean_log_loss:.2f} (chance {self.chance_log_loss:.2f})")
         if self.learned:
             return head
+        if not self.conclusive:
+            return (head + f" — too few {what} images to tell whether the model learned: even 100% accuracy on "
+                    f"{self.n} images would not be significant (p < {ALPHA:g} needs more); add images "
+                    "(at least ~20 per class) or give the valid split more of them")
         return (head + " — the model did not learn these labels: check that the folders/labels mean what they say, "
                 "add images (at least ~20 per class), or try a larger input size / another backbone")
 
@@ -90,8 +108,10 @@ def learn_check(labels: np.ndarray, pred_probs: np.ndarray, *, alpha: float = AL
     pe = float((np.bincount(pred, minlength=k) * counts).sum() / n**2)
     kappa = (po - pe) / (1 - pe) if pe < 1 else 0.0
     ll = float(-np.log(np.clip(pred_probs[np.arange(n), labels], 1e-12, 1)).mean())
+    conclusive = majority < 1 and n * math.log(majority) < math.log(alpha)  # a perfect score would pass
     return LearnCheck(n=n, n_classes=k, accuracy=po, majority_rate=majority, p_value=p_value, kappa=float(kappa),
-                      mean_log_loss=ll, chance_log_loss=math.log(k), learned=p_value < alpha and kappa >= min_kappa)
+                      mean_log_loss=ll, chance_log_loss=math.log(k), learned=p_value < alpha and kappa >= min_kappa,
+                      conclusive=conclusive)
 
 
 def noise_matrix(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
