@@ -214,7 +214,14 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
 
 
 def _check_epochs(settings, name: str, *, from_cli: bool) -> None:
-    """Refuse, before any work, a training with no epoch at all."""
+    """Refuse, before any work, a fine-tune with no epoch at all, and ``--epochs`` where nothing has epochs (the
+    default recipe fits a logistic head on frozen features: :func:`dsbuild.model.train.train_head`)."""
+    if not settings.finetune:
+        if from_cli:
+            raise DsbuildError(f"--epochs applies to fine-tuning only: datasets.{name}.model trains a logistic head on "
+                               "frozen features, which has no epochs — set finetune = true in that table to "
+                               "fine-tune the whole network", exit_code=2)
+        return
     frozen = settings.freeze_epochs if settings.pretrained else 0
     if settings.epochs + frozen > 0:
         return

@@ -460,16 +460,28 @@ def copy_project(manifest: Path, dest: Path) -> Path:
     return dest / manifest.name
 
 
+def finetuned(manifest_text: str) -> str:
+    """The manifest with fastai fine-tuning (``finetune = true``) instead of the default head on frozen features."""
+    return manifest_text.replace("[datasets.digits.model]\n", "[datasets.digits.model]\nfinetune = true\n")
+
+
 # --------------------------------------------------------------------------- bug 4
 
 
 @pytest.mark.slow
 def test_bug04_train_epochs_zero_is_honoured(digits: Path, tmp_path: Path, capsys) -> None:
     manifest = copy_project(digits, tmp_path / "p")
-    # One head-only epoch, then --epochs 0 whole-network epochs: one epoch in all (the manifest says 1 + 3).
-    manifest.write_text(manifest.read_text().replace("epochs = 1\nfreeze_epochs = 0", "epochs = 3\nfreeze_epochs = 1"))
+    # The default recipe (a head on frozen features) has no epochs: --epochs is refused, naming the setting.
+    code, out, err = cli(capsys, manifest, "train", "digits", "--epochs", "0")
+    assert code == 2 and "--epochs applies to fine-tuning only" in err and "finetune = true" in err
+    assert sql(manifest, "SELECT count(*) FROM runs") == [(0,)]
+    # Fine-tuning: one head-only epoch, then --epochs 0 whole-network epochs: one epoch in all (the manifest
+    # says 1 + 3).
+    manifest.write_text(finetuned(manifest.read_text()).replace("epochs = 1\nfreeze_epochs = 0",
+                                                                "epochs = 3\nfreeze_epochs = 1"))
     code, out, err = cli(capsys, manifest, "-q", "train", "digits", "--epochs", "0")
-    assert code == 0, err
+    # One head-only epoch on 45 digits may not beat chance: then the run is kept and the exit status says so (3).
+    assert code == 0 or (code == 3 and "the model did not learn" in err), err
     ((epochs, params),) = sql(manifest, "SELECT epochs, params FROM runs WHERE kind = 'train'")
     assert [e["phase"] for e in json.loads(epochs)] == ["frozen"]
     assert json.loads(params)["epochs"] == 0
@@ -494,14 +506,16 @@ def test_bug05_model_commands_write_nothing_in_the_current_directory(digits: Pat
     retrain is train_dataset again (kind "retrain"), the same code path as train: not run a third time here.
     """
     manifest = copy_project(digits, tmp_path / "p")
-    text = manifest.read_text().replace("lr = 0.01\n", "").replace('oof_method = "frozen"', 'oof_method = "crossfit"\n'
+    text = finetuned(manifest.read_text()).replace("lr = 0.01\n", "").replace('oof_method = "frozen"', 'oof_method = "crossfit"\n'
                                                                                                "oof_groups = 2")
     manifest.write_text(text.replace("folds = 3", "folds = 2").replace("size = 64", "size = 32"))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     capsys.readouterr()
-    assert main(["-m", str(manifest), "train", "digits"]) == 0
+    # One fine-tune epoch on 45 digits may not beat chance (exit 3, the run and its model kept): either way
+    # nothing is written in the current directory.
+    assert main(["-m", str(manifest), "train", "digits"]) in (0, 3)
     assert sorted(p.name for p in cwd.iterdir()) == []
     # Without a terminal, long steps log a line each with the elapsed time; lr_find is one of them.
     err = capsys.readouterr().err.splitlines()
@@ -890,7 +904,9 @@ def test_mislabels_reuses_its_run_while_nothing_changed_and_renders_readable_num
     code, out, err = cli(capsys, manifest, "mislabels", "digits")
     assert code == 0, err
     ((run_id,),) = sql(manifest, "SELECT run_id FROM runs WHERE kind = 'mislabels'")
-    assert err == f"showing mislabel run {run_id} (labels, images and settings unchanged since; --rerun to score again)\n"
+    shown, trust = err.splitlines()
+    assert shown == f"showing mislabel run {run_id} (labels, images and settings unchanged since; --rerun to score again)"
+    assert re.fullmatch(r"out-of-fold accuracy \d+\.\d% against the given labels; of \d+ flags? about \d+ .*", trust), trust
     header = next(line for line in out.splitlines() if "given_label" in line)
     assert "suggested_confidence" in header
     assert "e-" not in out
@@ -929,8 +945,9 @@ def test_predict_top_k_names_the_run_it_used(scored: Path, capsys) -> None:
 @pytest.mark.slow
 def test_train_prints_the_fastai_export_path(digits: Path, tmp_path: Path, capsys) -> None:
     manifest = copy_project(digits, tmp_path / "p")
+    manifest.write_text(finetuned(manifest.read_text()))  # fastai's learner is the fine-tune recipe's
     code, out, err = cli(capsys, manifest, "-q", "train", "digits")
-    assert code == 0, err
+    assert code == 0 or (code == 3 and "the model did not learn" in err), err  # one epoch on 45 digits
     ((model_path,),) = sql(manifest, "SELECT model_path FROM runs")
     export = Path(model_path).parent / "export.pkl"
     assert export.is_file()

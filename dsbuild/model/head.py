@@ -94,6 +94,9 @@ def fit_head(X: Any, y: Any, n_classes: int, C: float, *, seed: int = 0, max_ite
     clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed, tol=1e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # sklearn's guess that many classes over few samples "could represent a regression problem": here y is
+        # always class indices (a 50-class dataset with 5 images a class fits a fold of 2 a class).
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
         clf.fit((X - mean) / scale, y)
     coef = np.zeros((n_classes, X.shape[1]))
     intercept = np.full(n_classes, -30.0)
