@@ -70,8 +70,8 @@ def training_frame(cat: Catalog, dataset: str, *, split=None, classes: tuple[str
 
     ``split``: the dataset's :class:`dsbuild.split.SplitSettings` (for the fix the error names).
     ``classes``: the manifest's classes, each of which needs ``min_per_class`` such images
-    (``model.folds``: what the out-of-fold scoring needs); a class below that is named in
-    the error, so a model never trains silently without it.
+    (out-of-fold scoring checks its folds itself: :func:`dsbuild.model.oof.too_few_for_folds`);
+    a class below that is named in the error, so a model never trains silently without it.
     """
     df = cat.trainable_images(dataset)
     if df.empty:
@@ -81,7 +81,7 @@ def training_frame(cat: Catalog, dataset: str, *, split=None, classes: tuple[str
     if short:
         listed = ", ".join(f"{c} {n}" for c, n in short)
         raise DsbuildError(f"dataset '{dataset}' has classes with too few accepted images to train: {listed} "
-                           f"(each needs at least {min_per_class}, model.folds) — add images to them or remove them "
+                           f"(each needs at least {min_per_class}) — add images to them or remove them "
                            "from the manifest, then rebuild")
     if df["label"].nunique() < 2:
         raise DsbuildError(f"dataset '{dataset}' has fewer than two labels with accepted images — nothing to learn")
@@ -192,7 +192,7 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
     run_id = new_run_id(name, kind)
     with _Writer(manifest) as w:
         with w.open() as cat:
-            df = training_frame(cat, name, split=ds.split, classes=ds.labels, min_per_class=settings.folds)
+            df = training_frame(cat, name, split=ds.split, classes=ds.labels)
             cat.start_run(run_id=run_id, dataset=name, kind=kind, arch=settings.arch,
                           params=_params(settings), parent_run=parent_run)
         out_dir = models_dir(manifest) / name / run_id
@@ -276,7 +276,7 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     ``find_mislabels`` is the same function under its old name.
     """
     from dsbuild.issues import IssueContext, run_finders
-    from dsbuild.model.oof import out_of_fold_probs
+    from dsbuild.model.oof import out_of_fold_probs, too_few_for_folds
     from dsbuild.model.trust import learn_check
 
     ds = manifest.dataset(name)
@@ -284,7 +284,10 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     run_id = new_run_id(name, "mislabels")
     with _Writer(manifest) as w:
         with w.open() as cat:
-            df = training_frame(cat, name, split=ds.split, classes=ds.labels, min_per_class=settings.folds)
+            df = training_frame(cat, name, split=ds.split, classes=ds.labels)
+            too_few = too_few_for_folds(df["label"].value_counts(), settings)
+            if too_few:  # before any run is recorded: nothing was tried
+                raise DsbuildError(too_few)
             keep = _reviewed_keep(cat, name)
             members = cat.conflict_members(name)
             outliers = cat.outliers(name)

@@ -551,7 +551,7 @@ def test_bug06_empty_and_all_rejected_classes_are_named_at_build_and_refused_at_
     code, out, err = cli(capsys, manifest, "-q", "train", "digits")
     assert code == 1
     assert err == ("Error: dataset 'digits' has classes with too few accepted images to train: four 0, nine 0 "
-                   "(each needs at least 3, model.folds) — add images to them or remove them from the manifest, "
+                   "(each needs at least 1) — add images to them or remove them from the manifest, "
                    "then rebuild\n")
     assert sql(manifest, "SELECT count(*) FROM runs") == [(0,)]
 

@@ -327,3 +327,16 @@ def test_settings_defaults_follow_the_seeds() -> None:
     assert (s.finetune, s.view, s.oof_method) == (False, "stages", "frozen")
     assert ModelSettings(weights="w.pth").weights == Path("w.pth")
     assert s.to_json()["weights"] is None
+
+
+def test_a_network_from_random_weights_is_fine_tuned_unless_told_otherwise() -> None:
+    """``pretrained = false`` alone: train fine-tunes and out-of-fold scores come from fine-tuned folds (a head on
+    random features, or frozen random features, learn nothing); said explicitly, the settings are kept."""
+    assert (ModelSettings().finetune, ModelSettings().oof_method) == (False, "frozen")
+    scratch = ModelSettings(pretrained=False)
+    assert (scratch.finetune, scratch.oof_method) == (True, "kfold")
+    told = ModelSettings(pretrained=False, finetune=False, oof_method="crossfit")
+    assert (told.finetune, told.oof_method) == (False, "crossfit")
+    with pytest.raises(DsbuildError, match="model.pretrained = false needs model.finetune = true"):
+        train(pd.DataFrame({"image_id": ["a", "b"], "path": ["a.png", "b.png"], "label": ["x", "y"],
+                            "split": ["train", "valid"]}), told, out_dir=Path("unused"))

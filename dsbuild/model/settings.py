@@ -27,7 +27,8 @@ class ModelSettings:
         ``tf_efficientnet_lite*``. ``"timm/NAME"`` forces timm.
     pretrained: ``True`` — start from ImageNet weights (see :mod:`dsbuild.model.weights`).
     weights: ``None`` — a local weights file (state dict) used instead of a download.
-    finetune: ``False`` — how ``train``/``retrain`` learn. ``False``: a logistic-regression
+    finetune: ``False`` (``True`` when ``pretrained = false``) — how ``train``/``retrain`` learn.
+        ``False``: a logistic-regression
         head (L2 chosen by inner cross-validation) on the frozen backbone's features, one
         forward pass per image, cached per image (:mod:`dsbuild.model.head`); ``mislabels``
         fits its out-of-fold heads on the same features. ``True``: fastai ``fine_tune`` of
@@ -56,7 +57,7 @@ class ModelSettings:
     seed: ``42`` — seeds python/numpy/torch, the fold assignment and the batch order.
     num_workers: ``0`` — DataLoader worker processes (0 = load in the main process).
     device: ``"auto"`` — CUDA when present, else CPU; or ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-    oof_method: ``"frozen"`` — how :func:`dsbuild.model.oof.out_of_fold_probs` scores
+    oof_method: ``"frozen"`` (``"kfold"`` when ``pretrained = false``) — how :func:`dsbuild.model.oof.out_of_fold_probs` scores
         images out of sample: ``"frozen"`` fits per-fold heads on the cached frozen features
         of the backbone, which never saw a label (seconds once the features are cached);
         ``"crossfit"`` fine-tunes one network per group of the data
@@ -76,7 +77,7 @@ class ModelSettings:
     arch: str = "resnet18"
     pretrained: bool = True
     weights: Path | None = None
-    finetune: bool = False
+    finetune: bool | None = None
     size: int | None = None
     epochs: int = 4
     freeze_epochs: int = 1
@@ -90,12 +91,18 @@ class ModelSettings:
     seed: int = 42
     num_workers: int = 0
     device: str = "auto"
-    oof_method: str = "frozen"
+    oof_method: str | None = None
     oof_groups: int = 2
     oof_epochs: int | None = None
     oof_rounds: int = 2
 
     def __post_init__(self) -> None:
+        # Unset recipe settings follow ``pretrained``: a network from random weights can only be fine-tuned
+        # (a head on random features, or frozen random features out of fold, learn nothing).
+        if self.finetune is None:
+            object.__setattr__(self, "finetune", not self.pretrained)
+        if self.oof_method is None:
+            object.__setattr__(self, "oof_method", "frozen" if self.pretrained is not False else "kfold")
         if self.weights is not None and isinstance(self.weights, (str, Path)) and not isinstance(self.weights, Path):
             object.__setattr__(self, "weights", Path(self.weights))
         check(self.problems(), table="model")
