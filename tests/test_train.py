@@ -338,5 +338,5 @@ def test_a_network_from_random_weights_is_fine_tuned_unless_told_otherwise() -> 
     told = ModelSettings(pretrained=False, finetune=False, oof_method="crossfit")
     assert (told.finetune, told.oof_method) == (False, "crossfit")
     with pytest.raises(DsbuildError, match="model.pretrained = false needs model.finetune = true"):
-        train(pd.DataFrame({"image_id": ["a", "b"], "path": ["a.png", "b.png"], "label": ["x", "y"],
-                            "split": ["train", "valid"]}), told, out_dir=Path("unused"))
+        train(pd.DataFrame({"image_id": list("abcd"), "path": [f"{i}.png" for i in "abcd"], "label": list("xyxy"),
+                            "split": ["train", "train", "valid", "valid"]}), told, out_dir=Path("unused"))
