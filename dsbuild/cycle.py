@@ -16,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dsbuild.catalog import BuildLock, Catalog, utcnow
 from dsbuild.errors import DsbuildError, SettingsError
@@ -113,11 +113,16 @@ def no_valid_message(dataset: str, split, given: list[str], largest: int) -> str
 
 
 class _Writer:
-    """Holds the catalog lock; opens the database only for short writes."""
+    """Holds the catalog lock; opens the database only for short writes.
+
+    The connection opened on entry (to mark runs whose process died) is handed to the first
+    :meth:`open`, so a short write — a review app's one decision — opens the file once.
+    """
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
         self.lock = BuildLock(manifest.catalog)
+        self._first: Catalog | None = None
 
     def __enter__(self) -> "_Writer":
         if not manifest_catalog_exists(self.manifest):
@@ -125,17 +130,31 @@ class _Writer:
         self.lock.acquire()
         try:
             # Holding the lock, no other writer runs: a run still marked running lost its process (killed).
-            with self.open() as cat:
+            cat = Catalog.open(self.manifest.catalog)
+            try:
                 cat.mark_runs_interrupted()
+            except BaseException:
+                cat.close()
+                raise
+            self._first = cat
         except BaseException:
             self.lock.release()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.lock.release()
+        try:
+            if self._first is not None:
+                self._first.close()
+                self._first = None
+        finally:
+            self.lock.release()
 
     def open(self) -> Catalog:
+        """The catalog, read-write (close it, e.g. ``with w.open() as cat:``, before long work)."""
+        if self._first is not None:
+            cat, self._first = self._first, None
+            return cat
         return Catalog.open(self.manifest.catalog)
 
 
@@ -469,12 +488,14 @@ class ReviewSummary:
 
 def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | Iterable[Decision] | None" = None,
                    accept_suggestions: bool = False, min_confidence: float = 0.9,
-                   source: str | None = None) -> ReviewSummary:
+                   source: str | None = None, on_commit: "Callable[[Catalog], Any] | None" = None) -> ReviewSummary:
     """Apply review decisions as append-only label events; all or nothing.
 
     ``decisions``: a decisions CSV file (:func:`dsbuild.decisions.parse_decisions`) or any
     iterable of :class:`dsbuild.decisions.Decision` (a review app's choices; recorded with
     ``source``, default ``review:api``); or ``accept_suggestions`` at ``min_confidence``.
+    ``on_commit``: called with the open catalog once the events are committed, before it
+    closes (a review app reads the images' new states without opening the file again).
     """
     from dsbuild.decisions import check_decisions, decisions_from_suggestions, parse_decisions, plan_events
 
@@ -519,6 +540,8 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             for ev in events:
                 ev.setdefault("label_quality", quality.get(ev["image_id"]))
             cat.append_label_events(name, events)
+            if on_commit is not None:
+                on_commit(cat)
     by_action: dict[str, int] = {}
     for ev in events:
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1

@@ -528,7 +528,7 @@ class Catalog:
             start = int(self._one("SELECT coalesce(max(event_id), 0) FROM label_events")[0])
             self._insert_frame("label_events", label_event_frame(events, dataset=dataset, first_id=start + 1),
                                LABEL_EVENT_COLUMNS)
-            self._refresh_conflicts(dataset)
+            self._refresh_conflicts(dataset, image_ids=sorted({str(e["image_id"]) for e in events}))
         return len(events)
 
     def _insert_frame(self, table: str, frame, columns: tuple[str, ...]) -> None:
@@ -540,21 +540,31 @@ class Catalog:
         finally:
             self.con.unregister("_frame")
 
-    def _refresh_conflicts(self, dataset: str) -> None:
+    def _refresh_conflicts(self, dataset: str, *, image_ids: list[str] | None = None) -> None:
         """Recompute ``items.conflict`` from the current labels (in the caller's transaction).
 
         A group is a label conflict while its ``ok``/``duplicate`` members (as the
         ``images`` view has them: removed in review = rejected) carry more than one
         label — exactly the ``conflicts`` view. Run after every label event, so the
-        stored flag never lags the events until the next build.
+        stored flag never lags the events until the next build. ``image_ids``: only the
+        duplicate groups of these images can have changed (an event's images); an image in
+        no group changes nothing.
         """
+        scope, params = "", [dataset, dataset]
+        if image_ids is not None:
+            groups = [r[0] for r in self.con.execute(
+                "SELECT DISTINCT dup_group FROM items WHERE dataset = ? AND dup_group IS NOT NULL "
+                "AND image_id IN (SELECT unnest(?))", [dataset, list(image_ids)]).fetchall()]
+            if not groups:
+                return
+            scope, params = " AND im.dup_group IN (SELECT unnest(?))", [dataset, dataset, groups]
         self.con.execute(
-            """UPDATE items SET conflict = c.flag
+            f"""UPDATE items SET conflict = c.flag
                FROM (SELECT im.image_id, coalesce(im.dup_group IN (SELECT dup_group FROM conflicts WHERE dataset = ?), false)
                             AS flag
-                     FROM images im WHERE im.dataset = ?) c
+                     FROM images im WHERE im.dataset = ?{scope}) c
                WHERE items.dataset = ? AND items.image_id = c.image_id AND items.conflict IS DISTINCT FROM c.flag""",
-            [dataset, dataset, dataset],
+            [*params, dataset],
         )
 
     # -- model runs ----------------------------------------------------------------------

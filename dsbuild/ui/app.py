@@ -375,14 +375,16 @@ class _Handlers:
         return JSONResponse({"applied": len(decisions), "states": states})
 
     def _apply(self, decisions) -> list[dict]:
-        from dsbuild.catalog import Catalog
         from dsbuild.catalog.app_queries import image_states
         from dsbuild.cycle import review_dataset
 
+        ids = [d.image_id for d in decisions]
+        read: list = []
         with self.s.db:
-            review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui")
-            with Catalog.open_readonly(self.c.manifest.catalog) as cat:
-                df = image_states(cat, self.c.dataset, [d.image_id for d in decisions])
+            # The new states are read on the writer's connection, before it closes: one open per decision.
+            review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui",
+                           on_commit=lambda cat: read.append(image_states(cat, self.c.dataset, ids)))
+        df = read[0]
         out = []
         for rec in df.to_dict("records"):
             out.append({"image_id": rec["image_id"], "label": rec["label"], "status": rec["status"],
