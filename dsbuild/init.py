@@ -42,7 +42,7 @@ seed = 42
 # mine       = { folders = "photos/mine" }     # your own images work too
 #
 # [datasets.eyewear.model]
-# arch = "resnet18"        # torchvision or timm name
+# arch = "efficientnet_lite2"   # default efficientnet_lite0 (offline); or a torchvision/timm name
 # epochs = 4
 
 # The offline demo (`dsbuild demo` runs the whole showcase): real handwritten digits with planted

@@ -322,7 +322,7 @@ def test_settings_are_validated(field: str, value: object, message: str) -> None
 def test_settings_defaults_follow_the_seeds() -> None:
     s = ModelSettings()
     assert (s.arch, s.pretrained, s.size, s.epochs, s.batch_size, s.lr, s.folds, s.augment, s.seed, s.device) == (
-        "resnet18", True, None, 4, 32, None, 5, True, 42, "auto")
+        "efficientnet_lite0", True, None, 4, 32, None, 5, True, 42, "auto")  # lite0: weights ship with pip
     # Issue 16: a head on frozen features by default (size: the backbone's own), fine-tuning on request.
     assert (s.finetune, s.view, s.oof_method) == (False, "stages", "frozen")
     assert ModelSettings(weights="w.pth").weights == Path("w.pth")
