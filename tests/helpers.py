@@ -25,3 +25,34 @@ def run_cli(capsys, manifest: Path, *args: str) -> tuple[int, str, str]:
     code = main(["-m", str(manifest), *args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def committed_items(catalog: Path, snap: Path) -> int:
+    """Item rows a running build has committed, read from a copy of its catalog (the file and its WAL).
+
+    The build holds the catalog (DuckDB lets no other process open it), and a copy never touches the
+    build's file or lock: what the copy holds was committed. 0 before the first commit, or when the copy
+    caught a checkpoint half written (the caller asks again).
+    """
+    import shutil
+
+    import duckdb
+
+    snap.mkdir(exist_ok=True)
+    copy = snap / "catalog.duckdb"
+    for suffix in ("", ".wal"):
+        Path(f"{copy}{suffix}").unlink(missing_ok=True)
+        try:
+            shutil.copyfile(f"{catalog}{suffix}", f"{copy}{suffix}")
+        except FileNotFoundError:
+            pass
+    try:
+        con = duckdb.connect(str(copy), read_only=True)
+    except duckdb.Error:
+        return 0
+    try:
+        return int(con.execute("SELECT count(*) FROM items").fetchone()[0])
+    except duckdb.Error:  # no items table yet
+        return 0
+    finally:
+        con.close()

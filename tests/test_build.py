@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import run_cli, skimage_photo
+from helpers import committed_items, run_cli, skimage_photo
 
 from dsbuild.pipeline import build
 from dsbuild.catalog import Catalog
@@ -483,35 +483,6 @@ def _store_count(store: Path) -> int:
     return sum(1 for p in store.glob("*/*") if not p.name.startswith(".")) if store.exists() else 0
 
 
-def _committed_items(catalog: Path, snap: Path) -> int:
-    """Item rows a running build has committed, read from a copy of its catalog (the file and its WAL).
-
-    The build holds the catalog (DuckDB lets no other process open it), and a copy never touches the
-    build's file or lock: what the copy holds was committed. 0 before the first commit, or when the copy
-    caught a checkpoint half written (the caller asks again).
-    """
-    import duckdb
-
-    snap.mkdir(exist_ok=True)
-    copy = snap / "catalog.duckdb"
-    for suffix in ("", ".wal"):
-        Path(f"{copy}{suffix}").unlink(missing_ok=True)
-        try:
-            shutil.copyfile(f"{catalog}{suffix}", f"{copy}{suffix}")
-        except FileNotFoundError:
-            pass
-    try:
-        con = duckdb.connect(str(copy), read_only=True)
-    except duckdb.Error:
-        return 0
-    try:
-        return int(con.execute("SELECT count(*) FROM items").fetchone()[0])
-    except duckdb.Error:  # no items table yet
-        return 0
-    finally:
-        con.close()
-
-
 def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Path, capsys) -> None:
     images = tmp_path / "images"
     total = write_digits(images, 70)
@@ -542,7 +513,7 @@ def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Pat
             os.killpg(proc.pid, signal.SIGCONT)
             time.sleep(0.05)
             os.killpg(proc.pid, signal.SIGSTOP)
-            committed = _committed_items(catalog, tmp_path / "snapshot")
+            committed = committed_items(catalog, tmp_path / "snapshot")
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         if proc.poll() is None:
