@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("train", cmd_train, "train a model on the current labels (model.finetune: fastai); records a run; exit 3 if it did not learn")
     p.add_argument("dataset", metavar="DATASET")
-    p.add_argument("--epochs", type=int, help="override model.epochs")
+    p.add_argument("--epochs", type=int, help="override model.epochs (finetune = true only)")
 
     p = add("mislabels", cmd_mislabels, "find likely mislabeled images (out-of-fold probabilities + cleanlab)")
     p.add_argument("dataset", metavar="DATASET")

@@ -56,3 +56,27 @@ def committed_items(catalog: Path, snap: Path) -> int:
         return 0
     finally:
         con.close()
+
+
+def kill_after_first_commit(proc, catalog: Path, snap: Path, deadline: float) -> int:
+    """SIGKILL a running build (``proc``, its own process group) just after it committed item rows; return them.
+
+    The build runs in 50 ms slices (its process group stopped in between) until a copy of its catalog shows
+    committed rows (:func:`committed_items`): on any machine the kill lands after a commit and well before the
+    end. The store is no measure of commits: workers store files before the build sees their records.
+    Fails (AssertionError) when the build ends first or ``deadline`` (``time.monotonic()``) passes.
+    """
+    import os
+    import signal
+    import time
+
+    committed = 0
+    while committed == 0:
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            f"the build ended before it committed a row: {proc.stderr.read() if proc.poll() is not None else ''}"
+        os.killpg(proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        committed = committed_items(catalog, snap)
+    os.killpg(proc.pid, signal.SIGKILL)
+    return committed

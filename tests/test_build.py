@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import committed_items, run_cli, skimage_photo
+from helpers import kill_after_first_commit, run_cli, skimage_photo
 
 from dsbuild.pipeline import build
 from dsbuild.catalog import Catalog
@@ -503,18 +503,8 @@ def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Pat
         code, out, err = run_cli(capsys, manifest, "status")
         assert code == 0 and "Traceback" not in out + err, err
         assert f"is running (PID {proc.pid}, executor local)" in out and "digits: verify + hash: " in out
-        # Kill it just after its first commit of item rows, well before the end, on any machine: the build runs
-        # in short slices (its process group stopped between them) until a copy of its catalog shows committed
-        # rows. The store is no measure of commits: workers store files before the build sees their records.
-        committed = 0
-        while committed == 0:
-            assert proc.poll() is None and time.monotonic() < deadline, \
-                f"the build ended before it committed a row: {proc.stderr.read() if proc.poll() is not None else ''}"
-            os.killpg(proc.pid, signal.SIGCONT)
-            time.sleep(0.05)
-            os.killpg(proc.pid, signal.SIGSTOP)
-            committed = committed_items(catalog, tmp_path / "snapshot")
-        os.killpg(proc.pid, signal.SIGKILL)
+        # Kill it just after its first commit of item rows, well before the end, on any machine.
+        committed = kill_after_first_commit(proc, catalog, tmp_path / "snapshot", deadline)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -24,7 +24,7 @@ import duckdb
 import pandas as pd
 import pytest
 from fake_engines import FakeEngineServer
-from helpers import committed_items
+from helpers import kill_after_first_commit
 from hostile_kit import REPO, cut_scan, encode, photo
 from hostile_server import HostileServer
 from ray_cluster import RAY_ENV, LocalRayCluster, free_port
@@ -374,17 +374,8 @@ def test_a_killed_driver_resumes_with_dsbuild_build(cluster, many, tmp_path: Pat
     proc = subprocess_build(manifest, *args)
     try:
         wait_until(proc, manifest, 150)
-        # Kill the driver just after a commit of item rows it has made, on any machine: it runs in short slices
-        # (its process group stopped between them) until a copy of its catalog shows committed rows. The store is
-        # no measure of commits: the workers store files before the driver sees their records.
-        committed, deadline = 0, time.monotonic() + 120
-        while committed == 0:
-            assert proc.poll() is None and time.monotonic() < deadline, "the build ended before it committed a row"
-            os.killpg(proc.pid, signal.SIGCONT)
-            time.sleep(0.05)
-            os.killpg(proc.pid, signal.SIGSTOP)
-            committed = committed_items(catalog, tmp_path / "snapshot")
-        os.killpg(proc.pid, signal.SIGKILL)
+        # Kill the driver just after a commit of item rows it has made, on any machine.
+        committed = kill_after_first_commit(proc, catalog, tmp_path / "snapshot", time.monotonic() + 120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
