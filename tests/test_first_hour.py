@@ -952,3 +952,26 @@ def test_train_prints_the_fastai_export_path(digits: Path, tmp_path: Path, capsy
     export = Path(model_path).parent / "export.pkl"
     assert export.is_file()
     assert f"fastai learner: {export} (load_learner)" in out.splitlines()
+
+
+def test_a_stage_logged_without_a_terminal_ends_with_one_line_not_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage whose last step already printed its line (a step longer than LINE_EVERY_S) ends without a copy."""
+    import io
+
+    from rich.console import Console
+
+    import dsbuild.render.console as rc
+
+    out = io.StringIO()
+    progress = rc.RichProgress()
+    progress.console = Console(file=out, force_terminal=False, width=200)  # a log file, not a terminal
+    monkeypatch.setattr(rc, "LINE_EVERY_S", 0.0)  # every step prints: the step that ends the stage did too
+    with progress.stage("train: head", 1) as stage:
+        stage.advance(1)
+    assert len(out.getvalue().splitlines()) == 1 and out.getvalue().startswith("train: head 1/1 "), out.getvalue()
+    out.truncate(0), out.seek(0)
+    monkeypatch.setattr(rc, "LINE_EVERY_S", 3600.0)  # no step printed: the stage's end says where it got
+    with progress.stage("mislabels: folds", 5) as stage:
+        stage.advance(5)
+    assert out.getvalue().splitlines()[0].startswith("mislabels: folds 5/5 ")
+    assert len(out.getvalue().splitlines()) == 1

@@ -103,12 +103,14 @@ class _LineStage:
         self.console, self.name, self.total = console, name, total
         self._n, self._counts = 0, ""
         self._t0 = self._last = time.monotonic()
+        self._shown: tuple[int, str] | None = None  # what the last line said
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self._line()
+        if self._shown != (self._n, self._counts):  # the final line, unless the last one already said it
+            self._line()
 
     def advance(self, n: int = 1, **counts: int) -> None:
         import time
@@ -123,6 +125,7 @@ class _LineStage:
 
         now = time.monotonic()
         self._last = now
+        self._shown = (self._n, self._counts)
         elapsed = max(now - self._t0, 1e-6)
         done = f"{self._n}/{self.total}" if self.total is not None else str(self._n)
         parts = [self.name, done, self._counts, _rate(self._n, elapsed), f"{elapsed:.1f} s"]
