@@ -14,6 +14,7 @@ a training never interleave.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import secrets
 from collections.abc import Callable, Iterable
@@ -580,14 +581,10 @@ def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[Ru
 
 
 def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comparison:
-    from dsbuild.model.predict import predict
-
     with Catalog.open_readonly(manifest.catalog) as cat:
         valid = cat.valid_images(name)
-    paths = [Path(p) for p in valid["path"]]
-    before = predict(Path(prev["model_path"]).parent, paths)
-    after = predict(Path(report.result.model_path).parent, paths)
-    valid = valid.assign(before=before["label"].to_numpy(), after=after["label"].to_numpy())
+    valid = valid.assign(before=_valid_labels(manifest, Path(prev["model_path"]).parent, valid),
+                         after=_valid_labels(manifest, Path(report.result.model_path).parent, valid))
     per_class = []
     for label, grp in valid.groupby("label"):
         per_class.append({"label": label, "n": len(grp), "before_acc": float((grp["before"] == label).mean()),
@@ -597,6 +594,22 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
         before_error=float((valid["before"] != valid["label"]).mean()),
         after_error=float((valid["after"] != valid["label"]).mean()), per_class=per_class,
     )
+
+
+def _valid_labels(manifest: Manifest, model_dir: Path, valid) -> "Any":
+    """The model's labels for the ``valid`` images: from the feature cache for a head model (no backbone pass:
+    :func:`dsbuild.model.predict.head_probs_from_cache`), else by :func:`dsbuild.model.predict.predict`."""
+    import numpy as np
+
+    from dsbuild.model.predict import head_probs_from_cache, predict
+
+    paths = [Path(p) for p in valid["path"]]
+    if valid["sha256"].notna().all():
+        probs = head_probs_from_cache(model_dir, paths, valid["sha256"].astype(str).tolist(), features_dir(manifest))
+        if probs is not None:
+            classes = json.loads((model_dir / "model.json").read_text())["classes"]
+            return np.asarray(classes, dtype=object)[probs.argmax(1)]
+    return predict(model_dir, paths)["label"].to_numpy()
 
 
 # --------------------------------------------------------------------------- predict

@@ -340,3 +340,23 @@ def test_a_network_from_random_weights_is_fine_tuned_unless_told_otherwise() -> 
     with pytest.raises(DsbuildError, match="model.pretrained = false needs model.finetune = true"):
         train(pd.DataFrame({"image_id": list("abcd"), "path": [f"{i}.png" for i in "abcd"], "label": list("xyxy"),
                             "split": ["train", "train", "valid", "valid"]}), told, out_dir=Path("unused"))
+
+
+@pytest.mark.slow
+def test_a_head_model_answers_from_the_feature_cache_as_predict_does(head_trained, trained, digits,
+                                                                       feature_cache) -> None:
+    """retrain's before/after comparison reads a head model's answers off the cached features (no backbone pass)."""
+    import hashlib
+
+    from dsbuild.model.predict import head_probs_from_cache
+
+    result, out = head_trained
+    valid = digits[digits["split"] == "valid"]
+    paths = [Path(p) for p in valid["path"]]
+    shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    cached = sum(len(np.load(f)["sha256"]) for f in feature_cache.glob("*/part-*.npz"))
+    probs = head_probs_from_cache(out, paths, shas, feature_cache)
+    np.testing.assert_allclose(probs, result.valid_probs, atol=2e-3)
+    assert sum(len(np.load(f)["sha256"]) for f in feature_cache.glob("*/part-*.npz")) == cached  # all from the cache
+    # A fine-tuned model has no such shortcut: None, and the caller predicts through the network.
+    assert head_probs_from_cache(trained[1], paths, shas, feature_cache) is None

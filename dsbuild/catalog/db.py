@@ -623,9 +623,9 @@ class Catalog:
         )
 
     def valid_images(self, dataset: str):
-        """Accepted images of the valid split with their current labels: image_id, path, label."""
+        """Accepted images of the valid split with their current labels: image_id, path, label, sha256."""
         return self.df(
-            "SELECT image_id, path, label FROM images WHERE dataset = ? AND status = 'ok' AND split = 'valid' "
+            "SELECT image_id, path, label, sha256 FROM images WHERE dataset = ? AND status = 'ok' AND split = 'valid' "
             "ORDER BY image_id",
             [dataset],
         )
