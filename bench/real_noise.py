@@ -218,11 +218,13 @@ def main() -> None:
         summary_rows.append((noise, a, f1, clean_acc, t_build.wall, t_train.wall, t_mis.wall))
 
         if noise == args.cycle:
+            # This review's events only (a reused work folder holds an earlier run's).
+            last = int(sandboxed_query(manifest.catalog, "select coalesce(max(event_id), 0) as n from label_history")["n"][0])
             with Clock() as t_rev:
                 summary = dsbuild.review(manifest, name, accept_suggestions=True)
             events = sandboxed_query(manifest.catalog, f"select h.image_id, h.new_label, i.origin from label_history h "
                                      f"join images i using (dataset, image_id) where h.dataset = '{name}' "
-                                     f"and h.source like 'review:suggestions%'")
+                                     f"and h.source like 'review:suggestions%' and h.event_id > {last}")
             right = int(sum(true_of[Path(o).name] == lab for o, lab in zip(events["origin"], events["new_label"])))
             from dsbuild.cycle import retrain_dataset
 
