@@ -16,6 +16,8 @@ Measured, printed beside the targets of issue 13 and the ``review --decisions`` 
 * the queue page: server time of ``GET /`` and the browser's first contentful paint (target ≤ 1 s);
 * keystrokes per reviewed image with auto-advance (target ≤ 1.05), counted in the browser;
 * a 50-image grid relabel: key presses and wall time until all 50 are committed (target ≤ 3 keys);
+* ``dsbuild status`` in another process while the app holds the catalog (it asks, the app lets go)
+  beside the same command with no app running, and the key press after it (which opens the file again);
 * baseline: the same number of decisions written as a CSV and applied with ``review_dataset``
   (what ``dsbuild review --decisions`` runs): wall time to write and apply.
 """
@@ -111,6 +113,16 @@ def generate(root: Path, n_images: int, n_flagged: int) -> Path:
     return manifest
 
 
+def timed_status(manifest: Path) -> float:
+    """Wall time of `dsbuild status` in its own process (seconds); fails the benchmark if it fails."""
+    import subprocess
+
+    s = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(manifest), "status"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return time.perf_counter() - s
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
@@ -182,6 +194,13 @@ def main() -> int:
                 r = c.post("/api/decide", json={"decisions": [d]}, headers=headers)
                 lat.append((time.perf_counter() - s) * 1000)
                 assert r.status_code == 200, r.text
+            # another dsbuild command beside the app, which holds the catalog after those decisions:
+            # it asks, the app lets go, it runs; then the next key press opens the catalog again
+            status_beside = timed_status(manifest)
+            s = time.perf_counter()
+            r = c.post("/api/decide", json={"decisions": [{"image_id": ids[n], "action": "keep"}]}, headers=headers)
+            after_yield_ms = (time.perf_counter() - s) * 1000
+            assert r.status_code == 200, r.text
         # the browser: first paint, keystrokes per image, grid relabel
         driver = chrome()
         try:
@@ -226,6 +245,7 @@ def main() -> int:
             driver.quit()
     finally:
         server.stop()
+    status_alone = timed_status(manifest)
 
 
     print()
@@ -241,6 +261,9 @@ def main() -> int:
     print(f"{f'{n} decisions one by one in the app, total (s)':58} {sum(lat) / 1000:16.2f} "
           f"{f'review --decisions: {csv_s:.2f} s':>26}")
     print(f"{'  per decision (ms)':58} {sum(lat) / n:16.1f} {f'{1000 * csv_s / len(csv_ids):.1f} ms':>26}")
+    print(f"{'`dsbuild status` while the app holds the catalog (s)':58} {status_beside:16.2f} "
+          f"{f'no app: {status_alone:.2f} s':>26}")
+    print(f"{'  the next key press after it (reopens the catalog, ms)':58} {after_yield_ms:16.1f} {'':>26}")
     print(f"load average now {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -125,6 +125,16 @@ def issue_frame(rows: Any, *, run_id: str, dataset: str) -> Any:
     return frame[list(ISSUE_COLUMNS)]
 
 
+def label_event_rows(events: list[dict], *, dataset: str, first_id: int) -> list[tuple]:
+    """The rows of :func:`label_event_frame` as tuples in ``LABEL_EVENT_COLUMNS`` order (for a few events:
+    an INSERT of parameters, without a DataFrame)."""
+    out = []
+    for k, ev in enumerate(events):
+        row = {**ev, "changed_at": ev.get("at", ev.get("changed_at")), "event_id": first_id + k, "dataset": dataset}
+        out.append(tuple(row.get(col) for col in LABEL_EVENT_COLUMNS))
+    return out
+
+
 def label_event_frame(events: list[dict], *, dataset: str, first_id: int) -> Any:
     """Review events (dicts from :func:`dsbuild.decisions.plan_events`; ``at`` → ``changed_at``) as ``label_events`` rows.
 

@@ -10,7 +10,6 @@ import os
 import signal
 from pathlib import Path
 
-import duckdb
 import pytest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -19,7 +18,7 @@ from selenium.webdriver.common.keys import Keys
 from ui_browser import UiServer, chrome, wait_for
 from ui_data import HOSTILE_LABEL, add_hostile_item, make_project
 
-from dsbuild.catalog import BuildLock
+from dsbuild.catalog import BuildLock, Catalog
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +44,10 @@ def driver():
 
 
 def ui_events(manifest: Path) -> list[tuple]:
-    con = duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb"), read_only=True)
-    try:
-        return con.execute("select image_id, action, old_label, new_label, new_status from label_history "
-                           "where dataset = 'digits' and source = 'ui' order by event_id").fetchall()
-    finally:
-        con.close()
+    """The app's label events as another dsbuild process reads them (it asks the app for the file, as `status` does)."""
+    with Catalog.open_readonly(manifest.parent / "catalog" / "dsbuild.duckdb") as cat:
+        return cat.con.execute("select image_id, action, old_label, new_label, new_status from label_history "
+                               "where dataset = 'digits' and source = 'ui' order by event_id").fetchall()
 
 
 def card(driver, image_id: str):

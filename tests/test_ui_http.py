@@ -13,7 +13,6 @@ import re
 import threading
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 from PIL import Image
@@ -23,7 +22,7 @@ from helpers import skimage_photo
 from ui_data import HOSTILE_LABEL, HOSTILE_ORIGIN, MAX_BYTES, add_hostile_item, make_project
 
 import dsbuild
-from dsbuild.catalog import BuildLock
+from dsbuild.catalog import BuildLock, Catalog
 from dsbuild.cli import main
 from dsbuild.ui.app import UiConfig, create_app
 from dsbuild.ui.security import CSP, csrf_for
@@ -46,8 +45,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture(scope="module")
 def app(project):
     manifest, _ = project
-    return create_app(UiConfig(manifest=dsbuild.load_manifest(manifest), dataset="digits", host="127.0.0.1", port=PORT,
-                               token=TOKEN))
+    app = create_app(UiConfig(manifest=dsbuild.load_manifest(manifest), dataset="digits", host="127.0.0.1", port=PORT,
+                              token=TOKEN))
+    yield app
+    app.held.close()
 
 
 @pytest.fixture()
@@ -64,12 +65,10 @@ def anonymous(app) -> TestClient:
 
 
 def events(manifest: Path) -> list[tuple]:
-    con = duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb"), read_only=True)
-    try:
-        return con.execute("select image_id, source, action, old_label, new_label, new_status from label_history "
-                           "where dataset = 'digits' order by event_id").fetchall()
-    finally:
-        con.close()
+    """The label events as another dsbuild reader sees them (it asks the app for the file, as `status` does)."""
+    with Catalog.open_readonly(manifest.parent / "catalog" / "dsbuild.duckdb") as cat:
+        return cat.con.execute("select image_id, source, action, old_label, new_label, new_status from label_history "
+                               "where dataset = 'digits' order by event_id").fetchall()
 
 
 def queue_ids(client: TestClient) -> list[str]:

@@ -3,7 +3,9 @@
 ==============  ==================================================================
 schema.py       tables, views (the public contract) and migrations
 db.py           :class:`Catalog`: connection, transactions, every dsbuild read/write
-lock.py         :class:`BuildLock`: the writers' exclusive lock file beside the catalog
+lock.py         :class:`BuildLock`: the writers' exclusive lock file beside the catalog; asking a yielding holder
+held.py         :class:`~dsbuild.catalog.held.HeldCatalog`: a connection kept between short writes (the review app)
+image_state.py  an image's current label/status/review state in Python (the images view's rules, for a few ids)
 query.py        users' SQL: the read-only sandbox and the named ``@name`` queries
 queries/        the built-in named queries (``*.sql``, shipped as package data)
 ==============  ==================================================================

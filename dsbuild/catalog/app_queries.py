@@ -126,9 +126,7 @@ def image_file(cat: "Catalog", dataset: str, image_id: str) -> tuple[str, str] |
 
 def image_states(cat: "Catalog", dataset: str, image_ids: list[str]) -> "pandas.DataFrame":
     """Current state of ``image_ids``: image_id, label, status, last_review, decided (see :data:`DECIDED`)."""
-    return cat.df("SELECT image_id, label, status, last_review, coalesce(last_review IN ('relabel', 'remove', 'keep'), "
-                  "false) AS decided FROM images WHERE dataset = ? AND image_id IN (SELECT unnest(?)) ORDER BY image_id",
-                  [dataset, list(image_ids)])
+    return cat.current_states(dataset, image_ids)[["image_id", "label", "status", "last_review", "decided"]]
 
 
 def label_events_of(cat: "Catalog", dataset: str, *, source: str | None = None) -> "pandas.DataFrame":

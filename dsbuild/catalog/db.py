@@ -18,9 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from dsbuild.catalog.lock import RETRY_S, ask_holder_to_yield, holder_yields, retry_while_yielding
 from dsbuild.catalog.schema import MIGRATIONS, QUALITY_ISSUES_OF, SCHEMA_VERSION, VIEWS
 from dsbuild.errors import CatalogBusy, DsbuildError
 
+SMALL_INSERT = 64  # up to this many rows are inserted as parameters, more through a registered DataFrame
 OPEN_WAIT_S = 10.0  # how long a writer waits for readers to let go of the file
 
 
@@ -40,7 +42,13 @@ def translate_error(exc: Exception, path: Path) -> DsbuildError:
     if "Conflicting lock" in text or "Could not set lock" in text:
         m = _LOCK_PID.search(text)
         who = f"process {m.group(1)}" if m else "another process"
+        if holder_yields(path):
+            return CatalogBusy(f"catalog {path} is held by the review app (`dsbuild ui`, {who}), which did not give it up "
+                               "when asked — try again, or stop the app")
         return CatalogBusy(f"catalog {path} is busy: {who} is writing it (a build is running) — wait for it to finish and try again")
+    if "different configuration than existing connections" in text and holder_yields(path):
+        # This process's own review app holds the file read-write (a test, or a notebook running the app).
+        return CatalogBusy(f"catalog {path} is held read-write by the review app in this process — try again")
     if "not a valid DuckDB database" in text or "Invalid Input Error: The file" in text:
         return DsbuildError(f"{path} is not a dsbuild catalog (not a valid DuckDB file) — point `catalog` in the manifest elsewhere")
     if "database does not exist" in text:
@@ -83,7 +91,9 @@ class Catalog:
                 busy = isinstance(translate_error(exc, path), CatalogBusy)
                 if not busy or time.monotonic() > deadline:
                     raise translate_error(exc, path) from None
-                time.sleep(0.05)
+                if holder_yields(path):  # the review app keeps the file open between decisions: ask for it
+                    ask_holder_to_yield(path)
+                time.sleep(RETRY_S)
         cat = cls(con, path, writable=True)
         cat._migrate()
         return cat
@@ -96,10 +106,16 @@ class Catalog:
         path = Path(path)
         if not path.exists():
             raise DsbuildError(f"no catalog at {path} — run `dsbuild build` first")
-        try:
-            con = duckdb.connect(str(path), read_only=True, config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-        except duckdb.Error as exc:
-            raise translate_error(exc, path) from None
+
+        def attempt():
+            try:
+                return duckdb.connect(str(path), read_only=True, config={"autoinstall_known_extensions": False,
+                                                                         "autoload_known_extensions": False})
+            except duckdb.Error as exc:
+                raise translate_error(exc, path) from None
+
+        # Busy because the review app holds the file between decisions: it lets go when asked.
+        con = retry_while_yielding(path, attempt, is_busy=lambda e: isinstance(e, CatalogBusy))
         cat = cls(con, path, writable=False)
         version = cat._version()
         if version < SCHEMA_VERSION:
@@ -522,12 +538,18 @@ class Catalog:
         """Append review events (:func:`dsbuild.decisions.plan_events`) as ``label_events`` rows; all or nothing."""
         if not events:
             return 0
-        from dsbuild.rows import LABEL_EVENT_COLUMNS, label_event_frame
+        from dsbuild.rows import LABEL_EVENT_COLUMNS, label_event_frame, label_event_rows
 
         with self.transaction():
             start = int(self._one("SELECT coalesce(max(event_id), 0) FROM label_events")[0])
-            self._insert_frame("label_events", label_event_frame(events, dataset=dataset, first_id=start + 1),
-                               LABEL_EVENT_COLUMNS)
+            if len(events) <= SMALL_INSERT:  # a review app's key press: parameters, no DataFrame (≈1 ms, not ≈4)
+                self.con.executemany(
+                    f"INSERT INTO label_events ({', '.join(LABEL_EVENT_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(LABEL_EVENT_COLUMNS))})",
+                    label_event_rows(events, dataset=dataset, first_id=start + 1))
+            else:
+                self._insert_frame("label_events", label_event_frame(events, dataset=dataset, first_id=start + 1),
+                                   LABEL_EVENT_COLUMNS)
             self._refresh_conflicts(dataset, image_ids=sorted({str(e["image_id"]) for e in events}))
         return len(events)
 
@@ -630,12 +652,46 @@ class Catalog:
             [dataset],
         )
 
-    def review_candidates(self, dataset: str, *, image_ids: list[str] | None = None):
-        """Every image of ``dataset`` a decision may name (those of ``image_ids``, when given): image_id, path, origin, label, status."""
-        if image_ids is None:
-            return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [dataset])
-        return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ? "
-                       "AND image_id IN (SELECT unnest(?))", [dataset, list(image_ids)])
+    def review_candidates(self, dataset: str):
+        """Every image of ``dataset`` a decisions file may name: image_id, path, origin, label, status."""
+        return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [dataset])
+
+    def current_states(self, dataset: str, image_ids: list[str]):
+        """The current state of ``image_ids`` (those in ``dataset``), by image_id: image_id, label, status,
+        last_review, reviewed, decided — the ``images`` view's columns, computed from the images' item rows
+        and label events by :func:`~dsbuild.catalog.image_state.image_state` (≈2 ms where the view takes
+        ≈12 ms on a 10,000-image catalog: a review app reads this on every key press)."""
+        import pandas as pd
+
+        from dsbuild.catalog.image_state import image_state
+
+        ids = list(image_ids)
+        items = self.con.execute("SELECT image_id, class_label, status FROM items WHERE dataset = ? "
+                                 "AND image_id IN (SELECT unnest(?)) ORDER BY image_id", [dataset, ids]).fetchall()
+        events: dict[str, list[dict]] = {}
+        for image_id, event_id, action, new_label, new_status in self.con.execute(
+                "SELECT image_id, event_id, action, new_label, new_status FROM label_events WHERE dataset = ? "
+                "AND image_id IN (SELECT unnest(?))", [dataset, ids]).fetchall():
+            events.setdefault(image_id, []).append(
+                {"event_id": event_id, "action": action, "new_label": new_label, "new_status": new_status})
+        rows = []
+        for image_id, class_label, status in items:
+            st = image_state(class_label, status, events.get(image_id, []))
+            rows.append({"image_id": image_id, "label": st.label, "status": st.status, "last_review": st.last_review,
+                         "reviewed": st.reviewed, "decided": st.decided})
+        return pd.DataFrame(rows, columns=["image_id", "label", "status", "last_review", "reviewed", "decided"])
+
+    def latest_label_quality(self, dataset: str, image_ids: list[str]) -> dict[str, float]:
+        """``label_quality`` of ``image_ids`` among the latest ok mislabel run's flags (as ``latest_issues`` has them,
+        the last by rank where an image has several; images it did not flag are absent)."""
+        rows = self.con.execute(
+            """SELECT image_id, label_quality FROM issue_rows
+               WHERE dataset = ? AND is_issue AND image_id IN (SELECT unnest(?))
+                 AND run_id = (SELECT arg_max(run_id, started_at) FROM model_runs
+                               WHERE dataset = ? AND kind = 'mislabels' AND status = 'ok')
+               ORDER BY rank""",
+            [dataset, list(image_ids), dataset]).fetchall()
+        return {str(i): q for i, q in rows}
 
     def dataset_labels(self, dataset: str) -> list[str]:
         """The labels the images of ``dataset`` carry now, sorted."""

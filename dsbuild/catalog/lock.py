@@ -1,25 +1,106 @@
-"""The catalog's writer lock: one exclusive, PID-stamped lock file beside the catalog."""
+"""The catalog's writer lock, and how a process that keeps the catalog open gives it up.
+
+:class:`BuildLock` is one exclusive, PID-stamped lock file beside the catalog
+(``dsbuild.duckdb.lock``), taken by every writer before any work.
+
+A long-running process that keeps the catalog open between short writes — the review
+app, through :class:`~dsbuild.catalog.held.HeldCatalog` — takes the lock with
+``yields=True``: the lock file then reads ``"<pid> yields"``. Another dsbuild process
+that finds the catalog busy (the lock taken, or DuckDB's file lock held) and sees a
+yielding holder asks it to let go by touching ``dsbuild.duckdb.want``
+(:func:`ask_holder_to_yield`) and retries for up to :data:`YIELD_WAIT_S`; the holder
+watches that file and closes the catalog within a few tens of milliseconds. A holder
+that does not yield — a build, a training run — is reported busy at once, as before.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from dsbuild.errors import CatalogBusy
+
+YIELD_WAIT_S = 5.0
+"""How long a process waits for a yielding holder (the review app) to give the catalog up (seconds)."""
+RETRY_S = 0.02
+"""Pause between attempts while waiting for a yielding holder (seconds)."""
+YIELDS = "yields"
+
+T = TypeVar("T")
+
+
+def lock_path(catalog: Path) -> Path:
+    """The lock file of ``catalog`` (``<catalog>.lock``)."""
+    return Path(str(catalog) + ".lock")
+
+
+def want_path(catalog: Path) -> Path:
+    """The file another process touches to ask a yielding holder for ``catalog`` (``<catalog>.want``)."""
+    return Path(str(catalog) + ".want")
+
+
+def holder_yields(catalog: Path) -> bool:
+    """True when the last process to take ``catalog``'s lock took it as a yielding holder.
+
+    The lock file keeps its text after release; callers ask only after finding the
+    catalog busy, when the text names the process that holds it (or held it last).
+    """
+    try:
+        return lock_path(catalog).read_text().split()[1:] == [YIELDS]
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def ask_holder_to_yield(catalog: Path) -> None:
+    """Touch ``<catalog>.want`` (best effort: a read-only folder only means nobody is asked)."""
+    path = want_path(catalog)
+    try:
+        path.touch()
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def retry_while_yielding(catalog: Path, attempt: Callable[[], T], *, is_busy: Callable[[BaseException], bool],
+                         wait_s: float = YIELD_WAIT_S) -> T:
+    """``attempt()``; while it fails busy because a yielding holder has ``catalog``, ask it to let go and retry.
+
+    Any other failure, or a busy holder that does not yield, is raised at once; a yielding
+    holder that has not let go after ``wait_s`` seconds raises the last error.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            if not is_busy(exc) or not holder_yields(catalog) or time.monotonic() > deadline:
+                raise
+        ask_holder_to_yield(catalog)
+        time.sleep(RETRY_S)
 
 
 class BuildLock:
     """An exclusive, PID-stamped lock file beside the catalog, taken before any work.
 
     Uses ``fcntl.flock`` so the lock dies with the process (a SIGKILLed build
-    never leaves a stale lock behind).
+    never leaves a stale lock behind). ``yields=True`` marks the holder as one that
+    gives the catalog up when asked (see the module docstring); :meth:`acquire` waits up
+    to :data:`YIELD_WAIT_S` for such a holder and fails at once on any other.
     """
 
-    def __init__(self, catalog: Path) -> None:
-        self.path = Path(str(catalog) + ".lock")
+    def __init__(self, catalog: Path, *, yields: bool = False) -> None:
+        self.catalog = Path(catalog)
+        self.path = lock_path(catalog)
+        self.yields = yields
         self._fh = None
 
     def acquire(self) -> None:
+        self._fh = retry_while_yielding(self.catalog, self._try_acquire, is_busy=lambda e: isinstance(e, CatalogBusy),
+                                        wait_s=YIELD_WAIT_S)
+
+    def _try_acquire(self):
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,17 +109,22 @@ class BuildLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            pid = fh.read().strip() or "?"
+            text = fh.read().split()
             fh.close()
+            pid = text[0] if text else "?"
+            if text[1:] == [YIELDS]:
+                raise CatalogBusy(
+                    f"catalog {self.catalog} is held by the review app (`dsbuild ui`, PID {pid}), which did not give it "
+                    f"up within {YIELD_WAIT_S:g} s — try again, or stop the app") from None
             raise CatalogBusy(
-                f"catalog {self.path.with_suffix('')} is locked by PID {pid} (a build is running) — "
+                f"catalog {self.catalog} is locked by PID {pid} (a build is running) — "
                 "wait for it to finish, or use another catalog with --catalog"
             ) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(str(os.getpid()))
+        fh.write(f"{os.getpid()} {YIELDS}" if self.yields else str(os.getpid()))
         fh.flush()
-        self._fh = fh
+        return fh
 
     def release(self) -> None:
         if self._fh is not None:

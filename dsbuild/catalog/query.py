@@ -11,7 +11,8 @@ import threading
 from pathlib import Path
 
 from dsbuild.catalog.db import translate_error
-from dsbuild.errors import DsbuildError, did_you_mean
+from dsbuild.catalog.lock import retry_while_yielding
+from dsbuild.errors import CatalogBusy, DsbuildError, did_you_mean
 
 
 def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_rows: int | None = None):
@@ -29,23 +30,28 @@ def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_r
         raise DsbuildError(f"no catalog at {path} — run `dsbuild build` first")
     if not sql.strip():
         raise DsbuildError("empty query — give SQL or @name (see `dsbuild query --list`)")
-    try:
-        con = duckdb.connect(
-            str(path),
-            read_only=True,
-            config={
-                "enable_external_access": False,
-                "autoinstall_known_extensions": False,
-                "autoload_known_extensions": False,
-                "allow_community_extensions": False,
-                "allow_unsigned_extensions": False,
-                "memory_limit": "2GB",
-                "threads": 2,
-            },
-        )
-        con.execute("SET lock_configuration = true")
-    except duckdb.Error as exc:
-        raise translate_error(exc, path) from None
+    def attempt():
+        try:
+            con = duckdb.connect(
+                str(path),
+                read_only=True,
+                config={
+                    "enable_external_access": False,
+                    "autoinstall_known_extensions": False,
+                    "autoload_known_extensions": False,
+                    "allow_community_extensions": False,
+                    "allow_unsigned_extensions": False,
+                    "memory_limit": "2GB",
+                    "threads": 2,
+                },
+            )
+            con.execute("SET lock_configuration = true")
+            return con
+        except duckdb.Error as exc:
+            raise translate_error(exc, path) from None
+
+    # Busy because the review app holds the file between decisions: it lets go when asked.
+    con = retry_while_yielding(path, attempt, is_busy=lambda e: isinstance(e, CatalogBusy))
 
     timer = None
     timed_out = threading.Event()

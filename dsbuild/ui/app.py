@@ -5,12 +5,15 @@ Pages are jinja2 templates (``templates/*.html.j2``, autoescape on, undefined is
 error); the one script and style sheet are static files (``static/``), so the
 Content-Security-Policy needs no inline script.
 
-The app holds no database connection between requests: each request opens the
-catalog read-only (or, for a decision, :func:`dsbuild.cycle.review_dataset` takes the
-writers' lock and opens it read-write) and closes it, so ``dsbuild status``,
-``query`` and ``review`` keep working while the app runs, and a build can start.
-DuckDB allows one process either one read-write or any number of read-only
-connections to a file, so catalog access inside the app is serialised by one lock.
+Decisions are written on one read-write connection the app keeps while they come
+(:class:`~dsbuild.catalog.held.HeldCatalog`): opening the file per key press would cost
+more than the write. The app gives it up within tens of milliseconds when another
+dsbuild process asks (``status``, ``query``, ``review``, ``build`` wait for it), and
+after ``UiConfig.catalog_idle_s`` without a decision, so other tools find the file free
+while the reviewer pauses. Pages read on the held connection when there is one, else
+open the catalog read-only for the request. DuckDB allows one process either one
+read-write or any number of read-only connections to a file, so catalog access inside
+the app is serialised by the holder's lock.
 
 Routes (``{image_id}`` must look like an image id — letters, digits, ``_``/``-``, at
 most 64 — and name an image of the dataset with a stored file; anything else is 404;
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode, urlsplit
 
+from dsbuild.catalog.held import IDLE_S, HeldCatalog
 from dsbuild.errors import CatalogBusy, DsbuildError
 from dsbuild.ui.security import Guard, GuardSettings, allowed_hosts
 
@@ -72,6 +76,8 @@ class UiConfig:
     ``max_upload_bytes``: the predict upload limit (default: the dataset's ``verify.max_bytes``).
     ``thumbs_dir``: the thumbnail cache (default: ``thumbs/`` beside the catalog).
     ``page_size``: queue cards per page (1–500).
+    ``catalog_idle_s``: the decisions' read-write connection is closed after this many
+    seconds without a decision (other dsbuild processes get it at once by asking).
     """
 
     manifest: "Manifest"
@@ -82,6 +88,7 @@ class UiConfig:
     max_upload_bytes: int | None = None
     thumbs_dir: Path | None = None
     page_size: int = 60
+    catalog_idle_s: float = IDLE_S
 
     @property
     def cookie(self) -> str:
@@ -130,7 +137,7 @@ class _State:
     """The app's mutable parts: the catalog lock, the static files, the labels and keys of the dataset."""
 
     config: UiConfig
-    db: threading.Lock = field(default_factory=threading.Lock)
+    held: Any = None  # the HeldCatalog: decisions' read-write connection and the app's catalog lock
     model: threading.Lock = field(default_factory=threading.Lock)
     static: dict[str, bytes] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
@@ -148,6 +155,7 @@ def create_app(config: UiConfig):
 
     ds = config.manifest.dataset(config.dataset)
     state = _State(config=config)
+    state.held = HeldCatalog(config.manifest.catalog, idle_s=config.catalog_idle_s)
     state.static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
     state.labels = list(ds.labels)
     state.keys = class_keys(state.labels)
@@ -167,7 +175,9 @@ def create_app(config: UiConfig):
     ]
     app = Starlette(routes=routes)
     guard = GuardSettings(token=config.token, hosts=allowed_hosts(config.host, config.port), cookie=config.cookie)
-    return Guard(app, guard)
+    wrapped = Guard(app, guard)
+    wrapped.held = state.held  # the server closes it at exit (`wrapped.held.close()`)
+    return wrapped
 
 
 class _Handlers:
@@ -191,10 +201,12 @@ class _Handlers:
         return self._page("error.html.j2", status=503 if busy else 500, message=str(exc), busy=busy, title="error")
 
     def _read(self, fn):
-        """``fn(cat)`` with the catalog open read-only, under the app's catalog lock."""
+        """``fn(cat)`` on the held connection, or with the catalog opened read-only; under the app's catalog lock."""
         from dsbuild.catalog import Catalog
 
-        with self.s.db:
+        with self.s.held.using() as held:
+            if held is not None:
+                return fn(held)
             with Catalog.open_readonly(self.c.manifest.catalog) as cat:
                 return fn(cat)
 
@@ -258,7 +270,8 @@ class _Handlers:
             return self._error_page(exc)
         error = None
         try:
-            with self.s.db:
+            with self.s.held.lock:
+                self.s.held.release()  # the sandbox opens its own read-only connection
                 df = browse_images(self.c.manifest.catalog, self.c.dataset, where or None, offset=(page - 1) * n, limit=n)
         except CatalogBusy as exc:
             return self._error_page(exc)
@@ -380,9 +393,8 @@ class _Handlers:
 
         ids = [d.image_id for d in decisions]
         read: list = []
-        with self.s.db:
-            # The new states are read on the writer's connection, before it closes: one open per decision.
-            review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui",
+        with self.s.held.writing() as cat:
+            review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui", catalog=cat,
                            on_commit=lambda cat: read.append(image_states(cat, self.c.dataset, ids)))
         df = read[0]
         out = []

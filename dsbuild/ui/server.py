@@ -99,4 +99,5 @@ def serve(manifest: "Manifest", dataset: str | None = None, *, host: str = "127.
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        app.held.close()
         sock.close()
