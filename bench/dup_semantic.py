@@ -7,6 +7,8 @@ Prints, in one run, for the same decoded images (the build's decode, JPEG draft 
   mirror, 90° rotation, grayscale, squeeze 0.8, strong colour shift, JPEG q40, resize 50 % —
   plus bursts, pan windows, blanks and 1,000 CIFAR distractors): pair precision/recall after
   grouping, per transformation and overall;
+* **easy set**: the same pictures with bench/dup_quality.py's 12 easy copies (JPEG q 90–30,
+  format changes, resize 50/150 %, 5 % crop, brightness ×1.2/×0.8, watermark): no loss allowed;
 * **small images**: scikit-learn's 1,797 digits rendered at 48 px (bicubic, as the issue's
   count; and nearest-neighbour) and CIFAR-10 (the 5,000 dev images; ``--cifar50k DIR`` adds
   all 50,000 training images): images marked near duplicates, groups, groups with more than
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/dsbuild-bench-features"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--time-sample", type=int, default=256)
-    ap.add_argument("--sets", default="hard,digits48,digits48nearest,cifar5k")
+    ap.add_argument("--sets", default="hard,easy,digits48,digits48nearest,cifar5k")
     args = ap.parse_args(argv)
     import torch
 
@@ -264,8 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in sets:
         t0, c0 = time.perf_counter(), cpu()
         verify = VerifySettings()
-        if name == "hard":
-            ps = ph.planted_set(transforms="hard", quick=args.quick)
+        if name in ("hard", "easy"):
+            ps = ph.planted_set(transforms=name, quick=args.quick)
             datas = [it.data for it in ps.items]
             verify = VerifySettings(min_side=1)
         elif name.startswith("digits"):
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         timings[name] = s["timing"]
         print(f"\n== {name}: {len(datas)} files — {time.perf_counter() - t0:.0f} s wall, {cpu() - c0:.0f} CPU s, "
               f"load {os.getloadavg()[0]:.1f}")
-        if name == "hard":
+        if name in ("hard", "easy"):
             pics, variants = ps.pictures, ps.variants
             truth = ph.truth(ps)
             scores = {r: score_planted(reps[r], pics, variants, truth) for r in RULES}

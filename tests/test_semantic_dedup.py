@@ -308,3 +308,69 @@ def test_feature_cache_round_trip_is_float16_and_atomic(tmp_path):
         FeatureSpec(resize="stretch")
     with pytest.raises(ValueError):
         cache.put(["x"], rows)
+
+
+# --------------------------------------------------------------------------- copies of 32-px photos
+
+
+SMALL = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "camera", "coins")
+
+
+def _warm(img: Image.Image) -> Image.Image:
+    """A strong warm filter (bench/planted_hard.py's colour shift): R ×1.25, B ×0.75, saturation ×1.4, contrast ×1.2."""
+    from PIL import ImageEnhance
+
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    arr = np.clip(arr * np.array([1.25, 1.0, 0.75], dtype=np.float32), 0, 255).astype(np.uint8)
+    return ImageEnhance.Contrast(ImageEnhance.Color(Image.fromarray(arr)).enhance(1.4)).enhance(1.2)
+
+
+@pytest.fixture(scope="module")
+def small_built(tmp_path_factory):
+    """8 real photos shrunk to 32 × 32 (CIFAR's size), each with a colour-shifted, a grayscale, a rotated and a
+    mirrored copy, in two classes; built with the default settings."""
+    from dsbuild.pipeline import build
+
+    root = tmp_path_factory.mktemp("small")
+    for k, name in enumerate(SMALL):
+        folder = root / "thumbs" / ("a" if k % 2 == 0 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        img = skimage_photo(name).convert("RGB").resize((32, 32), Image.Resampling.LANCZOS)
+        img.save(folder / f"{name}.png")
+        _warm(img).save(folder / f"{name}_colour.png")
+        img.convert("L").save(folder / f"{name}_gray.png")
+        img.transpose(Image.Transpose.ROTATE_90).save(folder / f"{name}_rot90.png")
+        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"{name}_flip.png")
+    manifest = root / "datasets.toml"
+    manifest.write_text('[datasets.thumbs]\nclasses = { a = { folders = ["thumbs/a"] }, b = { folders = ["thumbs/b"] } }\n'
+                        '[datasets.thumbs.verify]\nmin_side = 16\n')
+    m = load_manifest(manifest)
+    build(m, workers=2)
+    return m
+
+
+def test_copies_of_32px_photos_are_found_by_their_pixels_and_never_cross_pictures(small_built):
+    df = _images(small_built, "thumbs")
+    df["picture"] = [Path(o).stem.split("_")[0] for o in df["origin"]]
+    assert len(df) == 5 * len(SMALL) and (df["status"] != "rejected").all()
+    # every copy is a near duplicate of its own picture: 4 per picture, one image of each picture stays
+    assert (df.groupby("picture")["status"].apply(lambda s: (s == "ok").sum()) == 1).all()
+    dups = df[df["status"] == "duplicate"]
+    pictures = dict(zip(df["image_id"], df["picture"]))
+    assert len(dups) == 4 * len(SMALL)
+    assert all(pictures[rep] == pic for rep, pic in zip(dups["dup_of"], dups["picture"]))
+    assert (df.groupby("picture")["split"].nunique() == 1).all()  # one split unit per picture: no leakage
+
+
+def test_pixel_confirmation_tells_a_copy_from_another_small_photo():
+    photo = skimage_photo("chelsea").convert("RGB").resize((32, 32), Image.Resampling.LANCZOS)
+    other = skimage_photo("coffee").convert("RGB").resize((32, 32), Image.Resampling.LANCZOS)
+    t = {k: neardup.thumbnail(v) for k, v in {"photo": photo, "warm": _warm(photo), "other": other,
+                                              "rot": photo.transpose(Image.Transpose.ROTATE_270)}.items()}
+    detail = neardup.effective_side(photo)
+    threshold = DedupSettings().pixel_confirm
+    assert neardup.aligned_correlation(t["photo"], t["warm"], detail) >= threshold
+    assert neardup.aligned_correlation(t["photo"], t["rot"], detail) >= threshold
+    assert neardup.aligned_correlation(t["photo"], t["other"], detail) < 0.9
+    flat = np.full((64, 64), 128, dtype=np.uint8)
+    assert neardup.aligned_correlation(t["photo"], flat, detail) == 0.0

@@ -20,6 +20,10 @@ A pair is linked (:func:`near_links`) when either rule holds:
    64-bit hashes by chance — random digit pairs fall within 10 bits with probability 2.3e-3 —
    and need near-identical embeddings, while a real copy of a photo may move its
    embedding to 0.45–0.7: a 90° rotation of scikit-image's camera has cosine 0.46);
+   Without that cosine, a candidate whose images both hold ≥ ``pixel_confirm_side`` px of
+   detail is confirmed when their grey thumbnails, aligned by a view (identity, mirror,
+   rotations, central crops) and compared at the detail the less detailed one holds, correlate
+   at ``pixel_confirm`` or more (:func:`aligned_correlation`);
 2. **embedding, verified**: cosine ≥ max(``similarity``, the same confirmation) among
    exact (faiss ``IndexFlatIP``, ≤ :data:`EXACT_MAX` rows) or HNSW neighbours, *and* some
    window of one image's grey 64 × 64 thumbnail (scales 1.0–0.6, 5 × 5 positions) hashes
@@ -324,6 +328,55 @@ def window_match(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, t
     return ok
 
 
+def _thumb_views(t: np.ndarray) -> list[np.ndarray]:
+    """``t`` (side, side) and its :data:`VIEW_NAMES` views (mirror, rotations, central crops) at the same size."""
+    from PIL import Image
+
+    side = t.shape[0]
+    im = Image.fromarray(t, mode="L")
+    out = [t, t[:, ::-1], np.rot90(t, 1), np.rot90(t, 2), np.rot90(t, 3)]
+    for c in CROPS:
+        d = round(side * (1 - c) / 2)
+        out.append(np.asarray(im.crop((d, d, side - d, side - d)).resize((side, side), Image.Resampling.LANCZOS)))
+    return out
+
+
+def _centred(t: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    v = np.asarray(Image.fromarray(np.ascontiguousarray(t), mode="L").resize((side, side), Image.Resampling.LANCZOS),
+                   dtype=np.float32)
+    return v - v.mean()
+
+
+def aligned_correlation(ta: np.ndarray, tb: np.ndarray, detail: float = THUMB_SIDE) -> float:
+    """The largest Pearson correlation of one grey thumbnail's views (:func:`_thumb_views`) with the other
+    thumbnail, both ways, compared at ``detail`` px (the effective side of the less detailed image,
+    8–64): 1.0 for a copy turned, mirrored or centrally cropped like a view; ≈0.99 for a colour-shifted,
+    grayscale, re-encoded or halved copy (bench/dup_semantic.py); 0 for a flat thumbnail."""
+    side = int(min(THUMB_SIDE, max(8, round(detail))))
+    va, vb = ([_centred(v, side) for v in _thumb_views(t)] for t in (ta, tb))
+    best = 0.0
+    for views, other in ((va, vb[0]), (vb, va[0])):
+        on = float(np.sqrt((other * other).sum()))
+        for v in views:
+            d = float(np.sqrt((v * v).sum())) * on
+            if d > 0:
+                best = max(best, float((v * other).sum()) / d)
+    return best
+
+
+def pixel_confirmed(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, detail: np.ndarray,
+                    threshold: float) -> np.ndarray:
+    """(m,) bool: each pair's :func:`aligned_correlation` at its ``detail`` (px) is at least ``threshold``
+    (unreadable thumbnails: False)."""
+    ok = np.zeros(len(pairs), dtype=bool)
+    for r, (i, j) in enumerate(np.asarray(pairs, dtype=np.int64)):
+        a, b = thumb(int(i)), thumb(int(j))
+        ok[r] = a is not None and b is not None and aligned_correlation(a, b, float(detail[r])) >= threshold
+    return ok
+
+
 def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *, views: np.ndarray | None = None,
                eff_side: np.ndarray | None = None, emb: np.ndarray | None = None, has_emb: np.ndarray | None = None,
                thumb: Callable[[int], np.ndarray | None] | None = None) -> Links:
@@ -333,8 +386,8 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
     degenerate); ``views``: (n, 7) uint64 or None; ``eff_side``: (n,) px (NaN: unknown, counted
     as detailed); ``emb``: (n, dim) unit rows or None (no embeddings: rule 1 without
     confirmation, no rule 2); ``has_emb``: (n,) bool, rows with a real embedding (others are
-    never confirmed nor searched); ``thumb``: thumbnail loader for rule 2's window check
-    (None: rule 2 off).
+    never confirmed by embedding nor searched); ``thumb``: thumbnail loader for rule 1's pixel
+    confirmation and rule 2's window check (None: both off).
     """
     n = len(full)
     cand = hash_candidates(full, views, usable, settings)
@@ -348,6 +401,11 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
         if len(cand):
             sims = pair_similarity(emb, cand)
             ok = has[cand[:, 0]] & has[cand[:, 1]] & (np.round(sims, 4) >= np.maximum(need[cand[:, 0]], need[cand[:, 1]]))
+            if thumb is not None:  # not confirmed by the embeddings: detailed enough images whose pixels line up
+                detail = np.minimum(side[cand[:, 0]], side[cand[:, 1]])
+                detailed = ~ok & (detail >= settings.pixel_confirm_side)
+                if detailed.any():
+                    ok[detailed] = pixel_confirmed(thumb, cand[detailed], detail[detailed], settings.pixel_confirm)
             cand = cand[ok]
         if thumb is not None and has.sum() >= 2:
             rows = np.flatnonzero(has)

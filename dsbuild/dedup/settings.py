@@ -38,6 +38,14 @@ class DedupSettings:
       ``[0.99, 0.97, 0.80, 0.40]`` for ``[12, 24, 64]`` px: small or simple images need
       near-identical embeddings — different digits rendered at 48 px reach cosine 0.97–0.99). Embedding neighbours with cosine ≥ ``similarity`` (default 0.85) whose
       pixels line up (a window of one hashes like the other) are near duplicates too.
+      A hash candidate the embeddings do not confirm is still a near duplicate when both
+      images hold at least ``pixel_confirm_side`` px of detail (default 16) and their grey
+      thumbnails, one turned by a view (mirror, rotation, central crop) and both shrunk to
+      the detail the less detailed one holds, correlate at ``pixel_confirm`` or more
+      (Pearson, default 0.985): copies of 32-px photos (colour shift, grayscale, rotation)
+      move their embeddings as far as two different thumbnails, but not their pixels.
+      bench/dup_semantic.py: different digits (8–12 px of detail) correlate up to 0.99, so
+      they are left out by the side; hard negatives of the planted set reach 0.974.
       ``outlier_k`` (default 60) neighbours give cleanlab's ``outlier_score``.
 
     ``group_warning`` (default 0.2): the build and ``status`` warn when more than this share
@@ -58,6 +66,8 @@ class DedupSettings:
     confirm: tuple[float, ...] = (0.99, 0.97, 0.80, 0.40)
     confirm_sides: tuple[float, ...] = (12.0, 24.0, 64.0)
     similarity: float = 0.85
+    pixel_confirm: float = 0.985
+    pixel_confirm_side: float = 16.0
     outlier_k: int = 60
     group_warning: float = 0.2
 
@@ -103,6 +113,10 @@ class DedupSettings:
             out.append(Problem("confirm_sides", f"must be increasing positive sides in px, not {list(sides)}"))
         if not _number(self.similarity) or not 0 < self.similarity <= 1:
             out.append(Problem("similarity", f"must be a cosine between 0 and 1, not {self.similarity}"))
+        if not _number(self.pixel_confirm) or not 0 < self.pixel_confirm <= 1:
+            out.append(Problem("pixel_confirm", f"must be a correlation between 0 and 1, not {self.pixel_confirm}"))
+        if not _number(self.pixel_confirm_side) or not self.pixel_confirm_side > 0:
+            out.append(Problem("pixel_confirm_side", f"must be a positive side in px, not {self.pixel_confirm_side}"))
         if isinstance(self.outlier_k, bool) or not isinstance(self.outlier_k, int) or not 1 <= self.outlier_k <= 1000:
             out.append(Problem("outlier_k", f"must be between 1 and 1000, not {self.outlier_k}"))
         if not _number(self.group_warning) or not 0 < self.group_warning <= 1:
