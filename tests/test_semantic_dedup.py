@@ -374,3 +374,47 @@ def test_pixel_confirmation_tells_a_copy_from_another_small_photo():
     assert neardup.aligned_correlation(t["photo"], t["other"], detail) < 0.9
     flat = np.full((64, 64), 128, dtype=np.uint8)
     assert neardup.aligned_correlation(t["photo"], flat, detail) == 0.0
+
+
+def _clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
+    """Unit vectors in 8 clusters plus a few far-off rows (outliers), float32."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(8, dim))
+    x = centres[rng.integers(0, 8, n)] + rng.normal(scale=0.6, size=(n, dim))
+    x[:5] = rng.normal(scale=3.0, size=(5, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_outlier_scores_from_the_faiss_graph_equal_cleanlabs_own_search():
+    import warnings
+
+    from cleanlab.outlier import OutOfDistribution
+
+    from dsbuild.dedup.signals import outlier_scores
+
+    emb = _clustered(600)
+    ours, flags = outlier_scores(emb, k=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = OutOfDistribution({"k": 60}).fit_score(features=emb, verbose=False)  # scikit-learn, brute force
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert set(np.argsort(ours)[:5]) == set(range(5)) and flags[:5].all()  # the far-off rows come first
+
+
+def test_neighbour_graph_leaves_each_row_out_also_with_hnsw(monkeypatch):
+    emb = _clustered(400)
+    exact = neardup.NeighbourGraph(emb, 10)
+    monkeypatch.setattr(neardup, "EXACT_MAX", 100)  # HNSW from 100 rows on
+    approx = neardup.NeighbourGraph(emb, 10)
+    assert exact.exact and not approx.exact
+    for g in (exact, approx):
+        dist, ids = g.kneighbors()
+        assert ids.shape == (400, 10) and not (ids == np.arange(400)[:, None]).any() and (ids >= 0).all()
+        assert (np.diff(dist, axis=1) >= -1e-6).all()  # nearest first
+    # HNSW finds (almost) the same neighbours as the exact search
+    dist_e, ids_e = exact.kneighbors()
+    _, ids_a = approx.kneighbors()
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids_e, ids_a)])
+    assert overlap > 0.9
+    i, j = 7, ids_e[7, 0]
+    assert abs(dist_e[7, 0] - (1 - float(emb[i] @ emb[j]))) < 1e-5

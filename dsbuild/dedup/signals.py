@@ -160,7 +160,8 @@ def outlier_scores(emb: np.ndarray, k: int = 60) -> tuple[np.ndarray, np.ndarray
     ``emb``: (n, dim) unit rows (near-duplicate copies removed first: an image with copies has
     close neighbours and looks normal). The score is ``exp(−d)`` with ``d`` the mean cosine
     distance to the ``min(k, n − 1)`` nearest neighbours (``cleanlab.outlier.OutOfDistribution``,
-    Kuan & Mueller 2022); the flag is Datalab's IQR rule (:data:`OUTLIER_THRESHOLD`). Needs n ≥ 3
+    Kuan & Mueller 2022, given the neighbours of :class:`~dsbuild.dedup.neardup.NeighbourGraph` — faiss,
+    not its own scikit-learn search: 100,000 images in ~50 s, not 464 s, bench/knn_scale.py); the flag is Datalab's IQR rule (:data:`OUTLIER_THRESHOLD`). Needs n ≥ 3
     (else all NaN / False). Blind spot (measured): low-information images (digits) among photos
     sit in the dense middle of ImageNet feature space and score as normal.
     """
@@ -171,7 +172,10 @@ def outlier_scores(emb: np.ndarray, k: int = 60) -> tuple[np.ndarray, np.ndarray
         return np.full(n, np.nan), np.zeros(n, dtype=bool)
     from cleanlab.outlier import OutOfDistribution
 
-    ood = OutOfDistribution({"k": int(min(k, n - 1))})
+    from dsbuild.dedup.neardup import NeighbourGraph
+
+    graph = NeighbourGraph(emb, k)  # faiss, not cleanlab's brute-force scikit-learn search (bench/knn_scale.py)
+    ood = OutOfDistribution({"k": graph.n_neighbors, "knn": graph})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scores = np.asarray(ood.fit_score(features=np.ascontiguousarray(emb, dtype=np.float32), verbose=False),
