@@ -13,15 +13,15 @@ vectors' clustering instead of being uniform noise. Timed, per N, in this proces
   ``similarity`` floor, k = 10 (what the build runs: faiss ``IndexFlatIP`` up to 50,000 rows,
   HNSW above);
 * **outlier scores** — :func:`dsbuild.dedup.signals.outlier_scores` (cleanlab's
-  ``OutOfDistribution``, k = ``outlier_k``; its own scikit-learn neighbour search);
+  ``OutOfDistribution``, k = ``outlier_k``, on faiss's neighbours: :class:`~dsbuild.dedup.neardup.NeighbourGraph`);
 * **phash pairs** — :func:`dsbuild.dedup.search.find_pairs` at the default threshold on N hashes
   (bench/near_dups.py's random hashes with 1 % planted neighbours);
 * **imagededup** ``PHash.find_duplicates`` on the same hashes up to ``--imagededup-max`` (quadratic:
   above it, an estimate from its cost per pair).
 
 Memory per image: the float32 vectors (what the search holds), the float16 cache on disk, and the
-process's peak RSS growth over the run. The 1M line extrapolates each stage from the two largest N
-(exact search grows as N², HNSW as N log N, the outlier search as N²).
+process's peak RSS over the run. The 1M line extrapolates each stage from the largest N (exact
+search grows as N², HNSW as N log N).
 
     .venv/bin/python bench/knn_scale.py                       # N = 10k, 20k, 50k, 100k (~10 min on 2 cores)
     .venv/bin/python bench/knn_scale.py --sizes 2000,10000    # quick
@@ -139,14 +139,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{n:>9,} | {t_pairs:>14.1f} s {len(pairs):>8,} | {t_out:>13.1f} s | {total:>10.1f} s | {t_ph:>10.2f} s | "
               f"{idd} | {rss_mb():>6,.0f} MB", flush=True)
         del emb
-    if len(rows) >= 2:
-        (n1, p1, o1), (n2, p2, o2) = rows[-2], rows[-1]
+    if rows:
+        n2, p2, o2 = rows[-1]
         big = 1_000_000
         hnsw = n2 > neardup.EXACT_MAX
-        p_est = p2 * (big * math.log(big)) / (n2 * math.log(n2)) if hnsw else p2 * (big / n2) ** 2
-        o_est = o2 * (big / n2) ** 2
+        # both searches are faiss's: exact (∝ N²) up to EXACT_MAX rows, HNSW (∝ N log N) above
+        grow_by = (big * math.log(big)) / (n2 * math.log(n2)) if hnsw else (big / n2) ** 2
+        p_est, o_est = p2 * grow_by, o2 * grow_by
         print(f"{'1M (est.)':>9} | {p_est:>14,.0f} s {'':>8} | {o_est:>13,.0f} s | {p_est + o_est:>10,.0f} s |"
-              f" {'':>12} | {'':>17} |  (neighbour pairs ∝ N log N {'(HNSW)' if hnsw else ''}, outliers ∝ N²)")
+              f" {'':>12} | {'':>17} |  (from {n2:,}: ∝ {'N log N (HNSW)' if hnsw else 'N² (exact)'})")
     dim = real.shape[1]
     print(f"\nmemory per image: {dim * 4:,} B float32 vectors in the search, {dim * 2:,} B float16 in the cache "
           f"(features/ beside the catalog); 1M images: {dim * 4 / 1e3:,.1f} GB in RAM, {dim * 2 / 1e3:,.1f} GB on disk. "
