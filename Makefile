@@ -32,4 +32,4 @@ bench: $(STAMP)
 	@echo "benchmarks: see bench/README.md"
 
 clean:
-	rm -rf $(VENV) catalog/*.duckdb catalog/*.duckdb.wal catalog/*.lock catalog/store catalog/models catalog/reports demo_data
+	rm -rf $(VENV) catalog/*.duckdb catalog/*.duckdb.wal catalog/*.lock catalog/*.want catalog/store catalog/models catalog/reports catalog/features catalog/thumbs demo_data
