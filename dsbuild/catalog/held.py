@@ -1,8 +1,9 @@
 """A read-write catalog connection kept open between short writes, given up when asked.
 
 The review app writes one label event per key press. Opening the DuckDB file for each
-(connect, check the schema, close with a checkpoint) costs more than the write itself
-(≈25 ms of a decision's ≈50 on a 10,000-image catalog), so the app keeps one
+(connect, check the schema, close with a checkpoint) costs ≈25 ms on a 10,000-image catalog, as
+much as a whole decision on an open connection (bench/ui.py: keypress → committed p95 36 ms held,
+198 ms opening the file per decision with the views' reads), so the app keeps one
 read-write connection — and the writers' :class:`~dsbuild.catalog.lock.BuildLock`, taken
 as a *yielding* holder — while decisions come. DuckDB lets one process hold a file
 read-write, so it must not keep other dsbuild processes out: a ``status``, ``query``,
