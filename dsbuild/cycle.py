@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dsbuild.catalog import BuildLock, Catalog, utcnow
+from dsbuild.catalog import BuildLock, Catalog, open_for_writing, utcnow
 from dsbuild.errors import DsbuildError, SettingsError
 from dsbuild.manifest import Dataset, Manifest
 
@@ -122,25 +122,13 @@ class _Writer:
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
-        self.lock = BuildLock(manifest.catalog)
+        self.lock: BuildLock | None = None
         self._first: Catalog | None = None
 
     def __enter__(self) -> "_Writer":
         if not manifest_catalog_exists(self.manifest):
             raise DsbuildError(f"no catalog at {self.manifest.catalog} — run `dsbuild build` first")
-        self.lock.acquire()
-        try:
-            # Holding the lock, no other writer runs: a run still marked running lost its process (killed).
-            cat = Catalog.open(self.manifest.catalog)
-            try:
-                cat.mark_runs_interrupted()
-            except BaseException:
-                cat.close()
-                raise
-            self._first = cat
-        except BaseException:
-            self.lock.release()
-            raise
+        self.lock, self._first = open_for_writing(self.manifest.catalog)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -149,7 +137,8 @@ class _Writer:
                 self._first.close()
                 self._first = None
         finally:
-            self.lock.release()
+            if self.lock is not None:
+                self.lock.release()
 
     def open(self) -> Catalog:
         """The catalog, read-write (close it, e.g. ``with w.open() as cat:``, before long work)."""

@@ -11,10 +11,10 @@ queries/        the built-in named queries (``*.sql``, shipped as package data)
 ==============  ==================================================================
 """
 
-from dsbuild.catalog.db import Catalog, translate_error, utcnow
+from dsbuild.catalog.db import Catalog, open_for_writing, translate_error, utcnow
 from dsbuild.catalog.lock import BuildLock
 from dsbuild.catalog.query import list_named_queries, named_query_dirs, resolve_named_query, sandboxed_query
 from dsbuild.catalog.schema import SCHEMA_VERSION
 
-__all__ = ["SCHEMA_VERSION", "BuildLock", "Catalog", "list_named_queries", "named_query_dirs",
+__all__ = ["SCHEMA_VERSION", "BuildLock", "Catalog", "list_named_queries", "named_query_dirs", "open_for_writing",
            "resolve_named_query", "sandboxed_query", "translate_error", "utcnow"]

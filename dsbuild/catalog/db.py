@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from dsbuild.catalog.lock import RETRY_S, ask_holder_to_yield, holder_yields, retry_while_yielding
+from dsbuild.catalog.lock import RETRY_S, BuildLock, ask_holder_to_yield, holder_yields, retry_while_yielding
 from dsbuild.catalog.schema import MIGRATIONS, QUALITY_ISSUES_OF, SCHEMA_VERSION, VIEWS
 from dsbuild.errors import CatalogBusy, DsbuildError
 
@@ -760,3 +760,25 @@ class Catalog:
             return self.df("SELECT * FROM label_issues WHERE dataset = ? ORDER BY rank", [dataset])
         return self.df("SELECT * FROM label_issues WHERE dataset = ? AND image_id IN (SELECT unnest(?)) ORDER BY rank",
                        [dataset, list(image_ids)])
+
+
+def open_for_writing(path: Path, *, yields: bool = False) -> "tuple[BuildLock, Catalog]":
+    """Take the writers' :class:`~dsbuild.catalog.lock.BuildLock` (``yields``: as a holder that gives the
+    catalog up when asked), open the catalog read-write and mark runs whose process died ``interrupted``
+    (holding the lock, no other writer runs). Returns ``(lock, catalog)``; the caller closes the catalog
+    and releases the lock. On any failure nothing stays taken. Raises CatalogBusy while another writer
+    holds the lock.
+    """
+    lock = BuildLock(path, yields=yields)
+    lock.acquire()
+    try:
+        cat = Catalog.open(path)
+        try:
+            cat.mark_runs_interrupted()
+        except BaseException:
+            cat.close()
+            raise
+    except BaseException:
+        lock.release()
+        raise
+    return lock, cat

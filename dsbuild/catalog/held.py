@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from dsbuild.catalog.db import Catalog
+from dsbuild.catalog.db import Catalog, open_for_writing
 from dsbuild.catalog.lock import YIELD_WAIT_S, BuildLock, want_path
 
 IDLE_S = 5.0
@@ -115,19 +115,7 @@ class HeldCatalog:
         deadline = time.monotonic() + YIELD_WAIT_S
         while self._asked_since(time.time_ns() - int(WANT_FRESH_S * 1e9)) and time.monotonic() < deadline:
             time.sleep(self.poll_s)
-        lock = BuildLock(self.path, yields=True)
-        lock.acquire()
-        try:
-            cat = Catalog.open(self.path)
-            try:
-                # Holding the lock, no other writer runs: a run still marked running lost its process.
-                cat.mark_runs_interrupted()
-            except BaseException:
-                cat.close()
-                raise
-        except BaseException:
-            lock.release()
-            raise
+        lock, cat = open_for_writing(self.path, yields=True)
         self._cat, self._build_lock = cat, lock
         self._held_since_ns = time.time_ns()
         self._last_use = time.monotonic()
