@@ -72,6 +72,11 @@ def _phash_of(pixels: np.ndarray) -> int:
     return int(np.packbits((low > np.median(low)).ravel()).view(">u8")[0])
 
 
+DIHEDRAL_OPS = {"hflip": np.fliplr, "rot90": lambda a: np.rot90(a, 1), "rot180": lambda a: np.rot90(a, 2),
+                "rot270": lambda a: np.rot90(a, 3)}
+"""The :data:`DIHEDRAL` views of a square pixel array (the phash views' and the pixel confirmation's)."""
+
+
 def phash_views(img: Any) -> dict[str, int]:
     """64-bit phash (int) of each view of a decoded PIL image: :data:`VIEW_NAMES` (and ``"full"``).
 
@@ -85,10 +90,8 @@ def phash_views(img: Any) -> dict[str, int]:
     gray = img if img.mode == "L" else img.convert("L")
     full = np.asarray(gray.resize((32, 32), Image.Resampling.LANCZOS))
     out = {"full": _phash_of(full)}
-    ops = {"hflip": np.fliplr, "rot90": lambda a: np.rot90(a, 1), "rot180": lambda a: np.rot90(a, 2),
-           "rot270": lambda a: np.rot90(a, 3)}
     for name in DIHEDRAL:
-        out[name] = _phash_of(np.ascontiguousarray(ops[name](full)))
+        out[name] = _phash_of(np.ascontiguousarray(DIHEDRAL_OPS[name](full)))
     w, h = gray.size
     for keep in CROPS:
         dx, dy = round(w * (1 - keep) / 2), round(h * (1 - keep) / 2)
@@ -367,7 +370,7 @@ def _thumb_views(t: np.ndarray) -> list[np.ndarray]:
 
     side = t.shape[0]
     im = Image.fromarray(t, mode="L")
-    out = [t, t[:, ::-1], np.rot90(t, 1), np.rot90(t, 2), np.rot90(t, 3)]
+    out = [t, *(DIHEDRAL_OPS[name](t) for name in DIHEDRAL)]
     for c in CROPS:
         d = round(side * (1 - c) / 2)
         out.append(np.asarray(im.crop((d, d, side - d, side - d)).resize((side, side), Image.Resampling.LANCZOS)))
