@@ -273,6 +273,10 @@ def test_similar_is_exact_and_leaves_the_query_out():
     ('similarity = 1.5', "similarity: must be a cosine between 0 and 1"),
     ('confirm = "high"', "confirm: must be a list of numbers"),
     ('embed_size = 16', "embed_size: must be between 64 and 512"),
+    ('pixel_confirm = 1.5', "pixel_confirm: must be a correlation between 0 and 1, not 1.5"),
+    ('pixel_confirm = "high"', "pixel_confirm: must be a number, not 'high'"),
+    ('pixel_confirm_side = 0', "pixel_confirm_side: must be a positive side in px, not 0"),
+    ('pixel_confim_side = 12', "did you mean 'pixel_confirm_side'?"),
 ])
 def test_dedup_settings_are_checked_at_load(tmp_path, table, message):
     from dsbuild.errors import ManifestError
