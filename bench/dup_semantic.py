@@ -25,8 +25,9 @@ phash (components)  phash ≤ 10, connected components (arch before the hostile-
 phash (star)        phash ≤ 10, grouped around representatives (no chaining)
 views               + mirror/rotation views ≤ 4 bits, crop views ≤ 6, no confirmation
 views+confirm       + embedding confirmation by effective side (0.99 / 0.97 / 0.80 / 0.40)
-confirm ≥64px 0.5   the same with 0.50 for images of ≥ 64 px effective side
-default             + embedding neighbours ≥ 0.85 verified by the window check (the defaults)
+no detail check     + pixel confirmation + embedding neighbours ≥ 0.85 verified by the window check
+                    (the defaults before the detail check: ``detail_confirm = 0``)
+default             the defaults: links between images of ≥ 24 px of detail also share their fine detail
 ==================  ===========================================================================
 
 Grouping (all but the first rule): around representatives, most pixels first, then the image
@@ -64,7 +65,7 @@ from dsbuild.verify import hashing  # noqa: E402
 from dsbuild.verify.settings import VerifySettings  # noqa: E402
 
 DEFAULT = DedupSettings()
-RULES = ("phash (components)", "phash (star)", "views", "views+confirm", "confirm ≥64px 0.5", "default")
+RULES = ("phash (components)", "phash (star)", "views", "views+confirm", "no detail check", "default")
 
 
 def cpu() -> float:
@@ -175,13 +176,16 @@ def run_rules(s: dict) -> dict[str, np.ndarray]:
     variants = {
         "views": (dataclasses.replace(DEFAULT, semantic=False), False),
         "views+confirm": (DEFAULT, False),
-        "confirm ≥64px 0.5": (dataclasses.replace(DEFAULT, confirm=DEFAULT.confirm[:-1] + (0.5,)), False),
+        "no detail check": (dataclasses.replace(DEFAULT, detail_confirm=0.0), True),
         "default": (DEFAULT, True),
     }
     for name, (settings, knn) in variants.items():
+        c0 = cpu()
         links = neardup.near_links(s["phash"], s["usable"], settings, views=s["views"], eff_side=s["eff"],
                                    emb=s["emb"] if settings.semantic else None, thumb=s["thumb"] if knn else None)
         out[name] = star_groups(n, links.rows(), s["pixels"], s["sha"])
+        if name in ("no detail check", "default"):
+            s["timing"][f"links: {name}"] = (cpu() - c0) / n
     return out
 
 
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         s = signals(datas, cache_dir=args.cache, threads=args.threads, time_sample=args.time_sample, verify=verify)
         c1 = cpu()
         reps = run_rules(s)
-        s["timing"]["rules, all five (per image)"] = (cpu() - c1) / len(datas)
+        s["timing"]["rules, all six (per image)"] = (cpu() - c1) / len(datas)
         timings[name] = s["timing"]
         print(f"\n== {name}: {len(datas)} files — {time.perf_counter() - t0:.0f} s wall, {cpu() - c0:.0f} CPU s, "
               f"load {os.getloadavg()[0]:.1f}")

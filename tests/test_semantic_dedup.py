@@ -18,7 +18,7 @@ from helpers import run_cli, skimage_photo
 from PIL import Image
 
 from dsbuild.catalog import Catalog
-from dsbuild.dedup import neardup
+from dsbuild.dedup import align, neardup
 from dsbuild.dedup.settings import DedupSettings
 from dsbuild.errors import SettingsError
 from dsbuild.manifest import load_manifest
@@ -277,6 +277,10 @@ def test_similar_is_exact_and_leaves_the_query_out():
     ('pixel_confirm = "high"', "pixel_confirm: must be a number, not 'high'"),
     ('pixel_confirm_side = 0', "pixel_confirm_side: must be a positive side in px, not 0"),
     ('pixel_confim_side = 12', "did you mean 'pixel_confirm_side'?"),
+    ('detail_confirm = -0.1', "detail_confirm: must be a correlation between 0 and 1 (0: off), not -0.1"),
+    ('detail_confirm = true', "detail_confirm: must be a number, not True"),
+    ('detail_confirm_side = -4', "detail_confirm_side: must be a positive side in px, not -4"),
+    ('detail_confrm = 0.9', "did you mean 'detail_confirm'?"),
 ])
 def test_dedup_settings_are_checked_at_load(tmp_path, table, message):
     from dsbuild.errors import ManifestError
@@ -378,6 +382,80 @@ def test_pixel_confirmation_tells_a_copy_from_another_small_photo():
     assert neardup.aligned_correlation(t["photo"], t["other"], detail) < 0.9
     flat = np.full((64, 64), 128, dtype=np.uint8)
     assert neardup.aligned_correlation(t["photo"], flat, detail) == 0.0
+
+
+def _scenes() -> dict[str, Image.Image]:
+    """Hard negatives from scikit-image: the two views of a stereo pair (one scene, a small parallax) and the top
+    two quadrants of a fundus photo (each nearly the other's mirror image)."""
+    import skimage.data
+
+    left, right, _ = skimage.data.stereo_motorcycle()
+    retina = Image.fromarray(skimage.data.retina())
+    w, h = retina.size
+    return {"stereoL": Image.fromarray(left), "stereoR": Image.fromarray(right),
+            "retinaTL": retina.crop((0, 0, w // 2, h // 2)), "retinaTR": retina.crop((w // 2, 0, w, h // 2))}
+
+
+def _hard_copies(img: Image.Image) -> dict[str, Image.Image]:
+    w, h = img.size
+    dx, dy = round(w * 0.1), round(h * 0.1)
+    return {"crop80": img.crop((dx, dy, w - dx, h - dy)), "flip": img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+            "gray": img.convert("L"), "warm": _warm(img)}
+
+
+@pytest.fixture(scope="module")
+def scenes_built(tmp_path_factory):
+    """The four hard negatives of :func:`_scenes`, each with a central crop (80 %), a mirrored, a grayscale and a
+    colour-shifted copy, as dataset ``scenes`` (defaults) and ``loose`` (the same folders, ``detail_confirm = 0``)."""
+    from dsbuild.pipeline import build
+
+    root = tmp_path_factory.mktemp("scenes")
+    for k, (name, img) in enumerate(_scenes().items()):
+        folder = root / "scenes" / ("a" if k % 2 == 0 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        img = img.convert("RGB")
+        img.save(folder / f"{name}.png")
+        for var, copy in _hard_copies(img).items():
+            copy.save(folder / f"{name}_{var}.jpg", quality=90)
+    classes = 'classes = { a = { folders = ["scenes/a"] }, b = { folders = ["scenes/b"] } }\n'
+    manifest = root / "datasets.toml"
+    manifest.write_text(f"[datasets.scenes]\n{classes}"
+                        f"[datasets.loose]\n{classes}[datasets.loose.dedup]\ndetail_confirm = 0\n")
+    m = load_manifest(manifest)
+    build(m, workers=2)
+    return m
+
+
+def _families(m, dataset: str):
+    df = _images(m, dataset)
+    df["picture"] = [Path(o).stem.split("_")[0] for o in df["origin"]]
+    rep = df["dup_of"].fillna(df["image_id"])
+    return df, df.assign(rep=rep).groupby("rep")["picture"].agg(lambda p: tuple(sorted(set(p))))
+
+
+def test_a_stereo_pair_and_mirrored_quadrants_stay_apart_while_their_copies_are_found(scenes_built):
+    df, groups = _families(scenes_built, "scenes")
+    assert len(df) == 20 and (df["status"] != "rejected").all()
+    # exactly one image of each picture stays; its four copies are its near duplicates, in its split
+    assert sorted(groups.tolist()) == [("retinaTL",), ("retinaTR",), ("stereoL",), ("stereoR",)]
+    assert (df.groupby("picture")["status"].apply(lambda s: (s == "duplicate").sum()) == 4).all()
+    assert (df.groupby("picture")["split"].nunique() == 1).all()
+    assert not df["conflict"].any()
+    # without the detail check the same images collapse across pictures (this test can fail)
+    _, loose = _families(scenes_built, "loose")
+    assert any(len(pics) > 1 for pics in loose)
+
+
+def test_detail_correlation_tells_a_copy_from_a_picture_of_the_same_layout():
+    scenes = {k: neardup.thumbnail(v) for k, v in _scenes().items()}
+    threshold = DedupSettings().detail_confirm
+    for name, img in _scenes().items():
+        for var, copy in _hard_copies(img.convert("RGB")).items():
+            assert align.detail_correlation(scenes[name], neardup.thumbnail(copy)) >= threshold, (name, var)
+    assert align.detail_correlation(scenes["stereoL"], scenes["stereoR"]) < threshold - 0.2
+    assert align.detail_correlation(scenes["retinaTL"], scenes["retinaTR"]) < threshold
+    flat = np.full((64, 64), 128, dtype=np.uint8)
+    assert align.detail_correlation(scenes["stereoL"], flat) == 0.0
 
 
 def _clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:

@@ -31,6 +31,12 @@ A pair is linked (:func:`near_links`) when either rule holds:
    the pixels must line up, so different pictures of the same texture or scene — cosine
    up to 0.97 — stay apart (:func:`window_match`).
 
+A link found either way between two images that both hold ≥ ``detail_confirm_side`` px of detail
+stands only when they also share their fine detail once lined up (:func:`dsbuild.dedup.align.detail_correlation` ≥
+``detail_confirm``; for rule 2 this replaces the window check): a stereo pair or the mirrored
+quadrants of a round object match in layout, hash and embedding, not in detail, while a copy —
+re-encoded, colour-shifted, mirrored, cropped anywhere — keeps it.
+
 Degenerate hashes (blank or solid images) are never evidence. Thresholds and their
 precision/recall: bench/dup_semantic.py and the README. The links go to
 :func:`dsbuild.dedup.grouping.regroup`, which groups around representatives (no chaining).
@@ -43,6 +49,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dsbuild.dedup.align import DIHEDRAL_OPS, coarse_views, detail_correlation
 from dsbuild.dedup.settings import DedupSettings
 
 DIHEDRAL = ("hflip", "rot90", "rot180", "rot270")
@@ -72,9 +79,6 @@ def _phash_of(pixels: np.ndarray) -> int:
     return int(np.packbits((low > np.median(low)).ravel()).view(">u8")[0])
 
 
-DIHEDRAL_OPS = {"hflip": np.fliplr, "rot90": lambda a: np.rot90(a, 1), "rot180": lambda a: np.rot90(a, 2),
-                "rot270": lambda a: np.rot90(a, 3)}
-"""The :data:`DIHEDRAL` views of a square pixel array (the phash views' and the pixel confirmation's)."""
 
 
 def phash_views(img: Any) -> dict[str, int]:
@@ -312,27 +316,33 @@ def embedding_pairs(emb: np.ndarray, floor: float, k: int = 10, *, max_k: int = 
     return pairs, pair_similarity(emb, pairs)
 
 
-def _window_hashes(thumb: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    im = Image.fromarray(thumb, mode="L")
-    side, out = thumb.shape[0], []
+def _window_boxes(side: int) -> list[tuple[int, int, int]]:
+    """``(x, y, w)`` of the square windows of a ``side``-px thumbnail: :data:`WINDOW_SCALES` × a
+    :data:`WINDOW_STEPS` × :data:`WINDOW_STEPS` grid of positions (one position at full size)."""
+    out = []
     for s in WINDOW_SCALES:
         w = max(8, round(side * s))
         free = side - w
         pos = sorted({round(free * k / (WINDOW_STEPS - 1)) for k in range(WINDOW_STEPS)}) if free > 0 else [0]
-        for y in pos:
-            for x in pos:
-                out.append(_phash_of(np.asarray(im.crop((x, y, x + w, y + w)).resize((32, 32), Image.Resampling.LANCZOS))))
-    return np.array(out, dtype=np.uint64)
+        out.extend((x, y, w) for y in pos for x in pos)
+    return out
 
 
-def window_match(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: int = WINDOW_THRESHOLD) -> np.ndarray:
-    """(m,) bool: for each pair (i, j), some window of one thumbnail is within ``threshold`` bits of the other's
-    whole thumbnail phash.
+def _window_hashes(thumb: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    im = Image.fromarray(thumb, mode="L")
+    return np.array([_phash_of(np.asarray(im.crop((x, y, x + w, y + w)).resize((32, 32), Image.Resampling.LANCZOS)))
+                     for x, y, w in _window_boxes(thumb.shape[0])], dtype=np.uint64)
+
+
+def matched_windows(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray,
+                    threshold: int = WINDOW_THRESHOLD) -> list[tuple[int, int, int, int] | None]:
+    """For each pair (i, j): the window of one thumbnail that hashes within ``threshold`` bits of the other's
+    whole thumbnail, as ``(row, x, y, w)`` (``row`` the image it was cut from; the closest window), or None.
 
     ``thumb(i)`` returns image ``i``'s :func:`thumbnail` (None when it cannot be read: no match).
-    A copy cropped anywhere to ≥ 60 % of each side passes; two pictures of one texture or
+    A copy cropped anywhere to ≥ 60 % of each side matches; two pictures of one texture or
     scene do not. Mirrored windows are *not* tried: the two halves of a symmetric object (a
     clock face) are each other's mirror at this resolution, and plain mirror copies are found
     by the hash views. ~5–10 ms per new image (window hashes cached per call).
@@ -353,15 +363,27 @@ def window_match(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, t
                 whole[i] = np.array([_phash_of(px)], dtype=np.uint64)
         return wins[i], whole[i]
 
-    ok = np.zeros(len(pairs), dtype=bool)
-    for r, (i, j) in enumerate(np.asarray(pairs, dtype=np.int64)):
+    out: list[tuple[int, int, int, int] | None] = []
+    for i, j in np.asarray(pairs, dtype=np.int64):
+        best: tuple[int, tuple[int, int, int, int]] | None = None
         for a, b in ((int(i), int(j)), (int(j), int(i))):
             wa, _ = get(a)
             _, tb = get(b)
-            if wa is not None and tb is not None and int(np.bitwise_count(wa[:, None] ^ tb[None, :]).min()) <= threshold:
-                ok[r] = True
-                break
-    return ok
+            if wa is None or tb is None:
+                continue
+            d = np.bitwise_count(wa ^ tb[0])
+            k = int(d.argmin())
+            if int(d[k]) <= threshold and (best is None or int(d[k]) < best[0]):
+                side = thumb(a).shape[0]
+                best = (int(d[k]), (a, *_window_boxes(side)[k]))
+        out.append(None if best is None else best[1])
+    return out
+
+
+def window_match(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: int = WINDOW_THRESHOLD) -> np.ndarray:
+    """(m,) bool: for each pair (i, j), some window of one thumbnail is within ``threshold`` bits of the other's
+    whole thumbnail phash (:func:`matched_windows`)."""
+    return np.array([w is not None for w in matched_windows(thumb, pairs, threshold)], dtype=bool)
 
 
 def _thumb_views(t: np.ndarray) -> list[np.ndarray]:
@@ -400,6 +422,32 @@ def aligned_correlation(ta: np.ndarray, tb: np.ndarray, detail: float = THUMB_SI
             if d > 0:
                 best = max(best, float((v * other).sum()) / d)
     return best
+
+
+def detail_confirmed(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: float,
+                     windows: list[tuple[int, int, int, int] | None] | None = None) -> np.ndarray:
+    """(m,) bool: each pair's :func:`detail_correlation` is at least ``threshold`` (unreadable thumbnails: False).
+
+    ``windows``: per pair, a window ``(row, x, y, w)`` of one image that lines up with the other
+    (:func:`matched_windows`) or None. Coarse views are cached for the last 4,096 images (~0.4 GB at most).
+    """
+    from functools import lru_cache
+
+    @lru_cache(maxsize=4096)
+    def views(i: int) -> np.ndarray | None:
+        t = thumb(i)
+        return None if t is None else coarse_views(t)
+
+    ok = np.zeros(len(pairs), dtype=bool)
+    for r, (i, j) in enumerate(np.asarray(pairs, dtype=np.int64)):
+        i, j = int(i), int(j)
+        w = windows[r] if windows is not None else None
+        if w is not None and w[0] == j:  # the window was cut from the second image: put it first
+            i, j = j, i
+        a, b, va, vb = thumb(i), thumb(j), views(i), views(j)
+        ok[r] = a is not None and b is not None and detail_correlation(
+            a, b, window=None if w is None else w[1:], views=(va, vb), enough=threshold) >= threshold
+    return ok
 
 
 def pixel_confirmed(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, detail: np.ndarray,
@@ -452,8 +500,11 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
                 kp = rows[kp]
                 keep = np.round(ks, 4) >= np.maximum(need[kp[:, 0]], need[kp[:, 1]])
                 kp = kp[keep]
-                kp = kp[window_match(thumb, kp)] if len(kp) else kp
-                by_emb = kp
+                by_emb = _pixels_line_up(kp, side, thumb, settings)
+        if thumb is not None and settings.detail_confirm > 0:
+            # Detailed hash links must also share their fine detail: layout alone (a stereo pair, mirrored quadrants)
+            # is not a copy.
+            cand = cand[_detail_ok(cand, side, thumb, settings)]
     pairs = _canonical(np.concatenate([cand, by_emb]))
     f = np.asarray(full, dtype=np.uint64)
     dist = np.bitwise_count(f[pairs[:, 0]] ^ f[pairs[:, 1]]).astype(np.int64)
@@ -472,6 +523,53 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
     sim = pair_similarity(emb, pairs) if emb is not None else np.full(len(pairs), np.nan, dtype=np.float32)
     return Links(i=pairs[:, 0], j=pairs[:, 1], distance=dist, similarity=sim, by_hash=member(cand),
                  by_embedding=member(by_emb), neighbours=neighbours)
+
+
+def _detailed(pairs: np.ndarray, side: np.ndarray, settings: DedupSettings) -> np.ndarray:
+    """(m,) bool: both images of the pair hold ≥ ``detail_confirm_side`` px of detail and the check is on."""
+    if settings.detail_confirm <= 0 or len(pairs) == 0:
+        return np.zeros(len(pairs), dtype=bool)
+    return np.minimum(side[pairs[:, 0]], side[pairs[:, 1]]) >= settings.detail_confirm_side
+
+
+def _detail_ok(pairs: np.ndarray, side: np.ndarray, thumb: Callable[[int], np.ndarray | None],
+               settings: DedupSettings) -> np.ndarray:
+    """(m,) bool: pairs not detailed enough to check, or sharing their detail (:func:`_share_detail`)."""
+    checked = _detailed(pairs, side, settings)
+    ok = ~checked
+    if checked.any():
+        ok[checked] = _share_detail(thumb, pairs[checked], settings.detail_confirm)
+    return ok
+
+
+def _share_detail(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: float,
+                  windows: list[tuple[int, int, int, int] | None] | None = None) -> np.ndarray:
+    """(m,) bool: :func:`detail_confirmed` lined up by a view; pairs that fail are tried again lined up by the
+    window of one that hashes like the other (an off-centre crop), computing ``windows`` when not given."""
+    ok = detail_confirmed(thumb, pairs, threshold)
+    retry = np.flatnonzero(~ok)
+    if len(retry):
+        found = matched_windows(thumb, pairs[retry]) if windows is None else [windows[r] for r in retry]
+        has = np.array([w is not None for w in found], dtype=bool)
+        if has.any():
+            ok[retry[has]] = detail_confirmed(thumb, pairs[retry[has]], threshold, [w for w in found if w is not None])
+    return ok
+
+
+def _pixels_line_up(pairs: np.ndarray, side: np.ndarray, thumb: Callable[[int], np.ndarray | None],
+                    settings: DedupSettings) -> np.ndarray:
+    """Embedding neighbours whose pixels line up: detailed pairs share their fine detail lined up by a view
+    (mirror, rotation, central crop) or by the window of one that hashes like the other; other pairs need
+    that window (:func:`matched_windows`)."""
+    if len(pairs) == 0:
+        return pairs
+    windows = matched_windows(thumb, pairs)
+    checked = _detailed(pairs, side, settings)
+    ok = np.array([w is not None for w in windows], dtype=bool)
+    if checked.any():
+        ok[checked] = _share_detail(thumb, pairs[checked], settings.detail_confirm,
+                                    [w for w, c in zip(windows, checked) if c])
+    return pairs[ok]
 
 
 def _neighbour_rows(found: tuple[np.ndarray, np.ndarray], rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,16 @@ class DedupSettings:
       move their embeddings as far as two different thumbnails, but not their pixels.
       bench/dup_semantic.py: different digits (8–12 px of detail) correlate up to 0.99, so
       they are left out by the side; hard negatives of the planted set reach 0.974.
+      Every link so found between two images that both hold at least
+      ``detail_confirm_side`` px of detail (default 24) must also share their *fine
+      detail*: once lined up (a mirror or rotation, then a crop of any share ~0.55–1.0,
+      anywhere, or the overlap of two crops), the thumbnails less their Gaussian blur
+      correlate at ``detail_confirm`` or more (Pearson, default 0.85; 0 turns the check
+      off). Two pictures that share only their layout — a stereo pair, the mirrored quadrants
+      of a round object — have near embeddings and near hashes but different detail
+      (:func:`dsbuild.dedup.align.detail_correlation`); a pair that shares its detail is
+      linked without the embeddings' window check, so crops combined with a mirror or
+      off-centre crops are found too (bench/dup_semantic.py).
       ``outlier_k`` (default 60) neighbours give cleanlab's ``outlier_score``.
 
     ``group_warning`` (default 0.2): the build and ``status`` warn when more than this share
@@ -68,6 +78,8 @@ class DedupSettings:
     similarity: float = 0.85
     pixel_confirm: float = 0.985
     pixel_confirm_side: float = 16.0
+    detail_confirm: float = 0.85
+    detail_confirm_side: float = 24.0
     outlier_k: int = 60
     group_warning: float = 0.2
 
@@ -117,6 +129,11 @@ class DedupSettings:
             out.append(Problem("pixel_confirm", f"must be a correlation between 0 and 1, not {self.pixel_confirm}"))
         if not _number(self.pixel_confirm_side) or not self.pixel_confirm_side > 0:
             out.append(Problem("pixel_confirm_side", f"must be a positive side in px, not {self.pixel_confirm_side}"))
+        if not _number(self.detail_confirm) or not 0 <= self.detail_confirm <= 1:
+            out.append(Problem("detail_confirm",
+                               f"must be a correlation between 0 and 1 (0: off), not {self.detail_confirm}"))
+        if not _number(self.detail_confirm_side) or not self.detail_confirm_side > 0:
+            out.append(Problem("detail_confirm_side", f"must be a positive side in px, not {self.detail_confirm_side}"))
         if isinstance(self.outlier_k, bool) or not isinstance(self.outlier_k, int) or not 1 <= self.outlier_k <= 1000:
             out.append(Problem("outlier_k", f"must be between 1 and 1000, not {self.outlier_k}"))
         if not _number(self.group_warning) or not 0 < self.group_warning <= 1:
