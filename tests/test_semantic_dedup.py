@@ -452,6 +452,14 @@ def test_detail_correlation_tells_a_copy_from_a_picture_of_the_same_layout():
     for name, img in _scenes().items():
         for var, copy in _hard_copies(img.convert("RGB")).items():
             assert align.detail_correlation(scenes[name], neardup.thumbnail(copy)) >= threshold, (name, var)
+    # two crops of one photo that each keep a part the other lost: compared where they overlap
+    photo = _scenes()["stereoL"]
+    w, h = photo.size
+    central = photo.crop((round(w * 0.075), round(h * 0.075), round(w * 0.925), round(h * 0.925)))
+    off = photo.crop((round(w * 0.17), round(h * 0.17), round(w * 0.97), round(h * 0.97)))
+    mirrored = central.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    assert align.detail_correlation(neardup.thumbnail(central), neardup.thumbnail(off)) >= threshold
+    assert align.detail_correlation(neardup.thumbnail(off), neardup.thumbnail(mirrored)) >= threshold
     assert align.detail_correlation(scenes["stereoL"], scenes["stereoR"]) < threshold - 0.2
     assert align.detail_correlation(scenes["retinaTL"], scenes["retinaTR"]) < threshold
     flat = np.full((64, 64), 128, dtype=np.uint8)
