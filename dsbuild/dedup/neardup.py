@@ -14,28 +14,28 @@ A pair is linked (:func:`near_links`) when either rule holds:
 
 1. **hash, confirmed**: the phashes are within ``threshold`` bits, or a mirror/rotation view
    of one within ``view_threshold`` (crop view: ``crop_threshold``) bits of the other's phash
-   — and, with embeddings, their cosine is at least
-   :meth:`~dsbuild.dedup.settings.DedupSettings.confirm_for` the smaller effective side of the
-   two (0.99 below 12 px, 0.97 below 24, 0.80 below 64, else 0.40: low-information images collide in
-   64-bit hashes by chance — random digit pairs fall within 10 bits with probability 2.3e-3 —
-   and need near-identical embeddings, while a real copy of a photo may move its
-   embedding to 0.45–0.7: a 90° rotation of scikit-image's camera has cosine 0.46);
-   Without that cosine, a candidate whose images both hold ≥ ``pixel_confirm_side`` px of
-   detail is confirmed when their grey thumbnails, aligned by a view (identity, mirror,
-   rotations, central crops) and compared at the detail the less detailed one holds, correlate
-   at ``pixel_confirm`` or more (:func:`aligned_correlation`);
-2. **embedding, verified**: cosine ≥ max(``similarity``, the same confirmation) among
-   exact (faiss ``IndexFlatIP``, ≤ :data:`EXACT_MAX` rows) or HNSW neighbours, *and* some
-   window of one image's grey 64 × 64 thumbnail (scales 1.0–0.6, 5 × 5 positions) hashes
-   within :data:`WINDOW_THRESHOLD` bits of the other's whole thumbnail:
-   the pixels must line up, so different pictures of the same texture or scene — cosine
-   up to 0.97 — stay apart (:func:`window_match`).
+   — and, with embeddings and thumbnails:
 
-A link found either way between two images that both hold ≥ ``detail_confirm_side`` px of detail
-stands only when they also share their fine detail once lined up (:func:`dsbuild.dedup.align.detail_correlation` ≥
-``detail_confirm``; for rule 2 this replaces the window check): a stereo pair or the mirrored
-quadrants of a round object match in layout, hash and embedding, not in detail, while a copy —
-re-encoded, colour-shifted, mirrored, cropped anywhere — keeps it.
+   * when both images hold ≥ ``detail_confirm_side`` px of detail, they share their fine
+     detail once lined up (:func:`dsbuild.dedup.align.detail_correlation` ≥ ``detail_confirm``):
+     a copy — re-encoded, colour-shifted, mirrored, cropped anywhere — keeps it, wherever its
+     embedding moved; a stereo pair or the mirrored quadrants of a round object share a
+     layout, a hash and a near embedding, not their detail;
+   * otherwise their cosine is at least :meth:`~dsbuild.dedup.settings.DedupSettings.confirm_for`
+     the smaller effective side of the two (0.99 below 12 px, 0.97 below 24, 0.80 below 64,
+     else 0.40 — the last two used only with the detail check off: low-information images
+     collide in 64-bit hashes by chance — random digit pairs fall within 10 bits with
+     probability 2.3e-3 — and need near-identical embeddings); or, failing that, both hold ≥
+     ``pixel_confirm_side`` px of detail and their grey thumbnails, aligned by a view and
+     compared at the detail the less detailed one holds, correlate at ``pixel_confirm`` or
+     more (:func:`aligned_correlation`);
+2. **embedding, verified**: cosine ≥ max(``similarity``, the same confirmation) among
+   exact (faiss ``IndexFlatIP``, ≤ :data:`EXACT_MAX` rows) or HNSW neighbours, *and* their
+   pixels line up: for images of ≥ ``detail_confirm_side`` px, the detail check above; for
+   others, some window of one image's grey 64 × 64 thumbnail (scales 1.0–0.6, 5 × 5
+   positions) hashes within :data:`WINDOW_THRESHOLD` bits of the other's whole thumbnail
+   (:func:`window_match`) — so different pictures of the same texture or scene (cosine up
+   to 0.97) stay apart.
 
 Degenerate hashes (blank or solid images) are never evidence. Thresholds and their
 precision/recall: bench/dup_semantic.py and the README. The links go to
@@ -483,13 +483,18 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
                              nan=np.inf)
         need = np.array([settings.confirm_for(s) for s in side])
         if len(cand):
+            # Images detailed enough for the detail check: it alone decides (a layout shared is not a copy; a copy
+            # keeps its detail, wherever its embedding moved). Others: the embeddings, then aligned pixels.
+            checked = _detailed(cand, side, settings) if thumb is not None else np.zeros(len(cand), dtype=bool)
             sims = pair_similarity(emb, cand)
             ok = has[cand[:, 0]] & has[cand[:, 1]] & (np.round(sims, 4) >= np.maximum(need[cand[:, 0]], need[cand[:, 1]]))
             if thumb is not None:  # not confirmed by the embeddings: detailed enough images whose pixels line up
                 detail = np.minimum(side[cand[:, 0]], side[cand[:, 1]])
-                detailed = ~ok & (detail >= settings.pixel_confirm_side)
-                if detailed.any():
-                    ok[detailed] = pixel_confirmed(thumb, cand[detailed], detail[detailed], settings.pixel_confirm)
+                pixels = ~ok & ~checked & (detail >= settings.pixel_confirm_side)
+                if pixels.any():
+                    ok[pixels] = pixel_confirmed(thumb, cand[pixels], detail[pixels], settings.pixel_confirm)
+            if checked.any():
+                ok[checked] = _share_detail(thumb, cand[checked], settings.detail_confirm)
             cand = cand[ok]
         if thumb is not None and has.sum() >= 2:
             rows = np.flatnonzero(has)
@@ -501,10 +506,6 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
                 keep = np.round(ks, 4) >= np.maximum(need[kp[:, 0]], need[kp[:, 1]])
                 kp = kp[keep]
                 by_emb = _pixels_line_up(kp, side, thumb, settings)
-        if thumb is not None and settings.detail_confirm > 0:
-            # Detailed hash links must also share their fine detail: layout alone (a stereo pair, mirrored quadrants)
-            # is not a copy.
-            cand = cand[_detail_ok(cand, side, thumb, settings)]
     pairs = _canonical(np.concatenate([cand, by_emb]))
     f = np.asarray(full, dtype=np.uint64)
     dist = np.bitwise_count(f[pairs[:, 0]] ^ f[pairs[:, 1]]).astype(np.int64)
@@ -530,16 +531,6 @@ def _detailed(pairs: np.ndarray, side: np.ndarray, settings: DedupSettings) -> n
     if settings.detail_confirm <= 0 or len(pairs) == 0:
         return np.zeros(len(pairs), dtype=bool)
     return np.minimum(side[pairs[:, 0]], side[pairs[:, 1]]) >= settings.detail_confirm_side
-
-
-def _detail_ok(pairs: np.ndarray, side: np.ndarray, thumb: Callable[[int], np.ndarray | None],
-               settings: DedupSettings) -> np.ndarray:
-    """(m,) bool: pairs not detailed enough to check, or sharing their detail (:func:`_share_detail`)."""
-    checked = _detailed(pairs, side, settings)
-    ok = ~checked
-    if checked.any():
-        ok[checked] = _share_detail(thumb, pairs[checked], settings.detail_confirm)
-    return ok
 
 
 def _share_detail(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: float,

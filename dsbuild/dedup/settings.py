@@ -53,9 +53,11 @@ class DedupSettings:
       correlate at ``detail_confirm`` or more (Pearson, default 0.85; 0 turns the check
       off). Two pictures that share only their layout — a stereo pair, the mirrored quadrants
       of a round object — have near embeddings and near hashes but different detail
-      (:func:`dsbuild.dedup.align.detail_correlation`); a pair that shares its detail is
-      linked without the embeddings' window check, so crops combined with a mirror or
-      off-centre crops are found too (bench/dup_semantic.py).
+      (:func:`dsbuild.dedup.align.detail_correlation`). For such images the check decides
+      alone: a hash candidate that shares its detail is a near duplicate whatever its
+      embedding (a JPEG-worn copy of a 32-px photo), and an embedding neighbour needs no
+      window check (crops combined with a mirror, off-centre crops); ``confirm`` and
+      ``pixel_confirm`` then serve the less detailed images (bench/dup_semantic.py).
       ``outlier_k`` (default 60) neighbours give cleanlab's ``outlier_score``.
 
     ``group_warning`` (default 0.2): the build and ``status`` warn when more than this share
