@@ -79,8 +79,6 @@ def _phash_of(pixels: np.ndarray) -> int:
     return int(np.packbits((low > np.median(low)).ravel()).view(">u8")[0])
 
 
-
-
 def phash_views(img: Any) -> dict[str, int]:
     """64-bit phash (int) of each view of a decoded PIL image: :data:`VIEW_NAMES` (and ``"full"``).
 
@@ -533,14 +531,13 @@ def _detailed(pairs: np.ndarray, side: np.ndarray, settings: DedupSettings) -> n
     return np.minimum(side[pairs[:, 0]], side[pairs[:, 1]]) >= settings.detail_confirm_side
 
 
-def _share_detail(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: float,
-                  windows: list[tuple[int, int, int, int] | None] | None = None) -> np.ndarray:
+def _share_detail(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: float) -> np.ndarray:
     """(m,) bool: :func:`detail_confirmed` lined up by a view; pairs that fail are tried again lined up by the
-    window of one that hashes like the other (an off-centre crop), computing ``windows`` when not given."""
+    window of one that hashes like the other (:func:`matched_windows`: a crop the views did not guess)."""
     ok = detail_confirmed(thumb, pairs, threshold)
     retry = np.flatnonzero(~ok)
     if len(retry):
-        found = matched_windows(thumb, pairs[retry]) if windows is None else [windows[r] for r in retry]
+        found = matched_windows(thumb, pairs[retry])
         has = np.array([w is not None for w in found], dtype=bool)
         if has.any():
             ok[retry[has]] = detail_confirmed(thumb, pairs[retry[has]], threshold, [w for w in found if w is not None])
@@ -550,16 +547,16 @@ def _share_detail(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, 
 def _pixels_line_up(pairs: np.ndarray, side: np.ndarray, thumb: Callable[[int], np.ndarray | None],
                     settings: DedupSettings) -> np.ndarray:
     """Embedding neighbours whose pixels line up: detailed pairs share their fine detail lined up by a view
-    (mirror, rotation, central crop) or by the window of one that hashes like the other; other pairs need
+    and a crop box (:func:`dsbuild.dedup.align.alignments`) or by the window of one that hashes like the other; other pairs need
     that window (:func:`matched_windows`)."""
     if len(pairs) == 0:
         return pairs
-    windows = matched_windows(thumb, pairs)
     checked = _detailed(pairs, side, settings)
-    ok = np.array([w is not None for w in windows], dtype=bool)
+    ok = np.zeros(len(pairs), dtype=bool)
     if checked.any():
-        ok[checked] = _share_detail(thumb, pairs[checked], settings.detail_confirm,
-                                    [w for w, c in zip(windows, checked) if c])
+        ok[checked] = _share_detail(thumb, pairs[checked], settings.detail_confirm)
+    if (~checked).any():
+        ok[~checked] = window_match(thumb, pairs[~checked])
     return pairs[ok]
 
 
