@@ -46,17 +46,9 @@ def write_tree(root: Path, *, train: int = TRAIN, test: int = TEST, start: int =
 
 
 def manifest_at(folder: Path, body: str) -> Path:
-    """``folder/datasets.toml`` with ``body``; near duplicates by the perceptual hash alone.
-
-    The photos here are crops of one picture per class (:func:`workflow_data.class_photos`), which the
-    crop views and embeddings (issue 17) rightly call near duplicates; these tests are about splits.
-    """
-    import re
-
+    """``folder/datasets.toml`` with ``body``, dedup at its defaults (the crops of
+    :func:`workflow_data.class_photos` share no detail: no near duplicates but the planted copy)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in dict.fromkeys(re.findall(r"^\[datasets\.([A-Za-z0-9_-]+)[.\]]", body, flags=re.M)):
-        if f"[datasets.{name}.dedup]" not in body:
-            body += f"\n[datasets.{name}.dedup]\nviews = false\nsemantic = false\n"
     path = folder / "datasets.toml"
     path.write_text(body)
     return path

@@ -4,8 +4,9 @@ A class is a base photo seen through one *view* (as it is, turned a quarter, ups
 down, mirrored, or in negative), so classes differ strongly (a model learns them from
 a handful of images) while every image of a class is another crop of the same scene.
 :func:`class_photos` picks the crops greedily so that no two images of the whole set are
-near duplicates under dsbuild's default perceptual hash (64-bit phash, threshold 10):
-the only duplicates a test sees are the ones it plants.
+near duplicates under dsbuild's defaults: crops of one photo overlap little (:data:`MAX_OVERLAP`,
+so they share no fine detail) and their perceptual hashes are far apart (:data:`MIN_DISTANCE`).
+The only duplicates a test sees are the ones it plants.
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: skimage.data photos that load offline (colour first), enough for 50+ classes with the views below.
+#: skimage.data photos that load offline (colour first), enough for 50+ classes with the views below. Not
+#: ``horse`` (a silhouette) or ``brick`` (a repeating wall): small crops of those are rightly near
+#: duplicates of one another (one white field and edge, one pattern of bricks) wherever they are taken.
 BASES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "colorwheel",
-         "retina", "camera", "coins", "moon", "page", "text", "horse", "clock", "grass", "gravel", "brick", "cell")
-VIEWS = ("plain", "quarter", "upside_down", "mirror", "negative")
+         "retina", "camera", "coins", "moon", "page", "text", "clock", "grass", "gravel", "cell")
+#: The negative comes second: its crops may repeat the boxes of the plain views (a negative's fine detail
+#: is the opposite of the photo's, never a copy of it), which leaves room for more crops per photo.
+VIEWS = ("plain", "negative", "quarter", "upside_down", "mirror")
 #: Smallest phash distance kept between any two generated images (the dedup default threshold is 10).
 MIN_DISTANCE = 16
+#: Largest share of the smaller of two crops of one base photo that they may have in common. Crops that
+#: overlap more share their fine detail and dsbuild rightly links them (issue 17, ``detail_confirm``):
+#: measured on 12 of the bases, 48-px crops overlapping ≤ 0.7 never reached a detail correlation of 0.75
+#: (the link needs 0.85), crops overlapping more did.
+MAX_OVERLAP = 0.4
 
 
 @lru_cache(maxsize=None)
@@ -61,12 +71,22 @@ def view(img: Image.Image, how: str) -> Image.Image:
     return img
 
 
-def _crop(img: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
-    w, h = img.size
-    scale = rng.uniform(0.55, 0.9)
+def _box(size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A random crop box of 20–40 % of each side of an image of ``size`` (w, h)."""
+    w, h = size
+    scale = rng.uniform(0.2, 0.4)
     cw, ch = int(w * scale), int(h * scale)
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    return img.crop((x, y, x + cw, y + ch)).resize((size, size), Image.Resampling.LANCZOS)
+    return x, y, x + cw, y + ch
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Area two boxes have in common, as a share of the smaller one."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    return iw * ih / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
 def _phash(img: Image.Image) -> int:
@@ -89,19 +109,27 @@ def class_photos(classes: tuple[tuple[str, str, str], ...], per_class: int, size
     enough distinct crops (then use fewer images or another base photo).
     """
     kept: list[int] = []
+    boxes: dict[tuple[str, bool], list[tuple[int, int, int, int]]] = {}  # (photo, negative?) → boxes taken, in its pixels
     out: dict[str, tuple[bytes, ...]] = {}
     for c, (name, base, how) in enumerate(classes):
-        src = view(base_photo(base), how)
+        photo = base_photo(base)
         rng = np.random.default_rng(1000 + c)
         images: list[bytes] = []
-        for _ in range(400):
+        taken = boxes.setdefault((base, how == "negative"), [])
+        for _ in range(4000):
             if len(images) == per_class:
                 break
-            data = jpeg(_crop(src, rng, size))
+            # Boxes are drawn on the base photo itself, so crops of one photo seen through two views
+            # (a mirror, a quarter turn) keep apart too: dsbuild looks for copies under those views.
+            box = _box(photo.size, rng)
+            if any(_overlap(box, other) > MAX_OVERLAP for other in taken):
+                continue
+            data = jpeg(view(photo.crop(box), how).resize((size, size), Image.Resampling.LANCZOS))
             with Image.open(io.BytesIO(data)) as decoded:  # hashed as the build will see it
                 h = _phash(decoded.convert("RGB"))
             if all(bin(h ^ k).count("1") >= MIN_DISTANCE for k in kept):
                 kept.append(h)
+                taken.append(box)
                 images.append(data)
         assert len(images) == per_class, f"only {len(images)} distinct crops for class {name} ({base}, {how})"
         out[name] = tuple(images)
@@ -123,7 +151,7 @@ PHOTOS = {
     "eyewear": {"glasses": "astronaut", "sunglasses": "coffee", "VR": "rocket", "none": "chelsea"},
     "wonders": {"great_wall": "astronaut", "petra": "coffee", "christ_redeemer": "chelsea", "machu_picchu": "rocket",
                 "chichen_itza": "hubble_deep_field", "colosseum": "immunohistochemistry", "taj_mahal": "colorwheel"},
-    "sharks-vs-dolphins": {"shark": "coffee", "dolphin": "astronaut"},
+    "sharks-vs-dolphins": {"shark": "immunohistochemistry", "dolphin": "chelsea"},
 }
 PER_QUERY = 5  # distinct photos each query returns (the manifest asks for 1000)
 #: What a machine without the internet adds to a shipped dataset: a tiny model with offline ImageNet weights
