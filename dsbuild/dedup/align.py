@@ -77,7 +77,7 @@ def coarse_views(t: np.ndarray) -> np.ndarray:
 
 
 def alignments(ta: np.ndarray, tb: np.ndarray, *, views: tuple[np.ndarray, np.ndarray] | None = None,
-               window: tuple[float, float, float] | None = None, starts: int = 2):
+               window: tuple[float, float, float] | None = None, starts: int = 2, coarse: bool = True):
     """Ways to line up two grey thumbnails, best guess first: yields ``(a, b)``, the parts of one turned by a
     dihedral op (:data:`DIHEDRAL_OPS` or none) and cut to a square box, and of the other, that cover
     each other, on one grid (float32).
@@ -87,9 +87,26 @@ def alignments(ta: np.ndarray, tb: np.ndarray, *, views: tuple[np.ndarray, np.nd
     ``views`` when cached). Each of the ``starts`` best boxes is yielded as it is, then moved and
     resized at full size (:func:`refine_box`); the next start is tried only when the refined
     box correlates below :data:`SURE_ALIGNMENT`. ``window``: ``(x, y, w)``, a box of ``ta`` known
-    to line up with ``tb`` (:func:`matched_windows`), tried last the same way. A copy cropped
-    to any share in ~0.55–1.0, anywhere, or two crops of one photo that overlap, line up to ~½ px.
+    to line up with ``tb`` (:func:`matched_windows`), tried last the same way; ``coarse=False``: the
+    window alone (the coarse starts were tried before). A copy cropped to any share in ~0.55–1.0,
+    anywhere, or two crops of one photo that overlap, line up to ~½ px.
     """
+    tries = []
+    if coarse:
+        tries = _coarse_starts(ta, tb, views, starts)
+    if window is not None:
+        tries.append((ta, tb.astype(np.float32), tuple(float(c) for c in window)))
+    for n, (xo, yf, box) in enumerate(tries):
+        yield _cut(xo, yf, box)
+        r, a, b = refine_box(xo, yf, box)
+        yield a, b
+        if r >= SURE_ALIGNMENT and coarse and n < starts:  # sure: skip the other coarse start (not a given window)
+            tries[n + 1:starts] = []
+
+
+def _coarse_starts(ta: np.ndarray, tb: np.ndarray, views: tuple[np.ndarray, np.ndarray] | None, starts: int
+                   ) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]:
+    """The ``starts`` best ``(thumbnail turned, other as float32, box)`` of the coarse search of :func:`alignments`."""
     va, vb = views if views is not None else (coarse_views(ta), coarse_views(tb))
     scores = np.concatenate([va.astype(np.float32) @ vb[_WHOLE].astype(np.float32),
                              vb.astype(np.float32) @ va[_WHOLE].astype(np.float32)])
@@ -100,14 +117,7 @@ def alignments(ta: np.ndarray, tb: np.ndarray, *, views: tuple[np.ndarray, np.nd
         x, y = (ta, tb) if k < per else (tb, ta)
         k = int(k % per)
         tries.append((np.ascontiguousarray(_OPS[k // len(boxes)](x)), y.astype(np.float32), boxes[k % len(boxes)]))
-    if window is not None:
-        tries.append((ta, tb.astype(np.float32), tuple(float(c) for c in window)))
-    for n, (xo, yf, box) in enumerate(tries):
-        yield _cut(xo, yf, box)
-        r, a, b = refine_box(xo, yf, box)
-        yield a, b
-        if r >= SURE_ALIGNMENT and n < starts:  # sure: skip the other coarse start (not a given window)
-            tries[n + 1:starts] = []
+    return tries
 
 
 OVERHANG = 0.15
@@ -115,9 +125,11 @@ OVERHANG = 0.15
 that each keep a part the other lost (an off-centre crop beside a central one) are compared where they overlap."""
 
 
-def _cut(t: np.ndarray, target: np.ndarray, box: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _cut(t: np.ndarray, target: np.ndarray, box: tuple[float, float, float], images: tuple | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
     """The square ``box`` = ``(x, y, w)`` of ``t`` (px, fractional allowed) laid over the whole of ``target``:
-    the part of each that the other covers, resampled to one grid, float32 — ``(a, b)``."""
+    the part of each that the other covers, resampled to one grid, float32 — ``(a, b)``. ``images``: both
+    as PIL images (``t`` mode L, ``target`` mode F), when the caller cuts the same pair many times."""
     from PIL import Image
 
     x, y, w = box
@@ -128,13 +140,18 @@ def _cut(t: np.ndarray, target: np.ndarray, box: tuple[float, float, float]) -> 
     u0, v0, u1, v1 = ((x0 - x) / w * tside, (y0 - y) / w * tside, (x1 - x) / w * tside, (y1 - y) / w * tside)
     inside = x0 == x and y0 == y and x1 == x + w and y1 == y + w  # the box lies in t: it covers all of target
     size = (tside, tside) if inside else (max(8, round(u1 - u0)), max(8, round(v1 - v0)))
-    a = np.asarray(Image.fromarray(np.ascontiguousarray(t), mode="L").resize(
-        size, Image.Resampling.LANCZOS, box=(x0, y0, x1, y1)), dtype=np.float32)
+    im_t, im_target = images if images is not None else _pil_pair(t, target)
+    a = np.asarray(im_t.resize(size, Image.Resampling.LANCZOS, box=(x0, y0, x1, y1)), dtype=np.float32)
     if inside:
         return a, target.astype(np.float32)
-    b = np.asarray(Image.fromarray(target.astype(np.float32), mode="F").resize(
-        size, Image.Resampling.LANCZOS, box=(u0, v0, u1, v1)), dtype=np.float32)
+    b = np.asarray(im_target.resize(size, Image.Resampling.LANCZOS, box=(u0, v0, u1, v1)), dtype=np.float32)
     return a, b
+
+
+def _pil_pair(t: np.ndarray, target: np.ndarray) -> tuple:
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(t), mode="L"), Image.fromarray(target.astype(np.float32), mode="F")
 
 
 REFINE_STEPS = (4.0, 2.0, 1.0, 0.5)
@@ -150,7 +167,8 @@ def refine_box(t: np.ndarray, target: np.ndarray, box: tuple[float, float, float
     A copy cropped anywhere within ~10 % of the starting box lines up to ~½ px."""
     side = float(t.shape[0])
     bx = tuple(float(c) for c in box)
-    best_a, best_b = _cut(t, target, bx)
+    images = _pil_pair(t, target)
+    best_a, best_b = _cut(t, target, bx, images)
     best_r = _pearson(best_a, best_b)
 
     def fits(b: tuple[float, float, float]) -> bool:
@@ -169,7 +187,7 @@ def refine_box(t: np.ndarray, target: np.ndarray, box: tuple[float, float, float
                 if not fits(nb):
                     continue
                 tries += 1
-                a, b = _cut(t, target, nb)
+                a, b = _cut(t, target, nb, images)
                 r = _pearson(a, b)
                 if r > best_r + 1e-6:
                     bx, best_r, best_a, best_b, moved = nb, r, a, b, True
@@ -179,7 +197,8 @@ def refine_box(t: np.ndarray, target: np.ndarray, box: tuple[float, float, float
 
 def detail_correlation(ta: np.ndarray, tb: np.ndarray, sigma: float = DETAIL_SIGMA, *,
                        window: tuple[int, int, int] | None = None,
-                       views: tuple[np.ndarray, np.ndarray] | None = None, enough: float | None = None) -> float:
+                       views: tuple[np.ndarray, np.ndarray] | None = None, enough: float | None = None,
+                       coarse: bool = True) -> float:
     """Pearson correlation of the fine detail of two grey thumbnails lined up (:func:`alignments`; the best
     of those tried): each minus its Gaussian blur (``sigma`` px). A copy — re-encoded, resized,
     colour-shifted, mirrored, rotated or cropped — keeps its detail (≥ 0.85 for 98 % of the hard
@@ -188,11 +207,12 @@ def detail_correlation(ta: np.ndarray, tb: np.ndarray, sigma: float = DETAIL_SIG
     wall ≤ 0.70, coins ≤ 0.36, gravel ≤ 0.11.
     0 for a flat thumbnail. ``window``: ``(x, y, w)``, a square of ``ta`` that lines up with the whole
     of ``tb`` (:func:`matched_windows`: an off-centre crop), tried as well; ``views``: both thumbnails'
-    :func:`coarse_views`, when cached; ``enough``: stop at the first alignment that reaches it."""
+    :func:`coarse_views`, when cached; ``enough``: stop at the first alignment that reaches it; ``coarse=False``:
+    only the ``window`` (:func:`alignments`)."""
     from scipy.ndimage import gaussian_filter
 
     best = 0.0
-    for a, b in alignments(ta, tb, views=views, window=window):
+    for a, b in alignments(ta, tb, views=views, window=window, coarse=coarse):
         best = max(best, _pearson(a - gaussian_filter(a, sigma), b - gaussian_filter(b, sigma)))
         if enough is not None and best >= enough:
             break

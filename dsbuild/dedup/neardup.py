@@ -423,12 +423,32 @@ def aligned_correlation(ta: np.ndarray, tb: np.ndarray, detail: float = THUMB_SI
 
 
 def detail_confirmed(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: float,
-                     windows: list[tuple[int, int, int, int] | None] | None = None) -> np.ndarray:
+                     windows: list[tuple[int, int, int, int] | None] | None = None, *,
+                     views: Callable[[int], np.ndarray | None] | None = None, coarse: bool = True) -> np.ndarray:
     """(m,) bool: each pair's :func:`detail_correlation` is at least ``threshold`` (unreadable thumbnails: False).
 
     ``windows``: per pair, a window ``(row, x, y, w)`` of one image that lines up with the other
-    (:func:`matched_windows`) or None. Coarse views are cached for the last 4,096 images (~0.4 GB at most).
+    (:func:`matched_windows`) or None; ``coarse=False``: those windows alone (pairs already tried by
+    the coarse search). ``views(i)``: image ``i``'s :func:`coarse_views` (:func:`cached_views`; one
+    made here when not given).
     """
+    views = views or cached_views(thumb)
+    ok = np.zeros(len(pairs), dtype=bool)
+    for r, (i, j) in enumerate(np.asarray(pairs, dtype=np.int64)):
+        i, j = int(i), int(j)
+        w = windows[r] if windows is not None else None
+        if w is not None and w[0] == j:  # the window was cut from the second image: put it first
+            i, j = j, i
+        a, b = thumb(i), thumb(j)
+        va, vb = (views(i), views(j)) if coarse else (None, None)
+        ok[r] = a is not None and b is not None and detail_correlation(
+            a, b, window=None if w is None else w[1:], views=(va, vb), enough=threshold, coarse=coarse) >= threshold
+    return ok
+
+
+def cached_views(thumb: Callable[[int], np.ndarray | None]) -> Callable[[int], np.ndarray | None]:
+    """``views(i)``: :func:`coarse_views` of ``thumb(i)`` (None when unreadable), kept for the last 4,096
+    images (95 KB each: ~0.4 GB at most)."""
     from functools import lru_cache
 
     @lru_cache(maxsize=4096)
@@ -436,16 +456,7 @@ def detail_confirmed(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarra
         t = thumb(i)
         return None if t is None else coarse_views(t)
 
-    ok = np.zeros(len(pairs), dtype=bool)
-    for r, (i, j) in enumerate(np.asarray(pairs, dtype=np.int64)):
-        i, j = int(i), int(j)
-        w = windows[r] if windows is not None else None
-        if w is not None and w[0] == j:  # the window was cut from the second image: put it first
-            i, j = j, i
-        a, b, va, vb = thumb(i), thumb(j), views(i), views(j)
-        ok[r] = a is not None and b is not None and detail_correlation(
-            a, b, window=None if w is None else w[1:], views=(va, vb), enough=threshold) >= threshold
-    return ok
+    return views
 
 
 def pixel_confirmed(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, detail: np.ndarray,
@@ -534,13 +545,15 @@ def _detailed(pairs: np.ndarray, side: np.ndarray, settings: DedupSettings) -> n
 def _share_detail(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: float) -> np.ndarray:
     """(m,) bool: :func:`detail_confirmed` lined up by a view; pairs that fail are tried again lined up by the
     window of one that hashes like the other (:func:`matched_windows`: a crop the views did not guess)."""
-    ok = detail_confirmed(thumb, pairs, threshold)
+    views = cached_views(thumb)
+    ok = detail_confirmed(thumb, pairs, threshold, views=views)
     retry = np.flatnonzero(~ok)
     if len(retry):
         found = matched_windows(thumb, pairs[retry])
         has = np.array([w is not None for w in found], dtype=bool)
         if has.any():
-            ok[retry[has]] = detail_confirmed(thumb, pairs[retry[has]], threshold, [w for w in found if w is not None])
+            ok[retry[has]] = detail_confirmed(thumb, pairs[retry[has]], threshold, [w for w in found if w is not None],
+                                              views=views, coarse=False)
     return ok
 
 
