@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 import pytest
 from helpers import run_cli, skimage_photo
 from PIL import Image
@@ -464,6 +465,30 @@ def test_detail_correlation_tells_a_copy_from_a_picture_of_the_same_layout():
     assert align.detail_correlation(scenes["retinaTL"], scenes["retinaTR"]) < threshold
     flat = np.full((64, 64), 128, dtype=np.uint8)
     assert align.detail_correlation(scenes["stereoL"], flat) == 0.0
+
+
+def test_a_watermarked_small_copy_shares_most_of_its_detail_blocks():
+    """A 32-px photo with a caption over a third of it: the caption spoils the detail of the whole (below the
+    threshold) but not of most blocks, so the block median links it; the hard negatives stay apart by it too."""
+    from PIL import ImageDraw, ImageFont
+
+    threshold = DedupSettings().detail_confirm
+    small = _scenes()["stereoL"].convert("RGB").resize((32, 32), Image.Resampling.LANCZOS)
+    marked = small.copy()  # a stock-photo mark, as web copies carry (white text, black outline, bottom right)
+    draw = ImageDraw.Draw(marked)
+    draw.text((1, 20), "© stock", font=ImageFont.load_default(size=10), fill=(255, 255, 255), stroke_width=1,
+              stroke_fill=(0, 0, 0))
+    a, b = neardup.thumbnail(small), neardup.thumbnail(marked)
+    whole = max(align._pearson(x - gaussian_filter(x, align.DETAIL_SIGMA), y - gaussian_filter(y, align.DETAIL_SIGMA))
+                for x, y in align.alignments(a, b))
+    assert whole < threshold  # the caption spoils the whole thumbnail's detail …
+    assert align.detail_correlation(a, b) >= threshold  # … not most blocks'
+    scenes = {k: neardup.thumbnail(v) for k, v in _scenes().items()}
+    for x, y in (("stereoL", "stereoR"), ("retinaTL", "retinaTR")):
+        da, db = (t.astype(np.float32) - gaussian_filter(t.astype(np.float32), align.DETAIL_SIGMA) for t in (scenes[x], scenes[y]))
+        assert align.block_median(da, db) < threshold, (x, y)
+    flat = np.zeros((64, 64), dtype=np.float32)
+    assert align.block_median(flat, flat) == 0.0  # no block with detail: no verdict
 
 
 def _clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
