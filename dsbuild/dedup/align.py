@@ -248,4 +248,5 @@ def block_median(da: np.ndarray, db: np.ndarray, flat: float = 0.5) -> float:
     return float(np.median(rs)) if len(rs) >= DETAIL_MIN_BLOCKS else 0.0
 
 
-__all__ = ["ALIGN_COARSE", "DETAIL_SIGMA", "DIHEDRAL_OPS", "alignments", "coarse_views", "detail_correlation", "refine_box"]
+__all__ = ["ALIGN_COARSE", "DETAIL_SIGMA", "DIHEDRAL_OPS", "alignments", "block_median", "coarse_views", "detail_correlation",
+           "refine_box"]
