@@ -238,14 +238,20 @@ def block_median(da: np.ndarray, db: np.ndarray, flat: float = 0.5) -> float:
     bh, bw = h // DETAIL_GRID, w // DETAIL_GRID
     if bh < 4 or bw < 4:
         return 0.0
-    rs = []
-    for y in range(DETAIL_GRID):
-        for x in range(DETAIL_GRID):
-            a_ = da[y * bh:(y + 1) * bh, x * bw:(x + 1) * bw]
-            b_ = db[y * bh:(y + 1) * bh, x * bw:(x + 1) * bw]
-            if a_.std() > flat and b_.std() > flat:
-                rs.append(_pearson(a_, b_))
-    return float(np.median(rs)) if len(rs) >= DETAIL_MIN_BLOCKS else 0.0
+    g = DETAIL_GRID
+
+    def blocks(d: np.ndarray) -> np.ndarray:  # (g², bh·bw): block y·g + x in row-major order
+        return d[:g * bh, :g * bw].reshape(g, bh, g, bw).transpose(0, 2, 1, 3).reshape(g * g, bh * bw)
+
+    a_, b_ = blocks(da), blocks(db)
+    keep = (a_.std(axis=1) > flat) & (b_.std(axis=1) > flat)
+    if int(keep.sum()) < DETAIL_MIN_BLOCKS:
+        return 0.0
+    a_ = a_[keep] - a_[keep].mean(axis=1, keepdims=True)
+    b_ = b_[keep] - b_[keep].mean(axis=1, keepdims=True)
+    d = np.sqrt((a_ * a_).sum(axis=1) * (b_ * b_).sum(axis=1))
+    rs = np.divide((a_ * b_).sum(axis=1), d, out=np.zeros(len(d), dtype=np.float64), where=d > 0)
+    return float(np.median(rs))
 
 
 __all__ = ["ALIGN_COARSE", "DETAIL_SIGMA", "DIHEDRAL_OPS", "alignments", "block_median", "coarse_views", "detail_correlation",

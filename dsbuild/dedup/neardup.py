@@ -329,9 +329,14 @@ def _window_boxes(side: int) -> list[tuple[int, int, int]]:
 def _window_hashes(thumb: np.ndarray) -> np.ndarray:
     from PIL import Image
 
+    import scipy.fftpack
+
     im = Image.fromarray(thumb, mode="L")
-    return np.array([_phash_of(np.asarray(im.crop((x, y, x + w, y + w)).resize((32, 32), Image.Resampling.LANCZOS)))
-                     for x, y, w in _window_boxes(thumb.shape[0])], dtype=np.uint64)
+    px = np.stack([np.asarray(im.crop((x, y, x + w, y + w)).resize((32, 32), Image.Resampling.LANCZOS))
+                   for x, y, w in _window_boxes(thumb.shape[0])]).astype(np.float64)
+    low = scipy.fftpack.dct(scipy.fftpack.dct(px, axis=1), axis=2)[:, :8, :8].reshape(len(px), 64)  # = _phash_of per window
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
 
 
 def matched_windows(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray,
