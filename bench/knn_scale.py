@@ -13,7 +13,11 @@ vectors' clustering instead of being uniform noise. Timed, per N, in this proces
   ``similarity`` floor, k = 10 (what the build runs: faiss ``IndexFlatIP`` up to 50,000 rows,
   HNSW above);
 * **outlier scores** — :func:`dsbuild.dedup.signals.outlier_scores` (cleanlab's
-  ``OutOfDistribution``, k = ``outlier_k``, on faiss's neighbours: :class:`~dsbuild.dedup.neardup.NeighbourGraph`);
+  ``OutOfDistribution``, k = ``outlier_k``) of the representatives (one image of each pair left out), on the
+  neighbours of the search above (:meth:`~dsbuild.dedup.neardup.KnnSearch.within`: what the build does);
+  "graph total" is both. **Before** (same run): the same scores from a search of their own
+  (:class:`~dsbuild.dedup.neardup.NeighbourGraph`, a second HNSW build and search), the total, and the ratio;
+  "rank agr." is the rank correlation of the two sets of scores;
 * **phash pairs** — :func:`dsbuild.dedup.search.find_pairs` at the default threshold on N hashes
   (bench/near_dups.py's random hashes with 1 % planted neighbours);
 * **imagededup** ``PHash.find_duplicates`` on the same hashes up to ``--imagededup-max`` (quadratic:
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--imagededup-max", type=int, default=20_000)
     ap.add_argument("--no-outliers", action="store_true", help="skip cleanlab's outlier search (quadratic)")
     args = ap.parse_args(argv)
+    import cleanlab.outlier  # noqa: F401 (imported before the clock starts)
     import faiss
     import torch
 
@@ -110,18 +115,30 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.getloadavg()[0]:.1f}; {len(real):,} real embeddings × {real.shape[1]} (efficientnet_lite0 @ 160 px); "
           f"neighbour floor {DEFAULT.similarity}, exact search up to {neardup.EXACT_MAX:,} rows, HNSW above")
     print(f"\n{'N':>9} | {'neighbour pairs':>16} {'pairs':>8} | {'outlier scores':>15} | {'graph total':>12} | "
-          f"{'phash pairs':>12} | {'imagededup PHash':>17} | {'peak RSS':>9}")
+          f"{'before: outliers, total, ratio':>31} | {'rank agr.':>9} | {'phash pairs':>12} | {'imagededup PHash':>17} | "
+          f"{'peak RSS':>9}")
     rows, per_pair = [], None
     for n in sizes:
         emb = grow(real, n)
         t0 = time.perf_counter()
-        pairs, _ = neardup.embedding_pairs(emb, DEFAULT.similarity)
+        first: list = []
+        pairs, _ = neardup.embedding_pairs(emb, DEFAULT.similarity, first=first, first_k=DEFAULT.outlier_k + 3)
         t_pairs = time.perf_counter() - t0
-        t_out = math.nan
+        t_out = t_alone = math.nan
         if not args.no_outliers:
+            # the build's order: outlier scores of the representatives (one image of each near-duplicate pair
+            # left out), their neighbours taken from the search above (KnnSearch.within) ...
+            reps = np.setdiff1d(np.arange(n), pairs[:, 1])
             t0 = time.perf_counter()
-            outlier_scores(emb, DEFAULT.outlier_k)
+            sims, ids, index = first[0]
+            graph = neardup.KnnSearch(emb=emb, rows=np.arange(n), ids=ids, sims=sims, index=index)
+            shared, _ = outlier_scores(emb[reps], DEFAULT.outlier_k, neighbours=graph.within(reps, DEFAULT.outlier_k))
             t_out = time.perf_counter() - t0
+            # ... beside the baseline: a search of their own (the build before the search was shared)
+            t0 = time.perf_counter()
+            alone, _ = outlier_scores(emb[reps], DEFAULT.outlier_k)
+            t_alone = time.perf_counter() - t0
+            agree = np.corrcoef(np.argsort(np.argsort(shared)), np.argsort(np.argsort(alone)))[0, 1]
         h = make_hashes(n)
         t0 = time.perf_counter()
         search.find_pairs(h, DEFAULT.threshold)
@@ -135,8 +152,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             idd = f"~{per_pair * n * (n - 1) / 2:>12,.0f} s est." if per_pair else f"{'-':>17}"
         total = t_pairs + (0 if math.isnan(t_out) else t_out)
+        before = t_pairs + (0 if math.isnan(t_alone) else t_alone)
         rows.append((n, t_pairs, t_out))
-        print(f"{n:>9,} | {t_pairs:>14.1f} s {len(pairs):>8,} | {t_out:>13.1f} s | {total:>10.1f} s | {t_ph:>10.2f} s | "
+        print(f"{n:>9,} | {t_pairs:>14.1f} s {len(pairs):>8,} | {t_out:>13.1f} s | {total:>10.1f} s | "
+              f"{t_alone:>11.1f} s {before:>8.1f} s  {before / total:>5.1f}× | "
+              f"{'-' if math.isnan(t_alone) else f'{agree:.4f}':>9} | {t_ph:>10.2f} s | "
               f"{idd} | {rss_mb():>6,.0f} MB", flush=True)
         del emb
     if rows:

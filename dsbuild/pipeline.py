@@ -475,7 +475,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
         summary.notes.append(note)
     _store_neighbours(cat, ds, items, updates, links)
     if sig is not None and sig.emb is not None:
-        _store_outliers(cat, ds, items, updates, sig)
+        _store_outliers(cat, ds, items, updates, sig, links)
     else:
         import pandas as pd
 
@@ -561,8 +561,9 @@ def group_warning(updates, ds: Dataset) -> str | None:
             f"--html dups.html` or `dsbuild query @duplicates` before trusting them")
 
 
-def _store_outliers(cat: Catalog, ds: Dataset, items, updates, sig) -> None:
-    """cleanlab outlier scores of the accepted representatives (status ok) with an embedding, into the catalog."""
+def _store_outliers(cat: Catalog, ds: Dataset, items, updates, sig, links=None) -> None:
+    """cleanlab outlier scores of the accepted representatives (status ok) with an embedding, into the catalog;
+    their neighbours come from the near-duplicate search of ``links`` when it covered them."""
     import numpy as np
     import pandas as pd
 
@@ -570,7 +571,9 @@ def _store_outliers(cat: Catalog, ds: Dataset, items, updates, sig) -> None:
 
     status = updates.set_index("image_id")["status"].reindex(items["image_id"]).to_numpy()
     rows = np.flatnonzero((status == "ok") & sig.has_emb)
-    scores, flag = outlier_scores(sig.emb[rows], ds.dedup.outlier_k)
+    search = links.search if links is not None else None
+    neighbours = search.within(rows, ds.dedup.outlier_k) if search is not None and search.emb is sig.emb else None
+    scores, flag = outlier_scores(sig.emb[rows], ds.dedup.outlier_k, neighbours=neighbours)
     frame = pd.DataFrame({"image_id": items["image_id"].to_numpy()[rows], "outlier_score": scores,
                           "is_outlier": flag})
     cat.set_outliers(ds.name, frame[np.isfinite(scores)])

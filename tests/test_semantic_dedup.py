@@ -533,3 +533,32 @@ def test_neighbour_graph_leaves_each_row_out_also_with_hnsw(monkeypatch):
     assert overlap > 0.9
     i, j = 7, ids_e[7, 0]
     assert abs(dist_e[7, 0] - (1 - float(emb[i] @ emb[j]))) < 1e-5
+
+
+def test_outlier_scores_from_the_builds_search_equal_a_search_of_the_representatives_alone():
+    """The build searches every embedded image once (near duplicates) and the outlier scores reuse that search
+    for the accepted representatives, a subset: the neighbours found must be those of a search of the subset."""
+    from dsbuild.dedup.signals import outlier_scores
+
+    emb = _clustered(700, seed=3)
+    rows = np.arange(700)
+    first: list = []
+    neardup.embedding_pairs(emb, 0.85, first=first, first_k=60)
+    sims, ids, index = first[0]
+    assert ids.shape == (700, 61)
+    search = neardup.KnnSearch(emb=emb, rows=rows, ids=ids, sims=sims, index=index)
+    rng = np.random.default_rng(0)
+    # a subset missing 40 % of the rows: many rows' 61 columns hold fewer than 60 subset rows (searched again)
+    subset = np.sort(rng.choice(700, 420, replace=False))
+    dist, pos = search.within(subset, 60)
+    own_dist, own_ids = neardup.NeighbourGraph(emb[subset], 60).kneighbors()
+    assert pos.shape == (420, 60) and (pos >= 0).all() and not (pos == np.arange(420)[:, None]).any()
+    assert np.abs(dist - own_dist).max() < 1e-5
+    assert np.mean([set(a) == set(b) for a, b in zip(pos, own_ids)]) > 0.99  # ties may swap the last one
+    shared, _ = outlier_scores(emb[subset], 60, neighbours=(dist, pos))
+    alone, _ = outlier_scores(emb[subset], 60)
+    assert np.abs(shared - alone).max() < 1e-6
+    # rows outside the search: no reuse
+    assert neardup.KnnSearch(emb=emb, rows=rows[:600], ids=ids[:600], sims=sims[:600], index=index).within(subset, 60) is None
+    with pytest.raises(ValueError, match="neighbours must be"):
+        neardup.NeighbourGraph(emb[subset], 60, neighbours=(dist[:, :10], pos[:, :10]))

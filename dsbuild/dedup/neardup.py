@@ -165,6 +165,57 @@ def thumbnail(img: Any, side: int = THUMB_SIDE) -> np.ndarray:
 # --------------------------------------------------------------------------- the two rules
 
 
+@dataclass
+class KnnSearch:
+    """One faiss search of the embedded rows, kept so that a later stage (the outlier scores) need not search again.
+
+    ``emb``: (n, dim) every item's embedding; ``rows``: (r,) sorted item rows searched; ``ids`` /
+    ``sims``: (r, K) each searched row's nearest rows (item rows, −1: none; self included), best first;
+    ``index``: the faiss index over ``emb[rows]`` (:func:`knn_index`), for rows that need more columns.
+    """
+
+    emb: np.ndarray
+    rows: np.ndarray
+    ids: np.ndarray
+    sims: np.ndarray
+    index: Any
+
+    def within(self, subset: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(distances, indices)``, each (len(subset), min(k, len(subset) − 1)): every ``subset`` row's nearest
+        other ``subset`` rows by cosine distance (1 − cosine, float64), indices as positions in ``subset``
+        (sorted item rows) — what :class:`NeighbourGraph` takes. Rows whose K columns hold too few
+        ``subset`` rows are searched again, 4 × wider, on the same index. None when ``subset`` reaches
+        outside the searched rows."""
+        subset = np.asarray(subset, dtype=np.int64)
+        k = int(min(k, len(subset) - 1))
+        if len(subset) < 2 or not np.isin(subset, self.rows).all():
+            return None
+        where = np.full(max(int(self.rows.max()), int(subset.max())) + 1, -1, dtype=np.int64)
+        where[subset] = np.arange(len(subset))
+        q = np.searchsorted(self.rows, subset)
+        ids, sims = self.ids[q], self.sims[q]
+        out_ids = np.full((len(subset), k), -1, dtype=np.int64)
+        out_dist = np.zeros((len(subset), k), dtype=np.float64)
+        todo = np.arange(len(subset))
+        width = ids.shape[1]
+        while True:
+            pos = np.where(ids >= 0, where[np.clip(ids, 0, None)], -1)
+            keep = (pos >= 0) & (pos != todo[:, None])
+            enough = keep.sum(axis=1) >= k
+            order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+            done = enough | (width >= len(self.rows))
+            out_ids[todo[done]] = np.take_along_axis(pos, order, axis=1)[done]
+            out_dist[todo[done]] = np.clip(1.0 - np.take_along_axis(sims, order, axis=1)[done], 0.0, 2.0)
+            todo = todo[~done]
+            if not len(todo):
+                return out_dist, out_ids
+            width = min(4 * width, len(self.rows))
+            if hasattr(self.index, "hnsw"):
+                self.index.hnsw.efSearch = max(64, width)
+            sims, found = self.index.search(np.ascontiguousarray(self.emb[self.rows[q[todo]]], dtype=np.float32), width)
+            ids = np.where(found >= 0, self.rows[np.clip(found, 0, None)], -1)
+
+
 @dataclass(frozen=True)
 class Links:
     """Near-duplicate links between rows, ``i < j``, sorted: arrays of shape (m,).
@@ -182,6 +233,8 @@ class Links:
     by_embedding: np.ndarray
     neighbours: tuple[np.ndarray, np.ndarray] | None = None
     """``(ids, sims)``, each (n, k): every embedded row's nearest other rows (−1: none), from the same search."""
+    search: KnnSearch | None = None
+    """That search, wider (``outlier_k`` + 1 columns), for the outlier scores to reuse."""
 
     def __len__(self) -> int:
         return len(self.i)
@@ -249,18 +302,18 @@ def knn_index(emb: np.ndarray, *, exact_max: int = EXACT_MAX) -> Any:
 
 
 def knn(emb: np.ndarray, k: int, *, queries: np.ndarray | None = None, exact_max: int = EXACT_MAX,
-        index: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        index: Any = None, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most similar rows (inner product) of each query row: ``(sims, ids)``, each (q, k), self included.
 
     ``index``: :func:`knn_index` of ``emb`` (built here when None); HNSW searches with efSearch
-    max(64, 2k). Missing neighbours are id −1.
+    ``ef`` (default max(64, 2k); the cost grows with it, not with k). Missing neighbours are id −1.
     """
     x = np.ascontiguousarray(emb, dtype=np.float32)
     n = len(x)
     if index is None:
         index = knn_index(x, exact_max=exact_max)
     if hasattr(index, "hnsw"):
-        index.hnsw.efSearch = max(64, 2 * k)
+        index.hnsw.efSearch = max(k, ef if ef is not None else max(64, 2 * k))
     q = x if queries is None else x[queries]
     return index.search(q, min(k, n))
 
@@ -278,13 +331,22 @@ class NeighbourGraph:
 
     metric = "cosine"
 
-    def __init__(self, emb: np.ndarray, k: int) -> None:
-        x = np.asarray(emb, dtype=np.float32)
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        n = len(x)
+    def __init__(self, emb: np.ndarray, k: int, *, neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """``neighbours``: ``(distances, indices)`` already found (:meth:`KnnSearch.within`: the build's one
+        search, reused), each (n, min(k, n − 1)); searched here when None."""
+        n = len(emb)
         self.n_neighbors = int(min(k, n - 1))
         self.exact = n <= EXACT_MAX
-        sims, ids = knn(x, self.n_neighbors + 1, exact_max=EXACT_MAX)
+        if neighbours is not None:
+            self._dist, self._ids = (np.asarray(a) for a in neighbours)
+            if self._ids.shape != (n, self.n_neighbors):
+                raise ValueError(f"neighbours must be ({n}, {self.n_neighbors}), not {self._ids.shape}")
+            return
+        x = np.asarray(emb, dtype=np.float32)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        # efSearch 64, not 2k: measured on 100,000 real-derived embeddings (k = 60), recall@61 0.979 vs 0.994 and
+        # the outlier scores' rank correlation with exact search 0.9996 vs 0.9997, at half the search time (38 vs 72 s)
+        sims, ids = knn(x, self.n_neighbors + 1, exact_max=EXACT_MAX, ef=64)
         rows = np.arange(n)[:, None]
         keep = ids != rows  # the row itself (wherever a tie put it), and ...
         keep &= ids >= 0
@@ -299,23 +361,28 @@ class NeighbourGraph:
 
 
 def embedding_pairs(emb: np.ndarray, floor: float, k: int = 10, *, max_k: int = 1024,
-                    exact_max: int = EXACT_MAX, first: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    exact_max: int = EXACT_MAX, first: list | None = None, first_k: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Every pair with cosine ≥ ``floor`` among the nearest neighbours: ``(pairs (m, 2), sims (m,))``.
 
     Rows whose k-th neighbour is still ≥ ``floor`` are searched again with 4k (up to
     ``max_k``), so with exact search this is a range search: no pair above the floor is lost
-    to a small k. ``first``: a list that receives the first search's ``(sims, ids)`` (k + 1
-    columns, self included).
+    to a small k. ``first``: a list that receives the first search's ``(sims, ids, index)``
+    (max(k, ``first_k``) + 1 columns, self included, and the faiss index, for later searches of the same
+    rows: :class:`KnnSearch`). The first search's HNSW efSearch stays that of k (its cost grows with
+    efSearch, hardly with the columns returned: 100,000 rows, 61 columns at efSearch 64 in 38 s, recall 0.98).
     """
     n = len(emb)
     if n < 2:
         return _EMPTY.copy(), np.zeros(0, dtype=np.float32)
-    kk, rows, found = min(k + 1, n), np.arange(n), []
+    kk, rows, found = min(max(k, first_k) + 1, n), np.arange(n), []
     index = knn_index(emb, exact_max=exact_max)  # once: the wider searches below reuse it
+    ef = max(64, 2 * (k + 1))
     while True:
-        sims, ids = knn(emb, kk, queries=rows, index=index)
+        sims, ids = knn(emb, kk, queries=rows, index=index, ef=ef)
+        ef = None
         if first is not None and not first:
-            first.append((sims, ids))
+            first.append((sims, ids, index))
         qi = np.repeat(rows, ids.shape[1])
         keep = (np.round(sims.ravel(), 4) >= floor) & (ids.ravel() >= 0)
         found.append(np.column_stack([qi[keep], ids.ravel()[keep]]))
@@ -513,7 +580,7 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
     n = len(full)
     cand = hash_candidates(full, views, usable, settings)
     by_emb = _EMPTY
-    neighbours = None
+    neighbours = search = None
     if emb is not None:
         has = np.ones(n, dtype=bool) if has_emb is None else np.asarray(has_emb, dtype=bool)
         side = np.nan_to_num(np.asarray(eff_side if eff_side is not None else np.full(n, np.nan), dtype=np.float64),
@@ -536,8 +603,14 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
         if thumb is not None and has.sum() >= 2:
             rows = np.flatnonzero(has)
             first: list = []
-            kp, ks = embedding_pairs(emb[rows], settings.similarity, first=first)
-            neighbours = _neighbour_rows(first[0], rows, n) if first else None
+            # as wide as the outlier scores need, and a few more (a row whose list holds a duplicate left out
+            # of the scores is searched again): 64 columns cost what 11 do at HNSW's efSearch 64
+            kp, ks = embedding_pairs(emb[rows], settings.similarity, first=first, first_k=settings.outlier_k + 3)
+            if first:
+                sims, ids, index = first[0]
+                neighbours = _neighbour_rows((sims[:, :11], ids[:, :11]), rows, n)
+                search = KnnSearch(emb=emb, rows=rows, ids=np.where(ids >= 0, rows[np.clip(ids, 0, None)], -1),
+                                   sims=sims, index=index)
             if len(kp):
                 kp = rows[kp]
                 keep = np.round(ks, 4) >= np.maximum(need[kp[:, 0]], need[kp[:, 1]])
@@ -560,7 +633,7 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
 
     sim = pair_similarity(emb, pairs) if emb is not None else np.full(len(pairs), np.nan, dtype=np.float32)
     return Links(i=pairs[:, 0], j=pairs[:, 1], distance=dist, similarity=sim, by_hash=member(cand),
-                 by_embedding=member(by_emb), neighbours=neighbours)
+                 by_embedding=member(by_emb), neighbours=neighbours, search=search)
 
 
 def _detailed(pairs: np.ndarray, side: np.ndarray, settings: DedupSettings) -> np.ndarray:

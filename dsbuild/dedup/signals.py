@@ -154,7 +154,8 @@ OUTLIER_THRESHOLD = 0.37037
 k nearest neighbours exceeds Q3 + (1 / 0.37037 − 1) × IQR of those distances (``OutlierIssueManager``)."""
 
 
-def outlier_scores(emb: np.ndarray, k: int = 60) -> tuple[np.ndarray, np.ndarray]:
+def outlier_scores(emb: np.ndarray, k: int = 60, *, neighbours: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """cleanlab's ``outlier_score`` (n,) in (0, 1], low = more unusual, and Datalab's outlier flag (n,) bool.
 
     ``emb``: (n, dim) unit rows (near-duplicate copies removed first: an image with copies has
@@ -163,7 +164,10 @@ def outlier_scores(emb: np.ndarray, k: int = 60) -> tuple[np.ndarray, np.ndarray
     Kuan & Mueller 2022, given the neighbours of :class:`~dsbuild.dedup.neardup.NeighbourGraph` — faiss,
     not its own scikit-learn search: 100,000 images in ~50 s, not 464 s, bench/knn_scale.py); the flag is Datalab's IQR rule (:data:`OUTLIER_THRESHOLD`). Needs n ≥ 3
     (else all NaN / False). Blind spot (measured): low-information images (digits) among photos
-    sit in the dense middle of ImageNet feature space and score as normal.
+    sit in the dense middle of ImageNet feature space and score as normal. ``neighbours``: each row's
+    ``min(k, n − 1)`` nearest other rows already found, ``(cosine distances, row indices)``
+    (:meth:`dsbuild.dedup.neardup.KnnSearch.within`: the build's near-duplicate search, reused — at 100,000
+    images that saves an HNSW build and a search, bench/knn_scale.py); searched here when None.
     """
     import warnings
 
@@ -174,7 +178,7 @@ def outlier_scores(emb: np.ndarray, k: int = 60) -> tuple[np.ndarray, np.ndarray
 
     from dsbuild.dedup.neardup import NeighbourGraph
 
-    graph = NeighbourGraph(emb, k)  # faiss, not cleanlab's brute-force scikit-learn search (bench/knn_scale.py)
+    graph = NeighbourGraph(emb, k, neighbours=neighbours)  # faiss, not cleanlab's brute-force search (bench/knn_scale.py)
     ood = OutOfDistribution({"k": graph.n_neighbors, "knn": graph})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
