@@ -620,8 +620,9 @@ def near_links_for(items, ds: Dataset, signals):
     emb = signals.emb if ds.dedup.semantic else None
     has = signals.has_emb.copy()
     has[np.setdiff1d(np.arange(n), pos)] = False
+    key = np.unique(items["sha256"].fillna("").astype(str).to_numpy(), return_inverse=True)[1]  # content, not row order
     return near_links(full, usable, ds.dedup, views=views, eff_side=signals.eff_side, emb=emb, has_emb=has,
-                      thumb=thumb_loader(items, ds.verify) if emb is not None else None)
+                      thumb=thumb_loader(items, ds.verify) if emb is not None else None, key=key)
 
 
 def near_pairs_for(items, ds: Dataset):

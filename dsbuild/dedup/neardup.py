@@ -567,7 +567,7 @@ def pixel_confirmed(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray
 
 def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *, views: np.ndarray | None = None,
                eff_side: np.ndarray | None = None, emb: np.ndarray | None = None, has_emb: np.ndarray | None = None,
-               thumb: Callable[[int], np.ndarray | None] | None = None) -> Links:
+               thumb: Callable[[int], np.ndarray | None] | None = None, key: np.ndarray | None = None) -> Links:
     """Confirmed near-duplicate links of n images by the two rules of the module docstring.
 
     ``full``: (n,) uint64 phashes; ``usable``: (n,) bool, rows whose hash is evidence (not
@@ -575,7 +575,10 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
     as detailed); ``emb``: (n, dim) unit rows or None (no embeddings: rule 1 without
     confirmation, no rule 2); ``has_emb``: (n,) bool, rows with a real embedding (others are
     never confirmed by embedding nor searched); ``thumb``: thumbnail loader for rule 1's pixel
-    confirmation and rule 2's window check (None: both off).
+    confirmation and rule 2's window check (None: both off); ``key``: (n,) a sortable key of each row's
+    content (the blob's sha256): the pixel checks are not symmetric (one image's box is refined on the
+    other), so each pair is checked lower key first — the same links whatever order the rows come in (a
+    resumed build sees its images in another order than a fresh one).
     """
     n = len(full)
     cand = hash_candidates(full, views, usable, settings)
@@ -598,7 +601,7 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
                 if pixels.any():
                     ok[pixels] = pixel_confirmed(thumb, cand[pixels], detail[pixels], settings.pixel_confirm)
             if checked.any():
-                ok[checked] = _share_detail(thumb, cand[checked], settings.detail_confirm)
+                ok[checked] = _share_detail(thumb, _oriented(cand[checked], key), settings.detail_confirm)
             cand = cand[ok]
         if thumb is not None and has.sum() >= 2:
             rows = np.flatnonzero(has)
@@ -615,7 +618,7 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
                 kp = rows[kp]
                 keep = np.round(ks, 4) >= np.maximum(need[kp[:, 0]], need[kp[:, 1]])
                 kp = kp[keep]
-                by_emb = _pixels_line_up(kp, side, thumb, settings)
+                by_emb = _canonical(_pixels_line_up(_oriented(kp, key), side, thumb, settings))
     pairs = _canonical(np.concatenate([cand, by_emb]))
     f = np.asarray(full, dtype=np.uint64)
     dist = np.bitwise_count(f[pairs[:, 0]] ^ f[pairs[:, 1]]).astype(np.int64)
@@ -641,6 +644,14 @@ def _detailed(pairs: np.ndarray, side: np.ndarray, settings: DedupSettings) -> n
     if settings.detail_confirm <= 0 or len(pairs) == 0:
         return np.zeros(len(pairs), dtype=bool)
     return np.minimum(side[pairs[:, 0]], side[pairs[:, 1]]) >= settings.detail_confirm_side
+
+
+def _oriented(pairs: np.ndarray, key: np.ndarray | None) -> np.ndarray:
+    """``pairs`` (m, 2), each turned so that its lower ``key`` comes first (ties and ``key`` None: as given)."""
+    if key is None or len(pairs) == 0:
+        return pairs
+    swap = key[pairs[:, 0]] > key[pairs[:, 1]]
+    return np.where(swap[:, None], pairs[:, ::-1], pairs)
 
 
 def _share_detail(thumb: Callable[[int], np.ndarray | None], pairs: np.ndarray, threshold: float) -> np.ndarray:
