@@ -326,7 +326,7 @@ class NeighbourGraph:
     the row itself left out (as ``NearestNeighbors.kneighbors(None)`` leaves it out).
 
     cleanlab's own search (scikit-learn, brute force) takes 464 s for 100,000 × 1280 on 2 cores where this
-    takes ~50 s (bench/knn_scale.py); the scores it gives are cleanlab's, from these distances.
+    takes ~65 s (bench/knn_scale.py; ~1 s reusing the build's search, :meth:`KnnSearch.within`); the scores it gives are cleanlab's, from these distances.
     """
 
     metric = "cosine"

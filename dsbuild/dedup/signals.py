@@ -162,7 +162,7 @@ def outlier_scores(emb: np.ndarray, k: int = 60, *, neighbours: tuple[np.ndarray
     close neighbours and looks normal). The score is ``exp(−d)`` with ``d`` the mean cosine
     distance to the ``min(k, n − 1)`` nearest neighbours (``cleanlab.outlier.OutOfDistribution``,
     Kuan & Mueller 2022, given the neighbours of :class:`~dsbuild.dedup.neardup.NeighbourGraph` — faiss,
-    not its own scikit-learn search: 100,000 images in ~50 s, not 464 s, bench/knn_scale.py); the flag is Datalab's IQR rule (:data:`OUTLIER_THRESHOLD`). Needs n ≥ 3
+    not its own scikit-learn search: 100,000 images in ~65 s, not 464 s, bench/knn_scale.py); the flag is Datalab's IQR rule (:data:`OUTLIER_THRESHOLD`). Needs n ≥ 3
     (else all NaN / False). Blind spot (measured): low-information images (digits) among photos
     sit in the dense middle of ImageNet feature space and score as normal. ``neighbours``: each row's
     ``min(k, n − 1)`` nearest other rows already found, ``(cosine distances, row indices)``
