@@ -602,3 +602,21 @@ def test_links_do_not_depend_on_the_order_of_the_rows(tmp_path):
     forward, backward = links(items), links(items.iloc[::-1])  # every pair seen the other way round
     assert forward == backward
     assert forward  # the turned copies of one photo that do line up are linked
+
+
+@pytest.mark.parametrize("kernel, resample", [("lanczos", Image.Resampling.LANCZOS), ("box", Image.Resampling.BOX)])
+def test_resample_weights_equal_pillows_float_resize(kernel, resample):
+    """The detail check cuts by ``W_y @ t @ W_x.T`` with cached weights instead of a Pillow resize per cut: the
+    weights must be Pillow's own (its mode-F resize, no 8-bit rounding), for growing and shrinking boxes."""
+    t = np.asarray(skimage_photo("camera").convert("L").resize((64, 64), Image.Resampling.LANCZOS), dtype=np.float32)
+    im = Image.fromarray(t, mode="F")
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        w = float(rng.uniform(20, 64))
+        x, y = (float(v) for v in rng.uniform(0, 64 - w, 2))
+        size = (int(rng.integers(8, 72)), int(rng.integers(8, 72)))
+        ours = align.resample_weights(y, y + w, 64, size[1], kernel) @ t @ align.resample_weights(x, x + w, 64, size[0], kernel).T
+        theirs = np.asarray(im.resize(size, resample, box=(x, y, x + w, y + w)), dtype=np.float32)
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 0.01, (kernel, x, y, w, size)
+    with pytest.raises(ValueError, match="kernel must be"):
+        align.resample_weights(0.0, 8.0, 64, 8, "bicubic")
