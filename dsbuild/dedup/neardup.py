@@ -67,17 +67,25 @@ THUMB_SIDE = 64
 WINDOW_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)
 WINDOW_STEPS = 5
 _EMPTY = np.zeros((0, 2), dtype=np.int64)
+NEIGHBOURS = 10
+"""Nearest images kept per image for the ``neighbours`` view (and the first k of :func:`embedding_pairs`)."""
 
 
 # --------------------------------------------------------------------------- per-image signals
 
 
-def _phash_of(pixels: np.ndarray) -> int:
-    import scipy.fftpack  # imagehash's transform: the same floats as dsbuild.verify.hashing
+def _phashes(pixels: np.ndarray) -> np.ndarray:
+    """(m,) uint64: the phash of each of ``pixels`` (m, 32, 32), in one batched DCT (imagehash's transform:
+    the same floats as dsbuild.verify.hashing)."""
+    import scipy.fftpack
 
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(np.asarray(pixels, dtype=np.float64), axis=0), axis=1)
-    low = dct[:8, :8]
-    return int(np.packbits((low > np.median(low)).ravel()).view(">u8")[0])
+    px = np.asarray(pixels, dtype=np.float64)
+    low = scipy.fftpack.dct(scipy.fftpack.dct(px, axis=1), axis=2)[:, :8, :8].reshape(len(px), 64)
+    return np.packbits(low > np.median(low, axis=1, keepdims=True), axis=1).view(">u8")[:, 0].astype(np.uint64)
+
+
+def _phash_of(pixels: np.ndarray) -> int:
+    return int(_phashes(np.asarray(pixels)[None])[0])
 
 
 def phash_views(img: Any) -> dict[str, int]:
@@ -234,7 +242,7 @@ class Links:
     neighbours: tuple[np.ndarray, np.ndarray] | None = None
     """``(ids, sims)``, each (n, k): every embedded row's nearest other rows (−1: none), from the same search."""
     search: KnnSearch | None = None
-    """That search, wider (``outlier_k`` + 1 columns), for the outlier scores to reuse."""
+    """That search, wider (``outlier_k`` + 4 columns, self included), for the outlier scores to reuse."""
 
     def __len__(self) -> int:
         return len(self.i)
@@ -409,14 +417,9 @@ def _window_boxes(side: int) -> list[tuple[int, int, int]]:
 def _window_hashes(thumb: np.ndarray) -> np.ndarray:
     """(windows,) uint64: the phash of each :func:`_window_boxes` window of ``thumb``, cut out and resampled
     to 32 px (Lanczos, :func:`dsbuild.dedup.align.resample_weights`, rounded to 8 bits as an image would be),
-    in one batched DCT — :func:`_phash_of` per window. Row 0 is the whole thumbnail."""
-    import scipy.fftpack
-
+    in one batched DCT (:func:`_phashes`). Row 0 is the whole thumbnail."""
     wy, wx = _window_weights(thumb.shape[0])
-    px = np.clip(np.rint(wy @ thumb.astype(np.float32) @ wx.transpose(0, 2, 1)), 0, 255).astype(np.float64)
-    low = scipy.fftpack.dct(scipy.fftpack.dct(px, axis=1), axis=2)[:, :8, :8].reshape(len(px), 64)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
+    return _phashes(np.clip(np.rint(wy @ thumb.astype(np.float32) @ wx.transpose(0, 2, 1)), 0, 255))
 
 
 @lru_cache(maxsize=8)
@@ -608,10 +611,11 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
             first: list = []
             # as wide as the outlier scores need, and a few more (a row whose list holds a duplicate left out
             # of the scores is searched again): 64 columns cost what 11 do at HNSW's efSearch 64
-            kp, ks = embedding_pairs(emb[rows], settings.similarity, first=first, first_k=settings.outlier_k + 3)
+            kp, ks = embedding_pairs(emb[rows], settings.similarity, NEIGHBOURS, first=first,
+                                     first_k=settings.outlier_k + 3)
             if first:
                 sims, ids, index = first[0]
-                neighbours = _neighbour_rows((sims[:, :11], ids[:, :11]), rows, n)
+                neighbours = _neighbour_rows((sims[:, :NEIGHBOURS + 1], ids[:, :NEIGHBOURS + 1]), rows, n)
                 search = KnnSearch(emb=emb, rows=rows, ids=np.where(ids >= 0, rows[np.clip(ids, 0, None)], -1),
                                    sims=sims, index=index)
             if len(kp):
