@@ -218,9 +218,7 @@ class KnnSearch:
             if not len(todo):
                 return out_dist, out_ids
             width = min(4 * width, len(self.rows))
-            if hasattr(self.index, "hnsw"):
-                self.index.hnsw.efSearch = max(64, width)
-            sims, found = self.index.search(np.ascontiguousarray(self.emb[self.rows[q[todo]]], dtype=np.float32), width)
+            sims, found = knn(self.emb[self.rows[q[todo]]], width, index=self.index, ef=64)
             ids = np.where(found >= 0, self.rows[np.clip(found, 0, None)], -1)
 
 
@@ -311,19 +309,20 @@ def knn_index(emb: np.ndarray, *, exact_max: int = EXACT_MAX) -> Any:
 
 def knn(emb: np.ndarray, k: int, *, queries: np.ndarray | None = None, exact_max: int = EXACT_MAX,
         index: Any = None, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` most similar rows (inner product) of each query row: ``(sims, ids)``, each (q, k), self included.
+    """The ``k`` most similar indexed rows (inner product) of each query row: ``(sims, ids)``, each (q, min(k,
+    indexed rows)), self included; missing neighbours are id −1.
 
-    ``index``: :func:`knn_index` of ``emb`` (built here when None); HNSW searches with efSearch
-    ``ef`` (default max(64, 2k); the cost grows with it, not with k). Missing neighbours are id −1.
+    ``index``: :func:`knn_index` of ``emb`` (built here when None), or of other rows: then ``emb`` holds the
+    query vectors themselves (ids are rows of the index). ``queries``: rows of ``emb`` to search for (None: all).
+    HNSW searches with efSearch max(k, ``ef``) (default ``ef`` max(64, 2k); the cost grows with it, not with k).
     """
     x = np.ascontiguousarray(emb, dtype=np.float32)
-    n = len(x)
     if index is None:
         index = knn_index(x, exact_max=exact_max)
     if hasattr(index, "hnsw"):
         index.hnsw.efSearch = max(k, ef if ef is not None else max(64, 2 * k))
     q = x if queries is None else x[queries]
-    return index.search(q, min(k, n))
+    return index.search(q, min(k, index.ntotal))
 
 
 class NeighbourGraph:
