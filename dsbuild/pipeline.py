@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from dsbuild.executor import release_backends
 from dsbuild.executor_settings import ExecutorSettings
 from dsbuild.manifest import Dataset, Manifest, label_problem
 from dsbuild.progress import LiveProgress, Progress, live_path
-from dsbuild.sources import SourceRun, folders, web
+from dsbuild.sources import SOURCE_REMOVED, SourceRun, folders, source_removed, web
 from dsbuild.sources.folders import imagefolder_layout
 from dsbuild.store import sweep_temp_files
 
@@ -106,8 +107,21 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
                     problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {url_file} does not exist")
         if any(c.queries or c.urls for c in ds.classes):
             problems.extend(web.check_web_settings(ds))
+        problems.extend(model_problems(ds))
     if problems:
         raise DsbuildError("cannot build:\n  " + "\n  ".join(problems), exit_code=2)
+
+
+def model_problems(ds: Dataset) -> list[str]:
+    """``[model] arch`` looked up now (torchvision and timm names need those libraries, so the manifest's own check
+    cannot): a typo fails before a build, not at ``train`` after it. The offline default needs no import."""
+    from dsbuild.model.weights import resolve_arch
+
+    try:
+        resolve_arch(ds.model_settings.arch)
+    except DsbuildError as exc:
+        return [f"datasets.{ds.name}.model.arch: {exc}"]
+    return []
 
 
 # --------------------------------------------------------------------------- rows
@@ -332,13 +346,17 @@ def build_dataset(
                     retry_failed=retry_failed, workers=workers, executor=executor or ds.executor, changed=changed)
 
     # Local folders.
-    folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())
+    current = folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())
     writer.flush()
 
     # Web sources (queries, URL lists).
     if any(c.queries or c.urls for c in ds.classes):
-        web.ingest(cat, run)
+        current |= web.ingest(cat, run)
         writer.flush()
+    set_aside = removed_sources(ds, known_by_id, current)
+    if set_aside:
+        cat.set_aside_items(ds.name, set_aside, reason=SOURCE_REMOVED, build_id=build_id)
+        summary.notes.append(set_aside_note(set_aside))
 
     regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit, threads=workers)
     cat.set_meta(f"split:{ds.name}", ds.split.record())
@@ -366,6 +384,41 @@ def build_dataset(
     cat.set_meta(f"settings-sections:{ds.name}", json.dumps(sections, sort_keys=True))
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def removed_sources(ds: Dataset, known: dict, current: set[str]) -> dict[str, str]:
+    """image_id → why, for every catalogued item of ``ds`` that no source of the manifest supplies today (not
+    already set aside): its class, folder, query or URL was taken out of the manifest, or its file deleted."""
+    labels = set(ds.labels)
+    out = {}
+    for iid, old in known.items():
+        if iid in current or source_removed(old):
+            continue
+        label = old.class_label
+        if old.source == "folder" and not os.path.exists(str(old.origin)):
+            out[iid] = "the file is no longer there"
+        elif label not in labels and (old.source != "folder" or ds.imagefolder is None):
+            out[iid] = f"class '{label}' is no longer in the manifest"
+        elif old.source == "folder":
+            out[iid] = f"its folder is no longer a source of class '{label}'"
+        elif old.source == "urls":
+            out[iid] = f"no longer in a URL list of class '{label}'"
+        else:
+            out[iid] = f"query {old.query!r} is no longer a source of class '{label}'"
+    return out
+
+
+def set_aside_note(details: dict[str, str]) -> str:
+    """The build summary's line for the items :func:`removed_sources` set aside."""
+    from dsbuild.render.values import counted
+
+    by_why: dict[str, int] = {}
+    for why in details.values():
+        by_why[why] = by_why.get(why, 0) + 1
+    top = sorted(by_why.items(), key=lambda kv: (-kv[1], kv[0]))
+    whys = "; ".join(f"{n}: {why}" for why, n in top[:3]) + ("; …" if len(top) > 3 else "")
+    return (f"{counted(len(details), 'image', 'images')} set aside because their source left the manifest ({whys}) — "
+            f"status rejected, reason '{SOURCE_REMOVED}'; nothing is deleted, and they come back when their source does")
 
 
 def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:

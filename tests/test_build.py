@@ -344,6 +344,86 @@ def test_rebuild_is_idempotent(digits, capsys) -> None:
     assert list(builds["outcome"]) == ["ok"] * len(builds)
 
 
+def test_a_class_folder_or_file_taken_out_is_set_aside_and_comes_back(tmp_path: Path, capsys) -> None:
+    """A class pointed at another folder, a class taken out of the manifest and a file deleted: their images are
+    set aside (rejected, reason 'source removed', why in the detail), leave training and export, and a deleted
+    file's copy takes its place; put back, the same images return (fresh-user trial: they stayed 'ok' and were
+    exported under the old label)."""
+    img = tmp_path / "img"
+    for folder, names in {"cat": ("astronaut", "coffee"), "dog": ("chelsea", "rocket"), "ship": ("camera", "coins"),
+                          "bad": ("moon",)}.items():
+        for name in names:
+            save(photo(name), img / folder / f"{name}.png")
+    shutil.copyfile(img / "cat" / "coffee.png", img / "cat" / "coffee_copy.png")  # an exact copy
+    head = 'catalog = "cat/dsbuild.duckdb"\n[datasets.pets.split]\ntrain = 0.5\nvalid = 0.5\n[datasets.pets.classes]\n'
+    first = head + "".join(f'{c} = {{ folders = "{img / c}" }}\n' for c in ("cat", "dog", "bad"))
+    second = head + f'cat = {{ folders = "{img / "cat"}" }}\ndog = {{ folders = "{img / "ship"}" }}\n'
+    manifest = write_manifest(tmp_path / "proj", first)
+
+    def state() -> dict[str, tuple]:
+        df = items_table(manifest)
+        def v(x):
+            return None if pd.isna(x) else x
+
+        return {(Path(r.origin).parent.name + "/" + Path(r.origin).name, r.class_label):
+                (r.status, v(r.reason), v(r.detail)) for r in df.itertuples()}
+
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    before = state()
+    assert before[("cat/coffee.png", "cat")][0] == "ok" and before[("cat/coffee_copy.png", "cat")][0] == "duplicate"
+    ids_before = set(items_table(manifest)["image_id"])
+
+    (img / "cat" / "coffee.png").rename(tmp_path / "coffee.png")
+    manifest.write_text(second)
+    code, out, err = run_cli(capsys, manifest, "build")
+    assert code == 0, err
+    aside = ("rejected", "source removed")
+    assert state() == {
+        ("cat/astronaut.png", "cat"): ("ok", None, None),
+        ("cat/coffee_copy.png", "cat"): ("ok", None, None),  # the deleted file's copy takes its place
+        ("cat/coffee.png", "cat"): (*aside, "the file is no longer there"),
+        ("dog/chelsea.png", "dog"): (*aside, "its folder is no longer a source of class 'dog'"),
+        ("dog/rocket.png", "dog"): (*aside, "its folder is no longer a source of class 'dog'"),
+        ("bad/moon.png", "bad"): (*aside, "class 'bad' is no longer in the manifest"),
+        ("ship/camera.png", "dog"): ("ok", None, None),
+        ("ship/coins.png", "dog"): ("ok", None, None),
+    }
+    assert "4 images set aside because their source left the manifest" in " ".join(out.split())
+    out_dir = tmp_path / "export"
+    assert run_cli(capsys, manifest, "export", "pets", "--to", str(out_dir), "--format", "imagefolder")[0] == 0
+    exported = sorted(p.parent.name for p in out_dir.rglob("*.png"))
+    assert exported == ["cat", "cat", "dog", "dog"]
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0  # a second build sets nothing aside again
+    assert "set aside" not in " ".join(capsys.readouterr().out.split())
+
+    (tmp_path / "coffee.png").rename(img / "cat" / "coffee.png")
+    manifest.write_text(first)
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    again = state()
+    assert {k: v for k, v in again.items() if not k[0].startswith("ship/")} == before  # the same images, as before
+    assert {v for k, v in again.items() if k[0].startswith("ship/")} == {aside + ("its folder is no longer a source of class 'dog'",)}
+    assert ids_before <= set(items_table(manifest)["image_id"])
+
+
+def test_a_model_arch_typo_fails_the_build_before_any_work(tmp_path: Path, capsys) -> None:
+    """The arch of [model] is looked up when a build starts (fresh-user trial: it failed only at `train`)."""
+    save(photo("coffee"), tmp_path / "img" / "a" / "coffee.png")
+    save(photo("rocket"), tmp_path / "img" / "b" / "rocket.png")
+    manifest = write_manifest(tmp_path / "proj", f"""\
+        catalog = "cat/dsbuild.duckdb"
+        [datasets.pets.classes]
+        a = {{ folders = "{tmp_path / 'img' / 'a'}" }}
+        b = {{ folders = "{tmp_path / 'img' / 'b'}" }}
+        [datasets.pets.model]
+        arch = "resnet18x"
+        """)
+    code, out, err = run_cli(capsys, manifest, "build")
+    assert code == 2 and "datasets.pets.model.arch: unknown model arch 'resnet18x'" in err and "resnet18" in err
+    assert not (tmp_path / "proj" / "cat").exists()
+    manifest.write_text(manifest.read_text().replace("resnet18x", "resnet18"))
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+
+
 def test_adding_images_never_moves_an_existing_image(tmp_path: Path) -> None:
     """Add 50 % more digits (near-duplicate search on): no old image changes split, groups stay in one split.
 

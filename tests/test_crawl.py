@@ -457,6 +457,59 @@ def test_a_url_fetched_by_another_dataset_is_not_downloaded_again(servers, tmp_p
     assert_store_clean(manifest)
 
 
+def test_a_query_or_url_taken_out_is_set_aside_and_comes_back_without_a_download(servers, tmp_path, capsys):
+    """A query replaced and a URL deleted from a list: their images are set aside (rejected, 'source removed'),
+    their links are no longer fetched; put back, the same images return from the store, not downloaded again."""
+    engine, images = servers
+    plant(engine, images, "alpha things", ["/img/coffee.jpg", "/img/chelsea.png"])
+    plant(engine, images, "beta things", ["/img/rocket.webp"])
+    plant(engine, images, "delta things", ["/img/rocket.gif"])
+    full = f"{images.url}/img/astronaut.bmp\n{images.url}/img/coffee.tiff\n"
+    (tmp_path / "g.txt").write_text(full)
+    spec = web_dataset(engine)
+    spec["classes"]["gamma"] = {"urls": "g.txt"}
+    manifest = write_manifest(tmp_path, {"web": spec})
+
+    def state() -> dict[str, tuple]:
+        return {route_of(r["origin"], images.url): (r["status"], r["reason"], r["detail"])
+                for r in rows(manifest, "SELECT origin, status, reason, detail FROM items")}
+
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    before = state()
+    assert {k: v[0] for k, v in before.items()} == {"/img/coffee.jpg": "ok", "/img/chelsea.png": "ok",
+                                                   "/img/rocket.webp": "ok", "/img/astronaut.bmp": "ok",
+                                                   "/img/coffee.tiff": "ok"}
+    changed = web_dataset(engine)
+    changed["classes"]["beta"] = {"queries": ["delta things"]}
+    changed["classes"]["gamma"] = {"urls": "g.txt"}
+    (tmp_path / "g.txt").write_text(f"{images.url}/img/astronaut.bmp\n")
+    write_manifest(tmp_path, {"web": changed})
+    code, out, err = run_cli(capsys, manifest, "build")
+    assert code == 0, err
+    after = state()
+    assert after["/img/rocket.webp"] == ("rejected", "source removed",
+                                         "query 'beta things' is no longer a source of class 'beta'")
+    assert after["/img/coffee.tiff"] == ("rejected", "source removed", "no longer in a URL list of class 'gamma'")
+    assert {k: v[0] for k, v in after.items() if v[1] != "source removed"} == {
+        "/img/coffee.jpg": "ok", "/img/chelsea.png": "ok", "/img/astronaut.bmp": "ok", "/img/rocket.gif": "ok"}
+    assert "2 images set aside because their source left the manifest" in " ".join(out.split())
+
+    downloads = hits(images)
+    (tmp_path / "g.txt").write_text(full)
+    write_manifest(tmp_path, {"web": spec})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    again = state()
+    assert {k: v for k, v in again.items() if k != "/img/rocket.gif"} == before
+    assert again["/img/rocket.gif"] == ("rejected", "source removed",
+                                        "query 'delta things' is no longer a source of class 'beta'")
+    assert new_hits(downloads, hits(images)) == {}  # back from the store
+    # the store keeps the set-aside image's file (and no other file than the images'): nothing is lost
+    kept = {r["sha256"] for r in rows(manifest, "SELECT sha256 FROM items WHERE status IN ('ok', 'duplicate') "
+                                                "OR reason = 'source removed'")}
+    store = load_manifest(manifest).store
+    assert {p.name.split(".")[0] for p in store.rglob("*") if p.is_file()} == kept
+
+
 # --------------------------------------------------------------------------- URL lists
 
 

@@ -229,9 +229,10 @@ class Catalog:
     # -- items and blobs -----------------------------------------------------------
 
     def known_items(self, dataset: str):
-        """Existing items of ``dataset``: image_id, origin, source, status, reason, sha256, src_size, src_mtime_ns, class_label."""
+        """Existing items of ``dataset``: image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns,
+        class_label."""
         return self.df(
-            "SELECT image_id, origin, source, status, reason, sha256, src_size, src_mtime_ns, class_label "
+            "SELECT image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns, class_label "
             "FROM items WHERE dataset = ?",
             [dataset],
         )
@@ -262,6 +263,27 @@ class Catalog:
                 )
         finally:
             self.con.unregister("_new_items")
+
+    def set_aside_items(self, dataset: str, details: dict[str, str], *, reason: str, build_id: int) -> None:
+        """Mark items of ``dataset`` rejected with ``reason`` and a ``detail`` each (``details``: image_id → detail),
+        out of their duplicate groups; their rows, blobs and label events stay (a build sets aside the items whose
+        source left the manifest: :data:`dsbuild.sources.SOURCE_REMOVED`)."""
+        if not details:
+            return
+        import pandas as pd
+
+        rows = pd.DataFrame({"image_id": list(details), "detail": list(details.values())})
+        self.con.register("_aside", rows)
+        try:
+            with self.transaction():
+                self.con.execute(
+                    """UPDATE items SET status = 'rejected', reason = ?, detail = a.detail, dup_group = NULL,
+                           dup_of = NULL, dup_distance = NULL, conflict = false, updated_at = ?, build_id = ?
+                       FROM _aside a WHERE items.dataset = ? AND items.image_id = a.image_id""",
+                    [reason, utcnow(), build_id, dataset],
+                )
+        finally:
+            self.con.unregister("_aside")
 
     def insert_blobs(self, rows) -> None:
         """Insert blobs not yet known (a DataFrame with ``blobs`` columns)."""

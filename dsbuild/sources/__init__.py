@@ -11,7 +11,8 @@ Every source gets a :class:`SourceRun` (the dataset, the build, the store, the
 executor settings, progress) and reports what it found to the run's
 :class:`Sink` — the build's one consumer (:class:`dsbuild.pipeline.DatasetSink`),
 which writes the rows in batches and counts the build summary. A new source
-is a function ``ingest(..., run: SourceRun)`` that calls ``run.sink``.
+is a function ``ingest(..., run: SourceRun)`` that calls ``run.sink`` and returns the image ids its
+sources supply today: the build sets every other item of the dataset aside (:data:`SOURCE_REMOVED`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,17 @@ from dsbuild.executor_settings import ExecutorSettings
 if TYPE_CHECKING:  # pragma: no cover
     from dsbuild.manifest import Dataset
     from dsbuild.progress import Progress
+
+
+SOURCE_REMOVED = "source removed"
+"""The ``reason`` of an item whose source the manifest no longer lists (a class, folder, query or URL taken out,
+or a file deleted from a folder): status ``rejected``, its row, blob and review history kept; it comes back
+(verified again) when its source does."""
+
+
+def source_removed(old) -> bool:
+    """The catalogued item ``old`` (a row with ``reason``) was set aside because its source left the manifest."""
+    return getattr(old, "reason", None) == SOURCE_REMOVED
 
 
 class Sink(Protocol):

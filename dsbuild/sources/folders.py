@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from dsbuild.executor import VerifyJob, make_executor
 from dsbuild.manifest import Dataset
 from dsbuild.rows import blob_row, image_id_for, item_row
-from dsbuild.sources import SourceRun
+from dsbuild.sources import SourceRun, source_removed
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,14 @@ def scan_folders(ds: Dataset) -> list[FileSource]:
     return out
 
 
-def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now) -> None:
-    """Verify the dataset's new or changed files and report them to ``run.sink``.
+def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now) -> set[str]:
+    """Verify the dataset's new or changed files and report them to ``run.sink``; return the image ids of every
+    file the folders hold today.
 
     ``known``: image_id → the catalog's row of every known item of the dataset
-    (``src_size``, ``src_mtime_ns``, ``status``); ``changed_settings``: the
-    verify/hash settings changed since the last build (every file is verified again).
+    (``src_size``, ``src_mtime_ns``, ``status``, ``reason``); ``changed_settings``: the
+    verify/hash settings changed since the last build (every file is verified again). A file set aside
+    when it left the folders (:data:`~dsbuild.sources.SOURCE_REMOVED`) is verified again when it is back.
     """
     ds, sink = run.dataset, run.sink
     files = scan_folders(ds)
@@ -87,12 +89,15 @@ def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now
     meta: dict[str, FileSource] = {}
     skipped = 0
     retried: set[str] = set()  # unchanged files verified again because the settings changed
+    current: set[str] = set()
     for src in files:
         origin = str(src.path)
         iid = image_id_for(ds.name, src.label, origin)
+        current.add(iid)
         old = known.get(iid)
         unchanged = old is not None and old.src_size == src.size and old.src_mtime_ns == src.mtime_ns
-        if unchanged and not changed_settings and not (run.retry_failed and old.status == "failed"):
+        if unchanged and not changed_settings and not (run.retry_failed and old.status == "failed") \
+                and not source_removed(old):
             skipped += 1
             continue
         if unchanged and changed_settings:
@@ -114,3 +119,4 @@ def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now
             )
             counts = sink.tally()
             bar.advance(1, ok=counts["ok"], rejected=counts["rejected"])
+    return current

@@ -43,7 +43,7 @@ from dsbuild.executor import Batch, Executor, FetchJob, InlineExecutor, LocalPoo
 from dsbuild.fetch import IN_FLIGHT_MEMORY, IN_MEMORY_BODY, in_memory_limit  # noqa: F401 - the downloader's memory limits
 from dsbuild.manifest import Dataset
 from dsbuild.rows import blob_row, fetch_row, image_id_for, item_row
-from dsbuild.sources import SourceRun
+from dsbuild.sources import SourceRun, source_removed
 from dsbuild.store import move_into_store
 from dsbuild.verify.analyze import ImageRecord
 
@@ -90,14 +90,19 @@ def engine_failure(engine: str, query: str, exc: BaseException, kept: int):
     return Outcome(reason="error", message=message, pages=0, links=kept)
 
 
-def discover(cat: Catalog, run: SourceRun) -> None:
-    """Search every query not searched yet (or searched for fewer links) and read every URL list."""
+def discover(cat: Catalog, run: SourceRun) -> tuple[set[tuple[str, str]], set[tuple[str, str, str]]]:
+    """Search every query not searched yet (or searched for fewer links) and read every URL list.
+
+    Returns the web sources the manifest lists today: ``(label, query)`` of every query and
+    ``(label, url list file, url)`` of every URL read from a list (links of other sources stay in the
+    catalog's record of what was found, but are no longer fetched nor catalogued)."""
     from dsbuild.sources.engines import get_engine
     from dsbuild.sources.urls import read_url_list
 
     ds, progress = run.dataset, run.progress
 
     searches = [(cls, q) for cls in ds.classes for q in cls.queries]
+    listed: set[tuple[str, str, str]] = set()
     todo = [(cls, q) for cls, q in searches if (cat.searched(ds.name, cls.name, ds.engine, q) or 0) < ds.per_query]
     unreachable: str | None = None
     if todo:
@@ -145,12 +150,14 @@ def discover(cat: Catalog, run: SourceRun) -> None:
                 if link.label is not None and link.label != cls.name:
                     problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} differs from class {cls.name!r}; using {cls.name!r}")
                 rows.append({"url": link.url, "rank": link.rank, "page_url": None})
+                listed.add((cls.name, str(url_file), link.url))
             cat.record_search(dataset=ds.name, label=cls.name, engine="urls", query=str(url_file), wanted=len(rows),
                               links=rows, pages=0, outcome="exhausted", message=f"{len(rows)} URLs")
             for problem in problems[:20]:
                 run.sink.note(problem)
             if len(problems) > 20:
                 run.sink.note(f"{url_file.name}: … and {len(problems) - 20} more problems")
+    return {(cls.name, q) for cls, q in searches}, listed
 
 
 # --------------------------------------------------------------------------- planning + fetching
@@ -180,13 +187,25 @@ def _verified(old) -> bool:
     return old.status in _VERIFIED or str(old.reason or "").startswith("quality:")
 
 
-def ingest(cat: Catalog, run: SourceRun) -> None:
-    """Discover, fetch, verify and report the web sources of ``run.dataset`` (see module doc)."""
+def ingest(cat: Catalog, run: SourceRun) -> set[str]:
+    """Discover, fetch, verify and report the web sources of ``run.dataset`` (see module doc); return the image
+    ids of every link of the sources the manifest lists today (a query or URL taken out: its links are skipped)."""
     ds, sink = run.dataset, run.sink
-    discover(cat, run)
+    queries, listed = discover(cat, run)
     links = cat.dataset_links(ds.name)
+    if not links.empty:
+        listed_now = [(lb, q, u) in listed if e == "urls" else (lb, q) in queries
+                      for lb, q, u, e in zip(links["label"], links["query"], links["url"], links["engine"])]
+        links = links[listed_now]
+    current = {image_id_for(ds.name, lb, u) for lb, u in zip(links["label"], links["url"])}
     if links.empty:
-        return
+        return current
+    _ingest_links(cat, run, links)
+    return current
+
+
+def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
+    ds, sink = run.dataset, run.sink
     known = {r.image_id: r for r in cat.known_items(ds.name).itertuples(index=False)}
     transient = cat.transient_failures(ds.name) if run.retry_failed else set()
     reverify = "verify" in run.changed
@@ -199,12 +218,14 @@ def ingest(cat: Catalog, run: SourceRun) -> None:
         old = known.get(iid)
         if old is not None and _retry(old, run.changed):
             retried.add(iid)
-        elif old is not None and reverify and _verified(old) and isinstance(old.sha256, str):
-            retried.add(iid)
+        elif old is not None and (source_removed(old) or reverify and _verified(old)) and isinstance(old.sha256, str):
+            if not source_removed(old):  # one back in the manifest is verified again from the store, but not retried
+                retried.add(iid)
             stored.append((iid, link, old.sha256))
             sink.found(1)
             continue
-        elif old is not None and (old.status != "failed" or not (run.retry_failed and link.url in transient)):
+        elif old is not None and not source_removed(old) and (
+                old.status != "failed" or not (run.retry_failed and link.url in transient)):
             sink.found(1, skipped=1)
             continue
         sink.found(1)
