@@ -229,7 +229,10 @@ def cmd_review(args) -> int:
     summary = review_dataset(manifest, args.dataset, decisions=Path(args.decisions) if args.decisions else None,
                              accept_suggestions=args.accept_suggestions, min_confidence=args.min_confidence)
     actions = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_action.items())) or "nothing to apply"
-    print(f"applied {counted(summary.applied, 'decision')} to '{summary.dataset}' ({actions}) from {summary.source}")
+    tail = [f"{summary.already_applied} already applied"] if summary.already_applied else []
+    tail += [f"skipped {counted(n, 'image')} {why}" for why, n in summary.skipped.items()]
+    print(f"applied {counted(summary.applied, 'decision')} to '{summary.dataset}' ({actions}) from {summary.source}"
+          + "".join(f"; {t}" for t in tail))
     return 0
 
 

@@ -321,11 +321,14 @@ class Ledger:
         return pd.DataFrame([(i, lab, st) for i, (lab, st) in state.items()], columns=["image_id", "label", "status"])
 
     def history(self) -> pd.DataFrame:
-        return pd.DataFrame(self.events, columns=["event_id", "image_id", "action", "old_label", "new_label",
-                                                  "old_status", "new_status", "source", "at", "note"])
+        df = pd.DataFrame(self.events, columns=["event_id", "image_id", "action", "old_label", "new_label",
+                                                "old_status", "new_status", "source", "at", "note"])
+        return df.assign(changed_at=df["at"])  # the catalog's name for it
 
-    def review(self, *decisions: Decision, source: str = "review:test.csv") -> list[dict]:
-        planned = plan_events(list(decisions), current=self.current(), history=self.history(), source=source, at=AT)
+    def review(self, *decisions: Decision, source: str = "review:test.csv", at: datetime = AT,
+               last_run_at: datetime | None = None) -> list[dict]:
+        planned = plan_events(list(decisions), current=self.current(), history=self.history(), source=source, at=at,
+                              last_run_at=last_run_at)
         for ev in planned:
             self.events.append({"event_id": len(self.events) + 1, **ev})
         return planned
@@ -386,6 +389,28 @@ def test_undo_of_a_removal_gives_the_status_back_to_the_build(images):
     (ev,) = ledger.review(Decision(CAT, "undo"))
     assert (ev["old_status"], ev["new_status"]) == ("rejected", None)
     assert ledger.state(CAT) == ("cat", "duplicate")
+
+
+def test_a_decision_that_already_stands_gives_no_event(images):
+    ledger = Ledger(images)
+    first = (Decision(ASTRO, "relabel", "cat"), Decision(COFFEE, "remove"), Decision(CAT, "keep"))
+    assert len(ledger.review(*first)) == 3
+    # The same decisions again (a decisions file run again): nothing to write, nothing refused.
+    assert ledger.review(*first) == []
+    # A keep made before the latest mislabel run started confirms the label against that run: a new event.
+    later = datetime(2024, 5, 2, tzinfo=timezone.utc)
+    (ev,) = ledger.review(Decision(CAT, "keep"), Decision(ASTRO, "relabel", "cat"), last_run_at=later,
+                          at=datetime(2024, 5, 3, tzinfo=timezone.utc))
+    assert (ev["image_id"], ev["action"]) == (CAT, "keep")
+    assert ledger.review(Decision(CAT, "keep"), last_run_at=later) == []  # that keep is after the run
+    # Not already applied: a relabel to the label the image was given (no decision set it), and a relabel back
+    # to the given label after an undo of the relabel that had set it.
+    with pytest.raises(DsbuildError, match=f"image {ROCKET1} already has label 'rocket' — use keep"):
+        ledger.review(Decision(ROCKET1, "relabel", "rocket"))
+    ledger.review(Decision(ASTRO, "undo"))
+    with pytest.raises(DsbuildError, match=f"image {ASTRO} already has label 'person' — use keep"):
+        ledger.review(Decision(ASTRO, "relabel", "person"))
+    assert len(ledger.events) == 5
 
 
 def test_plan_events_is_all_or_nothing(images):
