@@ -424,6 +424,10 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
     by_id = by_path = None
     if iid:
         if iid not in index.by_id:
+            if _looks_like_path(iid):  # image ids are 16 hex digits: this is a path in the wrong column
+                problems.add(line, f"unknown image_id '{_short(iid)}' — that is a path, not an image_id: put paths "
+                                   "in a column named path (header: path,action,new_label,note) or give the image_id")
+                return None
             problems.add(line, f"unknown image_id '{_short(iid)}' — not an image of this dataset "
                                "(see `dsbuild query \"select image_id, path, label from images\"`)")
             return None
@@ -447,6 +451,12 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
         problems.add(line, "no image_id or path — every row must name its image")
         return None
     return by_id or by_path
+
+
+def _looks_like_path(value: str) -> bool:
+    """Whether a value can only be a path or URL (a folder separator, a scheme, or a file extension), never one
+    of dsbuild's image ids (16 hex digits, :func:`dsbuild.rows.image_id_for`)."""
+    return "/" in value or "\\" in value or "://" in value or bool(Path(value).suffix)
 
 
 def _label_list(labels: Sequence[str]) -> str:

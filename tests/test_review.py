@@ -130,6 +130,12 @@ BAD_FILES = [
         f"line 2: path '{{root}}/store/rocket.jpg' is 2 images ({ROCKET1}, {ROCKET2}) — use image_id to say which",
         "line 3: no image of this dataset has path 'store/nothing.jpg' (stored file or origin) — check the path or use image_id",
         "line 4: no image_id or path — every row must name its image")),
+    ("path-in-the-image-id-column", H + "/srv/shots/astro.jpg,keep,,\nstore/coffee.jpg,keep,,\n", problems(
+        Path("{p}"),
+        "line 2: unknown image_id '/srv/shots/astro.jpg' — that is a path, not an image_id: put paths in a column "
+        "named path (header: path,action,new_label,note) or give the image_id",
+        "line 3: unknown image_id 'store/coffee.jpg' — that is a path, not an image_id: put paths in a column "
+        "named path (header: path,action,new_label,note) or give the image_id")),
     ("id-and-path-disagree", f"image_id,path,action\n{ASTRO},{{root}}/store/coffee.jpg,keep\n", problems(
         Path("{p}"), f"line 2: image_id '{ASTRO}' and path '{{root}}/store/coffee.jpg' name different images — fix one of them")),
     ("not-reviewable", H + f"{FAILED},keep,,\n{REMOVED},relabel,cat,\n", problems(
