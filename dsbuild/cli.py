@@ -402,8 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("review", cmd_review, "apply review decisions (relabel/remove/keep/undo) as label events")
     p.add_argument("dataset", metavar="DATASET")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--decisions", metavar="FILE.csv", help="CSV: image_id (or path), action, new_label, note")
-    g.add_argument("--accept-suggestions", action="store_true", help="relabel flagged images to the suggested label")
+    g.add_argument("--decisions", metavar="FILE.csv",
+                   help="CSV with a header row, image_id,action,new_label,note (or a path column instead of image_id); "
+                        "action: relabel, remove, keep, undo. Rows already applied are skipped, so a file can be run again")
+    g.add_argument("--accept-suggestions", action="store_true",
+                   help="relabel flagged images to the suggested label, except images decided about since the mislabel run")
     p.add_argument("--min-confidence", type=float, default=0.9, metavar="X",
                    help="with --accept-suggestions: out-of-sample probability of the suggestion (default 0.9)")
 

@@ -257,6 +257,13 @@ def _read_rows(path: Path, problems: _Problems) -> tuple[list[str], list[_Row]]:
     if header is None:
         raise DsbuildError(f"decisions file {path} is empty — it needs a header (image_id,action,new_label,note) "
                            "and one row per decision", exit_code=2)
+    if "action" not in header and any(c in ACTIONS for c in header):
+        # The first line is a decision (e.g. "5cea…,keep"): the file has no header row, and the rows read
+        # against that line as a header say nothing useful.
+        only = _Problems()
+        only.add(header_line, f"no header row: the first line is a decision ({', '.join(c for c in header if c)}) "
+                              "— add the line image_id,action,new_label,note above it (or path,action,new_label,note)")
+        only.raise_if_any(f"decisions file {path}")
     missing = []
     if "action" not in header:
         missing.append("action")

@@ -97,6 +97,9 @@ BAD_FILES = [
         "— expected image_id (or path), action, new_label, note",
         "line 1: missing column image_id (or path) (is 'imageid' a misspelling of it?); the header is: imageid, actoin "
         "— expected image_id (or path), action, new_label, note")),
+    ("no-header-row", f"{ASTRO},keep\n{COFFEE},relabel,cat\n", problems(
+        Path("{p}"), f"line 1: no header row: the first line is a decision ({ASTRO.lower()}, keep) — add the line "
+                     "image_id,action,new_label,note above it (or path,action,new_label,note)")),
     ("header-only", H, "decisions file {p} has no decisions — add one row per decision"),
     ("bad-quotes", H + f'{ASTRO},relabel,"cat"x,note\n', problems(
         Path("{p}"), "line 2: malformed CSV (',' expected after '\"') — check the quotes on this line")),
@@ -488,3 +491,18 @@ def test_events_through_the_real_catalog(tmp_path, images):
         assert back.loc[ASTRO, "label"] == "person"
         assert back.loc[COFFEE, "status"] == "ok" and back.loc[COFFEE, "label"] == "cup"
         assert len(history(cat)) == 5
+
+
+def test_the_readme_decisions_example_is_a_valid_file(tmp_path):
+    """The README's decisions file, as written there, is read as the decisions it shows (issue: no header)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Review decisions: `dsbuild review`", 1)[1]
+    example = re.search(r"```\n(.*?)```", section, re.S).group(1)
+    ids = [line.split(",", 1)[0] for line in example.splitlines()[1:]]
+    images = pd.DataFrame({"image_id": ids, "path": None, "origin": [f"https://example.org/{i}.jpg" for i in ids],
+                           "label": ["sunglasses", "none", "glasses"], "status": "ok"})
+    got = parse_decisions(write(tmp_path, example), images=images, labels=["glasses", "none", "sunglasses", "VR"])
+    assert [(d.action, d.new_label, d.note) for d in got] == [
+        ("relabel", "glasses", "frames, not tinted"), ("keep", None, None), ("remove", None, "a drawing")]
