@@ -667,9 +667,12 @@ def _undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
     hist = history.sort_values("event_id", kind="stable") if "event_id" in history.columns else history
     cols = [*_HISTORY_COLUMNS, *(c for c in ("event_id", "changed_at") if c in hist.columns)]
     stacks: dict[str, list[dict]] = {}
-    for rec in hist[cols].to_dict("records"):
-        rec = {k: (_text(v) if k not in ("event_id", "changed_at") else None if _text(v) is None
-                   else int(v) if k == "event_id" else v) for k, v in rec.items()}
+    for raw in hist[cols].to_dict("records"):
+        rec: dict[str, Any] = {k: _text(raw[k]) for k in _HISTORY_COLUMNS}
+        if "event_id" in raw:
+            rec["event_id"] = None if _text(raw["event_id"]) is None else int(raw["event_id"])
+        if "changed_at" in raw:  # a timestamp, kept as one (compared with the mislabel run's start)
+            rec["changed_at"] = None if _text(raw["changed_at"]) is None else raw["changed_at"]
         stack = stacks.setdefault(str(rec["image_id"]), [])
         if rec["action"] == "undo":
             if stack:
