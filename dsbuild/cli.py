@@ -229,7 +229,10 @@ def cmd_review(args) -> int:
     summary = review_dataset(manifest, args.dataset, decisions=Path(args.decisions) if args.decisions else None,
                              accept_suggestions=args.accept_suggestions, min_confidence=args.min_confidence)
     actions = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_action.items())) or "nothing to apply"
-    print(f"applied {counted(summary.applied, 'decision')} to '{summary.dataset}' ({actions}) from {summary.source}")
+    tail = [f"{summary.already_applied} already applied"] if summary.already_applied else []
+    tail += [f"skipped {counted(n, 'image')} {why}" for why, n in summary.skipped.items()]
+    print(f"applied {counted(summary.applied, 'decision')} to '{summary.dataset}' ({actions}) from {summary.source}"
+          + "".join(f"; {t}" for t in tail))
     return 0
 
 
@@ -399,8 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("review", cmd_review, "apply review decisions (relabel/remove/keep/undo) as label events")
     p.add_argument("dataset", metavar="DATASET")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--decisions", metavar="FILE.csv", help="CSV: image_id (or path), action, new_label, note")
-    g.add_argument("--accept-suggestions", action="store_true", help="relabel flagged images to the suggested label")
+    g.add_argument("--decisions", metavar="FILE.csv",
+                   help="CSV with a header row, image_id,action,new_label,note (or a path column instead of image_id); "
+                        "action: relabel, remove, keep, undo. Rows already applied are skipped, so a file can be run again")
+    g.add_argument("--accept-suggestions", action="store_true",
+                   help="relabel flagged images to the suggested label, except images decided about since the mislabel run")
     p.add_argument("--min-confidence", type=float, default=0.9, metavar="X",
                    help="with --accept-suggestions: out-of-sample probability of the suggestion (default 0.9)")
 

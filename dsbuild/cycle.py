@@ -470,10 +470,19 @@ def _reviewed_keep(cat: Catalog, name: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class ReviewSummary:
+    """What a review did: ``applied`` events (``by_action``: per action) from ``source``.
+
+    ``already_applied``: decisions that already stood (a decisions file run again), no event written.
+    ``skipped``: with ``accept_suggestions``, reason → how many confident suggestions were not applied
+    (``"reviewed since the mislabel run"``, ``"not ok or duplicate now"``).
+    """
+
     dataset: str
     applied: int
     by_action: dict[str, int]
     source: str
+    already_applied: int = 0
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | Iterable[Decision] | None" = None,
@@ -484,14 +493,18 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
 
     ``decisions``: a decisions CSV file (:func:`dsbuild.decisions.parse_decisions`) or any
     iterable of :class:`dsbuild.decisions.Decision` (a review app's choices; recorded with
-    ``source``, default ``review:api``); or ``accept_suggestions`` at ``min_confidence``.
+    ``source``, default ``review:api``); or ``accept_suggestions`` at ``min_confidence``: every
+    confident suggestion of the latest mislabel run except those for images someone decided
+    about since that run started (any label event: keep, remove, relabel, undo), which are
+    skipped and counted. A decision that already stands (a decisions file run again) writes no
+    event and counts as already applied.
     ``on_commit``: called with the open catalog once the events are committed, before it
     closes (a review app reads the images' new states without opening the file again).
     ``catalog``: apply on this open read-write catalog, whose opener holds the writers' lock
     (a review app's :class:`~dsbuild.catalog.held.HeldCatalog`); by default the catalog is
     opened, locked and closed here.
     """
-    from dsbuild.decisions import check_decisions, decisions_from_suggestions, parse_decisions, plan_events
+    from dsbuild.decisions import REVIEWABLE, check_decisions, parse_decisions, plan_events, suggested_decisions
 
     ds = manifest.dataset(name)
     if (decisions is None) == (not accept_suggestions):
@@ -502,7 +515,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     if given:
         decisions = list(decisions)
     ids = sorted({str(getattr(d, "image_id", "")) for d in decisions}) if given else None
-    def apply(cat: Catalog) -> tuple[list[dict], str]:
+    skipped: dict[str, int] = {}
+
+    def apply(cat: Catalog) -> tuple[list[dict], int, str]:
         nonlocal decisions, source
         # Named images: their current label and status from their rows and events (the images view's rules,
         # ≈2 ms, where the view takes ≈12: a review app applies one decision per key press).
@@ -512,13 +527,16 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         history = cat.label_history(name, image_ids=ids)
         # A review app's decisions need only the flags' label_quality (recorded with each event).
         issues = None if given else cat.latest_issues(name, image_ids=ids)
+        run = cat.latest_mislabel_run(name)
+        run_at = (cat.run_row(run) or {}).get("started_at") if run is not None else None
         if given:
             chosen = check_decisions(decisions, labels=ds.labels or cat.dataset_labels(name))
             source = source or "review:api"
         elif decisions is not None:
             if not Path(decisions).is_file():
                 raise DsbuildError(f"decisions file {decisions} does not exist", exit_code=2)
-            chosen = parse_decisions(Path(decisions), images=images, labels=ds.labels)
+            chosen = parse_decisions(Path(decisions), images=images, labels=ds.labels, history=history,
+                                     last_run_at=run_at)
             source = f"review:{Path(decisions).name}"
         else:
             last = cat.last_attempt(name, "mislabels")
@@ -527,30 +545,42 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
                     f"the latest mislabel run of '{name}' ({last['run_id']}) was refused: its out-of-fold model did "
                     "not learn the labels, so it has no suggestions to accept — fix the data or the model settings "
                     f"and run `dsbuild mislabels {name}` again")
-            if issues.empty and cat.latest_mislabel_run(name) is None:
+            if issues.empty and run is None:
                 raise DsbuildError(f"no mislabel run for '{name}' yet — run `dsbuild mislabels {name}` first")
-            # A run that flagged nothing leaves nothing to accept: zero events, not an error.
-            chosen = decisions_from_suggestions(issues[issues["kind"] == "label"], min_confidence=min_confidence)
+            # A run that flagged nothing leaves nothing to accept: zero events, not an error. An image someone
+            # decided about since the run started (keep, remove, relabel, undo) keeps that decision: the run's
+            # suggestion predates it (an earlier accept counts too).
+            since = (set() if run_at is None or history.empty
+                     else set(history.loc[history["changed_at"] >= run_at, "image_id"].astype(str)))
+            chosen, reviewed = suggested_decisions(issues[issues["kind"] == "label"], min_confidence=min_confidence,
+                                                   reviewed=since)
+            # A build since the run may have rejected or failed a flagged image: nothing a person can fix here.
+            status = dict(zip(images["image_id"].astype(str), images["status"].astype(str)))
+            gone = [d for d in chosen if status.get(d.image_id) not in REVIEWABLE]
+            chosen = [d for d in chosen if status.get(d.image_id) in REVIEWABLE]
+            skipped.update({k: n for k, n in (("reviewed since the mislabel run", len(reviewed)),
+                                              ("not ok or duplicate now", len(gone))) if n})
             source = f"review:suggestions@{min_confidence:g}"
         quality = (cat.latest_label_quality(name, ids) if issues is None
                    else dict(zip(issues["image_id"], issues["label_quality"])))
-        events = plan_events(chosen, current=images, history=history, source=source, at=utcnow())
+        events = plan_events(chosen, current=images, history=history, source=source, at=utcnow(), last_run_at=run_at)
         for ev in events:
             ev.setdefault("label_quality", quality.get(ev["image_id"]))
         cat.append_label_events(name, events)
         if on_commit is not None:
             on_commit(cat)
-        return events, source
+        return events, len(chosen) - len(events), source
 
     if catalog is not None:
-        events, source = apply(catalog)
+        events, already, source = apply(catalog)
     else:
         with _Writer(manifest) as w, w.open() as cat:
-            events, source = apply(cat)
+            events, already, source = apply(cat)
     by_action: dict[str, int] = {}
     for ev in events:
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
-    return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source)
+    return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
+                         already_applied=already, skipped=skipped)
 
 
 # --------------------------------------------------------------------------- retrain + compare

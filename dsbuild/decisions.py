@@ -49,6 +49,20 @@ Validation is all or nothing: every problem of the file is collected with its
 line number and reported in one :class:`~dsbuild.errors.DsbuildError`, and no
 decision is applied unless the whole file is valid.
 
+Running a file again
+--------------------
+
+A reviewer appends rows to a file and runs it again: a row whose decision
+already stands is *already applied* — no event, counted, not an error. That
+is a ``relabel`` to the current label when the latest relabel not undone set
+it; a ``remove`` when the image's standing decision is that remove; a ``keep``
+when the standing decision is a keep made after the latest mislabel run
+started (a keep from before it is written again: it confirms the label against
+the newer run, whose label quality it records). A relabel to the label the
+image was *given* and still has, with no decision behind it, stays an error
+("use keep to confirm it"): it names no change, so it is likely a slip (the
+wrong class picked). Undo is never "already applied": each one pops a decision.
+
 Events
 ------
 
@@ -82,7 +96,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Sequence
 
 from dsbuild.errors import DsbuildError, closest, did_you_mean
 from dsbuild.rows import LABEL_ISSUE_COLUMNS, REPORT_COLUMNS
@@ -243,6 +257,13 @@ def _read_rows(path: Path, problems: _Problems) -> tuple[list[str], list[_Row]]:
     if header is None:
         raise DsbuildError(f"decisions file {path} is empty — it needs a header (image_id,action,new_label,note) "
                            "and one row per decision", exit_code=2)
+    if "action" not in header and any(c in ACTIONS for c in header):
+        # The first line is a decision (e.g. "5cea…,keep"): the file has no header row, and the rows read
+        # against that line as a header say nothing useful.
+        only = _Problems()
+        only.add(header_line, f"no header row: the first line is a decision ({', '.join(c for c in header if c)}) "
+                              "— add the line image_id,action,new_label,note above it (or path,action,new_label,note)")
+        only.raise_if_any(f"decisions file {path}")
     missing = []
     if "action" not in header:
         missing.append("action")
@@ -303,14 +324,19 @@ def _resolved(p: Path) -> str:
 
 
 def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[str],
-                    dataset: str | None = None) -> list[Decision]:
+                    dataset: str | None = None, history: "pandas.DataFrame | None" = None,
+                    last_run_at: datetime | None = None) -> list[Decision]:
     """Read and validate a decisions CSV against the catalog; all or nothing.
 
     ``images``: the dataset's rows of the ``images`` view with columns
     ``image_id``, ``path``, ``origin``, ``label`` (current), ``status`` (extra
     columns are ignored). ``labels``: the dataset's class names. ``dataset``:
     when given, a ``dataset`` column in the file (the mislabel report has one)
-    must match it.
+    must match it. ``history`` (the dataset's ``label_events``, as for
+    :func:`plan_events`) and ``last_run_at`` (when the latest mislabel run
+    started): with them a row whose decision already stands (a file run again)
+    passes, and :func:`plan_events` turns it into no event — see "Running a
+    file again" in the module docstring.
 
     Returns the decisions in file order, one per image (see the module
     docstring for the format). Raises one :class:`DsbuildError` (exit code 2)
@@ -325,6 +351,7 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
     index = _ImageIndex(images, base_dirs=[path.resolve().parent, Path.cwd()])
     label_set = list(dict.fromkeys(str(x) for x in labels))
     is_report = "suggested_label" in header
+    stacks = _undo_stacks(history)
     chosen: dict[str, Decision] = {}
     for row in rows:
         v = row.values
@@ -347,17 +374,20 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
         if image_id is None:
             continue
         rec = index.by_id[image_id]
-        current = str(rec["label"])
+        current, status = str(rec["label"]), str(rec["status"])
         new_label = v.get("new_label") or None
         note = v.get("note") or None
+        if action == "relabel" and new_label is None and is_report and v.get("suggested_label"):
+            new_label = v["suggested_label"]
+        # The file run again: this row's decision already stands. A relabel that stands explains why the label
+        # differs from the report's given_label; a keep or remove does not (something else changed the label).
+        done = _already_applied(action, new_label, current, status, stacks.get(image_id, []), last_run_at)
         given = v.get("given_label")
-        if given and action != "undo" and given != current:
+        if given and action != "undo" and given != current and not (done and action == "relabel"):
             problems.add(line, f"image {image_id} is labelled '{_short(current)}' now, not '{_short(given)}' as this row says "
                                "(its label changed since the report) — run `dsbuild mislabels` again or delete the row")
             continue
         if action == "relabel":
-            if new_label is None and is_report and v.get("suggested_label"):
-                new_label = v["suggested_label"]
             if new_label is None:
                 problems.add(line, f"relabel needs a new_label — one of {_label_list(label_set)}")
                 continue
@@ -365,7 +395,7 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
                 problems.add(line, f"unknown label '{_short(new_label)}'{did_you_mean(new_label, label_set)} "
                                    f"— labels of this dataset: {_label_list(label_set)}")
                 continue
-            if new_label == current:
+            if new_label == current and not done:
                 problems.add(line, f"image {image_id} already has label '{_short(current)}' — use keep to confirm it")
                 continue
         elif new_label is not None:
@@ -376,8 +406,7 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
                 problems.add(line, f"new_label '{_short(new_label)}' is only used with relabel{extra} "
                                    "— empty it or change the action to relabel")
                 continue
-        status = str(rec["status"])
-        if action != "undo" and status not in REVIEWABLE:
+        if action != "undo" and status not in REVIEWABLE and not done:
             problems.add(line, f"image {image_id} has status '{status}' — only ok or duplicate images can be "
                                "relabelled, kept or removed (an image removed in review comes back with undo)")
             continue
@@ -402,6 +431,10 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
     by_id = by_path = None
     if iid:
         if iid not in index.by_id:
+            if _looks_like_path(iid):  # image ids are 16 hex digits: this is a path in the wrong column
+                problems.add(line, f"unknown image_id '{_short(iid)}' — that is a path, not an image_id: put paths "
+                                   "in a column named path (header: path,action,new_label,note) or give the image_id")
+                return None
             problems.add(line, f"unknown image_id '{_short(iid)}' — not an image of this dataset "
                                "(see `dsbuild query \"select image_id, path, label from images\"`)")
             return None
@@ -425,6 +458,12 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
         problems.add(line, "no image_id or path — every row must name its image")
         return None
     return by_id or by_path
+
+
+def _looks_like_path(value: str) -> bool:
+    """Whether a value can only be a path or URL (a folder separator, a scheme, or a file extension), never one
+    of dsbuild's image ids (16 hex digits, :func:`dsbuild.rows.image_id_for`)."""
+    return "/" in value or "\\" in value or "://" in value or bool(Path(value).suffix)
 
 
 def _label_list(labels: Sequence[str]) -> str:
@@ -461,19 +500,33 @@ def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str]) -> 
 # --------------------------------------------------------------------------- suggestions
 
 
-def decisions_from_suggestions(issues: "pandas.DataFrame", *, min_confidence: float) -> list[Decision]:
-    """Relabel decisions for confident suggestions of a mislabel run.
+def decisions_from_suggestions(issues: "pandas.DataFrame", *, min_confidence: float,
+                               reviewed: Collection[str] = ()) -> list[Decision]:
+    """Relabel decisions for confident suggestions of a mislabel run: :func:`suggested_decisions`'s decisions."""
+    return suggested_decisions(issues, min_confidence=min_confidence, reviewed=reviewed)[0]
+
+
+def suggested_decisions(issues: "pandas.DataFrame", *, min_confidence: float,
+                        reviewed: Collection[str] = ()) -> tuple[list[Decision], list[str]]:
+    """Relabel decisions for confident suggestions of a mislabel run, and the images skipped as reviewed since.
 
     ``issues`` has columns ``image_id``, ``given_label``, ``suggested_label``,
     ``suggested_confidence`` (out-of-sample probability of the suggested class,
     0–1) and optionally ``label_quality``, ``kind`` and ``current_label`` (as the
-    ``label_issues`` view has). A row becomes ``relabel → suggested_label`` when
-    ``suggested_confidence >= min_confidence`` and the suggestion differs from
-    the given label. Rows are skipped when: the confidence is missing, ``kind``
-    is not ``label`` (conflicts and out-of-distribution flags need a person), or
-    ``current_label`` differs from ``given_label`` (the image was reviewed since
-    the run). One decision per image (the most confident), most confident first.
-    ``min_confidence`` must be in (0, 1].
+    ``label_issues`` view has). A row is *confident* when
+    ``suggested_confidence >= min_confidence``, the suggestion differs from the
+    given label and ``kind`` is ``label`` (conflicts and out-of-distribution flags
+    need a person); rows without a confidence are not. ``reviewed``: ids of the
+    images someone decided about after the run (any label event since the run
+    started: keep, remove, relabel, undo — a person's word, or an earlier accept,
+    is not overruled by the run it answered). A confident row is skipped when its
+    image is in ``reviewed`` or its ``current_label`` differs from ``given_label``
+    (relabelled since the run).
+
+    Returns ``(decisions, skipped)``: ``relabel → suggested_label`` per remaining
+    image (the most confident suggestion where an image has several), most
+    confident first, noted ``suggestion p=…``; and the sorted ids of the skipped
+    images. ``min_confidence`` must be in (0, 1].
     """
     import pandas as pd
 
@@ -493,8 +546,11 @@ def decisions_from_suggestions(issues: "pandas.DataFrame", *, min_confidence: fl
     keep &= df["suggested_label"].astype(str) != df["given_label"].astype(str)
     if "kind" in df:
         keep &= df["kind"].fillna("label").astype(str) == "label"
+    since = df["image_id"].astype(str).isin({str(i) for i in reviewed})
     if "current_label" in df:
-        keep &= df["current_label"].isna() | (df["current_label"].astype(str) == df["given_label"].astype(str))
+        since |= df["current_label"].notna() & (df["current_label"].astype(str) != df["given_label"].astype(str))
+    skipped = sorted(set(df.loc[keep & since, "image_id"].astype(str)))
+    keep &= ~since
     df = df[keep].assign(_conf=conf[keep]).sort_values(["_conf", "image_id"], ascending=[False, True], kind="stable")
     df = df.drop_duplicates("image_id", keep="first")
     out = []
@@ -504,7 +560,7 @@ def decisions_from_suggestions(issues: "pandas.DataFrame", *, min_confidence: fl
         if quality is not None and not pd.isna(quality):
             note += f", label quality {float(quality):.3f}"
         out.append(Decision(image_id=str(rec["image_id"]), action="relabel", new_label=str(rec["suggested_label"]), note=note))
-    return out
+    return out, skipped
 
 
 # --------------------------------------------------------------------------- events
@@ -514,15 +570,21 @@ _HISTORY_COLUMNS = ("image_id", "action", "old_label", "new_label", "old_status"
 
 
 def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", history: "pandas.DataFrame | None" = None,
-                source: str, at: datetime) -> list[dict]:
-    """Label events for ``decisions`` (one per decision, in order); all or nothing.
+                source: str, at: datetime, last_run_at: datetime | None = None) -> list[dict]:
+    """Label events for ``decisions`` (one per decision, in order, but none for one that already stands); all or nothing.
 
     ``current``: the dataset's ``images`` rows with ``image_id``, ``label``
     (current) and ``status`` (current). ``history``: the dataset's earlier
     ``label_events`` with ``image_id``, ``action``, ``old_label``, ``new_label``,
     ``old_status``, ``new_status`` and, if present, ``event_id`` (their order;
-    otherwise the row order is used); needed for ``undo``. ``source`` (e.g.
+    otherwise the row order is used) and, if present, ``changed_at``; needed for
+    ``undo`` and to see a decision that already stands. ``last_run_at``: when the
+    latest mislabel run started (``None``: no run). ``source`` (e.g.
     ``review:decisions.csv``) and ``at`` are stamped on every event.
+
+    A decision that already stands gives no event ("already applied": a decisions
+    file run again, see the module docstring); the caller counts them as
+    ``len(decisions) - len(events)``.
 
     Returns dicts with keys ``image_id``, ``action``, ``old_label``,
     ``new_label``, ``old_status``, ``new_status``, ``source``, ``at``, ``note``
@@ -549,6 +611,8 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
             continue
         seen.add(d.image_id)
         label, status = _text(rec["label"]), _text(rec["status"])
+        if _already_applied(d.action, d.new_label, label, status, stacks.get(d.image_id, []), last_run_at):
+            continue
         event = {"image_id": d.image_id, "action": d.action, "old_label": label, "new_label": label,
                  "old_status": status, "new_status": None, "source": source, "at": at, "note": d.note}
         if d.action == "undo":
@@ -601,10 +665,14 @@ def _undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
     if missing:
         raise ValueError(f"history needs columns {list(_HISTORY_COLUMNS)}; missing {sorted(missing)}")
     hist = history.sort_values("event_id", kind="stable") if "event_id" in history.columns else history
-    cols = [*_HISTORY_COLUMNS, *(["event_id"] if "event_id" in hist.columns else [])]
+    cols = [*_HISTORY_COLUMNS, *(c for c in ("event_id", "changed_at") if c in hist.columns)]
     stacks: dict[str, list[dict]] = {}
-    for rec in hist[cols].to_dict("records"):
-        rec = {k: (_text(v) if k != "event_id" else (None if _text(v) is None else int(v))) for k, v in rec.items()}
+    for raw in hist[cols].to_dict("records"):
+        rec: dict[str, Any] = {k: _text(raw[k]) for k in _HISTORY_COLUMNS}
+        if "event_id" in raw:
+            rec["event_id"] = None if _text(raw["event_id"]) is None else int(raw["event_id"])
+        if "changed_at" in raw:  # a timestamp, kept as one (compared with the mislabel run's start)
+            rec["changed_at"] = None if _text(raw["changed_at"]) is None else raw["changed_at"]
         stack = stacks.setdefault(str(rec["image_id"]), [])
         if rec["action"] == "undo":
             if stack:
@@ -612,6 +680,34 @@ def _undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
         else:
             stack.append(rec)
     return stacks
+
+
+def _already_applied(action: str, new_label: str | None, label: str | None, status: str | None, stack: list[dict],
+                     last_run_at: datetime | None) -> bool:
+    """Whether ``action`` (→ ``new_label``) is the image's decision that stands now, so applying it again changes nothing.
+
+    ``label`` / ``status``: the image's current ones; ``stack``: its decisions not undone, oldest first
+    (:func:`_undo_stacks`, with ``changed_at``). Already applied are: a ``relabel`` to the current label
+    when the latest standing relabel set that label (a relabel to the label the image was *given*, never
+    changed, is not: that is the mistake "use keep" catches); a ``remove`` of an image whose standing
+    decision is that remove; a ``keep`` on top of the stack made after the latest mislabel run started
+    (a keep before it confirms the label against a run that had not scored it yet: a new event, with the
+    new run's label quality).
+    """
+    if not stack or action == "undo":
+        return False
+    top = stack[-1]
+    if action == "relabel":
+        last = next((e for e in reversed(stack) if e["action"] == "relabel"), None)
+        return last is not None and new_label is not None and last["new_label"] == new_label == label
+    if action == "remove":
+        return top["action"] == "remove" and status == REMOVED_STATUS
+    if action == "keep":
+        if top["action"] != "keep":
+            return False
+        made = top.get("changed_at")
+        return last_run_at is None or (made is not None and made >= last_run_at)
+    return False
 
 
 def _describe_event(ev: dict) -> str:

@@ -97,6 +97,9 @@ BAD_FILES = [
         "— expected image_id (or path), action, new_label, note",
         "line 1: missing column image_id (or path) (is 'imageid' a misspelling of it?); the header is: imageid, actoin "
         "— expected image_id (or path), action, new_label, note")),
+    ("no-header-row", f"{ASTRO},keep\n{COFFEE},relabel,cat\n", problems(
+        Path("{p}"), f"line 1: no header row: the first line is a decision ({ASTRO.lower()}, keep) — add the line "
+                     "image_id,action,new_label,note above it (or path,action,new_label,note)")),
     ("header-only", H, "decisions file {p} has no decisions — add one row per decision"),
     ("bad-quotes", H + f'{ASTRO},relabel,"cat"x,note\n', problems(
         Path("{p}"), "line 2: malformed CSV (',' expected after '\"') — check the quotes on this line")),
@@ -130,6 +133,12 @@ BAD_FILES = [
         f"line 2: path '{{root}}/store/rocket.jpg' is 2 images ({ROCKET1}, {ROCKET2}) — use image_id to say which",
         "line 3: no image of this dataset has path 'store/nothing.jpg' (stored file or origin) — check the path or use image_id",
         "line 4: no image_id or path — every row must name its image")),
+    ("path-in-the-image-id-column", H + "/srv/shots/astro.jpg,keep,,\nstore/coffee.jpg,keep,,\n", problems(
+        Path("{p}"),
+        "line 2: unknown image_id '/srv/shots/astro.jpg' — that is a path, not an image_id: put paths in a column "
+        "named path (header: path,action,new_label,note) or give the image_id",
+        "line 3: unknown image_id 'store/coffee.jpg' — that is a path, not an image_id: put paths in a column "
+        "named path (header: path,action,new_label,note) or give the image_id")),
     ("id-and-path-disagree", f"image_id,path,action\n{ASTRO},{{root}}/store/coffee.jpg,keep\n", problems(
         Path("{p}"), f"line 2: image_id '{ASTRO}' and path '{{root}}/store/coffee.jpg' name different images — fix one of them")),
     ("not-reviewable", H + f"{FAILED},keep,,\n{REMOVED},relabel,cat,\n", problems(
@@ -321,11 +330,14 @@ class Ledger:
         return pd.DataFrame([(i, lab, st) for i, (lab, st) in state.items()], columns=["image_id", "label", "status"])
 
     def history(self) -> pd.DataFrame:
-        return pd.DataFrame(self.events, columns=["event_id", "image_id", "action", "old_label", "new_label",
-                                                  "old_status", "new_status", "source", "at", "note"])
+        df = pd.DataFrame(self.events, columns=["event_id", "image_id", "action", "old_label", "new_label",
+                                                "old_status", "new_status", "source", "at", "note"])
+        return df.assign(changed_at=df["at"])  # the catalog's name for it
 
-    def review(self, *decisions: Decision, source: str = "review:test.csv") -> list[dict]:
-        planned = plan_events(list(decisions), current=self.current(), history=self.history(), source=source, at=AT)
+    def review(self, *decisions: Decision, source: str = "review:test.csv", at: datetime = AT,
+               last_run_at: datetime | None = None) -> list[dict]:
+        planned = plan_events(list(decisions), current=self.current(), history=self.history(), source=source, at=at,
+                              last_run_at=last_run_at)
         for ev in planned:
             self.events.append({"event_id": len(self.events) + 1, **ev})
         return planned
@@ -386,6 +398,28 @@ def test_undo_of_a_removal_gives_the_status_back_to_the_build(images):
     (ev,) = ledger.review(Decision(CAT, "undo"))
     assert (ev["old_status"], ev["new_status"]) == ("rejected", None)
     assert ledger.state(CAT) == ("cat", "duplicate")
+
+
+def test_a_decision_that_already_stands_gives_no_event(images):
+    ledger = Ledger(images)
+    first = (Decision(ASTRO, "relabel", "cat"), Decision(COFFEE, "remove"), Decision(CAT, "keep"))
+    assert len(ledger.review(*first)) == 3
+    # The same decisions again (a decisions file run again): nothing to write, nothing refused.
+    assert ledger.review(*first) == []
+    # A keep made before the latest mislabel run started confirms the label against that run: a new event.
+    later = datetime(2024, 5, 2, tzinfo=timezone.utc)
+    (ev,) = ledger.review(Decision(CAT, "keep"), Decision(ASTRO, "relabel", "cat"), last_run_at=later,
+                          at=datetime(2024, 5, 3, tzinfo=timezone.utc))
+    assert (ev["image_id"], ev["action"]) == (CAT, "keep")
+    assert ledger.review(Decision(CAT, "keep"), last_run_at=later) == []  # that keep is after the run
+    # Not already applied: a relabel to the label the image was given (no decision set it), and a relabel back
+    # to the given label after an undo of the relabel that had set it.
+    with pytest.raises(DsbuildError, match=f"image {ROCKET1} already has label 'rocket' — use keep"):
+        ledger.review(Decision(ROCKET1, "relabel", "rocket"))
+    ledger.review(Decision(ASTRO, "undo"))
+    with pytest.raises(DsbuildError, match=f"image {ASTRO} already has label 'person' — use keep"):
+        ledger.review(Decision(ASTRO, "relabel", "person"))
+    assert len(ledger.events) == 5
 
 
 def test_plan_events_is_all_or_nothing(images):
@@ -457,3 +491,18 @@ def test_events_through_the_real_catalog(tmp_path, images):
         assert back.loc[ASTRO, "label"] == "person"
         assert back.loc[COFFEE, "status"] == "ok" and back.loc[COFFEE, "label"] == "cup"
         assert len(history(cat)) == 5
+
+
+def test_the_readme_decisions_example_is_a_valid_file(tmp_path):
+    """The README's decisions file, as written there, is read as the decisions it shows (issue: no header)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Review decisions: `dsbuild review`", 1)[1]
+    example = re.search(r"```\n(.*?)```", section, re.S).group(1)
+    ids = [line.split(",", 1)[0] for line in example.splitlines()[1:]]
+    images = pd.DataFrame({"image_id": ids, "path": None, "origin": [f"https://example.org/{i}.jpg" for i in ids],
+                           "label": ["sunglasses", "none", "glasses"], "status": "ok"})
+    got = parse_decisions(write(tmp_path, example), images=images, labels=["glasses", "none", "sunglasses", "VR"])
+    assert [(d.action, d.new_label, d.note) for d in got] == [
+        ("relabel", "glasses", "frames, not tinted"), ("keep", None, None), ("remove", None, "a drawing")]

@@ -219,8 +219,9 @@ def test_bad_decisions_are_refused_and_nothing_is_written(client: TestClient, pr
 
 def test_unknown_label_and_relabel_to_the_same_label_are_refused_with_the_reason(client: TestClient, project) -> None:
     manifest, _ = project
-    target = queue_ids(client)[4]
     before = events(manifest)
+    decided = {e[0] for e in before}  # an image relabelled before: relabelling it to that label again is a no-op
+    target = next(i for i in queue_ids(client)[4:] if i not in decided)
     r = client.post("/api/decide", json={"decisions": [{"image_id": target, "action": "relabel", "new_label": "sevn"}]},
                     headers=CSRF)
     assert r.status_code == 409 and "unknown label 'sevn' (did you mean 'seven'?)" in r.json()["error"]
@@ -229,6 +230,13 @@ def test_unknown_label_and_relabel_to_the_same_label_are_refused_with_the_reason
                     headers=CSRF)
     assert r.status_code == 409 and "already has label" in r.json()["error"]
     assert events(manifest) == before
+    # The same relabel pressed twice: the second is already applied, no second event.
+    other = next(lab for lab in ("zero", "one", "seven") if lab != current)
+    body = {"decisions": [{"image_id": target, "action": "relabel", "new_label": other}]}
+    assert client.post("/api/decide", json=body, headers=CSRF).status_code == 200
+    r = client.post("/api/decide", json=body, headers=CSRF)
+    assert r.status_code == 200 and r.json()["states"][0]["label"] == other, r.text
+    assert len(events(manifest)) == len(before) + 1
 
 
 def test_a_busy_catalog_answers_503_and_the_retry_applies(client: TestClient, project) -> None:

@@ -1,0 +1,222 @@
+"""Review a second time: decisions made since a mislabel run, and decision files run again.
+
+Real parts only: the digits project of :mod:`ui_data` (real handwritten digits built into a
+real DuckDB catalog, with a real cleanlab mislabel run on out-of-sample probabilities), and
+the ``dsbuild review`` command run in-process through :func:`dsbuild.cli.main`, as a user
+runs it. Every outcome is read back from the catalog with SQL.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from dsbuild.cli import main
+from ui_data import make_project, record_mislabel_run
+
+MIN_CONFIDENCE = "0.6"  # the logistic regression's suggestions on these digits reach 0.65–0.87
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("review-again"))
+
+
+@pytest.fixture()
+def project(built: Path, tmp_path: Path) -> Path:
+    """A private copy of the built project (each test writes decisions): its manifest path. Its catalog still
+    names the fixture's source files and store: review it, never build it."""
+    shutil.copytree(built.parent, tmp_path / "p", symlinks=True)
+    return tmp_path / "p" / "datasets.toml"
+
+
+def sql(manifest: Path, query: str, params: list | None = None) -> list[tuple]:
+    con = duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb"), read_only=True)
+    try:
+        return con.execute(query, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def confident(manifest: Path) -> list[tuple[str, str, str]]:
+    """(image_id, given_label, suggested_label) of the label flags --accept-suggestions would take, most confident first."""
+    rows = sql(manifest, "SELECT image_id, given_label, suggested_label FROM label_issues WHERE dataset = 'digits' "
+                         "AND kind = 'label' AND suggested_confidence >= ? ORDER BY suggested_confidence DESC, image_id",
+               [float(MIN_CONFIDENCE)])
+    assert len(rows) >= 4, f"want at least 4 confident suggestions in the fixture's run, got {rows}"
+    return rows
+
+
+def state(manifest: Path, image_id: str) -> tuple[str, str]:
+    return sql(manifest, "SELECT label, status FROM images WHERE image_id = ?", [image_id])[0]
+
+
+def n_events(manifest: Path) -> int:
+    return sql(manifest, "SELECT count(*) FROM label_history WHERE dataset = 'digits'")[0][0]
+
+
+def review(manifest: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["-m", str(manifest), "review", "digits", *args])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err, out.err
+    return code, out.out, out.err
+
+
+def decisions_file(folder: Path, *rows: str, name: str = "decisions.csv") -> Path:
+    path = folder / name
+    path.write_text("image_id,action,new_label,note\n" + "".join(r + "\n" for r in rows))
+    return path
+
+
+# --------------------------------------------------------------------------- accept suggestions after a review
+
+
+def test_accept_suggestions_leaves_an_image_a_person_kept_after_the_run(project: Path, tmp_path: Path, capsys) -> None:
+    flags = confident(project)
+    kept, given, _ = flags[0]
+    code, out, _ = review(project, capsys, "--decisions", str(decisions_file(tmp_path, f"{kept},keep,,a true {given}")))
+    assert code == 0 and "applied 1 decision" in out
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0, err
+    assert state(project, kept) == (given, "ok")  # the person's keep stands
+    for image_id, _, suggested in flags[1:]:
+        assert state(project, image_id) == (suggested, "ok")
+    assert f"applied {len(flags) - 1} decisions" in out, out
+    assert "skipped 1 image reviewed since the mislabel run" in out, out
+    # Only the person's keep and the accepted relabels are in the log.
+    assert n_events(project) == 1 + len(flags) - 1
+
+
+def test_accept_suggestions_skips_images_removed_or_relabelled_after_the_run(project: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    flags = confident(project)
+    (removed, given_r, _), (relabelled, given_l, _) = flags[0][:3], flags[1][:3]
+    other = next(lab for lab in ("zero", "one", "seven") if lab not in (given_l, flags[1][2]))
+    path = decisions_file(tmp_path, f"{removed},remove,,", f"{relabelled},relabel,{other},")
+    assert review(project, capsys, "--decisions", str(path))[0] == 0
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0, err  # was: exit 2, "image … has status 'rejected' … fix it and run again"
+    assert state(project, removed) == (given_r, "rejected")
+    assert state(project, relabelled) == (other, "ok")
+    for image_id, _, suggested in flags[2:]:
+        assert state(project, image_id) == (suggested, "ok")
+    assert "skipped 2 images reviewed since the mislabel run" in out, out
+
+
+def test_a_decision_made_before_the_latest_run_does_not_hide_its_new_suggestion(project: Path, tmp_path: Path,
+                                                                                 capsys) -> None:
+    # A keep, then an undo of it, after the run: skipped (a person looked at the image since the run) …
+    flags = confident(project)
+    image_id, given, _ = flags[0]
+    assert review(project, capsys, "--decisions", str(decisions_file(tmp_path, f"{image_id},keep,,")))[0] == 0
+    assert review(project, capsys, "--decisions", str(decisions_file(tmp_path, f"{image_id},undo,,", name="u.csv")))[0] == 0
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0 and "skipped 1 image reviewed since the mislabel run" in out, (out, err)
+    assert state(project, image_id) == (given, "ok")
+    # … but a new mislabel run scored the image after those decisions: its suggestion is accepted, and the
+    # relabels accepted before that run are not "reviewed since" it.
+    record_mislabel_run(project)
+    again = {r[0]: r for r in confident(project)}
+    assert image_id in again, "the new run flags the image again (same label, same model)"
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0, err
+    assert state(project, image_id) == (again[image_id][2], "ok") and "skipped" not in out, out
+
+
+# --------------------------------------------------------------------------- a decisions file run again
+
+
+def test_a_decisions_file_run_again_with_rows_appended_applies_only_the_new_rows(project: Path, tmp_path: Path,
+                                                                                 capsys) -> None:
+    flags = confident(project)
+    (a, _, a_to), (b, b_given, _), (c, c_given, _), (d, _, d_to) = (f[:3] for f in flags[:4])
+    rows = [f"{a},relabel,{a_to},", f"{b},remove,,", f"{c},keep,,"]
+    path = decisions_file(tmp_path, *rows)
+    assert review(project, capsys, "--decisions", str(path))[0] == 0
+    assert n_events(project) == 3
+    path = decisions_file(tmp_path, *rows, f"{d},relabel,{d_to},")  # the reviewer appends a row and runs it again
+    code, out, err = review(project, capsys, "--decisions", str(path))
+    assert code == 0, err  # was: exit 2, "already has label … — use keep"
+    assert "applied 1 decision to 'digits' (relabel 1)" in out and "3 already applied" in out, out
+    assert n_events(project) == 4  # nothing written twice
+    assert [state(project, i) for i in (a, b, c, d)] == [(a_to, "ok"), (b_given, "rejected"), (c_given, "ok"),
+                                                        (d_to, "ok")]
+    # The same file a third time: nothing to apply, nothing written, not an error.
+    code, out, _ = review(project, capsys, "--decisions", str(path))
+    assert code == 0 and "applied 0 decisions" in out and "4 already applied" in out, out
+    assert n_events(project) == 4
+
+
+def test_a_row_that_contradicts_the_catalog_is_still_refused_with_its_line(project: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    flags = confident(project)
+    (a, _, a_to), (b, b_given, _) = flags[0][:3], flags[1][:3]
+    assert review(project, capsys, "--decisions", str(decisions_file(tmp_path, f"{a},relabel,{a_to},")))[0] == 0
+    # Line 3 relabels b to the label it was given and still has: no earlier decision did that — a mistake.
+    path = decisions_file(tmp_path, f"{a},relabel,{a_to},", f"{b},relabel,{b_given},")
+    code, _, err = review(project, capsys, "--decisions", str(path))
+    assert code == 2
+    assert f"line 3: image {b} already has label '{b_given}' — use keep to confirm it" in err, err
+    assert "line 2" not in err  # the row applied before is not a problem
+    assert n_events(project) == 1  # all or nothing
+
+
+def test_the_mislabel_report_run_again_as_a_decisions_file(project: Path, tmp_path: Path, capsys) -> None:
+    import csv
+
+    from dsbuild.catalog import Catalog
+    from dsbuild.render.tables import render_table
+    from dsbuild.rows import REPORT_COLUMNS
+
+    # The report `dsbuild mislabels digits --format csv` writes, from the stored run (not scored again here).
+    report = tmp_path / "flags.csv"
+    with Catalog.open_readonly(project.parent / "catalog" / "dsbuild.duckdb") as cat:
+        issues = cat.latest_issues("digits")
+    render_table(issues[[c for c in REPORT_COLUMNS if c in issues]], "csv", report)
+    rows = list(csv.DictReader(report.open()))
+    first = next(r for r in rows if r["kind"] == "label")
+    first["action"] = "relabel"  # new_label empty: take the suggested label
+    with report.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=[*(k for k in rows[0] if k != "action"), "action"])
+        w.writeheader()
+        w.writerows({**r, "action": r.get("action", "")} for r in rows)
+    assert review(project, capsys, "--decisions", str(report))[0] == 0
+    # Its given_label column now disagrees with the image's label — because of this very row: not stale.
+    code, out, err = review(project, capsys, "--decisions", str(report))
+    assert code == 0, err
+    assert "applied 0 decisions" in out and "1 already applied" in out, out
+    assert state(project, first["image_id"]) == (first["suggested_label"], "ok")
+
+
+def test_keep_again_after_a_new_run_records_the_new_confirmation(project: Path, tmp_path: Path, capsys) -> None:
+    """A repeated keep is a no-op, unless a mislabel run came since: then it confirms the label against that run."""
+    image_id = confident(project)[0][0]
+    path = decisions_file(tmp_path, f"{image_id},keep,,")
+    assert review(project, capsys, "--decisions", str(path))[0] == 0
+    code, out, _ = review(project, capsys, "--decisions", str(path))
+    assert code == 0 and "1 already applied" in out and n_events(project) == 1
+    record_mislabel_run(project)
+    code, out, _ = review(project, capsys, "--decisions", str(path))
+    assert code == 0 and "applied 1 decision" in out and "already applied" not in out, out
+    assert n_events(project) == 2
+
+
+def test_accept_suggestions_skips_an_image_a_build_rejected_after_the_run(tmp_path: Path, capsys) -> None:
+    import dsbuild
+
+    project = make_project(tmp_path)  # its own (a copy's catalog names the fixture's source files)
+    flags = confident(project)
+    broken = flags[0][0]
+    origin = sql(project, "SELECT origin FROM images WHERE image_id = ?", [broken])[0][0]
+    Path(origin).write_bytes(b"<html>no longer a png</html>")  # the file went bad; the next build rejects it
+    dsbuild.build(dsbuild.load_manifest(project), ["digits"], workers=1)
+    assert state(project, broken)[1] == "rejected"
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0, err  # nothing the user could fix in a review
+    assert "skipped 1 image not ok or duplicate now" in out, out
+    for image_id, _, suggested in flags[1:]:
+        assert state(project, image_id) == (suggested, "ok")
