@@ -211,12 +211,14 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
             _end_failed_run(w, run_id, exc)
             raise
         valid_ids = df.loc[df["split"] == "valid", "image_id"].tolist()
+        train_ids = df.loc[df["split"] == "train", "image_id"].tolist()  # what the model learned from
         with w.open() as cat:
             cat.finish_run(
                 run_id, n_train=result.n_train, n_valid=result.n_valid, error_rate=result.error_rate,
                 accuracy=result.accuracy, model_path=str(result.model_path), epochs=result.epochs,
                 confusion={"classes": list(result.classes), "matrix": result.confusion},
-                per_class=result.per_class_accuracy, valid_ids=valid_ids, duration_s=result.duration_s,
+                per_class=result.per_class_accuracy, valid_ids=valid_ids, train_ids=train_ids,
+                duration_s=result.duration_s,
                 params=result.params | {"learn_check": _check_json(result.learned)},
             )
     return RunReport(run_id=run_id, dataset=name, kind=kind, result=result, parent_run=parent_run)

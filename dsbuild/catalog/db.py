@@ -611,7 +611,7 @@ class Catalog:
     def finish_run(self, run_id: str, **fields: Any) -> None:
         fields.setdefault("finished_at", utcnow())
         fields.setdefault("status", "ok")
-        for key in ("epochs", "confusion", "per_class", "valid_ids", "params"):
+        for key in ("epochs", "confusion", "per_class", "valid_ids", "train_ids", "params"):
             if key in fields and not isinstance(fields[key], str):
                 fields[key] = json.dumps(fields[key], default=str)
         sets = ", ".join(f"{k} = ?" for k in fields)
