@@ -211,12 +211,14 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
             _end_failed_run(w, run_id, exc)
             raise
         valid_ids = df.loc[df["split"] == "valid", "image_id"].tolist()
+        train_ids = df.loc[df["split"] == "train", "image_id"].tolist()  # what the model learned from
         with w.open() as cat:
             cat.finish_run(
                 run_id, n_train=result.n_train, n_valid=result.n_valid, error_rate=result.error_rate,
                 accuracy=result.accuracy, model_path=str(result.model_path), epochs=result.epochs,
                 confusion={"classes": list(result.classes), "matrix": result.confusion},
-                per_class=result.per_class_accuracy, valid_ids=valid_ids, duration_s=result.duration_s,
+                per_class=result.per_class_accuracy, valid_ids=valid_ids, train_ids=train_ids,
+                duration_s=result.duration_s,
                 params=result.params | {"learn_check": _check_json(result.learned)},
             )
     return RunReport(run_id=run_id, dataset=name, kind=kind, result=result, parent_run=parent_run)
@@ -588,20 +590,31 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
 
 @dataclass(frozen=True)
 class Comparison:
-    """Before/after on the same valid images with their current labels."""
+    """Before/after on the same valid images with their current labels, none of which either model trained on.
+
+    ``n_valid``: the images compared; ``n_current_valid``: today's valid split (accepted images);
+    ``left_out``: why the others were left out (None when none were); ``refused``: why no image could be
+    compared (then ``n_valid`` is 0, the errors are None and ``per_class`` is empty).
+    ``per_class``: one dict per label: label, n, before_acc, after_acc (fractions 0..1).
+    """
 
     before_run: str
     after_run: str
     n_valid: int
-    before_error: float
-    after_error: float
-    per_class: list[dict]  # label, n, before_acc, after_acc
+    before_error: float | None
+    after_error: float | None
+    per_class: list[dict]
+    n_current_valid: int = 0
+    left_out: str | None = None
+    refused: str | None = None
 
 
 def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[RunReport, Comparison | None]:
     """Train again with the same settings on the current labels; compare with the previous run.
 
     Refused when there is no earlier train/retrain run with a model: there would be nothing to compare with.
+    The comparison (:func:`compare_runs`) may itself be refused (``Comparison.refused``) while the
+    retrain run stands.
     """
     manifest.dataset(name)
     prev = last_run(manifest, name) if manifest_catalog_exists(manifest) else None
@@ -615,19 +628,86 @@ def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[Ru
 
 
 def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comparison:
+    """Both models on today's valid images that neither trained on, with their current labels.
+
+    ``prev``: the earlier run's row (``model_runs`` columns; a pandas Series or dict). A valid image is left
+    out when the earlier run trained on it (``build --resplit`` moved it from train to valid), or on a copy of
+    it (same content or duplicate group), or — for a run recorded before runs kept their training images
+    (schema 6) — when it was not in that run's valid split: only those are known to be unseen. Labels are
+    the current ones on purpose (a review between the runs is what retrain measures); removed images are no
+    longer valid images at all.
+    """
     with Catalog.open_readonly(manifest.catalog) as cat:
         valid = cat.valid_images(name)
-    valid = valid.assign(before=_valid_labels(manifest, Path(prev["model_path"]).parent, valid),
-                         after=_valid_labels(manifest, Path(report.result.model_path).parent, valid))
+        after_row = cat.run_row(report.run_id)
+        seen_before, why = _seen_by(cat, name, prev, valid)
+        seen_after = _seen_by(cat, name, after_row, valid)[0] if after_row is not None else None
+    before_run, after_run, n_current = str(prev["run_id"]), report.run_id, len(valid)
+    if seen_before is None:
+        return Comparison(before_run, after_run, 0, None, None, [], n_current_valid=n_current,
+                          refused=f"not compared with run {before_run}: {why}")
+    seen = seen_before | (seen_after or set())
+    left = [i for i in valid["image_id"] if i in seen]
+    kept = valid[~valid["image_id"].isin(seen)].reset_index(drop=True)
+    n_before = sum(i in seen_before for i in left)
+    parts = [f"{n_before} of {n_current} valid images {why}"] if n_before else []
+    if n_before < len(left):  # a build between the new run's training and this comparison moved the split
+        parts.append(f"{len(left) - n_before} of {n_current} valid images were in the new run's training set "
+                     "(a build changed the split during the retrain)")
+    left_out = "; ".join(parts) or None
+    if kept.empty:
+        refused = (f"not compared with run {before_run}: {left_out or 'there are no valid images'}, so no valid image "
+                   f"is unseen by both models — the next `dsbuild retrain {name}` compares with this run on today's split")
+        return Comparison(before_run, after_run, 0, None, None, [], n_current_valid=n_current, left_out=left_out,
+                          refused=refused)
+    if left_out:
+        left_out += f": compared on the other {len(kept)}"
+    kept = kept.assign(before=_valid_labels(manifest, Path(prev["model_path"]).parent, kept),
+                       after=_valid_labels(manifest, Path(report.result.model_path).parent, kept))
     per_class = []
-    for label, grp in valid.groupby("label"):
+    for label, grp in kept.groupby("label"):
         per_class.append({"label": label, "n": len(grp), "before_acc": float((grp["before"] == label).mean()),
                           "after_acc": float((grp["after"] == label).mean())})
     return Comparison(
-        before_run=str(prev["run_id"]), after_run=report.run_id, n_valid=len(valid),
-        before_error=float((valid["before"] != valid["label"]).mean()),
-        after_error=float((valid["after"] != valid["label"]).mean()), per_class=per_class,
+        before_run=before_run, after_run=after_run, n_valid=len(kept),
+        before_error=float((kept["before"] != kept["label"]).mean()),
+        after_error=float((kept["after"] != kept["label"]).mean()), per_class=per_class,
+        n_current_valid=n_current, left_out=left_out,
     )
+
+
+def _ids(value) -> list[str] | None:
+    """A run's recorded image ids (a JSON list in ``model_runs``), or None when the run has no such record."""
+    if value is None or (isinstance(value, float) and value != value):  # NULL (pandas reads it as NaN or None)
+        return None
+    return [str(i) for i in (json.loads(value) if isinstance(value, str) else value)]
+
+
+def _seen_by(cat: Catalog, name: str, run, valid) -> tuple[set[str] | None, str]:
+    """The ids among ``valid`` that ``run`` may have learned from, and the reason to tell people.
+
+    With the run's ``train_ids``: those images and any valid image sharing their content (sha256) or duplicate
+    group. Without (a run recorded before schema 6): every valid image not in the run's ``valid_ids``.
+    ``(None, why)`` when the run recorded neither: nothing is known to be unseen.
+    """
+    run_id = run["run_id"]
+    train_ids = _ids(run.get("train_ids"))
+    if train_ids is not None:
+        copies = cat.image_copies(name, train_ids)
+        shas = set(copies["sha256"].dropna())
+        groups = set(copies["dup_group"].dropna())
+        ids = set(train_ids)
+        seen = {i for i, sha, group in zip(valid["image_id"], valid["sha256"], valid["dup_group"])
+                if i in ids or sha in shas or (group is not None and group == group and group in groups)}
+        return seen, "were in the previous run's training set (the split changed since)"
+    valid_ids = _ids(run.get("valid_ids"))
+    if valid_ids is None:
+        return None, (f"run {run_id} recorded neither the images it trained on nor its valid split, so no valid image "
+                      "is known to be unseen by it")
+    was_valid = set(valid_ids)
+    return ({i for i in valid["image_id"] if i not in was_valid},
+            f"were not in the valid split of the previous run, which predates the record of training images "
+            "(it may have trained on them)")
 
 
 def _valid_labels(manifest: Manifest, model_dir: Path, valid) -> "Any":

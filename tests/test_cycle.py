@@ -17,6 +17,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from helpers import run_cli
 from model_data import render_digit
 from dsbuild.cli import main
 
@@ -286,3 +287,147 @@ def test_a_model_that_did_not_learn_says_so_and_its_flags_are_refused(random_pro
     err = capsys.readouterr().err
     assert "was refused" in err and "Traceback" not in err
     assert sql(random_project, "select count(*) from label_history") == [(0,)]
+
+
+def _clone(project: tuple[Path, set[str]], dest: Path) -> Path:
+    """A copy of the built and trained project (catalog, models, feature cache) whose ``data`` folder is the
+    original's (a link): the folders resolve to the same files, so a build keeps every image id."""
+    import shutil
+
+    manifest, _ = project
+    shutil.copytree(manifest.parent, dest, symlinks=True, ignore=lambda d, names: ["data"] if Path(d) == manifest.parent else [])
+    (dest / "data").symlink_to(manifest.parent / "data", target_is_directory=True)
+    return dest / manifest.name
+
+
+def _ok_ids(manifest: Path, split: str) -> set[str]:
+    return {r[0] for r in sql(manifest, "select image_id from images where dataset = 'digits' and status = 'ok' "
+                                        "and split = ?", [split])}
+
+
+def _resplit(manifest: Path, capsys, train: float, valid: float) -> None:
+    import re
+
+    text, n = re.subn(r"train = [0-9.]+\nvalid = [0-9.]+\n", f"train = {train}\nvalid = {valid}\n", manifest.read_text())
+    assert n == 1
+    manifest.write_text(text)
+    code, out, err = run_cli(capsys, manifest, "-q", "build", "--resplit")
+    assert code == 0, err
+
+
+@pytest.mark.slow
+def test_retrain_after_a_resplit_compares_only_on_images_neither_model_trained_on(project, trained, tmp_path: Path,
+                                                                                 capsys) -> None:
+    """The fresh-user trial: `build --resplit` moved training images into valid; the earlier model is not
+    judged on the images it learned from."""
+    manifest = _clone(project, tmp_path / "project")
+    trained_on = _ok_ids(manifest, "train")  # the last run's training images: no split changed since it ran
+    _resplit(manifest, capsys, 0.7, 0.3)
+    valid = _ok_ids(manifest, "valid")
+    moved = valid & trained_on
+    assert 0 < len(moved) < len(valid)  # the scenario: some valid images were trained on, some were not
+    code, out, err = run_cli(capsys, manifest, "retrain", "digits")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert (f"{len(moved)} of {len(valid)} valid images were in the previous run's training set (the split changed "
+            f"since): compared on the other {len(valid) - len(moved)}") in flat
+    assert f"on the same {len(valid) - len(moved)} valid images (current labels)" in flat
+    table_row = next(line for line in out.splitlines() if "error rate" in line and "│" in line)
+    assert table_row.split("│")[2].strip() == str(len(valid) - len(moved))
+    # The retrain run records what it trained on: the next retrain can leave those images out too.
+    (train_ids,) = sql(manifest, "select train_ids from model_runs where kind = 'retrain' order by started_at desc")[0]
+    assert set(json.loads(train_ids)) == _ok_ids(manifest, "train")
+
+
+@pytest.mark.slow
+def test_retrain_refuses_the_comparison_when_every_valid_image_was_trained_on(project, trained, tmp_path: Path,
+                                                                            capsys) -> None:
+    """Resplit to 0.5 / 0.5 and retrain, then resplit to 0.75 / 0.25 (the same seed): the deficit order of
+    :func:`dsbuild.split.assign_splits` gives valid every 2nd unit of a label in the first, every 4th from the
+    3rd in the second, so the new valid split holds only images the last run trained on. Nothing is left to
+    compare on; the retrain itself still runs and reports its own figures."""
+    manifest = _clone(project, tmp_path / "project")
+    _resplit(manifest, capsys, 0.5, 0.5)
+    assert run_cli(capsys, manifest, "-q", "retrain", "digits")[0] == 0
+    (last,) = sql(manifest, "select run_id from runs where kind = 'retrain' order by started_at desc limit 1")[0]
+    trained_on = _ok_ids(manifest, "train")
+    _resplit(manifest, capsys, 0.75, 0.25)
+    valid = _ok_ids(manifest, "valid")
+    assert valid and valid <= trained_on  # the scenario
+    code, out, err = run_cli(capsys, manifest, "retrain", "digits")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert (f"not compared with run {last}: {len(valid)} of {len(valid)} valid images were in the previous run's "
+            "training set (the split changed since), so no valid image is unseen by both models — the next "
+            "`dsbuild retrain digits` compares with this run on today's split") in flat
+    assert "accuracy before" not in flat and not any("error rate" in line and "│" in line for line in out.splitlines())
+    assert f"{len(_ok_ids(manifest, 'train'))} train / {len(valid)} valid images" in flat  # the run's own figures
+    assert sql(manifest, "select parent_run from runs where kind = 'retrain' and status = 'ok' "
+               "order by started_at desc limit 1") == [(last,)]
+
+
+@pytest.mark.slow
+def test_retrain_compares_a_run_recorded_before_training_ids_on_the_images_valid_for_both(project, trained,
+                                                                                        tmp_path: Path, capsys) -> None:
+    """A catalog migrated from schema 5: its runs have valid_ids but no train_ids. Only images valid for the
+    old run too are known to be unseen by it; the others are left out, and the output says why."""
+    manifest = _clone(project, tmp_path / "project")
+    con = duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb"))
+    con.execute("UPDATE model_runs SET train_ids = NULL")  # what the schema 6 migration leaves on older runs
+    con.close()
+    was_valid = _ok_ids(manifest, "valid")
+    _resplit(manifest, capsys, 0.7, 0.3)
+    valid = _ok_ids(manifest, "valid")
+    both = valid & was_valid
+    assert 0 < len(both) < len(valid)
+    code, out, err = run_cli(capsys, manifest, "retrain", "digits")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert (f"{len(valid) - len(both)} of {len(valid)} valid images were not in the valid split of the previous run, "
+            "which predates the record of training images (it may have trained on them): compared on the other "
+            f"{len(both)}") in flat
+    assert f"on the same {len(both)} valid images (current labels)" in flat
+
+
+@pytest.mark.slow
+def test_retrain_leaves_out_copies_of_images_the_previous_run_trained_on(project, trained, tmp_path: Path,
+                                                                        capsys) -> None:
+    """The previous run trained on an image; a reviewer removed it since, and its exact copy (another file, so
+    another image id) took its place in the catalog — then a resplit put the copy in valid. The copy is left out
+    by its content, not by its id."""
+    import shutil
+
+    manifest, _ = project
+    copy = tmp_path / "project"
+    shutil.copytree(manifest.parent, copy, symlinks=True, ignore=lambda d, names: ["data"] if Path(d) == manifest.parent else [])
+    (copy / "data").symlink_to(manifest.parent / "data", target_is_directory=True)
+    moved_manifest = copy / manifest.name
+    trained_shas = {r[0]: r[1] for r in sql(moved_manifest, "select image_id, sha256 from images where dataset = 'digits' "
+                                                            "and status = 'ok' and split = 'train'")}
+    # A second folder of the class "zero" with exact copies of its files: the build keeps them as duplicates.
+    (copy / "more").mkdir()
+    for f in sorted((manifest.parent / "data" / "zero").iterdir()):
+        shutil.copyfile(f, copy / "more" / f.name)
+    text = moved_manifest.read_text()
+    assert 'zero  = { folders = "data/zero" }' in text
+    moved_manifest.write_text(text.replace('zero  = { folders = "data/zero" }', 'zero  = { folders = ["data/zero", "more"] }'))
+    code, out, err = run_cli(capsys, moved_manifest, "-q", "build")
+    assert code == 0, err
+    # The reviewer removes every original "zero" the run trained on: their copies become the accepted images.
+    removed = [i for (i,) in sql(moved_manifest, "select image_id from images where label = 'zero' and status = 'ok' "
+                                                 "and origin not like ? and image_id in (select unnest(?))",
+                                 [f"{copy}/more/%", sorted(trained_shas)])]
+    decisions = tmp_path / "decisions.csv"
+    decisions.write_text("image_id,action\n" + "".join(f"{i},remove\n" for i in removed))
+    assert run_cli(capsys, moved_manifest, "review", "digits", "--decisions", str(decisions))[0] == 0
+    _resplit(moved_manifest, capsys, 0.7, 0.3)
+    valid = sql(moved_manifest, "select image_id, sha256 from images where dataset = 'digits' and status = 'ok' "
+                                "and split = 'valid'")
+    copies = [i for i, sha in valid if sha in set(trained_shas.values()) and i not in trained_shas]
+    assert copies  # the scenario: copies of trained images, under new ids, are valid images now
+    seen = sum(sha in set(trained_shas.values()) for _, sha in valid)
+    code, out, err = run_cli(capsys, moved_manifest, "retrain", "digits")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert (f"{seen} of {len(valid)} valid images were in the previous run's training set (the split changed since): "
+            f"compared on the other {len(valid) - seen}") in flat

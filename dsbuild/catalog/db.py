@@ -633,7 +633,7 @@ class Catalog:
     def finish_run(self, run_id: str, **fields: Any) -> None:
         fields.setdefault("finished_at", utcnow())
         fields.setdefault("status", "ok")
-        for key in ("epochs", "confusion", "per_class", "valid_ids", "params"):
+        for key in ("epochs", "confusion", "per_class", "valid_ids", "train_ids", "params"):
             if key in fields and not isinstance(fields[key], str):
                 fields[key] = json.dumps(fields[key], default=str)
         sets = ", ".join(f"{k} = ?" for k in fields)
@@ -667,12 +667,18 @@ class Catalog:
         )
 
     def valid_images(self, dataset: str):
-        """Accepted images of the valid split with their current labels: image_id, path, label, sha256."""
+        """Accepted images of the valid split with their current labels: image_id, path, label, sha256, dup_group."""
         return self.df(
-            "SELECT image_id, path, label, sha256 FROM images WHERE dataset = ? AND status = 'ok' AND split = 'valid' "
+            "SELECT image_id, path, label, sha256, dup_group FROM images WHERE dataset = ? AND status = 'ok' AND split = 'valid' "
             "ORDER BY image_id",
             [dataset],
         )
+
+    def image_copies(self, dataset: str, image_ids: list[str]):
+        """What identifies ``image_ids`` (those still in ``dataset``) beyond their id: image_id, sha256 (the
+        content), dup_group (exact and near copies share one; NULL for an image with none)."""
+        return self.df("SELECT image_id, sha256, dup_group FROM items WHERE dataset = ? AND image_id IN (SELECT unnest(?)) "
+                       "ORDER BY image_id", [dataset, list(image_ids)])
 
     def review_candidates(self, dataset: str):
         """Every image of ``dataset`` a decisions file may name: image_id, path, origin, label, status."""

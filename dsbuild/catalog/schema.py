@@ -9,7 +9,8 @@ Tables, columns may change with migrations:
 * ``fetches``      one row per URL tried (engine, query, rank, HTTP status, outcome, reason).
 * ``links`` / ``searches``  discovered links and how each search ended (resumable crawls).
 * ``label_events`` append-only label/status changes; the current label is a view.
-* ``model_runs``   one row per train/retrain/mislabels run; ``issue_rows`` the flags of a run.
+* ``model_runs``   one row per train/retrain/mislabels run (with the image ids of its train and valid
+                   splits, ``train_ids`` / ``valid_ids``); ``issue_rows`` the flags of a run.
 * ``builds``       one row per build (start, end, counts, outcome).
 
 Views, columns may be added, never renamed: ``images``, ``label_issues``, ``runs``
@@ -31,7 +32,7 @@ from __future__ import annotations
 QUALITY_ISSUES_OF = "CASE WHEN {flags} IS NULL THEN NULL WHEN {flags} = '' THEN []::VARCHAR[] ELSE string_split({flags}, ',') END"
 """SQL: the ``quality_issues`` LIST of a comma-joined ``quality_flags`` text (format with ``flags=`` its expression)."""
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -234,6 +235,12 @@ MIGRATIONS: dict[int, list[str]] = {
             neighbour_id VARCHAR NOT NULL,
             similarity DOUBLE                 -- cosine of the embeddings
         )""",
+    ],
+    6: [
+        # The image ids a train/retrain run learned from (its train split then; valid_ids has its valid split):
+        # retrain compares two models only on images neither trained on, also after `build --resplit`.
+        # NULL for runs recorded before.
+        "ALTER TABLE model_runs ADD COLUMN IF NOT EXISTS train_ids JSON",
     ],
 }
 

@@ -220,10 +220,16 @@ def print_run(report) -> None:
 
 
 def print_comparison(c) -> None:
-    """Before/after accuracy per label of a retrain, on the same valid images."""
+    """Before/after accuracy per label of a retrain, on the same valid images that neither model trained on
+    (:class:`dsbuild.cycle.Comparison`): which were left out and why, or why nothing could be compared."""
     from rich.table import Table
 
     console = make_console()
+    if c.refused:
+        console.print(c.refused, markup=False, soft_wrap=True)
+        return
+    if c.left_out:
+        console.print(c.left_out, markup=False, soft_wrap=True)
     # On a line of its own: as a table title it would wrap to the (narrow) table's width.
     console.print(f"before {c.before_run} → after {c.after_run}, on the same {c.n_valid} valid images (current labels)")
     table = Table()
