@@ -43,7 +43,8 @@ seed = 42
 #
 # [datasets.eyewear.model]
 # arch = "efficientnet_lite2"   # default efficientnet_lite0 (offline); or a torchvision/timm name
-# epochs = 4
+# finetune = true               # fastai fine_tune of the whole network (worth it on a GPU); by default a
+# epochs = 4                    # head on frozen features, which has no epochs: `epochs` needs finetune
 
 # The offline demo (`dsbuild demo` runs the whole showcase): real handwritten digits with planted
 # problems, in demo_data/ beside this file (`dsbuild init` generated them).
