@@ -125,7 +125,7 @@ class Manifest:
             return self.datasets[name]
         known = ", ".join(self.datasets) or "(none)"
         hint = did_you_mean(name, list(self.datasets))
-        raise DsbuildError(f"no dataset '{name}' in {self.path.name}{hint} — known datasets: {known}")
+        raise DsbuildError(f"no dataset '{name}' in {self.path.name}{hint} — known datasets: {known}", exit_code=2)
 
     def select(self, names: list[str] | tuple[str, ...] | None) -> list[Dataset]:
         """The named datasets (all when ``names`` is empty), in manifest order."""

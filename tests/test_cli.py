@@ -301,7 +301,7 @@ def test_status_of_one_dataset_and_unknown_ones(manifest: Path, capsys) -> None:
     assert run(capsys, "status", "-m", str(manifest), "pets")[0] == 0
     # A name in neither the catalog nor the manifest is a typo (issue 12), not a dataset to build.
     rc, out, err = run(capsys, "status", "-m", str(manifest), "pest")
-    assert rc == 1 and out == ""
+    assert rc == 2 and out == ""  # bad usage, as README's exit codes say (a fresh-user trial found 1)
     assert err == "Error: no dataset 'pest' in datasets.toml (did you mean 'pets'?) — known datasets: pets\n"
     # A dataset of the manifest that was never built: build it.
     other = manifest.with_name("two.toml")
@@ -366,7 +366,7 @@ def test_export_csv(manifest: Path, tmp_path: Path, capsys) -> None:
 
 def test_export_unknown_dataset_names_the_known_ones(manifest: Path, tmp_path: Path, capsys) -> None:
     rc, out, err = run(capsys, "export", "-m", str(manifest), "pest", "--to", str(tmp_path / "out"))
-    assert rc == 1 and out == ""
+    assert rc == 2 and out == ""
     assert err == "Error: no dataset 'pest' in datasets.toml (did you mean 'pets'?) — known datasets: pets\n"
     assert list(tmp_path.iterdir()) == []
 

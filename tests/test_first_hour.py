@@ -813,7 +813,8 @@ def test_status_of_a_dataset_not_in_the_manifest_says_so(tmp_path: Path, capsys)
     manifest = photo_project(tmp_path)
     assert cli(capsys, manifest, "-q", "build")[0] == 0
     code, out, err = cli(capsys, manifest, "status", "pest")
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")
+    assert cli(capsys, manifest, "build", "pest")[:2] == (2, "")  # a typo in a command's argument: bad usage
     assert err == "Error: no dataset 'pest' in datasets.toml (did you mean 'pets'?) — known datasets: pets\n"
 
 
