@@ -80,3 +80,14 @@ def kill_after_first_commit(proc, catalog: Path, snap: Path, deadline: float) ->
         committed = committed_items(catalog, snap)
     os.killpg(proc.pid, signal.SIGKILL)
     return committed
+
+
+def sql(manifest: Path, query: str, params: list | None = None) -> list[tuple]:
+    """Rows of a read-only query on the catalog beside ``manifest`` (``catalog/dsbuild.duckdb``)."""
+    import duckdb
+
+    con = duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb"), read_only=True)
+    try:
+        return con.execute(query, params or []).fetchall()
+    finally:
+        con.close()

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, sql
 from model_data import render_digit
 from dsbuild.cli import main
 
@@ -74,14 +74,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
     manifest.write_text(MANIFEST.format())
     assert main(["-m", str(manifest), "-q", "build"]) == 0
     return manifest, planted
-
-
-def sql(manifest: Path, query: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb"), read_only=True)
-    try:
-        return con.execute(query, params or []).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+from helpers import sql
 from PIL import Image
 
 from dsbuild.cli import main
@@ -69,14 +70,6 @@ def cli(capsys: pytest.CaptureFixture[str], manifest: Path, *args: str) -> tuple
     code = main(["-m", str(manifest), *args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def sql(manifest: Path, query: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb"), read_only=True)
-    try:
-        return con.execute(query, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def rows_by_file(manifest: Path, dataset: str, columns: str) -> dict[str, tuple]:

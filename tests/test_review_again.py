@@ -11,8 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import duckdb
 import pytest
+from helpers import sql
 
 from dsbuild.cli import main
 from ui_data import make_project, record_mislabel_run
@@ -31,14 +31,6 @@ def project(built: Path, tmp_path: Path) -> Path:
     names the fixture's source files and store: review it, never build it."""
     shutil.copytree(built.parent, tmp_path / "p", symlinks=True)
     return tmp_path / "p" / "datasets.toml"
-
-
-def sql(manifest: Path, query: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb"), read_only=True)
-    try:
-        return con.execute(query, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def confident(manifest: Path) -> list[tuple[str, str, str]]:
