@@ -381,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export", cmd_export, "export accepted images as an ImageFolder tree or a CSV index")
     p.add_argument("dataset", metavar="DATASET")
-    p.add_argument("--to", required=True, metavar="DIR", help="output folder (new, empty, or a previous export)")
+    p.add_argument("--to", required=True, metavar="DIR|FILE.csv",
+                   help="output folder (new, empty, or a previous export); with --format csv, a path ending in .csv "
+                        "is the CSV file itself (else DIR/DATASET.csv)")
     p.add_argument("--format", choices=("imagefolder", "csv"), default="imagefolder", help="default: imagefolder")
 
     p = add("demo", cmd_demo, "the offline end-to-end showcase (digits with planted problems)")

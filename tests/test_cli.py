@@ -364,6 +364,51 @@ def test_export_csv(manifest: Path, tmp_path: Path, capsys) -> None:
     assert all(Path(r["path"]).is_file() for r in rows)
 
 
+def test_export_csv_to_a_csv_path_writes_that_file(manifest: Path, tmp_path: Path, capsys) -> None:
+    """`--format csv --to index.csv` is the file itself (as pandas/img2dataset users expect), not a folder named
+    index.csv; exporting again replaces a previous export, and a file dsbuild did not write is never overwritten."""
+    target = tmp_path / "sub" / "index.csv"
+    rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--to", str(target), "--format", "csv")
+    assert (rc, err) == (0, "")
+    assert out == f"exported 10 images of 'pets' to {target} (csv; train 8, valid 2)\n"
+    assert target.is_file()
+    with open(target, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+    assert reader.fieldnames == ["image_id", "path", "label", "split", "origin", "sha256"]
+    assert sorted(r["image_id"] for r in rows) == sorted(_ok_images(manifest)["image_id"])
+    assert sorted(p.name for p in target.parent.iterdir()) == ["index.csv"]  # no temp file left beside it
+    # again over its own previous export: replaced
+    assert run(capsys, "export", "-m", str(manifest), "pets", "--to", str(target), "--format", "csv")[0] == 0
+    assert target.read_text().count("\n") == 11
+    # a .csv that dsbuild did not write is kept
+    mine = tmp_path / "mine.csv"
+    mine.write_text("a,b\n1,2\n")
+    rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--to", str(mine), "--format", "csv")
+    assert (rc, out) == (1, "")
+    assert err == (f"Error: {mine} exists and is not a dsbuild csv export — choose a new file, or a folder "
+                   "(--to DIR writes DIR/pets.csv)\n")
+    assert mine.read_text() == "a,b\n1,2\n"
+
+
+def test_export_imagefolder_refuses_a_csv_path(manifest: Path, tmp_path: Path, capsys) -> None:
+    """`--to out.csv` without `--format csv` made a folder named out.csv/: refused, saying what --to means."""
+    rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--to", str(tmp_path / "out.csv"))
+    assert (rc, out) == (1, "")
+    assert err == ("Error: --to out.csv names a .csv file, but --format imagefolder writes a folder "
+                   "(out.csv/<split>/<label>/…) — add --format csv to write the index to out.csv, or give --to a "
+                   "folder path\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_help_says_what_to_means(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--to DIR|FILE.csv" in text
+    assert "with --format csv, a path ending in .csv is the CSV file itself (else DIR/DATASET.csv)" in text
+
+
 def test_export_unknown_dataset_names_the_known_ones(manifest: Path, tmp_path: Path, capsys) -> None:
     rc, out, err = run(capsys, "export", "-m", str(manifest), "pest", "--to", str(tmp_path / "out"))
     assert rc == 2 and out == ""

@@ -3,21 +3,28 @@
 ``imagefolder`` (:mod:`.imagefolder`): ``DIR/<split>/<label>/<image_id>.<ext>``
 (hard links into the store when on the same file system, else copies) plus
 ``DIR/labels.csv``. ``csv`` (:mod:`.csv`): ``DIR/<dataset>.csv`` with image_id,
-path, label, split, origin, sha256. A new format is a module with
-``write(df, folder, dataset)`` added to :data:`EXPORTERS`.
+path, label, split, origin, sha256 — or, when the output path ends in ``.csv``
+(and is not a folder), that file itself, as users of pandas and img2dataset
+expect of ``--to index.csv``. A new format is a module with
+``write(df, folder, dataset)`` added to :data:`EXPORTERS`; a format that can be
+one file also registers in :data:`FILE_FORMATS`. A folder format refuses an
+output path that ends in a file format's suffix (``--to out.csv`` without
+``--format csv``) rather than make a folder named ``out.csv``.
 
 Only ``ok`` images are exported (rejected, failed and duplicate ones are not),
 with their current (reviewed) labels, under their family's extension. Each
 store file is sniffed first (:func:`dsbuild.formats.sniff`, the table
 verification uses): a file whose content is no longer the format the catalog
 verified (a store edited by hand, or by something hostile) is not exported and
-is listed in ``ExportSummary.skipped``. The tree is written next to ``DIR`` and
-swapped in at the end, so an interrupted export never leaves a half tree; a
-non-empty ``DIR`` that is not a previous dsbuild export is never overwritten.
+is listed in ``ExportSummary.skipped``. The tree (or file) is written next to
+``DIR`` and swapped in at the end, so an interrupted export never leaves a half
+tree; a non-empty ``DIR``, or an existing file, that is not a previous dsbuild
+export is never overwritten.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from collections.abc import Callable
@@ -36,6 +43,19 @@ FORMATS = tuple(EXPORTERS)
 
 
 @dataclass(frozen=True)
+class FileFormat:
+    """A format that can also be written as one file: an output path ending in ``suffix`` is that file."""
+
+    suffix: str
+    write: Callable[[Any, Path], None]  # write(df, path)
+    is_export: Callable[[Path], bool]  # True for a file a previous export wrote (replaced, not refused)
+
+
+FILE_FORMATS: dict[str, FileFormat] = {"csv": FileFormat(csv.SUFFIX, csv.write_file, csv.is_export)}
+"""Formats by name whose output can be one file (``--to index.csv``)."""
+
+
+@dataclass(frozen=True)
 class ExportSummary:
     dataset: str
     out: Path
@@ -50,23 +70,73 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
     if fmt not in FORMATS:
         raise DsbuildError(f"unknown export format '{fmt}' — use one of: {', '.join(FORMATS)}")
     out = Path(out).resolve()
-    if out.exists() and not out.is_dir():
-        raise DsbuildError(f"{out} exists and is not a folder — choose another --to")
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise DsbuildError(f"{out} is not empty and is not a dsbuild export — choose an empty or new folder")
+    file_format = _file_format(out, fmt)
+    if file_format is not None:
+        if out.exists() and not out.is_file():
+            raise DsbuildError(f"{out} exists and is not a file — choose another --to")
+        if out.exists() and not file_format.is_export(out):
+            raise DsbuildError(f"{out} exists and is not a dsbuild {fmt} export — choose a new file, or a folder "
+                               f"(--to DIR writes DIR/{dataset}{file_format.suffix})")
+    else:
+        if out.exists() and not out.is_dir():
+            raise DsbuildError(f"{out} exists and is not a folder — choose another --to")
+        if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+            raise DsbuildError(f"{out} is not empty and is not a dsbuild export — choose an empty or new folder")
 
     with Catalog.open_readonly(catalog_path) as cat:
         df = cat.images(dataset, statuses=("ok",))
     if df.empty:
         raise DsbuildError(f"dataset '{dataset}' has no accepted images in the catalog — run `dsbuild build {dataset}` first")
+    skipped = [(rec.image_id, why) for rec in df.itertuples(index=False)
+               if (why := _not_verified_content(Path(rec.path), rec.format)) is not None]
+    if skipped:
+        df = df[~df["image_id"].isin({i for i, _ in skipped})]
+    if file_format is not None:
+        _write_file(df, out, file_format)
+    else:
+        _write_folder(df, out, dataset, fmt)
+    per_split = {k: int(v) for k, v in df["split"].value_counts().items()}
+    return ExportSummary(dataset=dataset, out=out, format=fmt, images=len(df), per_split=per_split,
+                         skipped=tuple(skipped))
 
+
+def _file_format(out: Path, fmt: str) -> FileFormat | None:
+    """The one-file format ``out`` is written in (a path ending in its suffix, not a folder), or None for a folder.
+
+    Raises DsbuildError for a folder format asked to write to a path that ends in a file format's suffix
+    (``--to out.csv`` without ``--format csv``): a folder named ``out.csv`` is not what anyone means.
+    """
+    if out.is_dir():
+        return None  # an existing folder stays a folder export (a previous export, whatever its name)
+    suffix = out.suffix.lower()
+    if fmt in FILE_FORMATS and suffix == FILE_FORMATS[fmt].suffix:
+        return FILE_FORMATS[fmt]
+    if fmt not in FILE_FORMATS:
+        for name, ff in FILE_FORMATS.items():
+            if suffix == ff.suffix:
+                raise DsbuildError(f"--to {out.name} names a {suffix} file, but --format {fmt} writes a folder "
+                                   f"({out.name}/<split>/<label>/…) — add --format {name} to write the index to "
+                                   f"{out.name}, or give --to a folder path")
+    return None
+
+
+def _write_file(df: Any, out: Path, file_format: FileFormat) -> None:
+    """Write ``df`` to the file ``out`` through a temp file beside it and a rename (never a half file)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    try:
+        file_format.write(df, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_folder(df: Any, out: Path, dataset: str, fmt: str) -> None:
+    """Fill a new folder beside ``out`` with :data:`EXPORTERS` ``[fmt]`` and swap it in for ``out``."""
     tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
     try:
-        skipped = [(rec.image_id, why) for rec in df.itertuples(index=False)
-                   if (why := _not_verified_content(Path(rec.path), rec.format)) is not None]
-        if skipped:
-            df = df[~df["image_id"].isin({i for i, _ in skipped})]
         EXPORTERS[fmt](df, tmp, dataset)
         (tmp / MARKER).write_text(f"{dataset}\n")
         if out.exists():
@@ -79,9 +149,6 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    per_split = {k: int(v) for k, v in df["split"].value_counts().items()}
-    return ExportSummary(dataset=dataset, out=out, format=fmt, images=len(df), per_split=per_split,
-                         skipped=tuple(skipped))
 
 
 def _not_verified_content(path: Path, fmt: str | None) -> str | None:
