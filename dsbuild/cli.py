@@ -38,6 +38,13 @@ def _load(args):
     return manifest
 
 
+def _warn_unused_settings(manifest, names) -> None:
+    """``Warning: …`` on stderr for each setting of the named datasets that nothing will use (``Dataset.warnings``)."""
+    for ds in manifest.select(names):
+        for warning in ds.warnings:
+            make_console(stderr=True).print(f"Warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _emit(df, args, *, title: str | None = None) -> None:
     """Render a DataFrame with the shared --format/--out options."""
     from dsbuild.render.tables import render_table
@@ -83,6 +90,7 @@ def cmd_build(args) -> int:
             executor = dataclasses.replace(top, backend=backend, address=address)
         except SettingsError as exc:  # only --ray-address can be bad here (--executor has choices)
             raise DsbuildError(f"--ray-address {exc.problems[0].message}", exit_code=2) from None
+    _warn_unused_settings(manifest, args.datasets)
     summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
                     workers=args.workers, executor=executor, resplit=args.resplit)
     print_build_summary(summary)
@@ -171,6 +179,8 @@ def cmd_train(args) -> int:
 
     manifest = _load(args)
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+    if not overrides:  # --epochs without finetune is refused, naming the same fix
+        _warn_unused_settings(manifest, [args.dataset])
     report = train_dataset(manifest, args.dataset, progress=_model_progress(args), **overrides)
     print_run(report)
     return _did_it_learn(report)
@@ -197,7 +207,7 @@ def cmd_mislabels(args) -> int:
     from dsbuild.cycle import find_issues, fresh_mislabels
 
     manifest = _load(args)
-    manifest.dataset(args.dataset)
+    _warn_unused_settings(manifest, [args.dataset])
     found = None if args.rerun else fresh_mislabels(manifest, args.dataset)
     if found is not None:
         make_console(stderr=True).print(f"showing mislabel run {found[0]} (labels, images and settings unchanged since; "
@@ -240,6 +250,7 @@ def cmd_retrain(args) -> int:
     from dsbuild.cycle import retrain_dataset
 
     manifest = _load(args)
+    _warn_unused_settings(manifest, [args.dataset])
     report, comparison = retrain_dataset(manifest, args.dataset, progress=_model_progress(args))
     print_run(report)
     if comparison is not None:

@@ -77,6 +77,8 @@ class Dataset:
     ``verify``, ``dedup``, ``split``, ``quality``, ``fetch_settings`` and
     ``model_settings`` are the stages' frozen settings, checked at load; ``fetch``
     and ``model`` keep the tables as written (``model.weights`` relative to the manifest).
+    ``warnings``: settings that are valid but that nothing will use (e.g. ``epochs``
+    without ``finetune = true``); the CLI prints them once, before it builds or trains.
     """
 
     name: str
@@ -98,6 +100,7 @@ class Dataset:
     fetch_settings: FetchSettings = FetchSettings()
     model_settings: ModelSettings = ModelSettings()
     executor: ExecutorSettings = ExecutorSettings()
+    warnings: tuple[str, ...] = ()
 
     @property
     def labels(self) -> list[str]:
@@ -410,7 +413,10 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
         problems.add(f"{key}.per_query", f"must be at least 1, not {per_query}")
     fetch_values: dict[str, Any] = {}
     model_values: dict[str, Any] = {}
+    model_written: dict[str, str] = {}  # key → the table that set it last
     for source, where in ((defaults, "defaults"), (raw, key)):
+        if isinstance(source.get("model"), dict):
+            model_written.update(dict.fromkeys(source["model"], f"{where}.model"))
         if "fetch" in source:
             if isinstance(source["fetch"], dict) and _FETCH_FROM_DATASET in source["fetch"]:
                 problems.add(f"{where}.fetch.{_FETCH_FROM_DATASET}",
@@ -444,6 +450,12 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
     _check_engine(ds, key, problems)
     for where, message in later:
         problems.add(where, message)
+    unused = ds.model_settings.unused(k for k in model_written if k in model_values)
+    if unused:
+        ds = dataclasses.replace(ds, warnings=tuple(
+            f"{model_written[k]}: {k} = {model_values[k]!r} is used only with finetune = true — {key}.model trains a "
+            f"logistic head on frozen features, which has no epochs; set finetune = true to fine-tune the whole "
+            f"network, or remove {k}" for k in unused))
     return ds
 
 

@@ -301,7 +301,6 @@ seed = 1
 [datasets.digits.model]
 arch = "efficientnet_lite0"
 size = 64
-epochs = 1
 freeze_epochs = 0
 lr = 0.01
 lr_mult = 1.0
@@ -455,7 +454,8 @@ def copy_project(manifest: Path, dest: Path) -> Path:
 
 def finetuned(manifest_text: str) -> str:
     """The manifest with fastai fine-tuning (``finetune = true``) instead of the default head on frozen features."""
-    return manifest_text.replace("[datasets.digits.model]\n", "[datasets.digits.model]\nfinetune = true\n")
+    return (manifest_text.replace("[datasets.digits.model]\n", "[datasets.digits.model]\nfinetune = true\n")
+            .replace("size = 64\n", "size = 64\nepochs = 1\n"))  # epochs: fine-tuning only (a head has none)
 
 
 # --------------------------------------------------------------------------- bug 4
@@ -620,7 +620,8 @@ def _wait_for_run(manifest: Path, proc: subprocess.Popen, timeout: float = 300) 
 
 
 def _long_training(manifest: Path) -> None:
-    manifest.write_text(manifest.read_text().replace("epochs = 1\n", "epochs = 200\n"))
+    """200 epochs of fine-tuning (epochs set without finetune = true were unused: the head recipe has none)."""
+    manifest.write_text(finetuned(manifest.read_text()).replace("epochs = 1\n", "epochs = 200\n"))
 
 
 @pytest.mark.slow

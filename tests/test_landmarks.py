@@ -49,7 +49,6 @@ semantic = false                        # splits and 50 classes, not duplicates)
 [datasets.landmarks.model]
 arch = "efficientnet_lite0"
 size = 32
-epochs = 1
 lr = 0.01
 """
 

@@ -457,6 +457,50 @@ def test_shipped_manifest_parses() -> None:
     assert (landmarks.split.carve.source, landmarks.split.carve.valid) == ("train", 0.2)
 
 
+@pytest.mark.parametrize("text, warnings", [
+    # the default recipe (a head on frozen features, frozen out-of-fold heads) has no epochs
+    ("[datasets.d.model]\nepochs = 4\n" + TWO,
+     ["datasets.d.model: epochs = 4 is used only with finetune = true — datasets.d.model trains a logistic head on "
+      "frozen features, which has no epochs; set finetune = true to fine-tune the whole network, or remove epochs"]),
+    ("[defaults.model]\nepochs = 2\n" + TWO,
+     ["defaults.model: epochs = 2 is used only with finetune = true — datasets.d.model trains a logistic head on "
+      "frozen features, which has no epochs; set finetune = true to fine-tune the whole network, or remove epochs"]),
+    ("[datasets.d.model]\nepochs = 4\nfinetune = true\n" + TWO, []),
+    ("[defaults.model]\nepochs = 2\n[datasets.d.model]\nfinetune = true\n" + TWO, []),
+    ("[datasets.d.model]\nepochs = 4\npretrained = false\n" + TWO, []),  # fine-tunes (finetune follows pretrained)
+    ("[datasets.d.model]\nepochs = 4\noof_method = \"crossfit\"\n" + TWO, []),  # mislabels fine-tunes with epochs
+    ("[datasets.d.model]\nepochs = 4\noof_method = \"kfold\"\noof_epochs = 1\n" + TWO,
+     ["datasets.d.model: epochs = 4 is used only with finetune = true — datasets.d.model trains a logistic head on "
+      "frozen features, which has no epochs; set finetune = true to fine-tune the whole network, or remove epochs"]),
+    ("[datasets.d.model]\nfreeze_epochs = 0\n" + TWO, []),
+    (TWO, []),
+], ids=["dataset", "defaults", "finetune", "defaults-finetune", "scratch", "crossfit", "oof-epochs", "freeze", "none"])
+def test_settings_nothing_uses_are_warnings(tmp_path: Path, text: str, warnings: list[str]) -> None:
+    assert list(load_manifest(write(tmp_path, text)).dataset("d").warnings) == warnings
+
+
+def test_build_warns_once_about_epochs_without_finetune(tmp_path: Path, capsys) -> None:
+    """`epochs` in [model] without `finetune = true` was silently unused: the build says so on stderr, once."""
+    folder = tmp_path / "photos"
+    from PIL import Image
+
+    for label, value in (("a", 40), ("b", 200)):
+        (folder / label).mkdir(parents=True)
+        Image.new("RGB", (64, 64), (value, 255 - value, value // 2)).save(folder / label / "x.png")
+    path = write(tmp_path, '[defaults.model]\nepochs = 3\n'
+                           '[datasets.d.classes]\na = { folders = "photos/a" }\nb = { folders = "photos/b" }\n'
+                           '[datasets.e.classes]\na = { folders = "photos/a" }\nb = { folders = "photos/b" }\n')
+    assert main(["-m", str(path), "-q", "build", "d"]) == 0
+    err = capsys.readouterr().err
+    assert err == ("Warning: defaults.model: epochs = 3 is used only with finetune = true — datasets.d.model trains a "
+                   "logistic head on frozen features, which has no epochs; set finetune = true to fine-tune the whole "
+                   "network, or remove epochs\n")
+
+
+def test_shipped_manifest_sets_nothing_unused() -> None:
+    assert {name: ds.warnings for name, ds in load_manifest(REPO / "datasets.toml").datasets.items() if ds.warnings} == {}
+
+
 def test_executor_top_level_and_per_dataset(tmp_path: Path) -> None:
     """``[executor]`` at the top applies to every dataset; a dataset's own table overrides it key by key."""
     from dsbuild.executor_settings import ExecutorSettings

@@ -52,7 +52,6 @@ seed = 1
 [datasets.digits.model]
 arch = "efficientnet_lite0"
 size = 32
-epochs = 1
 lr = 0.01
 batch_size = 16
 """

@@ -146,6 +146,16 @@ class ModelSettings:
         ]
         return [Problem(name, message) for name, ok, message in checks if not ok]
 
+    def unused(self, written: Any) -> tuple[str, ...]:
+        """The keys among ``written`` (those a manifest sets) that no command reads with these settings.
+
+        ``epochs``: read by ``fine_tune`` (``finetune = true``) and by out-of-fold scoring that fine-tunes
+        (``oof_method`` ``crossfit``/``kfold`` without ``oof_epochs``); the default recipe, a logistic
+        head on frozen features scored by ``frozen`` heads, has no epochs.
+        """
+        epochs_read = self.finetune or (self.oof_method != "frozen" and self.oof_epochs is None)
+        return tuple(k for k in written if k == "epochs" and not epochs_read)
+
     def to_json(self) -> dict[str, Any]:
         """Settings as JSON-able values (paths as strings)."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
