@@ -64,6 +64,12 @@ class DatasetSummary:
     rejects: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    changed: int = 0  # catalogued images whose status, split, duplicate group or conflict this build changed
+
+    @property
+    def up_to_date(self) -> bool:
+        """True when this build processed no image and changed none: the dataset was already up to date."""
+        return self.new == 0 and self.changed == 0
 
 
 @dataclass
@@ -357,6 +363,7 @@ def build_dataset(
     if set_aside:
         cat.set_aside_items(ds.name, set_aside, reason=SOURCE_REMOVED, build_id=build_id)
         summary.notes.append(set_aside_note(set_aside))
+        summary.changed += len(set_aside)
 
     regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit, threads=workers)
     cat.set_meta(f"split:{ds.name}", ds.split.record())
@@ -513,7 +520,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
             else:
                 near = near_pairs_for(items, ds)
         updates, gs = regroup(items, ds, near_pairs=near, keep_splits=not resplit)
-        cat.update_dedup_and_splits(ds.name, updates)
+        summary.changed += cat.update_dedup_and_splits(ds.name, updates)
         bar.advance(len(items))
     summary.duplicates, summary.dup_groups, summary.near_pairs = gs.duplicates, gs.groups, gs.near_pairs
     # Conflicts as `status` and the `conflicts` view count them (current labels, reviews applied): one definition.

@@ -258,6 +258,36 @@ def test_options_before_the_command_are_kept(manifest: Path, tmp_path: Path, cap
         f"Error: no catalog at {(tmp_path / 'other.duckdb').resolve()} — run `dsbuild build` first\n")
 
 
+# --------------------------------------------------------------------------- build summary
+
+
+def test_a_build_with_nothing_new_says_up_to_date_with_the_totals(tmp_path: Path, capsys) -> None:
+    """A no-op build printed `processed 0 ok 0 …` beside the split totals, which read as an empty dataset: it says
+    `up to date` with the catalog's numbers; a build that processes or changes anything keeps the table."""
+    path = make_project(tmp_path)
+    assert main(["-q", "build", "-m", str(path)]) == 0
+    first = capsys.readouterr().out
+    assert "│ pets " in first and "up to date" not in first
+    rc, out, err = run(capsys, "-q", "build", "-m", str(path))
+    assert (rc, err) == (0, "")
+    lines = out.splitlines()
+    assert re.fullmatch(rf"build 2 — \d+\.\d s — {re.escape(str(load_manifest(path).catalog))}", lines[0])
+    assert lines[1] == "pets: up to date — 10 accepted images (train 8, valid 2); nothing new in 12 sources"
+    assert "processed" not in out and "│" not in out
+    # a new photo: processed, so the table again
+    Image.open(tmp_path / "photos/cat/cat0.jpg").rotate(90).save(tmp_path / "photos/cat/cat9.png")
+    rc, out, _ = run(capsys, "-q", "build", "-m", str(path))
+    assert rc == 0 and "up to date" not in out
+    header = next(line for line in out.splitlines() if "processed" in line)
+    row = next(line for line in out.splitlines() if line.startswith("│ pets"))
+    table = dict(zip([c.strip() for c in header.strip("┃ ").split("┃")], [c.strip() for c in row.strip("│ ").split("│")]))
+    assert (table["processed"], table["ok"]) == ("1", "1")
+    # a source taken away changes the catalog (set aside) though nothing is processed: the table, and the note
+    (tmp_path / "photos/cat/cat9.png").unlink()
+    rc, out, _ = run(capsys, "-q", "build", "-m", str(path))
+    assert rc == 0 and "up to date" not in out and "│ pets" in out and "set aside" in out
+
+
 # --------------------------------------------------------------------------- status
 
 

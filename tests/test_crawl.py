@@ -653,16 +653,14 @@ def test_build_summary_and_progress_match_the_catalog(servers, tmp_path, capsys,
     assert fetch["counts"] == {"ok": counts["ok"] + counts["duplicate"], "failed": counts["failed"],
                                "rejected": counts["rejected"]}
 
-    # the CLI's summary table says the same; a re-run processes nothing and still reports the dataset's duplicates
+    # a re-run processes nothing: it says the dataset is up to date, with its split totals and duplicates
     monkeypatch.setenv("COLUMNS", "200")
     code, out, err = run_cli(capsys, manifest, "build", "-q")
     assert (code, err) == (0, "")
-    header = next(line for line in out.splitlines() if "dataset" in line)
-    row = next(line for line in out.splitlines() if line.startswith("│ web"))
-    table = dict(zip([c.strip() for c in header.strip("┃ ").split("┃")], [c.strip() for c in row.strip("│ ").split("│")]))
-    assert table["sources"] == str(len(ALPHA) + len(BETA))
-    assert (table["processed"], table["ok"], table["rejected"], table["failed"]) == ("0", "0", "0", "0")
-    assert table["duplicates"] == "3"
+    splits = ", ".join(f"{s} {ds.splits[s]}" for s in ("train", "valid", "test") if ds.splits.get(s))
+    assert (f"web: up to date — {counts['ok']} accepted images ({splits}), 3 duplicates; nothing new in "
+            f"{len(ALPHA) + len(BETA)} sources") in out.splitlines()
+    assert "processed" not in out
 
 
 def test_many_links_are_verified_in_worker_processes(tmp_path, capsys):

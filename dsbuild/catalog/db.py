@@ -317,14 +317,15 @@ class Catalog:
             [dataset],
         )
 
-    def update_dedup_and_splits(self, dataset: str, rows) -> None:
-        """Write status/reason/dup columns/split for items of ``dataset`` (a DataFrame keyed by image_id)."""
+    def update_dedup_and_splits(self, dataset: str, rows) -> int:
+        """Write status/reason/dup columns/split for items of ``dataset`` (a DataFrame keyed by image_id); return
+        how many items changed."""
         if len(rows) == 0:
-            return
+            return 0
         self.con.register("_upd", rows)
         try:
             with self.transaction():
-                self.con.execute(
+                changed = self.con.execute(
                     f"""UPDATE items SET status = u.status, reason = u.reason, detail = u.detail,
                            dup_group = u.dup_group, dup_of = u.dup_of, dup_distance = u.dup_distance,
                            conflict = u.conflict, split = u.split, quality_flags = u.quality_flags,
@@ -338,9 +339,10 @@ class Catalog:
                               OR items.conflict IS DISTINCT FROM u.conflict OR items.dup_of IS DISTINCT FROM u.dup_of
                               OR items.detail IS DISTINCT FROM u.detail)""",
                     [utcnow(), dataset],
-                )
+                ).fetchone()
         finally:
             self.con.unregister("_upd")
+        return int(changed[0]) if changed else 0
 
     def set_blob_signals(self, rows) -> None:
         """Write ``phash_views`` and ``eff_side`` of blobs (a DataFrame: sha256, phash_views, eff_side)."""

@@ -133,7 +133,8 @@ class _LineStage:
 
 
 def print_build_summary(summary) -> None:
-    """The build summary table (one row per dataset) and the datasets' notes, on stdout."""
+    """The build summary on stdout: a table row per dataset the build processed or changed, a line per dataset
+    that was already up to date (:func:`up_to_date_line`), then the datasets' notes."""
     from rich.table import Table
 
     from dsbuild.render.tables import FittedTable
@@ -145,14 +146,36 @@ def print_build_summary(summary) -> None:
     for col in columns:
         table.add_column(col, justify="left" if col == "dataset" else "right")
     rows = [[d.dataset, str(d.sources), str(d.new), str(d.ok), str(d.rejected), str(d.failed), str(d.duplicates),
-             str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test"))] for d in summary.datasets]
+             str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test"))]
+            for d in summary.datasets if not d.up_to_date]
     for row in rows:
         table.add_row(*row)
     console = make_console()
-    console.print(FittedTable(table, columns, rows, title=title))  # one block per dataset when 11 columns do not fit
+    if rows:
+        console.print(FittedTable(table, columns, rows, title=title))  # one block per dataset when 11 columns do not fit
+    else:
+        console.print(title, markup=False, soft_wrap=True)
+    for d in summary.datasets:
+        if d.up_to_date:
+            console.print(up_to_date_line(d), markup=False, soft_wrap=True)
     for d in summary.datasets:
         for note in d.notes:
             console.print(f"{d.dataset}: {note}")
+
+
+def up_to_date_line(d) -> str:
+    """A dataset the build found nothing new in and changed nothing of (a
+    :class:`dsbuild.pipeline.DatasetSummary` with ``up_to_date``), with the catalog's numbers, e.g.
+    ``pets: up to date — 1,797 accepted images (train 1,438, valid 359), 1 duplicate; nothing new in 1,801 sources``.
+    A table row of zeros beside the split totals read as if the dataset were empty."""
+    splits = ", ".join(f"{s} {d.splits[s]:,}" for s in ("train", "valid", "test") if d.splits.get(s))
+    total = sum(d.splits.values())
+    parts = [f"{total:,} accepted image{'' if total == 1 else 's'}" + (f" ({splits})" if splits else "")]
+    if d.duplicates:
+        parts.append(f"{d.duplicates:,} duplicate{'' if d.duplicates == 1 else 's'}")
+    if d.conflicts:
+        parts.append(f"{d.conflicts:,} label conflict{'' if d.conflicts == 1 else 's'}")
+    return f"{d.dataset}: up to date — {', '.join(parts)}; nothing new in {d.sources:,} source{'' if d.sources == 1 else 's'}"
 
 
 def print_status(status) -> None:
