@@ -505,8 +505,19 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
 
         rows = np.flatnonzero(_verified(items).to_numpy())
         with progress.stage(f"{ds.name}: near-duplicate signals", len(rows)) as bar:
+            computed = 0
+
+            def advance(n: int = 1) -> None:
+                nonlocal computed
+                computed += n
+                bar.advance(n, computed=computed)
+
             sig = dataset_signals(items, rows, ds.dedup, ds.verify, features_dir=features_dir or features_root_of(cat),
-                                  embed=embed, threads=threads, progress=bar.advance)
+                                  embed=embed, threads=threads, progress=advance)
+            if computed < len(rows):
+                # The stage counts images; dataset_signals reports the blobs it computed. The rest (signals
+                # already stored or cached, or an exact copy's) are done too: the last line says N/N, not 3/105.
+                bar.advance(len(rows) - computed, computed=computed, reused=len(rows) - computed)
             cat.set_blob_signals(sig.new_blobs)
         if sig.failed:
             summary.notes.append(f"{len(sig.failed)} stored image(s) could not be decoded for near-duplicate signals "

@@ -784,6 +784,24 @@ def test_progress_without_a_terminal_is_one_line_per_step_with_elapsed_time(tmp_
     assert "━" not in proc.stderr  # no bars in a log file
 
 
+def test_progress_without_a_terminal_ends_each_step_at_its_full_count(tmp_path: Path) -> None:
+    """Through a pipe, each step's last line shows its full count and elapsed time: the near-duplicate signals
+    step counted only the blobs it computed (11/12 with an exact copy, 0/12 when all were cached)."""
+    manifest = photo_project(tmp_path)
+    for build in ("first", "no-op"):
+        proc = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        last: dict[str, tuple[int, int]] = {}
+        for line in proc.stderr.splitlines():
+            if m := re.fullmatch(r"(pets: [a-z +-]+?) (\d+)/(\d+) .*\d+\.\d s", line):
+                last[m[1]] = (int(m[2]), int(m[3]))
+        assert last.get("pets: near-duplicate signals") == (12, 12), (build, proc.stderr)
+        assert all(done == total for done, total in last.values()), (build, proc.stderr)
+        signals = next(line for line in proc.stderr.splitlines() if line.startswith("pets: near-duplicate signals"))
+        assert (" computed 11 reused 1 " if build == "first" else " computed 0 reused 12 ") in signals, signals
+
+
 def test_csv_is_lf_everywhere(tmp_path: Path, capsys) -> None:
     manifest = photo_project(tmp_path)
     assert cli(capsys, manifest, "-q", "build")[0] == 0
