@@ -166,7 +166,11 @@ class _Problems:
         raise DsbuildError("\n".join([head, *lines]), exit_code=2)
 
 
+PATH_LIMIT = 240  # paths in messages: a real path is shown whole (a 60-character cut hid which file was meant)
+
+
 def _short(value: str, limit: int = 60) -> str:
+    """``value`` cut to ``limit`` characters (an ellipsis marks the cut): a pasted blob stays readable."""
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
@@ -442,16 +446,16 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
     if path:
         found = index.lookup_path(path)
         if not found and by_id is None:
-            problems.add(line, f"no image of this dataset has path '{_short(path)}' (stored file or origin) — "
+            problems.add(line, f"no image of this dataset has path '{_short(path, PATH_LIMIT)}' (stored file or origin) — "
                                "check the path or use image_id")
             return None
         if len(found) > 1 and by_id is None:
             ids = sorted(found)
-            problems.add(line, f"path '{_short(path)}' is {len(ids)} images ({', '.join(ids[:5])}"
+            problems.add(line, f"path '{_short(path, PATH_LIMIT)}' is {len(ids)} images ({', '.join(ids[:5])}"
                                f"{', …' if len(ids) > 5 else ''}) — use image_id to say which")
             return None
         if found and by_id is not None and by_id not in found:
-            problems.add(line, f"image_id '{by_id}' and path '{_short(path)}' name different images — fix one of them")
+            problems.add(line, f"image_id '{by_id}' and path '{_short(path, PATH_LIMIT)}' name different images — fix one of them")
             return None
         by_path = next(iter(found)) if len(found) == 1 else None
     if by_id is None and by_path is None:

@@ -120,7 +120,7 @@ TABLE: dict[str, tuple[str, str | None, bool, int | None, str | None]] = {
     "/huge-header.jpg": ("failed", "bad response", False, 1, None),
 }
 ABSOLUTE = {  # URLs that are not on the server
-    f"http://127.0.0.1:{REFUSED}/x.jpg": ("failed", "connection refused", True, None, None),
+    "http://127.0.0.1:{refused}/x.jpg": ("failed", "connection refused", True, None, None),  # port filled in below
     "file:///etc/passwd": ("rejected", "bad scheme", False, None, None),
     "data:image/png;base64,iVBORw0KGgo=": ("rejected", "bad scheme", False, None, None),
     "ftp://127.0.0.1/a.jpg": ("rejected", "bad scheme", False, None, None),
@@ -134,7 +134,9 @@ def table(tmp_path_factory: pytest.TempPathFactory):
     """Every hostile route fetched in one concurrent run: (server, results by route, dest_dir, seconds)."""
     dest = tmp_path_factory.mktemp("incoming")
     with HostileServer() as server:
-        urls = {server.url + route: route for route in TABLE} | {u: u for u in ABSOLUTE}
+        # The refused port is free at run time; the test id keeps "{refused}" so every pytest-xdist worker
+        # collects the same tests.
+        urls = {server.url + route: route for route in TABLE} | {u.replace("{refused}", str(REFUSED)): u for u in ABSOLUTE}
         seen: list[FetchResult] = []
         t0 = time.monotonic()
         results = run(list(urls), dest, settings=FAST, on_result=seen.append)
