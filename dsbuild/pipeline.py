@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dsbuild.carryover import carry_over
 from dsbuild.catalog import BuildLock, Catalog, utcnow
 from dsbuild.errors import DsbuildError
 from dsbuild.executor import release_backends
@@ -364,6 +365,12 @@ def build_dataset(
         cat.set_aside_items(ds.name, set_aside, reason=SOURCE_REMOVED, build_id=build_id)
         summary.notes.append(set_aside_note(set_aside))
         summary.changed += len(set_aside)
+    # A renamed, merged or split class: the same files under another class keep their split and review decisions.
+    labels_before = {row.class_label for row in known_by_id.values() if not source_removed(row)}
+    carried = carry_over(cat, ds, current - set(known_by_id), labels_before=labels_before, build_id=build_id,
+                         at=utcnow()).note()
+    if carried:
+        summary.notes.append(carried)
 
     regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit, threads=workers)
     cat.set_meta(f"split:{ds.name}", ds.split.record())
