@@ -76,14 +76,16 @@ class CarryOver:
         return text
 
 
-def carry_over(cat: Catalog, ds: Dataset, new_ids: Iterable[str], *, labels_before: Iterable[str], build_id: int,
-               at: datetime) -> CarryOver:
+def carry_over(cat: Catalog, ds: Dataset, new_ids: Iterable[str], *, returning: Iterable[str] = (),
+               labels_before: Iterable[str], build_id: int, at: datetime) -> CarryOver:
     """Give the new items ``new_ids`` of ``ds`` (created by this build) the split and review decisions of the
-    set-aside items they succeed (module doc). ``labels_before``: the labels the dataset's sources gave before
-    this build (a class that took images of another existed: a merge, not a rename). Run after the build set
-    its removed sources aside and before it regroups; writes the splits and the label events (source
-    ``build:<build_id>``) in the catalog."""
-    ids = sorted(set(new_ids))
+    set-aside items they succeed (module doc). ``returning``: items set aside before that this build brings
+    back (a class renamed back): they take the split of the item they succeed, and keep their own review
+    history. ``labels_before``: the labels the dataset's sources gave before this build (a class that took
+    images of another existed: a merge, not a rename). Run after the build set its removed sources aside and
+    before it regroups; writes the splits and the label events (source ``build:<build_id>``) in the catalog."""
+    new = set(new_ids)
+    ids = sorted(new | set(returning))
     if not ids:
         return CarryOver()
     pairs = cat.set_aside_matches(ds.name, ids, reason=SOURCE_REMOVED)
@@ -96,7 +98,7 @@ def carry_over(cat: Catalog, ds: Dataset, new_ids: Iterable[str], *, labels_befo
     kept_split = cat.inherit_splits(ds.name, splits)
     successors = [Successor(image_id=r.image_id, label=r.class_label, status=r.status,
                             old_id=r.old_id, old_label=r.old_label, why=why[(r.old_label, r.class_label)])
-                  for r in pairs.itertuples(index=False)]
+                  for r in pairs.itertuples(index=False) if r.image_id in new]
     history = cat.label_history(ds.name, image_ids=sorted(set(pairs["old_id"])))
     carried = carried_events(successors, history=history, labels=labels, source=f"build:{build_id}", at=at)
     cat.append_label_events(ds.name, carried.events)

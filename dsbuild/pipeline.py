@@ -367,8 +367,9 @@ def build_dataset(
         summary.changed += len(set_aside)
     # A renamed, merged or split class: the same files under another class keep their split and review decisions.
     labels_before = {row.class_label for row in known_by_id.values() if not source_removed(row)}
-    carried = carry_over(cat, ds, current - set(known_by_id), labels_before=labels_before, build_id=build_id,
-                         at=utcnow()).note()
+    back = {iid for iid in current if iid in known_by_id and source_removed(known_by_id[iid])}
+    carried = carry_over(cat, ds, current - set(known_by_id), returning=back, labels_before=labels_before,
+                         build_id=build_id, at=utcnow()).note()
     if carried:
         summary.notes.append(carried)
 

@@ -149,7 +149,7 @@ def test_a_renamed_class_keeps_its_review_decisions_and_splits(tmp_path: Path, c
 def test_merging_classes_moves_no_image_between_splits(tmp_path: Path, capsys) -> None:
     """cat merged into dog, horse and ship merged into beast: every image keeps its split (before, a third of
     them moved without --resplit), the note names the merges; a remove stays, a relabel to what is now the
-    given label needs no event."""
+    given label needs no event. Merged back, the old items return, in their splits."""
     img = tmp_path / "img"
     make_images(img, {"cat": 5, "dog": 5, "horse": 5, "ship": 5})
     manifest = write(tmp_path / "proj" / "datasets.toml", {c: c for c in ("cat", "dog", "horse", "ship")}, img)
@@ -168,6 +168,14 @@ def test_merging_classes_moves_no_image_between_splits(tmp_path: Path, capsys) -
     assert list(history(manifest)["action"].iloc[n_events:]) == ["remove"]
     assert ("15 images under a renamed, merged or split class (class 'cat' merged into 'dog'; classes 'horse', "
             "'ship' merged into 'beast') kept their split and 2 review decisions") in out
+
+    write(manifest, {c: c for c in ("cat", "dog", "horse", "ship")}, img)  # and back: the old items return
+    out = build(capsys, manifest)
+    assert splits(manifest) == splits_before
+    back = current(manifest)
+    assert list(back["image_id"].sort_index()) == list(ids.sort_index())
+    assert back.loc["horse/horse0.png", "reason"] == "removed in review"  # its own history
+    assert "15 images under a renamed, merged or split class" in out and "kept their split" in out
 
 
 def test_splitting_a_class_keeps_splits_and_decisions(tmp_path: Path, capsys) -> None:
