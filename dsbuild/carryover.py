@@ -61,8 +61,8 @@ class CarryOver:
             n = sum(self.lost.values())
             gone = sorted(self.lost)
             names = ", ".join(f"'{g}'" for g in gone)
-            what = f"label {names} is" if len(gone) == 1 else f"labels {names} are"
-            lost = f"{n if carried else counted(n, 'review decision')} could not be carried: {what} no longer a class"
+            what = f"label {names} is no longer a class" if len(gone) == 1 else f"labels {names} are no longer classes"
+            lost = f"{n if carried else counted(n, 'review decision')} could not be carried: {what}"
         decisions = f"{carried} ({lost})" if carried and lost else carried
         fresh = self.images - self.kept_split
         if self.kept_split:

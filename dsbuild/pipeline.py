@@ -366,12 +366,13 @@ def build_dataset(
         summary.notes.append(set_aside_note(set_aside))
         summary.changed += len(set_aside)
     # A renamed, merged or split class: the same files under another class keep their split and review decisions.
-    labels_before = {row.class_label for row in known_by_id.values() if not source_removed(row)}
-    back = {iid for iid in current if iid in known_by_id and source_removed(known_by_id[iid])}
-    carried = carry_over(cat, ds, current - set(known_by_id), returning=back, labels_before=labels_before,
-                         build_id=build_id, at=utcnow()).note()
-    if carried:
-        summary.notes.append(carried)
+    if set_aside or any(source_removed(row) for row in known_by_id.values()):  # else nothing to succeed (a first build)
+        labels_before = {row.class_label for row in known_by_id.values() if not source_removed(row)}
+        back = {iid for iid in current if iid in known_by_id and source_removed(known_by_id[iid])}
+        carried = carry_over(cat, ds, current - set(known_by_id), returning=back, labels_before=labels_before,
+                             build_id=build_id, at=utcnow()).note()
+        if carried:
+            summary.notes.append(carried)
 
     regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit, threads=workers)
     cat.set_meta(f"split:{ds.name}", ds.split.record())

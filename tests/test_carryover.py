@@ -18,6 +18,7 @@ from PIL import Image
 
 from helpers import run_cli, skimage_photo
 
+from dsbuild.carryover import CarryOver, class_changes
 from dsbuild.catalog import Catalog
 from dsbuild.manifest import load_manifest
 
@@ -240,3 +241,35 @@ def test_a_class_put_back_under_a_new_name_later_carries_decisions_and_takes_a_n
     assert ("4 images under a renamed, merged or split class (class 'cat' renamed 'kitty') "
             "kept 1 review decision; set aside by an earlier build, they had no split to keep and took one as new "
             "images do") in out
+
+
+@pytest.mark.parametrize(("carry", "note"), [
+    (CarryOver(), None),
+    (CarryOver(images=2, kept_split=2, changes=("class 'a' renamed 'b'",)),
+     "2 images under a renamed, merged or split class (class 'a' renamed 'b') kept their split"),
+    (CarryOver(images=3, kept_split=2, decisions=1, changes=("x", "y", "z", "w")),
+     "3 images under a renamed, merged or split class (x; y; z; …) kept their split (1 set aside by an earlier "
+     "build had none and took one as new images do) and 1 review decision"),
+    (CarryOver(images=2, kept_split=2, lost={"pony": 1, "cow": 2}, changes=("x",)),
+     "2 images under a renamed, merged or split class (x) kept their split; 3 review decisions could not be "
+     "carried: labels 'cow', 'pony' are no longer classes"),
+    (CarryOver(images=1, changes=("x",)),
+     "1 image under a renamed, merged or split class (x): set aside by an earlier build, they had no split to "
+     "keep and took one as new images do"),
+])
+def test_the_build_note_says_what_carried_over(carry: CarryOver, note: str | None) -> None:
+    assert carry.note() == note
+
+
+def test_class_changes_are_named_by_what_happened_to_the_classes() -> None:
+    pairs = [("cat", "kitty"), ("dog", "animal"), ("horse", "animal"), ("ship", "ship_a"), ("ship", "ship_b"),
+             ("cow", "pets"), ("bird", "fish")]
+    words = class_changes(pairs, labels={"kitty", "animal", "ship_a", "ship_b", "pets", "bird", "fish"},
+                          labels_before={"cat", "dog", "horse", "ship", "cow", "pets", "bird", "fish"})
+    assert words == {("cat", "kitty"): "class 'cat' renamed 'kitty'",
+                     ("dog", "animal"): "classes 'dog', 'horse' merged into 'animal'",
+                     ("horse", "animal"): "classes 'dog', 'horse' merged into 'animal'",
+                     ("ship", "ship_a"): "class 'ship' split into 'ship_a', 'ship_b'",
+                     ("ship", "ship_b"): "class 'ship' split into 'ship_a', 'ship_b'",
+                     ("cow", "pets"): "class 'cow' merged into 'pets'",
+                     ("bird", "fish"): "class 'bird' merged into 'fish'"}
