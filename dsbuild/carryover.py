@@ -13,7 +13,10 @@ origin and the same content (sha256) — is the same picture under a new class n
   still a class stays; one to a label that is gone is not carried, and counted).
 
 The old row and its history are left as they are. When several set-aside items match, the latest set aside
-is taken: it carries what came before it.
+is taken: it carries what came before it. An item set aside before that comes back (the class renamed back)
+takes the split of the item set aside in its place, and its review decisions unless it has a history of its
+own (then that stands). A build killed before it could carry over leaves its new items unsplit: the next
+build carries over to them.
 """
 
 from __future__ import annotations
@@ -76,16 +79,16 @@ class CarryOver:
         return text
 
 
-def carry_over(cat: Catalog, ds: Dataset, new_ids: Iterable[str], *, returning: Iterable[str] = (),
-               labels_before: Iterable[str], build_id: int, at: datetime) -> CarryOver:
-    """Give the new items ``new_ids`` of ``ds`` (created by this build) the split and review decisions of the
-    set-aside items they succeed (module doc). ``returning``: items set aside before that this build brings
-    back (a class renamed back): they take the split of the item they succeed, and keep their own review
-    history. ``labels_before``: the labels the dataset's sources gave before this build (a class that took
-    images of another existed: a merge, not a rename). Run after the build set its removed sources aside and
-    before it regroups; writes the splits and the label events (source ``build:<build_id>``) in the catalog."""
-    new = set(new_ids)
-    ids = sorted(new | set(returning))
+def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_before: Iterable[str], build_id: int,
+               at: datetime) -> CarryOver:
+    """Give the items ``candidates`` of ``ds`` (:func:`dsbuild.pipeline.successor_candidates`: created or brought
+    back by this build, or not split yet) the split and review decisions of the set-aside items they succeed
+    (module doc). A successor with a split keeps it; one with review events of its own (an item brought back
+    with its own history) keeps them and takes none. ``labels_before``: the labels the dataset's sources gave
+    before this build (a class that took images of another existed: a merge, not a rename). Run after the build
+    set its removed sources aside and before it regroups; writes the splits and the label events (source
+    ``build:<build_id>``) in the catalog."""
+    ids = sorted(set(candidates))
     if not ids:
         return CarryOver()
     pairs = cat.set_aside_matches(ds.name, ids, reason=SOURCE_REMOVED)
@@ -96,11 +99,13 @@ def carry_over(cat: Catalog, ds: Dataset, new_ids: Iterable[str], *, returning: 
     why = class_changes(list(zip(pairs["old_label"], pairs["class_label"])), labels, set(labels_before))
     splits = {r.image_id: r.old_split for r in pairs.itertuples(index=False) if isinstance(r.old_split, str)}
     kept_split = cat.inherit_splits(ds.name, splits)
+    history = cat.label_history(ds.name, image_ids=sorted(set(pairs["old_id"]) | set(pairs["image_id"])))
+    own = set(history["image_id"]) - set(pairs["old_id"])  # successors with events of their own
     successors = [Successor(image_id=r.image_id, label=r.class_label, status=r.status,
                             old_id=r.old_id, old_label=r.old_label, why=why[(r.old_label, r.class_label)])
-                  for r in pairs.itertuples(index=False) if r.image_id in new]
-    history = cat.label_history(ds.name, image_ids=sorted(set(pairs["old_id"])))
-    carried = carried_events(successors, history=history, labels=labels, source=f"build:{build_id}", at=at)
+                  for r in pairs.itertuples(index=False) if r.image_id not in own]
+    carried = carried_events(successors, history=history[history["image_id"].isin(set(pairs["old_id"]))],
+                             labels=labels, source=f"build:{build_id}", at=at)
     cat.append_label_events(ds.name, carried.events)
     return CarryOver(images=len(pairs), kept_split=kept_split, decisions=carried.carried, lost=carried.lost,
                      changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))))

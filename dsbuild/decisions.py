@@ -86,6 +86,10 @@ resulting state:
 ``new_status = None`` means "no review override: the build's status stands",
 so a later build that marks the image ``duplicate`` still wins over an old
 relabel. ``old_status`` always records the status seen at decision time.
+
+A build writes such events too: when a class is renamed, merged or split, the new item of the same file
+takes the old item's standing decisions (:func:`carried_events`; source ``build:<build_id>``, noted
+``carried over from <old image_id> (…)``), so an undo walks back through them as through any other.
 """
 
 from __future__ import annotations
@@ -650,8 +654,8 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
 
 @dataclass(frozen=True)
 class Successor:
-    """A new item of a build that is an item set aside before, under another class: the same file (origin and
-    content). ``image_id`` / ``label`` / ``status``: the new item, its given label and its status now;
+    """An item of a build that succeeds an item set aside before, under another class: the same file (origin
+    and content). ``image_id`` / ``label`` / ``status``: the new item, its given label and its status now;
     ``old_id`` / ``old_label``: the item set aside and the label its source gave; ``why``: the class change in
     words (e.g. ``class 'cat' renamed 'kitty'``)."""
 
@@ -699,8 +703,8 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
         for rec in hist[["image_id", "new_label", "new_status"]].to_dict("records"):
             latest[str(rec["image_id"])] = rec
     labels = set(labels)
-    out = Carried(events=[])
-    lost = out.lost
+    events: list[dict] = []
+    lost: dict[str, int] = {}
     n_carried = 0
     for s in successors:
         stack = stacks.get(s.old_id, [])
@@ -708,14 +712,6 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
             continue
         net_label = _text(latest[s.old_id]["new_label"])
         label = s.label
-
-        def event(action: str, old_label: str, new_label: str, old: dict, new_status: str | None = None,
-                  s: Successor = s) -> dict:
-            note = f"carried over from {s.old_id} ({s.why})" + (f"; {old['note']}" if old.get("note") else "")
-            return {"image_id": s.image_id, "action": action, "old_label": old_label, "new_label": new_label,
-                    "old_status": s.status, "new_status": new_status, "source": source, "at": at, "note": note,
-                    "label_quality": old.get("label_quality")}
-
         relabels = [e for e in stack if e["action"] == "relabel"]
         relabelled = bool(relabels) and net_label is not None and net_label != s.old_label
         dead = False
@@ -723,7 +719,7 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
             if net_label == label:
                 n_carried += 1  # what the reviewer said is now the given label: no decision needed
             elif net_label in labels:
-                out.events.append(event("relabel", label, net_label, relabels[-1]))
+                events.append(_carried_event(s, "relabel", label, net_label, relabels[-1], source=source, at=at))
                 label = net_label
                 n_carried += 1
             else:
@@ -731,15 +727,25 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
                 dead = True
         top = stack[-1]
         if top["action"] == "remove":
-            out.events.append(event("remove", label, label, top, REMOVED_STATUS))
+            events.append(_carried_event(s, "remove", label, label, top, source=source, at=at,
+                                         new_status=REMOVED_STATUS))
             n_carried += 1
         elif top["action"] == "keep" or (top["action"] == "relabel" and not relabelled):
             if dead:
                 lost[net_label] = lost.get(net_label, 0) + 1  # the keep confirmed a label that is gone
             else:
-                out.events.append(event("keep", label, label, top))
+                events.append(_carried_event(s, "keep", label, label, top, source=source, at=at))
                 n_carried += 1
-    return Carried(events=out.events, carried=n_carried, lost=lost)
+    return Carried(events=events, carried=n_carried, lost=lost)
+
+
+def _carried_event(s: Successor, action: str, old_label: str, new_label: str, old: dict, *, source: str,
+                   at: datetime, new_status: str | None = None) -> dict:
+    """One event of :func:`carried_events`: ``old`` (a decision of the old item) carried to ``s``."""
+    note = f"carried over from {s.old_id} ({s.why})" + (f"; {old['note']}" if old.get("note") else "")
+    return {"image_id": s.image_id, "action": action, "old_label": old_label, "new_label": new_label,
+            "old_status": s.status, "new_status": new_status, "source": source, "at": at, "note": note,
+            "label_quality": old.get("label_quality")}
 
 
 def _text(value: Any) -> str | None:

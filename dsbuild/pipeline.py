@@ -13,7 +13,10 @@
   with are recorded (meta ``split:NAME``): when the manifest's fractions, seed or
   carve differ, the build refuses before any work (:func:`check_split_settings`)
   until it is run with ``resplit=True`` (``--resplit``), which assigns every split
-  again and reports how many images moved.
+  again and reports how many images moved;
+* an item whose source left the manifest is set aside (``source removed``); the same
+  file under another class (a class renamed, merged or split) is a new item that takes
+  the old one's split and standing review decisions (:mod:`dsbuild.carryover`).
 
 A build takes the catalog's lock file first, so a second build fails fast.
 Sources (:mod:`dsbuild.sources`: folders, then URL lists and search engines)
@@ -368,8 +371,7 @@ def build_dataset(
     # A renamed, merged or split class: the same files under another class keep their split and review decisions.
     if set_aside or any(source_removed(row) for row in known_by_id.values()):  # else nothing to succeed (a first build)
         labels_before = {row.class_label for row in known_by_id.values() if not source_removed(row)}
-        back = {iid for iid in current if iid in known_by_id and source_removed(known_by_id[iid])}
-        carried = carry_over(cat, ds, current - set(known_by_id), returning=back, labels_before=labels_before,
+        carried = carry_over(cat, ds, successor_candidates(current, known_by_id), labels_before=labels_before,
                              build_id=build_id, at=utcnow()).note()
         if carried:
             summary.notes.append(carried)
@@ -400,6 +402,16 @@ def build_dataset(
     cat.set_meta(f"settings-sections:{ds.name}", json.dumps(sections, sort_keys=True))
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def successor_candidates(current: set[str], known: dict) -> set[str]:
+    """The items of ``current`` (supplied today) that may succeed a set-aside item (:mod:`dsbuild.carryover`):
+    those this build created, those it brought back (set aside before), and accepted ones no build has split yet
+    (created by a build killed before its regrouping: the next build carries over what that one could not)."""
+    def pending(row) -> bool:
+        return source_removed(row) or (row.status == "ok" and not isinstance(row.split, str))
+
+    return {iid for iid in current if iid not in known or pending(known[iid])}
 
 
 def removed_sources(ds: Dataset, known: dict, current: set[str]) -> dict[str, str]:

@@ -243,6 +243,37 @@ def test_a_class_put_back_under_a_new_name_later_carries_decisions_and_takes_a_n
             "images do") in out
 
 
+def test_a_build_interrupted_before_it_carried_over_leaves_it_to_the_next(tmp_path: Path, capsys,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the renamed class's images were verified and committed, before the carry-over: the next
+    build finds them (accepted, not split yet) and carries over to them."""
+    import dsbuild.pipeline
+
+    img = tmp_path / "img"
+    make_images(img, {"cat": 4, "dog": 4, "horse": 4})
+    manifest = write(tmp_path / "proj" / "datasets.toml", {"cat": "cat", "dog": "dog", "horse": "horse"}, img)
+    build(capsys, manifest)
+    ids = current(manifest)["image_id"]
+    review(capsys, manifest, [(ids["cat/cat0.png"], "remove", "")])
+    splits_before = splits(manifest)
+
+    write(manifest, {"animal": ["cat", "dog"], "horse": "horse"}, img)
+    carry_over = dsbuild.pipeline.carry_over
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dsbuild.pipeline, "carry_over", interrupted)
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 130
+    monkeypatch.setattr(dsbuild.pipeline, "carry_over", carry_over)
+    assert current(manifest).loc["cat/cat0.png", "status"] == "ok"  # committed, nothing carried yet
+    out = build(capsys, manifest)
+    assert splits(manifest) == splits_before
+    assert current(manifest).loc["cat/cat0.png", "reason"] == "removed in review"
+    assert ("8 images under a renamed, merged or split class (classes 'cat', 'dog' merged into 'animal') kept "
+            "their split and 1 review decision") in out
+
+
 @pytest.mark.parametrize(("carry", "note"), [
     (CarryOver(), None),
     (CarryOver(images=2, kept_split=2, changes=("class 'a' renamed 'b'",)),

@@ -230,9 +230,9 @@ class Catalog:
 
     def known_items(self, dataset: str):
         """Existing items of ``dataset``: image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns,
-        class_label."""
+        class_label, split."""
         return self.df(
-            "SELECT image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns, class_label "
+            "SELECT image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns, class_label, split "
             "FROM items WHERE dataset = ?",
             [dataset],
         )
