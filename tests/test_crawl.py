@@ -513,6 +513,46 @@ def test_a_query_or_url_taken_out_is_set_aside_and_comes_back_without_a_download
 # --------------------------------------------------------------------------- URL lists
 
 
+def test_a_renamed_web_class_keeps_its_images_splits_and_reviews_without_a_download(servers, tmp_path, capsys):
+    """A class of a query and a URL list renamed after a review: the same URLs (same content) are the same
+    pictures — a removed one stays removed, a kept one kept, every split stays, and nothing is downloaded again
+    (fresh-user trial 2, item 1, for web sources)."""
+    engine, images = servers
+    plant(engine, images, "alpha things", ["/img/coffee.jpg", "/img/chelsea.png"])
+    plant(engine, images, "beta things", ["/img/rocket.webp"])
+    (tmp_path / "g.txt").write_text(f"{images.url}/img/astronaut.bmp\n{images.url}/img/coffee.tiff\n")
+    spec = web_dataset(engine)
+    spec["classes"]["alpha"] = {"queries": ["alpha things"], "urls": "g.txt"}
+    manifest = write_manifest(tmp_path, {"web": spec})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+
+    def state() -> dict[str, tuple]:
+        return {route_of(r["origin"], images.url): (r["image_id"], r["label"], r["status"], r["reason"], r["split"],
+                                                    r["last_review"])
+                for r in rows(manifest, "SELECT * FROM images WHERE reason IS DISTINCT FROM 'source removed'")}
+
+    before = state()
+    (tmp_path / "d.csv").write_text(f"image_id,action,new_label\n{before['/img/coffee.jpg'][0]},remove,\n"
+                                    f"{before['/img/astronaut.bmp'][0]},keep,\n")
+    assert run_cli(capsys, manifest, "review", "web", "--decisions", str(tmp_path / "d.csv"))[0] == 0
+    downloads = hits(images)
+    renamed = web_dataset(engine)
+    del renamed["classes"]["alpha"]
+    renamed["classes"]["first"] = {"queries": ["alpha things"], "urls": "g.txt"}
+    write_manifest(tmp_path, {"web": renamed})
+    code, out, err = run_cli(capsys, manifest, "build")
+    assert code == 0, err
+    after = state()
+    assert set(after) == set(before)
+    assert {k: v[4] for k, v in after.items()} == {k: v[4] for k, v in before.items()}  # no split moved
+    assert after["/img/coffee.jpg"][1:4] == ("first", "rejected", "removed in review")
+    assert after["/img/astronaut.bmp"][1:3] + after["/img/astronaut.bmp"][5:] == ("first", "ok", "keep")
+    assert after["/img/chelsea.png"][1:3] == ("first", "ok") and after["/img/chelsea.png"][0] != before["/img/chelsea.png"][0]
+    assert new_hits(downloads, hits(images)) == {}  # the pictures came from the store
+    assert ("4 images under a renamed, merged or split class (class 'alpha' renamed 'first') kept their split and "
+            "2 review decisions") in " ".join(out.split())
+
+
 def test_url_lists_report_bad_lines_and_fetch_each_url_once(servers, tmp_path, capsys, monkeypatch):
     _, images = servers
     u = images.url
