@@ -74,3 +74,37 @@ def test_analyze_file_refuses_what_is_not_a_regular_file(tmp_path: Path, make, d
         writer.join()
     assert (rec.ok, rec.reason, rec.detail) == (False, "not a file", detail)
     assert rec.reason in REASONS
+
+
+def test_symlinks_keep_their_own_path_and_what_is_skipped_is_said(tmp_path: Path) -> None:
+    """A symlinked file is read through its link, under the link's own path (its origin, in its class folder); a
+    symlinked folder is followed once; a broken link and a loop are skipped, and the summary says so."""
+    proj = _two_classes(tmp_path)
+    a, b = proj.root / "images" / "a", proj.root / "images" / "b"
+    (a / "link_to_coffee.jpg").symlink_to(Path("..") / "b" / "coffee.jpg")  # another class's file
+    (a / "gone.jpg").symlink_to("missing.jpg")
+    (a / "loop").symlink_to(".")
+    extra = tmp_path / "elsewhere"
+    extra.mkdir()
+    (extra / "chelsea.png").write_bytes(encode(photo("chelsea"), "PNG"))
+    (a / "more").symlink_to(extra)
+    (b / "astronaut.png").write_bytes(encode(photo("astronaut"), "PNG"))
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    rows = {r["origin"]: r for r in proj.rows("SELECT * FROM images")}
+    root = proj.root.resolve() / "images"
+    assert {o: r["label"] for o, r in rows.items()} == {
+        str(root / "a" / "rocket.png"): "a", str(root / "a" / "link_to_coffee.jpg"): "a",
+        str(root / "a" / "more" / "chelsea.png"): "a",
+        str(root / "b" / "coffee.jpg"): "b", str(root / "b" / "astronaut.png"): "b"}
+    # The link and its target are one picture under two labels: a label conflict to review, not one origin.
+    assert rows[str(root / "a" / "link_to_coffee.jpg")]["sha256"] == rows[str(root / "b" / "coffee.jpg")]["sha256"]
+    assert rows[str(root / "a" / "more" / "chelsea.png")]["status"] == "ok"
+    said = " ".join((out + err).split())
+    assert f"ds: 1 broken symlink skipped (e.g. {a / 'gone.jpg'} → missing.jpg)" in said, said
+    assert (f"ds: 1 symlinked folder skipped: it leads to a folder already read (a loop or a second link) "
+            f"(e.g. {a / 'loop'} → .)") in said, said
+    # The next build finds the same sources: nothing new, nothing set aside.
+    code, out, err = proj.build()
+    assert code == 0 and "set aside" not in out + err, out + err
+    assert len(proj.rows("SELECT * FROM images WHERE status <> 'rejected'")) == 5

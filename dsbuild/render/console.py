@@ -160,7 +160,7 @@ def print_build_summary(summary) -> None:
             console.print(up_to_date_line(d), markup=False, soft_wrap=True)
     for d in summary.datasets:
         for note in d.notes:
-            console.print(f"{d.dataset}: {note}")
+            console.print(f"{d.dataset}: {note}", markup=False)  # notes hold paths and queries: "[" is no markup
 
 
 def up_to_date_line(d) -> str:
