@@ -437,6 +437,7 @@ def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
         per = by_label.setdefault(str(r.label), {})
         per[r.status] = per.get(r.status, 0) + int(r.n)
     notes = []
+    reasons = cat.label_reject_counts(ds.name)
     for label in ds.labels:
         per = by_label.get(label, {})
         if per.get("ok", 0):
@@ -446,9 +447,24 @@ def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
             continue
         words = {"rejected": ("rejected", "rejected"), "failed": ("failed", "failed"),
                  "duplicate": ("duplicate", "duplicates")}
-        parts = ", ".join(counted(per[s], *words[s]) for s in ("rejected", "failed", "duplicate") if per.get(s))
-        notes.append(f"class '{label}' has no accepted images ({parts}) — add images or remove the class")
+        bad = ", ".join(counted(per[s], *words[s]) for s in ("rejected", "failed") if per.get(s))
+        bad, hint = _main_reason(bad, reasons.get(label, []), ds.name)
+        parts = ", ".join(p for p in (bad, per.get("duplicate") and counted(per["duplicate"], *words["duplicate"])) if p)
+        notes.append(f"class '{label}' has no accepted images ({parts}) — {hint or 'add images or remove the class'}")
     return notes
+
+
+def _main_reason(parts: str, reasons: list[tuple[str | None, int]], dataset: str) -> tuple[str, str | None]:
+    """An empty class's counts with the reason most of its rejections share (``40 rejected: private address``), and
+    the hint for it (None: the generic one)."""
+    total = sum(n for _, n in reasons)
+    if not reasons or reasons[0][1] * 2 <= total:
+        return parts, None
+    reason, n = reasons[0]
+    parts += f": {reason}" if n == total else f"; {n} of them: {reason}"
+    if reason == "private address":
+        return parts, web.private_hosts_hint(dataset)
+    return parts, None
 
 
 def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool) -> None:

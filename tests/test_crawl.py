@@ -350,6 +350,37 @@ def test_loopback_urls_are_refused_without_allow_private_hosts(servers, tmp_path
     assert assert_store_clean(manifest) == set()
 
 
+def test_private_address_rows_and_the_empty_class_note_name_the_setting_that_allows_them(servers, tmp_path, capsys):
+    """Default settings, URL lists on the test's own (loopback) server: every row says which host was refused and
+    which setting allows it, and the class-level note names the reason, not only "N rejected"."""
+    _, images = servers
+    (tmp_path / "a.txt").write_text("".join(f"{images.url}/img/{n}\n" for n in ("coffee.jpg", "chelsea.png")))
+    (tmp_path / "b.txt").write_text(f"http://localhost:{images.port}/img/rocket.png\n")
+    manifest = write_manifest(tmp_path, {"lists": {"classes": {"a": {"urls": "a.txt"}, "b": {"urls": "b.txt"}}}})
+
+    code, out, err = run_cli(capsys, manifest, "build")
+
+    assert code == 0 and "Traceback" not in out + err, out + err
+    details = {route_of(r["origin"], images.url) if "127.0.0.1" in r["origin"] else "localhost": r
+               for r in rows(manifest, "SELECT origin, status, reason, detail FROM images")}
+    hint = ("set allow_private_hosts = true in [datasets.lists] to fetch from your own network, "
+            "or add its network to allowed_networks in [datasets.lists.fetch]")
+    assert details["/img/coffee.jpg"]["detail"] == f"127.0.0.1 is a private or loopback address — {hint}"
+    assert details["localhost"]["detail"] == f"localhost resolves to a private or loopback address — {hint}"
+    assert {(r["status"], r["reason"]) for r in details.values()} == {("rejected", "private address")}
+    said = " ".join(out.split())
+    assert f"class 'a' has no accepted images (2 rejected: private address) — {hint}" in said, out
+    assert f"class 'b' has no accepted images (1 rejected: private address) — {hint}" in said, out
+    assert images.requests == []
+
+    # The setting named does what the note says: the next build fetches them.
+    manifest.write_text(manifest.read_text().replace("[datasets.lists.fetch]\n",
+                                                     '[datasets.lists.fetch]\nallowed_networks = ["127.0.0.0/8", "::1"]\n'))
+    code, out, err = run_cli(capsys, manifest, "build")
+    assert code == 0, out + err
+    assert catalog_counts(manifest, "lists") == {"ok": 3}
+
+
 # --------------------------------------------------------------------------- re-runs and --retry-failed
 
 

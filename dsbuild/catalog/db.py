@@ -503,6 +503,18 @@ class Catalog:
             [dataset],
         )
 
+    def label_reject_counts(self, dataset: str) -> dict[str, list[tuple[str | None, int]]]:
+        """label → ``[(reason, n), …]`` of the rejected and failed images of ``dataset``, most frequent first."""
+        rows = self.con.execute(
+            """SELECT label, reason, count(*) AS n FROM images WHERE dataset = ? AND status IN ('rejected', 'failed')
+               GROUP BY ALL ORDER BY label, n DESC, reason""",
+            [dataset],
+        ).fetchall()
+        out: dict[str, list[tuple[str | None, int]]] = {}
+        for label, reason, n in rows:
+            out.setdefault(str(label), []).append((reason, int(n)))
+        return out
+
     def build_item_counts(self, dataset: str, build_id: int) -> list[tuple[str, str | None, int]]:
         """(status, reason, n) of the items of ``dataset`` that build ``build_id`` catalogued, as they stand now."""
         rows = self.con.execute(
