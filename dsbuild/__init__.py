@@ -129,7 +129,7 @@ def export(manifest: "Manifest", dataset: str, out: str | Path, *, fmt: str = "i
     from dsbuild.exporters import export_dataset
 
     manifest.dataset(dataset)
-    return export_dataset(manifest.catalog, dataset, Path(out), fmt=fmt)
+    return export_dataset(manifest.catalog, dataset, Path(out), fmt=fmt, manifest=manifest)
 
 
 def __getattr__(name: str) -> Any:
