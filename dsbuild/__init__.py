@@ -33,7 +33,8 @@ verify/             one decode per image: limits, format allow-list, reasons; st
 store.py            content-addressed image store (sha256 → file); the one atomic write
 rows.py             the catalog rows dsbuild writes, one definition per table
 dedup/              near-duplicate search (sub-quadratic) and grouping; split.py: stable splits
-pipeline.py         the build: idempotent, resumable, batched commits, lock
+pipeline.py         the build: idempotent, resumable, batched commits, lock; carryover.py: images of a
+                    renamed, merged or split class keep their split and review decisions
 catalog/            the only package that speaks SQL: schema, Catalog, lock, sandboxed query
 status.py           read-side summaries; exporters/: a registry of exporters (imagefolder, csv)
 model/              frozen features (cached per blob) + heads, fastai fine-tuning, out-of-fold probabilities, trust, predict
@@ -129,7 +130,7 @@ def export(manifest: "Manifest", dataset: str, out: str | Path, *, fmt: str = "i
     from dsbuild.exporters import export_dataset
 
     manifest.dataset(dataset)
-    return export_dataset(manifest.catalog, dataset, Path(out), fmt=fmt)
+    return export_dataset(manifest.catalog, dataset, Path(out), fmt=fmt, manifest=manifest)
 
 
 def __getattr__(name: str) -> Any:

@@ -150,7 +150,7 @@ def cmd_export(args) -> int:
 
     manifest = _load(args)
     manifest.dataset(args.dataset)
-    summary = export_dataset(manifest.catalog, args.dataset, Path(args.to), fmt=args.format)
+    summary = export_dataset(manifest.catalog, args.dataset, Path(args.to), fmt=args.format, manifest=manifest)
     splits = ", ".join(f"{k} {v}" for k, v in sorted(summary.per_split.items()))
     print(f"exported {summary.images} images of '{summary.dataset}' to {summary.out} ({summary.format}; {splits})")
     for image_id, why in summary.skipped:

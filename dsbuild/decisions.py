@@ -86,6 +86,10 @@ resulting state:
 ``new_status = None`` means "no review override: the build's status stands",
 so a later build that marks the image ``duplicate`` still wins over an old
 relabel. ``old_status`` always records the status seen at decision time.
+
+A build writes such events too: when a class is renamed, merged or split, the new item of the same file
+takes the old item's standing decisions (:func:`carried_events`; source ``build:<build_id>``, noted
+``carried over from <old image_id> (…)``), so an undo walks back through them as through any other.
 """
 
 from __future__ import annotations
@@ -648,6 +652,102 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
     return events
 
 
+@dataclass(frozen=True)
+class Successor:
+    """An item of a build that succeeds an item set aside before, under another class: the same file (origin
+    and content). ``image_id`` / ``label`` / ``status``: the new item, its given label and its status now;
+    ``old_id`` / ``old_label``: the item set aside and the label its source gave; ``why``: the class change in
+    words (e.g. ``class 'cat' renamed 'kitty'``)."""
+
+    image_id: str
+    label: str
+    status: str | None
+    old_id: str
+    old_label: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What :func:`carried_events` did: ``events`` to append; ``carried``: decisions in effect on the new items
+    (an event each, or a relabel to what is now the given label, which needs none); ``lost``: label no longer a
+    class → decisions that could not be carried (a relabel to it, and a keep that confirmed it)."""
+
+    events: list[dict]
+    carried: int = 0
+    lost: dict[str, int] = field(default_factory=dict)
+
+
+def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFrame | None", labels: Collection[str],
+                   source: str, at: datetime) -> Carried:
+    """Label events giving each successor the review decisions that stand on the item it succeeds.
+
+    ``history``: the ``label_events`` rows of the old items (columns as for :func:`plan_events`, with
+    ``event_id``; ``label_quality`` and ``note`` are carried when present). ``labels``: the classes of the
+    dataset now. Per successor, from the old item's decisions not undone:
+
+    * a relabel in effect (the old item's label is not the one its source gave) to a label of ``labels``
+      becomes a ``relabel`` from the new given label; to the new given label itself, nothing (it is the
+      label already); to a label that is no longer a class, nothing: counted in ``lost``;
+    * a standing ``remove`` becomes a ``remove`` (the image stays out of training), a standing ``keep``
+      a ``keep`` (not when it confirmed a relabel that could not be carried: counted in ``lost``); a
+      relabel back to the given label, which confirmed it, a ``keep``.
+
+    Events are shaped as :func:`plan_events`'s, noted ``carried over from <old id> (<why>)`` (plus the
+    original note), with the old event's ``label_quality``. Nothing is read or written here.
+    """
+    stacks = _undo_stacks(history)
+    latest: dict[str, dict] = {}
+    if history is not None and len(history):
+        hist = history.sort_values("event_id", kind="stable")
+        for rec in hist[["image_id", "new_label", "new_status"]].to_dict("records"):
+            latest[str(rec["image_id"])] = rec
+    labels = set(labels)
+    events: list[dict] = []
+    lost: dict[str, int] = {}
+    n_carried = 0
+    for s in successors:
+        stack = stacks.get(s.old_id, [])
+        if not stack:
+            continue
+        net_label = _text(latest[s.old_id]["new_label"])
+        label = s.label
+        relabels = [e for e in stack if e["action"] == "relabel"]
+        relabelled = bool(relabels) and net_label is not None and net_label != s.old_label
+        dead = False
+        if relabelled:
+            if net_label == label:
+                n_carried += 1  # what the reviewer said is now the given label: no decision needed
+            elif net_label in labels:
+                events.append(_carried_event(s, "relabel", label, net_label, relabels[-1], source=source, at=at))
+                label = net_label
+                n_carried += 1
+            else:
+                lost[net_label] = lost.get(net_label, 0) + 1
+                dead = True
+        top = stack[-1]
+        if top["action"] == "remove":
+            events.append(_carried_event(s, "remove", label, label, top, source=source, at=at,
+                                         new_status=REMOVED_STATUS))
+            n_carried += 1
+        elif top["action"] == "keep" or (top["action"] == "relabel" and not relabelled):
+            if dead:
+                lost[net_label] = lost.get(net_label, 0) + 1  # the keep confirmed a label that is gone
+            else:
+                events.append(_carried_event(s, "keep", label, label, top, source=source, at=at))
+                n_carried += 1
+    return Carried(events=events, carried=n_carried, lost=lost)
+
+
+def _carried_event(s: Successor, action: str, old_label: str, new_label: str, old: dict, *, source: str,
+                   at: datetime, new_status: str | None = None) -> dict:
+    """One event of :func:`carried_events`: ``old`` (a decision of the old item) carried to ``s``."""
+    note = f"carried over from {s.old_id} ({s.why})" + (f"; {old['note']}" if old.get("note") else "")
+    return {"image_id": s.image_id, "action": action, "old_label": old_label, "new_label": new_label,
+            "old_status": s.status, "new_status": new_status, "source": source, "at": at, "note": note,
+            "label_quality": old.get("label_quality")}
+
+
 def _text(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -669,10 +769,14 @@ def _undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
     if missing:
         raise ValueError(f"history needs columns {list(_HISTORY_COLUMNS)}; missing {sorted(missing)}")
     hist = history.sort_values("event_id", kind="stable") if "event_id" in history.columns else history
-    cols = [*_HISTORY_COLUMNS, *(c for c in ("event_id", "changed_at") if c in hist.columns)]
+    cols = [*_HISTORY_COLUMNS, *(c for c in ("event_id", "changed_at", "label_quality", "note") if c in hist.columns)]
     stacks: dict[str, list[dict]] = {}
     for raw in hist[cols].to_dict("records"):
         rec: dict[str, Any] = {k: _text(raw[k]) for k in _HISTORY_COLUMNS}
+        if "note" in raw:
+            rec["note"] = _text(raw["note"])
+        if "label_quality" in raw:
+            rec["label_quality"] = None if _text(raw["label_quality"]) is None else float(raw["label_quality"])
         if "event_id" in raw:
             rec["event_id"] = None if _text(raw["event_id"]) is None else int(raw["event_id"])
         if "changed_at" in raw:  # a timestamp, kept as one (compared with the mislabel run's start)

@@ -13,7 +13,10 @@
   with are recorded (meta ``split:NAME``): when the manifest's fractions, seed or
   carve differ, the build refuses before any work (:func:`check_split_settings`)
   until it is run with ``resplit=True`` (``--resplit``), which assigns every split
-  again and reports how many images moved.
+  again and reports how many images moved;
+* an item whose source left the manifest is set aside (``source removed``); the same
+  file under another class (a class renamed, merged or split) is a new item that takes
+  the old one's split and standing review decisions (:mod:`dsbuild.carryover`).
 
 A build takes the catalog's lock file first, so a second build fails fast.
 Sources (:mod:`dsbuild.sources`: folders, then URL lists and search engines)
@@ -31,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dsbuild.carryover import carry_over
 from dsbuild.catalog import BuildLock, Catalog, utcnow
 from dsbuild.errors import DsbuildError
 from dsbuild.executor import release_backends
@@ -364,6 +368,13 @@ def build_dataset(
         cat.set_aside_items(ds.name, set_aside, reason=SOURCE_REMOVED, build_id=build_id)
         summary.notes.append(set_aside_note(set_aside))
         summary.changed += len(set_aside)
+    # A renamed, merged or split class: the same files under another class keep their split and review decisions.
+    if set_aside or any(source_removed(row) for row in known_by_id.values()):  # else nothing to succeed (a first build)
+        labels_before = {row.class_label for row in known_by_id.values() if not source_removed(row)}
+        carried = carry_over(cat, ds, successor_candidates(current, known_by_id), labels_before=labels_before,
+                             build_id=build_id, at=utcnow()).note()
+        if carried:
+            summary.notes.append(carried)
 
     regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit, threads=workers)
     cat.set_meta(f"split:{ds.name}", ds.split.record())
@@ -391,6 +402,16 @@ def build_dataset(
     cat.set_meta(f"settings-sections:{ds.name}", json.dumps(sections, sort_keys=True))
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def successor_candidates(current: set[str], known: dict) -> set[str]:
+    """The items of ``current`` (supplied today) that may succeed a set-aside item (:mod:`dsbuild.carryover`):
+    those this build created, those it brought back (set aside before), and accepted ones no build has split yet
+    (created by a build killed before its regrouping: the next build carries over what that one could not)."""
+    def pending(row) -> bool:
+        return source_removed(row) or (row.status == "ok" and not isinstance(row.split, str))
+
+    return {iid for iid in current if iid not in known or pending(known[iid])}
 
 
 def removed_sources(ds: Dataset, known: dict, current: set[str]) -> dict[str, str]:
@@ -437,6 +458,7 @@ def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
         per = by_label.setdefault(str(r.label), {})
         per[r.status] = per.get(r.status, 0) + int(r.n)
     notes = []
+    reasons = cat.label_reject_counts(ds.name)
     for label in ds.labels:
         per = by_label.get(label, {})
         if per.get("ok", 0):
@@ -446,9 +468,24 @@ def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
             continue
         words = {"rejected": ("rejected", "rejected"), "failed": ("failed", "failed"),
                  "duplicate": ("duplicate", "duplicates")}
-        parts = ", ".join(counted(per[s], *words[s]) for s in ("rejected", "failed", "duplicate") if per.get(s))
-        notes.append(f"class '{label}' has no accepted images ({parts}) — add images or remove the class")
+        bad = ", ".join(counted(per[s], *words[s]) for s in ("rejected", "failed") if per.get(s))
+        bad, hint = _main_reason(bad, reasons.get(label, []), ds.name)
+        parts = ", ".join(p for p in (bad, per.get("duplicate") and counted(per["duplicate"], *words["duplicate"])) if p)
+        notes.append(f"class '{label}' has no accepted images ({parts}) — {hint or 'add images or remove the class'}")
     return notes
+
+
+def _main_reason(parts: str, reasons: list[tuple[str | None, int]], dataset: str) -> tuple[str, str | None]:
+    """An empty class's counts with the reason most of its rejections share (``40 rejected: private address``), and
+    the hint for it (None: the generic one)."""
+    total = sum(n for _, n in reasons)
+    if not reasons or reasons[0][1] * 2 <= total:
+        return parts, None
+    reason, n = reasons[0]
+    parts += f": {reason}" if n == total else f"; {n} of them: {reason}"
+    if reason == "private address":
+        return parts, web.private_hosts_hint(dataset)
+    return parts, None
 
 
 def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool) -> None:

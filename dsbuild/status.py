@@ -57,6 +57,8 @@ def dataset_status(catalog_path: Path, dataset: str | None = None, *, manifest=N
         line = f"last build #{build_id} ({datasets}) started {started:%Y-%m-%d %H:%M:%S} UTC: {outcome}"
         if outcome == "interrupted":
             line += " — run `dsbuild build` again to resume"
+        elif outcome == "running":  # no build holds the catalog (it could not be read then): its process is gone
+            line += " — but no build holds the catalog: it was stopped before it finished; run `dsbuild build` again to resume"
     return CatalogStatus(datasets=out, last_build=line)
 
 
@@ -64,6 +66,10 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
     counts = cat.status_counts(name)
     splits = [s for s in ("train", "valid", "test") if s in set(counts["split"])]
     columns: list[tuple[str, str]] = [(s, "ok") for s in splits]
+    # Verified but not split yet: a build stopped (Ctrl-C, a kill) after verifying, before dedup and splits.
+    pending = int(counts[(counts["status"] == "ok") & (counts["split"] == "-")]["n"].sum())
+    if pending:
+        columns.append(("-", "ok"))
     columns += [("*", st) for st in _STATUS_ORDER[1:] if st in set(counts["status"])]
     table: dict[str, dict[tuple[str, str], int]] = {}
     for row in counts.itertuples(index=False):
@@ -75,6 +81,9 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
     rejects = [(r.status, r.reason, int(r.n)) for r in cat.reject_counts(name).itertuples(index=False)]
     dups = cat.duplicate_counts(name)
     notes = []
+    if pending:
+        notes.append(f"{name}: {pending:,} verified image{'s have' if pending != 1 else ' has'} no split yet — the last "
+                     f"build of it stopped before near duplicates and splits; run `dsbuild build {name}` to finish")
     if dups["groups"]:
         notes.append(
             f"{name}: {dups['duplicates']} duplicates in {dups['groups']} groups; "
@@ -100,7 +109,7 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
         listed = ", ".join(f"{f} {flags[f]}" for f in QUALITY_FLAGS if f in flags)
         notes.append(f"{name}: quality flags on accepted images: {listed} — `dsbuild query @quality`; "
                      f"to reject them set datasets.{name}.quality.reject")
-    names = [f"{s} ok" if st == "ok" else st for s, st in columns]
+    names = [("ok, split pending" if s == "-" else f"{s} ok") if st == "ok" else st for s, st in columns]
     return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups,
                          quality=flags, notes=notes)
 

@@ -58,8 +58,10 @@ def committed_items(catalog: Path, snap: Path) -> int:
         con.close()
 
 
-def kill_after_first_commit(proc, catalog: Path, snap: Path, deadline: float) -> int:
+def kill_after_first_commit(proc, catalog: Path, snap: Path, deadline: float, *, sig: int | None = None) -> int:
     """SIGKILL a running build (``proc``, its own process group) just after it committed item rows; return them.
+
+    ``sig``: another signal to send instead (SIGINT: Ctrl-C at the terminal); the group is then resumed to handle it.
 
     The build runs in 50 ms slices (its process group stopped in between) until a copy of its catalog shows
     committed rows (:func:`committed_items`): on any machine the kill lands after a commit and well before the
@@ -78,7 +80,9 @@ def kill_after_first_commit(proc, catalog: Path, snap: Path, deadline: float) ->
         time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGSTOP)
         committed = committed_items(catalog, snap)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL if sig is None else sig)
+    if sig is not None and sig != signal.SIGKILL:
+        os.killpg(proc.pid, signal.SIGCONT)
     return committed
 
 

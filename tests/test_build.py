@@ -563,6 +563,49 @@ def _store_count(store: Path) -> int:
     return sum(1 for p in store.glob("*/*") if not p.name.startswith(".")) if store.exists() else 0
 
 
+def test_status_after_ctrl_c_shows_the_verified_counts_with_splits_pending(tmp_path: Path, capsys) -> None:
+    """Ctrl-C (SIGINT to the build's process group) once rows are committed: status showed a table of labels with no
+    counts (only split columns, and no image had a split yet). It shows the verified counts, the splits pending, and
+    how to finish; the build it names finishes them."""
+    images = tmp_path / "images"
+    total = write_digits(images, 60, classes=5)
+    manifest = digits_manifest(tmp_path / "ctrl-c", images, classes=5, extra=PHASH_ONLY)
+    catalog = load_manifest(manifest).catalog
+    proc = _subprocess_build(manifest)
+    try:
+        kill_after_first_commit(proc, catalog, tmp_path / "snapshot", time.monotonic() + 120, sig=signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, proc.stderr.read()
+    with Catalog.open_readonly(catalog) as cat:
+        per_label = dict(cat.con.execute("SELECT label, count(*) FROM images WHERE status = 'ok' AND split IS NULL "
+                                         "GROUP BY label").fetchall())
+        assert cat.con.execute("SELECT count(*) FROM items WHERE split IS NOT NULL").fetchone()[0] == 0
+    pending = sum(per_label.values())
+    assert 0 < pending < total
+
+    code, out, err = run_cli(capsys, manifest, "status")
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    assert "interrupted — run `dsbuild build` again to resume" in lines[0], out
+    assert lines[1] == "digits: images by label × split × status", out  # one line, not wrapped to the table's width
+    header = next(line for line in lines if line.startswith("┃"))
+    assert "ok, split pending" in header, out
+    cells = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in lines if line.startswith("│")}
+    assert cells == {**{label: str(n) for label, n in per_label.items()}, "total": str(pending)}, out
+    verified = f"{pending} verified image has" if pending == 1 else f"{pending:,} verified images have"
+    assert (f"digits: {verified} no split yet — the last build of it stopped before near "
+            "duplicates and splits; run `dsbuild build digits` to finish") in " ".join(out.split()), out
+
+    code, _, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, manifest, "status")
+    assert code == 0 and "split pending" not in out and "no split yet" not in out and "train ok" in out, out
+
+
 def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Path, capsys) -> None:
     images = tmp_path / "images"
     total = write_digits(images, 70)
@@ -590,6 +633,11 @@ def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Pat
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+
+    # status reads the catalog the killed build left: its build still says "running", and status says it is not.
+    code, out, err = run_cli(capsys, manifest, "status")
+    assert code == 0 and "but no build holds the catalog: it was stopped before it finished; run `dsbuild build` " \
+        "again to resume" in " ".join(out.split()), out + err
 
     # What the killed build committed points only at complete files.
     with Catalog.open_readonly(load_manifest(manifest).catalog) as cat:

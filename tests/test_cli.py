@@ -474,6 +474,27 @@ def test_status_html_shows_duplicate_groups_and_conflicts(tmp_path: Path, capsys
     assert rc == 2 and err.startswith("Error: --html needs a DATASET")
 
 
+@pytest.mark.parametrize(("to", "fmt", "where"), [
+    ("photos/cat/exported", "imagefolder", "is inside {cat},"),
+    ("photos/cat", "imagefolder", "is"),
+    ("photos/cup/sub/index.csv", "csv", "is inside {cup},"),
+    ("photos", "imagefolder", "holds {cat},"),
+], ids=["inside", "equal", "csv-inside", "holds"])
+def test_export_refuses_a_source_folder_of_the_manifest(manifest: Path, capsys, to: str, fmt: str, where: str) -> None:
+    """An export inside a class folder is read back by the next build as new images of that class (a trial:
+    180 exported copies imported, 150 label conflicts): refused before anything is written."""
+    root = manifest.parent.resolve()
+    cat, cup = root / "photos" / "cat", root / "photos" / "cup"
+    before = sorted(p for p in (root / "photos").rglob("*"))
+    rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--to", str(root / to), "--format", fmt)
+    assert (rc, out) == (1, "")
+    owner = "cup" if "cup" in to else "cat"
+    assert err == (f"Error: --to {root / to} {where.format(cat=cat, cup=cup)} a source folder of class '{owner}' of "
+                   "dataset 'pets': the next build would read the export back as new images — choose a --to outside "
+                   "the manifest's source folders\n")
+    assert sorted(p for p in (root / "photos").rglob("*")) == before  # nothing written, nothing replaced
+
+
 def test_export_formats_are_the_registry(capsys) -> None:
     from dsbuild.exporters import EXPORTERS
 

@@ -350,6 +350,37 @@ def test_loopback_urls_are_refused_without_allow_private_hosts(servers, tmp_path
     assert assert_store_clean(manifest) == set()
 
 
+def test_private_address_rows_and_the_empty_class_note_name_the_setting_that_allows_them(servers, tmp_path, capsys):
+    """Default settings, URL lists on the test's own (loopback) server: every row says which host was refused and
+    which setting allows it, and the class-level note names the reason, not only "N rejected"."""
+    _, images = servers
+    (tmp_path / "a.txt").write_text("".join(f"{images.url}/img/{n}\n" for n in ("coffee.jpg", "chelsea.png")))
+    (tmp_path / "b.txt").write_text(f"http://localhost:{images.port}/img/rocket.png\n")
+    manifest = write_manifest(tmp_path, {"lists": {"classes": {"a": {"urls": "a.txt"}, "b": {"urls": "b.txt"}}}})
+
+    code, out, err = run_cli(capsys, manifest, "build")
+
+    assert code == 0 and "Traceback" not in out + err, out + err
+    details = {route_of(r["origin"], images.url) if "127.0.0.1" in r["origin"] else "localhost": r
+               for r in rows(manifest, "SELECT origin, status, reason, detail FROM images")}
+    hint = ("set allow_private_hosts = true in [datasets.lists] to fetch from your own network, "
+            "or add its network to allowed_networks in [datasets.lists.fetch]")
+    assert details["/img/coffee.jpg"]["detail"] == f"127.0.0.1 is a private or loopback address — {hint}"
+    assert details["localhost"]["detail"] == f"localhost resolves to a private or loopback address — {hint}"
+    assert {(r["status"], r["reason"]) for r in details.values()} == {("rejected", "private address")}
+    said = " ".join(out.split())
+    assert f"class 'a' has no accepted images (2 rejected: private address) — {hint}" in said, out
+    assert f"class 'b' has no accepted images (1 rejected: private address) — {hint}" in said, out
+    assert images.requests == []
+
+    # The setting named does what the note says: the next build fetches them.
+    manifest.write_text(manifest.read_text().replace("[datasets.lists.fetch]\n",
+                                                     '[datasets.lists.fetch]\nallowed_networks = ["127.0.0.0/8", "::1"]\n'))
+    code, out, err = run_cli(capsys, manifest, "build")
+    assert code == 0, out + err
+    assert catalog_counts(manifest, "lists") == {"ok": 3}
+
+
 # --------------------------------------------------------------------------- re-runs and --retry-failed
 
 
@@ -511,6 +542,46 @@ def test_a_query_or_url_taken_out_is_set_aside_and_comes_back_without_a_download
 
 
 # --------------------------------------------------------------------------- URL lists
+
+
+def test_a_renamed_web_class_keeps_its_images_splits_and_reviews_without_a_download(servers, tmp_path, capsys):
+    """A class of a query and a URL list renamed after a review: the same URLs (same content) are the same
+    pictures — a removed one stays removed, a kept one kept, every split stays, and nothing is downloaded again
+    (fresh-user trial 2, item 1, for web sources)."""
+    engine, images = servers
+    plant(engine, images, "alpha things", ["/img/coffee.jpg", "/img/chelsea.png"])
+    plant(engine, images, "beta things", ["/img/rocket.webp"])
+    (tmp_path / "g.txt").write_text(f"{images.url}/img/astronaut.bmp\n{images.url}/img/coffee.tiff\n")
+    spec = web_dataset(engine)
+    spec["classes"]["alpha"] = {"queries": ["alpha things"], "urls": "g.txt"}
+    manifest = write_manifest(tmp_path, {"web": spec})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+
+    def state() -> dict[str, tuple]:
+        return {route_of(r["origin"], images.url): (r["image_id"], r["label"], r["status"], r["reason"], r["split"],
+                                                    r["last_review"])
+                for r in rows(manifest, "SELECT * FROM images WHERE reason IS DISTINCT FROM 'source removed'")}
+
+    before = state()
+    (tmp_path / "d.csv").write_text(f"image_id,action,new_label\n{before['/img/coffee.jpg'][0]},remove,\n"
+                                    f"{before['/img/astronaut.bmp'][0]},keep,\n")
+    assert run_cli(capsys, manifest, "review", "web", "--decisions", str(tmp_path / "d.csv"))[0] == 0
+    downloads = hits(images)
+    renamed = web_dataset(engine)
+    del renamed["classes"]["alpha"]
+    renamed["classes"]["first"] = {"queries": ["alpha things"], "urls": "g.txt"}
+    write_manifest(tmp_path, {"web": renamed})
+    code, out, err = run_cli(capsys, manifest, "build")
+    assert code == 0, err
+    after = state()
+    assert set(after) == set(before)
+    assert {k: v[4] for k, v in after.items()} == {k: v[4] for k, v in before.items()}  # no split moved
+    assert after["/img/coffee.jpg"][1:4] == ("first", "rejected", "removed in review")
+    assert after["/img/astronaut.bmp"][1:3] + after["/img/astronaut.bmp"][5:] == ("first", "ok", "keep")
+    assert after["/img/chelsea.png"][1:3] == ("first", "ok") and after["/img/chelsea.png"][0] != before["/img/chelsea.png"][0]
+    assert new_hits(downloads, hits(images)) == {}  # the pictures came from the store
+    assert ("4 images under a renamed, merged or split class (class 'alpha' renamed 'first') kept their split and "
+            "2 review decisions") in " ".join(out.split())
 
 
 def test_url_lists_report_bad_lines_and_fetch_each_url_once(servers, tmp_path, capsys, monkeypatch):

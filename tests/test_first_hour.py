@@ -540,7 +540,7 @@ def test_bug06_empty_and_all_rejected_classes_are_named_at_build_and_refused_at_
     assert code == 0, err
     notes = note_lines(out, "digits")
     assert "digits: class 'four' has no images (its sources are empty) — add images or remove the class" in notes
-    assert "digits: class 'nine' has no accepted images (1 rejected) — add images or remove the class" in notes
+    assert "digits: class 'nine' has no accepted images (1 rejected: not an image) — add images or remove the class" in notes
     code, out, err = cli(capsys, manifest, "-q", "train", "digits")
     assert code == 1
     assert err == ("Error: dataset 'digits' has classes with too few accepted images to train: four 0, nine 0 "
@@ -864,11 +864,13 @@ def test_a_text_file_is_not_an_image_from_a_folder_or_the_web(tmp_path: Path, ca
 
 
 def test_a_refused_download_has_the_verify_stage_reason() -> None:
-    from dsbuild.sources.web import item_reason
+    from dsbuild.sources.web import item_reason, private_hosts_hint
 
     assert item_reason("not an image (text)", 200) == ("not an image", "content is text; http 200")
     assert item_reason("unsupported image (avif)", None) == ("unsupported format", "content is avif")
-    assert item_reason("private address", None) == ("private address", None)
+    assert item_reason("private address", None, url="http://10.0.0.7/a.jpg", dataset="web") == (
+        "private address", f"10.0.0.7 is a private or loopback address — {private_hosts_hint('web')}")
+    assert "allow_private_hosts = true in [datasets.web]" in private_hosts_hint("web")
 
 
 def test_wide_tables_fit_the_terminal(tmp_path: Path) -> None:

@@ -230,9 +230,9 @@ class Catalog:
 
     def known_items(self, dataset: str):
         """Existing items of ``dataset``: image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns,
-        class_label."""
+        class_label, split."""
         return self.df(
-            "SELECT image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns, class_label "
+            "SELECT image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns, class_label, split "
             "FROM items WHERE dataset = ?",
             [dataset],
         )
@@ -284,6 +284,48 @@ class Catalog:
                 )
         finally:
             self.con.unregister("_aside")
+
+    def set_aside_matches(self, dataset: str, image_ids: list[str], *, reason: str):
+        """For the items ``image_ids`` of ``dataset`` (those a build has just created), every item set aside with
+        ``reason`` that came from the same file: the same ``origin`` and the same content (``sha256``).
+
+        Columns: image_id, class_label, status (of the new item); old_id, old_label (its ``class_label``),
+        old_split, old_updated (when it was last written: set aside). No row for an item without a match."""
+        return self.df(
+            """SELECT n.image_id, n.class_label, n.status, o.image_id AS old_id, o.class_label AS old_label,
+                      o.split AS old_split, o.updated_at AS old_updated
+               FROM items n JOIN items o ON o.dataset = n.dataset AND o.origin = n.origin AND o.sha256 = n.sha256
+                                        AND o.image_id <> n.image_id
+               WHERE n.dataset = ? AND n.image_id IN (SELECT unnest(?)) AND o.reason = ?
+               ORDER BY n.image_id, o.updated_at DESC, o.image_id""",
+            [dataset, list(image_ids), reason],
+        )
+
+    def source_labels(self, dataset: str, *, set_aside: str) -> list[str]:
+        """The labels the sources of ``dataset`` give today: ``class_label`` of its items not set aside with the
+        reason ``set_aside`` (whatever their status), sorted."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT class_label FROM items WHERE dataset = ? AND reason IS DISTINCT FROM ? ORDER BY 1",
+            [dataset, set_aside]).fetchall()]
+
+    def inherit_splits(self, dataset: str, splits: dict[str, str]) -> int:
+        """Give items of ``dataset`` without a split the split of ``splits`` (image_id → split); return how many
+        took one. The build's regrouping keeps them (stable splits)."""
+        if not splits:
+            return 0
+        import pandas as pd
+
+        rows = pd.DataFrame({"image_id": list(splits), "split": list(splits.values())})
+        self.con.register("_inherit", rows)
+        try:
+            with self.transaction():
+                changed = self.con.execute(
+                    """UPDATE items SET split = s.split FROM _inherit s
+                       WHERE items.dataset = ? AND items.image_id = s.image_id AND items.split IS NULL""",
+                    [dataset]).fetchone()
+        finally:
+            self.con.unregister("_inherit")
+        return int(changed[0]) if changed else 0
 
     def insert_blobs(self, rows) -> None:
         """Insert blobs not yet known (a DataFrame with ``blobs`` columns)."""
@@ -502,6 +544,18 @@ class Catalog:
                WHERE dataset = ? AND status IN ('rejected', 'failed') GROUP BY ALL ORDER BY n DESC, reason""",
             [dataset],
         )
+
+    def label_reject_counts(self, dataset: str) -> dict[str, list[tuple[str | None, int]]]:
+        """label → ``[(reason, n), …]`` of the rejected and failed images of ``dataset``, most frequent first."""
+        rows = self.con.execute(
+            """SELECT label, reason, count(*) AS n FROM images WHERE dataset = ? AND status IN ('rejected', 'failed')
+               GROUP BY ALL ORDER BY label, n DESC, reason""",
+            [dataset],
+        ).fetchall()
+        out: dict[str, list[tuple[str | None, int]]] = {}
+        for label, reason, n in rows:
+            out.setdefault(str(label), []).append((reason, int(n)))
+        return out
 
     def build_item_counts(self, dataset: str, build_id: int) -> list[tuple[str, str | None, int]]:
         """(status, reason, n) of the items of ``dataset`` that build ``build_id`` catalogued, as they stand now."""

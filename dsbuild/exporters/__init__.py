@@ -19,7 +19,8 @@ verified (a store edited by hand, or by something hostile) is not exported and
 is listed in ``ExportSummary.skipped``. The tree (or file) is written next to
 ``DIR`` and swapped in at the end, so an interrupted export never leaves a half
 tree; a non-empty ``DIR``, or an existing file, that is not a previous dsbuild
-export is never overwritten.
+export is never overwritten. An output inside a source folder of the manifest (or one
+that holds a source folder) is refused: the next build would import the export.
 """
 
 from __future__ import annotations
@@ -65,11 +66,18 @@ class ExportSummary:
     skipped: tuple[tuple[str, str], ...] = ()  # (image_id, why) of store files that are not their verified image
 
 
-def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "imagefolder") -> ExportSummary:
-    """Write ``dataset``'s ok images to ``out`` in format ``fmt`` (see module doc)."""
+def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "imagefolder",
+                   manifest=None) -> ExportSummary:
+    """Write ``dataset``'s ok images to ``out`` in format ``fmt`` (see module doc).
+
+    ``manifest`` (a :class:`~dsbuild.manifest.Manifest`): an ``out`` inside (or equal to, or holding) a source
+    folder of any of its datasets is refused (DsbuildError): the next build would import the export as new images.
+    """
     if fmt not in FORMATS:
         raise DsbuildError(f"unknown export format '{fmt}' — use one of: {', '.join(FORMATS)}")
     out = Path(out).resolve()
+    if manifest is not None:
+        _refuse_source_folders(out, manifest)
     file_format = _file_format(out, fmt)
     if file_format is not None:
         if out.exists() and not out.is_file():
@@ -98,6 +106,31 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
     per_split = {k: int(v) for k, v in df["split"].value_counts().items()}
     return ExportSummary(dataset=dataset, out=out, format=fmt, images=len(df), per_split=per_split,
                          skipped=tuple(skipped))
+
+
+def source_folders(manifest) -> dict[Path, str]:
+    """Every local source folder of ``manifest``'s datasets (resolved) → what it is (``class 'cat' of dataset 'pets'``)."""
+    out: dict[Path, str] = {}
+    for name, ds in manifest.datasets.items():
+        for cls in ds.classes:
+            for folder in cls.folders:
+                out.setdefault(Path(folder).resolve(), f"class '{cls.name}' of dataset '{name}'")
+        if ds.imagefolder is not None:
+            out.setdefault(Path(ds.imagefolder).resolve(), f"the imagefolder of dataset '{name}'")
+    return out
+
+
+def _refuse_source_folders(out: Path, manifest) -> None:
+    """Raise DsbuildError when the resolved ``out`` is, lies inside, or holds a source folder of ``manifest``."""
+    for folder, what in source_folders(manifest).items():
+        if out == folder or folder in out.parents:
+            where = "is" if out == folder else f"is inside {folder},"
+        elif out in folder.parents:
+            where = f"holds {folder},"
+        else:
+            continue
+        raise DsbuildError(f"--to {out} {where} a source folder of {what}: the next build would read the export "
+                           "back as new images — choose a --to outside the manifest's source folders")
 
 
 def _file_format(out: Path, fmt: str) -> FileFormat | None:

@@ -160,7 +160,7 @@ def print_build_summary(summary) -> None:
             console.print(up_to_date_line(d), markup=False, soft_wrap=True)
     for d in summary.datasets:
         for note in d.notes:
-            console.print(f"{d.dataset}: {note}")
+            console.print(f"{d.dataset}: {note}", markup=False)  # notes hold paths and queries: "[" is no markup
 
 
 def up_to_date_line(d) -> str:
@@ -186,7 +186,8 @@ def print_status(status) -> None:
     if status.last_build:
         console.print(status.last_build)
     for ds in status.datasets:
-        table = Table(title=f"{ds.name}: images by label × split × status", title_justify="left")
+        title = f"{ds.name}: images by label × split × status"
+        table = Table(title=title, title_justify="left", min_width=len(title))  # a narrow table wrapped its title
         table.add_column("label")
         for col in ds.columns:
             table.add_column(col, justify="right")
@@ -195,7 +196,8 @@ def print_status(status) -> None:
         table.add_row("[b]total[/b]", *(f"[b]{v}[/b]" for v in ds.totals))
         console.print(table)
         if ds.rejects:
-            rej = Table(title=f"{ds.name}: rejected / failed by reason", title_justify="left")
+            title = f"{ds.name}: rejected / failed by reason"
+            rej = Table(title=title, title_justify="left", min_width=len(title))
             rej.add_column("status")
             rej.add_column("reason")
             rej.add_column("images", justify="right")

@@ -1,8 +1,10 @@
 """The ``folders`` source: local class folders and ImageFolder trees.
 
 Every file under a class's ``folders`` (recursively, hidden files skipped) is
-one item of that class; an ``imagefolder`` tree gives its labels (and splits)
-by its subfolders. A file already catalogued with the same size and mtime, and
+one item of that class, its origin the file's own path there (a symlinked file is
+read through its link but keeps the link's path; a symlinked folder is followed
+once; broken links and loops are skipped and counted in the build's summary); an
+``imagefolder`` tree gives its labels (and splits) by its subfolders. A file already catalogued with the same size and mtime, and
 verified under the same settings, is skipped. The rest are verified by the
 executor (:mod:`dsbuild.executor`) and reported to the build's sink.
 """
@@ -10,7 +12,8 @@ executor (:mod:`dsbuild.executor`) and reported to the build's sink.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -49,28 +52,138 @@ def imagefolder_layout(root: Path) -> list[tuple[str | None, str, Path]]:
     return [(None, d.name, d) for d in subdirs]
 
 
-def walk(folder: Path) -> Iterator[Path]:
-    """Files under ``folder``, recursively, sorted, skipping hidden files and folders."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(root) / name
+@dataclass
+class Skipped:
+    """What a folder scan left out and why (symlinks that lead nowhere, loops, folders it may not read):
+    kind → (count, first example). The build's summary says so (:meth:`notes`)."""
+
+    kinds: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def add(self, kind: str, example: str) -> None:
+        n, first = self.kinds.get(kind, (0, example))
+        self.kinds[kind] = (n + 1, first)
+
+    def notes(self) -> list[str]:
+        """One line per kind, e.g. ``2 broken symlinks skipped (e.g. /src/cat/x.jpg → gone.jpg)``."""
+        words = {"broken": ("broken symlink skipped", "broken symlinks skipped"),
+                 "loop": ("symlinked folder skipped: it leads to a folder already read (a loop or a second link)",
+                          "symlinked folders skipped: they lead to folders already read (loops or second links)"),
+                 "unreadable": ("folder or file skipped: it cannot be read", "folders or files skipped: they cannot be read")}
+        out = []
+        for kind, (n, example) in self.kinds.items():
+            one, many = words[kind]
+            out.append(f"{n} {one if n == 1 else many} (e.g. {example})")
+        return out
 
 
-def scan_folders(ds: Dataset) -> list[FileSource]:
-    """Every file of the dataset's class folders and imagefolder tree, with its label (and given split)."""
+def walk(folder: Path, skipped: Skipped | None = None) -> Iterator[Path]:
+    """Files under ``folder``, recursively, skipping hidden files and folders; each path as listed (under ``folder``,
+    a symlink not resolved).
+
+    A symlinked file is listed (its content is read by verification); a symlinked folder is followed,
+    once: a link to a folder already read (a loop, or a second link to one folder) is skipped, as is a broken
+    link or a folder that cannot be read, each counted in ``skipped``. Real subfolders are read before
+    symlinked ones, so that a file reached both ways is listed under its real path. Sorted within each folder.
+    """
+    skipped = skipped if skipped is not None else Skipped()
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return
+    seen = {(st.st_dev, st.st_ino)}
+    linked: list[Path] = []  # symlinked folders, read once every real folder has been
+
+    def read(top: Path) -> Iterator[Path]:
+        stack = [top]
+        while stack:
+            here = stack.pop()
+            try:
+                with os.scandir(here) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError:
+                skipped.add("unreadable", str(here))
+                continue
+            subdirs = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                path = Path(entry.path)
+                try:
+                    is_link = entry.is_symlink()
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    skipped.add("unreadable", str(path))
+                    continue
+                if is_link:
+                    try:
+                        target = os.stat(path)
+                    except OSError:
+                        skipped.add("broken", _link(path))
+                        continue
+                    if stat.S_ISDIR(target.st_mode):
+                        linked.append(path)
+                        continue
+                    yield path
+                elif is_dir:
+                    subdirs.append(path)
+                else:
+                    yield path
+            for sub in reversed(subdirs):  # popped in name order
+                try:
+                    sst = os.stat(sub)
+                except OSError:
+                    skipped.add("unreadable", str(sub))
+                    continue
+                if (sst.st_dev, sst.st_ino) in seen:  # reached again through a symlinked folder above
+                    skipped.add("loop", str(sub))
+                    continue
+                seen.add((sst.st_dev, sst.st_ino))
+                stack.append(sub)
+
+    yield from read(folder)
+    while linked:
+        link = linked.pop(0)
+        try:
+            target = os.stat(link)
+        except OSError:
+            skipped.add("broken", str(link))
+            continue
+        if (target.st_dev, target.st_ino) in seen:
+            skipped.add("loop", _link(link))
+            continue
+        seen.add((target.st_dev, target.st_ino))
+        yield from read(link)
+
+
+def _link(path: Path) -> str:
+    try:
+        return f"{path} → {os.readlink(path)}"
+    except OSError:
+        return str(path)
+
+
+def scan_folders(ds: Dataset, skipped: Skipped | None = None) -> list[FileSource]:
+    """Every file of the dataset's class folders and imagefolder tree, with its label (and given split).
+
+    A file's ``path`` is its own path in its class folder: the folder resolved, then the file's path under it
+    as listed — a symlinked file keeps the link's path and name (its origin), not its target's, so that two
+    classes linking one file are two sources. ``size``/``mtime_ns`` are the target's. What the walk skipped
+    (broken links, loops) is counted in ``skipped`` (:func:`walk`).
+    """
     folders: list[tuple[str | None, str, Path]] = [(None, c.name, f) for c in ds.classes for f in c.folders]
     if ds.imagefolder is not None:
         folders += imagefolder_layout(ds.imagefolder)
     out: list[FileSource] = []
     for split, label, folder in folders:
-        for path in walk(folder):
+        base = folder.resolve()
+        for path in walk(folder, skipped):
             try:
                 st = path.stat()
             except OSError:
+                if skipped is not None:
+                    skipped.add("unreadable", str(path))
                 continue
-            out.append(FileSource(label, path.resolve(), st.st_size, st.st_mtime_ns, split))
+            out.append(FileSource(label, base / path.relative_to(folder), st.st_size, st.st_mtime_ns, split))
     return out
 
 
@@ -84,7 +197,10 @@ def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now
     when it left the folders (:data:`~dsbuild.sources.SOURCE_REMOVED`) is verified again when it is back.
     """
     ds, sink = run.dataset, run.sink
-    files = scan_folders(ds)
+    skipped = Skipped()
+    files = scan_folders(ds, skipped)
+    for line in skipped.notes():
+        sink.note(line)
     jobs: list[VerifyJob] = []
     meta: dict[str, FileSource] = {}
     skipped = 0

@@ -489,24 +489,42 @@ def _handle(run: SourceRun, res, rec: ImageRecord | None, links, *, now, retried
             sink.add(item=_item(ds, iid, link, rec, run.build_id, now), retried=iid in retried)
         else:
             status = "failed" if res.outcome == "failed" else "rejected"
-            reason, detail = item_reason(res.reason, res.http_status)
+            reason, detail = item_reason(res.reason, res.http_status, url=res.final_url or res.url, dataset=ds.name)
             sink.add(item=_item(ds, iid, link, None, run.build_id, now, status=status, reason=reason, detail=detail),
                      retried=iid in retried)
 
 
-def item_reason(fetch_reason: str | None, http_status: int | None) -> tuple[str | None, str | None]:
+def private_hosts_hint(dataset: str) -> str:
+    """What allows a dataset's downloads from a loopback/private host: the two settings, where they go."""
+    return (f"set allow_private_hosts = true in [datasets.{dataset}] to fetch from your own network, "
+            f"or add its network to allowed_networks in [datasets.{dataset}.fetch]")
+
+
+def item_reason(fetch_reason: str | None, http_status: int | None, *, url: str | None = None,
+                dataset: str | None = None) -> tuple[str | None, str | None]:
     """An image's (reason, detail) for a refused download, in the verify stage's words.
 
     The downloader sniffs a body's kind before storing it (``not an image (html)``); the
     catalog says ``not an image`` with ``content is html`` as the detail, as verification
     does for a local file (and ``unsupported format`` for ``unsupported image (avif)``), so
-    one problem has one reason (``GROUP BY reason``).
+    one problem has one reason (``GROUP BY reason``). A ``private address`` names the refused
+    host of ``url`` (the last URL requested) and the settings of ``dataset`` that allow it.
     """
     import re
+    from urllib.parse import urlsplit
+
+    from dsbuild.netguard import literal_ip
 
     detail = f"http {http_status}" if http_status else None
     m = re.fullmatch(r"(not an image|unsupported image) \((\w+)\)", fetch_reason or "")
     if m:
         reason = "not an image" if m.group(1) == "not an image" else "unsupported format"
         return reason, f"content is {m.group(2)}" + (f"; {detail}" if detail else "")
+    if fetch_reason == "private address":
+        try:
+            host = urlsplit(url).hostname if url else None
+        except ValueError:
+            host = None
+        what = "the host is" if not host else f"{host} is" if literal_ip(host) is not None else f"{host} resolves to"
+        return fetch_reason, f"{what} a private or loopback address — {private_hosts_hint(dataset or 'NAME')}"
     return fetch_reason, detail

@@ -35,6 +35,7 @@ REASONS = (
     "too small",
     "odd aspect ratio",
     "unreadable",
+    "not a file",
     "timeout",
 )
 

@@ -1,0 +1,141 @@
+"""Images back under another class keep their split and their review decisions.
+
+An item's id hashes its label (:func:`dsbuild.rows.image_id_for`), so a class renamed, merged into another or
+split in two gives its images new items, and the build sets the old ones aside (reason ``source removed``,
+:data:`dsbuild.sources.SOURCE_REMOVED`). A new item that comes from the same file as a set-aside one — the same
+origin and the same content (sha256) — is the same picture under a new class name. :func:`carry_over` gives it:
+
+* the old item's split (when it still has one: the build that sets an item aside clears its split), so a
+  rename, merge or split of classes moves no image to another split — stable splits, as for added images;
+  an item without one gets a split as any new image does;
+* the old item's standing review decisions, as label events on the new item
+  (:func:`dsbuild.decisions.carried_events`: a remove stays removed, a keep kept, a relabel to a label that is
+  still a class stays; one to a label that is gone is not carried, and counted).
+
+The old row and its history are left as they are. When several set-aside items match, the latest set aside
+is taken: it carries what came before it. An item set aside before that comes back (the class renamed back)
+takes the split of the item set aside in its place, and its review decisions unless it has a history of its
+own (then that stands). A build killed before it could carry over leaves its new items unsplit: the next
+build carries over to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable
+
+from dsbuild.catalog import Catalog
+from dsbuild.decisions import Successor, carried_events
+from dsbuild.manifest import Dataset
+from dsbuild.sources import SOURCE_REMOVED
+
+MAX_CHANGES = 3  # class changes named in the build's note; the rest are an ellipsis
+
+
+@dataclass(frozen=True)
+class CarryOver:
+    """What :func:`carry_over` did to one dataset.
+
+    ``images``: new items that succeed a set-aside item; ``kept_split``: of them, those given its split;
+    ``decisions``: review decisions in effect on them; ``lost``: label no longer a class → decisions that
+    could not be carried; ``changes``: the class changes, in words (``class 'cat' renamed 'kitty'``).
+    """
+
+    images: int = 0
+    kept_split: int = 0
+    decisions: int = 0
+    lost: dict[str, int] = field(default_factory=dict)
+    changes: tuple[str, ...] = ()
+
+    def note(self) -> str | None:
+        """The build summary's line, e.g. ``12 images under a renamed, merged or split class (class 'cat'
+        renamed 'kitty') kept their split and 3 review decisions (2 could not be carried: label 'pony' is
+        no longer a class)``; None when no image came back under another class."""
+        from dsbuild.render.values import counted
+
+        if not self.images:
+            return None
+        changes = "; ".join(self.changes[:MAX_CHANGES]) + ("; …" if len(self.changes) > MAX_CHANGES else "")
+        head = f"{counted(self.images, 'image')} under a renamed, merged or split class ({changes})"
+        carried = counted(self.decisions, "review decision") if self.decisions else ""
+        lost = ""
+        if self.lost:
+            n = sum(self.lost.values())
+            gone = sorted(self.lost)
+            names = ", ".join(f"'{g}'" for g in gone)
+            what = f"label {names} is no longer a class" if len(gone) == 1 else f"labels {names} are no longer classes"
+            lost = f"{n if carried else counted(n, 'review decision')} could not be carried: {what}"
+        decisions = f"{carried} ({lost})" if carried and lost else carried
+        fresh = self.images - self.kept_split
+        if self.kept_split:
+            text = f"{head} kept their split"
+            if fresh:
+                text += f" ({fresh} set aside by an earlier build had none and took one as new images do)"
+            return f"{text} and {decisions}" if carried else (f"{text}; {lost}" if lost else text)
+        # Set aside by an earlier build (which cleared their splits): new splits, as new images get.
+        text = f"{head} kept {decisions};" if carried else (f"{head}: {lost};" if lost else f"{head}:")
+        text += " set aside by an earlier build, they had no split to keep and took one as new images do"
+        return text
+
+
+def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_before: Iterable[str], build_id: int,
+               at: datetime) -> CarryOver:
+    """Give the items ``candidates`` of ``ds`` (:func:`dsbuild.pipeline.successor_candidates`: created or brought
+    back by this build, or not split yet) the split and review decisions of the set-aside items they succeed
+    (module doc). A successor with a split keeps it; one with review events of its own (an item brought back
+    with its own history) keeps them and takes none. ``labels_before``: the labels the dataset's sources gave
+    before this build (a class that took images of another existed: a merge, not a rename). Run after the build
+    set its removed sources aside and before it regroups; writes the splits and the label events (source
+    ``build:<build_id>``) in the catalog."""
+    ids = sorted(set(candidates))
+    if not ids:
+        return CarryOver()
+    pairs = cat.set_aside_matches(ds.name, ids, reason=SOURCE_REMOVED)
+    if pairs.empty:
+        return CarryOver()
+    pairs = pairs.drop_duplicates("image_id", keep="first")  # the latest set aside (ordered by the catalog)
+    labels = set(ds.labels) | set(cat.source_labels(ds.name, set_aside=SOURCE_REMOVED))
+    why = class_changes(list(zip(pairs["old_label"], pairs["class_label"])), labels, set(labels_before))
+    splits = {r.image_id: r.old_split for r in pairs.itertuples(index=False) if isinstance(r.old_split, str)}
+    kept_split = cat.inherit_splits(ds.name, splits)
+    history = cat.label_history(ds.name, image_ids=sorted(set(pairs["old_id"]) | set(pairs["image_id"])))
+    own = set(history["image_id"]) - set(pairs["old_id"])  # successors with events of their own
+    successors = [Successor(image_id=r.image_id, label=r.class_label, status=r.status,
+                            old_id=r.old_id, old_label=r.old_label, why=why[(r.old_label, r.class_label)])
+                  for r in pairs.itertuples(index=False) if r.image_id not in own]
+    carried = carried_events(successors, history=history[history["image_id"].isin(set(pairs["old_id"]))],
+                             labels=labels, source=f"build:{build_id}", at=at)
+    cat.append_label_events(ds.name, carried.events)
+    return CarryOver(images=len(pairs), kept_split=kept_split, decisions=carried.carried, lost=carried.lost,
+                     changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))))
+
+
+def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before: set[str]) -> dict[tuple[str, str], str]:
+    """(old label, new label) → the class change in words, from every such pair of a build's successors
+    (``labels``: the classes now; ``labels_before``: those before the build):
+    ``class 'ship' split into 'ship_a', 'ship_b'`` (its images went to several classes and it is gone),
+    ``classes 'dog', 'horse' merged into 'animal'`` (a class took images of several, or of one while it
+    existed before: ``class 'cat' merged into 'dog'``), ``class 'cat' renamed 'kitty'`` (one to one, the old
+    one gone), else ``images of class 'a' now under 'b'``."""
+    into: dict[str, set[str]] = {}
+    out_of: dict[str, set[str]] = {}
+    for old, new in pairs:
+        into.setdefault(new, set()).add(old)
+        out_of.setdefault(old, set()).add(new)
+
+    def quoted(names: Iterable[str]) -> str:
+        return ", ".join(f"'{n}'" for n in sorted(names))
+
+    words = {}
+    for old, new in set(pairs):
+        if len(out_of[old]) > 1 and old not in labels:
+            words[(old, new)] = f"class '{old}' split into {quoted(out_of[old])}"
+        elif len(into[new]) > 1 or new in labels_before:
+            which = f"classes {quoted(into[new])}" if len(into[new]) > 1 else f"class '{old}'"
+            words[(old, new)] = f"{which} merged into '{new}'"
+        elif old not in labels:
+            words[(old, new)] = f"class '{old}' renamed '{new}'"
+        else:
+            words[(old, new)] = f"images of class '{old}' now under '{new}'"
+    return words
