@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	sh tools/ensure-chromium.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	@$(BIN)/python -m pip install --quiet -e '.[test,bench]' >> $(VENV)/install.log 2>&1 || { tail -n 60 $(VENV)/install.log; exit 1; }

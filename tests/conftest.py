@@ -10,7 +10,14 @@ real digit datasets for the model tests).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on a 2-core machine: each keeps torch's default thread pools at
+    # one thread, so that two trainings at once do not oversubscribe the cores (OpenMP threads spin-wait).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest
 from fake_engines import FakeEngineServer
@@ -39,6 +46,12 @@ def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Modules with slow (``@pytest.mark.slow``, model training) tests run last, each module kept together
-    (their module-scoped fixtures train once); the rest keep their order."""
+    (their module-scoped fixtures train once); the rest keep their order. Under pytest-xdist (``make test``:
+    ``-n 2 --dist loadfile``, one module per worker at a time) they go first instead, with the Ray cluster's
+    module: the long modules start early and the short ones fill in beside them."""
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow") is not None}
-    items.sort(key=lambda item: item.module.__name__ in slow_modules)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        slow_modules |= {item.module.__name__ for item in items if item.get_closest_marker("ray") is not None}
+        items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+    else:
+        items.sort(key=lambda item: item.module.__name__ in slow_modules)

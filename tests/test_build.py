@@ -273,13 +273,19 @@ def test_export_imagefolder_writes_only_ok_images(mixed: Path, tmp_path: Path, c
 # --------------------------------------------------------------------------- splits on real digits
 
 
+EXACT_ONLY = "[datasets.digits.dedup]\nnear = false\nsemantic = false"
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> tuple[Path, Path]:
-    """1,000 real digits (100 per class), exact dedup only, valid 0.2; built once. Returns (manifest, images)."""
+    """1,000 real digits (100 per class), exact dedup only, valid 0.2; built once. Returns (manifest, images).
+
+    No embeddings (``semantic = false``): with near duplicates off they would give outlier scores only, which
+    these split tests do not read (20 s a build)."""
     root = tmp_path_factory.mktemp("digits")
     images = root / "images"
     assert write_digits(images, 100) == 1000
-    manifest = digits_manifest(root / "a", images, extra="[datasets.digits.dedup]\nnear = false")
+    manifest = digits_manifest(root / "a", images, extra=EXACT_ONLY)
     build(load_manifest(manifest), ["digits"], workers=1)
     return manifest, images
 
@@ -300,7 +306,7 @@ def test_splits_are_stratified(digits) -> None:
 def test_splits_are_deterministic(digits, tmp_path: Path) -> None:
     """The same manifest in a fresh catalog (another folder, another store) gives every image the same split."""
     manifest, images = digits
-    again = digits_manifest(tmp_path, images, extra="[datasets.digits.dedup]\nnear = false")
+    again = digits_manifest(tmp_path, images, extra=EXACT_ONLY)
     build(load_manifest(again), ["digits"], workers=1)
     first, second = images_of(manifest, "digits"), images_of(again, "digits")
     assert load_manifest(again).catalog != load_manifest(manifest).catalog
