@@ -782,7 +782,7 @@ def _top_k(frame, k: int):
     classes = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
     rows = []
     for r in frame.to_dict("records"):
-        if r.get("error"):
+        if isinstance(r.get("error"), str):  # None when the image was read (NaN would be truthy)
             rows.append({"run_id": r["run_id"], "path": r["path"], "rank": None, "label": None, "probability": None,
                          "error": r["error"]})
             continue

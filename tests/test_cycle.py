@@ -423,3 +423,36 @@ def test_retrain_leaves_out_copies_of_images_the_previous_run_trained_on(project
     flat = " ".join(out.split())
     assert (f"{seen} of {len(valid)} valid images were in the previous run's training set (the split changed since): "
             f"compared on the other {len(valid) - seen}") in flat
+
+
+@pytest.mark.slow
+def test_predict_top_k_keeps_the_good_images_beside_a_bad_one(project, trained, tmp_path: Path, wide_terminal,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The fresh-user trial: `predict p good.png bad.jpg --top 2` printed dashes for the good image too (a missing
+    error was NaN, which is truthy). The good image gets its two best classes; the bad one its error, in both formats."""
+    manifest, _ = project
+    good = sorted((manifest.parent / "data" / "zero").glob("d*.png"))[0]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("<html>x</html>")
+    code, out, err = run_cli(capsys, manifest, "predict", "digits", str(good), str(bad), "--top", "2", "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(out.splitlines()))
+    assert list(rows[0]) == ["run_id", "path", "rank", "label", "probability", "error"]
+    good_rows = [r for r in rows if r["path"] == str(good)]
+    assert [r["rank"] for r in good_rows] == ["1", "2"] and good_rows[0]["label"] == "zero"
+    assert all(r["error"] == "" and 0 < float(r["probability"]) <= 1 for r in good_rows)
+    assert float(good_rows[0]["probability"]) >= float(good_rows[1]["probability"])
+    (bad_row,) = [r for r in rows if r["path"] == str(bad)]
+    assert bad_row["rank"] == bad_row["label"] == bad_row["probability"] == "" and bad_row["error"]
+    # The table: the good image's two ranks and labels, the bad image's error, no dash row for the good one.
+    code, out, err = run_cli(capsys, manifest, "predict", "digits", str(good), str(bad), "--top", "2")
+    assert code == 0, err
+    cells = {}  # file name → the rows' cells: path, rank, label, probability, error
+    for line in out.splitlines():
+        parts = [c.strip() for c in line.split("│")[1:-1]]
+        if len(parts) == 5 and parts[0].endswith((good.name, bad.name)):
+            cells.setdefault(Path(parts[0]).name, []).append(parts[1:])
+    assert [c[:2] for c in cells[good.name]] == [["1", "zero"], ["2", cells[good.name][1][1]]], out
+    assert all(c[2] not in ("", "—") and c[3] == "—" for c in cells[good.name]), out  # a probability, no error
+    ((rank, label, probability, error),) = cells[bad.name]
+    assert (rank, label, probability) == ("—", "—", "—") and error not in ("", "—"), out
