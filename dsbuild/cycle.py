@@ -116,19 +116,21 @@ def no_valid_message(dataset: str, split, given: list[str], largest: int) -> str
 class _Writer:
     """Holds the catalog lock; opens the database only for short writes.
 
+    ``command``: what runs (``"dsbuild train"``), named in the lock file for the commands it refuses.
     The connection opened on entry (to mark runs whose process died) is handed to the first
     :meth:`open`, so a short write — a review app's one decision — opens the file once.
     """
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, command: str) -> None:
         self.manifest = manifest
+        self.command = command
         self.lock: BuildLock | None = None
         self._first: Catalog | None = None
 
     def __enter__(self) -> "_Writer":
         if not manifest_catalog_exists(self.manifest):
             raise DsbuildError(f"no catalog at {self.manifest.catalog} — run `dsbuild build` first")
-        self.lock, self._first = open_for_writing(self.manifest.catalog)
+        self.lock, self._first = open_for_writing(self.manifest.catalog, command=self.command)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -199,7 +201,7 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
     settings = model_settings(ds, **overrides)
     _check_epochs(settings, name, from_cli="epochs" in overrides)
     run_id = new_run_id(name, kind)
-    with _Writer(manifest) as w:
+    with _Writer(manifest, f"dsbuild {kind}") as w:
         with w.open() as cat:
             df = training_frame(cat, name, split=ds.split, classes=ds.labels)
             cat.start_run(run_id=run_id, dataset=name, kind=kind, arch=settings.arch,
@@ -293,7 +295,7 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     ds = manifest.dataset(name)
     settings = model_settings(ds)
     run_id = new_run_id(name, "mislabels")
-    with _Writer(manifest) as w:
+    with _Writer(manifest, "dsbuild mislabels") as w:
         with w.open() as cat:
             df = training_frame(cat, name, split=ds.split, classes=ds.labels)
             too_few = too_few_for_folds(df["label"].value_counts(), settings)
@@ -576,7 +578,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     if catalog is not None:
         events, already, source = apply(catalog)
     else:
-        with _Writer(manifest) as w, w.open() as cat:
+        with _Writer(manifest, "dsbuild review") as w, w.open() as cat:
             events, already, source = apply(cat)
     by_action: dict[str, int] = {}
     for ev in events:

@@ -456,3 +456,30 @@ def test_predict_top_k_keeps_the_good_images_beside_a_bad_one(project, trained, 
     assert all(c[2] not in ("", "—") and c[3] == "—" for c in cells[good.name]), out  # a probability, no error
     ((rank, label, probability, error),) = cells[bad.name]
     assert (rank, label, probability) == ("—", "—", "—") and error not in ("", "—"), out
+
+
+@pytest.mark.slow
+def test_a_command_refused_while_mislabels_runs_is_told_mislabels_holds_the_catalog(project, trained, tmp_path: Path,
+                                                                                   capsys) -> None:
+    """The fresh-user trial: a build started while `mislabels` ran was told "(a build is running)". A real mislabel
+    run; at its first progress stage (the catalog locked, the out-of-fold work under way) a build is tried."""
+    import os
+
+    import dsbuild
+    from dsbuild.cycle import find_issues
+    from dsbuild.progress import Progress
+
+    manifest = _clone(project, tmp_path / "project")
+    tried: list[tuple[int, str]] = []
+
+    class BuildWhileScoring(Progress):
+        def stage(self, name, total):
+            if not tried:
+                tried.append(run_cli(capsys, manifest, "-q", "build")[::2])
+            return super().stage(name, total)
+
+    find_issues(dsbuild.load_manifest(manifest), "digits", progress=BuildWhileScoring())
+    catalog = manifest.parent / "catalog" / "dsbuild.duckdb"
+    assert tried == [(1, f"Error: catalog {catalog} is locked by PID {os.getpid()} (dsbuild mislabels is running) — "
+                         "wait for it to finish, or use another catalog with --catalog\n")]
+    assert sql(manifest, "select status from runs where kind = 'mislabels' order by started_at desc limit 1") == [("ok",)]

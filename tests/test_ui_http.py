@@ -244,9 +244,9 @@ def test_a_busy_catalog_answers_503_and_the_retry_applies(client: TestClient, pr
     target = queue_ids(client)[5]
     before = events(manifest)
     body = {"decisions": [{"image_id": target, "action": "keep"}]}
-    with BuildLock(manifest.parent / "catalog" / "dsbuild.duckdb"):
+    with BuildLock(manifest.parent / "catalog" / "dsbuild.duckdb", command="dsbuild build"):
         r = client.post("/api/decide", json=body, headers=CSRF)
-        assert r.status_code == 503 and r.json()["busy"] is True and "a build is running" in r.json()["error"]
+        assert r.status_code == 503 and r.json()["busy"] is True and "(dsbuild build is running)" in r.json()["error"]
         assert events(manifest) == before
     r = client.post("/api/decide", json=body, headers=CSRF)
     assert r.status_code == 200
