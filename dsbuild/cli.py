@@ -243,6 +243,8 @@ def cmd_review(args) -> int:
     tail += [f"skipped {counted(n, 'image')} {why}" for why, n in summary.skipped.items()]
     print(f"applied {counted(summary.applied, 'decision')} to '{summary.dataset}' ({actions}) from {summary.source}"
           + "".join(f"; {t}" for t in tail))
+    for note in summary.notes:
+        make_console(stderr=True).print(f"Warning: {note}", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

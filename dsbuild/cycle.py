@@ -478,7 +478,9 @@ class ReviewSummary:
 
     ``already_applied``: decisions that already stood (a decisions file run again), no event written.
     ``skipped``: with ``accept_suggestions``, reason → how many confident suggestions were not applied
-    (``"reviewed since the mislabel run"``, ``"not ok or duplicate now"``).
+    (``"reviewed since the mislabel run"``, ``"not ok or duplicate now"``, ``"suggesting an unknown label
+    'horse' (labels of this dataset: …)"`` for a class renamed, merged or removed since the run).
+    ``notes``: warnings for people, e.g. that the mislabel run scored other classes than the dataset has now.
     """
 
     dataset: str
@@ -487,6 +489,7 @@ class ReviewSummary:
     source: str
     already_applied: int = 0
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | Iterable[Decision] | None" = None,
@@ -500,7 +503,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     ``source``, default ``review:api``); or ``accept_suggestions`` at ``min_confidence``: every
     confident suggestion of the latest mislabel run except those for images someone decided
     about since that run started (any label event: keep, remove, relabel, undo), which are
-    skipped and counted. A decision that already stands (a decisions file run again) writes no
+    skipped and counted, as are suggestions to a label that is not a class of the dataset now
+    (renamed, merged or removed since the run: ``notes`` then says the run scored other classes).
+    A decision that already stands (a decisions file run again) writes no
     event and counts as already applied.
     ``on_commit``: called with the open catalog once the events are committed, before it
     closes (a review app reads the images' new states without opening the file again).
@@ -508,7 +513,8 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     (a review app's :class:`~dsbuild.catalog.held.HeldCatalog`); by default the catalog is
     opened, locked and closed here.
     """
-    from dsbuild.decisions import REVIEWABLE, check_decisions, parse_decisions, plan_events, suggested_decisions
+    from dsbuild.decisions import (REVIEWABLE, check_decisions, label_list, parse_decisions, plan_events,
+                                   suggested_decisions)
 
     ds = manifest.dataset(name)
     if (decisions is None) == (not accept_suggestions):
@@ -520,6 +526,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         decisions = list(decisions)
     ids = sorted({str(getattr(d, "image_id", "")) for d in decisions}) if given else None
     skipped: dict[str, int] = {}
+    notes: list[str] = []
 
     def apply(cat: Catalog) -> tuple[list[dict], int, str]:
         nonlocal decisions, source
@@ -532,7 +539,8 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         # A review app's decisions need only the flags' label_quality (recorded with each event).
         issues = None if given else cat.latest_issues(name, image_ids=ids)
         run = cat.latest_mislabel_run(name)
-        run_at = (cat.run_row(run) or {}).get("started_at") if run is not None else None
+        run_row = cat.run_row(run) if run is not None else None
+        run_at = (run_row or {}).get("started_at")
         if given:
             chosen = check_decisions(decisions, labels=ds.labels or cat.dataset_labels(name))
             source = source or "review:api"
@@ -562,8 +570,21 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             status = dict(zip(images["image_id"].astype(str), images["status"].astype(str)))
             gone = [d for d in chosen if status.get(d.image_id) not in REVIEWABLE]
             chosen = [d for d in chosen if status.get(d.image_id) in REVIEWABLE]
+            # A class renamed, merged or removed since the run: its suggestions name a label `review --decisions`
+            # refuses. Only those are skipped (see _class_change_note for why the others still stand).
+            labels = list(ds.labels or cat.dataset_labels(name))
+            dead = [d for d in chosen if d.new_label not in labels]
+            chosen = [d for d in chosen if d.new_label in labels]
+            unknown = ""
+            if dead:
+                names = [f"'{n}'" for n in dict.fromkeys(str(d.new_label) for d in dead)]
+                unknown = (f"suggesting an unknown label{'s' if len(names) > 1 else ''} {', '.join(names)} "
+                           f"(labels of this dataset: {label_list(labels)})")
             skipped.update({k: n for k, n in (("reviewed since the mislabel run", len(reviewed)),
-                                              ("not ok or duplicate now", len(gone))) if n})
+                                              ("not ok or duplicate now", len(gone)), (unknown, len(dead))) if n})
+            note = _class_change_note(name, run, run_row, labels)
+            if note:
+                notes.append(note)
             source = f"review:suggestions@{min_confidence:g}"
         quality = (cat.latest_label_quality(name, ids) if issues is None
                    else dict(zip(issues["image_id"], issues["label_quality"])))
@@ -584,7 +605,30 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     for ev in events:
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
     return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
-                         already_applied=already, skipped=skipped)
+                         already_applied=already, skipped=skipped, notes=tuple(notes))
+
+
+def _class_change_note(name: str, run_id: str | None, run: dict | None, labels: list[str]) -> str | None:
+    """What to tell people when mislabel run ``run`` scored other classes than the dataset's ``labels`` now; else None.
+
+    Its suggestions to a class that is gone are skipped; those to a class that stayed are still offered: the
+    out-of-fold probability that an image is a ``cat`` does not change when ``horse`` is renamed, and refusing
+    them all would make a rename cost a full mislabel run before any suggestion could be accepted. Yet the run
+    never offered a new class as an answer, so its suggestions are incomplete: say so, and how to renew them.
+    """
+    conf = run.get("confusion") if run else None
+    if not isinstance(conf, str) or not conf:
+        return None
+    scored = [str(c) for c in json.loads(conf).get("classes", [])]
+    if not scored or set(scored) == set(labels):
+        return None
+    gone = [c for c in scored if c not in labels]
+    new = [c for c in labels if c not in scored]
+    change = "; ".join(part for part in (f"gone: {', '.join(gone)}" if gone else "",
+                                         f"new: {', '.join(new)}" if new else "") if part)
+    return (f"the latest mislabel run of '{name}' ({run_id}) scored the classes {', '.join(scored)}; the dataset's "
+            f"classes are {', '.join(labels)} now ({change}) — its suggestions to gone classes were skipped and it "
+            f"never suggested a new one: run `dsbuild mislabels {name}` again to score the current classes")
 
 
 # --------------------------------------------------------------------------- retrain + compare

@@ -393,11 +393,11 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
             continue
         if action == "relabel":
             if new_label is None:
-                problems.add(line, f"relabel needs a new_label — one of {_label_list(label_set)}")
+                problems.add(line, f"relabel needs a new_label — one of {label_list(label_set)}")
                 continue
             if new_label not in label_set:
                 problems.add(line, f"unknown label '{_short(new_label)}'{did_you_mean(new_label, label_set)} "
-                                   f"— labels of this dataset: {_label_list(label_set)}")
+                                   f"— labels of this dataset: {label_list(label_set)}")
                 continue
             if new_label == current and not done:
                 problems.add(line, f"image {image_id} already has label '{_short(current)}' — use keep to confirm it")
@@ -470,7 +470,8 @@ def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or "://" in value or bool(Path(value).suffix)
 
 
-def _label_list(labels: Sequence[str]) -> str:
+def label_list(labels: Sequence[str]) -> str:
+    """The labels for a message: the first 20, then how many in all."""
     return ", ".join(labels[:20]) + (f", … ({len(labels)} labels)" if len(labels) > 20 else "")
 
 
@@ -494,7 +495,7 @@ def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str]) -> 
             continue
         if d.action == "relabel" and d.new_label not in label_set:
             problems.add(None, f"decision {k} (image {d.image_id}): unknown label '{_short(str(d.new_label))}'"
-                               f"{did_you_mean(str(d.new_label), label_set)} — labels of this dataset: {_label_list(label_set)}")
+                               f"{did_you_mean(str(d.new_label), label_set)} — labels of this dataset: {label_list(label_set)}")
             continue
         out.append(d)
     problems.raise_if_any("the decisions")
