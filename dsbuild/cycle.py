@@ -642,6 +642,8 @@ class Comparison:
     ``left_out``: why the others were left out (None when none were); ``refused``: why no image could be
     compared (then ``n_valid`` is 0, the errors are None and ``per_class`` is empty).
     ``per_class``: one dict per label: label, n, before_acc, after_acc (fractions 0..1).
+    ``classes_differ``: the two models' classes when they are not the same set (a class renamed, merged,
+    split, added or removed between the runs), else None.
     """
 
     before_run: str
@@ -653,6 +655,7 @@ class Comparison:
     n_current_valid: int = 0
     left_out: str | None = None
     refused: str | None = None
+    classes_differ: str | None = None
 
 
 def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[RunReport, Comparison | None]:
@@ -681,7 +684,9 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
     it (same content or duplicate group), or — for a run recorded before runs kept their training images
     (schema 6) — when it was not in that run's valid split: only those are known to be unseen. Labels are
     the current ones on purpose (a review between the runs is what retrain measures); removed images are no
-    longer valid images at all.
+    longer valid images at all. When the two models have different classes (a class renamed, merged or
+    split in between), an image whose current label one of them does not have is left out too: that model
+    could never be right on it (``pony`` is a fake 0 % → 92 % for a model that knew it as ``horse``).
     """
     with Catalog.open_readonly(manifest.catalog) as cat:
         valid = cat.valid_images(name)
@@ -700,12 +705,29 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
     if n_before < len(left):  # a build between the new run's training and this comparison moved the split
         parts.append(f"{len(left) - n_before} of {n_current} valid images were in the new run's training set "
                      "(a build changed the split during the retrain)")
+    before_classes = _model_classes(Path(prev["model_path"]).parent, prev)
+    after_classes = [str(c) for c in report.result.classes]
+    differ = None
+    n_unseen = len(kept)
+    if before_classes and set(before_classes) != set(after_classes):  # no classes known: nothing to tell
+        differ = (f"the class sets differ: run {before_run} has {', '.join(before_classes)}; run {after_run} has "
+                  f"{', '.join(after_classes)}")
+        for run_id, classes in ((before_run, before_classes), (after_run, after_classes)):
+            unknown = ~kept["label"].isin(classes)
+            if unknown.any():
+                names = ", ".join(sorted(set(kept.loc[unknown, "label"].astype(str))))
+                parts.append(f"{int(unknown.sum())} of {n_current} valid images are labelled {names}, which run "
+                             f"{run_id} cannot predict")
+                kept = kept[~unknown].reset_index(drop=True)
     left_out = "; ".join(parts) or None
     if kept.empty:
-        refused = (f"not compared with run {before_run}: {left_out or 'there are no valid images'}, so no valid image "
-                   f"is unseen by both models — the next `dsbuild retrain {name}` compares with this run on today's split")
+        nothing = ("no valid image is unseen by both models" if len(kept) == n_unseen
+                   else "no valid image is left that both models can predict and neither trained on")
+        refused = (f"not compared with run {before_run}: {differ + '; ' if differ else ''}"
+                   f"{left_out or 'there are no valid images'}, so {nothing} — the next `dsbuild retrain {name}` "
+                   "compares with this run on today's split")
         return Comparison(before_run, after_run, 0, None, None, [], n_current_valid=n_current, left_out=left_out,
-                          refused=refused)
+                          refused=refused, classes_differ=differ)
     if left_out:
         left_out += f": compared on the other {len(kept)}"
     kept = kept.assign(before=_valid_labels(manifest, Path(prev["model_path"]).parent, kept),
@@ -718,8 +740,17 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
         before_run=before_run, after_run=after_run, n_valid=len(kept),
         before_error=float((kept["before"] != kept["label"]).mean()),
         after_error=float((kept["after"] != kept["label"]).mean()), per_class=per_class,
-        n_current_valid=n_current, left_out=left_out,
+        n_current_valid=n_current, left_out=left_out, classes_differ=differ,
     )
+
+
+def _model_classes(model_dir: Path, run) -> list[str]:
+    """The classes a run's model can predict: its ``model.json`` (else the run's recorded confusion matrix)."""
+    try:
+        return [str(c) for c in json.loads((model_dir / "model.json").read_text())["classes"]]
+    except (OSError, ValueError, KeyError):
+        conf = run.get("confusion") if hasattr(run, "get") else None
+        return [str(c) for c in json.loads(conf)["classes"]] if isinstance(conf, str) and conf else []
 
 
 def _ids(value) -> list[str] | None:

@@ -483,3 +483,66 @@ def test_a_command_refused_while_mislabels_runs_is_told_mislabels_holds_the_cata
     assert tried == [(1, f"Error: catalog {catalog} is locked by PID {os.getpid()} (dsbuild mislabels is running) — "
                          "wait for it to finish, or use another catalog with --catalog\n")]
     assert sql(manifest, "select status from runs where kind = 'mislabels' order by started_at desc limit 1") == [("ok",)]
+
+
+def _rename_classes(manifest: Path, capsys, renames: dict[str, str]) -> None:
+    text = manifest.read_text()
+    for old, new in renames.items():
+        line = f'{old} = {{ folders = "data/{old}" }}'.replace(f"{old} =", f"{old}{' ' * (5 - len(old))} =")
+        assert line in text, line
+        text = text.replace(line, f'{new} = {{ folders = "data/{old}" }}')
+    manifest.write_text(text)
+    code, out, err = run_cli(capsys, manifest, "-q", "build")
+    assert code == 0, err
+    # Images relabelled by a review (an earlier test's) keep the old name: a reviewer moves them to the new one.
+    stale = sql(manifest, "select image_id, label from images where dataset = 'digits' and status = 'ok' "
+                          "and label in (select unnest(?))", [sorted(renames)])
+    if stale:
+        decisions = manifest.parent / "renamed.csv"
+        decisions.write_text("image_id,action,new_label\n" + "".join(f"{i},relabel,{renames[lab]}\n" for i, lab in stale))
+        assert run_cli(capsys, manifest, "review", "digits", "--decisions", str(decisions))[0] == 0
+
+
+def _last_model(manifest: Path) -> tuple[str, str]:
+    """(run id, its model's classes joined by ", ") of the latest train or retrain run: what retrain compares with."""
+    ((run_id, path),) = sql(manifest, "select run_id, model_path from runs where kind in ('train', 'retrain') "
+                                      "order by started_at desc limit 1")
+    return run_id, ", ".join(json.loads((Path(path).parent / "model.json").read_text())["classes"])
+
+
+@pytest.mark.slow
+def test_retrain_after_a_class_rename_compares_only_on_classes_both_models_know(project, trained, tmp_path: Path,
+                                                                               capsys) -> None:
+    """The fresh-user trial: train; rename horse → pony; retrain said "pony 0.0% → 91.7%" and a lower error rate —
+    the earlier model could never answer pony. The comparison says the class sets differ and leaves those images
+    out, naming the class."""
+    manifest = _clone(project, tmp_path / "project")
+    first, first_classes = _last_model(manifest)
+    _rename_classes(manifest, capsys, {"seven": "sept"})
+    valid = sql(manifest, "select label, count(*) from images where dataset = 'digits' and status = 'ok' "
+                          "and split = 'valid' group by all")
+    n_valid, n_sept = sum(n for _, n in valid), dict(valid)["sept"]
+    code, out, err = run_cli(capsys, manifest, "retrain", "digits")
+    assert code == 0, err
+    retrain, retrain_classes = _last_model(manifest)
+    flat = " ".join(out.split())
+    assert f"the class sets differ: run {first} has {first_classes}; run {retrain} has {retrain_classes}" in flat
+    assert (f"{n_sept} of {n_valid} valid images are labelled sept, which run {first} cannot predict: compared on the "
+            f"other {n_valid - n_sept}") in flat
+    assert f"on the same {n_valid - n_sept} valid images (current labels)" in flat
+    table = out[out.index("on the same"):].splitlines()  # the comparison's table, after the run's own
+    labels = [line.split("│")[1].strip() for line in table if line.count("│") > 4]
+    assert labels[:-1] == ["one", "zero"] and "error rate" in labels[-1], out
+
+    # Every class renamed: no valid image has a label the earlier model knew — nothing to compare, and it says why.
+    manifest = _clone(project, tmp_path / "all")
+    _rename_classes(manifest, capsys, {"zero": "nil", "one": "uno", "seven": "sept"})
+    code, out, err = run_cli(capsys, manifest, "retrain", "digits")
+    assert code == 0, err
+    retrain, retrain_classes = _last_model(manifest)
+    flat = " ".join(out.split())
+    assert (f"not compared with run {first}: the class sets differ: run {first} has {first_classes}; run {retrain} has "
+            f"{retrain_classes}; {n_valid} of {n_valid} valid images are labelled nil, "
+            f"sept, uno, which run {first} cannot predict, so no valid image is left that both models can predict and "
+            "neither trained on — the next `dsbuild retrain digits` compares with this run on today's split") in flat
+    assert "accuracy before" not in flat
