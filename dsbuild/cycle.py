@@ -211,6 +211,9 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
             result = train(df, settings, out_dir=out_dir, progress=progress, cache_dir=features_dir(manifest))
         except BaseException as exc:
             _end_failed_run(w, run_id, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise _interrupted(manifest, kind, name, run_id, "no model was saved",
+                                   cached=not settings.finetune) from None
             raise
         valid_ids = df.loc[df["split"] == "valid", "image_id"].tolist()
         train_ids = df.loc[df["split"] == "train", "image_id"].tolist()  # what the model learned from
@@ -253,6 +256,23 @@ def _end_failed_run(w: "_Writer", run_id: str, exc: BaseException) -> None:
             cat.finish_run(run_id, status="interrupted", error=str(exc)[:2000] or "interrupted")
         else:
             cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
+
+
+def _interrupted(manifest: Manifest, command: str, name: str, run_id: str, lost: str, *, cached: bool) -> DsbuildError:
+    """The error for a run stopped by Ctrl-C (or SIGTERM): what was kept and how to go on, as a build says it.
+
+    ``cached``: the recipe reads the per-blob feature cache, which keeps every chunk finished before the stop
+    (:func:`dsbuild.model.features.features`), so running the command again picks up from there; a fine-tuning
+    keeps no checkpoint and starts over. Raised ``from None`` inside the handler: the CLI still sees the
+    interrupt (``__context__``) and answers a SIGTERM as it answers every other command's.
+    """
+    again = f"`dsbuild {command} {name}`"
+    if cached:
+        how = f"the image features computed so far are kept in {features_dir(manifest)}: {again} goes on from them"
+    else:
+        how = f"{again} starts again from the first epoch (fine-tuning keeps no checkpoint)"
+    return DsbuildError(f"{command} interrupted — run {run_id} is recorded as interrupted and {lost}; {how}",
+                        exit_code=130)
 
 
 def _check_json(check) -> dict | None:
@@ -315,6 +335,9 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
                                                 outliers=outliers))
         except BaseException as exc:
             _end_failed_run(w, run_id, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise _interrupted(manifest, "mislabels", name, run_id, "no flag was written",
+                                   cached=settings.oof_method == "frozen") from None
             raise
         matrix = oof_confusion(oof)
         accuracy = sum(matrix[i][i] for i in range(len(matrix))) / max(1, len(df))

@@ -546,3 +546,43 @@ def test_retrain_after_a_class_rename_compares_only_on_classes_both_models_know(
             f"sept, uno, which run {first} cannot predict, so no valid image is left that both models can predict and "
             "neither trained on — the next `dsbuild retrain digits` compares with this run on today's split") in flat
     assert "accuracy before" not in flat
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_train_says_what_was_kept_and_how_to_go_on(project, trained, tmp_path: Path, capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fresh-user trial: Ctrl-C during `train` printed only "Error: interrupted". A real SIGINT reaches the
+    process as the training stage starts (the progress display is the CLI's only part replaced here)."""
+    import signal
+
+    import dsbuild.cli
+    from dsbuild.progress import Progress
+
+    manifest = _clone(project, tmp_path / "project")
+
+    class CtrlC(Progress):
+        def stage(self, name, total):
+            if name == "train: head" or "train" not in name:  # training's stage; any stage of mislabels
+                signal.raise_signal(signal.SIGINT)
+            return super().stage(name, total)
+
+    monkeypatch.setattr(dsbuild.cli, "_model_progress", lambda args: CtrlC())
+    code, out, err = run_cli(capsys, manifest, "train", "digits")
+    ((run_id, status),) = sql(manifest, "select run_id, status from runs where kind = 'train' and run_id not in "
+                                        "(select run_id from runs where kind = 'train' order by started_at limit 1)")
+    assert (code, status) == (130, "interrupted"), err
+    assert err == (f"Error: train interrupted — run {run_id} is recorded as interrupted and no model was saved; the image "
+                   f"features computed so far are kept in {manifest.parent / 'catalog' / 'features'}: "
+                   "`dsbuild train digits` goes on from them\n")
+    code, out, err = run_cli(capsys, manifest, "mislabels", "digits", "--rerun")
+    ((run_id, status),) = sql(manifest, "select run_id, status from runs where kind = 'mislabels' "
+                                        "order by started_at desc limit 1")
+    assert (code, status) == (130, "interrupted"), err
+    assert err == (f"Error: mislabels interrupted — run {run_id} is recorded as interrupted and no flag was written; the "
+                   f"image features computed so far are kept in {manifest.parent / 'catalog' / 'features'}: "
+                   "`dsbuild mislabels digits` goes on from them\n")
+    monkeypatch.undo()
+    code, out, err = run_cli(capsys, manifest, "-q", "train", "digits")
+    assert code == 0, err
+    assert sql(manifest, "select status, count(*) from runs where kind = 'train' group by all order by 1") == [
+        ("interrupted", 1), ("ok", 2)]
