@@ -155,14 +155,16 @@ class _Problems:
     def __bool__(self) -> bool:
         return bool(self.items)
 
-    def raise_if_any(self, what: str) -> None:
+    def raise_if_any(self, what: str, *, plural: bool = False) -> None:
+        """Raise the problems as one DsbuildError headed ``<what> has|have N problem(s)`` (``plural``: ``what`` is)."""
         if not self.items:
             return
         n = len(self.items)
         lines = [f"  line {ln}: {msg}" if ln is not None else f"  {msg}" for ln, msg in self.items[:MAX_LISTED]]
         if n > MAX_LISTED:
             lines.append(f"  … and {n - MAX_LISTED} more")
-        head = f"{what} has {n} problem{'s' if n != 1 else ''}; nothing was applied — fix {'them' if n != 1 else 'it'} and run again:"
+        head = (f"{what} {'have' if plural else 'has'} {n} problem{'s' if n != 1 else ''}; nothing was applied — "
+                f"fix {'them' if n != 1 else 'it'} and run again:")
         raise DsbuildError("\n".join([head, *lines]), exit_code=2)
 
 
@@ -489,6 +491,7 @@ def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str]) -> 
     problems = _Problems()
     out = []
     label_set = list(dict.fromkeys(str(x) for x in labels))
+    decisions = list(decisions)
     for k, d in enumerate(decisions, start=1):
         if not isinstance(d, Decision):
             problems.add(None, f"decision {k} is a {type(d).__name__}, not a dsbuild.decisions.Decision")
@@ -498,7 +501,8 @@ def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str]) -> 
                                f"{did_you_mean(str(d.new_label), label_set)} — labels of this dataset: {label_list(label_set)}")
             continue
         out.append(d)
-    problems.raise_if_any("the decisions")
+    n = len(decisions)
+    problems.raise_if_any("the decision" if n == 1 else f"the {n} decisions", plural=n != 1)
     return out
 
 

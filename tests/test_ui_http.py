@@ -225,6 +225,13 @@ def test_unknown_label_and_relabel_to_the_same_label_are_refused_with_the_reason
     r = client.post("/api/decide", json={"decisions": [{"image_id": target, "action": "relabel", "new_label": "sevn"}]},
                     headers=CSRF)
     assert r.status_code == 409 and "unknown label 'sevn' (did you mean 'seven'?)" in r.json()["error"]
+    # One decision: "the decision has 1 problem" (it read "the decisions has 1 problem").
+    assert r.json()["error"].startswith("the decision has 1 problem; nothing was applied — fix it and run again:"), r.text
+    two = [{"image_id": target, "action": "relabel", "new_label": "sevn"}, {"image_id": target, "action": "relabel",
+                                                                          "new_label": "nine"}]
+    r = client.post("/api/decide", json={"decisions": two}, headers=CSRF)
+    assert r.status_code == 409 and r.json()["error"].startswith(
+        "the 2 decisions have 2 problems; nothing was applied — fix them and run again:"), r.text
     current = re.search(rf'data-id="{target}" data-label="([^"]+)"', client.get("/").text).group(1)
     r = client.post("/api/decide", json={"decisions": [{"image_id": target, "action": "relabel", "new_label": current}]},
                     headers=CSRF)
