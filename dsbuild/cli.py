@@ -307,11 +307,19 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    from dsbuild.errors import Terminated
     from dsbuild.ui.server import serve
 
     manifest = _load(args)
-    serve(manifest, args.dataset, host=args.host, port=args.port, allow_remote=args.allow_remote,
-          open_browser=not args.no_browser)
+    # A server is stopped on purpose, so its stop is no error: as uvicorn's own CLI, quietly, after the graceful
+    # shutdown (every decision is already committed), with 0 on Ctrl-C and 143 (128 + SIGTERM) on SIGTERM.
+    try:
+        serve(manifest, args.dataset, host=args.host, port=args.port, allow_remote=args.allow_remote,
+              open_browser=not args.no_browser)
+    except Terminated:
+        return 143
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 

@@ -375,3 +375,35 @@ def test_remote_hosts_need_allow_remote(project, capsys: pytest.CaptureFixture[s
     check_host("192.0.2.7", True, err=warn)
     assert warn.getvalue().startswith("warning: serving on 192.0.2.7, reachable from the network")
     check_host("127.0.0.1", False)  # loopback needs nothing
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 0)])
+def test_stopping_the_app_is_quiet(project, tmp_path: Path, sig: str, code: int) -> None:
+    """The fresh-user trial: SIGTERM to `dsbuild ui` printed "Error: terminated (SIGTERM)". A server stopped on
+    purpose exits as uvicorn's own CLI does: quietly, 143 after SIGTERM, 0 after Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    manifest, _ = project
+    proc = subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), "ui", "digits", "--no-browser",
+                             "--port", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # SIGINT as a terminal delivers it (a test run started with `&` would pass SIGINT ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        url = lines[1].strip()
+        assert url.startswith("http://127.0.0.1:"), lines
+        for _ in range(100):  # the URL is printed just before uvicorn starts serving the bound socket
+            try:
+                assert httpx.get(url, timeout=10, follow_redirects=True).status_code == 200
+                break
+            except httpx.TransportError:
+                threading.Event().wait(0.1)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, err) == (code, ""), err
