@@ -243,6 +243,8 @@ def cmd_review(args) -> int:
     tail += [f"skipped {counted(n, 'image')} {why}" for why, n in summary.skipped.items()]
     print(f"applied {counted(summary.applied, 'decision')} to '{summary.dataset}' ({actions}) from {summary.source}"
           + "".join(f"; {t}" for t in tail))
+    for note in summary.notes:
+        make_console(stderr=True).print(f"Warning: {note}", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -305,11 +307,19 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    from dsbuild.errors import Terminated
     from dsbuild.ui.server import serve
 
     manifest = _load(args)
-    serve(manifest, args.dataset, host=args.host, port=args.port, allow_remote=args.allow_remote,
-          open_browser=not args.no_browser)
+    # A server is stopped on purpose, so its stop is no error: as uvicorn's own CLI, quietly, after the graceful
+    # shutdown (every decision is already committed), with 0 on Ctrl-C and 143 (128 + SIGTERM) on SIGTERM.
+    try:
+        serve(manifest, args.dataset, host=args.host, port=args.port, allow_remote=args.allow_remote,
+              open_browser=not args.no_browser)
+    except Terminated:
+        return 143
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 

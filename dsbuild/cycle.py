@@ -116,19 +116,21 @@ def no_valid_message(dataset: str, split, given: list[str], largest: int) -> str
 class _Writer:
     """Holds the catalog lock; opens the database only for short writes.
 
+    ``command``: what runs (``"dsbuild train"``), named in the lock file for the commands it refuses.
     The connection opened on entry (to mark runs whose process died) is handed to the first
     :meth:`open`, so a short write — a review app's one decision — opens the file once.
     """
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, command: str) -> None:
         self.manifest = manifest
+        self.command = command
         self.lock: BuildLock | None = None
         self._first: Catalog | None = None
 
     def __enter__(self) -> "_Writer":
         if not manifest_catalog_exists(self.manifest):
             raise DsbuildError(f"no catalog at {self.manifest.catalog} — run `dsbuild build` first")
-        self.lock, self._first = open_for_writing(self.manifest.catalog)
+        self.lock, self._first = open_for_writing(self.manifest.catalog, command=self.command)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -199,7 +201,7 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
     settings = model_settings(ds, **overrides)
     _check_epochs(settings, name, from_cli="epochs" in overrides)
     run_id = new_run_id(name, kind)
-    with _Writer(manifest) as w:
+    with _Writer(manifest, f"dsbuild {kind}") as w:
         with w.open() as cat:
             df = training_frame(cat, name, split=ds.split, classes=ds.labels)
             cat.start_run(run_id=run_id, dataset=name, kind=kind, arch=settings.arch,
@@ -209,6 +211,9 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
             result = train(df, settings, out_dir=out_dir, progress=progress, cache_dir=features_dir(manifest))
         except BaseException as exc:
             _end_failed_run(w, run_id, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise _interrupted(manifest, kind, name, run_id, "no model was saved",
+                                   cached=not settings.finetune) from None
             raise
         valid_ids = df.loc[df["split"] == "valid", "image_id"].tolist()
         train_ids = df.loc[df["split"] == "train", "image_id"].tolist()  # what the model learned from
@@ -253,6 +258,23 @@ def _end_failed_run(w: "_Writer", run_id: str, exc: BaseException) -> None:
             cat.finish_run(run_id, status="failed", error=str(exc)[:2000] or type(exc).__name__)
 
 
+def _interrupted(manifest: Manifest, command: str, name: str, run_id: str, lost: str, *, cached: bool) -> DsbuildError:
+    """The error for a run stopped by Ctrl-C (or SIGTERM): what was kept and how to go on, as a build says it.
+
+    ``cached``: the recipe reads the per-blob feature cache, which keeps every chunk finished before the stop
+    (:func:`dsbuild.model.features.features`), so running the command again picks up from there; a fine-tuning
+    keeps no checkpoint and starts over. Raised ``from None`` inside the handler: the CLI still sees the
+    interrupt (``__context__``) and answers a SIGTERM as it answers every other command's.
+    """
+    again = f"`dsbuild {command} {name}`"
+    if cached:
+        how = f"the image features computed so far are kept in {features_dir(manifest)}: {again} goes on from them"
+    else:
+        how = f"{again} starts again from the first epoch (fine-tuning keeps no checkpoint)"
+    return DsbuildError(f"{command} interrupted — run {run_id} is recorded as interrupted and {lost}; {how}",
+                        exit_code=130)
+
+
 def _check_json(check) -> dict | None:
     return None if check is None else dataclasses.asdict(check)
 
@@ -293,7 +315,7 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     ds = manifest.dataset(name)
     settings = model_settings(ds)
     run_id = new_run_id(name, "mislabels")
-    with _Writer(manifest) as w:
+    with _Writer(manifest, "dsbuild mislabels") as w:
         with w.open() as cat:
             df = training_frame(cat, name, split=ds.split, classes=ds.labels)
             too_few = too_few_for_folds(df["label"].value_counts(), settings)
@@ -313,6 +335,9 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
                                                 outliers=outliers))
         except BaseException as exc:
             _end_failed_run(w, run_id, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise _interrupted(manifest, "mislabels", name, run_id, "no flag was written",
+                                   cached=settings.oof_method == "frozen") from None
             raise
         matrix = oof_confusion(oof)
         accuracy = sum(matrix[i][i] for i in range(len(matrix))) / max(1, len(df))
@@ -476,7 +501,9 @@ class ReviewSummary:
 
     ``already_applied``: decisions that already stood (a decisions file run again), no event written.
     ``skipped``: with ``accept_suggestions``, reason → how many confident suggestions were not applied
-    (``"reviewed since the mislabel run"``, ``"not ok or duplicate now"``).
+    (``"reviewed since the mislabel run"``, ``"not ok or duplicate now"``, ``"suggesting an unknown label
+    'horse' (labels of this dataset: …)"`` for a class renamed, merged or removed since the run).
+    ``notes``: warnings for people, e.g. that the mislabel run scored other classes than the dataset has now.
     """
 
     dataset: str
@@ -485,6 +512,7 @@ class ReviewSummary:
     source: str
     already_applied: int = 0
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | Iterable[Decision] | None" = None,
@@ -498,7 +526,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     ``source``, default ``review:api``); or ``accept_suggestions`` at ``min_confidence``: every
     confident suggestion of the latest mislabel run except those for images someone decided
     about since that run started (any label event: keep, remove, relabel, undo), which are
-    skipped and counted. A decision that already stands (a decisions file run again) writes no
+    skipped and counted, as are suggestions to a label that is not a class of the dataset now
+    (renamed, merged or removed since the run: ``notes`` then says the run scored other classes).
+    A decision that already stands (a decisions file run again) writes no
     event and counts as already applied.
     ``on_commit``: called with the open catalog once the events are committed, before it
     closes (a review app reads the images' new states without opening the file again).
@@ -506,7 +536,8 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     (a review app's :class:`~dsbuild.catalog.held.HeldCatalog`); by default the catalog is
     opened, locked and closed here.
     """
-    from dsbuild.decisions import REVIEWABLE, check_decisions, parse_decisions, plan_events, suggested_decisions
+    from dsbuild.decisions import (REVIEWABLE, check_decisions, label_list, parse_decisions, plan_events,
+                                   suggested_decisions)
 
     ds = manifest.dataset(name)
     if (decisions is None) == (not accept_suggestions):
@@ -518,6 +549,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         decisions = list(decisions)
     ids = sorted({str(getattr(d, "image_id", "")) for d in decisions}) if given else None
     skipped: dict[str, int] = {}
+    notes: list[str] = []
 
     def apply(cat: Catalog) -> tuple[list[dict], int, str]:
         nonlocal decisions, source
@@ -530,7 +562,8 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         # A review app's decisions need only the flags' label_quality (recorded with each event).
         issues = None if given else cat.latest_issues(name, image_ids=ids)
         run = cat.latest_mislabel_run(name)
-        run_at = (cat.run_row(run) or {}).get("started_at") if run is not None else None
+        run_row = cat.run_row(run) if run is not None else None
+        run_at = (run_row or {}).get("started_at")
         if given:
             chosen = check_decisions(decisions, labels=ds.labels or cat.dataset_labels(name))
             source = source or "review:api"
@@ -560,8 +593,21 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             status = dict(zip(images["image_id"].astype(str), images["status"].astype(str)))
             gone = [d for d in chosen if status.get(d.image_id) not in REVIEWABLE]
             chosen = [d for d in chosen if status.get(d.image_id) in REVIEWABLE]
+            # A class renamed, merged or removed since the run: its suggestions name a label `review --decisions`
+            # refuses. Only those are skipped (see _class_change_note for why the others still stand).
+            labels = list(ds.labels or cat.dataset_labels(name))
+            dead = [d for d in chosen if d.new_label not in labels]
+            chosen = [d for d in chosen if d.new_label in labels]
+            unknown = ""
+            if dead:
+                names = [f"'{n}'" for n in dict.fromkeys(str(d.new_label) for d in dead)]
+                unknown = (f"suggesting an unknown label{'s' if len(names) > 1 else ''} {', '.join(names)} "
+                           f"(labels of this dataset: {label_list(labels)})")
             skipped.update({k: n for k, n in (("reviewed since the mislabel run", len(reviewed)),
-                                              ("not ok or duplicate now", len(gone))) if n})
+                                              ("not ok or duplicate now", len(gone)), (unknown, len(dead))) if n})
+            note = _class_change_note(name, run, run_row, labels)
+            if note:
+                notes.append(note)
             source = f"review:suggestions@{min_confidence:g}"
         quality = (cat.latest_label_quality(name, ids) if issues is None
                    else dict(zip(issues["image_id"], issues["label_quality"])))
@@ -576,13 +622,36 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     if catalog is not None:
         events, already, source = apply(catalog)
     else:
-        with _Writer(manifest) as w, w.open() as cat:
+        with _Writer(manifest, "dsbuild review") as w, w.open() as cat:
             events, already, source = apply(cat)
     by_action: dict[str, int] = {}
     for ev in events:
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
     return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
-                         already_applied=already, skipped=skipped)
+                         already_applied=already, skipped=skipped, notes=tuple(notes))
+
+
+def _class_change_note(name: str, run_id: str | None, run: dict | None, labels: list[str]) -> str | None:
+    """What to tell people when mislabel run ``run`` scored other classes than the dataset's ``labels`` now; else None.
+
+    Its suggestions to a class that is gone are skipped; those to a class that stayed are still offered: the
+    out-of-fold probability that an image is a ``cat`` does not change when ``horse`` is renamed, and refusing
+    them all would make a rename cost a full mislabel run before any suggestion could be accepted. Yet the run
+    never offered a new class as an answer, so its suggestions are incomplete: say so, and how to renew them.
+    """
+    conf = run.get("confusion") if run else None
+    if not isinstance(conf, str) or not conf:
+        return None
+    scored = [str(c) for c in json.loads(conf).get("classes", [])]
+    if not scored or set(scored) == set(labels):
+        return None
+    gone = [c for c in scored if c not in labels]
+    new = [c for c in labels if c not in scored]
+    change = "; ".join(part for part in (f"gone: {', '.join(gone)}" if gone else "",
+                                         f"new: {', '.join(new)}" if new else "") if part)
+    return (f"the latest mislabel run of '{name}' ({run_id}) scored the classes {', '.join(scored)}; the dataset's "
+            f"classes are {', '.join(labels)} now ({change}) — its suggestions to gone classes were skipped and it "
+            f"never suggested a new one: run `dsbuild mislabels {name}` again to score the current classes")
 
 
 # --------------------------------------------------------------------------- retrain + compare
@@ -596,6 +665,8 @@ class Comparison:
     ``left_out``: why the others were left out (None when none were); ``refused``: why no image could be
     compared (then ``n_valid`` is 0, the errors are None and ``per_class`` is empty).
     ``per_class``: one dict per label: label, n, before_acc, after_acc (fractions 0..1).
+    ``classes_differ``: the two models' classes when they are not the same set (a class renamed, merged,
+    split, added or removed between the runs), else None.
     """
 
     before_run: str
@@ -607,6 +678,7 @@ class Comparison:
     n_current_valid: int = 0
     left_out: str | None = None
     refused: str | None = None
+    classes_differ: str | None = None
 
 
 def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[RunReport, Comparison | None]:
@@ -635,7 +707,9 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
     it (same content or duplicate group), or — for a run recorded before runs kept their training images
     (schema 6) — when it was not in that run's valid split: only those are known to be unseen. Labels are
     the current ones on purpose (a review between the runs is what retrain measures); removed images are no
-    longer valid images at all.
+    longer valid images at all. When the two models have different classes (a class renamed, merged or
+    split in between), an image whose current label one of them does not have is left out too: that model
+    could never be right on it (``pony`` is a fake 0 % → 92 % for a model that knew it as ``horse``).
     """
     with Catalog.open_readonly(manifest.catalog) as cat:
         valid = cat.valid_images(name)
@@ -654,12 +728,29 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
     if n_before < len(left):  # a build between the new run's training and this comparison moved the split
         parts.append(f"{len(left) - n_before} of {n_current} valid images were in the new run's training set "
                      "(a build changed the split during the retrain)")
+    before_classes = _model_classes(Path(prev["model_path"]).parent, prev)
+    after_classes = [str(c) for c in report.result.classes]
+    differ = None
+    n_unseen = len(kept)
+    if before_classes and set(before_classes) != set(after_classes):  # no classes known: nothing to tell
+        differ = (f"the class sets differ: run {before_run} has {', '.join(before_classes)}; run {after_run} has "
+                  f"{', '.join(after_classes)}")
+        for run_id, classes in ((before_run, before_classes), (after_run, after_classes)):
+            unknown = ~kept["label"].isin(classes)
+            if unknown.any():
+                names = ", ".join(sorted(set(kept.loc[unknown, "label"].astype(str))))
+                parts.append(f"{int(unknown.sum())} of {n_current} valid images are labelled {names}, which run "
+                             f"{run_id} cannot predict")
+                kept = kept[~unknown].reset_index(drop=True)
     left_out = "; ".join(parts) or None
     if kept.empty:
-        refused = (f"not compared with run {before_run}: {left_out or 'there are no valid images'}, so no valid image "
-                   f"is unseen by both models — the next `dsbuild retrain {name}` compares with this run on today's split")
+        nothing = ("no valid image is unseen by both models" if len(kept) == n_unseen
+                   else "no valid image is left that both models can predict and neither trained on")
+        refused = (f"not compared with run {before_run}: {differ + '; ' if differ else ''}"
+                   f"{left_out or 'there are no valid images'}, so {nothing} — the next `dsbuild retrain {name}` "
+                   "compares with this run on today's split")
         return Comparison(before_run, after_run, 0, None, None, [], n_current_valid=n_current, left_out=left_out,
-                          refused=refused)
+                          refused=refused, classes_differ=differ)
     if left_out:
         left_out += f": compared on the other {len(kept)}"
     kept = kept.assign(before=_valid_labels(manifest, Path(prev["model_path"]).parent, kept),
@@ -672,8 +763,17 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
         before_run=before_run, after_run=after_run, n_valid=len(kept),
         before_error=float((kept["before"] != kept["label"]).mean()),
         after_error=float((kept["after"] != kept["label"]).mean()), per_class=per_class,
-        n_current_valid=n_current, left_out=left_out,
+        n_current_valid=n_current, left_out=left_out, classes_differ=differ,
     )
+
+
+def _model_classes(model_dir: Path, run) -> list[str]:
+    """The classes a run's model can predict: its ``model.json`` (else the run's recorded confusion matrix)."""
+    try:
+        return [str(c) for c in json.loads((model_dir / "model.json").read_text())["classes"]]
+    except (OSError, ValueError, KeyError):
+        conf = run.get("confusion") if hasattr(run, "get") else None
+        return [str(c) for c in json.loads(conf)["classes"]] if isinstance(conf, str) and conf else []
 
 
 def _ids(value) -> list[str] | None:
@@ -782,7 +882,7 @@ def _top_k(frame, k: int):
     classes = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
     rows = []
     for r in frame.to_dict("records"):
-        if r.get("error"):
+        if isinstance(r.get("error"), str):  # None when the image was read (NaN would be truthy)
             rows.append({"run_id": r["run_id"], "path": r["path"], "rank": None, "label": None, "probability": None,
                          "error": r["error"]})
             continue

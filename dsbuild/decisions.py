@@ -159,14 +159,16 @@ class _Problems:
     def __bool__(self) -> bool:
         return bool(self.items)
 
-    def raise_if_any(self, what: str) -> None:
+    def raise_if_any(self, what: str, *, plural: bool = False) -> None:
+        """Raise the problems as one DsbuildError headed ``<what> has|have N problem(s)`` (``plural``: ``what`` is)."""
         if not self.items:
             return
         n = len(self.items)
         lines = [f"  line {ln}: {msg}" if ln is not None else f"  {msg}" for ln, msg in self.items[:MAX_LISTED]]
         if n > MAX_LISTED:
             lines.append(f"  … and {n - MAX_LISTED} more")
-        head = f"{what} has {n} problem{'s' if n != 1 else ''}; nothing was applied — fix {'them' if n != 1 else 'it'} and run again:"
+        head = (f"{what} {'have' if plural else 'has'} {n} problem{'s' if n != 1 else ''}; nothing was applied — "
+                f"fix {'them' if n != 1 else 'it'} and run again:")
         raise DsbuildError("\n".join([head, *lines]), exit_code=2)
 
 
@@ -397,11 +399,11 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
             continue
         if action == "relabel":
             if new_label is None:
-                problems.add(line, f"relabel needs a new_label — one of {_label_list(label_set)}")
+                problems.add(line, f"relabel needs a new_label — one of {label_list(label_set)}")
                 continue
             if new_label not in label_set:
                 problems.add(line, f"unknown label '{_short(new_label)}'{did_you_mean(new_label, label_set)} "
-                                   f"— labels of this dataset: {_label_list(label_set)}")
+                                   f"— labels of this dataset: {label_list(label_set)}")
                 continue
             if new_label == current and not done:
                 problems.add(line, f"image {image_id} already has label '{_short(current)}' — use keep to confirm it")
@@ -474,7 +476,8 @@ def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or "://" in value or bool(Path(value).suffix)
 
 
-def _label_list(labels: Sequence[str]) -> str:
+def label_list(labels: Sequence[str]) -> str:
+    """The labels for a message: the first 20, then how many in all."""
     return ", ".join(labels[:20]) + (f", … ({len(labels)} labels)" if len(labels) > 20 else "")
 
 
@@ -492,16 +495,18 @@ def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str]) -> 
     problems = _Problems()
     out = []
     label_set = list(dict.fromkeys(str(x) for x in labels))
+    decisions = list(decisions)
     for k, d in enumerate(decisions, start=1):
         if not isinstance(d, Decision):
             problems.add(None, f"decision {k} is a {type(d).__name__}, not a dsbuild.decisions.Decision")
             continue
         if d.action == "relabel" and d.new_label not in label_set:
             problems.add(None, f"decision {k} (image {d.image_id}): unknown label '{_short(str(d.new_label))}'"
-                               f"{did_you_mean(str(d.new_label), label_set)} — labels of this dataset: {_label_list(label_set)}")
+                               f"{did_you_mean(str(d.new_label), label_set)} — labels of this dataset: {label_list(label_set)}")
             continue
         out.append(d)
-    problems.raise_if_any("the decisions")
+    n = len(decisions)
+    problems.raise_if_any("the decision" if n == 1 else f"the {n} decisions", plural=n != 1)
     return out
 
 

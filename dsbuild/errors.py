@@ -75,7 +75,7 @@ def check(problems: list[Problem], *, table: str | None = None) -> None:
 
 
 class CatalogBusy(DsbuildError):
-    """Another process holds the catalog (a build is running)."""
+    """Another process holds the catalog (a build, a training, the review app...; the message names it)."""
 
 
 class EngineError(DsbuildError):

@@ -293,7 +293,7 @@ def build(
 
             check_reachable(settings.address)  # fail fast, before the lock, a search or a catalog write
     catalog_path = catalog_path or manifest.catalog
-    lock = BuildLock(catalog_path)
+    lock = BuildLock(catalog_path, command="dsbuild build")
     lock.acquire()
     started = time.monotonic()
     try:
@@ -621,7 +621,7 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
     datasets = manifest.select(names)
     if not Path(manifest.catalog).exists():
         raise DsbuildError(f"no catalog at {manifest.catalog} — run `dsbuild build` first")
-    lock = BuildLock(manifest.catalog)
+    lock = BuildLock(manifest.catalog, command="dsbuild embed")
     lock.acquire()
     try:
         with Catalog.open(manifest.catalog) as cat:

@@ -423,3 +423,166 @@ def test_retrain_leaves_out_copies_of_images_the_previous_run_trained_on(project
     flat = " ".join(out.split())
     assert (f"{seen} of {len(valid)} valid images were in the previous run's training set (the split changed since): "
             f"compared on the other {len(valid) - seen}") in flat
+
+
+@pytest.mark.slow
+def test_predict_top_k_keeps_the_good_images_beside_a_bad_one(project, trained, tmp_path: Path, wide_terminal,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The fresh-user trial: `predict p good.png bad.jpg --top 2` printed dashes for the good image too (a missing
+    error was NaN, which is truthy). The good image gets its two best classes; the bad one its error, in both formats."""
+    manifest, _ = project
+    good = sorted((manifest.parent / "data" / "zero").glob("d*.png"))[0]
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("<html>x</html>")
+    code, out, err = run_cli(capsys, manifest, "predict", "digits", str(good), str(bad), "--top", "2", "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(out.splitlines()))
+    assert list(rows[0]) == ["run_id", "path", "rank", "label", "probability", "error"]
+    good_rows = [r for r in rows if r["path"] == str(good)]
+    assert [r["rank"] for r in good_rows] == ["1", "2"] and good_rows[0]["label"] == "zero"
+    assert all(r["error"] == "" and 0 < float(r["probability"]) <= 1 for r in good_rows)
+    assert float(good_rows[0]["probability"]) >= float(good_rows[1]["probability"])
+    (bad_row,) = [r for r in rows if r["path"] == str(bad)]
+    assert bad_row["rank"] == bad_row["label"] == bad_row["probability"] == "" and bad_row["error"]
+    # The table: the good image's two ranks and labels, the bad image's error, no dash row for the good one.
+    code, out, err = run_cli(capsys, manifest, "predict", "digits", str(good), str(bad), "--top", "2")
+    assert code == 0, err
+    cells = {}  # file name → the rows' cells: path, rank, label, probability, error
+    for line in out.splitlines():
+        parts = [c.strip() for c in line.split("│")[1:-1]]
+        if len(parts) == 5 and parts[0].endswith((good.name, bad.name)):
+            cells.setdefault(Path(parts[0]).name, []).append(parts[1:])
+    assert [c[:2] for c in cells[good.name]] == [["1", "zero"], ["2", cells[good.name][1][1]]], out
+    assert all(c[2] not in ("", "—") and c[3] == "—" for c in cells[good.name]), out  # a probability, no error
+    ((rank, label, probability, error),) = cells[bad.name]
+    assert (rank, label, probability) == ("—", "—", "—") and error not in ("", "—"), out
+
+
+@pytest.mark.slow
+def test_a_command_refused_while_mislabels_runs_is_told_mislabels_holds_the_catalog(project, trained, tmp_path: Path,
+                                                                                   capsys) -> None:
+    """The fresh-user trial: a build started while `mislabels` ran was told "(a build is running)". A real mislabel
+    run; at its first progress stage (the catalog locked, the out-of-fold work under way) a build is tried."""
+    import os
+
+    import dsbuild
+    from dsbuild.cycle import find_issues
+    from dsbuild.progress import Progress
+
+    manifest = _clone(project, tmp_path / "project")
+    tried: list[tuple[int, str]] = []
+
+    class BuildWhileScoring(Progress):
+        def stage(self, name, total):
+            if not tried:
+                tried.append(run_cli(capsys, manifest, "-q", "build")[::2])
+            return super().stage(name, total)
+
+    find_issues(dsbuild.load_manifest(manifest), "digits", progress=BuildWhileScoring())
+    catalog = manifest.parent / "catalog" / "dsbuild.duckdb"
+    assert tried == [(1, f"Error: catalog {catalog} is locked by PID {os.getpid()} (dsbuild mislabels is running) — "
+                         "wait for it to finish, or use another catalog with --catalog\n")]
+    assert sql(manifest, "select status from runs where kind = 'mislabels' order by started_at desc limit 1") == [("ok",)]
+
+
+def _rename_classes(manifest: Path, capsys, renames: dict[str, str]) -> None:
+    text = manifest.read_text()
+    for old, new in renames.items():
+        line = f'{old} = {{ folders = "data/{old}" }}'.replace(f"{old} =", f"{old}{' ' * (5 - len(old))} =")
+        assert line in text, line
+        text = text.replace(line, f'{new} = {{ folders = "data/{old}" }}')
+    manifest.write_text(text)
+    code, out, err = run_cli(capsys, manifest, "-q", "build")
+    assert code == 0, err
+    # Images relabelled by a review (an earlier test's) keep the old name: a reviewer moves them to the new one.
+    stale = sql(manifest, "select image_id, label from images where dataset = 'digits' and status = 'ok' "
+                          "and label in (select unnest(?))", [sorted(renames)])
+    if stale:
+        decisions = manifest.parent / "renamed.csv"
+        decisions.write_text("image_id,action,new_label\n" + "".join(f"{i},relabel,{renames[lab]}\n" for i, lab in stale))
+        assert run_cli(capsys, manifest, "review", "digits", "--decisions", str(decisions))[0] == 0
+
+
+def _last_model(manifest: Path) -> tuple[str, str]:
+    """(run id, its model's classes joined by ", ") of the latest train or retrain run: what retrain compares with."""
+    ((run_id, path),) = sql(manifest, "select run_id, model_path from runs where kind in ('train', 'retrain') "
+                                      "order by started_at desc limit 1")
+    return run_id, ", ".join(json.loads((Path(path).parent / "model.json").read_text())["classes"])
+
+
+@pytest.mark.slow
+def test_retrain_after_a_class_rename_compares_only_on_classes_both_models_know(project, trained, tmp_path: Path,
+                                                                               capsys) -> None:
+    """The fresh-user trial: train; rename horse → pony; retrain said "pony 0.0% → 91.7%" and a lower error rate —
+    the earlier model could never answer pony. The comparison says the class sets differ and leaves those images
+    out, naming the class."""
+    manifest = _clone(project, tmp_path / "project")
+    first, first_classes = _last_model(manifest)
+    _rename_classes(manifest, capsys, {"seven": "sept"})
+    valid = sql(manifest, "select label, count(*) from images where dataset = 'digits' and status = 'ok' "
+                          "and split = 'valid' group by all")
+    n_valid, n_sept = sum(n for _, n in valid), dict(valid)["sept"]
+    code, out, err = run_cli(capsys, manifest, "retrain", "digits")
+    assert code == 0, err
+    retrain, retrain_classes = _last_model(manifest)
+    flat = " ".join(out.split())
+    assert f"the class sets differ: run {first} has {first_classes}; run {retrain} has {retrain_classes}" in flat
+    assert (f"{n_sept} of {n_valid} valid images are labelled sept, which run {first} cannot predict: compared on the "
+            f"other {n_valid - n_sept}") in flat
+    assert f"on the same {n_valid - n_sept} valid images (current labels)" in flat
+    table = out[out.index("on the same"):].splitlines()  # the comparison's table, after the run's own
+    labels = [line.split("│")[1].strip() for line in table if line.count("│") > 4]
+    assert labels[:-1] == ["one", "zero"] and "error rate" in labels[-1], out
+
+    # Every class renamed: no valid image has a label the earlier model knew — nothing to compare, and it says why.
+    manifest = _clone(project, tmp_path / "all")
+    _rename_classes(manifest, capsys, {"zero": "nil", "one": "uno", "seven": "sept"})
+    code, out, err = run_cli(capsys, manifest, "retrain", "digits")
+    assert code == 0, err
+    retrain, retrain_classes = _last_model(manifest)
+    flat = " ".join(out.split())
+    assert (f"not compared with run {first}: the class sets differ: run {first} has {first_classes}; run {retrain} has "
+            f"{retrain_classes}; {n_valid} of {n_valid} valid images are labelled nil, "
+            f"sept, uno, which run {first} cannot predict, so no valid image is left that both models can predict and "
+            "neither trained on — the next `dsbuild retrain digits` compares with this run on today's split") in flat
+    assert "accuracy before" not in flat
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_train_says_what_was_kept_and_how_to_go_on(project, trained, tmp_path: Path, capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fresh-user trial: Ctrl-C during `train` printed only "Error: interrupted". A real SIGINT reaches the
+    process as the training stage starts (the progress display is the CLI's only part replaced here)."""
+    import signal
+
+    import dsbuild.cli
+    from dsbuild.progress import Progress
+
+    manifest = _clone(project, tmp_path / "project")
+
+    class CtrlC(Progress):
+        def stage(self, name, total):
+            if name == "train: head" or "train" not in name:  # training's stage; any stage of mislabels
+                signal.raise_signal(signal.SIGINT)
+            return super().stage(name, total)
+
+    monkeypatch.setattr(dsbuild.cli, "_model_progress", lambda args: CtrlC())
+    code, out, err = run_cli(capsys, manifest, "train", "digits")
+    ((run_id, status),) = sql(manifest, "select run_id, status from runs where kind = 'train' and run_id not in "
+                                        "(select run_id from runs where kind = 'train' order by started_at limit 1)")
+    assert (code, status) == (130, "interrupted"), err
+    assert err == (f"Error: train interrupted — run {run_id} is recorded as interrupted and no model was saved; the image "
+                   f"features computed so far are kept in {manifest.parent / 'catalog' / 'features'}: "
+                   "`dsbuild train digits` goes on from them\n")
+    code, out, err = run_cli(capsys, manifest, "mislabels", "digits", "--rerun")
+    ((run_id, status),) = sql(manifest, "select run_id, status from runs where kind = 'mislabels' "
+                                        "order by started_at desc limit 1")
+    assert (code, status) == (130, "interrupted"), err
+    assert err == (f"Error: mislabels interrupted — run {run_id} is recorded as interrupted and no flag was written; the "
+                   f"image features computed so far are kept in {manifest.parent / 'catalog' / 'features'}: "
+                   "`dsbuild mislabels digits` goes on from them\n")
+    monkeypatch.undo()
+    code, out, err = run_cli(capsys, manifest, "-q", "train", "digits")
+    assert code == 0, err
+    assert sql(manifest, "select status, count(*) from runs where kind = 'train' group by all order by 1") == [
+        ("interrupted", 1), ("ok", 2)]

@@ -640,6 +640,27 @@ def test_bug10_sigterm_marks_the_running_run_interrupted(digits: Path, tmp_path:
 
 
 @pytest.mark.slow
+def test_ctrl_c_during_a_fine_tuning_says_it_starts_again(digits: Path, tmp_path: Path) -> None:
+    """Ctrl-C (a real SIGINT) during `train`: the run is marked interrupted and the message says what was kept and
+    how to go on, as a build's does (it was "Error: interrupted")."""
+    manifest = copy_project(digits, tmp_path / "p")
+    _long_training(manifest)
+    # SIGINT as a terminal delivers it: a test run started in the background (`pytest &`) ignores SIGINT, and a
+    # Python started with SIGINT ignored keeps ignoring it.
+    proc = subprocess.Popen([sys.executable, "-m", "dsbuild", "-q", "-m", str(manifest), "train", "digits"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for_run(manifest, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    ((run_id, status),) = sql(manifest, "SELECT run_id, status FROM runs")
+    assert (proc.returncode, status) == (130, "interrupted"), err
+    assert err == (f"Error: train interrupted — run {run_id} is recorded as interrupted and no model was saved; "
+                   "`dsbuild train digits` starts again from the first epoch (fine-tuning keeps no checkpoint)\n")
+
+
+@pytest.mark.slow
 def test_bug10_a_killed_run_is_marked_interrupted_by_the_next_command(digits: Path, tmp_path: Path, capsys) -> None:
     manifest = copy_project(digits, tmp_path / "p")
     _long_training(manifest)

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -433,13 +434,51 @@ def test_not_a_catalog(project: Project, tmp_path: Path, capsys) -> None:
 
 
 def test_query_works_while_a_build_holds_the_lock(project: Project, capsys) -> None:
-    with BuildLock(project.catalog):
+    with BuildLock(project.catalog, command="dsbuild build"):
         rc, out, _ = run(project, capsys, "select count(*) as n from images", "--format", "csv")
         assert rc == 0 and out.split() == ["n", "14"]
         assert main(["build", "-q", "-m", str(project.manifest)]) == 1  # a second build is refused
         err = capsys.readouterr().err
-        assert err.startswith(f"Error: catalog {project.catalog} is locked by PID ")
-        assert "(a build is running) — wait for it to finish, or use another catalog with --catalog" in err
+        assert err == (f"Error: catalog {project.catalog} is locked by PID {os.getpid()} (dsbuild build is running) — "
+                       "wait for it to finish, or use another catalog with --catalog\n")
+
+
+def test_the_lock_error_names_the_command_that_holds_the_catalog(project: Project, capsys) -> None:
+    """The fresh-user trial: `mislabels` held the catalog and a build was told "(a build is running)"."""
+    with BuildLock(project.catalog, command="dsbuild mislabels"):
+        assert main(["build", "-q", "-m", str(project.manifest)]) == 1
+        err = capsys.readouterr().err
+    assert err == (f"Error: catalog {project.catalog} is locked by PID {os.getpid()} (dsbuild mislabels is running) — "
+                   "wait for it to finish, or use another catalog with --catalog\n")
+    # A holder that did not say what it runs (an older dsbuild): no guess.
+    with BuildLock(project.catalog):
+        assert main(["build", "-q", "-m", str(project.manifest)]) == 1
+        err = capsys.readouterr().err
+    assert f"is locked by PID {os.getpid()} (another dsbuild command is running) — wait" in err
+
+
+def test_query_while_a_dsbuild_writer_has_the_file_open_names_its_command(project: Project, capsys,
+                                                                          tmp_path: Path) -> None:
+    """A writer holds the lock and the open file (as a build does between its writes): `query` names it."""
+    copy = tmp_path / "busy.duckdb"
+    shutil.copyfile(project.catalog, copy)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from dsbuild.catalog import BuildLock, Catalog; "
+         "lock = BuildLock(sys.argv[1], command='dsbuild train'); lock.acquire(); cat = Catalog.open(sys.argv[1]); "
+         "print('ready', flush=True); time.sleep(60)", str(copy)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        rc = main(["query", "-m", str(project.manifest), "--catalog", str(copy), "select 1"])
+        out, err = capsys.readouterr()
+        assert rc == 1 and out == ""
+        assert err == (f"Error: catalog {copy} is busy: process {holder.pid} is writing it (dsbuild train is running) — "
+                       "wait for it to finish and try again\n")
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_query_on_a_catalog_open_for_writing_says_busy(project: Project, capsys, tmp_path: Path) -> None:
@@ -455,8 +494,8 @@ def test_query_on_a_catalog_open_for_writing_says_busy(project: Project, capsys,
         rc = main(["query", "-m", str(project.manifest), "--catalog", str(copy), "select 1"])
         out, err = capsys.readouterr()
         assert rc == 1 and out == ""
-        assert err == (f"Error: catalog {copy} is busy: process {holder.pid} is writing it (a build is running) — "
-                       "wait for it to finish and try again\n")
+        # Not a dsbuild writer (no lock file names it): no guess at what it runs.
+        assert err == f"Error: catalog {copy} is busy: process {holder.pid} is writing it — wait for it to finish and try again\n"
         with pytest.raises(CatalogBusy):
             sandboxed_query(copy, "select 1")
     finally:

@@ -212,3 +212,45 @@ def test_accept_suggestions_skips_an_image_a_build_rejected_after_the_run(tmp_pa
     assert "skipped 1 image not ok or duplicate now" in out, out
     for image_id, _, suggested in flags[1:]:
         assert state(project, image_id) == (suggested, "ok")
+
+
+def test_accept_suggestions_skips_suggestions_to_a_class_renamed_since_the_run(built: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    """The fresh-user trial: mislabels; rename a class in the manifest; build; `review --accept-suggestions` relabelled
+    images to the gone class (which `review --decisions` refuses), and train then learned it again. The suggestions
+    to the gone class are skipped and counted, the others applied, and a warning says the run scored other classes."""
+    import dsbuild
+
+    # A copy whose data folder is the fixture's (a link): the files resolve to the same origins, so a build keeps
+    # every image id but the renamed class's.
+    shutil.copytree(built.parent, tmp_path / "p", symlinks=True,
+                    ignore=lambda d, names: ["data"] if Path(d) == built.parent else [])
+    (tmp_path / "p" / "data").symlink_to(built.parent / "data", target_is_directory=True)
+    project = tmp_path / "p" / "datasets.toml"
+    flags = confident(project)
+    to_seven = {i for i, given, suggested in flags if suggested == "seven" and given != "seven"}
+    others = [(i, s) for i, given, s in flags if s != "seven" and given != "seven"]
+    assert to_seven and others  # the scenario: confident suggestions to the class that goes, and to others
+    (run_id,) = sql(project, "SELECT run_id FROM runs WHERE kind = 'mislabels'")[0]
+    text = project.read_text()
+    assert 'seven = { folders = "data/seven" }' in text
+    project.write_text(text.replace('seven = { folders = "data/seven" }', 'sept = { folders = "data/seven" }'))
+    dsbuild.build(dsbuild.load_manifest(project), ["digits"], workers=1)
+    assert all(state(project, i) == (given, "ok") for i, given, s in flags if i in to_seven)  # same ids, still ok
+
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0, err
+    assert (f"skipped {len(to_seven)} image{'s' if len(to_seven) != 1 else ''} suggesting an unknown label 'seven' "
+            "(labels of this dataset: zero, one, sept)") in out, out
+    assert f"applied {len(others)} decision{'s' if len(others) != 1 else ''}" in out, out
+    assert " ".join(err.split()) == (
+        f"Warning: the latest mislabel run of 'digits' ({run_id}) scored the classes one, seven, zero; the dataset's "
+        "classes are zero, one, sept now (gone: seven; new: sept) — its suggestions to gone classes were skipped and "
+        "it never suggested a new one: run `dsbuild mislabels digits` again to score the current classes")
+    assert sql(project, "SELECT count(*) FROM images WHERE dataset = 'digits' AND status = 'ok' AND label = 'seven'") == [(0,)]
+    for image_id, suggested in others:
+        assert state(project, image_id) == (suggested, "ok")
+    # `review --decisions` refuses the same label in the same words.
+    path = decisions_file(tmp_path, f"{next(iter(to_seven))},relabel,seven,")
+    code, out, err = review(project, capsys, "--decisions", str(path))
+    assert code == 2 and "unknown label 'seven' — labels of this dataset: zero, one, sept" in err, err

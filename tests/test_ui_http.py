@@ -225,6 +225,13 @@ def test_unknown_label_and_relabel_to_the_same_label_are_refused_with_the_reason
     r = client.post("/api/decide", json={"decisions": [{"image_id": target, "action": "relabel", "new_label": "sevn"}]},
                     headers=CSRF)
     assert r.status_code == 409 and "unknown label 'sevn' (did you mean 'seven'?)" in r.json()["error"]
+    # One decision: "the decision has 1 problem" (it read "the decisions has 1 problem").
+    assert r.json()["error"].startswith("the decision has 1 problem; nothing was applied — fix it and run again:"), r.text
+    two = [{"image_id": target, "action": "relabel", "new_label": "sevn"}, {"image_id": target, "action": "relabel",
+                                                                          "new_label": "nine"}]
+    r = client.post("/api/decide", json={"decisions": two}, headers=CSRF)
+    assert r.status_code == 409 and r.json()["error"].startswith(
+        "the 2 decisions have 2 problems; nothing was applied — fix them and run again:"), r.text
     current = re.search(rf'data-id="{target}" data-label="([^"]+)"', client.get("/").text).group(1)
     r = client.post("/api/decide", json={"decisions": [{"image_id": target, "action": "relabel", "new_label": current}]},
                     headers=CSRF)
@@ -244,9 +251,9 @@ def test_a_busy_catalog_answers_503_and_the_retry_applies(client: TestClient, pr
     target = queue_ids(client)[5]
     before = events(manifest)
     body = {"decisions": [{"image_id": target, "action": "keep"}]}
-    with BuildLock(manifest.parent / "catalog" / "dsbuild.duckdb"):
+    with BuildLock(manifest.parent / "catalog" / "dsbuild.duckdb", command="dsbuild build"):
         r = client.post("/api/decide", json=body, headers=CSRF)
-        assert r.status_code == 503 and r.json()["busy"] is True and "a build is running" in r.json()["error"]
+        assert r.status_code == 503 and r.json()["busy"] is True and "(dsbuild build is running)" in r.json()["error"]
         assert events(manifest) == before
     r = client.post("/api/decide", json=body, headers=CSRF)
     assert r.status_code == 200
@@ -368,3 +375,35 @@ def test_remote_hosts_need_allow_remote(project, capsys: pytest.CaptureFixture[s
     check_host("192.0.2.7", True, err=warn)
     assert warn.getvalue().startswith("warning: serving on 192.0.2.7, reachable from the network")
     check_host("127.0.0.1", False)  # loopback needs nothing
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 0)])
+def test_stopping_the_app_is_quiet(project, tmp_path: Path, sig: str, code: int) -> None:
+    """The fresh-user trial: SIGTERM to `dsbuild ui` printed "Error: terminated (SIGTERM)". A server stopped on
+    purpose exits as uvicorn's own CLI does: quietly, 143 after SIGTERM, 0 after Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+
+    manifest, _ = project
+    proc = subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), "ui", "digits", "--no-browser",
+                             "--port", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # SIGINT as a terminal delivers it (a test run started with `&` would pass SIGINT ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        url = lines[1].strip()
+        assert url.startswith("http://127.0.0.1:"), lines
+        for _ in range(100):  # the URL is printed just before uvicorn starts serving the bound socket
+            try:
+                assert httpx.get(url, timeout=10, follow_redirects=True).status_code == 200
+                break
+            except httpx.TransportError:
+                threading.Event().wait(0.1)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, err) == (code, ""), err

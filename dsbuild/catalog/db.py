@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from dsbuild.catalog.lock import RETRY_S, BuildLock, ask_holder_to_yield, holder_yields, retry_while_yielding
+from dsbuild.catalog.lock import (RETRY_S, BuildLock, ask_holder_to_yield, holder_yields, lock_holder, retry_while_yielding,
+                                  running)
 from dsbuild.catalog.schema import MIGRATIONS, QUALITY_ISSUES_OF, SCHEMA_VERSION, VIEWS
 from dsbuild.errors import CatalogBusy, DsbuildError
 
@@ -42,10 +43,14 @@ def translate_error(exc: Exception, path: Path) -> DsbuildError:
     if "Conflicting lock" in text or "Could not set lock" in text:
         m = _LOCK_PID.search(text)
         who = f"process {m.group(1)}" if m else "another process"
-        if holder_yields(path):
+        pid, yields, command = lock_holder(path)
+        if yields:
             return CatalogBusy(f"catalog {path} is held by the review app (`dsbuild ui`, {who}), which did not give it up "
                                "when asked — try again, or stop the app")
-        return CatalogBusy(f"catalog {path} is busy: {who} is writing it (a build is running) — wait for it to finish and try again")
+        # The lock file names the command only when its holder is the process DuckDB names (a writer opens the file
+        # under the lock); any other holder — another tool, a notebook — is not guessed at.
+        doing = f" ({running(command)})" if command and m and pid == m.group(1) else ""
+        return CatalogBusy(f"catalog {path} is busy: {who} is writing it{doing} — wait for it to finish and try again")
     if "different configuration than existing connections" in text and holder_yields(path):
         # This process's own review app holds the file read-write (a test, or a notebook running the app).
         return CatalogBusy(f"catalog {path} is held read-write by the review app in this process — try again")
@@ -846,14 +851,14 @@ class Catalog:
                        [dataset, list(image_ids)])
 
 
-def open_for_writing(path: Path, *, yields: bool = False) -> "tuple[BuildLock, Catalog]":
+def open_for_writing(path: Path, *, yields: bool = False, command: str | None = None) -> "tuple[BuildLock, Catalog]":
     """Take the writers' :class:`~dsbuild.catalog.lock.BuildLock` (``yields``: as a holder that gives the
-    catalog up when asked), open the catalog read-write and mark runs whose process died ``interrupted``
+    catalog up when asked; ``command``: what this process runs, named to the commands it refuses), open the catalog read-write and mark runs whose process died ``interrupted``
     (holding the lock, no other writer runs). Returns ``(lock, catalog)``; the caller closes the catalog
     and releases the lock. On any failure nothing stays taken. Raises CatalogBusy while another writer
     holds the lock.
     """
-    lock = BuildLock(path, yields=yields)
+    lock = BuildLock(path, yields=yields, command=command)
     lock.acquire()
     try:
         cat = Catalog.open(path)

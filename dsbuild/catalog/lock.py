@@ -3,6 +3,10 @@
 :class:`BuildLock` is one exclusive, PID-stamped lock file beside the catalog
 (``dsbuild.duckdb.lock``), taken by every writer before any work.
 
+The lock file names its holder: ``"<pid>"`` and, on a second line, the command that holds
+it (``dsbuild mislabels``), so a refused command says who has the catalog and why
+(:func:`lock_holder`).
+
 A long-running process that keeps the catalog open between short writes — the review
 app, through :class:`~dsbuild.catalog.held.HeldCatalog` — takes the lock with
 ``yields=True``: the lock file then reads ``"<pid> yields"``. Another dsbuild process
@@ -41,16 +45,36 @@ def want_path(catalog: Path) -> Path:
     return Path(str(catalog) + ".want")
 
 
-def holder_yields(catalog: Path) -> bool:
-    """True when the last process to take ``catalog``'s lock took it as a yielding holder.
+def _parse_holder(text: str) -> tuple[str, bool, str | None]:
+    """``(pid, yields, command)`` from a lock file's text: ``"<pid>"``, ``"<pid> yields"`` or ``"<pid>\n<command>"``."""
+    lines = text.splitlines()
+    first = lines[0].split() if lines else []
+    command = lines[1].strip() if len(lines) > 1 else ""
+    return (first[0] if first else "?"), first[1:] == [YIELDS], command or None
 
-    The lock file keeps its text after release; callers ask only after finding the
-    catalog busy, when the text names the process that holds it (or held it last).
+
+def lock_holder(catalog: Path) -> tuple[str, bool, str | None]:
+    """``(pid, yields, command)`` of the last process to take ``catalog``'s lock; ``("?", False, None)`` when unknown.
+
+    ``command``: what it runs (``"dsbuild train"``), None for a holder that did not say
+    (a yielding review app, an older dsbuild). The lock file keeps its text after release;
+    callers ask only after finding the catalog busy, when the text names the process that
+    holds it (or held it last).
     """
     try:
-        return lock_path(catalog).read_text().split()[1:] == [YIELDS]
+        return _parse_holder(lock_path(catalog).read_text())
     except (OSError, UnicodeDecodeError):
-        return False
+        return "?", False, None
+
+
+def holder_yields(catalog: Path) -> bool:
+    """True when the last process to take ``catalog``'s lock took it as a yielding holder (see :func:`lock_holder`)."""
+    return lock_holder(catalog)[1]
+
+
+def running(command: str | None) -> str:
+    """``"dsbuild train is running"`` for a lock holder's command; a neutral phrase when it is not known."""
+    return f"{command} is running" if command else "another dsbuild command is running"
 
 
 def ask_holder_to_yield(catalog: Path) -> None:
@@ -88,12 +112,15 @@ class BuildLock:
     never leaves a stale lock behind). ``yields=True`` marks the holder as one that
     gives the catalog up when asked (see the module docstring); :meth:`acquire` waits up
     to :data:`YIELD_WAIT_S` for such a holder and fails at once on any other.
+    ``command``: what the holder runs, for other processes' messages (``"dsbuild build"``;
+    one line).
     """
 
-    def __init__(self, catalog: Path, *, yields: bool = False) -> None:
+    def __init__(self, catalog: Path, *, yields: bool = False, command: str | None = None) -> None:
         self.catalog = Path(catalog)
         self.path = lock_path(catalog)
         self.yields = yields
+        self.command = " ".join(command.split()) if command else None
         self._fh = None
 
     def acquire(self) -> None:
@@ -109,20 +136,23 @@ class BuildLock:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            text = fh.read().split()
+            pid, yields, command = _parse_holder(fh.read())
             fh.close()
-            pid = text[0] if text else "?"
-            if text[1:] == [YIELDS]:
+            if yields:
                 raise CatalogBusy(
                     f"catalog {self.catalog} is held by the review app (`dsbuild ui`, PID {pid}), which did not give it "
                     f"up within {YIELD_WAIT_S:g} s — try again, or stop the app") from None
             raise CatalogBusy(
-                f"catalog {self.catalog} is locked by PID {pid} (a build is running) — "
+                f"catalog {self.catalog} is locked by PID {pid} ({running(command)}) — "
                 "wait for it to finish, or use another catalog with --catalog"
             ) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"{os.getpid()} {YIELDS}" if self.yields else str(os.getpid()))
+        # First line as before ("<pid>" / "<pid> yields"): an older dsbuild still reads the pid and the yield mark.
+        if self.yields:
+            fh.write(f"{os.getpid()} {YIELDS}")
+        else:
+            fh.write(f"{os.getpid()}\n{self.command}" if self.command else str(os.getpid()))
         fh.flush()
         return fh
 

@@ -74,8 +74,8 @@ def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device:
 
     ``paths``: image files and/or folders (a folder stands for its image files, recursively).
     Returns a DataFrame with one row per image, in order: ``path``, ``label`` (best
-    class), ``probability`` (its softmax probability), ``error`` (missing, or why the image
-    could not be read — then label and probabilities are missing), and ``prob_<class>`` per class.
+    class), ``probability`` (its softmax probability), ``error`` (None when the image was
+    read, else why it could not be — then label and probabilities are missing), and ``prob_<class>`` per class.
     Preprocessing is the training pipeline's: for a ``head`` model the feature extractor's
     (:func:`_predict_head`); for a ``finetune`` model the validation path (same loader,
     item transform in valid mode, the normalisation recorded in model.json). Predictions
@@ -210,11 +210,13 @@ def _frame(paths: list[Path], classes: list[str], probs: Any, errors: dict[int, 
     import pandas as pd
 
     best = np.nan_to_num(probs, nan=-1.0).argmax(1)
+    # Object columns keep None for "no label" / "no error": pandas 3 infers a str column from [None, "x"] and
+    # turns None into NaN, which is truthy (a row read as an error row when it has none).
     frame = pd.DataFrame({
         "path": [str(p) for p in paths],
-        "label": [None if i in errors else classes[best[i]] for i in range(len(paths))],
+        "label": pd.Series([None if i in errors else classes[best[i]] for i in range(len(paths))], dtype=object),
         "probability": [None if i in errors else float(probs[i, best[i]]) for i in range(len(paths))],
-        "error": [errors.get(i) for i in range(len(paths))],
+        "error": pd.Series([errors.get(i) for i in range(len(paths))], dtype=object),
     })
     for j, c in enumerate(classes):
         frame[f"prob_{c}"] = probs[:, j]

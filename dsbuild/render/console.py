@@ -253,6 +253,8 @@ def print_comparison(c) -> None:
     if c.refused:
         console.print(c.refused, markup=False, soft_wrap=True)
         return
+    if c.classes_differ:
+        console.print(c.classes_differ, markup=False, soft_wrap=True)
     if c.left_out:
         console.print(c.left_out, markup=False, soft_wrap=True)
     # On a line of its own: as a table title it would wrap to the (narrow) table's width.

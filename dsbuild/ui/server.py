@@ -4,6 +4,9 @@
 binds the socket itself (port 0 = a free port), prints
 ``http://HOST:PORT/?token=…`` on stdout (flushed, so a caller can read it) and runs
 uvicorn on that socket with its access log off (the first request's URL holds the token).
+Ctrl-C or SIGTERM stops it: uvicorn shuts down gracefully, then raises the interrupt again
+(``KeyboardInterrupt``, or :class:`~dsbuild.errors.Terminated` under ``dsbuild``'s SIGTERM
+handler); ``dsbuild ui`` exits quietly on either (0 / 143).
 """
 
 from __future__ import annotations
