@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -457,40 +459,38 @@ def test_the_lock_error_names_the_command_that_holds_the_catalog(project: Projec
     assert f"is locked by PID {os.getpid()} (another dsbuild command is running) — wait" in err
 
 
-def test_query_while_a_dsbuild_writer_has_the_file_open_names_its_command(project: Project, capsys,
-                                                                          tmp_path: Path) -> None:
-    """A writer holds the lock and the open file (as a build does between its writes): `query` names it."""
-    copy = tmp_path / "busy.duckdb"
-    shutil.copyfile(project.catalog, copy)
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from dsbuild.catalog import BuildLock, Catalog; "
-         "lock = BuildLock(sys.argv[1], command='dsbuild train'); lock.acquire(); cat = Catalog.open(sys.argv[1]); "
-         "print('ready', flush=True); time.sleep(60)", str(copy)],
-        stdout=subprocess.PIPE, text=True,
-    )
+@contextmanager
+def writer_holding(catalog: Path, copy: Path, script: str) -> Iterator[subprocess.Popen]:
+    """A copy of ``catalog`` at ``copy``, held open by another process that ran ``script`` (``sys.argv[1]`` is the
+    copy) and then sleeps; killed on exit."""
+    shutil.copyfile(catalog, copy)
+    holder = subprocess.Popen([sys.executable, "-c", f"{script}; print('ready', flush=True); time.sleep(60)", str(copy)],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        rc = main(["query", "-m", str(project.manifest), "--catalog", str(copy), "select 1"])
-        out, err = capsys.readouterr()
-        assert rc == 1 and out == ""
-        assert err == (f"Error: catalog {copy} is busy: process {holder.pid} is writing it (dsbuild train is running) — "
-                       "wait for it to finish and try again\n")
+        yield holder
     finally:
         holder.kill()
         holder.wait()
 
 
+def test_query_while_a_dsbuild_writer_has_the_file_open_names_its_command(project: Project, capsys,
+                                                                          tmp_path: Path) -> None:
+    """A writer holds the lock and the open file (as a build does between its writes): `query` names it."""
+    copy = tmp_path / "busy.duckdb"
+    with writer_holding(project.catalog, copy, "import sys, time; from dsbuild.catalog import BuildLock, Catalog; "
+                        "lock = BuildLock(sys.argv[1], command='dsbuild train'); lock.acquire(); "
+                        "cat = Catalog.open(sys.argv[1])") as holder:
+        rc = main(["query", "-m", str(project.manifest), "--catalog", str(copy), "select 1"])
+        out, err = capsys.readouterr()
+        assert rc == 1 and out == ""
+        assert err == (f"Error: catalog {copy} is busy: process {holder.pid} is writing it (dsbuild train is running) — "
+                       "wait for it to finish and try again\n")
+
+
 def test_query_on_a_catalog_open_for_writing_says_busy(project: Project, capsys, tmp_path: Path) -> None:
     copy = tmp_path / "busy.duckdb"
-    shutil.copyfile(project.catalog, copy)
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(60)", str(copy)],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with writer_holding(project.catalog, copy, "import duckdb, sys, time; con = duckdb.connect(sys.argv[1])") as holder:
         rc = main(["query", "-m", str(project.manifest), "--catalog", str(copy), "select 1"])
         out, err = capsys.readouterr()
         assert rc == 1 and out == ""
@@ -498,9 +498,6 @@ def test_query_on_a_catalog_open_for_writing_says_busy(project: Project, capsys,
         assert err == f"Error: catalog {copy} is busy: process {holder.pid} is writing it — wait for it to finish and try again\n"
         with pytest.raises(CatalogBusy):
             sandboxed_query(copy, "select 1")
-    finally:
-        holder.kill()
-        holder.wait()
     assert sandboxed_query(copy, "select count(*) as n from images")["n"].tolist() == [14]
 
 
