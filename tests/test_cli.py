@@ -502,3 +502,17 @@ def test_export_formats_are_the_registry(capsys) -> None:
         build_parser().parse_args(["export", "d", "--to", "out", "--format", "nope"])
     listed = ", ".join(repr(name) for name in EXPORTERS)
     assert f"invalid choice: 'nope' (choose from {listed})" in capsys.readouterr().err
+
+
+def test_demo_score_counts_planted_wrong_labels_found_in_label_conflicts(tmp_path: Path) -> None:
+    """A planted wrong label that is a near copy of a digit of its true class is a duplicate in a label conflict,
+    not a scored flag: the demo says so instead of calling it missed (seen with the default dedup settings)."""
+    from dsbuild.demo.steps import planted_scores
+
+    (tmp_path / "TRUTH.csv").write_text("file,true_label,given_label,planted\n"
+                                        "eight/a.png,six,eight,True\nthree/b.png,one,three,True\n"
+                                        "one/c.png,one,one,False\nsix/d.png,six,six,False\n")
+    path = {name: str((tmp_path / name).resolve()) for name in ("eight/a.png", "three/b.png", "one/c.png", "six/d.png")}
+    score = planted_scores({path["eight/a.png"], path["one/c.png"]}, tmp_path, {path["three/b.png"], path["one/c.png"]})
+    assert score == {"planted": 2, "found": 1, "flags": 2, "false_flags": 1, "in_conflicts": 1}
+    assert planted_scores({path["eight/a.png"]}, tmp_path)["in_conflicts"] == 0

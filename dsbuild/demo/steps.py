@@ -83,13 +83,15 @@ def run_demo(manifest: Manifest, *, progress, console, quick: bool = False, buil
     run_model_loop(manifest, ds, folder=folder, console=console, progress=progress, quick=quick)
 
 
-def planted_scores(flagged_origins: set[str], folder: Path) -> dict[str, int]:
-    """How many of the demo's planted wrong labels are among ``flagged_origins`` (absolute file paths)."""
+def planted_scores(flagged_origins: set[str], folder: Path, conflict_origins: set[str] = frozenset()) -> dict[str, int]:
+    """How many of the demo's planted wrong labels are among ``flagged_origins`` (absolute file paths), and how many
+    of the others are in a label conflict (``conflict_origins``: the report lists those for review too — a planted
+    wrong label that is a near copy of a digit of its true class is a duplicate in a conflict, not scored)."""
     truth = read_truth(folder)
     planted = {str((folder / r["file"]).resolve()) for r in truth if r["planted"]}
     found = planted & flagged_origins
     return {"planted": len(planted), "found": len(found), "flags": len(flagged_origins),
-            "false_flags": len(flagged_origins - planted)}
+            "false_flags": len(flagged_origins - planted), "in_conflicts": len((planted - found) & conflict_origins)}
 
 
 def truth_by_origin(folder: Path) -> dict[str, str]:
@@ -155,9 +157,11 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     shown = labels.head(12)[["rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence"]]
     console.print(render_table(readable_probabilities(shown), "table", None,
                                title=f"top of {counted(len(labels), 'flagged label')} (run {run_id})"))
-    score = planted_scores(set(labels["origin"].astype(str)), folder)
+    conflicts = set(issues.loc[issues["kind"] == "conflict", "origin"].astype(str))
+    score = planted_scores(set(labels["origin"].astype(str)), folder, conflicts)
+    more = f" (and {score['in_conflicts']} more in label conflicts)" if score["in_conflicts"] else ""
     console.print(
-        f"[b]found {score['found']} of the {score['planted']} planted wrong labels[/b]; "
+        f"[b]found {score['found']} of the {score['planted']} planted wrong labels[/b]{more}; "
         f"{score['false_flags']} of {score['flags']} flags were not planted (look at them: some digits are ambiguous); "
         f"{counted(int((issues['kind'] == 'conflict').sum()), 'image')} in label conflicts"
     )
