@@ -178,7 +178,7 @@ def test_similar_finds_the_copies_of_a_photo(built, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("similar", "photos", "no-such-id"), "is neither an image_id of dataset 'photos' nor an image file"),
+    (("similar", "photos", "no-such-id"), "is neither an image_id (or the start of one) of dataset 'photos' nor an image file"),
     (("similar", "photos", "{text}"), "is not an image dsbuild accepts"),
     (("similar", "photos", "{astronaut}", "-k", "0"), "-k must be a whole number ≥ 1"),
     (("similar", "nope", "x"), "no dataset 'nope'"),
