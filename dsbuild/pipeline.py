@@ -617,6 +617,8 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
     verification, for datasets already in the catalog (whatever their ``semantic`` setting: the
     embeddings then serve ``similar`` and the outlier scores). Takes the catalog lock.
     """
+    from dsbuild.model.embeddings import EMBED_CHUNK
+
     progress = progress or Progress()
     datasets = manifest.select(names)
     if not Path(manifest.catalog).exists():
@@ -633,7 +635,13 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
             for ds in datasets:
                 t0 = time.monotonic()
                 summary = DatasetSummary(dataset=ds.name)
-                regroup_dataset(cat, ds, summary=summary, progress=progress, threads=workers, embed=True)
+                try:
+                    regroup_dataset(cat, ds, summary=summary, progress=progress, threads=workers, embed=True)
+                except KeyboardInterrupt:
+                    rest = " ".join(d.name for d in datasets[len(out):])
+                    raise DsbuildError(f"embed interrupted — the embeddings finished so far are kept (they are "
+                                       f"saved every {EMBED_CHUNK} images); `dsbuild embed {rest}` goes on from there",
+                                       exit_code=130) from None
                 summary.seconds = time.monotonic() - t0
                 out.append(summary)
             return out

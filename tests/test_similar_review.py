@@ -141,3 +141,63 @@ def test_similar_takes_a_unique_start_of_an_image_id_and_lists_an_ambiguous_one(
     assert code == 2 and err == ("Error: 'zz-not-an-id' is neither an image_id (or the start of one) of dataset 'pets' "
                                  "nor an image file — give a path, or an id from `dsbuild query \"SELECT image_id, "
                                  "origin FROM images WHERE dataset = 'pets'\"`\n")
+
+
+def _digits_project(root: Path, n: int) -> Path:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for k in range(n):
+        arr = (d.images[k] * (255.0 / 16.0)).round().astype(np.uint8)
+        folder = root / "digits" / ("even" if d.target[k] % 2 == 0 else "odd")
+        folder.mkdir(parents=True, exist_ok=True)
+        resample = Image.Resampling.BICUBIC if k % 2 == 0 else Image.Resampling.NEAREST
+        Image.fromarray(arr, mode="L").resize((48, 48), resample).save(folder / f"d{k:04d}.png")
+    manifest = root / "datasets.toml"
+    manifest.write_text('[datasets.pets]\nimagefolder = "digits"\n[datasets.pets.dedup]\nsemantic = false\n')
+    return manifest
+
+
+def _cached(catalog_dir: Path) -> int:
+    from dsbuild.model.embeddings import FeatureCache, FeatureSpec, features_root
+
+    return len(FeatureCache(features_root(catalog_dir / "dsbuild.duckdb"), FeatureSpec()))
+
+
+def test_ctrl_c_during_embed_keeps_the_finished_chunks_and_the_next_embed_goes_on(tmp_path, capsys):
+    """A real SIGINT once the first chunk is in the cache: the chunks finished are kept, the progress line says
+    how far it got, and the next `embed` computes only the rest (it used to keep nothing: one chunk of 512)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dsbuild.model.embeddings import EMBED_CHUNK, FeatureSpec
+
+    n = 5 * EMBED_CHUNK
+    manifest = _digits_project(tmp_path, n)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    shards = tmp_path / "catalog" / "features" / FeatureSpec().key()
+    # SIGINT as a terminal delivers it (a test run started in the background ignores SIGINT, and so would its child).
+    proc = subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), "embed", "pets", "--workers", "1"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 180
+    while not list(shards.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+    kept = _cached(tmp_path / "catalog")
+    assert kept % EMBED_CHUNK == 0 and EMBED_CHUNK <= kept < n, kept
+    lines = err.strip().splitlines()
+    assert lines[-1] == ("Error: embed interrupted — the embeddings finished so far are kept (they are saved every "
+                         f"{EMBED_CHUNK} images); `dsbuild embed pets` goes on from there")
+    # The progress line moved with each chunk (the chunk being written when the signal came may be one behind).
+    done = [int(line.split()[3].split("/")[0]) for line in lines if line.startswith("pets: near-duplicate signals ")]
+    assert done and done[-1] in (kept, kept - EMBED_CHUNK), lines
+    code, out, err = run_cli(capsys, manifest, "embed", "pets", "--workers", "1")
+    assert code == 0, err
+    assert f"pets: near-duplicate signals {n}/{n} computed {n - kept} reused {kept}" in err
+    assert _cached(tmp_path / "catalog") == n
+    assert len(list(shards.glob("part-*.parquet"))) <= 1 + kept // EMBED_CHUNK  # the run's own shards merged into one
