@@ -201,3 +201,47 @@ def test_ctrl_c_during_embed_keeps_the_finished_chunks_and_the_next_embed_goes_o
     assert f"pets: near-duplicate signals {n}/{n} computed {n - kept} reused {kept}" in err
     assert _cached(tmp_path / "catalog") == n
     assert len(list(shards.glob("part-*.parquet"))) <= 1 + kept // EMBED_CHUNK  # the run's own shards merged into one
+
+
+def test_embed_with_semantic_false_stores_the_neighbours_and_builds_keep_them_with_the_outlier_scores(tmp_path, capsys):
+    manifest = _project(tmp_path, semantic=False)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    assert sql(manifest, "SELECT count(*) FROM neighbours") == [(0,)]
+    code, out, err = run_cli(capsys, manifest, "embed", "pets", "-q", "--workers", "1")
+    assert code == 0, err
+    (accepted, ok), = sql(manifest, "SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM images "
+                                    "WHERE status IN ('ok', 'duplicate')")
+    lines = out.strip().splitlines()
+    assert lines[1:] == [
+        f"pets: neighbours of {accepted} of {accepted} accepted images stored (the `neighbours` view, `@similar`), "
+        f"outlier scores of {ok} (duplicates get none)",
+        "pets: dedup.semantic = false: the embeddings serve `similar`, the `neighbours` view and the outlier scores, "
+        "not the near-duplicate search; a build keeps them for the images embedded and embeds no new one — run "
+        "`dsbuild embed pets` again after adding images"]
+    counts = "SELECT (SELECT count(*) FROM neighbours), count(outlier_score) FROM images"
+    assert sql(manifest, counts) == [(10 * accepted, ok)]
+    subject = sql(manifest, "SELECT image_id FROM images WHERE origin LIKE '%camera.png'")[0][0]
+    _agree(_similar(capsys, manifest, subject), _view(manifest, subject))
+    # A later build (semantic = false) keeps both, and an image added since has neither (nor is `similar` of it).
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    assert sql(manifest, counts) == [(10 * accepted, ok)]
+    skimage_photo("astronaut").convert("RGB").resize((64, 64)).rotate(45).save(tmp_path / "photos" / "b" / "new.png")
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    assert sql(manifest, "SELECT outlier_score IS NULL, (SELECT count(*) FROM neighbours n WHERE n.image_id = i.image_id "
+                         "OR n.neighbour_id = i.image_id) FROM images i WHERE origin LIKE '%new.png'") == [(True, 0)]
+    assert sql(manifest, counts) == [(10 * accepted, ok)]
+
+
+def test_an_image_removed_in_review_has_no_outlier_score(tmp_path, capsys):
+    manifest = _project(tmp_path)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    gone = sql(manifest, "SELECT image_id FROM images WHERE status = 'ok' ORDER BY outlier_score LIMIT 1")[0][0]
+    _review(capsys, manifest, f"{gone},remove,,\n")
+    assert sql(manifest, "SELECT outlier_score, is_outlier FROM images WHERE image_id = ?", [gone]) == [(None, None)]
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0  # scored again without it
+    assert sql(manifest, "SELECT outlier_score, is_outlier FROM items WHERE image_id = ?", [gone]) == [(None, None)]
+    assert sql(manifest, "SELECT count(*) = count(outlier_score) FROM images WHERE status = 'ok'") == [(True,)]
+    _review(capsys, manifest, f"{gone},undo,,\n")
+    code, out, err = run_cli(capsys, manifest, "embed", "pets", "-q", "--workers", "1")
+    assert code == 0, err
+    assert sql(manifest, "SELECT outlier_score IS NOT NULL FROM images WHERE image_id = ?", [gone]) == [(True,)]

@@ -245,6 +245,7 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # No table changes: the `neighbours` view lists accepted images only (review applied, as `dsbuild similar`
     # searches), ranked among them; `knn` holds a few spare neighbours for it (dsbuild.dedup.neardup.NEIGHBOUR_SPARE).
+    # `images` shows no outlier score for an image removed in review (they are the accepted images' scores).
     7: [],
 }
 
@@ -285,7 +286,12 @@ VIEWS = [
                b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
                i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at, i.quality_issues,
                coalesce(i.warnings, []::VARCHAR[]) AS warnings,
-               i.outlier_score, i.is_outlier, b.eff_side
+               -- outlier scores are of the accepted images: none for an image removed in review since the build
+               CASE WHEN e.new_status = 'rejected' AND i.status IN ('ok', 'duplicate') THEN NULL ELSE i.outlier_score END
+                   AS outlier_score,
+               CASE WHEN e.new_status = 'rejected' AND i.status IN ('ok', 'duplicate') THEN NULL ELSE i.is_outlier END
+                   AS is_outlier,
+               b.eff_side
         FROM items i
         LEFT JOIN blobs b USING (sha256)
         LEFT JOIN latest_events e USING (dataset, image_id)
