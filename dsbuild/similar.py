@@ -1,7 +1,8 @@
 """``dsbuild similar``: the images of a dataset most like one image, by embedding cosine.
 
-The query is an image of the dataset (its ``image_id``, or the path it was imported from)
-or any image file, verified like a build's input (magic-byte sniffing, the allow-list,
+The query is an accepted image of the dataset (its ``image_id``, a unique start of one, or the
+path it was imported from; an image removed in review or set aside is refused with why and what
+to do) or any image file, verified like a build's input (magic-byte sniffing, the allow-list,
 size and pixel limits: :func:`dsbuild.verify.analyze_file`) and embedded with the dataset's
 backbone. The dataset's embeddings come from the per-blob cache the build (``dedup.semantic``)
 or ``dsbuild embed`` filled (:mod:`dsbuild.model.features`); the search is exact
