@@ -550,7 +550,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
                 bar.advance(n, computed=computed)
 
             sig = dataset_signals(items, rows, ds.dedup, ds.verify, features_dir=features_dir or features_root_of(cat),
-                                  embed=embed, threads=threads, progress=advance)
+                                  embed=embed, threads=threads, progress=advance, store=cat.set_blob_signals)
             if computed < len(rows):
                 # The stage counts images; dataset_signals reports the blobs it computed. The rest (signals
                 # already stored or cached, or an exact copy's) are done too: the last line says N/N, not 3/105.

@@ -6,6 +6,10 @@ embedding backbone; review decisions through the CLI's decisions file; the catal
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +147,7 @@ def test_similar_takes_a_unique_start_of_an_image_id_and_lists_an_ambiguous_one(
                                  "origin FROM images WHERE dataset = 'pets'\"`\n")
 
 
-def _digits_project(root: Path, n: int) -> Path:
+def _digits_project(root: Path, n: int, *, semantic: bool = False) -> Path:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -154,7 +158,8 @@ def _digits_project(root: Path, n: int) -> Path:
         resample = Image.Resampling.BICUBIC if k % 2 == 0 else Image.Resampling.NEAREST
         Image.fromarray(arr, mode="L").resize((48, 48), resample).save(folder / f"d{k:04d}.png")
     manifest = root / "datasets.toml"
-    manifest.write_text('[datasets.pets]\nimagefolder = "digits"\n[datasets.pets.dedup]\nsemantic = false\n')
+    manifest.write_text('[datasets.pets]\nimagefolder = "digits"\n[datasets.pets.dedup]\n'
+                        f'semantic = {"true" if semantic else "false"}\n')
     return manifest
 
 
@@ -164,33 +169,56 @@ def _cached(catalog_dir: Path) -> int:
     return len(FeatureCache(features_root(catalog_dir / "dsbuild.duckdb"), FeatureSpec()))
 
 
+def _interrupt_once_saved(manifest: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run ``dsbuild ARGS`` and send it a real SIGINT a second after its first chunk of embeddings is saved."""
+    from dsbuild.model.embeddings import FeatureSpec
+
+    shards = manifest.parent / "catalog" / "features" / FeatureSpec().key()
+    # SIGINT as a terminal delivers it (a test run started in the background ignores SIGINT, and so would its child).
+    proc = subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), *args], cwd=manifest.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 180
+    while not list(shards.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # past the chunk's own writes; the next chunk takes seconds
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_ctrl_c_during_a_build_keeps_the_finished_chunks_of_embeddings_and_the_next_build_goes_on(tmp_path, capsys):
+    """The same in a build's near-duplicate stage (local here; a Ray build runs the same stage in its driver): the
+    re-run computes only the images not embedded yet — their pixel signals were saved with each chunk too."""
+    from dsbuild.model.embeddings import EMBED_CHUNK
+
+    n = 3 * EMBED_CHUNK
+    manifest = _digits_project(tmp_path, n, semantic=True)
+    run = _interrupt_once_saved(manifest, "build", "pets", "--workers", "1")
+    assert run.returncode in (130, -signal.SIGINT), (run.returncode, run.stderr)
+    assert run.stderr.strip().splitlines()[-1] == ("Error: build interrupted — everything finished so far is saved; "
+                                                   "run the same command to resume")
+    kept = _cached(tmp_path / "catalog")
+    assert kept % EMBED_CHUNK == 0 and EMBED_CHUNK <= kept < n, kept
+    code, out, err = run_cli(capsys, manifest, "build", "pets", "--workers", "1")
+    assert code == 0, err
+    assert f"pets: near-duplicate signals {n}/{n} computed {n - kept} reused {kept}" in err
+
+
 def test_ctrl_c_during_embed_keeps_the_finished_chunks_and_the_next_embed_goes_on(tmp_path, capsys):
     """A real SIGINT once the first chunk is in the cache: the chunks finished are kept, the progress line says
     how far it got, and the next `embed` computes only the rest (it used to keep nothing: one chunk of 512)."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from dsbuild.model.embeddings import EMBED_CHUNK, FeatureSpec
 
     n = 5 * EMBED_CHUNK
     manifest = _digits_project(tmp_path, n)
     assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
     shards = tmp_path / "catalog" / "features" / FeatureSpec().key()
-    # SIGINT as a terminal delivers it (a test run started in the background ignores SIGINT, and so would its child).
-    proc = subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), "embed", "pets", "--workers", "1"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 180
-    while not list(shards.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+    run = _interrupt_once_saved(manifest, "embed", "pets", "--workers", "1")
+    assert run.returncode in (130, -signal.SIGINT), (run.returncode, run.stderr)
     kept = _cached(tmp_path / "catalog")
     assert kept % EMBED_CHUNK == 0 and EMBED_CHUNK <= kept < n, kept
-    lines = err.strip().splitlines()
+    lines = run.stderr.strip().splitlines()
     assert lines[-1] == ("Error: embed interrupted — the embeddings finished so far are kept (they are saved every "
                          f"{EMBED_CHUNK} images); `dsbuild embed pets` goes on from there")
     # The progress line moved with each chunk (the chunk being written when the signal came may be one behind).

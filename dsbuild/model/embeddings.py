@@ -234,15 +234,15 @@ merged into one at its end (:meth:`FeatureCache.merge`)."""
 
 def embed_blobs(blobs: Sequence[tuple[str, Any]], cache: FeatureCache, *, embedder: Embedder | None = None,
                 threads: int | None = None, batch_size: int = 32, chunk: int = EMBED_CHUNK,
-                on_image: Callable[[str, Any], None] | None = None, progress: Callable[[int], None] | None = None
-                ) -> dict[str, str]:
+                on_image: Callable[[str, Any], None] | None = None, progress: Callable[[int], None] | None = None,
+                on_chunk: Callable[[], None] | None = None) -> dict[str, str]:
     """Fill ``cache`` for ``blobs`` — ``(sha256, decoded PIL image or a loader returning one)`` — not cached yet.
 
     A loader is called once per missing blob; it may raise :class:`ValueError` for an image
     that cannot be decoded (that blob gets no row). ``on_image(sha, img)`` sees every decoded
     image (the caller computes its pixel signals from the same decode). Rows are written every
-    ``chunk`` images, and ``progress(n)`` told then (a killed or interrupted run keeps what it finished,
-    and the next run goes on from there); at the end the shards written here are merged into one. Returns
+    ``chunk`` images, then ``on_chunk()`` is called (the caller stores what ``on_image`` computed) and
+    ``progress(n)`` told (a killed or interrupted run keeps what it finished, and the next run goes on from there); at the end the shards written here are merged into one. Returns
     ``{sha256: why}`` for the blobs that got no row.
     """
     todo = [(s, src) for s, src in dict(blobs).items() if s not in cache]
@@ -268,6 +268,8 @@ def embed_blobs(blobs: Sequence[tuple[str, Any]], cache: FeatureCache, *, embedd
             import numpy as np
 
             written.append(cache.put(shas, np.concatenate(rows)))
+        if on_chunk is not None:
+            on_chunk()
         if progress is not None:
             progress(len(todo[start:start + chunk]))
     cache.merge(written)
