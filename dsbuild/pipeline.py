@@ -620,7 +620,8 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
 
     What ``dsbuild embed`` runs: the same stage a build with ``dedup.semantic = true`` runs after
     verification, for datasets already in the catalog (whatever their ``semantic`` setting: the
-    embeddings then serve ``similar`` and the outlier scores). Takes the catalog lock.
+    embeddings then serve ``similar``, the ``neighbours`` view and the outlier scores). Interrupted, it keeps
+    every chunk of embeddings finished (:data:`dsbuild.model.embeddings.EMBED_CHUNK`). Takes the catalog lock.
     """
     from dsbuild.model.embeddings import EMBED_CHUNK
 
@@ -658,10 +659,10 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
 def embed_notes(cat: Catalog, ds: Dataset) -> list[str]:
     """What ``dsbuild embed`` left for ``ds``'s accepted images: how many have neighbours and an outlier score,
     and with ``dedup.semantic = false`` what the embeddings serve and what a build does with them."""
-    accepted, with_neighbours, scored = cat.con.execute(
+    accepted, with_neighbours, scored = cat.df(
         """SELECT count(*), count(*) FILTER (WHERE image_id IN (SELECT image_id FROM neighbours WHERE dataset = ?)),
                   count(outlier_score)
-           FROM images WHERE dataset = ? AND status IN ('ok', 'duplicate')""", [ds.name, ds.name]).fetchone()
+           FROM images WHERE dataset = ? AND status IN ('ok', 'duplicate')""", [ds.name, ds.name]).iloc[0].tolist()
     notes = [f"neighbours of {with_neighbours} of {accepted} accepted images stored (the `neighbours` view, `@similar`), "
              f"outlier scores of {scored} (duplicates get none)"]
     if not ds.dedup.semantic:

@@ -141,11 +141,10 @@ class FeatureCache:
         name = f"part-{len(list(self.dir.glob('part-*.parquet'))):06d}-{secrets.token_hex(3)}.parquet"
         tmp = self.dir / f".{name}.tmp"
         try:
-            files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in shards)
             con = duckdb.connect()
             try:
-                con.execute(f"COPY (SELECT sha256, emb FROM read_parquet([{files}])) TO '{str(tmp).replace(chr(39), chr(39) * 2)}' "
-                            "(FORMAT parquet, COMPRESSION zstd)")
+                rows = con.execute("SELECT sha256, emb FROM read_parquet(?)", [[str(p) for p in shards]]).df()
+                duckdb.from_df(rows, connection=con).write_parquet(str(tmp), compression="zstd")
             finally:
                 con.close()
             os.replace(tmp, self.dir / name)
@@ -242,8 +241,9 @@ def embed_blobs(blobs: Sequence[tuple[str, Any]], cache: FeatureCache, *, embedd
     that cannot be decoded (that blob gets no row). ``on_image(sha, img)`` sees every decoded
     image (the caller computes its pixel signals from the same decode). Rows are written every
     ``chunk`` images, then ``on_chunk()`` is called (the caller stores what ``on_image`` computed) and
-    ``progress(n)`` told (a killed or interrupted run keeps what it finished, and the next run goes on from there); at the end the shards written here are merged into one. Returns
-    ``{sha256: why}`` for the blobs that got no row.
+    ``progress(n)`` told: a killed or interrupted run keeps what it finished, and the next run goes on
+    from there. At the end the shards written here are merged into one. Returns ``{sha256: why}`` for
+    the blobs that got no row.
     """
     todo = [(s, src) for s, src in dict(blobs).items() if s not in cache]
     failed: dict[str, str] = {}
