@@ -437,13 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", metavar="DATASET")
 
     p = add("embed", cmd_embed, "compute the missing embeddings and near-duplicate signals of built datasets, "
-            "then regroup them")
+            "then regroup them and store their neighbours and outlier scores")
     p.add_argument("datasets", nargs="*", metavar="DATASET", help="datasets (default: all)")
     p.add_argument("--workers", type=int, default=None, help="torch threads (default: torch's)")
 
-    p = add("similar", cmd_similar, "the images of a dataset most similar to an image (embedding cosine)")
+    p = add("similar", cmd_similar, "the accepted images of a dataset most similar to an image (embedding cosine)")
     p.add_argument("dataset", metavar="DATASET")
-    p.add_argument("image", metavar="IMAGE_OR_ID", help="an image_id of the dataset, or an image file")
+    p.add_argument("image", metavar="IMAGE_OR_ID",
+                   help="an image_id of the dataset (or its first 4+ hex digits, if no other id starts so), or an image file")
     p.add_argument("-k", type=int, default=20, help="how many (default 20)")
     p.add_argument("--format", choices=(*OUTPUT_FORMATS, "html"), default="table", help="output format (default: table)")
     p.add_argument("--out", metavar="FILE", help="write to FILE instead of the terminal")

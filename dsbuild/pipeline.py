@@ -550,7 +550,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
                 bar.advance(n, computed=computed)
 
             sig = dataset_signals(items, rows, ds.dedup, ds.verify, features_dir=features_dir or features_root_of(cat),
-                                  embed=embed, threads=threads, progress=advance)
+                                  embed=embed, threads=threads, progress=advance, store=cat.set_blob_signals)
             if computed < len(rows):
                 # The stage counts images; dataset_signals reports the blobs it computed. The rest (signals
                 # already stored or cached, or an exact copy's) are done too: the last line says N/N, not 3/105.
@@ -581,8 +581,13 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
     note = group_warning(updates, ds)
     if note:
         summary.notes.append(note)
-    _store_neighbours(cat, ds, items, updates, links)
-    if sig is not None and sig.emb is not None:
+    # Neighbours and outlier scores come together, from the embeddings in the cache (a build with dedup.semantic,
+    # or `dsbuild embed`, made them; a build with semantic = false computes none but uses those there): both
+    # stored for the images that have one, both empty when none has.
+    if sig is None:
+        sig = cached_signals(items, ds, features_dir or features_root_of(cat))
+    _store_neighbours(cat, ds, items, updates, links, sig)
+    if sig.emb is not None and sig.has_emb.any():
         _store_outliers(cat, ds, items, updates, sig, links)
     else:
         import pandas as pd
@@ -615,8 +620,11 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
 
     What ``dsbuild embed`` runs: the same stage a build with ``dedup.semantic = true`` runs after
     verification, for datasets already in the catalog (whatever their ``semantic`` setting: the
-    embeddings then serve ``similar`` and the outlier scores). Takes the catalog lock.
+    embeddings then serve ``similar``, the ``neighbours`` view and the outlier scores). Interrupted, it keeps
+    every chunk of embeddings finished (:data:`dsbuild.model.embeddings.EMBED_CHUNK`). Takes the catalog lock.
     """
+    from dsbuild.model.embeddings import EMBED_CHUNK
+
     progress = progress or Progress()
     datasets = manifest.select(names)
     if not Path(manifest.catalog).exists():
@@ -633,12 +641,35 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
             for ds in datasets:
                 t0 = time.monotonic()
                 summary = DatasetSummary(dataset=ds.name)
-                regroup_dataset(cat, ds, summary=summary, progress=progress, threads=workers, embed=True)
+                try:
+                    regroup_dataset(cat, ds, summary=summary, progress=progress, threads=workers, embed=True)
+                except KeyboardInterrupt:
+                    rest = " ".join(d.name for d in datasets[len(out):])
+                    raise DsbuildError(f"embed interrupted — the embeddings finished so far are kept (they are "
+                                       f"saved every {EMBED_CHUNK} images); `dsbuild embed {rest}` goes on from there",
+                                       exit_code=130) from None
                 summary.seconds = time.monotonic() - t0
+                summary.notes[:0] = embed_notes(cat, ds)
                 out.append(summary)
             return out
     finally:
         lock.release()
+
+
+def embed_notes(cat: Catalog, ds: Dataset) -> list[str]:
+    """What ``dsbuild embed`` left for ``ds``'s accepted images: how many have neighbours and an outlier score,
+    and with ``dedup.semantic = false`` what the embeddings serve and what a build does with them."""
+    accepted, with_neighbours, scored = cat.df(
+        """SELECT count(*), count(*) FILTER (WHERE image_id IN (SELECT image_id FROM neighbours WHERE dataset = ?)),
+                  count(outlier_score)
+           FROM images WHERE dataset = ? AND status IN ('ok', 'duplicate')""", [ds.name, ds.name]).iloc[0].tolist()
+    notes = [f"neighbours of {with_neighbours} of {accepted} accepted images stored (the `neighbours` view, `@similar`), "
+             f"outlier scores of {scored} (duplicates get none)"]
+    if not ds.dedup.semantic:
+        notes.append(f"dedup.semantic = false: the embeddings serve `similar`, the `neighbours` view and the outlier "
+                     f"scores, not the near-duplicate search; a build keeps them for the images embedded and embeds "
+                     f"no new one — run `dsbuild embed {ds.name}` again after adding images")
+    return notes
 
 
 def features_root_of(cat: Catalog) -> Path:
@@ -670,15 +701,16 @@ def group_warning(updates, ds: Dataset) -> str | None:
 
 
 def _store_outliers(cat: Catalog, ds: Dataset, items, updates, sig, links=None) -> None:
-    """cleanlab outlier scores of the accepted representatives (status ok) with an embedding, into the catalog;
-    their neighbours come from the near-duplicate search of ``links`` when it covered them."""
+    """cleanlab outlier scores of the accepted representatives (status ok, not removed in review) with an embedding,
+    into the catalog; their neighbours come from the near-duplicate search of ``links`` when it covered them."""
     import numpy as np
     import pandas as pd
 
     from dsbuild.dedup.signals import outlier_scores
 
     status = updates.set_index("image_id")["status"].reindex(items["image_id"]).to_numpy()
-    rows = np.flatnonzero((status == "ok") & sig.has_emb)
+    removed = items["removed"].fillna(False).to_numpy(dtype=bool)  # in review: not an accepted image
+    rows = np.flatnonzero((status == "ok") & ~removed & sig.has_emb)
     search = links.search if links is not None else None
     neighbours = search.within(rows, ds.dedup.outlier_k) if search is not None and search.emb is sig.emb else None
     scores, flag = outlier_scores(sig.emb[rows], ds.dedup.outlier_k, neighbours=neighbours)
@@ -687,22 +719,56 @@ def _store_outliers(cat: Catalog, ds: Dataset, items, updates, sig, links=None) 
     cat.set_outliers(ds.name, frame[np.isfinite(scores)])
 
 
-def _store_neighbours(cat: Catalog, ds: Dataset, items, updates, links) -> None:
-    """Each accepted image's nearest images (the ``neighbours`` view) from the build's neighbour search, or none."""
+def _store_neighbours(cat: Catalog, ds: Dataset, items, updates, links, sig=None) -> None:
+    """Each accepted image's nearest images (the ``knn`` table behind the ``neighbours`` view): from the build's
+    neighbour search, else searched here among the images with a cached embedding (``sig``), else none.
+
+    Accepted here is the build's status (ok or duplicate); the view leaves out what review removed since, so an
+    undo brings an image back without a build."""
     import numpy as np
     import pandas as pd
 
+    from dsbuild.dedup.neardup import nearest_neighbours
+
     frame = pd.DataFrame({"image_id": [], "rank": [], "neighbour_id": [], "similarity": []})
-    if links is not None and links.neighbours is not None:
-        ids, sims = links.neighbours
-        status = updates.set_index("image_id")["status"].reindex(items["image_id"]).to_numpy()
-        kept = np.isin(status, ["ok", "duplicate"])
+    status = updates.set_index("image_id")["status"].reindex(items["image_id"]).to_numpy()
+    kept = np.isin(status, ["ok", "duplicate"])
+    found = links.neighbours if links is not None else None
+    if found is None and sig is not None and sig.emb is not None:
+        found = nearest_neighbours(sig.emb, sig.has_emb & kept)
+    if found is not None:
+        ids, sims = found
         image_ids = items["image_id"].to_numpy()
         q, r = np.nonzero((ids >= 0) & kept[:, None] & kept[np.clip(ids, 0, None)])
         frame = pd.DataFrame({"image_id": image_ids[q], "rank": r + 1, "neighbour_id": image_ids[ids[q, r]],
                               "similarity": np.round(sims[q, r].astype(float), 4)})
         frame["rank"] = frame.groupby("image_id").cumcount() + 1
     cat.set_neighbours(ds.name, frame)
+
+
+def cached_signals(items, ds: Dataset, features_dir: Path):
+    """:class:`dsbuild.dedup.signals.Signals` holding only the embeddings already cached for ``items``' verified
+    rows (nothing decoded or computed): what a build that needs no other signal still stores neighbours and
+    outlier scores from."""
+    import numpy as np
+    import pandas as pd
+
+    from dsbuild.dedup.signals import Signals, spec_of
+    from dsbuild.model.embeddings import FeatureCache
+
+    n = len(items)
+    emb, has = None, np.zeros(n, dtype=bool)
+    if (Path(features_dir) / spec_of(ds.dedup).key()).is_dir():
+        cache = FeatureCache(Path(features_dir), spec_of(ds.dedup))
+        shas = items["sha256"].to_numpy(dtype=object)
+        has = _verified(items).to_numpy() & np.array([isinstance(s, str) and s in cache for s in shas], dtype=bool)
+        idx = np.flatnonzero(has)
+        if len(idx):
+            rows = cache.get(list(shas[idx]))
+            emb = np.zeros((n, rows.shape[1]), dtype=np.float32)
+            emb[idx] = rows
+    return Signals(views=np.zeros((n, 7), dtype=np.uint64), eff_side=np.full(n, np.nan), emb=emb, has_emb=has,
+                   new_blobs=pd.DataFrame(columns=["sha256", "phash_views", "eff_side"]), computed=0, failed={})
 
 
 def near_links_for(items, ds: Dataset, signals):

@@ -1,7 +1,8 @@
 """``dsbuild similar``: the images of a dataset most like one image, by embedding cosine.
 
-The query is an image of the dataset (its ``image_id``, or the path it was imported from)
-or any image file, verified like a build's input (magic-byte sniffing, the allow-list,
+The query is an accepted image of the dataset (its ``image_id``, a unique start of one, or the
+path it was imported from; an image removed in review or set aside is refused with why and what
+to do) or any image file, verified like a build's input (magic-byte sniffing, the allow-list,
 size and pixel limits: :func:`dsbuild.verify.analyze_file`) and embedded with the dataset's
 backbone. The dataset's embeddings come from the per-blob cache the build (``dedup.semantic``)
 or ``dsbuild embed`` filled (:mod:`dsbuild.model.features`); the search is exact
@@ -19,6 +20,12 @@ from dsbuild.errors import DsbuildError
 from dsbuild.manifest import Manifest
 
 SIMILAR_COLUMNS = ("rank", "image_id", "similarity", "label", "split", "status", "origin", "path")
+ACCEPTED = ("ok", "duplicate")
+"""The statuses ``similar`` searches (review applied): the images a build or review has not set aside —
+the ``neighbours`` view filters the same way."""
+MIN_PREFIX = 4
+"""The fewest hex characters ``similar`` takes as the start of an image_id."""
+SHOWN_CANDIDATES = 10
 
 
 def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20) -> Any:
@@ -44,21 +51,27 @@ def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20)
     with Catalog.open_readonly(manifest.catalog) as cat:
         if dataset not in cat.datasets_in_catalog():
             raise DsbuildError(f"dataset '{dataset}' is not in the catalog — run `dsbuild build {dataset}`")
-        images = cat.images(dataset, statuses=("ok", "duplicate"))
+        every = cat.images(dataset)
     cache = FeatureCache(features_root(manifest.catalog), spec_of(ds.dedup))
-    images = images[images["sha256"].isin([s for s in images["sha256"] if s in cache])].reset_index(drop=True)
+    accepted = every["status"].isin(ACCEPTED).to_numpy()
+    images = every[accepted & every["sha256"].map(lambda s: isinstance(s, str) and s in cache).to_numpy()]
+    images = images.reset_index(drop=True)
     if images.empty:
         raise DsbuildError(f"dataset '{dataset}' has no embeddings yet — run `dsbuild embed {dataset}` "
                            f"(or build it with dedup.semantic = true)")
     emb = cache.get(list(images["sha256"]))
     exclude = np.zeros(len(images), dtype=bool)
-    hit = images.index[images["image_id"] == query]
-    if not len(hit) and Path(query).exists():
-        hit = images.index[images["origin"] == str(Path(query).resolve())]
-    if len(hit):
+    row = _image_of(every, query, dataset)
+    if row is not None and row["status"] not in ACCEPTED:
+        raise DsbuildError(_set_aside_message(row, dataset), exit_code=2)
+    if row is not None:
+        hit = images.index[images["image_id"] == row["image_id"]]
+        if not len(hit):
+            raise DsbuildError(f"image {row['image_id']} of dataset '{dataset}' has no embedding yet — run "
+                               f"`dsbuild embed {dataset}`", exit_code=2)
         vec = emb[hit[0]]
-        exclude[images["sha256"] == images.loc[hit[0], "sha256"]] = True
-    elif Path(query).is_file():
+        exclude[hit[0]] = True  # the image itself; an exact copy of it (another image_id) is listed, as in `neighbours`
+    else:
         from dsbuild.verify import analyze_file
 
         rec = analyze_file(query, verify=ds.verify, dedup=ds.dedup)
@@ -70,10 +83,6 @@ def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20)
         except ValueError as exc:
             raise DsbuildError(f"{query} cannot be decoded ({exc}) — give another image", exit_code=2) from None
         vec = Embedder(spec_of(ds.dedup)).embed([img])[0]
-    else:
-        raise DsbuildError(f"'{query}' is neither an image_id of dataset '{dataset}' nor an image file — give a path, "
-                           f"or an id from `dsbuild query \"SELECT image_id, origin FROM images WHERE dataset = '{dataset}'\"`",
-                           exit_code=2)
     rows, sims = similar(emb, vec, k, exclude=exclude)
     out = images.iloc[rows].copy()
     out["rank"] = np.arange(1, len(rows) + 1)
@@ -82,3 +91,49 @@ def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20)
         if col not in out:
             out[col] = None
     return pd.DataFrame(out[list(SIMILAR_COLUMNS)]).reset_index(drop=True)
+
+
+def _image_of(every: Any, query: str, dataset: str) -> Any:
+    """The row of ``every`` (all images of the dataset, any status) that ``query`` names, or None for a file
+    that is not one of them. ``query``: an image_id, a unique start of one (≥ :data:`MIN_PREFIX` hex
+    characters), or the file an accepted image was imported from (a file of an image set aside is searched as
+    a file). Raises DsbuildError for an ambiguous start, or for a query that is neither an id nor a file."""
+    exact = every[every["image_id"] == query]
+    if len(exact):
+        return exact.iloc[0]
+    path = Path(query)
+    if path.exists():
+        if path.is_file():
+            same = every[(every["origin"] == str(path.resolve())) & every["status"].isin(ACCEPTED)]
+            return same.iloc[0] if len(same) else None
+        raise DsbuildError(f"{query} is a folder — give one image file or an image_id of dataset '{dataset}'",
+                           exit_code=2)
+    text = query.strip().lower()
+    if len(text) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in text):
+        starts = every[every["image_id"].str.startswith(text)]
+        if len(starts) == 1:
+            return starts.iloc[0]
+        if len(starts) > 1:
+            starts = starts.sort_values("image_id")
+            shown = ", ".join(f"{r.image_id} ({r.label}, {r.status})" for r in starts.head(SHOWN_CANDIDATES).itertuples())
+            more = f" and {len(starts) - SHOWN_CANDIDATES} more" if len(starts) > SHOWN_CANDIDATES else ""
+            raise DsbuildError(f"'{query}' is the start of {len(starts)} image_ids of dataset '{dataset}': {shown}{more} "
+                               "— give more of the id", exit_code=2)
+    raise DsbuildError(f"'{query}' is neither an image_id (or the start of one) of dataset '{dataset}' nor an image "
+                       f"file — give a path, or an id from `dsbuild query \"SELECT image_id, origin FROM images "
+                       f"WHERE dataset = '{dataset}'\"`", exit_code=2)
+
+
+def _set_aside_message(row: Any, dataset: str) -> str:
+    """Why ``similar`` does not search from an image that review removed or a build set aside, and what to do."""
+    image_id, status, reason = row["image_id"], row["status"], row["reason"]
+    why = f"status {status}" + (f": {reason}" if isinstance(reason, str) and reason else "")
+    origin, stored = row["origin"], row["path"]
+    file = origin if isinstance(origin, str) and Path(origin).is_file() else stored if isinstance(stored, str) else None
+    use_file = f"pass its file: `dsbuild similar {dataset} {file}`" if file else "it has no stored file to pass instead"
+    if reason == "removed in review":
+        return (f"image {image_id} of dataset '{dataset}' was removed in review (status {status}) — `similar` searches the "
+                f"accepted images (ok, duplicate); undo the remove (the row `{image_id},undo,,` in `dsbuild review "
+                f"{dataset} --decisions FILE.csv`) or {use_file}")
+    return (f"image {image_id} of dataset '{dataset}' is set aside ({why}) — `similar` searches the accepted "
+            f"images (ok, duplicate); {use_file}")

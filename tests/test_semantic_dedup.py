@@ -178,7 +178,7 @@ def test_similar_finds_the_copies_of_a_photo(built, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("similar", "photos", "no-such-id"), "is neither an image_id of dataset 'photos' nor an image file"),
+    (("similar", "photos", "no-such-id"), "is neither an image_id (or the start of one) of dataset 'photos' nor an image file"),
     (("similar", "photos", "{text}"), "is not an image dsbuild accepts"),
     (("similar", "photos", "{astronaut}", "-k", "0"), "-k must be a whole number ≥ 1"),
     (("similar", "nope", "x"), "no dataset 'nope'"),
@@ -317,6 +317,13 @@ def test_feature_cache_round_trip_is_float16_and_atomic(tmp_path):
         FeatureSpec(resize="stretch")
     with pytest.raises(ValueError):
         cache.put(["x"], rows)
+    # A run's shards (one per chunk) are merged into one at its end; the rows read back the same.
+    shards = [cache.put([f"m{i}"], rows[i:i + 1]) for i in range(3)]
+    cache.merge(shards)
+    assert [p.exists() for p in shards] == [False] * 3
+    assert len(list((tmp_path / spec.key()).glob("part-*.parquet"))) == 2
+    merged = FeatureCache(tmp_path, spec)
+    assert len(merged) == 6 and np.array_equal(merged.get(["m0", "m1", "m2"]), again.get(["a", "b", "c"]))
 
 
 # --------------------------------------------------------------------------- copies of 32-px photos

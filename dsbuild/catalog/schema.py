@@ -15,7 +15,8 @@ Tables, columns may change with migrations:
 
 Views, columns may be added, never renamed: ``images``, ``label_issues``, ``runs``
 (see DESIGN.md), plus ``conflicts``, ``label_history``, ``fetch_log``,
-``label_issues_all`` and ``neighbours`` (each image's most similar images by embedding, schema 5).
+``label_issues_all`` and ``neighbours`` (each accepted image's most similar accepted images by embedding,
+schema 5; accepted only since schema 7).
 Deprecated names stay beside their replacements (schema 4):
 ``quality_flags`` (comma-joined text) beside ``quality_issues`` (a LIST);
 ``ood_score`` (high = unusual) beside cleanlab's ``outlier_score`` (low = unusual);
@@ -32,7 +33,7 @@ from __future__ import annotations
 QUALITY_ISSUES_OF = "CASE WHEN {flags} IS NULL THEN NULL WHEN {flags} = '' THEN []::VARCHAR[] ELSE string_split({flags}, ',') END"
 """SQL: the ``quality_issues`` LIST of a comma-joined ``quality_flags`` text (format with ``flags=`` its expression)."""
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -242,6 +243,10 @@ MIGRATIONS: dict[int, list[str]] = {
         # NULL for runs recorded before.
         "ALTER TABLE model_runs ADD COLUMN IF NOT EXISTS train_ids JSON",
     ],
+    # No table changes: the `neighbours` view lists accepted images only (review applied, as `dsbuild similar`
+    # searches), ranked among them; `knn` holds a few spare neighbours for it (dsbuild.dedup.neardup.NEIGHBOUR_SPARE).
+    # `images` shows no outlier score for an image removed in review (they are the accepted images' scores).
+    7: [],
 }
 
 VIEWS = [
@@ -281,7 +286,12 @@ VIEWS = [
                b.q_dark, b.q_light, b.q_blurry, b.q_low_information, b.q_grayscale, b.q_odd_aspect_ratio,
                i.q_odd_size, i.quality_flags, i.first_seen, i.updated_at, i.quality_issues,
                coalesce(i.warnings, []::VARCHAR[]) AS warnings,
-               i.outlier_score, i.is_outlier, b.eff_side
+               -- outlier scores are of the accepted images: none for an image removed in review since the build
+               CASE WHEN e.new_status = 'rejected' AND i.status IN ('ok', 'duplicate') THEN NULL ELSE i.outlier_score END
+                   AS outlier_score,
+               CASE WHEN e.new_status = 'rejected' AND i.status IN ('ok', 'duplicate') THEN NULL ELSE i.is_outlier END
+                   AS is_outlier,
+               b.eff_side
         FROM items i
         LEFT JOIN blobs b USING (sha256)
         LEFT JOIN latest_events e USING (dataset, image_id)
@@ -313,10 +323,17 @@ VIEWS = [
         SELECT dataset, image_id, event_id, changed_at, source, action, old_label, new_label, old_status, new_status, note
         FROM label_events""",
     """CREATE OR REPLACE VIEW fetch_log AS SELECT * FROM fetches""",
+    # Accepted images only (status ok/duplicate after review, what `dsbuild similar` searches), as subject and as
+    # neighbour: a review's remove takes the image out at once, an undo brings it back; `rank` counts among them.
     """CREATE OR REPLACE VIEW neighbours AS
-        SELECT k.dataset, k.image_id, k.rank, k.neighbour_id, k.similarity, a.label, b.label AS neighbour_label,
-               b.split AS neighbour_split, b.status AS neighbour_status, a.path, b.path AS neighbour_path
+        SELECT k.dataset, k.image_id, row_number() OVER w AS rank, k.neighbour_id, k.similarity, a.label,
+               b.label AS neighbour_label, b.split AS neighbour_split, b.status AS neighbour_status, a.path,
+               b.path AS neighbour_path
         FROM knn k
-        LEFT JOIN images a ON a.dataset = k.dataset AND a.image_id = k.image_id
-        LEFT JOIN images b ON b.dataset = k.dataset AND b.image_id = k.neighbour_id""",
+        JOIN images a ON a.dataset = k.dataset AND a.image_id = k.image_id
+        JOIN images b ON b.dataset = k.dataset AND b.image_id = k.neighbour_id
+        WHERE a.status IN ('ok', 'duplicate') AND b.status IN ('ok', 'duplicate')
+        WINDOW w AS (PARTITION BY k.dataset, k.image_id ORDER BY k.rank)
+        QUALIFY row_number() OVER w <= 10""",
+
 ]

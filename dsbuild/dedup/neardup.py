@@ -68,7 +68,10 @@ WINDOW_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)
 WINDOW_STEPS = 5
 _EMPTY = np.zeros((0, 2), dtype=np.int64)
 NEIGHBOURS = 10
-"""Nearest images kept per image for the ``neighbours`` view (and the first k of :func:`embedding_pairs`)."""
+"""Nearest images per image in the ``neighbours`` view (and the first k of :func:`embedding_pairs`)."""
+NEIGHBOUR_SPARE = 5
+"""Nearest images stored beyond :data:`NEIGHBOURS` (the ``knn`` table): the view lists the accepted ones only,
+so an image whose neighbours a review removes still shows 10 until the next build or ``embed``."""
 
 
 # --------------------------------------------------------------------------- per-image signals
@@ -611,10 +614,11 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
             # as wide as the outlier scores need, and a few more (a row whose list holds a duplicate left out
             # of the scores is searched again): 64 columns cost what 11 do at HNSW's efSearch 64
             kp, ks = embedding_pairs(emb[rows], settings.similarity, NEIGHBOURS, first=first,
-                                     first_k=settings.outlier_k + 3)
+                                     first_k=max(settings.outlier_k + 3, NEIGHBOURS + NEIGHBOUR_SPARE))
             if first:
                 sims, ids, index = first[0]
-                neighbours = _neighbour_rows((sims[:, :NEIGHBOURS + 1], ids[:, :NEIGHBOURS + 1]), rows, n)
+                width = NEIGHBOURS + NEIGHBOUR_SPARE + 1
+                neighbours = _neighbour_rows((sims[:, :width], ids[:, :width]), rows, n)
                 search = KnnSearch(emb=emb, rows=rows, ids=np.where(ids >= 0, rows[np.clip(ids, 0, None)], -1),
                                    sims=sims, index=index)
             if len(kp):
@@ -686,6 +690,18 @@ def _pixels_line_up(pairs: np.ndarray, side: np.ndarray, thumb: Callable[[int], 
     if (~checked).any():
         ok[~checked] = window_match(thumb, pairs[~checked])
     return pairs[ok]
+
+
+def nearest_neighbours(emb: np.ndarray, has: np.ndarray, k: int = NEIGHBOURS + NEIGHBOUR_SPARE
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each row's ``k`` nearest other rows among those with ``has`` (n,) bool, by cosine of ``emb`` (n, dim) unit
+    rows: ``(ids, sims)`` (n, k) in rows of ``emb`` (−1 / NaN where none), as :class:`Links` ``neighbours`` — the
+    ``neighbours`` view's rows when no near-duplicate search ran (``dedup.semantic = false``); None for < 2 rows."""
+    rows = np.flatnonzero(np.asarray(has, dtype=bool))
+    if len(rows) < 2:
+        return None
+    sims, ids = knn(emb[rows], k + 1, ef=max(64, 2 * (k + 1)))
+    return _neighbour_rows((sims, ids), rows, len(emb))
 
 
 def _neighbour_rows(found: tuple[np.ndarray, np.ndarray], rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -68,14 +68,16 @@ def load_image(path: str, verify: VerifySettings) -> Any:
 
 def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: VerifySettings, *,
                     features_dir: Path, embed: bool | None = None, threads: int | None = None,
-                    progress: Any = None) -> Signals:
+                    progress: Any = None, store: Any = None) -> Signals:
     """Signals of ``items`` rows ``rows`` (positions; others stay empty), computing what is missing.
 
     Pixel signals are computed for rows whose blob has none stored; embeddings for blobs
     missing from the cache when ``embed`` (default ``dedup.semantic``). Embeddings already
     cached are returned either way (``emb`` is None only when there is no cache at all).
-    ``progress(n)`` is called as blobs are done. Raises DsbuildError when the embedding
-    backbone cannot be loaded.
+    ``progress(n)`` is called as blobs are done. ``store(frame)`` (``sha256, phash_views, eff_side``) is
+    given the pixel signals computed with each chunk of embeddings as it is saved, so that an interrupted
+    run keeps both (the returned ``new_blobs`` still holds them all). Raises DsbuildError when the
+    embedding backbone cannot be loaded.
     """
     embed = dedup.semantic if embed is None else embed
     import pandas as pd
@@ -97,9 +99,18 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
     from dsbuild.model.embeddings import FeatureCache, embed_blobs
 
     cache = FeatureCache(features_dir, spec_of(dedup))
+    stored: set[str] = set()
+
+    def on_chunk() -> None:
+        fresh = [(sha, *new[sha]) for sha in new if sha not in stored]
+        if store is not None and fresh:
+            store(pd.DataFrame(fresh, columns=["sha256", "phash_views", "eff_side"]))
+        stored.update(sha for sha, *_ in fresh)
+
     if embed:
         todo = [(shas[r], (lambda p=paths[r]: load_image(p, verify))) for r in rows]
-        failed.update(embed_blobs(todo, cache, threads=threads, on_image=on_image, progress=progress))
+        failed.update(embed_blobs(todo, cache, threads=threads, on_image=on_image, progress=progress,
+                                  on_chunk=on_chunk))
     for sha, path in need_pixels.items():
         if sha in new or sha in failed:
             continue
