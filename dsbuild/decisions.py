@@ -335,12 +335,13 @@ def _resolved(p: Path) -> str:
 
 def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[str],
                     dataset: str | None = None, history: "pandas.DataFrame | None" = None,
-                    last_run_at: datetime | None = None) -> list[Decision]:
+                    last_run_at: datetime | None = None, former: Collection[str] = ()) -> list[Decision]:
     """Read and validate a decisions CSV against the catalog; all or nothing.
 
     ``images``: the dataset's rows of the ``images`` view with columns
     ``image_id``, ``path``, ``origin``, ``label`` (current), ``status`` (extra
-    columns are ignored). ``labels``: the dataset's class names. ``dataset``:
+    columns are ignored). ``labels``: the dataset's class names (``former``: names that were classes
+    and are none now, for the message that refuses them). ``dataset``:
     when given, a ``dataset`` column in the file (the mislabel report has one)
     must match it. ``history`` (the dataset's ``label_events``, as for
     :func:`plan_events`) and ``last_run_at`` (when the latest mislabel run
@@ -402,8 +403,7 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
                 problems.add(line, f"relabel needs a new_label — one of {label_list(label_set)}")
                 continue
             if new_label not in label_set:
-                problems.add(line, f"unknown label '{_short(new_label)}'{did_you_mean(new_label, label_set)} "
-                                   f"— labels of this dataset: {label_list(label_set)}")
+                problems.add(line, unknown_label(new_label, label_set, former))
                 continue
             if new_label == current and not done:
                 problems.add(line, f"image {image_id} already has label '{_short(current)}' — use keep to confirm it")
@@ -485,10 +485,19 @@ def _describe(d: Decision) -> str:
     return f"relabel → '{d.new_label}'" if d.action == "relabel" else d.action
 
 
-def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str]) -> list[Decision]:
+def unknown_label(label: str, labels: Sequence[str], former: Collection[str] = ()) -> str:
+    """Why a relabel to ``label`` is refused: not one of ``labels`` (the dataset's classes now); ``former``:
+    names that were classes once (a class folder renamed or removed), said as such."""
+    what = (f"label '{_short(label)}' is not a class of this dataset any more (renamed or removed)" if label in former
+            else f"unknown label '{_short(label)}'")
+    return f"{what}{did_you_mean(label, list(labels))} — labels of this dataset: {label_list(list(labels))}"
+
+
+def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str], former: Collection[str] = ()) -> list[Decision]:
     """``decisions`` (any iterable of :class:`Decision`, e.g. from a review app) as a list, checked like a file's rows.
 
-    Every item must be a :class:`Decision` and a relabel must name one of ``labels``;
+    Every item must be a :class:`Decision` and a relabel must name one of ``labels`` (``former``: as for
+    :func:`parse_decisions`);
     :func:`plan_events` checks the rest against the catalog (unknown image, status, no-op
     relabel, two decisions for one image). Raises one DsbuildError listing every problem.
     """
@@ -501,8 +510,7 @@ def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str]) -> 
             problems.add(None, f"decision {k} is a {type(d).__name__}, not a dsbuild.decisions.Decision")
             continue
         if d.action == "relabel" and d.new_label not in label_set:
-            problems.add(None, f"decision {k} (image {d.image_id}): unknown label '{_short(str(d.new_label))}'"
-                               f"{did_you_mean(str(d.new_label), label_set)} — labels of this dataset: {label_list(label_set)}")
+            problems.add(None, f"decision {k} (image {d.image_id}): {unknown_label(str(d.new_label), label_set, former)}")
             continue
         out.append(d)
     n = len(decisions)

@@ -134,14 +134,16 @@ def safe_link(url: Any) -> str | None:
 
 @dataclass
 class _State:
-    """The app's mutable parts: the catalog lock, the static files, the labels and keys of the dataset."""
+    """The app's mutable parts: the catalog lock, the model lock, the static files, the templates.
+
+    The dataset's classes (the relabel keys) are read per page from the catalog
+    (:func:`dsbuild.cycle.dataset_classes`): an ``imagefolder`` dataset's classes are its folders,
+    which a build may change while the app runs."""
 
     config: UiConfig
     held: Any = None  # the HeldCatalog: decisions' read-write connection and the app's catalog lock
     model: threading.Lock = field(default_factory=threading.Lock)
     static: dict[str, bytes] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)
-    keys: dict[str, str] = field(default_factory=dict)
     env: Any = None
 
 
@@ -153,12 +155,10 @@ def create_app(config: UiConfig):
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    ds = config.manifest.dataset(config.dataset)
+    config.manifest.dataset(config.dataset)  # a DsbuildError naming the known datasets
     state = _State(config=config)
     state.held = HeldCatalog(config.manifest.catalog, idle_s=config.catalog_idle_s)
     state.static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
-    state.labels = list(ds.labels)
-    state.keys = class_keys(state.labels)
     state.env = _environment()
     h = _Handlers(state)
     routes = [
@@ -227,15 +227,18 @@ class _Handlers:
         filters = {"kind": q.get("kind") or None, "label": q.get("label") or None, "split": q.get("split") or None}
 
         def read(cat):
+            from dsbuild.cycle import dataset_classes
+
+            classes = dataset_classes(cat, self.c.manifest.dataset(self.c.dataset))
             run_id = cat.latest_mislabel_run(self.c.dataset)
             df, total = queue_page(cat, self.c.dataset, run_id, **filters, decided=decided, offset=(page - 1) * n, limit=n)
             counts = queue_kind_counts(cat, self.c.dataset, run_id)
             groups = sorted({g for g in df["dup_group"].dropna()}) if len(df) else []
             sib = dup_siblings(cat, self.c.dataset, groups)
-            return run_id, df, total, counts, sib
+            return classes, run_id, df, total, counts, sib
 
         try:
-            run_id, df, total, counts, sib = self._read(read)
+            classes, run_id, df, total, counts, sib = self._read(read)
         except DsbuildError as exc:
             return self._error_page(exc)
         siblings: dict[str, list[dict]] = {}
@@ -251,7 +254,7 @@ class _Handlers:
         pages = max(1, math.ceil(total / n))
         here = {**filters, "decided": q.get("decided") or None, "n": n if n != self.c.page_size else None}
         return self._page("queue.html.j2", title="review queue", cards=cards, total=total, page=page, pages=pages,
-                          run_id=run_id, counts=counts, kinds=QUEUE_KINDS, labels=self.s.labels, keys=self.s.keys,
+                          run_id=run_id, counts=counts, kinds=QUEUE_KINDS, labels=classes, keys=class_keys(classes),
                           filters=filters, decided=q.get("decided", ""), here=here, splits=("train", "valid", "test"))
 
     def browse(self, request):
