@@ -151,6 +151,20 @@ def test_cli_refuses_a_relabel_to_a_class_whose_folder_was_renamed(project: Path
     assert state(project, target) == ("sept", "ok")
 
 
+def test_cli_refusal_of_a_source_removed_image_names_the_reason(project: Path, tmp_path: Path, capsys) -> None:
+    """Trial 3, section 11: the refusal said "(an image removed in review comes back with undo)" for an image whose
+    source file is gone, which undo cannot bring back."""
+    gone = first(project, "seven")
+    rename_class(project, "seven", "sept")
+    assert sql(project, "SELECT status, reason FROM images WHERE image_id = ?", [gone]) == [("rejected", "source removed")]
+    code, out, err = run_cli(capsys, project, "review", "digits", "--decisions",
+                             str(decisions_file(tmp_path, f"{gone},keep,,")))
+    assert code == 2
+    assert err.strip().splitlines()[-1].strip() == (
+        f"line 2: image {gone} has status 'rejected' (source removed) — only ok or duplicate images can be "
+        "relabelled, kept or removed"), err
+
+
 # --------------------------------------------------------------------------- the review app
 
 
@@ -173,5 +187,32 @@ def test_app_has_a_key_per_class_folder_and_refuses_a_gone_class(project: Path) 
         assert sql(project, "SELECT count(*) FROM images WHERE label = 'seven' AND status = 'ok'") == [(0,)]
         r = decide(client, {"image_id": target, "action": "relabel", "new_label": "sept"})
         assert r.status_code == 200 and r.json()["states"][0]["label"] == "sept"
+    finally:
+        app.held.close()
+
+
+def test_app_refusal_of_a_source_removed_image_and_a_keep_that_changes_nothing(project: Path) -> None:
+    """Trial 3, section 11: a source-removed image's refusal spoke of undo, and a keep of an image that already had a
+    standing keep answered "applied": 1 while it wrote nothing."""
+    app, client = app_client(project)
+    try:
+        kept, other = sql(project, "SELECT image_id FROM images WHERE label = 'seven' ORDER BY image_id LIMIT 2")
+        kept, other = kept[0], other[0]
+        r = decide(client, {"image_id": kept, "action": "keep"})
+        assert r.status_code == 200 and r.json()["applied"] == 1
+        rename_class(project, "seven", "sept")
+        before = n_events(project)
+        r = decide(client, {"image_id": other, "action": "keep"})
+        assert r.status_code == 409
+        assert r.json()["error"] == ("the review has 1 problem; nothing was applied — fix it and run again:\n"
+                                     f"  image {other} has status 'rejected' (source removed) — only ok or duplicate "
+                                     "images can be relabelled, kept or removed")
+        r = decide(client, {"image_id": kept, "action": "keep"})
+        assert r.status_code == 200
+        body = r.json()
+        assert (body["applied"], body["already_applied"]) == (0, 1)
+        assert body["states"][0]["event_id"] is None
+        assert body["states"][0]["state"] == "kept as seven (status rejected)"
+        assert n_events(project) == before
     finally:
         app.held.close()

@@ -27,13 +27,16 @@ no path ever comes from a request):
 ``/thumb/{image_id}``       GET     a ≤160 px JPEG thumbnail (made once, cached beside the store)
 ``/image/{image_id}``       GET     a ≤640 px JPEG of the image (the focus view)
 ``/static/{name}``          GET     app.js, app.css (a fixed table, not a folder)
-``/api/decide``             POST    JSON ``{"decisions": [{"image_id", "action", "new_label"?}]}``
+``/api/decide``             POST    JSON ``{"decisions": [{"image_id", "action", "new_label"?, "event_id"?}]}``
 ``/api/predict``            POST    the raw bytes of one image (``X-File-Name`` header for display)
 ==========================  ======  ==================================================
 
-``/api/decide`` answers 200 with the images' new states, 400 for a malformed body,
-409 with the reason when the review refuses a decision (nothing applied), 503 with
-``"busy": true`` while another process writes the catalog (the page retries).
+``/api/decide`` answers 200 with ``applied`` (events written: a decision that already stands,
+such as a second keep, writes none), ``already_applied`` and the images' new states (each with
+``event_id``: the event written for it, or null), 400 for a malformed body, 409 with the reason
+when the review refuses a decision (nothing applied), 503 with ``"busy": true`` while another
+process writes the catalog (the page retries). An undo names the event it reverts (``event_id``,
+as the page's undo does); it is refused (409) when another decision came after that one.
 ``/api/predict`` answers 413 over the size limit, 415 when verification refuses the
 file (the same sniffing, allow-list and limits as ``build``), 409 without a model.
 """
@@ -383,30 +386,39 @@ class _Handlers:
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         try:
-            states = await run_in_threadpool(self._apply, decisions)
+            applied, states = await run_in_threadpool(self._apply, decisions)
         except CatalogBusy as exc:
             return JSONResponse({"error": str(exc), "busy": True}, status_code=503)
         except DsbuildError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
-        return JSONResponse({"applied": len(decisions), "states": states})
+        return JSONResponse({"applied": applied, "already_applied": len(decisions) - applied, "states": states})
 
-    def _apply(self, decisions) -> list[dict]:
-        from dsbuild.catalog.app_queries import image_states
+    def _apply(self, decisions) -> tuple[int, list[dict]]:
+        """Apply ``decisions``: (events written, the images' new states). A state's ``event_id`` is the event this
+        request wrote for the image (what the page's undo names), None when its decision changed nothing."""
+        from dsbuild.catalog.app_queries import image_states, latest_event_ids
         from dsbuild.cycle import review_dataset
 
         ids = [d.image_id for d in decisions]
         read: list = []
-        with self.s.held.writing() as cat:
-            review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui", catalog=cat,
-                           on_commit=lambda cat: read.append(image_states(cat, self.c.dataset, ids)))
-        df = read[0]
+
+        def after(cat) -> None:
+            read.append((image_states(cat, self.c.dataset, ids), latest_event_ids(cat, self.c.dataset, ids)))
+
+        with self.s.held.writing() as cat:  # the app's write lock: no other event comes between the two reads
+            before = latest_event_ids(cat, self.c.dataset, ids)
+            summary = review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui", catalog=cat,
+                                     on_commit=after)
+        df, latest = read[0]
         out = []
         for rec in df.to_dict("records"):
-            out.append({"image_id": rec["image_id"], "label": rec["label"], "status": rec["status"],
+            iid = rec["image_id"]
+            new = latest.get(iid) if latest.get(iid) != before.get(iid) else None
+            out.append({"image_id": iid, "label": rec["label"], "status": rec["status"],
                         "last_review": None if _missing(rec["last_review"]) else rec["last_review"],
-                        "decided": bool(rec["decided"]),
+                        "decided": bool(rec["decided"]), "event_id": new,
                         "state": _state_text(rec["last_review"], rec["label"], rec["status"])})
-        return out
+        return summary.applied, out
 
     # -- predict -----------------------------------------------------------------------------
 
@@ -501,13 +513,17 @@ def _parse_decisions(body: bytes) -> list:
         if not isinstance(item, dict):
             raise ValueError(f"decision {k} is not an object")
         image_id, action, new_label = item.get("image_id"), item.get("action"), item.get("new_label")
+        undoes = item.get("event_id")
         if not isinstance(image_id, str) or not IMAGE_ID.fullmatch(image_id):
             raise ValueError(f"decision {k}: bad image_id")
         if action not in ACTIONS:
             raise ValueError(f"decision {k}: action must be one of {', '.join(ACTIONS)}")
         if action == "relabel" and (not isinstance(new_label, str) or not new_label):
             raise ValueError(f"decision {k}: relabel needs a new_label")
-        out.append(Decision(image_id=image_id, action=action, new_label=new_label if action == "relabel" else None))
+        if undoes is not None and (action != "undo" or isinstance(undoes, bool) or not isinstance(undoes, int)):
+            raise ValueError(f"decision {k}: event_id (the decision an undo reverts) must be a whole number, with undo only")
+        out.append(Decision(image_id=image_id, action=action, new_label=new_label if action == "relabel" else None,
+                            undoes=undoes))
     return out
 
 
@@ -520,7 +536,8 @@ def _state_text(last_review: Any, label: Any, status: Any) -> str:
     if last_review == "remove":
         return "removed"
     if last_review == "keep":
-        return f"kept as {label}"
+        kept = f"kept as {label}"
+        return kept if status in ("ok", "duplicate") else f"{kept} (status {status})"
     return str(last_review)
 
 
