@@ -867,6 +867,7 @@ class Predictions:
     run_id: str
     kind: str
     frame: object  # pandas DataFrame, see predict_images
+    note: str | None = None  # a warning for people: the model knows other classes than the dataset has now
 
 
 def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int | None = None) -> Predictions:
@@ -901,9 +902,36 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int
         raise DsbuildError("no images to predict — give image files or folders with images", exit_code=2)
     out = predict(Path(run["model_path"]).parent, paths, verify=manifest.dataset(name).verify)
     out.insert(0, "run_id", run["run_id"])
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        classes = dataset_classes(cat, manifest.dataset(name))
+    note = model_classes_note(name, str(run["run_id"]), [c[len("prob_"):] for c in out.columns if c.startswith("prob_")],
+                              classes)
     if top is not None:
         out = _top_k(out, top)
-    return Predictions(run_id=str(run["run_id"]), kind=str(run["kind"]), frame=out)
+    return Predictions(run_id=str(run["run_id"]), kind=str(run["kind"]), frame=out, note=note)
+
+
+def saved_model_classes(model_path: "str | Path") -> list[str]:
+    """The classes a saved model answers with (``model.json`` beside ``model_path``), or [] when unreadable."""
+    try:
+        return [str(c) for c in json.loads((Path(model_path).parent / "model.json").read_text())["classes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def model_classes_note(name: str, run_id: str, model_classes: list[str], classes: list[str]) -> str | None:
+    """A warning when the model of run ``run_id`` was trained on other classes than dataset ``name`` has now
+    (``classes``: :func:`dataset_classes`), else None: its answers may name a class that is gone and never name a
+    new one (a class renamed, merged or removed since, in the manifest or as a class folder)."""
+    if not classes or not model_classes or set(model_classes) == set(classes):
+        return None
+    gone = [c for c in model_classes if c not in classes]
+    new = [c for c in classes if c not in model_classes]
+    change = "; ".join(part for part in (f"gone: {', '.join(gone)}" if gone else "",
+                                         f"new: {', '.join(new)}" if new else "") if part)
+    return (f"the model of run {run_id} was trained on the classes {', '.join(model_classes)}; the dataset's classes "
+            f"are {', '.join(classes)} now ({change}) — its answers may name a class the dataset no longer has and "
+            f"never name a new one: run `dsbuild train {name}` to train on the current classes")
 
 
 def _top_k(frame, k: int):

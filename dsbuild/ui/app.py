@@ -325,12 +325,19 @@ class _Handlers:
 
     def predict_page(self, request):
         from dsbuild.catalog.app_queries import latest_model_run
+        from dsbuild.cycle import dataset_classes, model_classes_note, saved_model_classes
+
+        def read(cat):
+            return latest_model_run(cat, self.c.dataset), dataset_classes(cat, self.c.manifest.dataset(self.c.dataset))
 
         try:
-            model = self._read(lambda cat: latest_model_run(cat, self.c.dataset))
+            model, classes = self._read(read)
         except DsbuildError as exc:
             return self._error_page(exc)
-        return self._page("predict.html.j2", title="predict", model=model, limit=self._upload_limit())
+        # A model trained before a class was renamed, merged or removed answers with the old classes: say so once.
+        note = (model_classes_note(self.c.dataset, model["run_id"], saved_model_classes(model["model_path"]), classes)
+                if model else None)
+        return self._page("predict.html.j2", title="predict", model=model, note=note, limit=self._upload_limit())
 
     # -- images ----------------------------------------------------------------------------
 
