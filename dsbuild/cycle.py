@@ -69,17 +69,18 @@ def new_run_id(dataset: str, kind: str) -> str:
 def dataset_classes(cat: Catalog, ds: Dataset) -> list[str]:
     """The classes of dataset ``ds`` now: the labels a review may give, the only place that says so.
 
-    The manifest's classes, in manifest order; for an ``imagefolder`` dataset (the manifest names no
-    classes) the class folders its sources give today, sorted: items set aside because their source was
-    removed (a folder renamed or deleted) do not count, and neither does a label that only review events
-    gave. ``review --decisions``, ``review --accept-suggestions``, the review app's keys and its
-    ``/api/decide`` all check a relabel against this list, and ``predict`` compares a model's classes with it.
+    The manifest's classes, in manifest order; for an ``imagefolder`` dataset, sorted, the class folders its
+    sources give today and the classes the manifest adds (``classes`` beside ``imagefolder``): items set aside
+    because their source was removed (a folder renamed or deleted) do not count, and neither does a label that
+    only review events gave. ``review --decisions``, ``review --accept-suggestions``, the review app's keys
+    and its ``/api/decide`` all check a relabel against this list, and ``predict`` compares a model's classes
+    with it.
     """
-    if ds.labels:
+    if ds.imagefolder is None:
         return list(ds.labels)
     from dsbuild.sources import SOURCE_REMOVED
 
-    return cat.source_labels(ds.name, set_aside=SOURCE_REMOVED)
+    return sorted(set(ds.labels) | set(cat.source_labels(ds.name, set_aside=SOURCE_REMOVED)))
 
 
 def former_classes(cat: Catalog, ds: Dataset, classes: list[str]) -> list[str]:

@@ -133,6 +133,33 @@ def test_cli_relabel_to_a_class_folder_applies(project: Path, tmp_path: Path, ca
     assert (f"line 2: unknown label 'eight' — labels of this dataset: one, seven, zero") in err, err
 
 
+def test_cli_relabel_on_an_imagefolder_with_classes_added_by_the_manifest(tmp_path: Path, capsys) -> None:
+    """README: an imagefolder's subfolders are classes, and "classes given as well add their sources": both are
+    classes a relabel may name (the manifest's alone were taken for all of them)."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path / "p"
+    digits = load_digits()
+    for name, value in {**DIGITS, "eight": 8, "nine": 9}.items():
+        folder = root / ("extra" if name in ("eight", "nine") else "photos") / name
+        folder.mkdir(parents=True)
+        for i in np.flatnonzero(digits.target == value)[:4]:
+            render_digit(digits.data[i], folder / f"d{i:04d}.png")
+    manifest = root / "datasets.toml"
+    manifest.write_text(MANIFEST + '[datasets.digits.classes]\neight = { folders = "extra/eight" }\n'
+                                   'nine = { folders = "extra/nine" }\n')
+    dsbuild.build(dsbuild.load_manifest(manifest), ["digits"], workers=1)
+    one, eight = first(manifest, "one"), first(manifest, "eight")
+    code, out, err = run_cli(capsys, manifest, "review", "digits", "--decisions",
+                             str(decisions_file(tmp_path, f"{one},relabel,seven,", f"{eight},relabel,zero,")))
+    assert code == 0, err
+    assert out.strip() == "applied 2 decisions to 'digits' (relabel 2) from review:d.csv"
+    assert (state(manifest, one), state(manifest, eight)) == (("seven", "ok"), ("zero", "ok"))
+    code, out, err = run_cli(capsys, manifest, "review", "digits", "--decisions",
+                             str(decisions_file(tmp_path, f"{one},relabel,two,")))
+    assert code == 2 and "line 2: unknown label 'two' — labels of this dataset: eight, nine, one, seven, zero" in err, err
+
+
 def test_cli_refuses_a_relabel_to_a_class_whose_folder_was_renamed(project: Path, tmp_path: Path, capsys) -> None:
     """Finding 3 of trial 3, the CLI side: after `mv photos/seven photos/sept` no image may be relabelled `seven`."""
     rename_class(project, "seven", "sept")
