@@ -66,6 +66,35 @@ def new_run_id(dataset: str, kind: str) -> str:
     return f"{dataset}-{kind}-{stamp}-{secrets.token_hex(2)}"
 
 
+def dataset_classes(cat: Catalog, ds: Dataset) -> list[str]:
+    """The classes of dataset ``ds`` now: the labels a review may give, the only place that says so.
+
+    The manifest's classes, in manifest order; for an ``imagefolder`` dataset, sorted, the class folders its
+    sources give today and the classes the manifest adds (``classes`` beside ``imagefolder``): items set aside
+    because their source was removed (a folder renamed or deleted) do not count, and neither does a label that
+    only review events gave. ``review --decisions``, ``review --accept-suggestions``, the review app's keys
+    and its ``/api/decide`` all check a relabel against this list, and ``predict`` compares a model's classes
+    with it.
+    """
+    if ds.imagefolder is None:
+        return list(ds.labels)
+    from dsbuild.sources import SOURCE_REMOVED
+
+    return sorted(set(ds.labels) | set(cat.source_labels(ds.name, set_aside=SOURCE_REMOVED)))
+
+
+def former_classes(cat: Catalog, ds: Dataset, classes: list[str]) -> list[str]:
+    """Labels that were classes of ``ds`` and are not among ``classes`` (:func:`dataset_classes`) now: those of
+    items set aside because their source was removed (a class folder renamed or deleted, a class dropped from
+    the manifest), and any label an image still carries. Only for messages: a relabel to one is refused."""
+    from dsbuild.sources import SOURCE_REMOVED
+
+    rows = cat.con.execute("SELECT DISTINCT class_label FROM items WHERE dataset = ? AND reason = ?",
+                           [ds.name, SOURCE_REMOVED]).fetchall()
+    known = {r[0] for r in rows if r[0] is not None} | set(cat.dataset_labels(ds.name))
+    return sorted(known - set(classes))
+
+
 def training_frame(cat: Catalog, dataset: str, *, split=None, classes: tuple[str, ...] = (), min_per_class: int = 1):
     """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin.
 
@@ -565,13 +594,16 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         run_row = cat.run_row(run) if run is not None else None
         run_at = (run_row or {}).get("started_at")
         if given:
-            chosen = check_decisions(decisions, labels=ds.labels or cat.dataset_labels(name))
+            classes = dataset_classes(cat, ds)
+            unknown = any(getattr(d, "new_label", None) not in (None, *classes) for d in decisions)
+            chosen = check_decisions(decisions, labels=classes, former=former_classes(cat, ds, classes) if unknown else ())
             source = source or "review:api"
         elif decisions is not None:
             if not Path(decisions).is_file():
                 raise DsbuildError(f"decisions file {decisions} does not exist", exit_code=2)
-            chosen = parse_decisions(Path(decisions), images=images, labels=ds.labels, history=history,
-                                     last_run_at=run_at)
+            classes = dataset_classes(cat, ds)
+            chosen = parse_decisions(Path(decisions), images=images, labels=classes, history=history,
+                                     last_run_at=run_at, former=former_classes(cat, ds, classes))
             source = f"review:{Path(decisions).name}"
         else:
             last = cat.last_attempt(name, "mislabels")
@@ -595,7 +627,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             chosen = [d for d in chosen if status.get(d.image_id) in REVIEWABLE]
             # A class renamed, merged or removed since the run: its suggestions name a label `review --decisions`
             # refuses. Only those are skipped (see _class_change_note for why the others still stand).
-            labels = list(ds.labels or cat.dataset_labels(name))
+            labels = dataset_classes(cat, ds)
             dead = [d for d in chosen if d.new_label not in labels]
             chosen = [d for d in chosen if d.new_label in labels]
             unknown = ""
@@ -836,6 +868,7 @@ class Predictions:
     run_id: str
     kind: str
     frame: object  # pandas DataFrame, see predict_images
+    note: str | None = None  # a warning for people: the model knows other classes than the dataset has now
 
 
 def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int | None = None) -> Predictions:
@@ -870,9 +903,36 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int
         raise DsbuildError("no images to predict — give image files or folders with images", exit_code=2)
     out = predict(Path(run["model_path"]).parent, paths, verify=manifest.dataset(name).verify)
     out.insert(0, "run_id", run["run_id"])
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        classes = dataset_classes(cat, manifest.dataset(name))
+    note = model_classes_note(name, str(run["run_id"]), [c[len("prob_"):] for c in out.columns if c.startswith("prob_")],
+                              classes)
     if top is not None:
         out = _top_k(out, top)
-    return Predictions(run_id=str(run["run_id"]), kind=str(run["kind"]), frame=out)
+    return Predictions(run_id=str(run["run_id"]), kind=str(run["kind"]), frame=out, note=note)
+
+
+def saved_model_classes(model_path: "str | Path") -> list[str]:
+    """The classes a saved model answers with (``model.json`` beside ``model_path``), or [] when unreadable."""
+    try:
+        return [str(c) for c in json.loads((Path(model_path).parent / "model.json").read_text())["classes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def model_classes_note(name: str, run_id: str, model_classes: list[str], classes: list[str]) -> str | None:
+    """A warning when the model of run ``run_id`` was trained on other classes than dataset ``name`` has now
+    (``classes``: :func:`dataset_classes`), else None: its answers may name a class that is gone and never name a
+    new one (a class renamed, merged or removed since, in the manifest or as a class folder)."""
+    if not classes or not model_classes or set(model_classes) == set(classes):
+        return None
+    gone = [c for c in model_classes if c not in classes]
+    new = [c for c in classes if c not in model_classes]
+    change = "; ".join(part for part in (f"gone: {', '.join(gone)}" if gone else "",
+                                         f"new: {', '.join(new)}" if new else "") if part)
+    return (f"the model of run {run_id} was trained on the classes {', '.join(model_classes)}; the dataset's classes "
+            f"are {', '.join(classes)} now ({change}) — its answers may name a class the dataset no longer has and "
+            f"never name a new one: run `dsbuild train {name}` to train on the current classes")
 
 
 def _top_k(frame, k: int):

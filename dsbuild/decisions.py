@@ -128,7 +128,9 @@ class Decision:
     ``action`` is one of :data:`ACTIONS`; ``new_label`` is set for ``relabel``
     only; ``note`` is free text stored on the event. ``line`` is the CSV line
     the decision came from (``None`` for decisions made by a threshold); it is
-    used in error messages and ignored by equality.
+    used in error messages and ignored by equality. ``undoes`` (``undo`` only, optional): the
+    event_id of the decision this undo means to revert (a review app's own decision); the undo is
+    refused when another event came after it on the image.
     """
 
     image_id: str
@@ -136,12 +138,15 @@ class Decision:
     new_label: str | None = None
     note: str | None = None
     line: int | None = field(default=None, compare=False)
+    undoes: int | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}, not {self.action!r}")
         if (self.action == "relabel") != (self.new_label is not None):
             raise ValueError("new_label is required for relabel and only for relabel")
+        if self.undoes is not None and self.action != "undo":
+            raise ValueError("undoes is only for undo")
 
 
 # --------------------------------------------------------------------------- problems
@@ -304,7 +309,8 @@ class _ImageIndex:
         self.base_dirs = list(base_dirs)
         self.by_id: dict[str, dict[str, Any]] = {}
         self.by_path: dict[str, set[str]] = {}
-        for rec in images[["image_id", "path", "origin", "label", "status"]].to_dict("records"):
+        cols = ["image_id", "path", "origin", "label", "status", *(["reason"] if "reason" in images.columns else [])]
+        for rec in images[cols].to_dict("records"):
             iid = str(rec["image_id"])
             self.by_id[iid] = rec
             for value in (rec["path"], rec["origin"]):
@@ -335,12 +341,13 @@ def _resolved(p: Path) -> str:
 
 def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[str],
                     dataset: str | None = None, history: "pandas.DataFrame | None" = None,
-                    last_run_at: datetime | None = None) -> list[Decision]:
+                    last_run_at: datetime | None = None, former: Collection[str] = ()) -> list[Decision]:
     """Read and validate a decisions CSV against the catalog; all or nothing.
 
     ``images``: the dataset's rows of the ``images`` view with columns
     ``image_id``, ``path``, ``origin``, ``label`` (current), ``status`` (extra
-    columns are ignored). ``labels``: the dataset's class names. ``dataset``:
+    columns are ignored). ``labels``: the dataset's class names (``former``: names that were classes
+    and are none now, for the message that refuses them). ``dataset``:
     when given, a ``dataset`` column in the file (the mislabel report has one)
     must match it. ``history`` (the dataset's ``label_events``, as for
     :func:`plan_events`) and ``last_run_at`` (when the latest mislabel run
@@ -402,8 +409,7 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
                 problems.add(line, f"relabel needs a new_label — one of {label_list(label_set)}")
                 continue
             if new_label not in label_set:
-                problems.add(line, f"unknown label '{_short(new_label)}'{did_you_mean(new_label, label_set)} "
-                                   f"— labels of this dataset: {label_list(label_set)}")
+                problems.add(line, unknown_label(new_label, label_set, former))
                 continue
             if new_label == current and not done:
                 problems.add(line, f"image {image_id} already has label '{_short(current)}' — use keep to confirm it")
@@ -417,8 +423,7 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
                                    "— empty it or change the action to relabel")
                 continue
         if action != "undo" and status not in REVIEWABLE and not done:
-            problems.add(line, f"image {image_id} has status '{status}' — only ok or duplicate images can be "
-                               "relabelled, kept or removed (an image removed in review comes back with undo)")
+            problems.add(line, not_reviewable(image_id, status, _text(rec.get("reason"))))
             continue
         decision = Decision(image_id=image_id, action=action, new_label=new_label, note=note, line=line)
         earlier = chosen.get(image_id)
@@ -485,10 +490,19 @@ def _describe(d: Decision) -> str:
     return f"relabel → '{d.new_label}'" if d.action == "relabel" else d.action
 
 
-def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str]) -> list[Decision]:
+def unknown_label(label: str, labels: Sequence[str], former: Collection[str] = ()) -> str:
+    """Why a relabel to ``label`` is refused: not one of ``labels`` (the dataset's classes now); ``former``:
+    names that were classes once (a class folder renamed or removed), said as such."""
+    what = (f"label '{_short(label)}' is not a class of this dataset any more (renamed or removed)" if label in former
+            else f"unknown label '{_short(label)}'")
+    return f"{what}{did_you_mean(label, list(labels))} — labels of this dataset: {label_list(list(labels))}"
+
+
+def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str], former: Collection[str] = ()) -> list[Decision]:
     """``decisions`` (any iterable of :class:`Decision`, e.g. from a review app) as a list, checked like a file's rows.
 
-    Every item must be a :class:`Decision` and a relabel must name one of ``labels``;
+    Every item must be a :class:`Decision` and a relabel must name one of ``labels`` (``former``: as for
+    :func:`parse_decisions`);
     :func:`plan_events` checks the rest against the catalog (unknown image, status, no-op
     relabel, two decisions for one image). Raises one DsbuildError listing every problem.
     """
@@ -501,8 +515,7 @@ def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str]) -> 
             problems.add(None, f"decision {k} is a {type(d).__name__}, not a dsbuild.decisions.Decision")
             continue
         if d.action == "relabel" and d.new_label not in label_set:
-            problems.add(None, f"decision {k} (image {d.image_id}): unknown label '{_short(str(d.new_label))}'"
-                               f"{did_you_mean(str(d.new_label), label_set)} — labels of this dataset: {label_list(label_set)}")
+            problems.add(None, f"decision {k} (image {d.image_id}): {unknown_label(str(d.new_label), label_set, former)}")
             continue
         out.append(d)
     n = len(decisions)
@@ -608,7 +621,8 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
     need = {"image_id", "label", "status"}
     if need - set(current.columns):
         raise ValueError(f"current needs columns {sorted(need)}; missing {sorted(need - set(current.columns))}")
-    state = {str(r["image_id"]): r for r in current[["image_id", "label", "status"]].to_dict("records")}
+    cols = ["image_id", "label", "status", *(["reason"] if "reason" in current.columns else [])]
+    state = {str(r["image_id"]): r for r in current[cols].to_dict("records")}
     stacks = _undo_stacks(history)
     problems = _Problems()
     events: list[dict] = []
@@ -634,6 +648,9 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
                 problems.add(where, f"nothing to undo for image {d.image_id} — it has no review decision left")
                 continue
             undone = stack[-1]
+            if d.undoes is not None and undone.get("event_id") != d.undoes:
+                problems.add(where, _changed_since(d.image_id, d.undoes, history))
+                continue
             below = stack[-2] if len(stack) > 1 else None
             event["new_label"] = undone["old_label"] if undone["old_label"] is not None else label
             event["new_status"] = below["new_status"] if below is not None else None
@@ -641,8 +658,7 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
                 else f"undo of {_describe_event(undone)}"
             event["note"] = f"{what}; {d.note}" if d.note else what
         elif status not in REVIEWABLE:
-            problems.add(where, f"image {d.image_id} has status '{status}' — only ok or duplicate images can be "
-                                "relabelled, kept or removed (an image removed in review comes back with undo)")
+            problems.add(where, not_reviewable(d.image_id, status, _text(rec.get("reason"))))
             continue
         elif d.action == "relabel":
             if d.new_label == label:
@@ -821,6 +837,34 @@ def _already_applied(action: str, new_label: str | None, label: str | None, stat
         made = top.get("changed_at")
         return last_run_at is None or (made is not None and made >= last_run_at)
     return False
+
+
+def not_reviewable(image_id: str, status: str | None, reason: str | None) -> str:
+    """Why image ``image_id`` (``status``, ``reason``) cannot be relabelled, kept or removed; undo says how
+    only where it helps (an image removed in review)."""
+    why = f" ({reason})" if reason else ""
+    back = "; undo brings it back" if reason == REMOVED_REASON else ""
+    return f"image {image_id} has status '{status}'{why} — only ok or duplicate images can be relabelled, kept or removed{back}"
+
+
+def _changed_since(image_id: str, undoes: int, history: "pandas.DataFrame | None") -> str:
+    """Why an undo of event ``undoes`` is refused: the image's latest event is another one (who made it, when)."""
+    latest = None
+    if history is not None and len(history) and "event_id" in history.columns:
+        mine = history[history["image_id"].astype(str) == image_id].sort_values("event_id", kind="stable")
+        if len(mine):
+            latest = mine.iloc[-1].to_dict()
+    if latest is None:
+        return f"nothing to undo for image {image_id} — it has no review decision left"
+    what = str(latest["action"])
+    if what == "relabel":
+        what = f"relabel {latest['old_label']} → {latest['new_label']}"
+    source = _text(latest.get("source"))
+    at = latest.get("changed_at")
+    when = f" at {at:%Y-%m-%d %H:%M:%S} UTC" if isinstance(at, datetime) else ""
+    by = f" by {source}" if source else ""
+    return (f"image {image_id} changed since event {undoes}, the decision to undo: event {int(latest['event_id'])} "
+            f"({what}{by}{when}) came after it — nothing was undone; look at the image again and decide anew")
 
 
 def _describe_event(ev: dict) -> str:

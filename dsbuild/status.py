@@ -107,8 +107,10 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
         from dsbuild.verify.settings import QUALITY_FLAGS
 
         listed = ", ".join(f"{f} {flags[f]}" for f in QUALITY_FLAGS if f in flags)
-        notes.append(f"{name}: quality flags on accepted images: {listed} — `dsbuild query @quality`; "
-                     f"to reject them set datasets.{name}.quality.reject")
+        example = ", ".join(f'"{f}"' for f in QUALITY_FLAGS if f in flags)
+        notes.append(f"{name}: quality flags on accepted images: {listed} — `dsbuild query @quality`; to reject "
+                     f"images so flagged, add reject = [{example}] (the flags you want out) under "
+                     f"[datasets.{name}.quality] in the manifest and run `dsbuild build {name}`")
     names = [("ok, split pending" if s == "-" else f"{s} ok") if st == "ok" else st for s, st in columns]
     return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups,
                          quality=flags, notes=notes)

@@ -206,6 +206,50 @@ def test_review_then_retrain_then_predict(project, trained, tmp_path: Path, caps
     assert all(0 < float(p["probability"]) <= 1 for p in preds)
 
 
+def test_predict_warns_once_when_the_model_knows_other_classes_than_the_dataset(trained, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Trial 3, finding 10: after a class rename `predict` (and the app's Predict page) answered with the model's old
+    class and said nothing. A copy of the trained project whose manifest renames 'seven' to 'sept' (the catalog
+    and the model are the trained ones)."""
+    import html
+    import re
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    import dsbuild
+    from dsbuild.ui.app import UiConfig, create_app
+
+    photo = str(next((trained.parent / "data" / "zero").glob("*.png")))
+    code, out, err = run_cli(capsys, trained, "predict", "digits", photo)
+    assert code == 0 and "Warning" not in err, err  # the same classes: no warning
+    root = tmp_path / "p"
+    shutil.copytree(trained.parent, root, symlinks=True)
+    manifest = root / "datasets.toml"
+    text = manifest.read_text()
+    assert 'seven = { folders = "data/seven" }' in text
+    manifest.write_text(text.replace('seven = { folders = "data/seven" }', 'sept = { folders = "data/seven" }'))
+    run_id, kind = sql(manifest, "select run_id, kind from runs where kind in ('train', 'retrain') and status = 'ok' "
+                                 "order by started_at desc limit 1")[0]  # an earlier test of the module may retrain
+    expected = (f"the model of run {run_id} was trained on the classes one, seven, zero; the dataset's classes are "
+                "zero, one, sept now (gone: seven; new: sept) — its answers may name a class the dataset no longer has "
+                "and never name a new one: run `dsbuild train digits` to train on the current classes")
+    code, out, err = run_cli(capsys, manifest, "predict", "digits", str(root / "data" / "zero"), "--top", "2")
+    assert code == 0, err
+    assert err.count("Warning: ") == 1, err  # once, not per image
+    assert " ".join(err.split()) == f"model of run {run_id} ({kind}) Warning: {expected}", err
+    app = create_app(UiConfig(manifest=dsbuild.load_manifest(manifest), dataset="digits", host="127.0.0.1", port=8767,
+                              token="t" * 43))
+    try:
+        client = TestClient(app, base_url="http://127.0.0.1:8767")
+        page = client.get("/predict?token=" + "t" * 43)
+        assert page.status_code == 200
+        note = re.search(r'<p class="warning" id="model-note">(.*?)</p>', page.text, re.S)
+        assert note and html.unescape(note.group(1)) == f"Warning: {expected}", page.text
+    finally:
+        app.held.close()
+
+
 def test_model_commands_before_a_build_say_what_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = tmp_path / "datasets.toml"
     manifest.write_text(MANIFEST.format())

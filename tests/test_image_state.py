@@ -21,11 +21,11 @@ from dsbuild.errors import DsbuildError
 
 from ui_data import make_project  # a built digits project with a mislabel run
 
-COLUMNS = ["image_id", "label", "status", "last_review", "reviewed", "decided"]
+COLUMNS = ["image_id", "label", "status", "reason", "last_review", "reviewed", "decided"]
 
 
 def view_states(cat: Catalog, ids: list[str]):
-    return cat.df("SELECT image_id, label, status, last_review, reviewed, "
+    return cat.df("SELECT image_id, label, status, reason, last_review, reviewed, "
                   "coalesce(last_review IN ('relabel', 'remove', 'keep'), false) AS decided "
                   "FROM images WHERE dataset = 'digits' AND image_id IN (SELECT unnest(?)) ORDER BY image_id", [ids])
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import duckdb
@@ -72,6 +74,13 @@ def test_flags_are_reported_not_rejected_by_default(tmp_path: Path, capsys: pyte
     assert main(["-m", str(manifest), "status", "q"]) == 0
     out = capsys.readouterr().out
     assert "quality flags on accepted images:" in out and "dark 1" in out and "odd_size 1" in out
+    # Trial 3, section 11: the line ended "to reject them set datasets.q.quality.reject" (no value, no example).
+    note = " ".join(out[out.index("q: quality flags on accepted images:"):].split())
+    flags = re.search(r"quality flags on accepted images: (.*?) — ", note).group(1)
+    named = ", ".join(f'"{f.rsplit(" ", 1)[0]}"' for f in flags.split(", "))
+    assert note.startswith(f"q: quality flags on accepted images: {flags} — `dsbuild query @quality`; to reject images "
+                           f"so flagged, add reject = [{named}] (the flags you want out) under [datasets.q.quality] in "
+                           "the manifest and run `dsbuild build q`"), note
     assert main(["-m", str(manifest), "query", "@quality", "--format", "csv"]) == 0
     listed = capsys.readouterr().out
     for name in planted:

@@ -45,14 +45,14 @@ def images(photos: Path) -> pd.DataFrame:
     """Catalog rows (images view) of one dataset; the rocket's bytes are two images under two labels."""
     s = photos / "store"
     return pd.DataFrame([
-        (ASTRO, str(s / "astro.jpg"), str(photos / "src/person/astronaut.jpg"), "person", "ok"),
-        (COFFEE, str(s / "coffee.jpg"), "https://example.org/coffee.jpg", "cup", "ok"),
-        (CAT, str(s / "cat.jpg"), str(photos / "src/cat/chelsea.png"), "cat", "duplicate"),
-        (ROCKET1, str(s / "rocket.jpg"), "https://a.example/rocket.jpg", "rocket", "ok"),
-        (ROCKET2, str(s / "rocket.jpg"), "https://b.example/rocket.jpg", "person", "ok"),
-        (FAILED, None, "https://c.example/broken.jpg", "cat", "failed"),
-        (REMOVED, str(s / "camera.jpg"), "https://d.example/camera.jpg", "cup", "rejected"),
-    ], columns=["image_id", "path", "origin", "label", "status"])
+        (ASTRO, str(s / "astro.jpg"), str(photos / "src/person/astronaut.jpg"), "person", "ok", None),
+        (COFFEE, str(s / "coffee.jpg"), "https://example.org/coffee.jpg", "cup", "ok", None),
+        (CAT, str(s / "cat.jpg"), str(photos / "src/cat/chelsea.png"), "cat", "duplicate", None),
+        (ROCKET1, str(s / "rocket.jpg"), "https://a.example/rocket.jpg", "rocket", "ok", None),
+        (ROCKET2, str(s / "rocket.jpg"), "https://b.example/rocket.jpg", "person", "ok", None),
+        (FAILED, None, "https://c.example/broken.jpg", "cat", "failed", "http 404"),
+        (REMOVED, str(s / "camera.jpg"), "https://d.example/camera.jpg", "cup", "rejected", "removed in review"),
+    ], columns=["image_id", "path", "origin", "label", "status", "reason"])
 
 
 def write(folder: Path, content: str | bytes, name: str = "decisions.csv") -> Path:
@@ -143,10 +143,10 @@ BAD_FILES = [
         Path("{p}"), f"line 2: image_id '{ASTRO}' and path '{{root}}/store/coffee.jpg' name different images — fix one of them")),
     ("not-reviewable", H + f"{FAILED},keep,,\n{REMOVED},relabel,cat,\n", problems(
         Path("{p}"),
-        f"line 2: image {FAILED} has status 'failed' — only ok or duplicate images can be relabelled, kept or removed "
-        "(an image removed in review comes back with undo)",
-        f"line 3: image {REMOVED} has status 'rejected' — only ok or duplicate images can be relabelled, kept or removed "
-        "(an image removed in review comes back with undo)")),
+        f"line 2: image {FAILED} has status 'failed' (http 404) — only ok or duplicate images can be relabelled, kept "
+        "or removed",
+        f"line 3: image {REMOVED} has status 'rejected' (removed in review) — only ok or duplicate images can be "
+        "relabelled, kept or removed; undo brings it back")),
     ("ragged", H + f"{ASTRO},relabel,cat,a note, with a comma\n", problems(
         Path("{p}"), "line 2: 5 fields but the header has 4 (a value with the separator in it must be quoted)")),
     ("multiline-note-then-error", H + f'{ASTRO},relabel,cat,"first line\nsecond line"\n{COFFEE},relabel,kat,\n', problems(
@@ -432,8 +432,7 @@ def test_plan_events_is_all_or_nothing(images):
         "the review has 4 problems; nothing was applied — fix them and run again:",
         f"  line 3: nothing to undo for image {COFFEE} — it has no review decision left",
         "  line 4: unknown image nope",
-        f"  line 5: image {FAILED} has status 'failed' — only ok or duplicate images can be relabelled, kept or removed "
-        "(an image removed in review comes back with undo)",
+        f"  line 5: image {FAILED} has status 'failed' — only ok or duplicate images can be relabelled, kept or removed",
         f"  line 6: image {CAT} already has label 'cat' — use keep to confirm it",
     ])
     assert ledger.events == []

@@ -250,7 +250,8 @@ def test_accept_suggestions_skips_suggestions_to_a_class_renamed_since_the_run(b
     assert sql(project, "SELECT count(*) FROM images WHERE dataset = 'digits' AND status = 'ok' AND label = 'seven'") == [(0,)]
     for image_id, suggested in others:
         assert state(project, image_id) == (suggested, "ok")
-    # `review --decisions` refuses the same label in the same words.
+    # `review --decisions` refuses the same label, and says it was a class (the images set aside carry it).
     path = decisions_file(tmp_path, f"{next(iter(to_seven))},relabel,seven,")
     code, out, err = review(project, capsys, "--decisions", str(path))
-    assert code == 2 and "unknown label 'seven' — labels of this dataset: zero, one, sept" in err, err
+    assert code == 2 and ("line 2: label 'seven' is not a class of this dataset any more (renamed or removed) — labels "
+                          "of this dataset: zero, one, sept") in err, err

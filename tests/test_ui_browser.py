@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,6 +187,51 @@ def test_browse_filters_by_a_where_clause(server, driver) -> None:
     assert captions == {"seven"}
     groups = {el.text for el in driver.find_elements(By.CSS_SELECTOR, "#browse-grid .group")}
     assert groups == {"seven · train · ok"}
+
+
+def latest_event(manifest: Path, image_id: str) -> tuple:
+    with Catalog.open_readonly(manifest.parent / "catalog" / "dsbuild.duckdb") as cat:
+        return cat.con.execute("select event_id, action, source from label_history where image_id = ? "
+                               "order by event_id desc limit 1", [image_id]).fetchone()
+
+
+def test_undo_takes_back_the_apps_own_decision_never_a_colleagues(project: Path, server, driver, tmp_path: Path) -> None:
+    """Trial 3, finding 4: u undid whatever decision came last on the image, a colleague's CLI remove included; and a
+    keep pressed twice went on the undo stack twice (the second changed nothing)."""
+    open_queue(driver, server, "decided=no")
+    a = focused(driver).get_attribute("data-id")
+    press(driver, "k")
+    wait_for(lambda: settled(driver, a), what="the keep of A")
+    card(driver, a).click()  # back to A: the same keep again changes nothing (applied 0) and is not undoable
+    press(driver, "k")
+    wait_for(lambda: settled(driver, a), what="the second keep of A")
+    b = focused(driver).get_attribute("data-id")
+    assert b != a
+    press(driver, "k")
+    wait_for(lambda: settled(driver, b), what="the keep of B")
+    before = ui_events(project)
+    label_a = card(driver, a).get_attribute("data-label")
+    assert before[-2:] == [(a, "keep", label_a, label_a, None), (b, "keep", before[-1][2], before[-1][2], None)]
+    # a colleague removes B from the command line while the page is open
+    csv = tmp_path / "d.csv"
+    csv.write_text(f"image_id,action,new_label,note\n{b},remove,,not a digit\n")
+    done = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(project), "review", "digits", "--decisions", str(csv)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    theirs = latest_event(project, b)
+    assert theirs[1:] == ("remove", "review:d.csv")
+    # u takes back the app's keep of B: refused, the colleague's remove stands
+    press(driver, "u")
+    toast = driver.find_element(By.ID, "toast")
+    wait_for(lambda: toast.is_displayed() and toast.text.startswith("not applied: "), what="the refused undo")
+    assert f"image {b} changed since event " in toast.text and f"event {theirs[0]} (remove by review:d.csv at " in toast.text
+    assert latest_event(project, b) == theirs and ui_events(project) == before
+    # the next u takes back the keep of A (once: its second keep changed nothing)
+    press(driver, "u")
+    wait_for(lambda: settled(driver, a, decided=False), what="the undo of A's keep")
+    assert ui_events(project) == before + [(a, "undo", label_a, label_a, None)]
+    press(driver, "u")
+    wait_for(lambda: toast.is_displayed() and toast.text == "nothing to undo in this session", what="an empty undo stack")
 
 
 def test_kill_9_right_after_a_decision_loses_nothing(project: Path, driver) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -200,6 +202,64 @@ def test_decisions_are_review_label_events_with_source_ui_and_undo(client: TestC
     new = events(manifest)[n:]
     assert [(e[0], e[1], e[2], e[4], e[5]) for e in new] == [
         (a, "ui", "relabel", "seven", None), (b, "ui", "remove", new[1][3], "rejected"), (b, "ui", "undo", new[1][3], None)]
+
+
+def colleague_review(manifest: Path, folder: Path, row: str) -> None:
+    """A colleague's `dsbuild review --decisions d.csv` in another process, while the app runs."""
+    csv = folder / "d.csv"
+    csv.write_text("image_id,action,new_label,note\n" + row + "\n")
+    done = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(manifest), "review", "digits", "--decisions", str(csv)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def latest_event(manifest: Path, image_id: str) -> tuple:
+    with Catalog.open_readonly(manifest.parent / "catalog" / "dsbuild.duckdb") as cat:
+        return cat.con.execute("select event_id, action, source, changed_at from label_history where image_id = ? "
+                               "order by event_id desc limit 1", [image_id]).fetchone()
+
+
+def test_undo_names_the_apps_decision_and_never_reverts_a_colleagues_since(client: TestClient, project, tmp_path) -> None:
+    """Trial 3, finding 4: the app's undo reverted whatever decision came last on the image, a colleague's CLI remove
+    included; and a decision that changed nothing (a second keep, a second remove) answered applied 1."""
+    manifest, _ = project
+    decided = {e[0] for e in events(manifest)}
+    x, y = [i for i in queue_ids(client)[6:] if i not in decided][:2]
+    r = client.post("/api/decide", json={"decisions": [{"image_id": x, "action": "keep"}]}, headers=CSRF)
+    assert r.status_code == 200 and r.json()["applied"] == 1
+    mine = r.json()["states"][0]["event_id"]
+    assert latest_event(manifest, x)[:3] == (mine, "keep", "ui")
+    n = len(events(manifest))
+    # the same keep again changes nothing: applied 0, no event, no event id (the page keeps it off its undo stack)
+    r = client.post("/api/decide", json={"decisions": [{"image_id": x, "action": "keep"}]}, headers=CSRF)
+    assert r.status_code == 200 and (r.json()["applied"], r.json()["already_applied"]) == (0, 1)
+    assert r.json()["states"][0]["event_id"] is None and r.json()["states"][0]["state"].startswith("kept as ")
+    for _ in range(2):  # a second remove too
+        r = client.post("/api/decide", json={"decisions": [{"image_id": y, "action": "remove"}]}, headers=CSRF)
+    assert r.status_code == 200 and r.json()["applied"] == 0 and r.json()["states"][0]["event_id"] is None
+    assert len(events(manifest)) == n + 1
+    # a colleague removes x from the command line; the app's undo of its keep is refused, naming their decision
+    colleague_review(manifest, tmp_path, f"{x},remove,,not a digit")
+    theirs, action, source, at = latest_event(manifest, x)
+    assert (action, source) == ("remove", "review:d.csv")
+    undo = {"decisions": [{"image_id": x, "action": "undo", "event_id": mine}]}
+    r = client.post("/api/decide", json=undo, headers=CSRF)
+    assert r.status_code == 409
+    assert r.json()["error"] == (
+        "the review has 1 problem; nothing was applied — fix it and run again:\n"
+        f"  image {x} changed since event {mine}, the decision to undo: event {theirs} (remove by review:d.csv at "
+        f"{at:%Y-%m-%d %H:%M:%S} UTC) came after it — nothing was undone; look at the image again and decide anew")
+    assert latest_event(manifest, x)[0] == theirs
+    # once the colleague undoes their remove, the app's keep is on top again and its undo applies
+    colleague_review(manifest, tmp_path, f"{x},undo,,")
+    r = client.post("/api/decide", json=undo, headers=CSRF)
+    assert r.status_code == 200 and r.json()["applied"] == 1 and not r.json()["states"][0]["decided"]
+    assert latest_event(manifest, x)[1:3] == ("undo", "ui")
+    # event_id belongs to an undo only, and is a whole number
+    for bad in ({"image_id": x, "action": "keep", "event_id": mine}, {"image_id": x, "action": "undo", "event_id": "7"}):
+        r = client.post("/api/decide", json={"decisions": [bad]}, headers=CSRF)
+        assert r.status_code == 400 and r.json()["error"] == (
+            "decision 1: event_id (the decision an undo reverts) must be a whole number, with undo only")
 
 
 @pytest.mark.parametrize("body, status", [

@@ -129,6 +129,13 @@ def image_states(cat: "Catalog", dataset: str, image_ids: list[str]) -> "pandas.
     return cat.current_states(dataset, image_ids)[["image_id", "label", "status", "last_review", "decided"]]
 
 
+def latest_event_ids(cat: "Catalog", dataset: str, image_ids: list[str]) -> dict[str, int]:
+    """image_id → the event_id of its latest label event (any action), for those of ``image_ids`` that have one."""
+    rows = cat.con.execute("SELECT image_id, max(event_id) FROM label_events WHERE dataset = ? "
+                           "AND image_id IN (SELECT unnest(?)) GROUP BY image_id", [dataset, list(image_ids)]).fetchall()
+    return {str(i): int(e) for i, e in rows}
+
+
 def label_events_of(cat: "Catalog", dataset: str, *, source: str | None = None) -> "pandas.DataFrame":
     """The ``label_history`` rows of ``dataset`` (all, or those of ``source``), oldest first."""
     sql = "SELECT * FROM label_history WHERE dataset = ?"

@@ -742,20 +742,20 @@ class Catalog:
                        "ORDER BY image_id", [dataset, list(image_ids)])
 
     def review_candidates(self, dataset: str):
-        """Every image of ``dataset`` a decisions file may name: image_id, path, origin, label, status."""
-        return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [dataset])
+        """Every image of ``dataset`` a decisions file may name: image_id, path, origin, label, status, reason."""
+        return self.df("SELECT image_id, path, origin, label, status, reason FROM images WHERE dataset = ?", [dataset])
 
     def current_states(self, dataset: str, image_ids: list[str]):
         """The current state of ``image_ids`` (those in ``dataset``), by image_id: image_id, label, status,
-        last_review, reviewed, decided — the ``images`` view's columns, computed from the images' item rows
+        reason, last_review, reviewed, decided — the ``images`` view's columns, computed from the images' item rows
         and label events by :func:`~dsbuild.catalog.image_state.image_state` (≈2 ms where the view takes
         ≈12 ms on a 10,000-image catalog: a review app reads this on every key press)."""
         import pandas as pd
 
-        from dsbuild.catalog.image_state import image_state
+        from dsbuild.catalog.image_state import REVIEWABLE_BUILD_STATUS, image_state
 
         ids = list(image_ids)
-        items = self.con.execute("SELECT image_id, class_label, status FROM items WHERE dataset = ? "
+        items = self.con.execute("SELECT image_id, class_label, status, reason FROM items WHERE dataset = ? "
                                  "AND image_id IN (SELECT unnest(?)) ORDER BY image_id", [dataset, ids]).fetchall()
         events: dict[str, list[dict]] = {}
         for image_id, event_id, action, new_label, new_status in self.con.execute(
@@ -764,11 +764,13 @@ class Catalog:
             events.setdefault(image_id, []).append(
                 {"event_id": event_id, "action": action, "new_label": new_label, "new_status": new_status})
         rows = []
-        for image_id, class_label, status in items:
+        for image_id, class_label, status, reason in items:
             st = image_state(class_label, status, events.get(image_id, []))
-            rows.append({"image_id": image_id, "label": st.label, "status": st.status, "last_review": st.last_review,
+            removed = st.status == "rejected" and status in REVIEWABLE_BUILD_STATUS  # the images view's rule
+            rows.append({"image_id": image_id, "label": st.label, "status": st.status,
+                         "reason": "removed in review" if removed else reason, "last_review": st.last_review,
                          "reviewed": st.reviewed, "decided": st.decided})
-        return pd.DataFrame(rows, columns=["image_id", "label", "status", "last_review", "reviewed", "decided"])
+        return pd.DataFrame(rows, columns=["image_id", "label", "status", "reason", "last_review", "reviewed", "decided"])
 
     def latest_label_quality(self, dataset: str, image_ids: list[str]) -> dict[str, float]:
         """``label_quality`` of ``image_ids`` among the latest ok mislabel run's flags (as ``latest_issues`` has them,

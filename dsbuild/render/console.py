@@ -205,7 +205,7 @@ def print_status(status) -> None:
                 rej.add_row(st, reason or "", str(n))
             console.print(rej)
         for line in ds.notes:
-            console.print(line)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)  # "[datasets.x.quality]" is no markup
 
 
 def print_live_build(live: dict) -> None:

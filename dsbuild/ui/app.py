@@ -27,13 +27,16 @@ no path ever comes from a request):
 ``/thumb/{image_id}``       GET     a ≤160 px JPEG thumbnail (made once, cached beside the store)
 ``/image/{image_id}``       GET     a ≤640 px JPEG of the image (the focus view)
 ``/static/{name}``          GET     app.js, app.css (a fixed table, not a folder)
-``/api/decide``             POST    JSON ``{"decisions": [{"image_id", "action", "new_label"?}]}``
+``/api/decide``             POST    JSON ``{"decisions": [{"image_id", "action", "new_label"?, "event_id"?}]}``
 ``/api/predict``            POST    the raw bytes of one image (``X-File-Name`` header for display)
 ==========================  ======  ==================================================
 
-``/api/decide`` answers 200 with the images' new states, 400 for a malformed body,
-409 with the reason when the review refuses a decision (nothing applied), 503 with
-``"busy": true`` while another process writes the catalog (the page retries).
+``/api/decide`` answers 200 with ``applied`` (events written: a decision that already stands,
+such as a second keep, writes none), ``already_applied`` and the images' new states (each with
+``event_id``: the event written for it, or null), 400 for a malformed body, 409 with the reason
+when the review refuses a decision (nothing applied), 503 with ``"busy": true`` while another
+process writes the catalog (the page retries). An undo names the event it reverts (``event_id``,
+as the page's undo does); it is refused (409) when another decision came after that one.
 ``/api/predict`` answers 413 over the size limit, 415 when verification refuses the
 file (the same sniffing, allow-list and limits as ``build``), 409 without a model.
 """
@@ -134,14 +137,16 @@ def safe_link(url: Any) -> str | None:
 
 @dataclass
 class _State:
-    """The app's mutable parts: the catalog lock, the static files, the labels and keys of the dataset."""
+    """The app's mutable parts: the catalog lock, the model lock, the static files, the templates.
+
+    The dataset's classes (the relabel keys) are read per page from the catalog
+    (:func:`dsbuild.cycle.dataset_classes`): an ``imagefolder`` dataset's classes are its folders,
+    which a build may change while the app runs."""
 
     config: UiConfig
     held: Any = None  # the HeldCatalog: decisions' read-write connection and the app's catalog lock
     model: threading.Lock = field(default_factory=threading.Lock)
     static: dict[str, bytes] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)
-    keys: dict[str, str] = field(default_factory=dict)
     env: Any = None
 
 
@@ -153,12 +158,10 @@ def create_app(config: UiConfig):
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    ds = config.manifest.dataset(config.dataset)
+    config.manifest.dataset(config.dataset)  # a DsbuildError naming the known datasets
     state = _State(config=config)
     state.held = HeldCatalog(config.manifest.catalog, idle_s=config.catalog_idle_s)
     state.static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
-    state.labels = list(ds.labels)
-    state.keys = class_keys(state.labels)
     state.env = _environment()
     h = _Handlers(state)
     routes = [
@@ -227,15 +230,18 @@ class _Handlers:
         filters = {"kind": q.get("kind") or None, "label": q.get("label") or None, "split": q.get("split") or None}
 
         def read(cat):
+            from dsbuild.cycle import dataset_classes
+
+            classes = dataset_classes(cat, self.c.manifest.dataset(self.c.dataset))
             run_id = cat.latest_mislabel_run(self.c.dataset)
             df, total = queue_page(cat, self.c.dataset, run_id, **filters, decided=decided, offset=(page - 1) * n, limit=n)
             counts = queue_kind_counts(cat, self.c.dataset, run_id)
             groups = sorted({g for g in df["dup_group"].dropna()}) if len(df) else []
             sib = dup_siblings(cat, self.c.dataset, groups)
-            return run_id, df, total, counts, sib
+            return classes, run_id, df, total, counts, sib
 
         try:
-            run_id, df, total, counts, sib = self._read(read)
+            classes, run_id, df, total, counts, sib = self._read(read)
         except DsbuildError as exc:
             return self._error_page(exc)
         siblings: dict[str, list[dict]] = {}
@@ -251,7 +257,7 @@ class _Handlers:
         pages = max(1, math.ceil(total / n))
         here = {**filters, "decided": q.get("decided") or None, "n": n if n != self.c.page_size else None}
         return self._page("queue.html.j2", title="review queue", cards=cards, total=total, page=page, pages=pages,
-                          run_id=run_id, counts=counts, kinds=QUEUE_KINDS, labels=self.s.labels, keys=self.s.keys,
+                          run_id=run_id, counts=counts, kinds=QUEUE_KINDS, labels=classes, keys=class_keys(classes),
                           filters=filters, decided=q.get("decided", ""), here=here, splits=("train", "valid", "test"))
 
     def browse(self, request):
@@ -319,12 +325,19 @@ class _Handlers:
 
     def predict_page(self, request):
         from dsbuild.catalog.app_queries import latest_model_run
+        from dsbuild.cycle import dataset_classes, model_classes_note, saved_model_classes
+
+        def read(cat):
+            return latest_model_run(cat, self.c.dataset), dataset_classes(cat, self.c.manifest.dataset(self.c.dataset))
 
         try:
-            model = self._read(lambda cat: latest_model_run(cat, self.c.dataset))
+            model, classes = self._read(read)
         except DsbuildError as exc:
             return self._error_page(exc)
-        return self._page("predict.html.j2", title="predict", model=model, limit=self._upload_limit())
+        # A model trained before a class was renamed, merged or removed answers with the old classes: say so once.
+        note = (model_classes_note(self.c.dataset, model["run_id"], saved_model_classes(model["model_path"]), classes)
+                if model else None)
+        return self._page("predict.html.j2", title="predict", model=model, note=note, limit=self._upload_limit())
 
     # -- images ----------------------------------------------------------------------------
 
@@ -380,30 +393,39 @@ class _Handlers:
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         try:
-            states = await run_in_threadpool(self._apply, decisions)
+            applied, states = await run_in_threadpool(self._apply, decisions)
         except CatalogBusy as exc:
             return JSONResponse({"error": str(exc), "busy": True}, status_code=503)
         except DsbuildError as exc:
             return JSONResponse({"error": str(exc)}, status_code=409)
-        return JSONResponse({"applied": len(decisions), "states": states})
+        return JSONResponse({"applied": applied, "already_applied": len(decisions) - applied, "states": states})
 
-    def _apply(self, decisions) -> list[dict]:
-        from dsbuild.catalog.app_queries import image_states
+    def _apply(self, decisions) -> tuple[int, list[dict]]:
+        """Apply ``decisions``: (events written, the images' new states). A state's ``event_id`` is the event this
+        request wrote for the image (what the page's undo names), None when its decision changed nothing."""
+        from dsbuild.catalog.app_queries import image_states, latest_event_ids
         from dsbuild.cycle import review_dataset
 
         ids = [d.image_id for d in decisions]
         read: list = []
-        with self.s.held.writing() as cat:
-            review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui", catalog=cat,
-                           on_commit=lambda cat: read.append(image_states(cat, self.c.dataset, ids)))
-        df = read[0]
+
+        def after(cat) -> None:
+            read.append((image_states(cat, self.c.dataset, ids), latest_event_ids(cat, self.c.dataset, ids)))
+
+        with self.s.held.writing() as cat:  # the app's write lock: no other event comes between the two reads
+            before = latest_event_ids(cat, self.c.dataset, ids)
+            summary = review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui", catalog=cat,
+                                     on_commit=after)
+        df, latest = read[0]
         out = []
         for rec in df.to_dict("records"):
-            out.append({"image_id": rec["image_id"], "label": rec["label"], "status": rec["status"],
+            iid = rec["image_id"]
+            new = latest.get(iid) if latest.get(iid) != before.get(iid) else None
+            out.append({"image_id": iid, "label": rec["label"], "status": rec["status"],
                         "last_review": None if _missing(rec["last_review"]) else rec["last_review"],
-                        "decided": bool(rec["decided"]),
+                        "decided": bool(rec["decided"]), "event_id": new,
                         "state": _state_text(rec["last_review"], rec["label"], rec["status"])})
-        return out
+        return summary.applied, out
 
     # -- predict -----------------------------------------------------------------------------
 
@@ -498,13 +520,17 @@ def _parse_decisions(body: bytes) -> list:
         if not isinstance(item, dict):
             raise ValueError(f"decision {k} is not an object")
         image_id, action, new_label = item.get("image_id"), item.get("action"), item.get("new_label")
+        undoes = item.get("event_id")
         if not isinstance(image_id, str) or not IMAGE_ID.fullmatch(image_id):
             raise ValueError(f"decision {k}: bad image_id")
         if action not in ACTIONS:
             raise ValueError(f"decision {k}: action must be one of {', '.join(ACTIONS)}")
         if action == "relabel" and (not isinstance(new_label, str) or not new_label):
             raise ValueError(f"decision {k}: relabel needs a new_label")
-        out.append(Decision(image_id=image_id, action=action, new_label=new_label if action == "relabel" else None))
+        if undoes is not None and (action != "undo" or isinstance(undoes, bool) or not isinstance(undoes, int)):
+            raise ValueError(f"decision {k}: event_id (the decision an undo reverts) must be a whole number, with undo only")
+        out.append(Decision(image_id=image_id, action=action, new_label=new_label if action == "relabel" else None,
+                            undoes=undoes))
     return out
 
 
@@ -517,7 +543,8 @@ def _state_text(last_review: Any, label: Any, status: Any) -> str:
     if last_review == "remove":
         return "removed"
     if last_review == "keep":
-        return f"kept as {label}"
+        kept = f"kept as {label}"
+        return kept if status in ("ok", "duplicate") else f"{kept} (status {status})"
     return str(last_review)
 
 

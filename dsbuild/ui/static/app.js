@@ -45,8 +45,11 @@
     const help = document.getElementById("help");
     const mode = document.getElementById("mode");
     const selected = new Set();
-    const undoStack = []; // groups of image ids decided together, newest last
-    const outbox = []; // decisions not yet committed, oldest first: {decisions, group}
+    // Groups of decisions made together, newest last: {ids, events} where events maps an image id to the event
+    // the app got back for it (filled when the answer comes; a decision that changed nothing has none and is
+    // dropped). An undo names those events, so it never reverts a decision someone else made since.
+    const undoStack = [];
+    const outbox = []; // requests not yet answered, oldest first: {decisions, group} or {undoOf}
     let sending = false;
     let grid = false;
     let anchor = -1;
@@ -111,7 +114,7 @@
         toast(action === "accept" ? "no suggestion to accept for this image" : "nothing to change");
         return;
       }
-      const group = list.map((d) => d.image_id);
+      const group = { ids: list.map((d) => d.image_id), events: null };
       undoStack.push(group);
       send(list, group);
       if (grid && selected.size) clearSelection();
@@ -121,17 +124,36 @@
     function undo() {
       const group = undoStack.pop();
       if (!group) { toast("nothing to undo in this session"); return; }
-      send(group.map((id) => ({ image_id: id, action: "undo" })), null);
-      const i = cards.findIndex((c) => c.dataset.id === group[0]);
+      group.ids.forEach((id) => { const c = byId.get(id); if (c) c.classList.add("pending"); });
+      outbox.push({ undoOf: group });
+      pump();
+      const i = cards.findIndex((c) => c.dataset.id === group.ids[0]);
       if (i >= 0) focus(i);
     }
 
-    function waiting() { return outbox.reduce((n, item) => n + item.decisions.length, 0); }
+    // The decisions of an outbox item; an undo's are made when it is sent (after the answer to what it undoes).
+    function itemDecisions(item) {
+      if (!item.undoOf) return item.decisions;
+      const events = item.undoOf.events || {};
+      return item.undoOf.ids.filter((id) => events[id] != null)
+        .map((id) => ({ image_id: id, action: "undo", event_id: events[id] }));
+    }
+
+    function itemIds(item) { return item.undoOf ? item.undoOf.ids : item.decisions.map((d) => d.image_id); }
+
+    function waiting() { return outbox.reduce((n, item) => n + itemIds(item).length, 0); }
 
     function send(decisions, group) {
       decisions.forEach((d) => { const c = byId.get(d.image_id); if (c) c.classList.add("pending"); });
       outbox.push({ decisions: decisions, group: group });
       pump();
+    }
+
+    function unpend(item) { itemIds(item).forEach((id) => { const c = byId.get(id); if (c) c.classList.remove("pending"); }); }
+
+    function dropGroup(group) {
+      const at = undoStack.indexOf(group);
+      if (at >= 0) undoStack.splice(at, 1);
     }
 
     function applyState(s) {
@@ -146,15 +168,23 @@
 
     async function pump() {
       if (sending || !outbox.length) return;
-      sending = true;
       const item = outbox[0];
+      const decisions = itemDecisions(item);
+      if (!decisions.length) { // an undo of decisions that changed nothing: nothing to send
+        outbox.shift();
+        unpend(item);
+        toast("nothing to undo: that decision changed nothing");
+        pump();
+        return;
+      }
+      sending = true;
       let res = null;
       let body = {};
       try {
         res = await fetch("/api/decide", {
           method: "POST", credentials: "same-origin",
           headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-          body: JSON.stringify({ decisions: item.decisions }),
+          body: JSON.stringify({ decisions: decisions }),
         });
         body = await res.json().catch(() => ({}));
       } catch (err) {
@@ -163,8 +193,15 @@
       sending = false;
       if (res && res.ok) {
         outbox.shift();
-        item.decisions.forEach((d) => { const c = byId.get(d.image_id); if (c) c.classList.remove("pending"); });
+        unpend(item);
         (body.states || []).forEach(applyState);
+        if (item.group) {
+          const events = {};
+          (body.states || []).forEach((s) => { if (s.event_id != null) events[s.image_id] = s.event_id; });
+          item.group.events = events;
+          item.group.ids = item.group.ids.filter((id) => events[id] != null);
+          if (!item.group.ids.length) dropGroup(item.group); // changed nothing: not on the undo stack
+        }
         if (!outbox.length) showBanner("");
         pump();
         return;
@@ -176,9 +213,8 @@
         return;
       }
       outbox.shift();
-      item.decisions.forEach((d) => { const c = byId.get(d.image_id); if (c) c.classList.remove("pending"); });
-      const at = undoStack.indexOf(item.group);
-      if (at >= 0) undoStack.splice(at, 1);
+      unpend(item);
+      if (item.group) dropGroup(item.group);
       toast("not applied: " + (body.error || "HTTP " + res.status));
       if (!outbox.length) showBanner("");
       pump();
