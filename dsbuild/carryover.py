@@ -12,6 +12,15 @@ origin and the same content (sha256) — is the same picture under a new class n
   (:func:`dsbuild.decisions.carried_events`: a remove stays removed, a keep kept, a relabel to a label that is
   still a class stays; one to a label that is gone is not carried, and counted).
 
+A file moved keeps its content but not its origin: an ``imagefolder`` dataset's class renamed (``mv photos/ship
+photos/boat``: the folder is the class) or a class's folder moved in a ``classes`` manifest. A set-aside item whose
+origin no item supplies any more (its file left that place), with the content of a new item from elsewhere, is the
+same picture moved — unless its decisions were carried over to another item already. Exact duplicates (several
+files with one content) are paired so that no set-aside item is given to two new items
+(:func:`pair_successors`): first the same origin, then the same file name (when one new item of that content has
+that name), then the one set-aside item left for the one new item left (set aside last); new items left over take nothing (the
+copies cannot be told apart: a review decision is not guessed onto one of them).
+
 The old row and its history are left as they are. When several set-aside items match, the latest set aside
 is taken: it carries what came before it. An item set aside before that comes back (the class renamed back)
 takes the split of the item set aside in its place, and its review decisions unless it has a history of its
@@ -94,9 +103,15 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
     pairs = cat.set_aside_matches(ds.name, ids, reason=SOURCE_REMOVED)
     if pairs.empty:
         return CarryOver()
-    pairs = pairs.drop_duplicates("image_id", keep="first")  # the latest set aside (ordered by the catalog)
+    pairs = pair_successors(pairs)
+    if pairs.empty:
+        return CarryOver()
     labels = set(ds.labels) | set(cat.source_labels(ds.name, set_aside=SOURCE_REMOVED))
-    why = class_changes(list(zip(pairs["old_label"], pairs["class_label"])), labels, set(labels_before))
+    kinds: dict[tuple[str, str], set[bool]] = {}
+    for r in pairs.itertuples(index=False):
+        kinds.setdefault((r.old_label, r.class_label), set()).add(r.origin != r.old_origin)
+    why = class_changes(list(zip(pairs["old_label"], pairs["class_label"])), labels, set(labels_before),
+                        moved={k for k, v in kinds.items() if v == {True}}, folders=ds.imagefolder is not None)
     splits = {r.image_id: r.old_split for r in pairs.itertuples(index=False) if isinstance(r.old_split, str)}
     kept_split = cat.inherit_splits(ds.name, splits)
     history = cat.label_history(ds.name, image_ids=sorted(set(pairs["old_id"]) | set(pairs["image_id"])))
@@ -111,9 +126,61 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
                      changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))))
 
 
-def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before: set[str]) -> dict[tuple[str, str], str]:
+def pair_successors(matches: "pandas.DataFrame") -> "pandas.DataFrame":
+    """One set-aside item per new item from :meth:`Catalog.set_aside_matches` rows (ordered by new item, latest
+    set aside first), none given to two new items (module doc):
+
+    1. the same origin: the latest set aside (it carries what came before it);
+    2. else, among the items of one content (sha256), the same file name: when exactly one new item of that
+       content has the name, it takes the latest set-aside item with it (the others of that name were before it);
+    3. else, when one new item and one set-aside item of that content are left (of those the latest build set
+       aside: earlier ones were succeeded by them), they are paired (the file was renamed too). Several left
+       (copies of one picture whose names changed): none is paired.
+    """
+    import os
+
+    same = matches[matches["origin"] == matches["old_origin"]].drop_duplicates("image_id", keep="first")
+    taken = set(same["image_id"]) | set(same["old_id"])
+    rest = matches[(matches["origin"] != matches["old_origin"]) & ~matches["image_id"].isin(taken)
+                   & ~matches["old_id"].isin(taken)]
+    chosen = [same]
+    for _, group in rest.groupby("sha256", sort=True):
+        news = sorted(set(group["image_id"]))
+        olds = group.drop_duplicates("old_id")  # latest set aside first
+        origin = dict(zip(group["image_id"], group["origin"]))
+        name = {iid: os.path.basename(str(o)) for iid, o in origin.items()}
+        old_name = {r.old_id: os.path.basename(str(r.old_origin)) for r in olds.itertuples(index=False)}
+        names = [name[i] for i in news]
+        paired: dict[str, str] = {}
+        used: set[str] = set()
+        for iid in news:
+            if names.count(name[iid]) != 1:
+                continue
+            same_name = [o for o in olds["old_id"] if old_name[o] == name[iid]]
+            if same_name:
+                paired[iid] = same_name[0]
+                used.update(same_name)
+        left_new = [i for i in news if i not in paired]
+        rest_old = olds[~olds["old_id"].isin(used)]
+        # of those set aside last: an item set aside before was succeeded by them (the folder renamed twice)
+        left_old = list(rest_old.loc[rest_old["old_build"] == rest_old["old_build"].max(), "old_id"]) if len(rest_old) else []
+        if len(left_new) == 1 and len(left_old) == 1:
+            paired[left_new[0]] = left_old[0]
+        if paired:
+            keys = set(paired.items())
+            chosen.append(group[[(i, o) in keys for i, o in zip(group["image_id"], group["old_id"])]])
+    import pandas as pd
+
+    return pd.concat(chosen).sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before: set[str], *,
+                  moved: set[tuple[str, str]] = frozenset(), folders: bool = False) -> dict[tuple[str, str], str]:
     """(old label, new label) → the class change in words, from every such pair of a build's successors
-    (``labels``: the classes now; ``labels_before``: those before the build):
+    (``labels``: the classes now; ``labels_before``: those before the build; ``moved``: the pairs whose files
+    all came from another place; ``folders``: the classes are an ``imagefolder``'s subfolders):
+    ``class folder 'ship' renamed 'boat'`` (an imagefolder's class renamed), ``class 'boat' moved to another
+    folder`` (same class, its files elsewhere), ``class 'ship' renamed 'boat' and moved to another folder``,
     ``class 'ship' split into 'ship_a', 'ship_b'`` (its images went to several classes and it is gone),
     ``classes 'dog', 'horse' merged into 'animal'`` (a class took images of several, or of one while it
     existed before: ``class 'cat' merged into 'dog'``), ``class 'cat' renamed 'kitty'`` (one to one, the old
@@ -129,13 +196,20 @@ def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before:
 
     words = {}
     for old, new in set(pairs):
-        if len(out_of[old]) > 1 and old not in labels:
+        if old == new:
+            words[(old, new)] = f"class '{old}' moved to another folder"
+        elif len(out_of[old]) > 1 and old not in labels:
             words[(old, new)] = f"class '{old}' split into {quoted(out_of[old])}"
         elif len(into[new]) > 1 or new in labels_before:
             which = f"classes {quoted(into[new])}" if len(into[new]) > 1 else f"class '{old}'"
             words[(old, new)] = f"{which} merged into '{new}'"
         elif old not in labels:
-            words[(old, new)] = f"class '{old}' renamed '{new}'"
+            if (old, new) in moved and folders:
+                words[(old, new)] = f"class folder '{old}' renamed '{new}'"
+            elif (old, new) in moved:
+                words[(old, new)] = f"class '{old}' renamed '{new}' and moved to another folder"
+            else:
+                words[(old, new)] = f"class '{old}' renamed '{new}'"
         else:
             words[(old, new)] = f"images of class '{old}' now under '{new}'"
     return words
