@@ -40,6 +40,7 @@ from dsbuild.manifest import Dataset
 from dsbuild.sources import SOURCE_REMOVED
 
 MAX_CHANGES = 3  # class changes named in the build's note; the rest are an ellipsis
+MAX_IDS = 5  # image_ids named in the build's note for images left with a label that is no longer a class
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,10 @@ class CarryOver:
 
     ``images``: new items that succeed a set-aside item; ``kept_split``: of them, those given its split;
     ``decisions``: review decisions in effect on them; ``lost``: label no longer a class → decisions that
-    could not be carried; ``changes``: the class changes, in words (``class 'cat' renamed 'kitty'``).
+    could not be carried; ``changes``: the class changes, in words (``class 'cat' renamed 'kitty'``);
+    ``followed``: (gone class, its successor) → images relabelled in review to the gone class, left in place,
+    relabelled to its successor; ``stranded``: a class split (which part is ambiguous) → the image_ids relabelled
+    in review to it, left with a label that is no longer a class; ``dataset``: its name, for the hint.
     """
 
     images: int = 0
@@ -56,15 +60,43 @@ class CarryOver:
     decisions: int = 0
     lost: dict[str, int] = field(default_factory=dict)
     changes: tuple[str, ...] = ()
+    followed: dict[tuple[str, str], int] = field(default_factory=dict)
+    stranded: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    dataset: str = "DATASET"
 
     def note(self) -> str | None:
         """The build summary's line, e.g. ``12 images under a renamed, merged or split class (class 'cat'
         renamed 'kitty') kept their split and 3 review decisions (2 could not be carried: label 'pony' is
-        no longer a class)``; None when no image came back under another class."""
-        from dsbuild.render.values import counted
-
+        no longer a class)``, then what happened to images relabelled in review to a class that is gone; None
+        when no image came back under another class."""
         if not self.images:
             return None
+        return self._carried() + self._followed()
+
+    def _followed(self) -> str:
+        """The sentences on images relabelled in review to a class that is gone (after a ``; ``), or ''."""
+        from dsbuild.render.values import counted
+
+        parts = []
+        for (old, new), n in sorted(self.followed.items()):
+            parts.append(f"{counted(n, 'image')} relabelled in review to '{old}' now {'has' if n == 1 else 'have'} "
+                         f"label '{new}'")
+        if self.stranded:
+            n = sum(len(v) for v in self.stranded.values())
+            ids = [i for label in sorted(self.stranded) for i in self.stranded[label]]
+            shown = ", ".join(ids[:MAX_IDS]) + (f", … ({len(ids) - MAX_IDS} more)" if len(ids) > MAX_IDS else "")
+            gone = sorted(self.stranded)
+            names = ", ".join(f"'{g}'" for g in gone)
+            what = f"label {names}, which is no longer a class (split: which part is not guessed)" if len(gone) == 1 \
+                else f"labels {names}, which are no longer classes (split: which part is not guessed)"
+            parts.append(f"{counted(n, 'image')} relabelled in review {'keeps' if n == 1 else 'keep'} {what}: {shown} — "
+                         f"relabel {'it' if n == 1 else 'them'} in a decisions CSV (image_id,action,new_label: "
+                         f"<id>,relabel,<class>) and run `dsbuild review {self.dataset} --decisions FILE`")
+        return "".join(f"; {p}" for p in parts)
+
+    def _carried(self) -> str:
+        from dsbuild.render.values import counted
+
         changes = "; ".join(self.changes[:MAX_CHANGES]) + ("; …" if len(self.changes) > MAX_CHANGES else "")
         head = f"{counted(self.images, 'image')} under a renamed, merged or split class ({changes})"
         carried = counted(self.decisions, "review decision") if self.decisions else ""
@@ -112,6 +144,7 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
         kinds.setdefault((r.old_label, r.class_label), set()).add(r.origin != r.old_origin)
     why = class_changes(list(zip(pairs["old_label"], pairs["class_label"])), labels, set(labels_before),
                         moved={k for k, v in kinds.items() if v == {True}}, folders=ds.imagefolder is not None)
+    follow, split = successor_classes(why, labels)
     splits = {r.image_id: r.old_split for r in pairs.itertuples(index=False) if isinstance(r.old_split, str)}
     kept_split = cat.inherit_splits(ds.name, splits)
     history = cat.label_history(ds.name, image_ids=sorted(set(pairs["old_id"]) | set(pairs["image_id"])))
@@ -120,10 +153,58 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
                             old_id=r.old_id, old_label=r.old_label, why=why[(r.old_label, r.class_label)])
                   for r in pairs.itertuples(index=False) if r.image_id not in own]
     carried = carried_events(successors, history=history[history["image_id"].isin(set(pairs["old_id"]))],
-                             labels=labels, source=f"build:{build_id}", at=at)
+                             labels=labels, source=f"build:{build_id}", at=at, follow=follow)
     cat.append_label_events(ds.name, carried.events)
+    followed, stranded = follow_classes(cat, ds, follow, split, why, build_id=build_id, at=at)
     return CarryOver(images=len(pairs), kept_split=kept_split, decisions=carried.carried, lost=carried.lost,
-                     changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))))
+                     changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))), followed=followed,
+                     stranded=stranded, dataset=ds.name)
+
+
+def successor_classes(why: dict[tuple[str, str], str], labels: set[str]) -> tuple[dict[str, str], set[str]]:
+    """From a build's class changes (:func:`class_changes`): ``follow``, each class that is gone and whose
+    images all went to one class (renamed or merged into it) → that class; ``split``, the classes that are gone
+    and whose images went to several (which part an image relabelled to it belongs to cannot be told)."""
+    out_of: dict[str, set[str]] = {}
+    for old, new in why:
+        out_of.setdefault(old, set()).add(new)
+    follow = {old: next(iter(new)) for old, new in out_of.items() if old not in labels and len(new) == 1}
+    split = {old for old, new in out_of.items() if old not in labels and len(new) > 1}
+    return follow, split
+
+
+def follow_classes(cat: Catalog, ds: Dataset, follow: dict[str, str], split: set[str], why: dict[tuple[str, str], str],
+                   *, build_id: int, at: datetime) -> tuple[dict[tuple[str, str], int], dict[str, tuple[str, ...]]]:
+    """Images relabelled in review to a class that is gone, still under their own class (they did not move, so
+    nothing was carried to them): to a class renamed or merged into another (``follow``), a ``relabel`` event to
+    it (source ``build:<id>``, noted with the change: ``class 'two' renamed 'deux'``; undo takes it back; a
+    removed image stays removed); to a class split (``split``), nothing — they are returned, to be named.
+    Returns (gone, new) → images relabelled, and split class → their image_ids."""
+    gone = sorted(set(follow) | split)
+    if not gone:
+        return {}, {}
+    rows = cat.df(
+        """SELECT image_id, label, status FROM images
+           WHERE dataset = ? AND label IN (SELECT unnest(?)) AND label IS DISTINCT FROM original_label
+             AND reason IS DISTINCT FROM ? ORDER BY image_id""", [ds.name, gone, SOURCE_REMOVED])
+    if rows.empty:
+        return {}, {}
+    history = cat.label_history(ds.name, image_ids=list(rows["image_id"]))
+    latest = history.drop_duplicates("image_id", keep="last").set_index("image_id")["new_status"]
+    events, followed, stranded = [], {}, {}
+    for r in rows.itertuples(index=False):
+        if r.label in follow:
+            new = follow[r.label]
+            words = why.get((r.label, new), f"class '{r.label}' now '{new}'")
+            status = latest.get(r.image_id)
+            events.append({"image_id": r.image_id, "action": "relabel", "old_label": r.label, "new_label": new,
+                           "old_status": r.status, "new_status": status if isinstance(status, str) else None,
+                           "source": f"build:{build_id}", "at": at, "note": words})
+            followed[(r.label, new)] = followed.get((r.label, new), 0) + 1
+        else:
+            stranded.setdefault(r.label, []).append(r.image_id)
+    cat.append_label_events(ds.name, events)
+    return followed, {k: tuple(v) for k, v in stranded.items()}
 
 
 def pair_successors(matches: "pandas.DataFrame") -> "pandas.DataFrame":

@@ -100,7 +100,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
 
 from dsbuild.errors import DsbuildError, closest, did_you_mean
 from dsbuild.rows import LABEL_ISSUE_COLUMNS, REPORT_COLUMNS
@@ -684,7 +684,7 @@ class Carried:
 
 
 def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFrame | None", labels: Collection[str],
-                   source: str, at: datetime) -> Carried:
+                   source: str, at: datetime, follow: Mapping[str, str] | None = None) -> Carried:
     """Label events giving each successor the review decisions that stand on the item it succeeds.
 
     ``history``: the ``label_events`` rows of the old items (columns as for :func:`plan_events`, with
@@ -692,7 +692,8 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
     dataset now. Per successor, from the old item's decisions not undone:
 
     * a relabel in effect (the old item's label is not the one its source gave) to a label of ``labels``
-      becomes a ``relabel`` from the new given label; to the new given label itself, nothing (it is the
+      (or to a class that is gone into one of them, renamed or merged: ``follow``, old → new class) becomes a
+      ``relabel`` from the new given label; to the new given label itself, nothing (it is the
       label already); to a label that is no longer a class, nothing: counted in ``lost``;
     * a standing ``remove`` becomes a ``remove`` (the image stays out of training), a standing ``keep``
       a ``keep`` (not when it confirmed a relabel that could not be carried: counted in ``lost``); a
@@ -719,6 +720,8 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
         label = s.label
         relabels = [e for e in stack if e["action"] == "relabel"]
         relabelled = bool(relabels) and net_label is not None and net_label != s.old_label
+        if relabelled and net_label not in labels and follow and net_label in follow:
+            net_label = follow[net_label]
         dead = False
         if relabelled:
             if net_label == label:

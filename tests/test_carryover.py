@@ -412,3 +412,70 @@ def test_exact_duplicates_under_a_renamed_folder_take_the_decisions_of_their_own
     assert not after.loc[["vessel/x2.png", "vessel/y2.png", "vessel/z2.png"], "reviewed"].any()
     assert after.loc["vessel/w2.png", "split"] == before["vessel/w2.png"]
     assert "1 image under a renamed, merged or split class (class folder 'boat' renamed 'vessel') kept their split" in out
+
+
+def test_an_image_relabelled_to_a_renamed_class_follows_the_rename(tmp_path: Path, capsys) -> None:
+    """Lead: one0 relabelled to 'two' (it stays in folder one), then 'two' renamed 'deux': it said 'two', a label
+    that is no longer a class (a ghost class in status and training). It follows to 'deux', by an event that
+    says why and that undo takes back; a removed one stays removed; a carried relabel to 'two' follows too."""
+    img = tmp_path / "img"
+    make_images(img, {"zero": 4, "one": 4, "two": 4})
+    manifest = write(tmp_path / "proj" / "datasets.toml", {"zero": "zero", "one": "one", "two": "two"}, img)
+    build(capsys, manifest)
+    ids = current(manifest)["image_id"]
+    review(capsys, manifest, [(ids["one/one0.png"], "relabel", "two"), (ids["one/one1.png"], "relabel", "two"),
+                              (ids["zero/zero0.png"], "relabel", "two")])
+    review(capsys, manifest, [(ids["one/one1.png"], "remove", "")])
+
+    write(manifest, {"nil": "zero", "one": "one", "deux": "two"}, img)  # zero renamed nil too: zero0 moves
+    out = build(capsys, manifest)
+    after = current(manifest)
+    assert (after.loc["one/one0.png", "label"], after.loc["one/one0.png", "status"]) == ("deux", "ok")
+    assert (after.loc["one/one1.png", "label"], after.loc["one/one1.png", "status"]) == ("deux", "rejected")
+    assert after.loc["one/one1.png", "reason"] == "removed in review"
+    assert after.loc["zero/zero0.png", "label"] == "deux"
+    assert set(after["label"]) == {"nil", "one", "deux"}
+    last = history(manifest).set_index("image_id").loc[ids["one/one0.png"]].iloc[-1]
+    assert (last["action"], last["old_label"], last["new_label"], last["note"]) == (
+        "relabel", "two", "deux", "class 'two' renamed 'deux'")
+    assert ("8 images under a renamed, merged or split class (class 'two' renamed 'deux'; class 'zero' renamed "
+            "'nil') kept their split and 1 review decision; 2 images relabelled in review to 'two' now have label "
+            "'deux'") in out
+    code, status_out, _ = run_cli(capsys, manifest, "status", "pets")
+    table = " ".join(status_out.split())
+    assert code == 0 and "│ deux │ 4 │ 2 │ 1 │" in table and "│ two │ · │ · │ 5 │" in table  # only set-aside rows
+    review(capsys, manifest, [(ids["one/one0.png"], "undo", "")])
+    assert current(manifest).loc["one/one0.png", "label"] == "two"
+
+
+def test_an_image_relabelled_to_a_merged_class_follows_the_merge(tmp_path: Path, capsys) -> None:
+    img = tmp_path / "img"
+    make_images(img, {"cat": 4, "dog": 4, "horse": 4})
+    manifest = write(tmp_path / "proj" / "datasets.toml", {"cat": "cat", "dog": "dog", "horse": "horse"}, img)
+    build(capsys, manifest)
+    ids = current(manifest)["image_id"]
+    review(capsys, manifest, [(ids["cat/cat0.png"], "relabel", "horse")])
+    write(manifest, {"cat": "cat", "animal": ["dog", "horse"]}, img)
+    out = build(capsys, manifest)
+    assert current(manifest).loc["cat/cat0.png", "label"] == "animal"
+    assert history(manifest)["note"].iloc[-1] == "classes 'dog', 'horse' merged into 'animal'"
+    assert "; 1 image relabelled in review to 'horse' now has label 'animal'" in out
+
+
+def test_an_image_relabelled_to_a_split_class_is_named_not_guessed(tmp_path: Path, capsys) -> None:
+    img = tmp_path / "img"
+    make_images(img, {"cat": 4, "ship": 4})
+    manifest = write(tmp_path / "proj" / "datasets.toml", {"cat": "cat", "ship": "ship"}, img)
+    build(capsys, manifest)
+    ids = current(manifest)["image_id"]
+    review(capsys, manifest, [(ids["cat/cat0.png"], "relabel", "ship"), (ids["cat/cat1.png"], "relabel", "ship")])
+    n_events = len(history(manifest))
+    write(manifest, {"cat": "cat", "ship_a": "ship/a", "ship_b": "ship/b"}, img)
+    out = build(capsys, manifest)
+    assert list(current(manifest).loc[["cat/cat0.png", "cat/cat1.png"], "label"]) == ["ship", "ship"]
+    assert len(history(manifest)) == n_events
+    first, second = sorted([ids["cat/cat0.png"], ids["cat/cat1.png"]])
+    assert ("4 images under a renamed, merged or split class (class 'ship' split into 'ship_a', 'ship_b') kept their "
+            "split; 2 images relabelled in review keep label 'ship', which is no longer a class (split: which part "
+            f"is not guessed): {first}, {second} — relabel them in a decisions CSV (image_id,action,new_label: "
+            "<id>,relabel,<class>) and run `dsbuild review pets --decisions FILE`") in out
