@@ -408,6 +408,29 @@ class Catalog:
             self.con.unregister("_upd")
         return int(changed[0]) if changed else 0
 
+    def update_groups(self, dataset: str, rows) -> int:
+        """Write the duplicate-group columns (status, reason, dup_group, dup_of, dup_distance, conflict) of items of
+        ``dataset`` (a DataFrame keyed by image_id: :func:`dsbuild.dedup.reviewed.regroup_reviewed`); splits and
+        quality columns stay. Returns how many items changed."""
+        if len(rows) == 0:
+            return 0
+        self.con.register("_grp", rows)
+        try:
+            with self.transaction():
+                changed = self.con.execute(
+                    """UPDATE items SET status = u.status, reason = u.reason, dup_group = u.dup_group,
+                           dup_of = u.dup_of, dup_distance = u.dup_distance, conflict = u.conflict, updated_at = ?
+                       FROM _grp u WHERE items.dataset = ? AND items.image_id = u.image_id
+                         AND (items.status IS DISTINCT FROM u.status OR items.reason IS DISTINCT FROM u.reason
+                              OR items.dup_group IS DISTINCT FROM u.dup_group OR items.dup_of IS DISTINCT FROM u.dup_of
+                              OR items.dup_distance IS DISTINCT FROM u.dup_distance
+                              OR items.conflict IS DISTINCT FROM u.conflict)""",
+                    [utcnow(), dataset],
+                ).fetchone()
+        finally:
+            self.con.unregister("_grp")
+        return int(changed[0]) if changed else 0
+
     def set_blob_signals(self, rows) -> None:
         """Write ``phash_views`` and ``eff_side`` of blobs (a DataFrame: sha256, phash_views, eff_side)."""
         if len(rows) == 0:
