@@ -618,7 +618,8 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         cat.append_label_events(name, events)
         # A remove takes an image out of its duplicate group, an undo of it puts it back: regroup those groups
         # now, so that a copy of a removed representative is not left out of export and training until a build.
-        regroup_reviewed(cat, ds, sorted({str(e["image_id"]) for e in events if e["action"] in ("remove", "undo")}))
+        regroup_reviewed(cat, ds, sorted({str(e["image_id"]) for e in events if e["action"] == "remove" or (
+            e["action"] == "undo" and "rejected" in (e["old_status"], e["new_status"]))}))
         if on_commit is not None:
             on_commit(cat)
         return events, len(chosen) - len(events), source
