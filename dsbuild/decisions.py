@@ -22,7 +22,9 @@ dashes read as underscores; other columns are ignored):
     relative paths resolve against the CSV's folder and the current folder, and
     both sides are compared resolved. A path
     shared by several images (the same bytes under two labels) is ambiguous: use
-    ``image_id``. When both columns are filled they must name the same image.
+    ``image_id`` — unless all but one of them were set aside by a build (``source
+    removed``: after a class rename the old item and its successor share the
+    stored file and the origin), then it names the one not set aside. When both columns are filled they must name the same image.
 ``action``
     ``relabel`` | ``remove`` | ``keep`` | ``undo`` (case-insensitive).
 ``new_label``
@@ -301,12 +303,18 @@ class _ImageIndex:
         missing = need - set(images.columns)
         if missing:
             raise ValueError(f"images needs columns {sorted(need)}; missing {sorted(missing)}")
+        from dsbuild.sources import SOURCE_REMOVED
+
         self.base_dirs = list(base_dirs)
         self.by_id: dict[str, dict[str, Any]] = {}
         self.by_path: dict[str, set[str]] = {}
-        for rec in images[["image_id", "path", "origin", "label", "status"]].to_dict("records"):
+        self.set_aside: set[str] = set()  # items a build set aside (source removed): a class renamed, a file gone
+        columns = ["image_id", "path", "origin", "label", "status"] + (["reason"] if "reason" in images else [])
+        for rec in images[columns].to_dict("records"):
             iid = str(rec["image_id"])
             self.by_id[iid] = rec
+            if rec.get("reason") == SOURCE_REMOVED:
+                self.set_aside.add(iid)
             for value in (rec["path"], rec["origin"]):
                 if isinstance(value, str) and value:
                     key = value if "://" in value else _resolved(Path(value))
@@ -455,6 +463,10 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
             problems.add(line, f"no image of this dataset has path '{_short(path, PATH_LIMIT)}' (stored file or origin) — "
                                "check the path or use image_id")
             return None
+        if len(found) > 1 and by_id is None and len(found - index.set_aside) == 1:
+            # A class renamed (or merged, split) keeps the stored file: the item set aside and its successor share
+            # the path. The one not set aside is the image meant.
+            found = found - index.set_aside
         if len(found) > 1 and by_id is None:
             ids = sorted(found)
             problems.add(line, f"path '{_short(path, PATH_LIMIT)}' is {len(ids)} images ({', '.join(ids[:5])}"

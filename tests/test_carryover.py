@@ -479,3 +479,31 @@ def test_an_image_relabelled_to_a_split_class_is_named_not_guessed(tmp_path: Pat
             "split; 2 images relabelled in review keep label 'ship', which is no longer a class (split: which part "
             f"is not guessed): {first}, {second} — relabel them in a decisions CSV (image_id,action,new_label: "
             "<id>,relabel,<class>) and run `dsbuild review pets --decisions FILE`") in out
+
+
+def test_a_decision_by_path_after_a_rename_names_the_image_not_set_aside(tmp_path: Path, capsys) -> None:
+    """After cat → kitty the old item and its successor share the origin and the stored file: a decisions CSV
+    naming the file by path was refused as ambiguous ("is 2 images"). The one not set aside is meant; two
+    images not set aside (the same bytes under two classes; with the set-aside one, 3) stay ambiguous."""
+    img = tmp_path / "img"
+    make_images(img, {"cat": 4, "dog": 4})
+    manifest = write(tmp_path / "proj" / "datasets.toml", {"cat": "cat", "dog": "dog"}, img)
+    build(capsys, manifest)
+    write(manifest, {"kitty": "cat", "dog": "dog"}, img)
+    build(capsys, manifest)
+    now = current(manifest)
+    csv = manifest.parent / "by-path.csv"
+    csv.write_text(f"path,action,new_label\n{img / 'cat' / 'cat0.png'},remove,\n{now.loc['cat/cat1.png', 'path']},"
+                   "relabel,dog\n")
+    code, out, err = run_cli(capsys, manifest, "review", "pets", "--decisions", str(csv))
+    assert code == 0, err
+    assert "applied 2 decisions to 'pets' (relabel 1, remove 1)" in " ".join(out.split())
+    after = current(manifest)
+    assert after.loc["cat/cat0.png", "reason"] == "removed in review" and after.loc["cat/cat1.png", "label"] == "dog"
+
+    write(manifest, {"kitty": "cat", "dog": "dog", "pets": "cat"}, img)  # the same files under two classes
+    build(capsys, manifest)
+    csv.write_text(f"path,action,new_label\n{img / 'cat' / 'cat2.png'},keep,\n")
+    code, out, err = run_cli(capsys, manifest, "review", "pets", "--decisions", str(csv))
+    assert code == 2
+    assert f"line 2: path '{img / 'cat' / 'cat2.png'}' is 3 images (" in err and "— use image_id to say which" in err

@@ -782,8 +782,8 @@ class Catalog:
                        "ORDER BY image_id", [dataset, list(image_ids)])
 
     def review_candidates(self, dataset: str):
-        """Every image of ``dataset`` a decisions file may name: image_id, path, origin, label, status."""
-        return self.df("SELECT image_id, path, origin, label, status FROM images WHERE dataset = ?", [dataset])
+        """Every image of ``dataset`` a decisions file may name: image_id, path, origin, label, status, reason."""
+        return self.df("SELECT image_id, path, origin, label, status, reason FROM images WHERE dataset = ?", [dataset])
 
     def current_states(self, dataset: str, image_ids: list[str]):
         """The current state of ``image_ids`` (those in ``dataset``), by image_id: image_id, label, status,
