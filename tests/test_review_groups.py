@@ -94,3 +94,29 @@ def test_removing_a_groups_representative_makes_the_copy_left_its_own_image_at_o
 
     assert run_cli(capsys, project, "build", "-q")[0] == 0  # and a build agrees
     assert tabbies(project) == before
+
+
+def test_build_summaries_count_accepted_images_as_status_does(project: Path, capsys) -> None:
+    """Trial 3, finding 9: after 2 removes the build's "up to date — N accepted images (train …, valid …)" and
+    its table's train/valid columns still counted them; `status` did not."""
+    assert run_cli(capsys, project, "build", "-q")[0] == 0
+    split = dict(sql(project, "SELECT split, count(*) FROM images WHERE status = 'ok' GROUP BY 1"))
+    assert sum(split.values()) == 9
+    removed = [i for i, in sql(project, "SELECT image_id FROM images WHERE status = 'ok' AND split = 'train' "
+                                        "AND origin NOT LIKE '%tabby.png' AND origin NOT LIKE '%cat0.png' "
+                                        "ORDER BY image_id LIMIT 2")]
+    decide(capsys, project, [(i, "remove") for i in removed])
+    code, out, err = run_cli(capsys, project, "build")
+    assert code == 0, err
+    train, valid = split["train"] - 2, split["valid"]
+    assert (f"pets: up to date — 7 accepted images (train {train}, valid {valid}), 2 duplicates, 1 label conflict; "
+            "nothing new in 11 sources") in " ".join(out.split())
+    code, out, err = run_cli(capsys, project, "status", "pets")
+    assert f"│ total │ {train} │ {valid} │ 2 │ 2 │" in " ".join(out.split()), out
+
+    gone, = sql(project, "SELECT split FROM images WHERE origin LIKE '%cat0.png'")[0]
+    (project.parent / "img" / "cat" / "cat0.png").unlink()  # a build with a change: its table row
+    code, out, err = run_cli(capsys, project, "build")
+    assert code == 0, err
+    row = next(line.split("│")[1:-1] for line in out.splitlines() if line.startswith("│ pets"))
+    assert [c.strip() for c in row][-3:] == [str(train - (gone == "train")), str(valid - (gone == "valid")), "0"]
