@@ -18,8 +18,8 @@ origin no item supplies any more (its file left that place), with the content of
 same picture moved — unless its decisions were carried over to another item already. Exact duplicates (several
 files with one content) are paired so that no set-aside item is given to two new items
 (:func:`pair_successors`): first the same origin, then the same file name (when one new item of that content has
-that name), then the one set-aside item left for the one new item left (set aside last); new items left over take nothing (the
-copies cannot be told apart: a review decision is not guessed onto one of them).
+that name), then the one set-aside item left for the one new item left (set aside last); new items left over take
+nothing (the copies cannot be told apart: a review decision is not guessed onto one of them).
 
 The old row and its history are left as they are. When several set-aside items match, the latest set aside
 is taken: it carries what came before it. An item set aside before that comes back (the class renamed back)
@@ -89,9 +89,11 @@ class CarryOver:
             names = ", ".join(f"'{g}'" for g in gone)
             what = f"label {names}, which is no longer a class (split: which part is not guessed)" if len(gone) == 1 \
                 else f"labels {names}, which are no longer classes (split: which part is not guessed)"
-            parts.append(f"{counted(n, 'image')} relabelled in review {'keeps' if n == 1 else 'keep'} {what}: {shown} — "
-                         f"relabel {'it' if n == 1 else 'them'} in a decisions CSV (image_id,action,new_label: "
-                         f"<id>,relabel,<class>) and run `dsbuild review {self.dataset} --decisions FILE`")
+            keeps = "keeps" if n == 1 else "keep"
+            them = "it" if n == 1 else "them"
+            parts.append(f"{counted(n, 'image')} relabelled in review {keeps} {what}: {shown} — relabel {them} in a "
+                         "decisions CSV (image_id,action,new_label: <id>,relabel,<class>) and run "
+                         f"`dsbuild review {self.dataset} --decisions FILE`")
         return "".join(f"; {p}" for p in parts)
 
     def _carried(self) -> str:
@@ -244,7 +246,8 @@ def pair_successors(matches: "pandas.DataFrame") -> "pandas.DataFrame":
         left_new = [i for i in news if i not in paired]
         rest_old = olds[~olds["old_id"].isin(used)]
         # of those set aside last: an item set aside before was succeeded by them (the folder renamed twice)
-        left_old = list(rest_old.loc[rest_old["old_build"] == rest_old["old_build"].max(), "old_id"]) if len(rest_old) else []
+        last = rest_old["old_build"] == rest_old["old_build"].max()
+        left_old = list(rest_old.loc[last, "old_id"]) if len(rest_old) else []
         if len(left_new) == 1 and len(left_old) == 1:
             paired[left_new[0]] = left_old[0]
         if paired:

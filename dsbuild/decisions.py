@@ -24,7 +24,8 @@ dashes read as underscores; other columns are ignored):
     shared by several images (the same bytes under two labels) is ambiguous: use
     ``image_id`` — unless all but one of them were set aside by a build (``source
     removed``: after a class rename the old item and its successor share the
-    stored file and the origin), then it names the one not set aside. When both columns are filled they must name the same image.
+    stored file and the origin), then it names the one not set aside. When both
+    columns are filled they must name the same image.
 ``action``
     ``relabel`` | ``remove`` | ``keep`` | ``undo`` (case-insensitive).
 ``new_label``

@@ -300,8 +300,8 @@ class Catalog:
         :func:`dsbuild.carryover.pair_successors` picks one per new item.
 
         Columns: image_id, class_label, status, origin, sha256 (of the new item); old_id, old_label (its
-        ``class_label``), old_split, old_updated (when it was last written: set aside), old_origin, old_build (the build that set it
-        aside). No row for an
+        ``class_label``), old_split, old_updated (when it was last written: set aside), old_origin, old_build
+        (the build that set it aside). No row for an
         item without a match."""
         return self.df(
             """SELECT n.image_id, n.class_label, n.status, n.origin, n.sha256, o.image_id AS old_id,
