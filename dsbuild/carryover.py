@@ -12,6 +12,15 @@ origin and the same content (sha256) — is the same picture under a new class n
   (:func:`dsbuild.decisions.carried_events`: a remove stays removed, a keep kept, a relabel to a label that is
   still a class stays; one to a label that is gone is not carried, and counted).
 
+A file moved keeps its content but not its origin: an ``imagefolder`` dataset's class renamed (``mv photos/ship
+photos/boat``: the folder is the class) or a class's folder moved in a ``classes`` manifest. A set-aside item whose
+origin no item supplies any more (its file left that place), with the content of a new item from elsewhere, is the
+same picture moved — unless its decisions were carried over to another item already. Exact duplicates (several
+files with one content) are paired so that no set-aside item is given to two new items
+(:func:`pair_successors`): first the same origin, then the same file name (when one new item of that content has
+that name), then the one set-aside item left for the one new item left (set aside last); new items left over take
+nothing (the copies cannot be told apart: a review decision is not guessed onto one of them).
+
 The old row and its history are left as they are. When several set-aside items match, the latest set aside
 is taken: it carries what came before it. An item set aside before that comes back (the class renamed back)
 takes the split of the item set aside in its place, and its review decisions unless it has a history of its
@@ -31,6 +40,7 @@ from dsbuild.manifest import Dataset
 from dsbuild.sources import SOURCE_REMOVED
 
 MAX_CHANGES = 3  # class changes named in the build's note; the rest are an ellipsis
+MAX_IDS = 5  # image_ids named in the build's note for images left with a label that is no longer a class
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,10 @@ class CarryOver:
 
     ``images``: new items that succeed a set-aside item; ``kept_split``: of them, those given its split;
     ``decisions``: review decisions in effect on them; ``lost``: label no longer a class → decisions that
-    could not be carried; ``changes``: the class changes, in words (``class 'cat' renamed 'kitty'``).
+    could not be carried; ``changes``: the class changes, in words (``class 'cat' renamed 'kitty'``);
+    ``followed``: (gone class, its successor) → images relabelled in review to the gone class, left in place,
+    relabelled to its successor; ``stranded``: a class split (which part is ambiguous) → the image_ids relabelled
+    in review to it, left with a label that is no longer a class; ``dataset``: its name, for the hint.
     """
 
     images: int = 0
@@ -47,15 +60,45 @@ class CarryOver:
     decisions: int = 0
     lost: dict[str, int] = field(default_factory=dict)
     changes: tuple[str, ...] = ()
+    followed: dict[tuple[str, str], int] = field(default_factory=dict)
+    stranded: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    dataset: str = "DATASET"
 
     def note(self) -> str | None:
         """The build summary's line, e.g. ``12 images under a renamed, merged or split class (class 'cat'
         renamed 'kitty') kept their split and 3 review decisions (2 could not be carried: label 'pony' is
-        no longer a class)``; None when no image came back under another class."""
-        from dsbuild.render.values import counted
-
+        no longer a class)``, then what happened to images relabelled in review to a class that is gone; None
+        when no image came back under another class."""
         if not self.images:
             return None
+        return self._carried() + self._followed()
+
+    def _followed(self) -> str:
+        """The sentences on images relabelled in review to a class that is gone (after a ``; ``), or ''."""
+        from dsbuild.render.values import counted
+
+        parts = []
+        for (old, new), n in sorted(self.followed.items()):
+            parts.append(f"{counted(n, 'image')} relabelled in review to '{old}' now {'has' if n == 1 else 'have'} "
+                         f"label '{new}'")
+        if self.stranded:
+            n = sum(len(v) for v in self.stranded.values())
+            ids = [i for label in sorted(self.stranded) for i in self.stranded[label]]
+            shown = ", ".join(ids[:MAX_IDS]) + (f", … ({len(ids) - MAX_IDS} more)" if len(ids) > MAX_IDS else "")
+            gone = sorted(self.stranded)
+            names = ", ".join(f"'{g}'" for g in gone)
+            what = f"label {names}, which is no longer a class (split: which part is not guessed)" if len(gone) == 1 \
+                else f"labels {names}, which are no longer classes (split: which part is not guessed)"
+            keeps = "keeps" if n == 1 else "keep"
+            them = "it" if n == 1 else "them"
+            parts.append(f"{counted(n, 'image')} relabelled in review {keeps} {what}: {shown} — relabel {them} in a "
+                         "decisions CSV (image_id,action,new_label: <id>,relabel,<class>) and run "
+                         f"`dsbuild review {self.dataset} --decisions FILE`")
+        return "".join(f"; {p}" for p in parts)
+
+    def _carried(self) -> str:
+        from dsbuild.render.values import counted
+
         changes = "; ".join(self.changes[:MAX_CHANGES]) + ("; …" if len(self.changes) > MAX_CHANGES else "")
         head = f"{counted(self.images, 'image')} under a renamed, merged or split class ({changes})"
         carried = counted(self.decisions, "review decision") if self.decisions else ""
@@ -94,9 +137,16 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
     pairs = cat.set_aside_matches(ds.name, ids, reason=SOURCE_REMOVED)
     if pairs.empty:
         return CarryOver()
-    pairs = pairs.drop_duplicates("image_id", keep="first")  # the latest set aside (ordered by the catalog)
+    pairs = pair_successors(pairs)
+    if pairs.empty:
+        return CarryOver()
     labels = set(ds.labels) | set(cat.source_labels(ds.name, set_aside=SOURCE_REMOVED))
-    why = class_changes(list(zip(pairs["old_label"], pairs["class_label"])), labels, set(labels_before))
+    kinds: dict[tuple[str, str], set[bool]] = {}
+    for r in pairs.itertuples(index=False):
+        kinds.setdefault((r.old_label, r.class_label), set()).add(r.origin != r.old_origin)
+    why = class_changes(list(zip(pairs["old_label"], pairs["class_label"])), labels, set(labels_before),
+                        moved={k for k, v in kinds.items() if v == {True}}, folders=ds.imagefolder is not None)
+    follow, split = successor_classes(why, labels)
     splits = {r.image_id: r.old_split for r in pairs.itertuples(index=False) if isinstance(r.old_split, str)}
     kept_split = cat.inherit_splits(ds.name, splits)
     history = cat.label_history(ds.name, image_ids=sorted(set(pairs["old_id"]) | set(pairs["image_id"])))
@@ -105,15 +155,116 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
                             old_id=r.old_id, old_label=r.old_label, why=why[(r.old_label, r.class_label)])
                   for r in pairs.itertuples(index=False) if r.image_id not in own]
     carried = carried_events(successors, history=history[history["image_id"].isin(set(pairs["old_id"]))],
-                             labels=labels, source=f"build:{build_id}", at=at)
+                             labels=labels, source=f"build:{build_id}", at=at, follow=follow)
     cat.append_label_events(ds.name, carried.events)
+    followed, stranded = follow_classes(cat, ds, follow, split, why, build_id=build_id, at=at)
     return CarryOver(images=len(pairs), kept_split=kept_split, decisions=carried.carried, lost=carried.lost,
-                     changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))))
+                     changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))), followed=followed,
+                     stranded=stranded, dataset=ds.name)
 
 
-def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before: set[str]) -> dict[tuple[str, str], str]:
+def successor_classes(why: dict[tuple[str, str], str], labels: set[str]) -> tuple[dict[str, str], set[str]]:
+    """From a build's class changes (:func:`class_changes`): ``follow``, each class that is gone and whose
+    images all went to one class (renamed or merged into it) → that class; ``split``, the classes that are gone
+    and whose images went to several (which part an image relabelled to it belongs to cannot be told)."""
+    out_of: dict[str, set[str]] = {}
+    for old, new in why:
+        out_of.setdefault(old, set()).add(new)
+    follow = {old: next(iter(new)) for old, new in out_of.items() if old not in labels and len(new) == 1}
+    split = {old for old, new in out_of.items() if old not in labels and len(new) > 1}
+    return follow, split
+
+
+def follow_classes(cat: Catalog, ds: Dataset, follow: dict[str, str], split: set[str], why: dict[tuple[str, str], str],
+                   *, build_id: int, at: datetime) -> tuple[dict[tuple[str, str], int], dict[str, tuple[str, ...]]]:
+    """Images relabelled in review to a class that is gone, still under their own class (they did not move, so
+    nothing was carried to them): to a class renamed or merged into another (``follow``), a ``relabel`` event to
+    it (source ``build:<id>``, noted with the change: ``class 'two' renamed 'deux'``; undo takes it back; a
+    removed image stays removed); to a class split (``split``), nothing — they are returned, to be named.
+    Returns (gone, new) → images relabelled, and split class → their image_ids."""
+    gone = sorted(set(follow) | split)
+    if not gone:
+        return {}, {}
+    rows = cat.df(
+        """SELECT image_id, label, status FROM images
+           WHERE dataset = ? AND label IN (SELECT unnest(?)) AND label IS DISTINCT FROM original_label
+             AND reason IS DISTINCT FROM ? ORDER BY image_id""", [ds.name, gone, SOURCE_REMOVED])
+    if rows.empty:
+        return {}, {}
+    history = cat.label_history(ds.name, image_ids=list(rows["image_id"]))
+    latest = history.drop_duplicates("image_id", keep="last").set_index("image_id")["new_status"]
+    events, followed, stranded = [], {}, {}
+    for r in rows.itertuples(index=False):
+        if r.label in follow:
+            new = follow[r.label]
+            words = why.get((r.label, new), f"class '{r.label}' now '{new}'")
+            status = latest.get(r.image_id)
+            events.append({"image_id": r.image_id, "action": "relabel", "old_label": r.label, "new_label": new,
+                           "old_status": r.status, "new_status": status if isinstance(status, str) else None,
+                           "source": f"build:{build_id}", "at": at, "note": words})
+            followed[(r.label, new)] = followed.get((r.label, new), 0) + 1
+        else:
+            stranded.setdefault(r.label, []).append(r.image_id)
+    cat.append_label_events(ds.name, events)
+    return followed, {k: tuple(v) for k, v in stranded.items()}
+
+
+def pair_successors(matches: "pandas.DataFrame") -> "pandas.DataFrame":
+    """One set-aside item per new item from :meth:`Catalog.set_aside_matches` rows (ordered by new item, latest
+    set aside first), none given to two new items (module doc):
+
+    1. the same origin: the latest set aside (it carries what came before it);
+    2. else, among the items of one content (sha256), the same file name: when exactly one new item of that
+       content has the name, it takes the latest set-aside item with it (the others of that name were before it);
+    3. else, when one new item and one set-aside item of that content are left (of those the latest build set
+       aside: earlier ones were succeeded by them), they are paired (the file was renamed too). Several left
+       (copies of one picture whose names changed): none is paired.
+    """
+    import os
+
+    same = matches[matches["origin"] == matches["old_origin"]].drop_duplicates("image_id", keep="first")
+    taken = set(same["image_id"]) | set(same["old_id"])
+    rest = matches[(matches["origin"] != matches["old_origin"]) & ~matches["image_id"].isin(taken)
+                   & ~matches["old_id"].isin(taken)]
+    chosen = [same]
+    for _, group in rest.groupby("sha256", sort=True):
+        news = sorted(set(group["image_id"]))
+        olds = group.drop_duplicates("old_id")  # latest set aside first
+        origin = dict(zip(group["image_id"], group["origin"]))
+        name = {iid: os.path.basename(str(o)) for iid, o in origin.items()}
+        old_name = {r.old_id: os.path.basename(str(r.old_origin)) for r in olds.itertuples(index=False)}
+        names = [name[i] for i in news]
+        paired: dict[str, str] = {}
+        used: set[str] = set()
+        for iid in news:
+            if names.count(name[iid]) != 1:
+                continue
+            same_name = [o for o in olds["old_id"] if old_name[o] == name[iid]]
+            if same_name:
+                paired[iid] = same_name[0]
+                used.update(same_name)
+        left_new = [i for i in news if i not in paired]
+        rest_old = olds[~olds["old_id"].isin(used)]
+        # of those set aside last: an item set aside before was succeeded by them (the folder renamed twice)
+        last = rest_old["old_build"] == rest_old["old_build"].max()
+        left_old = list(rest_old.loc[last, "old_id"]) if len(rest_old) else []
+        if len(left_new) == 1 and len(left_old) == 1:
+            paired[left_new[0]] = left_old[0]
+        if paired:
+            keys = set(paired.items())
+            chosen.append(group[[(i, o) in keys for i, o in zip(group["image_id"], group["old_id"])]])
+    import pandas as pd
+
+    return pd.concat(chosen).sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before: set[str], *,
+                  moved: set[tuple[str, str]] = frozenset(), folders: bool = False) -> dict[tuple[str, str], str]:
     """(old label, new label) → the class change in words, from every such pair of a build's successors
-    (``labels``: the classes now; ``labels_before``: those before the build):
+    (``labels``: the classes now; ``labels_before``: those before the build; ``moved``: the pairs whose files
+    all came from another place; ``folders``: the classes are an ``imagefolder``'s subfolders):
+    ``class folder 'ship' renamed 'boat'`` (an imagefolder's class renamed), ``class 'boat' moved to another
+    folder`` (same class, its files elsewhere), ``class 'ship' renamed 'boat' and moved to another folder``,
     ``class 'ship' split into 'ship_a', 'ship_b'`` (its images went to several classes and it is gone),
     ``classes 'dog', 'horse' merged into 'animal'`` (a class took images of several, or of one while it
     existed before: ``class 'cat' merged into 'dog'``), ``class 'cat' renamed 'kitty'`` (one to one, the old
@@ -129,13 +280,20 @@ def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before:
 
     words = {}
     for old, new in set(pairs):
-        if len(out_of[old]) > 1 and old not in labels:
+        if old == new:
+            words[(old, new)] = f"class '{old}' moved to another folder"
+        elif len(out_of[old]) > 1 and old not in labels:
             words[(old, new)] = f"class '{old}' split into {quoted(out_of[old])}"
         elif len(into[new]) > 1 or new in labels_before:
             which = f"classes {quoted(into[new])}" if len(into[new]) > 1 else f"class '{old}'"
             words[(old, new)] = f"{which} merged into '{new}'"
         elif old not in labels:
-            words[(old, new)] = f"class '{old}' renamed '{new}'"
+            if (old, new) in moved and folders:
+                words[(old, new)] = f"class folder '{old}' renamed '{new}'"
+            elif (old, new) in moved:
+                words[(old, new)] = f"class '{old}' renamed '{new}' and moved to another folder"
+            else:
+                words[(old, new)] = f"class '{old}' renamed '{new}'"
         else:
             words[(old, new)] = f"images of class '{old}' now under '{new}'"
     return words

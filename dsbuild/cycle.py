@@ -567,6 +567,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     """
     from dsbuild.decisions import (REVIEWABLE, check_decisions, label_list, parse_decisions, plan_events,
                                    suggested_decisions)
+    from dsbuild.dedup.reviewed import regroup_reviewed
 
     ds = manifest.dataset(name)
     if (decisions is None) == (not accept_suggestions):
@@ -647,6 +648,10 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         for ev in events:
             ev.setdefault("label_quality", quality.get(ev["image_id"]))
         cat.append_label_events(name, events)
+        # A remove takes an image out of its duplicate group, an undo of it puts it back: regroup those groups
+        # now, so that a copy of a removed representative is not left out of export and training until a build.
+        regroup_reviewed(cat, ds, sorted({str(e["image_id"]) for e in events if e["action"] == "remove" or (
+            e["action"] == "undo" and "rejected" in (e["old_status"], e["new_status"]))}))
         if on_commit is not None:
             on_commit(cat)
         return events, len(chosen) - len(events), source

@@ -22,7 +22,10 @@ dashes read as underscores; other columns are ignored):
     relative paths resolve against the CSV's folder and the current folder, and
     both sides are compared resolved. A path
     shared by several images (the same bytes under two labels) is ambiguous: use
-    ``image_id``. When both columns are filled they must name the same image.
+    ``image_id`` — unless all but one of them were set aside by a build (``source
+    removed``: after a class rename the old item and its successor share the
+    stored file and the origin), then it names the one not set aside. When both
+    columns are filled they must name the same image.
 ``action``
     ``relabel`` | ``remove`` | ``keep`` | ``undo`` (case-insensitive).
 ``new_label``
@@ -100,7 +103,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
 
 from dsbuild.errors import DsbuildError, closest, did_you_mean
 from dsbuild.rows import LABEL_ISSUE_COLUMNS, REPORT_COLUMNS
@@ -306,13 +309,18 @@ class _ImageIndex:
         missing = need - set(images.columns)
         if missing:
             raise ValueError(f"images needs columns {sorted(need)}; missing {sorted(missing)}")
+        from dsbuild.sources import SOURCE_REMOVED
+
         self.base_dirs = list(base_dirs)
         self.by_id: dict[str, dict[str, Any]] = {}
         self.by_path: dict[str, set[str]] = {}
-        cols = ["image_id", "path", "origin", "label", "status", *(["reason"] if "reason" in images.columns else [])]
-        for rec in images[cols].to_dict("records"):
+        self.set_aside: set[str] = set()  # items a build set aside (source removed): a class renamed, a file gone
+        columns = ["image_id", "path", "origin", "label", "status"] + (["reason"] if "reason" in images else [])
+        for rec in images[columns].to_dict("records"):
             iid = str(rec["image_id"])
             self.by_id[iid] = rec
+            if rec.get("reason") == SOURCE_REMOVED:
+                self.set_aside.add(iid)
             for value in (rec["path"], rec["origin"]):
                 if isinstance(value, str) and value:
                     key = value if "://" in value else _resolved(Path(value))
@@ -460,6 +468,10 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
             problems.add(line, f"no image of this dataset has path '{_short(path, PATH_LIMIT)}' (stored file or origin) — "
                                "check the path or use image_id")
             return None
+        if len(found) > 1 and by_id is None and len(found - index.set_aside) == 1:
+            # A class renamed (or merged, split) keeps the stored file: the item set aside and its successor share
+            # the path. The one not set aside is the image meant.
+            found = found - index.set_aside
         if len(found) > 1 and by_id is None:
             ids = sorted(found)
             problems.add(line, f"path '{_short(path, PATH_LIMIT)}' is {len(ids)} images ({', '.join(ids[:5])}"
@@ -700,7 +712,7 @@ class Carried:
 
 
 def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFrame | None", labels: Collection[str],
-                   source: str, at: datetime) -> Carried:
+                   source: str, at: datetime, follow: Mapping[str, str] | None = None) -> Carried:
     """Label events giving each successor the review decisions that stand on the item it succeeds.
 
     ``history``: the ``label_events`` rows of the old items (columns as for :func:`plan_events`, with
@@ -708,7 +720,8 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
     dataset now. Per successor, from the old item's decisions not undone:
 
     * a relabel in effect (the old item's label is not the one its source gave) to a label of ``labels``
-      becomes a ``relabel`` from the new given label; to the new given label itself, nothing (it is the
+      (or to a class that is gone into one of them, renamed or merged: ``follow``, old → new class) becomes a
+      ``relabel`` from the new given label; to the new given label itself, nothing (it is the
       label already); to a label that is no longer a class, nothing: counted in ``lost``;
     * a standing ``remove`` becomes a ``remove`` (the image stays out of training), a standing ``keep``
       a ``keep`` (not when it confirmed a relabel that could not be carried: counted in ``lost``); a
@@ -735,6 +748,8 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
         label = s.label
         relabels = [e for e in stack if e["action"] == "relabel"]
         relabelled = bool(relabels) and net_label is not None and net_label != s.old_label
+        if relabelled and net_label not in labels and follow and net_label in follow:
+            net_label = follow[net_label]
         dead = False
         if relabelled:
             if net_label == label:

@@ -576,7 +576,10 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
     if gs.held_apart:
         summary.notes.append(f"{gs.held_apart} near-duplicate links join images that earlier builds put in different "
                              "splits: left as separate groups so that no image moves to another split")
-    counts = updates[updates["split"].notna() & (updates["status"] == "ok")]["split"].value_counts()
+    # Accepted images as `status` counts them: an image removed in review is `ok` in its row, rejected in the view.
+    removed = set(items.loc[items["removed"].fillna(False).astype(bool), "image_id"])
+    counts = updates[updates["split"].notna() & (updates["status"] == "ok")
+                     & ~updates["image_id"].isin(removed)]["split"].value_counts()
     summary.splits = {k: int(v) for k, v in counts.items()}
     note = group_warning(updates, ds)
     if note:

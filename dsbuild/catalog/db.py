@@ -292,18 +292,35 @@ class Catalog:
 
     def set_aside_matches(self, dataset: str, image_ids: list[str], *, reason: str):
         """For the items ``image_ids`` of ``dataset`` (those a build has just created), every item set aside with
-        ``reason`` that came from the same file: the same ``origin`` and the same content (``sha256``).
+        ``reason`` with the same content (``sha256``) that may be the same file: from the same ``origin``, or
+        from an origin that no item supplies today (the file moved: its class folder renamed or moved), not
+        succeeded already: no other item of that content, not among ``image_ids``, was first seen since the build
+        that set it aside, and its review decisions were not carried over to another item (a note ``carried over
+        from <id>``).
+        :func:`dsbuild.carryover.pair_successors` picks one per new item.
 
-        Columns: image_id, class_label, status (of the new item); old_id, old_label (its ``class_label``),
-        old_split, old_updated (when it was last written: set aside). No row for an item without a match."""
+        Columns: image_id, class_label, status, origin, sha256 (of the new item); old_id, old_label (its
+        ``class_label``), old_split, old_updated (when it was last written: set aside), old_origin, old_build
+        (the build that set it aside). No row for an
+        item without a match."""
         return self.df(
-            """SELECT n.image_id, n.class_label, n.status, o.image_id AS old_id, o.class_label AS old_label,
-                      o.split AS old_split, o.updated_at AS old_updated
-               FROM items n JOIN items o ON o.dataset = n.dataset AND o.origin = n.origin AND o.sha256 = n.sha256
-                                        AND o.image_id <> n.image_id
+            """SELECT n.image_id, n.class_label, n.status, n.origin, n.sha256, o.image_id AS old_id,
+                      o.class_label AS old_label, o.split AS old_split, o.updated_at AS old_updated,
+                      o.origin AS old_origin, o.build_id AS old_build
+               FROM items n JOIN items o ON o.dataset = n.dataset AND o.sha256 = n.sha256 AND o.image_id <> n.image_id
                WHERE n.dataset = ? AND n.image_id IN (SELECT unnest(?)) AND o.reason = ?
+                 AND (o.origin = n.origin
+                      OR (NOT EXISTS (SELECT 1 FROM items s WHERE s.dataset = o.dataset AND s.origin = o.origin
+                                                              AND s.reason IS DISTINCT FROM ?)
+                          AND NOT EXISTS (SELECT 1 FROM items s WHERE s.dataset = o.dataset AND s.sha256 = o.sha256
+                                            AND s.reason IS DISTINCT FROM ? AND s.image_id NOT IN (SELECT unnest(?))
+                                            AND s.first_seen >= (SELECT min(b.started_at) FROM builds b
+                                                                 WHERE b.build_id = o.build_id))
+                          AND NOT EXISTS (SELECT 1 FROM label_events e
+                                          WHERE e.dataset = o.dataset AND e.image_id <> n.image_id
+                                            AND e.note LIKE 'carried over from ' || o.image_id || ' %')))
                ORDER BY n.image_id, o.updated_at DESC, o.image_id""",
-            [dataset, list(image_ids), reason],
+            [dataset, list(image_ids), reason, reason, reason, list(image_ids)],
         )
 
     def source_labels(self, dataset: str, *, set_aside: str) -> list[str]:
@@ -389,6 +406,29 @@ class Catalog:
                 ).fetchone()
         finally:
             self.con.unregister("_upd")
+        return int(changed[0]) if changed else 0
+
+    def update_groups(self, dataset: str, rows) -> int:
+        """Write the duplicate-group columns (status, reason, dup_group, dup_of, dup_distance, conflict) of items of
+        ``dataset`` (a DataFrame keyed by image_id: :func:`dsbuild.dedup.reviewed.regroup_reviewed`); splits and
+        quality columns stay. Returns how many items changed."""
+        if len(rows) == 0:
+            return 0
+        self.con.register("_grp", rows)
+        try:
+            with self.transaction():
+                changed = self.con.execute(
+                    """UPDATE items SET status = u.status, reason = u.reason, dup_group = u.dup_group,
+                           dup_of = u.dup_of, dup_distance = u.dup_distance, conflict = u.conflict, updated_at = ?
+                       FROM _grp u WHERE items.dataset = ? AND items.image_id = u.image_id
+                         AND (items.status IS DISTINCT FROM u.status OR items.reason IS DISTINCT FROM u.reason
+                              OR items.dup_group IS DISTINCT FROM u.dup_group OR items.dup_of IS DISTINCT FROM u.dup_of
+                              OR items.dup_distance IS DISTINCT FROM u.dup_distance
+                              OR items.conflict IS DISTINCT FROM u.conflict)""",
+                    [utcnow(), dataset],
+                ).fetchone()
+        finally:
+            self.con.unregister("_grp")
         return int(changed[0]) if changed else 0
 
     def set_blob_signals(self, rows) -> None:
