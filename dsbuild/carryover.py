@@ -185,10 +185,7 @@ def follow_classes(cat: Catalog, ds: Dataset, follow: dict[str, str], split: set
     gone = sorted(set(follow) | split)
     if not gone:
         return {}, {}
-    rows = cat.df(
-        """SELECT image_id, label, status FROM images
-           WHERE dataset = ? AND label IN (SELECT unnest(?)) AND label IS DISTINCT FROM original_label
-             AND reason IS DISTINCT FROM ? ORDER BY image_id""", [ds.name, gone, SOURCE_REMOVED])
+    rows = cat.relabelled_to(ds.name, gone, except_reason=SOURCE_REMOVED)
     if rows.empty:
         return {}, {}
     history = cat.label_history(ds.name, image_ids=list(rows["image_id"]))

@@ -89,9 +89,7 @@ def former_classes(cat: Catalog, ds: Dataset, classes: list[str]) -> list[str]:
     the manifest), and any label an image still carries. Only for messages: a relabel to one is refused."""
     from dsbuild.sources import SOURCE_REMOVED
 
-    rows = cat.con.execute("SELECT DISTINCT class_label FROM items WHERE dataset = ? AND reason = ?",
-                           [ds.name, SOURCE_REMOVED]).fetchall()
-    known = {r[0] for r in rows if r[0] is not None} | set(cat.dataset_labels(ds.name))
+    known = set(cat.set_aside_labels(ds.name, reason=SOURCE_REMOVED)) | set(cat.dataset_labels(ds.name))
     return sorted(known - set(classes))
 
 

@@ -662,10 +662,7 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
 def embed_notes(cat: Catalog, ds: Dataset) -> list[str]:
     """What ``dsbuild embed`` left for ``ds``'s accepted images: how many have neighbours and an outlier score,
     and with ``dedup.semantic = false`` what the embeddings serve and what a build does with them."""
-    accepted, with_neighbours, scored = cat.df(
-        """SELECT count(*), count(*) FILTER (WHERE image_id IN (SELECT image_id FROM neighbours WHERE dataset = ?)),
-                  count(outlier_score)
-           FROM images WHERE dataset = ? AND status IN ('ok', 'duplicate')""", [ds.name, ds.name]).iloc[0].tolist()
+    accepted, with_neighbours, scored = cat.neighbour_coverage(ds.name)
     notes = [f"neighbours of {with_neighbours} of {accepted} accepted images stored (the `neighbours` view, `@similar`), "
              f"outlier scores of {scored} (duplicates get none)"]
     if not ds.dedup.semantic:

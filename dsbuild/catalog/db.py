@@ -330,6 +330,34 @@ class Catalog:
             "SELECT DISTINCT class_label FROM items WHERE dataset = ? AND reason IS DISTINCT FROM ? ORDER BY 1",
             [dataset, set_aside]).fetchall()]
 
+    def set_aside_labels(self, dataset: str, *, reason: str) -> list[str]:
+        """``class_label`` of the items of ``dataset`` set aside with ``reason`` (the classes they came under), sorted."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT class_label FROM items WHERE dataset = ? AND reason = ? AND class_label IS NOT NULL "
+            "ORDER BY 1", [dataset, reason]).fetchall()]
+
+    def relabelled_to(self, dataset: str, labels: list[str], *, except_reason: str):
+        """Images of ``dataset`` whose current label is one of ``labels`` by a review (label ≠ original_label),
+        leaving out those set aside with ``except_reason``: DataFrame image_id, label, status, by image_id."""
+        return self.df(
+            """SELECT image_id, label, status FROM images
+               WHERE dataset = ? AND label IN (SELECT unnest(?)) AND label IS DISTINCT FROM original_label
+                 AND reason IS DISTINCT FROM ? ORDER BY image_id""", [dataset, list(labels), except_reason])
+
+    def neighbour_coverage(self, dataset: str) -> tuple[int, int, int]:
+        """``(accepted, with neighbours, with an outlier score)``: the accepted images (ok, duplicate) of
+        ``dataset``, those with rows in the ``neighbours`` view, and those with an ``outlier_score``."""
+        row = self.con.execute(
+            """SELECT count(*), count(*) FILTER (WHERE image_id IN (SELECT image_id FROM neighbours WHERE dataset = ?)),
+                      count(outlier_score)
+               FROM images WHERE dataset = ? AND status IN ('ok', 'duplicate')""", [dataset, dataset]).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def any_grouped(self, dataset: str, image_ids: set[str]) -> bool:
+        """Whether one of ``image_ids`` of ``dataset`` is in a duplicate group (``dup_group`` set)."""
+        return bool(self.con.execute("SELECT count(*) FROM items WHERE dataset = ? AND dup_group IS NOT NULL "
+                                     "AND image_id IN (SELECT unnest(?))", [dataset, sorted(image_ids)]).fetchone()[0])
+
     def inherit_splits(self, dataset: str, splits: dict[str, str]) -> int:
         """Give items of ``dataset`` without a split the split of ``splits`` (image_id → split); return how many
         took one. The build's regrouping keeps them (stable splits)."""

@@ -40,7 +40,7 @@ def regroup_reviewed(cat: Catalog, ds: Dataset, image_ids: Iterable[str]) -> int
         return 0
     # A review app removes one image per key press: one in no group and none brought back → nothing to read.
     state = cat.current_states(ds.name, sorted(wanted))
-    if not state["status"].isin(["ok", "duplicate"]).any() and not _in_groups(cat, ds.name, wanted):
+    if not state["status"].isin(["ok", "duplicate"]).any() and not cat.any_grouped(ds.name, wanted):
         return 0
     items = cat.dataset_items(ds.name).reset_index(drop=True)
     if items.empty:
@@ -93,11 +93,6 @@ def regroup_reviewed(cat: Catalog, ds: Dataset, image_ids: Iterable[str]) -> int
     out.loc[~grouped, "status"] = before.loc[out.index[~grouped], "status"]
     out.loc[~grouped, "reason"] = before.loc[out.index[~grouped], "reason"]
     return cat.update_groups(ds.name, out.reset_index()[list(_GROUP_COLUMNS)])
-
-
-def _in_groups(cat: Catalog, dataset: str, image_ids: set[str]) -> bool:
-    return bool(cat.con.execute("SELECT count(*) FROM items WHERE dataset = ? AND dup_group IS NOT NULL "
-                                "AND image_id IN (SELECT unnest(?))", [dataset, sorted(image_ids)]).fetchone()[0])
 
 
 def _hamming(a, b) -> int | None:

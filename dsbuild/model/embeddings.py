@@ -141,12 +141,10 @@ class FeatureCache:
         name = f"part-{len(list(self.dir.glob('part-*.parquet'))):06d}-{secrets.token_hex(3)}.parquet"
         tmp = self.dir / f".{name}.tmp"
         try:
-            con = duckdb.connect()
-            try:
-                rows = con.execute("SELECT sha256, emb FROM read_parquet(?)", [[str(p) for p in shards]]).df()
-                duckdb.from_df(rows, connection=con).write_parquet(str(tmp), compression="zstd")
-            finally:
-                con.close()
+            import pandas as pd
+
+            rows = pd.concat([duckdb.read_parquet(str(p)).df()[["sha256", "emb"]] for p in shards], ignore_index=True)
+            duckdb.from_df(rows).write_parquet(str(tmp), compression="zstd")
             os.replace(tmp, self.dir / name)
         finally:
             tmp.unlink(missing_ok=True)
