@@ -440,7 +440,11 @@ def test_shipped_manifest_parses() -> None:
     demo = m.dataset("demo")
     assert demo.labels == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     assert all(c.folders == (REPO / "demo_data/digits" / c.name,) and not c.queries for c in demo.classes)
-    assert demo.verify.min_side == 16
+    # the demo needs no tuning: verify and dedup at their defaults (it set min_side = 16 and threshold = 2)
+    from dsbuild.dedup.settings import DedupSettings
+    from dsbuild.verify.settings import VerifySettings
+
+    assert (demo.verify, demo.dedup) == (VerifySettings(), DedupSettings())
     assert demo.model["arch"] == "efficientnet_lite0"
     eyewear = m.dataset("eyewear")
     assert eyewear.labels == ["glasses", "sunglasses", "VR", "none"]
