@@ -680,10 +680,7 @@ def _class_change_note(name: str, run_id: str | None, run: dict | None, labels: 
     scored = [str(c) for c in json.loads(conf).get("classes", [])]
     if not scored or set(scored) == set(labels):
         return None
-    gone = [c for c in scored if c not in labels]
-    new = [c for c in labels if c not in scored]
-    change = "; ".join(part for part in (f"gone: {', '.join(gone)}" if gone else "",
-                                         f"new: {', '.join(new)}" if new else "") if part)
+    change = class_set_change(scored, labels)
     return (f"the latest mislabel run of '{name}' ({run_id}) scored the classes {', '.join(scored)}; the dataset's "
             f"classes are {', '.join(labels)} now ({change}) — its suggestions to gone classes were skipped and it "
             f"never suggested a new one: run `dsbuild mislabels {name}` again to score the current classes")
@@ -923,16 +920,21 @@ def saved_model_classes(model_path: "str | Path") -> list[str]:
         return []
 
 
+def class_set_change(before: list[str], now: list[str]) -> str:
+    """The classes of ``before`` that ``now`` lacks and those it adds, in words: ``gone: a, b; new: c``."""
+    gone = [c for c in before if c not in now]
+    new = [c for c in now if c not in before]
+    return "; ".join(part for part in (f"gone: {', '.join(gone)}" if gone else "",
+                                       f"new: {', '.join(new)}" if new else "") if part)
+
+
 def model_classes_note(name: str, run_id: str, model_classes: list[str], classes: list[str]) -> str | None:
     """A warning when the model of run ``run_id`` was trained on other classes than dataset ``name`` has now
     (``classes``: :func:`dataset_classes`), else None: its answers may name a class that is gone and never name a
     new one (a class renamed, merged or removed since, in the manifest or as a class folder)."""
     if not classes or not model_classes or set(model_classes) == set(classes):
         return None
-    gone = [c for c in model_classes if c not in classes]
-    new = [c for c in classes if c not in model_classes]
-    change = "; ".join(part for part in (f"gone: {', '.join(gone)}" if gone else "",
-                                         f"new: {', '.join(new)}" if new else "") if part)
+    change = class_set_change(model_classes, classes)
     return (f"the model of run {run_id} was trained on the classes {', '.join(model_classes)}; the dataset's classes "
             f"are {', '.join(classes)} now ({change}) — its answers may name a class the dataset no longer has and "
             f"never name a new one: run `dsbuild train {name}` to train on the current classes")
