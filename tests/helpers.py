@@ -19,6 +19,15 @@ def skimage_photo(name: str) -> Image.Image:
         return Image.fromarray(getattr(skimage.data, name)())
 
 
+def photo_quadrant(name: str, k: int, size: int = 128) -> Image.Image:
+    """Quarter ``k`` (0–3, row-major) of a :func:`skimage_photo`, RGB, resized to ``size`` px square: same scene and
+    colours as its siblings, but not a near duplicate of them."""
+    img = skimage_photo(name).convert("RGB")
+    w, h = img.size
+    box = ((k % 2) * w // 2, (k // 2) * h // 2, (k % 2 + 1) * w // 2, (k // 2 + 1) * h // 2)
+    return img.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+
+
 def run_cli(capsys, manifest: Path, *args: str) -> tuple[int, str, str]:
     """``dsbuild -m MANIFEST ARGS`` in-process: (exit code, stdout, stderr)."""
     capsys.readouterr()

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import kill_after_first_commit, run_cli, skimage_photo
+from helpers import kill_after_first_commit, photo_quadrant, run_cli, skimage_photo
 
 from dsbuild.pipeline import build
 from dsbuild.catalog import Catalog
@@ -48,11 +48,7 @@ def photo(name: str, size: int = 160) -> Image.Image:
 
 
 def quadrant(name: str, k: int, size: int = 128) -> Image.Image:
-    """One quarter of a photo: same scene and colours as its siblings, but not a near duplicate of them."""
-    img = skimage_photo(name).convert("RGB")
-    w, h = img.size
-    box = ((k % 2) * w // 2, (k // 2) * h // 2, (k % 2 + 1) * w // 2, (k // 2 + 1) * h // 2)
-    return img.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+    return photo_quadrant(name, k, size)
 
 
 def save(img: Image.Image, path: Path, **kw) -> Path:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import run_cli, skimage_photo
+from helpers import photo_quadrant, run_cli
 
 from dsbuild.carryover import CarryOver, class_changes
 from dsbuild.catalog import Catalog
@@ -28,10 +28,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon",
 
 
 def quadrant(name: str, k: int, size: int = 128) -> Image.Image:
-    img = skimage_photo(name).convert("RGB")
-    w, h = img.size
-    box = ((k % 2) * w // 2, (k // 2) * h // 2, (k % 2 + 1) * w // 2, (k // 2 + 1) * h // 2)
-    return img.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+    return photo_quadrant(name, k, size)
 
 
 def make_images(root: Path, classes: dict[str, int]) -> None:

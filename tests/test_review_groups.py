@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import run_cli, skimage_photo, sql
+from helpers import photo_quadrant, run_cli, sql
 
 pytestmark = pytest.mark.usefixtures("wide_terminal")
 
@@ -21,10 +21,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon",
 
 
 def quadrant(name: str, k: int, size: int = 96) -> Image.Image:
-    img = skimage_photo(name).convert("RGB")
-    w, h = img.size
-    box = ((k % 2) * w // 2, (k // 2) * h // 2, (k % 2 + 1) * w // 2, (k // 2 + 1) * h // 2)
-    return img.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+    return photo_quadrant(name, k, size)
 
 
 @pytest.fixture()
