@@ -324,7 +324,7 @@ def test_without_an_address_a_build_starts_a_ray_runtime_and_stops_it(tmp_path: 
     assert code == 0, err
     lines = err.splitlines()
     ready = [float(m.group(1)) for m in map(re.compile(r"ray: cluster ready in (\d+\.\d) s").fullmatch, lines) if m]
-    assert len(ready) == 1 and ready[0] >= 2.0 and lines[0].startswith("ray: cluster ready in "), err  # ~8 s, 2 cores
+    assert len(ready) == 1 and ready[0] > 0 and lines[0].startswith("ray: cluster ready in "), err  # ~8 s on 2 cores; said however short
     verify = re.fullmatch(r"pets: verify \+ hash 12/12 ok \d+ rejected \d+ (?:(\d+)/s|(\d+\.\d) s each) (\d+\.\d) s",
                           lines[1])
     assert verify, err
