@@ -159,10 +159,11 @@ class _Problems:
     """Collects ``(line, message)`` problems and raises them as one DsbuildError."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[int | None, str]] = []
+        self.items: list[tuple[int | None, str, str]] = []
 
-    def add(self, line: int | None, message: str) -> None:
-        self.items.append((line, message))
+    def add(self, line: int | None, message: str, *, in_app: str | None = None) -> None:
+        """A problem at ``line``; ``in_app``: how the review app says it (default ``message``)."""
+        self.items.append((line, message, message if in_app is None else in_app))
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -172,12 +173,17 @@ class _Problems:
         if not self.items:
             return
         n = len(self.items)
-        lines = [f"  line {ln}: {msg}" if ln is not None else f"  {msg}" for ln, msg in self.items[:MAX_LISTED]]
+        lines = [f"  line {ln}: {msg}" if ln is not None else f"  {msg}" for ln, msg, _ in self.items[:MAX_LISTED]]
         if n > MAX_LISTED:
             lines.append(f"  … and {n - MAX_LISTED} more")
         head = (f"{what} {'have' if plural else 'has'} {n} problem{'s' if n != 1 else ''}; nothing was applied — "
                 f"fix {'them' if n != 1 else 'it'} and run again:")
-        raise DsbuildError("\n".join([head, *lines]), exit_code=2)
+        # The review app shows the problems after its own "not applied: ", each saying what to do in the app.
+        in_app = [app for _, _, app in self.items[:MAX_LISTED]]
+        if n > MAX_LISTED:
+            in_app.append(f"… and {n - MAX_LISTED} more")
+        raise DsbuildError("\n".join([head, *lines]), exit_code=2,
+                           in_app=in_app[0] if n == 1 else f"{n} problems: " + "; ".join(in_app))
 
 
 PATH_LIMIT = 240  # paths in messages: a real path is shown whole (a 60-character cut hid which file was meant)
@@ -502,12 +508,17 @@ def _describe(d: Decision) -> str:
     return f"relabel → '{d.new_label}'" if d.action == "relabel" else d.action
 
 
-def unknown_label(label: str, labels: Sequence[str], former: Collection[str] = ()) -> str:
+def unknown_label(label: str, labels: Sequence[str], former: Collection[str] = (), *, in_app: bool = False) -> str:
     """Why a relabel to ``label`` is refused: not one of ``labels`` (the dataset's classes now); ``former``:
-    names that were classes once (a class folder renamed or removed), said as such."""
+    names that were classes once (a class folder renamed or removed), said as such. ``in_app``: what to do
+    in the review app (its keys are the labels the page was loaded with)."""
     what = (f"label '{_short(label)}' is not a class of this dataset any more (renamed or removed)" if label in former
             else f"unknown label '{_short(label)}'")
-    return f"{what}{did_you_mean(label, list(labels))} — labels of this dataset: {label_list(list(labels))}"
+    todo = "labels of this dataset"
+    if in_app:
+        todo = ("reload the page for the current labels" if label in former
+                else "pick one of the labels of this dataset")
+    return f"{what}{did_you_mean(label, list(labels))} — {todo}: {label_list(list(labels))}"
 
 
 def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str], former: Collection[str] = ()) -> list[Decision]:
@@ -527,7 +538,8 @@ def check_decisions(decisions: Iterable[Decision], *, labels: Sequence[str], for
             problems.add(None, f"decision {k} is a {type(d).__name__}, not a dsbuild.decisions.Decision")
             continue
         if d.action == "relabel" and d.new_label not in label_set:
-            problems.add(None, f"decision {k} (image {d.image_id}): {unknown_label(str(d.new_label), label_set, former)}")
+            problems.add(None, f"decision {k} (image {d.image_id}): {unknown_label(str(d.new_label), label_set, former)}",
+                         in_app=f"image {d.image_id}: {unknown_label(str(d.new_label), label_set, former, in_app=True)}")
             continue
         out.append(d)
     n = len(decisions)
@@ -643,10 +655,13 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
         where = d.line
         rec = state.get(d.image_id)
         if rec is None:
-            problems.add(where, f"unknown image {d.image_id}")
+            problems.add(where, f"unknown image {d.image_id}",
+                         in_app=f"image {d.image_id} is not an image of this dataset in the catalog now (a build since "
+                                "this page was loaded?) — reload the page")
             continue
         if d.image_id in seen:
-            problems.add(where, f"a second decision for image {d.image_id} in one review — give one decision per image")
+            problems.add(where, f"a second decision for image {d.image_id} in one review — give one decision per image",
+                         in_app=f"two decisions for image {d.image_id} in one request — send one decision per image")
             continue
         seen.add(d.image_id)
         label, status = _text(rec["label"]), _text(rec["status"])
@@ -657,7 +672,9 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
         if d.action == "undo":
             stack = stacks.get(d.image_id, [])
             if not stack:
-                problems.add(where, f"nothing to undo for image {d.image_id} — it has no review decision left")
+                problems.add(where, f"nothing to undo for image {d.image_id} — it has no review decision left",
+                             in_app=f"nothing to undo for image {d.image_id} — it has no review decision left (undone "
+                                    "elsewhere since?); reload the page to see its state")
                 continue
             undone = stack[-1]
             if d.undoes is not None and undone.get("event_id") != d.undoes:
@@ -670,11 +687,13 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
                 else f"undo of {_describe_event(undone)}"
             event["note"] = f"{what}; {d.note}" if d.note else what
         elif status not in REVIEWABLE:
-            problems.add(where, not_reviewable(d.image_id, status, _text(rec.get("reason"))))
+            problems.add(where, not_reviewable(d.image_id, status, _text(rec.get("reason"))),
+                         in_app=not_reviewable(d.image_id, status, _text(rec.get("reason")), in_app=True))
             continue
         elif d.action == "relabel":
             if d.new_label == label:
-                problems.add(where, f"image {d.image_id} already has label '{label}' — use keep to confirm it")
+                problems.add(where, f"image {d.image_id} already has label '{label}' — use keep to confirm it",
+                             in_app=f"image {d.image_id} already has label '{label}' — press k (keep) to confirm it")
                 continue
             event["new_label"] = d.new_label
         elif d.action == "remove":
@@ -854,11 +873,15 @@ def _already_applied(action: str, new_label: str | None, label: str | None, stat
     return False
 
 
-def not_reviewable(image_id: str, status: str | None, reason: str | None) -> str:
+def not_reviewable(image_id: str, status: str | None, reason: str | None, *, in_app: bool = False) -> str:
     """Why image ``image_id`` (``status``, ``reason``) cannot be relabelled, kept or removed; undo says how
-    only where it helps (an image removed in review)."""
+    only where it helps (an image removed in review). ``in_app``: the review app's words (its page showed the
+    image as reviewable, so its state changed since the page was loaded)."""
     why = f" ({reason})" if reason else ""
     back = "; undo brings it back" if reason == REMOVED_REASON else ""
+    if in_app:
+        back = ("; press u to undo the remove if you made it on this page, else reload the page to see its state"
+                if reason == REMOVED_REASON else "; it changed since this page was loaded — reload the page to see its state")
     return f"image {image_id} has status '{status}'{why} — only ok or duplicate images can be relabelled, kept or removed{back}"
 
 

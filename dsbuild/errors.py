@@ -17,14 +17,18 @@ from dataclasses import dataclass
 class DsbuildError(Exception):
     """An error the user can act on; ``str(err)`` says what happened and what to do.
 
-    ``exit_code`` is the process exit status the CLI uses (1 by default).
+    ``exit_code`` is the process exit status the CLI uses (1 by default). ``in_app``: the same error as the
+    review app (``dsbuild ui``) says it, where what to do differs there (pick another label, reload the
+    page, wait: the page retries) from the command line's "fix it and run again"; None: the message as is.
     """
 
     exit_code: int = 1
+    in_app: str | None = None
 
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+    def __init__(self, message: str, *, exit_code: int = 1, in_app: str | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.in_app = in_app
 
 
 class ManifestError(DsbuildError):

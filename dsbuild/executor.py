@@ -335,10 +335,17 @@ class Executor(ABC):
     workers: int = 1
     batch_size: int | None = None
     remote: bool = False
+    startup_s: float = 0.0  # seconds the backend took to take work when it was made (a Ray cluster starting)
 
     @abstractmethod
     def submit(self, jobs: Sequence[VerifyJob]) -> Batch:
         """Start ``jobs`` (one batch); return its :class:`Batch`."""
+
+    def startup_note(self) -> str | None:
+        """A progress note on the backend's start-up when it was long enough to mention
+        (``ray: cluster ready in 6.1 s``), else None. A stage calls ``bar.ready(executor.startup_note())``
+        once its executor is made: its per-image rate is timed from there."""
+        return None
 
     def shutdown(self, *, cancel: bool = False) -> None:
         """Release workers; ``cancel``: drop batches not started yet (their results are not wanted)."""

@@ -647,9 +647,15 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
                 try:
                     regroup_dataset(cat, ds, summary=summary, progress=progress, threads=workers, embed=True)
                 except KeyboardInterrupt:
-                    rest = " ".join(d.name for d in datasets[len(out):])
-                    raise DsbuildError(f"embed interrupted — the embeddings finished so far are kept (they are "
-                                       f"saved every {EMBED_CHUNK} images); `dsbuild embed {rest}` goes on from there",
+                    rest = [d.name for d in datasets[len(out):]]
+                    try:
+                        embedded, total = embedding_counts(cat, ds)
+                    except Exception:  # the catalog or the cache unreadable now: say what is sure
+                        raise DsbuildError(f"embed interrupted — the embeddings of {ds.name} finished before the "
+                                           f"stop are kept (they are saved every {EMBED_CHUNK} images); "
+                                           f"`dsbuild embed {' '.join(rest)}` goes on from them",
+                                           exit_code=130) from None
+                    raise DsbuildError(embed_interrupted(ds.name, rest, embedded, total, chunk=EMBED_CHUNK),
                                        exit_code=130) from None
                 summary.seconds = time.monotonic() - t0
                 summary.notes[:0] = embed_notes(cat, ds)
@@ -657,6 +663,34 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
             return out
     finally:
         lock.release()
+
+
+def embedding_counts(cat: Catalog, ds: Dataset) -> tuple[int, int]:
+    """``(embedded, total)``: how many of ``ds``'s verified images (those the near-duplicate stage counts) have an
+    embedding in the cache now, and how many there are."""
+    from dsbuild.dedup.signals import spec_of
+    from dsbuild.model.embeddings import FeatureCache
+
+    items = cat.dataset_items(ds.name)
+    shas = items.loc[_verified(items), "sha256"]
+    cache = FeatureCache(features_root_of(cat), spec_of(ds.dedup))
+    return sum(1 for s in shas if isinstance(s, str) and s in cache), len(shas)
+
+
+def embed_interrupted(dataset: str, rest: list[str], embedded: int, total: int, *, chunk: int) -> str:
+    """What ``dsbuild embed`` says when Ctrl-C (or SIGTERM) stops it in ``dataset``: how many of its ``total``
+    images have their embedding saved (``embedded``, counted in the cache after the stop; they are saved every
+    ``chunk`` images) and what the next run (``dsbuild embed`` ``rest``: this dataset and those not reached) does."""
+    again = f"`dsbuild embed {' '.join(rest)}`"
+    if embedded == 0:
+        return (f"embed interrupted before the first {min(chunk, total)} images of {dataset} were embedded — no "
+                f"embedding was saved yet (they are saved every {chunk} images), so the next {again} starts from "
+                f"the beginning")
+    if embedded >= total:
+        return (f"embed interrupted after all {total} images of {dataset} were embedded — the embeddings are saved; "
+                f"the next {again} reuses them and only regroups the dataset")
+    return (f"embed interrupted — {embedded} of {total} images of {dataset} have their embedding saved (they are "
+            f"saved every {chunk} images); the next {again} goes on with the other {total - embedded}")
 
 
 def embed_notes(cat: Catalog, ds: Dataset) -> list[str]:

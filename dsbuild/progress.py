@@ -17,9 +17,17 @@ from typing import Any
 
 
 class StageProgress:
-    """One stage's bar: ``advance(n, **counts)``; silent here."""
+    """One stage's bar: ``advance(n, **counts)``; silent here.
+
+    ``ready(note)``: the stage's workers can take work from now on — what came before was start-up (a Ray
+    cluster starting or connecting), so the per-item rate is timed from here; ``note`` (None: nothing) says
+    the start-up on its own line, once.
+    """
 
     def advance(self, n: int = 1, **counts: int) -> None:
+        pass
+
+    def ready(self, note: str | None = None) -> None:
         pass
 
     def __enter__(self) -> "StageProgress":
@@ -124,6 +132,9 @@ class LiveProgress(Progress):
 class _LiveStage(StageProgress):
     def __init__(self, live: LiveProgress, inner: StageProgress, record: dict) -> None:
         self.live, self.inner, self.record = live, inner, record
+
+    def ready(self, note: str | None = None) -> None:
+        self.inner.ready(note)
 
     def advance(self, n: int = 1, **counts: int) -> None:
         self.inner.advance(n, **counts)

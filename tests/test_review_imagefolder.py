@@ -207,9 +207,9 @@ def test_app_has_a_key_per_class_folder_and_refuses_a_gone_class(project: Path) 
         before = n_events(project)
         r = decide(client, {"image_id": target, "action": "relabel", "new_label": "seven"})
         assert r.status_code == 409
-        assert r.json()["error"] == ("the decision has 1 problem; nothing was applied — fix it and run again:\n"
-                                     f"  decision 1 (image {target}): label 'seven' is not a class of this dataset "
-                                     "any more (renamed or removed) — labels of this dataset: one, sept, zero")
+        # The app's words: its keys are the labels the page was loaded with, so reload (not "fix it and run again").
+        assert r.json()["error"] == (f"image {target}: label 'seven' is not a class of this dataset any more (renamed "
+                                     "or removed) — reload the page for the current labels: one, sept, zero")
         assert n_events(project) == before
         assert sql(project, "SELECT count(*) FROM images WHERE label = 'seven' AND status = 'ok'") == [(0,)]
         r = decide(client, {"image_id": target, "action": "relabel", "new_label": "sept"})
@@ -231,9 +231,9 @@ def test_app_refusal_of_a_source_removed_image_and_a_keep_that_changes_nothing(p
         before = n_events(project)
         r = decide(client, {"image_id": other, "action": "keep"})
         assert r.status_code == 409
-        assert r.json()["error"] == ("the review has 1 problem; nothing was applied — fix it and run again:\n"
-                                     f"  image {other} has status 'rejected' (source removed) — only ok or duplicate "
-                                     "images can be relabelled, kept or removed")
+        assert r.json()["error"] == (f"image {other} has status 'rejected' (source removed) — only ok or duplicate "
+                                     "images can be relabelled, kept or removed; it changed since this page was "
+                                     "loaded — reload the page to see its state")
         r = decide(client, {"image_id": kept, "action": "keep"})
         assert r.status_code == 200
         body = r.json()

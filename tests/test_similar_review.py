@@ -219,8 +219,9 @@ def test_ctrl_c_during_embed_keeps_the_finished_chunks_and_the_next_embed_goes_o
     kept = _cached(tmp_path / "catalog")
     assert kept % EMBED_CHUNK == 0 and EMBED_CHUNK <= kept < n, kept
     lines = run.stderr.strip().splitlines()
-    assert lines[-1] == ("Error: embed interrupted — the embeddings finished so far are kept (they are saved every "
-                         f"{EMBED_CHUNK} images); `dsbuild embed pets` goes on from there")
+    assert lines[-1] == (f"Error: embed interrupted — {kept} of {n} images of pets have their embedding saved (they "
+                         f"are saved every {EMBED_CHUNK} images); the next `dsbuild embed pets` goes on with the other "
+                         f"{n - kept}")
     # The progress line moved with each chunk (the chunk being written when the signal came may be one behind).
     done = [int(line.split()[3].split("/")[0]) for line in lines if line.startswith("pets: near-duplicate signals ")]
     assert done and done[-1] in (kept, kept - EMBED_CHUNK), lines
@@ -229,6 +230,46 @@ def test_ctrl_c_during_embed_keeps_the_finished_chunks_and_the_next_embed_goes_o
     assert f"pets: near-duplicate signals {n}/{n} computed {n - kept} reused {kept}" in err
     assert _cached(tmp_path / "catalog") == n
     assert len(list(shards.glob("part-*.parquet"))) <= 1 + kept // EMBED_CHUNK  # the run's own shards merged into one
+
+
+def test_ctrl_c_during_embed_before_the_first_chunk_says_nothing_was_saved(tmp_path, capsys):
+    """A real SIGINT as soon as the embedding backbone starts loading (torch mapped into the process), seconds
+    before the first chunk can be saved: the message says no embedding was saved — it used to say "the embeddings
+    finished so far are kept" — and the cache is indeed empty."""
+    from dsbuild.model.embeddings import EMBED_CHUNK
+
+    n = EMBED_CHUNK + 8
+    manifest = _digits_project(tmp_path, n)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    proc = subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), "embed", "pets", "--workers", "1"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and "libtorch" not in maps.read_text():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines()[-1] == (
+        f"Error: embed interrupted before the first {EMBED_CHUNK} images of pets were embedded — no embedding was "
+        f"saved yet (they are saved every {EMBED_CHUNK} images), so the next `dsbuild embed pets` starts from the "
+        "beginning")
+    assert _cached(tmp_path / "catalog") == 0
+
+
+def test_the_embed_interrupted_message_counts_what_the_cache_holds():
+    """The three cases of the message, with the counts `embedding_counts` reads from the cache after a stop."""
+    from dsbuild.pipeline import embed_interrupted
+
+    assert embed_interrupted("pets", ["pets", "cars"], 0, 20, chunk=64) == (
+        "embed interrupted before the first 20 images of pets were embedded — no embedding was saved yet (they are "
+        "saved every 64 images), so the next `dsbuild embed pets cars` starts from the beginning")
+    assert embed_interrupted("pets", ["pets"], 128, 300, chunk=64) == (
+        "embed interrupted — 128 of 300 images of pets have their embedding saved (they are saved every 64 images); "
+        "the next `dsbuild embed pets` goes on with the other 172")
+    assert embed_interrupted("pets", ["pets"], 300, 300, chunk=64) == (
+        "embed interrupted after all 300 images of pets were embedded — the embeddings are saved; the next "
+        "`dsbuild embed pets` reuses them and only regroups the dataset")
 
 
 def test_embed_with_semantic_false_stores_the_neighbours_and_builds_keep_them_with_the_outlier_scores(tmp_path, capsys):

@@ -8,6 +8,7 @@ shows (the Host header a browser sends, raw paths).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import subprocess
@@ -74,7 +75,11 @@ def events(manifest: Path) -> list[tuple]:
 
 
 def queue_ids(client: TestClient) -> list[str]:
-    return re.findall(r'<article class="card[^"]*"[^>]*data-id="([^"]+)"', client.get("/").text)
+    return queue_ids_of(client.get("/").text)
+
+
+def queue_ids_of(page: str) -> list[str]:
+    return re.findall(r'<article class="card[^"]*"[^>]*data-id="([^"]+)"', page)
 
 
 ROUTES = ["/", "/browse", "/runs", "/predict", "/static/app.js", "/static/app.css", "/thumb/0000000000000000"]
@@ -246,8 +251,7 @@ def test_undo_names_the_apps_decision_and_never_reverts_a_colleagues_since(clien
     r = client.post("/api/decide", json=undo, headers=CSRF)
     assert r.status_code == 409
     assert r.json()["error"] == (
-        "the review has 1 problem; nothing was applied — fix it and run again:\n"
-        f"  image {x} changed since event {mine}, the decision to undo: event {theirs} (remove by review:d.csv at "
+        f"image {x} changed since event {mine}, the decision to undo: event {theirs} (remove by review:d.csv at "
         f"{at:%Y-%m-%d %H:%M:%S} UTC) came after it — nothing was undone; look at the image again and decide anew")
     assert latest_event(manifest, x)[0] == theirs
     # once the colleague undoes their remove, the app's keep is on top again and its undo applies
@@ -285,13 +289,12 @@ def test_unknown_label_and_relabel_to_the_same_label_are_refused_with_the_reason
     r = client.post("/api/decide", json={"decisions": [{"image_id": target, "action": "relabel", "new_label": "sevn"}]},
                     headers=CSRF)
     assert r.status_code == 409 and "unknown label 'sevn' (did you mean 'seven'?)" in r.json()["error"]
-    # One decision: "the decision has 1 problem" (it read "the decisions has 1 problem").
-    assert r.json()["error"].startswith("the decision has 1 problem; nothing was applied — fix it and run again:"), r.text
+    # The app's words: the problem and what to do in the app (not the CLI's "fix it and run again").
+    assert r.json()["error"].startswith(f"image {target}: unknown label 'sevn'"), r.text
     two = [{"image_id": target, "action": "relabel", "new_label": "sevn"}, {"image_id": target, "action": "relabel",
                                                                           "new_label": "nine"}]
     r = client.post("/api/decide", json={"decisions": two}, headers=CSRF)
-    assert r.status_code == 409 and r.json()["error"].startswith(
-        "the 2 decisions have 2 problems; nothing was applied — fix them and run again:"), r.text
+    assert r.status_code == 409 and r.json()["error"].startswith(f"2 problems: image {target}: unknown label 'sevn'"), r.text
     current = re.search(rf'data-id="{target}" data-label="([^"]+)"', client.get("/").text).group(1)
     r = client.post("/api/decide", json={"decisions": [{"image_id": target, "action": "relabel", "new_label": current}]},
                     headers=CSRF)
@@ -389,12 +392,13 @@ def test_queue_filters_and_pages(client: TestClient) -> None:
 # --------------------------------------------------------------------------- a real server
 
 
-def test_a_real_uvicorn_server_applies_the_same_rules(project) -> None:
+@contextlib.contextmanager
+def served(manifest: Path):
+    """The app on a real uvicorn server on a free loopback port; yields an httpx client of it (no cookie yet)."""
     import uvicorn
 
     from dsbuild.ui.server import bind
 
-    manifest, _ = project
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     app = create_app(UiConfig(manifest=dsbuild.load_manifest(manifest), dataset="digits", host="127.0.0.1", port=port,
@@ -403,23 +407,99 @@ def test_a_real_uvicorn_server_applies_the_same_rules(project) -> None:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
-        base = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=base, timeout=30, follow_redirects=True) as c:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, follow_redirects=True) as c:
             for _ in range(200):
                 if server.started:
                     break
                 threading.Event().wait(0.05)
-            assert c.get("/").status_code == 401
-            assert c.get("/", params={"token": "nope"}).status_code == 403
-            assert c.get("/", headers={"Host": f"rebound.example:{port}"}, params={"token": TOKEN}).status_code == 400
-            r = c.get("/", params={"token": TOKEN})  # follows the redirect with the cookie
-            assert r.status_code == 200 and r.headers["content-security-policy"] == CSP
-            raw = c.get("/thumb/..%2F..%2F..%2Fetc%2Fpasswd")
-            assert raw.status_code == 404
+            yield c
     finally:
         server.should_exit = True
         thread.join(10)
         sock.close()
+        app.held.close()
+
+
+def test_a_real_uvicorn_server_applies_the_same_rules(project) -> None:
+    manifest, _ = project
+    with served(manifest) as c:
+        port = c.base_url.port
+        assert c.get("/").status_code == 401
+        assert c.get("/", params={"token": "nope"}).status_code == 403
+        assert c.get("/", headers={"Host": f"rebound.example:{port}"}, params={"token": TOKEN}).status_code == 400
+        r = c.get("/", params={"token": TOKEN})  # follows the redirect with the cookie
+        assert r.status_code == 200 and r.headers["content-security-policy"] == CSP
+        raw = c.get("/thumb/..%2F..%2F..%2Fetc%2Fpasswd")
+        assert raw.status_code == 404
+
+
+def test_the_apps_refusals_say_what_to_do_in_the_app_and_the_cli_keeps_its_words(project, tmp_path) -> None:
+    """Every way the review refuses a decision or an undo, over a real server: the JSON error (the page shows it after
+    "not applied: ") says what to do in the app — it said the CLI's "nothing was applied — fix it and run again",
+    and "wait for it to finish, or use another catalog with --catalog" while the page retried by itself. The
+    command line keeps its words for the same refusal."""
+    import html
+    import os
+
+    manifest, _ = project
+    with served(manifest) as c:
+        page = c.get("/", params={"token": TOKEN}).text
+        labels = dict(re.findall(r'data-id="([^"]+)" data-label="([^"]+)"', page))
+        keys = [html.unescape(k) for k in re.findall(r'<li data-key="[^"]+" data-label="([^"]+)">', page)]
+        decided = {e[0] for e in events(manifest)}
+        a, b, d = [i for i in queue_ids_of(page)[10:] if i not in decided and labels[i] != HOSTILE_LABEL][:3]
+        before = events(manifest)
+
+        def refused(*decisions: dict, status: int = 409) -> str:
+            r = c.post("/api/decide", json={"decisions": list(decisions)}, headers=CSRF)
+            assert r.status_code == status, r.text
+            return r.json()["error"]
+
+        from dsbuild.decisions import label_list
+
+        assert refused({"image_id": a, "action": "relabel", "new_label": "sevn"}) == (
+            f"image {a}: unknown label 'sevn' (did you mean 'seven'?) — pick one of the labels of this dataset: "
+            f"{label_list(keys)}")
+        same = html.unescape(labels[a])
+        assert refused({"image_id": a, "action": "relabel", "new_label": same}) == (
+            f"image {a} already has label '{same}' — press k (keep) to confirm it")
+        assert refused({"image_id": "ffffffffffffffff", "action": "keep"}) == (
+            "image ffffffffffffffff is not an image of this dataset in the catalog now (a build since this page was "
+            "loaded?) — reload the page")
+        assert refused({"image_id": a, "action": "keep"}, {"image_id": a, "action": "remove"}) == (
+            f"two decisions for image {a} in one request — send one decision per image")
+        assert refused({"image_id": a, "action": "undo"}) == (
+            f"nothing to undo for image {a} — it has no review decision left (undone elsewhere since?); reload the "
+            "page to see its state")
+        assert events(manifest) == before
+        r = c.post("/api/decide", json={"decisions": [{"image_id": b, "action": "remove"}]}, headers=CSRF)
+        assert r.status_code == 200 and r.json()["applied"] == 1
+        assert refused({"image_id": b, "action": "keep"}) == (
+            f"image {b} has status 'rejected' (removed in review) — only ok or duplicate images can be relabelled, "
+            "kept or removed; press u to undo the remove if you made it on this page, else reload the page to see "
+            "its state")
+        two = refused({"image_id": a, "action": "relabel", "new_label": same}, {"image_id": b, "action": "keep"})
+        assert two == (f"2 problems: image {a} already has label '{same}' — press k (keep) to confirm it; image {b} has "
+                       "status 'rejected' (removed in review) — only ok or duplicate images can be relabelled, kept or "
+                       "removed; press u to undo the remove if you made it on this page, else reload the page to see "
+                       "its state")
+        # A build holds the catalog: the page retries by itself (busy), so no "use another catalog with --catalog".
+        catalog = manifest.parent / "catalog" / "dsbuild.duckdb"
+        with BuildLock(catalog, command="dsbuild build"):
+            r = c.post("/api/decide", json={"decisions": [{"image_id": d, "action": "keep"}]}, headers=CSRF)
+            assert r.status_code == 503 and r.json()["busy"] is True
+            assert r.json()["error"] == (f"catalog {catalog} is locked by PID {os.getpid()} (dsbuild build is running) "
+                                         "— wait for it to finish")
+    # The command line, same refusals: its own words, "fix it and run again".
+    csv = tmp_path / "d.csv"
+    csv.write_text(f"image_id,action,new_label,note\n{a},relabel,{same},\n{b},keep,,\n")
+    done = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(manifest), "review", "digits", "--decisions",
+                           str(csv)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.splitlines()[:3] == [
+        "Error: decisions file " + str(csv) + " has 2 problems; nothing was applied — fix them and run again:",
+        f"  line 2: image {a} already has label '{same}' — use keep to confirm it",
+        f"  line 3: image {b} has status 'rejected' (removed in review) — only ok or duplicate images can be "
+        "relabelled, kept or removed; undo brings it back"], done.stderr
 
 
 def test_remote_hosts_need_allow_remote(project, capsys: pytest.CaptureFixture[str]) -> None:

@@ -45,12 +45,13 @@ def translate_error(exc: Exception, path: Path) -> DsbuildError:
         who = f"process {m.group(1)}" if m else "another process"
         pid, yields, command = lock_holder(path)
         if yields:
-            return CatalogBusy(f"catalog {path} is held by the review app (`dsbuild ui`, {who}), which did not give it up "
-                               "when asked — try again, or stop the app")
+            held = f"catalog {path} is held by the review app (`dsbuild ui`, {who}), which did not give it up when asked"
+            return CatalogBusy(f"{held} — try again, or stop the app", in_app=f"{held} — stop that app to go on")
         # The lock file names the command only when its holder is the process DuckDB names (a writer opens the file
         # under the lock); any other holder — another tool, a notebook — is not guessed at.
         doing = f" ({running(command)})" if command and m and pid == m.group(1) else ""
-        return CatalogBusy(f"catalog {path} is busy: {who} is writing it{doing} — wait for it to finish and try again")
+        busy = f"catalog {path} is busy: {who} is writing it{doing} — wait for it to finish"
+        return CatalogBusy(f"{busy} and try again", in_app=busy)
     if "different configuration than existing connections" in text and holder_yields(path):
         # This process's own review app holds the file read-write (a test, or a notebook running the app).
         return CatalogBusy(f"catalog {path} is held read-write by the review app in this process — try again")

@@ -139,13 +139,14 @@ class BuildLock:
             pid, yields, command = _parse_holder(fh.read())
             fh.close()
             if yields:
-                raise CatalogBusy(
-                    f"catalog {self.catalog} is held by the review app (`dsbuild ui`, PID {pid}), which did not give it "
-                    f"up within {YIELD_WAIT_S:g} s — try again, or stop the app") from None
-            raise CatalogBusy(
-                f"catalog {self.catalog} is locked by PID {pid} ({running(command)}) — "
-                "wait for it to finish, or use another catalog with --catalog"
-            ) from None
+                held = (f"catalog {self.catalog} is held by the review app (`dsbuild ui`, PID {pid}), which did not "
+                        f"give it up within {YIELD_WAIT_S:g} s")
+                # In a review app the page retries by itself: only the other app is to stop.
+                raise CatalogBusy(f"{held} — try again, or stop the app",
+                                  in_app=f"{held} — stop that app to go on") from None
+            locked = f"catalog {self.catalog} is locked by PID {pid} ({running(command)})"
+            raise CatalogBusy(f"{locked} — wait for it to finish, or use another catalog with --catalog",
+                              in_app=f"{locked} — wait for it to finish") from None
         fh.seek(0)
         fh.truncate()
         # First line as before ("<pid>" / "<pid> yields"): an older dsbuild still reads the pid and the yield mark.

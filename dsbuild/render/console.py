@@ -63,10 +63,7 @@ class _RichStage:
             transient=False,
         )
         self.task = self.progress.add_task(name, total=total, counts="", rate="")
-        self._n = 0
-        import time
-
-        self._t0 = time.monotonic()
+        self.clock = RateClock()
 
     def __enter__(self):
         self.progress.start()
@@ -75,23 +72,62 @@ class _RichStage:
     def __exit__(self, *exc):
         self.progress.stop()
 
-    def advance(self, n: int = 1, **counts: int) -> None:
-        import time
+    def ready(self, note: str | None = None) -> None:
+        self.clock.ready()
+        if note:
+            self.progress.console.print(f"[dim]{note}[/dim]")
 
-        self._n += n
-        elapsed = max(time.monotonic() - self._t0, 1e-6)
+    def advance(self, n: int = 1, **counts: int) -> None:
+        self.clock.advance(n)
         text = " ".join(f"{k} {v}" for k, v in counts.items())
-        self.progress.update(self.task, advance=n, counts=text, rate=_rate(self._n, elapsed))
+        self.progress.update(self.task, advance=n, counts=text, rate=self.clock.rate())
 
 
 LINE_EVERY_S = 10.0  # without a terminal: a progress line at most this often while a stage runs
 
 
-def _rate(n: int, elapsed: float) -> str:
+def rate_text(n: int, elapsed: float) -> str:
+    """``n`` items in ``elapsed`` seconds as a progress line says it: ``"120/s"``, or ``"2.5 s each"`` below 1/s."""
     if n <= 0:
         return ""
+    elapsed = max(elapsed, 1e-6)
     per_s = n / elapsed
     return f"{per_s:,.0f}/s" if per_s >= 1 else f"{elapsed / n:,.1f} s each"
+
+
+class RateClock:
+    """A stage's item count and clocks: the elapsed time since the stage began, and the per-item rate since its
+    workers were :meth:`ready` — the start-up before (a Ray cluster starting takes seconds) is no per-item time.
+
+    (Timing from the first result instead was tried: a Ray batch's records arrive at once, so a rate taken just
+    after one is an item or a whole batch off; the workers' own warm-up stays in the rate and fades.)
+    """
+
+    def __init__(self) -> None:
+        import time
+
+        self.n = 0
+        self.t0 = time.monotonic()
+        self.ready()
+
+    def ready(self) -> None:
+        """The workers can take work from now on."""
+        import time
+
+        self.t_ready, self.n_ready = time.monotonic(), self.n
+
+    def advance(self, n: int) -> None:
+        self.n += n
+
+    def elapsed(self) -> float:
+        import time
+
+        return time.monotonic() - self.t0
+
+    def rate(self) -> str:
+        import time
+
+        return rate_text(self.n - self.n_ready, time.monotonic() - self.t_ready)
 
 
 class _LineStage:
@@ -101,21 +137,30 @@ class _LineStage:
         import time
 
         self.console, self.name, self.total = console, name, total
-        self._n, self._counts = 0, ""
-        self._t0 = self._last = time.monotonic()
+        self.clock = RateClock()
+        self._counts = ""
+        self._last = time.monotonic()
         self._shown: tuple[int, str] | None = None  # what the last line said
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if self._shown != (self._n, self._counts):  # the final line, unless the last one already said it
+        if self._shown != (self.clock.n, self._counts):  # the final line, unless the last one already said it
             self._line()
+
+    def ready(self, note: str | None = None) -> None:
+        import time
+
+        self.clock.ready()
+        self._last = time.monotonic()  # the first line comes LINE_EVERY_S after the start-up, not at once
+        if note:
+            self.console.print(note, markup=False, highlight=False, soft_wrap=True)
 
     def advance(self, n: int = 1, **counts: int) -> None:
         import time
 
-        self._n += n
+        self.clock.advance(n)
         self._counts = " ".join(f"{k} {v}" for k, v in counts.items())
         if time.monotonic() - self._last >= LINE_EVERY_S:
             self._line()
@@ -123,12 +168,11 @@ class _LineStage:
     def _line(self) -> None:
         import time
 
-        now = time.monotonic()
-        self._last = now
-        self._shown = (self._n, self._counts)
-        elapsed = max(now - self._t0, 1e-6)
-        done = f"{self._n}/{self.total}" if self.total is not None else str(self._n)
-        parts = [self.name, done, self._counts, _rate(self._n, elapsed), f"{elapsed:.1f} s"]
+        self._last = time.monotonic()
+        n = self.clock.n
+        self._shown = (n, self._counts)
+        done = f"{n}/{self.total}" if self.total is not None else str(n)
+        parts = [self.name, done, self._counts, self.clock.rate(), f"{self.clock.elapsed():.1f} s"]
         self.console.print(" ".join(p for p in parts if p), markup=False, highlight=False, soft_wrap=True)
 
 

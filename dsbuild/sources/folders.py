@@ -224,6 +224,7 @@ def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now
 
     with run.progress.stage(f"{ds.name}: verify + hash", len(jobs)) as bar, \
             make_executor(len(jobs), workers=run.workers, settings=run.executor) as executor:
+        bar.ready(executor.startup_note())  # the rate counts from here, not from Ray's start-up
         for job, rec in executor.map(jobs, ordered=not executor.remote):
             src = meta[job.key]
             sink.add(

@@ -276,6 +276,7 @@ def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str,
         jobs.append(VerifyJob(iid, str(path), ds.verify, ds.dedup, run.store))
     with run.progress.stage(f"{ds.name}: verify again (stored)", len(jobs)) as bar, \
             make_executor(len(jobs), workers=run.workers, settings=run.executor) as executor:
+        bar.ready(executor.startup_note())  # the rate counts from here, not from Ray's start-up
         for job, rec in executor.map(jobs):
             run.sink.add(item=_item(ds, job.key, links[job.key], rec, run.build_id, now), retried=job.key in retried)
             bar.advance(1)
@@ -411,6 +412,7 @@ def _fetch_and_verify(run: SourceRun, by_url: dict[str, list], *, now, retried: 
     error: BaseException | None = None
     try:
         with run.progress.stage(f"{ds.name}: fetch + verify", expected) as bar:
+            bar.ready(executor.startup_note())
             thread.start()
             while seen < expected and not (fetch_ended and error is not None):
                 try:
@@ -458,6 +460,7 @@ def _fetch_on_workers(run: SourceRun, by_url: dict[str, list], *, now, retried: 
     executor = make_executor(len(jobs), workers=run.workers, settings=run.executor)
     try:
         with run.progress.stage(f"{ds.name}: fetch + verify", len(jobs)) as bar:
+            bar.ready(executor.startup_note())
             for job, fetched in executor.map(jobs, ordered=False):
                 _handle(run, fetched.fetch, fetched.record, by_url[job.url], now=now, retried=retried)
                 counts = run.sink.tally()

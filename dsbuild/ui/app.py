@@ -34,8 +34,9 @@ no path ever comes from a request):
 ``/api/decide`` answers 200 with ``applied`` (events written: a decision that already stands,
 such as a second keep, writes none), ``already_applied`` and the images' new states (each with
 ``event_id``: the event written for it, or null), 400 for a malformed body, 409 with the reason
-when the review refuses a decision (nothing applied), 503 with ``"busy": true`` while another
-process writes the catalog (the page retries). An undo names the event it reverts (``event_id``,
+when the review refuses a decision (nothing applied; the reason says what to do in the app — the
+error's ``in_app`` words, not the command line's "fix it and run again"), 503 with ``"busy": true``
+while another process writes the catalog (the page retries; the error names the holder). An undo names the event it reverts (``event_id``,
 as the page's undo does); it is refused (409) when another decision came after that one.
 ``/api/predict`` answers 413 over the size limit, 415 when verification refuses the
 file (the same sniffing, allow-list and limits as ``build``), 409 without a model.
@@ -395,9 +396,9 @@ class _Handlers:
         try:
             applied, states = await run_in_threadpool(self._apply, decisions)
         except CatalogBusy as exc:
-            return JSONResponse({"error": str(exc), "busy": True}, status_code=503)
-        except DsbuildError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=409)
+            return JSONResponse({"error": exc.in_app or str(exc), "busy": True}, status_code=503)
+        except DsbuildError as exc:  # the review refused: its reason and what to do, in the app's words
+            return JSONResponse({"error": exc.in_app or str(exc)}, status_code=409)
         return JSONResponse({"applied": applied, "already_applied": len(decisions) - applied, "states": states})
 
     def _apply(self, decisions) -> tuple[int, list[dict]]:
