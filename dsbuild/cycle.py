@@ -642,7 +642,8 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             source = f"review:suggestions@{min_confidence:g}"
         quality = (cat.latest_label_quality(name, ids) if issues is None
                    else dict(zip(issues["image_id"], issues["label_quality"])))
-        events = plan_events(chosen, current=images, history=history, source=source, at=utcnow(), last_run_at=run_at)
+        events = plan_events(chosen, current=images, history=history, source=source, at=utcnow(), last_run_at=run_at,
+                             from_file=not given and decisions is not None)
         for ev in events:
             ev.setdefault("label_quality", quality.get(ev["image_id"]))
         cat.append_label_events(name, events)

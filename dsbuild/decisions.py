@@ -64,7 +64,11 @@ started (a keep from before it is written again: it confirms the label against
 the newer run, whose label quality it records). A relabel to the label the
 image was *given* and still has, with no decision behind it, stays an error
 ("use keep to confirm it"): it names no change, so it is likely a slip (the
-wrong class picked). Undo is never "already applied": each one pops a decision.
+wrong class picked). An ``undo`` row of a file applies once: it is already applied when the image's latest
+event from the same file (source ``review:<file name>``) is an undo, so running the file again does not
+walk back through earlier decisions. Elsewhere (the review app, a list of decisions from Python) each undo
+pops a decision. A file holds one decision per image: two rows for one image that differ are an error,
+whose message says how to take a decision back (change its row to ``undo``).
 
 Events
 ------
@@ -444,8 +448,18 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
         if earlier is None:
             chosen[image_id] = decision
         elif (earlier.action, earlier.new_label) != (decision.action, decision.new_label):
+            if "undo" in (earlier.action, decision.action):
+                # An undo appended under the decision it means to take back: a file holds one decision per image.
+                other = earlier if decision.action == "undo" else decision
+                fix = (f"a file holds one decision per image: to take back line {other.line}'s decision, change "
+                       f"its action to undo and delete this line (an undo row applies once, however often the file "
+                       f"is run)" if decision.action == "undo" else
+                       f"a file holds one decision per image: keep line {earlier.line}'s undo or this line's "
+                       f"{decision.action}, not both")
+            else:
+                fix = "keep one"
             problems.add(line, f"conflicting decisions for image {image_id}: line {earlier.line} says "
-                               f"{_describe(earlier)}, this line says {_describe(decision)} — keep one")
+                               f"{_describe(earlier)}, this line says {_describe(decision)} — {fix}")
     problems.raise_if_any(f"decisions file {path}")
     if not chosen:
         hint = ("fill the action column (relabel, remove, keep, undo) of the rows you decided about" if is_report
@@ -620,7 +634,7 @@ _HISTORY_COLUMNS = ("image_id", "action", "old_label", "new_label", "old_status"
 
 
 def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", history: "pandas.DataFrame | None" = None,
-                source: str, at: datetime, last_run_at: datetime | None = None) -> list[dict]:
+                source: str, at: datetime, last_run_at: datetime | None = None, from_file: bool = False) -> list[dict]:
     """Label events for ``decisions`` (one per decision, in order, but none for one that already stands); all or nothing.
 
     ``current``: the dataset's ``images`` rows with ``image_id``, ``label``
@@ -634,7 +648,9 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
 
     A decision that already stands gives no event ("already applied": a decisions
     file run again, see the module docstring); the caller counts them as
-    ``len(decisions) - len(events)``.
+    ``len(decisions) - len(events)``. ``from_file``: the decisions are a file's rows (``source`` names
+    the file), which may be run again: an undo whose image's latest event from ``source`` is an undo
+    already stands (``history`` needs a ``source`` column for it).
 
     Returns dicts with keys ``image_id``, ``action``, ``old_label``,
     ``new_label``, ``old_status``, ``new_status``, ``source``, ``at``, ``note``
@@ -648,6 +664,7 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
     cols = ["image_id", "label", "status", *(["reason"] if "reason" in current.columns else [])]
     state = {str(r["image_id"]): r for r in current[cols].to_dict("records")}
     stacks = _undo_stacks(history)
+    own = _latest_action_by_image(history, source) if from_file else {}
     problems = _Problems()
     events: list[dict] = []
     seen: set[str] = set()
@@ -667,6 +684,8 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
         label, status = _text(rec["label"]), _text(rec["status"])
         if _already_applied(d.action, d.new_label, label, status, stacks.get(d.image_id, []), last_run_at):
             continue
+        if d.action == "undo" and own.get(d.image_id) == "undo":
+            continue  # this file's undo ran already: running the file again must not walk back further
         event = {"image_id": d.image_id, "action": d.action, "old_label": label, "new_label": label,
                  "old_status": status, "new_status": None, "source": source, "at": at, "note": d.note}
         if d.action == "undo":
@@ -814,6 +833,15 @@ def _text(value: Any) -> str | None:
     except (TypeError, ValueError):
         pass
     return str(value)
+
+
+def _latest_action_by_image(history: "pandas.DataFrame | None", source: str) -> dict[str, str]:
+    """Per image, the action of its latest event with this ``source`` (events from other sources ignored)."""
+    if history is None or len(history) == 0 or "source" not in history.columns:
+        return {}
+    hist = history.sort_values("event_id", kind="stable") if "event_id" in history.columns else history
+    mine = hist[hist["source"].astype(str) == source]
+    return {str(i): str(a) for i, a in zip(mine["image_id"], mine["action"])}  # later rows overwrite earlier
 
 
 def _undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:

@@ -143,6 +143,42 @@ def test_a_decisions_file_run_again_with_rows_appended_applies_only_the_new_rows
     assert n_events(project) == 4
 
 
+def test_an_undo_row_applies_once_however_often_its_file_is_run(project: Path, tmp_path: Path, capsys) -> None:
+    """A file is run again and again as rows are added (README): its undo row takes back one decision, once. It
+    used to pop a decision on every run — the second run took back the decision made before the file's."""
+    flags = confident(project)
+    (a, a_given, a_to), (b, _, b_to) = flags[0][:3], flags[1][:3]
+    # An earlier decision about a, from another file, then this file's relabel of a.
+    assert review(project, capsys, "--decisions", str(decisions_file(tmp_path, f"{a},keep,,", name="first.csv")))[0] == 0
+    path = decisions_file(tmp_path, f"{a},relabel,{a_to},")
+    assert review(project, capsys, "--decisions", str(path))[0] == 0
+    assert state(project, a) == (a_to, "ok")
+    # Appending the undo under the relabel is refused, and the message says how to take the relabel back.
+    path.write_text(path.read_text() + f"{a},undo,,changed my mind\n")
+    code, _, err = review(project, capsys, "--decisions", str(path))
+    assert code == 2
+    assert (f"line 3: conflicting decisions for image {a}: line 2 says relabel → '{a_to}', this line says undo — a "
+            "file holds one decision per image: to take back line 2's decision, change its action to undo and "
+            "delete this line (an undo row applies once, however often the file is run)") in err, err
+    # As the message says: the row becomes the undo. It applies once; later runs (a row appended for b) leave it.
+    path = decisions_file(tmp_path, f"{a},undo,,changed my mind")
+    code, out, _ = review(project, capsys, "--decisions", str(path))
+    assert code == 0 and "applied 1 decision to 'digits' (undo 1)" in out, out
+    assert state(project, a) == (a_given, "ok") and n_events(project) == 3
+    path = decisions_file(tmp_path, f"{a},undo,,changed my mind", f"{b},relabel,{b_to},")
+    for _ in range(2):
+        code, out, err = review(project, capsys, "--decisions", str(path))
+        assert code == 0, err
+    assert "applied 0 decisions" in out and "2 already applied" in out, out
+    assert n_events(project) == 4  # the keep from first.csv still stands under the undone relabel
+    assert sql(project, "SELECT action, source FROM label_history WHERE image_id = ? ORDER BY event_id", [a]) == [
+        ("keep", "review:first.csv"), ("relabel", "review:decisions.csv"), ("undo", "review:decisions.csv")]
+    # Edited back to the relabel, the file applies it again (its latest event about a was the undo).
+    path = decisions_file(tmp_path, f"{a},relabel,{a_to},", f"{b},relabel,{b_to},")
+    code, out, _ = review(project, capsys, "--decisions", str(path))
+    assert code == 0 and "applied 1 decision to 'digits' (relabel 1)" in out and state(project, a) == (a_to, "ok")
+
+
 def test_a_row_that_contradicts_the_catalog_is_still_refused_with_its_line(project: Path, tmp_path: Path,
                                                                           capsys) -> None:
     flags = confident(project)
