@@ -28,13 +28,14 @@ MIN_PREFIX = 4
 SHOWN_CANDIDATES = 10
 
 
-def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20) -> Any:
+def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20, id_only: bool = False) -> Any:
     """The ``k`` accepted images of ``dataset`` most similar to ``query``: a DataFrame of :data:`SIMILAR_COLUMNS`.
 
     ``similarity`` is the cosine of the L2-normalised embeddings (1 = same features), best
-    first; the query image itself is left out. Raises DsbuildError (with what to do) when
-    the dataset is not built, has no embeddings yet, or ``query`` is neither one of its
-    images nor an acceptable image file.
+    first; the query image itself is left out. ``id_only``: ``query`` must be an image_id of the
+    dataset, whole — never a path or the start of an id (the review app: a value from a browser
+    names no file). Raises DsbuildError (with what to do) when the dataset is not built, has no
+    embeddings yet, or ``query`` is neither one of its images nor an acceptable image file.
     """
     import numpy as np
     import pandas as pd
@@ -61,9 +62,21 @@ def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20)
                            f"(or build it with dedup.semantic = true)")
     emb = cache.get(list(images["sha256"]))
     exclude = np.zeros(len(images), dtype=bool)
-    row = _image_of(every, query, dataset)
+    if id_only:
+        exact = every[every["image_id"] == query]
+        if exact.empty:
+            raise DsbuildError(f"no image {query} in dataset '{dataset}' — a build may have replaced it; go back to the "
+                               "queue", exit_code=2)
+        row = exact.iloc[0]
+    else:
+        row = _image_of(every, query, dataset)
     if row is not None and row["status"] not in ACCEPTED:
-        raise DsbuildError(_set_aside_message(row, dataset), exit_code=2)
+        removed = row["reason"] == "removed in review"
+        raise DsbuildError(_set_aside_message(row, dataset), exit_code=2, in_app=(
+            f"image {row['image_id']} was {'removed in review' if removed else 'set aside by a build'} (status "
+            f"{row['status']}) — more like this searches the accepted images (ok, duplicate)"
+            + ("; undo the remove (u on the page where you removed it, or `dsbuild review`) to search from it"
+               if removed else "")))
     if row is not None:
         hit = images.index[images["image_id"] == row["image_id"]]
         if not len(hit):

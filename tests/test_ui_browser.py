@@ -20,6 +20,7 @@ from selenium.webdriver.common.keys import Keys
 from ui_browser import UiServer, chrome, wait_for
 from ui_data import HOSTILE_LABEL, add_hostile_item, make_project
 
+import dsbuild
 from dsbuild.catalog import BuildLock, Catalog
 
 
@@ -187,6 +188,33 @@ def test_browse_filters_by_a_where_clause(server, driver) -> None:
     assert captions == {"seven"}
     groups = {el.text for el in driver.find_elements(By.CSS_SELECTOR, "#browse-grid .group")}
     assert groups == {"seven · train · ok"}
+
+
+def test_more_like_this_by_s_then_a_grid_decision_over_the_similar_images(project: Path, server, driver) -> None:
+    """s on a queue card opens the images most like it (what `dsbuild similar` lists); the queue's keys decide
+    there, grid mode included, and the catalog has the events."""
+    from dsbuild.similar import similar_images
+
+    keys = open_queue(driver, server)
+    subject = focused(driver).get_attribute("data-id")
+    press(driver, "s")
+    wait_for(lambda: "/similar/" in driver.current_url and driver.find_elements(By.CSS_SELECTOR, "#cards .card.focused"),
+             what="the more-like-this page")
+    ids = [el.get_attribute("data-id") for el in driver.find_elements(By.CSS_SELECTOR, "#cards .card")]
+    expected = similar_images(dsbuild.load_manifest(project), "digits", subject, k=20)
+    assert ids == [subject, *expected["image_id"]]
+    assert card(driver, subject).find_element(By.CSS_SELECTOR, ".subject").text == "this image"
+    # Select the three most similar (grid mode) and mark them all seven with one key.
+    before = {i: card(driver, i).get_attribute("data-label") for i in ids[1:4]}
+    press(driver, "g")
+    for i in ids[1:4]:
+        card(driver, i).click()
+    press(driver, keys["seven"])
+    moved = [i for i in ids[1:4] if before[i] != "seven"]
+    assert moved, "the three include some not labelled seven"
+    wait_for(lambda: all(settled(driver, i) for i in moved), what="grid relabel on the similar page")
+    assert ui_events(project)[-len(moved):] == [(i, "relabel", before[i], "seven", None) for i in moved]
+    press(driver, "g")
 
 
 def latest_event(manifest: Path, image_id: str) -> tuple:

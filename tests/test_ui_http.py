@@ -82,7 +82,8 @@ def queue_ids_of(page: str) -> list[str]:
     return re.findall(r'<article class="card[^"]*"[^>]*data-id="([^"]+)"', page)
 
 
-ROUTES = ["/", "/browse", "/runs", "/predict", "/static/app.js", "/static/app.css", "/thumb/0000000000000000"]
+ROUTES = ["/", "/browse", "/runs", "/predict", "/static/app.js", "/static/app.css", "/thumb/0000000000000000",
+          "/similar/0000000000000000"]
 
 
 # --------------------------------------------------------------------------- token and cookie
@@ -140,7 +141,7 @@ TRAVERSALS = ["../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e%2
               "%00", "a" * 65, "%2e%2e", "%2e"]  # (a bare ".." is resolved by the client itself)
 
 
-@pytest.mark.parametrize("route", ["/thumb/", "/image/", "/runs/", "/static/"])
+@pytest.mark.parametrize("route", ["/thumb/", "/image/", "/runs/", "/static/", "/similar/"])
 @pytest.mark.parametrize("attempt", TRAVERSALS)
 def test_path_traversal_on_every_id_route_is_not_found(client: TestClient, route: str, attempt: str) -> None:
     r = client.get(route + attempt)
@@ -371,6 +372,46 @@ def test_browse_filters_with_a_sandboxed_where_clause(client: TestClient) -> Non
     assert bad.status_code == 400 and "no_such_column" in bad.text
     io_attempt = client.get("/browse", params={"where": "image_id in (select * from read_csv('/etc/passwd'))"})
     assert io_attempt.status_code == 400 and "root:" not in io_attempt.text
+
+
+def card_ids(html: str) -> list[str]:
+    return re.findall(r'<article class="card[^"]*"[^>]*data-id="([^"]+)"', html)
+
+
+def test_more_like_this_lists_what_similar_lists_and_a_removed_image_says_why(client: TestClient, project,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsbuild.similar import similar_images
+
+    manifest, _ = project
+    subject = queue_ids(client)[0]
+    r = client.get(f"/similar/{subject}", params={"k": "5"})
+    assert r.status_code == 200
+    expected = similar_images(dsbuild.load_manifest(manifest), "digits", subject, k=5)
+    assert card_ids(r.text) == [subject, *expected["image_id"]]
+    shown = [float(x) for x in re.findall(r">similarity ([0-9.]+)<", r.text)]
+    assert shown == pytest.approx(list(expected["similarity"]), abs=5e-4) and shown == sorted(shown, reverse=True)
+    assert f"dsbuild similar digits {subject} -k 5" in r.text and 'id="keymap"' in r.text
+    assert r.text.count('class="more"') == 5  # every neighbour links to its own more-like-this page
+    # A neighbour removed in review: gone from the subject's list, and its own page says why, in the app's words.
+    removed = expected["image_id"].iloc[0]
+    assert client.post("/api/decide", json={"decisions": [{"image_id": removed, "action": "remove"}]},
+                       headers=CSRF).status_code == 200
+    try:
+        assert removed not in card_ids(client.get(f"/similar/{subject}", params={"k": "5"}).text)
+        page = client.get(f"/similar/{removed}")
+        assert page.status_code == 200 and card_ids(page.text) == [removed]
+        assert (f"image {removed} was removed in review (status rejected) — more like this searches the accepted "
+                "images (ok, duplicate); undo the remove (u on the page where you removed it, or `dsbuild review`) "
+                "to search from it") in page.text
+    finally:
+        assert client.post("/api/decide", json={"decisions": [{"image_id": removed, "action": "undo"}]},
+                           headers=CSRF).status_code == 200
+    # Only a whole image_id of the dataset: never the start of one, never a file (the app's working folder has
+    # the manifest's folders).
+    monkeypatch.chdir(manifest.parent)
+    for bad in (subject[:6], "catalog", "data", "0" * 16):
+        assert client.get(f"/similar/{bad}").status_code == 404, bad
+    assert client.get(f"/similar/{subject}", params={"k": "many"}).status_code == 400
 
 
 def test_runs_page_shows_the_mislabel_run_and_its_confusion_matrix(client: TestClient) -> None:

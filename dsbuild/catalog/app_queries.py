@@ -1,4 +1,4 @@
-"""The reads of the review app (``dsbuild ui``): the review queue, image lookups by id, browse, runs.
+"""The reads of the review app (``dsbuild ui``): the review queue, image lookups by id, browse, runs, "more like this".
 
 Every function takes an open :class:`~dsbuild.catalog.db.Catalog` (read-only is
 enough) or the catalog's path (:func:`browse_images`, which runs the user's
@@ -203,3 +203,31 @@ def browse_images(path: Path, dataset: str, where: str | None, *, offset: int = 
     from dsbuild.catalog.query import sandboxed_query
 
     return sandboxed_query(path, browse_sql(dataset, where, offset=offset, limit=limit), timeout=timeout)
+
+
+_CARDS_SQL = """
+WITH wanted AS (SELECT unnest($ids) AS image_id, generate_subscripts($ids, 1) AS pos),
+flags AS (
+    SELECT * FROM (
+        SELECT image_id, kind, suggested_label, suggested_confidence, label_quality,
+               row_number() OVER (PARTITION BY image_id ORDER BY CASE kind WHEN 'label' THEN 0 WHEN 'conflict' THEN 1
+                                                                   ELSE 2 END, rank NULLS LAST) AS n_flag
+        FROM issue_rows WHERE run_id = $run AND dataset = $ds AND is_issue)
+    WHERE n_flag = 1
+)
+SELECT w.pos, coalesce(f.kind, '') AS kind, im.image_id, f.suggested_label, f.suggested_confidence, f.label_quality,
+       im.label, im.original_label, im.split, im.status, im.origin, im.path, im.dup_group, im.quality_issues,
+       im.last_review, coalesce(im.last_review IN ('relabel', 'remove', 'keep'), false) AS decided
+FROM wanted w JOIN images im ON im.dataset = $ds AND im.image_id = w.image_id
+LEFT JOIN flags f ON f.image_id = w.image_id
+ORDER BY w.pos
+"""
+
+
+def image_cards(cat: "Catalog", dataset: str, run_id: str | None, image_ids: list[str]) -> "pandas.DataFrame":
+    """The review cards of ``image_ids`` of ``dataset``, in that order (ids not in the dataset left out): the
+    queue's columns (:func:`queue_page`) that a card shows — kind ('' when the mislabel run ``run_id`` did not
+    flag the image; its first flag by queue order otherwise), image_id, suggested_label, suggested_confidence,
+    label_quality, label, original_label, split, status, origin, path, dup_group, quality_issues, last_review,
+    decided — plus pos (the index in ``image_ids``). The app's "more like this" page."""
+    return cat.con.execute(_CARDS_SQL, {"ids": list(image_ids), "run": run_id or "", "ds": dataset}).df()

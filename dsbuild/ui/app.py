@@ -65,6 +65,8 @@ STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; char
 """The static files the app serves, by name (read once, at start)."""
 IMAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 THUMB_PX, LARGE_PX = 160, 640
+SIMILAR_K, SIMILAR_MAX = 20, 200
+"""More like this: images shown by default (``?k=`` asks for up to SIMILAR_MAX), as ``dsbuild similar``'s ``-k``."""
 MAX_DECISIONS = 5000
 MAX_DECIDE_BODY = 1 << 20
 TOP_K = 5
@@ -171,6 +173,7 @@ def create_app(config: UiConfig):
         Route("/runs", h.runs, methods=["GET"]),
         Route("/runs/{run_id}", h.run, methods=["GET"]),
         Route("/predict", h.predict_page, methods=["GET"]),
+        Route("/similar/{image_id}", h.similar_page, methods=["GET"]),
         Route("/thumb/{image_id}", h.thumb, methods=["GET"]),
         Route("/image/{image_id}", h.large, methods=["GET"]),
         Route("/static/{name}", h.static, methods=["GET"]),
@@ -245,21 +248,61 @@ class _Handlers:
             classes, run_id, df, total, counts, sib = self._read(read)
         except DsbuildError as exc:
             return self._error_page(exc)
-        siblings: dict[str, list[dict]] = {}
-        for rec in sib.to_dict("records"):
-            siblings.setdefault(rec["dup_group"], []).append(rec)
-        cards = []
-        for rec in df.to_dict("records"):
-            rec["origin_link"] = safe_link(rec["origin"])
-            rec["siblings"] = [s for s in siblings.get(rec["dup_group"], []) if s["image_id"] != rec["image_id"]]
-            rec["state"] = _state_text(rec["last_review"], rec["label"], rec["status"])
-            rec["quality"] = list(rec["quality_issues"]) if rec["quality_issues"] is not None and not _missing_list(rec["quality_issues"]) else []
-            cards.append(rec)
+        cards = _cards(df, sib)
         pages = max(1, math.ceil(total / n))
         here = {**filters, "decided": q.get("decided") or None, "n": n if n != self.c.page_size else None}
         return self._page("queue.html.j2", title="review queue", cards=cards, total=total, page=page, pages=pages,
                           run_id=run_id, counts=counts, kinds=QUEUE_KINDS, labels=classes, keys=class_keys(classes),
                           filters=filters, decided=q.get("decided", ""), here=here, splits=("train", "valid", "test"))
+
+    def similar_page(self, request):
+        """More like this: the image and the accepted images most similar to it (what `dsbuild similar` lists), as
+        review cards the queue's keys decide about."""
+        from starlette.responses import PlainTextResponse
+
+        from dsbuild.catalog.app_queries import dup_siblings, image_cards
+        from dsbuild.similar import similar_images
+
+        image_id = request.path_params["image_id"]
+        if not IMAGE_ID.fullmatch(image_id):
+            return PlainTextResponse("Error: no such image", status_code=404)
+        try:
+            k = min(SIMILAR_MAX, max(1, int(request.query_params.get("k", str(SIMILAR_K)))))
+        except ValueError:
+            return PlainTextResponse("Error: k must be a whole number", status_code=400)
+        error, found = None, None
+        try:
+            with self.s.held.lock:
+                self.s.held.release()  # similar_images opens its own read-only connection
+                found = similar_images(self.c.manifest, self.c.dataset, image_id, k=k, id_only=True)
+        except CatalogBusy as exc:
+            return self._error_page(exc)
+        except DsbuildError as exc:  # no embeddings yet, a removed image: said above its card
+            error = exc.in_app or str(exc)
+        ids = [image_id, *([] if found is None else found["image_id"])]
+        sims = {} if found is None else dict(zip(found["image_id"], found["similarity"]))
+
+        def read(cat):
+            from dsbuild.cycle import dataset_classes
+
+            classes = dataset_classes(cat, self.c.manifest.dataset(self.c.dataset))
+            run_id = cat.latest_mislabel_run(self.c.dataset)
+            df = image_cards(cat, self.c.dataset, run_id, ids)
+            groups = sorted({g for g in df["dup_group"].dropna()}) if len(df) else []
+            return classes, df, dup_siblings(cat, self.c.dataset, groups)
+
+        try:
+            classes, df, sib = self._read(read)
+        except DsbuildError as exc:
+            return self._error_page(exc)
+        if df.empty or df["image_id"].iloc[0] != image_id:
+            return PlainTextResponse("Error: no such image", status_code=404)
+        cards = _cards(df, sib)
+        for card in cards:
+            card["similarity"] = sims.get(card["image_id"])
+        cards[0]["subject"] = True
+        return self._page("similar.html.j2", title="more like this", cards=cards, k=k, error=error,
+                          labels=classes, keys=class_keys(classes), image_id=image_id)
 
     def browse(self, request):
         from dsbuild.catalog.app_queries import browse_images, facets
@@ -533,6 +576,24 @@ def _parse_decisions(body: bytes) -> list:
         out.append(Decision(image_id=image_id, action=action, new_label=new_label if action == "relabel" else None,
                             undoes=undoes))
     return out
+
+
+def _cards(df: Any, siblings: Any) -> list[dict]:
+    """Review cards (dicts for ``_card.html.j2``) from rows of ``queue_page`` / ``image_cards`` and the members of
+    their duplicate groups (``dup_siblings``)."""
+    by_group: dict[str, list[dict]] = {}
+    for rec in siblings.to_dict("records"):
+        by_group.setdefault(rec["dup_group"], []).append(rec)
+    cards = []
+    for rec in df.to_dict("records"):
+        rec["origin_link"] = safe_link(rec["origin"])
+        rec["siblings"] = [s for s in by_group.get(rec["dup_group"], []) if s["image_id"] != rec["image_id"]]
+        rec["state"] = _state_text(rec["last_review"], rec["label"], rec["status"])
+        rec["similarity"], rec["subject"] = None, False  # more like this sets them
+        rec["quality"] = (list(rec["quality_issues"]) if rec["quality_issues"] is not None
+                          and not _missing_list(rec["quality_issues"]) else [])
+        cards.append(rec)
+    return cards
 
 
 def _state_text(last_review: Any, label: Any, status: Any) -> str:

@@ -30,7 +30,8 @@
   const retry = document.body.dataset.retry;
   if (retry) setTimeout(() => location.reload(), Number(retry));
 
-  if (document.body.dataset.page === "queue") reviewQueue();
+  // The queue and "more like this" hold the same review cards, decided with the same keys.
+  if (document.body.dataset.page === "queue" || document.body.dataset.page === "similar") reviewQueue();
   if (document.body.dataset.page === "predict") predictPage();
 
   // ------------------------------------------------------------------ the review queue
@@ -264,6 +265,12 @@
       if (k === "x") { act("remove"); return; }
       if (k === "k") { act("keep"); return; }
       if (k === "u") { undo(); return; }
+      // More like this: s, or Shift+S when s is a class key (the 19th class on); the page's own image is here.
+      if (k === "S" || (k === "s" && !Object.prototype.hasOwnProperty.call(keys, "s"))) {
+        const more = cards[idx].querySelector("a.more");
+        if (more) location.href = more.href;
+        return;
+      }
       if (Object.prototype.hasOwnProperty.call(keys, k)) { act("relabel", keys[k]); }
     });
 
