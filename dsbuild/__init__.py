@@ -124,7 +124,9 @@ def review(manifest: "Manifest", dataset: str, *, decisions: Any = None, accept_
 def export(manifest: "Manifest", dataset: str, out: str | Path, *, fmt: str = "imagefolder"):
     """Write the dataset's accepted images with their current labels to ``out`` in format ``fmt``.
 
-    ``fmt``: a name of :data:`dsbuild.exporters.EXPORTERS` (``imagefolder``, ``csv``).
+    ``fmt``: a name of :data:`dsbuild.exporters.EXPORTERS` (``imagefolder``, ``csv``). Into a previous export
+    folder, only what the same dataset's export in the same format wrote is replaced; nothing else in it is
+    deleted (``summary.notes()`` names what was left untouched).
     Returns a :class:`dsbuild.exporters.ExportSummary`.
     """
     from dsbuild.exporters import export_dataset

@@ -153,6 +153,8 @@ def cmd_export(args) -> int:
     summary = export_dataset(manifest.catalog, args.dataset, Path(args.to), fmt=args.format, manifest=manifest)
     splits = ", ".join(f"{k} {v}" for k, v in sorted(summary.per_split.items()))
     print(f"exported {summary.images} images of '{summary.dataset}' to {summary.out} ({summary.format}; {splits})")
+    for line in summary.notes():
+        print(line)
     for image_id, why in summary.skipped:
         make_console(stderr=True).print(f"skipped {image_id}: {why} — run `dsbuild build {summary.dataset}` after "
                                         "restoring or removing the file", highlight=False, soft_wrap=True)
@@ -405,8 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", cmd_export, "export accepted images as an ImageFolder tree or a CSV index")
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--to", required=True, metavar="DIR|FILE.csv",
-                   help="output folder (new, empty, or a previous export); with --format csv, a path ending in .csv "
-                        "is the CSV file itself (else DIR/DATASET.csv)")
+                   help="output folder (new, empty, or a previous export: exporting the same dataset in the same "
+                        "format again replaces only what that export wrote — models/, export.pkl and other files "
+                        "stay — and is refused, changing nothing, where it would overwrite anything else); with "
+                        "--format csv, a path ending in .csv is the CSV file itself (else DIR/DATASET.csv, beside "
+                        "whatever DIR holds)")
     p.add_argument("--format", choices=("imagefolder", "csv"), default="imagefolder", help="default: imagefolder")
 
     p = add("demo", cmd_demo, "the offline end-to-end showcase (digits with planted problems)")

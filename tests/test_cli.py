@@ -436,7 +436,11 @@ def test_export_help_says_what_to_means(capsys) -> None:
         main(["export", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--to DIR|FILE.csv" in text
-    assert "with --format csv, a path ending in .csv is the CSV file itself (else DIR/DATASET.csv)" in text
+    assert "with --format csv, a path ending in .csv is the CSV file itself (else DIR/DATASET.csv, beside whatever " \
+           "DIR holds)" in text
+    assert ("a previous export: exporting the same dataset in the same format again replaces only what that export "
+            "wrote — models/, export.pkl and other files stay — and is refused, changing nothing, where it would "
+            "overwrite anything else") in text
 
 
 def test_export_unknown_dataset_names_the_known_ones(manifest: Path, tmp_path: Path, capsys) -> None:
@@ -452,6 +456,189 @@ def test_export_refuses_a_foreign_folder(manifest: Path, tmp_path: Path, capsys)
     assert rc == 1
     assert err == f"Error: {tmp_path} is not empty and is not a dsbuild export — choose an empty or new folder\n"
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+# ------------------------------------------------- export into a folder that holds more than the export
+# A trial (issue: HIGH, lost user files): exporting again into an earlier export folder deleted everything in it —
+# fastai's models/ and export.pkl, another dataset's CSV, and the ImageFolder tree on a CSV export.
+
+MORE = '[datasets.more.classes]\nkitten = { folders = "photos/cat" }\nmug = { folders = "photos/cup" }\n'
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory) -> Path:
+    """A project with two built datasets, pets and more (the same photos under other class names)."""
+    path = make_project(tmp_path_factory.mktemp("two"))
+    path.write_text(MANIFEST + MORE)
+    build(load_manifest(path), ["pets", "more"], workers=1)
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under ``folder`` (hidden ones too): a file's bytes, None for a folder."""
+    return {p.relative_to(folder).as_posix(): (None if p.is_dir() else p.read_bytes()) for p in folder.rglob("*")}
+
+
+def image_tree(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.glob("*/*/*") if p.is_file())
+
+
+def catalog_tree(manifest: Path) -> list[str]:
+    return sorted(f"{r.split}/{r.label}/{r.image_id}{Path(r.path).suffix}" for r in _ok_images(manifest).itertuples())
+
+
+def fastai_files(out: Path) -> None:
+    """What fastai's learn.save()/learn.export() put into a learner whose path is the exported folder."""
+    (out / "models").mkdir()
+    (out / "models" / "stage1.pth").write_bytes(b"weights")
+    (out / "export.pkl").write_bytes(b"model")
+
+
+def test_reexport_replaces_only_its_own_tree_and_follows_the_review(tmp_path: Path, capsys) -> None:
+    """fastai trains on the export and saves models/ and export.pkl into it; after a review the same export
+    again keeps them, and the tree is the catalog's accepted images (relabelled one moved, removed one gone)."""
+    import dsbuild
+    from dsbuild.decisions import Decision
+
+    path = make_project(tmp_path / "p")
+    build(load_manifest(path), ["pets"], workers=1)
+    out = tmp_path / "out"
+    assert run(capsys, "export", "-m", str(path), "pets", "--to", str(out))[0] == 0
+    fastai_files(out)
+    (out / "notes.txt").write_text("lr 1e-3 was best")
+    before = _ok_images(path)
+    cat_id, cup_id = before[before.label == "cat"].image_id.iloc[0], before[before.label == "cup"].image_id.iloc[0]
+    dsbuild.review(load_manifest(path), "pets", decisions=[Decision(image_id=cat_id, action="relabel", new_label="cup"),
+                                                           Decision(image_id=cup_id, action="remove")])
+    rc, text, err = run(capsys, "export", "-m", str(path), "pets", "--to", str(out))
+    assert (rc, err) == (0, "")
+    now = _ok_images(path)
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(now.split.value_counts().items()))
+    assert text == (f"exported 9 images of 'pets' to {out} (imagefolder; {splits})\n"
+                    f"left 3 other entries in {out} untouched: export.pkl, models/, notes.txt\n")
+    assert image_tree(out) == catalog_tree(path)
+    assert any(f.endswith(f"/cup/{cat_id}{Path(before.set_index('image_id').path[cat_id]).suffix}") for f in image_tree(out))
+    assert not any(cup_id in f for f in image_tree(out))
+    assert (out / "models" / "stage1.pth").read_bytes() == b"weights" and (out / "export.pkl").read_bytes() == b"model"
+    assert (out / "notes.txt").read_text() == "lr 1e-3 was best"
+    assert sorted(p.name for p in out.iterdir()) == [".dsbuild-export", "export.pkl", "labels.csv", "models",
+                                                     "notes.txt", "train", "valid"]  # no work folder left
+    with open(out / "labels.csv", newline="") as fh:
+        assert sorted(r["path"] for r in csv.DictReader(fh)) == catalog_tree(path)
+
+
+def test_csv_exports_go_beside_an_image_export_and_each_other(two: Path, tmp_path: Path, capsys) -> None:
+    """--format csv --to DIR adds DIR/DATASET.csv: two datasets' CSVs and an ImageFolder tree share one folder."""
+    out = tmp_path / "out"
+    assert run(capsys, "export", "-m", str(two), "pets", "--to", str(out))[0] == 0
+    fastai_files(out)
+    tree = snapshot(out)
+    rc, text, err = run(capsys, "export", "-m", str(two), "pets", "--to", str(out), "--format", "csv")
+    assert (rc, err) == (0, "")
+    assert text == (f"exported 10 images of 'pets' to {out} (csv; train 8, valid 2)\n"
+                    f"left 5 other entries in {out} untouched: export.pkl, labels.csv, models/, train/, valid/\n")
+    rc, text, err = run(capsys, "export", "-m", str(two), "more", "--to", str(out), "--format", "csv")
+    assert (rc, err) == (0, "")
+    assert text.endswith(f"left 6 other entries in {out} untouched: export.pkl, labels.csv, models/, pets.csv, "
+                         "train/, valid/\n")
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if k not in (".dsbuild-export", "pets.csv", "more.csv")} == \
+           {k: v for k, v in tree.items() if k != ".dsbuild-export"}
+    for name in ("pets", "more"):
+        with open(out / f"{name}.csv", newline="") as fh:
+            assert len(list(csv.DictReader(fh))) == 10
+    # each export again replaces its own entries only
+    assert run(capsys, "export", "-m", str(two), "pets", "--to", str(out))[0] == 0
+    assert capsys.readouterr() == ("", "")
+    assert snapshot(out).keys() == after.keys() and (out / "more.csv").read_bytes() == after["more.csv"]
+
+
+def test_an_export_never_overwrites_what_another_export_or_the_user_owns(two: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert run(capsys, "export", "-m", str(two), "pets", "--to", str(out))[0] == 0
+    tree = snapshot(out)
+    rc, text, err = run(capsys, "export", "-m", str(two), "more", "--to", str(out))
+    assert (rc, text) == (1, "")
+    assert err == (f"Error: {out}/labels.csv belongs to the imagefolder export of 'pets' in {out}, which the "
+                   "imagefolder export of 'more' would overwrite — choose another --to (nothing was changed)\n")
+    assert snapshot(out) == tree
+    (out / "more.csv").write_text("my own notes\n")
+    rc, text, err = run(capsys, "export", "-m", str(two), "more", "--to", str(out), "--format", "csv")
+    assert (rc, text) == (1, "")
+    assert err == (f"Error: {out}/more.csv was not written by dsbuild and the csv export of 'more' would overwrite "
+                   f"it — move it out of {out} or choose another --to (nothing was changed)\n")
+    assert (out / "more.csv").read_text() == "my own notes\n"
+    # a file put inside the export's own tree is not its to delete: the re-export is refused, naming it
+    (out / "more.csv").unlink()
+    (out / "train" / "cat" / "mine.jpg").write_bytes(b"my photo")
+    tree = snapshot(out)
+    rc, text, err = run(capsys, "export", "-m", str(two), "pets", "--to", str(out))
+    assert (rc, text) == (1, "")
+    assert err == (f"Error: {out} holds 1 file that the previous imagefolder export of 'pets' did not write, inside "
+                   f"what it wrote: train/cat/mine.jpg — move it out of {out} (or export to a new folder); nothing "
+                   "was changed\n")
+    assert snapshot(out) == tree
+
+
+def test_a_folder_an_earlier_dsbuild_exported_to_is_replaced_conservatively(two: Path, tmp_path: Path, capsys) -> None:
+    """Earlier versions' marker holds only the dataset name: the old export owns what the format always writes
+    (labels.csv and the split folders it lists, each file one it lists) and nothing else."""
+    out = tmp_path / "out"
+    assert run(capsys, "export", "-m", str(two), "pets", "--to", str(out))[0] == 0
+    (out / ".dsbuild-export").write_text("pets\n")  # what earlier versions wrote; the tree is the same
+    fastai_files(out)
+    rc, text, err = run(capsys, "export", "-m", str(two), "pets", "--to", str(out))
+    assert (rc, err) == (0, "")
+    assert text == (f"exported 10 images of 'pets' to {out} (imagefolder; train 8, valid 2)\n"
+                    f"{out}/.dsbuild-export was written by an earlier dsbuild and names only the dataset: replaced "
+                    "only what that export always writes (labels.csv, train, valid); it now lists every file this "
+                    "export wrote\n"
+                    f"left 2 other entries in {out} untouched: export.pkl, models/\n")
+    assert (out / "models" / "stage1.pth").read_bytes() == b"weights" and (out / "export.pkl").read_bytes() == b"model"
+    assert image_tree(out) == catalog_tree(two)
+    assert (out / ".dsbuild-export").read_text().startswith('{"dsbuild_export":2,')
+    # an old export's split folder holding a file its labels.csv does not list: refused, nothing changed
+    (out / ".dsbuild-export").write_text("pets\n")
+    (out / "valid" / "cup" / "extra.png").write_bytes(b"mine")
+    tree = snapshot(out)
+    rc, text, err = run(capsys, "export", "-m", str(two), "pets", "--to", str(out))
+    assert (rc, text) == (1, "")
+    assert err == (f"Error: {out} holds 1 file that the previous imagefolder export of 'pets' did not write, inside "
+                   f"what it wrote: valid/cup/extra.png — move it out of {out} (or export to a new folder); nothing "
+                   "was changed\n")
+    assert snapshot(out) == tree
+    # an old CSV export folder: DATASET.csv with the exporter's header is the old export's, the rest is not
+    idx = tmp_path / "idx"
+    assert run(capsys, "export", "-m", str(two), "more", "--to", str(idx), "--format", "csv")[0] == 0
+    (idx / ".dsbuild-export").write_text("more\n")
+    (idx / "mine.csv").write_text("a,b\n")
+    rc, text, err = run(capsys, "export", "-m", str(two), "more", "--to", str(idx), "--format", "csv")
+    assert (rc, err) == (0, "")
+    assert text.endswith(f"replaced only what that export always writes (more.csv); it now lists every file this "
+                         f"export wrote\nleft 1 other entry in {idx} untouched: mine.csv\n")
+    assert sorted(p.name for p in idx.iterdir()) == [".dsbuild-export", "mine.csv", "more.csv"]
+
+
+def test_an_interrupted_export_leaves_the_previous_one_as_it_was(two: Path, tmp_path: Path) -> None:
+    """A write that fails half way (here: a file-size limit, so labels.csv cannot be written after the images
+    are linked) leaves the previous export, and the user's files, exactly as they were, and no work folder."""
+    out = tmp_path / "out"
+    code = ("import resource, signal, sys\n"
+            "from dsbuild.cli import main\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "if sys.argv[1] == 'limit':\n"
+            "    resource.setrlimit(resource.RLIMIT_FSIZE, (256, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+            "sys.exit(main(sys.argv[2:]))\n")
+    args = ["export", "-m", str(two), "pets", "--to", str(out)]
+    assert python("-c", code, "free", *args).returncode == 0
+    fastai_files(out)
+    tree = snapshot(out)
+    done = python("-c", code, "limit", *args)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (f"Error: the imagefolder export of 'pets' failed: File too large — {out} is unchanged; "
+                           "free some space (or fix what the error names) and export again\n")
+    assert snapshot(out) == tree
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_status_html_shows_duplicate_groups_and_conflicts(tmp_path: Path, capsys) -> None:

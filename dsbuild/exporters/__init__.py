@@ -16,11 +16,24 @@ with their current (reviewed) labels, under their family's extension. Each
 store file is sniffed first (:func:`dsbuild.formats.sniff`, the table
 verification uses): a file whose content is no longer the format the catalog
 verified (a store edited by hand, or by something hostile) is not exported and
-is listed in ``ExportSummary.skipped``. The tree (or file) is written next to
-``DIR`` and swapped in at the end, so an interrupted export never leaves a half
-tree; a non-empty ``DIR``, or an existing file, that is not a previous dsbuild
-export is never overwritten. An output inside a source folder of the manifest (or one
-that holds a source folder) is refused: the next build would import the export.
+is listed in ``ExportSummary.skipped``. An output inside a source folder of the
+manifest (or one that holds a source folder) is refused: the next build would
+import the export.
+
+An export never deletes a file it did not write. A new ``DIR`` (or file) is
+written beside its place and renamed in. ``DIR/.dsbuild-export``
+(:mod:`.marker`) records each export in the folder — dataset, format, the
+top-level entries it owns and every file it wrote — so one folder can hold
+several (``pets.csv`` beside ``more.csv``, an ImageFolder tree beside its CSV)
+and files of the user's (fastai's ``models/`` and ``export.pkl``). Exporting
+the same dataset in the same format again writes the new tree in a work folder
+inside ``DIR`` and swaps only the previous export's entries for the new ones
+(undone if a step fails, so an interrupted export leaves the previous one as it
+was); the summary lists the entries it left untouched. It is refused, with
+nothing changed, when a file inside those entries is not one it wrote, when a
+name it needs belongs to another export or to the user, or when the marker
+cannot be read. A non-empty ``DIR`` without a marker, and an existing file
+that is not a previous dsbuild export, are never written to.
 """
 
 from __future__ import annotations
@@ -35,9 +48,9 @@ from typing import Any
 
 from dsbuild.catalog import Catalog
 from dsbuild.errors import DsbuildError
-from dsbuild.exporters import csv, imagefolder
+from dsbuild.exporters import csv, imagefolder, marker
 
-MARKER = ".dsbuild-export"
+MARKER = marker.MARKER
 EXPORTERS: dict[str, Callable[[Any, Path, str], None]] = {"imagefolder": imagefolder.write, "csv": csv.write}
 """Exporters by format name: ``write(df, folder, dataset)`` fills an empty ``folder`` with ``df``'s images."""
 FORMATS = tuple(EXPORTERS)
@@ -64,6 +77,35 @@ class ExportSummary:
     images: int
     per_split: dict[str, int]
     skipped: tuple[tuple[str, str], ...] = ()  # (image_id, why) of store files that are not their verified image
+    replaced: tuple[str, ...] = ()  # the entries of the previous export of this dataset and format that were replaced
+    kept: tuple[str, ...] = ()  # the other entries of the folder, left untouched (folders end in /)
+    legacy: bool = False  # the previous export's marker was an earlier dsbuild's (the dataset name only)
+
+    def notes(self) -> list[str]:
+        """What the export did to an existing folder, one line each (none for a new folder or a file)."""
+        lines = []
+        if self.legacy:
+            lines.append(f"{self.out / MARKER} was written by an earlier dsbuild and names only the dataset: replaced "
+                         f"only what that export always writes ({_names(self.replaced)}); it now lists every file "
+                         "this export wrote")
+        if self.kept:
+            shown = _names(self.kept[:8]) + (f" and {len(self.kept) - 8} more" if len(self.kept) > 8 else "")
+            lines.append(f"left {len(self.kept)} other entr{'y' if len(self.kept) == 1 else 'ies'} in {self.out} "
+                         f"untouched: {shown}")
+        return lines
+
+
+@dataclass(frozen=True)
+class Swap:
+    """What :func:`_write_folder` did to an existing folder (see :class:`ExportSummary`)."""
+
+    replaced: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    legacy: bool = False
+
+
+def _names(entries) -> str:
+    return ", ".join(entries) if entries else "nothing"
 
 
 def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "imagefolder",
@@ -90,6 +132,9 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
             raise DsbuildError(f"{out} exists and is not a folder — choose another --to")
         if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
             raise DsbuildError(f"{out} is not empty and is not a dsbuild export — choose an empty or new folder")
+        if out.exists():
+            records = marker.read(out)
+            _refuse_foreign_files(out, [r for r in records if r.key == (dataset, fmt)])
 
     with Catalog.open_readonly(catalog_path) as cat:
         df = cat.images(dataset, statuses=("ok",))
@@ -99,13 +144,14 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
                if (why := _not_verified_content(Path(rec.path), rec.format)) is not None]
     if skipped:
         df = df[~df["image_id"].isin({i for i, _ in skipped})]
+    swap = Swap()
     if file_format is not None:
         _write_file(df, out, file_format)
     else:
-        _write_folder(df, out, dataset, fmt)
+        swap = _write_folder(df, out, dataset, fmt)
     per_split = {k: int(v) for k, v in df["split"].value_counts().items()}
     return ExportSummary(dataset=dataset, out=out, format=fmt, images=len(df), per_split=per_split,
-                         skipped=tuple(skipped))
+                         skipped=tuple(skipped), replaced=swap.replaced, kept=swap.kept, legacy=swap.legacy)
 
 
 def source_folders(manifest) -> dict[Path, str]:
@@ -165,23 +211,103 @@ def _write_file(df: Any, out: Path, file_format: FileFormat) -> None:
         raise
 
 
-def _write_folder(df: Any, out: Path, dataset: str, fmt: str) -> None:
-    """Fill a new folder beside ``out`` with :data:`EXPORTERS` ``[fmt]`` and swap it in for ``out``."""
-    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir(parents=True)
+def _write_folder(df: Any, out: Path, dataset: str, fmt: str) -> Swap:
+    """Write :data:`EXPORTERS` ``[fmt]`` into ``out``, replacing only the previous export of ``dataset`` in ``fmt``.
+
+    A new ``out``: the tree is filled beside it and renamed into place. An existing one: the tree is filled in a
+    work folder inside ``out``; a name it needs that another export or the user owns is refused (nothing
+    changed); the previous export's entries are moved aside, the new ones moved in (undone if anything fails)
+    and the marker rewritten; the moved-aside entries are deleted only when every file in them is one the
+    previous export wrote. Everything else in ``out`` is left as it was.
+    """
+    if not out.exists():
+        tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+        tmp.mkdir(parents=True)
+        try:
+            _fill(df, tmp, dataset, fmt, f"nothing was written to {out}")
+            marker.write(tmp, [marker.scan(tmp, dataset, fmt)])
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Swap()
+    records = marker.read(out)
+    previous = next((r for r in records if r.key == (dataset, fmt)), None)
+    others = [r for r in records if r.key != (dataset, fmt)]
+    _refuse_foreign_files(out, [previous] if previous else [])
+    work = out / f"{marker.WORK_PREFIX}new-{secrets.token_hex(4)}"
+    work.mkdir()
     try:
-        EXPORTERS[fmt](df, tmp, dataset)
-        (tmp / MARKER).write_text(f"{dataset}\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _fill(df, work, dataset, fmt, f"{out} is unchanged")
+        new = marker.scan(work, dataset, fmt)
+        _refuse_taken_names(out, new, previous, others, dataset, fmt)
+        old_entries = [e for e in previous.entries if _present(out / e)] if previous else []
+        marker.write(out, [*others, previous.merged(new) if previous else new])  # a crash from here on: all ours
+        trash = out / f"{marker.WORK_PREFIX}old-{secrets.token_hex(4)}"
+        trash.mkdir()
+        moved: list[tuple[Path, Path]] = []
+        try:
+            for name in old_entries:
+                (out / name).rename(trash / name)
+                moved.append((out / name, trash / name))
+            for name in new.entries:
+                (work / name).rename(out / name)
+                moved.append((work / name, out / name))
+            marker.write(out, [*others, new])
+        except BaseException:
+            for src, dest in reversed(moved):
+                dest.rename(src)
+            marker.write(out, records)
+            trash.rmdir()
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # only what this export wrote (or nothing, after the swap)
+    if previous is None or not marker.foreign_files(trash, previous):
+        shutil.rmtree(trash, ignore_errors=True)
+    kept = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in out.iterdir()
+                  if p.name != MARKER and p.name not in new.entries and not p.name.startswith(marker.WORK_PREFIX))
+    return Swap(replaced=tuple(old_entries), kept=tuple(kept), legacy=bool(previous and previous.legacy))
+
+
+def _fill(df: Any, folder: Path, dataset: str, fmt: str, unchanged: str) -> None:
+    """Run the exporter into the empty work ``folder``; a failed write is a DsbuildError saying ``unchanged``."""
+    try:
+        EXPORTERS[fmt](df, folder, dataset)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise DsbuildError(f"the {fmt} export of '{dataset}' failed: {exc.strerror or exc}{where} — {unchanged}; "
+                           "free some space (or fix what the error names) and export again") from exc
+
+
+def _present(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _refuse_foreign_files(out: Path, records) -> None:
+    """Raise DsbuildError when an entry of an export about to be replaced holds a file that export did not write."""
+    for rec in records:
+        foreign = marker.foreign_files(out, rec)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise DsbuildError(f"{out} holds {len(foreign)} file{'s' if len(foreign) > 1 else ''} that the previous "
+                               f"{rec.format} export of '{rec.dataset}' did not write, inside what it wrote: {shown}"
+                               f" — move {'them' if len(foreign) > 1 else 'it'} out of {out} (or export to a new "
+                               "folder); nothing was changed")
+
+
+def _refuse_taken_names(out: Path, new, previous, others, dataset: str, fmt: str) -> None:
+    """Raise DsbuildError when an entry the new export writes belongs to another export or to the user."""
+    for name in new.entries:
+        if previous is not None and name in previous.entries:
+            continue
+        owner = next((r for r in others if name in r.entries), None)
+        if owner is not None:
+            raise DsbuildError(f"{out / name} belongs to the {owner.format} export of '{owner.dataset}' in {out}, "
+                               f"which the {fmt} export of '{dataset}' would overwrite — choose another --to "
+                               "(nothing was changed)")
+        if _present(out / name):
+            raise DsbuildError(f"{out / name} was not written by dsbuild and the {fmt} export of '{dataset}' would "
+                               f"overwrite it — move it out of {out} or choose another --to (nothing was changed)")
 
 
 def _not_verified_content(path: Path, fmt: str | None) -> str | None:
