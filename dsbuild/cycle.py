@@ -869,6 +869,7 @@ class Predictions:
     kind: str
     frame: object  # pandas DataFrame, see predict_images
     note: str | None = None  # a warning for people: the model knows other classes than the dataset has now
+    warning: str | None = None  # a warning for people: the model did not learn (:func:`did_not_learn_note`)
 
 
 def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int | None = None) -> Predictions:
@@ -909,7 +910,29 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int
                               classes)
     if top is not None:
         out = _top_k(out, top)
-    return Predictions(run_id=str(run["run_id"]), kind=str(run["kind"]), frame=out, note=note)
+    return Predictions(run_id=str(run["run_id"]), kind=str(run["kind"]), frame=out, note=note,
+                       warning=did_not_learn_note(name, run))
+
+
+def did_not_learn_note(name: str, run) -> str | None:
+    """The warning for predictions made with the model of train/retrain run ``run`` (a ``model_runs`` row: a pandas
+    Series or dict) when ``train`` found that it did not learn: the verdict ``train`` recorded in the run's params
+    (``learn_check``, :func:`dsbuild.model.trust.learn_check` on the valid split — the test that makes ``train``
+    exit 3 and ``mislabels`` refuse). None when it learned, when the valid split was too small to tell, and for a
+    run recorded before the verdict was kept. The run stays ``ok``: its model exists, and a user may want to see
+    what it answers."""
+    from dsbuild.model.trust import LearnCheck
+
+    params = run.get("params") if hasattr(run, "get") else None
+    try:
+        check = json.loads(params).get("learn_check") if isinstance(params, str) and params else None
+        verdict = LearnCheck(**check) if isinstance(check, dict) else None
+    except (ValueError, TypeError):
+        return None
+    if verdict is None or verdict.learned or not verdict.conclusive:
+        return None
+    return (f"the model of run {run['run_id']} did not learn, so its answers are no better than guessing: "
+            f"{verdict.message('valid')}; then run `dsbuild train {name}` again")
 
 
 def saved_model_classes(model_path: "str | Path") -> list[str]:

@@ -169,11 +169,12 @@ def run_detail(cat: "Catalog", dataset: str, run_id: str) -> dict | None:
 
 
 def latest_model_run(cat: "Catalog", dataset: str) -> dict | None:
-    """The newest ok train/retrain run of ``dataset`` with a model file: run_id, model_path, kind; or None."""
-    rows = cat.con.execute("SELECT run_id, model_path, kind FROM model_runs WHERE dataset = ? AND kind IN ('train', 'retrain') "
+    """The newest ok train/retrain run of ``dataset`` with a model file: run_id, model_path, kind, params (JSON
+    text: the ``learn_check`` that :func:`dsbuild.cycle.did_not_learn_note` reads); or None."""
+    rows = cat.con.execute("SELECT run_id, model_path, kind, params FROM model_runs WHERE dataset = ? AND kind IN ('train', 'retrain') "
                            "AND status = 'ok' AND model_path IS NOT NULL ORDER BY started_at DESC LIMIT 1",
                            [dataset]).fetchall()
-    return {"run_id": rows[0][0], "model_path": rows[0][1], "kind": rows[0][2]} if rows else None
+    return {"run_id": rows[0][0], "model_path": rows[0][1], "kind": rows[0][2], "params": rows[0][3]} if rows else None
 
 
 def sql_string(value: str) -> str:

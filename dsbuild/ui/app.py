@@ -325,7 +325,7 @@ class _Handlers:
 
     def predict_page(self, request):
         from dsbuild.catalog.app_queries import latest_model_run
-        from dsbuild.cycle import dataset_classes, model_classes_note, saved_model_classes
+        from dsbuild.cycle import dataset_classes, did_not_learn_note, model_classes_note, saved_model_classes
 
         def read(cat):
             return latest_model_run(cat, self.c.dataset), dataset_classes(cat, self.c.manifest.dataset(self.c.dataset))
@@ -337,7 +337,10 @@ class _Handlers:
         # A model trained before a class was renamed, merged or removed answers with the old classes: say so once.
         note = (model_classes_note(self.c.dataset, model["run_id"], saved_model_classes(model["model_path"]), classes)
                 if model else None)
-        return self._page("predict.html.j2", title="predict", model=model, note=note, limit=self._upload_limit())
+        # A model that `train` said did not learn is still used (its answers may be worth a look): say so first.
+        learned = did_not_learn_note(self.c.dataset, model) if model else None
+        return self._page("predict.html.j2", title="predict", model=model, note=note, learned=learned,
+                          limit=self._upload_limit())
 
     # -- images ----------------------------------------------------------------------------
 
