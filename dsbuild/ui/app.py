@@ -230,18 +230,22 @@ class _Handlers:
         filters = {"kind": q.get("kind") or None, "label": q.get("label") or None, "split": q.get("split") or None}
 
         def read(cat):
-            from dsbuild.cycle import dataset_classes
+            from dsbuild.cycle import run_flags_now
 
-            classes = dataset_classes(cat, self.c.manifest.dataset(self.c.dataset))
             run_id = cat.latest_mislabel_run(self.c.dataset)
-            df, total = queue_page(cat, self.c.dataset, run_id, **filters, decided=decided, offset=(page - 1) * n, limit=n)
-            counts = queue_kind_counts(cat, self.c.dataset, run_id)
+            # The run's flags as they read today: a picture a build gave a new item (its class renamed, merged or
+            # split) is flagged there, a suggestion of a renamed class names it as it is called now.
+            now = run_flags_now(cat, self.c.manifest.dataset(self.c.dataset), run_id)
+            run = {"moved": now.moved, "follow": now.follow}
+            df, total = queue_page(cat, self.c.dataset, run_id, **filters, decided=decided, offset=(page - 1) * n,
+                                   limit=n, **run)
+            counts = queue_kind_counts(cat, self.c.dataset, run_id, **run)
             groups = sorted({g for g in df["dup_group"].dropna()}) if len(df) else []
             sib = dup_siblings(cat, self.c.dataset, groups)
-            return classes, run_id, df, total, counts, sib
+            return now, run_id, df, total, counts, sib
 
         try:
-            classes, run_id, df, total, counts, sib = self._read(read)
+            now, run_id, df, total, counts, sib = self._read(read)
         except DsbuildError as exc:
             return self._error_page(exc)
         siblings: dict[str, list[dict]] = {}
@@ -253,11 +257,16 @@ class _Handlers:
             rec["siblings"] = [s for s in siblings.get(rec["dup_group"], []) if s["image_id"] != rec["image_id"]]
             rec["state"] = _state_text(rec["last_review"], rec["label"], rec["status"])
             rec["quality"] = list(rec["quality_issues"]) if rec["quality_issues"] is not None and not _missing_list(rec["quality_issues"]) else []
+            # A suggestion of a class removed or split since the run: shown with why, and no Enter on it.
+            gone = now.gone.get(rec["suggested_label"]) if isinstance(rec["suggested_label"], str) else None
+            rec["suggestion_gone"] = (f"'{rec['suggested_label']}' is no longer a class ({gone}): pick a class with "
+                                      "its key" if gone else "")
             cards.append(rec)
+        classes = list(now.classes)
         pages = max(1, math.ceil(total / n))
         here = {**filters, "decided": q.get("decided") or None, "n": n if n != self.c.page_size else None}
         return self._page("queue.html.j2", title="review queue", cards=cards, total=total, page=page, pages=pages,
-                          run_id=run_id, counts=counts, kinds=QUEUE_KINDS, labels=classes, keys=class_keys(classes),
+                          run_id=run_id, run_note=now.note(), counts=counts, kinds=QUEUE_KINDS, labels=classes, keys=class_keys(classes),
                           filters=filters, decided=q.get("decided", ""), here=here, splits=("train", "valid", "test"))
 
     def browse(self, request):
