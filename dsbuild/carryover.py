@@ -163,6 +163,27 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
                      stranded=stranded, dataset=ds.name)
 
 
+def successors_now(cat: Catalog, ds: Dataset, image_ids: Iterable[str], gone: Iterable[str]) -> "pandas.DataFrame":
+    """Where the pictures of items set aside since (their source removed: a class renamed, merged or split) are
+    now, by the same pairing a build's carry-over uses (:meth:`Catalog.set_aside_matches`,
+    :func:`pair_successors`): for the set-aside items among ``image_ids`` and those of the classes ``gone``,
+    one row per item whose picture an item of today succeeds — old_id, old_label, image_id (the successor),
+    class_label (its class). An item succeeded by one that was itself set aside since (a class renamed twice)
+    has no row: the latest carries on. For a mislabel run's flags (:func:`dsbuild.cycle.run_flags_now`)."""
+    import pandas as pd
+
+    columns = ["old_id", "old_label", "image_id", "class_label"]
+    old = cat.set_aside_among(ds.name, reason=SOURCE_REMOVED, image_ids=list(image_ids), labels=list(gone))
+    if not old:
+        return pd.DataFrame(columns=columns)
+    live = cat.same_content_items(ds.name, old, except_reason=SOURCE_REMOVED)
+    matches = cat.set_aside_matches(ds.name, live, reason=SOURCE_REMOVED) if live else None
+    if matches is None or matches.empty:
+        return pd.DataFrame(columns=columns)
+    pairs = pair_successors(matches)
+    return pairs.loc[pairs["old_id"].isin(set(old)), columns].reset_index(drop=True)
+
+
 def successor_classes(why: dict[tuple[str, str], str], labels: set[str]) -> tuple[dict[str, str], set[str]]:
     """From a build's class changes (:func:`class_changes`): ``follow``, each class that is gone and whose
     images all went to one class (renamed or merged into it) → that class; ``split``, the classes that are gone

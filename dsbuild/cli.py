@@ -299,8 +299,9 @@ def cmd_predict(args) -> int:
     manifest = _load(args)
     result = predict_images(manifest, args.dataset, args.images, top=args.top)
     make_console(stderr=True).print(f"model of run {result.run_id} ({result.kind})", markup=False)
-    if result.note:
-        make_console(stderr=True).print(f"Warning: {result.note}", markup=False, highlight=False, soft_wrap=True)
+    for warning in (result.warning, result.note):
+        if warning:
+            make_console(stderr=True).print(f"Warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     df = result.frame
     if args.format == "table" and not args.out:
         keep = [c for c in ("path", "rank", "label", "probability", "error") if c in df

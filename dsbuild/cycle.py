@@ -613,30 +613,49 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
                     f"and run `dsbuild mislabels {name}` again")
             if issues.empty and run is None:
                 raise DsbuildError(f"no mislabel run for '{name}' yet — run `dsbuild mislabels {name}` first")
+            # A build since the run may have renamed, merged or split a class: a flag follows its picture to its
+            # item now, a suggestion of a renamed class names it as it is called now (run_flags_now, as the app's
+            # queue does).
+            now = run_flags_now(cat, ds, run, flagged=[str(i) for i in issues["image_id"]])
+            issues = now.apply(issues, dict(zip(images["image_id"].astype(str), images["label"].astype(str))))
             # A run that flagged nothing leaves nothing to accept: zero events, not an error. An image someone
             # decided about since the run started (keep, remove, relabel, undo) keeps that decision: the run's
-            # suggestion predates it (an earlier accept counts too).
-            since = (set() if run_at is None or history.empty
-                     else set(history.loc[history["changed_at"] >= run_at, "image_id"].astype(str)))
+            # suggestion predates it (an earlier accept counts too). A build's events (decisions carried to an
+            # item's successor, a relabel following a renamed class) are not a decision: the one they carry is
+            # on the old item, which the flag followed.
+            if run_at is None or history.empty:
+                since = set()
+            else:
+                recent = history[(history["changed_at"] >= run_at) & ~history["source"].astype(str).str.startswith("build:")]
+                since = {now.moved.get(i, i) for i in recent["image_id"].astype(str)}
             chosen, reviewed = suggested_decisions(issues[issues["kind"] == "label"], min_confidence=min_confidence,
                                                    reviewed=since)
-            # A build since the run may have rejected or failed a flagged image: nothing a person can fix here.
+            # A build since the run may have rejected or failed a flagged image, or set it aside with its source
+            # (its picture under no class now): nothing a person can fix here.
+            from dsbuild.sources import SOURCE_REMOVED
+
             status = dict(zip(images["image_id"].astype(str), images["status"].astype(str)))
-            gone = [d for d in chosen if status.get(d.image_id) not in REVIEWABLE]
+            reason = dict(zip(images["image_id"].astype(str), images["reason"]))
+            out = [d for d in chosen if status.get(d.image_id) not in REVIEWABLE]
             chosen = [d for d in chosen if status.get(d.image_id) in REVIEWABLE]
-            # A class renamed, merged or removed since the run: its suggestions name a label `review --decisions`
-            # refuses. Only those are skipped (see _class_change_note for why the others still stand).
+            removed = [d for d in out if reason.get(d.image_id) == SOURCE_REMOVED]
+            # A class removed or split since the run: its suggestions name a label `review --decisions` refuses.
+            # Only those are skipped (RunFlagsNow.note says why the others still stand).
             labels = dataset_classes(cat, ds)
             dead = [d for d in chosen if d.new_label not in labels]
             chosen = [d for d in chosen if d.new_label in labels]
-            unknown = ""
-            if dead:
-                names = [f"'{n}'" for n in dict.fromkeys(str(d.new_label) for d in dead)]
-                unknown = (f"suggesting an unknown label{'s' if len(names) > 1 else ''} {', '.join(names)} "
-                           f"(labels of this dataset: {label_list(labels)})")
-            skipped.update({k: n for k, n in (("reviewed since the mislabel run", len(reviewed)),
-                                              ("not ok or duplicate now", len(gone)), (unknown, len(dead))) if n})
-            note = _class_change_note(name, run, run_row, labels)
+            unknown: dict[str, int] = {}
+            for d in dead:
+                label = str(d.new_label)
+                why = (f"suggesting '{label}', which is no longer a class ({now.gone[label]}; labels of this dataset: "
+                       f"{label_list(labels)})" if label in now.gone else
+                       f"suggesting an unknown label '{label}' (labels of this dataset: {label_list(labels)})")
+                unknown[why] = unknown.get(why, 0) + 1
+            skipped.update({k: n for k, n in (
+                ("reviewed since the mislabel run", len(reviewed)),
+                ("set aside by a build since the run (source removed), their picture under no class now", len(removed)),
+                ("not ok or duplicate now", len(out) - len(removed)), *unknown.items()) if n})
+            note = now.note("were skipped")
             if note:
                 notes.append(note)
             source = f"review:suggestions@{min_confidence:g}"
@@ -667,24 +686,109 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
                          already_applied=already, skipped=skipped, notes=tuple(notes))
 
 
-def _class_change_note(name: str, run_id: str | None, run: dict | None, labels: list[str]) -> str | None:
-    """What to tell people when mislabel run ``run`` scored other classes than the dataset's ``labels`` now; else None.
+@dataclass(frozen=True)
+class RunFlagsNow:
+    """How the flags of mislabel run ``run_id`` read against dataset ``dataset`` today (:func:`run_flags_now`): a build
+    since the run may have renamed, merged, split or removed a class (an ``imagefolder``'s folder, a manifest's
+    class), which sets the old items aside and gives their pictures new items.
 
-    Its suggestions to a class that is gone are skipped; those to a class that stayed are still offered: the
-    out-of-fold probability that an image is a ``cat`` does not change when ``horse`` is renamed, and refusing
-    them all would make a rename cost a full mislabel run before any suggestion could be accepted. Yet the run
-    never offered a new class as an answer, so its suggestions are incomplete: say so, and how to renew them.
+    ``moved``: flagged image_id set aside since → the item its picture is now (the carry-over's pairing);
+    ``follow``: a class the run scored that is gone → the one class its pictures went to (renamed, merged into):
+    a suggestion of it means that class now, as a relabel to it follows the rename
+    (:func:`dsbuild.carryover.follow_classes`); ``gone``: a class the run scored that is gone with no one
+    successor (removed, or split: which part is not guessed) → why, in words: a suggestion of it cannot be
+    taken; ``scored``: the run's classes; ``classes``: the dataset's now (:func:`dataset_classes`).
     """
-    conf = run.get("confusion") if run else None
-    if not isinstance(conf, str) or not conf:
-        return None
-    scored = [str(c) for c in json.loads(conf).get("classes", [])]
-    if not scored or set(scored) == set(labels):
-        return None
-    change = class_set_change(scored, labels)
-    return (f"the latest mislabel run of '{name}' ({run_id}) scored the classes {', '.join(scored)}; the dataset's "
-            f"classes are {', '.join(labels)} now ({change}) — its suggestions to gone classes were skipped and it "
-            f"never suggested a new one: run `dsbuild mislabels {name}` again to score the current classes")
+
+    dataset: str
+    run_id: str | None
+    moved: dict[str, str] = dataclasses.field(default_factory=dict)
+    follow: dict[str, str] = dataclasses.field(default_factory=dict)
+    gone: dict[str, str] = dataclasses.field(default_factory=dict)
+    scored: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
+    changes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def apply(self, flags, current: dict[str, str] | None = None):
+        """A copy of ``flags`` (``label_issues`` rows of the run) as they read today: ``image_id`` of a moved
+        picture is its item now, ``given_label`` and ``suggested_label`` of a followed class its successor
+        (``scored_suggestion`` keeps what the run said); with ``current`` (image_id → label now), the moved
+        rows' ``current_label`` is that of their new item."""
+        out = flags.copy()
+        if "suggested_label" in out:
+            out["scored_suggestion"] = out["suggested_label"]
+        if out.empty:
+            return out
+        if self.moved:
+            moved = out["image_id"].isin(set(self.moved))
+            out.loc[moved, "image_id"] = out.loc[moved, "image_id"].map(self.moved)
+            if current is not None and "current_label" in out:
+                out.loc[moved, "current_label"] = out.loc[moved, "image_id"].map(current)
+        for col in ("given_label", "suggested_label"):
+            if self.follow and col in out:
+                out[col] = out[col].map(lambda v: self.follow.get(v, v) if isinstance(v, str) else v)
+        return out
+
+    def note(self, skipped: str = "cannot be accepted") -> str | None:
+        """What to tell people when the run scored other classes than the dataset has now; else None. Its
+        suggestions of a renamed or merged class follow it (the probability that a picture is a ``dog`` does not
+        change when the folder is called ``hound``: refusing them would make a rename cost a full mislabel run);
+        those of a class removed or split ``skipped`` (the CLI: "were skipped"); a new class it never suggested."""
+        if not self.scored or set(self.scored) == set(self.classes):
+            return None
+        parts = []
+        if self.follow:
+            parts.append("its suggestions of " + ", ".join(
+                f"'{old}' name '{new}' now ({self.changes[old]})" for old, new in sorted(self.follow.items())))
+        if self.gone:
+            names = ", ".join(f"'{old}' ({why})" for old, why in sorted(self.gone.items()))
+            parts.append(f"its suggestions of {names} {skipped}")
+        unseen = [c for c in self.classes if c not in self.scored and c not in self.follow.values()]
+        if unseen:
+            parts.append("it never suggested " + ", ".join(f"'{c}'" for c in unseen))
+        change = class_set_change(list(self.scored), list(self.classes))
+        return (f"the latest mislabel run of '{self.dataset}' ({self.run_id}) scored the classes "
+                f"{', '.join(self.scored)}; the dataset's classes are {', '.join(self.classes)} now ({change})"
+                + (f" — {'; '.join(parts)}" if parts else "")
+                + f": run `dsbuild mislabels {self.dataset}` again to score the current classes")
+
+
+def run_flags_now(cat: Catalog, ds: Dataset, run_id: str | None, *, flagged: list[str] | None = None) -> RunFlagsNow:
+    """How mislabel run ``run_id``'s flags read against dataset ``ds`` today (:class:`RunFlagsNow`): the one mapping
+    the review app's queue and ``review --accept-suggestions`` apply. ``flagged``: the run's flagged image ids
+    (read from the catalog when not given). Pictures are followed by the pairing of a build's carry-over
+    (:func:`dsbuild.carryover.successors_now`: same content, same origin or the file moved)."""
+    from dsbuild.carryover import successors_now
+
+    classes = tuple(dataset_classes(cat, ds))
+    row = cat.run_row(run_id) if run_id is not None else None
+    if row is None:
+        return RunFlagsNow(ds.name, run_id, classes=classes)
+    conf = row.get("confusion")
+    scored = tuple(str(c) for c in json.loads(conf).get("classes", [])) if isinstance(conf, str) and conf else ()
+    lost = [c for c in scored if c not in classes]
+    if flagged is None:
+        flagged = [str(i) for i in cat.run_issues(run_id)["image_id"]]
+    pairs = successors_now(cat, ds, flagged, lost)
+    moved = {str(o): str(n) for o, n in zip(pairs["old_id"], pairs["image_id"])}
+    went: dict[str, set[str]] = {}
+    for old, new in zip(pairs["old_label"], pairs["class_label"]):
+        if old in lost and new in classes:
+            went.setdefault(str(old), set()).add(str(new))
+    follow, gone, changes = {}, {}, {}
+    for old in lost:
+        to = sorted(went.get(old, ()))
+        if len(to) == 1:
+            follow[old] = to[0]
+            changes[old] = (f"class '{old}' merged into '{to[0]}'" if to[0] in scored
+                            else f"class '{old}' renamed '{to[0]}'")
+        elif to:
+            parts = ", ".join(f"'{t}'" for t in to)
+            gone[old] = f"class '{old}' split into {parts}"
+        else:
+            gone[old] = f"class '{old}' removed"
+    return RunFlagsNow(ds.name, run_id, moved=moved, follow=follow, gone=gone, scored=scored, classes=classes,
+                       changes=changes)
 
 
 # --------------------------------------------------------------------------- retrain + compare
@@ -870,6 +974,7 @@ class Predictions:
     kind: str
     frame: object  # pandas DataFrame, see predict_images
     note: str | None = None  # a warning for people: the model knows other classes than the dataset has now
+    warning: str | None = None  # a warning for people: the model did not learn (:func:`did_not_learn_note`)
 
 
 def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int | None = None) -> Predictions:
@@ -910,7 +1015,29 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int
                               classes)
     if top is not None:
         out = _top_k(out, top)
-    return Predictions(run_id=str(run["run_id"]), kind=str(run["kind"]), frame=out, note=note)
+    return Predictions(run_id=str(run["run_id"]), kind=str(run["kind"]), frame=out, note=note,
+                       warning=did_not_learn_note(name, run))
+
+
+def did_not_learn_note(name: str, run) -> str | None:
+    """The warning for predictions made with the model of train/retrain run ``run`` (a ``model_runs`` row: a pandas
+    Series or dict) when ``train`` found that it did not learn: the verdict ``train`` recorded in the run's params
+    (``learn_check``, :func:`dsbuild.model.trust.learn_check` on the valid split — the test that makes ``train``
+    exit 3 and ``mislabels`` refuse). None when it learned, when the valid split was too small to tell, and for a
+    run recorded before the verdict was kept. The run stays ``ok``: its model exists, and a user may want to see
+    what it answers."""
+    from dsbuild.model.trust import LearnCheck
+
+    params = run.get("params") if hasattr(run, "get") else None
+    try:
+        check = json.loads(params).get("learn_check") if isinstance(params, str) and params else None
+        verdict = LearnCheck(**check) if isinstance(check, dict) else None
+    except (ValueError, TypeError):
+        return None
+    if verdict is None or verdict.learned or not verdict.conclusive:
+        return None
+    return (f"the model of run {run['run_id']} did not learn, so its answers are no better than guessing: "
+            f"{verdict.message('valid')}; then run `dsbuild train {name}` again")
 
 
 def saved_model_classes(model_path: "str | Path") -> list[str]:

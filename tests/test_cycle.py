@@ -10,7 +10,9 @@ every step is checked in the catalog with SQL.
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -323,6 +325,43 @@ def test_a_model_that_did_not_learn_says_so_and_its_flags_are_refused(random_pro
     err = capsys.readouterr().err
     assert "was refused" in err and "Traceback" not in err
     assert sql(random_project, "select count(*) from label_history") == [(0,)]
+
+
+@pytest.mark.slow
+def test_predict_with_a_model_that_did_not_learn_warns_and_still_answers(random_project: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import httpx
+
+    from dsbuild.model.trust import LearnCheck
+    from ui_browser import UiServer
+
+    m = ["-m", str(random_project), "-q"]
+    assert main([*m, "train", "digits"]) == 3
+    capsys.readouterr()
+    run_id, status, params = sql(random_project, "select run_id, status, params from runs where kind = 'train' "
+                                                 "order by started_at desc limit 1")[0]
+    assert status == "ok"  # the run and its model stand: predict may use it, and says what it is worth
+    check = LearnCheck(**json.loads(params)["learn_check"])
+    warning = (f"Warning: the model of run {run_id} did not learn, so its answers are no better than guessing: "
+               f"{check.message('valid')}; then run `dsbuild train digits` again")
+    image = next((random_project.parent / "data" / "zero").glob("*.png"))
+    assert main([*m, "predict", "digits", str(image), "--format", "csv"]) == 0
+    out = capsys.readouterr()
+    lines = out.err.splitlines()
+    assert lines == [f"model of run {run_id} (train)", warning], out.err  # once, after the run it names
+    assert out.out.startswith("run_id,path,label,probability") and str(image) in out.out  # it still answers
+    # The app's Predict page over a real server says the same.
+    server = UiServer(random_project)
+    try:
+        with httpx.Client(follow_redirects=True, timeout=60) as client:
+            client.get(server.url)
+            page = client.get(server.base + "/predict")
+    finally:
+        server.stop()
+    assert page.status_code == 200
+    shown = re.search(r'<p class="warning" id="learn-note">(.*?)</p>', page.text, re.S)
+    assert shown is not None, page.text
+    assert html.unescape(shown.group(1)) == warning
 
 
 def _clone(project: tuple[Path, set[str]], dest: Path) -> Path:

@@ -250,44 +250,98 @@ def test_accept_suggestions_skips_an_image_a_build_rejected_after_the_run(tmp_pa
         assert state(project, image_id) == (suggested, "ok")
 
 
-def test_accept_suggestions_skips_suggestions_to_a_class_renamed_since_the_run(built: Path, tmp_path: Path,
-                                                                                capsys) -> None:
-    """The fresh-user trial: mislabels; rename a class in the manifest; build; `review --accept-suggestions` relabelled
-    images to the gone class (which `review --decisions` refuses), and train then learned it again. The suggestions
-    to the gone class are skipped and counted, the others applied, and a warning says the run scored other classes."""
+def _linked_copy(built: Path, dest: Path) -> Path:
+    """A copy of the built project whose data folder is the fixture's (a link): the files resolve to the same
+    origins, so a build keeps every image id but a renamed class's."""
+    shutil.copytree(built.parent, dest, symlinks=True, ignore=lambda d, names: ["data"] if Path(d) == built.parent else [])
+    (dest / "data").symlink_to(built.parent / "data", target_is_directory=True)
+    return dest / "datasets.toml"
+
+
+def successor(manifest: Path, image_id: str) -> str:
+    """The item of today with the picture of ``image_id`` (set aside by a class rename)."""
+    return sql(manifest, "SELECT n.image_id FROM items n JOIN items o ON o.sha256 = n.sha256 AND o.image_id = ? "
+                         "WHERE n.reason IS DISTINCT FROM 'source removed'", [image_id])[0][0]
+
+
+def test_accept_suggestions_follow_a_class_renamed_since_the_run(built: Path, tmp_path: Path, capsys) -> None:
+    """The fresh-user trial: mislabels; rename a class in the manifest; build. Trial 3: `review --accept-suggestions`
+    relabelled images to the gone class; then (trial 4) it skipped them, and the flags of the renamed class's own
+    pictures as "not ok or duplicate now" though they are ok under the new name. A rename changes no picture and
+    no probability: a suggestion of the old name is one of the new, a flag follows its picture to its new item
+    (the carry-over's pairing), and a warning says the run scored other classes and how to renew it."""
     import dsbuild
 
-    # A copy whose data folder is the fixture's (a link): the files resolve to the same origins, so a build keeps
-    # every image id but the renamed class's.
-    shutil.copytree(built.parent, tmp_path / "p", symlinks=True,
-                    ignore=lambda d, names: ["data"] if Path(d) == built.parent else [])
-    (tmp_path / "p" / "data").symlink_to(built.parent / "data", target_is_directory=True)
-    project = tmp_path / "p" / "datasets.toml"
+    project = _linked_copy(built, tmp_path / "p")
     flags = confident(project)
     to_seven = {i for i, given, suggested in flags if suggested == "seven" and given != "seven"}
+    of_seven = {i: s for i, given, s in flags if given == "seven"}
     others = [(i, s) for i, given, s in flags if s != "seven" and given != "seven"]
-    assert to_seven and others  # the scenario: confident suggestions to the class that goes, and to others
+    assert to_seven and of_seven and others  # the scenario: suggestions to the class that goes, of it, and others
     (run_id,) = sql(project, "SELECT run_id FROM runs WHERE kind = 'mislabels'")[0]
     text = project.read_text()
     assert 'seven = { folders = "data/seven" }' in text
     project.write_text(text.replace('seven = { folders = "data/seven" }', 'sept = { folders = "data/seven" }'))
     dsbuild.build(dsbuild.load_manifest(project), ["digits"], workers=1)
     assert all(state(project, i) == (given, "ok") for i, given, s in flags if i in to_seven)  # same ids, still ok
+    moved = {i: successor(project, i) for i in of_seven}
+    assert all(state(project, i)[1] == "rejected" and state(project, n) == ("sept", "ok") for i, n in moved.items())
 
     code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
     assert code == 0, err
-    assert (f"skipped {len(to_seven)} image{'s' if len(to_seven) != 1 else ''} suggesting an unknown label 'seven' "
-            "(labels of this dataset: zero, one, sept)") in out, out
-    assert f"applied {len(others)} decision{'s' if len(others) != 1 else ''}" in out, out
+    n = len(flags)
+    assert out.splitlines()[0].startswith(f"applied {n} decision{'s' if n != 1 else ''} to 'digits'"), out
+    assert "skipped" not in out, out
     assert " ".join(err.split()) == (
         f"Warning: the latest mislabel run of 'digits' ({run_id}) scored the classes one, seven, zero; the dataset's "
-        "classes are zero, one, sept now (gone: seven; new: sept) — its suggestions to gone classes were skipped and "
-        "it never suggested a new one: run `dsbuild mislabels digits` again to score the current classes")
+        "classes are zero, one, sept now (gone: seven; new: sept) — its suggestions of 'seven' name 'sept' now "
+        "(class 'seven' renamed 'sept'): run `dsbuild mislabels digits` again to score the current classes")
     assert sql(project, "SELECT count(*) FROM images WHERE dataset = 'digits' AND status = 'ok' AND label = 'seven'") == [(0,)]
+    for image_id in to_seven:
+        assert state(project, image_id) == ("sept", "ok")
     for image_id, suggested in others:
         assert state(project, image_id) == (suggested, "ok")
+    for image_id, suggested in of_seven.items():
+        assert state(project, moved[image_id]) == (suggested, "ok")  # the picture's item now, not the set-aside one
+        assert state(project, image_id)[1] == "rejected"
     # `review --decisions` refuses the same label, and says it was a class (the images set aside carry it).
     path = decisions_file(tmp_path, f"{next(iter(to_seven))},relabel,seven,")
     code, out, err = review(project, capsys, "--decisions", str(path))
     assert code == 2 and ("line 2: label 'seven' is not a class of this dataset any more (renamed or removed) — labels "
                           "of this dataset: zero, one, sept") in err, err
+
+
+def test_accept_suggestions_after_a_class_was_removed_says_why_each_was_skipped(built: Path, tmp_path: Path,
+                                                                                 capsys) -> None:
+    """A class removed from the manifest since the run: its pictures are set aside with no successor, and no image
+    can take its name. Their flags and the suggestions of it are skipped, each reason saying which."""
+    import dsbuild
+
+    project = _linked_copy(built, tmp_path / "p")
+    flags = confident(project)
+    to_seven = [i for i, given, s in flags if s == "seven"]
+    of_seven = [i for i, given, s in flags if given == "seven"]
+    others = [(i, s) for i, given, s in flags if s != "seven" and given != "seven"]
+    assert to_seven and of_seven and others
+    (run_id,) = sql(project, "SELECT run_id FROM runs WHERE kind = 'mislabels'")[0]
+    text = project.read_text()
+    assert 'seven = { folders = "data/seven" }\n' in text
+    project.write_text(text.replace('seven = { folders = "data/seven" }\n', ""))
+    dsbuild.build(dsbuild.load_manifest(project), ["digits"], workers=1)
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0, err
+
+    def images(n: int) -> str:
+        return f"{n} image" if n == 1 else f"{n} images"
+
+    assert (f"skipped {images(len(of_seven))} set aside by a build since the run (source removed), their picture "
+            "under no class now") in out, out
+    assert (f"skipped {images(len(to_seven))} suggesting 'seven', which is no longer a class (class 'seven' removed; "
+            "labels of this dataset: zero, one)") in out, out
+    assert "not ok or duplicate now" not in out, out
+    assert " ".join(err.split()) == (
+        f"Warning: the latest mislabel run of 'digits' ({run_id}) scored the classes one, seven, zero; the dataset's "
+        "classes are zero, one now (gone: seven) — its suggestions of 'seven' (class 'seven' removed) were skipped: "
+        "run `dsbuild mislabels digits` again to score the current classes")
+    for image_id, suggested in others:
+        assert state(project, image_id) == (suggested, "ok")

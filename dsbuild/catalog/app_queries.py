@@ -33,12 +33,22 @@ QUEUE_KINDS = ("label", "conflict", "outlier", "duplicate", "quality")
 DECIDED = ("relabel", "remove", "keep")
 """``last_review`` values that count as decided in the app (an ``undo`` leaves the image undecided again)."""
 
-_QUEUE_SQL = """
-WITH flags AS (
-    SELECT image_id, kind, given_label, suggested_label, suggested_confidence, label_quality, outlier_score, rank,
-           CASE kind WHEN 'label' THEN 0 WHEN 'conflict' THEN 1 ELSE 2 END AS tier
-    FROM issue_rows WHERE run_id = $run AND dataset = $ds AND is_issue
+_FLAGS_CTE = """
+WITH moved AS (SELECT unnest($moved_from::VARCHAR[]) AS old_id, unnest($moved_to::VARCHAR[]) AS new_id),
+renamed AS (SELECT unnest($class_from::VARCHAR[]) AS old_label, unnest($class_to::VARCHAR[]) AS new_label),
+flags AS (
+    SELECT coalesce(m.new_id, r.image_id) AS image_id, r.kind, coalesce(g.new_label, r.given_label) AS given_label,
+           coalesce(c.new_label, r.suggested_label) AS suggested_label, r.suggested_confidence, r.label_quality,
+           r.outlier_score, r.rank, CASE r.kind WHEN 'label' THEN 0 WHEN 'conflict' THEN 1 ELSE 2 END AS tier
+    FROM issue_rows r LEFT JOIN moved m ON m.old_id = r.image_id LEFT JOIN renamed c ON c.old_label = r.suggested_label
+         LEFT JOIN renamed g ON g.old_label = r.given_label
+    WHERE r.run_id = $run AND r.dataset = $ds AND r.is_issue
 ),
+"""
+"""The mislabel run's flags as they read today (a picture moved to its new item, a renamed class by its new name):
+the queue and the more-like-this cards read them alike."""
+
+_QUEUE_SQL = _FLAGS_CTE + """
 dup_groups AS (
     SELECT dup_group FROM images WHERE dataset = $ds AND dup_group IS NOT NULL GROUP BY dup_group HAVING count(*) > 1
 ),
@@ -62,6 +72,9 @@ listed AS (
            im.width, im.height, im.dup_group, im.quality_issues, im.last_review,
            coalesce(im.last_review IN ('relabel', 'remove', 'keep'), false) AS decided
     FROM entries e JOIN images im ON im.dataset = $ds AND im.image_id = e.image_id
+    -- a flagged image a build set aside since the run (rejected, failed, its source removed) is no card: nothing
+    -- to decide on it; one removed in review stays, decided (its undo is a key away)
+    WHERE e.tier > 2 OR im.status IN ('ok', 'duplicate') OR im.reason = 'removed in review'
 )
 SELECT *, count(*) OVER () AS total FROM listed
 WHERE ($kind IS NULL OR kind = $kind) AND ($label IS NULL OR label = $label) AND ($split IS NULL OR split = $split)
@@ -71,9 +84,16 @@ LIMIT $limit OFFSET $offset
 """
 
 
+def _run_params(run_id: str | None, dataset: str, moved: dict[str, str] | None,
+                follow: dict[str, str] | None) -> dict[str, Any]:
+    moved, follow = moved or {}, follow or {}
+    return {"run": run_id or "", "ds": dataset, "moved_from": list(moved), "moved_to": list(moved.values()),
+            "class_from": list(follow), "class_to": list(follow.values())}
+
+
 def queue_page(cat: "Catalog", dataset: str, run_id: str | None, *, kind: str | None = None, label: str | None = None,
-               split: str | None = None, decided: bool | None = None, offset: int = 0,
-               limit: int = 60) -> tuple["pandas.DataFrame", int]:
+               split: str | None = None, decided: bool | None = None, offset: int = 0, limit: int = 60,
+               moved: dict[str, str] | None = None, follow: dict[str, str] | None = None) -> tuple["pandas.DataFrame", int]:
     """One page of the review queue of ``dataset`` (see the module docstring for the order) and the filtered total.
 
     ``run_id``: the mislabel run whose flags lead the queue (None: only duplicates and
@@ -83,9 +103,12 @@ def queue_page(cat: "Catalog", dataset: str, run_id: str | None, *, kind: str | 
     suggested_label, suggested_confidence (0–1), label_quality (0–1), outlier_score,
     rank, label (current), original_label, split, status, origin, path, width, height,
     dup_group, quality_issues, last_review, decided, total.
+    ``moved`` (flagged image_id → the item its picture is now) and ``follow`` (a class the run scored that is gone →
+    its successor): how the run's flags read today (:func:`dsbuild.cycle.run_flags_now`); a flagged image set
+    aside since (not ok or duplicate, not removed in review) is left out.
     """
-    params = {"run": run_id or "", "ds": dataset, "kind": kind, "label": label, "split": split, "decided": decided,
-              "limit": int(limit), "offset": int(offset)}
+    params = {**_run_params(run_id, dataset, moved, follow), "kind": kind, "label": label, "split": split,
+              "decided": decided, "limit": int(limit), "offset": int(offset)}
     df = cat.con.execute(_QUEUE_SQL, params).df()
     total = int(df["total"].iloc[0]) if len(df) else _queue_total(cat, params) if offset else 0
     return df, total
@@ -98,11 +121,13 @@ def _queue_total(cat: "Catalog", params: dict[str, Any]) -> int:
     return int(df["total"].iloc[0]) if len(df) else 0
 
 
-def queue_kind_counts(cat: "Catalog", dataset: str, run_id: str | None) -> dict[str, tuple[int, int]]:
-    """kind → (entries, decided entries) over the whole queue of ``dataset`` (no filters)."""
+def queue_kind_counts(cat: "Catalog", dataset: str, run_id: str | None, *, moved: dict[str, str] | None = None,
+                      follow: dict[str, str] | None = None) -> dict[str, tuple[int, int]]:
+    """kind → (entries, decided entries) over the whole queue of ``dataset`` (no filters; ``moved``, ``follow``: as
+    :func:`queue_page`)."""
     sql = _QUEUE_SQL.split("SELECT *, count(*) OVER () AS total FROM listed")[0]
     rows = cat.con.execute(sql + "SELECT kind, count(*), count(*) FILTER (WHERE decided) FROM listed GROUP BY kind",
-                           {"run": run_id or "", "ds": dataset}).fetchall()
+                           _run_params(run_id, dataset, moved, follow)).fetchall()
     order = {k: i for i, k in enumerate(QUEUE_KINDS)}
     return {k: (int(n), int(d)) for k, n, d in sorted(rows, key=lambda r: (order.get(r[0], 2.5), r[0]))}
 
@@ -169,11 +194,12 @@ def run_detail(cat: "Catalog", dataset: str, run_id: str) -> dict | None:
 
 
 def latest_model_run(cat: "Catalog", dataset: str) -> dict | None:
-    """The newest ok train/retrain run of ``dataset`` with a model file: run_id, model_path, kind; or None."""
-    rows = cat.con.execute("SELECT run_id, model_path, kind FROM model_runs WHERE dataset = ? AND kind IN ('train', 'retrain') "
+    """The newest ok train/retrain run of ``dataset`` with a model file: run_id, model_path, kind, params (JSON
+    text: the ``learn_check`` that :func:`dsbuild.cycle.did_not_learn_note` reads); or None."""
+    rows = cat.con.execute("SELECT run_id, model_path, kind, params FROM model_runs WHERE dataset = ? AND kind IN ('train', 'retrain') "
                            "AND status = 'ok' AND model_path IS NOT NULL ORDER BY started_at DESC LIMIT 1",
                            [dataset]).fetchall()
-    return {"run_id": rows[0][0], "model_path": rows[0][1], "kind": rows[0][2]} if rows else None
+    return {"run_id": rows[0][0], "model_path": rows[0][1], "kind": rows[0][2], "params": rows[0][3]} if rows else None
 
 
 def sql_string(value: str) -> str:
@@ -205,29 +231,27 @@ def browse_images(path: Path, dataset: str, where: str | None, *, offset: int = 
     return sandboxed_query(path, browse_sql(dataset, where, offset=offset, limit=limit), timeout=timeout)
 
 
-_CARDS_SQL = """
-WITH wanted AS (SELECT unnest($ids) AS image_id, generate_subscripts($ids, 1) AS pos),
-flags AS (
-    SELECT * FROM (
-        SELECT image_id, kind, suggested_label, suggested_confidence, label_quality,
-               row_number() OVER (PARTITION BY image_id ORDER BY CASE kind WHEN 'label' THEN 0 WHEN 'conflict' THEN 1
-                                                                   ELSE 2 END, rank NULLS LAST) AS n_flag
-        FROM issue_rows WHERE run_id = $run AND dataset = $ds AND is_issue)
+_CARDS_SQL = _FLAGS_CTE + """
+wanted AS (SELECT unnest($ids) AS image_id, generate_subscripts($ids, 1) AS pos),
+first_flag AS (
+    SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY tier, rank NULLS LAST) AS n_flag FROM flags)
     WHERE n_flag = 1
 )
 SELECT w.pos, coalesce(f.kind, '') AS kind, im.image_id, f.suggested_label, f.suggested_confidence, f.label_quality,
        im.label, im.original_label, im.split, im.status, im.origin, im.path, im.dup_group, im.quality_issues,
        im.last_review, coalesce(im.last_review IN ('relabel', 'remove', 'keep'), false) AS decided
 FROM wanted w JOIN images im ON im.dataset = $ds AND im.image_id = w.image_id
-LEFT JOIN flags f ON f.image_id = w.image_id
+LEFT JOIN first_flag f ON f.image_id = w.image_id
 ORDER BY w.pos
 """
 
 
-def image_cards(cat: "Catalog", dataset: str, run_id: str | None, image_ids: list[str]) -> "pandas.DataFrame":
+def image_cards(cat: "Catalog", dataset: str, run_id: str | None, image_ids: list[str], *,
+                moved: dict[str, str] | None = None, follow: dict[str, str] | None = None) -> "pandas.DataFrame":
     """The review cards of ``image_ids`` of ``dataset``, in that order (ids not in the dataset left out): the
     queue's columns (:func:`queue_page`) that a card shows — kind ('' when the mislabel run ``run_id`` did not
     flag the image; its first flag by queue order otherwise), image_id, suggested_label, suggested_confidence,
     label_quality, label, original_label, split, status, origin, path, dup_group, quality_issues, last_review,
-    decided — plus pos (the index in ``image_ids``). The app's "more like this" page."""
-    return cat.con.execute(_CARDS_SQL, {"ids": list(image_ids), "run": run_id or "", "ds": dataset}).df()
+    decided — plus pos (the index in ``image_ids``). ``moved`` / ``follow``: as for :func:`queue_page`. The app's
+    "more like this" page."""
+    return cat.con.execute(_CARDS_SQL, {**_run_params(run_id, dataset, moved, follow), "ids": list(image_ids)}).df()

@@ -324,6 +324,22 @@ class Catalog:
             [dataset, list(image_ids), reason, reason, reason, list(image_ids)],
         )
 
+    def set_aside_among(self, dataset: str, *, reason: str, image_ids: list[str], labels: list[str]) -> list[str]:
+        """The items of ``dataset`` set aside with ``reason`` that are among ``image_ids`` or came under one of
+        ``labels`` (their ``class_label``), sorted: those whose picture may have come back under another class."""
+        return [r[0] for r in self.con.execute(
+            "SELECT image_id FROM items WHERE dataset = ? AND reason = ? AND (image_id IN (SELECT unnest(?)) "
+            "OR class_label IN (SELECT unnest(?))) ORDER BY 1",
+            [dataset, reason, list(image_ids), list(labels)]).fetchall()]
+
+    def same_content_items(self, dataset: str, image_ids: list[str], *, except_reason: str) -> list[str]:
+        """The items of ``dataset`` not set aside with ``except_reason`` whose content (sha256) is that of one of
+        ``image_ids``, sorted: the candidates :meth:`set_aside_matches` pairs with them."""
+        return [r[0] for r in self.con.execute(
+            "SELECT image_id FROM items WHERE dataset = ? AND reason IS DISTINCT FROM ? AND sha256 IN "
+            "(SELECT sha256 FROM items WHERE dataset = ? AND image_id IN (SELECT unnest(?))) ORDER BY 1",
+            [dataset, except_reason, dataset, list(image_ids)]).fetchall()]
+
     def source_labels(self, dataset: str, *, set_aside: str) -> list[str]:
         """The labels the sources of ``dataset`` give today: ``class_label`` of its items not set aside with the
         reason ``set_aside`` (whatever their status), sorted."""

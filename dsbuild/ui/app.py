@@ -234,25 +234,30 @@ class _Handlers:
         filters = {"kind": q.get("kind") or None, "label": q.get("label") or None, "split": q.get("split") or None}
 
         def read(cat):
-            from dsbuild.cycle import dataset_classes
+            from dsbuild.cycle import run_flags_now
 
-            classes = dataset_classes(cat, self.c.manifest.dataset(self.c.dataset))
             run_id = cat.latest_mislabel_run(self.c.dataset)
-            df, total = queue_page(cat, self.c.dataset, run_id, **filters, decided=decided, offset=(page - 1) * n, limit=n)
-            counts = queue_kind_counts(cat, self.c.dataset, run_id)
+            # The run's flags as they read today: a picture a build gave a new item (its class renamed, merged or
+            # split) is flagged there, a suggestion of a renamed class names it as it is called now.
+            now = run_flags_now(cat, self.c.manifest.dataset(self.c.dataset), run_id)
+            run = {"moved": now.moved, "follow": now.follow}
+            df, total = queue_page(cat, self.c.dataset, run_id, **filters, decided=decided, offset=(page - 1) * n,
+                                   limit=n, **run)
+            counts = queue_kind_counts(cat, self.c.dataset, run_id, **run)
             groups = sorted({g for g in df["dup_group"].dropna()}) if len(df) else []
             sib = dup_siblings(cat, self.c.dataset, groups)
-            return classes, run_id, df, total, counts, sib
+            return now, run_id, df, total, counts, sib
 
         try:
-            classes, run_id, df, total, counts, sib = self._read(read)
+            now, run_id, df, total, counts, sib = self._read(read)
         except DsbuildError as exc:
             return self._error_page(exc)
-        cards = _cards(df, sib)
+        cards = _cards(df, sib, gone=now.gone)
+        classes = list(now.classes)
         pages = max(1, math.ceil(total / n))
         here = {**filters, "decided": q.get("decided") or None, "n": n if n != self.c.page_size else None}
         return self._page("queue.html.j2", title="review queue", cards=cards, total=total, page=page, pages=pages,
-                          run_id=run_id, counts=counts, kinds=QUEUE_KINDS, labels=classes, keys=class_keys(classes),
+                          run_id=run_id, run_note=now.note(), counts=counts, kinds=QUEUE_KINDS, labels=classes, keys=class_keys(classes),
                           filters=filters, decided=q.get("decided", ""), here=here, splits=("train", "valid", "test"))
 
     def similar_page(self, request):
@@ -283,21 +288,22 @@ class _Handlers:
         sims = {} if found is None else dict(zip(found["image_id"], found["similarity"]))
 
         def read(cat):
-            from dsbuild.cycle import dataset_classes
+            from dsbuild.cycle import run_flags_now
 
-            classes = dataset_classes(cat, self.c.manifest.dataset(self.c.dataset))
             run_id = cat.latest_mislabel_run(self.c.dataset)
-            df = image_cards(cat, self.c.dataset, run_id, ids)
+            now = run_flags_now(cat, self.c.manifest.dataset(self.c.dataset), run_id)
+            df = image_cards(cat, self.c.dataset, run_id, ids, moved=now.moved, follow=now.follow)
             groups = sorted({g for g in df["dup_group"].dropna()}) if len(df) else []
-            return classes, df, dup_siblings(cat, self.c.dataset, groups)
+            return now, df, dup_siblings(cat, self.c.dataset, groups)
 
         try:
-            classes, df, sib = self._read(read)
+            now, df, sib = self._read(read)
         except DsbuildError as exc:
             return self._error_page(exc)
         if df.empty or df["image_id"].iloc[0] != image_id:
             return PlainTextResponse("Error: no such image", status_code=404)
-        cards = _cards(df, sib)
+        cards = _cards(df, sib, gone=now.gone)
+        classes = list(now.classes)
         for card in cards:
             card["similarity"] = sims.get(card["image_id"])
         cards[0]["subject"] = True
@@ -369,7 +375,7 @@ class _Handlers:
 
     def predict_page(self, request):
         from dsbuild.catalog.app_queries import latest_model_run
-        from dsbuild.cycle import dataset_classes, model_classes_note, saved_model_classes
+        from dsbuild.cycle import dataset_classes, did_not_learn_note, model_classes_note, saved_model_classes
 
         def read(cat):
             return latest_model_run(cat, self.c.dataset), dataset_classes(cat, self.c.manifest.dataset(self.c.dataset))
@@ -381,7 +387,10 @@ class _Handlers:
         # A model trained before a class was renamed, merged or removed answers with the old classes: say so once.
         note = (model_classes_note(self.c.dataset, model["run_id"], saved_model_classes(model["model_path"]), classes)
                 if model else None)
-        return self._page("predict.html.j2", title="predict", model=model, note=note, limit=self._upload_limit())
+        # A model that `train` said did not learn is still used (its answers may be worth a look): say so first.
+        learned = did_not_learn_note(self.c.dataset, model) if model else None
+        return self._page("predict.html.j2", title="predict", model=model, note=note, learned=learned,
+                          limit=self._upload_limit())
 
     # -- images ----------------------------------------------------------------------------
 
@@ -578,9 +587,10 @@ def _parse_decisions(body: bytes) -> list:
     return out
 
 
-def _cards(df: Any, siblings: Any) -> list[dict]:
-    """Review cards (dicts for ``_card.html.j2``) from rows of ``queue_page`` / ``image_cards`` and the members of
-    their duplicate groups (``dup_siblings``)."""
+def _cards(df: Any, siblings: Any, *, gone: dict[str, str]) -> list[dict]:
+    """Review cards (dicts for ``_card.html.j2``) from rows of ``queue_page`` / ``image_cards``, the members of
+    their duplicate groups (``dup_siblings``) and the classes the mislabel run scored that are gone, with why
+    (``RunFlagsNow.gone``: removed, split)."""
     by_group: dict[str, list[dict]] = {}
     for rec in siblings.to_dict("records"):
         by_group.setdefault(rec["dup_group"], []).append(rec)
@@ -590,6 +600,9 @@ def _cards(df: Any, siblings: Any) -> list[dict]:
         rec["siblings"] = [s for s in by_group.get(rec["dup_group"], []) if s["image_id"] != rec["image_id"]]
         rec["state"] = _state_text(rec["last_review"], rec["label"], rec["status"])
         rec["similarity"], rec["subject"] = None, False  # more like this sets them
+        # A suggestion of a class removed or split since the run: shown with why, and no Enter on it.
+        why = gone.get(rec["suggested_label"]) if isinstance(rec["suggested_label"], str) else None
+        rec["suggestion_gone"] = f"'{rec['suggested_label']}' is no longer a class ({why}): pick a class with its key" if why else ""
         rec["quality"] = (list(rec["quality_issues"]) if rec["quality_issues"] is not None
                           and not _missing_list(rec["quality_issues"]) else [])
         cards.append(rec)

@@ -112,7 +112,8 @@
     function act(action, label) {
       const list = targets().map((c) => decisionFor(c, action, label)).filter(Boolean);
       if (!list.length) {
-        toast(action === "accept" ? "no suggestion to accept for this image" : "nothing to change");
+        const why = action === "accept" && targets().map((c) => c.dataset.why).find(Boolean);
+        toast(why ? "no suggestion to accept: " + why : action === "accept" ? "no suggestion to accept for this image" : "nothing to change");
         return;
       }
       const group = { ids: list.map((d) => d.image_id), events: null };

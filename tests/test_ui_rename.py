@@ -1,0 +1,162 @@
+"""The review app's queue after a class is renamed (its folder moved) or removed since the mislabel run.
+
+Trial 4: after `mv photos/dog photos/hound` and a build, the queue still showed the run's flags on the old,
+set-aside items (every key refused), not on the same pictures under `hound`; suggestions named the gone class
+`dog` (Enter refused); nothing said to run `dsbuild mislabels` again.
+
+Real parts only: real digits built into a real catalog with a real mislabel run (:mod:`ui_data`), a real
+`dsbuild ui` process serving over loopback (:class:`ui_browser.UiServer`: uvicorn), httpx as the browser's
+requests (the cookie from the printed URL, the CSRF header the page sends), `dsbuild build` in another
+process while the app runs, as a user does.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import sql
+from ui_browser import UiServer
+from model_data import render_digit
+from ui_data import CLASSES, PER_CLASS, PLANTED, record_mislabel_run
+
+from dsbuild.ui.security import csrf_for
+
+pytestmark = pytest.mark.slow  # a real server process and three builds
+
+
+MANIFEST = """catalog = "catalog/dsbuild.duckdb"
+[datasets.digits]
+imagefolder = "data"
+[datasets.digits.verify]
+min_side = 16
+[datasets.digits.dedup]
+threshold = 2
+[datasets.digits.split]
+train = 0.75
+valid = 0.25
+seed = 1
+"""
+
+
+def make_imagefolder(root: Path) -> Path:
+    """:func:`ui_data.make_project`'s digits (planted wrong labels included) as an ``imagefolder`` dataset, whose
+    classes are its folders; built, with a mislabel run of the real cleanlab finder. The manifest path."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    used: set[int] = set()
+    for name, value in CLASSES.items():
+        members = [i for i in rng.permutation(np.flatnonzero(digits.target == value)) if i not in used][:PER_CLASS]
+        used.update(members)
+        (root / "data" / name).mkdir(parents=True)
+        for i in members:
+            render_digit(digits.data[i], root / "data" / name / f"d{i:04d}.png")
+    for folder, (true, n) in PLANTED.items():
+        members = [i for i in rng.permutation(np.flatnonzero(digits.target == CLASSES[true])) if i not in used][:n]
+        used.update(members)
+        for i in members:
+            render_digit(digits.data[i], root / "data" / folder / f"d{i:04d}.png")
+    manifest = root / "datasets.toml"
+    manifest.write_text(MANIFEST)
+    build(manifest)
+    record_mislabel_run(manifest)
+    return manifest
+
+
+def build(manifest: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build", "digits", "-q", "--workers", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def cards(page: str) -> dict[str, dict[str, str]]:
+    """image_id → the card's data-* attributes (label, suggested, why, kind, status), as the page's script reads them."""
+    out = {}
+    for attrs in re.findall(r'<article class="card[^"]*"(.*?)>', page, re.S):
+        data = {k: html.unescape(v) for k, v in re.findall(r'data-([a-z]+)="([^"]*)"', attrs)}
+        out[data["id"]] = data
+    return out
+
+
+def note(page: str) -> str | None:
+    found = re.search(r'<p class="warning" id="run-note">(.*?)</p>', page, re.S)
+    return html.unescape(found.group(1)) if found else None
+
+
+def successor(manifest: Path, image_id: str) -> str:
+    """The item of today with the picture of the set-aside item ``image_id``."""
+    return sql(manifest, "SELECT n.image_id FROM items n JOIN items o ON o.sha256 = n.sha256 AND o.image_id = ? "
+                         "WHERE n.reason IS DISTINCT FROM 'source removed'", [image_id])[0][0]
+
+
+def test_the_queue_follows_a_renamed_class_and_says_why_a_removed_one_cannot_be_accepted(tmp_path: Path) -> None:
+    manifest = make_imagefolder(tmp_path / "p")
+    (run_id,) = sql(manifest, "SELECT run_id FROM runs WHERE kind = 'mislabels'")[0]
+    flags = sql(manifest, "SELECT image_id, given_label, suggested_label FROM issue_rows WHERE run_id = ? AND is_issue "
+                          "AND kind = 'label'", [run_id])
+    of_seven = [i for i, given, _ in flags if given == "seven"]
+    to_seven = [i for i, given, s in flags if s == "seven" and given != "seven"]
+    assert of_seven and to_seven, flags  # the scenario: flags of the class that is renamed, and suggestions of it
+    server = UiServer(manifest)
+    try:
+        with httpx.Client(follow_redirects=True, timeout=60) as client:
+            token = re.search(r"token=([^&\s]+)", server.url).group(1)
+            headers = {"X-CSRF-Token": csrf_for(token)}
+            assert client.get(server.url).status_code == 200
+            before = cards(client.get(server.base + "/?n=500").text)
+            assert set(of_seven) <= set(before) and note(client.get(server.base + "/").text) is None
+
+            # The class folder is renamed (`mv data/seven data/sept`): new items, the old ones set aside.
+            (manifest.parent / "data" / "seven").rename(manifest.parent / "data" / "sept")
+            build(manifest)
+            page = client.get(server.base + "/?n=500").text
+            now = cards(page)
+            moved = {i: successor(manifest, i) for i in of_seven}
+            assert not set(of_seven) & set(now)  # set-aside rows are no cards
+            assert {c["status"] for c in now.values()} <= {"ok", "duplicate"}
+            for old, new in moved.items():
+                assert now[new]["label"] == "sept" and now[new]["kind"] == "label", now.get(new)
+            for image_id in to_seven:
+                assert now[image_id]["suggested"] == "sept" and "why" not in now[image_id]
+            assert sum(c["kind"] == "label" for c in now.values()) == len(flags)
+            assert note(page) == (
+                f"Warning: the latest mislabel run of 'digits' ({run_id}) scored the classes one, seven, zero; the "
+                "dataset's classes are one, sept, zero now (gone: seven; new: sept) — its suggestions of 'seven' name "
+                "'sept' now (class 'seven' renamed 'sept'): run `dsbuild mislabels digits` again to score the current "
+                "classes")
+            # Enter on a card suggesting the renamed class, and a key on a moved picture's card: both apply.
+            accept = client.post(server.base + "/api/decide", headers=headers, json={"decisions": [
+                {"image_id": to_seven[0], "action": "relabel", "new_label": now[to_seven[0]]["suggested"]}]})
+            assert accept.status_code == 200 and accept.json()["states"][0]["label"] == "sept", accept.text
+            new = moved[of_seven[0]]
+            keep = client.post(server.base + "/api/decide", headers=headers,
+                               json={"decisions": [{"image_id": new, "action": "keep"}]})
+            assert keep.status_code == 200 and keep.json()["states"][0]["state"] == "kept as sept", keep.text
+
+            # The class is removed: its suggestions cannot be taken, and the card says why (no Enter on it).
+            (manifest.parent / "data" / "sept").rename(tmp_path / "sept")
+            build(manifest)
+            page = client.get(server.base + "/?n=500").text
+            now = cards(page)
+            assert not set(moved.values()) & set(now)
+            waiting = [i for i in to_seven[1:] if i in now]
+            assert waiting, now
+            for image_id in waiting:
+                assert now[image_id]["suggested"] == ""
+                assert now[image_id]["why"] == ("'seven' is no longer a class (class 'seven' removed): pick a class "
+                                                "with its key")
+            assert note(page) == (
+                f"Warning: the latest mislabel run of 'digits' ({run_id}) scored the classes one, seven, zero; the "
+                "dataset's classes are one, zero now (gone: seven) — its suggestions of 'seven' (class 'seven' "
+                "removed) cannot be accepted: run `dsbuild mislabels digits` again to score the current classes")
+    finally:
+        server.stop()
