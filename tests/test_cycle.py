@@ -21,6 +21,7 @@ import pytest
 
 from helpers import run_cli, sql
 from model_data import render_digit
+import dsbuild
 from dsbuild.cli import main
 
 DIGITS = {"zero": 0, "one": 1, "seven": 7}
@@ -312,8 +313,36 @@ def test_a_model_that_did_not_learn_says_so_and_its_flags_are_refused(random_pro
     assert main([*m, "train", "digits"]) == 3
     err = capsys.readouterr().err
     assert "Warning: the model did not learn" in err and "valid accuracy" in err and "Traceback" not in err
-    params = json.loads(sql(random_project, "select params from runs where kind = 'train'")[0][0])
-    assert params["learn_check"]["learned"] is False
+    run_id, status, params = sql(random_project, "select run_id, status, params from runs where kind = 'train'")[0]
+    assert json.loads(params)["learn_check"]["learned"] is False
+    # predict: the run and its model stand (status ok), so predict answers — and says once what they are worth, on
+    # the command line and on the app's Predict page (it used to answer without a word).
+    from starlette.testclient import TestClient
+
+    from dsbuild.model.trust import LearnCheck
+    from dsbuild.ui.app import UiConfig, create_app
+
+    assert status == "ok"
+    warning = (f"Warning: the model of run {run_id} did not learn, so its answers are no better than guessing: "
+               f"{LearnCheck(**json.loads(params)['learn_check']).message('valid')}; then run `dsbuild train digits` "
+               "again")
+    image = next((random_project.parent / "data" / "zero").glob("*.png"))
+    assert main([*m, "predict", "digits", str(image), "--format", "csv"]) == 0
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [f"model of run {run_id} (train)", warning], out.err  # once, after the run
+    assert out.out.startswith("run_id,path,label,probability") and str(image) in out.out  # it still answers
+    token = "t0ken-for-tests_" + "x" * 27
+    app = create_app(UiConfig(manifest=dsbuild.load_manifest(random_project), dataset="digits", host="127.0.0.1",
+                              port=8766, token=token))
+    try:
+        client = TestClient(app, base_url="http://127.0.0.1:8766")
+        assert client.get(f"/?token={token}", follow_redirects=False).status_code == 303
+        page = client.get("/predict")
+    finally:
+        app.held.close()
+    assert page.status_code == 200
+    shown = re.search(r'<p class="warning" id="learn-note">(.*?)</p>', page.text, re.S)
+    assert shown is not None and html.unescape(shown.group(1)) == warning, page.text
     # mislabels: refuses to write flags from out-of-fold probabilities at chance (exit 3, run 'refused').
     assert main([*m, "mislabels", "digits"]) == 3
     err = capsys.readouterr().err
@@ -325,43 +354,6 @@ def test_a_model_that_did_not_learn_says_so_and_its_flags_are_refused(random_pro
     err = capsys.readouterr().err
     assert "was refused" in err and "Traceback" not in err
     assert sql(random_project, "select count(*) from label_history") == [(0,)]
-
-
-@pytest.mark.slow
-def test_predict_with_a_model_that_did_not_learn_warns_and_still_answers(random_project: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    import httpx
-
-    from dsbuild.model.trust import LearnCheck
-    from ui_browser import UiServer
-
-    m = ["-m", str(random_project), "-q"]
-    assert main([*m, "train", "digits"]) == 3
-    capsys.readouterr()
-    run_id, status, params = sql(random_project, "select run_id, status, params from runs where kind = 'train' "
-                                                 "order by started_at desc limit 1")[0]
-    assert status == "ok"  # the run and its model stand: predict may use it, and says what it is worth
-    check = LearnCheck(**json.loads(params)["learn_check"])
-    warning = (f"Warning: the model of run {run_id} did not learn, so its answers are no better than guessing: "
-               f"{check.message('valid')}; then run `dsbuild train digits` again")
-    image = next((random_project.parent / "data" / "zero").glob("*.png"))
-    assert main([*m, "predict", "digits", str(image), "--format", "csv"]) == 0
-    out = capsys.readouterr()
-    lines = out.err.splitlines()
-    assert lines == [f"model of run {run_id} (train)", warning], out.err  # once, after the run it names
-    assert out.out.startswith("run_id,path,label,probability") and str(image) in out.out  # it still answers
-    # The app's Predict page over a real server says the same.
-    server = UiServer(random_project)
-    try:
-        with httpx.Client(follow_redirects=True, timeout=60) as client:
-            client.get(server.url)
-            page = client.get(server.base + "/predict")
-    finally:
-        server.stop()
-    assert page.status_code == 200
-    shown = re.search(r'<p class="warning" id="learn-note">(.*?)</p>', page.text, re.S)
-    assert shown is not None, page.text
-    assert html.unescape(shown.group(1)) == warning
 
 
 def _clone(project: tuple[Path, set[str]], dest: Path) -> Path:
