@@ -9,6 +9,8 @@ bad inputs get clear errors. One build of two small datasets (~270 images) serve
 
 from __future__ import annotations
 
+import io
+
 import dataclasses
 from pathlib import Path
 
@@ -472,6 +474,35 @@ def test_detail_correlation_tells_a_copy_from_a_picture_of_the_same_layout():
     assert align.detail_correlation(scenes["retinaTL"], scenes["retinaTR"]) < threshold
     flat = np.full((64, 64), 128, dtype=np.uint8)
     assert align.detail_correlation(scenes["stereoL"], flat) == 0.0
+
+
+def test_32px_mirrored_quadrant_twins_stay_below_the_detail_threshold():
+    """Guard (2026-12-01, the easy-set study): at 32 px a fundus quadrant and its neighbour's mirror image sit 0–4
+    phash bits apart and correlate 0.83–0.91 when laid on each other unturned over the whole picture — as much as
+    a JPEG q40 copy of a 32-px photo (0.81–0.85). The defaults keep them apart only because their alignment
+    (a view, then a crop box) never lines a picture up with its neighbour's mirror that way: a more thorough
+    alignment search must keep these apart too."""
+    import skimage.data
+
+    threshold = DedupSettings().detail_confirm
+    retina = Image.fromarray(skimage.data.retina()).convert("RGB")
+    w, h = retina.size
+    quads = {"TL": retina.crop((0, 0, w // 2, h // 2)), "BL": retina.crop((0, h // 2, w // 2, h)),
+             "BR": retina.crop((w // 2, h // 2, w, h))}
+    small = {k: v.resize((32, 32), Image.Resampling.LANCZOS) for k, v in quads.items()}
+    for a, b in (("TL", "BL"), ("BL", "BR")):
+        twin = small[b].transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        for q in (None, 50):
+            shown = twin if q is None else _reopened(twin, q)
+            corr = align.detail_correlation(neardup.thumbnail(small[a]), neardup.thumbnail(shown))
+            assert corr < threshold, (a, b, q, corr)
+
+
+def _reopened(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
 
 
 def test_a_watermarked_small_copy_shares_most_of_its_detail_blocks():
