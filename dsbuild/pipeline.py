@@ -43,6 +43,7 @@ from dsbuild.manifest import Dataset, Manifest, label_problem
 from dsbuild.progress import LiveProgress, Progress, live_path
 from dsbuild.sources import SOURCE_REMOVED, SourceRun, folders, source_removed, web
 from dsbuild.sources.folders import imagefolder_layout
+from dsbuild.split import leakage_note
 from dsbuild.store import sweep_temp_files
 
 FLUSH_ROWS = 500  # rows per catalog transaction: what a killed build can lose and redo
@@ -572,7 +573,11 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
         bar.advance(len(items))
     summary.duplicates, summary.dup_groups, summary.near_pairs = gs.duplicates, gs.groups, gs.near_pairs
     # Conflicts as `status` and the `conflicts` view count them (current labels, reviews applied): one definition.
-    summary.conflicts = cat.duplicate_counts(ds.name)["conflicts"]
+    dups = cat.duplicate_counts(ds.name)
+    summary.conflicts = dups["conflicts"]
+    leaks = leakage_note(dups["leaks"])  # the line `status` shows too
+    if leaks:
+        summary.notes.append(leaks)
     if gs.held_apart:
         summary.notes.append(f"{gs.held_apart} near-duplicate links join images that earlier builds put in different "
                              "splits: left as separate groups so that no image moves to another split")

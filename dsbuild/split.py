@@ -179,6 +179,15 @@ def describe_change(old: str | None, new: SplitSettings) -> str:
     return ", ".join(parts)
 
 
+def leakage_note(leaks: int) -> str | None:
+    """The line of ``build`` and ``status`` on ``leaks`` duplicate groups whose members lie in different splits (only
+    given splits do that: an imagefolder's ``train/`` and ``valid/`` holding one picture), or None when none do."""
+    if not leaks:
+        return None
+    groups = "1 duplicate group straddles" if leaks == 1 else f"{leaks} duplicate groups straddle"
+    return f"{groups} splits (leakage in the splits the dataset came with) — `dsbuild query @split_leakage`"
+
+
 def split_order_key(seed: int, key: str) -> str:
     """The position of a unit in the assignment order (a hex digest)."""
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
