@@ -373,7 +373,7 @@ def build_dataset(
     if set_aside or any(source_removed(row) for row in known_by_id.values()):  # else nothing to succeed (a first build)
         labels_before = {row.class_label for row in known_by_id.values() if not source_removed(row)}
         carried = carry_over(cat, ds, successor_candidates(current, known_by_id), labels_before=labels_before,
-                             build_id=build_id, at=utcnow()).note()
+                             build_id=build_id, at=utcnow()).note(resplit=resplit)
         if carried:
             summary.notes.append(carried)
 

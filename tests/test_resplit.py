@@ -367,3 +367,26 @@ def test_raising_a_carve_keeps_the_carved_images(tmp_path: Path, capsys) -> None
     ok = after[after["status"] == "ok"]
     assert ok.groupby("label")["split"].value_counts().unstack().to_dict("list") == {
         "test": [2] * 4, "train": [7] * 4, "valid": [3] * 4}  # 30 % of 10 carved per class, test/ as given
+
+
+def test_a_renamed_class_under_resplit_is_not_said_to_keep_its_split(tmp_path: Path, capsys) -> None:
+    """Trial 4 (rename_plus_resplit.sh): a class folder renamed and a [split] change in one `build --resplit`
+    said the renamed images 'kept their split', then moved some of them. The note now says --resplit assigns
+    their splits again; the review decision is still carried."""
+    photos = class_photos(CLASSES, 16)
+    for name, *_ in CLASSES:
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for k in range(10):
+            (tmp_path / "photos" / name / f"{k}.jpg").write_bytes(photos[name][k])
+    head = 'catalog = "cat/dsbuild.duckdb"\n[datasets.places]\nimagefolder = "photos"\n'
+    manifest = manifest_at(tmp_path, head)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    removed = images(manifest, "places").loc[str(tmp_path / "photos" / "bridge" / "0.jpg"), "image_id"]
+    decisions = tmp_path / "d.csv"
+    decisions.write_text(f"image_id,action\n{removed},remove\n")
+    assert run_cli(capsys, manifest, "review", "places", "--decisions", str(decisions))[0] == 0
+    (tmp_path / "photos" / "bridge").rename(tmp_path / "photos" / "span")
+    out = _resplit(capsys, manifest, head, "[datasets.places.split]\nseed = 7\n")
+    assert ("places: 10 images under a renamed, merged or split class (class folder 'bridge' renamed 'span') kept 1 "
+            "review decision; --resplit assigns their splits again from the settings, as every image's") in out
+    assert "kept their split" not in out
