@@ -64,14 +64,15 @@ class CarryOver:
     stranded: dict[str, tuple[str, ...]] = field(default_factory=dict)
     dataset: str = "DATASET"
 
-    def note(self) -> str | None:
+    def note(self, *, resplit: bool = False) -> str | None:
         """The build summary's line, e.g. ``12 images under a renamed, merged or split class (class 'cat'
         renamed 'kitty') kept their split and 3 review decisions (2 could not be carried: label 'pony' is
         no longer a class)``, then what happened to images relabelled in review to a class that is gone; None
-        when no image came back under another class."""
+        when no image came back under another class. ``resplit`` (``build --resplit``): the splits they kept are
+        assigned again with every other image's, so the note does not say they kept them."""
         if not self.images:
             return None
-        return self._carried() + self._followed()
+        return self._carried(resplit=resplit) + self._followed()
 
     def _followed(self) -> str:
         """The sentences on images relabelled in review to a class that is gone (after a ``; ``), or ''."""
@@ -96,7 +97,7 @@ class CarryOver:
                          f"`dsbuild review {self.dataset} --decisions FILE`")
         return "".join(f"; {p}" for p in parts)
 
-    def _carried(self) -> str:
+    def _carried(self, *, resplit: bool = False) -> str:
         from dsbuild.render.values import counted
 
         changes = "; ".join(self.changes[:MAX_CHANGES]) + ("; …" if len(self.changes) > MAX_CHANGES else "")
@@ -111,6 +112,11 @@ class CarryOver:
             lost = f"{n if carried else counted(n, 'review decision')} could not be carried: {what}"
         decisions = f"{carried} ({lost})" if carried and lost else carried
         fresh = self.images - self.kept_split
+        if resplit:  # whatever split they kept, --resplit assigns it again from the settings
+            again = "--resplit assigns their splits again from the settings, as every image's"
+            if carried:
+                return f"{head} kept {decisions}; {again}"
+            return f"{head}: {lost}; {again}" if lost else f"{head}: {again}"
         if self.kept_split:
             text = f"{head} kept their split"
             if fresh:

@@ -43,6 +43,7 @@ from dsbuild.manifest import Dataset, Manifest, label_problem
 from dsbuild.progress import LiveProgress, Progress, live_path
 from dsbuild.sources import SOURCE_REMOVED, SourceRun, folders, source_removed, web
 from dsbuild.sources.folders import imagefolder_layout
+from dsbuild.split import leakage_note
 from dsbuild.store import sweep_temp_files
 
 FLUSH_ROWS = 500  # rows per catalog transaction: what a killed build can lose and redo
@@ -372,7 +373,7 @@ def build_dataset(
     if set_aside or any(source_removed(row) for row in known_by_id.values()):  # else nothing to succeed (a first build)
         labels_before = {row.class_label for row in known_by_id.values() if not source_removed(row)}
         carried = carry_over(cat, ds, successor_candidates(current, known_by_id), labels_before=labels_before,
-                             build_id=build_id, at=utcnow()).note()
+                             build_id=build_id, at=utcnow()).note(resplit=resplit)
         if carried:
             summary.notes.append(carried)
 
@@ -572,7 +573,11 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
         bar.advance(len(items))
     summary.duplicates, summary.dup_groups, summary.near_pairs = gs.duplicates, gs.groups, gs.near_pairs
     # Conflicts as `status` and the `conflicts` view count them (current labels, reviews applied): one definition.
-    summary.conflicts = cat.duplicate_counts(ds.name)["conflicts"]
+    dups = cat.duplicate_counts(ds.name)
+    summary.conflicts = dups["conflicts"]
+    leaks = leakage_note(dups["leaks"])  # the line `status` shows too
+    if leaks:
+        summary.notes.append(leaks)
     if gs.held_apart:
         summary.notes.append(f"{gs.held_apart} near-duplicate links join images that earlier builds put in different "
                              "splits: left as separate groups so that no image moves to another split")
@@ -597,11 +602,23 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
 
         cat.set_outliers(ds.name, pd.DataFrame({"image_id": [], "outlier_score": [], "is_outlier": []}))
     if resplit:
-        summary.notes.append(resplit_note(items, updates, runs=len(cat.runs(ds.name))))
+        runs = cat.runs(ds.name)
+        last = runs.iloc[-1].to_dict() if len(runs) else None
+        summary.notes.append(resplit_note(items, updates, runs=len(runs), last_run=last))
 
 
-def resplit_note(items, updates, *, runs: int) -> str:
-    """What ``--resplit`` did: how many images (ok or duplicate, split before and after) moved, and where."""
+def _trained_on(run: dict | None) -> set[str] | None:
+    """The image ids ``run`` (a ``model_runs`` row) trained on, or None without a run or its record (schema < 6)."""
+    value = None if run is None else run.get("train_ids")
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return {str(i) for i in (json.loads(value) if isinstance(value, str) else value)}
+
+
+def resplit_note(items, updates, *, runs: int, last_run: dict | None = None) -> str:
+    """What ``--resplit`` did: how many images (ok or duplicate, split before and after) moved, and where; with
+    ``last_run`` (the dataset's last ``model_runs`` row) recording its training images, how many of the accepted
+    valid images it trained on (``retrain`` leaves those out of its comparison)."""
     before = dict(zip(items["image_id"], items["split"]))
     moves: dict[str, int] = {}
     for image_id, split, status in zip(updates["image_id"], updates["split"], updates["status"]):
@@ -614,6 +631,14 @@ def resplit_note(items, updates, *, runs: int) -> str:
     detail = ", ".join(f"{k} {v}" for k, v in sorted(moves.items()))
     earlier = (f"; the {runs} model run{'s' if runs != 1 else ''} before this build used the old splits — train again"
                if runs else "; runs before this build used the old splits")
+    trained = _trained_on(last_run)
+    if trained is not None:
+        removed = set(items.loc[items["removed"].fillna(False).astype(bool), "image_id"])
+        valid = [i for i, split, status in zip(updates["image_id"], updates["split"], updates["status"])
+                 if split == "valid" and status == "ok" and i not in removed]
+        seen = sum(i in trained for i in valid)
+        earlier += (f"; {seen} of the {len(valid)} valid images {'was' if seen == 1 else 'were'} in the training set "
+                    f"of the last run ({last_run['run_id']})")
     return f"--resplit: {moved} image{'s' if moved != 1 else ''} moved to another split ({detail}){earlier}"
 
 

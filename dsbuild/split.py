@@ -1,11 +1,16 @@
 """Split assignment: deterministic, stratified, stable, group-aware.
 
-* **Deterministic**: new units are taken in the order of ``sha256(seed:key)``,
+* **Deterministic**: units are taken in the order of ``sha256(seed:key)``,
   where ``key`` is the content hash (or the duplicate group), so the same images
   get the same splits on any machine.
-* **Stratified**: per label, each new unit goes to the split furthest below its
-  target share, so every class gets its train/valid/test fractions (up to one
-  image) however small it is.
+* **Stratified**: per label, valid and test each take ``round(fraction × n)`` units
+  (a half rounds down) and train the rest, so every class gets its train/valid/test
+  fractions (up to one image); in a later build, each new unit of a label goes to the
+  split furthest below its target share.
+* **Nested**: a label's units are cut in hash order — valid the low end, test the
+  high end, train the middle — so raising a fraction only adds units to that split
+  and lowering it only takes units away (``--resplit`` from valid 0.2 to 0.3 keeps
+  every valid image and moves the difference from train).
 * **Stable**: a unit that already has a split keeps it, so adding images later
   never moves an existing image to another split. Changing the *settings*
   (fractions, seed, carve) is another matter: the build refuses until it is
@@ -17,13 +22,14 @@
 Given splits (an ImageFolder's ``train/``, ``valid/``, ``test/`` folders) are
 kept as given; a :class:`Carve` re-splits ONE given split by fraction, e.g.
 ``carve = { from = "train", valid = 0.2 }`` turns 20 % of each class of the
-given ``train`` folder into ``valid``, with the same four properties.
+given ``train`` folder into ``valid``, with the same properties.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -173,9 +179,43 @@ def describe_change(old: str | None, new: SplitSettings) -> str:
     return ", ".join(parts)
 
 
+def leakage_note(leaks: int) -> str | None:
+    """The line of ``build`` and ``status`` on ``leaks`` duplicate groups whose members lie in different splits (only
+    given splits do that: an imagefolder's ``train/`` and ``valid/`` holding one picture), or None when none do."""
+    if not leaks:
+        return None
+    groups = "1 duplicate group straddles" if leaks == 1 else f"{leaks} duplicate groups straddle"
+    return f"{groups} splits (leakage in the splits the dataset came with) — `dsbuild query @split_leakage`"
+
+
 def split_order_key(seed: int, key: str) -> str:
     """The position of a unit in the assignment order (a hex digest)."""
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+
+# Where each split sits in a stratum's hash order (:func:`nested_layout`): valid at the low end, test at the
+# high end, train in the middle.
+LAYOUT = ("valid", "train", "test")
+
+
+def nested_counts(n: int, targets: Mapping[str, float], rest: str) -> dict[str, int]:
+    """How many of ``n`` units each split of ``targets`` takes: ``round(fraction × n)`` (a half rounds down) for
+    each split but ``rest``, which takes what is left. A split's count depends on its own fraction alone, so
+    raising it never lowers the count (the nesting of :func:`assign_splits`)."""
+    counts = {s: max(0, math.ceil(round(f * n, 9) - 0.5)) for s, f in targets.items() if s != rest}
+    counts[rest] = n - sum(counts.values())
+    return counts
+
+
+def nested_layout(order: list[str], counts: Mapping[str, int]) -> dict[str, str]:
+    """``order`` (units in hash order) cut into consecutive runs of ``counts``, in the order of :data:`LAYOUT`."""
+    out: dict[str, str] = {}
+    at = 0
+    for split in LAYOUT:
+        for unit in order[at:at + counts.get(split, 0)]:
+            out[unit] = split
+        at += counts.get(split, 0)
+    return out
 
 
 def assign_splits(units, settings: SplitSettings | Carve, *, seed: int | None = None) -> dict[str, str]:
@@ -185,8 +225,16 @@ def assign_splits(units, settings: SplitSettings | Carve, *, seed: int | None = 
     ``split`` (existing split or None/NaN), one row per unit. ``settings``: the
     fractions (:class:`SplitSettings`) or a :class:`Carve` (then ``seed`` is the
     dataset's split seed).
+
+    A label none of whose units has a split (a first build, a new class, ``--resplit``) is **nested**: its
+    units in hash order are cut into valid (the low end, :func:`nested_counts` of them), train (the middle)
+    and test (the high end). A split's count grows with its fraction and the order does not depend on the
+    fractions, so raising valid from 0.2 to 0.3 keeps every valid unit and moves only the difference from
+    train, and lowering it moves only the difference back. A label with split units already (a later build
+    adding images) gives each new unit, in hash order, to the split furthest below its target share.
     """
     targets = settings.targets()
+    rest = "train" if isinstance(settings, SplitSettings) else settings.source
     seed = settings.seed if isinstance(settings, SplitSettings) else seed
     out: dict[str, str] = {}
     for _, grp in units.groupby("label", sort=True):
@@ -200,6 +248,9 @@ def assign_splits(units, settings: SplitSettings | Carve, *, seed: int | None = 
             else:
                 fresh.append(unit)
         fresh.sort(key=lambda u: split_order_key(seed, u))
+        if len(fresh) == len(grp):
+            out.update(nested_layout(fresh, nested_counts(len(fresh), targets, rest)))
+            continue
         total = sum(counts.values())
         for unit in fresh:
             total += 1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dsbuild.catalog import Catalog
 from dsbuild.errors import DsbuildError
+from dsbuild.split import leakage_note
 
 _STATUS_ORDER = ("ok", "duplicate", "rejected", "failed")
 NEAR_SHARE_WARNING = 0.2
@@ -89,11 +90,9 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
             f"{name}: {dups['duplicates']} duplicates in {dups['groups']} groups; "
             f"{dups['conflicts']} label conflicts (same picture, different labels) — `dsbuild query @label_conflicts`"
         )
-    if dups.get("leaks"):
-        notes.append(
-            f"{name}: {dups['leaks']} duplicate groups straddle splits (leakage in the splits the dataset came with) "
-            "— `dsbuild query @split_leakage`"
-        )
+    leaks = leakage_note(dups.get("leaks", 0))
+    if leaks:
+        notes.append(f"{name}: {leaks}")
     near, kept, outliers = cat.near_duplicate_share(name)
     if kept and near > NEAR_SHARE_WARNING * kept:
         notes.append(f"{name}: warning — {near} of {kept} accepted images ({near / kept:.0%}) are near duplicates, more "

@@ -473,6 +473,10 @@ def test_imagefolder_keeps_given_splits_and_reports_leakage(tmp_path: Path, caps
         """)
     code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
     assert code == 0, err
+    # The build says what `status` says (trial 4: only status did, and a model quietly lost the train copy).
+    leak_line = ("1 duplicate group straddles splits (leakage in the splits the dataset came with) — "
+                 "`dsbuild query @split_leakage`")
+    assert f"given: {leak_line}" in " ".join(out.split())
     df = images_of(manifest, "given")
     assert len(df) == 10
     for r in df.itertuples():
@@ -487,7 +491,7 @@ def test_imagefolder_keeps_given_splits_and_reports_leakage(tmp_path: Path, caps
     assert leak["dup_group"] == pair["dup_group"].iloc[0] and leak["splits"] == ["train", "valid"]
     code, out, err = run_cli(capsys, manifest, "status")
     assert code == 0, err
-    assert "1 duplicate groups straddle splits" in " ".join(out.split())
+    assert f"given: {leak_line}" in " ".join(out.split())
 
 
 # --------------------------------------------------------------------------- locks, crashes and resume

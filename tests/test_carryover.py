@@ -440,7 +440,8 @@ def test_an_image_relabelled_to_a_renamed_class_follows_the_rename(tmp_path: Pat
             "'deux'") in out
     code, status_out, _ = run_cli(capsys, manifest, "status", "pets")
     table = " ".join(status_out.split())
-    assert code == 0 and "│ deux │ 4 │ 2 │ 1 │" in table and "│ two │ · │ · │ 5 │" in table  # only set-aside rows
+    # deux: folder two's 2 train + 2 valid, then one0 and zero0 — one of them in the valid half of its class
+    assert code == 0 and "│ deux │ 3 │ 3 │ 1 │" in table and "│ two │ · │ · │ 5 │" in table  # only set-aside rows
     review(capsys, manifest, [(ids["one/one0.png"], "undo", "")])
     assert current(manifest).loc["one/one0.png", "label"] == "two"
 

@@ -372,14 +372,17 @@ def _ok_ids(manifest: Path, split: str) -> set[str]:
                                         "and split = ?", [split])}
 
 
-def _resplit(manifest: Path, capsys, train: float, valid: float) -> None:
+def _resplit(manifest: Path, capsys, train: float, valid: float, *, seed: int = 1) -> str:
+    """The split settings of ``manifest`` set, then ``build --resplit``: its output, flat."""
     import re
 
-    text, n = re.subn(r"train = [0-9.]+\nvalid = [0-9.]+\n", f"train = {train}\nvalid = {valid}\n", manifest.read_text())
+    text, n = re.subn(r"train = [0-9.]+\nvalid = [0-9.]+\nseed = [0-9]+\n",
+                      f"train = {train}\nvalid = {valid}\nseed = {seed}\n", manifest.read_text())
     assert n == 1
     manifest.write_text(text)
     code, out, err = run_cli(capsys, manifest, "-q", "build", "--resplit")
     assert code == 0, err
+    return " ".join(out.split())
 
 
 @pytest.mark.slow
@@ -389,10 +392,15 @@ def test_retrain_after_a_resplit_compares_only_on_images_neither_model_trained_o
     judged on the images it learned from."""
     manifest = _clone(project, tmp_path / "project")
     trained_on = _ok_ids(manifest, "train")  # the last run's training images: no split changed since it ran
-    _resplit(manifest, capsys, 0.7, 0.3)
+    (last,) = sql(manifest, "select run_id from runs where dataset = 'digits' and status = 'ok' "
+                            "order by started_at desc limit 1")[0]
+    built = _resplit(manifest, capsys, 0.7, 0.3)
     valid = _ok_ids(manifest, "valid")
     moved = valid & trained_on
     assert 0 < len(moved) < len(valid)  # the scenario: some valid images were trained on, some were not
+    # The build says so first (nested splits: the valid images of 0.25 stay, the rest came from train).
+    assert (f"; {len(moved)} of the {len(valid)} valid images were in the training set of the last run ({last})"
+            in built)
     code, out, err = run_cli(capsys, manifest, "retrain", "digits")
     assert code == 0, err
     flat = " ".join(out.split())
@@ -409,18 +417,19 @@ def test_retrain_after_a_resplit_compares_only_on_images_neither_model_trained_o
 @pytest.mark.slow
 def test_retrain_refuses_the_comparison_when_every_valid_image_was_trained_on(project, trained, tmp_path: Path,
                                                                             capsys) -> None:
-    """Resplit to 0.5 / 0.5 and retrain, then resplit to 0.75 / 0.25 (the same seed): the deficit order of
-    :func:`dsbuild.split.assign_splits` gives valid every 2nd unit of a label in the first, every 4th from the
-    3rd in the second, so the new valid split holds only images the last run trained on. Nothing is left to
-    compare on; the retrain itself still runs and reports its own figures."""
+    """Resplit to 0.95 / 0.05 and retrain, then resplit with another seed: the 9 valid images (3 a class) of
+    seed 2 are all among the 95 % the last run trained on (a fraction changed with the same seed could not do
+    it: splits are nested, so valid keeps its images or a part of them). Nothing is left to compare on; the
+    retrain itself still runs and reports its own figures."""
     manifest = _clone(project, tmp_path / "project")
-    _resplit(manifest, capsys, 0.5, 0.5)
+    _resplit(manifest, capsys, 0.95, 0.05)
     assert run_cli(capsys, manifest, "-q", "retrain", "digits")[0] == 0
     (last,) = sql(manifest, "select run_id from runs where kind = 'retrain' order by started_at desc limit 1")[0]
     trained_on = _ok_ids(manifest, "train")
-    _resplit(manifest, capsys, 0.75, 0.25)
+    built = _resplit(manifest, capsys, 0.95, 0.05, seed=2)
     valid = _ok_ids(manifest, "valid")
     assert valid and valid <= trained_on  # the scenario
+    assert f"; {len(valid)} of the {len(valid)} valid images were in the training set of the last run ({last})" in built
     code, out, err = run_cli(capsys, manifest, "retrain", "digits")
     assert code == 0, err
     flat = " ".join(out.split())

@@ -293,3 +293,100 @@ def test_a_carve_of_test_out_of_train_and_valid_kept_as_given(tmp_path: Path, ca
     assert set(ok[[given_split(o, tree) == "valid" for o in ok.index]]["split"]) == {"valid"}
     assert ok.groupby("label")["split"].value_counts().unstack().to_dict("list") == {
         "test": [3] * 4, "train": [7] * 4, "valid": [2] * 4}
+
+
+# --------------------------------------------------------------------------- nested: a fraction raised only adds
+
+
+def _resplit(capsys, manifest: Path, head: str, split: str) -> str:
+    """``manifest`` rewritten with the ``[split]`` table ``split``, then ``build --resplit``: its output, flat."""
+    manifest.write_text(head + split)
+    code, out, err = run_cli(capsys, manifest, "build", "--resplit", "-q", "--workers", "1")
+    assert code == 0, err
+    return " ".join(out.split())
+
+
+def _ids(df: pd.DataFrame, split: str) -> set[str]:
+    return set(df.loc[df["split"] == split, "image_id"])
+
+
+def test_raising_a_fraction_keeps_that_split_and_moves_only_the_difference(tmp_path: Path, capsys) -> None:
+    """Trial 4: valid 0.2 → 0.3 with --resplit replaced the whole valid split (24 valid images, then 36 others),
+    so every new valid image had been trained on. Nested now: a raised fraction keeps its images and takes the
+    difference from train; lowered, it gives back only the difference; back to the old settings, the old splits."""
+    photos = class_photos(CLASSES, 16)
+    for name, *_ in CLASSES:
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for k in range(10):
+            (tmp_path / "photos" / name / f"{k}.jpg").write_bytes(photos[name][k])
+    head = 'catalog = "cat/dsbuild.duckdb"\n[datasets.places]\nimagefolder = "photos"\n'
+    manifest = manifest_at(tmp_path, head + "[datasets.places.split]\ntrain = 0.8\nvalid = 0.2\n")
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    first = images(manifest, "places")
+    assert first.groupby("label")["split"].value_counts().unstack().to_dict("list") == {
+        "train": [8] * 4, "valid": [2] * 4}
+
+    out = _resplit(capsys, manifest, head, "[datasets.places.split]\ntrain = 0.7\nvalid = 0.3\n")
+    assert ("places: --resplit: 4 images moved to another split (train → valid 4); runs before this build used "
+            "the old splits") in out
+    wider = images(manifest, "places")
+    assert _ids(first, "valid") < _ids(wider, "valid")  # the 8 stay, one per class joins
+    assert wider.groupby("label")["split"].value_counts().unstack().to_dict("list") == {
+        "train": [7] * 4, "valid": [3] * 4}
+
+    # A test split carved from the other end: valid keeps every image, test takes only train images.
+    out = _resplit(capsys, manifest, head, "[datasets.places.split]\ntrain = 0.5\nvalid = 0.3\ntest = 0.2\n")
+    assert "places: --resplit: 8 images moved to another split (train → test 8)" in out
+    tested = images(manifest, "places")
+    assert _ids(tested, "valid") == _ids(wider, "valid")
+    out = _resplit(capsys, manifest, head, "[datasets.places.split]\ntrain = 0.6\nvalid = 0.3\ntest = 0.1\n")
+    assert "places: --resplit: 4 images moved to another split (test → train 4)" in out
+    assert _ids(images(manifest, "places"), "test") < _ids(tested, "test")
+
+    # Lowered back: only the difference returns to train, and the first build's splits come back whole.
+    out = _resplit(capsys, manifest, head, "[datasets.places.split]\ntrain = 0.8\nvalid = 0.2\n")
+    assert "places: --resplit: 8 images moved to another split (test → train 4, valid → train 4)" in out
+    pd.testing.assert_series_equal(images(manifest, "places")["split"], first["split"])
+
+
+def test_raising_a_carve_keeps_the_carved_images(tmp_path: Path, capsys) -> None:
+    """Trial 4, with carve: valid 0.2 → 0.3 of a given train/ moved all 20 valid images out. Now the carved
+    valid images stay (the planted copy with its original), and one more per class joins them."""
+    tree = tmp_path / "tree"
+    write_tree(tree)
+    head = f'catalog = "cat/dsbuild.duckdb"\n[datasets.landmarks]\nimagefolder = "{tree}"\n'
+    manifest = manifest_at(tmp_path, head + f"[datasets.landmarks.split]\n{CARVE_LINE}\n")
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    before = images(manifest, "landmarks")
+    out = _resplit(capsys, manifest, head, '[datasets.landmarks.split]\ncarve = { from = "train", valid = 0.3 }\n')
+    after = images(manifest, "landmarks")
+    moved = after[after["split"] != before["split"]]
+    assert set(before.loc[moved.index, "split"]) == {"train"} and set(moved["split"]) == {"valid"}
+    assert f"landmarks: --resplit: {len(moved)} images moved to another split (train → valid {len(moved)})" in out
+    assert _ids(before, "valid") < _ids(after, "valid")
+    ok = after[after["status"] == "ok"]
+    assert ok.groupby("label")["split"].value_counts().unstack().to_dict("list") == {
+        "test": [2] * 4, "train": [7] * 4, "valid": [3] * 4}  # 30 % of 10 carved per class, test/ as given
+
+
+def test_a_renamed_class_under_resplit_is_not_said_to_keep_its_split(tmp_path: Path, capsys) -> None:
+    """Trial 4 (rename_plus_resplit.sh): a class folder renamed and a [split] change in one `build --resplit`
+    said the renamed images 'kept their split', then moved some of them. The note now says --resplit assigns
+    their splits again; the review decision is still carried."""
+    photos = class_photos(CLASSES, 16)
+    for name, *_ in CLASSES:
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for k in range(10):
+            (tmp_path / "photos" / name / f"{k}.jpg").write_bytes(photos[name][k])
+    head = 'catalog = "cat/dsbuild.duckdb"\n[datasets.places]\nimagefolder = "photos"\n'
+    manifest = manifest_at(tmp_path, head)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    removed = images(manifest, "places").loc[str(tmp_path / "photos" / "bridge" / "0.jpg"), "image_id"]
+    decisions = tmp_path / "d.csv"
+    decisions.write_text(f"image_id,action\n{removed},remove\n")
+    assert run_cli(capsys, manifest, "review", "places", "--decisions", str(decisions))[0] == 0
+    (tmp_path / "photos" / "bridge").rename(tmp_path / "photos" / "span")
+    out = _resplit(capsys, manifest, head, "[datasets.places.split]\nseed = 7\n")
+    assert ("places: 10 images under a renamed, merged or split class (class folder 'bridge' renamed 'span') kept 1 "
+            "review decision; --resplit assigns their splits again from the settings, as every image's") in out
+    assert "kept their split" not in out
