@@ -529,7 +529,8 @@ class ReviewSummary:
     ``already_applied``: decisions that already stood (a decisions file run again), no event written.
     ``skipped``: with ``accept_suggestions``, reason → how many confident suggestions were not applied
     (``"reviewed since the mislabel run"``, ``"not ok or duplicate now"``, ``"suggesting an unknown label
-    'horse' (labels of this dataset: …)"`` for a class renamed, merged or removed since the run).
+    'horse' (labels of this dataset: …)"`` for a class renamed, merged or removed since the run); with a
+    decisions file, its undo rows that had undone their image's decision on an earlier run (:data:`UNDO_AGAIN`).
     ``notes``: warnings for people, e.g. that the mislabel run scored other classes than the dataset has now.
     """
 
@@ -665,6 +666,11 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
                              from_file=not given and decisions is not None)
         for ev in events:
             ev.setdefault("label_quality", quality.get(ev["image_id"]))
+        if not given and decisions is not None:
+            # A file's undo rows that wrote nothing: each had undone its image's decision on an earlier run.
+            again = sum(d.action == "undo" for d in chosen) - sum(e["action"] == "undo" for e in events)
+            if again:
+                skipped[UNDO_AGAIN] = again
         cat.append_label_events(name, events)
         # A remove takes an image out of its duplicate group, an undo of it puts it back: regroup those groups
         # now, so that a copy of a removed representative is not left out of export and training until a build.
@@ -672,7 +678,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             e["action"] == "undo" and "rejected" in (e["old_status"], e["new_status"]))}))
         if on_commit is not None:
             on_commit(cat)
-        return events, len(chosen) - len(events), source
+        return events, len(chosen) - len(events) - skipped.get(UNDO_AGAIN, 0), source
 
     if catalog is not None:
         events, already, source = apply(catalog)
@@ -684,6 +690,11 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
     return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
                          already_applied=already, skipped=skipped, notes=tuple(notes))
+
+
+UNDO_AGAIN = ("whose undo this file applied on an earlier run (an undo row applies once per file; to undo further, "
+              "use another file or u in the review app)")
+"""The skip reason of a decisions file's undo row run again (:func:`dsbuild.decisions.plan_events`, ``from_file``)."""
 
 
 @dataclass(frozen=True)

@@ -695,6 +695,14 @@ def test_bug11_undoing_every_decision_leaves_the_image_unreviewed(tmp_path: Path
     undo.write_text(f"image_id,action\n{iid},undo\n")
     assert cli(capsys, manifest, "review", "pets", "--decisions", str(undo))[0] == 0
     assert sql(manifest, "SELECT label, status, reviewed FROM images WHERE image_id = ?", [iid]) == [("cup", "ok", True)]
+    # The same undo file again takes nothing more back (an undo row applies once per file) and says how to go on.
+    code, out, err = cli(capsys, manifest, "review", "pets", "--decisions", str(undo))
+    assert code == 0, err
+    assert out == (f"applied 0 decisions to 'pets' (nothing to apply) from review:{undo.name}; skipped 1 image whose "
+                   "undo this file applied on an earlier run (an undo row applies once per file; to undo further, use "
+                   "another file or u in the review app)\n")
+    undo = tmp_path / "undo-again.csv"
+    undo.write_text(f"image_id,action\n{iid},undo\n")
     code, out, err = cli(capsys, manifest, "review", "pets", "--decisions", str(undo))
     assert code == 0, err
     assert out == f"applied 1 decision to 'pets' (undo 1) from review:{undo.name}\n"
