@@ -591,7 +591,9 @@ def test_status_after_ctrl_c_shows_the_verified_counts_with_splits_pending(tmp_p
                                          "GROUP BY label").fetchall())
         assert cat.con.execute("SELECT count(*) FROM items WHERE split IS NOT NULL").fetchone()[0] == 0
     pending = sum(per_label.values())
-    assert 0 < pending < total
+    # Mid-verify as a rule; all of them when the workers had verified every image before the first commit (the
+    # suite under load saw it: 300 of 300) — the splits are pending either way, which is what status must say.
+    assert 0 < pending <= total
 
     code, out, err = run_cli(capsys, manifest, "status")
     assert code == 0 and err == "", err
