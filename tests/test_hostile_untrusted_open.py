@@ -51,7 +51,7 @@ def test_build_refuses_eps_under_any_name_without_ghostscript(tmp_path, fake_gs)
     proj = _project(tmp_path)
     proj.add("a", "holiday.jpg", EPS)
     proj.add("b", "scan.png", EPS)
-    proj.set("dedup", near=False)
+    proj.set("dedup", near=False, semantic=False)  # verify and export are the subject: no embedding model to load
     result = proj.run("build", env=env)
     assert result.returncode == 0, result.stderr
     assert not marker.exists()
@@ -71,7 +71,7 @@ def _tamper(proj: Project) -> dict:
 def test_export_never_copies_a_store_file_that_is_not_its_verified_image(tmp_path, fake_gs) -> None:
     env, marker = fake_gs
     proj = _project(tmp_path)
-    proj.set("dedup", near=False)
+    proj.set("dedup", near=False, semantic=False)  # verify and export are the subject: no embedding model to load
     assert proj.run("build", env=env).returncode == 0
     bad = _tamper(proj)
     out = tmp_path / "export"
@@ -89,6 +89,7 @@ def test_html_thumbnails_never_start_ghostscript(tmp_path, fake_gs) -> None:
     proj = _project(tmp_path)
     proj.add("a", "astronaut_copy.jpg", (proj.root / "images" / "a" / "astronaut.jpg").read_bytes())
     proj.add("b", "astronaut_copy.jpg", (proj.root / "images" / "a" / "astronaut.jpg").read_bytes())
+    proj.set("dedup", semantic=False)  # exact copies group without embeddings: no embedding model to load
     assert proj.run("build", env=env).returncode == 0
     row = proj.rows("SELECT path FROM images WHERE dup_group IS NOT NULL AND status = 'ok' LIMIT 1")[0]
     Path(row["path"]).unlink()
