@@ -6,6 +6,7 @@ accept suggestions → retrain) with the planted truth shown beside what was fou
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from dsbuild.demo.data import DIGIT_NAMES, ensure_demo_data, read_truth
@@ -113,8 +114,9 @@ def accepted_relabels(manifest: Manifest, name: str, source: str, folder: Path) 
     return {"accepted": len(mine), "right": int(right), "wrong": int(len(mine) - right)}
 
 
-def truth_accuracy(manifest: Manifest, name: str, result, folder: Path) -> float:
-    """Valid accuracy of a training result against the planted truth (not the given, possibly wrong, labels)."""
+def truth_hits(manifest: Manifest, name: str, result, folder: Path) -> dict[str, bool]:
+    """Per valid image of a training result (image_id → right?): its prediction against the planted truth (not the
+    given, possibly wrong, label); images without a planted truth are left out."""
     import numpy as np
 
     from dsbuild.catalog import Catalog
@@ -124,9 +126,34 @@ def truth_accuracy(manifest: Manifest, name: str, result, folder: Path) -> float
         images = cat.review_candidates(name)
     origin = dict(zip(images["image_id"], images["origin"].astype(str)))
     pred = np.asarray(result.valid_probs).argmax(1)
-    hits = [truth.get(str(Path(origin[i]).resolve())) == result.classes[p] for i, p in zip(result.valid_image_ids, pred)
-            if str(Path(origin[i]).resolve()) in truth]
-    return float(np.mean(hits)) if hits else float("nan")
+    hits = {}
+    for i, p in zip(result.valid_image_ids, pred):
+        where = str(Path(origin[i]).resolve())
+        if where in truth:
+            hits[i] = truth[where] == result.classes[p]
+    return hits
+
+
+def mcnemar_exact(worse: int, better: int) -> float:
+    """Two-sided exact McNemar p-value for paired right/wrong outcomes: ``worse`` images the second model gets wrong
+    and the first right, ``better`` the other way (binomial, p = ½, on the discordant pairs; McNemar 1947)."""
+    n = worse + better
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(worse, better) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def cycle_change(before: dict[str, bool], after: dict[str, bool]) -> str:
+    """How the retrained model differs from the first on the same valid images, against the planted truth: the images
+    each gets right that the other does not, and whether that is evidence of a change (exact McNemar test)."""
+    common = before.keys() & after.keys()
+    worse = sum(before[i] and not after[i] for i in common)
+    better = sum(after[i] and not before[i] for i in common)
+    p = mcnemar_exact(worse, better)
+    verdict = "no evidence of a change either way" if p >= 0.05 else ("a real gain" if better > worse else "a real loss")
+    return (f"the two models disagree on {worse + better} of {len(common)} valid images — {better} now right, {worse} "
+            f"now wrong; exact McNemar p = {p:.2f}: {verdict}")
 
 
 def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, progress=None, quick: bool = False) -> None:
@@ -147,7 +174,8 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     print_run(report)
     if report.warning():
         console.print(f"[b]warning:[/b] {report.warning()}")
-    before = truth_accuracy(manifest, ds.name, report.result, folder)
+    first = truth_hits(manifest, ds.name, report.result, folder)
+    before = sum(first.values()) / len(first) if first else float("nan")
     console.print(f"valid accuracy against the planted truth (not the given labels): {before:.2%}")
 
     console.rule("[b]5. mislabels[/b]: out-of-fold probabilities + cleanlab label quality")
@@ -179,9 +207,11 @@ def run_model_loop(manifest: Manifest, ds: Dataset, *, folder: Path, console, pr
     print_run(report2)
     if comparison is not None:
         print_comparison(comparison)
-    after = truth_accuracy(manifest, ds.name, report2.result, folder)
+    second = truth_hits(manifest, ds.name, report2.result, folder)
+    after = sum(second.values()) / len(second) if second else float("nan")
     console.print(f"[b]valid accuracy against the planted truth: {before:.2%} before the cycle → {after:.2%} after "
-                  f"({after - before:+.2%})[/b] (the table above compares with the current labels, which the review changed)")
+                  f"({after - before:+.2%})[/b] — {cycle_change(first, second)} (the table above compares with the "
+                  "current labels, which the review changed)")
     console.print("next: `dsbuild query \"select * from runs\"`, `dsbuild query \"select * from label_history\"`")
     console.print(f"try next: [b]dsbuild ui {ds.name}[/b] — review the flagged images by keyboard in your browser "
                   "(every decision is a label event at once)")
