@@ -45,6 +45,15 @@ def write_tree(root: Path, *, train: int = TRAIN, test: int = TEST, start: int =
         shutil.copyfile(root / "train" / "bridge" / "bridge-00.jpg", root / "train" / "bridge" / "bridge-00-copy.jpg")
 
 
+def photo_folders(root: Path) -> None:
+    """``root/<class>/<k>.jpg``: 10 photos of each class of :data:`CLASSES`."""
+    photos = class_photos(CLASSES, 16)
+    for name, *_ in CLASSES:
+        (root / name).mkdir(parents=True)
+        for k in range(10):
+            (root / name / f"{k}.jpg").write_bytes(photos[name][k])
+
+
 def manifest_at(folder: Path, body: str) -> Path:
     """``folder/datasets.toml`` with ``body``, dedup at its defaults (the crops of
     :func:`workflow_data.class_photos` share no detail: no near duplicates but the planted copy)."""
@@ -175,11 +184,7 @@ def test_a_carve_is_deterministic_stratified_and_stable(tmp_path: Path, capsys) 
 
 
 def test_changed_fractions_are_refused_then_resplit_moves_and_reports(tmp_path: Path, capsys) -> None:
-    photos = class_photos(CLASSES, 16)
-    for name, *_ in CLASSES:
-        (tmp_path / "photos" / name).mkdir(parents=True)
-        for k in range(10):
-            (tmp_path / "photos" / name / f"{k}.jpg").write_bytes(photos[name][k])
+    photo_folders(tmp_path / "photos")
     head = 'catalog = "cat/dsbuild.duckdb"\n[datasets.places.classes]\n' + "".join(
         f'{name} = {{ folders = "photos/{name}" }}\n' for name, *_ in CLASSES)
     manifest = manifest_at(tmp_path, head + "[datasets.places.split]\ntrain = 0.8\nvalid = 0.2\n")
@@ -314,11 +319,7 @@ def test_raising_a_fraction_keeps_that_split_and_moves_only_the_difference(tmp_p
     """Trial 4: valid 0.2 → 0.3 with --resplit replaced the whole valid split (24 valid images, then 36 others),
     so every new valid image had been trained on. Nested now: a raised fraction keeps its images and takes the
     difference from train; lowered, it gives back only the difference; back to the old settings, the old splits."""
-    photos = class_photos(CLASSES, 16)
-    for name, *_ in CLASSES:
-        (tmp_path / "photos" / name).mkdir(parents=True)
-        for k in range(10):
-            (tmp_path / "photos" / name / f"{k}.jpg").write_bytes(photos[name][k])
+    photo_folders(tmp_path / "photos")
     head = 'catalog = "cat/dsbuild.duckdb"\n[datasets.places]\nimagefolder = "photos"\n'
     manifest = manifest_at(tmp_path, head + "[datasets.places.split]\ntrain = 0.8\nvalid = 0.2\n")
     assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
@@ -373,11 +374,7 @@ def test_a_renamed_class_under_resplit_is_not_said_to_keep_its_split(tmp_path: P
     """Trial 4 (rename_plus_resplit.sh): a class folder renamed and a [split] change in one `build --resplit`
     said the renamed images 'kept their split', then moved some of them. The note now says --resplit assigns
     their splits again; the review decision is still carried."""
-    photos = class_photos(CLASSES, 16)
-    for name, *_ in CLASSES:
-        (tmp_path / "photos" / name).mkdir(parents=True)
-        for k in range(10):
-            (tmp_path / "photos" / name / f"{k}.jpg").write_bytes(photos[name][k])
+    photo_folders(tmp_path / "photos")
     head = 'catalog = "cat/dsbuild.duckdb"\n[datasets.places]\nimagefolder = "photos"\n'
     manifest = manifest_at(tmp_path, head)
     assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0

@@ -21,8 +21,7 @@ import pytest
 
 from helpers import sql
 from ui_browser import UiServer
-from model_data import render_digit
-from ui_data import CLASSES, PER_CLASS, PLANTED, record_mislabel_run
+from ui_data import record_mislabel_run, write_digit_folders
 
 from dsbuild.cli import main
 from dsbuild.ui.security import csrf_for
@@ -47,23 +46,7 @@ seed = 1
 def make_imagefolder(root: Path) -> Path:
     """:func:`ui_data.make_project`'s digits (planted wrong labels included) as an ``imagefolder`` dataset, whose
     classes are its folders; built, with a mislabel run of the real cleanlab finder. The manifest path."""
-    import numpy as np
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(0)
-    used: set[int] = set()
-    for name, value in CLASSES.items():
-        members = [i for i in rng.permutation(np.flatnonzero(digits.target == value)) if i not in used][:PER_CLASS]
-        used.update(members)
-        (root / "data" / name).mkdir(parents=True)
-        for i in members:
-            render_digit(digits.data[i], root / "data" / name / f"d{i:04d}.png")
-    for folder, (true, n) in PLANTED.items():
-        members = [i for i in rng.permutation(np.flatnonzero(digits.target == CLASSES[true])) if i not in used][:n]
-        used.update(members)
-        for i in members:
-            render_digit(digits.data[i], root / "data" / folder / f"d{i:04d}.png")
+    write_digit_folders(root)
     manifest = root / "datasets.toml"
     manifest.write_text(MANIFEST)
     build(manifest)

@@ -59,9 +59,9 @@ MAX_BYTES = 300_000
 """The dataset's ``verify.max_bytes``: also the app's upload limit."""
 
 
-def make_project(root: Path) -> Path:
-    """Build the digits project under ``root`` and record a mislabel run; return the manifest path."""
-    import dsbuild
+def write_digit_folders(root: Path) -> None:
+    """``root/data/<class>/d<index>.png``: :data:`PER_CLASS` real digits of each class of :data:`CLASSES`, plus the
+    :data:`PLANTED` wrong labels (digits of another class in a folder)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -79,6 +79,13 @@ def make_project(root: Path) -> Path:
         used.update(members)
         for i in members:
             render_digit(digits.data[i], root / "data" / folder / f"d{i:04d}.png")
+
+
+def make_project(root: Path) -> Path:
+    """Build the digits project under ``root`` and record a mislabel run; return the manifest path."""
+    import dsbuild
+
+    write_digit_folders(root)
     manifest = root / "datasets.toml"
     manifest.write_text(MANIFEST.format(max_bytes=MAX_BYTES))
     m = dsbuild.load_manifest(manifest)
