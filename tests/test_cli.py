@@ -458,6 +458,42 @@ def test_export_refuses_a_foreign_folder(manifest: Path, tmp_path: Path, capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
 
 
+def test_csv_export_to_a_folder_of_the_users_writes_dataset_csv_beside_its_files(manifest: Path, tmp_path: Path,
+                                                                               capsys) -> None:
+    """`--format csv --to DIR` writes DIR/DATASET.csv "beside whatever DIR holds" (--help) — a trial found it refused
+    for any non-empty folder without a marker, `--to .` in the project folder included (it holds the source
+    folders, but no build reads a CSV as an image). A user's own DATASET.csv there is never overwritten."""
+    (tmp_path / "notes.txt").write_text("mine")
+    rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--format", "csv", "--to", str(tmp_path))
+    assert (rc, err) == (0, "")
+    assert out == f"exported 10 images of 'pets' to {tmp_path / 'pets.csv'} (csv; train 8, valid 2)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "pets.csv"]  # no marker in a user's folder
+    with open(tmp_path / "pets.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 10
+    rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--format", "csv", "--to", str(tmp_path))
+    assert (rc, err) == (0, "") and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "pets.csv"]
+
+    root = manifest.parent.resolve()
+    before = sorted(p.relative_to(root) for p in root.rglob("*") if "catalog" not in p.parts)
+    try:
+        rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--format", "csv", "--to", str(root))
+        assert (rc, err) == (0, "")
+        assert out == f"exported 10 images of 'pets' to {root / 'pets.csv'} (csv; train 8, valid 2)\n"
+        after = sorted(p.relative_to(root) for p in root.rglob("*") if "catalog" not in p.parts)
+        assert after == sorted([*before, Path("pets.csv")])
+    finally:
+        (root / "pets.csv").unlink(missing_ok=True)
+
+    (tmp_path / "pets.csv").write_text("my own table\n")
+    rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--format", "csv", "--to", str(tmp_path))
+    assert (rc, out) == (1, "")
+    assert err == (f"Error: {tmp_path / 'pets.csv'} exists and is not a dsbuild csv export — move it out of "
+                   f"{tmp_path}, or choose another --to (nothing was changed)\n")
+    assert (tmp_path / "pets.csv").read_text() == "my own table\n"
+    rc, _, err = run(capsys, "export", "-m", str(manifest), "pets", "--to", str(tmp_path))  # a tree: still refused
+    assert rc == 1 and err == f"Error: {tmp_path} is not empty and is not a dsbuild export — choose an empty or new folder\n"
+
+
 # ------------------------------------------------- export into a folder that holds more than the export
 # A trial (issue: HIGH, lost user files): exporting again into an earlier export folder deleted everything in it —
 # fastai's models/ and export.pkl, another dataset's CSV, and the ImageFolder tree on a CSV export.

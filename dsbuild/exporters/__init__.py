@@ -32,8 +32,10 @@ inside ``DIR`` and swaps only the previous export's entries for the new ones
 was); the summary lists the entries it left untouched. It is refused, with
 nothing changed, when a file inside those entries is not one it wrote, when a
 name it needs belongs to another export or to the user, or when the marker
-cannot be read. A non-empty ``DIR`` without a marker, and an existing file
-that is not a previous dsbuild export, are never written to.
+cannot be read. A non-empty ``DIR`` without a marker (a folder of the user's)
+is never written to by a folder export; a ``csv`` export puts the one file
+``DIR/<dataset>.csv`` beside what it holds (no marker). An existing file that
+is not a previous dsbuild export is never overwritten.
 """
 
 from __future__ import annotations
@@ -118,12 +120,22 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
     if fmt not in FORMATS:
         raise DsbuildError(f"unknown export format '{fmt}' — use one of: {', '.join(FORMATS)}")
     out = Path(out).resolve()
-    if manifest is not None:
-        _refuse_source_folders(out, manifest)
     file_format = _file_format(out, fmt)
+    into_folder = file_format is None and fmt in FILE_FORMATS and _unmarked_folder(out)
+    if into_folder:
+        # --format csv --to DIR where DIR holds files of its own (a project folder, `.`): the index is the one
+        # file DIR/DATASET.csv beside them, written as `--to DIR/DATASET.csv` would be (help: "beside whatever DIR
+        # holds"); the folder gets no marker and nothing else in it is touched.
+        file_format = FILE_FORMATS[fmt]
+        out = out / f"{dataset}{file_format.suffix}"
+    if manifest is not None:
+        _refuse_source_folders(out, manifest, one_file=file_format is not None)
     if file_format is not None:
         if out.exists() and not out.is_file():
             raise DsbuildError(f"{out} exists and is not a file — choose another --to")
+        if out.exists() and not file_format.is_export(out) and into_folder:
+            raise DsbuildError(f"{out} exists and is not a dsbuild {fmt} export — move it out of {out.parent}, or "
+                               f"choose another --to (nothing was changed)")
         if out.exists() and not file_format.is_export(out):
             raise DsbuildError(f"{out} exists and is not a dsbuild {fmt} export — choose a new file, or a folder "
                                f"(--to DIR writes DIR/{dataset}{file_format.suffix})")
@@ -166,17 +178,26 @@ def source_folders(manifest) -> dict[Path, str]:
     return out
 
 
-def _refuse_source_folders(out: Path, manifest) -> None:
-    """Raise DsbuildError when the resolved ``out`` is, lies inside, or holds a source folder of ``manifest``."""
+def _refuse_source_folders(out: Path, manifest, *, one_file: bool = False) -> None:
+    """Raise DsbuildError when the resolved ``out`` is, lies inside, or holds a source folder of ``manifest``.
+
+    ``one_file``: ``out`` is a file (a CSV index): only a file inside a source folder is refused — a folder that
+    holds source folders (the project folder) can hold an index, which no build reads as an image.
+    """
     for folder, what in source_folders(manifest).items():
         if out == folder or folder in out.parents:
             where = "is" if out == folder else f"is inside {folder},"
-        elif out in folder.parents:
+        elif out in folder.parents and not one_file:
             where = f"holds {folder},"
         else:
             continue
         raise DsbuildError(f"--to {out} {where} a source folder of {what}: the next build would read the export "
                            "back as new images — choose a --to outside the manifest's source folders")
+
+
+def _unmarked_folder(out: Path) -> bool:
+    """True when ``out`` is an existing, non-empty folder that holds no export marker (the user's own folder)."""
+    return out.is_dir() and not (out / MARKER).exists() and any(out.iterdir())
 
 
 def _file_format(out: Path, fmt: str) -> FileFormat | None:
