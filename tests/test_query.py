@@ -133,6 +133,12 @@ REFUSED = [
     ("delete", "DELETE FROM items", READ_ONLY + 'Invalid Input Error: Cannot execute statement of type "DELETE"'),
     ("drop-table", "DROP TABLE items", READ_ONLY + 'Invalid Input Error: Cannot execute statement of type "DROP"'),
     ("drop-view", "DROP VIEW images", READ_ONLY + 'Invalid Input Error: Cannot execute statement of type "DROP"'),
+    # writes on a view: DuckDB's Binder Error comes before its read-only check (a trial saw the bare Binder Error)
+    ("delete-view", "DELETE FROM images",
+     READ_ONLY + "a DELETE statement cannot change it (DuckDB: Binder Error: Can only delete from base table"),
+    ("update-view", "UPDATE images SET label = 'dog'",
+     READ_ONLY + "a UPDATE statement cannot change it (DuckDB: Binder Error: Can only update base table"),
+    ("insert-view", "INSERT INTO images SELECT * FROM images", READ_ONLY + "a INSERT statement cannot change it"),
     ("insert", "INSERT INTO meta VALUES ('schema_version', '99')", READ_ONLY + "Invalid Input Error"),
     ("create-table", "CREATE TABLE t AS SELECT * FROM images", READ_ONLY + "Invalid Input Error"),
     ("create-view", "CREATE OR REPLACE VIEW images AS SELECT 1", READ_ONLY + "Invalid Input Error"),

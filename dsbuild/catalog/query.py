@@ -63,9 +63,12 @@ def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_r
         timer = threading.Timer(timeout, _stop)
         timer.daemon = True
         timer.start()
+    kind = ""  # the statement's type, once parsed (a parse error has none)
     try:
         try:
-            statements = len(con.extract_statements(sql))
+            parsed = con.extract_statements(sql)
+            statements = len(parsed)
+            kind = parsed[0].type.name if statements == 1 else ""
             if statements > 1:  # DuckDB would run them all and return only the last one's rows
                 raise DsbuildError(f"{statements} SQL statements given — query runs one statement at a time; "
                                    "run them one by one", exit_code=2)
@@ -84,7 +87,7 @@ def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_r
                 raise DsbuildError(f"query ran longer than {timeout:g} s and was stopped — narrow it, or raise --timeout") from None
             raise DsbuildError("query interrupted", exit_code=130) from None
         except duckdb.Error as exc:
-            raise DsbuildError(_sql_error_text(exc)) from None
+            raise DsbuildError(_sql_error_text(exc, kind)) from None
     finally:
         if timer is not None:
             timer.cancel()
@@ -98,7 +101,16 @@ def _fetch_limited(rel, max_rows: int):
     return pd.DataFrame(rel.fetchmany(max_rows), columns=cols)
 
 
-def _sql_error_text(exc: Exception) -> str:
+WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER"})
+"""DuckDB statement types that would change the catalog: refused whatever DuckDB's own error says."""
+
+
+def _sql_error_text(exc: Exception, kind: str = "") -> str:
+    """The user's message for DuckDB's error ``exc`` on a statement of type ``kind`` (``DELETE``, …; "" unknown).
+
+    A write is named as such where DuckDB refuses it for a reason of its own first (a DELETE on a view is a
+    Binder Error about base tables, not the read-only one).
+    """
     text = str(exc).strip()
     if "read-only mode" in text or "read only mode" in text:
         return f"the catalog is read-only for queries — {text.splitlines()[0]}"
@@ -108,6 +120,9 @@ def _sql_error_text(exc: Exception) -> str:
         return f"queries cannot change settings — {text.splitlines()[0]}"
     if "Loading external extensions is disabled" in text:
         return f"queries cannot load extensions — {text.splitlines()[0]}"
+    if kind in WRITES:
+        return (f"the catalog is read-only for queries — a {kind} statement cannot change it (DuckDB: "
+                f"{text.splitlines()[0]})")
     return text
 
 
