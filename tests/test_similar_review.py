@@ -102,6 +102,21 @@ def test_similar_and_the_neighbours_view_agree_after_a_review_removal(tmp_path, 
     assert _view(manifest, subject)[0][0] == gone == _similar(capsys, manifest, subject)[0][0]
 
 
+def test_similar_in_one_process_sees_images_a_later_build_embedded(tmp_path, capsys):
+    """The review app asks `similar` many times in one process, which keeps the embeddings it read while the
+    cache's shard files stay the same: a build that embeds a new image (a new shard) is seen by the next call."""
+    manifest = _project(tmp_path)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    subject = sql(manifest, "SELECT image_id FROM images WHERE origin LIKE '%astronaut.png'")[0][0]
+    before = _similar(capsys, manifest, subject)
+    skimage_photo("astronaut").convert("RGB").resize((120, 120)).save(tmp_path / "photos" / "a" / "again.png")
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    again = sql(manifest, "SELECT image_id FROM images WHERE origin LIKE '%again.png'")[0][0]
+    after = _similar(capsys, manifest, subject)
+    assert again not in [i for i, _ in before] and after[0][0] == again and after[0][1] > 0.95
+    _agree(after, _view(manifest, subject))
+
+
 def test_similar_of_a_removed_image_says_so_and_what_to_do(tmp_path, capsys):
     manifest = _project(tmp_path)
     assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
