@@ -28,15 +28,22 @@ Measured 2026-12-01 (load average 5–7: other jobs on the 2 cores; exact search
 | 20,000 | IVF nlist 566, nprobe 16 / 32 / 64 | 7 s | 28 / 53 / 96 s | 25/25 | 0.817 / 0.920 / 0.980 | 0.9986 / 0.99967 / 0.99997 |
 | 20,000 | IVF nlist 566 nprobe 16 / 64, big_batch_search | 7 s | 18 / 55 s | 25/25 | 0.817 / 0.980 | |
 | 20,000 | IVF nlist 141 nprobe 32, big_batch_search | 3 s | 33 s | 25/25 | 0.980 | 0.99995 |
+| 50,000 | exact IndexFlatIP (load 6–8) | 0.8 s | 314 s | 26/26 | 1 | 1 |
+| 50,000 | HNSW M32 efC64 (same run) | 90 s | 59 s | 26/26 | 0.982 | 0.99993 |
 | 100,000 | exact | | ~639 s (est.) | | | |
 | 100,000 | HNSW M32 efC64 | 163 s | ~198 s (est.) | 25/25 | 0.979 | 0.99987 |
 | 100,000 | IVF nlist 1265 (train 37 s), nprobe 16 / 32 / 64 | 46 s | ~461 / 936 / 1,576 s (est.) | 25/25 | 0.833 / 0.922 / 0.979 | 0.9991 / 0.99977 / 0.99997 |
 | 100,000 | HNSW M16 efC64 (another run, load 5–7) | 119 s | ~104 s (est.) | 25/25 | 0.921 | 0.9953 |
 
+Where exact search should stop (``EXACT_MAX``, 50,000): under this load exact beat HNSW 2× at 20,000
+(20.8 vs 40.0 s) and lost 2.1× at 50,000 (314 vs 149 s) — the crossover is nearer 30,000 than 50,000 here, and
+lower on idle days (HNSW suffers more from the other jobs than BLAS does). Not changed: exact search is exact and
+deterministic by construction; HNSW gave identical results in two runs at 10,000, not a guarantee.
+
 IVF is rejected for this data: its k-means is cheaper than HNSW's graph build, but its search needs nprobe 64
 (15,000 distances per query at 100,000: the lists are unbalanced, imbalance ≈ 3.6) for HNSW's recall and costs
 ~8× HNSW's search; faiss scans inverted lists one query at a time (~0.4–0.9 µs per 1280-d distance here, vs
-~0.05 µs in the exact search's BLAS), and big_batch_search only gains 1.5× at 20,000. Both IVF searches and
+~0.05 µs in the exact search's BLAS), and big_batch_search only gains 1.5–1.8× at 20,000. Both IVF searches and
 HNSW gave identical ids and similarities in two runs at 10,000 (fixed k-means seed and sample).
 
     .venv/bin/python bench/knn_methods.py --n 20000                                  # ~3 min on 2 idle cores
