@@ -494,6 +494,67 @@ def test_imagefolder_keeps_given_splits_and_reports_leakage(tmp_path: Path, caps
     assert f"given: {leak_line}" in " ".join(out.split())
 
 
+def _catalog_state(manifest: Path, dataset: str, root: Path) -> dict:
+    """Status, reason, split and group partner of every image, keyed by its path under ``root`` (not by image id)."""
+    df = images_of(manifest, dataset)
+    place = {r.image_id: Path(r.origin).relative_to(root).as_posix() for r in df.itertuples()}
+    group = {g: sorted(place[i] for i in m) for g, m in df.groupby("dup_group")["image_id"]}
+    return {place[r.image_id]: (r.status, r.reason, r.split, place.get(r.dup_of),
+                                group.get(r.dup_group) if isinstance(r.dup_group, str) else None)
+            for r in df.itertuples()}
+
+
+def test_a_given_split_near_duplicate_stays_grouped_after_adding_images(tmp_path: Path, capsys) -> None:
+    """A near-duplicate pair across an imagefolder's given train/ and valid/ stays one group when images are added.
+
+    Trial 5, finding 2: the second build "held apart" the link (the rule that keeps drawn splits stable) although
+    given splits cannot move; both copies became ok (one trained, one validated), @split_leakage went empty and
+    the note said "so that no image moves". The rebuilt catalog must equal a fresh build of the same files.
+    """
+    tree = tmp_path / "tree"
+    for split, k0 in (("train", 0), ("valid", 3)):
+        for label, name in (("left", "camera"), ("right", "clock")):
+            for k in range(k0, k0 + 3 if split == "train" else k0 + 1):
+                save(quadrant(name, k), tree / split / label / f"{name}-{k}.png")
+    save(photo("coffee"), tree / "train" / "left" / "coffee.png")
+    save(photo("coffee", 150), tree / "valid" / "left" / "coffee-small.jpg", quality=80)  # a near copy
+    body = """\
+        catalog = "{catalog}"
+        [datasets.given]
+        imagefolder = "tree"
+        [datasets.given.dedup]
+        semantic = false
+        """
+    manifest = write_manifest(tmp_path, body.format(catalog="cat/dsbuild.duckdb"))
+    leak_line = ("given: 1 duplicate group straddles splits (leakage in the splits the dataset came with) — "
+                 "`dsbuild query @split_leakage`")
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 0, err
+    assert leak_line in " ".join(out.split())
+    pair = ["train/left/coffee.png", "valid/left/coffee-small.jpg"]
+    first = _catalog_state(manifest, "given", tree)
+    assert first["valid/left/coffee-small.jpg"] == ("duplicate", "near duplicate", "valid", "train/left/coffee.png", pair)
+
+    for k in range(4):  # unrelated photos, in train
+        save(quadrant("astronaut", k), tree / "train" / "right" / f"astronaut-{k}.png")
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert leak_line in text and "near-duplicate link" not in text, text
+    again = _catalog_state(manifest, "given", tree)
+    assert {k: v for k, v in again.items() if "astronaut" not in k} == first
+    code, out, err = run_cli(capsys, manifest, "query", "@split_leakage", "--format", "json")
+    assert code == 0, err
+    assert [(r["splits"], r["images"]) for r in json.loads(out)] == [(["train", "valid"], 2)]
+    code, out, err = run_cli(capsys, manifest, "status")
+    assert code == 0 and leak_line in " ".join(out.split())
+
+    fresh = write_manifest(tmp_path / "fresh", body.format(catalog="cat/dsbuild.duckdb").replace('"tree"', f'"{tree}"'))
+    code, out, err = run_cli(capsys, fresh, "build", "-q", "--workers", "1")
+    assert code == 0, err
+    assert _catalog_state(fresh, "given", tree) == again  # the same files, built at once: the same catalog
+
+
 # --------------------------------------------------------------------------- locks, crashes and resume
 
 

@@ -89,6 +89,16 @@ def _quality_reject(flags: np.ndarray, dataset: Dataset) -> np.ndarray:
     return reasons
 
 
+def _fixed_split(df, dataset: Dataset) -> np.ndarray:
+    """Rows whose split their source gives and no setting re-draws: an imagefolder's ``train/``, ``valid/`` or
+    ``test/``, except the split ``carve`` cuts (:func:`dsbuild.split.dataset_splits` keeps these as given)."""
+    if "given_split" not in df:
+        return np.zeros(len(df), dtype=bool)
+    given = df["given_split"].to_numpy(dtype=object)
+    carved = dataset.split.carve.source if dataset.split.carve else None
+    return np.array([isinstance(g, str) and bool(g) and g != carved for g in given], dtype=bool)
+
+
 def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = True):
     """Recompute status/reason/dup columns/split for every item of a dataset.
 
@@ -136,10 +146,14 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
             comp.union(int(exact[i]), i)
     if near_pairs is not None and len(near_pairs):
         # Stability wins over merging: a near-duplicate link never joins two groups that earlier builds
-        # already put in different splits (a new image can bridge them), since one side would have to move.
+        # already drew into different splits (a new image can bridge them), since one side would have to move.
+        # Only an image that could move counts: one whose split its folder gives (an imagefolder's train/ or
+        # valid/, not the carved one) keeps it whatever it is joined to, so its links are never held apart
+        # (trial 5: a given train/valid pair was grouped by a first build, ungrouped by the next).
         before = df["split"].to_numpy(dtype=object) if keep_splits else np.full(n, None, dtype=object)
+        movable = ~_fixed_split(df, dataset)
         comp_split: dict[int, str] = {}
-        for i in np.flatnonzero(cand):
+        for i in np.flatnonzero(cand & movable):
             if isinstance(before[i], str):
                 comp_split.setdefault(comp.find(int(i)), before[i])
         for i, j, d in near_pairs:
