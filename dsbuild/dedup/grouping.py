@@ -19,7 +19,10 @@ carry different labels is a **label conflict**: flagged (``conflict``), listed
 by the ``conflicts`` view and the mislabel report, never dropped silently.
 Splits are then assigned per *component* (groups joined by any near link,
 :mod:`dsbuild.split`), so near duplicates never sit in different splits even
-when they are in different groups.
+when they are in different groups — except where images already have drawn
+splits that differ (a new image, or a new link, joins them later): they keep
+them (stability), the link still groups them, and a group so spread over
+splits is reported as leakage until ``build --resplit``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ class GroupSummary:
     duplicates: int
     conflicts: int
     near_pairs: int
-    held_apart: int = 0  # near-duplicate links not merged because their groups already sit in different splits
 
 
 def quality_flags(items, dataset: Dataset, verified) -> tuple[np.ndarray, np.ndarray]:
@@ -138,8 +140,10 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
             else:
                 first[key] = i
     exact = np.array([uf.find(i) for i in range(n)])
-    links: list[tuple[int, int, int]] = []  # near links between exact units that may share a split
-    n_near = held_apart = 0
+
+    links: list[tuple[int, int, int]] = []  # near links between exact units: they form the groups
+    n_near = 0
+    held: list[tuple[int, int]] = []  # near pairs (rows) whose split units stay apart: leakage kept for stability
     comp = UnionFind(n)  # split units: exact units joined by every near link (no near duplicates across splits)
     for i in range(n):
         if exact[i] != i:
@@ -166,11 +170,14 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
             if ri != rj:
                 si, sj = comp_split.get(ri), comp_split.get(rj)
                 if si is not None and sj is not None and si != sj:
-                    held_apart += 1
-                    continue
-                comp.union(ri, rj)
-                if si or sj:
-                    comp_split[comp.find(ri)] = si or sj
+                    # Held apart for the splits only: the link still groups (statuses, groups and representatives
+                    # are those of a fresh build); the pair stays in two splits — leakage that build, status and
+                    # @split_leakage report (below: ``leak_with``) until `--resplit` joins the splits.
+                    held.append((int(i), int(j)))
+                else:
+                    comp.union(ri, rj)
+                    if si or sj:
+                        comp_split[comp.find(ri)] = si or sj
             links.append((ui, uj, int(d)))
             n_near += 1
 
@@ -247,10 +254,20 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
     df["split"] = dataset_splits(df, dataset.split, keep_existing=keep_splits)
 
     df.loc[df["status"].isin(["ok", "duplicate"]), "detail"] = None
+    # A held-apart pair that one group holds is that group's leak (@split_leakage lists the group); any other is
+    # recorded on both images (``leak_with``) so that `status` and @split_leakage keep naming it.
+    split = df["split"].to_numpy(dtype=object)
+    leak_with: list[set[str]] = [set() for _ in range(n)]
+    for i, j in held:
+        if isinstance(group_col[i], str) and group_col[i] == group_col[j]:
+            continue
+        if isinstance(split[i], str) and isinstance(split[j], str) and split[i] != split[j]:
+            leak_with[i].add(ids[j])
+            leak_with[j].add(ids[i])
+    df["leak_with"] = [",".join(sorted(w)) if w else None for w in leak_with]  # the catalog keeps a LIST
     out = df[["image_id", "status", "reason", "detail", "dup_group", "dup_of", "dup_distance", "conflict", "split",
-              "quality_flags", "q_odd_size"]].copy()
-    return out, GroupSummary(groups=n_groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near,
-                             held_apart=held_apart)
+              "quality_flags", "q_odd_size", "leak_with"]].copy()
+    return out, GroupSummary(groups=n_groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near)
 
 
 def group_near_duplicates(priority: dict[int, tuple], links: list[tuple[int, int, int]]) -> tuple[dict[int, int], dict[int, int]]:
