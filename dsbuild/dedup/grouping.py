@@ -141,6 +141,16 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
                 first[key] = i
     exact = np.array([uf.find(i) for i in range(n)])
 
+    df["pixels"] = (df["width"].fillna(0) * df["height"].fillna(0)).astype("int64")
+    # Ties between pictures of the same size go by content hash; between byte-identical copies by the label
+    # their source gave and their place inside the source (never by image id: it hashes the absolute path).
+    key = pd.DataFrame({"sha": df["sha256"].fillna("").to_numpy(),
+                        "label": df["class_label"].fillna("").to_numpy() if "class_label" in df else "",
+                        "place": source_places(df["origin"], dataset) if "origin" in df else "",
+                        "id": df["image_id"].to_numpy()})
+    df["order"] = np.empty(n, dtype=np.int64)
+    df.loc[key.sort_values(["sha", "label", "place", "id"], kind="stable").index, "order"] = np.arange(n)
+
     links: list[tuple[int, int, int]] = []  # near links between exact units: they form the groups
     n_near = 0
     held: list[tuple[int, int]] = []  # near pairs (rows) whose split units stay apart: leakage kept for stability
@@ -160,7 +170,11 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
         for i in np.flatnonzero(cand & movable):
             if isinstance(before[i], str):
                 comp_split.setdefault(comp.find(int(i)), before[i])
-        for i, j, d in near_pairs:
+        # Links are taken closest first, then by content (``order``), never in row order: which link of a new
+        # image that bridges two splits is held apart — so which split it takes — depends on the files alone,
+        # not on image ids (they hash the absolute path) or on when the files were found.
+        rank = df["order"].to_numpy()
+        for i, j, d in sorted(np.asarray(near_pairs).tolist(), key=lambda p: (p[2], *sorted((rank[p[0]], rank[p[1]])))):
             if not (cand[i] and cand[j]):
                 continue
             ui, uj = int(exact[i]), int(exact[j])
@@ -180,16 +194,6 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
                         comp_split[comp.find(ri)] = si or sj
             links.append((ui, uj, int(d)))
             n_near += 1
-
-    df["pixels"] = (df["width"].fillna(0) * df["height"].fillna(0)).astype("int64")
-    # Ties between pictures of the same size go by content hash; between byte-identical copies by the label
-    # their source gave and their place inside the source (never by image id: it hashes the absolute path).
-    key = pd.DataFrame({"sha": df["sha256"].fillna("").to_numpy(),
-                        "label": df["class_label"].fillna("").to_numpy() if "class_label" in df else "",
-                        "place": source_places(df["origin"], dataset) if "origin" in df else "",
-                        "id": df["image_id"].to_numpy()})
-    df["order"] = np.empty(n, dtype=np.int64)
-    df.loc[key.sort_values(["sha", "label", "place", "id"], kind="stable").index, "order"] = np.arange(n)
 
     # The best image of each exact unit represents it; near duplicates are grouped around representatives.
     pixels, order = df["pixels"].to_numpy(), df["order"].to_numpy()
