@@ -173,8 +173,9 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
         # Links are taken closest first, then by content (``order``), never in row order: which link of a new
         # image that bridges two splits is held apart — so which split it takes — depends on the files alone,
         # not on image ids (they hash the absolute path) or on when the files were found.
-        rank = df["order"].to_numpy()
-        for i, j, d in sorted(np.asarray(near_pairs).tolist(), key=lambda p: (p[2], *sorted((rank[p[0]], rank[p[1]])))):
+        pairs = np.asarray(near_pairs, dtype=np.int64).reshape(-1, 3)
+        ends = np.sort(df["order"].to_numpy()[pairs[:, :2]], axis=1)  # each pair's two images by content
+        for i, j, d in pairs[np.lexsort((ends[:, 1], ends[:, 0], pairs[:, 2]))]:
             if not (cand[i] and cand[j]):
                 continue
             ui, uj = int(exact[i]), int(exact[j])
