@@ -625,6 +625,30 @@ def test_a_given_split_near_duplicate_stays_grouped_after_adding_images(tmp_path
     assert _catalog_state(fresh, "given", tree) == again  # the same files, built at once: the same catalog
 
 
+
+@pytest.mark.parametrize("leaks, kept, pairs, line", [
+    (0, 0, 0, None),
+    (2, 0, 0, "2 duplicate groups straddle splits (leakage in the splits the dataset came with)"),
+    (1, 1, 0, "1 duplicate group straddles splits (leakage: earlier builds drew them into different splits before "
+              "they were found to be near duplicates, and images keep their splits — `dsbuild build pets --resplit` "
+              "puts near duplicates in one split)"),
+    (0, 0, 1, "1 near-duplicate pair lies in different splits (leakage: earlier builds drew them into different "
+              "splits before they were found to be near duplicates, and images keep their splits — `dsbuild build "
+              "pets --resplit` puts near duplicates in one split)"),
+    (3, 2, 4, "1 duplicate group straddles splits (leakage in the splits the dataset came with); 2 duplicate groups "
+              "straddle splits and 4 near-duplicate pairs lie in different splits (leakage: earlier builds drew them "
+              "into different splits before they were found to be near duplicates, and images keep their splits — "
+              "`dsbuild build pets --resplit` puts near duplicates in one split)"),
+])
+def test_the_leakage_line_says_why_and_counts_in_words(leaks: int, kept: int, pairs: int, line: str | None) -> None:
+    """Given splits that came with a leak, and drawn splits kept stable, are told apart; one is singular (the old
+    held-apart note read "1 near-duplicate links join ... so that no image moves", also for given splits)."""
+    from dsbuild.split import leakage_note
+
+    assert leakage_note(leaks, kept, pairs, "pets") == (None if line is None
+                                                        else f"{line} — `dsbuild query @split_leakage`")
+
+
 # --------------------------------------------------------------------------- locks, crashes and resume
 
 
