@@ -16,8 +16,11 @@
   (fractions, seed, carve) is another matter: the build refuses until it is
   run with ``--resplit``, which assigns every unit again from scratch
   (:func:`dataset_splits` with ``keep_existing=False``) and reports what moved.
-* **Group-aware**: all members of a duplicate group share one split (the split of
-  any member that already has one), so a picture never leaks across splits.
+* **Group-aware**: all members of a split unit (a duplicate group and its near
+  links) share one split (the split of any member that already has one). Near
+  duplicates found only after earlier builds drew them into different splits keep
+  those splits (stability; :func:`dsbuild.dedup.grouping.regroup`) and are reported
+  as leakage (:func:`leakage_note`) until ``--resplit``.
 
 Given splits (an ImageFolder's ``train/``, ``valid/``, ``test/`` folders) are
 kept as given; a :class:`Carve` re-splits ONE given split by fraction, e.g.
