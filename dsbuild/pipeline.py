@@ -575,12 +575,9 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
     # Conflicts as `status` and the `conflicts` view count them (current labels, reviews applied): one definition.
     dups = cat.duplicate_counts(ds.name)
     summary.conflicts = dups["conflicts"]
-    leaks = leakage_note(dups["leaks"])  # the line `status` shows too
+    leaks = leakage_note(dups["leaks"], dups["leaks_kept"], dups["leak_pairs"], ds.name)  # the line `status` shows too
     if leaks:
         summary.notes.append(leaks)
-    if gs.held_apart:
-        summary.notes.append(f"{gs.held_apart} near-duplicate links join images that earlier builds put in different "
-                             "splits: left as separate groups so that no image moves to another split")
     # Accepted images as `status` counts them: an image removed in review is `ok` in its row, rejected in the view.
     removed = set(items.loc[items["removed"].fillna(False).astype(bool), "image_id"])
     counts = updates[updates["split"].notna() & (updates["status"] == "ok")

@@ -24,7 +24,8 @@ ITEM_COLUMNS = ("given_split", "dataset", "image_id", "origin", "source", "engin
                 "class_label", "sha256", "status", "reason", "detail", "split", "dup_group", "dup_of", "dup_distance",
                 "conflict", "phash", "src_size", "src_mtime_ns", "first_seen", "updated_at", "build_id", "format",
                 "width", "height", "bytes", "warnings")
-"""``items`` columns a build writes (the rest — quality flags, dataset-relative scores — the regroup step sets).
+"""``items`` columns a build writes (the rest — quality flags, dataset-relative scores, ``leak_with`` — the regroup
+step sets).
 ``format``/``width``/``height``/``bytes`` are what verification learned (a rejected file's only record of them;
 ``images`` takes the blob's for a stored one); ``warnings`` what decoders said without rejecting the file."""
 BLOB_COLUMNS = ("sha256", "path", "bytes", "format", "width", "height", "mode", "frames", "pixel_sha", "q_dark",

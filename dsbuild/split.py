@@ -16,8 +16,11 @@
   (fractions, seed, carve) is another matter: the build refuses until it is
   run with ``--resplit``, which assigns every unit again from scratch
   (:func:`dataset_splits` with ``keep_existing=False``) and reports what moved.
-* **Group-aware**: all members of a duplicate group share one split (the split of
-  any member that already has one), so a picture never leaks across splits.
+* **Group-aware**: all members of a split unit (a duplicate group and its near
+  links) share one split (the split of any member that already has one). Near
+  duplicates found only after earlier builds drew them into different splits keep
+  those splits (stability; :func:`dsbuild.dedup.grouping.regroup`) and are reported
+  as leakage (:func:`leakage_note`) until ``--resplit``.
 
 Given splits (an ImageFolder's ``train/``, ``valid/``, ``test/`` folders) are
 kept as given; a :class:`Carve` re-splits ONE given split by fraction, e.g.
@@ -179,13 +182,33 @@ def describe_change(old: str | None, new: SplitSettings) -> str:
     return ", ".join(parts)
 
 
-def leakage_note(leaks: int) -> str | None:
-    """The line of ``build`` and ``status`` on ``leaks`` duplicate groups whose members lie in different splits (only
-    given splits do that: an imagefolder's ``train/`` and ``valid/`` holding one picture), or None when none do."""
-    if not leaks:
+def leakage_note(leaks: int, kept: int = 0, pairs: int = 0, dataset: str = "DATASET") -> str | None:
+    """The line of ``build`` and ``status`` on images of one picture in different splits, or None when there are none.
+
+    ``leaks``: duplicate groups whose members lie in different splits; ``kept`` of them, and ``pairs`` near
+    duplicates that no group joins (``items.leak_with``), are there because drawn splits are stable: earlier
+    builds drew the images into different splits before a later one found them near each other, and no image
+    moves (``build --resplit`` puts them in one split). The other groups came that way (an imagefolder's
+    ``train/`` and ``valid/`` holding one picture).
+    """
+    if not leaks and not pairs:
         return None
-    groups = "1 duplicate group straddles" if leaks == 1 else f"{leaks} duplicate groups straddle"
-    return f"{groups} splits (leakage in the splits the dataset came with) — `dsbuild query @split_leakage`"
+    given = leaks - kept
+    parts = []
+    if given:
+        groups = "1 duplicate group straddles" if given == 1 else f"{given} duplicate groups straddle"
+        parts.append(f"{groups} splits (leakage in the splits the dataset came with)")
+    drawn = []
+    if kept:
+        drawn.append("1 duplicate group straddles splits" if kept == 1 else f"{kept} duplicate groups straddle splits")
+    if pairs:
+        drawn.append("1 near-duplicate pair lies in different splits" if pairs == 1
+                     else f"{pairs} near-duplicate pairs lie in different splits")
+    if drawn:
+        parts.append(f"{' and '.join(drawn)} (leakage: earlier builds drew them into different splits before they were "
+                     f"found to be near duplicates, and images keep their splits — `dsbuild build {dataset} --resplit` "
+                     "puts near duplicates in one split)")
+    return "; ".join(parts) + " — `dsbuild query @split_leakage`"
 
 
 def split_order_key(seed: int, key: str) -> str:

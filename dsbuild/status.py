@@ -90,7 +90,7 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
             f"{name}: {dups['duplicates']} duplicates in {dups['groups']} groups; "
             f"{dups['conflicts']} label conflicts (same picture, different labels) — `dsbuild query @label_conflicts`"
         )
-    leaks = leakage_note(dups.get("leaks", 0))
+    leaks = leakage_note(dups["leaks"], dups["leaks_kept"], dups["leak_pairs"], name)
     if leaks:
         notes.append(f"{name}: {leaks}")
     near, kept, outliers = cat.near_duplicate_share(name)

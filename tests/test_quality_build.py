@@ -103,7 +103,7 @@ def test_reject_setting_turns_a_flag_into_a_reject_and_back(tmp_path: Path) -> N
     assert got["dark.png"][:2] == ("ok", "dark") and got["blurry.png"][0] == "ok"
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
 def test_an_older_catalog_is_migrated_in_place(tmp_path: Path, version: int) -> None:
     """Every released schema version (1, 2, 3; 4 and 5 once arch is released) reaches the current one in place, rows kept."""
     path = tmp_path / "old.duckdb"
@@ -115,11 +115,11 @@ def test_an_older_catalog_is_migrated_in_place(tmp_path: Path, version: int) -> 
     con.execute("INSERT INTO items (dataset, image_id, origin, source, class_label, status, first_seen, updated_at) "
                 "VALUES ('d', 'x1', '/x.png', 'folder', 'a', 'ok', now(), now())")
     con.close()
-    assert SCHEMA_VERSION == 7  # 2: quality flags; 3: what verification learned; 4: cleanlab's names (tests/test_rows.py); 5: inputs_digest; 6: train_ids; 7: neighbours of accepted images
+    assert SCHEMA_VERSION == 8  # 2: quality flags; 3: what verification learned; 4: cleanlab's names (tests/test_rows.py); 5: inputs_digest; 6: train_ids; 7: neighbours of accepted images; 8: leak_with
     with Catalog.open(path) as cat:
         assert cat.get_meta("schema_version") == str(SCHEMA_VERSION)
-        rows = cat.df("select image_id, label, quality_flags, q_odd_size, format, warnings, reviewed, last_review "
-                      "from images").to_dict("records")
+        rows = cat.df("select image_id, label, quality_flags, q_odd_size, format, warnings, reviewed, last_review, "
+                      "leak_with from images").to_dict("records")
         runs = cat.df("select column_name from information_schema.columns where table_name = 'model_runs'")
     assert rows[0]["image_id"] == "x1" and rows[0]["label"] == "a"
     assert rows[0]["quality_flags"] is None
@@ -127,3 +127,4 @@ def test_an_older_catalog_is_migrated_in_place(tmp_path: Path, version: int) -> 
     assert (rows[0]["reviewed"], rows[0]["last_review"]) == (False, None)
     assert "inputs_digest" in set(runs["column_name"])  # version 5: what a mislabel run scored
     assert "train_ids" in set(runs["column_name"])  # version 6: what a train/retrain run learned from
+    assert rows[0]["leak_with"] is None  # version 8: near duplicates kept in different splits (none known yet)

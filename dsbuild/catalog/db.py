@@ -427,10 +427,12 @@ class Catalog:
         )
 
     def update_dedup_and_splits(self, dataset: str, rows) -> int:
-        """Write status/reason/dup columns/split for items of ``dataset`` (a DataFrame keyed by image_id); return
-        how many items changed."""
+        """Write status/reason/dup columns/split/leak_with for items of ``dataset`` (a DataFrame keyed by image_id);
+        return how many items changed."""
         if len(rows) == 0:
             return 0
+        # ``leak_with`` comes comma-joined (:func:`dsbuild.dedup.grouping.regroup`); the catalog keeps a LIST.
+        leak_with = "CASE WHEN u.leak_with IS NULL THEN NULL ELSE string_split(u.leak_with, ',') END"
         self.con.register("_upd", rows)
         try:
             with self.transaction():
@@ -439,14 +441,15 @@ class Catalog:
                            dup_group = u.dup_group, dup_of = u.dup_of, dup_distance = u.dup_distance,
                            conflict = u.conflict, split = u.split, quality_flags = u.quality_flags,
                            quality_issues = {QUALITY_ISSUES_OF.format(flags="u.quality_flags")},
-                           q_odd_size = u.q_odd_size, updated_at = ?
+                           q_odd_size = u.q_odd_size, leak_with = {leak_with}, updated_at = ?
                        FROM _upd u WHERE items.dataset = ? AND items.image_id = u.image_id
                          AND (items.status IS DISTINCT FROM u.status OR items.reason IS DISTINCT FROM u.reason
                               OR items.quality_flags IS DISTINCT FROM u.quality_flags
                               OR items.q_odd_size IS DISTINCT FROM u.q_odd_size
                               OR items.dup_group IS DISTINCT FROM u.dup_group OR items.split IS DISTINCT FROM u.split
                               OR items.conflict IS DISTINCT FROM u.conflict OR items.dup_of IS DISTINCT FROM u.dup_of
-                              OR items.detail IS DISTINCT FROM u.detail)""",
+                              OR items.detail IS DISTINCT FROM u.detail
+                              OR items.leak_with IS DISTINCT FROM {leak_with})""",
                     [utcnow(), dataset],
                 ).fetchone()
         finally:
@@ -673,12 +676,20 @@ class Catalog:
                FROM images WHERE dataset = ? AND dup_group IS NOT NULL""",
             [dataset, dataset],
         )
-        leaks = self._one(
-            """SELECT count(*) FROM (SELECT dup_group FROM images WHERE dataset = ? AND dup_group IS NOT NULL
-               AND split IS NOT NULL GROUP BY dup_group HAVING count(DISTINCT split) > 1)""",
+        # A straddling group is "given" when every member sits in the split its folder gave (the dataset came with
+        # the leak); otherwise drawn splits were kept stable when a near-duplicate link joined the group later.
+        leaks, kept = self._one(
+            """SELECT count(*), count(*) FILTER (WHERE NOT given) FROM (
+                   SELECT dup_group, bool_and(split = coalesce(given_split, '')) AS given FROM items
+                   WHERE dataset = ? AND dup_group IS NOT NULL AND split IS NOT NULL
+                   GROUP BY dup_group HAVING count(DISTINCT split) > 1)""",
             [dataset],
-        )[0]
-        return {"duplicates": int(row[0]), "groups": int(row[1]), "conflicts": int(row[2]), "leaks": int(leaks)}
+        )
+        pairs = self._one(
+            """SELECT count(*) FROM (SELECT image_id, unnest(leak_with) AS other FROM items WHERE dataset = ?)
+               WHERE image_id < other""", [dataset])[0]
+        return {"duplicates": int(row[0]), "groups": int(row[1]), "conflicts": int(row[2]), "leaks": int(leaks),
+                "leaks_kept": int(kept), "leak_pairs": int(pairs)}
 
     def near_duplicate_share(self, dataset: str) -> tuple[int, int, int]:
         """``(near duplicates, accepted images incl. duplicates, outliers flagged)`` of ``dataset``."""

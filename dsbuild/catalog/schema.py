@@ -33,7 +33,7 @@ from __future__ import annotations
 QUALITY_ISSUES_OF = "CASE WHEN {flags} IS NULL THEN NULL WHEN {flags} = '' THEN []::VARCHAR[] ELSE string_split({flags}, ',') END"
 """SQL: the ``quality_issues`` LIST of a comma-joined ``quality_flags`` text (format with ``flags=`` its expression)."""
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -247,6 +247,12 @@ MIGRATIONS: dict[int, list[str]] = {
     # searches), ranked among them; `knn` holds a few spare neighbours for it (dsbuild.dedup.neardup.NEIGHBOUR_SPARE).
     # `images` shows no outlier score for an image removed in review (they are the accepted images' scores).
     7: [],
+    8: [
+        # Near duplicates in different splits that no duplicate group joins: drawn splits that earlier builds gave
+        # them are kept when a later build finds them near each other (no image moves); the image ids of the
+        # other side, so that `status` and @split_leakage name the leak until `build --resplit`. NULL: none.
+        "ALTER TABLE items ADD COLUMN IF NOT EXISTS leak_with VARCHAR[]",
+    ],
 }
 
 VIEWS = [
@@ -291,7 +297,7 @@ VIEWS = [
                    AS outlier_score,
                CASE WHEN e.new_status = 'rejected' AND i.status IN ('ok', 'duplicate') THEN NULL ELSE i.is_outlier END
                    AS is_outlier,
-               b.eff_side
+               b.eff_side, i.leak_with
         FROM items i
         LEFT JOIN blobs b USING (sha256)
         LEFT JOIN latest_events e USING (dataset, image_id)

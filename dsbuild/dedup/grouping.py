@@ -19,7 +19,10 @@ carry different labels is a **label conflict**: flagged (``conflict``), listed
 by the ``conflicts`` view and the mislabel report, never dropped silently.
 Splits are then assigned per *component* (groups joined by any near link,
 :mod:`dsbuild.split`), so near duplicates never sit in different splits even
-when they are in different groups.
+when they are in different groups — except where images already have drawn
+splits that differ (a new image, or a new link, joins them later): they keep
+them (stability), the link still groups them, and a group so spread over
+splits is reported as leakage until ``build --resplit``.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ class GroupSummary:
     duplicates: int
     conflicts: int
     near_pairs: int
-    held_apart: int = 0  # near-duplicate links not merged because their groups already sit in different splits
 
 
 def quality_flags(items, dataset: Dataset, verified) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +91,16 @@ def _quality_reject(flags: np.ndarray, dataset: Dataset) -> np.ndarray:
     return reasons
 
 
+def _fixed_split(df, dataset: Dataset) -> np.ndarray:
+    """Rows whose split their source gives and no setting re-draws: an imagefolder's ``train/``, ``valid/`` or
+    ``test/``, except the split ``carve`` cuts (:func:`dsbuild.split.dataset_splits` keeps these as given)."""
+    if "given_split" not in df:
+        return np.zeros(len(df), dtype=bool)
+    given = df["given_split"].to_numpy(dtype=object)
+    carved = dataset.split.carve.source if dataset.split.carve else None
+    return np.array([isinstance(g, str) and bool(g) and g != carved for g in given], dtype=bool)
+
+
 def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = True):
     """Recompute status/reason/dup columns/split for every item of a dataset.
 
@@ -128,37 +140,6 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
             else:
                 first[key] = i
     exact = np.array([uf.find(i) for i in range(n)])
-    links: list[tuple[int, int, int]] = []  # near links between exact units that may share a split
-    n_near = held_apart = 0
-    comp = UnionFind(n)  # split units: exact units joined by every near link (no near duplicates across splits)
-    for i in range(n):
-        if exact[i] != i:
-            comp.union(int(exact[i]), i)
-    if near_pairs is not None and len(near_pairs):
-        # Stability wins over merging: a near-duplicate link never joins two groups that earlier builds
-        # already put in different splits (a new image can bridge them), since one side would have to move.
-        before = df["split"].to_numpy(dtype=object) if keep_splits else np.full(n, None, dtype=object)
-        comp_split: dict[int, str] = {}
-        for i in np.flatnonzero(cand):
-            if isinstance(before[i], str):
-                comp_split.setdefault(comp.find(int(i)), before[i])
-        for i, j, d in near_pairs:
-            if not (cand[i] and cand[j]):
-                continue
-            ui, uj = int(exact[i]), int(exact[j])
-            if ui == uj:
-                continue
-            ri, rj = comp.find(ui), comp.find(uj)
-            if ri != rj:
-                si, sj = comp_split.get(ri), comp_split.get(rj)
-                if si is not None and sj is not None and si != sj:
-                    held_apart += 1
-                    continue
-                comp.union(ri, rj)
-                if si or sj:
-                    comp_split[comp.find(ri)] = si or sj
-            links.append((ui, uj, int(d)))
-            n_near += 1
 
     df["pixels"] = (df["width"].fillna(0) * df["height"].fillna(0)).astype("int64")
     # Ties between pictures of the same size go by content hash; between byte-identical copies by the label
@@ -169,6 +150,51 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
                         "id": df["image_id"].to_numpy()})
     df["order"] = np.empty(n, dtype=np.int64)
     df.loc[key.sort_values(["sha", "label", "place", "id"], kind="stable").index, "order"] = np.arange(n)
+
+    links: list[tuple[int, int, int]] = []  # near links between exact units: they form the groups
+    n_near = 0
+    held: list[tuple[int, int]] = []  # near pairs (rows) whose split units stay apart: leakage kept for stability
+    comp = UnionFind(n)  # split units: exact units joined by every near link (no near duplicates across splits)
+    for i in range(n):
+        if exact[i] != i:
+            comp.union(int(exact[i]), i)
+    if near_pairs is not None and len(near_pairs):
+        # Stability wins over merging: a near-duplicate link never joins two groups that earlier builds
+        # already drew into different splits (a new image can bridge them), since one side would have to move.
+        # Only an image that could move counts: one whose split its folder gives (an imagefolder's train/ or
+        # valid/, not the carved one) keeps it whatever it is joined to, so its links are never held apart
+        # (trial 5: a given train/valid pair was grouped by a first build, ungrouped by the next).
+        before = df["split"].to_numpy(dtype=object) if keep_splits else np.full(n, None, dtype=object)
+        movable = ~_fixed_split(df, dataset)
+        comp_split: dict[int, str] = {}
+        for i in np.flatnonzero(cand & movable):
+            if isinstance(before[i], str):
+                comp_split.setdefault(comp.find(int(i)), before[i])
+        # Links are taken closest first, then by content (``order``), never in row order: which link of a new
+        # image that bridges two splits is held apart — so which split it takes — depends on the files alone,
+        # not on image ids (they hash the absolute path) or on when the files were found.
+        pairs = np.asarray(near_pairs, dtype=np.int64).reshape(-1, 3)
+        ends = np.sort(df["order"].to_numpy()[pairs[:, :2]], axis=1)  # each pair's two images by content
+        for i, j, d in pairs[np.lexsort((ends[:, 1], ends[:, 0], pairs[:, 2]))]:
+            if not (cand[i] and cand[j]):
+                continue
+            ui, uj = int(exact[i]), int(exact[j])
+            if ui == uj:
+                continue
+            ri, rj = comp.find(ui), comp.find(uj)
+            if ri != rj:
+                si, sj = comp_split.get(ri), comp_split.get(rj)
+                if si is not None and sj is not None and si != sj:
+                    # Held apart for the splits only: the link still groups (statuses, groups and representatives
+                    # are those of a fresh build); the pair stays in two splits — leakage that build, status and
+                    # @split_leakage report (below: ``leak_with``) until `--resplit` joins the splits.
+                    held.append((int(i), int(j)))
+                else:
+                    comp.union(ri, rj)
+                    if si or sj:
+                        comp_split[comp.find(ri)] = si or sj
+            links.append((ui, uj, int(d)))
+            n_near += 1
 
     # The best image of each exact unit represents it; near duplicates are grouped around representatives.
     pixels, order = df["pixels"].to_numpy(), df["order"].to_numpy()
@@ -233,10 +259,20 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
     df["split"] = dataset_splits(df, dataset.split, keep_existing=keep_splits)
 
     df.loc[df["status"].isin(["ok", "duplicate"]), "detail"] = None
+    # A held-apart pair that one group holds is that group's leak (@split_leakage lists the group); any other is
+    # recorded on both images (``leak_with``) so that `status` and @split_leakage keep naming it.
+    split = df["split"].to_numpy(dtype=object)
+    leak_with: list[set[str]] = [set() for _ in range(n)]
+    for i, j in held:
+        if isinstance(group_col[i], str) and group_col[i] == group_col[j]:
+            continue
+        if isinstance(split[i], str) and isinstance(split[j], str) and split[i] != split[j]:
+            leak_with[i].add(ids[j])
+            leak_with[j].add(ids[i])
+    df["leak_with"] = [",".join(sorted(w)) if w else None for w in leak_with]  # the catalog keeps a LIST
     out = df[["image_id", "status", "reason", "detail", "dup_group", "dup_of", "dup_distance", "conflict", "split",
-              "quality_flags", "q_odd_size"]].copy()
-    return out, GroupSummary(groups=n_groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near,
-                             held_apart=held_apart)
+              "quality_flags", "q_odd_size", "leak_with"]].copy()
+    return out, GroupSummary(groups=n_groups, duplicates=n_dups, conflicts=int(n_conflicts), near_pairs=n_near)
 
 
 def group_near_duplicates(priority: dict[int, tuple], links: list[tuple[int, int, int]]) -> tuple[dict[int, int], dict[int, int]]:
