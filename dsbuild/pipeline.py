@@ -97,9 +97,11 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
             if not ds.imagefolder.is_dir():
                 problems.append(f"{key}: {ds.imagefolder} is not a folder")
             else:
-                layout = imagefolder_layout(ds.imagefolder)
-                labels = sorted({label for _, label, _ in layout})
-                if len(labels) < 2:
+                layout = imagefolder_layout(ds.imagefolder, ds.name)
+                labels = layout.labels
+                if layout.problem:
+                    problems.append(f"{key}: {layout.problem}")
+                elif len(labels) < 2:
                     problems.append(f"{key}: {ds.imagefolder} needs one subfolder per label (at least two), "
                                     "or <split>/<label>/ subfolders")
                 for label in labels:
@@ -451,7 +453,8 @@ def set_aside_note(details: dict[str, str]) -> str:
 
 
 def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
-    """A line for each class of the manifest with no accepted image: a model would silently learn without it."""
+    """A line for each class of the manifest (and each class folder of its imagefolder, an empty one too) with no
+    accepted image: a model would silently learn without it."""
     from dsbuild.render.values import counted
 
     by_label: dict[str, dict[str, int]] = {}
@@ -460,7 +463,10 @@ def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
         per[r.status] = per.get(r.status, 0) + int(r.n)
     notes = []
     reasons = cat.label_reject_counts(ds.name)
-    for label in ds.labels:
+    labels = list(ds.labels)
+    if ds.imagefolder is not None and ds.imagefolder.is_dir():  # its class folders, an empty one included
+        labels += [label for label in imagefolder_layout(ds.imagefolder, ds.name).labels if label not in labels]
+    for label in labels:
         per = by_label.get(label, {})
         if per.get("ok", 0):
             continue
