@@ -363,7 +363,16 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
             values.update(_section_values(cls, raw[k], f"{key}.{k}", problems))
         section_values[k] = values
     split = section_values["split"]
-    if not any(isinstance(t.get("split"), dict) and "test" in t["split"] for t in (raw, defaults)):
+
+    def written(share: str) -> bool:  # in the dataset's [split] or in [defaults.split]
+        return any(isinstance(t.get("split"), dict) and share in t["split"] for t in (raw, defaults))
+
+    if not written("train") and (written("valid") or written("test")):
+        # An omitted train fraction takes the rest: valid = 0.3 → train 0.7 (and test 0).
+        rest = round(1 - split.get("valid", SplitSettings.valid) - split.get("test", SplitSettings.test), 9)
+        if rest > 0:
+            split["train"] = rest
+    elif not written("test"):
         # An omitted test fraction takes the rest: train 0.7 + valid 0.2 → test 0.1.
         rest = round(1 - split.get("train", SplitSettings.train) - split.get("valid", SplitSettings.valid), 9)
         if rest > 0:
