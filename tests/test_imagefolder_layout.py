@@ -140,3 +140,62 @@ def test_an_empty_class_folder_is_named_by_the_build(tmp_path: Path, capsys) -> 
     code, out, err = run_cli(capsys, m, "build", "--workers", "1")
     assert code == 0, err
     assert "pets: class 'horse' has no images (its sources are empty) — add images or remove the class" in flat(out), out
+
+
+# --------------------------------------------------------------------------- a flat folder and a labels CSV
+
+
+def test_labels_csv_imports_local_files_with_their_splits_and_names_each_bad_row(tmp_path: Path, capsys) -> None:
+    flat_dir = tmp_path / "data"
+    photos(flat_dir / "imgs", "chelsea", range(0, 4))
+    photos(flat_dir / "imgs", "astronaut", range(0, 4))
+    (flat_dir / "imgs" / "fake.jpg").write_text("not a picture at all\n")
+    photos(tmp_path, "clock", range(0, 1))  # beside the CSV's folder: a row may not reach it
+    rows = ["fname,label,is_valid"]
+    rows += [f"imgs/chelsea-{k}.png,cat,{k == 3}" for k in range(4)]
+    rows += [f"imgs/astronaut-{k}.png,dog,{'True' if k == 3 else 'False'}" for k in range(4)]
+    rows += ["imgs/fake.jpg,cat,False", "imgs/gone.png,dog,False", "../clock-0.png,dog,False",
+             "imgs/chelsea-0.png,cat,maybe", "imgs/chelsea-1.png,,False"]
+    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    said = flat(out)
+    base = flat_dir.resolve()
+    for line in (f"labels.csv line 11: 'imgs/gone.png' does not exist in {base} — skipped",
+                 f"labels.csv line 12: '../clock-0.png' is outside {base} — skipped: paths are relative to the folder "
+                 "that holds labels.csv, and stay in it",
+                 "labels.csv line 13: is_valid 'maybe' is not true or false — skipped",
+                 "labels.csv line 14: 'imgs/chelsea-1.png' has no label — skipped"):
+        assert f"flat: {line}" in said, (line, out)
+    got = sql(m, "select label, split, status, count(*) from images where dataset = 'flat' group by all order by all")
+    assert got == [("cat", "train", "ok", 3), ("cat", "valid", "ok", 1),
+                   ("cat", None, "rejected", 1),  # fake.jpg: opened through the same sniffing as every file
+                   ("dog", "train", "ok", 3), ("dog", "valid", "ok", 1)]
+    (origin,) = sql(m, "select origin from images where dataset = 'flat' and status = 'rejected'")[0]
+    assert origin == str(base / "imgs" / "fake.jpg")
+
+
+def test_labels_csv_without_a_file_column_is_refused_by_name(tmp_path: Path, capsys) -> None:
+    (tmp_path / "labels.csv").write_text("img,label\na.png,cat\nb.png,dog\n")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "labels.csv"\n')
+    code, out, err = run_cli(capsys, m, "build")
+    assert code == 2, out
+    assert (f"datasets.flat.labels_csv: {tmp_path / 'labels.csv'} line 1: header 'img,label' has no file column "
+            "(file, fname, filename, name, path, image) — the first row must be a header such as file,label "
+            "(optional: split or is_valid)") in flat(err), err
+
+
+def test_a_url_list_of_local_files_says_to_use_labels_csv(tmp_path: Path, capsys) -> None:
+    (tmp_path / "labels.csv").write_text("file,label\nimg1.jpg,cat\nimg2.jpg,dog\n")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat.classes]\ncat = { urls = "labels.csv" }\ndog = { urls = "labels.csv" }\n')
+    code, out, err = run_cli(capsys, m, "build", "-q")
+    assert code == 2, out  # refused before the build starts (trial 5: after every folder had been verified)
+    assert (f"datasets.flat.classes.cat.urls: URL list {tmp_path / 'labels.csv'} line 1: CSV header 'file,label' has no 'url' column — it lists "
+            "local files (file column): give it as labels_csv = \"…/labels.csv\" in the dataset's table instead of "
+            "urls (file paths relative to the CSV's folder, one label column, optional split or is_valid)") \
+        in flat(err), err

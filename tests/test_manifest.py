@@ -69,7 +69,7 @@ BAD = [
      ["datasets: no dataset defined — add a [datasets.NAME] table with [datasets.NAME.classes]"]),
     ("datasets-str", 'datasets = "x"\n', ["datasets: must be a table of datasets, not a string"]),
     ("no-classes", '[datasets.d]\nengine = "bing"\n',
-     ["datasets.d.classes: missing — a dataset needs at least two classes (or an imagefolder)"]),
+     ["datasets.d.classes: missing — a dataset needs at least two classes (or an imagefolder, or a labels_csv)"]),
     ("one-class", '[datasets.d.classes]\na = "qa"\n', ["datasets.d.classes: needs at least two classes, found 1"]),
     ("zero-classes", "[datasets.d.classes]\n", ["datasets.d.classes: needs at least two classes, found 0"]),
     ("classes-str", '[datasets.d]\nclasses = "a, b"\n', ["datasets.d.classes: must be a table, not a string"]),

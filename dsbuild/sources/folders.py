@@ -22,7 +22,8 @@ from dsbuild.errors import DsbuildError
 from dsbuild.executor import VerifyJob, make_executor
 from dsbuild.manifest import Dataset
 from dsbuild.rows import blob_row, image_id_for, item_row
-from dsbuild.sources import SourceRun, source_removed
+from dsbuild.sources import SPLIT_NAMES, SourceRun, source_removed
+from dsbuild.sources.labelcsv import read_labels_csv
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,7 @@ class FileSource:
     given_split: str | None = None
 
 
-SPLIT_FOLDERS = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid",
-                 "test": "test", "testing": "test"}
+SPLIT_FOLDERS = SPLIT_NAMES
 NOT_DATA = {"__MACOSX"}
 """Folder names that never hold a dataset's images: macOS's zip metadata (``__MACOSX/``, its files are ``._name``
 resource forks). Hidden folders (``.ipynb_checkpoints``, ``.git``) are skipped as every hidden name is."""
@@ -278,7 +278,7 @@ def _link(path: Path) -> str:
 
 
 def scan_folders(ds: Dataset, skipped: Skipped | None = None, notes: list[str] | None = None) -> list[FileSource]:
-    """Every file of the dataset's class folders and imagefolder tree, with its label (and given split).
+    """Every file of the dataset's labels CSV, class folders and imagefolder tree, with its label (and given split).
 
     A file's ``path`` is its own path in its class folder: the folder resolved, then the file's path under it
     as listed — a symlinked file keeps the link's path and name (its origin), not its target's, so that two
@@ -295,6 +295,18 @@ def scan_folders(ds: Dataset, skipped: Skipped | None = None, notes: list[str] |
         if notes is not None:
             notes.extend(layout.notes)
     out: list[FileSource] = []
+    if ds.labels_csv is not None:
+        listed = read_labels_csv(ds.labels_csv, key=f"datasets.{ds.name}.labels_csv")
+        if notes is not None:
+            notes.extend(listed.notes())
+        for row in listed.rows:
+            try:
+                st = row.path.stat()
+            except OSError:
+                if skipped is not None:
+                    skipped.add("unreadable", str(row.path))
+                continue
+            out.append(FileSource(row.label, row.path, st.st_size, st.st_mtime_ns, row.split))
     for split, label, folder in folders:
         base = folder.resolve()
         for path in walk(folder, skipped):
