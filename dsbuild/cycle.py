@@ -69,14 +69,14 @@ def new_run_id(dataset: str, kind: str) -> str:
 def dataset_classes(cat: Catalog, ds: Dataset) -> list[str]:
     """The classes of dataset ``ds`` now: the labels a review may give, the only place that says so.
 
-    The manifest's classes, in manifest order; for an ``imagefolder`` dataset, sorted, the class folders its
-    sources give today and the classes the manifest adds (``classes`` beside ``imagefolder``): items set aside
+    The manifest's classes, in manifest order; for an ``imagefolder`` (or ``labels_csv``) dataset, sorted, the
+    class folders (labels) its sources give today and the classes the manifest adds (``classes`` beside ``imagefolder``): items set aside
     because their source was removed (a folder renamed or deleted) do not count, and neither does a label that
     only review events gave. ``review --decisions``, ``review --accept-suggestions``, the review app's keys
     and its ``/api/decide`` all check a relabel against this list, and ``predict`` compares a model's classes
     with it.
     """
-    if ds.imagefolder is None:
+    if ds.imagefolder is None and ds.labels_csv is None:
         return list(ds.labels)
     from dsbuild.sources import SOURCE_REMOVED
 

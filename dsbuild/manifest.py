@@ -97,6 +97,7 @@ class Dataset:
     fetch: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
     imagefolder: Path | None = None
+    labels_csv: Path | None = None
     fetch_settings: FetchSettings = FetchSettings()
     model_settings: ModelSettings = ModelSettings()
     executor: ExecutorSettings = ExecutorSettings()
@@ -104,7 +105,8 @@ class Dataset:
 
     @property
     def labels(self) -> list[str]:
-        """The manifest's class names (an ``imagefolder`` dataset's labels come from its subfolders)."""
+        """The manifest's class names (an ``imagefolder`` dataset's labels come from its subfolders, a
+        ``labels_csv`` dataset's from its CSV)."""
         return [c.name for c in self.classes]
 
 
@@ -156,8 +158,8 @@ _DATASET_SCALARS: dict[str, type | tuple[type, ...]] = {
     "allow_private_hosts": bool,
 }
 _DATASET_KEYS = set(_DATASET_SCALARS) | set(_SECTION_TYPES) | {"classes", "filters", "fetch", "model", "imagefolder",
-                                                                "executor"}
-_DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder", "executor"}  # top-level [executor] is the default
+                                                                "labels_csv", "executor"}
+_DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder", "labels_csv", "executor"}  # top-level [executor] is the default
 _CLASS_KEYS = {"queries", "urls", "folders", "endpoint"}
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -363,7 +365,16 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
             values.update(_section_values(cls, raw[k], f"{key}.{k}", problems))
         section_values[k] = values
     split = section_values["split"]
-    if not any(isinstance(t.get("split"), dict) and "test" in t["split"] for t in (raw, defaults)):
+
+    def written(share: str) -> bool:  # in the dataset's [split] or in [defaults.split]
+        return any(isinstance(t.get("split"), dict) and share in t["split"] for t in (raw, defaults))
+
+    if not written("train") and (written("valid") or written("test")):
+        # An omitted train fraction takes the rest: valid = 0.3 → train 0.7 (and test 0).
+        rest = round(1 - split.get("valid", SplitSettings.valid) - split.get("test", SplitSettings.test), 9)
+        if rest > 0:
+            split["train"] = rest
+    elif not written("test"):
         # An omitted test fraction takes the rest: train 0.7 + valid 0.2 → test 0.1.
         rest = round(1 - split.get("train", SplitSettings.train) - split.get("valid", SplitSettings.valid), 9)
         if rest > 0:
@@ -388,12 +399,20 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
             imagefolder = None
         else:
             imagefolder = root / imagefolder
+    labels_csv = raw.get("labels_csv")
+    if labels_csv is not None:
+        if not isinstance(labels_csv, str) or not labels_csv.strip():
+            problems.add(f"{key}.labels_csv", f"must be the path of a CSV file, not {labels_csv!r}")
+            labels_csv = None
+        else:
+            labels_csv = root / labels_csv
     classes_raw = raw.get("classes")
     classes: list[ClassSpec] = []
-    if classes_raw is None and imagefolder is not None:
-        pass  # labels (and splits) come from the folder's subfolders
+    if classes_raw is None and (imagefolder is not None or labels_csv is not None):
+        pass  # labels (and splits) come from the folder's subfolders or the CSV's rows
     elif classes_raw is None:
-        problems.add(f"{key}.classes", "missing — a dataset needs at least two classes (or an imagefolder)")
+        problems.add(f"{key}.classes", "missing — a dataset needs at least two classes (or an imagefolder, or a "
+                                       "labels_csv)")
     elif not isinstance(classes_raw, dict):
         problems.add(f"{key}.classes", f"must be a table, not {_type_name(classes_raw)}")
     else:
@@ -441,6 +460,7 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
         fetch=tables["fetch"],
         model=tables["model"],
         imagefolder=imagefolder,
+        labels_csv=labels_csv,
         fetch_settings=_settings(FetchSettings, fetch_values, f"{key}.fetch", later),
         model_settings=_settings(ModelSettings, model_values, f"{key}.model", later),
         executor=_parse_executor(raw["executor"], f"{key}.executor", executor, problems, later) if "executor" in raw

@@ -43,6 +43,8 @@ from dsbuild.manifest import Dataset, Manifest, label_problem
 from dsbuild.progress import LiveProgress, Progress, live_path
 from dsbuild.sources import SOURCE_REMOVED, SourceRun, folders, source_removed, web
 from dsbuild.sources.folders import imagefolder_layout
+from dsbuild.sources.labelcsv import read_labels_csv
+from dsbuild.sources.urls import read_url_list
 from dsbuild.split import leakage_note
 from dsbuild.store import sweep_temp_files
 
@@ -91,21 +93,35 @@ class BuildSummary:
 def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
     """Check everything that can be checked before taking the lock or writing anything."""
     problems: list[str] = []
+    url_lists: set[Path] = set()
     for ds in datasets:
         if ds.imagefolder is not None:
             key = f"datasets.{ds.name}.imagefolder"
             if not ds.imagefolder.is_dir():
                 problems.append(f"{key}: {ds.imagefolder} is not a folder")
             else:
-                layout = imagefolder_layout(ds.imagefolder)
-                labels = sorted({label for _, label, _ in layout})
-                if len(labels) < 2:
+                layout = imagefolder_layout(ds.imagefolder, ds.name)
+                labels = layout.labels
+                if layout.problem:
+                    problems.append(f"{key}: {layout.problem}")
+                elif len(labels) < 2:
                     problems.append(f"{key}: {ds.imagefolder} needs one subfolder per label (at least two), "
                                     "or <split>/<label>/ subfolders")
                 for label in labels:
                     why = label_problem(label)
                     if why:
                         problems.append(f"{key}: label folder {label!r} {why}")
+        if ds.labels_csv is not None:
+            key = f"datasets.{ds.name}.labels_csv"
+            try:
+                listed = read_labels_csv(ds.labels_csv, key=key)
+            except DsbuildError as exc:
+                problems.append(str(exc))
+            else:
+                labels = sorted(set(listed.labels) | set(ds.labels))
+                if len(labels) < 2:
+                    problems.append(f"{key}: {ds.labels_csv} names {len(labels)} label{'s' if len(labels) != 1 else ''}"
+                                    f"{' (' + labels[0] + ')' if labels else ''} — a dataset needs at least two classes")
         for cls in ds.classes:
             for folder in cls.folders:
                 if not folder.exists():
@@ -116,6 +132,12 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
             for url_file in cls.urls:
                 if not url_file.is_file():
                     problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {url_file} does not exist")
+                elif url_file not in url_lists:  # a CSV without a url column: before any folder is verified
+                    url_lists.add(url_file)
+                    try:
+                        read_url_list(url_file)
+                    except DsbuildError as exc:
+                        problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {exc}")
         if any(c.queries or c.urls for c in ds.classes):
             problems.extend(web.check_web_settings(ds))
         problems.extend(model_problems(ds))
@@ -426,8 +448,11 @@ def removed_sources(ds: Dataset, known: dict, current: set[str]) -> dict[str, st
         label = old.class_label
         if old.source == "folder" and not os.path.exists(str(old.origin)):
             out[iid] = "the file is no longer there"
-        elif label not in labels and (old.source != "folder" or ds.imagefolder is None):
+        elif label not in labels and (old.source != "folder" or (ds.imagefolder is None and ds.labels_csv is None)):
             out[iid] = f"class '{label}' is no longer in the manifest"
+        elif old.source == "folder" and ds.labels_csv is not None \
+                and str(old.origin).startswith(str(ds.labels_csv.parent.resolve()) + os.sep):
+            out[iid] = f"no longer listed in {ds.labels_csv.name} with label '{label}'"
         elif old.source == "folder":
             out[iid] = f"its folder is no longer a source of class '{label}'"
         elif old.source == "urls":
@@ -451,7 +476,8 @@ def set_aside_note(details: dict[str, str]) -> str:
 
 
 def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
-    """A line for each class of the manifest with no accepted image: a model would silently learn without it."""
+    """A line for each class of the manifest (and each class folder of its imagefolder, an empty one too, and each
+    label of its labels CSV) with no accepted image: a model would silently learn without it."""
     from dsbuild.render.values import counted
 
     by_label: dict[str, dict[str, int]] = {}
@@ -460,7 +486,12 @@ def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
         per[r.status] = per.get(r.status, 0) + int(r.n)
     notes = []
     reasons = cat.label_reject_counts(ds.name)
-    for label in ds.labels:
+    labels = list(ds.labels)
+    if ds.imagefolder is not None and ds.imagefolder.is_dir():  # its class folders, an empty one included
+        labels += [label for label in imagefolder_layout(ds.imagefolder, ds.name).labels if label not in labels]
+    if ds.labels_csv is not None and ds.labels_csv.is_file():  # every label it names, one whose rows were skipped too
+        labels += sorted(set(read_labels_csv(ds.labels_csv).labels) - set(labels))
+    for label in labels:
         per = by_label.get(label, {})
         if per.get("ok", 0):
             continue

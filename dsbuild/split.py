@@ -117,7 +117,8 @@ class SplitSettings:
     """Train/valid/test fractions and the seed of the split hash (manifest table ``[datasets.NAME.split]``).
 
     The fractions (defaults 0.8 / 0.2 / 0.0) must each be in [0, 1], with train > 0,
-    and add up to 1 (within 1e-6); the manifest gives an omitted ``test`` the rest.
+    and add up to 1 (within 1e-6); the manifest gives an omitted ``train`` the rest when it names ``valid`` or
+    ``test`` (``valid = 0.3`` → train 0.7), else an omitted ``test`` the rest.
     They apply to images whose source gives no split. ``seed`` (default 42) orders new
     images (:func:`split_order_key`). ``carve`` (default none): a :class:`Carve` (or its
     manifest table ``{ from = "train", valid = 0.2 }``) cutting a given split.
@@ -148,8 +149,12 @@ class SplitSettings:
             out.append(Problem("train", "must be greater than 0"))
         total = self.train + self.valid + self.test
         if abs(total - 1) > 1e-6:
+            rest = round(1 - self.valid - self.test, 6)
+            fix = (f"set train = {rest} (what valid {self.valid} and test {self.test} leave), or leave train out of "
+                   f"[split]: an omitted train takes the rest" if 0 < rest <= 1 else
+                   f"valid {self.valid} + test {self.test} leave train no share: lower them to add up to less than 1")
             out.append(Problem("", f"fractions must add up to 1 (train {self.train} + valid {self.valid} + "
-                                   f"test {self.test} = {round(total, 6)})"))
+                                   f"test {self.test} = {round(total, 6)}) — {fix}"))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             out.append(Problem("seed", f"must be an integer, not {self.seed!r}"))
         return out

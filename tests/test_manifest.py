@@ -69,7 +69,7 @@ BAD = [
      ["datasets: no dataset defined — add a [datasets.NAME] table with [datasets.NAME.classes]"]),
     ("datasets-str", 'datasets = "x"\n', ["datasets: must be a table of datasets, not a string"]),
     ("no-classes", '[datasets.d]\nengine = "bing"\n',
-     ["datasets.d.classes: missing — a dataset needs at least two classes (or an imagefolder)"]),
+     ["datasets.d.classes: missing — a dataset needs at least two classes (or an imagefolder, or a labels_csv)"]),
     ("one-class", '[datasets.d.classes]\na = "qa"\n', ["datasets.d.classes: needs at least two classes, found 1"]),
     ("zero-classes", "[datasets.d.classes]\n", ["datasets.d.classes: needs at least two classes, found 0"]),
     ("classes-str", '[datasets.d]\nclasses = "a, b"\n', ["datasets.d.classes: must be a table, not a string"]),
@@ -87,9 +87,14 @@ BAD = [
      ["datasets.d.classes.a.endpoint: must be a string, not an integer"]),
     # split fractions
     ("split-sum-above-1", "[datasets.d.split]\ntrain = 0.9\nvalid = 0.3\n" + TWO,
-     ["datasets.d.split: fractions must add up to 1 (train 0.9 + valid 0.3 + test 0.0 = 1.2)"]),
+     ["datasets.d.split: fractions must add up to 1 (train 0.9 + valid 0.3 + test 0.0 = 1.2) — set train = 0.7 "
+      "(what valid 0.3 and test 0.0 leave), or leave train out of [split]: an omitted train takes the rest"]),
     ("split-sum-below-1", "[datasets.d.split]\ntrain = 0.5\nvalid = 0.2\ntest = 0.1\n" + TWO,
-     ["datasets.d.split: fractions must add up to 1 (train 0.5 + valid 0.2 + test 0.1 = 0.8)"]),
+     ["datasets.d.split: fractions must add up to 1 (train 0.5 + valid 0.2 + test 0.1 = 0.8) — set train = 0.7 "
+      "(what valid 0.2 and test 0.1 leave), or leave train out of [split]: an omitted train takes the rest"]),
+    ("split-no-share-for-train", "[datasets.d.split]\nvalid = 0.6\ntest = 0.5\n" + TWO,
+     ["datasets.d.split: fractions must add up to 1 (train 0.8 + valid 0.6 + test 0.5 = 1.9) — valid 0.6 + test "
+      "0.5 leave train no share: lower them to add up to less than 1"]),
     ("split-negative", "[datasets.d.split]\ntrain = 1.2\nvalid = -0.2\n" + TWO,
      ["datasets.d.split.train: must be between 0 and 1, not 1.2", "datasets.d.split.valid: must be between 0 and 1, not -0.2"]),
     ("split-train-zero", "[datasets.d.split]\ntrain = 0.0\nvalid = 1.0\n" + TWO, ["datasets.d.split.train: must be greater than 0"]),
@@ -290,6 +295,19 @@ def test_label_problem(label: str, problem: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- good manifests
+
+
+@pytest.mark.parametrize("split, shares", [
+    ("valid = 0.3", (0.7, 0.3, 0.0)),                 # trial 5: "fractions must add up to 1 (… = 1.1)"
+    ("valid = 0.1", (0.9, 0.1, 0.0)),
+    ("test = 0.1", (0.7, 0.2, 0.1)),
+    ("valid = 0.15\ntest = 0.15", (0.7, 0.15, 0.15)),
+    ("train = 0.7\nvalid = 0.2", (0.7, 0.2, 0.1)),   # an omitted test still takes the rest when train is given
+    ("seed = 3", (0.8, 0.2, 0.0)),
+])
+def test_an_omitted_share_takes_the_rest(tmp_path: Path, split: str, shares: tuple[float, float, float]) -> None:
+    ds = load_manifest(write(tmp_path, f"[datasets.d.split]\n{split}\n" + TWO)).dataset("d")
+    assert (ds.split.train, ds.split.valid, ds.split.test) == pytest.approx(shares)
 
 
 def test_defaults_apply_and_datasets_override(tmp_path: Path) -> None:

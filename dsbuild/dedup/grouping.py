@@ -325,6 +325,8 @@ def source_places(origins, dataset: Dataset) -> list[str]:
     roots = [f for c in dataset.classes for f in c.folders]
     if dataset.imagefolder is not None:
         roots.append(dataset.imagefolder)
+    if dataset.labels_csv is not None:
+        roots.append(dataset.labels_csv.parent)
     bases = [str(Path(r).resolve()).rstrip(os.sep) + os.sep for r in roots]  # origins are resolved paths
     out = []
     for origin in origins:

@@ -2,6 +2,7 @@
 
 ==================  =============================================================
 folders.py          local folders and ImageFolder trees → verified items
+labelcsv.py         a CSV of local files, labels (and splits) → the files folders.py verifies
 urls.py             URL list files, :class:`~dsbuild.sources.urls.Link`, URL normalisation
 engines/            search engines that discover links (types, http, base, bing, icrawler)
 web.py              queries and URL lists → download (:mod:`dsbuild.fetch`) → verify → items
@@ -27,6 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from dsbuild.manifest import Dataset
     from dsbuild.progress import Progress
 
+
+SPLIT_NAMES = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid",
+               "test": "test", "testing": "test"}
+"""A split folder's name (an ``imagefolder``'s ``train/``) or a labels CSV's ``split`` value → the split it gives."""
 
 SOURCE_REMOVED = "source removed"
 """The ``reason`` of an item whose source the manifest no longer lists (a class, folder, query or URL taken out,

@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from dsbuild import formats
+from dsbuild.errors import DsbuildError
 from dsbuild.executor import VerifyJob, make_executor
 from dsbuild.manifest import Dataset
 from dsbuild.rows import blob_row, image_id_for, item_row
-from dsbuild.sources import SourceRun, source_removed
+from dsbuild.sources import SPLIT_NAMES, SourceRun, source_removed
+from dsbuild.sources.labelcsv import read_labels_csv
 
 
 @dataclass(frozen=True)
@@ -34,22 +37,134 @@ class FileSource:
     given_split: str | None = None
 
 
-SPLIT_FOLDERS = {"train": "train", "training": "train", "valid": "valid", "val": "valid", "validation": "valid",
-                 "test": "test", "testing": "test"}
+SPLIT_FOLDERS = SPLIT_NAMES
+NOT_DATA = {"__MACOSX"}
+"""Folder names that never hold a dataset's images: macOS's zip metadata (``__MACOSX/``, its files are ``._name``
+resource forks). Hidden folders (``.ipynb_checkpoints``, ``.git``) are skipped as every hidden name is."""
 
 
-def imagefolder_layout(root: Path) -> list[tuple[str | None, str, Path]]:
-    """``(split, label, folder)`` of an ImageFolder tree: ``root/<split>/<label>/`` or ``root/<label>/``.
+@dataclass(frozen=True)
+class Layout:
+    """How an ``imagefolder`` tree is read: ``folders`` as ``(split, label, folder)``; ``notes``: what was left out
+    and why, and class folders that carry a split's name (for the build's summary); ``problem``: why the tree
+    cannot be read as either layout (the build refuses it), or None."""
 
-    Split folder names ``train``/``valid``/``val``/``validation``/``test`` keep
-    their split (a dataset that arrives already split is never re-split, and
-    leakage between its splits is reported instead).
+    folders: tuple[tuple[str | None, str, Path], ...] = ()
+    notes: tuple[str, ...] = ()
+    problem: str | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({label for _, label, _ in self.folders})
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """Non-hidden subfolders of ``folder`` (``__MACOSX`` left out), sorted by name."""
+    try:
+        return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+                      and d.name not in NOT_DATA)
+    except OSError:
+        return []
+
+
+def _files(folder: Path) -> list[Path]:
+    """Non-hidden entries of ``folder`` that are not folders, sorted by name."""
+    try:
+        return sorted(f for f in folder.iterdir() if not f.name.startswith(".") and not f.is_dir())
+    except OSError:
+        return []
+
+
+def _holds_images(folder: Path, *, limit: int = 200) -> bool:
+    """Whether one of the first ``limit`` regular files under ``folder`` (recursively) is an image by its first bytes
+    (:func:`dsbuild.formats.sniff`: content, never a file name); nothing is decoded."""
+    for n, path in enumerate(walk(folder)):
+        if n >= limit:
+            return False
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                continue  # a FIFO would block an open
+            with open(path, "rb") as fh:
+                if formats.sniff(fh.read(formats.SNIFF_BYTES)).image:
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _files_text(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def _names(folders: list[Path]) -> str:
+    return ", ".join(f"{d.name}/" for d in folders)
+
+
+def imagefolder_layout(root: Path, dataset: str = "NAME") -> Layout:
+    """How the ImageFolder tree ``root`` is read: ``root/<split>/<label>/`` or ``root/<label>/``.
+
+    Split folder names ``train``/``training``, ``valid``/``val``/``validation``, ``test``/``testing`` keep
+    their split (a dataset that arrives already split is never re-split, and leakage between its splits is
+    reported instead). The tree is split when a split folder holds class folders; then every other folder
+    beside the split folders (fastai's ``models/``, a ``__MACOSX/``) is skipped and named in a note, and so
+    is a split folder that holds images but no class folders (fastai's unlabeled ``test/``) — unless one of
+    those other folders holds images: then the tree is neither layout and :attr:`Layout.problem` says what to
+    do. Without a split folder of class folders, every subfolder is a class, and a class folder named like a
+    split (``train/`` holding images) is named in a note. Hidden folders are skipped silently.
     """
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if subdirs and all(d.name.lower() in SPLIT_FOLDERS for d in subdirs):
-        return [(SPLIT_FOLDERS[d.name.lower()], c.name, c) for d in subdirs
-                for c in sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith("."))]
-    return [(None, d.name, d) for d in subdirs]
+    notes: list[str] = []
+    try:
+        macosx = [d for d in root.iterdir() if d.is_dir() and d.name in NOT_DATA]
+    except OSError:
+        macosx = []
+    if macosx:
+        notes.append("__MACOSX/ skipped — it holds macOS's zip metadata, not images")
+    subdirs = _subfolders(root)
+    named = [d for d in subdirs if d.name.lower() in SPLIT_FOLDERS]
+    others = [d for d in subdirs if d.name.lower() not in SPLIT_FOLDERS]
+    labelled = [d for d in named if _subfolders(d)]
+    if not named:
+        return Layout(tuple((None, d.name, d) for d in subdirs), tuple(notes))
+    if not labelled:
+        if not others:
+            return Layout((), tuple(notes), problem=(
+                f"{_names(named)} {'is a split folder' if len(named) == 1 else 'are split folders'} with no class "
+                f"folders inside — put each class's images in <split>/<class>/ (e.g. {named[0].name}/cat/), or, if "
+                f"{'it is a class' if len(named) == 1 else 'they are classes'}, list the classes under "
+                f"[datasets.{dataset}.classes] with folders = [\"…\"] instead of imagefolder"))
+        for d in named:
+            notes.append(f"class '{d.name}' has the name of a split folder: {d.name}/ holds no class "
+                         f"folders, so it is read as the class '{d.name}' (DIR/<class>/…) — if it is the "
+                         f"{SPLIT_FOLDERS[d.name.lower()]} split, put its images in {d.name}/<class>/ folders")
+        return Layout(tuple((None, d.name, d) for d in subdirs), tuple(notes))
+    with_images = [d for d in others if _holds_images(d)]
+    if with_images:
+        return Layout((), tuple(notes), problem=(
+            f"{root} holds split folders with class folders ({_names(labelled)}) and folders of images that are not "
+            f"split folders ({_names(with_images)}): it is neither DIR/<split>/<class>/… nor DIR/<class>/… — if it is "
+            f"split, move {_names(with_images)} into a split folder (as <split>/<class>/) or out of {root.name}/; if "
+            f"{_names(labelled)} {'is a class' if len(labelled) == 1 else 'are classes'}, list the classes under "
+            f"[datasets.{dataset}.classes] with folders = [\"…\"] instead of imagefolder"))
+    if others:
+        one = len(others) == 1
+        notes.append(f"{_names(others)} {'is not a split folder' if one else 'are not split folders'} "
+                     f"(train, valid, test): skipped — {'it holds' if one else 'they hold'} no images, and a tree "
+                     f"with split folders is read as <split>/<class>/…")
+    folders: list[tuple[str | None, str, Path]] = []
+    for d in named:
+        split = SPLIT_FOLDERS[d.name.lower()]
+        files = _files(d)
+        if d not in labelled:
+            if files:
+                notes.append(f"{d.name}/ holds {_files_text(len(files))} but no class folders (an "
+                             f"unlabeled {split} set, as fastai's test/): skipped — only labelled images are imported; "
+                             f"put them in {d.name}/<class>/ to import them as the {split} split")
+            continue
+        if files:
+            notes.append(f"{d.name}/ holds {_files_text(len(files))} beside its class folders "
+                         f"(e.g. {files[0].name}): skipped — only {d.name}/<class>/… is read")
+        folders += [(split, c.name, c) for c in _subfolders(d)]
+    return Layout(tuple(folders), tuple(notes))
 
 
 @dataclass
@@ -162,18 +277,36 @@ def _link(path: Path) -> str:
         return str(path)
 
 
-def scan_folders(ds: Dataset, skipped: Skipped | None = None) -> list[FileSource]:
-    """Every file of the dataset's class folders and imagefolder tree, with its label (and given split).
+def scan_folders(ds: Dataset, skipped: Skipped | None = None, notes: list[str] | None = None) -> list[FileSource]:
+    """Every file of the dataset's labels CSV, class folders and imagefolder tree, with its label (and given split).
 
     A file's ``path`` is its own path in its class folder: the folder resolved, then the file's path under it
     as listed — a symlinked file keeps the link's path and name (its origin), not its target's, so that two
     classes linking one file are two sources. ``size``/``mtime_ns`` are the target's. What the walk skipped
-    (broken links, loops) is counted in ``skipped`` (:func:`walk`).
+    (broken links, loops) is counted in ``skipped`` (:func:`walk`); what the imagefolder's layout left out is
+    said in ``notes`` (:func:`imagefolder_layout`).
     """
     folders: list[tuple[str | None, str, Path]] = [(None, c.name, f) for c in ds.classes for f in c.folders]
     if ds.imagefolder is not None:
-        folders += imagefolder_layout(ds.imagefolder)
+        layout = imagefolder_layout(ds.imagefolder, ds.name)
+        if layout.problem:  # the build's preflight refuses it first; this guards any other caller
+            raise DsbuildError(f"datasets.{ds.name}.imagefolder: {layout.problem}", exit_code=2)
+        folders += layout.folders
+        if notes is not None:
+            notes.extend(layout.notes)
     out: list[FileSource] = []
+    if ds.labels_csv is not None:
+        listed = read_labels_csv(ds.labels_csv, key=f"datasets.{ds.name}.labels_csv")
+        if notes is not None:
+            notes.extend(listed.notes())
+        for row in listed.rows:
+            try:
+                st = row.path.stat()
+            except OSError:
+                if skipped is not None:
+                    skipped.add("unreadable", str(row.path))
+                continue
+            out.append(FileSource(row.label, row.path, st.st_size, st.st_mtime_ns, row.split))
     for split, label, folder in folders:
         base = folder.resolve()
         for path in walk(folder, skipped):
@@ -198,8 +331,9 @@ def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now
     """
     ds, sink = run.dataset, run.sink
     skipped = Skipped()
-    files = scan_folders(ds, skipped)
-    for line in skipped.notes():
+    layout_notes: list[str] = []
+    files = scan_folders(ds, skipped, layout_notes)
+    for line in layout_notes + skipped.notes():
         sink.note(line)
     jobs: list[VerifyJob] = []
     meta: dict[str, FileSource] = {}

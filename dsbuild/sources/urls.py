@@ -217,9 +217,12 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
             return [], problems
         header = [c.strip().lower() for c in next(csv.reader([lines[0][1]]))]
         if "url" not in header:
+            local = [c for c in header if c in ("file", "fname", "filename", "name", "path", "image")]
+            fix = (f"it lists local files ({local[0]} column): give it as labels_csv = \"…/{path.name}\" in the "
+                   f"dataset's table instead of urls (file paths relative to the CSV's folder, one label column, "
+                   f"optional split or is_valid)" if local else "the first row must be a header such as url,label")
             raise DsbuildError(
-                f"URL list {path} line {lines[0][0]}: CSV header {lines[0][1].strip()!r} has no 'url' column — "
-                f"the first row must be a header such as url,label"
+                f"URL list {path} line {lines[0][0]}: CSV header {lines[0][1].strip()!r} has no 'url' column — {fix}"
             )
         url_col = header.index("url")
         label_col = header.index("label") if "label" in header else None

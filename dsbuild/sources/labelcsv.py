@@ -1,0 +1,151 @@
+"""The ``labels_csv`` source: local image files listed in a CSV with their labels (and splits).
+
+The layout of an existing dataset besides class folders: a folder of images and a ``labels.csv`` such as
+``file,label`` or fastai's ``fname,label`` / ``name,label``, with an optional ``split`` column
+(``train``/``valid``/``test`` and the split folders' other names) or fastai's ``is_valid`` (true → valid,
+false → train). Paths are relative to the CSV's folder and may not leave it. Each listed file becomes a
+:class:`~dsbuild.sources.folders.FileSource` and is verified exactly as a file of a class folder (sniffed,
+allow-listed). A row that cannot be used (no such file, a path outside the folder, no label, an unknown
+split) is skipped and named with its line number; a CSV without a file or a label column is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsbuild.errors import DsbuildError
+from dsbuild.manifest import label_problem
+from dsbuild.sources import SPLIT_NAMES
+
+FILE_COLUMNS = ("file", "fname", "filename", "name", "path", "image")
+LABEL_COLUMNS = ("label", "class")
+IS_VALID = {"true": "valid", "1": "valid", "yes": "valid", "false": "train", "0": "train", "no": "train"}
+SHOWN_PROBLEMS = 20  # per CSV; the rest are counted
+
+
+@dataclass(frozen=True)
+class Row:
+    """One usable row: its line number, the file's path (the CSV's folder resolved, then the path as written,
+    normalised), its label and the split the CSV gives (or None)."""
+
+    line: int
+    path: Path
+    label: str
+    split: str | None
+
+
+@dataclass
+class LabelsCsv:
+    rows: list[Row] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    labels: set[str] = field(default_factory=set)  # every label the CSV names, a skipped row's too
+
+    def notes(self) -> list[str]:
+        """The problems for the build's summary: the first :data:`SHOWN_PROBLEMS`, then how many more."""
+        shown = self.problems[:SHOWN_PROBLEMS]
+        more = len(self.problems) - len(shown)
+        return shown + ([f"… and {more} more rows skipped"] if more else [])
+
+
+def _column(header: list[str], names: tuple[str, ...]) -> int | None:
+    for name in names:
+        if name in header:
+            return header.index(name)
+    return None
+
+
+def read_labels_csv(path: Path, *, key: str = "labels_csv") -> LabelsCsv:
+    """The rows of the labels CSV at ``path``; raises DsbuildError (naming ``key``, the manifest's key) when it
+    cannot be read or has no file or label column. A row's file is looked up (it must be a file under the CSV's
+    folder) but not opened: verification opens it."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise DsbuildError(f"{key}: {path} does not exist", exit_code=2) from None
+    except IsADirectoryError:
+        raise DsbuildError(f"{key}: {path} is a folder — give the CSV file that lists the images "
+                           "(or use imagefolder for a folder of class folders)", exit_code=2) from None
+    except UnicodeDecodeError as err:
+        raise DsbuildError(f"{key}: {path} is not UTF-8 text (byte {err.start}) — save it as UTF-8", exit_code=2) from None
+    except OSError as err:
+        raise DsbuildError(f"{key}: cannot read {path}: {err.strerror or err}", exit_code=2) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [c.strip().lower() for c in next(reader)]
+    except StopIteration:
+        raise DsbuildError(f"{key}: {path} is empty — its first row must be a header such as file,label", exit_code=2) \
+            from None
+    except csv.Error as err:
+        raise DsbuildError(f"{key}: {path} line 1: not a valid CSV row ({err})", exit_code=2) from None
+    file_col, label_col = _column(header, FILE_COLUMNS), _column(header, LABEL_COLUMNS)
+    split_col = header.index("split") if "split" in header else None
+    valid_col = header.index("is_valid") if split_col is None and "is_valid" in header else None
+    if file_col is None or label_col is None:
+        missing = " and no ".join(f"{what} column ({', '.join(names)})" for what, names, col in
+                               (("file", FILE_COLUMNS, file_col), ("label", LABEL_COLUMNS, label_col)) if col is None)
+        raise DsbuildError(f"{key}: {path} line 1: header {','.join(header)!r} has no {missing} — the first row must "
+                           "be a header such as file,label (optional: split or is_valid)", exit_code=2)
+    base = path.parent.resolve()
+    out = LabelsCsv()
+    name = path.name
+    first: dict[tuple[str, str], int] = {}  # (path, label) → the line that listed it first
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            out.problems.append(f"{name} line {reader.line_num}: not a valid CSV row ({err}) — skipped")
+            continue
+        line = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        cell = lambda col: cells[col].strip() if col is not None and col < len(cells) else ""  # noqa: E731
+        written, label = cell(file_col), cell(label_col)
+        if label:
+            out.labels.add(label)
+        if not written:
+            out.problems.append(f"{name} line {line}: no file — skipped")
+            continue
+        if not label:
+            out.problems.append(f"{name} line {line}: {written!r} has no label — skipped")
+            continue
+        why = label_problem(label)
+        if why:
+            out.problems.append(f"{name} line {line}: label {label!r} {why} — skipped")
+            continue
+        split = None
+        if split_col is not None and cell(split_col):
+            split = SPLIT_NAMES.get(cell(split_col).lower())
+            if split is None:
+                out.problems.append(f"{name} line {line}: split {cell(split_col)!r} is not train, valid or test — "
+                                    "skipped")
+                continue
+        elif valid_col is not None and cell(valid_col):
+            split = IS_VALID.get(cell(valid_col).lower())
+            if split is None:
+                out.problems.append(f"{name} line {line}: is_valid {cell(valid_col)!r} is not true or false — skipped")
+                continue
+        rel = os.path.normpath(written.replace("\\", "/"))
+        if os.path.isabs(rel) or rel == ".." or rel.startswith("../"):
+            out.problems.append(f"{name} line {line}: {written!r} is outside {base} — skipped: paths are relative to "
+                                f"the folder that holds {name}, and stay in it")
+            continue
+        file = base / rel
+        if not file.exists():
+            out.problems.append(f"{name} line {line}: {written!r} does not exist in {base} — skipped")
+            continue
+        if file.is_dir():
+            out.problems.append(f"{name} line {line}: {written!r} is a folder, not a file — skipped")
+            continue
+        if (rel, label) in first:
+            out.problems.append(f"{name} line {line}: {written!r} is listed again with label {label!r} (first on "
+                                f"line {first[rel, label]}) — skipped")
+            continue
+        first[rel, label] = line
+        out.rows.append(Row(line, file, label, split))
+    return out

@@ -1,0 +1,201 @@
+"""How an ``imagefolder`` tree is read when it holds more than split or class folders (trial 5, finding 1).
+
+The trees are what users bring: a folder fastai trained in (``models/``, ``export.pkl``, an unlabeled
+``test/``), a zip unpacked on a Mac (``__MACOSX/``), a notebook's ``.ipynb_checkpoints/``, a ``labels.csv``
+beside the class folders, an empty class folder — and a class that is literally called ``train``. Images are
+real photos (``skimage.data`` quadrants written by PIL); builds run through the CLI into a real catalog.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from helpers import photo_quadrant, run_cli, sql
+
+pytestmark = pytest.mark.usefixtures("wide_terminal")  # rich tables in captured output keep whole words
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "clock")
+
+
+def save(img: Image.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def photos(folder: Path, name: str, ks: range) -> None:
+    """Quadrants ``ks`` of photo ``name`` as PNGs in ``folder`` (distinct pictures, no near duplicates)."""
+    for k in ks:
+        save(photo_quadrant(name, k, 96), folder / f"{name}-{k}.png")
+
+
+def manifest(tmp_path: Path, tree: str = "tree") -> Path:
+    path = tmp_path / "datasets.toml"
+    path.write_text(textwrap.dedent(f"""\
+        [datasets.pets]
+        imagefolder = "{tree}"
+        [datasets.pets.dedup]
+        semantic = false                  # the layout is the subject: no embedding model
+        """))
+    return path
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_split_tree_with_fastai_leftovers_keeps_its_splits_and_names_what_it_skipped(tmp_path: Path, capsys) -> None:
+    tree = tmp_path / "tree"
+    photos(tree / "train" / "cat", "chelsea", range(0, 3))
+    photos(tree / "train" / "dog", "astronaut", range(0, 3))
+    photos(tree / "valid" / "cat", "coffee", range(0, 2))
+    photos(tree / "valid" / "dog", "rocket", range(0, 2))
+    (tree / "train" / "horse").mkdir()                                     # an empty class folder
+    (tree / "train" / "labels.csv").write_text("file,label\n")             # a file beside the class folders
+    photos(tree / "test", "camera", range(0, 2))                           # fastai's unlabeled test set
+    (tree / "models").mkdir()
+    (tree / "models" / "model.pth").write_bytes(b"\x80\x02weights" * 100)  # learn.save()
+    (tree / "export.pkl").write_bytes(b"\x80\x04pickle")                   # learn.export(): a file, not a folder
+    photos(tree / "__MACOSX" / "train", "clock", range(0, 1))              # a zip unpacked on a Mac
+    photos(tree / ".ipynb_checkpoints", "clock", range(1, 2))
+    m = manifest(tmp_path)
+
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    said = flat(out)
+    assert ("pets: models/ is not a split folder (train, valid, test): skipped — it holds no images, and a tree "
+            "with split folders is read as <split>/<class>/…") in said, out
+    assert ("pets: test/ holds 2 files but no class folders (an unlabeled test set, as fastai's test/): skipped — "
+            "only labelled images are imported; put them in test/<class>/ to import them as the test split") in said
+    assert ("pets: train/ holds 1 file beside its class folders (e.g. labels.csv): skipped — only train/<class>/… "
+            "is read") in said
+    assert "pets: __MACOSX/ skipped — it holds macOS's zip metadata, not images" in said
+    # The empty class folder is named (trial 5: README's "names every class left with no accepted image").
+    assert ("pets: class 'horse' has no images (its sources are empty) — add images or remove the class") in said
+
+    rows = sql(m, "select label, split, status, count(*) from images where dataset = 'pets' group by all order by all")
+    assert rows == [("cat", "train", "ok", 3), ("cat", "valid", "ok", 2),
+                    ("dog", "train", "ok", 3), ("dog", "valid", "ok", 2)]  # never labels 'train', 'valid', 'models'
+
+
+def test_a_class_named_train_in_a_class_tree_is_a_class_and_the_build_says_so(tmp_path: Path, capsys) -> None:
+    tree = tmp_path / "tree"
+    photos(tree / "bus", "rocket", range(0, 2))
+    photos(tree / "car", "camera", range(0, 2))
+    photos(tree / "train", "clock", range(0, 2))  # a class of vehicles, images directly inside
+    m = manifest(tmp_path)
+
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    assert ("pets: class 'train' has the name of a split folder: train/ holds no class folders, so it is read as "
+            "the class 'train' (DIR/<class>/…) — if it is the train split, put its images in train/<class>/ "
+            "folders") in flat(out), out
+    labels = sql(m, "select distinct label from images where dataset = 'pets' and status = 'ok' order by 1")
+    assert labels == [("bus",), ("car",), ("train",)]
+
+
+def test_split_folders_beside_folders_of_images_are_refused_with_what_to_do(tmp_path: Path, capsys) -> None:
+    tree = tmp_path / "tree"
+    photos(tree / "train" / "steam", "clock", range(0, 2))  # a class 'train' with subfolders, or a split?
+    photos(tree / "train" / "electric", "camera", range(0, 2))
+    photos(tree / "bus", "rocket", range(0, 2))
+    photos(tree / "car", "coffee", range(0, 2))
+    m = manifest(tmp_path)
+
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 2, out
+    assert (f"datasets.pets.imagefolder: {tree} holds split folders with class folders (train/) and folders of "
+            f"images that are not split folders (bus/, car/): it is neither DIR/<split>/<class>/… nor "
+            f"DIR/<class>/… — if it is split, move bus/, car/ into a split folder (as <split>/<class>/) or out of "
+            f"tree/; if train/ is a class, list the classes under [datasets.pets.classes] with folders = [\"…\"] "
+            f"instead of imagefolder") in flat(err), err
+    assert not (tmp_path / "catalog" / "dsbuild.duckdb").exists()  # refused before anything is written
+
+
+def test_split_folders_without_class_folders_are_refused(tmp_path: Path, capsys) -> None:
+    tree = tmp_path / "tree"
+    photos(tree / "train", "clock", range(0, 2))
+    photos(tree / "valid", "camera", range(0, 2))
+    m = manifest(tmp_path)
+
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 2, out
+    assert ("datasets.pets.imagefolder: train/, valid/ are split folders with no class folders inside — put each "
+            "class's images in <split>/<class>/ (e.g. train/cat/), or, if they are classes, list the classes under "
+            "[datasets.pets.classes] with folders = [\"…\"] instead of imagefolder") in flat(err), err
+
+
+def test_an_empty_class_folder_is_named_by_the_build(tmp_path: Path, capsys) -> None:
+    tree = tmp_path / "tree"
+    photos(tree / "cat", "chelsea", range(0, 2))
+    photos(tree / "dog", "astronaut", range(0, 2))
+    (tree / "horse").mkdir()
+    (tree / "horse" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden: skipped, the folder holds no image
+    m = manifest(tmp_path)
+
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    assert "pets: class 'horse' has no images (its sources are empty) — add images or remove the class" in flat(out), out
+
+
+# --------------------------------------------------------------------------- a flat folder and a labels CSV
+
+
+def test_labels_csv_imports_local_files_with_their_splits_and_names_each_bad_row(tmp_path: Path, capsys) -> None:
+    flat_dir = tmp_path / "data"
+    photos(flat_dir / "imgs", "chelsea", range(0, 4))
+    photos(flat_dir / "imgs", "astronaut", range(0, 4))
+    (flat_dir / "imgs" / "fake.jpg").write_text("not a picture at all\n")
+    photos(tmp_path, "clock", range(0, 1))  # beside the CSV's folder: a row may not reach it
+    rows = ["fname,label,is_valid"]
+    rows += [f"imgs/chelsea-{k}.png,cat,{k == 3}" for k in range(4)]
+    rows += [f"imgs/astronaut-{k}.png,dog,{'True' if k == 3 else 'False'}" for k in range(4)]
+    rows += ["imgs/fake.jpg,cat,False", "imgs/gone.png,dog,False", "../clock-0.png,dog,False",
+             "imgs/chelsea-0.png,cat,maybe", "imgs/chelsea-1.png,,False"]
+    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    said = flat(out)
+    base = flat_dir.resolve()
+    for line in (f"labels.csv line 11: 'imgs/gone.png' does not exist in {base} — skipped",
+                 f"labels.csv line 12: '../clock-0.png' is outside {base} — skipped: paths are relative to the folder "
+                 "that holds labels.csv, and stay in it",
+                 "labels.csv line 13: is_valid 'maybe' is not true or false — skipped",
+                 "labels.csv line 14: 'imgs/chelsea-1.png' has no label — skipped"):
+        assert f"flat: {line}" in said, (line, out)
+    got = sql(m, "select label, split, status, count(*) from images where dataset = 'flat' group by all order by all")
+    assert got == [("cat", "train", "ok", 3), ("cat", "valid", "ok", 1),
+                   ("cat", None, "rejected", 1),  # fake.jpg: opened through the same sniffing as every file
+                   ("dog", "train", "ok", 3), ("dog", "valid", "ok", 1)]
+    (origin,) = sql(m, "select origin from images where dataset = 'flat' and status = 'rejected'")[0]
+    assert origin == str(base / "imgs" / "fake.jpg")
+
+
+def test_labels_csv_without_a_file_column_is_refused_by_name(tmp_path: Path, capsys) -> None:
+    (tmp_path / "labels.csv").write_text("img,label\na.png,cat\nb.png,dog\n")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "labels.csv"\n')
+    code, out, err = run_cli(capsys, m, "build")
+    assert code == 2, out
+    assert (f"datasets.flat.labels_csv: {tmp_path / 'labels.csv'} line 1: header 'img,label' has no file column "
+            "(file, fname, filename, name, path, image) — the first row must be a header such as file,label "
+            "(optional: split or is_valid)") in flat(err), err
+
+
+def test_a_url_list_of_local_files_says_to_use_labels_csv(tmp_path: Path, capsys) -> None:
+    (tmp_path / "labels.csv").write_text("file,label\nimg1.jpg,cat\nimg2.jpg,dog\n")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat.classes]\ncat = { urls = "labels.csv" }\ndog = { urls = "labels.csv" }\n')
+    code, out, err = run_cli(capsys, m, "build", "-q")
+    assert code == 2, out  # refused before the build starts (trial 5: after every folder had been verified)
+    assert (f"datasets.flat.classes.cat.urls: URL list {tmp_path / 'labels.csv'} line 1: CSV header 'file,label' has no 'url' column — it lists "
+            "local files (file column): give it as labels_csv = \"…/labels.csv\" in the dataset's table instead of "
+            "urls (file paths relative to the CSV's folder, one label column, optional split or is_valid)") \
+        in flat(err), err
