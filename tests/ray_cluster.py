@@ -129,12 +129,14 @@ class LocalRayCluster:
     def wait_for_nodes(self, n: int, timeout: float = 120) -> None:
         """Wait until ``n`` nodes are alive in the cluster (asked in a separate process: no ray.init here)."""
         code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
-                "print(sum(1 for n in ray.nodes() if n['Alive']))")
+                "print('alive nodes:', sum(1 for n in ray.nodes() if n['Alive'])))")
         deadline = time.monotonic() + timeout
         while True:
             out = subprocess.run([sys.executable, "-c", code, self.address], env=self.env, capture_output=True,
                                  text=True, timeout=timeout)
-            alive = int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else -1
+            # Ray writes its own warnings to stdout too ("(2) raylet has lagging heartbeats …" on a loaded machine)
+            counts = [int(line.split(":")[1]) for line in out.stdout.splitlines() if line.startswith("alive nodes: ")]
+            alive = counts[-1] if out.returncode == 0 and counts else -1
             if alive >= n:
                 return
             if time.monotonic() > deadline:
