@@ -62,7 +62,9 @@ class DedupSettings:
       hold ≥ ``detail_confirm_side`` px of detail are detail-checked from this cosine up, below
       ``similarity``: a copy cropped off centre from a 32-px photo and resized back is missed by the
       hash views (central crops) by 12–36 bits and moves its embedding to cosine 0.6–0.85 from its
-      original, while it keeps its fine detail (0.94–0.98); ``similarity`` or more: off.
+      original, while it keeps its fine detail (0.94–0.98); ``similarity`` or more: off. Off by
+      default (bench/dup_semantic.py ``--detail-similarity``, 2026-12-01: at 0.6–0.7 the easy set's
+      watermarked copies gain 10 false pairs and the links cost 12–29 ms per CIFAR image against 0.6).
       ``outlier_k`` (default 60) neighbours give cleanlab's ``outlier_score``.
 
     ``group_warning`` (default 0.2): the build and ``status`` warn when more than this share
