@@ -169,8 +169,9 @@ def star_groups(n: int, links: np.ndarray, pixels: np.ndarray, keys: list[str]) 
     return rep
 
 
-def run_rules(s: dict) -> dict[str, np.ndarray]:
-    """Representative per item (n,) for each rule of :data:`RULES`."""
+def run_rules(s: dict, extra: dict[str, DedupSettings] | None = None) -> dict[str, np.ndarray]:
+    """Representative per item (n,) for each rule of :data:`RULES`, and of ``extra`` (name → settings, with the
+    kNN check), each timed as "links: NAME"."""
     n = len(s["phash"])
     idx = np.flatnonzero(s["usable"])
     p = find_pairs(s["phash"][idx], DEFAULT.threshold)
@@ -181,13 +182,14 @@ def run_rules(s: dict) -> dict[str, np.ndarray]:
         "views+confirm": (DEFAULT, False),
         "no detail check": (dataclasses.replace(DEFAULT, detail_confirm=0.0), True),
         "default": (DEFAULT, True),
+        **{name: (st, True) for name, st in (extra or {}).items()},
     }
     for name, (settings, knn) in variants.items():
         c0 = cpu()
         links = neardup.near_links(s["phash"], s["usable"], settings, views=s["views"], eff_side=s["eff"],
                                    emb=s["emb"] if settings.semantic else None, thumb=s["thumb"] if knn else None)
         out[name] = star_groups(n, links.rows(), s["pixels"], s["sha"])
-        if name in ("no detail check", "default"):
+        if name in ("no detail check", "default") or name in (extra or {}):
             s["timing"][f"links: {name}"] = (cpu() - c0) / n
     return out
 
@@ -259,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--time-sample", type=int, default=256)
     ap.add_argument("--sets", default="hard,easy,digits48,digits48nearest,cifar5k")
+    ap.add_argument("--detail-similarity", default="", help="comma-separated cosines: each adds a rule, the defaults "
+                    "with dedup.detail_similarity at that value (beside today's in the same run)")
     args = ap.parse_args(argv)
     import torch
 
@@ -269,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
           f"defaults: {DEFAULT.embed_arch} @ {DEFAULT.embed_size} px, views {DEFAULT.view_threshold}/{DEFAULT.crop_threshold} "
           f"bits, confirm {list(DEFAULT.confirm)} below {list(DEFAULT.confirm_sides)} px, kNN ≥ {DEFAULT.similarity}")
     sets = args.sets.split(",") + (["cifar50k"] if args.cifar50k else [])
+    extra = {f"detail kNN ≥ {v}": dataclasses.replace(DEFAULT, detail_similarity=float(v))
+             for v in args.detail_similarity.split(",") if v}
+    rules = RULES + tuple(extra)
     timings: dict[str, dict] = {}
     for name in sets:
         t0, c0 = time.perf_counter(), cpu()
@@ -287,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             datas, labels = cifar_files(args.cifar50k)
         s = signals(datas, cache_dir=args.cache, threads=args.threads, time_sample=args.time_sample, verify=verify)
         c1 = cpu()
-        reps = run_rules(s)
+        reps = run_rules(s, extra)
         s["timing"]["rules, all six (per image)"] = (cpu() - c1) / len(datas)
         timings[name] = s["timing"]
         print(f"\n== {name}: {len(datas)} files — {time.perf_counter() - t0:.0f} s wall, {cpu() - c0:.0f} CPU s, "
@@ -295,24 +302,31 @@ def main(argv: list[str] | None = None) -> None:
         if name in ("hard", "easy", "extra"):
             pics, variants = ps.pictures, ps.variants
             truth = ph.truth(ps)
-            scores = {r: score_planted(reps[r], pics, variants, truth) for r in RULES}
-            vs = sorted(set(scores[RULES[0]]["per"]))  # copies with their original in the set (none in extra)
-            print(f"{'copy (recall / false pairs)':<26}" + "".join(f"{r:>22}" for r in RULES))
+            scores = {r: score_planted(reps[r], pics, variants, truth) for r in rules}
+            vs = sorted(set(scores[rules[0]]["per"]))  # copies with their original in the set (none in extra)
+            print(f"{'copy (recall / false pairs)':<26}" + "".join(f"{r:>22}" for r in rules))
             for v in vs:
-                print(f"{v:<26}" + "".join(f"{scores[r]['per'][v][0]:>15.3f} / {scores[r]['per'][v][1]:<4}" for r in RULES))
-            print(f"{'pairs P / R':<26}" + "".join(f"{scores[r]['P']:>14.3f} / {scores[r]['R']:.3f}" for r in RULES))
+                print(f"{v:<26}" + "".join(f"{scores[r]['per'][v][0]:>15.3f} / {scores[r]['per'][v][1]:<4}" for r in rules))
+            print(f"{'pairs P / R':<26}" + "".join(f"{scores[r]['P']:>14.3f} / {scores[r]['R']:.3f}" for r in rules))
             kinds = ps.kinds
-            print(f"{'copies grouped, by kind':<26}" + "".join(f"{r:>22}" for r in RULES))
+            print(f"{'copies grouped, by kind':<26}" + "".join(f"{r:>22}" for r in rules))
             for k in ("photo", "quadrant", "stereo", "cifar256", "cifar32"):
                 orig = {p: i for i, (p, v) in enumerate(zip(pics, variants)) if v == "orig"}
                 ii = np.array([i for i in range(len(pics)) if kinds[i] == k and variants[i] != "orig" and pics[i] in orig])
                 if not len(ii):
                     continue
                 o = np.array([orig[pics[i]] for i in ii])
-                print(f"{k:<26}" + "".join(f"{float(np.mean(reps[r][ii] == reps[r][o])):>22.3f}" for r in RULES))
+                print(f"{k:<26}" + "".join(f"{float(np.mean(reps[r][ii] == reps[r][o])):>22.3f}" for r in rules))
+            orig = {p: i for i, (p, v) in enumerate(zip(pics, variants)) if v == "orig"}
+            print(f"{'32-px CIFAR copies, by copy':<26}" + "".join(f"{r:>22}" for r in rules))
+            for v in vs:
+                ii = np.array([i for i in range(len(pics)) if kinds[i] == "cifar32" and variants[i] == v and pics[i] in orig])
+                if len(ii):
+                    o = np.array([orig[pics[i]] for i in ii])
+                    print(f"{v:<26}" + "".join(f"{float(np.mean(reps[r][ii] == reps[r][o])):>22.3f}" for r in rules))
         else:
             print(f"{'rule':<22}{'near-dup images':>16}{'%':>8}{'exact':>7}{'groups':>8}{'mixed-label groups':>20}{'largest':>9}")
-            for r in RULES:
+            for r in rules:
                 sc = score_small(reps[r], labels, s)
                 print(f"{r:<22}{sc['dups']:>16,}{100 * sc['dups'] / len(datas):>8.2f}{sc['exact']:>7}{sc['groups']:>8}"
                       f"{sc['mixed']:>20}{sc['largest']:>9}")

@@ -14,7 +14,8 @@ photo it was cut from: whether that is a "duplicate" is a matter of taste).
 Hard copies (:data:`HARD`): central crops keeping 90/80/70 % of width and height,
 horizontal mirror, 90° rotation, grayscale, aspect squeeze to 80 % width, a strong
 colour shift (warm filter: R ×1.25, B ×0.75, saturation ×1.4, contrast ×1.2), JPEG q 40,
-downscale to 50 %. Easy copies (:data:`EASY`): the 12 of bench/dup_quality.py.
+downscale to 50 %, and an ~84 % crop slightly off centre resized back to the original size
+(:func:`offcentre_crop_resized`: a 32-px photo's 27 × 26 px, as trial 5 found missed). Easy copies (:data:`EASY`): the 12 of bench/dup_quality.py.
 
 Hard negatives (pictures of their own, with their own copies, unless said):
 
@@ -164,6 +165,7 @@ def _hard() -> dict[str, Callable]:
         "colour": lambda im: _png(colour_shift(im)),
         "jpeg40": lambda im: _jpg(im, 40),
         "resize50": lambda im: _png(_resize(im, 0.5)),
+        "crop84_off_resized": lambda im: _jpg(offcentre_crop_resized(im), 95),
     }
 
 
@@ -174,6 +176,17 @@ def offcentre_crop(im, keep: float, shift: float):
     x0 = min(w - cw, max(0, round((w - cw) / 2 + shift * w)))
     y0 = min(h - ch, max(0, round((h - ch) / 2 + shift * h)))
     return im.crop((x0, y0, x0 + cw, y0 + ch))
+
+
+def offcentre_crop_resized(im):
+    """The trial's crop (trial5 finding 3): 3/32 of the width off the left, 2/32 off the right, 3/32 of the height
+    off the top and bottom — 27 × 26 px of a 32-px photo, slightly off centre and ~84 % of each side — resized back
+    to the original size (bicubic, the aspect changed by 4 %)."""
+    from PIL import Image
+
+    w, h = im.size
+    box = (round(w * 3 / 32), round(h * 3 / 32), w - round(w * 2 / 32), h - round(h * 3 / 32))
+    return im.crop(box).resize((w, h), Image.Resampling.BICUBIC)
 
 
 def _extra() -> dict[str, Callable]:
@@ -207,7 +220,8 @@ def _easy() -> dict[str, Callable]:
     }
 
 
-HARD = ("crop90", "crop80", "crop70", "hflip", "rot90", "gray", "squeeze80", "colour", "jpeg40", "resize50")
+HARD = ("crop90", "crop80", "crop70", "hflip", "rot90", "gray", "squeeze80", "colour", "jpeg40", "resize50",
+        "crop84_off_resized")
 EASY = ("jpeg90", "jpeg70", "jpeg50", "jpeg30", "png_to_jpeg", "jpeg_to_png", "resize50", "resize150", "crop5",
         "bright120", "bright80", "watermark")
 

@@ -35,7 +35,10 @@ A pair is linked (:func:`near_links`) when either rule holds:
    others, some window of one image's grey 64 × 64 thumbnail (scales 1.0–0.6, 5 × 5
    positions) hashes within :data:`WINDOW_THRESHOLD` bits of the other's whole thumbnail
    (:func:`window_match`) — so different pictures of the same texture or scene (cosine up
-   to 0.97) stay apart.
+   to 0.97) stay apart. An image's nearest neighbour (:data:`DETAIL_RANKS`) is also checked from
+   ``detail_similarity`` up when both hold ≥ ``detail_confirm_side`` px of detail (the detail check
+   decides alone): an off-centre crop of a 32-px photo resized back keeps its detail, not its
+   embedding (cosine 0.6–0.85) nor its hash (12–36 bits off every view).
 
 Degenerate hashes (blank or solid images) are never evidence. Thresholds and their
 precision/recall: bench/dup_semantic.py and the README. The links go to
@@ -652,6 +655,9 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
                 kp = rows[kp]
                 keep = np.round(ks, 4) >= np.maximum(need[kp[:, 0]], need[kp[:, 1]])
                 kp = kp[keep]
+            if first and settings.detail_similarity < settings.similarity:
+                kp = _canonical(np.concatenate([kp.reshape(-1, 2), _near_detailed(first[0][:2], rows, side, settings)]))
+            if len(kp):
                 by_emb = _canonical(_pixels_line_up(_oriented(kp, key), side, thumb, settings))
     pairs = _canonical(np.concatenate([cand, by_emb]))
     f = np.asarray(full, dtype=np.uint64)
@@ -671,6 +677,25 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
     sim = pair_similarity(emb, pairs) if emb is not None else np.full(len(pairs), np.nan, dtype=np.float32)
     return Links(i=pairs[:, 0], j=pairs[:, 1], distance=dist, similarity=sim, by_hash=member(cand),
                  by_embedding=member(by_emb), neighbours=neighbours, search=search)
+
+
+DETAIL_RANKS = 1
+"""The nearest neighbour of an image (rank 1) is detail-checked from ``detail_similarity`` up."""
+
+
+def _near_detailed(found: tuple[np.ndarray, np.ndarray], rows: np.ndarray, side: np.ndarray,
+                   settings: DedupSettings) -> np.ndarray:
+    """Pairs (item rows) of each searched row and its :data:`DETAIL_RANKS` nearest others whose cosine is at least
+    ``detail_similarity`` and that both hold ≥ ``detail_confirm_side`` px of detail (the detail check decides)."""
+    if settings.detail_confirm <= 0:
+        return _EMPTY.copy()
+    sims, ids = found
+    q = np.repeat(np.arange(len(ids)), ids.shape[1]).reshape(ids.shape)
+    rank = np.cumsum((ids >= 0) & (ids != q), axis=1)  # 1 for the nearest other row
+    keep = (ids >= 0) & (ids != q) & (rank <= DETAIL_RANKS) & (np.round(sims, 4) >= settings.detail_similarity)
+    a, b = rows[q[keep]], rows[ids[keep]]
+    ok = np.minimum(side[a], side[b]) >= settings.detail_confirm_side
+    return np.column_stack([a[ok], b[ok]]).astype(np.int64)
 
 
 def _detailed(pairs: np.ndarray, side: np.ndarray, settings: DedupSettings) -> np.ndarray:

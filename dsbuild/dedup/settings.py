@@ -58,6 +58,13 @@ class DedupSettings:
       embedding (a JPEG-worn copy of a 32-px photo), and an embedding neighbour needs no
       window check (crops combined with a mirror, off-centre crops); ``confirm`` and
       ``pixel_confirm`` then serve the less detailed images (bench/dup_semantic.py).
+      ``detail_similarity`` (default 0.85: off): an image and its *nearest* embedding neighbour that both
+      hold ≥ ``detail_confirm_side`` px of detail are detail-checked from this cosine up, below
+      ``similarity``: a copy cropped off centre from a 32-px photo and resized back is missed by the
+      hash views (central crops) by 12–36 bits and moves its embedding to cosine 0.6–0.85 from its
+      original, while it keeps its fine detail (0.94–0.98); ``similarity`` or more: off. Off by
+      default (bench/dup_semantic.py ``--detail-similarity``, 2026-12-01: at 0.6–0.7 the easy set's
+      watermarked copies gain 10 false pairs and the links cost 12–29 ms per CIFAR image against 0.6).
       ``outlier_k`` (default 60) neighbours give cleanlab's ``outlier_score``.
 
     ``group_warning`` (default 0.2): the build and ``status`` warn when more than this share
@@ -78,6 +85,7 @@ class DedupSettings:
     confirm: tuple[float, ...] = (0.99, 0.97, 0.80, 0.40)
     confirm_sides: tuple[float, ...] = (12.0, 24.0, 64.0)
     similarity: float = 0.85
+    detail_similarity: float = 0.85
     pixel_confirm: float = 0.985
     pixel_confirm_side: float = 16.0
     detail_confirm: float = 0.85
@@ -127,6 +135,8 @@ class DedupSettings:
             out.append(Problem("confirm_sides", f"must be increasing positive sides in px, not {list(sides)}"))
         if not _number(self.similarity) or not 0 < self.similarity <= 1:
             out.append(Problem("similarity", f"must be a cosine between 0 and 1, not {self.similarity}"))
+        if not _number(self.detail_similarity) or not 0 < self.detail_similarity <= 1:
+            out.append(Problem("detail_similarity", f"must be a cosine between 0 and 1, not {self.detail_similarity}"))
         if not _number(self.pixel_confirm) or not 0 < self.pixel_confirm <= 1:
             out.append(Problem("pixel_confirm", f"must be a correlation between 0 and 1, not {self.pixel_confirm}"))
         if not _number(self.pixel_confirm_side) or not self.pixel_confirm_side > 0:
