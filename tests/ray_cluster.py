@@ -129,7 +129,7 @@ class LocalRayCluster:
     def wait_for_nodes(self, n: int, timeout: float = 120) -> None:
         """Wait until ``n`` nodes are alive in the cluster (asked in a separate process: no ray.init here)."""
         code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
-                "print('alive nodes:', sum(1 for n in ray.nodes() if n['Alive'])))")
+                "print('alive nodes:', sum(1 for n in ray.nodes() if n['Alive']))")
         deadline = time.monotonic() + timeout
         while True:
             out = subprocess.run([sys.executable, "-c", code, self.address], env=self.env, capture_output=True,
