@@ -336,6 +336,17 @@ def _parse_executor(raw: Any, key: str, base: ExecutorSettings, problems: _Probl
     return _settings(ExecutorSettings, values, key, later)
 
 
+def _path_value(raw: dict, name: str, what: str, key: str, root: Path, problems: _Problems) -> Path | None:
+    """``raw[name]`` as a path under ``root``; None when absent, or (a problem added) when not a non-empty string."""
+    value = raw.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        problems.add(f"{key}.{name}", f"must be {what}, not {value!r}")
+        return None
+    return root / value
+
+
 def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path, problems: _Problems,
                    executor: ExecutorSettings = ExecutorSettings()) -> Dataset | None:
     key = f"datasets.{_quote_key(name)}"
@@ -392,20 +403,8 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
         if not isinstance(v, str):
             problems.add(f"{key}.filters.{k}", f"must be a string, not {v!r}")
 
-    imagefolder = raw.get("imagefolder")
-    if imagefolder is not None:
-        if not isinstance(imagefolder, str) or not imagefolder.strip():
-            problems.add(f"{key}.imagefolder", f"must be a folder path, not {imagefolder!r}")
-            imagefolder = None
-        else:
-            imagefolder = root / imagefolder
-    labels_csv = raw.get("labels_csv")
-    if labels_csv is not None:
-        if not isinstance(labels_csv, str) or not labels_csv.strip():
-            problems.add(f"{key}.labels_csv", f"must be the path of a CSV file, not {labels_csv!r}")
-            labels_csv = None
-        else:
-            labels_csv = root / labels_csv
+    imagefolder = _path_value(raw, "imagefolder", "a folder path", key, root, problems)
+    labels_csv = _path_value(raw, "labels_csv", "the path of a CSV file", key, root, problems)
     classes_raw = raw.get("classes")
     classes: list[ClassSpec] = []
     if classes_raw is None and (imagefolder is not None or labels_csv is not None):

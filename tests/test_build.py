@@ -528,13 +528,20 @@ def test_the_split_a_bridging_image_takes_depends_on_the_files_not_on_the_row_or
 # --------------------------------------------------------------------------- an ImageFolder that arrives split
 
 
-def test_imagefolder_keeps_given_splits_and_reports_leakage(tmp_path: Path, capsys) -> None:
+def _given_split_tree(tmp_path: Path) -> Path:
+    """``tmp_path/tree/{train,valid}/{left,right}/``: 3 + 1 quadrants of camera (left) and clock (right) a split,
+    and the coffee photo in train/left."""
     tree = tmp_path / "tree"
     for split, k0 in (("train", 0), ("valid", 3)):
         for label, name in (("left", "camera"), ("right", "clock")):
             for k in range(k0, k0 + 3 if split == "train" else k0 + 1):
                 save(quadrant(name, k), tree / split / label / f"{name}-{k}.png")
     save(photo("coffee"), tree / "train" / "left" / "coffee.png")
+    return tree
+
+
+def test_imagefolder_keeps_given_splits_and_reports_leakage(tmp_path: Path, capsys) -> None:
+    tree = _given_split_tree(tmp_path)
     shutil.copyfile(tree / "train" / "left" / "coffee.png", tree / "valid" / "left" / "coffee-again.png")
     manifest = write_manifest(tmp_path, """\
         catalog = "cat/dsbuild.duckdb"
@@ -581,12 +588,7 @@ def test_a_given_split_near_duplicate_stays_grouped_after_adding_images(tmp_path
     given splits cannot move; both copies became ok (one trained, one validated), @split_leakage went empty and
     the note said "so that no image moves". The rebuilt catalog must equal a fresh build of the same files.
     """
-    tree = tmp_path / "tree"
-    for split, k0 in (("train", 0), ("valid", 3)):
-        for label, name in (("left", "camera"), ("right", "clock")):
-            for k in range(k0, k0 + 3 if split == "train" else k0 + 1):
-                save(quadrant(name, k), tree / split / label / f"{name}-{k}.png")
-    save(photo("coffee"), tree / "train" / "left" / "coffee.png")
+    tree = _given_split_tree(tmp_path)
     save(photo("coffee", 150), tree / "valid" / "left" / "coffee-small.jpg", quality=80)  # a near copy
     body = """\
         catalog = "{catalog}"
