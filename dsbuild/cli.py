@@ -480,6 +480,31 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+def _redeliver_lost_stops(unraisable) -> None:
+    """``sys.unraisablehook`` while a command runs: a stop that CPython swallowed is sent again.
+
+    CPython cannot raise out of some callbacks (a weakref callback, ``__del__``, a GC callback): a
+    :class:`KeyboardInterrupt` raised there by Ctrl-C's handler — or a :class:`~dsbuild.errors.Terminated` by
+    SIGTERM's — is printed as "Exception ignored in …" and dropped, and the command goes on as if no key had been
+    pressed. ``import`` runs such a callback (``_get_module_lock``'s), so a Ctrl-C in the first seconds of ``train``
+    (importing torch and fastai) was lost about once in a loaded test run. Here the same signal is sent again from
+    a short-lived thread, so that it lands in the command's own code a moment later (and again, should that one be
+    swallowed too); other unraisable exceptions go to the default hook."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+        return
+    import os
+    import signal
+    import threading
+
+    from dsbuild.errors import Terminated
+
+    signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+    again = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+    again.daemon = True  # a command that ends first is not stopped after the fact
+    again.start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -494,9 +519,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_lost_stops
     try:
         return _run(args)
     finally:
+        sys.unraisablehook = previous_hook
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

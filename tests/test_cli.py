@@ -12,6 +12,7 @@ import csv
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -754,3 +755,44 @@ def test_demo_says_whether_the_cycle_changed_the_accuracy_by_an_exact_mcnemar_te
                                            "wrong; exact McNemar p = 0.62: no evidence of a change either way")
     after = dict(before, **{f"i{k}": False for k in range(10)})
     assert cycle_change(before, after).endswith("0 now right, 10 now wrong; exact McNemar p = 0.00: a real loss")
+
+
+# --------------------------------------------------------------------------- a stop CPython swallowed
+
+# A command whose body meets a real signal inside a weakref callback, as `train` does when Ctrl-C lands while
+# torch imports (importlib's _get_module_lock callback): the handler's KeyboardInterrupt is raised in the callback,
+# where CPython prints "Exception ignored in …" and drops it. The command then waits up to 20 s.
+_SWALLOWED_STOP = """
+import signal, sys, time, weakref
+from dsbuild import cli
+
+def swallowed_stop(args):
+    class Thing:
+        pass
+    def callback(_):
+        signal.raise_signal(signal.{sig})
+        for _ in range(1000):  # the Python-level handler runs here, inside the callback
+            pass
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    del thing
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("the stop was lost")
+    return 0
+
+cli.cmd_status = swallowed_stop
+sys.exit(cli.main(["status"]))
+"""
+
+
+@pytest.mark.parametrize("sig, code, message", [
+    ("SIGINT", 130, "Error: interrupted\n"),
+    ("SIGTERM", 143, "Error: terminated (SIGTERM) — everything finished so far is kept; run the command again\n"),
+])
+def test_a_stop_swallowed_by_a_callback_is_delivered_again(tmp_path: Path, sig: str, code: int, message: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", _SWALLOWED_STOP.replace("{sig}", sig)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, "", message)

@@ -656,16 +656,10 @@ def test_ctrl_c_during_a_fine_tuning_says_it_starts_again(digits: Path, tmp_path
     _wait_for_run(manifest, proc)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        # CPython drops a KeyboardInterrupt raised inside a weakref callback ("Exception ignored in: <function
-        # _get_module_lock.<locals>.cb …>"): on a loaded machine the Ctrl-C can land while the run still imports,
-        # and is lost — a user presses it again, as here (seen once, load 5; noted for the team).
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-        err = re.sub(r"Exception ignored in: <function _get_module_lock\.<locals>\.cb at 0x[0-9a-f]+>\n"
-                     r"Traceback \(most recent call last\):\n(?:  .*\n)*KeyboardInterrupt: \n", "", err)
+    # One Ctrl-C is enough even when it lands while the run still imports torch: CPython drops a KeyboardInterrupt
+    # raised inside importlib's weakref callback, and dsbuild sends such a swallowed stop again (test_cli's
+    # test_a_stop_swallowed_by_a_callback_is_delivered_again; a second SIGINT was needed here once, at load 5).
+    out, err = proc.communicate(timeout=120)
     ((run_id, status),) = sql(manifest, "SELECT run_id, status FROM runs")
     # 130, or an end by the SIGINT itself (-2; a shell shows 130 for both): once in a full `make test` run the
     # process ended by the signal after printing its message — cause not found yet (closing note, 2026-12-01).
