@@ -46,6 +46,7 @@ from dsbuild.sources.folders import imagefolder_layout
 from dsbuild.sources.labelcsv import read_labels_csv
 from dsbuild.sources.urls import read_url_list
 from dsbuild.split import leakage_note
+from dsbuild.status import empty_class_notes
 from dsbuild.store import sweep_temp_files
 
 FLUSH_ROWS = 500  # rows per catalog transaction: what a killed build can lose and redo
@@ -473,51 +474,6 @@ def set_aside_note(details: dict[str, str]) -> str:
     whys = "; ".join(f"{n}: {why}" for why, n in top[:3]) + ("; …" if len(top) > 3 else "")
     return (f"{counted(len(details), 'image', 'images')} set aside because their source left the manifest ({whys}) — "
             f"status rejected, reason '{SOURCE_REMOVED}'; nothing is deleted, and they come back when their source does")
-
-
-def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
-    """A line for each class of the manifest (and each class folder of its imagefolder, an empty one too, and each
-    label of its labels CSV) with no accepted image: a model would silently learn without it."""
-    from dsbuild.render.values import counted
-
-    by_label: dict[str, dict[str, int]] = {}
-    for r in cat.status_counts(ds.name).itertuples(index=False):
-        per = by_label.setdefault(str(r.label), {})
-        per[r.status] = per.get(r.status, 0) + int(r.n)
-    notes = []
-    reasons = cat.label_reject_counts(ds.name)
-    labels = list(ds.labels)
-    if ds.imagefolder is not None and ds.imagefolder.is_dir():  # its class folders, an empty one included
-        labels += [label for label in imagefolder_layout(ds.imagefolder, ds.name).labels if label not in labels]
-    if ds.labels_csv is not None and ds.labels_csv.is_file():  # every label it names, one whose rows were skipped too
-        labels += sorted(set(read_labels_csv(ds.labels_csv).labels) - set(labels))
-    for label in labels:
-        per = by_label.get(label, {})
-        if per.get("ok", 0):
-            continue
-        if not per:
-            notes.append(f"class '{label}' has no images (its sources are empty) — add images or remove the class")
-            continue
-        words = {"rejected": ("rejected", "rejected"), "failed": ("failed", "failed"),
-                 "duplicate": ("duplicate", "duplicates")}
-        bad = ", ".join(counted(per[s], *words[s]) for s in ("rejected", "failed") if per.get(s))
-        bad, hint = _main_reason(bad, reasons.get(label, []), ds.name)
-        parts = ", ".join(p for p in (bad, per.get("duplicate") and counted(per["duplicate"], *words["duplicate"])) if p)
-        notes.append(f"class '{label}' has no accepted images ({parts}) — {hint or 'add images or remove the class'}")
-    return notes
-
-
-def _main_reason(parts: str, reasons: list[tuple[str | None, int]], dataset: str) -> tuple[str, str | None]:
-    """An empty class's counts with the reason most of its rejections share (``40 rejected: private address``), and
-    the hint for it (None: the generic one)."""
-    total = sum(n for _, n in reasons)
-    if not reasons or reasons[0][1] * 2 <= total:
-        return parts, None
-    reason, n = reasons[0]
-    parts += f": {reason}" if n == total else f"; {n} of them: {reason}"
-    if reason == "private address":
-        return parts, web.private_hosts_hint(dataset)
-    return parts, None
 
 
 def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool) -> None:

@@ -50,7 +50,8 @@ def dataset_status(catalog_path: Path, dataset: str | None = None, *, manifest=N
                 known = ", ".join(names) or "(none yet)"
                 raise DsbuildError(f"dataset '{dataset}' is not in the catalog — built datasets: {known}; run `dsbuild build {dataset}`")
             names = [dataset]
-        out = [_one(cat, name) for name in names]
+        defined = manifest.datasets if manifest is not None else {}
+        out = [_one(cat, name, defined.get(name)) for name in names]
         last = cat.last_build()
     line = None
     if last:
@@ -63,7 +64,9 @@ def dataset_status(catalog_path: Path, dataset: str | None = None, *, manifest=N
     return CatalogStatus(datasets=out, last_build=line)
 
 
-def _one(cat: Catalog, name: str) -> DatasetStatus:
+def _one(cat: Catalog, name: str, ds=None) -> DatasetStatus:
+    """``ds``: the dataset as the manifest defines it now (None: not in the manifest) — its classes with no
+    accepted image get a row of zeros and a note, as in the build summary."""
     counts = cat.status_counts(name)
     splits = [s for s in ("train", "valid", "test") if s in set(counts["split"])]
     columns: list[tuple[str, str]] = [(s, "ok") for s in splits]
@@ -77,6 +80,9 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
         key = (row.split, row.status) if row.status == "ok" else ("*", row.status)
         table.setdefault(row.label, {})
         table[row.label][key] = table[row.label].get(key, 0) + int(row.n)
+    empty = empty_classes(cat, ds) if ds is not None else {}
+    for label in empty:  # a class with no image at all has no row of counts: a row of zeros shows it is there
+        table.setdefault(label, {})
     rows = [(label, [table[label].get(c, 0) for c in columns]) for label in sorted(table)]
     totals = [sum(r[1][i] for r in rows) for i in range(len(columns))]
     rejects = [(r.status, r.reason, int(r.n)) for r in cat.reject_counts(name).itertuples(index=False)]
@@ -110,9 +116,65 @@ def _one(cat: Catalog, name: str) -> DatasetStatus:
         notes.append(f"{name}: quality flags on accepted images: {listed} — `dsbuild query @quality`; to reject "
                      f"images so flagged, add reject = [{example}] (the flags you want out) under "
                      f"[datasets.{name}.quality] in the manifest and run `dsbuild build {name}`")
+    notes += [f"{name}: {line}" for line in empty.values()]
     names = [("ok, split pending" if s == "-" else f"{s} ok") if st == "ok" else st for s, st in columns]
     return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups,
                          quality=flags, notes=notes)
+
+
+def empty_class_notes(cat: Catalog, ds) -> list[str]:
+    """The build summary's lines for :func:`empty_classes`."""
+    return list(empty_classes(cat, ds).values())
+
+
+def empty_classes(cat: Catalog, ds) -> dict[str, str]:
+    """Each class of the manifest's dataset ``ds`` (and each class folder of its imagefolder, an empty one too, and
+    each label of its labels CSV) with no accepted image, with the line that says why: a model would silently learn
+    without it."""
+    from dsbuild.render.values import counted
+    from dsbuild.sources.folders import imagefolder_layout
+    from dsbuild.sources.labelcsv import read_labels_csv
+
+    by_label: dict[str, dict[str, int]] = {}
+    for r in cat.status_counts(ds.name).itertuples(index=False):
+        per = by_label.setdefault(str(r.label), {})
+        per[r.status] = per.get(r.status, 0) + int(r.n)
+    notes: dict[str, str] = {}
+    reasons = cat.label_reject_counts(ds.name)
+    labels = list(ds.labels)
+    if ds.imagefolder is not None and ds.imagefolder.is_dir():  # its class folders, an empty one included
+        labels += [label for label in imagefolder_layout(ds.imagefolder, ds.name).labels if label not in labels]
+    if ds.labels_csv is not None and ds.labels_csv.is_file():  # every label it names, one whose rows were skipped too
+        labels += sorted(set(read_labels_csv(ds.labels_csv).labels) - set(labels))
+    for label in labels:
+        per = by_label.get(label, {})
+        if per.get("ok", 0):
+            continue
+        if not per:
+            notes[label] = f"class '{label}' has no images (its sources are empty) — add images or remove the class"
+            continue
+        words = {"rejected": ("rejected", "rejected"), "failed": ("failed", "failed"),
+                 "duplicate": ("duplicate", "duplicates")}
+        bad = ", ".join(counted(per[s], *words[s]) for s in ("rejected", "failed") if per.get(s))
+        bad, hint = _main_reason(bad, reasons.get(label, []), ds.name)
+        parts = ", ".join(p for p in (bad, per.get("duplicate") and counted(per["duplicate"], *words["duplicate"])) if p)
+        notes[label] = f"class '{label}' has no accepted images ({parts}) — {hint or 'add images or remove the class'}"
+    return notes
+
+
+def _main_reason(parts: str, reasons: list[tuple[str | None, int]], dataset: str) -> tuple[str, str | None]:
+    """An empty class's counts with the reason most of its rejections share (``40 rejected: private address``), and
+    the hint for it (None: the generic one)."""
+    total = sum(n for _, n in reasons)
+    if not reasons or reasons[0][1] * 2 <= total:
+        return parts, None
+    reason, n = reasons[0]
+    parts += f": {reason}" if n == total else f"; {n} of them: {reason}"
+    if reason == "private address":
+        from dsbuild.sources import web
+
+        return parts, web.private_hosts_hint(dataset)
+    return parts, None
 
 
 def running_build(catalog_path: Path) -> dict | None:

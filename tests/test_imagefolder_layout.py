@@ -140,6 +140,13 @@ def test_an_empty_class_folder_is_named_by_the_build(tmp_path: Path, capsys) -> 
     code, out, err = run_cli(capsys, m, "build", "--workers", "1")
     assert code == 0, err
     assert "pets: class 'horse' has no images (its sources are empty) — add images or remove the class" in flat(out), out
+    # status says it too (trial 5: only the build did), with the class's row of zeros in the table
+    code, out, err = run_cli(capsys, m, "status", "pets")
+    assert code == 0, err
+    assert "pets: class 'horse' has no images (its sources are empty) — add images or remove the class" in flat(out), out
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in out.splitlines()
+            if line.count("│") > 2}
+    assert (rows["horse"], rows["cat"], rows["total"]) == (["·"], ["2"], ["4"]), out
 
 
 # --------------------------------------------------------------------------- a flat folder and a labels CSV
