@@ -472,6 +472,21 @@ def test_adding_images_never_moves_an_existing_image(tmp_path: Path, capsys) -> 
     assert len(rows) == leaks + len(pairs)
     assert {tuple(r["pair"]) for r in rows if r["pair"]} == pairs
 
+    # A reviewer removes one image of a pair: its pairs leak no more, at once (trial 5: they stayed listed until
+    # the next build); an undo brings them back.
+    gone = sorted(pairs)[0][0]
+    left = {p for p in pairs if gone not in p}
+    kept_in = grouped[grouped["image_id"] != gone]
+    straddling = int((kept_in.groupby("dup_group")["split"].nunique() > 1).sum())
+    for action, expect in (("remove", (straddling, left)), ("undo", (leaks, pairs))):
+        decisions = tmp_path / f"{action}.csv"
+        decisions.write_text(f"image_id,action,new_label\n{gone},{action},\n")
+        code, out, err = run_cli(capsys, manifest, "review", "digits", "--decisions", str(decisions))
+        assert code == 0, err
+        code, out, err = run_cli(capsys, manifest, "query", "@split_leakage", "--format", "json")
+        rows = json.loads(out)
+        assert (sum(1 for r in rows if not r["pair"]), {tuple(r["pair"]) for r in rows if r["pair"]}) == expect, action
+
     def outcome(df):  # by file, not image id; splits left out: stability is what may differ from a fresh build
         name = {r.image_id: Path(r.origin).name for r in df.itertuples()}
         return {(name[r.image_id], r.label): (r.status, r.reason, name.get(r.dup_of)) for r in df.itertuples()}
@@ -569,6 +584,19 @@ def test_imagefolder_keeps_given_splits_and_reports_leakage(tmp_path: Path, caps
     code, out, err = run_cli(capsys, manifest, "status")
     assert code == 0, err
     assert f"given: {leak_line}" in " ".join(out.split())
+
+    # A reviewer removes the valid copy: nothing leaks any more, at once (trial 5: the leak stayed listed until the
+    # next build); an undo brings it back.
+    (copy_id,) = pair[pair["split"] == "valid"]["image_id"]
+    for action, leaking in (("remove", False), ("undo", True)):
+        decisions = tmp_path / f"{action}.csv"
+        decisions.write_text(f"image_id,action,new_label\n{copy_id},{action},\n")
+        code, out, err = run_cli(capsys, manifest, "review", "given", "--decisions", str(decisions))
+        assert code == 0, err
+        code, out, err = run_cli(capsys, manifest, "query", "@split_leakage", "--format", "json")
+        assert len(json.loads(out)) == leaking, (action, out)
+        code, out, err = run_cli(capsys, manifest, "status")
+        assert (f"given: {leak_line}" in " ".join(out.split())) == leaking, (action, out)
 
 
 def _catalog_state(manifest: Path, dataset: str, root: Path) -> dict:

@@ -678,16 +678,21 @@ class Catalog:
         )
         # A straddling group is "given" when every member sits in the split its folder gave (the dataset came with
         # the leak); otherwise drawn splits were kept stable when a near-duplicate link joined the group later.
+        # An image removed in review (the images view's status) leaks no more, as in @split_leakage.
         leaks, kept = self._one(
             """SELECT count(*), count(*) FILTER (WHERE NOT given) FROM (
-                   SELECT dup_group, bool_and(split = coalesce(given_split, '')) AS given FROM items
-                   WHERE dataset = ? AND dup_group IS NOT NULL AND split IS NOT NULL
-                   GROUP BY dup_group HAVING count(DISTINCT split) > 1)""",
+                   SELECT i.dup_group, bool_and(i.split = coalesce(i.given_split, '')) AS given
+                   FROM items i JOIN images v USING (dataset, image_id)
+                   WHERE i.dataset = ? AND i.dup_group IS NOT NULL AND i.split IS NOT NULL
+                         AND v.status IN ('ok', 'duplicate')
+                   GROUP BY i.dup_group HAVING count(DISTINCT i.split) > 1)""",
             [dataset],
         )
         pairs = self._one(
-            """SELECT count(*) FROM (SELECT image_id, unnest(leak_with) AS other FROM items WHERE dataset = ?)
-               WHERE image_id < other""", [dataset])[0]
+            """SELECT count(*) FROM (SELECT dataset, image_id, unnest(leak_with) AS other FROM images
+                                     WHERE dataset = ? AND status IN ('ok', 'duplicate')) a
+               JOIN images b ON b.dataset = a.dataset AND b.image_id = a.other AND b.status IN ('ok', 'duplicate')
+               WHERE a.image_id < a.other""", [dataset])[0]
         return {"duplicates": int(row[0]), "groups": int(row[1]), "conflicts": int(row[2]), "leaks": int(leaks),
                 "leaks_kept": int(kept), "leak_pairs": int(pairs)}
 
