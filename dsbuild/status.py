@@ -186,7 +186,8 @@ def running_build(catalog_path: Path) -> dict | None:
 
 
 def duplicates_page(catalog_path: Path, dataset: str, out: Path) -> tuple[Path, int]:
-    """Write the HTML page of ``dataset``'s duplicate groups (label conflicts first, thumbnails side by side).
+    """Write the HTML page of ``dataset``'s duplicate groups (label conflicts first, thumbnails side by side), then
+    its near-duplicate pairs left in different splits.
 
     Returns ``(out, number of groups)``.
     """
@@ -196,5 +197,6 @@ def duplicates_page(catalog_path: Path, dataset: str, out: Path) -> tuple[Path, 
         if dataset not in cat.datasets_in_catalog():
             raise DsbuildError(f"dataset '{dataset}' is not in the catalog — run `dsbuild build {dataset}`")
         members = cat.duplicate_members(dataset)
-    duplicates_html(members, dataset=dataset, out=out, max_groups=None)
+        pairs = cat.leak_pair_members(dataset)
+    duplicates_html(members, dataset=dataset, out=out, max_groups=None, pairs=pairs)
     return out, int(members["dup_group"].nunique())

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -471,6 +472,11 @@ def test_adding_images_never_moves_an_existing_image(tmp_path: Path, capsys) -> 
     rows = json.loads(out)
     assert len(rows) == leaks + len(pairs)
     assert {tuple(r["pair"]) for r in rows if r["pair"]} == pairs
+    page = tmp_path / "dups.html"  # the duplicates page shows the pairs too (trial 5: only straddling groups)
+    code, out, err = run_cli(capsys, manifest, "status", "digits", "--html", str(page))
+    assert code == 0, err
+    assert set(re.findall(r'data-pair="(\w+) (\w+)"', page.read_text())) == pairs
+    assert f"<dt>near-duplicate pairs in different splits</dt><dd>{len(pairs)} (no group joins them" in page.read_text()
 
     # A reviewer removes one image of a pair: its pairs leak no more, at once (trial 5: they stayed listed until
     # the next build); an undo brings them back.

@@ -921,6 +921,24 @@ class Catalog:
             [dataset, dataset],
         )
 
+    def leak_pair_members(self, dataset: str):
+        """Both images of each near-duplicate pair of ``dataset`` left in different splits (``items.leak_with``; an
+        image removed in review leaks no more, as in ``@split_leakage``), for the duplicates page: one row per image,
+        ``pair`` = the two ids joined by a space."""
+        return self.df(
+            """WITH p AS (
+                   SELECT a.image_id AS a, a.other AS b
+                   FROM (SELECT image_id, unnest(leak_with) AS other FROM images
+                         WHERE dataset = ? AND status IN ('ok', 'duplicate')) a
+                   JOIN images o ON o.dataset = ? AND o.image_id = a.other AND o.status IN ('ok', 'duplicate')
+                   WHERE a.image_id < a.other)
+               SELECT p.a || ' ' || p.b AS pair, i.image_id, i.path, i.label, i.split, i.status, i.width, i.height,
+                      i.origin
+               FROM p JOIN images i ON i.dataset = ? AND i.image_id IN (p.a, p.b)
+               ORDER BY pair, i.split, i.image_id""",
+            [dataset, dataset, dataset],
+        )
+
     def fresh_mislabel_run(self, dataset: str, inputs_digest: str) -> str | None:
         """The latest ok mislabel run of ``dataset`` if it scored the same inputs (``inputs_digest``), else None."""
         row = self._one(

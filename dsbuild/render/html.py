@@ -196,7 +196,8 @@ def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: P
 # --------------------------------------------------------------------------- duplicate groups
 
 
-def duplicates_html(groups: "pandas.DataFrame", *, dataset: str, out: Path, max_groups: int | None = 1000) -> Path:
+def duplicates_html(groups: "pandas.DataFrame", *, dataset: str, out: Path, max_groups: int | None = 1000,
+                    pairs: "pandas.DataFrame | None" = None) -> Path:
     """Write duplicate groups as thumbnails side by side to ``out`` (atomically); return ``out``.
 
     ``groups``: one row per member image with columns ``dup_group``,
@@ -208,6 +209,10 @@ def duplicates_html(groups: "pandas.DataFrame", *, dataset: str, out: Path, max_
     are marked; groups spread over several splits are marked as leaks. Then
     larger groups first. At most ``max_groups`` groups are drawn (None: all);
     the page says how many were left out.
+
+    ``pairs`` (optional): near-duplicate pairs that lie in different splits without a group joining them
+    (:meth:`~dsbuild.catalog.Catalog.leak_pair_members`: ``pair``, ``image_id``, ``path``, ``label``, ``split``,
+    ``status``, ``width``, ``height``, ``origin``; one row per image), drawn after the groups, all of them.
     """
     import pandas as pd
 
@@ -235,24 +240,31 @@ def duplicates_html(groups: "pandas.DataFrame", *, dataset: str, out: Path, max_
         cards.append((len(labels) > 1, len(splits) > 1, len(grp), str(gid), gid, grp, labels, splits))
     cards.sort(key=lambda c: (not c[0], -c[2], c[3]))
     shown = cards if max_groups is None else cards[:max_groups]
-    page_groups = []
-    for conflict, leak, size, _, gid, grp, labels, splits in shown:
-        members = []
-        for r in grp.to_dict("records"):
-            size_txt = (f"{int(r['width'])}×{int(r['height'])}" if not is_missing(r.get("width"))
-                        and not is_missing(r.get("height")) else "")
-            members.append({
-                "thumb": thumbs.get(r.get("path")), "alt": f"{r['image_id']}: {r['label']}", "label": _text(r["label"]),
-                "image_id": _text(r["image_id"]), "origin": _origin_name(r.get("origin")),
-                "details": " · ".join(x for x in (_text(r.get("split")), _text(r.get("status")), size_txt) if x),
-                "representative": bool(r.get("is_representative")) and not is_missing(r.get("is_representative")),
-                "distance": _fmt(r.get("distance_to_rep"), ".0f") if not is_missing(r.get("distance_to_rep")) else "",
-            })
-        page_groups.append({"id": _text(gid), "size": size, "conflict": conflict, "leak": leak, "labels": labels,
-                            "splits": splits, "members": members})
+
+    def member(r: dict) -> dict:
+        size_txt = (f"{int(r['width'])}×{int(r['height'])}" if not is_missing(r.get("width"))
+                    and not is_missing(r.get("height")) else "")
+        return {
+            "thumb": thumbs.get(r.get("path")), "alt": f"{r['image_id']}: {r['label']}", "label": _text(r["label"]),
+            "image_id": _text(r["image_id"]), "origin": _origin_name(r.get("origin")),
+            "details": " · ".join(x for x in (_text(r.get("split")), _text(r.get("status")), size_txt) if x),
+            "representative": bool(r.get("is_representative")) and not is_missing(r.get("is_representative")),
+            "distance": _fmt(r.get("distance_to_rep"), ".0f") if not is_missing(r.get("distance_to_rep")) else "",
+        }
+
+    page_groups = [{"id": _text(gid), "size": size, "conflict": conflict, "leak": leak, "labels": labels,
+                    "splits": splits, "members": [member(r) for r in grp.to_dict("records")]}
+                   for conflict, leak, size, _, gid, grp, labels, splits in shown]
+    page_pairs = []
+    if pairs is not None and len(pairs):
+        for pid, two in pairs.groupby("pair", sort=True):
+            labels = sorted({str(x) for x in two["label"] if not is_missing(x)})
+            page_pairs.append({"id": _text(pid), "conflict": len(labels) > 1, "labels": labels,
+                               "splits": sorted({str(x) for x in two["split"] if not is_missing(x)}),
+                               "members": [member(r) for r in two.to_dict("records")]})
     page = _page("duplicates.html.j2", title=f"dsbuild duplicates — {dataset}", dataset=dataset,
                  n_groups=len(cards), n_images=len(df), n_conflicts=sum(c[0] for c in cards),
-                 n_leaks=sum(c[1] for c in cards), shown=len(shown), groups=page_groups)
+                 n_leaks=sum(c[1] for c in cards), shown=len(shown), groups=page_groups, pairs=page_pairs)
     return atomic_write(Path(out), page)
 
 
