@@ -605,6 +605,31 @@ def test_imagefolder_keeps_given_splits_and_reports_leakage(tmp_path: Path, caps
         assert (f"given: {leak_line}" in " ".join(out.split())) == leaking, (action, out)
 
 
+def test_a_group_of_given_splits_with_a_drawn_member_is_leakage_the_dataset_came_with(tmp_path: Path, capsys) -> None:
+    """A copy in train/ and in valid/ of an imagefolder, and a third copy from a class folder (drawn split): the group
+    straddles because of the splits given (trial 5: counted as "earlier builds drew them into different splits",
+    whose --resplit hint cannot help)."""
+    tree = _given_split_tree(tmp_path)
+    shutil.copyfile(tree / "train" / "left" / "coffee.png", tree / "valid" / "left" / "coffee-again.png")
+    save(photo("coffee"), tmp_path / "more" / "coffee-third.jpg", quality=95)
+    save(photo("rocket"), tmp_path / "other" / "rocket.jpg", quality=95)
+    manifest = write_manifest(tmp_path, """\
+        catalog = "cat/dsbuild.duckdb"
+        [datasets.given]
+        imagefolder = "tree"
+        [datasets.given.classes]
+        left = { folders = "more" }
+        right = { folders = "other" }
+        """)
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 0, err
+    df = images_of(manifest, "given")
+    coffee = df[df["origin"].str.contains("coffee")]
+    assert (len(coffee), coffee["dup_group"].nunique(), sorted(set(coffee["split"]))) == (3, 1, ["train", "valid"])
+    assert ("given: 1 duplicate group straddles splits (leakage in the splits the dataset came with) — "
+            "`dsbuild query @split_leakage`") in " ".join(out.split()), out
+
+
 def _catalog_state(manifest: Path, dataset: str, root: Path) -> dict:
     """Status, reason, split and group partner of every image, keyed by its path under ``root`` (not by image id)."""
     df = images_of(manifest, dataset)

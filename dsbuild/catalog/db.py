@@ -676,12 +676,13 @@ class Catalog:
                FROM images WHERE dataset = ? AND dup_group IS NOT NULL""",
             [dataset, dataset],
         )
-        # A straddling group is "given" when every member sits in the split its folder gave (the dataset came with
-        # the leak); otherwise drawn splits were kept stable when a near-duplicate link joined the group later.
+        # A straddling group is "given" when the members that sit in the split their folder gave span splits (the
+        # dataset came with the leak; a drawn member beside them follows them); otherwise drawn splits were kept
+        # stable when a near-duplicate link joined the group later.
         # An image removed in review (the images view's status) leaks no more, as in @split_leakage.
         leaks, kept = self._one(
             """SELECT count(*), count(*) FILTER (WHERE NOT given) FROM (
-                   SELECT i.dup_group, bool_and(i.split = coalesce(i.given_split, '')) AS given
+                   SELECT i.dup_group, count(DISTINCT i.split) FILTER (WHERE i.split = i.given_split) > 1 AS given
                    FROM items i JOIN images v USING (dataset, image_id)
                    WHERE i.dataset = ? AND i.dup_group IS NOT NULL AND i.split IS NOT NULL
                          AND v.status IN ('ok', 'duplicate')
