@@ -65,8 +65,8 @@ def dataset_status(catalog_path: Path, dataset: str | None = None, *, manifest=N
 
 
 def _one(cat: Catalog, name: str, ds=None) -> DatasetStatus:
-    """``ds``: the dataset as the manifest defines it now (None: not in the manifest) — its classes with no
-    accepted image get a row of zeros and a note, as in the build summary."""
+    """``ds``: the dataset as the manifest defines it now (None: not in the manifest) — after a finished build, its
+    classes with no accepted image get a row of zeros and a note, as in the build summary."""
     counts = cat.status_counts(name)
     splits = [s for s in ("train", "valid", "test") if s in set(counts["split"])]
     columns: list[tuple[str, str]] = [(s, "ok") for s in splits]
@@ -80,7 +80,9 @@ def _one(cat: Catalog, name: str, ds=None) -> DatasetStatus:
         key = (row.split, row.status) if row.status == "ok" else ("*", row.status)
         table.setdefault(row.label, {})
         table[row.label][key] = table[row.label].get(key, 0) + int(row.n)
-    empty = empty_classes(cat, ds) if ds is not None else {}
+    # Only after a finished build: an interrupted one has not read every class's sources yet.
+    finished = ds is not None and cat.last_build_outcome(name) == "ok" and not pending
+    empty = empty_classes(cat, ds) if finished else {}
     for label in empty:  # a class with no image at all has no row of counts: a row of zeros shows it is there
         table.setdefault(label, {})
     rows = [(label, [table[label].get(c, 0) for c in columns]) for label in sorted(table)]

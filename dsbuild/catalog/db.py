@@ -705,6 +705,12 @@ class Catalog:
                FROM images WHERE dataset = ? AND status IN ('ok', 'duplicate')""", [dataset])
         return int(row[0]), int(row[1]), int(row[2])
 
+    def last_build_outcome(self, dataset: str) -> str | None:
+        """The outcome (running | ok | interrupted | failed) of the latest build that included ``dataset``, or None."""
+        row = self._one("SELECT outcome FROM builds WHERE list_contains(string_split(datasets, ','), ?) "
+                        "ORDER BY build_id DESC LIMIT 1", [dataset])
+        return row[0] if row else None
+
     def last_build(self):
         return self._one(
             "SELECT build_id, datasets, started_at, finished_at, outcome, summary FROM builds ORDER BY build_id DESC LIMIT 1"
