@@ -678,6 +678,45 @@ def test_an_interrupted_export_leaves_the_previous_one_as_it_was(two: Path, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_an_export_killed_mid_swap_leaves_work_folders_the_next_export_deletes(two: Path, tmp_path: Path) -> None:
+    """SIGKILL (no cleanup runs) after the previous export's first entry was moved aside: the new tree's work folder
+    and the moved-aside entries stay in the folder (a whole copy of the dataset). The next export deletes what a dead
+    process left, says so, and leaves a work folder of a running process and the user's files alone."""
+    out = tmp_path / "out"
+    code = ("import os, signal, sys\n"
+            "from pathlib import Path\n"
+            "from dsbuild.cli import main\n"
+            "rename, moves = Path.rename, []\n"
+            "def killed_on_the_second_move(self, target):\n"
+            "    moves.append(target)\n"
+            "    if len(moves) == 2:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    return rename(self, target)\n"
+            "if sys.argv[1] == 'kill':\n"
+            "    Path.rename = killed_on_the_second_move\n"
+            "sys.exit(main(sys.argv[2:]))\n")
+    args = ["export", "-m", str(two), "pets", "--to", str(out)]
+    assert python("-c", code, "free", *args).returncode == 0
+    fastai_files(out)
+    killed = python("-c", code, "kill", *args)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = sorted(p.name.split("-")[2] for p in out.iterdir() if p.name.startswith(".dsbuild-export-"))
+    assert left == ["new", "old"]  # what the kill left: the new tree, and the entry moved aside
+    running = out / f".dsbuild-export-new-{os.getppid()}-0123abcd"  # a live process's (pytest's parent)
+    running.mkdir()
+
+    again = python("-c", code, "free", *args)
+    assert again.returncode == 0, again.stderr
+    said = " ".join(again.stdout.split())
+    assert re.search(r"deleted 2 work entries left by an export that was killed before it finished: "
+                     r"\.dsbuild-export-new-\d+-[0-9a-f]{8}, \.dsbuild-export-old-\d+-[0-9a-f]{8}", said), said
+    splits = {r.split for r in _ok_images(two).itertuples()}
+    assert {p.name for p in out.iterdir()} == {".dsbuild-export", running.name, "export.pkl", "labels.csv", "models",
+                                               *splits}
+    assert image_tree(out) == catalog_tree(two)
+    assert (out / "export.pkl").read_bytes() == b"model"
+
+
 def test_status_html_shows_duplicate_groups_and_conflicts(tmp_path: Path, capsys) -> None:
     path = make_project(tmp_path)
     photos = tmp_path / "photos"

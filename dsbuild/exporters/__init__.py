@@ -41,7 +41,6 @@ is not a previous dsbuild export is never overwritten.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,10 +81,14 @@ class ExportSummary:
     replaced: tuple[str, ...] = ()  # the entries of the previous export of this dataset and format that were replaced
     kept: tuple[str, ...] = ()  # the other entries of the folder, left untouched (folders end in /)
     legacy: bool = False  # the previous export's marker was an earlier dsbuild's (the dataset name only)
+    swept: tuple[str, ...] = ()  # work entries a killed export had left, deleted
 
     def notes(self) -> list[str]:
         """What the export did to an existing folder, one line each (none for a new folder or a file)."""
         lines = []
+        if self.swept:
+            lines.append(f"deleted {len(self.swept)} work entr{'y' if len(self.swept) == 1 else 'ies'} left by an export "
+                         f"that was killed before it finished: {_names(self.swept)}")
         if self.legacy:
             lines.append(f"{self.out / MARKER} was written by an earlier dsbuild and names only the dataset: replaced "
                          f"only what that export always writes ({_names(self.replaced)}); it now lists every file "
@@ -104,6 +107,7 @@ class Swap:
     replaced: tuple[str, ...] = ()
     kept: tuple[str, ...] = ()
     legacy: bool = False
+    swept: tuple[str, ...] = ()
 
 
 def _names(entries) -> str:
@@ -163,7 +167,8 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
         swap = _write_folder(df, out, dataset, fmt)
     per_split = {k: int(v) for k, v in df["split"].value_counts().items()}
     return ExportSummary(dataset=dataset, out=out, format=fmt, images=len(df), per_split=per_split,
-                         skipped=tuple(skipped), replaced=swap.replaced, kept=swap.kept, legacy=swap.legacy)
+                         skipped=tuple(skipped), replaced=swap.replaced, kept=swap.kept, legacy=swap.legacy,
+                         swept=swap.swept)
 
 
 def source_folders(manifest) -> dict[Path, str]:
@@ -223,7 +228,7 @@ def _file_format(out: Path, fmt: str) -> FileFormat | None:
 def _write_file(df: Any, out: Path, file_format: FileFormat) -> None:
     """Write ``df`` to the file ``out`` through a temp file beside it and a rename (never a half file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    tmp = out.parent / marker.work_name("tmp", prefix=f".{out.name}.")
     try:
         file_format.write(df, tmp)
         os.replace(tmp, out)
@@ -241,8 +246,9 @@ def _write_folder(df: Any, out: Path, dataset: str, fmt: str) -> Swap:
     and the marker rewritten; the moved-aside entries are deleted only when every file in them is one the
     previous export wrote. Everything else in ``out`` is left as it was.
     """
+    swept = _sweep_stale_work(out)
     if not out.exists():
-        tmp = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+        tmp = out.parent / marker.work_name("tmp", prefix=f".{out.name}.")
         tmp.mkdir(parents=True)
         try:
             _fill(df, tmp, dataset, fmt, f"nothing was written to {out}")
@@ -251,12 +257,12 @@ def _write_folder(df: Any, out: Path, dataset: str, fmt: str) -> Swap:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Swap()
+        return Swap(swept=swept)
     records = marker.read(out)
     previous = next((r for r in records if r.key == (dataset, fmt)), None)
     others = [r for r in records if r.key != (dataset, fmt)]
     _refuse_foreign_files(out, [previous] if previous else [])
-    work = out / f"{marker.WORK_PREFIX}new-{secrets.token_hex(4)}"
+    work = out / marker.work_name("new")
     work.mkdir()
     try:
         _fill(df, work, dataset, fmt, f"{out} is unchanged")
@@ -264,7 +270,7 @@ def _write_folder(df: Any, out: Path, dataset: str, fmt: str) -> Swap:
         _refuse_taken_names(out, new, previous, others, dataset, fmt)
         old_entries = [e for e in previous.entries if _present(out / e)] if previous else []
         marker.write(out, [*others, previous.merged(new) if previous else new])  # a crash from here on: all ours
-        trash = out / f"{marker.WORK_PREFIX}old-{secrets.token_hex(4)}"
+        trash = out / marker.work_name("old")
         trash.mkdir()
         moved: list[tuple[Path, Path]] = []
         try:
@@ -287,7 +293,30 @@ def _write_folder(df: Any, out: Path, dataset: str, fmt: str) -> Swap:
         shutil.rmtree(trash, ignore_errors=True)
     kept = sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in out.iterdir()
                   if p.name != MARKER and p.name not in new.entries and not p.name.startswith(marker.WORK_PREFIX))
-    return Swap(replaced=tuple(old_entries), kept=tuple(kept), legacy=bool(previous and previous.legacy))
+    return Swap(replaced=tuple(old_entries), kept=tuple(kept), legacy=bool(previous and previous.legacy), swept=swept)
+
+
+def _sweep_stale_work(out: Path) -> tuple[str, ...]:
+    """Delete the work entries a killed export left (:func:`marker.is_stale`): ``out/.dsbuild-export-new-*`` (a
+    whole new tree), ``-old-*`` (the previous export's entries, moved aside before the kill), ``-marker-*``, and
+    ``.<out>.tmp-*`` beside a new ``out``. Only dsbuild names these; one a running export uses is left. Returns the
+    names deleted."""
+    places = [(out.parent, f".{out.name}.", f".{out.name}.tmp-")]
+    if out.is_dir():
+        places.append((out, marker.WORK_PREFIX, marker.WORK_PREFIX))
+    gone = []
+    for folder, prefix, start in places:
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            if not entry.name.startswith(start) or not marker.is_stale(entry.name, prefix=prefix):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            gone.append(entry.name)
+    return tuple(gone)
 
 
 def _fill(df: Any, folder: Path, dataset: str, fmt: str, unchanged: str) -> None:

@@ -36,6 +36,36 @@ WORK_PREFIX = ".dsbuild-export-"
 """Names of the work folders an export makes inside an existing export folder (never counted as the user's)."""
 
 
+def work_name(kind: str, prefix: str = WORK_PREFIX) -> str:
+    """A work entry's name: ``<prefix><kind>-<pid>-<random>`` — the process that owns it is in its name, so that
+    a later export can tell an entry left by a killed export (:func:`is_stale`) from one another export is using."""
+    return f"{prefix}{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def is_stale(name: str, prefix: str = WORK_PREFIX) -> bool:
+    """Whether the work entry ``name`` (:func:`work_name`) belongs to no running process of this machine: its
+    owner was killed (SIGKILL, a power cut) before it could clean up. A name without a process id
+    (``<kind>-<8 hex>``) was written by an earlier dsbuild, whose export has ended; a name of any other shape is
+    not dsbuild's and never stale."""
+    parts = name[len(prefix):].split("-")
+    if not (len(parts) in (2, 3) and len(parts[-1]) == 8 and all(c in "0123456789abcdef" for c in parts[-1])):
+        return False  # not a name dsbuild makes: never touched
+    if len(parts) == 2:
+        return True
+    if not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
 @dataclass(frozen=True)
 class Record:
     """One export in a folder: its dataset, format, the top-level ``entries`` it owns and every file it wrote."""
@@ -117,7 +147,7 @@ def write(folder: Path, records: Iterable[Record]) -> None:
     data = {"dsbuild_export": VERSION, "exports": [
         {"dataset": r.dataset, "format": r.format, "entries": list(r.entries), "files": sorted(r.files)}
         for r in sorted(records, key=lambda r: r.key)]}
-    tmp = folder / f"{WORK_PREFIX}marker-{secrets.token_hex(4)}"
+    tmp = folder / work_name("marker")
     try:
         tmp.write_text(json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, folder / MARKER)
