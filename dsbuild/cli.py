@@ -475,8 +475,9 @@ TERMINATED = "Error: terminated (SIGTERM) — everything finished so far is kept
 
 
 def _on_sigterm(signum, frame) -> None:
-    from dsbuild.errors import Terminated
+    from dsbuild.errors import Terminated, note_terminated
 
+    note_terminated()
     raise Terminated()
 
 

@@ -91,6 +91,22 @@ class Terminated(KeyboardInterrupt):
     its finished work and marks itself interrupted on Ctrl-C does the same here."""
 
 
+_terminated = False
+
+
+def note_terminated() -> None:
+    """Record that SIGTERM arrived (its handler calls this before raising :class:`Terminated`), so that a stop a
+    library swallowed and turned into its own error (:func:`lost_stop`) is raised again as what it was."""
+    global _terminated
+    _terminated = True
+
+
+def lost_stop() -> KeyboardInterrupt:
+    """The stop to raise for one a library caught and reported as its own error (DuckDB's "Query interrupted"):
+    :class:`Terminated` once SIGTERM has arrived in this process, else :class:`KeyboardInterrupt` (Ctrl-C)."""
+    return Terminated() if _terminated else KeyboardInterrupt()
+
+
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice closest to ``word``: one that differs only in case, else :func:`difflib.get_close_matches`'s
     best at its default cut-off (0.6); None when nothing is close."""

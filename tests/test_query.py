@@ -12,7 +12,9 @@ import hashlib
 import io
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -417,6 +419,41 @@ def test_timeout_stops_a_runaway_query(project: Project, capsys, sql: str) -> No
     assert err == "Error: query ran longer than 0.5 s and was stopped — narrow it, or raise --timeout\n"
     assert elapsed < 8, f"took {elapsed:.1f} s to stop"
     assert run(project, capsys, "select 42 as x", "--format", "csv")[1].split() == ["x", "42"]  # still usable
+
+
+@pytest.mark.parametrize("sig, code, message", [
+    (signal.SIGINT, 130, "Error: query interrupted\n"),
+    (signal.SIGTERM, 143, "Error: terminated (SIGTERM) — everything finished so far is kept; run the command again\n"),
+])
+def test_ctrl_c_or_sigterm_during_a_long_query_is_a_one_line_stop(project: Project, sig: int, code: int,
+                                                                  message: str) -> None:
+    """DuckDB runs the signal handler itself while a statement runs and raises RuntimeError('Query interrupted')
+    instead of the KeyboardInterrupt: `dsbuild query` ended with that traceback and exit 1."""
+    def start(sql: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(project.manifest), "query", "--timeout",
+                                 "600", sql], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
+
+    # The CPU time a whole quick query takes (start-up, imports, opening the catalog); the long statement runs once
+    # the process has used a second more than that (CPU time, not wall time: the same on a loaded machine).
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start("select 1").communicate(timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    startup = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    proc = start("select count(*) from range(100000000000) t(x) where x % 7 = 3")
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and _cpu_seconds(proc.pid) < startup + 1:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (code, "", message)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_missing_catalog_says_to_build(tmp_path: Path, capsys) -> None:

@@ -10,9 +10,9 @@ import re
 import threading
 from pathlib import Path
 
-from dsbuild.catalog.db import translate_error
+from dsbuild.catalog.db import held_stops, is_interruption, translate_error
 from dsbuild.catalog.lock import retry_while_yielding
-from dsbuild.errors import CatalogBusy, DsbuildError, did_you_mean
+from dsbuild.errors import CatalogBusy, DsbuildError, Terminated, did_you_mean, lost_stop
 
 
 def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_rows: int | None = None):
@@ -72,17 +72,25 @@ def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_r
             if statements > 1:  # DuckDB would run them all and return only the last one's rows
                 raise DsbuildError(f"{statements} SQL statements given — query runs one statement at a time; "
                                    "run them one by one", exit_code=2)
-            rel = con.execute(sql)
-            if rel.description is None:
-                import pandas as pd
 
-                return pd.DataFrame()
-            out = rel.df() if max_rows is None else _fetch_limited(rel, max_rows)
-            return out
+            def run():
+                rel = con.execute(sql)
+                if rel.description is None:
+                    import pandas as pd
+
+                    return pd.DataFrame()
+                return rel.df() if max_rows is None else _fetch_limited(rel, max_rows)
+
+            return _off_this_thread(run, con)
+        except Terminated:
+            raise
         except KeyboardInterrupt:
-            con.interrupt()
             raise DsbuildError("query interrupted", exit_code=130) from None
-        except duckdb.InterruptException:
+        except (duckdb.InterruptException, RuntimeError) as exc:
+            if not is_interruption(exc):
+                raise
+            if isinstance(stop := lost_stop(), Terminated):  # SIGTERM, which DuckDB turned into its own error
+                raise stop from None
             if timed_out.is_set():
                 raise DsbuildError(f"query ran longer than {timeout:g} s and was stopped — narrow it, or raise --timeout") from None
             raise DsbuildError("query interrupted", exit_code=130) from None
@@ -92,6 +100,33 @@ def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_r
         if timer is not None:
             timer.cancel()
         con.close()
+
+
+def _off_this_thread(run, con, grace_s: float = 10.0):
+    """``run()`` in a worker thread while this one waits with Ctrl-C and SIGTERM held (:func:`held_stops`): a stop
+    ends the statement with ``con.interrupt()`` (as the timeout does) and is raised when it has ended (or after
+    ``grace_s``; the worker is a daemon thread). Returns ``run()``'s result or raises its error. Without this a
+    Ctrl-C during a long query printed DuckDB's "RuntimeError: Query interrupted" traceback, or hung."""
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["out"] = run()
+        except BaseException as exc:  # handed to the caller's thread
+            box["exc"] = exc
+
+    worker = threading.Thread(target=work, name="dsbuild-query", daemon=True)
+    with held_stops() as held:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+            if held:
+                con.interrupt()
+                worker.join(grace_s)
+                break
+    if "exc" in box:
+        raise box["exc"]
+    return box["out"]
 
 
 def _fetch_limited(rel, max_rows: int):
