@@ -268,8 +268,8 @@ def cmd_embed(args) -> int:
     manifest = _load(args)
     summaries = embed(manifest, args.datasets, progress=RichProgress(args.quiet), workers=args.workers)
     for s in summaries:
-        print(f"{s.dataset}: embeddings and near-duplicate signals up to date; {s.duplicates} duplicates in "
-              f"{s.dup_groups} groups, {s.conflicts} label conflicts ({s.seconds:.0f} s)")
+        print(f"{s.dataset}: embeddings and near-duplicate signals up to date; {counted(s.duplicates, 'duplicate')} "
+              f"in {counted(s.dup_groups, 'group')}, {counted(s.conflicts, 'label conflict')} ({s.seconds:.0f} s)")
         for note in s.notes:
             print(f"{s.dataset}: {note}")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dsbuild.catalog import Catalog
 from dsbuild.errors import DsbuildError
+from dsbuild.render.values import counted
 from dsbuild.split import leakage_note
 
 _STATUS_ORDER = ("ok", "duplicate", "rejected", "failed")
@@ -95,8 +96,9 @@ def _one(cat: Catalog, name: str, ds=None) -> DatasetStatus:
                      f"build of it stopped before near duplicates and splits; run `dsbuild build {name}` to finish")
     if dups["groups"]:
         notes.append(
-            f"{name}: {dups['duplicates']} duplicates in {dups['groups']} groups; "
-            f"{dups['conflicts']} label conflicts (same picture, different labels) — `dsbuild query @label_conflicts`"
+            f"{name}: {counted(dups['duplicates'], 'duplicate')} in {counted(dups['groups'], 'group')}; "
+            f"{counted(dups['conflicts'], 'label conflict')} (same picture, different labels) — "
+            "`dsbuild query @label_conflicts`"
         )
     leaks = leakage_note(dups["leaks"], dups["leaks_kept"], dups["leak_pairs"], name)
     if leaks:
@@ -133,7 +135,6 @@ def empty_classes(cat: Catalog, ds) -> dict[str, str]:
     """Each class of the manifest's dataset ``ds`` (and each class folder of its imagefolder, an empty one too, and
     each label of its labels CSV) with no accepted image, with the line that says why: a model would silently learn
     without it."""
-    from dsbuild.render.values import counted
     from dsbuild.sources.folders import imagefolder_layout
     from dsbuild.sources.labelcsv import read_labels_csv
 

@@ -590,6 +590,8 @@ def test_imagefolder_keeps_given_splits_and_reports_leakage(tmp_path: Path, caps
     code, out, err = run_cli(capsys, manifest, "status")
     assert code == 0, err
     assert f"given: {leak_line}" in " ".join(out.split())
+    assert ("given: 1 duplicate in 1 group; 0 label conflicts (same picture, different labels) — "
+            "`dsbuild query @label_conflicts`") in " ".join(out.split())  # trial 6: "1 duplicates in 1 groups"
 
     # A reviewer removes the valid copy: nothing leaks any more, at once (trial 5: the leak stayed listed until the
     # next build); an undo brings it back.
