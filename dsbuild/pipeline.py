@@ -46,7 +46,7 @@ from dsbuild.sources.folders import imagefolder_layout
 from dsbuild.sources.labelcsv import read_labels_csv
 from dsbuild.sources.urls import read_url_list
 from dsbuild.split import leakage_note
-from dsbuild.status import empty_class_notes
+from dsbuild.status import empty_class_notes, split_gaps
 from dsbuild.store import sweep_temp_files
 
 FLUSH_ROWS = 500  # rows per catalog transaction: what a killed build can lose and redo
@@ -412,6 +412,7 @@ def build_dataset(
         if note:
             summary.notes.append(note)
     summary.notes.extend(empty_class_notes(cat, ds))
+    summary.notes.extend(split_gaps(cat, ds))
     # Dedup and quality checks have just turned some accepted images into duplicates or rejects:
     # the summary reports this build's images as the catalog now has them, not as they were fetched.
     counts = cat.build_item_counts(ds.name, build_id)

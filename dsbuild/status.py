@@ -121,9 +121,42 @@ def _one(cat: Catalog, name: str, ds=None) -> DatasetStatus:
                      f"images so flagged, add reject = [{example}] (the flags you want out) under "
                      f"[datasets.{name}.quality] in the manifest and run `dsbuild build {name}`")
     notes += [f"{name}: {line}" for line in empty.values()]
+    if finished:
+        notes += [f"{name}: {line}" for line in split_gaps(cat, ds)]
     names = [("ok, split pending" if s == "-" else f"{s} ok") if st == "ok" else st for s, st in columns]
     return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups,
                          quality=flags, notes=notes)
+
+
+def split_gaps(cat: Catalog, ds) -> list[str]:
+    """A line for each class of drawn splits left with no accepted image in a split its size calls for.
+
+    A split's share of a class is :func:`dsbuild.split.nested_counts` of its accepted images (what a fresh split
+    draws: ``round(fraction × n)``); a class with none where that count is ≥ 1 gets a line — e.g. its valid images
+    were removed in review, or became duplicates of another class's copies, after the splits were drawn, and its
+    valid error rate can no longer be measured. Datasets whose source gives the splits are the user's to arrange
+    (``train`` says what it needs)."""
+    from dsbuild.split import nested_counts
+
+    if cat.given_splits(ds.name):
+        return []
+    targets = ds.split.targets()
+    per: dict[str, dict[str, int]] = {}
+    for r in cat.status_counts(ds.name).itertuples(index=False):
+        if r.status == "ok" and r.split != "-":
+            per.setdefault(str(r.label), {})[r.split] = per.get(str(r.label), {}).get(r.split, 0) + int(r.n)
+    lines = []
+    for label, splits in sorted(per.items()):
+        n = sum(splits.values())
+        want = nested_counts(n, targets, "train")
+        for split in ("valid", "test"):
+            if want.get(split, 0) >= 1 and not splits.get(split):
+                where = ", ".join(f"{splits[s]} in {s}" for s in ("train", "valid", "test") if splits.get(s))
+                lines.append(f"class '{label}' has no {split} image ({where}; a fresh split of its {n} would put "
+                             f"{want[split]} in {split}): images were removed or became duplicates after its split "
+                             f"was drawn, and its {split} error cannot be measured — `dsbuild build {ds.name} "
+                             f"--resplit` draws the splits again (images may move)")
+    return lines
 
 
 def empty_class_notes(cat: Catalog, ds) -> list[str]:

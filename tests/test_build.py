@@ -632,6 +632,31 @@ def test_a_group_of_given_splits_with_a_drawn_member_is_leakage_the_dataset_came
             "`dsbuild query @split_leakage`") in " ".join(out.split()), out
 
 
+def test_a_class_left_with_no_valid_image_is_named_by_status_and_build(tmp_path: Path, capsys) -> None:
+    """Trial 6: after copies under another class took a class's valid images into their groups, 'dog' had 8 train
+    and 0 valid (a fresh build: 2) and neither build nor status said so. Here a reviewer removes both valid images
+    of 'one'."""
+    images = tmp_path / "images"
+    write_digits(images, 10, classes=2)
+    manifest = digits_manifest(tmp_path / "m", images, classes=2, extra="[datasets.digits.dedup]\nnear = false")
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 0 and "has no valid image" not in out, out
+    df = images_of(manifest, "digits")
+    valid = df[(df["label"] == "one") & (df["split"] == "valid") & (df["status"] == "ok")]["image_id"]
+    assert len(valid) == 2  # round(0.2 × 10)
+    decisions = tmp_path / "remove.csv"
+    decisions.write_text("image_id,action,new_label\n" + "".join(f"{i},remove,\n" for i in valid))
+    assert run_cli(capsys, manifest, "review", "digits", "--decisions", str(decisions))[0] == 0
+    line = ("digits: class 'one' has no valid image (8 in train; a fresh split of its 8 would put 2 in valid): images "
+            "were removed or became duplicates after its split was drawn, and its valid error cannot be measured — "
+            "`dsbuild build digits --resplit` draws the splits again (images may move)")
+    code, out, err = run_cli(capsys, manifest, "status")
+    assert code == 0 and line in " ".join(out.split()), out
+    assert "class 'zero'" not in out
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 0 and line in " ".join(out.split()), out
+
+
 def _catalog_state(manifest: Path, dataset: str, root: Path) -> dict:
     """Status, reason, split and group partner of every image, keyed by its path under ``root`` (not by image id)."""
     df = images_of(manifest, dataset)
