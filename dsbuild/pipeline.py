@@ -169,8 +169,8 @@ def _settings_digest(ds: Dataset) -> str:
 #: The settings that decide recorded per-image outcomes, by section: a build compares them with the
 #: dataset's last build and evaluates again every outcome a changed section decided (sources: folder
 #: files verified again, web outcomes per :data:`dsbuild.sources.web.RETRY_WHEN_CHANGED`; quality: every
-#: verified image's quality reject), then says how many it re-tried.
-SETTINGS_SECTIONS = ("verify", "network", "noai", "max_bytes", "quality")
+#: verified image's quality reject; dedup: every accepted image's grouping), then says how many it re-tried.
+SETTINGS_SECTIONS = ("verify", "network", "noai", "max_bytes", "quality", "dedup")
 
 
 def settings_sections(ds: Dataset) -> dict[str, str]:
@@ -183,6 +183,7 @@ def settings_sections(ds: Dataset) -> dict[str, str]:
         "noai": fetch.respect_noai,
         "max_bytes": fetch.max_bytes,
         "quality": asdict(ds.quality),
+        "dedup": asdict(ds.dedup),
     }
     return {k: json.dumps(v, sort_keys=True, default=str) for k, v in parts.items()}
 
@@ -406,6 +407,8 @@ def build_dataset(
     if "quality" in changed:  # every verified image's quality outcome was evaluated again by the regrouping
         retried |= {i for i, (st, reason) in before.items()
                     if st in ("ok", "duplicate") or str(reason or "").startswith("quality:")}
+    if "dedup" in changed:  # every accepted image was grouped again (trial 6: a dedup change regrouped silently)
+        retried |= {i for i, (st, _) in before.items() if st in ("ok", "duplicate")}
     if retried:
         after = {r.image_id: (r.status, r.reason) for r in cat.known_items(ds.name).itertuples(index=False)}
         note = retry_note(before, after, retried)

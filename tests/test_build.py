@@ -657,6 +657,24 @@ def test_a_class_left_with_no_valid_image_is_named_by_status_and_build(tmp_path:
     assert code == 0 and line in " ".join(out.split()), out
 
 
+def test_a_dedup_settings_change_says_what_it_regrouped(tmp_path: Path, capsys) -> None:
+    """Trial 6: `[dedup] near` true → false regrouped silently (the README: a settings change says how many outcomes
+    it re-tried)."""
+    images = tmp_path / "images"
+    write_digits(images, 40, classes=3)
+    manifest = digits_manifest(tmp_path / "m", images, classes=3, extra=PHASH_ONLY)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    df = images_of(manifest, "digits")
+    near = int((df["reason"] == "near duplicate").sum())
+    assert near > 0  # digits have near duplicates under the hash alone
+    manifest.write_text(manifest.read_text().replace("semantic = false", "semantic = false\nnear = false"))
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 0, err
+    accepted = int(df["status"].isin(["ok", "duplicate"]).sum())
+    assert (f"settings changed — re-tried {accepted} earlier outcomes: duplicate → ok {near}"
+            in " ".join(out.split())), out
+
+
 def _catalog_state(manifest: Path, dataset: str, root: Path) -> dict:
     """Status, reason, split and group partner of every image, keyed by its path under ``root`` (not by image id)."""
     df = images_of(manifest, dataset)
