@@ -292,7 +292,8 @@ def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before:
     ``class 'ship' split into 'ship_a', 'ship_b'`` (its images went to several classes and it is gone),
     ``classes 'dog', 'horse' merged into 'animal'`` (a class took images of several, or of one while it
     existed before: ``class 'cat' merged into 'dog'``), ``class 'cat' renamed 'kitty'`` (one to one, the old
-    one gone), else ``images of class 'a' now under 'b'``."""
+    one gone), ``images of the former class 'cat' back under 'kitty'`` (a class gone before this build, its set-aside
+    images back under a class that was there), else ``images of class 'a' now under 'b'``."""
     into: dict[str, set[str]] = {}
     out_of: dict[str, set[str]] = {}
     for old, new in pairs:
@@ -308,6 +309,10 @@ def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before:
             words[(old, new)] = f"class '{old}' moved to another folder"
         elif len(out_of[old]) > 1 and old not in labels:
             words[(old, new)] = f"class '{old}' split into {quoted(out_of[old])}"
+        elif old not in labels_before and old not in labels and len(into[new]) == 1 and new in labels_before:
+            # A class renamed or merged by an earlier build whose set-aside images come back now (trial 6: "class
+            # 'cat' merged into 'kitty'" for two URLs put back after the rename cat → kitty)
+            words[(old, new)] = f"images of the former class '{old}' back under '{new}'"
         elif len(into[new]) > 1 or new in labels_before:
             which = f"classes {quoted(into[new])}" if len(into[new]) > 1 else f"class '{old}'"
             words[(old, new)] = f"{which} merged into '{new}'"
