@@ -675,6 +675,26 @@ def test_a_dedup_settings_change_says_what_it_regrouped(tmp_path: Path, capsys) 
             in " ".join(out.split())), out
 
 
+def test_the_build_table_counts_an_image_removed_in_review_as_rejected(tmp_path: Path, capsys) -> None:
+    """Trial 6: a decided image put back into its source came back counted 'ok' in the build's table, though the
+    catalog (status, the images view) has it removed in review."""
+    images = tmp_path / "images"
+    write_digits(images, 6, classes=2)
+    manifest = digits_manifest(tmp_path / "m", images, classes=2, extra=PHASH_ONLY)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    df = images_of(manifest, "digits")
+    gone = df[df["status"] == "ok"].iloc[0]
+    decisions = tmp_path / "remove.csv"
+    decisions.write_text(f"image_id,action,new_label\n{gone.image_id},remove,\n")
+    assert run_cli(capsys, manifest, "review", "digits", "--decisions", str(decisions))[0] == 0
+    aside = tmp_path / "aside.png"
+    Path(gone.origin).rename(aside)
+    assert build(load_manifest(manifest), ["digits"], workers=1).datasets[0].rejected == 1  # source removed
+    aside.rename(gone.origin)
+    (ds,) = build(load_manifest(manifest), ["digits"], workers=1).datasets
+    assert (ds.new, ds.ok, ds.rejected, ds.rejects) == (1, 0, 1, {"removed in review": 1}), ds
+
+
 def _catalog_state(manifest: Path, dataset: str, root: Path) -> dict:
     """Status, reason, split and group partner of every image, keyed by its path under ``root`` (not by image id)."""
     df = images_of(manifest, dataset)

@@ -731,9 +731,11 @@ class Catalog:
         return out
 
     def build_item_counts(self, dataset: str, build_id: int) -> list[tuple[str, str | None, int]]:
-        """(status, reason, n) of the items of ``dataset`` that build ``build_id`` catalogued, as they stand now."""
+        """(status, reason, n) of the items of ``dataset`` that build ``build_id`` catalogued, as they stand now —
+        review applied (an image a reviewer removed is ``rejected``, ``removed in review``, as ``status`` shows it)."""
         rows = self.con.execute(
-            "SELECT status, reason, count(*) FROM items WHERE dataset = ? AND build_id = ? GROUP BY ALL ORDER BY ALL",
+            """SELECT v.status, v.reason, count(*) FROM items i JOIN images v USING (dataset, image_id)
+               WHERE i.dataset = ? AND i.build_id = ? GROUP BY ALL ORDER BY ALL""",
             [dataset, build_id],
         ).fetchall()
         return [(status, reason, int(n)) for status, reason, n in rows]
