@@ -236,7 +236,7 @@ def test_status_shows_counts_and_rejects_by_reason(mixed: Path, capsys) -> None:
     lines = [" ".join(line.replace("│", " ").split()) for line in out.splitlines()]
     for reason, n in (("not an image", 2), ("truncated", 1), ("too small", 1), ("empty file", 1)):
         assert f"rejected {reason} {n}" in lines, out
-    assert "2 label conflicts" not in out and "1 label conflicts" in out
+    assert "2 label conflicts" not in out and "1 label conflict (same picture" in out
     code, out, err = run_cli(capsys, mixed, "query", "@rejects", "--format", "json")
     assert code == 0
     assert {(r["reason"], r["images"]) for r in json.loads(out)} == {
