@@ -597,7 +597,8 @@ class Catalog:
         return {r[0] for r in rows}
 
     def blob_record(self, sha256: str):
-        """The stored blob ``sha256`` as an accepted :class:`~dsbuild.verify.analyze.ImageRecord`."""
+        """The stored blob ``sha256`` as an accepted :class:`~dsbuild.verify.analyze.ImageRecord`, or None when no
+        blob ``sha256`` was stored (an item rejected on verification has a sha256 but no blob)."""
         from dsbuild.verify.analyze import ImageRecord
 
         row = self._one(
@@ -606,6 +607,8 @@ class Catalog:
             "FROM blobs b WHERE sha256 = ?",
             [sha256],
         )
+        if row is None:
+            return None
         path, size, fmt, w, h, mode, frames, pix, ph = row
         return ImageRecord(ok=True, sha256=sha256, bytes=size, format=fmt, width=w, height=h, mode=mode,
                            frames=frames or 1, pixel_sha=pix, phash=ph, store_path=path)

@@ -6,9 +6,10 @@
    downloaded, so an interrupted build resumes from the same links and a query
    already searched is not searched again.
 2. **Plan**: a URL is fetched once per dataset, however many queries or labels
-   return it; URLs that already succeeded (in any dataset) are never downloaded
-   again; failed ones are retried only with ``--retry-failed`` and only when
-   their failure was transient (timeouts, 5xx, 429, resets). An outcome that a
+   return it; URLs that already succeeded (in any dataset) are not downloaded
+   again but verified again from the store under this dataset's verify settings
+   (the same bytes give the same outcome whichever build fetched them first);
+   failed ones are retried only with ``--retry-failed``. An outcome that a
    setting decided is evaluated again when that setting changed
    (:data:`RETRY_WHEN_CHANGED`: a URL refused as a private address after
    ``allow_private_hosts`` is set, one too large after ``max_bytes`` grew, ...),
@@ -236,16 +237,12 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
     if not by_url:
         return
 
-    # URLs that succeeded before (e.g. in another dataset): catalogue them without downloading again
-    # (verified again from the store when the verify settings changed).
+    # URLs that succeeded before (in another dataset, under another class, or before the verify settings changed):
+    # not downloaded again, but verified again from the store under this dataset's verify settings — the record
+    # stored with the blob is the outcome under the settings of whichever build fetched it first.
     again: list[tuple[str, object, str]] = []
     for url, (_, sha, path, status, size, ctype) in cat.fetched_ok(list(by_url)).items():
-        rec = cat.blob_record(sha)
-        for iid, link in by_url.pop(url):
-            if reverify:
-                again.append((iid, link, sha))
-            else:
-                sink.add(item=_item(ds, iid, link, rec, run.build_id, now), retried=iid in retried)
+        again.extend((iid, link, sha) for iid, link in by_url.pop(url))
     if again:
         by_url = _verify_stored(cat, run, again, by_url, now=now, retried=retried)
     if not by_url:
@@ -258,17 +255,18 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
 
 def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str, list], *, now,
                    retried: set[str]) -> dict[str, list]:
-    """Verify accepted downloads again from their stored files (the verify settings changed); report the items.
+    """Verify downloads again from their stored files under the dataset's verify settings; report the items.
 
-    ``stored``: (image_id, link, sha256). One whose file is gone joins ``by_url`` (downloaded again);
-    returns ``by_url``.
+    ``stored``: (image_id, link, sha256). One with no stored blob (an image rejected on verification has a
+    sha256 but no blob) or whose file is gone joins ``by_url`` (downloaded again); returns ``by_url``.
     """
     import os
 
     ds = run.dataset
     jobs, links = [], {}
     for iid, link, sha in stored:
-        path = cat.blob_record(sha).store_path
+        blob = cat.blob_record(sha)
+        path = None if blob is None else blob.store_path
         if path is None or not os.path.exists(path):
             by_url.setdefault(link.url, []).append((iid, link))
             continue
