@@ -72,6 +72,7 @@ class DatasetSummary:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     changed: int = 0  # catalogued images whose status, split, duplicate group or conflict this build changed
+    failed_now: int = 0  # images of the dataset whose download failed, as the catalog stands after this build
 
     @property
     def up_to_date(self) -> bool:
@@ -486,6 +487,8 @@ def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
         per[r.status] = per.get(r.status, 0) + int(r.n)
     notes = []
     reasons = cat.label_reject_counts(ds.name)
+    queries = {c.name: c.queries for c in ds.classes}
+    empty = cat.empty_searches(ds.name) if any(queries.values()) else set()
     labels = list(ds.labels)
     if ds.imagefolder is not None and ds.imagefolder.is_dir():  # its class folders, an empty one included
         labels += [label for label in imagefolder_layout(ds.imagefolder, ds.name).labels if label not in labels]
@@ -496,7 +499,7 @@ def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
         if per.get("ok", 0):
             continue
         if not per:
-            notes.append(f"class '{label}' has no images (its sources are empty) — add images or remove the class")
+            notes.append(_no_images_note(label, [q for q in queries.get(label, ()) if (label, ds.engine, q) in empty]))
             continue
         words = {"rejected": ("rejected", "rejected"), "failed": ("failed", "failed"),
                  "duplicate": ("duplicate", "duplicates")}
@@ -505,6 +508,18 @@ def empty_class_notes(cat: Catalog, ds: Dataset) -> list[str]:
         parts = ", ".join(p for p in (bad, per.get("duplicate") and counted(per["duplicate"], *words["duplicate"])) if p)
         notes.append(f"class '{label}' has no accepted images ({parts}) — {hint or 'add images or remove the class'}")
     return notes
+
+
+def _no_images_note(label: str, empty_queries: list[str]) -> str:
+    """The line for a class with no image at all; ``empty_queries``: its queries whose last search found no results
+    (an engine that was empty or answered a page that read as empty: searching again may find them)."""
+    if not empty_queries:
+        return f"class '{label}' has no images (its sources are empty) — add images or remove the class"
+    shown = ", ".join(repr(q) for q in empty_queries[:3]) + (", …" if len(empty_queries) > 3 else "")
+    one = len(empty_queries) == 1
+    return (f"class '{label}' has no images: the search for {shown} found no results — "
+            f"`dsbuild build --retry-failed` searches {'it' if one else 'them'} again "
+            f"(else change the {'query' if one else 'queries'}, add images or remove the class)")
 
 
 def _main_reason(parts: str, reasons: list[tuple[str | None, int]], dataset: str) -> tuple[str, str | None]:
@@ -614,6 +629,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
     counts = updates[updates["split"].notna() & (updates["status"] == "ok")
                      & ~updates["image_id"].isin(removed)]["split"].value_counts()
     summary.splits = {k: int(v) for k, v in counts.items()}
+    summary.failed_now = int((items["status"] == "failed").sum())
     note = group_warning(updates, ds)
     if note:
         summary.notes.append(note)
