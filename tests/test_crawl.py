@@ -731,7 +731,8 @@ def test_build_summary_and_progress_match_the_catalog(servers, tmp_path, capsys,
     assert (code, err) == (0, "")
     splits = ", ".join(f"{s} {ds.splits[s]}" for s in ("train", "valid", "test") if ds.splits.get(s))
     assert (f"web: up to date — {counts['ok']} accepted images ({splits}), 3 duplicates; nothing new in "
-            f"{len(ALPHA) + len(BETA)} sources") in out.splitlines()
+            f"{len(ALPHA) + len(BETA)} sources ({counts['failed']} of them failed to download — "
+            "`dsbuild build --retry-failed` fetches them again)") in out.splitlines()
     assert "processed" not in out
 
 
