@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("build", cmd_build, "crawl/import → verify → dedup → split → catalog")
     p.add_argument("datasets", nargs="*", metavar="DATASET", help="datasets to build (default: all)")
-    p.add_argument("--retry-failed", action="store_true", help="retry downloads that failed for transient reasons")
+    p.add_argument("--retry-failed", action="store_true", help="fetch again every download that failed (a timeout, a reset, "
+                   "a 404, a 5xx...) and search again every query that found no results; a plain build tries neither")
     p.add_argument("--workers", type=int, default=None, help="worker processes for verification (default: CPU count)")
     p.add_argument("--resplit", action="store_true",
                    help="assign every image's split again from the manifest's [split] settings (after changing "

@@ -120,7 +120,7 @@ class FetchResult:
         "server disconnected", "truncated body", "dns error", "tls error",
         "too large", "empty body", "not an image (html)", "private address",
         "bad scheme", "bad url", "redirect loop", "too many redirects", "noai", ...
-    transient: worth retrying later (``--retry-failed``): network errors,
+    transient: worth retrying (the downloader retries these within a build): network errors,
         timeouts, deadline, truncated bodies, 408/425/429/5xx.
     http_status / content_type: of the last response seen (None if none).
     bytes: decoded body bytes received in the last attempt (None if no body was read).

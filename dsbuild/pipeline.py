@@ -73,6 +73,7 @@ class DatasetSummary:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     changed: int = 0  # catalogued images whose status, split, duplicate group or conflict this build changed
+    failed_now: int = 0  # images of the dataset whose download failed, as the catalog stands after this build
 
     @property
     def up_to_date(self) -> bool:
@@ -574,6 +575,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
     counts = updates[updates["split"].notna() & (updates["status"] == "ok")
                      & ~updates["image_id"].isin(removed)]["split"].value_counts()
     summary.splits = {k: int(v) for k, v in counts.items()}
+    summary.failed_now = int((items["status"] == "failed").sum())
     note = group_warning(updates, ds)
     if note:
         summary.notes.append(note)

@@ -177,6 +177,8 @@ def empty_classes(cat: Catalog, ds) -> dict[str, str]:
         per[r.status] = per.get(r.status, 0) + int(r.n)
     notes: dict[str, str] = {}
     reasons = cat.label_reject_counts(ds.name)
+    queries = {c.name: c.queries for c in ds.classes}
+    empty = cat.empty_searches(ds.name) if any(queries.values()) else set()
     labels = list(ds.labels)
     if ds.imagefolder is not None and ds.imagefolder.is_dir():  # its class folders, an empty one included
         labels += [label for label in imagefolder_layout(ds.imagefolder, ds.name).labels if label not in labels]
@@ -187,7 +189,7 @@ def empty_classes(cat: Catalog, ds) -> dict[str, str]:
         if per.get("ok", 0):
             continue
         if not per:
-            notes[label] = f"class '{label}' has no images (its sources are empty) — add images or remove the class"
+            notes[label] = _no_images_note(label, [q for q in queries.get(label, ()) if (label, ds.engine, q) in empty])
             continue
         words = {"rejected": ("rejected", "rejected"), "failed": ("failed", "failed"),
                  "duplicate": ("duplicate", "duplicates")}
@@ -196,6 +198,18 @@ def empty_classes(cat: Catalog, ds) -> dict[str, str]:
         parts = ", ".join(p for p in (bad, per.get("duplicate") and counted(per["duplicate"], *words["duplicate"])) if p)
         notes[label] = f"class '{label}' has no accepted images ({parts}) — {hint or 'add images or remove the class'}"
     return notes
+
+
+def _no_images_note(label: str, empty_queries: list[str]) -> str:
+    """The line for a class with no image at all; ``empty_queries``: its queries whose last search found no results
+    (an engine that was empty or answered a page that read as empty: searching again may find them)."""
+    if not empty_queries:
+        return f"class '{label}' has no images (its sources are empty) — add images or remove the class"
+    shown = ", ".join(repr(q) for q in empty_queries[:3]) + (", …" if len(empty_queries) > 3 else "")
+    one = len(empty_queries) == 1
+    return (f"class '{label}' has no images: the search for {shown} found no results — "
+            f"`dsbuild build --retry-failed` searches {'it' if one else 'them'} again "
+            f"(else change the {'query' if one else 'queries'}, add images or remove the class)")
 
 
 def _main_reason(parts: str, reasons: list[tuple[str | None, int]], dataset: str) -> tuple[str, str | None]:

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 import duckdb
 import pytest
-from fake_engines import FakeEngineServer
+from fake_engines import FakeEngineServer, real_jpeg
 from helpers import run_cli
 from hostile_server import HostileServer
 
@@ -384,7 +384,7 @@ def test_private_address_rows_and_the_empty_class_note_name_the_setting_that_all
 # --------------------------------------------------------------------------- re-runs and --retry-failed
 
 
-def test_rebuild_fetches_nothing_new_and_retry_failed_retries_only_transient_failures(servers, tmp_path, capsys):
+def test_rebuild_fetches_nothing_new_and_retry_failed_retries_every_failure(servers, tmp_path, capsys):
     engine, images = servers
     plant(engine, images, "alpha things", ALPHA)
     plant(engine, images, "beta things", BETA)
@@ -404,19 +404,20 @@ def test_rebuild_fetches_nothing_new_and_retry_failed_retries_only_transient_fai
     assert rows(manifest, "SELECT image_id, status, reason, split, sha256 FROM images ORDER BY image_id") == images_before
     assert len(rows(manifest, "SELECT * FROM fetch_log")) == len(ALPHA) + len(BETA)
 
-    # 2. --retry-failed: only the transient failures are requested again
+    # 2. --retry-failed: every failed download is requested again (a 404 too: the user asked), none of the rejected
     code, out, err = run_cli(capsys, manifest, "build", "-q", "--retry-failed")
     assert (code, err) == (0, "")
     again = new_hits(first, hits(images))
-    assert set(again) == {urlsplit(r).path for r in TRANSIENT}
+    assert set(again) == {urlsplit(r).path for r in TRANSIENT} | {"/status/404"}
     assert again["/flaky/500/2/b.jpg"] == 1  # the third hit answers with the image
     assert again["/status/500"] == 2 and again["/stall-body.jpg"] == 2  # retried within the build too
     status = {route_of(r["origin"], images.url): r for r in rows(manifest, "SELECT * FROM images")}
     assert status["/flaky/500/2/b.jpg"]["status"] in ("ok", "duplicate")  # the "same" JPEG: joins its group
     assert status["/flaky/500/2/b.jpg"]["dup_group"] == status["/same/a.jpg"]["dup_group"] is not None
     assert status["/flaky/500/2/b.jpg"]["path"] is not None
-    for route in ("/status/404", "/noai.jpg", "/html-as-jpeg.jpg", "/bomb.png", "/redirect/loop-a"):
-        assert status[route]["status"] in ("failed", "rejected") and route not in again
+    for route in ("/noai.jpg", "/html-as-jpeg.jpg", "/bomb.png", "/redirect/loop-a"):
+        assert status[route]["status"] == "rejected" and route not in again
+    assert (status["/status/404"]["status"], status["/status/404"]["reason"]) == ("failed", "http 404")
     for route in TRANSIENT - {"/flaky/500/2/b.jpg"}:
         assert status[route]["status"] == "failed", route
     latest = rows(manifest, """SELECT url, outcome, build_id FROM fetch_log WHERE url LIKE '%/flaky/500/%'
@@ -730,7 +731,8 @@ def test_build_summary_and_progress_match_the_catalog(servers, tmp_path, capsys,
     assert (code, err) == (0, "")
     splits = ", ".join(f"{s} {ds.splits[s]}" for s in ("train", "valid", "test") if ds.splits.get(s))
     assert (f"web: up to date — {counts['ok']} accepted images ({splits}), 3 duplicates; nothing new in "
-            f"{len(ALPHA) + len(BETA)} sources") in out.splitlines()
+            f"{len(ALPHA) + len(BETA)} sources ({counts['failed']} of them failed to download — "
+            "`dsbuild build --retry-failed` fetches them again)") in out.splitlines()
     assert "processed" not in out
 
 
@@ -894,3 +896,166 @@ def test_a_worker_killed_mid_batch_costs_nothing(tmp_path: Path) -> None:
         assert fut is not None and verifier.records(batch, fut)[0].ok
     finally:
         verifier.shutdown()
+
+
+# --------------------------------------------------------------------------- a URL fetched before: today's settings decide
+
+
+def _png(index: int, side: int) -> bytes:
+    """A real photo (skimage) as a ``side``×``side`` PNG."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(real_jpeg(index, (side, side)))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _url_lists(folder: Path, lists: dict[str, list[str]]) -> dict[str, dict]:
+    """Write ``urls/<label>.txt`` for each label; return the classes table of a manifest reading them."""
+    (folder / "urls").mkdir(exist_ok=True)
+    for label, urls in lists.items():
+        (folder / "urls" / f"{label}.txt").write_text("".join(u + "\n" for u in urls), encoding="utf-8")
+    return {label: {"urls": f"urls/{label}.txt"} for label in lists}
+
+
+def _outcomes(manifest: Path, dataset: str) -> dict[tuple[str, str], tuple]:
+    """(label, file name of the origin) → (status, reason, detail) of every image of ``dataset``."""
+    return {(r["label"], r["origin"].rsplit("/", 1)[-1]): (r["status"], r["reason"], r["detail"]) for r in rows(
+        manifest, "SELECT label, origin, status, reason, detail FROM images WHERE dataset = ?", [dataset])}
+
+
+def test_a_url_another_dataset_fetched_is_verified_under_this_datasets_limits(fake_engine, tmp_path, capsys):
+    """'strict' built after 'loose' on the same URLs gets the outcomes it gets when built alone: the stored copy is
+    verified under strict's min_side and format allow-list, not catalogued from loose's record."""
+    small = fake_engine.serve("small.png", _png(0, 80))
+    big = fake_engine.serve("big.png", _png(1, 96))
+    small_jpeg = fake_engine.serve("small.jpg", real_jpeg(2, (80, 80)))
+    dogs = [fake_engine.serve(f"dog{i}.jpg", real_jpeg(3, (96 + i, 96))) for i in range(3)]
+    classes = _url_lists(tmp_path, {"cat": [small, big, small_jpeg], "dog": dogs})
+    loose = {"allow_private_hosts": True, "classes": classes}
+    strict = dict(loose, verify={"min_side": 90, "formats": ["JPEG"]})
+    manifest = write_manifest(tmp_path, {"loose": loose, "strict": strict})
+
+    assert run_cli(capsys, manifest, "build", "-q", "loose")[0] == 0
+    assert {k: v[0] for k, v in _outcomes(manifest, "loose").items() if k[0] == "cat"} == {
+        ("cat", "small.png"): "ok", ("cat", "big.png"): "ok", ("cat", "small.jpg"): "ok"}
+    downloads = fake_engine.hits("/photo/")
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "strict")
+    assert (code, err) == (0, "")
+    assert fake_engine.hits("/photo/") == downloads  # not downloaded again: verified from the store
+    expected = {
+        ("cat", "small.png"): ("rejected", "unsupported format", "PNG is not in the allowed formats (JPEG)"),
+        ("cat", "big.png"): ("rejected", "unsupported format", "PNG is not in the allowed formats (JPEG)"),
+        ("cat", "small.jpg"): ("rejected", "too small", "80×80 is below min_side 90"),
+    }
+    got = _outcomes(manifest, "strict")
+    assert {k: got[k] for k in expected} == expected
+    assert {got[k][0] for k in got if k[0] == "dog"} == {"ok"}
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    _url_lists(alone, {"cat": [small, big, small_jpeg], "dog": dogs})
+    fresh = write_manifest(alone, {"strict": strict})
+    assert run_cli(capsys, fresh, "build", "-q")[0] == 0
+    assert _outcomes(fresh, "strict") == got
+
+
+def test_a_url_rejected_under_todays_limits_stays_rejected_under_another_class(fake_engine, tmp_path, capsys):
+    """After min_side rose and rejected an image, listing its URL under a second class or renaming its class
+    does not bring it back accepted from the record of the build that fetched it under the old limit."""
+    small = fake_engine.serve("small.jpg", real_jpeg(0, (80, 80)))
+    cats = [fake_engine.serve(f"cat{i}.jpg", real_jpeg(1, (96 + i, 96))) for i in range(3)]
+    dogs = [fake_engine.serve(f"dog{i}.jpg", real_jpeg(2, (96 + i, 96))) for i in range(3)]
+    spec = {"allow_private_hosts": True, "classes": _url_lists(tmp_path, {"cat": cats + [small], "dog": dogs})}
+    manifest = write_manifest(tmp_path, {"web": spec})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    assert _outcomes(manifest, "web")[("cat", "small.jpg")][0] == "ok"
+
+    spec["verify"] = {"min_side": 90}
+    write_manifest(tmp_path, {"web": spec})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    too_small = ("rejected", "too small", "80×80 is below min_side 90")
+    assert _outcomes(manifest, "web")[("cat", "small.jpg")] == too_small
+
+    # the same URL under dog too, and cat renamed kitty
+    spec["classes"] = _url_lists(tmp_path, {"kitty": cats + [small], "dog": dogs + [small]})
+    write_manifest(tmp_path, {"web": spec})
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+    assert (code, err) == (0, "")
+    got = _outcomes(manifest, "web")
+    assert (got[("dog", "small.jpg")], got[("kitty", "small.jpg")]) == (too_small, too_small)
+
+
+def test_a_url_rejected_as_truncated_can_be_listed_again(fake_engine, tmp_path, capsys):
+    """A truncated JPEG is rejected without a stored blob; its line taken out and put back: the URL is downloaded
+    and rejected again, and later builds run (they raised a TypeError in Catalog.blob_record)."""
+    whole = real_jpeg(0, (96, 96))
+    trunc = fake_engine.serve("trunc.jpg", whole[: len(whole) // 2])
+    cats = [fake_engine.serve(f"cat{i}.jpg", real_jpeg(1, (96 + i, 96))) for i in range(3)]
+    dogs = [fake_engine.serve(f"dog{i}.jpg", real_jpeg(2, (96 + i, 96))) for i in range(3)]
+    spec = {"allow_private_hosts": True, "classes": _url_lists(tmp_path, {"cat": cats + [trunc], "dog": dogs})}
+    manifest = write_manifest(tmp_path, {"web": spec})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    status, reason, _ = _outcomes(manifest, "web")[("cat", "trunc.jpg")]
+    assert (status, reason) == ("rejected", "truncated")
+
+    _url_lists(tmp_path, {"cat": cats})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    assert _outcomes(manifest, "web")[("cat", "trunc.jpg")][:2] == ("rejected", "source removed")
+
+    _url_lists(tmp_path, {"cat": cats + [trunc]})
+    before = fake_engine.hits("/photo/trunc.jpg")
+    for _ in range(2):
+        code, out, err = run_cli(capsys, manifest, "build", "-q")
+        assert (code, err) == (0, "")
+        assert _outcomes(manifest, "web")[("cat", "trunc.jpg")][:2] == ("rejected", "truncated")
+    assert fake_engine.hits("/photo/trunc.jpg") == before + 1  # downloaded again once: no blob to verify
+
+
+def test_retry_failed_fetches_a_404_again_and_the_up_to_date_line_counts_failures(fake_engine, tmp_path, capsys):
+    cats = [fake_engine.serve(f"cat{i}.jpg", real_jpeg(1, (96 + i, 96))) for i in range(3)]
+    dogs = [fake_engine.serve(f"dog{i}.jpg", real_jpeg(2, (96 + i, 96))) for i in range(3)]
+    late = f"{fake_engine.url}/photo/late.jpg"  # 404 until served
+    spec = {"allow_private_hosts": True, "classes": _url_lists(tmp_path, {"cat": cats + [late], "dog": dogs})}
+    manifest = write_manifest(tmp_path, {"web": spec})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    assert _outcomes(manifest, "web")[("cat", "late.jpg")] == ("failed", "http 404", "http 404")
+
+    fake_engine.serve("late.jpg", real_jpeg(3, (96, 96)))
+    code, out, err = run_cli(capsys, manifest, "build")  # not -q: the up-to-date line is the summary's
+    assert code == 0, err
+    assert ("web: up to date — 6 accepted images (train 4, valid 2); nothing new in 7 sources (1 of them failed to "
+            "download — `dsbuild build --retry-failed` fetches it again)") in " ".join(out.split())
+    assert fake_engine.hits("/photo/late.jpg") == 1
+
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--retry-failed")
+    assert (code, err) == (0, "")
+    assert fake_engine.hits("/photo/late.jpg") == 2
+    assert _outcomes(manifest, "web")[("cat", "late.jpg")] == ("ok", None, None)
+
+
+def test_retry_failed_searches_a_query_that_found_no_results_again(fake_engine, tmp_path, capsys):
+    fake_engine.plant("cute cat", [])  # the engine has nothing for it (today)
+    fake_engine.plant("cute dog", [fake_engine.serve(f"dog{i}.jpg", real_jpeg(2, (96 + i, 96))) for i in range(3)])
+    spec = {"engine": "bing", "endpoint": fake_engine.url, "per_query": 20, "allow_private_hosts": True,
+            "classes": {"cat": "cute cat", "dog": "cute dog"}}
+    manifest = write_manifest(tmp_path, {"web": spec})
+    note = ("web: class 'cat' has no images: the search for 'cute cat' found no results — `dsbuild build "
+            "--retry-failed` searches it again (else change the query, add images or remove the class)")
+    code, out, err = run_cli(capsys, manifest, "build")
+    assert code == 0 and note in " ".join(out.split())
+
+    fake_engine.plant("cute cat", [fake_engine.serve(f"cat{i}.jpg", real_jpeg(1, (96 + i, 96))) for i in range(3)])
+    searches = engine_queries(fake_engine)
+    code, out, err = run_cli(capsys, manifest, "build")
+    assert code == 0 and note in " ".join(out.split())
+    assert engine_queries(fake_engine) == searches  # a plain build does not search again
+
+    code, out, err = run_cli(capsys, manifest, "build", "--retry-failed")
+    assert code == 0, err
+    assert "class 'cat'" not in out
+    assert set(engine_queries(fake_engine)[len(searches):]) == {"cute cat"}  # its pages only
+    assert {k: v[0] for k, v in _outcomes(manifest, "web").items() if k[0] == "cat"} == {
+        ("cat", f"cat{i}.jpg"): "ok" for i in range(3)}

@@ -624,6 +624,18 @@ class Catalog:
         )
         return None if row is None or row[0] is None else int(row[0])
 
+    def empty_searches(self, dataset: str) -> set[tuple[str, str, str]]:
+        """(label, engine, query) of every query of ``dataset`` whose latest search found no results (``no_results``):
+        searched again by ``build --retry-failed`` (an engine that was empty or answered an unreadable page then)."""
+        rows = self.con.execute(
+            """SELECT label, engine, query FROM (
+                   SELECT label, engine, query, outcome,
+                          row_number() OVER (PARTITION BY label, engine, query ORDER BY searched_at DESC) AS rn
+                   FROM searches WHERE dataset = ?) WHERE rn = 1 AND outcome = 'no_results'""",
+            [dataset],
+        ).fetchall()
+        return {(r[0], r[1], r[2]) for r in rows}
+
     def record_search(self, *, dataset: str, label: str, engine: str, query: str, wanted: int,
                       links: list[dict], pages: int, outcome: str, message: str) -> None:
         """Store a query's links and how it ended, in one transaction (links first, then the search row)."""
@@ -666,18 +678,9 @@ class Catalog:
         ).fetchall()
         return {r[0]: r for r in rows if os.path.exists(r[2])}
 
-    def transient_failures(self, dataset: str) -> set[str]:
-        """URLs of ``dataset`` whose latest fetch failed for a transient reason (worth retrying)."""
-        rows = self.con.execute(
-            """SELECT url FROM (SELECT url, transient, outcome,
-                      row_number() OVER (PARTITION BY url ORDER BY fetched_at DESC) AS rn
-                      FROM fetches WHERE dataset = ?) WHERE rn = 1 AND outcome = 'failed' AND transient""",
-            [dataset],
-        ).fetchall()
-        return {r[0] for r in rows}
-
     def blob_record(self, sha256: str):
-        """The stored blob ``sha256`` as an accepted :class:`~dsbuild.verify.analyze.ImageRecord`."""
+        """The stored blob ``sha256`` as an accepted :class:`~dsbuild.verify.analyze.ImageRecord`, or None when no
+        blob ``sha256`` was stored (an item rejected on verification has a sha256 but no blob)."""
         from dsbuild.verify.analyze import ImageRecord
 
         row = self._one(
@@ -686,6 +689,8 @@ class Catalog:
             "FROM blobs b WHERE sha256 = ?",
             [sha256],
         )
+        if row is None:
+            return None
         path, size, fmt, w, h, mode, frames, pix, ph = row
         return ImageRecord(ok=True, sha256=sha256, bytes=size, format=fmt, width=w, height=h, mode=mode,
                            frames=frames or 1, pixel_sha=pix, phash=ph, store_path=path)

@@ -210,8 +210,8 @@ def print_build_summary(summary) -> None:
 def up_to_date_line(d) -> str:
     """A dataset the build found nothing new in and changed nothing of (a
     :class:`dsbuild.pipeline.DatasetSummary` with ``up_to_date``), with the catalog's numbers, e.g.
-    ``pets: up to date — 1,797 accepted images (train 1,438, valid 359), 1 duplicate; nothing new in 1,801 sources``.
-    A table row of zeros beside the split totals read as if the dataset were empty."""
+    ``pets: up to date — 1,797 accepted images (train 1,438, valid 359), 1 duplicate; nothing new in 1,801 sources``,
+    then how many of them failed to download and the option that fetches them again. A table row of zeros beside the split totals read as if the dataset were empty."""
     splits = ", ".join(f"{s} {d.splits[s]:,}" for s in ("train", "valid", "test") if d.splits.get(s))
     total = sum(d.splits.values())
     parts = [f"{total:,} accepted image{'' if total == 1 else 's'}" + (f" ({splits})" if splits else "")]
@@ -219,7 +219,12 @@ def up_to_date_line(d) -> str:
         parts.append(f"{d.duplicates:,} duplicate{'' if d.duplicates == 1 else 's'}")
     if d.conflicts:
         parts.append(f"{d.conflicts:,} label conflict{'' if d.conflicts == 1 else 's'}")
-    return f"{d.dataset}: up to date — {', '.join(parts)}; nothing new in {d.sources:,} source{'' if d.sources == 1 else 's'}"
+    line = f"{d.dataset}: up to date — {', '.join(parts)}; nothing new in {d.sources:,} source{'' if d.sources == 1 else 's'}"
+    failed = getattr(d, "failed_now", 0)
+    if failed:  # a failed download is not tried again by a plain build: say so, and how
+        line += (f" ({failed:,} of them failed to download — `dsbuild build --retry-failed` fetches "
+                 f"{'it' if failed == 1 else 'them'} again)")
+    return line
 
 
 def print_status(status) -> None:

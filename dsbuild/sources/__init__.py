@@ -71,7 +71,7 @@ class SourceRun:
 
     ``store``: the content-addressed store; ``workers``/``executor``: how
     :mod:`dsbuild.executor` runs the per-image work (worker processes; the
-    backend's settings); ``retry_failed``: retry transient download failures;
+    backend's settings); ``retry_failed``: fetch every failed download again and search again every query that found no results;
     ``changed``: the settings sections that changed since the dataset's last build
     (:data:`dsbuild.pipeline.SETTINGS_SECTIONS`): the recorded outcomes they decided
     are evaluated again.

@@ -4,11 +4,14 @@
    (:mod:`dsbuild.sources.engines`); every ``urls`` file is read. Links and how each
    search ended are stored (``links``, ``searches``) before anything is
    downloaded, so an interrupted build resumes from the same links and a query
-   already searched is not searched again.
+   already searched is not searched again (one that found no results is, with
+   ``--retry-failed``).
 2. **Plan**: a URL is fetched once per dataset, however many queries or labels
-   return it; URLs that already succeeded (in any dataset) are never downloaded
-   again; failed ones are retried only with ``--retry-failed`` and only when
-   their failure was transient (timeouts, 5xx, 429, resets). An outcome that a
+   return it; URLs that already succeeded (in any dataset) are not downloaded
+   again but verified again from the store under this dataset's verify settings
+   (the same bytes give the same outcome whichever build fetched them first);
+   failed ones (a timeout, a reset, a 404, a 5xx...) are fetched again only with
+   ``--retry-failed``: the user asked for it. An outcome that a
    setting decided is evaluated again when that setting changed
    (:data:`RETRY_WHEN_CHANGED`: a URL refused as a private address after
    ``allow_private_hosts`` is set, one too large after ``max_bytes`` grew, ...),
@@ -103,7 +106,11 @@ def discover(cat: Catalog, run: SourceRun) -> tuple[set[tuple[str, str]], set[tu
 
     searches = [(cls, q) for cls in ds.classes for q in cls.queries]
     listed: set[tuple[str, str, str]] = set()
-    todo = [(cls, q) for cls, q in searches if (cat.searched(ds.name, cls.name, ds.engine, q) or 0) < ds.per_query]
+    # A query whose last search found nothing is searched again with --retry-failed (the engine may have been empty,
+    # or answered a page that read as empty, that time).
+    empty = cat.empty_searches(ds.name) if run.retry_failed else set()
+    todo = [(cls, q) for cls, q in searches if (cat.searched(ds.name, cls.name, ds.engine, q) or 0) < ds.per_query
+            or (cls.name, ds.engine, q) in empty]
     unreachable: str | None = None
     if todo:
         engine = get_engine(ds.engine)
@@ -207,7 +214,6 @@ def ingest(cat: Catalog, run: SourceRun) -> set[str]:
 def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
     ds, sink = run.dataset, run.sink
     known = {r.image_id: r for r in cat.known_items(ds.name).itertuples(index=False)}
-    transient = cat.transient_failures(ds.name) if run.retry_failed else set()
     reverify = "verify" in run.changed
 
     by_url: dict[str, list] = {}
@@ -224,8 +230,7 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
             stored.append((iid, link, old.sha256))
             sink.found(1)
             continue
-        elif old is not None and not source_removed(old) and (
-                old.status != "failed" or not (run.retry_failed and link.url in transient)):
+        elif old is not None and not source_removed(old) and (old.status != "failed" or not run.retry_failed):
             sink.found(1, skipped=1)
             continue
         sink.found(1)
@@ -236,16 +241,12 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
     if not by_url:
         return
 
-    # URLs that succeeded before (e.g. in another dataset): catalogue them without downloading again
-    # (verified again from the store when the verify settings changed).
+    # URLs that succeeded before (in another dataset, under another class, or before the verify settings changed):
+    # not downloaded again, but verified again from the store under this dataset's verify settings — the record
+    # stored with the blob is the outcome under the settings of whichever build fetched it first.
     again: list[tuple[str, object, str]] = []
     for url, (_, sha, path, status, size, ctype) in cat.fetched_ok(list(by_url)).items():
-        rec = cat.blob_record(sha)
-        for iid, link in by_url.pop(url):
-            if reverify:
-                again.append((iid, link, sha))
-            else:
-                sink.add(item=_item(ds, iid, link, rec, run.build_id, now), retried=iid in retried)
+        again.extend((iid, link, sha) for iid, link in by_url.pop(url))
     if again:
         by_url = _verify_stored(cat, run, again, by_url, now=now, retried=retried)
     if not by_url:
@@ -258,17 +259,18 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
 
 def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str, list], *, now,
                    retried: set[str]) -> dict[str, list]:
-    """Verify accepted downloads again from their stored files (the verify settings changed); report the items.
+    """Verify downloads again from their stored files under the dataset's verify settings; report the items.
 
-    ``stored``: (image_id, link, sha256). One whose file is gone joins ``by_url`` (downloaded again);
-    returns ``by_url``.
+    ``stored``: (image_id, link, sha256). One with no stored blob (an image rejected on verification has a
+    sha256 but no blob) or whose file is gone joins ``by_url`` (downloaded again); returns ``by_url``.
     """
     import os
 
     ds = run.dataset
     jobs, links = [], {}
     for iid, link, sha in stored:
-        path = cat.blob_record(sha).store_path
+        blob = cat.blob_record(sha)
+        path = None if blob is None else blob.store_path
         if path is None or not os.path.exists(path):
             by_url.setdefault(link.url, []).append((iid, link))
             continue
