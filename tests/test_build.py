@@ -489,6 +489,48 @@ def test_adding_images_never_moves_an_existing_image(tmp_path: Path, capsys) -> 
     assert outcome(again) == outcome(new)
 
 
+def _splits(manifest: Path) -> dict[str, str | None]:
+    """image_id → split of the digits dataset (None where an image takes no split)."""
+    df = images_of(manifest, "digits")
+    return {i: (s if isinstance(s, str) else None) for i, s in df["split"].items()}
+
+
+def test_re_verifying_images_moves_no_image_to_another_split(tmp_path: Path) -> None:
+    """Images re-verified (a verify setting changed, a file touched) keep their splits (trial 6, HIGH 1).
+
+    The added digits fill the splits' deficits, so their splits differ from the layout a fresh draw of the
+    whole class gives; a re-verified image was written back without its split and drawn again as new, so
+    ``min_side`` 1 → 16 (64-px digits: no outcome changes) moved images between train and valid without
+    ``--resplit`` and without a word. Only ``--resplit`` may move them.
+    """
+    images = tmp_path / "images"
+    write_digits(images, 20, classes=4)
+    manifest = digits_manifest(tmp_path / "m", images, classes=4, extra=PHASH_ONLY)
+    build(load_manifest(manifest), ["digits"], workers=1)
+    write_digits(images, 10, classes=4, start=20)
+    build(load_manifest(manifest), ["digits"], workers=1)
+    before = _splits(manifest)
+    assert len(before) == 120 and set(before.values()) == {"train", "valid"}
+
+    manifest.write_text(manifest.read_text() + "[datasets.digits.verify]\nmin_side = 16\n")
+    summary = build(load_manifest(manifest), ["digits"], workers=1)
+    assert "settings changed — re-tried 120 earlier outcomes: no outcome changed" in summary.datasets[0].notes
+    assert _splits(manifest) == before
+
+    for path in images.rglob("*.png"):  # same bytes, new mtime: every file is verified again
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    summary = build(load_manifest(manifest), ["digits"], workers=1)
+    assert (summary.datasets[0].new, summary.datasets[0].skipped) == (120, 0)  # verified again, none skipped
+    assert _splits(manifest) == before
+
+    summary = build(load_manifest(manifest), ["digits"], workers=1, resplit=True)  # the one way to move them
+    after = _splits(manifest)
+    moved = sum(after[i] != before[i] for i in before)
+    assert moved > 0
+    assert f"{moved} " in " ".join(summary.datasets[0].notes), summary.datasets[0].notes
+
+
 def test_the_split_a_bridging_image_takes_depends_on_the_files_not_on_the_row_order(tmp_path: Path) -> None:
     """A new digit near old ones in train and in valid takes the split of its closest link, whatever the order of
     the catalog's rows (first seen, then image id — which hashes the absolute path).
