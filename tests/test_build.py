@@ -33,6 +33,7 @@ from dsbuild.pipeline import build
 from dsbuild.catalog import Catalog
 from dsbuild.demo.data import DIGIT_NAMES, render_digit
 from dsbuild.manifest import load_manifest
+from dsbuild.split import split_order_key
 
 pytestmark = pytest.mark.usefixtures("wide_terminal")  # rich tables in captured output keep whole words
 
@@ -529,6 +530,47 @@ def test_re_verifying_images_moves_no_image_to_another_split(tmp_path: Path) -> 
     moved = sum(after[i] != before[i] for i in before)
     assert moved > 0
     assert f"{moved} " in " ".join(summary.datasets[0].notes), summary.datasets[0].notes
+
+
+def test_a_settings_change_after_review_removed_a_representative_moves_no_image(tmp_path: Path, capsys) -> None:
+    """A digit and its copy under another class (the representative: its label sorts first): the
+    copy is removed in review, then a verify setting changes no outcome. Both copies keep their split (trial 6,
+    HIGH 1: both moved train → valid — the re-verified rows lost their splits and the original, no longer
+    grouped, was drawn again as a unit of its own)."""
+    images = tmp_path / "images"
+    write_digits(images, 20, classes=4)
+
+    def first(folder: Path) -> tuple[str, Path]:  # a folder's file first in split order (alone: a valid image)
+        return min((split_order_key(42, sha256_file(p)), p) for p in folder.glob("*.png"))
+
+    firsts = {c: first(images / c) for c in DIGIT_NAMES[:4]}
+    # The digit first in split order of all four classes: alone, it is drawn into valid in any class.
+    source = min(firsts, key=lambda c: firsts[c][0])
+    original = firsts[source][1]
+    other = min(c for c in firsts if c != source)  # its label sorts first: the copy there represents the group
+    assert other < source
+    shutil.copyfile(original, images / other / "copy.png")
+    # Exact duplicates only: near links would join the original to other digits (another split unit).
+    manifest = digits_manifest(tmp_path / "m", images, classes=4, extra="[datasets.digits.dedup]\nnear = false")
+    build(load_manifest(manifest), ["digits"], workers=1)
+    df = images_of(manifest, "digits")
+    copy, orig = by_origin(df, "copy.png"), by_origin(df, original.name)
+    assert (copy.status, orig.status, orig.dup_of) == ("ok", "duplicate", copy.image_id)
+    before = _splits(manifest)
+    assert before[copy.image_id] == before[orig.image_id] == "train"
+
+    decisions = tmp_path / "decisions.csv"
+    decisions.write_text(f"path,action\n{images / other / 'copy.png'},remove\n")
+    code, out, err = run_cli(capsys, manifest, "review", "digits", "--decisions", str(decisions))
+    assert code == 0, out + err
+    df = images_of(manifest, "digits")
+    assert (df.at[copy.image_id, "status"], df.at[orig.image_id, "status"]) == ("rejected", "ok")
+    assert _splits(manifest) == before
+
+    manifest.write_text(manifest.read_text() + "[datasets.digits.verify]\nmin_side = 16\n")
+    summary = build(load_manifest(manifest), ["digits"], workers=1)
+    assert "settings changed — re-tried 81 earlier outcomes: no outcome changed" in summary.datasets[0].notes
+    assert _splits(manifest) == before
 
 
 def test_the_split_a_bridging_image_takes_depends_on_the_files_not_on_the_row_order(tmp_path: Path) -> None:
