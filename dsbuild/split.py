@@ -12,7 +12,10 @@
   and lowering it only takes units away (``--resplit`` from valid 0.2 to 0.3 keeps
   every valid image and moves the difference from train).
 * **Stable**: a unit that already has a split keeps it, so adding images later
-  never moves an existing image to another split. Changing the *settings*
+  never moves an existing image to another split; nor does verifying it again
+  (:meth:`dsbuild.catalog.Catalog.upsert_items` keeps the split of an item written
+  again with the same content). New units fill the splits' deficits (below), so
+  their splits can differ from those a fresh build of the same files draws. Changing the *settings*
   (fractions, seed, carve) is another matter: the build refuses until it is
   run with ``--resplit``, which assigns every unit again from scratch
   (:func:`dataset_splits` with ``keep_existing=False``) and reports what moved.
