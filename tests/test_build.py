@@ -497,7 +497,8 @@ def _splits(manifest: Path) -> dict[str, str | None]:
 
 
 def test_re_verifying_images_moves_no_image_to_another_split(tmp_path: Path) -> None:
-    """Images re-verified (a verify setting changed, a file touched) keep their splits (trial 6, HIGH 1).
+    """Images verified again (a verify setting changed, files touched or saved again) keep their splits (trial 6,
+    HIGH 1).
 
     The added digits fill the splits' deficits, so their splits differ from the layout a fresh draw of the
     whole class gives; a re-verified image was written back without its split and drawn again as new, so
@@ -523,6 +524,18 @@ def test_re_verifying_images_moves_no_image_to_another_split(tmp_path: Path) -> 
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     summary = build(load_manifest(manifest), ["digits"], workers=1)
     assert (summary.datasets[0].new, summary.datasets[0].skipped) == (120, 0)  # verified again, none skipped
+    assert _splits(manifest) == before
+
+    # Every file saved again (other bytes, the same pixels: a PNG optimiser run over the folder): new content
+    # hashes, the same images.
+    old_sha = {p: sha256_file(p) for p in images.rglob("*.png")}
+    for path in old_sha:
+        with Image.open(path) as img:
+            img.load()
+        img.save(path, compress_level=0)
+    assert all(sha256_file(p) != sha for p, sha in old_sha.items())
+    summary = build(load_manifest(manifest), ["digits"], workers=1)
+    assert (summary.datasets[0].new, summary.datasets[0].skipped) == (120, 0)
     assert _splits(manifest) == before
 
     summary = build(load_manifest(manifest), ["digits"], workers=1, resplit=True)  # the one way to move them
