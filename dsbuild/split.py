@@ -297,9 +297,12 @@ def _units(rows, existing) -> Any:
     import pandas as pd
 
     # A unit may hold several groups: its label is that of its ok member of the smallest content hash, so the
-    # label (and the stratification) does not depend on image ids or where the files are.
+    # label (and the stratification) does not depend on image ids or where the files are. An image removed in
+    # review is no such member: a copy of it that stays decides (else the two copies, of one content hash,
+    # would tie and the row order — image ids, so the folder — would).
     keys = ["_rep", "sha256"] if "sha256" in rows else ["_rep"]
-    ordered = rows.assign(_rep=rows["status"] != "ok").sort_values(keys, kind="stable")
+    removed = rows["removed"].fillna(False).to_numpy(dtype=bool) if "removed" in rows else False
+    ordered = rows.assign(_rep=(rows["status"] != "ok").to_numpy() | removed).sort_values(keys, kind="stable")
     units = ordered.drop_duplicates("unit")[["unit", "label"]].reset_index(drop=True)
     units["split"] = units["unit"].map(existing) if existing is not None else None
     return units if len(units) else pd.DataFrame({"unit": [], "label": [], "split": []})

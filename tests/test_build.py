@@ -586,6 +586,48 @@ def test_a_settings_change_after_review_removed_a_representative_moves_no_image(
     assert _splits(manifest) == before
 
 
+def test_resplit_after_review_removed_a_copy_does_not_depend_on_the_folder(tmp_path: Path, capsys) -> None:
+    """A digit and its copy under another class, the copy removed in review, then ``--resplit``: the picture's
+    split unit is stratified by the class of the copy that stays, in any folder. (The removed copy counted as
+    an accepted member, so the unit's class was that of whichever copy's image id — a hash of its absolute
+    path — sorted first, and the splits of the same files differed between folders.)"""
+    from dsbuild.rows import image_id_for
+
+    photos = tmp_path / "photos"
+    write_digits(photos, 20, classes=4)
+
+    def first(folder: Path) -> tuple[str, Path]:
+        return min((split_order_key(42, sha256_file(p)), p) for p in folder.glob("*.png"))
+
+    firsts = {c: first(photos / c) for c in DIGIT_NAMES[:4]}
+    source = min(firsts, key=lambda c: firsts[c][0])  # first in split order in either class: valid in both
+    original = firsts[source][1].relative_to(photos)
+    other = min(c for c in firsts if c != source)
+    copy = Path(other) / "copy.png"
+
+    def copy_first(root: Path) -> bool:  # whether the copy's image id sorts before the original's
+        ids = [image_id_for("digits", str(p.parent), str((root / "images" / p).resolve())) for p in (copy, original)]
+        return ids[0] < ids[1]
+
+    roots = [tmp_path / f"p{k}" for k in range(40)]
+    pick = [next(r for r in roots if copy_first(r)), next(r for r in roots if not copy_first(r))]
+    splits = []
+    for root in pick:
+        shutil.copytree(photos, root / "images")
+        shutil.copyfile(root / "images" / original, root / "images" / copy)
+        manifest = digits_manifest(root / "m", root / "images", classes=4,
+                                   extra="[datasets.digits.dedup]\nnear = false")
+        build(load_manifest(manifest), ["digits"], workers=1)
+        decisions = root / "decisions.csv"
+        decisions.write_text(f"path,action\n{root / 'images' / copy},remove\n")
+        code, out, err = run_cli(capsys, manifest, "review", "digits", "--decisions", str(decisions))
+        assert code == 0, out + err
+        build(load_manifest(manifest), ["digits"], workers=1, resplit=True)
+        df = images_of(manifest, "digits")
+        splits.append({(r.label, Path(r.origin).name): r.split for r in df.itertuples()})
+    assert splits[0] == splits[1]
+
+
 def test_the_split_a_bridging_image_takes_depends_on_the_files_not_on_the_row_order(tmp_path: Path) -> None:
     """A new digit near old ones in train and in valid takes the split of its closest link, whatever the order of
     the catalog's rows (first seen, then image id — which hashes the absolute path).
