@@ -12,7 +12,10 @@
   and lowering it only takes units away (``--resplit`` from valid 0.2 to 0.3 keeps
   every valid image and moves the difference from train).
 * **Stable**: a unit that already has a split keeps it, so adding images later
-  never moves an existing image to another split. Changing the *settings*
+  never moves an existing image to another split; nor does verifying it again
+  (:meth:`dsbuild.catalog.Catalog.upsert_items` keeps the split of an item written
+  again with the same content). New units fill the splits' deficits (below), so
+  their splits can differ from those a fresh build of the same files draws. Changing the *settings*
   (fractions, seed, carve) is another matter: the build refuses until it is
   run with ``--resplit``, which assigns every unit again from scratch
   (:func:`dataset_splits` with ``keep_existing=False``) and reports what moved.
@@ -294,9 +297,12 @@ def _units(rows, existing) -> Any:
     import pandas as pd
 
     # A unit may hold several groups: its label is that of its ok member of the smallest content hash, so the
-    # label (and the stratification) does not depend on image ids or where the files are.
+    # label (and the stratification) does not depend on image ids or where the files are. An image removed in
+    # review is no such member: a copy of it that stays decides (else the two copies, of one content hash,
+    # would tie and the row order — image ids, so the folder — would).
     keys = ["_rep", "sha256"] if "sha256" in rows else ["_rep"]
-    ordered = rows.assign(_rep=rows["status"] != "ok").sort_values(keys, kind="stable")
+    removed = rows["removed"].fillna(False).to_numpy(dtype=bool) if "removed" in rows else False
+    ordered = rows.assign(_rep=(rows["status"] != "ok").to_numpy() | removed).sort_values(keys, kind="stable")
     units = ordered.drop_duplicates("unit")[["unit", "label"]].reset_index(drop=True)
     units["split"] = units["unit"].map(existing) if existing is not None else None
     return units if len(units) else pd.DataFrame({"unit": [], "label": [], "split": []})

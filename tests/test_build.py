@@ -34,6 +34,7 @@ from dsbuild.pipeline import build
 from dsbuild.catalog import Catalog
 from dsbuild.demo.data import DIGIT_NAMES, render_digit
 from dsbuild.manifest import load_manifest
+from dsbuild.split import split_order_key
 
 pytestmark = pytest.mark.usefixtures("wide_terminal")  # rich tables in captured output keep whole words
 
@@ -508,6 +509,144 @@ def test_adding_images_never_moves_an_existing_image(tmp_path: Path, capsys) -> 
     assert again[again["dup_group"].notna()].groupby("dup_group")["split"].nunique().max() == 1
     assert again["leak_with"].isna().all()  # none left
     assert outcome(again) == outcome(new)
+
+
+def _splits(manifest: Path) -> dict[str, str | None]:
+    """image_id → split of the digits dataset (None where an image takes no split)."""
+    df = images_of(manifest, "digits")
+    return {i: (s if isinstance(s, str) else None) for i, s in df["split"].items()}
+
+
+def test_re_verifying_images_moves_no_image_to_another_split(tmp_path: Path) -> None:
+    """Images verified again (a verify setting changed, files touched or saved again) keep their splits (trial 6,
+    HIGH 1).
+
+    The added digits fill the splits' deficits, so their splits differ from the layout a fresh draw of the
+    whole class gives; a re-verified image was written back without its split and drawn again as new, so
+    ``min_side`` 1 → 16 (64-px digits: no outcome changes) moved images between train and valid without
+    ``--resplit`` and without a word. Only ``--resplit`` may move them.
+    """
+    images = tmp_path / "images"
+    write_digits(images, 20, classes=4)
+    manifest = digits_manifest(tmp_path / "m", images, classes=4, extra=PHASH_ONLY)
+    build(load_manifest(manifest), ["digits"], workers=1)
+    write_digits(images, 10, classes=4, start=20)
+    build(load_manifest(manifest), ["digits"], workers=1)
+    before = _splits(manifest)
+    assert len(before) == 120 and set(before.values()) == {"train", "valid"}
+
+    manifest.write_text(manifest.read_text() + "[datasets.digits.verify]\nmin_side = 16\n")
+    summary = build(load_manifest(manifest), ["digits"], workers=1)
+    assert "settings changed — re-tried 120 earlier outcomes: no outcome changed" in summary.datasets[0].notes
+    assert _splits(manifest) == before
+
+    for path in images.rglob("*.png"):  # same bytes, new mtime: every file is verified again
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    summary = build(load_manifest(manifest), ["digits"], workers=1)
+    assert (summary.datasets[0].new, summary.datasets[0].skipped) == (120, 0)  # verified again, none skipped
+    assert _splits(manifest) == before
+
+    # Every file saved again (other bytes, the same pixels: a PNG optimiser run over the folder): new content
+    # hashes, the same images.
+    old_sha = {p: sha256_file(p) for p in images.rglob("*.png")}
+    for path in old_sha:
+        with Image.open(path) as img:
+            img.load()
+        img.save(path, compress_level=0)
+    assert all(sha256_file(p) != sha for p, sha in old_sha.items())
+    summary = build(load_manifest(manifest), ["digits"], workers=1)
+    assert (summary.datasets[0].new, summary.datasets[0].skipped) == (120, 0)
+    assert _splits(manifest) == before
+
+    summary = build(load_manifest(manifest), ["digits"], workers=1, resplit=True)  # the one way to move them
+    after = _splits(manifest)
+    moved = sum(after[i] != before[i] for i in before)
+    assert moved > 0
+    assert f"{moved} " in " ".join(summary.datasets[0].notes), summary.datasets[0].notes
+
+
+def test_a_settings_change_after_review_removed_a_representative_moves_no_image(tmp_path: Path, capsys) -> None:
+    """A digit and its copy under another class (the representative: its label sorts first): the
+    copy is removed in review, then a verify setting changes no outcome. Both copies keep their split (trial 6,
+    HIGH 1: both moved train → valid — the re-verified rows lost their splits and the original, no longer
+    grouped, was drawn again as a unit of its own)."""
+    images = tmp_path / "images"
+    write_digits(images, 20, classes=4)
+
+    def first(folder: Path) -> tuple[str, Path]:  # a folder's file first in split order (alone: a valid image)
+        return min((split_order_key(42, sha256_file(p)), p) for p in folder.glob("*.png"))
+
+    firsts = {c: first(images / c) for c in DIGIT_NAMES[:4]}
+    # The digit first in split order of all four classes: alone, it is drawn into valid in any class.
+    source = min(firsts, key=lambda c: firsts[c][0])
+    original = firsts[source][1]
+    other = min(c for c in firsts if c != source)  # its label sorts first: the copy there represents the group
+    assert other < source
+    shutil.copyfile(original, images / other / "copy.png")
+    # Exact duplicates only: near links would join the original to other digits (another split unit).
+    manifest = digits_manifest(tmp_path / "m", images, classes=4, extra="[datasets.digits.dedup]\nnear = false")
+    build(load_manifest(manifest), ["digits"], workers=1)
+    df = images_of(manifest, "digits")
+    copy, orig = by_origin(df, "copy.png"), by_origin(df, original.name)
+    assert (copy.status, orig.status, orig.dup_of) == ("ok", "duplicate", copy.image_id)
+    before = _splits(manifest)
+    assert before[copy.image_id] == before[orig.image_id] == "train"
+
+    decisions = tmp_path / "decisions.csv"
+    decisions.write_text(f"path,action\n{images / other / 'copy.png'},remove\n")
+    code, out, err = run_cli(capsys, manifest, "review", "digits", "--decisions", str(decisions))
+    assert code == 0, out + err
+    df = images_of(manifest, "digits")
+    assert (df.at[copy.image_id, "status"], df.at[orig.image_id, "status"]) == ("rejected", "ok")
+    assert _splits(manifest) == before
+
+    manifest.write_text(manifest.read_text() + "[datasets.digits.verify]\nmin_side = 16\n")
+    summary = build(load_manifest(manifest), ["digits"], workers=1)
+    assert "settings changed — re-tried 81 earlier outcomes: no outcome changed" in summary.datasets[0].notes
+    assert _splits(manifest) == before
+
+
+def test_resplit_after_review_removed_a_copy_does_not_depend_on_the_folder(tmp_path: Path, capsys) -> None:
+    """A digit and its copy under another class, the copy removed in review, then ``--resplit``: the picture's
+    split unit is stratified by the class of the copy that stays, in any folder. (The removed copy counted as
+    an accepted member, so the unit's class was that of whichever copy's image id — a hash of its absolute
+    path — sorted first, and the splits of the same files differed between folders.)"""
+    from dsbuild.rows import image_id_for
+
+    photos = tmp_path / "photos"
+    write_digits(photos, 20, classes=4)
+
+    def first(folder: Path) -> tuple[str, Path]:
+        return min((split_order_key(42, sha256_file(p)), p) for p in folder.glob("*.png"))
+
+    firsts = {c: first(photos / c) for c in DIGIT_NAMES[:4]}
+    source = min(firsts, key=lambda c: firsts[c][0])  # first in split order in either class: valid in both
+    original = firsts[source][1].relative_to(photos)
+    other = min(c for c in firsts if c != source)
+    copy = Path(other) / "copy.png"
+
+    def copy_first(root: Path) -> bool:  # whether the copy's image id sorts before the original's
+        ids = [image_id_for("digits", str(p.parent), str((root / "images" / p).resolve())) for p in (copy, original)]
+        return ids[0] < ids[1]
+
+    roots = [tmp_path / f"p{k}" for k in range(40)]
+    pick = [next(r for r in roots if copy_first(r)), next(r for r in roots if not copy_first(r))]
+    splits = []
+    for root in pick:
+        shutil.copytree(photos, root / "images")
+        shutil.copyfile(root / "images" / original, root / "images" / copy)
+        manifest = digits_manifest(root / "m", root / "images", classes=4,
+                                   extra="[datasets.digits.dedup]\nnear = false")
+        build(load_manifest(manifest), ["digits"], workers=1)
+        decisions = root / "decisions.csv"
+        decisions.write_text(f"path,action\n{root / 'images' / copy},remove\n")
+        code, out, err = run_cli(capsys, manifest, "review", "digits", "--decisions", str(decisions))
+        assert code == 0, out + err
+        build(load_manifest(manifest), ["digits"], workers=1, resplit=True)
+        df = images_of(manifest, "digits")
+        splits.append({(r.label, Path(r.origin).name): r.split for r in df.itertuples()})
+    assert splits[0] == splits[1]
 
 
 def test_the_split_a_bridging_image_takes_depends_on_the_files_not_on_the_row_order(tmp_path: Path) -> None:

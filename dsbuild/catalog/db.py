@@ -326,7 +326,11 @@ class Catalog:
     def upsert_items(self, rows) -> None:
         """Insert or replace items (a DataFrame with ``items`` columns; keyed by dataset, image_id).
 
-        ``first_seen`` of an existing item is kept, so "earliest" stays earliest.
+        ``first_seen`` of an existing item is kept, so "earliest" stays earliest. So is its ``split`` when the
+        new row gives none: an image verified again (a verify setting changed, its file touched or saved again,
+        its URL fetched again) is the same image, and splits are stable — only ``build --resplit`` moves it
+        (the build's regrouping takes the split off an image that is no longer accepted, and a duplicate group
+        it joins may take it to the group's split).
         """
         if len(rows) == 0:
             return
@@ -336,8 +340,8 @@ class Catalog:
             col_list = ", ".join(cols)
             with self.transaction():
                 self.con.execute(
-                    "CREATE OR REPLACE TEMP TABLE _old_first AS SELECT i.dataset, i.image_id, i.first_seen "
-                    "FROM items i JOIN _new_items n USING (dataset, image_id)"
+                    "CREATE OR REPLACE TEMP TABLE _old_first AS SELECT i.dataset, i.image_id, i.first_seen, "
+                    "i.split FROM items i JOIN _new_items n USING (dataset, image_id)"
                 )
                 self.con.execute(
                     "DELETE FROM items WHERE (dataset, image_id) IN (SELECT (dataset, image_id) FROM _new_items)"
@@ -346,6 +350,11 @@ class Catalog:
                 self.con.execute(
                     "UPDATE items SET first_seen = o.first_seen FROM _old_first o "
                     "WHERE items.dataset = o.dataset AND items.image_id = o.image_id"
+                )
+                self.con.execute(
+                    "UPDATE items SET split = o.split FROM _old_first o "
+                    "WHERE items.dataset = o.dataset AND items.image_id = o.image_id AND items.split IS NULL "
+                    "AND o.split IS NOT NULL"
                 )
         finally:
             self.con.unregister("_new_items")
