@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -656,16 +657,19 @@ def test_a_folder_an_earlier_dsbuild_exported_to_is_replaced_conservatively(two:
     assert sorted(p.name for p in idx.iterdir()) == [".dsbuild-export", "mine.csv", "more.csv"]
 
 
+def cli_script(mode: str, arm: str) -> str:
+    """A program for ``python -c``: ``ARGV[1] MODE ARGS…`` runs ``arm`` (code lines, with os, resource, signal, sys and
+    Path imported) when MODE is ``mode``, then the dsbuild CLI on ARGS."""
+    return ("import os, resource, signal, sys\nfrom pathlib import Path\nfrom dsbuild.cli import main\n"
+            f"if sys.argv[1] == {mode!r}:\n" + textwrap.indent(arm, "    ") + "sys.exit(main(sys.argv[2:]))\n")
+
+
 def test_an_interrupted_export_leaves_the_previous_one_as_it_was(two: Path, tmp_path: Path) -> None:
     """A write that fails half way (here: a file-size limit, so labels.csv cannot be written after the images
     are linked) leaves the previous export, and the user's files, exactly as they were, and no work folder."""
     out = tmp_path / "out"
-    code = ("import resource, signal, sys\n"
-            "from dsbuild.cli import main\n"
-            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "if sys.argv[1] == 'limit':\n"
-            "    resource.setrlimit(resource.RLIMIT_FSIZE, (256, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
-            "sys.exit(main(sys.argv[2:]))\n")
+    code = cli_script("limit", "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+                               "resource.setrlimit(resource.RLIMIT_FSIZE, (256, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n")
     args = ["export", "-m", str(two), "pets", "--to", str(out)]
     assert python("-c", code, "free", *args).returncode == 0
     fastai_files(out)
@@ -683,18 +687,13 @@ def test_an_export_killed_mid_swap_leaves_work_folders_the_next_export_deletes(t
     and the moved-aside entries stay in the folder (a whole copy of the dataset). The next export deletes what a dead
     process left, says so, and leaves a work folder of a running process and the user's files alone."""
     out = tmp_path / "out"
-    code = ("import os, signal, sys\n"
-            "from pathlib import Path\n"
-            "from dsbuild.cli import main\n"
-            "rename, moves = Path.rename, []\n"
-            "def killed_on_the_second_move(self, target):\n"
-            "    moves.append(target)\n"
-            "    if len(moves) == 2:\n"
-            "        os.kill(os.getpid(), signal.SIGKILL)\n"
-            "    return rename(self, target)\n"
-            "if sys.argv[1] == 'kill':\n"
-            "    Path.rename = killed_on_the_second_move\n"
-            "sys.exit(main(sys.argv[2:]))\n")
+    code = cli_script("kill", "rename, moves = Path.rename, []\n"
+                              "def killed_on_the_second_move(self, target):\n"
+                              "    moves.append(target)\n"
+                              "    if len(moves) == 2:\n"
+                              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                              "    return rename(self, target)\n"
+                              "Path.rename = killed_on_the_second_move\n")
     args = ["export", "-m", str(two), "pets", "--to", str(out)]
     assert python("-c", code, "free", *args).returncode == 0
     fastai_files(out)
