@@ -125,9 +125,10 @@ sys.path.insert(0, str(HERE))
 
 from knn_scale import grow, real_embeddings  # noqa: E402
 
+from dsbuild.dedup.neardup import OUTLIER_SPARE  # noqa: E402
 from dsbuild.dedup.settings import DedupSettings  # noqa: E402
 
-K = DedupSettings().outlier_k + 4  # the build's first search: outlier_k + 3 columns and self
+K = DedupSettings().outlier_k + OUTLIER_SPARE + 1  # the build's first search: outlier_k + OUTLIER_SPARE columns and self
 FLOOR = DedupSettings().similarity
 
 

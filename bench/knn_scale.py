@@ -45,7 +45,9 @@ the isotropic jitter (recall@60 0.979, outlier scores 1.3–1.7 s): HNSW finds t
 well, and with ~6 % of the rows in a pair the outlier scores' lists lose rows to the representatives, so
 :meth:`~dsbuild.dedup.neardup.KnnSearch.within` searches more of them again, 4 × wider (efSearch 256) — at 20,000
 (exact search, load 4.8) 15.3 % of the representatives against 1.4 % with isotropic jitter (within 5.1 vs 1.1 s,
-cleanlab's scoring 5.4 vs 3.9 s).
+cleanlab's scoring 5.4 vs 3.9 s). Since then the first search takes :data:`~dsbuild.dedup.neardup.OUTLIER_SPARE`
+(16) columns beyond ``outlier_k`` and a re-search is 2 × wider: 100,000 at load ~2, 214.6 s → 120.0 s (its
+docstring has the runs).
 
 Memory per image: the float32 vectors (what the search holds), the float16 cache on disk, and the
 process's peak RSS over the run. The 1M line extrapolates each stage from the largest N (exact
@@ -140,7 +142,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-K = DEFAULT.outlier_k + 4  # the build's first search: outlier_k + 3 columns and self
+K = DEFAULT.outlier_k + neardup.OUTLIER_SPARE + 1  # the build's first search: outlier_k + OUTLIER_SPARE columns and self
 SAMPLE = 2_000
 
 
@@ -165,7 +167,7 @@ def graph(emb: np.ndarray) -> dict:
     try:
         first: list = []
         c0, t0 = time.process_time(), time.perf_counter()
-        pairs, _ = neardup.embedding_pairs(emb, DEFAULT.similarity, first=first, first_k=DEFAULT.outlier_k + 3)
+        pairs, _ = neardup.embedding_pairs(emb, DEFAULT.similarity, first=first, first_k=DEFAULT.outlier_k + neardup.OUTLIER_SPARE)
         t["pairs"] = time.perf_counter() - t0
         sims, ids, index = first[0]
         # the build's order: outlier scores of the representatives (one image of each pair left out), their

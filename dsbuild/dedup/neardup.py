@@ -75,6 +75,13 @@ NEIGHBOURS = 10
 NEIGHBOUR_SPARE = 5
 """Nearest images stored beyond :data:`NEIGHBOURS` (the ``knn`` table): the view lists the accepted ones only,
 so an image whose neighbours a review removes still shows 10 until the next build or ``embed``."""
+OUTLIER_SPARE = 16
+"""Columns the build's first search takes beyond ``outlier_k``: a row whose list holds more rows left out of the
+outlier scores (its duplicates) than this is searched again, 2 × wider each time (:meth:`KnnSearch.within`).
+bench/knn_scale.py at 100,000 (the directions proxy, one session, load ~2; build / search / outlier scores):
+spare 3 and a 4 × wider re-search (before) 52.0 / 48.0 / 114.6 s = 214.6 s; spare 3, 2 × 54.3 / 49.1 / 51.8 s =
+155.3 s; spare 8, 2 × 124.4 s; spare 16, 2 × 54.6 / 64.1 / 1.0 s = 120.0 s (1.79×), recall@60 0.911 → 0.921, the
+outlier scores' rank correlation with exact search's 0.99286 → 0.99361."""
 
 
 # --------------------------------------------------------------------------- per-image signals
@@ -198,7 +205,7 @@ class KnnSearch:
         """``(distances, indices)``, each (len(subset), min(k, len(subset) − 1)): every ``subset`` row's nearest
         other ``subset`` rows by cosine distance (1 − cosine, float64), indices as positions in ``subset``
         (sorted item rows) — what :class:`NeighbourGraph` takes. Rows whose K columns hold too few
-        ``subset`` rows are searched again, 4 × wider, on the same index. None when ``subset`` reaches
+        ``subset`` rows are searched again, 2 × wider each time, on the same index. None when ``subset`` reaches
         outside the searched rows."""
         subset = np.asarray(subset, dtype=np.int64)
         k = int(min(k, len(subset) - 1))
@@ -223,7 +230,7 @@ class KnnSearch:
             todo = todo[~done]
             if not len(todo):
                 return out_dist, out_ids
-            width = min(4 * width, len(self.rows))
+            width = min(2 * width, len(self.rows))
             sims, found = knn(self.emb[self.rows[q[todo]]], width, index=self.index, ef=64)
             ids = np.where(found >= 0, self.rows[np.clip(found, 0, None)], -1)
 
@@ -246,7 +253,8 @@ class Links:
     neighbours: tuple[np.ndarray, np.ndarray] | None = None
     """``(ids, sims)``, each (n, k): every embedded row's nearest other rows (−1: none), from the same search."""
     search: KnnSearch | None = None
-    """That search, wider (``outlier_k`` + 4 columns, self included), for the outlier scores to reuse."""
+    """That search, wider (``outlier_k`` + :data:`OUTLIER_SPARE` + 1 columns, self included), for the outlier scores
+    to reuse."""
 
     def __len__(self) -> int:
         return len(self.i)
@@ -641,10 +649,10 @@ def near_links(full: np.ndarray, usable: np.ndarray, settings: DedupSettings, *,
         if thumb is not None and has.sum() >= 2:
             rows = np.flatnonzero(has)
             first: list = []
-            # as wide as the outlier scores need, and a few more (a row whose list holds a duplicate left out
-            # of the scores is searched again): 64 columns cost what 11 do at HNSW's efSearch 64
+            # as wide as the outlier scores need, and OUTLIER_SPARE more (a row whose list holds more duplicates
+            # left out of the scores is searched again)
             kp, ks = embedding_pairs(emb[rows], settings.similarity, NEIGHBOURS, first=first,
-                                     first_k=max(settings.outlier_k + 3, NEIGHBOURS + NEIGHBOUR_SPARE))
+                                     first_k=max(settings.outlier_k + OUTLIER_SPARE, NEIGHBOURS + NEIGHBOUR_SPARE))
             if first:
                 sims, ids, index = first[0]
                 width = NEIGHBOURS + NEIGHBOUR_SPARE + 1
