@@ -146,9 +146,13 @@ K = DEFAULT.outlier_k + neardup.OUTLIER_SPARE + 1  # the build's first search: o
 SAMPLE = 2_000
 
 
-def graph(emb: np.ndarray) -> dict:
-    """The build's one search of ``emb`` (:func:`~dsbuild.dedup.neardup.embedding_pairs`) and the outlier scores
-    from it, timed by stage (:func:`~dsbuild.dedup.neardup.knn_index` and :func:`~dsbuild.dedup.neardup.knn`
+BEFORE = (3, 4)
+"""(spare columns, re-search growth) of the build before 2026-12-02: ``outlier_k`` + 3 columns, re-searched 4 × wider."""
+
+
+def graph(emb: np.ndarray, spare: int = neardup.OUTLIER_SPARE, grow: int = 2) -> dict:
+    """The build's one search of ``emb`` (:func:`~dsbuild.dedup.neardup.embedding_pairs`, ``outlier_k`` + ``spare``
+    columns) and the outlier scores from it (re-searches ``grow`` × wider), timed by stage (:func:`~dsbuild.dedup.neardup.knn_index` and :func:`~dsbuild.dedup.neardup.knn`
     wrapped in a clock while it runs)."""
     t = {"build": 0.0, "search": 0.0}
     knn_index, knn = neardup.knn_index, neardup.knn
@@ -167,7 +171,7 @@ def graph(emb: np.ndarray) -> dict:
     try:
         first: list = []
         c0, t0 = time.process_time(), time.perf_counter()
-        pairs, _ = neardup.embedding_pairs(emb, DEFAULT.similarity, first=first, first_k=DEFAULT.outlier_k + neardup.OUTLIER_SPARE)
+        pairs, _ = neardup.embedding_pairs(emb, DEFAULT.similarity, first=first, first_k=DEFAULT.outlier_k + spare)
         t["pairs"] = time.perf_counter() - t0
         sims, ids, index = first[0]
         # the build's order: outlier scores of the representatives (one image of each pair left out), their
@@ -176,7 +180,7 @@ def graph(emb: np.ndarray) -> dict:
         searched = t["search"]
         t0 = time.perf_counter()
         found = neardup.KnnSearch(emb=emb, rows=np.arange(len(emb)), ids=ids, sims=sims, index=index)
-        scores, _ = outlier_scores(emb[reps], DEFAULT.outlier_k, neighbours=found.within(reps, DEFAULT.outlier_k))
+        scores, _ = outlier_scores(emb[reps], DEFAULT.outlier_k, neighbours=found.within(reps, DEFAULT.outlier_k, grow=grow))
         t["outliers"] = time.perf_counter() - t0
         t["cpu"] = time.process_time() - c0
         t["search"] = searched  # within() may search again: counted with the outlier scores
@@ -221,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--jitter", choices=("directions", "isotropic"), default="directions",
                     help="how the real embeddings are grown to N (module docstring)")
     ap.add_argument("--imagededup-max", type=int, default=20_000)
+    ap.add_argument("--no-before", action="store_true",
+                    help="skip the baseline row: the first search and re-search widths before 2026-12-02 (BEFORE)")
     ap.add_argument("--own-search", action="store_true",
                     help="also the outlier scores from a search of their own (the build before the shared search)")
     args = ap.parse_args(argv)
@@ -256,6 +262,15 @@ def main(argv: list[str] | None = None) -> None:
               f"{qual['pairs'][0]:>4}/{qual['pairs'][1]:<4} {qual['rho']:>9.5f} | {os.getloadavg()[0]:>4.1f} | "
               f"{rss_mb():>5,.0f} MB", flush=True)
         rows.append((n, g["t"]["pairs"], g["t"]["outliers"]))
+        if not args.no_before:
+            b = graph(emb, *BEFORE)
+            bq, bt = quality(b, q, truth), b["t"]
+            label = f"before (+{BEFORE[0]}, {BEFORE[1]}×)"  # ratio: its total ÷ the row above
+            print(f"{'':>9} {label:<22} | {bt['build']:>5.1f} s {bt['search']:>5.1f} s {bt['outliers']:>6.1f} s "
+                  f"{bt['total']:>5.1f} s {bt['cpu']:>6.0f} s {bt['total'] / t['total']:>5.2f}× | {bq[10]:>9.4f} "
+                  f"{bq[DEFAULT.outlier_k]:>9.4f} {bq['pairs'][0]:>4}/{bq['pairs'][1]:<4} {bq['rho']:>9.5f} | "
+                  f"{os.getloadavg()[0]:>4.1f} | {rss_mb():>5,.0f} MB", flush=True)
+            del b
         if args.own_search:
             t0 = time.perf_counter()
             alone, _ = outlier_scores(emb[g["reps"]], DEFAULT.outlier_k)

@@ -201,11 +201,11 @@ class KnnSearch:
     sims: np.ndarray
     index: Any
 
-    def within(self, subset: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def within(self, subset: np.ndarray, k: int, *, grow: int = 2) -> tuple[np.ndarray, np.ndarray] | None:
         """``(distances, indices)``, each (len(subset), min(k, len(subset) − 1)): every ``subset`` row's nearest
         other ``subset`` rows by cosine distance (1 − cosine, float64), indices as positions in ``subset``
         (sorted item rows) — what :class:`NeighbourGraph` takes. Rows whose K columns hold too few
-        ``subset`` rows are searched again, 2 × wider each time, on the same index. None when ``subset`` reaches
+        ``subset`` rows are searched again, ``grow`` × wider each time, on the same index. None when ``subset`` reaches
         outside the searched rows."""
         subset = np.asarray(subset, dtype=np.int64)
         k = int(min(k, len(subset) - 1))
@@ -230,7 +230,7 @@ class KnnSearch:
             todo = todo[~done]
             if not len(todo):
                 return out_dist, out_ids
-            width = min(2 * width, len(self.rows))
+            width = min(grow * width, len(self.rows))
             sims, found = knn(self.emb[self.rows[q[todo]]], width, index=self.index, ef=64)
             ids = np.where(found >= 0, self.rows[np.clip(found, 0, None)], -1)
 
