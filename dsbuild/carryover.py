@@ -175,7 +175,7 @@ def successors_now(cat: Catalog, ds: Dataset, image_ids: Iterable[str], gone: It
     :func:`pair_successors`): for the set-aside items among ``image_ids`` and those of the classes ``gone``,
     one row per item whose picture an item of today succeeds — old_id, old_label, image_id (the successor),
     class_label (its class). An item succeeded by one that was itself set aside since (a class renamed twice)
-    has no row: the latest carries on. For a mislabel run's flags (:func:`dsbuild.cycle.run_flags_now`)."""
+    has the row of the item today that succeeded that one. For a mislabel run's flags (:func:`dsbuild.cycle.run_flags_now`)."""
     import pandas as pd
 
     columns = ["old_id", "old_label", "image_id", "class_label"]
@@ -186,7 +186,7 @@ def successors_now(cat: Catalog, ds: Dataset, image_ids: Iterable[str], gone: It
     matches = cat.set_aside_matches(ds.name, live, reason=SOURCE_REMOVED) if live else None
     if matches is None or matches.empty:
         return pd.DataFrame(columns=columns)
-    pairs = pair_successors(matches)
+    pairs = pair_successors(matches, earlier=True)
     return pairs.loc[pairs["old_id"].isin(set(old)), columns].reset_index(drop=True)
 
 
@@ -233,7 +233,7 @@ def follow_classes(cat: Catalog, ds: Dataset, follow: dict[str, str], split: set
     return followed, {k: tuple(v) for k, v in stranded.items()}
 
 
-def pair_successors(matches: "pandas.DataFrame") -> "pandas.DataFrame":
+def pair_successors(matches: "pandas.DataFrame", *, earlier: bool = False) -> "pandas.DataFrame":
     """One set-aside item per new item from :meth:`Catalog.set_aside_matches` rows (ordered by new item, latest
     set aside first), none given to two new items (module doc):
 
@@ -243,11 +243,18 @@ def pair_successors(matches: "pandas.DataFrame") -> "pandas.DataFrame":
     3. else, when one new item and one set-aside item of that content are left (of those the latest build set
        aside: earlier ones were succeeded by them), they are paired (the file was renamed too). Several left
        (copies of one picture whose names changed): none is paired.
+
+    ``earlier``: also the rows of the items each paired one succeeded — set aside by earlier builds, of the same
+    origin (1.), the same file name (2.) or of the one content left (3.): a class renamed twice (``seven`` →
+    ``sept`` → ``siete``) pairs the ``siete`` item with its ``sept`` one, and with ``earlier`` with its ``seven``
+    one too (a build carries decisions one step at a time; a mislabel run's flags name the items it scored).
     """
     import os
 
-    same = matches[matches["origin"] == matches["old_origin"]].drop_duplicates("image_id", keep="first")
+    same_all = matches[matches["origin"] == matches["old_origin"]]
+    same = same_all.drop_duplicates("image_id", keep="first")
     taken = set(same["image_id"]) | set(same["old_id"])
+    before = [same_all[~same_all.index.isin(same.index)]] if earlier else []
     rest = matches[(matches["origin"] != matches["old_origin"]) & ~matches["image_id"].isin(taken)
                    & ~matches["old_id"].isin(taken)]
     chosen = [same]
@@ -260,6 +267,7 @@ def pair_successors(matches: "pandas.DataFrame") -> "pandas.DataFrame":
         names = [name[i] for i in news]
         paired: dict[str, str] = {}
         used: set[str] = set()
+        succeeded: set[tuple[str, str]] = set()
         for iid in news:
             if names.count(name[iid]) != 1:
                 continue
@@ -267,6 +275,7 @@ def pair_successors(matches: "pandas.DataFrame") -> "pandas.DataFrame":
             if same_name:
                 paired[iid] = same_name[0]
                 used.update(same_name)
+                succeeded.update((iid, o) for o in same_name[1:])
         left_new = [i for i in news if i not in paired]
         rest_old = olds[~olds["old_id"].isin(used)]
         # of those set aside last: an item set aside before was succeeded by them (the folder renamed twice)
@@ -274,12 +283,15 @@ def pair_successors(matches: "pandas.DataFrame") -> "pandas.DataFrame":
         left_old = list(rest_old.loc[last, "old_id"]) if len(rest_old) else []
         if len(left_new) == 1 and len(left_old) == 1:
             paired[left_new[0]] = left_old[0]
+            succeeded.update((left_new[0], o) for o in rest_old.loc[~last, "old_id"])
         if paired:
             keys = set(paired.items())
             chosen.append(group[[(i, o) in keys for i, o in zip(group["image_id"], group["old_id"])]])
+        if earlier and succeeded:
+            before.append(group[[(i, o) in succeeded for i, o in zip(group["image_id"], group["old_id"])]])
     import pandas as pd
 
-    return pd.concat(chosen).sort_values("image_id", kind="stable").reset_index(drop=True)
+    return pd.concat(chosen + before).sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
 def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before: set[str], *,

@@ -141,3 +141,33 @@ def test_the_queue_follows_a_renamed_class_and_says_why_a_removed_one_cannot_be_
                 "removed) cannot be accepted: run `dsbuild mislabels digits` again to score the current classes")
     finally:
         server.stop()
+
+
+def test_a_class_renamed_twice_since_the_run_keeps_every_flag_on_its_picture(tmp_path: Path) -> None:
+    """`seven` → `sept` → `siete` (two folder renames, a build after each): every flag of the run on a `seven`
+    picture reads on its item under `siete`, and suggestions of `seven` name `siete` (the pairing followed only
+    the last step: the flags of the first items were lost and `seven` read as removed)."""
+    import dsbuild
+    from dsbuild.catalog import Catalog
+    from dsbuild.cycle import run_flags_now
+
+    manifest = make_imagefolder(tmp_path / "p")
+    (run_id,) = sql(manifest, "SELECT run_id FROM runs WHERE kind = 'mislabels'")[0]
+    flags = sql(manifest, "SELECT image_id, given_label FROM issue_rows WHERE run_id = ? AND is_issue "
+                          "AND kind = 'label'", [run_id])
+    of_seven = sorted(i for i, given in flags if given == "seven")
+    assert of_seven, flags
+    data = manifest.parent / "data"
+    (data / "seven").rename(data / "sept")
+    build(manifest)
+    (data / "sept").rename(data / "siete")
+    build(manifest)
+    want = {i: successor(manifest, i) for i in of_seven}
+    assert {lab for (lab,) in (sql(manifest, "SELECT class_label FROM items WHERE image_id = ?", [n])[0]
+                               for n in want.values())} == {"siete"}
+    ds = dsbuild.load_manifest(manifest).datasets["digits"]
+    with Catalog.open_readonly(dsbuild.load_manifest(manifest).catalog) as cat:
+        now = run_flags_now(cat, ds, run_id)
+    assert {i: now.moved.get(i) for i in of_seven} == want
+    assert now.follow == {"seven": "siete"} and now.gone == {}
+    assert now.changes == {"seven": "class 'seven' renamed 'siete'"}
