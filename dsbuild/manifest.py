@@ -98,6 +98,8 @@ class Dataset:
     model: Mapping[str, Any] = field(default_factory=dict)
     imagefolder: Path | None = None
     labels_csv: Path | None = None
+    labels_root: Path | None = None
+    """The folder a ``labels_csv``'s files must stay in (None: the CSV's folder)."""
     fetch_settings: FetchSettings = FetchSettings()
     model_settings: ModelSettings = ModelSettings()
     executor: ExecutorSettings = ExecutorSettings()
@@ -158,8 +160,8 @@ _DATASET_SCALARS: dict[str, type | tuple[type, ...]] = {
     "allow_private_hosts": bool,
 }
 _DATASET_KEYS = set(_DATASET_SCALARS) | set(_SECTION_TYPES) | {"classes", "filters", "fetch", "model", "imagefolder",
-                                                                "labels_csv", "executor"}
-_DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder", "labels_csv", "executor"}  # top-level [executor] is the default
+                                                                "labels_csv", "labels_root", "executor"}
+_DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder", "labels_csv", "labels_root", "executor"}  # top-level [executor] is the default
 _CLASS_KEYS = {"queries", "urls", "folders", "endpoint"}
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -405,6 +407,10 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
 
     imagefolder = _path_value(raw, "imagefolder", "a folder path", key, root, problems)
     labels_csv = _path_value(raw, "labels_csv", "the path of a CSV file", key, root, problems)
+    labels_root = _path_value(raw, "labels_root", "a folder path", key, root, problems)
+    if labels_root is not None and labels_csv is None and "labels_csv" not in raw:
+        problems.add(f"{key}.labels_root", "is the folder a labels_csv's files stay in — set labels_csv too, or "
+                                           "remove it")
     classes_raw = raw.get("classes")
     classes: list[ClassSpec] = []
     if classes_raw is None and (imagefolder is not None or labels_csv is not None):
@@ -460,6 +466,7 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
         model=tables["model"],
         imagefolder=imagefolder,
         labels_csv=labels_csv,
+        labels_root=labels_root,
         fetch_settings=_settings(FetchSettings, fetch_values, f"{key}.fetch", later),
         model_settings=_settings(ModelSettings, model_values, f"{key}.model", later),
         executor=_parse_executor(raw["executor"], f"{key}.executor", executor, problems, later) if "executor" in raw

@@ -116,7 +116,7 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
         if ds.labels_csv is not None:
             key = f"datasets.{ds.name}.labels_csv"
             try:
-                listed = read_labels_csv(ds.labels_csv, key=key)
+                listed = read_labels_csv(ds.labels_csv, key=key, root=ds.labels_root)
             except DsbuildError as exc:
                 problems.append(str(exc))
             else:
@@ -124,6 +124,12 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
                 if len(labels) < 2:
                     problems.append(f"{key}: {ds.labels_csv} names {len(labels)} label{'s' if len(labels) != 1 else ''}"
                                     f"{' (' + labels[0] + ')' if labels else ''} — a dataset needs at least two classes")
+                elif not listed.rows and listed.problems:
+                    n = len(listed.problems)
+                    problems.append(f"{key}: none of the {n} row{'s' if n != 1 else ''} of {ds.labels_csv} can be used "
+                                    f"— the first: {listed.problems[0]}" + (f"; {listed.hint}" if listed.hint else ""))
+            if ds.labels_root is not None and not ds.labels_root.is_dir():
+                problems.append(f"datasets.{ds.name}.labels_root: {ds.labels_root} is not a folder")
         for cls in ds.classes:
             for folder in cls.folders:
                 if not folder.exists():

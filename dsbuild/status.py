@@ -183,7 +183,7 @@ def empty_classes(cat: Catalog, ds) -> dict[str, str]:
     if ds.imagefolder is not None and ds.imagefolder.is_dir():  # its class folders, an empty one included
         labels += [label for label in imagefolder_layout(ds.imagefolder, ds.name).labels if label not in labels]
     if ds.labels_csv is not None and ds.labels_csv.is_file():  # every label it names, one whose rows were skipped too
-        labels += sorted(set(read_labels_csv(ds.labels_csv).labels) - set(labels))
+        labels += sorted(set(read_labels_csv(ds.labels_csv, root=ds.labels_root).labels) - set(labels))
     for label in labels:
         per = by_label.get(label, {})
         if per.get("ok", 0):

@@ -8,6 +8,7 @@ real photos (``skimage.data`` quadrants written by PIL); builds run through the 
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -172,8 +173,10 @@ def test_labels_csv_imports_local_files_with_their_splits_and_names_each_bad_row
     said = flat(out)
     base = flat_dir.resolve()
     for line in (f"labels.csv line 11: 'imgs/gone.png' does not exist in {base} — skipped",
-                 f"labels.csv line 12: '../clock-0.png' is outside {base} — skipped: paths are relative to the folder "
-                 "that holds labels.csv, and stay in it",
+                 f"labels.csv line 12: '../clock-0.png' is outside {base} — skipped: a labels CSV's files stay in "
+                 "the folder that holds labels.csv",
+                 f"labels.csv: 1 row lists files outside {base} — to build it, set labels_root = \"{tmp_path.resolve()}\" "
+                 "on the dataset (the folder its files must stay in)",
                  "labels.csv line 13: is_valid 'maybe' is not true or false — skipped",
                  "labels.csv line 14: 'imgs/chelsea-1.png' has no label — skipped"):
         assert f"flat: {line}" in said, (line, out)
@@ -185,6 +188,73 @@ def test_labels_csv_imports_local_files_with_their_splits_and_names_each_bad_row
     assert origin == str(base / "imgs" / "fake.jpg")
 
 
+def test_labels_csv_takes_absolute_paths_inside_its_folder_and_a_semicolon_separator(tmp_path: Path, capsys) -> None:
+    """Trial 7: an absolute path to a file beside the CSV was skipped as "outside" it; a CSV saved with ';' (a
+    spreadsheet's separator in many locales) was refused for want of a file column."""
+    flat_dir = tmp_path / "data"
+    photos(flat_dir / "imgs", "chelsea", range(0, 3))
+    photos(flat_dir / "imgs", "astronaut", range(0, 3))
+    rows = ["File;Label"] + [f"{flat_dir.resolve() / 'imgs' / f'chelsea-{k}.png'};cat" for k in range(3)]
+    rows += [f"imgs\\astronaut-{k}.png;dog" for k in range(3)]
+    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    assert "skipped" not in out, out
+    assert sql(m, "select label, status, count(*) from images where dataset = 'flat' group by all order by all") == [
+        ("cat", "ok", 3), ("dog", "ok", 3)]
+
+
+def test_a_csv_export_builds_again_as_a_labels_csv_once_labels_root_holds_its_files(tmp_path: Path, capsys) -> None:
+    """Trial 7: `export --format csv` lists the catalog's stored files by absolute path; built as a labels_csv, every
+    row was skipped as outside the CSV's folder and the build said "up to date — 0 accepted images". Now the build
+    is refused before it starts, naming the setting that takes them (labels_root), and with it every image comes
+    back with its label and split."""
+    flat_dir = tmp_path / "data"
+    photos(flat_dir, "chelsea", range(0, 4))
+    photos(flat_dir, "astronaut", range(0, 4))
+    rows = ["file,label"] + [f"chelsea-{k}.png,cat" for k in range(4)] + [f"astronaut-{k}.png,dog" for k in range(4)]
+    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    assert run_cli(capsys, m, "build", "--workers", "1")[0] == 0
+    code, out, err = run_cli(capsys, m, "export", "flat", "--format", "csv", "--to", str(tmp_path / "exp" / "flat.csv"))
+    assert code == 0, err
+    again = tmp_path / "again"
+    again.mkdir()
+    m2 = again / "datasets.toml"
+    text = '[datasets.copy]\nlabels_csv = "../exp/flat.csv"\n[datasets.copy.dedup]\nsemantic = false\n'
+    m2.write_text(text)
+    code, out, err = run_cli(capsys, m2, "build", "--workers", "1")
+    assert code == 2, out
+    exp = (tmp_path / "exp").resolve()
+    stored = [str(Path(p).parent) for (p,) in sql(m, "select path from images where dataset = 'flat'")]
+    root = Path(os.path.commonpath([*stored, str(exp)]))
+    said = flat(err)
+    assert (f"datasets.copy.labels_csv: none of the 8 rows of {again / '../exp/flat.csv'} can be used — the first: "
+            f"flat.csv line 2: ") in said, err
+    assert (f"— skipped: a labels CSV's files stay in the folder that holds flat.csv; flat.csv: 8 rows list files "
+            f"outside {exp} — to build them, set labels_root = \"{root}\" on the dataset (the folder its files must "
+            "stay in)") in said, err
+    assert sql(m2, "select count(*) from builds") == [(0,)] if (again / "catalog").exists() else True
+    m2.write_text(text.replace('"\n[', f'"\nlabels_root = "{root}"\n[', 1))
+    code, out, err = run_cli(capsys, m2, "build", "--workers", "1")
+    assert code == 0, err
+    before = sql(m, "select sha256, label, split from images where dataset = 'flat' order by 1")
+    assert sql(m2, "select sha256, label, split from images where dataset = 'copy' and status = 'ok' order by 1") == before
+    assert len(before) == 8
+
+
+def test_labels_root_without_labels_csv_is_refused(tmp_path: Path, capsys) -> None:
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.pets]\nimagefolder = "tree"\nlabels_root = "tree"\n')
+    code, out, err = run_cli(capsys, m, "status")
+    assert code == 2, out
+    assert ("datasets.pets.labels_root: is the folder a labels_csv's files stay in — set labels_csv too, or remove "
+            "it") in flat(err), err
+
+
 def test_labels_csv_without_a_file_column_is_refused_by_name(tmp_path: Path, capsys) -> None:
     (tmp_path / "labels.csv").write_text("img,label\na.png,cat\nb.png,dog\n")
     m = tmp_path / "datasets.toml"
@@ -193,7 +263,7 @@ def test_labels_csv_without_a_file_column_is_refused_by_name(tmp_path: Path, cap
     assert code == 2, out
     assert (f"datasets.flat.labels_csv: {tmp_path / 'labels.csv'} line 1: header 'img,label' has no file column "
             "(file, fname, filename, name, path, image) — the first row must be a header such as file,label "
-            "(optional: split or is_valid)") in flat(err), err
+            "(optional: split or is_valid; separated by commas, or by ';', tabs or '|')") in flat(err), err
 
 
 def test_a_url_list_of_local_files_says_to_use_labels_csv(tmp_path: Path, capsys) -> None:

@@ -296,7 +296,7 @@ def scan_folders(ds: Dataset, skipped: Skipped | None = None, notes: list[str] |
             notes.extend(layout.notes)
     out: list[FileSource] = []
     if ds.labels_csv is not None:
-        listed = read_labels_csv(ds.labels_csv, key=f"datasets.{ds.name}.labels_csv")
+        listed = read_labels_csv(ds.labels_csv, key=f"datasets.{ds.name}.labels_csv", root=ds.labels_root)
         if notes is not None:
             notes.extend(listed.notes())
         for row in listed.rows:

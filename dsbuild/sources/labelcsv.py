@@ -3,10 +3,13 @@
 The layout of an existing dataset besides class folders: a folder of images and a ``labels.csv`` such as
 ``file,label`` or fastai's ``fname,label`` / ``name,label``, with an optional ``split`` column
 (``train``/``valid``/``test`` and the split folders' other names) or fastai's ``is_valid`` (true → valid,
-false → train). Paths are relative to the CSV's folder and may not leave it. Each listed file becomes a
+false → train). Paths are relative to the CSV's folder (an absolute path is taken as written) and may not
+leave the dataset's ``labels_root`` — by default the CSV's folder. Each listed file becomes a
 :class:`~dsbuild.sources.folders.FileSource` and is verified exactly as a file of a class folder (sniffed,
 allow-listed). A row that cannot be used (no such file, a path outside the folder, no label, an unknown
-split) is skipped and named with its line number; a CSV without a file or a label column is refused.
+split) is skipped and named with its line number; a CSV without a file or a label column is refused. The
+separator is the comma, or the one of ``;``, tab and ``|`` that the header row is split by when it gives a file
+and a label column there and the comma does not (spreadsheets in many locales save ``;``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ FILE_COLUMNS = ("file", "fname", "filename", "name", "path", "image")
 LABEL_COLUMNS = ("label", "class")
 IS_VALID = {"true": "valid", "1": "valid", "yes": "valid", "false": "train", "0": "train", "no": "train"}
 SHOWN_PROBLEMS = 20  # per CSV; the rest are counted
+DELIMITERS = (",", ";", "\t", "|")
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,14 @@ class LabelsCsv:
     rows: list[Row] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     labels: set[str] = field(default_factory=set)  # every label the CSV names, a skipped row's too
+    outside: list[Path] = field(default_factory=list)  # the files of the rows skipped as outside the root
+    hint: str | None = None  # what to do about them (set labels_root), when there are such rows
 
     def notes(self) -> list[str]:
-        """The problems for the build's summary: the first :data:`SHOWN_PROBLEMS`, then how many more."""
+        """The problems for the build's summary: the first :data:`SHOWN_PROBLEMS`, then how many more, and the hint."""
         shown = self.problems[:SHOWN_PROBLEMS]
         more = len(self.problems) - len(shown)
-        return shown + ([f"… and {more} more rows skipped"] if more else [])
+        return shown + ([f"… and {more} more rows skipped"] if more else []) + ([self.hint] if self.hint else [])
 
 
 def _column(header: list[str], names: tuple[str, ...]) -> int | None:
@@ -58,10 +64,24 @@ def _column(header: list[str], names: tuple[str, ...]) -> int | None:
     return None
 
 
-def read_labels_csv(path: Path, *, key: str = "labels_csv") -> LabelsCsv:
+def _delimiter(text: str) -> str:
+    """The CSV's separator (module docstring): ``,`` unless another of :data:`DELIMITERS` alone splits the header
+    row into a file and a label column."""
+    head = text.split("\n", 1)[0].lower()
+
+    def fits(sep: str) -> bool:
+        cells = [c.strip().strip('"') for c in head.split(sep)]
+        return _column(cells, FILE_COLUMNS) is not None and _column(cells, LABEL_COLUMNS) is not None
+
+    if fits(","):
+        return ","
+    return next((sep for sep in DELIMITERS[1:] if fits(sep)), ",")
+
+
+def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = None) -> LabelsCsv:
     """The rows of the labels CSV at ``path``; raises DsbuildError (naming ``key``, the manifest's key) when it
-    cannot be read or has no file or label column. A row's file is looked up (it must be a file under the CSV's
-    folder) but not opened: verification opens it."""
+    cannot be read or has no file or label column. A row's file is looked up (it must be a file under ``root``,
+    the dataset's ``labels_root``; None: the CSV's folder) but not opened: verification opens it."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
@@ -73,7 +93,8 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv") -> LabelsCsv:
         raise DsbuildError(f"{key}: {path} is not UTF-8 text (byte {err.start}) — save it as UTF-8", exit_code=2) from None
     except OSError as err:
         raise DsbuildError(f"{key}: cannot read {path}: {err.strerror or err}", exit_code=2) from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    sep = _delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
     try:
         header = [c.strip().lower() for c in next(reader)]
     except StopIteration:
@@ -87,9 +108,11 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv") -> LabelsCsv:
     if file_col is None or label_col is None:
         missing = " and no ".join(f"{what} column ({', '.join(names)})" for what, names, col in
                                (("file", FILE_COLUMNS, file_col), ("label", LABEL_COLUMNS, label_col)) if col is None)
-        raise DsbuildError(f"{key}: {path} line 1: header {','.join(header)!r} has no {missing} — the first row must "
-                           "be a header such as file,label (optional: split or is_valid)", exit_code=2)
+        raise DsbuildError(f"{key}: {path} line 1: header {sep.join(header)!r} has no {missing} — the first row must "
+                           "be a header such as file,label (optional: split or is_valid; separated by commas, or "
+                           "by ';', tabs or '|')", exit_code=2)
     base = path.parent.resolve()
+    top = base if root is None else Path(os.path.abspath(root))
     out = LabelsCsv()
     name = path.name
     first: dict[tuple[str, str], int] = {}  # (path, label) → the line that listed it first
@@ -130,14 +153,17 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv") -> LabelsCsv:
             if split is None:
                 out.problems.append(f"{name} line {line}: is_valid {cell(valid_col)!r} is not true or false — skipped")
                 continue
-        rel = os.path.normpath(written.replace("\\", "/"))
-        if os.path.isabs(rel) or rel == ".." or rel.startswith("../"):
-            out.problems.append(f"{name} line {line}: {written!r} is outside {base} — skipped: paths are relative to "
-                                f"the folder that holds {name}, and stay in it")
+        file = Path(os.path.normpath(base / written.replace("\\", "/")))  # an absolute path stays as written
+        if not file.is_relative_to(top):
+            where = "the folder that holds " + name if root is None else "the dataset's labels_root"
+            out.problems.append(f"{name} line {line}: {written!r} is outside {top} — skipped: a labels CSV's files "
+                                f"stay in {where}")
+            out.outside.append(file)
             continue
-        file = base / rel
+        rel = file.relative_to(top).as_posix()
         if not file.exists():
-            out.problems.append(f"{name} line {line}: {written!r} does not exist in {base} — skipped")
+            where = "" if os.path.isabs(written.replace("\\", "/")) else f" in {base}"
+            out.problems.append(f"{name} line {line}: {written!r} does not exist{where} — skipped")
             continue
         if file.is_dir():
             out.problems.append(f"{name} line {line}: {written!r} is a folder, not a file — skipped")
@@ -148,4 +174,10 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv") -> LabelsCsv:
             continue
         first[rel, label] = line
         out.rows.append(Row(line, file, label, split))
+    if out.outside:
+        common = Path(os.path.commonpath([str(f.parent) for f in out.outside] + [str(top)]))
+        n = len(out.outside)
+        out.hint = (f"{name}: {n} row{'s' if n != 1 else ''} list{'' if n != 1 else 's'} files outside {top} — to "
+                    f"build {'them' if n != 1 else 'it'}, set labels_root = \"{common}\" on the dataset (the folder "
+                    "its files must stay in)")
     return out
