@@ -222,7 +222,8 @@ def _open(fmt: str, data: bytes):
     """Open with the family's Pillow reader only; a refused header raises the reader's own exception (not a repr)."""
     from PIL import Image, UnidentifiedImageError
 
-    names = formats.FAMILIES[fmt].pillow
+    Image.init()  # every plugin registered: Pillow opens MPO through its JPEG reader, and has no "MPO" opener
+    names = tuple(name for name in formats.FAMILIES[fmt].pillow if name in Image.OPEN)
     try:
         return Image.open(io.BytesIO(data), formats=names)
     except UnidentifiedImageError:
@@ -232,7 +233,7 @@ def _open(fmt: str, data: bytes):
         raise
 
 
-def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
+def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=True):
     from PIL import Image
 
     size = _header_size(fmt, data)
@@ -267,6 +268,63 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
     for what, w, h in frames:  # before any reader runs: a reader may allocate for a frame's size
         _check_pixels(w, h, settings, what)
 
+    mark = len(notes)
+    try:
+        out, width, height, decode_data = _pixels(fmt, decode_data, settings, analysis_side, info, notes)
+    except (Rejected, MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the decoder refused the file: was it only its metadata?
+        if not retry:
+            raise
+        rescued = _without_ancillary(fmt, decode_data, settings, analysis_side, stderr, exc)
+        if rescued is None:
+            raise
+        out, sub_info, sub_notes = rescued
+        del notes[mark:]  # what the refused attempt noted is about a file that is not the one kept
+        notes.extend(sub_notes)
+        return out, sub_info
+    info.update(width=width, height=height)
+    if decode_data is not data:
+        # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
+        info["stored_data"] = decode_data
+    return out, info
+
+
+def _without_ancillary(fmt, data, settings, analysis_side, stderr, exc):
+    """Rule 4 in general: ``data``, refused by its decoder with ``exc``, decoded again without its ancillary parts.
+
+    The copy (:func:`dsbuild.verify.containers.without_ancillary`: PNG critical
+    chunks only, JPEG without APPn/COM, GIF without extension blocks) holds the
+    same picture data; when it passes every check of a first decode (structure,
+    bombs, strict libjpeg, truncation) the refusal was about metadata, and
+    ``(image, info, notes)`` is returned with ``info["stored_data"]`` the copy
+    (the file kept and exported: the original is the one Pillow refused, so a
+    loader would refuse it too). None when there is nothing to drop or the copy
+    fails as well (the original error stands). A copy refused for its size
+    (too small, aspect ratio, bomb) raises that refusal: the picture is refused
+    for what it is.
+    """
+    stripped = containers.without_ancillary(fmt, data)
+    if stripped is None:
+        return None
+    copy, dropped = stripped
+    info: dict = {"format": fmt, "frames": 1}
+    notes: list[str] = [f"metadata dropped: {', '.join(dropped)} (the decoder refused the file with it: "
+                        f"{_describe(exc)})"]
+    try:
+        out, info = _decode(fmt, copy, settings, analysis_side, info, notes, stderr, retry=False)
+    except Rejected as rej:
+        if rej.reason in ("too small", "odd aspect ratio", "decompression bomb"):
+            raise
+        return None
+    except Exception:  # noqa: BLE001 - the copy fails too: the fault is not (only) metadata
+        return None
+    info["stored_data"] = copy
+    return out, info, notes
+
+
+def _pixels(fmt, decode_data, settings, analysis_side, info, notes):
+    """Open, check and decode the first frame: ``(normalised image, width, height, bytes decoded)``."""
     try:
         img = _open(fmt, decode_data)
     except ValueError as exc:
@@ -317,11 +375,7 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
         out = _normalise(img, after)
         if after in (5, 6, 7, 8):
             width, height = height, width
-    info.update(width=width, height=height)
-    if decode_data is not data:
-        # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
-        info["stored_data"] = decode_data
-    return out, info
+    return out, width, height, decode_data
 
 
 def _without_png_metadata(data: bytes, notes: list[str]):
