@@ -14,6 +14,8 @@ lets a decoder at it, for what decoders do not say or say too late:
   last, so a cut TIFF loses it).
 * :func:`strip_png_metadata` — a PNG without its text and ICC chunks, for a
   file whose only fault is metadata the decoder refuses.
+* :func:`without_ancillary` — a PNG, JPEG or GIF with every part that only
+  carries metadata removed, for a file its decoder refused.
 
 All functions take the whole file as ``bytes``, cost one pass over the chunk
 or block headers (no inflating, no decoding) and raise :class:`Damaged` with a

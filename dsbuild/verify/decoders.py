@@ -24,7 +24,14 @@ calls it). Its rules, in order:
    libraries' stderr (libtiff) captured per image (:func:`captured_stderr`).
 4. **Metadata never costs the picture.** A PNG whose text or ICC chunk inflates
    past Pillow's limit is decoded without its metadata; broken EXIF is ignored
-   (orientation 1); each case leaves a note in ``warnings``.
+   (orientation 1); each case leaves a note in ``warnings``. In general, a
+   PNG, JPEG or GIF its decoder refuses is decoded again without its ancillary
+   parts (PNG ancillary chunks, JPEG APPn/COM segments but a well-formed Adobe
+   APP14, GIF extension blocks; :func:`_without_ancillary`): when that copy
+   passes every check the fault was metadata — the picture is kept, the copy is
+   the file stored (and exported: the original is the one loaders refuse), and
+   ``warnings`` names what was dropped and what the decoder said. When the copy
+   fails too, its failure (about the picture data alone) is the one reported.
 5. **Reasons come from facts, not wording.** A decoder exception is
    ``truncated`` when its message says the data ended (in any case or
    phrasing) and ``corrupt`` otherwise; the detail is the decoder's own words
@@ -299,10 +306,10 @@ def _without_ancillary(fmt, data, settings, analysis_side, stderr, exc):
     bombs, strict libjpeg, truncation) the refusal was about metadata, and
     ``(image, info, notes)`` is returned with ``info["stored_data"]`` the copy
     (the file kept and exported: the original is the one Pillow refused, so a
-    loader would refuse it too). None when there is nothing to drop or the copy
-    fails as well (the original error stands). A copy refused for its size
-    (too small, aspect ratio, bomb) raises that refusal: the picture is refused
-    for what it is.
+    loader would refuse it too). None when there is nothing to drop. When the
+    copy fails too, its failure is the one raised: it is about the picture data
+    alone (a JPEG with a broken APP0 *and* a cut scan is ``truncated``, not
+    refused for its APP0).
     """
     stripped = containers.without_ancillary(fmt, data)
     if stripped is None:
@@ -311,14 +318,7 @@ def _without_ancillary(fmt, data, settings, analysis_side, stderr, exc):
     info: dict = {"format": fmt, "frames": 1}
     notes: list[str] = [f"metadata dropped: {', '.join(dropped)} (the decoder refused the file with it: "
                         f"{_describe(exc)})"]
-    try:
-        out, info = _decode(fmt, copy, settings, analysis_side, info, notes, stderr, retry=False)
-    except Rejected as rej:
-        if rej.reason in ("too small", "odd aspect ratio", "decompression bomb"):
-            raise
-        return None
-    except Exception:  # noqa: BLE001 - the copy fails too: the fault is not (only) metadata
-        return None
+    out, info = _decode(fmt, copy, settings, analysis_side, info, notes, stderr, retry=False)
     info["stored_data"] = copy
     return out, info, notes
 
