@@ -333,7 +333,7 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes):
         else:
             raise
     width, height = img.size
-    info.update(width=width, height=height, mode=img.mode)
+    info.update(width=width, height=height, mode=img.mode, bits=_source_bits(fmt, decode_data, img))
     _check_pixels(width, height, settings)
     if fmt in ("JPEG", "WEBP"):
         info["frames"] = int(getattr(img, "n_frames", 1) or 1)
@@ -357,7 +357,7 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes):
     if fmt == "JPEG":
         orientation = _orientation(img, notes)  # JPEG's EXIF is read at open: no decode here
         pixels = _jpeg_pixels(decode_data, img, analysis_side, notes)
-        out = _normalise(pixels, orientation)
+        out = _normalise(pixels, orientation, info)
         if orientation in (5, 6, 7, 8):
             width, height = height, width
     else:
@@ -372,10 +372,23 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes):
         if loaded == (height, width) and loaded != (width, height):
             width, height = loaded  # the reader turned it itself (TIFF applies its orientation on load)
         after = _orientation(img, notes)
-        out = _normalise(img, after)
+        out = _normalise(img, after, info)
         if after in (5, 6, 7, 8):
             width, height = height, width
     return out, width, height, decode_data
+
+
+def _source_bits(fmt: str, data: bytes, img) -> int | None:
+    """Bits per sample the file declares (PNG IHDR, TIFF BitsPerSample), None when not read."""
+    try:
+        if fmt == "PNG" and len(data) > 24:
+            return int(data[24])
+        if fmt == "TIFF":
+            value = img.tag_v2.get(258)
+            return int(max(value) if isinstance(value, tuple) else value) if value else None
+    except Exception:  # noqa: BLE001 - a hint for the exact-duplicate key only
+        return None
+    return None
 
 
 def _without_png_metadata(data: bytes, notes: list[str]):
@@ -401,13 +414,78 @@ _TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "T
               7: "TRANSVERSE", 8: "ROTATE_90"}
 
 
-def _normalise(img, orientation: int):
-    """RGB or L, turned as ``orientation`` says (see :func:`dsbuild.verify.normalise`)."""
+def _normalise(img, orientation: int, info: dict | None = None):
+    """RGB or L, turned as ``orientation`` says (see :func:`dsbuild.verify.normalise`).
+
+    ``info["exact_key"]``: what the exact-duplicate key (``pixel_sha``) is made of when the 8-bit picture does not
+    hold every value decoded: the decoded pixels at their own depth (:func:`deep_digest`), or None when the decoder
+    already dropped bits (a 16-bit RGB PNG/TIFF, which Pillow reads as 8-bit RGB): then only equal bytes are exact
+    duplicates. Absent when the 8-bit picture is the whole picture.
+    """
     from PIL import Image
 
     if orientation in _TRANSPOSE:
         img = img.transpose(getattr(Image.Transpose, _TRANSPOSE[orientation]))
+    if info is not None:
+        if img.mode in _DEEP_MODES and not _fits_8_bits(img):
+            info["exact_key"] = deep_digest(img)
+        elif _deeper_source(info.get("format"), img, info.get("bits")):
+            info["exact_key"] = None
     return normalise(img, orientation=1)
+
+
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def sample_depth(arr) -> int | None:
+    """The bits a high-bit-depth image's data really uses: the smallest of 8, 10, 12, 14, 16 whose range holds every
+    sample (``max < 2**bits``), or None when the samples are not non-negative integers below 2**16.
+
+    16-bit containers (PNG, TIFF) often hold 8-, 10-, 12- or 14-bit data (scanners, cameras' raw sensor values,
+    medical and microscopy images; DICOM says so in BitsStored, PNG may in sBIT, most files say nothing). Readers
+    disagree about them: Pillow's ``convert("L"/"RGB")`` clips at 255 (python-pillow/Pillow#1108, #2574, #4044 —
+    fastai's ``PILImage.create`` converts so: a full-range 16-bit picture is white), OpenCV's ``imread`` and
+    stb_image shift right by 8 (``/256``: 8-bit data in 16 bits is black), ImageJ stretches the display range.
+    Scaling by the depth the data uses shows each of them as the picture: 8-in-16 as it is (what Pillow shows),
+    12-bit data over the full range, full-range 16-bit as ``/65535``.
+    """
+    import numpy as np
+
+    if arr.size == 0:
+        return 8
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi >= 65536 or (arr.dtype.kind == "f" and not np.array_equal(arr, np.floor(arr))):
+        return None
+    return next(bits for bits in _DEPTHS if hi < 2 ** bits)
+
+
+def _fits_8_bits(img) -> bool:
+    """True when normalising ``img`` (a deep mode) keeps every value: integer samples within 0..255."""
+    import numpy as np
+
+    return sample_depth(np.asarray(img)) == 8
+
+
+def deep_digest(img) -> str:
+    """sha256 of a high-bit-depth image's decoded pixels at their own depth (mode, size, values as 32-bit ints or
+    floats): the exact-duplicate key when the 8-bit picture would merge values (12-bit data in 8 bits)."""
+    import hashlib
+
+    import numpy as np
+
+    arr = np.asarray(img)
+    arr = arr.astype("<f8") if arr.dtype.kind == "f" else arr.astype("<i8")
+    h = hashlib.sha256()
+    h.update(f"deep:{img.size[0]}x{img.size[1]}:{arr.dtype.kind}:".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _deeper_source(fmt: str | None, img, bits: int | None) -> bool:
+    """True when the file holds more bits per sample than the decoded 8-bit image (Pillow reads 16-bit RGB/RGBA/LA
+    PNGs and 16-bit RGB TIFFs as 8-bit, dropping the low byte)."""
+    return bool(bits and bits > 8 and img.mode not in _DEEP_MODES)
 
 
 def _jpeg_pixels(data: bytes, img, analysis_side: int | None, notes: list[str]):
@@ -448,7 +526,11 @@ def _jpeg_pixels(data: bytes, img, analysis_side: int | None, notes: list[str]):
 def normalise(img, *, orientation: int | None = None):
     """Return ``img`` as RGB or L (8-bit), EXIF orientation applied, alpha composited on white.
 
-    Handles CMYK, P/PA (palettes, incl. transparency), LA, RGBA, 1, I;16, I and F.
+    Handles CMYK, P/PA (palettes, incl. transparency), LA, RGBA, 1, I;16, I and F. High-bit-depth greyscale
+    (I;16*, I, F with integer samples in 0..65535) is scaled by the depth its data uses (:func:`sample_depth`:
+    ``255 / (2**bits - 1)``, bits the smallest of 8, 10, 12, 14, 16 above the largest sample); other I/F images by
+    their own range. Every path that turns a decoded image into pixels goes through here (verification, the
+    training and prediction loaders via :func:`dsbuild.verify.decode.load_rgb`, thumbnails).
     ``orientation``: 1 when the caller already turned the image (verification
     does); None reads it from the image's EXIF (broken EXIF counts as upright).
     """
@@ -464,13 +546,17 @@ def normalise(img, *, orientation: int | None = None):
     mode = img.mode
     if mode in ("RGB", "L"):
         return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if mode in _DEEP_MODES:
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        arr = np.clip(arr / hi * 255.0, 0, 255).astype("uint8")
-        return Image.fromarray(arr, mode="L")
+        bits = sample_depth(arr)
+        if bits is not None:  # the depth the data uses (see sample_depth): 8-in-16 as it is, 12-bit over the range
+            hi = float(2 ** bits - 1)
+            arr = np.rint(arr * (255.0 / hi)) if bits > 8 else arr
+        else:  # negative, fractional or wider than 16 bits (I, F): scaled by the largest value, negatives black
+            arr = arr / max(float(arr.max()), 1.0) * 255.0
+        return Image.fromarray(np.clip(arr, 0, 255).astype("uint8"), mode="L")
     if mode == "1":
         return img.convert("L")
     if mode == "P":
