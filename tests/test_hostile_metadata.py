@@ -14,6 +14,7 @@ damaged.
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 import zlib
@@ -311,3 +312,28 @@ def test_a_metadata_fault_never_hides_a_cut_picture(built, name: str) -> None:
     row = built[name]
     assert row["status"] == "rejected", (row["status"], row["warnings"])
     assert row["reason"] in ("truncated", "corrupt"), (row["reason"], row["detail"])
+
+
+def test_the_loader_reads_such_a_file_as_the_build_kept_it(tmp_path) -> None:
+    """`dsbuild predict`/`similar` and training load through load_rgb: a file whose only fault is metadata gives its
+    picture there too (as the build kept it), while one whose picture data is cut is still refused."""
+    import numpy as np
+    from PIL import Image
+
+    from dsbuild.verify.decode import load_rgb
+
+    for name in ("jfif_short.jpg", "phys_2_bytes.png", "gif_gce_size2.gif", "palette_trns_300.png"):
+        make, photo_name, _pattern = STRIPPED[name]
+        path = tmp_path / name
+        path.write_bytes(make())
+        got = np.asarray(load_rgb(path), dtype=np.int16)
+        fmt = {"jpg": "JPEG", "png": "PNG", "gif": "GIF"}[name.rsplit(".", 1)[1]]
+        clean = _pic(photo_name).convert("P") if "palette" in name else _pic(photo_name)
+        with Image.open(io.BytesIO(encode(clean, fmt))) as im:
+            want = np.asarray(im.convert("RGB"), dtype=np.int16)
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1, name
+    for name in ("jfif_short_scan_cut.jpg", "phys_2_bytes_idat_cut.png"):
+        path = tmp_path / name
+        path.write_bytes(STILL_CUT[name]())
+        with pytest.raises(Exception):
+            load_rgb(path)
