@@ -182,6 +182,26 @@ STRIPPED = {
     "gif_gce_size2.gif": (_gif_gce_size2, "chelsea", re.compile(r"graphic control extension")),
 }
 
+def _exif6_jfif_short() -> bytes:
+    """A short JFIF APP0 in a JPEG whose (intact) EXIF says "turned 90°": the EXIF survives the repair."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(_pic("rocket"), "JPEG", exif=exif.tobytes())
+    return data[:2] + _seg(0xE0, b"JFIF\x00\x01") + data[20:]
+
+
+def _cmyk_jfif_short() -> bytes:
+    """A CMYK JPEG (Pillow writes an Adobe APP14: its colour transform) with a short JFIF APP0 in front."""
+    data = encode(_pic("clock").convert("CMYK"), "JPEG")
+    assert data[2:4] == b"\xff\xee"
+    return data[:2] + _seg(0xE0, b"JFIF\x00\x01") + data[2:]
+
+
+KEPT_PARTS = {"exif6_jfif_short.jpg": _exif6_jfif_short, "cmyk_jfif_short.jpg": _cmyk_jfif_short}
+
+
 # The same metadata faults with the picture data really cut: never rescued into ``ok``.
 STILL_CUT = {
     "phys_2_bytes_idat_cut.png": lambda: _png_idat_cut(STRIPPED["phys_2_bytes.png"][0]()),
@@ -218,6 +238,8 @@ def built(tmp_path_factory) -> dict[str, dict]:
     for name, (make, *_rest) in STRIPPED.items():
         proj.add("a", name, make())
     for name, make in STILL_CUT.items():
+        proj.add("a", name, make())
+    for name, make in KEPT_PARTS.items():
         proj.add("a", name, make())
     proj.add("b", "control.png", encode(photo("coffee", (210, 140)), "PNG"))
     proj.set("dedup", near=False)
@@ -337,3 +359,24 @@ def test_the_loader_reads_such_a_file_as_the_build_kept_it(tmp_path) -> None:
         path.write_bytes(STILL_CUT[name]())
         with pytest.raises(Exception):
             load_rgb(path)
+
+
+def test_the_repair_keeps_the_orientation_and_the_colour_transform(built) -> None:
+    """Only the refused parts go: an intact EXIF (its orientation) and an Adobe APP14 (whether 4 components are CMYK
+    or YCCK: dropping it would change the colours) stay in the stored file."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    row = built["exif6_jfif_short.jpg"]
+    assert (row["status"], row["width"], row["height"]) == ("ok", 150, 200), (row["status"], row["detail"])
+    with Image.open(Path(row["path"])) as stored:
+        assert stored.getexif().get(0x0112) == 6
+    row = built["cmyk_jfif_short.jpg"]
+    assert row["status"] == "ok", (row["reason"], row["detail"])
+    data = Path(row["path"]).read_bytes()
+    assert data[2:4] == b"\xff\xee" and data[6:11] == b"Adobe"
+    with Image.open(io.BytesIO(data)) as stored, Image.open(io.BytesIO(encode(_pic("clock").convert("CMYK"), "JPEG"))) as clean:
+        assert stored.mode == "CMYK"
+        assert (np.asarray(stored.convert("RGB")) == np.asarray(clean.convert("RGB"))).all()

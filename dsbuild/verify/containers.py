@@ -251,7 +251,7 @@ def tiff_pages(data: bytes) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------- ancillary parts, for a retry
 
 
-def without_ancillary(fmt: str, data: bytes) -> tuple[bytes, list[str]] | None:
+def without_ancillary(fmt: str, data: bytes, *, keep_exif: bool = False) -> tuple[bytes, list[str]] | None:
     """``data`` with every part that only carries metadata removed, and the names of what was removed.
 
     For a file the decoder refused: when the copy decodes cleanly, the refusal
@@ -259,6 +259,9 @@ def without_ancillary(fmt: str, data: bytes) -> tuple[bytes, list[str]] | None:
     :func:`dsbuild.verify.decoders.decode_checked`, rule 4). None when there is
     nothing to remove or the structure cannot be walked to its end (a cut or
     damaged container is never rebuilt: its fault stays the decoder's to name).
+    ``keep_exif``: keep the EXIF (JPEG APP1 ``Exif``, PNG eXIf), which says how
+    the picture is turned — tried first, so that a fault elsewhere does not
+    cost the orientation.
 
     * PNG — rebuilt from its critical chunks (IHDR, PLTE, IDAT, IEND: upper-case
       first letter), each copied with its own checksum; every ancillary chunk
@@ -276,9 +279,9 @@ def without_ancillary(fmt: str, data: bytes) -> tuple[bytes, list[str]] | None:
     """
     try:
         if fmt == "PNG":
-            return _png_critical(data)
+            return _png_critical(data, keep_exif)
         if fmt == "JPEG":
-            return _jpeg_without_app(data)
+            return _jpeg_without_app(data, keep_exif)
         if fmt == "GIF":
             return _gif_without_extensions(data)
     except Damaged:
@@ -290,10 +293,10 @@ _PNG_WHAT = {b"tRNS": "tRNS (transparency)", b"acTL": "acTL (animation)", b"fcTL
              b"fdAT": "fdAT (animation frame)"}
 
 
-def _png_critical(data: bytes) -> tuple[bytes, list[str]] | None:
+def _png_critical(data: bytes, keep_exif: bool = False) -> tuple[bytes, list[str]] | None:
     parts, dropped = [data[: len(PNG_SIGNATURE)]], []
     for pos, kind, length in _chunks(data):
-        if kind[0] & 0x20:
+        if kind[0] & 0x20 and not (keep_exif and kind == b"eXIf"):
             dropped.append(_PNG_WHAT.get(kind, kind.decode("latin-1")) + " chunk")
         else:
             parts.append(data[pos : pos + 12 + length])
@@ -309,7 +312,7 @@ def _counted(names: list[str]) -> list[str]:
     return [name if n == 1 else f"{n} × {name}" for name, n in counts.items()]
 
 
-def _jpeg_without_app(data: bytes) -> tuple[bytes, list[str]] | None:
+def _jpeg_without_app(data: bytes, keep_exif: bool = False) -> tuple[bytes, list[str]] | None:
     if data[:2] != b"\xff\xd8":
         return None
     end = len(data)
@@ -332,6 +335,8 @@ def _jpeg_without_app(data: bytes) -> tuple[bytes, list[str]] | None:
         if marker == 0xFE or 0xE0 <= marker <= 0xEF:
             if marker == 0xEE and body[:5] == b"Adobe" and len(body) >= 12:
                 parts.append(data[pos : pos + 2 + length])  # the colour transform: kept (see without_ancillary)
+            elif keep_exif and marker == 0xE1 and body[:6] == b"Exif\x00\x00":
+                parts.append(data[pos : pos + 2 + length])
             else:
                 dropped.append(_jpeg_segment_name(marker, body))
         else:

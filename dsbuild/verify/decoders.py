@@ -306,21 +306,34 @@ def _without_ancillary(fmt, data, settings, analysis_side, stderr, exc):
     bombs, strict libjpeg, truncation) the refusal was about metadata, and
     ``(image, info, notes)`` is returned with ``info["stored_data"]`` the copy
     (the file kept and exported: the original is the one Pillow refused, so a
-    loader would refuse it too). None when there is nothing to drop. When the
+    loader would refuse it too). A first copy keeps the EXIF (JPEG APP1, PNG
+    eXIf: how the picture is turned); when that one fails, a copy without it is
+    tried. None when there is nothing to drop. When the
     copy fails too, its failure is the one raised: it is about the picture data
     alone (a JPEG with a broken APP0 *and* a cut scan is ``truncated``, not
     refused for its APP0).
     """
-    stripped = containers.without_ancillary(fmt, data)
-    if stripped is None:
-        return None
-    copy, dropped = stripped
-    info: dict = {"format": fmt, "frames": 1}
-    notes: list[str] = [f"metadata dropped: {', '.join(dropped)} (the decoder refused the file with it: "
-                        f"{_describe(exc)})"]
-    out, info = _decode(fmt, copy, settings, analysis_side, info, notes, stderr, retry=False)
-    info["stored_data"] = copy
-    return out, info, notes
+    tried: set[bytes] = set()
+    failure: BaseException | None = None
+    for keep_exif in (True, False):  # the EXIF (orientation) kept if the copy decodes with it, else dropped too
+        stripped = containers.without_ancillary(fmt, data, keep_exif=keep_exif)
+        if stripped is None or stripped[0] in tried:
+            continue
+        copy, dropped = stripped
+        tried.add(copy)
+        info: dict = {"format": fmt, "frames": 1}
+        notes: list[str] = [f"metadata dropped: {', '.join(dropped)} (the decoder refused the file with it: "
+                            f"{_describe(exc)})"]
+        try:
+            out, info = _decode(fmt, copy, settings, analysis_side, info, notes, stderr, retry=False)
+        except Exception as err:  # noqa: BLE001 - Rejected or a decoder's exception: the next copy, or raised
+            failure = err
+            continue
+        info["stored_data"] = copy
+        return out, info, notes
+    if failure is not None:
+        raise failure
+    return None
 
 
 def _pixels(fmt, decode_data, settings, analysis_side, info, notes):
