@@ -174,7 +174,7 @@ STRIPPED = {
                         re.compile(r"gAMA")),
     "chrm_2_bytes.png": (lambda: _png_chunk_after_ihdr("moon", png_chunk(b"cHRM", b"\x01\x02")), "moon",
                          re.compile(r"cHRM")),
-    "ztxt_method5.png": (lambda: _png_chunk_after_ihdr("camera", png_chunk(b"zTXt", b"K\x00\x05" + zlib.compress(b"x"))),
+    "ztxt_method5.png": (lambda: _png_chunk_after_ihdr("camera", png_chunk(b"zTXt", b"K\x00\x05" + zlib.compress(b""))),
                          "camera", re.compile(r"zTXt.*compression method 5")),
     "rgb_trns_2_bytes.png": (lambda: _png_chunk_after_ihdr("immunohistochemistry", png_chunk(b"tRNS", b"\x00\x01")),
                              "immunohistochemistry", re.compile(r"tRNS")),
