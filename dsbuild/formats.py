@@ -287,9 +287,11 @@ def open_image(path: str | os.PathLike, *, allowed: tuple[str, ...] = IMAGE_FORM
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the size is checked below, with the numbers in the message; open reads headers only
     try:
-        img = Image.open(io.BytesIO(data), formats=FAMILIES[fam].pillow)
+        Image.init()  # Pillow opens MPO through its JPEG reader and registers no "MPO" opener: asking for one fails
+        img = Image.open(io.BytesIO(data), formats=[n for n in FAMILIES[fam].pillow if n in Image.OPEN])
     except Exception as exc:  # noqa: BLE001 - the family's reader refused its header
-        raise Refused("corrupt", f"{fam} header cannot be read ({type(exc).__name__})") from None
+        said = "" if " object at 0x" in str(exc) or not str(exc) else f": {exc}"
+        raise Refused("corrupt", f"{fam} header cannot be read ({type(exc).__name__}{said})"[:300]) from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
     width, height = img.size

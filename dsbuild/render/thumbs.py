@@ -46,7 +46,11 @@ def thumbnail(path: str | Path | None, *, size: int = THUMB_PX, quality: int = 8
             with open_image(path) as im:
                 im.draft("RGB", (size, size))
                 im = ImageOps.exif_transpose(im)
-                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # by the depth its data uses, as
+                    from dsbuild.verify.decode import normalise  # verification shows it (Pillow would clip at 255)
+
+                    im = normalise(im, orientation=1).convert("RGB")
+                elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                     rgba = im.convert("RGBA")
                     im = Image.new("RGB", rgba.size, (255, 255, 255))
                     im.paste(rgba, mask=rgba.getchannel("A"))

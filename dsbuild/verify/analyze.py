@@ -83,7 +83,7 @@ def analyze_bytes(
         gray = hashing.to_gray(img)  # converted once, shared by the hash and the blur score
         ph = hashing.compute_hash(img, kind=dedup.hash, hash_size=dedup.hash_size, gray=gray)
         scores = quality.scores(img, width=info["width"], height=info["height"], gray=gray) if with_quality else {}
-        pix = pixel_digest(img)
+        pix = info["exact_key"] if "exact_key" in info else pixel_digest(img)  # see decoders._normalise
     except Rejected as rej:
         return _reject(rej.reason, rej.detail, sha256=sha, bytes=size, **_known(rej.info))
     except TimeLimitExceeded as exc:

@@ -14,6 +14,8 @@ lets a decoder at it, for what decoders do not say or say too late:
   last, so a cut TIFF loses it).
 * :func:`strip_png_metadata` — a PNG without its text and ICC chunks, for a
   file whose only fault is metadata the decoder refuses.
+* :func:`without_ancillary` — a PNG, JPEG or GIF with every part that only
+  carries metadata removed, for a file its decoder refused.
 
 All functions take the whole file as ``bytes``, cost one pass over the chunk
 or block headers (no inflating, no decoding) and raise :class:`Damaged` with a
@@ -244,3 +246,155 @@ def tiff_pages(data: bytes) -> list[tuple[int, int]]:
         pages.append((width, height))
         (offset,) = struct.unpack(order + next_fmt, data[table + count * entry_size : table + count * entry_size + next_size])
     return pages
+
+
+# --------------------------------------------------------------------------- ancillary parts, for a retry
+
+
+def without_ancillary(fmt: str, data: bytes, *, keep_exif: bool = False) -> tuple[bytes, list[str]] | None:
+    """``data`` with every part that only carries metadata removed, and the names of what was removed.
+
+    For a file the decoder refused: when the copy decodes cleanly, the refusal
+    was about metadata, and the picture is kept (see
+    :func:`dsbuild.verify.decoders.decode_checked`, rule 4). None when there is
+    nothing to remove or the structure cannot be walked to its end (a cut or
+    damaged container is never rebuilt: its fault stays the decoder's to name).
+    ``keep_exif``: keep the EXIF (JPEG APP1 ``Exif``, PNG eXIf), which says how
+    the picture is turned — tried first, so that a fault elsewhere does not
+    cost the orientation.
+
+    * PNG — rebuilt from its critical chunks (IHDR, PLTE, IDAT, IEND: upper-case
+      first letter), each copied with its own checksum; every ancillary chunk
+      (tRNS, gAMA, pHYs, text, ICC, APNG's acTL/fcTL/fdAT …) is dropped.
+    * JPEG — the APPn (0xE0–0xEF) and COM segments before the first scan are
+      dropped; tables, frame header and scan data are copied as they are. A
+      well-formed Adobe APP14 (``Adobe`` + 7 bytes) is *kept*: its colour
+      transform tells libjpeg whether 3/4 components are RGB/CMYK or YCbCr/YCCK,
+      so dropping it would change the colours. A shorter one is dropped: libjpeg
+      ignores an Adobe segment under 12 bytes, so the pixels are those libjpeg
+      decodes from the original.
+    * GIF — every extension block (graphic control, comment, application, plain
+      text) is dropped; header, colour tables, image descriptors and their data
+      are copied. Only a GIF walked to its trailer is rebuilt.
+    """
+    try:
+        if fmt == "PNG":
+            return _png_critical(data, keep_exif)
+        if fmt == "JPEG":
+            return _jpeg_without_app(data, keep_exif)
+        if fmt == "GIF":
+            return _gif_without_extensions(data)
+    except Damaged:
+        return None
+    return None
+
+
+_PNG_WHAT = {b"tRNS": "tRNS (transparency)", b"acTL": "acTL (animation)", b"fcTL": "fcTL (animation)",
+             b"fdAT": "fdAT (animation frame)"}
+
+
+def _png_critical(data: bytes, keep_exif: bool = False) -> tuple[bytes, list[str]] | None:
+    parts, dropped = [data[: len(PNG_SIGNATURE)]], []
+    for pos, kind, length in _chunks(data):
+        if kind[0] & 0x20 and not (keep_exif and kind == b"eXIf"):
+            dropped.append(_PNG_WHAT.get(kind, kind.decode("latin-1")) + " chunk")
+        else:
+            parts.append(data[pos : pos + 12 + length])
+    if not dropped:
+        return None
+    return b"".join(parts), _counted(dropped)
+
+
+def _counted(names: list[str]) -> list[str]:
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return [name if n == 1 else f"{n} × {name}" for name, n in counts.items()]
+
+
+def _jpeg_without_app(data: bytes, keep_exif: bool = False) -> tuple[bytes, list[str]] | None:
+    if data[:2] != b"\xff\xd8":
+        return None
+    end = len(data)
+    parts, dropped, pos = [data[:2]], [], 2
+    while True:
+        while pos < end and data[pos] == 0xFF and pos + 1 < end and data[pos + 1] == 0xFF:
+            pos += 1  # fill bytes before a marker
+        if pos + 4 > end or data[pos] != 0xFF:
+            return None  # cut, or not a marker where one must be: not rebuilt
+        marker = data[pos + 1]
+        if marker == 0xDA:  # start of scan: the rest (scan data, later tables and scans, EOI) is copied as it is
+            parts.append(data[pos:])
+            break
+        if marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
+            return None  # no segment expected here
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2 or pos + 2 + length > end:
+            return None
+        body = data[pos + 4 : pos + 2 + length]
+        if marker == 0xFE or 0xE0 <= marker <= 0xEF:
+            if marker == 0xEE and body[:5] == b"Adobe" and len(body) >= 12:
+                parts.append(data[pos : pos + 2 + length])  # the colour transform: kept (see without_ancillary)
+            elif keep_exif and marker == 0xE1 and body[:6] == b"Exif\x00\x00":
+                parts.append(data[pos : pos + 2 + length])
+            else:
+                dropped.append(_jpeg_segment_name(marker, body))
+        else:
+            parts.append(data[pos : pos + 2 + length])
+        pos += 2 + length
+    if not dropped:
+        return None
+    return b"".join(parts), _counted(dropped)
+
+
+def _jpeg_segment_name(marker: int, body: bytes) -> str:
+    if marker == 0xFE:
+        return "COM segment"
+    ident = body.split(b"\x00", 1)[0][:24]
+    label = ident.decode("ascii") if ident and all(32 <= c < 127 for c in ident) else ""
+    return f"APP{marker - 0xE0} segment" + (f" ({label})" if label else "")
+
+
+_GIF_EXTENSIONS = {0xF9: "graphic control extension", 0xFE: "comment extension", 0xFF: "application extension",
+                   0x01: "plain text extension"}
+
+
+def _gif_without_extensions(data: bytes) -> tuple[bytes, list[str]] | None:
+    end = len(data)
+    if end < 13:
+        return None
+    pos = 13 + (3 * (2 ** ((data[10] & 7) + 1)) if data[10] & 0x80 else 0)
+    parts, dropped = [data[:pos]], []
+
+    def sub_blocks(at: int) -> int:
+        while at < end and data[at]:
+            at += data[at] + 1
+        if at >= end:
+            raise Damaged("truncated", "GIF is cut inside a block")
+        return at + 1
+
+    while True:
+        if pos >= end:
+            return None  # no trailer: a cut GIF is not rebuilt
+        kind = data[pos]
+        if kind == 0x3B:
+            parts.append(data[pos : pos + 1])
+            break
+        if kind == 0x21:
+            if pos + 2 > end:
+                return None
+            dropped.append(_GIF_EXTENSIONS.get(data[pos + 1], f"extension {data[pos + 1]:#04x}"))
+            pos = sub_blocks(pos + 2)
+        elif kind == 0x2C:
+            if pos + 10 > end:
+                return None
+            local = data[pos + 9]
+            start = pos
+            pos += 10 + (3 * (2 ** ((local & 7) + 1)) if local & 0x80 else 0) + 1  # descriptor, table, LZW code size
+            pos = sub_blocks(pos)
+            parts.append(data[start:pos])
+        else:
+            return None
+    if not dropped:
+        return None
+    return b"".join(parts), _counted(dropped)

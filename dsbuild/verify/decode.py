@@ -74,12 +74,36 @@ def load_rgb(path: str | os.PathLike, *, verify: VerifySettings | None = None):
     ``verify.max_pixels``/``max_bytes``; anything else raises
     :class:`dsbuild.formats.Refused` before a decoder sees it (an EPS named
     ``.jpg`` never reaches Ghostscript).
+
+    A file whose reader refuses it is decoded as verification decodes it
+    (:func:`decode`, full size): one whose only fault is metadata (a short
+    JFIF segment, a wrong-length pHYs chunk) gives its picture, as the build
+    kept it; anything else raises what the reader raised. High-bit-depth images
+    are scaled as verification scales them (:func:`normalise`).
     """
-    from dsbuild.formats import open_image
+    from dsbuild.formats import Refused, open_image
 
     v = verify or VerifySettings()
-    with pixel_limit(v.max_pixels), open_image(path, allowed=v.formats, max_pixels=v.max_pixels,
-                                                max_bytes=v.max_bytes) as img:
-        img.load()
-        out = normalise(img)
+    try:
+        with pixel_limit(v.max_pixels), open_image(path, allowed=v.formats, max_pixels=v.max_pixels,
+                                                    max_bytes=v.max_bytes) as img:
+            img.load()
+            out = normalise(img)
+    except Refused as exc:
+        if exc.reason != "corrupt":  # sniffed and refused, or over a limit: no decoder may see it
+            raise
+        out = _decoded_anyway(path, v, exc)
+    except (OSError, ValueError, SyntaxError) as exc:
+        out = _decoded_anyway(path, v, exc)
     return out.convert("RGB") if out.mode != "RGB" else out
+
+
+def _decoded_anyway(path, v: VerifySettings, exc: BaseException):
+    """The picture of a file its reader refused, by :func:`decode` (which drops refused metadata); else ``exc``."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(v.max_bytes + 1)
+        img, _info = decode(data, v, analysis_side=None)
+    except (Rejected, OSError):
+        raise exc from None
+    return img

@@ -24,7 +24,14 @@ calls it). Its rules, in order:
    libraries' stderr (libtiff) captured per image (:func:`captured_stderr`).
 4. **Metadata never costs the picture.** A PNG whose text or ICC chunk inflates
    past Pillow's limit is decoded without its metadata; broken EXIF is ignored
-   (orientation 1); each case leaves a note in ``warnings``.
+   (orientation 1); each case leaves a note in ``warnings``. In general, a
+   PNG, JPEG or GIF its decoder refuses is decoded again without its ancillary
+   parts (PNG ancillary chunks, JPEG APPn/COM segments but a well-formed Adobe
+   APP14, GIF extension blocks; :func:`_without_ancillary`): when that copy
+   passes every check the fault was metadata — the picture is kept, the copy is
+   the file stored (and exported: the original is the one loaders refuse), and
+   ``warnings`` names what was dropped and what the decoder said. When the copy
+   fails too, its failure (about the picture data alone) is the one reported.
 5. **Reasons come from facts, not wording.** A decoder exception is
    ``truncated`` when its message says the data ended (in any case or
    phrasing) and ``corrupt`` otherwise; the detail is the decoder's own words
@@ -222,7 +229,8 @@ def _open(fmt: str, data: bytes):
     """Open with the family's Pillow reader only; a refused header raises the reader's own exception (not a repr)."""
     from PIL import Image, UnidentifiedImageError
 
-    names = formats.FAMILIES[fmt].pillow
+    Image.init()  # every plugin registered: Pillow opens MPO through its JPEG reader, and has no "MPO" opener
+    names = tuple(name for name in formats.FAMILIES[fmt].pillow if name in Image.OPEN)
     try:
         return Image.open(io.BytesIO(data), formats=names)
     except UnidentifiedImageError:
@@ -232,7 +240,7 @@ def _open(fmt: str, data: bytes):
         raise
 
 
-def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
+def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=True):
     from PIL import Image
 
     size = _header_size(fmt, data)
@@ -267,6 +275,69 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
     for what, w, h in frames:  # before any reader runs: a reader may allocate for a frame's size
         _check_pixels(w, h, settings, what)
 
+    mark = len(notes)
+    try:
+        out, width, height, decode_data = _pixels(fmt, decode_data, settings, analysis_side, info, notes)
+    except (Rejected, MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the decoder refused the file: was it only its metadata?
+        if not retry:
+            raise
+        rescued = _without_ancillary(fmt, decode_data, settings, analysis_side, stderr, exc)
+        if rescued is None:
+            raise
+        out, sub_info, sub_notes = rescued
+        del notes[mark:]  # what the refused attempt noted is about a file that is not the one kept
+        notes.extend(sub_notes)
+        return out, sub_info
+    info.update(width=width, height=height)
+    if decode_data is not data:
+        # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
+        info["stored_data"] = decode_data
+    return out, info
+
+
+def _without_ancillary(fmt, data, settings, analysis_side, stderr, exc):
+    """Rule 4 in general: ``data``, refused by its decoder with ``exc``, decoded again without its ancillary parts.
+
+    The copy (:func:`dsbuild.verify.containers.without_ancillary`: PNG critical
+    chunks only, JPEG without APPn/COM, GIF without extension blocks) holds the
+    same picture data; when it passes every check of a first decode (structure,
+    bombs, strict libjpeg, truncation) the refusal was about metadata, and
+    ``(image, info, notes)`` is returned with ``info["stored_data"]`` the copy
+    (the file kept and exported: the original is the one Pillow refused, so a
+    loader would refuse it too). A first copy keeps the EXIF (JPEG APP1, PNG
+    eXIf: how the picture is turned); when that one fails, a copy without it is
+    tried. None when there is nothing to drop. When the
+    copy fails too, its failure is the one raised: it is about the picture data
+    alone (a JPEG with a broken APP0 *and* a cut scan is ``truncated``, not
+    refused for its APP0).
+    """
+    tried: set[bytes] = set()
+    failure: BaseException | None = None
+    for keep_exif in (True, False):  # the EXIF (orientation) kept if the copy decodes with it, else dropped too
+        stripped = containers.without_ancillary(fmt, data, keep_exif=keep_exif)
+        if stripped is None or stripped[0] in tried:
+            continue
+        copy, dropped = stripped
+        tried.add(copy)
+        info: dict = {"format": fmt, "frames": 1}
+        notes: list[str] = [f"metadata dropped: {', '.join(dropped)} (the decoder refused the file with it: "
+                            f"{_describe(exc)})"]
+        try:
+            out, info = _decode(fmt, copy, settings, analysis_side, info, notes, stderr, retry=False)
+        except Exception as err:  # noqa: BLE001 - Rejected or a decoder's exception: the next copy, or raised
+            failure = err
+            continue
+        info["stored_data"] = copy
+        return out, info, notes
+    if failure is not None:
+        raise failure
+    return None
+
+
+def _pixels(fmt, decode_data, settings, analysis_side, info, notes):
+    """Open, check and decode the first frame: ``(normalised image, width, height, bytes decoded)``."""
     try:
         img = _open(fmt, decode_data)
     except ValueError as exc:
@@ -275,7 +346,7 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
         else:
             raise
     width, height = img.size
-    info.update(width=width, height=height, mode=img.mode)
+    info.update(width=width, height=height, mode=img.mode, bits=_source_bits(fmt, decode_data, img))
     _check_pixels(width, height, settings)
     if fmt in ("JPEG", "WEBP"):
         info["frames"] = int(getattr(img, "n_frames", 1) or 1)
@@ -299,7 +370,7 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
     if fmt == "JPEG":
         orientation = _orientation(img, notes)  # JPEG's EXIF is read at open: no decode here
         pixels = _jpeg_pixels(decode_data, img, analysis_side, notes)
-        out = _normalise(pixels, orientation)
+        out = _normalise(pixels, orientation, info)
         if orientation in (5, 6, 7, 8):
             width, height = height, width
     else:
@@ -314,14 +385,23 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
         if loaded == (height, width) and loaded != (width, height):
             width, height = loaded  # the reader turned it itself (TIFF applies its orientation on load)
         after = _orientation(img, notes)
-        out = _normalise(img, after)
+        out = _normalise(img, after, info)
         if after in (5, 6, 7, 8):
             width, height = height, width
-    info.update(width=width, height=height)
-    if decode_data is not data:
-        # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
-        info["stored_data"] = decode_data
-    return out, info
+    return out, width, height, decode_data
+
+
+def _source_bits(fmt: str, data: bytes, img) -> int | None:
+    """Bits per sample the file declares (PNG IHDR, TIFF BitsPerSample), None when not read."""
+    try:
+        if fmt == "PNG" and len(data) > 24:
+            return int(data[24])
+        if fmt == "TIFF":
+            value = img.tag_v2.get(258)
+            return int(max(value) if isinstance(value, tuple) else value) if value else None
+    except Exception:  # noqa: BLE001 - a hint for the exact-duplicate key only
+        return None
+    return None
 
 
 def _without_png_metadata(data: bytes, notes: list[str]):
@@ -347,13 +427,78 @@ _TRANSPOSE = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "T
               7: "TRANSVERSE", 8: "ROTATE_90"}
 
 
-def _normalise(img, orientation: int):
-    """RGB or L, turned as ``orientation`` says (see :func:`dsbuild.verify.normalise`)."""
+def _normalise(img, orientation: int, info: dict | None = None):
+    """RGB or L, turned as ``orientation`` says (see :func:`dsbuild.verify.normalise`).
+
+    ``info["exact_key"]``: what the exact-duplicate key (``pixel_sha``) is made of when the 8-bit picture does not
+    hold every value decoded: the decoded pixels at their own depth (:func:`deep_digest`), or None when the decoder
+    already dropped bits (a 16-bit RGB PNG/TIFF, which Pillow reads as 8-bit RGB): then only equal bytes are exact
+    duplicates. Absent when the 8-bit picture is the whole picture.
+    """
     from PIL import Image
 
     if orientation in _TRANSPOSE:
         img = img.transpose(getattr(Image.Transpose, _TRANSPOSE[orientation]))
+    if info is not None:
+        if img.mode in _DEEP_MODES and not _fits_8_bits(img):
+            info["exact_key"] = deep_digest(img)
+        elif _deeper_source(info.get("format"), img, info.get("bits")):
+            info["exact_key"] = None
     return normalise(img, orientation=1)
+
+
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_DEPTHS = (8, 10, 12, 14, 16)
+
+
+def sample_depth(arr) -> int | None:
+    """The bits a high-bit-depth image's data really uses: the smallest of 8, 10, 12, 14, 16 whose range holds every
+    sample (``max < 2**bits``), or None when the samples are not non-negative integers below 2**16.
+
+    16-bit containers (PNG, TIFF) often hold 8-, 10-, 12- or 14-bit data (scanners, cameras' raw sensor values,
+    medical and microscopy images; DICOM says so in BitsStored, PNG may in sBIT, most files say nothing). Readers
+    disagree about them: Pillow's ``convert("L"/"RGB")`` clips at 255 (python-pillow/Pillow#1108, #2574, #4044 —
+    fastai's ``PILImage.create`` converts so: a full-range 16-bit picture is white), OpenCV's ``imread`` and
+    stb_image shift right by 8 (``/256``: 8-bit data in 16 bits is black), ImageJ stretches the display range.
+    Scaling by the depth the data uses shows each of them as the picture: 8-in-16 as it is (what Pillow shows),
+    12-bit data over the full range, full-range 16-bit as ``/65535``.
+    """
+    import numpy as np
+
+    if arr.size == 0:
+        return 8
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi >= 65536 or (arr.dtype.kind == "f" and not np.array_equal(arr, np.floor(arr))):
+        return None
+    return next(bits for bits in _DEPTHS if hi < 2 ** bits)
+
+
+def _fits_8_bits(img) -> bool:
+    """True when normalising ``img`` (a deep mode) keeps every value: integer samples within 0..255."""
+    import numpy as np
+
+    return sample_depth(np.asarray(img)) == 8
+
+
+def deep_digest(img) -> str:
+    """sha256 of a high-bit-depth image's decoded pixels at their own depth (mode, size, values as 32-bit ints or
+    floats): the exact-duplicate key when the 8-bit picture would merge values (12-bit data in 8 bits)."""
+    import hashlib
+
+    import numpy as np
+
+    arr = np.asarray(img)
+    arr = arr.astype("<f8") if arr.dtype.kind == "f" else arr.astype("<i8")
+    h = hashlib.sha256()
+    h.update(f"deep:{img.size[0]}x{img.size[1]}:{arr.dtype.kind}:".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _deeper_source(fmt: str | None, img, bits: int | None) -> bool:
+    """True when the file holds more bits per sample than the decoded 8-bit image (Pillow reads 16-bit RGB/RGBA/LA
+    PNGs and 16-bit RGB TIFFs as 8-bit, dropping the low byte)."""
+    return bool(bits and bits > 8 and img.mode not in _DEEP_MODES)
 
 
 def _jpeg_pixels(data: bytes, img, analysis_side: int | None, notes: list[str]):
@@ -394,7 +539,11 @@ def _jpeg_pixels(data: bytes, img, analysis_side: int | None, notes: list[str]):
 def normalise(img, *, orientation: int | None = None):
     """Return ``img`` as RGB or L (8-bit), EXIF orientation applied, alpha composited on white.
 
-    Handles CMYK, P/PA (palettes, incl. transparency), LA, RGBA, 1, I;16, I and F.
+    Handles CMYK, P/PA (palettes, incl. transparency), LA, RGBA, 1, I;16, I and F. High-bit-depth greyscale
+    (I;16*, I, F with integer samples in 0..65535) is scaled by the depth its data uses (:func:`sample_depth`:
+    ``255 / (2**bits - 1)``, bits the smallest of 8, 10, 12, 14, 16 above the largest sample); other I/F images by
+    their own range. Every path that turns a decoded image into pixels goes through here (verification, the
+    training and prediction loaders via :func:`dsbuild.verify.decode.load_rgb`, thumbnails).
     ``orientation``: 1 when the caller already turned the image (verification
     does); None reads it from the image's EXIF (broken EXIF counts as upright).
     """
@@ -410,13 +559,17 @@ def normalise(img, *, orientation: int | None = None):
     mode = img.mode
     if mode in ("RGB", "L"):
         return img
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if mode in _DEEP_MODES:
         import numpy as np
 
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        arr = np.clip(arr / hi * 255.0, 0, 255).astype("uint8")
-        return Image.fromarray(arr, mode="L")
+        bits = sample_depth(arr)
+        if bits is not None:  # the depth the data uses (see sample_depth): 8-in-16 as it is, 12-bit over the range
+            hi = float(2 ** bits - 1)
+            arr = np.rint(arr * (255.0 / hi)) if bits > 8 else arr
+        else:  # negative, fractional or wider than 16 bits (I, F): scaled by the largest value, negatives black
+            arr = arr / max(float(arr.max()), 1.0) * 255.0
+        return Image.fromarray(np.clip(arr, 0, 255).astype("uint8"), mode="L")
     if mode == "1":
         return img.convert("L")
     if mode == "P":
