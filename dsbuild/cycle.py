@@ -996,7 +996,7 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int
     the K best classes per image instead (the fastai book's top-5): ``run_id``, ``path``, ``rank``
     (1 = best), ``label``, ``probability``, plus ``error`` when an image could not be read.
     """
-    from dsbuild.model.predict import predict
+    from dsbuild.model.predict import folder_entries, predict
 
     manifest.dataset(name)
     if top is not None and top < 1:
@@ -1009,11 +1009,11 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int
         p = Path(item)
         if p.is_dir():
             # Every file, whatever its name: the content decides (an EPS named .jpg gets an error row, a JPEG
-            # without a suffix is predicted); hidden files and folders are skipped, as a build skips them.
-            paths.extend(sorted(f for f in p.rglob("*") if f.is_file()
-                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
-        elif p.is_file():
-            paths.append(p)
+            # without a suffix is predicted; a named pipe or a device, "not a regular file"); hidden files and
+            # folders are skipped, as a build skips them.
+            paths.extend(folder_entries(p))
+        elif p.exists():
+            paths.append(p)  # a file; a named pipe or a device gets its error row, "not a regular file"
         else:
             raise DsbuildError(f"{item} does not exist", exit_code=2)
     if not paths:
