@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsbuild.errors import DsbuildError
+from dsbuild.formats import not_regular
 from dsbuild.manifest import label_problem
 from dsbuild.sources import SPLIT_NAMES
 
@@ -62,6 +63,9 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv") -> LabelsCsv:
     """The rows of the labels CSV at ``path``; raises DsbuildError (naming ``key``, the manifest's key) when it
     cannot be read or has no file or label column. A row's file is looked up (it must be a file under the CSV's
     folder) but not opened: verification opens it."""
+    what = not_regular(path)
+    if what is not None and not path.is_dir():  # a named pipe or a device: reading it may never end
+        raise DsbuildError(f"{key}: {path} is {what} — give the CSV file that lists the images", exit_code=2)
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
@@ -136,6 +140,15 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv") -> LabelsCsv:
                                 f"the folder that holds {name}, and stay in it")
             continue
         file = base / rel
+        try:
+            real = file.resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            real = file
+        if real != file and not real.is_relative_to(base):
+            # A symlink (to a file, or a folder on the way) that leads out of the folder: refused like '../'.
+            out.problems.append(f"{name} line {line}: {written!r} is outside {base} (it leads to {real}) — skipped: "
+                                f"paths are relative to the folder that holds {name}, and stay in it")
+            continue
         if not file.exists():
             out.problems.append(f"{name} line {line}: {written!r} does not exist in {base} — skipped")
             continue
