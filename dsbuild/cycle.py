@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsbuild.catalog import BuildLock, Catalog, open_for_writing, utcnow
 from dsbuild.errors import DsbuildError, SettingsError
+from dsbuild.formats import not_regular
 from dsbuild.manifest import Dataset, Manifest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -600,7 +601,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             source = source or "review:api"
         elif decisions is not None:
             if not Path(decisions).is_file():
-                raise DsbuildError(f"decisions file {decisions} does not exist", exit_code=2)
+                what = not_regular(decisions) if Path(decisions).exists() else None
+                raise DsbuildError(f"decisions file {decisions} " + (f"is {what} — give the CSV file of decisions"
+                                                                      if what else "does not exist"), exit_code=2)
             classes = dataset_classes(cat, ds)
             chosen = parse_decisions(Path(decisions), images=images, labels=classes, history=history,
                                      last_run_at=run_at, former=former_classes(cat, ds, classes))

@@ -145,3 +145,18 @@ def test_predict_sniffs_every_file_and_refuses_what_the_allow_list_refuses(tmp_p
     assert [(r["path"], r["error"]) for r in json.loads(named.stdout)] == [
         (str(new / "pipe.jpg"), "not a file: a named pipe (FIFO), not a regular file"),
         ("/dev/zero", "not a file: a character device, not a regular file")]
+
+
+def test_a_decisions_file_that_is_a_named_pipe_says_so(tmp_path) -> None:
+    """`review --decisions` on a named pipe said "does not exist"; it is never opened (it would wait for a writer)."""
+    proj = _project(tmp_path)
+    proj.set("dedup", near=False, semantic=False)
+    code, out, err = proj.build()
+    assert code == 0, err
+    fifo = tmp_path / "decisions.csv"
+    os.mkfifo(fifo)
+    code, out, err = proj.cli("review", proj.dataset, "--decisions", str(fifo))
+    assert (code, err) == (2, f"Error: decisions file {fifo} is a named pipe (FIFO), not a regular file — give the CSV "
+                              "file of decisions\n")
+    code, out, err = proj.cli("review", proj.dataset, "--decisions", str(tmp_path / "gone.csv"))
+    assert (code, err) == (2, f"Error: decisions file {tmp_path / 'gone.csv'} does not exist\n")
