@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsbuild.catalog import BuildLock, Catalog, open_for_writing, utcnow
 from dsbuild.errors import DsbuildError, SettingsError
+from dsbuild.formats import not_regular
 from dsbuild.manifest import Dataset, Manifest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -600,7 +601,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             source = source or "review:api"
         elif decisions is not None:
             if not Path(decisions).is_file():
-                raise DsbuildError(f"decisions file {decisions} does not exist", exit_code=2)
+                what = not_regular(decisions) if Path(decisions).exists() else None
+                raise DsbuildError(f"decisions file {decisions} " + (f"is {what} — give the CSV file of decisions"
+                                                                      if what else "does not exist"), exit_code=2)
             classes = dataset_classes(cat, ds)
             chosen = parse_decisions(Path(decisions), images=images, labels=classes, history=history,
                                      last_run_at=run_at, former=former_classes(cat, ds, classes))
@@ -996,7 +999,7 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int
     the K best classes per image instead (the fastai book's top-5): ``run_id``, ``path``, ``rank``
     (1 = best), ``label``, ``probability``, plus ``error`` when an image could not be read.
     """
-    from dsbuild.model.predict import predict
+    from dsbuild.model.predict import folder_entries, predict
 
     manifest.dataset(name)
     if top is not None and top < 1:
@@ -1009,11 +1012,11 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int
         p = Path(item)
         if p.is_dir():
             # Every file, whatever its name: the content decides (an EPS named .jpg gets an error row, a JPEG
-            # without a suffix is predicted); hidden files and folders are skipped, as a build skips them.
-            paths.extend(sorted(f for f in p.rglob("*") if f.is_file()
-                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
-        elif p.is_file():
-            paths.append(p)
+            # without a suffix is predicted; a named pipe or a device, "not a regular file"); hidden files and
+            # folders are skipped, as a build skips them.
+            paths.extend(folder_entries(p))
+        elif p.exists():
+            paths.append(p)  # a file; a named pipe or a device gets its error row, "not a regular file"
         else:
             raise DsbuildError(f"{item} does not exist", exit_code=2)
     if not paths:

@@ -25,12 +25,17 @@ files with :func:`open_image`.
 * :func:`open_image` — the one way to open an untrusted image file outside a
   build: sniffed, allow-listed, size-checked, opened with its family's Pillow
   reader only; anything else raises :class:`Refused`.
+* :func:`read_regular` / :func:`not_regular` / :func:`file_kind` — the one rule for reading a user's file:
+  only a regular file (or a symlink to one) is read; a named pipe, socket or device is refused from its
+  ``stat`` as ``not a file`` ("a named pipe (FIFO), not a regular file"), never opened (opening a FIFO waits
+  for a writer, reading /dev/zero never ends).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 
 
@@ -258,29 +263,62 @@ def check_content(head: bytes, allowed: tuple[str, ...], data_for_identify: byte
     raise refusal(found, allowed, data_for_identify)
 
 
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words ("a named pipe (FIFO)", "a socket", ...)."""
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a regular file"))
+    return next((words for test, words in kinds if test(mode)), "a special file")
+
+
+def not_regular(path: str | os.PathLike) -> str | None:
+    """``"a named pipe (FIFO), not a regular file"`` (or socket, device, folder) when ``path`` — followed, if a
+    symlink — exists and is not a regular file; None for a regular file or a path that does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else f"{file_kind(mode)}, not a regular file"
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (a symlink to one is followed), at most ``max_bytes`` + 1.
+
+    Raises :class:`Refused`: ``not a file`` for a named pipe, socket, device or folder (from its ``stat``: it is
+    never opened, or opened non-blocking and checked again in case it was swapped meanwhile), ``too large``
+    (``info["bytes"]``: its size) before reading, ``unreadable`` for a missing or unreadable file.
+    """
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused("not a file", f"{file_kind(st.st_mode)}, not a regular file")
+        if st.st_size > max_bytes:
+            raise Refused("too large", f"{st.st_size} bytes exceeds max_bytes {max_bytes}", {"bytes": st.st_size})
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb", closefd=True) as fh:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise Refused("not a file", f"{file_kind(mode)}, not a regular file")
+            return fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise Refused("unreadable", "no such file") from None
+    except OSError as exc:
+        raise Refused("unreadable", exc.strerror or str(exc)) from None
+
+
 def open_image(path: str | os.PathLike, *, allowed: tuple[str, ...] = IMAGE_FORMATS, max_pixels: int = 89_478_485,
                max_bytes: int = 20_000_000):
     """Open an untrusted image file for reading pixels: sniffed, allow-listed, size-checked, its family's reader only.
 
     Returns a lazy ``PIL.Image.Image`` (call ``load()`` or convert it; close it
     when done). Raises :class:`Refused` (``reason``, ``detail``) for a missing
-    or unreadable file, content outside ``allowed``, a file over ``max_bytes``
+    or unreadable file, one that is not a regular file (:func:`read_regular`), content outside ``allowed``, a file over ``max_bytes``
     or a declared size over ``max_pixels`` — before anything is decoded, and
     without ever handing the file to a reader of another format (an EPS named
     ``.jpg`` never reaches Ghostscript).
     """
     from PIL import Image
 
-    try:
-        size = os.stat(path).st_size
-        if size > max_bytes:
-            raise Refused("too large", f"{size} bytes exceeds max_bytes {max_bytes}")
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise Refused("unreadable", "no such file") from None
-    except OSError as exc:
-        raise Refused("unreadable", exc.strerror or str(exc)) from None
+    data = read_regular(path, max_bytes)
     if not data:
         raise Refused("empty file", "0 bytes")
     fam = check_content(data[:512], allowed, data)

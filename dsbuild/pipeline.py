@@ -37,6 +37,7 @@ from pathlib import Path
 from dsbuild.carryover import carry_over
 from dsbuild.catalog import BuildLock, Catalog, utcnow
 from dsbuild.errors import DsbuildError
+from dsbuild.formats import not_regular
 from dsbuild.executor import release_backends
 from dsbuild.executor_settings import ExecutorSettings
 from dsbuild.manifest import Dataset, Manifest, label_problem
@@ -139,7 +140,9 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
                     problems.append(f"datasets.{ds.name}.classes.{cls.name}.folders: {folder} is not a folder")
             for url_file in cls.urls:
                 if not url_file.is_file():
-                    problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {url_file} does not exist")
+                    what = not_regular(url_file) if url_file.exists() else None
+                    problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {url_file} "
+                                    + (f"is {what} — `urls` takes files of URLs" if what else "does not exist"))
                 elif url_file not in url_lists:  # a CSV without a url column: before any folder is verified
                     url_lists.add(url_file)
                     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 from dsbuild.catalog import Catalog
 from dsbuild.errors import DsbuildError
+from dsbuild.formats import not_regular
 from dsbuild.manifest import Manifest
 
 SIMILAR_COLUMNS = ("rank", "image_id", "similarity", "label", "split", "status", "origin", "path")
@@ -165,7 +166,9 @@ def _image_of(every: Any, query: str, dataset: str) -> Any:
         if path.is_file():
             same = every[(every["origin"] == str(path.resolve())) & every["status"].isin(ACCEPTED)]
             return same.iloc[0] if len(same) else None
-        raise DsbuildError(f"{query} is a folder — give one image file or an image_id of dataset '{dataset}'",
+        # A folder, a named pipe, a device (or a symlink to one): never opened (a FIFO would wait for a writer).
+        what = "a folder" if path.is_dir() else (not_regular(path) or "not a regular file")
+        raise DsbuildError(f"{query} is {what} — give one image file or an image_id of dataset '{dataset}'",
                            exit_code=2)
     text = query.strip().lower()
     if len(text) >= MIN_PREFIX and all(c in "0123456789abcdef" for c in text):

@@ -330,6 +330,20 @@ def test_loopback_endpoint_is_refused_without_allow_private_hosts(servers, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets.toml"]  # no catalog, no store, no lock
 
 
+def test_a_tab_separated_url_list_is_built(servers, tmp_path, capsys):
+    """Variant hunt finding 9: a .tsv list (url<TAB>label) had every line refused as 'contains control characters'."""
+    _, images = servers
+    (tmp_path / "a.tsv").write_text(f"url\tlabel\n{images.url}/img/coffee.jpg\ta\n{images.url}/img/chelsea.png\ta\n")
+    (tmp_path / "b.txt").write_text(f"{images.url}/img/rocket.gif\n")
+    manifest = write_manifest(tmp_path, {"lists": {"allow_private_hosts": True,
+                                                   "classes": {"a": {"urls": "a.tsv"}, "b": {"urls": "b.txt"}}}})
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+    assert (code, err) == (0, ""), out + err
+    assert "control characters" not in out
+    got = rows(manifest, "SELECT label, status, count(*) AS n FROM images WHERE dataset = 'lists' GROUP BY ALL ORDER BY 1")
+    assert got == [{"label": "a", "status": "ok", "n": 2}, {"label": "b", "status": "ok", "n": 1}]
+
+
 def test_loopback_urls_are_refused_without_allow_private_hosts(servers, tmp_path, capsys):
     _, images = servers
     (tmp_path / "a.txt").write_text(f"{images.url}/img/coffee.jpg\n{images.url}/img/chelsea.png\n")

@@ -64,3 +64,56 @@ def test_one_classification_for_fetch_and_verify(head: bytes, name: str, image: 
 def test_every_allowed_format_has_one_extension() -> None:
     assert set(EXTENSIONS) == set(IMAGE_FORMATS)
     assert extension("tiff") == extension("TIFF") == "tif" and extension(None) == extension("EPS") == "img"
+
+
+def _within(seconds: float, fn):
+    """``fn()``'s result or exception, or AssertionError when it is still running after ``seconds`` (opening a
+    named pipe for reading waits for a writer: a regression would hang here, not the whole run)."""
+    import threading
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still running after {seconds} s (blocked opening a non-regular file?)"
+    return box
+
+
+def test_open_image_refuses_what_is_not_a_regular_file_without_opening_it(tmp_path) -> None:
+    """Variant hunt finding 9: the one untrusted-open helper (predict, similar, thumbnails) says "not a regular
+    file" for a named pipe, a symlink to /dev/zero or a folder, from its stat — it never waits on a pipe nor
+    reads a device."""
+    import os
+
+    from dsbuild.formats import Refused, open_image
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.jpg"
+    zero.symlink_to("/dev/zero")
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    expected = {fifo: "a named pipe (FIFO), not a regular file", zero: "a character device, not a regular file",
+                folder: "a folder, not a regular file"}
+    for path, detail in expected.items():
+        box = _within(10, lambda: open_image(path))
+        assert isinstance(box.get("error"), Refused), box
+        assert (box["error"].reason, box["error"].detail) == ("not a file", detail)
+        assert str(box["error"]) == f"not a file: {detail}"
+    from dsbuild.formats import not_regular, read_regular
+
+    for path, detail in expected.items():
+        assert not_regular(path) == detail
+        assert isinstance(_within(10, lambda: read_regular(path, 100)).get("error"), Refused)
+    real = tmp_path / "real.png"
+    Image.fromarray(skdata.camera()).save(real)
+    assert not_regular(real) is None and not_regular(tmp_path / "missing.png") is None
+    with open_image(real) as im:
+        assert im.size == (512, 512)

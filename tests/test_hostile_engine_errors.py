@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -49,9 +50,11 @@ BROKEN_BAIDU = {
 class _Engine(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, cats_page) -> None:
+    def __init__(self, cats_page, cats_redirect=None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.cats_page = cats_page
+        self.cats_redirect = cats_redirect  # base -> Location the results page of ``cats`` answers 302 with
+        self.site = {}  # greedy site: path -> (status, body, headers)
         self.images = {f"/img/{i}.jpg": encode(photo(n, (160, 120)), "JPEG") for i, n in enumerate(DOG_PHOTOS)}
 
     @property
@@ -77,8 +80,22 @@ class _Handler(BaseHTTPRequestHandler):
         params = parse_qs(parts.query)
         if parts.path in self.server.images:
             return self._send(self.server.images[parts.path], "image/jpeg")
+        if parts.path in self.server.site:
+            status, body, headers = self.server.site[parts.path]
+            self.send_response(status)
+            for k, v in {"Content-Type": "text/html", "Content-Length": str(len(body)), **headers}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+            return
         query = (params.get("q") or params.get("word") or params.get("queryWord") or [""])[0]
         offset = int((params.get("first") or params.get("pn") or ["0"])[0])
+        if query == "cats" and self.server.cats_redirect is not None:
+            self.send_response(302)
+            self.send_header("Location", self.server.cats_redirect(self.server.base))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         urls = [f"{self.server.base}/img/{i}.jpg" for i in range(len(DOG_PHOTOS))] if offset == 0 else []
         if parts.path == "/images/async":
             body = self.server.cats_page(self.server.base) if query == "cats" else "".join(map(_bing_tile, urls))
@@ -92,8 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_error(404)
 
 
-def _serve(cats_page):
-    server = _Engine(cats_page)
+def _serve(cats_page, cats_redirect=None):
+    server = _Engine(cats_page, cats_redirect)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -129,6 +146,132 @@ def test_a_parser_exception_ends_that_query_only(tmp_path, engine: str, layout: 
     assert cats["message"] in " ".join((out + err).split())  # the user is told, in one line
     builds = proj.rows("SELECT outcome FROM builds")
     assert [b["outcome"] for b in builds] == ["ok"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens here once closed
+
+
+CLOSED = _closed_port()
+# Where the results page of ``cats`` redirects (after the endpoint answered), and what the query's message says.
+REDIRECT_TARGETS = {
+    "unresolvable host": (lambda base: "http://no-such-host.invalid/images/async?q=cats",
+                          "no-such-host.invalid", "host name not found"),
+    "connection refused": (lambda base: f"http://127.0.0.1:{CLOSED}/images/async?q=cats",
+                           f"127.0.0.1:{CLOSED}", "connection refused"),
+    # https to the engine's own plain-HTTP port: the TLS handshake fails
+    "TLS failure": (lambda base: base.replace("http://", "https://") + "/moved?q=cats", "https://127.0.0.1:", "TLS"),
+}
+
+
+@pytest.mark.parametrize("engine", ["bing", "icrawler:bing", "icrawler:baidu"])
+@pytest.mark.parametrize("target", list(REDIRECT_TARGETS))
+def test_a_redirect_to_an_unreachable_host_ends_that_query_only(tmp_path, engine: str, target: str) -> None:
+    """Finding 8 of the variant hunt: the endpoint answered ``cats`` with a redirect to a host that cannot be
+    reached; that is the query's error outcome naming the target, not "cannot reach the endpoint" for the build."""
+    location, names, why = REDIRECT_TARGETS[target]
+    server = _serve(None, location)
+    try:
+        proj = Project(tmp_path)
+        proj.set("", engine=engine, endpoint=server.base, allow_private_hosts=True, per_query=10)
+        proj.set("dedup", near=False, semantic=False)
+        proj.classes = {"cat": {"queries": "cats"}, "dog": {"queries": "dogs"}}
+        proj.write_manifest()
+        code, out, err = proj.cli("build")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in out + err
+    assert code == 0, out + err
+    dogs = proj.rows("SELECT status FROM images WHERE label = 'dog'")
+    assert [r["status"] for r in dogs] == ["ok"] * 3
+    cats = proj.rows("SELECT outcome, message, links FROM searches WHERE query = 'cats'")
+    assert len(cats) == 1 and cats[0]["outcome"] == "error", cats
+    message = cats[0]["message"]
+    assert "\n" not in message and len(message) < 300, message
+    assert names in message and why in message, message
+    assert "redirected" in message and "check that the endpoint" not in message, message
+    assert message in " ".join((out + err).split())  # the user is told, in one line
+    assert [b["outcome"] for b in proj.rows("SELECT outcome FROM builds")] == ["ok"]
+
+
+def _greedy_site(server: _Engine) -> None:
+    server.images = {"/a/img/0.jpg": server.images["/img/0.jpg"], "/a/img/1.jpg": server.images["/img/1.jpg"],
+                     "/b/img/0.jpg": server.images["/img/2.jpg"],
+                     "/b/img/2.jpg": encode(photo("astronaut", (160, 120)), "JPEG")}
+    b = server.base
+    page = lambda body: (200, f"<html><body>{body}</body></html>".encode(), {})  # noqa: E731
+    server.site = {
+        # site a: one image, an in-site link that moved to a host that does not resolve, a second page
+        "/a": page(f'<img src="{b}/a/img/0.jpg"><a href="/a/gone">moved</a><a href="/a/p2">next</a>'),
+        "/a/gone": (302, b"", {"Location": "http://no-such-host.invalid/x"}),
+        "/a/p2": page(f'<img src="{b}/a/img/1.jpg">'),
+        "/b": page(f'<img src="{b}/b/img/0.jpg"><img src="{b}/b/img/2.jpg">'),
+    }
+
+
+def test_greedy_an_in_site_link_to_an_unreachable_host_skips_that_page_only(tmp_path) -> None:
+    server = _serve(None)
+    _greedy_site(server)
+    try:
+        proj = Project(tmp_path)
+        proj.set("", engine="icrawler:greedy", allow_private_hosts=True, per_query=5)
+        proj.set("dedup", near=False, semantic=False)
+        proj.classes = {"a": {"queries": f"{server.base}/a"}, "b": {"queries": f"{server.base}/b"}}
+        proj.write_manifest()
+        code, out, err = proj.cli("build")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in out + err
+    assert code == 0, out + err
+    found = proj.rows("SELECT label, count(*) AS n FROM images WHERE status = 'ok' GROUP BY label ORDER BY label")
+    assert found == [{"label": "a", "n": 2}, {"label": "b", "n": 2}]
+
+
+def test_greedy_a_site_that_cannot_be_reached_ends_that_query_only(tmp_path) -> None:
+    """Without an endpoint each greedy query is its own site: one that does not resolve is that query's error."""
+    server = _serve(None)
+    _greedy_site(server)
+    try:
+        proj = Project(tmp_path)
+        proj.set("", engine="icrawler:greedy", allow_private_hosts=True, per_query=5)
+        proj.set("dedup", near=False, semantic=False)
+        proj.classes = {"a": {"queries": "http://no-such-site.invalid/a"}, "b": {"queries": f"{server.base}/b"}}
+        proj.write_manifest()
+        code, out, err = proj.cli("build")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in out + err
+    assert code == 0, out + err
+    assert proj.rows("SELECT label, count(*) AS n FROM images WHERE status = 'ok' GROUP BY label") == [{"label": "b", "n": 2}]
+    a = proj.rows("SELECT outcome, message FROM searches WHERE label = 'a'")
+    assert a == [{"outcome": "error", "message": "no-such-site.invalid could not be reached (host name not found) — "
+                                                 "stopped this query after 0 links"}]
+
+
+def test_one_class_endpoint_down_does_not_stop_the_other_classes_endpoint(tmp_path) -> None:
+    """An endpoint that cannot be reached stops the queries sent to it; a class with its own, working endpoint
+    is still searched."""
+    server = _serve(None)
+    try:
+        proj = Project(tmp_path)
+        proj.set("", engine="icrawler:bing", endpoint=f"http://127.0.0.1:{CLOSED}", allow_private_hosts=True,
+                 per_query=10)
+        proj.set("dedup", near=False, semantic=False)
+        proj.classes = {"cat": {"queries": ["cats", "kittens"]}, "dog": {"queries": "dogs", "endpoint": server.base}}
+        proj.write_manifest()
+        code, out, err = proj.cli("build")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in out + err
+    assert code == 0, out + err
+    assert [r["status"] for r in proj.rows("SELECT status FROM images WHERE label = 'dog'")] == ["ok"] * 3
+    assert f"cannot reach 127.0.0.1:{CLOSED} (connection refused)" in " ".join(out.split())
 
 
 def test_an_image_past_the_time_limit_is_rejected_and_the_build_goes_on(tmp_path) -> None:

@@ -120,16 +120,43 @@ def test_predict_sniffs_every_file_and_refuses_what_the_allow_list_refuses(tmp_p
     (new / "photo.tga").write_bytes(encode(photo("camera", (64, 64)), "TGA"))
     (new / "notes.txt").write_text("shopping list\n")
     (new / "bomb.png").write_bytes(encode(photo("coins", (200, 200)), "PNG"))
+    os.mkfifo(new / "pipe.jpg")  # variant hunt finding 9: a named pipe in the folder got no row at all
+    (new / "zero.jpg").symlink_to("/dev/zero")
     proj.set("verify", max_pixels=10_000)  # predict applies the dataset's verify settings too
     proj.write_manifest()
     result = proj.run("predict", proj.dataset, str(new), "--format", "json", env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert not marker.exists()
     rows = {Path(r["path"]).name: r for r in json.loads(result.stdout)}
-    assert set(rows) == {"holiday.jpg", "photo.jpg", "no_suffix", "photo.tga", "notes.txt", "bomb.png"}
+    assert set(rows) == {"holiday.jpg", "photo.jpg", "no_suffix", "photo.tga", "notes.txt", "bomb.png", "pipe.jpg",
+                         "zero.jpg"}
+    assert rows["pipe.jpg"]["error"] == "not a file: a named pipe (FIFO), not a regular file"
+    assert rows["zero.jpg"]["error"] == "not a file: a character device, not a regular file"
     assert rows["holiday.jpg"]["error"].startswith("unsupported format: EPS is not in the allowed formats")
     assert rows["photo.tga"]["error"].startswith("unsupported format: TGA is not in the allowed formats")
     assert rows["notes.txt"]["error"] == "not an image: content is text"
     assert rows["bomb.png"]["error"].startswith("decompression bomb: 200×200 = 40000 pixels exceeds max_pixels 10000")
     for name in ("photo.jpg", "no_suffix"):
         assert rows[name]["error"] is None and rows[name]["label"] in ("a", "b"), rows[name]
+    # Given by name, they are error rows too (they said "does not exist")
+    named = proj.run("predict", proj.dataset, str(new / "pipe.jpg"), "/dev/zero", "--format", "json", env=env,
+                     timeout=300)
+    assert named.returncode == 0, named.stderr
+    assert [(r["path"], r["error"]) for r in json.loads(named.stdout)] == [
+        (str(new / "pipe.jpg"), "not a file: a named pipe (FIFO), not a regular file"),
+        ("/dev/zero", "not a file: a character device, not a regular file")]
+
+
+def test_a_decisions_file_that_is_a_named_pipe_says_so(tmp_path) -> None:
+    """`review --decisions` on a named pipe said "does not exist"; it is never opened (it would wait for a writer)."""
+    proj = _project(tmp_path)
+    proj.set("dedup", near=False, semantic=False)
+    code, out, err = proj.build()
+    assert code == 0, err
+    fifo = tmp_path / "decisions.csv"
+    os.mkfifo(fifo)
+    code, out, err = proj.cli("review", proj.dataset, "--decisions", str(fifo))
+    assert (code, err) == (2, f"Error: decisions file {fifo} is a named pipe (FIFO), not a regular file — give the CSV "
+                              "file of decisions\n")
+    code, out, err = proj.cli("review", proj.dataset, "--decisions", str(tmp_path / "gone.csv"))
+    assert (code, err) == (2, f"Error: decisions file {tmp_path / 'gone.csv'} does not exist\n")

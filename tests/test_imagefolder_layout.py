@@ -255,6 +255,55 @@ def test_labels_root_without_labels_csv_is_refused(tmp_path: Path, capsys) -> No
             "it") in flat(err), err
 
 
+def test_labels_csv_a_symlink_out_of_the_folder_is_refused_like_dot_dot(tmp_path: Path, capsys) -> None:
+    """Variant hunt finding 9: '../x.png' was refused as leaving the CSV's folder while a symlink in the folder
+    pointing out of it was accepted. Both are refused, after resolving; a symlink that stays inside is read."""
+    flat_dir = tmp_path / "data"
+    photos(flat_dir / "imgs", "chelsea", range(0, 3))
+    photos(flat_dir / "imgs", "astronaut", range(0, 3))
+    photos(tmp_path / "elsewhere", "clock", range(0, 2))
+    (flat_dir / "imgs" / "out.png").symlink_to(tmp_path / "elsewhere" / "clock-0.png")
+    (flat_dir / "imgs" / "in.png").symlink_to(flat_dir / "imgs" / "chelsea-2.png")
+    (flat_dir / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    rows = ["file,label", "imgs/chelsea-0.png,cat", "imgs/chelsea-1.png,cat", "imgs/astronaut-0.png,dog",
+            "imgs/astronaut-1.png,dog", "imgs/astronaut-2.png,dog", "imgs/out.png,dog", "more/clock-1.png,dog",
+            "imgs/in.png,cat"]
+    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n'
+                 'near = false\n')
+
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    said = flat(out)
+    base = flat_dir.resolve()
+    elsewhere = (tmp_path / "elsewhere").resolve()
+    for line in (f"labels.csv line 7: 'imgs/out.png' is outside {base} (it leads to {elsewhere / 'clock-0.png'}) — "
+                 "skipped: a labels CSV's files stay in the folder that holds labels.csv",
+                 f"labels.csv line 8: 'more/clock-1.png' is outside {base} (it leads to {elsewhere / 'clock-1.png'}) — "
+                 "skipped: a labels CSV's files stay in the folder that holds labels.csv"):
+        assert f"flat: {line}" in said, (line, out)
+    got = sql(m, "select label, count(*) from images where dataset = 'flat' and status = 'ok' group by all order by all")
+    assert got == [("cat", 3), ("dog", 3)]  # in.png, a symlink inside the folder, is read
+    assert not sql(m, "select origin from images where origin like '%clock%'")
+
+
+def test_labels_csv_that_is_a_named_pipe_is_refused_without_waiting_on_it(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)
+    (tmp_path / "datasets.toml").write_text('[datasets.flat]\nlabels_csv = "labels.csv"\n')
+    # A child process with a timeout: a regression would block reading the pipe, not hang the test run.
+    done = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(tmp_path / "datasets.toml"), "build"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert (f"datasets.flat.labels_csv: {fifo} is a named pipe (FIFO), not a regular file — give the CSV file that "
+            "lists the images") in flat(done.stderr), done.stderr
+
+
 def test_labels_csv_without_a_file_column_is_refused_by_name(tmp_path: Path, capsys) -> None:
     (tmp_path / "labels.csv").write_text("img,label\na.png,cat\nb.png,dog\n")
     m = tmp_path / "datasets.toml"

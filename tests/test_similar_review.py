@@ -162,6 +162,24 @@ def test_similar_takes_a_unique_start_of_an_image_id_and_lists_an_ambiguous_one(
                                  "origin FROM images WHERE dataset = 'pets'\"`\n")
 
 
+def test_similar_of_a_named_pipe_or_a_device_says_it_is_not_a_regular_file(tmp_path, capsys):
+    """Variant hunt finding 9: `similar` on a named pipe or a symlink to /dev/zero said "is a folder"."""
+    import os
+
+    manifest = _project(tmp_path, semantic=False)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    assert run_cli(capsys, manifest, "embed", "pets")[0] == 0
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.jpg"
+    zero.symlink_to("/dev/zero")
+    tail = "— give one image file or an image_id of dataset 'pets'\n"
+    for path, what in ((fifo, "a named pipe (FIFO), not a regular file"), (zero, "a character device, not a regular file"),
+                       (tmp_path / "photos", "a folder")):
+        code, out, err = run_cli(capsys, manifest, "similar", "pets", str(path))
+        assert (code, err) == (2, f"Error: {path} is {what} {tail}"), err
+
+
 def _digits_project(root: Path, n: int, *, semantic: bool = False) -> Path:
     from sklearn.datasets import load_digits
 

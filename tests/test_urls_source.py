@@ -221,6 +221,64 @@ def test_csv_without_url_column_is_an_error(tmp_path: Path) -> None:
     )
 
 
+# --------------------------------------------------------------------------- tab-separated lists
+
+
+def test_tsv_with_labels(tmp_path: Path) -> None:
+    """Variant hunt finding 9: a TSV list (url<TAB>label) read as a text list, every line 'contains control
+    characters'. A .tsv (or a first line that is a url<TAB>… header) is read like a CSV with tabs."""
+    path = write(
+        tmp_path,
+        "extra.tsv",
+        "url\tlabel\n"
+        "https://example.com/1.jpg\tglasses\n"
+        "https://example.com/w_30,h_20/2.jpg\tsunglasses\n"  # commas in a URL need no quotes in a TSV
+        "https://example.com/3.jpg\t\n"  # empty label → None
+        "https://example.com/4.jpg\n"  # missing label column → None
+        "# a comment row\n"
+        "\tglasses\n"
+        "https://example.com/5.jpg\tglasses\tflickr\n",
+    )
+    links, problems = read_url_list(path)
+    assert [(link.url, link.label, link.rank) for link in links] == [
+        ("https://example.com/1.jpg", "glasses", 2),
+        ("https://example.com/w_30,h_20/2.jpg", "sunglasses", 3),
+        ("https://example.com/3.jpg", None, 4),
+        ("https://example.com/4.jpg", None, 5),
+    ]
+    assert problems == [
+        "extra.tsv line 7: no url — skipped",
+        "extra.tsv line 8: 3 fields where the header has 2 (a tab inside a URL?) — skipped",
+    ]
+
+
+def test_tsv_header_is_detected_in_a_txt_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.txt", "URL\tLabel\tsource\nhttps://example.com/1.jpg\tVR\tflickr\n")
+    links, problems = read_url_list(path)
+    assert [(link.url, link.label) for link in links] == [("https://example.com/1.jpg", "VR")]
+    assert problems == ["list.txt line 1: column(s) source ignored (only url and label are read)"]
+
+
+def test_tsv_without_url_column_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.tsv", "link\tlabel\nhttps://example.com/1.jpg\tVR\n")
+    with pytest.raises(DsbuildError) as err:
+        read_url_list(path)
+    assert str(err.value) == (
+        f"URL list {path} line 1: TSV header 'link\\tlabel' has no 'url' column — "
+        f"the first row must be a header such as url<TAB>label"
+    )
+
+
+def test_a_tab_in_a_text_list_line_says_how_to_give_a_tab_separated_list(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.txt", "https://example.com/1.jpg\tVR\n\thttps://example.com/2.jpg\t\n")
+    links, problems = read_url_list(path)
+    assert [link.url for link in links] == ["https://example.com/2.jpg"]  # tabs around a URL are blanks
+    assert problems == [
+        "list.txt line 1: 'https://example.com/1.jpg\\tVR' contains a tab — skipped; a tab-separated list needs a "
+        "header line url<TAB>label (or the .tsv suffix and that header)",
+    ]
+
+
 # --------------------------------------------------------------------------- files that cannot be read
 
 
@@ -231,6 +289,22 @@ def test_missing_file_and_folder_are_errors(tmp_path: Path) -> None:
     with pytest.raises(DsbuildError) as err:
         read_url_list(tmp_path)
     assert str(err.value) == f"URL list {tmp_path} is a folder — `urls` takes files; use `folders` for images"
+
+
+def test_a_named_pipe_is_refused_without_waiting_on_it(tmp_path: Path) -> None:
+    """Reading a named pipe waits for a writer: a URL list that is one is refused from its stat."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "urls.txt"
+    os.mkfifo(fifo)
+    # In a child process with a timeout: a regression would block in open(), not hang the test run.
+    code = ("from dsbuild.sources.urls import read_url_list\nfrom dsbuild.errors import DsbuildError\n"
+            f"try:\n    read_url_list({str(fifo)!r})\nexcept DsbuildError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == (f"URL list {fifo} is a named pipe (FIFO), not a regular file — `urls` takes "
+                                  "files of URLs"), out.stderr
 
 
 # --------------------------------------------------------------------------- one URL once per dataset

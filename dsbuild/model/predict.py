@@ -57,16 +57,25 @@ def expand_paths(paths: list[Path]) -> list[Path]:
     """Files as given; a folder → every file in it (recursively, sorted, hidden ones skipped), whatever its name.
 
     The content decides what a file is (:func:`dsbuild.formats.open_image`), never its suffix: a file that is
-    not an allowed image gets an error row. Missing paths stay (→ error rows).
+    not an allowed image, or not a regular file (a named pipe, a device), gets an error row. Missing paths stay
+    (→ error rows).
     """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file()
-                              and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+            out.extend(folder_entries(p))
         else:
             out.append(p)
     return out
+
+
+def folder_entries(folder: Path) -> list[Path]:
+    """Every entry under ``folder`` (recursively, sorted) that is not a folder and not hidden, whatever its name.
+
+    A named pipe, a device or a broken symlink is listed too: it gets an error row (``not a file: a named pipe
+    (FIFO), not a regular file``) when it is opened (:func:`dsbuild.formats.open_image`), instead of vanishing."""
+    return sorted(f for f in folder.rglob("*") if not f.is_dir()
+                  and not any(part.startswith(".") for part in f.relative_to(folder).parts))
 
 
 def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device: str = "auto", verify: Any = None) -> Any:

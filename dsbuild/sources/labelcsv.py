@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsbuild.errors import DsbuildError
+from dsbuild.formats import not_regular
 from dsbuild.manifest import label_problem
 from dsbuild.sources import SPLIT_NAMES
 
@@ -81,7 +82,11 @@ def _delimiter(text: str) -> str:
 def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = None) -> LabelsCsv:
     """The rows of the labels CSV at ``path``; raises DsbuildError (naming ``key``, the manifest's key) when it
     cannot be read or has no file or label column. A row's file is looked up (it must be a file under ``root``,
-    the dataset's ``labels_root``; None: the CSV's folder) but not opened: verification opens it."""
+    the dataset's ``labels_root``; None: the CSV's folder — a symlink that leads out of it is outside) but not
+    opened: verification opens it."""
+    what = not_regular(path)
+    if what is not None and not path.is_dir():  # a named pipe or a device: reading it may never end
+        raise DsbuildError(f"{key}: {path} is {what} — give the CSV file that lists the images", exit_code=2)
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
@@ -159,6 +164,16 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
             out.problems.append(f"{name} line {line}: {written!r} is outside {top} — skipped: a labels CSV's files "
                                 f"stay in {where}")
             out.outside.append(file)
+            continue
+        try:
+            real = file.resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            real = file
+        if real != file and not real.is_relative_to(top):
+            # A symlink (to a file, or a folder on the way) that leads out of the folder: refused like '../'.
+            where = "the folder that holds " + name if root is None else "the dataset's labels_root"
+            out.problems.append(f"{name} line {line}: {written!r} is outside {top} (it leads to {real}) — skipped: "
+                                f"a labels CSV's files stay in {where}")
             continue
         rel = file.relative_to(top).as_posix()
         if not file.exists():

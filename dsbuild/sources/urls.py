@@ -4,7 +4,12 @@ A URL list is either
 
 * a text file: one URL per line; blank lines and lines starting with ``#`` are skipped; or
 * a CSV file (``.csv`` suffix, or a first line that is a ``url`` / ``url,label`` header)
-  with a ``url`` column and an optional ``label`` column. With ``url`` alone,
+  with a ``url`` column and an optional ``label`` column; or
+* a TSV file (``.tsv`` suffix, or a first line that is a ``url<TAB>label`` header): the same, with tabs between
+  the fields (a URL's commas need no quoting there). A tab inside a line of a text list is reported with
+  how to give a tab-separated list.
+
+A CSV (or TSV) has a ``url`` column and an optional ``label`` column. With ``url`` alone,
   each line is one whole URL (commas included; a line that is one quoted field
   is unquoted). With ``url,label`` an unquoted URL with commas is read up to
   the row's last comma (the label holds none), and the label must be a label
@@ -37,6 +42,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from dsbuild.errors import DsbuildError
+from dsbuild.formats import not_regular
 
 MAX_URL_LENGTH = 4096
 ENGINE_NAME = "urls"
@@ -174,6 +180,10 @@ def _is_header(cells: list[str]) -> bool:
     return bool(cells) and cells[0].strip().lower() == "url"
 
 
+def _row(text: str, delimiter: str, **kw) -> list[str]:
+    return next(csv.reader([text], delimiter=delimiter, **kw))
+
+
 def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
     """Read a URL list file; return (links in file order, problems).
 
@@ -185,6 +195,9 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
     no ``url`` column.
     """
     path = Path(path)
+    what = not_regular(path)
+    if what is not None and not path.is_dir():  # a named pipe or a device: reading it may never end
+        raise DsbuildError(f"URL list {path} is {what} — `urls` takes files of URLs")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -210,19 +223,26 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
             continue
         lines.append((number, text))
 
-    is_csv = path.suffix.lower() == ".csv" or (bool(lines) and _is_header(next(csv.reader([lines[0][1]]))))
+    suffix = path.suffix.lower()
+    first = lines[0][1] if lines else ""
+    if suffix == ".tsv" or (suffix != ".csv" and "\t" in first.strip() and _is_header(_row(first, "\t"))):
+        sep, kind = "\t", "TSV"
+    else:
+        sep, kind = ",", "CSV"
+    is_csv = suffix in (".csv", ".tsv") or (bool(lines) and _is_header(_row(first, sep)))
     entries: list[tuple[int, str, str | None]] = []  # (line, url text, label)
     if is_csv:
         if not lines:
             return [], problems
-        header = [c.strip().lower() for c in next(csv.reader([lines[0][1]]))]
+        header = [c.strip().lower() for c in _row(first, sep)]
         if "url" not in header:
             local = [c for c in header if c in ("file", "fname", "filename", "name", "path", "image")]
             fix = (f"it lists local files ({local[0]} column): give it as labels_csv = \"…/{path.name}\" in the "
                    f"dataset's table instead of urls (file paths relative to the CSV's folder, one label column, "
-                   f"optional split or is_valid)" if local else "the first row must be a header such as url,label")
+                   f"optional split or is_valid)" if local else
+                   f"the first row must be a header such as url{'<TAB>' if sep == chr(9) else ','}label")
             raise DsbuildError(
-                f"URL list {path} line {lines[0][0]}: CSV header {lines[0][1].strip()!r} has no 'url' column — {fix}"
+                f"URL list {path} line {lines[0][0]}: {kind} header {lines[0][1].strip()!r} has no 'url' column — {fix}"
             )
         url_col = header.index("url")
         label_col = header.index("label") if "label" in header else None
@@ -236,19 +256,20 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
                 entries.append((number, _single_field(text), None))
                 continue
             try:
-                cells = next(csv.reader([text], strict=True))
+                cells = _row(text, sep, strict=True)
             except csv.Error as err:
-                problems.append(f"{name} line {number}: not a valid CSV row ({err}) — skipped")
+                problems.append(f"{name} line {number}: not a valid {kind} row ({err}) — skipped")
                 continue
             if len(cells) > len(header):  # fewer is fine: trailing columns left out
-                if header == ["url", "label"] and '"' not in text:
+                if sep == "," and header == ["url", "label"] and '"' not in text:
                     # An unquoted URL with commas, then its label: the label is the last field and holds no comma,
                     # so the URL is everything before the last comma, byte for byte.
                     head, _, tail = text.rpartition(",")
                     cells = [head, tail]
                 else:
+                    why = "a tab inside a URL?" if sep == "\t" else "a URL with an unquoted comma? quote it"
                     problems.append(f"{name} line {number}: {len(cells)} fields where the header has {len(header)} "
-                                    "(a URL with an unquoted comma? quote it) — skipped")
+                                    f"({why}) — skipped")
                     continue
             if url_col >= len(cells) or not cells[url_col].strip():
                 problems.append(f"{name} line {number}: no url — skipped")
@@ -268,7 +289,12 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
         try:
             url = normalize_url(text)
         except ValueError as err:
-            problems.append(f"{name} line {number}: {_show(text.strip())} {err} — skipped")
+            if not is_csv and "\t" in text.strip():  # url<TAB>label in a list read as text: say how it is read
+                problems.append(f"{name} line {number}: {_show(text.strip())} contains a tab — skipped; a "
+                                "tab-separated list needs a header line url<TAB>label (or the .tsv suffix and that "
+                                "header)")
+            else:
+                problems.append(f"{name} line {number}: {_show(text.strip())} {err} — skipped")
             continue
         if url in first_line:
             line0, label0 = first_line[url]

@@ -111,14 +111,17 @@ def discover(cat: Catalog, run: SourceRun) -> tuple[set[tuple[str, str]], set[tu
     empty = cat.empty_searches(ds.name) if run.retry_failed else set()
     todo = [(cls, q) for cls, q in searches if (cat.searched(ds.name, cls.name, ds.engine, q) or 0) < ds.per_query
             or (cls.name, ds.engine, q) in empty]
-    unreachable: str | None = None
+    # Endpoint (None: the engine's own host) → why it cannot be reached: no query sent there can succeed, so the
+    # rest of them are not sent; a class with another endpoint is still searched.
+    unreachable: dict[str | None, str] = {}
     if todo:
         engine = get_engine(ds.engine)
         with progress.stage(f"{ds.name}: search ({ds.engine})", len(todo)) as bar:
             for cls, query in todo:
-                if unreachable:
-                    break
                 options = engine_options(ds, cls)
+                if options.endpoint in unreachable:
+                    bar.advance(1, links=0)
+                    continue
                 links = []
                 try:
                     stream = engine.links(query, options)
@@ -126,9 +129,10 @@ def discover(cat: Catalog, run: SourceRun) -> tuple[set[tuple[str, str]], set[tu
                         links.append({"url": l.url, "rank": l.rank, "page_url": l.page_url})
                     outcome = stream.outcome
                 except EngineError as exc:
-                    # The engine host cannot be reached: no query of this engine can succeed.
-                    unreachable = str(exc)
-                    break
+                    # The engine host (this endpoint) cannot be reached: no query sent there can succeed.
+                    unreachable[options.endpoint] = str(exc)
+                    bar.advance(1, links=0)
+                    continue
                 except DsbuildError:
                     raise  # a setting no query of this engine can work with: the build stops with one line
                 except Exception as exc:  # noqa: BLE001 - an engine library's bug or a page it cannot read: this query only
@@ -138,10 +142,10 @@ def discover(cat: Catalog, run: SourceRun) -> tuple[set[tuple[str, str]], set[tu
                 if not outcome.ok:
                     run.sink.note(f"query {query!r} ({cls.name}): {outcome.message}")
                 bar.advance(1, links=len(links))
-    if unreachable:
-        run.sink.note(unreachable)
-        if not any(c.folders or c.urls for c in ds.classes) and not len(cat.dataset_links(ds.name)):
-            raise EngineError(unreachable)
+    for message in unreachable.values():
+        run.sink.note(message)
+    if unreachable and not any(c.folders or c.urls for c in ds.classes) and not len(cat.dataset_links(ds.name)):
+        raise EngineError(next(iter(unreachable.values())))
 
     for cls in ds.classes:
         for url_file in cls.urls:

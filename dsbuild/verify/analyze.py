@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,26 +125,13 @@ def analyze_file(
     ``not a file`` from its ``stat`` alone, never opened (opening a FIFO waits for a writer, reading a device
     may never end). The file is opened non-blocking and checked again, in case it was swapped meanwhile.
     """
+    from dsbuild.formats import Refused, read_regular
+
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            return _reject("not a file", f"{file_kind(st.st_mode)}, not a regular file")
-        if st.st_size > verify.max_bytes:
-            return _reject("too large", f"{st.st_size} bytes exceeds max_bytes {verify.max_bytes}", bytes=st.st_size)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-        with open(fd, "rb", closefd=True) as fh:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                return _reject("not a file", f"{file_kind(mode)}, not a regular file")
-            data = fh.read(verify.max_bytes + 1)
-    except OSError as exc:
-        return _reject("unreadable", exc.strerror or str(exc))
+        data = read_regular(path, verify.max_bytes)
+    except Refused as refused:
+        extra = {"bytes": refused.info["bytes"]} if "bytes" in refused.info else {}
+        return _reject(refused.reason, refused.detail, **extra)
     return analyze_bytes(data, verify=verify, dedup=dedup, store_dir=store_dir, with_quality=with_quality)
 
 
-def file_kind(mode: int) -> str:
-    """What a file of ``st_mode`` ``mode`` is, in words ("a named pipe (FIFO)", "a socket", ...), for the
-    ``detail`` of a source that is not a regular file."""
-    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a regular file"))
-    return next((words for test, words in kinds if test(mode)), "a special file")

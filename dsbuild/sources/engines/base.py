@@ -13,9 +13,12 @@ query never stops the others.
 
 Only two situations raise, because no query of the engine can succeed:
 
-* the engine host cannot be reached at all (no network, DNS failure,
-  connection refused) → :class:`~dsbuild.errors.EngineError` with one line,
-  e.g. ``cannot reach www.bing.com (no network?) — check your connection or set `endpoint```;
+* the engine host (its endpoint, or its real origin) cannot be reached at all before it answered anything
+  (no network, DNS failure, connection refused, TLS failure) → :class:`~dsbuild.errors.EngineError` with
+  one line, e.g. ``cannot reach www.bing.com (no network?) — check your connection or set `endpoint```;
+  the build sends no more queries to that endpoint. A host that cannot be reached after the engine
+  answered (a redirect target, the engine going away mid-query) or a greedy site (without an endpoint each
+  query is its own site) ends that query only, with an ``error`` outcome naming the host;
 * the engine is mis-configured (unknown filter, private endpoint without
   ``allow_private_hosts``, missing Flickr API key, rejected API key) →
   :class:`~dsbuild.errors.DsbuildError` / ``EngineError``.

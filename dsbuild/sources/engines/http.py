@@ -8,9 +8,10 @@ engine's real format. Loopback/private endpoints are refused unless
 
 A page is fetched with a wall-clock deadline, a size cap counted after
 decompression, manual redirects (each hop re-checked) and retries for
-timeouts, resets and 5xx; a host that cannot be reached at all raises
-:class:`~dsbuild.errors.EngineError`, everything else ends the query with an
-:class:`~dsbuild.sources.engines.types.Outcome` (:class:`Stop`).
+timeouts, resets and 5xx; the engine's own host that cannot be reached at all
+before it answered raises :class:`~dsbuild.errors.EngineError`; everything else —
+a redirect target or another host that cannot be reached included — ends the
+query with an :class:`~dsbuild.sources.engines.types.Outcome` (:class:`Stop`).
 """
 
 from __future__ import annotations
@@ -208,7 +209,10 @@ def make_session(
 
 
 def _unreachable_kind(err: BaseException) -> str | None:
-    """'dns' / 'refused' / 'connect' when ``err`` means the host could not be reached at all."""
+    """'dns' / 'refused' / 'connect' / 'timeout' / 'tls' when ``err`` means the host could not be reached at all
+    (no HTTP answer came back from it)."""
+    import ssl
+
     import urllib3.exceptions as u3
 
     for e in cause_chain(err):
@@ -217,16 +221,33 @@ def _unreachable_kind(err: BaseException) -> str | None:
         if isinstance(e, ConnectionRefusedError):
             return "refused"
     for e in cause_chain(err):
-        if isinstance(e, (u3.NewConnectionError, u3.ConnectTimeoutError)):
+        if isinstance(e, (u3.SSLError, ssl.SSLError)):
+            return "tls"
+    for e in cause_chain(err):
+        if isinstance(e, u3.NewConnectionError):  # (a subclass of ConnectTimeoutError in urllib3 2)
             return "connect"
+        if isinstance(e, u3.ConnectTimeoutError):
+            return "timeout"
     return None
+
+
+_WHY = {
+    "dns": "host name not found",
+    "refused": "connection refused",
+    "connect": "no connection",
+    "timeout": "connection timed out",
+    "tls": "TLS handshake failed",
+}
 
 
 class Crawl:
     """State of one query: session, pages, seen links, ranks; shared by all engines.
 
-    ``fetch`` returns a :class:`Page` or raises :class:`Stop` (blocked/error)
-    or :class:`EngineError` (host unreachable before any page was fetched).
+    ``fetch`` returns a :class:`Page` or raises :class:`Stop` (blocked/error) or :class:`EngineError`: the
+    engine's host (its endpoint, or its real origin) could not be reached before it answered anything in this
+    query — no query sent there can succeed. A host that cannot be reached after the engine answered (a redirect
+    target, another site, the engine going away mid-query) ends this query only, with a Stop naming it.
+    A greedy crawl without an endpoint has no engine host (each query is its own site): its failures are Stops.
     ``accept`` turns raw engine links into ranked :class:`Link` objects.
     """
 
@@ -252,6 +273,10 @@ class Crawl:
             headers=headers,
         )
         self.host = urlsplit(endpoint or origin or "").netloc or "the engine"
+        # Whether the engine's own host failing stops every query of this engine (an endpoint or a real origin).
+        self.engine_host = bool(endpoint or origin)
+        self._hop_url = ""  # the URL of the request in flight (after redirects), for naming a failing host
+        self._hop = 0
         self.pages = 0
         self.rank = 0
         self.skipped = 0
@@ -263,12 +288,26 @@ class Crawl:
     def _unreachable(self, kind: str, url: str) -> EngineError:
         host = urlsplit(url).netloc or self.host
         if self.options.endpoint:
-            why = {"dns": "host name not found", "refused": "connection refused"}.get(kind, "no connection")
+            why = _WHY.get(kind, "no connection")
             return EngineError(
                 f"cannot reach {host} ({why}) — check that the endpoint {self.options.endpoint} is running "
                 f"or fix `endpoint` in the manifest"
             )
-        return EngineError(f"cannot reach {host} (no network?) — check your connection or set `endpoint`")
+        why = "no network?" if kind in ("dns", "refused", "connect", "timeout") else _WHY.get(kind, "no network?")
+        return EngineError(f"cannot reach {host} ({why}) — check your connection or set `endpoint`")
+
+    def _not_reached(self, kind: str, url: str, err: BaseException) -> str:
+        """The Stop detail for a host that could not be reached within this query (names the host)."""
+        why = _WHY.get(kind, "no connection")
+        if kind == "tls":
+            why += f": {_tls_reason(err)}"
+        if self._hop:
+            shown = url if len(url) <= 100 else url[:97] + "..."
+            return f"redirected page {self.pages + 1} to {shown}, which cannot be reached ({why})"
+        host = urlsplit(url).netloc
+        if host == self.host:
+            return f"could not be reached ({why})"
+        return f"could not reach {host} for page {self.pages + 1} ({why})"
 
     def _read(self, resp: requests.Response, deadline: float) -> bytes:
         length = resp.headers.get("Content-Length")
@@ -293,8 +332,11 @@ class Crawl:
     def _get_once(self, url: str) -> Page:
         """One GET with manual, checked redirects and a wall-clock deadline."""
         deadline = time.monotonic() + self.options.timeout
-        for _hop in range(MAX_REDIRECTS + 1):
-            resp = self.session.get(url, stream=True)
+        for hop in range(MAX_REDIRECTS + 1):
+            self._hop_url, self._hop = self.session.rebase(url), hop
+            # allow_redirects=False here: Session.get defaults it to True, and requests would then follow the
+            # redirects itself — unchecked, not re-based, and a failing target blamed on the engine.
+            resp = self.session.get(url, stream=True, allow_redirects=False)
             try:
                 self.reached = True
                 if resp.is_redirect and "Location" in resp.headers:
@@ -325,9 +367,19 @@ class Crawl:
                 raise Stop("error", f"refused to fetch {url[:100]}: {err} — {_PRIVATE_HINT}") from None
             except (requests.RequestException, TimeoutError, OSError) as err:
                 kind = _unreachable_kind(err)
-                if kind is not None and (not self.reached or kind == "dns"):
-                    raise self._unreachable(kind, self.session.rebase(url)) from None
+                failed = self._hop_url or self.session.rebase(url)
+                own = urlsplit(failed).netloc == self.host
+                if kind is not None:
+                    if own and not self.reached and self.engine_host:
+                        # The engine itself cannot be reached: no query sent to it can succeed.
+                        raise self._unreachable(kind, failed) from None
+                    if not own or self._hop or kind in ("dns", "tls") or not self.engine_host:
+                        # Another host (a redirect target, another site), or a site that cannot be reached:
+                        # this query ends here, naming that host — trying again would not change it.
+                        raise Stop("error", self._not_reached(kind, failed, err)) from None
                 last = _short_error(err)
+                if not own:
+                    last = f"{urlsplit(failed).netloc}: {last}"
                 continue
             self.pages += 1
             status = page.status_code
@@ -404,9 +456,19 @@ class Crawl:
         self.session.close()
 
 
-def _short_error(err: BaseException) -> str:
+def _tls_reason(err: BaseException) -> str:
+    """The TLS library's own words for a failed handshake (``[SSL: WRONG_VERSION_NUMBER] wrong version number``)."""
+    import ssl
+
+    for e in cause_chain(err):
+        if isinstance(e, ssl.SSLError) and str(e).strip():
+            return _short_error(Exception(" ".join(str(e).split())), 100)
+    return _short_error(err, 100)
+
+
+def _short_error(err: BaseException, width: int = 160) -> str:
     text = str(err).strip() or type(err).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def crawl_pages(
