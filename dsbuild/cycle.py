@@ -544,7 +544,7 @@ class ReviewSummary:
 
 
 def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | Iterable[Decision] | None" = None,
-                   accept_suggestions: bool = False, min_confidence: float = 0.9,
+                   accept_suggestions: bool = False, min_confidence: float = 0.9, overrule_people: bool = False,
                    source: str | None = None, on_commit: "Callable[[Catalog], Any] | None" = None,
                    catalog: "Catalog | None" = None) -> ReviewSummary:
     """Apply review decisions as append-only label events; all or nothing.
@@ -553,7 +553,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     iterable of :class:`dsbuild.decisions.Decision` (a review app's choices; recorded with
     ``source``, default ``review:api``); or ``accept_suggestions`` at ``min_confidence``: every
     confident suggestion of the latest mislabel run except those for images someone decided
-    about since that run started (any label event: keep, remove, relabel, undo), which are
+    about since that run started (any label event: keep, remove, relabel, undo) and those whose
+    standing decision is a person's, however old (:func:`dsbuild.decisions.standing_decisions`: a decisions file,
+    the review app, or carried over from one by a build; :data:`PERSON_DECIDED`) unless ``overrule_people``, which are
     skipped and counted, as are suggestions to a label that is not a class of the dataset now
     (renamed, merged or removed since the run: ``notes`` then says the run scored other classes).
     A decision that already stands (a decisions file run again) writes no
@@ -565,7 +567,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     opened, locked and closed here.
     """
     from dsbuild.decisions import (REVIEWABLE, check_decisions, label_list, parse_decisions, plan_events,
-                                   suggested_decisions)
+                                   standing_decisions, suggested_decisions)
     from dsbuild.dedup.reviewed import regroup_reviewed
 
     ds = manifest.dataset(name)
@@ -629,8 +631,15 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             else:
                 recent = history[(history["changed_at"] >= run_at) & ~history["source"].astype(str).str.startswith("build:")]
                 since = {now.moved.get(i, i) for i in recent["image_id"].astype(str)}
+            # An image whose standing decision is a person's (a decisions file, the review app, or one a build carried
+            # over from those) keeps it, however old: a suggestion is a machine's and does not overrule a person
+            # (unless asked: overrule_people). Decisions since the run are skipped either way.
+            people = set() if overrule_people else {
+                now.moved.get(i, i) for i, d in standing_decisions(history).items() if d.by_person}
             chosen, reviewed = suggested_decisions(issues[issues["kind"] == "label"], min_confidence=min_confidence,
-                                                   reviewed=since)
+                                                   reviewed=since | people)
+            by_person = [i for i in reviewed if i in people and i not in since]  # since the run: said so, as before
+            reviewed = [i for i in reviewed if i not in by_person]
             # A build since the run may have rejected or failed a flagged image, or set it aside with its source
             # (its picture under no class now): nothing a person can fix here.
             from dsbuild.sources import SOURCE_REMOVED
@@ -653,6 +662,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
                        f"suggesting an unknown label '{label}' (labels of this dataset: {label_list(labels)})")
                 unknown[why] = unknown.get(why, 0) + 1
             skipped.update({k: n for k, n in (
+                (PERSON_DECIDED, len(by_person)),
                 ("reviewed since the mislabel run", len(reviewed)),
                 ("set aside by a build since the run (source removed), their picture under no class now", len(removed)),
                 ("not ok or duplicate now", len(out) - len(removed)), *unknown.items()) if n})
@@ -691,6 +701,10 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
                          already_applied=already, skipped=skipped, notes=tuple(notes))
 
+
+PERSON_DECIDED = ("whose standing decision is a person's (a decisions file or the review app, or carried over from one "
+                  "by a build): a suggestion does not overrule a person — add --overrule-people to include them")
+"""The skip reason of ``review --accept-suggestions`` for images whose standing decision is a person's."""
 
 UNDO_AGAIN = ("whose undo this file applied on an earlier run (an undo row applies once per file; to undo further, "
               "use another file or u in the review app)")

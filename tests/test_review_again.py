@@ -119,6 +119,39 @@ def test_a_decision_made_before_the_latest_run_does_not_hide_its_new_suggestion(
     assert state(project, image_id) == (again[image_id][2], "ok") and "skipped" not in out, out
 
 
+def test_accept_suggestions_after_a_new_run_leaves_what_a_person_decided_before_it(project: Path, tmp_path: Path,
+                                                                                  capsys) -> None:
+    """Trial 7: review → `mislabels` again → accept. The new run flags images a person had kept or relabelled
+    (before it started); the accept relabelled them to the model's suggestion. A person's standing decision is
+    not overruled by a machine's, however old: skipped and counted, unless --overrule-people."""
+    flags = confident(project)
+    (kept, given_k, _), (relabelled, given_r, suggested_r) = flags[0], flags[1]
+    other = next(lab for lab in ("zero", "one", "seven") if lab not in (given_r, suggested_r))
+    path = decisions_file(tmp_path, f"{kept},keep,,a true {given_k}", f"{relabelled},relabel,{other},a true {other}")
+    assert review(project, capsys, "--decisions", str(path))[0] == 0
+    record_mislabel_run(project)  # the person's decisions predate this run
+    again = {r[0]: r for r in confident(project)}
+    assert kept in again and relabelled in again, "the new run flags both again (the model still disagrees)"
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0, err
+    assert state(project, kept) == (given_k, "ok") and state(project, relabelled) == (other, "ok")
+    n = len(again) - 2
+    assert out.splitlines() == [
+        f"applied {n} decision{'s' if n != 1 else ''} to 'digits' (relabel {n}) from review:suggestions@{MIN_CONFIDENCE}; "
+        "skipped 2 images whose standing decision is a person's (a decisions file or the review app, or carried over "
+        "from one by a build): a suggestion does not overrule a person — add --overrule-people to include them"], out
+    for image_id, (_, _, suggested) in again.items():
+        if image_id not in (kept, relabelled):
+            assert state(project, image_id) == (suggested, "ok")
+    # An accepted suggestion is a machine's decision: the next run's accept may replace it; asked, it overrules people.
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE,
+                            "--overrule-people")
+    assert code == 0, err
+    assert out.strip() == (f"applied 2 decisions to 'digits' (relabel 2) from review:suggestions@{MIN_CONFIDENCE}; "
+                           f"skipped {n} image{'s' if n != 1 else ''} reviewed since the mislabel run"), out
+    assert state(project, kept) == (again[kept][2], "ok") and state(project, relabelled) == (again[relabelled][2], "ok")
+
+
 # --------------------------------------------------------------------------- a decisions file run again
 
 
