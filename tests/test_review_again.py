@@ -380,3 +380,31 @@ def test_accept_suggestions_after_a_class_was_removed_says_why_each_was_skipped(
         "run `dsbuild mislabels digits` again to score the current classes")
     for image_id, suggested in others:
         assert state(project, image_id) == (suggested, "ok")
+
+
+def test_a_decision_a_build_carried_over_from_a_person_stays_the_persons(built: Path, tmp_path: Path, capsys) -> None:
+    """Trial 7: a person's decisions, a class renamed (the build carries a keep to the picture's new item, and moves a
+    relabel to the old name onto the new one: both events of source ``build:<id>``), a new mislabel run, then accept:
+    those carried decisions are still the person's, and the accept skips them."""
+    import dsbuild
+
+    project = _linked_copy(built, tmp_path / "p")
+    flags = confident(project)
+    kept = next(i for i, given, s in flags if given == "seven")
+    relabelled = next(i for i, given, s in flags if given != "seven" and s != "seven")
+    path = decisions_file(tmp_path, f"{kept},keep,,a true seven", f"{relabelled},relabel,seven,a seven")
+    assert review(project, capsys, "--decisions", str(path))[0] == 0
+    text = project.read_text()
+    project.write_text(text.replace('seven = { folders = "data/seven" }', 'sept = { folders = "data/seven" }'))
+    dsbuild.build(dsbuild.load_manifest(project), ["digits"], workers=1)
+    new_kept = successor(project, kept)
+    assert state(project, new_kept) == ("sept", "ok") and state(project, relabelled) == ("sept", "ok")
+    assert sql(project, "SELECT count(*) FROM label_history WHERE source LIKE 'build:%' AND image_id IN (?, ?)",
+               [new_kept, relabelled]) == [(2,)]
+    record_mislabel_run(project)
+    again = {r[0]: r for r in confident(project)}
+    assert new_kept in again and relabelled in again, "the new run flags both again"
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0, err
+    assert state(project, new_kept) == ("sept", "ok") and state(project, relabelled) == ("sept", "ok")
+    assert "skipped 2 images whose standing decision is a person's" in out, out
