@@ -215,7 +215,9 @@ def cmd_mislabels(args) -> int:
         make_console(stderr=True).print(f"showing mislabel run {found[0]} (labels, images and settings unchanged since; "
                                         "--rerun to score again)", markup=False)
     run_id, issues = found or find_issues(manifest, args.dataset, progress=_model_progress(args))
-    from dsbuild.cycle import run_trust, trust_line
+    from dsbuild.cycle import reviewed_note, run_trust, trust_line, with_reviewed
+
+    issues = with_reviewed(manifest, args.dataset, issues)
 
     make_console(stderr=True).print(trust_line(run_trust(manifest, run_id)), markup=False, highlight=False)
     if args.format == "html":
@@ -230,7 +232,8 @@ def cmd_mislabels(args) -> int:
     view = issues[[c for c in REPORT_COLUMNS if c in issues]]
     if args.format == "table" and not args.out:
         view = readable_probabilities(view[list(REPORT_TABLE_COLUMNS)])
-    _emit(view, args, title=f"{counted(len(issues), 'likely label problem')} in '{args.dataset}' (run {run_id})")
+    _emit(view, args, title=f"{counted(len(issues), 'likely label problem')} in '{args.dataset}' (run {run_id})"
+                            + reviewed_note(issues))
     return 0
 
 

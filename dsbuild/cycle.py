@@ -512,6 +512,35 @@ def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Pat
     return written
 
 
+def with_reviewed(manifest: Manifest, name: str, issues):
+    """A copy of a mislabel run's ``issues`` whose ``reviewed`` column says the review decision that stands on each
+    flagged image now (:meth:`dsbuild.decisions.Standing.words`: ``relabelled by a person 2026-12-02``,
+    ``relabelled by suggestions@0.9 2026-12-02``; a decision a build carried over is its maker's), "" when none: a
+    new run flags reviewed images again (their labels are still scored), and the report says so."""
+    from dsbuild.decisions import standing_decisions
+
+    out = issues.copy()
+    if out.empty:
+        out["reviewed"] = []
+        return out
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        standing = standing_decisions(cat.label_history(name))
+    out["reviewed"] = [standing[str(i)].words() if str(i) in standing else "" for i in out["image_id"]]
+    return out
+
+
+def reviewed_note(issues) -> str:
+    """``; 23 of these were already reviewed (see the reviewed column)`` for a report's title, "" when none were."""
+    if "reviewed" not in issues or issues.empty:
+        return ""
+    n = int((issues["reviewed"].astype(str) != "").sum())
+    if not n:
+        return ""
+    people = int(issues["reviewed"].astype(str).str.contains(" by a person ").sum())
+    return (f"; {n} of these {'was' if n == 1 else 'were'} already reviewed ({people} by a person; "
+            "see the reviewed column)")
+
+
 def _reviewed_keep(cat: Catalog, name: str) -> dict[str, float]:
     """image_id → label quality when a reviewer last chose ``keep`` for it (and nothing since)."""
     rows = cat.kept_in_review(name)

@@ -15,7 +15,7 @@ import pytest
 from helpers import sql
 
 from dsbuild.cli import main
-from ui_data import make_project, record_mislabel_run
+from ui_data import make_project, mark_fresh, record_mislabel_run
 
 MIN_CONFIDENCE = "0.6"  # the logistic regression's suggestions on these digits reach 0.65–0.87
 
@@ -129,9 +129,25 @@ def test_accept_suggestions_after_a_new_run_leaves_what_a_person_decided_before_
     other = next(lab for lab in ("zero", "one", "seven") if lab not in (given_r, suggested_r))
     path = decisions_file(tmp_path, f"{kept},keep,,a true {given_k}", f"{relabelled},relabel,{other},a true {other}")
     assert review(project, capsys, "--decisions", str(path))[0] == 0
-    record_mislabel_run(project)  # the person's decisions predate this run
+    run_id = record_mislabel_run(project)  # the person's decisions predate this run
     again = {r[0]: r for r in confident(project)}
     assert kept in again and relabelled in again, "the new run flags both again (the model still disagrees)"
+    # The report says which flags were reviewed already, and by whom (`mislabels` shows this run: nothing changed).
+    mark_fresh(project, run_id)
+    capsys.readouterr()
+    assert main(["-m", str(project), "mislabels", "digits", "--format", "csv", "--out", str(tmp_path / "r.csv")]) == 0
+    import csv
+
+    rows = {r["image_id"]: r for r in csv.DictReader(open(tmp_path / "r.csv"))}
+    day = sql(project, "SELECT CAST(max(changed_at) AS DATE) FROM label_history")[0][0]
+    assert rows[kept]["reviewed"] == f"kept by a person {day}" and rows[relabelled]["reviewed"] == f"relabelled by a person {day}"
+    assert {r["reviewed"] for i, r in rows.items() if i not in (kept, relabelled)} == {""}
+    assert {"label_quality", "suggested_confidence", "given_label", "suggested_label"} <= set(next(iter(rows.values())))
+    capsys.readouterr()
+    assert main(["-m", str(project), "mislabels", "digits"]) == 0
+    table = " ".join(capsys.readouterr().out.split())
+    assert (f"{len(rows)} likely label problems in 'digits' (run {run_id}); 2 of these were already reviewed "
+            "(2 by a person; see the reviewed column)") in table, table
     code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
     assert code == 0, err
     assert state(project, kept) == (given_k, "ok") and state(project, relabelled) == (other, "ok")
