@@ -858,6 +858,11 @@ class Comparison:
     ``per_class``: one dict per label: label, n, before_acc, after_acc (fractions 0..1).
     ``classes_differ``: the two models' classes when they are not the same set (a class renamed, merged,
     split, added or removed between the runs), else None.
+    ``better`` / ``worse``: compared images the new model gets right and the old one wrong / the other way
+    (against the current labels); ``p_value``: the exact McNemar p of that difference (:func:`dsbuild.stats.mcnemar_exact`);
+    per class, ``better``, ``worse`` and ``p_value`` too. The labels themselves: ``n_suggested`` compared images
+    whose label stands from an accepted suggestion (a model wrote it, no person: :func:`dsbuild.decisions.standing_decisions`);
+    ``n_flagged``: compared images the latest mislabel run flags as label issues and nobody has reviewed.
     """
 
     before_run: str
@@ -870,6 +875,11 @@ class Comparison:
     left_out: str | None = None
     refused: str | None = None
     classes_differ: str | None = None
+    better: int = 0
+    worse: int = 0
+    p_value: float | None = None
+    n_suggested: int = 0
+    n_flagged: int = 0
 
 
 def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[RunReport, Comparison | None]:
@@ -946,16 +956,40 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
         left_out += f": compared on the other {len(kept)}"
     kept = kept.assign(before=_valid_labels(manifest, Path(prev["model_path"]).parent, kept),
                        after=_valid_labels(manifest, Path(report.result.model_path).parent, kept))
+    from dsbuild.stats import mcnemar_exact
+
+    def changed(df) -> tuple[int, int, float]:
+        was, now = df["before"] == df["label"], df["after"] == df["label"]
+        better, worse = int((now & ~was).sum()), int((was & ~now).sum())
+        return better, worse, mcnemar_exact(worse, better)
+
     per_class = []
     for label, grp in kept.groupby("label"):
+        b, w, p = changed(grp)
         per_class.append({"label": label, "n": len(grp), "before_acc": float((grp["before"] == label).mean()),
-                          "after_acc": float((grp["after"] == label).mean())})
+                          "after_acc": float((grp["after"] == label).mean()), "better": b, "worse": w, "p_value": p})
+    better, worse, p = changed(kept)
+    n_suggested, n_flagged = _label_sources(manifest, name, set(kept["image_id"].astype(str)))
     return Comparison(
         before_run=before_run, after_run=after_run, n_valid=len(kept),
         before_error=float((kept["before"] != kept["label"]).mean()),
         after_error=float((kept["after"] != kept["label"]).mean()), per_class=per_class,
         n_current_valid=n_current, left_out=left_out, classes_differ=differ,
+        better=better, worse=worse, p_value=p, n_suggested=n_suggested, n_flagged=n_flagged,
     )
+
+
+def _label_sources(manifest: Manifest, name: str, ids: set[str]) -> tuple[int, int]:
+    """Of the images ``ids``: how many have a label that stands from an accepted suggestion (a model's relabel, no
+    person's decision since), and how many the latest mislabel run flags as label issues with no decision standing."""
+    from dsbuild.decisions import standing_decisions
+
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        standing = standing_decisions(cat.label_history(name))
+        flags = cat.latest_issues(name, image_ids=sorted(ids))
+    suggested = sum(1 for i in ids if i in standing and not standing[i].by_person and standing[i].action == "relabel")
+    flagged = set(flags.loc[flags["kind"] == "label", "image_id"].astype(str)) if not flags.empty else set()
+    return suggested, len({i for i in flagged if i not in standing})
 
 
 def _model_classes(model_dir: Path, run) -> list[str]:

@@ -424,3 +424,25 @@ def test_a_decision_a_build_carried_over_from_a_person_stays_the_persons(built: 
     assert code == 0, err
     assert state(project, new_kept) == ("sept", "ok") and state(project, relabelled) == ("sept", "ok")
     assert "skipped 2 images whose standing decision is a person's" in out, out
+
+
+def test_retrain_counts_the_valid_labels_a_suggestion_wrote_and_the_flags_nobody_reviewed(project: Path, tmp_path: Path,
+                                                                                          capsys) -> None:
+    """What retrain's comparison tells about its reference labels (trial 7): valid labels written by an accepted
+    suggestion (not by a person, and not one a person confirmed since) and valid flags nobody has reviewed."""
+    import dsbuild
+    from dsbuild.cycle import _label_sources
+
+    flags = confident(project)
+    confirmed = flags[0][0]
+    assert review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)[0] == 0
+    # A person confirms one accepted relabel: that label is a person's now.
+    assert review(project, capsys, "--decisions", str(decisions_file(tmp_path, f"{confirmed},keep,,")))[0] == 0
+    # Every accepted image (the counts do not depend on the split; the digits' valid split holds no flag left).
+    valid = {r[0] for r in sql(project, "SELECT image_id FROM images WHERE dataset = 'digits' AND status = 'ok'")}
+    accepted = {r[0] for r in sql(project, "SELECT image_id FROM label_history WHERE source LIKE 'review:suggestions%'")}
+    flagged = {r[0] for r in sql(project, "SELECT image_id FROM label_issues WHERE dataset = 'digits' AND kind = 'label'")}
+    want_suggested = len((accepted - {confirmed}) & valid)
+    want_flagged = len((flagged - accepted - {confirmed}) & valid)
+    assert want_suggested and want_flagged, "the scenario: images of both kinds"
+    assert _label_sources(dsbuild.load_manifest(project), "digits", valid) == (want_suggested, want_flagged)
