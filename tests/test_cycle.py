@@ -698,3 +698,25 @@ def test_the_retrain_comparison_says_how_sure_it_is_and_what_its_labels_are(caps
         "8 of the 100 labels compared were written by an accepted suggestion (a model's, not a person's); 12 are "
         "flagged by the latest mislabel run and not reviewed: the error rates are against these labels, not against "
         "the truth"], out
+
+
+@pytest.mark.slow
+def test_retrain_after_accepted_suggestions_says_a_model_wrote_some_of_its_labels(project, trained, tmp_path: Path,
+                                                                                 capsys) -> None:
+    """Trial 7, end to end: mislabels → accept its suggestions → retrain. The comparison's valid labels are partly the
+    suggestions' (a model's): it counts them, and gives the McNemar p of the overall difference."""
+    manifest = _clone(project, tmp_path / "project")
+    assert run_cli(capsys, manifest, "-q", "mislabels", "digits")[0] == 0
+    code, out, err = run_cli(capsys, manifest, "review", "digits", "--accept-suggestions", "--min-confidence", "0.5")
+    assert code == 0 and "applied" in out, err
+    written = sql(manifest, "select count(*) from images where dataset = 'digits' and status = 'ok' and split = 'valid' "
+                            "and image_id in (select image_id from label_history where source like 'review:suggestions%')")[0][0]
+    assert written > 0, "the scenario: a valid label written by a suggestion"
+    code, out, err = run_cli(capsys, manifest, "retrain", "digits")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    n = int(re.search(r"on the same (\d+) valid images", flat).group(1))
+    assert re.search(r"the two models disagree on \d+ of \d+ images: \d+ now right, \d+ now wrong; exact McNemar p = "
+                     r"[01]\.\d\d: (not evidence of a change either way|evidence of a gain|evidence of a loss)", flat), flat
+    assert (f"{written} of the {n} labels compared were written by an accepted suggestion (a model's, not a person's)"
+            in flat), flat
