@@ -575,7 +575,7 @@ class ReviewSummary:
 def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | Iterable[Decision] | None" = None,
                    accept_suggestions: bool = False, min_confidence: float = 0.9, overrule_people: bool = False,
                    source: str | None = None, on_commit: "Callable[[Catalog], Any] | None" = None,
-                   catalog: "Catalog | None" = None) -> ReviewSummary:
+                   catalog: "Catalog | None" = None, bulk_accept: bool = False) -> ReviewSummary:
     """Apply review decisions as append-only label events; all or nothing.
 
     ``decisions``: a decisions CSV file (:func:`dsbuild.decisions.parse_decisions`) or any
@@ -593,7 +593,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     closes (a review app reads the images' new states without opening the file again).
     ``catalog``: apply on this open read-write catalog, whose opener holds the writers' lock
     (a review app's :class:`~dsbuild.catalog.held.HeldCatalog`); by default the catalog is
-    opened, locked and closed here.
+    opened, locked and closed here. ``bulk_accept``: the given ``decisions`` take suggestions for many images at
+    once (the review app's grid selection + Enter): as ``--accept-suggestions``, those on images whose standing
+    decision is a person's are skipped (:data:`PERSON_DECIDED_BULK`); one card's Enter is a person's own decision.
     """
     from dsbuild.decisions import (REVIEWABLE, check_decisions, label_list, parse_decisions, plan_events,
                                    standing_decisions, suggested_decisions)
@@ -624,6 +626,12 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         run = cat.latest_mislabel_run(name)
         run_row = cat.run_row(run) if run is not None else None
         run_at = (run_row or {}).get("started_at")
+        if given and bulk_accept:
+            people = person_decided(cat, name, ids)
+            n_before = len(decisions)
+            decisions = [d for d in decisions if str(d.image_id) not in people]
+            if len(decisions) < n_before:
+                skipped[PERSON_DECIDED_BULK] = n_before - len(decisions)
         if given:
             classes = dataset_classes(cat, ds)
             unknown = any(getattr(d, "new_label", None) not in (None, *classes) for d in decisions)
@@ -734,6 +742,37 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
 PERSON_DECIDED = ("whose standing decision is a person's (a decisions file or the review app, or carried over from one "
                   "by a build): a suggestion does not overrule a person — add --overrule-people to include them")
 """The skip reason of ``review --accept-suggestions`` for images whose standing decision is a person's."""
+
+PERSON_DECIDED_BULK = ("whose standing decision is a person's: accepting the suggestions of a selection does not "
+                       "overrule a person — focus one of them and press Enter to change it")
+"""The skip reason of the review app's bulk accept (grid selection + Enter) for images a person decided."""
+
+
+def person_decided(cat: Catalog, name: str, ids: "Iterable[str] | None") -> set[str]:
+    """The images among ``ids`` (all when None) whose standing decision is a person's
+    (:func:`dsbuild.decisions.standing_decisions`), reading the history of the items a build carried it from too."""
+    import re
+
+    import pandas as pd
+
+    from dsbuild.decisions import standing_decisions
+
+    if ids is None:
+        history = cat.label_history(name)
+    else:
+        ids = sorted(set(map(str, ids)))
+        history = cat.label_history(name, image_ids=ids)
+        loaded = set(ids)
+        for _ in range(20):  # a class renamed twice: the carry-over of a carry-over
+            notes = history.loc[history["source"].astype(str).str.startswith("build:"), "note"].dropna().astype(str)
+            olds = {m.group(1) for m in (re.match(r"^carried over from (\S+) \(", n) for n in notes) if m} - loaded
+            if not olds:
+                break
+            loaded |= olds
+            history = pd.concat([history, cat.label_history(name, image_ids=sorted(olds))], ignore_index=True)
+    wanted = None if ids is None else set(ids)
+    return {i for i, d in standing_decisions(history).items() if d.by_person and (wanted is None or i in wanted)}
+
 
 UNDO_AGAIN = ("whose undo this file applied on an earlier run (an undo row applies once per file; to undo further, "
               "use another file or u in the review app)")
