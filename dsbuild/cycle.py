@@ -604,6 +604,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     ds = manifest.dataset(name)
     if (decisions is None) == (not accept_suggestions):
         raise DsbuildError("give either --decisions FILE.csv or --accept-suggestions", exit_code=2)
+    if overrule_people and not accept_suggestions:
+        raise DsbuildError("--overrule-people goes with --accept-suggestions (a decisions file is a person's own: it "
+                           "applies as written)", exit_code=2)
     # Decision objects name their images: only those images' rows, events and flags are read (a review app
     # applies one decision per key press on a large catalog). A file may name images by path: read them all.
     given = decisions is not None and not isinstance(decisions, (str, os.PathLike))
@@ -751,11 +754,9 @@ PERSON_DECIDED_BULK = ("whose standing decision is a person's: accepting the sug
 def person_decided(cat: Catalog, name: str, ids: "Iterable[str] | None") -> set[str]:
     """The images among ``ids`` (all when None) whose standing decision is a person's
     (:func:`dsbuild.decisions.standing_decisions`), reading the history of the items a build carried it from too."""
-    import re
-
     import pandas as pd
 
-    from dsbuild.decisions import standing_decisions
+    from dsbuild.decisions import CARRIED_NOTE, standing_decisions
 
     if ids is None:
         history = cat.label_history(name)
@@ -765,7 +766,7 @@ def person_decided(cat: Catalog, name: str, ids: "Iterable[str] | None") -> set[
         loaded = set(ids)
         for _ in range(20):  # a class renamed twice: the carry-over of a carry-over
             notes = history.loc[history["source"].astype(str).str.startswith("build:"), "note"].dropna().astype(str)
-            olds = {m.group(1) for m in (re.match(r"^carried over from (\S+) \(", n) for n in notes) if m} - loaded
+            olds = {m.group(1) for m in map(CARRIED_NOTE.match, notes) if m} - loaded
             if not olds:
                 break
             loaded |= olds

@@ -949,7 +949,8 @@ SUGGESTION_SOURCE = "review:suggestions"
 BUILD_SOURCE = "build:"
 """The ``label_events.source`` prefix of a build's carry-over (``build:<id>``): it carries a decision, it makes none."""
 
-_CARRIED = re.compile(r"^carried over from (\S+) \(")
+CARRIED_NOTE = re.compile(r"^carried over from (\S+) \(")
+"""The note of a decision a build carried over (:func:`carried_events`); group 1: the item it was carried from."""
 
 _PAST = {"relabel": "relabelled", "keep": "kept", "remove": "removed"}
 
@@ -1002,7 +1003,7 @@ def standing_decisions(history: "pandas.DataFrame | None") -> dict[str, Standing
             source = str(ev["source"])
             if not source.startswith(BUILD_SOURCE):
                 return Standing(str(ev["action"]), source, ev["changed_at"], not source.startswith(SUGGESTION_SOURCE))
-            m = _CARRIED.match(_text(ev["note"]) or "")
+            m = CARRIED_NOTE.match(_text(ev["note"]) or "")
             if m:
                 old = m.group(1)
                 if old in seen or depth > 50:

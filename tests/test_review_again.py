@@ -166,6 +166,8 @@ def test_accept_suggestions_after_a_new_run_leaves_what_a_person_decided_before_
     assert out.strip() == (f"applied 2 decisions to 'digits' (relabel 2) from review:suggestions@{MIN_CONFIDENCE}; "
                            f"skipped {n} image{'s' if n != 1 else ''} reviewed since the mislabel run"), out
     assert state(project, kept) == (again[kept][2], "ok") and state(project, relabelled) == (again[relabelled][2], "ok")
+    code, out, err = review(project, capsys, "--decisions", str(path), "--overrule-people")
+    assert code == 2 and "--overrule-people goes with --accept-suggestions" in err, (out, err)
 
 
 # --------------------------------------------------------------------------- a decisions file run again
