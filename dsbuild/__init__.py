@@ -108,17 +108,17 @@ def find_issues(manifest: "Manifest", dataset: str, *, progress: Any = None):
 
 
 def review(manifest: "Manifest", dataset: str, *, decisions: Any = None, accept_suggestions: bool = False,
-           min_confidence: float = 0.9):
+           min_confidence: float = 0.9, overrule_people: bool = False):
     """Apply review decisions as append-only label events, all or nothing.
 
     ``decisions``: a decisions CSV path, or any iterable of :class:`dsbuild.decisions.Decision`;
     or ``accept_suggestions=True`` to relabel the latest run's suggestions at ``min_confidence``
-    or above. Returns a :class:`dsbuild.cycle.ReviewSummary`.
+    or above (images whose standing decision is a person's are skipped unless ``overrule_people``). Returns a :class:`dsbuild.cycle.ReviewSummary`.
     """
     from dsbuild.cycle import review_dataset
 
     return review_dataset(manifest, dataset, decisions=decisions, accept_suggestions=accept_suggestions,
-                          min_confidence=min_confidence)
+                          min_confidence=min_confidence, overrule_people=overrule_people)
 
 
 def export(manifest: "Manifest", dataset: str, out: str | Path, *, fmt: str = "imagefolder"):

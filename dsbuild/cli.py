@@ -215,7 +215,9 @@ def cmd_mislabels(args) -> int:
         make_console(stderr=True).print(f"showing mislabel run {found[0]} (labels, images and settings unchanged since; "
                                         "--rerun to score again)", markup=False)
     run_id, issues = found or find_issues(manifest, args.dataset, progress=_model_progress(args))
-    from dsbuild.cycle import run_trust, trust_line
+    from dsbuild.cycle import reviewed_note, run_trust, trust_line, with_reviewed
+
+    issues = with_reviewed(manifest, args.dataset, issues)
 
     make_console(stderr=True).print(trust_line(run_trust(manifest, run_id)), markup=False, highlight=False)
     if args.format == "html":
@@ -230,7 +232,8 @@ def cmd_mislabels(args) -> int:
     view = issues[[c for c in REPORT_COLUMNS if c in issues]]
     if args.format == "table" and not args.out:
         view = readable_probabilities(view[list(REPORT_TABLE_COLUMNS)])
-    _emit(view, args, title=f"{counted(len(issues), 'likely label problem')} in '{args.dataset}' (run {run_id})")
+    _emit(view, args, title=f"{counted(len(issues), 'likely label problem')} in '{args.dataset}' (run {run_id})"
+                            + reviewed_note(issues))
     return 0
 
 
@@ -239,7 +242,8 @@ def cmd_review(args) -> int:
 
     manifest = _load(args)
     summary = review_dataset(manifest, args.dataset, decisions=Path(args.decisions) if args.decisions else None,
-                             accept_suggestions=args.accept_suggestions, min_confidence=args.min_confidence)
+                             accept_suggestions=args.accept_suggestions, min_confidence=args.min_confidence,
+                             overrule_people=args.overrule_people)
     actions = ", ".join(f"{k} {v}" for k, v in sorted(summary.by_action.items())) or "nothing to apply"
     tail = [f"{summary.already_applied} already applied"] if summary.already_applied else []
     tail += [f"skipped {counted(n, 'image')} {why}" for why, n in summary.skipped.items()]
@@ -438,9 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV with a header row, image_id,action,new_label,note (or a path column instead of image_id); "
                         "action: relabel, remove, keep, undo. Rows already applied are skipped, so a file can be run again")
     g.add_argument("--accept-suggestions", action="store_true",
-                   help="relabel flagged images to the suggested label, except images decided about since the mislabel run")
+                   help="relabel flagged images to the suggested label, except images decided about since the mislabel run "
+                        "and images whose standing decision is a person's (a decisions file, the review app, or carried over from one)")
     p.add_argument("--min-confidence", type=float, default=0.9, metavar="X",
                    help="with --accept-suggestions: out-of-sample probability of the suggestion (default 0.9)")
+    p.add_argument("--overrule-people", action="store_true",
+                   help="with --accept-suggestions: also relabel images whose standing decision is a person's "
+                        "(skipped by default); decisions since the mislabel run are still skipped")
 
     p = add("retrain", cmd_retrain, "train again on the reviewed labels and compare with the last run")
     p.add_argument("dataset", metavar="DATASET")

@@ -513,6 +513,35 @@ def mislabel_report(manifest: Manifest, name: str, run_id: str, issues, out: Pat
     return written
 
 
+def with_reviewed(manifest: Manifest, name: str, issues):
+    """A copy of a mislabel run's ``issues`` whose ``reviewed`` column says the review decision that stands on each
+    flagged image now (:meth:`dsbuild.decisions.Standing.words`: ``relabelled by a person 2026-12-02``,
+    ``relabelled by suggestions@0.9 2026-12-02``; a decision a build carried over is its maker's), "" when none: a
+    new run flags reviewed images again (their labels are still scored), and the report says so."""
+    from dsbuild.decisions import standing_decisions
+
+    out = issues.copy()
+    if out.empty:
+        out["reviewed"] = []
+        return out
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        standing = standing_decisions(cat.label_history(name))
+    out["reviewed"] = [standing[str(i)].words() if str(i) in standing else "" for i in out["image_id"]]
+    return out
+
+
+def reviewed_note(issues) -> str:
+    """``; 23 of these were already reviewed (see the reviewed column)`` for a report's title, "" when none were."""
+    if "reviewed" not in issues or issues.empty:
+        return ""
+    n = int((issues["reviewed"].astype(str) != "").sum())
+    if not n:
+        return ""
+    people = int(issues["reviewed"].astype(str).str.contains(" by a person ").sum())
+    return (f"; {n} of these {'was' if n == 1 else 'were'} already reviewed ({people} by a person; "
+            "see the reviewed column)")
+
+
 def _reviewed_keep(cat: Catalog, name: str) -> dict[str, float]:
     """image_id → label quality when a reviewer last chose ``keep`` for it (and nothing since)."""
     rows = cat.kept_in_review(name)
@@ -545,16 +574,18 @@ class ReviewSummary:
 
 
 def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | Iterable[Decision] | None" = None,
-                   accept_suggestions: bool = False, min_confidence: float = 0.9,
+                   accept_suggestions: bool = False, min_confidence: float = 0.9, overrule_people: bool = False,
                    source: str | None = None, on_commit: "Callable[[Catalog], Any] | None" = None,
-                   catalog: "Catalog | None" = None) -> ReviewSummary:
+                   catalog: "Catalog | None" = None, bulk_accept: bool = False) -> ReviewSummary:
     """Apply review decisions as append-only label events; all or nothing.
 
     ``decisions``: a decisions CSV file (:func:`dsbuild.decisions.parse_decisions`) or any
     iterable of :class:`dsbuild.decisions.Decision` (a review app's choices; recorded with
     ``source``, default ``review:api``); or ``accept_suggestions`` at ``min_confidence``: every
     confident suggestion of the latest mislabel run except those for images someone decided
-    about since that run started (any label event: keep, remove, relabel, undo), which are
+    about since that run started (any label event: keep, remove, relabel, undo) and those whose
+    standing decision is a person's, however old (:func:`dsbuild.decisions.standing_decisions`: a decisions file,
+    the review app, or carried over from one by a build; :data:`PERSON_DECIDED`) unless ``overrule_people``, which are
     skipped and counted, as are suggestions to a label that is not a class of the dataset now
     (renamed, merged or removed since the run: ``notes`` then says the run scored other classes).
     A decision that already stands (a decisions file run again) writes no
@@ -563,15 +594,20 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     closes (a review app reads the images' new states without opening the file again).
     ``catalog``: apply on this open read-write catalog, whose opener holds the writers' lock
     (a review app's :class:`~dsbuild.catalog.held.HeldCatalog`); by default the catalog is
-    opened, locked and closed here.
+    opened, locked and closed here. ``bulk_accept``: the given ``decisions`` take suggestions for many images at
+    once (the review app's grid selection + Enter): as ``--accept-suggestions``, those on images whose standing
+    decision is a person's are skipped (:data:`PERSON_DECIDED_BULK`); one card's Enter is a person's own decision.
     """
     from dsbuild.decisions import (REVIEWABLE, check_decisions, label_list, parse_decisions, plan_events,
-                                   suggested_decisions)
+                                   standing_decisions, suggested_decisions)
     from dsbuild.dedup.reviewed import regroup_reviewed
 
     ds = manifest.dataset(name)
     if (decisions is None) == (not accept_suggestions):
         raise DsbuildError("give either --decisions FILE.csv or --accept-suggestions", exit_code=2)
+    if overrule_people and not accept_suggestions:
+        raise DsbuildError("--overrule-people goes with --accept-suggestions (a decisions file is a person's own: it "
+                           "applies as written)", exit_code=2)
     # Decision objects name their images: only those images' rows, events and flags are read (a review app
     # applies one decision per key press on a large catalog). A file may name images by path: read them all.
     given = decisions is not None and not isinstance(decisions, (str, os.PathLike))
@@ -594,6 +630,12 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         run = cat.latest_mislabel_run(name)
         run_row = cat.run_row(run) if run is not None else None
         run_at = (run_row or {}).get("started_at")
+        if given and bulk_accept:
+            people = person_decided(cat, name, ids)
+            n_before = len(decisions)
+            decisions = [d for d in decisions if str(d.image_id) not in people]
+            if len(decisions) < n_before:
+                skipped[PERSON_DECIDED_BULK] = n_before - len(decisions)
         if given:
             classes = dataset_classes(cat, ds)
             unknown = any(getattr(d, "new_label", None) not in (None, *classes) for d in decisions)
@@ -632,8 +674,15 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             else:
                 recent = history[(history["changed_at"] >= run_at) & ~history["source"].astype(str).str.startswith("build:")]
                 since = {now.moved.get(i, i) for i in recent["image_id"].astype(str)}
+            # An image whose standing decision is a person's (a decisions file, the review app, or one a build carried
+            # over from those) keeps it, however old: a suggestion is a machine's and does not overrule a person
+            # (unless asked: overrule_people). Decisions since the run are skipped either way.
+            people = set() if overrule_people else {
+                now.moved.get(i, i) for i, d in standing_decisions(history).items() if d.by_person}
             chosen, reviewed = suggested_decisions(issues[issues["kind"] == "label"], min_confidence=min_confidence,
-                                                   reviewed=since)
+                                                   reviewed=since | people)
+            by_person = [i for i in reviewed if i in people and i not in since]  # since the run: said so, as before
+            reviewed = [i for i in reviewed if i not in by_person]
             # A build since the run may have rejected or failed a flagged image, or set it aside with its source
             # (its picture under no class now): nothing a person can fix here.
             from dsbuild.sources import SOURCE_REMOVED
@@ -656,6 +705,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
                        f"suggesting an unknown label '{label}' (labels of this dataset: {label_list(labels)})")
                 unknown[why] = unknown.get(why, 0) + 1
             skipped.update({k: n for k, n in (
+                (PERSON_DECIDED, len(by_person)),
                 ("reviewed since the mislabel run", len(reviewed)),
                 ("set aside by a build since the run (source removed), their picture under no class now", len(removed)),
                 ("not ok or duplicate now", len(out) - len(removed)), *unknown.items()) if n})
@@ -693,6 +743,39 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
     return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
                          already_applied=already, skipped=skipped, notes=tuple(notes))
+
+
+PERSON_DECIDED = ("whose standing decision is a person's (a decisions file or the review app, or carried over from one "
+                  "by a build): a suggestion does not overrule a person — add --overrule-people to include them")
+"""The skip reason of ``review --accept-suggestions`` for images whose standing decision is a person's."""
+
+PERSON_DECIDED_BULK = ("whose standing decision is a person's: accepting the suggestions of a selection does not "
+                       "overrule a person — focus one of them and press Enter to change it")
+"""The skip reason of the review app's bulk accept (grid selection + Enter) for images a person decided."""
+
+
+def person_decided(cat: Catalog, name: str, ids: "Iterable[str] | None") -> set[str]:
+    """The images among ``ids`` (all when None) whose standing decision is a person's
+    (:func:`dsbuild.decisions.standing_decisions`), reading the history of the items a build carried it from too."""
+    import pandas as pd
+
+    from dsbuild.decisions import CARRIED_NOTE, standing_decisions
+
+    if ids is None:
+        history = cat.label_history(name)
+    else:
+        ids = sorted(set(map(str, ids)))
+        history = cat.label_history(name, image_ids=ids)
+        loaded = set(ids)
+        for _ in range(20):  # a class renamed twice: the carry-over of a carry-over
+            notes = history.loc[history["source"].astype(str).str.startswith("build:"), "note"].dropna().astype(str)
+            olds = {m.group(1) for m in map(CARRIED_NOTE.match, notes) if m} - loaded
+            if not olds:
+                break
+            loaded |= olds
+            history = pd.concat([history, cat.label_history(name, image_ids=sorted(olds))], ignore_index=True)
+    wanted = None if ids is None else set(ids)
+    return {i for i, d in standing_decisions(history).items() if d.by_person and (wanted is None or i in wanted)}
 
 
 UNDO_AGAIN = ("whose undo this file applied on an earlier run (an undo row applies once per file; to undo further, "
@@ -818,6 +901,11 @@ class Comparison:
     ``per_class``: one dict per label: label, n, before_acc, after_acc (fractions 0..1).
     ``classes_differ``: the two models' classes when they are not the same set (a class renamed, merged,
     split, added or removed between the runs), else None.
+    ``better`` / ``worse``: compared images the new model gets right and the old one wrong / the other way
+    (against the current labels); ``p_value``: the exact McNemar p of that difference (:func:`dsbuild.stats.mcnemar_exact`);
+    per class, ``better``, ``worse`` and ``p_value`` too. The labels themselves: ``n_suggested`` compared images
+    whose label stands from an accepted suggestion (a model wrote it, no person: :func:`dsbuild.decisions.standing_decisions`);
+    ``n_flagged``: compared images the latest mislabel run flags as label issues and nobody has reviewed.
     """
 
     before_run: str
@@ -830,6 +918,11 @@ class Comparison:
     left_out: str | None = None
     refused: str | None = None
     classes_differ: str | None = None
+    better: int = 0
+    worse: int = 0
+    p_value: float | None = None
+    n_suggested: int = 0
+    n_flagged: int = 0
 
 
 def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[RunReport, Comparison | None]:
@@ -906,16 +999,40 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
         left_out += f": compared on the other {len(kept)}"
     kept = kept.assign(before=_valid_labels(manifest, Path(prev["model_path"]).parent, kept),
                        after=_valid_labels(manifest, Path(report.result.model_path).parent, kept))
+    from dsbuild.stats import mcnemar_exact
+
+    def changed(df) -> tuple[int, int, float]:
+        was, now = df["before"] == df["label"], df["after"] == df["label"]
+        better, worse = int((now & ~was).sum()), int((was & ~now).sum())
+        return better, worse, mcnemar_exact(worse, better)
+
     per_class = []
     for label, grp in kept.groupby("label"):
+        b, w, p = changed(grp)
         per_class.append({"label": label, "n": len(grp), "before_acc": float((grp["before"] == label).mean()),
-                          "after_acc": float((grp["after"] == label).mean())})
+                          "after_acc": float((grp["after"] == label).mean()), "better": b, "worse": w, "p_value": p})
+    better, worse, p = changed(kept)
+    n_suggested, n_flagged = _label_sources(manifest, name, set(kept["image_id"].astype(str)))
     return Comparison(
         before_run=before_run, after_run=after_run, n_valid=len(kept),
         before_error=float((kept["before"] != kept["label"]).mean()),
         after_error=float((kept["after"] != kept["label"]).mean()), per_class=per_class,
         n_current_valid=n_current, left_out=left_out, classes_differ=differ,
+        better=better, worse=worse, p_value=p, n_suggested=n_suggested, n_flagged=n_flagged,
     )
+
+
+def _label_sources(manifest: Manifest, name: str, ids: set[str]) -> tuple[int, int]:
+    """Of the images ``ids``: how many have a label that stands from an accepted suggestion (a model's relabel, no
+    person's decision since), and how many the latest mislabel run flags as label issues with no decision standing."""
+    from dsbuild.decisions import standing_decisions
+
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        standing = standing_decisions(cat.label_history(name))
+        flags = cat.latest_issues(name, image_ids=sorted(ids))
+    suggested = sum(1 for i in ids if i in standing and not standing[i].by_person and standing[i].action == "relabel")
+    flagged = set(flags.loc[flags["kind"] == "label", "image_id"].astype(str)) if not flags.empty else set()
+    return suggested, len({i for i in flagged if i not in standing})
 
 
 def _model_classes(model_dir: Path, run) -> list[str]:

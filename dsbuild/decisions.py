@@ -102,8 +102,10 @@ takes the old item's standing decisions (:func:`carried_events`; source ``build:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -937,3 +939,81 @@ def _describe_event(ev: dict) -> str:
     if ev["action"] == "relabel":
         return f"relabel {ev['old_label']} → {ev['new_label']}"
     return str(ev["action"])
+
+
+# --------------------------------------------------------------------------- who decided
+
+SUGGESTION_SOURCE = "review:suggestions"
+"""The ``label_events.source`` prefix of ``review --accept-suggestions`` (``review:suggestions@0.9``): a machine's decision."""
+
+BUILD_SOURCE = "build:"
+"""The ``label_events.source`` prefix of a build's carry-over (``build:<id>``): it carries a decision, it makes none."""
+
+CARRIED_NOTE = re.compile(r"^carried over from (\S+) \(")
+"""The note of a decision a build carried over (:func:`carried_events`); group 1: the item it was carried from."""
+
+_PAST = {"relabel": "relabelled", "keep": "kept", "remove": "removed"}
+
+
+@dataclass(frozen=True)
+class Standing:
+    """The review decision that stands on an image (the top of its undo stack), traced through a build's carry-over
+    to the event that made it: ``action`` (relabel, keep, remove; a relabel under a later keep reads as the keep),
+    ``source`` of the deciding event, ``at`` when it was made, ``by_person``: made by a person (a decisions file,
+    the review app, ``review:api``), not by ``--accept-suggestions``."""
+
+    action: str
+    source: str
+    at: Any
+    by_person: bool
+
+    def words(self) -> str:
+        """``relabelled by a person 2026-12-02`` / ``kept by suggestions@0.9 2026-12-02`` (the report's ``reviewed``)."""
+        who = "a person" if self.by_person else self.source.removeprefix("review:")
+        day = str(self.at)[:10] if self.at is not None else ""
+        return f"{_PAST.get(self.action, self.action)} by {who} {day}".rstrip()
+
+
+def standing_decisions(history: "pandas.DataFrame | None") -> dict[str, Standing]:
+    """image_id → the :class:`Standing` decision of every image of ``history`` (``label_events`` rows of a dataset,
+    with ``source`` and ``note``; include the items set aside by builds, whose decisions were carried) that has one.
+
+    Sources: ``review:suggestions@X`` is a machine's; a build's event (``build:<id>``) is not a decision: one
+    noted ``carried over from <old id> (…)`` stands for the old item's standing decision (followed, a class renamed
+    twice goes back twice), any other (a relabel following a renamed class) for the decision under it on the same
+    image; every other source (``review:<file>``, ``review:api``, ``ui``) is a person's.
+    """
+    if history is None or len(history) == 0:
+        return {}
+    hist = history.sort_values("event_id", kind="stable") if "event_id" in history.columns else history
+    stacks: dict[str, list[dict]] = {}
+    for rec in hist[["image_id", "action", "source", "note", "changed_at"]].to_dict("records"):
+        stack = stacks.setdefault(str(rec["image_id"]), [])
+        if rec["action"] == "undo":
+            if stack:
+                stack.pop()
+        else:
+            stack.append(rec)
+    out: dict[str, Standing] = {}
+
+    def trace(image_id: str, depth: int, seen: frozenset) -> Standing | None:
+        stack = stacks.get(image_id) or []
+        for i in range(len(stack) - 1, -1, -1):
+            ev = stack[i]
+            source = str(ev["source"])
+            if not source.startswith(BUILD_SOURCE):
+                return Standing(str(ev["action"]), source, ev["changed_at"], not source.startswith(SUGGESTION_SOURCE))
+            m = CARRIED_NOTE.match(_text(ev["note"]) or "")
+            if m:
+                old = m.group(1)
+                if old in seen or depth > 50:
+                    return None
+                return trace(old, depth + 1, seen | {old})
+            # a relabel following a renamed class: the decision under it on this image
+        return None
+
+    for image_id, stack in stacks.items():
+        found = trace(image_id, 0, frozenset({image_id})) if stack else None
+        if found is not None:  # the action that stands is the top one's (a carried keep over a carried relabel)
+            out[image_id] = dataclasses.replace(found, action=str(stack[-1]["action"]))
+    return out

@@ -47,10 +47,12 @@ LABEL_ISSUE_COLUMNS = ("dataset", "image_id", "path", "origin", "given_label", "
                        "outlier_score", "is_label_issue")
 """Columns of the ``label_issues`` / ``label_issues_all`` views, in order (schema 4 added the last two)."""
 REPORT_COLUMNS = ("dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
-                  "run_id", "kind", "suggested_confidence")
-"""What ``dsbuild mislabels --format csv|json`` writes: a report that is also a review decisions file."""
+                  "run_id", "kind", "suggested_confidence", "reviewed")
+"""What ``dsbuild mislabels --format csv|json`` writes: a report that is also a review decisions file. ``reviewed``: the
+decision that stands on the image now (``relabelled by a person 2026-12-02``), empty when none
+(:func:`dsbuild.cycle.with_reviewed`)."""
 REPORT_TABLE_COLUMNS = ("rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence",
-                        "kind", "origin")
+                        "kind", "reviewed", "origin")
 """What ``dsbuild mislabels`` shows on the terminal (``suggested_confidence``: what ``--min-confidence`` filters on)."""
 
 

@@ -670,3 +670,53 @@ def test_ctrl_c_during_train_says_what_was_kept_and_how_to_go_on(project, traine
     assert code == 0, err
     assert sql(manifest, "select status, count(*) from runs where kind = 'train' group by all order by 1") == [
         ("interrupted", 1), ("ok", 2)]
+
+
+def test_the_retrain_comparison_says_how_sure_it_is_and_what_its_labels_are(capsys) -> None:
+    """Trial 7: retrain's per-class "change" columns came with no uncertainty, on labels partly written by a model
+    (accepted suggestions) and partly flagged and unreviewed, without saying so."""
+    from dsbuild.cycle import Comparison
+    from dsbuild.render.console import print_comparison
+    from dsbuild.stats import mcnemar_exact
+
+    c = Comparison("a-train-1", "a-retrain-2", 100, 0.29, 0.26, [
+        {"label": "cat", "n": 40, "before_acc": 0.70, "after_acc": 0.80, "better": 5, "worse": 1,
+         "p_value": mcnemar_exact(1, 5)},
+        {"label": "dog", "n": 60, "before_acc": 0.5, "after_acc": 0.9, "better": 24, "worse": 0,
+         "p_value": mcnemar_exact(0, 24)}],
+        n_current_valid=100, better=29, worse=26, p_value=mcnemar_exact(26, 29), n_suggested=8, n_flagged=12)
+    capsys.readouterr()
+    print_comparison(c)
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line.split("│")[5].strip() for line in out.splitlines() if line.count("│") >= 6}
+    assert rows["cat"] == "+10.0% *" and rows["dog"] == "+40.0%", rows  # p = 0.22 marked; p < 0.001 not
+    lines = [" ".join(line.split()) for line in out.splitlines() if "│" not in line and line.strip()]
+    assert lines[-3:] == [
+        f"the two models disagree on 55 of 100 images: 29 now right, 26 now wrong; exact McNemar p = "
+        f"{mcnemar_exact(26, 29):.2f}: not evidence of a change either way",
+        "* rests on few images: not evidence of a change in that class by itself (exact McNemar p ≥ 0.05)",
+        "8 of the 100 labels compared were written by an accepted suggestion (a model's, not a person's); 12 are "
+        "flagged by the latest mislabel run and not reviewed: the error rates are against these labels, not against "
+        "the truth"], out
+
+
+@pytest.mark.slow
+def test_retrain_after_accepted_suggestions_says_a_model_wrote_some_of_its_labels(project, trained, tmp_path: Path,
+                                                                                 capsys) -> None:
+    """Trial 7, end to end: mislabels → accept its suggestions → retrain. The comparison's valid labels are partly the
+    suggestions' (a model's): it counts them, and gives the McNemar p of the overall difference."""
+    manifest = _clone(project, tmp_path / "project")
+    assert run_cli(capsys, manifest, "-q", "mislabels", "digits")[0] == 0
+    code, out, err = run_cli(capsys, manifest, "review", "digits", "--accept-suggestions", "--min-confidence", "0.5")
+    assert code == 0 and "applied" in out, err
+    written = sql(manifest, "select count(*) from images where dataset = 'digits' and status = 'ok' and split = 'valid' "
+                            "and image_id in (select image_id from label_history where source like 'review:suggestions%')")[0][0]
+    assert written > 0, "the scenario: a valid label written by a suggestion"
+    code, out, err = run_cli(capsys, manifest, "retrain", "digits")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    n = int(re.search(r"on the same (\d+) valid images", flat).group(1))
+    assert re.search(r"the two models disagree on \d+ of \d+ images: \d+ now right, \d+ now wrong; exact McNemar p = "
+                     r"[01]\.\d\d: (not evidence of a change either way|evidence of a gain|evidence of a loss)", flat), flat
+    assert (f"{written} of the {n} labels compared were written by an accepted suggestion (a model's, not a person's)"
+            in flat), flat

@@ -268,6 +268,15 @@ def test_mislabel_html_is_self_contained_escaped_and_complete(tmp_path, photos):
     assert "now: person" in joined  # relabelled since the run
 
 
+def test_mislabel_html_says_which_flags_were_reviewed_already(tmp_path, photos):
+    issues = issues_frame(photos).assign(reviewed=["relabelled by a person 2026-12-02", "", "kept by suggestions@0.9 2026-12-01",
+                                                   "", ""])
+    text, page = parse(mislabel_html(issues, dataset="demo", out=tmp_path / "r.html", run={"run_id": "r"}))
+    joined = " ".join("".join(page.text).split())
+    assert "already reviewed" in joined and "2 of 5 flagged images (1 by a person)" in joined, joined
+    assert "reviewed: relabelled by a person 2026-12-02" in joined and "reviewed: kept by suggestions@0.9 2026-12-01" in joined
+
+
 def test_mislabel_html_with_no_issues_and_minimal_columns(tmp_path):
     out = mislabel_html(pd.DataFrame(columns=["image_id", "given_label", "suggested_label"]), dataset="demo",
                         run={"run_id": "r"}, out=tmp_path / "empty.html")

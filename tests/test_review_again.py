@@ -15,7 +15,7 @@ import pytest
 from helpers import sql
 
 from dsbuild.cli import main
-from ui_data import make_project, record_mislabel_run
+from ui_data import make_project, mark_fresh, record_mislabel_run
 
 MIN_CONFIDENCE = "0.6"  # the logistic regression's suggestions on these digits reach 0.65–0.87
 
@@ -117,6 +117,57 @@ def test_a_decision_made_before_the_latest_run_does_not_hide_its_new_suggestion(
     code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
     assert code == 0, err
     assert state(project, image_id) == (again[image_id][2], "ok") and "skipped" not in out, out
+
+
+def test_accept_suggestions_after_a_new_run_leaves_what_a_person_decided_before_it(project: Path, tmp_path: Path,
+                                                                                  capsys) -> None:
+    """Trial 7: review → `mislabels` again → accept. The new run flags images a person had kept or relabelled
+    (before it started); the accept relabelled them to the model's suggestion. A person's standing decision is
+    not overruled by a machine's, however old: skipped and counted, unless --overrule-people."""
+    flags = confident(project)
+    (kept, given_k, _), (relabelled, given_r, suggested_r) = flags[0], flags[1]
+    other = next(lab for lab in ("zero", "one", "seven") if lab not in (given_r, suggested_r))
+    path = decisions_file(tmp_path, f"{kept},keep,,a true {given_k}", f"{relabelled},relabel,{other},a true {other}")
+    assert review(project, capsys, "--decisions", str(path))[0] == 0
+    run_id = record_mislabel_run(project)  # the person's decisions predate this run
+    again = {r[0]: r for r in confident(project)}
+    assert kept in again and relabelled in again, "the new run flags both again (the model still disagrees)"
+    # The report says which flags were reviewed already, and by whom (`mislabels` shows this run: nothing changed).
+    mark_fresh(project, run_id)
+    capsys.readouterr()
+    assert main(["-m", str(project), "mislabels", "digits", "--format", "csv", "--out", str(tmp_path / "r.csv")]) == 0
+    import csv
+
+    rows = {r["image_id"]: r for r in csv.DictReader(open(tmp_path / "r.csv"))}
+    day = sql(project, "SELECT CAST(max(changed_at) AS DATE) FROM label_history")[0][0]
+    assert rows[kept]["reviewed"] == f"kept by a person {day}" and rows[relabelled]["reviewed"] == f"relabelled by a person {day}"
+    assert {r["reviewed"] for i, r in rows.items() if i not in (kept, relabelled)} == {""}
+    assert {"label_quality", "suggested_confidence", "given_label", "suggested_label"} <= set(next(iter(rows.values())))
+    capsys.readouterr()
+    assert main(["-m", str(project), "mislabels", "digits"]) == 0
+    table = " ".join(capsys.readouterr().out.split())
+    assert (f"{len(rows)} likely label problems in 'digits' (run {run_id}); 2 of these were already reviewed "
+            "(2 by a person; see the reviewed column)") in table, table
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0, err
+    assert state(project, kept) == (given_k, "ok") and state(project, relabelled) == (other, "ok")
+    n = len(again) - 2
+    assert out.splitlines() == [
+        f"applied {n} decision{'s' if n != 1 else ''} to 'digits' (relabel {n}) from review:suggestions@{MIN_CONFIDENCE}; "
+        "skipped 2 images whose standing decision is a person's (a decisions file or the review app, or carried over "
+        "from one by a build): a suggestion does not overrule a person — add --overrule-people to include them"], out
+    for image_id, (_, _, suggested) in again.items():
+        if image_id not in (kept, relabelled):
+            assert state(project, image_id) == (suggested, "ok")
+    # An accepted suggestion is a machine's decision: the next run's accept may replace it; asked, it overrules people.
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE,
+                            "--overrule-people")
+    assert code == 0, err
+    assert out.strip() == (f"applied 2 decisions to 'digits' (relabel 2) from review:suggestions@{MIN_CONFIDENCE}; "
+                           f"skipped {n} image{'s' if n != 1 else ''} reviewed since the mislabel run"), out
+    assert state(project, kept) == (again[kept][2], "ok") and state(project, relabelled) == (again[relabelled][2], "ok")
+    code, out, err = review(project, capsys, "--decisions", str(path), "--overrule-people")
+    assert code == 2 and "--overrule-people goes with --accept-suggestions" in err, (out, err)
 
 
 # --------------------------------------------------------------------------- a decisions file run again
@@ -347,3 +398,53 @@ def test_accept_suggestions_after_a_class_was_removed_says_why_each_was_skipped(
         "run `dsbuild mislabels digits` again to score the current classes")
     for image_id, suggested in others:
         assert state(project, image_id) == (suggested, "ok")
+
+
+def test_a_decision_a_build_carried_over_from_a_person_stays_the_persons(built: Path, tmp_path: Path, capsys) -> None:
+    """Trial 7: a person's decisions, a class renamed (the build carries a keep to the picture's new item, and moves a
+    relabel to the old name onto the new one: both events of source ``build:<id>``), a new mislabel run, then accept:
+    those carried decisions are still the person's, and the accept skips them."""
+    import dsbuild
+
+    project = _linked_copy(built, tmp_path / "p")
+    flags = confident(project)
+    kept = next(i for i, given, s in flags if given == "seven")
+    relabelled = next(i for i, given, s in flags if given != "seven" and s != "seven")
+    path = decisions_file(tmp_path, f"{kept},keep,,a true seven", f"{relabelled},relabel,seven,a seven")
+    assert review(project, capsys, "--decisions", str(path))[0] == 0
+    text = project.read_text()
+    project.write_text(text.replace('seven = { folders = "data/seven" }', 'sept = { folders = "data/seven" }'))
+    dsbuild.build(dsbuild.load_manifest(project), ["digits"], workers=1)
+    new_kept = successor(project, kept)
+    assert state(project, new_kept) == ("sept", "ok") and state(project, relabelled) == ("sept", "ok")
+    assert sql(project, "SELECT count(*) FROM label_history WHERE source LIKE 'build:%' AND image_id IN (?, ?)",
+               [new_kept, relabelled]) == [(2,)]
+    record_mislabel_run(project)
+    again = {r[0]: r for r in confident(project)}
+    assert new_kept in again and relabelled in again, "the new run flags both again"
+    code, out, err = review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)
+    assert code == 0, err
+    assert state(project, new_kept) == ("sept", "ok") and state(project, relabelled) == ("sept", "ok")
+    assert "skipped 2 images whose standing decision is a person's" in out, out
+
+
+def test_retrain_counts_the_valid_labels_a_suggestion_wrote_and_the_flags_nobody_reviewed(project: Path, tmp_path: Path,
+                                                                                          capsys) -> None:
+    """What retrain's comparison tells about its reference labels (trial 7): valid labels written by an accepted
+    suggestion (not by a person, and not one a person confirmed since) and valid flags nobody has reviewed."""
+    import dsbuild
+    from dsbuild.cycle import _label_sources
+
+    flags = confident(project)
+    confirmed = flags[0][0]
+    assert review(project, capsys, "--accept-suggestions", "--min-confidence", MIN_CONFIDENCE)[0] == 0
+    # A person confirms one accepted relabel: that label is a person's now.
+    assert review(project, capsys, "--decisions", str(decisions_file(tmp_path, f"{confirmed},keep,,")))[0] == 0
+    # Every accepted image (the counts do not depend on the split; the digits' valid split holds no flag left).
+    valid = {r[0] for r in sql(project, "SELECT image_id FROM images WHERE dataset = 'digits' AND status = 'ok'")}
+    accepted = {r[0] for r in sql(project, "SELECT image_id FROM label_history WHERE source LIKE 'review:suggestions%'")}
+    flagged = {r[0] for r in sql(project, "SELECT image_id FROM label_issues WHERE dataset = 'digits' AND kind = 'label'")}
+    want_suggested = len((accepted - {confirmed}) & valid)
+    want_flagged = len((flagged - accepted - {confirmed}) & valid)
+    assert want_suggested and want_flagged, "the scenario: images of both kinds"
+    assert _label_sources(dsbuild.load_manifest(project), "digits", valid) == (want_suggested, want_flagged)

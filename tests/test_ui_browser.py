@@ -127,6 +127,20 @@ def test_review_by_keys_accept_undo_grid_and_reload(project: Path, server, drive
     expected += [(i, "relabel", before[i], "zero", None) for i in moved]
     labels_after.update({i: "zero" for i in moved})
     assert ui_events(project) == expected
+    # Enter on the same selection takes the suggestions in bulk: it does not overrule the person's relabels (trial 7)
+    offered = [i for i in ids if card(driver, i).get_attribute("data-suggested") not in ("", "zero")]
+    assert offered, "the five cards include some whose suggestion is not zero"
+    chosen[0].click()
+    ActionChains(driver).key_down(Keys.SHIFT).click(chosen[4]).key_up(Keys.SHIFT).perform()
+    press(driver, Keys.ENTER)
+    toast = driver.find_element(By.ID, "toast")
+    n = len(offered)
+    wait_for(lambda: toast.is_displayed() and toast.text.startswith("skipped "), what="the bulk accept's skip")
+    assert toast.text == (f"skipped {n} image{'' if n == 1 else 's'} whose standing decision is a person's: accepting "
+                          "the suggestions of a selection does not overrule a person — focus one of them and press "
+                          "Enter to change it")
+    wait_for(lambda: all(settled(driver, i) for i in moved), what="the bulk accept's answer")
+    assert ui_events(project) == expected and all(card(driver, i).get_attribute("data-label") == "zero" for i in moved)
     # reload: the page shows what the catalog says
     driver.refresh()
     wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#cards .card.focused"), what="reloaded queue")

@@ -210,6 +210,39 @@ def test_decisions_are_review_label_events_with_source_ui_and_undo(client: TestC
         (a, "ui", "relabel", "seven", None), (b, "ui", "remove", new[1][3], "rejected"), (b, "ui", "undo", new[1][3], None)]
 
 
+def test_a_bulk_accept_skips_cards_a_person_decided_and_one_cards_enter_does_not(client: TestClient, project) -> None:
+    """Trial 7: Enter on a grid selection takes the model's suggestions for many cards at once — a machine's
+    decision in bulk, which skips the cards whose standing decision is a person's (as `--accept-suggestions`);
+    Enter on one focused card is that person's own decision, and applies."""
+    manifest, _ = project
+    cards = {i: (lab, sug) for i, lab, sug in
+             re.findall(r'data-id="([^"]+)" data-label="([^"]+)" data-suggested="([^"]*)"', client.get("/").text)}
+    decided = {e[0] for e in events(manifest)}
+    p, q = [i for i, (lab, sug) in cards.items() if i not in decided and sug and sug != lab and lab != HOSTILE_LABEL][-2:]
+    other = next(c for c in ("zero", "one", "seven") if c not in cards[p])
+    r = client.post("/api/decide", json={"decisions": [{"image_id": p, "action": "relabel", "new_label": other}]},
+                    headers=CSRF)
+    assert r.status_code == 200 and r.json()["applied"] == 1
+    bulk = {"decisions": [{"image_id": i, "action": "relabel", "new_label": cards[i][1]} for i in (p, q)],
+            "bulk_accept": True}
+    r = client.post("/api/decide", json=bulk, headers=CSRF)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["applied"], body["already_applied"], body["skipped"]) == (1, 0, 1)
+    assert body["skipped_why"] == ("skipped 1 image whose standing decision is a person's: accepting the suggestions "
+                                   "of a selection does not overrule a person — focus one of them and press Enter to "
+                                   "change it")
+    states = {s["image_id"]: s for s in body["states"]}
+    assert states[p]["label"] == other and states[q]["label"] == cards[q][1]
+    # One card's Enter: the person's own decision.
+    r = client.post("/api/decide", json={"decisions": [bulk["decisions"][0]]}, headers=CSRF)
+    assert r.status_code == 200 and r.json()["applied"] == 1 and r.json()["states"][0]["label"] == cards[p][1]
+    # bulk_accept is a flag over relabels only
+    r = client.post("/api/decide", json={"decisions": [{"image_id": q, "action": "keep"}], "bulk_accept": True},
+                    headers=CSRF)
+    assert r.status_code == 400 and "relabel decisions only" in r.json()["error"]
+
+
 def colleague_review(manifest: Path, folder: Path, row: str) -> None:
     """A colleague's `dsbuild review --decisions d.csv` in another process, while the app runs."""
     csv = folder / "d.csv"

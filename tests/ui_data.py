@@ -175,3 +175,18 @@ def add_hostile_item(manifest_path: Path, image: Path) -> str:
             "image_id": image_id, "kind": "label", "given_label": HOSTILE_LABEL, "suggested_label": "one",
             "label_quality": 0.0001, "suggested_confidence": 0.99, "is_issue": True, "rank": 0, "outlier_score": 0.5}]))
     return image_id
+
+
+def mark_fresh(manifest_path: Path, run_id: str) -> None:
+    """Record on mislabel run ``run_id`` the digest of today's inputs (what :func:`dsbuild.cycle.find_issues` records),
+    so that ``dsbuild mislabels`` shows that run instead of training a new one (:func:`dsbuild.cycle.fresh_mislabels`)."""
+    import dsbuild
+    from dsbuild.catalog import BuildLock, Catalog
+    from dsbuild.cycle import _reviewed_keep, mislabel_inputs, model_settings
+
+    m = dsbuild.load_manifest(manifest_path)
+    ds = m.dataset("digits")
+    with BuildLock(m.catalog), Catalog.open(m.catalog) as cat:
+        digest = mislabel_inputs(cat.trainable_images("digits"), model_settings(ds), _reviewed_keep(cat, "digits"),
+                                 cat.conflict_members("digits"))
+        cat.con.execute("UPDATE model_runs SET inputs_digest = ? WHERE run_id = ?", [digest, run_id])

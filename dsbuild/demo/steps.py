@@ -6,7 +6,6 @@ accept suggestions → retrain) with the planted truth shown beside what was fou
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from dsbuild.demo.data import DIGIT_NAMES, ensure_demo_data, read_truth
@@ -14,6 +13,7 @@ from dsbuild.errors import DsbuildError
 from dsbuild.manifest import Dataset, Manifest
 from dsbuild.render.console import print_build_summary, print_comparison, print_run, print_status
 from dsbuild.render.tables import render_table
+from dsbuild.stats import mcnemar_exact  # the demo's check against the truth; retrain's on the current labels
 
 DEMO = "demo"
 
@@ -132,16 +132,6 @@ def truth_hits(manifest: Manifest, name: str, result, folder: Path) -> dict[str,
         if where in truth:
             hits[i] = truth[where] == result.classes[p]
     return hits
-
-
-def mcnemar_exact(worse: int, better: int) -> float:
-    """Two-sided exact McNemar p-value for paired right/wrong outcomes: ``worse`` images the second model gets wrong
-    and the first right, ``better`` the other way (binomial, p = ½, on the discordant pairs; McNemar 1947)."""
-    n = worse + better
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(worse, better) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
 
 
 def cycle_change(before: dict[str, bool], after: dict[str, bool]) -> str:

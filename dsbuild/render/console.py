@@ -311,9 +311,37 @@ def print_comparison(c) -> None:
     table = Table()
     for col in ("label", "images", "accuracy before", "accuracy after", "change"):
         table.add_column(col, justify="left" if col == "label" else "right")
+    weak = False
     for row in c.per_class:
         delta = row["after_acc"] - row["before_acc"]
-        table.add_row(row["label"], str(row["n"]), f"{row['before_acc']:.1%}", f"{row['after_acc']:.1%}", f"{delta:+.1%}")
+        # A change that rests on few images (not evidence by itself: exact McNemar p ≥ 0.05) is marked.
+        mark = "" if delta == 0 or row.get("p_value") is None or row["p_value"] < 0.05 else " *"
+        weak = weak or bool(mark)
+        table.add_row(row["label"], str(row["n"]), f"{row['before_acc']:.1%}", f"{row['after_acc']:.1%}", f"{delta:+.1%}{mark}")
     table.add_row("[b]error rate[/b]", str(c.n_valid), f"{c.before_error:.2%}", f"{c.after_error:.2%}",
                   f"{c.after_error - c.before_error:+.2%}")
     console.print(table)
+    for line in comparison_notes(c, weak=weak):
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def comparison_notes(c, *, weak: bool = False) -> list[str]:
+    """What a retrain's before/after rests on (:class:`dsbuild.cycle.Comparison`): how sure its difference is, and
+    where its reference labels came from. ``weak``: the table marked a class's change with ``*``."""
+    if c.p_value is None:
+        return []
+    verdict = ("not evidence of a change either way" if c.p_value >= 0.05
+               else ("evidence of a gain" if c.better > c.worse else "evidence of a loss"))
+    lines = [f"the two models disagree on {c.better + c.worse} of {c.n_valid} images: {c.better} now right, {c.worse} "
+             f"now wrong; exact McNemar p = {c.p_value:.2f}: {verdict}"]
+    if weak:
+        lines.append("* rests on few images: not evidence of a change in that class by itself (exact McNemar p ≥ 0.05)")
+    parts = []
+    if c.n_suggested:
+        parts.append(f"{c.n_suggested} of the {c.n_valid} labels compared were written by an accepted suggestion "
+                     "(a model's, not a person's)")
+    if c.n_flagged:
+        parts.append(f"{c.n_flagged} are flagged by the latest mislabel run and not reviewed")
+    if parts:
+        lines.append("; ".join(parts) + ": the error rates are against these labels, not against the truth")
+    return lines

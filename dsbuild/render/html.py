@@ -154,6 +154,10 @@ def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: P
     thumbs = ThumbCache()
     summary = [("dataset", dataset)] + [(key.replace("_", " "), _text(value)) for key, value in run.items()
                                         if key not in ("confusion", "classes") and not isinstance(value, (dict, list, tuple))]
+    if "reviewed" in issues:
+        done = [str(v) for v in issues["reviewed"] if isinstance(v, str) and v]
+        summary.append(("already reviewed", f"{len(done)} of {len(records)} flagged images "
+                        f"({sum(' by a person ' in v for v in done)} by a person)"))
     rows = []
     for i, (r, kind) in enumerate(zip(records, kinds)):
         iid, given, sugg = str(r["image_id"]), r.get("given_label"), r.get("suggested_label")
@@ -166,6 +170,7 @@ def mislabel_html(issues: "pandas.DataFrame", *, dataset: str, run: dict, out: P
             "rank": _text(rank) or str(i + 1), "rank_v": _num_attr(rank) or repr(float(i + 1)),
             "thumb": thumbs.get(r.get("path")), "alt": f"{iid}: {given}",
             "now": _text(current) if not is_missing(current) and str(current) != str(given) else "",
+            "reviewed": _text(r.get("reviewed")) if isinstance(r.get("reviewed"), str) else "",
             "quality": _fmt(r.get("label_quality"), ".3f"), "quality_v": _num_attr(r.get("label_quality")),
             "confidence": _fmt(conf, ".1%"), "confidence_v": _num_attr(conf),
             "outlier": _fmt(outlier, ".3f"), "outlier_v": _num_attr(outlier),

@@ -443,19 +443,25 @@ class _Handlers:
             return JSONResponse({"error": f"request body over {MAX_DECIDE_BODY} bytes"}, status_code=413)
         try:
             decisions = _parse_decisions(body)
+            bulk = _bulk_accept(body)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         try:
-            applied, states = await run_in_threadpool(self._apply, decisions)
+            applied, states, skipped = await run_in_threadpool(self._apply, decisions, bulk)
         except CatalogBusy as exc:
             return JSONResponse({"error": exc.in_app or str(exc), "busy": True}, status_code=503)
         except DsbuildError as exc:  # the review refused: its reason and what to do, in the app's words
             return JSONResponse({"error": exc.in_app or str(exc)}, status_code=409)
-        return JSONResponse({"applied": applied, "already_applied": len(decisions) - applied, "states": states})
+        n_skipped = sum(skipped.values())
+        return JSONResponse({"applied": applied, "already_applied": len(decisions) - applied - n_skipped, "states": states,
+                             "skipped": n_skipped, "skipped_why": "; ".join(
+                                 f"skipped {n} image{'' if n == 1 else 's'} {why}" for why, n in skipped.items())})
 
-    def _apply(self, decisions) -> tuple[int, list[dict]]:
-        """Apply ``decisions``: (events written, the images' new states). A state's ``event_id`` is the event this
-        request wrote for the image (what the page's undo names), None when its decision changed nothing."""
+    def _apply(self, decisions, bulk: bool = False) -> tuple[int, list[dict], dict[str, int]]:
+        """Apply ``decisions``: (events written, the images' new states, reason → decisions skipped). A state's
+        ``event_id`` is the event this request wrote for the image (what the page's undo names), None when its
+        decision changed nothing. ``bulk``: the suggestions of a selection (grid + Enter): images whose standing
+        decision is a person's are skipped (:func:`dsbuild.cycle.review_dataset`'s ``bulk_accept``)."""
         from dsbuild.catalog.app_queries import image_states, latest_event_ids
         from dsbuild.cycle import review_dataset
 
@@ -468,7 +474,7 @@ class _Handlers:
         with self.s.held.writing() as cat:  # the app's write lock: no other event comes between the two reads
             before = latest_event_ids(cat, self.c.dataset, ids)
             summary = review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui", catalog=cat,
-                                     on_commit=after)
+                                     on_commit=after, bulk_accept=bulk)
         df, latest = read[0]
         out = []
         for rec in df.to_dict("records"):
@@ -478,7 +484,7 @@ class _Handlers:
                         "last_review": None if _missing(rec["last_review"]) else rec["last_review"],
                         "decided": bool(rec["decided"]), "event_id": new,
                         "state": _state_text(rec["last_review"], rec["label"], rec["status"])})
-        return summary.applied, out
+        return summary.applied, out, dict(summary.skipped)
 
     # -- predict -----------------------------------------------------------------------------
 
@@ -553,6 +559,17 @@ async def _read_body(request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _bulk_accept(body: bytes) -> bool:
+    """The ``bulk_accept`` flag of a ``/api/decide`` body (already parsed once by :func:`_parse_decisions`): true when the
+    page accepts the suggestions of a selection (grid + Enter), whose person-decided images are skipped."""
+    flag = json.loads(body).get("bulk_accept", False)
+    if not isinstance(flag, bool):
+        raise ValueError("\"bulk_accept\" must be true or false")
+    if flag and any(d.get("action") != "relabel" for d in json.loads(body)["decisions"] if isinstance(d, dict)):
+        raise ValueError("\"bulk_accept\" takes relabel decisions only (the suggestions of the selected cards)")
+    return flag
 
 
 def _parse_decisions(body: bytes) -> list:

@@ -118,7 +118,8 @@
       }
       const group = { ids: list.map((d) => d.image_id), events: null };
       undoStack.push(group);
-      send(list, group);
+      // Enter on a selection takes the model's suggestions in bulk: the server skips cards a person decided.
+      send(list, group, action === "accept" && grid && selected.size > 0);
       if (grid && selected.size) clearSelection();
       else focus(nextOpen(idx));
     }
@@ -145,9 +146,9 @@
 
     function waiting() { return outbox.reduce((n, item) => n + itemIds(item).length, 0); }
 
-    function send(decisions, group) {
+    function send(decisions, group, bulk) {
       decisions.forEach((d) => { const c = byId.get(d.image_id); if (c) c.classList.add("pending"); });
-      outbox.push({ decisions: decisions, group: group });
+      outbox.push({ decisions: decisions, group: group, bulk: !!bulk });
       pump();
     }
 
@@ -186,7 +187,7 @@
         res = await fetch("/api/decide", {
           method: "POST", credentials: "same-origin",
           headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-          body: JSON.stringify({ decisions: decisions }),
+          body: JSON.stringify(item.bulk && !item.undoOf ? { decisions: decisions, bulk_accept: true } : { decisions: decisions }),
         });
         body = await res.json().catch(() => ({}));
       } catch (err) {
@@ -197,6 +198,7 @@
         outbox.shift();
         unpend(item);
         (body.states || []).forEach(applyState);
+        if (body.skipped) toast(body.skipped_why);
         if (item.group) {
           const events = {};
           (body.states || []).forEach((s) => { if (s.event_id != null) events[s.image_id] = s.event_id; });
