@@ -918,6 +918,9 @@ class Comparison:
     left_out: str | None = None
     refused: str | None = None
     classes_differ: str | None = None
+    classes_followed: str | None = None
+    """How the earlier run's classes renamed or merged since read (``run … 's predictions of 'dog' count as 'hound'
+    (class 'dog' renamed 'hound')``), else None."""
     better: int = 0
     worse: int = 0
     p_value: float | None = None
@@ -953,13 +956,17 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
     the current ones on purpose (a review between the runs is what retrain measures); removed images are no
     longer valid images at all. When the two models have different classes (a class renamed, merged or
     split in between), an image whose current label one of them does not have is left out too: that model
-    could never be right on it (``pony`` is a fake 0 % → 92 % for a model that knew it as ``horse``).
+    could never be right on it (``pony`` is a fake 0 % → 92 % for a model that knew it as ``horse``) — unless
+    the class was renamed or merged into one class (:func:`run_flags_now`'s ``follow``, the carry-over's pairing):
+    then the earlier model's predictions of it count as that class, and ``left_out`` says so.
     """
     with Catalog.open_readonly(manifest.catalog) as cat:
         valid = cat.valid_images(name)
         after_row = cat.run_row(report.run_id)
         seen_before, why = _seen_by(cat, name, prev, valid)
         seen_after = _seen_by(cat, name, after_row, valid)[0] if after_row is not None else None
+        # a class of the earlier run renamed or merged since: its predictions of it read as the class it is now
+        now = run_flags_now(cat, manifest.dataset(name), str(prev["run_id"]), flagged=[])
     before_run, after_run, n_current = str(prev["run_id"]), report.run_id, len(valid)
     if seen_before is None:
         return Comparison(before_run, after_run, 0, None, None, [], n_current_valid=n_current,
@@ -972,8 +979,12 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
     if n_before < len(left):  # a build between the new run's training and this comparison moved the split
         parts.append(f"{len(left) - n_before} of {n_current} valid images were in the new run's training set "
                      "(a build changed the split during the retrain)")
-    before_classes = _model_classes(Path(prev["model_path"]).parent, prev)
+    follow = now.follow
+    before_classes = list(dict.fromkeys(follow.get(c, c) for c in _model_classes(Path(prev["model_path"]).parent, prev)))
     after_classes = [str(c) for c in report.result.classes]
+    followed = "; ".join(f"run {before_run}'s predictions of '{old}' count as '{new}' "
+                         f"({now.changes.get(old, f'class {old!r} now {new!r}')})"
+                         for old, new in sorted(follow.items())) or None
     differ = None
     n_unseen = len(kept)
     if before_classes and set(before_classes) != set(after_classes):  # no classes known: nothing to tell
@@ -994,10 +1005,11 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
                    f"{left_out or 'there are no valid images'}, so {nothing} — the next `dsbuild retrain {name}` "
                    "compares with this run on today's split")
         return Comparison(before_run, after_run, 0, None, None, [], n_current_valid=n_current, left_out=left_out,
-                          refused=refused, classes_differ=differ)
+                          refused=refused, classes_differ=differ, classes_followed=followed)
     if left_out:
         left_out += f": compared on the other {len(kept)}"
-    kept = kept.assign(before=_valid_labels(manifest, Path(prev["model_path"]).parent, kept),
+    before = _valid_labels(manifest, Path(prev["model_path"]).parent, kept)
+    kept = kept.assign(before=[follow.get(str(c), c) for c in before] if follow else before,
                        after=_valid_labels(manifest, Path(report.result.model_path).parent, kept))
     from dsbuild.stats import mcnemar_exact
 
@@ -1017,7 +1029,7 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
         before_run=before_run, after_run=after_run, n_valid=len(kept),
         before_error=float((kept["before"] != kept["label"]).mean()),
         after_error=float((kept["after"] != kept["label"]).mean()), per_class=per_class,
-        n_current_valid=n_current, left_out=left_out, classes_differ=differ,
+        n_current_valid=n_current, left_out=left_out, classes_differ=differ, classes_followed=followed,
         better=better, worse=worse, p_value=p, n_suggested=n_suggested, n_flagged=n_flagged,
     )
 

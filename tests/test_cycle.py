@@ -595,41 +595,53 @@ def _last_model(manifest: Path) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_retrain_after_a_class_rename_compares_only_on_classes_both_models_know(project, trained, tmp_path: Path,
-                                                                               capsys) -> None:
-    """The fresh-user trial: train; rename horse → pony; retrain said "pony 0.0% → 91.7%" and a lower error rate —
-    the earlier model could never answer pony. The comparison says the class sets differ and leaves those images
-    out, naming the class."""
+def test_retrain_after_a_class_rename_reads_the_old_name_as_the_new_and_leaves_out_what_a_model_cannot_know(
+        project, trained, tmp_path: Path, capsys) -> None:
+    """Fresh-user trials: train; rename horse → pony; retrain said "pony 0.0% → 91.7%" (the earlier model could never
+    answer pony) — then, left out, a renamed class dropped from the comparison though the build had said it was a
+    rename (trial 7). A class renamed: the earlier model's predictions of the old name count as the new one, on every
+    valid image. A class split: which part an old prediction means cannot be told, so the class sets differ and the
+    images of the parts are left out, named."""
     manifest = _clone(project, tmp_path / "project")
     first, first_classes = _last_model(manifest)
     _rename_classes(manifest, capsys, {"seven": "sept"})
     valid = sql(manifest, "select label, count(*) from images where dataset = 'digits' and status = 'ok' "
                           "and split = 'valid' group by all")
-    n_valid, n_sept = sum(n for _, n in valid), dict(valid)["sept"]
+    n_valid = sum(n for _, n in valid)
     code, out, err = run_cli(capsys, manifest, "retrain", "digits")
     assert code == 0, err
-    retrain, retrain_classes = _last_model(manifest)
     flat = " ".join(out.split())
-    assert f"the class sets differ: run {first} has {first_classes}; run {retrain} has {retrain_classes}" in flat
-    assert (f"{n_sept} of {n_valid} valid images are labelled sept, which run {first} cannot predict: compared on the "
-            f"other {n_valid - n_sept}") in flat
-    assert f"on the same {n_valid - n_sept} valid images (current labels)" in flat
+    assert f"run {first}'s predictions of 'seven' count as 'sept' (class 'seven' renamed 'sept')" in flat, out
+    assert "the class sets differ" not in flat and "cannot predict" not in flat, out
+    assert f"on the same {n_valid} valid images (current labels)" in flat
     table = out[out.index("on the same"):].splitlines()  # the comparison's table, after the run's own
     labels = [line.split("│")[1].strip() for line in table if line.count("│") > 4]
-    assert labels[:-1] == ["one", "zero"] and "error rate" in labels[-1], out
+    assert labels[:-1] == ["one", "sept", "zero"] and "error rate" in labels[-1], out
 
-    # Every class renamed: no valid image has a label the earlier model knew — nothing to compare, and it says why.
-    manifest = _clone(project, tmp_path / "all")
-    _rename_classes(manifest, capsys, {"zero": "nil", "one": "uno", "seven": "sept"})
+    # seven split into sept (its folder) and siete (half its files moved to a new folder): not followed.
+    manifest = _clone(project, tmp_path / "split")
+    data = manifest.parent / "data"
+    (data / "siete").mkdir()
+    for f in sorted((data / "seven").iterdir())[::2]:
+        f.rename(data / "siete" / f.name)
+    text = manifest.read_text()
+    line = 'seven = { folders = "data/seven" }'
+    assert line in text
+    manifest.write_text(text.replace(line, 'sept  = { folders = "data/seven" }\nsiete = { folders = "data/siete" }'))
+    assert run_cli(capsys, manifest, "-q", "build")[0] == 0
+    valid = dict(sql(manifest, "select label, count(*) from images where dataset = 'digits' and status = 'ok' "
+                               "and split = 'valid' group by all"))
+    n_valid, n_parts = sum(valid.values()), valid.get("sept", 0) + valid.get("siete", 0)
+    assert n_parts and n_parts < n_valid, valid
     code, out, err = run_cli(capsys, manifest, "retrain", "digits")
     assert code == 0, err
     retrain, retrain_classes = _last_model(manifest)
     flat = " ".join(out.split())
-    assert (f"not compared with run {first}: the class sets differ: run {first} has {first_classes}; run {retrain} has "
-            f"{retrain_classes}; {n_valid} of {n_valid} valid images are labelled nil, "
-            f"sept, uno, which run {first} cannot predict, so no valid image is left that both models can predict and "
-            "neither trained on — the next `dsbuild retrain digits` compares with this run on today's split") in flat
-    assert "accuracy before" not in flat
+    assert "count as" not in flat, out
+    assert f"the class sets differ: run {first} has {first_classes}; run {retrain} has {retrain_classes}" in flat
+    assert (f"{n_parts} of {n_valid} valid images are labelled sept, siete, which run {first} cannot predict: compared "
+            f"on the other {n_valid - n_parts}") in flat, out
+    assert f"on the same {n_valid - n_parts} valid images (current labels)" in flat
 
 
 @pytest.mark.slow

@@ -302,6 +302,8 @@ def print_comparison(c) -> None:
     if c.refused:
         console.print(c.refused, markup=False, soft_wrap=True)
         return
+    if c.classes_followed:
+        console.print(c.classes_followed, markup=False, soft_wrap=True)
     if c.classes_differ:
         console.print(c.classes_differ, markup=False, soft_wrap=True)
     if c.left_out:
