@@ -22,6 +22,7 @@ reason (``truncated`` / ``corrupt``) and a detail for a broken structure.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -244,3 +245,115 @@ def tiff_pages(data: bytes) -> list[tuple[int, int]]:
         pages.append((width, height))
         (offset,) = struct.unpack(order + next_fmt, data[table + count * entry_size : table + count * entry_size + next_size])
     return pages
+
+
+# --------------------------------------------------------------------------- JPEG
+
+# a marker inside or after entropy-coded data: 0xFF (fill bytes allowed) then neither a stuffed 0x00 nor RSTn
+_JPEG_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+_SOF_LOSSLESS = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+_SOF_DIFFERENTIAL = frozenset({0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF})
+_SOF_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
+@dataclass
+class JpegScans:
+    """What :func:`jpeg_scans` read: the frame's components and each scan header, and where the last scan's data ends."""
+
+    progressive: bool = False
+    components: list[int] = field(default_factory=list)
+    scans: list[tuple[tuple[int, ...], int, int, int, int]] = field(default_factory=list)  # (ids, Ss, Se, Ah, Al)
+    data_end: int | None = None  # offset of the marker that ends the last scan's entropy-coded data
+    end_marker: int | None = None  # that marker (0xD9 for EOI)
+
+
+def jpeg_scans(data: bytes) -> JpegScans | None:
+    """The frame header and every scan header (SOS) of the first image of a JPEG, up to its EOI.
+
+    One pass over the marker segments; entropy-coded data is skipped with one
+    regular-expression search per scan (C speed), nothing is decoded. Returns
+    None for what this does not judge (lossless or hierarchical JPEG, a marker
+    segment whose length runs past the file: the decoder reports that).
+    """
+    out = JpegScans()
+    end = len(data)
+    pos = 2
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            found = _JPEG_MARKER.search(data, pos)
+            if not found:
+                return out
+            pos = found.end() - 2
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xD9:
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        seg_end = pos + 2 + length
+        if length < 2 or seg_end > end:
+            return None
+        seg = data[pos + 4 : seg_end]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if marker in _SOF_LOSSLESS or marker in _SOF_DIFFERENTIAL or len(seg) < 6:
+                return None
+            out.progressive = marker in _SOF_PROGRESSIVE
+            out.components = [seg[6 + 3 * i] for i in range(seg[5]) if 6 + 3 * i < len(seg)]
+        elif marker == 0xDA and seg:
+            ns = seg[0]
+            if len(seg) < 4 + 2 * ns:
+                return None
+            ids = tuple(seg[1 + 2 * i] for i in range(ns))
+            ss, se, a = seg[1 + 2 * ns], seg[2 + 2 * ns], seg[3 + 2 * ns]
+            out.scans.append((ids, ss, se, a >> 4, a & 15))
+            found = _JPEG_MARKER.search(data, seg_end)
+            if not found:  # the scan runs to the end of the file: cut, which the decoder reports
+                out.data_end = out.end_marker = None
+                return out
+            pos = found.end() - 2
+            out.data_end, out.end_marker = pos, data[pos + 1]
+            continue
+        pos = seg_end
+    return out
+
+
+def jpeg_check_coverage(found: JpegScans) -> None:
+    """Raise :class:`Damaged` ("truncated") when the scans do not code every coefficient of every component.
+
+    A progressive JPEG codes its DCT coefficients over several scans: bands of
+    coefficients (Ss–Se) per component, and bits of them by successive
+    approximation (first scan down to bit Al, refinements Ah → Al). A file whose
+    later scans are missing but which still ends with EOI decodes without a
+    word from libjpeg (the picture is a blurred approximation); so is a
+    sequential JPEG missing a component's scan. Complete means: every
+    coefficient 0–63 of every frame component coded down to bit 0.
+    """
+    if not found.scans or not found.components:
+        return
+    lowest: dict[int, list[int | None]] = {c: [None] * 64 for c in found.components}
+    for ids, ss, se, ah, al in found.scans:
+        if not found.progressive:
+            ss, se, ah, al = 0, 63, 0, 0
+        for c in ids:
+            bits = lowest.get(c)
+            if bits is None:
+                continue
+            for k in range(ss, min(se, 63) + 1):
+                if ah == 0:
+                    bits[k] = al if bits[k] is None else min(bits[k], al)
+                elif bits[k] == ah:
+                    bits[k] = al
+    missing = []
+    for n, c in enumerate(found.components, start=1):
+        short = [k for k, b in enumerate(lowest[c]) if b != 0]
+        if short:
+            missing.append(f"component {n} {len(short)} of 64 coefficients")
+    if missing:
+        kind = "progressive " if found.progressive else ""
+        raise Damaged("truncated", f"{kind}JPEG scan data stops early: after its {len(found.scans)} scans "
+                                   f"leave {', '.join(missing)} not coded down to bit 0 (later scans missing before the end marker)")
