@@ -77,6 +77,8 @@ def png_scan(data: bytes) -> PngScan:
     out = PngScan(data=data)
     drop: list[tuple[int, int]] = []
     seen_idat = seen_iend = False
+    header = None  # IHDR: width, height, bit depth, colour type, compression, filter, interlace
+    groups: list[tuple[str, int, int, list[bytes]]] = []  # the compressed data of each image: IDAT, then each fdAT run
     for pos, kind, length in _chunks(data):
         body = data[pos + 8 : pos + 8 + length]
         (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
@@ -87,15 +89,27 @@ def png_scan(data: bytes) -> PngScan:
                 out.notes.append(f"metadata dropped: {name} chunk with a bad checksum")
                 continue
             raise Damaged("corrupt", f"PNG {name} chunk at offset {pos} has a bad checksum")
+        if kind == b"IHDR" and length >= 13:
+            header = struct.unpack(">IIBBBBB", body[:13])
         if kind == b"IDAT":
+            if not seen_idat:
+                groups.append(("image data (IDAT)", header[0], header[1], []))
             seen_idat = True
+            groups[-1][3].append(body)
         elif kind == b"IEND":
             seen_iend = True
         elif kind == b"fcTL" and length >= 20:
             width, height, x, y = struct.unpack(">IIII", body[4:20])
             out.frames.append((x, y, width, height))
+            if seen_idat:  # a fcTL before IDAT describes the IDAT image itself
+                groups.append((f"frame {len(out.frames)} (fdAT)", width, height, []))
+        elif kind == b"fdAT" and length >= 4 and groups and groups[-1][0].startswith("frame"):
+            groups[-1][3].append(body[4:])
     if not seen_idat:
         raise Damaged("truncated", "PNG has no image data (IDAT)")
+    if header is not None:
+        for what, width, height, parts in groups:
+            _png_check_inflated(what, parts, _png_raw_size(width, height, *header[2:4], header[6]))
     if not seen_iend:
         out.notes.append("PNG has no IEND chunk (ends after its image data)")
     if drop:
@@ -106,6 +120,56 @@ def png_scan(data: bytes) -> PngScan:
         parts.append(data[last:])
         out.data = b"".join(parts)
     return out
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_size(width: int, height: int, depth: int, colour: int, interlace: int) -> int | None:
+    """Bytes of filtered scanlines an image of this IHDR inflates to (a filter byte per row, each Adam7 pass apart)."""
+    channels = _PNG_CHANNELS.get(colour)
+    if channels is None:
+        return None  # a colour type the decoder refuses
+    bits = channels * depth
+
+    def rows(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + (w * bits + 7) // 8)
+
+    if interlace != 1:
+        return rows(width, height)
+    return sum(rows(max(0, (width - x0 + dx - 1) // dx), max(0, (height - y0 + dy - 1) // dy))
+               for x0, y0, dx, dy in _ADAM7)
+
+
+def _png_check_inflated(what: str, parts: list[bytes], need: int | None) -> None:
+    """Raise :class:`Damaged` ("truncated") when ``parts`` (one zlib stream) inflate to fewer bytes than ``need``.
+
+    zlib can end a stream cleanly (right Adler-32, right CRCs) after only some of
+    the rows: Pillow then returns the picture with the rest zero and says
+    nothing. Inflated in 1 MB steps and counted, never kept; stops once
+    ``need`` is reached. A stream zlib refuses is left to the decoder.
+    """
+    if need is None or need == 0:
+        return
+    inflater = zlib.decompressobj()
+    got = 0
+    try:
+        for part in parts:
+            pending = part
+            while pending and got < need and not inflater.eof:
+                got += len(inflater.decompress(pending, 1 << 20))
+                pending = inflater.unconsumed_tail
+            if got >= need or inflater.eof:
+                break
+        if got < need and not inflater.eof:
+            got += len(inflater.flush())
+    except zlib.error:
+        return
+    if got < need:
+        ended = "ends" if inflater.eof else "is cut"
+        raise Damaged("truncated", f"PNG {what} is truncated: its zlib stream {ended} after {got} of the {need} bytes "
+                                   f"the image's rows need (rows missing at the bottom)")
 
 
 def strip_png_metadata(data: bytes, limit: int) -> tuple[bytes, list[str]]:
