@@ -342,10 +342,59 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
         if after in (5, 6, 7, 8):
             width, height = height, width
     info.update(width=width, height=height)
+    if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG"):
+        _check_later_frames(fmt, decode_data, settings, notes)
     if decode_data is not data:
         # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
         info["stored_data"] = decode_data
     return out, info
+
+
+MAX_FRAMES_DECODED = 1000
+
+
+def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> None:
+    """Decode every frame after the first (GIF frames, TIFF pages, MPO images): one cut short rejects the file.
+
+    Loaders read the first frame, but the file stored is the whole file: a GIF
+    cut inside frame 5 is a cut file (``truncated``), whatever frame 1 looks
+    like. APNG frames are checked without decoding (their inflated size, in
+    :func:`containers.png_scan`); a WebP animation's frames are refused at open.
+
+    The caps, and why: every frame's declared size was already held against
+    ``max_pixels`` before anything was decoded, but decoding them all costs
+    frames × pixels. So the frames decoded here add up to at most
+    ``max_pixels`` pixels (the bomb limit holds for the whole file, not just
+    each frame) and at most :data:`MAX_FRAMES_DECODED` frames; the frames past
+    either cap are not decoded and a note says from which frame on. The
+    per-image ``time_limit`` still bounds the whole verification.
+    """
+    from PIL import Image
+
+    img = _open(fmt, data)
+    total = 0
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    for k in range(1, frames):
+        try:
+            img.seek(k)
+        except EOFError:
+            break
+        except Exception as exc:  # noqa: BLE001 - an MPO whose index is broken: loaders read the first (noted above)
+            if fmt == "JPEG":
+                return
+            raise Rejected(_reason(str(exc)), f"frame {k + 1}: {_describe(exc)}") from None
+        total += img.size[0] * img.size[1]
+        if k >= MAX_FRAMES_DECODED or total > settings.max_pixels:
+            notes.append(f"frames {k + 1}–{frames} not decoded (more than {MAX_FRAMES_DECODED} frames or "
+                         f"{settings.max_pixels} pixels in all)")
+            return
+        try:
+            img.load()
+        except (Image.DecompressionBombError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - hostile frames raise anything
+            reason = "truncated" if isinstance(exc, EOFError) else _reason(str(exc))
+            raise Rejected(reason, f"frame {k + 1} of {frames}: {_describe(exc)}") from None
 
 
 def _without_png_metadata(data: bytes, notes: list[str]):
