@@ -50,6 +50,18 @@ class PngScan:
     data: bytes
     notes: list[str] = field(default_factory=list)
     frames: list[tuple[int, int, int, int]] = field(default_factory=list)  # (x, y, width, height) per fcTL
+    # each image's zlib stream: (what, compressed parts, bytes its rows need), for png_check_streams
+    streams: list[tuple[str, list[bytes], int | None]] = field(default_factory=list)
+
+
+def png_check_streams(scan: PngScan) -> None:
+    """Raise :class:`Damaged` ("truncated") when an image's zlib stream holds fewer bytes than its rows need.
+
+    Call it after the frame sizes are held against the pixel limit: a bomb's
+    stream is short of its declared size too, and that is not what is wrong.
+    """
+    for what, parts, need in scan.streams:
+        _png_check_inflated(what, parts, need)
 
 
 def _chunks(data: bytes):
@@ -108,8 +120,8 @@ def png_scan(data: bytes) -> PngScan:
     if not seen_idat:
         raise Damaged("truncated", "PNG has no image data (IDAT)")
     if header is not None:
-        for what, width, height, parts in groups:
-            _png_check_inflated(what, parts, _png_raw_size(width, height, *header[2:4], header[6]))
+        out.streams = [(what, parts, _png_raw_size(width, height, *header[2:4], header[6]))
+                       for what, width, height, parts in groups]
     if not seen_iend:
         out.notes.append("PNG has no IEND chunk (ends after its image data)")
     if drop:

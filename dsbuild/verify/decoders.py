@@ -284,6 +284,11 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
         raise Rejected(exc.reason, exc.detail) from None
     for what, w, h in frames:  # before any reader runs: a reader may allocate for a frame's size
         _check_pixels(w, h, settings, what)
+    if fmt == "PNG":
+        try:
+            containers.png_check_streams(scan)
+        except containers.Damaged as exc:
+            raise Rejected(exc.reason, exc.detail) from None
 
     try:
         img = _open(fmt, decode_data)
