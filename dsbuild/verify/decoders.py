@@ -377,7 +377,7 @@ def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> No
     from PIL import Image
 
     img = _open(fmt, data)
-    total = 0
+    total = img.size[0] * img.size[1]  # the first frame, decoded already
     frames = int(getattr(img, "n_frames", 1) or 1)
     for k in range(1, frames):
         try:
