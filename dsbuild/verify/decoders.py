@@ -18,10 +18,15 @@ calls it). Its rules, in order:
    warnings, so scan data cut short but closed with an end marker decoded as
    grey without a word); the same DCT scaling and IDCT as Pillow's draft mode,
    bit-identical pixels. A warning that means missing or corrupt data rejects
-   the image with libjpeg's words; a harmless one (junk before a marker, an
-   unknown JFIF revision) is kept as a note. Other formats are decoded by
-   Pillow with Python warnings recorded and, in worker processes, the C
-   libraries' stderr (libtiff) captured per image (:func:`captured_stderr`).
+   the image with libjpeg's words; a harmless one (padding after the complete
+   scan data: :func:`_extraneous_is_trailing`; an unknown JFIF revision) is
+   kept as a note. The scan headers must code every coefficient (a progressive
+   JPEG whose later scans are missing decodes silently). Other formats are
+   decoded by Pillow with Python warnings recorded and, in worker processes,
+   the C libraries' stderr (libtiff, whose JPEG codec passes libjpeg's messages
+   on as ``JPEGLib: …``, classified as libjpeg's) captured per image
+   (:func:`captured_stderr`). Every frame of a multi-frame file is decoded
+   (:func:`_check_later_frames`); a PNG's zlib streams must hold every row.
 4. **Metadata never costs the picture.** A PNG whose text or ICC chunk inflates
    past Pillow's limit is decoded without its metadata; broken EXIF is ignored
    (orientation 1); each case leaves a note in ``warnings``.
