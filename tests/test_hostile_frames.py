@@ -126,8 +126,11 @@ def _cut(data: bytes, fraction: float) -> bytes:
     return data[: int(len(data) * fraction)]
 
 
-def _apng_last_fdat_halved() -> bytes:
-    """A real APNG whose last fdAT body is halved (CRC recomputed), IEND kept: every chunk is whole."""
+def _apng_last_fdat_halved(drop: bool = False) -> bytes:
+    """A real APNG whose last fdAT body is halved (CRC recomputed), IEND kept: every chunk is whole.
+
+    ``drop``: the last fdAT left out altogether (its fcTL announces a frame that has no data).
+    """
     first, *rest = _frames("chelsea", "rocket", size=(200, 150))
     data = encode(first, "PNG", save_all=True, append_images=rest, duration=100)
     chunks, pos = [], 8
@@ -136,7 +139,10 @@ def _apng_last_fdat_halved() -> bytes:
         chunks.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
         pos += 12 + length
     last = max(i for i, (kind, _) in enumerate(chunks) if kind == b"fdAT")
-    chunks[last] = (b"fdAT", chunks[last][1][: len(chunks[last][1]) // 2])
+    if drop:
+        del chunks[last]
+    else:
+        chunks[last] = (b"fdAT", chunks[last][1][: len(chunks[last][1]) // 2])
     return data[:8] + b"".join(struct.pack(">I", len(body)) + kind + body
                                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF) for kind, body in chunks)
 
@@ -159,6 +165,7 @@ LATER_CUT = {
     "gif_cut80.gif": (lambda: _cut(_gif2(), 0.8), r"^frame 2 of 2: .*truncated"),
     "gif_cut80_trailer.gif": (lambda: _cut(_gif2(), 0.8) + b"\x00\x3b", r"^frame 2 of 2: .*truncated"),
     "apng_fdat_halved.png": (_apng_last_fdat_halved, r"^PNG frame 2 \(fdAT\) is truncated"),
+    "apng_no_fdat.png": (lambda: _apng_last_fdat_halved(drop=True), r"^PNG frame 2 \(fdAT\) has no image data"),
     "mpo_cut90.jpg": (lambda: _cut(_mpo2(), 0.9), r"^frame 2 of 2: .*truncated"),
     "tiff_page2_cut90.tif": (lambda: _cut(_tiff2(), 0.9), r"^frame 2 of 2: .*truncated"),
 }

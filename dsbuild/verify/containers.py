@@ -22,7 +22,6 @@ reason (``truncated`` / ``corrupt``) and a detail for a broken structure.
 
 from __future__ import annotations
 
-import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -164,6 +163,9 @@ def _png_check_inflated(what: str, parts: list[bytes], need: int | None) -> None
     """
     if need is None or need == 0:
         return
+    if not parts:
+        raise Damaged("truncated", f"PNG {what} has no image data: its frame control chunk (fcTL) is followed by "
+                                   f"no fdAT chunk")
     inflater = zlib.decompressobj()
     got = 0
     try:
@@ -325,8 +327,25 @@ def tiff_pages(data: bytes) -> list[tuple[int, int]]:
 
 # --------------------------------------------------------------------------- JPEG
 
-# a marker inside or after entropy-coded data: 0xFF (fill bytes allowed) then neither a stuffed 0x00 nor RSTn
-_JPEG_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_next_marker(data: bytes, pos: int) -> int:
+    """Offset of the next marker at or after ``pos`` that ends entropy-coded data (not FF 00, RSTn or fill), or -1.
+
+    ``bytes.find`` (memchr) jumps from one 0xFF byte to the next: entropy-coded
+    data has one about every 256 bytes (FF 00), so a scan costs a few hundred
+    Python steps, not one per byte.
+    """
+    end = len(data) - 1
+    while True:
+        at = data.find(b"\xff", pos, end)
+        if at < 0:
+            return -1
+        nxt = data[at + 1]
+        if nxt == 0 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+            pos = at + (1 if nxt == 0xFF else 2)
+            continue
+        return at
 _SOF_LOSSLESS = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
 _SOF_DIFFERENTIAL = frozenset({0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF})
 _SOF_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
@@ -343,11 +362,14 @@ class JpegScans:
     end_marker: int | None = None  # that marker (0xD9 for EOI)
 
 
-def jpeg_scans(data: bytes) -> JpegScans | None:
+def jpeg_scans(data: bytes, *, full: bool = False) -> JpegScans | None:
     """The frame header and every scan header (SOS) of the first image of a JPEG, up to its EOI.
 
-    One pass over the marker segments; entropy-coded data is skipped with one
-    regular-expression search per scan (C speed), nothing is decoded. Returns
+    One pass over the marker segments; entropy-coded data is skipped from one
+    0xFF byte to the next (:func:`_jpeg_next_marker`), nothing is decoded. A
+    sequential JPEG whose first scan holds every component stops there (its
+    coverage is complete) unless ``full``: then ``data_end`` says where the
+    last scan's data ends. Returns
     None for what this does not judge (lossless or hierarchical JPEG, a marker
     segment whose length runs past the file: the decoder reports that).
     """
@@ -356,10 +378,9 @@ def jpeg_scans(data: bytes) -> JpegScans | None:
     pos = 2
     while pos + 4 <= end:
         if data[pos] != 0xFF:
-            found = _JPEG_MARKER.search(data, pos)
-            if not found:
+            pos = _jpeg_next_marker(data, pos)
+            if pos < 0:
                 return out
-            pos = found.end() - 2
             continue
         marker = data[pos + 1]
         if marker == 0xFF:
@@ -387,11 +408,12 @@ def jpeg_scans(data: bytes) -> JpegScans | None:
             ids = tuple(seg[1 + 2 * i] for i in range(ns))
             ss, se, a = seg[1 + 2 * ns], seg[2 + 2 * ns], seg[3 + 2 * ns]
             out.scans.append((ids, ss, se, a >> 4, a & 15))
-            found = _JPEG_MARKER.search(data, seg_end)
-            if not found:  # the scan runs to the end of the file: cut, which the decoder reports
+            if not full and not out.progressive and set(ids) >= set(out.components):
+                return out  # one sequential scan of every component codes them all: nothing after it to judge
+            pos = _jpeg_next_marker(data, seg_end)
+            if pos < 0:  # the scan runs to the end of the file: cut, which the decoder reports
                 out.data_end = out.end_marker = None
                 return out
-            pos = found.end() - 2
             out.data_end, out.end_marker = pos, data[pos + 1]
             continue
         pos = seg_end

@@ -513,7 +513,10 @@ def _extraneous_is_trailing(data: bytes, text: str, scans, lenient, kw) -> bool:
 
     found = _JPEG_EXTRANEOUS.search(text)
     count, marker = int(found.group(1)), int(found.group(2), 16)
-    if marker != 0xD9 or scans is None or scans.end_marker != 0xD9 or scans.data_end is None:
+    if marker != 0xD9 or scans is None:
+        return False
+    scans = containers.jpeg_scans(data, full=True)  # where the last scan's data ends
+    if scans is None or scans.end_marker != 0xD9 or scans.data_end is None:
         return False
     at = scans.data_end
     stop = at - count  # the decoder's last needed byte lies before here
