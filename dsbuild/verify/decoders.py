@@ -291,7 +291,7 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
         _check_pixels(w, h, settings, what)
     if fmt == "PNG":
         try:
-            containers.png_check_streams(scan)
+            containers.png_check_streams(scan, skip_image=not scan.interlaced and not scan.frames)
         except containers.Damaged as exc:
             raise Rejected(exc.reason, exc.detail) from None
 
@@ -344,6 +344,12 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr):
                 raise
             img, decode_data = _without_png_metadata(decode_data, notes)
             img.load()
+        if fmt == "PNG" and not scan.interlaced and not scan.frames and \
+                not containers.png_rows_decoded_to_the_end(scan, img):
+            try:
+                containers.png_check_streams(scan)
+            except containers.Damaged as exc:
+                raise Rejected(exc.reason, exc.detail) from None
         loaded = img.size
         if loaded == (height, width) and loaded != (width, height):
             width, height = loaded  # the reader turned it itself (TIFF applies its orientation on load)
