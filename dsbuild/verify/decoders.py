@@ -404,6 +404,8 @@ def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> No
             notes.append(f"frames {k + 1}–{frames} not decoded (more than {MAX_FRAMES_DECODED} frames or "
                          f"{settings.max_pixels} pixels in all)")
             return
+        if fmt == "JPEG":  # DCT scaling, as for the first frame: every byte of the scan is still read
+            img.draft("RGB", (128, 128))
         try:
             img.load()
         except (Image.DecompressionBombError, MemoryError):
