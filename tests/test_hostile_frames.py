@@ -11,6 +11,13 @@ Inputs: real two- and three-frame files written by Pillow, then one frame's
 header patched to declare a huge size (the pixel data is not changed: the file
 is rejected before anything is decoded), or written with a large later frame
 under a small ``max_pixels``.
+
+A later frame cut short (variant 7): loaders read frame 1, but the stored file
+is cut, so it is ``truncated`` — a GIF cut in frame 2 (with or without a
+trailer after the cut), an APNG whose last fdAT holds half its data, an MPO and
+a two-page TIFF cut at 90 %; the same files whole are accepted without a note.
+Decoding every frame is capped (frames and pixels in all): past the cap a note
+says which frames were not decoded.
 """
 
 from __future__ import annotations
@@ -110,3 +117,88 @@ def test_a_webp_frame_never_exceeds_its_canvas(tmp_path) -> None:
     assert proj.build()[0] == 0
     row = proj.by_name()["anim.webp"]
     assert (row["status"], row["width"], row["height"]) == ("ok", 100, 80)
+
+
+# --------------------------------------------------------------------------- a later frame cut short (variant 7)
+
+
+def _cut(data: bytes, fraction: float) -> bytes:
+    return data[: int(len(data) * fraction)]
+
+
+def _apng_last_fdat_halved(drop: bool = False) -> bytes:
+    """A real APNG whose last fdAT body is halved (CRC recomputed), IEND kept: every chunk is whole.
+
+    ``drop``: the last fdAT left out altogether (its fcTL announces a frame that has no data).
+    """
+    first, *rest = _frames("chelsea", "rocket", size=(200, 150))
+    data = encode(first, "PNG", save_all=True, append_images=rest, duration=100)
+    chunks, pos = [], 8
+    while pos < len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        chunks.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    last = max(i for i, (kind, _) in enumerate(chunks) if kind == b"fdAT")
+    if drop:
+        del chunks[last]
+    else:
+        chunks[last] = (b"fdAT", chunks[last][1][: len(chunks[last][1]) // 2])
+    return data[:8] + b"".join(struct.pack(">I", len(body)) + kind + body
+                               + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF) for kind, body in chunks)
+
+
+def _gif2() -> bytes:
+    first, *rest = _frames("astronaut", "coffee", size=(200, 150))
+    return encode(first, "GIF", save_all=True, append_images=rest, duration=100)
+
+
+def _mpo2() -> bytes:
+    return encode(photo("camera", (200, 150)), "MPO", save_all=True, append_images=[photo("camera", (100, 75))])
+
+
+def _tiff2() -> bytes:
+    return encode(photo("moon", (200, 150)), "TIFF", save_all=True, append_images=[photo("coins", (200, 150))])
+
+
+# name -> (bytes, detail pattern); every one is a file whose first frame is whole and a later one cut
+LATER_CUT = {
+    "gif_cut80.gif": (lambda: _cut(_gif2(), 0.8), r"^frame 2 of 2: .*truncated"),
+    "gif_cut80_trailer.gif": (lambda: _cut(_gif2(), 0.8) + b"\x00\x3b", r"^frame 2 of 2: .*truncated"),
+    "apng_fdat_halved.png": (_apng_last_fdat_halved, r"^PNG frame 2 \(fdAT\) is truncated"),
+    "apng_no_fdat.png": (lambda: _apng_last_fdat_halved(drop=True), r"^PNG frame 2 \(fdAT\) has no image data"),
+    "mpo_cut90.jpg": (lambda: _cut(_mpo2(), 0.9), r"^frame 2 of 2: .*truncated"),
+    "tiff_page2_cut90.tif": (lambda: _cut(_tiff2(), 0.9), r"^frame 2 of 2: .*truncated"),
+}
+
+
+def test_a_cut_later_frame_rejects_the_file(tmp_path) -> None:
+    """Loaders read frame 1, but the stored file is cut: ``truncated``; the same files whole are accepted."""
+    proj = Project(tmp_path)
+    for name, (make, _detail) in LATER_CUT.items():
+        proj.add("a", name, make())
+    for name, data in {"whole.gif": _gif2(), "whole.mpo": _mpo2(), "whole.tif": _tiff2(),
+                       "whole.png": encode(photo("rocket", (200, 150)), "PNG", save_all=True,
+                                           append_images=[photo("clock", (200, 150))], duration=100)}.items():
+        proj.add("b", name, data)
+    proj.set("dedup", near=False)
+    assert proj.build()[0] == 0
+    rows = proj.by_name()
+    for name, (_make, detail) in LATER_CUT.items():
+        row = rows[name]
+        assert (row["status"], row["reason"]) == ("rejected", "truncated"), (name, row["status"], row["detail"])
+        assert re.search(detail, row["detail"]), (name, row["detail"])
+    for name in ("whole.gif", "whole.mpo", "whole.tif", "whole.png"):
+        assert rows[name]["status"] == "ok", (name, rows[name]["detail"])
+        assert rows[name]["warnings"] == [], rows[name]["warnings"]
+
+
+def test_frames_past_the_pixel_budget_are_noted_not_decoded(tmp_path) -> None:
+    """Every frame within max_pixels, all of them together past it: the decoding stops there, with a note."""
+    proj = Project(tmp_path)
+    proj.add("a", "three.gif", _gif("chelsea", "clock", "coins"))  # 3 frames of 100×80
+    proj.add("b", "control.png", encode(photo("immunohistochemistry", (100, 80)), "PNG"))
+    proj.set("verify", max_pixels=20_000)
+    assert proj.build()[0] == 0
+    row = proj.by_name()["three.gif"]
+    assert row["status"] == "ok", row["detail"]
+    assert any(re.search(r"frames 3–3 not decoded .*20000 pixels", w) for w in row["warnings"]), row["warnings"]

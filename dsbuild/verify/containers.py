@@ -51,6 +51,38 @@ class PngScan:
     data: bytes
     notes: list[str] = field(default_factory=list)
     frames: list[tuple[int, int, int, int]] = field(default_factory=list)  # (x, y, width, height) per fcTL
+    # each image's zlib stream: (what, compressed parts, bytes its rows need), for png_check_streams
+    streams: list[tuple[str, list[bytes], int | None]] = field(default_factory=list)
+    interlaced: bool = False
+
+
+def png_check_streams(scan: PngScan, *, skip_image: bool = False) -> None:
+    """Raise :class:`Damaged` ("truncated") when an image's zlib stream holds fewer bytes than its rows need.
+
+    Call it after the frame sizes are held against the pixel limit: a bomb's
+    stream is short of its declared size too, and that is not what is wrong.
+    ``skip_image``: leave out the IDAT stream (the caller judges it from the
+    decoded rows, see :func:`png_rows_decoded_to_the_end`).
+    """
+    for what, parts, need in scan.streams:
+        if skip_image and what.startswith("image data"):
+            continue
+        _png_check_inflated(what, parts, need)
+
+
+def png_rows_decoded_to_the_end(scan: PngScan, img) -> bool:
+    """True when a decoded non-interlaced, non-animated PNG's last row holds a non-zero byte: its stream reached it.
+
+    The decoder writes each row into a zero-filled buffer as it inflates it, in
+    order: a last row with any non-zero byte was inflated, so no row is
+    missing and the second inflate (:func:`png_check_streams`, about a third of
+    Pillow's own decode time) can be skipped. An all-zero last row (black, or
+    palette index 0, or never written) says nothing: then the stream is counted.
+    """
+    if scan.interlaced or scan.frames or img.size[1] == 0:
+        return False
+    width, height = img.size
+    return any(img.crop((0, height - 1, width, height)).tobytes())
 
 
 def _chunks(data: bytes):
@@ -78,6 +110,8 @@ def png_scan(data: bytes) -> PngScan:
     out = PngScan(data=data)
     drop: list[tuple[int, int]] = []
     seen_idat = seen_iend = False
+    header = None  # IHDR: width, height, bit depth, colour type, compression, filter, interlace
+    groups: list[tuple[str, int, int, list[bytes]]] = []  # the compressed data of each image: IDAT, then each fdAT run
     for pos, kind, length in _chunks(data):
         body = data[pos + 8 : pos + 8 + length]
         (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
@@ -88,15 +122,28 @@ def png_scan(data: bytes) -> PngScan:
                 out.notes.append(f"metadata dropped: {name} chunk with a bad checksum")
                 continue
             raise Damaged("corrupt", f"PNG {name} chunk at offset {pos} has a bad checksum")
+        if kind == b"IHDR" and length >= 13:
+            header = struct.unpack(">IIBBBBB", body[:13])
         if kind == b"IDAT":
+            if not seen_idat:
+                groups.append(("image data (IDAT)", header[0], header[1], []))
             seen_idat = True
+            groups[-1][3].append(body)
         elif kind == b"IEND":
             seen_iend = True
         elif kind == b"fcTL" and length >= 20:
             width, height, x, y = struct.unpack(">IIII", body[4:20])
             out.frames.append((x, y, width, height))
+            if seen_idat:  # a fcTL before IDAT describes the IDAT image itself
+                groups.append((f"frame {len(out.frames)} (fdAT)", width, height, []))
+        elif kind == b"fdAT" and length >= 4 and groups and groups[-1][0].startswith("frame"):
+            groups[-1][3].append(body[4:])
     if not seen_idat:
         raise Damaged("truncated", "PNG has no image data (IDAT)")
+    if header is not None:
+        out.interlaced = header[6] == 1
+        out.streams = [(what, parts, _png_raw_size(width, height, *header[2:4], header[6]))
+                       for what, width, height, parts in groups]
     if not seen_iend:
         out.notes.append("PNG has no IEND chunk (ends after its image data)")
     if drop:
@@ -107,6 +154,59 @@ def png_scan(data: bytes) -> PngScan:
         parts.append(data[last:])
         out.data = b"".join(parts)
     return out
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_size(width: int, height: int, depth: int, colour: int, interlace: int) -> int | None:
+    """Bytes of filtered scanlines an image of this IHDR inflates to (a filter byte per row, each Adam7 pass apart)."""
+    channels = _PNG_CHANNELS.get(colour)
+    if channels is None:
+        return None  # a colour type the decoder refuses
+    bits = channels * depth
+
+    def rows(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + (w * bits + 7) // 8)
+
+    if interlace != 1:
+        return rows(width, height)
+    return sum(rows(max(0, (width - x0 + dx - 1) // dx), max(0, (height - y0 + dy - 1) // dy))
+               for x0, y0, dx, dy in _ADAM7)
+
+
+def _png_check_inflated(what: str, parts: list[bytes], need: int | None) -> None:
+    """Raise :class:`Damaged` ("truncated") when ``parts`` (one zlib stream) inflate to fewer bytes than ``need``.
+
+    zlib can end a stream cleanly (right Adler-32, right CRCs) after only some of
+    the rows: Pillow then returns the picture with the rest zero and says
+    nothing. Inflated in 1 MB steps and counted, never kept; stops once
+    ``need`` is reached. A stream zlib refuses is left to the decoder.
+    """
+    if need is None or need == 0:
+        return
+    if not parts:
+        raise Damaged("truncated", f"PNG {what} has no image data: its frame control chunk (fcTL) is followed by "
+                                   f"no fdAT chunk")
+    inflater = zlib.decompressobj()
+    got = 0
+    try:
+        for part in parts:
+            pending = part
+            while pending and got < need and not inflater.eof:
+                got += len(inflater.decompress(pending, 1 << 20))
+                pending = inflater.unconsumed_tail
+            if got >= need or inflater.eof:
+                break
+        if got < need and not inflater.eof:
+            got += len(inflater.flush())
+    except zlib.error:
+        return
+    if got < need:
+        ended = "ends" if inflater.eof else "is cut"
+        raise Damaged("truncated", f"PNG {what} is truncated: its zlib stream {ended} after {got} of the {need} bytes "
+                                   f"the image's rows need (rows missing at the bottom)")
 
 
 def strip_png_metadata(data: bytes, limit: int) -> tuple[bytes, list[str]]:
@@ -398,3 +498,135 @@ def _gif_without_extensions(data: bytes) -> tuple[bytes, list[str]] | None:
     if not dropped:
         return None
     return b"".join(parts), _counted(dropped)
+
+
+# --------------------------------------------------------------------------- JPEG
+
+
+
+def _jpeg_next_marker(data: bytes, pos: int) -> int:
+    """Offset of the next marker at or after ``pos`` that ends entropy-coded data (not FF 00, RSTn or fill), or -1.
+
+    ``bytes.find`` (memchr) jumps from one 0xFF byte to the next: entropy-coded
+    data has one about every 256 bytes (FF 00), so a scan costs a few hundred
+    Python steps, not one per byte.
+    """
+    end = len(data) - 1
+    while True:
+        at = data.find(b"\xff", pos, end)
+        if at < 0:
+            return -1
+        nxt = data[at + 1]
+        if nxt == 0 or 0xD0 <= nxt <= 0xD7 or nxt == 0xFF:
+            pos = at + (1 if nxt == 0xFF else 2)
+            continue
+        return at
+_SOF_LOSSLESS = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
+_SOF_DIFFERENTIAL = frozenset({0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF})
+_SOF_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
+@dataclass
+class JpegScans:
+    """What :func:`jpeg_scans` read: the frame's components and each scan header, and where the last scan's data ends."""
+
+    progressive: bool = False
+    components: list[int] = field(default_factory=list)
+    scans: list[tuple[tuple[int, ...], int, int, int, int]] = field(default_factory=list)  # (ids, Ss, Se, Ah, Al)
+    data_end: int | None = None  # offset of the marker that ends the last scan's entropy-coded data
+    end_marker: int | None = None  # that marker (0xD9 for EOI)
+
+
+def jpeg_scans(data: bytes, *, full: bool = False) -> JpegScans | None:
+    """The frame header and every scan header (SOS) of the first image of a JPEG, up to its EOI.
+
+    One pass over the marker segments; entropy-coded data is skipped from one
+    0xFF byte to the next (:func:`_jpeg_next_marker`), nothing is decoded. A
+    sequential JPEG whose first scan holds every component stops there (its
+    coverage is complete) unless ``full``: then ``data_end`` says where the
+    last scan's data ends. Returns
+    None for what this does not judge (lossless or hierarchical JPEG, a marker
+    segment whose length runs past the file: the decoder reports that).
+    """
+    out = JpegScans()
+    end = len(data)
+    pos = 2
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            pos = _jpeg_next_marker(data, pos)
+            if pos < 0:
+                return out
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker == 0xD9:
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        seg_end = pos + 2 + length
+        if length < 2 or seg_end > end:
+            return None
+        seg = data[pos + 4 : seg_end]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if marker in _SOF_LOSSLESS or marker in _SOF_DIFFERENTIAL or len(seg) < 6:
+                return None
+            out.progressive = marker in _SOF_PROGRESSIVE
+            out.components = [seg[6 + 3 * i] for i in range(seg[5]) if 6 + 3 * i < len(seg)]
+        elif marker == 0xDA and seg:
+            ns = seg[0]
+            if len(seg) < 4 + 2 * ns:
+                return None
+            ids = tuple(seg[1 + 2 * i] for i in range(ns))
+            ss, se, a = seg[1 + 2 * ns], seg[2 + 2 * ns], seg[3 + 2 * ns]
+            out.scans.append((ids, ss, se, a >> 4, a & 15))
+            if not full and not out.progressive and set(ids) >= set(out.components):
+                return out  # one sequential scan of every component codes them all: nothing after it to judge
+            pos = _jpeg_next_marker(data, seg_end)
+            if pos < 0:  # the scan runs to the end of the file: cut, which the decoder reports
+                out.data_end = out.end_marker = None
+                return out
+            out.data_end, out.end_marker = pos, data[pos + 1]
+            continue
+        pos = seg_end
+    return out
+
+
+def jpeg_check_coverage(found: JpegScans) -> None:
+    """Raise :class:`Damaged` ("truncated") when the scans do not code every coefficient of every component.
+
+    A progressive JPEG codes its DCT coefficients over several scans: bands of
+    coefficients (Ss–Se) per component, and bits of them by successive
+    approximation (first scan down to bit Al, refinements Ah → Al). A file whose
+    later scans are missing but which still ends with EOI decodes without a
+    word from libjpeg (the picture is a blurred approximation); so is a
+    sequential JPEG missing a component's scan. Complete means: every
+    coefficient 0–63 of every frame component coded down to bit 0.
+    """
+    if not found.scans or not found.components:
+        return
+    lowest: dict[int, list[int | None]] = {c: [None] * 64 for c in found.components}
+    for ids, ss, se, ah, al in found.scans:
+        if not found.progressive:
+            ss, se, ah, al = 0, 63, 0, 0
+        for c in ids:
+            bits = lowest.get(c)
+            if bits is None:
+                continue
+            for k in range(ss, min(se, 63) + 1):
+                if ah == 0:
+                    bits[k] = al if bits[k] is None else min(bits[k], al)
+                elif bits[k] == ah:
+                    bits[k] = al
+    missing = []
+    for n, c in enumerate(found.components, start=1):
+        short = [k for k, b in enumerate(lowest[c]) if b != 0]
+        if short:
+            missing.append(f"component {n} {len(short)} of 64 coefficients")
+    if missing:
+        kind = "progressive " if found.progressive else ""
+        raise Damaged("truncated", f"{kind}JPEG scan data stops early: after its {len(found.scans)} scans "
+                                   f"leave {', '.join(missing)} not coded down to bit 0 (later scans missing before the end marker)")

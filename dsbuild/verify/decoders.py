@@ -18,10 +18,15 @@ calls it). Its rules, in order:
    warnings, so scan data cut short but closed with an end marker decoded as
    grey without a word); the same DCT scaling and IDCT as Pillow's draft mode,
    bit-identical pixels. A warning that means missing or corrupt data rejects
-   the image with libjpeg's words; a harmless one (junk before a marker, an
-   unknown JFIF revision) is kept as a note. Other formats are decoded by
-   Pillow with Python warnings recorded and, in worker processes, the C
-   libraries' stderr (libtiff) captured per image (:func:`captured_stderr`).
+   the image with libjpeg's words; a harmless one (padding after the complete
+   scan data: :func:`_extraneous_is_trailing`; an unknown JFIF revision) is
+   kept as a note. The scan headers must code every coefficient (a progressive
+   JPEG whose later scans are missing decodes silently). Other formats are
+   decoded by Pillow with Python warnings recorded and, in worker processes,
+   the C libraries' stderr (libtiff, whose JPEG codec passes libjpeg's messages
+   on as ``JPEGLib: …``, classified as libjpeg's) captured per image
+   (:func:`captured_stderr`). Every frame of a multi-frame file is decoded
+   (:func:`_check_later_frames`); a PNG's zlib streams must hold every row.
 4. **Metadata never costs the picture.** A PNG whose text or ICC chunk inflates
    past Pillow's limit is decoded without its metadata; broken EXIF is ignored
    (orientation 1); each case leaves a note in ``warnings``. In general, a
@@ -138,8 +143,26 @@ def _clean(line: str) -> str:
 _TRUNCATED = re.compile(r"truncat|premature end|unexpected end|end of (file|stream|data)|\beof\b|not enough data|"
                         r"short read|incomplete|no more (data|images)|missing frame data|read error", re.I)
 # libjpeg warnings (jerror.h JWRN_*) that leave every pixel as encoded: noted, the image kept
-_JPEG_HARMLESS = re.compile(r"extraneous bytes before marker|unknown JFIF revision|Unknown Adobe color transform|"
-                            r"bad ICC marker|too many scanlines", re.I)
+_JPEG_HARMLESS = re.compile(r"unknown JFIF revision|Unknown Adobe color transform|bad ICC marker|too many scanlines",
+                            re.I)
+# JWRN_EXTRANEOUS_DATA: bytes libjpeg skipped to reach a marker. Harmless only when they follow the complete
+# entropy-coded data (see _extraneous_is_trailing); bytes inside it desynchronise the decode.
+_JPEG_EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})", re.I)
+# libtiff's JPEG codec passes libjpeg's messages on (tif_jpeg.c: "JPEGLib: <libjpeg's words>"), and its own
+# decode functions name themselves: both are the JPEG decoder speaking, classified as libjpeg's messages are.
+_TIFF_JPEG = re.compile(r"^(?:JPEGLib|JPEG\w*Decode\w*|JPEGPreDecode|OJPEG\w*):\s*(.*)$", re.I)
+# other C-library lines that say the data is damaged (a TIFF tag warning, say, is only a note)
+_HARMFUL = re.compile(r"corrupt|truncat|premature|bad (huffman|code)|invalid|read error|not enough data|"
+                      r"code not yet in table", re.I)
+
+
+def _stderr_fault(line: str) -> str | None:
+    """The reason (``truncated``/``corrupt``) a C library's stderr line rejects the image for, or None for a note."""
+    jpeg = _TIFF_JPEG.match(_clean(line))
+    if jpeg:  # libjpeg inside TIFF: every error and warning is damage but the ones that leave the pixels as encoded
+        text = jpeg.group(1)
+        return None if _JPEG_HARMLESS.search(text) else _reason(text)
+    return _reason(line) if _HARMFUL.search(line) else None
 
 
 def _reason(text: str) -> str:
@@ -196,9 +219,9 @@ def decode_checked(data: bytes, settings, *, analysis_side: int | None = 128):
         seen.append(f"Pillow: {w.message}")
     for line in stderr.lines():
         text = f"{_lib(fmt)}: {_clean(line)}"
-        if re.search(r"corrupt|truncat|premature|bad (huffman|code)|invalid|read error|not enough data|"
-                     r"code not yet in table", line, re.I):
-            raise Rejected(_reason(line), text, info)
+        fault = _stderr_fault(line)
+        if fault:
+            raise Rejected(fault, text, info)
         seen.append(text)
     info["warnings"] = tuple(dict.fromkeys(notes + seen))
     return img, info
@@ -248,6 +271,7 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
         info["width"], info["height"] = size
         _check_pixels(*size, settings)
     decode_data = data
+    scan = None  # a PNG's chunk walk (containers.png_scan)
     frames: list[tuple[str, int, int]] = []  # (what, width, height) of every frame whose size is declared apart
     pages: list[tuple[int, int]] = []
     try:
@@ -274,10 +298,15 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
         raise Rejected(exc.reason, exc.detail) from None
     for what, w, h in frames:  # before any reader runs: a reader may allocate for a frame's size
         _check_pixels(w, h, settings, what)
+    if fmt == "PNG":
+        try:
+            containers.png_check_streams(scan, skip_image=not scan.interlaced and not scan.frames)
+        except containers.Damaged as exc:
+            raise Rejected(exc.reason, exc.detail) from None
 
     mark = len(notes)
     try:
-        out, width, height, decode_data = _pixels(fmt, decode_data, settings, analysis_side, info, notes)
+        out, width, height, decode_data = _pixels(fmt, decode_data, settings, analysis_side, info, notes, scan)
     except (Rejected, MemoryError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise
     except Exception as exc:  # noqa: BLE001 - the decoder refused the file: was it only its metadata?
@@ -291,6 +320,8 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
         notes.extend(sub_notes)
         return out, sub_info
     info.update(width=width, height=height)
+    if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG"):
+        _check_later_frames(fmt, decode_data, settings, notes)
     if decode_data is not data:
         # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
         info["stored_data"] = decode_data
@@ -336,7 +367,7 @@ def _without_ancillary(fmt, data, settings, analysis_side, stderr, exc):
     return None
 
 
-def _pixels(fmt, decode_data, settings, analysis_side, info, notes):
+def _pixels(fmt, decode_data, settings, analysis_side, info, notes, scan=None):
     """Open, check and decode the first frame: ``(normalised image, width, height, bytes decoded)``."""
     try:
         img = _open(fmt, decode_data)
@@ -369,7 +400,13 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes):
 
     if fmt == "JPEG":
         orientation = _orientation(img, notes)  # JPEG's EXIF is read at open: no decode here
-        pixels = _jpeg_pixels(decode_data, img, analysis_side, notes)
+        scans = containers.jpeg_scans(decode_data)
+        pixels = _jpeg_pixels(decode_data, img, analysis_side, notes, scans)
+        if scans is not None:  # libjpeg was silent: do the scans code the whole picture?
+            try:
+                containers.jpeg_check_coverage(scans)
+            except containers.Damaged as exc:
+                raise Rejected(exc.reason, exc.detail) from None
         out = _normalise(pixels, orientation, info)
         if orientation in (5, 6, 7, 8):
             width, height = height, width
@@ -381,6 +418,12 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes):
                 raise
             img, decode_data = _without_png_metadata(decode_data, notes)
             img.load()
+        if fmt == "PNG" and not scan.interlaced and not scan.frames and \
+                not containers.png_rows_decoded_to_the_end(scan, img):
+            try:
+                containers.png_check_streams(scan)
+            except containers.Damaged as exc:
+                raise Rejected(exc.reason, exc.detail) from None
         loaded = img.size
         if loaded == (height, width) and loaded != (width, height):
             width, height = loaded  # the reader turned it itself (TIFF applies its orientation on load)
@@ -402,6 +445,55 @@ def _source_bits(fmt: str, data: bytes, img) -> int | None:
     except Exception:  # noqa: BLE001 - a hint for the exact-duplicate key only
         return None
     return None
+
+
+MAX_FRAMES_DECODED = 1000
+
+
+def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> None:
+    """Decode every frame after the first (GIF frames, TIFF pages, MPO images): one cut short rejects the file.
+
+    Loaders read the first frame, but the file stored is the whole file: a GIF
+    cut inside frame 5 is a cut file (``truncated``), whatever frame 1 looks
+    like. APNG frames are checked without decoding (their inflated size, in
+    :func:`containers.png_scan`); a WebP animation's frames are refused at open.
+
+    The caps, and why: every frame's declared size was already held against
+    ``max_pixels`` before anything was decoded, but decoding them all costs
+    frames × pixels. So the frames decoded here add up to at most
+    ``max_pixels`` pixels (the bomb limit holds for the whole file, not just
+    each frame) and at most :data:`MAX_FRAMES_DECODED` frames; the frames past
+    either cap are not decoded and a note says from which frame on. The
+    per-image ``time_limit`` still bounds the whole verification.
+    """
+    from PIL import Image
+
+    img = _open(fmt, data)
+    total = img.size[0] * img.size[1]  # the first frame, decoded already
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    for k in range(1, frames):
+        try:
+            img.seek(k)
+        except EOFError:
+            break
+        except Exception as exc:  # noqa: BLE001 - an MPO whose index is broken: loaders read the first (noted above)
+            if fmt == "JPEG":
+                return
+            raise Rejected(_reason(str(exc)), f"frame {k + 1}: {_describe(exc)}") from None
+        total += img.size[0] * img.size[1]
+        if k >= MAX_FRAMES_DECODED or total > settings.max_pixels:
+            notes.append(f"frames {k + 1}–{frames} not decoded (more than {MAX_FRAMES_DECODED} frames or "
+                         f"{settings.max_pixels} pixels in all)")
+            return
+        if fmt == "JPEG":  # DCT scaling, as for the first frame: every byte of the scan is still read
+            img.draft("RGB", (128, 128))
+        try:
+            img.load()
+        except (Image.DecompressionBombError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - hostile frames raise anything
+            reason = "truncated" if isinstance(exc, EOFError) else _reason(str(exc))
+            raise Rejected(reason, f"frame {k + 1} of {frames}: {_describe(exc)}") from None
 
 
 def _without_png_metadata(data: bytes, notes: list[str]):
@@ -501,7 +593,7 @@ def _deeper_source(fmt: str | None, img, bits: int | None) -> bool:
     return bool(bits and bits > 8 and img.mode not in _DEEP_MODES)
 
 
-def _jpeg_pixels(data: bytes, img, analysis_side: int | None, notes: list[str]):
+def _jpeg_pixels(data: bytes, img, analysis_side: int | None, notes: list[str], scans=None):
     """The JPEG's pixels, decoded by libjpeg-turbo in strict mode exactly as Pillow's draft mode would (see module doc)."""
     import simplejpeg
     from PIL import Image
@@ -523,17 +615,96 @@ def _jpeg_pixels(data: bytes, img, analysis_side: int | None, notes: list[str]):
         arr = simplejpeg.decode_jpeg(data, strict=True, **kw)
     except ValueError as exc:
         text = str(exc)
-        if not _JPEG_HARMLESS.search(text):  # missing or corrupt data, or an error libjpeg cannot decode past
+        if _JPEG_EXTRANEOUS.search(text):
+            arr = simplejpeg.decode_jpeg(data, strict=False, **kw)
+            if not _extraneous_is_trailing(data, text, scans, arr, kw):
+                raise Rejected("corrupt", f"libjpeg: {text} (inside the scan data: the bytes after them decode out "
+                                          f"of step)") from None
+        elif not _JPEG_HARMLESS.search(text):  # missing or corrupt data, or an error libjpeg cannot decode past
             raise Rejected(_reason(text), f"libjpeg: {text}") from None
+        else:
+            arr = simplejpeg.decode_jpeg(data, strict=False, **kw)
         # A warning that leaves every pixel as encoded (strict mode stopped at it): noted, decoded leniently.
         # A later harmful warning in the same file would go unseen: strict mode reports only the first.
         notes.append(f"libjpeg: {text}")
-        arr = simplejpeg.decode_jpeg(data, strict=False, **kw)
     if space == "GRAY":
         return Image.fromarray(arr[..., 0], "L")
     if space == "CMYK":
         return Image.fromarray(255 - arr, "CMYK")  # Adobe's inverted CMYK, as Pillow reads it
     return Image.fromarray(arr, "RGB")
+
+
+def _extraneous_is_trailing(data: bytes, text: str, scans, lenient, kw) -> bool:
+    """Whether the bytes libjpeg skipped before a marker follow the complete entropy-coded data (harmless junk).
+
+    libjpeg skips bytes it finds after decoding the last block of a scan, and
+    reports how many. Junk appended after intact scan data (some encoders pad
+    before EOI) leaves every pixel as encoded. Junk *inside* the data is decoded
+    as data: the decoder falls out of step, decodes the rest of the picture
+    from the wrong bits, and what is left over at the marker is real data.
+
+    The decoder alone cannot tell the two apart: with the leftover bytes removed
+    either file decodes silently to the same pixels. What it can tell is where
+    the last bit it needed lies, and an intact scan ends there the way T.81
+    F.1.2.3 says an encoder ends one: the last code's byte padded with 1-bits. So:
+
+    * before a restart marker (RST0–7), or any marker but the EOI that ends the
+      last scan: damage (intervals and scans are written back to back);
+    * before that EOI: cut the file byte by byte back to the shortest prefix
+      that still decodes strictly without a warning to the same pixels (the last
+      byte the decoder needed), then find the bits of that byte the decoder
+      never read (setting them changes nothing); harmless only when every one
+      of them is 1 (the encoder's padding), and the bytes left over hold no
+      stuffed FF 00 pair (how entropy-coded data, and nothing else, writes a
+      0xFF byte). Junk inside the data leaves its last code at a random bit with
+      random bits after it, and real data left over: of 40 random insertions
+      into a photo's scan 33 are caught by the bits alone (none of 40 random
+      trailing junks rejected); long leftovers almost always hold an FF 00.
+    About 10–20 decodes, only for files with this warning.
+    """
+    import numpy as np
+    import simplejpeg
+
+    found = _JPEG_EXTRANEOUS.search(text)
+    count, marker = int(found.group(1)), int(found.group(2), 16)
+    if marker != 0xD9 or scans is None:
+        return False
+    scans = containers.jpeg_scans(data, full=True)  # where the last scan's data ends
+    if scans is None or scans.end_marker != 0xD9 or scans.data_end is None:
+        return False
+    at = scans.data_end
+    stop = at - count  # the decoder's last needed byte lies before here
+
+    def same(candidate: bytes) -> bool:
+        try:
+            arr = simplejpeg.decode_jpeg(candidate, strict=True, **kw)
+        except ValueError:
+            return False
+        return arr.shape == lenient.shape and np.array_equal(arr, lenient)
+
+    tail = data[at:]
+    if not same(data[:stop] + tail):
+        return False
+    lo, hi = 0, 64  # libjpeg reads ahead a few bytes at most: the last needed byte lies within 64 of ``stop``
+    while lo < hi:  # largest k with data[:stop - k] still decoding the same
+        mid = (lo + hi + 1) // 2
+        if same(data[: stop - mid] + tail):
+            lo = mid
+        else:
+            hi = mid - 1
+    last = stop - lo - 1  # the last byte the decoder needs
+    byte = data[last]
+    if byte == 0xFF:
+        return False
+    unread = 0
+    for bits in range(1, 8):  # the low ``bits`` bits of that byte: does the decoder read them?
+        flipped = byte ^ ((1 << bits) - 1)
+        if flipped == 0xFF or not same(data[:last] + bytes([flipped]) + tail):
+            break
+        unread = bits
+    mask = (1 << unread) - 1
+    # and the bytes left over are no entropy-coded data: that writes every 0xFF byte as FF 00, other junk does not
+    return byte & mask == mask and b"\xff\x00" not in data[last + 1 : at]
 
 
 def normalise(img, *, orientation: int | None = None):
