@@ -855,8 +855,8 @@ def _undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
         raise ValueError(f"history needs columns {list(_HISTORY_COLUMNS)}; missing {sorted(missing)}")
     hist = history.sort_values("event_id", kind="stable") if "event_id" in history.columns else history
     cols = [*_HISTORY_COLUMNS, *(c for c in ("event_id", "changed_at", "label_quality", "note") if c in hist.columns)]
-    stacks: dict[str, list[dict]] = {}
-    for raw in hist[cols].to_dict("records"):
+
+    def record(raw: dict) -> dict[str, Any]:
         rec: dict[str, Any] = {k: _text(raw[k]) for k in _HISTORY_COLUMNS}
         if "note" in raw:
             rec["note"] = _text(raw["note"])
@@ -866,6 +866,15 @@ def _undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
             rec["event_id"] = None if _text(raw["event_id"]) is None else int(raw["event_id"])
         if "changed_at" in raw:  # a timestamp, kept as one (compared with the mislabel run's start)
             rec["changed_at"] = None if _text(raw["changed_at"]) is None else raw["changed_at"]
+        return rec
+
+    return _stacked(record(raw) for raw in hist[cols].to_dict("records"))
+
+
+def _stacked(records) -> dict[str, list[dict]]:
+    """Per image_id, the events of ``records`` (oldest first) not undone: each ``undo`` pops the latest."""
+    stacks: dict[str, list[dict]] = {}
+    for rec in records:
         stack = stacks.setdefault(str(rec["image_id"]), [])
         if rec["action"] == "undo":
             if stack:
@@ -986,14 +995,7 @@ def standing_decisions(history: "pandas.DataFrame | None") -> dict[str, Standing
     if history is None or len(history) == 0:
         return {}
     hist = history.sort_values("event_id", kind="stable") if "event_id" in history.columns else history
-    stacks: dict[str, list[dict]] = {}
-    for rec in hist[["image_id", "action", "source", "note", "changed_at"]].to_dict("records"):
-        stack = stacks.setdefault(str(rec["image_id"]), [])
-        if rec["action"] == "undo":
-            if stack:
-                stack.pop()
-        else:
-            stack.append(rec)
+    stacks = _stacked(hist[["image_id", "action", "source", "note", "changed_at"]].to_dict("records"))
     out: dict[str, Standing] = {}
 
     def trace(image_id: str, depth: int, seen: frozenset) -> Standing | None:

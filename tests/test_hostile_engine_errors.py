@@ -120,15 +120,9 @@ def _serve(cats_page, cats_redirect=None):
 def test_a_parser_exception_ends_that_query_only(tmp_path, engine: str, layout: str) -> None:
     page = (BROKEN_BING if engine == "icrawler:bing" else BROKEN_BAIDU)[layout]
     server = _serve(page)
-    try:
-        proj = Project(tmp_path)
-        proj.set("", engine=engine, endpoint=server.base, allow_private_hosts=True, per_query=10)
-        proj.classes = {"cat": {"queries": "cats"}, "dog": {"queries": "dogs"}}
-        proj.write_manifest()
-        code, out, err = proj.cli("build")
-    finally:
-        server.shutdown()
-        server.server_close()
+    proj, code, out, err = _build_against(
+        server, tmp_path, {"cat": {"queries": "cats"}, "dog": {"queries": "dogs"}}, dedup=True, engine=engine,
+        endpoint=server.base, per_query=10)
     assert code == 0, out + err
     assert "Traceback" not in out + err
     searches = {r["query"]: r for r in proj.rows("SELECT query, outcome, message, links FROM searches")}
@@ -173,17 +167,9 @@ def test_a_redirect_to_an_unreachable_host_ends_that_query_only(tmp_path, engine
     reached; that is the query's error outcome naming the target, not "cannot reach the endpoint" for the build."""
     location, names, why = REDIRECT_TARGETS[target]
     server = _serve(None, location)
-    try:
-        proj = Project(tmp_path)
-        proj.set("", engine=engine, endpoint=server.base, allow_private_hosts=True, per_query=10)
-        proj.set("dedup", near=False, semantic=False)
-        proj.classes = {"cat": {"queries": "cats"}, "dog": {"queries": "dogs"}}
-        proj.write_manifest()
-        code, out, err = proj.cli("build")
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert "Traceback" not in out + err
+    proj, code, out, err = _build_against(
+        server, tmp_path, {"cat": {"queries": "cats"}, "dog": {"queries": "dogs"}}, engine=engine,
+        endpoint=server.base, per_query=10)
     assert code == 0, out + err
     dogs = proj.rows("SELECT status FROM images WHERE label = 'dog'")
     assert [r["status"] for r in dogs] == ["ok"] * 3
@@ -196,6 +182,24 @@ def test_a_redirect_to_an_unreachable_host_ends_that_query_only(tmp_path, engine
     assert message in " ".join((out + err).split())  # the user is told, in one line
     assert [b["outcome"] for b in proj.rows("SELECT outcome FROM builds")] == ["ok"]
 
+
+
+def _build_against(server: "_Engine", tmp_path, classes: dict, *, dedup: bool = False, **dataset) -> tuple:
+    """A project with ``classes`` and the dataset keys ``dataset`` (private hosts allowed), built while ``server``
+    answers, the server stopped after: ``(project, exit code, stdout, stderr)``, no traceback in either."""
+    try:
+        proj = Project(tmp_path)
+        proj.set("", allow_private_hosts=True, **dataset)
+        if not dedup:
+            proj.set("dedup", near=False, semantic=False)
+        proj.classes = classes
+        proj.write_manifest()
+        code, out, err = proj.cli("build")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in out + err
+    return proj, code, out, err
 
 def _greedy_site(server: _Engine) -> None:
     server.images = {"/a/img/0.jpg": server.images["/img/0.jpg"], "/a/img/1.jpg": server.images["/img/1.jpg"],
@@ -215,17 +219,9 @@ def _greedy_site(server: _Engine) -> None:
 def test_greedy_an_in_site_link_to_an_unreachable_host_skips_that_page_only(tmp_path) -> None:
     server = _serve(None)
     _greedy_site(server)
-    try:
-        proj = Project(tmp_path)
-        proj.set("", engine="icrawler:greedy", allow_private_hosts=True, per_query=5)
-        proj.set("dedup", near=False, semantic=False)
-        proj.classes = {"a": {"queries": f"{server.base}/a"}, "b": {"queries": f"{server.base}/b"}}
-        proj.write_manifest()
-        code, out, err = proj.cli("build")
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert "Traceback" not in out + err
+    proj, code, out, err = _build_against(
+        server, tmp_path, {"a": {"queries": f"{server.base}/a"}, "b": {"queries": f"{server.base}/b"}},
+        engine="icrawler:greedy", per_query=5)
     assert code == 0, out + err
     found = proj.rows("SELECT label, count(*) AS n FROM images WHERE status = 'ok' GROUP BY label ORDER BY label")
     assert found == [{"label": "a", "n": 2}, {"label": "b", "n": 2}]
@@ -235,17 +231,9 @@ def test_greedy_a_site_that_cannot_be_reached_ends_that_query_only(tmp_path) -> 
     """Without an endpoint each greedy query is its own site: one that does not resolve is that query's error."""
     server = _serve(None)
     _greedy_site(server)
-    try:
-        proj = Project(tmp_path)
-        proj.set("", engine="icrawler:greedy", allow_private_hosts=True, per_query=5)
-        proj.set("dedup", near=False, semantic=False)
-        proj.classes = {"a": {"queries": "http://no-such-site.invalid/a"}, "b": {"queries": f"{server.base}/b"}}
-        proj.write_manifest()
-        code, out, err = proj.cli("build")
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert "Traceback" not in out + err
+    proj, code, out, err = _build_against(
+        server, tmp_path, {"a": {"queries": "http://no-such-site.invalid/a"}, "b": {"queries": f"{server.base}/b"}},
+        engine="icrawler:greedy", per_query=5)
     assert code == 0, out + err
     assert proj.rows("SELECT label, count(*) AS n FROM images WHERE status = 'ok' GROUP BY label") == [{"label": "b", "n": 2}]
     a = proj.rows("SELECT outcome, message FROM searches WHERE label = 'a'")
@@ -257,18 +245,10 @@ def test_one_class_endpoint_down_does_not_stop_the_other_classes_endpoint(tmp_pa
     """An endpoint that cannot be reached stops the queries sent to it; a class with its own, working endpoint
     is still searched."""
     server = _serve(None)
-    try:
-        proj = Project(tmp_path)
-        proj.set("", engine="icrawler:bing", endpoint=f"http://127.0.0.1:{CLOSED}", allow_private_hosts=True,
-                 per_query=10)
-        proj.set("dedup", near=False, semantic=False)
-        proj.classes = {"cat": {"queries": ["cats", "kittens"]}, "dog": {"queries": "dogs", "endpoint": server.base}}
-        proj.write_manifest()
-        code, out, err = proj.cli("build")
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert "Traceback" not in out + err
+    proj, code, out, err = _build_against(
+        server, tmp_path,
+        {"cat": {"queries": ["cats", "kittens"]}, "dog": {"queries": "dogs", "endpoint": server.base}},
+        engine="icrawler:bing", endpoint=f"http://127.0.0.1:{CLOSED}", per_query=10)
     assert code == 0, out + err
     assert [r["status"] for r in proj.rows("SELECT status FROM images WHERE label = 'dog'")] == ["ok"] * 3
     assert f"cannot reach 127.0.0.1:{CLOSED} (connection refused)" in " ".join(out.split())
