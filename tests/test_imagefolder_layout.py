@@ -246,6 +246,39 @@ def test_a_csv_export_builds_again_as_a_labels_csv_once_labels_root_holds_its_fi
     assert len(before) == 8
 
 
+def test_labels_root_may_be_a_symlinked_data_folder_and_advice_names_only_what_can_help(tmp_path: Path,
+                                                                                      capsys) -> None:
+    """A probe of stop 30: `labels_root = "imgs"` where imgs is a symlink to the data disk refused every row (the
+    rows resolve to the target, the root did not); a CSV of files that exist nowhere here was told to set
+    labels_root = "/", which cannot help."""
+    real = tmp_path / "disk" / "real"
+    photos(real, "chelsea", range(0, 2))
+    photos(real, "astronaut", range(0, 2))
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "imgs").symlink_to(real, target_is_directory=True)
+    rows = ["file,label"] + [f"{proj / 'imgs' / f'chelsea-{k}.png'},cat" for k in range(2)]
+    rows += [f"{proj / 'imgs' / f'astronaut-{k}.png'},dog" for k in range(2)]
+    (proj / "labels.csv").write_text("\n".join(rows) + "\n")
+    m = proj / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "labels.csv"\nlabels_root = "imgs"\n'
+                 '[datasets.flat.dedup]\nsemantic = false\n')
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    assert "skipped" not in out, out
+    assert sql(m, "select label, count(*) from images where dataset = 'flat' and status = 'ok' group by all "
+                  "order by all") == [("cat", 2), ("dog", 2)]
+
+    gone = ["file,label", "/nowhere/on/this/machine/a.png,cat", "/nowhere/else/b.png,dog"]
+    (proj / "other.csv").write_text("\n".join(gone) + "\n")
+    m.write_text('[datasets.away]\nlabels_csv = "other.csv"\n')
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 2, out
+    assert (f"other.csv: 2 rows list files outside {proj.resolve()}, and none of them exists here — give the CSV "
+            "paths to files on this machine") in flat(err), err
+    assert "labels_root =" not in err, err
+
+
 def test_labels_root_without_labels_csv_is_refused(tmp_path: Path, capsys) -> None:
     m = tmp_path / "datasets.toml"
     m.write_text('[datasets.pets]\nimagefolder = "tree"\nlabels_root = "tree"\n')

@@ -117,7 +117,7 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
                            "be a header such as file,label (optional: split or is_valid; separated by commas, or "
                            "by ';', tabs or '|')", exit_code=2)
     base = path.parent.resolve()
-    top = base if root is None else Path(os.path.abspath(root))
+    top = base if root is None else Path(os.path.abspath(root)).resolve()  # a symlinked data folder: its target
     out = LabelsCsv()
     name = path.name
     first: dict[tuple[str, str], int] = {}  # (path, label) → the line that listed it first
@@ -159,23 +159,20 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
                 out.problems.append(f"{name} line {line}: is_valid {cell(valid_col)!r} is not true or false — skipped")
                 continue
         file = Path(os.path.normpath(base / written.replace("\\", "/")))  # an absolute path stays as written
-        if not file.is_relative_to(top):
-            where = "the folder that holds " + name if root is None else "the dataset's labels_root"
-            out.problems.append(f"{name} line {line}: {written!r} is outside {top} — skipped: a labels CSV's files "
-                                f"stay in {where}")
-            out.outside.append(file)
-            continue
         try:
             real = file.resolve()
         except (OSError, RuntimeError):  # a symlink loop
             real = file
-        if real != file and not real.is_relative_to(top):
-            # A symlink (to a file, or a folder on the way) that leads out of the folder: refused like '../'.
+        if not real.is_relative_to(top):
             where = "the folder that holds " + name if root is None else "the dataset's labels_root"
-            out.problems.append(f"{name} line {line}: {written!r} is outside {top} (it leads to {real}) — skipped: "
-                                f"a labels CSV's files stay in {where}")
+            # a symlink (to a file, or a folder on the way) that leads out of the root is outside, like '../'
+            leads = f" (it leads to {real})" if real != file else ""
+            out.problems.append(f"{name} line {line}: {written!r} is outside {top}{leads} — skipped: a labels CSV's "
+                                f"files stay in {where}")
+            if not leads:
+                out.outside.append(file)
             continue
-        rel = file.relative_to(top).as_posix()
+        rel = real.relative_to(top).as_posix()
         if not file.exists():
             where = "" if os.path.isabs(written.replace("\\", "/")) else f" in {base}"
             out.problems.append(f"{name} line {line}: {written!r} does not exist{where} — skipped")
@@ -190,9 +187,12 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
         first[rel, label] = line
         out.rows.append(Row(line, file, label, split))
     if out.outside:
-        common = Path(os.path.commonpath([str(f.parent) for f in out.outside] + [str(top)]))
-        n = len(out.outside)
-        out.hint = (f"{name}: {n} row{'s' if n != 1 else ''} list{'' if n != 1 else 's'} files outside {top} — to "
-                    f"build {'them' if n != 1 else 'it'}, set labels_root = \"{common}\" on the dataset (the folder "
-                    "its files must stay in)")
+        n, there = len(out.outside), [f for f in out.outside if f.is_file()]
+        rows = f"{name}: {n} row{'s' if n != 1 else ''} list{'' if n != 1 else 's'} files outside {top}"
+        if there:
+            common = Path(os.path.commonpath([str(f.parent) for f in there] + [str(top)]))
+            out.hint = (f"{rows} — to build {'them' if len(there) != 1 else 'it'}, set labels_root = \"{common}\" on "
+                        "the dataset (the folder its files must stay in)")
+        else:  # labels_root cannot help: a CSV written on another machine, or its files moved
+            out.hint = f"{rows}, and none of them exists here — give the CSV paths to files on this machine"
     return out
