@@ -485,8 +485,9 @@ def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> No
             notes.append(f"frames {k + 1}–{frames} not decoded (more than {MAX_FRAMES_DECODED} frames or "
                          f"{settings.max_pixels} pixels in all)")
             return
-        if fmt == "JPEG":  # DCT scaling, as for the first frame: every byte of the scan is still read
-            img.draft("RGB", (128, 128))
+        if fmt == "JPEG":
+            _check_mpo_frame(img, data, k, frames)
+            continue
         try:
             img.load()
         except (Image.DecompressionBombError, MemoryError):
@@ -494,6 +495,29 @@ def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> No
         except Exception as exc:  # noqa: BLE001 - hostile frames raise anything
             reason = "truncated" if isinstance(exc, EOFError) else _reason(str(exc))
             raise Rejected(reason, f"frame {k + 1} of {frames}: {_describe(exc)}") from None
+
+
+def _check_mpo_frame(img, data: bytes, k: int, frames: int) -> None:
+    """Frame ``k`` (0-based, ``img`` seeked to it) of an MPO decoded by libjpeg in strict mode, as the first frame
+    is (Pillow's decoder fills a cut scan with grey and says nothing when an end marker follows): its bytes start
+    where Pillow's seek put the frame (``img.offset``, from the MP index) and run the index entry's ``Size``, cut
+    at the end of the file. DCT-scaled to ≥ 128 px: every byte of the scan is still read. A warning off the
+    harmless list rejects the file, naming the frame."""
+    import simplejpeg
+
+    try:
+        start = int(img.offset)
+        frame = data[start:start + int(img.mpinfo[0xB002][k]["Size"])]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return  # no readable MP index entry: Pillow's seek read the frame header, loaders read the first frame
+    if frame[:2] != b"\xff\xd8":
+        return  # not where a JPEG starts: the index is not this file's (loaders read the first frame)
+    try:
+        simplejpeg.decode_jpeg(frame, strict=True, min_height=128, min_width=128)
+    except ValueError as exc:
+        text = str(exc)
+        if not _JPEG_HARMLESS.search(text):
+            raise Rejected(_reason(text), f"frame {k + 1} of {frames}: libjpeg: {text}") from None
 
 
 def _without_png_metadata(data: bytes, notes: list[str]):
