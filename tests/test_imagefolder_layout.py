@@ -279,6 +279,20 @@ def test_labels_root_may_be_a_symlinked_data_folder_and_advice_names_only_what_c
     assert "labels_root =" not in err, err
 
 
+@pytest.mark.parametrize("root, why", [("missing", "is not a folder"), ("labels.csv", "is not a folder")])
+def test_labels_root_that_is_no_folder_is_refused_before_the_build(tmp_path: Path, capsys, root: str, why: str) -> None:
+    photos(tmp_path, "chelsea", range(0, 1))
+    photos(tmp_path, "astronaut", range(0, 1))
+    (tmp_path / "labels.csv").write_text("file,label\nchelsea-0.png,cat\nastronaut-0.png,dog\n")
+    m = tmp_path / "datasets.toml"
+    m.write_text(f'[datasets.flat]\nlabels_csv = "labels.csv"\nlabels_root = "{root}"\n')
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 2, out
+    assert "Traceback" not in err
+    assert f"datasets.flat.labels_root: {tmp_path / root} {why}" in flat(err), err
+    assert not (tmp_path / "catalog" / "store").exists()
+
+
 def test_labels_root_without_labels_csv_is_refused(tmp_path: Path, capsys) -> None:
     m = tmp_path / "datasets.toml"
     m.write_text('[datasets.pets]\nimagefolder = "tree"\nlabels_root = "tree"\n')
