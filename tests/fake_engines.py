@@ -36,6 +36,7 @@ Switches (attributes, may be changed while the server runs):
   ``page_drip`` — seconds between single bytes of an engine page's body (a dripping server);
 * ``image_delay`` — seconds of latency per image (benchmarks); ``image_size`` — JPEG size;
 * ``flickr_api_key`` — the key the Flickr API accepts (else ``stat: fail``, code 100).
+* ``flickr_sizes_redirect`` — when set, ``flickr.photos.getSizes`` answers 302 with this URL as ``Location``.
 
 Every request path is appended to ``requests``; :meth:`hits` counts them by prefix.
 
@@ -135,6 +136,7 @@ class FakeEngineServer:
         bing_max_count: int = 150,
         page_delay: float = 0.0,
         page_drip: float = 0.0,
+        flickr_sizes_redirect: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
@@ -148,6 +150,7 @@ class FakeEngineServer:
         self.bing_max_count = bing_max_count
         self.page_delay = page_delay
         self.page_drip = page_drip
+        self.flickr_sizes_redirect = flickr_sizes_redirect
         self.requests: list[str] = []
         self._planted: dict[str, list[str]] = {}
         self._photos: dict[str, bytes] = {}
@@ -426,6 +429,11 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "flickr.photos.search":
             return self._flickr_search(params)
         if method == "flickr.photos.getSizes":
+            if self.fake.flickr_sizes_redirect:
+                self.send_response(302)
+                self.send_header("Location", self.fake.flickr_sizes_redirect)
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
             return self._flickr_sizes(_q(params, "photo_id"))
         self._json({"stat": "fail", "code": 112, "message": f'Method "{method}" not found'})
 

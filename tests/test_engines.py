@@ -611,6 +611,17 @@ def test_flickr_resolves_only_the_photos_it_needs(fake_engine: FakeEngineServer)
     assert fake_engine.hits("/services/rest/?method=flickr.photos.getSizes") == 4
 
 
+def test_flickr_parsers_own_requests_do_not_follow_redirects(fake_engine: FakeEngineServer) -> None:
+    """icrawler's FlickrParser calls ``session.get`` itself, and requests' ``Session.get`` asks for redirects to be
+    followed: the engine session refuses them anyway, so a getSizes answer cannot send the crawl to another host
+    (every hop of dsbuild's own fetches is checked; this one would not be)."""
+    fake_engine.flickr_sizes_redirect = f"{fake_engine.url}/photo/elsewhere"
+    result = get_engine("icrawler:flickr").search(QUERY, opts(fake_engine, limit=4))
+    assert fake_engine.hits("/services/rest/?method=flickr.photos.getSizes") > 0
+    assert fake_engine.hits("/photo/elsewhere") == 0
+    assert list(result.links) == []
+
+
 # --------------------------------------------------------------------------- the libraries we build on
 
 

@@ -186,7 +186,9 @@ def _make_session_class() -> type:
                 if self._host_verdicts[host] is not None:
                     raise _Refused(f"{host} is a loopback/private address ({self._host_verdicts[host]})")
             kwargs.setdefault("timeout", (self.default_timeout, self.default_timeout))
-            kwargs.setdefault("allow_redirects", False)
+            # Forced, not defaulted: Session.get sets allow_redirects=True before it calls request(), so a
+            # parser's own get (Flickr's getSizes) would follow a redirect to any host, unchecked.
+            kwargs["allow_redirects"] = False
             return super().request(method, url, *args, **kwargs)
 
     return EngineSession
