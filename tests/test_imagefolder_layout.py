@@ -206,6 +206,59 @@ def test_labels_csv_takes_absolute_paths_inside_its_folder_and_a_semicolon_separ
         ("cat", "ok", 3), ("dog", "ok", 3)]
 
 
+@pytest.mark.parametrize("bad", ['imgs/chelsea-2.png,"cat', '"imgs/chelsea-2.png,cat'])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_stray_quote_in_a_labels_csv_costs_its_own_row_only(tmp_path: Path, capsys, bad: str, newline: str) -> None:
+    """Variant hunt 3: one unclosed quote (a typo, or a label such as 6" ruler written unquoted) ran to the end of the
+    file — every later row was lost, and the one problem named the last line and held the rest of the CSV."""
+    flat_dir = tmp_path / "data"
+    photos(flat_dir / "imgs", "chelsea", range(0, 4))
+    photos(flat_dir / "imgs", "astronaut", range(0, 4))
+    rows = ["file,label", "imgs/chelsea-0.png,cat", "imgs/chelsea-1.png,cat", bad, "imgs/chelsea-3.png,cat"]
+    rows += [f"imgs/astronaut-{k}.png,dog" for k in range(4)]
+    (flat_dir / "labels.csv").write_text(newline.join(rows) + newline, newline="")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    problems = [line for line in out.splitlines() if "labels.csv line" in line]
+    assert [flat(line) for line in problems] == [
+        "flat: labels.csv line 4: not a valid CSV row (unexpected end of data) — check the quotes on this line; "
+        "skipped"], out
+    assert sql(m, "select label, count(*) from images where dataset = 'flat' and status = 'ok' group by all "
+                  "order by all") == [("cat", 3), ("dog", 4)]
+
+
+def test_a_split_edited_in_a_labels_csv_moves_the_image(tmp_path: Path, capsys) -> None:
+    """Variant hunt 3: a changed split column was ignored (the files were unchanged, so not read again) — the build
+    said "up to date", `--resplit` moved nothing, and an image the CSV now puts in test stayed in train."""
+    flat_dir = tmp_path / "data"
+    photos(flat_dir / "imgs", "chelsea", range(0, 4))
+    photos(flat_dir / "imgs", "astronaut", range(0, 4))
+    splits = {"chelsea-0": "valid", "chelsea-1": "train", "astronaut-0": "valid"}
+
+    def write() -> None:
+        rows = ["file,label,split"] + [f"imgs/{n}-{k}.png,{'cat' if n == 'chelsea' else 'dog'},"
+                                       f"{splits.get(f'{n}-{k}', 'train')}" for n in ("chelsea", "astronaut")
+                                       for k in range(4)]
+        (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+
+    write()
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
+    where = "select split from images where origin like ?"
+    assert [sql(m, where, [f"%/{n}.png"])[0][0] for n in ("chelsea-0", "chelsea-1")] == ["valid", "train"]
+    splits.update({"chelsea-0": "train", "chelsea-1": "test"})
+    write()
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    assert "up to date" not in out, out
+    assert [sql(m, where, [f"%/{n}.png"])[0][0] for n in ("chelsea-0", "chelsea-1", "astronaut-0")] == [
+        "train", "test", "valid"]
+    assert sql(m, "select count(*) from images where dataset = 'flat' and status = 'ok'") == [(8,)]
+
+
 def test_a_csv_export_builds_again_as_a_labels_csv_once_labels_root_holds_its_files(tmp_path: Path, capsys) -> None:
     """Trial 7: `export --format csv` lists the catalog's stored files by absolute path; built as a labels_csv, every
     row was skipped as outside the CSV's folder and the build said "up to date — 0 accepted images". Now the build

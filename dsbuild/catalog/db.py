@@ -316,9 +316,10 @@ class Catalog:
 
     def known_items(self, dataset: str):
         """Existing items of ``dataset``: image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns,
-        class_label, split."""
+        class_label, split, given_split."""
         return self.df(
-            "SELECT image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns, class_label, split "
+            "SELECT image_id, origin, source, query, status, reason, sha256, src_size, src_mtime_ns, class_label, split, "
+            "given_split "
             "FROM items WHERE dataset = ?",
             [dataset],
         )

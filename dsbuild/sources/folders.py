@@ -345,7 +345,9 @@ def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now
         iid = image_id_for(ds.name, src.label, origin)
         current.add(iid)
         old = known.get(iid)
-        unchanged = old is not None and old.src_size == src.size and old.src_mtime_ns == src.mtime_ns
+        # A labels CSV's split column can change while the file does not: the item is recorded again with it.
+        unchanged = (old is not None and old.src_size == src.size and old.src_mtime_ns == src.mtime_ns
+                     and (old.given_split if isinstance(old.given_split, str) else None) == src.given_split)
         if unchanged and not changed_settings and not (run.retry_failed and old.status == "failed") \
                 and not source_removed(old):
             skipped += 1

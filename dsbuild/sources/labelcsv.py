@@ -15,8 +15,8 @@ and a label column there and the comma does not (spreadsheets in many locales sa
 from __future__ import annotations
 
 import csv
-import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +65,14 @@ def _column(header: list[str], names: tuple[str, ...]) -> int | None:
     return None
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _cells(line: str, sep: str) -> list[str]:
+    """The fields of one CSV line; raises csv.Error for a quote opened and not closed on it."""
+    return next(csv.reader([line], delimiter=sep, strict=True), [])
+
+
 def _delimiter(text: str) -> str:
     """The CSV's separator (module docstring): ``,`` unless another of :data:`DELIMITERS` alone splits the header
     row into a file and a label column."""
@@ -99,14 +107,17 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
     except OSError as err:
         raise DsbuildError(f"{key}: cannot read {path}: {err.strerror or err}", exit_code=2) from None
     sep = _delimiter(text)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    # One row per line, each read on its own (strict): a stray quote costs its own row, never the rows after it (a
+    # reader over the whole text runs an unclosed quote to the end of the file). No file name or label a row may
+    # hold has a line break in it.
+    lines = _LINE_BREAK.split(text)
+    if not text.strip():
+        raise DsbuildError(f"{key}: {path} is empty — its first row must be a header such as file,label", exit_code=2)
     try:
-        header = [c.strip().lower() for c in next(reader)]
-    except StopIteration:
-        raise DsbuildError(f"{key}: {path} is empty — its first row must be a header such as file,label", exit_code=2) \
-            from None
+        header = [c.strip().lower() for c in _cells(lines[0], sep)]
     except csv.Error as err:
-        raise DsbuildError(f"{key}: {path} line 1: not a valid CSV row ({err})", exit_code=2) from None
+        raise DsbuildError(f"{key}: {path} line 1: not a valid CSV row ({err}) — check the quotes on this line",
+                           exit_code=2) from None
     file_col, label_col = _column(header, FILE_COLUMNS), _column(header, LABEL_COLUMNS)
     split_col = header.index("split") if "split" in header else None
     valid_col = header.index("is_valid") if split_col is None and "is_valid" in header else None
@@ -121,15 +132,13 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
     out = LabelsCsv()
     name = path.name
     first: dict[tuple[str, str], int] = {}  # (path, label) → the line that listed it first
-    while True:
+    for line, text_line in enumerate(lines[1:], start=2):
         try:
-            cells = next(reader)
-        except StopIteration:
-            break
+            cells = _cells(text_line, sep)
         except csv.Error as err:
-            out.problems.append(f"{name} line {reader.line_num}: not a valid CSV row ({err}) — skipped")
+            out.problems.append(f"{name} line {line}: not a valid CSV row ({err}) — check the quotes on this line; "
+                                "skipped")
             continue
-        line = reader.line_num
         if not any(c.strip() for c in cells):
             continue
         cell = lambda col: cells[col].strip() if col is not None and col < len(cells) else ""  # noqa: E731
