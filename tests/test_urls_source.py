@@ -146,6 +146,49 @@ def test_bom_and_crlf_are_handled(tmp_path: Path) -> None:
     assert problems == []
 
 
+@pytest.mark.parametrize("name, text", [
+    ("cr.txt", "https://a.example/1.jpg\rhttps://a.example/2.jpg\r"),
+    ("cr.csv", "url,label\rhttps://a.example/1.jpg,cat\rhttps://a.example/2.jpg,cat\r"),
+    ("mixed.txt", "https://a.example/1.jpg\r\nhttps://a.example/2.jpg\n"),
+])
+def test_a_bare_cr_ends_a_line(tmp_path: Path, name: str, text: str) -> None:
+    """Variant hunt 3: a list with old-Mac line ends (a bare CR) ended the build with a csv traceback."""
+    path = tmp_path / name
+    path.write_bytes(text.encode())
+    links, problems = read_url_list(path)
+    assert ([link.url for link in links], problems) == (["https://a.example/1.jpg", "https://a.example/2.jpg"], [])
+
+
+def test_a_stray_cr_inside_a_line_splits_it_and_names_the_part_that_is_no_url(tmp_path: Path) -> None:
+    path = tmp_path / "list.txt"
+    path.write_bytes(b"https://a.example/1.jpg\rjunk\nhttps://a.example/2.jpg\n")
+    links, problems = read_url_list(path)
+    assert [link.url for link in links] == ["https://a.example/1.jpg", "https://a.example/2.jpg"]
+    assert problems == ["list.txt line 2: 'junk' is not an http(s) URL (no scheme) — skipped"]
+
+
+@pytest.mark.parametrize("data, kind", [
+    ("\ufeffhttps://a.example/1.jpg\r\n".encode("utf-16-le"), "UTF-16 text"),
+    ("https://a.example/1.jpg\n".encode("utf-16-be"), "UTF-16 text"),
+    (b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(200), "binary (it contains NUL bytes)"),
+])
+def test_a_utf16_or_binary_list_is_refused_with_what_to_do(tmp_path: Path, data: bytes, kind: str) -> None:
+    path = tmp_path / "list.txt"
+    path.write_bytes(data)
+    with pytest.raises(DsbuildError) as err:
+        read_url_list(path)
+    assert str(err.value) == (f"URL list {path} is {kind}, not UTF-8 — save it as UTF-8 text, one URL a line (or a "
+                              "CSV with a url column)")
+
+
+def test_a_line_longer_than_csvs_field_limit_is_a_problem_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "list.txt"
+    path.write_text("https://a.example/" + "x" * 200_000 + ".jpg\nhttps://a.example/2.jpg\n")
+    links, problems = read_url_list(path)
+    assert [link.url for link in links] == ["https://a.example/2.jpg"]
+    assert len(problems) == 1 and problems[0].startswith("list.txt line 1: ") and problems[0].endswith(" — skipped")
+
+
 def test_duplicates_are_kept_once(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -181,7 +181,23 @@ def _is_header(cells: list[str]) -> bool:
 
 
 def _row(text: str, delimiter: str, **kw) -> list[str]:
-    return next(csv.reader([text], delimiter=delimiter, **kw))
+    return next(csv.reader([text], delimiter=delimiter, **kw), [])
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """UTF-16 without a BOM: ASCII text in it has a NUL at every other byte, and none between."""
+    even, odd = head[0::2], head[1::2]
+    nul = lambda part: part.count(0) / max(1, len(part))  # noqa: E731
+    return len(head) >= 8 and max(nul(even), nul(odd)) >= 0.9 and min(nul(even), nul(odd)) <= 0.1
+
+
+def _header_cells(text: str, delimiter: str) -> list[str]:
+    """The cells of a line that may be a header; none when it cannot be read as CSV (a field past csv's size
+    limit: a line of data, not a header)."""
+    try:
+        return _row(text, delimiter)
+    except csv.Error:
+        return []
 
 
 def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
@@ -208,13 +224,19 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
         raise DsbuildError(f"cannot read URL list {path}: {err.strerror or err}") from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:65536]:
+        kind = "UTF-16 text" if data.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_utf16(data[:2000]) else \
+            "binary (it contains NUL bytes)"
+        raise DsbuildError(f"URL list {path} is {kind}, not UTF-8 — save it as UTF-8 text, one URL a line (or a CSV "
+                           "with a url column)")
 
     name = path.name
     problems: list[str] = []
     lines: list[tuple[int, str]] = []  # (line number, text) of content lines
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    # Any line end counts (LF, CRLF, or a bare CR as old Mac exports write): a URL cannot hold one.
+    for number, raw in enumerate(re.split(rb"\r\n|\r|\n", data), start=1):
         try:
-            text = raw.decode("utf-8").rstrip("\r")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             problems.append(f"{name} line {number}: not valid UTF-8 — skipped")
             continue
@@ -225,16 +247,16 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
 
     suffix = path.suffix.lower()
     first = lines[0][1] if lines else ""
-    if suffix == ".tsv" or (suffix != ".csv" and "\t" in first.strip() and _is_header(_row(first, "\t"))):
+    if suffix == ".tsv" or (suffix != ".csv" and "\t" in first.strip() and _is_header(_header_cells(first, "\t"))):
         sep, kind = "\t", "TSV"
     else:
         sep, kind = ",", "CSV"
-    is_csv = suffix in (".csv", ".tsv") or (bool(lines) and _is_header(_row(first, sep)))
+    is_csv = suffix in (".csv", ".tsv") or (bool(lines) and _is_header(_header_cells(first, sep)))
     entries: list[tuple[int, str, str | None]] = []  # (line, url text, label)
     if is_csv:
         if not lines:
             return [], problems
-        header = [c.strip().lower() for c in _row(first, sep)]
+        header = [c.strip().lower() for c in _header_cells(first, sep)]
         if "url" not in header:
             local = [c for c in header if c in ("file", "fname", "filename", "name", "path", "image")]
             fix = (f"it lists local files ({local[0]} column): give it as labels_csv = \"…/{path.name}\" in the "
