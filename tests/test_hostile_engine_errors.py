@@ -55,6 +55,7 @@ class _Engine(ThreadingHTTPServer):
         self.cats_page = cats_page
         self.cats_redirect = cats_redirect  # base -> Location the results page of ``cats`` answers 302 with
         self.site = {}  # greedy site: path -> (status, body, headers)
+        self.requests: list[str] = []  # every path asked for, in order
         self.images = {f"/img/{i}.jpg": encode(photo(n, (160, 120)), "JPEG") for i, n in enumerate(DOG_PHOTOS)}
 
     @property
@@ -76,6 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        self.server.requests.append(self.path)
         parts = urlsplit(self.path)
         params = parse_qs(parts.query)
         if parts.path in self.server.images:
@@ -239,6 +241,25 @@ def test_greedy_a_site_that_cannot_be_reached_ends_that_query_only(tmp_path) -> 
     a = proj.rows("SELECT outcome, message FROM searches WHERE label = 'a'")
     assert a == [{"outcome": "error", "message": "no-such-site.invalid could not be reached (host name not found) — "
                                                  "stopped this query after 0 links"}]
+
+
+@pytest.mark.parametrize("site, why", [
+    ("ftp://example.org/gallery", "must be an http(s) URL such as https://example.org/gallery"),
+    ("http://[::1/gallery", "is not a valid URL (Invalid IPv6 URL) — use e.g. https://example.org/gallery"),
+    ("http://example.org:99999/gallery", "is not a valid URL (Port out of range 0-65535) — use e.g. "
+                                         "https://example.org/gallery"),
+])
+def test_greedy_a_site_that_is_no_url_is_refused_before_the_build_by_class(tmp_path, site: str, why: str) -> None:
+    """Variant hunt 3: a greedy query that is no http(s) URL stopped the build after the search had started — now the
+    build refuses it before anything is searched, naming its class."""
+    server = _serve(None)
+    _greedy_site(server)
+    proj, code, out, err = _build_against(
+        server, tmp_path, {"a": {"queries": f"{server.base}/a"}, "b": {"queries": site}},
+        engine="icrawler:greedy", per_query=5)
+    assert code == 2, out + err
+    assert f"datasets.ds.classes.b: greedy site {site!r} {why}" in " ".join(err.split()), err
+    assert server.requests == []
 
 
 def test_one_class_endpoint_down_does_not_stop_the_other_classes_endpoint(tmp_path) -> None:

@@ -77,7 +77,13 @@ def check_web_settings(ds: Dataset) -> list[str]:
                 if cls.queries:
                     engine.validate(engine_options(ds, cls))
         except DsbuildError as exc:
-            problems.append(f"datasets.{ds.name}: {exc}")
+            return [f"datasets.{ds.name}: {exc}"]
+        for cls in ds.classes:
+            for query in cls.queries:
+                try:
+                    engine.check_query(query, engine_options(ds, cls))
+                except DsbuildError as exc:  # one query's fault (a greedy site that is no URL): named before the build
+                    problems.append(f"datasets.{ds.name}.classes.{cls.name}: {exc}")
     return problems
 
 

@@ -68,11 +68,17 @@ class Engine(abc.ABC):
         Raises DsbuildError for bad options and EngineError when the engine host
         cannot be reached (no network) — both before/at the first page.
         """
+        self.validate(options)
+        self.check_query(query, options)
+        return LinkStream(self._discover(query.strip(), options))
+
+    def check_query(self, query: str, options: EngineOptions) -> None:
+        """Raise DsbuildError for a query this engine cannot use (empty; greedy: a site that is no http(s) URL).
+
+        Cheap and offline, like :meth:`validate`: the build calls it for every query before crawling."""
         if not isinstance(query, str) or not query.strip():
             raise DsbuildError(f"engine '{self.name}' got an empty query — give each class a non-empty query")
-        self.validate(options)
         self._check_query(query.strip(), options)
-        return LinkStream(self._discover(query.strip(), options))
 
     def _check_query(self, query: str, options: EngineOptions) -> None:
         """Raise DsbuildError for a query this engine cannot use (greedy: the site URL)."""

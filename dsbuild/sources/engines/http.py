@@ -73,7 +73,8 @@ def check_base_url(url: str, *, what: str, allow_private_hosts: bool) -> str:
         parts = urlsplit(url.strip())
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as err:
-        raise DsbuildError(f"{what} {url!r} is not a valid URL ({err}) — use e.g. http://127.0.0.1:8765") from None
+        example = "https://example.org/gallery" if what == "greedy site" else "http://127.0.0.1:8765"
+        raise DsbuildError(f"{what} {url!r} is not a valid URL ({err}) — use e.g. {example}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DsbuildError(f"{what} {url!r} must be an http(s) URL with a host, e.g. http://127.0.0.1:8765")
     if parts.query or parts.fragment:
