@@ -63,6 +63,7 @@ def test_normalize_url(url: str, expected: str) -> None:
         ("http://a..b/a.jpg", "has an invalid host name 'a..b'"),
         ("http://example.com/a\nb.jpg", "contains control characters"),
         ("http://example.com/" + "a" * MAX_URL_LENGTH, f"is longer than {MAX_URL_LENGTH} characters"),
+        ("http://example.com/" + "é" * 1000, "is 6019 characters once percent-encoded as it is sent, longer than 4096"),
     ],
 )
 def test_normalize_url_rejects(url: str, reason: str) -> None:

@@ -149,7 +149,11 @@ def normalize_url(url: str) -> str:
     query = _encode_component(parts.query)
     result = urlunsplit((scheme, netloc, path, query, ""))
     if len(result) > MAX_URL_LENGTH:
-        raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
+        if len(url.strip()) > MAX_URL_LENGTH:
+            raise ValueError(f"is longer than {MAX_URL_LENGTH} characters")
+        # Non-ASCII characters are sent as %XX escapes (one to four bytes, three characters each).
+        raise ValueError(f"is {len(result)} characters once percent-encoded as it is sent, longer than "
+                         f"{MAX_URL_LENGTH}")
     return result
 
 
