@@ -725,6 +725,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             if again:
                 skipped[UNDO_AGAIN] = again
         cat.append_label_events(name, events)
+        ghost = ghost_label_note(name, [e for e in events if e["action"] == "undo"], dataset_classes(cat, ds))
+        if ghost:
+            notes.append(ghost)
         # A remove takes an image out of its duplicate group, an undo of it puts it back: regroup those groups
         # now, so that a copy of a removed representative is not left out of export and training until a build.
         regroup_reviewed(cat, ds, sorted({str(e["image_id"]) for e in events if e["action"] == "remove" or (
@@ -743,6 +746,28 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
     return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
                          already_applied=already, skipped=skipped, notes=tuple(notes))
+
+
+def ghost_label_note(dataset: str, undone: "list[dict]", classes: "Iterable[str]") -> str | None:
+    """The warning for ``undone`` events (undo, as :func:`dsbuild.decisions.plan_events` writes them) that gave an
+    accepted image back a label that is no longer one of ``classes`` (a relabel a build had followed when its class
+    was merged or renamed, undone): the image would be exported and trained as a class of its own. None if none."""
+    from dsbuild.carryover import MAX_IDS
+    from dsbuild.render.values import counted
+
+    known = set(classes)
+    ghosts = [e for e in undone if (e.get("new_status") or e.get("old_status")) == "ok"  # None: status unchanged
+              and e.get("new_label") not in known]
+    if not ghosts:
+        return None
+    labels = ", ".join(f"'{g}'" for g in sorted({str(e["new_label"]) for e in ghosts}))
+    ids = [str(e["image_id"]) for e in ghosts]
+    shown = ", ".join(ids[:MAX_IDS]) + (f", … ({len(ids) - MAX_IDS} more)" if len(ids) > MAX_IDS else "")
+    n = len(ghosts)
+    return (f"{counted(n, 'image')} undone to label {labels}, which is no longer a class of this dataset: {shown} — "
+            f"export and training would take {'it' if n == 1 else 'them'} as a class of {'its' if n == 1 else 'their'} "
+            f"own; relabel {'it' if n == 1 else 'them'} in a decisions CSV (image_id,action,new_label: "
+            f"<id>,relabel,<class>) and run `dsbuild review {dataset} --decisions FILE`")
 
 
 PERSON_DECIDED = ("whose standing decision is a person's (a decisions file or the review app, or carried over from one "

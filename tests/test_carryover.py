@@ -76,12 +76,13 @@ def history(manifest: Path) -> pd.DataFrame:
         return cat.df("SELECT * FROM label_history ORDER BY event_id")
 
 
-def review(capsys, manifest: Path, rows: list[tuple[str, str, str]]) -> None:
-    """Apply ``(image_id, action, new_label)`` rows as a decisions file."""
+def review(capsys, manifest: Path, rows: list[tuple[str, str, str]]) -> str:
+    """Apply ``(image_id, action, new_label)`` rows as a decisions file; what it said (stdout and stderr), flat."""
     csv = Path(manifest).parent / "decisions.csv"
     csv.write_text("image_id,action,new_label\n" + "".join(f"{i},{a},{lb}\n" for i, a, lb in rows))
     code, out, err = run_cli(capsys, manifest, "review", "pets", "--decisions", str(csv))
     assert code == 0, err
+    return " ".join((out + err).split())
 
 
 def build(capsys, manifest: Path) -> str:
@@ -444,8 +445,13 @@ def test_an_image_relabelled_to_a_renamed_class_follows_the_rename(tmp_path: Pat
     table = " ".join(status_out.split())
     # deux: folder two's 2 train + 2 valid, then one0 and zero0 — one of them in the valid half of its class
     assert code == 0 and "│ deux │ 3 │ 3 │ 1 │" in table and "│ two │ · │ · │ 5 │" in table  # only set-aside rows
-    review(capsys, manifest, [(ids["one/one0.png"], "undo", "")])
+    said = review(capsys, manifest, [(ids["one/one0.png"], "undo", "")])
     assert current(manifest).loc["one/one0.png", "label"] == "two"
+    # Variant hunt 3: the undo gave back a label no class has any more, silently (status, export and training
+    # then took 'two' as a class of one image): the review names it and says what to do.
+    assert (f"1 image undone to label 'two', which is no longer a class of this dataset: {ids['one/one0.png']} — "
+            "export and training would take it as a class of its own; relabel it in a decisions CSV "
+            "(image_id,action,new_label: <id>,relabel,<class>) and run `dsbuild review pets --decisions FILE`") in said
 
 
 def test_an_image_relabelled_to_a_merged_class_follows_the_merge(tmp_path: Path, capsys) -> None:
