@@ -54,6 +54,9 @@ class PngScan:
     # each image's zlib stream: (what, compressed parts, bytes its rows need), for png_check_streams
     streams: list[tuple[str, list[bytes], int | None]] = field(default_factory=list)
     interlaced: bool = False
+    palette: int | None = None  # entries in PLTE (its length / 3), None without one
+    declared_frames: int | None = None  # acTL's num_frames (an APNG), None for a still PNG
+    ended: bool = True  # False when the file stops at a chunk boundary before IEND
 
 
 def png_check_streams(scan: PngScan, *, skip_image: bool = False) -> None:
@@ -124,6 +127,8 @@ def png_scan(data: bytes) -> PngScan:
             raise Damaged("corrupt", f"PNG {name} chunk at offset {pos} has a bad checksum")
         if kind == b"IHDR" and length >= 13:
             header = struct.unpack(">IIBBBBB", body[:13])
+        elif kind == b"PLTE":
+            out.palette = length // 3
         if kind == b"IDAT":
             if not seen_idat:
                 groups.append(("image data (IDAT)", header[0], header[1], []))
@@ -251,6 +256,71 @@ def _inflated_size(kind: bytes, body: bytes, limit: int) -> int | None:
         return len(inflater.decompress(rest, limit + 1))
     except (ValueError, IndexError, zlib.error):
         return None
+
+
+# --------------------------------------------------------------------------- palettes
+
+
+def palette_entries(fmt: str, data: bytes, scan: PngScan | None = None) -> int | None:
+    """How many colours the palette of the first image holds, as the file declares it; None when not known here.
+
+    * PNG — the entries of PLTE (``scan.palette``, from :func:`png_scan`).
+    * GIF — the first image's local colour table when it has one, else the
+      global colour table (``3 × 2^(n+1)`` bytes, n the size field); None
+      when there is neither (decoders then use a default palette).
+    * BMP — ``biClrUsed`` (``bV5ClrUsed``) when not 0, else ``2^bits``; the
+      OS/2 core header (12 bytes) has no such field: ``2^bits``. Only for 1–8
+      bits per pixel; None otherwise.
+
+    Read without decoding; see :func:`dsbuild.verify.decoders.check_palette_indices` for why it matters.
+    """
+    if fmt == "PNG":
+        return scan.palette if scan is not None else None
+    if fmt == "GIF":
+        if len(data) < 13:
+            return None
+        glob = 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else None
+        try:
+            frames = _gif_first_local_table(data)
+        except (Damaged, IndexError):
+            return glob
+        return frames if frames is not None else glob
+    if fmt == "BMP":
+        if len(data) < 30:
+            return None
+        (header,) = struct.unpack("<I", data[14:18])
+        if header == 12:
+            bits = struct.unpack("<H", data[24:26])[0]
+            used = 0
+        elif header >= 40 and len(data) >= 50:
+            bits = struct.unpack("<H", data[28:30])[0]
+            used = struct.unpack("<I", data[46:50])[0]
+        else:
+            return None
+        if not 1 <= bits <= 8:
+            return None
+        return used or 1 << bits
+    return None
+
+
+def _gif_first_local_table(data: bytes) -> int | None:
+    """Entries of the first image descriptor's local colour table (None when it has none, or there is no image)."""
+    end = len(data)
+    pos = 13 + (3 * 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    while pos < end:
+        kind = data[pos]
+        if kind == 0x2C:
+            if pos + 10 > end:
+                return None
+            local = data[pos + 9]
+            return 2 ** ((local & 7) + 1) if local & 0x80 else None
+        if kind != 0x21:
+            return None
+        pos += 2
+        while pos < end and data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    return None
 
 
 # --------------------------------------------------------------------------- GIF

@@ -424,6 +424,7 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes, scan=None):
                 containers.png_check_streams(scan)
             except containers.Damaged as exc:
                 raise Rejected(exc.reason, exc.detail) from None
+        check_palette_indices(fmt, decode_data, img, scan)
         loaded = img.size
         if loaded == (height, width) and loaded != (width, height):
             width, height = loaded  # the reader turned it itself (TIFF applies its orientation on load)
@@ -432,6 +433,53 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes, scan=None):
         if after in (5, 6, 7, 8):
             width, height = height, width
     return out, width, height, decode_data
+
+
+def check_palette_indices(fmt: str, data: bytes, img, scan=None) -> None:
+    """Raise :class:`Rejected` ("corrupt") when a decoded palette image (PNG, GIF, BMP) uses an index past the end
+    of its palette.
+
+    A palette image stores, per pixel, an index into its colour table. The
+    table's length is declared in the file (PNG: the PLTE entries; GIF: the
+    local or global colour table; BMP: ``biClrUsed``, see
+    :func:`containers.palette_entries`) and need not be ``2^bits``: a 4-bit PNG
+    with 11 PLTE entries is valid as long as no pixel says 11–15. A pixel that
+    does has no colour. The PNG specification makes it an error ("It is an
+    error if an out-of-range pixel value is found", PLTE); libpng notices it
+    only at ``png_read_end`` and only as a *benign* error (a warning unless the
+    reader turns benign errors off, "Read palette index exceeding num_palette"),
+    and fills the missing entries with black, as Pillow does; browsers paint
+    those pixels black too. GIF and BMP readers behave the same. So every
+    decoder shows a picture, and not the one that was encoded: a palette
+    shortened by damage (or a writer's bug) turns most of a photo black, and
+    two such files of different pictures can even become exact duplicates of
+    each other. A training set wants the encoded picture or nothing: such a
+    file is ``corrupt``, with the largest index, the palette's length and the
+    share of pixels with no colour in the detail.
+
+    Cost: one histogram of the decoded indices (C, one pass). Indices within
+    the palette are never refused, however short the palette; a GIF's
+    transparent index is not counted (a transparent pixel needs no colour);
+    a palette the reader turned into greys (Pillow's ``L`` for a grey-ramp GIF
+    or BMP palette) is not checked.
+    """
+    if fmt not in ("PNG", "GIF", "BMP") or img.mode != "P":
+        return
+    entries = containers.palette_entries(fmt, data, scan)
+    if not entries or entries >= 256:
+        return
+    counts = img.histogram()[:256]
+    transparent = img.info.get("transparency")
+    if isinstance(transparent, int) and 0 <= transparent < 256:
+        counts[transparent] = 0
+    beyond = sum(counts[entries:])
+    if not beyond:
+        return
+    top = max(i for i in range(entries, 256) if counts[i])
+    share = 100.0 * beyond / max(1, sum(counts))
+    raise Rejected("corrupt", f"{fmt} pixel index {top} lies beyond its {entries}-colour palette (indices 0–"
+                              f"{entries - 1}): {share:.0f} % of the pixels have no colour (decoders show them "
+                              f"black); the palette is damaged or cut short — re-export the image from its source")
 
 
 def _source_bits(fmt: str, data: bytes, img) -> int | None:

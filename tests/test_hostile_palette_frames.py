@@ -1,0 +1,124 @@
+"""Palette indices past the palette, and later frames of animated WebP and APNG files, are held to the file.
+
+Kind of fault (hunt 3, findings 3, 5, 6, 7): what the decoder shows is not what the file says.
+
+* A palette image (PNG, GIF, BMP) whose pixels use indices past the end of its
+  palette decodes silently with those pixels black (Pillow, libpng, browsers):
+  ``corrupt``, naming the index and the palette's length. Palettes shorter than
+  ``2^bits`` whose indices stay within are valid and accepted.
+* An animated WebP whose later frame is damaged or cut: rejected, as a GIF,
+  TIFF or MPO later frame is (the demuxer checks only the container).
+* An APNG whose fdAT data is damaged (bad chunk checksum, or a zlib stream that
+  does not inflate) is ``corrupt``; one whose frames stop before acTL's
+  ``num_frames`` is ``truncated`` (the file ends early) or ``corrupt`` (IEND
+  follows: the file says it is whole).
+
+Inputs: real photos (``skimage.data``) encoded by Pillow at test time, then
+damaged by byte edits (checksums fixed where the damage must be inside the
+data). Every case is checked against its intact original, which is accepted.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from hostile_kit import Project, encode, photo
+
+
+def _crc_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(kind, offset, data length) of every chunk of a PNG."""
+    pos, out = 8, []
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append((data[pos + 4 : pos + 8], pos, length))
+        pos += 12 + length
+    return out
+
+
+# --------------------------------------------------------------------------- palettes
+
+
+def _quantised(colours: int = 16, name: str = "astronaut") -> Image.Image:
+    img = photo(name, (160, 120)).convert("P", palette=Image.Palette.ADAPTIVE, colors=colours)
+    assert np.asarray(img).max() == colours - 1
+    return img
+
+
+def _png_short_plte(img: Image.Image, entries: int, bits: int = 4) -> bytes:
+    """``img`` as a ``bits``-bit PNG whose PLTE keeps only its first ``entries`` colours (CRC right)."""
+    data = encode(img, "PNG", bits=bits)
+    out = [data[:8]]
+    for kind, pos, length in _png_chunks(data):
+        body = data[pos + 8 : pos + 8 + length]
+        out.append(_crc_chunk(kind, body[: 3 * entries] if kind == b"PLTE" else body))
+    return b"".join(out)
+
+
+def _bmp8(img: Image.Image, colours_used: int) -> bytes:
+    """``img`` (P) as an 8-bit uncompressed BMP whose palette holds ``colours_used`` entries (biClrUsed)."""
+    idx = np.asarray(img)
+    height, width = idx.shape
+    pal = img.getpalette()
+    rows = b"".join(idx[y].tobytes() + b"\0" * ((-width) % 4) for y in range(height - 1, -1, -1))
+    palette = b"".join(bytes([pal[3 * i + 2], pal[3 * i + 1], pal[3 * i], 0]) for i in range(colours_used))
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 0, len(rows), 2835, 2835, colours_used, 0)
+    offset = 14 + 40 + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + info + palette + rows
+
+
+def _gif_short_table(img: Image.Image, size_field: int) -> bytes:
+    """``img`` as a GIF whose global colour table is cut to ``2^(size_field+1)`` entries (its pixels unchanged)."""
+    data = encode(img, "GIF")
+    flags = data[10]
+    assert flags & 0x80
+    old = 3 * 2 ** ((flags & 7) + 1)
+    new = 3 * 2 ** (size_field + 1)
+    return data[:10] + bytes([(flags & 0xF8) | size_field]) + data[11:13] + data[13 : 13 + new] + data[13 + old :]
+
+
+PALETTE_BAD = {
+    "plte4.png": (lambda: _png_short_plte(_quantised(), 4), r"PNG pixel index 15 lies beyond its 4-colour palette"),
+    "plte15.png": (lambda: _png_short_plte(_quantised(), 15), r"PNG pixel index 15 lies beyond its 15-colour"),
+    "plte8_8bit.png": (lambda: _png_short_plte(_quantised(40, "coffee"), 8, bits=8),
+                       r"PNG pixel index 39 lies beyond its 8-colour palette"),
+    "clrused4.bmp": (lambda: _bmp8(_quantised(), 4), r"BMP pixel index 15 lies beyond its 4-colour palette"),
+    "table4.gif": (lambda: _gif_short_table(_quantised(), 1), r"GIF pixel index 15 lies beyond its 4-colour palette"),
+}
+PALETTE_GOOD = {  # palettes shorter than 2^bits, every index within: valid
+    "plte11_4bit.png": lambda: _png_short_plte(_quantised(11, "chelsea"), 11),
+    "plte3_2bit.png": lambda: _png_short_plte(_quantised(3, "rocket"), 3, bits=2),
+    "plte40_8bit.png": lambda: _png_short_plte(_quantised(40, "coffee"), 40, bits=8),
+    "clrused16.bmp": lambda: _bmp8(_quantised(16, "camera"), 16),
+    "clrused5.bmp": lambda: _bmp8(_quantised(5, "coins"), 5),
+    "gif16.gif": lambda: encode(_quantised(16, "clock"), "GIF"),
+    "gif3.gif": lambda: encode(_quantised(3, "moon"), "GIF"),
+    "transparent.gif": lambda: encode(_quantised(7, "immunohistochemistry"), "GIF", transparency=6),
+}
+
+
+def test_palette_indices_past_the_palette_are_corrupt(tmp_path) -> None:
+    """Indices past the palette's end: ``corrupt`` with the index and length; short palettes used within: ``ok``."""
+    proj = Project(tmp_path)
+    for name, (make, _detail) in PALETTE_BAD.items():
+        proj.add("a", name, make())
+    for name, make in PALETTE_GOOD.items():
+        proj.add("b", name, make())
+    proj.set("dedup", near=False, semantic=False)
+    assert proj.build()[0] == 0
+    rows = proj.by_name()
+    for name, (_make, detail) in PALETTE_BAD.items():
+        row = rows[name]
+        assert (row["status"], row["reason"]) == ("rejected", "corrupt"), (name, row["status"], row["detail"])
+        assert re.search(detail, row["detail"]), (name, row["detail"])
+    for name in PALETTE_GOOD:
+        assert rows[name]["status"] == "ok", (name, rows[name]["reason"], rows[name]["detail"])
+        assert rows[name]["warnings"] == [], (name, rows[name]["warnings"])
