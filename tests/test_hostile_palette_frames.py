@@ -122,3 +122,61 @@ def test_palette_indices_past_the_palette_are_corrupt(tmp_path) -> None:
     for name in PALETTE_GOOD:
         assert rows[name]["status"] == "ok", (name, rows[name]["reason"], rows[name]["detail"])
         assert rows[name]["warnings"] == [], (name, rows[name]["warnings"])
+
+
+# --------------------------------------------------------------------------- animated WebP
+
+
+def _riff_chunks(data: bytes, pos: int, end: int) -> list[tuple[bytes, int, int]]:
+    out = []
+    while pos + 8 <= end:
+        (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        out.append((data[pos : pos + 4], pos, length))
+        pos += 8 + length + (length & 1)
+    return out
+
+
+def _webp_anim(lossless: bool) -> bytes:
+    a, b, c = (photo(n, (160, 120)) for n in ("astronaut", "coffee", "rocket"))
+    kw = {"lossless": True} if lossless else {"quality": 80}
+    return encode(a, "WEBP", save_all=True, append_images=[b, c], duration=100, **kw)
+
+
+def _webp_frame2(data: bytes, how: str) -> bytes:
+    """``data`` (an animated WebP) with frame 2's VP8/VP8L bitstream damaged: 40 bytes flipped in its entropy-code
+    header, 12 bytes in (``flip``: libwebp refuses it; flips deep in the coded data mostly decode silently, WebP has
+    no checksum), or cut to half its length with every enclosing chunk size fixed (``half``: the container is whole)."""
+    out = bytearray(data)
+    _k, pos, n = [c for c in _riff_chunks(data, 12, len(data)) if c[0] == b"ANMF"][1]
+    kind, bpos, bn = [c for c in _riff_chunks(data, pos + 24, pos + 8 + n) if c[0] in (b"VP8 ", b"VP8L")][0]
+    if how == "flip":
+        for i in range(bpos + 8 + 12, bpos + 8 + 52):
+            out[i] ^= 0x5A
+        return bytes(out)
+    half = (bn // 2) & ~1
+    sub = data[pos + 24 : bpos] + kind + struct.pack("<I", half) + data[bpos + 8 : bpos + 8 + half] + \
+        data[bpos + 8 + bn + (bn & 1) : pos + 8 + n]
+    new = data[:pos] + b"ANMF" + struct.pack("<I", 16 + len(sub)) + data[pos + 8 : pos + 24] + sub + \
+        data[pos + 8 + n + (n & 1) :]
+    return new[:4] + struct.pack("<I", len(new) - 8) + new[8:]
+
+
+def test_a_damaged_later_webp_frame_rejects_the_file(tmp_path) -> None:
+    """Frame 2 of an animated WebP damaged or cut: ``corrupt`` naming the frame; the intact animations: ``ok``."""
+    lossless, lossy = _webp_anim(True), _webp_anim(False)
+    bad = {"lossless_flip.webp": _webp_frame2(lossless, "flip"), "lossless_half.webp": _webp_frame2(lossless, "half"),
+           "lossy_flip.webp": _webp_frame2(lossy, "flip"), "lossy_half.webp": _webp_frame2(lossy, "half")}
+    proj = Project(tmp_path)
+    for name, data in bad.items():
+        proj.add("a", name, data)
+    proj.add("b", "lossless.webp", lossless)
+    proj.add("b", "lossy.webp", lossy)
+    proj.set("dedup", near=False, semantic=False)
+    assert proj.build()[0] == 0
+    rows = proj.by_name()
+    for name in bad:
+        row = rows[name]
+        assert (row["status"], row["reason"]) == ("rejected", "corrupt"), (name, row["status"], row["detail"])
+        assert row["detail"].startswith("frame 2 of 3: libwebp cannot decode this frame's bitstream"), row["detail"]
+    for name in ("lossless.webp", "lossy.webp"):
+        assert (rows[name]["status"], rows[name]["warnings"]) == ("ok", []), (name, rows[name]["detail"])

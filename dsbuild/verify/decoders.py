@@ -320,7 +320,7 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
         notes.extend(sub_notes)
         return out, sub_info
     info.update(width=width, height=height)
-    if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG"):
+    if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG", "WEBP"):
         _check_later_frames(fmt, decode_data, settings, notes)
     if decode_data is not data:
         # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
@@ -499,12 +499,17 @@ MAX_FRAMES_DECODED = 1000
 
 
 def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> None:
-    """Decode every frame after the first (GIF frames, TIFF pages, MPO images): one cut short rejects the file.
+    """Decode every frame after the first (GIF frames, TIFF pages, MPO images, WebP animation frames): one cut short
+    or damaged rejects the file.
 
     Loaders read the first frame, but the file stored is the whole file: a GIF
     cut inside frame 5 is a cut file (``truncated``), whatever frame 1 looks
-    like. APNG frames are checked without decoding (their inflated size, in
-    :func:`containers.png_scan`); a WebP animation's frames are refused at open.
+    like. APNG frames are checked without decoding (their zlib streams, in
+    :func:`containers.png_check_streams`). A WebP animation's frames are *not*
+    checked at open: libwebp's demuxer (WebPAnimDecoderNew) validates only the
+    container (chunk sizes, frames within the canvas), so a frame whose VP8/VP8L
+    bitstream is damaged or cut short is only found when it is decoded here
+    (Pillow: "failed to read next frame").
 
     The caps, and why: every frame's declared size was already held against
     ``max_pixels`` before anything was decoded, but decoding them all costs
@@ -542,7 +547,10 @@ def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> No
             raise
         except Exception as exc:  # noqa: BLE001 - hostile frames raise anything
             reason = "truncated" if isinstance(exc, EOFError) else _reason(str(exc))
-            raise Rejected(reason, f"frame {k + 1} of {frames}: {_describe(exc)}") from None
+            said = _describe(exc)
+            if fmt == "WEBP":  # Pillow's words only: say what libwebp refused
+                said = f"libwebp cannot decode this frame's bitstream (damaged or cut short): {said}"
+            raise Rejected(reason, f"frame {k + 1} of {frames}: {said}") from None
 
 
 def _check_mpo_frame(img, data: bytes, k: int, frames: int) -> None:
