@@ -180,3 +180,70 @@ def test_a_damaged_later_webp_frame_rejects_the_file(tmp_path) -> None:
         assert row["detail"].startswith("frame 2 of 3: libwebp cannot decode this frame's bitstream"), row["detail"]
     for name in ("lossless.webp", "lossy.webp"):
         assert (rows[name]["status"], rows[name]["warnings"]) == ("ok", []), (name, rows[name]["detail"])
+
+
+# --------------------------------------------------------------------------- APNG
+
+
+def _apng(default_image: bool = False) -> bytes:
+    a, b, c = (photo(n, (160, 120)) for n in ("astronaut", "coffee", "rocket"))
+    if default_image:  # an IDAT image that is not part of the animation, then 3 frames of fdAT
+        return encode(photo("chelsea", (160, 120)), "PNG", save_all=True, append_images=[a, b, c], duration=100,
+                      default_image=True)
+    return encode(a, "PNG", save_all=True, append_images=[b, c], duration=100)
+
+
+def _apng_flip(data: bytes, which: int, fix_crc: bool) -> bytes:
+    """``data`` with 30 bytes flipped in the middle of its ``which``-th fdAT chunk's data (0-based), its chunk CRC
+    left bad (damage in transit) or recomputed (damaged before it was written: only the zlib stream can tell)."""
+    pos, length = [(p, n) for k, p, n in _png_chunks(data) if k == b"fdAT"][which]
+    out = bytearray(data)
+    start = pos + 12 + (length - 4) // 2
+    for i in range(start, start + 30):
+        out[i] ^= 0x5A
+    if fix_crc:
+        out[pos + 8 + length : pos + 12 + length] = struct.pack(">I", zlib.crc32(bytes(out[pos + 4 : pos + 8 + length]))
+                                                                & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def _apng_cut_before(data: bytes, frame: int, iend: bool) -> bytes:
+    """``data`` cut right before frame ``frame``'s fcTL (1-based), with IEND appended or not."""
+    at = [p for k, p, _n in _png_chunks(data) if k == b"fcTL"][frame - 1]
+    return data[:at] + (_crc_chunk(b"IEND", b"") if iend else b"")
+
+
+def test_apng_frame_data_and_frame_count_are_checked(tmp_path) -> None:
+    """A damaged fdAT is ``corrupt`` (bad checksum, or a zlib stream that does not inflate); frames missing against
+    acTL's num_frames are ``truncated`` without IEND, ``corrupt`` with it; whole APNGs are accepted."""
+    whole, with_default = _apng(), _apng(default_image=True)
+    cases = {
+        "f2_bad_crc.png": (_apng_flip(whole, 0, False), "corrupt",
+                           r"^PNG fdAT chunk at offset \d+ \(frame 2 of the animation\) has a bad checksum$"),
+        "f3_bad_crc.png": (_apng_flip(whole, 1, False), "corrupt", r"fdAT chunk at offset \d+ \(frame 3 of the"),
+        "f2_crc_fixed.png": (_apng_flip(whole, 0, True), "corrupt",
+                             r"^PNG frame 2 \(fdAT\) is damaged: its zlib stream does not inflate \(Error -3"),
+        "f3_crc_fixed.png": (_apng_flip(whole, 1, True), "corrupt", r"^PNG frame 3 \(fdAT\) is damaged"),
+        "default_f2_crc_fixed.png": (_apng_flip(with_default, 1, True), "corrupt", r"^PNG frame 2 \(fdAT\) is damaged"),
+        "cut_before_3.png": (_apng_cut_before(whole, 3, False), "truncated",
+                             r"^APNG is cut short: its animation control chunk \(acTL\) declares 3 frames, the file "
+                             r"ends after 2 \(no IEND chunk\)$"),
+        "cut_before_2.png": (_apng_cut_before(whole, 2, False), "truncated", r"declares 3 frames, the file ends after 1"),
+        "cut_before_3_iend.png": (_apng_cut_before(whole, 3, True), "corrupt",
+                                  r"^APNG holds 2 frames \(fcTL chunks\) but its animation control chunk \(acTL\) "
+                                  r"declares 3"),
+    }
+    proj = Project(tmp_path)
+    for name, (data, _reason, _detail) in cases.items():
+        proj.add("a", name, data)
+    proj.add("b", "whole.png", whole)
+    proj.add("b", "with_default.png", with_default)
+    proj.set("dedup", near=False, semantic=False)
+    assert proj.build()[0] == 0
+    rows = proj.by_name()
+    for name, (_data, reason, detail) in cases.items():
+        row = rows[name]
+        assert (row["status"], row["reason"]) == ("rejected", reason), (name, row["status"], row["detail"])
+        assert re.search(detail, row["detail"]), (name, row["detail"])
+    for name in ("whole.png", "with_default.png"):
+        assert (rows[name]["status"], rows[name]["warnings"]) == ("ok", []), (name, rows[name]["detail"])

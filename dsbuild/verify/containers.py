@@ -62,15 +62,28 @@ class PngScan:
 def png_check_streams(scan: PngScan, *, skip_image: bool = False) -> None:
     """Raise :class:`Damaged` ("truncated") when an image's zlib stream holds fewer bytes than its rows need.
 
+    An APNG's frames (fdAT), which nothing decodes, are held to more: their
+    zlib streams must inflate without error to their end (the Adler-32 checked;
+    a damaged one is ``corrupt``), and the number of frames (fcTL chunks) must
+    be the ``num_frames`` of acTL: fewer in a file without IEND is ``truncated``
+    (a download cut at a chunk boundary), otherwise ``corrupt``.
+
     Call it after the frame sizes are held against the pixel limit: a bomb's
     stream is short of its declared size too, and that is not what is wrong.
     ``skip_image``: leave out the IDAT stream (the caller judges it from the
     decoded rows, see :func:`png_rows_decoded_to_the_end`).
     """
+    if scan.declared_frames is not None and scan.declared_frames != len(scan.frames):
+        declared, present = scan.declared_frames, len(scan.frames)
+        if present < declared and not scan.ended:
+            raise Damaged("truncated", f"APNG is cut short: its animation control chunk (acTL) declares {declared} "
+                                       f"frames, the file ends after {present} (no IEND chunk)")
+        raise Damaged("corrupt", f"APNG holds {present} frames (fcTL chunks) but its animation control chunk (acTL) "
+                                 f"declares {declared}: frames are missing or the header is damaged")
     for what, parts, need in scan.streams:
         if skip_image and what.startswith("image data"):
             continue
-        _png_check_inflated(what, parts, need)
+        _png_check_inflated(what, parts, need, whole=what.startswith("frame"))
 
 
 def png_rows_decoded_to_the_end(scan: PngScan, img) -> bool:
@@ -113,6 +126,7 @@ def png_scan(data: bytes) -> PngScan:
     out = PngScan(data=data)
     drop: list[tuple[int, int]] = []
     seen_idat = seen_iend = False
+    animated = False  # a valid acTL was read: fcTL/fdAT are then frame data, not droppable metadata
     header = None  # IHDR: width, height, bit depth, colour type, compression, filter, interlace
     groups: list[tuple[str, int, int, list[bytes]]] = []  # the compressed data of each image: IDAT, then each fdAT run
     for pos, kind, length in _chunks(data):
@@ -120,15 +134,20 @@ def png_scan(data: bytes) -> PngScan:
         (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         name = kind.decode("latin-1")
         if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
-            if kind[0] & 0x20:  # ancillary (lower-case first letter): metadata, safe to drop
+            frame_data = animated and kind in (b"fcTL", b"fdAT")
+            if kind[0] & 0x20 and not frame_data:  # ancillary (lower-case first letter): metadata, safe to drop
                 drop.append((pos, pos + 12 + length))
                 out.notes.append(f"metadata dropped: {name} chunk with a bad checksum")
                 continue
-            raise Damaged("corrupt", f"PNG {name} chunk at offset {pos} has a bad checksum")
+            which = f" (frame {len(out.frames) + (kind == b'fcTL')} of the animation)" if frame_data else ""
+            raise Damaged("corrupt", f"PNG {name} chunk at offset {pos}{which} has a bad checksum")
         if kind == b"IHDR" and length >= 13:
             header = struct.unpack(">IIBBBBB", body[:13])
         elif kind == b"PLTE":
             out.palette = length // 3
+        elif kind == b"acTL" and length >= 8 and not seen_idat:  # after IDAT it is ignored (decoders read it first)
+            (out.declared_frames,) = struct.unpack(">I", body[:4])
+            animated = True
         if kind == b"IDAT":
             if not seen_idat:
                 groups.append(("image data (IDAT)", header[0], header[1], []))
@@ -149,6 +168,7 @@ def png_scan(data: bytes) -> PngScan:
         out.interlaced = header[6] == 1
         out.streams = [(what, parts, _png_raw_size(width, height, *header[2:4], header[6]))
                        for what, width, height, parts in groups]
+    out.ended = seen_iend
     if not seen_iend:
         out.notes.append("PNG has no IEND chunk (ends after its image data)")
     if drop:
@@ -181,13 +201,16 @@ def _png_raw_size(width: int, height: int, depth: int, colour: int, interlace: i
                for x0, y0, dx, dy in _ADAM7)
 
 
-def _png_check_inflated(what: str, parts: list[bytes], need: int | None) -> None:
+def _png_check_inflated(what: str, parts: list[bytes], need: int | None, *, whole: bool = False) -> None:
     """Raise :class:`Damaged` ("truncated") when ``parts`` (one zlib stream) inflate to fewer bytes than ``need``.
 
     zlib can end a stream cleanly (right Adler-32, right CRCs) after only some of
     the rows: Pillow then returns the picture with the rest zero and says
     nothing. Inflated in 1 MB steps and counted, never kept; stops once
-    ``need`` is reached. A stream zlib refuses is left to the decoder.
+    ``need`` is reached. A stream zlib refuses is left to the decoder — unless
+    ``whole`` (an APNG frame: no decoder reads it): then zlib's error is
+    ``corrupt``, and the stream is inflated on to its end, so that its Adler-32
+    is checked too (at most 1 MB past ``need``: extra data is not judged).
     """
     if need is None or need == 0:
         return
@@ -197,7 +220,8 @@ def _png_check_inflated(what: str, parts: list[bytes], need: int | None) -> None
     inflater = zlib.decompressobj()
     got = 0
     try:
-        for part in parts:
+        at = 0
+        for at, part in enumerate(parts):
             pending = part
             while pending and got < need and not inflater.eof:
                 got += len(inflater.decompress(pending, 1 << 20))
@@ -206,7 +230,15 @@ def _png_check_inflated(what: str, parts: list[bytes], need: int | None) -> None
                 break
         if got < need and not inflater.eof:
             got += len(inflater.flush())
-    except zlib.error:
+        if whole and got >= need:  # on to the end of the stream (its checksum), for a frame nothing else decodes
+            extra = 0
+            for pending in [inflater.unconsumed_tail, *parts[at + 1 :]]:
+                while pending and not inflater.eof and extra <= 1 << 20:
+                    extra += len(inflater.decompress(pending, 1 << 20))
+                    pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        if whole:
+            raise Damaged("corrupt", f"PNG {what} is damaged: its zlib stream does not inflate ({exc})") from None
         return
     if got < need:
         ended = "ends" if inflater.eof else "is cut"
