@@ -247,3 +247,69 @@ def test_apng_frame_data_and_frame_count_are_checked(tmp_path) -> None:
         assert re.search(detail, row["detail"]), (name, row["detail"])
     for name in ("whole.png", "with_default.png"):
         assert (rows[name]["status"], rows[name]["warnings"]) == ("ok", []), (name, rows[name]["detail"])
+
+
+# --------------------------------------------------------------------------- 16-bit greyscale: memory
+
+_PEAK = r"""
+import io, resource, sys
+import numpy as np
+from PIL import Image
+from dsbuild.verify.decoders import decode_checked
+from dsbuild.verify.settings import VerifySettings
+side, deep = int(sys.argv[1]), sys.argv[2] == "16"
+a = np.zeros((side, side), np.uint16 if deep else np.uint8)
+a[::97, :] = 60000 if deep else 200
+a[:, ::89] = 30000 if deep else 100
+buf = io.BytesIO(); Image.fromarray(a).save(buf, "PNG", compress_level=1); data = buf.getvalue(); del a, buf
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+img, info = decode_checked(data, VerifySettings())
+assert info["mode"] == ("I;16" if deep else "L") and img.mode == "L", info
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_16_bit_greyscale_verifies_in_little_more_memory_than_8_bit() -> None:
+    """A 3000×3000 16-bit greyscale PNG: the decode's peak memory stays within 6 bytes per pixel (it was ~25: whole
+    float64/int64 copies in normalise, sample_depth and deep_digest); the 8-bit twin is measured beside it."""
+    import subprocess
+    import sys
+
+    side = 3000
+    peak = {}
+    for depth in ("8", "16"):
+        run = subprocess.run([sys.executable, "-c", _PEAK, str(side), depth], capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        peak[depth] = int(run.stdout.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux
+    per_pixel = peak["16"] / side**2
+    assert per_pixel < 6, (peak, per_pixel)
+
+
+def test_deep_images_read_by_bands_give_the_whole_image_result() -> None:
+    """The 8-bit picture and the exact-duplicate digest of deep images, read band by band, are those of the whole
+    image converted at once (the formulas of before): 12-bit, 8-in-16, full 16-bit, signed 32-bit, float."""
+    import hashlib
+
+    from dsbuild.verify import decoders
+
+    rng = np.random.default_rng(7)
+    images = [Image.fromarray(rng.integers(0, 4096, (700, 1700)).astype(np.uint16)),
+              Image.fromarray(rng.integers(0, 256, (300, 4000)).astype(np.uint16)),
+              Image.fromarray(rng.integers(0, 65536, (1100, 1001)).astype(np.uint16)),
+              Image.fromarray(rng.integers(-5000, 90000, (400, 3000)).astype(np.int32)),
+              Image.fromarray((rng.random((500, 2500)) * 1000).astype(np.float32))]
+    for img in images:
+        arr = np.asarray(img, dtype=np.float64)
+        bits = decoders.sample_depth(arr)
+        if bits is not None:
+            want = np.rint(arr * (255.0 / float(2**bits - 1))) if bits > 8 else arr
+        else:
+            want = arr / max(float(arr.max()), 1.0) * 255.0
+        want = np.clip(want, 0, 255).astype("uint8")
+        assert np.array_equal(np.asarray(decoders.normalise(img, orientation=1)), want), img.mode
+        whole = np.asarray(img)
+        whole = whole.astype("<f8") if whole.dtype.kind == "f" else whole.astype("<i8")
+        digest = hashlib.sha256(f"deep:{img.size[0]}x{img.size[1]}:{whole.dtype.kind}:".encode() + whole.tobytes())
+        assert decoders.deep_digest(img) == digest.hexdigest(), img.mode
+        assert decoders._fits_8_bits(img) == (bits == 8)
