@@ -313,3 +313,23 @@ def test_deep_images_read_by_bands_give_the_whole_image_result() -> None:
         digest = hashlib.sha256(f"deep:{img.size[0]}x{img.size[1]}:{whole.dtype.kind}:".encode() + whole.tobytes())
         assert decoders.deep_digest(img) == digest.hexdigest(), img.mode
         assert decoders._fits_8_bits(img) == (bits == 8)
+
+
+def test_apng_frame_count_follows_what_decoders_accept(tmp_path) -> None:
+    """acTL declaring fewer frames than the file holds (decoders show the declared ones: a note), or an acTL Pillow
+    calls invalid (num_frames 0 or past 2^31: read as a still PNG) is accepted, as before."""
+    def with_num_frames(n: int, whole: bytes) -> bytes:
+        pos, length = [(p, ln) for k, p, ln in _png_chunks(whole) if k == b"acTL"][0]
+        body = struct.pack(">I", n) + whole[pos + 12 : pos + 8 + length]
+        return whole[:pos] + _crc_chunk(b"acTL", body) + whole[pos + 12 + length :]
+
+    proj = Project(tmp_path)
+    proj.add("a", "low.png", with_num_frames(2, _apng()))
+    proj.add("b", "invalid.png", with_num_frames(0x80000001, _apng(default_image=True)))
+    proj.set("dedup", near=False, semantic=False)
+    assert proj.build()[0] == 0
+    rows = proj.by_name()
+    assert rows["low.png"]["status"] == "ok", rows["low.png"]["detail"]
+    assert "APNG holds 3 frames (fcTL chunks) but its animation control chunk (acTL) declares 2: decoders show only " \
+           "the first 2" in rows["low.png"]["warnings"], rows["low.png"]["warnings"]
+    assert rows["invalid.png"]["status"] == "ok", rows["invalid.png"]["detail"]

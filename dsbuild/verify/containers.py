@@ -65,17 +65,19 @@ def png_check_streams(scan: PngScan, *, skip_image: bool = False) -> None:
     An APNG's frames (fdAT), which nothing decodes, are held to more: their
     zlib streams must inflate without error to their end (the Adler-32 checked;
     a damaged one is ``corrupt``), and the number of frames (fcTL chunks) must
-    be the ``num_frames`` of acTL: fewer in a file without IEND is ``truncated``
-    (a download cut at a chunk boundary), otherwise ``corrupt``.
+    reach the ``num_frames`` of acTL: fewer in a file without IEND is ``truncated``
+    (a download cut at a chunk boundary), otherwise ``corrupt`` (decoders fail
+    on the missing frames: Pillow's "Truncated File Read"). More frames than
+    declared is only noted (:func:`png_scan`): decoders show the declared ones.
 
     Call it after the frame sizes are held against the pixel limit: a bomb's
     stream is short of its declared size too, and that is not what is wrong.
     ``skip_image``: leave out the IDAT stream (the caller judges it from the
     decoded rows, see :func:`png_rows_decoded_to_the_end`).
     """
-    if scan.declared_frames is not None and scan.declared_frames != len(scan.frames):
+    if scan.declared_frames is not None and scan.declared_frames > len(scan.frames):
         declared, present = scan.declared_frames, len(scan.frames)
-        if present < declared and not scan.ended:
+        if not scan.ended:
             raise Damaged("truncated", f"APNG is cut short: its animation control chunk (acTL) declares {declared} "
                                        f"frames, the file ends after {present} (no IEND chunk)")
         raise Damaged("corrupt", f"APNG holds {present} frames (fcTL chunks) but its animation control chunk (acTL) "
@@ -126,7 +128,7 @@ def png_scan(data: bytes) -> PngScan:
     out = PngScan(data=data)
     drop: list[tuple[int, int]] = []
     seen_idat = seen_iend = False
-    animated = False  # a valid acTL was read: fcTL/fdAT are then frame data, not droppable metadata
+    animated = seen_actl = False  # a valid acTL was read: fcTL/fdAT are then frame data, not droppable metadata
     header = None  # IHDR: width, height, bit depth, colour type, compression, filter, interlace
     groups: list[tuple[str, int, int, list[bytes]]] = []  # the compressed data of each image: IDAT, then each fdAT run
     for pos, kind, length in _chunks(data):
@@ -146,8 +148,12 @@ def png_scan(data: bytes) -> PngScan:
         elif kind == b"PLTE":
             out.palette = length // 3
         elif kind == b"acTL" and length >= 8 and not seen_idat:  # after IDAT it is ignored (decoders read it first)
-            (out.declared_frames,) = struct.unpack(">I", body[:4])
-            animated = True
+            (declared,) = struct.unpack(">I", body[:4])
+            # else (0, past 2^31, or a second acTL) Pillow reads the file as a still PNG ("Invalid APNG"), as we do
+            valid = 0 < declared <= 0x80000000 and not seen_actl
+            out.declared_frames = declared if valid else None
+            animated = valid
+            seen_actl = True
         if kind == b"IDAT":
             if not seen_idat:
                 groups.append(("image data (IDAT)", header[0], header[1], []))
@@ -169,6 +175,9 @@ def png_scan(data: bytes) -> PngScan:
         out.streams = [(what, parts, _png_raw_size(width, height, *header[2:4], header[6]))
                        for what, width, height, parts in groups]
     out.ended = seen_iend
+    if out.declared_frames is not None and len(out.frames) > out.declared_frames:
+        out.notes.append(f"APNG holds {len(out.frames)} frames (fcTL chunks) but its animation control chunk (acTL) "
+                         f"declares {out.declared_frames}: decoders show only the first {out.declared_frames}")
     if not seen_iend:
         out.notes.append("PNG has no IEND chunk (ends after its image data)")
     if drop:

@@ -672,12 +672,18 @@ def _image_depth(img) -> int | None:
     width, height = img.size
     if width == 0 or height == 0:
         return 8
+    extrema = None
     if img.mode != "F":
-        lo, hi = img.getextrema()
+        try:
+            extrema = img.getextrema()
+        except ValueError:  # Pillow has none for some modes (I;16B: "image has wrong mode"): read by bands
+            pass
+    if extrema is not None:
+        lo, hi = extrema
     else:
         lows, highs = [], []
         for _top, band in _bands(img):
-            if not np.array_equal(band, np.floor(band)):  # fractional, or NaN: not integer samples
+            if band.dtype.kind == "f" and not np.array_equal(band, np.floor(band)):  # fractional, or NaN
                 return None
             lows.append(float(band.min()))
             highs.append(float(band.max()))
