@@ -659,6 +659,9 @@ def _bands(img):
     import numpy as np
 
     width, height = img.size
+    if width * height <= _BAND_PIXELS:  # one band: the image itself, no crop
+        yield 0, np.asarray(img)
+        return
     step = max(1, _BAND_PIXELS // max(1, width))
     for top in range(0, height, step):
         yield top, np.asarray(img.crop((0, top, width, min(height, top + step))))
