@@ -448,12 +448,14 @@ def check_palette_indices(fmt: str, data: bytes, img, scan=None) -> None:
     error if an out-of-range pixel value is found", PLTE); libpng notices it
     only at ``png_read_end`` and only as a *benign* error (a warning unless the
     reader turns benign errors off, "Read palette index exceeding num_palette"),
-    and fills the missing entries with black, as Pillow does; browsers paint
-    those pixels black too. GIF and BMP readers behave the same. So every
-    decoder shows a picture, and not the one that was encoded: a palette
-    shortened by damage (or a writer's bug) turns most of a photo black, and
-    two such files of different pictures can even become exact duplicates of
-    each other. A training set wants the encoded picture or nothing: such a
+    and its palette past ``num_palette`` is zero (black), as Pillow's is (for
+    PNG, GIF and BMP alike); Chrome's decoder (Skia) instead pads the table
+    with the palette's *last* colour. So every reader shows a picture, none
+    the one that was encoded, and they disagree with each other: a palette
+    shortened by damage (or a writer's bug) turns most of a photo black in
+    Pillow, and two such files of different pictures can even become exact
+    duplicates of each other. A training set wants the encoded picture or
+    nothing, the same picture in every loader: such a
     file is ``corrupt``, with the largest index, the palette's length and the
     share of pixels with no colour in the detail.
 
@@ -478,8 +480,8 @@ def check_palette_indices(fmt: str, data: bytes, img, scan=None) -> None:
     top = max(i for i in range(entries, 256) if counts[i])
     share = 100.0 * beyond / max(1, sum(counts))
     raise Rejected("corrupt", f"{fmt} pixel index {top} lies beyond its {entries}-colour palette (indices 0–"
-                              f"{entries - 1}): {share:.0f} % of the pixels have no colour (decoders show them "
-                              f"black); the palette is damaged or cut short — re-export the image from its source")
+                              f"{entries - 1}): {share:.0f} % of the pixels have no colour (readers disagree: "
+                              f"Pillow shows them black, browsers other colours); the palette is damaged or cut short — re-export the image from its source")
 
 
 def _source_bits(fmt: str, data: bytes, img) -> int | None:
