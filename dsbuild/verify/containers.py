@@ -6,7 +6,9 @@ lets a decoder at it, for what decoders do not say or say too late:
 * :func:`png_scan` — every PNG chunk: a chunk cut short (``truncated``), a
   critical chunk with a bad checksum (``corrupt``), an *ancillary* chunk with a
   bad checksum (metadata only: removed from the bytes handed to the decoder,
-  noted), and the frame sizes an APNG declares (``fcTL``).
+  noted) — but an animation's fcTL/fdAT, which are frame data (``corrupt``) —,
+  the frame sizes an APNG declares (``fcTL``) and how many frames acTL
+  declares; the PLTE length (:func:`palette_entries`).
 * :func:`gif_frames` — the extents every GIF image descriptor declares (a frame
   may reach far outside the logical screen: Pillow then grows the image to it).
 * :func:`tiff_pages` — the width and height of every TIFF/BigTIFF directory,
