@@ -6,7 +6,9 @@ lets a decoder at it, for what decoders do not say or say too late:
 * :func:`png_scan` — every PNG chunk: a chunk cut short (``truncated``), a
   critical chunk with a bad checksum (``corrupt``), an *ancillary* chunk with a
   bad checksum (metadata only: removed from the bytes handed to the decoder,
-  noted), and the frame sizes an APNG declares (``fcTL``).
+  noted) — but an animation's fcTL/fdAT, which are frame data (``corrupt``) —,
+  the frame sizes an APNG declares (``fcTL``) and how many frames acTL
+  declares; the PLTE length (:func:`palette_entries`).
 * :func:`gif_frames` — the extents every GIF image descriptor declares (a frame
   may reach far outside the logical screen: Pillow then grows the image to it).
 * :func:`tiff_pages` — the width and height of every TIFF/BigTIFF directory,
@@ -54,20 +56,38 @@ class PngScan:
     # each image's zlib stream: (what, compressed parts, bytes its rows need), for png_check_streams
     streams: list[tuple[str, list[bytes], int | None]] = field(default_factory=list)
     interlaced: bool = False
+    palette: int | None = None  # entries in PLTE (its length / 3), None without one
+    declared_frames: int | None = None  # acTL's num_frames (an APNG), None for a still PNG
+    ended: bool = True  # False when the file stops at a chunk boundary before IEND
 
 
 def png_check_streams(scan: PngScan, *, skip_image: bool = False) -> None:
     """Raise :class:`Damaged` ("truncated") when an image's zlib stream holds fewer bytes than its rows need.
+
+    An APNG's frames (fdAT), which nothing decodes, are held to more: their
+    zlib streams must inflate without error to their end (the Adler-32 checked;
+    a damaged one is ``corrupt``), and the number of frames (fcTL chunks) must
+    reach the ``num_frames`` of acTL: fewer in a file without IEND is ``truncated``
+    (a download cut at a chunk boundary), otherwise ``corrupt`` (decoders fail
+    on the missing frames: Pillow's "Truncated File Read"). More frames than
+    declared is only noted (:func:`png_scan`): decoders show the declared ones.
 
     Call it after the frame sizes are held against the pixel limit: a bomb's
     stream is short of its declared size too, and that is not what is wrong.
     ``skip_image``: leave out the IDAT stream (the caller judges it from the
     decoded rows, see :func:`png_rows_decoded_to_the_end`).
     """
+    if scan.declared_frames is not None and scan.declared_frames > len(scan.frames):
+        declared, present = scan.declared_frames, len(scan.frames)
+        if not scan.ended:
+            raise Damaged("truncated", f"APNG is cut short: its animation control chunk (acTL) declares {declared} "
+                                       f"frames, the file ends after {present} (no IEND chunk)")
+        raise Damaged("corrupt", f"APNG holds {present} frames (fcTL chunks) but its animation control chunk (acTL) "
+                                 f"declares {declared}: frames are missing or the header is damaged")
     for what, parts, need in scan.streams:
         if skip_image and what.startswith("image data"):
             continue
-        _png_check_inflated(what, parts, need)
+        _png_check_inflated(what, parts, need, whole=what.startswith("frame"))
 
 
 def png_rows_decoded_to_the_end(scan: PngScan, img) -> bool:
@@ -110,6 +130,7 @@ def png_scan(data: bytes) -> PngScan:
     out = PngScan(data=data)
     drop: list[tuple[int, int]] = []
     seen_idat = seen_iend = False
+    animated = seen_actl = False  # a valid acTL was read: fcTL/fdAT are then frame data, not droppable metadata
     header = None  # IHDR: width, height, bit depth, colour type, compression, filter, interlace
     groups: list[tuple[str, int, int, list[bytes]]] = []  # the compressed data of each image: IDAT, then each fdAT run
     for pos, kind, length in _chunks(data):
@@ -117,13 +138,24 @@ def png_scan(data: bytes) -> PngScan:
         (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         name = kind.decode("latin-1")
         if zlib.crc32(kind + body) & 0xFFFFFFFF != crc:
-            if kind[0] & 0x20:  # ancillary (lower-case first letter): metadata, safe to drop
+            frame_data = animated and kind in (b"fcTL", b"fdAT")
+            if kind[0] & 0x20 and not frame_data:  # ancillary (lower-case first letter): metadata, safe to drop
                 drop.append((pos, pos + 12 + length))
                 out.notes.append(f"metadata dropped: {name} chunk with a bad checksum")
                 continue
-            raise Damaged("corrupt", f"PNG {name} chunk at offset {pos} has a bad checksum")
+            which = f" (frame {len(out.frames) + (kind == b'fcTL')} of the animation)" if frame_data else ""
+            raise Damaged("corrupt", f"PNG {name} chunk at offset {pos}{which} has a bad checksum")
         if kind == b"IHDR" and length >= 13:
             header = struct.unpack(">IIBBBBB", body[:13])
+        elif kind == b"PLTE":
+            out.palette = length // 3
+        elif kind == b"acTL" and length >= 8 and not seen_idat:  # after IDAT it is ignored (decoders read it first)
+            (declared,) = struct.unpack(">I", body[:4])
+            # else (0, past 2^31, or a second acTL) Pillow reads the file as a still PNG ("Invalid APNG"), as we do
+            valid = 0 < declared <= 0x80000000 and not seen_actl
+            out.declared_frames = declared if valid else None
+            animated = valid
+            seen_actl = True
         if kind == b"IDAT":
             if not seen_idat:
                 groups.append(("image data (IDAT)", header[0], header[1], []))
@@ -144,6 +176,10 @@ def png_scan(data: bytes) -> PngScan:
         out.interlaced = header[6] == 1
         out.streams = [(what, parts, _png_raw_size(width, height, *header[2:4], header[6]))
                        for what, width, height, parts in groups]
+    out.ended = seen_iend
+    if out.declared_frames is not None and len(out.frames) > out.declared_frames:
+        out.notes.append(f"APNG holds {len(out.frames)} frames (fcTL chunks) but its animation control chunk (acTL) "
+                         f"declares {out.declared_frames}: decoders show only the first {out.declared_frames}")
     if not seen_iend:
         out.notes.append("PNG has no IEND chunk (ends after its image data)")
     if drop:
@@ -176,13 +212,16 @@ def _png_raw_size(width: int, height: int, depth: int, colour: int, interlace: i
                for x0, y0, dx, dy in _ADAM7)
 
 
-def _png_check_inflated(what: str, parts: list[bytes], need: int | None) -> None:
+def _png_check_inflated(what: str, parts: list[bytes], need: int | None, *, whole: bool = False) -> None:
     """Raise :class:`Damaged` ("truncated") when ``parts`` (one zlib stream) inflate to fewer bytes than ``need``.
 
     zlib can end a stream cleanly (right Adler-32, right CRCs) after only some of
     the rows: Pillow then returns the picture with the rest zero and says
     nothing. Inflated in 1 MB steps and counted, never kept; stops once
-    ``need`` is reached. A stream zlib refuses is left to the decoder.
+    ``need`` is reached. A stream zlib refuses is left to the decoder — unless
+    ``whole`` (an APNG frame: no decoder reads it): then zlib's error is
+    ``corrupt``, and the stream is inflated on to its end, so that its Adler-32
+    is checked too (at most 1 MB past ``need``: extra data is not judged).
     """
     if need is None or need == 0:
         return
@@ -192,7 +231,8 @@ def _png_check_inflated(what: str, parts: list[bytes], need: int | None) -> None
     inflater = zlib.decompressobj()
     got = 0
     try:
-        for part in parts:
+        at = 0
+        for at, part in enumerate(parts):
             pending = part
             while pending and got < need and not inflater.eof:
                 got += len(inflater.decompress(pending, 1 << 20))
@@ -201,7 +241,15 @@ def _png_check_inflated(what: str, parts: list[bytes], need: int | None) -> None
                 break
         if got < need and not inflater.eof:
             got += len(inflater.flush())
-    except zlib.error:
+        if whole and got >= need:  # on to the end of the stream (its checksum), for a frame nothing else decodes
+            extra = 0
+            for pending in [inflater.unconsumed_tail, *parts[at + 1 :]]:
+                while pending and not inflater.eof and extra <= 1 << 20:
+                    extra += len(inflater.decompress(pending, 1 << 20))
+                    pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        if whole:
+            raise Damaged("corrupt", f"PNG {what} is damaged: its zlib stream does not inflate ({exc})") from None
         return
     if got < need:
         ended = "ends" if inflater.eof else "is cut"
@@ -251,6 +299,71 @@ def _inflated_size(kind: bytes, body: bytes, limit: int) -> int | None:
         return len(inflater.decompress(rest, limit + 1))
     except (ValueError, IndexError, zlib.error):
         return None
+
+
+# --------------------------------------------------------------------------- palettes
+
+
+def palette_entries(fmt: str, data: bytes, scan: PngScan | None = None) -> int | None:
+    """How many colours the palette of the first image holds, as the file declares it; None when not known here.
+
+    * PNG — the entries of PLTE (``scan.palette``, from :func:`png_scan`).
+    * GIF — the first image's local colour table when it has one, else the
+      global colour table (``3 × 2^(n+1)`` bytes, n the size field); None
+      when there is neither (decoders then use a default palette).
+    * BMP — ``biClrUsed`` (``bV5ClrUsed``) when not 0, else ``2^bits``; the
+      OS/2 core header (12 bytes) has no such field: ``2^bits``. Only for 1–8
+      bits per pixel; None otherwise.
+
+    Read without decoding; see :func:`dsbuild.verify.decoders.check_palette_indices` for why it matters.
+    """
+    if fmt == "PNG":
+        return scan.palette if scan is not None else None
+    if fmt == "GIF":
+        if len(data) < 13:
+            return None
+        glob = 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else None
+        try:
+            frames = _gif_first_local_table(data)
+        except (Damaged, IndexError):
+            return glob
+        return frames if frames is not None else glob
+    if fmt == "BMP":
+        if len(data) < 30:
+            return None
+        (header,) = struct.unpack("<I", data[14:18])
+        if header == 12:
+            bits = struct.unpack("<H", data[24:26])[0]
+            used = 0
+        elif header >= 40 and len(data) >= 50:
+            bits = struct.unpack("<H", data[28:30])[0]
+            used = struct.unpack("<I", data[46:50])[0]
+        else:
+            return None
+        if not 1 <= bits <= 8:
+            return None
+        return used or 1 << bits
+    return None
+
+
+def _gif_first_local_table(data: bytes) -> int | None:
+    """Entries of the first image descriptor's local colour table (None when it has none, or there is no image)."""
+    end = len(data)
+    pos = 13 + (3 * 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    while pos < end:
+        kind = data[pos]
+        if kind == 0x2C:
+            if pos + 10 > end:
+                return None
+            local = data[pos + 9]
+            return 2 ** ((local & 7) + 1) if local & 0x80 else None
+        if kind != 0x21:
+            return None
+        pos += 2
+        while pos < end and data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    return None
 
 
 # --------------------------------------------------------------------------- GIF

@@ -320,7 +320,7 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
         notes.extend(sub_notes)
         return out, sub_info
     info.update(width=width, height=height)
-    if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG"):
+    if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG", "WEBP"):
         _check_later_frames(fmt, decode_data, settings, notes)
     if decode_data is not data:
         # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
@@ -424,6 +424,7 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes, scan=None):
                 containers.png_check_streams(scan)
             except containers.Damaged as exc:
                 raise Rejected(exc.reason, exc.detail) from None
+        check_palette_indices(fmt, decode_data, img, scan)
         loaded = img.size
         if loaded == (height, width) and loaded != (width, height):
             width, height = loaded  # the reader turned it itself (TIFF applies its orientation on load)
@@ -432,6 +433,55 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes, scan=None):
         if after in (5, 6, 7, 8):
             width, height = height, width
     return out, width, height, decode_data
+
+
+def check_palette_indices(fmt: str, data: bytes, img, scan=None) -> None:
+    """Raise :class:`Rejected` ("corrupt") when a decoded palette image (PNG, GIF, BMP) uses an index past the end
+    of its palette.
+
+    A palette image stores, per pixel, an index into its colour table. The
+    table's length is declared in the file (PNG: the PLTE entries; GIF: the
+    local or global colour table; BMP: ``biClrUsed``, see
+    :func:`containers.palette_entries`) and need not be ``2^bits``: a 4-bit PNG
+    with 11 PLTE entries is valid as long as no pixel says 11–15. A pixel that
+    does has no colour. The PNG specification makes it an error ("It is an
+    error if an out-of-range pixel value is found", PLTE); libpng notices it
+    only at ``png_read_end`` and only as a *benign* error (a warning unless the
+    reader turns benign errors off, "Read palette index exceeding num_palette"),
+    and its palette past ``num_palette`` is zero (black), as Pillow's is (for
+    PNG, GIF and BMP alike); Chrome's decoder (Skia) instead pads the table
+    with the palette's *last* colour. So every reader shows a picture, none
+    the one that was encoded, and they disagree with each other: a palette
+    shortened by damage (or a writer's bug) turns most of a photo black in
+    Pillow, and two such files of different pictures can even become exact
+    duplicates of each other. A training set wants the encoded picture or
+    nothing, the same picture in every loader: such a
+    file is ``corrupt``, with the largest index, the palette's length and the
+    share of pixels with no colour in the detail.
+
+    Cost: one histogram of the decoded indices (C, one pass). Indices within
+    the palette are never refused, however short the palette; a GIF's
+    transparent index is not counted (a transparent pixel needs no colour);
+    a palette the reader turned into greys (Pillow's ``L`` for a grey-ramp GIF
+    or BMP palette) is not checked.
+    """
+    if fmt not in ("PNG", "GIF", "BMP") or img.mode != "P":
+        return
+    entries = containers.palette_entries(fmt, data, scan)
+    if not entries or entries >= 256:
+        return
+    counts = img.histogram()[:256]
+    transparent = img.info.get("transparency")
+    if isinstance(transparent, int) and 0 <= transparent < 256:
+        counts[transparent] = 0
+    beyond = sum(counts[entries:])
+    if not beyond:
+        return
+    top = max(i for i in range(entries, 256) if counts[i])
+    share = 100.0 * beyond / max(1, sum(counts))
+    raise Rejected("corrupt", f"{fmt} pixel index {top} lies beyond its {entries}-colour palette (indices 0–"
+                              f"{entries - 1}): {share:.0f} % of the pixels have no colour (readers disagree: "
+                              f"Pillow shows them black, browsers other colours); the palette is damaged or cut short — re-export the image from its source")
 
 
 def _source_bits(fmt: str, data: bytes, img) -> int | None:
@@ -451,12 +501,17 @@ MAX_FRAMES_DECODED = 1000
 
 
 def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> None:
-    """Decode every frame after the first (GIF frames, TIFF pages, MPO images): one cut short rejects the file.
+    """Decode every frame after the first (GIF frames, TIFF pages, MPO images, WebP animation frames): one cut short
+    or damaged rejects the file.
 
     Loaders read the first frame, but the file stored is the whole file: a GIF
     cut inside frame 5 is a cut file (``truncated``), whatever frame 1 looks
-    like. APNG frames are checked without decoding (their inflated size, in
-    :func:`containers.png_scan`); a WebP animation's frames are refused at open.
+    like. APNG frames are checked without decoding (their zlib streams, in
+    :func:`containers.png_check_streams`). A WebP animation's frames are *not*
+    checked at open: libwebp's demuxer (WebPAnimDecoderNew) validates only the
+    container (chunk sizes, frames within the canvas), so a frame whose VP8/VP8L
+    bitstream is damaged or cut short is only found when it is decoded here
+    (Pillow: "failed to read next frame").
 
     The caps, and why: every frame's declared size was already held against
     ``max_pixels`` before anything was decoded, but decoding them all costs
@@ -494,7 +549,10 @@ def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> No
             raise
         except Exception as exc:  # noqa: BLE001 - hostile frames raise anything
             reason = "truncated" if isinstance(exc, EOFError) else _reason(str(exc))
-            raise Rejected(reason, f"frame {k + 1} of {frames}: {_describe(exc)}") from None
+            said = _describe(exc)
+            if fmt == "WEBP":  # Pillow's words only: say what libwebp refused
+                said = f"libwebp cannot decode this frame's bitstream (damaged or cut short): {said}"
+            raise Rejected(reason, f"frame {k + 1} of {frames}: {said}") from None
 
 
 def _check_mpo_frame(img, data: bytes, k: int, frames: int) -> None:
@@ -589,25 +647,75 @@ def sample_depth(arr) -> int | None:
     return next(bits for bits in _DEPTHS if hi < 2 ** bits)
 
 
-def _fits_8_bits(img) -> bool:
-    """True when normalising ``img`` (a deep mode) keeps every value: integer samples within 0..255."""
+_BAND_PIXELS = 1 << 20  # pixels per band when a deep image is read band by band (8 MB as float64)
+
+
+def _bands(img):
+    """``(top row, array)`` for horizontal bands of about :data:`_BAND_PIXELS` pixels of ``img``, at its own dtype.
+
+    A 16-bit image is read a band at a time (``img.crop``: one band's copy),
+    so that what is made of it (depth, 8-bit picture, digest) never holds
+    whole-image 8-byte copies: a 7000×7000 16-bit PNG took 1.26 GB to verify,
+    its 8-bit twin 80 MB (hunt3 finding 11).
+    """
     import numpy as np
 
-    return sample_depth(np.asarray(img)) == 8
+    width, height = img.size
+    if width * height <= _BAND_PIXELS:  # one band: the image itself, no crop
+        yield 0, np.asarray(img)
+        return
+    step = max(1, _BAND_PIXELS // max(1, width))
+    for top in range(0, height, step):
+        yield top, np.asarray(img.crop((0, top, width, min(height, top + step))))
+
+
+def _image_depth(img) -> int | None:
+    """:func:`sample_depth` of a deep-mode image (I;16*, I, F), without a whole-image copy: an integer mode's extrema
+    come from Pillow (C, no copy); a float image is read band by band."""
+    import numpy as np
+
+    width, height = img.size
+    if width == 0 or height == 0:
+        return 8
+    extrema = None
+    if img.mode != "F":
+        try:
+            extrema = img.getextrema()
+        except ValueError:  # Pillow has none for some modes (I;16B: "image has wrong mode"): read by bands
+            pass
+    if extrema is not None:
+        lo, hi = extrema
+    else:
+        lows, highs = [], []
+        for _top, band in _bands(img):
+            if band.dtype.kind == "f" and not np.array_equal(band, np.floor(band)):  # fractional, or NaN
+                return None
+            lows.append(float(band.min()))
+            highs.append(float(band.max()))
+        lo, hi = min(lows), max(highs)
+    if lo < 0 or hi >= 65536:
+        return None
+    return next(bits for bits in _DEPTHS if hi < 2 ** bits)
+
+
+def _fits_8_bits(img) -> bool:
+    """True when normalising ``img`` (a deep mode) keeps every value: integer samples within 0..255."""
+    return _image_depth(img) == 8
 
 
 def deep_digest(img) -> str:
-    """sha256 of a high-bit-depth image's decoded pixels at their own depth (mode, size, values as 32-bit ints or
-    floats): the exact-duplicate key when the 8-bit picture would merge values (12-bit data in 8 bits)."""
+    """sha256 of a high-bit-depth image's decoded pixels at their own depth (mode, size, values as 64-bit ints or
+    floats): the exact-duplicate key when the 8-bit picture would merge values (12-bit data in 8 bits).
+
+    Hashed band by band (:func:`_bands`): the same bytes as the whole image converted at once, never a whole-image
+    8-byte copy."""
     import hashlib
 
-    import numpy as np
-
-    arr = np.asarray(img)
-    arr = arr.astype("<f8") if arr.dtype.kind == "f" else arr.astype("<i8")
+    kind = "f" if img.mode == "F" else "i"
     h = hashlib.sha256()
-    h.update(f"deep:{img.size[0]}x{img.size[1]}:{arr.dtype.kind}:".encode())
-    h.update(arr.tobytes())
+    h.update(f"deep:{img.size[0]}x{img.size[1]}:{kind}:".encode())
+    for _top, band in _bands(img):
+        h.update(band.astype("<f8" if kind == "f" else "<i8").tobytes())
     return h.hexdigest()
 
 
@@ -754,17 +862,23 @@ def normalise(img, *, orientation: int | None = None):
     mode = img.mode
     if mode in ("RGB", "L"):
         return img
-    if mode in _DEEP_MODES:
+    if mode in _DEEP_MODES:  # band by band (see _bands): 1 byte per pixel more, not 25
         import numpy as np
 
-        arr = np.asarray(img, dtype=np.float64)
-        bits = sample_depth(arr)
-        if bits is not None:  # the depth the data uses (see sample_depth): 8-in-16 as it is, 12-bit over the range
-            hi = float(2 ** bits - 1)
-            arr = np.rint(arr * (255.0 / hi)) if bits > 8 else arr
-        else:  # negative, fractional or wider than 16 bits (I, F): scaled by the largest value, negatives black
-            arr = arr / max(float(arr.max()), 1.0) * 255.0
-        return Image.fromarray(np.clip(arr, 0, 255).astype("uint8"), mode="L")
+        width, height = img.size
+        out = np.empty((height, width), dtype=np.uint8)
+        bits = _image_depth(img)
+        if bits is None:  # negative, fractional or wider than 16 bits (I, F): scaled by the largest value
+            top = np.max([np.max(band) for _t, band in _bands(img)]) if width and height else 1.0
+            top = max(float(top), 1.0)
+        for at, band in _bands(img):
+            arr = band.astype(np.float64)
+            if bits is None:  # negatives black
+                arr = arr / top * 255.0
+            elif bits > 8:  # the depth the data uses (see sample_depth): 8-in-16 as it is, 12-bit over the range
+                arr = np.rint(arr * (255.0 / float(2 ** bits - 1)))
+            out[at : at + len(arr)] = np.clip(arr, 0, 255).astype("uint8")
+        return Image.fromarray(out, mode="L")
     if mode == "1":
         return img.convert("L")
     if mode == "P":
