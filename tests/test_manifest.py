@@ -100,7 +100,8 @@ BAD = [
     ("split-train-zero", "[datasets.d.split]\ntrain = 0.0\nvalid = 1.0\n" + TWO, ["datasets.d.split.train: must be greater than 0"]),
     # labels: clashing case, unsafe folder names
     ("case-clash", '[datasets.d.classes]\nCat = "qa"\ncat = "qb"\n',
-     ["datasets.d.classes.cat: class 'cat' differs from 'Cat' only in case (folders would clash)"]),
+     ["datasets.d.classes.cat: class 'cat' and 'Cat' are one name to a case-insensitive file system (macOS, "
+      "Windows): they differ only in case — keep one of them"]),
     ("label-dotdot-x", '[datasets.d.classes]\n"../x" = "qa"\nb = "qb"\n',
      ["datasets.d.classes.\"../x\": class name '../x' starts with '.'"]),
     ("label-dotdot", '[datasets.d.classes]\n".." = "qa"\nb = "qb"\n',
