@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import unicodedata
 from dataclasses import asdict, dataclass, field
@@ -129,7 +130,7 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
                 lines = {}
                 for row in listed.rows:
                     lines.setdefault(row.label, row.line)
-                for label in sorted(listed.labels):
+                for label in sorted(listed.labels, key=lambda lab: (lines.get(lab, 0) or sys.maxsize, lab)):
                     if label not in {n for n, _ in names}:
                         names.append((label, f"{ds.labels_csv.name} line {lines[label]}" if label in lines
                                       else f"{ds.labels_csv.name}"))
