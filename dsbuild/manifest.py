@@ -166,8 +166,8 @@ _DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder", "labe
 _CLASS_KEYS = {"queries", "urls", "folders", "endpoint"}
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_WINDOWS_RESERVED = ({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {f"COM{i}" for i in "123456789¹²³"}
-                     | {f"LPT{i}" for i in "123456789¹²³"})
+_WINDOWS_RESERVED = ({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {f"COM{i}" for i in "0123456789¹²³"}
+                     | {f"LPT{i}" for i in "0123456789¹²³"})
 _UNSAFE_LABEL_CHARS = set('/\\:*?"<>|') | {chr(c) for c in range(32)} | {"\x7f"}
 _INVISIBLE = ({chr(c) for c in range(0x80, 0xA0)} | {"\u00ad", "\u200b", "\u200e", "\u200f", "\u2028", "\u2029",
                                                      "\u2060", "\ufeff"}
