@@ -147,6 +147,15 @@ def test_a_class_folder_named_in_latin1_is_refused_before_the_build(tmp_path: Pa
             "NAME)") in flat(err), err
     assert "Traceback" not in out + err
     assert not list(tmp_path.rglob("*.duckdb"))
+    # Built without it, then back: status lists no class for a folder the build refuses (nor says to fill it).
+    bad, away = os.fsencode(data) + b"/caf\xe9", os.fsencode(tmp_path) + b"/away"
+    os.rename(bad, away)
+    code, out, err = run_cli(capsys, m, "build")
+    assert code == 0, out + err
+    os.rename(away, bad)
+    code, out, err = run_cli(capsys, m, "status")
+    assert code == 0, out + err
+    assert "caf" not in out + err and "has no images" not in out + err, out + err
 
 
 # --------------------------------------------------------------------------- 3. one name, two spellings
