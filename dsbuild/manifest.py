@@ -31,6 +31,7 @@ import dataclasses
 import math
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,7 +46,7 @@ from dsbuild.verify.settings import HASH_KINDS, QUALITY_FLAGS, QualitySettings, 
 
 __all__ = ["DEFAULT_CATALOG", "DEFAULT_MANIFEST", "HASH_KINDS", "QUALITY_FLAGS", "ClassSpec", "Dataset", "DedupSettings",
            "ExecutorSettings", "FetchSettings", "Manifest", "ModelSettings", "QualitySettings", "SplitSettings", "VerifySettings",
-           "label_problem", "load_manifest", "parse_manifest"]
+           "label_problem", "load_manifest", "name_key", "shown", "parse_manifest"]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -165,8 +166,34 @@ _DEFAULTS_KEYS = _DATASET_KEYS - {"classes", "description", "imagefolder", "labe
 _CLASS_KEYS = {"queries", "urls", "folders", "endpoint"}
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {f"LPT{i}" for i in range(1, 10)}
+_WINDOWS_RESERVED = ({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {f"COM{i}" for i in "0123456789¹²³"}
+                     | {f"LPT{i}" for i in "0123456789¹²³"})
 _UNSAFE_LABEL_CHARS = set('/\\:*?"<>|') | {chr(c) for c in range(32)} | {"\x7f"}
+_INVISIBLE = ({chr(c) for c in range(0x80, 0xA0)} | {"\u00ad", "\u200b", "\u200e", "\u200f", "\u2028", "\u2029",
+                                                     "\u2060", "\ufeff"}
+              | {chr(c) for c in range(0x202A, 0x202F)} | {chr(c) for c in range(0x2066, 0x206A)})
+"""C1 control characters, zero-width spaces, soft hyphens, byte-order marks and bidi controls: a name holding one
+prints like a name without it (``cat\u200b`` looks like ``cat``). ZWJ/ZWNJ (U+200D/U+200C) are letters' glue in
+several scripts and emoji, and stay allowed."""
+SKIPPED_FOLDER_NAMES = frozenset({"__MACOSX"})
+"""Folder names an imagefolder import skips at every level (:data:`dsbuild.sources.folders.NOT_DATA`): a class of
+that name would be exported and then lost when the export is imported again."""
+MAX_LABEL_BYTES = 255  # a file name's limit in bytes on Linux, macOS and Windows file systems
+
+
+def shown(name: str) -> str:
+    """``name`` quoted for a message, printable whatever it holds: ``repr`` escaping (a newline as ``\\n``), and a
+    byte that was not UTF-8 (a file name's surrogate escape) as ``\\xe9``."""
+    return re.sub(r"\\udc([89a-f][0-9a-f])", r"\\x\1", repr(name))
+
+
+def not_utf8(name: str) -> bool:
+    """Whether ``name`` (a file name as Python reads it) holds bytes that are not UTF-8 (surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _type_name(value: Any) -> str:
@@ -175,18 +202,47 @@ def _type_name(value: Any) -> str:
     )
 
 
+def name_key(name: str) -> str:
+    """How class names are compared: Unicode NFC, then case-folded. Two names with one key are one folder on macOS
+    (which stores names decomposed, NFD) or Windows (case-insensitive), and one name to a reader."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def name_clash(a: str, b: str) -> str:
+    """Why two names with one :func:`name_key` are one name, for a message."""
+    if unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b):
+        return ("written in two Unicode forms (composed NFC and decomposed NFD, as macOS writes folder names): they "
+                "look the same")
+    return "to a case-insensitive file system (macOS, Windows): they differ only in case"
+
+
 def label_problem(label: str) -> str | None:
-    """Why ``label`` is unsafe as a folder name, or None when it is fine."""
+    """Why ``label`` cannot be a class name, or None when it is fine: what an export cannot write as a folder name on
+    Linux, macOS or Windows, or what an imagefolder import would skip (hidden names, ``__MACOSX``), or a name that is
+    not UTF-8 or prints like another. Used for every source's names (manifest classes, imagefolder folders,
+    labels_csv labels, URL-list labels)."""
+    if not_utf8(label):
+        return ("is not valid UTF-8 (a name written in another encoding, e.g. Latin-1 from a zip made on Windows) — "
+                "rename it in UTF-8 (e.g. convmv -f latin1 -t utf8 --notest NAME)")
     if not label.strip():
         return "is empty"
     if len(label) > 100:
         return "is longer than 100 characters"
+    if len(label.encode("utf-8")) > MAX_LABEL_BYTES:
+        return (f"is {len(label.encode('utf-8'))} bytes in UTF-8 — a folder name may have at most {MAX_LABEL_BYTES} "
+                "bytes; shorten it")
     if label in {".", ".."} or label.startswith("."):
         return "starts with '.'"
+    if label in SKIPPED_FOLDER_NAMES:
+        return "is macOS's zip-metadata folder name, which an imagefolder import skips — rename it"
     bad = sorted({ch for ch in label if ch in _UNSAFE_LABEL_CHARS})
     if bad:
-        shown = " ".join(repr(ch) for ch in bad)
-        return f"contains characters unsafe in folder names ({shown})"
+        shown_chars = " ".join(repr(ch) for ch in bad)
+        return f"contains characters unsafe in folder names ({shown_chars})"
+    hidden = sorted({ch for ch in label if ch in _INVISIBLE})
+    if hidden:
+        return (f"contains invisible or control characters ({' '.join(ascii(ch) for ch in hidden)}) — it would "
+                "print like another name; remove them")
     if label != label.strip() or label.endswith("."):
         return "starts or ends with a space or ends with '.'"
     if label.split(".")[0].upper() in _WINDOWS_RESERVED:
@@ -299,7 +355,7 @@ def _check_engine(ds: Dataset, key: str, problems: _Problems) -> None:
 def _parse_class(name: str, raw: Any, key: str, root: Path, problems: _Problems) -> ClassSpec:
     why = label_problem(name)
     if why:
-        problems.add(key, f"class name {name!r} {why}")
+        problems.add(key, f"class name {shown(name)} {why}")
     if isinstance(raw, (str, list)):
         queries = _as_str_list(raw, key, problems)
         if not queries:
@@ -421,14 +477,16 @@ def _parse_dataset(name: str, raw: Any, defaults: Mapping[str, Any], root: Path,
     elif not isinstance(classes_raw, dict):
         problems.add(f"{key}.classes", f"must be a table, not {_type_name(classes_raw)}")
     else:
-        if len(classes_raw) < 2:
+        if len(classes_raw) < 2 and imagefolder is None and labels_csv is None:
+            # with an imagefolder or a labels_csv, the classes are theirs and these together: the build counts them
             problems.add(f"{key}.classes", f"needs at least two classes, found {len(classes_raw)}")
         seen: dict[str, str] = {}
         for cname, craw in classes_raw.items():
             ckey = f"{key}.classes.{_quote_key(cname)}"
-            folded = cname.casefold()
+            folded = name_key(cname)
             if folded in seen:
-                problems.add(ckey, f"class {cname!r} differs from {seen[folded]!r} only in case (folders would clash)")
+                problems.add(ckey, f"class {shown(cname)} and {shown(seen[folded])} are one name "
+                                   f"{name_clash(cname, seen[folded])} — keep one of them")
             seen[folded] = cname
             classes.append(_parse_class(cname, craw, ckey, root, problems))
 

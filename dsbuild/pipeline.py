@@ -30,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,10 +42,10 @@ from dsbuild.errors import DsbuildError
 from dsbuild.formats import not_regular
 from dsbuild.executor import release_backends
 from dsbuild.executor_settings import ExecutorSettings
-from dsbuild.manifest import Dataset, Manifest, label_problem
+from dsbuild.manifest import Dataset, Manifest, label_problem, name_clash, name_key, shown
 from dsbuild.progress import LiveProgress, Progress, live_path
 from dsbuild.sources import SOURCE_REMOVED, SourceRun, folders, source_removed, web
-from dsbuild.sources.folders import imagefolder_layout
+from dsbuild.sources.folders import class_name, imagefolder_layout
 from dsbuild.sources.labelcsv import read_labels_csv
 from dsbuild.sources.urls import read_url_list
 from dsbuild.split import leakage_note
@@ -98,6 +100,7 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
     problems: list[str] = []
     url_lists: set[Path] = set()
     for ds in datasets:
+        names: list[tuple[str, str]] = [(c.name, f"datasets.{ds.name}.classes") for c in ds.classes]  # (name, where)
         if ds.imagefolder is not None:
             key = f"datasets.{ds.name}.imagefolder"
             if not ds.imagefolder.is_dir():
@@ -105,15 +108,18 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
             else:
                 layout = imagefolder_layout(ds.imagefolder, ds.name)
                 labels = layout.labels
+                for _, label, folder in layout.folders:
+                    if label not in {n for n, _ in names}:
+                        names.append((label, f"folder {shown(str(folder))[1:-1]}"))
                 if layout.problem:
                     problems.append(f"{key}: {layout.problem}")
-                elif len(labels) < 2:
+                elif len({class_name(ds, label) for label in labels} | set(ds.labels)) < 2:
                     problems.append(f"{key}: {ds.imagefolder} needs one subfolder per label (at least two), "
                                     "or <split>/<label>/ subfolders")
                 for label in labels:
                     why = label_problem(label)
                     if why:
-                        problems.append(f"{key}: label folder {label!r} {why}")
+                        problems.append(f"{key}: label folder {shown(label)} {why}")
         if ds.labels_csv is not None:
             key = f"datasets.{ds.name}.labels_csv"
             try:
@@ -121,10 +127,18 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
             except DsbuildError as exc:
                 problems.append(str(exc))
             else:
-                labels = sorted(set(listed.labels) | set(ds.labels))
+                lines = {}
+                for row in listed.rows:
+                    lines.setdefault(row.label, row.line)
+                for label in sorted(listed.labels, key=lambda lab: (lines.get(lab, 0) or sys.maxsize, lab)):
+                    if label not in {n for n, _ in names}:
+                        names.append((label, f"{ds.labels_csv.name} line {lines[label]}" if label in lines
+                                      else f"{ds.labels_csv.name}"))
+                labels = sorted({class_name(ds, label) for label in listed.labels} | set(ds.labels))
                 if len(labels) < 2:
                     problems.append(f"{key}: {ds.labels_csv} names {len(labels)} label{'s' if len(labels) != 1 else ''}"
-                                    f"{' (' + labels[0] + ')' if labels else ''} — a dataset needs at least two classes")
+                                    f"{' (' + shown(labels[0]) + ')' if labels else ''} — a dataset needs at least two "
+                                    "classes")
                 elif not listed.rows and listed.problems:
                     n = len(listed.problems)
                     problems.append(f"{key}: none of the {n} row{'s' if n != 1 else ''} of {ds.labels_csv} can be used "
@@ -149,11 +163,42 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
                         read_url_list(url_file)
                     except DsbuildError as exc:
                         problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {exc}")
+        problems.extend(name_clashes(ds, names))
         if any(c.queries or c.urls for c in ds.classes):
             problems.extend(web.check_web_settings(ds))
         problems.extend(model_problems(ds))
     if problems:
         raise DsbuildError("cannot build:\n  " + "\n  ".join(problems), exit_code=2)
+
+
+def _both(name: str) -> str:
+    """A class name for a clash message: quoted, and spelled out in ASCII when it holds other characters (two
+    Unicode forms of one name print alike)."""
+    return shown(name) if name.isascii() else f"{shown(name)} ({ascii(name)})"
+
+
+def name_clashes(ds: Dataset, names: list[tuple[str, str]]) -> list[str]:
+    """Two class names of ``ds`` that are one name to a user or a file system (:func:`dsbuild.manifest.name_key`:
+    NFC, case-folded), from every source together: ``names`` as (name, where it came from: the manifest's classes, a
+    folder, a CSV line). A folder's or a CSV's spelling that is a manifest class in NFC is that class
+    (:func:`dsbuild.sources.folders.class_name`), not a clash."""
+    problems: list[str] = []
+    groups: dict[str, dict[str, str]] = {}  # key → class name → where its first spelling came from
+    for name, where in names:
+        groups.setdefault(name_key(name), {}).setdefault(class_name(ds, name), where)
+    for spellings in groups.values():
+        if len(spellings) < 2:
+            continue
+        (a, _), (b, _) = list(spellings.items())[:2]
+        same_form = unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b)
+        todo = ("if they are one class, spell them alike (`convmv -f utf8 -t utf8 --nfc --notest -r DIR` rewrites "
+                "folder names in NFC; a class of that name under [datasets." + ds.name + ".classes] takes them all); "
+                "else rename them") if same_form else (
+                "rename them so that the names differ by more than case, or spell them alike if they are one class")
+        listed = [_both(n) for n in spellings]
+        problems.append(f"datasets.{ds.name}: class names {', '.join(listed[:-1])} and {listed[-1]} are one name "
+                        f"{name_clash(a, b)} ({'; '.join(spellings.values())}) — {todo}")
+    return problems
 
 
 def model_problems(ds: Dataset) -> list[str]:

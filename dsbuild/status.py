@@ -168,7 +168,8 @@ def empty_classes(cat: Catalog, ds) -> dict[str, str]:
     """Each class of the manifest's dataset ``ds`` (and each class folder of its imagefolder, an empty one too, and
     each label of its labels CSV) with no accepted image, with the line that says why: a model would silently learn
     without it."""
-    from dsbuild.sources.folders import imagefolder_layout
+    from dsbuild.manifest import label_problem
+    from dsbuild.sources.folders import class_name, imagefolder_layout
     from dsbuild.sources.labelcsv import read_labels_csv
 
     by_label: dict[str, dict[str, int]] = {}
@@ -181,9 +182,12 @@ def empty_classes(cat: Catalog, ds) -> dict[str, str]:
     empty = cat.empty_searches(ds.name) if any(queries.values()) else set()
     labels = list(ds.labels)
     if ds.imagefolder is not None and ds.imagefolder.is_dir():  # its class folders, an empty one included
-        labels += [label for label in imagefolder_layout(ds.imagefolder, ds.name).labels if label not in labels]
+        labels += [label for label in dict.fromkeys(class_name(ds, label) for label in
+                                                    imagefolder_layout(ds.imagefolder, ds.name).labels)
+                   if label not in labels and not label_problem(label)]  # a refused folder name is no class
     if ds.labels_csv is not None and ds.labels_csv.is_file():  # every label it names, one whose rows were skipped too
-        labels += sorted(set(read_labels_csv(ds.labels_csv, root=ds.labels_root).labels) - set(labels))
+        labels += sorted({class_name(ds, label) for label in
+                          read_labels_csv(ds.labels_csv, root=ds.labels_root).labels} - set(labels))
     for label in labels:
         per = by_label.get(label, {})
         if per.get("ok", 0):

@@ -100,7 +100,8 @@ BAD = [
     ("split-train-zero", "[datasets.d.split]\ntrain = 0.0\nvalid = 1.0\n" + TWO, ["datasets.d.split.train: must be greater than 0"]),
     # labels: clashing case, unsafe folder names
     ("case-clash", '[datasets.d.classes]\nCat = "qa"\ncat = "qb"\n',
-     ["datasets.d.classes.cat: class 'cat' differs from 'Cat' only in case (folders would clash)"]),
+     ["datasets.d.classes.cat: class 'cat' and 'Cat' are one name to a case-insensitive file system (macOS, "
+      "Windows): they differ only in case — keep one of them"]),
     ("label-dotdot-x", '[datasets.d.classes]\n"../x" = "qa"\nb = "qb"\n',
      ["datasets.d.classes.\"../x\": class name '../x' starts with '.'"]),
     ("label-dotdot", '[datasets.d.classes]\n".." = "qa"\nb = "qb"\n',
@@ -288,6 +289,23 @@ def test_manifest_is_a_folder_or_not_utf8(tmp_path: Path) -> None:
         (" cat", "starts or ends with a space or ends with '.'"),
         ("cat.", "starts or ends with a space or ends with '.'"),
         ("x" * 101, "is longer than 100 characters"),
+        ("é" * 100, None),  # 200 bytes
+        ("猫" * 85, None),  # 255 bytes
+        ("猫" * 86, "is 258 bytes in UTF-8 — a folder name may have at most 255 bytes; shorten it"),
+        ("__MACOSX", "is macOS's zip-metadata folder name, which an imagefolder import skips — rename it"),
+        ("__macosx", None),
+        ("CONIN$", "is a reserved device name on Windows"),
+        ("conout$.log", "is a reserved device name on Windows"),
+        ("COM0", "is a reserved device name on Windows"),
+        ("lpt³", "is a reserved device name on Windows"),
+        ("COM10", None),
+        ("a\x85b", "contains invisible or control characters ('\\x85') — it would print like another name; remove "
+                   "them"),
+        ("\ufeffcat", "contains invisible or control characters ('\\ufeff') — it would print like another name; "
+                      "remove them"),
+        ("قهوه\u200cخانه", None),  # ZWNJ: part of the word in Persian
+        ("caf\udce9", "is not valid UTF-8 (a name written in another encoding, e.g. Latin-1 from a zip made on "
+                       "Windows) — rename it in UTF-8 (e.g. convmv -f latin1 -t utf8 --notest NAME)"),
     ],
 )
 def test_label_problem(label: str, problem: str | None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 from dsbuild import formats
 from dsbuild.errors import DsbuildError
 from dsbuild.executor import VerifyJob, make_executor
-from dsbuild.manifest import Dataset
+from dsbuild.manifest import SKIPPED_FOLDER_NAMES, Dataset, not_utf8, shown
 from dsbuild.rows import blob_row, image_id_for, item_row
 from dsbuild.sources import SPLIT_NAMES, SourceRun, source_removed
 from dsbuild.sources.labelcsv import read_labels_csv
@@ -38,7 +39,7 @@ class FileSource:
 
 
 SPLIT_FOLDERS = SPLIT_NAMES
-NOT_DATA = {"__MACOSX"}
+NOT_DATA = SKIPPED_FOLDER_NAMES
 """Folder names that never hold a dataset's images: macOS's zip metadata (``__MACOSX/``, its files are ``._name``
 resource forks). Hidden folders (``.ipynb_checkpoints``, ``.git``) are skipped as every hidden name is."""
 
@@ -119,7 +120,22 @@ def imagefolder_layout(root: Path, dataset: str = "NAME") -> Layout:
         macosx = []
     if macosx:
         notes.append("__MACOSX/ skipped — it holds macOS's zip metadata, not images")
-    subdirs = _subfolders(root)
+    real_root = os.path.realpath(root)
+
+    def no_loops(dirs: list[Path]) -> list[Path]:
+        """``dirs`` without the symlinked folders that lead to the tree's root or above (``all -> .``), each named."""
+        kept = []
+        for d in dirs:
+            real = os.path.realpath(d)
+            if _contains(real, real_root):
+                notes.append(f"{d.relative_to(root)}/ skipped: it is a symlink to {_printable(real)}, which holds the "
+                             f"whole tree ({root.name}/) — read as a class it would hold every class's images again; "
+                             "remove the link")
+            else:
+                kept.append(d)
+        return kept
+
+    subdirs = no_loops(_subfolders(root))
     named = [d for d in subdirs if d.name.lower() in SPLIT_FOLDERS]
     others = [d for d in subdirs if d.name.lower() not in SPLIT_FOLDERS]
     labelled = [d for d in named if _subfolders(d)]
@@ -163,60 +179,94 @@ def imagefolder_layout(root: Path, dataset: str = "NAME") -> Layout:
         if files:
             notes.append(f"{d.name}/ holds {_files_text(len(files))} beside its class folders "
                          f"(e.g. {files[0].name}): skipped — only {d.name}/<class>/… is read")
-        folders += [(split, c.name, c) for c in _subfolders(d)]
+        folders += [(split, c.name, c) for c in no_loops(_subfolders(d))]
     return Layout(tuple(folders), tuple(notes))
 
 
 @dataclass
 class Skipped:
-    """What a folder scan left out and why (symlinks that lead nowhere, loops, folders it may not read):
-    kind → (count, first example). The build's summary says so (:meth:`notes`)."""
+    """What a folder scan left out and why (symlinks that lead nowhere, loops, folders it may not read, names that
+    are not UTF-8): kind → (count, first example); the kinds in :data:`EACH` keep every example (up to
+    :data:`SHOWN`), each named on its own line. The build's summary says so (:meth:`notes`)."""
 
     kinds: dict[str, tuple[int, str]] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    EACH = ("above", "not_utf8")
+    SHOWN = 20
 
     def add(self, kind: str, example: str) -> None:
         n, first = self.kinds.get(kind, (0, example))
         self.kinds[kind] = (n + 1, first)
+        if kind in self.EACH:
+            self.examples.setdefault(kind, []).append(example)
 
     def notes(self) -> list[str]:
-        """One line per kind, e.g. ``2 broken symlinks skipped (e.g. /src/cat/x.jpg → gone.jpg)``."""
+        """One line per kind, e.g. ``2 broken symlinks skipped (e.g. /src/cat/x.jpg → gone.jpg)``; one line per
+        skipped link or file for the kinds in :data:`EACH`."""
         words = {"broken": ("broken symlink skipped", "broken symlinks skipped"),
                  "loop": ("symlinked folder skipped: it leads to a folder already read (a loop or a second link)",
                           "symlinked folders skipped: they lead to folders already read (loops or second links)"),
                  "unreadable": ("folder or file skipped: it cannot be read", "folders or files skipped: they cannot be read")}
         out = []
         for kind, (n, example) in self.kinds.items():
+            if kind in self.EACH:
+                shown_ = self.examples[kind][:self.SHOWN]
+                out += shown_ + ([f"… and {n - len(shown_)} more"] if n > len(shown_) else [])
+                continue
             one, many = words[kind]
             out.append(f"{n} {one if n == 1 else many} (e.g. {example})")
         return out
 
 
-def walk(folder: Path, skipped: Skipped | None = None) -> Iterator[Path]:
+def _printable(path: Path | str) -> str:
+    """A path for a message: as is when it is UTF-8, else with each byte that is not as ``\\xe9``."""
+    text = str(path)
+    return shown(text)[1:-1] if not_utf8(text) else text
+
+
+def _not_utf8_note(path: Path, *, folder: bool) -> str:
+    what = "folder" if folder else "file"
+    return (f"{what} {_printable(path)} skipped{' with everything in it' if folder else ''}: its name is not valid "
+            "UTF-8 (written in another encoding, e.g. Latin-1 by unzip of a zip made on Windows) — rename it in UTF-8 "
+            f"(e.g. convmv -f latin1 -t utf8 --notest -r {_printable(path.parent)}) and build again")
+
+
+def _contains(outer: str, inner: str) -> bool:
+    """Whether the real path ``inner`` is ``outer`` or lies under it."""
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def walk(folder: Path, skipped: Skipped | None = None, *, others: tuple[str, ...] = ()) -> Iterator[Path]:
     """Files under ``folder``, recursively, skipping hidden files and folders; each path as listed (under ``folder``,
     a symlink not resolved).
 
-    A symlinked file is listed (its content is read by verification); a symlinked folder is followed,
-    once: a link to a folder already read (a loop, or a second link to one folder) is skipped, as is a broken
-    link or a folder that cannot be read, each counted in ``skipped``. Real subfolders are read before
-    symlinked ones, so that a file reached both ways is listed under its real path. Sorted within each folder.
+    A symlinked file is listed (its content is read by verification, wherever it leads); a symlinked folder is
+    followed, once, wherever it leads — unless it leads to ``folder`` itself or a folder above it (the tree's root,
+    ``up -> ..``: reading it would read this folder's siblings, other classes and splits, again as this class), or
+    into another source folder of the dataset (``others``, real paths: those files are that class's), or to a folder
+    this walk has already read (a loop, or a second link to one folder). Each such link is skipped and counted in
+    ``skipped`` — the ones above or into another class by name, with where they lead — as are broken links, folders
+    that cannot be read, and files or folders whose names are not UTF-8. Real subfolders are read before symlinked
+    ones, so that a file reached both ways is listed under its real path. Sorted within each folder.
     """
     skipped = skipped if skipped is not None else Skipped()
     try:
         st = os.stat(folder)
     except OSError:
         return
+    top = os.path.realpath(folder)
     seen = {(st.st_dev, st.st_ino)}
     linked: list[Path] = []  # symlinked folders, read once every real folder has been
 
-    def read(top: Path) -> Iterator[Path]:
-        stack = [top]
+    def read(start: Path) -> Iterator[Path]:
+        stack = [start]
         while stack:
             here = stack.pop()
             try:
                 with os.scandir(here) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError:
-                skipped.add("unreadable", str(here))
+                skipped.add("unreadable", _printable(here))
                 continue
             subdirs = []
             for entry in entries:
@@ -227,7 +277,7 @@ def walk(folder: Path, skipped: Skipped | None = None) -> Iterator[Path]:
                     is_link = entry.is_symlink()
                     is_dir = entry.is_dir(follow_symlinks=False)
                 except OSError:
-                    skipped.add("unreadable", str(path))
+                    skipped.add("unreadable", _printable(path))
                     continue
                 if is_link:
                     try:
@@ -235,10 +285,12 @@ def walk(folder: Path, skipped: Skipped | None = None) -> Iterator[Path]:
                     except OSError:
                         skipped.add("broken", _link(path))
                         continue
-                    if stat.S_ISDIR(target.st_mode):
-                        linked.append(path)
-                        continue
-                    yield path
+                    is_dir = stat.S_ISDIR(target.st_mode)
+                if not_utf8(entry.name):
+                    skipped.add("not_utf8", _not_utf8_note(path, folder=is_dir))
+                    continue
+                if is_link and is_dir:
+                    linked.append(path)
                 elif is_dir:
                     subdirs.append(path)
                 else:
@@ -247,10 +299,10 @@ def walk(folder: Path, skipped: Skipped | None = None) -> Iterator[Path]:
                 try:
                     sst = os.stat(sub)
                 except OSError:
-                    skipped.add("unreadable", str(sub))
+                    skipped.add("unreadable", _printable(sub))
                     continue
                 if (sst.st_dev, sst.st_ino) in seen:  # reached again through a symlinked folder above
-                    skipped.add("loop", str(sub))
+                    skipped.add("loop", _printable(sub))
                     continue
                 seen.add((sst.st_dev, sst.st_ino))
                 stack.append(sub)
@@ -260,8 +312,21 @@ def walk(folder: Path, skipped: Skipped | None = None) -> Iterator[Path]:
         link = linked.pop(0)
         try:
             target = os.stat(link)
+            real = os.path.realpath(link)
         except OSError:
-            skipped.add("broken", str(link))
+            skipped.add("broken", _printable(link))
+            continue
+        if real != top and _contains(real, top):  # a link to the class folder itself is a loop, counted below
+            skipped.add("above", f"symlinked folder {_link(link)} skipped: it leads to a folder that holds it "
+                                 f"({_printable(real)}), a loop — following it would read other classes' or splits' "
+                                 "images again under this class; remove the link")
+            continue
+        into = next((o for o in others if _contains(o, real) or _contains(real, o)), None)
+        if into is not None:
+            skipped.add("above", f"symlinked folder {_link(link)} skipped: it leads "
+                                 f"{'into' if _contains(into, real) else 'to a folder holding'} another source folder "
+                                 f"of this dataset ({_printable(into)}) — its images are that folder's class; remove "
+                                 "the link, or copy the images here if they belong to this class too")
             continue
         if (target.st_dev, target.st_ino) in seen:
             skipped.add("loop", _link(link))
@@ -272,9 +337,9 @@ def walk(folder: Path, skipped: Skipped | None = None) -> Iterator[Path]:
 
 def _link(path: Path) -> str:
     try:
-        return f"{path} → {os.readlink(path)}"
+        return f"{_printable(path)} → {_printable(os.readlink(path))}"
     except OSError:
-        return str(path)
+        return _printable(path)
 
 
 def scan_folders(ds: Dataset, skipped: Skipped | None = None, notes: list[str] | None = None) -> list[FileSource]:
@@ -291,7 +356,7 @@ def scan_folders(ds: Dataset, skipped: Skipped | None = None, notes: list[str] |
         layout = imagefolder_layout(ds.imagefolder, ds.name)
         if layout.problem:  # the build's preflight refuses it first; this guards any other caller
             raise DsbuildError(f"datasets.{ds.name}.imagefolder: {layout.problem}", exit_code=2)
-        folders += layout.folders
+        folders += [(split, class_name(ds, label), folder) for split, label, folder in layout.folders]
         if notes is not None:
             notes.extend(layout.notes)
     out: list[FileSource] = []
@@ -306,18 +371,40 @@ def scan_folders(ds: Dataset, skipped: Skipped | None = None, notes: list[str] |
                 if skipped is not None:
                     skipped.add("unreadable", str(row.path))
                 continue
-            out.append(FileSource(row.label, row.path, st.st_size, st.st_mtime_ns, row.split))
+            if not_utf8(str(row.path)):  # the CSV's folder (or a folder above it) named in another encoding
+                if skipped is not None:
+                    skipped.add("not_utf8", _not_utf8_note(row.path, folder=False))
+                continue
+            out.append(FileSource(class_name(ds, row.label), row.path, st.st_size, st.st_mtime_ns, row.split))
+    reals = [os.path.realpath(f) for _, _, f in folders]
     for split, label, folder in folders:
         base = folder.resolve()
-        for path in walk(folder, skipped):
+        if not_utf8(str(base)):  # a folder above it (or a link's target) named in another encoding
+            if skipped is not None:
+                skipped.add("not_utf8", _not_utf8_note(base, folder=True))
+            continue
+        real = os.path.realpath(folder)
+        others = tuple(r for r in reals if r != real and not _contains(r, real))
+        for path in walk(folder, skipped, others=others):
             try:
                 st = path.stat()
             except OSError:
                 if skipped is not None:
-                    skipped.add("unreadable", str(path))
+                    skipped.add("unreadable", _printable(path))
                 continue
             out.append(FileSource(label, base / path.relative_to(folder), st.st_size, st.st_mtime_ns, split))
     return out
+
+
+def class_name(ds: Dataset, label: str) -> str:
+    """The class a folder's or a CSV's ``label`` is: the manifest's class of the same name in Unicode NFC when there is
+    one (macOS writes a folder ``café`` decomposed, NFD; the manifest's ``café`` is NFC — one class, the manifest's
+    spelling), else ``label`` as written. Two spellings of one name that no manifest class settles are refused before
+    the build (:func:`dsbuild.pipeline.preflight`)."""
+    if label in ds.labels:
+        return label
+    nfc = unicodedata.normalize("NFC", label)
+    return next((name for name in ds.labels if unicodedata.normalize("NFC", name) == nfc), label)
 
 
 def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now) -> set[str]:

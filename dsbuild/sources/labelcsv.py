@@ -143,7 +143,7 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
             continue
         cell = lambda col: cells[col].strip() if col is not None and col < len(cells) else ""  # noqa: E731
         written, label = cell(file_col), cell(label_col)
-        if label:
+        if label and not label_problem(label):  # an unsafe label is refused below, and is no class
             out.labels.add(label)
         if not written:
             out.problems.append(f"{name} line {line}: no file — skipped")
