@@ -92,7 +92,7 @@ def make_images(root: Path, n: int) -> int:
     return n + 4
 
 
-def dsbuild(manifest: Path, *args: str, pythonpath: Path = REPO) -> tuple[float, str]:
+def dsbuild(manifest: Path, *args: str, pythonpath: Path = REPO) -> tuple[float, str, str]:
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "COLUMNS": "400"}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(manifest), *args], capture_output=True,
@@ -100,7 +100,20 @@ def dsbuild(manifest: Path, *args: str, pythonpath: Path = REPO) -> tuple[float,
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"dsbuild {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return seconds, proc.stdout
+    return seconds, proc.stdout, proc.stderr
+
+
+def stages(stderr: str) -> str:
+    """The last progress line of each stage (``NAME: stage n/n … 1.2 s``), joined."""
+    import re
+
+    last: dict[str, str] = {}
+    for line in stderr.splitlines():
+        words = line.split()
+        at = next((i for i, w in enumerate(words) if re.fullmatch(r"[\d,]+/[\d,]+", w)), None)
+        if at:
+            last[" ".join(words[:at])] = " ".join(words)
+    return "; ".join(last.values())
 
 
 def as_older(catalog: Path, dataset: str) -> None:
@@ -152,20 +165,22 @@ def main() -> None:
             archive = subprocess.run(["git", "-C", str(REPO), "archive", args.old, "dsbuild"], check=True,
                                      capture_output=True)
             subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-            first, _ = dsbuild(manifest, "build", *workers, pythonpath=Path(tmp))
+            first, _, _ = dsbuild(manifest, "build", *workers, pythonpath=Path(tmp))
         print(f"first build by {args.old}: {total} files, {first:.1f} s")
     else:
-        first, _ = dsbuild(manifest, "build", *workers)
+        first, _, _ = dsbuild(manifest, "build", *workers)
         as_older(work / "cat" / "dsbuild.duckdb", "photos")
         print(f"first build by this checkout (then recorded as an older dsbuild's): {total} files, {first:.1f} s")
     before = outcomes(work / "cat" / "dsbuild.duckdb", names)
-    recheck, out = dsbuild(manifest, "build", *workers)
+    recheck, out, err = dsbuild(manifest, "build", *workers)
     after = outcomes(work / "cat" / "dsbuild.duckdb", names)
-    idle, out2 = dsbuild(manifest, "build", *workers)
+    idle, out2, err2 = dsbuild(manifest, "build", *workers)
     line = " ".join(out.split())
     line = line[line.find("dsbuild's image checks"):] if "dsbuild's image checks" in line else "(no re-check line!)"
     print(f"re-checking build: {recheck:.2f} s   build with nothing to do: {idle:.2f} s   difference: "
           f"{recheck - idle:.2f} s = {1000 * (recheck - idle) / total:.1f} ms per catalogued image")
+    print(f"stages of the re-checking build: {stages(err)}")
+    print(f"stages of the build with nothing to do: {stages(err2)}")
     print(f"line: {line[:400]}")
     print("damaged files:", ", ".join(f"{k}: {before.get(k)} → {after.get(k)}" for k in names))
     print("then:", "up to date" if "up to date" in out2 else "NOT up to date")

@@ -273,3 +273,52 @@ def test_an_older_catalog_of_downloads_is_verified_again_from_the_store_without_
     code, out, err = proj.build()
     assert code == 0, out + err
     assert server.seen == [] and "image checks changed" not in out and "up to date" in out, out
+
+
+# --------------------------------------------------------------------------- how pixels are read
+
+
+def _twelve_bit_png() -> bytes:
+    """A 16-bit greyscale PNG holding 12-bit data (a camera's raw range): revision 2 scales it by 4095, not 65535."""
+    import numpy as np
+
+    grey = np.asarray(photo("camera", (200, 160)).convert("L"), dtype=np.uint16) * 16  # 0 … 4080
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")  # uint16: mode I;16
+    return buf.getvalue()
+
+
+def test_a_blob_verified_again_takes_the_pixels_the_new_checks_read(tmp_path: Path) -> None:
+    """What verification read from a stored file (the exact-duplicate key, quality scores) is refreshed by the re-check,
+    and the near-duplicate signals of pixels read otherwise are computed again: the blob row of a 12-bit PNG as
+    revision 1 wrote it (its pixels read as /65535: near black) becomes what a first build by today's dsbuild writes."""
+    def project(root: Path) -> tuple[Project, Path]:
+        proj = Project(root)
+        for label, names in GOOD.items():
+            for k, name in enumerate(names):
+                proj.add(label, f"{name}.jpg", _good(name, k))
+        return proj, proj.add("a", "twelve_bit.png", _twelve_bit_png())
+
+    fresh, _ = project(tmp_path / "fresh")
+    assert fresh.build()[0] == 0
+    proj, png = project(tmp_path / "upgraded")
+    assert proj.build()[0] == 0
+    sha = _sha(png.read_bytes())
+    columns = "pixel_sha, q_dark, q_light, q_low_information, phash_views, eff_side"
+    want = fresh.rows(f"SELECT {columns} FROM blobs WHERE sha256 = ?", sha)
+    assert len(want) == 1 and want[0]["phash_views"] is not None
+
+    as_built_by_an_older_dsbuild(proj, {})
+    con = duckdb.connect(str(proj.catalog))
+    try:  # what revision 1 read: the picture near black, its own pixel key, signals computed from that picture
+        con.execute("UPDATE blobs SET pixel_sha = 'read by revision 1', q_dark = 0.0, q_light = 1.0, "
+                    "q_low_information = 0.0, phash_views = [1, 2, 3, 4, 5, 6, 7], eff_side = 3.0 "
+                    "WHERE sha256 = ?", [sha])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    assert _recheck_line(out).group(1) == "7"
+    assert proj.rows(f"SELECT {columns} FROM blobs WHERE sha256 = ?", sha) == want
