@@ -14,6 +14,10 @@
   carve differ, the build refuses before any work (:func:`check_split_settings`)
   until it is run with ``resplit=True`` (``--resplit``), which assigns every split
   again and reports how many images moved;
+* the settings that decided each outcome are recorded per dataset (:func:`settings_sections`), with dsbuild's
+  verifier revision (:data:`dsbuild.verify.decode.VERIFIER_REVISION`): a changed setting has the outcomes it
+  decided evaluated again; a changed revision (an upgrade) has every catalogued image verified again from the
+  files on disk, nothing downloaded (:func:`verify_changes`, :func:`recheck_note`);
 * an item whose source left the manifest is set aside (``source removed``); the same
   file under another class (a class renamed, merged or split) is a new item that takes
   the old one's split and standing review decisions (:mod:`dsbuild.carryover`).

@@ -16,7 +16,10 @@
    (:data:`RETRY_WHEN_CHANGED`: a URL refused as a private address after
    ``allow_private_hosts`` is set, one too large after ``max_bytes`` grew, ...),
    and accepted images are verified again from the store when the verify
-   settings changed.
+   settings changed. When dsbuild's own checks changed (the verifier revision:
+   :attr:`~dsbuild.sources.SourceRun.checks_changed`), every image with a stored copy
+   is verified again from it, rejected ones too, and nothing is downloaded again: a
+   download rejected before has no stored copy and keeps its outcome (counted).
 3. **Fetch → verify → store** (the local backend): :func:`dsbuild.fetch.fetch_all` keeps each body
    of up to ``IN_MEMORY_BODY`` bytes in memory (larger ones stream to temp
    files); each complete body is verified and hashed by the executor
