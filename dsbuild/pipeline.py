@@ -14,6 +14,10 @@
   carve differ, the build refuses before any work (:func:`check_split_settings`)
   until it is run with ``resplit=True`` (``--resplit``), which assigns every split
   again and reports how many images moved;
+* the settings that decided each outcome are recorded per dataset (:func:`settings_sections`), with dsbuild's
+  verifier revision (:data:`dsbuild.verify.decode.VERIFIER_REVISION`): a changed setting has the outcomes it
+  decided evaluated again; a changed revision (an upgrade) has every catalogued image verified again from the
+  files on disk, nothing downloaded (:func:`verify_changes`, :func:`recheck_note`);
 * an item whose source left the manifest is set aside (``source removed``); the same
   file under another class (a class renamed, merged or split) is a new item that takes
   the old one's split and standing review decisions (:mod:`dsbuild.carryover`).
@@ -225,15 +229,21 @@ def _settings_digest(ds: Dataset) -> str:
 #: dataset's last build and evaluates again every outcome a changed section decided (sources: folder
 #: files verified again, web outcomes per :data:`dsbuild.sources.web.RETRY_WHEN_CHANGED`; quality: every
 #: verified image's quality reject; dedup: every accepted image's grouping), then says how many it re-tried.
+#: The ``verify`` section also holds dsbuild's own verifier revision
+#: (:data:`dsbuild.verify.decode.VERIFIER_REVISION`): when only that changed, every catalogued image is verified
+#: again from the files on disk (:func:`verify_changes`), nothing downloaded again.
 SETTINGS_SECTIONS = ("verify", "network", "noai", "max_bytes", "quality", "dedup")
 
 
 def settings_sections(ds: Dataset) -> dict[str, str]:
     """The dataset's outcome-deciding settings as text, per section of :data:`SETTINGS_SECTIONS`
-    (from the settings checked at manifest load: ``verify``, ``fetch_settings``, ``quality``)."""
+    (from the settings checked at manifest load: ``verify``, ``fetch_settings``, ``quality``); ``verify`` is the
+    settings' digest with the verifier revision that applies them."""
+    from dsbuild.verify.decode import VERIFIER_REVISION
+
     fetch = ds.fetch_settings
     parts = {
-        "verify": _settings_digest(ds),
+        "verify": {"settings": _settings_digest(ds), "revision": VERIFIER_REVISION},
         "network": [fetch.allow_private_hosts, sorted(map(str, fetch.allowed_networks))],
         "noai": fetch.respect_noai,
         "max_bytes": fetch.max_bytes,
@@ -243,8 +253,55 @@ def settings_sections(ds: Dataset) -> dict[str, str]:
     return {k: json.dumps(v, sort_keys=True, default=str) for k, v in parts.items()}
 
 
+@dataclass(frozen=True)
+class VerifyChanges:
+    """How the dataset's verification differs from its last build's (:func:`verify_changes`).
+
+    ``settings``: the ``[verify]`` settings or the hash changed (the user's doing: outcomes a setting decided are
+    tried again, downloads included); ``revision``: the verifier revision the last build recorded (1 when it recorded
+    none: an older dsbuild), None for a dataset never built; ``checks``: dsbuild's own checks changed since
+    (:data:`dsbuild.verify.decode.VERIFIER_REVISION` differs from ``revision``): every catalogued image is verified
+    again from the files on disk, nothing downloaded again.
+    """
+
+    settings: bool
+    revision: int | None
+    checks: bool
+
+
+def verify_changes(digest: str, recorded_digest: str | None, previous: dict[str, str]) -> VerifyChanges:
+    """What changed in verification since the dataset's last build: ``digest`` is today's :func:`_settings_digest`,
+    ``recorded_digest`` the last build's (meta ``settings:NAME``), ``previous`` its recorded
+    :func:`settings_sections` (empty before sections were recorded). A build that recorded the verify section as a
+    digest alone (dsbuild before the revision was recorded), or only the digest, ran revision 1."""
+    from dsbuild.verify.decode import VERIFIER_REVISION
+
+    if recorded_digest is None and not previous:
+        return VerifyChanges(settings=False, revision=None, checks=False)  # never built: nothing to verify again
+    revision, section_digest = 1, None
+    raw = previous.get("verify")
+    if raw is not None:
+        value = json.loads(raw)
+        if isinstance(value, dict):
+            revision, section_digest = int(value.get("revision") or 1), value.get("settings")
+        elif isinstance(value, str):
+            section_digest = value
+    settings = recorded_digest not in (None, digest) or section_digest not in (None, digest)
+    return VerifyChanges(settings=settings, revision=revision, checks=revision != VERIFIER_REVISION)
+
+
 def _outcome(status: str | None, reason: str | None) -> str:
     return reason or status or "?" if status in ("rejected", "failed") else (status or "?")
+
+
+def _moves(before: dict[str, tuple], after: dict[str, tuple], ids: list[str]) -> str:
+    """``A → B k; …`` (most first) for the items of ``ids`` whose outcome changed, or ``no outcome changed``."""
+    moves: dict[str, int] = {}
+    for iid in ids:
+        a, b = _outcome(*before[iid]), _outcome(*after.get(iid, (None, None)))
+        if a != b:
+            moves[f"{a} → {b}"] = moves.get(f"{a} → {b}", 0) + 1
+    return "; ".join(f"{k} {n}" for k, n in sorted(moves.items(), key=lambda kv: (-kv[1], kv[0]))) or "no outcome changed"
 
 
 def retry_note(before: dict[str, tuple], after: dict[str, tuple], retried: set[str]) -> str | None:
@@ -252,21 +309,38 @@ def retry_note(before: dict[str, tuple], after: dict[str, tuple], retried: set[s
     ids = [i for i in retried if i in before]
     if not ids:
         return None
-    moves: dict[str, int] = {}
-    for iid in ids:
-        a, b = _outcome(*before[iid]), _outcome(*after.get(iid, (None, None)))
-        if a != b:
-            moves[f"{a} → {b}"] = moves.get(f"{a} → {b}", 0) + 1
-    changes = "; ".join(f"{k} {n}" for k, n in sorted(moves.items(), key=lambda kv: (-kv[1], kv[0]))) or "no outcome changed"
     n = len(ids)
-    return f"settings changed — re-tried {n} earlier outcome{'s' if n != 1 else ''}: {changes}"
+    return f"settings changed — re-tried {n} earlier outcome{'s' if n != 1 else ''}: {_moves(before, after, ids)}"
+
+
+def recheck_note(before: dict[str, tuple], after: dict[str, tuple], retried: set[str], *, revision: int | None,
+                 settings: bool = False, unchecked: dict[str, int] | None = None) -> str:
+    """The one line of a build whose verifier revision differs from the dataset's last build's (dsbuild upgraded):
+    ``dsbuild's image checks changed (verifier revision 1 → 2) — re-checked N catalogued images from the files on
+    disk, nothing downloaded: M changed outcome (ok → corrupt 1; …)``; ``settings``: a setting changed too (its
+    re-tried outcomes are counted with them); ``unchecked``: why → how many catalogued images could not be checked
+    again from disk (they keep their outcome)."""
+    from dsbuild.render.values import counted
+    from dsbuild.verify.decode import VERIFIER_REVISION
+
+    ids = [i for i in retried if i in before]
+    moved = sum(_outcome(*before[i]) != _outcome(*after.get(i, (None, None))) for i in ids)
+    what = "dsbuild's image checks and the dataset's settings changed" if settings else "dsbuild's image checks changed"
+    line = (f"{what} (verifier revision {revision or 1} → {VERIFIER_REVISION}) — re-checked "
+            f"{counted(len(ids), 'catalogued image', 'catalogued images')} from the files on disk"
+            f"{'' if settings else ', nothing downloaded again'}: ")
+    line += (f"{moved} changed outcome ({_moves(before, after, ids)})" if moved else "no outcome changed")
+    for why, n in sorted((unchecked or {}).items()):
+        line += f"; {counted(n, 'image', 'images')} not re-checked: {why}"
+    return line
 
 
 class RowWriter:
     """Buffers item/blob rows and commits them in batches (blobs first, then the items pointing at them)."""
 
-    def __init__(self, cat: Catalog) -> None:
+    def __init__(self, cat: Catalog, *, refresh_blobs: bool = False) -> None:
         self.cat = cat
+        self.refresh_blobs = refresh_blobs  # dsbuild's checks changed: known blobs take what verification read now
         self.items: list[dict] = []
         self.blobs: list[dict] = []
         self.fetches: list[dict] = []
@@ -286,7 +360,10 @@ class RowWriter:
         import pandas as pd
 
         if self.blobs:
-            self.cat.insert_blobs(pd.DataFrame(self.blobs))
+            blobs = pd.DataFrame(self.blobs)
+            if self.refresh_blobs:
+                self.cat.refresh_blobs(blobs)
+            self.cat.insert_blobs(blobs)
         if self.fetches:
             self.cat.insert_fetches(pd.DataFrame(self.fetches))
         if self.items:
@@ -302,6 +379,7 @@ class DatasetSink:
         self.writer = writer
         self.summary = summary
         self.retried: set[str] = set()
+        self.unchecked: dict[str, int] = {}
 
     def add(self, *, item: dict | None = None, blob: dict | None = None, fetch: dict | None = None,
             retried: bool = False) -> None:
@@ -328,6 +406,9 @@ class DatasetSink:
 
     def note(self, text: str) -> None:
         self.summary.notes.append(text)
+
+    def not_rechecked(self, why: str) -> None:
+        self.unchecked[why] = self.unchecked.get(why, 0) + 1
 
     def tally(self) -> dict[str, int]:
         return {"ok": self.summary.ok, "rejected": self.summary.rejected, "failed": self.summary.failed}
@@ -420,23 +501,27 @@ def build_dataset(
     t0 = time.monotonic()
     summary = DatasetSummary(dataset=ds.name)
     digest = _settings_digest(ds)
-    changed_settings = cat.get_meta(f"settings:{ds.name}") not in (None, digest)
     sections = settings_sections(ds)
     previous = json.loads(cat.get_meta(f"settings-sections:{ds.name}") or "{}")
-    changed = frozenset(k for k, v in sections.items() if k in previous and previous[k] != v)
+    verify = verify_changes(digest, cat.get_meta(f"settings:{ds.name}"), previous)
+    changed_settings = verify.settings
+    # "verify" (in ``changed``): the user's verify settings changed; dsbuild's own checks changing is ``verify.checks``.
+    changed = frozenset(k for k, v in sections.items() if k != "verify" and k in previous and previous[k] != v)
     if changed_settings:
         changed |= {"verify"}
 
     known = cat.known_items(ds.name)
     known_by_id = {row.image_id: row for row in known.itertuples(index=False)}
     before = {row.image_id: (row.status, row.reason) for row in known_by_id.values()}
-    writer = RowWriter(cat)
+    writer = RowWriter(cat, refresh_blobs=verify.checks)
     sink = DatasetSink(writer, summary)
     run = SourceRun(dataset=ds, build_id=build_id, store=manifest.store, sink=sink, progress=progress,
-                    retry_failed=retry_failed, workers=workers, executor=executor or ds.executor, changed=changed)
+                    retry_failed=retry_failed, workers=workers, executor=executor or ds.executor, changed=changed,
+                    checks_changed=verify.checks)
 
-    # Local folders.
-    current = folders.ingest(run, known=known_by_id, changed_settings=changed_settings, now=utcnow())
+    # Local folders (every file verified again when the verify settings or dsbuild's checks changed).
+    current = folders.ingest(run, known=known_by_id, changed_settings=changed_settings or verify.checks,
+                             now=utcnow())
     writer.flush()
 
     # Web sources (queries, URL lists).
@@ -466,9 +551,15 @@ def build_dataset(
         retried |= {i for i, (st, _) in before.items() if st in ("ok", "duplicate")}
     if retried:
         after = {r.image_id: (r.status, r.reason) for r in cat.known_items(ds.name).itertuples(index=False)}
-        note = retry_note(before, after, retried)
+        if verify.checks:
+            note = recheck_note(before, after, retried, revision=verify.revision, settings=bool(changed),
+                                unchecked=sink.unchecked)
+        else:
+            note = retry_note(before, after, retried)
         if note:
             summary.notes.append(note)
+    elif verify.checks and sink.unchecked:
+        summary.notes.append(recheck_note(before, before, set(), revision=verify.revision, unchecked=sink.unchecked))
     summary.notes.extend(empty_class_notes(cat, ds))
     summary.notes.extend(split_gaps(cat, ds))
     # Dedup and quality checks have just turned some accepted images into duplicates or rejects:

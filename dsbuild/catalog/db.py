@@ -499,6 +499,44 @@ class Catalog:
         finally:
             self.con.unregister("_new_blobs")
 
+    #: What verification reads from a blob's content (:func:`dsbuild.rows.blob_row`): refreshed when dsbuild's checks
+    #: changed (:meth:`refresh_blobs`).
+    VERIFIED_BLOB_COLUMNS = ("bytes", "format", "width", "height", "mode", "frames", "pixel_sha", "q_dark", "q_light",
+                             "q_blurry", "q_low_information", "q_grayscale", "q_odd_aspect_ratio")
+
+    def refresh_blobs(self, rows) -> int:
+        """Write what a verification read (:data:`VERIFIED_BLOB_COLUMNS`) into the known blobs of ``rows`` (a
+        DataFrame with ``blobs`` columns): a blob verified again under a newer verifier revision may read other
+        pixels (16-bit greyscale) or frames. A blob whose pixels changed loses its near-duplicate signals
+        (``phash_views``, ``eff_side``: computed again from them). Returns how many blobs changed."""
+        if len(rows) == 0:
+            return 0
+        cols = [c for c in self.VERIFIED_BLOB_COLUMNS if c in rows.columns]
+        self.con.register("_fresh_blobs", rows)
+        try:
+            with self.transaction():
+                sets = ", ".join(f"{c} = n.{c}" for c in cols)
+                differs = " OR ".join(f"blobs.{c} IS DISTINCT FROM n.{c}" for c in cols)
+                changed = self.con.execute(
+                    f"""UPDATE blobs SET {sets},
+                           phash_views = CASE WHEN blobs.pixel_sha IS DISTINCT FROM n.pixel_sha THEN NULL
+                                              ELSE blobs.phash_views END,
+                           eff_side = CASE WHEN blobs.pixel_sha IS DISTINCT FROM n.pixel_sha THEN NULL
+                                           ELSE blobs.eff_side END
+                        FROM (SELECT DISTINCT ON (sha256) * FROM _fresh_blobs) n
+                        WHERE blobs.sha256 = n.sha256 AND ({differs})""").fetchone()
+        finally:
+            self.con.unregister("_fresh_blobs")
+        return int(changed[0]) if changed else 0
+
+    def stored_blobs(self, shas) -> dict[str, str]:
+        """sha256 → store path of the blobs of ``shas`` whose stored file exists."""
+        shas = [s for s in set(shas) if isinstance(s, str)]
+        if not shas:
+            return {}
+        rows = self.con.execute("SELECT sha256, path FROM blobs WHERE sha256 IN (SELECT unnest(?))", [shas]).fetchall()
+        return {sha: path for sha, path in rows if path is not None and os.path.exists(path)}
+
     def dataset_items(self, dataset: str):
         """Every item of ``dataset`` with what dedup and split need (joined with blobs).
 

@@ -58,6 +58,10 @@ class Sink(Protocol):
     def note(self, text: str) -> None:
         """A line for the build summary (a blocked query, a bad line of a URL list, ...)."""
 
+    def not_rechecked(self, why: str) -> None:
+        """A catalogued image the build could not verify again from disk after dsbuild's checks changed (``why``:
+        e.g. no stored copy of a rejected download); it keeps its outcome, and the build's line counts it."""
+
     def tally(self) -> dict[str, int]:
         """Items counted so far by status: ``ok``, ``rejected``, ``failed`` (for progress bars)."""
 
@@ -74,7 +78,9 @@ class SourceRun:
     backend's settings); ``retry_failed``: fetch every failed download again and search again every query that found no results;
     ``changed``: the settings sections that changed since the dataset's last build
     (:data:`dsbuild.pipeline.SETTINGS_SECTIONS`): the recorded outcomes they decided
-    are evaluated again.
+    are evaluated again. ``checks_changed``: dsbuild's verifier revision
+    (:data:`dsbuild.verify.decode.VERIFIER_REVISION`) differs from the last build's: every catalogued image is
+    verified again from the files on disk (a folder's file, a download's stored copy), nothing downloaded again.
     """
 
     dataset: "Dataset"
@@ -86,3 +92,4 @@ class SourceRun:
     workers: int | None = None
     executor: ExecutorSettings = ExecutorSettings()
     changed: frozenset[str] = frozenset()
+    checks_changed: bool = False

@@ -5,7 +5,7 @@ one item of that class, its origin the file's own path there (a symlinked file i
 read through its link but keeps the link's path; a symlinked folder is followed
 once; broken links and loops are skipped and counted in the build's summary); an
 ``imagefolder`` tree gives its labels (and splits) by its subfolders. A file already catalogued with the same size and mtime, and
-verified under the same settings, is skipped. The rest are verified by the
+verified under the same settings by the same verifier revision, is skipped. The rest are verified by the
 executor (:mod:`dsbuild.executor`) and reported to the build's sink.
 """
 
@@ -413,7 +413,7 @@ def ingest(run: SourceRun, *, known: dict[str, Any], changed_settings: bool, now
 
     ``known``: image_id → the catalog's row of every known item of the dataset
     (``src_size``, ``src_mtime_ns``, ``status``, ``reason``); ``changed_settings``: the
-    verify/hash settings changed since the last build (every file is verified again). A file set aside
+    verify/hash settings or dsbuild's verifier revision changed since the last build (every file is verified again). A file set aside
     when it left the folders (:data:`~dsbuild.sources.SOURCE_REMOVED`) is verified again when it is back.
     """
     ds, sink = run.dataset, run.sink

@@ -16,7 +16,10 @@
    (:data:`RETRY_WHEN_CHANGED`: a URL refused as a private address after
    ``allow_private_hosts`` is set, one too large after ``max_bytes`` grew, ...),
    and accepted images are verified again from the store when the verify
-   settings changed.
+   settings changed. When dsbuild's own checks changed (the verifier revision:
+   :attr:`~dsbuild.sources.SourceRun.checks_changed`), every image with a stored copy
+   is verified again from it, rejected ones too, and nothing is downloaded again: a
+   download rejected before has no stored copy and keeps its outcome (counted).
 3. **Fetch → verify → store** (the local backend): :func:`dsbuild.fetch.fetch_all` keeps each body
    of up to ``IN_MEMORY_BODY`` bytes in memory (larger ones stream to temp
    files); each complete body is verified and hashed by the executor
@@ -224,30 +227,40 @@ def ingest(cat: Catalog, run: SourceRun) -> set[str]:
 def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
     ds, sink = run.dataset, run.sink
     known = {r.image_id: r for r in cat.known_items(ds.name).itertuples(index=False)}
-    reverify = "verify" in run.changed
+    reverify = "verify" in run.changed or run.checks_changed
+    # Only dsbuild's checks changed (an upgrade): everything is verified again from the store, nothing downloaded.
+    recheck_only = run.checks_changed and "verify" not in run.changed
 
     by_url: dict[str, list] = {}
     retried: set[str] = set()
     stored: list[tuple[str, object, str]] = []  # accepted before: verified again from the store
+    refetch: set[str] = set()  # image ids whose stored file may be downloaded again when it is gone
+    kept = cat.stored_blobs(r.sha256 for r in known.values()) if reverify else {}  # sha256 → stored file
     for link in links.itertuples(index=False):
         iid = image_id_for(ds.name, link.label, link.url)
         old = known.get(iid)
-        if old is not None and _retry(old, run.changed):
-            retried.add(iid)
-        elif old is not None and (source_removed(old) or reverify and _verified(old)) and isinstance(old.sha256, str):
+        has_sha = old is not None and isinstance(old.sha256, str)
+        # A rejected image with a stored copy (accepted by an earlier build, rejected since): verified again from it.
+        if has_sha and (source_removed(old) or reverify and (_verified(old) or old.sha256 in kept)):
             if not source_removed(old):  # one back in the manifest is verified again from the store, but not retried
                 retried.add(iid)
+            if source_removed(old) or not recheck_only:
+                refetch.add(iid)
             stored.append((iid, link, old.sha256))
             sink.found(1)
             continue
+        if old is not None and _retry(old, run.changed):
+            retried.add(iid)
         elif old is not None and not source_removed(old) and (old.status != "failed" or not run.retry_failed):
+            if run.checks_changed and has_sha and old.status == "rejected":  # rejected on verification, no copy kept
+                sink.not_rechecked("rejected downloads, no copy of them stored (not downloaded again)")
             sink.found(1, skipped=1)
             continue
         sink.found(1)
         by_url.setdefault(link.url, []).append((iid, link))
     now = utcnow()
     if stored:
-        by_url = _verify_stored(cat, run, stored, by_url, now=now, retried=retried)
+        by_url = _verify_stored(cat, run, stored, by_url, now=now, retried=retried, refetch=refetch)
     if not by_url:
         return
 
@@ -268,11 +281,14 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
 
 
 def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str, list], *, now,
-                   retried: set[str]) -> dict[str, list]:
+                   retried: set[str], refetch: set[str] | None = None) -> dict[str, list]:
     """Verify downloads again from their stored files under the dataset's verify settings; report the items.
 
     ``stored``: (image_id, link, sha256). One with no stored blob (an image rejected on verification has a
-    sha256 but no blob) or whose file is gone joins ``by_url`` (downloaded again); returns ``by_url``.
+    sha256 but no blob) or whose file is gone joins ``by_url`` (downloaded again) when its id is in ``refetch``
+    (None: every one); any other keeps its outcome, counted by the sink (:meth:`~dsbuild.sources.Sink.not_rechecked`).
+    Returns ``by_url``. An accepted image's blob row is refreshed with what this verification read
+    (:meth:`dsbuild.catalog.Catalog.refresh_blobs`, through the sink).
     """
     import os
 
@@ -282,7 +298,11 @@ def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str,
         blob = cat.blob_record(sha)
         path = None if blob is None else blob.store_path
         if path is None or not os.path.exists(path):
-            by_url.setdefault(link.url, []).append((iid, link))
+            if refetch is None or iid in refetch:
+                by_url.setdefault(link.url, []).append((iid, link))
+            else:
+                run.sink.not_rechecked("their stored copy is gone from the store (not downloaded again)")
+                run.sink.found(0, skipped=1)
             continue
         links[iid] = link
         jobs.append(VerifyJob(iid, str(path), ds.verify, ds.dedup, run.store))
@@ -290,7 +310,8 @@ def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str,
             make_executor(len(jobs), workers=run.workers, settings=run.executor) as executor:
         bar.ready(executor.startup_note())  # the rate counts from here, not from Ray's start-up
         for job, rec in executor.map(jobs):
-            run.sink.add(item=_item(ds, job.key, links[job.key], rec, run.build_id, now), retried=job.key in retried)
+            run.sink.add(item=_item(ds, job.key, links[job.key], rec, run.build_id, now),
+                         blob=blob_row(rec, now) if rec.ok else None, retried=job.key in retried)
             bar.advance(1)
     return by_url
 

@@ -14,7 +14,7 @@ from importlib import import_module
 from typing import Any
 
 _LAZY = {"ImageRecord": "analyze", "analyze_bytes": "analyze", "analyze_file": "analyze", "REASONS": "decode",
-         "VerifySettings": "settings", "QualitySettings": "settings"}
+         "VERIFIER_REVISION": "decode", "VerifySettings": "settings", "QualitySettings": "settings"}
 __all__ = sorted(_LAZY)
 
 

@@ -39,6 +39,21 @@ REASONS = (
     "timeout",
 )
 
+#: The verifier's revision: which images dsbuild's own checks accept or reject, and how it reads their pixels.
+#: RAISE IT (by one) with every change to a check that can turn an image's outcome (ok ↔ a reason, one reason for
+#: another) or the pixels it reads (hashes, quality scores, the exact-duplicate key) — not for messages, speed or
+#: refactoring. A build records it with the dataset's verify settings (:func:`dsbuild.pipeline.settings_sections`);
+#: the first build after it changed verifies every catalogued image again from the files on disk (folder files from
+#: their folder, downloads from the store: nothing is downloaded again) and says how many outcomes changed. A
+#: catalog whose last build recorded no revision was verified by revision 1.
+#:
+#: 1: every release before the record (no revision recorded).
+#: 2: junk inside JPEG scan data is corrupt; a PNG zlib stream ending before its rows is truncated; progressive
+#:    and sequential JPEG scans must code every coefficient (truncated); every later frame of a GIF, TIFF or MPO is
+#:    decoded (strict libjpeg for MPO); metadata-only faults are repaired (stripped copy kept) instead of rejected;
+#:    16-bit greyscale is scaled by the depth its data uses.
+VERIFIER_REVISION = 2
+
 ANALYSIS_SIDE = 128
 """Smallest side that JPEG draft decoding keeps; enough for 32×32 hashes and 64 px blur scores.
 

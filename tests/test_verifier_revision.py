@@ -1,0 +1,324 @@
+"""A catalog built by an older dsbuild is verified again when dsbuild's own checks changed (the verifier revision).
+
+Kind of fault: a user who built with an older dsbuild and upgraded kept every
+image the old verifier accepted (a JPEG with junk inside its scan data, which
+Pillow decodes silently) and kept rejected the ones the new verifier repairs (a
+JPEG whose only fault is a short JFIF header); ``dsbuild build`` said nothing
+changed, because a build re-evaluated outcomes only when the dataset's own
+settings changed.
+
+The honest way to get an older catalog: build with today's dsbuild, then write
+into the catalog what the older dsbuild wrote — the verify section of the
+dataset's recorded settings without a revision (a bare digest), and the outcomes
+the older verifier gave those two files (the junk JPEG accepted, with a split and
+its bytes in the store; the short JFIF rejected). Then ``build`` again: one line
+says dsbuild's checks changed, how many images were re-checked and which
+outcomes changed; the files are verified again from disk (folder files from
+their folder, downloads from the store — the server sees no second request).
+
+Inputs: real photos (``skimage.data``) encoded by Pillow and damaged byte by byte;
+a real loopback HTTP server; the real DuckDB catalog (read and written with ``duckdb``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import duckdb
+import pytest
+from PIL import Image
+
+from hostile_kit import Project, encode, jpeg_scan_start, photo
+
+JUNK = bytes((i * 73 + 41) % 255 for i in range(20))  # 20 bytes, no 0xFF: nothing libjpeg could take for a marker
+GOOD = {"a": ["astronaut", "coffee", "chelsea"], "b": ["rocket", "camera", "coins"]}
+RECHECK = re.compile(r"dsbuild's image checks changed \(verifier revision 1 → \d+\) — re-checked (\d+) catalogued "
+                     r"images from the files on disk, nothing downloaded again: (.*?)(?: ds: |$)")
+
+
+def _junk_inside_scan() -> bytes:
+    """20 junk bytes inserted into a baseline scan at 40 %: the rest decodes out of step; Pillow says nothing."""
+    data = encode(photo("moon", (320, 240)), "JPEG", quality=90)
+    start = jpeg_scan_start(data)
+    at = start + int((len(data) - start) * 0.4)
+    return data[:at] + JUNK + data[at:]
+
+
+def _jfif_short() -> bytes:
+    """A JFIF APP0 segment of 6 bytes (needs 16): only metadata is wrong; the picture data is whole."""
+    data = encode(photo("clock", (200, 150)).rotate(180), "JPEG")
+    assert data[2:4] == b"\xff\xe0"
+    body = b"JFIF\x00\x01"
+    return data[:2] + bytes([0xFF, 0xE0]) + struct.pack(">H", len(body) + 2) + body + data[20:]
+
+
+def _good(name: str, k: int) -> bytes:
+    return encode(photo(name, (180 + 8 * k, 140)), "JPEG", quality=90)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def as_built_by_an_older_dsbuild(proj: Project, origins: dict[str, tuple[str, str | None, bytes]]) -> None:
+    """Write into ``proj``'s catalog what an older dsbuild (no verifier revision recorded) wrote for it.
+
+    The dataset's recorded settings sections get the verify section an older dsbuild wrote: the settings'
+    digest alone (a JSON string, no revision). ``origins``: item origin → (status, reason, the bytes that
+    older build verified) — an accepted one gets a split and its bytes in the store with a ``blobs`` row, as
+    that build's store and regrouping left them; a rejected one has no split (and a download's no stored copy)."""
+    con = duckdb.connect(str(proj.catalog))
+    try:
+        key = f"settings-sections:{proj.dataset}"
+        sections = json.loads(con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()[0])
+        verify = json.loads(sections["verify"])
+        digest = verify["settings"] if isinstance(verify, dict) else verify
+        assert digest == con.execute("SELECT value FROM meta WHERE key = ?",
+                                     [f"settings:{proj.dataset}"]).fetchone()[0]
+        sections["verify"] = json.dumps(digest)
+        con.execute("UPDATE meta SET value = ? WHERE key = ?", [json.dumps(sections, sort_keys=True), key])
+        store = Path(con.execute("SELECT path FROM blobs LIMIT 1").fetchone()[0]).parents[1]  # <store>/ab/abcd….jpg
+        for origin, (status, reason, data) in origins.items():
+            sha = _sha(data)
+            if status == "ok":
+                with Image.open(io.BytesIO(data)) as img:  # what the older verifier read: Pillow, silent
+                    img.load()
+                    width, height, mode = img.width, img.height, img.mode
+                path = store / sha[:2] / f"{sha}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                con.execute("INSERT INTO blobs (sha256, path, bytes, format, width, height, mode, frames, pixel_sha, "
+                            "created_at) SELECT ?, ?, ?, 'JPEG', ?, ?, ?, 1, ?, now() WHERE ? NOT IN (SELECT sha256 FROM blobs)",
+                            [sha, str(path), len(data), width, height, mode, "old-" + sha, sha])
+                con.execute("UPDATE items SET status = 'ok', reason = NULL, detail = NULL, sha256 = ?, "
+                            "split = 'train', width = ?, height = ? WHERE origin = ?", [sha, width, height, origin])
+            else:
+                con.execute("UPDATE items SET status = ?, reason = ?, detail = 'as an older dsbuild said', "
+                            "sha256 = ?, split = NULL, dup_group = NULL, dup_of = NULL WHERE origin = ?",
+                            [status, reason, sha, origin])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
+def _items(proj: Project) -> dict[str, dict]:
+    return {r["origin"]: r for r in proj.rows("SELECT origin, status, reason, detail, split, sha256 FROM items "
+                                              "WHERE dataset = ?", proj.dataset)}
+
+
+def _said(out: str) -> str:
+    """The build's output with its lines joined (a note longer than the console, 160 columns in a pipe, wraps)."""
+    return " ".join(out.split())
+
+
+def _recheck_line(out: str) -> str:
+    """What follows the one ``dsbuild's image checks changed …`` line's colon, up to the next note."""
+    text = _said(out)
+    assert text.count("image checks changed") == 1, out
+    m = RECHECK.search(text)
+    assert m, out
+    return m
+
+
+# --------------------------------------------------------------------------- folder sources
+
+
+def test_an_older_catalog_of_folder_files_is_verified_again_after_an_upgrade(tmp_path: Path) -> None:
+    proj = Project(tmp_path)
+    proj.set("dedup", near=False)
+    for label, names in GOOD.items():
+        for k, name in enumerate(names):
+            proj.add(label, f"{name}.jpg", _good(name, k))
+    junk = proj.add("a", "junk_in_scan.jpg", _junk_inside_scan())
+    jfif = proj.add("b", "jfif_short.jpg", _jfif_short())
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    now = _items(proj)
+    assert (now[str(junk)]["status"], now[str(junk)]["reason"]) == ("rejected", "corrupt")  # today's verifier
+    assert now[str(jfif)]["status"] == "ok"
+
+    as_built_by_an_older_dsbuild(proj, {str(junk): ("ok", None, junk.read_bytes()),
+                                        str(jfif): ("rejected", "corrupt", jfif.read_bytes())})
+    before = _items(proj)
+    good = {o: r["split"] for o, r in before.items() if o not in (str(junk), str(jfif))}
+    assert len(good) == 6 and set(good.values()) <= {"train", "valid"} and None not in good.values()
+
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    line = _recheck_line(out)
+    assert line.group(1) == "8"  # every catalogued image, the rejected one too
+    assert line.group(2) == "2 changed outcome (corrupt → ok 1; ok → corrupt 1)", line.group(0)
+    after = _items(proj)
+    assert (after[str(junk)]["status"], after[str(junk)]["reason"]) == ("rejected", "corrupt")
+    assert "extraneous bytes" in after[str(junk)]["detail"]
+    assert after[str(junk)]["split"] is None  # no longer accepted: out of its split
+    assert after[str(jfif)]["status"] == "ok" and after[str(jfif)]["split"] in ("train", "valid")  # split as a new one
+    assert {o: after[o]["split"] for o in good} == good  # the rest keep their splits
+    old_blob = proj.rows("SELECT path FROM blobs WHERE sha256 = ?", _sha(junk.read_bytes()))
+    assert len(old_blob) == 1 and Path(old_blob[0]["path"]).exists()  # nothing deleted
+
+    code, out, err = proj.build()  # recorded now: the next build has nothing to re-check
+    assert code == 0, out + err
+    assert "image checks changed" not in out and "up to date" in out, out
+
+
+def test_a_settings_change_with_an_upgrade_says_both_in_one_line(tmp_path: Path) -> None:
+    proj = Project(tmp_path)
+    proj.set("dedup", near=False)
+    for label, names in GOOD.items():
+        for k, name in enumerate(names):
+            proj.add(label, f"{name}.jpg", _good(name, k))
+    assert proj.build()[0] == 0
+    as_built_by_an_older_dsbuild(proj, {})
+    proj.set("verify", min_side=150)  # the 140-px photos are too small now
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    assert ("ds: dsbuild's image checks and the dataset's settings changed (verifier revision 1 → 2) — re-checked 6 "
+            "catalogued images from the files on disk: 6 changed outcome (ok → too small 6)") in _said(out), out
+    assert "re-tried" not in out, out  # one line, not one per reason
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, bodies: dict[str, bytes]) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.bodies = bodies
+        self.seen: list[str] = []
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.seen.append(self.path)
+        body = self.server.bodies.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture()
+def server():
+    bodies = {f"/{label}/{name}.jpg": _good(name, k) for label, names in GOOD.items() for k, name in enumerate(names)}
+    bodies |= {"/a/junk_in_scan.jpg": _junk_inside_scan(), "/b/jfif_short.jpg": _jfif_short()}
+    srv = _Server(bodies)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_an_older_catalog_of_downloads_is_verified_again_from_the_store_without_a_request(tmp_path: Path,
+                                                                                          server) -> None:
+    proj = Project(tmp_path)
+    (tmp_path / "lists").mkdir()
+    for label in GOOD:
+        urls = [server.base + p for p in server.bodies if p.startswith(f"/{label}/")]
+        (tmp_path / "lists" / f"{label}.txt").write_text("\n".join(urls) + "\n")
+        proj.classes[label] = {"urls": [f"lists/{label}.txt"]}
+    proj.set("", allow_private_hosts=True)
+    proj.set("dedup", near=False)
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    assert sorted(server.seen) == sorted(server.bodies)  # each URL once
+    junk, jfif = server.base + "/a/junk_in_scan.jpg", server.base + "/b/jfif_short.jpg"
+    now = _items(proj)
+    assert (now[junk]["status"], now[junk]["reason"]) == ("rejected", "corrupt") and now[jfif]["status"] == "ok"
+
+    # The older dsbuild accepted the junk JPEG (its bytes stored) and rejected the short JFIF (nothing stored).
+    as_built_by_an_older_dsbuild(proj, {junk: ("ok", None, server.bodies["/a/junk_in_scan.jpg"]),
+                                        jfif: ("rejected", "corrupt", server.bodies["/b/jfif_short.jpg"])})
+    before = _items(proj)
+    good = {o: r["split"] for o, r in before.items() if o not in (junk, jfif)}
+    assert len(good) == 6 and None not in good.values()
+    server.seen.clear()
+
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    assert server.seen == []  # verified again from the store: no request reached the server
+    line = _recheck_line(out)
+    assert line.group(1) == "7"  # six accepted downloads and the junk JPEG; the short JFIF has no stored copy
+    assert line.group(2) == ("1 changed outcome (ok → corrupt 1); 1 image not re-checked: rejected downloads, "
+                             "no copy of them stored (not downloaded again)"), line.group(0)
+    after = _items(proj)
+    assert (after[junk]["status"], after[junk]["reason"], after[junk]["split"]) == ("rejected", "corrupt", None)
+    assert (after[jfif]["status"], after[jfif]["reason"]) == ("rejected", "corrupt")  # kept as it was, said so
+    assert {o: after[o]["split"] for o in good} == good
+    stored = proj.rows("SELECT path FROM blobs WHERE sha256 = ?", after[junk]["sha256"])
+    assert len(stored) == 1 and Path(stored[0]["path"]).exists()  # its stored copy is kept, not lost
+
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    assert server.seen == [] and "image checks changed" not in out and "up to date" in out, out
+
+
+# --------------------------------------------------------------------------- how pixels are read
+
+
+def _twelve_bit_png() -> bytes:
+    """A 16-bit greyscale PNG holding 12-bit data (a camera's raw range): revision 2 scales it by 4095, not 65535."""
+    import numpy as np
+
+    grey = np.asarray(photo("camera", (200, 160)).convert("L"), dtype=np.uint16) * 16  # 0 … 4080
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")  # uint16: mode I;16
+    return buf.getvalue()
+
+
+def test_a_blob_verified_again_takes_the_pixels_the_new_checks_read(tmp_path: Path) -> None:
+    """What verification read from a stored file (the exact-duplicate key, quality scores) is refreshed by the re-check,
+    and the near-duplicate signals of pixels read otherwise are computed again: the blob row of a 12-bit PNG as
+    revision 1 wrote it (its pixels read as /65535: near black) becomes what a first build by today's dsbuild writes."""
+    def project(root: Path) -> tuple[Project, Path]:
+        proj = Project(root)
+        for label, names in GOOD.items():
+            for k, name in enumerate(names):
+                proj.add(label, f"{name}.jpg", _good(name, k))
+        return proj, proj.add("a", "twelve_bit.png", _twelve_bit_png())
+
+    fresh, _ = project(tmp_path / "fresh")
+    assert fresh.build()[0] == 0
+    proj, png = project(tmp_path / "upgraded")
+    assert proj.build()[0] == 0
+    sha = _sha(png.read_bytes())
+    columns = "pixel_sha, q_dark, q_light, q_low_information, phash_views, eff_side"
+    want = fresh.rows(f"SELECT {columns} FROM blobs WHERE sha256 = ?", sha)
+    assert len(want) == 1 and want[0]["phash_views"] is not None
+
+    as_built_by_an_older_dsbuild(proj, {})
+    con = duckdb.connect(str(proj.catalog))
+    try:  # what revision 1 read: the picture near black, its own pixel key, signals computed from that picture
+        con.execute("UPDATE blobs SET pixel_sha = 'read by revision 1', q_dark = 0.0, q_light = 1.0, "
+                    "q_low_information = 0.0, phash_views = [1, 2, 3, 4, 5, 6, 7], eff_side = 3.0 "
+                    "WHERE sha256 = ?", [sha])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    assert _recheck_line(out).group(1) == "7"
+    assert proj.rows(f"SELECT {columns} FROM blobs WHERE sha256 = ?", sha) == want
