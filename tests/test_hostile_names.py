@@ -244,7 +244,9 @@ UNSAFE = [
 ]
 
 
-@pytest.mark.parametrize("label, why", UNSAFE, ids=["macosx", "bytes", "conin", "conout", "com1sup", "zwsp", "newline"])
+# (A line break cannot reach a label from a labels CSV: each line is one row, and a quote left open on it costs that
+# row — tests/test_imagefolder_layout.py.)
+@pytest.mark.parametrize("label, why", UNSAFE[:-1], ids=["macosx", "bytes", "conin", "conout", "com1sup", "zwsp"])
 def test_a_label_export_cannot_write_or_import_would_skip_is_refused_and_no_class(tmp_path: Path, capsys,
                                                                                 label: str, why: str) -> None:
     data = tmp_path / "data"
