@@ -9,7 +9,8 @@ leave the dataset's ``labels_root`` — by default the CSV's folder. Each listed
 allow-listed). A row that cannot be used (no such file, a path outside the folder, no label, an unknown
 split) is skipped and named with its line number; a CSV without a file or a label column is refused. The
 separator is the comma, or the one of ``;``, tab and ``|`` that the header row is split by when it gives a file
-and a label column there and the comma does not (spreadsheets in many locales save ``;``).
+and a label column there and the comma does not (spreadsheets in many locales save ``;``). Each line is one row
+(LF, CRLF or a bare CR ends it): a quote left open costs its own row, named, never the rows after it.
 """
 
 from __future__ import annotations
