@@ -27,8 +27,6 @@ import io
 import json
 import re
 import struct
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import duckdb
@@ -188,47 +186,20 @@ def test_a_settings_change_with_an_upgrade_says_both_in_one_line(tmp_path: Path)
 # --------------------------------------------------------------------------- downloads
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, bodies: dict[str, bytes]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.bodies = bodies
-        self.seen: list[str] = []
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.server.seen.append(self.path)
-        body = self.server.bodies.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture()
 def server():
+    """The loopback image server of tests/fake_engines.py: ``bodies`` (path under ``base`` → JPEG bytes) served,
+    ``seen`` every path asked for (under ``/photo``)."""
+    from types import SimpleNamespace
+
+    from fake_engines import FakeEngineServer
+
     bodies = {f"/{label}/{name}.jpg": _good(name, k) for label, names in GOOD.items() for k, name in enumerate(names)}
     bodies |= {"/a/junk_in_scan.jpg": _junk_inside_scan(), "/b/jfif_short.jpg": _jfif_short()}
-    srv = _Server(bodies)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with FakeEngineServer() as fake:
+        for path, data in bodies.items():
+            fake.serve(path[1:], data)
+        yield SimpleNamespace(base=f"{fake.url}/photo", bodies=bodies, seen=fake.requests)
 
 
 def test_an_older_catalog_of_downloads_is_verified_again_from_the_store_without_a_request(tmp_path: Path,
@@ -243,7 +214,7 @@ def test_an_older_catalog_of_downloads_is_verified_again_from_the_store_without_
     proj.set("dedup", near=False)
     code, out, err = proj.build()
     assert code == 0, out + err
-    assert sorted(server.seen) == sorted(server.bodies)  # each URL once
+    assert sorted(server.seen) == sorted("/photo" + p for p in server.bodies)  # each URL once
     junk, jfif = server.base + "/a/junk_in_scan.jpg", server.base + "/b/jfif_short.jpg"
     now = _items(proj)
     assert (now[junk]["status"], now[junk]["reason"]) == ("rejected", "corrupt") and now[jfif]["status"] == "ok"
