@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -105,16 +106,23 @@ PALETTE_GOOD = {  # palettes shorter than 2^bits, every index within: valid
 }
 
 
-def test_palette_indices_past_the_palette_are_corrupt(tmp_path) -> None:
-    """Indices past the palette's end: ``corrupt`` with the index and length; short palettes used within: ``ok``."""
-    proj = Project(tmp_path)
-    for name, (make, _detail) in PALETTE_BAD.items():
-        proj.add("a", name, make())
-    for name, make in PALETTE_GOOD.items():
-        proj.add("b", name, make())
+
+def _built(root: Path, files: dict[str, dict[str, bytes]]) -> dict[str, dict]:
+    """``files`` (class → file name → bytes) built at default verify settings (near duplicates off: each file is
+    judged on its own); the catalog's row of each file, by name."""
+    proj = Project(root)
+    for label, named in files.items():
+        for name, data in named.items():
+            proj.add(label, name, data)
     proj.set("dedup", near=False, semantic=False)
     assert proj.build()[0] == 0
-    rows = proj.by_name()
+    return proj.by_name()
+
+
+def test_palette_indices_past_the_palette_are_corrupt(tmp_path) -> None:
+    """Indices past the palette's end: ``corrupt`` with the index and length; short palettes used within: ``ok``."""
+    rows = _built(tmp_path, {"a": {n: make() for n, (make, _detail) in PALETTE_BAD.items()},
+                             "b": {n: make() for n, make in PALETTE_GOOD.items()}})
     for name, (_make, detail) in PALETTE_BAD.items():
         row = rows[name]
         assert (row["status"], row["reason"]) == ("rejected", "corrupt"), (name, row["status"], row["detail"])
@@ -166,14 +174,7 @@ def test_a_damaged_later_webp_frame_rejects_the_file(tmp_path) -> None:
     lossless, lossy = _webp_anim(True), _webp_anim(False)
     bad = {"lossless_flip.webp": _webp_frame2(lossless, "flip"), "lossless_half.webp": _webp_frame2(lossless, "half"),
            "lossy_flip.webp": _webp_frame2(lossy, "flip"), "lossy_half.webp": _webp_frame2(lossy, "half")}
-    proj = Project(tmp_path)
-    for name, data in bad.items():
-        proj.add("a", name, data)
-    proj.add("b", "lossless.webp", lossless)
-    proj.add("b", "lossy.webp", lossy)
-    proj.set("dedup", near=False, semantic=False)
-    assert proj.build()[0] == 0
-    rows = proj.by_name()
+    rows = _built(tmp_path, {"a": bad, "b": {"lossless.webp": lossless, "lossy.webp": lossy}})
     for name in bad:
         row = rows[name]
         assert (row["status"], row["reason"]) == ("rejected", "corrupt"), (name, row["status"], row["detail"])
@@ -233,14 +234,8 @@ def test_apng_frame_data_and_frame_count_are_checked(tmp_path) -> None:
                                   r"^APNG holds 2 frames \(fcTL chunks\) but its animation control chunk \(acTL\) "
                                   r"declares 3"),
     }
-    proj = Project(tmp_path)
-    for name, (data, _reason, _detail) in cases.items():
-        proj.add("a", name, data)
-    proj.add("b", "whole.png", whole)
-    proj.add("b", "with_default.png", with_default)
-    proj.set("dedup", near=False, semantic=False)
-    assert proj.build()[0] == 0
-    rows = proj.by_name()
+    rows = _built(tmp_path, {"a": {n: data for n, (data, _reason, _detail) in cases.items()},
+                             "b": {"whole.png": whole, "with_default.png": with_default}})
     for name, (_data, reason, detail) in cases.items():
         row = rows[name]
         assert (row["status"], row["reason"]) == ("rejected", reason), (name, row["status"], row["detail"])
@@ -323,12 +318,8 @@ def test_apng_frame_count_follows_what_decoders_accept(tmp_path) -> None:
         body = struct.pack(">I", n) + whole[pos + 12 : pos + 8 + length]
         return whole[:pos] + _crc_chunk(b"acTL", body) + whole[pos + 12 + length :]
 
-    proj = Project(tmp_path)
-    proj.add("a", "low.png", with_num_frames(2, _apng()))
-    proj.add("b", "invalid.png", with_num_frames(0x80000001, _apng(default_image=True)))
-    proj.set("dedup", near=False, semantic=False)
-    assert proj.build()[0] == 0
-    rows = proj.by_name()
+    rows = _built(tmp_path, {"a": {"low.png": with_num_frames(2, _apng())},
+                             "b": {"invalid.png": with_num_frames(0x80000001, _apng(default_image=True))}})
     assert rows["low.png"]["status"] == "ok", rows["low.png"]["detail"]
     assert "APNG holds 3 frames (fcTL chunks) but its animation control chunk (acTL) declares 2: decoders show only " \
            "the first 2" in rows["low.png"]["warnings"], rows["low.png"]["warnings"]

@@ -128,12 +128,18 @@ def _recheck_line(out: str) -> str:
 # --------------------------------------------------------------------------- folder sources
 
 
-def test_an_older_catalog_of_folder_files_is_verified_again_after_an_upgrade(tmp_path: Path) -> None:
-    proj = Project(tmp_path)
-    proj.set("dedup", near=False)
+def _good_project(root: Path) -> Project:
+    """A project whose class folders hold the :data:`GOOD` photos."""
+    proj = Project(root)
     for label, names in GOOD.items():
         for k, name in enumerate(names):
             proj.add(label, f"{name}.jpg", _good(name, k))
+    return proj
+
+
+def test_an_older_catalog_of_folder_files_is_verified_again_after_an_upgrade(tmp_path: Path) -> None:
+    proj = _good_project(tmp_path)
+    proj.set("dedup", near=False)
     junk = proj.add("a", "junk_in_scan.jpg", _junk_inside_scan())
     jfif = proj.add("b", "jfif_short.jpg", _jfif_short())
     code, out, err = proj.build()
@@ -168,11 +174,8 @@ def test_an_older_catalog_of_folder_files_is_verified_again_after_an_upgrade(tmp
 
 
 def test_a_settings_change_with_an_upgrade_says_both_in_one_line(tmp_path: Path) -> None:
-    proj = Project(tmp_path)
+    proj = _good_project(tmp_path)
     proj.set("dedup", near=False)
-    for label, names in GOOD.items():
-        for k, name in enumerate(names):
-            proj.add(label, f"{name}.jpg", _good(name, k))
     assert proj.build()[0] == 0
     as_built_by_an_older_dsbuild(proj, {})
     proj.set("verify", min_side=150)  # the 140-px photos are too small now
@@ -264,10 +267,7 @@ def test_a_blob_verified_again_takes_the_pixels_the_new_checks_read(tmp_path: Pa
     and the near-duplicate signals of pixels read otherwise are computed again: the blob row of a 12-bit PNG as
     revision 1 wrote it (its pixels read as /65535: near black) becomes what a first build by today's dsbuild writes."""
     def project(root: Path) -> tuple[Project, Path]:
-        proj = Project(root)
-        for label, names in GOOD.items():
-            for k, name in enumerate(names):
-                proj.add(label, f"{name}.jpg", _good(name, k))
+        proj = _good_project(root)
         return proj, proj.add("a", "twelve_bit.png", _twelve_bit_png())
 
     fresh, _ = project(tmp_path / "fresh")
