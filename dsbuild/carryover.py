@@ -325,7 +325,7 @@ def class_changes(pairs: list[tuple[str, str]], labels: set[str], labels_before:
             # A class renamed or merged by an earlier build whose set-aside images come back now (trial 6: "class
             # 'cat' merged into 'kitty'" for two URLs put back after the rename cat → kitty)
             words[(old, new)] = f"images of the former class '{old}' back under '{new}'"
-        elif len(into[new]) > 1 or new in labels_before:
+        elif (len(into[new]) > 1 or new in labels_before) and old not in labels:  # a class still here: no merge
             which = f"classes {quoted(into[new])}" if len(into[new]) > 1 else f"class '{old}'"
             words[(old, new)] = f"{which} merged into '{new}'"
         elif old not in labels:
