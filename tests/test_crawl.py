@@ -608,7 +608,7 @@ def test_url_lists_report_bad_lines_and_fetch_each_url_once(servers, tmp_path, c
         encoding="utf-8")
     (tmp_path / "b.csv").write_text(
         f"url,label\n{u}/img/rocket.gif,beta\n{u}/img/coffee.jpg,beta\n,beta\n{u}/img/astronaut.bmp,alpha\n"
-        f"javascript:alert(1),beta\n\"{u}/img/rocket.webp\",\n", encoding="utf-8")
+        f"javascript:alert(1),beta\n\"{u}/img/rocket.webp\",\n{u}/img/never.jpg,BETA\n", encoding="utf-8")
     manifest = write_manifest(tmp_path, {"lists": {
         "allow_private_hosts": True, "classes": {"alpha": {"urls": "a.txt"}, "beta": {"urls": ["b.csv"]}}}})
     monkeypatch.setenv("COLUMNS", "200")
@@ -624,8 +624,12 @@ def test_url_lists_report_bad_lines_and_fetch_each_url_once(servers, tmp_path, c
         "lists: b.csv line 4: no url — skipped",
         "lists: b.csv line 6: 'javascript:alert(1)' is not an http(s) URL (scheme 'javascript') — skipped",
         "lists: b.csv line 5: label 'alpha' differs from class 'beta'; using 'beta'",
+        # variant hunt 3: a class in another case was blamed on an unquoted comma
+        "lists: b.csv line 8: label 'BETA' is not a class of this dataset (did you mean 'beta'? labels must match a "
+        "class exactly) — skipped",
     ]:
         assert problem in out, problem
+    assert "/img/never.jpg" not in hits(images)
     # the good lines proceed; coffee.jpg is in both lists (and twice in a.txt): fetched once
     served = hits(images)
     assert served["/img/coffee.jpg"] == 1

@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import unicodedata
 from pathlib import Path
 
 from dsbuild.catalog import Catalog, utcnow
@@ -163,9 +164,19 @@ def discover(cat: Catalog, run: SourceRun) -> tuple[set[tuple[str, str]], set[tu
             classes = {c.name for c in ds.classes}
             for link in links:
                 if link.label is not None and link.label not in classes:
-                    # Not a class of this dataset: as likely the tail of a URL cut at an unquoted comma as a label.
+                    nfc = unicodedata.normalize("NFC", link.label)
+                    same = [c for c in classes if unicodedata.normalize("NFC", c) == nfc]
+                    if same:  # the class in another Unicode form (a Mac's NFD): that class, as for folder names
+                        link = dataclasses.replace(link, label=same[0])
+                if link.label is not None and link.label not in classes:
+                    # Not a class of this dataset: a class written in another case, else as likely the tail of a URL
+                    # cut at an unquoted comma as a label.
+                    fold = unicodedata.normalize("NFC", link.label).casefold()
+                    near = [c for c in sorted(classes) if unicodedata.normalize("NFC", c).casefold() == fold]
+                    why = (f"did you mean {near[0]!r}? labels must match a class exactly" if near else
+                           "a URL with an unquoted comma? quote it")
                     problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} is not a class of this "
-                                    "dataset (a URL with an unquoted comma? quote it) — skipped")
+                                    f"dataset ({why}) — skipped")
                     continue
                 if link.label is not None and link.label != cls.name:
                     problems.append(f"{url_file.name} line {link.rank}: label {link.label!r} differs from class {cls.name!r}; using {cls.name!r}")
