@@ -104,7 +104,9 @@ def write_manifest(folder: Path, datasets: dict[str, dict]) -> Path:
         lines.append(f"[datasets.{name}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in spec.items()]
         lines.append(f"[datasets.{name}.classes]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in classes.items()]
+        # a class name that is no bare TOML key (café) is written quoted
+        lines += [f"{k if k.isascii() and k.replace('_', 'a').replace('-', 'a').isalnum() else json.dumps(k)} = "
+                  f"{toml_value(v)}" for k, v in classes.items()]
         lines.append(f"[datasets.{name}.dedup]")
         lines.append("near = false")  # exact duplicates only: the planted ones
         lines.append(f"[datasets.{name}.fetch]")
@@ -597,6 +599,25 @@ def test_a_renamed_web_class_keeps_its_images_splits_and_reviews_without_a_downl
     assert new_hits(downloads, hits(images)) == {}  # the pictures came from the store
     assert ("4 images under a renamed, merged or split class (class 'alpha' renamed 'first') kept their split and "
             "2 review decisions") in " ".join(out.split())
+
+
+def test_a_url_list_label_in_another_unicode_form_is_that_class(servers, tmp_path, capsys, monkeypatch):
+    """A list written on a Mac names the class café decomposed (e + U+0301): it is that class, as a folder is."""
+    import unicodedata
+
+    _, images = servers
+    u = images.url
+    nfd = unicodedata.normalize("NFD", "café")
+    assert nfd != "café"
+    (tmp_path / "c.csv").write_text(f"url,label\n{u}/img/coffee.jpg,{nfd}\n", encoding="utf-8")
+    (tmp_path / "t.txt").write_text(f"{u}/img/chelsea.png\n", encoding="utf-8")
+    manifest = write_manifest(tmp_path, {"lists": {
+        "allow_private_hosts": True, "classes": {"café": {"urls": "c.csv"}, "tea": {"urls": "t.txt"}}}})
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+    assert (code, err) == (0, ""), err
+    assert "c.csv line 2" not in out, out
+    assert [r["label"] for r in rows(manifest, "SELECT label FROM images WHERE origin LIKE '%coffee.jpg'")] == ["café"]
 
 
 def test_url_lists_report_bad_lines_and_fetch_each_url_once(servers, tmp_path, capsys, monkeypatch):
