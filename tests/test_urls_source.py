@@ -101,13 +101,15 @@ def test_text_list_skips_blank_and_comment_lines_and_reports_bad_ones(tmp_path: 
         "  https://Example.com:443/vr/3.jpg#zoom  \n"
         "not a url\n"
         "    # an indented comment\n"
-        "https://example.com/vr/4 (copy).jpg\n",
+        "https://example.com/vr/4 (copy).jpg\n"
+        "https://example.com/vr/5.jpg   # the blue one\n",  # variant hunt 3: fetched as 5.jpg%20%20%20
     )
     links, problems = read_url_list(path)
     assert links == [
         Link(url="https://example.com/vr/1.jpg", engine="urls", query=str(path), rank=2),
         Link(url="https://example.com/vr/3.jpg", engine="urls", query=str(path), rank=6),
         Link(url="https://example.com/vr/4%20(copy).jpg", engine="urls", query=str(path), rank=9),
+        Link(url="https://example.com/vr/5.jpg", engine="urls", query=str(path), rank=10),
     ]
     assert problems == [
         "vr_urls.txt line 5: 'ftp://example.com/vr/2.jpg' is not an http(s) URL (scheme 'ftp') — skipped",

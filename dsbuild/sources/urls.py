@@ -188,6 +188,9 @@ def _row(text: str, delimiter: str, **kw) -> list[str]:
     return next(csv.reader([text], delimiter=delimiter, **kw), [])
 
 
+_INLINE_COMMENT = re.compile(r"\s+#")
+
+
 def _looks_utf16(head: bytes) -> bool:
     """UTF-16 without a BOM: ASCII text in it has a NUL at every other byte, and none between."""
     even, odd = head[0::2], head[1::2]
@@ -307,7 +310,9 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
                 continue
             entries.append((number, cells[url_col], label or None))
     else:
-        entries = [(number, text, None) for number, text in lines]
+        # "URL  # note": a comment after whitespace, as on a line of its own (a URL holds no raw space before a '#';
+        # it was fetched as '…%20', the note dropped as a fragment).
+        entries = [(number, _INLINE_COMMENT.split(text, maxsplit=1)[0], None) for number, text in lines]
 
     links: list[Link] = []
     first_line: dict[str, tuple[int, str | None]] = {}
