@@ -229,6 +229,29 @@ def test_a_stray_quote_in_a_labels_csv_costs_its_own_row_only(tmp_path: Path, ca
                   "order by all") == [("cat", 3), ("dog", 4)]
 
 
+def test_a_labels_csv_names_a_file_in_either_unicode_form(tmp_path: Path, capsys) -> None:
+    """Variant hunt 3 (L4): a CSV naming café.png composed (NFC) while the file on disk is decomposed (NFD: a Mac's
+    file names) said "does not exist" — it is the same file to the person who wrote the CSV."""
+    import unicodedata
+
+    flat_dir = tmp_path / "data"
+    photos(flat_dir / "imgs", "chelsea", range(0, 2))
+    photos(flat_dir / "imgs", "astronaut", range(0, 2))
+    nfc, nfd = "café.png", unicodedata.normalize("NFD", "café.png")
+    save(photo_quadrant("coffee", 0, 96), flat_dir / "imgs" / nfd)
+    save(photo_quadrant("rocket", 0, 96), flat_dir / "imgs" / unicodedata.normalize("NFC", "thé.png"))
+    rows = ["file,label", "imgs/chelsea-0.png,cat", "imgs/chelsea-1.png,cat", "imgs/astronaut-0.png,dog",
+            "imgs/astronaut-1.png,dog", f"imgs/{nfc},cat", f"imgs/{unicodedata.normalize('NFD', 'thé.png')},dog"]
+    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    assert "does not exist" not in out, out
+    got = sql(m, "select label, status, count(*) from images where dataset = 'flat' group by all order by all")
+    assert got == [("cat", "ok", 3), ("dog", "ok", 3)]
+
+
 def test_a_split_edited_in_a_labels_csv_moves_the_image(tmp_path: Path, capsys) -> None:
     """Variant hunt 3: a changed split column was ignored (the files were unchanged, so not read again) — the build
     said "up to date", `--resplit` moved nothing, and an image the CSV now puts in test stayed in train."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,6 +170,9 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
                 out.problems.append(f"{name} line {line}: is_valid {cell(valid_col)!r} is not true or false — skipped")
                 continue
         file = Path(os.path.normpath(base / written.replace("\\", "/")))  # an absolute path stays as written
+        if not file.exists():  # the name in the other Unicode form (a CSV written on a Mac: NFD; most tools: NFC)
+            file = next((f for f in (Path(os.path.normpath(base / unicodedata.normalize(form, written).replace(
+                "\\", "/"))) for form in ("NFC", "NFD")) if f != file and f.exists()), file)
         try:
             real = file.resolve()
         except (OSError, RuntimeError):  # a symlink loop
