@@ -248,6 +248,18 @@ def _header_size(fmt: str, data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _check_tiff_blocks(data: bytes, pages, settings) -> None:
+    """A TIFF's strips and tiles, before any reader runs: none a bomb (:func:`containers.tiff_bomb`), every
+    deflate one a whole zlib stream with its checksum (:func:`containers.tiff_check_deflate`)."""
+    bomb = containers.tiff_bomb(pages, settings.max_pixels)
+    if bomb:
+        raise Rejected("decompression bomb", bomb)
+    try:
+        containers.tiff_check_deflate(data, pages, settings.max_pixels)
+    except containers.Damaged as exc:
+        raise Rejected(exc.reason, exc.detail) from None
+
+
 def _open(fmt: str, data: bytes):
     """Open with the family's Pillow reader only; a refused header raises the reader's own exception (not a repr)."""
     from PIL import Image, UnidentifiedImageError
@@ -288,16 +300,21 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
                 frames.append((f"frame {k} extends the image to ", left + w, top + h))
             info["frames"] = max(1, len(gif))
         elif fmt == "TIFF":
-            pages = containers.tiff_pages(data)
+            pages = containers.tiff_directories(data)
             if pages:
-                info["width"], info["height"] = pages[0]
-            for k, (w, h) in enumerate(pages, start=1):
-                frames.append((f"frame {k} (page) declares " if k > 1 else "", w, h))
+                info["width"], info["height"] = pages[0].width, pages[0].height
+            for page in pages:
+                frames.append((f"frame {page.number} (page) declares " if page.number > 1 else "", page.width,
+                               page.height))
             info["frames"] = max(1, len(pages))
+        elif fmt == "BMP":
+            containers.bmp_check_rle(data)
     except containers.Damaged as exc:
         raise Rejected(exc.reason, exc.detail) from None
     for what, w, h in frames:  # before any reader runs: a reader may allocate for a frame's size
         _check_pixels(w, h, settings, what)
+    if fmt == "TIFF":
+        _check_tiff_blocks(data, pages, settings)
     if fmt == "PNG":
         try:
             containers.png_check_streams(scan, skip_image=not scan.interlaced and not scan.frames)
