@@ -432,6 +432,11 @@ def tiff_directories(data: bytes) -> list[TiffPage]:
         else:
             page.offsets, page.counts = values.get(273, ()), values.get(279, ())
         for k, (start, length) in enumerate(zip(page.offsets, page.counts), start=1):
+            need = page.block_bytes(k - 1)
+            if page.compression == 1:
+                length = min(length, need)  # uncompressed: only the bytes its rows need are read
+            elif length > 2 * need + 1024 and start < end:
+                continue  # a byte count no encoder writes for this block: the decoder reads what is there
             if length and start + length > end:
                 raise Damaged("truncated", f"TIFF is cut short: page {number}'s {page.block_name} {k} of "
                                            f"{len(page.offsets)} ({length} bytes at offset {start}) ends past the end "
