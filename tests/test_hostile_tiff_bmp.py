@@ -243,7 +243,7 @@ CASES = {
     # tiled deflate (directory first, as tifffile writes it) cut: the tile extents say so
     "tiled_deflate_whole.tif": (lambda: _tiled_tifffile("zlib"), "ok", None, None),
     "tiled_deflate_cut55.tif": (lambda: _cut(_tiled_tifffile("zlib"), 0.55), "rejected", "truncated",
-                                r"^TIFF is cut short: page 1's tile \d+ of 12 \(\d+ bytes at offset \d+\) ends past "
+                                r"^TIFF is truncated: page 1's tile \d+ of 12 \(\d+ bytes at offset \d+\) ends past "
                                 r"the end of the file"),
     "tiled_deflate_cut90.tif": (lambda: _cut(_tiled_tifffile("zlib"), 0.90), "rejected", "truncated",
                                 r"tile \d+ of 12 .* ends past the end of the file"),

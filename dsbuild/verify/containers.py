@@ -438,7 +438,7 @@ def tiff_directories(data: bytes) -> list[TiffPage]:
             elif length > 2 * need + 1024 and start < end:
                 continue  # a byte count no encoder writes for this block: the decoder reads what is there
             if length and start + length > end:
-                raise Damaged("truncated", f"TIFF is cut short: page {number}'s {page.block_name} {k} of "
+                raise Damaged("truncated", f"TIFF is truncated: page {number}'s {page.block_name} {k} of "
                                            f"{len(page.offsets)} ({length} bytes at offset {start}) ends past the end "
                                            f"of the file ({end} bytes)")
         pages.append(page)

@@ -248,12 +248,9 @@ def _header_size(fmt: str, data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_tiff_blocks(data: bytes, pages, settings) -> None:
-    """A TIFF's strips and tiles, before any reader runs: none a bomb (:func:`containers.tiff_bomb`), every
-    deflate one a whole zlib stream with its checksum (:func:`containers.tiff_check_deflate`)."""
-    bomb = containers.tiff_bomb(pages, settings.max_pixels)
-    if bomb:
-        raise Rejected("decompression bomb", bomb)
+def _check_tiff_deflate(data: bytes, pages, settings) -> None:
+    """After libtiff decoded a TIFF without a word: every deflate strip/tile a whole zlib stream with its checksum
+    (:func:`containers.tiff_check_deflate`). After, so that what libtiff reports is said in libtiff's words."""
     try:
         containers.tiff_check_deflate(data, pages, settings.max_pixels)
     except containers.Damaged as exc:
@@ -314,7 +311,9 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
     for what, w, h in frames:  # before any reader runs: a reader may allocate for a frame's size
         _check_pixels(w, h, settings, what)
     if fmt == "TIFF":
-        _check_tiff_blocks(data, pages, settings)
+        bomb = containers.tiff_bomb(pages, settings.max_pixels)
+        if bomb:
+            raise Rejected("decompression bomb", bomb)
     if fmt == "PNG":
         try:
             containers.png_check_streams(scan, skip_image=not scan.interlaced and not scan.frames)
@@ -339,6 +338,8 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
     info.update(width=width, height=height)
     if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG"):
         _check_later_frames(fmt, decode_data, settings, notes)
+    if fmt == "TIFF":
+        _check_tiff_deflate(decode_data, pages, settings)
     if decode_data is not data:
         # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
         info["stored_data"] = decode_data
