@@ -248,11 +248,20 @@ def _header_size(fmt: str, data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_tiff_deflate(data: bytes, pages, settings) -> None:
+def _check_tiff_deflate(data: bytes, pages, settings, out) -> None:
     """After libtiff decoded a TIFF without a word: every deflate strip/tile a whole zlib stream with its checksum
-    (:func:`containers.tiff_check_deflate`). After, so that what libtiff reports is said in libtiff's words."""
+    (:func:`containers.tiff_check_deflate`). After, so that what libtiff reports is said in libtiff's words.
+    ``out``: the first page as decoded; an 8-bit L/RGB page unturned is libtiff's samples as they are, whose
+    strips' Adler-32 can be summed without inflating them again."""
+    if not any(page.compression in (8, 32946) for page in pages):
+        return
+    decoded = None
+    first = pages[0] if pages else None
+    if first is not None and out.mode in ("L", "RGB") and out.size == (first.width, first.height) and \
+            set(first.bits) == {8} and first.samples == len(out.mode):
+        decoded = out.tobytes()
     try:
-        containers.tiff_check_deflate(data, pages, settings.max_pixels)
+        containers.tiff_check_deflate(data, pages, settings.max_pixels, decoded)
     except containers.Damaged as exc:
         raise Rejected(exc.reason, exc.detail) from None
 
@@ -339,7 +348,7 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
     if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG"):
         _check_later_frames(fmt, decode_data, settings, notes)
     if fmt == "TIFF":
-        _check_tiff_deflate(decode_data, pages, settings)
+        _check_tiff_deflate(decode_data, pages, settings, out)
     if decode_data is not data:
         # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
         info["stored_data"] = decode_data
