@@ -83,13 +83,15 @@ def _deflate_tiff() -> bytes:
     return encode(photo("astronaut", (300, 200)), "TIFF", compression="tiff_adobe_deflate")
 
 
-def _deflate_damaged(strip: int) -> bytes:
-    """The deflate TIFF with 8 bytes XOR 0x5A inside strip ``strip``, at the first place where Pillow and libtiff
-    decode it without an exception and with other pixels (the damage only the zlib checksum sees)."""
-    whole = _deflate_tiff()
+def _deflate_damaged(strip: int, whole: bytes | None = None, tags: tuple[int, int] = (273, 279)) -> bytes:
+    """The deflate TIFF with 8 bytes XOR 0x5A inside strip (or tile: ``tags`` 324, 325) ``strip``, at the first place
+    where Pillow and libtiff decode it without an exception and with other pixels (the damage only the zlib
+    checksum sees)."""
+    whole = whole or _deflate_tiff()
     ref = np.asarray(Image.open(io.BytesIO(whole)).convert("RGB"))
-    start, length = _strips(whole)[strip]
-    for at in range(start + 200, start + length - 400, 97):
+    im = Image.open(io.BytesIO(whole))
+    start, length = list(zip(im.tag_v2[tags[0]], im.tag_v2[tags[1]]))[strip]
+    for at in range(start + 100, start + length - 200, 31):
         data = bytearray(whole)
         for i in range(at, at + 8):
             data[i] ^= 0x5A
@@ -123,12 +125,12 @@ def _ifd_offsets(data: bytes) -> list[int]:
     return out
 
 
-def _tiled_tifffile(compression) -> bytes:
+def _tiled_tifffile(compression, predictor: bool = False, name: str = "rocket") -> bytes:
     import tifffile
 
     buf = io.BytesIO()
-    tifffile.imwrite(buf, np.asarray(photo("rocket", (256, 192))), tile=(64, 64), compression=compression,
-                     photometric="rgb")
+    tifffile.imwrite(buf, np.asarray(photo(name, (256, 192))), tile=(64, 64), compression=compression,
+                     photometric="rgb", predictor=predictor or None)
     return buf.getvalue()
 
 
@@ -240,6 +242,11 @@ CASES = {
                            r"fails its checksum \(Adler-32\)$"),
     "deflate_strip2.tif": (lambda: _deflate_damaged(1), "rejected", "corrupt",
                            r"^TIFF strip 2 of \d+ \(deflate, .*\) is damaged: its zlib stream fails its checksum"),
+    # with a predictor, and in tiles: the streams are inflated (no decoded rows to sum)
+    "predictor_tile3.tif": (lambda: _deflate_damaged(2, _tiled_tifffile("zlib", predictor=True, name="clock"), (324, 325)),
+                            "rejected", "corrupt",
+                            r"^TIFF tile 3 of 12 \(deflate, .*\) is damaged: its zlib stream fails its checksum"),
+    "predictor_whole.tif": (lambda: _tiled_tifffile("zlib", predictor=True, name="clock"), "ok", None, None),
     # tiled deflate (directory first, as tifffile writes it) cut: the tile extents say so
     "tiled_deflate_whole.tif": (lambda: _tiled_tifffile("zlib"), "ok", None, None),
     "tiled_deflate_cut55.tif": (lambda: _cut(_tiled_tifffile("zlib"), 0.55), "rejected", "truncated",
