@@ -194,6 +194,17 @@ def _rle_bmp(bits: int) -> tuple[bytes, bytes, int, int, list]:
     return _bmp(200, 150, stream, palette, bits), stream, 200, 150, palette
 
 
+def _rle8_padded_rows() -> bytes:
+    """A 201-pixel-wide RLE8 BMP whose rows are encoded padded to their 32-bit stride (204 pixels), as ImageMagick
+    writes them: the last run of each row covers the padding, which the decoder drops. A valid file."""
+    img = photo("coins", (201, 150)).convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+    indices = np.zeros((150, 204), np.uint8)
+    indices[:, :201] = np.asarray(img)
+    indices[:, 201:] = indices[:, 200:201]  # the padding repeats the last pixel: one run crosses the edge
+    flat = (img.getpalette() + [0] * 768)[: 3 * 256]
+    return _bmp(201, 150, _rle(indices, 8), [tuple(flat[3 * i : 3 * i + 3]) for i in range(256)], 8)
+
+
 def _rle_damaged(bits: int, how: str) -> bytes:
     _whole, stream, width, height, palette = _rle_bmp(bits)
     mid = len(stream) // 2
@@ -269,6 +280,7 @@ CASES = {
     # RLE BMPs
     "rle8_whole.bmp": (lambda: _rle_bmp(8)[0], "ok", None, None),
     "rle4_whole.bmp": (lambda: _rle_bmp(4)[0], "ok", None, None),
+    "rle8_padded_rows.bmp": (_rle8_padded_rows, "ok", None, None),
     "rle8_extra_eol.bmp": (lambda: _rle_damaged(8, "extra_eol"), "rejected", "corrupt",
                            r"^BMP RLE8 data is damaged: a run of \d+ pixels at offset \d+ lies below the last of the "
                            r"150 rows$"),
@@ -318,6 +330,9 @@ def test_the_builders_make_what_they_say() -> None:
     whole4 = _rle_bmp(4)[0]
     ref4 = photo("chelsea", (200, 150)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).convert("RGB")
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(whole4)).convert("RGB")), np.asarray(ref4))
+    padded = Image.open(io.BytesIO(_rle8_padded_rows())).convert("RGB")
+    ref = photo("coins", (201, 150)).convert("P", palette=Image.Palette.ADAPTIVE, colors=256).convert("RGB")
+    assert np.array_equal(np.asarray(padded), np.asarray(ref))
     for how in ("extra_eol", "delta", "zeroed"):
         Image.open(io.BytesIO(_rle_damaged(8, how))).load()  # Pillow says nothing
     tile = Image.open(io.BytesIO(_real_tile()))

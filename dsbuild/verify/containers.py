@@ -557,8 +557,9 @@ def bmp_check_rle(data: bytes) -> None:
     0/1 end of bitmap, 0/2 delta (dx, dy), 0/n an absolute run of n pixels
     (padded to a 16-bit word). Pillow's decoder clips a run that overruns its
     row and stops once the picture is full, without reading the rest: a damaged
-    stream decodes silently wrong. ``corrupt``: a run that overruns its row or
-    writes below the last row, a delta out of the image. ``truncated``: the
+    stream decodes silently wrong. ``corrupt``: a run that overruns its row
+    (past the row's padding to 32 bits, which encoders may fill) or writes
+    below the last row, a delta out of the image. ``truncated``: the
     data ends before the end-of-bitmap marker with rows missing, or the stream
     ends (end-of-bitmap) with pixels missing (Pillow: "not enough image data").
     Other BMPs: nothing to do. One pass over the stream, nothing decoded.
@@ -580,6 +581,9 @@ def bmp_check_rle(data: bytes) -> None:
     if pos > end:
         raise Damaged("truncated", f"BMP is cut short: its {kind} data starts at offset {pos}, past the end of the "
                                    f"file ({end} bytes)")
+    # Runs may cover the row's padding (ImageMagick encodes each row padded to its 32-bit stride: a 33-pixel row
+    # as 36): the decoder drops those pixels. A run past the padding is damage.
+    stride = -(-width * bit_count // 32) * 32 // bit_count
     x = y = 0
     while True:
         if pos + 2 > end:
@@ -594,7 +598,7 @@ def bmp_check_rle(data: bytes) -> None:
             if y >= height:
                 raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {count} pixels at offset {at} "
                                          f"lies below the last of the {height} rows")
-            if x + count > width:
+            if x + count > stride:
                 raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {count} pixels at offset {at} "
                                          f"overruns row {y + 1} (from x {x}, the row is {width} pixels)")
             x += count
@@ -611,7 +615,7 @@ def bmp_check_rle(data: bytes) -> None:
             dx, dy = data[pos], data[pos + 1]
             pos += 2
             x, y = x + dx, y + dy
-            if x > width or y > height:
+            if x > stride or y > height:
                 raise Damaged("corrupt", f"BMP {kind} data is damaged: a delta ({dx}, {dy}) at offset {at} moves "
                                          f"outside the {width}×{height} image")
         else:  # an absolute run of ``value`` pixels
@@ -622,7 +626,7 @@ def bmp_check_rle(data: bytes) -> None:
             if y >= height:
                 raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {value} pixels at offset {at} "
                                          f"lies below the last of the {height} rows")
-            if x + value > width:
+            if x + value > stride:
                 raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {value} pixels at offset {at} "
                                          f"overruns row {y + 1} (from x {x}, the row is {width} pixels)")
             x += value
