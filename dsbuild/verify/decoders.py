@@ -248,18 +248,23 @@ def _header_size(fmt: str, data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_tiff_deflate(data: bytes, pages, settings, out) -> None:
+_TIFF_BYTES_PER_PIXEL = {"L": 1, "P": 1, "LA": 2, "RGB": 3, "RGBA": 4, "CMYK": 4, "I;16": 2, "I;16B": 2, "F": 4, "I": 4}
+
+
+def _check_tiff_deflate(data: bytes, pages, settings, img) -> None:
     """After libtiff decoded a TIFF without a word: every deflate strip/tile a whole zlib stream with its checksum
     (:func:`containers.tiff_check_deflate`). After, so that what libtiff reports is said in libtiff's words.
-    ``out``: the first page as decoded; an 8-bit L/RGB page unturned is libtiff's samples as they are, whose
-    strips' Adler-32 can be summed without inflating them again."""
+    ``img``: the first page as Pillow loaded it. When its bytes are as many as the page's samples (L, RGB, RGBA,
+    CMYK, I;16, F … as stored), they are passed on: a strip whose rows there sum to its stream's Adler-32 is not
+    inflated again (any other is: the sum is a shortcut, never a verdict)."""
     if not any(page.compression in (8, 32946) for page in pages):
         return
     decoded = None
     first = pages[0] if pages else None
-    if first is not None and out.mode in ("L", "RGB") and out.size == (first.width, first.height) and \
-            set(first.bits) == {8} and first.samples == len(out.mode):
-        decoded = out.tobytes()
+    if img is not None and first is not None and img.size == (first.width, first.height) and len(set(first.bits)) == 1:
+        per_pixel = _TIFF_BYTES_PER_PIXEL.get(img.mode)
+        if per_pixel and first.samples * first.bits[0] == 8 * per_pixel:
+            decoded = img.tobytes()
     try:
         containers.tiff_check_deflate(data, pages, settings.max_pixels, decoded)
     except containers.Damaged as exc:
@@ -348,7 +353,7 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
     if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG"):
         _check_later_frames(fmt, decode_data, settings, notes)
     if fmt == "TIFF":
-        _check_tiff_deflate(decode_data, pages, settings, out)
+        _check_tiff_deflate(decode_data, pages, settings, info.pop("tiff_decoded", None))
     if decode_data is not data:
         # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
         info["stored_data"] = decode_data
@@ -445,6 +450,8 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes, scan=None):
                 raise
             img, decode_data = _without_png_metadata(decode_data, notes)
             img.load()
+        if fmt == "TIFF":
+            info["tiff_decoded"] = img  # the first page as libtiff decoded it: _check_tiff_deflate sums its rows
         if fmt == "PNG" and not scan.interlaced and not scan.frames and \
                 not containers.png_rows_decoded_to_the_end(scan, img):
             try:
