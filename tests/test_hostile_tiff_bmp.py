@@ -253,6 +253,11 @@ CASES = {
                            r"fails its checksum \(Adler-32\)$"),
     "deflate_strip2.tif": (lambda: _deflate_damaged(1), "rejected", "corrupt",
                            r"^TIFF strip 2 of \d+ \(deflate, .*\) is damaged: its zlib stream fails its checksum"),
+    # RGBA (the decoded rows are summed, then the stream inflated when they differ)
+    "deflate_rgba_strip1.tif": (lambda: _deflate_damaged(0, encode(photo("coins", (300, 200)).convert("RGBA"), "TIFF",
+                                                                    compression="tiff_adobe_deflate")),
+                                "rejected", "corrupt", r"^TIFF strip 1 of \d+ \(deflate, .*\) is damaged: its zlib "
+                                                       r"stream fails its checksum"),
     # with a predictor, and in tiles: the streams are inflated (no decoded rows to sum)
     "predictor_tile3.tif": (lambda: _deflate_damaged(2, _tiled_tifffile("zlib", predictor=True, name="clock"), (324, 325)),
                             "rejected", "corrupt",
