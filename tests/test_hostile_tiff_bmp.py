@@ -125,6 +125,15 @@ def _ifd_offsets(data: bytes) -> list[int]:
     return out
 
 
+def _strips_tifffile() -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.asarray(photo("moon", (256, 192)).convert("RGB")), rowsperstrip=64, compression="zlib",
+                     predictor=True, photometric="rgb")
+    return buf.getvalue()
+
+
 def _tiled_tifffile(compression, predictor: bool = False, name: str = "rocket") -> bytes:
     import tifffile
 
@@ -258,6 +267,10 @@ CASES = {
                                                                     compression="tiff_adobe_deflate")),
                                 "rejected", "corrupt", r"^TIFF strip 1 of \d+ \(deflate, .*\) is damaged: its zlib "
                                                        r"stream fails its checksum"),
+    # horizontal differencing (Predictor 2), in strips: redone on the decoded rows before they are summed
+    "predictor_strip2.tif": (lambda: _deflate_damaged(1, _strips_tifffile()), "rejected", "corrupt",
+                             r"^TIFF strip 2 of 3 \(deflate, .*\) is damaged: its zlib stream fails its checksum"),
+    "predictor_strips_whole.tif": (_strips_tifffile, "ok", None, None),
     # with a predictor, and in tiles: the streams are inflated (no decoded rows to sum)
     "predictor_tile3.tif": (lambda: _deflate_damaged(2, _tiled_tifffile("zlib", predictor=True, name="clock"), (324, 325)),
                             "rejected", "corrupt",

@@ -478,6 +478,23 @@ def tiff_bomb(pages: list[TiffPage], max_pixels: int) -> str | None:
     return None
 
 
+def _tiff_bytewise_predictor(page: TiffPage) -> bool:
+    """Horizontal differencing (Predictor 2) on 8-bit samples: the one predictor redone here on decoded rows."""
+    return page.predictor == 2 and set(page.bits) == {8}
+
+
+def _tiff_undo_predictor(decoded: bytes, page: TiffPage, row_bytes: int) -> bytes:
+    """The rows as the encoder deflated them under Predictor 2 (8-bit): each sample minus the same sample of the
+    pixel to its left, modulo 256 (the first pixel of a row as it is)."""
+    import numpy as np
+
+    rows = np.frombuffer(decoded, np.uint8).reshape(page.height, row_bytes)
+    out = rows.copy()
+    step = page.samples
+    out[:, step:] = rows[:, step:] - rows[:, :-step]
+    return out.tobytes()
+
+
 def tiff_check_deflate(data: bytes, pages: list[TiffPage], max_pixels: int, decoded: bytes | None = None) -> None:
     """Raise :class:`Damaged` when a deflate strip or tile is not one whole zlib stream with the right Adler-32.
 
@@ -491,8 +508,9 @@ def tiff_check_deflate(data: bytes, pages: list[TiffPage], max_pixels: int, deco
     ``max_pixels`` (the first always); a block that inflates past twice its
     rows' size (plus 1 MB) is not judged further (libtiff ignores the rest).
 
-    ``decoded``: the first page's samples as libtiff decoded them (8-bit L or
-    RGB, strips, no predictor), when the caller has them. A strip whose rows
+    ``decoded``: the first page's samples as libtiff decoded them (strips; no
+    predictor, or horizontal differencing of 8-bit samples, redone here), when
+    the caller has them. A strip whose rows
     there have the Adler-32 its stream ends with is whole (libtiff inflated
     exactly those bytes; damage would change them), and is not inflated again:
     about a millisecond instead of a second inflate. Any other strip (the sums
@@ -508,10 +526,10 @@ def tiff_check_deflate(data: bytes, pages: list[TiffPage], max_pixels: int, deco
         blocks = len(page.offsets)
         rows = page.rows_per_strip or page.height
         row_bytes = None
-        if (decoded is not None and page.number == 1 and not page.tile and page.planar == 1 and page.predictor == 1
-                and page.height and rows and len(decoded) % page.height == 0):
+        if (decoded is not None and page.number == 1 and not page.tile and page.planar == 1 and page.height and rows
+                and len(decoded) % page.height == 0 and (page.predictor == 1 or _tiff_bytewise_predictor(page))):
             row_bytes = len(decoded) // page.height
-            view = memoryview(decoded)
+            view = memoryview(_tiff_undo_predictor(decoded, page, row_bytes) if page.predictor == 2 else decoded)
         for k, (start, length) in enumerate(zip(page.offsets, page.counts)):
             if not length:
                 continue
