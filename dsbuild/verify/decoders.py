@@ -12,7 +12,12 @@ calls it). Its rules, in order:
    a chunk or directory cut short is ``truncated``; a critical PNG chunk with a
    bad checksum is ``corrupt``; an ancillary one is metadata, dropped with a
    note; the declared size of *every* frame (GIF, APNG, TIFF pages, MPO) is
-   held against ``max_pixels`` — nothing is decoded to find a bomb.
+   held against ``max_pixels`` — nothing is decoded to find a bomb — and so
+   is every TIFF strip and tile (libtiff allocates a whole one first); a TIFF
+   directory, table or strip past the end is ``truncated``; an RLE BMP's
+   run-length stream is walked (overruns ``corrupt``, a cut ``truncated``).
+   After a silent decode, every deflate TIFF strip/tile must end with its
+   stream's Adler-32 (libtiff stops inflating once it has the rows).
 3. **Every decoder message counts.** JPEGs are decoded by libjpeg-turbo through
    ``simplejpeg`` in strict mode (Pillow's own JPEG decoder silences libjpeg's
    warnings, so scan data cut short but closed with an end marker decoded as
@@ -350,10 +355,11 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
         notes.extend(sub_notes)
         return out, sub_info
     info.update(width=width, height=height)
+    first_page = info.pop("tiff_decoded", None)  # a TIFF's first page as loaded (see _check_tiff_deflate)
     if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG"):
         _check_later_frames(fmt, decode_data, settings, notes)
     if fmt == "TIFF":
-        _check_tiff_deflate(decode_data, pages, settings, info.pop("tiff_decoded", None))
+        _check_tiff_deflate(decode_data, pages, settings, first_page)
     if decode_data is not data:
         # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
         info["stored_data"] = decode_data
@@ -452,6 +458,7 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes, scan=None):
             img.load()
         if fmt == "TIFF":
             info["tiff_decoded"] = img  # the first page as libtiff decoded it: _check_tiff_deflate sums its rows
+            # (popped by _decode as soon as this returns)
         if fmt == "PNG" and not scan.interlaced and not scan.frames and \
                 not containers.png_rows_decoded_to_the_end(scan, img):
             try:
