@@ -312,7 +312,8 @@ def open_image(path: str | os.PathLike, *, allowed: tuple[str, ...] = IMAGE_FORM
     Returns a lazy ``PIL.Image.Image`` (call ``load()`` or convert it; close it
     when done). Raises :class:`Refused` (``reason``, ``detail``) for a missing
     or unreadable file, one that is not a regular file (:func:`read_regular`), content outside ``allowed``, a file over ``max_bytes``
-    or a declared size over ``max_pixels`` — before anything is decoded, and
+    or a declared size over ``max_pixels`` (and, for TIFF, a strip or tile over it or far larger than its page:
+    :func:`dsbuild.verify.containers.tiff_bomb`) — before anything is decoded, and
     without ever handing the file to a reader of another format (an EPS named
     ``.jpg`` never reaches Ghostscript).
     """
@@ -336,7 +337,24 @@ def open_image(path: str | os.PathLike, *, allowed: tuple[str, ...] = IMAGE_FORM
     if width * height > max_pixels:
         img.close()
         raise Refused("decompression bomb", f"{width}×{height} = {width * height} pixels exceeds max_pixels {max_pixels}")
+    if fam == "TIFF":
+        bomb = _tiff_bomb(data, max_pixels)
+        if bomb:
+            img.close()
+            raise Refused("decompression bomb", bomb)
     return img
+
+
+def _tiff_bomb(data: bytes, max_pixels: int) -> str | None:
+    """Why a TIFF's strips or tiles are a decompression bomb (libtiff allocates a whole one before decoding it:
+    a 64×64 page may declare a 16384×16384 tile), or None; a directory that cannot be read is the reader's."""
+    from dsbuild.verify import containers
+
+    try:
+        pages = containers.tiff_directories(data)
+    except containers.Damaged:
+        return None
+    return containers.tiff_bomb(pages, max_pixels)
 
 
 def _utf8(data: bytes) -> str | None:

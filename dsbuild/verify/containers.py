@@ -11,9 +11,14 @@ lets a decoder at it, for what decoders do not say or say too late:
   declares; the PLTE length (:func:`palette_entries`).
 * :func:`gif_frames` — the extents every GIF image descriptor declares (a frame
   may reach far outside the logical screen: Pillow then grows the image to it).
-* :func:`tiff_pages` — the width and height of every TIFF/BigTIFF directory,
-  and a first directory that lies past the end of the file (libtiff writes it
-  last, so a cut TIFF loses it).
+* :func:`tiff_directories` — every TIFF/BigTIFF directory (page): its size
+  and the layout of its strips or tiles; a directory, its tables or a strip's
+  or tile's data past the end of the file (``truncated``: libtiff writes the
+  directory last, so a cut TIFF loses it). :func:`tiff_bomb` holds every
+  strip and tile against the pixel limit; :func:`tiff_check_deflate` inflates
+  every deflate strip/tile to the end of its stream (its Adler-32).
+* :func:`bmp_check_rle` — the run-length stream of an RLE8/RLE4 BMP, walked
+  (not decoded) for runs that overrun a row or the image, and a cut.
 * :func:`strip_png_metadata` — a PNG without its text and ICC chunks, for a
   file whose only fault is metadata the decoder refuses.
 * :func:`without_ancillary` — a PNG, JPEG or GIF with every part that only
@@ -407,14 +412,71 @@ def gif_frames(data: bytes) -> list[tuple[int, int, int, int]]:
 # --------------------------------------------------------------------------- TIFF
 
 _TIFF_MAX_PAGES = 10_000
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_TIFF_INT_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q", 18: "Q"}
+# tags whose values the pixels need: read, and their out-of-line values must lie inside the file
+_TIFF_LAYOUT_TAGS = {256: "ImageWidth", 257: "ImageLength", 258: "BitsPerSample", 259: "Compression",
+                     273: "StripOffsets", 277: "SamplesPerPixel", 278: "RowsPerStrip", 279: "StripByteCounts",
+                     284: "PlanarConfiguration", 317: "Predictor", 320: "ColorMap", 322: "TileWidth", 323: "TileLength",
+                     324: "TileOffsets", 325: "TileByteCounts"}
+_TIFF_DEFLATE = (8, 32946)  # Adobe deflate, old-style deflate: zlib streams with an Adler-32
+
+
+@dataclass
+class TiffPage:
+    """One TIFF directory's layout: what :func:`tiff_directories` read of the tags the pixels need."""
+
+    number: int  # 1-based
+    offset: int  # of the directory
+    width: int = 0
+    height: int = 0
+    bits: tuple[int, ...] = (1,)
+    compression: int = 1
+    samples: int = 1
+    planar: int = 1
+    predictor: int = 1
+    rows_per_strip: int | None = None
+    tile: tuple[int, int] | None = None  # (TileWidth, TileLength) of a tiled page
+    offsets: tuple[int, ...] = ()
+    counts: tuple[int, ...] = ()
+
+    @property
+    def block_name(self) -> str:
+        return "tile" if self.tile else "strip"
+
+    def block_size(self, index: int) -> tuple[int, int]:
+        """(width, rows) of block ``index``: a tile's full size, a strip's rows (the last one's may be fewer)."""
+        if self.tile:
+            return self.tile
+        rows = min(self.rows_per_strip or self.height, self.height) or self.height
+        per_plane = -(-self.height // rows) if rows else 1
+        first = (index % per_plane) * rows if per_plane else 0
+        return self.width, max(0, min(rows, self.height - first))
+
+    def block_bytes(self, index: int) -> int:
+        """Bytes block ``index`` holds once decompressed (one sample per block when planes are separate)."""
+        width, rows = self.block_size(index)
+        samples = 1 if self.planar == 2 else self.samples
+        bits = max(self.bits) if self.bits else 1
+        return rows * ((width * samples * bits + 7) // 8)
 
 
 def tiff_pages(data: bytes) -> list[tuple[int, int]]:
-    """(width, height) of every directory (page) of a TIFF or BigTIFF, in order; see the module doc.
+    """(width, height) of every directory (page) of a TIFF or BigTIFF, in order; see :func:`tiff_directories`."""
+    return [(page.width, page.height) for page in tiff_directories(data)]
 
-    Raises :class:`Damaged` ("truncated") when the first directory lies past the
-    end of the file. A later directory that cannot be read ends the list (the
-    decoder only reads the first).
+
+def tiff_directories(data: bytes) -> list[TiffPage]:
+    """Every directory (page) of a TIFF or BigTIFF, in order, with the layout of its pixel data.
+
+    Raises :class:`Damaged` ("truncated") when a directory, its entry table,
+    the next directory's offset, the out-of-line values of a tag the pixels
+    need (strip/tile offsets and byte counts, BitsPerSample, ColorMap) or a
+    strip/tile's data lies past the end of the file: libtiff writes the
+    directory last, so a cut TIFF loses (part of) it, and a cut page is a cut
+    file even when the first page is whole. Other tags' values past the end are
+    metadata (libtiff drops them with a warning). A loop back to a directory
+    already read ends the list.
     """
     end = len(data)
     order = "<" if data[:2] == b"II" else ">"
@@ -423,42 +485,283 @@ def tiff_pages(data: bytes) -> list[tuple[int, int]]:
         if end < 16:
             raise Damaged("truncated", f"TIFF is cut short: {end} bytes, less than its header")
         (offset,) = struct.unpack(order + "Q", data[8:16])
-        count_fmt, entry_size, next_fmt, value_at = "Q", 20, "Q", 12
+        count_fmt, entry_size, next_fmt, value_at, inline = "Q", 20, "Q", 12, 8
     else:
         if end < 8:
             raise Damaged("truncated", f"TIFF is cut short: {end} bytes, less than its header")
         (offset,) = struct.unpack(order + "I", data[4:8])
-        count_fmt, entry_size, next_fmt, value_at = "H", 12, "I", 8
+        count_fmt, entry_size, next_fmt, value_at, inline = "H", 12, "I", 8, 4
     count_size = struct.calcsize(count_fmt)
     next_size = struct.calcsize(next_fmt)
-    if offset + count_size > end:
-        raise Damaged("truncated", f"TIFF is cut short: its directory at offset {offset} lies past the end of the file "
-                                   f"({end} bytes)")
-    pages: list[tuple[int, int]] = []
+    value_fmt = "Q" if big else "I"
+    pages: list[TiffPage] = []
     seen: set[int] = set()
     while offset and offset not in seen and len(pages) < _TIFF_MAX_PAGES:
         seen.add(offset)
+        number = len(pages) + 1
+        where = f"page {number}'s directory" if number > 1 else "its directory"
         if offset + count_size > end:
-            break
+            raise Damaged("truncated", f"TIFF is cut short: {where} at offset {offset} lies past the end of the "
+                                       f"file ({end} bytes)")
         (count,) = struct.unpack(order + count_fmt, data[offset : offset + count_size])
         table = offset + count_size
         if table + count * entry_size + next_size > end:
-            break
-        width = height = 0
+            raise Damaged("truncated", f"TIFF is cut short: {where} at offset {offset} holds {count} entries "
+                                       f"({count * entry_size + next_size} bytes), the file ends "
+                                       f"{max(0, end - table)} bytes after its start")
+        page = TiffPage(number=number, offset=offset)
+        values: dict[int, tuple[int, ...]] = {}
         for i in range(count):
             at = table + i * entry_size
             tag, typ = struct.unpack(order + "HH", data[at : at + 4])
-            if tag in (256, 257):
-                raw = data[at + value_at : at + value_at + (8 if big else 4)]
-                value = struct.unpack(order + "H", raw[:2])[0] if typ == 3 else struct.unpack(
-                    order + ("Q" if big and typ == 16 else "I"), raw[: 8 if big and typ == 16 else 4])[0]
-                if tag == 256:
-                    width = value
-                else:
-                    height = value
-        pages.append((width, height))
+            if tag not in _TIFF_LAYOUT_TAGS:
+                continue
+            (n,) = struct.unpack(order + value_fmt, data[at + 4 : at + 4 + (8 if big else 4)])
+            size = _TIFF_TYPE_SIZES.get(typ)
+            fmt = _TIFF_INT_FORMATS.get(typ)
+            if size is None or fmt is None:
+                continue  # not an integer type: libtiff refuses or ignores it
+            if n * size <= inline:
+                raw = data[at + value_at : at + value_at + n * size]
+            else:
+                (where_at,) = struct.unpack(order + value_fmt, data[at + value_at : at + value_at + (8 if big else 4)])
+                if where_at + n * size > end:
+                    raise Damaged("truncated", f"TIFF is cut short: page {number}'s {_TIFF_LAYOUT_TAGS[tag]} "
+                                               f"({n} values at offset {where_at}) lies past the end of the file "
+                                               f"({end} bytes)")
+                if tag == 320:
+                    continue  # the colour map: only its extent matters here
+                raw = data[where_at : where_at + n * size]
+            values[tag] = struct.unpack(f"{order}{n}{fmt}", raw)
+        first = {tag: v[0] for tag, v in values.items() if v}
+        page.width, page.height = first.get(256, 0), first.get(257, 0)
+        page.bits = values.get(258) or (1,)
+        page.compression = first.get(259, 1)
+        page.samples = max(1, first.get(277, 1))
+        page.planar = first.get(284, 1)
+        page.predictor = first.get(317, 1)
+        page.rows_per_strip = first.get(278)
+        if 322 in first and 323 in first:
+            page.tile = (first[322], first[323])
+            page.offsets, page.counts = values.get(324, ()), values.get(325, ())
+        else:
+            page.offsets, page.counts = values.get(273, ()), values.get(279, ())
+        for k, (start, length) in enumerate(zip(page.offsets, page.counts), start=1):
+            if start + length <= end:
+                continue
+            need = page.block_bytes(k - 1)
+            if page.compression == 1:
+                length = min(length, need)  # uncompressed: only the bytes its rows need are read
+            elif length > 2 * need + 1024 and start < end:
+                continue  # a byte count no encoder writes for this block: the decoder reads what is there
+            if length and start + length > end:
+                raise Damaged("truncated", f"TIFF is truncated: page {number}'s {page.block_name} {k} of "
+                                           f"{len(page.offsets)} ({length} bytes at offset {start}) ends past the end "
+                                           f"of the file ({end} bytes)")
+        pages.append(page)
         (offset,) = struct.unpack(order + next_fmt, data[table + count * entry_size : table + count * entry_size + next_size])
     return pages
+
+
+def tiff_bomb(pages: list[TiffPage], max_pixels: int) -> str | None:
+    """Why a TIFF's strips or tiles are a decompression bomb, or None.
+
+    libtiff allocates a whole strip or tile before it decodes any of it: a
+    64×64 page may declare one 16384×16384 tile (a 1 GB buffer from a file of
+    under 1 MB). A block is refused when it holds more than ``max_pixels``
+    pixels, or more than its page could need: more pixels than 4 × the page (its
+    sides rounded up to tiles of 16) and than 2048×2048. A strip's rows count
+    up to the page's height (libtiff clamps RowsPerStrip to it).
+    """
+    for page in pages:
+        where = f"TIFF page {page.number}" if len(pages) > 1 else "TIFF"
+        if page.tile:
+            width, rows = page.tile
+        else:
+            width, rows = page.block_size(0)
+        pixels = width * rows
+        if pixels > max_pixels:
+            return (f"{where} declares {page.block_name}s of {width}×{rows} = {pixels} pixels, which exceeds "
+                    f"max_pixels {max_pixels} (libtiff allocates a whole {page.block_name} before decoding it)")
+        padded = (-(-page.width // 16) * 16) * (-(-page.height // 16) * 16)
+        if pixels > max(4 * padded, 2048 * 2048):
+            return (f"{where} declares {page.block_name}s of {width}×{rows} = {pixels} pixels for a "
+                    f"{page.width}×{page.height} image: more than 4 times the image (libtiff allocates a whole "
+                    f"{page.block_name} before decoding it)")
+    return None
+
+
+def _tiff_bytewise_predictor(page: TiffPage) -> bool:
+    """Horizontal differencing (Predictor 2) on 8-bit samples: the one predictor redone here on decoded rows."""
+    return page.predictor == 2 and set(page.bits) == {8}
+
+
+def _tiff_undo_predictor(decoded: bytes, page: TiffPage, row_bytes: int) -> bytes:
+    """The rows as the encoder deflated them under Predictor 2 (8-bit): each sample minus the same sample of the
+    pixel to its left, modulo 256 (the first pixel of a row as it is)."""
+    import numpy as np
+
+    rows = np.frombuffer(decoded, np.uint8).reshape(page.height, row_bytes)
+    out = rows.copy()
+    step = page.samples
+    out[:, step:] = rows[:, step:] - rows[:, :-step]
+    return out.tobytes()
+
+
+def tiff_check_deflate(data: bytes, pages: list[TiffPage], max_pixels: int, decoded: bytes | None = None) -> None:
+    """Raise :class:`Damaged` when a deflate strip or tile is not one whole zlib stream with the right Adler-32.
+
+    libtiff inflates a strip only until it has the strip's rows: damaged bytes
+    that leave the rows decodable are never seen (the picture is silently
+    wrong), and the stream's checksum is never reached. Each block is inflated
+    here to the end of its stream, in 1 MB steps, counted and never kept: a bad
+    checksum or a stream zlib refuses is ``corrupt``; a stream that stops
+    before its end with fewer bytes than the block's rows need is
+    ``truncated``. Pages are checked while their pixels add up to at most
+    ``max_pixels`` (the first always); a block that inflates past twice its
+    rows' size (plus 1 MB) is not judged further (libtiff ignores the rest).
+
+    ``decoded``: the first page's samples as libtiff decoded them (strips; no
+    predictor, or horizontal differencing of 8-bit samples, redone here), when
+    the caller has them. A strip whose rows
+    there have the Adler-32 its stream ends with is whole (libtiff inflated
+    exactly those bytes; damage would change them), and is not inflated again:
+    about a millisecond instead of a second inflate. Any other strip (the sums
+    differ, or the stream does not end at its byte count) is inflated.
+    """
+    total = 0
+    for page in pages:
+        total += page.width * page.height
+        if page.number > 1 and total > max_pixels:
+            return
+        if page.compression not in _TIFF_DEFLATE:
+            continue
+        blocks = len(page.offsets)
+        rows = page.rows_per_strip or page.height
+        row_bytes = None
+        if (decoded is not None and page.number == 1 and not page.tile and page.planar == 1 and page.height and rows
+                and len(decoded) % page.height == 0 and (page.predictor == 1 or _tiff_bytewise_predictor(page))):
+            row_bytes = len(decoded) // page.height
+            view = memoryview(_tiff_undo_predictor(decoded, page, row_bytes) if page.predictor == 2 else decoded)
+        for k, (start, length) in enumerate(zip(page.offsets, page.counts)):
+            if not length:
+                continue
+            if row_bytes is not None and length > 4:
+                first_row = k * rows
+                stored = int.from_bytes(data[start + length - 4 : start + length], "big")
+                part = view[first_row * row_bytes : min(first_row + rows, page.height) * row_bytes]
+                if len(part) and zlib.adler32(part) == stored:
+                    continue
+            need = page.block_bytes(k)
+            cap = 2 * need + (1 << 20)
+            where = (f"TIFF {'page ' + str(page.number) + ' ' if len(pages) > 1 else ''}"
+                     f"{page.block_name} {k + 1} of {blocks} (deflate, {length} bytes at offset {start})")
+            inflater = zlib.decompressobj()
+            got = 0
+            pending = data[start : start + length]
+            try:
+                while pending and not inflater.eof and got <= cap:
+                    got += len(inflater.decompress(pending, 1 << 20))
+                    pending = inflater.unconsumed_tail
+                if got > cap:
+                    continue
+                if not inflater.eof:
+                    got += len(inflater.flush())
+            except zlib.error as exc:
+                text = str(exc).split(": ", 1)[-1]
+                if "incorrect data check" in text:
+                    raise Damaged("corrupt", f"{where} is damaged: its zlib stream fails its checksum (Adler-32)") \
+                        from None
+                raise Damaged("corrupt", f"{where} is damaged: zlib: {text}") from None
+            if not inflater.eof and got < need:
+                raise Damaged("truncated", f"{where} is cut short: its zlib stream stops after {got} of the {need} "
+                                           f"bytes its rows need")
+
+
+# --------------------------------------------------------------------------- BMP
+
+
+def bmp_check_rle(data: bytes) -> None:
+    """Walk the run-length stream of an RLE8/RLE4 BMP; raise :class:`Damaged` for one that is broken or cut.
+
+    The stream is pairs: a run (count, value), or an escape — 0/0 end of line,
+    0/1 end of bitmap, 0/2 delta (dx, dy), 0/n an absolute run of n pixels
+    (padded to a 16-bit word). Pillow's decoder clips a run that overruns its
+    row and stops once the picture is full, without reading the rest: a damaged
+    stream decodes silently wrong. ``corrupt``: a run that overruns its row
+    (past the row's padding to 32 bits, which encoders may fill) or writes
+    below the last row, a delta out of the image. ``truncated``: the
+    data ends before the end-of-bitmap marker with rows missing, or the stream
+    ends (end-of-bitmap) with pixels missing (Pillow: "not enough image data").
+    Other BMPs: nothing to do. One pass over the stream, nothing decoded.
+    """
+    end = len(data)
+    if end < 34 or data[:2] != b"BM":
+        return
+    header = int.from_bytes(data[14:18], "little")
+    if header < 40:
+        return  # OS/2 1.x: no compression field
+    compression = int.from_bytes(data[30:34], "little")
+    bit_count = int.from_bytes(data[28:30], "little")
+    if (compression, bit_count) not in ((1, 8), (2, 4)):
+        return
+    kind = "RLE8" if compression == 1 else "RLE4"
+    width = abs(int.from_bytes(data[18:22], "little", signed=True))
+    height = abs(int.from_bytes(data[22:26], "little", signed=True))
+    pos = int.from_bytes(data[10:14], "little")
+    if pos > end:
+        raise Damaged("truncated", f"BMP is cut short: its {kind} data starts at offset {pos}, past the end of the "
+                                   f"file ({end} bytes)")
+    # Runs may cover the row's padding (ImageMagick encodes each row padded to its 32-bit stride: a 33-pixel row
+    # as 36): the decoder drops those pixels. A run past the padding is damage.
+    stride = -(-width * bit_count // 32) * 32 // bit_count
+    x = y = 0
+    while True:
+        if pos + 2 > end:
+            if y * width + x >= width * height:
+                return  # every row written; only the end-of-bitmap marker is missing
+            raise Damaged("truncated", f"BMP {kind} data is cut short at row {y + 1} of {height} (offset {pos}): "
+                                       f"the file ends before its end-of-bitmap marker")
+        count, value = data[pos], data[pos + 1]
+        at = pos
+        pos += 2
+        if count:  # a run of ``count`` pixels
+            if y >= height:
+                raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {count} pixels at offset {at} "
+                                         f"lies below the last of the {height} rows")
+            if x + count > stride:
+                raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {count} pixels at offset {at} "
+                                         f"overruns row {y + 1} (from x {x}, the row is {width} pixels)")
+            x += count
+        elif value == 0:  # end of line
+            x, y = 0, y + 1
+        elif value == 1:  # end of bitmap
+            if y * width + x < width * height:
+                raise Damaged("truncated", f"BMP {kind} data ends (end-of-bitmap marker at offset {at}) at row "
+                                           f"{y + 1} of {height}: rows missing (not enough image data)")
+            return
+        elif value == 2:  # delta
+            if pos + 2 > end:
+                raise Damaged("truncated", f"BMP {kind} data is cut short inside a delta at offset {at}")
+            dx, dy = data[pos], data[pos + 1]
+            pos += 2
+            x, y = x + dx, y + dy
+            if x > stride or y > height:
+                raise Damaged("corrupt", f"BMP {kind} data is damaged: a delta ({dx}, {dy}) at offset {at} moves "
+                                         f"outside the {width}×{height} image")
+        else:  # an absolute run of ``value`` pixels
+            size = value if compression == 1 else (value + 1) // 2
+            if pos + size > end:
+                raise Damaged("truncated", f"BMP {kind} data is cut short inside a run of {value} pixels at offset "
+                                           f"{at}")
+            if y >= height:
+                raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {value} pixels at offset {at} "
+                                         f"lies below the last of the {height} rows")
+            if x + value > stride:
+                raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {value} pixels at offset {at} "
+                                         f"overruns row {y + 1} (from x {x}, the row is {width} pixels)")
+            x += value
+            pos += size + (size & 1)
 
 
 # --------------------------------------------------------------------------- ancillary parts, for a retry

@@ -12,7 +12,12 @@ calls it). Its rules, in order:
    a chunk or directory cut short is ``truncated``; a critical PNG chunk with a
    bad checksum is ``corrupt``; an ancillary one is metadata, dropped with a
    note; the declared size of *every* frame (GIF, APNG, TIFF pages, MPO) is
-   held against ``max_pixels`` — nothing is decoded to find a bomb.
+   held against ``max_pixels`` — nothing is decoded to find a bomb — and so
+   is every TIFF strip and tile (libtiff allocates a whole one first); a TIFF
+   directory, table or strip past the end is ``truncated``; an RLE BMP's
+   run-length stream is walked (overruns ``corrupt``, a cut ``truncated``).
+   After a silent decode, every deflate TIFF strip/tile must end with its
+   stream's Adler-32 (libtiff stops inflating once it has the rows).
 3. **Every decoder message counts.** JPEGs are decoded by libjpeg-turbo through
    ``simplejpeg`` in strict mode (Pillow's own JPEG decoder silences libjpeg's
    warnings, so scan data cut short but closed with an end marker decoded as
@@ -248,6 +253,29 @@ def _header_size(fmt: str, data: bytes) -> tuple[int, int] | None:
     return None
 
 
+_TIFF_BYTES_PER_PIXEL = {"L": 1, "P": 1, "LA": 2, "RGB": 3, "RGBA": 4, "CMYK": 4, "I;16": 2, "I;16B": 2, "F": 4, "I": 4}
+
+
+def _check_tiff_deflate(data: bytes, pages, settings, img) -> None:
+    """After libtiff decoded a TIFF without a word: every deflate strip/tile a whole zlib stream with its checksum
+    (:func:`containers.tiff_check_deflate`). After, so that what libtiff reports is said in libtiff's words.
+    ``img``: the first page as Pillow loaded it. When its bytes are as many as the page's samples (L, RGB, RGBA,
+    CMYK, I;16, F … as stored), they are passed on: a strip whose rows there sum to its stream's Adler-32 is not
+    inflated again (any other is: the sum is a shortcut, never a verdict)."""
+    if not any(page.compression in (8, 32946) for page in pages):
+        return
+    decoded = None
+    first = pages[0] if pages else None
+    if img is not None and first is not None and img.size == (first.width, first.height) and len(set(first.bits)) == 1:
+        per_pixel = _TIFF_BYTES_PER_PIXEL.get(img.mode)
+        if per_pixel and first.samples * first.bits[0] == 8 * per_pixel:
+            decoded = img.tobytes()
+    try:
+        containers.tiff_check_deflate(data, pages, settings.max_pixels, decoded)
+    except containers.Damaged as exc:
+        raise Rejected(exc.reason, exc.detail) from None
+
+
 def _open(fmt: str, data: bytes):
     """Open with the family's Pillow reader only; a refused header raises the reader's own exception (not a repr)."""
     from PIL import Image, UnidentifiedImageError
@@ -288,16 +316,23 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
                 frames.append((f"frame {k} extends the image to ", left + w, top + h))
             info["frames"] = max(1, len(gif))
         elif fmt == "TIFF":
-            pages = containers.tiff_pages(data)
+            pages = containers.tiff_directories(data)
             if pages:
-                info["width"], info["height"] = pages[0]
-            for k, (w, h) in enumerate(pages, start=1):
-                frames.append((f"frame {k} (page) declares " if k > 1 else "", w, h))
+                info["width"], info["height"] = pages[0].width, pages[0].height
+            for page in pages:
+                frames.append((f"frame {page.number} (page) declares " if page.number > 1 else "", page.width,
+                               page.height))
             info["frames"] = max(1, len(pages))
+        elif fmt == "BMP":
+            containers.bmp_check_rle(data)
     except containers.Damaged as exc:
         raise Rejected(exc.reason, exc.detail) from None
     for what, w, h in frames:  # before any reader runs: a reader may allocate for a frame's size
         _check_pixels(w, h, settings, what)
+    if fmt == "TIFF":
+        bomb = containers.tiff_bomb(pages, settings.max_pixels)
+        if bomb:
+            raise Rejected("decompression bomb", bomb)
     if fmt == "PNG":
         try:
             containers.png_check_streams(scan, skip_image=not scan.interlaced and not scan.frames)
@@ -320,8 +355,11 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
         notes.extend(sub_notes)
         return out, sub_info
     info.update(width=width, height=height)
+    first_page = info.pop("tiff_decoded", None)  # a TIFF's first page as loaded (see _check_tiff_deflate)
     if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG", "WEBP"):
         _check_later_frames(fmt, decode_data, settings, notes)
+    if fmt == "TIFF":
+        _check_tiff_deflate(decode_data, pages, settings, first_page)
     if decode_data is not data:
         # Metadata was dropped to decode it: the file kept is the one decoded, so that any loader opens it.
         info["stored_data"] = decode_data
@@ -418,6 +456,9 @@ def _pixels(fmt, decode_data, settings, analysis_side, info, notes, scan=None):
                 raise
             img, decode_data = _without_png_metadata(decode_data, notes)
             img.load()
+        if fmt == "TIFF":
+            info["tiff_decoded"] = img  # the first page as libtiff decoded it: _check_tiff_deflate sums its rows
+            # (popped by _decode as soon as this returns)
         if fmt == "PNG" and not scan.interlaced and not scan.frames and \
                 not containers.png_rows_decoded_to_the_end(scan, img):
             try:
