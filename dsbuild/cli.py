@@ -232,9 +232,25 @@ def cmd_mislabels(args) -> int:
     view = issues[[c for c in REPORT_COLUMNS if c in issues]]
     if args.format == "table" and not args.out:
         view = readable_probabilities(view[list(REPORT_TABLE_COLUMNS)])
-    _emit(view, args, title=f"{counted(len(issues), 'likely label problem')} in '{args.dataset}' (run {run_id})"
-                            + reviewed_note(issues))
+    _emit(view, args, title=mislabels_title(issues, args.dataset, run_id) + reviewed_note(issues))
     return 0
+
+
+#: How each issue kind of the mislabel report is counted in its title.
+_KIND_WORDS = {"label": "likely wrong label", "conflict": "label conflict", "outlier": "outlier"}
+
+
+def mislabels_title(issues, dataset: str, run_id: str) -> str:
+    """The mislabel table's title: ``N likely label problems in 'ds' (run …)`` when every flag is a label issue,
+    else the flags by kind (``29 flagged images in 'ds' (run …): 2 likely wrong labels, 27 outliers``) — an outlier
+    is an image that fits no class, not a label a person should change (fresh-user trial 8)."""
+    head = f"in '{dataset}' (run {run_id})"
+    kinds = issues["kind"].astype(str).value_counts() if "kind" in issues and len(issues) else None
+    if kinds is None or set(kinds.index) <= {"label"}:
+        return f"{counted(len(issues), 'likely label problem')} {head}"
+    parts = [counted(int(kinds[k]), w) for k, w in _KIND_WORDS.items() if k in kinds]
+    parts += [counted(int(n), f"{k} flag") for k, n in kinds.items() if k not in _KIND_WORDS]
+    return f"{counted(len(issues), 'flagged image')} {head}: {', '.join(parts)}"
 
 
 def cmd_review(args) -> int:

@@ -834,3 +834,17 @@ def test_a_stop_swallowed_by_a_callback_is_delivered_again(tmp_path: Path, sig: 
                           capture_output=True, text=True, timeout=60,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
     assert (proc.returncode, proc.stdout, proc.stderr) == (code, "", message)
+
+
+def test_the_mislabel_title_counts_outliers_apart_from_wrong_labels() -> None:
+    """Fresh-user trial 8: 2 wrong labels and 27 outliers were titled "29 likely label problems" — an outlier fits
+    no class; it is not a label a person should change."""
+    import pandas as pd
+
+    from dsbuild.cli import mislabels_title
+
+    flags = pd.DataFrame({"kind": ["label"] * 2 + ["outlier"] * 27 + ["conflict"]})
+    assert mislabels_title(flags, "pets", "r1") == ("30 flagged images in 'pets' (run r1): 2 likely wrong labels, "
+                                                    "1 label conflict, 27 outliers")
+    assert mislabels_title(flags[:2], "pets", "r1") == "2 likely label problems in 'pets' (run r1)"
+    assert mislabels_title(flags[:0], "pets", "r1") == "0 likely label problems in 'pets' (run r1)"
