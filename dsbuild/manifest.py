@@ -606,7 +606,8 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
     path = Path(path or DEFAULT_MANIFEST)
     if not path.exists():
         raise DsbuildError(
-            f"no manifest at {path} — run `dsbuild init` to write a starter one, or pass -m PATH", exit_code=2
+            f"no manifest at {path if path.is_absolute() else f'{path} in {Path.cwd()}'} — run `dsbuild init` to "
+            "write a starter one, or pass -m PATH", exit_code=2
         )
     if path.is_dir():
         raise DsbuildError(f"{path} is a folder, not a manifest file — pass -m PATH/datasets.toml", exit_code=2)

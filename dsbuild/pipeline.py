@@ -42,7 +42,7 @@ from pathlib import Path
 
 from dsbuild.carryover import carry_over
 from dsbuild.catalog import BuildLock, Catalog, utcnow
-from dsbuild.errors import DsbuildError
+from dsbuild.errors import DsbuildError, did_you_mean
 from dsbuild.formats import not_regular
 from dsbuild.executor import release_backends
 from dsbuild.executor_settings import ExecutorSettings
@@ -153,6 +153,12 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
             for folder in cls.folders:
                 if not folder.exists():
                     hint = " — run `dsbuild demo` to generate it" if "demo_data" in folder.parts else ""
+                    if not hint and folder.parent.is_dir():  # a typo of a folder beside it ("data/zer0")
+                        try:
+                            beside = [p.name for p in folder.parent.iterdir() if p.is_dir()]
+                        except OSError:
+                            beside = []
+                        hint = did_you_mean(folder.name, beside)
                     problems.append(f"datasets.{ds.name}.classes.{cls.name}.folders: {folder} does not exist{hint}")
                 elif not folder.is_dir():
                     problems.append(f"datasets.{ds.name}.classes.{cls.name}.folders: {folder} is not a folder")

@@ -217,6 +217,17 @@ def test_build_preflight_writes_nothing(tmp_path: Path, capsys, text: str, fragm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets.toml"]
 
 
+def test_a_mistyped_class_folder_names_the_folder_beside_it(tmp_path: Path, capsys) -> None:
+    """Fresh-user trial 8: `folders = "data/zer0"` said only "does not exist" with data/zero right there."""
+    (tmp_path / "data" / "zero").mkdir(parents=True)
+    (tmp_path / "data" / "one").mkdir()
+    path = write(tmp_path, '[datasets.d.classes]\nzero = { folders = "data/zer0" }\none = { folders = "data/one" }\n')
+    assert main(["build", "-q", "-m", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert (f"datasets.d.classes.zero.folders: {tmp_path.resolve() / 'data' / 'zer0'} does not exist (did you mean "
+            "'zero'?)") in err, err
+
+
 @pytest.mark.parametrize(
     "text, line, column",
     [
@@ -251,7 +262,9 @@ def test_missing_manifest(tmp_path: Path, capsys, monkeypatch) -> None:
     rc = main(["build"])
     out, err = capsys.readouterr()
     assert rc == 2
-    assert err == "Error: no manifest at datasets.toml — run `dsbuild init` to write a starter one, or pass -m PATH\n"
+    # where it looked (fresh-user trial 8: run from another folder, the message did not say)
+    assert err == (f"Error: no manifest at datasets.toml in {tmp_path} — run `dsbuild init` to write a starter one, "
+                   "or pass -m PATH\n")
     assert list(tmp_path.iterdir()) == []
 
 
