@@ -18,7 +18,7 @@ from dsbuild import __version__
 from dsbuild.errors import DsbuildError
 from dsbuild.render.console import (RichProgress, make_console, print_build_summary, print_comparison, print_live_build,
                                     print_run, print_status)
-from dsbuild.render.values import counted, readable_probabilities
+from dsbuild.render.values import counted, is_missing, readable_probabilities
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 
@@ -308,7 +308,9 @@ def cmd_similar(args) -> int:
         print(f"wrote {out} ({len(df)} images)")
         return 0
     if args.format == "table" and not args.out:
-        df = df[["rank", "image_id", "similarity", "label", "split", "status", "origin"]]
+        df = df[["rank", "image_id", "similarity", "label", "split", "status", "origin"]].copy()
+        # one width for the column (0.9, 0.782 and 0.8947 were printed as they came): 4 decimals, as predict's
+        df["similarity"] = ["" if is_missing(v) else f"{v:.4f}" for v in df["similarity"]]
     _emit(df, args, title=f"{len(df)} images of '{args.dataset}' most similar to {args.image}")
     return 0
 

@@ -6,6 +6,8 @@ embedding backbone; review decisions through the CLI's decisions file; the catal
 
 from __future__ import annotations
 
+import re
+
 import signal
 import subprocess
 import sys
@@ -149,6 +151,9 @@ def test_similar_takes_a_unique_start_of_an_image_id_and_lists_an_ambiguous_one(
     ids = [r[0] for r in sql(manifest, "SELECT image_id FROM images")]
     start = next(subject[:n] for n in range(4, 17) if sum(i.startswith(subject[:n]) for i in ids) == 1)
     assert _similar(capsys, manifest, start, k=5) == _similar(capsys, manifest, subject, k=5)
+    code, out, err = run_cli(capsys, manifest, "similar", "pets", start, "-k", "5")  # the table: 4 decimals each
+    cells = [line.split("│")[3].strip() for line in out.splitlines() if line.count("│") >= 7]
+    assert code == 0 and len(cells) == 5 and all(re.fullmatch(r"[01]\.\d{4}", c) for c in cells), out
     twins = sql(manifest, "SELECT image_id, label, status FROM images WHERE origin LIKE '%twin%' ORDER BY image_id")
     assert len(twins) == 2 and twins[0][0][:4] == twins[1][0][:4]
     prefix = twins[0][0][:4]
