@@ -506,6 +506,16 @@ def build_dataset(
     """Run every source of ``ds`` into the catalog, then regroup it; return what this build did."""
     t0 = time.monotonic()
     summary = DatasetSummary(dataset=ds.name)
+    resumed = cat.interrupted_build_outcomes(ds.name, before=build_id)
+    if resumed is not None and sum(resumed[1].values()):
+        # Its images were verified and catalogued, not grouped or split: this build finishes them, and its own
+        # counts (what it verified) leave them out (fresh-user trial 8: a resumed build's row read "ok 0").
+        from dsbuild.render.values import counted
+
+        done = ", ".join(f"{s} {n}" for s, n in sorted(resumed[1].items()))
+        summary.notes.append(f"resumed build {resumed[0]} (interrupted): the {counted(sum(resumed[1].values()), 'image')} "
+                             f"it verified ({done}) are grouped and split by this build — the counts above are what "
+                             "this build verified itself")
     digest = _settings_digest(ds)
     sections = settings_sections(ds)
     previous = json.loads(cat.get_meta(f"settings-sections:{ds.name}") or "{}")

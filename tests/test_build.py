@@ -1010,6 +1010,7 @@ def test_status_after_ctrl_c_shows_the_verified_counts_with_splits_pending(tmp_p
         per_label = dict(cat.con.execute("SELECT label, count(*) FROM images WHERE status = 'ok' AND split IS NULL "
                                          "GROUP BY label").fetchall())
         assert cat.con.execute("SELECT count(*) FROM items WHERE split IS NOT NULL").fetchone()[0] == 0
+        by_status = dict(cat.con.execute("SELECT status, count(*) FROM items GROUP BY ALL").fetchall())
     pending = sum(per_label.values())
     # Mid-verify as a rule; all of them when the workers had verified every image before the first commit (the
     # suite under load saw it: 300 of 300) — the splits are pending either way, which is what status must say.
@@ -1028,8 +1029,14 @@ def test_status_after_ctrl_c_shows_the_verified_counts_with_splits_pending(tmp_p
     assert (f"digits: {verified} no split yet — the last build of it stopped before near "
             "duplicates and splits; run `dsbuild build digits` to finish") in " ".join(out.split()), out
 
-    code, _, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    code, out, err = run_cli(capsys, manifest, "build", "--workers", "1")
     assert code == 0, err
+    # Fresh-user trial 8: the resumed build's row says what it verified itself (0 when the first had verified all):
+    # a note says whose images it finished.
+    n = sum(by_status.values())
+    done = ", ".join(f"{s} {k}" for s, k in sorted(by_status.items()))
+    assert (f"resumed build 1 (interrupted): the {n} image{'s' if n != 1 else ''} it verified ({done}) are grouped and "
+            "split by this build — the counts above are what this build verified itself") in " ".join(out.split()), out
     code, out, err = run_cli(capsys, manifest, "status")
     assert code == 0 and "split pending" not in out and "no split yet" not in out and "train ok" in out, out
 

@@ -846,6 +846,18 @@ class Catalog:
                         "ORDER BY build_id DESC LIMIT 1", [dataset])
         return row[0] if row else None
 
+    def interrupted_build_outcomes(self, dataset: str, *, before: int) -> tuple[int, dict[str, int]] | None:
+        """``(build_id, {status: images})`` of the items of ``dataset`` the latest build before build ``before`` that
+        included it recorded, when that build did not finish (interrupted or failed: verified, not yet grouped or
+        split); else None."""
+        row = self._one("SELECT build_id, outcome FROM builds WHERE list_contains(string_split(datasets, ','), ?) "
+                        "AND build_id < ? ORDER BY build_id DESC LIMIT 1", [dataset, before])
+        if row is None or row[1] not in ("interrupted", "failed"):
+            return None
+        counts = self.con.execute("SELECT status, count(*) FROM items WHERE dataset = ? AND build_id = ? GROUP BY ALL",
+                                  [dataset, row[0]]).fetchall()
+        return int(row[0]), {str(status): int(n) for status, n in counts}
+
     def last_build(self):
         return self._one(
             "SELECT build_id, datasets, started_at, finished_at, outcome, summary FROM builds ORDER BY build_id DESC LIMIT 1"
