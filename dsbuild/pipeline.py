@@ -923,7 +923,8 @@ def _store_outliers(cat: Catalog, ds: Dataset, items, updates, sig, links=None) 
     rows = np.flatnonzero((status == "ok") & ~removed & sig.has_emb)
     search = links.search if links is not None else None
     neighbours = search.within(rows, ds.dedup.outlier_k) if search is not None and search.emb is sig.emb else None
-    scores, flag = outlier_scores(sig.emb[rows], ds.dedup.outlier_k, neighbours=neighbours)
+    scores, flag = outlier_scores(sig.emb[rows], ds.dedup.outlier_k, neighbours=neighbours,
+                                  labels=items["label"].astype(str).to_numpy()[rows])
     frame = pd.DataFrame({"image_id": items["image_id"].to_numpy()[rows], "outlier_score": scores,
                           "is_outlier": flag})
     cat.set_outliers(ds.name, frame[np.isfinite(scores)])

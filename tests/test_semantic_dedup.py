@@ -554,6 +554,30 @@ def test_outlier_scores_from_the_faiss_graph_equal_cleanlabs_own_search():
     assert set(np.argsort(ours)[:5]) == set(range(5)) and flags[:5].all()  # the far-off rows come first
 
 
+def test_a_class_more_varied_than_the_rest_is_not_an_outlier_as_a_whole():
+    """Fresh-user trial 8: 21 varied photos beside three digit classes were all flagged — Datalab's rule over the whole
+    dataset takes a class's own spread for oddness. Judged within each class (of ≥ OUTLIER_MIN_CLASS images), the
+    varied class keeps its images, and a row unlike its own class is still flagged. (Tight classes: digits; the
+    varied one: photos; vectors stand in for the embeddings.)"""
+    from dsbuild.dedup.signals import OUTLIER_MIN_CLASS, outlier_scores
+
+    rng = np.random.default_rng(3)
+    dim = 64
+    centres = rng.normal(size=(4, dim)) * 3
+    tight = [centres[c] + rng.normal(scale=0.5, size=(60, dim)) for c in range(3)]
+    varied = centres[3] + rng.normal(scale=2.5, size=(25, dim))
+    odd = rng.normal(scale=3.0, size=(1, dim))  # filed under class 0, like nothing
+    x = np.vstack([*tight, varied, odd])
+    emb = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    labels = np.array(["zero"] * 60 + ["one"] * 60 + ["seven"] * 60 + ["photo"] * 25 + ["zero"])
+    assert (labels == "photo").sum() >= OUTLIER_MIN_CLASS
+    scores, whole = outlier_scores(emb, k=60)
+    assert whole[labels == "photo"].mean() > 0.8  # the scenario: the global rule flags the varied class
+    same, by_class = outlier_scores(emb, k=60, labels=labels)
+    assert np.array_equal(scores, same)  # the scores do not depend on the labels
+    assert by_class[labels == "photo"].sum() <= 2 and by_class[-1]
+
+
 def test_neighbour_graph_leaves_each_row_out_also_with_hnsw(monkeypatch):
     emb = _clustered(400)
     exact = neardup.NeighbourGraph(emb, 10)

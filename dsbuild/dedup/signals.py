@@ -160,13 +160,17 @@ def thumb_loader(items: Any, verify: VerifySettings):
     return thumb
 
 
+OUTLIER_MIN_CLASS = 20
+"""The fewest images of a class whose outliers are judged against its own distances (:func:`outlier_scores`);
+a smaller class is judged with the whole dataset (quartiles of a handful of images say little)."""
+
 OUTLIER_THRESHOLD = 0.37037
 """cleanlab Datalab's default for feature-based outliers: an image is flagged when its mean distance to its
 k nearest neighbours exceeds Q3 + (1 / 0.37037 − 1) × IQR of those distances (``OutlierIssueManager``)."""
 
 
-def outlier_scores(emb: np.ndarray, k: int = 60, *, neighbours: tuple[np.ndarray, np.ndarray] | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def outlier_scores(emb: np.ndarray, k: int = 60, *, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+                   labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cleanlab's ``outlier_score`` (n,) in (0, 1], low = more unusual, and Datalab's outlier flag (n,) bool.
 
     ``emb``: (n, dim) unit rows (near-duplicate copies removed first: an image with copies has
@@ -179,6 +183,12 @@ def outlier_scores(emb: np.ndarray, k: int = 60, *, neighbours: tuple[np.ndarray
     ``min(k, n − 1)`` nearest other rows already found, ``(cosine distances, row indices)``
     (:meth:`dsbuild.dedup.neardup.KnnSearch.within`: the build's near-duplicate search, reused — at 100,000
     images that saves an HNSW build and a search, bench/knn_scale.py); searched here when None.
+
+    ``labels`` (n,): each row's class. Then the IQR rule is applied within each class of at least
+    :data:`OUTLIER_MIN_CLASS` images (the smaller ones: over the whole dataset): a class's images are compared with
+    its own, so a class more varied than the rest (25 photos beside three digit classes: all 25 were flagged, fresh-user
+    trial 8) is not an outlier as a whole, while a picture that fits its class no better than the others do still is.
+    The score itself is the same either way (one graph over every class: an image unlike anything scores low).
     """
     import warnings
 
@@ -196,8 +206,20 @@ def outlier_scores(emb: np.ndarray, k: int = 60, *, neighbours: tuple[np.ndarray
         scores = np.asarray(ood.fit_score(features=np.ascontiguousarray(emb, dtype=np.float32), verbose=False),
                             dtype=np.float64)
     d = -np.log(np.clip(scores, 1e-12, None))
+    flag = _iqr_flag(d)
+    if labels is not None:
+        labels = np.asarray(labels)
+        for label in np.unique(labels):
+            members = labels == label
+            if members.sum() >= OUTLIER_MIN_CLASS:
+                flag[members] = _iqr_flag(d[members])
+    return scores, flag
+
+
+def _iqr_flag(d: np.ndarray) -> np.ndarray:
+    """Datalab's rule on distances ``d``: above Q3 + (1 / :data:`OUTLIER_THRESHOLD` − 1) × IQR."""
     q1, q3 = np.percentile(d, [25, 75])
-    return scores, d > q3 + (1 / OUTLIER_THRESHOLD - 1) * (q3 - q1)
+    return d > q3 + (1 / OUTLIER_THRESHOLD - 1) * (q3 - q1)
 
 
 __all__ = ["Signals", "VIEW_NAMES", "dataset_signals", "load_image", "outlier_scores", "spec_of", "thumb_loader"]
