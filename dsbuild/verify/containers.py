@@ -716,6 +716,17 @@ def bmp_check_rle(data: bytes) -> None:
     # as 36): the decoder drops those pixels. A run past the padding is damage.
     stride = -(-width * bit_count // 32) * 32 // bit_count
     x = y = 0
+
+    def place(n: int, at: int) -> None:  # a run of n pixels (encoded or absolute) from offset ``at``
+        nonlocal x
+        if y >= height:
+            raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {n} pixels at offset {at} "
+                                     f"lies below the last of the {height} rows")
+        if x + n > stride:
+            raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {n} pixels at offset {at} "
+                                     f"overruns row {y + 1} (from x {x}, the row is {width} pixels)")
+        x += n
+
     while True:
         if pos + 2 > end:
             if y * width + x >= width * height:
@@ -726,13 +737,7 @@ def bmp_check_rle(data: bytes) -> None:
         at = pos
         pos += 2
         if count:  # a run of ``count`` pixels
-            if y >= height:
-                raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {count} pixels at offset {at} "
-                                         f"lies below the last of the {height} rows")
-            if x + count > stride:
-                raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {count} pixels at offset {at} "
-                                         f"overruns row {y + 1} (from x {x}, the row is {width} pixels)")
-            x += count
+            place(count, at)
         elif value == 0:  # end of line
             x, y = 0, y + 1
         elif value == 1:  # end of bitmap
@@ -754,13 +759,7 @@ def bmp_check_rle(data: bytes) -> None:
             if pos + size > end:
                 raise Damaged("truncated", f"BMP {kind} data is cut short inside a run of {value} pixels at offset "
                                            f"{at}")
-            if y >= height:
-                raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {value} pixels at offset {at} "
-                                         f"lies below the last of the {height} rows")
-            if x + value > stride:
-                raise Damaged("corrupt", f"BMP {kind} data is damaged: a run of {value} pixels at offset {at} "
-                                         f"overruns row {y + 1} (from x {x}, the row is {width} pixels)")
-            x += value
+            place(value, at)
             pos += size + (size & 1)
 
 
