@@ -49,6 +49,15 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
+def flat_project(tmp_path: Path, rows: list[str], *, newline: str = "\n", extra: str = "") -> Path:
+    """``rows`` as ``data/labels.csv`` (lines ended by ``newline``) and a manifest of the dataset ``flat`` over it,
+    without embeddings (``extra``: more ``[datasets.flat.dedup]`` lines); the manifest's path."""
+    (tmp_path / "data" / "labels.csv").write_text(newline.join(rows) + newline, encoding="utf-8", newline="")
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n' + extra)
+    return m
+
+
 def test_split_tree_with_fastai_leftovers_keeps_its_splits_and_names_what_it_skipped(tmp_path: Path, capsys) -> None:
     tree = tmp_path / "tree"
     photos(tree / "train" / "cat", "chelsea", range(0, 3))
@@ -164,9 +173,7 @@ def test_labels_csv_imports_local_files_with_their_splits_and_names_each_bad_row
     rows += [f"imgs/astronaut-{k}.png,dog,{'True' if k == 3 else 'False'}" for k in range(4)]
     rows += ["imgs/fake.jpg,cat,False", "imgs/gone.png,dog,False", "../clock-0.png,dog,False",
              "imgs/chelsea-0.png,cat,maybe", "imgs/chelsea-1.png,,False"]
-    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
-    m = tmp_path / "datasets.toml"
-    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    m = flat_project(tmp_path, rows)
 
     code, out, err = run_cli(capsys, m, "build", "--workers", "1")
     assert code == 0, err
@@ -196,9 +203,7 @@ def test_labels_csv_takes_absolute_paths_inside_its_folder_and_a_semicolon_separ
     photos(flat_dir / "imgs", "astronaut", range(0, 3))
     rows = ["File;Label"] + [f"{flat_dir.resolve() / 'imgs' / f'chelsea-{k}.png'};cat" for k in range(3)]
     rows += [f"imgs\\astronaut-{k}.png;dog" for k in range(3)]
-    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
-    m = tmp_path / "datasets.toml"
-    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    m = flat_project(tmp_path, rows)
     code, out, err = run_cli(capsys, m, "build", "--workers", "1")
     assert code == 0, err
     assert "skipped" not in out, out
@@ -216,9 +221,7 @@ def test_a_stray_quote_in_a_labels_csv_costs_its_own_row_only(tmp_path: Path, ca
     photos(flat_dir / "imgs", "astronaut", range(0, 4))
     rows = ["file,label", "imgs/chelsea-0.png,cat", "imgs/chelsea-1.png,cat", bad, "imgs/chelsea-3.png,cat"]
     rows += [f"imgs/astronaut-{k}.png,dog" for k in range(4)]
-    (flat_dir / "labels.csv").write_text(newline.join(rows) + newline, newline="")
-    m = tmp_path / "datasets.toml"
-    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    m = flat_project(tmp_path, rows, newline=newline)
     code, out, err = run_cli(capsys, m, "build", "--workers", "1")
     assert code == 0, err
     problems = [line for line in out.splitlines() if "labels.csv line" in line]
@@ -242,9 +245,7 @@ def test_a_labels_csv_names_a_file_in_either_unicode_form(tmp_path: Path, capsys
     save(photo_quadrant("rocket", 0, 96), flat_dir / "imgs" / unicodedata.normalize("NFC", "thé.png"))
     rows = ["file,label", "imgs/chelsea-0.png,cat", "imgs/chelsea-1.png,cat", "imgs/astronaut-0.png,dog",
             "imgs/astronaut-1.png,dog", f"imgs/{nfc},cat", f"imgs/{unicodedata.normalize('NFD', 'thé.png')},dog"]
-    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    m = tmp_path / "datasets.toml"
-    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    m = flat_project(tmp_path, rows)
     code, out, err = run_cli(capsys, m, "build", "--workers", "1")
     assert code == 0, err
     assert "does not exist" not in out, out
@@ -260,15 +261,13 @@ def test_a_split_edited_in_a_labels_csv_moves_the_image(tmp_path: Path, capsys) 
     photos(flat_dir / "imgs", "astronaut", range(0, 4))
     splits = {"chelsea-0": "valid", "chelsea-1": "train", "astronaut-0": "valid"}
 
-    def write() -> None:
+    def write() -> Path:
         rows = ["file,label,split"] + [f"imgs/{n}-{k}.png,{'cat' if n == 'chelsea' else 'dog'},"
                                        f"{splits.get(f'{n}-{k}', 'train')}" for n in ("chelsea", "astronaut")
                                        for k in range(4)]
-        (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+        return flat_project(tmp_path, rows)
 
-    write()
-    m = tmp_path / "datasets.toml"
-    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    m = write()
     assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
     where = "select split from images where origin like ?"
     assert [sql(m, where, [f"%/{n}.png"])[0][0] for n in ("chelsea-0", "chelsea-1")] == ["valid", "train"]
@@ -291,9 +290,7 @@ def test_a_csv_export_builds_again_as_a_labels_csv_once_labels_root_holds_its_fi
     photos(flat_dir, "chelsea", range(0, 4))
     photos(flat_dir, "astronaut", range(0, 4))
     rows = ["file,label"] + [f"chelsea-{k}.png,cat" for k in range(4)] + [f"astronaut-{k}.png,dog" for k in range(4)]
-    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
-    m = tmp_path / "datasets.toml"
-    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n')
+    m = flat_project(tmp_path, rows)
     assert run_cli(capsys, m, "build", "--workers", "1")[0] == 0
     code, out, err = run_cli(capsys, m, "export", "flat", "--format", "csv", "--to", str(tmp_path / "exp" / "flat.csv"))
     assert code == 0, err
@@ -391,10 +388,7 @@ def test_labels_csv_a_symlink_out_of_the_folder_is_refused_like_dot_dot(tmp_path
     rows = ["file,label", "imgs/chelsea-0.png,cat", "imgs/chelsea-1.png,cat", "imgs/astronaut-0.png,dog",
             "imgs/astronaut-1.png,dog", "imgs/astronaut-2.png,dog", "imgs/out.png,dog", "more/clock-1.png,dog",
             "imgs/in.png,cat"]
-    (flat_dir / "labels.csv").write_text("\n".join(rows) + "\n")
-    m = tmp_path / "datasets.toml"
-    m.write_text('[datasets.flat]\nlabels_csv = "data/labels.csv"\n[datasets.flat.dedup]\nsemantic = false\n'
-                 'near = false\n')
+    m = flat_project(tmp_path, rows, extra="near = false\n")
 
     code, out, err = run_cli(capsys, m, "build", "--workers", "1")
     assert code == 0, err
