@@ -725,7 +725,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             if again:
                 skipped[UNDO_AGAIN] = again
         cat.append_label_events(name, events)
-        ghost = ghost_label_note(name, [e for e in events if e["action"] == "undo"], dataset_classes(cat, ds))
+        ghost = ghost_label_note(cat, ds, undone=[e for e in events if e["action"] == "undo"])
         if ghost:
             notes.append(ghost)
         # A remove takes an image out of its duplicate group, an undo of it puts it back: regroup those groups
@@ -748,26 +748,61 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
                          already_applied=already, skipped=skipped, notes=tuple(notes))
 
 
-def ghost_label_note(dataset: str, undone: "list[dict]", classes: "Iterable[str]") -> str | None:
-    """The warning for ``undone`` events (undo, as :func:`dsbuild.decisions.plan_events` writes them) that gave an
-    accepted image back a label that is no longer one of ``classes`` (a relabel a build had followed when its class
-    was merged or renamed, undone): the image would be exported and trained as a class of its own. None if none."""
+def ghost_labels(cat: Catalog, ds: Dataset, *, image_ids: "Iterable[str] | None" = None,
+                 labels: "Iterable[str] | None" = None) -> list[tuple[str, str]]:
+    """(image_id, label) of the accepted images of ``ds`` (among ``image_ids`` when given) whose label is no class
+    of the dataset now (:func:`dataset_classes`): a relabel a build had followed when its class was merged or
+    renamed, undone, gives the image back the label that is gone, and export and training would take it as a class
+    of its own. ``labels``: the labels to look for (default: every label an image carries). The one definition
+    behind the lines of ``review``, ``build`` and ``status`` (:func:`ghost_label_line`)."""
+    known = set(dataset_classes(cat, ds))
+    gone = sorted(set(cat.dataset_labels(ds.name) if labels is None else labels) - known)
+    if not gone:
+        return []
+    return cat.accepted_under(ds.name, gone, image_ids=None if image_ids is None else sorted(set(image_ids)))
+
+
+def ghost_label_line(dataset: str, ghosts: "list[tuple[str, str]]", *, undone: bool = False) -> str | None:
+    """The line naming ``ghosts`` (:func:`ghost_labels`) and how to fix them, None if none: ``1 image undone to
+    label 'two', …`` when ``undone`` (the review that wrote the undo), else ``1 accepted image has label 'two', …``
+    (the build summary and ``status``, as long as any is left)."""
     from dsbuild.carryover import MAX_IDS
     from dsbuild.render.values import counted
 
-    known = set(classes)
-    ghosts = [e for e in undone if (e.get("new_status") or e.get("old_status")) == "ok"  # None: status unchanged
-              and e.get("new_label") not in known]
     if not ghosts:
         return None
-    labels = ", ".join(f"'{g}'" for g in sorted({str(e["new_label"]) for e in ghosts}))
-    ids = [str(e["image_id"]) for e in ghosts]
+    gone = sorted({label for _, label in ghosts})
+    labels = ", ".join(f"'{g}'" for g in gone)
+    ids = [i for i, _ in ghosts]
     shown = ", ".join(ids[:MAX_IDS]) + (f", … ({len(ids) - MAX_IDS} more)" if len(ids) > MAX_IDS else "")
     n = len(ghosts)
-    return (f"{counted(n, 'image')} undone to label {labels}, which is no longer a class of this dataset: {shown} — "
-            f"export and training would take {'it' if n == 1 else 'them'} as a class of {'its' if n == 1 else 'their'} "
-            f"own; relabel {'it' if n == 1 else 'them'} in a decisions CSV (image_id,action,new_label: "
-            f"<id>,relabel,<class>) and run `dsbuild review {dataset} --decisions FILE`")
+    one = n == 1
+    if undone:
+        head = f"{counted(n, 'image')} undone to label {labels}, which is no longer a class of this dataset"
+    else:
+        which = "which is no longer a class" if len(gone) == 1 else "which are no longer classes"
+        head = (f"{counted(n, 'accepted image')} {'has' if one else 'have'} label{'s' if len(gone) > 1 else ''} "
+                f"{labels}, {which} of this dataset")
+    # A user-facing query, in lower case (the catalog's own SQL is in capitals); a quote in a label is doubled.
+    literals = [g.replace("'", "''") for g in gone]
+    where = " or ".join(f"label = '{g}'" for g in literals)
+    where = f"({where})" if len(gone) > 1 else where
+    see = (f"`dsbuild query \"select image_id, label, origin from images where dataset = '{dataset}' and status = 'ok' "
+           f"and {where}\"` lists {'it' if one else 'them'}")
+    return (f"{head}: {shown} — export and training would take {'it' if one else 'them'} as a class of "
+            f"{'its' if one else 'their'} own; relabel {'it' if one else 'them'} in a decisions CSV "
+            f"(image_id,action,new_label: <id>,relabel,<class>) and run `dsbuild review {dataset} --decisions FILE`; "
+            f"{see}")
+
+
+def ghost_label_note(cat: Catalog, ds: Dataset, *, undone: "list[dict]") -> str | None:
+    """``review``'s line for ``undone`` events (undo, as :func:`dsbuild.decisions.plan_events` writes them) that gave
+    an accepted image back a label that is no longer a class (:func:`ghost_labels`), else None."""
+    labels = {str(e["new_label"]) for e in undone if e.get("new_label") is not None}
+    if not labels:
+        return None
+    ghosts = ghost_labels(cat, ds, image_ids=[str(e["image_id"]) for e in undone], labels=labels)
+    return ghost_label_line(ds.name, ghosts, undone=True)
 
 
 PERSON_DECIDED = ("whose standing decision is a person's (a decisions file or the review app, or carried over from one "

@@ -53,7 +53,7 @@ from dsbuild.sources.folders import class_name, imagefolder_layout
 from dsbuild.sources.labelcsv import read_labels_csv
 from dsbuild.sources.urls import read_url_list
 from dsbuild.split import leakage_note
-from dsbuild.status import empty_class_notes, split_gaps
+from dsbuild.status import empty_class_notes, ghost_label_notes, split_gaps
 from dsbuild.store import sweep_temp_files
 
 FLUSH_ROWS = 500  # rows per catalog transaction: what a killed build can lose and redo
@@ -577,6 +577,7 @@ def build_dataset(
     elif verify.checks and sink.unchecked:
         summary.notes.append(recheck_note(before, before, set(), revision=verify.revision, unchecked=sink.unchecked))
     summary.notes.extend(empty_class_notes(cat, ds))
+    summary.notes.extend(ghost_label_notes(cat, ds))
     summary.notes.extend(split_gaps(cat, ds))
     # Dedup and quality checks have just turned some accepted images into duplicates or rejects:
     # the summary reports this build's images as the catalog now has them, not as they were fetched.

@@ -121,11 +121,22 @@ def _one(cat: Catalog, name: str, ds=None) -> DatasetStatus:
                      f"images so flagged, add reject = [{example}] (the flags you want out) under "
                      f"[datasets.{name}.quality] in the manifest and run `dsbuild build {name}`")
     notes += [f"{name}: {line}" for line in empty.values()]
+    if ds is not None:
+        notes += [f"{name}: {line}" for line in ghost_label_notes(cat, ds)]
     if finished:
         notes += [f"{name}: {line}" for line in split_gaps(cat, ds)]
     names = [("ok, split pending" if s == "-" else f"{s} ok") if st == "ok" else st for s, st in columns]
     return DatasetStatus(name=name, columns=names, rows=rows, totals=totals, rejects=rejects, duplicates=dups,
                          quality=flags, notes=notes)
+
+
+def ghost_label_notes(cat: Catalog, ds) -> list[str]:
+    """The line (none or one) of the build summary and ``status`` for accepted images of ``ds`` whose label is no
+    longer a class (:func:`dsbuild.cycle.ghost_labels`; ``review`` words the same line for the images it undid)."""
+    from dsbuild.cycle import ghost_label_line, ghost_labels
+
+    line = ghost_label_line(ds.name, ghost_labels(cat, ds))
+    return [line] if line else []
 
 
 def split_gaps(cat: Catalog, ds) -> list[str]:

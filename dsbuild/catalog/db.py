@@ -1044,6 +1044,18 @@ class Catalog:
         return [r[0] for r in self.con.execute("SELECT DISTINCT label FROM images WHERE dataset = ? AND label IS NOT NULL "
                                                "ORDER BY 1", [dataset]).fetchall()]
 
+    def accepted_under(self, dataset: str, labels: list[str], *, image_ids: list[str] | None = None) -> list[tuple[str, str]]:
+        """(image_id, label) of the accepted (``ok``, review applied) images of ``dataset`` whose label is one of
+        ``labels``, among ``image_ids`` when given, ordered by label then image_id."""
+        if not labels:
+            return []
+        sql = "SELECT image_id, label FROM images WHERE dataset = ? AND status = 'ok' AND label IN (SELECT unnest(?))"
+        params: list = [dataset, list(labels)]
+        if image_ids is not None:
+            sql += " AND image_id IN (SELECT unnest(?))"
+            params.append(list(image_ids))
+        return [(str(i), str(label)) for i, label in self.con.execute(sql + " ORDER BY label, image_id", params).fetchall()]
+
     def conflict_members(self, dataset: str):
         """Images of duplicate groups that carry several labels: image_id, dup_group, label, status, path, origin,
         sha256."""
