@@ -62,7 +62,11 @@ FLUSH_SECONDS = 2.0
 
 @dataclass
 class DatasetSummary:
-    """What a build did to one dataset (counts are of this build's work unless noted)."""
+    """What a build did to one dataset (counts are of this build's work unless noted).
+
+    ``new``: images this build catalogued (verified, or failed to download); ``resumed``: those interrupted builds
+    catalogued that it grouped and split; ``ok``/``rejected``/``failed``/``rejects``: of both, as they stand after
+    it; the summary row's ``processed`` is :attr:`processed`, their sum."""
 
     dataset: str
     sources: int = 0
@@ -81,11 +85,17 @@ class DatasetSummary:
     notes: list[str] = field(default_factory=list)
     changed: int = 0  # catalogued images whose status, split, duplicate group or conflict this build changed
     failed_now: int = 0  # images of the dataset whose download failed, as the catalog stands after this build
+    resumed: int = 0  # images that interrupted builds catalogued and this one grouped and split (in ok … failed)
+
+    @property
+    def processed(self) -> int:
+        """The row's ``processed``: what this build catalogued and what it finished of interrupted builds."""
+        return self.new + self.resumed
 
     @property
     def up_to_date(self) -> bool:
         """True when this build processed no image and changed none: the dataset was already up to date."""
-        return self.new == 0 and self.changed == 0
+        return self.processed == 0 and self.changed == 0
 
 
 @dataclass
@@ -506,16 +516,7 @@ def build_dataset(
     """Run every source of ``ds`` into the catalog, then regroup it; return what this build did."""
     t0 = time.monotonic()
     summary = DatasetSummary(dataset=ds.name)
-    resumed = cat.interrupted_build_outcomes(ds.name, before=build_id)
-    if resumed is not None and sum(resumed[1].values()):
-        # Its images were verified and catalogued, not grouped or split: this build finishes them, and its own
-        # counts (what it verified) leave them out (fresh-user trial 8: a resumed build's row read "ok 0").
-        from dsbuild.render.values import counted
-
-        done = ", ".join(f"{s} {n}" for s, n in sorted(resumed[1].items()))
-        summary.notes.append(f"resumed build {resumed[0]} (interrupted): the {counted(sum(resumed[1].values()), 'image')} "
-                             f"it verified ({done}) are grouped and split by this build — the counts above are what "
-                             "this build verified itself")
+    resumed = cat.interrupted_builds(ds.name, before=build_id)
     digest = _settings_digest(ds)
     sections = settings_sections(ds)
     previous = json.loads(cat.get_meta(f"settings-sections:{ds.name}") or "{}")
@@ -581,7 +582,15 @@ def build_dataset(
     summary.notes.extend(split_gaps(cat, ds))
     # Dedup and quality checks have just turned some accepted images into duplicates or rejects:
     # the summary reports this build's images as the catalog now has them, not as they were fetched.
-    counts = cat.build_item_counts(ds.name, build_id)
+    # A build that resumes interrupted ones groups and splits their images too: its row counts them with its own,
+    # so that processed and ok add up to the splits beside them (fresh-user trial 8: "processed 0, ok 0" beside 96
+    # in train; then a note under "the counts above are what this build verified itself" beside the same splits).
+    counts = cat.build_item_counts(ds.name, [build_id, *(b for b, _ in resumed)])
+    if resumed:
+        earlier = sum(n for _, _, n in cat.build_item_counts(ds.name, [b for b, _ in resumed]))
+        if earlier:
+            summary.notes.insert(0, resumed_note(resumed, earlier, summary.new))
+            summary.resumed = earlier
     summary.ok = sum(n for status, _, n in counts if status == "ok")
     summary.rejected = sum(n for status, _, n in counts if status == "rejected")
     summary.failed = sum(n for status, _, n in counts if status == "failed")
@@ -593,6 +602,20 @@ def build_dataset(
     cat.set_meta(f"settings-sections:{ds.name}", json.dumps(sections, sort_keys=True))
     summary.seconds = time.monotonic() - t0
     return summary
+
+
+def resumed_note(builds: list[tuple[int, str]], earlier: int, own: int) -> str:
+    """The build summary's line for a build that finished the work of the interrupted ``builds`` ((build_id, outcome),
+    oldest first): ``earlier`` images they catalogued, ``own`` this build verified itself; its row counts both."""
+    from dsbuild.render.values import counted
+
+    which = (f"build {builds[0][0]} ({builds[0][1]})" if len(builds) == 1
+             else "builds " + ", ".join(f"{b} ({outcome})" for b, outcome in builds))
+    they = "it" if len(builds) == 1 else "they"
+    rest = (f" and the {own:,} this build verified ({earlier + own:,} in all)" if own
+            else " (this build found nothing more to verify)")
+    return (f"resumed {which}: the row's processed, ok, rejected and failed include the {counted(earlier, 'image')} "
+            f"{they} verified before stopping{rest}, all grouped and split by this build")
 
 
 def successor_candidates(current: set[str], known: dict) -> set[str]:

@@ -31,6 +31,7 @@ from PIL import Image
 from helpers import kill_after_first_commit, photo_quadrant, run_cli, skimage_photo
 
 from dsbuild.pipeline import build
+from dsbuild.progress import Progress
 from dsbuild.catalog import Catalog
 from dsbuild.demo.data import DIGIT_NAMES, render_digit
 from dsbuild.manifest import load_manifest
@@ -1031,14 +1032,67 @@ def test_status_after_ctrl_c_shows_the_verified_counts_with_splits_pending(tmp_p
 
     code, out, err = run_cli(capsys, manifest, "build", "--workers", "1")
     assert code == 0, err
-    # Fresh-user trial 8: the resumed build's row says what it verified itself (0 when the first had verified all):
-    # a note says whose images it finished.
+    # Fresh-user trial 8: the resumed build's row read "processed 0, ok 0" beside its splits; it counts the images it
+    # finished too, and a note says whose they were.
     n = sum(by_status.values())
-    done = ", ".join(f"{s} {k}" for s, k in sorted(by_status.items()))
-    assert (f"resumed build 1 (interrupted): the {n} image{'s' if n != 1 else ''} it verified ({done}) are grouped and "
-            "split by this build — the counts above are what this build verified itself") in " ".join(out.split()), out
+    rest = f" and the {total - n} this build verified ({total} in all)" if total > n else \
+        " (this build found nothing more to verify)"
+    assert (f"resumed build 1 (interrupted): the row's processed, ok, rejected and failed include the {n} "
+            f"image{'s' if n != 1 else ''} it verified before stopping{rest}, all grouped and split by this "
+            "build") in " ".join(out.split()), out
+    assert summary_row(out, "digits")["processed"] == total, out
     code, out, err = run_cli(capsys, manifest, "status")
     assert code == 0 and "split pending" not in out and "no split yet" not in out and "train ok" in out, out
+
+
+class _CtrlCBeforeSplits(Progress):
+    """Ctrl-C as the build reaches the dedup + split stage: every image verified and committed, none split."""
+
+    def stage(self, name: str, total: int | None):
+        if name.endswith(": dedup + split"):
+            raise KeyboardInterrupt
+        return super().stage(name, total)
+
+
+def summary_row(out: str, dataset: str) -> dict[str, int]:
+    """The build summary table's row of ``dataset``: column → number."""
+    lines = out.splitlines()
+    header = [c.strip() for c in next(line for line in lines if line.startswith("┃")).strip("┃").split("┃")]
+    cells = [c.strip() for c in next(line for line in lines if line.startswith(f"│ {dataset} ")).strip("│").split("│")]
+    return {h: int(c) for h, c in zip(header, cells) if h != "dataset"}
+
+
+def test_a_resumed_builds_row_counts_the_images_it_finished_and_adds_up_to_its_splits(tmp_path: Path, capsys) -> None:
+    """Lead, msgs4 item 2: the build that resumed an interrupted one counted only what it verified itself —
+    processed 3, ok 3 beside train + valid 19 — under a note that the counts above were its own. Its row counts the
+    images it grouped and split, the interrupted build's too, and the note says how many were whose."""
+    from dsbuild.errors import DsbuildError
+
+    images = tmp_path / "images"
+    first = write_digits(images, 6, classes=3)
+    Image.open(images / "zero" / next(p.name for p in sorted((images / "zero").iterdir()))).save(images / "zero" / "copy.png")
+    Image.new("L", (12, 12), 128).save(images / "one" / "tiny.png")  # too small: rejected
+    manifest = digits_manifest(tmp_path / "resume", images, classes=3, extra=PHASH_ONLY)
+    with pytest.raises(DsbuildError, match="build interrupted"):
+        build(load_manifest(manifest), ["digits"], workers=1, progress=_CtrlCBeforeSplits())
+    with Catalog.open_readonly(load_manifest(manifest).catalog) as cat:
+        assert cat.con.execute("SELECT count(*), count(split) FROM items").fetchone() == (first + 2, 0)
+    added = write_digits(images, 1, classes=3, start=6)
+
+    code, out, err = run_cli(capsys, manifest, "build", "--workers", "1")
+    assert code == 0, err
+    row = summary_row(out, "digits")
+    assert (row["processed"], row["rejected"], row["failed"]) == (first + 2 + added, 1, 0) and row["duplicates"] >= 1, out
+    assert row["processed"] == row["ok"] + row["rejected"] + row["duplicates"], out  # every image is of these builds
+    assert row["ok"] == row["train"] + row["valid"] + row["test"], out
+    assert (f"digits: resumed build 1 (interrupted): the row's processed, ok, rejected and failed include the {first + 2} "
+            f"images it verified before stopping and the {added} this build verified ({first + 2 + added} in all), all "
+            "grouped and split by this build") in " ".join(out.split()), out
+    with Catalog.open_readonly(load_manifest(manifest).catalog) as cat:
+        summary = json.loads(cat.df("SELECT summary FROM builds WHERE build_id = 2")["summary"].iloc[0])["datasets"][0]
+    assert (summary["new"], summary["resumed"]) == (added, first + 2)
+    code, out, err = run_cli(capsys, manifest, "build")  # the next build resumes nothing
+    assert code == 0 and "resumed build" not in out and "digits: up to date" in out, out
 
 
 def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Path, capsys) -> None:

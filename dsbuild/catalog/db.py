@@ -783,13 +783,14 @@ class Catalog:
             out.setdefault(str(label), []).append((reason, int(n)))
         return out
 
-    def build_item_counts(self, dataset: str, build_id: int) -> list[tuple[str, str | None, int]]:
-        """(status, reason, n) of the items of ``dataset`` that build ``build_id`` catalogued, as they stand now —
-        review applied (an image a reviewer removed is ``rejected``, ``removed in review``, as ``status`` shows it)."""
+    def build_item_counts(self, dataset: str, build_ids: list[int]) -> list[tuple[str, str | None, int]]:
+        """(status, reason, n) of the items of ``dataset`` that the builds ``build_ids`` catalogued, as they stand
+        now — review applied (an image a reviewer removed is ``rejected``, ``removed in review``, as ``status``
+        shows it)."""
         rows = self.con.execute(
             """SELECT v.status, v.reason, count(*) FROM items i JOIN images v USING (dataset, image_id)
-               WHERE i.dataset = ? AND i.build_id = ? GROUP BY ALL ORDER BY ALL""",
-            [dataset, build_id],
+               WHERE i.dataset = ? AND i.build_id IN (SELECT unnest(?)) GROUP BY ALL ORDER BY ALL""",
+            [dataset, [int(b) for b in build_ids]],
         ).fetchall()
         return [(status, reason, int(n)) for status, reason, n in rows]
 
@@ -846,17 +847,18 @@ class Catalog:
                         "ORDER BY build_id DESC LIMIT 1", [dataset])
         return row[0] if row else None
 
-    def interrupted_build_outcomes(self, dataset: str, *, before: int) -> tuple[int, dict[str, int]] | None:
-        """``(build_id, {status: images})`` of the items of ``dataset`` the latest build before build ``before`` that
-        included it recorded, when that build did not finish (interrupted or failed: verified, not yet grouped or
-        split); else None."""
-        row = self._one("SELECT build_id, outcome FROM builds WHERE list_contains(string_split(datasets, ','), ?) "
-                        "AND build_id < ? ORDER BY build_id DESC LIMIT 1", [dataset, before])
-        if row is None or row[1] not in ("interrupted", "failed"):
-            return None
-        counts = self.con.execute("SELECT status, count(*) FROM items WHERE dataset = ? AND build_id = ? GROUP BY ALL",
-                                  [dataset, row[0]]).fetchall()
-        return int(row[0]), {str(status): int(n) for status, n in counts}
+    def interrupted_builds(self, dataset: str, *, before: int) -> list[tuple[int, str]]:
+        """``(build_id, outcome)`` of the builds before build ``before`` that included ``dataset`` since its latest
+        finished one (outcome ``ok``) and did not finish (``interrupted``, ``failed``; a killed build is marked
+        interrupted when the next one starts): they verified and catalogued items that no build has grouped or
+        split yet. Oldest first; empty when the latest build of it finished."""
+        rows = self.con.execute(
+            """SELECT build_id, outcome FROM builds
+               WHERE list_contains(string_split(datasets, ','), ?) AND build_id < ? AND outcome IN ('interrupted', 'failed')
+                 AND build_id > coalesce((SELECT max(build_id) FROM builds WHERE list_contains(string_split(datasets, ','), ?)
+                                          AND build_id < ? AND outcome = 'ok'), 0)
+               ORDER BY build_id""", [dataset, before, dataset, before]).fetchall()
+        return [(int(b), str(outcome)) for b, outcome in rows]
 
     def last_build(self):
         return self._one(

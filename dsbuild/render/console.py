@@ -189,7 +189,7 @@ def print_build_summary(summary) -> None:
     table = Table(title=title, title_justify="left")
     for col in columns:
         table.add_column(col, justify="left" if col == "dataset" else "right")
-    rows = [[d.dataset, str(d.sources), str(d.new), str(d.ok), str(d.rejected), str(d.failed), str(d.duplicates),
+    rows = [[d.dataset, str(d.sources), str(d.processed), str(d.ok), str(d.rejected), str(d.failed), str(d.duplicates),
              str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test"))]
             for d in summary.datasets if not d.up_to_date]
     for row in rows:
