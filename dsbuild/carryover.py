@@ -7,7 +7,9 @@ origin and the same content (sha256) — is the same picture under a new class n
 
 * the old item's split (when it still has one: the build that sets an item aside clears its split), so a
   rename, merge or split of classes moves no image to another split — stable splits, as for added images;
-  an item without one gets a split as any new image does;
+  an item without one gets a split as any new image does; an item whose source now gives it another split (a
+  labels CSV's ``split`` column edited with the label, a file moved to another split folder) takes that one, as
+  any image whose given split changed;
 * the old item's standing review decisions, as label events on the new item
   (:func:`dsbuild.decisions.carried_events`: a remove stays removed, a keep kept, a relabel to a label that is
   still a class stays; one to a label that is gone is not carried, and counted).
@@ -48,6 +50,8 @@ class CarryOver:
     """What :func:`carry_over` did to one dataset.
 
     ``images``: new items that succeed a set-aside item; ``kept_split``: of them, those given its split;
+    ``moved_split``: those whose source gives them another split than the old item had (they take that one);
+    ``given_by``: that source, ``labels_csv`` or ``imagefolder``;
     ``decisions``: review decisions in effect on them; ``lost``: label no longer a class → decisions that
     could not be carried; ``changes``: the class changes, in words (``class 'cat' renamed 'kitty'``);
     ``followed``: (gone class, its successor) → images relabelled in review to the gone class, left in place,
@@ -57,6 +61,8 @@ class CarryOver:
 
     images: int = 0
     kept_split: int = 0
+    moved_split: int = 0
+    given_by: str = "labels_csv"
     decisions: int = 0
     lost: dict[str, int] = field(default_factory=dict)
     changes: tuple[str, ...] = ()
@@ -111,12 +117,23 @@ class CarryOver:
             what = f"label {names} is no longer a class" if len(gone) == 1 else f"labels {names} are no longer classes"
             lost = f"{n if carried else counted(n, 'review decision')} could not be carried: {what}"
         decisions = f"{carried} ({lost})" if carried and lost else carried
-        fresh = self.images - self.kept_split
+        fresh = self.images - self.kept_split - self.moved_split
         if resplit:  # whatever split they kept, --resplit assigns it again from the settings
             again = "--resplit assigns their splits again from the settings, as every image's"
             if carried:
                 return f"{head} kept {decisions}; {again}"
             return f"{head}: {lost}; {again}" if lost else f"{head}: {again}"
+        if self.moved_split:  # their source gives them another split now: it is not kept, and it is the source's doing
+            where = ("to the split that the labels CSV's split column now names" if self.given_by == "labels_csv"
+                     else f"with {'its file' if self.moved_split == 1 else 'their files'} to another split folder")
+            parts = [f"{self.kept_split} kept {'its' if self.kept_split == 1 else 'their'} split"] if self.kept_split else []
+            parts.append(f"{self.moved_split} moved {where}")
+            if fresh:
+                parts.append(f"{fresh} set aside by an earlier build had none and took one as new images do")
+            splits = ", ".join(parts)
+            if carried:
+                return f"{head} kept {decisions}; {splits}"
+            return f"{head}: {lost}; {splits}" if lost else f"{head}: {splits}"
         if self.kept_split:
             text = f"{head} kept their split"
             if fresh:
@@ -153,7 +170,13 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
     why = class_changes(list(zip(pairs["old_label"], pairs["class_label"])), labels, set(labels_before),
                         moved={k for k, v in kinds.items() if v == {True}}, folders=ds.imagefolder is not None)
     follow, split = successor_classes(why, labels)
-    splits = {r.image_id: r.old_split for r in pairs.itertuples(index=False) if isinstance(r.old_split, str)}
+    # A successor whose source gives it another split than its old item had (a labels CSV's split column edited
+    # with the label) takes the given one at the regrouping: it does not inherit the old one, and is counted apart.
+    carve = ds.split.carve.source if ds.split.carve else None
+    moved = {r.image_id for r in pairs.itertuples(index=False) if isinstance(r.old_split, str)
+             and isinstance(r.given_split, str) and r.given_split != r.old_split and r.given_split != carve}
+    splits = {r.image_id: r.old_split for r in pairs.itertuples(index=False)
+              if isinstance(r.old_split, str) and r.image_id not in moved}
     kept_split = cat.inherit_splits(ds.name, splits)
     history = cat.label_history(ds.name, image_ids=sorted(set(pairs["old_id"]) | set(pairs["image_id"])))
     own = set(history["image_id"]) - set(pairs["old_id"])  # successors with events of their own
@@ -164,7 +187,9 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
                              labels=labels, source=f"build:{build_id}", at=at, follow=follow)
     cat.append_label_events(ds.name, carried.events)
     followed, stranded = follow_classes(cat, ds, follow, split, why, build_id=build_id, at=at)
-    return CarryOver(images=len(pairs), kept_split=kept_split, decisions=carried.carried, lost=carried.lost,
+    return CarryOver(images=len(pairs), kept_split=kept_split, moved_split=len(moved),
+                     given_by="imagefolder" if ds.imagefolder is not None else "labels_csv",
+                     decisions=carried.carried, lost=carried.lost,
                      changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))), followed=followed,
                      stranded=stranded, dataset=ds.name)
 

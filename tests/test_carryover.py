@@ -285,6 +285,17 @@ def test_a_build_interrupted_before_it_carried_over_leaves_it_to_the_next(tmp_pa
     (CarryOver(images=1, changes=("x",)),
      "1 image under a renamed, merged or split class (x): set aside by an earlier build, they had no split to "
      "keep and took one as new images do"),
+    # msgs4 item 3: those whose source gives them another split now did not keep theirs, and are said to have moved
+    (CarryOver(images=4, kept_split=2, moved_split=2, decisions=1, changes=("x",)),
+     "4 images under a renamed, merged or split class (x) kept 1 review decision; 2 kept their split, 2 moved to the "
+     "split that the labels CSV's split column now names"),
+    (CarryOver(images=3, kept_split=1, moved_split=1, given_by="imagefolder", lost={"pony": 1}, changes=("x",)),
+     "3 images under a renamed, merged or split class (x): 1 review decision could not be carried: label 'pony' is no "
+     "longer a class; 1 kept its split, 1 moved with its file to another split folder, 1 set aside by an earlier "
+     "build had none and took one as new images do"),
+    (CarryOver(images=2, moved_split=2, changes=("x",)),
+     "2 images under a renamed, merged or split class (x): 2 moved to the split that the labels CSV's split column "
+     "now names"),
 ])
 def test_the_build_note_says_what_carried_over(carry: CarryOver, note: str | None) -> None:
     assert carry.note() == note

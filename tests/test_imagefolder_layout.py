@@ -281,6 +281,35 @@ def test_a_split_edited_in_a_labels_csv_moves_the_image(tmp_path: Path, capsys) 
     assert sql(m, "select count(*) from images where dataset = 'flat' and status = 'ok'") == [(8,)]
 
 
+def test_a_class_renamed_in_a_labels_csv_whose_split_changed_too_is_not_said_to_keep_it(tmp_path: Path,
+                                                                                           capsys) -> None:
+    """Lead, msgs4 item 3: the CSV renamed class 'cat' to 'kitty' and moved two of its images to another split in the
+    same edit; the build said all 4 "kept their split" while those two moved (the CSV's split wins). It counts the 2
+    that kept it and says the other 2 moved because the CSV says so."""
+    flat_dir = tmp_path / "data"
+    photos(flat_dir / "imgs", "chelsea", range(0, 4))
+    photos(flat_dir / "imgs", "astronaut", range(0, 4))
+    splits = {"chelsea-0": "valid", "astronaut-0": "valid"}
+    label = {"chelsea": "cat", "astronaut": "dog"}
+
+    def write() -> Path:
+        return flat_project(tmp_path, ["file,label,split"] + [
+            f"imgs/{n}-{k}.png,{label[n]},{splits.get(f'{n}-{k}', 'train')}" for n in label for k in range(4)])
+
+    m = write()
+    assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
+    label["chelsea"] = "kitty"
+    splits.update({"chelsea-0": "train", "chelsea-1": "test"})
+    write()
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    where = "select label, split from images where origin like ? and reason is distinct from 'source removed'"
+    assert [sql(m, where, [f"%/chelsea-{k}.png"])[0] for k in range(4)] == [
+        ("kitty", "train"), ("kitty", "test"), ("kitty", "train"), ("kitty", "train")]
+    assert ("flat: 4 images under a renamed, merged or split class (class 'cat' renamed 'kitty'): 2 kept their split, 2 "
+            "moved to the split that the labels CSV's split column now names") in flat(out), out
+
+
 def test_a_csv_export_builds_again_as_a_labels_csv_once_labels_root_holds_its_files(tmp_path: Path, capsys) -> None:
     """Trial 7: `export --format csv` lists the catalog's stored files by absolute path; built as a labels_csv, every
     row was skipped as outside the CSV's folder and the build said "up to date — 0 accepted images". Now the build

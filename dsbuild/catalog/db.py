@@ -390,12 +390,13 @@ class Catalog:
         from <id>``).
         :func:`dsbuild.carryover.pair_successors` picks one per new item.
 
-        Columns: image_id, class_label, status, origin, sha256 (of the new item); old_id, old_label (its
+        Columns: image_id, class_label, status, origin, sha256, given_split (of the new item: the split its source
+        gives, else None); old_id, old_label (its
         ``class_label``), old_split, old_updated (when it was last written: set aside), old_origin, old_build
         (the build that set it aside). No row for an
         item without a match."""
         return self.df(
-            """SELECT n.image_id, n.class_label, n.status, n.origin, n.sha256, o.image_id AS old_id,
+            """SELECT n.image_id, n.class_label, n.status, n.origin, n.sha256, n.given_split, o.image_id AS old_id,
                       o.class_label AS old_label, o.split AS old_split, o.updated_at AS old_updated,
                       o.origin AS old_origin, o.build_id AS old_build
                FROM items n JOIN items o ON o.dataset = n.dataset AND o.sha256 = n.sha256 AND o.image_id <> n.image_id
