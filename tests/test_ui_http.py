@@ -576,6 +576,76 @@ def test_the_apps_refusals_say_what_to_do_in_the_app_and_the_cli_keeps_its_words
         "relabelled, kept or removed; undo brings it back"], done.stderr
 
 
+def test_an_undo_without_event_id_reverts_the_latest_decision_as_the_cli_does_and_says_what_review_says(
+        tmp_path: Path) -> None:
+    """Lead, msgs4 item 4: /api/decide's undo takes an optional event_id (the page always sends one). Without it — a
+    script's request, or `"event_id": null` — it reverts the image's latest decision, whoever made it, as an undo row
+    of `dsbuild review --decisions` does, over a real server: the same events as the CLI, the same 409 when nothing
+    is left, and the review's notes (an image undone to a class that is gone) in the answer, which the app dropped."""
+    from ui_data import MANIFEST, write_digit_folders
+
+    write_digit_folders(tmp_path)
+    manifest = tmp_path / "datasets.toml"  # the app's digits, without embeddings (the undo is the subject)
+    manifest.write_text(MANIFEST.format(max_bytes=MAX_BYTES).replace("threshold = 2", "threshold = 2\nsemantic = false"))
+    assert main(["-q", "-m", str(manifest), "build", "digits"]) == 0
+    with Catalog.open_readonly(manifest.parent / "catalog" / "dsbuild.duckdb") as cat:
+        ids = cat.df("select image_id, origin from images where dataset = 'digits' and status = 'ok' order by origin")
+    x, y = [i for i, o in zip(ids["image_id"], ids["origin"]) if "/zero/" in o][:2]
+
+    def decide(c, *decisions: dict) -> httpx.Response:
+        return c.post("/api/decide", json={"decisions": list(decisions)}, headers=CSRF)
+
+    def undo_notes(image_id: str) -> list[str]:
+        with Catalog.open_readonly(manifest.parent / "catalog" / "dsbuild.duckdb") as cat:
+            return [n for (n,) in cat.con.execute("select note from label_history where image_id = ? and source = 'ui' "
+                                                  "and action = 'undo' order by event_id", [image_id]).fetchall()]
+
+    with served(manifest) as c:
+        assert c.get("/", params={"token": TOKEN}).status_code == 200
+        assert decide(c, {"image_id": x, "action": "relabel", "new_label": "seven"}).status_code == 200
+        r = decide(c, {"image_id": y, "action": "keep"})
+        assert r.status_code == 200
+        kept = r.json()["states"][0]["event_id"]
+        colleague_review(manifest, tmp_path, f"{y},remove,,not a digit")  # a colleague, from the command line
+        theirs = latest_event(manifest, y)[0]
+        # no event_id: the latest decision, the colleague's remove; then (event_id null) the app's keep below it
+        for body, undone in (({"image_id": y, "action": "undo"}, f"undo of event {theirs} (remove)"),
+                             ({"image_id": y, "action": "undo", "event_id": None}, f"undo of event {kept} (keep)")):
+            r = decide(c, body)
+            assert r.status_code == 200 and r.json()["applied"] == 1 and r.json()["notes"] == [], r.text
+            assert undo_notes(y)[-1] == undone
+        assert (r.json()["states"][0]["status"], r.json()["states"][0]["decided"]) == ("ok", False)
+        r = decide(c, {"image_id": y, "action": "undo"})
+        assert r.status_code == 409 and r.json()["error"] == (
+            f"nothing to undo for image {y} — it has no review decision left (undone elsewhere since?); reload the "
+            "page to see its state")
+    # The command line walks the same stack: x's relabel, undone by an undo row, gives the same event note.
+    colleague_review(manifest, tmp_path, f"{x},undo,,")
+    with Catalog.open_readonly(manifest.parent / "catalog" / "dsbuild.duckdb") as cat:
+        relabel, cli_note = cat.con.execute(
+            "select (select max(event_id) from label_history where image_id = ? and action = 'relabel'), "
+            "(select note from label_history where image_id = ? order by event_id desc limit 1)", [x, x]).fetchone()
+    assert cli_note == f"undo of event {relabel} (relabel zero → seven)"
+    with served(manifest) as c:
+        assert c.get("/", params={"token": TOKEN}).status_code == 200
+        assert decide(c, {"image_id": x, "action": "relabel", "new_label": "seven"}).status_code == 200
+
+    # 'seven' renamed 'sept': the build follows x's relabel; an undo without event_id takes back the build's event,
+    # and x is an accepted 'seven' — the answer says so, in review's words.
+    manifest.write_text(manifest.read_text().replace("seven = {", "sept  = {"))
+    assert main(["-q", "-m", str(manifest), "build", "digits"]) == 0
+    assert latest_event(manifest, x)[1:3] == ("relabel", "build:2")
+    with served(manifest) as c:
+        assert c.get("/", params={"token": TOKEN}).status_code == 200
+        r = decide(c, {"image_id": x, "action": "undo"})
+        assert r.status_code == 200 and r.json()["states"][0]["label"] == "seven", r.text
+        assert r.json()["notes"] == [
+            f"1 image undone to label 'seven', which is no longer a class of this dataset: {x} — export and training "
+            "would take it as a class of its own; relabel it in a decisions CSV (image_id,action,new_label: "
+            "<id>,relabel,<class>) and run `dsbuild review digits --decisions FILE`; `dsbuild query \"select image_id, "
+            "label, origin from images where dataset = 'digits' and status = 'ok' and label = 'seven'\"` lists it"]
+
+
 def test_remote_hosts_need_allow_remote(project, capsys: pytest.CaptureFixture[str]) -> None:
     manifest, _ = project
     assert main(["-m", str(manifest), "ui", "digits", "--host", "192.0.2.7", "--no-browser"]) == 2

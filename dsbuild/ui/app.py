@@ -37,7 +37,10 @@ such as a second keep, writes none), ``already_applied`` and the images' new sta
 when the review refuses a decision (nothing applied; the reason says what to do in the app — the
 error's ``in_app`` words, not the command line's "fix it and run again"), 503 with ``"busy": true``
 while another process writes the catalog (the page retries; the error names the holder). An undo names the event it reverts (``event_id``,
-as the page's undo does); it is refused (409) when another decision came after that one.
+as the page's undo does); it is refused (409) when another decision came after that one. An undo without ``event_id``
+(or with ``null``) reverts the image's latest decision, whoever made it, as an ``undo`` row of ``dsbuild review
+--decisions`` does (409 when it has none left). ``notes``: what the review says beside its counts, as ``dsbuild review``
+prints it (e.g. an image undone to a label that is no longer a class).
 ``/api/predict`` answers 413 over the size limit, 415 when verification refuses the
 file (the same sniffing, allow-list and limits as ``build``), 409 without a model.
 """
@@ -447,7 +450,7 @@ class _Handlers:
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         try:
-            applied, states, skipped = await run_in_threadpool(self._apply, decisions, bulk)
+            applied, states, skipped, notes = await run_in_threadpool(self._apply, decisions, bulk)
         except CatalogBusy as exc:
             return JSONResponse({"error": exc.in_app or str(exc), "busy": True}, status_code=503)
         except DsbuildError as exc:  # the review refused: its reason and what to do, in the app's words
@@ -455,10 +458,12 @@ class _Handlers:
         n_skipped = sum(skipped.values())
         return JSONResponse({"applied": applied, "already_applied": len(decisions) - applied - n_skipped, "states": states,
                              "skipped": n_skipped, "skipped_why": "; ".join(
-                                 f"skipped {n} image{'' if n == 1 else 's'} {why}" for why, n in skipped.items())})
+                                 f"skipped {n} image{'' if n == 1 else 's'} {why}" for why, n in skipped.items()),
+                             "notes": notes})
 
-    def _apply(self, decisions, bulk: bool = False) -> tuple[int, list[dict], dict[str, int]]:
-        """Apply ``decisions``: (events written, the images' new states, reason → decisions skipped). A state's
+    def _apply(self, decisions, bulk: bool = False) -> tuple[int, list[dict], dict[str, int], list[str]]:
+        """Apply ``decisions``: (events written, the images' new states, reason → decisions skipped, the review's
+        notes: :attr:`dsbuild.cycle.ReviewSummary.notes`). A state's
         ``event_id`` is the event this request wrote for the image (what the page's undo names), None when its
         decision changed nothing. ``bulk``: the suggestions of a selection (grid + Enter): images whose standing
         decision is a person's are skipped (:func:`dsbuild.cycle.review_dataset`'s ``bulk_accept``)."""
@@ -484,7 +489,7 @@ class _Handlers:
                         "last_review": None if _missing(rec["last_review"]) else rec["last_review"],
                         "decided": bool(rec["decided"]), "event_id": new,
                         "state": _state_text(rec["last_review"], rec["label"], rec["status"])})
-        return summary.applied, out, dict(summary.skipped)
+        return summary.applied, out, dict(summary.skipped), list(summary.notes)
 
     # -- predict -----------------------------------------------------------------------------
 

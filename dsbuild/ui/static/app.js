@@ -198,7 +198,8 @@
         outbox.shift();
         unpend(item);
         (body.states || []).forEach(applyState);
-        if (body.skipped) toast(body.skipped_why);
+        const said = (body.skipped ? [body.skipped_why] : []).concat(body.notes || []); // one toast: a second hides the first
+        if (said.length) toast(said.join("; "));
         if (item.group) {
           const events = {};
           (body.states || []).forEach((s) => { if (s.event_id != null) events[s.image_id] = s.event_id; });
