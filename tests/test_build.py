@@ -34,6 +34,7 @@ from dsbuild.pipeline import build
 from dsbuild.progress import Progress
 from dsbuild.catalog import Catalog
 from dsbuild.demo.data import DIGIT_NAMES, render_digit
+from dsbuild.errors import DsbuildError
 from dsbuild.manifest import load_manifest
 from dsbuild.split import split_order_key
 
@@ -1046,10 +1047,14 @@ def test_status_after_ctrl_c_shows_the_verified_counts_with_splits_pending(tmp_p
 
 
 class _CtrlCBeforeSplits(Progress):
-    """Ctrl-C as the build reaches the dedup + split stage: every image verified and committed, none split."""
+    """Ctrl-C as the build reaches the dedup + split stage of ``dataset``: its images verified and committed, none
+    split (those of the datasets built before it finished)."""
+
+    def __init__(self, dataset: str = "digits") -> None:
+        self.dataset = dataset
 
     def stage(self, name: str, total: int | None):
-        if name.endswith(": dedup + split"):
+        if name == f"{self.dataset}: dedup + split":
             raise KeyboardInterrupt
         return super().stage(name, total)
 
@@ -1066,8 +1071,6 @@ def test_a_resumed_builds_row_counts_the_images_it_finished_and_adds_up_to_its_s
     """Lead, msgs4 item 2: the build that resumed an interrupted one counted only what it verified itself —
     processed 3, ok 3 beside train + valid 19 — under a note that the counts above were its own. Its row counts the
     images it grouped and split, the interrupted build's too, and the note says how many were whose."""
-    from dsbuild.errors import DsbuildError
-
     images = tmp_path / "images"
     first = write_digits(images, 6, classes=3)
     Image.open(images / "zero" / next(p.name for p in sorted((images / "zero").iterdir()))).save(images / "zero" / "copy.png")
@@ -1093,6 +1096,27 @@ def test_a_resumed_builds_row_counts_the_images_it_finished_and_adds_up_to_its_s
     assert (summary["new"], summary["resumed"]) == (added, first + 2)
     code, out, err = run_cli(capsys, manifest, "build")  # the next build resumes nothing
     assert code == 0 and "resumed build" not in out and "digits: up to date" in out, out
+
+
+def test_a_dataset_an_interrupted_build_had_finished_is_not_said_to_be_resumed(tmp_path: Path, capsys) -> None:
+    """Ctrl-C during the second dataset of a build: the first was grouped and split, so the next build resumes only
+    the second (a build that stopped counted as resuming every dataset it included)."""
+    images = tmp_path / "images"
+    n = write_digits(images, 4, classes=3)
+    folders = "\n".join(f'{c} = {{ folders = "{images / c}" }}' for c in DIGIT_NAMES[:3])
+    body = "".join(f'[datasets.{d}.dedup]\nviews = false\nsemantic = false\n[datasets.{d}.classes]\n{folders}\n'
+                   for d in ("first", "second"))
+    manifest = write_manifest(tmp_path / "two", 'catalog = "cat/dsbuild.duckdb"\n' + body)
+    with pytest.raises(DsbuildError, match="build interrupted"):
+        build(load_manifest(manifest), [], workers=1, progress=_CtrlCBeforeSplits("second"))
+    code, out, err = run_cli(capsys, manifest, "build", "--workers", "1")
+    assert code == 0, err
+    said = " ".join(out.split())
+    assert "first: up to date" in said and "first: resumed" not in said, out
+    assert (f"second: resumed build 1 (interrupted): the row's processed, ok, rejected and failed include the {n} "
+            "images it verified before stopping (this build found nothing more to verify), all grouped and split by "
+            "this build") in said, out
+    assert summary_row(out, "second")["processed"] == n, out
 
 
 def test_killed_build_resumes_to_the_same_catalog_as_a_clean_build(tmp_path: Path, capsys) -> None:

@@ -851,14 +851,18 @@ class Catalog:
     def interrupted_builds(self, dataset: str, *, before: int) -> list[tuple[int, str]]:
         """``(build_id, outcome)`` of the builds before build ``before`` that included ``dataset`` since its latest
         finished one (outcome ``ok``) and did not finish (``interrupted``, ``failed``; a killed build is marked
-        interrupted when the next one starts): they verified and catalogued items that no build has grouped or
-        split yet. Oldest first; empty when the latest build of it finished."""
+        interrupted when the next one starts) before they split its images: they verified and catalogued items of
+        it that no build has grouped or split yet (an accepted one without a split). Oldest first; empty when the
+        latest build of it finished. Call before the build regroups the dataset."""
         rows = self.con.execute(
-            """SELECT build_id, outcome FROM builds
-               WHERE list_contains(string_split(datasets, ','), ?) AND build_id < ? AND outcome IN ('interrupted', 'failed')
-                 AND build_id > coalesce((SELECT max(build_id) FROM builds WHERE list_contains(string_split(datasets, ','), ?)
-                                          AND build_id < ? AND outcome = 'ok'), 0)
-               ORDER BY build_id""", [dataset, before, dataset, before]).fetchall()
+            """SELECT b.build_id, b.outcome FROM builds b
+               WHERE list_contains(string_split(b.datasets, ','), ?) AND b.build_id < ?
+                 AND b.outcome IN ('interrupted', 'failed')
+                 AND b.build_id > coalesce((SELECT max(build_id) FROM builds WHERE list_contains(string_split(datasets, ','), ?)
+                                            AND build_id < ? AND outcome = 'ok'), 0)
+                 AND EXISTS (SELECT 1 FROM items i WHERE i.dataset = ? AND i.build_id = b.build_id
+                                                     AND i.status = 'ok' AND i.split IS NULL)
+               ORDER BY b.build_id""", [dataset, before, dataset, before, dataset]).fetchall()
         return [(int(b), str(outcome)) for b, outcome in rows]
 
     def last_build(self):
