@@ -310,6 +310,28 @@ def test_a_class_renamed_in_a_labels_csv_whose_split_changed_too_is_not_said_to_
             "moved to the split that the labels CSV's split column now names") in flat(out), out
 
 
+def test_a_class_folder_renamed_with_a_file_moved_to_another_split_folder_is_not_said_to_keep_it(
+        tmp_path: Path, capsys) -> None:
+    """The same in a split tree: cat/ renamed kitty/ in train/ and valid/, one of its files moved from train/ to
+    valid/ in the same go — it is said to have moved with its file, the other 4 to have kept their split."""
+    tree = tmp_path / "tree"
+    photos(tree / "train" / "cat", "chelsea", range(0, 3))
+    photos(tree / "valid" / "cat", "coffee", range(0, 2))
+    photos(tree / "train" / "dog", "astronaut", range(0, 3))
+    photos(tree / "valid" / "dog", "rocket", range(0, 2))
+    m = manifest(tmp_path)
+    assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
+    for split in ("train", "valid"):
+        (tree / split / "cat").rename(tree / split / "kitty")
+    (tree / "train" / "kitty" / "chelsea-0.png").rename(tree / "valid" / "kitty" / "chelsea-0.png")
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    assert sql(m, "select label, split from images where origin like '%/chelsea-0.png' and reason is distinct from "
+                  "'source removed'") == [("kitty", "valid")]
+    assert ("pets: 5 images under a renamed, merged or split class (class folder 'cat' renamed 'kitty'): 4 kept their "
+            "split, 1 moved with its file to another split folder") in flat(out), out
+
+
 def test_a_csv_export_builds_again_as_a_labels_csv_once_labels_root_holds_its_files(tmp_path: Path, capsys) -> None:
     """Trial 7: `export --format csv` lists the catalog's stored files by absolute path; built as a labels_csv, every
     row was skipped as outside the CSV's folder and the build said "up to date — 0 accepted images". Now the build
