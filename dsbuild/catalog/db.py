@@ -716,11 +716,13 @@ class Catalog:
         )
 
     def fetched_ok(self, urls: list[str]):
-        """Latest successful fetch of each URL in ``urls`` whose stored file still exists: url → (sha256, row)."""
+        """Latest successful fetch of each URL in ``urls`` whose stored file still exists: url → ``(url, sha256, store
+        path, http status, body bytes, content type, final url)``."""
         if not urls:
             return {}
         rows = self.con.execute(
-            """SELECT f.url, f.sha256, b.path, f.http_status, f.bytes, f.content_type FROM fetches f JOIN blobs b USING (sha256)
+            """SELECT f.url, f.sha256, b.path, f.http_status, f.bytes, f.content_type, f.final_url
+               FROM fetches f JOIN blobs b USING (sha256)
                WHERE f.outcome = 'ok' AND f.url IN (SELECT unnest(?))""",
             [urls],
         ).fetchall()
