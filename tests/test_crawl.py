@@ -1108,6 +1108,7 @@ def _stored_files(manifest: Path) -> set[str]:
     return {p.name for p in store.rglob("*") if p.is_file() and ".incoming" not in p.parts}
 
 
+@pytest.mark.timeout(240)  # three or four builds
 def test_a_stored_download_obeys_the_download_policy_tightened_since(fake_engine, tmp_path, capsys):
     """Images downloaded from a loopback host while allow_private_hosts was set, and one larger than the fetch
     max_bytes set later, stayed 'ok' from their stored copies: now each is refused as a download would be today
@@ -1161,6 +1162,7 @@ def test_a_stored_download_obeys_the_download_policy_tightened_since(fake_engine
     assert fake_engine.hits("/photo/") == downloads  # back from the store
 
 
+@pytest.mark.timeout(240)  # three or four builds
 def test_a_download_another_dataset_stored_obeys_this_datasets_policy(fake_engine, tmp_path, capsys):
     """'strict' (no private hosts, a smaller max_bytes) built after 'loose' on the same loopback URLs was given
     loose's stored downloads as they were: now refused as strict's own downloads are, with nothing fetched; a
@@ -1193,3 +1195,39 @@ def test_a_download_another_dataset_stored_obeys_this_datasets_policy(fake_engin
     assert {v[0] for v in got.values()} == {"ok"}
     assert fake_engine.hits("/photo/") == downloads
     assert {v[0] for v in _outcomes(manifest, "loose").values()} == {"ok"}
+
+
+@pytest.mark.timeout(240)  # three or four builds
+def test_a_stored_download_marked_noai_is_refused_once_respect_noai_is_on(fake_engine, tmp_path, capsys):
+    """A download whose response said X-Robots-Tag: noai, fetched while respect_noai was off, stayed 'ok' from its
+    stored copy after respect_noai was turned on (the mark was not recorded): now the mark is recorded with every
+    download and the image is refused as 'noai', nothing fetched or deleted; turning it off takes the copy back."""
+    with HostileServer() as images:
+        marked = f"{images.url}/noai.jpg"
+        cats = [fake_engine.serve(f"cat{i}.jpg", real_jpeg(1, (96 + i, 96))) for i in range(3)] + [marked]
+        dogs = [fake_engine.serve(f"dog{i}.jpg", real_jpeg(2, (96 + i, 96))) for i in range(3)]
+        spec = {"allow_private_hosts": True, "classes": _url_lists(tmp_path, {"cat": cats, "dog": dogs}),
+                "fetch": dict(FAST_FETCH, respect_noai=False)}
+        manifest = write_manifest(tmp_path, {"web": spec})
+        assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+        assert _outcomes(manifest, "web")[("cat", "noai.jpg")][0] == "ok"
+        assert rows(manifest, "SELECT noai FROM fetches WHERE url = ?", [marked]) == [{"noai": True}]
+        hits, files = images.hits("/noai.jpg"), _stored_files(manifest)
+
+        spec["fetch"] = dict(FAST_FETCH, respect_noai=True)
+        write_manifest(tmp_path, {"web": spec})
+        code, out, err = run_cli(capsys, manifest, "build", "-q")
+        assert (code, err) == (0, "")
+        got = _outcomes(manifest, "web")
+        assert got.pop(("cat", "noai.jpg")) == (
+            "rejected", "noai", "the server marked this image X-Robots-Tag: noai (or noimageai) when an earlier build "
+            "downloaded it: the copy an earlier build downloaded stays in the store, unused — set respect_noai = false "
+            "in [datasets.web.fetch] to use it")
+        assert {v[0] for v in got.values()} == {"ok"}  # the unmarked ones are kept
+        assert (images.hits("/noai.jpg"), _stored_files(manifest)) == (hits, files)
+
+        spec["fetch"] = dict(FAST_FETCH, respect_noai=False)
+        write_manifest(tmp_path, {"web": spec})
+        assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+        assert _outcomes(manifest, "web")[("cat", "noai.jpg")][0] == "ok"
+        assert images.hits("/noai.jpg") == hits

@@ -248,7 +248,7 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
     retried: set[str] = set()
     stored: list[tuple[str, object, str]] = []  # accepted before: verified again from the store
     # Accepted before and unchanged, but the download policy changed since: held to today's policy (no download).
-    policy_changed = bool({"network", "max_bytes"} & run.changed)
+    policy_changed = bool({"network", "max_bytes", "noai"} & run.changed)
     recheck_policy: list[tuple[str, object, str]] = []
     refetch: set[str] = set()  # image ids whose stored file may be downloaded again when it is gone
     kept = cat.stored_blobs(r.sha256 for r in known.values()) if reverify else {}  # sha256 → stored file
@@ -293,7 +293,7 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
     # not downloaded again, but verified again from the store under this dataset's verify settings — the record
     # stored with the blob is the outcome under the settings of whichever build fetched it first.
     again: list[tuple[str, object, str]] = []
-    for url, (_, sha, path, status, size, ctype, _final) in cat.fetched_ok(list(by_url)).items():
+    for url, (_, sha, path, status, size, ctype, _final, _noai) in cat.fetched_ok(list(by_url)).items():
         again.extend((iid, link, sha) for iid, link in by_url.pop(url))
     if again:
         again = _refuse_by_policy(cat, run, again, now=now, retried=retried)
@@ -318,7 +318,8 @@ def _refuse_by_policy(cat: Catalog, run: SourceRun, entries: list, *, now, retri
     keep, resolved = [], {}
     for iid, link, sha in entries:
         record = records.get(link.url)
-        refusal = None if record is None else reuse_refusal(run.dataset, link.url, record[6], record[4], resolved)
+        refusal = None if record is None else reuse_refusal(run.dataset, link.url, record[6], record[4], resolved,
+                                                            noai=record[7])
         if refusal is None:
             keep.append((iid, link, sha))
             continue
@@ -329,10 +330,12 @@ def _refuse_by_policy(cat: Catalog, run: SourceRun, entries: list, *, now, retri
 
 
 def reuse_refusal(ds: Dataset, url: str, final_url: str | None, size: int | None,
-                  resolved: dict | None = None) -> tuple[str, str] | None:
+                  resolved: dict | None = None, *, noai: bool | None = None) -> tuple[str, str] | None:
     """``(reason, detail)`` when a download stored by an earlier build (``url``, redirected to ``final_url``, a body
-    of ``size`` bytes) is one ``ds``'s download policy refuses today — a host it no longer allows (``allow_private_hosts``,
-    ``allowed_networks``: the host as written or as it resolves now), a body over its fetch ``max_bytes`` — else None.
+    of ``size`` bytes, its response marked ``X-Robots-Tag: noai`` when ``noai``) is one ``ds``'s download policy
+    refuses today — a host it no longer allows (``allow_private_hosts``, ``allowed_networks``: the host as written or
+    as it resolves now), a body over its fetch ``max_bytes``, a noai mark under ``respect_noai`` (unknown, None, for a
+    download recorded before the mark was: not refused) — else None.
     ``resolved``: host → addresses, shared between calls (a host name is resolved once per build)."""
     import socket
     from urllib.parse import urlsplit
@@ -364,6 +367,9 @@ def reuse_refusal(ds: Dataset, url: str, final_url: str | None, size: int | None
         if refused:
             return "private address", (f"{refused} a private or loopback address, which this dataset's settings do "
                                        f"not allow: {kept} — {private_hosts_hint(ds.name)}")
+    if noai and fetch.respect_noai:
+        return "noai", (f"the server marked this image X-Robots-Tag: noai (or noimageai) when an earlier build "
+                        f"downloaded it: {kept} — set respect_noai = false in [datasets.{ds.name}.fetch] to use it")
     if size is not None and size > fetch.max_bytes:
         return "too large", (f"the download is {size} bytes, more than max_bytes {fetch.max_bytes} of "
                              f"[datasets.{ds.name}.fetch]: {kept} — raise max_bytes to use it")
