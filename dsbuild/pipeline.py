@@ -238,7 +238,7 @@ def _settings_digest(ds: Dataset) -> str:
 #: The ``verify`` section also holds dsbuild's own verifier revision
 #: (:data:`dsbuild.verify.decode.VERIFIER_REVISION`): when only that changed, every catalogued image is verified
 #: again from the files on disk (:func:`verify_changes`), nothing downloaded again.
-SETTINGS_SECTIONS = ("verify", "network", "noai", "max_bytes", "quality", "dedup")
+SETTINGS_SECTIONS = ("verify", "network", "noai", "max_bytes", "redirects", "quality", "dedup")
 
 
 def settings_sections(ds: Dataset) -> dict[str, str]:
@@ -253,6 +253,7 @@ def settings_sections(ds: Dataset) -> dict[str, str]:
         "network": [fetch.allow_private_hosts, sorted(map(str, fetch.allowed_networks))],
         "noai": fetch.respect_noai,
         "max_bytes": fetch.max_bytes,
+        "redirects": fetch.max_redirects,
         "quality": asdict(ds.quality),
         "dedup": asdict(ds.dedup),
     }

@@ -1231,3 +1231,37 @@ def test_a_stored_download_marked_noai_is_refused_once_respect_noai_is_on(fake_e
         assert run_cli(capsys, manifest, "build", "-q")[0] == 0
         assert _outcomes(manifest, "web")[("cat", "noai.jpg")][0] == "ok"
         assert images.hits("/noai.jpg") == hits
+
+
+@pytest.mark.timeout(240)  # three builds
+def test_a_stored_download_is_held_to_a_lower_max_redirects(fake_engine, tmp_path, capsys):
+    """An image reached through a redirect stayed 'ok' from its stored copy after max_redirects was set below the
+    redirects it took: now 'too many redirects' (the hops are recorded with each download), nothing fetched or
+    deleted; raising max_redirects again takes the copy back without a request."""
+    with HostileServer() as images:
+        moved = f"{images.url}/redirect/to?url={fake_engine.serve('moved.jpg', real_jpeg(4, (100, 96)))}"
+        cats = [fake_engine.serve(f"cat{i}.jpg", real_jpeg(1, (96 + i, 96))) for i in range(3)] + [moved]
+        dogs = [fake_engine.serve(f"dog{i}.jpg", real_jpeg(2, (96 + i, 96))) for i in range(3)]
+        spec = {"allow_private_hosts": True, "classes": _url_lists(tmp_path, {"cat": cats, "dog": dogs})}
+        manifest = write_manifest(tmp_path, {"web": spec})
+        assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+        assert _outcomes(manifest, "web")[("cat", "moved.jpg")][0] == "ok"
+        hits, files = (images.hits("/redirect/to"), fake_engine.hits("/photo/")), _stored_files(manifest)
+
+        spec["fetch"] = dict(FAST_FETCH, max_redirects=0)
+        write_manifest(tmp_path, {"web": spec})
+        code, out, err = run_cli(capsys, manifest, "build", "-q")
+        assert (code, err) == (0, "")
+        got = _outcomes(manifest, "web")
+        assert got.pop(("cat", "moved.jpg")) == (
+            "rejected", "too many redirects", "the download took 1 redirect, more than max_redirects 0 of "
+            "[datasets.web.fetch]: the copy an earlier build downloaded stays in the store, unused — raise "
+            "max_redirects to use it")
+        assert {v[0] for v in got.values()} == {"ok"}
+        assert ((images.hits("/redirect/to"), fake_engine.hits("/photo/")), _stored_files(manifest)) == (hits, files)
+
+        spec["fetch"] = FAST_FETCH
+        write_manifest(tmp_path, {"web": spec})
+        assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+        assert _outcomes(manifest, "web")[("cat", "moved.jpg")][0] == "ok"
+        assert (images.hits("/redirect/to"), fake_engine.hits("/photo/")) == hits

@@ -729,11 +729,11 @@ class Catalog:
 
     def fetched_ok(self, urls: list[str]):
         """Latest successful fetch of each URL in ``urls`` whose stored file still exists: url → ``(url, sha256, store
-        path, http status, body bytes, content type, final url, noai)`` (noai None: fetched before it was recorded)."""
+        path, http status, body bytes, content type, final url, noai, redirects)`` (noai, redirects None: fetched before they were recorded)."""
         if not urls:
             return {}
         rows = self.con.execute(
-            """SELECT f.url, f.sha256, b.path, f.http_status, f.bytes, f.content_type, f.final_url, f.noai
+            """SELECT f.url, f.sha256, b.path, f.http_status, f.bytes, f.content_type, f.final_url, f.noai, f.redirects
                FROM fetches f JOIN blobs b USING (sha256)
                WHERE f.outcome = 'ok' AND f.url IN (SELECT unnest(?))""",
             [urls],

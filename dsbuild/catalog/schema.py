@@ -257,6 +257,8 @@ MIGRATIONS: dict[int, list[str]] = {
         # Whether a download's response said X-Robots-Tag: noai / noimageai, recorded whatever respect_noai was, so
         # that a stored download is held to respect_noai when it is turned on later. NULL: fetched before the record.
         "ALTER TABLE fetches ADD COLUMN IF NOT EXISTS noai BOOLEAN",
+        # The redirects followed to the body (a stored download is held to a lower max_redirects set later).
+        "ALTER TABLE fetches ADD COLUMN IF NOT EXISTS redirects INTEGER",
     ],
 }
 

@@ -201,6 +201,7 @@ def discover(cat: Catalog, run: SourceRun) -> tuple[set[tuple[str, str]], set[tu
 RETRY_WHEN_CHANGED: dict[str, tuple[str, ...]] = {
     "private address": ("network",),
     "noai": ("noai",),
+    "too many redirects": ("redirects",),
     "too large": ("max_bytes", "verify"),
     "too small": ("verify",),
     "odd aspect ratio": ("verify",),
@@ -248,7 +249,7 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
     retried: set[str] = set()
     stored: list[tuple[str, object, str]] = []  # accepted before: verified again from the store
     # Accepted before and unchanged, but the download policy changed since: held to today's policy (no download).
-    policy_changed = bool({"network", "max_bytes", "noai"} & run.changed)
+    policy_changed = bool({"network", "max_bytes", "noai", "redirects"} & run.changed)
     recheck_policy: list[tuple[str, object, str]] = []
     refetch: set[str] = set()  # image ids whose stored file may be downloaded again when it is gone
     kept = cat.stored_blobs(r.sha256 for r in known.values()) if reverify else {}  # sha256 → stored file
@@ -293,7 +294,7 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
     # not downloaded again, but verified again from the store under this dataset's verify settings — the record
     # stored with the blob is the outcome under the settings of whichever build fetched it first.
     again: list[tuple[str, object, str]] = []
-    for url, (_, sha, path, status, size, ctype, _final, _noai) in cat.fetched_ok(list(by_url)).items():
+    for url, (_, sha, path, status, size, ctype, _final, _noai, _hops) in cat.fetched_ok(list(by_url)).items():
         again.extend((iid, link, sha) for iid, link in by_url.pop(url))
     if again:
         again = _refuse_by_policy(cat, run, again, now=now, retried=retried)
@@ -319,7 +320,7 @@ def _refuse_by_policy(cat: Catalog, run: SourceRun, entries: list, *, now, retri
     for iid, link, sha in entries:
         record = records.get(link.url)
         refusal = None if record is None else reuse_refusal(run.dataset, link.url, record[6], record[4], resolved,
-                                                            noai=record[7])
+                                                            noai=record[7], redirects=record[8])
         if refusal is None:
             keep.append((iid, link, sha))
             continue
@@ -330,12 +331,13 @@ def _refuse_by_policy(cat: Catalog, run: SourceRun, entries: list, *, now, retri
 
 
 def reuse_refusal(ds: Dataset, url: str, final_url: str | None, size: int | None,
-                  resolved: dict | None = None, *, noai: bool | None = None) -> tuple[str, str] | None:
+                  resolved: dict | None = None, *, noai: bool | None = None,
+                  redirects: int | None = None) -> tuple[str, str] | None:
     """``(reason, detail)`` when a download stored by an earlier build (``url``, redirected to ``final_url``, a body
     of ``size`` bytes, its response marked ``X-Robots-Tag: noai`` when ``noai``) is one ``ds``'s download policy
     refuses today — a host it no longer allows (``allow_private_hosts``, ``allowed_networks``: the host as written or
-    as it resolves now), a body over its fetch ``max_bytes``, a noai mark under ``respect_noai`` (unknown, None, for a
-    download recorded before the mark was: not refused) — else None.
+    as it resolves now), a body over its fetch ``max_bytes``, a noai mark under ``respect_noai``, more ``redirects``
+    than its ``max_redirects`` (unknown, None, for a download recorded before they were: not refused) — else None.
     ``resolved``: host → addresses, shared between calls (a host name is resolved once per build)."""
     import socket
     from urllib.parse import urlsplit
@@ -370,6 +372,10 @@ def reuse_refusal(ds: Dataset, url: str, final_url: str | None, size: int | None
     if noai and fetch.respect_noai:
         return "noai", (f"the server marked this image X-Robots-Tag: noai (or noimageai) when an earlier build "
                         f"downloaded it: {kept} — set respect_noai = false in [datasets.{ds.name}.fetch] to use it")
+    if redirects is not None and redirects > fetch.max_redirects:
+        return "too many redirects", (f"the download took {redirects} redirect{'s' if redirects != 1 else ''}, more "
+                                      f"than max_redirects {fetch.max_redirects} of [datasets.{ds.name}.fetch]: {kept} "
+                                      f"— raise max_redirects to use it")
     if size is not None and size > fetch.max_bytes:
         return "too large", (f"the download is {size} bytes, more than max_bytes {fetch.max_bytes} of "
                              f"[datasets.{ds.name}.fetch]: {kept} — raise max_bytes to use it")
