@@ -445,12 +445,13 @@ def gif_frames(data: bytes) -> list[tuple[int, int, int, int]]:
     return frames
 
 
-def gif_frame_stills(data: bytes) -> list[bytes]:
+def gif_frame_stills(data: bytes) -> list[bytes | None]:
     """A one-frame GIF for every image descriptor of ``data``, in order: the header, its global colour table, the
     graphic control extension just before the frame (its transparent index), the frame placed at 0, 0 on a screen of
     its own size, and the trailer — the frame's own indices as the decoder reads them, before it composes them onto
     the canvas (so a later frame's palette indices can be held to its colour table as the first frame's are).
-    Stops where the file does."""
+    None for a frame whose colour table has 256 entries (every index has a colour: nothing to check). Stops where
+    the file does."""
     end = len(data)
     if end < 13:
         return []
@@ -479,6 +480,12 @@ def gif_frame_stills(data: bytes) -> list[bytes]:
         pos += 1
         if kind == 0x21:
             control = data[start:pos] if label == 0xF9 else control
+            continue
+        local = data[start + 9] if start + 9 < end else 0
+        entries = 2 ** ((local & 7) + 1) if local & 0x80 else 2 ** ((flags & 7) + 1) if flags & 0x80 else 0
+        if entries >= 256:
+            out.append(None)
+            control = b""
             continue
         screen = data[start + 5 : start + 9] + bytes([flags, 0, 0])
         descriptor = b"\x2c" + bytes(4) + data[start + 5 : start + 9] + data[start + 9 : pos]

@@ -598,7 +598,7 @@ def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> No
             if fmt == "WEBP":  # Pillow's words only: say what libwebp refused
                 said = f"libwebp cannot decode this frame's bitstream (damaged or cut short): {said}"
             raise Rejected(reason, f"frame {k + 1} of {frames}: {said}") from None
-        if k < len(stills):
+        if k < len(stills) and stills[k] is not None:
             _check_frame_palette("GIF", stills[k], k + 1, frames)
 
 
