@@ -10,8 +10,8 @@
    return it; URLs that already succeeded (in any dataset) are not downloaded
    again but verified again from the store under this dataset's verify settings
    (the same bytes give the same outcome whichever build fetched them first) and held to this dataset's download
-   policy as it is today (:func:`reuse_refusal`: hosts it allows, ``max_bytes``; also for accepted images when that
-   policy changed since their download);
+   policy as it is today (:func:`reuse_refusal`: hosts it allows, ``max_bytes``, ``respect_noai``, ``max_redirects``;
+   also for accepted images when that policy changed since their download);
    failed ones (a timeout, a reset, a 404, a 5xx...) are fetched again only with
    ``--retry-failed``: the user asked for it. An outcome that a
    setting decided is evaluated again when that setting changed
