@@ -80,7 +80,7 @@ def cpu() -> float:
 
 def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: int, verify: VerifySettings) -> dict:
     """Decode, hash, pixel signals and embeddings of ``datas`` (file bytes), with CPU seconds per image per stage."""
-    from dsbuild.model.embeddings import Embedder, FeatureCache, FeatureSpec
+    from dsbuild.model.embeddings import Embedder, FeatureCache, FeatureSpec, emb_key
     from dsbuild.verify import analyze_bytes
     from dsbuild.verify.decode import decode
 
@@ -103,7 +103,7 @@ def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: i
     t["phash views + effective side"] = (cpu() - c0) / n
     views = neardup.parse_views([s[0] for s in sig])
     eff = np.array([s[1] for s in sig])
-    shas = [hashlib.sha256(d).hexdigest() for d in datas]
+    shas = [emb_key(hashlib.sha256(d).hexdigest(), None) for d in datas]  # the cache's keys (blob and pixels)
     spec = FeatureSpec(arch=DEFAULT.embed_arch, size=DEFAULT.embed_size)
     embedder = Embedder(spec, threads=threads)
     sample = list(range(0, n, max(1, n // time_sample)))[:time_sample]

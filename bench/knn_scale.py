@@ -88,13 +88,13 @@ def real_embeddings(cache_dir: Path, threads: int) -> np.ndarray:
     """The CIFAR dev photos' embeddings (n, 1280) float32, computed once into ``cache_dir``."""
     import planted_hard as ph
 
-    from dsbuild.model.embeddings import Embedder, FeatureCache, FeatureSpec
+    from dsbuild.model.embeddings import Embedder, FeatureCache, FeatureSpec, emb_key
     from dsbuild.verify.decode import decode
     from dsbuild.verify.settings import VerifySettings
 
     files = sorted((ph.CIFAR_DEV / "images").rglob("*.jpg")) + sorted((ph.CIFAR_DEV / "images").rglob("*.png"))
     datas = [p.read_bytes() for p in files]
-    shas = [hashlib.sha256(d).hexdigest() for d in datas]
+    shas = [emb_key(hashlib.sha256(d).hexdigest(), None) for d in datas]  # the cache's keys (blob and pixels)
     spec = FeatureSpec(arch=DEFAULT.embed_arch, size=DEFAULT.embed_size)
     cache = FeatureCache(cache_dir, spec)
     todo = sorted({s for s in shas if s not in cache})

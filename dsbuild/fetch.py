@@ -131,6 +131,10 @@ class FetchResult:
     attempts: requests sent for this URL (0 when refused before any request).
     elapsed_s: wall-clock seconds from first attempt to result, backoff included.
     fetched_at: when the result was decided, UTC ISO 8601 (``...Z``).
+    noai: the last response carried ``X-Robots-Tag: noai`` / ``noimageai`` for us (recorded with ``respect_noai``
+        off too, so that a stored download is held to it when the setting is turned on).
+    redirects: redirects followed to ``final_url`` in the last attempt (a stored download is held to a lower
+        ``max_redirects`` set later).
     """
 
     url: str
@@ -148,6 +152,8 @@ class FetchResult:
     attempts: int = 0
     elapsed_s: float = 0.0
     fetched_at: str = ""
+    noai: bool = False
+    redirects: int = 0
 
     @property
     def ok(self) -> bool:
@@ -300,6 +306,8 @@ class _Try:
     path: Path | None = None
     fmt: str | None = None
     data: bytes | None = None
+    noai: bool = False
+    redirects: int = 0
 
 
 @dataclass
@@ -315,12 +323,15 @@ class _Body:
     buffered: int = 0  # bytes in ``buf``
     decoded: int = 0
     started: bool = False
+    noai: bool = False  # the response said X-Robots-Tag: noai / noimageai (whatever respect_noai says)
+    redirects: int = 0  # redirects followed before the request now under way
 
     def done(self, outcome: str, reason: str | None = None, *, transient: bool = False, retry: bool = False,
              retry_after: float | None = None, path: Path | None = None, fmt: str | None = None,
              data: bytes | None = None) -> _Try:
         return _Try(outcome, reason, transient, retry, retry_after, self.final_url, self.http_status,
-                    self.content_type, self.decoded if self.started else None, path, fmt, data)
+                    self.content_type, self.decoded if self.started else None, path, fmt, data, self.noai,
+                    self.redirects)
 
     def discard(self) -> None:
         self.buf = None
@@ -425,7 +436,7 @@ class _Downloader:
             url=req.url, key=req.key, final_url=t.final_url, outcome=t.outcome, reason=t.reason,
             transient=t.transient, http_status=t.http_status, content_type=t.content_type, bytes=t.bytes,
             path=t.path, data=t.data, sniffed_format=t.fmt, attempts=attempts, elapsed_s=round(time.monotonic() - start, 4),
-            fetched_at=utc_iso(),
+            fetched_at=utc_iso(), noai=t.noai, redirects=t.redirects,
         )
 
     async def _attempt(self, url: str) -> _Try:
@@ -450,8 +461,9 @@ class _Downloader:
 
         seen = set()
         current = url
-        for _hop in range(self.s.max_redirects + 1):
+        for hop in range(self.s.max_redirects + 1):
             body.final_url = current
+            body.redirects = hop
             reason = self.policy.check_url(current)
             if reason is not None:
                 return body.done("rejected", reason)
@@ -497,7 +509,8 @@ class _Downloader:
             transient = status in _RETRY_STATUSES or 500 <= status <= 599
             after = retry_after_seconds(resp.headers.get("Retry-After")) if status in (429, 503) else None
             return body.done("failed", f"http {status}", transient=transient, retry=transient, retry_after=after)
-        if s.respect_noai and noai_directive(resp.headers.getall("X-Robots-Tag", ())):
+        body.noai = noai_directive(resp.headers.getall("X-Robots-Tag", ()))  # recorded: a later respect_noai reads it
+        if s.respect_noai and body.noai:
             return body.done("rejected", "noai")  # decided on headers: the body is never read
         encoding = resp.headers.get("Content-Encoding", "").strip().lower()
         inflater = None

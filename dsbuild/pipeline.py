@@ -248,7 +248,7 @@ def _settings_digest(ds: Dataset) -> str:
 #: The ``verify`` section also holds dsbuild's own verifier revision
 #: (:data:`dsbuild.verify.decode.VERIFIER_REVISION`): when only that changed, every catalogued image is verified
 #: again from the files on disk (:func:`verify_changes`), nothing downloaded again.
-SETTINGS_SECTIONS = ("verify", "network", "noai", "max_bytes", "quality", "dedup")
+SETTINGS_SECTIONS = ("verify", "network", "noai", "max_bytes", "redirects", "quality", "dedup")
 
 
 def settings_sections(ds: Dataset) -> dict[str, str]:
@@ -263,6 +263,7 @@ def settings_sections(ds: Dataset) -> dict[str, str]:
         "network": [fetch.allow_private_hosts, sorted(map(str, fetch.allowed_networks))],
         "noai": fetch.respect_noai,
         "max_bytes": fetch.max_bytes,
+        "redirects": fetch.max_redirects,
         "quality": asdict(ds.quality),
         "dedup": asdict(ds.dedup),
     }
@@ -728,7 +729,8 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
                 bar.advance(n, computed=computed)
 
             sig = dataset_signals(items, rows, ds.dedup, ds.verify, features_dir=features_dir or features_root_of(cat),
-                                  embed=embed, threads=threads, progress=advance, store=cat.set_blob_signals)
+                                  embed=embed, threads=threads, progress=advance, store=cat.set_blob_signals,
+                                  current_pixels=cat.current_pixel_keys)
             if computed < len(rows):
                 # The stage counts images; dataset_signals reports the blobs it computed. The rest (signals
                 # already stored or cached, or an exact copy's) are done too: the last line says N/N, not 3/105.
@@ -768,7 +770,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
     # or `dsbuild embed`, made them; a build with semantic = false computes none but uses those there): both
     # stored for the images that have one, both empty when none has.
     if sig is None:
-        sig = cached_signals(items, ds, features_dir or features_root_of(cat))
+        sig = cached_signals(items, ds, features_dir or features_root_of(cat), current_pixels=cat.current_pixel_keys)
     _store_neighbours(cat, ds, items, updates, links, sig)
     if sig.emb is not None and sig.has_emb.any():
         _store_outliers(cat, ds, items, updates, sig, links)
@@ -868,13 +870,12 @@ def embed(manifest: Manifest, names: list[str] | None = None, *, progress: Progr
 def embedding_counts(cat: Catalog, ds: Dataset) -> tuple[int, int]:
     """``(embedded, total)``: how many of ``ds``'s verified images (those the near-duplicate stage counts) have an
     embedding in the cache now, and how many there are."""
-    from dsbuild.dedup.signals import spec_of
-    from dsbuild.model.embeddings import FeatureCache
+    from dsbuild.dedup.signals import emb_keys, open_cache
 
     items = cat.dataset_items(ds.name)
-    shas = items.loc[_verified(items), "sha256"]
-    cache = FeatureCache(features_root_of(cat), spec_of(ds.dedup))
-    return sum(1 for s in shas if isinstance(s, str) and s in cache), len(shas)
+    keys = emb_keys(items[_verified(items)])
+    cache = open_cache(features_root_of(cat), ds.dedup, cat.current_pixel_keys, write=False)
+    return sum(1 for k in keys if isinstance(k, str) and k in cache), len(keys)
 
 
 def embed_interrupted(dataset: str, rest: list[str], embedded: int, total: int, *, chunk: int) -> str:
@@ -981,25 +982,24 @@ def _store_neighbours(cat: Catalog, ds: Dataset, items, updates, links, sig=None
     cat.set_neighbours(ds.name, frame)
 
 
-def cached_signals(items, ds: Dataset, features_dir: Path):
+def cached_signals(items, ds: Dataset, features_dir: Path, *, current_pixels=None):
     """:class:`dsbuild.dedup.signals.Signals` holding only the embeddings already cached for ``items``' verified
-    rows (nothing decoded or computed): what a build that needs no other signal still stores neighbours and
-    outlier scores from."""
+    rows, of the pixels read now (nothing decoded or computed): what a build that needs no other signal still
+    stores neighbours and outlier scores from. ``current_pixels``: see :func:`dsbuild.dedup.signals.open_cache`."""
     import numpy as np
     import pandas as pd
 
-    from dsbuild.dedup.signals import Signals, spec_of
-    from dsbuild.model.embeddings import FeatureCache
+    from dsbuild.dedup.signals import Signals, emb_keys, open_cache, spec_of
 
     n = len(items)
     emb, has = None, np.zeros(n, dtype=bool)
     if (Path(features_dir) / spec_of(ds.dedup).key()).is_dir():
-        cache = FeatureCache(Path(features_dir), spec_of(ds.dedup))
-        shas = items["sha256"].to_numpy(dtype=object)
-        has = _verified(items).to_numpy() & np.array([isinstance(s, str) and s in cache for s in shas], dtype=bool)
+        cache = open_cache(Path(features_dir), ds.dedup, current_pixels)
+        keys = emb_keys(items)
+        has = _verified(items).to_numpy() & np.array([isinstance(k, str) and k in cache for k in keys], dtype=bool)
         idx = np.flatnonzero(has)
         if len(idx):
-            rows = cache.get(list(shas[idx]))
+            rows = cache.get(list(keys[idx]))
             emb = np.zeros((n, rows.shape[1]), dtype=np.float32)
             emb[idx] = rows
     return Signals(views=np.zeros((n, 7), dtype=np.uint64), eff_side=np.full(n, np.nan), emb=emb, has_emb=has,

@@ -35,7 +35,7 @@ BLOB_COLUMNS = ("sha256", "path", "bytes", "format", "width", "height", "mode", 
 the near-duplicate signals stage (:mod:`dsbuild.dedup.signals`)."""
 FETCH_COLUMNS = ("dataset", "url", "final_url", "engine", "query", "rank", "page_url", "label", "http_status", "bytes",
                  "content_type", "fetched_at", "outcome", "reason", "transient", "attempts", "elapsed_s", "sha256",
-                 "build_id")
+                 "build_id", "noai", "redirects")
 ISSUE_COLUMNS = ("run_id", "dataset", "image_id", "kind", "given_label", "suggested_label", "label_quality",
                  "suggested_confidence", "ood_score", "is_issue", "rank", "outlier_score")
 """``issue_rows`` columns: one row per image a finder scored in a run. ``outlier_score`` is cleanlab's
@@ -105,7 +105,8 @@ def fetch_row(dataset: str, res: Any, link: Any, sha: str | None, build_id: int)
         "rank": link.rank, "page_url": link.page_url, "label": link.label, "http_status": res.http_status,
         "bytes": res.bytes, "content_type": res.content_type, "fetched_at": res.fetched_at, "outcome": res.outcome,
         "reason": res.reason, "transient": bool(res.transient), "attempts": res.attempts, "elapsed_s": res.elapsed_s,
-        "sha256": sha, "build_id": build_id,
+        "sha256": sha, "build_id": build_id, "noai": bool(getattr(res, "noai", False)),
+        "redirects": getattr(res, "redirects", None),
     }
 
 

@@ -44,7 +44,7 @@ def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20,
 
     from dsbuild.dedup.neardup import similar
     from dsbuild.dedup.signals import load_image, spec_of
-    from dsbuild.model.embeddings import Embedder, features_root
+    from dsbuild.model.embeddings import Embedder, emb_key, features_root
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise DsbuildError(f"-k must be a whole number ≥ 1, not {k!r}", exit_code=2)
@@ -55,14 +55,19 @@ def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20,
         if dataset not in cat.datasets_in_catalog():
             raise DsbuildError(f"dataset '{dataset}' is not in the catalog — run `dsbuild build {dataset}`")
         every = cat.images(dataset)
-    cache, key = _feature_cache(features_root(manifest.catalog), spec_of(ds.dedup))
+        pixels = cat.blob_pixel_keys()
+        cache, key = _feature_cache(features_root(manifest.catalog), spec_of(ds.dedup))
+        if cache.has_legacy:  # rows of a dsbuild before they named their pixels: adopted here for this read only
+            cache.adopt(cat.current_pixel_keys(), write=False)
+    # An embedding is of the pixels read now (emb_key): one of pixels a re-check no longer reads is no embedding.
+    every = every.assign(emb_key=[emb_key(s, pixels.get(s)) if isinstance(s, str) else None for s in every["sha256"]])
     accepted = every["status"].isin(ACCEPTED).to_numpy()
-    images = every[accepted & every["sha256"].map(lambda s: isinstance(s, str) and s in cache).to_numpy()]
+    images = every[accepted & every["emb_key"].map(lambda k: isinstance(k, str) and k in cache).to_numpy()]
     images = images.reset_index(drop=True)
     if images.empty:
         raise DsbuildError(f"dataset '{dataset}' has no embeddings yet — run `dsbuild embed {dataset}` "
                            f"(or build it with dedup.semantic = true)")
-    emb = _rows_of(cache, key, tuple(images["sha256"]))
+    emb = _rows_of(cache, key, tuple(images["emb_key"]))
     exclude = np.zeros(len(images), dtype=bool)
     if id_only:
         exact = every[every["image_id"] == query]

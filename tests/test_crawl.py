@@ -1098,3 +1098,170 @@ def test_retry_failed_searches_a_query_that_found_no_results_again(fake_engine, 
     assert set(engine_queries(fake_engine)[len(searches):]) == {"cute cat"}  # its pages only
     assert {k: v[0] for k, v in _outcomes(manifest, "web").items() if k[0] == "cat"} == {
         ("cat", f"cat{i}.jpg"): "ok" for i in range(3)}
+
+
+# --------------------------------------------------------------------------- a stored download under today's policy
+
+
+def _stored_files(manifest: Path) -> set[str]:
+    store = load_manifest(manifest).catalog.parent / "store"
+    return {p.name for p in store.rglob("*") if p.is_file() and ".incoming" not in p.parts}
+
+
+@pytest.mark.timeout(240)  # three or four builds
+def test_a_stored_download_obeys_the_download_policy_tightened_since(fake_engine, tmp_path, capsys):
+    """Images downloaded from a loopback host while allow_private_hosts was set, and one larger than the fetch
+    max_bytes set later, stayed 'ok' from their stored copies: now each is refused as a download would be today
+    ('private address', 'too large', the detail saying what to change), nothing is downloaded and nothing leaves
+    the store; relaxing the setting again brings them back from the store."""
+    big = fake_engine.serve("big.jpg", real_jpeg(0, (320, 320)))
+    cats = [fake_engine.serve(f"cat{i}.jpg", real_jpeg(1, (96 + i, 96))) for i in range(3)]
+    by_name = [fake_engine.serve("named.jpg", real_jpeg(3, (100, 96))).replace("127.0.0.1", "localhost")]
+    dogs = [fake_engine.serve(f"dog{i}.jpg", real_jpeg(2, (96 + i, 96))) for i in range(3)]
+    size = len(real_jpeg(0, (320, 320)))
+    spec = {"allow_private_hosts": True, "classes": _url_lists(tmp_path, {"cat": cats + [big] + by_name, "dog": dogs})}
+    manifest = write_manifest(tmp_path, {"web": spec})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    assert {v[0] for v in _outcomes(manifest, "web").values()} == {"ok"}
+    downloads, files = fake_engine.hits("/photo/"), _stored_files(manifest)
+
+    spec["fetch"] = dict(FAST_FETCH, max_bytes=size - 1)  # smaller than big.jpg, larger than the others
+    write_manifest(tmp_path, {"web": spec})
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+    assert (code, err) == (0, "")
+    kept = "the copy an earlier build downloaded stays in the store, unused"
+    got = _outcomes(manifest, "web")
+    assert got[("cat", "big.jpg")] == ("rejected", "too large", f"the download is {size} bytes, more than max_bytes "
+                                       f"{size - 1} of [datasets.web.fetch]: {kept} — raise max_bytes to use it")
+    assert {v[0] for k, v in got.items() if k != ("cat", "big.jpg")} == {"ok"}
+
+    spec["allow_private_hosts"] = False
+    write_manifest(tmp_path, {"web": spec})
+    code, out, err = run_cli(capsys, manifest, "build", "-q")
+    assert (code, err) == (0, "")
+    hint = ("set allow_private_hosts = true in [datasets.web] to fetch from your own network, or add its network to "
+            "allowed_networks in [datasets.web.fetch]")
+    got = _outcomes(manifest, "web")
+    for key, outcome in got.items():
+        if key == ("cat", "big.jpg"):
+            assert outcome[:2] == ("rejected", "too large")
+        elif key == ("cat", "named.jpg"):
+            assert outcome[:2] == ("rejected", "private address"), outcome
+            assert outcome[2].startswith("localhost resolves to "), outcome
+            assert outcome[2].endswith(f", a private or loopback address, which this dataset's settings do not "
+                                       f"allow: {kept} — {hint}"), outcome
+        else:
+            assert outcome == ("rejected", "private address", f"127.0.0.1 is a private or loopback address, which this "
+                               f"dataset's settings do not allow: {kept} — {hint}"), (key, outcome)
+    assert (fake_engine.hits("/photo/"), _stored_files(manifest)) == (downloads, files)  # nothing fetched or deleted
+
+    spec["allow_private_hosts"], spec["fetch"] = True, FAST_FETCH
+    write_manifest(tmp_path, {"web": spec})
+    assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+    assert {v[0] for v in _outcomes(manifest, "web").values()} == {"ok"}
+    assert fake_engine.hits("/photo/") == downloads  # back from the store
+
+
+@pytest.mark.timeout(240)  # three or four builds
+def test_a_download_another_dataset_stored_obeys_this_datasets_policy(fake_engine, tmp_path, capsys):
+    """'strict' (no private hosts, a smaller max_bytes) built after 'loose' on the same loopback URLs was given
+    loose's stored downloads as they were: now refused as strict's own downloads are, with nothing fetched; a
+    network strict allows (allowed_networks) takes them from the store."""
+    big = fake_engine.serve("big.jpg", real_jpeg(0, (320, 320)))
+    size = len(real_jpeg(0, (320, 320)))
+    cats = [fake_engine.serve(f"cat{i}.jpg", real_jpeg(1, (96 + i, 96))) for i in range(3)]
+    dogs = [fake_engine.serve(f"dog{i}.jpg", real_jpeg(2, (96 + i, 96))) for i in range(3)]
+    classes = _url_lists(tmp_path, {"cat": cats + [big], "dog": dogs})
+    loose = {"allow_private_hosts": True, "classes": classes}
+    strict = {"classes": classes, "fetch": dict(FAST_FETCH, max_bytes=size - 1)}
+    manifest = write_manifest(tmp_path, {"loose": loose, "strict": strict})
+    assert run_cli(capsys, manifest, "build", "-q", "loose")[0] == 0
+    downloads = fake_engine.hits("/photo/")
+
+    assert run_cli(capsys, manifest, "build", "-q", "strict")[0] == 0
+    got = _outcomes(manifest, "strict")
+    assert {v[:2] for v in got.values()} == {("rejected", "private address")}
+    assert got[("dog", "dog0.jpg")][2].startswith("127.0.0.1 is a private or loopback address, which this dataset's "
+                                                  "settings do not allow: the copy an earlier build downloaded stays "
+                                                  "in the store, unused — set allow_private_hosts = true in "
+                                                  "[datasets.strict]")
+    assert fake_engine.hits("/photo/") == downloads
+
+    strict["fetch"] = dict(strict["fetch"], allowed_networks=["127.0.0.1/32"])
+    write_manifest(tmp_path, {"loose": loose, "strict": strict})
+    assert run_cli(capsys, manifest, "build", "-q", "strict")[0] == 0
+    got = _outcomes(manifest, "strict")
+    assert got.pop(("cat", "big.jpg"))[:2] == ("rejected", "too large")
+    assert {v[0] for v in got.values()} == {"ok"}
+    assert fake_engine.hits("/photo/") == downloads
+    assert {v[0] for v in _outcomes(manifest, "loose").values()} == {"ok"}
+
+
+@pytest.mark.timeout(240)  # three or four builds
+def test_a_stored_download_marked_noai_is_refused_once_respect_noai_is_on(fake_engine, tmp_path, capsys):
+    """A download whose response said X-Robots-Tag: noai, fetched while respect_noai was off, stayed 'ok' from its
+    stored copy after respect_noai was turned on (the mark was not recorded): now the mark is recorded with every
+    download and the image is refused as 'noai', nothing fetched or deleted; turning it off takes the copy back."""
+    with HostileServer() as images:
+        marked = f"{images.url}/noai.jpg"
+        cats = [fake_engine.serve(f"cat{i}.jpg", real_jpeg(1, (96 + i, 96))) for i in range(3)] + [marked]
+        dogs = [fake_engine.serve(f"dog{i}.jpg", real_jpeg(2, (96 + i, 96))) for i in range(3)]
+        spec = {"allow_private_hosts": True, "classes": _url_lists(tmp_path, {"cat": cats, "dog": dogs}),
+                "fetch": dict(FAST_FETCH, respect_noai=False)}
+        manifest = write_manifest(tmp_path, {"web": spec})
+        assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+        assert _outcomes(manifest, "web")[("cat", "noai.jpg")][0] == "ok"
+        assert rows(manifest, "SELECT noai FROM fetches WHERE url = ?", [marked]) == [{"noai": True}]
+        hits, files = images.hits("/noai.jpg"), _stored_files(manifest)
+
+        spec["fetch"] = dict(FAST_FETCH, respect_noai=True)
+        write_manifest(tmp_path, {"web": spec})
+        code, out, err = run_cli(capsys, manifest, "build", "-q")
+        assert (code, err) == (0, "")
+        got = _outcomes(manifest, "web")
+        assert got.pop(("cat", "noai.jpg")) == (
+            "rejected", "noai", "the server marked this image X-Robots-Tag: noai (or noimageai) when an earlier build "
+            "downloaded it: the copy an earlier build downloaded stays in the store, unused — set respect_noai = false "
+            "in [datasets.web.fetch] to use it")
+        assert {v[0] for v in got.values()} == {"ok"}  # the unmarked ones are kept
+        assert (images.hits("/noai.jpg"), _stored_files(manifest)) == (hits, files)
+
+        spec["fetch"] = dict(FAST_FETCH, respect_noai=False)
+        write_manifest(tmp_path, {"web": spec})
+        assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+        assert _outcomes(manifest, "web")[("cat", "noai.jpg")][0] == "ok"
+        assert images.hits("/noai.jpg") == hits
+
+
+@pytest.mark.timeout(240)  # three builds
+def test_a_stored_download_is_held_to_a_lower_max_redirects(fake_engine, tmp_path, capsys):
+    """An image reached through a redirect stayed 'ok' from its stored copy after max_redirects was set below the
+    redirects it took: now 'too many redirects' (the hops are recorded with each download), nothing fetched or
+    deleted; raising max_redirects again takes the copy back without a request."""
+    with HostileServer() as images:
+        moved = f"{images.url}/redirect/to?url={fake_engine.serve('moved.jpg', real_jpeg(4, (100, 96)))}"
+        cats = [fake_engine.serve(f"cat{i}.jpg", real_jpeg(1, (96 + i, 96))) for i in range(3)] + [moved]
+        dogs = [fake_engine.serve(f"dog{i}.jpg", real_jpeg(2, (96 + i, 96))) for i in range(3)]
+        spec = {"allow_private_hosts": True, "classes": _url_lists(tmp_path, {"cat": cats, "dog": dogs})}
+        manifest = write_manifest(tmp_path, {"web": spec})
+        assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+        assert _outcomes(manifest, "web")[("cat", "moved.jpg")][0] == "ok"
+        hits, files = (images.hits("/redirect/to"), fake_engine.hits("/photo/")), _stored_files(manifest)
+
+        spec["fetch"] = dict(FAST_FETCH, max_redirects=0)
+        write_manifest(tmp_path, {"web": spec})
+        code, out, err = run_cli(capsys, manifest, "build", "-q")
+        assert (code, err) == (0, "")
+        got = _outcomes(manifest, "web")
+        assert got.pop(("cat", "moved.jpg")) == (
+            "rejected", "too many redirects", "the download took 1 redirect, more than max_redirects 0 of "
+            "[datasets.web.fetch]: the copy an earlier build downloaded stays in the store, unused — raise "
+            "max_redirects to use it")
+        assert {v[0] for v in got.values()} == {"ok"}
+        assert ((images.hits("/redirect/to"), fake_engine.hits("/photo/")), _stored_files(manifest)) == (hits, files)
+
+        spec["fetch"] = FAST_FETCH
+        write_manifest(tmp_path, {"web": spec})
+        assert run_cli(capsys, manifest, "build", "-q")[0] == 0
+        assert _outcomes(manifest, "web")[("cat", "moved.jpg")][0] == "ok"
+        assert (images.hits("/redirect/to"), fake_engine.hits("/photo/")) == hits

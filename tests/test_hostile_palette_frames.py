@@ -132,7 +132,96 @@ def test_palette_indices_past_the_palette_are_corrupt(tmp_path) -> None:
         assert rows[name]["warnings"] == [], (name, rows[name]["warnings"])
 
 
-# --------------------------------------------------------------------------- animated WebP
+# --------------------------------------------------------------------------- palettes of later frames (GIF, APNG)
+
+
+def _gif_anim() -> bytes:
+    """Three real photos, 16 colours each, as an animated GIF: frame 1 on the global table, frames 2 and 3 on
+    16-colour local tables of their own."""
+    a, b, c = (_quantised(16, n) for n in ("astronaut", "coffee", "rocket"))
+    return encode(a, "GIF", save_all=True, append_images=[b, c], duration=100)
+
+
+def _gif_cut_local(data: bytes, which: int, size_field: int) -> bytes:
+    """``data`` with the local colour table of image ``which`` (0-based) cut to ``2^(size_field+1)`` entries."""
+    pos = 13 + (3 * 2 ** ((data[10] & 7) + 1) if data[10] & 0x80 else 0)
+    n = 0
+    while data[pos] != 0x3B:
+        if data[pos] == 0x21:
+            pos += 2
+        else:
+            local = data[pos + 9]
+            if n == which:
+                assert local & 0x80, "no local colour table"
+                old, new = 3 * 2 ** ((local & 7) + 1), 3 * 2 ** (size_field + 1)
+                return (data[: pos + 9] + bytes([(local & 0xF8) | size_field]) + data[pos + 10 : pos + 10 + new]
+                        + data[pos + 10 + old :])
+            n += 1
+            pos += 10 + (3 * 2 ** ((local & 7) + 1) if local & 0x80 else 0) + 1
+        while data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    raise AssertionError(f"no image {which}")
+
+
+def _apng_palette(plte: int) -> bytes:
+    """An 8-bit palette APNG of three real photos on one 40-colour palette: frame 1 uses indices 0–15 only, frames
+    2 and 3 all 40; its PLTE cut to ``plte`` entries (CRC right)."""
+    pal = _quantised(40, "coffee")
+    first = Image.fromarray((np.asarray(photo("astronaut", (160, 120)).quantize(palette=pal)) % 16).astype("uint8"), "P")
+    first.putpalette(pal.getpalette())
+    second = photo("rocket", (160, 120)).quantize(palette=pal)
+    assert np.asarray(second).max() == 39
+    data = encode(first, "PNG", save_all=True, append_images=[second, pal], duration=100)
+    out = [data[:8]]
+    for kind, pos, length in _png_chunks(data):
+        body = data[pos + 8 : pos + 8 + length]
+        out.append(_crc_chunk(kind, body[: 3 * plte] if kind == b"PLTE" else body))
+    return b"".join(out)
+
+
+_NO_COLOUR = (r"lies beyond its 4-colour palette \(indices 0–3\): \d+ % of the pixels have no colour \(readers "
+              r"disagree: Pillow shows them black, browsers other colours\); the palette is damaged or cut short — "
+              r"re-export the image from its source$")
+
+
+def test_palette_indices_of_later_gif_and_apng_frames_are_checked(tmp_path) -> None:
+    """A later frame whose indices run past its colour table (a GIF's local table cut, an APNG's shared PLTE cut
+    below what frames 2–3 use while frame 1 stays within) passed: only the first frame's were counted. Now
+    ``corrupt``, naming the frame; the intact animations stay ``ok``."""
+    gif, apng = _gif_anim(), _apng_palette(40)
+    bad = {
+        "gif_f2.gif": (_gif_cut_local(gif, 1, 1), r"^frame 2 of 3: GIF pixel index 15 " + _NO_COLOUR),
+        "gif_f3.gif": (_gif_cut_local(gif, 2, 1), r"^frame 3 of 3: GIF pixel index 15 " + _NO_COLOUR),
+        "apng_plte16.png": (_apng_palette(16), r"^frame 2 of 3: PNG pixel index 39 lies beyond its 16-colour palette "
+                                               r"\(indices 0–15\): 9\d % of the pixels have no colour"),
+    }
+    rows = _built(tmp_path, {"a": {n: data for n, (data, _detail) in bad.items()},
+                             "b": {"gif.gif": gif, "apng.png": apng}})
+    for name, (_data, detail) in bad.items():
+        row = rows[name]
+        assert (row["status"], row["reason"]) == ("rejected", "corrupt"), (name, row["status"], row["detail"])
+        assert re.search(detail, row["detail"]), (name, row["detail"])
+    for name in ("gif.gif", "apng.png"):
+        assert (rows[name]["status"], rows[name]["warnings"]) == ("ok", []), (name, rows[name]["detail"])
+
+
+def test_later_frames_past_the_decode_caps_are_not_checked_and_a_note_says_so(tmp_path) -> None:
+    """The caps of later-frame decoding hold for the palette check: with max_pixels = two frames, frame 3 of a GIF
+    (or an APNG) is not decoded — a file whose only damage is there is accepted, with the note naming the frames
+    not decoded; damage in frame 2, within the cap, is found."""
+    proj = Project(tmp_path)
+    proj.add("a", "gif_f3.gif", _gif_cut_local(_gif_anim(), 2, 1))
+    proj.add("a", "gif_f2.gif", _gif_cut_local(_gif_anim(), 1, 1))
+    proj.add("b", "apng_plte16.png", _apng_palette(16))
+    proj.set("dedup", near=False, semantic=False)
+    proj.set("verify", max_pixels=2 * 160 * 120)
+    assert proj.build()[0] == 0
+    rows = proj.by_name()
+    assert rows["gif_f3.gif"]["status"] == "ok", rows["gif_f3.gif"]["detail"]
+    assert rows["gif_f3.gif"]["warnings"] == ["frames 3–3 not decoded (more than 1000 frames or 38400 pixels in all)"]
+    assert (rows["gif_f2.gif"]["reason"], rows["gif_f2.gif"]["detail"][:14]) == ("corrupt", "frame 2 of 3: ")
+    assert (rows["apng_plte16.png"]["reason"], rows["apng_plte16.png"]["detail"][:14]) == ("corrupt", "frame 2 of 3: ")
 
 
 def _riff_chunks(data: bytes, pos: int, end: int) -> list[tuple[bytes, int, int]]:

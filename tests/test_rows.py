@@ -58,9 +58,9 @@ def test_a_version_2_catalog_gains_the_new_names_and_keeps_the_old(tmp_path: Pat
     con.execute("INSERT INTO issue_rows (run_id, dataset, image_id, kind, given_label, ood_score, is_issue, rank) "
                 "VALUES ('r', 'd', 'x1', 'label', 'a', 0.8, true, 1), ('r', 'd', 'x2', 'conflict', 'a', NULL, true, 2)")
     con.close()
-    assert SCHEMA_VERSION == 8
+    assert SCHEMA_VERSION == 9
     with Catalog.open(path) as cat:
-        assert cat.get_meta("schema_version") == "8"
+        assert cat.get_meta("schema_version") == "9"
         images = cat.df("SELECT image_id, quality_flags, quality_issues FROM images ORDER BY image_id")
         issues = cat.df("SELECT image_id, kind, ood_score, outlier_score, is_label_issue FROM label_issues ORDER BY rank")
     assert images["quality_flags"].tolist()[:2] == ["dark,blurry", ""]  # the old column stays

@@ -152,8 +152,10 @@ def test_signals_and_embeddings_are_stored_once_per_blob_and_reused(built):
     with Catalog.open_readonly(m.catalog) as cat:
         items = cat.dataset_items("digits")
     assert items["phash_views"].notna().all() and items["eff_side"].notna().all()
-    assert not cache.missing(items["sha256"])
-    assert cache.get(list(items["sha256"][:3])).shape == (3, 1280)
+    from dsbuild.dedup.signals import emb_keys
+
+    assert not cache.missing(emb_keys(items))  # each image's rows under its blob and the pixels read from it
+    assert cache.get(list(emb_keys(items)[:3])).shape == (3, 1280)
     build(m, workers=2)  # nothing new: no image is decoded or embedded again
     assert sorted(p.name for p in folder.glob("part-*.parquet")) == shards
 

@@ -366,3 +366,47 @@ def test_dedupe_links_across_sources(tmp_path: Path) -> None:
         ("https://example.com/2.jpg", "a.txt"),
         ("https://example.com/3.jpg", "b.csv"),
     ]
+
+
+# --------------------------------------------------------------------------- quoted URLs (pasted from a sheet or JSON)
+
+
+def test_a_url_in_one_pair_of_quotes_is_that_url_in_a_text_list(tmp_path: Path) -> None:
+    """A quoted URL was 'is not an http(s) URL (no scheme)': one matching pair of quotes (straight or typographic)
+    around the whole URL is taken off, as a pasted list is meant; any other quoting says what to remove."""
+    path = write(tmp_path, "pasted.txt",
+                 '"https://a.example/1.jpg"\n'
+                 "'https://a.example/2.jpg'\n"
+                 "\u201chttps://a.example/3.jpg\u201d\n"
+                 '  "https://a.example/4.jpg"   # from the sheet\n'
+                 '"https://a.example/5.jpg",\n'
+                 '"https://a.example/6.jpg\n'
+                 'https://a.example/7.jpg"\n'
+                 '"https://a.example/8.jpg" "https://a.example/9.jpg"\n'
+                 "https://a.example/1.jpg\n")
+    links, problems = read_url_list(path)
+    assert [(link.url, link.rank) for link in links] == [
+        ("https://a.example/1.jpg", 1), ("https://a.example/2.jpg", 2), ("https://a.example/3.jpg", 3),
+        ("https://a.example/4.jpg", 4)]
+    assert problems == [
+        "pasted.txt line 5: '\"https://a.example/5.jpg\",' is a quoted URL followed by ',' (a line copied from a JSON "
+        "array or code?) — remove the quotes and the ',': one bare URL a line — skipped",
+        "pasted.txt line 6: '\"https://a.example/6.jpg' starts with a quote (\") that is not closed at the end of the "
+        "line — remove the quote: one bare URL a line — skipped",
+        "pasted.txt line 7: 'https://a.example/7.jpg\"' ends with a quote (\") that no quote opens — remove it — skipped",
+        "pasted.txt line 8: '\"https://a.example/8.jpg\" \"https://a.example/9.jpg\"' holds more than one quoted value "
+        "(or quotes inside quotes) — one bare URL a line, without quotes — skipped",
+        "pasted.txt line 9: duplicate of line 1 — skipped",
+    ]
+
+
+@pytest.mark.parametrize("name, text", [
+    ("two.csv", "url,label\n'https://a.example/1.jpg',cat\n\"\"\"https://a.example/2.jpg\"\"\",cat\n"),
+    ("one.csv", "url\n'https://a.example/1.jpg'\n\"\"\"https://a.example/2.jpg\"\"\"\n"),
+    ("two.tsv", "url\tlabel\n'https://a.example/1.jpg'\tcat\n\"\"\"https://a.example/2.jpg\"\"\"\tcat\n"),
+])
+def test_a_quoted_url_in_a_csv_cell_is_that_url(tmp_path: Path, name: str, text: str) -> None:
+    """CSV's own quoting was undone but a cell still in quotes (single quotes; a JSON string exported as a CSV
+    field) was 'no scheme': the same one pair of quotes is taken off the cell."""
+    links, problems = read_url_list(write(tmp_path, name, text))
+    assert ([link.url for link in links], problems) == (["https://a.example/1.jpg", "https://a.example/2.jpg"], [])

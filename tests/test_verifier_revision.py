@@ -293,3 +293,106 @@ def test_a_blob_verified_again_takes_the_pixels_the_new_checks_read(tmp_path: Pa
     assert code == 0, out + err
     assert _recheck_line(out).group(1) == "7"
     assert proj.rows(f"SELECT {columns} FROM blobs WHERE sha256 = ?", sha) == want
+
+
+# --------------------------------------------------------------------------- embeddings of the pixels read
+
+SIGNALS = re.compile(r"near-duplicate signals (\d+)/(\d+) computed (\d+)")
+
+
+def _as_an_older_cache(proj: Project, plant: dict[str, str] | None = None) -> dict[str, object]:
+    """Rewrite ``proj``'s embedding cache as a dsbuild before this one wrote it — one row per blob, keyed by its
+    sha256 alone (the vectors as they are) — with the row of each blob of ``plant`` (sha256 → sha256 of another blob)
+    replaced by that other blob's vector: what an older verifier that read other pixels from it embedded. Returns
+    sha256 → the vector each blob had before."""
+    import numpy as np
+
+    folder = proj.catalog.parent / "features" / "efficientnet_lite0-160-squash-v1"
+    shards = sorted(folder.glob("part-*.parquet"))
+    rows = {}
+    for shard in shards:
+        for key, blob in duckdb.read_parquet(str(shard)).fetchall():
+            rows[key.split(":")[0]] = blob
+    before = {sha: np.frombuffer(blob, dtype="<f2").astype("float32") for sha, blob in rows.items()}
+    for sha, other in (plant or {}).items():
+        rows[sha] = rows[other]
+    for shard in shards:
+        shard.unlink()
+    con = duckdb.connect()
+    try:
+        con.execute("CREATE TABLE t (sha256 VARCHAR, emb BLOB)")
+        con.executemany("INSERT INTO t VALUES (?, ?)", list(rows.items()))
+        con.execute(f"COPY t TO '{folder / 'part-000000-old.parquet'}' (FORMAT PARQUET)")
+    finally:
+        con.close()
+    return before
+
+
+def _neighbour_similarity(proj: Project, a: str, b: str) -> float | None:
+    """The cosine the ``neighbours`` view gives between the images of origins ending in ``a`` and ``b``."""
+    rows = proj.rows("SELECT n.similarity FROM neighbours n JOIN items x ON x.image_id = n.image_id "
+                     "JOIN items y ON y.image_id = n.neighbour_id WHERE x.origin LIKE ? AND y.origin LIKE ?",
+                     f"%{a}", f"%{b}")
+    return rows[0]["similarity"] if rows else None
+
+
+def test_an_upgrade_that_reads_the_same_pixels_embeds_nothing_again(tmp_path: Path) -> None:
+    """A catalog and embedding cache an older dsbuild wrote (rows keyed by the blob alone), re-checked after an
+    upgrade that reads every picture as before: no image is embedded again (the stage computes 0), the neighbours
+    stay as they were, and the cache's rows are kept under the pixels they were computed from."""
+    proj = _good_project(tmp_path)
+    assert proj.build()[0] == 0
+    neighbours = proj.rows("SELECT image_id, neighbour_id, similarity FROM neighbours ORDER BY ALL")
+    assert neighbours
+    before = _as_an_older_cache(proj)
+    as_built_by_an_older_dsbuild(proj, {})
+
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    assert _recheck_line(out).group(1) == "6"
+    assert SIGNALS.search(err).groups() == ("6", "6", "0"), err  # 6 images, 0 computed: nothing embedded again
+    assert proj.rows("SELECT image_id, neighbour_id, similarity FROM neighbours ORDER BY ALL") == neighbours
+    code, out, err = proj.build()  # and the next build neither
+    assert code == 0 and SIGNALS.search(err) is None or SIGNALS.search(err).group(3) == "0", err
+    folder = proj.catalog.parent / "features" / "efficientnet_lite0-160-squash-v1"
+    keys = [k for shard in folder.glob("part-*.parquet") for k, _ in duckdb.read_parquet(str(shard)).fetchall()]
+    pixels = {r["sha256"]: r["pixel_sha"] for r in proj.rows("SELECT sha256, pixel_sha FROM blobs")}
+    assert sorted(keys) == sorted(f"{sha}:{pixels[sha]}" for sha in before)
+
+
+def test_an_image_whose_pixels_a_recheck_reads_otherwise_is_embedded_again(tmp_path: Path) -> None:
+    """The 12-bit PNG whose pixels revision 1 read as near black: its blob's pixel key and near-duplicate signals
+    were refreshed by the re-check, but its embedding (of the old pixels: here, planted as the astronaut's) was kept
+    — the neighbours said it was the astronaut photo (cosine 1.0). Now it is embedded again from the pixels read
+    today, the only image that is: the neighbours are those of a fresh build."""
+    fresh = _good_project(tmp_path / "fresh")
+    fresh.add("a", "twelve_bit.png", _twelve_bit_png())
+    assert fresh.build()[0] == 0
+    proj = _good_project(tmp_path / "upgraded")
+    png = proj.add("a", "twelve_bit.png", _twelve_bit_png())
+    assert proj.build()[0] == 0
+    sha, astronaut = _sha(png.read_bytes()), _sha(_good("astronaut", 0))
+    before = _as_an_older_cache(proj, plant={sha: astronaut})
+    as_built_by_an_older_dsbuild(proj, {})
+    con = duckdb.connect(str(proj.catalog))
+    try:  # what revision 1 read: the picture near black, its own pixel key, signals computed from that picture
+        con.execute("UPDATE blobs SET pixel_sha = 'read by revision 1', phash_views = [1, 2, 3, 4, 5, 6, 7], "
+                    "eff_side = 3.0 WHERE sha256 = ?", [sha])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    assert SIGNALS.search(err).groups() == ("7", "7", "1"), err  # the PNG only
+    similarity = _neighbour_similarity(proj, "twelve_bit.png", "astronaut.jpg")
+    assert similarity is None or similarity < 0.99, similarity
+    assert _neighbour_similarity(proj, "twelve_bit.png", "astronaut.jpg") == \
+        _neighbour_similarity(fresh, "twelve_bit.png", "astronaut.jpg")
+    import numpy as np
+
+    from dsbuild.model.embeddings import FeatureCache, FeatureSpec, emb_key
+
+    pixel = proj.rows("SELECT pixel_sha FROM blobs WHERE sha256 = ?", sha)[0]["pixel_sha"]
+    row = FeatureCache(proj.catalog.parent / "features", FeatureSpec()).get([emb_key(sha, pixel)])[0]
+    assert np.allclose(row, before[sha], atol=2e-3)  # what a fresh build embeds for it

@@ -530,6 +530,18 @@ class Catalog:
             self.con.unregister("_fresh_blobs")
         return int(changed[0]) if changed else 0
 
+    def blob_pixel_keys(self) -> dict[str, str | None]:
+        """sha256 → ``pixel_sha`` of every stored blob (with the sha256, the key of its embedding)."""
+        return dict(self.con.execute("SELECT sha256, pixel_sha FROM blobs").fetchall())
+
+    def current_pixel_keys(self) -> dict[str, str | None]:
+        """sha256 → ``pixel_sha`` of every blob whose near-duplicate signals were computed from the pixels verification
+        reads now (:meth:`refresh_blobs` clears them when a re-check reads other pixels): what the embedding cache's
+        rows written before they named their pixels are adopted under (:meth:`dsbuild.model.embeddings.FeatureCache.adopt`)."""
+        rows = self.con.execute("SELECT sha256, pixel_sha FROM blobs WHERE phash_views IS NOT NULL "
+                                "AND eff_side IS NOT NULL").fetchall()
+        return dict(rows)
+
     def stored_blobs(self, shas) -> dict[str, str]:
         """sha256 → store path of the blobs of ``shas`` whose stored file exists."""
         shas = [s for s in set(shas) if isinstance(s, str)]
@@ -717,11 +729,13 @@ class Catalog:
         )
 
     def fetched_ok(self, urls: list[str]):
-        """Latest successful fetch of each URL in ``urls`` whose stored file still exists: url → (sha256, row)."""
+        """Latest successful fetch of each URL in ``urls`` whose stored file still exists: url → ``(url, sha256, store
+        path, http status, body bytes, content type, final url, noai, redirects)`` (noai, redirects None: fetched before they were recorded)."""
         if not urls:
             return {}
         rows = self.con.execute(
-            """SELECT f.url, f.sha256, b.path, f.http_status, f.bytes, f.content_type FROM fetches f JOIN blobs b USING (sha256)
+            """SELECT f.url, f.sha256, b.path, f.http_status, f.bytes, f.content_type, f.final_url, f.noai, f.redirects
+               FROM fetches f JOIN blobs b USING (sha256)
                WHERE f.outcome = 'ok' AND f.url IN (SELECT unnest(?))""",
             [urls],
         ).fetchall()

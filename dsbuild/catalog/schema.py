@@ -33,7 +33,7 @@ from __future__ import annotations
 QUALITY_ISSUES_OF = "CASE WHEN {flags} IS NULL THEN NULL WHEN {flags} = '' THEN []::VARCHAR[] ELSE string_split({flags}, ',') END"
 """SQL: the ``quality_issues`` LIST of a comma-joined ``quality_flags`` text (format with ``flags=`` its expression)."""
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -252,6 +252,13 @@ MIGRATIONS: dict[int, list[str]] = {
         # them are kept when a later build finds them near each other (no image moves); the image ids of the
         # other side, so that `status` and @split_leakage name the leak until `build --resplit`. NULL: none.
         "ALTER TABLE items ADD COLUMN IF NOT EXISTS leak_with VARCHAR[]",
+    ],
+    9: [
+        # Whether a download's response said X-Robots-Tag: noai / noimageai, recorded whatever respect_noai was, so
+        # that a stored download is held to respect_noai when it is turned on later. NULL: fetched before the record.
+        "ALTER TABLE fetches ADD COLUMN IF NOT EXISTS noai BOOLEAN",
+        # The redirects followed to the body (a stored download is held to a lower max_redirects set later).
+        "ALTER TABLE fetches ADD COLUMN IF NOT EXISTS redirects INTEGER",
     ],
 }
 

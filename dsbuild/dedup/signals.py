@@ -66,9 +66,32 @@ def load_image(path: str, verify: VerifySettings) -> Any:
     return img
 
 
+def open_cache(features_dir: Path, dedup: DedupSettings, current_pixels: Any = None, *, write: bool = True):
+    """The embedding cache of ``dedup``'s spec under ``features_dir``, its rows written before they named their
+    pixels adopted (:meth:`~dsbuild.model.embeddings.FeatureCache.adopt`) when ``current_pixels()`` (blob → the
+    ``pixel_sha`` its signals were computed from: :meth:`dsbuild.catalog.Catalog.current_pixel_keys`) is given."""
+    from dsbuild.model.embeddings import FeatureCache
+
+    cache = FeatureCache(features_dir, spec_of(dedup))
+    if cache.has_legacy and current_pixels is not None:
+        cache.adopt(current_pixels(), write=write)
+    return cache
+
+
+def emb_keys(items: Any) -> np.ndarray:
+    """Each row's embedding cache key (:func:`dsbuild.model.embeddings.emb_key`: blob and pixels), None without a
+    blob."""
+    from dsbuild.model.embeddings import emb_key
+
+    shas = items["sha256"].to_numpy(dtype=object)
+    pixels = items["pixel_sha"].to_numpy(dtype=object) if "pixel_sha" in items else np.full(len(items), None, object)
+    return np.array([emb_key(s, p if isinstance(p, str) else None) if isinstance(s, str) else None
+                     for s, p in zip(shas, pixels)], dtype=object)
+
+
 def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: VerifySettings, *,
                     features_dir: Path, embed: bool | None = None, threads: int | None = None,
-                    progress: Any = None, store: Any = None) -> Signals:
+                    progress: Any = None, store: Any = None, current_pixels: Any = None) -> Signals:
     """Signals of ``items`` rows ``rows`` (positions; others stay empty), computing what is missing.
 
     Pixel signals are computed for rows whose blob has none stored; embeddings for blobs
@@ -76,14 +99,16 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
     cached are returned either way (``emb`` is None only when there is no cache at all).
     ``progress(n)`` is called as blobs are done. ``store(frame)`` (``sha256, phash_views, eff_side``) is
     given the pixel signals computed with each chunk of embeddings as it is saved, so that an interrupted
-    run keeps both (the returned ``new_blobs`` still holds them all). Raises DsbuildError when the
-    embedding backbone cannot be loaded.
+    run keeps both (the returned ``new_blobs`` still holds them all). Embeddings are cached by blob *and* pixels
+    (:func:`emb_keys`): a blob whose pixels a re-check read otherwise is embedded again. ``current_pixels``: see
+    :func:`open_cache`. Raises DsbuildError when the embedding backbone cannot be loaded.
     """
     embed = dedup.semantic if embed is None else embed
     import pandas as pd
 
     n = len(items)
     shas = items["sha256"].to_numpy(dtype=object)
+    keys = emb_keys(items)
     paths = items["path"].to_numpy(dtype=object)
     stored_views = items["phash_views"].to_numpy(dtype=object)
     stored_side = items["eff_side"].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -92,13 +117,14 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
     new: dict[str, tuple[str, float]] = {}
     failed: dict[str, str] = {}
 
-    def on_image(sha: str, img: Any) -> None:
+    def on_image(key: str, img: Any) -> None:
+        sha = key.split(":", 1)[0]
         if sha in need_pixels and sha not in new:
             new[sha] = pixel_signals(img)
 
-    from dsbuild.model.embeddings import FeatureCache, embed_blobs
+    from dsbuild.model.embeddings import embed_blobs
 
-    cache = FeatureCache(features_dir, spec_of(dedup))
+    cache = open_cache(features_dir, dedup, current_pixels)
     stored: set[str] = set()
 
     def on_chunk() -> None:
@@ -108,9 +134,9 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
         stored.update(sha for sha, *_ in fresh)
 
     if embed:
-        todo = [(shas[r], (lambda p=paths[r]: load_image(p, verify))) for r in rows]
-        failed.update(embed_blobs(todo, cache, threads=threads, on_image=on_image, progress=progress,
-                                  on_chunk=on_chunk))
+        todo = [(keys[r], (lambda p=paths[r]: load_image(p, verify))) for r in rows]
+        failed.update({key.split(":", 1)[0]: why for key, why in embed_blobs(
+            todo, cache, threads=threads, on_image=on_image, progress=progress, on_chunk=on_chunk).items()})
     for sha, path in need_pixels.items():
         if sha in new or sha in failed:
             continue
@@ -133,12 +159,12 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
     side = np.where(keep, side, np.nan)
     emb, has = None, np.zeros(n, dtype=bool)
     if cache is not None:
-        has[rows] = [shas[r] in cache for r in rows]
-        dim = next((len(cache.get([shas[r]])[0]) for r in rows if has[r]), 0)
+        has[rows] = [keys[r] in cache for r in rows]
+        dim = next((len(cache.get([keys[r]])[0]) for r in rows if has[r]), 0)
         emb = np.zeros((n, dim), dtype=np.float32)
         idx = np.flatnonzero(has)
         if len(idx):
-            emb[idx] = cache.get(list(shas[idx]))
+            emb[idx] = cache.get(list(keys[idx]))
     frame = pd.DataFrame([(s, v, e) for s, (v, e) in new.items()], columns=["sha256", "phash_views", "eff_side"])
     return Signals(views=views, eff_side=side, emb=emb, has_emb=has, new_blobs=frame,
                    computed=len(set(new) | (set(failed))), failed=failed)
@@ -222,4 +248,5 @@ def _iqr_flag(d: np.ndarray) -> np.ndarray:
     return d > q3 + (1 / OUTLIER_THRESHOLD - 1) * (q3 - q1)
 
 
-__all__ = ["Signals", "VIEW_NAMES", "dataset_signals", "load_image", "outlier_scores", "spec_of", "thumb_loader"]
+__all__ = ["Signals", "VIEW_NAMES", "dataset_signals", "emb_keys", "load_image", "open_cache", "outlier_scores",
+           "spec_of", "thumb_loader"]

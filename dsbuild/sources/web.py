@@ -9,7 +9,9 @@
 2. **Plan**: a URL is fetched once per dataset, however many queries or labels
    return it; URLs that already succeeded (in any dataset) are not downloaded
    again but verified again from the store under this dataset's verify settings
-   (the same bytes give the same outcome whichever build fetched them first);
+   (the same bytes give the same outcome whichever build fetched them first) and held to this dataset's download
+   policy as it is today (:func:`reuse_refusal`: hosts it allows, ``max_bytes``, ``respect_noai``, ``max_redirects``;
+   also for accepted images when that policy changed since their download);
    failed ones (a timeout, a reset, a 404, a 5xx...) are fetched again only with
    ``--retry-failed``: the user asked for it. An outcome that a
    setting decided is evaluated again when that setting changed
@@ -199,6 +201,7 @@ def discover(cat: Catalog, run: SourceRun) -> tuple[set[tuple[str, str]], set[tu
 RETRY_WHEN_CHANGED: dict[str, tuple[str, ...]] = {
     "private address": ("network",),
     "noai": ("noai",),
+    "too many redirects": ("redirects",),
     "too large": ("max_bytes", "verify"),
     "too small": ("verify",),
     "odd aspect ratio": ("verify",),
@@ -245,6 +248,9 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
     by_url: dict[str, list] = {}
     retried: set[str] = set()
     stored: list[tuple[str, object, str]] = []  # accepted before: verified again from the store
+    # Accepted before and unchanged, but the download policy changed since: held to today's policy (no download).
+    policy_changed = bool({"network", "max_bytes", "noai", "redirects"} & run.changed)
+    recheck_policy: list[tuple[str, object, str]] = []
     refetch: set[str] = set()  # image ids whose stored file may be downloaded again when it is gone
     kept = cat.stored_blobs(r.sha256 for r in known.values()) if reverify else {}  # sha256 → stored file
     for link in links.itertuples(index=False):
@@ -263,6 +269,10 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
         if old is not None and _retry(old, run.changed):
             retried.add(iid)
         elif old is not None and not source_removed(old) and (old.status != "failed" or not run.retry_failed):
+            if policy_changed and has_sha and _verified(old):
+                recheck_policy.append((iid, link, old.sha256))
+                sink.found(1)
+                continue
             if run.checks_changed and has_sha and old.status == "rejected":  # rejected on verification, no copy kept
                 sink.not_rechecked("rejected downloads, no copy of them stored (not downloaded again)")
             sink.found(1, skipped=1)
@@ -270,6 +280,11 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
         sink.found(1)
         by_url.setdefault(link.url, []).append((iid, link))
     now = utcnow()
+    if recheck_policy:
+        kept_now = _refuse_by_policy(cat, run, recheck_policy, now=now, retried={iid for iid, _l, _s in recheck_policy})
+        sink.found(0, skipped=len(kept_now))
+    if stored:
+        stored = _refuse_by_policy(cat, run, stored, now=now, retried=retried)
     if stored:
         by_url = _verify_stored(cat, run, stored, by_url, now=now, retried=retried, refetch=refetch)
     if not by_url:
@@ -279,8 +294,10 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
     # not downloaded again, but verified again from the store under this dataset's verify settings — the record
     # stored with the blob is the outcome under the settings of whichever build fetched it first.
     again: list[tuple[str, object, str]] = []
-    for url, (_, sha, path, status, size, ctype) in cat.fetched_ok(list(by_url)).items():
+    for url, (_, sha, path, status, size, ctype, _final, _noai, _hops) in cat.fetched_ok(list(by_url)).items():
         again.extend((iid, link, sha) for iid, link in by_url.pop(url))
+    if again:
+        again = _refuse_by_policy(cat, run, again, now=now, retried=retried)
     if again:
         by_url = _verify_stored(cat, run, again, by_url, now=now, retried=retried)
     if not by_url:
@@ -289,6 +306,80 @@ def _ingest_links(cat: Catalog, run: SourceRun, links) -> None:
         _fetch_and_verify(run, by_url, now=now, retried=retried)
     else:
         _fetch_on_workers(run, by_url, now=now, retried=retried)
+
+
+def _refuse_by_policy(cat: Catalog, run: SourceRun, entries: list, *, now, retried: set[str]) -> list:
+    """The entries of ``entries`` — ``(image_id, link, sha256)`` of downloads an earlier build stored, about to be
+    used again without a download — that today's download policy allows; the others are catalogued ``rejected``
+    with the reason a download would get today (:func:`reuse_refusal`). Nothing is deleted from the store: the copy
+    is used again once the policy allows it (the outcome is retried when that setting changes)."""
+    if not entries:
+        return entries
+    records = cat.fetched_ok(list(dict.fromkeys(link.url for _iid, link, _sha in entries)))
+    keep, resolved = [], {}
+    for iid, link, sha in entries:
+        record = records.get(link.url)
+        refusal = None if record is None else reuse_refusal(run.dataset, link.url, record[6], record[4], resolved,
+                                                            noai=record[7], redirects=record[8])
+        if refusal is None:
+            keep.append((iid, link, sha))
+            continue
+        reason, detail = refusal
+        run.sink.add(item=_item(run.dataset, iid, link, None, run.build_id, now, status="rejected", reason=reason,
+                                detail=detail), retried=iid in retried)
+    return keep
+
+
+def reuse_refusal(ds: Dataset, url: str, final_url: str | None, size: int | None,
+                  resolved: dict | None = None, *, noai: bool | None = None,
+                  redirects: int | None = None) -> tuple[str, str] | None:
+    """``(reason, detail)`` when a download stored by an earlier build (``url``, redirected to ``final_url``, a body
+    of ``size`` bytes, its response marked ``X-Robots-Tag: noai`` when ``noai``) is one ``ds``'s download policy
+    refuses today — a host it no longer allows (``allow_private_hosts``, ``allowed_networks``: the host as written or
+    as it resolves now), a body over its fetch ``max_bytes``, a noai mark under ``respect_noai``, more ``redirects``
+    than its ``max_redirects`` (unknown, None, for a download recorded before they were: not refused) — else None.
+    ``resolved``: host → addresses, shared between calls (a host name is resolved once per build)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from dsbuild.netguard import literal_ip
+
+    fetch = ds.fetch_settings
+    policy = fetch.policy()
+    kept = "the copy an earlier build downloaded stays in the store, unused"
+    resolved = {} if resolved is None else resolved
+    for address in dict.fromkeys(u for u in (url, final_url) if u):
+        try:
+            host = urlsplit(address).hostname
+        except ValueError:
+            continue
+        if not host or policy.allow_private:
+            continue
+        ip = literal_ip(host)
+        if ip is not None:
+            refused = None if policy.allows(ip) else f"{host} is"
+        else:
+            if host not in resolved:
+                try:
+                    resolved[host] = [r[4][0] for r in socket.getaddrinfo(host, None)]
+                except OSError:  # no answer now: a download would fail, not be refused; the copy is not judged
+                    resolved[host] = []
+            bad = [a for a in resolved[host] if not policy.allows(a)]
+            refused = f"{host} resolves to {bad[0]}," if bad else None
+        if refused:
+            return "private address", (f"{refused} a private or loopback address, which this dataset's settings do "
+                                       f"not allow: {kept} — {private_hosts_hint(ds.name)}")
+    if noai and fetch.respect_noai:
+        return "noai", (f"the server marked this image X-Robots-Tag: noai (or noimageai) when an earlier build "
+                        f"downloaded it: {kept} — set respect_noai = false in [datasets.{ds.name}.fetch] to use it")
+    if redirects is not None and redirects > fetch.max_redirects:
+        return "too many redirects", (f"the download took {redirects} redirect{'s' if redirects != 1 else ''}, more "
+                                      f"than max_redirects {fetch.max_redirects} of [datasets.{ds.name}.fetch]: {kept} "
+                                      f"— raise max_redirects to use it")
+    if size is not None and size > fetch.max_bytes:
+        return "too large", (f"the download is {size} bytes, more than max_bytes {fetch.max_bytes} of "
+                             f"[datasets.{ds.name}.fetch]: {kept} — raise max_bytes to use it")
+    return None
 
 
 def _verify_stored(cat: Catalog, run: SourceRun, stored: list, by_url: dict[str, list], *, now,

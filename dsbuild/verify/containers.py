@@ -64,6 +64,11 @@ class PngScan:
     palette: int | None = None  # entries in PLTE (its length / 3), None without one
     declared_frames: int | None = None  # acTL's num_frames (an APNG), None for a still PNG
     ended: bool = True  # False when the file stops at a chunk boundary before IEND
+    header: bytes | None = None  # IHDR's body; PLTE's and tRNS's (for png_frame_stills)
+    plte: bytes | None = None
+    trns: bytes | None = None
+    # each image's (what, width, height, compressed parts): IDAT, then each fdAT run
+    images: list[tuple[str, int, int, list[bytes]]] = field(default_factory=list)
 
 
 def png_check_streams(scan: PngScan, *, skip_image: bool = False) -> None:
@@ -152,8 +157,12 @@ def png_scan(data: bytes) -> PngScan:
             raise Damaged("corrupt", f"PNG {name} chunk at offset {pos}{which} has a bad checksum")
         if kind == b"IHDR" and length >= 13:
             header = struct.unpack(">IIBBBBB", body[:13])
+            out.header = body[:13]
         elif kind == b"PLTE":
             out.palette = length // 3
+            out.plte = body
+        elif kind == b"tRNS":
+            out.trns = body
         elif kind == b"acTL" and length >= 8 and not seen_idat:  # after IDAT it is ignored (decoders read it first)
             (declared,) = struct.unpack(">I", body[:4])
             # else (0, past 2^31, or a second acTL) Pillow reads the file as a still PNG ("Invalid APNG"), as we do
@@ -182,6 +191,7 @@ def png_scan(data: bytes) -> PngScan:
         out.streams = [(what, parts, _png_raw_size(width, height, *header[2:4], header[6]))
                        for what, width, height, parts in groups]
     out.ended = seen_iend
+    out.images = groups
     if out.declared_frames is not None and len(out.frames) > out.declared_frames:
         out.notes.append(f"APNG holds {len(out.frames)} frames (fcTL chunks) but its animation control chunk (acTL) "
                          f"declares {out.declared_frames}: decoders show only the first {out.declared_frames}")
@@ -306,6 +316,32 @@ def _inflated_size(kind: bytes, body: bytes, limit: int) -> int | None:
         return None
 
 
+def png_frame_stills(scan: PngScan) -> list[tuple[int, bytes]]:
+    """``(frame number, a still PNG)`` for every APNG frame stored in fdAT chunks, in order: IHDR with the frame's
+    size, the file's PLTE and tRNS, the frame's zlib data as IDAT — what a decoder reads for that frame before it
+    composes it onto the canvas, so its pixels (a palette image's indices) can be held to the file as the first
+    frame's are. Empty for a still PNG."""
+    if scan.header is None:
+        return []
+    out = []
+    for what, width, height, parts in scan.images:
+        if not what.startswith("frame "):
+            continue
+        number = int(what.split()[1])
+        chunks = [_png_chunk(b"IHDR", struct.pack(">II", width, height) + scan.header[8:13])]
+        if scan.plte is not None:
+            chunks.append(_png_chunk(b"PLTE", scan.plte))
+        if scan.trns is not None:
+            chunks.append(_png_chunk(b"tRNS", scan.trns))
+        chunks += [_png_chunk(b"IDAT", b"".join(parts)), _png_chunk(b"IEND", b"")]
+        out.append((number, PNG_SIGNATURE + b"".join(chunks)))
+    return out
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
 # --------------------------------------------------------------------------- palettes
 
 
@@ -407,6 +443,55 @@ def gif_frames(data: bytes) -> list[tuple[int, int, int, int]]:
             pos += data[pos] + 1
         pos += 1
     return frames
+
+
+def gif_frame_stills(data: bytes) -> list[bytes | None]:
+    """A one-frame GIF for every image descriptor of ``data``, in order: the header, its global colour table, the
+    graphic control extension just before the frame (its transparent index), the frame placed at 0, 0 on a screen of
+    its own size, and the trailer — the frame's own indices as the decoder reads them, before it composes them onto
+    the canvas (so a later frame's palette indices can be held to its colour table as the first frame's are).
+    None for a frame whose colour table has 256 entries (every index has a colour: nothing to check). Stops where
+    the file does."""
+    end = len(data)
+    if end < 13:
+        return []
+    flags = data[10]
+    pos = 13 + (3 * (2 ** ((flags & 7) + 1)) if flags & 0x80 else 0)
+    head, table = data[:6], data[13:pos]
+    control = b""
+    out: list[bytes] = []
+    while pos < end:
+        kind = data[pos]
+        start = pos
+        if kind == 0x3B:
+            break
+        if kind == 0x21:
+            label = data[pos + 1] if pos + 1 < end else 0
+            pos += 2
+        elif kind == 0x2C:
+            if pos + 10 > end:
+                break
+            local = data[pos + 9]
+            pos += 10 + (3 * (2 ** ((local & 7) + 1)) if local & 0x80 else 0) + 1
+        else:
+            break
+        while pos < end and data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+        if kind == 0x21:
+            control = data[start:pos] if label == 0xF9 else control
+            continue
+        local = data[start + 9] if start + 9 < end else 0
+        entries = 2 ** ((local & 7) + 1) if local & 0x80 else 2 ** ((flags & 7) + 1) if flags & 0x80 else 0
+        if entries >= 256:
+            out.append(None)
+            control = b""
+            continue
+        screen = data[start + 5 : start + 9] + bytes([flags, 0, 0])
+        descriptor = b"\x2c" + bytes(4) + data[start + 5 : start + 9] + data[start + 9 : pos]
+        out.append(head + screen + table + control + descriptor + b"\x3b")
+        control = b""
+    return out
 
 
 # --------------------------------------------------------------------------- TIFF

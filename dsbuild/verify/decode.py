@@ -51,7 +51,8 @@ REASONS = (
 #: 2: junk inside JPEG scan data is corrupt; a PNG zlib stream ending before its rows is truncated; progressive
 #:    and sequential JPEG scans must code every coefficient (truncated); every later frame of a GIF, TIFF or MPO is
 #:    decoded (strict libjpeg for MPO); metadata-only faults are repaired (stripped copy kept) instead of rejected;
-#:    16-bit greyscale is scaled by the depth its data uses; a palette index past the palette is corrupt; APNG
+#:    16-bit greyscale is scaled by the depth its data uses; a palette index past the palette is corrupt (in every
+#:    frame decoded: later GIF frames, APNG frames of a palette PNG, under the later-frame caps); APNG
 #:    frame data (fdAT) and frame count, animated WebP frames, TIFF deflate strips (Adler-32), TIFF tile/strip sizes
 #:    (bombs) and directories/offsets past the end (truncated), and BMP RLE streams are checked.
 VERIFIER_REVISION = 2

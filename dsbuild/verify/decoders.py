@@ -61,6 +61,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -358,6 +359,8 @@ def _decode(fmt, data, settings, analysis_side, info, notes, stderr, *, retry=Tr
     first_page = info.pop("tiff_decoded", None)  # a TIFF's first page as loaded (see _check_tiff_deflate)
     if info.get("frames", 1) > 1 and fmt in ("GIF", "TIFF", "JPEG", "WEBP"):
         _check_later_frames(fmt, decode_data, settings, notes)
+    if fmt == "PNG" and scan is not None and scan.frames:
+        _check_apng_palettes(scan, width * height, settings, notes)
     if fmt == "TIFF":
         _check_tiff_deflate(decode_data, pages, settings, first_page)
     if decode_data is not data:
@@ -567,6 +570,7 @@ def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> No
     img = _open(fmt, data)
     total = img.size[0] * img.size[1]  # the first frame, decoded already
     frames = int(getattr(img, "n_frames", 1) or 1)
+    stills = containers.gif_frame_stills(data) if fmt == "GIF" else []
     for k in range(1, frames):
         try:
             img.seek(k)
@@ -594,6 +598,46 @@ def _check_later_frames(fmt: str, data: bytes, settings, notes: list[str]) -> No
             if fmt == "WEBP":  # Pillow's words only: say what libwebp refused
                 said = f"libwebp cannot decode this frame's bitstream (damaged or cut short): {said}"
             raise Rejected(reason, f"frame {k + 1} of {frames}: {said}") from None
+        if k < len(stills) and stills[k] is not None:
+            _check_frame_palette("GIF", stills[k], k + 1, frames)
+
+
+def _check_frame_palette(fmt: str, still: bytes, number: int, frames: int, scan=None) -> None:
+    """:func:`check_palette_indices` for a later frame (``still``: the frame alone, see
+    :func:`containers.gif_frame_stills` and :func:`containers.png_frame_stills`), naming the frame. Decoded only
+    when its colour table is shorter than its indices can reach (the check can find something)."""
+    entries = containers.palette_entries(fmt, still, scan)
+    if not entries or entries >= 256:
+        return
+    if fmt == "PNG" and (still[25] != 3 or entries >= 1 << still[24]):  # not a palette PNG, or every index has a colour
+        return
+    try:
+        img = _open(fmt, still)
+        img.load()
+    except Exception:  # noqa: BLE001 - the frame's own decode (above, or its zlib stream) judges its data
+        return
+    try:
+        check_palette_indices(fmt, still, img, scan)
+    except Rejected as exc:
+        raise Rejected(exc.reason, f"frame {number} of {frames}: {exc.detail}") from None
+
+
+def _check_apng_palettes(scan, first_pixels: int, settings, notes: list[str]) -> None:
+    """The palette indices of every APNG frame stored in fdAT (nothing else decodes them), under the caps of
+    :func:`_check_later_frames`: at most :data:`MAX_FRAMES_DECODED` frames and ``max_pixels`` pixels in all, the
+    first frame's included; a note names the frames past them."""
+    if scan.header is None or scan.header[9] != 3 or not scan.palette or scan.palette >= 1 << scan.header[8]:
+        return  # not a palette PNG, or every index its depth can hold has a colour
+    frames = len(scan.frames)
+    total = first_pixels
+    for k, (number, still) in enumerate(containers.png_frame_stills(scan), start=1):
+        width, height = struct.unpack(">II", still[16:24])
+        total += width * height
+        if k >= MAX_FRAMES_DECODED or total > settings.max_pixels:
+            notes.append(f"frames {number}–{frames} not decoded (more than {MAX_FRAMES_DECODED} frames or "
+                         f"{settings.max_pixels} pixels in all)")
+            return
+        _check_frame_palette("PNG", still, number, frames, containers.png_scan(still))
 
 
 def _check_mpo_frame(img, data: bytes, k: int, frames: int) -> None:
