@@ -352,3 +352,24 @@ def test_an_image_removed_in_review_has_no_outlier_score(tmp_path, capsys):
     code, out, err = run_cli(capsys, manifest, "embed", "pets", "-q", "--workers", "1")
     assert code == 0, err
     assert sql(manifest, "SELECT outlier_score IS NOT NULL FROM images WHERE image_id = ?", [gone]) == [(True,)]
+
+
+def test_embedders_share_one_frozen_backbone_and_embed_as_a_freshly_loaded_model_does():
+    """One model per process (built once: ~1–2 s), frozen, giving the embeddings of a model loaded on its own."""
+    import torch
+
+    from dsbuild.model.embeddings import TIMM_MODELS, Embedder, FeatureSpec
+    from dsbuild.model.weights import load_backbone
+
+    first, second = Embedder(FeatureSpec()), Embedder(FeatureSpec())
+    assert first.model is second.model
+    assert not first.model.training
+    assert not any(p.requires_grad for p in first.model.parameters())
+    photos = [skimage_photo("chelsea"), skimage_photo("coffee").convert("L")]
+    shared = first.embed(photos)
+    _, fresh = load_backbone("timm/" + TIMM_MODELS[FeatureSpec().arch])
+    second.model = fresh.eval()
+    with torch.inference_mode():
+        alone = second.embed(photos)
+    assert shared.shape == (2, first.dim) and np.allclose(shared, alone, atol=1e-6)
+    assert first.model is not second.model and first.embed(photos).tobytes() == shared.tobytes()

@@ -14,6 +14,7 @@ missing from it. torch, timm and PIL are imported inside the functions.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -205,10 +206,29 @@ class FeatureCache:
         return np.stack([self._rows[s] for s in shas]).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=2)
+def frozen_backbone(arch: str) -> Any:
+    """The ImageNet model of embedding backbone ``arch`` (a key of :data:`TIMM_MODELS`), in eval mode with its
+    parameters frozen — loaded once per process and shared by every :class:`Embedder` of that arch.
+
+    Building it (timm's constructor + reading the weights package) takes ~1–2 s on 2 cores, once per build
+    before; the review app's "similar" requests and a test session's hundreds of builds paid it each time.
+    Sharing is safe: nothing writes to a frozen eval-mode model (forward passes run under
+    ``torch.inference_mode``; batch norm uses its stored statistics). Errors (DsbuildError from
+    :func:`dsbuild.model.weights.load_backbone`) are not cached: the next call tries again."""
+    from dsbuild.model.weights import load_backbone
+
+    _, model = load_backbone("timm/" + TIMM_MODELS[arch])
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
 class Embedder:
     """A frozen ImageNet backbone turning decoded images into L2-normalised embeddings ``(n, dim)`` float32.
 
-    Loaded through :func:`dsbuild.model.weights.load_backbone` (offline for efficientnet_lite0);
+    The model is the process's shared :func:`frozen_backbone` (offline for efficientnet_lite0);
     normalisation from timm's pretrained config of the model built. ``threads``: torch
     intra-op threads (set it: several processes' default pools oversubscribe a small machine).
     Raises DsbuildError when the weights cannot be had.
@@ -218,13 +238,10 @@ class Embedder:
         import timm
         import torch
 
-        from dsbuild.model.weights import load_backbone
-
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
-        _, model = load_backbone("timm/" + TIMM_MODELS[spec.arch])
-        self.model = model.eval()
+        self.model = frozen_backbone(spec.arch)
         cfg = timm.data.resolve_data_config({}, model=self.model)
         self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
