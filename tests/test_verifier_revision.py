@@ -35,6 +35,8 @@ from PIL import Image
 
 from hostile_kit import Project, encode, jpeg_scan_start, photo
 
+from dsbuild.verify.decode import VERIFIER_REVISION
+
 JUNK = bytes((i * 73 + 41) % 255 for i in range(20))  # 20 bytes, no 0xFF: nothing libjpeg could take for a marker
 GOOD = {"a": ["astronaut", "coffee", "chelsea"], "b": ["rocket", "camera", "coins"]}
 RECHECK = re.compile(r"dsbuild's image checks changed \(verifier revision 1 → \d+\) — re-checked (\d+) catalogued "
@@ -181,7 +183,7 @@ def test_a_settings_change_with_an_upgrade_says_both_in_one_line(tmp_path: Path)
     proj.set("verify", min_side=150)  # the 140-px photos are too small now
     code, out, err = proj.build()
     assert code == 0, out + err
-    assert ("ds: dsbuild's image checks and the dataset's settings changed (verifier revision 1 → 2) — re-checked 6 "
+    assert (f"ds: dsbuild's image checks and the dataset's settings changed (verifier revision 1 → {VERIFIER_REVISION}) — re-checked 6 "
             "catalogued images from the files on disk: 6 changed outcome (ok → too small 6)") in _said(out), out
     assert "re-tried" not in out, out  # one line, not one per reason
 

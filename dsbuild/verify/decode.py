@@ -51,11 +51,12 @@ REASONS = (
 #: 2: junk inside JPEG scan data is corrupt; a PNG zlib stream ending before its rows is truncated; progressive
 #:    and sequential JPEG scans must code every coefficient (truncated); every later frame of a GIF, TIFF or MPO is
 #:    decoded (strict libjpeg for MPO); metadata-only faults are repaired (stripped copy kept) instead of rejected;
-#:    16-bit greyscale is scaled by the depth its data uses; a palette index past the palette is corrupt (in every
-#:    frame decoded: later GIF frames, APNG frames of a palette PNG, under the later-frame caps); APNG
-#:    frame data (fdAT) and frame count, animated WebP frames, TIFF deflate strips (Adler-32), TIFF tile/strip sizes
-#:    (bombs) and directories/offsets past the end (truncated), and BMP RLE streams are checked.
-VERIFIER_REVISION = 2
+#:    16-bit greyscale is scaled by the depth its data uses; a palette index past the palette is corrupt (first
+#:    frames); APNG frame data (fdAT) and frame count, animated WebP frames, TIFF deflate strips (Adler-32), TIFF
+#:    tile/strip sizes (bombs) and directories/offsets past the end (truncated), and BMP RLE streams are checked.
+#: 3: a palette index past the palette is corrupt in later frames too (every later GIF frame decoded, APNG frames
+#:    of a palette PNG, under the later-frame caps).
+VERIFIER_REVISION = 3
 
 ANALYSIS_SIDE = 128
 """Smallest side that JPEG draft decoding keeps; enough for 32×32 hashes and 64 px blur scores.
