@@ -279,17 +279,20 @@ def test_an_image_past_the_time_limit_is_rejected_and_the_build_goes_on(tmp_path
     proj = Project(tmp_path)
     from PIL import Image
 
-    slow = encode(photo("coffee", (60, 60)).resize((6000, 6000), Image.Resampling.NEAREST), "PNG")  # ~100 kB
+    # ~140 kB that take ~0.5 s to verify on 2 idle cores (~1 s at 9000²); the photos below take ~4 ms each in a worker
+    # whose Pillow plugins are loaded (worker_start) — their first image used to pay ~50 ms for that, far more on a
+    # loaded machine, and was rejected at time_limit 0.5 s (load 7)
+    slow = encode(photo("coffee", (60, 60)).resize((9000, 9000), Image.Resampling.NEAREST), "PNG")
     proj.add("a", "slow.png", slow)
     proj.add("a", "quick.png", encode(photo("rocket"), "PNG"))
     proj.add("b", "quick.jpg", encode(photo("chelsea"), "JPEG"))
-    proj.set("verify", time_limit=0.5)
+    proj.set("verify", time_limit=0.4)
     code, out, err = proj.build()
     assert code == 0, out + err
     rows = proj.by_name()
     assert (rows["slow.png"]["status"], rows["slow.png"]["reason"]) == ("rejected", "timeout")
-    assert rows["slow.png"]["detail"] == "verification took longer than time_limit 0.5 s"
-    assert (rows["slow.png"]["format"], rows["slow.png"]["width"], rows["slow.png"]["height"]) == ("PNG", 6000, 6000)
+    assert rows["slow.png"]["detail"] == "verification took longer than time_limit 0.4 s"
+    assert (rows["slow.png"]["format"], rows["slow.png"]["width"], rows["slow.png"]["height"]) == ("PNG", 9000, 9000)
     assert rows["quick.png"]["status"] == "ok" and rows["quick.jpg"]["status"] == "ok"
 
 
