@@ -8,8 +8,10 @@
   *before* the rows that point at them are committed, in batches, so a build
   killed at any moment leaves a catalog that only points at complete files, and
   the next build continues where it stopped;
-* dedup and splits are recomputed from the catalog at the end of every build
-  (cheap), with existing splits kept. The split settings each dataset was split
+* dedup and splits are recomputed from the catalog at the end of every build, with
+  existing splits kept — unless nothing they are computed from changed since a regrouping
+  that recorded its fingerprint (:mod:`dsbuild.dedup.reuse`): then the catalog already holds
+  what a full regrouping would write, and the build says whose groups it kept. The split settings each dataset was split
   with are recorded (meta ``split:NAME``): when the manifest's fractions, seed or
   carve differ, the build refuses before any work (:func:`check_split_settings`)
   until it is run with ``resplit=True`` (``--resplit``), which assigns every split
