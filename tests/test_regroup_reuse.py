@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import photo_quadrant, skimage_photo
+from helpers import photo_quadrant, run_cli, skimage_photo
 from PIL import Image
 
 from dsbuild.catalog import Catalog
@@ -107,6 +107,17 @@ def test_a_rebuild_with_nothing_new_reuses_the_groups_and_equals_a_full_regroupi
     from dsbuild.render.console import up_to_date_line
 
     assert f"duplicate groups and splits as {reused.grouping_reused} computed them" in up_to_date_line(reused)
+
+
+def test_embed_with_nothing_new_says_whose_groups_it_kept(tmp_path, capsys):
+    manifest = _make(tmp_path)
+    reused = _reused_now(manifest)
+    state = _state(manifest)
+    code, out, err = run_cli(capsys, manifest, "embed", "photos")
+    assert code == 0, err
+    assert f"{reused.duplicates} duplicates in {reused.dup_groups} groups" in out
+    assert f"as {reused.grouping_reused} grouped them (nothing they depend on changed)" in out
+    _same(_state(manifest), state)
 
 
 def test_a_new_copy_regroups_and_joins_its_photo(tmp_path):
