@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import statistics
 import subprocess
 import sys

@@ -149,9 +149,9 @@ def _cells(frame: Any, columns: tuple[str, ...]) -> list[tuple]:
 def same_writes(a: Any, b: Any) -> bool:
     """Whether two regroupings' updates (:func:`dsbuild.dedup.grouping.regroup`) write the same :data:`WRITTEN`
     values to the same images (NULL, None and NaN alike)."""
-    cols = ("image_id",) + tuple(c for c in WRITTEN if c in a.columns and c in b.columns)
     if any(c not in a.columns or c not in b.columns for c in WRITTEN):
         return False
+    cols = ("image_id",) + WRITTEN
     return sorted(_cells(a, cols), key=lambda r: r[0]) == sorted(_cells(b, cols), key=lambda r: r[0])
 
 
