@@ -289,7 +289,9 @@ def cmd_embed(args) -> int:
     summaries = embed(manifest, args.datasets, progress=RichProgress(args.quiet), workers=args.workers)
     for s in summaries:
         print(f"{s.dataset}: embeddings and near-duplicate signals up to date; {counted(s.duplicates, 'duplicate')} "
-              f"in {counted(s.dup_groups, 'group')}, {counted(s.conflicts, 'label conflict')} ({s.seconds:.0f} s)")
+              f"in {counted(s.dup_groups, 'group')}, {counted(s.conflicts, 'label conflict')}"
+              + (f", as {s.grouping_reused} grouped them (nothing they depend on changed)" if s.grouping_reused else "")
+              + f" ({s.seconds:.0f} s)")
         for note in s.notes:
             print(f"{s.dataset}: {note}")
     return 0

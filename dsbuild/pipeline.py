@@ -8,8 +8,10 @@
   *before* the rows that point at them are committed, in batches, so a build
   killed at any moment leaves a catalog that only points at complete files, and
   the next build continues where it stopped;
-* dedup and splits are recomputed from the catalog at the end of every build
-  (cheap), with existing splits kept. The split settings each dataset was split
+* dedup and splits are recomputed from the catalog at the end of every build, with
+  existing splits kept — unless nothing they are computed from changed since a regrouping
+  that recorded its fingerprint (:mod:`dsbuild.dedup.reuse`): then the catalog already holds
+  what a full regrouping would write, and the build says whose groups it kept. The split settings each dataset was split
   with are recorded (meta ``split:NAME``): when the manifest's fractions, seed or
   carve differ, the build refuses before any work (:func:`check_split_settings`)
   until it is run with ``resplit=True`` (``--resplit``), which assigns every split
@@ -86,6 +88,7 @@ class DatasetSummary:
     changed: int = 0  # catalogued images whose status, split, duplicate group or conflict this build changed
     failed_now: int = 0  # images of the dataset whose download failed, as the catalog stands after this build
     resumed: int = 0  # images that interrupted builds catalogued and this one grouped and split (in ok … failed)
+    grouping_reused: str = ""  # who computed the groups, splits and outlier scores this build kept ("build 3"), if it kept them
 
     @property
     def processed(self) -> int:
@@ -559,7 +562,8 @@ def build_dataset(
         if carried:
             summary.notes.append(carried)
 
-    regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit, threads=workers)
+    regroup_dataset(cat, ds, summary=summary, progress=progress, resplit=resplit, threads=workers,
+                    by=f"build {build_id}")
     cat.set_meta(f"split:{ds.name}", ds.split.record())
     retried = set(sink.retried)
     if "quality" in changed:  # every verified image's quality outcome was evaluated again by the regrouping
@@ -699,7 +703,7 @@ def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool
 
 def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progress: Progress,
                     resplit: bool = False, features_dir: Path | None = None, threads: int | None = None,
-                    embed: bool | None = None) -> None:
+                    embed: bool | None = None, by: str = "dsbuild embed") -> None:
     """Recompute duplicate groups, conflicts, splits and outlier scores of ``ds`` from the catalog.
 
     ``resplit``: assign every split again (a note in ``summary`` says how many images moved).
@@ -708,10 +712,16 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
     (:mod:`dsbuild.dedup.signals`; torch runs ``threads`` threads). ``embed`` (default
     ``dedup.semantic``) computes missing embeddings; cached ones give outlier scores either way,
     and confirm near duplicates only with ``dedup.semantic``.
+
+    When nothing the grouping is computed from changed since a regrouping that recorded its fingerprint
+    (:mod:`dsbuild.dedup.reuse`), the groups, splits, neighbours and outlier scores the catalog holds are what a
+    full regrouping would write: they are kept, and ``summary.grouping_reused`` names who computed them (``by``
+    names this regrouping when it records: "build 3", "dsbuild embed").
     """
     import numpy as np
 
-    from dsbuild.dedup.grouping import regroup
+    from dsbuild.dedup import reuse
+    from dsbuild.dedup.grouping import GroupSummary, regroup
 
     items = cat.dataset_items(ds.name)
     sig = None
@@ -739,17 +749,37 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
         if sig.failed:
             summary.notes.append(f"{len(sig.failed)} stored image(s) could not be decoded for near-duplicate signals "
                                  f"(e.g. {next(iter(sig.failed.values()))}) — they are compared by their hash only")
-    with progress.stage(f"{ds.name}: dedup + split", len(items)) as bar:
-        near = links = None
-        if ds.dedup.near and ds.dedup.threshold > 0:
-            if sig is not None and _wants_signals(ds):
-                links = near_links_for(items, ds, sig)
-                near = links.rows() if links is not None and len(links) else None
-            else:
-                near = near_pairs_for(items, ds)
-        updates, gs = regroup(items, ds, near_pairs=near, keep_splits=not resplit)
-        summary.changed += cat.update_dedup_and_splits(ds.name, updates)
-        bar.advance(len(items))
+    # Neighbours and outlier scores come together, from the embeddings in the cache (a build with dedup.semantic,
+    # or `dsbuild embed`, made them; a build with semantic = false computes none but uses those there): both
+    # stored for the images that have one, both empty when none has.
+    scored = sig if sig is not None else cached_signals(items, ds, features_dir or features_root_of(cat),
+                                                        current_pixels=cat.current_pixel_keys)
+    linked = ds.dedup.near and ds.dedup.threshold > 0
+    mode = "none" if not linked else "signals" if sig is not None and _wants_signals(ds) else "phash"
+    arrays = {"views": scored.views, "eff_side": scored.eff_side, "emb": scored.emb, "has_emb": scored.has_emb}
+    fp = reuse.fingerprint(cat, ds, items, arrays=arrays, mode=mode)
+    kept = None if resplit else reuse.reusable(cat, ds.name, fp)
+    if kept is not None:
+        with progress.stage(f"{ds.name}: dedup + split reused from {kept.by} (nothing it is computed from changed)",
+                            len(items)) as bar:
+            bar.advance(len(items))
+        updates = items[["image_id", "status", "reason", "split"]]
+        gs = GroupSummary(groups=kept.groups, duplicates=kept.duplicates, conflicts=kept.conflicts,
+                          near_pairs=kept.near_pairs)
+        summary.grouping_reused = kept.by
+        links = near = None
+    else:
+        with progress.stage(f"{ds.name}: dedup + split", len(items)) as bar:
+            near = links = None
+            if linked:
+                if sig is not None and _wants_signals(ds):
+                    links = near_links_for(items, ds, sig)
+                    near = links.rows() if links is not None and len(links) else None
+                else:
+                    near = near_pairs_for(items, ds)
+            updates, gs = regroup(items, ds, near_pairs=near, keep_splits=not resplit)
+            summary.changed += cat.update_dedup_and_splits(ds.name, updates)
+            bar.advance(len(items))
     summary.duplicates, summary.dup_groups, summary.near_pairs = gs.duplicates, gs.groups, gs.near_pairs
     # Conflicts as `status` and the `conflicts` view count them (current labels, reviews applied): one definition.
     dups = cat.duplicate_counts(ds.name)
@@ -766,14 +796,11 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
     note = group_warning(updates, ds)
     if note:
         summary.notes.append(note)
-    # Neighbours and outlier scores come together, from the embeddings in the cache (a build with dedup.semantic,
-    # or `dsbuild embed`, made them; a build with semantic = false computes none but uses those there): both
-    # stored for the images that have one, both empty when none has.
-    if sig is None:
-        sig = cached_signals(items, ds, features_dir or features_root_of(cat), current_pixels=cat.current_pixel_keys)
-    _store_neighbours(cat, ds, items, updates, links, sig)
-    if sig.emb is not None and sig.has_emb.any():
-        _store_outliers(cat, ds, items, updates, sig, links)
+    if kept is not None:
+        return
+    _store_neighbours(cat, ds, items, updates, links, scored)
+    if scored.emb is not None and scored.has_emb.any():
+        _store_outliers(cat, ds, items, updates, scored, links)
     else:
         import pandas as pd
 
@@ -782,6 +809,24 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
         runs = cat.runs(ds.name)
         last = runs.iloc[-1].to_dict() if len(runs) else None
         summary.notes.append(resplit_note(items, updates, runs=len(runs), last_run=last))
+    _record_fixed_point(cat, ds, items, updates, near, arrays=arrays, mode=mode, by=by)
+
+
+def _record_fixed_point(cat: Catalog, ds: Dataset, items, updates, near, *, arrays: dict, mode: str, by: str) -> None:
+    """Record the fingerprint of the catalog as this regrouping left it when regrouping it again changes nothing
+    (:mod:`dsbuild.dedup.reuse`); else forget any recorded one. ``near``: the near links this regrouping used."""
+    from dsbuild.dedup import reuse
+    from dsbuild.dedup.grouping import regroup
+
+    after = cat.dataset_items(ds.name)
+    if not reuse.same_link_inputs(items, after, _verified(items).to_numpy(), _verified(after).to_numpy()):
+        reuse.forget(cat, ds.name)
+        return
+    again, gs = regroup(after, ds, near_pairs=near, keep_splits=True)
+    if not reuse.same_writes(updates, again):
+        reuse.forget(cat, ds.name)
+        return
+    reuse.record(cat, ds.name, reuse.fingerprint(cat, ds, after, arrays=arrays, mode=mode), gs, by=by)
 
 
 def _trained_on(run: dict | None) -> set[str] | None:

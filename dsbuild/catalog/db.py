@@ -597,6 +597,24 @@ class Catalog:
             self.con.unregister("_upd")
         return int(changed[0]) if changed else 0
 
+    def grouping_outputs(self, dataset: str):
+        """``(items, knn)``: what a regrouping of ``dataset`` writes that :meth:`dataset_items` does not read back —
+        each item's dup_of, dup_distance, conflict, quality_flags, q_odd_size, leak_with (comma-joined),
+        outlier_score, is_outlier, and the ``knn`` rows — ordered, so that equal states give equal frames
+        (:mod:`dsbuild.dedup.reuse` fingerprints them)."""
+        items = self.df(
+            """SELECT image_id, dup_of, dup_distance, conflict, quality_flags, q_odd_size,
+                      array_to_string(leak_with, ',') AS leak_with, outlier_score, is_outlier
+               FROM items WHERE dataset = ? ORDER BY image_id""", [dataset])
+        knn = self.df("SELECT image_id, rank, neighbour_id, similarity FROM knn WHERE dataset = ? "
+                      "ORDER BY image_id, rank, neighbour_id", [dataset])
+        return items, knn
+
+    def drop_meta(self, key: str) -> None:
+        """Forget the meta value of ``key`` (nothing when there is none)."""
+        with self.transaction():
+            self.con.execute("DELETE FROM meta WHERE key = ?", [key])
+
     def update_groups(self, dataset: str, rows) -> int:
         """Write the duplicate-group columns (status, reason, dup_group, dup_of, dup_distance, conflict) of items of
         ``dataset`` (a DataFrame keyed by image_id: :func:`dsbuild.dedup.reviewed.regroup_reviewed`); splits and

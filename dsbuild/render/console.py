@@ -203,7 +203,11 @@ def print_build_summary(summary) -> None:
         if d.up_to_date:
             console.print(up_to_date_line(d), markup=False, soft_wrap=True)
     for d in summary.datasets:
-        for note in d.notes:
+        notes = list(d.notes)
+        if getattr(d, "grouping_reused", "") and not d.up_to_date:
+            notes.insert(0, f"duplicate groups and splits as {d.grouping_reused} computed them (nothing they depend "
+                            "on changed)")
+        for note in notes:
             console.print(f"{d.dataset}: {note}", markup=False)  # notes hold paths and queries: "[" is no markup
 
 
@@ -220,6 +224,9 @@ def up_to_date_line(d) -> str:
     if d.conflicts:
         parts.append(f"{d.conflicts:,} label conflict{'' if d.conflicts == 1 else 's'}")
     line = f"{d.dataset}: up to date — {', '.join(parts)}; nothing new in {d.sources:,} source{'' if d.sources == 1 else 's'}"
+    reused = getattr(d, "grouping_reused", "")
+    if reused:  # the counts above are the groups that build computed: say so (nothing regrouped them now)
+        line += f"; duplicate groups and splits as {reused} computed them (nothing they depend on changed)"
     failed = getattr(d, "failed_now", 0)
     if failed:  # a failed download is not tried again by a plain build: say so, and how
         line += (f" ({failed:,} of them failed to download — `dsbuild build --retry-failed` fetches "
