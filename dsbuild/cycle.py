@@ -95,7 +95,8 @@ def former_classes(cat: Catalog, ds: Dataset, classes: list[str]) -> list[str]:
 
 
 def training_frame(cat: Catalog, dataset: str, *, split=None, classes: tuple[str, ...] = (), min_per_class: int = 1):
-    """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin.
+    """Images a model may learn from: status ok, with a split; columns image_id, path, label, split, origin, sha256,
+    pixel_sha (the last two: the key of its cached features).
 
     ``split``: the dataset's :class:`dsbuild.split.SplitSettings` (for the fix the error names).
     ``classes``: the manifest's classes, each of which needs ``min_per_class`` such images
@@ -223,6 +224,7 @@ class RunReport:
 def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_run: str | None = None,
                   progress=None, **overrides) -> RunReport:
     """Fine-tune on the catalog's current labels and splits; record the run; return its report."""
+    from dsbuild.model.features import adopt_blob_keyed
     from dsbuild.model.train import train
 
     ds = manifest.dataset(name)
@@ -232,6 +234,7 @@ def train_dataset(manifest: Manifest, name: str, *, kind: str = "train", parent_
     with _Writer(manifest, f"dsbuild {kind}") as w:
         with w.open() as cat:
             df = training_frame(cat, name, split=ds.split, classes=ds.labels)
+            adopt_blob_keyed(features_dir(manifest), cat.current_pixel_keys)
             cat.start_run(run_id=run_id, dataset=name, kind=kind, arch=settings.arch,
                           params=_params(settings), parent_run=parent_run)
         out_dir = models_dir(manifest) / name / run_id
@@ -337,6 +340,7 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
     ``find_mislabels`` is the same function under its old name.
     """
     from dsbuild.issues import IssueContext, run_finders
+    from dsbuild.model.features import adopt_blob_keyed
     from dsbuild.model.oof import out_of_fold_probs, too_few_for_folds
     from dsbuild.model.trust import learn_check
 
@@ -349,6 +353,7 @@ def find_issues(manifest: Manifest, name: str, *, progress=None):
             too_few = too_few_for_folds(df["label"].value_counts(), settings)
             if too_few:  # before any run is recorded: nothing was tried
                 raise DsbuildError(too_few)
+            adopt_blob_keyed(features_dir(manifest), cat.current_pixel_keys)
             keep = _reviewed_keep(cat, name)
             members = cat.conflict_members(name)
             outliers = cat.outliers(name)
@@ -1155,11 +1160,13 @@ def _valid_labels(manifest: Manifest, model_dir: Path, valid) -> "Any":
     :func:`dsbuild.model.predict.head_probs_from_cache`), else by :func:`dsbuild.model.predict.predict`."""
     import numpy as np
 
+    from dsbuild.model.features import feature_keys
     from dsbuild.model.predict import head_probs_from_cache, predict
 
     paths = [Path(p) for p in valid["path"]]
-    if valid["sha256"].notna().all():
-        probs = head_probs_from_cache(model_dir, paths, valid["sha256"].astype(str).tolist(), features_dir(manifest))
+    keys = feature_keys(valid)
+    if keys is not None:
+        probs = head_probs_from_cache(model_dir, paths, keys, features_dir(manifest))
         if probs is not None:
             classes = json.loads((model_dir / "model.json").read_text())["classes"]
             return np.asarray(classes, dtype=object)[probs.argmax(1)]

@@ -530,6 +530,10 @@ def build_dataset(
     changed = frozenset(k for k, v in sections.items() if k != "verify" and k in previous and previous[k] != v)
     if changed_settings:
         changed |= {"verify"}
+    if verify.checks:  # before the re-check gives any blob the pixels read now (see adopt_blob_keyed)
+        from dsbuild.model.features import adopt_blob_keyed
+
+        adopt_blob_keyed(features_root_of(cat), cat.current_pixel_keys)
 
     known = cat.known_items(ds.name)
     known_by_id = {row.image_id: row for row in known.itertuples(index=False)}

@@ -348,12 +348,13 @@ def test_a_head_model_answers_from_the_feature_cache_as_predict_does(head_traine
     """retrain's before/after comparison reads a head model's answers off the cached features (no backbone pass)."""
     import hashlib
 
+    from dsbuild.model.embeddings import emb_key
     from dsbuild.model.predict import head_probs_from_cache
 
     result, out = head_trained
     valid = digits[digits["split"] == "valid"]
     paths = [Path(p) for p in valid["path"]]
-    shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    shas = [emb_key(hashlib.sha256(p.read_bytes()).hexdigest(), None) for p in paths]  # the keys train hashed them to
     cached = sum(len(np.load(f)["sha256"]) for f in feature_cache.glob("*/part-*.npz"))
     probs = head_probs_from_cache(out, paths, shas, feature_cache)
     np.testing.assert_allclose(probs, result.valid_probs, atol=2e-3)

@@ -362,6 +362,19 @@ def test_an_upgrade_that_reads_the_same_pixels_embeds_nothing_again(tmp_path: Pa
     assert sorted(keys) == sorted(f"{sha}:{pixels[sha]}" for sha in before)
 
 
+def _as_read_by_revision_1(proj: Project, sha: str) -> None:
+    """``proj``'s catalog as an older dsbuild wrote it (:func:`as_built_by_an_older_dsbuild`), with what revision 1
+    read from the 12-bit PNG of blob ``sha``: the picture near black, its own pixel key, signals computed from it."""
+    as_built_by_an_older_dsbuild(proj, {})
+    con = duckdb.connect(str(proj.catalog))
+    try:
+        con.execute("UPDATE blobs SET pixel_sha = 'read by revision 1', phash_views = [1, 2, 3, 4, 5, 6, 7], "
+                    "eff_side = 3.0 WHERE sha256 = ?", [sha])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
 def test_an_image_whose_pixels_a_recheck_reads_otherwise_is_embedded_again(tmp_path: Path) -> None:
     """The 12-bit PNG whose pixels revision 1 read as near black: its blob's pixel key and near-duplicate signals
     were refreshed by the re-check, but its embedding (of the old pixels: here, planted as the astronaut's) was kept
@@ -375,14 +388,7 @@ def test_an_image_whose_pixels_a_recheck_reads_otherwise_is_embedded_again(tmp_p
     assert proj.build()[0] == 0
     sha, astronaut = _sha(png.read_bytes()), _sha(_good("astronaut", 0))
     before = _as_an_older_cache(proj, plant={sha: astronaut})
-    as_built_by_an_older_dsbuild(proj, {})
-    con = duckdb.connect(str(proj.catalog))
-    try:  # what revision 1 read: the picture near black, its own pixel key, signals computed from that picture
-        con.execute("UPDATE blobs SET pixel_sha = 'read by revision 1', phash_views = [1, 2, 3, 4, 5, 6, 7], "
-                    "eff_side = 3.0 WHERE sha256 = ?", [sha])
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
+    _as_read_by_revision_1(proj, sha)
 
     code, out, err = proj.build()
     assert code == 0, out + err
@@ -398,3 +404,81 @@ def test_an_image_whose_pixels_a_recheck_reads_otherwise_is_embedded_again(tmp_p
     pixel = proj.rows("SELECT pixel_sha FROM blobs WHERE sha256 = ?", sha)[0]["pixel_sha"]
     row = FeatureCache(proj.catalog.parent / "features", FeatureSpec()).get([emb_key(sha, pixel)])[0]
     assert np.allclose(row, before[sha], atol=2e-3)  # what a fresh build embeds for it
+
+
+# --------------------------------------------------------------------------- training features of the pixels read
+
+TRAIN_FEATURES = "efficientnet_lite0-32-v1"  # the model stage's frozen-feature cache at [model] size = 32
+
+
+def _training_features(proj: Project) -> dict[str, dict[str, object]]:
+    """Every shard of ``proj``'s training-feature cache: shard name → {cache key → its views concatenated}."""
+    import numpy as np
+
+    folder = proj.catalog.parent / "features" / TRAIN_FEATURES
+    shards = {}
+    for shard in sorted(folder.glob("part-*.npz")):
+        with np.load(shard) as z:
+            views = sorted(k for k in z.files if k != "sha256")
+            shards[shard.name] = {str(key): np.concatenate([z[v][i] for v in views]).astype("float32")
+                                  for i, key in enumerate(z["sha256"])}
+    return shards
+
+
+def _as_an_older_training_cache(proj: Project, plant: dict[str, str]) -> None:
+    """Rewrite ``proj``'s training-feature cache as a dsbuild before this one wrote it — one shard, each row keyed by
+    its blob's sha256 alone — with the rows of each blob of ``plant`` (sha256 → sha256 of another blob) replaced by
+    that other blob's: what an older verifier that read other pixels from it computed."""
+    import numpy as np
+
+    folder = proj.catalog.parent / "features" / TRAIN_FEATURES
+    rows: dict[str, dict] = {}
+    for shard in sorted(folder.glob("part-*.npz")):
+        with np.load(shard) as z:
+            views = [k for k in z.files if k != "sha256"]
+            for i, key in enumerate(z["sha256"]):
+                rows[str(key).split(":")[0]] = {v: z[v][i] for v in views}
+        shard.unlink()
+    for sha, other in plant.items():
+        rows[sha] = rows[other]
+    np.savez(folder / "part-20250101000000-0ld0.npz", sha256=np.array(list(rows)),
+             **{v: np.stack([r[v] for r in rows.values()]) for v in views})
+
+
+def test_an_image_whose_pixels_a_recheck_reads_otherwise_gets_new_training_features(tmp_path: Path) -> None:
+    """The 12-bit PNG in the model stage: its frozen features (cached for train, mislabels and retrain) were of the
+    pixels revision 1 read (planted: the astronaut photo's), keyed by the blob alone. After the upgrade's re-check,
+    ``train`` computes that image's features again from the pixels read today — what a first training computes —
+    and only it: the 5 unchanged images' rows, written by the older dsbuild, are taken over, not computed again."""
+    import numpy as np
+
+    proj = _good_project(tmp_path)
+    (proj.root / "images" / "b" / "camera.jpg").unlink()  # the PNG is of that photo: both trained on, no duplicate
+    png = proj.add("a", "twelve_bit.png", _twelve_bit_png())
+    proj.set("model", arch="efficientnet_lite0", size=32)
+    assert proj.build()[0] == 0
+    code, out, err = proj.cli("train", proj.dataset)
+    assert code in (0, 3) and "Traceback" not in out + err, out + err  # 6 images: whether it learned is not the point
+    sha, astronaut = _sha(png.read_bytes()), _sha(_good("astronaut", 0))
+    first = {k: v for rows in _training_features(proj).values() for k, v in rows.items()}
+    assert len(first) == 6
+    today = next(v for k, v in first.items() if k.startswith(sha))  # the PNG's features of today's pixels
+    planted = next(v for k, v in first.items() if k.startswith(astronaut))
+    assert not np.allclose(today, planted, atol=1e-2)
+    _as_an_older_training_cache(proj, plant={sha: astronaut})
+    _as_read_by_revision_1(proj, sha)
+
+    code, out, err = proj.build()
+    assert code == 0, out + err
+    assert _recheck_line(out).group(1) == "6"
+    built = _training_features(proj)
+    code, out, err = proj.cli("train", proj.dataset)
+    assert code in (0, 3) and "Traceback" not in out + err, out + err
+    trained = _training_features(proj)
+    pixels = {r["sha256"]: r["pixel_sha"] for r in proj.rows("SELECT sha256, pixel_sha FROM blobs")}
+    assert pixels[sha] != "read by revision 1"
+    computed = {k: v for name, rows in trained.items() if name not in built for k, v in rows.items()}
+    assert list(computed) == [f"{sha}:{pixels[sha]}"]  # the PNG only: 1 image computed, 5 taken over
+    assert np.allclose(computed[f"{sha}:{pixels[sha]}"], today, atol=1e-3)  # what a first training computes
+    kept = {k for rows in built.values() for k in rows}
+    assert {f"{s}:{pixels[s]}" for s in pixels if s != sha} <= kept  # the others under the pixels read now

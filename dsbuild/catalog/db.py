@@ -1010,22 +1010,26 @@ class Catalog:
             self._insert_frame("issue_rows", issue_frame(rows, run_id=run_id, dataset=dataset), ISSUE_COLUMNS)
 
     def trainable_images(self, dataset: str):
-        """Images a model may learn from (status ok, with a split): image_id, path, label, split, origin, sha256.
+        """Images a model may learn from (status ok, with a split): image_id, path, label, split, origin, sha256,
+        pixel_sha (the pixels verification reads from the blob: with the sha256, the key of its cached features).
 
         Ordered by content hash (image ids depend on where the files are): folds and batches,
         and so every model run, come out the same on any machine.
         """
         return self.df(
-            "SELECT image_id, path, label, split, origin, sha256 FROM images WHERE dataset = ? AND status = 'ok' "
-            "AND split IS NOT NULL ORDER BY sha256, image_id",
+            "SELECT i.image_id, i.path, i.label, i.split, i.origin, i.sha256, b.pixel_sha FROM images i "
+            "LEFT JOIN blobs b USING (sha256) WHERE i.dataset = ? AND i.status = 'ok' AND i.split IS NOT NULL "
+            "ORDER BY i.sha256, i.image_id",
             [dataset],
         )
 
     def valid_images(self, dataset: str):
-        """Accepted images of the valid split with their current labels: image_id, path, label, sha256, dup_group."""
+        """Accepted images of the valid split with their current labels: image_id, path, label, sha256, dup_group,
+        pixel_sha (as :meth:`trainable_images`)."""
         return self.df(
-            "SELECT image_id, path, label, sha256, dup_group FROM images WHERE dataset = ? AND status = 'ok' AND split = 'valid' "
-            "ORDER BY image_id",
+            "SELECT i.image_id, i.path, i.label, i.sha256, i.dup_group, b.pixel_sha FROM images i "
+            "LEFT JOIN blobs b USING (sha256) WHERE i.dataset = ? AND i.status = 'ok' AND i.split = 'valid' "
+            "ORDER BY i.image_id",
             [dataset],
         )
 

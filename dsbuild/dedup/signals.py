@@ -19,6 +19,7 @@ import numpy as np
 
 from dsbuild.dedup.neardup import VIEW_NAMES, parse_views, pixel_signals, thumbnail
 from dsbuild.dedup.settings import DedupSettings
+from dsbuild.model.embeddings import emb_keys  # noqa: F401  (public here too: the embedding stage's keys)
 from dsbuild.verify.settings import VerifySettings
 
 
@@ -76,17 +77,6 @@ def open_cache(features_dir: Path, dedup: DedupSettings, current_pixels: Any = N
     if cache.has_legacy and current_pixels is not None:
         cache.adopt(current_pixels(), write=write)
     return cache
-
-
-def emb_keys(items: Any) -> np.ndarray:
-    """Each row's embedding cache key (:func:`dsbuild.model.embeddings.emb_key`: blob and pixels), None without a
-    blob."""
-    from dsbuild.model.embeddings import emb_key
-
-    shas = items["sha256"].to_numpy(dtype=object)
-    pixels = items["pixel_sha"].to_numpy(dtype=object) if "pixel_sha" in items else np.full(len(items), None, object)
-    return np.array([emb_key(s, p if isinstance(p, str) else None) if isinstance(s, str) else None
-                     for s, p in zip(shas, pixels)], dtype=object)
 
 
 def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: VerifySettings, *,

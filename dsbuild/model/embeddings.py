@@ -73,6 +73,33 @@ def emb_key(sha256: str, pixel_sha: str | None) -> str:
     return f"{sha256}:{pixel_sha or 'bytes'}"
 
 
+def emb_keys(items: Any) -> Any:
+    """Each row's :func:`emb_key` (numpy object array) from ``items``' ``sha256`` and ``pixel_sha`` columns (a frame
+    without ``pixel_sha``: ``<sha256>:bytes``), None without a blob."""
+    import numpy as np
+
+    shas = items["sha256"].to_numpy(dtype=object)
+    pixels = items["pixel_sha"].to_numpy(dtype=object) if "pixel_sha" in items else np.full(len(items), None, object)
+    return np.array([emb_key(s, p if isinstance(p, str) else None) if isinstance(s, str) else None
+                     for s, p in zip(shas, pixels)], dtype=object)
+
+
+def is_blob_key(key: str) -> bool:
+    """True for a cache key that is a blob's sha256 alone: a row written by a dsbuild before :func:`emb_key`."""
+    return _SHA256.fullmatch(key) is not None
+
+
+def adopted_rows(legacy: dict[str, Any], current: dict[str, str | None], have: Any) -> dict[str, Any]:
+    """The rows of ``legacy`` (keyed by a blob alone: :func:`is_blob_key`) under the key of the pixels they were
+    computed from, where that is known: ``current`` maps the blobs whose near-duplicate signals were computed from
+    the pixels verification reads now (a re-check that reads other pixels clears those signals, and did so before
+    rows named their pixels) to those pixels' ``pixel_sha`` (:meth:`dsbuild.catalog.Catalog.current_pixel_keys`).
+    Rows of other blobs, and keys ``have`` holds already, are left out: computed again when needed. Shared by
+    every cache keyed by :func:`emb_key` (:meth:`FeatureCache.adopt`, :func:`dsbuild.model.features.adopt_blob_keyed`)."""
+    adopted = {emb_key(sha, current[sha]): row for sha, row in legacy.items() if sha in current}
+    return {k: r for k, r in adopted.items() if k not in have}
+
+
 def features_root(catalog: Path) -> Path:
     """Where a catalog's embedding caches live: ``<catalog dir>/features``."""
     return Path(catalog).parent / "features"
@@ -104,7 +131,7 @@ class FeatureCache:
             for shard in sorted(self.dir.glob("part-*.parquet")):
                 legacy = False
                 for key, blob in duckdb.read_parquet(str(shard)).fetchall():
-                    if not _SHA256.fullmatch(key):  # emb_key: blob and pixels
+                    if not is_blob_key(key):  # emb_key: blob and pixels
                         self._rows[key] = np.frombuffer(blob, dtype="<f2")
                     else:  # written before rows named their pixels: the blob's sha256 alone (see adopt)
                         self._legacy[key] = np.frombuffer(blob, dtype="<f2")
@@ -118,14 +145,11 @@ class FeatureCache:
         return bool(self._legacy)
 
     def adopt(self, current: dict[str, str | None], *, write: bool = True) -> int:
-        """Give the rows keyed by a blob alone the key of the pixels they were computed from, where that is known:
-        ``current`` maps the blobs whose near-duplicate signals were computed from the pixels verification reads now
-        (a re-check that reads other pixels clears those signals, and did so before rows named their pixels) to
-        those pixels' ``pixel_sha``. The others are dropped: embedded again when needed. ``write``: store the result
-        (one shard, then the old shards are deleted; a crash in between adopts again); else in memory only (a
+        """Give the rows keyed by a blob alone the key of the pixels they were computed from, where ``current``
+        knows it (:func:`adopted_rows`); the others are dropped: embedded again when needed. ``write``: store the
+        result (one shard, then the old shards are deleted; a crash in between adopts again); else in memory only (a
         reader). Returns how many rows were adopted."""
-        adopted = {emb_key(sha, current[sha]): row for sha, row in self._legacy.items() if sha in current}
-        adopted = {k: r for k, r in adopted.items() if k not in self._rows}
+        adopted = adopted_rows(self._legacy, current, self._rows)
         if write and adopted:
             self.put(list(adopted), list(adopted.values()))
         else:

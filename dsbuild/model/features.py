@@ -111,10 +111,12 @@ def get_stage_features(learn: Any, df: Any, *, size: int, reductions: tuple[int,
 # --------------------------------------------------------------------------- frozen backbone features, cached per blob
 #
 # One forward pass of a frozen ImageNet backbone per image gives every *view* the model
-# stage needs; the rows are cached per blob (the image file's sha256, the name dsbuild's
-# store already uses) × :class:`FeatureSpec`, so ``train``, ``mislabels``, ``retrain`` and
-# the embeddings work (issue 17) share one pass. Public API: :class:`FeatureSpec`,
-# :func:`features`, :func:`view_matrix`, :func:`native_size`; :class:`FrozenBody` and
+# stage needs; the rows are cached per image × :class:`FeatureSpec` under the key the
+# embedding cache uses (:func:`dsbuild.model.embeddings.emb_key`: the blob's sha256 and the
+# pixels verification reads from it, so a decoder change that reads other pixels from the same
+# bytes computes the image's features again), and ``train``, ``mislabels`` and ``retrain``
+# share one pass. Public API: :class:`FeatureSpec`, :func:`features`, :func:`feature_keys`,
+# :func:`adopt_blob_keyed`, :func:`view_matrix`, :func:`native_size`; :class:`FrozenBody` and
 # :func:`to_input` are the network and the preprocessing (shared with saved head models).
 
 #: Views of one forward pass (all float32, one row per image):
@@ -308,12 +310,12 @@ def _cache_dir(root: Path, spec: FeatureSpec) -> Path:
     return Path(root) / spec.key()
 
 
-def _read_cache(folder: Path) -> dict[str, dict[str, Any]]:
-    """sha256 → view → float16 row, from every complete shard in ``folder`` (a torn shard is skipped)."""
+def _read_cache(folder: Path, shards: Sequence[Path] | None = None) -> dict[str, dict[str, Any]]:
+    """key → view → float16 row, from every complete shard in ``folder`` (or ``shards``; a torn shard is skipped)."""
     import numpy as np
 
     rows: dict[str, dict[str, Any]] = {}
-    for shard in sorted(folder.glob("part-*.npz")):
+    for shard in sorted(folder.glob("part-*.npz")) if shards is None else shards:
         try:
             with np.load(shard, allow_pickle=False) as z:
                 keys = [k for k in z.files if k != "sha256"]
@@ -345,6 +347,59 @@ def _write_shard(folder: Path, shas: list[str], views: dict[str, Any]) -> None:
     os.replace(tmp, folder / f"{name}.npz")
 
 
+def _shard_keys(shard: Path) -> list[str]:
+    """The keys of one shard (its ``sha256`` array only; a torn shard has none)."""
+    import numpy as np
+
+    try:
+        with np.load(shard, allow_pickle=False) as z:
+            return [str(k) for k in z["sha256"]]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def adopt_blob_keyed(root: Path, current_pixels: Any) -> int:
+    """Once, in every feature cache under ``root``: the rows a dsbuild before
+    :func:`~dsbuild.model.embeddings.emb_key` keyed by their blob alone take the key of the pixels they were
+    computed from, where ``current_pixels()`` (:meth:`dsbuild.catalog.Catalog.current_pixel_keys`) knows it
+    (:func:`dsbuild.model.embeddings.adopted_rows`, as the embedding cache does); the others are dropped, computed
+    again when needed. Written as one new shard per cache, then the old shards are deleted (a crash in between
+    adopts again). Only the shards' keys are read unless some are blob-keyed; ``current_pixels`` is called only
+    then. Returns how many rows were adopted."""
+    import numpy as np
+
+    from dsbuild.model.embeddings import adopted_rows, is_blob_key
+
+    current = None
+    n = 0
+    for folder in sorted(p for p in Path(root).glob("*") if p.is_dir()) if Path(root).is_dir() else []:
+        keys = {shard: _shard_keys(shard) for shard in sorted(folder.glob("part-*.npz"))}
+        old = [shard for shard, k in keys.items() if any(is_blob_key(key) for key in k)]
+        if not old:
+            continue
+        current = current_pixels() if current is None else current
+        have = {key for shard, k in keys.items() if shard not in old for key in k}
+        legacy = {key: row for key, row in _read_cache(folder, old).items() if is_blob_key(key)}
+        adopted = adopted_rows(legacy, current, have)
+        if adopted:
+            rows = list(adopted.values())
+            _write_shard(folder, list(adopted), {v: np.stack([r[v] for r in rows]) for v in rows[0]})
+        for shard in old:
+            shard.unlink(missing_ok=True)
+        n += len(adopted)
+    return n
+
+
+def feature_keys(frame: Any) -> list[str] | None:
+    """The cache keys of ``frame``'s images (:func:`dsbuild.model.embeddings.emb_keys`: its ``sha256`` and, from the
+    catalog, ``pixel_sha``) when every row has its blob's sha256; else None (:func:`features` hashes the files)."""
+    from dsbuild.model.embeddings import emb_keys
+
+    if "sha256" not in frame.columns or not frame["sha256"].notna().all():
+        return None
+    return [str(k) for k in emb_keys(frame)]
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (the blob key of dsbuild's store)."""
     import hashlib
@@ -357,25 +412,27 @@ def sha256_file(path: str | Path) -> str:
 
 
 def features(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: Path | None, *,
-             shas: Sequence[str] | None = None, progress: Any = None, batch_size: int = 32,
+             keys: Sequence[str] | None = None, progress: Any = None, batch_size: int = 32,
              chunk: int = 256) -> dict[str, Any]:
     """Frozen-backbone features of the images ``paths`` (one row each, input order): view → ``n × width`` float32.
 
     ``cache_dir``: the feature cache root (``<catalog folder>/features``); rows are kept per
-    blob under ``cache_dir/<spec.key()>/part-*.npz`` (float16; sha256 + one array per
-    view, written atomically) and only blobs not cached yet are decoded and run through
-    the backbone. ``None`` → no cache. ``shas``: the files' sha256 when known (the
-    catalog has them); otherwise the files are hashed. Images are opened with
-    :func:`dsbuild.verify.decode.load_rgb` (verified images only reach here). Raises
-    DsbuildError when an image cannot be read. Views: :data:`VIEWS`.
+    key under ``cache_dir/<spec.key()>/part-*.npz`` (float16; the keys in the ``sha256``
+    array + one array per view, written atomically) and only images not cached yet are decoded
+    and run through the backbone. ``None`` → no cache. ``keys``: the images' cache keys when
+    known (:func:`feature_keys`: blob and pixels, from the catalog); otherwise the files are
+    hashed (``<sha256>:bytes``). Images are opened with :func:`dsbuild.verify.decode.load_rgb`
+    (verified images only reach here). Raises DsbuildError when an image cannot be read.
+    Views: :data:`VIEWS`.
     """
     import numpy as np
     import torch
 
+    from dsbuild.model.embeddings import emb_key
     from dsbuild.progress import silent
 
     paths = [str(p) for p in paths]
-    keys = [str(s) for s in shas] if shas is not None else [sha256_file(p) for p in paths]
+    keys = [str(k) for k in keys] if keys is not None else [emb_key(sha256_file(p), None) for p in paths]
     folder = _cache_dir(cache_dir, spec) if cache_dir is not None else None
     rows = _read_cache(folder) if folder is not None and folder.is_dir() else {}
     todo: dict[str, str] = {}

@@ -132,6 +132,8 @@ def out_of_fold_probs(df: Any, settings: ModelSettings, *, progress: Any = None,
     """
     import numpy as np
 
+    from dsbuild.model.features import feature_keys
+
     t0 = time.perf_counter()
     for col in ("image_id", "path", "label"):
         if col not in df.columns:
@@ -152,8 +154,7 @@ def out_of_fold_probs(df: Any, settings: ModelSettings, *, progress: Any = None,
     settings = with_size(settings)
     prog = silent(progress)
     if settings.oof_method == "frozen":
-        shas = df["sha256"].astype(str).tolist() if "sha256" in df.columns and df["sha256"].notna().all() else None
-        probs, unit, trained_on = _frozen_heads(frame, y, classes, settings, prog, cache_dir, shas)
+        probs, unit, trained_on = _frozen_heads(frame, y, classes, settings, prog, cache_dir, feature_keys(df))
         return _result(frame, y, classes, probs, unit, trained_on, settings, t0)
     loader = ImageLoader(settings.size, cache=True)
     if settings.oof_method == "kfold":
@@ -344,7 +345,7 @@ def _frozen_view(frame: Any, classes: tuple[str, ...], settings: ModelSettings, 
 
 
 def _frozen_heads(frame: Any, y: Any, classes: tuple[str, ...], settings: ModelSettings, progress: Any,
-                  cache_dir: Any, shas: list[str] | None) -> tuple[Any, Any, list[set[str]]]:
+                  cache_dir: Any, keys: list[str] | None) -> tuple[Any, Any, list[set[str]]]:
     """``frozen``: K-fold logistic heads on the frozen backbone's cached features, ``oof_rounds`` rounds.
 
     The backbone never saw a label, so only the heads must be fitted out of fold: head k
@@ -363,7 +364,7 @@ def _frozen_heads(frame: Any, y: Any, classes: tuple[str, ...], settings: ModelS
 
     if not settings.pretrained:
         raise DsbuildError("model.pretrained = false needs oof_method = kfold or crossfit — frozen random features learn nothing")
-    feats = features(frame["path"].tolist(), feature_spec(settings), cache_dir, shas=shas, progress=progress)
+    feats = features(frame["path"].tolist(), feature_spec(settings), cache_dir, keys=keys, progress=progress)
     X = view_matrix(feats, settings.view)
     n, k = len(frame), len(classes)
     folds = stratified_folds(y, settings.folds, settings.seed)

@@ -134,7 +134,7 @@ def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device:
     return _frame(paths, classes, probs, errors)
 
 
-def head_probs_from_cache(model_dir: Path, paths: list[Path], shas: list[str], cache_dir: Path) -> Any:
+def head_probs_from_cache(model_dir: Path, paths: list[Path], keys: list[str], cache_dir: Path) -> Any:
     """Probabilities (``n × K`` float32, ``model.json``'s class order) of a ``kind: head`` model from the feature
     cache, without running the backbone; None when the model is not a head or its feature spec is unknown.
 
@@ -142,8 +142,9 @@ def head_probs_from_cache(model_dir: Path, paths: list[Path], shas: list[str], c
     (:func:`dsbuild.model.head.head_classifier`), so ``softmax(X @ Wᵀ + b)`` on the cached
     views ``X`` (:func:`dsbuild.model.features.features`, float16 in the cache: probabilities
     within ~2e-3 of :func:`predict`'s) gives its answer for images the cache holds; images it
-    lacks are run through the backbone once and cached. ``paths``/``shas``: verified images of
-    the catalog and their sha256. Raises DsbuildError as :func:`load_model`.
+    lacks are run through the backbone once and cached. ``paths``/``keys``: verified images of
+    the catalog and their cache keys (:func:`dsbuild.model.features.feature_keys`). Raises DsbuildError as
+    :func:`load_model`.
     """
     import numpy as np
     import torch
@@ -164,7 +165,7 @@ def head_probs_from_cache(model_dir: Path, paths: list[Path], shas: list[str], c
         return None
     state = torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True)
     weight, bias = state["linear.weight"].double().numpy(), state["linear.bias"].double().numpy()
-    X = view_matrix(features(paths, spec, cache_dir, shas=shas), settings["view"]).astype(np.float64)
+    X = view_matrix(features(paths, spec, cache_dir, keys=keys), settings["view"]).astype(np.float64)
     if X.shape[1] != weight.shape[1]:
         return None
     z = X @ weight.T + bias

@@ -458,7 +458,7 @@ def train_head(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any
     import numpy as np
     import torch
 
-    from dsbuild.model.features import VIEW_SETS, features, frozen_body, view_matrix
+    from dsbuild.model.features import VIEW_SETS, feature_keys, features, frozen_body, view_matrix
     from dsbuild.model.head import choose_c, fit_head, head_classifier
 
     t0 = time.perf_counter()
@@ -471,9 +471,8 @@ def train_head(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any
     classes = tuple(sorted(set(train_df["label"].astype(str)) | set(valid_df["label"].astype(str))))
     index = {c: i for i, c in enumerate(classes)}
     spec = feature_spec(settings)
-    shas = used["sha256"].astype(str).tolist() if "sha256" in used.columns and used["sha256"].notna().all() else None
     with silent(progress).stage("train: head", 1) as stage:
-        feats = features(used["path"].astype(str).tolist(), spec, cache_dir, shas=shas, progress=progress)
+        feats = features(used["path"].astype(str).tolist(), spec, cache_dir, keys=feature_keys(used), progress=progress)
         X = view_matrix(feats, settings.view)
         is_train = (used["split"] == "train").to_numpy()
         y_train = np.array([index[str(v)] for v in train_df["label"]], dtype=np.int64)
