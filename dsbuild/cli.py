@@ -302,18 +302,19 @@ def cmd_similar(args) -> int:
 
     manifest = _load(args)
     df = similar_images(manifest, args.dataset, args.image, k=args.k)
+    query = df.attrs.get("query_id") or args.image  # an image id given by its start is titled by the whole id
     if args.format == "html":
         from dsbuild.render.html import similar_html
 
         out = Path(args.out or f"{args.dataset}-similar.html")
-        similar_html(df, dataset=args.dataset, query=args.image, out=out)
+        similar_html(df, dataset=args.dataset, query=query, out=out)
         print(f"wrote {out} ({len(df)} images)")
         return 0
     if args.format == "table" and not args.out:
         df = df[["rank", "image_id", "similarity", "label", "split", "status", "origin"]].copy()
         # one width for the column (0.9, 0.782 and 0.8947 were printed as they came): 4 decimals, as predict's
         df["similarity"] = ["" if is_missing(v) else f"{v:.4f}" for v in df["similarity"]]
-    _emit(df, args, title=f"{len(df)} images of '{args.dataset}' most similar to {args.image}")
+    _emit(df, args, title=f"{len(df)} images of '{args.dataset}' most similar to {query}")
     return 0
 
 

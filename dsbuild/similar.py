@@ -31,7 +31,8 @@ SHOWN_CANDIDATES = 10
 
 
 def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20, id_only: bool = False) -> Any:
-    """The ``k`` accepted images of ``dataset`` most similar to ``query``: a DataFrame of :data:`SIMILAR_COLUMNS`.
+    """The ``k`` accepted images of ``dataset`` most similar to ``query``: a DataFrame of :data:`SIMILAR_COLUMNS`
+    (``attrs["query_id"]``: the image_id ``query`` named — whole when it gave the start of one — or None for a file).
 
     ``similarity`` is the cosine of the L2-normalised embeddings (1 = same features), best
     first; the query image itself is left out. ``id_only``: ``query`` must be an image_id of the
@@ -110,7 +111,9 @@ def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20,
     for col in SIMILAR_COLUMNS:
         if col not in out:
             out[col] = None
-    return pd.DataFrame(out[list(SIMILAR_COLUMNS)]).reset_index(drop=True)
+    found = pd.DataFrame(out[list(SIMILAR_COLUMNS)]).reset_index(drop=True)
+    found.attrs["query_id"] = None if row is None else str(row["image_id"])  # the whole id a start of one resolved to
+    return found
 
 
 _MEMO: dict[str, tuple[Any, Any]] = {}

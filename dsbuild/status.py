@@ -109,7 +109,7 @@ def _one(cat: Catalog, name: str, ds=None) -> DatasetStatus:
                      f"than {NEAR_SHARE_WARNING:.0%}: look at the groups with `dsbuild status {name} --html dups.html` "
                      "or `dsbuild query @duplicates` before trusting them")
     if outliers:
-        notes.append(f"{name}: {outliers} outliers (images unlike the rest, cleanlab outlier_score) — "
+        notes.append(f"{name}: {outliers} outlier{'s' if outliers != 1 else ''} (images unlike the rest, cleanlab outlier_score) — "
                      f"`dsbuild query \"SELECT * FROM images WHERE dataset = '{name}' AND is_outlier ORDER BY outlier_score\"`")
     flags = cat.quality_flag_counts(name)
     if flags:

@@ -195,6 +195,26 @@ def test_labels_csv_imports_local_files_with_their_splits_and_names_each_bad_row
     assert origin == str(base / "imgs" / "fake.jpg")
 
 
+def test_a_file_a_labels_csv_lists_with_two_labels_is_named_by_line_and_both_rows_are_kept(tmp_path: Path, capsys) -> None:
+    """Trial 9: a file listed twice with two labels was catalogued twice in silence (only `conflicts 1` said so), and
+    one of the two labels was trained on; the same file listed twice with one label was named."""
+    photos(tmp_path / "data" / "imgs", "chelsea", range(0, 3))
+    photos(tmp_path / "data" / "imgs", "astronaut", range(0, 3))
+    rows = ["file,label"] + [f"imgs/chelsea-{k}.png,cat" for k in range(3)] + [f"imgs/astronaut-{k}.png,dog" for k in range(3)]
+    rows += ["imgs/chelsea-2.png,dog", "imgs/chelsea-2.png,cat"]  # line 8: another label; line 9: the same again
+    m = flat_project(tmp_path, rows)
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    said = flat(out)
+    assert ("flat: labels.csv line 8: 'imgs/chelsea-2.png' is listed again with another label, 'dog' (line 4 gives "
+            "'cat') — both kept, as a label conflict (`dsbuild mislabels` lists it): keep the one right row") in said, out
+    assert ("flat: labels.csv line 9: 'imgs/chelsea-2.png' is listed again with label 'cat' (first on line 4) — "
+            "skipped") in said, out
+    got = sql(m, "select label, status, conflict from images where dataset = 'flat' and origin like '%chelsea-2.png' "
+                 "order by label")
+    assert [(label, conflict) for label, _, conflict in got] == [("cat", True), ("dog", True)], got
+
+
 def test_labels_csv_takes_absolute_paths_inside_its_folder_and_a_semicolon_separator(tmp_path: Path, capsys) -> None:
     """Trial 7: an absolute path to a file beside the CSV was skipped as "outside" it; a CSV saved with ';' (a
     spreadsheet's separator in many locales) was refused for want of a file column."""

@@ -154,6 +154,7 @@ def test_similar_takes_a_unique_start_of_an_image_id_and_lists_an_ambiguous_one(
     code, out, err = run_cli(capsys, manifest, "similar", "pets", start, "-k", "5")  # the table: 4 decimals each
     cells = [line.split("│")[3].strip() for line in out.splitlines() if line.count("│") >= 7]
     assert code == 0 and len(cells) == 5 and all(re.fullmatch(r"[01]\.\d{4}", c) for c in cells), out
+    assert f"5 images of 'pets' most similar to {subject}" in " ".join(out.split()), out  # the whole id (trial 9)
     twins = sql(manifest, "SELECT image_id, label, status FROM images WHERE origin LIKE '%twin%' ORDER BY image_id")
     assert len(twins) == 2 and twins[0][0][:4] == twins[1][0][:4]
     prefix = twins[0][0][:4]

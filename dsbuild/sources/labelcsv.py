@@ -52,12 +52,17 @@ class LabelsCsv:
     labels: set[str] = field(default_factory=set)  # every label the CSV names, a skipped row's too
     outside: list[Path] = field(default_factory=list)  # the files of the rows skipped as outside the root
     hint: str | None = None  # what to do about them (set labels_root), when there are such rows
+    relabelled: list[str] = field(default_factory=list)  # rows giving a file listed before another label (both kept)
 
     def notes(self) -> list[str]:
-        """The problems for the build's summary: the first :data:`SHOWN_PROBLEMS`, then how many more, and the hint."""
+        """The problems for the build's summary: the first :data:`SHOWN_PROBLEMS`, then how many more, the hint, and
+        the files listed with more than one label (the first :data:`SHOWN_PROBLEMS` of them, then how many more)."""
         shown = self.problems[:SHOWN_PROBLEMS]
         more = len(self.problems) - len(shown)
-        return shown + ([f"… and {more} more rows skipped"] if more else []) + ([self.hint] if self.hint else [])
+        again = self.relabelled[:SHOWN_PROBLEMS]
+        more_again = len(self.relabelled) - len(again)
+        return (shown + ([f"… and {more} more rows skipped"] if more else []) + ([self.hint] if self.hint else [])
+                + again + ([f"… and {more_again} more rows giving a listed file another label"] if more_again else []))
 
 
 def _column(header: list[str], names: tuple[str, ...]) -> int | None:
@@ -134,6 +139,7 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
     out = LabelsCsv()
     name = path.name
     first: dict[tuple[str, str], int] = {}  # (path, label) → the line that listed it first
+    label_of: dict[str, tuple[str, int]] = {}  # path → the first label it was given, and that line
     for line, text_line in enumerate(lines[1:], start=2):
         try:
             cells = _cells(text_line, sep)
@@ -198,6 +204,15 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
             out.problems.append(f"{name} line {line}: {written!r} is listed again with label {label!r} (first on "
                                 f"line {first[rel, label]}) — skipped")
             continue
+        if rel in label_of and label_of[rel][0] != label:
+            # One file, two labels: which is right is the user's call. Both rows are kept (nothing lost): the build
+            # catalogues the file under each label and groups the two as exact duplicates with a label conflict (one
+            # of them stays in training until a decision) — said here, by line, not only as a conflict count.
+            was, at = label_of[rel]
+            out.relabelled.append(f"{name} line {line}: {written!r} is listed again with another label, {label!r} "
+                                  f"(line {at} gives {was!r}) — both kept, as a label conflict (`dsbuild mislabels` "
+                                  "lists it): keep the one right row")
+        label_of.setdefault(rel, (label, line))
         first[rel, label] = line
         out.rows.append(Row(line, file, label, split))
     if out.outside:
