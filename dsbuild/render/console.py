@@ -215,7 +215,9 @@ def up_to_date_line(d) -> str:
     """A dataset the build found nothing new in and changed nothing of (a
     :class:`dsbuild.pipeline.DatasetSummary` with ``up_to_date``), with the catalog's numbers, e.g.
     ``pets: up to date — 1,797 accepted images (train 1,438, valid 359), 1 duplicate; nothing new in 1,801 sources``,
-    then how many of them failed to download and the option that fetches them again. A table row of zeros beside the split totals read as if the dataset were empty."""
+    then how many of them failed to download and the option that fetches them again. A table row of zeros beside the split totals read as if the dataset were empty.
+    Up to date means the groups and splits were not computed again either (:mod:`dsbuild.dedup.reuse`): the
+    progress line says whose were kept; this line stays the catalog's numbers."""
     splits = ", ".join(f"{s} {d.splits[s]:,}" for s in ("train", "valid", "test") if d.splits.get(s))
     total = sum(d.splits.values())
     parts = [f"{total:,} accepted image{'' if total == 1 else 's'}" + (f" ({splits})" if splits else "")]
@@ -224,9 +226,6 @@ def up_to_date_line(d) -> str:
     if d.conflicts:
         parts.append(f"{d.conflicts:,} label conflict{'' if d.conflicts == 1 else 's'}")
     line = f"{d.dataset}: up to date — {', '.join(parts)}; nothing new in {d.sources:,} source{'' if d.sources == 1 else 's'}"
-    reused = getattr(d, "grouping_reused", "")
-    if reused:  # the counts above are the groups that build computed: say so (nothing regrouped them now)
-        line += f"; duplicate groups and splits as {reused} computed them (nothing they depend on changed)"
     failed = getattr(d, "failed_now", 0)
     if failed:  # a failed download is not tried again by a plain build: say so, and how
         line += (f" ({failed:,} of them failed to download — `dsbuild build --retry-failed` fetches "
