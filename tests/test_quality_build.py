@@ -103,7 +103,7 @@ def test_reject_setting_turns_a_flag_into_a_reject_and_back(tmp_path: Path) -> N
     assert got["dark.png"][:2] == ("ok", "dark") and got["blurry.png"][0] == "ok"
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_an_older_catalog_is_migrated_in_place(tmp_path: Path, version: int) -> None:
     """Every released schema version (1, 2, 3; 4 and 5 once arch is released) reaches the current one in place, rows kept."""
     path = tmp_path / "old.duckdb"
@@ -115,13 +115,15 @@ def test_an_older_catalog_is_migrated_in_place(tmp_path: Path, version: int) -> 
     con.execute("INSERT INTO items (dataset, image_id, origin, source, class_label, status, first_seen, updated_at) "
                 "VALUES ('d', 'x1', '/x.png', 'folder', 'a', 'ok', now(), now())")
     con.close()
-    assert SCHEMA_VERSION == 8  # 2: quality flags; 3: what verification learned; 4: cleanlab's names (tests/test_rows.py); 5: inputs_digest; 6: train_ids; 7: neighbours of accepted images; 8: leak_with
+    assert SCHEMA_VERSION == 9  # 2: quality flags; 3: what verification learned; 4: cleanlab's names (tests/test_rows.py); 5: inputs_digest; 6: train_ids; 7: neighbours of accepted images; 8: leak_with; 9: fetches.noai, fetches.redirects
     with Catalog.open(path) as cat:
         assert cat.get_meta("schema_version") == str(SCHEMA_VERSION)
         rows = cat.df("select image_id, label, quality_flags, q_odd_size, format, warnings, reviewed, last_review, "
                       "leak_with from images").to_dict("records")
         runs = cat.df("select column_name from information_schema.columns where table_name = 'model_runs'")
+        fetches = cat.df("select column_name from information_schema.columns where table_name = 'fetches'")
     assert rows[0]["image_id"] == "x1" and rows[0]["label"] == "a"
+    assert {"noai", "redirects"} <= set(fetches["column_name"])  # version 9: what a stored download is held to later
     assert rows[0]["quality_flags"] is None
     assert rows[0]["format"] is None and list(rows[0]["warnings"]) == []  # version 3: what verification learned
     assert (rows[0]["reviewed"], rows[0]["last_review"]) == (False, None)
