@@ -1245,6 +1245,9 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int
             paths.append(p)  # a file; a named pipe or a device gets its error row, "not a regular file"
         else:
             raise DsbuildError(f"{item} does not exist", exit_code=2)
+    # One row per file however often it was given (a folder and a file in it, a folder twice, `dir` and `dir/`).
+    seen: set[str] = set()
+    paths = [p for p in paths if not (os.path.abspath(p) in seen or seen.add(os.path.abspath(p)))]
     if not paths:
         raise DsbuildError("no images to predict — give image files or folders with images", exit_code=2)
     out = predict(Path(run["model_path"]).parent, paths, verify=manifest.dataset(name).verify)
