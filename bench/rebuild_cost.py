@@ -1,7 +1,8 @@
 """What a rebuild with nothing new costs, before and after the grouping is reused (dsbuild.dedup.reuse).
 
     python bench/rebuild_cost.py                 # the offline demo (~1,800 digits) and 304 overlapping photo crops
-    python bench/rebuild_cost.py --old main      # "before" is that commit's dsbuild (git archive; default main)
+    python bench/rebuild_cost.py --old bcb4979   # "before" is that commit's dsbuild (git archive; default bcb4979,
+                                                 # the last without the reuse: main has it now)
     python bench/rebuild_cost.py --only crops --runs 2 --quick
 
 Each dataset is built once by this checkout (the embeddings cached), then, in turn, ``--runs`` times: a build by the
@@ -31,6 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CROP_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+BEFORE_REUSE = "bcb4979"
+"""The baseline: main before the grouping was reused (stop 31). After it landed, ``main`` would compare the reuse with
+itself."""
 
 
 def dsbuild(cwd: Path, *args: str, pythonpath: Path = REPO) -> tuple[float, str, str]:
@@ -114,7 +118,8 @@ def measure(label: str, cwd: Path, catalog: Path, dataset: str, old: Path, runs:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--old", metavar="REV", default="main", help="the commit whose dsbuild is 'before' (default main)")
+    ap.add_argument("--old", metavar="REV", default=BEFORE_REUSE,
+                    help=f"the commit whose dsbuild is 'before' (default {BEFORE_REUSE}, the last without the reuse)")
     ap.add_argument("--runs", type=int, default=3, help="no-op rebuilds of each (default 3)")
     ap.add_argument("--crops", type=int, default=304, help="crops in the crops dataset (default 304)")
     ap.add_argument("--only", choices=("demo", "crops"), help="one dataset only")
