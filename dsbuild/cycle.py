@@ -677,9 +677,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
                 raise DsbuildError(f"decisions file {decisions} " + (f"is {what} — give the CSV file of decisions"
                                                                       if what else "does not exist"), exit_code=2)
             classes = dataset_classes(cat, ds)
-            chosen = parse_decisions(Path(decisions), images=images, labels=classes, history=history,
-                                     last_run_at=run_at, former=former_classes(cat, ds, classes))
             source = f"review:{Path(decisions).name}"
+            chosen = parse_decisions(Path(decisions), images=images, labels=classes, history=history,
+                                     last_run_at=run_at, former=former_classes(cat, ds, classes), source=source)
         else:
             last = cat.last_attempt(name, "mislabels")
             if last is not None and last["status"] == "refused":

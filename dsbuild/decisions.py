@@ -282,8 +282,10 @@ def _read_rows(path: Path, problems: _Problems) -> tuple[list[str], list[_Row]]:
                 continue
             rows.append(_Row(start, {c: (record[i].strip() if i < len(record) else "") for i, c in enumerate(header) if c}))
     except csv.Error as exc:
+        # The rows read so far are still checked: their problems are listed with this one.
         problems.add(consumed + 1, f"malformed CSV ({exc}) — check the quotes on this line")
-        problems.raise_if_any(f"decisions file {path}")
+        if header is None:
+            problems.raise_if_any(f"decisions file {path}")
     if header is None:
         raise DsbuildError(f"decisions file {path} is empty — it needs a header (image_id,action,new_label,note) "
                            "and one row per decision", exit_code=2)
@@ -361,7 +363,8 @@ def _resolved(p: Path) -> str:
 
 def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[str],
                     dataset: str | None = None, history: "pandas.DataFrame | None" = None,
-                    last_run_at: datetime | None = None, former: Collection[str] = ()) -> list[Decision]:
+                    last_run_at: datetime | None = None, former: Collection[str] = (),
+                    source: str | None = None) -> list[Decision]:
     """Read and validate a decisions CSV against the catalog; all or nothing.
 
     ``images``: the dataset's rows of the ``images`` view with columns
@@ -373,7 +376,9 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
     :func:`plan_events`) and ``last_run_at`` (when the latest mislabel run
     started): with them a row whose decision already stands (a file run again)
     passes, and :func:`plan_events` turns it into no event — see "Running a
-    file again" in the module docstring.
+    file again" in the module docstring. With ``history``, what :func:`plan_events` would refuse (an undo with
+    nothing to undo) is checked too; ``source``: the events' source as the caller will record them (default
+    ``review:<file name>``), for a file's undo rows run again.
 
     Returns the decisions in file order, one per image (see the module
     docstring for the format). Raises one :class:`DsbuildError` (exit code 2)
@@ -390,78 +395,85 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
     is_report = "suggested_label" in header
     stacks = _undo_stacks(history)
     chosen: dict[str, Decision] = {}
+    # What each image's first row says, as written, valid or not: a second row that differs is a conflict even
+    # when either row has another problem too (fixing those first, then hearing of the conflict, was two rounds).
+    claims: dict[str, _Claim] = {}
     for row in rows:
         v = row.values
         line = row.line
         action = v.get("action", "").lower()
+        if not action and is_report:
+            continue  # a report row nobody decided about
+        before = len(problems.items)
         if not action:
-            if is_report:
-                continue  # a report row nobody decided about
             problems.add(line, f"action is empty — use one of {', '.join(ACTIONS)}")
-            continue
-        if action not in ACTIONS:
+        elif action not in ACTIONS:
             problems.add(line, f"unknown action '{_short(v['action'])}'{did_you_mean(action, ACTIONS)} "
                                f"— use one of {', '.join(ACTIONS)}")
-            continue
+        known_action = action in ACTIONS
         if dataset is not None and v.get("dataset") and v["dataset"] != dataset:
             problems.add(line, f"row is for dataset '{_short(v['dataset'])}', not '{dataset}' — review it with "
                                f"`dsbuild review {v['dataset']} ...` or delete the row")
             continue
+        # Every check of a row runs (an unknown action does not hide an unknown image or label on the same line).
         image_id = _identify(v, index, line, problems)
-        if image_id is None:
-            continue
-        rec = index.by_id[image_id]
-        current, status = str(rec["label"]), str(rec["status"])
+        rec = index.by_id[image_id] if image_id is not None else None
+        current = str(rec["label"]) if rec is not None else None
+        status = str(rec["status"]) if rec is not None else None
         new_label = v.get("new_label") or None
         note = v.get("note") or None
         if action == "relabel" and new_label is None and is_report and v.get("suggested_label"):
             new_label = v["suggested_label"]
+        if action == "keep" and new_label is not None and new_label == current:
+            new_label = None  # a keep row may repeat the label it keeps
         # The file run again: this row's decision already stands. A relabel that stands explains why the label
         # differs from the report's given_label; a keep or remove does not (something else changed the label).
-        done = _already_applied(action, new_label, current, status, stacks.get(image_id, []), last_run_at)
+        done = known_action and rec is not None and _already_applied(action, new_label, current, status,
+                                                                    stacks.get(image_id, []), last_run_at)
         given = v.get("given_label")
-        if given and action != "undo" and given != current and not (done and action == "relabel"):
+        stale = (rec is not None and bool(given) and action != "undo" and given != current
+                 and not (done and action == "relabel"))
+        if stale:
             problems.add(line, f"image {image_id} is labelled '{_short(current)}' now, not '{_short(given)}' as this row says "
                                "(its label changed since the report) — run `dsbuild mislabels` again or delete the row")
-            continue
         if action == "relabel":
             if new_label is None:
                 problems.add(line, f"relabel needs a new_label — one of {label_list(label_set)}")
-                continue
-            if new_label not in label_set:
+            elif new_label not in label_set:
                 problems.add(line, unknown_label(new_label, label_set, former))
-                continue
-            if new_label == current and not done:
+            elif rec is not None and not stale and new_label == current and not done:
                 problems.add(line, f"image {image_id} already has label '{_short(current)}' — use keep to confirm it")
-                continue
-        elif new_label is not None:
-            if action == "keep" and new_label == current:
-                new_label = None  # a keep row may repeat the label it keeps
-            else:
-                extra = f" (keep leaves the label '{_short(current)}')" if action == "keep" else ""
-                problems.add(line, f"new_label '{_short(new_label)}' is only used with relabel{extra} "
-                                   "— empty it or change the action to relabel")
-                continue
-        if action != "undo" and status not in REVIEWABLE and not done:
+        elif new_label is not None and known_action and not (action == "keep" and rec is None):
+            extra = f" (keep leaves the label '{_short(current)}')" if action == "keep" else ""
+            problems.add(line, f"new_label '{_short(new_label)}' is only used with relabel{extra} "
+                               "— empty it or change the action to relabel")
+        if known_action and action != "undo" and rec is not None and status not in REVIEWABLE and not done:
             problems.add(line, not_reviewable(image_id, status, _text(rec.get("reason"))))
+        if image_id is None:
             continue
-        decision = Decision(image_id=image_id, action=action, new_label=new_label, note=note, line=line)
-        earlier = chosen.get(image_id)
-        if earlier is None:
-            chosen[image_id] = decision
-        elif (earlier.action, earlier.new_label) != (decision.action, decision.new_label):
-            if "undo" in (earlier.action, decision.action):
+        claim = _Claim(line, action or "(no action)", new_label)
+        earlier = claims.setdefault(image_id, claim)
+        if earlier is not claim and (earlier.action, earlier.new_label) != (claim.action, claim.new_label):
+            if "undo" in (earlier.action, claim.action):
                 # An undo appended under the decision it means to take back: a file holds one decision per image.
-                other = earlier if decision.action == "undo" else decision
+                other = earlier if claim.action == "undo" else claim
                 fix = (f"a file holds one decision per image: to take back line {other.line}'s decision, change "
                        f"its action to undo and delete this line (an undo row applies once, however often the file "
-                       f"is run)" if decision.action == "undo" else
+                       f"is run)" if claim.action == "undo" else
                        f"a file holds one decision per image: keep line {earlier.line}'s undo or this line's "
-                       f"{decision.action}, not both")
+                       f"{claim.action}, not both")
             else:
                 fix = "keep one"
             problems.add(line, f"conflicting decisions for image {image_id}: line {earlier.line} says "
-                               f"{_describe(earlier)}, this line says {_describe(decision)} — {fix}")
+                               f"{_describe(earlier)}, this line says {_describe(claim)} — {fix}")
+        if len(problems.items) == before and image_id not in chosen:
+            chosen[image_id] = Decision(image_id=image_id, action=action, new_label=new_label, note=note, line=line)
+    if history is not None and chosen:
+        # What applying the rows would find (an undo with nothing to undo) is a problem of the file too: listed
+        # with the others, not after they are fixed.
+        _plan(list(chosen.values()), current=images, history=history, source=source or f"review:{path.name}",
+              at=datetime.now(), last_run_at=last_run_at, from_file=True, problems=problems)
+    problems.items.sort(key=lambda item: -1 if item[0] is None else item[0])
     problems.raise_if_any(f"decisions file {path}")
     if not chosen:
         hint = ("fill the action column (relabel, remove, keep, undo) of the rows you decided about" if is_report
@@ -520,7 +532,16 @@ def label_list(labels: Sequence[str]) -> str:
     return ", ".join(labels[:20]) + (f", … ({len(labels)} labels)" if len(labels) > 20 else "")
 
 
-def _describe(d: Decision) -> str:
+@dataclass(frozen=True)
+class _Claim:
+    """What a row of a decisions file says about its image, as written (valid or not)."""
+
+    line: int
+    action: str
+    new_label: str | None
+
+
+def _describe(d: "Decision | _Claim") -> str:
     return f"relabel → '{d.new_label}'" if d.action == "relabel" else d.action
 
 
@@ -660,6 +681,16 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
     decision that cannot apply (unknown image, nothing to undo, relabel to the
     current label, review of a rejected/failed image).
     """
+    problems = _Problems()
+    events = _plan(decisions, current=current, history=history, source=source, at=at, last_run_at=last_run_at,
+                   from_file=from_file, problems=problems)
+    problems.raise_if_any("the review")
+    return events
+
+
+def _plan(decisions: Sequence[Decision], *, current: "pandas.DataFrame", history: "pandas.DataFrame | None",
+          source: str, at: datetime, last_run_at: datetime | None, from_file: bool, problems: _Problems) -> list[dict]:
+    """:func:`plan_events`'s events; the decisions that cannot apply are added to ``problems``."""
     need = {"image_id", "label", "status"}
     if need - set(current.columns):
         raise ValueError(f"current needs columns {sorted(need)}; missing {sorted(need - set(current.columns))}")
@@ -667,7 +698,6 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
     state = {str(r["image_id"]): r for r in current[cols].to_dict("records")}
     stacks = _undo_stacks(history)
     own = _latest_action_by_image(history, source) if from_file else {}
-    problems = _Problems()
     events: list[dict] = []
     seen: set[str] = set()
     for d in decisions:
@@ -721,7 +751,6 @@ def plan_events(decisions: Sequence[Decision], *, current: "pandas.DataFrame", h
             event["new_status"] = REMOVED_STATUS
             event["note"] = d.note or REMOVED_REASON
         events.append(event)
-    problems.raise_if_any("the review")
     return events
 
 

@@ -149,6 +149,25 @@ BAD_FILES = [
         "relabelled, kept or removed; undo brings it back")),
     ("ragged", H + f"{ASTRO},relabel,cat,a note, with a comma\n", problems(
         Path("{p}"), "line 2: 5 fields but the header has 4 (a value with the separator in it must be quoted)")),
+    # Every problem of the file at once: all checks of a row run (an unknown action does not hide an unknown
+    # image), and two rows for one image that differ are a conflict even when either row has another problem
+    # (trial 9: the conflicts were reported only after the other problems were fixed).
+    ("every-problem-at-once", H + f"deadbeefdeadbeef,delete,,\n{ASTRO},relabel,Cat,\n{ASTRO},relabel,kitten,\n"
+                                  f"{COFFEE},remove,,\n{COFFEE},delete,,\n{ROCKET1},keep,,\n{ROCKET1},keep,,\n", problems(
+        Path("{p}"),
+        "line 2: unknown action 'delete' — use one of relabel, remove, keep, undo",
+        "line 2: unknown image_id 'deadbeefdeadbeef' — not an image of this dataset "
+        "(see `dsbuild query \"select image_id, path, label from images\"`)",
+        "line 3: unknown label 'Cat' (did you mean 'cat'?) — labels of this dataset: cat, cup, person, rocket",
+        "line 4: unknown label 'kitten' — labels of this dataset: cat, cup, person, rocket",
+        f"line 4: conflicting decisions for image {ASTRO}: line 3 says relabel → 'Cat', this line says "
+        "relabel → 'kitten' — keep one",
+        "line 6: unknown action 'delete' — use one of relabel, remove, keep, undo",
+        f"line 6: conflicting decisions for image {COFFEE}: line 5 says remove, this line says delete — keep one")),
+    ("bad-quotes-after-a-bad-row", H + f'{COFFEE},relabel,kat,\n{ASTRO},relabel,"cat"x,note\n', problems(
+        Path("{p}"),
+        "line 2: unknown label 'kat' (did you mean 'cat'?) — labels of this dataset: cat, cup, person, rocket",
+        "line 3: malformed CSV (',' expected after '\"') — check the quotes on this line")),
     ("multiline-note-then-error", H + f'{ASTRO},relabel,cat,"first line\nsecond line"\n{COFFEE},relabel,kat,\n', problems(
         Path("{p}"), "line 4: unknown label 'kat' (did you mean 'cat'?) — labels of this dataset: cat, cup, person, rocket")),
 ]
@@ -167,6 +186,22 @@ def test_bad_decision_files(tmp_path, photos, images, content, expected):
             path.unlink()
     assert str(err.value) == expected.replace("{p}", str(path)).replace("{root}", str(photos))
     assert err.value.exit_code == 2
+
+
+def test_what_applying_would_refuse_is_listed_with_the_files_other_problems(tmp_path, images):
+    # An undo with nothing to undo is found when the decisions are planned against the history: parse_decisions
+    # (given the history, as review does) lists it with the row problems, not in a second round after them.
+    history = pd.DataFrame(columns=["image_id", "action", "old_label", "new_label", "old_status", "new_status",
+                                    "source", "changed_at", "event_id"])
+    path = write(tmp_path, H + f"{ASTRO},undo,,\n{COFFEE},relabel,kat,\n{CAT},keep,,\n")
+    with pytest.raises(DsbuildError) as err:
+        parse_decisions(path, images=images, labels=LABELS, history=history)
+    assert str(err.value) == problems(
+        path,
+        f"line 2: nothing to undo for image {ASTRO} — it has no review decision left",
+        "line 3: unknown label 'kat' (did you mean 'cat'?) — labels of this dataset: cat, cup, person, rocket")
+    fixed = write(tmp_path, H + f"{CAT},keep,,\n", "fixed.csv")
+    assert [d.image_id for d in parse_decisions(fixed, images=images, labels=LABELS, history=history)] == [CAT]
 
 
 def test_problem_list_is_capped(tmp_path, images):
