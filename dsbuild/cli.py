@@ -140,7 +140,7 @@ def cmd_query(args) -> int:
     sql = args.sql
     if sql.startswith("@"):
         sql = resolve_named_query(sql[1:], manifest.root)
-    df = sandboxed_query(manifest.catalog, sql, timeout=args.timeout)
+    df = sandboxed_query(manifest.catalog, sql, timeout=args.timeout, manifest_root=manifest.root)
     _emit(df, args)
     return 0
 

@@ -217,7 +217,7 @@ def test_sandbox_settings_are_locked_off(project: Project) -> None:
     "sql, expected",
     [
         ("selec 1", 'Error: Parser Error: syntax error at or near "selec"'),
-        ("select label from imagez", "Error: Catalog Error: Table with name imagez does not exist!"),
+        ("select label from imagez", "Error: no table or view named 'imagez' in the catalog (did you mean 'images'?)"),
         ("select nope from images", 'Error: Binder Error: Referenced column "nope" not found in FROM clause!'),
         ("select 'x'::int", "Error: Conversion Error: Could not convert string 'x' to INT32"),
     ],
@@ -228,6 +228,37 @@ def test_sql_errors_show_duckdb_message(project: Project, capsys, sql: str, expe
     assert out == ""
     assert err.startswith(expected), err
     assert error_lines(err) == 1
+
+
+def test_an_unknown_table_or_view_is_named_with_the_closest_of_the_catalog(project: Project, capsys,
+                                                                          tmp_path: Path) -> None:
+    # Trial 9: `current_labels` got DuckDB's guess "duckdb_tables" (a system table). The catalog's own tables, views
+    # and named queries (the project's too) are the candidates; the pointer into the SQL stays.
+    shutil.copyfile(project.manifest, tmp_path / "datasets.toml")
+    (tmp_path / "catalog/queries").mkdir(parents=True)
+    (tmp_path / "catalog/queries/my_cats.sql").write_text("-- Only cats\nselect * from images where label = 'cat'\n")
+    views = ", ".join(sandboxed_query(project.catalog, "select table_name from information_schema.tables where "
+                                      "table_type = 'VIEW' order by 1")["table_name"])
+    assert {"images", "label_issues", "runs", "conflicts"} <= set(views.split(", "))
+    tail = f" — the catalog's views: {views}; `dsbuild query --list` lists the named queries\n\n"
+    args = ["query", "-q", "-m", str(tmp_path / "datasets.toml"), "--catalog", str(project.catalog)]
+    cases = [
+        ("select * from current_labels", "no table or view named 'current_labels' in the catalog"),
+        ("select label from imags where 1 = 1", "no table or view named 'imags' in the catalog (did you mean 'images'?)"),
+        ("select * from main.label_isues", "no table or view named 'label_isues' in the catalog (did you mean "
+                                           "'label_issues'?)"),
+        ("select * from label_conflicts", "no table or view named 'label_conflicts' in the catalog (did you mean the "
+                                          "named query @label_conflicts? it runs on its own: "
+                                          "`dsbuild query @label_conflicts`)"),
+        ("select * from my_cats", "no table or view named 'my_cats' in the catalog (did you mean the named query "
+                                  "@my_cats? it runs on its own: `dsbuild query @my_cats`)"),
+    ]
+    for sql, head in cases:
+        assert main([*args, sql]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.startswith(f"Error: {head}{tail}LINE 1: {sql}\n"), err
+        assert "duckdb_" not in err and error_lines(err) == 1
 
 
 def test_syntax_error_points_at_the_sql(project: Project, capsys) -> None:

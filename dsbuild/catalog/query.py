@@ -12,11 +12,16 @@ from pathlib import Path
 
 from dsbuild.catalog.db import held_stops, is_interruption, translate_error
 from dsbuild.catalog.lock import retry_while_yielding
-from dsbuild.errors import CatalogBusy, DsbuildError, Terminated, did_you_mean, lost_stop
+from dsbuild.errors import CatalogBusy, DsbuildError, Terminated, closest, did_you_mean, lost_stop
 
 
-def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_rows: int | None = None):
+def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_rows: int | None = None,
+                    manifest_root: Path | None = None):
     """Run a user's ``sql`` on the catalog read-only, with no file system access; return a DataFrame.
+
+    A table or view the catalog does not have is named with the closest of its tables, views and named queries
+    (``manifest_root``: the project's too, else the built-ins), not DuckDB's own guess (which offers its
+    system tables, e.g. ``duckdb_tables``).
 
     The connection is opened read-only with external access, extension loading
     and community extensions disabled, then its configuration is locked so the
@@ -95,6 +100,9 @@ def sandboxed_query(path: Path, sql: str, *, timeout: float | None = 60.0, max_r
                 raise DsbuildError(f"query ran longer than {timeout:g} s and was stopped — narrow it, or raise --timeout") from None
             raise DsbuildError("query interrupted", exit_code=130) from None
         except duckdb.Error as exc:
+            unknown = _unknown_table(exc)
+            if unknown is not None:
+                raise DsbuildError(_unknown_table_text(exc, unknown, con, manifest_root)) from None
             raise DsbuildError(_sql_error_text(exc, kind)) from None
     finally:
         if timer is not None:
@@ -159,6 +167,54 @@ def _sql_error_text(exc: Exception, kind: str = "") -> str:
         return (f"the catalog is read-only for queries — a {kind} statement cannot change it (DuckDB: "
                 f"{text.splitlines()[0]})")
     return text
+
+
+_UNKNOWN_TABLE = re.compile(r'Catalog Error: Table with name (?P<name>.+?) does not exist!')
+
+
+def _unknown_table(exc: Exception) -> str | None:
+    """The table name of DuckDB's "Table with name X does not exist!" error, else None."""
+    import duckdb
+
+    if not isinstance(exc, duckdb.CatalogException):
+        return None
+    m = _UNKNOWN_TABLE.search(str(exc))
+    return m.group("name") if m else None
+
+
+def _unknown_table_text(exc: Exception, name: str, con, manifest_root: Path | None) -> str:
+    """The user's message for a table or view the catalog does not have: the closest of the catalog's tables and
+    views, else of the named queries (``@name`` runs on its own, not inside SQL), and the views a query reads;
+    DuckDB's pointer to the place in the SQL is kept, its guess (a system table) is not."""
+    try:
+        rows = con.execute("select table_name, table_type from information_schema.tables "
+                           "where table_schema = 'main' order by table_name").fetchall()
+    except Exception:  # noqa: BLE001 - the error is about the user's SQL; the names only help
+        rows = []
+    views = [n for n, kind in rows if kind == "VIEW"]
+    tables = [n for n, _ in rows]
+    try:
+        named = sorted(list_named_queries(manifest_root)) if manifest_root is not None else \
+            sorted(f.stem for f in BUILTIN_QUERIES.glob("*.sql"))
+    except DsbuildError:  # a project query shadowing a built-in: that error comes when it is run
+        named = sorted(f.stem for f in BUILTIN_QUERIES.glob("*.sql"))
+    bare = name.rsplit(".", 1)[-1]
+    close_named = next((q for q in named if q.casefold() == bare.casefold()), None)
+    close = None if close_named else closest(bare, tables)
+    if close is None and close_named is None:
+        close_named = closest(bare, named)
+    if close is not None:
+        hint = f" (did you mean '{close}'?)"
+    elif close_named is not None:
+        hint = (f" (did you mean the named query @{close_named}? it runs on its own: "
+                f"`dsbuild query @{close_named}`)")
+    else:
+        hint = ""
+    listed = f" — the catalog's views: {', '.join(views)}" if views else ""
+    text = (f"no table or view named '{bare}' in the catalog{hint}{listed}; "
+            "`dsbuild query --list` lists the named queries")
+    where = str(exc).strip().split("\n\n", 1)
+    return text + (f"\n\n{where[1]}" if len(where) == 2 and where[1].startswith("LINE") else "")
 
 
 # --------------------------------------------------------------------------- named queries
