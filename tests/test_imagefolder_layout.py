@@ -499,8 +499,36 @@ def test_labels_csv_without_a_file_column_is_refused_by_name(tmp_path: Path, cap
     code, out, err = run_cli(capsys, m, "build")
     assert code == 2, out
     assert (f"datasets.flat.labels_csv: {tmp_path / 'labels.csv'} line 1: header 'img,label' has no file column "
-            "(file, fname, filename, name, path, image) — the first row must be a header such as file,label "
-            "(optional: split or is_valid; separated by commas, or by ';', tabs or '|')") in flat(err), err
+            "(file, fname, filename, name, path, image) — rename column 'img' to image; the first row must be a header "
+            "such as file,label (optional: split or is_valid; separated by commas, or by ';', tabs or '|')") in flat(err), err
+
+
+HEADER_RULE = ("the first row must be a header such as file,label (optional: split or is_valid; separated by commas, "
+               "or by ';', tabs or '|')")
+FILE_COLS = "file column (file, fname, filename, name, path, image)"
+
+
+@pytest.mark.parametrize("header, says", [
+    # Trial 9: 'File,Labels' said which column was missing, not that 'Labels' was nearly it.
+    ("File,Labels", "header 'File,Labels' has no label column (label, class) — rename column 'Labels' to label; "),
+    ("flie,lable,split", f"header 'flie,lable,split' has no {FILE_COLS} and no label column (label, class) — rename "
+                         "column 'flie' to file and column 'lable' to label; "),
+    ("file,classes", "header 'file,classes' has no label column (label, class) — rename column 'classes' to class; "),
+    ("filenames,label", f"header 'filenames,label' has no {FILE_COLS} — rename column 'filenames' to filename; "),
+    # Nothing close: the rule alone, as before; a column in use (split) is never offered.
+    ("picture,tag", f"header 'picture,tag' has no {FILE_COLS} and no label column (label, class) — "),
+    ("file,split", "header 'file,split' has no label column (label, class) — "),
+])
+def test_a_labels_csv_header_near_miss_names_the_column_expected(tmp_path: Path, header: str, says: str) -> None:
+    from dsbuild.errors import DsbuildError
+    from dsbuild.sources.labelcsv import read_labels_csv
+
+    path = tmp_path / "labels.csv"
+    path.write_text(f"{header}\na.png,cat,train\n")
+    with pytest.raises(DsbuildError) as err:
+        read_labels_csv(path, key="datasets.flat.labels_csv")
+    assert str(err.value) == f"datasets.flat.labels_csv: {path} line 1: {says}{HEADER_RULE}"
+    assert err.value.exit_code == 2
 
 
 def test_a_url_list_of_local_files_says_to_use_labels_csv(tmp_path: Path, capsys) -> None:

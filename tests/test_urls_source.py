@@ -267,6 +267,19 @@ def test_csv_without_url_column_is_an_error(tmp_path: Path) -> None:
     )
 
 
+def test_a_url_csv_header_near_miss_names_the_column_expected(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.csv", "URLs,label\nhttps://example.com/1.jpg,VR\n")
+    with pytest.raises(DsbuildError) as err:
+        read_url_list(path)
+    assert str(err.value) == (f"URL list {path} line 1: CSV header 'URLs,label' has no 'url' column — rename column "
+                              "'URLs' to url; the first row must be a header such as url,label")
+    path = write(tmp_path, "list2.csv", "url,lable\nhttps://example.com/1.jpg,VR\n")
+    links, problems = read_url_list(path)
+    assert [(link.url, link.label) for link in links] == [("https://example.com/1.jpg", None)]
+    assert problems == ["list2.csv line 1: column(s) lable ignored (only url and label are read); rename column "
+                        "'lable' to label if it holds the labels"]
+
+
 # --------------------------------------------------------------------------- tab-separated lists
 
 

@@ -22,7 +22,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsbuild.errors import DsbuildError
+from dsbuild.errors import DsbuildError, closest
 from dsbuild.formats import not_regular
 from dsbuild.manifest import label_problem
 from dsbuild.sources import SPLIT_NAMES
@@ -70,6 +70,24 @@ def _column(header: list[str], names: tuple[str, ...]) -> int | None:
         if name in header:
             return header.index(name)
     return None
+
+
+def _near_misses(header: list[str], wanted: list[tuple[str, ...]], *, taken: set[int | None]) -> list[tuple[str, str]]:
+    """For each group of column names in ``wanted`` (a column the header lacks), the header cell that is a near miss
+    of one of them (``labels``, ``lable``, ``img``) and that name, as ``(cell, name)``; cells at ``taken`` (columns
+    in use) and cells already paired are not offered. A group with no near miss gives nothing."""
+    out: list[tuple[str, str]] = []
+    used = {i for i in taken if i is not None}
+    for names in wanted:
+        for i, cell in enumerate(header):
+            if i in used or not cell:
+                continue
+            name = closest(cell, names)
+            if name is not None:
+                out.append((cell, name))
+                used.add(i)
+                break
+    return out
 
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -121,7 +139,8 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
     if not text.strip():
         raise DsbuildError(f"{key}: {path} is empty — its first row must be a header such as file,label", exit_code=2)
     try:
-        header = [c.strip().lower() for c in _cells(lines[0], sep)]
+        written = [c.strip() for c in _cells(lines[0], sep)]  # for messages: as the file has it
+        header = [c.lower() for c in written]
     except csv.Error as err:
         raise DsbuildError(f"{key}: {path} line 1: not a valid CSV row ({err}) — check the quotes on this line",
                            exit_code=2) from None
@@ -131,8 +150,12 @@ def read_labels_csv(path: Path, *, key: str = "labels_csv", root: Path | None = 
     if file_col is None or label_col is None:
         missing = " and no ".join(f"{what} column ({', '.join(names)})" for what, names, col in
                                (("file", FILE_COLUMNS, file_col), ("label", LABEL_COLUMNS, label_col)) if col is None)
-        raise DsbuildError(f"{key}: {path} line 1: header {sep.join(header)!r} has no {missing} — the first row must "
-                           "be a header such as file,label (optional: split or is_valid; separated by commas, or "
+        renames = _near_misses(header, [names for names, col in ((FILE_COLUMNS, file_col), (LABEL_COLUMNS, label_col))
+                                        if col is None], taken={file_col, label_col, split_col, valid_col})
+        rename = (" — rename " + " and ".join(f"column '{written[header.index(cell)]}' to {name}"
+                                              for cell, name in renames) + ";" if renames else " —")
+        raise DsbuildError(f"{key}: {path} line 1: header {sep.join(written)!r} has no {missing}{rename} the first row "
+                           "must be a header such as file,label (optional: split or is_valid; separated by commas, or "
                            "by ';', tabs or '|')", exit_code=2)
     base = path.parent.resolve()
     top = base if root is None else Path(os.path.abspath(root)).resolve()  # a symlinked data folder: its target

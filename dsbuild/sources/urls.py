@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from dsbuild.errors import DsbuildError
+from dsbuild.errors import DsbuildError, closest
 from dsbuild.formats import not_regular
 
 MAX_URL_LENGTH = 4096
@@ -309,6 +309,10 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
                    f"dataset's table instead of urls (file paths relative to the CSV's folder, one label column, "
                    f"optional split or is_valid)" if local else
                    f"the first row must be a header such as url{'<TAB>' if sep == chr(9) else ','}label")
+            written = [c.strip() for c in _header_cells(first, sep)]
+            near = next(((w, "url") for w in written if w and closest(w.lower(), ["url"])), None) if not local else None
+            if near is not None:
+                fix = f"rename column '{near[0]}' to url; " + fix
             raise DsbuildError(
                 f"URL list {path} line {lines[0][0]}: {kind} header {lines[0][1].strip()!r} has no 'url' column — {fix}"
             )
@@ -316,7 +320,10 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
         label_col = header.index("label") if "label" in header else None
         extra = [c for c in header if c not in ("url", "label")]
         if extra:
-            problems.append(f"{name} line {lines[0][0]}: column(s) {', '.join(extra)} ignored (only url and label are read)")
+            miss = next((c for c in extra if label_col is None and closest(c, ["label"])), None)
+            hint = f"; rename column '{miss}' to label if it holds the labels" if miss else ""
+            problems.append(f"{name} line {lines[0][0]}: column(s) {', '.join(extra)} ignored (only url and label are "
+                            f"read){hint}")
         for number, text in lines[1:]:
             if len(header) == 1:
                 # One column: the whole line is the URL (URLs hold commas: CDN resize paths such as w_303,h_170),
