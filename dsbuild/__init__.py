@@ -78,7 +78,9 @@ def build(manifest: "Manifest", datasets: list[str] | None = None, **options: An
     ``catalog_path``, ``executor`` (an :class:`dsbuild.executor_settings.ExecutorSettings` for every dataset,
     e.g. ``ExecutorSettings(backend="ray", address="auto")``; default: each dataset's ``[executor]``) or
     ``backend`` (short for ``executor=ExecutorSettings(backend=...)``, a :data:`dsbuild.executor.BACKENDS` name).
-    Returns a :class:`dsbuild.pipeline.BuildSummary` (one summary per dataset).
+    Returns a :class:`dsbuild.pipeline.BuildSummary` (one summary per dataset). A dataset that cannot be built
+    does not stop the others: they are built, then :class:`dsbuild.pipeline.PartialBuild` is raised (its ``summary``
+    is what was built).
     """
     from dsbuild.pipeline import build as run
 

@@ -72,7 +72,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from dsbuild.pipeline import build
+    from dsbuild.pipeline import PartialBuild, build
 
     manifest = _load(args)
     executor = None
@@ -91,8 +91,12 @@ def cmd_build(args) -> int:
         except SettingsError as exc:  # only --ray-address can be bad here (--executor has choices)
             raise DsbuildError(f"--ray-address {exc.problems[0].message}", exit_code=2) from None
     _warn_unused_settings(manifest, args.datasets)
-    summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
-                    workers=args.workers, executor=executor, resplit=args.resplit)
+    try:
+        summary = build(manifest, args.datasets, retry_failed=args.retry_failed, progress=RichProgress(args.quiet),
+                        workers=args.workers, executor=executor, resplit=args.resplit)
+    except PartialBuild as partial:  # what was built, then the datasets that were not (the error, exit code 2)
+        print_build_summary(partial.summary)
+        raise
     print_build_summary(summary)
     return 0
 

@@ -13,9 +13,13 @@
   that recorded its fingerprint (:mod:`dsbuild.dedup.reuse`): then the catalog already holds
   what a full regrouping would write, and the build says whose groups it kept. The split settings each dataset was split
   with are recorded (meta ``split:NAME``): when the manifest's fractions, seed or
-  carve differ, the build refuses before any work (:func:`check_split_settings`)
+  carve differ, the build refuses that dataset before any work (:func:`split_setting_changes`)
   until it is run with ``resplit=True`` (``--resplit``), which assigns every split
   again and reports how many images moved;
+* a dataset that cannot be built — a problem :func:`preflight_problems` finds (a labels CSV without a label
+  column, a missing folder, …) or changed split settings — does not stop the others: they are built, and
+  ``build`` then raises :class:`PartialBuild` (its ``summary`` is what was built; exit code 2) naming each one
+  not built and why. When none can be built the build refuses before taking the lock, as before;
 * the settings that decided each outcome are recorded per dataset (:func:`settings_sections`), with dsbuild's
   verifier revision (:data:`dsbuild.verify.decode.VERIFIER_REVISION`): a changed setting has the outcomes it
   decided evaluated again; a changed revision (an upgrade) has every catalogued image verified again from the
@@ -107,16 +111,41 @@ class BuildSummary:
     catalog: Path
     datasets: list[DatasetSummary]
     seconds: float
+    not_built: dict[str, list[str]] = field(default_factory=dict)  # dataset → why it was not built
+
+
+class PartialBuild(DsbuildError):
+    """A build that built some of its datasets and refused others (``summary.not_built``: each one's problems, as
+    the refusal of a build of it alone would list them). ``summary``: what was built; exit code 2."""
+
+    def __init__(self, summary: BuildSummary) -> None:
+        refused = summary.not_built
+        n, total = len(refused), len(refused) + len(summary.datasets)
+        lines = [p for ps in refused.values() for p in ps]
+        super().__init__(f"{n} of {total} datasets not built ({', '.join(refused)}); the other"
+                         f"{'s were' if total - n != 1 else ' was'} built — fix "
+                         f"{'them' if len(lines) != 1 else 'it'} and run `dsbuild build {' '.join(refused)}`:\n  "
+                         + "\n  ".join(lines), exit_code=2)
+        self.summary = summary
 
 
 # --------------------------------------------------------------------------- preflight
 
 
 def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
-    """Check everything that can be checked before taking the lock or writing anything."""
-    problems: list[str] = []
-    url_lists: set[Path] = set()
+    """Check everything that can be checked before taking the lock or writing anything; raise every problem."""
+    problems = [p for ps in preflight_problems(manifest, datasets).values() for p in ps]
+    if problems:
+        raise DsbuildError("cannot build:\n  " + "\n  ".join(problems), exit_code=2)
+
+
+def preflight_problems(manifest: Manifest, datasets: list[Dataset]) -> dict[str, list[str]]:
+    """What :func:`preflight` checks, per dataset name (an empty list: nothing wrong). A URL list several datasets
+    share is read once; its problem is each one's."""
+    out: dict[str, list[str]] = {}
+    url_lists: dict[Path, str | None] = {}  # URL list → its problem (None: fine)
     for ds in datasets:
+        problems = out.setdefault(ds.name, [])
         names: list[tuple[str, str]] = [(c.name, f"datasets.{ds.name}.classes") for c in ds.classes]  # (name, where)
         if ds.imagefolder is not None:
             key = f"datasets.{ds.name}.imagefolder"
@@ -180,18 +209,20 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
                     what = not_regular(url_file) if url_file.exists() else None
                     problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {url_file} "
                                     + (f"is {what} — `urls` takes files of URLs" if what else "does not exist"))
-                elif url_file not in url_lists:  # a CSV without a url column: before any folder is verified
-                    url_lists.add(url_file)
-                    try:
-                        read_url_list(url_file)
-                    except DsbuildError as exc:
-                        problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {exc}")
+                else:  # a CSV without a url column: before any folder is verified
+                    if url_file not in url_lists:
+                        try:
+                            read_url_list(url_file)
+                            url_lists[url_file] = None
+                        except DsbuildError as exc:
+                            url_lists[url_file] = str(exc)
+                    if url_lists[url_file] is not None:
+                        problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {url_lists[url_file]}")
         problems.extend(name_clashes(ds, names))
         if any(c.queries or c.urls for c in ds.classes):
             problems.extend(web.check_web_settings(ds))
         problems.extend(model_problems(ds))
-    if problems:
-        raise DsbuildError("cannot build:\n  " + "\n  ".join(problems), exit_code=2)
+    return out
 
 
 def _both(name: str) -> str:
@@ -458,8 +489,10 @@ def build(
     dataset's ``[executor]`` settings (the CLI's ``--executor``/``--ray-address``); ``backend`` is
     short for ``executor=ExecutorSettings(backend=backend)`` (a :data:`dsbuild.executor.BACKENDS` name).
     ``resplit``: assign every image's split again from the manifest's split settings (needed after
-    changing them; a note says how many images moved). Raises :class:`DsbuildError` when a
-    dataset's split settings changed since its last build and ``resplit`` is false.
+    changing them; a note says how many images moved). A dataset that cannot be built (a problem
+    :func:`preflight_problems` finds, or split settings changed since its last build while ``resplit`` is false) is
+    left out: the others are built, then :class:`PartialBuild` is raised (``.summary``: what was built). Raises
+    :class:`DsbuildError` before any work when none of the datasets can be built.
     """
     progress = progress or Progress()
     if backend is not None:
@@ -467,7 +500,12 @@ def build(
             raise DsbuildError(f"build(backend={backend!r}) contradicts executor={executor!r} — give one of them")
         executor = executor or ExecutorSettings(backend=backend)
     datasets = manifest.select(names)
-    preflight(manifest, datasets)
+    # A dataset that cannot be built (a broken labels CSV, a missing folder, …) does not stop the others: they are
+    # built, and the build ends with PartialBuild naming it (exit code 2). When none can be built, nothing starts.
+    refused = {name: ps for name, ps in preflight_problems(manifest, datasets).items() if ps}
+    if len(refused) == len(datasets):
+        raise DsbuildError("cannot build:\n  " + "\n  ".join(p for ps in refused.values() for p in ps), exit_code=2)
+    datasets = [d for d in datasets if d.name not in refused]
     for settings in {executor or d.executor for d in datasets}:
         if settings.backend == "ray" and settings.address not in (None, "auto"):
             from dsbuild.ray_backend import check_reachable
@@ -480,7 +518,18 @@ def build(
     try:
         cat = Catalog.open(catalog_path)
         try:
-            check_split_settings(cat, datasets, resplit=resplit)
+            changed = split_setting_changes(cat, datasets, resplit=resplit)
+            if len(changed) == len(datasets) and not refused:
+                raise DsbuildError(split_refusal(changed), exit_code=2)
+            for name, change in changed:
+                refused[name] = [split_refusal([(name, change)])]
+            datasets = [d for d in datasets if d.name not in refused]
+            if not datasets:
+                raise DsbuildError("cannot build:\n  " + "\n  ".join(p for ps in refused.values() for p in ps),
+                                   exit_code=2)
+            for name in refused:
+                progress.note(f"{name}: not built — {len(refused[name])} problem"
+                              f"{'s' if len(refused[name]) != 1 else ''}, listed at the end; the other datasets build")
             swept = sweep_temp_files(manifest.store)
             if swept:
                 progress.note(f"removed {swept} partial files left by an interrupted build")
@@ -503,8 +552,13 @@ def build(
                 raise
             finally:
                 live.close()
-            cat.finish_build(build_id, "ok", {"datasets": [asdict(s) for s in summaries]})
-            return BuildSummary(build_id=build_id, catalog=catalog_path, datasets=summaries, seconds=time.monotonic() - started)
+            cat.finish_build(build_id, "ok", {"datasets": [asdict(s) for s in summaries],
+                                              **({"not_built": refused} if refused else {})})
+            summary = BuildSummary(build_id=build_id, catalog=catalog_path, datasets=summaries,
+                                   seconds=time.monotonic() - started, not_built=refused)
+            if refused:
+                raise PartialBuild(summary)
+            return summary
         finally:
             cat.close()
     finally:
@@ -685,8 +739,18 @@ def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool
     """
     from dsbuild.split import describe_change
 
+    changed = split_setting_changes(cat, datasets, resplit=resplit)
+    if changed:
+        raise DsbuildError(split_refusal(changed), exit_code=2)
+
+
+def split_setting_changes(cat: Catalog, datasets: list[Dataset], *, resplit: bool) -> list[tuple[str, str]]:
+    """(name, the change in words) of each dataset whose split settings changed since its last build (none with
+    ``resplit``): the build refuses them (:class:`PartialBuild`, or :func:`check_split_settings` for all)."""
+    from dsbuild.split import describe_change
+
     if resplit:
-        return
+        return []
     changed = []
     for ds in datasets:
         old = cat.get_meta(f"split:{ds.name}")
@@ -696,13 +760,16 @@ def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool
         elif old == ds.split.record():
             continue
         changed.append((ds.name, describe_change(old, ds.split)))
-    if changed:
-        what = "; ".join(f"'{name}' ({change})" for name, change in changed)
-        names = " ".join(name for name, _ in changed)
-        raise DsbuildError(
-            f"the split settings of {what} changed since the last build, and images keep their splits — run "
+    return changed
+
+
+def split_refusal(changed: list[tuple[str, str]]) -> str:
+    """The refusal of :func:`split_setting_changes`'s datasets, with the command that splits them again."""
+    what = "; ".join(f"'{name}' ({change})" for name, change in changed)
+    names = " ".join(name for name, _ in changed)
+    return (f"the split settings of {what} changed since the last build, and images keep their splits — run "
             f"`dsbuild build {names} --resplit` to assign the splits again (runs trained before keep the old "
-            "ones), or put the old settings back", exit_code=2)
+            "ones), or put the old settings back")
 
 
 def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progress: Progress,

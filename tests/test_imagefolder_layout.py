@@ -531,6 +531,52 @@ def test_a_labels_csv_header_near_miss_names_the_column_expected(tmp_path: Path,
     assert err.value.exit_code == 2
 
 
+def test_one_broken_labels_csv_does_not_stop_the_other_datasets(tmp_path: Path, capsys) -> None:
+    # Trial 9 L7: `dsbuild build` with a manifest of two datasets, one of whose CSV says `labels`, refused both.
+    for name, photo in (("cat", "chelsea"), ("dog", "astronaut")):
+        photos(tmp_path / "data", photo, range(0, 3))
+    rows = "".join(f"{p}-{k}.png,{label}\n" for label, p in (("cat", "chelsea"), ("dog", "astronaut")) for k in range(3))
+    (tmp_path / "data" / "good.csv").write_text("file,label\n" + rows)
+    (tmp_path / "data" / "bad.csv").write_text("file,labels\n" + rows)
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.good]\nlabels_csv = "data/good.csv"\n[datasets.good.dedup]\nsemantic = false\n'
+                 '[datasets.bad]\nlabels_csv = "data/bad.csv"\n[datasets.bad.dedup]\nsemantic = false\n')
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 2, err
+    bad = tmp_path / "data" / "bad.csv"
+    assert err.endswith(
+        "Error: 1 of 2 datasets not built (bad); the other was built — fix it and run `dsbuild build bad`:\n"
+        f"  datasets.bad.labels_csv: {bad} line 1: header 'file,labels' has no label column (label, class) — rename "
+        "column 'labels' to label; the first row must be a header such as file,label (optional: split or is_valid; "
+        "separated by commas, or by ';', tabs or '|')\n"), err
+    assert "bad: not built — 1 problem, listed at the end; the other datasets build" in err
+    assert "Traceback" not in out + err
+    assert "good" in out and "bad" not in out  # the summary table: the dataset built
+    assert sql(m, "select dataset, status, count(*) from images group by all order by all") == [("good", "ok", 6)]
+    assert sql(m, "select outcome, json_keys(summary) from builds") == [("ok", ["datasets", "not_built"])]
+    # Fixed as the message says: the build that was refused builds, the one built before is up to date.
+    bad.write_text("file,label\n" + rows)
+    code, out, err = run_cli(capsys, m, "build", *command_in_text(err), "--workers", "1")
+    assert code == 0, err
+    assert sql(m, "select dataset, status, count(*) from images group by all order by all") == [
+        ("bad", "ok", 6), ("good", "ok", 6)]
+    # Every dataset broken: refused before anything starts, as a build of one broken dataset always was.
+    bad.write_text("file,labels\n" + rows)
+    (tmp_path / "data" / "good.csv").write_text("flie,label\n" + rows)
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 2 and err.startswith("Error: cannot build:\n  datasets.good.labels_csv: "), err
+    assert sql(m, "select count(*) from builds") == [(2,)]
+
+
+def command_in_text(message: str) -> list[str]:
+    """The dataset names of the ``dsbuild build ...`` command a message tells the user to run."""
+    import re
+
+    m = re.search(r"`dsbuild build ([^`]+)`", message)
+    assert m, message
+    return m.group(1).split()
+
+
 def test_a_url_list_of_local_files_says_to_use_labels_csv(tmp_path: Path, capsys) -> None:
     (tmp_path / "labels.csv").write_text("file,label\nimg1.jpg,cat\nimg2.jpg,dog\n")
     m = tmp_path / "datasets.toml"

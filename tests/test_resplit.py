@@ -370,6 +370,31 @@ def test_raising_a_carve_keeps_the_carved_images(tmp_path: Path, capsys) -> None
         "test": [2] * 4, "train": [7] * 4, "valid": [3] * 4}  # 30 % of 10 carved per class, test/ as given
 
 
+def test_changed_split_settings_of_one_dataset_do_not_stop_the_others(tmp_path: Path, capsys) -> None:
+    # As a broken labels CSV (trial 9 L7): the dataset refused is named at the end (exit code 2), the others build.
+    photo_folders(tmp_path / "photos")
+    classes = "".join(f'{name} = {{ folders = "photos/{name}" }}\n' for name, *_ in CLASSES)
+    head = f'[datasets.places.classes]\n{classes}[datasets.sites.classes]\n{classes}'
+    manifest = manifest_at(tmp_path, head + "[datasets.places.split]\ntrain = 0.8\nvalid = 0.2\n")
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+    before = images(manifest, "places")
+    manifest_at(tmp_path, head + "[datasets.places.split]\ntrain = 0.6\nvalid = 0.4\n"
+                "[datasets.sites.split]\nseed = 42\n")
+    (tmp_path / "photos" / "bridge" / "new.jpg").write_bytes((tmp_path / "photos" / "tower" / "0.jpg").read_bytes())
+    code, out, err = run_cli(capsys, manifest, "build", "-q", "--workers", "1")
+    assert code == 2, err
+    assert err.endswith(
+        "Error: 1 of 2 datasets not built (places); the other was built — fix it and run `dsbuild build places`:\n"
+        "  the split settings of 'places' (train 0.8 → 0.6, valid 0.2 → 0.4) changed since the last build, and images "
+        "keep their splits — run `dsbuild build places --resplit` to assign the splits again (runs trained before keep "
+        "the old ones), or put the old settings back\n"), err
+    assert len(images(manifest, "sites")) == 41  # the new file: built
+    pd.testing.assert_frame_equal(images(manifest, "places"), before)  # untouched: not built
+    code, out, err = run_cli(capsys, manifest, "build", "places", "--resplit", "-q", "--workers", "1")
+    assert code == 0, err
+    assert len(images(manifest, "places")) == 41
+
+
 def test_a_renamed_class_under_resplit_is_not_said_to_keep_its_split(tmp_path: Path, capsys) -> None:
     """Trial 4 (rename_plus_resplit.sh): a class folder renamed and a [split] change in one `build --resplit`
     said the renamed images 'kept their split', then moved some of them. The note now says --resplit assigns
