@@ -361,3 +361,38 @@ def test_a_head_model_answers_from_the_feature_cache_as_predict_does(head_traine
     assert sum(len(np.load(f)["sha256"]) for f in feature_cache.glob("*/part-*.npz")) == cached  # all from the cache
     # A fine-tuned model has no such shortcut: None, and the caller predicts through the network.
     assert head_probs_from_cache(trained[1], paths, shas, feature_cache) is None
+
+
+@pytest.mark.slow
+def test_a_heads_image_features_are_timed_apart_from_its_epoch(tmp_path: Path, capsys) -> None:
+    """Trial 9 L8: the head's one row ("epoch 1") said 218.6 s, nearly all of it the backbone over every image (the
+    features), and its progress line the same. The features are timed on their own: the run records them, the
+    features stage and the summary line say them, the head's row and stage say what the head took."""
+    import re
+
+    from dsbuild.cycle import RunReport
+    from dsbuild.render.console import RichProgress, print_run
+
+    table = digit_table(tmp_path / "digits", per_class=8, classes=(0, 1, 7))  # 24 images, features not cached yet
+    capsys.readouterr()
+    result = train(table, ModelSettings(**DEFAULTS), out_dir=tmp_path / "m", cache_dir=tmp_path / "features",
+                   progress=RichProgress())
+    err = capsys.readouterr().err  # not a terminal: one line per stage, its elapsed seconds last
+    stages = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(features \(\S+\)|train: head) .* ([\d.]+) s$",
+                                                                 err, re.MULTILINE)}
+    assert set(stages) == {"features (efficientnet_lite0-224-v1)", "train: head"}, err
+    feature_s, head_s = result.feature_s, result.epochs[0]["seconds"]
+    assert result.params["feature_seconds"] == feature_s
+    assert stages["features (efficientnet_lite0-224-v1)"] <= feature_s
+    # The head on 16 train images takes a fraction of the features of 24 images at 224 px (a backbone pass each).
+    assert head_s < feature_s and stages["train: head"] <= head_s + 0.5, (head_s, feature_s, err)
+    assert head_s + feature_s <= result.duration_s
+    print_run(RunReport(run_id="r1", dataset="digits", kind="train", result=result))
+    out = " ".join(capsys.readouterr().out.split())
+    assert (f"in {result.duration_s:.0f} s, of which {feature_s:.0f} s image features; model: "
+            f"{result.model_path}") in out, out
+    # Cached: the next train reads them (no features stage), and the line says no feature time worth a mention.
+    again = train(table, ModelSettings(**DEFAULTS), out_dir=tmp_path / "m2", cache_dir=tmp_path / "features",
+                  progress=RichProgress())
+    assert "features (" not in capsys.readouterr().err
+    assert again.feature_s < feature_s

@@ -292,7 +292,11 @@ def print_run(report) -> None:
                         (f"{e.get(c):.1f}" if c == "seconds" else str(e.get(c))) for c in
                         ("epoch", "train_loss", "valid_loss", "error_rate", "accuracy", "seconds")))
     console.print(table)
-    console.print(f"error rate {r.error_rate:.2%} (accuracy {r.accuracy:.2%}) in {r.duration_s:.0f} s; model: {r.model_path}",
+    feature_s = getattr(r, "feature_s", None)
+    # A head's image features are no epoch's time (its row says what the head took): said on their own.
+    took = (f"in {r.duration_s:.0f} s, of which {feature_s:.0f} s image features"
+            if feature_s is not None and feature_s >= 0.5 else f"in {r.duration_s:.0f} s")
+    console.print(f"error rate {r.error_rate:.2%} (accuracy {r.accuracy:.2%}) {took}; model: {r.model_path}",
                   markup=False, soft_wrap=True)
     export = r.model_path.parent / "export.pkl"
     if export.is_file():  # for fastai users: learn = load_learner(path); learn.predict(img)
