@@ -815,7 +815,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
             if computed < len(rows):
                 # The stage counts images; dataset_signals reports the blobs it computed. The rest (signals
                 # already stored or cached, or an exact copy's) are done too: the last line says N/N, not 3/105.
-                bar.advance(len(rows) - computed, computed=computed, reused=len(rows) - computed)
+                bar.skip(len(rows) - computed, computed=computed, reused=len(rows) - computed)  # no work: no rate
             cat.set_blob_signals(sig.new_blobs)
         if sig.failed:
             summary.notes.append(f"{len(sig.failed)} stored image(s) could not be decoded for near-duplicate signals "
@@ -833,7 +833,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
     if kept is not None:
         with progress.stage(f"{ds.name}: dedup + split reused from {kept.by} (nothing it is computed from changed)",
                             len(items)) as bar:
-            bar.advance(len(items))
+            bar.skip(len(items))  # nothing computed: the line says reused, and no rate
         updates = items[["image_id", "status", "reason", "split"]]
         gs = GroupSummary(groups=kept.groups, duplicates=kept.duplicates, conflicts=kept.conflicts,
                           near_pairs=kept.near_pairs)

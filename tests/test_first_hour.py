@@ -1076,3 +1076,49 @@ def test_a_stage_times_its_rate_from_when_its_workers_are_ready_and_says_the_sta
     assert lines[0] == "ray: cluster ready in 1.2 s" and len(lines) == 2, lines
     m = re.fullmatch(r"pets: verify \+ hash 40/40 ok 10 (\d+)/s (\d+\.\d) s", lines[1])
     assert m and 70 <= int(m.group(1)) <= 101 and float(m.group(2)) >= 1.6, lines
+
+
+def test_items_a_stage_reused_move_its_bar_but_not_its_rate(capsys) -> None:
+    """Trial 9: a stage reused from an earlier build said "1,076,862/s" (every item "done" in a millisecond). Items a
+    stage skips (reused, cached) count as done and stay out of the rate: a stage reused whole says no rate, and one
+    that worked on some says their rate (real timings, the console a pipe)."""
+    import re
+
+    import dsbuild.render.console as rc
+
+    progress = rc.RichProgress()
+    with progress.stage("pets: dedup + split reused from build 3 (nothing it is computed from changed)", 500) as stage:
+        stage.skip(500)
+    with progress.stage("pets: near-duplicate signals", 1000) as stage:
+        for _ in range(4):
+            time.sleep(0.1)
+            stage.advance(10, computed=10)
+        stage.skip(960, computed=40, reused=960)
+    lines = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"pets: dedup \+ split reused from build 3 \(nothing it is computed from changed\) 500/500 "
+                        r"\d+\.\d s", lines[0]), lines
+    m = re.fullmatch(r"pets: near-duplicate signals 1000/1000 computed 40 reused 960 (\d+)/s (\d+\.\d) s", lines[1])
+    assert m and 70 <= int(m.group(1)) <= 101 and len(lines) == 2, lines  # 40 in 0.4 s, not 1,000 in 0.4 s
+
+
+def test_a_rebuild_reuses_its_groups_and_says_so_without_a_rate(tmp_path: Path, capsys) -> None:
+    """The build's own stages: a second build with nothing new reuses the signals and the groups, and their lines
+    say reused, with no per-image rate."""
+    from helpers import photo_quadrant
+
+    for label, photo in (("cat", "chelsea"), ("dog", "astronaut")):
+        (tmp_path / label).mkdir()
+        for k in range(4):
+            photo_quadrant(photo, k, 64).save(tmp_path / label / f"{k}.png")
+    manifest = tmp_path / "datasets.toml"
+    manifest.write_text('[datasets.pets]\nclasses = { cat = { folders = "cat" }, dog = { folders = "dog" } }\n'
+                        '[datasets.pets.dedup]\nsemantic = false\nviews = true\n')
+    assert main(["-m", str(manifest), "build", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["-m", str(manifest), "build", "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    reused = [line for line in err.splitlines() if "reused" in line]
+    assert len(reused) == 2, err
+    assert re.fullmatch(r"pets: near-duplicate signals 8/8 computed 0 reused 8 \d+\.\d s", reused[0]), reused
+    assert re.fullmatch(r"pets: dedup \+ split reused from build 1 \(nothing it is computed from changed\) 8/8 "
+                        r"\d+\.\d s", reused[1]), reused

@@ -82,6 +82,11 @@ class _RichStage:
         text = " ".join(f"{k} {v}" for k, v in counts.items())
         self.progress.update(self.task, advance=n, counts=text, rate=self.clock.rate())
 
+    def skip(self, n: int = 1, **counts: int) -> None:
+        self.clock.skip(n)
+        text = " ".join(f"{k} {v}" for k, v in counts.items())
+        self.progress.update(self.task, advance=n, counts=text, rate=self.clock.rate())
+
 
 LINE_EVERY_S = 10.0  # without a terminal: a progress line at most this often while a stage runs
 
@@ -106,7 +111,8 @@ class RateClock:
     def __init__(self) -> None:
         import time
 
-        self.n = 0
+        self.n = 0  # items done: worked on and skipped
+        self.worked = 0  # of which worked on (the rate's items)
         self.t0 = time.monotonic()
         self.ready()
 
@@ -114,9 +120,14 @@ class RateClock:
         """The workers can take work from now on."""
         import time
 
-        self.t_ready, self.n_ready = time.monotonic(), self.n
+        self.t_ready, self.n_ready = time.monotonic(), self.worked
 
     def advance(self, n: int) -> None:
+        self.n += n
+        self.worked += n
+
+    def skip(self, n: int) -> None:
+        """``n`` items done without work (reused, cached): counted done, not in the rate."""
         self.n += n
 
     def elapsed(self) -> float:
@@ -127,7 +138,7 @@ class RateClock:
     def rate(self) -> str:
         import time
 
-        return rate_text(self.n - self.n_ready, time.monotonic() - self.t_ready)
+        return rate_text(self.worked - self.n_ready, time.monotonic() - self.t_ready)
 
 
 class _LineStage:
@@ -158,9 +169,16 @@ class _LineStage:
             self.console.print(note, markup=False, highlight=False, soft_wrap=True)
 
     def advance(self, n: int = 1, **counts: int) -> None:
+        self.clock.advance(n)
+        self._moved(counts)
+
+    def skip(self, n: int = 1, **counts: int) -> None:
+        self.clock.skip(n)
+        self._moved(counts)
+
+    def _moved(self, counts: dict) -> None:
         import time
 
-        self.clock.advance(n)
         self._counts = " ".join(f"{k} {v}" for k, v in counts.items())
         if time.monotonic() - self._last >= LINE_EVERY_S:
             self._line()
