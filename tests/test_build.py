@@ -947,6 +947,72 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+ORPHANER = """\
+import os, sys, time
+from dsbuild.catalog import BuildLock
+lock = BuildLock(sys.argv[1], command="dsbuild build")
+lock.acquire()
+child = os.fork()  # as multiprocessing's forkserver starts: a fork, then an exec that closes the lock file
+if child == 0:
+    time.sleep(float(sys.argv[2]))  # not exec'd yet: the open lock file, and the lock, are the child's too
+    os._exit(0)
+print(child, flush=True)
+os._exit(0)  # the holder ends, as a build SIGKILLed in that instant
+"""
+
+
+def _orphaned_lock(catalog: Path, child_lives_s: float) -> int:
+    """The lock of ``catalog`` held only by a child of a holder that has exited (and been reaped); the child's PID."""
+    proc = subprocess.Popen([sys.executable, "-c", ORPHANER, str(catalog), str(child_lives_s)], stdout=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    child = int(proc.stdout.readline())
+    assert proc.wait(timeout=30) == 0
+    return child
+
+
+def test_a_lock_left_to_a_child_of_a_killed_holder_is_waited_for_briefly(tmp_path: Path) -> None:
+    """The flaky test_a_killed_build_leaves_nothing_behind_after_the_next_build: a build SIGKILLed just as it started
+    multiprocessing's forkserver left the lock file open in the forked child until it exec'd, and the next build, at
+    once, was refused: "locked by PID … (dsbuild build is running)" — a PID no longer running. A lock whose PID is gone
+    is waited for (up to ORPHAN_WAIT_S), then refused naming what holds it; a running holder is refused at once."""
+    from dsbuild.catalog import BuildLock
+    from dsbuild.catalog.lock import ORPHAN_WAIT_S
+    from dsbuild.errors import CatalogBusy
+
+    catalog = tmp_path / "dsbuild.duckdb"
+    child = _orphaned_lock(catalog, 1.5)
+    start = time.monotonic()
+    lock = BuildLock(catalog, command="dsbuild build")
+    lock.acquire()  # refused at once before
+    waited = time.monotonic() - start
+    lock.release()
+    assert 0.5 < waited < ORPHAN_WAIT_S, waited
+
+    child = _orphaned_lock(catalog, 120)
+    holder = (tmp_path / "dsbuild.duckdb.lock").read_text().split()[0]
+    try:
+        start = time.monotonic()
+        with pytest.raises(CatalogBusy) as err:
+            BuildLock(catalog, command="dsbuild build").acquire()
+        assert ORPHAN_WAIT_S <= time.monotonic() - start < ORPHAN_WAIT_S + 5
+    finally:
+        os.kill(child, signal.SIGKILL)
+    lock_file = tmp_path / "dsbuild.duckdb.lock"
+    assert str(err.value) == (
+        f"catalog {catalog} is locked, but PID {holder} that took the lock (dsbuild build) is no longer running: a "
+        f"process it started still holds the lock file {lock_file} — wait for that process to end "
+        f"(`fuser -v {lock_file}` names it), or use another catalog with --catalog")
+
+    live = _hold("lock", catalog)
+    try:
+        start = time.monotonic()
+        with pytest.raises(CatalogBusy, match=f"is locked by PID {live.pid} "):
+            BuildLock(catalog).acquire()
+        assert time.monotonic() - start < 1.0  # a running holder: no wait
+    finally:
+        _stop(live)
+
+
 def test_second_build_fails_fast_while_the_lock_is_held(mixed: Path, capsys) -> None:
     catalog = load_manifest(mixed).catalog
     before = items_table(mixed)

@@ -30,6 +30,16 @@ YIELD_WAIT_S = 5.0
 """How long a process waits for a yielding holder (the review app) to give the catalog up (seconds)."""
 RETRY_S = 0.02
 """Pause between attempts while waiting for a yielding holder (seconds)."""
+ORPHAN_WAIT_S = 5.0
+"""How long :meth:`BuildLock.acquire` waits when the lock is held but the process that took it is gone (seconds).
+
+A killed holder's lock can outlive it briefly: measured on Linux 6.18, a process SIGKILLed while holding the
+lock still held it after its parent had reaped it in 3 of 100 kills (up to 2.5 ms; 8 ms once under load), and
+in 4 of 100 when it was starting a forkserver pool (up to 7 ms): a child forked and not yet exec'd (how
+multiprocessing starts its forkserver and resource tracker) shares the open lock file until its exec closes it.
+The next command, started at once (a test, a script, a user's retry), was refused: "locked by PID …" naming a
+process no longer running. The lock is not the dead holder's then, and goes within milliseconds."""
+
 YIELDS = "yields"
 
 T = TypeVar("T")
@@ -105,11 +115,35 @@ def retry_while_yielding(catalog: Path, attempt: Callable[[], T], *, is_busy: Ca
         time.sleep(RETRY_S)
 
 
+class _Orphaned(Exception):
+    """The lock is held, but the process that took it has exited (see :data:`ORPHAN_WAIT_S`)."""
+
+
+def _exited(pid: str) -> bool:
+    """Whether ``pid`` (a lock file's) names a process that is gone: none of that number, or a zombie (ended, not
+    reaped yet); False when not a number, or alive."""
+    if not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
+        return False
+    try:  # Linux: a zombie's state is Z (after the command name, which may hold spaces and parentheses)
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class BuildLock:
     """An exclusive, PID-stamped lock file beside the catalog, taken before any work.
 
     Uses ``fcntl.flock`` so the lock dies with the process (a SIGKILLed build
-    never leaves a stale lock behind). ``yields=True`` marks the holder as one that
+    never leaves a stale lock behind) — within milliseconds of the process's end, not always before its parent
+    reaps it, and only once every process sharing the open lock file (a child forked in the instant of the kill)
+    has let go: :meth:`acquire` waits up to :data:`ORPHAN_WAIT_S` while the PID the lock file names is gone.
+    ``yields=True`` marks the holder as one that
     gives the catalog up when asked (see the module docstring); :meth:`acquire` waits up
     to :data:`YIELD_WAIT_S` for such a holder and fails at once on any other.
     ``command``: what the holder runs, for other processes' messages (``"dsbuild build"``;
@@ -124,10 +158,19 @@ class BuildLock:
         self._fh = None
 
     def acquire(self) -> None:
-        self._fh = retry_while_yielding(self.catalog, self._try_acquire, is_busy=lambda e: isinstance(e, CatalogBusy),
-                                        wait_s=YIELD_WAIT_S)
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        while True:
+            try:
+                self._fh = retry_while_yielding(self.catalog, lambda: self._try_acquire(orphan_wait=True),
+                                                is_busy=lambda e: isinstance(e, CatalogBusy), wait_s=YIELD_WAIT_S)
+                return
+            except _Orphaned:
+                if time.monotonic() > deadline:
+                    self._fh = self._try_acquire(orphan_wait=False)  # the last try: refused with the holder named
+                    return
+                time.sleep(RETRY_S)
 
-    def _try_acquire(self):
+    def _try_acquire(self, *, orphan_wait: bool = False):
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +181,15 @@ class BuildLock:
             fh.seek(0)
             pid, yields, command = _parse_holder(fh.read())
             fh.close()
+            gone = _exited(pid)
+            if gone and orphan_wait:
+                raise _Orphaned() from None  # acquire waits for what inherited the lock to let go
+            if gone:
+                locked = (f"catalog {self.catalog} is locked, but PID {pid} that took the lock "
+                          f"({command or 'dsbuild'}) is no longer running: a process it started still holds the lock file {self.path}")
+                raise CatalogBusy(f"{locked} — wait for that process to end (`fuser -v {self.path}` names it), "
+                                  "or use another catalog with --catalog",
+                                  in_app=f"{locked} — wait for that process to end") from None
             if yields:
                 held = (f"catalog {self.catalog} is held by the review app (`dsbuild ui`, PID {pid}), which did not "
                         f"give it up within {YIELD_WAIT_S:g} s")
