@@ -465,12 +465,14 @@ find_mislabels = find_issues  # the old name (``dsbuild mislabels`` keeps it on 
 
 def mislabel_inputs(df, settings, keep: dict[str, float], members) -> str:
     """A digest of everything a mislabel run's result depends on: the images it scores (id, file, label,
-    split), the model settings, the reviewers' standing ``keep`` decisions and the conflicting groups."""
+    split, and the content and pixels its features are computed from: ``sha256`` and ``pixel_sha``, the
+    features cache's key — a re-check that reads other pixels from a file makes the run stale), the model
+    settings, the reviewers' standing ``keep`` decisions and the conflicting groups."""
     import hashlib
     import json
 
     images = sorted(zip(df["image_id"].astype(str), df["path"].astype(str), df["label"].astype(str),
-                        df["split"].astype(str)))
+                        df["split"].astype(str), df["sha256"].astype(str), df["pixel_sha"].astype(str)))
     groups = sorted(zip(members["image_id"].astype(str), members["dup_group"].astype(str), members["label"].astype(str),
                         members["status"].astype(str))) if len(members) else []
     data = {"images": images, "settings": _params(settings), "keep": sorted(keep.items()), "conflicts": groups}

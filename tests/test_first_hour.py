@@ -577,6 +577,25 @@ def scored(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+def test_a_mislabel_run_is_stale_once_the_pixels_it_scored_change(scored: Path, tmp_path: Path) -> None:
+    """feat32: the features a run scored are keyed by blob *and* pixels, but whether the run was still current
+    was decided from id, path, label and split — after a re-check that read other pixels from one file (a
+    verifier upgrade writes ``blobs.pixel_sha``, as this does), ``mislabels`` showed the old run as current."""
+    from dsbuild.cycle import fresh_mislabels
+    from dsbuild.manifest import load_manifest
+
+    manifest = copy_project(scored, tmp_path / "p")
+    found = fresh_mislabels(load_manifest(manifest), "digits")
+    ((run_id,),) = sql(manifest, "SELECT run_id FROM runs WHERE kind = 'mislabels'")
+    assert found is not None and found[0] == run_id
+    with duckdb.connect(str(manifest.parent / "catalog" / "dsbuild.duckdb")) as con:
+        (sha,) = con.execute("SELECT sha256 FROM items WHERE dataset = 'digits' AND status = 'ok' "
+                             "AND split IS NOT NULL ORDER BY sha256 LIMIT 1").fetchone()
+        con.execute("UPDATE blobs SET pixel_sha = md5(pixel_sha) || md5(pixel_sha) WHERE sha256 = ?", [sha])
+    assert fresh_mislabels(load_manifest(manifest), "digits") is None
+
+
+@pytest.mark.slow
 def test_bug08_conflict_suggestions_come_from_out_of_fold_probabilities(scored: Path) -> None:
     rows = sql(scored, "SELECT i.dup_group, l.image_id, l.kind, l.given_label, l.suggested_label, "
                        "l.suggested_confidence, l.label_quality FROM label_issues l JOIN images i USING (dataset, image_id) "
