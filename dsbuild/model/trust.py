@@ -31,10 +31,10 @@
    real, 15 % on the same photos with clean labels). The OOF probabilities are not over-confident
    there (the temperature that best fits the given labels is 1.05–1.07) and the open-set labels
    are not the cause (20 % planted in-class flips overstate as much). So :func:`trust_estimate`
-   gives a range: the posterior is the high end, the posterior scaled to the anchor-point noise
-   rate (:func:`anchor_noise_rate`, the disagreement among each class's most confident
-   predictions) the low end, the middle the point estimate; measured errors per regime in its
-   docstring and bench/trust_calibration.py. On very confident GPU-trained probabilities both
+   gives a range: the posterior is the high end; when the model makes many mistakes of its own,
+   the posterior scaled to the anchor-point noise rate (:func:`anchor_noise_rate`, the
+   disagreement among each class's most confident predictions) is the low end; the middle is the
+   point estimate. Measured errors per regime in its docstring and bench/trust_calibration.py. On very confident GPU-trained probabilities both
    under-estimate (ResNet-18 / Swin-B on CIFAR-10N: the class-level noise matrix spreads real
    annotators' instance-dependent noise thin).
    (Flagging by this posterior, ``P(true = s | x, s) < 0.5``, was measured too: best on
@@ -153,25 +153,19 @@ def label_posterior(labels: np.ndarray, pred_probs: np.ndarray, nm: np.ndarray |
     return np.where(s > 1e-300, w / np.maximum(s, 1e-300), q)
 
 
-#: :func:`dsbuild.cycle.trust_line` cautions that fewer flags may be real than estimated when
-#: :attr:`TrustEstimate.model_mistake_rate` is at least this. Measured (bench/trust_calibration.py):
-#: 0.14–0.16 on 1,000 CIFAR-10N photos with dsbuild's default heads (56–74 % accurate; the point estimate
-#: 0.00–0.33 above the measured precision, the posterior alone 0.09–0.41), 0.01–0.06 on digits with 0–40 %
-#: planted noise (within 0.09), 0.06–0.11 for the GPU ResNet-18 / Swin-B probabilities (which under-estimate).
+#: At or above this :attr:`TrustEstimate.model_mistake_rate`, :func:`trust_estimate` pulls the estimate down
+#: toward the anchor-point noise rate and :func:`dsbuild.cycle.trust_line` cautions that fewer flags may be
+#: real. Measured (bench/trust_calibration.py): 0.14–0.16 on 1,000 CIFAR-10N photos with dsbuild's default heads
+#: (56–74 % accurate; the posterior alone 0.09–0.41 above the measured precision), 0.01–0.06 on digits with
+#: 0–40 % planted noise (the posterior within 0.09), 0.06–0.11 for the GPU ResNet-18 / Swin-B probabilities.
 MODEL_MISTAKE_CAUTION = 0.10
 
 #: Share of each predicted class's most confident out-of-fold predictions that
 #: :func:`anchor_noise_rate` reads the label-noise rate from (per class, at least one image).
 ANCHOR_FRACTION = 0.2
-#: :func:`anchor_noise_rate` answers the upper end of the Wilson interval at this many standard errors (one
-#: sigma): on a few hundred images the anchors are a few dozen, and a chance low rate among them would shrink a
-#: strong model's (right) estimate — measured on 400 digits at 32 px, 20 % planted: the plain rate put the
-#: estimate at 69 % against 89 % measured on one seed of two; with the bound, digits move by ≤ 0.01.
-ANCHOR_Z = 1.0
 
 
-def anchor_noise_rate(labels: np.ndarray, pred_probs: np.ndarray, *, fraction: float = ANCHOR_FRACTION,
-                      z: float = ANCHOR_Z) -> float:
+def anchor_noise_rate(labels: np.ndarray, pred_probs: np.ndarray, *, fraction: float = ANCHOR_FRACTION) -> float:
     """The share of wrong given labels among the images the model is surest of: for each predicted class, the
     ``fraction`` of its images with the highest out-of-fold probability ("anchor points", Liu & Tao 2016,
     Patrini et al. 2017), the rate at which their given label is not that class.
@@ -179,8 +173,7 @@ def anchor_noise_rate(labels: np.ndarray, pred_probs: np.ndarray, *, fraction: f
     A model is rarely wrong on its most confident images even when it is weak (trial 9: 6 % there against 35 %
     overall), so the disagreement there is mostly label noise: unlike cleanlab's confident joint it does not count
     the model's own mistakes on hard images as wrong labels. It misses the noise that concentrates on hard, ambiguous
-    images (real annotators'), so it is the low estimate (:func:`trust_estimate`). Returned: the upper end of the
-    Wilson score interval (Wilson 1927) at ``z`` standard errors of that rate (``z = 0``: the rate itself).
+    images (real annotators'), so it is the low estimate (:func:`trust_estimate`).
     """
     labels = np.asarray(labels)
     p = np.asarray(pred_probs, dtype=np.float64)
@@ -189,11 +182,7 @@ def anchor_noise_rate(labels: np.ndarray, pred_probs: np.ndarray, *, fraction: f
     for k in np.unique(pred):
         idx = np.flatnonzero(pred == k)
         anchors[idx[np.argsort(-conf[idx], kind="stable")[: max(1, math.ceil(fraction * len(idx)))]]] = True
-    m = int(anchors.sum())
-    if not m:
-        return 0.0
-    x = float((pred != labels)[anchors].mean())
-    return float((x + z * z / (2 * m) + z * math.sqrt(x * (1 - x) / m + z * z / (4 * m * m))) / (1 + z * z / m))
+    return float((pred != labels)[anchors].mean()) if anchors.any() else 0.0
 
 
 @dataclass(frozen=True)
@@ -234,26 +223,29 @@ def trust_estimate(labels: np.ndarray, posterior: np.ndarray, flags: np.ndarray,
 
     High end: the posterior as it stands, ``P(wrong)_i = 1 − P(true = s_i | x_i, s_i)``; it carries cleanlab's
     estimate of the noise rate ``η_post = Σ_i P(wrong)_i / n``, which counts a weak model's confident mistakes
-    as wrong labels. Low end: every ``P(wrong)_i`` scaled by ``r = min(1, η_anchor / η_post)``, so that the
-    total matches :func:`anchor_noise_rate`, which misses the noise on hard images. Point estimate: the middle,
+    as wrong labels. When the model makes many mistakes of its own — ``model_mistake_rate`` (the share of images
+    whose prediction differs from the label, less ``η_post``) ≥ :data:`MODEL_MISTAKE_CAUTION` — the low end is
+    every ``P(wrong)_i`` scaled by ``r = min(1, η_anchor / η_post)``, so that the total matches
+    :func:`anchor_noise_rate`, which misses the noise on hard images; otherwise ``r = 1`` (the confident joint is
+    right on a strong model, and a few dozen anchors on a small dataset would only add chance: 250 digits with 20
+    planted gave r = 0.77 and an estimate of 15 wrong labels for 20). Point estimate: the middle,
     ``P(wrong)_i · (1 + r) / 2``. Expected right flags = ``Σ_flagged P(wrong)_i``, wrong labels in all =
     ``Σ_i P(wrong)_i``, at each of the three.
 
-    A strong model gives ``r`` near 1 and a narrow range; a weak one a wide range. Measured (bench/trust_calibration.py;
-    flags of :func:`flag_label_issues`; error = estimated − measured precision of the flags, old (the posterior
-    alone, the high end) → new (the point estimate)):
+    Measured (bench/trust_calibration.py; flags of :func:`flag_label_issues`; error = estimated − measured
+    precision of the flags, old (the posterior alone, the high end) → new (the point estimate)):
 
     * trial 9 (1,000 CIFAR-10N photos of 32 px, 5 classes, one annotator's labels, 200 wrong; dsbuild's default
-      out-of-fold heads, 62 % accurate): +0.18 → +0.07 (52 %, range 41–63 %, measured 45 %); wrong labels in all
-      237 → 195 (200). After trial 9's review: +0.21 → +0.09. The same photos with the aggre, worse, random2,
-      random3, clean and 20 %-planted labels (56–74 % accurate): mean |error| of all eight 0.22 → 0.14; the clean
-      labels stay the worst, +0.41 → +0.33 (a weak model's mistakes look like label noise, and nothing in the
-      probabilities tells them apart: the range's width is the warning);
+      out-of-fold heads, 62 % accurate): +0.18 → +0.03 (48 %, range 34–63 %, measured 45 %); wrong labels in all
+      237 → 183 (200). After trial 9's review: +0.21 → +0.05. The same photos with the aggre, worse, random2,
+      random3, clean and 20 %-planted labels (56–74 % accurate): mean |error| of all eight 0.22 → 0.11; the clean
+      labels stay the worst, +0.41 → +0.29 (a weak model's mistakes look like label noise, and nothing in the
+      probabilities tells them apart: the caution of :func:`dsbuild.cycle.trust_line` says so);
     * digits with 10–40 % planted noise (600 images, the default heads, 95–99 % accurate against the truth):
       unchanged, −0.00…−0.09 (``r`` = 1);
-    * the published GPU ResNet-18 / Swin-B probabilities on CIFAR-10N worse / aggre (5,000 images): −0.16…−0.50
-      → −0.19…−0.54 — under-estimated before and after: real annotators' noise concentrates on ambiguous images,
-      which the class-level noise matrix spreads thin, and the anchors see less of it.
+    * the published GPU ResNet-18 / Swin-B probabilities on CIFAR-10N worse / aggre (5,000 images): −0.16…−0.50,
+      unchanged but for ResNet-18 worse, −0.16 → −0.20 — under-estimated before and after: real annotators' noise
+      concentrates on ambiguous images, which the class-level noise matrix spreads thin.
 
     Without ``pred_probs`` the low end equals the high end (the point estimate is the posterior's, as before).
     """
@@ -262,7 +254,9 @@ def trust_estimate(labels: np.ndarray, posterior: np.ndarray, flags: np.ndarray,
     total = float(p_wrong.sum())
     eta_post = total / len(labels) if len(labels) else float("nan")
     eta_anchor = anchor_noise_rate(labels, pred_probs) if pred_probs is not None else float("nan")
-    r = min(1.0, eta_anchor / eta_post) if pred_probs is not None and eta_post > 0 else 1.0
+    mistakes = (float((np.asarray(pred_probs).argmax(1) != labels).mean()) - eta_post
+                if pred_probs is not None and len(labels) else float("nan"))
+    r = min(1.0, eta_anchor / eta_post) if mistakes >= MODEL_MISTAKE_CAUTION and eta_post > 0 else 1.0
     hi_right = float(p_wrong[flags].sum())
     mid = (1.0 + r) / 2.0
 
@@ -276,9 +270,7 @@ def trust_estimate(labels: np.ndarray, posterior: np.ndarray, flags: np.ndarray,
         expected_right_low=hi_right * r, expected_right_high=hi_right,
         expected_precision_low=share(hi_right * r), expected_precision_high=share(hi_right),
         expected_wrong_labels_low=total * r, expected_wrong_labels_high=total,
-        posterior_noise_rate=eta_post, anchor_noise_rate=eta_anchor,
-        model_mistake_rate=(float((np.asarray(pred_probs).argmax(1) != labels).mean()) - eta_post
-                            if pred_probs is not None and len(labels) else float("nan")))
+        posterior_noise_rate=eta_post, anchor_noise_rate=eta_anchor, model_mistake_rate=mistakes)
 
 
 #: :func:`flag_label_issues` flags a label when the out-of-fold prediction differs from it
