@@ -26,7 +26,7 @@
 3. Trust: the expected number of right flags is ``Σ_flagged (1 − P(true = s | x, s))``
    and of wrong labels overall ``Σ (1 − P(true = s | x, s))``; no ground truth needed.
    That posterior figure is reliable on a strong model (digits with 10–40 % planted noise within
-   0–9 points of precision) and too high on a weak one: cleanlab's confident joint counts a weak
+   0–11 points of precision) and too high on a weak one: cleanlab's confident joint counts a weak
    model's own confident mistakes as wrong labels (trial 9: 30 % estimated noise against 20 %
    real, 15 % on the same photos with clean labels). The OOF probabilities are not over-confident
    there (the temperature that best fits the given labels is 1.05–1.07) and the open-set labels
@@ -34,9 +34,9 @@
    gives a range: the posterior is the high end; when the model makes many mistakes of its own,
    the posterior scaled to the anchor-point noise rate (:func:`anchor_noise_rate`, the
    disagreement among each class's most confident predictions) is the low end; the middle is the
-   point estimate. Measured errors per regime in its docstring and bench/trust_calibration.py. On very confident GPU-trained probabilities both
-   under-estimate (ResNet-18 / Swin-B on CIFAR-10N: the class-level noise matrix spreads real
-   annotators' instance-dependent noise thin).
+   point estimate. Measured errors per regime in its docstring and bench/trust_calibration.py.
+   On very confident GPU-trained probabilities both under-estimate (ResNet-18 / Swin-B on
+   CIFAR-10N: the class-level noise matrix spreads real annotators' instance-dependent noise thin).
    (Flagging by this posterior, ``P(true = s | x, s) < 0.5``, was measured too: best on
    digits, but it under-flags where the noise per class pair is small — F1 0.52 vs 0.74 for
    ResNet-18 on CIFAR-10N aggre — so it is not the flag rule, see :mod:`dsbuild.issues.label`.)
@@ -157,7 +157,7 @@ def label_posterior(labels: np.ndarray, pred_probs: np.ndarray, nm: np.ndarray |
 #: toward the anchor-point noise rate and :func:`dsbuild.cycle.trust_line` cautions that fewer flags may be
 #: real. Measured (bench/trust_calibration.py): 0.14–0.16 on 1,000 CIFAR-10N photos with dsbuild's default heads
 #: (56–74 % accurate; the posterior alone 0.09–0.41 above the measured precision), 0.01–0.06 on digits with
-#: 0–40 % planted noise (the posterior within 0.09), 0.06–0.11 for the GPU ResNet-18 / Swin-B probabilities.
+#: 0–40 % planted noise (the posterior within 0.11), 0.06–0.11 for the GPU ResNet-18 / Swin-B probabilities.
 MODEL_MISTAKE_CAUTION = 0.10
 
 #: Share of each predicted class's most confident out-of-fold predictions that
@@ -242,7 +242,7 @@ def trust_estimate(labels: np.ndarray, posterior: np.ndarray, flags: np.ndarray,
       labels stay the worst, +0.41 → +0.29 (a weak model's mistakes look like label noise, and nothing in the
       probabilities tells them apart: the caution of :func:`dsbuild.cycle.trust_line` says so);
     * digits with 10–40 % planted noise (600 images, the default heads, 95–99 % accurate against the truth):
-      unchanged, −0.00…−0.09 (``r`` = 1);
+      unchanged, −0.11…+0.01 (``r`` = 1);
     * the published GPU ResNet-18 / Swin-B probabilities on CIFAR-10N worse / aggre (5,000 images): −0.16…−0.50,
       unchanged but for ResNet-18 worse, −0.16 → −0.20 — under-estimated before and after: real annotators' noise
       concentrates on ambiguous images, which the class-level noise matrix spreads thin.
