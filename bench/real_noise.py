@@ -211,7 +211,9 @@ def main() -> None:
         print(f"mislabels {t_mis} | {len(scored)} images scored, {wrong.sum()} wrong ({wrong.mean():.1%}), "
               f"out-of-fold accuracy {trust.get('oof_accuracy', float('nan')):.3f}")
         print(f"  {'dsbuild (CPU, defaults)':28s} AUROC {a:.3f}  flags P {p:.3f} R {r:.3f} F1 {f1:.3f} ({n} flags; "
-              f"{int((flags & wrong).sum())} right, run's estimate {trust.get('expected_right', float('nan')):.0f})")
+              f"{int((flags & wrong).sum())} right, run's estimate {trust.get('expected_right', float('nan')):.0f}, range "
+              f"{trust.get('expected_right_low', float('nan')):.0f}–{trust.get('expected_right_high', float('nan')):.0f}; "
+              f"{wrong.sum()} wrong labels, estimate {trust.get('expected_wrong_labels', float('nan')):.0f})")
         rows = np.array([row_of[f] for f in files])
         for line in anchor_rows(noise, given, true, rows):
             print(line)

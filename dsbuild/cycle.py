@@ -401,19 +401,27 @@ def _trust(oof, rows, check) -> dict:
     labels = oof.label_index()
     flagged_ids = set(rows.loc[(rows["kind"] == "label") & rows["is_issue"].astype(bool), "image_id"]) if len(rows) else set()
     flags = np.array([i in flagged_ids for i in oof.image_ids], dtype=bool)
-    est = trust_estimate(labels, label_posterior(labels, np.asarray(oof.pred_probs, dtype=np.float64)), flags)
+    probs = np.asarray(oof.pred_probs, dtype=np.float64)
+    est = trust_estimate(labels, label_posterior(labels, probs), flags, pred_probs=probs)
     return {"oof_accuracy": check.accuracy, "learn_check": _check_json(check), "n_flagged": est.n_flagged,
             "expected_right": est.expected_right, "expected_precision": est.expected_precision,
-            "expected_wrong_labels": est.expected_wrong_labels, "expected_recall": est.expected_recall}
+            "expected_wrong_labels": est.expected_wrong_labels, "expected_recall": est.expected_recall,
+            "expected_right_low": est.expected_right_low, "expected_right_high": est.expected_right_high,
+            "expected_wrong_labels_low": est.expected_wrong_labels_low,
+            "expected_wrong_labels_high": est.expected_wrong_labels_high,
+            "posterior_noise_rate": est.posterior_noise_rate, "anchor_noise_rate": est.anchor_noise_rate,
+            "model_mistake_rate": est.model_mistake_rate}
 
 
 def run_trust(manifest: Manifest, run_id: str) -> dict | None:
     """The trust figures of mislabel run ``run_id``: ``oof_accuracy`` (out-of-fold predictions vs
     given labels), ``learn_check`` (:class:`dsbuild.model.trust.LearnCheck` as a dict),
-    ``n_flagged``, ``expected_right`` (expected number of flags whose label really is wrong,
-    from the label posterior of :func:`dsbuild.model.trust.label_posterior`),
-    ``expected_precision``, ``expected_wrong_labels`` (in the whole dataset), ``expected_recall``.
-    None for a run recorded before these figures existed."""
+    ``n_flagged``, ``expected_right`` (expected number of flags whose label really is wrong: the point estimate of
+    :func:`dsbuild.model.trust.trust_estimate`) and its range ``expected_right_low`` … ``expected_right_high``,
+    ``expected_precision``, ``expected_wrong_labels`` (in the whole dataset; ``_low``, ``_high``),
+    ``expected_recall``, ``posterior_noise_rate`` and ``anchor_noise_rate`` (the two noise-rate estimates the range
+    comes from). None for a run recorded before these figures existed; a run recorded before the range (before
+    branch ``trust``) has no ``_low``/``_high`` and its point estimate is the old, upper one."""
     import json
 
     with Catalog.open_readonly(manifest.catalog) as cat:
@@ -424,15 +432,34 @@ def run_trust(manifest: Manifest, run_id: str) -> dict | None:
 
 
 def trust_line(trust: dict | None) -> str:
-    """One line for people: out-of-fold accuracy and how many flags are expected to be right."""
+    """One line for people: out-of-fold accuracy, how many flags are expected to be right (a point estimate and its
+    range: :func:`dsbuild.model.trust.trust_estimate`) and how many wrong labels there are in all; a caution when
+    the model's own mistakes are many (``model_mistake_rate`` ≥ :data:`dsbuild.model.trust.MODEL_MISTAKE_CAUTION`):
+    a weak model's mistakes look like label errors, and the estimate then runs high."""
+    from dsbuild.model.trust import MODEL_MISTAKE_CAUTION
+
     if not trust or "n_flagged" not in trust:
         return "no trust figures for this run (scored before they were recorded) — run mislabels again"
     n = trust["n_flagged"]
     right = trust["expected_right"]
     share = f" ({right / n:.0%})" if n else ""
-    return (f"out-of-fold accuracy {trust['oof_accuracy']:.1%} against the given labels; "
-            f"of {n} flags about {right:.0f}{share} are expected to be real label errors; "
-            f"about {trust['expected_wrong_labels']:.0f} wrong labels estimated in all")
+    head = f"out-of-fold accuracy {trust['oof_accuracy']:.1%} against the given labels; "
+    if "expected_right_low" not in trust:  # recorded before the range: the posterior's figure, an upper one
+        return (head + f"of {n} flags about {right:.0f}{share} are expected to be real label errors; "
+                f"about {trust['expected_wrong_labels']:.0f} wrong labels estimated in all")
+    lo, hi = trust["expected_right_low"], trust["expected_right_high"]
+    wlo, whi = trust["expected_wrong_labels_low"], trust["expected_wrong_labels_high"]
+    if n and round(lo) != round(hi):  # a strong model's range is one number
+        share = f" ({right / n:.0%}; range {lo:.0f}–{hi:.0f}, {lo / n:.0%}–{hi / n:.0%})"
+    wrong = f"{trust['expected_wrong_labels']:.0f}" + (f" (range {wlo:.0f}–{whi:.0f})" if round(wlo) != round(whi) else "")
+    line = (head + f"of {n} flags roughly {right:.0f}{share} are expected to be real label errors; "
+            f"roughly {wrong} wrong labels in all")
+    mistakes = trust.get("model_mistake_rate", float("nan"))
+    if mistakes >= MODEL_MISTAKE_CAUTION:
+        line += (f" — caution: the model itself seems wrong on {mistakes:.0%} or more of the images, "
+                 "and a weak model's mistakes look like label errors, so fewer flags may be real than this says; "
+                 "review the most likely first (lowest label_quality)")
+    return line
 
 
 SUGGESTION_CAUTION_ACCURACY = 0.9

@@ -187,3 +187,28 @@ def test_unusable_tables_are_clear_errors(change: str, message: str, tmp_path: P
         df = df.drop(columns=["path"])
     with pytest.raises(DsbuildError, match=message):
         out_of_fold_probs(df, ModelSettings(**FAST))
+
+
+@pytest.mark.slow
+def test_trust_estimate_on_a_strong_model_is_near_the_truth(noisy, oof) -> None:
+    """Digits (a strong model, 20 planted of 250): the anchor-point end of the range must not pull the estimate
+    off — it stays within a few labels of the truth, the range is narrow, and the trust line has no caution."""
+    from dsbuild.model.trust import MODEL_MISTAKE_CAUTION, flag_label_issues, label_posterior, trust_estimate
+
+    df, flipped = noisy
+    probs = np.asarray(oof.pred_probs, dtype=np.float64)
+    labels = oof.label_index()
+    wrong = np.array([i in flipped for i in oof.image_ids])
+    flags = flag_label_issues(labels, probs)
+    est = trust_estimate(labels, label_posterior(labels, probs), flags, pred_probs=probs)
+    measured = (flags & wrong).sum() / flags.sum()
+    print(f"{flags.sum()} flags, measured precision {measured:.3f}, estimate {est.expected_precision:.3f} "
+          f"[{est.expected_precision_low:.3f}, {est.expected_precision_high:.3f}]; wrong {wrong.sum()}, "
+          f"estimate {est.expected_wrong_labels:.1f}; model mistakes {est.model_mistake_rate:.3f}")
+    # Measured: 20 flags, all 20 real; estimate 80 % and 16.6 wrong labels (the posterior's, unchanged: the model
+    # makes few mistakes of its own, 1.4 % of the images, so no pull toward the anchors).
+    assert est.model_mistake_rate < MODEL_MISTAKE_CAUTION
+    assert est.expected_right == pytest.approx(trust_estimate(labels, label_posterior(labels, probs), flags).expected_right)
+    assert est.expected_precision_low == est.expected_precision_high
+    assert abs(est.expected_wrong_labels - len(flipped)) <= 5
+    assert abs(est.expected_precision - measured) <= 0.25
