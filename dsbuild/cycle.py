@@ -450,15 +450,14 @@ def trust_line(trust: dict | None) -> str:
     lo, hi = trust["expected_right_low"], trust["expected_right_high"]
     wlo, whi = trust["expected_wrong_labels_low"], trust["expected_wrong_labels_high"]
     if n and round(lo) != round(hi):  # a strong model's range is one number
-        share = f" ({right / n:.0%}; range {lo:.0f}–{hi:.0f}, {lo / n:.0%}–{hi / n:.0%})"
-    wrong = f"{trust['expected_wrong_labels']:.0f}" + (f" (range {wlo:.0f}–{whi:.0f})" if round(wlo) != round(whi) else "")
+        share = f" ({right / n:.0%}, range {lo / n:.0%}–{hi / n:.0%})"
+    wrong = f"{trust['expected_wrong_labels']:.0f}" + (f" ({wlo:.0f}–{whi:.0f})" if round(wlo) != round(whi) else "")
     line = (head + f"of {n} flags roughly {right:.0f}{share} are expected to be real label errors; "
             f"roughly {wrong} wrong labels in all")
     mistakes = trust.get("model_mistake_rate", float("nan"))
     if mistakes >= MODEL_MISTAKE_CAUTION:
-        line += (f" — caution: the model itself seems wrong on {mistakes:.0%} or more of the images, "
-                 "and a weak model's mistakes look like label errors, so fewer flags may be real than this says; "
-                 "review the most likely first (lowest label_quality)")
+        line += (f" — caution: the model itself seems wrong on {mistakes:.0%} or more of the images, and its "
+                 "mistakes look like label errors: fewer flags may be real; review the lowest label_quality first")
     return line
 
 

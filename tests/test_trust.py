@@ -49,10 +49,10 @@ STRONG = {"oof_accuracy": 0.778, "n_flagged": 133, "expected_right": 107.6, "exp
 
 def test_trust_line_gives_the_range_and_a_caution_when_the_model_errs_often() -> None:
     assert trust_line(WEAK) == (
-        "out-of-fold accuracy 62.0% against the given labels; of 307 flags roughly 148 (48%; range 105–192, 34%–63%) "
-        "are expected to be real label errors; roughly 183 (range 129–237) wrong labels in all — caution: the model "
-        "itself seems wrong on 14% or more of the images, and a weak model's mistakes look like label errors, so "
-        "fewer flags may be real than this says; review the most likely first (lowest label_quality)")
+        "out-of-fold accuracy 62.0% against the given labels; of 307 flags roughly 148 (48%, range 34%–63%) "
+        "are expected to be real label errors; roughly 183 (129–237) wrong labels in all — caution: the model "
+        "itself seems wrong on 14% or more of the images, and its mistakes look like label errors: fewer flags may "
+        "be real; review the lowest label_quality first")
     # A strong model: its range is one number, no caution.
     assert trust_line(STRONG) == (
         "out-of-fold accuracy 77.8% against the given labels; of 133 flags roughly 108 (81%) are expected to be real "
