@@ -139,6 +139,34 @@ def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
         raise DsbuildError("cannot build:\n  " + "\n  ".join(problems), exit_code=2)
 
 
+def folder_problem(key: str, folder: Path) -> str | None:
+    """Why ``folder`` (a manifest setting's, ``key``) cannot be read as a folder, or None when it can.
+
+    The path is shown as the manifest made it and, when it holds ``..``/``.`` or a link, as it resolves
+    (``/p/proj/../pet (= /p/pet)``); a missing folder gets a did-you-mean among the folders beside it
+    (``../pet`` for ``../pets``) or, under ``demo_data``, the command that generates it.
+    """
+    if folder.is_dir():
+        return None
+    shown_path = str(folder)
+    try:
+        resolved = folder.resolve()
+    except (OSError, RuntimeError):  # a link loop: shown as given
+        resolved = folder
+    if str(resolved) != shown_path:
+        shown_path += f" (= {resolved})"
+    if folder.exists():
+        return f"{key}: {shown_path} is not a folder"
+    hint = " — run `dsbuild demo` to generate it" if "demo_data" in folder.parts else ""
+    if not hint and resolved.parent.is_dir():  # a typo of a folder beside it ("data/zer0", "../pet")
+        try:
+            beside = [p.name for p in resolved.parent.iterdir() if p.is_dir()]
+        except OSError:
+            beside = []
+        hint = did_you_mean(resolved.name, beside)
+    return f"{key}: {shown_path} does not exist{hint}"
+
+
 def preflight_problems(manifest: Manifest, datasets: list[Dataset]) -> dict[str, list[str]]:
     """What :func:`preflight` checks, per dataset name (an empty list: nothing wrong). A URL list several datasets
     share is read once; its problem is each one's."""
@@ -149,8 +177,9 @@ def preflight_problems(manifest: Manifest, datasets: list[Dataset]) -> dict[str,
         names: list[tuple[str, str]] = [(c.name, f"datasets.{ds.name}.classes") for c in ds.classes]  # (name, where)
         if ds.imagefolder is not None:
             key = f"datasets.{ds.name}.imagefolder"
-            if not ds.imagefolder.is_dir():
-                problems.append(f"{key}: {ds.imagefolder} is not a folder")
+            missing = folder_problem(key, ds.imagefolder)
+            if missing:
+                problems.append(missing)
             else:
                 layout = imagefolder_layout(ds.imagefolder, ds.name)
                 labels = layout.labels
@@ -189,21 +218,14 @@ def preflight_problems(manifest: Manifest, datasets: list[Dataset]) -> dict[str,
                     n = len(listed.problems)
                     problems.append(f"{key}: none of the {n} row{'s' if n != 1 else ''} of {ds.labels_csv} can be used "
                                     f"— the first: {listed.problems[0]}" + (f"; {listed.hint}" if listed.hint else ""))
-            if ds.labels_root is not None and not ds.labels_root.is_dir():
-                problems.append(f"datasets.{ds.name}.labels_root: {ds.labels_root} is not a folder")
+            missing = folder_problem(f"datasets.{ds.name}.labels_root", ds.labels_root) if ds.labels_root else None
+            if missing:
+                problems.append(missing)
         for cls in ds.classes:
             for folder in cls.folders:
-                if not folder.exists():
-                    hint = " — run `dsbuild demo` to generate it" if "demo_data" in folder.parts else ""
-                    if not hint and folder.parent.is_dir():  # a typo of a folder beside it ("data/zer0")
-                        try:
-                            beside = [p.name for p in folder.parent.iterdir() if p.is_dir()]
-                        except OSError:
-                            beside = []
-                        hint = did_you_mean(folder.name, beside)
-                    problems.append(f"datasets.{ds.name}.classes.{cls.name}.folders: {folder} does not exist{hint}")
-                elif not folder.is_dir():
-                    problems.append(f"datasets.{ds.name}.classes.{cls.name}.folders: {folder} is not a folder")
+                missing = folder_problem(f"datasets.{ds.name}.classes.{cls.name}.folders", folder)
+                if missing:
+                    problems.append(missing)
             for url_file in cls.urls:
                 if not url_file.is_file():
                     what = not_regular(url_file) if url_file.exists() else None

@@ -423,7 +423,7 @@ def test_labels_root_may_be_a_symlinked_data_folder_and_advice_names_only_what_c
     assert "labels_root =" not in err, err
 
 
-@pytest.mark.parametrize("root, why", [("missing", "is not a folder"), ("labels.csv", "is not a folder")])
+@pytest.mark.parametrize("root, why", [("missing", "does not exist"), ("labels.csv", "is not a folder")])
 def test_labels_root_that_is_no_folder_is_refused_before_the_build(tmp_path: Path, capsys, root: str, why: str) -> None:
     photos(tmp_path, "chelsea", range(0, 1))
     photos(tmp_path, "astronaut", range(0, 1))

@@ -228,6 +228,23 @@ def test_a_mistyped_class_folder_names_the_folder_beside_it(tmp_path: Path, caps
             "'zero'?)") in err, err
 
 
+def test_a_mistyped_imagefolder_is_shown_resolved_with_the_folder_beside_it(tmp_path: Path, capsys) -> None:
+    """Fresh-user trial 10: `imagefolder = "../pet"` (the folder is ../pets) said only `…/proj/../pet is not a
+    folder`: the path as the manifest made it, no did-you-mean (class folders had one), "not a folder" for one
+    that does not exist. A file where a folder belongs is still "not a folder"."""
+    (tmp_path / "pets" / "cat").mkdir(parents=True)
+    (tmp_path / "pets" / "dog").mkdir()
+    (tmp_path / "notes.txt").write_text("not a folder\n")
+    proj = tmp_path.resolve() / "proj"
+    proj.mkdir()
+    path = write(proj, '[datasets.a]\nimagefolder = "../pet"\n\n[datasets.b]\nimagefolder = "../notes.txt"\n')
+    assert main(["build", "-q", "-m", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"datasets.a.imagefolder: {proj}/../pet (= {tmp_path.resolve() / 'pet'}) does not exist (did you mean "
+            "'pets'?)") in err, err
+    assert f"datasets.b.imagefolder: {proj}/../notes.txt (= {tmp_path.resolve() / 'notes.txt'}) is not a folder" in err
+
+
 @pytest.mark.parametrize(
     "text, line, column",
     [
