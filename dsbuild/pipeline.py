@@ -902,6 +902,10 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
         runs = cat.runs(ds.name)
         last = runs.iloc[-1].to_dict() if len(runs) else None
         summary.notes.append(resplit_note(items, updates, runs=len(runs), last_run=last))
+    else:
+        moved = moved_split_note(items, updates, runs=len(cat.runs(ds.name)))
+        if moved:
+            summary.notes.append(moved)
     _record_fixed_point(cat, ds, items, updates, near, arrays=arrays, mode=mode, by=by)
 
 
@@ -930,16 +934,42 @@ def _trained_on(run: dict | None) -> set[str] | None:
     return {str(i) for i in (json.loads(value) if isinstance(value, str) else value)}
 
 
-def resplit_note(items, updates, *, runs: int, last_run: dict | None = None) -> str:
-    """What ``--resplit`` did: how many images (ok or duplicate, split before and after) moved, and where; with
-    ``last_run`` (the dataset's last ``model_runs`` row) recording its training images, how many of the accepted
-    valid images it trained on (``retrain`` leaves those out of its comparison)."""
+def split_moves(items, updates) -> dict[str, int]:
+    """``{"valid → train": n, ...}``: images (ok or duplicate) that had a split before a regrouping (``items``, the
+    catalog's rows) and have another after it (``updates``)."""
     before = dict(zip(items["image_id"], items["split"]))
     moves: dict[str, int] = {}
     for image_id, split, status in zip(updates["image_id"], updates["split"], updates["status"]):
         old = before.get(image_id)
         if status in ("ok", "duplicate") and isinstance(old, str) and isinstance(split, str) and old != split:
             moves[f"{old} → {split}"] = moves.get(f"{old} → {split}", 0) + 1
+    return moves
+
+
+def moved_split_note(items, updates, *, runs: int) -> str | None:
+    """What a build without ``--resplit`` moved to another split, or None when no image moved. Splits are stable,
+    so only an image's source moves it: the split its folder or labels CSV gives changed (a file moved from
+    ``train/`` to ``valid/``, a split column edited, ``imagefolder`` pointed at the tree above the class
+    folders), or a copy with a given split joined its group (copies share a split)."""
+    moves = split_moves(items, updates)
+    moved = sum(moves.values())
+    if not moved:
+        return None
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(moves.items()))
+    note = (f"{moved} image{'s' if moved != 1 else ''} moved to another split ({detail}): the split "
+            f"{'its source gives' if moved == 1 else 'their sources give'} changed (a split folder, a labels CSV's "
+            "split column) or a copy with a given split joined "
+            f"{'its group' if moved == 1 else 'their groups'}")
+    if runs:
+        note += f"; the {runs} model run{'s' if runs != 1 else ''} before this build used the old splits"
+    return note
+
+
+def resplit_note(items, updates, *, runs: int, last_run: dict | None = None) -> str:
+    """What ``--resplit`` did: how many images (ok or duplicate, split before and after) moved, and where; with
+    ``last_run`` (the dataset's last ``model_runs`` row) recording its training images, how many of the accepted
+    valid images it trained on (``retrain`` leaves those out of its comparison)."""
+    moves = split_moves(items, updates)
     moved = sum(moves.values())
     if not moved:
         return "--resplit: splits assigned again from the settings; no image moved"

@@ -587,3 +587,32 @@ def test_a_url_list_of_local_files_says_to_use_labels_csv(tmp_path: Path, capsys
             "local files (file column): give it as labels_csv = \"…/labels.csv\" in the dataset's table instead of "
             "urls (file paths relative to the CSV's folder, one label column, optional split or is_valid)") \
         in flat(err), err
+
+
+def test_pointing_imagefolder_at_the_tree_above_train_says_which_images_moved_split(tmp_path: Path, capsys) -> None:
+    """Fresh-user trial 10 (L8): `imagefolder = "pets/train"` (a class-folder tree: dsbuild draws its own 80/20
+    split), then the path fixed to `pets` (train/ and valid/ give the splits): the images the first build had
+    drawn into valid became train without a word. Splits are stable, so the build says what moved and why."""
+    tree = tmp_path / "tree"
+    photos(tree / "train" / "cat", "chelsea", range(0, 4))
+    photos(tree / "train" / "cat", "coffee", range(0, 4))
+    photos(tree / "train" / "dog", "astronaut", range(0, 4))
+    photos(tree / "train" / "dog", "rocket", range(0, 4))
+    photos(tree / "valid" / "cat", "camera", range(0, 2))
+    photos(tree / "valid" / "dog", "clock", range(0, 2))
+    m = manifest(tmp_path, "tree/train")
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    drawn = dict(sql(m, "SELECT split, count(*) FROM images WHERE status = 'ok' GROUP BY 1"))
+    assert drawn["valid"] > 0 and "moved to another split" not in flat(out), (drawn, out)
+    m.write_text(m.read_text().replace('"tree/train"', '"tree"'))
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    assert sql(m, "SELECT split, count(*) FROM images WHERE status = 'ok' GROUP BY 1 ORDER BY 1") == [
+        ("train", 16), ("valid", 4)]
+    n = drawn["valid"]
+    assert (f"{n} images moved to another split (valid → train {n}): the split their sources give changed (a split "
+            "folder, a labels CSV's split column) or a copy with a given split joined their groups") in flat(out), out
+    # Nothing moves on the next build: no note.
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0 and "moved to another split" not in flat(out), out
