@@ -49,8 +49,10 @@ def spec_of(dedup: DedupSettings):
     return FeatureSpec(arch=dedup.embed_arch, size=dedup.embed_size)
 
 
-def load_image(path: str, verify: VerifySettings) -> Any:
-    """Decode a stored image under the dataset's verify settings; ValueError (with the reason) when it cannot be."""
+def load_image(path: str, verify: VerifySettings, *, full: list[bool] | None = None) -> Any:
+    """Decode a stored image under the dataset's verify settings; ValueError (with the reason) when it cannot be.
+    ``full``: a list the call appends True to when the image was decoded at its full size (not reduced by JPEG draft
+    decoding: the pixels :func:`dsbuild.verify.decode.load_rgb` gives training), else False."""
     from dsbuild.verify.decode import Rejected, decode
 
     try:
@@ -59,7 +61,10 @@ def load_image(path: str, verify: VerifySettings) -> Any:
             raise ValueError(f"too large: {size} bytes")
         with open(path, "rb") as fh:
             data = fh.read(verify.max_bytes + 1)
-        img, _ = decode(data, verify)
+        img, info = decode(data, verify)
+        if full is not None:
+            side = (info.get("width"), info.get("height"))
+            full.append(None not in side and sorted(img.size) == sorted(side))
     except Rejected as rej:
         raise ValueError(f"{rej.reason}: {rej.detail}") from None
     except OSError as exc:
@@ -81,7 +86,8 @@ def open_cache(features_dir: Path, dedup: DedupSettings, current_pixels: Any = N
 
 def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: VerifySettings, *,
                     features_dir: Path, embed: bool | None = None, threads: int | None = None,
-                    progress: Any = None, store: Any = None, current_pixels: Any = None) -> Signals:
+                    progress: Any = None, store: Any = None, current_pixels: Any = None,
+                    feature_rows: Any = None) -> Signals:
     """Signals of ``items`` rows ``rows`` (positions; others stay empty), computing what is missing.
 
     Pixel signals are computed for rows whose blob has none stored; embeddings for blobs
@@ -91,7 +97,11 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
     given the pixel signals computed with each chunk of embeddings as it is saved, so that an interrupted
     run keeps both (the returned ``new_blobs`` still holds them all). Embeddings are cached by blob *and* pixels
     (:func:`emb_keys`): a blob whose pixels a re-check read otherwise is embedded again. ``current_pixels``: see
-    :func:`open_cache`. Raises DsbuildError when the embedding backbone cannot be loaded.
+    :func:`open_cache`. ``feature_rows``: a :class:`dsbuild.model.features.FeatureSpec` (``squash`` at the embedding's
+    backbone and size: :func:`dsbuild.model.train.build_feature_spec`) whose training rows the same forward passes
+    write to its cache under ``features_dir`` — for the images decoded at full size (a JPEG reduced by draft decoding
+    gives other pixels than training reads; ``train`` computes those). Raises DsbuildError when the embedding backbone
+    cannot be loaded.
     """
     embed = dedup.semantic if embed is None else embed
     import pandas as pd
@@ -124,9 +134,20 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
         stored.update(sha for sha, *_ in fresh)
 
     if embed:
-        todo = [(keys[r], (lambda p=paths[r]: load_image(p, verify))) for r in rows]
+        full: dict[str, list[bool]] = {}
+        on_views = None
+        if feature_rows is not None:
+            from dsbuild.model.features import write_rows
+
+            def on_views(done: list[str], views: dict[str, Any]) -> None:
+                at = [i for i, key in enumerate(done) if full.get(key) == [True]]
+                write_rows(features_dir, feature_rows, [done[i] for i in at], {k: v[at] for k, v in views.items()})
+
+        todo = [(keys[r], (lambda p=paths[r], k=keys[r]: load_image(p, verify, full=full.setdefault(k, []))))
+                for r in rows]
         failed.update({key.split(":", 1)[0]: why for key, why in embed_blobs(
-            todo, cache, threads=threads, on_image=on_image, progress=progress, on_chunk=on_chunk).items()})
+            todo, cache, threads=threads, on_image=on_image, progress=progress, on_chunk=on_chunk,
+            on_views=on_views).items()})
     for sha, path in need_pixels.items():
         if sha in new or sha in failed:
             continue
