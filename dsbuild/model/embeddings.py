@@ -1,7 +1,8 @@
 """Per-blob embeddings for curation (near duplicates, outliers, ``similar``).
 
 **Frozen ImageNet embeddings, cached per blob** (issue 17; kept apart from the model stage's
-multi-view feature cache :mod:`dsbuild.model.features` for now: one pass for both is a follow-up): :class:`FeatureSpec` names everything that changes the vector
+multi-view feature cache :mod:`dsbuild.model.features`, but computed in one forward pass with its rows of the
+``squash`` input when the build writes them: :meth:`Embedder.embed_views`): :class:`FeatureSpec` names everything that changes the vector
 (backbone, input size, resize mode, mirror averaging, version) and its :meth:`FeatureSpec.key`
 names the cache folder; :class:`FeatureCache` maps an image's :func:`emb_key` — its blob's sha256 and the
 pixels verification reads from it (``pixel_sha``) — to one float16 row, stored as

@@ -115,7 +115,8 @@ def get_stage_features(learn: Any, df: Any, *, size: int, reductions: tuple[int,
 # embedding cache uses (:func:`dsbuild.model.embeddings.emb_key`: the blob's sha256 and the
 # pixels verification reads from it, so a decoder change that reads other pixels from the same
 # bytes computes the image's features again), and ``train``, ``mislabels`` and ``retrain``
-# share one pass. Public API: :class:`FeatureSpec`, :func:`features`, :func:`feature_keys`,
+# share one pass — the build's own when the spec is its embedding input (``resize = "squash"`` at
+# ``[dedup] embed_size``: :meth:`dsbuild.model.embeddings.Embedder.embed_views`, :func:`write_rows`). Public API: :class:`FeatureSpec`, :func:`features`, :func:`feature_keys`,
 # :func:`adopt_blob_keyed`, :func:`view_matrix`, :func:`native_size`; :class:`FrozenBody` and
 # :func:`to_input` are the network and the preprocessing (shared with saved head models).
 
