@@ -92,6 +92,7 @@ def test_train_after_a_build_computes_features_only_for_images_the_build_saw_red
     # The build's pass wrote the training rows of every image it decoded at full size, none of the draft-reduced.
     assert set(used) - big <= set(after_build), sorted(set(used) - big - set(after_build))[:3]
     assert not big & set(after_build)
+    assert len(list((features / SQUASH).glob("part-*.npz"))) == 1  # one shard, not one per chunk of 64 images
     shards = {p.name for p in features.rglob("*") if p.is_file()}
 
     assert main(["-m", str(manifest), "-q", "train", "mix"]) == 0

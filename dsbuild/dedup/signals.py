@@ -84,6 +84,12 @@ def open_cache(features_dir: Path, dedup: DedupSettings, current_pixels: Any = N
     return cache
 
 
+FEATURE_ROWS_SHARD = 2048
+"""Training rows the build's embedding pass keeps in memory before writing them as one shard (``feature_rows`` of
+:func:`dataset_signals`): few files for ``train`` to open (~9 MB of float16 rows at lite0's widths). An interrupted
+build loses at most these rows — ``train`` computes them, nothing is wrong."""
+
+
 def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: VerifySettings, *,
                     features_dir: Path, embed: bool | None = None, threads: int | None = None,
                     progress: Any = None, store: Any = None, current_pixels: Any = None,
@@ -136,18 +142,30 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
     if embed:
         full: dict[str, list[bool]] = {}
         on_views = None
-        if feature_rows is not None:
+        pending: list[tuple[list[str], dict[str, Any]]] = []
+
+        def flush_rows() -> None:
             from dsbuild.model.features import write_rows
 
+            if pending:
+                write_rows(features_dir, feature_rows, [k for done, _ in pending for k in done],
+                           {v: np.concatenate([views[v] for _, views in pending]) for v in pending[0][1]})
+                pending.clear()
+
+        if feature_rows is not None:
             def on_views(done: list[str], views: dict[str, Any]) -> None:
                 at = [i for i, key in enumerate(done) if full.get(key) == [True]]
-                write_rows(features_dir, feature_rows, [done[i] for i in at], {k: v[at] for k, v in views.items()})
+                if at:
+                    pending.append(([done[i] for i in at], {k: v[at] for k, v in views.items()}))
+                if sum(len(d) for d, _ in pending) >= FEATURE_ROWS_SHARD:
+                    flush_rows()
 
         todo = [(keys[r], (lambda p=paths[r], k=keys[r]: load_image(p, verify, full=full.setdefault(k, []))))
                 for r in rows]
         failed.update({key.split(":", 1)[0]: why for key, why in embed_blobs(
             todo, cache, threads=threads, on_image=on_image, progress=progress, on_chunk=on_chunk,
             on_views=on_views).items()})
+        flush_rows()
     for sha, path in need_pixels.items():
         if sha in new or sha in failed:
             continue
