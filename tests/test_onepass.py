@@ -170,3 +170,26 @@ def test_the_default_input_follows_the_builds_embedding(tmp_path: Path, model: s
     (tmp_path / "datasets.toml").write_text(text)
     settings = model_settings(load_manifest(tmp_path / "datasets.toml").dataset("mix"))
     assert (settings.size, settings.resize) == want
+
+
+def test_a_head_model_saved_before_resize_existed_predicts_with_its_crop_input(tmp_path: Path) -> None:
+    """A model.json without ``resize`` (every head trained before one-pass training) is a ``crop`` model: predict and
+    the cached probabilities use its old input and cache folder, and agree with what it validated."""
+    from model_data import digit_table
+    from dsbuild.model.predict import predict
+    from dsbuild.model.settings import ModelSettings
+    from dsbuild.model.train import train
+
+    df = digit_table(tmp_path / "img", 12, classes=(0, 1, 7))
+    cache = tmp_path / "features"
+    result = train(df, ModelSettings(arch="efficientnet_lite0", size=64), out_dir=tmp_path / "model", cache_dir=cache)
+    config = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert config["settings"]["resize"] == "crop" and config["settings"]["features"] == "efficientnet_lite0-64-v1"
+    del config["settings"]["resize"]  # as written before resize existed
+    (tmp_path / "model" / "model.json").write_text(json.dumps(config))
+    valid = df[df["split"] == "valid"].reset_index(drop=True)
+    paths = [Path(p) for p in valid["path"]]
+    frame = predict(tmp_path / "model", paths)
+    direct = frame[[f"prob_{c}" for c in result.classes]].to_numpy(dtype=np.float32)
+    assert np.abs(direct - result.valid_probs).max() < 5e-3
+    assert sorted(p.name for p in cache.iterdir()) == ["efficientnet_lite0-64-v1"]
