@@ -78,7 +78,8 @@ def cpu() -> float:
 # --------------------------------------------------------------------------- signals of a set of files
 
 
-def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: int, verify: VerifySettings) -> dict:
+def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: int, verify: VerifySettings,
+            views_pass: bool = False) -> dict:
     """Decode, hash, pixel signals and embeddings of ``datas`` (file bytes), with CPU seconds per image per stage."""
     from dsbuild.model.embeddings import Embedder, FeatureCache, FeatureSpec, emb_key
     from dsbuild.verify import analyze_bytes
@@ -105,11 +106,12 @@ def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: i
     eff = np.array([s[1] for s in sig])
     shas = [emb_key(hashlib.sha256(d).hexdigest(), None) for d in datas]  # the cache's keys (blob and pixels)
     spec = FeatureSpec(arch=DEFAULT.embed_arch, size=DEFAULT.embed_size)
-    embedder = Embedder(spec, threads=threads)
+    embedder = Embedder(spec, threads=threads, views=views_pass)
+    embed = (lambda ims: embedder.embed_views(ims)[0]) if views_pass else embedder.embed
     sample = list(range(0, n, max(1, n // time_sample)))[:time_sample]
     c0, w0 = cpu(), time.perf_counter()
     for s in range(0, len(sample), 32):
-        embedder.embed([imgs[i] for i in sample[s:s + 32]])
+        embed([imgs[i] for i in sample[s:s + 32]])
     t["embedding"] = (cpu() - c0) / max(1, len(sample))
     t["embedding wall (images/s)"] = len(sample) / max(time.perf_counter() - w0, 1e-9)
     cache = FeatureCache(cache_dir, spec)
@@ -119,7 +121,7 @@ def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: i
     for s in range(0, len(todo), 512):
         chunk = todo[s:s + 512]
         cache.put([shas[i] for i in chunk], np.concatenate(
-            [embedder.embed([imgs[i] for i in chunk[k:k + 32]]) for k in range(0, len(chunk), 32)]))
+            [embed([imgs[i] for i in chunk[k:k + 32]]) for k in range(0, len(chunk), 32)]))
     emb = cache.get(shas)
     thumbs = [None] * n
 
@@ -260,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/dsbuild-bench-features"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--time-sample", type=int, default=256)
+    ap.add_argument("--views-pass", action="store_true", help="embed as a build does when it also writes the training "
+                    "features (Embedder.embed_views: one pass for both); give another --cache")
     ap.add_argument("--sets", default="hard,easy,digits48,digits48nearest,cifar5k")
     ap.add_argument("--detail-similarity", default="", help="comma-separated cosines: each adds a rule, the defaults "
                     "with dedup.detail_similarity at that value (beside today's in the same run)")
@@ -292,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
             datas, labels = cifar_files(ph.CIFAR_DEV / "images", 1000 if args.quick else None)
         else:
             datas, labels = cifar_files(args.cifar50k)
-        s = signals(datas, cache_dir=args.cache, threads=args.threads, time_sample=args.time_sample, verify=verify)
+        s = signals(datas, cache_dir=args.cache, threads=args.threads, time_sample=args.time_sample, verify=verify,
+                    views_pass=args.views_pass)
         c1 = cpu()
         reps = run_rules(s, extra)
         s["timing"]["rules, all six (per image)"] = (cpu() - c1) / len(datas)

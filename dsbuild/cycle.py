@@ -35,13 +35,19 @@ TRAINABLE = ("ok",)
 
 
 def model_settings(ds: Dataset, **overrides):
-    """The dataset's :class:`dsbuild.model.settings.ModelSettings` (checked at manifest load), with command-line overrides."""
-    if not overrides:
-        return ds.model_settings
-    try:
-        return dataclasses.replace(ds.model_settings, **overrides)
-    except SettingsError as exc:
-        raise DsbuildError(f"{'; '.join(str(p) for p in exc.problems)} (given on the command line)", exit_code=2) from None
+    """The dataset's :class:`dsbuild.model.settings.ModelSettings` (checked at manifest load), with command-line overrides,
+    ``size`` and ``resize`` resolved (:func:`dsbuild.model.train.with_size`: by default a head trains on the build's
+    embedding input, whose features the build's pass wrote)."""
+    from dsbuild.model.train import with_size
+
+    settings = ds.model_settings
+    if overrides:
+        try:
+            settings = dataclasses.replace(settings, **overrides)
+        except SettingsError as exc:
+            raise DsbuildError(f"{'; '.join(str(p) for p in exc.problems)} (given on the command line)",
+                               exit_code=2) from None
+    return with_size(settings, ds.dedup)
 
 
 def models_dir(manifest: Manifest) -> Path:

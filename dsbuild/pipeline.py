@@ -833,7 +833,7 @@ def regroup_dataset(cat: Catalog, ds: Dataset, *, summary: DatasetSummary, progr
 
             sig = dataset_signals(items, rows, ds.dedup, ds.verify, features_dir=features_dir or features_root_of(cat),
                                   embed=embed, threads=threads, progress=advance, store=cat.set_blob_signals,
-                                  current_pixels=cat.current_pixel_keys)
+                                  current_pixels=cat.current_pixel_keys, feature_rows=_training_rows_spec(ds))
             if computed < len(rows):
                 # The stage counts images; dataset_signals reports the blobs it computed. The rest (signals
                 # already stored or cached, or an exact copy's) are done too: the last line says N/N, not 3/105.
@@ -1073,6 +1073,18 @@ def embed_notes(cat: Catalog, ds: Dataset) -> list[str]:
                      f"scores, not the near-duplicate search; a build keeps them for the images embedded and embeds "
                      f"no new one — run `dsbuild embed {ds.name}` again after adding images")
     return notes
+
+
+def _training_rows_spec(ds: Dataset) -> object:
+    """The training :class:`~dsbuild.model.features.FeatureSpec` whose rows the build's embedding pass also writes: the
+    one ``train`` resolves for ``ds`` (:func:`dsbuild.model.train.with_size`) when it is the embedding input
+    (:func:`dsbuild.model.train.build_feature_spec`); else None (the trainer computes its own)."""
+    from dsbuild.model.train import build_feature_spec, feature_spec, with_size
+
+    spec = build_feature_spec(ds.dedup)
+    if spec is None or ds.model_settings.size is not None or ds.model_settings.resize is not None:
+        return None
+    return spec if feature_spec(with_size(ds.model_settings, ds.dedup)) == spec else None
 
 
 def features_root_of(cat: Catalog) -> Path:

@@ -2,9 +2,9 @@
 
 Real parts only: real handwritten digits (``load_digits``) in class folders, a real
 DuckDB catalog in tmp_path, the default model (a logistic head on the frozen efficientnet_lite0's
-features, the offline ImageNet weights, at its own 224 px) on CPU, real cleanlab. The commands run in-process
-through :func:`dsbuild.cli.main` *with* progress bars on (the path users take), and
-every step is checked in the catalog with SQL.
+features, the offline ImageNet weights, on the build's 160 px embedding input, written by the build's pass) on
+CPU, real cleanlab. The commands run in-process through :func:`dsbuild.cli.main` *with* progress bars on (the
+path users take), and every step is checked in the catalog with SQL.
 """
 
 from __future__ import annotations

@@ -49,8 +49,10 @@ def spec_of(dedup: DedupSettings):
     return FeatureSpec(arch=dedup.embed_arch, size=dedup.embed_size)
 
 
-def load_image(path: str, verify: VerifySettings) -> Any:
-    """Decode a stored image under the dataset's verify settings; ValueError (with the reason) when it cannot be."""
+def load_image(path: str, verify: VerifySettings, *, full: list[bool] | None = None) -> Any:
+    """Decode a stored image under the dataset's verify settings; ValueError (with the reason) when it cannot be.
+    ``full``: a list the call appends True to when the image was decoded at its full size (not reduced by JPEG draft
+    decoding: the pixels :func:`dsbuild.verify.decode.load_rgb` gives training), else False."""
     from dsbuild.verify.decode import Rejected, decode
 
     try:
@@ -59,7 +61,10 @@ def load_image(path: str, verify: VerifySettings) -> Any:
             raise ValueError(f"too large: {size} bytes")
         with open(path, "rb") as fh:
             data = fh.read(verify.max_bytes + 1)
-        img, _ = decode(data, verify)
+        img, info = decode(data, verify)
+        if full is not None:
+            side = (info.get("width"), info.get("height"))
+            full.append(None not in side and sorted(img.size) == sorted(side))
     except Rejected as rej:
         raise ValueError(f"{rej.reason}: {rej.detail}") from None
     except OSError as exc:
@@ -79,9 +84,16 @@ def open_cache(features_dir: Path, dedup: DedupSettings, current_pixels: Any = N
     return cache
 
 
+FEATURE_ROWS_SHARD = 2048
+"""Training rows the build's embedding pass keeps in memory before writing them as one shard (``feature_rows`` of
+:func:`dataset_signals`): few files for ``train`` to open (~9 MB of float16 rows at lite0's widths). An interrupted
+build loses at most these rows — ``train`` computes them, nothing is wrong."""
+
+
 def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: VerifySettings, *,
                     features_dir: Path, embed: bool | None = None, threads: int | None = None,
-                    progress: Any = None, store: Any = None, current_pixels: Any = None) -> Signals:
+                    progress: Any = None, store: Any = None, current_pixels: Any = None,
+                    feature_rows: Any = None) -> Signals:
     """Signals of ``items`` rows ``rows`` (positions; others stay empty), computing what is missing.
 
     Pixel signals are computed for rows whose blob has none stored; embeddings for blobs
@@ -91,7 +103,11 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
     given the pixel signals computed with each chunk of embeddings as it is saved, so that an interrupted
     run keeps both (the returned ``new_blobs`` still holds them all). Embeddings are cached by blob *and* pixels
     (:func:`emb_keys`): a blob whose pixels a re-check read otherwise is embedded again. ``current_pixels``: see
-    :func:`open_cache`. Raises DsbuildError when the embedding backbone cannot be loaded.
+    :func:`open_cache`. ``feature_rows``: a :class:`dsbuild.model.features.FeatureSpec` (``squash`` at the embedding's
+    backbone and size: :func:`dsbuild.model.train.build_feature_spec`) whose training rows the same forward passes
+    write to its cache under ``features_dir`` — for the images decoded at full size (a JPEG reduced by draft decoding
+    gives other pixels than training reads; ``train`` computes those). Raises DsbuildError when the embedding backbone
+    cannot be loaded.
     """
     embed = dedup.semantic if embed is None else embed
     import pandas as pd
@@ -124,9 +140,32 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
         stored.update(sha for sha, *_ in fresh)
 
     if embed:
-        todo = [(keys[r], (lambda p=paths[r]: load_image(p, verify))) for r in rows]
+        full: dict[str, list[bool]] = {}
+        on_views = None
+        pending: list[tuple[list[str], dict[str, Any]]] = []
+
+        def flush_rows() -> None:
+            from dsbuild.model.features import write_rows
+
+            if pending:
+                write_rows(features_dir, feature_rows, [k for done, _ in pending for k in done],
+                           {v: np.concatenate([views[v] for _, views in pending]) for v in pending[0][1]})
+                pending.clear()
+
+        if feature_rows is not None:
+            def on_views(done: list[str], views: dict[str, Any]) -> None:
+                at = [i for i, key in enumerate(done) if full.get(key) == [True]]
+                if at:
+                    pending.append(([done[i] for i in at], {k: v[at] for k, v in views.items()}))
+                if sum(len(d) for d, _ in pending) >= FEATURE_ROWS_SHARD:
+                    flush_rows()
+
+        todo = [(keys[r], (lambda p=paths[r], k=keys[r]: load_image(p, verify, full=full.setdefault(k, []))))
+                for r in rows]
         failed.update({key.split(":", 1)[0]: why for key, why in embed_blobs(
-            todo, cache, threads=threads, on_image=on_image, progress=progress, on_chunk=on_chunk).items()})
+            todo, cache, threads=threads, on_image=on_image, progress=progress, on_chunk=on_chunk,
+            on_views=on_views).items()})
+        flush_rows()
     for sha, path in need_pixels.items():
         if sha in new or sha in failed:
             continue

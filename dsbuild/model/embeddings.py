@@ -1,7 +1,8 @@
 """Per-blob embeddings for curation (near duplicates, outliers, ``similar``).
 
 **Frozen ImageNet embeddings, cached per blob** (issue 17; kept apart from the model stage's
-multi-view feature cache :mod:`dsbuild.model.features` for now: one pass for both is a follow-up): :class:`FeatureSpec` names everything that changes the vector
+multi-view feature cache :mod:`dsbuild.model.features`, but computed in one forward pass with its rows of the
+``squash`` input when the build writes them: :meth:`Embedder.embed_views`): :class:`FeatureSpec` names everything that changes the vector
 (backbone, input size, resize mode, mirror averaging, version) and its :meth:`FeatureSpec.key`
 names the cache folder; :class:`FeatureCache` maps an image's :func:`emb_key` — its blob's sha256 and the
 pixels verification reads from it (``pixel_sha``) — to one float16 row, stored as
@@ -249,23 +250,33 @@ def frozen_backbone(arch: str) -> Any:
     return model
 
 
+@functools.lru_cache(maxsize=2)
+def _views_body(arch: str) -> Any:
+    """:func:`dsbuild.model.features.frozen_body` of embedding backbone ``arch`` (pretrained, offline weights), loaded
+    once per process (frozen, eval mode: shared like :func:`frozen_backbone`)."""
+    from dsbuild.model.features import frozen_body
+
+    return frozen_body(arch, 224)[0]
+
+
 class Embedder:
     """A frozen ImageNet backbone turning decoded images into L2-normalised embeddings ``(n, dim)`` float32.
 
     The model is the process's shared :func:`frozen_backbone` (offline for efficientnet_lite0);
     normalisation from timm's pretrained config of the model built. ``threads``: torch
     intra-op threads (set it: several processes' default pools oversubscribe a small machine).
+    ``views``: only :meth:`embed_views` will be called — the views network alone is loaded (one model, not two).
     Raises DsbuildError when the weights cannot be had.
     """
 
-    def __init__(self, spec: FeatureSpec, *, threads: int | None = None) -> None:
+    def __init__(self, spec: FeatureSpec, *, threads: int | None = None, views: bool = False) -> None:
         import timm
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
-        self.model = frozen_backbone(spec.arch)
+        self.model = _views_body(spec.arch).net if views else frozen_backbone(spec.arch)
         cfg = timm.data.resolve_data_config({}, model=self.model)
         self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
@@ -278,6 +289,8 @@ class Embedder:
         from PIL import Image
 
         size = self.spec.size
+        if self.spec.resize == "squash":
+            return squash_input(img, size)
         img = img if img.mode == "RGB" else img.convert("RGB")
         if self.spec.resize == "crop":
             w, h = img.size
@@ -287,9 +300,26 @@ class Embedder:
             w, h = img.size
             left, top = (w - size) // 2, (h - size) // 2
             img = img.crop((left, top, left + size, top + size))
-        else:
-            img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
         return np.asarray(img, dtype=np.uint8)
+
+    def embed_views(self, images: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
+        """Decoded PIL images → ``(embeddings, views)`` from one forward pass each: the rows of :meth:`embed` and the
+        training feature views (:data:`dsbuild.model.features.VIEWS`, float32 ``n × width``) of the
+        :class:`dsbuild.model.features.FeatureSpec` ``resize = "squash"`` at this size — what ``train`` would compute
+        for these pixels. The network is :func:`dsbuild.model.features.frozen_body` (the same weights, with hooks on
+        its stages); the embedding is its ``pool`` view L2-normalised. Not with ``flip`` (a mirrored pass is no
+        training row)."""
+        import numpy as np
+
+        torch = self._torch
+        if self.spec.flip:
+            raise ValueError("embed_views needs a spec without flip")
+        body = _views_body(self.spec.arch)
+        x = torch.from_numpy(np.stack([self.to_input(im) for im in images])).permute(0, 3, 1, 2).float()
+        with torch.inference_mode():
+            views = body(x)
+            emb = torch.nn.functional.normalize(views["pool"].float(), dim=1)
+        return emb.numpy(), {k: v.numpy() for k, v in views.items()}
 
     def embed(self, images: Sequence[Any]) -> Any:
         """Decoded PIL images → ``(n, dim)`` float32 unit rows (one forward pass per image, or two with ``flip``)."""
@@ -309,6 +339,17 @@ class Embedder:
         return feats.numpy()
 
 
+def squash_input(img: Any, size: int) -> Any:
+    """A decoded PIL image (RGB or L) → uint8 array (size, size, 3): the whole picture resized to size × size
+    (bilinear, ``reducing_gap=2.0``), aspect not kept — the embedding input of ``resize = "squash"``, shared with the
+    training features of that name (:func:`dsbuild.model.features.to_input`)."""
+    import numpy as np
+    from PIL import Image
+
+    img = img if img.mode == "RGB" else img.convert("RGB")
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.uint8)
+
+
 EMBED_CHUNK = 64
 """Images embedded between two cache writes (and progress steps) in :func:`embed_blobs`: an interrupted run keeps
 every finished chunk. 64 images take ~5 s on 2 cores; a shard write takes milliseconds, and the run's shards are
@@ -318,7 +359,8 @@ merged into one at its end (:meth:`FeatureCache.merge`)."""
 def embed_blobs(blobs: Sequence[tuple[str, Any]], cache: FeatureCache, *, embedder: Embedder | None = None,
                 threads: int | None = None, batch_size: int = 32, chunk: int = EMBED_CHUNK,
                 on_image: Callable[[str, Any], None] | None = None, progress: Callable[[int], None] | None = None,
-                on_chunk: Callable[[], None] | None = None) -> dict[str, str]:
+                on_chunk: Callable[[], None] | None = None,
+                on_views: Callable[[list[str], dict[str, Any]], None] | None = None) -> dict[str, str]:
     """Fill ``cache`` for ``blobs`` — ``(sha256, decoded PIL image or a loader returning one)`` — not cached yet.
 
     A loader is called once per missing blob; it may raise :class:`ValueError` for an image
@@ -327,13 +369,14 @@ def embed_blobs(blobs: Sequence[tuple[str, Any]], cache: FeatureCache, *, embedd
     ``chunk`` images, then ``on_chunk()`` is called (the caller stores what ``on_image`` computed) and
     ``progress(n)`` told: a killed or interrupted run keeps what it finished, and the next run goes on
     from there. At the end the shards written here are merged into one. Returns ``{sha256: why}`` for
-    the blobs that got no row.
+    the blobs that got no row. ``on_views(keys, views)``: the same forward passes also give the training feature
+    views (:meth:`Embedder.embed_views`), handed over with each chunk's keys before ``on_chunk``.
     """
     todo = [(s, src) for s, src in dict(blobs).items() if s not in cache]
     failed: dict[str, str] = {}
     if not todo:
         return failed
-    embedder = embedder or Embedder(cache.spec, threads=threads)
+    embedder = embedder or Embedder(cache.spec, threads=threads, views=on_views is not None)
     written: list[Path] = []
     for start in range(0, len(todo), chunk):
         shas, images = [], []
@@ -347,11 +390,21 @@ def embed_blobs(blobs: Sequence[tuple[str, Any]], cache: FeatureCache, *, embedd
                 on_image(sha, img)
             shas.append(sha)
             images.append(img)
-        rows = [embedder.embed(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-        if shas:
-            import numpy as np
+        import numpy as np
 
+        if on_views is None:
+            rows = [embedder.embed(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        else:
+            rows, parts = [], {}
+            for i in range(0, len(images), batch_size):
+                emb, views = embedder.embed_views(images[i:i + batch_size])
+                rows.append(emb)
+                for k, v in views.items():
+                    parts.setdefault(k, []).append(v)
+        if shas:
             written.append(cache.put(shas, np.concatenate(rows)))
+            if on_views is not None:
+                on_views(shas, {k: np.concatenate(v) for k, v in parts.items()})
         if on_chunk is not None:
             on_chunk()
         if progress is not None:

@@ -115,7 +115,8 @@ def get_stage_features(learn: Any, df: Any, *, size: int, reductions: tuple[int,
 # embedding cache uses (:func:`dsbuild.model.embeddings.emb_key`: the blob's sha256 and the
 # pixels verification reads from it, so a decoder change that reads other pixels from the same
 # bytes computes the image's features again), and ``train``, ``mislabels`` and ``retrain``
-# share one pass. Public API: :class:`FeatureSpec`, :func:`features`, :func:`feature_keys`,
+# share one pass — the build's own when the spec is its embedding input (``resize = "squash"`` at
+# ``[dedup] embed_size``: :meth:`dsbuild.model.embeddings.Embedder.embed_views`, :func:`write_rows`). Public API: :class:`FeatureSpec`, :func:`features`, :func:`feature_keys`,
 # :func:`adopt_blob_keyed`, :func:`view_matrix`, :func:`native_size`; :class:`FrozenBody` and
 # :func:`to_input` are the network and the preprocessing (shared with saved head models).
 
@@ -133,6 +134,7 @@ VIEW_SETS: dict[str, tuple[str, ...]] = {
     "stages+pool": ("pool", "s8_g2", "s16_g2", "s32_g1"),
 }
 FEATURE_FORMAT = "dsbuild-features/1"
+RESIZE_MODES = ("crop", "squash")
 _STAGE_GRIDS = {"s8_g2": (8, 2), "s16_g2": (16, 2), "s32_g1": (32, 1)}
 
 
@@ -142,23 +144,33 @@ class FeatureSpec:
 
     arch: a dsbuild arch name (:func:`dsbuild.model.weights.resolve_arch`; the offline
         ``efficientnet_lite0/1/2`` run as timm ``tf_efficientnet_lite0/1/2``).
-    size: square input side in px: the image's short side is resized to ``size``
-        (bicubic; tiny images are upscaled), then centre-cropped (:func:`to_input`).
+    size: square input side in px (:func:`to_input`).
     weights: a local weights file (``model.weights``) or None for the arch's pretrained weights.
+    resize: ``"crop"`` — the image's short side resized to ``size`` (bicubic; tiny images are upscaled), then
+        centre-cropped; ``"squash"`` — the whole picture resized to ``size`` × ``size`` (bilinear, aspect not kept):
+        the build's embedding input (:meth:`dsbuild.model.embeddings.Embedder.to_input`), so the build's one pass
+        per image also gives these rows (:func:`write_rows`) and ``train`` computes none for the images it embedded.
     """
 
     arch: str = "efficientnet_lite0"
     size: int = 224
     weights: str | None = None
+    resize: str = "crop"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, not {self.resize!r}")
 
     def key(self) -> str:
-        """Stable id and cache folder name, e.g. ``efficientnet_lite0-224-v1``."""
+        """Stable id and cache folder name, e.g. ``efficientnet_lite0-224-v1`` (``crop``: the name rows written before
+        ``resize`` existed have) or ``efficientnet_lite0-160-squash-views-v1``."""
         import hashlib
         import re
 
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.arch.strip())
         tail = f"-w{hashlib.sha256(str(self.weights).encode()).hexdigest()[:10]}" if self.weights else ""
-        return f"{name}-{self.size}{tail}-v1"
+        mode = "" if self.resize == "crop" else f"-{self.resize}-views"  # not the embedding cache's folder name
+        return f"{name}-{self.size}{mode}{tail}-v1"
 
 
 def native_size(arch: str) -> int:
@@ -183,10 +195,17 @@ def native_size(arch: str) -> int:
     return 224
 
 
-def to_input(image: Any, size: int) -> Any:
-    """One RGB PIL image → ``size``×``size``×3 uint8 numpy array: short side to ``size`` (bicubic), centre crop."""
+def to_input(image: Any, size: int, resize: str = "crop") -> Any:
+    """One RGB PIL image → ``size``×``size``×3 uint8 numpy array: ``crop``: short side to ``size`` (bicubic), centre
+    crop; ``squash``: the whole picture to ``size`` × ``size`` as the build's embedding sees it
+    (:func:`dsbuild.model.embeddings.squash_input`)."""
     import numpy as np
     from PIL import Image
+
+    if resize == "squash":
+        from dsbuild.model.embeddings import squash_input
+
+        return squash_input(image, size)
 
     w, h = image.size
     if (w, h) != (size, size):
@@ -390,6 +409,14 @@ def adopt_blob_keyed(root: Path, current_pixels: Any) -> int:
     return n
 
 
+def write_rows(cache_dir: Path, spec: FeatureSpec, keys: Sequence[str], views: dict[str, Any]) -> None:
+    """Store rows computed elsewhere (the build's embedding pass: :meth:`dsbuild.model.embeddings.Embedder.embed_views`)
+    in ``spec``'s cache under ``cache_dir``: one shard, as :func:`features` writes them. The caller vouches that
+    they are what :func:`features` would compute for those keys."""
+    if len(keys):
+        _write_shard(_cache_dir(cache_dir, spec), [str(k) for k in keys], views)
+
+
 def feature_keys(frame: Any) -> list[str] | None:
     """The cache keys of ``frame``'s images (:func:`dsbuild.model.embeddings.emb_keys`: its ``sha256`` and, from the
     catalog, ``pixel_sha``) when every row has its blob's sha256; else None (:func:`features` hashes the files)."""
@@ -448,7 +475,7 @@ def features(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: Path | N
             for start in range(0, len(order), chunk):
                 part = order[start:start + chunk]
                 try:
-                    images = [to_input(load_rgb(todo[k]), spec.size) for k in part]
+                    images = [to_input(load_rgb(todo[k]), spec.size, spec.resize) for k in part]
                 except OSError as exc:
                     raise DsbuildError(f"cannot read an image for features ({exc}) — run `dsbuild build` again to "
                                        "re-verify the images") from None

@@ -105,8 +105,9 @@ def predict(model_dir: Path, paths: list[Path], *, batch_size: int = 64, device:
 
     paths = expand_paths(paths)
     if config.get("kind") == "head":
+        resize = (config.get("settings") or {}).get("resize") or "crop"  # a model saved before resize: crop
         probs, errors = _predict_head(model, int(config["size"]), paths, batch_size=batch_size, device=dev,
-                                      verify=verify)
+                                      verify=verify, resize=resize)
         return _frame(paths, classes, probs, errors)
     loader = ImageLoader(int(config["size"]), cache=True, cache_bytes=256 << 20, verify=verify)
     readable, errors = [], {}
@@ -160,7 +161,8 @@ def head_probs_from_cache(model_dir: Path, paths: list[Path], keys: list[str], c
     if config.get("kind") != "head" or not {"arch", "size", "view", "features"} <= set(settings):
         return None
     weights = settings.get("weights") if settings.get("pretrained", True) else None
-    spec = FeatureSpec(arch=settings["arch"], size=int(settings["size"]), weights=str(weights) if weights else None)
+    spec = FeatureSpec(arch=settings["arch"], size=int(settings["size"]), weights=str(weights) if weights else None,
+                       resize=settings.get("resize") or "crop")
     if spec.key() != settings["features"]:
         return None
     state = torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True)
@@ -175,9 +177,9 @@ def head_probs_from_cache(model_dir: Path, paths: list[Path], keys: list[str], c
 
 
 def _predict_head(model: Any, size: int, paths: list[Path], *, batch_size: int, device: Any,
-                  verify: Any = None) -> tuple[Any, dict[int, str]]:
+                  verify: Any = None, resize: str = "crop") -> tuple[Any, dict[int, str]]:
     """Probabilities of a ``kind: head`` model: the feature extractor's preprocessing
-    (:func:`dsbuild.model.features.to_input`: short side to ``size``, centre crop), then the network."""
+    (:func:`dsbuild.model.features.to_input` of ``resize``, e.g. short side to ``size``, centre crop), then the network."""
     import numpy as np
     import torch
 
@@ -199,7 +201,7 @@ def _predict_head(model: Any, size: int, paths: list[Path], *, batch_size: int, 
 
     for i, p in enumerate(paths):
         try:
-            batch.append((i, to_input(load_rgb(p, verify=verify), size)))
+            batch.append((i, to_input(load_rgb(p, verify=verify), size, resize)))
         except Refused as exc:  # sniffed and refused before any decoder ran
             errors[i] = str(exc)[:300]
         except Exception as exc:  # noqa: BLE001 - one bad image is a row with a reason, not a failure

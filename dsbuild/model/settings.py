@@ -39,9 +39,15 @@ class ModelSettings:
         the whole network (the settings below from ``epochs`` on; worth it on a GPU).
         Measured on 2 CPU cores (issue 16, CIFAR-10 photos): the head 79–80 % valid
         accuracy after ~4 minutes; fine-tuning 33–56 % after 3–10 CPU-minutes.
-    size: ``None`` — square input size in pixels; ``None`` → the backbone's own ImageNet
-        resolution (:func:`dsbuild.model.features.native_size`: 224, 240 or 260 for lite0/1/2),
-        tiny images upscaled to it.
+    size: ``None`` — square input size in pixels; ``None`` with ``resize`` unset and the default recipe (a head on
+        the pretrained backbone's frozen features) → the build's embedding input when the dataset's near-duplicate
+        embeddings use the same backbone (``[dedup] embed_size``, 160, ``resize = "squash"``): the build's one forward
+        pass per image gives the training features too, and ``train`` computes none for the images the build
+        embedded (measured, bench/onepass.py: accuracy as at 224 px, ~2.7× less network time for build + train);
+        otherwise the backbone's own ImageNet resolution (:func:`dsbuild.model.features.native_size`: 224, 240 or
+        260 for lite0/1/2), tiny images upscaled to it.
+    resize: ``None`` — head models only: ``"crop"`` (short side to ``size``, bicubic, centre crop) or ``"squash"``
+        (the whole picture to ``size`` × ``size``, bilinear, as the build's embeddings); ``None`` → see ``size``.
     epochs: ``4`` — ``finetune`` only: epochs of whole-network fine-tuning (after ``freeze_epochs`` head-only ones).
     freeze_epochs: ``1`` — head-only epochs before unfreezing (fastai ``fine_tune``); pretrained only.
     batch_size: ``32``.
@@ -83,6 +89,7 @@ class ModelSettings:
     weights: Path | None = None
     finetune: bool | None = None
     size: int | None = None
+    resize: str | None = None
     epochs: int = 4
     freeze_epochs: int = 1
     batch_size: int = 32
@@ -126,6 +133,7 @@ class ModelSettings:
             ("finetune", isinstance(self.finetune, bool), f"must be true or false, got {self.finetune!r}"),
             ("size", self.size is None or (is_int(self.size) and 16 <= self.size <= 2048),
              f"must be an integer 16..2048, got {self.size!r}"),
+            ("resize", self.resize in (None, "crop", "squash"), f"must be crop or squash, got {self.resize!r}"),
             ("epochs", is_int(self.epochs) and 0 <= self.epochs <= 1000, f"must be an integer 0..1000, got {self.epochs!r}"),
             ("freeze_epochs", is_int(self.freeze_epochs) and self.freeze_epochs >= 0, f"must be >= 0, got {self.freeze_epochs!r}"),
             ("batch_size", is_int(self.batch_size) and self.batch_size >= 1, f"must be >= 1, got {self.batch_size!r}"),

@@ -398,16 +398,37 @@ def fit(learn: Any, settings: ModelSettings, *, epochs: int | None = None, progr
 # --------------------------------------------------------------------------- train
 
 
-def with_size(settings: ModelSettings) -> ModelSettings:
-    """``settings`` with ``size`` filled in: unset → the backbone's own ImageNet resolution
-    (:func:`dsbuild.model.features.native_size`)."""
+def with_size(settings: ModelSettings, dedup: Any = None) -> ModelSettings:
+    """``settings`` with ``size`` and ``resize`` filled in. Unset (both) for a head on the pretrained backbone's frozen
+    features, and ``dedup`` (the dataset's :class:`~dsbuild.dedup.settings.DedupSettings`) embeds with the same
+    backbone: the build's embedding input (``dedup.embed_size``, ``squash``), whose rows the build's pass writes
+    (:func:`build_feature_spec`). Else ``size`` unset → the backbone's own ImageNet resolution
+    (:func:`dsbuild.model.features.native_size`) and ``resize`` unset → ``crop``."""
     import dataclasses
 
-    if settings.size is not None:
-        return settings
-    from dsbuild.model.features import native_size
+    if settings.size is None and settings.resize is None and dedup is not None:
+        spec = build_feature_spec(dedup)
+        if spec is not None and not settings.finetune and settings.oof_method == "frozen" and settings.pretrained \
+                and settings.weights is None and settings.arch.strip() == spec.arch:
+            return dataclasses.replace(settings, size=spec.size, resize=spec.resize)
+    if settings.size is None:
+        from dsbuild.model.features import native_size
 
-    return dataclasses.replace(settings, size=native_size(settings.arch))
+        settings = dataclasses.replace(settings, size=native_size(settings.arch))
+    if settings.resize is None:
+        settings = dataclasses.replace(settings, resize="crop")
+    return settings
+
+
+def build_feature_spec(dedup: Any) -> Any:
+    """The training :class:`~dsbuild.model.features.FeatureSpec` whose rows a build's embedding pass gives with its
+    embeddings (one forward pass for both: :meth:`dsbuild.model.embeddings.Embedder.embed_views`): the embedding's
+    backbone and size, ``squash``. None when ``dedup`` computes no embeddings (``semantic = false``)."""
+    from dsbuild.model.features import FeatureSpec
+
+    if not dedup.semantic:
+        return None
+    return FeatureSpec(arch=dedup.embed_arch, size=int(dedup.embed_size), resize="squash")
 
 
 def train(df: Any, settings: ModelSettings, *, out_dir: Path, progress: Any = None,
@@ -446,7 +467,7 @@ def feature_spec(settings: ModelSettings) -> Any:
     """The :class:`~dsbuild.model.features.FeatureSpec` of ``settings`` (size must be resolved: :func:`with_size`)."""
     from dsbuild.model.features import FeatureSpec
 
-    return FeatureSpec(arch=settings.arch, size=int(settings.size),
+    return FeatureSpec(arch=settings.arch, size=int(settings.size), resize=settings.resize or "crop",
                        weights=str(settings.weights) if settings.weights is not None and settings.pretrained else None)
 
 

@@ -1,0 +1,245 @@
+"""Benchmark: one network pass per image for build + train (this checkout) vs two (a baseline commit).
+
+Before: the build embeds every image at 160 px (squash) for its near-duplicate signals, then the first
+``train`` runs the network again at 224 px (short side, centre crop) for the head's features. After: the
+build's pass also writes the training features of the 160 px squash input, and ``train`` reads them (the
+default for a head on the embedding's backbone; ``model.size``/``resize`` set keep the old input).
+
+Two parts, both printed side by side:
+
+1. **whole commands** — ``dsbuild build`` then ``dsbuild train`` on the same images, in a fresh project each,
+   with the baseline's code (``git worktree`` of ``--baseline``, default main's ``ef0f46d``) and this checkout's:
+   wall seconds and seconds per image of each command, the head's valid accuracy (clean labels), and the
+   near-duplicate outcome (images marked duplicate, and whether both runs marked the same ones);
+2. **inputs** (``--inputs``) — the network alone on the same images under each preprocessing, round-robin in
+   chunks (machine-load drift hits all alike): seconds per image and the 5-fold cross-validated accuracy of the
+   default head (view ``stages``; ``--views stages,pool,stages+pool`` for the others).
+
+Data: the CIFAR-10N dev photos (32×32 JPEG, /work/shared/data/cifar10n-dev, clean labels; ``--classes 5`` keeps
+bird/cat/deer/dog/horse, as trial 9) and scikit-learn's digits (64 px PNG, as bench/mislabels.py).
+
+    .venv/bin/python bench/onepass.py                 # 1,000 CIFAR photos, 5 classes, whole commands
+    .venv/bin/python bench/onepass.py --data digits   # 1,000 digits
+    .venv/bin/python bench/onepass.py --inputs        # part 2 instead (CIFAR + digits, 1,000 each)
+    .venv/bin/python bench/onepass.py --quick         # 300 images
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CIFAR = ROOT.parents[1] / "shared" / "data" / "cifar10n-dev"
+if not CIFAR.is_dir():
+    CIFAR = Path("/work/shared/data/cifar10n-dev")
+FIVE = ("bird", "cat", "deer", "dog", "horse")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def cifar(n: int, classes: int, seed: int = 9) -> list[tuple[str, str, object]]:
+    """``(name, label, PIL image)`` of ``n`` CIFAR-10N dev photos (clean labels)."""
+    from PIL import Image
+
+    rows = list(csv.DictReader(open(CIFAR / "labels.csv")))
+    if classes == 5:
+        rows = [r for r in rows if r["clean_label"] in FIVE]
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(rows), min(n, len(rows)), replace=False))
+    return [(Path(rows[i]["file"]).name, rows[i]["clean_label"], Image.open(CIFAR / rows[i]["file"])) for i in pick]
+
+
+def digits(n: int, seed: int = 9) -> list[tuple[str, str, object]]:
+    """``(name, label, PIL image)`` of ``n`` real digits rendered at 64 px (bench/mislabels.py's rendering)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(d.target), min(n, len(d.target)), replace=False))
+    out = []
+    for i in pick:
+        arr = (255 - d.images[i] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
+        img = Image.fromarray(arr, mode="L").resize((64, 64), Image.Resampling.BICUBIC).convert("RGB")
+        out.append((f"d{i:04d}.png", f"n{d.target[i]}", img))
+    return out
+
+
+# --------------------------------------------------------------------------- part 1: whole commands
+
+
+def checkout(commit: str, where: Path) -> Path:
+    """A worktree of ``commit`` at ``where`` (made once)."""
+    if not (where / "dsbuild").is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), commit], check=True,
+                       capture_output=True)
+    return where
+
+
+def run(code: Path, project: Path, *args: str) -> tuple[float, str]:
+    """``dsbuild ARGS`` with the dsbuild of ``code`` (this interpreter's packages), niced; (wall s, output)."""
+    boot = (f"import sys; sys.path.insert(0, {str(code)!r}); import dsbuild; "
+            f"assert dsbuild.__file__.startswith({str(code)!r}), dsbuild.__file__; "
+            "from dsbuild.cli import main; sys.exit(main())")
+    t = time.perf_counter()
+    out = subprocess.run(["nice", "-n", "10", sys.executable, "-c", boot, "-m", str(project / "datasets.toml"), *args],
+                         cwd=project, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    wall = time.perf_counter() - t
+    if out.returncode not in (0, 3):
+        raise SystemExit(f"{code}: dsbuild {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return wall, out.stdout + out.stderr
+
+
+def project(root: Path, images: list[tuple[str, str, object]]) -> Path:
+    """A project with ``images`` in class folders and the default settings."""
+    labels = sorted({lab for _, lab, _ in images})
+    for name, lab, img in images:
+        folder = root / "data" / lab
+        folder.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".jpg") and getattr(img, "filename", ""):
+            shutil.copyfile(img.filename, folder / name)  # the original JPEG bytes
+        else:
+            img.save(folder / name)
+    classes = "\n".join(f'{lab} = {{ folders = "data/{lab}" }}' for lab in labels)
+    (root / "datasets.toml").write_text(f'catalog = "catalog/dsbuild.duckdb"\n\n[datasets.bench.classes]\n{classes}\n')
+    return root
+
+
+def outcome(proj: Path) -> dict:
+    import duckdb
+
+    with duckdb.connect(str(proj / "catalog" / "dsbuild.duckdb"), read_only=True) as con:
+        dups = {r[0] for r in con.execute("select origin from images where status = 'duplicate'").fetchall()}
+        outl = con.execute("select count(*) from images where outlier").fetchone()[0] \
+            if "outlier" in [c[0] for c in con.execute("describe images").fetchall()] else None
+        acc = con.execute("select accuracy, duration_s, params from runs where kind = 'train' and status = 'ok' "
+                          "order by started_at desc limit 1").fetchone()
+    import json
+
+    params = json.loads(acc[2]) if acc and isinstance(acc[2], str) else (acc[2] if acc else {})
+    return {"dups": {Path(d).name for d in dups}, "outliers": outl, "accuracy": acc[0] if acc else None,
+            "features": (params or {}).get("features")}
+
+
+def stage_seconds(text: str, stage: str) -> str:
+    """The seconds a build's summary gives a stage (best effort: '' when the line is not there)."""
+    import re
+
+    for line in text.splitlines():
+        if stage in line:
+            m = re.search(r"([0-9]+(?:\.[0-9]+)?) ?s\b", line)
+            if m:
+                return m.group(1)
+    return ""
+
+
+def whole(args: argparse.Namespace) -> None:
+    images = cifar(args.n, args.classes) if args.data == "cifar" else digits(args.n)
+    work = Path(tempfile.mkdtemp(prefix="onepass-", dir=args.tmp))
+    old = checkout(args.baseline, args.tmp / f"baseline-{args.baseline[:10]}")
+    print(f"{len(images)} {args.data} images, {len({lab for _, lab, _ in images})} classes; baseline {args.baseline} "
+          f"({old}), new = this checkout ({ROOT}); projects under {work}", flush=True)
+    res = {}
+    for name, code in (("before", old), ("after", ROOT)) if not args.reverse else (("after", ROOT), ("before", old)):
+        proj = project(work / name, images)
+        tb, out_b = run(code, proj, "build")
+        tt, out_t = run(code, proj, "train", "bench")
+        res[name] = {"build": tb, "train": tt, **outcome(proj)}
+        print(f"  {name}: build {tb:.1f} s, train {tt:.1f} s", flush=True)
+    n = len(images)
+    b, a = res["before"], res["after"]
+    print(f"\n| | before ({args.baseline[:7]}) | after (one pass) | ratio |\n|---|---|---|---|")
+    for key in ("build", "train"):
+        print(f"| `{key}` wall s (s/image) | {b[key]:.1f} ({b[key] / n:.3f}) | {a[key]:.1f} ({a[key] / n:.3f}) | "
+              f"{b[key] / a[key]:.2f}× |")
+    tb, ta = b["build"] + b["train"], a["build"] + a["train"]
+    print(f"| build + train wall s (s/image) | {tb:.1f} ({tb / n:.3f}) | {ta:.1f} ({ta / n:.3f}) | {tb / ta:.2f}× |")
+    print(f"| train features | {b['features']} | {a['features']} | |")
+    print(f"| valid accuracy (clean labels) | {b['accuracy']:.4f} | {a['accuracy']:.4f} | "
+          f"{100 * (a['accuracy'] - b['accuracy']):+.1f} pts |")
+    print(f"| images marked duplicate | {len(b['dups'])} | {len(a['dups'])} | same set: {b['dups'] == a['dups']} |")
+    print(f"| outliers | {b['outliers']} | {a['outliers']} | |")
+
+
+# --------------------------------------------------------------------------- part 2: the network alone
+
+
+def inputs(args: argparse.Namespace) -> None:
+    import torch
+
+    from dsbuild.model.features import frozen_body, to_input, view_matrix
+    from dsbuild.model.head import choose_c, fit_head, stratified_folds
+
+    torch.set_num_threads(args.threads)
+    body, _ = frozen_body("efficientnet_lite0", 224)
+    configs = {"224 crop (train before)": (224, "crop"), "160 squash (build; train after)": (160, "squash"),
+               "224 squash": (224, "squash"), "160 crop": (160, "crop")}
+    for data in args.sets.split(","):
+        images = cifar(args.n, args.classes) if data == "cifar" else digits(args.n)
+        pics = [im.convert("RGB") for _, _, im in images]
+        labels = sorted({lab for _, lab, _ in images})
+        y = np.array([labels.index(lab) for _, lab, _ in images])
+        secs = dict.fromkeys(configs, 0.0)
+        feats: dict[str, dict[str, list]] = {c: {} for c in configs}
+        for s in range(0, len(pics), 100):
+            for c, (size, resize) in configs.items():
+                t = time.perf_counter()
+                x = torch.from_numpy(np.stack([to_input(p, size, resize) for p in pics[s:s + 100]])).permute(0, 3, 1, 2)
+                with torch.inference_mode():
+                    for b in range(0, len(x), 32):
+                        for k, v in body(x[b:b + 32].float()).items():
+                            feats[c].setdefault(k, []).append(v.numpy())
+                secs[c] += time.perf_counter() - t
+        folds = stratified_folds(y, 5, 42)
+        print(f"\n{data}: {len(y)} images, {len(labels)} classes — s/image and 5-fold CV accuracy of the head")
+        views = args.views.split(",")
+        print("| input | s/image | " + " | ".join(views) + " |\n|---|---|" + "---|" * len(views))
+        for c in configs:
+            f = {k: np.concatenate(v) for k, v in feats[c].items()}
+            accs = []
+            for view in views:
+                X = view_matrix(f, view).astype(np.float64)
+                C, _ = choose_c(X, y, len(labels), seed=42)
+                pred = np.zeros(len(y), dtype=int)
+                for test in folds:
+                    train = np.setdiff1d(np.arange(len(y)), test)
+                    pred[test] = fit_head(X[train], y[train], len(labels), C, seed=42).predict_proba(X[test]).argmax(1)
+                accs.append(float((pred == y).mean()))
+            print(f"| {c} | {secs[c] / len(y):.4f} | " + " | ".join(f"{a:.4f}" for a in accs) + " |", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="300 images")
+    ap.add_argument("--data", choices=("cifar", "digits"), default="cifar")
+    ap.add_argument("--classes", type=int, choices=(5, 10), default=5)
+    ap.add_argument("--baseline", default="ef0f46d")
+    ap.add_argument("--reverse", action="store_true", help="run this checkout first")
+    ap.add_argument("--inputs", action="store_true", help="part 2: the network alone under each preprocessing")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--views", default="stages", help="--inputs: the head's feature views to score (stages = the "
+                                                          "default; also pool, stages+pool)")
+    ap.add_argument("--sets", default="cifar,digits", help="--inputs: cifar, digits")
+    ap.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()) / "dsbuild-bench-onepass")
+    args = ap.parse_args()
+    if args.quick:
+        args.n = 300
+    args.tmp.mkdir(parents=True, exist_ok=True)
+    inputs(args) if args.inputs else whole(args)
+
+
+if __name__ == "__main__":
+    main()
