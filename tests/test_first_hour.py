@@ -1005,7 +1005,7 @@ def test_mislabels_reuses_its_run_while_nothing_changed_and_renders_readable_num
     ((run_id,),) = sql(manifest, "SELECT run_id FROM runs WHERE kind = 'mislabels'")
     shown, trust = err.splitlines()
     assert shown == f"showing mislabel run {run_id} (labels, images and settings unchanged since; --rerun to score again)"
-    assert re.fullmatch(r"out-of-fold accuracy \d+\.\d% against the given labels; of \d+ flags? about \d+ .*", trust), trust
+    assert re.fullmatch(r"out-of-fold accuracy \d+\.\d% against the given labels; of \d+ flags? roughly \d+ .*", trust), trust
     header = next(line for line in out.splitlines() if "given_label" in line)
     assert "suggested_confidence" in header
     assert "e-" not in out

@@ -111,7 +111,7 @@ def held_stops() -> Iterator[list[int]]:
 
 
 class StopAwareConnection:
-    """A DuckDB connection whose ``execute``/``executemany`` take a Ctrl-C or SIGTERM once the statement returns
+    """A DuckDB connection whose ``execute``/``executemany``/``register``/``unregister`` take a Ctrl-C or SIGTERM once the statement returns
     (:func:`held_stops`: dsbuild's own statements are short — a commit, an insert, a read), and raise a stop DuckDB still turned into its own error (:func:`is_interruption`) as the
     stop it was (:func:`~dsbuild.errors.lost_stop`): every stage keeps its finished work and marks itself
     interrupted on :class:`KeyboardInterrupt`, where a Ctrl-C during a commit ended a build with a traceback and
@@ -127,6 +127,12 @@ class StopAwareConnection:
 
     def executemany(self, *args, **kwargs):
         return self._run(self._con.executemany, args, kwargs)
+
+    def register(self, *args, **kwargs):  # a statement too (CREATE VIEW): a Ctrl-C in it was a traceback
+        return self._run(self._con.register, args, kwargs)
+
+    def unregister(self, *args, **kwargs):  # DROP VIEW — often in a ``finally`` after a stop
+        return self._run(self._con.unregister, args, kwargs)
 
     @staticmethod
     def _run(statement, args, kwargs):
