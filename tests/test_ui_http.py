@@ -407,6 +407,40 @@ def test_browse_filters_with_a_sandboxed_where_clause(client: TestClient) -> Non
     assert io_attempt.status_code == 400 and "root:" not in io_attempt.text
 
 
+def test_every_browse_facet_link_shows_as_many_images_as_it_counts(tmp_path: Path) -> None:
+    """Each facet link (label, split, status) filters to exactly the images its count says — a missing value too:
+    ``split: -`` (rejected files have no split) linked to ``split = '-'`` and showed 0 images (trial 10)."""
+    import html as html_lib
+
+    (tmp_path / "data" / "one").mkdir(parents=True)
+    (tmp_path / "data" / "one" / "notes.txt").write_text("shopping list\n")  # rejected: not an image, no split
+    whole = (tmp_path / "whole.png")
+    skimage_photo("coins").save(whole)
+    (tmp_path / "data" / "seven" ).mkdir(parents=True)
+    (tmp_path / "data" / "seven" / "cut.png").write_bytes(whole.read_bytes()[:4000])  # rejected: truncated
+    manifest = make_project(tmp_path)
+    app = create_app(UiConfig(manifest=dsbuild.load_manifest(manifest), dataset="digits", host="127.0.0.1",
+                              port=PORT, token=TOKEN))
+    try:
+        c = TestClient(app, base_url=BASE)
+        assert c.get(f"/?token={TOKEN}", follow_redirects=False).status_code == 303
+        page = c.get("/browse").text
+        facets = re.search(r'<div class="facets">(.*?)</div>', page, re.S).group(1)
+        links = re.findall(r'<p><b>(\w+)</b>: (.*?)</p>', facets, re.S)
+        assert [col for col, _ in links] == ["label", "split", "status"]
+        seen = {}
+        for col, body in links:
+            for href, shown, n in re.findall(r'<a href="([^"]+)">([^<]*)</a> (\d+)', body):
+                r = c.get(html_lib.unescape(href))
+                assert r.status_code == 200, (col, shown, r.text[:300])
+                total = int(re.search(r'<p class="summary">(\d+) image', r.text).group(1))
+                assert total == int(n), f"{col}: {shown} counts {n} but its link shows {total} images ({href})"
+                seen[(col, html_lib.unescape(shown))] = int(n)
+        assert seen[("split", "-")] == 2 and seen[("status", "rejected")] == 2
+    finally:
+        app.held.close()
+
+
 def card_ids(html: str) -> list[str]:
     return re.findall(r'<article class="card[^"]*"[^>]*data-id="([^"]+)"', html)
 

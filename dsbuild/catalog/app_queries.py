@@ -171,13 +171,16 @@ def label_events_of(cat: "Catalog", dataset: str, *, source: str | None = None) 
     return cat.df(sql + " ORDER BY event_id", params)
 
 
-def facets(cat: "Catalog", dataset: str) -> dict[str, list[tuple[str, int]]]:
-    """Values and counts of ``label``, ``split`` and ``status`` in ``dataset`` (for the filters)."""
-    out: dict[str, list[tuple[str, int]]] = {}
+def facets(cat: "Catalog", dataset: str) -> dict[str, list[tuple[str, str, int]]]:
+    """Values of ``label``, ``split`` and ``status`` in ``dataset`` (for the filters): per column, (the value as shown,
+    the ``where`` clause that selects exactly its rows, count). A missing value shows as ``-`` and selects with
+    ``IS NULL`` (``split = '-'`` matched nothing — trial 10)."""
+    out: dict[str, list[tuple[str, str, int]]] = {}
     for col in ("label", "split", "status"):
-        rows = cat.con.execute(f"SELECT coalesce({col}, '-'), count(*) FROM images WHERE dataset = ? GROUP BY 1 ORDER BY 1",
+        rows = cat.con.execute(f"SELECT {col}, count(*) FROM images WHERE dataset = ? GROUP BY 1 ORDER BY 1 NULLS LAST",
                                [dataset]).fetchall()
-        out[col] = [(str(v), int(n)) for v, n in rows]
+        out[col] = [("-", f"{col} IS NULL", int(n)) if v is None else (str(v), f"{col} = {sql_string(str(v))}", int(n))
+                    for v, n in rows]
     return out
 
 
