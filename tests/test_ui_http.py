@@ -293,11 +293,29 @@ def test_undo_names_the_apps_decision_and_never_reverts_a_colleagues_since(clien
     r = client.post("/api/decide", json=undo, headers=CSRF)
     assert r.status_code == 200 and r.json()["applied"] == 1 and not r.json()["states"][0]["decided"]
     assert latest_event(manifest, x)[1:3] == ("undo", "ui")
+    label = r.json()["states"][0]["label"]  # the undo names what it took back (README; trial 10)
+    assert r.json()["notes"] == [f"undid keep ({label}) on image {x[:8]}: label {label}, undecided"]
     # event_id belongs to an undo only, and is a whole number
     for bad in ({"image_id": x, "action": "keep", "event_id": mine}, {"image_id": x, "action": "undo", "event_id": "7"}):
         r = client.post("/api/decide", json={"decisions": [bad]}, headers=CSRF)
         assert r.status_code == 400 and r.json()["error"] == (
             "decision 1: event_id (the decision an undo reverts) must be a whole number, with undo only")
+
+
+def test_an_undo_of_several_decisions_counts_them_by_kind(client: TestClient, project) -> None:
+    manifest, _ = project
+    decided = {e[0] for e in events(manifest)}
+    a, b, c = [i for i in queue_ids(client)[12:] if i not in decided][:3]
+    labels = {s["image_id"]: s["label"] for s in client.post("/api/decide", json={"decisions": [
+        {"image_id": a, "action": "keep"}, {"image_id": b, "action": "keep"}]}, headers=CSRF).json()["states"]}
+    r = client.post("/api/decide", json={"decisions": [{"image_id": c, "action": "remove"}]}, headers=CSRF)
+    assert r.status_code == 200 and r.json()["applied"] == 1
+    undo = [{"image_id": i, "action": "undo"} for i in (a, b, c)]
+    r = client.post("/api/decide", json={"decisions": undo}, headers=CSRF)
+    assert r.status_code == 200 and r.json()["applied"] == 3
+    kept = ", ".join(f"keep ({lab}) ×{n}" for lab, n in
+                     {lab: list(labels.values()).count(lab) for lab in labels.values()}.items())
+    assert r.json()["notes"] == [f"undid 3 decisions: {kept}, remove ×1"]
 
 
 @pytest.mark.parametrize("body, status", [
@@ -643,10 +661,14 @@ def test_an_undo_without_event_id_reverts_the_latest_decision_as_the_cli_does_an
         colleague_review(manifest, tmp_path, f"{y},remove,,not a digit")  # a colleague, from the command line
         theirs = latest_event(manifest, y)[0]
         # no event_id: the latest decision, the colleague's remove; then (event_id null) the app's keep below it
-        for body, undone in (({"image_id": y, "action": "undo"}, f"undo of event {theirs} (remove)"),
-                             ({"image_id": y, "action": "undo", "event_id": None}, f"undo of event {kept} (keep)")):
+        lab = r.json()["states"][0]["label"]
+        for body, undone, said in (
+                ({"image_id": y, "action": "undo"}, f"undo of event {theirs} (remove)",
+                 f"undid remove (by review:d.csv) on image {y[:8]}: it is back, status ok, label {lab}"),
+                ({"image_id": y, "action": "undo", "event_id": None}, f"undo of event {kept} (keep)",
+                 f"undid keep ({lab}) on image {y[:8]}: label {lab}, undecided")):
             r = decide(c, body)
-            assert r.status_code == 200 and r.json()["applied"] == 1 and r.json()["notes"] == [], r.text
+            assert r.status_code == 200 and r.json()["applied"] == 1 and r.json()["notes"] == [said], r.text
             assert undo_notes(y)[-1] == undone
         assert (r.json()["states"][0]["status"], r.json()["states"][0]["decided"]) == ("ok", False)
         r = decide(c, {"image_id": y, "action": "undo"})
@@ -674,6 +696,7 @@ def test_an_undo_without_event_id_reverts_the_latest_decision_as_the_cli_does_an
         r = decide(c, {"image_id": x, "action": "undo"})
         assert r.status_code == 200 and r.json()["states"][0]["label"] == "seven", r.text
         assert r.json()["notes"] == [
+            f"undid relabel seven → sept (by build:2) on image {x[:8]}: its label is seven again",
             f"1 image undone to label 'seven', which is no longer a class of this dataset: {x} — export and training "
             "would take it as a class of its own; relabel it in a decisions CSV (image_id,action,new_label: "
             "<id>,relabel,<class>) and run `dsbuild review digits --decisions FILE`; `dsbuild query \"select image_id, "

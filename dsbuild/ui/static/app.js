@@ -67,6 +67,11 @@
       c.classList.add("focused");
       c.scrollIntoView({ block: "nearest" });
       focusImg.src = "/image/" + encodeURIComponent(c.dataset.id);
+      showFocusText(c);
+    }
+
+    // The large preview's words: the card's label now (after a decision or an undo, not the page's first one).
+    function showFocusText(c) {
       const sug = c.dataset.suggested && c.dataset.suggested !== c.dataset.label ? " → " + c.dataset.suggested : "";
       focusText.textContent = c.dataset.label + sug + " · " + c.dataset.kind + " · " + c.dataset.id;
     }
@@ -167,6 +172,7 @@
       c.querySelector("[data-role=state]").textContent = s.state;
       c.classList.toggle("decided", s.decided);
       c.dataset.status = s.status;
+      if (cards[idx] === c) showFocusText(c);
     }
 
     async function pump() {
