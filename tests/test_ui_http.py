@@ -189,6 +189,39 @@ def test_hostile_label_and_origin_are_escaped_and_the_csp_is_strict(client: Test
     assert "script-src 'self'" in CSP and "unsafe-inline" not in CSP and "default-src 'none'" in CSP
 
 
+APP_HOOKS = {"queue-head", "browse-head", "facets", "summary", "runs", "confusion"}
+"""Classes on the app's pages that name a part of the page for a reader (and tests), styled by nothing on purpose."""
+
+
+def test_every_class_on_the_apps_pages_has_a_style_or_a_script_use(client: TestClient) -> None:
+    """The kind of trial 10's invisible outlier badge (a class renamed in a template, not in the style sheet): every
+    class a page emits is a selector of app.css or a name app.js uses; ``kind-<kind>`` are per-kind hooks."""
+    from html.parser import HTMLParser
+
+    class Classes(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: set[str] = set()
+
+        def handle_starttag(self, tag, attrs):
+            self.found.update(c for k, v in attrs if k == "class" and v for c in v.split())
+
+    css = re.sub(r"/\*.*?\*/", "", client.get("/static/app.css").text, flags=re.S)
+    selectors = set(re.findall(r"\.(-?[A-Za-z_][\w-]*)", re.sub(r"\{[^}]*\}", "{}", css)))
+    script = client.get("/static/app.js").text
+    home = client.get("/").text
+    image_id = re.search(r'data-id="([0-9a-f]{16})"', home).group(1)
+    run_id = re.search(r'href="/runs/([^"]+)"', client.get("/runs").text).group(1)
+    for path in ("/", "/?decided=yes", "/browse", "/browse?where=nonsense", "/runs", f"/runs/{run_id}", "/predict",
+                 f"/similar/{image_id}"):
+        page = Classes()
+        page.feed(client.get(path).text)
+        assert page.found, path
+        missing = sorted(c for c in page.found if c not in selectors and c not in APP_HOOKS and not c.startswith("kind-")
+                         and not re.search(rf"\b{re.escape(c)}\b", script))
+        assert not missing, f"{path}: classes with no style in app.css and no use in app.js: {missing}"
+
+
 # --------------------------------------------------------------------------- decisions
 
 
