@@ -85,6 +85,8 @@ def proj(tmp_path_factory) -> Project:
     p.add("other", "page.jpg", b"<!DOCTYPE html><html><body>Not found</body></html>\n")
     p.add("other", "notes.png", b"just some words, not a picture at all\n" * 3)
     p.add("other", "tiny.png", encode(photo("rocket", (20, 12)), "PNG"))
+    small = encode(photo("chelsea", (32, 32)), "JPEG")  # trial 10's broken.jpg: half of a 32 px JPEG, cut in its header
+    p.add("cut", "half.jpg", small[: len(small) // 2])
     p.set("dedup", near=False)
     code, out, err = p.build()
     assert code == 0, out + err
@@ -162,3 +164,24 @@ def test_reasons_are_the_documented_vocabulary(proj) -> None:
     assert reasons >= {"truncated", "unsupported format", "decompression bomb", "not an image", "too small"}
     for reason in reasons:
         assert re.search(rf"^\| `{re.escape(reason)}` \|", readme, re.M), reason
+
+
+def test_training_and_predict_open_a_file_with_the_builds_reason(proj) -> None:
+    """``load_rgb`` (how train, predict and the app's predictions open a file) refuses each file the build rejected
+    with the build's reason and detail: trial 10's cut JPEG was ``truncated`` in the build and the app but
+    ``corrupt: JPEG header cannot be read (OSError: Truncated File Read)`` in `dsbuild predict`."""
+    from dsbuild.formats import Refused
+    from dsbuild.verify.decode import load_rgb
+
+    rows = proj.rows("SELECT origin, reason, detail FROM images WHERE status = 'rejected'")
+    assert len(rows) >= 25
+    checked = []
+    for row in rows:
+        if row["reason"] == "too small":  # a rule of the dataset (min_side), not of opening a file
+            continue
+        with pytest.raises(Refused) as refused:
+            load_rgb(row["origin"])
+        assert (refused.value.reason, refused.value.detail) == (row["reason"], row["detail"]), row["origin"]
+        assert str(refused.value) == f"{row['reason']}: {row['detail']}"  # predict's error column
+        checked.append(row["origin"].rsplit("/", 1)[-1])
+    assert "half.jpg" in checked and proj.by_name()["half.jpg"]["reason"] == "truncated"

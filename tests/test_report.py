@@ -58,22 +58,30 @@ class Collector(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.tags: list[tuple[str, dict[str, str | None]]] = []
         self.scripts: list[str] = []
+        self.styles: list[str] = []
         self._in_script = False
         self.text: list[str] = []
 
     def handle_starttag(self, tag, attrs):
         self.tags.append((tag, dict(attrs)))
         self._in_script = tag == "script"
+        self._in_style = tag == "style"
         if tag == "script":
             self.scripts.append("")
+        if tag == "style":
+            self.styles.append("")
 
     def handle_endtag(self, tag):
         if tag == "script":
             self._in_script = False
+        if tag == "style":
+            self._in_style = False
 
     def handle_data(self, data):
         if self._in_script:
             self.scripts[-1] += data
+        elif getattr(self, "_in_style", False):
+            self.styles[-1] += data
         else:
             self.text.append(data)
 
@@ -99,6 +107,27 @@ def assert_self_contained(page: Collector, *, allowed_links: set[str]) -> None:
         if "href" in attrs:
             assert attrs["href"] in allowed_links, attrs["href"]
     assert all(s.strip() for s in page.scripts)
+
+
+# Classes that are hooks, not looks: named by neither the style sheet nor the page's script, on purpose.
+UNSTYLED_HOOKS = {
+    "sortable",  # the issues table (the script finds it by id)
+    "reviewed",  # "reviewed: …" under a row's labels, muted by its other class
+    "leak", "pair",  # a duplicate group spanning splits / a cross-split pair; the badge inside says so in colour
+}
+
+
+def assert_every_class_styled(page: Collector) -> None:
+    """Every class the page emits is a selector of its style sheet, or a name its script uses (a hook) —
+    a class renamed in one place and not the other (``b-ood`` → ``b-outlier``, trial 10) fails here."""
+    css = "".join(page.styles)
+    assert css.strip(), "the page has no inlined style sheet"
+    selectors = set(re.findall(r"\.(-?[A-Za-z_][\w-]*)", re.sub(r"\{[^}]*\}", "{}", css)))
+    script = "".join(page.scripts)
+    emitted = {c for _, a in page.tags for c in (a.get("class") or "").split()}
+    missing = sorted(c for c in emitted
+                     if c not in selectors and c not in UNSTYLED_HOOKS and not re.search(rf"\b{re.escape(c)}\b", script))
+    assert not missing, f"classes on the page with no style and no script use: {missing} (style sheet selectors: {sorted(selectors)})"
 
 
 # --------------------------------------------------------------------------- render_table
@@ -277,6 +306,16 @@ def test_mislabel_html_says_which_flags_were_reviewed_already(tmp_path, photos):
     assert "reviewed: relabelled by a person 2026-12-02" in joined and "reviewed: kept by suggestions@0.9 2026-12-01" in joined
 
 
+def test_every_class_of_the_mislabel_report_has_a_style(tmp_path, photos):
+    # Every kind a run writes (outlier; ood from older runs), reviewed rows, thumbnails and a missing one, the figure.
+    issues = issues_frame(photos).assign(kind=["label", "outlier", "conflict", "ood", "outlier"],
+                                         reviewed=["relabelled by a person 2026-12-02", "", "", "", ""])
+    text, page = parse(mislabel_html(issues, dataset="demo", out=tmp_path / "r.html",
+                                     run={"run_id": "r", "confusion": json.dumps([[5, 1], [2, 7]]), "classes": ["a", "b"]}))
+    assert text.count('class="badge b-outlier"') == 3  # the header's count and two rows
+    assert_every_class_styled(page)
+
+
 def test_mislabel_html_with_no_issues_and_minimal_columns(tmp_path):
     out = mislabel_html(pd.DataFrame(columns=["image_id", "given_label", "suggested_label"]), dataset="demo",
                         run={"run_id": "r"}, out=tmp_path / "empty.html")
@@ -319,6 +358,7 @@ def test_duplicates_html_conflicts_first_and_marked(tmp_path, photos):
     order = re.findall(r'<span class="mono">([^<]+)</span>', text)
     assert order == ["c1", "c2", "c3", "r1", "r2", "a1", "a2"]
     assert text.count("representative</span>") == 3
+    assert_every_class_styled(page)
 
 
 def test_duplicates_html_takes_catalog_columns_and_caps_groups(tmp_path, photos):
@@ -331,6 +371,7 @@ def test_duplicates_html_takes_catalog_columns_and_caps_groups(tmp_path, photos)
                      "status": "duplicate", "width": 10, "height": 10, "dup_distance": 3, "dup_of": f"i{g}a"})
     out = duplicates_html(pd.DataFrame(rows), dataset="demo", out=tmp_path / "d.html", max_groups=2)
     text, page = parse(out)
+    assert_every_class_styled(page)
     assert len(page.attrs("section")) == 2
     assert "showing 2 of 5 groups" in text and text.count("representative</span>") == 2 and "distance 3" in text
 

@@ -276,6 +276,61 @@ def test_undo_takes_back_the_apps_own_decision_never_a_colleagues(project: Path,
     wait_for(lambda: toast.is_displayed() and toast.text == "nothing to undo in this session", what="an empty undo stack")
 
 
+def test_undo_says_what_it_took_back_and_the_preview_follows(project: Path, server, driver) -> None:
+    """Trial 10 (L3): u after a relabel showed no message (the README: it "names the decision it takes back"), and the
+    large preview still showed the relabel's label after the undo had put the card back."""
+    keys = open_queue(driver, server, "decided=no")
+    c = next(el for el in driver.find_elements(By.CSS_SELECTOR, "#cards .card") if el.get_attribute("data-label") in keys)
+    c.click()
+    image_id, label = c.get_attribute("data-id"), c.get_attribute("data-label")
+    target = next(lab for lab in ("seven", "zero", "one") if lab != label)
+    press(driver, keys[target])
+    wait_for(lambda: settled(driver, image_id), what=f"relabel of {image_id}")
+    card(driver, image_id).click()  # the preview shows the relabelled card
+    preview = driver.find_element(By.ID, "focus-text")
+    assert preview.text.startswith(f"{target} ") or preview.text.startswith(f"{target} →"), preview.text
+    press(driver, Keys.ARROW_RIGHT)  # look at another card, as after a decision
+    press(driver, "u")
+    wait_for(lambda: settled(driver, image_id, decided=False), what="the undo")
+    toast = driver.find_element(By.ID, "toast")
+    wait_for(lambda: toast.is_displayed() and toast.text.startswith("undid "), what="the undo's message")
+    assert toast.text == f"undid relabel {label} → {target} on image {image_id[:8]}: its label is {label} again"
+    assert focused(driver).get_attribute("data-id") == image_id
+    wait_for(lambda: preview.text.split(" ", 1)[0] == label, what="the preview's label after the undo")
+    assert preview.text.endswith(f" · {image_id}") and target not in preview.text.split(" · ")[0].split(" → ")[0]
+
+
+def test_a_decided_card_shows_its_decision_not_an_open_suggestion(project: Path, server, driver) -> None:
+    """Trial 10 (L4): after Enter a card read ``dog → dog 83%`` above "relabelled → dog" (after a keep ``cat → dog 57%``
+    above "kept as cat"): the first line looked like an open suggestion. An open card reads ``given → suggested p``; a
+    decided one its label and "model said …", in the page and after a reload; an undo opens it again."""
+    keys = open_queue(driver, server, "decided=no")
+    c = next(el for el in driver.find_elements(By.CSS_SELECTOR, "#cards .card")
+             if el.get_attribute("data-label") in keys and el.get_attribute("data-suggested") not in ("", el.get_attribute("data-label")))
+    c.click()
+    image_id, label, suggested = c.get_attribute("data-id"), c.get_attribute("data-label"), c.get_attribute("data-suggested")
+    labels = lambda: card(driver, image_id).find_element(By.CSS_SELECTOR, ".labels").text  # noqa: E731 - what is shown
+    state = lambda: card(driver, image_id).find_element(By.CSS_SELECTOR, "[data-role=state]").text  # noqa: E731
+    p = card(driver, image_id).find_element(By.CSS_SELECTOR, ".conf").text
+    assert p.endswith("%") and labels() == f"{label} → {suggested} {p}"
+    preview = driver.find_element(By.ID, "focus-text")
+    press(driver, Keys.ENTER)
+    wait_for(lambda: settled(driver, image_id), what="the accepted suggestion")
+    assert (labels(), state()) == (f"{suggested} model said {suggested} {p}", f"relabelled → {suggested}")
+    card(driver, image_id).click()
+    assert preview.text == f"{suggested} · relabelled → {suggested} · label · {image_id}"
+    press(driver, "u")
+    wait_for(lambda: settled(driver, image_id, decided=False), what="the undo")
+    assert (labels(), state()) == (f"{label} → {suggested} {p}", "")
+    assert preview.text == f"{label} → {suggested} · label · {image_id}"
+    press(driver, "k")
+    wait_for(lambda: settled(driver, image_id), what="the keep")
+    assert (labels(), state()) == (f"{label} model said {suggested} {p}", f"kept as {label}")
+    driver.get(server.base + "/?decided=yes&n=500")  # as the server renders it
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#cards .card.focused"), what="the decided cards")
+    assert (labels(), state()) == (f"{label} model said {suggested} {p}", f"kept as {label}")
+
+
 def test_kill_9_right_after_a_decision_loses_nothing(project: Path, driver) -> None:
     victim = UiServer(project)
     try:

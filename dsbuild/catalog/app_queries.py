@@ -161,6 +161,18 @@ def latest_event_ids(cat: "Catalog", dataset: str, image_ids: list[str]) -> dict
     return {str(i): int(e) for i, e in rows}
 
 
+def standing_events(cat: "Catalog", dataset: str, image_ids: list[str]) -> dict[str, dict]:
+    """image_id → its latest label event not undone (what an undo now would take back: action, old_label, new_label,
+    source, event_id, …), for those of ``image_ids`` that have one."""
+    from dsbuild.decisions import _undo_stacks
+
+    history = cat.df("SELECT * FROM label_history WHERE dataset = ? AND image_id IN (SELECT unnest(?)) ORDER BY event_id",
+                     [dataset, list(image_ids)])
+    sources = {int(e): src for e, src in zip(history["event_id"], history["source"])}
+    return {iid: {**stack[-1], "source": sources.get(stack[-1].get("event_id"))}
+            for iid, stack in _undo_stacks(history).items() if stack}
+
+
 def label_events_of(cat: "Catalog", dataset: str, *, source: str | None = None) -> "pandas.DataFrame":
     """The ``label_history`` rows of ``dataset`` (all, or those of ``source``), oldest first."""
     sql = "SELECT * FROM label_history WHERE dataset = ?"
@@ -171,13 +183,16 @@ def label_events_of(cat: "Catalog", dataset: str, *, source: str | None = None) 
     return cat.df(sql + " ORDER BY event_id", params)
 
 
-def facets(cat: "Catalog", dataset: str) -> dict[str, list[tuple[str, int]]]:
-    """Values and counts of ``label``, ``split`` and ``status`` in ``dataset`` (for the filters)."""
-    out: dict[str, list[tuple[str, int]]] = {}
+def facets(cat: "Catalog", dataset: str) -> dict[str, list[tuple[str, str, int]]]:
+    """Values of ``label``, ``split`` and ``status`` in ``dataset`` (for the filters): per column, (the value as shown,
+    the ``where`` clause that selects exactly its rows, count). A missing value shows as ``-`` and selects with
+    ``IS NULL`` (``split = '-'`` matched nothing — trial 10)."""
+    out: dict[str, list[tuple[str, str, int]]] = {}
     for col in ("label", "split", "status"):
-        rows = cat.con.execute(f"SELECT coalesce({col}, '-'), count(*) FROM images WHERE dataset = ? GROUP BY 1 ORDER BY 1",
+        rows = cat.con.execute(f"SELECT {col}, count(*) FROM images WHERE dataset = ? GROUP BY 1 ORDER BY 1 NULLS LAST",
                                [dataset]).fetchall()
-        out[col] = [(str(v), int(n)) for v, n in rows]
+        out[col] = [("-", f"{col} IS NULL", int(n)) if v is None else (str(v), f"{col} = {sql_string(str(v))}", int(n))
+                    for v, n in rows]
     return out
 
 

@@ -467,6 +467,7 @@ def features(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: Path | N
         if key not in rows and key not in todo:
             todo[key] = path
     if todo:
+        from dsbuild.formats import Refused
         from dsbuild.verify.decode import load_rgb
 
         body, _ = frozen_body(spec.arch, spec.size, weights=spec.weights)
@@ -476,7 +477,7 @@ def features(paths: Sequence[str | Path], spec: FeatureSpec, cache_dir: Path | N
                 part = order[start:start + chunk]
                 try:
                     images = [to_input(load_rgb(todo[k]), spec.size, spec.resize) for k in part]
-                except OSError as exc:
+                except (OSError, Refused) as exc:
                     raise DsbuildError(f"cannot read an image for features ({exc}) — run `dsbuild build` again to "
                                        "re-verify the images") from None
                 out: dict[str, list[Any]] = {}

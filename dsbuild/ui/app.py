@@ -40,7 +40,8 @@ while another process writes the catalog (the page retries; the error names the 
 as the page's undo does); it is refused (409) when another decision came after that one. An undo without ``event_id``
 (or with ``null``) reverts the image's latest decision, whoever made it, as an ``undo`` row of ``dsbuild review
 --decisions`` does (409 when it has none left). ``notes``: what the review says beside its counts, as ``dsbuild review``
-prints it (e.g. an image undone to a label that is no longer a class).
+prints it (e.g. an image undone to a label that is no longer a class); after an undo, first what it took back
+(``undid relabel airplane → ship on image 7d733feb: its label is airplane again``), which the page shows.
 ``/api/predict`` answers 413 over the size limit, 415 when verification refuses the
 file (the same sniffing, allow-list and limits as ``build``), 409 without a model.
 """
@@ -467,7 +468,7 @@ class _Handlers:
         ``event_id`` is the event this request wrote for the image (what the page's undo names), None when its
         decision changed nothing. ``bulk``: the suggestions of a selection (grid + Enter): images whose standing
         decision is a person's are skipped (:func:`dsbuild.cycle.review_dataset`'s ``bulk_accept``)."""
-        from dsbuild.catalog.app_queries import image_states, latest_event_ids
+        from dsbuild.catalog.app_queries import image_states, latest_event_ids, standing_events
         from dsbuild.cycle import review_dataset
 
         ids = [d.image_id for d in decisions]
@@ -476,12 +477,14 @@ class _Handlers:
         def after(cat) -> None:
             read.append((image_states(cat, self.c.dataset, ids), latest_event_ids(cat, self.c.dataset, ids)))
 
+        undo_ids = [d.image_id for d in decisions if d.action == "undo"]
         with self.s.held.writing() as cat:  # the app's write lock: no other event comes between the two reads
             before = latest_event_ids(cat, self.c.dataset, ids)
+            tops = standing_events(cat, self.c.dataset, undo_ids) if undo_ids else {}
             summary = review_dataset(self.c.manifest, self.c.dataset, decisions=decisions, source="ui", catalog=cat,
                                      on_commit=after, bulk_accept=bulk)
         df, latest = read[0]
-        out = []
+        out, undid = [], []
         for rec in df.to_dict("records"):
             iid = rec["image_id"]
             new = latest.get(iid) if latest.get(iid) != before.get(iid) else None
@@ -489,7 +492,12 @@ class _Handlers:
                         "last_review": None if _missing(rec["last_review"]) else rec["last_review"],
                         "decided": bool(rec["decided"]), "event_id": new,
                         "state": _state_text(rec["last_review"], rec["label"], rec["status"])})
-        return summary.applied, out, dict(summary.skipped), list(summary.notes)
+            if new is not None and iid in tops:
+                undid.append((iid, tops[iid], rec["label"], rec["status"]))
+        notes = list(summary.notes)
+        if undid:  # the README: undo "names the decision it takes back"
+            notes.insert(0, _undone_text(undid))
+        return summary.applied, out, dict(summary.skipped), notes
 
     # -- predict -----------------------------------------------------------------------------
 
@@ -629,6 +637,29 @@ def _cards(df: Any, siblings: Any, *, gone: dict[str, str]) -> list[dict]:
                           and not _missing_list(rec["quality_issues"]) else [])
         cards.append(rec)
     return cards
+
+
+def _undone_text(undid: list[tuple[str, dict, Any, Any]]) -> str:
+    """What an undo took back, for the page's message: (image_id, the event undone, label and status after) each.
+    One image: ``undid relabel airplane → ship on image 7d733feb…: its label is airplane again``; several: the
+    decisions counted (``undid 3 decisions: relabel cat → dog ×2, remove ×1``)."""
+    def what(ev: dict) -> str:
+        if ev["action"] == "relabel":
+            return f"relabel {ev['old_label']} → {ev['new_label']}"
+        if ev["action"] == "keep":
+            return f"keep ({ev['new_label']})"
+        return str(ev["action"])
+
+    if len(undid) == 1:
+        iid, ev, label, status = undid[0]
+        by = "" if ev.get("source") == "ui" else f" (by {ev.get('source')})"
+        after = f"its label is {label} again" if ev["action"] == "relabel" else (
+            f"it is back, status {status}, label {label}" if ev["action"] == "remove" else f"label {label}, undecided")
+        return f"undid {what(ev)}{by} on image {iid[:8]}: {after}"
+    counts: dict[str, int] = {}
+    for _iid, ev, _label, _status in undid:
+        counts[what(ev)] = counts.get(what(ev), 0) + 1
+    return f"undid {len(undid)} decisions: " + ", ".join(f"{w} ×{n}" for w, n in counts.items())
 
 
 def _state_text(last_review: Any, label: Any, status: Any) -> str:

@@ -97,7 +97,8 @@ def load_rgb(path: str | os.PathLike, *, verify: VerifySettings | None = None):
     A file whose reader refuses it is decoded as verification decodes it
     (:func:`decode`, full size): one whose only fault is metadata (a short
     JFIF segment, a wrong-length pHYs chunk) gives its picture, as the build
-    kept it; anything else raises what the reader raised. High-bit-depth images
+    kept it; anything else raises :class:`dsbuild.formats.Refused` with verification's reason and detail (the
+    build's words for the same file). High-bit-depth images
     are scaled as verification scales them (:func:`normalise`).
     """
     from dsbuild.formats import Refused, open_image
@@ -118,11 +119,17 @@ def load_rgb(path: str | os.PathLike, *, verify: VerifySettings | None = None):
 
 
 def _decoded_anyway(path, v: VerifySettings, exc: BaseException):
-    """The picture of a file its reader refused, by :func:`decode` (which drops refused metadata); else ``exc``."""
+    """The picture of a file its reader refused, by :func:`decode` (which drops refused metadata); else why not, in
+    the build's words: :class:`dsbuild.formats.Refused` with verification's reason and detail (a cut JPEG is
+    ``truncated`` here as in the build and the app, not ``corrupt: JPEG header cannot be read`` — trial 10)."""
+    from dsbuild.formats import Refused
+
     try:
         with open(path, "rb") as fh:
             data = fh.read(v.max_bytes + 1)
         img, _info = decode(data, v, analysis_side=None)
-    except (Rejected, OSError):
+    except Rejected as rej:
+        raise Refused(rej.reason, rej.detail, rej.info) from None
+    except OSError:
         raise exc from None
     return img

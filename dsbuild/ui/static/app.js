@@ -67,8 +67,16 @@
       c.classList.add("focused");
       c.scrollIntoView({ block: "nearest" });
       focusImg.src = "/image/" + encodeURIComponent(c.dataset.id);
-      const sug = c.dataset.suggested && c.dataset.suggested !== c.dataset.label ? " → " + c.dataset.suggested : "";
-      focusText.textContent = c.dataset.label + sug + " · " + c.dataset.kind + " · " + c.dataset.id;
+      showFocusText(c);
+    }
+
+    // The large preview's words: the card's label now (after a decision or an undo, not the page's first one).
+    // A decided card: its decision, not the suggestion (which then reads as an open one).
+    function showFocusText(c) {
+      const decided = c.classList.contains("decided");
+      const sug = !decided && c.dataset.suggested && c.dataset.suggested !== c.dataset.label ? " → " + c.dataset.suggested : "";
+      const state = decided ? " · " + c.querySelector("[data-role=state]").textContent : "";
+      focusText.textContent = c.dataset.label + sug + state + " · " + c.dataset.kind + " · " + c.dataset.id;
     }
 
     function nextOpen(from) {
@@ -166,7 +174,9 @@
       c.querySelector(".given").textContent = s.label;
       c.querySelector("[data-role=state]").textContent = s.state;
       c.classList.toggle("decided", s.decided);
+      c.classList.toggle("agrees", s.label === c.dataset.suggested);
       c.dataset.status = s.status;
+      if (cards[idx] === c) showFocusText(c);
     }
 
     async function pump() {
