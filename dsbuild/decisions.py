@@ -393,7 +393,7 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
     index = _ImageIndex(images, base_dirs=[path.resolve().parent, Path.cwd()])
     label_set = list(dict.fromkeys(str(x) for x in labels))
     is_report = "suggested_label" in header
-    stacks = _undo_stacks(history)
+    stacks = undo_stacks(history)
     chosen: dict[str, Decision] = {}
     # What each image's first row says, as written, valid or not: a second row that differs is a conflict even
     # when either row has another problem too (fixing those first, then hearing of the conflict, was two rounds).
@@ -696,7 +696,7 @@ def _plan(decisions: Sequence[Decision], *, current: "pandas.DataFrame", history
         raise ValueError(f"current needs columns {sorted(need)}; missing {sorted(need - set(current.columns))}")
     cols = ["image_id", "label", "status", *(["reason"] if "reason" in current.columns else [])]
     state = {str(r["image_id"]): r for r in current[cols].to_dict("records")}
-    stacks = _undo_stacks(history)
+    stacks = undo_stacks(history)
     own = _latest_action_by_image(history, source) if from_file else {}
     events: list[dict] = []
     seen: set[str] = set()
@@ -799,7 +799,7 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
     Events are shaped as :func:`plan_events`'s, noted ``carried over from <old id> (<why>)`` (plus the
     original note), with the old event's ``label_quality``. Nothing is read or written here.
     """
-    stacks = _undo_stacks(history)
+    stacks = undo_stacks(history)
     latest: dict[str, dict] = {}
     if history is not None and len(history):
         hist = history.sort_values("event_id", kind="stable")
@@ -875,7 +875,7 @@ def _latest_action_by_image(history: "pandas.DataFrame | None", source: str) -> 
     return {str(i): str(a) for i, a in zip(mine["image_id"], mine["action"])}  # later rows overwrite earlier
 
 
-def _undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
+def undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
     """Per image, the events not undone yet, oldest first (each undo pops the latest)."""
     if history is None or len(history) == 0:
         return {}
@@ -918,7 +918,7 @@ def _already_applied(action: str, new_label: str | None, label: str | None, stat
     """Whether ``action`` (→ ``new_label``) is the image's decision that stands now, so applying it again changes nothing.
 
     ``label`` / ``status``: the image's current ones; ``stack``: its decisions not undone, oldest first
-    (:func:`_undo_stacks`, with ``changed_at``). Already applied are: a ``relabel`` to the current label
+    (:func:`undo_stacks`, with ``changed_at``). Already applied are: a ``relabel`` to the current label
     when the latest standing relabel set that label (a relabel to the label the image was *given*, never
     changed, is not: that is the mistake "use keep" catches); a ``remove`` of an image whose standing
     decision is that remove; a ``keep`` on top of the stack made after the latest mislabel run started

@@ -252,9 +252,9 @@ def frozen_backbone(arch: str) -> Any:
 
 @functools.lru_cache(maxsize=2)
 def _views_body(arch: str) -> Any:
-    """:func:`dsbuild.model.features.frozen_body` of embedding backbone ``arch`` (pretrained, offline weights), loaded
+    """:func:`dsbuild.model.backbone.frozen_body` of embedding backbone ``arch`` (pretrained, offline weights), loaded
     once per process (frozen, eval mode: shared like :func:`frozen_backbone`)."""
-    from dsbuild.model.features import frozen_body
+    from dsbuild.model.backbone import frozen_body
 
     return frozen_body(arch, 224)[0]
 
