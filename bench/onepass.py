@@ -21,6 +21,7 @@ bird/cat/deer/dog/horse, as trial 9) and scikit-learn's digits (64 px PNG, as be
     .venv/bin/python bench/onepass.py                 # 1,000 CIFAR photos, 5 classes, whole commands
     .venv/bin/python bench/onepass.py --data digits   # 1,000 digits
     .venv/bin/python bench/onepass.py --inputs        # part 2 instead (CIFAR + digits, 1,000 each)
+    .venv/bin/python bench/onepass.py --inputs --aspect  # part 2 on pictures of mixed shapes (two inputs)
     .venv/bin/python bench/onepass.py --quick         # 300 images
 """
 
@@ -186,9 +187,21 @@ def inputs(args: argparse.Namespace) -> None:
     body, _ = frozen_body("efficientnet_lite0", 224)
     configs = {"224 crop (train before)": (224, "crop"), "160 squash (build; train after)": (160, "squash"),
                "224 squash": (224, "squash"), "160 crop": (160, "crop")}
+    if args.aspect:  # the question is squash vs crop on non-square pictures: the two defaults only
+        configs = {k: v for k, v in configs.items() if k.startswith(("224 crop", "160 squash"))}
     for data in args.sets.split(","):
         images = cifar(args.n, args.classes) if data == "cifar" else digits(args.n)
         pics = [im.convert("RGB") for _, _, im in images]
+        if args.aspect:  # photos of mixed shapes: a centred crop of a random aspect ratio (log-uniform in [1/2, 2])
+            rng = np.random.default_rng(7)
+            shaped = []
+            for p in pics:
+                a = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+                w, h = p.size
+                cw, ch = (w, max(1, round(h / a))) if a >= 1 else (max(1, round(w * a)), h)
+                left, top = (w - cw) // 2, (h - ch) // 2
+                shaped.append(p.crop((left, top, left + cw, top + ch)))
+            pics = shaped
         labels = sorted({lab for _, lab, _ in images})
         y = np.array([labels.index(lab) for _, lab, _ in images])
         secs = dict.fromkeys(configs, 0.0)
@@ -230,6 +243,8 @@ def main() -> None:
     ap.add_argument("--reverse", action="store_true", help="run this checkout first")
     ap.add_argument("--inputs", action="store_true", help="part 2: the network alone under each preprocessing")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--aspect", action="store_true", help="--inputs: crop each picture to a random aspect ratio "
+                    "(1/2 to 2, centred) first — squash vs crop on pictures that are not square")
     ap.add_argument("--views", default="stages", help="--inputs: the head's feature views to score (stages = the "
                                                           "default; also pool, stages+pool)")
     ap.add_argument("--sets", default="cifar,digits", help="--inputs: cifar, digits")
