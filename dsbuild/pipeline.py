@@ -134,9 +134,14 @@ class PartialBuild(DsbuildError):
 
 def preflight(manifest: Manifest, datasets: list[Dataset]) -> None:
     """Check everything that can be checked before taking the lock or writing anything; raise every problem."""
-    problems = [p for ps in preflight_problems(manifest, datasets).values() for p in ps]
-    if problems:
-        raise DsbuildError("cannot build:\n  " + "\n  ".join(problems), exit_code=2)
+    problems = preflight_problems(manifest, datasets)
+    if any(problems.values()):
+        raise cannot_build(problems)
+
+
+def cannot_build(refused: dict[str, list[str]]) -> DsbuildError:
+    """The refusal of a build none of whose datasets can be built: every problem, dataset by dataset (exit code 2)."""
+    return DsbuildError("cannot build:\n  " + "\n  ".join(p for ps in refused.values() for p in ps), exit_code=2)
 
 
 def folder_problem(key: str, folder: Path) -> str | None:
@@ -526,7 +531,7 @@ def build(
     # built, and the build ends with PartialBuild naming it (exit code 2). When none can be built, nothing starts.
     refused = {name: ps for name, ps in preflight_problems(manifest, datasets).items() if ps}
     if len(refused) == len(datasets):
-        raise DsbuildError("cannot build:\n  " + "\n  ".join(p for ps in refused.values() for p in ps), exit_code=2)
+        raise cannot_build(refused)
     datasets = [d for d in datasets if d.name not in refused]
     for settings in {executor or d.executor for d in datasets}:
         if settings.backend == "ray" and settings.address not in (None, "auto"):
@@ -547,8 +552,7 @@ def build(
                 refused[name] = [split_refusal([(name, change)])]
             datasets = [d for d in datasets if d.name not in refused]
             if not datasets:
-                raise DsbuildError("cannot build:\n  " + "\n  ".join(p for ps in refused.values() for p in ps),
-                                   exit_code=2)
+                raise cannot_build(refused)
             for name in refused:
                 progress.note(f"{name}: not built — {len(refused[name])} problem"
                               f"{'s' if len(refused[name]) != 1 else ''}, listed at the end; the other datasets build")
