@@ -219,11 +219,15 @@ def cmd_mislabels(args) -> int:
         make_console(stderr=True).print(f"showing mislabel run {found[0]} (labels, images and settings unchanged since; "
                                         "--rerun to score again)", markup=False)
     run_id, issues = found or find_issues(manifest, args.dataset, progress=_model_progress(args))
-    from dsbuild.cycle import reviewed_note, run_trust, trust_line, with_reviewed
+    from dsbuild.cycle import review_tally, reviewed_note, run_trust, trust_line, with_reviewed
 
     issues = with_reviewed(manifest, args.dataset, issues)
 
-    make_console(stderr=True).print(trust_line(run_trust(manifest, run_id)), markup=False, highlight=False)
+    err = make_console(stderr=True)
+    err.print(trust_line(run_trust(manifest, run_id)), markup=False, highlight=False)
+    tally = review_tally(issues)
+    if tally:
+        err.print(tally, markup=False, highlight=False)
     if args.format == "html":
         from dsbuild.cycle import mislabel_report, reports_dir
 

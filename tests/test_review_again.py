@@ -136,6 +136,15 @@ def test_accept_suggestions_after_a_new_run_leaves_what_a_person_decided_before_
     mark_fresh(project, run_id)
     capsys.readouterr()
     assert main(["-m", str(project), "mislabels", "digits", "--format", "csv", "--out", str(tmp_path / "r.csv")]) == 0
+    # The people's verdict so far, measured, beside the run's estimate: one relabel (a wrong label), one keep.
+    n_label = sql(project, "SELECT count(*) FROM issue_rows WHERE run_id = ? AND kind = 'label' AND is_issue", [run_id])[0][0]
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"reviewed by a person so far: 2 of {n_label} label flags — 1 relabelled or removed, 1 kept (50% of the "
+            "reviewed flags were wrong labels; the lowest label_quality are reviewed first, so expect fewer among the "
+            "rest)") in err, err
+    assert main(["-m", str(project), "mislabels", "digits", "--format", "html", "--out", str(tmp_path / "r.html")]) == 0
+    html = " ".join((tmp_path / "r.html").read_text().split())
+    assert f"review so far</dt><dd>2 of {n_label} label flags — 1 relabelled or removed, 1 kept (50%" in html, html[:3000]
     import csv
 
     rows = {r["image_id"]: r for r in csv.DictReader(open(tmp_path / "r.csv"))}
@@ -168,6 +177,13 @@ def test_accept_suggestions_after_a_new_run_leaves_what_a_person_decided_before_
     assert state(project, kept) == (again[kept][2], "ok") and state(project, relabelled) == (again[relabelled][2], "ok")
     code, out, err = review(project, capsys, "--decisions", str(path), "--overrule-people")
     assert code == 2 and "--overrule-people goes with --accept-suggestions" in err, (out, err)
+    # A machine's decision is no person's verdict: the overruling accept put one on top of both, so no tally.
+    mark_fresh(project, run_id)
+    capsys.readouterr()
+    assert main(["-m", str(project), "mislabels", "digits", "--format", "html", "--out", str(tmp_path / "r.html")]) == 0
+    assert "reviewed by a person so far: " not in capsys.readouterr().err
+    html = " ".join((tmp_path / "r.html").read_text().split())
+    assert "review so far" not in html
 
 
 # --------------------------------------------------------------------------- a decisions file run again
