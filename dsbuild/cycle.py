@@ -1087,6 +1087,19 @@ class Comparison:
     p_value: float | None = None
     n_suggested: int = 0
     n_flagged: int = 0
+    c_changed: tuple[float, float] | None = None
+    """``(before, after)``: the head's L2 setting ``C`` of each run when they differ (each run chooses it by inner
+    cross-validation on its own labels, :func:`dsbuild.model.head.choose_c`), else None — trial 11: a review's
+    cleaner labels took C 0.005 → 0.02, and the before/after mixes the labels' effect with that choice."""
+
+
+def _head_c(row) -> float | None:
+    """The ``C`` a run's params record (a head run), else None."""
+    try:
+        c = json.loads(row["params"] or "{}").get("C") if row is not None else None
+    except (TypeError, ValueError):
+        return None
+    return float(c) if isinstance(c, (int, float)) else None
 
 
 def retrain_dataset(manifest: Manifest, name: str, *, progress=None) -> tuple[RunReport, Comparison | None]:
@@ -1186,12 +1199,14 @@ def compare_runs(manifest: Manifest, name: str, prev, report: RunReport) -> Comp
                           "after_acc": float((grp["after"] == label).mean()), "better": b, "worse": w, "p_value": p})
     better, worse, p = changed(kept)
     n_suggested, n_flagged = _label_sources(manifest, name, set(kept["image_id"].astype(str)))
+    c_before, c_after = _head_c(prev), _head_c(after_row)
     return Comparison(
         before_run=before_run, after_run=after_run, n_valid=len(kept),
         before_error=float((kept["before"] != kept["label"]).mean()),
         after_error=float((kept["after"] != kept["label"]).mean()), per_class=per_class,
         n_current_valid=n_current, left_out=left_out, classes_differ=differ, classes_followed=followed,
         better=better, worse=worse, p_value=p, n_suggested=n_suggested, n_flagged=n_flagged,
+        c_changed=(c_before, c_after) if None not in (c_before, c_after) and c_before != c_after else None,
     )
 
 

@@ -9,6 +9,8 @@ path users take), and every step is checked in the catalog with SQL.
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import html
 import json
@@ -738,6 +740,12 @@ def test_the_retrain_comparison_says_how_sure_it_is_and_what_its_labels_are(caps
         "8 of the 100 labels compared were written by an accepted suggestion (a model's, not a person's); 12 are "
         "flagged by the latest mislabel run and not reviewed: the error rates are against these labels, not against "
         "the truth"], out
+    # Trial 11: each run chooses its head's C on its own labels; when the choice moved, the before/after says so.
+    capsys.readouterr()
+    print_comparison(dataclasses.replace(c, c_changed=(0.005, 0.02)))
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines() if "│" not in line and line.strip()]
+    assert lines[-1] == ("the head's L2 setting C was chosen again on the current labels (0.005 → 0.02, by inner "
+                         "cross-validation): the difference is the labels' and this choice's together"), lines
 
 
 @pytest.mark.slow
@@ -760,3 +768,8 @@ def test_retrain_after_accepted_suggestions_says_a_model_wrote_some_of_its_label
                      r"[01]\.\d\d: (not evidence of a change either way|evidence of a gain|evidence of a loss)", flat), flat
     assert (f"{written} of the {n} labels compared were written by an accepted suggestion (a model's, not a person's)"
             in flat), flat
+    # the two runs' C, as recorded: named when the retrain chose another
+    (c_before,), (c_after,) = sql(manifest, "select json_extract(params, '$.C')::DOUBLE from runs where dataset = 'digits' "
+                                            "and kind in ('train', 'retrain') and status = 'ok' order by started_at desc limit 2")[::-1]
+    said = f"the head's L2 setting C was chosen again on the current labels ({c_before:g} → {c_after:g}"
+    assert (said in flat) == (c_before != c_after), (c_before, c_after, flat)

@@ -374,4 +374,8 @@ def comparison_notes(c, *, weak: bool = False) -> list[str]:
         parts.append(f"{c.n_flagged} are flagged by the latest mislabel run and not reviewed")
     if parts:
         lines.append("; ".join(parts) + ": the error rates are against these labels, not against the truth")
+    if getattr(c, "c_changed", None):
+        was, now = c.c_changed
+        lines.append(f"the head's L2 setting C was chosen again on the current labels ({was:g} → {now:g}, by inner "
+                     "cross-validation): the difference is the labels' and this choice's together")
     return lines
