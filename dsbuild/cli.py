@@ -275,6 +275,12 @@ def cmd_review(args) -> int:
           + "".join(f"; {t}" for t in tail))
     for note in summary.notes:
         make_console(stderr=True).print(f"Warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    if summary.left_for_people and summary.left_for_people[0]:
+        below, flags = summary.left_for_people
+        make_console(stderr=True).print(
+            f"{below} of the mislabel run's {counted(flags, 'label flag')} had no suggestion at --min-confidence "
+            f"{args.min_confidence:g} or above: left for a person (`dsbuild ui {summary.dataset}`, or a decisions file "
+            f"from `dsbuild mislabels {summary.dataset} --format csv`)", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

@@ -667,6 +667,10 @@ class ReviewSummary:
     already_applied: int = 0
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    left_for_people: tuple[int, int] | None = None
+    """With ``accept_suggestions``: ``(below, flags)`` — of the run's ``flags`` label flags, ``below`` have no suggestion
+    at ``min_confidence`` or above and were left for a person (trial 11: 26 applied of 243 flags, and nothing said how
+    few); else None."""
 
 
 def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | Iterable[Decision] | None" = None,
@@ -712,9 +716,10 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     ids = sorted({str(getattr(d, "image_id", "")) for d in decisions}) if given else None
     skipped: dict[str, int] = {}
     notes: list[str] = []
+    left: tuple[int, int] | None = None
 
     def apply(cat: Catalog) -> tuple[list[dict], int, str]:
-        nonlocal decisions, source
+        nonlocal decisions, source, left
         # Named images: their current label and status from their rows and events (the images view's rules,
         # ≈2 ms, where the view takes ≈12: a review app applies one decision per key press).
         images = cat.current_states(name, ids) if given else cat.review_candidates(name)
@@ -809,6 +814,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             if note:
                 notes.append(note)
             source = f"review:suggestions@{min_confidence:g}"
+            label_flags = issues[issues["kind"] == "label"]
+            confident = label_flags["suggested_confidence"].astype("float64") >= float(min_confidence)
+            left = (int((~confident).sum()), len(label_flags))
         quality = (cat.latest_label_quality(name, ids) if issues is None
                    else dict(zip(issues["image_id"], issues["label_quality"])))
         events = plan_events(chosen, current=images, history=history, source=source, at=utcnow(), last_run_at=run_at,
@@ -846,7 +854,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     for ev in events:
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
     return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
-                         already_applied=already, skipped=skipped, notes=tuple(notes))
+                         already_applied=already, skipped=skipped, notes=tuple(notes), left_for_people=left)
 
 
 def ghost_labels(cat: Catalog, ds: Dataset, *, image_ids: "Iterable[str] | None" = None,
