@@ -336,7 +336,7 @@ def cmd_predict(args) -> int:
     from dsbuild.cycle import predict_images
 
     manifest = _load(args)
-    result = predict_images(manifest, args.dataset, args.images, top=args.top)
+    result = predict_images(manifest, args.dataset, args.images, top=args.top, run_id=args.run)
     make_console(stderr=True).print(f"model of run {result.run_id} ({result.kind})", markup=False)
     for warning in (result.warning, result.note):
         if warning:
@@ -505,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--top", type=int, metavar="K", help="the K most probable classes of each image, best first")
+    p.add_argument("--run", metavar="RUN_ID", help="the model of this train/retrain run (default: the latest; the runs view lists "
+                                                   "them: dsbuild query \"SELECT run_id, kind, accuracy FROM runs\")")
 
     p = add("ui", cmd_ui, "a local web app: review flagged images by keyboard, browse, runs, predict")
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="the dataset (default: the only one in the catalog)")

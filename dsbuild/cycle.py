@@ -327,6 +327,30 @@ def last_run(manifest: Manifest, name: str, *, kinds=("train", "retrain")):
     return None if runs.empty else runs.iloc[-1]
 
 
+def model_run(manifest: Manifest, name: str, run_id: str):
+    """The ``model_runs`` row (a pandas Series) of train/retrain run ``run_id`` of ``name`` whose model exists;
+    DsbuildError (exit 2) otherwise, naming the runs that have one (latest first) and the closest id."""
+    from dsbuild.errors import closest
+
+    if not manifest_catalog_exists(manifest):
+        raise DsbuildError(f"no catalog at {manifest.catalog} — run `dsbuild build` first")
+    with Catalog.open_readonly(manifest.catalog) as cat:
+        runs = cat.runs(name)
+    runs = runs[runs["model_path"].map(lambda p: isinstance(p, str) and Path(p).exists())]
+    hit = runs[runs["run_id"] == run_id]
+    if len(hit):
+        return hit.iloc[-1]
+    ids = list(runs["run_id"].astype(str))[::-1]
+    if not ids:
+        raise DsbuildError(f"'{name}' has no train or retrain run with a model — run `dsbuild train {name}` first",
+                           exit_code=2)
+    near = closest(run_id, ids)
+    listed = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more (the runs view)" if len(ids) > 5 else "")
+    raise DsbuildError(f"--run {run_id}: no train or retrain run of '{name}' with a model has this id"
+                       + (f" (did you mean {near}?)" if near else "") + f" — its runs with a model, latest first: {listed}",
+                       exit_code=2)
+
+
 # --------------------------------------------------------------------------- mislabels
 
 
@@ -1306,8 +1330,10 @@ class Predictions:
     warning: str | None = None  # a warning for people: the model did not learn (:func:`did_not_learn_note`)
 
 
-def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int | None = None) -> Predictions:
-    """Label + probability for images (files or folders) with the latest trained model of ``name``.
+def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int | None = None,
+                   run_id: str | None = None) -> Predictions:
+    """Label + probability for images (files or folders) with the latest trained model of ``name``, or the model of
+    train/retrain run ``run_id`` (DsbuildError, exit 2, naming the dataset's runs with a model when it is none of them).
 
     ``frame``: one row per image — ``run_id``, ``path``, ``label`` (best class), ``probability``,
     ``error`` and ``prob_<class>`` per class (:func:`dsbuild.model.predict.predict`); with ``top=K``,
@@ -1319,7 +1345,7 @@ def predict_images(manifest: Manifest, name: str, inputs: list[str], *, top: int
     manifest.dataset(name)
     if top is not None and top < 1:
         raise DsbuildError(f"--top must be 1 or more, not {top}", exit_code=2)
-    run = last_run(manifest, name)
+    run = last_run(manifest, name) if run_id is None else model_run(manifest, name, run_id)
     if run is None or not run["model_path"]:
         raise DsbuildError(f"no trained model for '{name}' — run `dsbuild train {name}` first")
     paths: list[Path] = []

@@ -231,6 +231,26 @@ def test_review_then_retrain_then_predict(project, trained, tmp_path: Path, caps
     zeros = [p for p in preds if Path(p["path"]).parent == folder]
     assert sum(p["label"] == "zero" for p in zeros) >= 0.8 * len(zeros)
     assert all(0 < float(p["probability"]) <= 1 for p in preds)
+    assert {p["run_id"] for p in preds} == {sql(manifest, "select run_id from runs where kind = 'retrain'")[0][0]}
+
+    # predict --run: an earlier model, to compare two (trial 11 L4: a user copied the catalog to reach the old one);
+    # the same images, the train run's own probabilities — its model file, not the latest.
+    capsys.readouterr()
+    assert main([*m, "predict", "digits", str(inside), "--run", first, "--format", "csv", "--out", str(out_csv)]) == 0
+    assert f"model of run {first} (train)" in capsys.readouterr().err
+    (old,) = list(csv.DictReader(out_csv.open()))
+    from dsbuild.model.predict import predict as predict_with
+
+    model = Path(sql(manifest, "select model_path from runs where run_id = ?", [first])[0][0]).parent
+    direct = predict_with(model, [inside])
+    assert old["run_id"] == first and old["label"] == direct["label"][0]
+    assert abs(float(old["probability"]) - float(direct["probability"][0])) < 1e-6
+    # an id that is no run with a model: exit 2, the runs that have one, the closest id
+    assert main([*m, "predict", "digits", str(inside), "--run", first[:-1] + "x"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"Error: --run {first[:-1]}x: no train or retrain run of 'digits' with a model has this id "
+                          f"(did you mean {first}?) — its runs with a model, latest first: "), err
+    assert first in err.split("latest first: ")[1] and "Traceback" not in err, err
 
 
 def test_predict_warns_once_when_the_model_knows_other_classes_than_the_dataset(trained, tmp_path: Path,
