@@ -261,6 +261,12 @@ def test_export_imagefolder_writes_only_ok_images(mixed: Path, tmp_path: Path, c
     index = pd.read_csv(out_dir / "labels.csv")
     assert sorted(index["image_id"]) == sorted(ok["image_id"])
     assert f"exported {len(ok)} images of 'pets'" in out
+    # what it left out, counted as the catalog has them (trial 11 L2: duplicates went unmentioned)
+    dup = int((df["status"] == "duplicate").sum())
+    bad = int(df["status"].isin(["rejected", "failed"]).sum())
+    assert dup and bad, "the scenario: a duplicate and a reject"
+    assert (f"not exported: {dup} duplicate{'s' if dup != 1 else ''} (copies of exported images), {bad} rejected or "
+            "failed (`dsbuild status pets` counts them by reason)") in " ".join(out.split()), out
     # Exporting again over its own previous export is allowed; over a foreign folder it is not.
     assert run_cli(capsys, mixed, "export", "pets", "--to", str(out_dir))[0] == 0
     foreign = tmp_path / "mine"

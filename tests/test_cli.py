@@ -45,6 +45,10 @@ cup = { folders = "photos/cup" }
 """
 
 
+
+PETS_LEFT_OUT = "not exported: 2 rejected or failed (`dsbuild status pets` counts them by reason)\n"
+"""What export says it left out of the pets project (its two rejected files; trial 11 L2)."""
+
 def make_project(root: Path) -> Path:
     """Two classes of real photo crops (64 px), one too-small image and one non-image; returns the manifest."""
     for label, arr in (("cat", skdata.chelsea()), ("cup", skdata.coffee())):
@@ -372,7 +376,7 @@ def test_export_imagefolder(manifest: Path, tmp_path: Path, capsys) -> None:
     out_dir = tmp_path / "out"
     rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--to", str(out_dir))
     assert rc == 0 and err == ""
-    assert out == f"exported 10 images of 'pets' to {out_dir} (imagefolder; train 8, valid 2)\n"
+    assert out == f"exported 10 images of 'pets' to {out_dir} (imagefolder; train 8, valid 2)\n" + PETS_LEFT_OUT
     ok = _ok_images(manifest)
     files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file() and p.parent != out_dir)
     want = sorted(f"{r.split}/{r.label}/{r.image_id}{Path(r.path).suffix}" for r in ok.itertuples())
@@ -409,7 +413,7 @@ def test_export_csv_to_a_csv_path_writes_that_file(manifest: Path, tmp_path: Pat
     target = tmp_path / "sub" / "index.csv"
     rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--to", str(target), "--format", "csv")
     assert (rc, err) == (0, "")
-    assert out == f"exported 10 images of 'pets' to {target} (csv; train 8, valid 2)\n"
+    assert out == f"exported 10 images of 'pets' to {target} (csv; train 8, valid 2)\n" + PETS_LEFT_OUT
     assert target.is_file()
     with open(target, newline="") as fh:
         reader = csv.DictReader(fh)
@@ -475,7 +479,7 @@ def test_csv_export_to_a_folder_of_the_users_writes_dataset_csv_beside_its_files
     (tmp_path / "notes.txt").write_text("mine")
     rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--format", "csv", "--to", str(tmp_path))
     assert (rc, err) == (0, "")
-    assert out == f"exported 10 images of 'pets' to {tmp_path / 'pets.csv'} (csv; train 8, valid 2)\n"
+    assert out == f"exported 10 images of 'pets' to {tmp_path / 'pets.csv'} (csv; train 8, valid 2)\n" + PETS_LEFT_OUT
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "pets.csv"]  # no marker in a user's folder
     with open(tmp_path / "pets.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 10
@@ -487,7 +491,7 @@ def test_csv_export_to_a_folder_of_the_users_writes_dataset_csv_beside_its_files
     try:
         rc, out, err = run(capsys, "export", "-m", str(manifest), "pets", "--format", "csv", "--to", str(root))
         assert (rc, err) == (0, "")
-        assert out == f"exported 10 images of 'pets' to {root / 'pets.csv'} (csv; train 8, valid 2)\n"
+        assert out == f"exported 10 images of 'pets' to {root / 'pets.csv'} (csv; train 8, valid 2)\n" + PETS_LEFT_OUT
         after = sorted(p.relative_to(root) for p in root.rglob("*") if "catalog" not in p.parts)
         assert after == sorted([*before, Path("pets.csv")])
     finally:
@@ -560,6 +564,8 @@ def test_reexport_replaces_only_its_own_tree_and_follows_the_review(tmp_path: Pa
     now = _ok_images(path)
     splits = ", ".join(f"{k} {v}" for k, v in sorted(now.split.value_counts().items()))
     assert text == (f"exported 9 images of 'pets' to {out} (imagefolder; {splits})\n"
+                    "not exported: 1 removed in review, 2 rejected or failed (`dsbuild status pets` counts them by "
+                    "reason)\n"
                     f"left 3 other entries in {out} untouched: export.pkl, models/, notes.txt\n")
     assert image_tree(out) == catalog_tree(path)
     assert any(f.endswith(f"/cup/{cat_id}{Path(before.set_index('image_id').path[cat_id]).suffix}") for f in image_tree(out))
@@ -580,7 +586,7 @@ def test_csv_exports_go_beside_an_image_export_and_each_other(two: Path, tmp_pat
     tree = snapshot(out)
     rc, text, err = run(capsys, "export", "-m", str(two), "pets", "--to", str(out), "--format", "csv")
     assert (rc, err) == (0, "")
-    assert text == (f"exported 10 images of 'pets' to {out} (csv; train 8, valid 2)\n"
+    assert text == (f"exported 10 images of 'pets' to {out} (csv; train 8, valid 2)\n" + PETS_LEFT_OUT +
                     f"left 5 other entries in {out} untouched: export.pkl, labels.csv, models/, train/, valid/\n")
     rc, text, err = run(capsys, "export", "-m", str(two), "more", "--to", str(out), "--format", "csv")
     assert (rc, err) == (0, "")
@@ -634,7 +640,7 @@ def test_a_folder_an_earlier_dsbuild_exported_to_is_replaced_conservatively(two:
     fastai_files(out)
     rc, text, err = run(capsys, "export", "-m", str(two), "pets", "--to", str(out))
     assert (rc, err) == (0, "")
-    assert text == (f"exported 10 images of 'pets' to {out} (imagefolder; train 8, valid 2)\n"
+    assert text == (f"exported 10 images of 'pets' to {out} (imagefolder; train 8, valid 2)\n" + PETS_LEFT_OUT +
                     f"{out}/.dsbuild-export was written by an earlier dsbuild and names only the dataset: replaced "
                     "only what that export always writes (labels.csv, train, valid); it now lists every file this "
                     "export wrote\n"
@@ -855,3 +861,19 @@ def test_the_mislabel_title_counts_outliers_apart_from_wrong_labels() -> None:
                                                     "1 label conflict, 27 outliers")
     assert mislabels_title(flags[:2], "pets", "r1") == "2 likely label problems in 'pets' (run r1)"
     assert mislabels_title(flags[:0], "pets", "r1") == "0 likely label problems in 'pets' (run r1)"
+
+
+def test_export_counts_what_it_leaves_out_but_not_rows_set_aside_with_their_source() -> None:
+    """Trial 11 L2/M4: export names the images it leaves out; an image relabelled in the user's labels.csv is a new row,
+    and its old row (set aside: ``source removed``) is no image lost — not counted."""
+    import pandas as pd
+
+    from dsbuild.exporters import left_out
+    from dsbuild.sources import SOURCE_REMOVED
+
+    rows = pd.DataFrame({"status": ["ok", "duplicate", "duplicate", "rejected", "rejected", "failed", "rejected"],
+                         "reason": [None, "exact duplicate", "near duplicate", "removed in review", "truncated",
+                                    "download failed", SOURCE_REMOVED]})
+    assert left_out(rows) == (("duplicates (copies of exported images)", 2), ("removed in review", 1),
+                              ("rejected or failed", 2))
+    assert left_out(rows.iloc[[0, 6]]) == ()

@@ -82,10 +82,15 @@ class ExportSummary:
     kept: tuple[str, ...] = ()  # the other entries of the folder, left untouched (folders end in /)
     legacy: bool = False  # the previous export's marker was an earlier dsbuild's (the dataset name only)
     swept: tuple[str, ...] = ()  # work entries a killed export had left, deleted
+    left_out: tuple[tuple[str, int], ...] = ()  # (what, n): the dataset's images not exported, by why (see below)
 
     def notes(self) -> list[str]:
-        """What the export did to an existing folder, one line each (none for a new folder or a file)."""
+        """What the export left out of the dataset (trial 11: duplicates and a removed image went unmentioned), then what
+        it did to an existing folder, one line each (none for a new folder or a file)."""
         lines = []
+        if self.left_out:
+            lines.append("not exported: " + ", ".join(f"{n} {what}" for what, n in self.left_out)
+                         + f" (`dsbuild status {self.dataset}` counts them by reason)")
         if self.swept:
             lines.append(f"deleted {len(self.swept)} work entr{'y' if len(self.swept) == 1 else 'ies'} left by an export "
                          f"that was killed before it finished: {_names(self.swept)}")
@@ -153,7 +158,8 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
             _refuse_foreign_files(out, [r for r in records if r.key == (dataset, fmt)])
 
     with Catalog.open_readonly(catalog_path) as cat:
-        df = cat.images(dataset, statuses=("ok",))
+        every = cat.images(dataset)
+    df = every[every["status"] == "ok"].reset_index(drop=True)
     if df.empty:
         raise DsbuildError(f"dataset '{dataset}' has no accepted images in the catalog — run `dsbuild build {dataset}` first")
     skipped = [(rec.image_id, why) for rec in df.itertuples(index=False)
@@ -168,7 +174,22 @@ def export_dataset(catalog_path: Path, dataset: str, out: Path, *, fmt: str = "i
     per_split = {k: int(v) for k, v in df["split"].value_counts().items()}
     return ExportSummary(dataset=dataset, out=out, format=fmt, images=len(df), per_split=per_split,
                          skipped=tuple(skipped), replaced=swap.replaced, kept=swap.kept, legacy=swap.legacy,
-                         swept=swap.swept)
+                         swept=swap.swept, left_out=left_out(every))
+
+
+def left_out(images) -> tuple[tuple[str, int], ...]:
+    """``(what, n)`` of the images of a dataset (rows of the ``images`` view) an export leaves out: duplicates (a copy
+    of an exported image), removed in review, and rejected or failed ones — not the rows a build set aside because
+    their source left the manifest (an image relabelled in the source is a new row; its old one is no image lost)."""
+    from dsbuild.sources import SOURCE_REMOVED
+
+    status, reason = images["status"].astype(str), images["reason"]
+    dup = int((status == "duplicate").sum())
+    removed = int(((status == "rejected") & (reason == "removed in review")).sum())
+    bad = int((status.isin(["rejected", "failed"]) & ~reason.isin(["removed in review", SOURCE_REMOVED])).sum())
+    return tuple((what, n) for what, n in (
+        (f"duplicate{'s' if dup != 1 else ''} (copies of exported images)", dup), ("removed in review", removed),
+        ("rejected or failed", bad)) if n)
 
 
 def source_folders(manifest) -> dict[Path, str]:
