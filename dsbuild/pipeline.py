@@ -93,6 +93,7 @@ class DatasetSummary:
     failed_now: int = 0  # images of the dataset whose download failed, as the catalog stands after this build
     resumed: int = 0  # images that interrupted builds catalogued and this one grouped and split (in ok … failed)
     grouping_reused: str = ""  # who computed the groups, splits and outlier scores this build kept ("build 3"), if it kept them
+    source_notes: list[str] = field(default_factory=list)  # the sources' own lines (rows of a labels CSV skipped, …), also in notes
 
     @property
     def processed(self) -> int:
@@ -484,6 +485,7 @@ class DatasetSink:
 
     def note(self, text: str) -> None:
         self.summary.notes.append(text)
+        self.summary.source_notes.append(text)  # kept in the build's record: `status` shows them later (trial 11 L3)
 
     def not_rechecked(self, why: str) -> None:
         self.unchecked[why] = self.unchecked.get(why, 0) + 1

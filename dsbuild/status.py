@@ -65,6 +65,10 @@ def dataset_status(catalog_path: Path, dataset: str | None = None, *, manifest=N
     return CatalogStatus(datasets=out, last_build=line)
 
 
+SOURCE_NOTES_SHOWN = 3
+"""Lines of the sources' notes (rows of a labels CSV skipped, …) ``status`` repeats from the last build, then a count."""
+
+
 def _one(cat: Catalog, name: str, ds=None) -> DatasetStatus:
     """``ds``: the dataset as the manifest defines it now (None: not in the manifest) — after a finished build, its
     classes with no accepted image get a row of zeros and a note, as in the build summary."""
@@ -111,6 +115,12 @@ def _one(cat: Catalog, name: str, ds=None) -> DatasetStatus:
     if outliers:
         notes.append(f"{name}: {outliers} outlier{'s' if outliers != 1 else ''} (images unlike the rest, cleanlab outlier_score) — "
                      f"`dsbuild query \"SELECT * FROM images WHERE dataset = '{name}' AND is_outlier ORDER BY outlier_score\"`")
+    said = cat.last_source_notes(name)
+    if said and said[1]:
+        build_id, lines = said
+        shown = "; ".join(lines[:SOURCE_NOTES_SHOWN]) + (f"; … and {len(lines) - SOURCE_NOTES_SHOWN} more"
+                                                         if len(lines) > SOURCE_NOTES_SHOWN else "")
+        notes.append(f"{name}: reading its sources, build #{build_id} said: {shown} (`dsbuild build {name}` says it again)")
     flags = cat.quality_flag_counts(name)
     if flags:
         from dsbuild.verify.settings import QUALITY_FLAGS

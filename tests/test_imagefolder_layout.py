@@ -193,6 +193,14 @@ def test_labels_csv_imports_local_files_with_their_splits_and_names_each_bad_row
                    ("dog", "train", "ok", 3), ("dog", "valid", "ok", 1)]
     (origin,) = sql(m, "select origin from images where dataset = 'flat' and status = 'rejected'")[0]
     assert origin == str(base / "imgs" / "fake.jpg")
+    # `status` later says the build skipped rows (trial 11 L3: only the build did): the first three, and a count
+    (build_id,) = sql(m, "select max(build_id) from builds")[0]
+    code, out, err = run_cli(capsys, m, "status", "flat")
+    assert code == 0, err
+    assert (f"flat: reading its sources, build #{build_id} said: labels.csv line 11: 'imgs/gone.png' does not exist in "
+            f"{base} — skipped; labels.csv line 12: '../clock-0.png' is outside {base} — skipped: a labels CSV's files "
+            "stay in the folder that holds labels.csv; labels.csv line 13: is_valid 'maybe' is not true or false — "
+            "skipped; … and 2 more (`dsbuild build flat` says it again)") in flat(out), out
 
 
 def test_a_file_a_labels_csv_lists_with_two_labels_is_named_by_line_and_both_rows_are_kept(tmp_path: Path, capsys) -> None:

@@ -903,6 +903,23 @@ class Catalog:
                ORDER BY b.build_id""", [dataset, before, dataset, before, dataset]).fetchall()
         return [(int(b), str(outcome)) for b, outcome in rows]
 
+    def last_source_notes(self, dataset: str) -> tuple[int, list[str]] | None:
+        """``(build_id, lines)``: what the sources of ``dataset`` reported (rows of a labels CSV skipped, a bad line of
+        a URL list, …) in the latest finished build that included it; None when there is none, or it was recorded
+        before builds kept these lines."""
+        row = self._one("SELECT build_id, summary FROM builds WHERE outcome = 'ok' AND "
+                        "list_contains(string_split(datasets, ','), ?) ORDER BY build_id DESC LIMIT 1", [dataset])
+        if not row or not row[1]:
+            return None
+        try:
+            entries = json.loads(row[1]).get("datasets") or []
+        except (TypeError, ValueError, AttributeError):
+            return None
+        entry = next((d for d in entries if isinstance(d, dict) and d.get("dataset") == dataset), None)
+        if entry is None or not isinstance(entry.get("source_notes"), list):
+            return None
+        return int(row[0]), [str(line) for line in entry["source_notes"]]
+
     def last_build(self):
         return self._one(
             "SELECT build_id, datasets, started_at, finished_at, outcome, summary FROM builds ORDER BY build_id DESC LIMIT 1"
