@@ -54,7 +54,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from urllib.parse import unquote, urlencode, urlsplit
 
 from dsbuild.catalog.held import IDLE_S, HeldCatalog
@@ -75,7 +75,7 @@ MAX_DECISIONS = 5000
 MAX_DECIDE_BODY = 1 << 20
 TOP_K = 5
 CLASS_KEYS = tuple("1234567890") + tuple("qwertyiosdfhlzcvbm")
-"""Keys for the classes, in label order: digits first, then letters the app does not use for actions
+"""Keys for the classes (:func:`class_keys`): digits first, then letters the app does not use for actions
 (``x`` remove, ``k`` keep, ``u`` undo, ``j`` next, ``g`` grid, ``a`` select all, ``n``/``p`` pages, ``?`` help)."""
 
 
@@ -105,9 +105,24 @@ class UiConfig:
         return f"dsbuild_ui_{self.port}"
 
 
-def class_keys(labels: list[str]) -> dict[str, str]:
-    """key → label for ``labels`` in order (:data:`CLASS_KEYS`); labels past the last key get none."""
-    return dict(zip(CLASS_KEYS, labels))
+def class_keys(labels: "Sequence[str]", *, scored: "Sequence[str]" = (),
+               follow: "Mapping[str, str] | None" = None) -> dict[str, str]:
+    """key → class (:data:`CLASS_KEYS` in order), stable through a review round: the keys are dealt to the classes
+    the latest mislabel run scored (``scored``, in its order), so a class keeps its key while it is reviewed. A class
+    renamed or merged since the run (``follow``: gone class → the class it went into) takes the key of its old name
+    (a merge: of the first); the key of a class removed or split since is left unused, so no other key moves; the
+    classes added since the run take the keys after the run's. Without a run (``scored`` empty): ``labels`` in
+    order. A new mislabel run deals them again, in its order. Classes past the last key get none."""
+    now = set(labels)
+    slots: list[str | None] = [c if c in now else None for c in scored]
+    placed = {c for c in slots if c is not None}
+    for i, old in enumerate(scored):
+        new = (follow or {}).get(old)
+        if slots[i] is None and new in now and new not in placed:
+            slots[i] = new
+            placed.add(new)
+    slots += [c for c in labels if c not in placed]
+    return {key: label for key, label in zip(CLASS_KEYS, slots) if label is not None}
 
 
 def _environment():
@@ -261,8 +276,19 @@ class _Handlers:
         pages = max(1, math.ceil(total / n))
         here = {**filters, "decided": q.get("decided") or None, "n": n if n != self.c.page_size else None}
         return self._page("queue.html.j2", title="review queue", cards=cards, total=total, page=page, pages=pages,
-                          run_id=run_id, run_note=now.note(), counts=counts, kinds=QUEUE_KINDS, labels=classes, keys=class_keys(classes),
+                          run_id=run_id, run_note=now.note(), counts=counts, kinds=QUEUE_KINDS, labels=classes,
+                          keys=self._class_keys(classes, now),
                           filters=filters, decided=q.get("decided", ""), here=here, splits=("train", "valid", "test"))
+
+    def _class_keys(self, classes: list[str], now) -> dict[str, str]:
+        """The page's class keys (:func:`class_keys`). A dataset whose classes are its folders (or a labels CSV's)
+        lists them by name, so a rename would move the keys of the classes after it: the keys follow the latest
+        mislabel run's classes (``now``: :class:`dsbuild.cycle.RunFlagsNow`). The manifest's classes keep the
+        manifest's order, which a renamed line keeps."""
+        ds = self.c.manifest.dataset(self.c.dataset)
+        if ds.imagefolder is None and ds.labels_csv is None:
+            return class_keys(classes)
+        return class_keys(classes, scored=now.scored, follow=now.follow)
 
     def similar_page(self, request):
         """More like this: the image and the accepted images most similar to it (what `dsbuild similar` lists), as
@@ -312,7 +338,8 @@ class _Handlers:
             card["similarity"] = sims.get(card["image_id"])
         cards[0]["subject"] = True
         return self._page("similar.html.j2", title="more like this", cards=cards, k=k, error=error,
-                          labels=classes, keys=class_keys(classes), image_id=image_id)
+                          labels=classes, keys=self._class_keys(classes, now),
+                          image_id=image_id)
 
     def browse(self, request):
         from dsbuild.catalog.app_queries import browse_images, facets
