@@ -722,7 +722,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     once (the review app's grid selection + Enter): as ``--accept-suggestions``, those on images whose standing
     decision is a person's are skipped (:data:`PERSON_DECIDED_BULK`); one card's Enter is a person's own decision.
     """
-    from dsbuild.decisions import (REVIEWABLE, check_decisions, label_list, parse_decisions, plan_events,
+    from dsbuild.decisions import (COMPANION, REVIEWABLE, check_decisions, label_list, parse_decisions, plan_events,
                                    standing_decisions, suggested_decisions)
     from dsbuild.dedup.reviewed import regroup_reviewed
 
@@ -847,18 +847,21 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
                              from_file=not given and decisions is not None)
         for ev in events:
             ev.setdefault("label_quality", quality.get(ev["image_id"]))
+        # One event per decision, but an undo's companions (the undo of a build's follow-up of a class change, written
+        # with the undo of the decision under it; that follow-up applied again) are no decision of their own.
+        decided = [e for e in events if not e.get(COMPANION)]
         if not given and decisions is not None:
             # A file's undo rows that wrote nothing: each had undone its image's decision on an earlier run.
-            again = sum(d.action == "undo" for d in chosen) - sum(e["action"] == "undo" for e in events)
+            again = sum(d.action == "undo" for d in chosen) - sum(e["action"] == "undo" for e in decided)
             if again:
                 skipped[UNDO_AGAIN] = again
         cat.append_label_events(name, events)
         if accept_suggestions:
             caution = suggestions_caution(cat.run_row(run) if run else None, name, source,
-                                          sum(e["action"] == "relabel" for e in events))
+                                          sum(e["action"] == "relabel" for e in decided))
             if caution:
                 notes.append(caution)
-        ghost = ghost_label_note(cat, ds, undone=[e for e in events if e["action"] == "undo"])
+        ghost = ghost_label_note(cat, ds, undone=[e for e in decided if e["action"] == "undo"])
         if ghost:
             notes.append(ghost)
         # A remove takes an image out of its duplicate group, an undo of it puts it back: regroup those groups
@@ -867,7 +870,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             e["action"] == "undo" and "rejected" in (e["old_status"], e["new_status"]))}))
         if on_commit is not None:
             on_commit(cat)
-        return events, len(chosen) - len(events) - skipped.get(UNDO_AGAIN, 0), source
+        return decided, len(chosen) - len(decided) - skipped.get(UNDO_AGAIN, 0), source
 
     if catalog is not None:
         events, already, source = apply(catalog)

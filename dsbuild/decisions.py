@@ -727,16 +727,13 @@ def _plan(decisions: Sequence[Decision], *, current: "pandas.DataFrame", history
                              in_app=f"nothing to undo for image {d.image_id} — it has no review decision left (undone "
                                     "elsewhere since?); reload the page to see its state")
                 continue
-            undone = stack[-1]
-            if d.undoes is not None and undone.get("event_id") != d.undoes:
+            k = undo_target(stack)
+            undone = stack[k]
+            if d.undoes is not None and d.undoes not in {e.get("event_id") for e in stack[k:]}:
                 problems.add(where, _changed_since(d.image_id, d.undoes, history))
                 continue
-            below = stack[-2] if len(stack) > 1 else None
-            event["new_label"] = undone["old_label"] if undone["old_label"] is not None else label
-            event["new_status"] = below["new_status"] if below is not None else None
-            what = f"undo of event {undone['event_id']} ({_describe_event(undone)})" if undone.get("event_id") is not None \
-                else f"undo of {_describe_event(undone)}"
-            event["note"] = f"{what}; {d.note}" if d.note else what
+            events.extend(_undo_events(stack, k, event, d.note))
+            continue
         elif status not in REVIEWABLE:
             problems.add(where, not_reviewable(d.image_id, status, _text(rec.get("reason"))),
                          in_app=not_reviewable(d.image_id, status, _text(rec.get("reason")), in_app=True))
@@ -752,6 +749,46 @@ def _plan(decisions: Sequence[Decision], *, current: "pandas.DataFrame", history
             event["note"] = d.note or REMOVED_REASON
         events.append(event)
     return events
+
+
+COMPANION = "companion"
+"""Key of an event :func:`plan_events` writes with an undo, not for a decision of its own (:func:`_undo_events`): an
+undo of a build's follow-up of a class change, or that follow-up applied again. Callers count decisions without them."""
+
+
+def _undo_events(stack: Sequence[dict], k: int, event: dict, note: str | None) -> list[dict]:
+    """The events of an undo of ``stack[k]`` (:func:`undo_target`), ``event``: the undo's base (image, current label
+    and status, source, at). Every event from the top of the stack down to ``stack[k]`` is popped by an undo of its
+    own (each undo pops one: the ``images`` and ``review_state`` views and :func:`undo_stacks` count them so), the
+    builds' follow-ups above it first; then each follow-up is applied again when it still applies (it renamed the
+    label the image has after the undo: a keep undone over a relabel to a class since renamed leaves the renamed
+    class). So the image ends where the decision found it, with every class change since applied; the label never
+    passes through a class that is gone. Each event's ``old_label`` / ``old_status`` is the previous one's result."""
+    out: list[dict] = []
+    label, status = event["old_label"], event["old_status"]
+    for i in range(len(stack) - 1, k - 1, -1):
+        popped = stack[i]
+        below = stack[i - 1] if i > 0 else None
+        what = (f"undo of event {popped['event_id']} ({_describe_event(popped)})" if popped.get("event_id") is not None
+                else f"undo of {_describe_event(popped)}")
+        if i > k:
+            what += ", a build's follow-up of a class change, with the decision under it"
+        elif note:
+            what = f"{what}; {note}"
+        ev = {**event, "old_label": label, "old_status": status,
+              "new_label": popped["old_label"] if popped["old_label"] is not None else label,
+              "new_status": below["new_status"] if below is not None else None, "note": what}
+        if i > k:
+            ev[COMPANION] = True
+        out.append(ev)
+        label, status = ev["new_label"], ev["new_status"]
+    for f in stack[k + 1:]:
+        if f["old_label"] == label and f["new_label"] is not None:
+            out.append({**event, "action": "relabel", "old_label": label, "new_label": f["new_label"],
+                        "old_status": status, "new_status": status, "source": f.get("source") or event["source"],
+                        "note": f.get("note"), COMPANION: True})
+            label = f["new_label"]
+    return out
 
 
 @dataclass(frozen=True)
@@ -883,12 +920,14 @@ def undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
     if missing:
         raise ValueError(f"history needs columns {list(_HISTORY_COLUMNS)}; missing {sorted(missing)}")
     hist = history.sort_values("event_id", kind="stable") if "event_id" in history.columns else history
-    cols = [*_HISTORY_COLUMNS, *(c for c in ("event_id", "changed_at", "label_quality", "note") if c in hist.columns)]
+    cols = [*_HISTORY_COLUMNS,
+            *(c for c in ("event_id", "changed_at", "label_quality", "note", "source") if c in hist.columns)]
 
     def record(raw: dict) -> dict[str, Any]:
         rec: dict[str, Any] = {k: _text(raw[k]) for k in _HISTORY_COLUMNS}
-        if "note" in raw:
-            rec["note"] = _text(raw["note"])
+        for k in ("note", "source"):
+            if k in raw:
+                rec[k] = _text(raw[k])
         if "label_quality" in raw:
             rec["label_quality"] = None if _text(raw["label_quality"]) is None else float(raw["label_quality"])
         if "event_id" in raw:
@@ -898,6 +937,27 @@ def undo_stacks(history: "pandas.DataFrame | None") -> dict[str, list[dict]]:
         return rec
 
     return _stacked(record(raw) for raw in hist[cols].to_dict("records"))
+
+
+def follows_class(event: dict) -> bool:
+    """Whether ``event`` (a record of :func:`undo_stacks`) is a build's relabel that followed a class renamed or
+    merged (``class 'car' renamed 'motor car'``, :func:`dsbuild.carryover.follow_classes`): no decision of its own,
+    but the consequence of the relabel under it. A build's carried decision (noted ``carried over from …``) is not
+    one: it stands for the decision it carries."""
+    source = event.get("source") or ""
+    return (event.get("action") == "relabel" and source.startswith(BUILD_SOURCE)
+            and not CARRIED_NOTE.match(event.get("note") or ""))
+
+
+def undo_target(stack: Sequence[dict]) -> int:
+    """The index in ``stack`` (an image's events not undone, oldest first: :func:`undo_stacks`) of the decision an
+    undo takes back: the top one, unless the top is a build's follow-up of a class change (:func:`follows_class`),
+    then the decision under the follow-ups (an undo takes back what a person or a file decided, not the build's
+    renaming of it). -1 for an empty stack."""
+    k = len(stack) - 1
+    while k > 0 and follows_class(stack[k]):
+        k -= 1
+    return k
 
 
 def _stacked(records) -> dict[str, list[dict]]:

@@ -51,7 +51,7 @@ def write(manifest: Path, classes: dict[str, str | list[str]], img: Path) -> Pat
              "[datasets.pets.classes]"]
     for label, folders in classes.items():
         folders = [folders] if isinstance(folders, str) else folders
-        lines.append(f"{label} = {{ folders = [{', '.join(repr(str(img / f)) for f in folders)}] }}")
+        lines.append(f"{label if label.isidentifier() else repr(label)} = {{ folders = [{', '.join(repr(str(img / f)) for f in folders)}] }}")
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
@@ -458,12 +458,11 @@ def test_an_image_relabelled_to_a_renamed_class_follows_the_rename(tmp_path: Pat
     # deux: folder two's 2 train + 2 valid, then one0 and zero0 — one of them in the valid half of its class
     assert code == 0 and "│ deux │ 3 │ 3 │ 1 │" in table and "│ two │ · │ · │ 5 │" in table  # only set-aside rows
     said = review(capsys, manifest, [(ids["one/one0.png"], "undo", "")])
-    assert current(manifest).loc["one/one0.png", "label"] == "two"
-    # Variant hunt 3: the undo gave back a label no class has any more, silently (status, export and training
-    # then took 'two' as a class of one image): the review names it and says what to do.
-    assert (f"1 image undone to label 'two', which is no longer a class of this dataset: {ids['one/one0.png']} — "
-            "export and training would take it as a class of its own; relabel it in a decisions CSV "
-            "(image_id,action,new_label: <id>,relabel,<class>) and run `dsbuild review pets --decisions FILE`") in said
+    # Variant hunt 3: the undo took back the build's follow-up alone and gave back a label no class has any more
+    # ('two': a class of one image in status, export and training). Trial 10 M2: it takes back the relabel the
+    # build followed, with the follow-up: one0 is a 'one' again.
+    assert current(manifest).loc["one/one0.png", ["label", "reviewed"]].tolist() == ["one", False]
+    assert "applied 1 decision to 'pets' (undo 1)" in said and "no longer a class" not in said, said
 
 
 def test_an_image_relabelled_to_a_merged_class_follows_the_merge(tmp_path: Path, capsys) -> None:
@@ -483,8 +482,10 @@ def test_an_image_relabelled_to_a_merged_class_follows_the_merge(tmp_path: Path,
 def test_a_label_an_undo_gave_back_after_a_merge_is_named_by_build_and_status_until_fixed(tmp_path: Path,
                                                                                             capsys) -> None:
     """Lead, msgs4 item 1: cat0 relabelled to 'horse', 'horse' merged into 'animal' (the build followed it), then the
-    relabel undone: cat0 is an accepted 'horse', a class of its own in export and training. Only the review said so;
-    the next build and `status` were silent. Both name it with the review's words, until it is relabelled."""
+    relabel undone: cat0 was an accepted 'horse', a class of its own in export and training, and only the review
+    said so. Trial 10 M2: the undo takes back the relabel with the build's follow-up (cat0 is a cat again). A label
+    that is no class is still reachable — a relabel to a class removed since — and the build and `status` name it
+    with the review's words, until it is relabelled."""
     img = tmp_path / "img"
     make_images(img, {"cat": 4, "dog": 4, "horse": 4})
     manifest = write(tmp_path / "proj" / "datasets.toml", {"cat": "cat", "dog": "dog", "horse": "horse"}, img)
@@ -495,21 +496,25 @@ def test_a_label_an_undo_gave_back_after_a_merge_is_named_by_build_and_status_un
     write(manifest, {"cat": "cat", "animal": ["dog", "horse"]}, img)
     assert "; 1 image relabelled in review to 'horse' now has label 'animal'" in build(capsys, manifest)
     said = review(capsys, manifest, [(cat0, "undo", "")])
-    assert current(manifest).loc["cat/cat0.png", ["label", "status"]].tolist() == ["horse", "ok"]
+    assert current(manifest).loc["cat/cat0.png", ["label", "status"]].tolist() == ["cat", "ok"]
+    assert "no longer a class" not in said, said
+    review_file(capsys, manifest, "to-animal.csv", [(cat0, "relabel", "animal")])
+    write(manifest, {"cat": "cat", "dog": "dog", "horse": "horse"}, img)  # 'animal' split up again
+    build(capsys, manifest)
+    assert current(manifest).loc["cat/cat0.png", ["label", "status"]].tolist() == ["animal", "ok"]
     fix = ("export and training would take it as a class of its own; relabel it in a decisions CSV "
            "(image_id,action,new_label: <id>,relabel,<class>) and run `dsbuild review pets --decisions FILE`; "
            "`dsbuild query \"select image_id, label, origin from images where dataset = 'pets' and status = 'ok' and "
-           "label = 'horse'\"` lists it")
-    assert f"1 image undone to label 'horse', which is no longer a class of this dataset: {cat0} — {fix}" in said
-    line = f"pets: 1 accepted image has label 'horse', which is no longer a class of this dataset: {cat0} — {fix}"
+           "label = 'animal'\"` lists it")
+    line = f"pets: 1 accepted image has label 'animal', which is no longer a class of this dataset: {cat0} — {fix}"
     out = build(capsys, manifest)  # nothing new: the up-to-date line, and the ghost label
     assert "pets: up to date" in out and line in out, out
     code, status_out, _ = run_cli(capsys, manifest, "status", "pets")
     assert code == 0 and line in " ".join(status_out.split()), status_out
     code, listed, _ = run_cli(capsys, manifest, "query", "--format", "csv", "select image_id, label, origin from "
-                              "images where dataset = 'pets' and status = 'ok' and label = 'horse'")
-    assert code == 0 and listed.splitlines()[1:] == [f"{cat0},horse,{img / 'cat' / 'cat0.png'}"], listed
-    review(capsys, manifest, [(cat0, "relabel", "animal")])
+                              "images where dataset = 'pets' and status = 'ok' and label = 'animal'")
+    assert code == 0 and listed.splitlines()[1:] == [f"{cat0},animal,{img / 'cat' / 'cat0.png'}"], listed
+    review(capsys, manifest, [(cat0, "relabel", "dog")])
     assert "no longer a class" not in build(capsys, manifest)
     code, status_out, _ = run_cli(capsys, manifest, "status", "pets")
     assert code == 0 and "no longer a class" not in status_out
@@ -560,3 +565,59 @@ def test_a_decision_by_path_after_a_rename_names_the_image_not_set_aside(tmp_pat
     code, out, err = run_cli(capsys, manifest, "review", "pets", "--decisions", str(csv))
     assert code == 2
     assert f"line 2: path '{img / 'cat' / 'cat2.png'}' is 3 images (" in err and "— use image_id to say which" in err
+
+
+def review_file(capsys, manifest: Path, name: str, rows: list[tuple[str, str, str]]) -> str:
+    """:func:`review` from a decisions file called ``name`` (a file's undo row applies once: a second undo needs
+    another file)."""
+    csv = Path(manifest).parent / name
+    csv.write_text("image_id,action,new_label\n" + "".join(f"{i},{a},{lb}\n" for i, a, lb in rows))
+    code, out, err = run_cli(capsys, manifest, "review", "pets", "--decisions", str(csv))
+    assert code == 0, err
+    return " ".join((out + err).split())
+
+
+def test_an_undo_after_a_class_renamed_and_back_takes_back_the_decision_not_the_builds_follow_up(
+        tmp_path: Path, capsys) -> None:
+    """Fresh-user trial 10, M2: 'motor car' renamed 'car', plane0 relabelled plane → car, 'car' renamed back to
+    'motor car' (the build follows the relabel to 'motor car'). The user's undo took back the build's follow-up,
+    not the relabel: plane0 became a 'car', a class that is gone (a sixth class of one image in training), and a
+    second undo was needed. An undo takes back the decision with the build's follow-ups of it: plane0 is a plane
+    again, undecided, and the history is a chain (each event starts where the one before ended). A keep on top
+    of such a relabel is undone alone: the relabel stands, under the class's name now."""
+    img = tmp_path / "img"
+    make_images(img, {"plane": 4, "car": 4})
+    manifest = write(tmp_path / "proj" / "datasets.toml", {"plane": "plane", "motor car": "car"}, img)
+    build(capsys, manifest)
+    write(manifest, {"plane": "plane", "car": "car"}, img)
+    build(capsys, manifest)
+    ids = current(manifest)["image_id"]
+    plane0, plane1 = ids["plane/plane0.png"], ids["plane/plane1.png"]
+    review_file(capsys, manifest, "d1.csv", [(plane0, "relabel", "car"), (plane1, "relabel", "car")])
+    review_file(capsys, manifest, "d2.csv", [(plane1, "keep", "")])
+    write(manifest, {"plane": "plane", "motor car": "car"}, img)
+    assert "2 images relabelled in review to 'car' now have label 'motor car'" in build(capsys, manifest)
+    assert current(manifest).loc[["plane/plane0.png", "plane/plane1.png"], "label"].tolist() == ["motor car"] * 2
+
+    said = review_file(capsys, manifest, "d3.csv", [(plane0, "undo", ""), (plane1, "undo", "")])
+    assert "applied 2 decisions to 'pets' (undo 2)" in said, said
+    assert "no longer a class" not in said, said
+    now = current(manifest)
+    assert now.loc["plane/plane0.png", ["label", "status", "reviewed"]].tolist() == ["plane", "ok", False]
+    # plane1: its keep is undone; the relabel under it stands, to the class as it is named now
+    assert now.loc["plane/plane1.png", ["label", "status", "reviewed", "last_review"]].tolist() == [
+        "motor car", "ok", True, "relabel"]
+    assert set(now["label"]) == {"plane", "motor car"}
+    for image_id in (plane0, plane1):
+        events = history(manifest).query("image_id == @image_id")
+        assert (events["old_label"].iloc[1:].tolist() == events["new_label"].iloc[:-1].tolist()), events
+    last = history(manifest).query("image_id == @plane0").iloc[-1]
+    assert last["action"] == "undo" and last["note"].startswith("undo of event ") and last["note"].endswith(
+        "(relabel plane → car)"), last["note"]
+
+    said = review_file(capsys, manifest, "d4.csv", [(plane1, "undo", "")])
+    assert "applied 1 decision to 'pets' (undo 1)" in said and "no longer a class" not in said, said
+    assert current(manifest).loc["plane/plane1.png", ["label", "reviewed"]].tolist() == ["plane", False]
+    (Path(manifest).parent / "d5.csv").write_text(f"image_id,action,new_label\n{plane0},undo,\n")
+    code, _, err = run_cli(capsys, manifest, "review", "pets", "--decisions", str(Path(manifest).parent / "d5.csv"))
+    assert code == 2 and f"nothing to undo for image {plane0} — it has no review decision left" in err, err

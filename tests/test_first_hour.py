@@ -495,12 +495,13 @@ def test_bug04_train_epochs_zero_is_honoured(digits: Path, tmp_path: Path, capsy
 @pytest.mark.timeout(1500)  # two lr_find searches (100 steps each) on 2 shared cores
 def test_bug05_model_commands_write_nothing_in_the_current_directory(digits: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    """lr unset (fastai's lr_find) for train and mislabels (crossfit fine-tunes), run from an empty directory.
+    """lr unset and lr_find = true (fastai's lr_find; on a CPU it runs only when asked) for train and mislabels
+    (crossfit fine-tunes), run from an empty directory.
 
     retrain is train_dataset again (kind "retrain"), the same code path as train: not run a third time here.
     """
     manifest = copy_project(digits, tmp_path / "p")
-    text = finetuned(manifest.read_text()).replace("lr = 0.01\n", "").replace('oof_method = "frozen"', 'oof_method = "crossfit"\n'
+    text = finetuned(manifest.read_text()).replace("lr = 0.01\n", "lr_find = true\n").replace('oof_method = "frozen"', 'oof_method = "crossfit"\n'
                                                                                                "oof_groups = 2")
     # batch 4: lr_find takes its 100 steps whatever the batch; small ones keep this test about the files, not compute
     manifest.write_text(text.replace("folds = 3", "folds = 2").replace("size = 64", "size = 32")

@@ -28,7 +28,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from dsbuild.pipeline import build
-from dsbuild.catalog import BuildLock, list_named_queries, sandboxed_query
+from dsbuild.catalog import BuildLock, Catalog, list_named_queries, sandboxed_query
 from dsbuild.cli import main
 from dsbuild.errors import CatalogBusy, DsbuildError
 from dsbuild.manifest import load_manifest
@@ -614,3 +614,18 @@ def test_library_sandbox_errors_are_dsbuild_errors(project: Project) -> None:
         sandboxed_query(project.catalog, "DELETE FROM items")
     with pytest.raises(DsbuildError, match=r"^queries cannot read or write files — "):
         sandboxed_query(project.catalog, "select * from read_text('/etc/passwd')")
+
+
+def test_label_conflicts_names_the_source_files_not_the_store(project: Project, capsys) -> None:
+    """Fresh-user trial 10, L9: @label_conflicts listed `paths`, two identical store paths
+    (catalog/store/0e/0ef6….jpg twice), so which of the user's files conflict took another query. It lists the
+    origins, as @duplicates and @rejects do, each with its label, in image_ids order."""
+    conflicts = json.loads(run(project, capsys, "@label_conflicts", "--format", "json")[1])
+    (c,) = conflicts
+    assert "paths" not in c
+    with Catalog.open_readonly(project.catalog) as cat:
+        members = cat.df("SELECT image_id, label, origin FROM images WHERE dataset = 'pets' AND list_contains(?, "
+                         "image_id) ORDER BY image_id", [c["image_ids"]])
+    assert c["origins"] == [f"{lab}: {o}" for lab, o in zip(members["label"], members["origin"])]
+    assert all(Path(o).is_file() and project.catalog.parent not in Path(o).parents for o in members["origin"])
+    assert sorted(Path(o.split(": ", 1)[1]).name for o in c["origins"]) == ["cat-in-cups.png", "cat1.png"]

@@ -426,6 +426,30 @@ def test_undo_walks_back_through_the_history(images):
     assert len(ledger.events) == 8  # append-only: every decision and every undo is still there
 
 
+def test_the_apps_undo_of_its_relabel_takes_the_builds_follow_up_with_it(images):
+    """Trial 10, M2, as the review app sends it: the page's undo names its own relabel (``undoes``); a build since
+    followed that relabel to the renamed class (an event of source ``build:<id>`` on top of it). The undo was refused
+    ("event 2 came after it"), and one without ``undoes`` took back the follow-up alone (a label that is gone).
+    Both take back the relabel with its follow-up, in two undo events that chain (the first a companion)."""
+    ledger = Ledger(images)
+    ledger.review(Decision(ASTRO, "relabel", "cat"), source="ui")
+    ledger.events.append({"event_id": 2, "image_id": ASTRO, "action": "relabel", "old_label": "cat", "new_label": "kitty",
+                          "old_status": "ok", "new_status": None, "source": "build:7", "at": AT,
+                          "note": "class 'cat' renamed 'kitty'"})
+    assert ledger.state(ASTRO) == ("kitty", "ok")
+    first, second = ledger.review(Decision(ASTRO, "undo", undoes=1), source="ui")
+    from dsbuild.decisions import COMPANION
+
+    assert (first["old_label"], first["new_label"], first[COMPANION]) == ("kitty", "cat", True)
+    assert first["note"] == ("undo of event 2 (relabel cat → kitty), a build's follow-up of a class change, with the "
+                             "decision under it")
+    assert (second["old_label"], second["new_label"], second["note"]) == ("cat", "person",
+                                                                          "undo of event 1 (relabel person → cat)")
+    assert COMPANION not in second and ledger.state(ASTRO) == ("person", "ok")
+    with pytest.raises(DsbuildError, match="nothing to undo"):
+        ledger.review(Decision(ASTRO, "undo"), source="ui")
+
+
 def test_undo_of_a_removal_gives_the_status_back_to_the_build(images):
     ledger = Ledger(images)
     ledger.review(Decision(CAT, "remove"))

@@ -319,6 +319,52 @@ def test_settings_are_validated(field: str, value: object, message: str) -> None
         ModelSettings(**{field: value})
 
 
+@pytest.mark.slow
+def test_an_unset_lr_on_a_cpu_is_fastais_default_not_an_lr_find(digits, tmp_path: Path) -> None:
+    """Fresh-user trial 10, L6: with lr unset, a CPU fine-tune ran fastai's lr_find first — 100 training batches,
+    331 s of a 6 min 48 s run. On a CPU an unset lr is fastai fine_tune's default (2e-3, measured: the same
+    accuracy), and `train` says so and how to search anyway; `lr_find = true` searches, as on a GPU."""
+    from dsbuild.progress import Progress
+    from dsbuild.model.train import DEFAULT_LR, runs_lr_find
+
+    class Notes(Progress):
+        def __init__(self) -> None:
+            self.notes: list[str] = []
+            self.stages: list[str] = []
+
+        def stage(self, name: str, total: int | None):
+            self.stages.append(name)
+            return super().stage(name, total)
+
+        def note(self, text: str) -> None:
+            self.notes.append(text)
+
+    few = digits.groupby(["label", "split"]).head(4).reset_index(drop=True)  # 80 digits: the lr is the subject
+    settings = ModelSettings(**{**FAST, "lr": None}, epochs=1, device="cpu")
+    seen = Notes()
+    result = train(few, settings, out_dir=tmp_path / "default", progress=seen)
+    assert result.params["lr"] == DEFAULT_LR == 2e-3
+    assert seen.stages == ["train: epochs"] and not (tmp_path / "default" / "lr_find.png").exists()
+    batches = int((few["split"] == "train").sum()) // settings.batch_size  # fastai drops the last partial batch
+    assert seen.notes == [
+        f"lr = 0.002, fastai fine_tune's default (lr_find skipped on a CPU: its 100 training batches would take as "
+        f"long as {100 / batches:.0f} epochs here) — set lr in [model], or lr_find = true to search for one"]
+
+    asked = Notes()  # 32 px, batches of 4: lr_find's 100 batches are the cost here
+    result = train(few, ModelSettings(**{**FAST, "lr": None, "size": 32, "batch_size": 4}, epochs=1, device="cpu",
+                                      lr_find=True), out_dir=tmp_path / "asked", progress=asked)
+    assert asked.stages == ["train: lr_find", "train: epochs"] and (tmp_path / "asked" / "lr_find.png").is_file()
+    assert asked.notes == [f"lr_find chose lr = {result.params['lr']:.2e}"]
+    # On a GPU an unset lr is searched (cheap there); a set lr is never searched.
+    import torch
+
+    assert runs_lr_find(ModelSettings(), torch.device("cuda")) and not runs_lr_find(ModelSettings(), torch.device("cpu"))
+    assert not runs_lr_find(ModelSettings(lr_find=False), torch.device("cuda"))
+    assert not runs_lr_find(ModelSettings(lr=1e-3), torch.device("cuda"))
+    with pytest.raises(ValueError, match="lr_find = true asks lr_find to choose the learning rate, but lr = 0.01 is set"):
+        ModelSettings(lr=0.01, lr_find=True)
+
+
 def test_settings_defaults_follow_the_seeds() -> None:
     s = ModelSettings()
     assert (s.arch, s.pretrained, s.size, s.epochs, s.batch_size, s.lr, s.folds, s.augment, s.seed, s.device) == (

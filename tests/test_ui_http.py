@@ -719,21 +719,18 @@ def test_an_undo_without_event_id_reverts_the_latest_decision_as_the_cli_does_an
         assert c.get("/", params={"token": TOKEN}).status_code == 200
         assert decide(c, {"image_id": x, "action": "relabel", "new_label": "seven"}).status_code == 200
 
-    # 'seven' renamed 'sept': the build follows x's relabel; an undo without event_id takes back the build's event,
-    # and x is an accepted 'seven' — the answer says so, in review's words.
+    # 'seven' renamed 'sept': the build follows x's relabel. An undo without event_id took back the build's event
+    # alone (x was an accepted 'seven', a class that is gone); since trial 10 (M2) it takes back x's relabel with the
+    # build's follow-up of it: x is a zero again, and the answer names the relabel.
     manifest.write_text(manifest.read_text().replace("seven = {", "sept  = {"))
     assert main(["-q", "-m", str(manifest), "build", "digits"]) == 0
     assert latest_event(manifest, x)[1:3] == ("relabel", "build:2")
     with served(manifest) as c:
         assert c.get("/", params={"token": TOKEN}).status_code == 200
         r = decide(c, {"image_id": x, "action": "undo"})
-        assert r.status_code == 200 and r.json()["states"][0]["label"] == "seven", r.text
-        assert r.json()["notes"] == [
-            f"undid relabel seven → sept (by build:2) on image {x[:8]}: its label is seven again",
-            f"1 image undone to label 'seven', which is no longer a class of this dataset: {x} — export and training "
-            "would take it as a class of its own; relabel it in a decisions CSV (image_id,action,new_label: "
-            "<id>,relabel,<class>) and run `dsbuild review digits --decisions FILE`; `dsbuild query \"select image_id, "
-            "label, origin from images where dataset = 'digits' and status = 'ok' and label = 'seven'\"` lists it"]
+        assert r.status_code == 200 and r.json()["states"][0]["label"] == "zero", r.text
+        assert r.json()["applied"] == 1 and r.json()["states"][0]["decided"] is False, r.text
+        assert r.json()["notes"] == [f"undid relabel zero → seven on image {x[:8]}: its label is zero again"], r.text
 
 
 def test_remote_hosts_need_allow_remote(project, capsys: pytest.CaptureFixture[str]) -> None:

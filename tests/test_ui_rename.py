@@ -171,3 +171,31 @@ def test_a_class_renamed_twice_since_the_run_keeps_every_flag_on_its_picture(tmp
     assert {i: now.moved.get(i) for i in of_seven} == want
     assert now.follow == {"seven": "siete"} and now.gone == {}
     assert now.changes == {"seven": "class 'seven' renamed 'siete'"}
+
+
+def keymap(page: str) -> dict[str, str]:
+    """key → class, as the page lists them (and its script reads them)."""
+    return {k: html.unescape(v) for k, v in re.findall(r'<li data-key="([^"]*)" data-label="([^"]*)">', page)}
+
+
+def test_class_keys_stay_with_their_class_when_a_folder_is_renamed(tmp_path: Path) -> None:
+    """Fresh-user trial 10, L9: the keys followed the class list, sorted by name, so renaming `motor car` to `car`
+    moved cat from 2 to 3 in the middle of a review. The keys are dealt in the latest mislabel run's class order:
+    a renamed class takes its old name's key, a removed one leaves its key unused, and no other key moves; a new
+    mislabel run deals them again by name."""
+    manifest = make_imagefolder(tmp_path / "p")
+    server = UiServer(manifest)
+    try:
+        with httpx.Client(follow_redirects=True, timeout=60) as client:
+            assert client.get(server.url).status_code == 200
+            assert keymap(client.get(server.base + "/").text) == {"1": "one", "2": "seven", "3": "zero"}
+            (manifest.parent / "data" / "seven").rename(manifest.parent / "data" / "7")  # sorts first now
+            build(manifest)
+            assert keymap(client.get(server.base + "/").text) == {"1": "one", "2": "7", "3": "zero"}
+            (manifest.parent / "data" / "one").rename(tmp_path / "one")  # removed: its key is left unused
+            build(manifest)
+            assert keymap(client.get(server.base + "/").text) == {"2": "7", "3": "zero"}
+            record_mislabel_run(manifest)
+            assert keymap(client.get(server.base + "/").text) == {"1": "7", "2": "zero"}
+    finally:
+        server.stop()

@@ -162,15 +162,14 @@ def latest_event_ids(cat: "Catalog", dataset: str, image_ids: list[str]) -> dict
 
 
 def standing_events(cat: "Catalog", dataset: str, image_ids: list[str]) -> dict[str, dict]:
-    """image_id → its latest label event not undone (what an undo now would take back: action, old_label, new_label,
-    source, event_id, …), for those of ``image_ids`` that have one."""
-    from dsbuild.decisions import undo_stacks
+    """image_id → the decision an undo now would take back (action, old_label, new_label, source, event_id, …): its
+    latest label event not undone, or, when that is a build's follow-up of a class change, the decision under it
+    (:func:`dsbuild.decisions.undo_target`), for those of ``image_ids`` that have one."""
+    from dsbuild.decisions import undo_stacks, undo_target
 
     history = cat.df("SELECT * FROM label_history WHERE dataset = ? AND image_id IN (SELECT unnest(?)) ORDER BY event_id",
                      [dataset, list(image_ids)])
-    sources = {int(e): src for e, src in zip(history["event_id"], history["source"])}
-    return {iid: {**stack[-1], "source": sources.get(stack[-1].get("event_id"))}
-            for iid, stack in undo_stacks(history).items() if stack}
+    return {iid: stack[undo_target(stack)] for iid, stack in undo_stacks(history).items() if stack}
 
 
 def label_events_of(cat: "Catalog", dataset: str, *, source: str | None = None) -> "pandas.DataFrame":

@@ -325,6 +325,30 @@ def _batch_ticker(progress_stage: Any) -> Any:
 
 
 LR_FIND_STEPS = 100  # fastai's lr_find default: at most this many batches, fewer when the loss diverges
+DEFAULT_LR = 2e-3
+"""The base lr without ``lr_find`` for a pretrained network: fastai ``fine_tune``'s default ``base_lr``."""
+DEFAULT_SCRATCH_LR = 1e-3
+"""The lr without ``lr_find`` from random weights: fastai's ``defaults.lr`` (``fit_one_cycle``'s ``lr_max``)."""
+
+
+def runs_lr_find(settings: ModelSettings, device: Any) -> bool:
+    """Whether :func:`fit` chooses the lr with ``lr_find``: never when ``lr`` is set; else ``settings.lr_find``,
+    and when that is unset, on a GPU (cuda, mps) yes, on a CPU no (its 100 batches are most of a short CPU
+    fine-tune: fastai's default lr is used)."""
+    if settings.lr is not None:
+        return False
+    if settings.lr_find is not None:
+        return settings.lr_find
+    return getattr(device, "type", str(device)) != "cpu"
+
+
+def default_lr_note(settings: ModelSettings, lr: float, batches_per_epoch: int) -> str:
+    """What :func:`fit` says when an unset lr is fastai's default, not lr_find's: the value, why, how to change it."""
+    what = "fine_tune's" if settings.pretrained else "fit_one_cycle's"
+    why = ("lr_find = false" if settings.lr_find is False else
+           f"lr_find skipped on a CPU: its {LR_FIND_STEPS} training batches would take as long as "
+           f"{LR_FIND_STEPS / max(1, batches_per_epoch):.0f} epochs here")
+    return f"lr = {lr:g}, fastai {what} default ({why}) — set lr in [model], or lr_find = true to search for one"
 
 
 def _lr_find(learn: Any, settings: ModelSettings, *, progress: Any, name: str, curve: dict[str, Any] | None) -> float:
@@ -361,7 +385,8 @@ def fit(learn: Any, settings: ModelSettings, *, epochs: int | None = None, progr
 
     Pretrained: ``fine_tune(epochs, lr, freeze_epochs)`` (``epochs = 0``: its head-only
     phase alone); from scratch: ``fit_one_cycle(epochs, lr)``. ``settings.lr=None`` →
-    ``lr_find()``'s valley (``curve`` receives its curve, see :func:`_lr_find`). Progress
+    ``lr_find()``'s valley where it runs (:func:`runs_lr_find`: on a GPU, or when asked; ``curve`` receives its
+    curve, see :func:`_lr_find`), else fastai's default (:data:`DEFAULT_LR`, :data:`DEFAULT_SCRATCH_LR`). Progress
     stages ``<name>: lr_find`` (batches) and ``<name>: epochs``. No epoch at all
     (``epochs = 0`` and no head-only epoch) trains nothing and returns no rows.
     """
@@ -374,9 +399,12 @@ def fit(learn: Any, settings: ModelSettings, *, epochs: int | None = None, progr
         return rows, float(settings.lr or 0.0)
     with learn.no_bar(), learn.no_logging():
         lr = settings.lr
-        if lr is None:
+        if lr is None and runs_lr_find(settings, learn.dls.device):
             lr = _lr_find(learn, settings, progress=progress, name=name, curve=curve)
             silent(progress).note(f"lr_find chose lr = {lr:.2e}")
+        elif lr is None:
+            lr = DEFAULT_LR if settings.pretrained else DEFAULT_SCRATCH_LR
+            silent(progress).note(default_lr_note(settings, lr, len(learn.dls.train)))
         with silent(progress).stage(f"{name}: epochs", epochs + frozen) as stage:
             set_seed(settings.seed, reproducible=True)
             cb = _epoch_logger(rows, stage)

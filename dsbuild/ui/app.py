@@ -28,7 +28,8 @@ no path ever comes from a request):
 ``/image/{image_id}``       GET     a ≤640 px JPEG of the image (the focus view)
 ``/static/{name}``          GET     app.js, app.css (a fixed table, not a folder)
 ``/api/decide``             POST    JSON ``{"decisions": [{"image_id", "action", "new_label"?, "event_id"?}]}``
-``/api/predict``            POST    the raw bytes of one image (``X-File-Name`` header for display)
+``/api/predict``            POST    the raw bytes of one image (``X-File-Name`` header for display), or several
+                                    as ``multipart/form-data`` (a ``file`` part each; what the page sends)
 ==========================  ======  ==================================================
 
 ``/api/decide`` answers 200 with ``applied`` (events written: a decision that already stands,
@@ -43,7 +44,9 @@ as the page's undo does); it is refused (409) when another decision came after t
 prints it (e.g. an image undone to a label that is no longer a class); after an undo, first what it took back
 (``undid relabel airplane → ship on image 7d733feb: its label is airplane again``), which the page shows.
 ``/api/predict`` answers 413 over the size limit, 415 when verification refuses the
-file (the same sniffing, allow-list and limits as ``build``), 409 without a model.
+file (the same sniffing, allow-list and limits as ``build``), 409 without a model. With several files it
+answers 200 with ``results``, one per file in order: a refused file (over the limit, or refused by
+verification) has its ``error``, the others their ``top`` labels — all predicted in one model run.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from urllib.parse import unquote, urlencode, urlsplit
 
 from dsbuild.catalog.held import IDLE_S, HeldCatalog
@@ -74,8 +77,12 @@ SIMILAR_K, SIMILAR_MAX = 20, 200
 MAX_DECISIONS = 5000
 MAX_DECIDE_BODY = 1 << 20
 TOP_K = 5
+MAX_PREDICT_FILES = 20
+"""Files in one ``/api/predict`` upload (the page sends more in several requests of this many)."""
+MAX_PART_OVERHEAD = 2048
+"""Bytes a multipart part may add to its file (boundary, headers) in the upload's total limit."""
 CLASS_KEYS = tuple("1234567890") + tuple("qwertyiosdfhlzcvbm")
-"""Keys for the classes, in label order: digits first, then letters the app does not use for actions
+"""Keys for the classes (:func:`class_keys`): digits first, then letters the app does not use for actions
 (``x`` remove, ``k`` keep, ``u`` undo, ``j`` next, ``g`` grid, ``a`` select all, ``n``/``p`` pages, ``?`` help)."""
 
 
@@ -105,9 +112,24 @@ class UiConfig:
         return f"dsbuild_ui_{self.port}"
 
 
-def class_keys(labels: list[str]) -> dict[str, str]:
-    """key → label for ``labels`` in order (:data:`CLASS_KEYS`); labels past the last key get none."""
-    return dict(zip(CLASS_KEYS, labels))
+def class_keys(labels: "Sequence[str]", *, scored: "Sequence[str]" = (),
+               follow: "Mapping[str, str] | None" = None) -> dict[str, str]:
+    """key → class (:data:`CLASS_KEYS` in order), stable through a review round: the keys are dealt to the classes
+    the latest mislabel run scored (``scored``, in its order), so a class keeps its key while it is reviewed. A class
+    renamed or merged since the run (``follow``: gone class → the class it went into) takes the key of its old name
+    (a merge: of the first); the key of a class removed or split since is left unused, so no other key moves; the
+    classes added since the run take the keys after the run's. Without a run (``scored`` empty): ``labels`` in
+    order. A new mislabel run deals them again, in its order. Classes past the last key get none."""
+    now = set(labels)
+    slots: list[str | None] = [c if c in now else None for c in scored]
+    placed = {c for c in slots if c is not None}
+    for i, old in enumerate(scored):
+        new = (follow or {}).get(old)
+        if slots[i] is None and new in now and new not in placed:
+            slots[i] = new
+            placed.add(new)
+    slots += [c for c in labels if c not in placed]
+    return {key: label for key, label in zip(CLASS_KEYS, slots) if label is not None}
 
 
 def _environment():
@@ -261,8 +283,19 @@ class _Handlers:
         pages = max(1, math.ceil(total / n))
         here = {**filters, "decided": q.get("decided") or None, "n": n if n != self.c.page_size else None}
         return self._page("queue.html.j2", title="review queue", cards=cards, total=total, page=page, pages=pages,
-                          run_id=run_id, run_note=now.note(), counts=counts, kinds=QUEUE_KINDS, labels=classes, keys=class_keys(classes),
+                          run_id=run_id, run_note=now.note(), counts=counts, kinds=QUEUE_KINDS, labels=classes,
+                          keys=self._class_keys(classes, now),
                           filters=filters, decided=q.get("decided", ""), here=here, splits=("train", "valid", "test"))
+
+    def _class_keys(self, classes: list[str], now) -> dict[str, str]:
+        """The page's class keys (:func:`class_keys`). A dataset whose classes are its folders (or a labels CSV's)
+        lists them by name, so a rename would move the keys of the classes after it: the keys follow the latest
+        mislabel run's classes (``now``: :class:`dsbuild.cycle.RunFlagsNow`). The manifest's classes keep the
+        manifest's order, which a renamed line keeps."""
+        ds = self.c.manifest.dataset(self.c.dataset)
+        if ds.imagefolder is None and ds.labels_csv is None:
+            return class_keys(classes)
+        return class_keys(classes, scored=now.scored, follow=now.follow)
 
     def similar_page(self, request):
         """More like this: the image and the accepted images most similar to it (what `dsbuild similar` lists), as
@@ -312,7 +345,8 @@ class _Handlers:
             card["similarity"] = sims.get(card["image_id"])
         cards[0]["subject"] = True
         return self._page("similar.html.j2", title="more like this", cards=cards, k=k, error=error,
-                          labels=classes, keys=class_keys(classes), image_id=image_id)
+                          labels=classes, keys=self._class_keys(classes, now),
+                          image_id=image_id)
 
     def browse(self, request):
         from dsbuild.catalog.app_queries import browse_images, facets
@@ -506,24 +540,84 @@ class _Handlers:
         return int(self.c.max_upload_bytes or ds.verify.max_bytes)
 
     async def predict(self, request):
+        """One image (the raw body, ``X-File-Name``) or several (``multipart/form-data``, a ``file`` part each: what
+        the page sends, so that one model run predicts them all)."""
         from starlette.concurrency import run_in_threadpool
         from starlette.responses import JSONResponse
 
+        if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            return await self._predict_many_request(request)
         name = unquote(request.headers.get("x-file-name", "upload"))[:200] or "upload"
         limit = self._upload_limit()
         body = await _read_body(request, limit)
         if body is None:
-            return JSONResponse({"file": name, "error": f"{name} is over the upload limit of {limit:,} bytes "
-                                 "(the dataset's verify.max_bytes) — use a smaller image"}, status_code=413)
+            return JSONResponse({"file": name, "error": _over_limit(name, limit)}, status_code=413)
         try:
-            result = await run_in_threadpool(self._predict, name, body)
+            (result,) = await run_in_threadpool(self._predict, [(name, body)])
         except DsbuildError as exc:
             code = 503 if isinstance(exc, CatalogBusy) else 409
             return JSONResponse({"file": name, "error": str(exc)}, status_code=code)
         status = 415 if "error" in result else 200
         return JSONResponse(result, status_code=status)
 
-    def _predict(self, name: str, data: bytes) -> dict:
+    async def _predict_many_request(self, request):
+        """``/api/predict`` with several files: 200 with ``results``, one per ``file`` part in order (a refused file's
+        ``error`` says why, the others are predicted); 413 when the request is over :data:`MAX_PREDICT_FILES` files
+        of the upload limit each; 400 for a malformed form or no file in it; 409 without a model."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+
+        limit = self._upload_limit()
+        total = MAX_PREDICT_FILES * (limit + MAX_PART_OVERHEAD)
+        too_big = JSONResponse({"error": f"the upload is over {total:,} bytes in all (at most {MAX_PREDICT_FILES} "
+                                         f"files of {limit:,} bytes, the dataset's verify.max_bytes) — send fewer "
+                                         "files at once"}, status_code=413)
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > total):
+            return too_big
+        seen = 0
+
+        async def counted() -> dict:  # the body as it arrives, read no further than ``total`` bytes
+            nonlocal seen
+            message = await request.receive()
+            seen += len(message.get("body", b""))
+            if seen > total:
+                raise _UploadTooBig
+            return message
+
+        try:
+            form = await Request(request.scope, counted).form(max_files=MAX_PREDICT_FILES, max_fields=MAX_PREDICT_FILES)
+        except _UploadTooBig:
+            return too_big
+        except Exception as exc:  # noqa: BLE001 - python-multipart's errors: a malformed form is the client's
+            return JSONResponse({"error": f"the upload is not a readable multipart form ({exc}) — send each image as a "
+                                          f"'file' part, at most {MAX_PREDICT_FILES} at once"}, status_code=400)
+        try:
+            files = []
+            for part in form.getlist("file"):
+                if isinstance(part, str):
+                    continue
+                name = (part.filename or "upload")[:200]
+                # a file over the limit is not read (None stands in): its result says why
+                big = part.size is not None and part.size > limit
+                files.append((name, None if big else await part.read()))
+        finally:
+            await form.close()
+        if not files:
+            return JSONResponse({"error": "the upload has no 'file' part — pick or drop image files"}, status_code=400)
+        try:
+            results = await run_in_threadpool(self._predict, files, limit)
+        except DsbuildError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503 if isinstance(exc, CatalogBusy) else 409)
+        return JSONResponse({"results": results})
+
+    def _predict(self, files: list[tuple[str, bytes | None]], limit: int | None = None) -> list[dict]:
+        """Predict ``files`` ((name, bytes) each) with the latest model, in one run: a result per file, in order —
+        ``file``, ``run_id``, ``format``, ``width``, ``height``, ``top`` (the top-k labels), or ``file`` and
+        ``error`` for a file over ``limit`` bytes (``None`` bytes: one not read for its size) or refused by verification (the build's sniffing, allow-list and
+        limits: :func:`dsbuild.verify.analyze_bytes`; then opened under the same settings). Raises DsbuildError
+        when there is no model."""
         import tempfile
 
         from dsbuild.catalog.app_queries import latest_model_run
@@ -531,29 +625,55 @@ class _Handlers:
         from dsbuild.verify import analyze_bytes
 
         ds = self.c.manifest.dataset(self.c.dataset)
-        rec = analyze_bytes(data, verify=ds.verify, dedup=ds.dedup, with_quality=False)
-        if not rec.ok:
-            return {"file": name, "error": f"{name} was refused: {rec.reason} ({rec.detail}) — upload a "
-                                          f"{', '.join(ds.verify.formats)} image"}
+        results: list[dict] = []
+        good: list[tuple[int, Any]] = []  # (index in results, the verification record)
+        for name, data in files:
+            if data is None or (limit is not None and len(data) > limit):
+                results.append({"file": name, "error": _over_limit(name, limit)})
+                continue
+            rec = analyze_bytes(data, verify=ds.verify, dedup=ds.dedup, with_quality=False)
+            if not rec.ok:
+                results.append({"file": name, "error": f"{name} was refused: {rec.reason} ({rec.detail}) — upload a "
+                                                       f"{', '.join(ds.verify.formats)} image"})
+                continue
+            good.append((len(results), rec))
+            results.append({"file": name})
+        if not good:
+            return results
         model = self._read(lambda cat: latest_model_run(cat, self.c.dataset))
         if model is None:
             raise DsbuildError(f"no trained model for '{self.c.dataset}' — run `dsbuild train {self.c.dataset}` first")
         from dsbuild.model.predict import predict
 
         with tempfile.TemporaryDirectory(prefix="dsbuild-ui-") as tmp:
-            path = Path(tmp) / f"upload.{extension(rec.format)}"
-            path.write_bytes(data)
+            paths = []
+            for k, (i, rec) in enumerate(good):
+                path = Path(tmp) / f"upload{k}.{extension(rec.format)}"
+                path.write_bytes(files[i][1])
+                paths.append(path)
             with self.s.model:
-                df = predict(Path(model["model_path"]).parent, [path])
-        row = df.iloc[0]
-        if not _missing(row.get("error")):
-            return {"file": name, "error": f"{name}: {row['error']}"}
-        probs = sorted(((c[5:], float(row[c])) for c in df.columns if c.startswith("prob_")), key=lambda t: -t[1])
-        return {"file": name, "run_id": model["run_id"], "format": rec.format, "width": rec.width, "height": rec.height,
-                "top": [{"label": lab, "probability": p} for lab, p in probs[:TOP_K]]}
+                df = predict(Path(model["model_path"]).parent, paths, verify=ds.verify)
+        for (i, rec), (_, row) in zip(good, df.iterrows()):
+            name = results[i]["file"]
+            if not _missing(row.get("error")):
+                results[i] = {"file": name, "error": f"{name}: {row['error']}"}
+                continue
+            probs = sorted(((c[5:], float(row[c])) for c in df.columns if c.startswith("prob_")), key=lambda t: -t[1])
+            results[i] = {"file": name, "run_id": model["run_id"], "format": rec.format, "width": rec.width,
+                          "height": rec.height, "top": [{"label": lab, "probability": p} for lab, p in probs[:TOP_K]]}
+        return results
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+class _UploadTooBig(Exception):
+    """An upload's body went past its limit while it was read."""
+
+
+def _over_limit(name: str, limit: int) -> str:
+    """Why an upload of ``name`` is refused for its size (``limit``: the upload limit)."""
+    return f"{name} is over the upload limit of {limit:,} bytes (the dataset's verify.max_bytes) — use a smaller image"
 
 
 async def _read_body(request, limit: int) -> bytes | None:

@@ -312,29 +312,56 @@
       sendAll(files);
     });
 
+    const limit = Number(drop.dataset.limit);
+    const BATCH = 20; // files per request (the app takes at most 20): one model run predicts them all
+
     async function sendAll(files) {
-      for (const f of files) await sendOne(f);
+      const boxes = files.map((f) => {
+        const box = el("div", "result");
+        box.dataset.file = f.name;
+        box.append(el("div", "name", f.name));
+        results.prepend(box);
+        return box;
+      });
+      const todo = [];
+      files.forEach((f, i) => {
+        if (limit && f.size > limit) {
+          refuse(boxes[i], f.name + " is over the upload limit of " + limit.toLocaleString("en-US") +
+                 " bytes (the dataset's verify.max_bytes) — use a smaller image");
+        } else {
+          todo.push(i);
+        }
+      });
+      for (let k = 0; k < todo.length; k += BATCH) {
+        const batch = todo.slice(k, k + BATCH);
+        const form = new FormData();
+        for (const i of batch) form.append("file", files[i], files[i].name);
+        let res = null;
+        let body = {};
+        try {
+          res = await fetch("/api/predict", {
+            method: "POST", credentials: "same-origin", body: form, headers: { "X-CSRF-Token": csrf },
+          });
+          body = await res.json().catch(() => ({}));
+        } catch (err) {
+          body = { error: "the app does not answer" };
+        }
+        if (!res || !res.ok || !Array.isArray(body.results)) {
+          for (const i of batch) refuse(boxes[i], body.error || "HTTP " + (res ? res.status : "?"));
+          continue;
+        }
+        batch.forEach((i, j) => show(boxes[i], files[i], body.results[j] || { error: "no answer for this file" }));
+      }
     }
 
-    async function sendOne(f) {
-      const box = el("div", "result");
-      box.dataset.file = f.name;
-      box.append(el("div", "name", f.name));
-      results.prepend(box);
-      let res = null;
-      let body = {};
-      try {
-        res = await fetch("/api/predict", {
-          method: "POST", credentials: "same-origin", body: f,
-          headers: { "X-CSRF-Token": csrf, "Content-Type": "application/octet-stream", "X-File-Name": encodeURIComponent(f.name) },
-        });
-        body = await res.json().catch(() => ({}));
-      } catch (err) {
-        body = { error: "the app does not answer" };
-      }
-      if (!res || !res.ok) {
-        box.classList.add("refused");
-        box.append(el("p", "error", body.error || "HTTP " + (res ? res.status : "?")));
+    function refuse(box, message) {
+      box.classList.add("refused");
+      box.append(el("p", "error", message));
+    }
+
+    function show(box, f, result) {
+      if (result.error) {
+        refuse(box, result.error);
         return;
       }
       const img = el("img");
@@ -342,7 +369,7 @@
       img.src = URL.createObjectURL(f);
       box.append(img);
       const table = el("table", "top");
-      for (const t of body.top) {
+      for (const t of result.top) {
         const tr = el("tr");
         tr.append(el("td", "label", t.label));
         tr.append(el("td", "p", (100 * t.probability).toFixed(1) + "%"));
