@@ -56,7 +56,8 @@ class CarryOver:
     could not be carried; ``changes``: the class changes, in words (``class 'cat' renamed 'kitty'``);
     ``followed``: (gone class, its successor) → images relabelled in review to the gone class, left in place,
     relabelled to its successor; ``stranded``: a class split (which part is ambiguous) → the image_ids relabelled
-    in review to it, left with a label that is no longer a class; ``dataset``: its name, for the hint.
+    in review to it, left with a label that is no longer a class; ``dataset``: its name, for the hint;
+    ``agreed``: of ``decisions``, relabels whose label the source now gives (carried as keeps, still the reviewer's).
     """
 
     images: int = 0
@@ -69,6 +70,7 @@ class CarryOver:
     followed: dict[tuple[str, str], int] = field(default_factory=dict)
     stranded: dict[str, tuple[str, ...]] = field(default_factory=dict)
     dataset: str = "DATASET"
+    agreed: int = 0
 
     def note(self, *, resplit: bool = False) -> str | None:
         """The build summary's line, e.g. ``12 images under a renamed, merged or split class (class 'cat'
@@ -78,7 +80,19 @@ class CarryOver:
         assigned again with every other image's, so the note does not say they kept them."""
         if not self.images:
             return None
-        return self._carried(resplit=resplit) + self._followed()
+        return self._carried(resplit=resplit) + self._agreed() + self._followed()
+
+    def _agreed(self) -> str:
+        """The sentence on relabels whose label the source now gives (after a ``; ``), or ''."""
+        if not self.agreed:
+            return ""
+        from dsbuild.render.values import counted
+
+        source = "the labels CSV" if self.given_by == "labels_csv" else "the source"
+        one = self.agreed == 1
+        return (f"; {counted(self.agreed, 'image')} relabelled in review {'has' if one else 'have'} that label in "
+                f"{source} now: {'its' if one else 'their'} relabel stands as the review decision it was (carried "
+                "as a keep: --accept-suggestions does not overrule a person's)")
 
     def _followed(self) -> str:
         """The sentences on images relabelled in review to a class that is gone (after a ``; ``), or ''."""
@@ -191,7 +205,7 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
                      given_by="imagefolder" if ds.imagefolder is not None else "labels_csv",
                      decisions=carried.carried, lost=carried.lost,
                      changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))), followed=followed,
-                     stranded=stranded, dataset=ds.name)
+                     stranded=stranded, dataset=ds.name, agreed=carried.agreed)
 
 
 def successors_now(cat: Catalog, ds: Dataset, image_ids: Iterable[str], gone: Iterable[str]) -> "pandas.DataFrame":

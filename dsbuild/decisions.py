@@ -772,12 +772,14 @@ class Successor:
 @dataclass(frozen=True)
 class Carried:
     """What :func:`carried_events` did: ``events`` to append; ``carried``: decisions in effect on the new items
-    (an event each, or a relabel to what is now the given label, which needs none); ``lost``: label no longer a
-    class → decisions that could not be carried (a relabel to it, and a keep that confirmed it)."""
+    (an event each); ``lost``: label no longer a class → decisions that could not be carried (a relabel to it, and a
+    keep that confirmed it); ``agreed``: images relabelled in review whose source now gives that label (their relabel
+    is carried as a keep)."""
 
     events: list[dict]
     carried: int = 0
     lost: dict[str, int] = field(default_factory=dict)
+    agreed: int = 0
 
 
 def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFrame | None", labels: Collection[str],
@@ -790,8 +792,9 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
 
     * a relabel in effect (the old item's label is not the one its source gave) to a label of ``labels``
       (or to a class that is gone into one of them, renamed or merged: ``follow``, old → new class) becomes a
-      ``relabel`` from the new given label; to the new given label itself, nothing (it is the
-      label already); to a label that is no longer a class, nothing: counted in ``lost``;
+      ``relabel`` from the new given label; to the new given label itself (the source now agrees with the
+      reviewer), a ``keep`` noted so, which keeps the image decided by the reviewer (counted in ``agreed``); to a
+      label that is no longer a class, nothing: counted in ``lost``;
     * a standing ``remove`` becomes a ``remove`` (the image stays out of training), a standing ``keep``
       a ``keep`` (not when it confirmed a relabel that could not be carried: counted in ``lost``); a
       relabel back to the given label, which confirmed it, a ``keep``.
@@ -808,7 +811,7 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
     labels = set(labels)
     events: list[dict] = []
     lost: dict[str, int] = {}
-    n_carried = 0
+    n_carried = n_agreed = 0
     for s in successors:
         stack = stacks.get(s.old_id, [])
         if not stack:
@@ -819,10 +822,13 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
         relabelled = bool(relabels) and net_label is not None and net_label != s.old_label
         if relabelled and net_label not in labels and follow and net_label in follow:
             net_label = follow[net_label]
-        dead = False
+        dead = agreed = False
         if relabelled:
             if net_label == label:
-                n_carried += 1  # what the reviewer said is now the given label: no decision needed
+                # The source now gives the label the reviewer chose (the reviewed labels written back into a labels
+                # CSV): no relabel is needed, but the decision is still the reviewer's — carried as a keep below, so
+                # that the image stays decided by whoever decided it (trial 11, H1: it was counted, not written).
+                agreed = True
             elif net_label in labels:
                 events.append(_carried_event(s, "relabel", label, net_label, relabels[-1], source=source, at=at))
                 label = net_label
@@ -835,19 +841,24 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
             events.append(_carried_event(s, "remove", label, label, top, source=source, at=at,
                                          new_status=REMOVED_STATUS))
             n_carried += 1
-        elif top["action"] == "keep" or (top["action"] == "relabel" and not relabelled):
+        elif top["action"] == "keep" or (top["action"] == "relabel" and (agreed or not relabelled)):
             if dead:
                 lost[net_label] = lost.get(net_label, 0) + 1  # the keep confirmed a label that is gone
             else:
-                events.append(_carried_event(s, "keep", label, label, top, source=source, at=at))
+                agrees = f"{AGREED_NOTE} ('{label}')" if agreed else None
+                events.append(_carried_event(s, "keep", label, label, top, source=source, at=at, also=agrees))
                 n_carried += 1
-    return Carried(events=events, carried=n_carried, lost=lost)
+        if agreed:
+            n_agreed += 1
+    return Carried(events=events, carried=n_carried, lost=lost, agreed=n_agreed)
 
 
 def _carried_event(s: Successor, action: str, old_label: str, new_label: str, old: dict, *, source: str,
-                   at: datetime, new_status: str | None = None) -> dict:
-    """One event of :func:`carried_events`: ``old`` (a decision of the old item) carried to ``s``."""
-    note = f"carried over from {s.old_id} ({s.why})" + (f"; {old['note']}" if old.get("note") else "")
+                   at: datetime, new_status: str | None = None, also: str | None = None) -> dict:
+    """One event of :func:`carried_events`: ``old`` (a decision of the old item) carried to ``s``; ``also``: words
+    added to the note after the class change (why a relabel became a keep)."""
+    why = f"{s.why}; {also}" if also else s.why
+    note = f"carried over from {s.old_id} ({why})" + (f"; {old['note']}" if old.get("note") else "")
     return {"image_id": s.image_id, "action": action, "old_label": old_label, "new_label": new_label,
             "old_status": s.status, "new_status": new_status, "source": source, "at": at, "note": note,
             "label_quality": old.get("label_quality")}
@@ -987,6 +998,9 @@ SUGGESTION_SOURCE = "review:suggestions"
 BUILD_SOURCE = "build:"
 """The ``label_events.source`` prefix of a build's carry-over (``build:<id>``): it carries a decision, it makes none."""
 
+AGREED_NOTE = "the source now gives the label chosen in review"
+"""In the note of a keep a build carried over for a relabel whose label the image's source now gives (:func:`carried_events`)."""
+
 CARRIED_NOTE = re.compile(r"^carried over from (\S+) \(")
 """The note of a decision a build carried over (:func:`carried_events`); group 1: the item it was carried from."""
 
@@ -1045,6 +1059,8 @@ def standing_decisions(history: "pandas.DataFrame | None") -> dict[str, Standing
 
     for image_id, stack in stacks.items():
         found = trace(image_id, 0, frozenset({image_id})) if stack else None
-        if found is not None:  # the action that stands is the top one's (a carried keep over a carried relabel)
-            out[image_id] = dataclasses.replace(found, action=str(stack[-1]["action"]))
+        if found is not None:  # the action that stands is the top one's (a carried keep over a carried relabel) —
+            # unless that keep only records that the source now gives the label a relabel chose: still the relabel
+            agreed = AGREED_NOTE in (_text(stack[-1].get("note")) or "") and str(stack[-1]["source"]).startswith(BUILD_SOURCE)
+            out[image_id] = found if agreed else dataclasses.replace(found, action=str(stack[-1]["action"]))
     return out

@@ -1,0 +1,85 @@
+"""A user who owns a labels CSV edits it between builds (fresh-user trial 11).
+
+The reviewed labels written back into the CSV (H1): the same files, their labels now the ones a person chose —
+each stays decided by that person, so ``--accept-suggestions`` does not overrule them. Real photos
+(``skimage.data`` quadrants), real DuckDB catalogs, the CLI in-process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import photo_quadrant, run_cli, sql
+
+from dsbuild.catalog import Catalog
+from dsbuild.decisions import standing_decisions
+from dsbuild.manifest import load_manifest
+
+pytestmark = pytest.mark.usefixtures("wide_terminal")
+
+NAMES = ("chelsea", "astronaut", "coffee")
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def project(tmp_path: Path, labels: dict[str, str]) -> Path:
+    """``data/labels.csv`` giving each file of ``labels`` (``images/<name>``) its label, and the manifest of
+    dataset ``photos`` over it (no embeddings); the manifest's path. Files are written once."""
+    data = tmp_path / "data"
+    for i, name in enumerate(labels):
+        path = data / "images" / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            photo_quadrant(NAMES[i // 4 % len(NAMES)], i % 4, 96).save(path)
+    (data / "labels.csv").write_text("file,label\n" + "".join(f"images/{n},{lb}\n" for n, lb in labels.items()))
+    m = tmp_path / "datasets.toml"
+    m.write_text('[datasets.photos]\nlabels_csv = "data/labels.csv"\n[datasets.photos.dedup]\nsemantic = false\n')
+    return m
+
+
+def ids(m: Path) -> dict[str, str]:
+    """file name → image_id of the items not set aside."""
+    rows = sql(m, "select origin, image_id from images where reason is distinct from 'source removed'")
+    return {Path(o).name: i for o, i in rows}
+
+
+def test_reviewed_labels_written_back_into_the_csv_stay_a_persons_decisions(tmp_path: Path, capsys) -> None:
+    """H1: after copying the reviewed labels into labels.csv and building again, the relabelled images lost their
+    "decided by a person" standing (no event was written, though the build counted them as kept decisions), and a
+    later --accept-suggestions overruled the person. Now the decision is carried as a keep noted so, and it is
+    still traced as the person's relabel."""
+    labels = {f"IMG_{i:04d}.png": ("cat" if i < 4 else "dog") for i in range(8)}
+    m = project(tmp_path, labels)
+    assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
+    before = ids(m)
+    dec = tmp_path / "decisions1.csv"
+    dec.write_text(f"image_id,action,new_label\n{before['IMG_0000.png']},relabel,dog\n"
+                   f"{before['IMG_0005.png']},relabel,cat\n{before['IMG_0001.png']},keep,\n")
+    code, out, err = run_cli(capsys, m, "review", "photos", "--decisions", str(dec))
+    assert code == 0, err
+
+    labels.update({"IMG_0000.png": "dog", "IMG_0005.png": "cat"})  # the reviewed labels, written back
+    project(tmp_path, labels)
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    after = ids(m)
+    with Catalog.open_readonly(load_manifest(m).catalog) as cat:
+        standing = standing_decisions(cat.label_history("photos"))
+    for name, label in (("IMG_0000.png", "dog"), ("IMG_0005.png", "cat")):
+        new = after[name]
+        assert new != before[name]
+        assert sql(m, "select label, reviewed from images where image_id = ?", [new]) == [(label, True)]
+        assert standing[new].by_person and standing[new].action == "relabel", standing.get(new)
+        assert standing[new].source == "review:decisions1.csv"
+        assert standing[new].words().startswith("relabelled by a person")
+    assert after["IMG_0001.png"] == before["IMG_0001.png"]  # untouched row: its own keep stands
+    # The build's words count what it wrote: one event per decision it says it kept.
+    events = sql(m, "select count(*) from label_history where source like 'build:%'")[0][0]
+    assert events == 2
+    assert "2 review decisions" in flat(out), out
+    assert ("2 images relabelled in review have that label in the labels CSV now: their relabel stands as the "
+            "review decision it was (carried as a keep") in flat(out), out
