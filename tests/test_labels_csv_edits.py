@@ -83,3 +83,32 @@ def test_reviewed_labels_written_back_into_the_csv_stay_a_persons_decisions(tmp_
     assert "2 review decisions" in flat(out), out
     assert ("2 images relabelled in review have that label in the labels CSV now: their relabel stands as the "
             "review decision it was (carried as a keep") in flat(out), out
+
+
+@pytest.mark.parametrize("copy", ["IMG_0011 (copy).png", "IMG_0011 - Copy.png", "IMG_0011(1).png", "IMG_0011 copy 2.png",
+                                  "Copy of IMG_0011.png"])
+def test_of_two_byte_identical_files_the_one_without_a_copy_marker_represents_them(tmp_path: Path, capsys,
+                                                                                    copy: str) -> None:
+    """L1: of IMG_0011.png and its byte copy "IMG_0011 (copy).png" (same label), the original was marked the
+    duplicate (' ' sorts before '.'), so a user deleting the files marked duplicate deleted the original name."""
+    labels = {f"IMG_{i:04d}.png": ("cat" if i < 14 else "dog") for i in range(10, 18)}
+    m = project(tmp_path, labels)
+    images = tmp_path / "data" / "images"
+    (images / copy).write_bytes((images / "IMG_0011.png").read_bytes())
+    rows = (tmp_path / "data" / "labels.csv").read_text().splitlines()
+    # the copy listed first, as a file manager's sort puts it: the order of rows must not decide either
+    (tmp_path / "data" / "labels.csv").write_text("\n".join([rows[0], f"images/{copy},cat", *rows[1:]]) + "\n")
+    assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
+    got = {Path(o).name: (s, r) for o, s, r in sql(m, "select origin, status, reason from images "
+                                                   "where origin like '%IMG_0011%'")}
+    assert got == {"IMG_0011.png": ("ok", None), copy: ("duplicate", "exact duplicate")}, got
+
+
+def test_copy_markers_are_told_from_names_that_merely_contain_copy() -> None:
+    from dsbuild.dedup.grouping import is_copy_name
+
+    marked = ["a/IMG_1 (copy).jpg", "IMG_1 - Copy.jpg", "IMG_1 - Copy (2).jpg", "IMG_1 copy.jpg", "IMG_1_copy.jpg",
+              "IMG_1(1).jpg", "IMG_1 (12).jpg", "IMG_1 [1].jpg", "Copy of IMG_1.jpg", "https://x.org/p/IMG_1%20(1).jpg"]
+    plain = ["IMG_1.jpg", "copyright.jpg", "photocopy.jpg", "IMG_2021.jpg", "scan_0020.png", "copy/IMG_1.jpg", ".hidden"]
+    assert [n for n in marked if not is_copy_name(n)] == []
+    assert [n for n in plain if is_copy_name(n)] == []
