@@ -662,8 +662,8 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     once (the review app's grid selection + Enter): as ``--accept-suggestions``, those on images whose standing
     decision is a person's are skipped (:data:`PERSON_DECIDED_BULK`); one card's Enter is a person's own decision.
     """
-    from dsbuild.decisions import (REVIEWABLE, check_decisions, label_list, parse_decisions, plan_events,
-                                   standing_decisions, suggested_decisions)
+    from dsbuild.decisions import (REVIEWABLE, SAME_LABEL_KEEP, check_decisions, label_list, parse_decisions,
+                                   plan_events, standing_decisions, suggested_decisions)
     from dsbuild.dedup.reviewed import regroup_reviewed
 
     ds = manifest.dataset(name)
@@ -714,6 +714,9 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             source = f"review:{Path(decisions).name}"
             chosen = parse_decisions(Path(decisions), images=images, labels=classes, history=history,
                                      last_run_at=run_at, former=former_classes(cat, ds, classes), source=source)
+            same = [d for d in chosen if (d.note or "").startswith(SAME_LABEL_KEEP)]
+            if same:
+                notes.append(same_label_note(same, images))
         else:
             last = cat.last_attempt(name, "mislabels")
             if last is not None and last["status"] == "refused":
@@ -815,6 +818,20 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
     return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
                          already_applied=already, skipped=skipped, notes=tuple(notes))
+
+
+def same_label_note(rows: "list", images: "pandas.DataFrame") -> str:
+    """``review``'s line for a decisions file's relabel rows (:class:`~dsbuild.decisions.Decision`) to the label their
+    image already has, applied as keeps (:data:`dsbuild.decisions.SAME_LABEL_KEEP`): which lines, which labels."""
+    from dsbuild.render.values import counted
+
+    label = dict(zip(images["image_id"].astype(str), images["label"].astype(str)))
+    shown = "; ".join(f"line {d.line}: image {d.image_id} has label '{label.get(d.image_id, '?')}'" for d in rows[:5])
+    more = f"; … ({len(rows) - 5} more)" if len(rows) > 5 else ""
+    one = len(rows) == 1
+    return (f"{counted(len(rows), 'relabel row')} named the label {'its image has' if one else 'their images have'} "
+            f"already ({shown}{more}): applied as {'a keep' if one else 'keeps'}, which confirm{'s' if one else ''} "
+            f"the label — to change {'it' if one else 'them'}, give another new_label and run the file again")
 
 
 def ghost_labels(cat: Catalog, ds: Dataset, *, image_ids: "Iterable[str] | None" = None,

@@ -112,3 +112,47 @@ def test_copy_markers_are_told_from_names_that_merely_contain_copy() -> None:
     plain = ["IMG_1.jpg", "copyright.jpg", "photocopy.jpg", "IMG_2021.jpg", "scan_0020.png", "copy/IMG_1.jpg", ".hidden"]
     assert [n for n in marked if not is_copy_name(n)] == []
     assert [n for n in plain if is_copy_name(n)] == []
+
+
+def test_a_conflict_row_never_offers_the_label_a_copy_already_has() -> None:
+    """M5: of two byte copies (airplane, wrong; cat, right), the cat copy got the row "conflict cat → cat" whose
+    relabel review refused. The copy that has the suggested label gets no row; the airplane copy's row says
+    airplane → cat (or its label flag does, when it has one)."""
+    import numpy as np
+    import pandas as pd
+
+    from dsbuild.issues.conflict import find_conflict_issues
+    from dsbuild.model.oof import OOFResult
+
+    members = pd.DataFrame({"image_id": ["a1", "c1"], "dup_group": ["g-a1", "g-a1"], "label": ["airplane", "cat"],
+                            "status": ["ok", "duplicate"], "sha256": ["s", "s"]})
+    oof = OOFResult(image_ids=("a1",), labels=("airplane",), classes=("airplane", "cat"),
+                    pred_probs=np.array([[0.118, 0.882]]), fold=np.array([0]), trained_on=(frozenset(),),
+                    method="kfold", fold_accuracy=(1.0,), duration_s=0.0)
+    none = pd.DataFrame(columns=["image_id", "is_issue", "rank"])
+    rows = find_conflict_issues(members, none, oof)
+    assert list(zip(rows["image_id"], rows["given_label"], rows["suggested_label"])) == [("a1", "airplane", "cat")]
+    flagged = pd.DataFrame({"image_id": ["a1"], "is_issue": [True], "rank": [27]})  # the label finder's flag
+    assert find_conflict_issues(members, flagged, oof).empty  # not "cat → cat" on the copy that is right
+    assert (rows["given_label"] != rows["suggested_label"]).all()
+
+
+def test_a_relabel_row_to_the_label_an_image_has_is_applied_as_a_keep_not_a_refusal(tmp_path: Path, capsys) -> None:
+    """M5: a decisions row "relabel → cat" on an image labelled cat refused the whole file ("already has label 'cat'
+    — use keep"); every other decision in it was lost. It confirms the label: a keep, named in the summary."""
+    labels = {f"IMG_{i:04d}.png": ("cat" if i < 4 else "dog") for i in range(8)}
+    m = project(tmp_path, labels)
+    assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
+    i = ids(m)
+    dec = tmp_path / "dec.csv"
+    dec.write_text(f"image_id,action,new_label,note\n{i['IMG_0001.png']},relabel,cat,looked twice\n"
+                   f"{i['IMG_0005.png']},relabel,cat,\n")
+    code, out, err = run_cli(capsys, m, "review", "photos", "--decisions", str(dec))
+    assert code == 0, err
+    assert "applied 2 decisions to 'photos' (keep 1, relabel 1)" in flat(out), out
+    assert (f"1 relabel row named the label its image has already (line 2: image {i['IMG_0001.png']} has label 'cat'): "
+            "applied as a keep") in flat(out + err), out + err
+    assert sql(m, "select action, note from label_history where image_id = ?", [i["IMG_0001.png"]]) == [
+        ("keep", "relabel to the label it has, applied as a keep; looked twice")]
+    code, out, err = run_cli(capsys, m, "review", "photos", "--decisions", str(dec))  # run again: nothing new
+    assert code == 0 and "2 already applied" in flat(out), out + err

@@ -120,7 +120,6 @@ BAD_FILES = [
                             f"{ROCKET2},undo,cat,\n", problems(
         Path("{p}"),
         "line 2: relabel needs a new_label — one of cat, cup, person, rocket",
-        f"line 3: image {COFFEE} already has label 'cup' — use keep to confirm it",
         "line 4: new_label 'cat' is only used with relabel — empty it or change the action to relabel",
         "line 5: new_label 'cat' is only used with relabel (keep leaves the label 'rocket') "
         "— empty it or change the action to relabel",
