@@ -156,3 +156,20 @@ def test_a_relabel_row_to_the_label_an_image_has_is_applied_as_a_keep_not_a_refu
         ("keep", "relabel to the label it has, applied as a keep; looked twice")]
     code, out, err = run_cli(capsys, m, "review", "photos", "--decisions", str(dec))  # run again: nothing new
     assert code == 0 and "2 already applied" in flat(out), out + err
+
+
+def test_labels_that_differ_only_in_case_are_named_with_every_row_and_how_to_fix_them(tmp_path: Path, capsys) -> None:
+    """M3: 'Cat' in 5 rows beside 'cat' blocked the build naming one line per spelling; the user learnt neither how
+    many rows nor which. Now each spelling's count and lines (the first 10, then how many more) and the fix."""
+    labels = {f"IMG_{i:04d}.png": ("cat" if i < 20 else "dog") for i in range(28)}
+    for i in (3, 5, 7, 9, 11):
+        labels[f"IMG_{i:04d}.png"] = "Cat"
+    m = project(tmp_path, labels)
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 2, out + err
+    assert ("datasets.photos: class names 'cat' and 'Cat' are one name to a case-insensitive file system (macOS, "
+            "Windows): they differ only in case ('cat': 15 rows of labels.csv, lines 2, 3, 4, 6, 8, 10, 12, 14, 15, 16, "
+            "… (5 more); 'Cat': 5 rows of labels.csv, lines 5, 7, 9, 11, 13) — if they are one class, give every row of "
+            "labels.csv one spelling (change the 5 rows of 'Cat' to 'cat') and build again — dsbuild does not merge "
+            "spellings that differ in case, and the manifest has no setting that does; if they are two classes, rename "
+            "one so that the names differ by more than case") in flat(err), err
