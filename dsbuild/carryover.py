@@ -57,7 +57,10 @@ class CarryOver:
     ``followed``: (gone class, its successor) → images relabelled in review to the gone class, left in place,
     relabelled to its successor; ``stranded``: a class split (which part is ambiguous) → the image_ids relabelled
     in review to it, left with a label that is no longer a class; ``dataset``: its name, for the hint;
-    ``agreed``: of ``decisions``, relabels whose label the source now gives (carried as keeps, still the reviewer's).
+    ``agreed``: of ``decisions``, relabels whose label the source now gives (carried as keeps, still the reviewer's);
+    ``edited``: the set-aside items whose file the source now gives another label that was and is a class — a label
+    edited in a labels CSV, no class renamed, merged or split (trial 11, M4): the build's note says so, and neither
+    counts them as rejected nor among the items set aside; ``source_name``: the labels CSV's file name, for the note.
     """
 
     images: int = 0
@@ -71,6 +74,8 @@ class CarryOver:
     stranded: dict[str, tuple[str, ...]] = field(default_factory=dict)
     dataset: str = "DATASET"
     agreed: int = 0
+    edited: frozenset[str] = frozenset()
+    source_name: str = "labels.csv"
 
     def note(self, *, resplit: bool = False) -> str | None:
         """The build summary's line, e.g. ``12 images under a renamed, merged or split class (class 'cat'
@@ -122,6 +127,11 @@ class CarryOver:
 
         changes = "; ".join(self.changes[:MAX_CHANGES]) + ("; …" if len(self.changes) > MAX_CHANGES else "")
         head = f"{counted(self.images, 'image')} under a renamed, merged or split class ({changes})"
+        if self.edited and len(self.edited) == self.images:  # only labels edited in the source: say that
+            where = self.source_name if self.given_by == "labels_csv" else "the source"
+            rows = "the same file, its earlier row" if self.images == 1 else "the same files, their earlier rows"
+            head = (f"{counted(self.images, 'image')} given another label in {where} ({changes}; {rows} kept in the "
+                    "catalog as 'source removed')")
         carried = counted(self.decisions, "review decision") if self.decisions else ""
         lost = ""
         if self.lost:
@@ -201,7 +211,11 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
                              labels=labels, source=f"build:{build_id}", at=at, follow=follow)
     cat.append_label_events(ds.name, carried.events)
     followed, stranded = follow_classes(cat, ds, follow, split, why, build_id=build_id, at=at)
-    return CarryOver(images=len(pairs), kept_split=kept_split, moved_split=len(moved),
+    # A label edited in the source: the same file, its old label still a class (no class renamed, merged or split).
+    edited = frozenset(r.old_id for r in pairs.itertuples(index=False)
+                       if r.origin == r.old_origin and r.old_label != r.class_label and r.old_label in labels)
+    return CarryOver(images=len(pairs), kept_split=kept_split, moved_split=len(moved), edited=edited,
+                     source_name=ds.labels_csv.name if ds.labels_csv is not None else "labels.csv",
                      given_by="imagefolder" if ds.imagefolder is not None else "labels_csv",
                      decisions=carried.carried, lost=carried.lost,
                      changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))), followed=followed,

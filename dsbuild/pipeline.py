@@ -669,13 +669,18 @@ def build_dataset(
     set_aside = removed_sources(ds, known_by_id, current)
     if set_aside:
         cat.set_aside_items(ds.name, set_aside, reason=SOURCE_REMOVED, build_id=build_id)
-        summary.notes.append(set_aside_note(set_aside))
         summary.changed += len(set_aside)
     # A renamed, merged or split class: the same files under another class keep their split and review decisions.
+    edited: frozenset[str] = frozenset()  # set aside for a label edited in the source: the file is still in
     if set_aside or any(source_removed(row) for row in known_by_id.values()):  # else nothing to succeed (a first build)
         labels_before = {row.class_label for row in known_by_id.values() if not source_removed(row)}
-        carried = carry_over(cat, ds, successor_candidates(current, known_by_id), labels_before=labels_before,
-                             build_id=build_id, at=utcnow()).note(resplit=resplit)
+        carry = carry_over(cat, ds, successor_candidates(current, known_by_id), labels_before=labels_before,
+                           build_id=build_id, at=utcnow())
+        edited = carry.edited & set(set_aside)
+        gone = {i: why for i, why in set_aside.items() if i not in edited}
+        if gone:
+            summary.notes.append(set_aside_note(gone))
+        carried = carry.note(resplit=resplit)
         if carried:
             summary.notes.append(carried)
 
@@ -720,6 +725,13 @@ def build_dataset(
     for status, reason, n in counts:
         if status in ("rejected", "failed"):
             summary.rejects[reason or "?"] = summary.rejects.get(reason or "?", 0) + n
+    if edited:  # the rows a label edited in the source replaced: nothing was rejected (trial 11, M4: "rejected 65")
+        summary.rejected -= len(edited)
+        left = summary.rejects.get(SOURCE_REMOVED, 0) - len(edited)
+        if left > 0:
+            summary.rejects[SOURCE_REMOVED] = left
+        else:
+            summary.rejects.pop(SOURCE_REMOVED, None)
     cat.set_meta(f"settings:{ds.name}", digest)
     cat.set_meta(f"settings-sections:{ds.name}", json.dumps(sections, sort_keys=True))
     summary.seconds = time.monotonic() - t0
@@ -784,8 +796,10 @@ def set_aside_note(details: dict[str, str]) -> str:
         by_why[why] = by_why.get(why, 0) + 1
     top = sorted(by_why.items(), key=lambda kv: (-kv[1], kv[0]))
     whys = "; ".join(f"{n}: {why}" for why, n in top[:3]) + ("; …" if len(top) > 3 else "")
-    return (f"{counted(len(details), 'image', 'images')} set aside because their source left the manifest ({whys}) — "
-            f"status rejected, reason '{SOURCE_REMOVED}'; nothing is deleted, and they come back when their source does")
+    one = len(details) == 1
+    return (f"{counted(len(details), 'image', 'images')} set aside because {'its' if one else 'their'} source left the "
+            f"manifest ({whys}) — status rejected, reason '{SOURCE_REMOVED}'; nothing is deleted, and "
+            f"{'it comes back when its' if one else 'they come back when their'} source does")
 
 
 def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool) -> None:

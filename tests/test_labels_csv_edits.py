@@ -7,6 +7,7 @@ each stays decided by that person, so ``--accept-suggestions`` does not overrule
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,33 @@ def test_labels_that_differ_only_in_case_are_named_with_every_row_and_how_to_fix
             "labels.csv one spelling (change the 5 rows of 'Cat' to 'cat') and build again — dsbuild does not merge "
             "spellings that differ in case, and the manifest has no setting that does; if they are two classes, rename "
             "one so that the names differ by more than case") in flat(err), err
+
+
+def test_labels_corrected_in_the_csv_read_as_label_changes_not_rejections(tmp_path: Path, capsys) -> None:
+    """M4: after correcting 2 labels in labels.csv the build said "rejected 2", "2 images set aside because their
+    source left the manifest" and "under a renamed, merged or split class" — though no image was lost. It says the
+    labels changed in labels.csv; a row really gone is still named as set aside."""
+    labels = {f"IMG_{i:04d}.png": ("cat" if i < 4 else "dog") for i in range(8)}
+    m = project(tmp_path, labels)
+    assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
+    labels.update({"IMG_0000.png": "dog", "IMG_0005.png": "cat"})
+    project(tmp_path, labels)
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    text = flat(out)
+    assert ("photos: 2 images given another label in labels.csv (images of class 'cat' now under 'dog'; images of "
+            "class 'dog' now under 'cat'; the same files, their earlier rows kept in the catalog as 'source removed') "
+            "kept their split") in text, out
+    for alarm in ("renamed, merged or split", "set aside because", "source removed 2"):
+        assert alarm not in text, out
+    row = re.search(r"│ photos\s*│\s*(\d+)\s*│\s*(\d+)\s*│\s*(\d+)\s*│\s*(\d+)\s*│", out)
+    assert row is not None and row.group(4) == "0", out  # the table's rejected column
+    assert sql(m, "select count(*) from images where status = 'ok'") == [(8,)]
+
+    del labels["IMG_0007.png"]  # a row taken out: that one is set aside, and said so
+    labels["IMG_0001.png"] = "dog"
+    project(tmp_path, labels)
+    code, out, err = run_cli(capsys, m, "build", "--workers", "1")
+    assert code == 0, err
+    assert "1 image set aside because its source left the manifest" in flat(out), out
+    assert "1 image given another label in labels.csv" in flat(out), out
