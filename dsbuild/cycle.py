@@ -713,7 +713,8 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             classes = dataset_classes(cat, ds)
             source = f"review:{Path(decisions).name}"
             chosen = parse_decisions(Path(decisions), images=images, labels=classes, history=history,
-                                     last_run_at=run_at, former=former_classes(cat, ds, classes), source=source)
+                                     last_run_at=run_at, former=former_classes(cat, ds, classes), source=source,
+                                     source_dirs=source_dirs(ds, manifest))
             same = [d for d in chosen if (d.note or "").startswith(SAME_LABEL_KEEP)]
             if same:
                 notes.append(same_label_note(same, images))
@@ -818,6 +819,15 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
     return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
                          already_applied=already, skipped=skipped, notes=tuple(notes))
+
+
+def source_dirs(ds: Dataset, manifest: Manifest) -> list[Path]:
+    """The folders ``ds``'s sources give paths in — its labels CSV's folder (and ``labels_root``), its imagefolder,
+    its class folders — then the manifest's folder: a decisions file's path is looked up in each."""
+    dirs = [ds.labels_csv.parent] if ds.labels_csv is not None else []
+    dirs += [d for d in (ds.labels_root, ds.imagefolder) if d is not None]
+    dirs += [f for c in ds.classes for f in c.folders]
+    return [*dirs, manifest.root]
 
 
 def same_label_note(rows: "list", images: "pandas.DataFrame") -> str:

@@ -318,16 +318,20 @@ def _read_rows(path: Path, problems: _Problems) -> tuple[list[str], list[_Row]]:
 class _ImageIndex:
     """image_id / resolved path / origin → catalog rows of one dataset."""
 
-    def __init__(self, images: "pandas.DataFrame", *, base_dirs: Sequence[Path]) -> None:
+    def __init__(self, images: "pandas.DataFrame", *, base_dirs: Sequence[Path], source_dirs: Sequence[Path] = ()) -> None:
         need = {"image_id", "path", "origin", "label", "status"}
         missing = need - set(images.columns)
         if missing:
             raise ValueError(f"images needs columns {sorted(need)}; missing {sorted(missing)}")
         from dsbuild.sources import SOURCE_REMOVED
 
-        self.base_dirs = list(base_dirs)
+        # ``source_dirs``: the folders the dataset's sources give paths in (a labels CSV's folder, an imagefolder,
+        # class folders): a path as the user's own labels.csv writes it names its image (trial 11, M6).
+        self.source_dirs = [Path(_resolved(Path(d))) for d in dict.fromkeys(source_dirs)]
+        self.base_dirs = list(dict.fromkeys([*base_dirs, *self.source_dirs]))
         self.by_id: dict[str, dict[str, Any]] = {}
         self.by_path: dict[str, set[str]] = {}
+        self.by_name: dict[str, set[str]] = {}  # a local origin's file name → items: a bare file name, when unique
         self.set_aside: set[str] = set()  # items a build set aside (source removed): a class renamed, a file gone
         columns = ["image_id", "path", "origin", "label", "status"] + (["reason"] if "reason" in images else [])
         for rec in images[columns].to_dict("records"):
@@ -339,6 +343,9 @@ class _ImageIndex:
                 if isinstance(value, str) and value:
                     key = value if "://" in value else _resolved(Path(value))
                     self.by_path.setdefault(key, set()).add(iid)
+            origin = rec["origin"]
+            if isinstance(origin, str) and origin and "://" not in origin:
+                self.by_name.setdefault(Path(origin).name, set()).add(iid)
 
     def lookup_path(self, value: str) -> set[str]:
         if "://" in value:  # an origin URL, compared as written
@@ -348,7 +355,24 @@ class _ImageIndex:
         found: set[str] = set()
         for cand in candidates:
             found |= self.by_path.get(_resolved(cand), set())
+        if not found and not p.is_absolute() and len(p.parts) == 1:  # a bare file name: the file of that name
+            found = set(self.by_name.get(p.name, set()))
         return found
+
+    def forms(self) -> str:
+        """The ways a row may name an image, with this dataset's first image as the example (for a message)."""
+        live = sorted(i for i in self.by_id if i not in self.set_aside) or sorted(self.by_id)
+        if not live:
+            return "by image_id, or by path: as your labels CSV or folder gives it, or the file's full path"
+        rec = self.by_id[live[0]]
+        origin = rec["origin"] if isinstance(rec["origin"], str) else ""
+        if not origin or "://" in origin:
+            return f"by image_id ({live[0]}), or by path: the origin URL ({origin}) or the stored file ({rec['path']})"
+        relative = next((str(Path(origin).relative_to(d)) for d in self.source_dirs
+                         if Path(origin).is_relative_to(d)), None)
+        as_given = f"as your labels CSV or folder gives it ({relative}), " if relative else ""
+        return (f"by image_id ({live[0]}), or by path: {as_given}the file's full path ({origin}), or its name alone "
+                f"({Path(origin).name}) when no other file has it")
 
 
 def _resolved(p: Path) -> str:
@@ -368,7 +392,7 @@ SAME_LABEL_KEEP = "relabel to the label it has, applied as a keep"
 def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[str],
                     dataset: str | None = None, history: "pandas.DataFrame | None" = None,
                     last_run_at: datetime | None = None, former: Collection[str] = (),
-                    source: str | None = None) -> list[Decision]:
+                    source: str | None = None, source_dirs: Sequence[Path] = ()) -> list[Decision]:
     """Read and validate a decisions CSV against the catalog; all or nothing.
 
     ``images``: the dataset's rows of the ``images`` view with columns
@@ -382,7 +406,9 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
     passes, and :func:`plan_events` turns it into no event — see "Running a
     file again" in the module docstring. With ``history``, what :func:`plan_events` would refuse (an undo with
     nothing to undo) is checked too; ``source``: the events' source as the caller will record them (default
-    ``review:<file name>``), for a file's undo rows run again.
+    ``review:<file name>``), for a file's undo rows run again. ``source_dirs``: the folders the dataset's sources give
+    paths in (:func:`dsbuild.cycle.source_dirs`): a ``path`` is looked up there too (as the user's labels CSV writes it),
+    besides the decisions file's folder and the working folder; a bare file name names the one image of that name.
 
     A relabel row to the label its image has now (and no decision set it) is a ``keep``, noted
     :data:`SAME_LABEL_KEEP`: it confirms the label. Returns the decisions in file order, one per image (see the module
@@ -395,7 +421,7 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
     path = Path(path)
     problems = _Problems()
     header, rows = _read_rows(path, problems)
-    index = _ImageIndex(images, base_dirs=[path.resolve().parent, Path.cwd()])
+    index = _ImageIndex(images, base_dirs=[path.resolve().parent, Path.cwd()], source_dirs=source_dirs)
     label_set = list(dict.fromkeys(str(x) for x in labels))
     is_report = "suggested_label" in header
     stacks = undo_stacks(history)
@@ -507,8 +533,8 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
     if path:
         found = index.lookup_path(path)
         if not found and by_id is None:
-            problems.add(line, f"no image of this dataset has path '{_short(path, PATH_LIMIT)}' (stored file or origin) — "
-                               "check the path or use image_id")
+            problems.add(line, f"no image of this dataset has path '{_short(path, PATH_LIMIT)}' — name an image "
+                               f"{index.forms()}")
             return None
         if len(found) > 1 and by_id is None and len(found - index.set_aside) == 1:
             # A class renamed (or merged, split) keeps the stored file: the item set aside and its successor share
@@ -517,7 +543,7 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
         if len(found) > 1 and by_id is None:
             ids = sorted(found)
             problems.add(line, f"path '{_short(path, PATH_LIMIT)}' is {len(ids)} images ({', '.join(ids[:5])}"
-                               f"{', …' if len(ids) > 5 else ''}) — use image_id to say which")
+                               f"{', …' if len(ids) > 5 else ''}) — use image_id, or the path with its folders, to say which")
             return None
         if found and by_id is not None and by_id not in found:
             problems.add(line, f"image_id '{by_id}' and path '{_short(path, PATH_LIMIT)}' name different images — fix one of them")

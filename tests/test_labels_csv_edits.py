@@ -204,3 +204,32 @@ def test_labels_corrected_in_the_csv_read_as_label_changes_not_rejections(tmp_pa
     assert code == 0, err
     assert "1 image set aside because its source left the manifest" in flat(out), out
     assert "1 image given another label in labels.csv" in flat(out), out
+
+
+def test_a_decisions_file_names_images_by_the_path_its_labels_csv_gives(tmp_path: Path, capsys, monkeypatch) -> None:
+    """M6: a decisions row naming `images/IMG_0050.jpg` — the path as the user's labels.csv writes it — was refused
+    ("no image of this dataset has path … — check the path or use image_id"). It names that image, as does the file's
+    name alone when no other file has it; a path that names nothing says which forms are accepted, with an example."""
+    labels = {f"IMG_{i:04d}.png": ("cat" if i < 4 else "dog") for i in range(8)}
+    m = project(tmp_path, labels)
+    assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
+    i = ids(m)
+    elsewhere = tmp_path / "reviews"  # neither beside the CSV nor the working folder
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    dec = elsewhere / "dec.csv"
+    dec.write_text("path,action,new_label\nimages/IMG_0000.png,relabel,dog\nIMG_0005.png,remove,\n")
+    code, out, err = run_cli(capsys, m, "review", "photos", "--decisions", str(dec))
+    assert code == 0, err
+    assert sql(m, "select image_id, action from label_history order by event_id") == [
+        (i["IMG_0000.png"], "relabel"), (i["IMG_0005.png"], "remove")]
+
+    dec.write_text("path,action,new_label\nimages/IMG_9999.png,keep,\n")
+    code, out, err = run_cli(capsys, m, "review", "photos", "--decisions", str(dec))
+    assert code == 2
+    first = min(i.values())  # the example: the dataset's first image by id
+    name = next(k for k, v in i.items() if v == first)
+    origin = tmp_path / "data" / "images" / name
+    assert (f"line 2: no image of this dataset has path 'images/IMG_9999.png' — name an image by image_id ({first}), "
+            f"or by path: as your labels CSV or folder gives it (images/{name}), the file's full path ({origin}), or "
+            f"its name alone ({name}) when no other file has it") in flat(err), err
