@@ -56,7 +56,11 @@ class CarryOver:
     could not be carried; ``changes``: the class changes, in words (``class 'cat' renamed 'kitty'``);
     ``followed``: (gone class, its successor) → images relabelled in review to the gone class, left in place,
     relabelled to its successor; ``stranded``: a class split (which part is ambiguous) → the image_ids relabelled
-    in review to it, left with a label that is no longer a class; ``dataset``: its name, for the hint.
+    in review to it, left with a label that is no longer a class; ``dataset``: its name, for the hint;
+    ``agreed``: of ``decisions``, relabels whose label the source now gives (carried as keeps, still the reviewer's);
+    ``edited``: the set-aside items whose file the source now gives another label that was and is a class — a label
+    edited in a labels CSV, no class renamed, merged or split (trial 11, M4): the build's note says so, and neither
+    counts them as rejected nor among the items set aside; ``source_name``: the labels CSV's file name, for the note.
     """
 
     images: int = 0
@@ -69,6 +73,9 @@ class CarryOver:
     followed: dict[tuple[str, str], int] = field(default_factory=dict)
     stranded: dict[str, tuple[str, ...]] = field(default_factory=dict)
     dataset: str = "DATASET"
+    agreed: int = 0
+    edited: frozenset[str] = frozenset()
+    source_name: str = "labels.csv"
 
     def note(self, *, resplit: bool = False) -> str | None:
         """The build summary's line, e.g. ``12 images under a renamed, merged or split class (class 'cat'
@@ -78,7 +85,19 @@ class CarryOver:
         assigned again with every other image's, so the note does not say they kept them."""
         if not self.images:
             return None
-        return self._carried(resplit=resplit) + self._followed()
+        return self._carried(resplit=resplit) + self._agreed() + self._followed()
+
+    def _agreed(self) -> str:
+        """The sentence on relabels whose label the source now gives (after a ``; ``), or ''."""
+        if not self.agreed:
+            return ""
+        from dsbuild.render.values import counted
+
+        source = "the labels CSV" if self.given_by == "labels_csv" else "the source"
+        one = self.agreed == 1
+        return (f"; {counted(self.agreed, 'image')} relabelled in review {'has' if one else 'have'} that label in "
+                f"{source} now: {'its' if one else 'their'} relabel stands as the review decision it was (carried "
+                "as a keep: --accept-suggestions does not overrule a person's)")
 
     def _followed(self) -> str:
         """The sentences on images relabelled in review to a class that is gone (after a ``; ``), or ''."""
@@ -108,6 +127,11 @@ class CarryOver:
 
         changes = "; ".join(self.changes[:MAX_CHANGES]) + ("; …" if len(self.changes) > MAX_CHANGES else "")
         head = f"{counted(self.images, 'image')} under a renamed, merged or split class ({changes})"
+        if self.edited and len(self.edited) == self.images:  # only labels edited in the source: say that
+            where = self.source_name if self.given_by == "labels_csv" else "the source"
+            rows = "the same file, its earlier row" if self.images == 1 else "the same files, their earlier rows"
+            head = (f"{counted(self.images, 'image')} given another label in {where} ({changes}; {rows} kept in the "
+                    "catalog as 'source removed')")
         carried = counted(self.decisions, "review decision") if self.decisions else ""
         lost = ""
         if self.lost:
@@ -187,11 +211,15 @@ def carry_over(cat: Catalog, ds: Dataset, candidates: Iterable[str], *, labels_b
                              labels=labels, source=f"build:{build_id}", at=at, follow=follow)
     cat.append_label_events(ds.name, carried.events)
     followed, stranded = follow_classes(cat, ds, follow, split, why, build_id=build_id, at=at)
-    return CarryOver(images=len(pairs), kept_split=kept_split, moved_split=len(moved),
+    # A label edited in the source: the same file, its old label still a class (no class renamed, merged or split).
+    edited = frozenset(r.old_id for r in pairs.itertuples(index=False)
+                       if r.origin == r.old_origin and r.old_label != r.class_label and r.old_label in labels)
+    return CarryOver(images=len(pairs), kept_split=kept_split, moved_split=len(moved), edited=edited,
+                     source_name=ds.labels_csv.name if ds.labels_csv is not None else "labels.csv",
                      given_by="imagefolder" if ds.imagefolder is not None else "labels_csv",
                      decisions=carried.carried, lost=carried.lost,
                      changes=tuple(dict.fromkeys(why[p] for p in sorted(set(why)))), followed=followed,
-                     stranded=stranded, dataset=ds.name)
+                     stranded=stranded, dataset=ds.name, agreed=carried.agreed)
 
 
 def successors_now(cat: Catalog, ds: Dataset, image_ids: Iterable[str], gone: Iterable[str]) -> "pandas.DataFrame":

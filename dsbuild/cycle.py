@@ -722,8 +722,8 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     once (the review app's grid selection + Enter): as ``--accept-suggestions``, those on images whose standing
     decision is a person's are skipped (:data:`PERSON_DECIDED_BULK`); one card's Enter is a person's own decision.
     """
-    from dsbuild.decisions import (COMPANION, REVIEWABLE, check_decisions, label_list, parse_decisions, plan_events,
-                                   standing_decisions, suggested_decisions)
+    from dsbuild.decisions import (COMPANION, REVIEWABLE, SAME_LABEL_KEEP, check_decisions, label_list, parse_decisions,
+                                   plan_events, standing_decisions, suggested_decisions)
     from dsbuild.dedup.reviewed import regroup_reviewed
 
     ds = manifest.dataset(name)
@@ -774,7 +774,11 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             classes = dataset_classes(cat, ds)
             source = f"review:{Path(decisions).name}"
             chosen = parse_decisions(Path(decisions), images=images, labels=classes, history=history,
-                                     last_run_at=run_at, former=former_classes(cat, ds, classes), source=source)
+                                     last_run_at=run_at, former=former_classes(cat, ds, classes), source=source,
+                                     source_dirs=source_dirs(ds, manifest))
+            same = [d for d in chosen if (d.note or "").startswith(SAME_LABEL_KEEP)]
+            if same:
+                notes.append(same_label_note(same, images))
         else:
             last = cat.last_attempt(name, "mislabels")
             if last is not None and last["status"] == "refused":
@@ -882,6 +886,29 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
         by_action[ev["action"]] = by_action.get(ev["action"], 0) + 1
     return ReviewSummary(dataset=name, applied=len(events), by_action=by_action, source=source,
                          already_applied=already, skipped=skipped, notes=tuple(notes), left_for_people=left)
+
+
+def source_dirs(ds: Dataset, manifest: Manifest) -> list[Path]:
+    """The folders ``ds``'s sources give paths in — its labels CSV's folder (and ``labels_root``), its imagefolder,
+    its class folders — then the manifest's folder: a decisions file's path is looked up in each."""
+    dirs = [ds.labels_csv.parent] if ds.labels_csv is not None else []
+    dirs += [d for d in (ds.labels_root, ds.imagefolder) if d is not None]
+    dirs += [f for c in ds.classes for f in c.folders]
+    return [*dirs, manifest.root]
+
+
+def same_label_note(rows: "list", images: "pandas.DataFrame") -> str:
+    """``review``'s line for a decisions file's relabel rows (:class:`~dsbuild.decisions.Decision`) to the label their
+    image already has, applied as keeps (:data:`dsbuild.decisions.SAME_LABEL_KEEP`): which lines, which labels."""
+    from dsbuild.render.values import counted
+
+    label = dict(zip(images["image_id"].astype(str), images["label"].astype(str)))
+    shown = "; ".join(f"line {d.line}: image {d.image_id} has label '{label.get(d.image_id, '?')}'" for d in rows[:5])
+    more = f"; … ({len(rows) - 5} more)" if len(rows) > 5 else ""
+    one = len(rows) == 1
+    return (f"{counted(len(rows), 'relabel row')} named the label {'its image has' if one else 'their images have'} "
+            f"already ({shown}{more}): applied as {'a keep' if one else 'keeps'}, which confirm{'s' if one else ''} "
+            f"the label — to change {'it' if one else 'them'}, give another new_label and run the file again")
 
 
 def ghost_labels(cat: Catalog, ds: Dataset, *, image_ids: "Iterable[str] | None" = None,

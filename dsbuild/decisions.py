@@ -318,16 +318,20 @@ def _read_rows(path: Path, problems: _Problems) -> tuple[list[str], list[_Row]]:
 class _ImageIndex:
     """image_id / resolved path / origin → catalog rows of one dataset."""
 
-    def __init__(self, images: "pandas.DataFrame", *, base_dirs: Sequence[Path]) -> None:
+    def __init__(self, images: "pandas.DataFrame", *, base_dirs: Sequence[Path], source_dirs: Sequence[Path] = ()) -> None:
         need = {"image_id", "path", "origin", "label", "status"}
         missing = need - set(images.columns)
         if missing:
             raise ValueError(f"images needs columns {sorted(need)}; missing {sorted(missing)}")
         from dsbuild.sources import SOURCE_REMOVED
 
-        self.base_dirs = list(base_dirs)
+        # ``source_dirs``: the folders the dataset's sources give paths in (a labels CSV's folder, an imagefolder,
+        # class folders): a path as the user's own labels.csv writes it names its image (trial 11, M6).
+        self.source_dirs = [Path(_resolved(Path(d))) for d in dict.fromkeys(source_dirs)]
+        self.base_dirs = list(dict.fromkeys([*base_dirs, *self.source_dirs]))
         self.by_id: dict[str, dict[str, Any]] = {}
         self.by_path: dict[str, set[str]] = {}
+        self.by_name: dict[str, set[str]] = {}  # a local origin's file name → items: a bare file name, when unique
         self.set_aside: set[str] = set()  # items a build set aside (source removed): a class renamed, a file gone
         columns = ["image_id", "path", "origin", "label", "status"] + (["reason"] if "reason" in images else [])
         for rec in images[columns].to_dict("records"):
@@ -339,6 +343,9 @@ class _ImageIndex:
                 if isinstance(value, str) and value:
                     key = value if "://" in value else _resolved(Path(value))
                     self.by_path.setdefault(key, set()).add(iid)
+            origin = rec["origin"]
+            if isinstance(origin, str) and origin and "://" not in origin:
+                self.by_name.setdefault(Path(origin).name, set()).add(iid)
 
     def lookup_path(self, value: str) -> set[str]:
         if "://" in value:  # an origin URL, compared as written
@@ -348,7 +355,24 @@ class _ImageIndex:
         found: set[str] = set()
         for cand in candidates:
             found |= self.by_path.get(_resolved(cand), set())
+        if not found and not p.is_absolute() and len(p.parts) == 1:  # a bare file name: the file of that name
+            found = set(self.by_name.get(p.name, set()))
         return found
+
+    def forms(self) -> str:
+        """The ways a row may name an image, with this dataset's first image as the example (for a message)."""
+        live = sorted(i for i in self.by_id if i not in self.set_aside) or sorted(self.by_id)
+        if not live:
+            return "by image_id, or by path: as your labels CSV or folder gives it, or the file's full path"
+        rec = self.by_id[live[0]]
+        origin = rec["origin"] if isinstance(rec["origin"], str) else ""
+        if not origin or "://" in origin:
+            return f"by image_id ({live[0]}), or by path: the origin URL ({origin}) or the stored file ({rec['path']})"
+        relative = next((str(Path(origin).relative_to(d)) for d in self.source_dirs
+                         if Path(origin).is_relative_to(d)), None)
+        as_given = f"as your labels CSV or folder gives it ({relative}), " if relative else ""
+        return (f"by image_id ({live[0]}), or by path: {as_given}the file's full path ({origin}), or its name alone "
+                f"({Path(origin).name}) when no other file has it")
 
 
 def _resolved(p: Path) -> str:
@@ -361,10 +385,14 @@ def _resolved(p: Path) -> str:
 # --------------------------------------------------------------------------- parse_decisions
 
 
+SAME_LABEL_KEEP = "relabel to the label it has, applied as a keep"
+"""The note of a decisions file's relabel row to the label its image already has: applied as a keep (:func:`parse_decisions`)."""
+
+
 def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[str],
                     dataset: str | None = None, history: "pandas.DataFrame | None" = None,
                     last_run_at: datetime | None = None, former: Collection[str] = (),
-                    source: str | None = None) -> list[Decision]:
+                    source: str | None = None, source_dirs: Sequence[Path] = ()) -> list[Decision]:
     """Read and validate a decisions CSV against the catalog; all or nothing.
 
     ``images``: the dataset's rows of the ``images`` view with columns
@@ -378,19 +406,22 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
     passes, and :func:`plan_events` turns it into no event — see "Running a
     file again" in the module docstring. With ``history``, what :func:`plan_events` would refuse (an undo with
     nothing to undo) is checked too; ``source``: the events' source as the caller will record them (default
-    ``review:<file name>``), for a file's undo rows run again.
+    ``review:<file name>``), for a file's undo rows run again. ``source_dirs``: the folders the dataset's sources give
+    paths in (:func:`dsbuild.cycle.source_dirs`): a ``path`` is looked up there too (as the user's labels CSV writes it),
+    besides the decisions file's folder and the working folder; a bare file name names the one image of that name.
 
-    Returns the decisions in file order, one per image (see the module
+    A relabel row to the label its image has now (and no decision set it) is a ``keep``, noted
+    :data:`SAME_LABEL_KEEP`: it confirms the label. Returns the decisions in file order, one per image (see the module
     docstring for the format). Raises one :class:`DsbuildError` (exit code 2)
     listing every problem with its line number — unknown or ambiguous image,
-    unknown label or action, missing column, relabel to the same label,
+    unknown label or action, missing column,
     conflicting decisions for one image, stale report rows, an empty, binary
     or non-UTF-8 file — so that nothing is applied partially.
     """
     path = Path(path)
     problems = _Problems()
     header, rows = _read_rows(path, problems)
-    index = _ImageIndex(images, base_dirs=[path.resolve().parent, Path.cwd()])
+    index = _ImageIndex(images, base_dirs=[path.resolve().parent, Path.cwd()], source_dirs=source_dirs)
     label_set = list(dict.fromkeys(str(x) for x in labels))
     is_report = "suggested_label" in header
     stacks = undo_stacks(history)
@@ -442,7 +473,10 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
             elif new_label not in label_set:
                 problems.add(line, unknown_label(new_label, label_set, former))
             elif rec is not None and not stale and new_label == current and not done:
-                problems.add(line, f"image {image_id} already has label '{_short(current)}' — use keep to confirm it")
+                # A relabel to the label the image has confirms it: a keep (trial 11, M5: one such row refused the
+                # whole file). The review's summary names its line (SAME_LABEL_KEEP).
+                action, new_label = "keep", None
+                note = f"{SAME_LABEL_KEEP}; {note}" if note else SAME_LABEL_KEEP
         elif new_label is not None and known_action and not (action == "keep" and rec is None):
             extra = f" (keep leaves the label '{_short(current)}')" if action == "keep" else ""
             problems.add(line, f"new_label '{_short(new_label)}' is only used with relabel{extra} "
@@ -499,8 +533,8 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
     if path:
         found = index.lookup_path(path)
         if not found and by_id is None:
-            problems.add(line, f"no image of this dataset has path '{_short(path, PATH_LIMIT)}' (stored file or origin) — "
-                               "check the path or use image_id")
+            problems.add(line, f"no image of this dataset has path '{_short(path, PATH_LIMIT)}' — name an image "
+                               f"{index.forms()}")
             return None
         if len(found) > 1 and by_id is None and len(found - index.set_aside) == 1:
             # A class renamed (or merged, split) keeps the stored file: the item set aside and its successor share
@@ -509,7 +543,7 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
         if len(found) > 1 and by_id is None:
             ids = sorted(found)
             problems.add(line, f"path '{_short(path, PATH_LIMIT)}' is {len(ids)} images ({', '.join(ids[:5])}"
-                               f"{', …' if len(ids) > 5 else ''}) — use image_id to say which")
+                               f"{', …' if len(ids) > 5 else ''}) — use image_id, or the path with its folders, to say which")
             return None
         if found and by_id is not None and by_id not in found:
             problems.add(line, f"image_id '{by_id}' and path '{_short(path, PATH_LIMIT)}' name different images — fix one of them")
@@ -809,12 +843,14 @@ class Successor:
 @dataclass(frozen=True)
 class Carried:
     """What :func:`carried_events` did: ``events`` to append; ``carried``: decisions in effect on the new items
-    (an event each, or a relabel to what is now the given label, which needs none); ``lost``: label no longer a
-    class → decisions that could not be carried (a relabel to it, and a keep that confirmed it)."""
+    (an event each); ``lost``: label no longer a class → decisions that could not be carried (a relabel to it, and a
+    keep that confirmed it); ``agreed``: images relabelled in review whose source now gives that label (their relabel
+    is carried as a keep)."""
 
     events: list[dict]
     carried: int = 0
     lost: dict[str, int] = field(default_factory=dict)
+    agreed: int = 0
 
 
 def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFrame | None", labels: Collection[str],
@@ -827,8 +863,9 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
 
     * a relabel in effect (the old item's label is not the one its source gave) to a label of ``labels``
       (or to a class that is gone into one of them, renamed or merged: ``follow``, old → new class) becomes a
-      ``relabel`` from the new given label; to the new given label itself, nothing (it is the
-      label already); to a label that is no longer a class, nothing: counted in ``lost``;
+      ``relabel`` from the new given label; to the new given label itself (the source now agrees with the
+      reviewer), a ``keep`` noted so, which keeps the image decided by the reviewer (counted in ``agreed``); to a
+      label that is no longer a class, nothing: counted in ``lost``;
     * a standing ``remove`` becomes a ``remove`` (the image stays out of training), a standing ``keep``
       a ``keep`` (not when it confirmed a relabel that could not be carried: counted in ``lost``); a
       relabel back to the given label, which confirmed it, a ``keep``.
@@ -845,7 +882,7 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
     labels = set(labels)
     events: list[dict] = []
     lost: dict[str, int] = {}
-    n_carried = 0
+    n_carried = n_agreed = 0
     for s in successors:
         stack = stacks.get(s.old_id, [])
         if not stack:
@@ -856,10 +893,13 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
         relabelled = bool(relabels) and net_label is not None and net_label != s.old_label
         if relabelled and net_label not in labels and follow and net_label in follow:
             net_label = follow[net_label]
-        dead = False
+        dead = agreed = False
         if relabelled:
             if net_label == label:
-                n_carried += 1  # what the reviewer said is now the given label: no decision needed
+                # The source now gives the label the reviewer chose (the reviewed labels written back into a labels
+                # CSV): no relabel is needed, but the decision is still the reviewer's — carried as a keep below, so
+                # that the image stays decided by whoever decided it (trial 11, H1: it was counted, not written).
+                agreed = True
             elif net_label in labels:
                 events.append(_carried_event(s, "relabel", label, net_label, relabels[-1], source=source, at=at))
                 label = net_label
@@ -872,19 +912,24 @@ def carried_events(successors: Sequence[Successor], *, history: "pandas.DataFram
             events.append(_carried_event(s, "remove", label, label, top, source=source, at=at,
                                          new_status=REMOVED_STATUS))
             n_carried += 1
-        elif top["action"] == "keep" or (top["action"] == "relabel" and not relabelled):
+        elif top["action"] == "keep" or (top["action"] == "relabel" and (agreed or not relabelled)):
             if dead:
                 lost[net_label] = lost.get(net_label, 0) + 1  # the keep confirmed a label that is gone
             else:
-                events.append(_carried_event(s, "keep", label, label, top, source=source, at=at))
+                agrees = f"{AGREED_NOTE} ('{label}')" if agreed else None
+                events.append(_carried_event(s, "keep", label, label, top, source=source, at=at, also=agrees))
                 n_carried += 1
-    return Carried(events=events, carried=n_carried, lost=lost)
+        if agreed:
+            n_agreed += 1
+    return Carried(events=events, carried=n_carried, lost=lost, agreed=n_agreed)
 
 
 def _carried_event(s: Successor, action: str, old_label: str, new_label: str, old: dict, *, source: str,
-                   at: datetime, new_status: str | None = None) -> dict:
-    """One event of :func:`carried_events`: ``old`` (a decision of the old item) carried to ``s``."""
-    note = f"carried over from {s.old_id} ({s.why})" + (f"; {old['note']}" if old.get("note") else "")
+                   at: datetime, new_status: str | None = None, also: str | None = None) -> dict:
+    """One event of :func:`carried_events`: ``old`` (a decision of the old item) carried to ``s``; ``also``: words
+    added to the note after the class change (why a relabel became a keep)."""
+    why = f"{s.why}; {also}" if also else s.why
+    note = f"carried over from {s.old_id} ({why})" + (f"; {old['note']}" if old.get("note") else "")
     return {"image_id": s.image_id, "action": action, "old_label": old_label, "new_label": new_label,
             "old_status": s.status, "new_status": new_status, "source": source, "at": at, "note": note,
             "label_quality": old.get("label_quality")}
@@ -1047,6 +1092,9 @@ SUGGESTION_SOURCE = "review:suggestions"
 BUILD_SOURCE = "build:"
 """The ``label_events.source`` prefix of a build's carry-over (``build:<id>``): it carries a decision, it makes none."""
 
+AGREED_NOTE = "the source now gives the label chosen in review"
+"""In the note of a keep a build carried over for a relabel whose label the image's source now gives (:func:`carried_events`)."""
+
 CARRIED_NOTE = re.compile(r"^carried over from (\S+) \(")
 """The note of a decision a build carried over (:func:`carried_events`); group 1: the item it was carried from."""
 
@@ -1105,6 +1153,8 @@ def standing_decisions(history: "pandas.DataFrame | None") -> dict[str, Standing
 
     for image_id, stack in stacks.items():
         found = trace(image_id, 0, frozenset({image_id})) if stack else None
-        if found is not None:  # the action that stands is the top one's (a carried keep over a carried relabel)
-            out[image_id] = dataclasses.replace(found, action=str(stack[-1]["action"]))
+        if found is not None:  # the action that stands is the top one's (a carried keep over a carried relabel) —
+            # unless that keep only records that the source now gives the label a relabel chose: still the relabel
+            agreed = AGREED_NOTE in (_text(stack[-1].get("note")) or "") and str(stack[-1]["source"]).startswith(BUILD_SOURCE)
+            out[image_id] = found if agreed else dataclasses.replace(found, action=str(stack[-1]["action"]))
     return out

@@ -181,6 +181,7 @@ def preflight_problems(manifest: Manifest, datasets: list[Dataset]) -> dict[str,
     for ds in datasets:
         problems = out.setdefault(ds.name, [])
         names: list[tuple[str, str]] = [(c.name, f"datasets.{ds.name}.classes") for c in ds.classes]  # (name, where)
+        csv_rows: dict[str, list[int]] = {}  # a labels CSV's label → the lines of its rows
         if ds.imagefolder is not None:
             key = f"datasets.{ds.name}.imagefolder"
             missing = folder_problem(key, ds.imagefolder)
@@ -211,6 +212,7 @@ def preflight_problems(manifest: Manifest, datasets: list[Dataset]) -> dict[str,
                 lines = {}
                 for row in listed.rows:
                     lines.setdefault(row.label, row.line)
+                    csv_rows.setdefault(row.label, []).append(row.line)
                 for label in sorted(listed.labels, key=lambda lab: (lines.get(lab, 0) or sys.maxsize, lab)):
                     if label not in {n for n, _ in names}:
                         names.append((label, f"{ds.labels_csv.name} line {lines[label]}" if label in lines
@@ -246,7 +248,7 @@ def preflight_problems(manifest: Manifest, datasets: list[Dataset]) -> dict[str,
                             url_lists[url_file] = str(exc)
                     if url_lists[url_file] is not None:
                         problems.append(f"datasets.{ds.name}.classes.{cls.name}.urls: {url_lists[url_file]}")
-        problems.extend(name_clashes(ds, names))
+        problems.extend(name_clashes(ds, names, csv_rows=csv_rows))
         if any(c.queries or c.urls for c in ds.classes):
             problems.extend(web.check_web_settings(ds))
         problems.extend(model_problems(ds))
@@ -259,15 +261,33 @@ def _both(name: str) -> str:
     return shown(name) if name.isascii() else f"{shown(name)} ({ascii(name)})"
 
 
-def name_clashes(ds: Dataset, names: list[tuple[str, str]]) -> list[str]:
+MAX_CLASH_LINES = 10  # a labels CSV's lines named per spelling in a clash message; the rest are counted
+
+
+def name_clashes(ds: Dataset, names: list[tuple[str, str]], *, csv_rows: dict[str, list[int]] | None = None) -> list[str]:
     """Two class names of ``ds`` that are one name to a user or a file system (:func:`dsbuild.manifest.name_key`:
     NFC, case-folded), from every source together: ``names`` as (name, where it came from: the manifest's classes, a
     folder, a CSV line). A folder's or a CSV's spelling that is a manifest class in NFC is that class
-    (:func:`dsbuild.sources.folders.class_name`), not a clash."""
+    (:func:`dsbuild.sources.folders.class_name`), not a clash. ``csv_rows``: a labels CSV's label → the lines of its
+    rows: a spelling from the CSV is named with its count of rows and their lines (the first
+    :data:`MAX_CLASH_LINES`), and when every other spelling is the CSV's, the fix is to edit those rows (trial 11, M3:
+    one line per spelling was named, and not how many rows were affected). Nothing is merged silently."""
+    from dsbuild.render.values import counted
+
+    csv_rows = csv_rows or {}
+    csv_name = ds.labels_csv.name if ds.labels_csv is not None else "labels.csv"
     problems: list[str] = []
     groups: dict[str, dict[str, str]] = {}  # key → class name → where its first spelling came from
     for name, where in names:
         groups.setdefault(name_key(name), {}).setdefault(class_name(ds, name), where)
+
+    def rows_of(name: str) -> str:
+        lines = sorted(csv_rows[name])
+        shown_lines = ", ".join(str(n) for n in lines[:MAX_CLASH_LINES])
+        more = f", … ({len(lines) - MAX_CLASH_LINES} more)" if len(lines) > MAX_CLASH_LINES else ""
+        return (f"{_both(name)}: {counted(len(lines), 'row')} of {csv_name}, line{'s' if len(lines) > 1 else ''} "
+                f"{shown_lines}{more}")
+
     for spellings in groups.values():
         if len(spellings) < 2:
             continue
@@ -277,9 +297,22 @@ def name_clashes(ds: Dataset, names: list[tuple[str, str]]) -> list[str]:
                 "folder names in NFC; a class of that name under [datasets." + ds.name + ".classes] takes them all); "
                 "else rename them") if same_form else (
                 "rename them so that the names differ by more than case, or spell them alike if they are one class")
+        wheres = [rows_of(n) if n in csv_rows else where for n, where in spellings.items()]
+        in_csv = [n for n in spellings if n in csv_rows]
+        if in_csv and not same_form:
+            # The spelling to keep: the manifest's class, else the one most rows use; the others are CSV rows to edit.
+            keep = next((n for n in spellings if n in ds.labels), None) or max(
+                in_csv, key=lambda n: (len(csv_rows[n]), n))
+            edit = [n for n in spellings if n != keep]
+            if all(n in csv_rows and n not in ds.labels for n in edit):
+                change = "; ".join(f"the {counted(len(csv_rows[n]), 'row')} of {_both(n)}" for n in edit)
+                todo = (f"if they are one class, give every row of {csv_name} one spelling (change {change} to "
+                        f"{_both(keep)}) and build again — dsbuild does not merge spellings that differ in case, and "
+                        f"the manifest has no setting that does; if they are two classes, rename one so that the "
+                        "names differ by more than case")
         listed = [_both(n) for n in spellings]
         problems.append(f"datasets.{ds.name}: class names {', '.join(listed[:-1])} and {listed[-1]} are one name "
-                        f"{name_clash(a, b)} ({'; '.join(spellings.values())}) — {todo}")
+                        f"{name_clash(a, b)} ({'; '.join(wheres)}) — {todo}")
     return problems
 
 
@@ -638,13 +671,18 @@ def build_dataset(
     set_aside = removed_sources(ds, known_by_id, current)
     if set_aside:
         cat.set_aside_items(ds.name, set_aside, reason=SOURCE_REMOVED, build_id=build_id)
-        summary.notes.append(set_aside_note(set_aside))
         summary.changed += len(set_aside)
     # A renamed, merged or split class: the same files under another class keep their split and review decisions.
+    edited: frozenset[str] = frozenset()  # set aside for a label edited in the source: the file is still in
     if set_aside or any(source_removed(row) for row in known_by_id.values()):  # else nothing to succeed (a first build)
         labels_before = {row.class_label for row in known_by_id.values() if not source_removed(row)}
-        carried = carry_over(cat, ds, successor_candidates(current, known_by_id), labels_before=labels_before,
-                             build_id=build_id, at=utcnow()).note(resplit=resplit)
+        carry = carry_over(cat, ds, successor_candidates(current, known_by_id), labels_before=labels_before,
+                           build_id=build_id, at=utcnow())
+        edited = carry.edited & set(set_aside)
+        gone = {i: why for i, why in set_aside.items() if i not in edited}
+        if gone:
+            summary.notes.append(set_aside_note(gone))
+        carried = carry.note(resplit=resplit)
         if carried:
             summary.notes.append(carried)
 
@@ -689,6 +727,13 @@ def build_dataset(
     for status, reason, n in counts:
         if status in ("rejected", "failed"):
             summary.rejects[reason or "?"] = summary.rejects.get(reason or "?", 0) + n
+    if edited:  # the rows a label edited in the source replaced: nothing was rejected (trial 11, M4: "rejected 65")
+        summary.rejected -= len(edited)
+        left = summary.rejects.get(SOURCE_REMOVED, 0) - len(edited)
+        if left > 0:
+            summary.rejects[SOURCE_REMOVED] = left
+        else:
+            summary.rejects.pop(SOURCE_REMOVED, None)
     cat.set_meta(f"settings:{ds.name}", digest)
     cat.set_meta(f"settings-sections:{ds.name}", json.dumps(sections, sort_keys=True))
     summary.seconds = time.monotonic() - t0
@@ -753,8 +798,10 @@ def set_aside_note(details: dict[str, str]) -> str:
         by_why[why] = by_why.get(why, 0) + 1
     top = sorted(by_why.items(), key=lambda kv: (-kv[1], kv[0]))
     whys = "; ".join(f"{n}: {why}" for why, n in top[:3]) + ("; …" if len(top) > 3 else "")
-    return (f"{counted(len(details), 'image', 'images')} set aside because their source left the manifest ({whys}) — "
-            f"status rejected, reason '{SOURCE_REMOVED}'; nothing is deleted, and they come back when their source does")
+    one = len(details) == 1
+    return (f"{counted(len(details), 'image', 'images')} set aside because {'its' if one else 'their'} source left the "
+            f"manifest ({whys}) — status rejected, reason '{SOURCE_REMOVED}'; nothing is deleted, and "
+            f"{'it comes back when its' if one else 'they come back when their'} source does")
 
 
 def check_split_settings(cat: Catalog, datasets: list[Dataset], *, resplit: bool) -> None:

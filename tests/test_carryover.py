@@ -148,7 +148,8 @@ def test_a_renamed_class_keeps_its_review_decisions_and_splits(tmp_path: Path, c
 def test_merging_classes_moves_no_image_between_splits(tmp_path: Path, capsys) -> None:
     """cat merged into dog, horse and ship merged into beast: every image keeps its split (before, a third of
     them moved without --resplit), the note names the merges; a remove stays, a relabel to what is now the
-    given label needs no event. Merged back, the old items return, in their splits."""
+    given label is carried as a keep that stays the reviewer's (trial 11, H1: before, no event, and the image was no
+    longer a person's decision). Merged back, the old items return, in their splits."""
     img = tmp_path / "img"
     make_images(img, {"cat": 5, "dog": 5, "horse": 5, "ship": 5})
     manifest = write(tmp_path / "proj" / "datasets.toml", {c: c for c in ("cat", "dog", "horse", "ship")}, img)
@@ -164,7 +165,11 @@ def test_merging_classes_moves_no_image_between_splits(tmp_path: Path, capsys) -
     after = current(manifest)
     assert after.loc["cat/cat0.png", "label"] == "dog" and after.loc["cat/cat0.png", "original_label"] == "dog"
     assert after.loc["horse/horse0.png", "reason"] == "removed in review"
-    assert list(history(manifest)["action"].iloc[n_events:]) == ["remove"]
+    carried = history(manifest).iloc[n_events:]
+    assert sorted(carried["action"]) == ["keep", "remove"]
+    keep = carried[carried["action"] == "keep"].iloc[0]
+    assert keep["image_id"] == after.loc["cat/cat0.png", "image_id"]
+    assert "the source now gives the label chosen in review ('dog')" in keep["note"]
     assert ("15 images under a renamed, merged or split class (class 'cat' merged into 'dog'; classes 'horse', "
             "'ship' merged into 'beast') kept their split and 2 review decisions") in out
 

@@ -185,7 +185,8 @@ def test_one_class_name_in_two_unicode_forms_is_refused_naming_both_and_where(tm
     assert code == 2, out + err
     assert (f"datasets.t: class names '{NFC}' ('caf\\xe9') and '{NFD}' ('cafe\\u0301') are one name written in two "
             "Unicode forms (composed NFC and decomposed NFD, as macOS writes folder names): they look the same "
-            "(labels.csv line 2; labels.csv line 3)") in flat(err), err
+            f"('{NFC}' ('caf\\xe9'): 1 row of labels.csv, line 2; '{NFD}' ('cafe\\u0301'): 1 row of labels.csv, line 3)"
+            ) in flat(err), err
 
 
 def test_a_macos_nfd_folder_of_a_manifest_class_is_that_class(tmp_path: Path, capsys) -> None:
@@ -226,7 +227,9 @@ def test_class_names_that_differ_only_in_case_are_refused_across_every_source(tm
     code, out, err = run_cli(capsys, m, "build")
     assert code == 2, out + err
     assert ("datasets.t: class names 'Dog' and 'dog' are one name to a case-insensitive file system (macOS, "
-            "Windows): they differ only in case (labels.csv line 2; labels.csv line 3)") in flat(err), err
+            "Windows): they differ only in case ('Dog': 1 row of labels.csv, line 2; 'dog': 1 row of labels.csv, line 3) "
+            "— if they are one class, give every row of labels.csv one spelling (change the 1 row of 'Dog' to 'dog')") \
+        in flat(err), err
 
 
 # --------------------------------------------------------------------------- 4. names export or import cannot keep

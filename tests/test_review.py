@@ -120,7 +120,6 @@ BAD_FILES = [
                             f"{ROCKET2},undo,cat,\n", problems(
         Path("{p}"),
         "line 2: relabel needs a new_label — one of cat, cup, person, rocket",
-        f"line 3: image {COFFEE} already has label 'cup' — use keep to confirm it",
         "line 4: new_label 'cat' is only used with relabel — empty it or change the action to relabel",
         "line 5: new_label 'cat' is only used with relabel (keep leaves the label 'rocket') "
         "— empty it or change the action to relabel",
@@ -130,8 +129,10 @@ BAD_FILES = [
                            "this line says remove — keep one")),
     ("paths", "path,action\n{root}/store/rocket.jpg,keep\nstore/nothing.jpg,keep\n,keep\n", problems(
         Path("{p}"),
-        f"line 2: path '{{root}}/store/rocket.jpg' is 2 images ({ROCKET1}, {ROCKET2}) — use image_id to say which",
-        "line 3: no image of this dataset has path 'store/nothing.jpg' (stored file or origin) — check the path or use image_id",
+        f"line 2: path '{{root}}/store/rocket.jpg' is 2 images ({ROCKET1}, {ROCKET2}) — use image_id, or the path with "
+        "its folders, to say which",
+        f"line 3: no image of this dataset has path 'store/nothing.jpg' — name an image by image_id ({REMOVED}), or by "
+        "path: the origin URL (https://d.example/camera.jpg) or the stored file ({root}/store/camera.jpg)",
         "line 4: no image_id or path — every row must name its image")),
     ("path-in-the-image-id-column", H + "/srv/shots/astro.jpg,keep,,\nstore/coffee.jpg,keep,,\n", problems(
         Path("{p}"),

@@ -6,8 +6,8 @@ duplicates have perceptual hashes within ``dedup.threshold`` (see
 (:func:`group_near_duplicates`): images are taken best first — largest
 resolution, then the sharpest (a re-encode, a resize or a blend is softer than
 its picture), then fewer near neighbours, then content hash, then (for
-byte-identical copies) the label its source gave and its path inside the class
-folder — and each image not yet grouped represents a group of every ungrouped
+byte-identical copies) a name without a copy marker (:func:`is_copy_name`), the
+label its source gave and the shorter path inside the class folder — and each image not yet grouped represents a group of every ungrouped
 image within the threshold *of it*. So every ``duplicate`` row lies within the
 threshold of its representative (``dup_of``, ``dup_distance``). The choice is a
 pure function of the files and settings: never of the order files were found
@@ -27,6 +27,7 @@ splits is reported as leakage until ``build --resplit``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,14 +143,19 @@ def regroup(items, dataset: Dataset, *, near_pairs=None, keep_splits: bool = Tru
     exact = np.array([uf.find(i) for i in range(n)])
 
     df["pixels"] = (df["width"].fillna(0) * df["height"].fillna(0)).astype("int64")
-    # Ties between pictures of the same size go by content hash; between byte-identical copies by the label
-    # their source gave and their place inside the source (never by image id: it hashes the absolute path).
+    # Ties between pictures of the same size go by content hash; between byte-identical copies, a name without a
+    # copy marker first (``IMG_1.jpg`` before ``IMG_1 (copy).jpg``: trial 11, L1 — the original was marked the
+    # duplicate), then by the label their source gave and their place inside the source, shorter first (never by
+    # image id: it hashes the absolute path).
+    places = source_places(df["origin"], dataset) if "origin" in df else [""] * n
     key = pd.DataFrame({"sha": df["sha256"].fillna("").to_numpy(),
+                        "copy": [is_copy_name(p) for p in places],
                         "label": df["class_label"].fillna("").to_numpy() if "class_label" in df else "",
-                        "place": source_places(df["origin"], dataset) if "origin" in df else "",
+                        "length": [len(p) for p in places],
+                        "place": places,
                         "id": df["image_id"].to_numpy()})
     df["order"] = np.empty(n, dtype=np.int64)
-    df.loc[key.sort_values(["sha", "label", "place", "id"], kind="stable").index, "order"] = np.arange(n)
+    df.loc[key.sort_values(["sha", "copy", "label", "length", "place", "id"], kind="stable").index, "order"] = np.arange(n)
 
     links: list[tuple[int, int, int]] = []  # near links between exact units: they form the groups
     n_near = 0
@@ -314,6 +320,23 @@ def group_near_duplicates(priority: dict[int, tuple], links: list[tuple[int, int
                 leader_of[other] = node
                 distance[other] = d
     return leader_of, distance
+
+
+_COPY_NAME = re.compile(r"""(?ix)
+    ^copy\s(?:\(\d+\)\s)?of\s            # Windows' older "Copy of x", "Copy (2) of x"
+  | (?:\s*-\s*|[\s_.]+)copy(?:[\s_]*\(?\d+\)?)?$  # "x - Copy", "x - Copy (2)", "x copy", "x copy 2", "x_copy", "x.copy"
+  | \s*\(copy\)$                       # "x (copy)"
+  | \s*[(\[]\d+[)\]]$                  # "x (1)", "x(2)", "x [1]": a browser's or file manager's second download
+""")
+
+
+def is_copy_name(place: str) -> bool:
+    """Whether the file name of ``place`` (a path or URL) carries a copy marker a file manager or browser adds
+    (``IMG_1 (copy).jpg``, ``IMG_1 - Copy.jpg``, ``IMG_1 copy 2.jpg``, ``IMG_1_copy.jpg``, ``IMG_1(1).jpg``,
+    ``Copy of IMG_1.jpg``): of byte-identical files, one without a marker represents the group."""
+    name = str(place).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return bool(_COPY_NAME.search(stem))
 
 
 def source_places(origins, dataset: Dataset) -> list[str]:

@@ -20,9 +20,12 @@ def find_conflict_issues(members: Any, found: Any, oof: Any = None) -> Any:
     representative; averaged if several) give every member the same
     ``suggested_label`` (the best class) and ``suggested_confidence`` (its
     probability), and each member's ``label_quality`` is the probability of its own
-    label (cleanlab's self-confidence). A member whose label is the suggestion is told
-    to keep it. Without probabilities for the group (none of it scored) the
-    suggestion and scores are missing: a person decides.
+    label (cleanlab's self-confidence). A member whose label is the suggestion is never
+    offered its own label (trial 11, M5: a row "cat → cat" whose relabel review refused):
+    it has no row: the copies under the other labels are the ones to look at (their rows
+    here, or their label flags), and their rows name the suggestion. Without
+    probabilities for the group (none of it scored) the suggestion and scores are
+    missing: a person decides.
     """
     import numpy as np
     import pandas as pd
@@ -47,15 +50,19 @@ def find_conflict_issues(members: Any, found: Any, oof: Any = None) -> Any:
         scored = [index[str(i)] for i in grp["image_id"] if str(i) in index]
         p = probs[scored].mean(0) if scored and probs is not None else None
         best = int(p.argmax()) if p is not None else None
+        suggestion = classes[best] if best is not None else None
         for r in grp.itertuples(index=False):
             if r.image_id in flagged:
                 continue
+            agrees = suggestion is not None and str(r.label) == suggestion
+            if agrees:  # a copy under another label (a group has two or more) is the one to relabel: its row says so
+                continue
             own = classes.index(str(r.label)) if p is not None and str(r.label) in classes else None
             rows.append({"image_id": r.image_id, "given_label": r.label,
-                         "suggested_label": classes[best] if best is not None else None,
+                         "suggested_label": suggestion,
                          "label_quality": float(p[own]) if own is not None else (0.0 if p is not None else None),
-                         "suggested_confidence": float(p[best]) if best is not None else None, "ood_score": None,
-                         "is_issue": True, "kind": "conflict"})
+                         "suggested_confidence": float(p[best]) if best is not None else None,
+                         "ood_score": None, "is_issue": True, "kind": "conflict"})
     out = pd.DataFrame(rows)
     if len(out):
         start = int(flags["rank"].max()) if len(flags) and flags["rank"].notna().any() else 0
