@@ -492,7 +492,7 @@ def test_bug04_train_epochs_zero_is_honoured(digits: Path, tmp_path: Path, capsy
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # two lr_find searches (100 steps each) on 2 shared cores
+@pytest.mark.timeout(1500)  # three lr_find searches (train's and each crossfit group's) on 2 shared cores
 def test_bug05_model_commands_write_nothing_in_the_current_directory(digits: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """lr unset and lr_find = true (fastai's lr_find; on a CPU it runs only when asked) for train and mislabels
@@ -500,10 +500,14 @@ def test_bug05_model_commands_write_nothing_in_the_current_directory(digits: Pat
 
     retrain is train_dataset again (kind "retrain"), the same code path as train: not run a third time here.
     """
+    # fastai's lr_find at 20 steps instead of its 100: the same search (LRFinder saves the model under
+    # learn.path / model_dir before its first step, whatever the count; 20 steps of 4 are two passes over the
+    # 45 training digits, as 100 are ten), a fifth of the compute — the three searches were most of this test.
+    monkeypatch.setattr("dsbuild.model.train.LR_FIND_STEPS", 20)
     manifest = copy_project(digits, tmp_path / "p")
     text = finetuned(manifest.read_text()).replace("lr = 0.01\n", "lr_find = true\n").replace('oof_method = "frozen"', 'oof_method = "crossfit"\n'
                                                                                                "oof_groups = 2")
-    # batch 4: lr_find takes its 100 steps whatever the batch; small ones keep this test about the files, not compute
+    # batch 4: lr_find takes its steps whatever the batch; small ones keep this test about the files, not compute
     manifest.write_text(text.replace("folds = 3", "folds = 2").replace("size = 64", "size = 32")
                         .replace("batch_size = 16", "batch_size = 4"))
     cwd = tmp_path / "cwd"
@@ -858,10 +862,21 @@ def test_pyproject_license_is_an_spdx_expression() -> None:
     assert project["license"] == "MIT"  # the table form makes setuptools ≥ 77 print a page of deprecation warnings
 
 
-def test_progress_without_a_terminal_is_one_line_per_step_with_elapsed_time(tmp_path: Path) -> None:
-    manifest = photo_project(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def piped_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
+    """The photo project's first build and the no-op build after it, each a `dsbuild build` subprocess whose output is
+    a pipe (no terminal): build name → its finished process. Both tests below only read them (they each ran the
+    same first build of their own)."""
+    root = tmp_path_factory.mktemp("piped")
+    manifest = photo_project(root)
+    env = {**os.environ, "COLUMNS": "200"}  # as wide_terminal sets it (a module fixture is set up before it)
+    return {build: subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build"], cwd=root,
+                                  capture_output=True, text=True, timeout=300, env=env) for build in ("first", "no-op")}
+
+
+def test_progress_without_a_terminal_is_one_line_per_step_with_elapsed_time(
+        piped_builds: dict[str, subprocess.CompletedProcess]) -> None:
+    proc = piped_builds["first"]
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     assert any(re.fullmatch(r"pets: verify \+ hash 13/13 .* \d+\.\d s", line) for line in lines), proc.stderr
@@ -869,13 +884,12 @@ def test_progress_without_a_terminal_is_one_line_per_step_with_elapsed_time(tmp_
     assert "━" not in proc.stderr  # no bars in a log file
 
 
-def test_progress_without_a_terminal_ends_each_step_at_its_full_count(tmp_path: Path) -> None:
+def test_progress_without_a_terminal_ends_each_step_at_its_full_count(
+        piped_builds: dict[str, subprocess.CompletedProcess]) -> None:
     """Through a pipe, each step's last line shows its full count and elapsed time: the near-duplicate signals
     step counted only the blobs it computed (11/12 with an exact copy, 0/12 when all were cached)."""
-    manifest = photo_project(tmp_path)
     for build in ("first", "no-op"):
-        proc = subprocess.run([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
+        proc = piped_builds[build]
         assert proc.returncode == 0, proc.stderr
         last: dict[str, tuple[int, int]] = {}
         for line in proc.stderr.splitlines():
@@ -887,9 +901,17 @@ def test_progress_without_a_terminal_ends_each_step_at_its_full_count(tmp_path: 
         assert (" computed 11 reused 1 " if build == "first" else " computed 0 reused 12 ") in signals, signals
 
 
-def test_csv_is_lf_everywhere(tmp_path: Path, capsys) -> None:
-    manifest = photo_project(tmp_path)
-    assert cli(capsys, manifest, "-q", "build")[0] == 0
+@pytest.fixture(scope="module")
+def built_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The photo project, built once: its manifest. For the tests that only read its catalog (query, status); each
+    built a project of its own."""
+    manifest = photo_project(tmp_path_factory.mktemp("photos"))
+    assert main(["-m", str(manifest), "-q", "build"]) == 0
+    return manifest
+
+
+def test_csv_is_lf_everywhere(built_photos: Path, tmp_path: Path, capsys) -> None:
+    manifest = built_photos
     code, out, err = cli(capsys, manifest, "query", "select label, count(*) as n from images group by all order by 1",
                          "--format", "csv")
     assert code == 0, err
@@ -898,17 +920,14 @@ def test_csv_is_lf_everywhere(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "x.csv").read_bytes() == b"x\n1\n"
 
 
-def test_query_refuses_several_statements(tmp_path: Path, capsys) -> None:
-    manifest = photo_project(tmp_path)
-    assert cli(capsys, manifest, "-q", "build")[0] == 0
-    code, out, err = cli(capsys, manifest, "query", "select 1; select 2")
+def test_query_refuses_several_statements(built_photos: Path, capsys) -> None:
+    code, out, err = cli(capsys, built_photos, "query", "select 1; select 2")
     assert (code, out) == (2, "")
     assert err == "Error: 2 SQL statements given — query runs one statement at a time; run them one by one\n"
 
 
-def test_status_of_a_dataset_not_in_the_manifest_says_so(tmp_path: Path, capsys) -> None:
-    manifest = photo_project(tmp_path)
-    assert cli(capsys, manifest, "-q", "build")[0] == 0
+def test_status_of_a_dataset_not_in_the_manifest_says_so(built_photos: Path, capsys) -> None:
+    manifest = built_photos
     code, out, err = cli(capsys, manifest, "status", "pest")
     assert (code, out) == (2, "")
     assert cli(capsys, manifest, "build", "pest")[:2] == (2, "")  # a typo in a command's argument: bad usage
@@ -977,13 +996,12 @@ def test_wide_tables_fit_the_terminal(tmp_path: Path) -> None:
     assert any(line.startswith("origin") and line.endswith("bad.jpg") for line in lines), text
 
 
-def test_status_html_cards_name_the_origin_file(tmp_path: Path, capsys) -> None:
-    manifest = photo_project(tmp_path)
-    assert cli(capsys, manifest, "-q", "build")[0] == 0
+def test_status_html_cards_name_the_origin_file(built_photos: Path, tmp_path: Path, capsys) -> None:
+    manifest = built_photos
     page = tmp_path / "dups.html"
     assert cli(capsys, manifest, "status", "pets", "--html", str(page))[0] == 0
     html = page.read_text()
-    origin = str(tmp_path / "photos" / "cat" / "cat0-copy.png")
+    origin = str(manifest.parent / "photos" / "cat" / "cat0-copy.png")
     assert f'title="{origin}"' in html and ">cat0-copy.png<" in html
 
 

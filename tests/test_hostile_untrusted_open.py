@@ -103,15 +103,19 @@ def test_html_thumbnails_never_start_ghostscript(tmp_path, fake_gs) -> None:
 
 @pytest.mark.slow
 def test_predict_sniffs_every_file_and_refuses_what_the_allow_list_refuses(tmp_path, fake_gs) -> None:
+    """The predict that reads the folder of hostile files is the subprocess with the stand-in gs; the build and the
+    training before it (only JPEG photos: nothing for Ghostscript) and the predict of two files given by name (a
+    pipe and a device, never opened) run in-process — three fewer starts of torch, most of this test's time."""
     env, marker = fake_gs
     proj = _project(tmp_path)
     # Each photo and its rotation are one near-duplicate group (issue 17's rotated views): 3 images a class, so
     # 2 folds; a network from scratch is a fine-tune (a head needs pretrained features).
     proj.set("model", pretrained=False, finetune=True, size=32, epochs=1, freeze_epochs=0, lr=0.01, batch_size=4,
              device="cpu", folds=2)
-    assert proj.run("build", env=env).returncode == 0
-    trained = proj.run("train", proj.dataset, env=env, timeout=600)
-    assert trained.returncode == 0, trained.stderr
+    code, out, err = proj.build()
+    assert code == 0, err
+    code, out, err = proj.cli("train", proj.dataset)
+    assert code == 0, err
     new = tmp_path / "new"
     new.mkdir()
     (new / "holiday.jpg").write_bytes(EPS)
@@ -139,10 +143,9 @@ def test_predict_sniffs_every_file_and_refuses_what_the_allow_list_refuses(tmp_p
     for name in ("photo.jpg", "no_suffix"):
         assert rows[name]["error"] is None and rows[name]["label"] in ("a", "b"), rows[name]
     # Given by name, they are error rows too (they said "does not exist")
-    named = proj.run("predict", proj.dataset, str(new / "pipe.jpg"), "/dev/zero", "--format", "json", env=env,
-                     timeout=300)
-    assert named.returncode == 0, named.stderr
-    assert [(r["path"], r["error"]) for r in json.loads(named.stdout)] == [
+    code, out, err = proj.cli("predict", proj.dataset, str(new / "pipe.jpg"), "/dev/zero", "--format", "json")
+    assert code == 0, err
+    assert [(r["path"], r["error"]) for r in json.loads(out)] == [
         (str(new / "pipe.jpg"), "not a file: a named pipe (FIFO), not a regular file"),
         ("/dev/zero", "not a file: a character device, not a regular file")]
 
