@@ -49,11 +49,33 @@ def spec_of(dedup: DedupSettings):
     return FeatureSpec(arch=dedup.embed_arch, size=dedup.embed_size)
 
 
-def load_image(path: str, verify: VerifySettings, *, full: list[bool] | None = None) -> Any:
+VIEWS_DECODE_FACTOR = 2
+"""The embedding pass decodes a JPEG reduced by DCT scaling (draft) to a short side of at least this × the embedding
+size (320 px at 160), not to the hash's :data:`~dsbuild.verify.decode.ANALYSIS_SIDE` (128): the training-feature views
+of such a decode are a full decode's (what ``train`` and ``predict`` read, :func:`dsbuild.verify.decode.load_rgb`) to
+cosine ≥ 0.9988 (min; p50 1.0000), where the 128 px decode gave 0.976 (min; p1 0.991) — 108 photo JPEGs, short side
+208–2245 px (bench/onepass.py ``--draft``). So the build's one forward pass writes the training rows of large JPEGs
+too, and ``train`` computes none for them (before: a full decode, ~49 ms, and a forward pass each). Cost: ~8 ms more
+decode per large JPEG than at 128 px (22.5 vs 14.0 ms, same run). The phash views, effective side and embedding of
+the pass come from this decode; the full phash and the thumbnails stay the hash's (128 px)."""
+
+
+def embed_decode_side(dedup: DedupSettings) -> int:
+    """The short side (px) the embedding pass decodes JPEGs to at least: :data:`VIEWS_DECODE_FACTOR` × the embedding
+    size, never below the hash's :data:`~dsbuild.verify.decode.ANALYSIS_SIDE`."""
+    from dsbuild.verify.decode import ANALYSIS_SIDE
+
+    return max(ANALYSIS_SIDE, VIEWS_DECODE_FACTOR * int(dedup.embed_size))
+
+
+def load_image(path: str, verify: VerifySettings, *, full: list[bool] | None = None,
+               analysis_side: int | None = None) -> Any:
     """Decode a stored image under the dataset's verify settings; ValueError (with the reason) when it cannot be.
-    ``full``: a list the call appends True to when the image was decoded at its full size (not reduced by JPEG draft
-    decoding: the pixels :func:`dsbuild.verify.decode.load_rgb` gives training), else False."""
-    from dsbuild.verify.decode import Rejected, decode
+    ``analysis_side``: a JPEG is decoded reduced (draft) to at least this short side (None: the hash's
+    :data:`~dsbuild.verify.decode.ANALYSIS_SIDE`). ``full``: a list the call appends True to when the pixels stand for
+    what training reads — decoded at full size, or (``analysis_side`` given: :func:`embed_decode_side`) reduced to at
+    least it — else False."""
+    from dsbuild.verify.decode import ANALYSIS_SIDE, Rejected, decode
 
     try:
         size = Path(path).stat().st_size
@@ -61,10 +83,10 @@ def load_image(path: str, verify: VerifySettings, *, full: list[bool] | None = N
             raise ValueError(f"too large: {size} bytes")
         with open(path, "rb") as fh:
             data = fh.read(verify.max_bytes + 1)
-        img, info = decode(data, verify)
+        img, info = decode(data, verify, analysis_side=ANALYSIS_SIDE if analysis_side is None else analysis_side)
         if full is not None:
             side = (info.get("width"), info.get("height"))
-            full.append(None not in side and sorted(img.size) == sorted(side))
+            full.append((None not in side and sorted(img.size) == sorted(side)) or analysis_side is not None)
     except Rejected as rej:
         raise ValueError(f"{rej.reason}: {rej.detail}") from None
     except OSError as exc:
@@ -105,8 +127,8 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
     (:func:`emb_keys`): a blob whose pixels a re-check read otherwise is embedded again. ``current_pixels``: see
     :func:`open_cache`. ``feature_rows``: a :class:`dsbuild.model.features.FeatureSpec` (``squash`` at the embedding's
     backbone and size: :func:`dsbuild.model.train.build_feature_spec`) whose training rows the same forward passes
-    write to its cache under ``features_dir`` — for the images decoded at full size (a JPEG reduced by draft decoding
-    gives other pixels than training reads; ``train`` computes those). Raises DsbuildError when the embedding backbone
+    write to its cache under ``features_dir`` — for every image: a large JPEG is decoded reduced to at least
+    :func:`embed_decode_side` for the pass (:data:`VIEWS_DECODE_FACTOR`). Raises DsbuildError when the embedding backbone
     cannot be loaded.
     """
     embed = dedup.semantic if embed is None else embed
@@ -160,7 +182,9 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
                 if sum(len(d) for d, _ in pending) >= FEATURE_ROWS_SHARD:
                     flush_rows()
 
-        todo = [(keys[r], (lambda p=paths[r], k=keys[r]: load_image(p, verify, full=full.setdefault(k, []))))
+        at_least = embed_decode_side(dedup)
+        todo = [(keys[r], (lambda p=paths[r], k=keys[r]: load_image(p, verify, full=full.setdefault(k, []),
+                                                                     analysis_side=at_least)))
                 for r in rows]
         failed.update({key.split(":", 1)[0]: why for key, why in embed_blobs(
             todo, cache, threads=threads, on_image=on_image, progress=progress, on_chunk=on_chunk,
@@ -170,7 +194,7 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
         if sha in new or sha in failed:
             continue
         try:
-            new[sha] = pixel_signals(load_image(path, verify))
+            new[sha] = pixel_signals(load_image(path, verify, analysis_side=embed_decode_side(dedup)))
         except ValueError as exc:
             failed[sha] = str(exc)
         if progress is not None:
