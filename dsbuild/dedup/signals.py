@@ -53,11 +53,11 @@ VIEWS_DECODE_FACTOR = 2
 """The embedding pass decodes a JPEG reduced by DCT scaling (draft) to a short side of at least this × the embedding
 size (320 px at 160), not to the hash's :data:`~dsbuild.verify.decode.ANALYSIS_SIDE` (128): the training-feature views
 of such a decode are a full decode's (what ``train`` and ``predict`` read, :func:`dsbuild.verify.decode.load_rgb`) to
-cosine ≥ 0.9988 (min; p50 1.0000), where the 128 px decode gave 0.976 (min; p1 0.991) — 108 photo JPEGs, short side
-208–2245 px (bench/onepass.py ``--draft``). So the build's one forward pass writes the training rows of large JPEGs
-too, and ``train`` computes none for them (before: a full decode, ~49 ms, and a forward pass each). Cost: ~8 ms more
-decode per large JPEG than at 128 px (22.5 vs 14.0 ms, same run). The phash views, effective side and embedding of
-the pass come from this decode; the full phash and the thumbnails stay the hash's (128 px)."""
+cosine ≥ 0.9988 (min; p50 1.0000), where the 128 px decode gave 0.9768 (min; p1 0.9910) — 108 photo JPEGs, short
+side 151–5320 px, median 601 (bench/onepass.py ``--draft``). So the build's one forward pass writes the training rows
+of large JPEGs too, and ``train`` computes none for them (before: a full decode, 14.3 ms CPU there, and a forward pass
+each). Cost: 2.7 ms CPU more decode per image than at 128 px (6.5 vs 3.8 ms, same run). The phash views, effective
+side and embedding of the pass come from this decode; the full phash and the thumbnails stay the hash's (128 px)."""
 
 
 def embed_decode_side(dedup: DedupSettings) -> int:
