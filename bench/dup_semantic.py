@@ -1,7 +1,7 @@
 """Benchmark: near duplicates from two signals (phash views + embeddings) beside the phash-only baseline.
 
-Prints, in one run, for the same decoded images (the build's decodes: JPEG draft ≥ 128 px for the phash, ≥ 320 px for
-the phash views and embeddings, ``--embed-decode``):
+Prints, in one run, for the same decoded images (the build's decodes: JPEG draft ≥ 128 px for the phash and its views,
+≥ 320 px for the embeddings, ``--embed-decode``):
 
 * **hard set** (bench/planted_hard.py: 20 real photos, their quadrants, a stereo pair, CIFAR
   photos at 32 px and upscaled to 256 px, each with 10 hard copies — central crops 90/80/70 %,
@@ -82,10 +82,10 @@ def cpu() -> float:
 def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: int, verify: VerifySettings,
             views_pass: bool = False, embed_side: int | None = None) -> dict:
     """Decode, hash, pixel signals and embeddings of ``datas`` (file bytes), with CPU seconds per image per stage.
-    ``embed_side``: the short side JPEGs are decoded to at least for the phash views, effective side and embedding,
-    as the build's embedding pass does (default :func:`dsbuild.dedup.signals.embed_decode_side`: 320 px; 128 gives the
-    build before 2026-12-02, one decode for everything); the full phash, thumbnails and pixel counts keep the hash's
-    128 px decode."""
+    ``embed_side``: the short side JPEGs are decoded to at least for the embedding, as the build's embedding pass does
+    (default :func:`dsbuild.dedup.signals.embed_decode_side`: 320 px; 128 gives the build before 2026-12-02, one decode
+    for everything); the phash, its views, the effective side, thumbnails and pixel counts keep the hash's 128 px
+    decode."""
     from dsbuild.dedup.signals import embed_decode_side
     from dsbuild.model.embeddings import Embedder, FeatureCache, FeatureSpec, emb_key
     from dsbuild.verify import analyze_bytes
@@ -110,7 +110,7 @@ def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: i
     eimgs = imgs if side == 128 else [decode(d, verify, analysis_side=side)[0] for d in datas]
     t["decode for the embedding pass"] = (cpu() - c0) / n
     c0 = cpu()
-    sig = [neardup.pixel_signals(im) for im in eimgs]
+    sig = [neardup.pixel_signals(im) for im in imgs]
     t["phash views + effective side"] = (cpu() - c0) / n
     views = neardup.parse_views([s[0] for s in sig])
     eff = np.array([s[1] for s in sig])
@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> None:
                     "features (Embedder.embed_views: one pass for both); give another --cache")
     ap.add_argument("--sets", default="hard,easy,digits48,digits48nearest,cifar5k")
     ap.add_argument("--embed-decode", type=int, default=None, metavar="PX",
-                    help="the short side JPEGs are decoded to for the phash views and embeddings (default: the build's, "
-                         "320; 128: the build before 2026-12-02)")
+                    help="the short side JPEGs are decoded to for the embeddings (default: the build's, 320; 128: the "
+                         "build before 2026-12-02)")
     ap.add_argument("--detail-similarity", default="", help="comma-separated cosines: each adds a rule, the defaults "
                     "with dedup.detail_similarity at that value (beside today's in the same run)")
     args = ap.parse_args(argv)

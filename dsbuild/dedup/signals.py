@@ -56,8 +56,9 @@ of such a decode are a full decode's (what ``train`` and ``predict`` read, :func
 cosine ≥ 0.9988 (min; p50 1.0000), where the 128 px decode gave 0.9768 (min; p1 0.9910) — 108 photo JPEGs, short
 side 151–5320 px, median 601 (bench/onepass.py ``--draft``). So the build's one forward pass writes the training rows
 of large JPEGs too, and ``train`` computes none for them (before: a full decode, 14.3 ms CPU there, and a forward pass
-each). Cost: 2.7 ms CPU more decode per image than at 128 px (6.5 vs 3.8 ms, same run). The phash views, effective
-side and embedding of the pass come from this decode; the full phash and the thumbnails stay the hash's (128 px)."""
+each). The phash views and effective side still come from the hash's 128 px decode (on a 320 px one they cost 34.8
+instead of 11.6 CPU ms per 600–1100 px photo), so a reduced JPEG whose pixel signals are missing is decoded twice
+(+3.9 CPU ms); the embedding is the 320 px decode's."""
 
 
 def embed_decode_side(dedup: DedupSettings) -> int:
@@ -72,9 +73,8 @@ def load_image(path: str, verify: VerifySettings, *, full: list[bool] | None = N
                analysis_side: int | None = None) -> Any:
     """Decode a stored image under the dataset's verify settings; ValueError (with the reason) when it cannot be.
     ``analysis_side``: a JPEG is decoded reduced (draft) to at least this short side (None: the hash's
-    :data:`~dsbuild.verify.decode.ANALYSIS_SIDE`). ``full``: a list the call appends True to when the pixels stand for
-    what training reads — decoded at full size, or (``analysis_side`` given: :func:`embed_decode_side`) reduced to at
-    least it — else False."""
+    :data:`~dsbuild.verify.decode.ANALYSIS_SIDE`). ``full``: a list the call appends True to when the image was decoded
+    at its full size (not reduced by JPEG draft decoding), else False."""
     from dsbuild.verify.decode import ANALYSIS_SIDE, Rejected, decode
 
     try:
@@ -86,7 +86,7 @@ def load_image(path: str, verify: VerifySettings, *, full: list[bool] | None = N
         img, info = decode(data, verify, analysis_side=ANALYSIS_SIDE if analysis_side is None else analysis_side)
         if full is not None:
             side = (info.get("width"), info.get("height"))
-            full.append((None not in side and sorted(img.size) == sorted(side)) or analysis_side is not None)
+            full.append(None not in side and sorted(img.size) == sorted(side))
     except Rejected as rej:
         raise ValueError(f"{rej.reason}: {rej.detail}") from None
     except OSError as exc:
@@ -162,7 +162,6 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
         stored.update(sha for sha, *_ in fresh)
 
     if embed:
-        full: dict[str, list[bool]] = {}
         on_views = None
         pending: list[tuple[list[str], dict[str, Any]]] = []
 
@@ -176,25 +175,32 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
 
         if feature_rows is not None:
             def on_views(done: list[str], views: dict[str, Any]) -> None:
-                at = [i for i, key in enumerate(done) if full.get(key) == [True]]
-                if at:
-                    pending.append(([done[i] for i in at], {k: v[at] for k, v in views.items()}))
+                pending.append((list(done), views))
                 if sum(len(d) for d, _ in pending) >= FEATURE_ROWS_SHARD:
                     flush_rows()
 
         at_least = embed_decode_side(dedup)
-        todo = [(keys[r], (lambda p=paths[r], k=keys[r]: load_image(p, verify, full=full.setdefault(k, []),
-                                                                     analysis_side=at_least)))
-                for r in rows]
+
+        def embed_input(path: str, key: str) -> Any:
+            """The image the pass embeds (a large JPEG decoded to ≥ ``at_least``), its pixel signals computed first
+            from the hash's decode when they are missing (:data:`VIEWS_DECODE_FACTOR`)."""
+            if key.split(":", 1)[0] in need_pixels:
+                whole: list[bool] = []
+                img = load_image(path, verify, full=whole)
+                on_image(key, img)
+                if whole[0]:
+                    return img
+            return load_image(path, verify, analysis_side=at_least)
+
+        todo = [(keys[r], (lambda p=paths[r], k=keys[r]: embed_input(p, k))) for r in rows]
         failed.update({key.split(":", 1)[0]: why for key, why in embed_blobs(
-            todo, cache, threads=threads, on_image=on_image, progress=progress, on_chunk=on_chunk,
-            on_views=on_views).items()})
+            todo, cache, threads=threads, progress=progress, on_chunk=on_chunk, on_views=on_views).items()})
         flush_rows()
     for sha, path in need_pixels.items():
         if sha in new or sha in failed:
             continue
         try:
-            new[sha] = pixel_signals(load_image(path, verify, analysis_side=embed_decode_side(dedup)))
+            new[sha] = pixel_signals(load_image(path, verify))
         except ValueError as exc:
             failed[sha] = str(exc)
         if progress is not None:
