@@ -22,6 +22,13 @@ bird/cat/deer/dog/horse, as trial 9) and scikit-learn's digits (64 px PNG, as be
     .venv/bin/python bench/onepass.py --data digits   # 1,000 digits
     .venv/bin/python bench/onepass.py --inputs        # part 2 instead (CIFAR + digits, 1,000 each)
     .venv/bin/python bench/onepass.py --inputs --aspect  # part 2 on pictures of mixed shapes (two inputs)
+Measured 2026-12-02 (``--data photos --quick``: 300 CIFAR photos enlarged to 600–1100 px JPEGs, 5 classes, baseline
+e9f5108, load ~3): build 32.9 → 27.1 s, train 19.8 → 12.0 s (its image features 11.0 → 0 s), build + train 1.35×; same
+duplicates, valid accuracy 0.667 → 0.683 (one image of 60). Two runs before it under heavier load had the first command
+pair stretched by the other jobs (build 328.6 / 48.5 s first, 38.1 / 32.4 s second); train's features were 23.0 / 27.0 s
+→ 0 in both. ``--draft`` (108 scikit-image photo crops, 151–5320 px): views cosine to a full decode's min 0.9768 at the
+hash's 128 px decode, 0.9936 at 160, 0.9988 at 320 (CPU ms per decode 3.8 / 5.2 / 6.5; full 14.3).
+
     .venv/bin/python bench/onepass.py --quick         # 300 images
     .venv/bin/python bench/onepass.py --data photos --baseline e9f5108   # web-photo sized JPEGs (one pass for them too)
     .venv/bin/python bench/onepass.py --draft         # part 3: views of reduced JPEG decodes vs a full decode's
