@@ -1,6 +1,7 @@
 """Benchmark: near duplicates from two signals (phash views + embeddings) beside the phash-only baseline.
 
-Prints, in one run, for the same decoded images (the build's decode, JPEG draft ≥ 128 px):
+Prints, in one run, for the same decoded images (the build's decodes: JPEG draft ≥ 128 px for the phash and its views,
+≥ 320 px for the embeddings, ``--embed-decode``):
 
 * **hard set** (bench/planted_hard.py: 20 real photos, their quadrants, a stereo pair, CIFAR
   photos at 32 px and upscaled to 256 px, each with 10 hard copies — central crops 90/80/70 %,
@@ -79,8 +80,13 @@ def cpu() -> float:
 
 
 def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: int, verify: VerifySettings,
-            views_pass: bool = False) -> dict:
-    """Decode, hash, pixel signals and embeddings of ``datas`` (file bytes), with CPU seconds per image per stage."""
+            views_pass: bool = False, embed_side: int | None = None) -> dict:
+    """Decode, hash, pixel signals and embeddings of ``datas`` (file bytes), with CPU seconds per image per stage.
+    ``embed_side``: the short side JPEGs are decoded to at least for the embedding, as the build's embedding pass does
+    (default :func:`dsbuild.dedup.signals.embed_decode_side`: 320 px; 128 gives the build before 2026-12-02, one decode
+    for everything); the phash, its views, the effective side, thumbnails and pixel counts keep the hash's 128 px
+    decode."""
+    from dsbuild.dedup.signals import embed_decode_side
     from dsbuild.model.embeddings import Embedder, FeatureCache, FeatureSpec, emb_key
     from dsbuild.verify import analyze_bytes
     from dsbuild.verify.decode import decode
@@ -99,6 +105,10 @@ def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: i
     ph = np.array([hashing.hash_to_int(hashing.compute_hash(im)) for im in imgs], dtype=np.uint64)
     hexes = [f"{h:016x}" for h in ph]
     t["phash"] = (cpu() - c0) / n
+    side = embed_decode_side(DedupSettings()) if embed_side is None else embed_side
+    c0 = cpu()
+    eimgs = imgs if side == 128 else [decode(d, verify, analysis_side=side)[0] for d in datas]
+    t["decode for the embedding pass"] = (cpu() - c0) / n
     c0 = cpu()
     sig = [neardup.pixel_signals(im) for im in imgs]
     t["phash views + effective side"] = (cpu() - c0) / n
@@ -111,17 +121,17 @@ def signals(datas: list[bytes], *, cache_dir: Path, threads: int, time_sample: i
     sample = list(range(0, n, max(1, n // time_sample)))[:time_sample]
     c0, w0 = cpu(), time.perf_counter()
     for s in range(0, len(sample), 32):
-        embed([imgs[i] for i in sample[s:s + 32]])
+        embed([eimgs[i] for i in sample[s:s + 32]])
     t["embedding"] = (cpu() - c0) / max(1, len(sample))
     t["embedding wall (images/s)"] = len(sample) / max(time.perf_counter() - w0, 1e-9)
-    cache = FeatureCache(cache_dir, spec)
+    cache = FeatureCache(cache_dir if side == 128 else cache_dir / f"decode-{side}", spec)
     todo = [i for i in range(n) if shas[i] not in cache]
     seen: set[str] = set()
     todo = [i for i in todo if not (shas[i] in seen or seen.add(shas[i]))]
     for s in range(0, len(todo), 512):
         chunk = todo[s:s + 512]
         cache.put([shas[i] for i in chunk], np.concatenate(
-            [embed([imgs[i] for i in chunk[k:k + 32]]) for k in range(0, len(chunk), 32)]))
+            [embed([eimgs[i] for i in chunk[k:k + 32]]) for k in range(0, len(chunk), 32)]))
     emb = cache.get(shas)
     thumbs = [None] * n
 
@@ -265,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--views-pass", action="store_true", help="embed as a build does when it also writes the training "
                     "features (Embedder.embed_views: one pass for both); give another --cache")
     ap.add_argument("--sets", default="hard,easy,digits48,digits48nearest,cifar5k")
+    ap.add_argument("--embed-decode", type=int, default=None, metavar="PX",
+                    help="the short side JPEGs are decoded to for the embeddings (default: the build's, 320; 128: the "
+                         "build before 2026-12-02)")
     ap.add_argument("--detail-similarity", default="", help="comma-separated cosines: each adds a rule, the defaults "
                     "with dedup.detail_similarity at that value (beside today's in the same run)")
     args = ap.parse_args(argv)
@@ -297,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             datas, labels = cifar_files(args.cifar50k)
         s = signals(datas, cache_dir=args.cache, threads=args.threads, time_sample=args.time_sample, verify=verify,
-                    views_pass=args.views_pass)
+                    views_pass=args.views_pass, embed_side=args.embed_decode)
         c1 = cpu()
         reps = run_rules(s, extra)
         s["timing"]["rules, all six (per image)"] = (cpu() - c1) / len(datas)

@@ -22,7 +22,16 @@ bird/cat/deer/dog/horse, as trial 9) and scikit-learn's digits (64 px PNG, as be
     .venv/bin/python bench/onepass.py --data digits   # 1,000 digits
     .venv/bin/python bench/onepass.py --inputs        # part 2 instead (CIFAR + digits, 1,000 each)
     .venv/bin/python bench/onepass.py --inputs --aspect  # part 2 on pictures of mixed shapes (two inputs)
+Measured 2026-12-02 (``--data photos --quick``: 300 CIFAR photos enlarged to 600–1100 px JPEGs, 5 classes, baseline
+e9f5108, load ~3): build 32.9 → 27.1 s, train 19.8 → 12.0 s (its image features 11.0 → 0 s), build + train 1.35×; same
+duplicates, valid accuracy 0.667 → 0.683 (one image of 60). Two runs before it under heavier load had the first command
+pair stretched by the other jobs (build 328.6 / 48.5 s first, 38.1 / 32.4 s second); train's features were 23.0 / 27.0 s
+→ 0 in both. ``--draft`` (108 scikit-image photo crops, 151–5320 px): views cosine to a full decode's min 0.9768 at the
+hash's 128 px decode, 0.9936 at 160, 0.9988 at 320 (CPU ms per decode 3.8 / 5.2 / 6.5; full 14.3).
+
     .venv/bin/python bench/onepass.py --quick         # 300 images
+    .venv/bin/python bench/onepass.py --data photos --baseline e9f5108   # web-photo sized JPEGs (one pass for them too)
+    .venv/bin/python bench/onepass.py --draft         # part 3: views of reduced JPEG decodes vs a full decode's
 """
 
 from __future__ import annotations
@@ -60,6 +69,82 @@ def cifar(n: int, classes: int, seed: int = 9) -> list[tuple[str, str, object]]:
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(rows), min(n, len(rows)), replace=False))
     return [(Path(rows[i]["file"]).name, rows[i]["clean_label"], Image.open(CIFAR / rows[i]["file"])) for i in pick]
+
+
+def photos(n: int, classes: int, seed: int = 9) -> list[tuple[str, str, object]]:
+    """``(name, label, PIL image)``: the CIFAR photos of :func:`cifar` enlarged (bicubic) to a random short side of
+    600–1100 px, saved as JPEG q 90 by :func:`project` — files of a web photo's size (a large JPEG, which the build
+    decodes reduced), their content still the 32 px photo's."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed + 1)
+    out = []
+    for name, label, img in cifar(n, classes, seed):
+        side = int(rng.integers(600, 1101))
+        aspect = float(rng.uniform(0.75, 1.33))
+        out.append((name, label, img.convert("RGB").resize((round(side * max(1.0, aspect)), round(side * max(1.0, 1 / aspect))),
+                                                           Image.Resampling.BICUBIC)))
+    return out
+
+
+def draft(args: argparse.Namespace) -> None:
+    """Part 3 (``--draft``): the training-feature views of a reduced JPEG decode against a full decode's (what
+    ``train`` and ``predict`` read), per short side the decode keeps — the build's hash decode (128 px), and 160 / 320
+    — on crops of scikit-image's photos (12 per photo, 50–100 % of it, enlarged ×1–4, JPEG q 75–95)."""
+    import io
+
+    from PIL import Image
+    from skimage import data as skd
+
+    from dsbuild.model.embeddings import Embedder, FeatureSpec
+    from dsbuild.verify.decode import decode
+    from dsbuild.verify.settings import VerifySettings
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+                 "colorwheel", "cat"):
+        a = getattr(skd, name)()
+        a = np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]
+        im = Image.fromarray(a.astype(np.uint8))
+        for _ in range(12):
+            w, h = im.size
+            s = rng.uniform(0.5, 1.0)
+            cw, ch = int(w * s), min(h, int(h * s * rng.uniform(0.7, 1.3)))
+            x, y = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+            c = im.crop((x, y, x + cw, y + ch))
+            f = rng.choice([1.0, 1.5, 2.5, 4.0])
+            c = c.resize((int(c.width * f), int(c.height * f)), Image.Resampling.LANCZOS)
+            b = io.BytesIO()
+            c.save(b, "JPEG", quality=int(rng.integers(75, 96)))
+            blobs.append(b.getvalue())
+    sides = [min(Image.open(io.BytesIO(b)).size) for b in blobs]
+    print(f"{len(blobs)} photo JPEGs, short side {min(sides)}–{max(sides)} px (median {int(np.median(sides))})")
+    emb = Embedder(FeatureSpec(arch="efficientnet_lite0", size=160, resize="squash"), threads=args.threads, views=True)
+
+    def views(imgs):
+        out = []
+        for i in range(0, len(imgs), 32):
+            _, v = emb.embed_views(imgs[i:i + 32])
+            out.append(np.concatenate([v[k] for k in sorted(v)], 1))
+        x = np.concatenate(out)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    vs = VerifySettings()
+    t0 = time.process_time()
+    full = [decode(b, vs, analysis_side=None)[0] for b in blobs]
+    tf = (time.process_time() - t0) / len(blobs)
+    ref = views(full)
+    print(f"\n| decode | CPU ms/image | reduced | views cosine to a full decode's: min | p1 | p50 |\n|---|---|---|---|---|---|")
+    print(f"| full (train, predict) | {tf * 1e3:.1f} | 0% | 1 | 1 | 1 |")
+    for side in (128, 160, 320):
+        t0 = time.process_time()
+        imgs = [decode(b, vs, analysis_side=side)[0] for b in blobs]
+        t = (time.process_time() - t0) / len(blobs)
+        cos = (views(imgs) * ref).sum(1)
+        red = np.mean([min(i.size) < min(f.size) for i, f in zip(imgs, full)])
+        print(f"| draft ≥ {side} px | {t * 1e3:.1f} | {red:.0%} | {cos.min():.4f} | {np.percentile(cos, 1):.4f} | "
+              f"{np.median(cos):.4f} |")
 
 
 def digits(n: int, seed: int = 9) -> list[tuple[str, str, object]]:
@@ -111,6 +196,8 @@ def project(root: Path, images: list[tuple[str, str, object]]) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         if name.endswith(".jpg") and getattr(img, "filename", ""):
             shutil.copyfile(img.filename, folder / name)  # the original JPEG bytes
+        elif name.endswith(".jpg"):
+            img.save(folder / name, quality=90)
         else:
             img.save(folder / name)
     classes = "\n".join(f'{lab} = {{ folders = "data/{lab}" }}' for lab in labels)
@@ -147,7 +234,8 @@ def stage_seconds(text: str, stage: str) -> str:
 
 
 def whole(args: argparse.Namespace) -> None:
-    images = cifar(args.n, args.classes) if args.data == "cifar" else digits(args.n)
+    images = {"cifar": lambda: cifar(args.n, args.classes), "photos": lambda: photos(args.n, args.classes),
+              "digits": lambda: digits(args.n)}[args.data]()
     work = Path(tempfile.mkdtemp(prefix="onepass-", dir=args.tmp))
     old = checkout(args.baseline, args.tmp / f"baseline-{args.baseline[:10]}")
     print(f"{len(images)} {args.data} images, {len({lab for _, lab, _ in images})} classes; baseline {args.baseline} "
@@ -157,7 +245,10 @@ def whole(args: argparse.Namespace) -> None:
         proj = project(work / name, images)
         tb, out_b = run(code, proj, "build")
         tt, out_t = run(code, proj, "train", "bench")
-        res[name] = {"build": tb, "train": tt, **outcome(proj)}
+        import re
+
+        feat = re.search(r"of which ([0-9.]+) s image features", out_t)
+        res[name] = {"build": tb, "train": tt, "feature_s": float(feat.group(1)) if feat else 0.0, **outcome(proj)}
         print(f"  {name}: build {tb:.1f} s, train {tt:.1f} s", flush=True)
     n = len(images)
     b, a = res["before"], res["after"]
@@ -168,6 +259,7 @@ def whole(args: argparse.Namespace) -> None:
     tb, ta = b["build"] + b["train"], a["build"] + a["train"]
     print(f"| build + train wall s (s/image) | {tb:.1f} ({tb / n:.3f}) | {ta:.1f} ({ta / n:.3f}) | {tb / ta:.2f}× |")
     print(f"| train features | {b['features']} | {a['features']} | |")
+    print(f"| of `train`: computing image features, s | {b['feature_s']:.1f} | {a['feature_s']:.1f} | |")
     print(f"| valid accuracy (clean labels) | {b['accuracy']:.4f} | {a['accuracy']:.4f} | "
           f"{100 * (a['accuracy'] - b['accuracy']):+.1f} pts |")
     print(f"| images marked duplicate | {len(b['dups'])} | {len(a['dups'])} | same set: {b['dups'] == a['dups']} |")
@@ -237,7 +329,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="300 images")
-    ap.add_argument("--data", choices=("cifar", "digits"), default="cifar")
+    ap.add_argument("--data", choices=("cifar", "photos", "digits"), default="cifar",
+                    help="photos: the CIFAR photos enlarged to 600–1100 px JPEGs (web-photo sized files)")
+    ap.add_argument("--draft", action="store_true", help="part 3: views of reduced JPEG decodes vs a full decode's")
     ap.add_argument("--classes", type=int, choices=(5, 10), default=5)
     ap.add_argument("--baseline", default="ef0f46d")
     ap.add_argument("--reverse", action="store_true", help="run this checkout first")
@@ -253,7 +347,7 @@ def main() -> None:
     if args.quick:
         args.n = 300
     args.tmp.mkdir(parents=True, exist_ok=True)
-    inputs(args) if args.inputs else whole(args)
+    draft(args) if args.draft else inputs(args) if args.inputs else whole(args)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20,
     import pandas as pd
 
     from dsbuild.dedup.neardup import similar
-    from dsbuild.dedup.signals import load_image, spec_of
+    from dsbuild.dedup.signals import embed_decode_side, load_image, spec_of
     from dsbuild.model.embeddings import Embedder, emb_key, features_root
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -100,7 +100,7 @@ def similar_images(manifest: Manifest, dataset: str, query: str, *, k: int = 20,
             raise DsbuildError(f"{query} is not an image dsbuild accepts ({rec.reason}: {rec.detail}) — "
                                "give an image file or an image_id of the dataset", exit_code=2)
         try:
-            img = load_image(query, ds.verify)
+            img = load_image(query, ds.verify, analysis_side=embed_decode_side(ds.dedup))  # as the build embeds
         except ValueError as exc:
             raise DsbuildError(f"{query} cannot be decoded ({exc}) — give another image", exit_code=2) from None
         vec = Embedder(spec_of(ds.dedup)).embed([img])[0]

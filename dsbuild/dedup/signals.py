@@ -49,11 +49,33 @@ def spec_of(dedup: DedupSettings):
     return FeatureSpec(arch=dedup.embed_arch, size=dedup.embed_size)
 
 
-def load_image(path: str, verify: VerifySettings, *, full: list[bool] | None = None) -> Any:
+VIEWS_DECODE_FACTOR = 2
+"""The embedding pass decodes a JPEG reduced by DCT scaling (draft) to a short side of at least this × the embedding
+size (320 px at 160), not to the hash's :data:`~dsbuild.verify.decode.ANALYSIS_SIDE` (128): the training-feature views
+of such a decode are a full decode's (what ``train`` and ``predict`` read, :func:`dsbuild.verify.decode.load_rgb`) to
+cosine ≥ 0.9988 (min; p50 1.0000), where the 128 px decode gave 0.9768 (min; p1 0.9910) — 108 photo JPEGs, short
+side 151–5320 px, median 601 (bench/onepass.py ``--draft``). So the build's one forward pass writes the training rows
+of large JPEGs too, and ``train`` computes none for them (before: a full decode, 14.3 ms CPU there, and a forward pass
+each). The phash views and effective side still come from the hash's 128 px decode (on a 320 px one they cost 34.8
+instead of 11.6 CPU ms per 600–1100 px photo), so a reduced JPEG whose pixel signals are missing is decoded twice
+(+3.9 CPU ms); the embedding is the 320 px decode's."""
+
+
+def embed_decode_side(dedup: DedupSettings) -> int:
+    """The short side (px) the embedding pass decodes JPEGs to at least: :data:`VIEWS_DECODE_FACTOR` × the embedding
+    size, never below the hash's :data:`~dsbuild.verify.decode.ANALYSIS_SIDE`."""
+    from dsbuild.verify.decode import ANALYSIS_SIDE
+
+    return max(ANALYSIS_SIDE, VIEWS_DECODE_FACTOR * int(dedup.embed_size))
+
+
+def load_image(path: str, verify: VerifySettings, *, full: list[bool] | None = None,
+               analysis_side: int | None = None) -> Any:
     """Decode a stored image under the dataset's verify settings; ValueError (with the reason) when it cannot be.
-    ``full``: a list the call appends True to when the image was decoded at its full size (not reduced by JPEG draft
-    decoding: the pixels :func:`dsbuild.verify.decode.load_rgb` gives training), else False."""
-    from dsbuild.verify.decode import Rejected, decode
+    ``analysis_side``: a JPEG is decoded reduced (draft) to at least this short side (None: the hash's
+    :data:`~dsbuild.verify.decode.ANALYSIS_SIDE`). ``full``: a list the call appends True to when the image was decoded
+    at its full size (not reduced by JPEG draft decoding), else False."""
+    from dsbuild.verify.decode import ANALYSIS_SIDE, Rejected, decode
 
     try:
         size = Path(path).stat().st_size
@@ -61,7 +83,7 @@ def load_image(path: str, verify: VerifySettings, *, full: list[bool] | None = N
             raise ValueError(f"too large: {size} bytes")
         with open(path, "rb") as fh:
             data = fh.read(verify.max_bytes + 1)
-        img, info = decode(data, verify)
+        img, info = decode(data, verify, analysis_side=ANALYSIS_SIDE if analysis_side is None else analysis_side)
         if full is not None:
             side = (info.get("width"), info.get("height"))
             full.append(None not in side and sorted(img.size) == sorted(side))
@@ -105,8 +127,8 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
     (:func:`emb_keys`): a blob whose pixels a re-check read otherwise is embedded again. ``current_pixels``: see
     :func:`open_cache`. ``feature_rows``: a :class:`dsbuild.model.features.FeatureSpec` (``squash`` at the embedding's
     backbone and size: :func:`dsbuild.model.train.build_feature_spec`) whose training rows the same forward passes
-    write to its cache under ``features_dir`` — for the images decoded at full size (a JPEG reduced by draft decoding
-    gives other pixels than training reads; ``train`` computes those). Raises DsbuildError when the embedding backbone
+    write to its cache under ``features_dir`` — for every image: a large JPEG is decoded reduced to at least
+    :func:`embed_decode_side` for the pass (:data:`VIEWS_DECODE_FACTOR`). Raises DsbuildError when the embedding backbone
     cannot be loaded.
     """
     embed = dedup.semantic if embed is None else embed
@@ -140,7 +162,6 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
         stored.update(sha for sha, *_ in fresh)
 
     if embed:
-        full: dict[str, list[bool]] = {}
         on_views = None
         pending: list[tuple[list[str], dict[str, Any]]] = []
 
@@ -154,17 +175,26 @@ def dataset_signals(items: Any, rows: np.ndarray, dedup: DedupSettings, verify: 
 
         if feature_rows is not None:
             def on_views(done: list[str], views: dict[str, Any]) -> None:
-                at = [i for i, key in enumerate(done) if full.get(key) == [True]]
-                if at:
-                    pending.append(([done[i] for i in at], {k: v[at] for k, v in views.items()}))
+                pending.append((list(done), views))
                 if sum(len(d) for d, _ in pending) >= FEATURE_ROWS_SHARD:
                     flush_rows()
 
-        todo = [(keys[r], (lambda p=paths[r], k=keys[r]: load_image(p, verify, full=full.setdefault(k, []))))
-                for r in rows]
+        at_least = embed_decode_side(dedup)
+
+        def embed_input(path: str, key: str) -> Any:
+            """The image the pass embeds (a large JPEG decoded to ≥ ``at_least``), its pixel signals computed first
+            from the hash's decode when they are missing (:data:`VIEWS_DECODE_FACTOR`)."""
+            if key.split(":", 1)[0] in need_pixels:
+                whole: list[bool] = []
+                img = load_image(path, verify, full=whole)
+                on_image(key, img)
+                if whole[0]:
+                    return img
+            return load_image(path, verify, analysis_side=at_least)
+
+        todo = [(keys[r], (lambda p=paths[r], k=keys[r]: embed_input(p, k))) for r in rows]
         failed.update({key.split(":", 1)[0]: why for key, why in embed_blobs(
-            todo, cache, threads=threads, on_image=on_image, progress=progress, on_chunk=on_chunk,
-            on_views=on_views).items()})
+            todo, cache, threads=threads, progress=progress, on_chunk=on_chunk, on_views=on_views).items()})
         flush_rows()
     for sha, path in need_pixels.items():
         if sha in new or sha in failed:
