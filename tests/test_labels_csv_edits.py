@@ -196,6 +196,11 @@ def test_labels_corrected_in_the_csv_read_as_label_changes_not_rejections(tmp_pa
     row = re.search(r"│ photos\s*│\s*(\d+)\s*│\s*(\d+)\s*│\s*(\d+)\s*│\s*(\d+)\s*│", out)
     assert row is not None and row.group(4) == "0", out  # the table's rejected column
     assert sql(m, "select count(*) from images where status = 'ok'") == [(8,)]
+    code, out, err = run_cli(capsys, m, "status")
+    assert code == 0, err
+    assert ("photos: 2 of the 2 rejected rows with reason 'source removed' are earlier rows of files still in the "
+            "dataset under another label (a label changed in the source, or a class renamed, merged or split) — no "
+            "image is missing for them") in flat(out), out
 
     del labels["IMG_0007.png"]  # a row taken out: that one is set aside, and said so
     labels["IMG_0001.png"] = "dog"
@@ -204,6 +209,10 @@ def test_labels_corrected_in_the_csv_read_as_label_changes_not_rejections(tmp_pa
     assert code == 0, err
     assert "1 image set aside because its source left the manifest" in flat(out), out
     assert "1 image given another label in labels.csv" in flat(out), out
+    code, out, err = run_cli(capsys, m, "status")
+    assert ("photos: 3 of the 4 rejected rows with reason 'source removed' are earlier rows of files still in the "
+            "dataset under another label (a label changed in the source, or a class renamed, merged or split) — no "
+            "image is missing for them; the other 1 left the manifest") in flat(out), out
 
 
 def test_a_decisions_file_names_images_by_the_path_its_labels_csv_gives(tmp_path: Path, capsys, monkeypatch) -> None:
