@@ -318,7 +318,8 @@ def _read_rows(path: Path, problems: _Problems) -> tuple[list[str], list[_Row]]:
 class _ImageIndex:
     """image_id / resolved path / origin → catalog rows of one dataset."""
 
-    def __init__(self, images: "pandas.DataFrame", *, base_dirs: Sequence[Path], source_dirs: Sequence[Path] = ()) -> None:
+    def __init__(self, images: "pandas.DataFrame", *, base_dirs: Sequence[Path],
+                 source_dirs: Sequence[Path] = ()) -> None:
         need = {"image_id", "path", "origin", "label", "status"}
         missing = need - set(images.columns)
         if missing:
@@ -543,7 +544,8 @@ def _identify(v: dict[str, str], index: _ImageIndex, line: int, problems: _Probl
         if len(found) > 1 and by_id is None:
             ids = sorted(found)
             problems.add(line, f"path '{_short(path, PATH_LIMIT)}' is {len(ids)} images ({', '.join(ids[:5])}"
-                               f"{', …' if len(ids) > 5 else ''}) — use image_id, or the path with its folders, to say which")
+                               f"{', …' if len(ids) > 5 else ''}) — use image_id"
+                               f"{', or the path with its folders,' if len(Path(path).parts) == 1 else ''} to say which")
             return None
         if found and by_id is not None and by_id not in found:
             problems.add(line, f"image_id '{by_id}' and path '{_short(path, PATH_LIMIT)}' name different images — fix one of them")
@@ -1155,6 +1157,7 @@ def standing_decisions(history: "pandas.DataFrame | None") -> dict[str, Standing
         found = trace(image_id, 0, frozenset({image_id})) if stack else None
         if found is not None:  # the action that stands is the top one's (a carried keep over a carried relabel) —
             # unless that keep only records that the source now gives the label a relabel chose: still the relabel
-            agreed = AGREED_NOTE in (_text(stack[-1].get("note")) or "") and str(stack[-1]["source"]).startswith(BUILD_SOURCE)
+            top = stack[-1]
+            agreed = AGREED_NOTE in (_text(top.get("note")) or "") and str(top["source"]).startswith(BUILD_SOURCE)
             out[image_id] = found if agreed else dataclasses.replace(found, action=str(stack[-1]["action"]))
     return out

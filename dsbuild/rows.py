@@ -47,10 +47,11 @@ LABEL_ISSUE_COLUMNS = ("dataset", "image_id", "path", "origin", "given_label", "
                        "outlier_score", "is_label_issue")
 """Columns of the ``label_issues`` / ``label_issues_all`` views, in order (schema 4 added the last two)."""
 REPORT_COLUMNS = ("dataset", "image_id", "path", "origin", "given_label", "suggested_label", "label_quality", "rank",
-                  "run_id", "kind", "suggested_confidence", "reviewed")
+                  "run_id", "kind", "suggested_confidence", "reviewed", "is_label_issue", "outlier_score")
 """What ``dsbuild mislabels --format csv|json`` writes: a report that is also a review decisions file. ``reviewed``: the
 decision that stands on the image now (``relabelled by a person 2026-12-02``), empty when none
-(:func:`dsbuild.cycle.with_reviewed`)."""
+(:func:`dsbuild.cycle.with_reviewed`); ``is_label_issue`` and ``outlier_score``: cleanlab's names, as the
+``label_issues`` view has them (trial 11, L5: an outlier row had no score to sort by)."""
 REPORT_TABLE_COLUMNS = ("rank", "image_id", "given_label", "suggested_label", "label_quality", "suggested_confidence",
                         "kind", "reviewed", "origin")
 """What ``dsbuild mislabels`` shows on the terminal (``suggested_confidence``: what ``--min-confidence`` filters on)."""

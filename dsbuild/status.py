@@ -130,6 +130,14 @@ def _one(cat: Catalog, name: str, ds=None) -> DatasetStatus:
         notes.append(f"{name}: quality flags on accepted images: {listed} — `dsbuild query @quality`; to reject "
                      f"images so flagged, add reject = [{example}] (the flags you want out) under "
                      f"[datasets.{name}.quality] in the manifest and run `dsbuild build {name}`")
+    aside, superseded = cat.superseded_count(name)
+    if superseded:  # trial 11, M4: labels edited in a labels CSV showed as "rejected 65 (source removed 65)"
+        rest = aside - superseded
+        left = f"; the other {rest} left the manifest" if rest else ""
+        notes.append(f"{name}: {superseded} of the {counted(aside, 'rejected row')} with reason 'source removed' "
+                     f"{'is the earlier row of a file' if superseded == 1 else 'are earlier rows of files'} still in "
+                     "the dataset under another label (a label changed in the source, or a class renamed, merged or "
+                     f"split) — no image is missing for {'it' if superseded == 1 else 'them'}{left}")
     notes += [f"{name}: {line}" for line in empty.values()]
     if ds is not None:
         notes += [f"{name}: {line}" for line in ghost_label_notes(cat, ds)]

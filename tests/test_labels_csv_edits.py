@@ -196,6 +196,11 @@ def test_labels_corrected_in_the_csv_read_as_label_changes_not_rejections(tmp_pa
     row = re.search(r"│ photos\s*│\s*(\d+)\s*│\s*(\d+)\s*│\s*(\d+)\s*│\s*(\d+)\s*│", out)
     assert row is not None and row.group(4) == "0", out  # the table's rejected column
     assert sql(m, "select count(*) from images where status = 'ok'") == [(8,)]
+    code, out, err = run_cli(capsys, m, "status")
+    assert code == 0, err
+    assert ("photos: 2 of the 2 rejected rows with reason 'source removed' are earlier rows of files still in the "
+            "dataset under another label (a label changed in the source, or a class renamed, merged or split) — no "
+            "image is missing for them") in flat(out), out
 
     del labels["IMG_0007.png"]  # a row taken out: that one is set aside, and said so
     labels["IMG_0001.png"] = "dog"
@@ -204,6 +209,10 @@ def test_labels_corrected_in_the_csv_read_as_label_changes_not_rejections(tmp_pa
     assert code == 0, err
     assert "1 image set aside because its source left the manifest" in flat(out), out
     assert "1 image given another label in labels.csv" in flat(out), out
+    code, out, err = run_cli(capsys, m, "status")
+    assert ("photos: 3 of the 4 rejected rows with reason 'source removed' are earlier rows of files still in the "
+            "dataset under another label (a label changed in the source, or a class renamed, merged or split) — no "
+            "image is missing for them; the other 1 left the manifest") in flat(out), out
 
 
 def test_a_decisions_file_names_images_by_the_path_its_labels_csv_gives(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -233,3 +242,44 @@ def test_a_decisions_file_names_images_by_the_path_its_labels_csv_gives(tmp_path
     assert (f"line 2: no image of this dataset has path 'images/IMG_9999.png' — name an image by image_id ({first}), "
             f"or by path: as your labels CSV or folder gives it (images/{name}), the file's full path ({origin}), or "
             f"its name alone ({name}) when no other file has it") in flat(err), err
+
+
+def test_accept_suggestions_after_the_csv_sync_does_not_overrule_the_person(tmp_path: Path, capsys) -> None:
+    """H1, the consequence: after the reviewed labels were written back into labels.csv and built, a later
+    `review --accept-suggestions` relabelled a person's correct relabel (IMG_0945 airplane → ship). The run here is
+    recorded with the catalog's own writers (as tests/ui_data.py does): one confident suggestion against the image a
+    person relabelled, one against an image nobody reviewed."""
+    import pandas as pd
+
+    from dsbuild.catalog import BuildLock
+    from dsbuild.cycle import new_run_id
+
+    labels = {f"IMG_{i:04d}.png": ("cat" if i < 4 else "dog") for i in range(8)}
+    m = project(tmp_path, labels)
+    assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
+    before = ids(m)
+    dec = tmp_path / "decisions1.csv"
+    dec.write_text(f"image_id,action,new_label\n{before['IMG_0000.png']},relabel,dog\n")
+    assert run_cli(capsys, m, "review", "photos", "--decisions", str(dec))[0] == 0
+    labels["IMG_0000.png"] = "dog"
+    project(tmp_path, labels)
+    assert run_cli(capsys, m, "-q", "build", "--workers", "1")[0] == 0
+    after = ids(m)
+    person, nobody = after["IMG_0000.png"], after["IMG_0006.png"]
+
+    catalog = load_manifest(m).catalog
+    run_id = new_run_id("photos", "mislabels")
+    with BuildLock(catalog), Catalog.open(catalog) as cat:
+        cat.start_run(run_id=run_id, dataset="photos", kind="mislabels", arch="sklearn-logreg", params={"folds": 3})
+        cat.insert_issue_rows(run_id, "photos", pd.DataFrame([
+            {"image_id": i, "kind": "label", "given_label": "dog", "suggested_label": "cat", "label_quality": 0.01,
+             "suggested_confidence": 0.97, "is_issue": True, "rank": k + 1, "outlier_score": 0.5}
+            for k, i in enumerate((person, nobody))]))
+        cat.finish_run(run_id, n_train=8, n_valid=0, accuracy=0.75, error_rate=0.25, duration_s=1.0,
+                       confusion={"classes": ["cat", "dog"], "matrix": [[4, 0], [2, 2]]})
+    code, out, err = run_cli(capsys, m, "review", "photos", "--accept-suggestions")
+    assert code == 0, err
+    assert "applied 1 decision to 'photos' (relabel 1)" in flat(out), out
+    assert "skipped 1 image whose standing decision is a person's" in flat(out), out
+    assert sql(m, "select label from images where image_id = ?", [person]) == [("dog",)]  # the person's label stands
+    assert sql(m, "select label from images where image_id = ?", [nobody]) == [("cat",)]

@@ -129,8 +129,7 @@ BAD_FILES = [
                            "this line says remove — keep one")),
     ("paths", "path,action\n{root}/store/rocket.jpg,keep\nstore/nothing.jpg,keep\n,keep\n", problems(
         Path("{p}"),
-        f"line 2: path '{{root}}/store/rocket.jpg' is 2 images ({ROCKET1}, {ROCKET2}) — use image_id, or the path with "
-        "its folders, to say which",
+        f"line 2: path '{{root}}/store/rocket.jpg' is 2 images ({ROCKET1}, {ROCKET2}) — use image_id to say which",
         f"line 3: no image of this dataset has path 'store/nothing.jpg' — name an image by image_id ({REMOVED}), or by "
         "path: the origin URL (https://d.example/camera.jpg) or the stored file ({root}/store/camera.jpg)",
         "line 4: no image_id or path — every row must name its image")),

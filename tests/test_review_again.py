@@ -515,3 +515,22 @@ def test_accepting_a_weak_models_suggestions_says_to_check_them(built: Path, tmp
             "(`dsbuild query \"SELECT image_id, old_label, new_label, changed_at FROM label_history WHERE dataset = "
             f"'digits' AND source = '{source}'\"`) and undo a wrong one with an undo row in a decisions file"
             ) in " ".join(err.split()), err
+
+
+def test_the_mislabel_csv_has_cleanlabs_is_label_issue_and_outlier_score_columns(project: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    """Trial 11, L5: `mislabels --format csv` had neither `is_label_issue` nor `outlier_score` (the catalog's and
+    cleanlab's names), so outlier rows could not be sorted by their score. The CSV has both, as the catalog has them."""
+    import csv
+
+    out = tmp_path / "flags.csv"
+    capsys.readouterr()
+    code = main(["-m", str(project), "mislabels", "digits", "--format", "csv", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    rows = list(csv.DictReader(out.open()))
+    assert {"is_label_issue", "outlier_score"} <= set(rows[0]), list(rows[0])
+    stored = dict(sql(project, "SELECT image_id, is_label_issue FROM label_issues WHERE dataset = 'digits'"))
+    assert {r["image_id"]: r["is_label_issue"].lower() == "true" for r in rows} == {k: bool(v) for k, v in stored.items()}
+    outliers = [r for r in rows if r["kind"] == "outlier"]
+    assert all(r["outlier_score"] for r in outliers), outliers[:3]

@@ -803,6 +803,19 @@ class Catalog:
             [dataset],
         )
 
+    def superseded_count(self, dataset: str) -> tuple[int, int]:
+        """(set aside, superseded): the items of ``dataset`` a build set aside (``source removed``), and of them those
+        whose file (origin and content) an item not set aside supplies now — an earlier row of a file still in the
+        dataset under another label (a label edited in a labels CSV, a class renamed, merged or split)."""
+        row = self.con.execute(
+            """SELECT count(*), count(*) FILTER (WHERE EXISTS (
+                   SELECT 1 FROM items b WHERE b.dataset = a.dataset AND b.origin = a.origin AND b.sha256 = a.sha256
+                   AND b.reason IS DISTINCT FROM 'source removed'))
+               FROM items a WHERE a.dataset = ? AND a.reason = 'source removed'""",
+            [dataset],
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
     def reject_counts(self, dataset: str):
         return self.df(
             """SELECT status, reason, count(*) AS n FROM images

@@ -7,8 +7,9 @@ duplicates have perceptual hashes within ``dedup.threshold`` (see
 resolution, then the sharpest (a re-encode, a resize or a blend is softer than
 its picture), then fewer near neighbours, then content hash, then (for
 byte-identical copies) a name without a copy marker (:func:`is_copy_name`), the
-label its source gave and the shorter path inside the class folder — and each image not yet grouped represents a group of every ungrouped
-image within the threshold *of it*. So every ``duplicate`` row lies within the
+label its source gave and the shorter path inside the class folder — and each
+image not yet grouped represents a group of every ungrouped image within the
+threshold *of it*. So every ``duplicate`` row lies within the
 threshold of its representative (``dup_of``, ``dup_distance``). The choice is a
 pure function of the files and settings: never of the order files were found
 in, of the worker count, of earlier builds or of where the project lies on disk
