@@ -88,7 +88,10 @@ resulting state:
 * ``undo``: reverts the image's last decision that is not undone yet (events
   form a stack per image: each non-undo event pushes, each undo pops), so
   repeated undos walk back through the history. ``new_label`` / ``new_status``
-  are the state before the reverted event.
+  are the state before the reverted event. A build's follow-up of a class change
+  on top of the decision (:func:`follows_class`) is no decision: it is taken back
+  with the decision under it, an undo event each (the first ones marked
+  :data:`COMPANION`), and applied again when it still applies (:func:`_undo_events`).
 
 ``new_status = None`` means "no review override: the build's status stands",
 so a later build that marks the image ``duplicate`` still wins over an old
