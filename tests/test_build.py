@@ -1056,7 +1056,10 @@ def _subprocess_build(manifest: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "dsbuild", "-m", str(manifest), "build", "-q", "--workers", "1"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # its own process group: SIGKILL reaches any worker too
+                            start_new_session=True,  # its own process group: SIGKILL reaches any worker too
+                            # Ctrl-C as a terminal gives it, whatever this test process ignores (an ignored SIGINT is
+                            # inherited: a full-suite worker once passed one on and the build never saw its Ctrl-C)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _store_count(store: Path) -> int:

@@ -713,14 +713,21 @@ def test_ctrl_c_during_train_says_what_was_kept_and_how_to_go_on(project, traine
             return super().stage(name, total)
 
     monkeypatch.setattr(dsbuild.cli, "_model_progress", lambda args: CtrlC())
-    code, out, err = run_cli(capsys, manifest, "train", "digits")
+    # Python's own Ctrl-C handler, whatever an earlier test in this process left (a full-suite worker once ran this
+    # with SIGINT ignored: the signal did nothing and training finished)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, out, err = run_cli(capsys, manifest, "train", "digits")
+        mislabels = run_cli(capsys, manifest, "mislabels", "digits", "--rerun")
+    finally:
+        signal.signal(signal.SIGINT, before)
     ((run_id, status),) = sql(manifest, "select run_id, status from runs where kind = 'train' and run_id not in "
                                         "(select run_id from runs where kind = 'train' order by started_at limit 1)")
     assert (code, status) == (130, "interrupted"), err
     assert err == (f"Error: train interrupted — run {run_id} is recorded as interrupted and no model was saved; the image "
                    f"features computed so far are kept in {manifest.parent / 'catalog' / 'features'}: "
                    "`dsbuild train digits` goes on from them\n")
-    code, out, err = run_cli(capsys, manifest, "mislabels", "digits", "--rerun")
+    code, out, err = mislabels
     ((run_id, status),) = sql(manifest, "select run_id, status from runs where kind = 'mislabels' "
                                         "order by started_at desc limit 1")
     assert (code, status) == (130, "interrupted"), err

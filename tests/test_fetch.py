@@ -531,7 +531,8 @@ def test_ctrl_c_removes_partial_files(hostile_server: HostileServer, tmp_path: P
         fetch_all([FetchRequest(u) for u in urls], dest_dir=Path({str(tmp_path)!r}),
                   settings=FetchSettings(allow_private_hosts=True, read_timeout=30, deadline=30))
     """)
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not an inherited SIG_IGN
     try:
         deadline = time.monotonic() + 20
         while len(list(tmp_path.glob("dl-*.part"))) < 8 and time.monotonic() < deadline and proc.poll() is None:
