@@ -1058,7 +1058,7 @@ def _subprocess_build(manifest: Path) -> subprocess.Popen:
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True,  # its own process group: SIGKILL reaches any worker too
                             # Ctrl-C as a terminal gives it, whatever this test process ignores (an ignored SIGINT is
-                            # inherited: a full-suite worker once passed one on and the build never saw its Ctrl-C)
+                            # inherited: a suite started in the background passed one on and the build never saw it)
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 

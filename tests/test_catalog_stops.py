@@ -23,8 +23,8 @@ def test_a_ctrl_c_during_register_or_unregister_is_a_keyboard_interrupt(tmp_path
     cat = Catalog.open(tmp_path / "c.duckdb")
     rows = pd.DataFrame({"a": range(100_000)})  # registering reads it: the statement takes a while
     outcomes: dict[str, int] = {}
-    # Python's own Ctrl-C handler, whatever an earlier test in this process left (a worker of the full suite once
-    # ran this after a module that left another handler: no KeyboardInterrupt came, and the loop below never ended)
+    # Python's own Ctrl-C handler, however pytest was started (a run started in the background by a non-interactive
+    # shell has SIGINT ignored: no KeyboardInterrupt came, and the loop below had no end)
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for trial in range(100):

@@ -713,8 +713,8 @@ def test_ctrl_c_during_train_says_what_was_kept_and_how_to_go_on(project, traine
             return super().stage(name, total)
 
     monkeypatch.setattr(dsbuild.cli, "_model_progress", lambda args: CtrlC())
-    # Python's own Ctrl-C handler, whatever an earlier test in this process left (a full-suite worker once ran this
-    # with SIGINT ignored: the signal did nothing and training finished)
+    # Python's own Ctrl-C handler, however pytest was started (a run started in the background by a non-interactive
+    # shell has SIGINT ignored: the signal did nothing and training finished)
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code, out, err = run_cli(capsys, manifest, "train", "digits")
