@@ -618,7 +618,7 @@ def with_reviewed(manifest: Manifest, name: str, issues):
     with Catalog.open_readonly(manifest.catalog) as cat:
         standing = standing_decisions(cat.label_history(name))
     out["reviewed"] = [standing[str(i)].words() if str(i) in standing else "" for i in out["image_id"]]
-    label_flags = out["kind"].eq("label") if "kind" in out else out["image_id"].notna() | True
+    label_flags = out.assign(kind=out.get("kind", "label"))["kind"].eq("label")  # no kind column: every flag a label flag
     people = [standing[str(i)] for i in out.loc[label_flags, "image_id"] if str(i) in standing and standing[str(i)].by_person]
     out.attrs["person_review"] = {"flags": int(label_flags.sum()),
                                   "actions": {a: sum(s.action == a for s in people) for a in ("relabel", "remove", "keep")}}
