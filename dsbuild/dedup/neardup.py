@@ -62,7 +62,7 @@ VIEW_NAMES = DIHEDRAL + tuple(f"crop{round(c * 100)}" for c in CROPS)
 """The phash views stored per blob (``blobs.phash_views``: their 16-hex hashes joined by commas, in this order)."""
 EXACT_MAX = 50_000
 """Up to this many embeddings the neighbour search is exact (faiss ``IndexFlatIP``: deterministic); above it
-faiss HNSW (M 32, efConstruction 64, efSearch ≥ 64) — issue 17 FINDINGS Q4: 20k × 1280 exact 62 CPU s vs
+faiss HNSW (M 32, efConstruction 64, efSearch ≥ 64, float16 vectors) — issue 17 FINDINGS Q4: 20k × 1280 exact 62 CPU s vs
 HNSW 21 CPU s at recall@10 0.93 (the best of faiss, usearch and hnswlib at equal cost)."""
 WINDOW_THRESHOLD = 6
 """Bits between a thumbnail window's phash and the other image's: the crop views' threshold."""
@@ -75,6 +75,15 @@ NEIGHBOURS = 10
 NEIGHBOUR_SPARE = 5
 """Nearest images stored beyond :data:`NEIGHBOURS` (the ``knn`` table): the view lists the accepted ones only,
 so an image whose neighbours a review removes still shows 10 until the next build or ``embed``."""
+HNSW_STORAGE = "float16"
+"""How the HNSW index (above :data:`EXACT_MAX` rows) holds the vectors: faiss ``IndexHNSWSQ`` with ``QT_fp16``
+(2,560 B per 1280-d row), or ``"float32"``: ``IndexHNSWFlat`` (5,120 B; the build before the evening of 2026-12-02, bench/knn_scale.py's
+baseline row). Measured 2026-12-02 on bench/knn_scale.py's 100,000 rows (2 cores, load 1.5–2.0; the index and
+one search alone, same data and queries): HNSWFlat
+build 24.0–27.6 s + search (77 columns, efSearch 64) 23.7–24.1 s, recall@10 / @60 0.9903 / 0.9114; fp16
+20.9 + 18.1 s, 0.9900 / 0.9112; bf16 22.1 + 20.2 s, 0.9891 / 0.9111; fp16 with M 24 38.3 s in all but recall@60
+0.893. The graph search reads a few hundred vectors per query, scattered over 512 MB at float32: half the bytes
+is the gain. The embeddings are cached as float16 already (:mod:`dsbuild.model.embeddings`)."""
 OUTLIER_SPARE = 16
 """Columns the build's first search takes beyond ``outlier_k``: a row whose list holds more rows left out of the
 outlier scores (its duplicates) than this is searched again, 2 × wider each time (:meth:`KnnSearch.within`).
@@ -306,14 +315,22 @@ def pair_similarity(emb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 def knn_index(emb: np.ndarray, *, exact_max: int = EXACT_MAX) -> Any:
     """A faiss inner-product index over the rows of ``emb`` (n, dim): ``IndexFlatIP`` (exact) up to
-    ``exact_max`` rows, ``IndexHNSWFlat`` (M 32, efConstruction 64) above. Build it once and pass it to
-    every :func:`knn` over the same rows (an HNSW build of 100,000 × 1280 takes ~35 s on 2 cores)."""
+    ``exact_max`` rows, ``IndexHNSWSQ`` (M 32, efConstruction 64, vectors stored as float16: :data:`HNSW_STORAGE`)
+    above. Build it once and pass it to every :func:`knn` over the same rows (an HNSW build of 100,000 × 1280
+    takes ~21 s on 2 cores). The similarities an HNSW search returns are those of the float16 vectors (within
+    ~1e-3 of float32's); :func:`embedding_pairs` computes its pairs' own in float32."""
     import faiss
 
     x = np.ascontiguousarray(emb, dtype=np.float32)
     n, d = x.shape
     if n > exact_max:
-        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        # the vectors held as float16 (faiss's scalar quantizer, decoded to float32 per distance): half the memory
+        # traffic of IndexHNSWFlat, same neighbours — HNSW_STORAGE has the measurements
+        if HNSW_STORAGE == "float16":
+            index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, 32, faiss.METRIC_INNER_PRODUCT)
+            index.train(x[:1])  # fp16 needs no training statistics; the call only marks the index trained
+        else:
+            index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 64
     else:
         index = faiss.IndexFlatIP(d)
