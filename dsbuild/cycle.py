@@ -723,7 +723,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     decision is a person's are skipped (:data:`PERSON_DECIDED_BULK`); one card's Enter is a person's own decision.
     """
     from dsbuild.decisions import (COMPANION, REVIEWABLE, SAME_LABEL_KEEP, check_decisions, label_list, parse_decisions,
-                                   plan_events, standing_decisions, suggested_decisions)
+                                   plan_events, same_label_keep, standing_decisions, suggested_decisions, undo_stacks)
     from dsbuild.dedup.reviewed import regroup_reviewed
 
     ds = manifest.dataset(name)
@@ -765,6 +765,15 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             classes = dataset_classes(cat, ds)
             unknown = any(getattr(d, "new_label", None) not in (None, *classes) for d in decisions)
             chosen = check_decisions(decisions, labels=classes, former=former_classes(cat, ds, classes) if unknown else ())
+            # A relabel to the label the image has is a keep, as in a decisions file (one rule: same_label_keep).
+            label_now = dict(zip(images["image_id"].astype(str), images["label"].astype(str)))
+            stacks = undo_stacks(history)
+            chosen = [same_label_keep(d, label=label_now.get(d.image_id), stack=stacks.get(d.image_id, []),
+                                      last_run_at=run_at) for d in chosen]
+            same = [d for d in chosen if (d.note or "").startswith(SAME_LABEL_KEEP)]
+            if same:
+                notes.append(same_label_note(same, images, fix="press another class's key" if source == "ui"
+                                             else "relabel it to another class"))
             source = source or "review:api"
         elif decisions is not None:
             if not Path(decisions).is_file():
@@ -897,18 +906,22 @@ def source_dirs(ds: Dataset, manifest: Manifest) -> list[Path]:
     return [*dirs, manifest.root]
 
 
-def same_label_note(rows: "list", images: "pandas.DataFrame") -> str:
-    """``review``'s line for a decisions file's relabel rows (:class:`~dsbuild.decisions.Decision`) to the label their
-    image already has, applied as keeps (:data:`dsbuild.decisions.SAME_LABEL_KEEP`): which lines, which labels."""
+def same_label_note(rows: "list", images: "pandas.DataFrame", *,
+                    fix: str = "give another new_label and run the file again") -> str:
+    """``review``'s line for relabels (:class:`~dsbuild.decisions.Decision`: a decisions file's rows, or a review app's
+    keys) to the label their image already has, applied as keeps (:func:`dsbuild.decisions.same_label_keep`): which
+    lines (a file's rows have them), which images, which labels; ``fix``: how to change the label instead."""
     from dsbuild.render.values import counted
 
     label = dict(zip(images["image_id"].astype(str), images["label"].astype(str)))
-    shown = "; ".join(f"line {d.line}: image {d.image_id} has label '{label.get(d.image_id, '?')}'" for d in rows[:5])
+    shown = "; ".join(f"{'' if d.line is None else f'line {d.line}: '}image {d.image_id} has label "
+                      f"'{label.get(d.image_id, '?')}'" for d in rows[:5])
     more = f"; … ({len(rows) - 5} more)" if len(rows) > 5 else ""
     one = len(rows) == 1
-    return (f"{counted(len(rows), 'relabel row')} named the label {'its image has' if one else 'their images have'} "
-            f"already ({shown}{more}): applied as {'a keep' if one else 'keeps'}, which confirm{'s' if one else ''} "
-            f"the label — to change {'it' if one else 'them'}, give another new_label and run the file again")
+    return (f"{counted(len(rows), 'relabel' if rows[0].line is None else 'relabel row')} named the label "
+            f"{'its image has' if one else 'their images have'} already ({shown}{more}): applied as "
+            f"{'a keep' if one else 'keeps'}, which confirm{'s' if one else ''} the label — to change "
+            f"{'it' if one else 'them'}, {fix}")
 
 
 def ghost_labels(cat: Catalog, ds: Dataset, *, image_ids: "Iterable[str] | None" = None,

@@ -34,7 +34,8 @@ no path ever comes from a request):
 
 ``/api/decide`` answers 200 with ``applied`` (events written: a decision that already stands,
 such as a second keep, writes none), ``already_applied`` and the images' new states (each with
-``event_id``: the event written for it, or null), 400 for a malformed body, 409 with the reason
+``event_id``: the event written for it, or null; a relabel to the label the image has is a keep, noted and named in
+``notes`` as ``dsbuild review`` does for such a row: :func:`dsbuild.decisions.same_label_keep`), 400 for a malformed body, 409 with the reason
 when the review refuses a decision (nothing applied; the reason says what to do in the app — the
 error's ``in_app`` words, not the command line's "fix it and run again"), 503 with ``"busy": true``
 while another process writes the catalog (the page retries; the error names the holder). An undo names the event it reverts (``event_id``,
