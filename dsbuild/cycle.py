@@ -1124,6 +1124,53 @@ def run_flags_now(cat: Catalog, ds: Dataset, run_id: str | None, *, flagged: lis
                        changes=changes)
 
 
+def class_key_order(cat: Catalog, ds: Dataset, now: RunFlagsNow) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The order the review app deals its class keys in, and the classes gone since that order was set that a
+    class of today succeeds (renamed, or merged into it): ``scored`` and ``follow`` of
+    :func:`dsbuild.ui.app.class_keys`. Keys must not move while a person reviews, and a rename must not move them.
+
+    * Manifest classes (no ``imagefolder``, no labels CSV): ``((), {})`` — the manifest's order, which a class
+      renamed on its line keeps.
+    * Folder or labels-CSV classes (listed by name, so a rename would move the keys of the classes after it), with a
+      mislabel run (``now``, :func:`run_flags_now`): the run's classes and its renames — each run deals them again.
+    * The same before any mislabel run: the classes in the order the catalog first saw them — the first build's by
+      name, then each later build's new ones by name (``first_build`` of :meth:`Catalog.class_history`) — so what
+      the user first saw stays. A class whose items are all set aside since (its folder renamed, merged, removed)
+      keeps its place, and its successor (found as a run's are: :func:`dsbuild.carryover.successors_now`) takes
+      it; the successor's own later place is dropped when it first came in the build that set the old class aside
+      or after (a rename, or a rename of a rename: ``seven`` → ``7`` → ``sept`` keeps ``seven``'s key), not when it
+      was a class before (a merge into an existing class: that class keeps its own key, the merged one's is left
+      unused). Classes no item has come under (a manifest class beside the folders, still empty) come last.
+    """
+    if ds.imagefolder is None and ds.labels_csv is None:
+        return (), {}
+    if now.run_id is not None and now.scored:
+        return now.scored, now.follow
+    from dsbuild.carryover import successors_now
+    from dsbuild.sources import SOURCE_REMOVED
+
+    classes = set(now.classes)
+    hist = cat.class_history(ds.name, set_aside=SOURCE_REMOVED)
+    first = {str(c): int(b) for c, b in zip(hist["class_label"], hist["first_build"])}
+    aside = hist[hist["gone_build"].notna()]
+    gone = {str(c): int(b) for c, b in zip(aside["class_label"], aside["gone_build"]) if str(c) not in classes}
+    follow: dict[str, str] = {}
+    if gone:
+        pairs = successors_now(cat, ds, [], list(gone))
+        went: dict[str, set[str]] = {}
+        for old, new in zip(pairs["old_label"], pairs["class_label"]):
+            if old in gone and new in classes:
+                went.setdefault(str(old), set()).add(str(new))
+        follow = {old: next(iter(to)) for old, to in went.items() if len(to) == 1}
+    order: list[str] = []
+    for c in first:
+        to = follow.get(c, c)  # where its pictures are today
+        if any(p in gone and follow.get(p) == to and first[c] >= gone[p] for p in order):
+            continue  # a later name of a class already placed
+        order.append(c)
+    return tuple(order), follow
+
+
 # --------------------------------------------------------------------------- retrain + compare
 
 
