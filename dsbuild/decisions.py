@@ -29,8 +29,8 @@ dashes read as underscores; other columns are ignored):
 ``action``
     ``relabel`` | ``remove`` | ``keep`` | ``undo`` (case-insensitive).
 ``new_label``
-    Required for ``relabel`` (a class of the dataset, different from the current
-    label). With ``keep`` it may repeat the current label; with ``remove`` and
+    Required for ``relabel`` (a class of the dataset; the current label makes the
+    row a keep: :func:`same_label_keep`). With ``keep`` it may repeat the current label; with ``remove`` and
     ``undo`` it must be empty.
 ``note`` (optional)
     Free text, stored on the event.
@@ -62,9 +62,10 @@ it; a ``remove`` when the image's standing decision is that remove; a ``keep``
 when the standing decision is a keep made after the latest mislabel run
 started (a keep from before it is written again: it confirms the label against
 the newer run, whose label quality it records). A relabel to the label the
-image was *given* and still has, with no decision behind it, stays an error
-("use keep to confirm it"): it names no change, so it is likely a slip (the
-wrong class picked). An ``undo`` row of a file applies once: it is already applied when the image's latest
+image was *given* and still has, with no decision behind it, is a keep noted
+:data:`SAME_LABEL_KEEP` (:func:`same_label_keep`; trial 11, M5 — it was an error, "use
+keep to confirm it", which refused the whole file), in a file and in the review app
+alike. An ``undo`` row of a file applies once: it is already applied when the image's latest
 event from the same file (source ``review:<file name>``) is an undo, so running the file again does not
 walk back through earlier decisions. Elsewhere (the review app, a list of decisions from Python) each undo
 pops a decision. A file holds one decision per image: two rows for one image that differ are an error,
