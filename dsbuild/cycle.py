@@ -447,11 +447,11 @@ def run_trust(manifest: Manifest, run_id: str) -> dict | None:
     """The trust figures of mislabel run ``run_id``: ``oof_accuracy`` (out-of-fold predictions vs
     given labels), ``learn_check`` (:class:`dsbuild.model.trust.LearnCheck` as a dict),
     ``n_flagged``, ``expected_right`` (expected number of flags whose label really is wrong: the point estimate of
-    :func:`dsbuild.model.trust.trust_estimate`) and its range ``expected_right_low`` … ``expected_right_high``,
-    ``expected_precision``, ``expected_wrong_labels`` (in the whole dataset; ``_low``, ``_high``),
-    ``expected_recall``, ``posterior_noise_rate`` and ``anchor_noise_rate`` (the two noise-rate estimates the range
-    comes from). None for a run recorded before these figures existed; a run recorded before the range (before
-    branch ``trust``) has no ``_low``/``_high`` and its point estimate is the old, upper one."""
+    :func:`dsbuild.model.trust.trust_estimate`) and the two estimates it is the middle of, ``expected_right_low``
+    and ``expected_right_high`` (not bounds), ``expected_precision``, ``expected_wrong_labels`` (in the whole dataset;
+    ``_low``, ``_high``), ``expected_recall``, ``posterior_noise_rate`` and ``anchor_noise_rate`` (the two noise-rate
+    estimates those come from). None for a run recorded before these figures existed; a run recorded before the two
+    estimates (before branch ``trust``) has no ``_low``/``_high`` and its point estimate is the old, posterior one."""
     import json
 
     with Catalog.open_readonly(manifest.catalog) as cat:
@@ -462,8 +462,9 @@ def run_trust(manifest: Manifest, run_id: str) -> dict | None:
 
 
 def trust_line(trust: dict | None) -> str:
-    """One line for people: out-of-fold accuracy, how many flags are expected to be right (a point estimate and its
-    range: :func:`dsbuild.model.trust.trust_estimate`) and how many wrong labels there are in all; a caution when
+    """One line for people: out-of-fold accuracy, how many flags are expected to be right (a point estimate, the
+    middle of two estimates that are no bounds: :func:`dsbuild.model.trust.trust_estimate`) and how many wrong labels
+    there are in all; a caution when
     the model's own mistakes are many (``model_mistake_rate`` ≥ :data:`dsbuild.model.trust.MODEL_MISTAKE_CAUTION`):
     a weak model's mistakes look like label errors, and the estimate then runs high."""
     from dsbuild.model.trust import MODEL_MISTAKE_CAUTION
@@ -479,11 +480,13 @@ def trust_line(trust: dict | None) -> str:
                 f"about {trust['expected_wrong_labels']:.0f} wrong labels estimated in all")
     lo, hi = trust["expected_right_low"], trust["expected_right_high"]
     wlo, whi = trust["expected_wrong_labels_low"], trust["expected_wrong_labels_high"]
-    if n and round(lo) != round(hi):  # a strong model's range is one number
-        share = f" ({right / n:.0%}, range {lo / n:.0%}–{hi / n:.0%})"
-    wrong = f"{trust['expected_wrong_labels']:.0f}" + (f" ({wlo:.0f}–{whi:.0f})" if round(wlo) != round(whi) else "")
-    line = (head + f"of {n} flags roughly {right:.0f}{share} are expected to be real label errors; "
-            f"roughly {wrong} wrong labels in all")
+    # Not a range: on the trust benchmark the truth lies between the two in 5 of 15 regimes.
+    two = (f", the middle of two estimates (neither a bound): {lo:.0f} ({lo / n:.0%}) from the noise among the "
+           f"model's surest predictions, {hi:.0f} ({hi / n:.0%}) from cleanlab's noise matrix"
+           if n and round(lo) != round(hi) else "")  # a strong model's two estimates are one number
+    wrong = f"{trust['expected_wrong_labels']:.0f} wrong labels in all" + (
+        f" (the two: {wlo:.0f} and {whi:.0f})" if round(wlo) != round(whi) else "")
+    line = head + f"of {n} flags roughly {right:.0f}{share} are expected to be real label errors{two}; roughly {wrong}"
     mistakes = trust.get("model_mistake_rate", float("nan"))
     if mistakes >= MODEL_MISTAKE_CAUTION:
         line += (f" — caution: the model itself seems wrong on {mistakes:.0%} or more of the images, and its "
@@ -723,7 +726,7 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
     decision is a person's are skipped (:data:`PERSON_DECIDED_BULK`); one card's Enter is a person's own decision.
     """
     from dsbuild.decisions import (COMPANION, REVIEWABLE, SAME_LABEL_KEEP, check_decisions, label_list, parse_decisions,
-                                   plan_events, standing_decisions, suggested_decisions)
+                                   plan_events, same_label_keep, standing_decisions, suggested_decisions, undo_stacks)
     from dsbuild.dedup.reviewed import regroup_reviewed
 
     ds = manifest.dataset(name)
@@ -765,6 +768,15 @@ def review_dataset(manifest: Manifest, name: str, *, decisions: "Path | str | It
             classes = dataset_classes(cat, ds)
             unknown = any(getattr(d, "new_label", None) not in (None, *classes) for d in decisions)
             chosen = check_decisions(decisions, labels=classes, former=former_classes(cat, ds, classes) if unknown else ())
+            # A relabel to the label the image has is a keep, as in a decisions file (one rule: same_label_keep).
+            label_now = dict(zip(images["image_id"].astype(str), images["label"].astype(str)))
+            stacks = undo_stacks(history)
+            chosen = [same_label_keep(d, label=label_now.get(d.image_id), stack=stacks.get(d.image_id, []),
+                                      last_run_at=run_at) for d in chosen]
+            same = [d for d in chosen if (d.note or "").startswith(SAME_LABEL_KEEP)]
+            if same:
+                notes.append(same_label_note(same, images, fix="press another class's key" if source == "ui"
+                                             else "relabel it to another class"))
             source = source or "review:api"
         elif decisions is not None:
             if not Path(decisions).is_file():
@@ -897,18 +909,22 @@ def source_dirs(ds: Dataset, manifest: Manifest) -> list[Path]:
     return [*dirs, manifest.root]
 
 
-def same_label_note(rows: "list", images: "pandas.DataFrame") -> str:
-    """``review``'s line for a decisions file's relabel rows (:class:`~dsbuild.decisions.Decision`) to the label their
-    image already has, applied as keeps (:data:`dsbuild.decisions.SAME_LABEL_KEEP`): which lines, which labels."""
+def same_label_note(rows: "list", images: "pandas.DataFrame", *,
+                    fix: str = "give another new_label and run the file again") -> str:
+    """``review``'s line for relabels (:class:`~dsbuild.decisions.Decision`: a decisions file's rows, or a review app's
+    keys) to the label their image already has, applied as keeps (:func:`dsbuild.decisions.same_label_keep`): which
+    lines (a file's rows have them), which images, which labels; ``fix``: how to change the label instead."""
     from dsbuild.render.values import counted
 
     label = dict(zip(images["image_id"].astype(str), images["label"].astype(str)))
-    shown = "; ".join(f"line {d.line}: image {d.image_id} has label '{label.get(d.image_id, '?')}'" for d in rows[:5])
+    shown = "; ".join(f"{'' if d.line is None else f'line {d.line}: '}image {d.image_id} has label "
+                      f"'{label.get(d.image_id, '?')}'" for d in rows[:5])
     more = f"; … ({len(rows) - 5} more)" if len(rows) > 5 else ""
     one = len(rows) == 1
-    return (f"{counted(len(rows), 'relabel row')} named the label {'its image has' if one else 'their images have'} "
-            f"already ({shown}{more}): applied as {'a keep' if one else 'keeps'}, which confirm{'s' if one else ''} "
-            f"the label — to change {'it' if one else 'them'}, give another new_label and run the file again")
+    return (f"{counted(len(rows), 'relabel' if rows[0].line is None else 'relabel row')} named the label "
+            f"{'its image has' if one else 'their images have'} already ({shown}{more}): applied as "
+            f"{'a keep' if one else 'keeps'}, which confirm{'s' if one else ''} the label — to change "
+            f"{'it' if one else 'them'}, {fix}")
 
 
 def ghost_labels(cat: Catalog, ds: Dataset, *, image_ids: "Iterable[str] | None" = None,
@@ -1109,6 +1125,53 @@ def run_flags_now(cat: Catalog, ds: Dataset, run_id: str | None, *, flagged: lis
             gone[old] = f"class '{old}' removed"
     return RunFlagsNow(ds.name, run_id, moved=moved, follow=follow, gone=gone, scored=scored, classes=classes,
                        changes=changes)
+
+
+def class_key_order(cat: Catalog, ds: Dataset, now: RunFlagsNow) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The order the review app deals its class keys in, and the classes gone since that order was set that a
+    class of today succeeds (renamed, or merged into it): ``scored`` and ``follow`` of
+    :func:`dsbuild.ui.app.class_keys`. Keys must not move while a person reviews, and a rename must not move them.
+
+    * Manifest classes (no ``imagefolder``, no labels CSV): ``((), {})`` — the manifest's order, which a class
+      renamed on its line keeps.
+    * Folder or labels-CSV classes (listed by name, so a rename would move the keys of the classes after it), with a
+      mislabel run (``now``, :func:`run_flags_now`): the run's classes and its renames — each run deals them again.
+    * The same before any mislabel run: the classes in the order the catalog first saw them — the first build's by
+      name, then each later build's new ones by name (``first_build`` of :meth:`Catalog.class_history`) — so what
+      the user first saw stays. A class whose items are all set aside since (its folder renamed, merged, removed)
+      keeps its place, and its successor (found as a run's are: :func:`dsbuild.carryover.successors_now`) takes
+      it; the successor's own later place is dropped when it first came in the build that set the old class aside
+      or after (a rename, or a rename of a rename: ``seven`` → ``7`` → ``sept`` keeps ``seven``'s key), not when it
+      was a class before (a merge into an existing class: that class keeps its own key, the merged one's is left
+      unused). Classes no item has come under (a manifest class beside the folders, still empty) come last.
+    """
+    if ds.imagefolder is None and ds.labels_csv is None:
+        return (), {}
+    if now.run_id is not None and now.scored:
+        return now.scored, now.follow
+    from dsbuild.carryover import successors_now
+    from dsbuild.sources import SOURCE_REMOVED
+
+    classes = set(now.classes)
+    hist = cat.class_history(ds.name, set_aside=SOURCE_REMOVED)
+    first = {str(c): int(b) for c, b in zip(hist["class_label"], hist["first_build"])}
+    aside = hist[hist["gone_build"].notna()]
+    gone = {str(c): int(b) for c, b in zip(aside["class_label"], aside["gone_build"]) if str(c) not in classes}
+    follow: dict[str, str] = {}
+    if gone:
+        pairs = successors_now(cat, ds, [], list(gone))
+        went: dict[str, set[str]] = {}
+        for old, new in zip(pairs["old_label"], pairs["class_label"]):
+            if old in gone and new in classes:
+                went.setdefault(str(old), set()).add(str(new))
+        follow = {old: next(iter(to)) for old, to in went.items() if len(to) == 1}
+    order: list[str] = []
+    for c in first:
+        to = follow.get(c, c)  # where its pictures are today
+        if any(p in gone and follow.get(p) == to and first[c] >= gone[p] for p in order):
+            continue  # a later name of a class already placed
+        order.append(c)
+    return tuple(order), follow
 
 
 # --------------------------------------------------------------------------- retrain + compare

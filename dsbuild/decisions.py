@@ -29,8 +29,8 @@ dashes read as underscores; other columns are ignored):
 ``action``
     ``relabel`` | ``remove`` | ``keep`` | ``undo`` (case-insensitive).
 ``new_label``
-    Required for ``relabel`` (a class of the dataset, different from the current
-    label). With ``keep`` it may repeat the current label; with ``remove`` and
+    Required for ``relabel`` (a class of the dataset; the current label makes the
+    row a keep: :func:`same_label_keep`). With ``keep`` it may repeat the current label; with ``remove`` and
     ``undo`` it must be empty.
 ``note`` (optional)
     Free text, stored on the event.
@@ -62,9 +62,10 @@ it; a ``remove`` when the image's standing decision is that remove; a ``keep``
 when the standing decision is a keep made after the latest mislabel run
 started (a keep from before it is written again: it confirms the label against
 the newer run, whose label quality it records). A relabel to the label the
-image was *given* and still has, with no decision behind it, stays an error
-("use keep to confirm it"): it names no change, so it is likely a slip (the
-wrong class picked). An ``undo`` row of a file applies once: it is already applied when the image's latest
+image was *given* and still has, with no decision behind it, is a keep noted
+:data:`SAME_LABEL_KEEP` (:func:`same_label_keep`; trial 11, M5 — it was an error, "use
+keep to confirm it", which refused the whole file), in a file and in the review app
+alike. An ``undo`` row of a file applies once: it is already applied when the image's latest
 event from the same file (source ``review:<file name>``) is an undo, so running the file again does not
 walk back through earlier decisions. Elsewhere (the review app, a list of decisions from Python) each undo
 pops a decision. A file holds one decision per image: two rows for one image that differ are an error,
@@ -390,7 +391,23 @@ def _resolved(p: Path) -> str:
 
 
 SAME_LABEL_KEEP = "relabel to the label it has, applied as a keep"
-"""The note of a decisions file's relabel row to the label its image already has: applied as a keep (:func:`parse_decisions`)."""
+"""The note of a relabel to the label its image already has, applied as a keep (:func:`same_label_keep`)."""
+
+
+def same_label_keep(d: Decision, *, label: str | None, stack: Sequence[dict],
+                    last_run_at: datetime | None) -> Decision:
+    """``d`` as the review applies it: a relabel to the label its image has now (``label``) is a ``keep`` noted
+    :data:`SAME_LABEL_KEEP` (before ``d.note``), which confirms the label — the one rule of a decisions file's row
+    (:func:`parse_decisions`) and of a review app's key (trial 11, M5: one such row refused the whole file; the app
+    refused the key, "press k"). Not when a relabel that stands set that label (``stack``: the image's decisions not
+    undone, :func:`undo_stacks`; ``last_run_at`` as for :func:`plan_events`): the same relabel again is already
+    applied, no event. Any other decision is returned as it is."""
+    if d.action != "relabel" or label is None or d.new_label != label:
+        return d
+    if _already_applied("relabel", d.new_label, label, None, stack, last_run_at):
+        return d
+    return dataclasses.replace(d, action="keep", new_label=None,
+                               note=f"{SAME_LABEL_KEEP}; {d.note}" if d.note else SAME_LABEL_KEEP)
 
 
 def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[str],
@@ -476,11 +493,11 @@ def parse_decisions(path: Path, *, images: "pandas.DataFrame", labels: Sequence[
                 problems.add(line, f"relabel needs a new_label — one of {label_list(label_set)}")
             elif new_label not in label_set:
                 problems.add(line, unknown_label(new_label, label_set, former))
-            elif rec is not None and not stale and new_label == current and not done:
-                # A relabel to the label the image has confirms it: a keep (trial 11, M5: one such row refused the
-                # whole file). The review's summary names its line (SAME_LABEL_KEEP).
-                action, new_label = "keep", None
-                note = f"{SAME_LABEL_KEEP}; {note}" if note else SAME_LABEL_KEEP
+            elif rec is not None and not stale:
+                # A relabel to the label the image has confirms it: a keep. The review's summary names its line.
+                kept = same_label_keep(Decision(image_id=str(image_id), action=action, new_label=new_label, note=note),
+                                       label=current, stack=stacks.get(image_id, []), last_run_at=last_run_at)
+                action, new_label, note = kept.action, kept.new_label, kept.note
         elif new_label is not None and known_action and not (action == "keep" and rec is None):
             extra = f" (keep leaves the label '{_short(current)}')" if action == "keep" else ""
             problems.add(line, f"new_label '{_short(new_label)}' is only used with relabel{extra} "
@@ -778,9 +795,8 @@ def _plan(decisions: Sequence[Decision], *, current: "pandas.DataFrame", history
                          in_app=not_reviewable(d.image_id, status, _text(rec.get("reason")), in_app=True))
             continue
         elif d.action == "relabel":
-            if d.new_label == label:
-                problems.add(where, f"image {d.image_id} already has label '{label}' — use keep to confirm it",
-                             in_app=f"image {d.image_id} already has label '{label}' — press k (keep) to confirm it")
+            if d.new_label == label:  # the review turns it into a keep first (same_label_keep)
+                problems.add(where, f"image {d.image_id} already has label '{label}' — use keep to confirm it")
                 continue
             event["new_label"] = d.new_label
         elif d.action == "remove":

@@ -162,7 +162,7 @@ def test_mislabels_finds_planted_labels_and_writes_every_format(project, trained
     assert 0 <= trust["expected_right"] <= trust["n_flagged"] and trust["learn_check"]["learned"]
     # Planted: 6 wrong labels among 180; the estimate needs no ground truth and lands near it.
     assert PLANTED - 3 <= trust["expected_wrong_labels"] <= PLANTED + 6, trust
-    # A strong model: its own mistakes are few, the range is one number, the line has no caution.
+    # A strong model: its own mistakes are few, its two estimates are one number, the line has no caution.
     assert trust["expected_right_low"] == trust["expected_right"] == trust["expected_right_high"], trust
     assert trust["model_mistake_rate"] < 0.10 and "caution" not in out_html.read_text()
     assert "expected to be real label errors" in out_html.read_text()

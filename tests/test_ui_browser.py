@@ -276,6 +276,27 @@ def test_undo_takes_back_the_apps_own_decision_never_a_colleagues(project: Path,
     wait_for(lambda: toast.is_displayed() and toast.text == "nothing to undo in this session", what="an empty undo stack")
 
 
+def test_the_key_of_the_label_a_card_has_keeps_it_as_a_decisions_file_row_does(project: Path, server, driver) -> None:
+    """Trial 11, M5 in the app: the current label's key sent a plain keep (a decisions file's relabel row to its own
+    label is a keep noted so); the page now sends the relabel, the server applies the file's rule, the message says so."""
+    from dsbuild.decisions import SAME_LABEL_KEEP
+
+    keys = open_queue(driver, server, "decided=no")
+    c = next(el for el in driver.find_elements(By.CSS_SELECTOR, "#cards .card") if el.get_attribute("data-label") in keys)
+    c.click()  # the focus (the hostile item's label has no key)
+    image_id, label = c.get_attribute("data-id"), c.get_attribute("data-label")
+    press(driver, keys[label])
+    wait_for(lambda: settled(driver, image_id), what="the keep by the label's own key")
+    toast = driver.find_element(By.ID, "toast")
+    wait_for(lambda: toast.is_displayed() and "applied as a keep" in toast.text, what="the keep's message")
+    assert toast.text == (f"1 relabel named the label its image has already (image {image_id} has label '{label}'): "
+                          "applied as a keep, which confirms the label — to change it, press another class's key")
+    with Catalog.open_readonly(project.parent / "catalog" / "dsbuild.duckdb") as cat:
+        assert cat.con.execute("select action, new_label, note from label_history where image_id = ? and source = 'ui' "
+                               "order by event_id desc limit 1", [image_id]).fetchone() == ("keep", label, SAME_LABEL_KEEP)
+    assert card(driver, image_id).find_element(By.CSS_SELECTOR, "[data-role=state]").text == f"kept as {label}"
+
+
 def test_undo_says_what_it_took_back_and_the_preview_follows(project: Path, server, driver) -> None:
     """Trial 10 (L3): u after a relabel showed no message (the README: it "names the decision it takes back"), and the
     large preview still showed the relabel's label after the undo had put the card back."""

@@ -366,7 +366,8 @@ def test_bad_decisions_are_refused_and_nothing_is_written(client: TestClient, pr
     assert events(manifest) == before
 
 
-def test_unknown_label_and_relabel_to_the_same_label_are_refused_with_the_reason(client: TestClient, project) -> None:
+def test_unknown_label_is_refused_with_the_reason_and_a_relabel_again_is_already_applied(client: TestClient,
+                                                                                         project) -> None:
     manifest, _ = project
     before = events(manifest)
     decided = {e[0] for e in before}  # an image relabelled before: relabelling it to that label again is a no-op
@@ -381,9 +382,6 @@ def test_unknown_label_and_relabel_to_the_same_label_are_refused_with_the_reason
     r = client.post("/api/decide", json={"decisions": two}, headers=CSRF)
     assert r.status_code == 409 and r.json()["error"].startswith(f"2 problems: image {target}: unknown label 'sevn'"), r.text
     current = re.search(rf'data-id="{target}" data-label="([^"]+)"', client.get("/").text).group(1)
-    r = client.post("/api/decide", json={"decisions": [{"image_id": target, "action": "relabel", "new_label": current}]},
-                    headers=CSRF)
-    assert r.status_code == 409 and "already has label" in r.json()["error"]
     assert events(manifest) == before
     # The same relabel pressed twice: the second is already applied, no second event.
     other = next(lab for lab in ("zero", "one", "seven") if lab != current)
@@ -620,8 +618,6 @@ def test_the_apps_refusals_say_what_to_do_in_the_app_and_the_cli_keeps_its_words
             f"image {a}: unknown label 'sevn' (did you mean 'seven'?) — pick one of the labels of this dataset: "
             f"{label_list(keys)}")
         same = html.unescape(labels[a])
-        assert refused({"image_id": a, "action": "relabel", "new_label": same}) == (
-            f"image {a} already has label '{same}' — press k (keep) to confirm it")
         assert refused({"image_id": "ffffffffffffffff", "action": "keep"}) == (
             "image ffffffffffffffff is not an image of this dataset in the catalog now (a build since this page was "
             "loaded?) — reload the page")
@@ -637,8 +633,9 @@ def test_the_apps_refusals_say_what_to_do_in_the_app_and_the_cli_keeps_its_words
             f"image {b} has status 'rejected' (removed in review) — only ok or duplicate images can be relabelled, "
             "kept or removed; press u to undo the remove if you made it on this page, else reload the page to see "
             "its state")
-        two = refused({"image_id": a, "action": "relabel", "new_label": same}, {"image_id": b, "action": "keep"})
-        assert two == (f"2 problems: image {a} already has label '{same}' — press k (keep) to confirm it; image {b} has "
+        two = refused({"image_id": a, "action": "undo"}, {"image_id": b, "action": "keep"})
+        assert two == (f"2 problems: nothing to undo for image {a} — it has no review decision left (undone elsewhere "
+                       f"since?); reload the page to see its state; image {b} has "
                        "status 'rejected' (removed in review) — only ok or duplicate images can be relabelled, kept or "
                        "removed; press u to undo the remove if you made it on this page, else reload the page to see "
                        "its state")
@@ -659,6 +656,55 @@ def test_the_apps_refusals_say_what_to_do_in_the_app_and_the_cli_keeps_its_words
         "Error: decisions file " + str(csv) + " has 1 problem; nothing was applied — fix it and run again:",
         f"  line 3: image {b} has status 'rejected' (removed in review) — only ok or duplicate images can be "
         "relabelled, kept or removed; undo brings it back"], done.stderr
+
+
+def test_a_relabel_to_the_label_an_image_has_is_the_keep_a_decisions_file_makes_of_it_and_undo_takes_it_back(
+        project, tmp_path) -> None:
+    """Trial 11, M5 in the app: a decisions file's relabel row to the label its image has is applied as a keep,
+    noted so; the app refused the same relabel ("press k (keep) to confirm it"). Over a real server it now writes
+    the keep the command line writes (action, labels, note), says so in its answer, and its undo takes it back."""
+    import html
+
+    from dsbuild.decisions import SAME_LABEL_KEEP
+
+    manifest, _ = project
+
+    def decide(c, *decisions: dict) -> httpx.Response:
+        return c.post("/api/decide", json={"decisions": list(decisions)}, headers=CSRF)
+
+    with served(manifest) as c:
+        page = c.get("/", params={"token": TOKEN}).text
+        labels = {i: html.unescape(lab) for i, lab in re.findall(r'data-id="([^"]+)" data-label="([^"]+)"', page)}
+        decided = {e[0] for e in events(manifest)}
+        a, b = [i for i in queue_ids_of(page)[14:] if i not in decided and labels[i] != HOSTILE_LABEL][:2]
+        n = len(events(manifest))
+        r = decide(c, {"image_id": a, "action": "relabel", "new_label": labels[a]})
+        assert r.status_code == 200, r.text
+        assert (r.json()["applied"], r.json()["already_applied"]) == (1, 0), r.text
+        (state,) = r.json()["states"]
+        assert (state["label"], state["last_review"], state["state"]) == (labels[a], "keep", f"kept as {labels[a]}")
+        assert r.json()["notes"] == [
+            f"1 relabel named the label its image has already (image {a} has label '{labels[a]}'): applied as a keep, "
+            "which confirms the label — to change it, press another class's key"], r.text
+        assert events(manifest)[n:] == [(a, "ui", "keep", labels[a], labels[a], None)]
+        # the same key again: the keep stands (made after the mislabel run), nothing new
+        r = decide(c, {"image_id": a, "action": "relabel", "new_label": labels[a]})
+        assert r.status_code == 200 and (r.json()["applied"], r.json()["already_applied"]) == (0, 1), r.text
+        # u takes it back
+        r = decide(c, {"image_id": a, "action": "undo", "event_id": state["event_id"]})
+        assert r.status_code == 200 and r.json()["applied"] == 1, r.text
+        assert r.json()["notes"] == [f"undid keep ({labels[a]}) on image {a[:8]}: label {labels[a]}, undecided"]
+        assert (r.json()["states"][0]["label"], r.json()["states"][0]["decided"]) == (labels[a], False)
+    # The command line's row for another image: the same event, the same note.
+    colleague_review(manifest, tmp_path, f"{b},relabel,{labels[b]},")
+    with Catalog.open_readonly(manifest.parent / "catalog" / "dsbuild.duckdb") as cat:
+        got = cat.con.execute("select image_id, source, action, old_label, new_label, new_status, note from "
+                              "label_history where image_id in (?, ?) order by event_id", [a, b]).fetchall()
+    assert [g[1:3] for g in got] == [("ui", "keep"), ("ui", "undo"), ("review:d.csv", "keep")], got
+    app, cli = got[0], got[2]
+    assert app[6] == cli[6] == SAME_LABEL_KEEP
+    assert (app[3], app[4], app[5]) == (labels[a], labels[a], None) and (cli[3], cli[4], cli[5]) == (
+        labels[b], labels[b], None)
 
 
 def test_an_undo_without_event_id_reverts_the_latest_decision_as_the_cli_does_and_says_what_review_says(

@@ -199,3 +199,40 @@ def test_class_keys_stay_with_their_class_when_a_folder_is_renamed(tmp_path: Pat
             assert keymap(client.get(server.base + "/").text) == {"1": "7", "2": "zero"}
     finally:
         server.stop()
+
+
+def test_class_keys_stay_with_their_class_when_a_folder_is_renamed_before_any_mislabel_run(tmp_path: Path) -> None:
+    """Before any mislabel run the keys followed the class list, sorted by name: renaming `seven` to `7` moved `one`
+    from 1 to 2. They are dealt in the order the catalog first saw the classes: a renamed class (renamed again too)
+    takes its old name's key, a removed one leaves its key unused, a new one takes the next; the first mislabel run
+    deals them again by name, as every run does."""
+    write_digit_folders(tmp_path / "p")
+    manifest = tmp_path / "p" / "datasets.toml"
+    manifest.write_text(MANIFEST)
+    build(manifest)
+    data = manifest.parent / "data"
+    server = UiServer(manifest)
+    try:
+        with httpx.Client(follow_redirects=True, timeout=60) as client:
+            assert client.get(server.url).status_code == 200
+
+            def keys() -> dict[str, str]:
+                return keymap(client.get(server.base + "/").text)
+
+            assert keys() == {"1": "one", "2": "seven", "3": "zero"}
+            (data / "seven").rename(data / "7")  # sorts first now
+            build(manifest)
+            assert keys() == {"1": "one", "2": "7", "3": "zero"}
+            (data / "7").rename(data / "sept")  # renamed again
+            build(manifest)
+            assert keys() == {"1": "one", "2": "sept", "3": "zero"}
+            (data / "one").rename(tmp_path / "one")  # removed: its key is left unused
+            build(manifest)
+            assert keys() == {"2": "sept", "3": "zero"}
+            (tmp_path / "one").rename(data / "a-one")  # back under a new name: its pictures' old key
+            build(manifest)
+            assert keys() == {"1": "a-one", "2": "sept", "3": "zero"}
+            record_mislabel_run(manifest)
+            assert keys() == {"1": "a-one", "2": "sept", "3": "zero"}
+    finally:
+        server.stop()

@@ -444,6 +444,20 @@ class Catalog:
             "SELECT DISTINCT class_label FROM items WHERE dataset = ? AND reason IS DISTINCT FROM ? ORDER BY 1",
             [dataset, set_aside]).fetchall()]
 
+    def class_history(self, dataset: str, *, set_aside: str):
+        """Every ``class_label`` an item of ``dataset`` came under, with ``first_build`` (the build during which its
+        first item was first seen: the latest build started by then; 0 before any) and ``gone_build`` (when every item
+        of it is set aside with ``set_aside``: the latest build that set one aside; else NULL). DataFrame
+        class_label, first_build, gone_build, ordered by first_build, class_label."""
+        return self.df(
+            """WITH c AS (SELECT class_label, min(first_seen) AS seen, bool_and(reason IS NOT DISTINCT FROM ?) AS gone,
+                                 max(CASE WHEN reason IS NOT DISTINCT FROM ? THEN build_id END) AS aside
+                          FROM items WHERE dataset = ? AND class_label IS NOT NULL GROUP BY class_label)
+               SELECT class_label,
+                      coalesce((SELECT max(b.build_id) FROM builds b WHERE b.started_at <= c.seen), 0) AS first_build,
+                      CASE WHEN gone THEN aside END AS gone_build
+               FROM c ORDER BY first_build, class_label""", [set_aside, set_aside, dataset])
+
     def set_aside_labels(self, dataset: str, *, reason: str) -> list[str]:
         """``class_label`` of the items of ``dataset`` set aside with ``reason`` (the classes they came under), sorted."""
         return [r[0] for r in self.con.execute(

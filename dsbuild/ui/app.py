@@ -34,7 +34,8 @@ no path ever comes from a request):
 
 ``/api/decide`` answers 200 with ``applied`` (events written: a decision that already stands,
 such as a second keep, writes none), ``already_applied`` and the images' new states (each with
-``event_id``: the event written for it, or null), 400 for a malformed body, 409 with the reason
+``event_id``: the event written for it, or null; a relabel to the label the image has is a keep, noted and named in
+``notes`` as ``dsbuild review`` does for such a row: :func:`dsbuild.decisions.same_label_keep`), 400 for a malformed body, 409 with the reason
 when the review refuses a decision (nothing applied; the reason says what to do in the app — the
 error's ``in_app`` words, not the command line's "fix it and run again"), 503 with ``"busy": true``
 while another process writes the catalog (the page retries; the error names the holder). An undo names the event it reverts (``event_id``,
@@ -118,8 +119,9 @@ def class_keys(labels: "Sequence[str]", *, scored: "Sequence[str]" = (),
     the latest mislabel run scored (``scored``, in its order), so a class keeps its key while it is reviewed. A class
     renamed or merged since the run (``follow``: gone class → the class it went into) takes the key of its old name
     (a merge: of the first); the key of a class removed or split since is left unused, so no other key moves; the
-    classes added since the run take the keys after the run's. Without a run (``scored`` empty): ``labels`` in
-    order. A new mislabel run deals them again, in its order. Classes past the last key get none."""
+    classes added since the run take the keys after the run's. Without a run, ``scored`` is the order the catalog
+    first saw the classes in (:func:`dsbuild.cycle.class_key_order`); ``scored`` empty: ``labels`` in order. A new
+    mislabel run deals them again, in its order. Classes past the last key get none."""
     now = set(labels)
     slots: list[str | None] = [c if c in now else None for c in scored]
     placed = {c for c in slots if c is not None}
@@ -260,22 +262,24 @@ class _Handlers:
         filters = {"kind": q.get("kind") or None, "label": q.get("label") or None, "split": q.get("split") or None}
 
         def read(cat):
-            from dsbuild.cycle import run_flags_now
+            from dsbuild.cycle import class_key_order, run_flags_now
 
             run_id = cat.latest_mislabel_run(self.c.dataset)
             # The run's flags as they read today: a picture a build gave a new item (its class renamed, merged or
             # split) is flagged there, a suggestion of a renamed class names it as it is called now.
-            now = run_flags_now(cat, self.c.manifest.dataset(self.c.dataset), run_id)
+            ds = self.c.manifest.dataset(self.c.dataset)
+            now = run_flags_now(cat, ds, run_id)
+            order = class_key_order(cat, ds, now)
             run = {"moved": now.moved, "follow": now.follow}
             df, total = queue_page(cat, self.c.dataset, run_id, **filters, decided=decided, offset=(page - 1) * n,
                                    limit=n, **run)
             counts = queue_kind_counts(cat, self.c.dataset, run_id, **run)
             groups = sorted({g for g in df["dup_group"].dropna()}) if len(df) else []
             sib = dup_siblings(cat, self.c.dataset, groups)
-            return now, run_id, df, total, counts, sib
+            return now, order, run_id, df, total, counts, sib
 
         try:
-            now, run_id, df, total, counts, sib = self._read(read)
+            now, order, run_id, df, total, counts, sib = self._read(read)
         except DsbuildError as exc:
             return self._error_page(exc)
         cards = _cards(df, sib, gone=now.gone)
@@ -284,18 +288,16 @@ class _Handlers:
         here = {**filters, "decided": q.get("decided") or None, "n": n if n != self.c.page_size else None}
         return self._page("queue.html.j2", title="review queue", cards=cards, total=total, page=page, pages=pages,
                           run_id=run_id, run_note=now.note(), counts=counts, kinds=QUEUE_KINDS, labels=classes,
-                          keys=self._class_keys(classes, now),
+                          keys=self._class_keys(classes, order),
                           filters=filters, decided=q.get("decided", ""), here=here, splits=("train", "valid", "test"))
 
-    def _class_keys(self, classes: list[str], now) -> dict[str, str]:
-        """The page's class keys (:func:`class_keys`). A dataset whose classes are its folders (or a labels CSV's)
-        lists them by name, so a rename would move the keys of the classes after it: the keys follow the latest
-        mislabel run's classes (``now``: :class:`dsbuild.cycle.RunFlagsNow`). The manifest's classes keep the
-        manifest's order, which a renamed line keeps."""
-        ds = self.c.manifest.dataset(self.c.dataset)
-        if ds.imagefolder is None and ds.labels_csv is None:
-            return class_keys(classes)
-        return class_keys(classes, scored=now.scored, follow=now.follow)
+    @staticmethod
+    def _class_keys(classes: list[str], order: tuple[tuple[str, ...], dict[str, str]]) -> dict[str, str]:
+        """The page's class keys (:func:`class_keys`), dealt in ``order``: :func:`dsbuild.cycle.class_key_order`
+        (the manifest's order; for folder or labels-CSV classes the latest mislabel run's, or before any run the
+        order the catalog first saw them in), so that a renamed class keeps its key and no other key moves."""
+        scored, follow = order
+        return class_keys(classes, scored=scored, follow=follow)
 
     def similar_page(self, request):
         """More like this: the image and the accepted images most similar to it (what `dsbuild similar` lists), as
@@ -325,16 +327,17 @@ class _Handlers:
         sims = {} if found is None else dict(zip(found["image_id"], found["similarity"]))
 
         def read(cat):
-            from dsbuild.cycle import run_flags_now
+            from dsbuild.cycle import class_key_order, run_flags_now
 
             run_id = cat.latest_mislabel_run(self.c.dataset)
-            now = run_flags_now(cat, self.c.manifest.dataset(self.c.dataset), run_id)
+            ds = self.c.manifest.dataset(self.c.dataset)
+            now = run_flags_now(cat, ds, run_id)
             df = image_cards(cat, self.c.dataset, run_id, ids, moved=now.moved, follow=now.follow)
             groups = sorted({g for g in df["dup_group"].dropna()}) if len(df) else []
-            return now, df, dup_siblings(cat, self.c.dataset, groups)
+            return now, class_key_order(cat, ds, now), df, dup_siblings(cat, self.c.dataset, groups)
 
         try:
-            now, df, sib = self._read(read)
+            now, order, df, sib = self._read(read)
         except DsbuildError as exc:
             return self._error_page(exc)
         if df.empty or df["image_id"].iloc[0] != image_id:
@@ -345,7 +348,7 @@ class _Handlers:
             card["similarity"] = sims.get(card["image_id"])
         cards[0]["subject"] = True
         return self._page("similar.html.j2", title="more like this", cards=cards, k=k, error=error,
-                          labels=classes, keys=self._class_keys(classes, now),
+                          labels=classes, keys=self._class_keys(classes, order),
                           image_id=image_id)
 
     def browse(self, request):

@@ -111,7 +111,9 @@
         return s && s !== c.dataset.label ? { image_id: id, action: "relabel", new_label: s } : null;
       }
       if (action === "relabel") {
-        if (label === c.dataset.label) return grid && selected.size ? null : { image_id: id, action: "keep" };
+        // The current label's key keeps it: the server records the keep, noted as a file's relabel row to its own
+        // label is (same_label_keep), and says so. A grid selection leaves its cards of that label as they are.
+        if (label === c.dataset.label && grid && selected.size) return null;
         return { image_id: id, action: "relabel", new_label: label };
       }
       return { image_id: id, action: action };
