@@ -531,10 +531,26 @@ class LocalPoolExecutor(Executor):
                     pending = []
 
     def shutdown(self, *, cancel: bool = False) -> None:
+        """Stop the pool: wait for the batches submitted (``cancel`` False), or drop them and end the workers
+        (``cancel`` True: Ctrl-C, SIGTERM, an error). Ending them is needed, not tidiness: after
+        ``shutdown(wait=False, cancel_futures=True)`` on Python 3.11 the workers of a pool with queued batches were
+        seen to stay waiting for work, and the interpreter's exit joins them — a build stopped by a SIGINT sent to
+        its process alone printed its message and never exited (seen once on 2026-12-02, py-spy: the main thread in
+        multiprocessing's exit joining the workers, the pool's manager thread waiting for results; not reproduced in
+        five more tries; a terminal's Ctrl-C reaches the workers too)."""
         with self._lock:
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        if pool is None:
+            return
+        pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        if cancel:
+            end = getattr(pool, "terminate_workers", None)  # Python ≥ 3.14
+            if end is not None:
+                end()
+                return
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
 
 
 def local_executor(n_jobs: int, *, workers: int | None = None, settings: ExecutorSettings | None = None) -> Executor:

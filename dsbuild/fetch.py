@@ -113,8 +113,9 @@ class FetchResult:
     """How one URL ended.
 
     outcome: "ok" (``path`` or ``data`` holds the complete body), "failed" (no usable
-        response: network, timeout, HTTP error) or "rejected" (a response that
-        policy refuses: not an image, too large, noai, private address, bad scheme).
+        response: network, timeout, HTTP error, a redirect loop or a redirect to no address) or
+        "rejected" (a response that policy refuses: not an image, too large, noai, private
+        address, bad scheme, more redirects than ``max_redirects``).
     reason: None when ok, else short and machine-friendly: "http 404", "timeout",
         "connect timeout", "deadline", "connection refused", "connection reset",
         "server disconnected", "truncated body", "dns error", "tls error",
@@ -484,13 +485,15 @@ class _Downloader:
                         location = resp.headers.get("Location")
                         if not location:
                             return body.done("failed", f"http {resp.status}")
+                        # a server that sends its redirects in a circle or to no address is broken, not refused by
+                        # policy: failed, not retried within the build, fetched again by `build --retry-failed`
                         try:
                             nxt = _redirect_target(current, location)
                         except ValueError:
-                            return body.done("rejected", "bad redirect")
+                            return body.done("failed", "bad redirect")
                         if nxt in seen:
                             body.final_url = nxt
-                            return body.done("rejected", "redirect loop")
+                            return body.done("failed", "redirect loop")
                         current = nxt
                         continue
                     return await self._read(resp, body)

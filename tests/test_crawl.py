@@ -60,7 +60,7 @@ BETA: dict[str, tuple] = {
     "/img/rocket.webp": ("ok", None, False, 200, "ok", None),
     "/img/astronaut.bmp": ("ok", None, False, 200, "ok", None),
     "/img/coffee.tiff": ("ok", None, False, 200, "ok", None),
-    "/redirect/loop-a": ("rejected", "redirect loop", False, 302, "rejected", "redirect loop"),
+    "/redirect/loop-a": ("failed", "redirect loop", False, 302, "failed", "redirect loop"),
     "/redirect/to?url=file:///etc/passwd": ("rejected", "bad scheme", False, 302, "rejected", "bad scheme"),
     "/endless.jpg": ("rejected", "too large", False, 200, "rejected", "too large"),
     "/endless-unsized.jpg": ("rejected", "too large", False, 200, "rejected", "too large"),
@@ -420,20 +420,23 @@ def test_rebuild_fetches_nothing_new_and_retry_failed_retries_every_failure(serv
     assert rows(manifest, "SELECT image_id, status, reason, split, sha256 FROM images ORDER BY image_id") == images_before
     assert len(rows(manifest, "SELECT * FROM fetch_log")) == len(ALPHA) + len(BETA)
 
-    # 2. --retry-failed: every failed download is requested again (a 404 too: the user asked), none of the rejected
+    # 2. --retry-failed: every failed download is requested again (a 404 and a redirect loop too: the user asked),
+    # none of the rejected
     code, out, err = run_cli(capsys, manifest, "build", "-q", "--retry-failed")
     assert (code, err) == (0, "")
     again = new_hits(first, hits(images))
-    assert set(again) == {urlsplit(r).path for r in TRANSIENT} | {"/status/404"}
+    assert set(again) == {urlsplit(r).path for r in TRANSIENT} | {"/status/404", "/redirect/loop-a", "/redirect/loop-b"}
+    assert again["/redirect/loop-a"] == again["/redirect/loop-b"] == 1  # once round the loop, not retried within
     assert again["/flaky/500/2/b.jpg"] == 1  # the third hit answers with the image
     assert again["/status/500"] == 2 and again["/stall-body.jpg"] == 2  # retried within the build too
     status = {route_of(r["origin"], images.url): r for r in rows(manifest, "SELECT * FROM images")}
     assert status["/flaky/500/2/b.jpg"]["status"] in ("ok", "duplicate")  # the "same" JPEG: joins its group
     assert status["/flaky/500/2/b.jpg"]["dup_group"] == status["/same/a.jpg"]["dup_group"] is not None
     assert status["/flaky/500/2/b.jpg"]["path"] is not None
-    for route in ("/noai.jpg", "/html-as-jpeg.jpg", "/bomb.png", "/redirect/loop-a"):
+    for route in ("/noai.jpg", "/html-as-jpeg.jpg", "/bomb.png"):
         assert status[route]["status"] == "rejected" and route not in again
     assert (status["/status/404"]["status"], status["/status/404"]["reason"]) == ("failed", "http 404")
+    assert (status["/redirect/loop-a"]["status"], status["/redirect/loop-a"]["reason"]) == ("failed", "redirect loop")
     for route in TRANSIENT - {"/flaky/500/2/b.jpg"}:
         assert status[route]["status"] == "failed", route
     latest = rows(manifest, """SELECT url, outcome, build_id FROM fetch_log WHERE url LIKE '%/flaky/500/%'
@@ -748,7 +751,7 @@ def test_build_summary_and_progress_match_the_catalog(servers, tmp_path, capsys,
 
     [ds] = summary.datasets
     counts = catalog_counts(manifest, "web")
-    assert counts == {"ok": 7, "duplicate": 3, "rejected": 8, "failed": 7}
+    assert counts == {"ok": 7, "duplicate": 3, "rejected": 7, "failed": 8}
     assert (ds.ok, ds.duplicates, ds.rejected, ds.failed) == (
         counts["ok"], counts["duplicate"], counts["rejected"], counts["failed"])
     assert ds.sources == ds.new == sum(counts.values()) == len(ALPHA) + len(BETA) and ds.skipped == 0

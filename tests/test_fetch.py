@@ -99,7 +99,7 @@ TABLE: dict[str, tuple[str, str | None, bool, int | None, str | None]] = {
     "/noai.jpg?tag=noimageai": ("rejected", "noai", False, 1, None),
     "/noai.jpg?tag=" + quote("dsbuild: noai, noindex"): ("rejected", "noai", False, 1, None),
     "/noai.jpg?tag=" + quote("*: noimageai"): ("rejected", "noai", False, 1, None),
-    "/redirect/loop-a": ("rejected", "redirect loop", False, 1, None),
+    "/redirect/loop-a": ("failed", "redirect loop", False, 1, None),  # the server's fault: `--retry-failed` tries again
     "/redirect/chain/15": ("rejected", "too many redirects", False, 1, None),  # max_redirects = 10
     "/redirect/to?url=" + quote("file:///etc/passwd"): ("rejected", "bad scheme", False, 1, None),
     "/redirect/to?url=" + quote("ftp://127.0.0.1/x.jpg"): ("rejected", "bad scheme", False, 1, None),

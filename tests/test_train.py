@@ -8,9 +8,11 @@ Data: 30 real handwritten digits per class from scikit-learn's ``load_digits``, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -207,6 +209,41 @@ def test_learn_check_on_too_few_images_says_it_cannot_tell() -> None:
     labels = np.array([0, 1] * 5)
     check = learn_check(labels, np.eye(2)[labels] * 0.8 + 0.1)
     assert check.conclusive and check.learned and check.verdict == "learned"
+
+
+def test_learn_check_with_some_evidence_on_few_images_is_no_did_not_learn() -> None:
+    """Trial 12: 24 valid images of 3 classes (9 / 8 / 7), 14 right — 58.3 % against 37.5 % for the commonest
+    label, p ≈ 0.03, kappa ≈ 0.37. A sign of learning the sample is too small to confirm: "too few images to tell"
+    (train warns and exits 0, predict does not warn), not "did not learn" (exit 3); mislabels still needs "learned".
+    Random-looking answers on the same images stay "did not learn"."""
+    from dsbuild.cycle import RunReport, did_not_learn_note
+    from dsbuild.model.trust import ALPHA, EVIDENCE_ALPHA, learn_check
+
+    labels = np.array([0] * 9 + [1] * 8 + [2] * 7)
+    pred = labels.copy()
+    wrong = [0, 1, 2, 3, 9, 10, 11, 17, 18, 19]  # 4 of class 0, 3 of class 1, 3 of class 2 answered with the next class
+    pred[wrong] = (labels[wrong] + 1) % 3
+    check = learn_check(labels, np.eye(3)[pred] * 0.7 + 0.1)
+    assert check.accuracy == pytest.approx(14 / 24) and check.majority_rate == pytest.approx(9 / 24)
+    assert ALPHA <= check.p_value < EVIDENCE_ALPHA and check.kappa >= 0.2
+    assert not check.learned and check.some_evidence and not check.conclusive
+    assert check.verdict == "too few images to tell"
+    assert check.message("valid").endswith(
+        " — some sign of learning, but 24 valid images are too few to be sure (p < 0.001 needed): add images (at "
+        "least ~20 per class) or give the valid split more of them; `dsbuild mislabels` judges the model on every "
+        "image, out of fold")
+    report = RunReport(run_id="r", dataset="d", kind="train", result=SimpleNamespace(learned=check))
+    assert report.inconclusive and not report.learned
+    assert report.warning().startswith("cannot tell whether the model learned: valid accuracy 58.3% on 24 images")
+    params = json.dumps({"learn_check": dataclasses.asdict(check)})
+    assert did_not_learn_note("d", {"run_id": "r", "params": params}) is None
+    # a run recorded before the field existed reads as before (no some_evidence: its conclusive flag decides)
+    old = dataclasses.asdict(check)
+    del old["some_evidence"]
+    assert did_not_learn_note("d", {"run_id": "r", "params": json.dumps({"learn_check": old})}) is None
+    # the same images answered at chance: kappa ≈ 0 — did not learn, whatever p says
+    chance = learn_check(labels, np.tile([0.8, 0.1, 0.1], (24, 1)))
+    assert chance.verdict == "did not learn" and not chance.some_evidence and chance.conclusive
 
 
 def test_predict_without_a_model_is_a_clear_error(tmp_path: Path) -> None:

@@ -423,3 +423,20 @@ def test_a_quoted_url_in_a_csv_cell_is_that_url(tmp_path: Path, name: str, text:
     field) was 'no scheme': the same one pair of quotes is taken off the cell."""
     links, problems = read_url_list(write(tmp_path, name, text))
     assert ([link.url for link in links], problems) == (["https://a.example/1.jpg", "https://a.example/2.jpg"], [])
+
+
+def test_inline_comments_end_the_line_in_lists_with_a_header_too(tmp_path: Path) -> None:
+    """Trial 12: a list with the header line `url` (read as a one-column CSV) kept the spaces before an inline
+    `# note`, and the URL was fetched as `…?dup=1%20%20`. The rule is the text list's in every kind of list: whitespace
+    then `#` starts a comment; a `#` with no space before it is the URL's fragment; a quoted field keeps its `#`."""
+    one = write(tmp_path, "one.txt", "url\nhttp://h/a.png?dup=1  # same image again\nhttp://h/b.jpg#top\n")
+    links, problems = read_url_list(one)
+    assert [link.url for link in links] == ["http://h/a.png?dup=1", "http://h/b.jpg"] and problems == []
+    two = write(tmp_path, "two.csv", 'url,label\nhttp://h/c.jpg,shark  # the big one\nhttp://h/d.jpg\t# tabbed,x\n'
+                                     '"http://h/e.jpg","no. #5"\n')
+    links, problems = read_url_list(two)
+    assert [(link.url, link.label) for link in links] == [("http://h/c.jpg", "shark"), ("http://h/d.jpg", None),
+                                                         ("http://h/e.jpg", "no. #5")]
+    assert problems == []
+    tsv = write(tmp_path, "three.tsv", "url\tlabel\nhttp://h/f.jpg\twhale # note\n")
+    assert [(link.url, link.label) for link in read_url_list(tsv)[0]] == [("http://h/f.jpg", "whale")]

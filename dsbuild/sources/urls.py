@@ -227,7 +227,19 @@ def _row(text: str, delimiter: str, **kw) -> list[str]:
     return next(csv.reader([text], delimiter=delimiter, **kw), [])
 
 
-_INLINE_COMMENT = re.compile(r"\s+#")
+
+
+def _strip_inline_comment(text: str) -> str:
+    """``text`` without a comment after whitespace (``URL  # note``, ``URL,label  # note``), in every kind of list:
+    a URL holds no raw space before a ``#``, so the note is no part of it. A ``#`` inside a double-quoted CSV field
+    stays (a quoted label may hold one)."""
+    quoted = False
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "#" and not quoted and i > 0 and text[i - 1].isspace():
+            return text[:i].rstrip()
+    return text
 
 
 def _looks_utf16(head: bytes) -> bool:
@@ -325,6 +337,7 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
             problems.append(f"{name} line {lines[0][0]}: column(s) {', '.join(extra)} ignored (only url and label are "
                             f"read){hint}")
         for number, text in lines[1:]:
+            text = _strip_inline_comment(text)
             if len(header) == 1:
                 # One column: the whole line is the URL (URLs hold commas: CDN resize paths such as w_303,h_170),
                 # unquoted from CSV only when the line is one quoted field.
@@ -358,7 +371,7 @@ def read_url_list(path: Path) -> tuple[list[Link], list[str]]:
     else:
         # "URL  # note": a comment after whitespace, as on a line of its own (a URL holds no raw space before a '#';
         # it was fetched as '…%20', the note dropped as a fragment).
-        entries = [(number, _INLINE_COMMENT.split(text, maxsplit=1)[0], None) for number, text in lines]
+        entries = [(number, _strip_inline_comment(text), None) for number, text in lines]
 
     links: list[Link] = []
     first_line: dict[str, tuple[int, str | None]] = {}
