@@ -71,8 +71,11 @@ class DatasetSummary:
     """What a build did to one dataset (counts are of this build's work unless noted).
 
     ``new``: images this build catalogued (verified, or failed to download); ``resumed``: those interrupted builds
-    catalogued that it grouped and split; ``ok``/``rejected``/``failed``/``rejects``: of both, as they stand after
-    it; the summary row's ``processed`` is :attr:`processed`, their sum."""
+    catalogued that it grouped and split; ``ok``/``rejected``/``failed``/``new_duplicates``/``rejects``: of both, as
+    they stand after it, so that ``ok + rejected + failed + new_duplicates == processed`` (:attr:`processed`).
+    ``set_aside``: earlier rows this build marked ``source removed`` (files gone, or moved to another class) — not
+    processed and not counted as rejected. ``duplicates``, ``dup_groups``, ``conflicts``, ``splits``: the whole
+    dataset as it stands after the build."""
 
     dataset: str
     sources: int = 0
@@ -81,7 +84,9 @@ class DatasetSummary:
     ok: int = 0
     rejected: int = 0
     failed: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # the dataset's, all builds
+    new_duplicates: int = 0  # this build's images that are duplicates of another image (of this build or earlier)
+    set_aside: int = 0  # earlier rows this build marked 'source removed': not processed, not rejected
     dup_groups: int = 0
     conflicts: int = 0
     near_pairs: int = 0
@@ -720,20 +725,18 @@ def build_dataset(
         if earlier:
             summary.notes.insert(0, resumed_note(resumed, earlier, summary.new))
             summary.resumed = earlier
-    summary.ok = sum(n for status, _, n in counts if status == "ok")
-    summary.rejected = sum(n for status, _, n in counts if status == "rejected")
-    summary.failed = sum(n for status, _, n in counts if status == "failed")
+    # Rows this build set aside ('source removed') are earlier images, not ones it processed: counted apart, never
+    # as this build's rejections (trial 11 M4 "rejected 65"; trial 12 M2 "processed 50, ok 48, rejected 51").
+    mine = [(status, reason, n) for status, reason, n in counts if reason != SOURCE_REMOVED]
+    summary.set_aside = sum(n for _, reason, n in counts if reason == SOURCE_REMOVED)
+    summary.ok = sum(n for status, _, n in mine if status == "ok")
+    summary.rejected = sum(n for status, _, n in mine if status == "rejected")
+    summary.failed = sum(n for status, _, n in mine if status == "failed")
+    summary.new_duplicates = sum(n for status, _, n in mine if status == "duplicate")
     summary.rejects = {}
-    for status, reason, n in counts:
+    for status, reason, n in mine:
         if status in ("rejected", "failed"):
             summary.rejects[reason or "?"] = summary.rejects.get(reason or "?", 0) + n
-    if edited:  # the rows a label edited in the source replaced: nothing was rejected (trial 11, M4: "rejected 65")
-        summary.rejected -= len(edited)
-        left = summary.rejects.get(SOURCE_REMOVED, 0) - len(edited)
-        if left > 0:
-            summary.rejects[SOURCE_REMOVED] = left
-        else:
-            summary.rejects.pop(SOURCE_REMOVED, None)
     cat.set_meta(f"settings:{ds.name}", digest)
     cat.set_meta(f"settings-sections:{ds.name}", json.dumps(sections, sort_keys=True))
     summary.seconds = time.monotonic() - t0
@@ -800,7 +803,7 @@ def set_aside_note(details: dict[str, str]) -> str:
     whys = "; ".join(f"{n}: {why}" for why, n in top[:3]) + ("; …" if len(top) > 3 else "")
     one = len(details) == 1
     return (f"{counted(len(details), 'image', 'images')} set aside because {'its' if one else 'their'} source left the "
-            f"manifest ({whys}) — status rejected, reason '{SOURCE_REMOVED}'; nothing is deleted, and "
+            f"manifest ({whys}) — status rejected, reason '{SOURCE_REMOVED}', not counted in the row's rejected; nothing is deleted, and "
             f"{'it comes back when its' if one else 'they come back when their'} source does")
 
 

@@ -836,7 +836,8 @@ def test_the_build_table_counts_an_image_removed_in_review_as_rejected(tmp_path:
     assert run_cli(capsys, manifest, "review", "digits", "--decisions", str(decisions))[0] == 0
     aside = tmp_path / "aside.png"
     Path(gone.origin).rename(aside)
-    assert build(load_manifest(manifest), ["digits"], workers=1).datasets[0].rejected == 1  # source removed
+    (ds,) = build(load_manifest(manifest), ["digits"], workers=1).datasets
+    assert (ds.set_aside, ds.rejected) == (1, 0), ds  # source removed: set aside, not this build's rejection
     aside.rename(gone.origin)
     (ds,) = build(load_manifest(manifest), ["digits"], workers=1).datasets
     assert (ds.new, ds.ok, ds.rejected, ds.rejects) == (1, 0, 1, {"removed in review": 1}), ds
@@ -1145,6 +1146,51 @@ def summary_row(out: str, dataset: str) -> dict[str, int]:
     header = [c.strip() for c in next(line for line in lines if line.startswith("┃")).strip("┃").split("┃")]
     cells = [c.strip() for c in next(line for line in lines if line.startswith(f"│ {dataset} ")).strip("│").split("│")]
     return {h: int(c) for h, c in zip(header, cells) if h != "dataset"}
+
+
+def test_the_build_row_counts_this_builds_images_once_each_and_set_aside_rows_apart(tmp_path: Path, capsys) -> None:
+    """Trial 12 M2: the row mixed this build's counts with the dataset's (``processed 5, ok 5, duplicates 5``; after
+    --retry-failed ``processed 5, ok 1, failed 3, duplicates 7``: a recovered download that was a duplicate counted
+    nowhere; after a class rename ``processed 50, ok 48, rejected 51``: the old rows set aside counted as rejected).
+    Now processed = ok + rejected + failed + duplicates, all this build's; a legend says which columns are the
+    dataset's; rows set aside with their source are counted apart (``set_aside``), never as rejected."""
+    images = tmp_path / "images"
+    write_digits(images, 4, classes=2)
+    first = sorted((images / "zero").iterdir())[0]
+    shutil.copy(first, images / "zero" / "copy0.png")  # a duplicate in the first build: the dataset's total is 1
+    manifest = digits_manifest(tmp_path / "m", images, classes=2, extra=PHASH_ONLY)
+    assert run_cli(capsys, manifest, "build", "-q", "--workers", "1")[0] == 0
+
+    write_digits(images, 1, classes=2, start=4)  # 2 new images
+    shutil.copy(first, images / "zero" / "copy1.png")  # a copy of an earlier image: this build's duplicate
+    Image.new("L", (12, 12), 128).save(images / "one" / "tiny.png")  # too small: rejected
+    code, out, err = run_cli(capsys, manifest, "build", "--workers", "1")
+    assert code == 0, err
+    row = summary_row(out, "digits")
+    assert {k: row[k] for k in ("processed", "ok", "rejected", "failed", "duplicates")} == {
+        "processed": 4, "ok": 2, "rejected": 1, "failed": 0, "duplicates": 1}, out
+    assert ("processed = ok + rejected + failed + duplicates: this build's images; conflicts, train, valid, test: "
+            "the dataset now") in " ".join(out.split()), out
+    with Catalog.open_readonly(load_manifest(manifest).catalog) as cat:
+        summary = json.loads(cat.df("SELECT summary FROM builds ORDER BY build_id DESC LIMIT 1")["summary"].iloc[0])
+    (ds,) = summary["datasets"]
+    assert (ds["new"], ds["ok"], ds["rejected"], ds["failed"], ds["new_duplicates"], ds["duplicates"], ds["set_aside"]
+            ) == (4, 2, 1, 0, 1, 2, 0), ds
+
+    text = manifest.read_text().replace("one = {", "uno = {")  # the class renamed: the same files, a new key
+    manifest.write_text(text)
+    code, out, err = run_cli(capsys, manifest, "build", "--workers", "1")
+    assert code == 0, err
+    row = summary_row(out, "digits")
+    assert {k: row[k] for k in ("processed", "ok", "rejected", "failed", "duplicates")} == {
+        "processed": 6, "ok": 5, "rejected": 1, "failed": 0, "duplicates": 0}, out  # class 'uno': 5 digits + tiny.png
+    assert ("digits: 6 images set aside because their source left the manifest (6: class 'one' is no longer in the "
+            "manifest) — status rejected, reason 'source removed', not counted in the row's rejected;") in " ".join(
+        out.split()), out
+    with Catalog.open_readonly(load_manifest(manifest).catalog) as cat:
+        summary = json.loads(cat.df("SELECT summary FROM builds ORDER BY build_id DESC LIMIT 1")["summary"].iloc[0])
+    (ds,) = summary["datasets"]
+    assert (ds["rejected"], ds["set_aside"], ds["rejects"]) == (1, 6, {"too small": 1}), ds
 
 
 def test_a_resumed_builds_row_counts_the_images_it_finished_and_adds_up_to_its_splits(tmp_path: Path, capsys) -> None:

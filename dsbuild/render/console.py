@@ -194,6 +194,10 @@ class _LineStage:
         self.console.print(" ".join(p for p in parts if p), markup=False, highlight=False, soft_wrap=True)
 
 
+BUILD_LEGEND = ("processed = ok + rejected + failed + duplicates: this build's images; "
+                "conflicts, train, valid, test: the dataset now")
+
+
 def print_build_summary(summary) -> None:
     """The build summary on stdout: a table row per dataset the build processed or changed, a line per dataset
     that was already up to date (:func:`up_to_date_line`), then the datasets' notes."""
@@ -207,14 +211,17 @@ def print_build_summary(summary) -> None:
     table = Table(title=title, title_justify="left")
     for col in columns:
         table.add_column(col, justify="left" if col == "dataset" else "right")
-    rows = [[d.dataset, str(d.sources), str(d.processed), str(d.ok), str(d.rejected), str(d.failed), str(d.duplicates),
-             str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test"))]
+    # processed … duplicates are this build's images (they add up to processed); conflicts and the splits are the
+    # dataset's as it stands now — the legend under the table says so (trial 12 M2: a row mixing both did not add up).
+    rows = [[d.dataset, str(d.sources), str(d.processed), str(d.ok), str(d.rejected), str(d.failed),
+             str(getattr(d, "new_duplicates", d.duplicates)), str(d.conflicts), *(str(d.splits.get(s, 0)) for s in ("train", "valid", "test"))]
             for d in summary.datasets if not d.up_to_date]
     for row in rows:
         table.add_row(*row)
     console = make_console()
     if rows:
         console.print(FittedTable(table, columns, rows, title=title))  # one block per dataset when 11 columns do not fit
+        console.print(BUILD_LEGEND, markup=False, soft_wrap=True)
     else:
         console.print(title, markup=False, soft_wrap=True)
     for d in summary.datasets:
