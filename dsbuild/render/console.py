@@ -221,7 +221,7 @@ def print_build_summary(summary) -> None:
     console = make_console()
     if rows:
         console.print(FittedTable(table, columns, rows, title=title))  # one block per dataset when 11 columns do not fit
-        console.print(BUILD_LEGEND, markup=False, soft_wrap=True)
+        console.print(BUILD_LEGEND, markup=False)  # wrapped to a terminal's width, as the notes are
     else:
         console.print(title, markup=False, soft_wrap=True)
     for d in summary.datasets:
